@@ -1,0 +1,62 @@
+"""The Python API beside the CLI: run a matrix, load results, make tables and comparisons."""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+from .matrix import DEFAULT_METHODS, DEFAULT_PAIRS, DEFAULT_SEEDS, Matrix, expand
+from .registry import METHODS
+
+
+def run(
+    methods: Iterable[str | type] = DEFAULT_METHODS,
+    pairs: Iterable[str] = DEFAULT_PAIRS,
+    seeds: Iterable[int] = DEFAULT_SEEDS,
+    results_dir: str | os.PathLike = "results/default",
+    overrides: dict[str, Any] | None = None,
+    device: str | None = None,
+    data_root: str | os.PathLike | None = None,
+    progress: bool = False,
+    **executor_options: Any,
+):
+    """Run a matrix and return its :class:`~dabench.runner.MatrixSummary`.
+
+    ``methods`` may hold registered names, globs, or Method classes (registered on the fly
+    under their ``name``), so a method under development needs no plugin packaging.
+    """
+    from .registry import register_method
+    from .runner import run_inline
+
+    names = []
+    for m in methods:
+        if isinstance(m, type):
+            name = m.name or m.__name__.lower()
+            if name not in METHODS:
+                register_method(name)(m)
+            names.append(name)
+        else:
+            names.append(m)
+    matrix = Matrix(tuple(names), tuple(pairs), tuple(int(s) for s in seeds), dict(overrides or {}))
+    return run_inline(expand(matrix), results_dir, device=device, data_root=data_root, progress=progress,
+                      **executor_options)
+
+
+def load_results(*dirs: str | os.PathLike):
+    """All run records of the given folders as one tidy DataFrame (one row per run)."""
+    from .results import load_results as _load
+
+    return _load(*dirs)
+
+
+def leaderboard(df, rule: str = "last"):
+    """Methods × pairs table (mean ± std over seeds) under a model-selection rule."""
+    from .leaderboard import leaderboard as _lb
+
+    return _lb(df, rule=rule)
+
+
+def compare(df, rule: str = "last", **kwargs: Any):
+    """Statistical comparison of the methods (Friedman/Nemenyi, Wilcoxon–Holm, bootstrap)."""
+    from .stats import compare as _cmp
+
+    return _cmp(df, rule=rule, **kwargs)

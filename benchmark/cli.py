@@ -1,0 +1,187 @@
+"""Command line: ``dabench run | list | report | status``."""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+from typing import Sequence
+
+from .domain import default_data_root
+from .matrix import DEFAULT_METHODS, DEFAULT_PAIRS, DEFAULT_SEEDS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides
+from .registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin
+
+EPILOG = """examples:
+  dabench run                                   # quick matrix: 6 methods x digits-offline x 3 seeds
+  dabench run --methods dann,source-only --seeds 0,1 --set steps=300 --set dann.trade_off=0.5
+  dabench run --matrix experiment.toml --results results/exp1
+  dabench list methods 'da*'
+  dabench report results/default --rule source-val --format md,csv,tex,html
+"""
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds expects comma-separated integers like 0,1,2, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dabench", description="Benchmark domain-adaptation methods on domain pairs.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a benchmark matrix (resumable) and print the leaderboard",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    r.add_argument("--matrix", type=pathlib.Path, help="TOML matrix file ([matrix] methods/pairs/seeds/plugins, [set])")
+    r.add_argument("--methods", help=f"comma-separated names or globs (default: {','.join(DEFAULT_METHODS)})")
+    r.add_argument("--pairs", help=f"comma-separated names or globs (default: {','.join(DEFAULT_PAIRS)})")
+    r.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default: 0,1,2)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override: schedule key (steps, lr, batch_size, eval_every...), target_shots, "
+                        "backbone, backbone.<option>, <method>.<hparam> or <hparam>; repeatable")
+    r.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
+                   help="import a plugin that registers methods/pairs/backbones; repeatable")
+    r.add_argument("--results", type=pathlib.Path, default=pathlib.Path("results/default"),
+                   help="results folder (default: results/default); rerunning skips complete runs")
+    r.add_argument("--data-root", type=pathlib.Path, default=None,
+                   help=f"where datasets live (default: $DABENCH_DATA or {default_data_root()})")
+    r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    r.add_argument("--rule", default="last", help="model-selection rule for the printed leaderboard (default: last)")
+    r.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="save a resumable mid-run checkpoint every STEPS steps (default: off)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--dry-run", action="store_true", help="print the run specs and exit")
+
+    ls = sub.add_parser("list", help="list registered methods, pairs or backbones")
+    ls.add_argument("what", choices=["methods", "pairs", "backbones"])
+    ls.add_argument("pattern", nargs="?", help="glob such as 'da*' or 'office31-*'")
+    ls.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE")
+
+    rep = sub.add_parser("report", help="leaderboard, statistics and figures from results folders")
+    rep.add_argument("dirs", nargs="+", type=pathlib.Path, help="results folders (several merge)")
+    rep.add_argument("--rule", default="last", help="model-selection rule: last, source-val, entropy, im, snd, oracle")
+    rep.add_argument("--format", default="md,csv", help="comma-separated: md,csv,tex,html (default: md,csv)")
+    rep.add_argument("--out", type=pathlib.Path, default=None, help="output folder (default: the first DIR)")
+
+    st = sub.add_parser("status", help="counts of complete/running/failed/diverged runs of a results folder")
+    st.add_argument("dir", type=pathlib.Path)
+    return p
+
+
+def _list(args: argparse.Namespace) -> int:
+    for plugin in args.plugin:
+        load_plugin(plugin)
+    if args.what == "methods":
+        rows = []
+        for name in METHODS.names(args.pattern):
+            cls = METHODS.get(name)
+            defaults = ", ".join(f"{k}={v}" for k, v in cls.hparam_defaults().items())
+            rows.append((name, cls.protocol, cls.description(), defaults))
+        _table(("method", "protocol", "description", "defaults"), rows)
+    elif args.what == "pairs":
+        rows = []
+        for name in PAIRS.names(args.pattern):
+            pr = PAIRS.get(name)
+            sch = pr.schedule
+            rows.append((name, pr.description, f"{pr.backbone}, {pr.channels}x{pr.image_size}px",
+                         f"uda / few-shot k={pr.target_shots}",
+                         f"steps={sch.steps} bs={sch.batch_size} lr={sch.lr}"))
+        _table(("pair", "description", "input", "protocols", "schedule"), rows)
+    else:
+        rows = []
+        for name in BACKBONES.names(args.pattern):
+            f = BACKBONES.get(name)
+            doc = (f.__doc__ or "").strip().splitlines()
+            rows.append((name, doc[0] if doc else ""))
+        _table(("backbone", "description"), rows)
+    return 0
+
+
+def _table(header: Sequence[str], rows: list[Sequence[str]]) -> None:
+    if not rows:
+        print("(nothing matches)")
+        return
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .runner import run_inline
+
+    if args.matrix:
+        matrix = load_matrix_file(args.matrix)
+    else:
+        matrix = Matrix()
+    overrides = {**matrix.overrides, **parse_overrides(args.set)}
+    matrix = Matrix(
+        methods=tuple(_csv(args.methods)) if args.methods else matrix.methods,
+        pairs=tuple(_csv(args.pairs)) if args.pairs else matrix.pairs,
+        seeds=args.seeds or matrix.seeds,
+        overrides=overrides,
+        plugins=tuple(matrix.plugins) + tuple(args.plugin),
+    )
+    specs = expand(matrix)
+    if args.dry_run:
+        for s in specs:
+            print(s.run_id, s.label, s.protocol, f"shots={s.target_shots}", s.hparams)
+        return 0
+    t0 = time.perf_counter()
+    summary = run_inline(specs, args.results, device=args.device, data_root=args.data_root,
+                         progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
+    wall = time.perf_counter() - t0
+    counts = ", ".join(f"{v} {k}" for k, v in summary.counts().items())
+    print(f"\n{len(specs)} runs in {args.results}: {counts}; wall time {wall:.1f} s\n")
+    from .report import report_text
+
+    print(report_text([args.results], rule=args.rule))
+    bad = [r for r in summary.ran if r["status"] != "complete"]
+    return 1 if bad else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import report_text, write_report
+
+    formats = tuple(_csv(args.format))
+    valid = {"md", "csv", "tex", "html"}
+    if not set(formats) <= valid:
+        raise MatrixError(f"--format: unknown {sorted(set(formats) - valid)}; valid: md, csv, tex, html")
+    paths = write_report(args.dirs, rule=args.rule, formats=formats, out=args.out)
+    print(report_text(args.dirs, rule=args.rule))
+    for kind, path in paths.items():
+        print(f"wrote {kind}: {path}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .status import status_text
+
+    print(status_text(args.dir))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "list":
+            return _list(args)
+        if args.command == "report":
+            return _report(args)
+        return _status(args)
+    except (RegistryError, MatrixError, PluginError, FileNotFoundError) as exc:
+        print(f"dabench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

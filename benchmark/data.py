@@ -1,0 +1,177 @@
+"""Data on the device: uint8 domains, index sampling, augmentation and normalisation in batch.
+
+Nothing here runs Python per image: a batch is a gather of indices from a uint8 tensor
+already on the run's device, followed by batched float ops (one affine ``grid_sample``
+does crops, shifts, scaling and flips at once).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .domain import DomainPair, PairData
+
+
+def draw_shots(labels: torch.Tensor, pool: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """``k`` indices per class from ``pool`` (indices into ``labels``), fixed by ``seed``.
+
+    Fewer than ``k`` images of a class in the pool take all of them. Depends only on
+    (labels, pool, k, seed), so every method of one seed gets the same shots.
+    """
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    g = torch.Generator().manual_seed(10_007 * seed + 17)
+    pool_labels = labels[pool]
+    chosen = []
+    for c in torch.unique(pool_labels).tolist():
+        members = pool[pool_labels == c]
+        chosen.append(members[torch.randperm(len(members), generator=g)[:k]])
+    return torch.cat(chosen).sort().values
+
+
+def eval_indices(data: PairData, shots: torch.Tensor) -> torch.Tensor:
+    """The seed's evaluation set: ``target_eval`` minus any shot images (they were seen labelled)."""
+    if len(shots) == 0:
+        return data.target_eval
+    keep = ~torch.isin(data.target_eval, shots)
+    return data.target_eval[keep]
+
+
+class Stream:
+    """Endless shuffled batches of indices on the device, an epoch at a time, no host sync."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> None:
+        if n == 0:
+            raise ValueError("cannot sample batches from an empty split")
+        self.n, self.batch_size, self.g, self.device = n, batch_size, generator, device
+        self._perm = torch.empty(0, dtype=torch.long, device=device)
+        self._pos = 0
+
+    def next(self) -> torch.Tensor:
+        parts, need = [], self.batch_size
+        while need > 0:
+            if self._pos >= len(self._perm):
+                self._perm = torch.randperm(self.n, generator=self.g, device=self.device)
+                self._pos = 0
+            take = self._perm[self._pos : self._pos + need]
+            self._pos += len(take)
+            need -= len(take)
+            parts.append(take)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def augment_affine(
+    x: torch.Tensor, kind: str, out_size: int, generator: torch.Generator | None, train: bool
+) -> torch.Tensor:
+    """Augment a float batch ``[B, C, H, W]`` with one batched affine resample.
+
+    kinds: ``none`` (resize only), ``shift`` (±2/28 translation, digits), ``crop_flip``
+    (4-px padded random crop + horizontal flip, CIFAR style), ``resized_crop_flip``
+    (scale 0.08–1, ratio 3/4–4/3, flip; ImageNet style). Evaluation (``train=False``)
+    is the identity for all kinds but ``resized_crop_flip``, which takes an 87.5% centre crop.
+    """
+    b, _, h, w = x.shape
+    if kind == "none" or (not train and kind != "resized_crop_flip"):
+        if (h, w) != (out_size, out_size):
+            x = F.interpolate(x, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True)
+        return x
+    dev = x.device
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator, device=dev)
+
+    sx = torch.ones(b, device=dev)
+    sy = torch.ones(b, device=dev)
+    tx = torch.zeros(b, device=dev)
+    ty = torch.zeros(b, device=dev)
+    flip = torch.ones(b, device=dev)
+    if not train:  # centre crop for resized_crop_flip
+        sx, sy = sx * 0.875, sy * 0.875
+    elif kind == "shift":
+        tx = (rand(b) * 2 - 1) * (4.0 / w)  # grid coords span 2, so 4/w = ±2 px
+        ty = (rand(b) * 2 - 1) * (4.0 / h)
+    elif kind == "crop_flip":
+        tx = (torch.floor(rand(b) * 9) - 4) * (2.0 / w)
+        ty = (torch.floor(rand(b) * 9) - 4) * (2.0 / h)
+        flip = torch.where(rand(b) < 0.5, -1.0, 1.0)
+    elif kind == "resized_crop_flip":
+        area = 0.08 + rand(b) * 0.92
+        log_ratio = torch.log(torch.tensor(3 / 4, device=dev)) + rand(b) * torch.log(torch.tensor(16 / 9, device=dev))
+        ratio = torch.exp(log_ratio)
+        sx = torch.sqrt(area * ratio).clamp(max=1.0)
+        sy = torch.sqrt(area / ratio).clamp(max=1.0)
+        tx = (rand(b) * 2 - 1) * (1 - sx)
+        ty = (rand(b) * 2 - 1) * (1 - sy)
+        flip = torch.where(rand(b) < 0.5, -1.0, 1.0)
+    else:
+        raise ValueError(f"unknown augmentation {kind!r}")
+    theta = torch.zeros(b, 2, 3, device=dev, dtype=x.dtype)
+    theta[:, 0, 0] = sx * flip
+    theta[:, 0, 2] = tx
+    theta[:, 1, 1] = sy
+    theta[:, 1, 2] = ty
+    grid = F.affine_grid(theta, [b, x.shape[1], out_size, out_size], align_corners=False)
+    pad = "reflection" if kind == "crop_flip" else "zeros"
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=pad, align_corners=False)
+
+
+@dataclass
+class Split:
+    """A split on the device: uint8 images and labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+class DeviceData:
+    """A pair's splits moved once onto ``device``, with batched sampling and preprocessing.
+
+    ``train_shots`` labelled images per class are drawn from the adaptation split for ``seed``;
+    the ``eval_shots`` draw of the seed (the one every method of the seed shares) and the
+    training shots are removed from the evaluation split.
+    """
+
+    def __init__(
+        self, pair: DomainPair, data: PairData, device: torch.device, seed: int, train_shots: int, eval_shots: int
+    ) -> None:
+        self.pair, self.device = pair, device
+        self.channels_last = device.type == "cuda"
+        shots = draw_shots(data.target.labels, data.target_adapt, train_shots, seed)
+        removed = torch.cat([shots, draw_shots(data.target.labels, data.target_adapt, eval_shots, seed)]).unique()
+        evaluation = eval_indices(data, removed)
+
+        def put(domain, idx) -> Split:
+            return Split(
+                domain.images[idx].to(device, non_blocking=True), domain.labels[idx].to(device, non_blocking=True)
+            )
+
+        self.source = put(data.source, data.source_train)
+        self.source_val = put(data.source, data.source_val)
+        self.target = put(data.target, data.target_adapt)  # labels kept only for diagnostics
+        self.shots = put(data.target, shots)
+        self.target_eval = put(data.target, evaluation)
+        self.shot_indices = shots
+        self.eval_size = len(evaluation)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.mean = torch.tensor(pair.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(pair.std, device=device).view(1, -1, 1, 1)
+
+    def stream(self, split: Split, batch_size: int) -> Stream:
+        return Stream(len(split), batch_size, self.generator, self.device)
+
+    def preprocess(self, images_uint8: torch.Tensor, train: bool) -> torch.Tensor:
+        """uint8 batch → augmented, normalised float batch on the device."""
+        x = images_uint8.float().div_(255.0)
+        x = augment_affine(x, self.pair.augment, self.pair.image_size, self.generator, train)
+        x = (x - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def batch_from(self, split: Split, idx: torch.Tensor, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.preprocess(split.images[idx], train), split.labels[idx]

@@ -1,0 +1,80 @@
+"""Evaluation: target accuracy (overall and per class), source-validation accuracy and
+label-free scores of the target predictions, used by the unsupervised selection rules."""
+from __future__ import annotations
+
+import torch
+
+from .data import DeviceData, Split
+
+SND_MAX_SAMPLES = 2048  # SND is quadratic in the number of samples
+
+
+@torch.no_grad()
+def predict_split(method, data: DeviceData, split: Split, batch_size: int = 512) -> torch.Tensor:
+    """Logits (float32) for a whole split, on the device."""
+    out = []
+    for start in range(0, len(split), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(split)), device=data.device)
+        x, _ = data.batch_from(split, idx, train=False)
+        with autocast(data.device):
+            out.append(method.predict(x).float())
+    return torch.cat(out)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (the tensor cores' fast path); a no-op context on the CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    return -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1)
+
+
+def label_free_scores(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Scores of target predictions that need no target labels.
+
+    - ``entropy``: mean H(p(x)); lower is better (Grandvalet & Bengio 2004; as a validator
+      in Morerio et al. 2018).
+    - ``im``: information maximisation H(mean_x p(x)) − mean_x H(p(x)); higher is better
+      (Shi & Sha 2012; as a validator in Musgrave et al. 2022).
+    - ``snd``: soft neighbourhood density, the mean entropy of the softmax (temperature 0.05)
+      over cosine similarities between L2-normalised predictions of different samples;
+      higher is better (Saito et al. 2021, Tune it the Right Way, ICCV).
+    """
+    probs = logits.softmax(-1)
+    ent = entropy(probs)
+    im = entropy(probs.mean(0)) - ent.mean()
+    sub = probs[:SND_MAX_SAMPLES]  # the eval set's fixed order: the same subset every evaluation
+    z = torch.nn.functional.normalize(sub, dim=1)
+    sim = z @ z.T
+    sim.fill_diagonal_(float("-inf"))
+    snd = entropy((sim / 0.05).softmax(-1)).mean()
+    return {"entropy": ent.mean(), "im": im, "snd": snd}
+
+
+@torch.no_grad()
+def evaluate(method, data: DeviceData) -> dict:
+    """One evaluation of ``method`` on the seed's target evaluation split and the source-val split."""
+    was_training = method.training
+    method.eval()
+    logits = predict_split(method, data, data.target_eval)
+    labels = data.target_eval.labels
+    correct = (logits.argmax(1) == labels).float()
+    num_classes = logits.shape[1]
+    per_class_hits = torch.zeros(num_classes, device=logits.device).index_add_(0, labels, correct)
+    per_class_n = torch.bincount(labels, minlength=num_classes).float()
+    per_class = per_class_hits / per_class_n.clamp_min(1)
+    src_logits = predict_split(method, data, data.source_val)
+    src_acc = (src_logits.argmax(1) == data.source_val.labels).float().mean()
+    scores = label_free_scores(logits)
+    stacked = torch.stack([correct.mean() * 100, src_acc * 100, scores["entropy"], scores["im"], scores["snd"]])
+    values = stacked.tolist()  # the one host sync of an evaluation
+    method.train(was_training)
+    return {
+        "target_acc": values[0],
+        "target_per_class": [round(v * 100, 3) for v in per_class.tolist()],
+        "source_val_acc": values[1],
+        "entropy": values[2],
+        "im": values[3],
+        "snd": values[4],
+    }

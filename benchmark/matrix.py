@@ -1,0 +1,220 @@
+"""Experiment matrices: CLI flags or a TOML file → the list of RunSpecs to run.
+
+Override keys (``--set key=value`` or the ``[set]`` table of a matrix file):
+- a schedule field (``steps``, ``batch_size``, ``lr``, ``eval_every``, ...) → every pair's schedule;
+- ``target_shots`` → labelled target images per class (few-shot methods; removed from every
+  method's evaluation set);
+- ``backbone`` → the backbone name; ``backbone.<option>`` → a backbone option (e.g. ``weights``);
+- ``<method>.<hparam>`` → one method's hyperparameter (``<method>.target_shots`` runs a UDA
+  method semi-supervised with the shots);
+- ``<hparam>`` → every method of the matrix that declares it.
+"""
+from __future__ import annotations
+
+import ast
+import pathlib
+import tomllib
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .domain import Schedule
+from .registry import METHODS, PAIRS, load_plugin
+from .spec import RunSpec
+
+SCHEDULE_KEYS = tuple(f.name for f in fields(Schedule))
+DEFAULT_METHODS = ("source-only", "dan", "dann", "coral", "linear-probe", "fine-tune")
+DEFAULT_PAIRS = ("digits-offline",)
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+class MatrixError(ValueError):
+    """A malformed matrix (file or flags); the message names the file, the key and what was expected."""
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """What to run: methods × pairs × seeds, with overrides and plugins to import first."""
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    pairs: tuple[str, ...] = DEFAULT_PAIRS
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    overrides: dict[str, Any] = field(default_factory=dict)
+    plugins: tuple[str, ...] = ()
+
+
+def parse_value(text: str) -> Any:
+    """``"0.5"`` → 0.5, ``"true"`` → True, ``"[1,2]"`` → [1, 2], anything else stays a string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
+
+
+def parse_overrides(items: list[str] | None, where: str = "--set") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise MatrixError(f"{where}: expected key=value, got {item!r} (e.g. --set steps=300 --set dann.trade_off=0.5)")
+        key, value = item.split("=", 1)
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def _expect(cond: bool, where: str, key: str, expected: str, got: Any) -> None:
+    if not cond:
+        raise MatrixError(f"{where}: key {key!r}: expected {expected}, got {got!r}")
+
+
+def load_matrix_file(path: str | pathlib.Path) -> Matrix:
+    """Read a TOML matrix file::
+
+        [matrix]
+        methods = ["source-only", "dann"]     # names or globs
+        pairs = ["digits-offline"]
+        seeds = [0, 1, 2]                      # or an integer n for seeds 0..n-1
+        plugins = ["my_method.py"]             # optional, relative to the file
+        [set]
+        steps = 300
+        "dann.trade_off" = 0.5
+    """
+    path = pathlib.Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise MatrixError(f"{where}: no such matrix file")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise MatrixError(f"{where}: not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {"matrix", "set"})
+    if unknown:
+        raise MatrixError(f"{where}: unknown table(s) {unknown}; expected [matrix] and optionally [set]")
+    m = data.get("matrix", {})
+    _expect(isinstance(m, dict), where, "matrix", "a table [matrix]", m)
+    bad = sorted(set(m) - {"methods", "pairs", "seeds", "plugins"})
+    if bad:
+        raise MatrixError(f"{where}: unknown key(s) {bad} in [matrix]; expected methods, pairs, seeds, plugins")
+    kwargs: dict[str, Any] = {}
+    for key in ("methods", "pairs", "plugins"):
+        if key in m:
+            value = m[key]
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value) and (value or key == "plugins")
+            _expect(ok, where, f"matrix.{key}", "a non-empty list of strings", value)
+            kwargs[key] = tuple(value)
+    if "plugins" in kwargs:
+        kwargs["plugins"] = tuple(
+            str((path.parent / p).resolve()) if p.endswith(".py") else p for p in kwargs["plugins"]
+        )
+    if "seeds" in m:
+        seeds = m["seeds"]
+        if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0:
+            seeds = list(range(seeds))
+        ok = isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        _expect(bool(ok), where, "matrix.seeds", "a positive integer or a non-empty list of non-negative integers", m["seeds"])
+        kwargs["seeds"] = tuple(seeds)
+    overrides = data.get("set", {})
+    _expect(isinstance(overrides, dict), where, "set", "a table [set] of key = value", overrides)
+    for k, v in overrides.items():
+        _expect(not isinstance(v, dict), where, f"set.{k}", 'a value (quote dotted keys: "dann.trade_off" = 0.5)', v)
+    return Matrix(**kwargs, overrides=dict(overrides))
+
+
+def _split_overrides(matrix: Matrix, methods: list[str]) -> tuple[dict, dict, dict[str, dict], int | None, str | None]:
+    """Sort overrides into schedule, backbone options, per-method hparams, shots and backbone name."""
+    schedule: dict[str, Any] = {}
+    backbone_opts: dict[str, Any] = {}
+    per_method: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    shots: int | None = None
+    backbone: str | None = None
+    for key, value in matrix.overrides.items():
+        if key in SCHEDULE_KEYS:
+            schedule[key] = value
+        elif key == "target_shots":
+            shots = int(value)
+        elif key == "backbone":
+            backbone = str(value)
+        elif key.startswith("backbone."):
+            backbone_opts[key.split(".", 1)[1]] = value
+        elif "." in key:
+            name, hp = key.split(".", 1)
+            METHODS.get(name)  # unknown method → error listing the valid ones
+            per_method.setdefault(name, {})[hp] = value
+        else:
+            takers = [m for m in methods if key in METHODS.get(m).hparam_defaults()]
+            if not takers:
+                known = sorted({h for m in methods for h in METHODS.get(m).hparam_defaults()})
+                raise MatrixError(
+                    f"--set {key}: no method of this matrix has that hyperparameter; schedule keys: "
+                    f"{', '.join(SCHEDULE_KEYS)}; other keys: target_shots, backbone, backbone.<option>; "
+                    f"method hyperparameters: {', '.join(known)} (or <method>.<name>)"
+                )
+            for m in takers:
+                per_method[m][key] = value
+    return schedule, backbone_opts, per_method, shots, backbone
+
+
+def expand(matrix: Matrix) -> list[RunSpec]:
+    """The matrix's run specs, dependencies (source-only) included and placed first."""
+    for plugin in matrix.plugins:
+        load_plugin(plugin)
+    methods = METHODS.expand(list(matrix.methods))
+    pairs = PAIRS.expand(list(matrix.pairs))
+    if not matrix.seeds:
+        raise MatrixError("no seeds given")
+    schedule_over, backbone_opts, per_method, shots_over, backbone_over = _split_overrides(matrix, methods)
+    specs: dict[str, RunSpec] = {}
+    for pair_name in pairs:
+        pair = PAIRS.get(pair_name)
+        try:
+            schedule = pair.schedule.replace(**schedule_over)
+        except (KeyError, ValueError) as exc:
+            raise MatrixError(f"schedule override: {exc}") from None
+        k = pair.target_shots if shots_over is None else shots_over
+        backbone = backbone_over or pair.backbone
+        options = {**pair.backbone_options, **backbone_opts}
+        for seed in matrix.seeds:
+            for method_name in methods:
+                for spec in _specs_for(method_name, pair, seed, k, schedule, backbone, options, per_method):
+                    specs.setdefault(spec.run_id, spec)
+    ordered = sorted(specs.values(), key=lambda s: s.depends_on is not None)
+    return ordered
+
+
+def _specs_for(method_name, pair, seed, k, schedule, backbone, options, per_method) -> list[RunSpec]:
+    cls = METHODS.get(method_name)
+    given = {**pair.method_overrides.get(method_name, {}), **per_method.get(method_name, {})}
+    own_shots = given.pop("target_shots", None)
+    try:
+        hparams = cls.resolve_hparams(given)
+    except (KeyError, ValueError) as exc:
+        raise MatrixError(str(exc.args[0]) if exc.args else str(exc)) from None
+    out: list[RunSpec] = []
+    depends_on = None
+    if cls.uses.init == "source-only":
+        (base,) = _specs_for("source-only", pair, seed, k, schedule, backbone, options, per_method)
+        out.append(base)
+        depends_on = base.run_id
+        # the network must be the one the checkpoint holds
+        hparams["bottleneck_dim"] = base.hparams["bottleneck_dim"]
+    if cls.protocol == "few-shot":
+        run_shots = k
+    else:
+        run_shots = int(own_shots) if own_shots is not None else 0
+    out.append(
+        RunSpec(
+            method=method_name,
+            pair=pair.name,
+            seed=int(seed),
+            protocol="few-shot" if run_shots > 0 else "uda",
+            target_shots=run_shots,
+            eval_shots=k,
+            hparams=hparams,
+            schedule=schedule,
+            backbone=backbone,
+            backbone_options=dict(options),
+            depends_on=depends_on,
+        )
+    )
+    return out

@@ -1,0 +1,250 @@
+"""The method API: what a DA method owns (modules, hyperparameters, its loss) and declares.
+
+A method never loads data or steps an optimiser; the engine (``dabench.train``) does.
+All methods combine their losses the same way: ``total = ce + trade_off * da``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones.base import Backbone
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .train import RunContext
+
+PROTOCOLS = ("uda", "few-shot")
+INITS = (None, "source-only")
+
+
+@dataclass(frozen=True)
+class Uses:
+    """The data a method needs.
+
+    source_labels: labelled source batches; target_unlabeled: unlabelled target batches;
+    target_shots: the k labelled target images per class; init: ``"source-only"`` to start
+    from the source-only checkpoint of the same pair and seed (reused, never retrained).
+    """
+
+    source_labels: bool = True
+    target_unlabeled: bool = False
+    target_shots: bool = False
+    init: str | None = None
+
+
+@dataclass
+class Batch:
+    """One training step's data, already preprocessed on the device. Absent parts are ``None``."""
+
+    x_source: torch.Tensor | None = None
+    y_source: torch.Tensor | None = None
+    x_target: torch.Tensor | None = None
+    x_shots: torch.Tensor | None = None
+    y_shots: torch.Tensor | None = None
+
+
+@dataclass
+class Loss:
+    """The step's total loss and its named parts (tensors; logged without a host sync)."""
+
+    total: torch.Tensor
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Classifier(nn.Module):
+    """backbone → bottleneck (Linear-BN-ReLU) → linear head; the network every built-in method trains."""
+
+    def __init__(self, backbone: Backbone, num_classes: int, bottleneck_dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.bottleneck = nn.Sequential(
+            nn.Linear(backbone.out_features, bottleneck_dim), nn.BatchNorm1d(bottleneck_dim), nn.ReLU()
+        )
+        self.head = nn.Linear(bottleneck_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bottleneck(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.features(x)
+        return self.head(f), f
+
+
+class Method(nn.Module):
+    """Base class of every DA method (built-in or plugin).
+
+    Subclasses set ``defaults`` (hyperparameters with the paper's values), ``uses``
+    (:class:`Uses`), ``protocol`` (``"uda"`` or ``"few-shot"``) and implement
+    :meth:`loss`. They may extend :meth:`build` to add modules (discriminators, ...),
+    and override :meth:`fit` when training is not a loop of steps.
+    The resolved hyperparameters are in ``self.hp`` (a dict).
+    """
+
+    name: ClassVar[str] = ""
+    protocol: ClassVar[str] = "uda"
+    uses: ClassVar[Uses] = Uses()
+    defaults: ClassVar[dict[str, Any]] = {}
+    citation: ClassVar[str] = ""
+    #: hyperparameters every method has; a method's own ``defaults`` add to these
+    base_defaults: ClassVar[dict[str, Any]] = {"bottleneck_dim": 256}
+
+    def __init__(self, backbone: Backbone, num_classes: int, hparams: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.hp = self.resolve_hparams(hparams or {})
+        self.num_classes = num_classes
+        self.build(backbone, num_classes)
+
+    # --- hyperparameters -------------------------------------------------------------
+    @classmethod
+    def hparam_defaults(cls) -> dict[str, Any]:
+        return {**cls.base_defaults, **cls.defaults}
+
+    @classmethod
+    def resolve_hparams(cls, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults updated by ``overrides``; an unknown name is an error listing the valid ones."""
+        defaults = cls.hparam_defaults()
+        unknown = sorted(set(overrides) - set(defaults))
+        if unknown:
+            raise KeyError(
+                f"method {cls.name!r} has no hyperparameter(s) {unknown}; "
+                f"its hyperparameters: {', '.join(f'{k}={v!r}' for k, v in defaults.items())}"
+            )
+        out = dict(defaults)
+        for k, v in overrides.items():
+            default = defaults[k]
+            out[k] = _coerce(v, default, f"{cls.name}.{k}")
+        return out
+
+    @classmethod
+    def description(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    # --- modules ---------------------------------------------------------------------
+    def build(self, backbone: Backbone, num_classes: int) -> None:
+        """Create the modules. The default is :class:`Classifier` as ``self.net``."""
+        self.net = Classifier(backbone, num_classes, int(self.hp["bottleneck_dim"]))
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.net.backbone
+
+    def param_groups(self) -> list[dict]:
+        """Parameter groups with ``lr_mult``: 0.1 for a pretrained backbone, 1 for new layers."""
+        bb = [p for p in self.backbone.parameters() if p.requires_grad]
+        bb_ids = {id(p) for p in bb}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in bb_ids]
+        groups = [{"params": rest, "lr_mult": 1.0}]
+        if bb:
+            groups.insert(0, {"params": bb, "lr_mult": 0.1 if self.backbone.pretrained else 1.0})
+        return groups
+
+    # --- computation -----------------------------------------------------------------
+    def loss(self, batch: Batch, progress: float) -> Loss:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits."""
+        return self.net(x)[0]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The features the head classifies (used for t-SNE, linear probes and validators)."""
+        return self.net.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predict(x)
+
+    def fit(self, ctx: "RunContext") -> None:
+        """Train. The default runs the engine's step loop calling :meth:`loss`."""
+        ctx.train_steps(self)
+
+    def num_steps(self, scheduled: int) -> int:
+        """How many optimiser steps of the pair's schedule this method takes (default: all)."""
+        return scheduled
+
+    # --- helpers shared by the built-in methods --------------------------------------
+    def supervised_loss(self, batch: Batch, logits_source: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Cross-entropy on the source batch and, when present, on the target shots."""
+        parts: dict[str, torch.Tensor] = {}
+        if logits_source is not None and batch.y_source is not None:
+            parts["ce"] = F.cross_entropy(logits_source, batch.y_source)
+        if batch.x_shots is not None and batch.y_shots is not None:
+            parts["ce_shots"] = F.cross_entropy(self.predict(batch.x_shots), batch.y_shots)
+        return parts
+
+    def forward_source_target(
+        self, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits and features of the source and target batches.
+
+        With ``forward="concat"`` (the default) both go through the network in one batch, so
+        BatchNorm normalises them together; ``"separate"`` runs two passes (per-domain batch
+        statistics). This changes DANN by several points on digits, so it is a recorded
+        hyperparameter of each method that aligns domains.
+        """
+        assert batch.x_source is not None and batch.x_target is not None
+        mode = self.hp.get("forward", "concat")
+        if mode == "concat":
+            logits, feats = self.net(torch.cat([batch.x_source, batch.x_target]))
+            n = batch.x_source.shape[0]
+            return logits[:n], logits[n:], feats[:n], feats[n:]
+        if mode == "separate":
+            ls, fs = self.net(batch.x_source)
+            lt, ft = self.net(batch.x_target)
+            return ls, lt, fs, ft
+        raise ValueError(f"{self.name}.forward must be 'concat' or 'separate', got {mode!r}")
+
+    @staticmethod
+    def combine(parts: dict[str, torch.Tensor], da: torch.Tensor | None = None, trade_off: float = 0.0) -> Loss:
+        """``total = sum of supervised parts + trade_off * da`` — the same rule for every method."""
+        total = sum(parts.values()) if parts else torch.zeros(())
+        out = dict(parts)
+        if da is not None:
+            total = total + trade_off * da
+            out["da"] = da
+        return Loss(total=total, parts=out)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Cast a value given on the command line (often a string) to the default's type."""
+    if default is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                lowered = value.lower()
+                if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                    raise ValueError(value)
+                return lowered in ("1", "true", "yes", "on")
+            return bool(value)
+        if isinstance(default, (int, float, str)):
+            if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return type(default)(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected a {type(default).__name__} like {default!r}, got {value!r}") from None
+    return value
+
+
+def validate_method_class(cls: type) -> None:
+    """Refuse a method class that lacks a required piece, saying which."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"{cls!r} must subclass dabench.Method")
+    problems = []
+    if cls.loss is Method.loss and cls.fit is Method.fit:
+        problems.append("implement loss(batch, progress) (or override fit(ctx))")
+    if cls.protocol not in PROTOCOLS:
+        problems.append(f"protocol must be one of {PROTOCOLS}, got {cls.protocol!r}")
+    if not isinstance(cls.uses, Uses):
+        problems.append("uses must be a dabench.Uses(...)")
+    elif cls.uses.init not in INITS:
+        problems.append(f"uses.init must be one of {INITS}, got {cls.uses.init!r}")
+    if not isinstance(cls.defaults, dict):
+        problems.append("defaults must be a dict of hyperparameter defaults")
+    if not cls.__doc__:
+        problems.append("add a docstring (first line: what it is; then citation and equation)")
+    if problems:
+        raise TypeError(f"method class {cls.__qualname__} is incomplete: " + "; ".join(problems))

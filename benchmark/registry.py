@@ -1,0 +1,203 @@
+"""Decorator registries for methods, pairs and backbones (timm style).
+
+Each registry maps a name to an object and remembers where it was registered, so
+that a second registration of one name can be refused naming both sources.
+Installed plugins are discovered through entry points (groups ``dabench.methods``,
+``dabench.pairs``, ``dabench.backbones``) the first time a registry is read.
+"""
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import importlib.metadata
+import inspect
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class RegistryError(KeyError):
+    """An unknown name or a conflicting registration; the message says which names are valid."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0]) if self.args else ""
+
+
+class PluginError(ImportError):
+    """A plugin (entry point, file or module) failed to import."""
+
+
+def _source_of(obj: Any) -> str:
+    try:
+        return f"{inspect.getsourcefile(obj)}:{inspect.getsourcelines(obj)[1]}"
+    except (TypeError, OSError):
+        return getattr(obj, "__module__", repr(obj))
+
+
+class Registry(Generic[T]):
+    """A named collection of ``T`` with pattern listing and entry-point discovery."""
+
+    def __init__(self, kind: str, entry_point_group: str) -> None:
+        self.kind = kind
+        self.group = entry_point_group
+        self._items: dict[str, T] = {}
+        self._sources: dict[str, str] = {}
+        self._entry_points_loaded = False
+
+    def register(self, name: str, obj: T, source: str | None = None) -> T:
+        source = source or _source_of(obj)
+        if name in self._items and self._sources[name] != source:
+            raise RegistryError(
+                f"{self.kind} {name!r} is registered twice: first by {self._sources[name]}, "
+                f"again by {source}. Pick another name for one of them."
+            )
+        self._items[name] = obj
+        self._sources[name] = source
+        return obj
+
+    def decorator(self, name: str) -> Callable[[T], T]:
+        def wrap(obj: T) -> T:
+            return self.register(name, obj)
+
+        return wrap
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True  # set first: a plugin importing dabench must not recurse
+        for ep in importlib.metadata.entry_points(group=self.group):
+            try:
+                obj = ep.load()
+            except Exception as exc:  # noqa: BLE001 - any import error is the plugin's
+                raise PluginError(
+                    f"plugin entry point {ep.name!r} ({ep.value}) in group {self.group!r} "
+                    f"failed to import: {type(exc).__name__}: {exc}"
+                ) from exc
+            # An entry point may name a module (which registers on import) or an object.
+            if not inspect.ismodule(obj) and ep.name not in self._items:
+                self.register(ep.name, obj, source=f"entry point {ep.value}")
+
+    def names(self, pattern: str | None = None) -> list[str]:
+        """Registered names, sorted; ``pattern`` is a shell-style glob (``dan*``) or a list ``a,b``."""
+        self._load_entry_points()
+        names = sorted(self._items)
+        if not pattern:
+            return names
+        out: list[str] = []
+        for part in pattern.split(","):
+            out += [n for n in names if fnmatch.fnmatchcase(n, part.strip()) and n not in out]
+        return out
+
+    def get(self, name: str) -> T:
+        self._load_entry_points()
+        if name not in self._items:
+            raise RegistryError(
+                f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(sorted(self._items))}"
+            )
+        return self._items[name]
+
+    def source(self, name: str) -> str:
+        return self._sources[name]
+
+    def expand(self, patterns: str | list[str]) -> list[str]:
+        """Expand comma-separated names/globs; an unmatched entry is an error naming the choices."""
+        parts = patterns.split(",") if isinstance(patterns, str) else list(patterns)
+        out: list[str] = []
+        for part in (p.strip() for p in parts):
+            if not part:
+                continue
+            if any(c in part for c in "*?["):
+                hits = self.names(part)
+            else:
+                self.get(part)  # raises with the valid choices
+                hits = [part]
+            if not hits:
+                raise RegistryError(
+                    f"{self.kind} pattern {part!r} matches nothing; valid {self.kind}s: "
+                    f"{', '.join(self.names())}"
+                )
+            out += [h for h in hits if h not in out]
+        return out
+
+    def __contains__(self, name: str) -> bool:
+        self._load_entry_points()
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+METHODS: Registry = Registry("method", "dabench.methods")
+PAIRS: Registry = Registry("pair", "dabench.pairs")
+BACKBONES: Registry = Registry("backbone", "dabench.backbones")
+
+
+def register_method(name: str):
+    """Register a :class:`~dabench.Method` subclass under ``name``; sets ``cls.name``."""
+
+    def wrap(cls):
+        cls.name = name
+        from .method import validate_method_class  # late: method.py imports this module
+
+        validate_method_class(cls)
+        return METHODS.register(name, cls)
+
+    return wrap
+
+
+def register_pair(pair):
+    """Register a :class:`~dabench.DomainPair` (an instance) under its own name."""
+    return PAIRS.register(pair.name, pair, source=_caller())
+
+
+def register_backbone(name: str):
+    """Register a backbone factory ``f(**options) -> Backbone`` under ``name``."""
+    return BACKBONES.decorator(name)
+
+
+def _caller() -> str:
+    frame = inspect.stack()[2]
+    return f"{frame.filename}:{frame.lineno}"
+
+
+def list_methods(pattern: str | None = None) -> list[str]:
+    return METHODS.names(pattern)
+
+
+def list_pairs(pattern: str | None = None) -> list[str]:
+    return PAIRS.names(pattern)
+
+
+def list_backbones(pattern: str | None = None) -> list[str]:
+    return BACKBONES.names(pattern)
+
+
+def load_plugin(ref: str) -> None:
+    """Import a plugin given as a ``.py`` file path or a dotted module name; it registers itself."""
+    import importlib.util
+    import pathlib
+    import sys
+
+    try:
+        if ref.endswith(".py") or "/" in ref:
+            path = pathlib.Path(ref).resolve()
+            if not path.is_file():
+                raise FileNotFoundError(f"no such file: {path}")
+            mod_name = f"dabench_plugin_{path.stem}"
+            if mod_name in sys.modules:
+                return
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            assert spec and spec.loader
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[mod_name]
+                raise
+        else:
+            importlib.import_module(ref)
+    except RegistryError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise PluginError(f"plugin {ref!r} failed to import: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,53 @@
+"""Run specifications: one (method, pair, seed, resolved hyperparameters, schedule) each, with a stable id."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .domain import Schedule
+
+#: bump when the meaning of a spec changes, so old records are not mistaken for new runs
+SPEC_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a run's result. ``run_id`` hashes all of it."""
+
+    method: str
+    pair: str
+    seed: int
+    protocol: str
+    target_shots: int  # labelled target images per class this run trains on (0 for UDA)
+    eval_shots: int  # shots per class removed from this seed's evaluation set, for every method
+    hparams: dict[str, Any] = field(default_factory=dict)
+    schedule: Schedule = field(default_factory=Schedule)
+    backbone: str = ""
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    depends_on: str | None = None  # run id of the source-only run this one starts from
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["schedule"] = asdict(self.schedule)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunSpec":
+        d = dict(d)
+        d["schedule"] = Schedule(**d["schedule"])
+        return cls(**d)
+
+    @property
+    def run_id(self) -> str:
+        payload = {"format": SPEC_FORMAT, **self.to_dict()}
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} | {self.pair} | seed {self.seed}"
+
+    def target_labels(self, num_classes: int) -> int:
+        return self.target_shots * num_classes

@@ -1,0 +1,466 @@
+"""Statistical comparison of methods across tasks.
+
+Blocks ("tasks"). A comparison across tasks needs one score per method and task. By
+default a task is a **pair**, scored by the mean over seeds of the selected accuracy: seeds
+of one pair share data and are not independent tasks, so counting them as blocks would
+overstate N (Demšar 2006, §3: blocks are data sets). ``blocks="pair-seed"`` uses every
+(pair, seed) as a block instead, for users who accept that.
+
+Tests (all two-sided, level ``alpha``):
+
+* **Friedman** (Demšar 2006, eq. in §3.2.2). Ranks r_ij within each block (1 = best,
+  ties share the mean rank), average ranks R_j = (1/N) Σ_i r_ij, and
+  χ²_F = 12N / (k(k+1)) · [Σ_j R_j² − k(k+1)²/4]   (χ² with k−1 d.o.f.),
+  F_F = (N−1) χ²_F / (N(k−1) − χ²_F)               (F with k−1, (k−1)(N−1) d.o.f.).
+  ``tie_correction=True`` divides χ²_F by 1 − Σ(t³−t)/(N k (k²−1)) as scipy does.
+* **Nemenyi** critical difference CD = q_α √(k(k+1)/(6N)), with q_α the studentized range
+  quantile for k groups and infinite d.o.f. divided by √2. Two methods differ when their
+  average ranks differ by at least CD; a CD diagram joins by a bar the *cliques* of
+  methods whose ranks are all within CD.
+* **Wilcoxon signed-rank** per pair of methods over the blocks, with **Holm**'s step-down
+  correction (Holm 1979): sort the m p-values p_(1) ≤ … ≤ p_(m), adjusted
+  p̃_(i) = max_{j≤i} min(1, (m−j+1) p_(j)).
+* **Stratified bootstrap** (Agarwal et al. 2021, "Deep RL at the edge of the statistical
+  precipice"): resample the runs (seeds) of each task with replacement, independently per
+  task, recompute the aggregate, and take percentile intervals. Aggregates: the mean
+  (mean over tasks of the per-task mean) and the **interquartile mean** (IQM, mean of the
+  middle 50% of all run scores pooled over tasks). Accuracies are already on a common
+  0–100 scale, so no per-task normalisation is applied.
+* **Probability of improvement** P(X > Y) = (1/M) Σ_m (1/(N K)) Σ_i Σ_j S(x_mi, y_mj), with
+  S = 1 if x > y, ½ if equal, 0 otherwise (Agarwal et al. 2021), CI by the same bootstrap.
+* **Per pair, over seeds** (only with ≥ 5 seeds per method): a paired t-test when both
+  methods have the same seeds (a seed fixes the split and the few-shot draw, so runs pair
+  up), else Welch's t-test; Holm-corrected within the pair. A t-test rather than Wilcoxon:
+  with 5 seeds the smallest two-sided Wilcoxon p is 2/2⁵ = 0.0625 > 0.05.
+
+Comparisons are made within one label budget at a time; every table has a ``labels`` column.
+"""
+from __future__ import annotations
+
+import html
+import itertools
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from .leaderboard import _entry_names, budget_key
+from .selection import rule_title, select
+
+BLOCKS = ("pair", "pair-seed")
+MIN_SEEDS_PER_PAIR = 5
+
+
+# ---------------------------------------------------------------------------------------
+# Building blocks on plain arrays
+# ---------------------------------------------------------------------------------------
+def rank_matrix(scores: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
+    """Ranks within each row (block) of an N×k matrix; 1 = best, ties get the mean rank."""
+    s = np.asarray(scores, dtype=float)
+    return sps.rankdata(-s if higher_is_better else s, axis=1, method="average")
+
+
+@dataclass(frozen=True)
+class FriedmanResult:
+    """Friedman test with the Nemenyi critical difference for one set of methods."""
+
+    labels: str
+    n_blocks: int
+    k: int
+    avg_ranks: pd.Series  # method → average rank, ascending (best first)
+    chi2: float
+    p_chi2: float
+    ff: float
+    p_ff: float
+    alpha: float
+    q_alpha: float
+    cd: float
+    cliques: tuple[tuple[str, ...], ...]
+
+    @property
+    def significant(self) -> bool:
+        return bool(self.p_ff < self.alpha) if not math.isnan(self.p_ff) else bool(self.p_chi2 < self.alpha)
+
+
+def nemenyi_q(k: int, alpha: float = 0.05) -> float:
+    """q_α of the Nemenyi test: studentized range quantile (k groups, ∞ d.o.f.) / √2."""
+    return float(sps.studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2))
+
+
+def nemenyi_cd(k: int, n_blocks: int, alpha: float = 0.05) -> float:
+    """Critical difference q_α √(k(k+1)/(6N)) (Demšar 2006, §3.2.2)."""
+    return nemenyi_q(k, alpha) * math.sqrt(k * (k + 1) / (6 * n_blocks))
+
+
+def cd_cliques(avg_ranks: pd.Series, cd: float) -> tuple[tuple[str, ...], ...]:
+    """Maximal groups of methods whose average ranks all lie within less than ``cd``.
+
+    Sorted by rank, each group is a contiguous run [i..j] with r_j − r_i < cd; groups
+    contained in another are dropped, as are single methods. Two methods share a group
+    exactly when the Nemenyi test does not separate them.
+    """
+    r = avg_ranks.sort_values()
+    names, vals = list(r.index), r.to_numpy(dtype=float)
+    spans = []
+    for i in range(len(vals)):
+        j = i
+        while j + 1 < len(vals) and vals[j + 1] - vals[i] < cd:
+            j += 1
+        if j > i and not any(a <= i and j <= b for a, b in spans):
+            spans.append((i, j))
+    return tuple(tuple(names[i:j + 1]) for i, j in spans)
+
+
+def friedman(scores: pd.DataFrame | np.ndarray, alpha: float = 0.05, tie_correction: bool = False,
+             labels: str = "", higher_is_better: bool = True) -> FriedmanResult:
+    """Friedman test on an N(blocks)×k(methods) score matrix, with Nemenyi's CD."""
+    if isinstance(scores, pd.DataFrame):
+        names = [str(c) for c in scores.columns]
+        x = scores.to_numpy(dtype=float)
+    else:
+        x = np.asarray(scores, dtype=float)
+        names = [f"m{j}" for j in range(x.shape[1])]
+    n, k = x.shape
+    if n < 2 or k < 2:
+        raise ValueError(f"Friedman needs at least 2 blocks and 2 methods, got {n} blocks × {k} methods")
+    if np.isnan(x).any():
+        raise ValueError("Friedman needs a complete score matrix (no missing method × block)")
+    ranks = rank_matrix(x, higher_is_better)
+    rbar = ranks.mean(axis=0)
+    chi2 = 12 * n / (k * (k + 1)) * (np.sum(rbar**2) - k * (k + 1) ** 2 / 4)
+    if tie_correction:
+        ties = 0.0
+        for row in ranks:
+            _, t = np.unique(row, return_counts=True)
+            ties += float(np.sum(t**3 - t))
+        c = 1 - ties / (n * k * (k * k - 1))
+        chi2 = chi2 / c if c > 0 else math.nan
+    chi2 = float(chi2)
+    p_chi2 = float(sps.chi2.sf(chi2, k - 1))
+    denom = n * (k - 1) - chi2
+    ff = float((n - 1) * chi2 / denom) if denom > 0 else math.inf
+    p_ff = float(sps.f.sf(ff, k - 1, (k - 1) * (n - 1))) if math.isfinite(ff) else 0.0
+    q = nemenyi_q(k, alpha)
+    cd = q * math.sqrt(k * (k + 1) / (6 * n))
+    avg = pd.Series(rbar, index=names).sort_values()
+    return FriedmanResult(labels, n, k, avg, chi2, p_chi2, ff, p_ff, alpha, q, cd, cd_cliques(avg, cd))
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values (step-down; NaNs are kept and not counted)."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = len(ok)
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for i, idx in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[idx]))
+        out[idx] = running
+    return out
+
+
+def wilcoxon_p(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(statistic, two-sided p) of the Wilcoxon signed-rank test; p = 1 when all differences are 0."""
+    d = np.asarray(x, float) - np.asarray(y, float)
+    if len(d) < 2:
+        return math.nan, math.nan
+    if np.all(d == 0):
+        return 0.0, 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # small-sample / ties notes from scipy
+        r = sps.wilcoxon(x, y)
+    return float(r.statistic), float(r.pvalue)
+
+
+def _as_tasks(scores: dict[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
+    """Runs per task: a dict task → runs, or a runs×tasks matrix (columns are tasks)."""
+    if isinstance(scores, dict):
+        return [np.asarray(v, float) for v in scores.values()]
+    a = np.asarray(scores, float)
+    if a.ndim == 1:
+        a = a[:, None]
+    return [a[:, j] for j in range(a.shape[1])]
+
+
+def _resample(tasks: list[np.ndarray], reps: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """For each task, ``reps`` bootstrap resamples of its runs: arrays of shape (reps, n_task)."""
+    return [t[rng.integers(0, len(t), size=(reps, len(t)))] for t in tasks]
+
+
+def aggregate_mean(tasks: list[np.ndarray]) -> np.ndarray | float:
+    """Mean over tasks of the per-task mean run score (works on resampled (reps, n) arrays)."""
+    return np.mean([t.mean(axis=-1) for t in tasks], axis=0)
+
+
+def aggregate_iqm(tasks: list[np.ndarray]) -> np.ndarray | float:
+    """Interquartile mean of all run scores pooled over tasks (25% trimmed each side)."""
+    pooled = np.concatenate(tasks, axis=-1)
+    return sps.trim_mean(pooled, 0.25, axis=-1)
+
+
+def stratified_bootstrap_ci(scores: dict[str, np.ndarray] | np.ndarray,
+                            statistic: Callable[[list[np.ndarray]], np.ndarray | float] = aggregate_mean,
+                            reps: int = 2000, level: float = 0.95,
+                            seed: int | np.random.Generator = 0) -> tuple[float, float, float]:
+    """(point estimate, low, high): percentile CI of ``statistic`` under stratified bootstrap.
+
+    Runs are resampled with replacement within each task (the strata), tasks are kept.
+    """
+    tasks = _as_tasks(scores)
+    rng = np.random.default_rng(seed)
+    point = float(statistic(tasks))
+    boot = np.asarray(statistic(_resample(tasks, reps, rng)), float)
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return point, float(lo), float(hi)
+
+
+def _poi(xs: list[np.ndarray], ys: list[np.ndarray]) -> np.ndarray | float:
+    """Probability of improvement averaged over tasks; works on (reps, n) arrays too."""
+    per_task = []
+    for x, y in zip(xs, ys):
+        gt = (x[..., :, None] > y[..., None, :]).mean(axis=(-2, -1))
+        eq = (x[..., :, None] == y[..., None, :]).mean(axis=(-2, -1))
+        per_task.append(gt + 0.5 * eq)
+    return np.mean(per_task, axis=0)
+
+
+def probability_of_improvement(x: dict[str, np.ndarray] | np.ndarray, y: dict[str, np.ndarray] | np.ndarray,
+                               reps: int = 2000, level: float = 0.95,
+                               seed: int | np.random.Generator = 0) -> tuple[float, float, float]:
+    """(P(X > Y), low, high) with a stratified-bootstrap percentile CI (Agarwal et al. 2021).
+
+    ``x`` and ``y`` hold the run scores of two methods on the same tasks (same order/keys).
+    """
+    xs, ys = _as_tasks(x), _as_tasks(y)
+    if len(xs) != len(ys):
+        raise ValueError(f"probability of improvement needs the same tasks: {len(xs)} vs {len(ys)}")
+    rng = np.random.default_rng(seed)
+    point = float(_poi(xs, ys))
+    boot = np.asarray(_poi(_resample(xs, reps, rng), _resample(ys, reps, rng)), float)
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return point, float(lo), float(hi)
+
+
+# ---------------------------------------------------------------------------------------
+# The comparison of a results table
+# ---------------------------------------------------------------------------------------
+def md_table(df: pd.DataFrame, floatfmt: str = ".3g", index: bool = False) -> str:
+    """A padded GitHub pipe table (no tabulate dependency)."""
+    d = df.reset_index() if index else df
+    def cell(v: object) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "–" if math.isnan(v) else format(float(v), floatfmt)
+        if isinstance(v, (tuple, list)):
+            return ", ".join(map(str, v))
+        return str(v)
+    cols = [str(c) for c in d.columns]
+    rows = [[cell(v) for v in r] for r in d.itertuples(index=False)]
+    widths = [max([len(c)] + [len(r[j]) for r in rows]) for j, c in enumerate(cols)]
+    line = lambda cs: "| " + " | ".join(c.ljust(w) for c, w in zip(cs, widths)) + " |"
+    return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def html_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
+    """An escaped HTML table of ``df`` (no jinja2 needed)."""
+    def cell(v: object) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "–" if math.isnan(v) else format(float(v), floatfmt)
+        if isinstance(v, (tuple, list)):
+            return ", ".join(map(str, v))
+        return str(v)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in r) + "</tr>"
+                   for r in df.itertuples(index=False))
+    return f'<table class="stats"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """All statistics of one results table under one selection rule."""
+
+    rule: str
+    blocks: str
+    alpha: float
+    friedman: tuple[FriedmanResult, ...]
+    nemenyi: pd.DataFrame
+    wilcoxon: pd.DataFrame
+    bootstrap: pd.DataFrame
+    improvement: pd.DataFrame
+    per_pair: pd.DataFrame
+    notes: tuple[str, ...] = field(default=())
+
+    def _sections(self) -> list[tuple[str, str, pd.DataFrame | None]]:
+        """(heading, text, table) triples shared by the Markdown and HTML renderings."""
+        out: list[tuple[str, str, pd.DataFrame | None]] = []
+        blocks = ("pairs (mean over seeds per pair)" if self.blocks == "pair"
+                  else "pair × seed blocks")
+        for f in self.friedman:
+            txt = (f"Labels {f.labels}: Friedman over N = {f.n_blocks} {blocks}, k = {f.k} methods: "
+                   f"χ²_F = {f.chi2:.3f} (p = {f.p_chi2:.3g}), F_F = {f.ff:.3f} (p = {f.p_ff:.3g}); "
+                   f"Nemenyi q_{self.alpha} = {f.q_alpha:.3f}, CD = {f.cd:.3f}. "
+                   + ("The methods differ significantly." if f.significant else
+                      "No significant difference among the methods.")
+                   + " Groups not separated by Nemenyi: "
+                   + ("; ".join("{" + ", ".join(c) + "}" for c in f.cliques) or "none") + ".")
+            ranks = f.avg_ranks.rename("average rank").rename_axis("method").reset_index()
+            out.append((f"Friedman / Nemenyi (labels {f.labels})", txt, ranks))
+        if not self.wilcoxon.empty:
+            out.append(("Pairwise Wilcoxon signed-rank, Holm-corrected",
+                        f"Over the same blocks; significant = Holm-adjusted p < {self.alpha}.", self.wilcoxon))
+        if not self.bootstrap.empty:
+            out.append(("Stratified bootstrap 95% CIs (Agarwal et al. 2021)",
+                        "Mean = mean over pairs of the per-pair mean; IQM = interquartile mean of all runs. "
+                        "Seeds resampled within each pair.", self.bootstrap))
+        if not self.improvement.empty:
+            out.append(("Probability of improvement P(a > b)",
+                        "Averaged over pairs, ties count ½; 95% stratified-bootstrap CI.", self.improvement))
+        if not self.per_pair.empty:
+            out.append(("Per-pair tests over seeds",
+                        f"Pairs with ≥ {MIN_SEEDS_PER_PAIR} seeds per method; paired t-test when seeds match, "
+                        "else Welch; Holm within each pair.", self.per_pair))
+        return out
+
+    def title(self) -> str:
+        return f"Statistical comparison — selection rule: {rule_title(self.rule)}"
+
+    def to_markdown(self) -> str:
+        parts = [f"## {self.title()}", ""]
+        for head, txt, tab in self._sections():
+            parts += [f"### {head}", "", txt, ""]
+            if tab is not None and not tab.empty:
+                parts += [md_table(tab), ""]
+        parts += [f"- {n}" for n in self.notes]
+        return "\n".join(parts) + "\n"
+
+    def to_html(self) -> str:
+        parts = []
+        for head, txt, tab in self._sections():
+            parts += [f"<h3>{html.escape(head)}</h3>", f"<p>{html.escape(txt)}</p>"]
+            if tab is not None and not tab.empty:
+                parts.append(html_table(tab))
+        if self.notes:
+            parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in self.notes) + "</ul>")
+        return "\n".join(parts)
+
+
+def selected_runs(df: pd.DataFrame, rule: str = "last") -> pd.DataFrame:
+    """Complete runs with a selected accuracy and an ``entry`` name (as in the leaderboard)."""
+    sel = select(df, rule)
+    sel = sel[(sel["status"] == "complete") & sel["accuracy"].notna()].copy()
+    if sel.empty:
+        sel["entry"] = []
+        return sel
+    names = _entry_names(sel[["method", "labels"]].drop_duplicates())
+    sel["entry"] = [names[(m, l)] for m, l in zip(sel["method"], sel["labels"])]
+    return sel
+
+
+def compare(df: pd.DataFrame, rule: str = "last", blocks: str = "pair", alpha: float = 0.05,
+            reps: int = 2000, seed: int = 0, tie_correction: bool = False) -> Comparison:
+    """Friedman/Nemenyi, Wilcoxon–Holm, bootstrap CIs, P(improvement) and per-pair tests.
+
+    Each label budget is compared on its own. Methods missing a block are left out of the
+    across-task tests of that budget (named in ``notes``).
+    """
+    if blocks not in BLOCKS:
+        raise ValueError(f"unknown blocks {blocks!r}; valid: {', '.join(BLOCKS)}")
+    sel = selected_runs(df, rule)
+    notes: list[str] = []
+    fr, nem, wil, boot, poi, per = [], [], [], [], [], []
+    for labels in sorted(sel["labels"].unique(), key=budget_key) if len(sel) else []:
+        s = sel[sel["labels"] == labels]
+        # ---- across tasks ---------------------------------------------------------
+        if blocks == "pair":
+            mat = s.pivot_table(index="pair", columns="entry", values="accuracy", aggfunc="mean")
+        else:
+            mat = s.pivot_table(index=["pair", "seed"], columns="entry", values="accuracy", aggfunc="mean")
+        incomplete = [c for c in mat.columns if mat[c].isna().any()]
+        if incomplete:
+            notes.append(f"labels {labels}: left out of the across-task tests (missing blocks): "
+                         f"{', '.join(map(str, incomplete))}")
+            mat = mat.drop(columns=incomplete)
+        if mat.shape[0] >= 2 and mat.shape[1] >= 2:
+            f = friedman(mat, alpha, tie_correction, labels=labels)
+            fr.append(f)
+            for a, b in itertools.combinations(f.avg_ranks.index, 2):
+                diff = abs(f.avg_ranks[a] - f.avg_ranks[b])
+                nem.append(dict(labels=labels, a=a, b=b, rank_a=f.avg_ranks[a], rank_b=f.avg_ranks[b],
+                                diff=diff, cd=f.cd, significant=bool(diff >= f.cd)))
+            rows = []
+            for a, b in itertools.combinations(f.avg_ranks.index, 2):
+                st, p = wilcoxon_p(mat[a].to_numpy(), mat[b].to_numpy())
+                rows.append(dict(labels=labels, a=a, b=b, n=len(mat),
+                                 mean_diff=float((mat[a] - mat[b]).mean()), statistic=st, p=p))
+            adj = holm([r["p"] for r in rows])
+            for r, q in zip(rows, adj):
+                r["p_holm"] = q
+                r["significant"] = bool(q < alpha) if not math.isnan(q) else False
+            wil += rows
+            if len(mat) < 6:
+                notes.append(f"labels {labels}: with N = {len(mat)} blocks the two-sided Wilcoxon test "
+                             "cannot reach p < 0.05 (needs N ≥ 6).")
+        else:
+            notes.append(f"labels {labels}: across-task tests need ≥ 2 pairs/blocks and ≥ 2 methods "
+                         f"with all of them (have {mat.shape[0]} × {mat.shape[1]}).")
+        # ---- bootstrap and probability of improvement (over pairs, seeds as runs) --
+        runs = {e: {p: g["accuracy"].to_numpy() for p, g in ge.groupby("pair")}
+                for e, ge in s.groupby("entry")}
+        pairs_all = sorted(s["pair"].unique())
+        order = list(fr[-1].avg_ranks.index) if fr and fr[-1].labels == labels else sorted(runs)
+        order += [e for e in sorted(runs) if e not in order]
+        for i, e in enumerate(order):
+            r = runs[e]
+            m, mlo, mhi = stratified_bootstrap_ci(r, aggregate_mean, reps, seed=seed + i)
+            q, qlo, qhi = stratified_bootstrap_ci(r, aggregate_iqm, reps, seed=seed + i)
+            boot.append(dict(labels=labels, method=e, pairs=len(r), runs=sum(map(len, r.values())),
+                             mean=m, mean_lo=mlo, mean_hi=mhi, iqm=q, iqm_lo=qlo, iqm_hi=qhi,
+                             all_pairs=len(r) == len(pairs_all)))
+        for i, (a, b) in enumerate(itertools.combinations(order, 2)):
+            common = sorted(set(runs[a]) & set(runs[b]))
+            if not common:
+                continue
+            p, lo, hi = probability_of_improvement({t: runs[a][t] for t in common},
+                                                   {t: runs[b][t] for t in common}, reps, seed=seed + i)
+            poi.append(dict(labels=labels, a=a, b=b, pairs=len(common), p_improvement=p, lo=lo, hi=hi))
+        # ---- per pair over seeds ------------------------------------------------
+        for pair, g in s.groupby("pair"):
+            vals = {e: ge.set_index("seed")["accuracy"] for e, ge in g.groupby("entry")
+                    if len(ge) >= MIN_SEEDS_PER_PAIR}
+            rows = []
+            for a, b in itertools.combinations(sorted(vals, key=lambda e: -vals[e].mean()), 2):
+                xa, xb = vals[a], vals[b]
+                if set(xa.index) == set(xb.index):
+                    test, p = "paired t", _ttest(sps.ttest_rel, xa.sort_index().to_numpy(),
+                                                 xb.sort_index().to_numpy())
+                else:
+                    test, p = "Welch t", _ttest(lambda x, y: sps.ttest_ind(x, y, equal_var=False),
+                                                xa.to_numpy(), xb.to_numpy())
+                rows.append(dict(labels=labels, pair=pair, a=a, b=b, seeds=min(len(xa), len(xb)),
+                                 mean_a=float(xa.mean()), mean_b=float(xb.mean()), test=test, p=p))
+            adj = holm([r["p"] for r in rows])
+            for r, q in zip(rows, adj):
+                r["p_holm"] = q
+                r["significant"] = bool(q < alpha) if not math.isnan(q) else False
+            per += rows
+    if len(sel) and not per:
+        notes.append(f"per-pair tests skipped: they need ≥ {MIN_SEEDS_PER_PAIR} seeds per method and pair.")
+    return Comparison(rule, blocks, alpha, tuple(fr), pd.DataFrame(nem), pd.DataFrame(wil),
+                      pd.DataFrame(boot), pd.DataFrame(poi), pd.DataFrame(per), tuple(notes))
+
+
+def _ttest(fn: Callable, x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided p of a t-test; identical constant samples → 1, other zero-variance → 0 or 1."""
+    d_const = np.std(x) == 0 and np.std(y) == 0
+    if d_const:
+        return 1.0 if np.mean(x) == np.mean(y) else 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(fn(x, y).pvalue)
+    if math.isnan(p):  # paired differences constant but non-zero: a sure difference
+        return 0.0 if np.mean(x) != np.mean(y) else 1.0
+    return p

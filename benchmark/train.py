@@ -1,0 +1,220 @@
+"""The engine: builds a run from its spec, owns the device, optimiser, schedule, evaluation,
+logging and checkpoints, and calls the method only for its loss (or its own ``fit``)."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .data import DeviceData
+from .domain import DomainPair, PairData
+from .evaluate import autocast, evaluate
+from .method import Batch, Method
+from .registry import BACKBONES, METHODS
+from .spec import RunSpec
+from .store import RunStore
+
+
+class Diverged(RuntimeError):
+    """The loss became non-finite; ``step`` is the first step at which it was."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"non-finite loss at step {step}")
+        self.step = step
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_method(spec: RunSpec, pair: DomainPair) -> Method:
+    cls = METHODS.get(spec.method)
+    backbone = BACKBONES.get(spec.backbone)(
+        in_channels=pair.channels, image_size=pair.image_size, **spec.backbone_options
+    )
+    return cls(backbone, pair.num_classes, spec.hparams)
+
+
+@dataclass
+class RunContext:
+    """What a method's ``fit`` may use: the data on the device, the schedule and the engine's loop."""
+
+    spec: RunSpec
+    pair: DomainPair
+    data: DeviceData
+    device: torch.device
+    store: RunStore | None = None
+    on_step: Callable[[int, int], None] | None = None
+    checkpoint_every: int = 0  # steps between mid-run checkpoints (0: never)
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    steps_done: int = 0
+    images_seen: int = 0
+
+    @property
+    def schedule(self):
+        return self.spec.schedule
+
+    def record_eval(self, method: Method, step: int, losses: dict[str, torch.Tensor] | None = None) -> dict:
+        point = {"step": step, **evaluate(method, self.data)}
+        if losses:
+            point["loss"] = {k: float(v) for k, v in losses.items()}
+        self.curve.append(point)
+        return point
+
+    def train_steps(self, method: Method) -> None:
+        """SGD (Nesterov momentum) over the pair's schedule with lr·lr_mult·(1+10p)^−0.75.
+
+        No host synchronisation inside the loop except every ``log_every`` steps (one check of
+        a device-side "first non-finite step" counter) and at evaluations.
+        """
+        sch = self.spec.schedule
+        steps = method.num_steps(sch.steps)
+        groups = method.param_groups()
+        for g in groups:
+            g["lr"] = sch.lr * g["lr_mult"]
+        opt = torch.optim.SGD(groups, lr=sch.lr, momentum=sch.momentum, weight_decay=sch.weight_decay, nesterov=True)
+        uses = method.uses
+        data, dev = self.data, self.device
+        streams = {}
+        if uses.source_labels:
+            streams["source"] = data.stream(data.source, sch.batch_size)
+        if uses.target_unlabeled:
+            streams["target"] = data.stream(data.target, sch.batch_size)
+        if self.spec.target_shots > 0:
+            if len(data.shots) == 0:
+                raise ValueError(f"{self.spec.method} needs target shots but target_shots gives none")
+            streams["shots"] = data.stream(data.shots, min(sch.batch_size, len(data.shots)))
+        first_bad = torch.full((), -1, dtype=torch.long, device=dev)
+        sums: dict[str, torch.Tensor] = {}
+        n_since = 0
+        start = self._resume(method, opt) if self.checkpoint_every else 0
+        per_step_images = sum(s.batch_size for s in streams.values())
+        method.train()
+        for step in range(start, steps):
+            progress = step / steps
+            factor = (1 + 10 * progress) ** -0.75 if sch.lr_schedule == "inv" else 1.0
+            for g in opt.param_groups:
+                g["lr"] = sch.lr * g["lr_mult"] * factor
+            batch = Batch()
+            if "source" in streams:
+                batch.x_source, batch.y_source = data.batch_from(data.source, streams["source"].next())
+            if "target" in streams:
+                batch.x_target, _ = data.batch_from(data.target, streams["target"].next())
+            if "shots" in streams:
+                batch.x_shots, batch.y_shots = data.batch_from(data.shots, streams["shots"].next())
+            with autocast(dev):
+                out = method.loss(batch, progress)
+            opt.zero_grad(set_to_none=True)
+            out.total.backward()
+            opt.step()
+            total = out.total.detach()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(total), step, first_bad)
+            for k, v in out.parts.items():
+                sums[k] = sums.get(k, 0) + v.detach().float()
+            n_since += 1
+            self.steps_done = step + 1
+            self.images_seen += per_step_images
+            last = step + 1 == steps
+            if (step + 1) % sch.log_every == 0 or last:
+                bad = int(first_bad)  # the periodic sync
+                if bad >= 0:
+                    raise Diverged(bad)
+                if self.on_step:
+                    self.on_step(step + 1, steps)
+            if (step + 1) % sch.eval_every == 0 or last:
+                self.record_eval(method, step + 1, {k: v / n_since for k, v in sums.items()})
+                sums, n_since = {}, 0
+            if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 and not last:
+                self._save_partial(method, opt, step + 1)
+
+    # --- mid-run checkpoints ---------------------------------------------------------
+    def _save_partial(self, method: Method, opt: torch.optim.Optimizer, step: int) -> None:
+        assert self.store is not None
+        path = self.store.checkpoint_path(self.spec.run_id, partial=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "step": step,
+            "method": method.state_dict(),
+            "optimizer": opt.state_dict(),
+            "curve": self.curve,
+            "generator": self.data.generator.get_state(),
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def _resume(self, method: Method, opt: torch.optim.Optimizer) -> int:
+        if self.store is None:
+            return 0
+        path = self.store.checkpoint_path(self.spec.run_id, partial=True)
+        if not path.exists():
+            return 0
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        method.load_state_dict(state["method"])
+        opt.load_state_dict(state["optimizer"])
+        self.curve = list(state["curve"])
+        self.data.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        self.steps_done = int(state["step"])
+        return self.steps_done
+
+
+def execute(
+    spec: RunSpec,
+    pair: DomainPair,
+    pair_data: PairData,
+    device: torch.device,
+    store: RunStore | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    checkpoint_every: int = 0,
+) -> dict[str, Any]:
+    """Train and evaluate one run; returns the result part of its record. Raises on failure."""
+    torch.manual_seed(spec.seed)
+    method = build_method(spec, pair).to(device)
+    if device.type == "cuda":
+        method = method.to(memory_format=torch.channels_last)
+    if spec.depends_on:
+        if store is None:
+            raise ValueError(f"{spec.method} starts from run {spec.depends_on} but no results store was given")
+        ckpt = store.checkpoint_path(spec.depends_on)
+        if not ckpt.exists():
+            raise FileNotFoundError(
+                f"{spec.method} starts from the source-only run {spec.depends_on}, whose checkpoint {ckpt} is missing"
+            )
+        method.net.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
+    data = DeviceData(pair, pair_data, device, spec.seed, spec.target_shots, spec.eval_shots)
+    ctx = RunContext(spec, pair, data, device, store, on_step, checkpoint_every)
+    t0 = time.perf_counter()
+    method.fit(ctx)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    if not ctx.curve:
+        ctx.record_eval(method, ctx.steps_done)
+    if store is not None and spec.method == "source-only":
+        path = store.checkpoint_path(spec.run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(method.net.state_dict(), tmp)
+        tmp.replace(path)
+    if store is not None:
+        store.checkpoint_path(spec.run_id, partial=True).unlink(missing_ok=True)
+    final = ctx.curve[-1]
+    if not math.isfinite(final["target_acc"]):
+        raise Diverged(ctx.steps_done)
+    return {
+        "curve": ctx.curve,
+        "final": final,
+        "target_labels": spec.target_labels(pair.num_classes),
+        "eval_size": data.eval_size,
+        "timings": {
+            "wall_s": round(wall, 3),
+            "steps": ctx.steps_done,
+            "steps_per_s": round(ctx.steps_done / wall, 2) if wall > 0 else None,
+            "images_per_s": round(ctx.images_seen / wall, 1) if wall > 0 else None,
+        },
+    }

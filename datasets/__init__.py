@@ -1,0 +1,2 @@
+"""Dataset families; each module registers its domains' pairs on import."""
+from . import digits_offline  # noqa: F401

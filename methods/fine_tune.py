@@ -1,0 +1,33 @@
+"""Fine-tune: the whole source-trained network trained on the target shots at a small learning rate."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from dabench.method import Batch, Loss, Method, Uses
+from dabench.registry import register_method
+
+
+@register_method("fine-tune")
+class FineTune(Method):
+    """Fine-tune: start from the source-only network and train all of it on k target shots per class.
+
+    total = CE(h(g(x)), y) over batches of the shots, learning rate lr_scale × the pair's
+    (fine-tuning at a small learning rate keeps the source features; Yosinski et al. 2014,
+    How transferable are features in deep neural networks? NeurIPS), for steps_fraction of its steps.
+    """
+
+    protocol = "few-shot"
+    uses = Uses(source_labels=False, target_shots=True, init="source-only")
+    defaults = {"lr_scale": 0.1, "steps_fraction": 0.5}
+
+    def loss(self, batch: Batch, progress: float) -> Loss:
+        return self.combine({"ce_shots": F.cross_entropy(self.predict(batch.x_shots), batch.y_shots)})
+
+    def param_groups(self) -> list[dict]:
+        groups = super().param_groups()
+        for g in groups:
+            g["lr_mult"] *= float(self.hp["lr_scale"])
+        return groups
+
+    def num_steps(self, scheduled: int) -> int:
+        return max(1, round(scheduled * float(self.hp["steps_fraction"])))
