@@ -43,6 +43,8 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._sources: dict[str, str] = {}
         self._entry_points_loaded = False
+        self._groups: dict[str, tuple[str, ...]] = {}
+        self._factories: dict[str, Callable[[str], T]] = {}
 
     def register(self, name: str, obj: T, source: str | None = None) -> T:
         source = source or _source_of(obj)
@@ -60,6 +62,18 @@ class Registry(Generic[T]):
             return self.register(name, obj)
 
         return wrap
+
+    def register_group(self, name: str, members: list[str] | tuple[str, ...]) -> None:
+        """A name that selects several entries at once (e.g. ``office31`` → its six pairs)."""
+        self._groups[name] = tuple(members)
+
+    def register_factory(self, prefix: str, factory: Callable[[str], T]) -> None:
+        """Entries made on demand from a parametric name ``prefix:arguments`` (e.g. ``folder:source=...``).
+
+        ``factory(arguments)`` returns the object, which is then registered under the full name,
+        so a worker process given the same name rebuilds the same entry.
+        """
+        self._factories[prefix] = factory
 
     def _load_entry_points(self) -> None:
         if self._entry_points_loaded:
@@ -90,9 +104,17 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         self._load_entry_points()
+        if name not in self._items and ":" in name and name.split(":", 1)[0] in self._factories:
+            prefix, arguments = name.split(":", 1)
+            self.register(name, self._factories[prefix](arguments), source=f"factory {prefix!r}")
         if name not in self._items:
+            extra = ""
+            if self._groups:
+                extra += f"; groups: {', '.join(sorted(self._groups))}"
+            if self._factories:
+                extra += f"; parametric: {', '.join(p + ':...' for p in sorted(self._factories))}"
             raise RegistryError(
-                f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(sorted(self._items))}"
+                f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(sorted(self._items))}{extra}"
             )
         return self._items[name]
 
@@ -106,7 +128,9 @@ class Registry(Generic[T]):
         for part in (p.strip() for p in parts):
             if not part:
                 continue
-            if any(c in part for c in "*?["):
+            if part in self._groups:
+                hits = list(self._groups[part])
+            elif any(c in part for c in "*?["):
                 hits = self.names(part)
             else:
                 self.get(part)  # raises with the valid choices
