@@ -1,0 +1,204 @@
+"""Reports: leaderboard exports and one self-contained ``report.html``.
+
+``report.html`` embeds every figure as a base64 PNG (``data:`` URI) and holds its CSS
+inline, so it can be mailed or archived on its own: no external file, script or network
+request. Figures are also written next to it as PNG and SVG (``figures/``) for papers.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from . import figures as F
+from .leaderboard import Leaderboard, leaderboard
+from .results import load_results
+from .selection import RULES, check_rule, rule_regret, rule_title
+from .stats import Comparison, compare, html_table, md_table
+
+FORMATS = ("md", "csv", "tex", "html")
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.4}
+table{border-collapse:collapse;margin:.8em 0;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}
+thead th{background:#f2f2f2}
+caption{font-weight:600;text-align:left;padding:4px 0}
+.oracle{background:#fee;border:2px solid #c00;padding:.5em 1em;font-weight:700}
+.legend{font-size:12px;color:#555}
+img{max-width:100%;height:auto;border:1px solid #eee}
+figure{margin:1em 0}
+code{background:#f5f5f5;padding:0 3px}
+"""
+
+
+def _dirs(dirs: str | Path | Iterable[str | Path]) -> list[Path]:
+    if isinstance(dirs, (str, Path)):
+        return [Path(dirs)]
+    out = [Path(d) for d in dirs]
+    if not out:
+        raise ValueError("write_report needs at least one results folder")
+    return out
+
+
+def _check_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
+    if isinstance(formats, str):
+        formats = [f.strip() for f in formats.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"unknown report format(s) {', '.join(bad)}; valid: {', '.join(FORMATS)}")
+    return tuple(formats)
+
+
+def report_text(dirs: str | Path | Iterable[str | Path], rule: str = "last") -> str:
+    """The Markdown leaderboard the CLI prints for ``dabench report``."""
+    check_rule(rule)
+    return leaderboard(load_results(*_dirs(dirs)), rule).to_markdown()
+
+
+def write_report(dirs: str | Path | Iterable[str | Path], rule: str = "last",
+                 formats: Sequence[str] | str = ("md", "csv"), out: str | Path | None = None,
+                 reps: int = 2000) -> dict[str, Path]:
+    """Write leaderboard exports (``leaderboard.<fmt>``), figures and ``report.html``.
+
+    Args:
+        dirs: one results folder or several (merged; duplicates and corrupt records warn).
+        rule: selection rule (see :data:`dabench.selection.RULES`).
+        formats: leaderboard exports among ``md, csv, tex, html`` (list or comma string).
+        out: output folder; default the first results folder.
+        reps: bootstrap resamples for the confidence intervals.
+
+    Returns:
+        name → path: the formats, ``"report"`` (report.html) and ``"figures"`` (folder).
+    """
+    check_rule(rule)
+    formats = _check_formats(formats)
+    ds = _dirs(dirs)
+    out_dir = Path(out) if out is not None else ds[0]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = load_results(*ds)
+    lb = leaderboard(df, rule)
+    written: dict[str, Path] = {}
+    for fmt in formats:
+        p = out_dir / f"leaderboard.{fmt}"
+        if fmt == "md":
+            p.write_text(lb.to_markdown(), encoding="utf-8")
+        elif fmt == "csv":
+            lb.to_csv(p)
+        elif fmt == "tex":
+            p.write_text(lb.to_latex(), encoding="utf-8")
+        else:
+            p.write_text(lb.to_html(full_page=True), encoding="utf-8")
+        written[fmt] = p
+    cmp_ = compare(df, rule, reps=reps) if not lb.cells.empty else None
+    figs = _figures(df, lb, cmp_, rule)
+    fig_dir = out_dir / "figures"
+    for name, fig in figs.items():
+        F.save_figure(fig, fig_dir / name)
+    if figs:
+        written["figures"] = fig_dir
+    page = _html_page(df, lb, cmp_, figs, rule, ds)
+    rp = out_dir / "report.html"
+    rp.write_text(page, encoding="utf-8")
+    written["report"] = rp
+    return written
+
+
+def _figures(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, rule: str) -> dict:
+    figs = {}
+    makers = [("accuracy_per_pair", lambda: F.accuracy_figure(lb)),
+              ("gain_over_source_only", lambda: F.gain_heatmap(lb)),
+              ("learning_curves", lambda: F.learning_curves(df, rule))]
+    if cmp_ is not None:
+        for fr in cmp_.friedman:
+            makers.append((f"cd_diagram_labels_{fr.labels.replace('/', '_per_')}",
+                           lambda fr=fr: F.cd_diagram(fr)))
+    for name, make in makers:
+        try:
+            fig = make()
+        except Exception as exc:  # a figure must never cost the whole report
+            warnings.warn(f"figure {name} failed: {type(exc).__name__}: {exc}", stacklevel=2)
+            continue
+        if fig is not None:
+            figs[name] = fig
+    return figs
+
+
+def _environment(df: pd.DataFrame) -> pd.DataFrame:
+    """Devices and library versions seen in the runs, with counts."""
+    rows = []
+    for dev, n in Counter(str(d) for d in df["device"]).most_common():
+        rows.append(dict(what="device", value=dev, runs=n))
+    vers: Counter = Counter()
+    for v in df["versions"]:
+        for lib, ver in (v or {}).items():
+            vers[(lib, str(ver))] += 1
+    for (lib, ver), n in sorted(vers.items()):
+        rows.append(dict(what=lib, value=ver, runs=n))
+    return pd.DataFrame(rows, columns=["what", "value", "runs"])
+
+
+def _problems(df: pd.DataFrame) -> pd.DataFrame:
+    bad = df[df["status"] != "complete"]
+    cols = ["run_id", "method", "pair", "seed", "status", "diverged_at_step", "error", "record_path"]
+    return bad[cols].astype(object).where(bad[cols].notna(), "") if len(bad) else pd.DataFrame(columns=cols)
+
+
+def _html_page(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, figs: dict,
+               rule: str, dirs: list[Path]) -> str:
+    esc = html.escape
+    status = Counter(df["status"]) if len(df) else Counter()
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>dabench report — {esc(rule)}</title><style>{_CSS}</style></head><body>",
+        "<h1>dabench report</h1>",
+        f"<p>Results: {', '.join('<code>' + esc(str(d)) + '</code>' for d in dirs)} — "
+        f"{len(df)} runs ({', '.join(f'{esc(str(k))}: {v}' for k, v in sorted(status.items())) or 'none'}). "
+        f"Generated {esc(_dt.datetime.now().isoformat(timespec='seconds'))}.</p>",
+        f"<p>Selection rule: <b>{esc(rule_title(rule))}</b>. Citation: {esc(RULES[rule].citation)}.</p>",
+    ]
+    if rule == "oracle":
+        parts.append('<p class="oracle">ORACLE selection: each run reports its best evaluation on the '
+                     "target test labels. This is an upper bound, not an achievable result; compare "
+                     "with the honest rules (rule-regret table below).</p>")
+    parts += ["<h2>Leaderboard</h2>", lb.to_html() if not lb.table.empty else "<p>No complete runs.</p>"]
+    if cmp_ is not None:
+        parts += ["<h2>Statistics</h2>", cmp_.to_html()]
+    if len(df):
+        reg = rule_regret(df)
+        if not reg.empty:
+            parts += ["<h2>Selection-rule regret</h2>",
+                      "<p>Mean over runs of (oracle accuracy − accuracy under the rule), in points: "
+                      "what a rule loses against peeking at the target test labels.</p>",
+                      html_table(reg.reset_index(), ".2f")]
+    if figs:
+        parts.append("<h2>Figures</h2>")
+        for name, fig in figs.items():
+            parts.append(f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{F.png_base64(fig)}">'
+                         f"<figcaption>{esc(name.replace('_', ' '))}</figcaption></figure>")
+    probs = _problems(df) if len(df) else pd.DataFrame()
+    parts.append("<h2>Failed, diverged and unfinished runs</h2>")
+    parts.append(html_table(probs) if len(probs) else "<p>None.</p>")
+    if len(df):
+        parts += ["<h2>Environment</h2>", html_table(_environment(df))]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def report_markdown(dirs: str | Path | Iterable[str | Path], rule: str = "last", reps: int = 2000) -> str:
+    """Leaderboard plus statistics as Markdown (for terminals and notebooks)."""
+    df = load_results(*_dirs(dirs))
+    lb = leaderboard(df, rule)
+    text = lb.to_markdown()
+    if not lb.cells.empty:
+        text += "\n" + compare(df, rule, reps=reps).to_markdown()
+    reg = rule_regret(df)
+    if not reg.empty:
+        text += "\n## Selection-rule regret (oracle − rule, points)\n\n" + md_table(reg, ".2f", index=True) + "\n"
+    return text

@@ -1,0 +1,24 @@
+"""Shared fixtures: one small real matrix on the embedded pair, trained once per test session."""
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+
+#: small but real: every method trains on the embedded MNIST→optdigits pair
+QUICK_STEPS = 300
+
+
+@pytest.fixture(scope="session")
+def quick_matrix(tmp_path_factory):
+    """All six built-in methods × digits-offline × seed 0 at 300 steps; returns (results dir, summary)."""
+    import dabench
+    from dabench.matrix import Matrix, expand
+    from dabench.runner import run_inline
+
+    out = tmp_path_factory.mktemp("quick")
+    specs = expand(Matrix(seeds=(0,), overrides={"steps": QUICK_STEPS, "eval_every": 100}))
+    summary = run_inline(specs, out, device="cpu", progress=False)
+    return out, summary, specs

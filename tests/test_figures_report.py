@@ -1,0 +1,137 @@
+"""Figures (PNG + SVG), the self-contained HTML report, and a headless-browser check of it."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dabench import figures as F
+from dabench.leaderboard import leaderboard
+from dabench.report import report_text, write_report
+from dabench.results import load_results
+from dabench.stats import friedman
+from fake_runs import curve_from, write_run
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("results")
+    rng = np.random.default_rng(0)
+    for pair, base in zip(["digits-offline", "mnist-usps", "office-a-w"], [60.0, 50.0, 70.0]):
+        for m, gain in [("source-only", 0), ("dan", 5), ("dann", 6), ("coral", 2)]:
+            for seed in range(3):
+                accs = list(base + gain + np.array([-6.0, -1.0, 0.0]) + rng.normal(0, 1, 3))
+                write_run(d, f"{m}-{pair}-{seed}", m, pair, seed, curve=curve_from(accs))
+    write_run(d, "f1", "dann", "mnist-usps", 7, status="failed",
+              error={"type": "RuntimeError", "message": "CUDA error: device-side assert\nmore", "traceback": "tb"})
+    write_run(d, "f2", "dan", "mnist-usps", 8, status="diverged", diverged_at_step=300)
+    return d
+
+
+def _check_files(paths):
+    png, svg = paths
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    assert "<svg" in svg.read_text()[:2000]
+
+
+def test_tsne_figure_on_separable_features(tmp_path):
+    rng = np.random.default_rng(0)
+    src = rng.normal(0, 1, (40, 16))
+    tgt_before = rng.normal(6, 1, (40, 16))   # far from source: a domain gap
+    tgt_after = rng.normal(0.2, 1, (40, 16))  # aligned with source after adaptation
+    labels = np.repeat([0, 1], 20)
+    fig = F.tsne_figure(src, tgt_before, tgt_after, labels_source=labels, labels_target=labels,
+                        perplexity=10, max_iter=250)
+    assert len(fig.axes) == 2
+    assert [a.get_title() for a in fig.axes] == ["before adaptation", "after adaptation"]
+    _check_files(F.save_figure(fig, tmp_path / "tsne"))
+    # more points than max_points is subsampled, and one array for source is allowed
+    fig2 = F.tsne_figure((src, src), tgt_before, tgt_after, max_points=15, max_iter=250)
+    assert sum(len(c.get_offsets()) for c in fig2.axes[0].collections) == 30
+
+
+def test_figures_from_results(results, tmp_path):
+    df = load_results(results)
+    lb = leaderboard(df)
+    for name, fig in {"acc": F.accuracy_figure(lb), "gain": F.gain_heatmap(lb),
+                      "curves": F.learning_curves(df)}.items():
+        assert fig is not None
+        _check_files(F.save_figure(fig, tmp_path / name))
+    g = F.gain_table(lb)
+    assert "source-only" not in g.index and list(g.columns) == list(lb.pairs)
+
+
+def test_cd_diagram_draws_one_bar_per_clique(tmp_path):
+    rng = np.random.default_rng(0)
+    scores = pd.DataFrame(rng.normal(size=(6, 5)) + np.array([0, 0.2, 1.5, 1.6, 3.0]),
+                          columns=list("ABCDE"))
+    fr = friedman(scores)
+    fig = F.cd_diagram(fr)
+    red = [c for c in fig.axes[0].collections if c.get_linewidth()[0] == 3.5]
+    assert len(red) == len(fr.cliques)
+    _check_files(F.save_figure(fig, tmp_path / "cd"))
+
+
+def test_write_report_outputs(results, tmp_path):
+    out = tmp_path / "out"
+    paths = write_report([results], rule="last", formats=("md", "csv", "tex", "html"), out=out, reps=200)
+    assert set(paths) == {"md", "csv", "tex", "html", "figures", "report"}
+    assert all(p.exists() for p in paths.values())
+    assert (out / "figures" / "cd_diagram_labels_0.svg").exists()
+    page = paths["report"].read_text()
+    # self-contained: every image is a data: URI; no external script, stylesheet or link
+    srcs = re.findall(r'<img[^>]*src="([^"]*)"', page)
+    assert len(srcs) >= 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert not re.search(r'(src|href)="(https?:|//|file:)', page) and "<link" not in page
+    for text in ("Leaderboard", "Friedman", "Holm", "Selection-rule regret", "Environment",
+                 "RuntimeError: CUDA error: device-side assert", "diverged", "2.14.1", "cpu"):
+        assert text in page
+    assert "more" not in re.findall(r"<td>RuntimeError[^<]*</td>", page)[0]  # first line only
+
+
+def test_default_out_is_first_dir_and_oracle_is_loud(results, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(results, copy)
+    paths = write_report(copy, rule="oracle", reps=100)
+    assert paths["report"] == copy / "report.html" and paths["md"] == copy / "leaderboard.md"
+    page = paths["report"].read_text()
+    assert 'class="oracle"' in page and "ORACLE" in page
+    with pytest.raises(ValueError, match="valid: md, csv, tex, html"):
+        write_report(copy, formats=("pdf",))
+    with pytest.raises(ValueError, match="valid rules"):
+        write_report(copy, rule="best")
+
+
+def test_report_text_is_the_markdown_leaderboard(results):
+    text = report_text(results, "last")
+    assert text.startswith("## Target accuracy") and "| source-only" in text and "labels" in text
+
+
+def test_report_renders_in_headless_chromium(results, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found (install with: apt-get install -y chromium)")
+    page = write_report(results, out=tmp_path / "r", reps=100)["report"]
+    # Inject a probe that, once the page has loaded, counts images that actually decoded.
+    probe = ("<script>window.addEventListener('load',function(){var n=0,im=document.images;"
+             "for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)n++;}"
+             "var d=document.createElement('div');d.id='probe';"
+             "d.textContent='IMAGES_DECODED='+n+'/'+im.length;document.body.appendChild(d);});</script>")
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", probe + "</body>"))
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
+           "--dump-dom", probed.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=90).stdout
+    m = re.search(r'<div id="probe">IMAGES_DECODED=(\d+)/(\d+)</div>', dom)
+    assert m, "probe did not run: " + dom[-500:]
+    decoded, total = map(int, m.groups())
+    assert total >= 4 and decoded == total
+    assert "Friedman" in dom and "<table" in dom
