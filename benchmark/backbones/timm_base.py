@@ -1,0 +1,61 @@
+"""Shared plumbing for timm feature extractors: pooled features, local weight files, clear errors."""
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .base import Backbone
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights were asked for but cannot be had; the message says how to provide them."""
+
+
+class TimmBackbone(Backbone):
+    """A timm model built with ``num_classes=0``: its forward returns the pooled feature vector."""
+
+    def __init__(self, model: nn.Module, pretrained: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.out_features = int(model.num_features)
+        self.pretrained = pretrained
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def as_bool(v: object) -> bool:
+    return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")
+
+
+def read_state_dict(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.pth``/``.pt`` file (``weights_only=True``); unwraps ``state_dict``/``model``
+    wrappers and a DataParallel ``module.`` prefix."""
+    p = pathlib.Path(path).expanduser()
+    if not p.is_file():
+        raise WeightsUnavailable(f"backbone weights file {p} does not exist (given as backbone.weights)")
+    sd: Any = torch.load(p, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
+            sd = sd[key]
+    if not isinstance(sd, Mapping):
+        raise WeightsUnavailable(f"{p} holds a {type(sd).__name__}, not a state dict")
+    return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def load_features(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load ``sd`` into a ``num_classes=0`` model, ignoring the classifier's keys; anything else
+    missing or mis-shaped is an error naming the keys."""
+    own = model.state_dict()
+    usable = {k: v for k, v in sd.items() if k in own}
+    bad_shape = [k for k, v in usable.items() if v.shape != own[k].shape]
+    missing = [k for k in own if k not in usable]
+    if bad_shape or missing:
+        raise WeightsUnavailable(
+            f"weights from {source} do not fit {type(model).__name__}: "
+            f"{len(missing)} missing key(s) {missing[:5]}, {len(bad_shape)} of another shape {bad_shape[:5]}"
+        )
+    model.load_state_dict(usable, strict=True)

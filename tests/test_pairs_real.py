@@ -1,0 +1,194 @@
+"""The real-data loaders: MNIST/USPS on the published splits, CIFAR-10/STL-10 9-class mapping.
+
+Real data comes from ``../shared/data`` (beside the clone; never copied into the repository).
+Where it is absent the tests skip saying so. Writes (decoded caches, tiny dataset folders) go
+to pytest's tmp_path only: the shared folder is read, never written.
+"""
+from __future__ import annotations
+
+import pathlib
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import dabench  # noqa: F401  (registers)
+from dabench.datasets import cifar_stl, digits
+from dabench.domain import MissingDataError
+from dabench.registry import PAIRS
+
+torch.set_num_threads(1)
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+MNIST_COUNTS = (60_000, 10_000)
+USPS_COUNTS = (7_291, 2_007)
+
+
+def _need(path: pathlib.Path) -> pathlib.Path:
+    if not path.exists():
+        pytest.skip(f"real data absent: {path} (shared/data is laid beside the clone)")
+    return path
+
+
+@pytest.fixture()
+def tv_root(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A writable data root whose torchvision files are links into shared/data/torchvision."""
+    src = _need(SHARED / "torchvision")
+    for name in ("MNIST", "usps.bz2", "usps.t.bz2"):
+        _need(src / name)
+        (tmp_path / name).symlink_to(src / name)
+    return tmp_path
+
+
+def test_torchvision_layout_gives_published_splits_and_cache(tv_root, monkeypatch) -> None:
+    for name, (n_train, n_test) in (("mnist", MNIST_COUNTS), ("usps", USPS_COUNTS)):
+        d = digits.load_digits(name, tv_root)
+        assert d["train"][0].shape == (n_train, 1, 28, 28) and d["train"][0].dtype == torch.uint8
+        assert d["test"][0].shape == (n_test, 1, 28, 28)
+        for split in ("train", "test"):
+            assert torch.unique(d[split][1]).tolist() == list(range(10))
+    assert len(list((tv_root / "cache").glob("usps-*.pt"))) == 2
+    # Second load: from the cache, so torchvision's (slow) USPS parser must not run again.
+    import torchvision.datasets as tvd
+
+    def boom(*a, **k):
+        raise AssertionError("decoded again instead of reading the cache")
+
+    monkeypatch.setattr(tvd, "USPS", boom)
+    again = digits.load_digits("usps", tv_root)
+    assert torch.equal(again["train"][0], d["train"][0]) and torch.equal(again["test"][1], d["test"][1])
+
+
+def test_npz_layout_equals_torchvision_layout(tv_root) -> None:
+    npz = digits.load_digits("usps", _need(SHARED / "usps.npz").parent)
+    tv = digits.load_digits("usps", tv_root)
+    for split in ("train", "test"):
+        assert torch.equal(npz[split][0], tv[split][0]) and torch.equal(npz[split][1], tv[split][1])
+
+
+def test_mnist_usps_pairs_protocol() -> None:
+    root = _need(SHARED / "mnist.npz").parent
+    _need(SHARED / "usps.npz")
+    d = PAIRS.get("mnist-usps").load(root)
+    assert len(d.source) == 60_000 and abs(len(d.source_val) - 6_000) <= 5  # 10% per class, rounded
+    assert len(d.source_train) + len(d.source_val) == 60_000
+    assert len(d.target_adapt) == 7_291 and len(d.target_eval) == 2_007
+    assert not set(d.target_adapt.tolist()) & set(d.target_eval.tolist())
+    assert d.target.images.shape[1:] == (1, 28, 28)
+    # the source-val slice is stratified: every class ~10%
+    per_class = torch.bincount(d.source.labels[d.source_val], minlength=10).float()
+    assert torch.allclose(per_class / torch.bincount(d.source.labels).float(), torch.full((10,), 0.1), atol=0.002)
+    r = PAIRS.get("usps-mnist").load(root)
+    assert len(r.source) == 7_291 and len(r.target_adapt) == 60_000 and len(r.target_eval) == 10_000
+    assert int(r.target_eval.min()) == 60_000  # evaluation indexes MNIST's test images
+
+
+def test_missing_digits_say_where_and_how(tmp_path) -> None:
+    with pytest.raises(MissingDataError) as e:
+        PAIRS.get("mnist-usps").load(tmp_path)
+    msg = str(e.value)
+    assert str(tmp_path / "mnist.npz") in msg and "MNIST/raw/train-images-idx3-ubyte" in msg
+    assert "DABENCH_DOWNLOAD=1" in msg
+
+
+# ---------- CIFAR-10 / STL-10: tiny folders in torchvision's formats, written from the real subset
+
+
+def _cifar_subset() -> dict[str, np.ndarray]:
+    with np.load(_need(SHARED / "cifar10_subset.npz")) as z:
+        return {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+
+
+def _write_cifar(root: pathlib.Path, sub: dict[str, np.ndarray], n: int = 250) -> None:
+    """torchvision's ``cifar-10-batches-py``: 5 train batches + test batch + meta (CHW rows)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    def dump(name: str, x: np.ndarray, y: np.ndarray) -> None:
+        rows = x.transpose(0, 3, 1, 2).reshape(len(x), -1)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rows, "labels": y.tolist()}, f)
+
+    for i in range(5):
+        dump(f"data_batch_{i + 1}", sub["x_train"][i * n : (i + 1) * n], sub["y_train"][i * n : (i + 1) * n])
+    dump("test_batch", sub["x_test"][:n], sub["y_test"][:n])
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": list(cifar_stl.CIFAR10_CLASSES)}, f)
+
+
+def _write_stl(root: pathlib.Path, sub: dict[str, np.ndarray], n: int = 120) -> dict[str, tuple]:
+    """torchvision's ``stl10_binary``: column-major 3x96x96 images, 1-based labels. The images are
+    real CIFAR test photos upscaled to 96 px, labelled in STL's class order."""
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True)
+    cifar_to_stl = {c: cifar_stl.STL10_CLASSES.index("car" if c == "automobile" else c)
+                    for c in cifar_stl.CIFAR10_CLASSES if c != "frog"}
+    made = {}
+    for split, offset in (("train", 0), ("test", 500)):
+        x, y = sub["x_test"][offset:], sub["y_test"][offset:]
+        keep = [i for i in range(len(y)) if cifar_stl.CIFAR10_CLASSES[y[i]] != "frog"][:n]
+        x32 = torch.from_numpy(x[keep]).permute(0, 3, 1, 2)
+        stl_y = np.array([cifar_to_stl[cifar_stl.CIFAR10_CLASSES[y[i]]] for i in keep])
+        stl_y[:5] = cifar_stl.STL10_CLASSES.index("monkey")  # a few monkeys, to be dropped
+        x96 = torch.nn.functional.interpolate(x32.float(), size=(96, 96), mode="nearest").to(torch.uint8)
+        x96.numpy().transpose(0, 1, 3, 2).tofile(folder / f"{split}_X.bin")  # STL stores columns first
+        (stl_y + 1).astype(np.uint8).tofile(folder / f"{split}_y.bin")
+        made[split] = (x32, stl_y)
+    return made
+
+
+@pytest.fixture()
+def cifar_stl_root(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as tv_cifar
+    import torchvision.datasets.stl10 as tv_stl
+
+    sub = _cifar_subset()
+    # The tiny folders are not the official files, so their md5 checks must be bypassed.
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
+    monkeypatch.setattr(tv_stl.STL10, "_check_integrity", lambda self: True)
+    _write_cifar(tmp_path, sub)
+    made = _write_stl(tmp_path, sub)
+    return tmp_path, sub, made
+
+
+def test_cifar_9_class_mapping(cifar_stl_root) -> None:
+    root, sub, _ = cifar_stl_root
+    x, y = cifar_stl.load_split("cifar10", root, "train")
+    orig = torch.from_numpy(sub["y_train"][:1250])
+    frog = cifar_stl.CIFAR10_CLASSES.index("frog")
+    assert len(y) == int((orig != frog).sum()) and x.shape[1:] == (3, 32, 32)
+    assert sorted(torch.unique(y).tolist()) == list(range(9))
+    # label i means SHARED_CLASSES[i]: compare names image by image
+    names = [cifar_stl.CIFAR10_CLASSES[i] for i in orig.tolist() if i != frog]
+    assert [cifar_stl.SHARED_CLASSES[i] for i in y.tolist()] == names
+    # pixels unchanged at 32 px (HWC → CHW done right)
+    kept = torch.from_numpy(sub["x_train"][:1250]).permute(0, 3, 1, 2)[orig != frog]
+    assert torch.equal(x, kept)
+
+
+def test_stl_mapping_orientation_and_pair(cifar_stl_root) -> None:
+    root, _, made = cifar_stl_root
+    x, y = cifar_stl.load_split("stl10", root, "test")
+    x32, stl_y = made["test"]
+    keep = torch.from_numpy(stl_y != cifar_stl.STL10_CLASSES.index("monkey"))
+    assert len(y) == int(keep.sum()) == 115
+    want = [cifar_stl.SHARED_CLASSES.index("automobile" if cifar_stl.STL10_CLASSES[i] == "car" else cifar_stl.STL10_CLASSES[i])
+            for i in stl_y[keep.numpy()]]
+    assert y.tolist() == want
+    # 96 px → 32 px gives back the photo, upright (a transposed image would differ a lot)
+    err = (x.float() - x32[keep].float()).abs().mean()
+    err_transposed = (x.float() - x32[keep].transpose(2, 3).float()).abs().mean()
+    assert err < 5.0 and err < err_transposed / 3, (err, err_transposed)
+    d = PAIRS.get("cifar10-stl10").load(root)
+    assert d.source.classes == d.target.classes == cifar_stl.SHARED_CLASSES
+    assert len(d.target_adapt) == 115 and len(d.target_eval) == 115
+    assert abs(len(d.source_val) - len(d.source) * 0.1) <= 5 and len(d.source_train) + len(d.source_val) == len(d.source)
+    r = PAIRS.get("stl10-cifar10").load(root)
+    assert len(r.source) == 115 and len(r.target_eval) == len(torch.unique(r.target_eval))
+
+
+def test_missing_cifar_says_where_and_how(tmp_path) -> None:
+    with pytest.raises(MissingDataError, match="cifar-10-batches-py/data_batch_1") as e:
+        PAIRS.get("cifar10-stl10").load(tmp_path)
+    assert "DABENCH_DOWNLOAD=1" in str(e.value)
