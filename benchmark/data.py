@@ -6,6 +6,7 @@ does crops, shifts, scaling and flips at once).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -98,7 +99,9 @@ def augment_affine(
         flip = torch.where(rand(b) < 0.5, -1.0, 1.0)
     elif kind == "resized_crop_flip":
         area = 0.08 + rand(b) * 0.92
-        log_ratio = torch.log(torch.tensor(3 / 4, device=dev)) + rand(b) * torch.log(torch.tensor(16 / 9, device=dev))
+        # Python-float constants: torch.tensor(..., device=cuda) here was two host→device copies
+        # per batch, which CUDA's sync-debug mode flags as synchronising (seen on an H200)
+        log_ratio = math.log(3 / 4) + rand(b) * math.log(16 / 9)
         ratio = torch.exp(log_ratio)
         sx = torch.sqrt(area * ratio).clamp(max=1.0)
         sy = torch.sqrt(area / ratio).clamp(max=1.0)

@@ -1,0 +1,469 @@
+"""Throughput on the machine at hand: ``dabench bench``.
+
+Two numbers per configuration, measured in one process so that their ratio is meaningful:
+
+- **bare**: the backbone + a linear head, cross-entropy, an SGD step, on one batch that is
+  already normalised on the device. No data path, no method: the model's own limit.
+- **per method**: the real engine path (``DeviceData`` sampling and augmentation on the
+  device, ``method.loss``, the optimiser step, ``RunContext.train_steps`` itself), with
+  the periodic evaluations switched off for the timed steps.
+
+Images/s counts every image a step pushes through the network: source + target for a DA
+method (``2 × batch`` with the default concatenated forward), the shots for fine-tuning.
+Warm-up steps (cuDNN autotuning, allocator growth, ``torch.compile``) are run and excluded;
+CUDA is synchronised before each clock read. On CUDA the sync-debug mode also counts the
+host synchronisations inside the step loop (the engine allows one per ``log_every`` steps).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import inspect
+import json
+import os
+import pathlib
+import platform
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones.base import Backbone
+from .data import DeviceData
+from .domain import Domain, DomainPair, PairData, Schedule
+from .evaluate import autocast
+from .method import Method
+from .registry import BACKBONES, METHODS, PAIRS, RegistryError
+from .spec import RunSpec
+from .splits import stratified_split
+from .train import RunContext, resolve_device
+
+BackboneFactory = Callable[[], Backbone]
+
+# ImageNet statistics: the synthetic mode stands in for Office-31-style photographs
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --- inputs: a real pair or a synthetic one ---------------------------------------------
+def synthetic_pair(
+    n: int, image_size: int = 224, channels: int = 3, num_classes: int = 31, backbone: str = "resnet50", seed: int = 0
+) -> tuple[DomainPair, PairData]:
+    """Two domains of ``n`` random uint8 images each, stored at 8/7 of ``image_size``
+    (256 px for 224, as Office-31 loaders resize) and cropped by ``resized_crop_flip`` on the
+    device: the same path a real photo pair takes, with no dataset needed."""
+    if n < 2 * num_classes:
+        raise ValueError(f"--synthetic needs at least {2 * num_classes} images per domain ({num_classes} classes)")
+    raw = max(image_size, round(image_size * 8 / 7))
+    g = torch.Generator().manual_seed(seed)
+
+    def domain(name: str) -> Domain:
+        images = torch.randint(0, 256, (n, channels, raw, raw), dtype=torch.uint8, generator=g)
+        labels = torch.arange(n) % num_classes
+        return Domain(name, images, labels, tuple(str(c) for c in range(num_classes)))
+
+    source, target = domain("synthetic-source"), domain("synthetic-target")
+    s_train, s_val = stratified_split(source.labels, 0.1, seed=0)
+    t_adapt = torch.arange(n)
+    pair = DomainPair(
+        name=f"synthetic-{channels}x{image_size}",
+        description=f"{n} random uint8 images per domain, {channels}x{raw}x{raw}, cropped to {image_size}",
+        load=lambda _root: data,
+        num_classes=num_classes,
+        backbone=backbone,
+        channels=channels,
+        image_size=image_size,
+        mean=_IMAGENET_MEAN[:channels] if channels == 3 else (0.5,) * channels,
+        std=_IMAGENET_STD[:channels] if channels == 3 else (0.5,) * channels,
+        augment="resized_crop_flip",
+        schedule=Schedule(batch_size=32, lr=0.01),
+        target_shots=3,
+    )
+    data = PairData(source, target, s_train, s_val, t_adapt, t_adapt)
+    return pair, data
+
+
+# --- backbones: the registry first, timm (random weights) as a fallback ------------------
+class TimmBackbone(Backbone):
+    """A timm model with its classifier removed (``num_classes=0``), random weights."""
+
+    def __init__(self, name: str, in_channels: int) -> None:
+        super().__init__()
+        import timm
+
+        self.model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
+        self.out_features = int(self.model.num_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def _offline_options(factory: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Ask a registered factory for random weights when it takes such an option: a throughput
+    benchmark must not try to download pretrained weights (GPU boxes are often offline)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return options
+    out = dict(options)
+    if "pretrained" in params and "pretrained" not in out:
+        out["pretrained"] = False
+    if "weights" in params and "weights" not in out:
+        out["weights"] = None
+    return out
+
+
+def backbone_factory(
+    name: str, in_channels: int, image_size: int, options: dict[str, Any] | None = None
+) -> tuple[BackboneFactory, str]:
+    """A zero-argument constructor for backbone ``name`` and a note on where it came from.
+
+    A registered backbone is used as registered; an unregistered name that timm knows is
+    built from timm with random weights (and the note says so); anything else is an error
+    naming the registered backbones.
+    """
+    registered = BACKBONES.names()
+    if name in registered:
+        factory = BACKBONES.get(name)
+        opts = _offline_options(factory, options or {})
+        return (lambda: factory(in_channels=in_channels, image_size=image_size, **opts)), f"{name} (registered)"
+    try:
+        import timm
+
+        known = timm.is_model(name)
+    except ImportError:  # pragma: no cover - timm is a dependency
+        known = False
+    if not known:
+        raise RegistryError(
+            f"backbone {name!r} is neither registered (registered: {', '.join(registered) or 'none'}) "
+            "nor a timm model name"
+        )
+    return (lambda: TimmBackbone(name, in_channels)), (
+        f"{name} (not registered in dabench; built from timm with random weights, "
+        f"registered backbones: {', '.join(registered)})"
+    )
+
+
+# --- measurements -------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _prepare(module: nn.Module, device: torch.device, compile: bool) -> nn.Module:
+    module = module.to(device)
+    if device.type == "cuda":  # as execute() does
+        module = module.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    if compile:
+        from .compile import compile_method
+
+        compile_method(module)
+    return module
+
+
+class _Bare(nn.Module):
+    """backbone → linear head: the smallest network a method could train."""
+
+    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.out_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def bare_images_per_s(
+    make_backbone: BackboneFactory, pair: DomainPair, batch_size: int, steps: int, warmup: int,
+    device: torch.device, compile: bool = False,
+) -> float:
+    """Forward + backward + SGD step images/s of backbone + linear head on a fixed device batch."""
+    torch.manual_seed(0)
+    model = _prepare(_Bare(make_backbone(), pair.num_classes), device, compile)
+    model.train()
+    x = torch.randn(batch_size, pair.channels, pair.image_size, pair.image_size, device=device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, pair.num_classes, (batch_size,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+    def step() -> None:
+        with autocast(device):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
+@dataclass
+class MethodTiming:
+    """One method's measurement; ``images_per_s`` is None for a method with its own ``fit``."""
+
+    method: str
+    images_per_step: int = 0
+    steps_per_s: float | None = None
+    images_per_s: float | None = None
+    host_syncs: int | None = None  # synchronising CUDA calls in ``sync_steps`` steps (CUDA only)
+    sync_steps: int = 0
+    note: str = ""
+
+
+class EngineBench:
+    """A method on a pair's ``DeviceData``, trained by the engine's own loop for timing.
+
+    ``run(steps)`` calls ``method.fit`` with a schedule of ``steps`` steps whose only host
+    sync is the divergence check after the last step, and with evaluation switched off
+    (``record_eval`` is a no-op on this context), so it times sampling, augmentation,
+    the loss, backward and the optimiser step, nothing else.
+    """
+
+    def __init__(
+        self, method_name: str, pair: DomainPair, pair_data: PairData, device: torch.device,
+        batch_size: int, make_backbone: BackboneFactory, compile: bool = False, seed: int = 0,
+    ) -> None:
+        cls = METHODS.get(method_name)
+        torch.manual_seed(seed)
+        self.method: Method = _prepare(cls(make_backbone(), pair.num_classes, {}), device, False)
+        if compile:
+            from .compile import compile_method
+
+            compile_method(self.method)
+        shots = pair.target_shots if (cls.protocol == "few-shot" or cls.uses.target_shots) else 0
+        self.spec = RunSpec(
+            method=method_name, pair=pair.name, seed=seed, protocol="few-shot" if shots else "uda",
+            target_shots=shots, eval_shots=pair.target_shots, hparams=dict(self.method.hp),
+            schedule=pair.schedule.replace(batch_size=batch_size), backbone=pair.backbone,
+        )
+        self.pair, self.device = pair, device
+        self.data = DeviceData(pair, pair_data, device, seed, shots, pair.target_shots)
+        self.own_fit = type(self.method).fit is not Method.fit
+
+    def _scheduled_steps(self, steps: int) -> int:
+        """Schedule length whose ``method.num_steps`` is at least ``steps`` (fine-tune takes a fraction)."""
+        scheduled = steps
+        while self.method.num_steps(scheduled) < steps:
+            scheduled *= 2
+        return scheduled
+
+    def run(self, steps: int, sync: bool = True) -> RunContext:
+        scheduled = self._scheduled_steps(steps)
+        spec = dataclasses.replace(
+            self.spec,
+            schedule=self.spec.schedule.replace(steps=scheduled, log_every=scheduled, eval_every=10 * scheduled),
+        )
+        ctx = RunContext(spec, self.pair, self.data, self.device)
+        ctx.record_eval = lambda *a, **k: {}  # type: ignore[method-assign]  # time training only
+        self.method.fit(ctx)
+        if sync:
+            _sync(self.device)
+        return ctx
+
+
+def count_host_syncs(fn: Callable[[], Any], device: torch.device) -> int | None:
+    """Synchronising CUDA calls made by ``fn`` (torch's sync-debug mode); None off CUDA."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message) for w in caught)
+
+
+def time_method(
+    method_name: str, pair: DomainPair, pair_data: PairData, device: torch.device, batch_size: int,
+    steps: int, warmup: int, make_backbone: BackboneFactory, compile: bool = False,
+) -> MethodTiming:
+    """Images/s of one method through the engine path; warm-up steps excluded."""
+    bench = EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone, compile)
+    if bench.own_fit:  # e.g. the linear probe: L-BFGS on cached features, not a step loop
+        bench.run(1)  # warm-up
+        t0 = time.perf_counter()
+        bench.run(1)
+        ms = (time.perf_counter() - t0) * 1e3
+        n = len(bench.data.shots)
+        return MethodTiming(method_name, note=f"own fit(): {ms:.1f} ms in all ({n} shot images, features cached)")
+    bench.run(max(1, warmup))
+    sync_steps = max(2, min(warmup, 20))
+    syncs = count_host_syncs(lambda: bench.run(sync_steps, sync=False), device)
+    _sync(device)
+    t0 = time.perf_counter()
+    ctx = bench.run(steps)
+    wall = time.perf_counter() - t0
+    per_step = ctx.images_seen // max(1, ctx.steps_done)
+    return MethodTiming(
+        method_name,
+        images_per_step=per_step,
+        steps_per_s=ctx.steps_done / wall,
+        images_per_s=ctx.images_seen / wall,
+        host_syncs=syncs,
+        sync_steps=sync_steps,
+    )
+
+
+# --- the command ----------------------------------------------------------------------------
+@dataclass
+class BenchResult:
+    device: str
+    torch_version: str
+    pair: str
+    backbone: str
+    image_size: int
+    batch_size: int
+    steps: int
+    warmup: int
+    compile: bool
+    date: str
+    bare_images_per_s: float
+    #: bare images/s by batch size: the pair's batch and twice it (what a DA method's
+    #: concatenated source + target forward sees), so each method is compared at its own batch
+    bare_by_batch: dict[int, float] = field(default_factory=dict)
+    methods: list[MethodTiming] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def device_slug(device: torch.device) -> str:
+    """File-name form of the device: ``cpu``, ``cuda-nvidia-h100-80gb-hbm3``."""
+    if device.type != "cuda":
+        return "cpu"
+    return "cuda-" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+
+
+def run_bench(
+    pair_name: str | None = "digits-offline",
+    methods: list[str] | None = None,
+    steps: int = 50,
+    warmup: int = 10,
+    batch_size: int | None = None,
+    device: str | None = "auto",
+    backbone: str | None = None,
+    image_size: int | None = None,
+    synthetic: int = 0,
+    compile: bool = False,
+    data_root: pathlib.Path | None = None,
+    log: Callable[[str], None] = print,
+) -> BenchResult:
+    """Measure bare-backbone and per-method training images/s; see the module docstring.
+
+    ``synthetic > 0`` replaces the pair by random uint8 photos (``synthetic`` per domain,
+    3 channels, 31 classes) at ``image_size`` (default 224) with ``backbone`` (default resnet50).
+    """
+    dev = resolve_device(device)
+    notes: list[str] = []
+    if synthetic:
+        size = image_size or 224
+        pair, data = synthetic_pair(synthetic, image_size=size, backbone=backbone or "resnet50")
+        bb_name = backbone or "resnet50"
+    else:
+        from .domain import default_data_root
+
+        pair = PAIRS.get(pair_name or "digits-offline")
+        if image_size and image_size != pair.image_size:
+            pair = dataclasses.replace(pair, image_size=image_size)
+        data = pair.load(data_root or default_data_root())
+        bb_name = backbone or pair.backbone
+    make_backbone, origin = backbone_factory(bb_name, pair.channels, pair.image_size, dict(pair.backbone_options))
+    if "not registered" in origin:
+        log(f"note: backbone {origin}")
+        notes.append(f"backbone {origin}")
+    bs = batch_size or pair.schedule.batch_size
+    names = METHODS.expand(methods) if methods else list(METHODS.names())
+    log(f"bench on {device_name(dev)}: {pair.name}, backbone {bb_name}, batch {bs}, {steps} steps (+{warmup} warm-up)")
+    bare_by_batch = {}
+    for b in (bs, 2 * bs):
+        bare_by_batch[b] = bare_images_per_s(make_backbone, pair, b, steps, warmup, dev, compile)
+        log(f"  bare {bb_name}, batch {b}: {bare_by_batch[b]:,.0f} images/s")
+    bare = bare_by_batch[bs]
+    result = BenchResult(
+        device=device_name(dev), torch_version=torch.__version__, pair=pair.name, backbone=bb_name,
+        image_size=pair.image_size, batch_size=bs, steps=steps, warmup=warmup, compile=compile,
+        date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), bare_images_per_s=bare,
+        bare_by_batch=bare_by_batch, notes=notes,
+    )
+    for name in names:
+        timing = time_method(name, pair, data, dev, bs, steps, warmup, make_backbone, compile)
+        shown = f"{timing.images_per_s:,.0f} images/s" if timing.images_per_s else timing.note
+        log(f"  {name}: {shown}")
+        result.methods.append(timing)
+    return result
+
+
+def markdown(result: BenchResult) -> str:
+    """The result as a Markdown table with its context."""
+    lines = [
+        f"# dabench bench: {result.pair}, {result.backbone}",
+        "",
+        f"- device: {result.device}",
+        f"- torch: {result.torch_version}",
+        f"- batch size: {result.batch_size} per domain, image size {result.image_size} px",
+        f"- timed steps: {result.steps} after {result.warmup} warm-up steps; torch.compile: {result.compile}",
+        f"- date: {result.date}",
+        "- images/s counts every image a step trains on (source + target for a DA method)",
+        *[f"- note: {n}" for n in result.notes],
+        "- ratio: method images/s over the bare network's at the batch closest to the method's images/step",
+        "",
+        "| method | images/step | steps/s | images/s | ratio method/bare | host syncs | note |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    bare = result.bare_by_batch or {result.batch_size: result.bare_images_per_s}
+    for b, rate in sorted(bare.items()):
+        lines.append(f"| bare {result.backbone} + linear head | {b} | {rate / b:,.1f} | {rate:,.0f} | 1.00 | — | "
+                     "data already on device, CE + SGD |")
+    for m in result.methods:
+        if m.images_per_s is None:
+            lines.append(f"| {m.method} | — | — | — | — | — | {m.note} |")
+            continue
+        syncs = "—" if m.host_syncs is None else f"{m.host_syncs} in {m.sync_steps} steps"
+        ref = bare[min(bare, key=lambda b: abs(b - m.images_per_step))]
+        lines.append(
+            f"| {m.method} | {m.images_per_step} | {m.steps_per_s:,.1f} | {m.images_per_s:,.0f} | "
+            f"{m.images_per_s / ref:.2f} | {syncs} | {m.note} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_result(result: BenchResult, out: pathlib.Path) -> pathlib.Path:
+    """Write the Markdown table to ``out`` and the raw numbers beside it (``.json``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown(result))
+    out.with_suffix(".json").write_text(json.dumps(result.to_dict(), indent=2))
+    return out
+
+
+def default_out(device: str | None, synthetic: int, backbone: str | None) -> pathlib.Path:
+    dev = resolve_device(device)
+    suffix = f"-{backbone or 'resnet50'}-synthetic" if synthetic else ""
+    return pathlib.Path("results/bench") / f"{device_slug(dev)}{suffix}.md"
+
+
+__all__ = [
+    "BenchResult", "EngineBench", "MethodTiming", "backbone_factory", "bare_images_per_s", "count_host_syncs",
+    "default_out", "markdown", "run_bench", "synthetic_pair", "time_method", "write_result",
+]
