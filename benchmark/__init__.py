@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 from .backbones.base import Backbone
 from .domain import Domain, DomainPair, MissingDataError, PairData, Schedule, default_data_root
-from .method import Batch, Classifier, Loss, Method, Uses
+from .method import Batch, Classifier, Loss, Method, Uses, validate_method_class
 from .registry import (
     BACKBONES,
     METHODS,
@@ -40,5 +40,5 @@ __all__ = [
     "Method", "MissingDataError", "PairData", "PluginError", "RegistryError", "RunSpec", "Schedule", "Uses",
     "BACKBONES", "METHODS", "PAIRS", "compare", "default_data_root", "expand", "leaderboard", "list_backbones",
     "list_methods", "list_pairs", "load_matrix_file", "load_plugin", "load_results", "register_backbone",
-    "register_method", "register_pair", "run", "stratified_split",
+    "register_method", "register_pair", "run", "stratified_split", "validate_method_class",
 ]

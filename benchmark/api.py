@@ -30,8 +30,12 @@ def run(
     names = []
     for m in methods:
         if isinstance(m, type):
-            name = m.name or m.__name__.lower()
-            if name not in METHODS:
+            # only a name set on the class itself: a subclass of a registered method inherits the
+            # parent's ``name`` and would otherwise claim (and collide with) the parent's entry
+            name = m.__dict__.get("name") or m.__name__.lower()
+            if name not in METHODS or METHODS.get(name) is not m:
+                # a different class under a taken name is refused naming both sources,
+                # never silently replaced by (or run as) the registered one
                 register_method(name)(m)
             names.append(name)
         else:

@@ -8,6 +8,7 @@ Installed plugins are discovered through entry points (groups ``dabench.methods`
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import importlib
 import importlib.metadata
 import inspect
@@ -37,9 +38,14 @@ def _source_of(obj: Any) -> str:
 class Registry(Generic[T]):
     """A named collection of ``T`` with pattern listing and entry-point discovery."""
 
-    def __init__(self, kind: str, entry_point_group: str) -> None:
+    def __init__(
+        self, kind: str, entry_point_group: str, prepare: Callable[[str, Any], Any] | None = None
+    ) -> None:
         self.kind = kind
         self.group = entry_point_group
+        # applied to an object named by an entry point before it is registered (a method class
+        # gets its name set and is validated, exactly as @register_method would do)
+        self._prepare = prepare
         self._items: dict[str, T] = {}
         self._sources: dict[str, str] = {}
         self._entry_points_loaded = False
@@ -80,16 +86,17 @@ class Registry(Generic[T]):
             return
         self._entry_points_loaded = True  # set first: a plugin importing dabench must not recurse
         for ep in importlib.metadata.entry_points(group=self.group):
+            dist = getattr(getattr(ep, "dist", None), "name", None)
+            where = f"plugin entry point {ep.name!r} ({ep.value}{', package ' + dist if dist else ''}) in group {self.group!r}"
             try:
                 obj = ep.load()
+                # An entry point may name a module (which registers on import) or an object.
+                if not inspect.ismodule(obj) and ep.name not in self._items:
+                    if self._prepare is not None:
+                        obj = self._prepare(ep.name, obj)
+                    self.register(ep.name, obj, source=f"entry point {ep.value}")
             except Exception as exc:  # noqa: BLE001 - any import error is the plugin's
-                raise PluginError(
-                    f"plugin entry point {ep.name!r} ({ep.value}) in group {self.group!r} "
-                    f"failed to import: {type(exc).__name__}: {exc}"
-                ) from exc
-            # An entry point may name a module (which registers on import) or an object.
-            if not inspect.ismodule(obj) and ep.name not in self._items:
-                self.register(ep.name, obj, source=f"entry point {ep.value}")
+                raise PluginError(f"{where} failed to load: {type(exc).__name__}: {exc}") from exc
 
     def names(self, pattern: str | None = None) -> list[str]:
         """Registered names, sorted; ``pattern`` is a shell-style glob (``dan*``) or a list ``a,b``."""
@@ -123,12 +130,15 @@ class Registry(Generic[T]):
 
     def expand(self, patterns: str | list[str]) -> list[str]:
         """Expand comma-separated names/globs; an unmatched entry is an error naming the choices."""
-        parts = patterns.split(",") if isinstance(patterns, str) else list(patterns)
+        parts = split_names(patterns) if isinstance(patterns, str) else list(patterns)
         out: list[str] = []
         for part in (p.strip() for p in parts):
             if not part:
                 continue
-            if part in self._groups:
+            if ":" in part and part.split(":", 1)[0] in self._factories:
+                self.get(part)  # built by its factory (a path may hold glob characters)
+                hits = [part]
+            elif part in self._groups:
                 hits = list(self._groups[part])
             elif any(c in part for c in "*?["):
                 hits = self.names(part)
@@ -151,7 +161,33 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
-METHODS: Registry = Registry("method", "dabench.methods")
+def _prepare_method(name: str, cls: Any) -> Any:
+    """Name a method class and refuse it, saying what is missing, when it is incomplete."""
+    from .method import validate_method_class  # late: method.py imports this module
+
+    validate_method_class(cls)
+    cls.name = name
+    return cls
+
+
+def split_names(text: str) -> list[str]:
+    """Split a comma-separated list of names, keeping a parametric name's ``key=value`` arguments
+    together: ``"dann,folder:source=a,target=b"`` → ``["dann", "folder:source=a,target=b"]``.
+
+    A part with ``=`` continues the parametric name before it (plain names never hold ``=``).
+    """
+    out: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if out and ":" in out[-1] and "=" in part and ":" not in part.split("=", 1)[0]:
+            out[-1] += "," + part
+        else:
+            out.append(part)
+    return out
+
+
+METHODS: Registry = Registry("method", "dabench.methods", prepare=_prepare_method)
 PAIRS: Registry = Registry("pair", "dabench.pairs")
 BACKBONES: Registry = Registry("backbone", "dabench.backbones")
 
@@ -160,11 +196,7 @@ def register_method(name: str):
     """Register a :class:`~dabench.Method` subclass under ``name``; sets ``cls.name``."""
 
     def wrap(cls):
-        cls.name = name
-        from .method import validate_method_class  # late: method.py imports this module
-
-        validate_method_class(cls)
-        return METHODS.register(name, cls)
+        return METHODS.register(name, _prepare_method(name, cls))
 
     return wrap
 
@@ -207,9 +239,14 @@ def load_plugin(ref: str) -> None:
             path = pathlib.Path(ref).resolve()
             if not path.is_file():
                 raise FileNotFoundError(f"no such file: {path}")
-            mod_name = f"dabench_plugin_{path.stem}"
-            if mod_name in sys.modules:
-                return
+            # Import each file once, whatever name it was first imported under (an editable install
+            # imports it as a package module via its entry point; --plugin then must not import it
+            # again). Two different files with one stem are still two plugins.
+            for mod in list(sys.modules.values()):
+                if getattr(mod, "__file__", None) and _same_file(mod.__file__, path):
+                    return
+            digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+            mod_name = f"dabench_plugin_{path.stem.replace('-', '_')}_{digest}"
             spec = importlib.util.spec_from_file_location(mod_name, path)
             assert spec and spec.loader
             module = importlib.util.module_from_spec(spec)
@@ -225,3 +262,12 @@ def load_plugin(ref: str) -> None:
         raise
     except Exception as exc:  # noqa: BLE001
         raise PluginError(f"plugin {ref!r} failed to import: {type(exc).__name__}: {exc}") from exc
+
+
+def _same_file(a: str, b) -> bool:
+    try:
+        import os
+
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from dabench.method import Batch, Loss, Method, Uses
-from dabench.registry import register_method
+from dabench import Batch, Loss, Method, Uses, register_method
 
 
 def covariance(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,374 @@
+"""``check_method``: a quick contract test for a method class, built-in or plugin.
+
+Runs on the CPU in a few seconds on a small stratified subset of a real pair (the embedded
+``digits-offline`` by default) and fails with an ``AssertionError`` that says what to fix::
+
+    from dabench.testing import check_method
+    check_method(MyMethod)            # or check_method("my-method")
+
+What it checks, in order:
+
+1. the class is complete (:func:`dabench.method.validate_method_class`) and registered
+   under its name (so ``dabench run --methods <name>`` finds it);
+2. every declared hyperparameter is overridable from the command line: ``--set <name>.<key>=v``
+   (given as text, as the CLI gives it) lands in the run spec with the default's type, and a
+   bogus key is refused with a message listing the method's hyperparameters;
+3. two builds under one seed are identical, and one loss on the same batch is identical
+   (determinism under a seed);
+4. for a method trained by the engine's step loop (it does not override ``fit``): the loss is a
+   finite scalar with a gradient; every parameter the optimiser will update (``param_groups()``)
+   receives a non-zero gradient; no parameter outside the groups receives one (it would silently
+   never be trained); and the adaptation part ``parts["da"]``, when present, sends a non-zero
+   gradient to the feature extractor (a ``detach()``, a ``no_grad`` block or a constant
+   discriminator output — e.g. a softmax over one logit — leaves it with none);
+5. one real training step through the engine (``method.fit`` with a one-step schedule, or the
+   method's own ``fit``): the parameters it trains change, the frozen ones (``requires_grad``
+   False, or in no parameter group) do not;
+6. ``predict`` returns finite ``[batch, num_classes]`` logits;
+7. a ``state_dict`` round trip (``torch.save`` → ``torch.load(weights_only=True)`` → a fresh
+   build, strict) reproduces the predictions exactly.
+
+Methods with ``uses.init == "source-only"`` normally start from the source-only checkpoint of
+the same pair and seed. ``check_method`` does not train one: it starts them from the randomly
+initialised network, which exercises the same code paths (the checkpoint only changes values).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from .data import DeviceData
+from .domain import Domain, DomainPair, PairData, default_data_root
+from .method import Batch, Loss, Method, validate_method_class
+from .registry import BACKBONES, METHODS, PAIRS, RegistryError
+from .spec import RunSpec
+
+__all__ = ["check_method", "CheckReport", "isolated_registries"]
+
+_SUBSET_CACHE: dict[tuple[str, int], PairData] = {}
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check_method` measured (returned when every check passed)."""
+
+    method: str
+    loss: float | None = None
+    loss_parts: dict[str, float] = field(default_factory=dict)
+    trained: list[str] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)
+    hparams_checked: list[str] = field(default_factory=list)
+
+
+def check_method(
+    method: type[Method] | str,
+    *,
+    pair: str = "digits-offline",
+    seed: int = 0,
+    batch_size: int = 8,
+    per_class: int = 4,
+    allow_no_grad: Iterable[str] = (),
+    data_root: str | pathlib.Path | None = None,
+) -> CheckReport:
+    """Check that ``method`` (a class or a registered name) honours the method contract.
+
+    ``allow_no_grad``: parameter-name prefixes that may legitimately get no gradient from one
+    step (e.g. a module only used late in training). Raises ``AssertionError`` on the first
+    broken rule, naming the method and what to change. Runs on the CPU, single-threaded work
+    of a few seconds.
+    """
+    cls = _resolve(method)
+    name = cls.name
+    report = CheckReport(method=name)
+    pair_obj: DomainPair = PAIRS.get(pair)
+    small = _small_pair_data(pair, per_class, pathlib.Path(data_root) if data_root else default_data_root())
+    shots = 1 if (cls.uses.target_shots or cls.protocol == "few-shot") else 0
+    hparams = cls.resolve_hparams({})
+
+    report.hparams_checked = _check_hparams(cls, pair)
+
+    # --- determinism: two builds under one seed, one loss each on the same batch -----------
+    m1, m2 = _build(cls, pair_obj, hparams, seed), _build(cls, pair_obj, hparams, seed)
+    _assert_same_state(m1, m2, f"{name}: two builds under seed {seed} differ")
+    data = DeviceData(pair_obj, small, torch.device("cpu"), seed, shots, shots)
+    batch = _batch(cls, data, batch_size, seed)
+    uses_step_loop = cls.fit is Method.fit
+    if uses_step_loop:
+        out1 = _loss(m1, batch, seed)
+        out2 = _loss(m2, batch, seed)
+        report.loss = float(out1.total.detach())
+        report.loss_parts = {k: float(v.detach()) for k, v in out1.parts.items() if v.numel() == 1}
+        _check(
+            torch.equal(out1.total.detach(), out2.total.detach()),
+            f"{name}: not deterministic under a seed: two builds with seed {seed} give losses "
+            f"{float(out1.total.detach())!r} and {float(out2.total.detach())!r} on the same batch (a random draw that "
+            f"ignores torch's seed, e.g. Python's random or numpy?)",
+        )
+        _check_gradients(m1, out1, tuple(allow_no_grad), report)
+    del m2
+
+    # --- one real step through the engine ---------------------------------------------------
+    from .train import RunContext  # late: train imports data, evaluate, ...
+
+    model = _build(cls, pair_obj, hparams, seed)
+    spec = RunSpec(
+        method=name, pair=pair, seed=seed, protocol="few-shot" if shots else "uda",
+        target_shots=shots, eval_shots=shots, hparams=hparams,
+        schedule=pair_obj.schedule.replace(steps=1, batch_size=batch_size, eval_every=1, log_every=1),
+        backbone=pair_obj.backbone, backbone_options=dict(pair_obj.backbone_options),
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch.manual_seed(seed)
+    ctx = RunContext(spec, pair_obj, DeviceData(pair_obj, small, torch.device("cpu"), seed, shots, shots),
+                     torch.device("cpu"))
+    model.fit(ctx)
+    in_groups = {id(p) for g in model.param_groups() for p in g["params"]} if uses_step_loop else None
+    changed, frozen = [], []
+    for n, p in model.named_parameters():
+        is_frozen = not p.requires_grad or (in_groups is not None and id(p) not in in_groups)
+        moved = n not in before or before[n].shape != p.shape or not torch.equal(before[n], p.detach())
+        if is_frozen:
+            frozen.append(n)
+            _check(not moved, f"{name}: parameter {n!r} is frozen (requires_grad=False or in no "
+                              f"param group) but changed during training")
+        elif moved:
+            changed.append(n)
+    _check(bool(changed), f"{name}: one training step changed no parameter (is the learning rate "
+                          f"multiplier 0, or does fit() train a copy?)")
+    report.trained, report.frozen = changed, frozen
+
+    # --- predict ---------------------------------------------------------------------------
+    model.eval()
+    x_eval, _ = data.batch_from(data.target_eval, torch.arange(min(5, len(data.target_eval))), train=False)
+    with torch.no_grad():
+        logits = model.predict(x_eval)
+    _check(isinstance(logits, torch.Tensor) and tuple(logits.shape) == (len(x_eval), pair_obj.num_classes),
+           f"{name}: predict(x) must return logits of shape [batch, num_classes] = "
+           f"{[len(x_eval), pair_obj.num_classes]}, got {getattr(logits, 'shape', type(logits))}")
+    _check(bool(torch.isfinite(logits).all()), f"{name}: predict(x) returned non-finite logits")
+
+    # --- state-dict round trip ---------------------------------------------------------------
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    fresh = _build(cls, pair_obj, hparams, seed + 1)
+    try:
+        fresh.load_state_dict(torch.load(buf, weights_only=True), strict=True)
+    except Exception as exc:  # noqa: BLE001 - any failure is the method's to fix
+        raise AssertionError(
+            f"{name}: its state_dict does not load into a fresh build (weights_only=True, strict): "
+            f"{type(exc).__name__}: {str(exc).strip().rstrip('.')}. Create every module in build(), not in loss() or fit(), "
+            f"with shapes that depend only on the hyperparameters."
+        ) from None
+    fresh.eval()
+    with torch.no_grad():
+        again = fresh.predict(x_eval)
+    _check(torch.equal(logits, again), f"{name}: predictions differ after a state_dict round trip "
+                                       f"(state kept outside parameters and buffers?)")
+    return report
+
+
+@contextlib.contextmanager
+def isolated_registries() -> Iterator[None]:
+    """Undo every registration made inside the block (methods, pairs, backbones, groups, factories)
+    and forget plugin files imported by ``load_plugin`` in it, so a test's plugins do not leak into
+    the rest of the session (e.g. into a test that lists the built-in methods)."""
+    import sys
+
+    registries = (METHODS, PAIRS, BACKBONES)
+    saved = [(dict(r._items), dict(r._sources), dict(r._groups), dict(r._factories), r._entry_points_loaded)
+             for r in registries]
+    modules = set(sys.modules)
+    try:
+        yield
+    finally:
+        for r, (items, sources, groups, factories, loaded) in zip(registries, saved):
+            r._items, r._sources, r._groups, r._factories = items, sources, groups, factories
+            r._entry_points_loaded = loaded
+        for name in set(sys.modules) - modules:
+            if name.startswith("dabench_plugin_"):
+                del sys.modules[name]
+
+
+# --- pieces ---------------------------------------------------------------------------------
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise AssertionError(message)
+
+
+def _resolve(method: type[Method] | str) -> type[Method]:
+    if isinstance(method, str):
+        try:
+            return METHODS.get(method)
+        except RegistryError as exc:
+            raise AssertionError(str(exc)) from None
+    try:
+        validate_method_class(method)
+    except TypeError as exc:
+        raise AssertionError(str(exc)) from None
+    name = getattr(method, "name", "")
+    registered = bool(name) and name in METHODS and METHODS.get(name) is method
+    _check(registered, f"method class {method.__qualname__} is not registered (name {name!r}): decorate it "
+                       f"with @dabench.register_method('<name>'), or declare it as an entry point in the "
+                       f"'dabench.methods' group of your package")
+    return method
+
+
+def _build(cls: type[Method], pair: DomainPair, hparams: dict[str, Any], seed: int) -> Method:
+    torch.manual_seed(seed)
+    backbone = BACKBONES.get(pair.backbone)(
+        in_channels=pair.channels, image_size=pair.image_size, **pair.backbone_options
+    )
+    return cls(backbone, pair.num_classes, hparams)
+
+
+def _per_class(idx: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` indices of each class in ``idx`` (deterministic, stratified)."""
+    keep = [idx[labels[idx] == c][:n] for c in torch.unique(labels[idx]).tolist()]
+    return torch.cat(keep).sort().values
+
+
+def _small_pair_data(pair: str, per_class: int, data_root: pathlib.Path) -> PairData:
+    key = (pair, per_class)
+    if key not in _SUBSET_CACHE:
+        from .runner import load_pair_data  # late: the runner pulls in the whole engine
+
+        full = load_pair_data(pair, data_root)
+        src, tgt = full.source, full.target
+
+        def shrink(d: Domain, *splits: torch.Tensor) -> tuple[Domain, list[torch.Tensor]]:
+            # keep only the images the splits use, renumbered, so the subset is small in memory
+            used = torch.cat(splits).unique()
+            remap = torch.full((len(d),), -1, dtype=torch.long)
+            remap[used] = torch.arange(len(used))
+            return Domain(d.name, d.images[used].clone(), d.labels[used].clone(), d.classes), [remap[s] for s in splits]
+
+        s, (s_train, s_val) = shrink(src, _per_class(full.source_train, src.labels, per_class),
+                                     _per_class(full.source_val, src.labels, max(1, per_class // 2)))
+        t, (t_adapt, t_eval) = shrink(tgt, _per_class(full.target_adapt, tgt.labels, per_class),
+                                      _per_class(full.target_eval, tgt.labels, max(1, per_class // 2)))
+        _SUBSET_CACHE[key] = PairData(s, t, s_train, s_val, t_adapt, t_eval)
+    return _SUBSET_CACHE[key]
+
+
+def _batch(cls: type[Method], data: DeviceData, batch_size: int, seed: int) -> Batch:
+    """The batch the engine's step loop would give this method (same fields, same preprocessing)."""
+    g = torch.Generator().manual_seed(seed)
+    batch = Batch()
+
+    def pick(split) -> torch.Tensor:
+        return torch.randint(len(split), (batch_size,), generator=g)
+
+    if cls.uses.source_labels:
+        batch.x_source, batch.y_source = data.batch_from(data.source, pick(data.source))
+    if cls.uses.target_unlabeled:
+        batch.x_target, _ = data.batch_from(data.target, pick(data.target))
+    if len(data.shots):
+        batch.x_shots, batch.y_shots = data.batch_from(data.shots, torch.arange(len(data.shots)))
+    return batch
+
+
+def _loss(m: Method, batch: Batch, seed: int) -> Loss:
+    m.train()
+    torch.manual_seed(seed + 1)  # dropout and any sampling inside the loss draw from torch's RNG
+    out = m.loss(batch, 0.5)  # mid-training: ramps such as DANN's λ_p are well above 0
+    name = m.name
+    _check(isinstance(out, Loss), f"{name}: loss() must return dabench.Loss(total, parts), got {type(out).__name__}")
+    _check(isinstance(out.total, torch.Tensor) and out.total.numel() == 1,
+           f"{name}: Loss.total must be a scalar tensor, got {getattr(out.total, 'shape', out.total)!r}")
+    value = float(out.total.detach()) if isinstance(out.total, torch.Tensor) else float("nan")
+    _check(math.isfinite(value), f"{name}: the loss is not finite ({value}) on a normal batch")
+    _check(out.total.requires_grad, f"{name}: the total loss has no gradient: is everything detached or "
+                                    f"computed under torch.no_grad()?")
+    return out
+
+
+def _check_gradients(m: Method, out: Loss, allow: tuple[str, ...], report: CheckReport) -> None:
+    name = m.name
+    named = list(m.named_parameters())
+    in_groups = {id(p) for g in m.param_groups() for p in g["params"]}
+    da = out.parts.get("da")
+    backbone_params = [p for p in m.backbone.parameters() if p.requires_grad and id(p) in in_groups]
+    if da is not None and backbone_params:
+        _check(da.requires_grad, f"{name}: the adaptation loss parts['da'] is detached: it cannot move "
+                                 f"the features, so the method trains as source-only")
+        grads = torch.autograd.grad(da, backbone_params, retain_graph=True, allow_unused=True)
+        reach = any(g is not None and bool(g.abs().sum() > 0) for g in grads)
+        _check(reach, f"{name}: the adaptation loss parts['da'] sends no gradient to the feature extractor "
+                      f"(a detach(), a no_grad block, or a constant output such as a softmax over one "
+                      f"logit?): the method would train as source-only")
+    m.zero_grad(set_to_none=True)
+    out.total.backward()
+
+    def allowed(n: str) -> bool:
+        return any(n.startswith(a) for a in allow)
+
+    dead = [n for n, p in named if id(p) in in_groups and not allowed(n)
+            and (p.grad is None or not bool(p.grad.abs().sum() > 0))]
+    _check(not dead, f"{name}: parameters the optimiser trains (param_groups) get no gradient from "
+                     f"the loss: {dead[:8]}{' ...' if len(dead) > 8 else ''} (detached? unused? If that "
+                     f"is intended, freeze them (requires_grad_(False)) or pass allow_no_grad=)")
+    stray = [n for n, p in named if p.requires_grad and id(p) not in in_groups
+             and p.grad is not None and bool(p.grad.abs().sum() > 0)]
+    _check(not stray, f"{name}: parameters receive gradients but are in no param group, so they are "
+                      f"never updated: {stray[:8]} (add them in param_groups())")
+    m.zero_grad(set_to_none=True)
+
+
+def _assert_same_state(a: torch.nn.Module, b: torch.nn.Module, message: str) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    diff = [k for k in sa if k not in sb or not torch.equal(sa[k], sb[k])]
+    _check(not diff and sa.keys() == sb.keys(), f"{message}: {diff[:5]} (draw random numbers from torch only)")
+
+
+def _other_value(v: Any) -> Any:
+    """A value different from the default, of the same type (strings keep theirs: no valid other is known)."""
+    if isinstance(v, bool):
+        return not v
+    if isinstance(v, int):
+        return v + 1
+    if isinstance(v, float):
+        return v * 0.5 if v else 0.5
+    return v
+
+
+def _check_hparams(cls: type[Method], pair: str) -> list[str]:
+    """Every declared hyperparameter lands in the run spec when given as ``--set`` text."""
+    from .matrix import Matrix, MatrixError, expand, parse_value
+
+    name = cls.name
+    defaults = cls.hparam_defaults()
+    checked = []
+    for key, default in defaults.items():
+        if default is None:
+            continue
+        wanted = _other_value(default)
+        # A method that starts from the source-only checkpoint must share its network shape, so
+        # the engine takes base hyperparameters (bottleneck_dim) from source-only: set them for all.
+        shared = cls.uses.init == "source-only" and key in Method.base_defaults
+        flag = key if shared else f"{name}.{key}"
+        text = str(wanted)  # what a user types after --set flag=
+        methods = (name, "source-only") if shared else (name,)
+        try:
+            specs = expand(Matrix(methods=methods, pairs=(pair,), seeds=(0,), overrides={flag: parse_value(text)}))
+        except (MatrixError, KeyError, ValueError) as exc:
+            raise AssertionError(f"{name}: --set {flag}={text} is refused: {exc}") from None
+        got = [s for s in specs if s.method == name][0].hparams.get(key)
+        _check(got == wanted and type(got) is type(default),
+               f"{name}: --set {flag}={text} gave {key}={got!r} ({type(got).__name__}); expected {wanted!r} "
+               f"({type(default).__name__})")
+        checked.append(key)
+    try:
+        expand(Matrix(methods=(name,), pairs=(pair,), seeds=(0,), overrides={f"{name}.no_such_hparam": 1}))
+    except MatrixError as exc:
+        missing = [k for k in defaults if k not in str(exc)]
+        _check(not missing, f"{name}: an unknown hyperparameter's error should list all of them; misses {missing}")
+    else:
+        raise AssertionError(f"{name}: --set {name}.no_such_hparam=1 was accepted")
+    return checked

@@ -1,0 +1,184 @@
+"""Your own images as a pair: ``folder:source=DIR,target=DIR[,key=value...]``.
+
+Each DIR has the ImageFolder layout ``<DIR>/<class>/*.jpg|jpeg|png|bmp|gif``. Classes are
+matched **by folder name**; the pair uses the classes both domains have (labels are their
+sorted order) and skips the others; no shared class is an error listing both class sets.
+
+Options (all but source and target optional)::
+
+    size=32            images are decoded with torchvision.io and resized (squashed) to size×size
+    channels=3         3 (RGB) or 1 (grey)
+    backbone=NAME      a registered backbone (default: lenet for 1 channel ≤ 64 px, cnn32 for RGB
+                       ≤ 64 px, resnet50 above 64 px)
+    eval=half          half: the target is split 50/50, stratified, into an unlabelled adaptation
+                       half and an evaluation half (seed 0, the same for every run);
+                       all: transductive (adapt on and evaluate on the whole target, as Office-31)
+    augment=NAME       none | shift | crop_flip | resized_crop_flip (default: none up to 64 px,
+                       resized_crop_flip above)
+    shots=5            labelled target images per class for the few-shot methods
+
+Normalisation: ImageNet mean/std for RGB (what pretrained backbones expect; harmless from
+scratch), 0.5/0.5 for grey. Relative paths resolve against the current directory when the name
+is first used. A comma inside a path is not supported (the comma separates options).
+Decoded domains are cached under ``<data_root>/cache/`` keyed by the files' sizes and mtimes.
+"""
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from dabench.domain import AUGMENTATIONS, Domain, DomainPair, MissingDataError, PairData, Schedule
+from dabench.registry import BACKBONES, PAIRS, RegistryError
+from dabench.splits import stratified_split
+
+from .cache import cached
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+OPTIONS = ("source", "target", "size", "channels", "backbone", "eval", "augment", "shots")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+USAGE = "folder:source=DIR,target=DIR[,size=32][,channels=3][,backbone=NAME][,eval=half|all][,augment=...][,shots=5]"
+
+
+def parse_arguments(arguments: str) -> dict[str, str]:
+    """``"source=a,target=b,size=32"`` → a dict; an unknown or missing key is an error saying the usage."""
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in arguments.split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in OPTIONS:
+            raise RegistryError(f"folder pair: bad option {part!r}; options: {', '.join(OPTIONS)}. Usage: {USAGE}")
+        out[key] = value.strip()
+    missing = [k for k in ("source", "target") if not out.get(k)]
+    if missing:
+        raise RegistryError(f"folder pair: missing {' and '.join(missing)}. Usage: {USAGE}")
+    return out
+
+
+def class_folders(root: pathlib.Path) -> dict[str, list[pathlib.Path]]:
+    """``{class name: sorted image files}`` for every sub-folder of ``root`` holding images."""
+    if not root.is_dir():
+        raise MissingDataError(f"folder pair: no such folder {root} (expected {root}/<class>/*.jpg|png)")
+    out = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        if files:
+            out[d.name] = files
+    if not out:
+        raise MissingDataError(f"folder pair: {root} has no class folders with images (expected {root}/<class>/*.jpg|png)")
+    return out
+
+
+def decode(files: list[pathlib.Path], size: int, channels: int) -> torch.Tensor:
+    """Decode and resize to uint8 ``[N, channels, size, size]`` (antialiased, squashed: no crop)."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+    out = torch.empty(len(files), channels, size, size, dtype=torch.uint8)
+    for i, f in enumerate(files):
+        try:
+            with warnings.catch_warnings():  # torchvision ≥ 0.29 warns on every call that torchcodec exists
+                warnings.simplefilter("ignore", DeprecationWarning)
+                img = decode_image(read_file(str(f)), mode=mode)
+        except RuntimeError as exc:
+            raise RuntimeError(f"folder pair: cannot decode {f}: {exc}") from None
+        if img.shape[-2:] != (size, size):
+            img = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True,
+                                align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+        out[i] = img
+    return out
+
+
+def load_domain(root: pathlib.Path, classes: tuple[str, ...], size: int, channels: int,
+                data_root: pathlib.Path) -> Domain:
+    """The images of ``classes`` under ``root``, labelled by their index in ``classes``."""
+    found = class_folders(root)
+    files, labels = [], []
+    for label, c in enumerate(classes):
+        files += found[c]
+        labels += [label] * len(found[c])
+    key = "folder-" + hashlib.sha1(f"{root}|{','.join(classes)}|{channels}".encode()).hexdigest()[:10]
+    tensors = cached(data_root, key, "all", size, files,
+                     lambda: {"images": decode(files, size, channels), "labels": torch.tensor(labels)}, base=root)
+    return Domain(root.name, tensors["images"], tensors["labels"].long(), classes)
+
+
+def make_folder_pair(arguments: str) -> DomainPair:
+    """The :class:`DomainPair` named ``folder:<arguments>`` (registered via ``PAIRS.register_factory``)."""
+    opts = parse_arguments(arguments)
+    source = pathlib.Path(opts["source"]).expanduser().resolve()
+    target = pathlib.Path(opts["target"]).expanduser().resolve()
+    try:
+        size = int(opts.get("size", 32))
+        channels = int(opts.get("channels", 3))
+        shots = int(opts.get("shots", 5))
+    except ValueError as exc:
+        raise RegistryError(f"folder pair: size, channels and shots are integers ({exc}). Usage: {USAGE}") from None
+    if channels not in (1, 3) or size < 8:
+        raise RegistryError(f"folder pair: channels must be 1 or 3 and size at least 8, got channels={channels}, size={size}")
+    evaluation = opts.get("eval", "half")
+    if evaluation not in ("half", "all"):
+        raise RegistryError(f"folder pair: eval must be 'half' or 'all', got {evaluation!r}")
+    augment = opts.get("augment", "none" if size <= 64 else "resized_crop_flip")
+    if augment not in AUGMENTATIONS:
+        raise RegistryError(f"folder pair: augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
+    backbone = opts.get("backbone") or _default_backbone(size, channels)
+    BACKBONES.get(backbone)  # an unknown backbone fails now, listing the valid ones
+
+    src_classes, tgt_classes = class_folders(source), class_folders(target)
+    shared = tuple(sorted(set(src_classes) & set(tgt_classes)))
+    if not shared:
+        raise RegistryError(
+            f"folder pair: the source and target share no class folder name.\n"
+            f"  source {source}: {', '.join(sorted(src_classes))}\n"
+            f"  target {target}: {', '.join(sorted(tgt_classes))}"
+        )
+    skipped = sorted(set(src_classes) ^ set(tgt_classes))
+
+    def load(data_root: pathlib.Path) -> PairData:
+        s = load_domain(source, shared, size, channels, data_root)
+        t = load_domain(target, shared, size, channels, data_root)
+        s_train, s_val = stratified_split(s.labels, 0.1, seed=0)
+        if evaluation == "all":
+            everything = torch.arange(len(t))
+            t_adapt, t_eval = everything, everything
+        else:
+            t_adapt, t_eval = stratified_split(t.labels, 0.5, seed=0)
+        return PairData(s, t, s_train, s_val, t_adapt, t_eval)
+
+    rgb = channels == 3
+    note = ("target: adapt on all of it and evaluate on all of it (transductive)" if evaluation == "all"
+            else "target: half unlabelled for adaptation, the other half (stratified, seed 0) for evaluation")
+    if skipped:
+        note += f"; classes in only one domain skipped: {', '.join(skipped)}"
+    return DomainPair(
+        name=f"folder:{arguments}",
+        description=f"{source.name} → {target.name}: {len(shared)} shared classes from image folders",
+        load=load,
+        num_classes=len(shared),
+        backbone=backbone,
+        channels=channels,
+        image_size=size,
+        mean=IMAGENET_MEAN if rgb else (0.5,),
+        std=IMAGENET_STD if rgb else (0.5,),
+        augment=augment,
+        schedule=Schedule(steps=1000, batch_size=32, lr=0.01, eval_every=250),
+        target_shots=shots,
+        protocol_note=note,
+    )
+
+
+def _default_backbone(size: int, channels: int) -> str:
+    if size > 64:
+        return "resnet50"
+    if channels == 3 and "cnn32" in BACKBONES:
+        return "cnn32"
+    return "lenet"
+
+
+PAIRS.register_factory("folder", make_folder_pair)

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One prepared GPU session (H100/H200, no network): the digits benchmark on the full data.
+#   bash examples/gpu_data.sh          # on your machine: copies mnist/usps .npz into .devdata/
+#   bash examples/gpu_matrix.sh        # on the GPU machine, with .devdata carried along
+# 1. six methods x mnist-usps x 3 seeds, packed 4 runs per GPU (local executor);
+# 2. the quick matrix (six methods x digits-offline x 3 seeds) packed (--runs-per-gpu 4)
+#    versus one at a time (--runs-per-gpu 1) and in-process (--executor inline).
+# Results and timings go to $OUT (default results/gpu/).
+set -uo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$REPO/results/gpu}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+cd "$REPO"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+if ! $PY -c "import dabench" 2>/dev/null; then  # importable without an install: benchmark/ is dabench
+  SHIM=$(mktemp -d); mkdir "$SHIM/dabench"
+  for f in "$REPO"/benchmark/*; do ln -s "$f" "$SHIM/dabench/"; done
+  ln -s "$REPO/methods" "$SHIM/dabench/methods"; ln -s "$REPO/datasets" "$SHIM/dabench/datasets"
+  export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+fi
+[ -d "$REPO/.devdata/site-bench" ] && export PYTHONPATH="$PYTHONPATH:$REPO/.devdata/site-bench"  # mlxtend
+DAB="$PY -m dabench.cli"
+LOG="$OUT/gpu_matrix.log"
+nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 | tee "$LOG"
+timed() {  # timed NAME LIMIT CMD...: wall time into $OUT/times.txt
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s%N)
+  timeout "$limit" "$@" >>"$LOG" 2>&1; local rc=$?
+  local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  printf '%s\t%d.%03d s\trc=%s\n' "$name" $((ms / 1000)) $((ms % 1000)) "$rc" | tee -a "$OUT/times.txt"
+}
+R=/tmp/gpu_results
+timed mnist-usps-6x3-packed4 200 $DAB run --pairs mnist-usps --data-root .devdata --executor local \
+  --runs-per-gpu 4 --results $R/mnist-usps --no-progress
+$DAB report $R/mnist-usps --format md,csv --out "$OUT/mnist-usps" >>"$LOG" 2>&1
+timed digits-offline-6x3-packed4 120 $DAB run --executor local --runs-per-gpu 4 --results $R/packed --no-progress
+timed digits-offline-6x3-rpg1 150 $DAB run --executor local --runs-per-gpu 1 --results $R/rpg1 --no-progress
+timed digits-offline-6x3-inline 120 $DAB run --executor inline --results $R/inline --no-progress
+$DAB report $R/packed --format md,csv --out "$OUT/digits-offline" >>"$LOG" 2>&1
+cat "$OUT/times.txt"; cat "$OUT/mnist-usps/leaderboard.md" 2>/dev/null

@@ -1,0 +1,198 @@
+"""``dabench.testing.check_method``: every registered method passes; broken ones are caught, by name."""
+from __future__ import annotations
+
+import pathlib
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dabench
+from dabench import Batch, Loss, Method, Uses, register_method
+from dabench.methods.dann import DANN, grad_reverse
+from dabench.testing import check_method, isolated_registries
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _isolated():
+    with isolated_registries():
+        yield
+
+
+@pytest.mark.parametrize("name", dabench.list_methods())
+def test_every_registered_method_passes(name):
+    report = check_method(name)
+    assert report.method == name
+    assert report.trained, "something must train"
+    assert set(report.hparams_checked) == {k for k, v in dabench.METHODS.get(name).hparam_defaults().items()
+                                           if v is not None}
+    if report.loss is not None:  # step-loop methods
+        assert report.loss > 0
+
+
+def test_linear_probe_trains_only_its_head():
+    report = check_method("linear-probe")
+    assert report.trained == ["net.head.weight", "net.head.bias"]
+    assert any(n.startswith("net.backbone") for n in report.frozen)
+
+
+def test_the_example_plugins_pass():
+    from dabench.registry import load_plugin
+
+    examples = pathlib.Path(__file__).resolve().parents[1] / "examples"
+    load_plugin(str(examples / "dabench-mcc" / "dabench_mcc.py"))
+    load_plugin(str(examples / "entmin.py"))
+    assert check_method("mcc").hparams_checked == ["bottleneck_dim", "trade_off", "temperature", "forward"]
+    check_method("entmin")
+
+
+# --- broken methods: each must fail with a message that says what is wrong ----------------------
+def _expect(cls, *fragments):
+    with pytest.raises(AssertionError) as err:
+        check_method(cls)
+    for f in fragments:
+        assert f in str(err.value), str(err.value)
+
+
+def test_detached_features_in_the_adaptation_loss_are_caught():
+    @register_method("broken-detach")
+    class DetachedDANN(DANN):
+        """DANN whose discriminator sees detached features: trains as source-only."""
+
+        def loss(self, batch, progress):
+            logits_s, _, f_s, f_t = self.forward_source_target(batch)
+            d = self.discriminator(grad_reverse(torch.cat([f_s, f_t]).detach(), 1.0))
+            labels = torch.cat([torch.ones(len(f_s)), torch.zeros(len(f_t))])
+            return self.combine(self.supervised_loss(batch, logits_s),
+                                F.binary_cross_entropy_with_logits(d, labels), self.hp["trade_off"])
+
+    _expect(DetachedDANN, "broken-detach", "parts['da'] sends no gradient to the feature extractor")
+
+
+def test_softmax_over_one_output_discriminator_is_caught():
+    """The DESIGN pitfall: softmax over a single logit is constant 1, so nothing is reversed."""
+
+    @register_method("broken-softmax1")
+    class Softmax1DANN(DANN):
+        """DANN with a one-output softmax discriminator."""
+
+        def loss(self, batch, progress):
+            logits_s, _, f_s, f_t = self.forward_source_target(batch)
+            d = self.discriminator(grad_reverse(torch.cat([f_s, f_t]), 1.0)).unsqueeze(1).softmax(1)[:, 0]
+            labels = torch.cat([torch.ones(len(f_s)), torch.zeros(len(f_t))])
+            adv = F.binary_cross_entropy(d.clamp(1e-6, 1 - 1e-6), labels)
+            return self.combine(self.supervised_loss(batch, logits_s), adv, self.hp["trade_off"])
+
+    _expect(Softmax1DANN, "no gradient to the feature extractor")
+
+
+def test_fully_detached_loss_is_caught():
+    @register_method("broken-nograd")
+    class NoGrad(Method):
+        """Cross-entropy on detached logits."""
+
+        def loss(self, batch, progress):
+            return self.combine({"ce": F.cross_entropy(self.predict(batch.x_source).detach(), batch.y_source)})
+
+    _expect(NoGrad, "broken-nograd", "total loss has no gradient")
+
+
+def test_module_left_out_of_param_groups_is_caught():
+    @register_method("broken-groups")
+    class ForgottenHead(Method):
+        """Adds an auxiliary head but hands only the classifier to the optimiser."""
+
+        uses = Uses(source_labels=True, target_unlabeled=True)
+        defaults = {"trade_off": 1.0}
+
+        def build(self, backbone, num_classes):
+            super().build(backbone, num_classes)
+            self.aux = nn.Linear(int(self.hp["bottleneck_dim"]), 2)
+
+        def param_groups(self):
+            return [{"params": list(self.net.parameters()), "lr_mult": 1.0}]
+
+        def loss(self, batch, progress):
+            logits_s, _, f_s, f_t = self.forward_source_target(batch)
+            da = self.aux(torch.cat([f_s, f_t])).pow(2).mean()
+            return self.combine(self.supervised_loss(batch, logits_s), da, self.hp["trade_off"])
+
+    _expect(ForgottenHead, "in no param group", "aux.weight")
+
+
+def test_unused_trainable_parameter_is_caught_unless_allowed():
+    @register_method("broken-unused")
+    class Unused(Method):
+        """Source-only with a projection it never uses."""
+
+        def build(self, backbone, num_classes):
+            super().build(backbone, num_classes)
+            self.proj = nn.Linear(4, 4)
+
+        def loss(self, batch, progress):
+            return self.combine(self.supervised_loss(batch, self.predict(batch.x_source)))
+
+    _expect(Unused, "get no gradient", "proj.weight")
+    report = check_method(Unused, allow_no_grad=("proj.",))  # declared as intended
+    assert "proj.weight" not in report.trained
+
+
+def test_python_random_breaks_determinism():
+    @register_method("broken-random")
+    class Jittery(Method):
+        """Scales the loss by a draw from Python's random module (ignores torch's seed)."""
+
+        def loss(self, batch, progress):
+            ce = F.cross_entropy(self.predict(batch.x_source), batch.y_source)
+            return self.combine({"ce": ce * (1 + random.random())})
+
+    _expect(Jittery, "not deterministic under a seed")
+
+
+def test_module_created_in_loss_breaks_the_state_dict_round_trip():
+    @register_method("broken-lazy")
+    class Lazy(Method):
+        """Creates its extra layer on the first loss call."""
+
+        def loss(self, batch, progress):
+            if not hasattr(self, "extra"):
+                self.extra = nn.Linear(self.num_classes, self.num_classes)
+            logits = self.extra(self.predict(batch.x_source))
+            return self.combine({"ce": F.cross_entropy(logits, batch.y_source)})
+
+    _expect(Lazy, "broken-lazy", "does not load into a fresh build", "Create every module in build()")
+
+
+def test_wrong_predict_shape_is_caught():
+    @register_method("broken-predict")
+    class Features(Method):
+        """predict returns features instead of logits."""
+
+        def loss(self, batch, progress):
+            return self.combine(self.supervised_loss(batch, self.net(batch.x_source)[0]))
+
+        def predict(self, x):
+            return self.net.features(x)
+
+    _expect(Features, "predict(x) must return logits of shape [batch, num_classes] = [5, 10]")
+
+
+def test_unregistered_and_incomplete_classes():
+    class Anonymous(Method):
+        """Never registered."""
+
+        def loss(self, batch: Batch, progress: float) -> Loss:
+            return self.combine(self.supervised_loss(batch, self.predict(batch.x_source)))
+
+    _expect(Anonymous, "is not registered", "@dabench.register_method")
+
+    class NoLoss(Method):
+        """Forgot its loss."""
+
+    _expect(NoLoss, "NoLoss is incomplete", "implement loss(batch, progress)")
+    with pytest.raises(AssertionError, match="unknown method 'nope'"):
+        check_method("nope")

@@ -1,0 +1,293 @@
+"""Plugins: the three ways in (installed package, --plugin / matrix file, Python API) and their errors.
+
+The installed-package test really pip-installs ``examples/dabench-mcc`` (offline, no build
+isolation) into a temporary ``--target`` folder and runs the ``dabench`` console script with that
+folder on ``PYTHONPATH``: the entry point is discovered exactly as for a venv install, without
+changing the venv the other tests share.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import dabench
+from dabench import METHODS, Method, PluginError, RegistryError, Uses
+from dabench.cli import main
+from dabench.method import validate_method_class
+from dabench.registry import Registry, load_plugin
+from dabench.testing import isolated_registries
+
+torch.set_num_threads(1)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+DABENCH = pathlib.Path(sys.executable).with_name("dabench")
+TINY = ["--seeds", "0", "--set", "steps=2", "--set", "eval_every=2", "--set", "batch_size=8",
+        "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated():
+    with isolated_registries():
+        yield
+
+
+def _records(folder: pathlib.Path) -> list[dict]:
+    return [r for r in (json.loads(p.read_text()) for p in folder.rglob("*.json")) if "spec" in r]
+
+
+# --- (a) an installed package with an entry point -------------------------------------------
+def test_installed_package_is_listed_and_runs_beside_builtins(tmp_path):
+    src = tmp_path / "pkg"
+    shutil.copytree(EXAMPLES / "dabench-mcc", src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    target = tmp_path / "site"
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+         "--disable-pip-version-check", "--target", str(target), str(src)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    assert "mcc = dabench_mcc:MCC" in next(target.glob("dabench_mcc-*.dist-info")).joinpath("entry_points.txt").read_text()
+    env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1"}
+
+    listed = subprocess.run([str(DABENCH), "list", "methods"], capture_output=True, text=True, env=env, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    names = [line.split()[0] for line in listed.stdout.splitlines()[2:]]
+    assert "mcc" in names and {"source-only", "dann", "dan", "coral"} <= set(names)
+    assert "Jin et al. 2020" in listed.stdout and "temperature=2.5" in listed.stdout
+
+    res = tmp_path / "res"
+    ran = subprocess.run([str(DABENCH), "run", "--methods", "source-only,mcc", "--results", str(res), *TINY],
+                         capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    rows = [line for line in ran.stdout.splitlines() if line.startswith("| ")]
+    assert any(r.startswith("| mcc ") for r in rows) and any(r.startswith("| source-only ") for r in rows)
+    recs = {r["spec"]["method"]: r for r in _records(res)}
+    assert recs["mcc"]["status"] == "complete"
+    assert recs["mcc"]["spec"]["hparams"] == {"bottleneck_dim": 256, "trade_off": 1.0, "temperature": 2.5,
+                                              "forward": "concat"}
+    assert "da" in recs["mcc"]["curve"][-1]["loss"]  # the MCC term was computed and logged
+
+
+# --- (b) --plugin FILE.py | MODULE, and plugins = [...] in a matrix file ------------------------
+def test_plugin_file_and_module_on_the_cli(tmp_path, capsys, monkeypatch):
+    assert main(["list", "methods", "--plugin", str(EXAMPLES / "entmin.py")]) == 0
+    assert "entmin" in capsys.readouterr().out
+
+    (tmp_path / "my_dabench_plugin.py").write_text(textwrap.dedent('''
+        """A plugin importable as a module."""
+        from dabench import Batch, Loss, Method, register_method
+
+        @register_method("module-method")
+        class ModuleMethod(Method):
+            """Source-only under another name (Plugin test)."""
+
+            def loss(self, batch: Batch, progress: float) -> Loss:
+                return self.combine(self.supervised_loss(batch, self.predict(batch.x_source)))
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    res = tmp_path / "res"
+    rc = main(["run", "--plugin", "my_dabench_plugin", "--plugin", str(EXAMPLES / "entmin.py"),
+               "--methods", "module-method,entmin", "--results", str(res), *TINY])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert {r["spec"]["method"]: r["status"] for r in _records(res)} == {"module-method": "complete",
+                                                                         "entmin": "complete"}
+    sys.modules.pop("my_dabench_plugin", None)
+
+
+def test_matrix_file_plugins(capsys):
+    from dabench import expand, load_matrix_file
+
+    matrix = load_matrix_file(EXAMPLES / "mcc_matrix.toml")
+    assert matrix.plugins == (str((EXAMPLES / "dabench-mcc" / "dabench_mcc.py").resolve()),)
+    specs = expand(matrix)
+    assert {s.method for s in specs} == {"source-only", "dann", "mcc"} and {s.seed for s in specs} == {0, 1, 2}
+    assert "mcc" in METHODS
+    # the same through the CLI, from another working directory
+    assert main(["run", "--matrix", str(EXAMPLES / "mcc_matrix.toml"), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("mcc |") == 3
+
+
+def test_plugin_file_already_imported_as_a_module_is_not_imported_twice(monkeypatch):
+    """An editable install imports dabench_mcc via its entry point; --plugin of the same file is then a no-op."""
+    monkeypatch.syspath_prepend(str(EXAMPLES / "dabench-mcc"))
+    import dabench_mcc  # noqa: F401  (as the entry point would)
+
+    load_plugin(str(EXAMPLES / "dabench-mcc" / "dabench_mcc.py"))  # no "registered twice"
+    assert METHODS.get("mcc") is dabench_mcc.MCC
+    sys.modules.pop("dabench_mcc")
+
+
+# --- (c) the Python API with a class ----------------------------------------------------------
+def test_python_api_runs_an_unregistered_class(tmp_path):
+    from dabench.methods.source_only import SourceOnly
+
+    class Notebook(SourceOnly):
+        """A method under development in a notebook."""
+
+    summary = dabench.run(methods=[Notebook, "source-only"], seeds=[0], results_dir=tmp_path / "res",
+                          device="cpu", overrides={"steps": 2, "eval_every": 2, "batch_size": 8})
+    assert sorted(r["spec"]["method"] for r in summary.ran) == ["notebook", "source-only"]
+    assert all(r["status"] == "complete" for r in summary.ran)
+    # dabench.api.leaderboard: once the dabench.leaderboard *module* is imported (the CLI's report
+    # does), it shadows the function of the same name on the package (reported to the lead)
+    board = dabench.api.leaderboard(dabench.load_results(tmp_path / "res"))
+    assert "notebook" in str(board)
+
+    class Other(SourceOnly):
+        """Another class claiming the same name."""
+
+        name = "notebook"
+
+    with pytest.raises(RegistryError, match="'notebook' is registered twice"):
+        dabench.run(methods=[Other], seeds=[0], results_dir=tmp_path / "res2", device="cpu",
+                    overrides={"steps": 1})
+
+
+# --- clear errors -----------------------------------------------------------------------------
+def test_plugin_that_fails_to_import_names_itself(tmp_path, capsys):
+    bad = tmp_path / "bad_plugin.py"
+    bad.write_text("import dabench\nraise ZeroDivisionError('boom in the plugin')\n")
+    with pytest.raises(PluginError, match=r"plugin '.*bad_plugin.py' failed to import: ZeroDivisionError: boom"):
+        load_plugin(str(bad))
+    assert main(["list", "methods", "--plugin", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad_plugin.py" in err and "ZeroDivisionError: boom in the plugin" in err
+    with pytest.raises(PluginError, match="plugin 'no_such_plugin_module' failed to import: ModuleNotFoundError"):
+        load_plugin("no_such_plugin_module")
+
+
+def test_broken_entry_point_names_the_package(tmp_path, monkeypatch):
+    """A hand-made dist-info on sys.path, in a group of its own (the real groups stay untouched)."""
+    dist = tmp_path / "broken_dabench_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-dabench-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[dabench.test_broken]\nbroken = missing_module_xyz:Thing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry("method", "dabench.test_broken")
+    with pytest.raises(PluginError) as err:
+        reg.names()
+    msg = str(err.value)
+    assert "'broken'" in msg and "missing_module_xyz:Thing" in msg and "broken-dabench-plugin" in msg
+    assert "ModuleNotFoundError" in msg
+
+
+def test_two_registrations_of_one_name_are_refused_naming_both(tmp_path):
+    for stem in ("first", "second"):
+        (tmp_path / f"{stem}.py").write_text(textwrap.dedent(f'''
+            from dabench import Method, register_method
+
+            @register_method("twin")
+            class Twin(Method):
+                """Registered by {stem}.py."""
+
+                def loss(self, batch, progress):
+                    return self.combine(self.supervised_loss(batch, self.predict(batch.x_source)))
+        '''))
+    load_plugin(str(tmp_path / "first.py"))
+    with pytest.raises(RegistryError) as err:
+        load_plugin(str(tmp_path / "second.py"))
+    msg = str(err.value)
+    assert "'twin' is registered twice" in msg and "first.py" in msg and "second.py" in msg
+    # the same name as a built-in
+    with pytest.raises(RegistryError, match=r"'dann' is registered twice: first by .*dann.py"):
+        dabench.register_method("dann")(type("Fake", (Method,), {"__doc__": "x", "loss": lambda s, b, p: None}))
+
+
+def test_same_stem_different_files_are_two_plugins(tmp_path):
+    for d, name in (("a", "stem-a"), ("b", "stem-b")):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "plugin.py").write_text(
+            f"from dabench.methods.source_only import SourceOnly\nfrom dabench import register_method\n"
+            f"register_method({name!r})(type('M', (SourceOnly,), {{'__doc__': 'same stem'}}))\n")
+        load_plugin(str(tmp_path / d / "plugin.py"))
+    assert "stem-a" in METHODS and "stem-b" in METHODS
+
+
+def test_incomplete_method_says_what_is_missing(tmp_path, capsys):
+    class Bare(Method):
+        protocol = "semi"
+        uses = {"target_unlabeled": True}
+
+    with pytest.raises(TypeError) as err:
+        validate_method_class(Bare)
+    msg = str(err.value)
+    for piece in ("implement loss(batch, progress)", "protocol must be one of", "uses must be a dabench.Uses",
+                  "add a docstring"):
+        assert piece in msg
+    with pytest.raises(TypeError, match="bad init"):
+        validate_method_class(type("X", (Method,), {"__doc__": "d", "loss": lambda *a: None,
+                                                    "uses": Uses(init="bad init")}))
+    plugin = tmp_path / "incomplete.py"
+    plugin.write_text("from dabench import Method, register_method\n\n@register_method('half')\n"
+                      "class Half(Method):\n    '''No loss yet.'''\n")
+    assert main(["list", "methods", "--plugin", str(plugin)]) == 2
+    err_text = capsys.readouterr().err
+    assert "incomplete.py" in err_text and "Half is incomplete: implement loss(batch, progress)" in err_text
+
+
+def test_bad_hyperparameter_lists_the_methods_hyperparameters(capsys):
+    rc = main(["run", "--plugin", str(EXAMPLES / "dabench-mcc" / "dabench_mcc.py"), "--methods", "mcc",
+               "--seeds", "0", "--set", "mcc.bogus=1", "--dry-run"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "method 'mcc' has no hyperparameter(s) ['bogus']" in err
+    for hp in ("bottleneck_dim=256", "trade_off=1.0", "temperature=2.5", "forward='concat'"):
+        assert hp in err
+
+
+def _dist_info(root: pathlib.Path, dist: str, group: str, entries: str) -> None:
+    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\n{entries}\n")
+
+
+def test_entry_point_naming_an_undecorated_class_is_named_and_validated(tmp_path, monkeypatch):
+    from dabench.registry import _prepare_method
+
+    (tmp_path / "ep_methods_mod.py").write_text(textwrap.dedent('''
+        from dabench import Method
+
+        class Plain(Method):
+            """Registered by its entry point only."""
+
+            def loss(self, batch, progress):
+                return self.combine(self.supervised_loss(batch, self.predict(batch.x_source)))
+
+        class NoDoc(Method):
+            def loss(self, batch, progress):
+                return None
+    '''))
+    _dist_info(tmp_path, "ep-ok", "dabench.test_ok", "plain-ep = ep_methods_mod:Plain")
+    _dist_info(tmp_path / "bad", "ep-bad", "dabench.test_bad", "nodoc = ep_methods_mod:NoDoc")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path / "bad"))
+    ok = Registry("method", "dabench.test_ok", prepare=_prepare_method)
+    assert ok.names() == ["plain-ep"] and ok.get("plain-ep").name == "plain-ep"
+    assert ok.source("plain-ep") == "entry point ep_methods_mod:Plain"
+    bad = Registry("method", "dabench.test_bad", prepare=_prepare_method)
+    with pytest.raises(PluginError, match=r"'nodoc'.*package ep-bad.*NoDoc is incomplete: add a docstring"):
+        bad.names()
+    sys.modules.pop("ep_methods_mod", None)
+
+
+def test_builtin_methods_use_only_the_public_api():
+    """methods/*.py import dabench names from `dabench` itself, as a plugin would."""
+    import ast
+
+    for path in sorted((ROOT / "methods").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dabench"):
+                assert node.module == "dabench", f"{path.name}: from {node.module} import ... (use: from dabench import)"
+                missing = [a.name for a in node.names if a.name not in dabench.__all__]
+                assert not missing, f"{path.name} imports non-public {missing}"
