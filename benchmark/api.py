@@ -54,7 +54,7 @@ def load_results(*dirs: str | os.PathLike):
 
 def leaderboard(df, rule: str = "last"):
     """Methods × pairs table (mean ± std over seeds) under a model-selection rule."""
-    from .leaderboard import leaderboard as _lb
+    from .tables import leaderboard as _lb
 
     return _lb(df, rule=rule)
 

@@ -19,7 +19,7 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .leaderboard import SOURCE_ONLY, Leaderboard
+from .tables import SOURCE_ONLY, Leaderboard
 from .stats import FriedmanResult, selected_runs
 
 

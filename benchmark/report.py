@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from . import figures as F
-from .leaderboard import Leaderboard, leaderboard
+from .tables import Leaderboard, leaderboard
 from .results import load_results
 from .selection import RULES, check_rule, rule_regret, rule_title
 from .stats import Comparison, compare, html_table, md_table

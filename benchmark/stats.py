@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .leaderboard import _entry_names, budget_key
+from .tables import _entry_names, budget_key
 from .selection import rule_title, select
 
 BLOCKS = ("pair", "pair-seed")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from dabench import figures as F
-from dabench.leaderboard import leaderboard
+from dabench.tables import leaderboard
 from dabench.report import report_text, write_report
 from dabench.results import load_results
 from dabench.stats import friedman

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from dabench.leaderboard import leaderboard, mean_ci, welch_less_p
+from dabench.tables import leaderboard, mean_ci, welch_less_p
 from dabench.results import load_results
 from fake_runs import write_matrix, write_run
 
