@@ -4,12 +4,14 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q
+# ray: the Ray executor's test starts a real local Ray head; drop it with EXTRAS=test
+EXTRAS ?= test,ray
 
 .PHONY: install run test bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[test]'
+	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $@
 
 install: $(VENV)/.installed

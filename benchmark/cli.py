@@ -9,7 +9,7 @@ from typing import Sequence
 
 from .domain import default_data_root
 from .matrix import DEFAULT_METHODS, DEFAULT_PAIRS, DEFAULT_SEEDS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides
-from .registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin
+from .registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
 
 EPILOG = """examples:
   dabench run                                   # quick matrix: 6 methods x digits-offline x 3 seeds
@@ -57,8 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rule", default="last", help="model-selection rule for the printed leaderboard (default: last)")
     r.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                    help="save a resumable mid-run checkpoint every STEPS steps (default: off)")
+    r.add_argument("--compile", action="store_true",
+                   help="torch.compile the methods' networks (speed only; not part of the run id)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--dry-run", action="store_true", help="print the run specs and exit")
+    r.add_argument("--executor", default="inline", choices=("inline", "local", "ray"),
+                   help="inline: this process; local: a pool of worker processes (a crash kills only its run); "
+                        "ray: one Ray task per run (pip install 'dabench[ray]') (default: inline)")
+    r.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="local/ray: runs at once (default: GPUs x --runs-per-gpu; 1 on a CPU-only machine)")
+    r.add_argument("--runs-per-gpu", type=int, default=1, metavar="K",
+                   help="local/ray: pack K runs on each GPU (small models cannot fill a GPU alone; default: 1)")
+    r.add_argument("--runs-per-process", type=int, default=0, metavar="N",
+                   help="local: runs a worker process does before a fresh one replaces it (0: no limit, "
+                        "the default: the pair's data is loaded once per worker; 1: each run in a fresh "
+                        "process). Either way a crash kills only the run in hand and the worker is replaced")
+    r.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="ray: cluster to join (auto, or host:port; default: start a local Ray)")
+    r.add_argument("--rerun", metavar="RUN_ID", action="append", default=[],
+                   help="repeat the run RUN_ID of --results from the spec in its record (the old record "
+                        "moves to DIR/previous/); repeatable")
 
     ls = sub.add_parser("list", help="list registered methods, pairs or backbones")
     ls.add_argument("what", choices=["methods", "pairs", "backbones"])
@@ -70,6 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--rule", default="last", help="model-selection rule: last, source-val, entropy, im, snd, oracle")
     rep.add_argument("--format", default="md,csv", help="comma-separated: md,csv,tex,html (default: md,csv)")
     rep.add_argument("--out", type=pathlib.Path, default=None, help="output folder (default: the first DIR)")
+
+    b = sub.add_parser("bench", help="training images/s per method vs the bare backbone on this machine")
+    b.add_argument("--pair", default="digits-offline", help="pair whose data, model and batch are used")
+    b.add_argument("--methods", help="comma-separated names or globs (default: all registered)")
+    b.add_argument("--steps", type=int, default=50, help="timed steps per method (default: 50)")
+    b.add_argument("--warmup", type=int, default=10, help="untimed warm-up steps (default: 10)")
+    b.add_argument("--batch-size", type=int, default=None, help="per-domain batch (default: the pair's)")
+    b.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    b.add_argument("--backbone", default=None, help="backbone (default: the pair's; resnet50 with --synthetic)")
+    b.add_argument("--image-size", type=int, default=None, help="input side in px (default: the pair's; 224 synthetic)")
+    b.add_argument("--synthetic", type=int, default=0, metavar="N",
+                   help="no dataset: N random uint8 3-channel images per domain, 31 classes, resized-crop augmentation")
+    b.add_argument("--compile", action="store_true", help="torch.compile the networks (warm-up includes compilation)")
+    b.add_argument("--data-root", type=pathlib.Path, default=None)
+    b.add_argument("--out", type=pathlib.Path, default=None,
+                   help="Markdown table (default: results/bench/<device>.md; raw numbers beside it as .json)")
 
     st = sub.add_parser("status", help="counts of complete/running/failed/diverged runs of a results folder")
     st.add_argument("dir", type=pathlib.Path)
@@ -115,31 +149,50 @@ def _table(header: Sequence[str], rows: list[Sequence[str]]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .runner import run_inline
+    from .runner import run_matrix, write_matrix_file
 
-    if args.matrix:
-        matrix = load_matrix_file(args.matrix)
+    if args.rerun:
+        from .runner import prepare_rerun
+
+        specs, plugins = prepare_rerun(args.results, args.rerun, extra_plugins=args.plugin)
     else:
-        matrix = Matrix()
-    overrides = {**matrix.overrides, **parse_overrides(args.set)}
-    matrix = Matrix(
-        methods=tuple(_csv(args.methods)) if args.methods else matrix.methods,
-        pairs=tuple(_csv(args.pairs)) if args.pairs else matrix.pairs,
-        seeds=args.seeds or matrix.seeds,
-        overrides=overrides,
-        plugins=tuple(matrix.plugins) + tuple(args.plugin),
-    )
-    specs = expand(matrix)
+        if args.matrix:
+            matrix = load_matrix_file(args.matrix)
+        else:
+            matrix = Matrix()
+        overrides = {**matrix.overrides, **parse_overrides(args.set)}
+        matrix = Matrix(
+            methods=tuple(_csv(args.methods)) if args.methods else matrix.methods,
+            pairs=tuple(split_names(args.pairs)) if args.pairs else matrix.pairs,  # keeps folder:a=..,b=.. whole
+            seeds=args.seeds or matrix.seeds,
+            overrides=overrides,
+            plugins=tuple(matrix.plugins) + tuple(args.plugin),
+        )
+        specs = expand(matrix)
+        plugins = matrix.plugins
     if args.dry_run:
         for s in specs:
             print(s.run_id, s.label, s.protocol, f"shots={s.target_shots}", s.hparams)
         return 0
+    try:
+        from .executors import make_executor
+
+        ex = make_executor(args.executor, results_dir=args.results, device=args.device, data_root=args.data_root,
+                           progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
+                           compile=args.compile, plugins=tuple(plugins), workers=args.workers,
+                           runs_per_gpu=args.runs_per_gpu, runs_per_process=args.runs_per_process,
+                           ray_address=args.ray_address)
+    except (ValueError, ImportError, ConnectionError) as exc:  # bad --workers, no Ray, no cluster there
+        raise MatrixError(str(exc)) from None
+    if not args.rerun:  # a rerun of one run must not replace the folder's matrix
+        write_matrix_file(args.results, specs, plugins=plugins, executor=args.executor, workers=ex.workers)
     t0 = time.perf_counter()
-    summary = run_inline(specs, args.results, device=args.device, data_root=args.data_root,
-                         progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
+    summary = run_matrix(specs, args.results, executor=ex, data_root=args.data_root,
+                         progress=not args.no_progress)
     wall = time.perf_counter() - t0
     counts = ", ".join(f"{v} {k}" for k, v in summary.counts().items())
-    print(f"\n{len(specs)} runs in {args.results}: {counts}; wall time {wall:.1f} s\n")
+    print(f"\n{len(specs)} runs in {args.results} ({args.executor} executor, {ex.workers} worker(s)): {counts}; "
+          f"wall time {wall:.1f} s\n")
     from .report import report_text
 
     print(report_text([args.results], rule=args.rule))
@@ -161,6 +214,21 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import default_out, run_bench, write_result
+
+    if args.steps < 1 or args.warmup < 0:
+        raise MatrixError("--steps must be >= 1 and --warmup >= 0")
+    result = run_bench(
+        pair_name=args.pair, methods=_csv(args.methods) if args.methods else None, steps=args.steps,
+        warmup=args.warmup, batch_size=args.batch_size, device=args.device, backbone=args.backbone,
+        image_size=args.image_size, synthetic=args.synthetic, compile=args.compile, data_root=args.data_root,
+    )
+    out = write_result(result, args.out or default_out(args.device, args.synthetic, args.backbone))
+    print(f"wrote {out}")
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from .status import status_text
 
@@ -177,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _list(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "bench":
+            return _bench(args)
         return _status(args)
     except (RegistryError, MatrixError, PluginError, FileNotFoundError) as exc:
         print(f"dabench: error: {exc}", file=sys.stderr)

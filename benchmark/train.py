@@ -171,12 +171,18 @@ def execute(
     store: RunStore | None = None,
     on_step: Callable[[int, int], None] | None = None,
     checkpoint_every: int = 0,
+    compile: bool = False,
 ) -> dict[str, Any]:
-    """Train and evaluate one run; returns the result part of its record. Raises on failure."""
+    """Train and evaluate one run; returns the result part of its record. Raises on failure.
+
+    ``compile`` runs the method's networks through ``torch.compile`` (an engine option: it
+    changes speed, not the run's spec or id).
+    """
     torch.manual_seed(spec.seed)
     method = build_method(spec, pair).to(device)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     if spec.depends_on:
         if store is None:
             raise ValueError(f"{spec.method} starts from run {spec.depends_on} but no results store was given")
@@ -186,6 +192,10 @@ def execute(
                 f"{spec.method} starts from the source-only run {spec.depends_on}, whose checkpoint {ckpt} is missing"
             )
         method.net.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
+    if compile:
+        from .compile import compile_method
+
+        compile_method(method)
     data = DeviceData(pair, pair_data, device, spec.seed, spec.target_shots, spec.eval_shots)
     ctx = RunContext(spec, pair, data, device, store, on_step, checkpoint_every)
     t0 = time.perf_counter()
@@ -216,5 +226,6 @@ def execute(
             "steps": ctx.steps_done,
             "steps_per_s": round(ctx.steps_done / wall, 2) if wall > 0 else None,
             "images_per_s": round(ctx.images_seen / wall, 1) if wall > 0 else None,
+            "compiled": compile,
         },
     }

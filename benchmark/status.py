@@ -1,0 +1,167 @@
+"""``dabench status DIR``: where a results folder stands.
+
+Counts of complete / running / failed / diverged / skipped / pending runs, the failures with
+their first error line, and an ETA. *running* means a live process holds the run's claim; a
+``running`` record whose process is gone is *interrupted* (the next ``dabench run`` resumes
+it). *pending* needs the matrix, which ``dabench run`` stores in ``DIR/matrix.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from .store import RunStore, read_record_file
+
+ORDER = ("complete", "running", "failed", "diverged", "skipped", "pending", "interrupted")
+
+
+@dataclass
+class RunState:
+    run_id: str
+    state: str  # one of ORDER
+    label: str
+    error: str = ""
+
+
+@dataclass
+class FolderStatus:
+    """The state of every run of a results folder (the matrix's and any other records)."""
+
+    root: pathlib.Path
+    runs: list[RunState] = field(default_factory=list)
+    in_matrix: int | None = None  # None: no matrix.json
+    workers: int = 1
+    corrupt: list[str] = field(default_factory=list)
+    mean_run_s: float | None = None
+
+    def counts(self) -> Counter:
+        return Counter(r.state for r in self.runs)
+
+    @property
+    def remaining(self) -> int:
+        c = self.counts()
+        return c["pending"] + c["interrupted"] + c["running"]
+
+    @property
+    def eta_s(self) -> float | None:
+        """Mean measured run time × runs left / workers (None before any run completed)."""
+        if self.mean_run_s is None:
+            return None
+        return self.mean_run_s * self.remaining / max(1, self.workers)
+
+
+def _label(spec: dict[str, Any] | None, run_id: str) -> str:
+    if not isinstance(spec, dict):
+        return run_id
+    return f"{spec.get('method')} | {spec.get('pair')} | seed {spec.get('seed')}"
+
+
+def _first_line(text: Any) -> str:
+    for line in str(text or "").splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def folder_status(root: str | os.PathLike) -> FolderStatus:
+    """Read a results folder (records, claims, matrix.json) without changing it."""
+    store = RunStore(root)
+    if not store.root.is_dir():
+        raise FileNotFoundError(f"no results folder {store.root}; expected the --results folder of 'dabench run'")
+    out = FolderStatus(store.root)
+    specs: dict[str, dict[str, Any]] = {}
+    mfile = store.root / "matrix.json"
+    if mfile.exists():
+        try:
+            matrix = json.loads(mfile.read_text())
+            out.workers = int(matrix.get("workers") or 1)
+            for s in matrix.get("specs") or []:
+                from .spec import RunSpec
+
+                specs[RunSpec.from_dict(s).run_id] = s
+            out.in_matrix = len(specs)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            out.corrupt.append(f"{mfile} ({exc})")
+    records: dict[str, dict[str, Any]] = {}
+    for path in sorted(store.runs.glob("*.json")) if store.runs.is_dir() else []:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # reported below, by name
+            rec = read_record_file(path)
+        if rec is None:
+            out.corrupt.append(str(path))
+            continue
+        records[rec["run_id"]] = rec
+    times = []
+    for run_id in list(specs) + [r for r in records if r not in specs]:
+        rec = records.get(run_id)
+        label = _label(rec.get("spec") if rec else specs.get(run_id), run_id)
+        status = rec.get("status") if rec else None
+        live = store.claimed_by_live_process(run_id)
+        error = ""
+        if status in ("complete", "failed", "diverged", "skipped"):
+            state = status
+            err = rec.get("error") or {}
+            if status != "complete":
+                error = f"{err.get('type', '')}: {_first_line(err.get('message'))}".strip(": ")
+            timings = rec.get("timings") or {}
+            t = timings.get("total_s", timings.get("wall_s"))
+            if status == "complete" and isinstance(t, (int, float)):
+                times.append(float(t))
+        elif live:
+            state = "running"
+        elif status == "running":
+            state = "interrupted"
+        else:
+            state = "pending"
+        out.runs.append(RunState(run_id, state, label, error))
+    if times:
+        out.mean_run_s = sum(times) / len(times)
+    return out
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
+
+
+def status_text(root: str | os.PathLike) -> str:
+    """The human summary printed by ``dabench status DIR``."""
+    st = folder_status(root)
+    c = st.counts()
+    lines = []
+    where = (f"{st.in_matrix} runs in its matrix" if st.in_matrix is not None
+             else "no matrix.json (pending runs unknown: only records are counted)")
+    lines.append(f"{st.root}: {where}")
+    parts = [f"{c[k]} {k}" for k in ORDER if c[k] or k != "interrupted"]
+    lines.append("  " + ", ".join(parts))
+    if st.in_matrix is not None:
+        extra = len(st.runs) - st.in_matrix
+        if extra:
+            lines.append(f"  ({extra} more record(s) from runs outside the current matrix)")
+    bad = [r for r in st.runs if r.state in ("failed", "diverged", "skipped")]
+    if bad:
+        lines.append("failures:")
+        for r in bad:
+            lines.append(f"  {r.state:<8} {r.label} ({r.run_id}): {r.error}")
+    if st.corrupt:
+        lines.append("corrupt records (the next 'dabench run' reruns them):")
+        lines += [f"  {p}" for p in st.corrupt]
+    if st.remaining:
+        if st.eta_s is None:
+            lines.append(f"ETA: unknown until a run completes ({st.remaining} left)")
+        else:
+            lines.append(f"ETA: ~{_duration(st.eta_s)} (mean run {st.mean_run_s:.1f} s x {st.remaining} left "
+                         f"/ {st.workers} worker(s))")
+    elif st.in_matrix is not None and not bad:
+        lines.append("done: every run of the matrix is complete")
+    return "\n".join(lines)
+
+
+__all__ = ["status_text", "folder_status", "FolderStatus", "RunState"]

@@ -1,0 +1,137 @@
+"""One worker process of the local pool: ``python -m dabench.worker --results DIR ...``.
+
+It reads run specs as JSON lines on stdin (``{"spec": {...}}``), runs each through
+:func:`dabench.runner.run_claimed` (claim → run → record → release) and answers on its
+original stdout with JSON lines::
+
+    {"event": "ready", "pid": 123}
+    {"event": "step", "run_id": "...", "done": 50, "total": 600}
+    {"event": "outcome", "run_id": "...", "kind": "ran", "record": {...}}
+
+Anything the run itself prints goes to stderr (a plugin's ``print`` cannot corrupt the
+protocol). The worker exits after ``--max-runs`` runs, when stdin closes, or — on Linux —
+when its parent dies (``PR_SET_PDEATHSIG``), so a killed ``dabench run`` leaves no orphan
+training a run whose claim it still holds.
+
+:func:`run_one` is the same unit of work for the Ray executor's remote tasks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import signal
+import sys
+from typing import IO, Any, Callable, Sequence
+
+
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Ask the kernel to SIGKILL us when the parent dies (Linux); exit if it already has."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: stdin EOF still ends us
+            pass
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(0)  # the parent died before prctl took effect
+
+
+def run_one(
+    spec_dict: dict[str, Any],
+    results_dir: str | os.PathLike,
+    device: str | None = None,
+    data_root: str | os.PathLike | None = None,
+    plugins: Sequence[str] = (),
+    checkpoint_every: int = 0,
+    compile: bool = False,
+    threads: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Load plugins, then claim, run and record one spec; returns ``{"run_id", "kind", "record"}``.
+
+    Never raises for a failure of the run: a plugin that fails to import is recorded as the
+    run's failure (with the error), like any other exception.
+    """
+    import torch
+
+    from .domain import default_data_root
+    from .registry import load_plugin
+    from .runner import record_failure, run_claimed
+    from .spec import RunSpec
+    from .store import RunStore
+    from .train import resolve_device
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    spec_dict = dict(spec_dict)
+    expected_id = spec_dict.pop("_run_id", None)  # the parent's id: a JSON round trip must not change it
+    spec = RunSpec.from_dict(spec_dict)
+    store = RunStore(results_dir)
+    try:
+        for plugin in plugins:
+            load_plugin(plugin)
+    except Exception as exc:  # noqa: BLE001 - recorded, the matrix goes on
+        import traceback
+
+        if not store.claim(spec.run_id):
+            return {"run_id": spec.run_id, "kind": "busy", "record": None}
+        try:
+            rec = record_failure(spec, store, type(exc).__name__, str(exc), traceback.format_exc(), device)
+        finally:
+            store.release(spec.run_id)
+        return {"run_id": spec.run_id, "kind": "ran", "record": rec}
+    if expected_id is not None and spec.run_id != expected_id:
+        raise RuntimeError(f"spec changed in transit: run id {expected_id} became {spec.run_id}")
+    root = pathlib.Path(data_root) if data_root else default_data_root()
+    out = run_claimed(spec, store, resolve_device(device), root, on_step, checkpoint_every, compile=compile)
+    return {"run_id": out.run_id, "kind": out.kind, "record": out.record}
+
+
+def _send(proto: IO[str], msg: dict[str, Any]) -> None:
+    proto.write(json.dumps(msg, default=str) + "\n")
+    proto.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dabench.worker", description=__doc__.splitlines()[0])
+    p.add_argument("--results", required=True, type=pathlib.Path)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--plugin", action="append", default=[])
+    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--max-runs", type=int, default=0, help="exit after this many runs (0: until stdin closes)")
+    p.add_argument("--parent-pid", type=int, default=None)
+    args = p.parse_args(argv)
+
+    _die_with_parent(args.parent_pid)
+    # keep the real stdout for the protocol; everything else printed goes to stderr
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    _send(proto, {"event": "ready", "pid": os.getpid()})
+    done = 0
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        spec_dict = json.loads(line)["spec"]
+        run_id = spec_dict.get("_run_id")
+
+        def on_step(n: int, total: int, _id: str | None = run_id) -> None:
+            _send(proto, {"event": "step", "run_id": _id, "done": n, "total": total})
+
+        result = run_one(spec_dict, args.results, args.device, args.data_root, args.plugin,
+                         args.checkpoint_every, args.compile, args.threads, on_step)
+        _send(proto, {"event": "outcome", **result})
+        done += 1
+        if args.max_runs and done >= args.max_runs:
+            break
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Executors: the local pool gives the same records as inline, orders dependants, loads plugins
+in its workers, survives a worker crash; slot planning for GPUs; ``--rerun`` is deterministic.
+
+Uses the tiny synthetic pair of ``tests/tiny_plugin.py`` (loads instantly; 20 steps per run).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import textwrap
+
+import pytest
+import torch
+
+from dabench.cli import main
+from dabench.executors import make_executor, plan_slots
+from dabench.matrix import Matrix, expand
+from dabench.runner import run_matrix
+from dabench.store import RunStore
+
+TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """In-process runs: one torch thread (the machine's cores are shared; more only oversubscribe)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _records(root: pathlib.Path) -> dict[str, dict]:
+    return {r["run_id"]: r for r in RunStore(root).records()}
+
+
+def test_local_pool_matches_inline_and_orders_dependants(tmp_path):
+    specs = expand(Matrix(methods=("source-only", "linear-probe", "fine-tune"), pairs=("tiny",), seeds=(0,),
+                          plugins=(TINY,)))
+    inline = run_matrix(specs, tmp_path / "inline", executor="inline", device="cpu", progress=False)
+    # two reused workers: both dependants wait for source-only, then run side by side
+    local = run_matrix(specs, tmp_path / "local", executor="local", workers=2, runs_per_process=0, device="cpu",
+                       progress=False, plugins=(TINY,))
+    assert [r["status"] for r in inline.ran] == ["complete"] * 3
+    assert sorted(r["status"] for r in local.ran) == ["complete"] * 3
+    a, b = _records(tmp_path / "inline"), _records(tmp_path / "local")
+    assert a.keys() == b.keys() == {s.run_id for s in specs}
+    for run_id in a:
+        assert b[run_id]["final"]["target_acc"] == pytest.approx(a[run_id]["final"]["target_acc"], abs=1e-9)
+        assert [p["step"] for p in b[run_id]["curve"]] == [p["step"] for p in a[run_id]["curve"]]
+    src = next(s.run_id for s in specs if s.method == "source-only")
+    assert all(r["pid"] != os.getpid() for r in b.values())
+    for s in specs:
+        if s.depends_on:
+            assert b[s.run_id]["started_at"] >= b[src]["finished_at"]
+    # a second pass recomputes nothing
+    again = run_matrix(specs, tmp_path / "local", executor="local", workers=2, device="cpu", progress=False)
+    assert again.ran == [] and len(again.skipped_complete) == 3
+
+
+CRASHER = textwrap.dedent('''
+    import os
+    from dabench import register_method
+    from dabench.methods.source_only import SourceOnly
+
+    @register_method("crash")
+    class Crash(SourceOnly):
+        """Kills its own process at the third step, like a segfault or the OOM killer would."""
+        def loss(self, batch, progress):
+            if progress > 0.1:
+                os._exit(3)
+            return super().loss(batch, progress)
+''')
+
+
+def test_worker_crash_and_divergence_in_the_pool(tmp_path):
+    """A worker that dies fails only its run; lr=1e6 diverges source-only, and its dependant
+    (linear-probe), held back until then, is recorded skipped with the reason."""
+    plugin = tmp_path / "crash_plugin.py"
+    plugin.write_text(CRASHER)
+    plugins = (TINY, str(plugin))
+    specs = expand(Matrix(methods=("crash", "source-only", "linear-probe"), pairs=("tiny",), seeds=(0,),
+                          plugins=plugins, overrides={"lr": 1e6}))
+    # default: each run in a fresh worker process
+    summary = run_matrix(specs, tmp_path / "out", executor="local", workers=2, device="cpu", progress=False,
+                         plugins=plugins)
+    recs = {r["spec"]["method"]: r for r in summary.ran}
+    assert recs["source-only"]["pid"] not in (os.getpid(), recs["crash"]["pid"])
+    assert recs["source-only"]["status"] == "diverged" and recs["source-only"]["diverged_at_step"] >= 0
+    probe = recs["linear-probe"]
+    assert probe["status"] == "skipped"
+    assert f"source-only run {recs['source-only']['run_id']} is diverged" in probe["error"]["message"]
+    crash = recs["crash"]
+    assert crash["status"] == "failed" and crash["error"]["type"] == "WorkerDied"
+    assert "exited with code 3" in crash["error"]["message"] and "worker-" in crash["error"]["message"]
+    assert RunStore(tmp_path / "out").read(crash["run_id"])["status"] == "failed"
+    assert not list((tmp_path / "out" / "claims").glob("*.claim"))
+
+
+def test_plan_slots_packs_runs_per_gpu(monkeypatch):
+    import dabench.executors as ex
+
+    monkeypatch.setattr(ex, "visible_gpus", lambda: ["0", "1"])
+    plan = plan_slots("auto", None, runs_per_gpu=4)
+    assert plan.workers == 8 and plan.device == "cuda"
+    assert plan.gpu_of_slot == ["0", "1"] * 4  # each GPU gets 4 workers, each worker sees one GPU
+    assert plan_slots("auto", 3).gpu_of_slot == ["0", "1", "0"]
+    assert plan_slots("cuda:1", None, 2).gpu_of_slot == [None, None]  # pinned: CUDA_VISIBLE_DEVICES untouched
+    monkeypatch.setattr(ex, "visible_gpus", lambda: [])
+    assert plan_slots("auto", None).workers == 1 and plan_slots("cpu", 2).device == "cpu"
+    with pytest.raises(ValueError, match="--runs-per-gpu must be at least 1"):
+        plan_slots("auto", None, runs_per_gpu=0)
+    with pytest.raises(ValueError, match="--workers must be at least 1"):
+        plan_slots("auto", 0)
+
+
+def test_bad_executor_choices_are_named(tmp_path, capsys):
+    with pytest.raises(ValueError, match="valid executors: inline, local, ray"):
+        make_executor("slurm", results_dir=tmp_path)
+    with pytest.raises(SystemExit):
+        main(["run", "--executor", "slurm"])
+    assert "invalid choice: 'slurm' (choose from" in capsys.readouterr().err
+    assert main(["run", "--executor", "local", "--workers", "0", "--results", str(tmp_path), "--methods",
+                 "source-only", "--seeds", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_rerun_repeats_a_run_deterministically(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["run", "--plugin", TINY, "--pairs", "tiny", "--methods", "source-only", "--seeds", "1",
+            "--results", str(out), "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    (rec,) = _records(out).values()
+    assert rec["spec"]["seed"] == 1 and rec["spec"]["hparams"] and rec["device"].startswith("cpu")
+    assert {"torch", "dabench", "git_commit"} <= set(rec["versions"])
+    matrix = json.loads((out / "matrix.json").read_text())
+    assert matrix["plugins"] == [TINY] and len(matrix["specs"]) == 1
+    # the rerun needs no --plugin: matrix.json names it
+    assert main(["run", "--rerun", rec["run_id"], "--results", str(out), "--no-progress", "--device", "cpu"]) == 0
+    (new,) = _records(out).values()
+    (old_path,) = (out / "previous").glob(f"{rec['run_id']}.*.json")
+    assert json.loads(old_path.read_text()) == rec
+    assert new["started_at"] >= rec["finished_at"]
+    assert new["final"]["target_acc"] == rec["final"]["target_acc"]
+    assert [p["target_acc"] for p in new["curve"]] == [p["target_acc"] for p in rec["curve"]]
+    assert main(["run", "--rerun", "000000000000", "--results", str(out)]) == 2
+    assert "no record" in capsys.readouterr().err

@@ -1,0 +1,66 @@
+"""The Ray executor against a real local Ray head (127.0.0.1, 2 CPUs, no dashboard): a tiny
+matrix with a dependant gives the same records as inline, plugins load in the Ray workers,
+and a Ray task that dies fails only its run. Skipped when Ray is not installed
+(``pip install 'dabench[ray]'``)."""
+from __future__ import annotations
+
+import os
+import pathlib
+import textwrap
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'dabench[ray]'")
+
+from dabench.matrix import Matrix, expand  # noqa: E402
+from dabench.runner import run_matrix  # noqa: E402
+from dabench.store import RunStore  # noqa: E402
+
+TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
+
+CRASHER = textwrap.dedent('''
+    import os
+    from dabench import register_method
+    from dabench.methods.source_only import SourceOnly
+
+    @register_method("ray-crash")
+    class Crash(SourceOnly):
+        """Kills its own process at the third step."""
+        def loss(self, batch, progress):
+            if progress > 0.1:
+                os._exit(3)
+            return super().loss(batch, progress)
+''')
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+def test_ray_matches_inline_and_survives_a_dead_task(local_ray, tmp_path):
+    import torch
+
+    plugin = tmp_path / "ray_crash_plugin.py"
+    plugin.write_text(CRASHER)
+    plugins = (TINY, str(plugin))
+    specs = expand(Matrix(methods=("source-only", "linear-probe", "ray-crash"), pairs=("tiny",), seeds=(0,),
+                          plugins=plugins))
+    summary = run_matrix(specs, tmp_path / "ray", executor="ray", device="cpu", progress=False, plugins=plugins)
+    got = {r["spec"]["method"]: r for r in summary.ran}
+    assert got["source-only"]["status"] == got["linear-probe"]["status"] == "complete"
+    assert got["ray-crash"]["status"] == "failed" and got["ray-crash"]["error"]["type"] == "WorkerDied"
+    assert got["source-only"]["pid"] != os.getpid()  # it ran in a Ray worker
+    assert got["linear-probe"]["started_at"] >= got["source-only"]["finished_at"]
+
+    torch.set_num_threads(1)
+    good = [s for s in specs if s.method != "ray-crash"]
+    run_matrix(good, tmp_path / "inline", device="cpu", progress=False)
+    inline = {r["run_id"]: r for r in RunStore(tmp_path / "inline").records()}
+    for s in good:
+        assert got[s.method]["final"]["target_acc"] == pytest.approx(inline[s.run_id]["final"]["target_acc"], abs=1e-9)
+    assert RunStore(tmp_path / "ray").status(got["ray-crash"]["run_id"]) == "failed"

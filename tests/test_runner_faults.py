@@ -1,0 +1,190 @@
+"""Faults, with real processes: killed workers and a killed ``dabench run``, corrupt records,
+exceptions and non-finite losses inside methods, two runners on one folder.
+
+The promises (DESIGN.md, *Behaviour on bad input*): a killed run is never recorded complete;
+nothing that completed is lost or recomputed on resume; a corrupt record is reported by name
+and rerun; a failing or diverging run is recorded as such and the matrix goes on; a long run
+resumes from its mid-run checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from dabench.matrix import Matrix, expand
+from dabench.runner import run_matrix
+from dabench.store import RunStore
+
+TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
+DABENCH = [sys.executable, "-m", "dabench.cli"]
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """In-process runs: one torch thread (the machine's cores are shared; more only oversubscribe)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+FAULTY = textwrap.dedent('''
+    """Methods that fail on purpose (written by the test, loaded with --plugin)."""
+    from dabench import register_method
+    from dabench.methods.source_only import SourceOnly
+
+    @register_method("boom")
+    class Boom(SourceOnly):
+        """Raises at step 2."""
+        def loss(self, batch, progress):
+            if progress >= 0.1:
+                raise RuntimeError("boom: a bug inside the method")
+            return super().loss(batch, progress)
+
+    @register_method("nan")
+    class NaNLoss(SourceOnly):
+        """Its loss becomes NaN from step 5 on."""
+        def loss(self, batch, progress):
+            parts = self.supervised_loss(batch, self.net(batch.x_source)[0])
+            if progress >= 0.25:
+                parts["ce"] = parts["ce"] * float("nan")
+            return self.combine(parts)
+''')
+
+
+def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"process ended (rc {proc.returncode}) before {what}:\n{out}\n{err[-3000:]}")
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (killed, not yet reaped) counts as dead
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_exception_and_nan_are_recorded_and_the_matrix_goes_on(tmp_path):
+    plugin = tmp_path / "faulty.py"
+    plugin.write_text(FAULTY)
+    plugins = (TINY, str(plugin))
+    specs = expand(Matrix(methods=("boom", "nan", "source-only", "linear-probe"), pairs=("tiny",), seeds=(0,),
+                          plugins=plugins))
+    summary = run_matrix(specs, tmp_path / "out", device="cpu", progress=False, plugins=plugins)
+    recs = {r["spec"]["method"]: r for r in summary.ran}
+    assert recs["boom"]["status"] == "failed"
+    assert recs["boom"]["error"]["type"] == "RuntimeError"
+    assert "boom: a bug inside the method" in recs["boom"]["error"]["traceback"]
+    assert "faulty.py" in recs["boom"]["error"]["traceback"]  # the traceback points into the plugin
+    assert recs["nan"]["status"] == "diverged" and recs["nan"]["diverged_at_step"] == 5
+    assert recs["source-only"]["status"] == recs["linear-probe"]["status"] == "complete"
+
+
+def test_corrupt_records_are_named_and_rerun(tmp_path):
+    specs = expand(Matrix(methods=("source-only",), pairs=("tiny",), seeds=(0, 1, 2), plugins=(TINY,)))
+    run_matrix(specs, tmp_path, device="cpu", progress=False)
+    store = RunStore(tmp_path)
+    torn, garbage, intact = (store.record_path(s.run_id) for s in specs)
+    torn.write_text(torn.read_text()[: len(torn.read_text()) // 2])  # a write cut off half way
+    garbage.write_text("\x00\x01 not json")
+    before = intact.stat().st_mtime_ns
+    with pytest.warns(UserWarning, match="corrupt run record") as caught:
+        summary = run_matrix(specs, tmp_path, device="cpu", progress=False)
+    named = " ".join(str(w.message) for w in caught)
+    assert torn.name in named and garbage.name in named
+    assert sorted(summary.corrupt) == sorted([specs[0].run_id, specs[1].run_id])
+    assert [r["run_id"] for r in summary.ran] == [specs[0].run_id, specs[1].run_id]
+    assert all(store.read(s.run_id)["status"] == "complete" for s in specs)
+    assert intact.stat().st_mtime_ns == before
+
+
+def test_killed_worker_and_killed_runner_resume_without_recomputing(tmp_path):
+    """One `dabench run --executor local --workers 1` (runs in matrix order: source-only 0, slow 0,
+    source-only 1, slow 1): the worker running `slow` seed 0 is SIGKILLed after its first mid-run
+    checkpoint (recorded failed, the matrix goes on in a fresh worker), and the main process is
+    SIGKILLed while seed 1 runs (its worker dies with it). A second `dabench run` finishes both slow runs from their checkpoints and
+    leaves the complete runs alone."""
+    out = tmp_path / "out"
+    args = [*DABENCH, "run", "--plugin", TINY, "--pairs", "tiny", "--methods", "source-only,slow", "--seeds", "0,1",
+            "--set", "slow.sleep=0.05", "--set", "steps=60", "--checkpoint-every", "10", "--results", str(out),
+            "--device", "cpu", "--no-progress"]
+    specs = expand(Matrix(methods=("source-only", "slow"), pairs=("tiny",), seeds=(0, 1), plugins=(TINY,),
+                          overrides={"slow.sleep": 0.05, "steps": 60}))
+    done_first = [s for s in specs if s.method == "source-only"]
+    slow0, slow1 = [s for s in specs if s.method == "slow"]
+    store = RunStore(out)
+    main = subprocess.Popen([*args, "--executor", "local", "--workers", "1", "--runs-per-process", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(store.checkpoint_path(slow0.run_id, partial=True).exists, 90,
+                  "the first partial checkpoint of slow seed 0", main)
+        worker_pid = json.loads((store.claims / f"{slow0.run_id}.claim").read_text())["pid"]
+        assert worker_pid != main.pid
+        os.kill(worker_pid, signal.SIGKILL)
+        _wait_for(lambda: store.status(slow0.run_id) == "failed", 30, "slow seed 0 recorded failed", main)
+        _wait_for(store.checkpoint_path(slow1.run_id, partial=True).exists, 30,
+                  "the first partial checkpoint of slow seed 1", main)
+        worker_pid = json.loads((store.claims / f"{slow1.run_id}.claim").read_text())["pid"]
+        main.kill()
+        main.wait()
+        _wait_for(lambda: not _pid_alive(worker_pid), 10, "the worker to die with its parent")
+    finally:
+        main.kill()
+        main.communicate()
+    rec = store.read(slow0.run_id)
+    assert rec["error"]["type"] == "WorkerDied" and "SIGKILL" in rec["error"]["message"]
+    assert store.status(slow1.run_id) == "running"  # killed: never recorded complete
+    before = {s.run_id: (store.record_path(s.run_id).stat().st_mtime_ns, store.read(s.run_id)["finished_at"])
+              for s in done_first}
+    assert all(store.status(s.run_id) == "complete" for s in done_first)
+
+    again = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 already complete, 2 complete" in again.stdout
+    for s in done_first:  # not recomputed
+        assert (store.record_path(s.run_id).stat().st_mtime_ns, store.read(s.run_id)["finished_at"]) == before[s.run_id]
+    for spec in (slow0, slow1):
+        rec = store.read(spec.run_id)
+        assert rec["status"] == "complete"
+        assert rec["resumed_from_step"] is not None and rec["resumed_from_step"] >= 10
+        assert [p["step"] for p in rec["curve"]] == list(range(10, 61, 10))  # the curve continues
+        assert rec["timings"]["steps"] == 60
+        assert not store.checkpoint_path(spec.run_id, partial=True).exists()
+
+
+def test_two_runners_on_one_folder_run_each_run_once(tmp_path):
+    out = tmp_path / "out"
+    trace = tmp_path / "trace.txt"
+    args = [*DABENCH, "run", "--plugin", TINY, "--pairs", "tiny", "--methods", "slow", "--seeds", "0,1,2,3",
+            "--set", "slow.sleep=0.03", "--results", str(out), "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "DABENCH_TEST_TRACE": str(trace), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    results = [p.communicate(timeout=120) for p in procs]
+    for p, (so, se) in zip(procs, results):
+        assert p.returncode == 0, se[-3000:]
+    started = [line.split()[0] for line in trace.read_text().splitlines()]
+    assert len(started) == 4 and len(set(started)) == 4, started  # each run once, by one of the two
+    store = RunStore(out)
+    recs = list(store.records())
+    assert len(recs) == 4 and all(r["status"] == "complete" for r in recs)
+    assert not list(store.claims.glob("*.claim"))

@@ -1,0 +1,98 @@
+"""``dabench status DIR``: counts, live vs interrupted runs, failures with their first line, ETA.
+
+The folder is built by hand (records, claims, matrix.json): no training, fast.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from dabench.cli import main
+from dabench.runner import base_record, write_matrix_file
+from dabench.spec import RunSpec
+from dabench.status import folder_status, status_text
+from dabench.store import RunStore
+
+
+def _spec(method: str, seed: int) -> RunSpec:
+    return RunSpec(method=method, pair="digits-offline", seed=seed, protocol="uda", target_shots=0, eval_shots=5)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # reaped: no process has it (pids are not reused this fast)
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    """8 specs in matrix.json: 2 complete (40 s and 20 s), 1 failed, 1 diverged, 1 running
+    (claim held by this live process), 1 interrupted (running record, claim of a dead pid),
+    2 pending (no record); plus one corrupt record."""
+    store = RunStore(tmp_path)
+    specs = [_spec(m, s) for m in ("source-only", "dann") for s in range(4)]
+    write_matrix_file(tmp_path, specs, workers=2)
+    env = {"device": "cpu", "versions": {}, "host": socket.gethostname()}
+    for spec, wall in zip(specs[:2], (40.0, 20.0)):
+        rec = base_record(spec, "complete", env)
+        rec["timings"] = {"wall_s": wall - 5, "total_s": wall}
+        store.write(rec)
+    failed = base_record(specs[2], "failed", env)
+    failed["error"] = {"type": "RuntimeError", "message": "\nCUDA out of memory\nsecond line", "traceback": "tb"}
+    store.write(failed)
+    div = base_record(specs[3], "diverged", env)
+    div.update(diverged_at_step=17, error={"type": "Diverged", "message": "non-finite loss at step 17"})
+    store.write(div)
+    store.write(base_record(specs[4], "running", env))
+    store.claims.mkdir(parents=True, exist_ok=True)
+    (store.claims / f"{specs[4].run_id}.claim").write_text(
+        json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    store.write(base_record(specs[5], "running", env))
+    (store.claims / f"{specs[5].run_id}.claim").write_text(
+        json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
+    (store.runs / "deadbeef0000.json").write_text('{"run_id": "deadbeef0000", "sta')  # torn write
+    return tmp_path, specs
+
+
+def test_counts_live_and_interrupted_runs(folder):
+    root, specs = folder
+    st = folder_status(root)
+    c = st.counts()
+    assert (c["complete"], c["failed"], c["diverged"], c["running"], c["interrupted"], c["pending"]) == (2, 1, 1, 1, 1, 2)
+    assert st.in_matrix == 8 and st.workers == 2
+    assert any("deadbeef0000.json" in p for p in st.corrupt)
+
+
+def test_text_names_failures_by_first_line_and_gives_eta(folder):
+    root, specs = folder
+    text = status_text(root)
+    assert "2 complete, 1 running, 1 failed, 1 diverged, 0 skipped, 2 pending, 1 interrupted" in text
+    assert f"dann | digits-offline | seed 0 ({specs[4].run_id})" not in text  # running is not a failure
+    assert f"source-only | digits-offline | seed 2 ({specs[2].run_id}): RuntimeError: CUDA out of memory" in text
+    assert "second line" not in text
+    assert "non-finite loss at step 17" in text
+    assert "deadbeef0000.json" in text
+    # mean of total_s (30 s) x 4 left (2 pending + 1 interrupted + 1 running) / 2 workers = 60 s
+    assert "ETA: ~1m 00s (mean run 30.0 s x 4 left / 2 worker(s))" in text
+
+
+def test_cli_status_and_missing_folder(folder, tmp_path, capsys):
+    root, _ = folder
+    assert main(["status", str(root)]) == 0
+    assert "2 complete" in capsys.readouterr().out
+    assert main(["status", str(tmp_path / "nope")]) == 2
+    assert "no results folder" in capsys.readouterr().err
+
+
+def test_without_matrix_file_only_records_count(tmp_path):
+    store = RunStore(tmp_path)
+    rec = base_record(_spec("dan", 0), "complete", {"device": "cpu"})
+    rec["timings"] = {"wall_s": 3.0}
+    store.write(rec)
+    text = status_text(tmp_path)
+    assert "no matrix.json" in text and "1 complete" in text and "ETA" not in text
