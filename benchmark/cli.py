@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 import time
 from typing import Sequence
 
 from .domain import default_data_root
-from .matrix import DEFAULT_METHODS, DEFAULT_PAIRS, DEFAULT_SEEDS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides
+from .matrix import (
+    DEFAULT_METHODS, DEFAULT_PAIRS, DEFAULT_SEEDS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides, truthy,
+)
 from .registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
 
 EPILOG = """examples:
@@ -88,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--rule", default="last", help="model-selection rule: last, source-val, entropy, im, snd, oracle")
     rep.add_argument("--format", default="md,csv", help="comma-separated: md,csv,tex,html (default: md,csv)")
     rep.add_argument("--out", type=pathlib.Path, default=None, help="output folder (default: the first DIR)")
+    rep.add_argument("--tsne", metavar="RUN_ID", default=None,
+                     help="add a t-SNE of source/target features, source-only vs this run (both run "
+                          "with --set save_features=true)")
 
     b = sub.add_parser("bench", help="training images/s per method vs the bare backbone on this machine")
     b.add_argument("--pair", default="digits-offline", help="pair whose data, model and batch are used")
@@ -155,6 +161,11 @@ def _run(args: argparse.Namespace) -> int:
         from .runner import prepare_rerun
 
         specs, plugins = prepare_rerun(args.results, args.rerun, extra_plugins=args.plugin)
+        given = parse_overrides(args.set)
+        if set(given) - {"save_features"}:
+            raise MatrixError("--rerun repeats a run exactly as recorded; the only --set it takes is save_features")
+        if "save_features" in given:
+            specs = [dataclasses.replace(s, save_features=truthy(given["save_features"])) for s in specs]
     else:
         if args.matrix:
             matrix = load_matrix_file(args.matrix)
@@ -207,7 +218,7 @@ def _report(args: argparse.Namespace) -> int:
     valid = {"md", "csv", "tex", "html"}
     if not set(formats) <= valid:
         raise MatrixError(f"--format: unknown {sorted(set(formats) - valid)}; valid: md, csv, tex, html")
-    paths = write_report(args.dirs, rule=args.rule, formats=formats, out=args.out)
+    paths = write_report(args.dirs, rule=args.rule, formats=formats, out=args.out, tsne=args.tsne)
     print(report_text(args.dirs, rule=args.rule))
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")
@@ -248,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             return _bench(args)
         return _status(args)
-    except (RegistryError, MatrixError, PluginError, FileNotFoundError) as exc:
+    except (RegistryError, MatrixError, PluginError, FileNotFoundError, ValueError) as exc:
         print(f"dabench: error: {exc}", file=sys.stderr)
         return 2
 

@@ -7,11 +7,13 @@ Override keys (``--set key=value`` or the ``[set]`` table of a matrix file):
 - ``backbone`` → the backbone name; ``backbone.<option>`` → a backbone option (e.g. ``weights``);
 - ``<method>.<hparam>`` → one method's hyperparameter (``<method>.target_shots`` runs a UDA
   method semi-supervised with the shots);
-- ``<hparam>`` → every method of the matrix that declares it.
+- ``<hparam>`` → every method of the matrix that declares it;
+- ``save_features`` → runs save source/target features for t-SNE (not part of the run id).
 """
 from __future__ import annotations
 
 import ast
+import dataclasses
 import pathlib
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -133,6 +135,8 @@ def _split_overrides(matrix: Matrix, methods: list[str]) -> tuple[dict, dict, di
             schedule[key] = value
         elif key == "target_shots":
             shots = int(value)
+        elif key == "save_features":
+            continue  # read by expand(): an output switch, not a hyperparameter
         elif key == "backbone":
             backbone = str(value)
         elif key.startswith("backbone."):
@@ -147,7 +151,7 @@ def _split_overrides(matrix: Matrix, methods: list[str]) -> tuple[dict, dict, di
                 known = sorted({h for m in methods for h in METHODS.get(m).hparam_defaults()})
                 raise MatrixError(
                     f"--set {key}: no method of this matrix has that hyperparameter; schedule keys: "
-                    f"{', '.join(SCHEDULE_KEYS)}; other keys: target_shots, backbone, backbone.<option>; "
+                    f"{', '.join(SCHEDULE_KEYS)}; other keys: target_shots, backbone, backbone.<option>, save_features; "
                     f"method hyperparameters: {', '.join(known)} (or <method>.<name>)"
                 )
             for m in takers:
@@ -179,7 +183,13 @@ def expand(matrix: Matrix) -> list[RunSpec]:
                 for spec in _specs_for(method_name, pair, seed, k, schedule, backbone, options, per_method):
                     specs.setdefault(spec.run_id, spec)
     ordered = sorted(specs.values(), key=lambda s: s.depends_on is not None)
+    if truthy(matrix.overrides.get("save_features", False)):
+        ordered = [dataclasses.replace(s, save_features=True) for s in ordered]
     return ordered
+
+
+def truthy(value: Any) -> bool:
+    return value is True or str(value).lower() in ("1", "true", "yes", "on")
 
 
 def _specs_for(method_name, pair, seed, k, schedule, backbone, options, per_method) -> list[RunSpec]:

@@ -64,7 +64,7 @@ def report_text(dirs: str | Path | Iterable[str | Path], rule: str = "last") -> 
 
 def write_report(dirs: str | Path | Iterable[str | Path], rule: str = "last",
                  formats: Sequence[str] | str = ("md", "csv"), out: str | Path | None = None,
-                 reps: int = 2000) -> dict[str, Path]:
+                 reps: int = 2000, tsne: str | None = None) -> dict[str, Path]:
     """Write leaderboard exports (``leaderboard.<fmt>``), figures and ``report.html``.
 
     Args:
@@ -73,6 +73,9 @@ def write_report(dirs: str | Path | Iterable[str | Path], rule: str = "last",
         formats: leaderboard exports among ``md, csv, tex, html`` (list or comma string).
         out: output folder; default the first results folder.
         reps: bootstrap resamples for the confidence intervals.
+        tsne: a run id (or unique prefix) whose saved features, beside those of the source-only
+            run of the same pair and seed, make a t-SNE figure (runs save features when run
+            with ``--set save_features=true``).
 
     Returns:
         name → path: the formats, ``"report"`` (report.html) and ``"figures"`` (folder).
@@ -98,6 +101,8 @@ def write_report(dirs: str | Path | Iterable[str | Path], rule: str = "last",
         written[fmt] = p
     cmp_ = compare(df, rule, reps=reps) if not lb.cells.empty else None
     figs = _figures(df, lb, cmp_, rule)
+    if tsne:
+        figs[f"tsne_{tsne}"] = tsne_for_run(df, tsne)
     fig_dir = out_dir / "figures"
     for name, fig in figs.items():
         F.save_figure(fig, fig_dir / name)
@@ -128,6 +133,37 @@ def _figures(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, rule: s
         if fig is not None:
             figs[name] = fig
     return figs
+
+
+def tsne_for_run(df: pd.DataFrame, run_id: str):
+    """t-SNE of source vs target features: the source-only run of the same pair and seed (before
+    adaptation) beside the chosen run (after). Both must have saved their features."""
+    import numpy as np
+
+    hits = df[df["run_id"].astype(str).str.startswith(run_id)]
+    if len(hits) != 1:
+        raise ValueError(f"--tsne {run_id!r} matches {len(hits)} runs; give a unique run id (see runs/*.json)")
+    run = hits.iloc[0]
+    base = df[(df["method"] == "source-only") & (df["pair"] == run["pair"]) & (df["seed"] == run["seed"])
+              & (df["status"] == "complete")]
+    if run["method"] == "source-only" or base.empty:
+        raise ValueError(f"--tsne needs an adapted run with a complete source-only run of the same pair and "
+                         f"seed; run {run['run_id']} is {run['method']} on {run['pair']} seed {run['seed']}")
+
+    def features(row) -> dict:
+        path = Path(row["source_dir"]) / "features" / f"{row['run_id']}.npz"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"no saved features for run {row['run_id']} ({row['method']}) at {path}; rerun it with "
+                f"`dabench run --rerun {row['run_id']} --set save_features=true --results {row['source_dir']}`")
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+
+    before, after = features(base.iloc[0]), features(run)
+    return F.tsne_figure((before["source_features"], after["source_features"]),
+                         before["target_features"], after["target_features"],
+                         labels_source=after["source_labels"], labels_target=after["target_labels"],
+                         title=f"t-SNE: source-only vs {run['method']} on {run['pair']}, seed {run['seed']}")
 
 
 def _environment(df: pd.DataFrame) -> pd.DataFrame:

@@ -27,6 +27,8 @@ class RunSpec:
     backbone: str = ""
     backbone_options: dict[str, Any] = field(default_factory=dict)
     depends_on: str | None = None  # run id of the source-only run this one starts from
+    #: what to keep beside the record; changes no result, so it is not part of the run id
+    save_features: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -42,6 +44,7 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         payload = {"format": SPEC_FORMAT, **self.to_dict()}
+        payload.pop("save_features")
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

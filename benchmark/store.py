@@ -7,6 +7,7 @@ Layout of a results folder::
                                 run one spec at once; a claim of a dead process is taken over
     checkpoints/<run_id>.pt     final weights of runs others depend on (state dicts only)
     checkpoints/<run_id>.partial.pt   periodic mid-run state, for resuming a killed run
+    features/<run_id>.npz       source/target features, when the run was asked to save them
 """
 from __future__ import annotations
 
@@ -110,6 +111,10 @@ class RunStore:
         return holder.get("host") != socket.gethostname() or _pid_alive(int(holder.get("pid", -1)))
 
     # --- checkpoints -----------------------------------------------------------------
+    def features_path(self, run_id: str) -> pathlib.Path:
+        """Saved features of a run (``--set save_features=true``), for t-SNE figures."""
+        return self.root / "features" / f"{run_id}.npz"
+
     def checkpoint_path(self, run_id: str, partial: bool = False) -> pathlib.Path:
         return self.checkpoints / f"{run_id}{'.partial' if partial else ''}.pt"
 

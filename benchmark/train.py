@@ -163,6 +163,28 @@ class RunContext:
         return self.steps_done
 
 
+FEATURES_PER_DOMAIN = 1000  # enough for a t-SNE; keeps the file small (float16)
+
+
+@torch.no_grad()
+def save_features(method: Method, data: DeviceData, path) -> None:
+    """Features of (up to 1,000) source-validation and target-evaluation images, with labels, as .npz."""
+    import numpy as np
+
+    method.eval()
+    out = {}
+    for name, split in (("source", data.source_val), ("target", data.target_eval)):
+        idx = torch.arange(min(len(split), FEATURES_PER_DOMAIN), device=data.device)
+        x, y = data.batch_from(split, idx, train=False)
+        with autocast(data.device):
+            out[f"{name}_features"] = method.features(x).float().cpu().numpy().astype(np.float16)
+        out[f"{name}_labels"] = y.cpu().numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **out)
+    tmp.replace(path)
+
+
 def execute(
     spec: RunSpec,
     pair: DomainPair,
@@ -213,6 +235,8 @@ def execute(
         tmp.replace(path)
     if store is not None:
         store.checkpoint_path(spec.run_id, partial=True).unlink(missing_ok=True)
+        if spec.save_features:
+            save_features(method, data, store.features_path(spec.run_id))
     final = ctx.curve[-1]
     if not math.isfinite(final["target_acc"]):
         raise Diverged(ctx.steps_done)
