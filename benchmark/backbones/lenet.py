@@ -33,4 +33,5 @@ class LeNet(Backbone):
 
 @register_backbone("lenet")
 def lenet(in_channels: int = 1, image_size: int = 28, **_: object) -> LeNet:
+    """LeNet (conv20-conv50-fc500) for 28-px digits, from scratch; 500-d features."""
     return LeNet(in_channels, image_size)
