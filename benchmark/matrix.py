@@ -207,6 +207,11 @@ def _specs_for(method_name, pair, seed, k, schedule, backbone, options, per_meth
         out.append(base)
         depends_on = base.run_id
         # the network must be the one the checkpoint holds
+        if "bottleneck_dim" in given and hparams["bottleneck_dim"] != base.hparams["bottleneck_dim"]:
+            raise MatrixError(
+                f"{method_name} starts from the source-only network, so its bottleneck_dim is source-only's "
+                f"({base.hparams['bottleneck_dim']}); set source-only.bottleneck_dim instead"
+            )
         hparams["bottleneck_dim"] = base.hparams["bottleneck_dim"]
     if cls.protocol == "few-shot":
         run_shots = k

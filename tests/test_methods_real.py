@@ -51,3 +51,12 @@ def test_records_hold_the_design_fields(quick_matrix):
 def test_all_methods_of_a_seed_are_scored_on_the_same_images(quick_matrix):
     sizes = {name: rec["eval_size"] for name, rec in _records(quick_matrix).items()}
     assert len(set(sizes.values())) == 1, sizes
+
+
+def test_coral_term_is_not_negligible(quick_matrix):
+    """The Deep CORAL pitfall: on 500-d features 1/(4d²) makes the term ~1e-3 and CORAL equals
+    source-only. On the logits (the paper's layer) it stays comparable to the cross-entropy."""
+    rec = _records(quick_matrix)["coral"]
+    last = rec["curve"][-1]["loss"]
+    assert rec["spec"]["hparams"]["layer"] == "logits"
+    assert rec["spec"]["hparams"]["trade_off"] * last["da"] > 0.1 * last["ce"], last
