@@ -143,7 +143,14 @@ def friedman(scores: pd.DataFrame | np.ndarray, alpha: float = 0.05, tie_correct
     p_chi2 = float(sps.chi2.sf(chi2, k - 1))
     denom = n * (k - 1) - chi2
     ff = float((n - 1) * chi2 / denom) if denom > 0 else math.inf
-    p_ff = float(sps.f.sf(ff, k - 1, (k - 1) * (n - 1))) if math.isfinite(ff) else 0.0
+    if math.isfinite(ff):
+        p_ff = float(sps.f.sf(ff, k - 1, (k - 1) * (n - 1)))
+    else:
+        # every block ranks the methods identically: F_F is infinite and its F-distribution p-value
+        # (0) would call two pairs "significant". The exact probability of this most extreme
+        # outcome under H0 (all N rankings equal to the first, each of k! orders equally likely) is
+        # (1/k!)^(N−1), which is the honest p-value here.
+        p_ff = float(math.factorial(k) ** -(n - 1))
     q = nemenyi_q(k, alpha)
     cd = q * math.sqrt(k * (k + 1) / (6 * n))
     avg = pd.Series(rbar, index=names).sort_values()

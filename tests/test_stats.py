@@ -165,3 +165,13 @@ def test_compare_with_one_pair_explains_instead_of_failing(tmp_path):
     assert len(c.bootstrap) == 2 and "Statistical comparison" in c.to_markdown()
     with pytest.raises(ValueError, match="pair, pair-seed"):
         compare(load_results(tmp_path), blocks="seed")
+
+
+def test_perfect_concordance_uses_the_exact_probability_not_an_infinite_f():
+    """Two pairs ranking two methods the same way is what chance gives half the time."""
+    two = pd.DataFrame({"a": [90.0, 80.0], "b": [85.0, 70.0]}, index=["p1", "p2"])
+    res = friedman(two, labels="0")
+    assert res.p_ff == pytest.approx(0.5) and not res.significant
+    many = pd.DataFrame({"a": [4.0] * 5, "b": [3.0] * 5, "c": [2.0] * 5, "d": [1.0] * 5})
+    res = friedman(many, labels="0")
+    assert res.p_ff == pytest.approx(24.0 ** -4) and res.significant
