@@ -10,7 +10,7 @@ from typing import Sequence
 
 from .domain import default_data_root
 from .matrix import (
-    DEFAULT_METHODS, DEFAULT_PAIRS, DEFAULT_SEEDS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides, truthy,
+    DEFAULT_METHODS, DEFAULT_PAIRS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides, truthy,
 )
 from .registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
 

@@ -10,21 +10,17 @@ decides *what* runs when; an executor only runs what it is given, ``free_slots()
   existing cluster (``ray_address``) or a local one started on demand. The results folder
   must be on storage every node sees (records and checkpoints are files).
 
-Every executor runs :func:`dabench.runner.run_claimed`, so the records are the same.
+Every executor runs :func:`dabench.runner.run_claimed`, so the records are the same. The pool
+lives in :mod:`dabench.local_pool`, the Ray executor in :mod:`dabench.ray_executor`.
 """
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import queue
-import signal
-import subprocess
 import sys
-import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 from .runner import Outcome, record_failure, run_claimed
 from .spec import RunSpec
@@ -117,84 +113,7 @@ class InlineExecutor(Executor):
         return out
 
 
-# --- local pool --------------------------------------------------------------------------
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (none on a CPU machine)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None and env.strip():
-        return [d.strip() for d in env.split(",") if d.strip()][: torch.cuda.device_count()]
-    return [str(i) for i in range(torch.cuda.device_count())]
-
-
-@dataclass
-class SlotPlan:
-    """How the pool's workers map onto devices."""
-
-    workers: int
-    device: str  # the --device each worker gets
-    gpu_of_slot: list[str | None] = field(default_factory=list)  # CUDA_VISIBLE_DEVICES per slot
-    threads: int = 1
-
-
-def plan_slots(device: str | None, workers: int | None, runs_per_gpu: int = 1) -> SlotPlan:
-    """Default: ``runs_per_gpu`` workers per visible GPU, each seeing only its GPU; one worker
-    on the CPU. An explicit ``cuda:N`` device pins every worker to that device."""
-    if runs_per_gpu < 1:
-        raise ValueError(f"--runs-per-gpu must be at least 1, got {runs_per_gpu}")
-    if workers is not None and workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
-    cpus = os.cpu_count() or 1
-    dev = device or "auto"
-    gpus = visible_gpus() if dev in ("auto", "cuda") else []
-    if gpus:
-        n = workers or len(gpus) * runs_per_gpu
-        # round robin: with n = len(gpus) * K every GPU gets exactly K workers
-        return SlotPlan(n, "cuda", [gpus[i % len(gpus)] for i in range(n)], max(1, cpus // n))
-    if dev.startswith("cuda"):
-        n = workers or runs_per_gpu
-        return SlotPlan(n, dev, [None] * n, max(1, cpus // n))
-    n = workers or 1
-    # CPU runs: split the cores so the workers do not fight over them
-    return SlotPlan(n, "cpu", [None] * n, max(1, cpus // n))
-
-
-class _Worker:
-    """One worker process and the spec it is running."""
-
-    def __init__(self, slot: int, proc: subprocess.Popen, log_path: pathlib.Path) -> None:
-        self.slot = slot
-        self.proc = proc
-        self.log_path = log_path
-        self.current: RunSpec | None = None
-        self.runs = 0
-
-
-def _death_message(proc: subprocess.Popen, log_path: pathlib.Path) -> tuple[str, str]:
-    """(one-line reason, tail of the worker's log) for a worker that died mid-run."""
-    rc = proc.returncode
-    if rc is not None and rc < 0:
-        try:
-            name = signal.Signals(-rc).name
-        except ValueError:
-            name = f"signal {-rc}"
-        hint = " (killed: out of memory, or by a user or the system)" if -rc == signal.SIGKILL else ""
-        why = f"worker process {proc.pid} died from {name}{hint}"
-    else:
-        why = f"worker process {proc.pid} exited with code {rc} without finishing the run"
-    try:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-    except OSError:
-        tail = ""
-    return f"{why}; log: {log_path}", tail
-
-
-def _record_death(store: RunStore, spec: RunSpec, why: str, detail: str, device: str | None,
+def record_death(store: RunStore, spec: RunSpec, why: str, detail: str, device: str | None,
                   remote: bool = False) -> Outcome:
     """The process running ``spec`` died: record the run ``failed`` unless it wrote a terminal
     record first, or unless it never claimed the run and a live process elsewhere holds it.
@@ -220,244 +139,6 @@ def _record_death(store: RunStore, spec: RunSpec, why: str, detail: str, device:
     return Outcome(spec.run_id, "died" if rec.get("status") != "complete" else "ran", rec)
 
 
-class LocalPoolExecutor(Executor):
-    """A pool of ``python -m dabench.worker`` processes; ``runs_per_process`` runs each before a
-    fresh process replaces it (1: every run in its own process; 0: reuse without limit)."""
-
-    def __init__(self, opts: Options, workers: int | None = None, runs_per_gpu: int = 1,
-                 runs_per_process: int = 0) -> None:
-        if runs_per_process < 0:
-            raise ValueError(f"--runs-per-process must be 0 (no limit) or more, got {runs_per_process}")
-        self.opts = opts
-        self.plan = plan_slots(opts.device, workers, runs_per_gpu)
-        self.runs_per_process = runs_per_process
-        self.store = RunStore(opts.results_dir)
-        self.logs = self.store.root / "logs"
-        self._slots: list[_Worker | None] = [None] * self.plan.workers
-        # a started, idle process per slot that takes the slot's next run: its interpreter and
-        # torch import (seconds) overlap the current run instead of delaying the next one
-        self._spares: list[_Worker | None] = [None] * self.plan.workers
-        # ... but only where a spare core exists for it: on a CPU-bound machine the import would
-        # slow the runs as much as it saves
-        self._use_spares = bool(runs_per_process) and (os.cpu_count() or 1) >= 2 * self.plan.workers + 1
-        self._events: queue.Queue = queue.Queue()
-        self._bars = [_step_bar(opts.progress, i + 1) for i in range(self.plan.workers)]
-
-    @property
-    def workers(self) -> int:
-        return self.plan.workers
-
-    def _spawn(self, slot: int) -> _Worker:
-        o = self.opts
-        cmd = [sys.executable, "-m", "dabench.worker", "--results", str(o.results_dir.resolve()),
-               "--device", self.plan.device, "--threads", str(self.plan.threads),
-               "--checkpoint-every", str(o.checkpoint_every), "--max-runs", str(self.runs_per_process),
-               "--parent-pid", str(os.getpid())]
-        if o.data_root:
-            cmd += ["--data-root", str(o.data_root)]
-        if o.compile:
-            cmd.append("--compile")
-        for plugin in _absolute_plugins(o.plugins):
-            cmd += ["--plugin", plugin]
-        env = dict(os.environ)
-        gpu = self.plan.gpu_of_slot[slot]
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = gpu
-        # a worker must not spawn its own thread pools beyond its share of the cores
-        env.setdefault("OMP_NUM_THREADS", str(self.plan.threads))
-        self.logs.mkdir(parents=True, exist_ok=True)
-        log_path = self.logs / f"worker-{slot}.log"
-        log = open(log_path, "a")
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
-                                text=True, bufsize=1)
-        log.close()  # the child holds its own descriptor
-        worker = _Worker(slot, proc, log_path)
-        threading.Thread(target=self._read, args=(worker,), daemon=True).start()
-        return worker
-
-    def _read(self, worker: _Worker) -> None:
-        assert worker.proc.stdout is not None
-        for line in worker.proc.stdout:
-            try:
-                self._events.put((worker, json.loads(line)))
-            except json.JSONDecodeError:
-                continue  # not ours: the protocol lines are JSON
-        self._events.put((worker, None))  # EOF: the process is gone or going
-
-    def free_slots(self) -> int:
-        return sum(1 for w in self._slots if w is None or w.current is None)
-
-    def submit(self, spec: RunSpec) -> None:
-        if all(w is None for w in self._slots):
-            # the first run starts the whole pool: the workers' start-up (interpreter, torch
-            # import) then overlaps instead of happening one after another as runs arrive
-            self._slots = [self._spawn(i) for i in range(self.plan.workers)]
-        for slot, w in enumerate(self._slots):
-            if w is None or w.current is None:
-                spent = w is not None and self.runs_per_process and w.runs >= self.runs_per_process
-                if w is None or spent or w.proc.poll() is not None:
-                    # a spent worker exits by itself after its last outcome; its EOF finds no current run
-                    spare, self._spares[slot] = self._spares[slot], None
-                    w = spare if spare is not None and spare.proc.poll() is None else self._spawn(slot)
-                    self._slots[slot] = w
-                w.current = spec
-                if self._use_spares and w.runs + 1 >= self.runs_per_process and self._spares[slot] is None:
-                    self._spares[slot] = self._spawn(slot)
-                bar = self._bars[slot]
-                bar.reset(total=spec.schedule.steps)
-                bar.set_description_str(f"[{slot}] {spec.label}")
-                assert w.proc.stdin is not None
-                try:
-                    w.proc.stdin.write(json.dumps({"spec": {**spec.to_dict(), "_run_id": spec.run_id}},
-                                                  default=str) + "\n")
-                    w.proc.stdin.flush()
-                except BrokenPipeError:
-                    pass  # it died before reading: its EOF event records the run failed
-                return
-        raise RuntimeError("submit() with no free worker slot")
-
-    def wait(self, timeout: float) -> list[Outcome]:
-        out: list[Outcome] = []
-        try:
-            item = self._events.get(timeout=timeout)
-        except queue.Empty:
-            return out
-        while True:
-            res = self._handle(*item)
-            if res is not None:
-                out.append(res)
-            try:
-                item = self._events.get_nowait()
-            except queue.Empty:
-                return out
-
-    def _handle(self, worker: _Worker, msg: dict[str, Any] | None) -> Outcome | None:
-        if msg is None:  # the process ended
-            worker.proc.wait()
-            if self._slots[worker.slot] is worker:
-                self._slots[worker.slot] = None
-            if self._spares[worker.slot] is worker:
-                self._spares[worker.slot] = None
-            spec, worker.current = worker.current, None
-            if spec is None:
-                return None  # a clean exit after its last run
-            self._bars[worker.slot].reset(total=0)
-            why, tail = _death_message(worker.proc, worker.log_path)
-            return _record_death(self.store, spec, why, tail, self.plan.device)
-        event = msg.get("event")
-        if event == "step" and worker.current is not None:
-            bar = self._bars[worker.slot]
-            bar.total, bar.n = msg["total"], msg["done"]
-            bar.refresh()
-        elif event == "outcome":
-            worker.current = None
-            worker.runs += 1
-            self._bars[worker.slot].reset(total=0)
-            return Outcome(msg["run_id"], msg["kind"], msg.get("record"))
-        return None
-
-    def close(self) -> None:
-        everyone = [w for w in self._slots + self._spares if w is not None]
-        for w in everyone:
-            try:
-                if w.proc.stdin:
-                    w.proc.stdin.close()  # EOF: an idle worker exits
-            except OSError:
-                pass
-            if w.current is not None:
-                w.proc.terminate()  # interrupted mid-run: its record stays running, rerun next time
-        for w in everyone:
-            if w is not None:
-                try:
-                    w.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    w.proc.kill()
-                    w.proc.wait()
-        for bar in self._bars:
-            bar.close()
-
-
-# --- ray -----------------------------------------------------------------------------------
-
-
-def _ray_task(spec_dict: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    """The body of one Ray task (module level, so Ray ships it by reference)."""
-    from .worker import run_one
-
-    return run_one(spec_dict, **options)
-
-
-class RayExecutor(Executor):
-    """Each run a Ray task; ``workers`` caps the runs in flight (default: what the cluster fits)."""
-
-    def __init__(self, opts: Options, address: str | None = None, workers: int | None = None,
-                 runs_per_gpu: int = 1) -> None:
-        try:
-            import ray
-        except ImportError:
-            raise ImportError("--executor ray needs Ray: pip install 'dabench[ray]' "
-                              "(or pick --executor inline or local)") from None
-        self.ray = ray
-        self.opts = opts
-        self.store = RunStore(opts.results_dir)
-        self._owns = False
-        if not ray.is_initialized():
-            # address None starts a local Ray; "auto" or host:port joins a running cluster
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
-            self._owns = True
-        resources = ray.cluster_resources()
-        gpus = float(resources.get("GPU", 0))
-        use_gpu = gpus > 0 and (opts.device or "auto") in ("auto", "cuda")
-        num_gpus = 1.0 / runs_per_gpu if use_gpu else 0
-        self.device = "cuda" if use_gpu else (opts.device if opts.device not in (None, "auto") else "cpu")
-        fit = int(gpus * runs_per_gpu) if use_gpu else int(resources.get("CPU", 1))
-        self._slots = max(1, workers or fit)
-        self._task = ray.remote(_ray_task).options(num_cpus=1, num_gpus=num_gpus, max_retries=0)
-        self._task_options = {
-            "results_dir": str(opts.results_dir.resolve()), "device": self.device,
-            "data_root": str(opts.data_root) if opts.data_root else None,
-            "plugins": _absolute_plugins(opts.plugins), "checkpoint_every": opts.checkpoint_every,
-            "compile": opts.compile, "threads": 1,
-        }
-        self._refs: dict[Any, RunSpec] = {}
-
-    @property
-    def workers(self) -> int:
-        return self._slots
-
-    def free_slots(self) -> int:
-        return self._slots - len(self._refs)
-
-    def submit(self, spec: RunSpec) -> None:
-        ref = self._task.remote({**spec.to_dict(), "_run_id": spec.run_id}, self._task_options)
-        self._refs[ref] = spec
-
-    def wait(self, timeout: float) -> list[Outcome]:
-        if not self._refs:
-            return []
-        ready, _ = self.ray.wait(list(self._refs), num_returns=len(self._refs), timeout=timeout)
-        if not ready:
-            ready, _ = self.ray.wait(list(self._refs), num_returns=1, timeout=0)
-        out: list[Outcome] = []
-        for ref in ready:
-            spec = self._refs.pop(ref)
-            try:
-                res = self.ray.get(ref)
-                out.append(Outcome(res["run_id"], res["kind"], res.get("record")))
-            except self.ray.exceptions.RayError as exc:  # the task's process died, or Ray lost it
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                out.append(_record_death(self.store, spec, f"ray task died: {first}", str(exc), self.device,
-                                        remote=True))
-        return out
-
-    def close(self) -> None:
-        for ref in list(self._refs):
-            self.ray.cancel(ref, force=True)
-        self._refs.clear()
-        if self._owns:
-            self.ray.shutdown()
-
-
 def make_executor(name: str, results_dir: pathlib.Path, device: str | None = None,
                   data_root: pathlib.Path | None = None, progress: bool = True, checkpoint_every: int = 0,
                   compile: bool = False, plugins: tuple[str, ...] = (), workers: int | None = None,
@@ -467,11 +148,14 @@ def make_executor(name: str, results_dir: pathlib.Path, device: str | None = Non
     if name == "inline":
         return InlineExecutor(opts)
     if name == "local":
+        from .local_pool import LocalPoolExecutor
+
         return LocalPoolExecutor(opts, workers, runs_per_gpu, runs_per_process)
     if name == "ray":
+        from .ray_executor import RayExecutor
+
         return RayExecutor(opts, ray_address, workers, runs_per_gpu)
     raise ValueError(f"unknown executor {name!r}; valid executors: {', '.join(EXECUTORS)}")
 
 
-__all__ = ["EXECUTORS", "Executor", "InlineExecutor", "LocalPoolExecutor", "RayExecutor", "make_executor",
-           "plan_slots", "SlotPlan"]
+__all__ = ["EXECUTORS", "Executor", "InlineExecutor", "Options", "make_executor"]

@@ -26,7 +26,7 @@ from .domain import MissingDataError, PairData, default_data_root
 from .registry import PAIRS
 from .spec import RunSpec
 from .store import TERMINAL, RunStore, atomic_write_text
-from .train import Diverged, execute, resolve_device
+from .train import Diverged, execute
 
 if TYPE_CHECKING:
     from .executors import Executor

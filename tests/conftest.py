@@ -11,10 +11,21 @@ SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 QUICK_STEPS = 300
 
 
+@pytest.fixture
+def one_thread():
+    """In-process runs: one torch thread (the machine's cores are shared; more only oversubscribe),
+    so results match worker processes, which run with one thread each."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def quick_matrix(tmp_path_factory):
     """All six built-in methods × digits-offline × seed 0 at 300 steps; returns (results dir, summary)."""
-    import dabench
     from dabench.matrix import Matrix, expand
     from dabench.runner import run_inline
 

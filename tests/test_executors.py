@@ -11,10 +11,10 @@ import pathlib
 import textwrap
 
 import pytest
-import torch
 
 from dabench.cli import main
-from dabench.executors import make_executor, plan_slots
+from dabench.executors import make_executor
+from dabench.local_pool import plan_slots
 from dabench.matrix import Matrix, expand
 from dabench.runner import run_matrix
 from dabench.store import RunStore
@@ -22,13 +22,7 @@ from dabench.store import RunStore
 TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """In-process runs: one torch thread (the machine's cores are shared; more only oversubscribe)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _records(root: pathlib.Path) -> dict[str, dict]:
@@ -99,7 +93,7 @@ def test_worker_crash_and_divergence_in_the_pool(tmp_path):
 
 
 def test_plan_slots_packs_runs_per_gpu(monkeypatch):
-    import dabench.executors as ex
+    import dabench.local_pool as ex
 
     monkeypatch.setattr(ex, "visible_gpus", lambda: ["0", "1"])
     plan = plan_slots("auto", None, runs_per_gpu=4)

@@ -18,7 +18,6 @@ import textwrap
 import time
 
 import pytest
-import torch
 
 from dabench.matrix import Matrix, expand
 from dabench.runner import run_matrix
@@ -27,13 +26,7 @@ from dabench.store import RunStore
 TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
 DABENCH = [sys.executable, "-m", "dabench.cli"]
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """In-process runs: one torch thread (the machine's cores are shared; more only oversubscribe)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FAULTY = textwrap.dedent('''

@@ -7,7 +7,6 @@ no per-image Python), the baseline is ``baselines.ConventionalTrainer``.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from baselines import ConventionalTrainer, loader
 from dabench.bench import EngineBench

@@ -1,0 +1,254 @@
+"""The local executor: a pool of ``python -m dabench.worker`` processes on this machine.
+
+One worker per GPU, or ``runs_per_gpu`` per GPU (``CUDA_VISIBLE_DEVICES`` set per worker); one
+on a CPU unless told otherwise. A run's crash, OOM or SIGKILL kills only its worker process; the
+parent records the run ``failed`` with the exit code or signal and starts a fresh worker.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from .executors import Executor, Options, _absolute_plugins, _step_bar, record_death
+from .runner import Outcome
+from .spec import RunSpec
+from .store import RunStore
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (none on a CPU machine)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None and env.strip():
+        return [d.strip() for d in env.split(",") if d.strip()][: torch.cuda.device_count()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+@dataclass
+class SlotPlan:
+    """How the pool's workers map onto devices."""
+
+    workers: int
+    device: str  # the --device each worker gets
+    gpu_of_slot: list[str | None] = field(default_factory=list)  # CUDA_VISIBLE_DEVICES per slot
+    threads: int = 1
+
+
+def plan_slots(device: str | None, workers: int | None, runs_per_gpu: int = 1) -> SlotPlan:
+    """Default: ``runs_per_gpu`` workers per visible GPU, each seeing only its GPU; one worker
+    on the CPU. An explicit ``cuda:N`` device pins every worker to that device."""
+    if runs_per_gpu < 1:
+        raise ValueError(f"--runs-per-gpu must be at least 1, got {runs_per_gpu}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    cpus = os.cpu_count() or 1
+    dev = device or "auto"
+    gpus = visible_gpus() if dev in ("auto", "cuda") else []
+    if gpus:
+        n = workers or len(gpus) * runs_per_gpu
+        # round robin: with n = len(gpus) * K every GPU gets exactly K workers
+        return SlotPlan(n, "cuda", [gpus[i % len(gpus)] for i in range(n)], max(1, cpus // n))
+    if dev.startswith("cuda"):
+        n = workers or runs_per_gpu
+        return SlotPlan(n, dev, [None] * n, max(1, cpus // n))
+    n = workers or 1
+    # CPU runs: split the cores so the workers do not fight over them
+    return SlotPlan(n, "cpu", [None] * n, max(1, cpus // n))
+
+
+class _Worker:
+    """One worker process and the spec it is running."""
+
+    def __init__(self, slot: int, proc: subprocess.Popen, log_path: pathlib.Path) -> None:
+        self.slot = slot
+        self.proc = proc
+        self.log_path = log_path
+        self.current: RunSpec | None = None
+        self.runs = 0
+
+
+def _death_message(proc: subprocess.Popen, log_path: pathlib.Path) -> tuple[str, str]:
+    """(one-line reason, tail of the worker's log) for a worker that died mid-run."""
+    rc = proc.returncode
+    if rc is not None and rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        hint = " (killed: out of memory, or by a user or the system)" if -rc == signal.SIGKILL else ""
+        why = f"worker process {proc.pid} died from {name}{hint}"
+    else:
+        why = f"worker process {proc.pid} exited with code {rc} without finishing the run"
+    try:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+    except OSError:
+        tail = ""
+    return f"{why}; log: {log_path}", tail
+
+
+class LocalPoolExecutor(Executor):
+    """A pool of ``python -m dabench.worker`` processes; ``runs_per_process`` runs each before a
+    fresh process replaces it (1: every run in its own process; 0: reuse without limit)."""
+
+    def __init__(self, opts: Options, workers: int | None = None, runs_per_gpu: int = 1,
+                 runs_per_process: int = 0) -> None:
+        if runs_per_process < 0:
+            raise ValueError(f"--runs-per-process must be 0 (no limit) or more, got {runs_per_process}")
+        self.opts = opts
+        self.plan = plan_slots(opts.device, workers, runs_per_gpu)
+        self.runs_per_process = runs_per_process
+        self.store = RunStore(opts.results_dir)
+        self.logs = self.store.root / "logs"
+        self._slots: list[_Worker | None] = [None] * self.plan.workers
+        # a started, idle process per slot that takes the slot's next run: its interpreter and
+        # torch import (seconds) overlap the current run instead of delaying the next one
+        self._spares: list[_Worker | None] = [None] * self.plan.workers
+        # ... but only where a spare core exists for it: on a CPU-bound machine the import would
+        # slow the runs as much as it saves
+        self._use_spares = bool(runs_per_process) and (os.cpu_count() or 1) >= 2 * self.plan.workers + 1
+        self._events: queue.Queue = queue.Queue()
+        self._bars = [_step_bar(opts.progress, i + 1) for i in range(self.plan.workers)]
+
+    @property
+    def workers(self) -> int:
+        return self.plan.workers
+
+    def _spawn(self, slot: int) -> _Worker:
+        o = self.opts
+        cmd = [sys.executable, "-m", "dabench.worker", "--results", str(o.results_dir.resolve()),
+               "--device", self.plan.device, "--threads", str(self.plan.threads),
+               "--checkpoint-every", str(o.checkpoint_every), "--max-runs", str(self.runs_per_process),
+               "--parent-pid", str(os.getpid())]
+        if o.data_root:
+            cmd += ["--data-root", str(o.data_root)]
+        if o.compile:
+            cmd.append("--compile")
+        for plugin in _absolute_plugins(o.plugins):
+            cmd += ["--plugin", plugin]
+        env = dict(os.environ)
+        gpu = self.plan.gpu_of_slot[slot]
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        # a worker must not spawn its own thread pools beyond its share of the cores
+        env.setdefault("OMP_NUM_THREADS", str(self.plan.threads))
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log_path = self.logs / f"worker-{slot}.log"
+        log = open(log_path, "a")
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
+                                text=True, bufsize=1)
+        log.close()  # the child holds its own descriptor
+        worker = _Worker(slot, proc, log_path)
+        threading.Thread(target=self._read, args=(worker,), daemon=True).start()
+        return worker
+
+    def _read(self, worker: _Worker) -> None:
+        assert worker.proc.stdout is not None
+        for line in worker.proc.stdout:
+            try:
+                self._events.put((worker, json.loads(line)))
+            except json.JSONDecodeError:
+                continue  # not ours: the protocol lines are JSON
+        self._events.put((worker, None))  # EOF: the process is gone or going
+
+    def free_slots(self) -> int:
+        return sum(1 for w in self._slots if w is None or w.current is None)
+
+    def submit(self, spec: RunSpec) -> None:
+        if all(w is None for w in self._slots):
+            # the first run starts the whole pool: the workers' start-up (interpreter, torch
+            # import) then overlaps instead of happening one after another as runs arrive
+            self._slots = [self._spawn(i) for i in range(self.plan.workers)]
+        for slot, w in enumerate(self._slots):
+            if w is None or w.current is None:
+                spent = w is not None and self.runs_per_process and w.runs >= self.runs_per_process
+                if w is None or spent or w.proc.poll() is not None:
+                    # a spent worker exits by itself after its last outcome; its EOF finds no current run
+                    spare, self._spares[slot] = self._spares[slot], None
+                    w = spare if spare is not None and spare.proc.poll() is None else self._spawn(slot)
+                    self._slots[slot] = w
+                w.current = spec
+                if self._use_spares and w.runs + 1 >= self.runs_per_process and self._spares[slot] is None:
+                    self._spares[slot] = self._spawn(slot)
+                bar = self._bars[slot]
+                bar.reset(total=spec.schedule.steps)
+                bar.set_description_str(f"[{slot}] {spec.label}")
+                assert w.proc.stdin is not None
+                try:
+                    w.proc.stdin.write(json.dumps({"spec": {**spec.to_dict(), "_run_id": spec.run_id}},
+                                                  default=str) + "\n")
+                    w.proc.stdin.flush()
+                except BrokenPipeError:
+                    pass  # it died before reading: its EOF event records the run failed
+                return
+        raise RuntimeError("submit() with no free worker slot")
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        out: list[Outcome] = []
+        try:
+            item = self._events.get(timeout=timeout)
+        except queue.Empty:
+            return out
+        while True:
+            res = self._handle(*item)
+            if res is not None:
+                out.append(res)
+            try:
+                item = self._events.get_nowait()
+            except queue.Empty:
+                return out
+
+    def _handle(self, worker: _Worker, msg: dict[str, Any] | None) -> Outcome | None:
+        if msg is None:  # the process ended
+            worker.proc.wait()
+            if self._slots[worker.slot] is worker:
+                self._slots[worker.slot] = None
+            if self._spares[worker.slot] is worker:
+                self._spares[worker.slot] = None
+            spec, worker.current = worker.current, None
+            if spec is None:
+                return None  # a clean exit after its last run
+            self._bars[worker.slot].reset(total=0)
+            why, tail = _death_message(worker.proc, worker.log_path)
+            return record_death(self.store, spec, why, tail, self.plan.device)
+        event = msg.get("event")
+        if event == "step" and worker.current is not None:
+            bar = self._bars[worker.slot]
+            bar.total, bar.n = msg["total"], msg["done"]
+            bar.refresh()
+        elif event == "outcome":
+            worker.current = None
+            worker.runs += 1
+            self._bars[worker.slot].reset(total=0)
+            return Outcome(msg["run_id"], msg["kind"], msg.get("record"))
+        return None
+
+    def close(self) -> None:
+        everyone = [w for w in self._slots + self._spares if w is not None]
+        for w in everyone:
+            try:
+                if w.proc.stdin:
+                    w.proc.stdin.close()  # EOF: an idle worker exits
+            except OSError:
+                pass
+            if w.current is not None:
+                w.proc.terminate()  # interrupted mid-run: its record stays running, rerun next time
+        for w in everyone:
+            if w is not None:
+                try:
+                    w.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    w.proc.kill()
+                    w.proc.wait()
+        for bar in self._bars:
+            bar.close()

@@ -1,0 +1,91 @@
+"""The Ray executor: each run a Ray task, on an existing cluster or a local Ray started on demand.
+
+``num_gpus = 1 / runs_per_gpu`` per task when the cluster has GPUs. The results folder must be on
+storage every node sees (records and checkpoints are files). Needs ``pip install 'dabench[ray]'``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .executors import Executor, Options, _absolute_plugins, record_death
+from .runner import Outcome
+from .spec import RunSpec
+from .store import RunStore
+
+
+def _ray_task(spec_dict: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The body of one Ray task (module level, so Ray ships it by reference)."""
+    from .worker import run_one
+
+    return run_one(spec_dict, **options)
+
+
+class RayExecutor(Executor):
+    """Each run a Ray task; ``workers`` caps the runs in flight (default: what the cluster fits)."""
+
+    def __init__(self, opts: Options, address: str | None = None, workers: int | None = None,
+                 runs_per_gpu: int = 1) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ImportError("--executor ray needs Ray: pip install 'dabench[ray]' "
+                              "(or pick --executor inline or local)") from None
+        self.ray = ray
+        self.opts = opts
+        self.store = RunStore(opts.results_dir)
+        self._owns = False
+        if not ray.is_initialized():
+            # address None starts a local Ray; "auto" or host:port joins a running cluster
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            self._owns = True
+        resources = ray.cluster_resources()
+        gpus = float(resources.get("GPU", 0))
+        use_gpu = gpus > 0 and (opts.device or "auto") in ("auto", "cuda")
+        num_gpus = 1.0 / runs_per_gpu if use_gpu else 0
+        self.device = "cuda" if use_gpu else (opts.device if opts.device not in (None, "auto") else "cpu")
+        fit = int(gpus * runs_per_gpu) if use_gpu else int(resources.get("CPU", 1))
+        self._slots = max(1, workers or fit)
+        self._task = ray.remote(_ray_task).options(num_cpus=1, num_gpus=num_gpus, max_retries=0)
+        self._task_options = {
+            "results_dir": str(opts.results_dir.resolve()), "device": self.device,
+            "data_root": str(opts.data_root) if opts.data_root else None,
+            "plugins": _absolute_plugins(opts.plugins), "checkpoint_every": opts.checkpoint_every,
+            "compile": opts.compile, "threads": 1,
+        }
+        self._refs: dict[Any, RunSpec] = {}
+
+    @property
+    def workers(self) -> int:
+        return self._slots
+
+    def free_slots(self) -> int:
+        return self._slots - len(self._refs)
+
+    def submit(self, spec: RunSpec) -> None:
+        ref = self._task.remote({**spec.to_dict(), "_run_id": spec.run_id}, self._task_options)
+        self._refs[ref] = spec
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        if not self._refs:
+            return []
+        ready, _ = self.ray.wait(list(self._refs), num_returns=len(self._refs), timeout=timeout)
+        if not ready:
+            ready, _ = self.ray.wait(list(self._refs), num_returns=1, timeout=0)
+        out: list[Outcome] = []
+        for ref in ready:
+            spec = self._refs.pop(ref)
+            try:
+                res = self.ray.get(ref)
+                out.append(Outcome(res["run_id"], res["kind"], res.get("record")))
+            except self.ray.exceptions.RayError as exc:  # the task's process died, or Ray lost it
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                out.append(record_death(self.store, spec, f"ray task died: {first}", str(exc), self.device,
+                                        remote=True))
+        return out
+
+    def close(self) -> None:
+        for ref in list(self._refs):
+            self.ray.cancel(ref, force=True)
+        self._refs.clear()
+        if self._owns:
+            self.ray.shutdown()
