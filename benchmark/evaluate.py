@@ -10,14 +10,18 @@ SND_MAX_SAMPLES = 2048  # SND is quadratic in the number of samples
 
 
 @torch.no_grad()
-def predict_split(method, data: DeviceData, split: Split, batch_size: int = 512) -> torch.Tensor:
-    """Logits (float32) for a whole split, on the device."""
+def predict_split(method, data: DeviceData, split: Split, batch_size: int = 512, limit: int | None = None,
+                  output: str = "predict") -> torch.Tensor:
+    """``method.predict`` (logits) or ``method.features`` of a split's first ``limit`` images
+    (all by default), float32 on the device, in chunks of ``batch_size``."""
+    forward = getattr(method, output)
+    n = len(split) if limit is None else min(limit, len(split))
     out = []
-    for start in range(0, len(split), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(split)), device=data.device)
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(start + batch_size, n), device=data.device)
         x, _ = data.batch_from(split, idx, train=False)
         with autocast(data.device):
-            out.append(method.predict(x).float())
+            out.append(forward(x).float())
     return torch.cat(out)
 
 

@@ -8,6 +8,7 @@ after it has finished, so a killed run is rerun by the next ``dabench run``.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import pathlib
@@ -62,6 +63,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     return {"device": name, "versions": versions, "host": platform.node(), "torch_threads": torch.get_num_threads()}
 
 
+@functools.lru_cache(maxsize=1)
 def _git_commit() -> str | None:
     here = pathlib.Path(__file__).resolve().parent
     try:
@@ -84,23 +86,13 @@ def base_record(spec: RunSpec, status: str, env: dict[str, Any]) -> dict[str, An
         "final": None,
         "error": None,
         "diverged_at_step": None,
+        "resumed_from_step": None,
         "timings": None,
         **env,
         "pid": os.getpid(),  # the process that ran it (a worker's, under the local pool)
         "started_at": _now(),
         "finished_at": None,
     }
-
-
-def _partial_step(store: RunStore, spec: RunSpec) -> int | None:
-    """The step a mid-run checkpoint of this run holds (it will resume from there), or None."""
-    path = store.checkpoint_path(spec.run_id, partial=True)
-    if not path.exists():
-        return None
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
-    except Exception:  # noqa: BLE001 - a torn checkpoint: execute() decides what to do with it
-        return None
 
 
 def run_spec(
@@ -128,7 +120,6 @@ def run_spec(
     store.write(record)
     t0 = time.perf_counter()
     try:
-        record["resumed_from_step"] = _partial_step(store, spec) if checkpoint_every else None
         pair = PAIRS.get(spec.pair)
         pair_data = load_pair_data(spec.pair, data_root)
         result = execute(spec, pair, pair_data, device, store, on_step, checkpoint_every, compile=compile)

@@ -32,6 +32,16 @@ def atomic_write_text(path: pathlib.Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def atomic_torch_save(obj: Any, path: pathlib.Path) -> None:
+    """``torch.save`` through a temp file + rename, so a kill never leaves a torn checkpoint."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

