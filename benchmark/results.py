@@ -4,9 +4,21 @@ Records are the only source of truth (see DESIGN.md, "Results store"): this modu
 writes them. One row per run; the evaluation ``curve`` stays a list of dicts in its cell so
 that a selection rule (:mod:`dabench.selection`) can be applied after the fact.
 
-Bad input is reported, never fatal: a corrupt or truncated JSON file is named in a
-``warnings.warn`` and skipped, and a run id found in two files keeps the first one read
-(directories in the order given, files sorted by name) and warns naming both files.
+Bad input is reported, never fatal: a corrupt or truncated JSON file, or a record with a
+malformed field (``"timings": "abc"``, ``"curve": "x"`` …), is named in a ``warnings.warn``
+and skipped, and a run id found in two files keeps the first one read (directories in the
+order given, files sorted by name) and warns naming both files.
+
+Configurations. A row of a table is a *configuration*, never a pool of settings: the
+``config`` column is a canonical key of the record's spec minus ``seed``, ``pair``,
+``depends_on`` (the run id of the seed's own source-only run) and ``save_features`` (changes
+no result); ``settings`` holds the same spec flattened to the names ``--set``/``--where`` use
+(``steps``, ``lr`` …, ``backbone``, ``backbone.<option>``, ``target_shots``,
+``<method>.<hyperparameter>``).
+
+Planned runs. When a folder holds ``matrix.json`` (written by ``dabench run``), its specs
+that have no record yet are added as rows with status ``pending``, so that a seed never
+vanishes from the tables without a trace.
 """
 from __future__ import annotations
 
@@ -22,10 +34,17 @@ COLUMNS: tuple[str, ...] = (
     "run_id", "method", "pair", "seed", "protocol", "target_shots", "target_labels",
     "status", "error", "diverged_at_step", "wall_s", "steps_per_s", "images_per_s",
     "device", "versions", "backbone", "source_dir", "record_path", "hparams", "curve", "final",
+    "config", "settings", "validators",
 )
 
 #: Statuses a record may carry; anything else is kept but reported.
-STATUSES = ("complete", "failed", "diverged", "running", "skipped")
+STATUSES = ("complete", "failed", "diverged", "running", "skipped", "pending")
+
+#: Spec fields that do not make a configuration: the seed and the pair index the runs of one
+#: configuration; ``depends_on`` names the seed's own source-only run; ``save_features`` only
+#: decides what is kept beside the record.
+NOT_CONFIG = ("seed", "pair", "depends_on", "save_features")
+MATRIX_FILE = "matrix.json"
 
 
 class RecordWarning(UserWarning):
@@ -68,11 +87,56 @@ def _first_line(error: Any) -> str | None:
     return text.splitlines()[0] if text else None
 
 
+class _Malformed(ValueError):
+    """A record field has the wrong shape; the record is skipped with a warning."""
+
+
+def _field(rec: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    """``rec[key]`` when it is None or a ``kind``; :class:`_Malformed` naming the field otherwise."""
+    v = rec.get(key)
+    if v is not None and not isinstance(v, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise _Malformed(f"field {key!r} is {v!r:.60} ({type(v).__name__}); expected {names} or null")
+    return v
+
+
+def spec_settings(spec: dict[str, Any]) -> dict[str, Any]:
+    """A spec flattened to the names of ``--set``/``--where``, without :data:`NOT_CONFIG`.
+
+    Schedule fields keep their bare names (``steps``, ``lr`` …), hyperparameters become
+    ``<method>.<name>``, backbone options ``backbone.<option>``; other fields keep their name.
+    """
+    method = str(spec.get("method"))
+    out: dict[str, Any] = {}
+    for k, v in spec.items():
+        if k in NOT_CONFIG:
+            continue
+        if k == "schedule":
+            out.update(_field(spec, k, dict) or {})
+        elif k == "hparams":
+            out.update({f"{method}.{h}": hv for h, hv in (_field(spec, k, dict) or {}).items()})
+        elif k == "backbone_options":
+            out.update({f"backbone.{o}": ov for o, ov in (_field(spec, k, dict) or {}).items()})
+        else:
+            out[k] = v
+    return out
+
+
+def config_key(settings: dict[str, Any]) -> str:
+    """Canonical, hashable key of one configuration (sorted JSON of its settings)."""
+    return json.dumps(settings, sort_keys=True, default=str, separators=(",", ":"))
+
+
 def _row(rec: dict[str, Any], path: Path, source_dir: Path) -> dict[str, Any]:
     spec = rec.get("spec") or {}
-    timings = rec.get("timings") or {}
-    curve = rec.get("curve") or []
-    final = rec.get("final")
+    timings = _field(rec, "timings", dict) or {}
+    curve = _field(rec, "curve", list) or []
+    final = _field(rec, "final", dict)
+    _field(rec, "versions", dict)
+    if not all(isinstance(c, dict) for c in curve):
+        raise _Malformed("field 'curve' must be a list of evaluation objects")
+    settings = spec_settings(spec)
+    validators = rec.get("validators") if isinstance(rec.get("validators"), dict) else None
     # A record with a final evaluation but no logged curve still has one point to select from.
     if not curve and isinstance(final, dict):
         curve = [final]
@@ -99,14 +163,64 @@ def _row(rec: dict[str, Any], path: Path, source_dir: Path) -> dict[str, Any]:
         "hparams": spec.get("hparams") or {},
         "curve": list(curve),
         "final": final,
+        "config": config_key(settings),
+        "settings": settings,
+        "validators": validators,
     }
 
 
-def load_results(*dirs: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+def _matrix_path(d: Path) -> Path | None:
+    for cand in (d / MATRIX_FILE, d.parent / MATRIX_FILE if d.name == "runs" else None):
+        if cand is not None and cand.is_file():
+            return cand
+    return None
+
+
+def _planned_rows(d: Path) -> list[dict[str, Any]]:
+    """Rows (status ``pending``) for the specs of ``d``'s ``matrix.json``; [] when it has none.
+
+    A corrupt matrix file is reported and ignored: planned seeds then come from the records.
+    """
+    path = _matrix_path(d)
+    if path is None:
+        return []
+    try:
+        specs = json.loads(path.read_text(encoding="utf-8")).get("specs")
+        if not isinstance(specs, list):
+            raise ValueError("no 'specs' list")
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError, ValueError, AttributeError) as exc:
+        warnings.warn(f"ignoring matrix file {path}: {exc}", RecordWarning, stacklevel=3)
+        return []
+    rows = []
+    for spec in specs:
+        if not isinstance(spec, dict):
+            continue
+        try:
+            row = _row({"spec": spec, "status": "pending"}, path, d)
+        except (_Malformed, AttributeError, TypeError, ValueError):
+            continue
+        row.update(run_id=_spec_run_id(spec), record_path="", curve=[], final=None)
+        rows.append(row)
+    return rows
+
+
+def _spec_run_id(spec: dict[str, Any]) -> str:
+    """The run id a spec of ``matrix.json`` will record under ("" if it no longer parses)."""
+    try:
+        from .spec import RunSpec
+
+        return RunSpec.from_dict(spec).run_id
+    except Exception:  # a matrix of another dabench version: the id is only informative here
+        return ""
+
+
+def load_results(*dirs: str | Path | Iterable[str | Path], planned: bool = True) -> pd.DataFrame:
     """Load every ``DIR/runs/*.json`` of the given folders into one DataFrame.
 
     Args:
         dirs: one or more results folders (a list of folders is accepted too).
+        planned: add a ``pending`` row for each spec of a folder's ``matrix.json`` that no
+            record (of any folder) holds yet, matched by pair, seed and configuration.
 
     Returns:
         One row per run with the columns in :data:`COLUMNS`; ``error`` is the first line of
@@ -138,7 +252,11 @@ def load_results(*dirs: str | Path | Iterable[str | Path]) -> pd.DataFrame:
                 warnings.warn(f"skipping run record {path}: not a run record (no 'spec' object)",
                               RecordWarning, stacklevel=2)
                 continue
-            row = _row(rec, path, d)
+            try:
+                row = _row(rec, path, d)
+            except (_Malformed, AttributeError, TypeError, ValueError) as exc:
+                warnings.warn(f"skipping run record {path}: {exc}", RecordWarning, stacklevel=2)
+                continue
             rid = row["run_id"]
             if rid in seen:
                 warnings.warn(
@@ -151,6 +269,14 @@ def load_results(*dirs: str | Path | Iterable[str | Path]) -> pd.DataFrame:
                 warnings.warn(f"run record {path} has unknown status {row['status']!r}; "
                               f"expected one of {', '.join(STATUSES)}", RecordWarning, stacklevel=2)
             rows.append(row)
+    if planned:
+        have = {(r["pair"], r["seed"], r["config"]) for r in rows}
+        for d in flat:
+            for row in _planned_rows(d):
+                key = (row["pair"], row["seed"], row["config"])
+                if key not in have:
+                    have.add(key)
+                    rows.append(row)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     if len(df):
         df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
@@ -164,3 +290,89 @@ def label_budget(protocol: str | None, target_shots: int | None) -> str:
     """
     k = int(target_shots or 0)
     return f"{k}/class" if k > 0 else "0"
+
+
+# ---------------------------------------------------------------------------------------
+# --where: select configurations
+# ---------------------------------------------------------------------------------------
+#: Keys every row has as a column (everything else is looked up in ``settings``).
+_COLUMN_KEYS = ("method", "pair", "seed")
+
+
+def _matches(actual: Any, wanted: str) -> bool:
+    """True when a setting's value equals the text of ``--where`` (numbers compare as numbers)."""
+    w = wanted.strip()
+    if actual is None:
+        return w.lower() in ("none", "null", "")
+    if isinstance(actual, bool):
+        return w.lower() in (("true", "1", "yes") if actual else ("false", "0", "no"))
+    if isinstance(actual, (int, float)):
+        try:
+            return float(w) == float(actual)
+        except ValueError:
+            return False
+    return str(actual) == w
+
+
+def parse_where(where: Iterable[str] | dict[str, Any] | None) -> list[tuple[str, list[str]]]:
+    """``["steps=2000", "method=dann,dan"]`` or ``{"steps": 2000}`` → [(key, [values…])]."""
+    if not where:
+        return []
+    if isinstance(where, dict):
+        items = [(str(k), [str(v)]) for k, v in where.items()]
+    else:
+        items = []
+        for text in where:
+            key, sep, value = str(text).partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"--where {text!r}: expected KEY=VALUE (e.g. steps=2000, dann.trade_off=0.5)")
+            items.append((key.strip(), [v for v in value.split(",")]))
+    return items
+
+
+def filter_runs(df: pd.DataFrame, where: Iterable[str] | dict[str, Any] | None) -> pd.DataFrame:
+    """Rows of ``df`` whose configuration matches every ``KEY=VALUE`` (a comma list = any of).
+
+    Keys: ``method``, ``pair``, ``seed``, any flattened spec setting (``steps``, ``lr``,
+    ``backbone``, ``backbone.<option>``, ``target_shots``, ``dann.trade_off`` …) or a bare
+    hyperparameter name (``trade_off``). A hyperparameter constrains only the runs of methods
+    that have it, so ``--where trade_off=0.5`` keeps the source-only baseline beside them.
+
+    Raises:
+        ValueError: a malformed item, or a key no run has (the message lists the valid keys).
+    """
+    items = parse_where(where)
+    if not items or df.empty:
+        return df
+    settings = list(df["settings"])
+    keys = set(_COLUMN_KEYS)
+    hp_bare: set[str] = set()
+    for s, m in zip(settings, df["method"]):
+        keys.update(s)
+        hp_bare.update(k[len(str(m)) + 1:] for k in s if k.startswith(f"{m}."))
+    mask = pd.Series(True, index=df.index)
+    for key, values in items:
+        if key not in keys and key not in hp_bare:
+            raise ValueError(f"--where {key}={','.join(values)}: unknown key {key!r}; valid keys: "
+                             f"{', '.join(sorted(keys | hp_bare))}")
+        keep = []
+        for (i, row), s in zip(df.iterrows(), settings):
+            method = str(row["method"])
+            if key in _COLUMN_KEYS:
+                actual, has = row[key], True
+            elif key in s:
+                actual, has = s[key], True
+            elif f"{method}.{key}" in s:
+                actual, has = s[f"{method}.{key}"], True
+            else:
+                actual, has = None, False
+            if not has and (key in hp_bare or "." in key and not key.startswith("backbone.")):
+                keep.append(True)  # a hyperparameter this method does not have: not constrained
+                continue
+            if actual is pd.NA:
+                actual = None
+            elif hasattr(actual, "item"):  # numpy / pandas scalars (the Int64 seed column)
+                actual = actual.item()
+            keep.append(any(_matches(actual, v) for v in values))
+        mask &= pd.Series(keep, index=df.index)
+    return df[mask]

@@ -13,6 +13,14 @@ Tests (all two-sided, level ``alpha``):
   χ²_F = 12N / (k(k+1)) · [Σ_j R_j² − k(k+1)²/4]   (χ² with k−1 d.o.f.),
   F_F = (N−1) χ²_F / (N(k−1) − χ²_F)               (F with k−1, (k−1)(N−1) d.o.f.).
   ``tie_correction=True`` divides χ²_F by 1 − Σ(t³−t)/(N k (k²−1)) as scipy does.
+  With few blocks both approximations are anti-conservative (N = 3, k = 4: outcomes whose
+  exact p is 0.075 get F-p < 0.05), so significance is decided on the **exact** p-value
+  whenever it is computable: under H0 every block's ranking is equally likely to be any
+  permutation of its ranks, and the distribution of the rank-sum vector is the N-fold
+  convolution of the per-block permutation distributions (the (k!)^N outcomes, enumerated
+  by dynamic programming over rank sums); p = P(Σ_j R_j² ≥ observed). When that is too large
+  and N < 10, a Monte-Carlo permutation p-value (within-block shuffles, (1 + #≥)/(1 + B))
+  is used; else the Iman–Davenport F. ``FriedmanResult.test`` names the one used.
 * **Nemenyi** critical difference CD = q_α √(k(k+1)/(6N)), with q_α the studentized range
   quantile for k groups and infinite d.o.f. divided by √2. Two methods differ when their
   average ranks differ by at least CD; a CD diagram joins by a bar the *cliques* of
@@ -20,20 +28,32 @@ Tests (all two-sided, level ``alpha``):
 * **Wilcoxon signed-rank** per pair of methods over the blocks, with **Holm**'s step-down
   correction (Holm 1979): sort the m p-values p_(1) ≤ … ≤ p_(m), adjusted
   p̃_(i) = max_{j≤i} min(1, (m−j+1) p_(j)).
-* **Stratified bootstrap** (Agarwal et al. 2021, "Deep RL at the edge of the statistical
-  precipice"): resample the runs (seeds) of each task with replacement, independently per
-  task, recompute the aggregate, and take percentile intervals. Aggregates: the mean
-  (mean over tasks of the per-task mean) and the **interquartile mean** (IQM, mean of the
-  middle 50% of all run scores pooled over tasks). Accuracies are already on a common
-  0–100 scale, so no per-task normalisation is applied.
+* **Mean over pairs with a 95% t-interval** (:func:`dabench.tables.mean_interval`: Welch–
+  Satterthwaite degrees of freedom over the pairs' seed variances, exact Student t with one
+  pair). The report no longer uses the stratified percentile bootstrap (Agarwal et al. 2021)
+  for it: at 1 pair × 3 seeds its "95%" interval covers about 76% of the time (the resampled
+  spread of 3 values underestimates the spread of the mean); the t-interval covers 95% at
+  3 and at 10 seeds (tests/test_stats.py). :func:`stratified_bootstrap_ci` stays available.
+  The **interquartile mean** (IQM, mean of the middle 50% of all run scores pooled over
+  tasks) is shown only where it trims something (≥ 4 runs; with 3 runs it *is* the mean),
+  as a point estimate without interval.
 * **Probability of improvement** P(X > Y) = (1/M) Σ_m (1/(N K)) Σ_i Σ_j S(x_mi, y_mj), with
-  S = 1 if x > y, ½ if equal, 0 otherwise (Agarwal et al. 2021), CI by the same bootstrap.
+  S = 1 if x > y, ½ if equal, 0 otherwise (Agarwal et al. 2021); the report shows the point
+  estimate only (a percentile bootstrap of it from a few seeds is not a 95% interval).
 * **Per pair, over seeds** (only with ≥ 5 seeds per method): a paired t-test when both
   methods have the same seeds (a seed fixes the split and the few-shot draw, so runs pair
   up), else Welch's t-test; Holm-corrected within the pair. A t-test rather than Wilcoxon:
   with 5 seeds the smallest two-sided Wilcoxon p is 2/2⁵ = 0.0625 > 0.05.
 
 Comparisons are made within one label budget at a time; every table has a ``labels`` column.
+Methods are rows of the leaderboard: configurations, never pools (:func:`dabench.tables.entry_names`).
+
+Missing seeds. A cell (row × pair) with fewer completed seeds than planned (failed, diverged,
+skipped, running or not run) is **excluded**, never averaged over its survivors: such a row
+leaves the across-pair tests and the intervals of its budget, and the cell leaves the per-pair
+tests; ``notes`` name every excluded cell with its missing seeds and their status. Dropping a
+diverged seed and keeping the rest would rank a method that fails on one seed of three above
+one that completes all three.
 """
 from __future__ import annotations
 
@@ -48,8 +68,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .tables import _entry_names, budget_key
-from .selection import rule_title, select
+from .tables import budget_key, mean_interval, prepare
+from .selection import rule_title
 
 BLOCKS = ("pair", "pair-seed")
 MIN_SEEDS_PER_PAIR = 5
@@ -62,6 +82,65 @@ def rank_matrix(scores: np.ndarray, higher_is_better: bool = True) -> np.ndarray
     """Ranks within each row (block) of an N×k matrix; 1 = best, ties get the mean rank."""
     s = np.asarray(scores, dtype=float)
     return sps.rankdata(-s if higher_is_better else s, axis=1, method="average")
+
+
+EXACT_MAX_WORK = 4_000_000  # states × k! per convolution step above which the exact test is not tried
+PERMUTATION_REPS = 20_000
+PERMUTATION_MAX_BLOCKS = 10  # from N = 10 blocks on, the Iman–Davenport F approximation is used
+
+
+def friedman_exact_p(ranks: np.ndarray, max_work: int = EXACT_MAX_WORK) -> float | None:
+    """Exact P(Σ_j R_j² ≥ observed) under H0 for an N×k rank matrix; None when too large.
+
+    Under H0 each block's ranking is a uniformly random permutation of its own rank values
+    (midranks included), independently across blocks. The rank-sum vector's distribution
+    is the convolution over blocks of the per-block distributions (k! equally likely
+    permutations each); states are rank-sum vectors, encoded in one integer (ranks doubled
+    so midranks are integers; the last sum is implied by the total). Equivalent to
+    enumerating the (k!)^N outcomes, at a cost of (number of states) × k! per block.
+    """
+    r2 = np.rint(np.asarray(ranks, float) * 2).astype(np.int64)
+    n, k = r2.shape
+    if k > 8:
+        return None
+    base = int(r2.sum(axis=1).max()) * n + 1
+    if base ** (k - 1) >= 2**62:
+        return None
+    # states never exceed the k! ** i outcomes nor the rank-sum vectors possible (each sum has
+    # 2i(k−1) + 1 doubled values after i blocks): refuse up front what is far over the budget;
+    # the loop below stops as soon as one step would exceed it
+    if min(math.factorial(k) ** (n - 1), (2 * (n - 1) * (k - 1) + 1) ** (k - 1)) * math.factorial(k) > 20 * max_work:
+        return None
+    weights_pos = base ** np.arange(k - 1, dtype=np.int64)
+    codes = np.zeros(1, dtype=np.int64)
+    probs = np.ones(1)
+    for row in r2:
+        perms = np.array(list(itertools.permutations(row.tolist())), dtype=np.int64)
+        if len(codes) * len(perms) > max_work:
+            return None
+        pc = perms[:, : k - 1] @ weights_pos
+        new = (codes[:, None] + pc[None, :]).ravel()
+        w = np.repeat(probs / len(perms), len(perms))
+        codes, inv = np.unique(new, return_inverse=True)
+        probs = np.bincount(inv.ravel(), weights=w)
+    total = int(r2.sum())
+    sums = (codes[:, None] // weights_pos[None, :]) % base
+    last = total - sums.sum(axis=1)
+    stat = (sums.astype(float) ** 2).sum(axis=1) + last.astype(float) ** 2
+    obs = float((r2.sum(axis=0).astype(float) ** 2).sum())
+    return float(min(1.0, probs[stat >= obs - 1e-9].sum()))
+
+
+def friedman_permutation_p(ranks: np.ndarray, reps: int = PERMUTATION_REPS, seed: int = 0) -> float:
+    """Monte-Carlo permutation p-value of Σ_j R_j²: shuffle each block's ranks, (1 + #≥)/(1 + reps)."""
+    r = np.asarray(ranks, float)
+    n, k = r.shape
+    rng = np.random.default_rng(seed)
+    order = np.argsort(rng.random((reps, n, k)), axis=-1)
+    shuffled = np.take_along_axis(np.broadcast_to(r, (reps, n, k)), order, axis=-1)
+    stat = (shuffled.sum(axis=1) ** 2).sum(axis=-1)
+    obs = float((r.sum(axis=0) ** 2).sum())
+    return float((1 + np.sum(stat >= obs - 1e-9)) / (1 + reps))
 
 
 @dataclass(frozen=True)
@@ -80,9 +159,14 @@ class FriedmanResult:
     q_alpha: float
     cd: float
     cliques: tuple[tuple[str, ...], ...]
+    #: the p-value significance is decided on, and the test that gave it
+    p_value: float = math.nan
+    test: str = "Iman–Davenport F"
 
     @property
     def significant(self) -> bool:
+        if not math.isnan(self.p_value):
+            return bool(self.p_value < self.alpha)
         return bool(self.p_ff < self.alpha) if not math.isnan(self.p_ff) else bool(self.p_chi2 < self.alpha)
 
 
@@ -151,10 +235,20 @@ def friedman(scores: pd.DataFrame | np.ndarray, alpha: float = 0.05, tie_correct
         # outcome under H0 (all N rankings equal to the first, each of k! orders equally likely) is
         # (1/k!)^(N−1), which is the honest p-value here.
         p_ff = float(math.factorial(k) ** -(n - 1))
+    exact = friedman_exact_p(ranks)
+    if exact is not None:
+        p_value, test = exact, (f"exact permutation test (all ({k}!)^{n} = {math.factorial(k) ** n:,} "
+                                "within-block rank orders)")
+    elif n < PERMUTATION_MAX_BLOCKS:
+        p_value = friedman_permutation_p(ranks)
+        test = f"Monte-Carlo permutation test ({PERMUTATION_REPS:,} within-block shuffles)"
+    else:
+        p_value, test = p_ff, "Iman–Davenport F approximation"
     q = nemenyi_q(k, alpha)
     cd = q * math.sqrt(k * (k + 1) / (6 * n))
     avg = pd.Series(rbar, index=names).sort_values()
-    return FriedmanResult(labels, n, k, avg, chi2, p_chi2, ff, p_ff, alpha, q, cd, cd_cliques(avg, cd))
+    return FriedmanResult(labels, n, k, avg, chi2, p_chi2, ff, p_ff, alpha, q, cd, cd_cliques(avg, cd),
+                          p_value, test)
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -309,6 +403,7 @@ class Comparison:
         for f in self.friedman:
             txt = (f"Labels {f.labels}: Friedman over N = {f.n_blocks} {blocks}, k = {f.k} methods: "
                    f"χ²_F = {f.chi2:.3f} (p = {f.p_chi2:.3g}), F_F = {f.ff:.3f} (p = {f.p_ff:.3g}); "
+                   f"significance decided on the {f.test}: p = {f.p_value:.3g}. "
                    f"Nemenyi q_{self.alpha} = {f.q_alpha:.3f}, CD = {f.cd:.3f}. "
                    + ("The methods differ significantly." if f.significant else
                       "No significant difference among the methods.")
@@ -320,12 +415,18 @@ class Comparison:
             out.append(("Pairwise Wilcoxon signed-rank, Holm-corrected",
                         f"Over the same blocks; significant = Holm-adjusted p < {self.alpha}.", self.wilcoxon))
         if not self.bootstrap.empty:
-            out.append(("Stratified bootstrap 95% CIs (Agarwal et al. 2021)",
-                        "Mean = mean over pairs of the per-pair mean; IQM = interquartile mean of all runs. "
-                        "Seeds resampled within each pair.", self.bootstrap))
+            out.append(("Mean over pairs with 95% t-intervals",
+                        "Mean = mean over pairs of the per-pair mean over seeds; 95% interval = "
+                        "mean ± t·√(Σ s²/n)/P with Welch–Satterthwaite degrees of freedom (the Student "
+                        "t-interval with one pair), clipped to [0, 100]; it covers 95% under normal seed "
+                        "noise at 3 and at 10 seeds (a stratified percentile bootstrap covers only ~76% at "
+                        "1 pair × 3 seeds, so it is not used). IQM = interquartile mean of all runs, shown "
+                        "only from 4 runs on (with 3 runs it trims nothing and equals the mean); no interval.",
+                        self.bootstrap))
         if not self.improvement.empty:
             out.append(("Probability of improvement P(a > b)",
-                        "Averaged over pairs, ties count ½; 95% stratified-bootstrap CI.", self.improvement))
+                        "Averaged over pairs, ties count ½ (Agarwal et al. 2021). Point estimate only: a "
+                        "bootstrap interval from a few seeds per pair would not cover 95%.", self.improvement))
         if not self.per_pair.empty:
             out.append(("Per-pair tests over seeds",
                         f"Pairs with ≥ {MIN_SEEDS_PER_PAIR} seeds per method; paired t-test when seeds match, "
@@ -355,32 +456,47 @@ class Comparison:
         return "\n".join(parts)
 
 
-def selected_runs(df: pd.DataFrame, rule: str = "last") -> pd.DataFrame:
+def selected_runs(df: pd.DataFrame, rule: str = "last", where: list[str] | dict | None = None) -> pd.DataFrame:
     """Complete runs with a selected accuracy and an ``entry`` name (as in the leaderboard)."""
-    sel = select(df, rule)
-    sel = sel[(sel["status"] == "complete") & sel["accuracy"].notna()].copy()
-    if sel.empty:
-        sel["entry"] = []
-        return sel
-    names = _entry_names(sel[["method", "labels"]].drop_duplicates())
-    sel["entry"] = [names[(m, l)] for m, l in zip(sel["method"], sel["labels"])]
-    return sel
+    return prepare(df, rule, where)[0]
+
+
+def _excluded_cells(planned: pd.DataFrame, sel: pd.DataFrame, missing: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(entry, pair, description) of every cell with fewer completed seeds than planned."""
+    done = sel.groupby(["entry", "pair"]).size()
+    out = []
+    for r in planned.itertuples(index=False):
+        k = int(done.get((r.entry, r.pair), 0))
+        if k < r.n_planned:
+            m = missing[(missing["entry"] == r.entry) & (missing["pair"] == r.pair)]
+            why = ", ".join(f"seed {x.seed} {x.status}" for x in m.itertuples())
+            out.append((r.entry, r.pair, f"{r.entry} on {r.pair} ({k}/{r.n_planned} seeds; {why})"))
+    return out
 
 
 def compare(df: pd.DataFrame, rule: str = "last", blocks: str = "pair", alpha: float = 0.05,
-            reps: int = 2000, seed: int = 0, tie_correction: bool = False) -> Comparison:
-    """Friedman/Nemenyi, Wilcoxon–Holm, bootstrap CIs, P(improvement) and per-pair tests.
+            reps: int = 2000, seed: int = 0, tie_correction: bool = False,
+            where: list[str] | dict | None = None) -> Comparison:
+    """Friedman/Nemenyi, Wilcoxon–Holm, mean t-intervals, P(improvement) and per-pair tests.
 
-    Each label budget is compared on its own. Methods missing a block are left out of the
-    across-task tests of that budget (named in ``notes``).
+    Each label budget is compared on its own. Methods missing a block, or with a cell that
+    misses planned seeds, are left out of the across-task tests of that budget (named in
+    ``notes``). ``reps`` is kept for API compatibility (the intervals no longer bootstrap).
     """
     if blocks not in BLOCKS:
         raise ValueError(f"unknown blocks {blocks!r}; valid: {', '.join(BLOCKS)}")
-    sel = selected_runs(df, rule)
-    notes: list[str] = []
+    sel, planned, missing, notes = prepare(df, rule, where)
+    excluded = _excluded_cells(planned, sel, missing)
+    bad_cells = {(e, p) for e, p, _ in excluded}
+    bad_rows = {e for e, _ in bad_cells}
+    if excluded:
+        notes.append("Cells missing planned seeds are excluded, not averaged over their surviving seeds: "
+                     "their row leaves the across-pair tests and intervals, the cell leaves the per-pair "
+                     "tests. Excluded: " + "; ".join(d for _, _, d in excluded) + ".")
     fr, nem, wil, boot, poi, per = [], [], [], [], [], []
     for labels in sorted(sel["labels"].unique(), key=budget_key) if len(sel) else []:
-        s = sel[sel["labels"] == labels]
+        s_all = sel[sel["labels"] == labels]
+        s = s_all[~s_all["entry"].isin(bad_rows)]
         # ---- across tasks ---------------------------------------------------------
         if blocks == "pair":
             mat = s.pivot_table(index="pair", columns="entry", values="accuracy", aggfunc="mean")
@@ -414,30 +530,31 @@ def compare(df: pd.DataFrame, rule: str = "last", blocks: str = "pair", alpha: f
         else:
             notes.append(f"labels {labels}: across-task tests need ≥ 2 pairs/blocks and ≥ 2 methods "
                          f"with all of them (have {mat.shape[0]} × {mat.shape[1]}).")
-        # ---- bootstrap and probability of improvement (over pairs, seeds as runs) --
+        # ---- mean t-intervals and probability of improvement (over pairs) -----------
         runs = {e: {p: g["accuracy"].to_numpy() for p, g in ge.groupby("pair")}
                 for e, ge in s.groupby("entry")}
-        pairs_all = sorted(s["pair"].unique())
+        pairs_all = sorted(s_all["pair"].unique())
         order = list(fr[-1].avg_ranks.index) if fr and fr[-1].labels == labels else sorted(runs)
         order += [e for e in sorted(runs) if e not in order]
-        for i, e in enumerate(order):
+        for e in order:
             r = runs[e]
-            m, mlo, mhi = stratified_bootstrap_ci(r, aggregate_mean, reps, seed=seed + i)
-            q, qlo, qhi = stratified_bootstrap_ci(r, aggregate_iqm, reps, seed=seed + i)
-            boot.append(dict(labels=labels, method=e, pairs=len(r), runs=sum(map(len, r.values())),
-                             mean=m, mean_lo=mlo, mean_hi=mhi, iqm=q, iqm_lo=qlo, iqm_hi=qhi,
-                             all_pairs=len(r) == len(pairs_all)))
-        for i, (a, b) in enumerate(itertools.combinations(order, 2)):
+            tasks = list(r.values())
+            m, lo, hi = (float(v) for v in mean_interval(tasks))
+            n_runs = sum(map(len, tasks))
+            # trim_mean(0.25) drops int(0.25 n) runs per side: nothing below 4 runs, so IQM = mean
+            q = float(aggregate_iqm(tasks)) if n_runs >= 4 else math.nan
+            boot.append(dict(labels=labels, method=e, pairs=len(r), runs=n_runs,
+                             mean=m, ci95_low=lo, ci95_high=hi, iqm=q, all_pairs=len(r) == len(pairs_all)))
+        for a, b in itertools.combinations(order, 2):
             common = sorted(set(runs[a]) & set(runs[b]))
             if not common:
                 continue
-            p, lo, hi = probability_of_improvement({t: runs[a][t] for t in common},
-                                                   {t: runs[b][t] for t in common}, reps, seed=seed + i)
-            poi.append(dict(labels=labels, a=a, b=b, pairs=len(common), p_improvement=p, lo=lo, hi=hi))
+            p = float(_poi([runs[a][t] for t in common], [runs[b][t] for t in common]))
+            poi.append(dict(labels=labels, a=a, b=b, pairs=len(common), p_improvement=p))
         # ---- per pair over seeds ------------------------------------------------
-        for pair, g in s.groupby("pair"):
+        for pair, g in s_all.groupby("pair"):
             vals = {e: ge.set_index("seed")["accuracy"] for e, ge in g.groupby("entry")
-                    if len(ge) >= MIN_SEEDS_PER_PAIR}
+                    if len(ge) >= MIN_SEEDS_PER_PAIR and (e, pair) not in bad_cells}
             rows = []
             for a, b in itertools.combinations(sorted(vals, key=lambda e: -vals[e].mean()), 2):
                 xa, xb = vals[a], vals[b]

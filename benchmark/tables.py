@@ -1,14 +1,26 @@
 """Leaderboard: methods × pairs, mean ± std over seeds with a 95% CI, average, rank, gain.
 
-Cell statistics (per method, label budget and pair, over the seeds' selected accuracies):
+Cell statistics (per row and pair, over the seeds' selected accuracies):
 
 * mean and sample standard deviation (ddof = 1; shown as "–" with one seed);
 * 95% confidence interval of the mean from the t distribution,
-  mean ± t_{0.975, n−1} · s / √n (undefined, "–", with one seed).
+  mean ± t_{0.975, n−1} · s / √n (undefined, "–", with one seed), clipped to [0, 100]
+  (the true mean lies there, so clipping never lowers coverage). Under normal seed-to-seed
+  noise it covers exactly 95% at any n ≥ 2 (at n = 2, t₁ = 12.7 makes it uninformative and
+  the legend says so). See :func:`mean_interval`.
 
-Rows are (method, label budget): a method run with 0 and with 5 labels per class gives two
-rows, and every row shows its budget in the ``labels`` column, so budgets never mix
-silently. *Best* and *tied* marks, ranks and averages are computed **within one budget**.
+Rows are **configurations**, never pools: a row is a method, its label budget and every
+setting of its run spec except the seed (see :func:`dabench.results.spec_settings`).
+Configurations of one method that differ on some pair become separate rows named by what
+differs, e.g. ``dann (steps=2000)``; a method with several budgets shows them, e.g.
+``dann (0)`` / ``dann (5/class)``. *Best* and *tied* marks, ranks and averages are computed
+**within one budget**. A cell never holds the same seed twice.
+
+Missing seeds. The planned seeds of a cell are those of the folder's ``matrix.json`` and of
+every record of that configuration and pair, whatever its status. A cell with fewer
+completed seeds than planned shows ``(k/n)``; its mean is over the k completed seeds, it is
+never marked best or †, and its row's avg and rank carry ``*``. The runs left out are listed
+(``Leaderboard.missing``) with their status and the first line of their error.
 
 Marks: the best mean of each column (within its budget) is **bold**; an entry that is *not
 significantly worse* than that best is marked too (underlined in HTML/LaTeX, "†" in
@@ -25,6 +37,7 @@ from __future__ import annotations
 
 import csv
 import html
+import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -34,6 +47,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from .results import filter_runs, label_budget
 from .selection import rule_title, select
 
 SOURCE_ONLY = ("source-only", "source_only")
@@ -49,16 +63,54 @@ def budget_key(labels: str) -> tuple[int, str]:
         return (10**9, str(labels))
 
 
-def mean_ci(x: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:
-    """(mean, std, ci_low, ci_high) of ``x`` with a t-distribution CI; std/CI NaN for n < 2."""
+BOUNDS = (0.0, 100.0)
+
+
+def mean_interval(tasks: list[np.ndarray] | np.ndarray, level: float = 0.95,
+                  bounds: tuple[float, float] | None = BOUNDS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over tasks of the per-task mean run score, with its t-interval.
+
+    With P tasks (pairs), n_p runs (seeds) and sample variance s_p² on task p, the estimate
+    is m = (1/P) Σ_p x̄_p with variance v = (1/P²) Σ_p s_p²/n_p, and the interval is
+    m ± t_{(1+level)/2, ν} √v with Welch–Satterthwaite degrees of freedom
+    ν = (Σ_p s_p²/n_p)² / Σ_p (s_p²/n_p)²/(n_p − 1) (Satterthwaite 1946). With one task this
+    is the exact Student t-interval of the mean. Bounds clip the interval to the range the
+    true mean lives in (accuracy in %). NaN interval when a task has fewer than 2 runs.
+
+    Vectorised: each task may be an array (..., n_p) (e.g. replicates × runs of a simulation);
+    the results then have the leading shape. This is the interval the leaderboard cells and
+    :func:`dabench.stats.compare` report.
+    """
+    if isinstance(tasks, np.ndarray):
+        tasks = [tasks]
+    tasks = [np.asarray(t, dtype=float) for t in tasks]
+    mean = np.mean([t.mean(axis=-1) for t in tasks], axis=0)
+    ns = [t.shape[-1] for t in tasks]
+    if min(ns) < 2:
+        nan = np.full_like(mean, np.nan)
+        return mean, nan, nan
+    u = np.array([t.var(axis=-1, ddof=1) / t.shape[-1] for t in tasks])  # s_p² / n_p
+    v = u.sum(axis=0) / len(tasks) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dof = u.sum(axis=0) ** 2 / np.sum([ui**2 / (n - 1) for ui, n in zip(u, ns)], axis=0)
+    dof = np.where(np.isfinite(dof), dof, float(sum(n - 1 for n in ns)))  # zero spread: width 0 anyway
+    half = sps.t.ppf(0.5 + level / 2, dof) * np.sqrt(v)
+    lo, hi = mean - half, mean + half
+    if bounds is not None:
+        lo, hi = np.clip(lo, *bounds), np.clip(hi, *bounds)
+    return mean, lo, hi
+
+
+def mean_ci(x: np.ndarray, level: float = 0.95,
+            bounds: tuple[float, float] | None = BOUNDS) -> tuple[float, float, float, float]:
+    """(mean, std, ci_low, ci_high) of ``x``: the t-interval of :func:`mean_interval`; std/CI NaN for n < 2."""
     x = np.asarray(x, dtype=float)
     n = len(x)
     m = float(np.mean(x)) if n else math.nan
     if n < 2:
         return m, math.nan, math.nan, math.nan
-    s = float(np.std(x, ddof=1))
-    half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * s / math.sqrt(n)
-    return m, s, m - half, m + half
+    _, lo, hi = mean_interval([x], level, bounds)
+    return m, float(np.std(x, ddof=1)), float(lo), float(hi)
 
 
 def welch_less_p(x: np.ndarray, best: np.ndarray) -> float:
@@ -95,11 +147,14 @@ class Leaderboard:
     tied: pd.DataFrame
     pairs: tuple[str, ...]
     notes: tuple[str, ...] = field(default=())
+    #: planned runs left out of the means (entry, method, labels, pair, seed, status, detail, run_id)
+    missing: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=MISSING_COLUMNS))
 
     # ---- text exports -------------------------------------------------------------
     def legend(self) -> list[str]:
         lines = [
-            "Cells: mean ± std over seeds [95% t-interval of the mean]; accuracy in %.",
+            "Cells: mean ± std over seeds [95% t-interval of the mean]; accuracy in %. "
+            "A row is one configuration (method + every run setting but the seed).",
             f"Bold = best of the column within a label budget; † = not significantly worse "
             f"than the best ({TEST_NAME}).",
             "labels = target labels used per row (0 = unsupervised DA). Ranks, bests and gains "
@@ -127,7 +182,7 @@ class Leaderboard:
         """A GitHub pipe table padded to align in a terminal, with title and legend."""
         head = [f"## {self.title}", ""]
         if self.table.empty:
-            return "\n".join(head + ["(no complete runs)", *self.notes]) + "\n"
+            return "\n".join(head + ["(no complete runs)", *self.notes, *missing_markdown(self.missing)]) + "\n"
         t = self._marked("md")
         cols = [t.index.name or "method", *t.columns]
         rows = [[str(i), *map(str, r)] for i, r in zip(t.index, t.to_numpy())]
@@ -135,7 +190,7 @@ class Leaderboard:
         fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
         sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
         body = [fmt(cols), sep, *(fmt(r) for r in rows)]
-        return "\n".join(head + body + [""] + self.legend()) + "\n"
+        return "\n".join(head + body + [""] + self.legend() + missing_markdown(self.missing)) + "\n"
 
     def __str__(self) -> str:
         return self.to_markdown()
@@ -145,7 +200,7 @@ class Leaderboard:
         path = Path(path)
         header = ["method", "labels", "seeds"]
         for p in self.pairs:
-            header += [f"{p} mean", f"{p} std", f"{p} ci95_low", f"{p} ci95_high", f"{p} n"]
+            header += [f"{p} mean", f"{p} std", f"{p} ci95_low", f"{p} ci95_high", f"{p} n", f"{p} planned"]
         header += ["avg", "rank", "gain_vs_source_only", "rule"]
         with path.open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
@@ -155,11 +210,11 @@ class Leaderboard:
                 for p in self.pairs:
                     c = self.cells[(self.cells["entry"] == entry) & (self.cells["pair"] == p)]
                     if c.empty:
-                        row += ["", "", "", "", 0]
+                        row += ["", "", "", "", 0, 0]
                     else:
                         c = c.iloc[0]
                         row += [_num(c["mean"]), _num(c["std"]), _num(c["ci_low"]),
-                                _num(c["ci_high"]), int(c["n"])]
+                                _num(c["ci_high"]), int(c["n"]), int(c["planned"])]
                 row += [_num(srow["avg"]), _num(srow["rank"]), _num(srow["gain"]), self.rule]
                 w.writerow(row)
         return path
@@ -215,35 +270,162 @@ def _tex_escape(s: str) -> str:
     return "".join(_TEX.get(ch, ch) for ch in s)
 
 
-def _entry_names(pairs: pd.DataFrame) -> dict[tuple[str, str], str]:
-    """Row names: the method, or "method (k/class)" when a method has several budgets."""
-    counts = pairs.groupby("method")["labels"].nunique()
-    return {(m, l): (m if counts[m] == 1 else f"{m} ({l})") for m, l in pairs.itertuples(index=False)}
+def _short_key(key: str, method: str, settings_keys: set[str]) -> str:
+    """``dann.trade_off`` → ``trade_off`` unless that bare name is itself a setting."""
+    prefix = f"{method}."
+    if key.startswith(prefix) and key[len(prefix):] not in settings_keys:
+        return key[len(prefix):]
+    return key
 
 
-def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95) -> Leaderboard:
-    """Build the leaderboard of ``df`` (from :func:`~dabench.results.load_results`) under ``rule``."""
-    title = f"Target accuracy (%) — selection rule: {rule_title(rule)}"
-    sel = select(df, rule)
-    sel = sel[(sel["status"] == "complete") & sel["accuracy"].notna()]
+def _show(v: object) -> str:
+    return json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
+
+
+def entry_names(df: pd.DataFrame) -> list[str]:
+    """The row name of every run of ``df``: its method, plus what tells its configuration apart.
+
+    Runs of one method and label budget are split by the settings whose values vary among
+    that method's configurations **within one pair** (varying only across pairs, as pair-
+    default schedules do, does not split a row). A method with several budgets shows the
+    budget. Names are made unique with ``#2``, ``#3`` … should two rows still print alike.
+    """
+    if df.empty:
+        return []
+    labels = [label_budget(p, k) for p, k in zip(df["protocol"], df["target_shots"])]
+    methods = [str(m) for m in df["method"]]
+    settings = list(df["settings"])
+    pairs = [str(p) for p in df["pair"]]
+    budgets: dict[str, set[str]] = {}
+    for m, l in zip(methods, labels):
+        budgets.setdefault(m, set()).add(l)
+    varying: dict[tuple[str, str], list[str]] = {}
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for m, l, p, st in zip(methods, labels, pairs, settings):
+        groups.setdefault((m, l, p), []).append(st)
+    for (m, l, _), sts in groups.items():
+        keys = set().union(*sts) - {"method"}
+        v = {k for k in keys if len({_show(st.get(k)) for st in sts}) > 1}
+        varying[(m, l)] = sorted(set(varying.get((m, l), [])) | v)
+    names: dict[tuple, str] = {}
+    out = []
+    for m, l, st in zip(methods, labels, settings):
+        keys = varying[(m, l)]
+        ident = (m, l, tuple(_show(st.get(k)) for k in keys))
+        if ident not in names:
+            parts = [l] if len(budgets[m]) > 1 else []
+            parts += [f"{_short_key(k, m, set(st))}={_show(st.get(k))}" for k in keys]
+            name = f"{m} ({', '.join(parts)})" if parts else m
+            taken = set(names.values())
+            base, i = name, 2
+            while name in taken:
+                name, i = f"{base} #{i}", i + 1
+            names[ident] = name
+        out.append(names[ident])
+    return out
+
+
+def _missing_detail(row: pd.Series, rule: str) -> str:
+    """Why a planned run is not in the means, in one line."""
+    status = str(row["status"])
+    if status == "complete":
+        return f"complete, but its curve has no score for rule {rule!r}"
+    if status == "diverged":
+        step = row.get("diverged_at_step")
+        first = f"non-finite loss at step {int(step)}" if pd.notna(step) else "non-finite loss"
+        return first + (f"; {row['error']}" if isinstance(row.get("error"), str) and row["error"] else "")
+    if status == "pending":
+        return "no record yet (planned in matrix.json)"
+    if status == "running":
+        return "running (no result yet)"
+    return str(row["error"]) if isinstance(row.get("error"), str) and row["error"] else status
+
+
+MISSING_COLUMNS = ["entry", "method", "labels", "pair", "seed", "status", "detail", "run_id"]
+
+
+def prepare(df: pd.DataFrame, rule: str = "last",
+            where: list[str] | dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
+    """Shared by the leaderboard, the statistics and the figures.
+
+    Returns ``(runs, planned, missing, notes)``: ``runs`` the complete runs with a selected
+    ``accuracy`` and their row name ``entry`` (one run per entry, pair and seed); ``planned``
+    one row per (entry, pair) with ``planned`` (sorted seed tuple) and ``n_planned``;
+    ``missing`` one row per planned run not in ``runs`` (status and a one-line detail).
+    """
+    df = filter_runs(df, where)
     notes: list[str] = []
-    n_other = int((df["status"] != "complete").sum()) if len(df) else 0
-    if n_other:
-        notes.append(f"{n_other} run(s) not complete (failed/diverged/running/skipped) are left out.")
+    if df.empty:
+        empty = pd.DataFrame(columns=[*df.columns, "entry", "labels", "accuracy"])
+        return empty, pd.DataFrame(columns=["entry", "method", "labels", "pair", "planned", "n_planned"]), \
+            pd.DataFrame(columns=MISSING_COLUMNS), notes
+    allr = select(df, rule)
+    allr["entry"] = entry_names(allr)
+    ok = allr[(allr["status"] == "complete") & allr["accuracy"].notna()]
+    dup = ok.duplicated(["entry", "pair", "seed"], keep="first")
+    if dup.any():
+        notes.append("same configuration, pair and seed recorded twice (first kept): "
+                     + ", ".join(sorted(map(str, ok.loc[dup, "run_id"]))))
+        ok = ok[~dup]
+    known = allr[allr["seed"].notna()]
+    planned = (known.groupby(["entry", "method", "labels", "pair"], sort=False)["seed"]
+               .agg(lambda s: tuple(sorted({int(x) for x in s}))).rename("planned").reset_index())
+    planned["n_planned"] = planned["planned"].map(len)
+    done = set(zip(ok["entry"], ok["pair"], ok["seed"].astype(int)))
+    miss = []
+    order = {"complete": 9, "pending": 8}  # a failure explains a gap better than a pending spec
+    for r in known.sort_values("status", key=lambda s: s.map(lambda x: order.get(x, 0))).itertuples():
+        key = (r.entry, r.pair, int(r.seed))
+        if key in done:
+            continue
+        done.add(key)
+        row = known.loc[r.Index]
+        miss.append(dict(entry=r.entry, method=r.method, labels=r.labels, pair=r.pair, seed=int(r.seed),
+                         status=r.status, detail=_missing_detail(row, rule), run_id=r.run_id))
+    missing = pd.DataFrame(miss, columns=MISSING_COLUMNS).sort_values(["entry", "pair", "seed"])
+    return ok.copy(), planned, missing.reset_index(drop=True), notes
+
+
+def missing_markdown(missing: pd.DataFrame, limit: int = 40) -> list[str]:
+    """Lines listing the planned runs left out of the means (for the text report)."""
+    if missing.empty:
+        return []
+    lines = ["", f"### Runs not in the means ({len(missing)})", ""]
+    for r in missing.head(limit).itertuples():
+        lines.append(f"- {r.entry} | {r.pair} | seed {r.seed} | {r.status} | {r.detail}")
+    if len(missing) > limit:
+        lines.append(f"- … and {len(missing) - limit} more (see report.html)")
+    return lines
+
+
+def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95,
+                where: list[str] | dict | None = None) -> Leaderboard:
+    """Build the leaderboard of ``df`` (from :func:`~dabench.results.load_results`) under ``rule``.
+
+    ``where`` (``["steps=2000"]`` or ``{"steps": 2000}``) keeps only matching configurations,
+    see :func:`dabench.results.filter_runs`.
+    """
+    title = f"Target accuracy (%) — selection rule: {rule_title(rule)}"
+    sel, planned, missing, notes = prepare(df, rule, where)
+    if len(missing):
+        counts = missing["status"].value_counts()
+        notes.append(f"{len(missing)} run(s) not complete (failed/diverged/running/skipped/pending) "
+                     "are left out of the means: "
+                     + ", ".join(f"{v} {k}" for k, v in counts.items()) + "; listed below.")
     if sel.empty:
         empty = pd.DataFrame()
-        return Leaderboard(rule, title, empty, pd.DataFrame(), pd.DataFrame(), empty, empty, (), tuple(notes))
+        return Leaderboard(rule, title, empty, pd.DataFrame(), pd.DataFrame(), empty, empty, (), tuple(notes),
+                           missing)
 
-    pairs = tuple(sorted(sel["pair"].astype(str).unique()))
-    keys = sel[["method", "labels"]].drop_duplicates()
-    names = _entry_names(keys)
-    sel = sel.assign(entry=[names[(m, l)] for m, l in zip(sel["method"], sel["labels"])])
+    pairs = tuple(sorted(planned["pair"].astype(str).unique()))
 
     # ---- per-cell statistics -------------------------------------------------------
     rows = []
-    for (entry, method, labels, pair), g in sel.groupby(["entry", "method", "labels", "pair"], sort=False):
+    for r in planned.itertuples(index=False):
+        g = sel[(sel["entry"] == r.entry) & (sel["pair"] == r.pair)]
         m, s, lo, hi = mean_ci(g["accuracy"].to_numpy(), level)
-        rows.append(dict(entry=entry, method=method, labels=labels, pair=pair, n=len(g), mean=m,
+        rows.append(dict(entry=r.entry, method=r.method, labels=r.labels, pair=r.pair, n=len(g),
+                         planned=r.n_planned, complete=len(g) == r.n_planned, mean=m,
                          std=s, ci_low=lo, ci_high=hi, values=g["accuracy"].to_numpy(),
                          seeds=tuple(sorted(int(x) for x in g["seed"].dropna()))))
     cells = pd.DataFrame(rows)
@@ -252,42 +434,57 @@ def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95) -> Le
     cells["p_vs_best"] = np.nan
     cells["rank"] = np.nan
     for (labels, pair), g in cells.groupby(["labels", "pair"]):
-        b = g["mean"].idxmax()
-        cells.loc[b, "best"] = True
+        g = g[g["n"] > 0]
+        if g.empty:
+            continue
         cells.loc[g.index, "rank"] = g["mean"].rank(ascending=False, method="average")
+        eligible = g[g["complete"]]  # a cell missing seeds is never called best or tied
+        if eligible.empty:
+            continue
+        b = eligible["mean"].idxmax()
+        cells.loc[b, "best"] = True
         for i in g.index:
             if i == b:
                 continue
             p = welch_less_p(cells.at[i, "values"], cells.at[b, "values"])
             cells.at[i, "p_vs_best"] = p
-            cells.at[i, "tied"] = bool(p > ALPHA) if not math.isnan(p) else False
+            cells.at[i, "tied"] = bool(p > ALPHA) and bool(cells.at[i, "complete"]) if not math.isnan(p) else False
 
     # ---- per-row summary -----------------------------------------------------------
     summ = []
-    for (method, labels), entry in names.items():
-        c = cells[cells["entry"] == entry]
-        complete = set(c["pair"]) == set(pairs)
+    for entry, c in cells.groupby("entry", sort=False):
+        c = c[c["n"] > 0]
+        if c.empty:
+            c = cells[cells["entry"] == entry]
+        allp = set(c["pair"]) == set(pairs) and (c["n"] > 0).all()
         seeds_n = sorted(set(c["n"]))
-        summ.append(dict(entry=entry, method=method, labels=labels,
+        summ.append(dict(entry=entry, method=c["method"].iloc[0], labels=c["labels"].iloc[0],
                          seeds=str(seeds_n[0]) if len(seeds_n) == 1 else f"{seeds_n[0]}–{seeds_n[-1]}",
-                         avg=float(c["mean"].mean()) if complete else math.nan,
-                         rank=float(c["rank"].mean()), n_pairs=len(c)))
+                         avg=float(c["mean"].mean()) if allp else math.nan,
+                         rank=float(c["rank"].mean()) if c["rank"].notna().any() else math.nan,
+                         n_pairs=int((c["n"] > 0).sum()),
+                         incomplete=not bool(cells.loc[cells["entry"] == entry, "complete"].all())))
     summary = pd.DataFrame(summ).set_index("entry")
     if (~summary["avg"].notna()).any():
         notes.append("avg is shown only for rows with results on every pair.")
-    # Gain over source-only: same pairs, source-only's UDA row (budget "0").
-    so = cells[cells["method"].isin(SOURCE_ONLY) & (cells["labels"] == "0")].set_index("pair")["mean"]
+    # Gain over source-only: same pairs, source-only's UDA row (budget "0"); with several
+    # source-only configurations the gain is against the first (named in a note).
+    so_cells = cells[cells["method"].isin(SOURCE_ONLY) & (cells["labels"] == "0") & (cells["n"] > 0)]
+    so_entries = list(dict.fromkeys(so_cells["entry"]))
+    if len(so_entries) > 1:
+        notes.append(f"gain vs source-only is against the row {so_entries[0]!r}.")
+    so = so_cells[so_cells["entry"] == so_entries[0]].set_index("pair")["mean"] if so_entries else pd.Series(dtype=float)
     has_gain = not so.empty
     gains = []
     for entry in summary.index:
-        c = cells[cells["entry"] == entry].set_index("pair")["mean"]
+        c = cells[(cells["entry"] == entry) & (cells["n"] > 0)].set_index("pair")["mean"]
         common = c.index.intersection(so.index)
         is_so = summary.at[entry, "method"] in SOURCE_ONLY and summary.at[entry, "labels"] == "0"
         gains.append(math.nan if (is_so or len(common) == 0) else float((c[common] - so[common]).mean()))
     summary["gain"] = gains
     summary = summary.loc[sorted(summary.index, key=lambda e: (
         budget_key(summary.at[e, "labels"]), summary.at[e, "method"] not in SOURCE_ONLY,
-        summary.at[e, "rank"], e))]
+        summary.at[e, "rank"] if not math.isnan(summary.at[e, "rank"]) else math.inf, e))]
     summary.index.name = "method"
 
     # ---- display strings + marks ---------------------------------------------------
@@ -306,19 +503,33 @@ def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95) -> Le
                 col.append("–"); bcol.append(False); tcol.append(False)
                 continue
             c = c.iloc[0]
+            frac = "" if c["complete"] else f" ({c['n']}/{c['planned']})"
+            if c["n"] == 0:
+                col.append(f"–{frac}"); bcol.append(False); tcol.append(False)
+                continue
             ci = "" if math.isnan(c["ci_low"]) else f" [{c['ci_low']:.1f}, {c['ci_high']:.1f}]"
-            col.append(f"{c['mean']:.1f} ± {_fmt(c['std'])}{ci}")
+            col.append(f"{c['mean']:.1f} ± {_fmt(c['std'])}{ci}{frac}")
             bcol.append(bool(c["best"])); tcol.append(bool(c["tied"]))
         table[p], best[p], tied[p] = col, bcol, tcol
-    table["avg"] = [_fmt(v) for v in summary["avg"]]
-    table["rank"] = [_fmt(v, 2) for v in summary["rank"]]
-    best["avg"] = _best_within(summary, "avg", maximise=True)
-    best["rank"] = _best_within(summary, "rank", maximise=False)
+    star = ["*" if inc else "" for inc in summary["incomplete"]]
+    table["avg"] = [_fmt(v) + (s if not math.isnan(v) else "") for v, s in zip(summary["avg"], star)]
+    table["rank"] = [_fmt(v, 2) + (s if not math.isnan(v) else "") for v, s in zip(summary["rank"], star)]
+    ok_rows = ~summary["incomplete"]
+    best["avg"] = [b and o for b, o in zip(_best_within(summary[ok_rows].reindex(summary.index), "avg", True), ok_rows)]
+    best["rank"] = [b and o for b, o in zip(_best_within(summary[ok_rows].reindex(summary.index), "rank", False), ok_rows)]
     tied["avg"] = tied["rank"] = False
     if has_gain:
         table["gain vs source-only"] = [("–" if math.isnan(v) else f"{v:+.1f}") for v in summary["gain"]]
         best["gain vs source-only"] = tied["gain vs source-only"] = False
-    return Leaderboard(rule, title, table, cells, summary, best, tied, pairs, tuple(notes))
+    if (~cells["complete"]).any():
+        notes.append("(k/n) = k of the n planned seeds completed; the mean is over those k. Such a cell is "
+                     "never marked best or †, and its row's avg and rank carry *.")
+    if ((cells["n"] == 2)).any():
+        notes.append("With 2 seeds the 95% t-interval is mean ± 12.7·s/√2 (t with 1 d.o.f.): too wide to "
+                     "inform; run ≥ 3 seeds.")
+    if ((cells["ci_low"] == BOUNDS[0]) | (cells["ci_high"] == BOUNDS[1])).any():
+        notes.append("Intervals are clipped to [0, 100].")
+    return Leaderboard(rule, title, table, cells, summary, best, tied, pairs, tuple(notes), missing)
 
 
 def _best_within(summary: pd.DataFrame, col: str, maximise: bool) -> list[bool]:
