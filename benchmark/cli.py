@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--rule", default="last", help="model-selection rule: last, source-val, entropy, im, snd, oracle")
     rep.add_argument("--format", default="md,csv", help="comma-separated: md,csv,tex,html (default: md,csv)")
     rep.add_argument("--out", type=pathlib.Path, default=None, help="output folder (default: the first DIR)")
+    rep.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                     help="keep only matching configurations (repeatable): a schedule key (steps, lr ...), "
+                          "a hyperparameter (trade_off or dann.trade_off), backbone, target_shots, method, "
+                          "pair or seed; a comma list means any of")
     rep.add_argument("--tsne", metavar="RUN_ID", default=None,
                      help="add a t-SNE of source/target features, source-only vs this run (both run "
                           "with --set save_features=true)")
@@ -220,8 +224,9 @@ def _report(args: argparse.Namespace) -> int:
     valid = {"md", "csv", "tex", "html"}
     if not set(formats) <= valid:
         raise MatrixError(f"--format: unknown {sorted(set(formats) - valid)}; valid: md, csv, tex, html")
-    paths = write_report(args.dirs, rule=args.rule, formats=formats, out=args.out, tsne=args.tsne)
-    print(report_text(args.dirs, rule=args.rule))
+    paths = write_report(args.dirs, rule=args.rule, formats=formats, out=args.out, tsne=args.tsne,
+                         where=args.where)
+    print(report_text(args.dirs, rule=args.rule, where=args.where))
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")
     return 0

@@ -53,7 +53,11 @@ def _entries_in_order(lb: Leaderboard) -> list[str]:
 
 
 def accuracy_figure(lb: Leaderboard) -> Figure | None:
-    """Grouped bars: mean accuracy per pair and method, error bars = 95% t-interval over seeds."""
+    """Grouped bars: mean accuracy per pair and row, error bars = 95% t-interval over seeds.
+
+    The intervals are the leaderboard's (clipped to [0, 100]); the axis is 0–100. A cell that
+    misses planned seeds is hatched and its label says k/n.
+    """
     if lb.cells.empty:
         return None
     entries, pairs = _entries_in_order(lb), list(lb.pairs)
@@ -67,11 +71,17 @@ def accuracy_figure(lb: Leaderboard) -> Figure | None:
         mean = sub["mean"].to_numpy(float)
         lo = np.nan_to_num(mean - sub["ci_low"].to_numpy(float))
         hi = np.nan_to_num(sub["ci_high"].to_numpy(float) - mean)
-        ax.bar(x + (i - (len(entries) - 1) / 2) * width, mean, width, yerr=[lo, hi], capsize=2,
-               label=e, color=c, edgecolor="none")
+        bars = ax.bar(x + (i - (len(entries) - 1) / 2) * width, mean, width, yerr=[lo, hi], capsize=2,
+                      label=e, color=c, edgecolor="none")
+        if "complete" in sub:
+            for bar, done in zip(bars, sub["complete"].fillna(True)):
+                if not bool(done):
+                    bar.set_hatch("//"); bar.set_edgecolor("k")
     ax.set_xticks(x, pairs, rotation=20 if len(pairs) > 3 else 0)
     ax.set_ylabel("target accuracy (%)")
-    ax.set_title(f"Accuracy per pair (rule: {lb.rule}); bars: 95% CI over seeds", fontsize=9)
+    ax.set_ylim(0, 100)
+    hatch = "; hatched: seeds missing" if "complete" in lb.cells and (~lb.cells["complete"]).any() else ""
+    ax.set_title(f"Accuracy per pair (rule: {lb.rule}); bars: 95% CI over seeds{hatch}", fontsize=9)
     ax.legend(fontsize=7, ncols=min(4, len(entries)), loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     return fig
@@ -128,6 +138,9 @@ def learning_curves(df: pd.DataFrame, rule: str = "last", metric: str = "target_
                      hue_order=hue_order, errorbar="sd", ax=ax, marker="o", markersize=3,
                      legend=pair == pairs[0])
         ax.set_title(pair, fontsize=9); ax.set_ylabel(metric); ax.grid(alpha=0.3)
+        if metric == "target_acc":  # the ± sd band must not suggest accuracies outside [0, 100]
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(max(0.0, lo), min(100.0, hi))
     for ax in list(axes.flat)[len(pairs):]:
         ax.set_visible(False)
     return fig

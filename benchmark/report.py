@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import figures as F
 from .tables import Leaderboard, leaderboard
-from .results import load_results
+from .results import filter_runs, load_results
 from .selection import RULES, check_rule, rule_regret, rule_title
 from .stats import Comparison, compare, html_table, md_table
 
@@ -56,15 +56,44 @@ def _check_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
     return tuple(formats)
 
 
-def report_text(dirs: str | Path | Iterable[str | Path], rule: str = "last") -> str:
-    """The Markdown leaderboard the CLI prints for ``dabench report``."""
+def validator_notes(df: pd.DataFrame) -> list[str]:
+    """Notes on where the label-free validators (entropy, IM, SND) were computed.
+
+    New records carry ``"validators": {"split", "samples", "overlaps_evaluation"}``; records
+    without it (older ones) computed them on the evaluation images.
+    """
+    if df.empty or "validators" not in df:
+        return []
+    real = df[df["status"] != "pending"]
+    out = []
+    vals = list(real["validators"])
+    overlap = sorted({str(p) for p, v in zip(real["pair"], vals)
+                      if isinstance(v, dict) and v.get("overlaps_evaluation") is True})
+    if overlap:
+        out.append("Transductive: the label-free validators see the evaluated images on "
+                   + ", ".join(overlap) + " (entropy/IM/SND selection there uses the test images, unlabelled).")
+    old = sum(1 for v in vals if not isinstance(v, dict))
+    if old:
+        out.append(f"{old} record(s) have no 'validators' field (older records): their entropy/IM/SND were "
+                   "computed on the evaluation images.")
+    return out
+
+
+def report_text(dirs: str | Path | Iterable[str | Path], rule: str = "last",
+                where: list[str] | dict | None = None) -> str:
+    """The Markdown leaderboard the CLI prints for ``dabench report``, with the runs left out
+    of the means (method, pair, seed, status, first error line) and the validator notes."""
     check_rule(rule)
-    return leaderboard(load_results(*_dirs(dirs)), rule).to_markdown()
+    df = load_results(*_dirs(dirs))
+    text = leaderboard(df, rule, where=where).to_markdown()
+    notes = validator_notes(filter_runs(df, where))
+    return text + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
 def write_report(dirs: str | Path | Iterable[str | Path], rule: str = "last",
                  formats: Sequence[str] | str = ("md", "csv"), out: str | Path | None = None,
-                 reps: int = 2000, tsne: str | None = None) -> dict[str, Path]:
+                 reps: int = 2000, tsne: str | None = None,
+                 where: list[str] | dict | None = None) -> dict[str, Path]:
     """Write leaderboard exports (``leaderboard.<fmt>``), figures and ``report.html``.
 
     Args:
@@ -76,6 +105,8 @@ def write_report(dirs: str | Path | Iterable[str | Path], rule: str = "last",
         tsne: a run id (or unique prefix) whose saved features, beside those of the source-only
             run of the same pair and seed, make a t-SNE figure (runs save features when run
             with ``--set save_features=true``).
+        where: ``["steps=2000", …]`` keeps only matching configurations
+            (:func:`dabench.results.filter_runs`).
 
     Returns:
         name → path: the formats, ``"report"`` (report.html) and ``"figures"`` (folder).
@@ -85,7 +116,7 @@ def write_report(dirs: str | Path | Iterable[str | Path], rule: str = "last",
     ds = _dirs(dirs)
     out_dir = Path(out) if out is not None else ds[0]
     out_dir.mkdir(parents=True, exist_ok=True)
-    df = load_results(*ds)
+    df = filter_runs(load_results(*ds), where)
     lb = leaderboard(df, rule)
     written: dict[str, Path] = {}
     for fmt in formats:
@@ -180,10 +211,12 @@ def _environment(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["what", "value", "runs"])
 
 
-def _problems(df: pd.DataFrame) -> pd.DataFrame:
-    bad = df[df["status"] != "complete"]
-    cols = ["run_id", "method", "pair", "seed", "status", "diverged_at_step", "error", "record_path"]
-    return bad[cols].astype(object).where(bad[cols].notna(), "") if len(bad) else pd.DataFrame(columns=cols)
+def _problems(df: pd.DataFrame, lb: Leaderboard) -> pd.DataFrame:
+    """Every planned run left out of the means (leaderboard row, pair, seed, status, why)."""
+    cols = ["entry", "pair", "seed", "status", "detail", "run_id"]
+    if lb.missing.empty:
+        return pd.DataFrame(columns=cols)
+    return lb.missing[cols].rename(columns={"entry": "row", "detail": "error / reason"}).astype(object)
 
 
 def _html_page(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, figs: dict,
@@ -204,6 +237,9 @@ def _html_page(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, figs:
                      "target test labels. This is an upper bound, not an achievable result; compare "
                      "with the honest rules (rule-regret table below).</p>")
     parts += ["<h2>Leaderboard</h2>", lb.to_html() if not lb.table.empty else "<p>No complete runs.</p>"]
+    vnotes = validator_notes(df)
+    if vnotes:
+        parts.append("<ul class=\"legend\">" + "".join(f"<li>{esc(n)}</li>" for n in vnotes) + "</ul>")
     if cmp_ is not None:
         parts += ["<h2>Statistics</h2>", cmp_.to_html()]
     if len(df):
@@ -218,8 +254,12 @@ def _html_page(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, figs:
         for name, fig in figs.items():
             parts.append(f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{F.png_base64(fig)}">'
                          f"<figcaption>{esc(name.replace('_', ' '))}</figcaption></figure>")
-    probs = _problems(df) if len(df) else pd.DataFrame()
+    probs = _problems(df, lb)
     parts.append("<h2>Failed, diverged and unfinished runs</h2>")
+    parts.append("<p>Policy: a seed that failed, diverged, was skipped or has not run is never dropped "
+                 "silently. Its cell shows (completed/planned) seeds and is never marked best; the statistics "
+                 "exclude such cells (their rows leave the across-pair tests) and say which. Planned seeds come "
+                 "from <code>matrix.json</code> and from every record of the configuration.</p>")
     parts.append(html_table(probs) if len(probs) else "<p>None.</p>")
     if len(df):
         parts += ["<h2>Environment</h2>", html_table(_environment(df))]
@@ -227,9 +267,10 @@ def _html_page(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, figs:
     return "\n".join(parts) + "\n"
 
 
-def report_markdown(dirs: str | Path | Iterable[str | Path], rule: str = "last", reps: int = 2000) -> str:
+def report_markdown(dirs: str | Path | Iterable[str | Path], rule: str = "last", reps: int = 2000,
+                    where: list[str] | dict | None = None) -> str:
     """Leaderboard plus statistics as Markdown (for terminals and notebooks)."""
-    df = load_results(*_dirs(dirs))
+    df = filter_runs(load_results(*_dirs(dirs)), where)
     lb = leaderboard(df, rule)
     text = lb.to_markdown()
     if not lb.cells.empty:

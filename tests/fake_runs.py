@@ -27,15 +27,21 @@ def curve_from(accs: list[float], steps: list[int] | None = None, **scores: list
 def write_run(folder: Path, run_id: str, method: str, pair: str, seed: int,
               curve: list[dict] | None = None, status: str = "complete", shots: int = 0,
               error: dict | None = None, diverged_at_step: int | None = None,
-              device: str = "cpu", acc: float | None = None) -> Path:
-    """Write one record to ``folder/runs/<run_id>.json``; ``acc`` makes a one-point curve."""
+              device: str = "cpu", acc: float | None = None, schedule: dict | None = None,
+              hparams: dict | None = None, extra: dict | None = None) -> Path:
+    """Write one record to ``folder/runs/<run_id>.json``; ``acc`` makes a one-point curve.
+
+    ``schedule``/``hparams`` update the spec's (default ``steps=600``, ``lr=0.01``); ``extra``
+    updates the record's top-level fields (e.g. ``validators``, or a malformed field).
+    """
     if curve is None:
         curve = curve_from([acc if acc is not None else 50.0])
     rec = {
         "format": 1, "run_id": run_id, "status": status,
         "spec": {"method": method, "pair": pair, "seed": seed,
                  "protocol": "few-shot" if shots else "uda", "target_shots": shots,
-                 "eval_shots": 5, "hparams": {"lr": 0.01}, "schedule": {"steps": 600},
+                 "eval_shots": 5, "hparams": {"lr": 0.01, **(hparams or {})},
+                 "schedule": {"steps": 600, **(schedule or {})},
                  "backbone": "lenet", "backbone_options": {}, "depends_on": None},
         "target_labels": shots * 10,
         "curve": curve if status == "complete" else curve[:1],
@@ -44,6 +50,7 @@ def write_run(folder: Path, run_id: str, method: str, pair: str, seed: int,
         "timings": {"wall_s": 1.5, "steps_per_s": 50.0, "images_per_s": 6400.0},
         "device": device, "versions": {"dabench": "0.1.0", "torch": "2.14.1", "python": "3.11.7"},
         "started_at": "2025-01-01T00:00:00", "finished_at": "2025-01-01T00:00:02",
+        **(extra or {}),
     }
     runs = folder / "runs"
     runs.mkdir(parents=True, exist_ok=True)
@@ -53,9 +60,12 @@ def write_run(folder: Path, run_id: str, method: str, pair: str, seed: int,
 
 
 def write_matrix(folder: Path, table: dict[tuple[str, str], list[float]], shots: int = 0,
-                 prefix: str = "") -> None:
-    """``table[(method, pair)] = [acc for seed 0, seed 1, ...]`` → one record per seed."""
+                 prefix: str = "", **kwargs: Any) -> None:
+    """``table[(method, pair)] = [acc for seed 0, seed 1, ...]`` → one record per seed.
+
+    ``kwargs`` go to :func:`write_run` (e.g. ``schedule={"steps": 2000}``).
+    """
     for (method, pair), accs in table.items():
         for seed, a in enumerate(accs):
             rid = f"{prefix}{method}-{pair}-{shots}-{seed}".replace("/", "_")
-            write_run(folder, rid, method, pair, seed, acc=a, shots=shots)
+            write_run(folder, rid, method, pair, seed, acc=a, shots=shots, **kwargs)

@@ -1,6 +1,7 @@
 """Leaderboard numbers, marks, budgets and exports on fake records with known numbers."""
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -125,3 +126,86 @@ def test_no_complete_runs(tmp_path):
     write_run(tmp_path, "bad", "dan", "a", 0, status="failed", error={"type": "E", "message": "m"})
     lb = leaderboard(load_results(tmp_path))
     assert lb.table.empty and "no complete runs" in lb.to_markdown()
+
+
+# ---- a row is a configuration, never a pool ------------------------------------------------
+def _two_configs(folder, seeds: int = 3):
+    """`dabench run` then `dabench run --set steps=2000` into one folder (the README's example)."""
+    base = {("source-only", "a"): [60.0 + i for i in range(seeds)], ("dann", "a"): [70.0 + i for i in range(seeds)],
+            ("source-only", "b"): [50.0 + i for i in range(seeds)], ("dann", "b"): [55.0 + i for i in range(seeds)]}
+    write_matrix(folder, base)
+    write_matrix(folder, {k: [v + 10 for v in vals] for k, vals in base.items()}, prefix="long-",
+                 schedule={"steps": 2000})
+    return load_results(folder)
+
+
+def test_two_configurations_are_two_rows_never_pooled(tmp_path):
+    lb = leaderboard(_two_configs(tmp_path))
+    assert set(lb.table.index) == {"source-only (steps=600)", "source-only (steps=2000)",
+                                   "dann (steps=600)", "dann (steps=2000)"}
+    c = lb.cells.set_index(["entry", "pair"])
+    assert c.loc[("dann (steps=2000)", "a"), "mean"] == 81.0 and c.loc[("dann (steps=600)", "a"), "mean"] == 71.0
+    assert (lb.cells["n"] == 3).all() and all(len(set(s)) == len(s) == 3 for s in lb.cells["seeds"])
+
+
+def test_where_selects_one_configuration_and_unknown_keys_list_valid_ones(tmp_path):
+    df = _two_configs(tmp_path)
+    lb = leaderboard(df, where=["steps=2000"])
+    assert list(lb.table.index) == ["source-only", "dann"]  # one configuration each: plain names
+    assert lb.cells.set_index(["entry", "pair"]).loc[("dann", "a"), "mean"] == 81.0
+    assert list(leaderboard(df, where={"method": "dann", "steps": 600}).table.index) == ["dann"]
+    # a hyperparameter constrains only the methods that have it: the baseline stays
+    df2 = load_results(tmp_path)
+    assert len(leaderboard(df2, where=["lr=0.01", "dann.lr=0.01"]).table) == 4
+    with pytest.raises(ValueError, match=r"unknown key 'stepz'.*valid keys: .*steps"):
+        leaderboard(df, where=["stepz=1"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        leaderboard(df, where=["steps"])
+
+
+def test_pair_default_schedules_share_a_row(tmp_path):
+    # defaults differ by pair (600 vs 5000 steps) but nothing varies within a pair: one row
+    write_matrix(tmp_path, {("dann", "a"): [70.0, 71.0]})
+    write_matrix(tmp_path, {("dann", "b"): [50.0, 51.0]}, schedule={"steps": 5000})
+    lb = leaderboard(load_results(tmp_path))
+    assert list(lb.table.index) == ["dann"] and lb.summary.loc["dann", "avg"] == pytest.approx(60.5)
+
+
+# ---- no seed vanishes ------------------------------------------------------------------------
+@pytest.fixture()
+def diverged(tmp_path):
+    """DANN diverges on seed 1 of pair a; its two surviving seeds are the best numbers of the pair."""
+    write_matrix(tmp_path, {("source-only", "a"): [60.0, 61.0, 62.0], ("source-only", "b"): [50.0, 51.0, 52.0],
+                            ("dan", "a"): [80.0, 81.0, 82.0], ("dan", "b"): [58.0, 60.0, 59.0],
+                            ("dann", "b"): [55.0, 56.0, 57.0]})
+    write_run(tmp_path, "dann-a-0", "dann", "a", 0, acc=90.0)
+    write_run(tmp_path, "dann-a-1", "dann", "a", 1, status="diverged", diverged_at_step=300,
+              error={"type": "Diverged", "message": "loss is nan at step 300\nmore"})
+    write_run(tmp_path, "dann-a-2", "dann", "a", 2, acc=91.0)
+    return tmp_path
+
+
+def test_a_diverged_seed_is_shown_and_never_wins(diverged):
+    lb = leaderboard(load_results(diverged))
+    assert lb.table.loc["dann", "a"].endswith("(2/3)") and lb.table.loc["dann", "a"].startswith("90.5")
+    assert not lb.best.loc["dann", "a"] and lb.best.loc["dan", "a"]  # the complete 81.0 is best
+    assert lb.table.loc["dann", "avg"].endswith("*") and lb.table.loc["dann", "rank"].endswith("*")
+    assert lb.table.loc["dan", "a"].endswith("]")  # complete cells carry no fraction
+    m = lb.missing
+    assert len(m) == 1 and (m.iloc[0]["entry"], m.iloc[0]["pair"], m.iloc[0]["seed"], m.iloc[0]["status"]) == \
+        ("dann", "a", 1, "diverged")
+    md = lb.to_markdown()
+    assert "- dann | a | seed 1 | diverged | non-finite loss at step 300; Diverged: loss is nan at step 300" in md
+    assert "(k/n)" in md
+
+
+def test_planned_seeds_come_from_matrix_json(diverged):
+    # matrix.json (as `dabench run` writes it) plans seed 3 of dan on b, which has no record yet
+    spec = json.loads((diverged / "runs" / "dan-b-0-0.json").read_text())["spec"]
+    specs = [dict(spec, seed=s) for s in range(4)]
+    (diverged / "matrix.json").write_text(json.dumps({"format": 1, "specs": specs}))
+    lb = leaderboard(load_results(diverged))
+    assert lb.table.loc["dan", "b"].endswith("(3/4)")
+    row = lb.missing[lb.missing["status"] == "pending"].iloc[0]
+    assert (row["entry"], row["pair"], row["seed"]) == ("dan", "b", 3) and "matrix.json" in row["detail"]
+    assert lb.to_csv(diverged / "x.csv").read_text().splitlines()[0].count("planned") == 2

@@ -9,9 +9,11 @@ import pytest
 from scipy import stats as sps
 
 from dabench.results import load_results
-from dabench.stats import (aggregate_iqm, aggregate_mean, cd_cliques, compare, friedman, holm,
-                           nemenyi_cd, nemenyi_q, probability_of_improvement, stratified_bootstrap_ci)
-from fake_runs import write_matrix
+from dabench.stats import (aggregate_iqm, aggregate_mean, cd_cliques, compare, friedman, friedman_exact_p, holm,
+                           nemenyi_cd, nemenyi_q, probability_of_improvement, rank_matrix,
+                           stratified_bootstrap_ci)
+from dabench.tables import mean_ci, mean_interval
+from fake_runs import write_matrix, write_run
 
 # Demšar (2006), JMLR 7:1-30, Table 6: AUC of C4.5, C4.5+m, C4.5+cf, C4.5+m+cf on 14 data sets.
 DEMSAR = np.array([
@@ -175,3 +177,102 @@ def test_perfect_concordance_uses_the_exact_probability_not_an_infinite_f():
     many = pd.DataFrame({"a": [4.0] * 5, "b": [3.0] * 5, "c": [2.0] * 5, "d": [1.0] * 5})
     res = friedman(many, labels="0")
     assert res.p_ff == pytest.approx(24.0 ** -4) and res.significant
+
+
+# ---- intervals mean what they say -----------------------------------------------------------
+@pytest.mark.parametrize("seeds", [3, 10])
+@pytest.mark.parametrize("pairs", [1, 3])
+def test_reported_95_interval_covers_95_percent(seeds, pairs):
+    """The interval the leaderboard and compare() report (tables.mean_interval), on normal accuracies."""
+    rng = np.random.default_rng(seeds * 10 + pairs)
+    reps = 4000
+    true = np.array([72.0, 55.0, 88.0])[:pairs]
+    sds = np.array([1.5, 3.0, 0.8])[:pairs]
+    tasks = [rng.normal(m, s, size=(reps, seeds)) for m, s in zip(true, sds)]
+    _, lo, hi = mean_interval(tasks)
+    cover = np.mean((lo <= true.mean()) & (true.mean() <= hi))
+    assert 0.93 <= cover <= 0.97, cover
+    # the cell statistic is the same construction
+    m, s, clo, chi = mean_ci(tasks[0][0])
+    assert (clo, chi) == pytest.approx(tuple(float(v[0]) for v in mean_interval([tasks[0][:1]])[1:]))
+
+
+def test_percentile_bootstrap_undercovers_at_three_seeds():
+    """Why the report no longer uses it: 1 pair × 3 seeds, nominal 95%."""
+    rng = np.random.default_rng(0)
+    hits = [lo <= 70.0 <= hi for lo, hi in (stratified_bootstrap_ci(rng.normal(70, 2, (3, 1)), reps=300, seed=i)[1:]
+                                             for i in range(300))]
+    assert np.mean(hits) < 0.85
+
+
+def test_intervals_stay_within_0_and_100():
+    m, s, lo, hi = mean_ci(np.array([99.0, 100.0]))
+    assert hi == 100.0 and 0.0 <= lo < m
+    assert mean_ci(np.array([0.0, 3.0]))[2] == 0.0
+
+
+# ---- few pairs, exact tests -----------------------------------------------------------------
+def test_exact_friedman_by_hand():
+    # N = 2 blocks, k = 3: 6 × 6 equally likely rank orders; both blocks agree in 6 of the 36 → 1/6
+    res = friedman(pd.DataFrame({"a": [3.0, 3.0], "b": [2.0, 2.0], "c": [1.0, 1.0]}))
+    assert res.p_value == pytest.approx(1 / 6) and "exact" in res.test
+    # N = 3, k = 2: a beats b in all three blocks; P(all three agree) = 2 / 8
+    assert friedman(np.array([[2.0, 1.0]] * 3)).p_value == pytest.approx(0.25)
+
+
+def test_exact_friedman_matches_enumeration_and_overrules_the_f_approximation():
+    """N = 3, k = 4: the F approximation calls an outcome significant whose exact p is 0.075."""
+    ranks = np.array([[1, 2, 3, 4], [1, 2, 3, 4], [1, 3, 4, 2]], float)
+    perms = np.array(list(itertools.permutations(range(1, 5))), float)
+    sums = perms[:, None, None, :] + perms[None, :, None, :] + perms[None, None, :, :]  # all 24³ outcomes
+    exact = np.mean((sums**2).sum(-1) >= (ranks.sum(0) ** 2).sum())
+    assert exact == pytest.approx(0.0747, abs=1e-4)
+    assert friedman_exact_p(ranks) == pytest.approx(exact)
+    res = friedman(pd.DataFrame(-ranks, columns=list("abcd")))  # scores: lower rank = higher score
+    assert res.p_ff < 0.05 and res.p_value == pytest.approx(exact) and not res.significant
+    assert "exact" in res.test
+    # too large to enumerate: a permutation p-value close to the exact one, or F for many blocks
+    rng = np.random.default_rng(0)
+    r = rank_matrix(rng.normal(size=(3, 7)) + np.arange(7))
+    res = friedman(r)
+    assert "permutation" in res.test and 0 < res.p_value <= 1
+    assert friedman(rng.normal(size=(40, 4))).test.startswith("Iman")
+
+
+def test_compare_names_the_test_it_used(df):
+    md = compare(df, reps=50).to_markdown()
+    assert "significance decided on the exact permutation test" in md
+
+
+# ---- configurations and missing seeds in compare() ------------------------------------------
+def test_compare_keeps_configurations_apart_with_five_seeds(tmp_path):
+    """Used to crash (paired t on 10 'seeds' with duplicates) when two settings shared a folder."""
+    base = {("source-only", p): [50.0 + i for i in range(5)] for p in "ab"}
+    base.update({("dann", p): [60.0 + i * 0.5 for i in range(5)] for p in "ab"})
+    write_matrix(tmp_path, base)
+    write_matrix(tmp_path, base, prefix="long-", schedule={"steps": 2000})
+    c = compare(load_results(tmp_path), reps=50)
+    assert set(c.bootstrap["method"]) == {"dann (steps=600)", "dann (steps=2000)",
+                                          "source-only (steps=600)", "source-only (steps=2000)"}
+    assert (c.per_pair["seeds"] == 5).all() and (c.per_pair["test"] == "paired t").all()
+    assert (c.bootstrap["runs"] == 10).all()  # 2 pairs × 5 seeds, never 20
+
+
+def test_compare_excludes_a_cell_with_a_diverged_seed_and_says_so(tmp_path):
+    write_matrix(tmp_path, {("source-only", "a"): [60.0, 61.0, 62.0], ("source-only", "b"): [50.0, 51.0, 52.0],
+                            ("dan", "a"): [65.0, 66.0, 67.0], ("dan", "b"): [58.0, 60.0, 59.0],
+                            ("dann", "b"): [55.0, 56.0, 57.0]})
+    write_run(tmp_path, "d0", "dann", "a", 0, acc=90.0)
+    write_run(tmp_path, "d1", "dann", "a", 1, status="diverged", diverged_at_step=300)
+    write_run(tmp_path, "d2", "dann", "a", 2, acc=91.0)
+    c = compare(load_results(tmp_path), reps=50)
+    (f,) = c.friedman
+    assert set(f.avg_ranks.index) == {"source-only", "dan"}
+    assert "dann" not in set(c.bootstrap["method"])
+    assert any("dann on a (2/3 seeds; seed 1 diverged)" in n for n in c.notes)
+
+
+def test_iqm_only_where_it_trims(tmp_path):
+    write_matrix(tmp_path, {("dan", "a"): [1.0, 2.0, 30.0], ("dann", "a"): [1.0, 2.0, 3.0, 40.0, 5.0]})
+    b = compare(load_results(tmp_path), reps=50).bootstrap.set_index("method")
+    assert np.isnan(b.loc["dan", "iqm"]) and b.loc["dann", "iqm"] == pytest.approx(np.mean([2.0, 3.0, 5.0]))
