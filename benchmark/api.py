@@ -52,11 +52,12 @@ def load_results(*dirs: str | os.PathLike):
     return _load(*dirs)
 
 
-def leaderboard(df, rule: str = "last"):
-    """Methods × pairs table (mean ± std over seeds) under a model-selection rule."""
+def leaderboard(df, rule: str = "last", where=None):
+    """Configurations × pairs table (mean ± std over seeds) under a model-selection rule;
+    ``where`` (``["steps=2000"]``) keeps matching configurations."""
     from .tables import leaderboard as _lb
 
-    return _lb(df, rule=rule)
+    return _lb(df, rule=rule, where=where)
 
 
 def compare(df, rule: str = "last", **kwargs: Any):

@@ -135,3 +135,38 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
     decoded, total = map(int, m.groups())
     assert total >= 4 and decoded == total
     assert "Friedman" in dom and "<table" in dom
+
+
+def test_report_text_names_failed_and_diverged_runs(results):
+    text = report_text(results, "last")
+    assert "- dann (steps=600) | mnist-usps | seed 7 | failed | RuntimeError: CUDA error: device-side assert" not in text
+    assert "- dann | mnist-usps | seed 7 | failed | RuntimeError: CUDA error: device-side assert" in text
+    assert "- dan | mnist-usps | seed 8 | diverged | non-finite loss at step 300" in text
+    assert "(3/4)" in text
+    # older records (no 'validators' field) are flagged
+    assert "no 'validators' field" in text
+
+
+def test_transductive_validators_are_named(tmp_path):
+    v = {"split": "target_adapt", "samples": 500}
+    write_run(tmp_path, "r1", "dann", "office31-A-W", 0, acc=70.0, extra={"validators": {**v, "overlaps_evaluation": True}})
+    write_run(tmp_path, "r2", "dann", "mnist-usps", 0, acc=80.0, extra={"validators": {**v, "overlaps_evaluation": False}})
+    text = report_text(tmp_path)
+    assert "Transductive" in text and "office31-A-W" in text.split("Transductive")[1].split("\n")[0]
+    assert "mnist-usps" not in text.split("Transductive")[1].split("\n")[0]
+    assert "older records" not in text
+    page = write_report(tmp_path, reps=50)["report"].read_text()
+    assert "Transductive" in page
+
+
+def test_cli_report_where(results, tmp_path, capsys):
+    from dabench.cli import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(results, copy)
+    assert main(["report", str(copy), "--where", "method=dann,source-only", "--where", "steps=600"]) == 0
+    out = capsys.readouterr().out
+    assert "| dann" in out and "| dan " not in out
+    assert main(["report", str(copy), "--where", "nope=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'nope'" in err and "steps" in err and "trade_off" not in err

@@ -127,3 +127,17 @@ def test_rule_regret(folder, tmp_path):
 def test_record_json_is_what_the_engine_writes(folder):
     rec = json.loads((folder / "runs" / "r1.json").read_text())
     assert rec["format"] == 1 and rec["spec"]["method"] == "dann"
+
+
+@pytest.mark.parametrize("field,value", [("timings", "abc"), ("final", "x"), ("curve", "x"), ("curve", ["x"])])
+def test_malformed_field_skips_the_record_naming_it(tmp_path, field, value):
+    write_run(tmp_path, "ok", "dan", "p", 0, acc=50.0)
+    write_run(tmp_path, "bad", "dan", "p", 1, acc=60.0, extra={field: value})
+    with pytest.warns(UserWarning, match=rf"bad\.json.*{field}"):
+        df = load_results(tmp_path)
+    assert list(df["run_id"]) == ["ok"]
+    from dabench.report import report_text
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert "| dan" in report_text(tmp_path)  # crashed with AttributeError before
