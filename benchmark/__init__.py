@@ -6,12 +6,12 @@ Everything a plugin needs is importable from here: :class:`Method`, :class:`Uses
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .core.version import __version__
 
 from .backbones.base import Backbone
-from .domain import Domain, DomainPair, MissingDataError, PairData, Schedule, default_data_root
-from .method import Batch, Classifier, Loss, Method, Uses, validate_method_class
-from .registry import (
+from .core.domain import Domain, DomainPair, MissingDataError, PairData, Schedule, default_data_root
+from .core.method import Batch, Classifier, Loss, Method, Uses, validate_method_class
+from .core.registry import (
     BACKBONES,
     METHODS,
     PAIRS,
@@ -25,9 +25,9 @@ from .registry import (
     register_method,
     register_pair,
 )
-from .spec import RunSpec
-from .matrix import Matrix, MatrixError, expand, load_matrix_file
-from .splits import stratified_split
+from .core.spec import RunSpec
+from .running.matrix import Matrix, MatrixError, expand, load_matrix_file
+from .core.splits import stratified_split
 
 from . import backbones as _backbones  # noqa: F401,E402  (registers built-in backbones)
 from . import methods as _methods  # noqa: F401,E402  (registers built-in methods)

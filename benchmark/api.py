@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable
 
-from .matrix import DEFAULT_METHODS, DEFAULT_PAIRS, DEFAULT_SEEDS, Matrix, expand
-from .registry import METHODS
+from .running.matrix import DEFAULT_METHODS, DEFAULT_PAIRS, DEFAULT_SEEDS, Matrix, expand
+from .core.registry import METHODS
 
 
 def run(
@@ -19,13 +19,13 @@ def run(
     progress: bool = False,
     **executor_options: Any,
 ):
-    """Run a matrix and return its :class:`~dabench.runner.MatrixSummary`.
+    """Run a matrix and return its :class:`~dabench.running.scheduler.MatrixSummary`.
 
     ``methods`` may hold registered names, globs, or Method classes (registered on the fly
     under their ``name``), so a method under development needs no plugin packaging.
     """
-    from .registry import register_method
-    from .runner import run_inline
+    from .core.registry import register_method
+    from .running.scheduler import run_inline
 
     names = []
     for m in methods:
@@ -47,7 +47,7 @@ def run(
 
 def load_results(*dirs: str | os.PathLike):
     """All run records of the given folders as one tidy DataFrame (one row per run)."""
-    from .results import load_results as _load
+    from .analysis.results import load_results as _load
 
     return _load(*dirs)
 
@@ -55,13 +55,13 @@ def load_results(*dirs: str | os.PathLike):
 def leaderboard(df, rule: str = "last", where=None):
     """Configurations × pairs table (mean ± std over seeds) under a model-selection rule;
     ``where`` (``["steps=2000"]``) keeps matching configurations."""
-    from .tables import leaderboard as _lb
+    from .analysis.tables import leaderboard as _lb
 
     return _lb(df, rule=rule, where=where)
 
 
 def compare(df, rule: str = "last", **kwargs: Any):
     """Statistical comparison of the methods (Friedman/Nemenyi, Wilcoxon–Holm, bootstrap)."""
-    from .stats import compare as _cmp
+    from .analysis.stats import compare as _cmp
 
     return _cmp(df, rule=rule, **kwargs)

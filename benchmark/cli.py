@@ -8,11 +8,11 @@ import sys
 import time
 from typing import Sequence
 
-from .domain import default_data_root
-from .matrix import (
+from .core.domain import default_data_root
+from .running.matrix import (
     DEFAULT_METHODS, DEFAULT_PAIRS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides, truthy,
 )
-from .registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
+from .core.registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
 
 EPILOG = """examples:
   dabench run                                   # quick matrix: 6 methods x digits-offline x 3 seeds
@@ -161,10 +161,10 @@ def _table(header: Sequence[str], rows: list[Sequence[str]]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .runner import run_matrix, write_matrix_file
+    from .running.scheduler import run_matrix, write_matrix_file
 
     if args.rerun:
-        from .runner import prepare_rerun
+        from .running.scheduler import prepare_rerun
 
         specs, plugins = prepare_rerun(args.results, args.rerun, extra_plugins=args.plugin)
         given = parse_overrides(args.set)
@@ -192,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
             print(s.run_id, s.label, s.protocol, f"shots={s.target_shots}", s.hparams)
         return 0
     try:
-        from .executors import make_executor
+        from .running.executors.base import make_executor
 
         ex = make_executor(args.executor, results_dir=args.results, device=args.device, data_root=args.data_root,
                            progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
@@ -210,7 +210,7 @@ def _run(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{v} {k}" for k, v in summary.counts().items())
     print(f"\n{len(specs)} runs in {args.results} ({args.executor} executor, {ex.workers} worker(s)): {counts}; "
           f"wall time {wall:.1f} s\n")
-    from .report import report_text
+    from .analysis.report import report_text
 
     print(report_text([args.results], rule=args.rule))
     bad = [r for r in summary.ran if r["status"] != "complete"]
@@ -218,7 +218,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import report_text, write_report
+    from .analysis.report import report_text, write_report
 
     formats = tuple(_csv(args.format))
     valid = {"md", "csv", "tex", "html"}
@@ -233,7 +233,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import default_out, run_bench, write_result
+    from .speed.bench import default_out, run_bench, write_result
 
     if args.steps < 1 or args.warmup < 0:
         raise MatrixError("--steps must be >= 1 and --warmup >= 0")
@@ -248,7 +248,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .status import status_text
+    from .running.status import status_text
 
     print(status_text(args.dir))
     return 0

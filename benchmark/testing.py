@@ -8,7 +8,7 @@ Runs on the CPU in a few seconds on a small stratified subset of a real pair (th
 
 What it checks, in order:
 
-1. the class is complete (:func:`dabench.method.validate_method_class`) and registered
+1. the class is complete (:func:`dabench.core.method.validate_method_class`) and registered
    under its name (so ``dabench run --methods <name>`` finds it);
 2. every declared hyperparameter is overridable from the command line: ``--set <name>.<key>=v``
    (given as text, as the CLI gives it) lands in the run spec with the default's type, and a
@@ -43,11 +43,11 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from .data import DeviceData
-from .domain import Domain, DomainPair, PairData, default_data_root
-from .method import Batch, Loss, Method, validate_method_class
-from .registry import BACKBONES, METHODS, PAIRS, RegistryError
-from .spec import RunSpec
+from .engine.data import DeviceData
+from .core.domain import Domain, DomainPair, PairData, default_data_root
+from .core.method import Batch, Loss, Method, validate_method_class
+from .core.registry import BACKBONES, METHODS, PAIRS, RegistryError
+from .core.spec import RunSpec
 
 __all__ = ["check_method", "CheckReport", "isolated_registries"]
 
@@ -114,7 +114,7 @@ def check_method(
     del m2
 
     # --- one real step through the engine ---------------------------------------------------
-    from .train import RunContext  # late: train imports data, evaluate, ...
+    from .engine.train import RunContext  # late: train imports data, evaluate, ...
 
     model = _build(cls, pair_obj, hparams, seed)
     spec = RunSpec(
@@ -237,7 +237,7 @@ def _per_class(idx: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
 def _small_pair_data(pair: str, per_class: int, data_root: pathlib.Path) -> PairData:
     key = (pair, per_class)
     if key not in _SUBSET_CACHE:
-        from .runner import load_pair_data  # late: the runner pulls in the whole engine
+        from .running.unit import load_pair_data  # late: the runner pulls in the whole engine
 
         full = load_pair_data(pair, data_root)
         src, tgt = full.source, full.target
@@ -340,7 +340,7 @@ def _other_value(v: Any) -> Any:
 
 def _check_hparams(cls: type[Method], pair: str) -> list[str]:
     """Every declared hyperparameter lands in the run spec when given as ``--set`` text."""
-    from .matrix import Matrix, MatrixError, expand, parse_value
+    from .running.matrix import Matrix, MatrixError, expand, parse_value
 
     name = cls.name
     defaults = cls.hparam_defaults()

@@ -21,9 +21,9 @@ import pathlib
 import numpy as np
 import torch
 
-from dabench.domain import Domain, DomainPair, MissingDataError, PairData, Schedule
-from dabench.registry import register_pair
-from dabench.splits import stratified_split
+from dabench.core.domain import Domain, DomainPair, MissingDataError, PairData, Schedule
+from dabench.core.registry import register_pair
+from dabench.core.splits import stratified_split
 
 from .cache import cached, download_requested
 from .digits import resize_uint8

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dabench.domain import Domain, DomainPair, PairData, Schedule
-from dabench.registry import register_pair
-from dabench.splits import stratified_split
+from dabench.core.domain import Domain, DomainPair, PairData, Schedule
+from dabench.core.registry import register_pair
+from dabench.core.splits import stratified_split
 
 DIGITS = tuple(str(i) for i in range(10))
 

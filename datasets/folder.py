@@ -31,9 +31,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from dabench.domain import AUGMENTATIONS, Domain, DomainPair, MissingDataError, PairData, Schedule
-from dabench.registry import BACKBONES, PAIRS, RegistryError
-from dabench.splits import stratified_split
+from dabench.core.domain import AUGMENTATIONS, Domain, DomainPair, MissingDataError, PairData, Schedule
+from dabench.core.registry import BACKBONES, PAIRS, RegistryError
+from dabench.core.splits import stratified_split
 
 from .cache import cached
 

@@ -25,9 +25,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from dabench.domain import Domain, DomainPair, MissingDataError, PairData, Schedule
-from dabench.registry import PAIRS, register_pair
-from dabench.splits import stratified_split
+from dabench.core.domain import Domain, DomainPair, MissingDataError, PairData, Schedule
+from dabench.core.registry import PAIRS, register_pair
+from dabench.core.splits import stratified_split
 
 from .cache import cached
 

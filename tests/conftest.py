@@ -26,8 +26,8 @@ def one_thread():
 @pytest.fixture(scope="session")
 def quick_matrix(tmp_path_factory):
     """All six built-in methods × digits-offline × seed 0 at 300 steps; returns (results dir, summary)."""
-    from dabench.matrix import Matrix, expand
-    from dabench.runner import run_inline
+    from dabench.running.matrix import Matrix, expand
+    from dabench.running.scheduler import run_inline
 
     out = tmp_path_factory.mktemp("quick")
     specs = expand(Matrix(seeds=(0,), overrides={"steps": QUICK_STEPS, "eval_every": 100}))

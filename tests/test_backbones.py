@@ -8,7 +8,7 @@ import torch
 
 import dabench  # noqa: F401  (registers)
 from dabench.backbones.timm_base import WeightsUnavailable
-from dabench.registry import BACKBONES
+from dabench.core.registry import BACKBONES
 
 torch.set_num_threads(1)
 

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from dabench.bench import backbone_factory
+from dabench.speed.bench import backbone_factory
 from dabench.cli import main
-from dabench.registry import RegistryError
+from dabench.core.registry import RegistryError
 
 
 @pytest.fixture(autouse=True)

@@ -41,7 +41,7 @@ def test_linear_probe_trains_only_its_head():
 
 
 def test_the_example_plugins_pass():
-    from dabench.registry import load_plugin
+    from dabench.core.registry import load_plugin
 
     examples = pathlib.Path(__file__).resolve().parents[1] / "examples"
     load_plugin(str(examples / "dabench-mcc" / "dabench_mcc.py"))

@@ -13,11 +13,11 @@ import textwrap
 import pytest
 
 from dabench.cli import main
-from dabench.executors import make_executor
-from dabench.local_pool import plan_slots
-from dabench.matrix import Matrix, expand
-from dabench.runner import run_matrix
-from dabench.store import RunStore
+from dabench.running.executors.base import make_executor
+from dabench.running.executors.local_pool import plan_slots
+from dabench.running.matrix import Matrix, expand
+from dabench.running.scheduler import run_matrix
+from dabench.core.store import RunStore
 
 TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
 
@@ -93,7 +93,7 @@ def test_worker_crash_and_divergence_in_the_pool(tmp_path):
 
 
 def test_plan_slots_packs_runs_per_gpu(monkeypatch):
-    import dabench.local_pool as ex
+    import dabench.running.executors.local_pool as ex
 
     monkeypatch.setattr(ex, "visible_gpus", lambda: ["0", "1"])
     plan = plan_slots("auto", None, runs_per_gpu=4)

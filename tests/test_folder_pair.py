@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import dabench
 from dabench import PAIRS, RegistryError
-from dabench.domain import MissingDataError
+from dabench.core.domain import MissingDataError
 
 torch.set_num_threads(1)
 

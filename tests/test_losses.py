@@ -9,7 +9,7 @@ import torch
 from dabench.methods.coral import coral_loss, covariance
 from dabench.methods.dan import multi_kernel_mmd
 from dabench.methods.dann import DANN, grad_reverse, grl_coefficient
-from dabench.method import Batch
+from dabench.core.method import Batch
 from dabench.backbones.lenet import LeNet
 
 

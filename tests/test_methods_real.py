@@ -2,7 +2,7 @@
 domain adaptation beats source-only there, as the literature says it should on digits."""
 from __future__ import annotations
 
-from dabench.store import RunStore
+from dabench.core.store import RunStore
 
 
 def _records(quick_matrix):

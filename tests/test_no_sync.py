@@ -12,9 +12,9 @@ import contextlib
 import pytest
 import torch
 
-from dabench.bench import EngineBench
-from dabench.registry import PAIRS
-from dabench.runner import load_pair_data
+from dabench.speed.bench import EngineBench
+from dabench.core.registry import PAIRS
+from dabench.running.unit import load_pair_data
 
 STEPS, LOG_EVERY, EVAL_EVERY = 12, 4, 6
 HOST_READS = ("item", "tolist", "numpy", "__int__", "__float__", "__bool__", "__index__")
@@ -60,7 +60,7 @@ def test_step_loop_syncs_once_per_log_every(method, digits, monkeypatch):
     spec = bench.spec
     bench.spec = type(spec)(**{**spec.__dict__, "schedule": spec.schedule.replace(
         steps=STEPS * (2 if method == "fine-tune" else 1), log_every=LOG_EVERY, eval_every=EVAL_EVERY)})
-    from dabench.train import RunContext
+    from dabench.engine.train import RunContext
 
     ctx = RunContext(bench.spec, pair, bench.data, bench.device)
     counter = HostReadCounter(monkeypatch)
@@ -95,6 +95,6 @@ def test_counter_sees_a_sync(monkeypatch):
 
 
 def _lenet():
-    from dabench.registry import BACKBONES
+    from dabench.core.registry import BACKBONES
 
     return BACKBONES.get("lenet")(in_channels=1, image_size=28)

@@ -9,8 +9,8 @@ import torch
 
 import dabench  # noqa: F401  (registers)
 from dabench.datasets import office31
-from dabench.domain import MissingDataError
-from dabench.registry import PAIRS
+from dabench.core.domain import MissingDataError
+from dabench.core.registry import PAIRS
 from office31_fixture import write_office31
 
 torch.set_num_threads(1)

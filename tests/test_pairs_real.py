@@ -15,8 +15,8 @@ import torch
 
 import dabench  # noqa: F401  (registers)
 from dabench.datasets import cifar_stl, digits
-from dabench.domain import MissingDataError
-from dabench.registry import PAIRS
+from dabench.core.domain import MissingDataError
+from dabench.core.registry import PAIRS
 
 torch.set_num_threads(1)
 

@@ -22,8 +22,8 @@ import torch
 import dabench
 from dabench import METHODS, Method, PluginError, RegistryError, Uses
 from dabench.cli import main
-from dabench.method import validate_method_class
-from dabench.registry import Registry, load_plugin
+from dabench.core.method import validate_method_class
+from dabench.core.registry import Registry, load_plugin
 from dabench.testing import isolated_registries
 
 torch.set_num_threads(1)
@@ -139,7 +139,7 @@ def test_python_api_runs_an_unregistered_class(tmp_path):
                           device="cpu", overrides={"steps": 2, "eval_every": 2, "batch_size": 8})
     assert sorted(r["spec"]["method"] for r in summary.ran) == ["notebook", "source-only"]
     assert all(r["status"] == "complete" for r in summary.ran)
-    importlib.import_module("dabench.report")  # imports the table module: the function must stay callable
+    importlib.import_module("dabench.analysis.report")  # imports the table module: the function must stay callable
 
     board = dabench.leaderboard(dabench.load_results(tmp_path / "res"))
     assert "notebook" in str(board)
@@ -254,7 +254,7 @@ def _dist_info(root: pathlib.Path, dist: str, group: str, entries: str) -> None:
 
 
 def test_entry_point_naming_an_undecorated_class_is_named_and_validated(tmp_path, monkeypatch):
-    from dabench.registry import _prepare_method
+    from dabench.core.registry import _prepare_method
 
     (tmp_path / "ep_methods_mod.py").write_text(textwrap.dedent('''
         from dabench import Method

@@ -9,17 +9,18 @@ import pytest
 import torch
 
 import dabench
-from dabench.data import DeviceData
-from dabench.matrix import Matrix, MatrixError, expand, load_matrix_file
-from dabench.registry import RegistryError
-from dabench.runner import load_pair_data, run_inline
-from dabench.store import RunStore
-from dabench.train import RunContext, build_method
+from dabench.engine.data import DeviceData
+from dabench.running.matrix import Matrix, MatrixError, expand, load_matrix_file
+from dabench.core.registry import RegistryError
+from dabench.running.scheduler import run_inline
+from dabench.running.unit import load_pair_data
+from dabench.core.store import RunStore
+from dabench.engine.train import RunContext, build_method
 
 
 def test_run_ids_are_stable_across_processes_and_sensitive_to_the_spec():
     spec = expand(Matrix(methods=("dann",), seeds=(0,)))[0]
-    code = "from dabench.matrix import Matrix, expand; print(expand(Matrix(methods=('dann',), seeds=(0,)))[0].run_id)"
+    code = "from dabench.running.matrix import Matrix, expand; print(expand(Matrix(methods=('dann',), seeds=(0,)))[0].run_id)"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert other == spec.run_id
     changed = expand(Matrix(methods=("dann",), seeds=(0,), overrides={"dann.trade_off": 0.5}))[0]

@@ -19,9 +19,9 @@ import time
 
 import pytest
 
-from dabench.matrix import Matrix, expand
-from dabench.runner import run_matrix
-from dabench.store import RunStore
+from dabench.running.matrix import Matrix, expand
+from dabench.running.scheduler import run_matrix
+from dabench.core.store import RunStore
 
 TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
 DABENCH = [sys.executable, "-m", "dabench.cli"]

@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from dabench.results import COLUMNS, load_results
-from dabench.selection import ORACLE_LABEL, RULES, rule_regret, rule_title, select
+from dabench.analysis.results import COLUMNS, load_results
+from dabench.analysis.selection import ORACLE_LABEL, RULES, rule_regret, rule_title, select
 from fake_runs import curve_from, write_run
 
 # One curve where every rule picks a different evaluation (steps 100..500).
@@ -136,7 +136,7 @@ def test_malformed_field_skips_the_record_naming_it(tmp_path, field, value):
     with pytest.warns(UserWarning, match=rf"bad\.json.*{field}"):
         df = load_results(tmp_path)
     assert list(df["run_id"]) == ["ok"]
-    from dabench.report import report_text
+    from dabench.analysis.report import report_text
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

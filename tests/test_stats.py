@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from dabench.results import load_results
-from dabench.stats import (aggregate_iqm, aggregate_mean, cd_cliques, compare, friedman, friedman_exact_p, holm,
+from dabench.analysis.results import load_results
+from dabench.analysis.stats import (aggregate_iqm, aggregate_mean, cd_cliques, compare, friedman, friedman_exact_p, holm,
                            nemenyi_cd, nemenyi_q, probability_of_improvement, rank_matrix,
                            stratified_bootstrap_ci)
-from dabench.tables import mean_ci, mean_interval
+from dabench.analysis.tables import mean_ci, mean_interval
 from fake_runs import write_matrix, write_run
 
 # Demšar (2006), JMLR 7:1-30, Table 6: AUC of C4.5, C4.5+m, C4.5+cf, C4.5+m+cf on 14 data sets.

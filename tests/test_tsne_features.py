@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from dabench.matrix import Matrix, expand
-from dabench.report import write_report
-from dabench.runner import run_inline
-from dabench.store import RunStore
+from dabench.running.matrix import Matrix, expand
+from dabench.analysis.report import write_report
+from dabench.running.scheduler import run_inline
+from dabench.core.store import RunStore
 
 TINY = {"steps": 20, "eval_every": 20, "batch_size": 32}
 

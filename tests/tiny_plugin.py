@@ -16,7 +16,7 @@ import time
 import torch
 
 from dabench import Batch, Domain, DomainPair, Loss, Method, PairData, Schedule, Uses, register_method, register_pair
-from dabench.splits import stratified_split
+from dabench.core.splits import stratified_split
 
 CLASSES = ("top", "bottom", "left", "right")
 

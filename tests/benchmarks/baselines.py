@@ -15,9 +15,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from dabench.domain import Domain, DomainPair
-from dabench.evaluate import autocast
-from dabench.method import Batch, Method
+from dabench.core.domain import Domain, DomainPair
+from dabench.engine.evaluate import autocast
+from dabench.core.method import Batch, Method
 
 
 class PerImageDataset(Dataset):

@@ -110,7 +110,7 @@ def pytest_sessionfinish(session) -> None:
 @pytest.fixture(scope="session")
 def digits():
     """The embedded pair (MNIST 5k → optdigits) and its data, loaded once."""
-    from dabench.registry import PAIRS
-    from dabench.runner import load_pair_data
+    from dabench.core.registry import PAIRS
+    from dabench.running.unit import load_pair_data
 
     return PAIRS.get("digits-offline"), load_pair_data("digits-offline", None)

@@ -1,4 +1,4 @@
-"""(c) Evaluation throughput: ``dabench.evaluate`` vs a DataLoader loop over the same images.
+"""(c) Evaluation throughput: ``dabench.engine.evaluate`` vs a DataLoader loop over the same images.
 
 dabench's evaluation also computes per-class accuracy and three label-free scores (entropy,
 IM, SND); the baseline only counts correct predictions, so the ratio understates dabench.
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from baselines import conventional_evaluate, loader
-from dabench.bench import EngineBench
-from dabench.evaluate import evaluate
-from dabench.registry import BACKBONES
+from dabench.speed.bench import EngineBench
+from dabench.engine.evaluate import evaluate
+from dabench.core.registry import BACKBONES
 
 ROUNDS = 3
 EVAL_BATCH = 512  # dabench's predict_split batch
@@ -40,7 +40,7 @@ def test_eval_images_per_s(benchmark, ratios, digits, device, workers, impl):
 
 def _eval_indices(bench: EngineBench, data) -> torch.Tensor:
     """Indices into the target domain of DeviceData's evaluation split (same seed, same shots removed)."""
-    from dabench.data import draw_shots, eval_indices
+    from dabench.engine.data import draw_shots, eval_indices
 
     removed = draw_shots(data.target.labels, data.target_adapt, bench.pair.target_shots, bench.spec.seed)
     return eval_indices(data, removed)

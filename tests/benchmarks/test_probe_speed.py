@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from baselines import probe_with_forward_passes
-from dabench.bench import EngineBench
-from dabench.registry import BACKBONES
+from dabench.speed.bench import EngineBench
+from dabench.core.registry import BACKBONES
 
 ROUNDS = 3
 

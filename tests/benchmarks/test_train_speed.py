@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from baselines import ConventionalTrainer, loader
-from dabench.bench import EngineBench
-from dabench.registry import BACKBONES, METHODS
+from dabench.speed.bench import EngineBench
+from dabench.core.registry import BACKBONES, METHODS
 
 STEPS_PER_ROUND = 10
 ROUNDS = 3

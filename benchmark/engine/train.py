@@ -10,12 +10,12 @@ from typing import Any, Callable
 import torch
 
 from .data import DeviceData
-from .domain import DomainPair, PairData
+from ..core.domain import DomainPair, PairData
 from .evaluate import autocast, evaluate, predict_split
-from .method import Batch, Method
-from .registry import BACKBONES, METHODS
-from .spec import RunSpec
-from .store import RunStore, atomic_torch_save
+from ..core.method import Batch, Method
+from ..core.registry import BACKBONES, METHODS
+from ..core.spec import RunSpec
+from ..core.store import RunStore, atomic_torch_save
 
 
 class Diverged(RuntimeError):

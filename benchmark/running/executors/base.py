@@ -1,8 +1,8 @@
-"""Executors: where the runs of a matrix execute. The scheduler (:func:`dabench.runner.run_matrix`)
+"""Executors: where the runs of a matrix execute. The scheduler (:func:`dabench.running.scheduler.run_matrix`)
 decides *what* runs when; an executor only runs what it is given, ``free_slots()`` at a time.
 
 - ``inline``: in this process, one run after another.
-- ``local``: a pool of worker processes (``python -m dabench.worker``) on this machine, one
+- ``local``: a pool of worker processes (``python -m dabench.running.executors.worker``) on this machine, one
   per GPU or ``runs_per_gpu`` per GPU (``CUDA_VISIBLE_DEVICES`` set per worker), one on the
   CPU unless told otherwise. A run's crash, OOM or SIGKILL kills only its own process; the
   parent then records the run ``failed`` with the exit code or signal.
@@ -10,8 +10,8 @@ decides *what* runs when; an executor only runs what it is given, ``free_slots()
   existing cluster (``ray_address``) or a local one started on demand. The results folder
   must be on storage every node sees (records and checkpoints are files).
 
-Every executor runs :func:`dabench.runner.run_claimed`, so the records are the same. The pool
-lives in :mod:`dabench.local_pool`, the Ray executor in :mod:`dabench.ray_executor`.
+Every executor runs :func:`dabench.running.unit.run_claimed`, so the records are the same. The pool
+lives in :mod:`dabench.running.executors.local_pool`, the Ray executor in :mod:`dabench.running.executors.ray`.
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Sequence
 
-from .runner import Outcome, record_failure, run_claimed
-from .spec import RunSpec
-from .store import RunStore
+from ..unit import Outcome, record_failure, run_claimed
+from ...core.spec import RunSpec
+from ...core.store import RunStore
 
 EXECUTORS = ("inline", "local", "ray")
 
@@ -78,9 +78,9 @@ class InlineExecutor(Executor):
     """In this process: ``submit`` runs the spec to the end before returning."""
 
     def __init__(self, opts: Options) -> None:
-        from .domain import default_data_root
-        from .registry import load_plugin
-        from .train import resolve_device
+        from ...core.domain import default_data_root
+        from ...core.registry import load_plugin
+        from ...engine.train import resolve_device
 
         self.opts = opts
         for plugin in opts.plugins:  # already loaded by expand(); harmless and needed for --rerun
@@ -152,7 +152,7 @@ def make_executor(name: str, results_dir: pathlib.Path, device: str | None = Non
 
         return LocalPoolExecutor(opts, workers, runs_per_gpu, runs_per_process)
     if name == "ray":
-        from .ray_executor import RayExecutor
+        from .ray import RayExecutor
 
         return RayExecutor(opts, ray_address, workers, runs_per_gpu)
     raise ValueError(f"unknown executor {name!r}; valid executors: {', '.join(EXECUTORS)}")

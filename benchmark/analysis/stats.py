@@ -28,7 +28,7 @@ Tests (all two-sided, level ``alpha``):
 * **Wilcoxon signed-rank** per pair of methods over the blocks, with **Holm**'s step-down
   correction (Holm 1979): sort the m p-values p_(1) ≤ … ≤ p_(m), adjusted
   p̃_(i) = max_{j≤i} min(1, (m−j+1) p_(j)).
-* **Mean over pairs with a 95% t-interval** (:func:`dabench.tables.mean_interval`: Welch–
+* **Mean over pairs with a 95% t-interval** (:func:`dabench.analysis.tables.mean_interval`: Welch–
   Satterthwaite degrees of freedom over the pairs' seed variances, exact Student t with one
   pair). The report no longer uses the stratified percentile bootstrap (Agarwal et al. 2021)
   for it: at 1 pair × 3 seeds its "95%" interval covers about 76% of the time (the resampled
@@ -46,7 +46,7 @@ Tests (all two-sided, level ``alpha``):
   with 5 seeds the smallest two-sided Wilcoxon p is 2/2⁵ = 0.0625 > 0.05.
 
 Comparisons are made within one label budget at a time; every table has a ``labels`` column.
-Methods are rows of the leaderboard: configurations, never pools (:func:`dabench.tables.entry_names`).
+Methods are rows of the leaderboard: configurations, never pools (:func:`dabench.analysis.tables.entry_names`).
 
 Missing seeds. A cell (row × pair) with fewer completed seeds than planned (failed, diverged,
 skipped, running or not run) is **excluded**, never averaged over its survivors: such a row

@@ -149,7 +149,7 @@ def learning_curves(df: pd.DataFrame, rule: str = "last", metric: str = "target_
 def cd_diagram(fr: FriedmanResult, title: str | None = None) -> Figure:
     """Critical-difference diagram (Demšar 2006, Fig. 1): average ranks on an axis, the CD
     as a scale bar, and a thick bar joining each group of methods not separated by Nemenyi
-    (the groups are :func:`dabench.stats.cd_cliques`, i.e. ``fr.cliques``)."""
+    (the groups are :func:`dabench.analysis.stats.cd_cliques`, i.e. ``fr.cliques``)."""
     ranks = fr.avg_ranks.sort_values()
     k = len(ranks)
     half = math.ceil(k / 2)

@@ -102,7 +102,7 @@ def check_rule(rule: str) -> Rule:
 
 
 def select(df: pd.DataFrame, rule: str = "last") -> pd.DataFrame:
-    """Apply ``rule`` to every complete run of ``df`` (from :func:`~dabench.results.load_results`).
+    """Apply ``rule`` to every complete run of ``df`` (from :func:`~dabench.analysis.results.load_results`).
 
     Returns a copy with ``accuracy`` (target accuracy %, at the selected evaluation),
     ``selected_step`` and ``labels`` (the label budget, e.g. ``"0"`` or ``"5/class"``).

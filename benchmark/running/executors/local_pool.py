@@ -1,4 +1,4 @@
-"""The local executor: a pool of ``python -m dabench.worker`` processes on this machine.
+"""The local executor: a pool of ``python -m dabench.running.executors.worker`` processes on this machine.
 
 One worker per GPU, or ``runs_per_gpu`` per GPU (``CUDA_VISIBLE_DEVICES`` set per worker); one
 on a CPU unless told otherwise. A run's crash, OOM or SIGKILL kills only its worker process; the
@@ -17,10 +17,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from .executors import Executor, Options, _absolute_plugins, _step_bar, record_death
-from .runner import Outcome
-from .spec import RunSpec
-from .store import RunStore
+from .base import Executor, Options, _absolute_plugins, _step_bar, record_death
+from ..unit import Outcome
+from ...core.spec import RunSpec
+from ...core.store import RunStore
 
 
 def visible_gpus() -> list[str]:
@@ -98,7 +98,7 @@ def _death_message(proc: subprocess.Popen, log_path: pathlib.Path) -> tuple[str,
 
 
 class LocalPoolExecutor(Executor):
-    """A pool of ``python -m dabench.worker`` processes; ``runs_per_process`` runs each before a
+    """A pool of ``python -m dabench.running.executors.worker`` processes; ``runs_per_process`` runs each before a
     fresh process replaces it (1: every run in its own process; 0: reuse without limit)."""
 
     def __init__(self, opts: Options, workers: int | None = None, runs_per_gpu: int = 1,
@@ -126,7 +126,7 @@ class LocalPoolExecutor(Executor):
 
     def _spawn(self, slot: int) -> _Worker:
         o = self.opts
-        cmd = [sys.executable, "-m", "dabench.worker", "--results", str(o.results_dir.resolve()),
+        cmd = [sys.executable, "-m", "dabench.running.executors.worker", "--results", str(o.results_dir.resolve()),
                "--device", self.plan.device, "--threads", str(self.plan.threads),
                "--checkpoint-every", str(o.checkpoint_every), "--max-runs", str(self.runs_per_process),
                "--parent-pid", str(os.getpid())]

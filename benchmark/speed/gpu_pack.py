@@ -1,4 +1,4 @@
-"""How many runs should share one GPU? ``python -m dabench.gpu_pack``
+"""How many runs should share one GPU? ``python -m dabench.speed.gpu_pack``
 
 Runs the same matrix through the local pool once per ``--runs-per-gpu`` value, each into its
 own fresh results folder, and prints wall time and runs/min per value. Small models (LeNet on
@@ -7,7 +7,7 @@ the GPU (or the CPU feeding it) saturates.
 
 Example (the lead's comparison on one GPU; about 2–4 minutes on an H100)::
 
-    python -m dabench.gpu_pack --runs-per-gpu 1,4 --seeds 0,1,2 --out /tmp/pack
+    python -m dabench.speed.gpu_pack --runs-per-gpu 1,4 --seeds 0,1,2 --out /tmp/pack
 
 Any ``dabench run`` matrix flag after ``--`` is passed on (``-- --set steps=300``).
 """
@@ -24,7 +24,7 @@ from typing import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dabench.gpu_pack", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m dabench.speed.gpu_pack", description=__doc__.splitlines()[0])
     p.add_argument("--runs-per-gpu", default="1,4", help="comma-separated K values to compare (default: 1,4)")
     p.add_argument("--methods", default=None, help="as dabench run (default: the quick matrix's six)")
     p.add_argument("--pairs", default="digits-offline")

@@ -1,7 +1,7 @@
-"""One worker process of the local pool: ``python -m dabench.worker --results DIR ...``.
+"""One worker process of the local pool: ``python -m dabench.running.executors.worker --results DIR ...``.
 
 It reads run specs as JSON lines on stdin (``{"spec": {...}}``), runs each through
-:func:`dabench.runner.run_claimed` (claim → run → record → release) and answers on its
+:func:`dabench.running.unit.run_claimed` (claim → run → record → release) and answers on its
 original stdout with JSON lines::
 
     {"event": "ready", "pid": 123}
@@ -58,12 +58,12 @@ def run_one(
     """
     import torch
 
-    from .domain import default_data_root
-    from .registry import load_plugin
-    from .runner import record_failure, run_claimed
-    from .spec import RunSpec
-    from .store import RunStore
-    from .train import resolve_device
+    from ...core.domain import default_data_root
+    from ...core.registry import load_plugin
+    from ..unit import record_failure, run_claimed
+    from ...core.spec import RunSpec
+    from ...core.store import RunStore
+    from ...engine.train import resolve_device
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -97,7 +97,7 @@ def _send(proto: IO[str], msg: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dabench.worker", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m dabench.running.executors.worker", description=__doc__.splitlines()[0])
     p.add_argument("--results", required=True, type=pathlib.Path)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default=None)

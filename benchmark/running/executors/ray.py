@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .executors import Executor, Options, _absolute_plugins, record_death
-from .runner import Outcome
-from .spec import RunSpec
-from .store import RunStore
+from .base import Executor, Options, _absolute_plugins, record_death
+from ..unit import Outcome
+from ...core.spec import RunSpec
+from ...core.store import RunStore
 
 
 def _ray_task(spec_dict: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The method API: what a DA method owns (modules, hyperparameters, its loss) and declares.
 
-A method never loads data or steps an optimiser; the engine (``dabench.train``) does.
+A method never loads data or steps an optimiser; the engine (``dabench.engine.train``) does.
 All methods combine their losses the same way: ``total = ce + trade_off * da``.
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones.base import Backbone
+from ..backbones.base import Backbone
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .train import RunContext
+    from ..engine.train import RunContext
 
 PROTOCOLS = ("uda", "few-shot")
 INITS = (None, "source-only")

@@ -98,7 +98,7 @@ def write_report(dirs: str | Path | Iterable[str | Path], rule: str = "last",
 
     Args:
         dirs: one results folder or several (merged; duplicates and corrupt records warn).
-        rule: selection rule (see :data:`dabench.selection.RULES`).
+        rule: selection rule (see :data:`dabench.analysis.selection.RULES`).
         formats: leaderboard exports among ``md, csv, tex, html`` (list or comma string).
         out: output folder; default the first results folder.
         reps: bootstrap resamples for the confidence intervals.
@@ -106,7 +106,7 @@ def write_report(dirs: str | Path | Iterable[str | Path], rule: str = "last",
             run of the same pair and seed, make a t-SNE figure (runs save features when run
             with ``--set save_features=true``).
         where: ``["steps=2000", …]`` keeps only matching configurations
-            (:func:`dabench.results.filter_runs`).
+            (:func:`dabench.analysis.results.filter_runs`).
 
     Returns:
         name → path: the formats, ``"report"`` (report.html) and ``"figures"`` (folder).

@@ -19,9 +19,9 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .domain import Schedule
-from .registry import METHODS, PAIRS, load_plugin
-from .spec import RunSpec
+from ..core.domain import Schedule
+from ..core.registry import METHODS, PAIRS, load_plugin
+from ..core.spec import RunSpec
 
 SCHEDULE_KEYS = tuple(f.name for f in fields(Schedule))
 DEFAULT_METHODS = ("source-only", "dan", "dann", "coral", "linear-probe", "fine-tune")

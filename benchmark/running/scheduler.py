@@ -1,4 +1,5 @@
-"""The runner: takes run specs, skips what is complete, runs the rest, records every outcome.
+"""The scheduler: takes run specs, skips what is complete, hands the rest to an executor and
+records every outcome. One run is the unit of work's (:mod:`dabench.running.unit`).
 
 It knows nothing of any method's losses. A failure (exception) or divergence (non-finite
 loss) of one run is recorded and the matrix goes on; a run whose dependency did not
@@ -8,188 +9,22 @@ after it has finished, so a killed run is rerun by the next ``dabench run``.
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import json
 import os
 import pathlib
-import platform
-import subprocess
 import sys
 import time
-import traceback
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import torch
-
-from .domain import MissingDataError, PairData, default_data_root
-from .registry import PAIRS
-from .spec import RunSpec
-from .store import TERMINAL, RunStore, atomic_write_text
-from .train import Diverged, execute
+from ..core.domain import default_data_root
+from ..core.spec import RunSpec
+from ..core.store import TERMINAL, RunStore, atomic_write_text
+from .unit import _now, record_failure
 
 if TYPE_CHECKING:
-    from .executors import Executor
-
-_PAIR_CACHE: dict[tuple[str, str], PairData] = {}
-
-
-def load_pair_data(pair_name: str, data_root: pathlib.Path) -> PairData:
-    """Load a pair's data once per process (runs of one pair share it)."""
-    key = (pair_name, str(data_root))
-    if key not in _PAIR_CACHE:
-        _PAIR_CACHE[key] = PAIRS.get(pair_name).load(data_root)
-    return _PAIR_CACHE[key]
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Device and versions recorded with every run (reproducibility)."""
-    from . import __version__
-
-    versions = {"dabench": __version__, "python": platform.python_version(), "torch": torch.__version__}
-    for mod in ("torchvision", "timm", "numpy"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:  # pragma: no cover - optional
-            pass
-    versions["git_commit"] = _git_commit()
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
-    # CPU results depend on the intra-op thread count (reduction order), so it is recorded
-    return {"device": name, "versions": versions, "host": platform.node(), "torch_threads": torch.get_num_threads()}
-
-
-@functools.lru_cache(maxsize=1)
-def _git_commit() -> str | None:
-    here = pathlib.Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def base_record(spec: RunSpec, status: str, env: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "format": 1,
-        "run_id": spec.run_id,
-        "status": status,
-        "spec": spec.to_dict(),
-        "target_labels": None,
-        "curve": [],
-        "final": None,
-        "error": None,
-        "diverged_at_step": None,
-        "resumed_from_step": None,
-        "timings": None,
-        **env,
-        "pid": os.getpid(),  # the process that ran it (a worker's, under the local pool)
-        "started_at": _now(),
-        "finished_at": None,
-    }
-
-
-def run_spec(
-    spec: RunSpec,
-    store: RunStore,
-    device: torch.device,
-    data_root: pathlib.Path,
-    on_step: Callable[[int, int], None] | None = None,
-    checkpoint_every: int = 0,
-    compile: bool = False,
-) -> dict[str, Any]:
-    """Run one spec and write its record (running → complete/failed/diverged/skipped). Never raises
-    for a failure of the run itself; returns the final record."""
-    env = environment(device)
-    record = base_record(spec, "running", env)
-    if spec.depends_on:
-        dep = store.read(spec.depends_on)
-        if not dep or dep.get("status") != "complete":
-            why = dep.get("status") if dep else "not run"
-            record.update(status="skipped", finished_at=_now(),
-                          error={"type": "DependencyNotComplete",
-                                 "message": f"source-only run {spec.depends_on} is {why}", "traceback": ""})
-            store.write(record)
-            return record
-    store.write(record)
-    t0 = time.perf_counter()
-    try:
-        pair = PAIRS.get(spec.pair)
-        pair_data = load_pair_data(spec.pair, data_root)
-        result = execute(spec, pair, pair_data, device, store, on_step, checkpoint_every, compile=compile)
-        record.update(result, status="complete")
-        # wall time of the whole run (data loading and set-up included): what the ETA needs
-        record["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
-    except Diverged as exc:
-        record.update(status="diverged", diverged_at_step=exc.step,
-                      error={"type": "Diverged", "message": str(exc), "traceback": ""})
-    except Exception as exc:  # noqa: BLE001 - the run failed; the matrix goes on
-        record.update(status="failed", error={"type": type(exc).__name__, "message": str(exc),
-                                               "traceback": traceback.format_exc()})
-    record["finished_at"] = _now()
-    store.write(record)
-    return record
-
-
-def run_claimed(
-    spec: RunSpec,
-    store: RunStore,
-    device: torch.device,
-    data_root: pathlib.Path,
-    on_step: Callable[[int, int], None] | None = None,
-    checkpoint_every: int = 0,
-    compile: bool = False,
-) -> "Outcome":
-    """Claim the run for this process, then run it; every executor's unit of work.
-
-    The status is read again *after* the claim: another runner may have finished the run
-    between our first look and the claim, and it must not be run twice.
-    """
-    if not store.claim(spec.run_id):
-        return Outcome(spec.run_id, "busy")
-    try:
-        if store.status(spec.run_id) == "complete":
-            return Outcome(spec.run_id, "already-complete")
-        return Outcome(spec.run_id, "ran", run_spec(spec, store, device, data_root, on_step, checkpoint_every,
-                                                    compile=compile))
-    finally:
-        store.release(spec.run_id)
-
-
-@dataclass
-class Outcome:
-    """What became of one submitted run: ``ran`` (``record`` holds its final record), ``busy``
-    (a live process elsewhere holds its claim), ``already-complete`` or ``died`` (its process
-    died without a terminal record; the executor has recorded it ``failed``)."""
-
-    run_id: str
-    kind: str
-    record: dict[str, Any] | None = None
-
-
-def record_failure(spec: RunSpec, store: RunStore, error_type: str, message: str, traceback_text: str = "",
-                   device: str | None = None) -> dict[str, Any]:
-    """Mark a run ``failed`` from outside it (its process died, or its pair's data is missing).
-
-    Keeps what the run's own ``running`` record holds (environment, start time); never
-    overwrites a terminal record: a run that wrote ``complete`` before dying is complete.
-    """
-    rec = store.read(spec.run_id)
-    if rec is not None and rec.get("status") in TERMINAL:
-        return rec
-    if rec is None:
-        # no torch.cuda calls here: the parent of a pool must not open a CUDA context
-        rec = base_record(spec, "failed", {"device": device, "versions": None, "host": platform.node()})
-    rec.update(status="failed", finished_at=_now(),
-               error={"type": error_type, "message": message, "traceback": traceback_text})
-    store.write(rec)
-    return rec
+    from .executors.base import Executor
 
 
 @dataclass
@@ -254,7 +89,7 @@ def run_matrix(
     records it ``skipped`` if the dependency did not complete). Runs claimed by a live process
     elsewhere are left to it (``busy``); a dependant of such a run waits for it.
     """
-    from .executors import make_executor
+    from .executors.base import make_executor
     from tqdm.auto import tqdm
 
     specs = list(specs)
@@ -385,7 +220,7 @@ def prepare_rerun(results_dir: str | os.PathLike, run_ids: Iterable[str],
     Returns (specs, plugins).
     """
     from .matrix import MatrixError
-    from .registry import load_plugin
+    from ..core.registry import load_plugin
 
     store = RunStore(results_dir)
     plugins: list[str] = []
@@ -438,5 +273,4 @@ def run_inline(
                       checkpoint_every=checkpoint_every, **executor_options)
 
 
-__all__ = ["run_inline", "run_matrix", "run_spec", "run_claimed", "record_failure", "write_matrix_file",
-           "MatrixSummary", "Outcome", "MissingDataError"]
+__all__ = ["run_inline", "run_matrix", "prepare_rerun", "write_matrix_file", "MatrixSummary", "MATRIX_FILE"]

@@ -10,7 +10,7 @@ Cell statistics (per row and pair, over the seeds' selected accuracies):
   the legend says so). See :func:`mean_interval`.
 
 Rows are **configurations**, never pools: a row is a method, its label budget and every
-setting of its run spec except the seed (see :func:`dabench.results.spec_settings`).
+setting of its run spec except the seed (see :func:`dabench.analysis.results.spec_settings`).
 Configurations of one method that differ on some pair become separate rows named by what
 differs, e.g. ``dann (steps=2000)``; a method with several budgets shows them, e.g.
 ``dann (0)`` / ``dann (5/class)``. *Best* and *tied* marks, ranks and averages are computed
@@ -79,7 +79,7 @@ def mean_interval(tasks: list[np.ndarray] | np.ndarray, level: float = 0.95,
 
     Vectorised: each task may be an array (..., n_p) (e.g. replicates × runs of a simulation);
     the results then have the leading shape. This is the interval the leaderboard cells and
-    :func:`dabench.stats.compare` report.
+    :func:`dabench.analysis.stats.compare` report.
     """
     if isinstance(tasks, np.ndarray):
         tasks = [tasks]
@@ -400,10 +400,10 @@ def missing_markdown(missing: pd.DataFrame, limit: int = 40) -> list[str]:
 
 def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95,
                 where: list[str] | dict | None = None) -> Leaderboard:
-    """Build the leaderboard of ``df`` (from :func:`~dabench.results.load_results`) under ``rule``.
+    """Build the leaderboard of ``df`` (from :func:`~dabench.analysis.results.load_results`) under ``rule``.
 
     ``where`` (``["steps=2000"]`` or ``{"steps": 2000}``) keeps only matching configurations,
-    see :func:`dabench.results.filter_runs`.
+    see :func:`dabench.analysis.results.filter_runs`.
     """
     title = f"Target accuracy (%) — selection rule: {rule_title(rule)}"
     sel, planned, missing, notes = prepare(df, rule, where)

@@ -33,15 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones.base import Backbone
-from .data import DeviceData
-from .domain import Domain, DomainPair, PairData, Schedule
-from .evaluate import autocast
-from .method import Method
-from .registry import BACKBONES, METHODS, PAIRS, RegistryError
-from .spec import RunSpec
-from .splits import stratified_split
-from .train import RunContext, resolve_device
+from ..backbones.base import Backbone
+from ..engine.data import DeviceData
+from ..core.domain import Domain, DomainPair, PairData, Schedule
+from ..engine.evaluate import autocast
+from ..core.method import Method
+from ..core.registry import BACKBONES, METHODS, PAIRS, RegistryError
+from ..core.spec import RunSpec
+from ..core.splits import stratified_split
+from ..engine.train import RunContext, resolve_device
 
 BackboneFactory = Callable[[], Backbone]
 
@@ -161,7 +161,7 @@ def _prepare(module: nn.Module, device: torch.device, compile: bool) -> nn.Modul
         module = module.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     if compile:
-        from .compile import compile_method
+        from ..engine.compile import compile_method
 
         compile_method(module)
     return module
@@ -240,7 +240,7 @@ class EngineBench:
         torch.manual_seed(seed)
         self.method: Method = _prepare(cls(make_backbone(), pair.num_classes, {}), device, False)
         if compile:
-            from .compile import compile_method
+            from ..engine.compile import compile_method
 
             compile_method(self.method)
         shots = pair.target_shots if (cls.protocol == "few-shot" or cls.uses.target_shots) else 0
@@ -382,7 +382,7 @@ def run_bench(
         pair, data = synthetic_pair(synthetic, image_size=size, backbone=backbone or "resnet50")
         bb_name = backbone or "resnet50"
     else:
-        from .domain import default_data_root
+        from ..core.domain import default_data_root
 
         pair = PAIRS.get(pair_name or "digits-offline")
         if image_size and image_size != pair.image_size:

@@ -2,7 +2,7 @@
 
 Records are the only source of truth (see DESIGN.md, "Results store"): this module never
 writes them. One row per run; the evaluation ``curve`` stays a list of dicts in its cell so
-that a selection rule (:mod:`dabench.selection`) can be applied after the fact.
+that a selection rule (:mod:`dabench.analysis.selection`) can be applied after the fact.
 
 Bad input is reported, never fatal: a corrupt or truncated JSON file, or a record with a
 malformed field (``"timings": "abc"``, ``"curve": "x"`` …), is named in a ``warnings.warn``
@@ -207,7 +207,7 @@ def _planned_rows(d: Path) -> list[dict[str, Any]]:
 def _spec_run_id(spec: dict[str, Any]) -> str:
     """The run id a spec of ``matrix.json`` will record under ("" if it no longer parses)."""
     try:
-        from .spec import RunSpec
+        from ..core.spec import RunSpec
 
         return RunSpec.from_dict(spec).run_id
     except Exception:  # a matrix of another dabench version: the id is only informative here

@@ -1,0 +1,1 @@
+"""Analysis of run records: loading, model selection, tables, statistics, figures, reports."""

@@ -1,0 +1,1 @@
+"""Speed measurements: ``dabench bench`` (images/s per method) and ``python -m dabench.speed.gpu_pack``."""
