@@ -13,6 +13,7 @@ from .running.matrix import (
     DEFAULT_METHODS, DEFAULT_PAIRS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides, truthy,
 )
 from .core.registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
+from .running.executors import EXECUTORS, ExecutorOptions, make_executor
 
 EPILOG = """examples:
   dabench run                                   # quick matrix: 6 methods x digits-offline x 3 seeds
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the methods' networks (speed only; not part of the run id)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--dry-run", action="store_true", help="print the run specs and exit")
-    r.add_argument("--executor", default="inline", choices=("inline", "local", "ray"),
+    r.add_argument("--executor", default="inline", choices=EXECUTORS.names(),
                    help="inline: this process; local: a pool of worker processes (a crash kills only its run); "
                         "ray: one Ray task per run (pip install 'dabench[ray]') (default: inline)")
     r.add_argument("--workers", type=int, default=None, metavar="N",
@@ -161,11 +162,11 @@ def _table(header: Sequence[str], rows: list[Sequence[str]]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .running.scheduler import run_matrix, write_matrix_file
+    # subcommand modules are imported when their command runs: ``dabench list`` and ``--help``
+    # stay fast, and one command's heavy dependencies (pandas, scipy, seaborn) never load for another
+    from .running.scheduler import prepare_rerun, run_matrix, write_matrix_file
 
     if args.rerun:
-        from .running.scheduler import prepare_rerun
-
         specs, plugins = prepare_rerun(args.results, args.rerun, extra_plugins=args.plugin)
         given = parse_overrides(args.set)
         if set(given) - {"save_features"}:
@@ -191,21 +192,18 @@ def _run(args: argparse.Namespace) -> int:
         for s in specs:
             print(s.run_id, s.label, s.protocol, f"shots={s.target_shots}", s.hparams)
         return 0
+    options = ExecutorOptions(
+        device=args.device, data_root=args.data_root, progress=not args.no_progress,
+        checkpoint_every=args.checkpoint_every, compile=args.compile, plugins=tuple(plugins), workers=args.workers,
+        runs_per_gpu=args.runs_per_gpu, runs_per_process=args.runs_per_process, ray_address=args.ray_address)
     try:
-        from .running.executors.base import make_executor
-
-        ex = make_executor(args.executor, results_dir=args.results, device=args.device, data_root=args.data_root,
-                           progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
-                           compile=args.compile, plugins=tuple(plugins), workers=args.workers,
-                           runs_per_gpu=args.runs_per_gpu, runs_per_process=args.runs_per_process,
-                           ray_address=args.ray_address)
+        ex = make_executor(args.executor, args.results, options)
     except (ValueError, ImportError, ConnectionError) as exc:  # bad --workers, no Ray, no cluster there
         raise MatrixError(str(exc)) from None
     if not args.rerun:  # a rerun of one run must not replace the folder's matrix
         write_matrix_file(args.results, specs, plugins=plugins, executor=args.executor, workers=ex.workers)
     t0 = time.perf_counter()
-    summary = run_matrix(specs, args.results, executor=ex, data_root=args.data_root,
-                         progress=not args.no_progress)
+    summary = run_matrix(specs, args.results, options, executor=ex)
     wall = time.perf_counter() - t0
     counts = ", ".join(f"{v} {k}" for k, v in summary.counts().items())
     print(f"\n{len(specs)} runs in {args.results} ({args.executor} executor, {ex.workers} worker(s)): {counts}; "
@@ -218,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .analysis.report import report_text, write_report
+    from .analysis.report import report_text, write_report  # late: see _run
 
     formats = tuple(_csv(args.format))
     valid = {"md", "csv", "tex", "html"}
@@ -233,7 +231,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .speed.bench import default_out, run_bench, write_result
+    from .speed.bench import default_out, run_bench, write_result  # late: see _run
 
     if args.steps < 1 or args.warmup < 0:
         raise MatrixError("--steps must be >= 1 and --warmup >= 0")
@@ -248,7 +246,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .running.status import status_text
+    from .running.status import status_text  # late: see _run
 
     print(status_text(args.dir))
     return 0

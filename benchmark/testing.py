@@ -38,16 +38,20 @@ import contextlib
 import io
 import math
 import pathlib
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 import torch
 
-from .engine.data import DeviceData
 from .core.domain import Domain, DomainPair, PairData, default_data_root
 from .core.method import Batch, Loss, Method, validate_method_class
 from .core.registry import BACKBONES, METHODS, PAIRS, RegistryError
 from .core.spec import RunSpec
+from .engine.data import DeviceData
+from .engine.train import RunContext
+from .running.matrix import Matrix, MatrixError, expand, parse_value
+from .running.unit import load_pair_data
 
 __all__ = ["check_method", "CheckReport", "isolated_registries"]
 
@@ -114,8 +118,6 @@ def check_method(
     del m2
 
     # --- one real step through the engine ---------------------------------------------------
-    from .engine.train import RunContext  # late: train imports data, evaluate, ...
-
     model = _build(cls, pair_obj, hparams, seed)
     spec = RunSpec(
         method=name, pair=pair, seed=seed, protocol="few-shot" if shots else "uda",
@@ -179,8 +181,6 @@ def isolated_registries() -> Iterator[None]:
     """Undo every registration made inside the block (methods, pairs, backbones, groups, factories)
     and forget plugin files imported by ``load_plugin`` in it, so a test's plugins do not leak into
     the rest of the session (e.g. into a test that lists the built-in methods)."""
-    import sys
-
     registries = (METHODS, PAIRS, BACKBONES)
     saved = [(dict(r._items), dict(r._sources), dict(r._groups), dict(r._factories), r._entry_points_loaded)
              for r in registries]
@@ -237,8 +237,6 @@ def _per_class(idx: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
 def _small_pair_data(pair: str, per_class: int, data_root: pathlib.Path) -> PairData:
     key = (pair, per_class)
     if key not in _SUBSET_CACHE:
-        from .running.unit import load_pair_data  # late: the runner pulls in the whole engine
-
         full = load_pair_data(pair, data_root)
         src, tgt = full.source, full.target
 
@@ -340,8 +338,6 @@ def _other_value(v: Any) -> Any:
 
 def _check_hparams(cls: type[Method], pair: str) -> list[str]:
     """Every declared hyperparameter lands in the run spec when given as ``--set`` text."""
-    from .running.matrix import Matrix, MatrixError, expand, parse_value
-
     name = cls.name
     defaults = cls.hparam_defaults()
     checked = []

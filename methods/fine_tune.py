@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from dabench import Batch, Loss, Method, Uses, register_method
+from dabench.core.method import Batch, Loss, Method, Uses
+from dabench.core.registry import register_method
 
 
 @register_method("fine-tune")

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench import Batch, Loss, Method, Uses, register_method
+from dabench.core.method import Batch, Loss, Method, Uses
+from dabench.core.registry import register_method
 
 
 @register_method("linear-probe")

@@ -1,7 +1,8 @@
 """Source-only: the no-adaptation baseline."""
 from __future__ import annotations
 
-from dabench import Batch, Loss, Method, Uses, register_method
+from dabench.core.method import Batch, Loss, Method, Uses
+from dabench.core.registry import register_method
 
 
 @register_method("source-only")

@@ -27,9 +27,10 @@ def one_thread():
 def quick_matrix(tmp_path_factory):
     """All six built-in methods × digits-offline × seed 0 at 300 steps; returns (results dir, summary)."""
     from dabench.running.matrix import Matrix, expand
-    from dabench.running.scheduler import run_inline
+    from dabench.running.executors import ExecutorOptions
+    from dabench.running.scheduler import run_matrix
 
     out = tmp_path_factory.mktemp("quick")
     specs = expand(Matrix(seeds=(0,), overrides={"steps": QUICK_STEPS, "eval_every": 100}))
-    summary = run_inline(specs, out, device="cpu", progress=False)
+    summary = run_matrix(specs, out, ExecutorOptions(device="cpu", progress=False))
     return out, summary, specs

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from dabench.cli import main
-from dabench.running.executors.base import make_executor
+from dabench.running.executors import ExecutorOptions, make_executor
 from dabench.running.executors.local_pool import plan_slots
 from dabench.running.matrix import Matrix, expand
 from dabench.running.scheduler import run_matrix
@@ -32,10 +32,10 @@ def _records(root: pathlib.Path) -> dict[str, dict]:
 def test_local_pool_matches_inline_and_orders_dependants(tmp_path):
     specs = expand(Matrix(methods=("source-only", "linear-probe", "fine-tune"), pairs=("tiny",), seeds=(0,),
                           plugins=(TINY,)))
-    inline = run_matrix(specs, tmp_path / "inline", executor="inline", device="cpu", progress=False)
+    inline = run_matrix(specs, tmp_path / "inline", ExecutorOptions(device="cpu", progress=False), executor="inline")
     # two reused workers: both dependants wait for source-only, then run side by side
-    local = run_matrix(specs, tmp_path / "local", executor="local", workers=2, runs_per_process=0, device="cpu",
-                       progress=False, plugins=(TINY,))
+    local = run_matrix(specs, tmp_path / "local", ExecutorOptions(workers=2, runs_per_process=0, device="cpu",
+                       progress=False, plugins=(TINY,)), executor="local")
     assert [r["status"] for r in inline.ran] == ["complete"] * 3
     assert sorted(r["status"] for r in local.ran) == ["complete"] * 3
     a, b = _records(tmp_path / "inline"), _records(tmp_path / "local")
@@ -49,7 +49,7 @@ def test_local_pool_matches_inline_and_orders_dependants(tmp_path):
         if s.depends_on:
             assert b[s.run_id]["started_at"] >= b[src]["finished_at"]
     # a second pass recomputes nothing
-    again = run_matrix(specs, tmp_path / "local", executor="local", workers=2, device="cpu", progress=False)
+    again = run_matrix(specs, tmp_path / "local", ExecutorOptions(workers=2, device="cpu", progress=False), executor="local")
     assert again.ran == [] and len(again.skipped_complete) == 3
 
 
@@ -77,8 +77,8 @@ def test_worker_crash_and_divergence_in_the_pool(tmp_path):
     specs = expand(Matrix(methods=("crash", "source-only", "linear-probe"), pairs=("tiny",), seeds=(0,),
                           plugins=plugins, overrides={"lr": 1e6}))
     # default: each run in a fresh worker process
-    summary = run_matrix(specs, tmp_path / "out", executor="local", workers=2, device="cpu", progress=False,
-                         plugins=plugins)
+    summary = run_matrix(specs, tmp_path / "out", ExecutorOptions(workers=2, device="cpu", progress=False,
+                         plugins=plugins), executor="local")
     recs = {r["spec"]["method"]: r for r in summary.ran}
     assert recs["source-only"]["pid"] not in (os.getpid(), recs["crash"]["pid"])
     assert recs["source-only"]["status"] == "diverged" and recs["source-only"]["diverged_at_step"] >= 0
@@ -111,7 +111,7 @@ def test_plan_slots_packs_runs_per_gpu(monkeypatch):
 
 def test_bad_executor_choices_are_named(tmp_path, capsys):
     with pytest.raises(ValueError, match="valid executors: inline, local, ray"):
-        make_executor("slurm", results_dir=tmp_path)
+        make_executor("slurm", tmp_path)
     with pytest.raises(SystemExit):
         main(["run", "--executor", "slurm"])
     assert "invalid choice: 'slurm' (choose from" in capsys.readouterr().err
@@ -140,3 +140,37 @@ def test_rerun_repeats_a_run_deterministically(tmp_path, capsys):
     assert [p["target_acc"] for p in new["curve"]] == [p["target_acc"] for p in rec["curve"]]
     assert main(["run", "--rerun", "000000000000", "--results", str(out)]) == 2
     assert "no record" in capsys.readouterr().err
+
+
+def test_a_registered_executor_is_one_class_away(tmp_path):
+    """A new executor is one registered class: the scheduler builds it by name with the one
+    options object, and ``dabench run --executor`` offers it."""
+    import dataclasses
+
+    from dabench.cli import build_parser
+    from dabench.running.executors import EXECUTORS, register_executor
+    from dabench.running.executors.inline import InlineExecutor
+
+    seen: list = []
+
+    @register_executor("test-counting")
+    class Counting(InlineExecutor):
+        def __init__(self, results_dir, opts):
+            seen.append(opts)
+            super().__init__(results_dir, opts)
+
+    try:
+        specs = expand(Matrix(methods=("source-only",), pairs=("tiny",), seeds=(0,), plugins=(TINY,)))
+        opts = ExecutorOptions(device="cpu", progress=False, plugins=[TINY], workers=3)
+        summary = run_matrix(specs, tmp_path, opts, executor="test-counting")
+        assert [r["status"] for r in summary.ran] == ["complete"]
+        # the same options arrive, with the data folder resolved once by the scheduler
+        assert seen[0].workers == 3 and seen[0].plugins == (TINY,) and seen[0].data_root is not None
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            opts.workers = 1  # type: ignore[misc]
+        run = build_parser()._subparsers._group_actions[0].choices["run"]
+        choices = next(a.choices for a in run._actions if a.dest == "executor")
+        assert "test-counting" in choices and {"inline", "local", "ray"} <= set(choices)
+    finally:
+        EXECUTORS._items.pop("test-counting", None)
+        EXECUTORS._sources.pop("test-counting", None)

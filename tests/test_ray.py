@@ -13,6 +13,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'dabench[ray]'")
 
 from dabench.running.matrix import Matrix, expand  # noqa: E402
+from dabench.running.executors import ExecutorOptions  # noqa: E402
 from dabench.running.scheduler import run_matrix  # noqa: E402
 from dabench.core.store import RunStore  # noqa: E402
 
@@ -50,7 +51,7 @@ def test_ray_matches_inline_and_survives_a_dead_task(local_ray, tmp_path):
     plugins = (TINY, str(plugin))
     specs = expand(Matrix(methods=("source-only", "linear-probe", "ray-crash"), pairs=("tiny",), seeds=(0,),
                           plugins=plugins))
-    summary = run_matrix(specs, tmp_path / "ray", executor="ray", device="cpu", progress=False, plugins=plugins)
+    summary = run_matrix(specs, tmp_path / "ray", ExecutorOptions(device="cpu", progress=False, plugins=plugins), executor="ray")
     got = {r["spec"]["method"]: r for r in summary.ran}
     assert got["source-only"]["status"] == got["linear-probe"]["status"] == "complete"
     assert got["ray-crash"]["status"] == "failed" and got["ray-crash"]["error"]["type"] == "WorkerDied"
@@ -59,7 +60,7 @@ def test_ray_matches_inline_and_survives_a_dead_task(local_ray, tmp_path):
 
     torch.set_num_threads(1)
     good = [s for s in specs if s.method != "ray-crash"]
-    run_matrix(good, tmp_path / "inline", device="cpu", progress=False)
+    run_matrix(good, tmp_path / "inline", ExecutorOptions(device="cpu", progress=False))
     inline = {r["run_id"]: r for r in RunStore(tmp_path / "inline").records()}
     for s in good:
         assert got[s.method]["final"]["target_acc"] == pytest.approx(inline[s.run_id]["final"]["target_acc"], abs=1e-9)

@@ -12,7 +12,8 @@ import dabench
 from dabench.engine.data import DeviceData
 from dabench.running.matrix import Matrix, MatrixError, expand, load_matrix_file
 from dabench.core.registry import RegistryError
-from dabench.running.scheduler import run_inline
+from dabench.running.executors import ExecutorOptions
+from dabench.running.scheduler import run_matrix
 from dabench.running.unit import load_pair_data
 from dabench.core.store import RunStore
 from dabench.engine.train import RunContext, build_method
@@ -32,7 +33,7 @@ def test_rerun_recomputes_nothing(quick_matrix):
     out, _, specs = quick_matrix
     store = RunStore(out)
     before = {s.run_id: store.record_path(s.run_id).stat().st_mtime_ns for s in specs}
-    again = run_inline(specs, out, device="cpu", progress=False)
+    again = run_matrix(specs, out, ExecutorOptions(device="cpu", progress=False))
     assert again.ran == [] and len(again.skipped_complete) == len(specs)
     after = {s.run_id: store.record_path(s.run_id).stat().st_mtime_ns for s in specs}
     assert before == after
@@ -60,7 +61,7 @@ def test_few_shot_methods_really_load_the_checkpoint(quick_matrix, tmp_path):
     bad_store.checkpoints.mkdir(parents=True)
     torch.save(sabotaged, bad_store.checkpoint_path(by_method["source-only"].run_id))
     bad_store.write({**store.read(by_method["source-only"].run_id)})
-    run_inline([by_method["linear-probe"]], tmp_path, device="cpu", progress=False)
+    run_matrix([by_method["linear-probe"]], tmp_path, ExecutorOptions(device="cpu", progress=False))
     sab = bad_store.read(by_method["linear-probe"].run_id)
     assert sab["status"] == "complete"
     assert sab["final"]["target_acc"] < 25 < good

@@ -20,6 +20,7 @@ import time
 import pytest
 
 from dabench.running.matrix import Matrix, expand
+from dabench.running.executors import ExecutorOptions
 from dabench.running.scheduler import run_matrix
 from dabench.core.store import RunStore
 
@@ -82,7 +83,7 @@ def test_exception_and_nan_are_recorded_and_the_matrix_goes_on(tmp_path):
     plugins = (TINY, str(plugin))
     specs = expand(Matrix(methods=("boom", "nan", "source-only", "linear-probe"), pairs=("tiny",), seeds=(0,),
                           plugins=plugins))
-    summary = run_matrix(specs, tmp_path / "out", device="cpu", progress=False, plugins=plugins)
+    summary = run_matrix(specs, tmp_path / "out", ExecutorOptions(device="cpu", progress=False, plugins=plugins))
     recs = {r["spec"]["method"]: r for r in summary.ran}
     assert recs["boom"]["status"] == "failed"
     assert recs["boom"]["error"]["type"] == "RuntimeError"
@@ -94,14 +95,14 @@ def test_exception_and_nan_are_recorded_and_the_matrix_goes_on(tmp_path):
 
 def test_corrupt_records_are_named_and_rerun(tmp_path):
     specs = expand(Matrix(methods=("source-only",), pairs=("tiny",), seeds=(0, 1, 2), plugins=(TINY,)))
-    run_matrix(specs, tmp_path, device="cpu", progress=False)
+    run_matrix(specs, tmp_path, ExecutorOptions(device="cpu", progress=False))
     store = RunStore(tmp_path)
     torn, garbage, intact = (store.record_path(s.run_id) for s in specs)
     torn.write_text(torn.read_text()[: len(torn.read_text()) // 2])  # a write cut off half way
     garbage.write_text("\x00\x01 not json")
     before = intact.stat().st_mtime_ns
     with pytest.warns(UserWarning, match="corrupt run record") as caught:
-        summary = run_matrix(specs, tmp_path, device="cpu", progress=False)
+        summary = run_matrix(specs, tmp_path, ExecutorOptions(device="cpu", progress=False))
     named = " ".join(str(w.message) for w in caught)
     assert torn.name in named and garbage.name in named
     assert sorted(summary.corrupt) == sorted([specs[0].run_id, specs[1].run_id])

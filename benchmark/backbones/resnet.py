@@ -21,7 +21,7 @@ def resnet50(in_channels: int = 3, image_size: int = 224, pretrained: bool | str
 
     Options: ``weights=PATH`` (local state dict, wins over ``pretrained``), ``pretrained`` (default True:
     timm's ImageNet weights, downloaded or from the cache; a clear error when neither works)."""
-    import timm
+    import timm  # late: timm takes seconds to import and only timm backbones need it
 
     if in_channels != 3:
         raise ValueError(f"resnet50 takes 3-channel images, the pair has {in_channels}")

@@ -15,7 +15,7 @@ from torch import nn
 from ..backbones.base import Backbone
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..engine.train import RunContext
+    from ..engine.train import RunContext  # the type only: the engine imports this module
 
 PROTOCOLS = ("uda", "few-shot")
 INITS = (None, "source-only")

@@ -11,8 +11,14 @@ import fnmatch
 import hashlib
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
+import os
+import pathlib
+import sys
 from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from .method import validate_method_class
 
 T = TypeVar("T")
 
@@ -163,8 +169,6 @@ class Registry(Generic[T]):
 
 def _prepare_method(name: str, cls: Any) -> Any:
     """Name a method class and refuse it, saying what is missing, when it is incomplete."""
-    from .method import validate_method_class  # late: method.py imports this module
-
     validate_method_class(cls)
     cls.name = name
     return cls
@@ -230,10 +234,6 @@ def list_backbones(pattern: str | None = None) -> list[str]:
 
 def load_plugin(ref: str) -> None:
     """Import a plugin given as a ``.py`` file path or a dotted module name; it registers itself."""
-    import importlib.util
-    import pathlib
-    import sys
-
     try:
         if ref.endswith(".py") or "/" in ref:
             path = pathlib.Path(ref).resolve()
@@ -266,8 +266,6 @@ def load_plugin(ref: str) -> None:
 
 def _same_file(a: str, b) -> bool:
     try:
-        import os
-
         return os.path.samefile(a, b)
     except OSError:
         return False

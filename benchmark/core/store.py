@@ -18,6 +18,8 @@ import socket
 import warnings
 from typing import Any, Iterator
 
+import torch
+
 TERMINAL = ("complete", "failed", "diverged", "skipped")
 
 
@@ -34,8 +36,6 @@ def atomic_write_text(path: pathlib.Path, text: str) -> None:
 
 def atomic_torch_save(obj: Any, path: pathlib.Path) -> None:
     """``torch.save`` through a temp file + rename, so a kill never leaves a torn checkpoint."""
-    import torch
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)

@@ -7,8 +7,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
+from .compile import compile_method
 from .data import DeviceData
 from ..core.domain import DomainPair, PairData
 from .evaluate import autocast, evaluate, predict_split
@@ -166,8 +168,6 @@ FEATURES_PER_DOMAIN = 1000  # enough for a t-SNE; keeps the file small (float16)
 
 def save_features(method: Method, data: DeviceData, path) -> None:
     """Features of (up to 1,000) source-validation and target-evaluation images, with labels, as .npz."""
-    import numpy as np
-
     method.eval()
     out = {}
     for name, split in (("source", data.source_val), ("target", data.target_eval)):
@@ -210,8 +210,6 @@ def execute(
             )
         method.net.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
     if compile:
-        from .compile import compile_method
-
         compile_method(method)
     data = DeviceData(pair, pair_data, device, spec.seed, spec.target_shots, spec.eval_shots)
     ctx = RunContext(spec, pair, data, device, store, on_step, checkpoint_every)

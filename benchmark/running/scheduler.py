@@ -8,6 +8,7 @@ after it has finished, so a killed run is rerun by the next ``dabench run``.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -16,15 +17,17 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
+
+from tqdm.auto import tqdm
 
 from ..core.domain import default_data_root
+from ..core.registry import load_plugin
 from ..core.spec import RunSpec
 from ..core.store import TERMINAL, RunStore, atomic_write_text
+from .executors import Executor, ExecutorOptions, make_executor
+from .matrix import MatrixError
 from .unit import _now, record_failure
-
-if TYPE_CHECKING:
-    from .executors.base import Executor
 
 
 @dataclass
@@ -69,17 +72,8 @@ def _corrupt(store: RunStore, run_id: str) -> bool:
 def run_matrix(
     specs: Iterable[RunSpec],
     results_dir: str | os.PathLike,
-    executor: "str | Executor" = "inline",
-    device: str | None = None,
-    data_root: str | os.PathLike | None = None,
-    progress: bool = True,
-    checkpoint_every: int = 0,
-    compile: bool = False,
-    plugins: Iterable[str] = (),
-    workers: int | None = None,
-    runs_per_gpu: int = 1,
-    runs_per_process: int = 0,
-    ray_address: str | None = None,
+    options: ExecutorOptions | None = None,
+    executor: str | Executor = "inline",
     poll_s: float = 1.0,
 ) -> MatrixSummary:
     """Run specs through an executor: skip complete ones, order dependants after their
@@ -88,17 +82,20 @@ def run_matrix(
     A dependant is submitted only once its dependency's record is terminal (``run_spec`` then
     records it ``skipped`` if the dependency did not complete). Runs claimed by a live process
     elsewhere are left to it (``busy``); a dependant of such a run waits for it.
-    """
-    from .executors.base import make_executor
-    from tqdm.auto import tqdm
 
+    ``executor``: a registered name (built here with ``options``) or an executor already built
+    (the CLI builds it first, to report a bad option before writing ``matrix.json``).
+    """
+    options = options or ExecutorOptions()
+    progress = options.progress
     specs = list(specs)
     store = RunStore(results_dir)
-    root = pathlib.Path(data_root) if data_root else default_data_root()
-    ex = executor if not isinstance(executor, str) else make_executor(
-        executor, results_dir=store.root, device=device, data_root=root, progress=progress,
-        checkpoint_every=checkpoint_every, compile=compile, plugins=tuple(plugins), workers=workers,
-        runs_per_gpu=runs_per_gpu, runs_per_process=runs_per_process, ray_address=ray_address)
+    if isinstance(executor, str):
+        # resolved here, once: every worker (or Ray task) then reads the same data folder
+        resolved = dataclasses.replace(options, data_root=options.data_root or default_data_root())
+        ex = make_executor(executor, store.root, resolved)
+    else:
+        ex = executor
     summary = MatrixSummary()
     missing_pairs: dict[str, str] = {}
     bar = tqdm(total=len(specs), desc="matrix", unit="run", disable=not progress, file=sys.stderr, position=0)
@@ -219,9 +216,6 @@ def prepare_rerun(results_dir: str | os.PathLike, run_ids: Iterable[str],
     so reports never count it twice) and drops any mid-run checkpoint, so the run starts afresh.
     Returns (specs, plugins).
     """
-    from .matrix import MatrixError
-    from ..core.registry import load_plugin
-
     store = RunStore(results_dir)
     plugins: list[str] = []
     mfile = store.root / MATRIX_FILE
@@ -257,20 +251,4 @@ def prepare_rerun(results_dir: str | os.PathLike, run_ids: Iterable[str],
     return specs, tuple(plugins)
 
 
-def run_inline(
-    specs: Iterable[RunSpec],
-    results_dir: str | os.PathLike,
-    device: str | None = None,
-    data_root: str | os.PathLike | None = None,
-    progress: bool = True,
-    checkpoint_every: int = 0,
-    **executor_options: Any,
-) -> MatrixSummary:
-    """Run specs (dependencies ordered first); in this process unless ``executor=`` says
-    otherwise (see :func:`run_matrix` for the executor options)."""
-    executor_options.setdefault("executor", "inline")
-    return run_matrix(specs, results_dir, device=device, data_root=data_root, progress=progress,
-                      checkpoint_every=checkpoint_every, **executor_options)
-
-
-__all__ = ["run_inline", "run_matrix", "prepare_rerun", "write_matrix_file", "MatrixSummary", "MATRIX_FILE"]
+__all__ = ["run_matrix", "prepare_rerun", "write_matrix_file", "MatrixSummary", "MATRIX_FILE"]

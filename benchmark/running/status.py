@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.spec import RunSpec
 from ..core.store import RunStore, read_record_file
 
 ORDER = ("complete", "running", "failed", "diverged", "skipped", "pending", "interrupted")
@@ -81,8 +82,6 @@ def folder_status(root: str | os.PathLike) -> FolderStatus:
             matrix = json.loads(mfile.read_text())
             out.workers = int(matrix.get("workers") or 1)
             for s in matrix.get("specs") or []:
-                from ..core.spec import RunSpec
-
                 specs[RunSpec.from_dict(s).run_id] = s
             out.in_matrix = len(specs)
         except (OSError, ValueError, TypeError, KeyError) as exc:

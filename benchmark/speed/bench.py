@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.base import Backbone
+from ..engine.compile import compile_method
 from ..engine.data import DeviceData
-from ..core.domain import Domain, DomainPair, PairData, Schedule
+from ..core.domain import Domain, DomainPair, PairData, Schedule, default_data_root
 from ..engine.evaluate import autocast
 from ..core.method import Method
 from ..core.registry import BACKBONES, METHODS, PAIRS, RegistryError
@@ -94,7 +95,7 @@ class TimmBackbone(Backbone):
 
     def __init__(self, name: str, in_channels: int) -> None:
         super().__init__()
-        import timm
+        import timm  # late: timm takes seconds to import and only timm backbones need it
 
         self.model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
         self.out_features = int(self.model.num_features)
@@ -133,7 +134,7 @@ def backbone_factory(
         opts = _offline_options(factory, options or {})
         return (lambda: factory(in_channels=in_channels, image_size=image_size, **opts)), f"{name} (registered)"
     try:
-        import timm
+        import timm  # late: timm takes seconds to import and only timm backbones need it
 
         known = timm.is_model(name)
     except ImportError:  # pragma: no cover - timm is a dependency
@@ -161,8 +162,6 @@ def _prepare(module: nn.Module, device: torch.device, compile: bool) -> nn.Modul
         module = module.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     if compile:
-        from ..engine.compile import compile_method
-
         compile_method(module)
     return module
 
@@ -240,8 +239,6 @@ class EngineBench:
         torch.manual_seed(seed)
         self.method: Method = _prepare(cls(make_backbone(), pair.num_classes, {}), device, False)
         if compile:
-            from ..engine.compile import compile_method
-
             compile_method(self.method)
         shots = pair.target_shots if (cls.protocol == "few-shot" or cls.uses.target_shots) else 0
         self.spec = RunSpec(
@@ -382,8 +379,6 @@ def run_bench(
         pair, data = synthetic_pair(synthetic, image_size=size, backbone=backbone or "resnet50")
         bb_name = backbone or "resnet50"
     else:
-        from ..core.domain import default_data_root
-
         pair = PAIRS.get(pair_name or "digits-offline")
         if image_size and image_size != pair.image_size:
             pair = dataclasses.replace(pair, image_size=image_size)

@@ -10,23 +10,37 @@ decides *what* runs when; an executor only runs what it is given, ``free_slots()
   existing cluster (``ray_address``) or a local one started on demand. The results folder
   must be on storage every node sees (records and checkpoints are files).
 
-Every executor runs :func:`dabench.running.unit.run_claimed`, so the records are the same. The pool
-lives in :mod:`dabench.running.executors.local_pool`, the Ray executor in :mod:`dabench.running.executors.ray`.
+Every executor runs :func:`dabench.running.unit.run_claimed`, so the records are the same. One file
+per executor (``inline.py``, ``local_pool.py``, ``ray.py``), each registered by name with
+:func:`register_executor`; ``dabench run --executor`` offers the registered names.
 """
 from __future__ import annotations
 
 import json
 import pathlib
+import socket
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..unit import Outcome, record_failure, run_claimed
+from tqdm.auto import tqdm
+
+from ...core.registry import Registry
 from ...core.spec import RunSpec
 from ...core.store import RunStore
+from ..unit import Outcome, record_failure
 
-EXECUTORS = ("inline", "local", "ray")
+# name → Executor class, built as ``cls(results_dir, options)``; installed packages may add
+# executors through the ``dabench.executors`` entry-point group, like methods and pairs
+EXECUTORS: Registry = Registry("executor", "dabench.executors")
+
+
+def register_executor(name: str):
+    """Register an :class:`Executor` subclass under ``name`` (``dabench run --executor NAME``).
+
+    The class is built as ``cls(results_dir, options)`` with an :class:`ExecutorOptions`."""
+    return EXECUTORS.decorator(name)
 
 
 class Executor(ABC):
@@ -50,17 +64,28 @@ class Executor(ABC):
         return 1
 
 
-@dataclass
-class Options:
-    """What every executor needs to run a spec (the ``dabench run`` flags)."""
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """How to run a matrix's specs (the ``dabench run`` flags): one object, passed whole from the
+    CLI or the Python API through the scheduler to the executor. Each executor reads the fields
+    it uses; none changes a run's id or its result."""
 
-    results_dir: pathlib.Path
-    device: str | None = None
-    data_root: pathlib.Path | None = None
+    device: str | None = None  # auto (None), cpu, cuda, cuda:1 ...
+    data_root: pathlib.Path | None = None  # None: $DABENCH_DATA or the default
     progress: bool = True
-    checkpoint_every: int = 0
-    compile: bool = False
-    plugins: tuple[str, ...] = ()
+    checkpoint_every: int = 0  # steps between resumable mid-run checkpoints; 0: off
+    compile: bool = False  # torch.compile the methods' networks
+    plugins: tuple[str, ...] = ()  # imported by every process that runs a spec
+    workers: int | None = None  # local/ray: runs at once (None: what the devices fit)
+    runs_per_gpu: int = 1  # local/ray: runs packed on one GPU
+    runs_per_process: int = 0  # local: runs per worker process before a fresh one (0: no limit)
+    ray_address: str | None = None  # ray: cluster to join (None: start a local Ray)
+
+    def __post_init__(self) -> None:
+        # the CLI and the API hand over lists and str paths: kept as a tuple and a Path
+        object.__setattr__(self, "plugins", tuple(self.plugins))
+        if self.data_root is not None:
+            object.__setattr__(self, "data_root", pathlib.Path(self.data_root))
 
 
 def _absolute_plugins(plugins: Sequence[str]) -> tuple[str, ...]:
@@ -69,48 +94,7 @@ def _absolute_plugins(plugins: Sequence[str]) -> tuple[str, ...]:
 
 
 def _step_bar(progress: bool, position: int):
-    from tqdm.auto import tqdm
-
     return tqdm(total=0, unit="step", leave=False, disable=not progress, file=sys.stderr, position=position)
-
-
-class InlineExecutor(Executor):
-    """In this process: ``submit`` runs the spec to the end before returning."""
-
-    def __init__(self, opts: Options) -> None:
-        from ...core.domain import default_data_root
-        from ...core.registry import load_plugin
-        from ...engine.train import resolve_device
-
-        self.opts = opts
-        for plugin in opts.plugins:  # already loaded by expand(); harmless and needed for --rerun
-            load_plugin(plugin)
-        self.device = resolve_device(opts.device)
-        self.root = opts.data_root or default_data_root()
-        self.store = RunStore(opts.results_dir)
-        self._done: list[Outcome] = []
-
-    def free_slots(self) -> int:
-        return 0 if self._done else 1
-
-    def submit(self, spec: RunSpec) -> None:
-        bar = _step_bar(self.opts.progress, 1)
-        bar.set_description_str(spec.label)
-
-        def on_step(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-        try:
-            self._done.append(run_claimed(spec, self.store, self.device, self.root, on_step,
-                                          self.opts.checkpoint_every, compile=self.opts.compile))
-        finally:
-            bar.close()
-
-    def wait(self, timeout: float) -> list[Outcome]:
-        out, self._done = self._done, []
-        return out
 
 
 def record_death(store: RunStore, spec: RunSpec, why: str, detail: str, device: str | None,
@@ -122,8 +106,6 @@ def record_death(store: RunStore, spec: RunSpec, why: str, detail: str, device: 
     cannot check; only a claim of a live process on this host then counts as someone else's.
     """
     if remote:
-        import socket
-
         try:
             holder = json.loads((store.claims / f"{spec.run_id}.claim").read_text())
         except (OSError, ValueError):
@@ -139,23 +121,11 @@ def record_death(store: RunStore, spec: RunSpec, why: str, detail: str, device: 
     return Outcome(spec.run_id, "died" if rec.get("status") != "complete" else "ran", rec)
 
 
-def make_executor(name: str, results_dir: pathlib.Path, device: str | None = None,
-                  data_root: pathlib.Path | None = None, progress: bool = True, checkpoint_every: int = 0,
-                  compile: bool = False, plugins: tuple[str, ...] = (), workers: int | None = None,
-                  runs_per_gpu: int = 1, runs_per_process: int = 0, ray_address: str | None = None) -> Executor:
+def make_executor(name: str, results_dir: str | pathlib.Path, options: ExecutorOptions | None = None) -> Executor:
     """The executor called ``name``; an unknown name is an error listing the valid ones."""
-    opts = Options(pathlib.Path(results_dir), device, data_root, progress, checkpoint_every, compile, plugins)
-    if name == "inline":
-        return InlineExecutor(opts)
-    if name == "local":
-        from .local_pool import LocalPoolExecutor
-
-        return LocalPoolExecutor(opts, workers, runs_per_gpu, runs_per_process)
-    if name == "ray":
-        from .ray import RayExecutor
-
-        return RayExecutor(opts, ray_address, workers, runs_per_gpu)
-    raise ValueError(f"unknown executor {name!r}; valid executors: {', '.join(EXECUTORS)}")
+    if name not in EXECUTORS:
+        raise ValueError(f"unknown executor {name!r}; valid executors: {', '.join(EXECUTORS.names())}")
+    return EXECUTORS.get(name)(pathlib.Path(results_dir), options or ExecutorOptions())
 
 
-__all__ = ["EXECUTORS", "Executor", "InlineExecutor", "Options", "make_executor"]
+__all__ = ["EXECUTORS", "Executor", "ExecutorOptions", "make_executor", "record_death", "register_executor"]

@@ -17,16 +17,16 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import Executor, Options, _absolute_plugins, _step_bar, record_death
-from ..unit import Outcome
+import torch
+
 from ...core.spec import RunSpec
 from ...core.store import RunStore
+from ..unit import Outcome
+from .base import Executor, ExecutorOptions, _absolute_plugins, _step_bar, record_death, register_executor
 
 
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (none on a CPU machine)."""
-    import torch
-
     if not torch.cuda.is_available():
         return []
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -97,18 +97,20 @@ def _death_message(proc: subprocess.Popen, log_path: pathlib.Path) -> tuple[str,
     return f"{why}; log: {log_path}", tail
 
 
+@register_executor("local")
 class LocalPoolExecutor(Executor):
     """A pool of ``python -m dabench.running.executors.worker`` processes; ``runs_per_process`` runs each before a
     fresh process replaces it (1: every run in its own process; 0: reuse without limit)."""
 
-    def __init__(self, opts: Options, workers: int | None = None, runs_per_gpu: int = 1,
-                 runs_per_process: int = 0) -> None:
+    def __init__(self, results_dir: pathlib.Path, opts: ExecutorOptions) -> None:
+        runs_per_process = opts.runs_per_process
         if runs_per_process < 0:
             raise ValueError(f"--runs-per-process must be 0 (no limit) or more, got {runs_per_process}")
         self.opts = opts
-        self.plan = plan_slots(opts.device, workers, runs_per_gpu)
+        self.plan = plan_slots(opts.device, opts.workers, opts.runs_per_gpu)
         self.runs_per_process = runs_per_process
-        self.store = RunStore(opts.results_dir)
+        self.results_dir = pathlib.Path(results_dir)
+        self.store = RunStore(results_dir)
         self.logs = self.store.root / "logs"
         self._slots: list[_Worker | None] = [None] * self.plan.workers
         # a started, idle process per slot that takes the slot's next run: its interpreter and
@@ -126,7 +128,7 @@ class LocalPoolExecutor(Executor):
 
     def _spawn(self, slot: int) -> _Worker:
         o = self.opts
-        cmd = [sys.executable, "-m", "dabench.running.executors.worker", "--results", str(o.results_dir.resolve()),
+        cmd = [sys.executable, "-m", "dabench.running.executors.worker", "--results", str(self.results_dir.resolve()),
                "--device", self.plan.device, "--threads", str(self.plan.threads),
                "--checkpoint-every", str(o.checkpoint_every), "--max-runs", str(self.runs_per_process),
                "--parent-pid", str(os.getpid())]

@@ -7,32 +7,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Executor, Options, _absolute_plugins, record_death
-from ..unit import Outcome
+import pathlib
+
 from ...core.spec import RunSpec
 from ...core.store import RunStore
+from ..unit import Outcome
+from .base import Executor, ExecutorOptions, _absolute_plugins, record_death, register_executor
+from .worker import run_one
 
 
 def _ray_task(spec_dict: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """The body of one Ray task (module level, so Ray ships it by reference)."""
-    from .worker import run_one
-
     return run_one(spec_dict, **options)
 
 
+@register_executor("ray")
 class RayExecutor(Executor):
     """Each run a Ray task; ``workers`` caps the runs in flight (default: what the cluster fits)."""
 
-    def __init__(self, opts: Options, address: str | None = None, workers: int | None = None,
-                 runs_per_gpu: int = 1) -> None:
+    def __init__(self, results_dir: pathlib.Path, opts: ExecutorOptions) -> None:
+        address, workers, runs_per_gpu = opts.ray_address, opts.workers, opts.runs_per_gpu
         try:
-            import ray
+            import ray  # late: Ray is an optional extra (pip install 'dabench[ray]')
         except ImportError:
             raise ImportError("--executor ray needs Ray: pip install 'dabench[ray]' "
                               "(or pick --executor inline or local)") from None
         self.ray = ray
         self.opts = opts
-        self.store = RunStore(opts.results_dir)
+        self.store = RunStore(results_dir)
         self._owns = False
         if not ray.is_initialized():
             # address None starts a local Ray; "auto" or host:port joins a running cluster
@@ -47,7 +49,7 @@ class RayExecutor(Executor):
         self._slots = max(1, workers or fit)
         self._task = ray.remote(_ray_task).options(num_cpus=1, num_gpus=num_gpus, max_retries=0)
         self._task_options = {
-            "results_dir": str(opts.results_dir.resolve()), "device": self.device,
+            "results_dir": str(pathlib.Path(results_dir).resolve()), "device": self.device,
             "data_root": str(opts.data_root) if opts.data_root else None,
             "plugins": _absolute_plugins(opts.plugins), "checkpoint_every": opts.checkpoint_every,
             "compile": opts.compile, "threads": 1,

@@ -18,20 +18,29 @@ training a run whose claim it still holds.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import pathlib
 import signal
 import sys
+import traceback
 from typing import IO, Any, Callable, Sequence
+
+import torch
+
+from ...core.domain import default_data_root
+from ...core.registry import load_plugin
+from ...core.spec import RunSpec
+from ...core.store import RunStore
+from ...engine.train import resolve_device
+from ..unit import record_failure, run_claimed
 
 
 def _die_with_parent(parent_pid: int | None) -> None:
     """Ask the kernel to SIGKILL us when the parent dies (Linux); exit if it already has."""
     if sys.platform.startswith("linux"):
         try:
-            import ctypes
-
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
         except (OSError, AttributeError):  # pragma: no cover - no prctl: stdin EOF still ends us
@@ -56,15 +65,6 @@ def run_one(
     Never raises for a failure of the run: a plugin that fails to import is recorded as the
     run's failure (with the error), like any other exception.
     """
-    import torch
-
-    from ...core.domain import default_data_root
-    from ...core.registry import load_plugin
-    from ..unit import record_failure, run_claimed
-    from ...core.spec import RunSpec
-    from ...core.store import RunStore
-    from ...engine.train import resolve_device
-
     if threads:
         torch.set_num_threads(int(threads))
     spec_dict = dict(spec_dict)
@@ -75,8 +75,6 @@ def run_one(
         for plugin in plugins:
             load_plugin(plugin)
     except Exception as exc:  # noqa: BLE001 - recorded, the matrix goes on
-        import traceback
-
         if not store.claim(spec.run_id):
             return {"run_id": spec.run_id, "kind": "busy", "record": None}
         try:
