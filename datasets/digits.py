@@ -4,7 +4,7 @@ MNIST (LeCun et al. 1998): 60,000 train / 10,000 test, 28x28. USPS (Hull 1994): 
 2,007 test, 16x16, resized to 28x28 (bilinear) as in ADDA (Tzeng et al. 2017) and CDAN
 (Long et al. 2018) so one LeNet serves both directions.
 
-Protocol (the pairs table of DESIGN.md): the source's train split is labelled (a fixed 10%
+Protocol (docs/architecture.md, "Protocols"): the source's train split is labelled (a fixed 10%
 stratified slice, seed 0, is held out as source validation); the target's train split is the
 unlabelled adaptation set; the target's **test** split is the evaluation set.
 

@@ -74,7 +74,7 @@ def test_detached_features_in_the_adaptation_loss_are_caught():
 
 
 def test_softmax_over_one_output_discriminator_is_caught():
-    """The DESIGN pitfall: softmax over a single logit is constant 1, so nothing is reversed."""
+    """The known pitfall: softmax over a single logit is constant 1, so nothing is reversed."""
 
     @register_method("broken-softmax1")
     class Softmax1DANN(DANN):

@@ -1,7 +1,7 @@
 """Faults, with real processes: killed workers and a killed ``dabench run``, corrupt records,
 exceptions and non-finite losses inside methods, two runners on one folder.
 
-The promises (DESIGN.md, *Behaviour on bad input*): a killed run is never recorded complete;
+The promises (docs/architecture.md, "Principles", *Behaviour on bad input*): a killed run is never recorded complete;
 nothing that completed is lost or recomputed on resume; a corrupt record is reported by name
 and rerun; a failing or diverging run is recorded as such and the matrix goes on; a long run
 resumes from its mid-run checkpoint.

@@ -1,6 +1,6 @@
 """Read run records (``DIR/runs/<run_id>.json``) into one tidy pandas table.
 
-Records are the only source of truth (see DESIGN.md, "Results store"): this module never
+Records are the only source of truth (see docs/architecture.md, "Principles"): this module never
 writes them. One row per run; the evaluation ``curve`` stays a list of dicts in its cell so
 that a selection rule (:mod:`dabench.analysis.selection`) can be applied after the fact.
 

@@ -2,7 +2,7 @@
 
 Every run logs, per evaluation, the target accuracy together with scores that do not need
 target labels. A *rule* picks one evaluation of the curve; the reported accuracy is the
-target accuracy at that evaluation. Changing the rule never needs a rerun (DESIGN.md,
+target accuracy at that evaluation. Changing the rule never needs a rerun (docs/architecture.md,
 "Evaluation and model selection").
 
 Rules (score per evaluation → argmax/argmin over the curve):
