@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from dabench.core.method import Batch, Loss, Method, Uses
-from dabench.core.registry import register_method
+from dabench import Batch, Loss, Method, Uses, register_method
 
 
 def covariance(x: torch.Tensor) -> torch.Tensor:

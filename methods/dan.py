@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from dabench.core.method import Batch, Loss, Method, Uses
-from dabench.core.registry import register_method
+from dabench import Batch, Loss, Method, Uses, register_method
 
 KERNEL_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from dabench.core.method import Batch, Loss, Method, Uses
-from dabench.core.registry import register_method
+from dabench import Batch, Loss, Method, Uses, register_method
 
 
 @register_method("fine-tune")

@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench.core.method import Batch, Loss, Method, Uses
-from dabench.core.registry import register_method
+from dabench import Batch, Loss, Method, Uses, register_method
 
 
 @register_method("linear-probe")

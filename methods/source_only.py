@@ -1,8 +1,7 @@
 """Source-only: the no-adaptation baseline."""
 from __future__ import annotations
 
-from dabench.core.method import Batch, Loss, Method, Uses
-from dabench.core.registry import register_method
+from dabench import Batch, Loss, Method, Uses, register_method
 
 
 @register_method("source-only")

@@ -147,8 +147,17 @@ def test_graph_sees_relative_and_late_imports():
     assert sorted(strongly_connected({"a": {"b"}, "b": {"a"}, "c": {"a"}})) == [["a", "b"], ["c"]]
 
 
+# The one sanctioned loop: the package root imports its built-in plugins last, to register them,
+# and the built-in methods import the public API from ``dabench`` exactly as a third-party plugin
+# does (tests/test_plugins.py::test_builtin_methods_use_only_the_public_api). The root binds every
+# public name before that import, so the loop is safe; any other loop is a cycle.
+PLUGIN_REGISTRATION = {(PKG, f"{PKG}.methods"), (PKG, f"{PKG}.datasets")}
+
+
 def test_no_import_cycles():
     graph = import_graph()
+    for src, dst in PLUGIN_REGISTRATION:
+        graph[src].discard(dst)
     cycles = [c for c in strongly_connected(graph) if len(c) > 1]
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(_cycle_in(graph, c)) for c in cycles)
 
