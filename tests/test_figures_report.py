@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dabench import figures as F
+from dabench.analysis import figures as F
 from dabench.analysis.tables import leaderboard
 from dabench.analysis.report import report_text, write_report
 from dabench.analysis.results import load_results
