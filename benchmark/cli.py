@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pairs", help=f"comma-separated names or globs (default: {','.join(DEFAULT_PAIRS)})")
     r.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default: 0,1,2)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override: schedule key (steps, lr, batch_size, eval_every...), target_shots, "
-                        "backbone, backbone.<option>, <method>.<hparam> or <hparam>; repeatable")
+                   help="override: schedule key (steps, lr, batch_size, eval_every, lr_schedule=inv|cosine|constant "
+                        "...), target_shots, backbone, backbone.<option>, <method>.<hparam> or <hparam>; "
+                        "checked before anything runs; repeatable")
     r.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
                    help="import a plugin that registers methods/pairs/backbones; repeatable")
     r.add_argument("--results", type=pathlib.Path, default=pathlib.Path("results/default"),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .domain import DomainPair, PairData, check_target_shots
+from .domain import DomainPair, PairData
 
 
 def draw_shots(labels: torch.Tensor, pool: torch.Tensor, k: int, seed: int) -> torch.Tensor:
@@ -144,7 +144,6 @@ class DeviceData:
     ) -> None:
         self.pair, self.device = pair, device
         self.channels_last = device.type == "cuda"
-        check_target_shots(pair, data, train_shots, eval_shots)  # the same refusal the matrix gives, for any pair
         shots = draw_shots(data.target.labels, data.target_adapt, train_shots, seed)
         removed = torch.cat([shots, draw_shots(data.target.labels, data.target_adapt, eval_shots, seed)]).unique()
         evaluation = eval_indices(data, removed)

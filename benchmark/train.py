@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 
 from .data import DeviceData
-from .domain import DomainPair, PairData, lr_factor
+from .domain import DomainPair, PairData, check_target_shots, lr_factor
 from .evaluate import autocast, evaluate, predict_split
 from .method import Batch, Method
 from .registry import BACKBONES, METHODS
@@ -213,6 +213,8 @@ def execute(
         from .compile import compile_method
 
         compile_method(method)
+    # backstop for pairs whose max_target_shots is unknown (or wrong): the matrix's message, not an IndexError
+    check_target_shots(pair, pair_data, spec.target_shots, spec.eval_shots)
     data = DeviceData(pair, pair_data, device, spec.seed, spec.target_shots, spec.eval_shots)
     ctx = RunContext(spec, pair, data, device, store, on_step, checkpoint_every)
     t0 = time.perf_counter()

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from dabench.cli import main
-from dabench.data import DeviceData
 from dabench.domain import Schedule, ScheduleError, lr_factor, target_shot_capacity
 from dabench.matrix import Matrix, MatrixError, expand
 from dabench.registry import PAIRS, RegistryError
@@ -138,11 +137,16 @@ def test_registered_maximum_matches_the_real_data_and_load_time_check_backs_it_u
     pair = PAIRS.get("digits-offline")
     data = load_pair_data("digits-offline", None)
     assert pair.max_target_shots == target_shot_capacity(data) == 87
-    DeviceData(pair, data, torch.device("cpu"), 0, 87, 87)  # the maximum itself is fine
-    # a pair that does not declare its maximum (Office-31, plugins) fails at load with the same message
+    # a pair that does not declare its maximum (Office-31, plugins) passes the matrix and fails
+    # in the run, once its data is loaded, with the same message (it used to train on what existed)
+    from dabench.train import execute
+
     unknown = dataclasses.replace(pair, max_target_shots=None)
+    (spec,) = [s for s in expand(Matrix(methods=("linear-probe",), seeds=(0,), overrides={"target_shots": 87}))
+               if s.method == "linear-probe"]
+    spec = dataclasses.replace(spec, target_shots=88, eval_shots=88, depends_on=None)
     with pytest.raises(ValueError, match=r"target_shots=88 on pair 'digits-offline'.*87 images in its smallest class"):
-        DeviceData(unknown, data, torch.device("cpu"), 0, 88, 88)
+        execute(spec, unknown, data, torch.device("cpu"))
 
 
 def test_folder_pair_maximum_from_file_counts(tmp_path: pathlib.Path) -> None:
