@@ -29,9 +29,13 @@ def _csv(text: str) -> list[str]:
 
 def _seeds(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(s) for s in _csv(text))
+        seeds = tuple(int(s) for s in _csv(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds expects comma-separated integers like 0,1,2, got {text!r}") from None
+        seeds = ()
+    if not seeds or any(s < 0 for s in seeds):  # the same rule as a matrix file's seeds
+        raise argparse.ArgumentTypeError(
+            f"--seeds expects comma-separated non-negative integers like 0,1,2, got {text!r}")
+    return seeds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pairs", help=f"comma-separated names or globs (default: {','.join(DEFAULT_PAIRS)})")
     r.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default: 0,1,2)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override: schedule key (steps, lr, batch_size, eval_every...), target_shots, "
-                        "backbone, backbone.<option>, <method>.<hparam> or <hparam>; repeatable")
+                   help="override: schedule key (steps, lr, batch_size, eval_every, lr_schedule=inv|cosine|constant "
+                        "...), target_shots, backbone, backbone.<option>, <method>.<hparam> or <hparam>; "
+                        "checked before anything runs; repeatable")
     r.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
                    help="import a plugin that registers methods/pairs/backbones; repeatable")
     r.add_argument("--results", type=pathlib.Path, default=pathlib.Path("results/default"),
@@ -177,16 +182,21 @@ def _run(args: argparse.Namespace) -> int:
             matrix = load_matrix_file(args.matrix)
         else:
             matrix = Matrix()
-        overrides = {**matrix.overrides, **parse_overrides(args.set)}
+        given = parse_overrides(args.set)
+        overrides = {**matrix.overrides, **given}
         matrix = Matrix(
             methods=tuple(_csv(args.methods)) if args.methods else matrix.methods,
             pairs=tuple(split_names(args.pairs)) if args.pairs else matrix.pairs,  # keeps folder:a=..,b=.. whole
             seeds=args.seeds or matrix.seeds,
             overrides=overrides,
             plugins=tuple(matrix.plugins) + tuple(args.plugin),
+            origins={k: w for k, w in matrix.origins.items() if k not in given},  # --set wins over the file
         )
         specs = expand(matrix)
         plugins = matrix.plugins
+    if args.workers is not None and args.executor == "inline":
+        raise MatrixError(f"--workers {args.workers}: the inline executor runs one run at a time in this process; "
+                          "use --executor local (or ray) to run several at once")
     if args.dry_run:
         for s in specs:
             print(s.run_id, s.label, s.protocol, f"shots={s.target_shots}", s.hparams)

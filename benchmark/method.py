@@ -5,6 +5,7 @@ All methods combine their losses the same way: ``total = ce + trade_off * da``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
@@ -223,9 +224,13 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         if isinstance(default, (int, float, str)):
             if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
-            return type(default)(value)
+            out = type(default)(value)
+            if isinstance(out, float) and not math.isfinite(out):  # nan/inf: no hyperparameter means that
+                raise ValueError(value)
+            return out
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: expected a {type(default).__name__} like {default!r}, got {value!r}") from None
+        kind = "finite float" if isinstance(default, float) else type(default).__name__
+        raise ValueError(f"{where}: expected a {kind} like {default!r}, got {value!r}") from None
     return value
 
 

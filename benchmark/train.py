@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 
 from .data import DeviceData
-from .domain import DomainPair, PairData
+from .domain import DomainPair, PairData, check_target_shots, lr_factor
 from .evaluate import autocast, evaluate, predict_split
 from .method import Batch, Method
 from .registry import BACKBONES, METHODS
@@ -68,7 +68,7 @@ class RunContext:
         return point
 
     def train_steps(self, method: Method) -> None:
-        """SGD (Nesterov momentum) over the pair's schedule with lr·lr_mult·(1+10p)^−0.75.
+        """SGD (Nesterov momentum) over the pair's schedule with lr·lr_mult·factor(p) (``inv``: (1+10p)^−0.75, see ``lr_factor``).
 
         No host synchronisation inside the loop except every ``log_every`` steps (one check of
         a device-side "first non-finite step" counter) and at evaluations.
@@ -98,7 +98,7 @@ class RunContext:
         method.train()
         for step in range(start, steps):
             progress = step / steps
-            factor = (1 + 10 * progress) ** -0.75 if sch.lr_schedule == "inv" else 1.0
+            factor = lr_factor(sch.lr_schedule, progress)
             for g in opt.param_groups:
                 g["lr"] = sch.lr * g["lr_mult"] * factor
             batch = Batch()
@@ -213,6 +213,8 @@ def execute(
         from .compile import compile_method
 
         compile_method(method)
+    # backstop for pairs whose max_target_shots is unknown (or wrong): the matrix's message, not an IndexError
+    check_target_shots(pair, pair_data, spec.target_shots, spec.eval_shots)
     data = DeviceData(pair, pair_data, device, spec.seed, spec.target_shots, spec.eval_shots)
     ctx = RunContext(spec, pair, data, device, store, on_step, checkpoint_every)
     t0 = time.perf_counter()

@@ -141,9 +141,12 @@ def load_usps_mnist(root: pathlib.Path) -> PairData:
 _DIGIT_SCHEDULE = Schedule(steps=5000, batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4, eval_every=1000)
 _DIGIT_OVERRIDES = {"dann": {"disc_hidden": 500}}
 
-for _name, _load, _desc in (
-    ("mnist-usps", load_mnist_usps, "MNIST train 60k → USPS train 7,291 (unlabelled); evaluate on USPS test 2,007"),
-    ("usps-mnist", load_usps_mnist, "USPS train 7,291 → MNIST train 60k (unlabelled); evaluate on MNIST test 10,000"),
+# The adaptation split is the target's train split; its smallest class bounds target_shots:
+# USPS train per class 1194, 1005, 731, 658, 652, 556, 664, 645, 542, 644 (digit 8: 542);
+# MNIST train per class 5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949 (digit 5: 5,421).
+for _name, _load, _desc, _max_shots in (
+    ("mnist-usps", load_mnist_usps, "MNIST train 60k → USPS train 7,291 (unlabelled); evaluate on USPS test 2,007", 542),
+    ("usps-mnist", load_usps_mnist, "USPS train 7,291 → MNIST train 60k (unlabelled); evaluate on MNIST test 10,000", 5421),
 ):
     register_pair(
         DomainPair(
@@ -159,6 +162,7 @@ for _name, _load, _desc in (
             augment="none",
             schedule=_DIGIT_SCHEDULE,
             target_shots=5,
+            max_target_shots=_max_shots,
             method_overrides=_DIGIT_OVERRIDES,
             protocol_note="full splits; USPS 16x16 resized to 28x28; source val = 10% of source train (seed 0); "
             "adapt on target train, evaluate on target test",

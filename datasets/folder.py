@@ -15,7 +15,8 @@ Options (all but source and target optional)::
                        all: transductive (adapt on and evaluate on the whole target, as Office-31)
     augment=NAME       none | shift | crop_flip | resized_crop_flip (default: none up to 64 px,
                        resized_crop_flip above)
-    shots=5            labelled target images per class for the few-shot methods
+    shots=5            labelled target images per class for the few-shot methods (default 5, or what
+                       the adaptation split's smallest class holds if fewer; more is an error)
 
 Normalisation: ImageNet mean/std for RGB (what pretrained backbones expect; harmless from
 scratch), 0.5/0.5 for grey. Relative paths resolve against the current directory when the name
@@ -31,7 +32,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from dabench.domain import AUGMENTATIONS, Domain, DomainPair, MissingDataError, PairData, Schedule
+from dabench.domain import AUGMENTATIONS, Domain, DomainPair, MissingDataError, PairData, Schedule, shots_error
 from dabench.registry import BACKBONES, PAIRS, RegistryError
 from dabench.splits import stratified_split
 
@@ -139,6 +140,14 @@ def make_folder_pair(arguments: str) -> DomainPair:
             f"  target {target}: {', '.join(sorted(tgt_classes))}"
         )
     skipped = sorted(set(src_classes) ^ set(tgt_classes))
+    # the adaptation split's smallest class, from file counts alone (no decoding): eval=half keeps
+    # n - round(n/2) of a class's n images for adaptation, exactly as stratified_split(.., 0.5) does
+    counts = [len(tgt_classes[c]) for c in shared]
+    max_shots = min(counts) if evaluation == "all" else min(n - int(round(n * 0.5)) for n in counts)
+    if "shots" not in opts:  # the default budget shrinks to what small folders hold
+        shots = min(shots, max_shots)
+    if not 0 <= shots <= max_shots:
+        raise RegistryError(f"folder pair: {shots_error(f'folder:{arguments}', shots, max_shots, key='shots')}")
 
     def load(data_root: pathlib.Path) -> PairData:
         s = load_domain(source, shared, size, channels, data_root)
@@ -169,6 +178,7 @@ def make_folder_pair(arguments: str) -> DomainPair:
         augment=augment,
         schedule=Schedule(steps=1000, batch_size=32, lr=0.01, eval_every=250),
         target_shots=shots,
+        max_target_shots=max_shots,
         protocol_note=note,
     )
 
