@@ -40,7 +40,12 @@ def _source_of(obj: Any) -> str:
     try:
         return f"{inspect.getsourcefile(obj)}:{inspect.getsourcelines(obj)[1]}"
     except (TypeError, OSError):
-        return getattr(obj, "__module__", repr(obj))
+        # e.g. a class made with type(): its module's file still says where it came from
+        import sys
+
+        module = getattr(obj, "__module__", None)
+        path = getattr(sys.modules.get(module or ""), "__file__", None)
+        return path or module or repr(obj)
 
 
 class Registry(Generic[T]):
