@@ -205,8 +205,8 @@ def make_folder_pair(arguments: str) -> DomainPair:
     src_classes, tgt_classes = class_folders(source), class_folders(target)
     detected = []
     if channels is None or size is None:
-        # Guessing wrong is costly: grey images read as RGB get the 3-channel conv net (~13x
-        # slower than LeNet on a CPU) and a 3x larger cache, for no accuracy.
+        # Guessing wrong is costly: grey images read as RGB get the 3-channel conv net (several
+        # times slower than LeNet on a CPU) and a 3x larger cache, for no accuracy.
         found_channels, side = detect_format([src_classes, tgt_classes])
         if channels is None:
             channels = found_channels
