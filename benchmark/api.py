@@ -5,7 +5,6 @@ import os
 from typing import Any, Iterable
 
 from .matrix import DEFAULT_METHODS, DEFAULT_PAIRS, DEFAULT_SEEDS, Matrix, expand
-from .registry import METHODS
 
 
 def run(
@@ -24,22 +23,10 @@ def run(
     ``methods`` may hold registered names, globs, or Method classes (registered on the fly
     under their ``name``), so a method under development needs no plugin packaging.
     """
-    from .registry import register_method
+    from .registry import ensure_method_registered
     from .runner import run_inline
 
-    names = []
-    for m in methods:
-        if isinstance(m, type):
-            # only a name set on the class itself: a subclass of a registered method inherits the
-            # parent's ``name`` and would otherwise claim (and collide with) the parent's entry
-            name = m.__dict__.get("name") or m.__name__.lower()
-            if name not in METHODS or METHODS.get(name) is not m:
-                # a different class under a taken name is refused naming both sources,
-                # never silently replaced by (or run as) the registered one
-                register_method(name)(m)
-            names.append(name)
-        else:
-            names.append(m)
+    names = [ensure_method_registered(m) if isinstance(m, type) else m for m in methods]
     matrix = Matrix(tuple(names), tuple(pairs), tuple(int(s) for s in seeds), dict(overrides or {}))
     return run_inline(expand(matrix), results_dir, device=device, data_root=data_root, progress=progress,
                       **executor_options)

@@ -144,8 +144,8 @@ def _list(args: argparse.Namespace) -> int:
                          f"uda / few-shot k={pr.target_shots}",
                          f"steps={sch.steps} bs={sch.batch_size} lr={sch.lr}"))
         _table(("pair", "description", "input", "protocols", "schedule"), rows)
-        print("\nyour own images: folder:source=DIR,target=DIR[,size=32,backbone=cnn32,eval=half|all] "
-              "(ImageFolder layout, classes matched by name)")
+        print("\nyour own images: folder:[name=NAME,]source=DIR,target=DIR[,size=..,channels=1|3,backbone=..,"
+              "eval=half|all] (ImageFolder layout, classes matched by name; channels and size detected unless given)")
     else:
         rows = []
         for name in BACKBONES.names(args.pattern):

@@ -82,7 +82,16 @@ class Method(nn.Module):
     (:class:`Uses`), ``protocol`` (``"uda"`` or ``"few-shot"``) and implement
     :meth:`loss`. They may extend :meth:`build` to add modules (discriminators, ...),
     and override :meth:`fit` when training is not a loop of steps.
-    The resolved hyperparameters are in ``self.hp`` (a dict).
+
+    The resolved hyperparameters are in ``self.hp`` (a dict: the defaults, updated by the
+    pair's per-method overrides and ``--set``, cast to each default's type). ``__init__`` sets
+    ``self.hp`` and ``self.num_classes`` *before* it calls :meth:`build`, so ``build`` may read
+    them (e.g. ``self.hp["bottleneck_dim"]`` for a discriminator's input size).
+
+    A class may list, as ``hparams_outside_loss = ("name", ...)``, numeric hyperparameters that
+    change neither the network ``build`` makes, the loss, its gradients, ``param_groups`` nor
+    ``num_steps`` (e.g. one read only in an overridden ``fit``, or only logged);
+    :func:`dabench.testing.check_method` fails on any other that has no effect.
     """
 
     name: ClassVar[str] = ""
@@ -126,7 +135,11 @@ class Method(nn.Module):
 
     # --- modules ---------------------------------------------------------------------
     def build(self, backbone: Backbone, num_classes: int) -> None:
-        """Create the modules. The default is :class:`Classifier` as ``self.net``."""
+        """Create the modules. The default is :class:`Classifier` as ``self.net``.
+
+        Called by ``__init__`` after ``self.hp`` and ``self.num_classes`` are set. Create every
+        module here (not in ``loss``): a checkpoint is loaded into a fresh build.
+        """
         self.net = Classifier(backbone, num_classes, int(self.hp["bottleneck_dim"]))
 
     @property
@@ -145,6 +158,12 @@ class Method(nn.Module):
 
     # --- computation -----------------------------------------------------------------
     def loss(self, batch: Batch, progress: float) -> Loss:  # pragma: no cover - interface
+        """The loss of one training step on ``batch``.
+
+        ``progress`` is the fraction of training done, ``step / steps`` in [0, 1) (0 at the first
+        step), for ramps such as DANN's λ_p. :func:`dabench.testing.check_method` calls it with
+        0.5 (and 0.1, 0.9 when looking for a hyperparameter's effect).
+        """
         raise NotImplementedError
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,7 +198,12 @@ class Method(nn.Module):
     def forward_source_target(
         self, batch: Batch
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits and features of the source and target batches.
+        """Logits and features of the source and target batches: ``(logits_s, logits_t, f_s, f_t)``.
+
+        The features are those the head classifies: the output of the bottleneck
+        (Linear → BatchNorm1d → ReLU after the backbone), shape ``[batch, bottleneck_dim]``
+        (256 by default; non-negative, after the ReLU), not the backbone's
+        ``backbone.out_features``-wide output. Logits are ``[batch, num_classes]``.
 
         With ``forward="concat"`` (the default) both go through the network in one batch, so
         BatchNorm normalises them together; ``"separate"`` runs two passes (per-domain batch
