@@ -66,10 +66,10 @@ class WriteFault(OSError):
     Its message names the path and the cause, in one line; the temporary file is already removed.
     """
 
-    def __init__(self, path: os.PathLike | str, cause: BaseException) -> None:
+    def __init__(self, path: os.PathLike | str, cause: BaseException, message: str | None = None) -> None:
         why = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
         code = getattr(cause, "errno", None)
-        super().__init__(code, f"cannot write {path}: {why}")
+        super().__init__(code, message or f"cannot write {path}: {why}")
         self.path = pathlib.Path(path)
         self.cause = cause
 
