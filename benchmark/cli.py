@@ -13,6 +13,7 @@ from .matrix import (
     DEFAULT_METHODS, DEFAULT_PAIRS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides, truthy,
 )
 from .registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
+from .store import WriteFault
 
 EPILOG = """examples:
   dabench run                                   # quick matrix: 6 methods x digits-offline x 3 seeds
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "process). Either way a crash kills only the run in hand and the worker is replaced")
     r.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="ray: cluster to join (auto, or host:port; default: start a local Ray)")
+    r.add_argument("--wait-limit", type=float, default=None, metavar="SECONDS",
+                   help="how long to wait for a run that another live runner holds and a run here depends "
+                        "on, before leaving its dependants for a later run (default: 3600)")
     r.add_argument("--rerun", metavar="RUN_ID", action="append", default=[],
                    help="repeat the run RUN_ID of --results from the spec in its record (the old record "
                         "moves to DIR/previous/); repeatable")
@@ -214,8 +218,9 @@ def _run(args: argparse.Namespace) -> int:
     if not args.rerun:  # a rerun of one run must not replace the folder's matrix
         write_matrix_file(args.results, specs, plugins=plugins, executor=args.executor, workers=ex.workers)
     t0 = time.perf_counter()
+    waits = {} if args.wait_limit is None else {"wait_limit_s": args.wait_limit}
     summary = run_matrix(specs, args.results, executor=ex, data_root=args.data_root,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, **waits)
     wall = time.perf_counter() - t0
     counts = ", ".join(f"{v} {k}" for k, v in summary.counts().items())
     print(f"\n{len(specs)} runs in {args.results} ({args.executor} executor, {ex.workers} worker(s)): {counts}; "
@@ -224,7 +229,7 @@ def _run(args: argparse.Namespace) -> int:
 
     print(report_text([args.results], rule=args.rule))
     bad = [r for r in summary.ran if r["status"] != "complete"]
-    return 1 if bad else 0
+    return 1 if bad or summary.gave_up else 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -276,9 +281,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             return _bench(args)
         return _status(args)
+    except WriteFault as exc:
+        print(f"dabench: error: {exc}; nothing complete is lost: make it writable or free space, "
+              "then run the same command again", file=sys.stderr)
+        return 2
     except (RegistryError, MatrixError, PluginError, FileNotFoundError, ValueError) as exc:
         print(f"dabench: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # the state is already right (complete runs kept, the run in hand stays "running" and is
+        # redone): one line instead of a traceback
+        what = (f"dabench run (results in {args.results}): complete runs are kept; run the same command "
+                "again to resume") if args.command == "run" else f"dabench {args.command}"
+        print(f"\ndabench: interrupted: {what}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

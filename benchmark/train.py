@@ -15,7 +15,7 @@ from .evaluate import autocast, evaluate, predict_split
 from .method import Batch, Method
 from .registry import BACKBONES, METHODS
 from .spec import RunSpec
-from .store import RunStore, atomic_torch_save
+from .store import RunStore, WriteFault, atomic_torch_save
 
 
 class Diverged(RuntimeError):
@@ -174,10 +174,17 @@ def save_features(method: Method, data: DeviceData, path) -> None:
         feats = predict_split(method, data, split, limit=FEATURES_PER_DOMAIN, output="features")
         out[f"{name}_features"] = feats.cpu().numpy().astype(np.float16)
         out[f"{name}_labels"] = split.labels[: len(feats)].cpu().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **out)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(tmp, **out)
+        tmp.replace(path)
+    except OSError as exc:  # a temp file left on a full disk keeps it full
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise WriteFault(path, exc) from exc
 
 
 def execute(
