@@ -236,6 +236,12 @@ def execute(
         "final": final,
         "target_labels": spec.target_labels(pair.num_classes),
         "eval_size": data.eval_size,
+        # what the label-free validators (entropy, IM, SND in the curve) were computed on
+        "validators": {
+            "split": "target_adapt",
+            "samples": data.validator_samples,
+            "overlaps_evaluation": data.validator_overlaps_eval,
+        },
         "resumed_from_step": ctx.resumed_from_step,
         "timings": {
             "wall_s": round(wall, 3),
