@@ -84,6 +84,20 @@ class Stream:
             parts.append(take)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
+    def state_dict(self) -> dict:
+        """The current epoch's permutation and the position in it: with the generator's state,
+        all a resumed run needs to draw the batches the uninterrupted run would have drawn."""
+        return {"perm": self._perm, "pos": self._pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        perm = state["perm"].to(self.device)
+        if perm.numel() and (perm.numel() != self.n or int(state["pos"]) > perm.numel()):
+            raise ValueError(
+                f"stream state does not fit this split: permutation of {perm.numel()} at position "
+                f"{state['pos']}, but the split has {self.n} images"
+            )
+        self._perm, self._pos = perm, int(state["pos"])
+
 
 def augment_affine(
     x: torch.Tensor, kind: str, out_size: int, generator: torch.Generator | None, train: bool
