@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import torch
 
-from .data import DeviceData
+from .data import DeviceData, Stream
 from .domain import DomainPair, PairData, check_target_shots, lr_factor
 from .evaluate import autocast, evaluate, predict_split
 from .method import Batch, Method
@@ -93,7 +93,11 @@ class RunContext:
         first_bad = torch.full((), -1, dtype=torch.long, device=dev)
         sums: dict[str, torch.Tensor] = {}
         n_since = 0
-        start = self._resume(method, opt) if self.checkpoint_every else 0
+        start = 0
+        if self.checkpoint_every:
+            resumed = self._resume(method, opt, streams)
+            if resumed is not None:
+                start, sums, n_since, first_bad = resumed
         per_step_images = sum(s.batch_size for s in streams.values())
         method.train()
         for step in range(start, steps):
@@ -131,10 +135,16 @@ class RunContext:
                 self.record_eval(method, step + 1, {k: v / n_since for k, v in sums.items()})
                 sums, n_since = {}, 0
             if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 and not last:
-                self._save_partial(method, opt, step + 1)
+                self._save_partial(method, opt, step + 1, streams, sums, n_since, first_bad)
 
     # --- mid-run checkpoints ---------------------------------------------------------
-    def _save_partial(self, method: Method, opt: torch.optim.Optimizer, step: int) -> None:
+    # A resumed run must equal the uninterrupted one (on the CPU at a fixed thread count), so a
+    # checkpoint holds every piece of state the remaining steps read: the networks and the
+    # optimiser, the data generator (augmentation and reshuffles), each batch stream's current
+    # permutation and position, the global torch RNG (dropout, noise layers; CPU and CUDA), and
+    # the loss sums since the last evaluation (the next curve point averages them).
+    def _save_partial(self, method: Method, opt: torch.optim.Optimizer, step: int, streams: dict[str, Stream],
+                      sums: dict[str, torch.Tensor], n_since: int, first_bad: torch.Tensor) -> None:
         assert self.store is not None
         path = self.store.checkpoint_path(self.spec.run_id, partial=True)
         state = {
@@ -143,22 +153,44 @@ class RunContext:
             "optimizer": opt.state_dict(),
             "curve": self.curve,
             "generator": self.data.generator.get_state(),
+            "streams": {name: s.state_dict() for name, s in streams.items()},
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "loss_sums": sums,
+            "loss_count": n_since,
+            "first_bad": first_bad,
         }
         atomic_torch_save(state, path)
 
-    def _resume(self, method: Method, opt: torch.optim.Optimizer) -> int:
+    def _resume(
+        self, method: Method, opt: torch.optim.Optimizer, streams: dict[str, Stream]
+    ) -> tuple[int, dict[str, torch.Tensor], int, torch.Tensor] | None:
+        """Load the run's mid-run checkpoint if there is one; returns (step, loss sums, their
+        count, first non-finite step) for the loop to go on from, or ``None``."""
         if self.store is None:
-            return 0
+            return None
         path = self.store.checkpoint_path(self.spec.run_id, partial=True)
         if not path.exists():
-            return 0
+            return None
         state = torch.load(path, map_location=self.device, weights_only=True)
         method.load_state_dict(state["method"])
         opt.load_state_dict(state["optimizer"])
         self.curve = list(state["curve"])
         self.data.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        saved_streams = state.get("streams", {})  # absent in checkpoints of older versions
+        if saved_streams and set(saved_streams) != set(streams):
+            raise ValueError(f"checkpoint {path} holds batch streams {sorted(saved_streams)}, "
+                             f"but this run draws {sorted(streams)}")
+        for name, saved in saved_streams.items():
+            streams[name].load_state_dict(saved)
+        if state.get("torch_rng") is not None:
+            torch.set_rng_state(state["torch_rng"].cpu())  # the CPU generator takes a CPU ByteTensor
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
         self.steps_done = self.resumed_from_step = int(state["step"])
-        return self.steps_done
+        dev = self.device
+        first_bad = state.get("first_bad", torch.full((), -1, dtype=torch.long)).to(dev)
+        return self.steps_done, dict(state.get("loss_sums", {})), int(state.get("loss_count", 0)), first_bad
 
 
 FEATURES_PER_DOMAIN = 1000  # enough for a t-SNE; keeps the file small (float16)
@@ -245,6 +277,12 @@ def execute(
         "final": final,
         "target_labels": spec.target_labels(pair.num_classes),
         "eval_size": data.eval_size,
+        # what the label-free validators (entropy, IM, SND in the curve) were computed on
+        "validators": {
+            "split": "target_adapt",
+            "samples": data.validator_samples,
+            "overlaps_evaluation": data.validator_overlaps_eval,
+        },
         "resumed_from_step": ctx.resumed_from_step,
         "timings": {
             "wall_s": round(wall, 3),
