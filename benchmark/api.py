@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable
 
-from .core.registry import METHODS, register_method
+from .core.registry import ensure_method_registered
 from .running.executors import ExecutorOptions
 from .running.matrix import DEFAULT_METHODS, DEFAULT_PAIRS, DEFAULT_SEEDS, Matrix, expand
 from .running.scheduler import run_matrix
@@ -29,19 +29,7 @@ def run(
     ``executor`` names the executor (inline, local, ray); ``executor_options`` are the other
     fields of :class:`~dabench.running.executors.ExecutorOptions` (``workers``, ``compile`` ...).
     """
-    names = []
-    for m in methods:
-        if isinstance(m, type):
-            # only a name set on the class itself: a subclass of a registered method inherits the
-            # parent's ``name`` and would otherwise claim (and collide with) the parent's entry
-            name = m.__dict__.get("name") or m.__name__.lower()
-            if name not in METHODS or METHODS.get(name) is not m:
-                # a different class under a taken name is refused naming both sources,
-                # never silently replaced by (or run as) the registered one
-                register_method(name)(m)
-            names.append(name)
-        else:
-            names.append(m)
+    names = [ensure_method_registered(m) if isinstance(m, type) else m for m in methods]
     matrix = Matrix(tuple(names), tuple(pairs), tuple(int(s) for s in seeds), dict(overrides or {}))
     options = ExecutorOptions(device=device, data_root=data_root, progress=progress, **executor_options)
     return run_matrix(expand(matrix), results_dir, options, executor=executor)

@@ -13,6 +13,7 @@ from .running.matrix import (
     DEFAULT_METHODS, DEFAULT_PAIRS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides, truthy,
 )
 from .core.registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
+from .core.store import WriteFault
 from .running.executors import EXECUTORS, ExecutorOptions, make_executor
 
 EPILOG = """examples:
@@ -30,9 +31,13 @@ def _csv(text: str) -> list[str]:
 
 def _seeds(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(s) for s in _csv(text))
+        seeds = tuple(int(s) for s in _csv(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds expects comma-separated integers like 0,1,2, got {text!r}") from None
+        seeds = ()
+    if not seeds or any(s < 0 for s in seeds):  # the same rule as a matrix file's seeds
+        raise argparse.ArgumentTypeError(
+            f"--seeds expects comma-separated non-negative integers like 0,1,2, got {text!r}")
+    return seeds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pairs", help=f"comma-separated names or globs (default: {','.join(DEFAULT_PAIRS)})")
     r.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default: 0,1,2)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override: schedule key (steps, lr, batch_size, eval_every...), target_shots, "
-                        "backbone, backbone.<option>, <method>.<hparam> or <hparam>; repeatable")
+                   help="override: schedule key (steps, lr, batch_size, eval_every, lr_schedule=inv|cosine|constant "
+                        "...), target_shots, backbone, backbone.<option>, <method>.<hparam> or <hparam>; "
+                        "checked before anything runs; repeatable")
     r.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
                    help="import a plugin that registers methods/pairs/backbones; repeatable")
     r.add_argument("--results", type=pathlib.Path, default=pathlib.Path("results/default"),
@@ -78,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "process). Either way a crash kills only the run in hand and the worker is replaced")
     r.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="ray: cluster to join (auto, or host:port; default: start a local Ray)")
+    r.add_argument("--wait-limit", type=float, default=None, metavar="SECONDS",
+                   help="how long to wait for a run that another live runner holds and a run here depends "
+                        "on, before leaving its dependants for a later run (default: 3600)")
     r.add_argument("--rerun", metavar="RUN_ID", action="append", default=[],
                    help="repeat the run RUN_ID of --results from the spec in its record (the old record "
                         "moves to DIR/previous/); repeatable")
@@ -140,8 +149,8 @@ def _list(args: argparse.Namespace) -> int:
                          f"uda / few-shot k={pr.target_shots}",
                          f"steps={sch.steps} bs={sch.batch_size} lr={sch.lr}"))
         _table(("pair", "description", "input", "protocols", "schedule"), rows)
-        print("\nyour own images: folder:source=DIR,target=DIR[,size=32,backbone=cnn32,eval=half|all] "
-              "(ImageFolder layout, classes matched by name)")
+        print("\nyour own images: folder:[name=NAME,]source=DIR,target=DIR[,size=..,channels=1|3,backbone=..,"
+              "eval=half|all] (ImageFolder layout, classes matched by name; channels and size detected unless given)")
     else:
         rows = []
         for name in BACKBONES.names(args.pattern):
@@ -178,16 +187,21 @@ def _run(args: argparse.Namespace) -> int:
             matrix = load_matrix_file(args.matrix)
         else:
             matrix = Matrix()
-        overrides = {**matrix.overrides, **parse_overrides(args.set)}
+        given = parse_overrides(args.set)
+        overrides = {**matrix.overrides, **given}
         matrix = Matrix(
             methods=tuple(_csv(args.methods)) if args.methods else matrix.methods,
             pairs=tuple(split_names(args.pairs)) if args.pairs else matrix.pairs,  # keeps folder:a=..,b=.. whole
             seeds=args.seeds or matrix.seeds,
             overrides=overrides,
             plugins=tuple(matrix.plugins) + tuple(args.plugin),
+            origins={k: w for k, w in matrix.origins.items() if k not in given},  # --set wins over the file
         )
         specs = expand(matrix)
         plugins = matrix.plugins
+    if args.workers is not None and args.executor == "inline":
+        raise MatrixError(f"--workers {args.workers}: the inline executor runs one run at a time in this process; "
+                          "use --executor local (or ray) to run several at once")
     if args.dry_run:
         for s in specs:
             print(s.run_id, s.label, s.protocol, f"shots={s.target_shots}", s.hparams)
@@ -203,7 +217,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.rerun:  # a rerun of one run must not replace the folder's matrix
         write_matrix_file(args.results, specs, plugins=plugins, executor=args.executor, workers=ex.workers)
     t0 = time.perf_counter()
-    summary = run_matrix(specs, args.results, options, executor=ex)
+    waits = {} if args.wait_limit is None else {"wait_limit_s": args.wait_limit}
+    summary = run_matrix(specs, args.results, options, executor=ex, **waits)
     wall = time.perf_counter() - t0
     counts = ", ".join(f"{v} {k}" for k, v in summary.counts().items())
     print(f"\n{len(specs)} runs in {args.results} ({args.executor} executor, {ex.workers} worker(s)): {counts}; "
@@ -212,7 +227,7 @@ def _run(args: argparse.Namespace) -> int:
 
     print(report_text([args.results], rule=args.rule))
     bad = [r for r in summary.ran if r["status"] != "complete"]
-    return 1 if bad else 0
+    return 1 if bad or summary.gave_up else 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -264,9 +279,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             return _bench(args)
         return _status(args)
+    except WriteFault as exc:
+        print(f"dabench: error: {exc}; nothing complete is lost: make it writable or free space, "
+              "then run the same command again", file=sys.stderr)
+        return 2
     except (RegistryError, MatrixError, PluginError, FileNotFoundError, ValueError) as exc:
         print(f"dabench: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # the state is already right (complete runs kept, the run in hand stays "running" and is
+        # redone): one line instead of a traceback
+        what = (f"dabench run (results in {args.results}): complete runs are kept; run the same command "
+                "again to resume") if args.command == "run" else f"dabench {args.command}"
+        print(f"\ndabench: interrupted: {what}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

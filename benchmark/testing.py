@@ -6,6 +6,10 @@ Runs on the CPU in a few seconds on a small stratified subset of a real pair (th
     from dabench.testing import check_method
     check_method(MyMethod)            # or check_method("my-method")
 
+A class that is not registered yet is registered on the fly, exactly as
+``dabench.run(methods=[MyMethod])`` does: under the ``name`` set on the class itself, else its
+lower-cased class name.
+
 What it checks, in order:
 
 1. the class is complete (:func:`dabench.core.method.validate_method_class`) and registered
@@ -15,22 +19,36 @@ What it checks, in order:
    bogus key is refused with a message listing the method's hyperparameters;
 3. two builds under one seed are identical, and one loss on the same batch is identical
    (determinism under a seed);
-4. for a method trained by the engine's step loop (it does not override ``fit``): the loss is a
+4. for a method trained by the engine's step loop: every numeric (int or float) hyperparameter
+   is *used*: changing it (an int by +1, a float halved) changes the network ``build()`` makes
+   (shapes or initial values), the loss or its gradients (at ``progress`` 0.5, else 0.1 or
+   0.9), ``param_groups()``' learning-rate multipliers or ``num_steps()``. A trade-off
+   hard-coded in ``loss()`` or a temperature never read fails here. A hyperparameter that
+   legitimately acts elsewhere (only in ``fit``, only logged) is declared on the class:
+   ``hparams_outside_loss = ("name",)`` (or passed as ``allow_unused_hparams=``). Methods that
+   override ``fit`` are not checked for this (their hyperparameters may act only there);
+5. for a method trained by the engine's step loop (it does not override ``fit``): the loss is a
    finite scalar with a gradient; every parameter the optimiser will update (``param_groups()``)
    receives a non-zero gradient; no parameter outside the groups receives one (it would silently
    never be trained); and the adaptation part ``parts["da"]``, when present, sends a non-zero
    gradient to the feature extractor (a ``detach()``, a ``no_grad`` block or a constant
    discriminator output — e.g. a softmax over one logit — leaves it with none);
-5. one real training step through the engine (``method.fit`` with a one-step schedule, or the
+6. one real training step through the engine (``method.fit`` with a one-step schedule, or the
    method's own ``fit``): the parameters it trains change, the frozen ones (``requires_grad``
    False, or in no parameter group) do not;
-6. ``predict`` returns finite ``[batch, num_classes]`` logits;
-7. a ``state_dict`` round trip (``torch.save`` → ``torch.load(weights_only=True)`` → a fresh
+7. ``predict`` returns finite ``[batch, num_classes]`` logits;
+8. a ``state_dict`` round trip (``torch.save`` → ``torch.load(weights_only=True)`` → a fresh
    build, strict) reproduces the predictions exactly.
 
 Methods with ``uses.init == "source-only"`` normally start from the source-only checkpoint of
 the same pair and seed. ``check_method`` does not train one: it starts them from the randomly
 initialised network, which exercises the same code paths (the checkpoint only changes values).
+
+``progress`` (the fraction of training done, 0 → 1) given to ``loss``: 0.5 for the loss,
+gradient and determinism checks (mid-training, where ramps such as DANN's λ_p are well above
+0); 0.1 and 0.9 as well when a hyperparameter shows no effect at 0.5 (a warm-up or a late
+switch); the one engine step of check 6 runs with the engine's own value for step 0 of a
+one-step schedule.
 """
 from __future__ import annotations
 
@@ -46,7 +64,7 @@ import torch
 
 from .core.domain import Domain, DomainPair, PairData, default_data_root
 from .core.method import Batch, Loss, Method, validate_method_class
-from .core.registry import BACKBONES, METHODS, PAIRS, RegistryError
+from .core.registry import BACKBONES, METHODS, PAIRS, RegistryError, ensure_method_registered
 from .core.spec import RunSpec
 from .engine.data import DeviceData
 from .engine.train import RunContext
@@ -68,6 +86,9 @@ class CheckReport:
     trained: list[str] = field(default_factory=list)
     frozen: list[str] = field(default_factory=list)
     hparams_checked: list[str] = field(default_factory=list)
+    #: numeric hyperparameters shown to change the network, the loss, its gradients, the
+    #: learning-rate multipliers or the number of steps (step-loop methods only)
+    hparams_used: list[str] = field(default_factory=list)
 
 
 def check_method(
@@ -78,14 +99,17 @@ def check_method(
     batch_size: int = 8,
     per_class: int = 4,
     allow_no_grad: Iterable[str] = (),
+    allow_unused_hparams: Iterable[str] = (),
     data_root: str | pathlib.Path | None = None,
 ) -> CheckReport:
     """Check that ``method`` (a class or a registered name) honours the method contract.
 
-    ``allow_no_grad``: parameter-name prefixes that may legitimately get no gradient from one
-    step (e.g. a module only used late in training). Raises ``AssertionError`` on the first
-    broken rule, naming the method and what to change. Runs on the CPU, single-threaded work
-    of a few seconds.
+    A class not registered yet is registered on the fly, as ``dabench.run(methods=[cls])``
+    does. ``allow_no_grad``: parameter-name prefixes that may legitimately get no gradient from
+    one step (e.g. a module only used late in training). ``allow_unused_hparams``: hyperparameter
+    names that may change neither the network, the loss nor its gradients (added to the class's
+    ``hparams_outside_loss``). Raises ``AssertionError`` on the first broken rule, naming the
+    method and what to change. Runs on the CPU, single-threaded work of a few seconds.
     """
     cls = _resolve(method)
     name = cls.name
@@ -115,6 +139,7 @@ def check_method(
             f"ignores torch's seed, e.g. Python's random or numpy?)",
         )
         _check_gradients(m1, out1, tuple(allow_no_grad), report)
+        report.hparams_used = _check_hparams_used(cls, pair_obj, hparams, batch, seed, tuple(allow_unused_hparams))
     del m2
 
     # --- one real step through the engine ---------------------------------------------------
@@ -182,14 +207,15 @@ def isolated_registries() -> Iterator[None]:
     and forget plugin files imported by ``load_plugin`` in it, so a test's plugins do not leak into
     the rest of the session (e.g. into a test that lists the built-in methods)."""
     registries = (METHODS, PAIRS, BACKBONES)
-    saved = [(dict(r._items), dict(r._sources), dict(r._groups), dict(r._factories), r._entry_points_loaded)
-             for r in registries]
+    fields = ("_items", "_sources", "_groups", "_factories", "_labels", "_broken", "_dists")
+    saved = [({f: dict(getattr(r, f)) for f in fields}, r._entry_points_loaded) for r in registries]
     modules = set(sys.modules)
     try:
         yield
     finally:
-        for r, (items, sources, groups, factories, loaded) in zip(registries, saved):
-            r._items, r._sources, r._groups, r._factories = items, sources, groups, factories
+        for r, (dicts, loaded) in zip(registries, saved):
+            for f, value in dicts.items():
+                setattr(r, f, value)
             r._entry_points_loaded = loaded
         for name in set(sys.modules) - modules:
             if name.startswith("dabench_plugin_"):
@@ -212,12 +238,11 @@ def _resolve(method: type[Method] | str) -> type[Method]:
         validate_method_class(method)
     except TypeError as exc:
         raise AssertionError(str(exc)) from None
-    name = getattr(method, "name", "")
-    registered = bool(name) and name in METHODS and METHODS.get(name) is method
-    _check(registered, f"method class {method.__qualname__} is not registered (name {name!r}): decorate it "
-                       f"with @dabench.register_method('<name>'), or declare it as an entry point in the "
-                       f"'dabench.methods' group of your package")
-    return method
+    try:
+        name = ensure_method_registered(method)  # as dabench.run(methods=[cls]) does
+    except RegistryError as exc:
+        raise AssertionError(str(exc)) from None
+    return METHODS.get(name)
 
 
 def _build(cls: type[Method], pair: DomainPair, hparams: dict[str, Any], seed: int) -> Method:
@@ -272,10 +297,10 @@ def _batch(cls: type[Method], data: DeviceData, batch_size: int, seed: int) -> B
     return batch
 
 
-def _loss(m: Method, batch: Batch, seed: int) -> Loss:
+def _loss(m: Method, batch: Batch, seed: int, progress: float = 0.5) -> Loss:
     m.train()
     torch.manual_seed(seed + 1)  # dropout and any sampling inside the loss draw from torch's RNG
-    out = m.loss(batch, 0.5)  # mid-training: ramps such as DANN's λ_p are well above 0
+    out = m.loss(batch, progress)  # 0.5, mid-training: ramps such as DANN's λ_p are well above 0
     name = m.name
     _check(isinstance(out, Loss), f"{name}: loss() must return dabench.Loss(total, parts), got {type(out).__name__}")
     _check(isinstance(out.total, torch.Tensor) and out.total.numel() == 1,
@@ -368,3 +393,74 @@ def _check_hparams(cls: type[Method], pair: str) -> list[str]:
     else:
         raise AssertionError(f"{name}: --set {name}.no_such_hparam=1 was accepted")
     return checked
+
+
+#: progress values at which a hyperparameter's effect on the loss is looked for: mid-training
+#: first, then early and late (a warm-up or a switch late in training may hide it at 0.5)
+_PROGRESS_PROBES = (0.5, 0.1, 0.9)
+
+
+def _fingerprint(m: Method, batch: Batch, seed: int, progress: float) -> list[torch.Tensor]:
+    """The loss and every parameter's gradient (zeros where none), in parameter order."""
+    out = _loss(m, batch, seed, progress)
+    m.zero_grad(set_to_none=True)
+    out.total.backward()
+    grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in m.parameters()]
+    m.zero_grad(set_to_none=True)
+    return [out.total.detach().reshape(1), *grads]
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _check_hparams_used(cls: type[Method], pair: DomainPair, hparams: dict[str, Any], batch: Batch,
+                        seed: int, allow: tuple[str, ...]) -> list[str]:
+    """Every numeric hyperparameter changes the network, the loss, its gradients, the learning-rate
+    multipliers or the step count; else it is ignored (a hard-coded value in ``loss``) unless declared.
+
+    Comparisons are exact: the same seed, batch and progress give bit-identical results (check 3),
+    so any difference is the hyperparameter's doing.
+    """
+    name = cls.name
+    declared = tuple(getattr(cls, "hparams_outside_loss", ()) or ())
+    _check(isinstance(declared, (tuple, list)) and all(isinstance(k, str) for k in declared),
+           f"{name}: hparams_outside_loss must be a tuple of hyperparameter names, got {declared!r}")
+    unknown = [k for k in (*declared, *allow) if k not in hparams]
+    _check(not unknown, f"{name}: hparams_outside_loss / allow_unused_hparams name {unknown}, which are not "
+                        f"hyperparameters; its hyperparameters: {', '.join(hparams)}")
+    exempt = set(declared) | set(allow)
+    base = _build(cls, pair, hparams, seed)
+    base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}  # BN buffers move in loss()
+    base_lr = [g.get("lr_mult", 1.0) for g in base.param_groups()]
+    base_steps = base.num_steps(1000)
+    base_prints: dict[float, list[torch.Tensor]] = {}
+    used = []
+    for key, default in hparams.items():
+        if key in exempt or isinstance(default, bool) or not isinstance(default, (int, float)):
+            continue  # strings (a mode such as forward="concat") have no generic "other" value
+        other = _other_value(default)
+        m = _build(cls, pair, {**hparams, key: other}, seed)
+        state = m.state_dict()
+        if (state.keys() != base_state.keys()
+                or any(state[k].shape != base_state[k].shape or not torch.equal(state[k], base_state[k])
+                       for k in state)
+                or [g.get("lr_mult", 1.0) for g in m.param_groups()] != base_lr
+                or m.num_steps(1000) != base_steps):
+            used.append(key)
+            continue
+        for progress in _PROGRESS_PROBES:
+            if progress not in base_prints:
+                base_prints[progress] = _fingerprint(base, batch, seed, progress)
+            if not _same(_fingerprint(m, batch, seed, progress), base_prints[progress]):
+                used.append(key)
+                break
+        else:
+            raise AssertionError(
+                f"{name}: hyperparameter {key!r} is ignored: changing it from {default!r} to {other!r} changes "
+                f"neither the network build() makes, the loss, its gradients (at progress "
+                f"{', '.join(map(str, _PROGRESS_PROBES))}), param_groups() nor num_steps(). Read it in loss() as "
+                f"self.hp[{key!r}] instead of a hard-coded value; or, if it acts only elsewhere (in fit(), "
+                f"logging), declare it inert on the class: hparams_outside_loss = ({key!r},)"
+            )
+    return used

@@ -133,9 +133,10 @@ def load_stl_cifar(root: pathlib.Path) -> PairData:
 _SCHEDULE = Schedule(steps=20000, batch_size=128, lr=0.01, momentum=0.9, weight_decay=5e-4, eval_every=2000,
                      log_every=100)
 
-for _name, _load, _desc in (
-    ("cifar10-stl10", load_cifar_stl, "CIFAR-10 train → STL-10 train (unlabelled), 9 shared classes; evaluate on STL-10 test"),
-    ("stl10-cifar10", load_stl_cifar, "STL-10 train → CIFAR-10 train (unlabelled), 9 shared classes; evaluate on CIFAR-10 test"),
+# Both train splits are class-balanced: STL-10 train 500 per class, CIFAR-10 train 5,000 per class.
+for _name, _load, _desc, _max_shots in (
+    ("cifar10-stl10", load_cifar_stl, "CIFAR-10 train → STL-10 train (unlabelled), 9 shared classes; evaluate on STL-10 test", 500),
+    ("stl10-cifar10", load_stl_cifar, "STL-10 train → CIFAR-10 train (unlabelled), 9 shared classes; evaluate on CIFAR-10 test", 5000),
 ):
     register_pair(
         DomainPair(
@@ -151,6 +152,7 @@ for _name, _load, _desc in (
             augment="crop_flip",
             schedule=_SCHEDULE,
             target_shots=10,
+            max_target_shots=_max_shots,
             protocol_note="9 shared classes (no CIFAR frog, no STL monkey; automobile=car); STL 96px resized to 32px; "
             "source val = 10% of source train (seed 0); adapt on target train, evaluate on target test",
         )

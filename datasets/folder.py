@@ -1,4 +1,4 @@
-"""Your own images as a pair: ``folder:source=DIR,target=DIR[,key=value...]``.
+"""Your own images as a pair: ``folder:[name=NAME,]source=DIR,target=DIR[,key=value...]``.
 
 Each DIR has the ImageFolder layout ``<DIR>/<class>/*.jpg|jpeg|png|bmp|gif``. Classes are
 matched **by folder name**; the pair uses the classes both domains have (labels are their
@@ -6,8 +6,13 @@ sorted order) and skips the others; no shared class is an error listing both cla
 
 Options (all but source and target optional)::
 
-    size=32            images are decoded with torchvision.io and resized (squashed) to size×size
-    channels=3         3 (RGB) or 1 (grey)
+    name=NAME          the short name tables and figures show (letters, digits, . _ + -); default:
+                       the two folder names, ``<source>-<target>``, with any other options given
+    size=S             images are decoded with torchvision.io and resized (squashed) to S×S.
+                       Default: detected, the larger of the two domains' median image side,
+                       at least 28 px for grey (LeNet's input) and 32 px for RGB, at most 224
+    channels=C         3 (RGB) or 1 (grey). Default: detected, 1 when every sampled image is grey
+                       (one channel, or three equal ones, as grey JPEGs often are), else 3
     backbone=NAME      a registered backbone (default: lenet for 1 channel ≤ 64 px, cnn32 for RGB
                        ≤ 64 px, resnet50 above 64 px)
     eval=half          half: the target is split 50/50, stratified, into an unlabelled adaptation
@@ -15,7 +20,15 @@ Options (all but source and target optional)::
                        all: transductive (adapt on and evaluate on the whole target, as Office-31)
     augment=NAME       none | shift | crop_flip | resized_crop_flip (default: none up to 64 px,
                        resized_crop_flip above)
-    shots=5            labelled target images per class for the few-shot methods
+    shots=5            labelled target images per class for the few-shot methods (default 5, or what
+                       the adaptation split's smallest class holds if fewer; more is an error)
+
+Detection decodes a few images per class (the first 3 of each class folder, both domains) and
+says what it found in one :class:`FolderPairNote` warning and in the pair's description
+(``dabench list pairs`` after the pair was named, and the record's pair description).
+
+Default schedule: 1,000 steps, batch 32 per domain, lr 0.01, evaluation every 250 steps
+(override with ``--set steps=...`` etc.).
 
 Normalisation: ImageNet mean/std for RGB (what pretrained backbones expect; harmless from
 scratch), 0.5/0.5 for grey. Relative paths resolve against the current directory when the name
@@ -26,21 +39,35 @@ from __future__ import annotations
 
 import hashlib
 import pathlib
+import re
+import statistics
 import warnings
 
 import torch
 import torch.nn.functional as F
 
-from dabench.core.domain import AUGMENTATIONS, Domain, DomainPair, MissingDataError, PairData, Schedule
+from dabench.core.domain import AUGMENTATIONS, Domain, DomainPair, MissingDataError, PairData, Schedule, shots_error
 from dabench.core.registry import BACKBONES, PAIRS, RegistryError
 from dabench.core.splits import stratified_split
 
 from .cache import cached
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-OPTIONS = ("source", "target", "size", "channels", "backbone", "eval", "augment", "shots")
+OPTIONS = ("name", "source", "target", "size", "channels", "backbone", "eval", "augment", "shots")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-USAGE = "folder:source=DIR,target=DIR[,size=32][,channels=3][,backbone=NAME][,eval=half|all][,augment=...][,shots=5]"
+USAGE = ("folder:[name=NAME,]source=DIR,target=DIR[,size=32][,channels=1|3][,backbone=NAME][,eval=half|all]"
+         "[,augment=...][,shots=5]")
+#: images decoded per class folder to detect the channels and size
+DETECT_PER_CLASS = 3
+#: a 3-channel image whose channels differ by at most this (mean absolute uint8 levels) is grey
+GREY_TOLERANCE = 1.0
+MIN_SIZE = {1: 28, 3: 32}  # LeNet's and cnn32's native input sides
+MAX_SIZE = 224
+NAME_CHARS = re.compile(r"[A-Za-z0-9._+\-]+")
+
+
+class FolderPairNote(UserWarning):
+    """What a folder pair detected from its images (channels, size) and chose (backbone)."""
 
 
 def parse_arguments(arguments: str) -> dict[str, str]:
@@ -57,7 +84,58 @@ def parse_arguments(arguments: str) -> dict[str, str]:
     missing = [k for k in ("source", "target") if not out.get(k)]
     if missing:
         raise RegistryError(f"folder pair: missing {' and '.join(missing)}. Usage: {USAGE}")
+    if "name" in out and not NAME_CHARS.fullmatch(out["name"]):
+        raise RegistryError(f"folder pair: name={out['name']!r} is not a valid short name: use letters, digits "
+                            f"and . _ + - only (e.g. name=photos-sketches). Usage: {USAGE}")
     return out
+
+
+def folder_label(arguments: str) -> str:
+    """The short name shown in tables and figures for ``folder:<arguments>``.
+
+    ``name=`` when given; else ``<source folder>-<target folder>`` (their parents too when the
+    two folder names are equal), followed by the other options given, so that two folder
+    pairs of different settings never share a column. Parses the text only (no file access).
+    """
+    opts = parse_arguments(arguments)
+    if opts.get("name"):
+        return opts["name"]
+    src, tgt = pathlib.PurePath(opts["source"]), pathlib.PurePath(opts["target"])
+    if src.name == tgt.name:
+        label = f"{src.parent.name}/{src.name}-{tgt.parent.name}/{tgt.name}"
+    else:
+        label = f"{src.name}-{tgt.name}"
+    extra = [f"{k}={v}" for k, v in opts.items() if k not in ("source", "target", "name")]
+    return f"{label} ({','.join(extra)})" if extra else label
+
+
+def detect_format(domains: list[dict[str, list[pathlib.Path]]]) -> tuple[int, int]:
+    """``(channels, median side)`` from the first :data:`DETECT_PER_CLASS` images of each class.
+
+    channels is 1 when every sampled image is grey: stored with one channel (two with alpha),
+    or with three whose values agree within :data:`GREY_TOLERANCE` levels on average (grey
+    images saved as RGB JPEG). The side is the larger of the domains' median ``max(h, w)``.
+    """
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    grey, sides = True, []
+    for found in domains:
+        domain_sides = []
+        for files in found.values():
+            for f in files[:DETECT_PER_CLASS]:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", DeprecationWarning)
+                        img = decode_image(read_file(str(f)), mode=ImageReadMode.UNCHANGED)
+                except RuntimeError as exc:
+                    raise RuntimeError(f"folder pair: cannot decode {f}: {exc}") from None
+                domain_sides.append(max(img.shape[-2:]))
+                if grey and img.shape[0] >= 3:
+                    rgb = img[:3].float()
+                    spread = max(float((rgb[0] - rgb[1]).abs().mean()), float((rgb[1] - rgb[2]).abs().mean()))
+                    grey = spread <= GREY_TOLERANCE
+        sides.append(int(statistics.median_low(domain_sides)))
+    return (1 if grey else 3), max(sides)
 
 
 def class_folders(root: pathlib.Path) -> dict[str, list[pathlib.Path]]:
@@ -114,23 +192,34 @@ def make_folder_pair(arguments: str) -> DomainPair:
     source = pathlib.Path(opts["source"]).expanduser().resolve()
     target = pathlib.Path(opts["target"]).expanduser().resolve()
     try:
-        size = int(opts.get("size", 32))
-        channels = int(opts.get("channels", 3))
+        size = int(opts["size"]) if "size" in opts else None
+        channels = int(opts["channels"]) if "channels" in opts else None
         shots = int(opts.get("shots", 5))
     except ValueError as exc:
         raise RegistryError(f"folder pair: size, channels and shots are integers ({exc}). Usage: {USAGE}") from None
-    if channels not in (1, 3) or size < 8:
+    if channels not in (None, 1, 3) or (size is not None and size < 8):
         raise RegistryError(f"folder pair: channels must be 1 or 3 and size at least 8, got channels={channels}, size={size}")
     evaluation = opts.get("eval", "half")
     if evaluation not in ("half", "all"):
         raise RegistryError(f"folder pair: eval must be 'half' or 'all', got {evaluation!r}")
+
+    src_classes, tgt_classes = class_folders(source), class_folders(target)
+    detected = []
+    if channels is None or size is None:
+        # Guessing wrong is costly: grey images read as RGB get the 3-channel conv net (several
+        # times slower than LeNet on a CPU) and a 3x larger cache, for no accuracy.
+        found_channels, side = detect_format([src_classes, tgt_classes])
+        if channels is None:
+            channels = found_channels
+            detected.append(f"{'grey (1 channel)' if channels == 1 else 'colour (3 channels)'}")
+        if size is None:
+            size = min(max(side, MIN_SIZE[channels]), MAX_SIZE)
+            detected.append(f"size {size} px (median image side {side} px)")
     augment = opts.get("augment", "none" if size <= 64 else "resized_crop_flip")
     if augment not in AUGMENTATIONS:
         raise RegistryError(f"folder pair: augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
     backbone = opts.get("backbone") or _default_backbone(size, channels)
     BACKBONES.get(backbone)  # an unknown backbone fails now, listing the valid ones
-
-    src_classes, tgt_classes = class_folders(source), class_folders(target)
     shared = tuple(sorted(set(src_classes) & set(tgt_classes)))
     if not shared:
         raise RegistryError(
@@ -139,6 +228,14 @@ def make_folder_pair(arguments: str) -> DomainPair:
             f"  target {target}: {', '.join(sorted(tgt_classes))}"
         )
     skipped = sorted(set(src_classes) ^ set(tgt_classes))
+    # the adaptation split's smallest class, from file counts alone (no decoding): eval=half keeps
+    # n - round(n/2) of a class's n images for adaptation, exactly as stratified_split(.., 0.5) does
+    counts = [len(tgt_classes[c]) for c in shared]
+    max_shots = min(counts) if evaluation == "all" else min(n - int(round(n * 0.5)) for n in counts)
+    if "shots" not in opts:  # the default budget shrinks to what small folders hold
+        shots = min(shots, max_shots)
+    if not 0 <= shots <= max_shots:
+        raise RegistryError(f"folder pair: {shots_error(f'folder:{arguments}', shots, max_shots, key='shots')}")
 
     def load(data_root: pathlib.Path) -> PairData:
         s = load_domain(source, shared, size, channels, data_root)
@@ -156,9 +253,18 @@ def make_folder_pair(arguments: str) -> DomainPair:
             else "target: half unlabelled for adaptation, the other half (stratified, seed 0) for evaluation")
     if skipped:
         note += f"; classes in only one domain skipped: {', '.join(skipped)}"
+    label = folder_label(arguments)
+    description = f"{label}: {source.name} → {target.name}, {len(shared)} shared classes from image folders"
+    if detected:
+        found = (f"detected from the images: {', '.join(detected)}; backbone {backbone}"
+                 f"{'' if 'backbone' in opts else ' (default for this input)'}")
+        description += f"; {found}"
+        note += f"; {found}"
+        warnings.warn(f"folder pair {label}: {found}. Set channels=/size=/backbone= in the pair name to choose "
+                      f"otherwise.", FolderPairNote, stacklevel=2)
     return DomainPair(
         name=f"folder:{arguments}",
-        description=f"{source.name} → {target.name}: {len(shared)} shared classes from image folders",
+        description=description,
         load=load,
         num_classes=len(shared),
         backbone=backbone,
@@ -169,6 +275,7 @@ def make_folder_pair(arguments: str) -> DomainPair:
         augment=augment,
         schedule=Schedule(steps=1000, batch_size=32, lr=0.01, eval_every=250),
         target_shots=shots,
+        max_target_shots=max_shots,
         protocol_note=note,
     )
 
@@ -181,4 +288,4 @@ def _default_backbone(size: int, channels: int) -> str:
     return "lenet"
 
 
-PAIRS.register_factory("folder", make_folder_pair)
+PAIRS.register_factory("folder", make_folder_pair, label=folder_label)

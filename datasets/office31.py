@@ -153,6 +153,8 @@ for _s, _t in (("A", "W"), ("D", "W"), ("W", "D"), ("A", "D"), ("D", "A"), ("W",
             augment="resized_crop_flip",
             schedule=_SCHEDULE,
             target_shots=3,
+            # max_target_shots left unknown: the per-class counts of the unpacked archive are not pinned
+            # here, so a too-large target_shots is refused when the domain is loaded (check_target_shots)
             protocol_note="standard transductive protocol: the whole target domain is both the unlabelled "
             "adaptation set and the evaluation set; images stored at 256x256, 224 crops; "
             "source val = 10% of the source domain (seed 0)",

@@ -16,8 +16,10 @@ def multi_kernel_mmd(
     MMD² = mean k(s, s') + mean k(t, t') − 2 mean k(s, t),  k = (1/m) Σ_u exp(−‖x−y‖² / (β_u σ²)),
     with the *squared* Euclidean distance, σ² the mean pairwise squared distance of the joint
     batch (detached: no gradient flows through the bandwidth) and β_u in ``multipliers``.
-    Long et al. weight the kernels by learned β; like most reimplementations we use equal
-    weights, which is the paper's initialisation.
+    Long et al. combine the kernels convexly, k = Σ_u β_u k_u with Σ_u β_u = 1, and learn β; we
+    fix equal weights β_u = 1/m (the *mean* of the m = 5 kernels). TLlib's
+    ``MultipleKernelMaximumMeanDiscrepancy`` *sums* its kernels instead (β_u = 1), so its loss
+    is m times ours: dabench's ``trade_off=1`` equals TLlib's ``trade_off=0.2``.
     """
     x = torch.cat([source, target]).float()
     d2 = torch.cdist(x, x).pow(2)
@@ -32,7 +34,12 @@ def multi_kernel_mmd(
 class DAN(Method):
     """DAN (Long et al. 2015, ICML): align source and target features with multi-kernel MMD.
 
-    total = CE(source) + trade_off · MK-MMD²(g(x_s), g(x_t)) on the bottleneck features.
+    total = CE(source) + trade_off · MK-MMD²(g(x_s), g(x_t)) on the bottleneck features, with
+    MK-MMD² over the *mean* of five Gaussian kernels (equal β_u = 1/5 in the paper's convex
+    combination). TLlib sums the five kernels, so its loss is 5× ours: ``trade_off=1`` here is
+    TLlib's ``trade_off=0.2``; multiply a TLlib trade-off by 5 to reproduce its setting.
+    Source and target go through the network in one batch by default (``forward="concat"``);
+    TLlib's DAN example runs two separate passes (``forward="separate"``).
     """
 
     protocol = "uda"

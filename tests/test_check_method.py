@@ -46,8 +46,77 @@ def test_the_example_plugins_pass():
     examples = pathlib.Path(__file__).resolve().parents[1] / "examples"
     load_plugin(str(examples / "dabench-mcc" / "dabench_mcc.py"))
     load_plugin(str(examples / "entmin.py"))
-    assert check_method("mcc").hparams_checked == ["bottleneck_dim", "trade_off", "temperature", "forward"]
-    check_method("entmin")
+    report = check_method("mcc")
+    assert report.hparams_checked == ["bottleneck_dim", "trade_off", "temperature", "forward"]
+    assert report.hparams_used == ["bottleneck_dim", "trade_off", "temperature"]
+    assert check_method("entmin").hparams_used == ["bottleneck_dim", "trade_off"]
+
+
+def test_every_numeric_hyperparameter_of_the_builtins_is_shown_used():
+    assert check_method("dann").hparams_used == ["bottleneck_dim", "trade_off", "disc_hidden", "grl_gamma"]
+    assert check_method("fine-tune").hparams_used == ["bottleneck_dim", "lr_scale", "steps_fraction"]
+
+
+# --- ignored hyperparameters ----------------------------------------------------------------------
+def _entropy(logits):
+    p = logits.float().softmax(1)
+    return -(p * p.clamp_min(1e-12).log()).sum(1).mean()
+
+
+def test_hard_coded_trade_off_is_caught_and_names_the_declaration():
+    @register_method("broken-tradeoff")
+    class HardCoded(Method):
+        """Entropy minimisation whose loss hard-codes the trade-off it declares."""
+
+        uses = Uses(source_labels=True, target_unlabeled=True)
+        defaults = {"trade_off": 0.3, "forward": "concat"}
+
+        def loss(self, batch, progress):
+            logits_s, logits_t, _, _ = self.forward_source_target(batch)
+            return self.combine(self.supervised_loss(batch, logits_s), _entropy(logits_t), 0.3)
+
+    _expect(HardCoded, "broken-tradeoff", "hyperparameter 'trade_off' is ignored", "from 0.3 to 0.15",
+            "self.hp['trade_off']", "hparams_outside_loss = ('trade_off',)")
+
+
+def test_unused_temperature_is_caught_unless_declared_inert():
+    @register_method("broken-temperature")
+    class NoTemperature(Method):
+        """Entropy minimisation declaring a temperature it never reads."""
+
+        uses = Uses(source_labels=True, target_unlabeled=True)
+        defaults = {"trade_off": 1.0, "temperature": 2.0, "warmup_steps": 3}
+
+        def loss(self, batch, progress):
+            logits_s, logits_t, _, _ = self.forward_source_target(batch)
+            return self.combine(self.supervised_loss(batch, logits_s), _entropy(logits_t), self.hp["trade_off"])
+
+    _expect(NoTemperature, "hyperparameter 'temperature' is ignored")
+    # declared inert (e.g. read only by fit, or only logged): passes, and is not counted as used
+    report = check_method(NoTemperature, allow_unused_hparams=("temperature", "warmup_steps"))
+    assert report.hparams_used == ["bottleneck_dim", "trade_off"]
+    NoTemperature.hparams_outside_loss = ("temperature", "warmup_steps")
+    assert check_method(NoTemperature).hparams_used == ["bottleneck_dim", "trade_off"]
+    NoTemperature.hparams_outside_loss = ("temprature",)
+    _expect(NoTemperature, "name ['temprature'], which are not hyperparameters", "temperature")
+
+
+def test_a_hyperparameter_acting_only_late_in_training_is_found():
+    """A switch at progress 0.8 has no effect at 0.5: the 0.9 probe finds it."""
+
+    @register_method("late-switch")
+    class Late(Method):
+        """Entropy minimisation switched on only after ``start`` of training."""
+
+        uses = Uses(source_labels=True, target_unlabeled=True)
+        defaults = {"trade_off": 1.0, "start": 0.8}
+
+        def loss(self, batch, progress):
+            logits_s, logits_t, _, _ = self.forward_source_target(batch)
+            weight = self.hp["trade_off"] if progress >= self.hp["start"] else 0.0
+            return self.combine(self.supervised_loss(batch, logits_s), _entropy(logits_t), weight)
+
+    assert check_method(Late).hparams_used == ["bottleneck_dim", "trade_off", "start"]
 
 
 # --- broken methods: each must fail with a message that says what is wrong ----------------------
@@ -188,7 +257,16 @@ def test_unregistered_and_incomplete_classes():
         def loss(self, batch: Batch, progress: float) -> Loss:
             return self.combine(self.supervised_loss(batch, self.predict(batch.x_source)))
 
-    _expect(Anonymous, "is not registered", "@dabench.register_method")
+    # registered on the fly under its lower-cased class name, as dabench.run(methods=[Anonymous]) does
+    report = check_method(Anonymous)
+    assert report.method == "anonymous" and dabench.METHODS.get("anonymous") is Anonymous
+
+    class Taken(Anonymous):
+        """Claims a built-in's name."""
+
+        name = "dann"
+
+    _expect(Taken, "'dann' is registered twice")
 
     class NoLoss(Method):
         """Forgot its loss."""

@@ -15,11 +15,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import pandas as pd
+
 import dabench
 from dabench import PAIRS, RegistryError
 from dabench.core.domain import MissingDataError
+from dabench.datasets.folder import FolderPairNote, folder_label
+from dabench.testing import isolated_registries
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _isolated():
+    """Each test builds its folder pairs afresh (so their detection notes are seen)."""
+    with isolated_registries():
+        yield
 
 SHARED = ("0", "1", "2")
 PER_CLASS = 12  # images per class and domain
@@ -85,7 +96,7 @@ def test_shared_classes_decode_resize_and_split(folders, tmp_path):
 
 def test_transductive_rgb_defaults(folders, tmp_path):
     src, tgt = folders
-    pair = PAIRS.get(f"folder:source={src},target={tgt},eval=all")
+    pair = PAIRS.get(f"folder:source={src},target={tgt},eval=all,channels=3,size=32")
     assert pair.channels == 3 and pair.image_size == 32 and pair.mean == (0.485, 0.456, 0.406)
     data = pair.load(tmp_path)
     assert data.source.images.shape[1:] == (3, 32, 32)
@@ -133,11 +144,79 @@ def test_cli_runs_a_method_on_the_folder_pair(folders, tmp_path, capsys):
     assert all(r["status"] == "complete" and r["spec"]["pair"] == name for r in runs)
     assert all(r["eval_size"] == 3 * PER_CLASS // 2 for r in runs)
     assert "dann" in out.out  # the leaderboard row
+    # tables show the pair under a short name, never the absolute paths
+    short = "src-tgt (size=28,channels=1,backbone=lenet)"
+    assert short in out.out and str(src) not in out.out
+    board = dabench.leaderboard(dabench.load_results(tmp_path / "res"))
+    assert board.pairs == (short,)
 
 
 def test_python_api_runs_the_folder_pair(folders, tmp_path):
     src, tgt = folders
-    summary = dabench.run(methods=["source-only"], pairs=[f"folder:source={src},target={tgt},size=16,channels=1"],
+    name = f"folder:name=digits-mine,source={src},target={tgt},size=16,channels=1"
+    summary = dabench.run(methods=["source-only"], pairs=[name],
                           seeds=[0], results_dir=tmp_path / "res", data_root=tmp_path / "data", device="cpu",
                           overrides={"steps": 2, "eval_every": 2, "batch_size": 8})
     assert [r["status"] for r in summary.ran] == ["complete"]
+    assert summary.ran[0]["spec"]["pair"] == name  # the full name: workers rebuild the pair from it
+    df = dabench.load_results(tmp_path / "res")
+    assert list(df["pair"]) == ["digits-mine"]
+    assert dabench.leaderboard(df).pairs == ("digits-mine",)
+
+
+def test_grey_and_size_are_detected_and_said(folders, tmp_path):
+    """Grey PNGs (source, 1 channel, 24 px) and grey saved as RGB (target, 12 px): one grey pair on
+    LeNet at 28 px, not the 3-channel conv net; the note says what was detected."""
+    src, tgt = folders
+    with pytest.warns(FolderPairNote) as caught:
+        pair = PAIRS.get(f"folder:source={src},target={tgt}")
+    assert pair.channels == 1 and pair.image_size == 28 and pair.backbone == "lenet" and pair.mean == (0.5,)
+    note = str(caught[0].message)
+    assert "grey (1 channel)" in note and "size 28 px (median image side 24 px)" in note and "backbone lenet" in note
+    assert "detected from the images" in pair.description and "grey (1 channel)" in pair.protocol_note
+    assert pair.load(tmp_path).target.images.shape[1:] == (1, 28, 28)
+
+
+def test_colour_images_are_detected_as_rgb(folders, tmp_path):
+    src, _ = folders
+    colour = tmp_path / "colour"
+    from torchvision.io import decode_png, write_png
+
+    for c in SHARED:
+        (colour / c).mkdir(parents=True)
+        for f in sorted((src / c).glob("*.png"))[:4]:
+            grey = decode_png(torchvision_read(f))
+            tinted = (grey.float() * torch.tensor([1.0, 0.6, 0.2])[:, None, None]).round().to(torch.uint8)
+            write_png(F.interpolate(tinted[None].float(), size=(40, 40))[0].to(torch.uint8), str(colour / c / f.name))
+    with pytest.warns(FolderPairNote, match=r"colour \(3 channels\), size 40 px"):
+        pair = PAIRS.get(f"folder:source={colour},target={src}")
+    assert pair.channels == 3 and pair.image_size == 40 and pair.backbone == "cnn32"
+    # given options are not second-guessed, and say nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FolderPairNote)
+        given = PAIRS.get(f"folder:source={colour},target={src},channels=3,size=32")
+    assert (given.channels, given.image_size) == (3, 32) and "detected" not in given.description
+
+
+def torchvision_read(path):
+    from torchvision.io import read_file
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return read_file(str(path))
+
+
+def test_short_names_for_tables():
+    assert folder_label("name=mydata,source=/abs/data/photos,target=/abs/data/sketches") == "mydata"
+    assert folder_label("source=/abs/data/photos,target=/abs/data/sketches") == "photos-sketches"
+    assert folder_label("source=/a/x/train,target=/a/y/train,size=64") == "x/train-y/train (size=64)"
+    assert PAIRS.label("folder:name=mydata,source=a,target=b") == "mydata"
+    assert PAIRS.label("digits-offline") == "digits-offline"
+    with pytest.raises(RegistryError, match=r"name='my data' is not a valid short name"):
+        PAIRS.get("folder:name=my data,source=a,target=b")
+    # two different pairs under one label keep their full names: they never merge into one column
+    from dabench.analysis.results import _short_pair_names
+
+    names = pd.Series(["folder:name=d,source=a,target=b", "folder:name=d,source=a,target=c",
+                       "folder:name=e,source=a,target=b", "digits-offline"])
+    assert list(_short_pair_names(names)) == [names[0], names[1], "e", "digits-offline"]

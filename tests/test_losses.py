@@ -120,3 +120,35 @@ def test_losses_are_combined_by_sum_with_trade_off():
     m.hp["trade_off"] = 0.5
     loss = m.loss(batch, 0.5)
     assert loss.total.item() == pytest.approx((loss.parts["ce"] + 0.5 * loss.parts["da"]).item(), rel=1e-5)
+
+
+def _paper_form_covariance(x: torch.Tensor) -> torch.Tensor:
+    """The uncentred form of Sun & Saenko's eq. (2)-(3), as dabench computed it before."""
+    x = x.float()
+    n = x.shape[0]
+    col_sum = x.sum(0, keepdim=True)
+    return (x.T @ x - col_sum.T @ col_sum / n) / (n - 1)
+
+
+def test_coral_covariance_survives_bf16_autocast_at_large_logit_means():
+    """bf16 autocast (a GPU's fast path) emulated on the CPU: CPU autocast lowers the matmul to
+    bfloat16 exactly as CUDA autocast does. Logits of mean ~20 and spread ~2 (a confident
+    classifier): the uncentred product loses the covariance to cancellation, the centred one keeps it."""
+    g = torch.Generator().manual_seed(0)
+    s64 = 20 + 2 * torch.randn(64, 10, generator=g, dtype=torch.float64)
+    t64 = 21 + 1.5 * torch.randn(64, 10, generator=g, dtype=torch.float64)
+
+    def rel_err(cov_fn, x64):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            c = cov_fn(x64.float()).double()
+        ref = torch.cov(x64.T)
+        return ((c - ref).norm() / ref.norm()).item()
+
+    assert rel_err(_paper_form_covariance, s64) > 0.5  # the pitfall is real under this emulation
+    assert rel_err(covariance, s64) < 0.01
+    assert rel_err(covariance, t64) < 0.01
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = coral_loss(s64.float(), t64.float()).double()
+    d = s64.shape[1]
+    expected = (torch.cov(s64.T) - torch.cov(t64.T)).pow(2).sum() / (4 * d * d)
+    assert loss.item() == pytest.approx(expected.item(), rel=0.02)

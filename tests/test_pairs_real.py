@@ -84,6 +84,14 @@ def test_mnist_usps_pairs_protocol() -> None:
     assert int(r.target_eval.min()) == 60_000  # evaluation indexes MNIST's test images
 
 
+def test_digit_pairs_learning_rate_per_direction() -> None:
+    """USPS→MNIST runs at lr 0.1 and MNIST→USPS at 0.01, as TLlib's LeNet digit scripts do; the
+    rest of the schedule is shared (see results/reference/mnist-usps-usps-mnist-cpu.md)."""
+    m2u, u2m = PAIRS.get("mnist-usps").schedule, PAIRS.get("usps-mnist").schedule
+    assert m2u.lr == 0.01 and u2m.lr == 0.1
+    assert m2u.replace(lr=0.1) == u2m
+
+
 def test_missing_digits_say_where_and_how(tmp_path) -> None:
     with pytest.raises(MissingDataError) as e:
         PAIRS.get("mnist-usps").load(tmp_path)

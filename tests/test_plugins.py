@@ -23,7 +23,7 @@ import dabench
 from dabench import METHODS, Method, PluginError, RegistryError, Uses
 from dabench.cli import main
 from dabench.core.method import validate_method_class
-from dabench.core.registry import Registry, load_plugin
+from dabench.core.registry import PluginWarning, Registry, load_plugin
 from dabench.testing import isolated_registries
 
 torch.set_num_threads(1)
@@ -167,19 +167,100 @@ def test_plugin_that_fails_to_import_names_itself(tmp_path, capsys):
         load_plugin("no_such_plugin_module")
 
 
-def test_broken_entry_point_names_the_package(tmp_path, monkeypatch):
-    """A hand-made dist-info on sys.path, in a group of its own (the real groups stay untouched)."""
-    dist = tmp_path / "broken_dabench_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-dabench-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[dabench.test_broken]\nbroken = missing_module_xyz:Thing\n")
+def test_broken_entry_point_warns_once_and_fails_only_when_its_method_is_asked_for(tmp_path, monkeypatch, capsys):
+    """A hand-made dist-info on sys.path whose module is gone (an uninstalled-but-listed package).
+
+    It must not block ``dabench list`` or runs of other methods: one warning naming the package
+    and ``pip uninstall``; asking for its method is a clear error."""
+    _dist_info(tmp_path, "broken-dabench-plugin", "dabench.test_broken", "cdan-gone = missing_module_xyz:CDAN")
     monkeypatch.syspath_prepend(str(tmp_path))
-    reg = Registry("method", "dabench.test_broken")
-    with pytest.raises(PluginError) as err:
-        reg.names()
-    msg = str(err.value)
-    assert "'broken'" in msg and "missing_module_xyz:Thing" in msg and "broken-dabench-plugin" in msg
-    assert "ModuleNotFoundError" in msg
+    monkeypatch.setattr(METHODS, "group", "dabench.test_broken")
+    METHODS._entry_points_loaded = False
+    with pytest.warns(PluginWarning) as caught:
+        assert main(["list", "methods"]) == 0
+        assert main(["run", "--methods", "dann", "--seeds", "0", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dann" in out and "source-only" in out
+    assert len(caught) == 1  # once per process, not once per lookup
+    msg = str(caught[0].message)
+    for piece in ("'cdan-gone'", "missing_module_xyz:CDAN", "package broken-dabench-plugin", "ModuleNotFoundError",
+                  "pip uninstall broken-dabench-plugin"):
+        assert piece in msg, msg
+    assert main(["run", "--methods", "cdan-gone", "--seeds", "0", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "method 'cdan-gone' is unavailable" in err and "pip uninstall broken-dabench-plugin" in err
+    with pytest.raises(PluginError, match="'cdan-gone' is unavailable.*ModuleNotFoundError"):
+        METHODS.get("cdan-gone")
+    # a name the broken package may have provided (a module entry point registers several)
+    with pytest.raises(RegistryError, match="unknown method 'jan'.*broken plugins.*broken-dabench-plugin"):
+        METHODS.get("jan")
+
+
+CLASH_MODULE = '''
+from dabench.methods.source_only import SourceOnly
+from dabench import register_method
+
+
+@register_method("cdan-clash")
+class CDAN(SourceOnly):
+    """The package's CDAN (stand-in)."""
+
+
+@register_method("minent-clash")
+class MinEnt(SourceOnly):
+    """The package's MinEnt (stand-in)."""
+'''
+
+CLASH_PLUGIN = '''
+from dabench.methods.source_only import SourceOnly
+from dabench import register_method
+
+
+@register_method("minent-clash")
+class MyMinEnt(SourceOnly):
+    """The researcher's own MinEnt."""
+'''
+
+
+def test_clash_between_a_plugin_file_and_an_installed_package_names_only_the_two_sources(
+        tmp_path, monkeypatch, capsys):
+    """The package has two entry points; only one of its classes clashes with the --plugin file.
+    The message names the file and the package's class, not the package's other entry point."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "clash_pkg_mod.py").write_text(CLASH_MODULE)
+    _dist_info(site, "dabench-cdan", "dabench.test_clash",
+               "cdan-clash = clash_pkg_mod:CDAN\nminent-clash = clash_pkg_mod:MinEnt")
+    plugin = tmp_path / "jan.py"
+    plugin.write_text(CLASH_PLUGIN)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(METHODS, "group", "dabench.test_clash")
+    METHODS._entry_points_loaded = False
+    assert main(["list", "methods", "--plugin", str(plugin)]) == 2
+    err = capsys.readouterr().err
+    assert "method 'minent-clash' is registered twice" in err, err
+    assert "jan.py" in err and "clash_pkg_mod.py" in err and "installed package dabench-cdan" in err
+    assert "cdan-clash" not in err and "entry point" not in err  # the innocent entry point is not blamed
+    sys.modules.pop("clash_pkg_mod", None)
+
+
+def test_entry_point_class_is_never_silently_replaced_by_a_plugin_file(tmp_path, monkeypatch):
+    """An entry point naming a class whose name a --plugin file already took is a clash, named."""
+    (tmp_path / "ep_shadow_mod.py").write_text(
+        "from dabench.methods.source_only import SourceOnly\n\n\n"
+        "class Shadow(SourceOnly):\n    \"\"\"Installed.\"\"\"\n")
+    _dist_info(tmp_path, "dabench-shadow", "dabench.test_shadow", "shadow = ep_shadow_mod:Shadow")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin = tmp_path / "mine.py"
+    plugin.write_text("from dabench.methods.source_only import SourceOnly\nfrom dabench import register_method\n"
+                      "register_method('shadow')(type('Mine', (SourceOnly,), {'__doc__': 'mine'}))\n")
+    monkeypatch.setattr(METHODS, "group", "dabench.test_shadow")
+    METHODS._entry_points_loaded = False
+    load_plugin(str(plugin))
+    with pytest.raises(RegistryError, match=r"'shadow' is registered twice: first by .*mine.py.*again by entry "
+                                            r"point ep_shadow_mod:Shadow \(installed package dabench-shadow\)"):
+        METHODS.names()
+    sys.modules.pop("ep_shadow_mod", None)
 
 
 def test_two_registrations_of_one_name_are_refused_naming_both(tmp_path):
@@ -277,8 +358,10 @@ def test_entry_point_naming_an_undecorated_class_is_named_and_validated(tmp_path
     assert ok.names() == ["plain-ep"] and ok.get("plain-ep").name == "plain-ep"
     assert ok.source("plain-ep") == "entry point ep_methods_mod:Plain"
     bad = Registry("method", "dabench.test_bad", prepare=_prepare_method)
-    with pytest.raises(PluginError, match=r"'nodoc'.*package ep-bad.*NoDoc is incomplete: add a docstring"):
-        bad.names()
+    with pytest.warns(PluginWarning, match=r"'nodoc'.*package ep-bad.*NoDoc is incomplete: add a docstring"):
+        assert bad.names() == []
+    with pytest.raises(PluginError, match=r"'nodoc' is unavailable.*NoDoc is incomplete: add a docstring"):
+        bad.get("nodoc")
     sys.modules.pop("ep_methods_mod", None)
 
 

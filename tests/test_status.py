@@ -56,7 +56,10 @@ def folder(tmp_path):
     store.write(base_record(specs[5], "running", env))
     (store.claims / f"{specs[5].run_id}.claim").write_text(
         json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
-    (store.runs / "deadbeef0000.json").write_text('{"run_id": "deadbeef0000", "sta')  # torn write
+    (store.runs / "deadbeef0000.json").write_text('{"run_id": "deadbeef0000", "sta')  # torn, not in the matrix
+    (store.runs / "notes.json").write_text('{"comment": "my own file"}')  # unrelated JSON
+    store.claims.mkdir(parents=True, exist_ok=True)
+    (store.claims / f"{specs[6].run_id}.claim").write_bytes(b"\xff\xfe\x00")  # not UTF-8
     return tmp_path, specs
 
 
@@ -66,7 +69,19 @@ def test_counts_live_and_interrupted_runs(folder):
     c = st.counts()
     assert (c["complete"], c["failed"], c["diverged"], c["running"], c["interrupted"], c["pending"]) == (2, 1, 1, 1, 1, 2)
     assert st.in_matrix == 8 and st.workers == 2
-    assert any("deadbeef0000.json" in p for p in st.corrupt)
+    assert st.corrupt == []  # nothing of the matrix is corrupt: nothing will be rerun for it
+    assert any("deadbeef0000.json" in p and "corrupt" in p for p in st.ignored)
+    assert any("notes.json" in p and "not a run record" in p for p in st.ignored)
+    assert any(f"{specs[6].run_id}.claim" in p for p in st.ignored)
+
+
+def test_corrupt_record_of_a_matrix_run_is_rerun_and_a_stray_one_is_not(folder):
+    root, specs = folder
+    (root / "runs" / f"{specs[7].run_id}.json").write_bytes(b"\xff not utf-8")
+    text = status_text(root)
+    rerun = text.split("corrupt records (the next 'dabench run' reruns them):")[1].split("ignored")[0]
+    assert f"{specs[7].run_id}.json" in rerun and "deadbeef0000" not in rerun and "notes.json" not in rerun
+    assert "notes.json (not a run record" in text
 
 
 def test_text_names_failures_by_first_line_and_gives_eta(folder):

@@ -280,7 +280,24 @@ def load_results(*dirs: str | Path | Iterable[str | Path], planned: bool = True)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     if len(df):
         df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
+        df["pair"] = _short_pair_names(df["pair"])
     return df
+
+
+def _short_pair_names(pairs: pd.Series) -> pd.Series:
+    """Parametric pair names as their short label (``folder:name=x,source=/abs/...`` → ``x``).
+
+    Tables, figures and ``--where pair=`` then use the label; the full name stays in each
+    record's spec. A label two different pairs would share (or that is another pair's full
+    name) is not used: those pairs keep their full names, so no two pairs ever merge.
+    """
+    from ..core.registry import PAIRS
+
+    full = {str(p) for p in pairs.dropna().unique()}
+    label = {p: PAIRS.label(p) for p in full}
+    taken = [v for v in label.values()]
+    mapping = {p: v if taken.count(v) == 1 and (v == p or v not in full) else p for p, v in label.items()}
+    return pairs.map(lambda p: mapping.get(str(p), p) if p is not None else p)
 
 
 def label_budget(protocol: str | None, target_shots: int | None) -> str:

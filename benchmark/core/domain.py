@@ -1,6 +1,7 @@
 """Domains, domain pairs and their default schedules (the data side of a benchmark task)."""
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 from dataclasses import dataclass, field, fields
@@ -53,12 +54,86 @@ class PairData:
     target_eval: torch.Tensor
 
 
+class ScheduleError(ValueError):
+    """A schedule value out of its type, range or choices; the message names the key, the value and what is valid."""
+
+
+#: learning-rate factors at progress p in [0, 1] (see :class:`Schedule`)
+LR_SCHEDULES = ("inv", "cosine", "constant")
+
+
+def lr_factor(kind: str, progress: float) -> float:
+    """The multiplier of the base learning rate at ``progress`` p ∈ [0, 1].
+
+    - ``inv``: ``(1 + 10 p) ** -0.75`` (Ganin et al. 2016, JMLR, §5.2.2; the annealing of DANN/CDAN);
+    - ``cosine``: ``0.5 (1 + cos(π p))`` (Loshchilov & Hutter 2017, ICLR, SGDR without restarts);
+    - ``constant``: 1.
+    """
+    if kind == "inv":
+        return (1 + 10 * progress) ** -0.75
+    if kind == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if kind == "constant":
+        return 1.0
+    raise ScheduleError(f"lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {kind!r}")
+
+
+def _is_int(v: Any) -> bool:
+    # bool is an int subclass, but steps=true is a mistake, not 1
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _as_int(v: Any) -> Any:
+    """An integral number as int (``1e3`` → 1000); anything else unchanged, for the range check to refuse."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str):
+        try:
+            return int(v.strip())
+        except ValueError:
+            return v
+    return v
+
+
+def _as_float(v: Any) -> Any:
+    if _is_int(v):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v.strip())
+        except ValueError:
+            return v
+    return v
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, float) and math.isfinite(v)
+
+
+#: key → (conversion, check, what is allowed). The one place schedule values are checked: the
+#: matrix (``--set``, ``[set]``), ``--dry-run``, pair registrations and records all build a Schedule.
+SCHEDULE_RULES: dict[str, tuple[Callable[[Any], Any], Callable[[Any], bool], str]] = {
+    "steps": (_as_int, lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "batch_size": (_as_int, lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "lr": (_as_float, lambda v: _num(v) and v > 0, "a finite number > 0"),
+    # the engine's SGD is Nesterov, which needs a momentum > 0; >= 1 never forgets and diverges
+    "momentum": (_as_float, lambda v: _num(v) and 0 < v < 1, "a number in (0, 1) (the engine uses Nesterov SGD)"),
+    "weight_decay": (_as_float, lambda v: _num(v) and v >= 0, "a finite number >= 0"),
+    "lr_schedule": (lambda v: v, lambda v: v in LR_SCHEDULES, f"one of {', '.join(LR_SCHEDULES)}"),
+    "eval_every": (_as_int, lambda v: _is_int(v) and v >= 1, "an integer >= 1 (steps between evaluations)"),
+    "log_every": (_as_int, lambda v: _is_int(v) and v >= 1, "an integer >= 1 (steps between loss checks)"),
+}
+
+
 @dataclass(frozen=True)
 class Schedule:
     """The optimisation schedule the engine runs; the same for every method of a pair.
 
-    The learning rate at progress p in [0, 1] is ``lr * (1 + 10 p) ** -0.75`` when
-    ``lr_schedule == "inv"`` (Ganin et al. 2016, applied to all methods so they are comparable).
+    The learning rate at progress p in [0, 1] is ``lr * lr_factor(lr_schedule, p)``: ``inv``
+    is ``(1 + 10 p) ** -0.75`` (Ganin et al. 2016, applied to all methods so they are comparable),
+    ``cosine`` is ``0.5 (1 + cos(π p))``, ``constant`` is 1. Every value is checked on
+    construction against :data:`SCHEDULE_RULES` (:class:`ScheduleError` names key, value and
+    what is allowed), so a bad ``--set`` fails before anything runs.
     """
 
     steps: int = 1000
@@ -66,17 +141,25 @@ class Schedule:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    lr_schedule: str = "inv"  # "inv" or "constant"
+    lr_schedule: str = "inv"  # one of LR_SCHEDULES
     eval_every: int = 250
     log_every: int = 50
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            convert, ok, allowed = SCHEDULE_RULES[f.name]
+            given = getattr(self, f.name)
+            value = convert(given)
+            if not ok(value):
+                raise ScheduleError(f"schedule key {f.name!r}: expected {allowed}, got {given!r}")
+            object.__setattr__(self, f.name, value)  # frozen: normalise 1e3 → 1000, 1 → 1.0 in place
 
     def replace(self, **changes: Any) -> "Schedule":
         valid = {f.name for f in fields(self)}
         bad = sorted(set(changes) - valid)
         if bad:
-            raise KeyError(f"unknown schedule key(s) {bad}; valid: {sorted(valid)}")
-        cast = {k: type(getattr(self, k))(v) for k, v in changes.items()}
-        return Schedule(**{**self.__dict__, **cast})
+            raise ScheduleError(f"unknown schedule key(s) {bad}; valid: {sorted(valid)}")
+        return Schedule(**{**self.__dict__, **changes})
 
 
 def default_data_root() -> pathlib.Path:
@@ -115,7 +198,38 @@ class DomainPair:
     backbone_options: Mapping[str, Any] = field(default_factory=dict)
     method_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     protocol_note: str = ""
+    #: labelled images per class the target adaptation split can supply (its smallest class), known
+    #: without loading the data so a matrix asking for more is refused up front; ``None``: unknown,
+    #: checked only when the data is loaded (:func:`check_target_shots`)
+    max_target_shots: int | None = None
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"pair {self.name!r}: augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
+        if self.max_target_shots is not None and not 0 <= self.target_shots <= self.max_target_shots:
+            raise ValueError(shots_error(self.name, self.target_shots, self.max_target_shots))
+
+
+def shots_error(pair_name: str, shots: int, maximum: int, key: str = "target_shots") -> str:
+    """The one message for a label budget the pair cannot supply (matrix check and load-time check alike)."""
+    return (
+        f"{key}={shots!r} on pair {pair_name!r}: the pair's target adaptation split has {maximum} images in "
+        f"its smallest class, so target_shots must be an integer from 0 to {maximum} (labelled images per class)"
+    )
+
+
+def target_shot_capacity(data: PairData) -> int:
+    """Images in the smallest class of ``data.target_adapt``: the most shots per class it can supply."""
+    labels = data.target.labels[data.target_adapt]
+    counts = torch.bincount(labels, minlength=len(data.target.classes))
+    return int(counts.min()) if len(counts) else 0
+
+
+def check_target_shots(pair: DomainPair, data: PairData, *shots: int) -> None:
+    """Refuse shot counts the loaded data cannot supply (backstop for pairs whose maximum is unknown
+    or wrong), with the same message as the matrix check. Otherwise a too-large k silently takes
+    every image of the small classes and records a label budget that never existed."""
+    capacity = target_shot_capacity(data)
+    for k in shots:
+        if k > capacity:
+            raise ValueError(shots_error(pair.name, k, capacity))

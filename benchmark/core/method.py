@@ -5,6 +5,7 @@ All methods combine their losses the same way: ``total = ce + trade_off * da``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
@@ -81,7 +82,16 @@ class Method(nn.Module):
     (:class:`Uses`), ``protocol`` (``"uda"`` or ``"few-shot"``) and implement
     :meth:`loss`. They may extend :meth:`build` to add modules (discriminators, ...),
     and override :meth:`fit` when training is not a loop of steps.
-    The resolved hyperparameters are in ``self.hp`` (a dict).
+
+    The resolved hyperparameters are in ``self.hp`` (a dict: the defaults, updated by the
+    pair's per-method overrides and ``--set``, cast to each default's type). ``__init__`` sets
+    ``self.hp`` and ``self.num_classes`` *before* it calls :meth:`build`, so ``build`` may read
+    them (e.g. ``self.hp["bottleneck_dim"]`` for a discriminator's input size).
+
+    A class may list, as ``hparams_outside_loss = ("name", ...)``, numeric hyperparameters that
+    change neither the network ``build`` makes, the loss, its gradients, ``param_groups`` nor
+    ``num_steps`` (e.g. one read only in an overridden ``fit``, or only logged);
+    :func:`dabench.testing.check_method` fails on any other that has no effect.
     """
 
     name: ClassVar[str] = ""
@@ -125,7 +135,11 @@ class Method(nn.Module):
 
     # --- modules ---------------------------------------------------------------------
     def build(self, backbone: Backbone, num_classes: int) -> None:
-        """Create the modules. The default is :class:`Classifier` as ``self.net``."""
+        """Create the modules. The default is :class:`Classifier` as ``self.net``.
+
+        Called by ``__init__`` after ``self.hp`` and ``self.num_classes`` are set. Create every
+        module here (not in ``loss``): a checkpoint is loaded into a fresh build.
+        """
         self.net = Classifier(backbone, num_classes, int(self.hp["bottleneck_dim"]))
 
     @property
@@ -144,6 +158,12 @@ class Method(nn.Module):
 
     # --- computation -----------------------------------------------------------------
     def loss(self, batch: Batch, progress: float) -> Loss:  # pragma: no cover - interface
+        """The loss of one training step on ``batch``.
+
+        ``progress`` is the fraction of training done, ``step / steps`` in [0, 1) (0 at the first
+        step), for ramps such as DANN's λ_p. :func:`dabench.testing.check_method` calls it with
+        0.5 (and 0.1, 0.9 when looking for a hyperparameter's effect).
+        """
         raise NotImplementedError
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +198,12 @@ class Method(nn.Module):
     def forward_source_target(
         self, batch: Batch
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits and features of the source and target batches.
+        """Logits and features of the source and target batches: ``(logits_s, logits_t, f_s, f_t)``.
+
+        The features are those the head classifies: the output of the bottleneck
+        (Linear → BatchNorm1d → ReLU after the backbone), shape ``[batch, bottleneck_dim]``
+        (256 by default; non-negative, after the ReLU), not the backbone's
+        ``backbone.out_features``-wide output. Logits are ``[batch, num_classes]``.
 
         With ``forward="concat"`` (the default) both go through the network in one batch, so
         BatchNorm normalises them together; ``"separate"`` runs two passes (per-domain batch
@@ -223,9 +248,13 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         if isinstance(default, (int, float, str)):
             if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
-            return type(default)(value)
+            out = type(default)(value)
+            if isinstance(out, float) and not math.isfinite(out):  # nan/inf: no hyperparameter means that
+                raise ValueError(value)
+            return out
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: expected a {type(default).__name__} like {default!r}, got {value!r}") from None
+        kind = "finite float" if isinstance(default, float) else type(default).__name__
+        raise ValueError(f"{where}: expected a {kind} like {default!r}, got {value!r}") from None
     return value
 
 

@@ -3,7 +3,10 @@
 Each registry maps a name to an object and remembers where it was registered, so
 that a second registration of one name can be refused naming both sources.
 Installed plugins are discovered through entry points (groups ``dabench.methods``,
-``dabench.pairs``, ``dabench.backbones``) the first time a registry is read.
+``dabench.pairs``, ``dabench.backbones``) the first time a registry is read. An entry point
+that fails to import (a package whose module is gone, a plugin that raises) is reported once
+as a :class:`PluginWarning` naming its package and ``pip uninstall <package>``, and everything
+else keeps working; only asking for a name that plugin would have provided is an error.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import inspect
 import os
 import pathlib
 import sys
+import warnings
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from .method import validate_method_class
@@ -34,11 +38,20 @@ class PluginError(ImportError):
     """A plugin (entry point, file or module) failed to import."""
 
 
+class PluginWarning(UserWarning):
+    """An installed plugin's entry point failed to load; the rest of dabench goes on without it."""
+
+
 def _source_of(obj: Any) -> str:
     try:
         return f"{inspect.getsourcefile(obj)}:{inspect.getsourcelines(obj)[1]}"
     except (TypeError, OSError):
-        return getattr(obj, "__module__", repr(obj))
+        # e.g. a class made with type(): its module's file still says where it came from
+        import sys
+
+        module = getattr(obj, "__module__", None)
+        path = getattr(sys.modules.get(module or ""), "__file__", None)
+        return path or module or repr(obj)
 
 
 class Registry(Generic[T]):
@@ -57,17 +70,31 @@ class Registry(Generic[T]):
         self._entry_points_loaded = False
         self._groups: dict[str, tuple[str, ...]] = {}
         self._factories: dict[str, Callable[[str], T]] = {}
+        self._labels: dict[str, Callable[[str], str]] = {}
+        #: entry points that failed to load: entry-point name → the message (why, and the fix)
+        self._broken: dict[str, str] = {}
+        #: the installed package whose entry point is being loaded (named in conflict messages)
+        self._loading_dist: str | None = None
+        self._dists: dict[str, str] = {}
 
     def register(self, name: str, obj: T, source: str | None = None) -> T:
         source = source or _source_of(obj)
         if name in self._items and self._sources[name] != source:
             raise RegistryError(
-                f"{self.kind} {name!r} is registered twice: first by {self._sources[name]}, "
-                f"again by {source}. Pick another name for one of them."
+                f"{self.kind} {name!r} is registered twice: first by {self._describe(name)}, "
+                f"again by {self._describe(name, source, self._loading_dist)}. Pick another name for one of them."
             )
         self._items[name] = obj
         self._sources[name] = source
+        if self._loading_dist:
+            self._dists[name] = self._loading_dist
         return obj
+
+    def _describe(self, name: str, source: str | None = None, dist: str | None = None) -> str:
+        """A registration's source, with the installed package it came from when known."""
+        if source is None:
+            source, dist = self._sources[name], self._dists.get(name)
+        return f"{source} (installed package {dist})" if dist else source
 
     def decorator(self, name: str) -> Callable[[T], T]:
         def wrap(obj: T) -> T:
@@ -79,13 +106,31 @@ class Registry(Generic[T]):
         """A name that selects several entries at once (e.g. ``office31`` → its six pairs)."""
         self._groups[name] = tuple(members)
 
-    def register_factory(self, prefix: str, factory: Callable[[str], T]) -> None:
+    def register_factory(self, prefix: str, factory: Callable[[str], T],
+                         label: Callable[[str], str] | None = None) -> None:
         """Entries made on demand from a parametric name ``prefix:arguments`` (e.g. ``folder:source=...``).
 
         ``factory(arguments)`` returns the object, which is then registered under the full name,
-        so a worker process given the same name rebuilds the same entry.
+        so a worker process given the same name rebuilds the same entry. ``label(arguments)``
+        gives the short name tables and figures show instead of the full one (it must only parse
+        the text: results are read without the data at hand).
         """
         self._factories[prefix] = factory
+        if label is not None:
+            self._labels[prefix] = label
+
+    def label(self, name: str) -> str:
+        """The short display name of ``name``: a parametric name's ``label``, else ``name`` itself.
+
+        Never raises: a name whose arguments no longer parse is shown in full.
+        """
+        prefix, sep, arguments = str(name).partition(":")
+        if not sep or prefix not in self._labels:
+            return str(name)
+        try:
+            return self._labels[prefix](arguments) or str(name)
+        except Exception:  # noqa: BLE001 - a display name must never stop a report
+            return str(name)
 
     def _load_entry_points(self) -> None:
         if self._entry_points_loaded:
@@ -94,15 +139,29 @@ class Registry(Generic[T]):
         for ep in importlib.metadata.entry_points(group=self.group):
             dist = getattr(getattr(ep, "dist", None), "name", None)
             where = f"plugin entry point {ep.name!r} ({ep.value}{', package ' + dist if dist else ''}) in group {self.group!r}"
+            self._loading_dist = dist
             try:
                 obj = ep.load()
                 # An entry point may name a module (which registers on import) or an object.
-                if not inspect.ismodule(obj) and ep.name not in self._items:
+                if not inspect.ismodule(obj):
+                    if ep.name in self._items and self._items[ep.name] is obj:
+                        continue  # the same object, already registered (e.g. its file came by --plugin)
                     if self._prepare is not None:
                         obj = self._prepare(ep.name, obj)
                     self.register(ep.name, obj, source=f"entry point {ep.value}")
+            except RegistryError:
+                # A name clash: the message names the two sources of that name, and only them
+                # (the entry point being loaded may be another, innocent one of the package).
+                raise
             except Exception as exc:  # noqa: BLE001 - any import error is the plugin's
-                raise PluginError(f"{where} failed to load: {type(exc).__name__}: {exc}") from exc
+                # One broken installed package must not stop every run and listing: warn once,
+                # remember why, and fail only if one of its names is asked for (see get()).
+                fix = f"reinstall it, or remove it with: pip uninstall {dist}" if dist else "remove or repair it"
+                message = f"{where} failed to load: {type(exc).__name__}: {exc}; {fix}"
+                self._broken[ep.name] = message
+                warnings.warn(f"{message}. Going on without it.", PluginWarning, stacklevel=3)
+            finally:
+                self._loading_dist = None
 
     def names(self, pattern: str | None = None) -> list[str]:
         """Registered names, sorted; ``pattern`` is a shell-style glob (``dan*``) or a list ``a,b``."""
@@ -121,7 +180,12 @@ class Registry(Generic[T]):
             prefix, arguments = name.split(":", 1)
             self.register(name, self._factories[prefix](arguments), source=f"factory {prefix!r}")
         if name not in self._items:
+            if name in self._broken:
+                raise PluginError(f"{self.kind} {name!r} is unavailable: {self._broken[name]}")
             extra = ""
+            if self._broken:
+                extra += (f"; broken plugins (they may have provided it): "
+                          f"{'; '.join(self._broken.values())}")
             if self._groups:
                 extra += f"; groups: {', '.join(sorted(self._groups))}"
             if self._factories:
@@ -203,6 +267,21 @@ def register_method(name: str):
         return METHODS.register(name, _prepare_method(name, cls))
 
     return wrap
+
+
+def ensure_method_registered(cls: type) -> str:
+    """The registered name of method class ``cls``, registering it on the fly when it is not.
+
+    The name is one set on the class itself, else its lower-cased class name (a subclass of a
+    registered method inherits the parent's ``name`` and would otherwise claim the parent's
+    entry). A different class under a taken name is refused naming both sources, never
+    silently replaced by (or run as) the registered one. ``dabench.run(methods=[Cls])`` and
+    ``dabench.testing.check_method(Cls)`` both go through here.
+    """
+    name = cls.__dict__.get("name") or cls.__name__.lower()
+    if name not in METHODS or METHODS.get(name) is not cls:
+        register_method(name)(cls)
+    return name
 
 
 def register_pair(pair):

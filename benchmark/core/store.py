@@ -3,53 +3,280 @@
 Layout of a results folder::
 
     runs/<run_id>.json          the record (status complete/failed/diverged/skipped/running)
-    claims/<run_id>.claim       held while a process runs it (pid, host), so two runners never
-                                run one spec at once; a claim of a dead process is taken over
+    claims/<run_id>.claim       held while a process runs it, so two runners never run one spec
+                                at once (see *Claims* below)
+    claims/.lock                serialises claim changes (``flock``)
     checkpoints/<run_id>.pt     final weights of runs others depend on (state dicts only)
     checkpoints/<run_id>.partial.pt   periodic mid-run state, for resuming a killed run
     features/<run_id>.npz       source/target features, when the run was asked to save them
+
+Claims
+------
+A claim file holds its owner's identity: host name, kernel boot id and pid namespace (together:
+*this machine*), pid, the process's start time (``/proc/<pid>/stat``, so a reused pid is told
+apart) and a random token. Its owner refreshes the file's modification time every
+:data:`CLAIM_HEARTBEAT_S` seconds from a daemon thread (the heartbeat). A claim is *stale*, and
+is taken over, when
+
+- its heartbeat is older than :data:`CLAIM_STALE_S` seconds (any host: this is what covers
+  claims of Ray/SLURM workers on other machines, whose pids cannot be checked; their clocks must
+  agree within a fraction of that bound), or
+- it was made on this machine and its pid is gone, or now belongs to a process that started at
+  another time (the pid was reused), or
+- it cannot be read (not UTF-8, not JSON): named in a warning and treated as stale, since a
+  claim is only ever put in place whole (written to a temporary file, then ``link``-ed).
+
+Every claim change (create, take over, release) happens under an exclusive ``flock`` of
+``claims/.lock``, so two processes cannot both take over one stale claim, and a process releases
+only a claim whose token is its own. A process paused (``SIGSTOP``, a frozen VM) longer than
+:data:`CLAIM_STALE_S` loses its claims; it warns when it notices.
 """
 from __future__ import annotations
 
+import datetime as _dt
+import functools
 import json
 import os
 import pathlib
 import socket
+import threading
+import time
+import uuid
 import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterator
 
-import torch
+try:  # POSIX; without it (Windows) claim changes are not serialised between processes
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 TERMINAL = ("complete", "failed", "diverged", "skipped")
 
+#: seconds between two refreshes of a held claim's modification time
+CLAIM_HEARTBEAT_S = float(os.environ.get("DABENCH_CLAIM_HEARTBEAT_S", 10))
+#: a claim whose heartbeat is older than this is stale, whoever and wherever its owner is
+CLAIM_STALE_S = float(os.environ.get("DABENCH_CLAIM_STALE_S", 120))
+
+
+class WriteFault(OSError):
+    """A file of the results folder could not be written (read-only folder or file, full disk...).
+
+    Its message names the path and the cause, in one line; the temporary file is already removed.
+    """
+
+    def __init__(self, path: os.PathLike | str, cause: BaseException, message: str | None = None) -> None:
+        why = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+        code = getattr(cause, "errno", None)
+        super().__init__(code, message or f"cannot write {path}: {why}")
+        self.path = pathlib.Path(path)
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return str(self.args[1])
+
+
+def _write_fault(path: pathlib.Path, exc: BaseException) -> WriteFault:
+    return exc if isinstance(exc, WriteFault) else WriteFault(path, exc)
+
+
+def _remove_quietly(path: pathlib.Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only folder: nothing more can be done about it
+
 
 def atomic_write_text(path: pathlib.Path, text: str) -> None:
-    """Write via a temp file in the same folder + fsync + rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write via a temp file in the same folder + fsync + rename: readers never see half a file.
+
+    Any failure (read-only folder, full disk) removes the temp file and raises :class:`WriteFault`
+    naming ``path`` (a temp file left on a full disk would keep it full).
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        raise _write_fault(path, exc) from exc
 
 
 def atomic_torch_save(obj: Any, path: pathlib.Path) -> None:
-    """``torch.save`` through a temp file + rename, so a kill never leaves a torn checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``torch.save`` through a temp file + rename, so a kill never leaves a torn checkpoint;
+    a failure removes the temp file and raises :class:`WriteFault`."""
+    import torch
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
+        _remove_quietly(tmp)
+        raise _write_fault(path, exc) from exc
+
+
+# --- who is this process ------------------------------------------------------------------
+def _read_small(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of process ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22);
+    None where there is no /proc or no such process."""
+    stat = _read_small(f"/proc/{pid}/stat")
+    if not stat:
+        return None
+    try:  # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=4)
+def _machine_of(pid: int) -> dict[str, str | None]:
+    try:
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pidns = None
+    return {"host": socket.gethostname(), "boot_id": _read_small("/proc/sys/kernel/random/boot_id"),
+            "pidns": pidns}
+
+
+def _machine() -> dict[str, str | None]:
+    """This machine: host name, boot id and pid namespace (cached per process; a fork re-reads)."""
+    return _machine_of(os.getpid())
 
 
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    # a zombie (exited, not yet reaped by its parent) is gone for our purposes
+    stat = _read_small(f"/proc/{pid}/stat")
+    if stat and ")" in stat:
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
     return True
+
+
+@dataclass
+class ClaimInfo:
+    """What a claim file says and whether it still holds."""
+
+    path: pathlib.Path
+    holder: dict[str, Any]
+    live: bool
+    why: str  # why it is stale, or "" when live
+    heartbeat_age_s: float
+
+    @property
+    def on_this_machine(self) -> bool:
+        """Made by a process of this machine (so its pid and start time can be checked)."""
+        return _same_machine(self.holder, _machine())
+
+    def describe(self) -> str:
+        """``host/pid since <time> (heartbeat N s ago)``."""
+        h = self.holder
+        return (f"{h.get('host', '?')}/pid {h.get('pid', '?')} since {h.get('claimed_at', '?')} "
+                f"(heartbeat {self.heartbeat_age_s:.0f} s ago)")
+
+
+def _same_machine(holder: dict[str, Any], me: dict[str, Any]) -> bool:
+    if holder.get("host") != me["host"]:
+        return False
+    # a field either side lacks (an older claim, no /proc) cannot tell machines apart
+    return all(holder.get(k) is None or me[k] is None or holder.get(k) == me[k] for k in ("boot_id", "pidns"))
+
+
+def inspect_claim(path: pathlib.Path, now: float | None = None) -> ClaimInfo | None:
+    """The claim at ``path`` and whether it is live (see the module's *Claims*); None if absent."""
+    try:
+        age = (time.time() if now is None else now) - path.stat().st_mtime
+        holder = json.loads(path.read_bytes().decode("utf-8"))
+        if not isinstance(holder, dict):
+            raise ValueError("not a JSON object")
+        pid = int(holder.get("pid", -1))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        warnings.warn(f"unreadable claim {path} ({exc}): treated as stale", stacklevel=2)
+        return ClaimInfo(path, {}, False, f"unreadable ({exc})", 0.0)
+    if age > CLAIM_STALE_S:
+        return ClaimInfo(path, holder, False, f"no heartbeat for {age:.0f} s (limit {CLAIM_STALE_S:.0f} s)", age)
+    if _same_machine(holder, _machine()):
+        if not _pid_alive(pid):
+            return ClaimInfo(path, holder, False, f"process {pid} is gone", age)
+        started = holder.get("start_time")
+        if started is not None and process_start_time(pid) not in (None, started):
+            return ClaimInfo(path, holder, False, f"pid {pid} now belongs to another process", age)
+    return ClaimInfo(path, holder, True, "", age)
+
+
+class _Heartbeat:
+    """The daemon thread that refreshes the modification time of every claim this process holds."""
+
+    def __init__(self) -> None:
+        self.held: dict[pathlib.Path, str] = {}  # claim path -> our token
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.wake = threading.Event()  # a new claim wakes the thread (it re-reads the interval)
+        self.pid = os.getpid()
+
+    def add(self, path: pathlib.Path, token: str) -> None:
+        with self.lock:
+            if self.pid != os.getpid():  # forked: the parent's claims and thread are not ours
+                self.held, self.thread, self.pid = {}, None, os.getpid()
+            self.held[path] = token
+            self.wake.set()
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._beat, name="dabench-claim-heartbeat", daemon=True)
+                self.thread.start()
+
+    def remove(self, path: pathlib.Path) -> str | None:
+        with self.lock:
+            return self.held.pop(path, None)
+
+    def token(self, path: pathlib.Path) -> str | None:
+        with self.lock:
+            return self.held.get(path)
+
+    def _beat(self) -> None:
+        while True:
+            self.wake.wait(CLAIM_HEARTBEAT_S)
+            self.wake.clear()
+            with self.lock:
+                held = list(self.held.items())
+            for path, token in held:
+                try:
+                    if json.loads(path.read_bytes()).get("token") != token:
+                        raise FileNotFoundError
+                    os.utime(path)
+                except (OSError, ValueError, AttributeError):
+                    if self.remove(path) is not None:
+                        warnings.warn(f"lost claim {path}: another process took it over (was this process "
+                                      f"paused for more than {CLAIM_STALE_S:.0f} s?)", stacklevel=1)
+
+
+_HEARTBEAT = _Heartbeat()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class RunStore:
@@ -66,6 +293,7 @@ class RunStore:
         return self.runs / f"{run_id}.json"
 
     def write(self, record: dict[str, Any]) -> None:
+        """Write a record atomically; :class:`WriteFault` (naming the file) when that fails."""
         atomic_write_text(self.record_path(record["run_id"]), json.dumps(record, indent=1, default=str))
 
     def read(self, run_id: str) -> dict[str, Any] | None:
@@ -86,39 +314,94 @@ class RunStore:
                 yield rec
 
     # --- claims ----------------------------------------------------------------------
+    def claim_path(self, run_id: str) -> pathlib.Path:
+        return self.claims / f"{run_id}.claim"
+
+    @contextmanager
+    def _claims_lock(self) -> Iterator[None]:
+        """Hold the folder's exclusive claim lock (``flock`` on ``claims/.lock``)."""
+        lock = self.claims / ".lock"
+        try:
+            self.claims.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as exc:
+            raise WriteFault(lock, exc) from exc
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor drops the lock
+
     def claim(self, run_id: str) -> bool:
-        """Take the run for this process; False if a live process holds it."""
-        self.claims.mkdir(parents=True, exist_ok=True)
-        path = self.claims / f"{run_id}.claim"
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
-        for _ in range(2):
+        """Take the run for this process; False if a live claim (see *Claims*) holds it.
+
+        The claim is written whole to a temporary file and linked (new) or renamed (over a stale
+        one) into place, under the folder's claim lock: no reader ever sees an empty claim, and
+        of two processes racing for one run exactly one gets it.
+        """
+        path = self.claim_path(run_id)
+        token = uuid.uuid4().hex
+        me = {**_machine(), "pid": os.getpid(), "start_time": process_start_time(os.getpid()), "token": token,
+              "claimed_at": _now(), "heartbeat_s": CLAIM_HEARTBEAT_S, "stale_after_s": CLAIM_STALE_S}
+        tmp = path.with_name(f".{path.name}.{token}.tmp")
+        with self._claims_lock():
+            info = inspect_claim(path)
+            if info is not None and info.live:
+                return False
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                tmp.write_text(json.dumps(me), encoding="utf-8")
+                if info is None:
+                    os.link(tmp, path)  # fails if the file exists: atomic even without the lock
+                else:
+                    os.replace(tmp, path)  # take over the stale claim
             except FileExistsError:
-                try:
-                    holder = json.loads(path.read_text() or "{}")
-                except (OSError, json.JSONDecodeError):
-                    holder = {}
-                same_host = holder.get("host") == me["host"]
-                if holder and (not same_host or _pid_alive(int(holder.get("pid", -1)))):
-                    return False
-                path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
-            return True
-        return False
+                return False
+            except OSError as exc:
+                raise WriteFault(path, exc) from exc
+            finally:
+                _remove_quietly(tmp)
+        _HEARTBEAT.add(path, token)
+        return True
 
     def release(self, run_id: str) -> None:
-        (self.claims / f"{run_id}.claim").unlink(missing_ok=True)
+        """Remove this process's claim of ``run_id``; a claim another process holds (it took ours
+        over as stale) is left alone. A claim that cannot be removed (read-only folder) is left:
+        it is stale as soon as this process ends."""
+        path = self.claim_path(run_id)
+        token = _HEARTBEAT.remove(path)
+        if token is None:
+            return
+        try:
+            with self._claims_lock():
+                try:
+                    holder = json.loads(path.read_bytes())
+                except (OSError, ValueError):
+                    return
+                if isinstance(holder, dict) and holder.get("token") == token:
+                    path.unlink()
+        except OSError:
+            pass
+
+    def remove_stale_claim(self, run_id: str) -> bool:
+        """Remove the claim of ``run_id`` if it is stale (its process died); True if none is left."""
+        path = self.claim_path(run_id)
+        try:
+            with self._claims_lock():
+                info = inspect_claim(path)
+                if info is not None and not info.live:
+                    path.unlink(missing_ok=True)
+                return info is None or not info.live
+        except OSError:
+            return False
+
+    def claim_info(self, run_id: str) -> ClaimInfo | None:
+        """The claim of ``run_id`` (holder, live or stale and why), or None when there is none."""
+        return inspect_claim(self.claim_path(run_id))
 
     def claimed_by_live_process(self, run_id: str) -> bool:
-        path = self.claims / f"{run_id}.claim"
-        try:
-            holder = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return False
-        return holder.get("host") != socket.gethostname() or _pid_alive(int(holder.get("pid", -1)))
+        info = self.claim_info(run_id)
+        return info is not None and info.live
 
     # --- checkpoints -----------------------------------------------------------------
     def features_path(self, run_id: str) -> pathlib.Path:
@@ -129,12 +412,25 @@ class RunStore:
         return self.checkpoints / f"{run_id}{'.partial' if partial else ''}.pt"
 
 
-def read_record_file(path: pathlib.Path) -> dict[str, Any] | None:
+def load_record_file(path: pathlib.Path) -> tuple[dict[str, Any] | None, str]:
+    """(record, "") or (None, why): ``why`` starts with ``corrupt`` for a file that does not
+    decode as JSON (torn, not UTF-8) and with ``not a run record`` for JSON of another kind."""
     try:
-        rec = json.loads(path.read_text())
-        if not isinstance(rec, dict) or "run_id" not in rec or "status" not in rec:
-            raise ValueError("not a run record (no run_id/status)")
-        return rec
-    except (OSError, ValueError) as exc:
-        warnings.warn(f"corrupt run record {path}: {exc}; it will be ignored (and rerun)", stacklevel=2)
-        return None
+        rec = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None, f"corrupt ({exc})"
+    if not isinstance(rec, dict) or "run_id" not in rec or "status" not in rec:
+        return None, "not a run record (no run_id/status)"
+    return rec, ""
+
+
+def read_record_file(path: pathlib.Path) -> dict[str, Any] | None:
+    """The record in ``path``, or None with a warning naming the file."""
+    rec, why = load_record_file(path)
+    if rec is None:
+        if why.startswith("corrupt"):
+            warnings.warn(f"corrupt run record {path}: {why}; it is ignored (and rerun if the matrix has it)",
+                          stacklevel=2)
+        else:
+            warnings.warn(f"{path} is {why}; it is ignored", stacklevel=2)
+    return rec

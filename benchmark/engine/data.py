@@ -32,6 +32,28 @@ def draw_shots(labels: torch.Tensor, pool: torch.Tensor, k: int, seed: int) -> t
     return torch.cat(chosen).sort().values
 
 
+#: images of the adaptation split the label-free validators score (entropy, IM, SND). SND is
+#: quadratic in it (a 2048² float32 similarity matrix is 16 MiB); the standard error of a mean
+#: entropy over 2048 images is ~2 % of its per-image spread; and predicting 2048 extra images per
+#: evaluation costs at most one more evaluation split of that size (nothing on a transductive pair,
+#: where they are taken from the evaluation predictions). Smaller adaptation splits are used whole.
+VALIDATOR_SAMPLES = 2048
+
+
+def validator_sample(n: int, seed: int, size: int = VALIDATOR_SAMPLES) -> torch.Tensor:
+    """Sorted positions of a uniform random sample of ``size`` of ``n`` images (all if ``n <= size``).
+
+    Fixed by ``seed`` and drawn with its own generator, so the same images are scored at every
+    evaluation of a run and no training RNG stream moves. Uniform, not stratified: stratifying
+    would use the target labels a label-free validator must not see; and not the first ``size``
+    in stored order, which on a class-sorted domain (Office-31) skips whole classes.
+    """
+    if n <= size:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(7_919 * seed + 101)
+    return torch.randperm(n, generator=g)[:size].sort().values
+
+
 def eval_indices(data: PairData, shots: torch.Tensor) -> torch.Tensor:
     """The seed's evaluation set: ``target_eval`` minus any shot images (they were seen labelled)."""
     if len(shots) == 0:
@@ -61,6 +83,20 @@ class Stream:
             need -= len(take)
             parts.append(take)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def state_dict(self) -> dict:
+        """The current epoch's permutation and the position in it: with the generator's state,
+        all a resumed run needs to draw the batches the uninterrupted run would have drawn."""
+        return {"perm": self._perm, "pos": self._pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        perm = state["perm"].to(self.device)
+        if perm.numel() and (perm.numel() != self.n or int(state["pos"]) > perm.numel()):
+            raise ValueError(
+                f"stream state does not fit this split: permutation of {perm.numel()} at position "
+                f"{state['pos']}, but the split has {self.n} images"
+            )
+        self._perm, self._pos = perm, int(state["pos"])
 
 
 def augment_affine(
@@ -137,6 +173,12 @@ class DeviceData:
     ``train_shots`` labelled images per class are drawn from the adaptation split for ``seed``;
     the ``eval_shots`` draw of the seed (the one every method of the seed shares) and the
     training shots are removed from the evaluation split.
+
+    The label-free validators score :func:`validator_sample` of the adaptation split
+    (``target``), never the evaluation split as such. Sampled images that are also evaluation
+    images (a transductive pair) are read from the evaluation predictions
+    (``validator_from_eval``: positions in ``target_eval``); only the others are predicted again
+    (``validator_forward``: positions in ``target``).
     """
 
     def __init__(
@@ -160,6 +202,15 @@ class DeviceData:
         self.target_eval = put(data.target, evaluation)
         self.shot_indices = shots
         self.eval_size = len(evaluation)
+        sample_pos = validator_sample(len(data.target_adapt), seed)  # positions in the adaptation split
+        sample = data.target_adapt[sample_pos]  # indices into the target domain
+        eval_pos = torch.full((len(data.target),), -1, dtype=torch.long)
+        eval_pos[evaluation] = torch.arange(len(evaluation))
+        in_eval = eval_pos[sample]
+        self.validator_from_eval = in_eval[in_eval >= 0].to(device)
+        self.validator_forward = sample_pos[in_eval < 0].to(device)
+        self.validator_samples = len(sample)
+        self.validator_overlaps_eval = bool(torch.isin(data.target_adapt, evaluation).any())
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.mean = torch.tensor(pair.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(pair.std, device=device).view(1, -1, 1, 1)

@@ -1,24 +1,30 @@
 """Evaluation: target accuracy (overall and per class), source-validation accuracy and
-label-free scores of the target predictions, used by the unsupervised selection rules."""
+label-free scores of predictions on a fixed sample of the unlabelled target adaptation split,
+used by the unsupervised selection rules."""
 from __future__ import annotations
 
 import torch
 
 from .data import DeviceData, Split
 
-SND_MAX_SAMPLES = 2048  # SND is quadratic in the number of samples
-
 
 @torch.no_grad()
 def predict_split(method, data: DeviceData, split: Split, batch_size: int = 512, limit: int | None = None,
-                  output: str = "predict") -> torch.Tensor:
+                  output: str = "predict", indices: torch.Tensor | None = None) -> torch.Tensor:
     """``method.predict`` (logits) or ``method.features`` of a split's first ``limit`` images
-    (all by default), float32 on the device, in chunks of ``batch_size``."""
+    (all by default) or of the positions ``indices`` (a device tensor), float32 on the device,
+    in chunks of ``batch_size``."""
     forward = getattr(method, output)
-    n = len(split) if limit is None else min(limit, len(split))
+    if indices is None:
+        n = len(split) if limit is None else min(limit, len(split))
+    else:
+        n = int(indices.shape[0])  # a shape, not a value: no host sync
     out = []
     for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(start + batch_size, n), device=data.device)
+        if indices is None:
+            idx = torch.arange(start, min(start + batch_size, n), device=data.device)
+        else:
+            idx = indices[start : start + batch_size]
         x, _ = data.batch_from(split, idx, train=False)
         with autocast(data.device):
             out.append(forward(x).float())
@@ -35,7 +41,8 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 def label_free_scores(logits: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Scores of target predictions that need no target labels.
+    """Scores of target predictions that need no target labels, over all rows of ``logits``
+    (the caller passes a fixed sample: SND's cost is quadratic in it).
 
     - ``entropy``: mean H(p(x)); lower is better (Grandvalet & Bengio 2004; as a validator
       in Morerio et al. 2018).
@@ -48,8 +55,7 @@ def label_free_scores(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     probs = logits.softmax(-1)
     ent = entropy(probs)
     im = entropy(probs.mean(0)) - ent.mean()
-    sub = probs[:SND_MAX_SAMPLES]  # the eval set's fixed order: the same subset every evaluation
-    z = torch.nn.functional.normalize(sub, dim=1)
+    z = torch.nn.functional.normalize(probs, dim=1)
     sim = z @ z.T
     sim.fill_diagonal_(float("-inf"))
     snd = entropy((sim / 0.05).softmax(-1)).mean()
@@ -58,7 +64,10 @@ def label_free_scores(logits: torch.Tensor) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def evaluate(method, data: DeviceData) -> dict:
-    """One evaluation of ``method`` on the seed's target evaluation split and the source-val split."""
+    """One evaluation of ``method``: accuracy on the seed's target evaluation split and the
+    source-val split; entropy, IM and SND on the fixed validator sample of the target
+    *adaptation* split (:class:`DeviceData`), so selecting by them never looks at the images
+    a run is scored on (unless the pair is transductive: then the two are the same images)."""
     was_training = method.training
     method.eval()
     logits = predict_split(method, data, data.target_eval)
@@ -70,7 +79,12 @@ def evaluate(method, data: DeviceData) -> dict:
     per_class = per_class_hits / per_class_n.clamp_min(1)
     src_logits = predict_split(method, data, data.source_val)
     src_acc = (src_logits.argmax(1) == data.source_val.labels).float().mean()
-    scores = label_free_scores(logits)
+    # the validator sample: images also in the evaluation split reuse their logits (no second
+    # forward on a transductive pair); only the rest are predicted
+    parts = [logits[data.validator_from_eval]]
+    if data.validator_forward.shape[0]:
+        parts.append(predict_split(method, data, data.target, indices=data.validator_forward))
+    scores = label_free_scores(torch.cat(parts))
     stacked = torch.stack([correct.mean() * 100, src_acc * 100, scores["entropy"], scores["im"], scores["snd"]])
     values = stacked.tolist()  # the one host sync of an evaluation
     method.train(was_training)

@@ -11,13 +11,13 @@ import numpy as np
 import torch
 
 from .compile import compile_method
-from .data import DeviceData
-from ..core.domain import DomainPair, PairData
+from .data import DeviceData, Stream
+from ..core.domain import DomainPair, PairData, check_target_shots, lr_factor
 from .evaluate import autocast, evaluate, predict_split
 from ..core.method import Batch, Method
 from ..core.registry import BACKBONES, METHODS
 from ..core.spec import RunSpec
-from ..core.store import RunStore, atomic_torch_save
+from ..core.store import RunStore, WriteFault, atomic_torch_save
 
 
 class Diverged(RuntimeError):
@@ -70,7 +70,7 @@ class RunContext:
         return point
 
     def train_steps(self, method: Method) -> None:
-        """SGD (Nesterov momentum) over the pair's schedule with lr·lr_mult·(1+10p)^−0.75.
+        """SGD (Nesterov momentum) over the pair's schedule with lr·lr_mult·factor(p) (``inv``: (1+10p)^−0.75, see ``lr_factor``).
 
         No host synchronisation inside the loop except every ``log_every`` steps (one check of
         a device-side "first non-finite step" counter) and at evaluations.
@@ -95,12 +95,16 @@ class RunContext:
         first_bad = torch.full((), -1, dtype=torch.long, device=dev)
         sums: dict[str, torch.Tensor] = {}
         n_since = 0
-        start = self._resume(method, opt) if self.checkpoint_every else 0
+        start = 0
+        if self.checkpoint_every:
+            resumed = self._resume(method, opt, streams)
+            if resumed is not None:
+                start, sums, n_since, first_bad = resumed
         per_step_images = sum(s.batch_size for s in streams.values())
         method.train()
         for step in range(start, steps):
             progress = step / steps
-            factor = (1 + 10 * progress) ** -0.75 if sch.lr_schedule == "inv" else 1.0
+            factor = lr_factor(sch.lr_schedule, progress)
             for g in opt.param_groups:
                 g["lr"] = sch.lr * g["lr_mult"] * factor
             batch = Batch()
@@ -133,10 +137,16 @@ class RunContext:
                 self.record_eval(method, step + 1, {k: v / n_since for k, v in sums.items()})
                 sums, n_since = {}, 0
             if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 and not last:
-                self._save_partial(method, opt, step + 1)
+                self._save_partial(method, opt, step + 1, streams, sums, n_since, first_bad)
 
     # --- mid-run checkpoints ---------------------------------------------------------
-    def _save_partial(self, method: Method, opt: torch.optim.Optimizer, step: int) -> None:
+    # A resumed run must equal the uninterrupted one (on the CPU at a fixed thread count), so a
+    # checkpoint holds every piece of state the remaining steps read: the networks and the
+    # optimiser, the data generator (augmentation and reshuffles), each batch stream's current
+    # permutation and position, the global torch RNG (dropout, noise layers; CPU and CUDA), and
+    # the loss sums since the last evaluation (the next curve point averages them).
+    def _save_partial(self, method: Method, opt: torch.optim.Optimizer, step: int, streams: dict[str, Stream],
+                      sums: dict[str, torch.Tensor], n_since: int, first_bad: torch.Tensor) -> None:
         assert self.store is not None
         path = self.store.checkpoint_path(self.spec.run_id, partial=True)
         state = {
@@ -145,22 +155,44 @@ class RunContext:
             "optimizer": opt.state_dict(),
             "curve": self.curve,
             "generator": self.data.generator.get_state(),
+            "streams": {name: s.state_dict() for name, s in streams.items()},
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "loss_sums": sums,
+            "loss_count": n_since,
+            "first_bad": first_bad,
         }
         atomic_torch_save(state, path)
 
-    def _resume(self, method: Method, opt: torch.optim.Optimizer) -> int:
+    def _resume(
+        self, method: Method, opt: torch.optim.Optimizer, streams: dict[str, Stream]
+    ) -> tuple[int, dict[str, torch.Tensor], int, torch.Tensor] | None:
+        """Load the run's mid-run checkpoint if there is one; returns (step, loss sums, their
+        count, first non-finite step) for the loop to go on from, or ``None``."""
         if self.store is None:
-            return 0
+            return None
         path = self.store.checkpoint_path(self.spec.run_id, partial=True)
         if not path.exists():
-            return 0
+            return None
         state = torch.load(path, map_location=self.device, weights_only=True)
         method.load_state_dict(state["method"])
         opt.load_state_dict(state["optimizer"])
         self.curve = list(state["curve"])
         self.data.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        saved_streams = state.get("streams", {})  # absent in checkpoints of older versions
+        if saved_streams and set(saved_streams) != set(streams):
+            raise ValueError(f"checkpoint {path} holds batch streams {sorted(saved_streams)}, "
+                             f"but this run draws {sorted(streams)}")
+        for name, saved in saved_streams.items():
+            streams[name].load_state_dict(saved)
+        if state.get("torch_rng") is not None:
+            torch.set_rng_state(state["torch_rng"].cpu())  # the CPU generator takes a CPU ByteTensor
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
         self.steps_done = self.resumed_from_step = int(state["step"])
-        return self.steps_done
+        dev = self.device
+        first_bad = state.get("first_bad", torch.full((), -1, dtype=torch.long)).to(dev)
+        return self.steps_done, dict(state.get("loss_sums", {})), int(state.get("loss_count", 0)), first_bad
 
 
 FEATURES_PER_DOMAIN = 1000  # enough for a t-SNE; keeps the file small (float16)
@@ -174,10 +206,17 @@ def save_features(method: Method, data: DeviceData, path) -> None:
         feats = predict_split(method, data, split, limit=FEATURES_PER_DOMAIN, output="features")
         out[f"{name}_features"] = feats.cpu().numpy().astype(np.float16)
         out[f"{name}_labels"] = split.labels[: len(feats)].cpu().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **out)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(tmp, **out)
+        tmp.replace(path)
+    except OSError as exc:  # a temp file left on a full disk keeps it full
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise WriteFault(path, exc) from exc
 
 
 def execute(
@@ -211,6 +250,8 @@ def execute(
         method.net.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
     if compile:
         compile_method(method)
+    # backstop for pairs whose max_target_shots is unknown (or wrong): the matrix's message, not an IndexError
+    check_target_shots(pair, pair_data, spec.target_shots, spec.eval_shots)
     data = DeviceData(pair, pair_data, device, spec.seed, spec.target_shots, spec.eval_shots)
     ctx = RunContext(spec, pair, data, device, store, on_step, checkpoint_every)
     t0 = time.perf_counter()
@@ -234,6 +275,12 @@ def execute(
         "final": final,
         "target_labels": spec.target_labels(pair.num_classes),
         "eval_size": data.eval_size,
+        # what the label-free validators (entropy, IM, SND in the curve) were computed on
+        "validators": {
+            "split": "target_adapt",
+            "samples": data.validator_samples,
+            "overlaps_evaluation": data.validator_overlaps_eval,
+        },
         "resumed_from_step": ctx.resumed_from_step,
         "timings": {
             "wall_s": round(wall, 3),

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..core.domain import default_data_root
 from ..core.registry import load_plugin
 from ..core.spec import RunSpec
-from ..core.store import TERMINAL, RunStore, atomic_write_text
+from ..core.store import TERMINAL, RunStore, WriteFault, atomic_write_text
 from .executors import Executor, ExecutorOptions, make_executor
 from .matrix import MatrixError
 from .unit import _now, record_failure
@@ -37,6 +37,8 @@ class MatrixSummary:
     ran: list[dict[str, Any]] = field(default_factory=list)
     skipped_complete: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)  # claimed by another live process
+    gave_up: list[str] = field(default_factory=list)  # dependants left after waiting WAIT_LIMIT_S for their dependency
+    rerun_for_checkpoint: list[str] = field(default_factory=list)  # complete runs rerun: checkpoint lost
     corrupt: list[str] = field(default_factory=list)  # record files that did not parse (rerun)
 
     def counts(self) -> dict[str, int]:
@@ -47,10 +49,16 @@ class MatrixSummary:
             out["running elsewhere"] = len(self.busy)
         if self.corrupt:
             out["corrupt records rerun"] = len(self.corrupt)
+        if self.gave_up:
+            out["not run (gave up waiting)"] = len(self.gave_up)
         return out
 
 
 MATRIX_FILE = "matrix.json"
+
+#: default seconds a runner waits for a run held by another live runner (fresh heartbeat) that
+#: one of its runs depends on, before it gives up on the dependants (``dabench run --wait-limit``)
+WAIT_LIMIT_S = 3600.0
 
 
 def write_matrix_file(results_dir: str | os.PathLike, specs: list[RunSpec], plugins: Iterable[str] = (),
@@ -75,13 +83,20 @@ def run_matrix(
     options: ExecutorOptions | None = None,
     executor: str | Executor = "inline",
     poll_s: float = 1.0,
+    wait_limit_s: float = WAIT_LIMIT_S,
 ) -> MatrixSummary:
     """Run specs through an executor: skip complete ones, order dependants after their
     dependency, record every outcome. The same records whatever the executor.
 
     A dependant is submitted only once its dependency's record is terminal (``run_spec`` then
     records it ``skipped`` if the dependency did not complete). Runs claimed by a live process
-    elsewhere are left to it (``busy``); a dependant of such a run waits for it.
+    elsewhere are left to it (``busy``); a dependant of such a run waits for it, saying what it
+    waits for, at most ``wait_limit_s`` seconds (then the dependants are left, ``gave_up``). A
+    stale claim (see :mod:`dabench.core.store`) is taken over. A complete source-only run whose
+    checkpoint is lost is rerun (it is deterministic) when a dependant still needs it.
+
+    Raises :class:`~dabench.core.store.WriteFault` when the results folder refuses a write: the
+    run in hand is marked ``failed`` if possible and no temporary file is left.
 
     ``executor``: a registered name (built here with ``options``) or an executor already built
     (the CLI builds it first, to report a bad option before writing ``matrix.json``).
@@ -104,8 +119,17 @@ def run_matrix(
         tqdm.write(msg, file=sys.stderr)
 
     queue: list[RunSpec] = []
+    needed = {s.depends_on for s in specs if s.depends_on and store.status(s.run_id) != "complete"}
     for spec in specs:
         if store.status(spec.run_id) == "complete":
+            if spec.run_id in needed and not store.checkpoint_path(spec.run_id).exists():
+                # its dependants cannot start without the weights: rerun it (same spec, same seed)
+                note(f"{spec.label}: complete but its checkpoint {store.checkpoint_path(spec.run_id)} is missing: "
+                     f"rerunning it for its dependants (old record kept in {store.root / 'previous'})")
+                _archive_record(store, spec.run_id)
+                summary.rerun_for_checkpoint.append(spec.run_id)
+                queue.append(spec)
+                continue
             summary.skipped_complete.append(spec.run_id)
             bar.update(1)
             continue
@@ -116,6 +140,8 @@ def run_matrix(
     in_matrix = {s.run_id for s in queue}
     inflight: dict[str, RunSpec] = {}
     elsewhere: dict[str, RunSpec] = {}  # claimed by another live process
+    announced: set[str] = set()  # runs whose holder we said we wait for
+    wait_started: float | None = None
 
     def dependency_ready(spec: RunSpec) -> bool:
         dep = spec.depends_on
@@ -169,6 +195,8 @@ def run_matrix(
             if inflight:
                 for out in ex.wait(timeout=poll_s):
                     spec = inflight.pop(out.run_id)
+                    if out.kind == "write-fault":
+                        raise WriteFault(store.record_path(out.run_id), OSError(out.error), message=out.error)
                     if out.kind == "busy":
                         elsewhere[spec.run_id] = spec
                     elif out.kind == "already-complete":
@@ -179,16 +207,33 @@ def run_matrix(
                         finish(spec, out.record)
                 bar.set_postfix_str(f"{len(inflight)} running")
             elif queue and not submitted:
-                # everything left waits on runs held by other processes: wait for them, and
-                # take over any whose holder died (its claim went stale)
+                # everything left waits on runs held by other processes: wait for them (saying
+                # so, and for at most wait_limit_s), and take over any whose claim went stale
+                if wait_started is None:
+                    wait_started = time.monotonic()
                 for run_id, spec in list(elsewhere.items()):
+                    info = store.claim_info(run_id)
                     if store.status(run_id) in TERMINAL:
                         del elsewhere[run_id]
                         bar.update(1)
-                    elif not store.claimed_by_live_process(run_id) and run_id in in_matrix:
+                    elif (info is None or not info.live) and run_id in in_matrix:
                         del elsewhere[run_id]
                         queue.insert(0, spec)
+                        wait_started = None
+                    elif run_id not in announced and info is not None:
+                        announced.add(run_id)
+                        note(f"waiting for run {spec.label} ({run_id}) held by {info.describe()}; giving up after "
+                             f"{wait_limit_s:.0f} s (--wait-limit)")
+                if wait_started is not None and time.monotonic() - wait_started > wait_limit_s:
+                    held = ", ".join(sorted({s.depends_on for s in queue if s.depends_on in elsewhere}))
+                    note(f"gave up after waiting {wait_limit_s:.0f} s for run(s) held by another runner ({held}); "
+                         f"{len(queue)} dependant run(s) not run: run the same command again once they finish")
+                    summary.gave_up.extend(s.run_id for s in queue)
+                    queue.clear()
+                    break
                 time.sleep(poll_s)
+            else:
+                wait_started = None
     finally:
         ex.close()
         bar.close()
@@ -198,6 +243,18 @@ def run_matrix(
         else:
             summary.skipped_complete.append(run_id)
     return summary
+
+
+def _archive_record(store: RunStore, run_id: str) -> pathlib.Path:
+    """Move a record to ``DIR/previous/<run_id>.<time>.json`` (kept for comparison, outside ``runs/``
+    so reports never count it twice)."""
+    archive = store.root / "previous" / f"{run_id}.{_dt.datetime.now().strftime('%Y%m%dT%H%M%S%f')}.json"
+    try:
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(store.record_path(run_id), archive)
+    except OSError as exc:
+        raise WriteFault(archive, exc) from exc
+    return archive
 
 
 def _first_line(text: Any) -> str:
@@ -243,9 +300,7 @@ def prepare_rerun(results_dir: str | os.PathLike, run_ids: Iterable[str],
                               "(written by another dabench version); run the matrix again instead")
         if store.claimed_by_live_process(run_id):
             raise MatrixError(f"--rerun {run_id}: the run is running now (claim {store.claims / (run_id + '.claim')})")
-        archive = store.root / "previous" / f"{run_id}.{_dt.datetime.now().strftime('%Y%m%dT%H%M%S%f')}.json"
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, archive)
+        _archive_record(store, run_id)
         store.checkpoint_path(run_id, partial=True).unlink(missing_ok=True)
         specs.append(spec)
     return specs, tuple(plugins)

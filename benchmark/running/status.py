@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.spec import RunSpec
-from ..core.store import RunStore, read_record_file
+from ..core.store import RunStore, load_record_file
 
 ORDER = ("complete", "running", "failed", "diverged", "skipped", "pending", "interrupted")
 
@@ -37,7 +37,8 @@ class FolderStatus:
     runs: list[RunState] = field(default_factory=list)
     in_matrix: int | None = None  # None: no matrix.json
     workers: int = 1
-    corrupt: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)  # matrix runs whose record is unreadable (rerun)
+    ignored: list[str] = field(default_factory=list)  # other unreadable files: stray JSON, bad claims
     mean_run_s: float | None = None
 
     def counts(self) -> Counter:
@@ -85,14 +86,17 @@ def folder_status(root: str | os.PathLike) -> FolderStatus:
                 specs[RunSpec.from_dict(s).run_id] = s
             out.in_matrix = len(specs)
         except (OSError, ValueError, TypeError, KeyError) as exc:
-            out.corrupt.append(f"{mfile} ({exc})")
+            out.ignored.append(f"{mfile} ({exc})")
     records: dict[str, dict[str, Any]] = {}
     for path in sorted(store.runs.glob("*.json")) if store.runs.is_dir() else []:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # reported below, by name
-            rec = read_record_file(path)
+        rec, why = load_record_file(path)
         if rec is None:
-            out.corrupt.append(str(path))
+            # only a file named like a run of the matrix is that run's (corrupt) record, rerun next
+            # time; anything else (a stray JSON, a torn file of an unknown run) is just ignored
+            if path.stem in specs:
+                out.corrupt.append(f"{path} ({why})")
+            else:
+                out.ignored.append(f"{path} ({why})")
             continue
         records[rec["run_id"]] = rec
     times = []
@@ -100,7 +104,10 @@ def folder_status(root: str | os.PathLike) -> FolderStatus:
         rec = records.get(run_id)
         label = _label(rec.get("spec") if rec else specs.get(run_id), run_id)
         status = rec.get("status") if rec else None
-        live = store.claimed_by_live_process(run_id)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            live = store.claimed_by_live_process(run_id)
+        out.ignored += [str(w.message) for w in caught]  # an unreadable claim, by name
         error = ""
         if status in ("complete", "failed", "diverged", "skipped"):
             state = status
@@ -152,6 +159,9 @@ def status_text(root: str | os.PathLike) -> str:
     if st.corrupt:
         lines.append("corrupt records (the next 'dabench run' reruns them):")
         lines += [f"  {p}" for p in st.corrupt]
+    if st.ignored:
+        lines.append("ignored (not run records of this folder, or unreadable claims):")
+        lines += [f"  {p}" for p in st.ignored]
     if st.remaining:
         if st.eta_s is None:
             lines.append(f"ETA: unknown until a run completes ({st.remaining} left)")

@@ -23,7 +23,7 @@ import torch
 from ..core.domain import PairData
 from ..core.registry import PAIRS
 from ..core.spec import RunSpec
-from ..core.store import TERMINAL, RunStore
+from ..core.store import TERMINAL, RunStore, WriteFault
 from ..core.version import __version__
 from ..engine.train import Diverged, execute
 
@@ -110,6 +110,15 @@ def run_spec(
                                  "message": f"source-only run {spec.depends_on} is {why}", "traceback": ""})
             store.write(record)
             return record
+        ckpt = store.checkpoint_path(spec.depends_on)
+        if not ckpt.exists():
+            record.update(status="failed", finished_at=_now(),
+                          error={"type": "MissingCheckpoint", "traceback": "",
+                                 "message": f"source-only run {spec.depends_on} is complete but its checkpoint {ckpt} "
+                                            f"is missing; recreate it with: dabench run --rerun {spec.depends_on} "
+                                            f"--results {store.root}"})
+            store.write(record)
+            return record
     store.write(record)
     t0 = time.perf_counter()
     try:
@@ -119,6 +128,16 @@ def run_spec(
         record.update(result, status="complete")
         # wall time of the whole run (data loading and set-up included): what the ETA needs
         record["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+    except WriteFault as exc:
+        # the results folder refuses writes (read-only, full disk): mark the run if that still
+        # works, then stop the matrix: every further run would hit the same wall
+        record.update(status="failed", finished_at=_now(),
+                      error={"type": "WriteFault", "message": str(exc), "traceback": ""})
+        try:
+            store.write(record)
+        except WriteFault:
+            pass  # left "running": the next dabench run reruns it
+        raise
     except Diverged as exc:
         record.update(status="diverged", diverged_at_step=exc.step,
                       error={"type": "Diverged", "message": str(exc), "traceback": ""})
@@ -158,12 +177,14 @@ def run_claimed(
 @dataclass
 class Outcome:
     """What became of one submitted run: ``ran`` (``record`` holds its final record), ``busy``
-    (a live process elsewhere holds its claim), ``already-complete`` or ``died`` (its process
-    died without a terminal record; the executor has recorded it ``failed``)."""
+    (a live process elsewhere holds its claim), ``already-complete``, ``died`` (its process
+    died without a terminal record; the executor has recorded it ``failed``) or ``write-fault``
+    (a file of the results folder could not be written: ``error`` says which; the matrix stops)."""
 
     run_id: str
     kind: str
     record: dict[str, Any] | None = None
+    error: str | None = None  # kind "write-fault": the one-line message naming the file
 
 
 def record_failure(spec: RunSpec, store: RunStore, error_type: str, message: str, traceback_text: str = "",

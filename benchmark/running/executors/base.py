@@ -16,9 +16,7 @@ per executor (``inline.py``, ``local_pool.py``, ``ray.py``), each registered by 
 """
 from __future__ import annotations
 
-import json
 import pathlib
-import socket
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -105,19 +103,17 @@ def record_death(store: RunStore, spec: RunSpec, why: str, detail: str, device: 
     ``remote``: the dead process may have run on another host (Ray), whose claims the store
     cannot check; only a claim of a live process on this host then counts as someone else's.
     """
-    if remote:
-        try:
-            holder = json.loads((store.claims / f"{spec.run_id}.claim").read_text())
-        except (OSError, ValueError):
-            holder = {}
-        busy = holder.get("host") == socket.gethostname() and store.claimed_by_live_process(spec.run_id)
-    else:
-        busy = store.claimed_by_live_process(spec.run_id)
+    info = store.claim_info(spec.run_id)
+    busy = info is not None and info.live
+    if busy and remote:
+        # a claim from another machine may be the dead task's own, still within its heartbeat
+        # bound: only a live claim on this machine surely belongs to someone else
+        busy = info.on_this_machine
     if busy:
         return Outcome(spec.run_id, "busy")
     rec = record_failure(spec, store, "WorkerDied", why, detail, device)
-    # the claim names the dead process: remove it now rather than wait for a takeover
-    store.release(spec.run_id)
+    # the claim names the dead process: remove it now (it is stale) rather than wait for a takeover
+    store.remove_stale_claim(spec.run_id)
     return Outcome(spec.run_id, "died" if rec.get("status") != "complete" else "ran", rec)
 
 

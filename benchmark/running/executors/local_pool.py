@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ...core.spec import RunSpec
-from ...core.store import RunStore
+from ...core.store import RunStore, WriteFault
 from ..unit import Outcome
 from .base import Executor, ExecutorOptions, _absolute_plugins, _step_bar, record_death, register_executor
 
@@ -144,9 +144,12 @@ class LocalPoolExecutor(Executor):
             env["CUDA_VISIBLE_DEVICES"] = gpu
         # a worker must not spawn its own thread pools beyond its share of the cores
         env.setdefault("OMP_NUM_THREADS", str(self.plan.threads))
-        self.logs.mkdir(parents=True, exist_ok=True)
         log_path = self.logs / f"worker-{slot}.log"
-        log = open(log_path, "a")
+        try:
+            self.logs.mkdir(parents=True, exist_ok=True)
+            log = open(log_path, "a")
+        except OSError as exc:
+            raise WriteFault(log_path, exc) from exc
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
                                 text=True, bufsize=1)
         log.close()  # the child holds its own descriptor
@@ -232,7 +235,7 @@ class LocalPoolExecutor(Executor):
             worker.current = None
             worker.runs += 1
             self._bars[worker.slot].reset(total=0)
-            return Outcome(msg["run_id"], msg["kind"], msg.get("record"))
+            return Outcome(msg["run_id"], msg["kind"], msg.get("record"), msg.get("error"))
         return None
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ original stdout with JSON lines::
     {"event": "ready", "pid": 123}
     {"event": "step", "run_id": "...", "done": 50, "total": 600}
     {"event": "outcome", "run_id": "...", "kind": "ran", "record": {...}}
+    {"event": "outcome", "run_id": "...", "kind": "write-fault", "error": "cannot write ...: ..."}
 
 Anything the run itself prints goes to stderr (a plugin's ``print`` cannot corrupt the
 protocol). The worker exits after ``--max-runs`` runs, when stdin closes, or — on Linux —
@@ -32,7 +33,7 @@ import torch
 from ...core.domain import default_data_root
 from ...core.registry import load_plugin
 from ...core.spec import RunSpec
-from ...core.store import RunStore
+from ...core.store import RunStore, WriteFault
 from ...engine.train import resolve_device
 from ..unit import record_failure, run_claimed
 
@@ -75,17 +76,23 @@ def run_one(
         for plugin in plugins:
             load_plugin(plugin)
     except Exception as exc:  # noqa: BLE001 - recorded, the matrix goes on
-        if not store.claim(spec.run_id):
-            return {"run_id": spec.run_id, "kind": "busy", "record": None}
         try:
-            rec = record_failure(spec, store, type(exc).__name__, str(exc), traceback.format_exc(), device)
-        finally:
-            store.release(spec.run_id)
+            if not store.claim(spec.run_id):
+                return {"run_id": spec.run_id, "kind": "busy", "record": None}
+            try:
+                rec = record_failure(spec, store, type(exc).__name__, str(exc), traceback.format_exc(), device)
+            finally:
+                store.release(spec.run_id)
+        except WriteFault as fault:
+            return {"run_id": spec.run_id, "kind": "write-fault", "record": None, "error": str(fault)}
         return {"run_id": spec.run_id, "kind": "ran", "record": rec}
     if expected_id is not None and spec.run_id != expected_id:
         raise RuntimeError(f"spec changed in transit: run id {expected_id} became {spec.run_id}")
     root = pathlib.Path(data_root) if data_root else default_data_root()
-    out = run_claimed(spec, store, resolve_device(device), root, on_step, checkpoint_every, compile=compile)
+    try:
+        out = run_claimed(spec, store, resolve_device(device), root, on_step, checkpoint_every, compile=compile)
+    except WriteFault as exc:  # the parent stops the matrix with this one-line message
+        return {"run_id": spec.run_id, "kind": "write-fault", "record": None, "error": str(exc)}
     return {"run_id": out.run_id, "kind": out.kind, "record": out.record}
 
 
