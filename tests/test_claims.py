@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from dabench import store as store_mod
+from dabench.core import store as store_mod
 from dabench.core.store import RunStore, inspect_claim, process_start_time
 
 N_IDS = 2000

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from dabench import store as store_mod
+from dabench.core import store as store_mod
 from dabench.cli import main
 from dabench.running.matrix import Matrix, expand
 from dabench.running.executors import ExecutorOptions
