@@ -3,42 +3,70 @@
 Everything a plugin needs is importable from here: :class:`Method`, :class:`Uses`,
 :class:`Batch`, :class:`Loss`, :class:`Backbone`, :class:`DomainPair`, :class:`Domain`,
 :class:`PairData`, :class:`Schedule`, the ``register_*`` decorators and ``list_*`` functions.
+
+The names are bound on first use (PEP 562 module ``__getattr__``): ``import dabench`` imports
+neither torch nor pandas, so ``dabench report`` / ``status`` and a script that only reads results
+start fast. The built-in methods, pairs and backbones register themselves the first time a
+registry is read or written (:class:`dabench.core.registry.Registry`), not on ``import dabench``.
 """
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .core.version import __version__
 
-from .backbones.base import Backbone
-from .core.domain import Domain, DomainPair, MissingDataError, PairData, Schedule, default_data_root
-from .core.method import Batch, Classifier, Loss, Method, Uses, validate_method_class
-from .core.registry import (
-    BACKBONES,
-    METHODS,
-    PAIRS,
-    PluginError,
-    RegistryError,
-    list_backbones,
-    list_methods,
-    list_pairs,
-    load_plugin,
-    register_backbone,
-    register_method,
-    register_pair,
-)
-from .core.spec import RunSpec
-from .running.matrix import Matrix, MatrixError, expand, load_matrix_file
-from .core.splits import stratified_split
+#: public name -> the module that defines it: what plugins (README, docs/adding-a-method.md,
+#: examples/) and users of the Python API import. Everything else stays importable from its
+#: module (``dabench.core.spec.RunSpec``, ``dabench.core.splits.stratified_split`` ...).
+_PUBLIC: dict[str, str] = {
+    # the contract a plugin implements
+    "Method": "core.method", "Uses": "core.method", "Batch": "core.method", "Loss": "core.method",
+    "Classifier": "core.method",
+    "Backbone": "backbones.base",
+    "DomainPair": "core.domain", "Domain": "core.domain", "PairData": "core.domain", "Schedule": "core.domain",
+    "MissingDataError": "core.domain",
+    # registries
+    "METHODS": "core.registry", "PAIRS": "core.registry", "BACKBONES": "core.registry",
+    "register_method": "core.registry", "register_pair": "core.registry", "register_backbone": "core.registry",
+    "list_methods": "core.registry", "list_pairs": "core.registry", "list_backbones": "core.registry",
+    "load_plugin": "core.registry", "PluginError": "core.registry", "RegistryError": "core.registry",
+    # running and reading results
+    "Matrix": "running.matrix", "MatrixError": "running.matrix", "expand": "running.matrix",
+    "load_matrix_file": "running.matrix",
+    "run": "api", "load_results": "api", "leaderboard": "api", "compare": "api",
+}
 
-from . import backbones as _backbones  # noqa: F401,E402  (registers built-in backbones)
-from . import methods as _methods  # noqa: F401,E402  (registers built-in methods)
-from . import datasets as _datasets  # noqa: F401,E402  (registers built-in pairs)
+__all__ = ["__version__", *_PUBLIC]
 
-from .api import compare, leaderboard, load_results, run  # noqa: E402
+#: subpackages reachable as attributes (``dabench.methods.dann``), imported on first use
+_SUBMODULES = frozenset({"analysis", "api", "backbones", "cli", "core", "datasets", "engine", "methods",
+                         "running", "speed", "testing"})
 
-__all__ = [
-    "__version__", "Backbone", "Batch", "Classifier", "Domain", "DomainPair", "Loss", "Matrix", "MatrixError",
-    "Method", "MissingDataError", "PairData", "PluginError", "RegistryError", "RunSpec", "Schedule", "Uses",
-    "BACKBONES", "METHODS", "PAIRS", "compare", "default_data_root", "expand", "leaderboard", "list_backbones",
-    "list_methods", "list_pairs", "load_matrix_file", "load_plugin", "load_results", "register_backbone",
-    "register_method", "register_pair", "run", "stratified_split", "validate_method_class",
-]
+
+def __getattr__(name: str) -> Any:
+    """Import the module defining a public name on first use and cache the name here."""
+    module = _PUBLIC.get(name)
+    if module is None:
+        if name in _SUBMODULES:  # ``dabench.methods`` without an import of its own, as before
+            return importlib.import_module(f".{name}", __name__)
+        raise AttributeError(f"module 'dabench' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+if TYPE_CHECKING:  # static checkers and IDEs see the real names
+    from .api import compare, leaderboard, load_results, run
+    from .backbones.base import Backbone
+    from .core.domain import Domain, DomainPair, MissingDataError, PairData, Schedule
+    from .core.method import Batch, Classifier, Loss, Method, Uses
+    from .core.registry import (
+        BACKBONES, METHODS, PAIRS, PluginError, RegistryError, list_backbones, list_methods, list_pairs,
+        load_plugin, register_backbone, register_method, register_pair,
+    )
+    from .running.matrix import Matrix, MatrixError, expand, load_matrix_file

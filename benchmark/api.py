@@ -5,9 +5,7 @@ import os
 from typing import Any, Iterable
 
 from .core.registry import ensure_method_registered
-from .running.executors import ExecutorOptions
 from .running.matrix import DEFAULT_METHODS, DEFAULT_PAIRS, DEFAULT_SEEDS, Matrix, expand
-from .running.scheduler import run_matrix
 
 
 def run(
@@ -29,6 +27,10 @@ def run(
     ``executor`` names the executor (inline, local, ray); ``executor_options`` are the other
     fields of :class:`~dabench.running.executors.ExecutorOptions` (``workers``, ``compile`` ...).
     """
+    # late: the executors import the engine (torch); reading results through this module must not
+    from .running.executors import ExecutorOptions
+    from .running.scheduler import run_matrix
+
     names = [ensure_method_registered(m) if isinstance(m, type) else m for m in methods]
     matrix = Matrix(tuple(names), tuple(pairs), tuple(int(s) for s in seeds), dict(overrides or {}))
     options = ExecutorOptions(device=device, data_root=data_root, progress=progress, **executor_options)

@@ -8,13 +8,14 @@ import sys
 import time
 from typing import Sequence
 
+# torch-free imports only (docs/architecture.md, "Import layers"): ``dabench report`` and
+# ``dabench status`` must not import torch; the executors (engine, torch) load in _run
 from .core.domain import default_data_root
 from .running.matrix import (
     DEFAULT_METHODS, DEFAULT_PAIRS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides, truthy,
 )
 from .core.registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
 from .core.store import WriteFault
-from .running.executors import EXECUTORS, ExecutorOptions, make_executor
 
 EPILOG = """examples:
   dabench run                                   # quick matrix: 6 methods x digits-offline x 3 seeds
@@ -38,6 +39,23 @@ def _seeds(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"--seeds expects comma-separated non-negative integers like 0,1,2, got {text!r}")
     return seeds
+
+
+class _ExecutorNames:
+    """``--executor``'s choices, read from the executor registry only when argparse checks a
+    given value or prints the help: importing the executors imports the engine (torch), which
+    ``dabench report|status|list`` never need."""
+
+    def _names(self) -> list[str]:
+        from .running.executors import EXECUTORS
+
+        return EXECUTORS.names()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the methods' networks (speed only; not part of the run id)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--dry-run", action="store_true", help="print the run specs and exit")
-    r.add_argument("--executor", default="inline", choices=EXECUTORS.names(),
+    r.add_argument("--executor", default="inline", choices=_ExecutorNames(), metavar="NAME",
                    help="inline: this process; local: a pool of worker processes (a crash kills only its run); "
                         "ray: one Ray task per run (pip install 'dabench[ray]') (default: inline)")
     r.add_argument("--workers", type=int, default=None, metavar="N",
@@ -173,6 +191,7 @@ def _table(header: Sequence[str], rows: list[Sequence[str]]) -> None:
 def _run(args: argparse.Namespace) -> int:
     # subcommand modules are imported when their command runs: ``dabench list`` and ``--help``
     # stay fast, and one command's heavy dependencies (pandas, scipy, seaborn) never load for another
+    from .running.executors import ExecutorOptions, make_executor
     from .running.scheduler import prepare_rerun, run_matrix, write_matrix_file
 
     if args.rerun:

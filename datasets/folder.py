@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import pathlib
-import re
 import statistics
 import warnings
 
@@ -48,65 +47,24 @@ import torch.nn.functional as F
 
 from dabench.core.domain import AUGMENTATIONS, Domain, DomainPair, MissingDataError, PairData, Schedule, shots_error
 from dabench.core.registry import BACKBONES, PAIRS, RegistryError
+# the name grammar lives in core (torch-free) so that reading results can label folder pairs
+from dabench.core.pairnames import NAME_CHARS, OPTIONS, USAGE, folder_label, parse_arguments  # noqa: F401
 from dabench.core.splits import stratified_split
 
 from .cache import cached
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-OPTIONS = ("name", "source", "target", "size", "channels", "backbone", "eval", "augment", "shots")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-USAGE = ("folder:[name=NAME,]source=DIR,target=DIR[,size=32][,channels=1|3][,backbone=NAME][,eval=half|all]"
-         "[,augment=...][,shots=5]")
 #: images decoded per class folder to detect the channels and size
 DETECT_PER_CLASS = 3
 #: a 3-channel image whose channels differ by at most this (mean absolute uint8 levels) is grey
 GREY_TOLERANCE = 1.0
 MIN_SIZE = {1: 28, 3: 32}  # LeNet's and cnn32's native input sides
 MAX_SIZE = 224
-NAME_CHARS = re.compile(r"[A-Za-z0-9._+\-]+")
 
 
 class FolderPairNote(UserWarning):
     """What a folder pair detected from its images (channels, size) and chose (backbone)."""
-
-
-def parse_arguments(arguments: str) -> dict[str, str]:
-    """``"source=a,target=b,size=32"`` → a dict; an unknown or missing key is an error saying the usage."""
-    out: dict[str, str] = {}
-    for part in (p.strip() for p in arguments.split(",")):
-        if not part:
-            continue
-        key, sep, value = part.partition("=")
-        key = key.strip()
-        if not sep or key not in OPTIONS:
-            raise RegistryError(f"folder pair: bad option {part!r}; options: {', '.join(OPTIONS)}. Usage: {USAGE}")
-        out[key] = value.strip()
-    missing = [k for k in ("source", "target") if not out.get(k)]
-    if missing:
-        raise RegistryError(f"folder pair: missing {' and '.join(missing)}. Usage: {USAGE}")
-    if "name" in out and not NAME_CHARS.fullmatch(out["name"]):
-        raise RegistryError(f"folder pair: name={out['name']!r} is not a valid short name: use letters, digits "
-                            f"and . _ + - only (e.g. name=photos-sketches). Usage: {USAGE}")
-    return out
-
-
-def folder_label(arguments: str) -> str:
-    """The short name shown in tables and figures for ``folder:<arguments>``.
-
-    ``name=`` when given; else ``<source folder>-<target folder>`` (their parents too when the
-    two folder names are equal), followed by the other options given, so that two folder
-    pairs of different settings never share a column. Parses the text only (no file access).
-    """
-    opts = parse_arguments(arguments)
-    if opts.get("name"):
-        return opts["name"]
-    src, tgt = pathlib.PurePath(opts["source"]), pathlib.PurePath(opts["target"])
-    if src.name == tgt.name:
-        label = f"{src.parent.name}/{src.name}-{tgt.parent.name}/{tgt.name}"
-    else:
-        label = f"{src.name}-{tgt.name}"
-    extra = [f"{k}={v}" for k, v in opts.items() if k not in ("source", "target", "name")]
-    return f"{label} ({','.join(extra)})" if extra else label
 
 
 def detect_format(domains: list[dict[str, list[pathlib.Path]]]) -> tuple[int, int]:

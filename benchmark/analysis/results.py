@@ -291,7 +291,9 @@ def _short_pair_names(pairs: pd.Series) -> pd.Series:
     record's spec. A label two different pairs would share (or that is another pair's full
     name) is not used: those pairs keep their full names, so no two pairs ever merge.
     """
-    from ..core.registry import PAIRS
+    # the registry's labels and the folder-name grammar only: torch-free (no pair is built;
+    # reading results never imports the datasets, see docs/architecture.md "Import layers")
+    from ..core.pairnames import PAIRS
 
     full = {str(p) for p in pairs.dropna().unique()}
     label = {p: PAIRS.label(p) for p in full}

@@ -5,9 +5,13 @@ import math
 import os
 import pathlib
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-import torch
+if TYPE_CHECKING:
+    # torch only in the functions that touch tensors: the Schedule, DomainPair and the errors
+    # are read by the analysis and status paths, which must not pay for importing torch
+    # (docs/architecture.md, "Import layers")
+    import torch
 
 AUGMENTATIONS = ("none", "shift", "crop_flip", "resized_crop_flip")
 
@@ -22,6 +26,8 @@ class Domain:
     classes: tuple[str, ...]
 
     def __post_init__(self) -> None:
+        import torch  # late: see the module's imports (whoever made the tensors has torch loaded)
+
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
             raise ValueError(
                 f"domain {self.name!r}: images must be uint8 [N, C, H, W], "
@@ -220,6 +226,8 @@ def shots_error(pair_name: str, shots: int, maximum: int, key: str = "target_sho
 
 def target_shot_capacity(data: PairData) -> int:
     """Images in the smallest class of ``data.target_adapt``: the most shots per class it can supply."""
+    import torch  # late: see the module's imports
+
     labels = data.target.labels[data.target_adapt]
     counts = torch.bincount(labels, minlength=len(data.target.classes))
     return int(counts.min()) if len(counts) else 0

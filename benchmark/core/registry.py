@@ -22,8 +22,6 @@ import sys
 import warnings
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from .method import validate_method_class
-
 T = TypeVar("T")
 
 
@@ -58,10 +56,16 @@ class Registry(Generic[T]):
     """A named collection of ``T`` with pattern listing and entry-point discovery."""
 
     def __init__(
-        self, kind: str, entry_point_group: str, prepare: Callable[[str, Any], Any] | None = None
+        self, kind: str, entry_point_group: str, prepare: Callable[[str, Any], Any] | None = None,
+        builtin: str | None = None,
     ) -> None:
         self.kind = kind
         self.group = entry_point_group
+        #: the module whose import registers the built-in entries (``dabench.methods`` ...): imported
+        #: on the first registration or read, not by ``import dabench``, so that reading results
+        #: (which needs only the registries' labels) never imports the torch-based built-ins
+        self._builtin = builtin
+        self._builtin_loaded = builtin is None
         # applied to an object named by an entry point before it is registered (a method class
         # gets its name set and is validated, exactly as @register_method would do)
         self._prepare = prepare
@@ -77,7 +81,23 @@ class Registry(Generic[T]):
         self._loading_dist: str | None = None
         self._dists: dict[str, str] = {}
 
+    def _load_builtin(self) -> None:
+        """Import the built-in entries once, before any other registration or read.
+
+        Built-ins first, as when ``import dabench`` registered them: a plugin taking a built-in
+        name is refused at its own registration, naming both sources.
+        """
+        if self._builtin_loaded:
+            return
+        self._builtin_loaded = True  # set first: the built-in modules register (and read) while importing
+        try:
+            importlib.import_module(self._builtin)  # type: ignore[arg-type]
+        except BaseException:
+            self._builtin_loaded = False  # a failed import must fail again, not leave a silent empty registry
+            raise
+
     def register(self, name: str, obj: T, source: str | None = None) -> T:
+        self._load_builtin()
         source = source or _source_of(obj)
         if name in self._items and self._sources[name] != source:
             raise RegistryError(
@@ -117,7 +137,15 @@ class Registry(Generic[T]):
         """
         self._factories[prefix] = factory
         if label is not None:
-            self._labels[prefix] = label
+            self.register_label(prefix, label)
+
+    def register_label(self, prefix: str, label: Callable[[str], str]) -> None:
+        """The short display name of ``prefix:arguments`` names, without the factory.
+
+        Results are read without building pairs (no data, no torch): a torch-free module can
+        register the label alone (:mod:`dabench.core.pairnames` does it for ``folder:``).
+        """
+        self._labels[prefix] = label
 
     def label(self, name: str) -> str:
         """The short display name of ``name``: a parametric name's ``label``, else ``name`` itself.
@@ -133,6 +161,7 @@ class Registry(Generic[T]):
             return str(name)
 
     def _load_entry_points(self) -> None:
+        self._load_builtin()  # every read goes through here
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True  # set first: a plugin importing dabench must not recurse
@@ -196,6 +225,7 @@ class Registry(Generic[T]):
         return self._items[name]
 
     def source(self, name: str) -> str:
+        self._load_builtin()
         return self._sources[name]
 
     def expand(self, patterns: str | list[str]) -> list[str]:
@@ -233,6 +263,9 @@ class Registry(Generic[T]):
 
 def _prepare_method(name: str, cls: Any) -> Any:
     """Name a method class and refuse it, saying what is missing, when it is incomplete."""
+    # late: method.py imports torch; reading the registries' labels (dabench report) must not
+    from .method import validate_method_class
+
     validate_method_class(cls)
     cls.name = name
     return cls
@@ -255,9 +288,9 @@ def split_names(text: str) -> list[str]:
     return out
 
 
-METHODS: Registry = Registry("method", "dabench.methods", prepare=_prepare_method)
-PAIRS: Registry = Registry("pair", "dabench.pairs")
-BACKBONES: Registry = Registry("backbone", "dabench.backbones")
+METHODS: Registry = Registry("method", "dabench.methods", prepare=_prepare_method, builtin="dabench.methods")
+PAIRS: Registry = Registry("pair", "dabench.pairs", builtin="dabench.datasets")
+BACKBONES: Registry = Registry("backbone", "dabench.backbones", builtin="dabench.backbones")
 
 
 def register_method(name: str):
