@@ -250,12 +250,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .analysis.report import report_text, write_report  # late: see _run
+    from .analysis.report import FORMATS, report_text, write_report  # late: see _run
+
 
     formats = tuple(_csv(args.format))
-    valid = {"md", "csv", "tex", "html"}
-    if not set(formats) <= valid:
-        raise MatrixError(f"--format: unknown {sorted(set(formats) - valid)}; valid: md, csv, tex, html")
+    if not set(formats) <= set(FORMATS):  # the writers' table is the one list of formats
+        raise MatrixError(f"--format: unknown {sorted(set(formats) - set(FORMATS))}; valid: {', '.join(FORMATS)}")
     paths = write_report(args.dirs, rule=args.rule, formats=formats, out=args.out, tsne=args.tsne,
                          where=args.where)
     print(report_text(args.dirs, rule=args.rule, where=args.where))

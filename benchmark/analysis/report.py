@@ -11,7 +11,7 @@ import html
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,27 @@ from .results import filter_runs, load_results
 from .selection import RULES, check_rule, rule_regret, rule_title
 from .stats import Comparison, compare, html_table, md_table
 
-FORMATS = ("md", "csv", "tex", "html")
+def _write_md(lb: Leaderboard, path: Path) -> None:
+    path.write_text(lb.to_markdown(), encoding="utf-8")
+
+
+def _write_csv(lb: Leaderboard, path: Path) -> None:
+    lb.to_csv(path)
+
+
+def _write_tex(lb: Leaderboard, path: Path) -> None:
+    path.write_text(lb.to_latex(), encoding="utf-8")
+
+
+def _write_html(lb: Leaderboard, path: Path) -> None:
+    path.write_text(lb.to_html(full_page=True), encoding="utf-8")
+
+
+#: leaderboard export formats: name -> writer(leaderboard, path of ``leaderboard.<name>``). Adding
+#: a format is one entry here; ``write_report`` and the CLI's ``--format`` read this table.
+FORMATS: dict[str, Callable[[Leaderboard, Path], None]] = {
+    "md": _write_md, "csv": _write_csv, "tex": _write_tex, "html": _write_html,
+}
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;
@@ -122,14 +142,7 @@ def write_report(dirs: str | Path | Iterable[str | Path], rule: str = "last",
     written: dict[str, Path] = {}
     for fmt in formats:
         p = out_dir / f"leaderboard.{fmt}"
-        if fmt == "md":
-            p.write_text(lb.to_markdown(), encoding="utf-8")
-        elif fmt == "csv":
-            lb.to_csv(p)
-        elif fmt == "tex":
-            p.write_text(lb.to_latex(), encoding="utf-8")
-        else:
-            p.write_text(lb.to_html(full_page=True), encoding="utf-8")
+        FORMATS[fmt](lb, p)
         written[fmt] = p
     cmp_ = compare(df, rule, reps=reps) if not lb.cells.empty else None
     figs = _figures(df, lb, cmp_, rule)
