@@ -3,7 +3,10 @@
 Counts of complete / running / failed / diverged / skipped / pending runs, the failures with
 their first error line, and an ETA. *running* means a live process holds the run's claim; a
 ``running`` record whose process is gone is *interrupted* (the next ``dabench run`` resumes
-it). *pending* needs the matrix, which ``dabench run`` stores in ``DIR/matrix.json``.
+it). *pending* needs the matrix, which ``dabench run`` stores in ``DIR/matrix.json``. The matrix's
+runs and the records of runs outside it (an earlier matrix of the same folder) are counted on
+separate lines, each adding up to its total. Under the slurm executor it also lists the queued and
+running jobs of ``DIR/slurm/jobs.json``.
 """
 from __future__ import annotations
 
@@ -139,6 +142,30 @@ def folder_status(root: str | os.PathLike) -> FolderStatus:
     return out
 
 
+def _slurm_lines(root: pathlib.Path) -> list[str]:
+    """The queued and running jobs of ``DIR/slurm/jobs.json`` (written by the slurm executor), by state."""
+    path = root / "slurm" / "jobs.json"
+    if not path.exists():
+        return []
+    try:
+        payload = json.loads(path.read_text())
+        jobs = [j for j in payload["jobs"] if isinstance(j, dict)]
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        return [f"slurm jobs: unreadable {path} ({exc})"]
+    finished = ("COMPLETED", "FINISHED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+                "BOOT_FAIL", "DEADLINE", "INTERRUPTED", "NO PROCESS AND NO RESULT")
+    active = [j for j in jobs if str(j.get("state", "")).upper() not in finished]
+    by_state = Counter(str(j.get("state")).lower() for j in active)
+    # the states are as the last 'dabench run' saw them (it rewrites the file as they change)
+    head = (f"slurm jobs ({len(jobs)} submitted, as of {payload.get('updated_at')}): "
+            + (", ".join(f"{n} {k}" for k, n in sorted(by_state.items())) or "none queued or running"))
+    lines = [head]
+    for j in active:
+        runs = j.get("run_ids") or []
+        lines.append(f"  job {j.get('job_id')} {str(j.get('state')).lower()}: {len(runs)} run(s) {', '.join(runs)}")
+    return lines
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rem = divmod(seconds, 3600)
@@ -167,6 +194,7 @@ def status_text(root: str | os.PathLike) -> str:
     if others:
         # runs of an earlier matrix in the same folder: counted apart, so each line adds up
         lines.append(f"  outside this matrix: {sum(others.values())} records = {tally(others)}")
+    lines += _slurm_lines(st.root)
     bad = [r for r in st.runs if r.state in ("failed", "diverged", "skipped")]
     if bad:
         lines.append("failures:")
