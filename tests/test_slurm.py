@@ -33,6 +33,7 @@ def _parent(pid: int) -> int:
     return int(pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+@pytest.mark.slow  # process start-ups: submitit controller, job, workers (~1-2 min on 2 busy cores)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the job's process")
 def test_slurm_job_array_preempted_requeued_and_resumed(tmp_path):
     out = tmp_path / "out"
