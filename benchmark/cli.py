@@ -91,17 +91,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="print the run specs and exit")
     r.add_argument("--executor", default="inline", choices=_ExecutorNames(), metavar="NAME",
                    help="inline: this process; local: a pool of worker processes (a crash kills only its run); "
-                        "ray: one Ray task per run (pip install 'dabench[ray]') (default: inline)")
+                        "ray: one Ray task per run (pip install 'dabench[ray]'); slurm: SLURM jobs through "
+                        "submitit (pip install 'dabench[slurm]') (default: inline)")
     r.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="local/ray: runs at once (default: GPUs x --runs-per-gpu; 1 on a CPU-only machine)")
+                   help="local/ray: runs at once (default: GPUs x --runs-per-gpu; 1 on a CPU-only machine); "
+                        "slurm: runs queued or running at once (default: 256)")
     r.add_argument("--runs-per-gpu", type=int, default=1, metavar="K",
-                   help="local/ray: pack K runs on each GPU (small models cannot fill a GPU alone; default: 1)")
+                   help="local/ray/slurm: pack K runs on each GPU (small models cannot fill a GPU alone; default: 1)")
     r.add_argument("--runs-per-process", type=int, default=0, metavar="N",
                    help="local: runs a worker process does before a fresh one replaces it (0: no limit, "
                         "the default: the pair's data is loaded once per worker; 1: each run in a fresh "
                         "process). Either way a crash kills only the run in hand and the worker is replaced")
     r.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="ray: cluster to join (auto, or host:port; default: start a local Ray)")
+    r.add_argument("--slurm-partition", default=None, metavar="NAME",
+                   help="slurm: partition to submit to (default: the cluster's default)")
+    r.add_argument("--gpus-per-job", type=int, default=1, metavar="G",
+                   help="slurm: GPUs per job, each job running G x --runs-per-gpu runs (0: CPU jobs; default: 1)")
+    r.add_argument("--slurm-time", type=int, default=240, metavar="MINUTES",
+                   help="slurm: time limit of a job; a job reaching it (or preempted) is requeued and its runs "
+                        "resume from their --checkpoint-every checkpoints (default: 240)")
+    r.add_argument("--slurm-cluster", default=None, choices=("slurm", "local"),
+                   help="slurm: 'local' runs the jobs as local processes through submitit (a dry run of a "
+                        "SLURM set-up; default: slurm)")
     r.add_argument("--wait-limit", type=float, default=None, metavar="SECONDS",
                    help="how long to wait for a run that another live runner holds and a run here depends "
                         "on, before leaving its dependants for a later run (default: 3600)")
@@ -228,10 +240,12 @@ def _run(args: argparse.Namespace) -> int:
     options = ExecutorOptions(
         device=args.device, data_root=args.data_root, progress=not args.no_progress,
         checkpoint_every=args.checkpoint_every, compile=args.compile, plugins=tuple(plugins), workers=args.workers,
-        runs_per_gpu=args.runs_per_gpu, runs_per_process=args.runs_per_process, ray_address=args.ray_address)
+        runs_per_gpu=args.runs_per_gpu, runs_per_process=args.runs_per_process, ray_address=args.ray_address,
+        slurm_partition=args.slurm_partition, gpus_per_job=args.gpus_per_job, slurm_time_min=args.slurm_time,
+        slurm_cluster=args.slurm_cluster)
     try:
         ex = make_executor(args.executor, args.results, options)
-    except (ValueError, ImportError, ConnectionError) as exc:  # bad --workers, no Ray, no cluster there
+    except (ValueError, ImportError, ConnectionError) as exc:  # bad --workers, no Ray/submitit, no cluster there
         raise MatrixError(str(exc)) from None
     if not args.rerun:  # a rerun of one run must not replace the folder's matrix
         write_matrix_file(args.results, specs, plugins=plugins, executor=args.executor, workers=ex.workers)

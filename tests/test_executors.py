@@ -110,11 +110,11 @@ def test_plan_slots_packs_runs_per_gpu(monkeypatch):
 
 
 def test_bad_executor_choices_are_named(tmp_path, capsys):
-    with pytest.raises(ValueError, match="valid executors: inline, local, ray"):
-        make_executor("slurm", tmp_path)
+    with pytest.raises(ValueError, match="valid executors: inline, local, ray, slurm"):
+        make_executor("pbs", tmp_path)
     with pytest.raises(SystemExit):
-        main(["run", "--executor", "slurm"])
-    assert "invalid choice: 'slurm' (choose from" in capsys.readouterr().err
+        main(["run", "--executor", "pbs"])
+    assert "invalid choice: 'pbs' (choose from" in capsys.readouterr().err
     assert main(["run", "--executor", "local", "--workers", "0", "--results", str(tmp_path), "--methods",
                  "source-only", "--seeds", "0"]) == 2
     assert "--workers must be at least 1" in capsys.readouterr().err

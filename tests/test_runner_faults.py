@@ -51,6 +51,16 @@ FAULTY = textwrap.dedent('''
             if progress >= 0.25:
                 parts["ce"] = parts["ce"] * float("nan")
             return self.combine(parts)
+
+    @register_method("nan-da")
+    class NaNAdaptation(SourceOnly):
+        """Two loss parts; only the adaptation part ``da`` becomes infinite, from step 7 on."""
+        def loss(self, batch, progress):
+            parts = self.supervised_loss(batch, self.net(batch.x_source)[0])
+            da = parts["ce"].detach() * 0
+            if progress >= 0.35:
+                da = da + float("inf")
+            return self.combine(parts, da, trade_off=1.0)
 ''')
 
 
@@ -81,7 +91,7 @@ def test_exception_and_nan_are_recorded_and_the_matrix_goes_on(tmp_path):
     plugin = tmp_path / "faulty.py"
     plugin.write_text(FAULTY)
     plugins = (TINY, str(plugin))
-    specs = expand(Matrix(methods=("boom", "nan", "source-only", "linear-probe"), pairs=("tiny",), seeds=(0,),
+    specs = expand(Matrix(methods=("boom", "nan", "nan-da", "source-only", "linear-probe"), pairs=("tiny",), seeds=(0,),
                           plugins=plugins))
     summary = run_matrix(specs, tmp_path / "out", ExecutorOptions(device="cpu", progress=False, plugins=plugins))
     recs = {r["spec"]["method"]: r for r in summary.ran}
@@ -90,6 +100,10 @@ def test_exception_and_nan_are_recorded_and_the_matrix_goes_on(tmp_path):
     assert "boom: a bug inside the method" in recs["boom"]["error"]["traceback"]
     assert "faulty.py" in recs["boom"]["error"]["traceback"]  # the traceback points into the plugin
     assert recs["nan"]["status"] == "diverged" and recs["nan"]["diverged_at_step"] == 5
+    assert "loss part 'ce' first non-finite at step 5" in recs["nan"]["error"]["message"]
+    # two parts, only `da` goes infinite (step 7): the record names it; found at the step-10 sync
+    assert recs["nan-da"]["status"] == "diverged" and recs["nan-da"]["diverged_at_step"] == 7
+    assert recs["nan-da"]["error"]["message"] == "non-finite loss at step 7 (loss part 'da' first non-finite at step 7)"
     assert recs["source-only"]["status"] == recs["linear-probe"]["status"] == "complete"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -87,7 +88,7 @@ def test_corrupt_record_of_a_matrix_run_is_rerun_and_a_stray_one_is_not(folder):
 def test_text_names_failures_by_first_line_and_gives_eta(folder):
     root, specs = folder
     text = status_text(root)
-    assert "2 complete, 1 running, 1 failed, 1 diverged, 0 skipped, 2 pending, 1 interrupted" in text
+    assert "matrix: 8 runs = 2 complete, 1 running, 1 failed, 1 diverged, 0 skipped, 2 pending, 1 interrupted" in text
     assert f"dann | digits-offline | seed 0 ({specs[4].run_id})" not in text  # running is not a failure
     assert f"source-only | digits-offline | seed 2 ({specs[2].run_id}): RuntimeError: CUDA out of memory" in text
     assert "second line" not in text
@@ -112,3 +113,45 @@ def test_without_matrix_file_only_records_count(tmp_path):
     store.write(rec)
     text = status_text(tmp_path)
     assert "no matrix.json" in text and "1 complete" in text and "ETA" not in text
+
+
+def _tallies(text: str) -> dict[str, tuple[int, dict[str, int]]]:
+    """``<head>: N runs|records = a complete, b running, ...`` lines of the status text, parsed."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"\s+(matrix|records|outside this matrix): (\d+) (?:runs|records) = (.*)$", line)
+        if m:
+            parts = dict((k, int(n)) for n, k in (p.split(" ", 1) for p in m.group(3).split(", ")))
+            out[m.group(1)] = (int(m.group(2)), parts)
+    return out
+
+
+def test_counts_add_up_with_records_outside_the_matrix(tmp_path):
+    """The bug: "4 runs in its matrix" then "9 complete ... 2 pending, 1 interrupted" and "(8 more
+    record(s) ...)": the matrix's counts mixed in the other records. Each line must add up."""
+    store = RunStore(tmp_path)
+    env = {"device": "cpu", "versions": {}, "host": socket.gethostname()}
+    old = [_spec("dan", s) for s in range(8)]  # an earlier matrix of the same folder
+    for i, spec in enumerate(old):
+        rec = base_record(spec, "complete" if i < 7 else "running", env)  # one killed: interrupted
+        rec["timings"] = {"total_s": 10.0}
+        store.write(rec)
+    specs = [_spec("source-only", s) for s in range(4)]
+    path = write_matrix_file(tmp_path, specs, executor="local", workers=1)
+    done = base_record(specs[0], "complete", env)
+    done["timings"] = {"total_s": 10.0}
+    store.write(done)
+    store.write(base_record(specs[1], "running", env))  # no live claim: interrupted
+    text = status_text(tmp_path)
+    written_at = json.loads(path.read_text())["written_at"]
+    assert f"matrix.json written {written_at} (4 runs, local executor, 1 worker(s))" in text
+    tallies = _tallies(text)
+    total, parts = tallies["matrix"]
+    assert total == 4 == sum(parts.values())
+    assert parts == {"complete": 1, "running": 0, "failed": 0, "diverged": 0, "skipped": 0, "pending": 2,
+                     "interrupted": 1}
+    total, parts = tallies["outside this matrix"]
+    assert total == 8 == sum(parts.values())
+    assert parts["complete"] == 7 and parts["interrupted"] == 1 and "pending" not in parts
+    # 3 left of *this* matrix (2 pending + 1 interrupted); the old interrupted run is not counted
+    assert "x 3 left" in text

@@ -21,11 +21,30 @@ from ..core.store import RunStore, WriteFault, atomic_torch_save
 
 
 class Diverged(RuntimeError):
-    """The loss became non-finite; ``step`` is the first step at which it was."""
+    """The loss became non-finite; ``step`` is the first step at which it was.
 
-    def __init__(self, step: int) -> None:
-        super().__init__(f"non-finite loss at step {step}")
+    ``parts``: the loss part(s) of ``Loss.parts`` that became non-finite first (several when at
+    the same step) and ``part_step`` that step; empty when no single part was (e.g. the weighted
+    sum overflowed) or when the divergence showed only in the evaluation."""
+
+    def __init__(self, step: int, parts: tuple[str, ...] = (), part_step: int | None = None) -> None:
+        where = ""
+        if parts:
+            names = ", ".join(repr(p) for p in parts)
+            where = f" (loss part {names} first non-finite at step {part_step})"
+        super().__init__(f"non-finite loss at step {step}{where}")
         self.step = step
+        self.parts = tuple(parts)
+        self.part_step = part_step
+
+
+def _first_bad_part(names: list[str], steps: list[int]) -> tuple[tuple[str, ...], int | None]:
+    """The part(s) with the earliest first non-finite step (``steps[i]`` for ``names[i]``, -1: never)."""
+    seen = [s for s in steps if s >= 0]
+    if not seen:
+        return (), None
+    first = min(seen)
+    return tuple(n for n, s in zip(names, steps) if s == first), first
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -72,8 +91,9 @@ class RunContext:
     def train_steps(self, method: Method) -> None:
         """SGD (Nesterov momentum) over the pair's schedule with lr·lr_mult·factor(p) (``inv``: (1+10p)^−0.75, see ``lr_factor``).
 
-        No host synchronisation inside the loop except every ``log_every`` steps (one check of
-        a device-side "first non-finite step" counter) and at evaluations.
+        No host synchronisation inside the loop except every ``log_every`` steps (one read of
+        a device-side "first non-finite step" counter, for the total and for each loss part, so
+        a divergence names the part that went first) and at evaluations.
         """
         sch = self.spec.schedule
         steps = method.num_steps(sch.steps)
@@ -92,14 +112,17 @@ class RunContext:
             if len(data.shots) == 0:
                 raise ValueError(f"{self.spec.method} needs target shots but target_shots gives none")
             streams["shots"] = data.stream(data.shots, min(sch.batch_size, len(data.shots)))
-        first_bad = torch.full((), -1, dtype=torch.long, device=dev)
+        # first non-finite step of the total (entry 0) and of each loss part (entry 1 + i for
+        # part_names[i]), -1 while finite: kept on the device, read once per log window
+        part_names: list[str] = []
+        first_bad = torch.full((1,), -1, dtype=torch.long, device=dev)
         sums: dict[str, torch.Tensor] = {}
         n_since = 0
         start = 0
         if self.checkpoint_every:
             resumed = self._resume(method, opt, streams)
             if resumed is not None:
-                start, sums, n_since, first_bad = resumed
+                start, sums, n_since, first_bad, part_names = resumed
         per_step_images = sum(s.batch_size for s in streams.values())
         method.train()
         for step in range(start, steps):
@@ -120,7 +143,17 @@ class RunContext:
             out.total.backward()
             opt.step()
             total = out.total.detach()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(total), step, first_bad)
+            if list(out.parts) != part_names:
+                # a part not seen before (methods usually return the same parts every step):
+                # grow the counter by one entry per new name; no host read
+                new_names = [k for k in out.parts if k not in part_names]
+                part_names += new_names
+                first_bad = torch.cat([first_bad, first_bad.new_full((len(new_names),), -1)])
+            values = [total.float().reshape(())]
+            values += [out.parts[k].detach().float().reshape(()) if k in out.parts else values[0].new_zeros(())
+                       for k in part_names]
+            finite = torch.isfinite(torch.stack(values))
+            first_bad = torch.where((first_bad < 0) & ~finite, step, first_bad)
             for k, v in out.parts.items():
                 sums[k] = sums.get(k, 0) + v.detach().float()
             n_since += 1
@@ -128,16 +161,16 @@ class RunContext:
             self.images_seen += per_step_images
             last = step + 1 == steps
             if (step + 1) % sch.log_every == 0 or last:
-                bad = int(first_bad)  # the periodic sync
-                if bad >= 0:
-                    raise Diverged(bad)
+                bad = first_bad.tolist()  # the periodic sync (one read: the total's and every part's)
+                if bad[0] >= 0:
+                    raise Diverged(bad[0], *_first_bad_part(part_names, bad[1:]))
                 if self.on_step:
                     self.on_step(step + 1, steps)
             if (step + 1) % sch.eval_every == 0 or last:
                 self.record_eval(method, step + 1, {k: v / n_since for k, v in sums.items()})
                 sums, n_since = {}, 0
             if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 and not last:
-                self._save_partial(method, opt, step + 1, streams, sums, n_since, first_bad)
+                self._save_partial(method, opt, step + 1, streams, sums, n_since, first_bad, part_names)
 
     # --- mid-run checkpoints ---------------------------------------------------------
     # A resumed run must equal the uninterrupted one (on the CPU at a fixed thread count), so a
@@ -146,7 +179,8 @@ class RunContext:
     # permutation and position, the global torch RNG (dropout, noise layers; CPU and CUDA), and
     # the loss sums since the last evaluation (the next curve point averages them).
     def _save_partial(self, method: Method, opt: torch.optim.Optimizer, step: int, streams: dict[str, Stream],
-                      sums: dict[str, torch.Tensor], n_since: int, first_bad: torch.Tensor) -> None:
+                      sums: dict[str, torch.Tensor], n_since: int, first_bad: torch.Tensor,
+                      part_names: list[str]) -> None:
         assert self.store is not None
         path = self.store.checkpoint_path(self.spec.run_id, partial=True)
         state = {
@@ -161,14 +195,15 @@ class RunContext:
             "loss_sums": sums,
             "loss_count": n_since,
             "first_bad": first_bad,
+            "first_bad_parts": list(part_names),
         }
         atomic_torch_save(state, path)
 
     def _resume(
         self, method: Method, opt: torch.optim.Optimizer, streams: dict[str, Stream]
-    ) -> tuple[int, dict[str, torch.Tensor], int, torch.Tensor] | None:
+    ) -> tuple[int, dict[str, torch.Tensor], int, torch.Tensor, list[str]] | None:
         """Load the run's mid-run checkpoint if there is one; returns (step, loss sums, their
-        count, first non-finite step) for the loop to go on from, or ``None``."""
+        count, first non-finite steps, the loss parts they follow) for the loop to go on from, or ``None``."""
         if self.store is None:
             return None
         path = self.store.checkpoint_path(self.spec.run_id, partial=True)
@@ -191,8 +226,13 @@ class RunContext:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
         self.steps_done = self.resumed_from_step = int(state["step"])
         dev = self.device
-        first_bad = state.get("first_bad", torch.full((), -1, dtype=torch.long)).to(dev)
-        return self.steps_done, dict(state.get("loss_sums", {})), int(state.get("loss_count", 0)), first_bad
+        # older checkpoints hold the total's counter alone, as a 0-d tensor
+        first_bad = state.get("first_bad", torch.full((), -1, dtype=torch.long)).to(dev).reshape(-1)
+        part_names = list(state.get("first_bad_parts", []))
+        if len(first_bad) != 1 + len(part_names):
+            first_bad, part_names = first_bad[:1], []
+        return (self.steps_done, dict(state.get("loss_sums", {})), int(state.get("loss_count", 0)), first_bad,
+                part_names)
 
 
 FEATURES_PER_DOMAIN = 1000  # enough for a t-SNE; keeps the file small (float16)

@@ -3,7 +3,10 @@
 Counts of complete / running / failed / diverged / skipped / pending runs, the failures with
 their first error line, and an ETA. *running* means a live process holds the run's claim; a
 ``running`` record whose process is gone is *interrupted* (the next ``dabench run`` resumes
-it). *pending* needs the matrix, which ``dabench run`` stores in ``DIR/matrix.json``.
+it). *pending* needs the matrix, which ``dabench run`` stores in ``DIR/matrix.json``. The matrix's
+runs and the records of runs outside it (an earlier matrix of the same folder) are counted on
+separate lines, each adding up to its total. Under the slurm executor it also lists the queued and
+running jobs of ``DIR/slurm/jobs.json``.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ class RunState:
     state: str  # one of ORDER
     label: str
     error: str = ""
+    in_matrix: bool = True  # False: a record of a run the current matrix.json does not list
 
 
 @dataclass
@@ -36,17 +40,23 @@ class FolderStatus:
     root: pathlib.Path
     runs: list[RunState] = field(default_factory=list)
     in_matrix: int | None = None  # None: no matrix.json
+    matrix_written_at: str | None = None  # matrix.json's written_at: which matrix the counts refer to
+    executor: str | None = None  # matrix.json's executor
     workers: int = 1
     corrupt: list[str] = field(default_factory=list)  # matrix runs whose record is unreadable (rerun)
     ignored: list[str] = field(default_factory=list)  # other unreadable files: stray JSON, bad claims
     mean_run_s: float | None = None
 
-    def counts(self) -> Counter:
-        return Counter(r.state for r in self.runs)
+    def counts(self, in_matrix: bool | None = None) -> Counter:
+        """States counted over every run (``None``), the matrix's runs (``True``) or the records
+        outside it (``False``); without a matrix.json every record counts as the matrix's."""
+        return Counter(r.state for r in self.runs if in_matrix is None or r.in_matrix == in_matrix)
 
     @property
     def remaining(self) -> int:
-        c = self.counts()
+        """Runs the next ``dabench run`` of this matrix would still run (records of runs outside the
+        matrix are not rerun by it, so they do not count)."""
+        c = self.counts(True)
         return c["pending"] + c["interrupted"] + c["running"]
 
     @property
@@ -82,6 +92,8 @@ def folder_status(root: str | os.PathLike) -> FolderStatus:
         try:
             matrix = json.loads(mfile.read_text())
             out.workers = int(matrix.get("workers") or 1)
+            out.matrix_written_at = matrix.get("written_at")
+            out.executor = matrix.get("executor")
             for s in matrix.get("specs") or []:
                 specs[RunSpec.from_dict(s).run_id] = s
             out.in_matrix = len(specs)
@@ -124,10 +136,34 @@ def folder_status(root: str | os.PathLike) -> FolderStatus:
             state = "interrupted"
         else:
             state = "pending"
-        out.runs.append(RunState(run_id, state, label, error))
+        out.runs.append(RunState(run_id, state, label, error, in_matrix=not specs or run_id in specs))
     if times:
         out.mean_run_s = sum(times) / len(times)
     return out
+
+
+def _slurm_lines(root: pathlib.Path) -> list[str]:
+    """The queued and running jobs of ``DIR/slurm/jobs.json`` (written by the slurm executor), by state."""
+    path = root / "slurm" / "jobs.json"
+    if not path.exists():
+        return []
+    try:
+        payload = json.loads(path.read_text())
+        jobs = [j for j in payload["jobs"] if isinstance(j, dict)]
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        return [f"slurm jobs: unreadable {path} ({exc})"]
+    finished = ("COMPLETED", "FINISHED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+                "BOOT_FAIL", "DEADLINE", "INTERRUPTED", "NO PROCESS AND NO RESULT")
+    active = [j for j in jobs if str(j.get("state", "")).upper() not in finished]
+    by_state = Counter(str(j.get("state")).lower() for j in active)
+    # the states are as the last 'dabench run' saw them (it rewrites the file as they change)
+    head = (f"slurm jobs ({len(jobs)} submitted, as of {payload.get('updated_at')}): "
+            + (", ".join(f"{n} {k}" for k, n in sorted(by_state.items())) or "none queued or running"))
+    lines = [head]
+    for j in active:
+        runs = j.get("run_ids") or []
+        lines.append(f"  job {j.get('job_id')} {str(j.get('state')).lower()}: {len(runs)} run(s) {', '.join(runs)}")
+    return lines
 
 
 def _duration(seconds: float) -> str:
@@ -140,22 +176,31 @@ def _duration(seconds: float) -> str:
 def status_text(root: str | os.PathLike) -> str:
     """The human summary printed by ``dabench status DIR``."""
     st = folder_status(root)
-    c = st.counts()
     lines = []
-    where = (f"{st.in_matrix} runs in its matrix" if st.in_matrix is not None
-             else "no matrix.json (pending runs unknown: only records are counted)")
-    lines.append(f"{st.root}: {where}")
-    parts = [f"{c[k]} {k}" for k in ORDER if c[k] or k != "interrupted"]
-    lines.append("  " + ", ".join(parts))
     if st.in_matrix is not None:
-        extra = len(st.runs) - st.in_matrix
-        if extra:
-            lines.append(f"  ({extra} more record(s) from runs outside the current matrix)")
+        lines.append(f"{st.root}: matrix.json written {st.matrix_written_at or 'at an unknown time'} "
+                     f"({st.in_matrix} runs, {st.executor or 'unknown'} executor, {st.workers} worker(s))")
+    else:
+        lines.append(f"{st.root}: no matrix.json (pending runs unknown: only records are counted)")
+
+    def tally(c: Counter) -> str:
+        # every state of ORDER that occurs (the usual ones always): the parts add up to the total
+        return ", ".join(f"{c[k]} {k}" for k in ORDER if c[k] or k not in ("interrupted", "pending"))
+
+    mine = st.counts(True)
+    head = "matrix" if st.in_matrix is not None else "records"
+    lines.append(f"  {head}: {sum(mine.values())} runs = {tally(mine)}")
+    others = st.counts(False)
+    if others:
+        # runs of an earlier matrix in the same folder: counted apart, so each line adds up
+        lines.append(f"  outside this matrix: {sum(others.values())} records = {tally(others)}")
+    lines += _slurm_lines(st.root)
     bad = [r for r in st.runs if r.state in ("failed", "diverged", "skipped")]
     if bad:
         lines.append("failures:")
         for r in bad:
-            lines.append(f"  {r.state:<8} {r.label} ({r.run_id}): {r.error}")
+            outside = "" if r.in_matrix else " [outside this matrix]"
+            lines.append(f"  {r.state:<8} {r.label} ({r.run_id}){outside}: {r.error}")
     if st.corrupt:
         lines.append("corrupt records (the next 'dabench run' reruns them):")
         lines += [f"  {p}" for p in st.corrupt]
@@ -168,7 +213,7 @@ def status_text(root: str | os.PathLike) -> str:
         else:
             lines.append(f"ETA: ~{_duration(st.eta_s)} (mean run {st.mean_run_s:.1f} s x {st.remaining} left "
                          f"/ {st.workers} worker(s))")
-    elif st.in_matrix is not None and not bad:
+    elif st.in_matrix is not None and mine["complete"] == st.in_matrix:
         lines.append("done: every run of the matrix is complete")
     return "\n".join(lines)
 

@@ -6,12 +6,15 @@ decides *what* runs when; an executor only runs what it is given, ``free_slots()
   per GPU or ``runs_per_gpu`` per GPU (``CUDA_VISIBLE_DEVICES`` set per worker), one on the
   CPU unless told otherwise. A run's crash, OOM or SIGKILL kills only its own process; the
   parent then records the run ``failed`` with the exit code or signal.
+- ``slurm``: SLURM jobs through submitit, one job array per scheduling round,
+  ``gpus_per_job × runs_per_gpu`` runs per job, requeued on preemption or at the time limit
+  (runs resume from their mid-run checkpoints); see ``slurm.py``.
 - ``ray``: each run a Ray task (``num_gpus=1/runs_per_gpu`` when the cluster has GPUs) on an
   existing cluster (``ray_address``) or a local one started on demand. The results folder
   must be on storage every node sees (records and checkpoints are files).
 
 Every executor runs :func:`dabench.running.unit.run_claimed`, so the records are the same. One file
-per executor (``inline.py``, ``local_pool.py``, ``ray.py``), each registered by name with
+per executor (``inline.py``, ``local_pool.py``, ``ray.py``, ``slurm.py``), each registered by name with
 :func:`register_executor`; ``dabench run --executor`` offers the registered names.
 """
 from __future__ import annotations
@@ -78,6 +81,10 @@ class ExecutorOptions:
     runs_per_gpu: int = 1  # local/ray: runs packed on one GPU
     runs_per_process: int = 0  # local: runs per worker process before a fresh one (0: no limit)
     ray_address: str | None = None  # ray: cluster to join (None: start a local Ray)
+    slurm_partition: str | None = None  # slurm: partition to submit to (None: the cluster's default)
+    gpus_per_job: int = 1  # slurm: GPUs per job (0: CPU jobs); the job runs gpus_per_job x runs_per_gpu runs
+    slurm_time_min: int = 240  # slurm: each job's time limit; a job that reaches it is requeued
+    slurm_cluster: str | None = None  # slurm: None/"slurm", or "local" (submitit's local processes, for tests)
 
     def __post_init__(self) -> None:
         # the CLI and the API hand over lists and str paths: kept as a tuple and a Path

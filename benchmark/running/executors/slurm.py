@@ -1,0 +1,282 @@
+"""The SLURM executor, on submitit: runs become SLURM jobs, ``gpus_per_job × runs_per_gpu`` runs per job.
+
+How it submits: the scheduler hands runs over ``free_slots()`` at a time and submits a dependant
+(linear probe, fine-tune) only once its source-only run is terminal; this executor gathers what
+one scheduling round submitted and sends it as **one job array per round** (submitit's
+``executor.batch()``), each array task a group of up to ``gpus_per_job × runs_per_gpu`` runs.
+The first round is the whole matrix but its dependants; each later round holds the dependants
+freed by the runs that ended.
+
+Inside a job each run is a ``python -m dabench.running.executors.worker`` process (the local
+pool's worker: claim → run → record → release; it dies with the job), ``runs_per_gpu`` of them per
+GPU of the job (``CUDA_VISIBLE_DEVICES`` set per worker). Claims (``running/unit.py run_claimed``)
+keep two submissions, or a requeued job and a straggler, from running a spec twice.
+
+Time limit and preemption: SLURM signals the job (``USR2``) before its time limit or on
+preemption; submitit then calls :meth:`SlurmTask.checkpoint`, which stops the workers, frees
+their claims and hands submitit the same task to requeue (``helpers.DelayedSubmission``). The
+requeued job resumes each unfinished run from its mid-run checkpoint
+(``checkpoints/<id>.partial.pt``, written every ``--checkpoint-every`` steps; without it a
+requeued run starts again from step 0) and skips the runs already complete.
+
+``DIR/slurm/jobs.json`` lists the jobs with their ids, states and runs (``dabench status`` prints
+the queued and running ones); submitit's own files (pickles, logs) are in ``DIR/slurm/submitit/``.
+The results folder must be on storage every node sees. Needs ``pip install 'dabench[slurm]'``.
+``slurm_cluster="local"`` runs the jobs as local processes through submitit's ``LocalExecutor``
+(same code path, no SLURM: the tests use it).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from ...core.spec import RunSpec
+from ...core.store import RunStore, atomic_write_text
+from ..unit import Outcome
+from .base import Executor, ExecutorOptions, _absolute_plugins, record_death, register_executor
+
+JOBS_FILE = "slurm/jobs.json"
+# SLURM states after which a job does nothing more (sacct's names; submitit's local ones too)
+FINISHED_STATES = ("COMPLETED", "FINISHED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+                   "BOOT_FAIL", "DEADLINE", "INTERRUPTED", "NO PROCESS AND NO RESULT")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class SlurmTask:
+    """One SLURM job's body: run a group of specs at once, one worker process each.
+
+    Checkpointable the submitit way (a ``checkpoint`` method returning a ``DelayedSubmission``),
+    without subclassing ``submitit.helpers.Checkpointable``, so this module imports without submitit.
+    """
+
+    def __init__(self, specs: list[dict[str, Any]], results_dir: str, device: str | None, gpus: int,
+                 data_root: str | None, plugins: tuple[str, ...], checkpoint_every: int, compile: bool) -> None:
+        self.specs = specs
+        self.results_dir = results_dir
+        self.device = device
+        self.gpus = gpus
+        self.data_root = data_root
+        self.plugins = plugins
+        self.checkpoint_every = checkpoint_every
+        self.compile = compile
+        self._procs: dict[str, subprocess.Popen] = {}  # run id -> its live worker (this process only)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a requeue pickles the task: the worker handles belong to the dying job
+        return {k: v for k, v in self.__dict__.items() if k != "_procs"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _procs={})
+
+    def _command(self, threads: int) -> list[str]:
+        cmd = [sys.executable, "-m", "dabench.running.executors.worker", "--results", self.results_dir,
+               "--max-runs", "1", "--parent-pid", str(os.getpid()), "--threads", str(threads),
+               "--checkpoint-every", str(self.checkpoint_every),
+               "--device", ("cuda" if self.gpus else (self.device or "auto"))]
+        if self.data_root:
+            cmd += ["--data-root", self.data_root]
+        for plugin in self.plugins:
+            cmd += ["--plugin", plugin]
+        if self.compile:
+            cmd.append("--compile")
+        return cmd
+
+    def __call__(self) -> list[dict[str, Any]]:
+        """Start one worker per spec, then collect their outcomes (``{"run_id", "kind", "record"}``)."""
+        n = len(self.specs)
+        threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+                      // n)
+        # the GPUs SLURM gave this job (CUDA_VISIBLE_DEVICES), shared round robin by its runs
+        visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+        gpus = visible or [str(i) for i in range(self.gpus)]
+        logs = pathlib.Path(self.results_dir) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        handles = []
+        for i, spec in enumerate(self.specs):
+            env = dict(os.environ)
+            if self.gpus and gpus:
+                env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+            log = open(logs / f"slurm-{spec['_run_id']}.log", "a")  # noqa: SIM115 - closed below
+            proc = subprocess.Popen(self._command(threads), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=log, text=True, env=env)
+            proc.stdin.write(json.dumps({"spec": spec}) + "\n")
+            proc.stdin.close()
+            self._procs[spec["_run_id"]] = proc
+            handles.append((spec, proc, log))
+        out = []
+        for spec, proc, log in handles:
+            result = None
+            for line in proc.stdout:
+                msg = json.loads(line)
+                if msg.get("event") == "outcome":
+                    result = {k: v for k, v in msg.items() if k != "event"}
+            proc.wait()
+            log.close()
+            self._procs.pop(spec["_run_id"], None)
+            if result is None:  # the worker died without an answer (OOM killer, a segfault ...)
+                rec = _record_worker_death(self.results_dir, spec, proc.returncode, self.device)
+                result = {"run_id": spec["_run_id"], "kind": "died", "record": rec}
+            out.append(result)
+        return out
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """submitit's preemption / time-limit hook: stop the workers, free their claims (a requeued
+        job, maybe on another node, must not wait for their heartbeats to go stale) and requeue
+        this same task; its runs resume from their mid-run checkpoints."""
+        import submitit  # late: only ever called inside a submitit job
+
+        store = RunStore(self.results_dir)
+        for run_id, proc in list(self._procs.items()):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            store.remove_stale_claim(run_id)  # its holder is dead now: stale on this host
+        self._procs.clear()
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def _record_worker_death(results_dir: str, spec_dict: dict[str, Any], code: int | None,
+                         device: str | None) -> dict[str, Any] | None:
+    spec_dict = dict(spec_dict)
+    spec_dict.pop("_run_id", None)
+    spec = RunSpec.from_dict(spec_dict)
+    why = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+    return record_death(RunStore(results_dir), spec, f"worker process died ({why}) inside its SLURM job",
+                        "", device).record
+
+
+@register_executor("slurm")
+class SlurmExecutor(Executor):
+    """One job array per scheduling round through submitit; ``workers`` caps the runs in flight."""
+
+    def __init__(self, results_dir: pathlib.Path, opts: ExecutorOptions) -> None:
+        try:
+            import submitit  # late: an optional extra (pip install 'dabench[slurm]')
+        except ImportError:
+            raise ImportError("--executor slurm needs submitit: pip install 'dabench[slurm]' "
+                              "(or pick --executor inline or local)") from None
+        if opts.runs_per_gpu < 1:
+            raise ValueError(f"--runs-per-gpu must be at least 1, got {opts.runs_per_gpu}")
+        if opts.gpus_per_job < 0:
+            raise ValueError(f"--gpus-per-job must be 0 (CPU jobs) or more, got {opts.gpus_per_job}")
+        if opts.slurm_time_min < 1:
+            raise ValueError(f"--slurm-time must be at least 1 minute, got {opts.slurm_time_min}")
+        if opts.workers is not None and opts.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {opts.workers}")
+        self.submitit = submitit
+        self.opts = opts
+        self.store = RunStore(results_dir)
+        self.root = self.store.root.resolve()
+        self.group = max(1, opts.gpus_per_job) * opts.runs_per_gpu  # runs packed in one job
+        cluster = opts.slurm_cluster
+        if cluster not in (None, "slurm", "local"):
+            raise ValueError(f"--slurm-cluster {cluster!r}: valid are slurm (the default) and local")
+        self.ex = submitit.AutoExecutor(folder=self.root / "slurm" / "submitit", cluster=cluster)
+        self.cluster = self.ex.cluster
+        params: dict[str, Any] = {"timeout_min": opts.slurm_time_min, "gpus_per_node": opts.gpus_per_job,
+                                  "tasks_per_node": 1, "nodes": 1, "name": "dabench"}
+        if self.cluster == "slurm":
+            # --signal USR2@120: two minutes' warning before the time limit, for submitit's requeue
+            params.update(slurm_signal_delay_s=120, cpus_per_task=max(1, self.group))
+            if opts.slurm_partition:
+                params["slurm_partition"] = opts.slurm_partition
+        self.ex.update_parameters(**params)
+        # a local "cluster" runs every job on this machine: one job at a time unless told otherwise
+        self._slots = opts.workers or (self.group if self.cluster == "local" else 256)
+        self._pending: list[RunSpec] = []
+        self._jobs: list[dict[str, Any]] = []  # {"job", "specs", "submitted_at", "state"}
+        self._task_args = {
+            "results_dir": str(self.root), "device": opts.device, "gpus": opts.gpus_per_job,
+            "data_root": str(opts.data_root) if opts.data_root else None,
+            "plugins": _absolute_plugins(opts.plugins), "checkpoint_every": opts.checkpoint_every,
+            "compile": opts.compile,
+        }
+
+    @property
+    def workers(self) -> int:
+        return self._slots
+
+    def _inflight(self) -> int:
+        return len(self._pending) + sum(len(j["specs"]) for j in self._jobs if j["state"] not in FINISHED_STATES)
+
+    def free_slots(self) -> int:
+        return self._slots - self._inflight()
+
+    def submit(self, spec: RunSpec) -> None:
+        self._pending.append(spec)  # sent with the rest of this round, as one array, by wait()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        groups = [self._pending[i:i + self.group] for i in range(0, len(self._pending), self.group)]
+        self._pending = []
+        tasks = [SlurmTask([{**s.to_dict(), "_run_id": s.run_id} for s in g], **self._task_args) for g in groups]
+        with self.ex.batch():
+            jobs = [self.ex.submit(t) for t in tasks]
+        for job, group in zip(jobs, groups):
+            self._jobs.append({"job": job, "specs": group, "submitted_at": _now(), "state": "PENDING"})
+        self._write_jobs()
+
+    def _write_jobs(self) -> None:
+        payload = {"format": 1, "updated_at": _now(), "cluster": self.cluster,
+                   "jobs": [{"job_id": str(j["job"].job_id), "state": j["state"], "submitted_at": j["submitted_at"],
+                             "run_ids": [s.run_id for s in j["specs"]]} for j in self._jobs]}
+        atomic_write_text(self.root / JOBS_FILE, json.dumps(payload, indent=1))
+
+    def _collect(self) -> list[Outcome]:
+        out: list[Outcome] = []
+        changed = False
+        for j in self._jobs:
+            if j["state"] in FINISHED_STATES:
+                continue
+            job = j["job"]
+            done = job.done()
+            state = str(job.state).upper()
+            if done and state not in FINISHED_STATES:
+                state = "FINISHED"
+            if state != j["state"]:
+                j["state"], changed = state, True
+            if not done:
+                continue
+            try:
+                results = job.result()
+                out += [Outcome(r["run_id"], r["kind"], r.get("record"), r.get("error")) for r in results]
+            except Exception as exc:  # noqa: BLE001 - the job failed, was cancelled or lost its node
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                for spec in j["specs"]:
+                    out.append(record_death(self.store, spec, f"SLURM job {job.job_id} ended without a result: "
+                                            f"{first}", str(exc), self.opts.device, remote=True))
+        if changed or out:
+            self._write_jobs()
+        return out
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        self._flush()
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self._collect()
+            if out or time.monotonic() >= deadline or not self._inflight():
+                return out
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def close(self) -> None:
+        # jobs still queued or running are cancelled: their runs stay "running" and the next
+        # dabench run resumes them (as with the other executors)
+        for j in self._jobs:
+            if j["state"] not in FINISHED_STATES:
+                try:
+                    j["job"].cancel(check=False)
+                except Exception:  # noqa: BLE001 - best effort: the job may have just ended
+                    pass
+                j["state"] = "CANCELLED"
+        if self._jobs:
+            self._write_jobs()

@@ -1,0 +1,87 @@
+"""The slurm executor, for real, on submitit's LocalExecutor (``--slurm-cluster local``: the same
+job pickles, signals and requeue path as on SLURM, as local processes; no SLURM needed).
+
+One `dabench run --executor slurm`: source-only and ``slow`` packed in one job (``--runs-per-gpu 2``
+on CPU jobs), then the dependant linear probe in a second array once source-only is complete. The
+job is preempted (SIGUSR2, what SLURM sends before a time limit or a preemption) after ``slow``'s
+first mid-run checkpoint: submitit calls the task's ``checkpoint()``, the job is requeued, and
+``slow`` resumes from its checkpoint while source-only (complete) is not run again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from dabench.core.store import RunStore
+from dabench.running.matrix import Matrix, expand
+
+pytest.importorskip("submitit", reason="the slurm executor needs submitit: pip install 'dabench[slurm]'")
+
+from test_runner_faults import _wait_for  # noqa: E402
+
+TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
+DABENCH = [sys.executable, "-m", "dabench.cli"]
+
+
+def _parent(pid: int) -> int:
+    return int(pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.slow  # process start-ups: submitit controller, job, workers (~1-2 min on 2 busy cores)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the job's process")
+def test_slurm_job_array_preempted_requeued_and_resumed(tmp_path):
+    out = tmp_path / "out"
+    trace = tmp_path / "trace.txt"
+    args = [*DABENCH, "run", "--plugin", TINY, "--pairs", "tiny", "--methods", "source-only,slow,linear-probe",
+            "--seeds", "0", "--set", "slow.sleep=0.05", "--set", "steps=60", "--checkpoint-every", "10",
+            "--results", str(out), "--device", "cpu", "--no-progress", "--executor", "slurm",
+            "--slurm-cluster", "local", "--gpus-per-job", "0", "--runs-per-gpu", "2", "--slurm-time", "30"]
+    specs = {s.method: s for s in expand(Matrix(methods=("source-only", "slow", "linear-probe"), pairs=("tiny",),
+                                                seeds=(0,), plugins=(TINY,), overrides={"slow.sleep": 0.05,
+                                                                                        "steps": 60}))}
+    store = RunStore(out)
+    env = {**os.environ, "DABENCH_TEST_TRACE": str(trace), "OMP_NUM_THREADS": "1"}
+    main = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    slow = specs["slow"].run_id
+    try:
+        _wait_for(store.checkpoint_path(slow, partial=True).exists, 120, "slow's first mid-run checkpoint", main)
+        jobs = json.loads((out / "slurm" / "jobs.json").read_text())["jobs"]
+        assert len(jobs) == 1 and sorted(jobs[0]["run_ids"]) == sorted([specs["source-only"].run_id, slow])
+        worker = json.loads(store.claim_path(slow).read_text())["pid"]
+        task = _parent(worker)  # the job's process: submitit's signal handler lives there
+        assert task != main.pid
+        os.kill(task, signal.SIGUSR2)  # preempted
+        stdout, stderr = main.communicate(timeout=180)
+    finally:
+        main.kill()
+    assert main.returncode == 0, stderr[-3000:]
+    for method in ("source-only", "slow", "linear-probe"):
+        assert store.read(specs[method].run_id)["status"] == "complete", method
+    rec = store.read(slow)
+    assert rec["resumed_from_step"] is not None and rec["resumed_from_step"] >= 10
+    assert [p["step"] for p in rec["curve"]] == [10, 20, 30, 40, 50, 60]  # the curve went on
+    starts = [line.split() for line in trace.read_text().splitlines()]
+    assert [r for r, _ in starts] == [slow, slow] and starts[0][1] != starts[1][1]  # two processes, one run
+    # source-only finished before the preemption or after the requeue, never twice
+    assert store.read(specs["source-only"].run_id)["resumed_from_step"] is None
+    jobs = json.loads((out / "slurm" / "jobs.json").read_text())["jobs"]
+    assert [j["run_ids"] for j in jobs][1] == [specs["linear-probe"].run_id]  # the second round's array
+    assert all(j["state"] == "FINISHED" for j in jobs)
+    status = subprocess.run([*DABENCH, "status", str(out)], capture_output=True, text=True, timeout=60)
+    assert "matrix: 3 runs = 3 complete" in status.stdout
+    assert "slurm jobs (2 submitted" in status.stdout and "none queued or running" in status.stdout
+
+
+def test_slurm_options_are_checked(tmp_path):
+    from dabench.running.executors import ExecutorOptions, make_executor
+
+    with pytest.raises(ValueError, match="--gpus-per-job must be 0 .* got -1"):
+        make_executor("slurm", tmp_path, ExecutorOptions(gpus_per_job=-1))
+    with pytest.raises(ValueError, match="--slurm-cluster 'pbs': valid are slurm"):
+        make_executor("slurm", tmp_path, ExecutorOptions(slurm_cluster="pbs"))
