@@ -2,7 +2,9 @@
 
 Everything a plugin needs is importable from here: :class:`Method`, :class:`Uses`,
 :class:`Batch`, :class:`Loss`, :class:`Backbone`, :class:`DomainPair`, :class:`Domain`,
-:class:`PairData`, :class:`Schedule`, the ``register_*`` decorators and ``list_*`` functions.
+:class:`PairData`, :class:`Schedule`, the ``register_*`` decorators and ``list_*`` functions;
+the layers and losses methods share (gradient reversal, domain discriminator, kernels, entropy,
+covariance) are :mod:`dabench.layers`, their names also importable from here.
 """
 from __future__ import annotations
 
@@ -28,6 +30,18 @@ from .core.registry import (
 from .core.spec import RunSpec
 from .running.matrix import Matrix, MatrixError, expand, load_matrix_file
 from .core.splits import stratified_split
+from . import layers
+from .layers import (
+    KERNEL_MULTIPLIERS,
+    DomainDiscriminator,
+    covariance,
+    entropy,
+    gaussian_kernel_matrix,
+    grad_reverse,
+    grl_coefficient,
+    mmd_from_kernel,
+    multi_kernel_mmd,
+)
 
 from . import backbones as _backbones  # noqa: F401,E402  (registers built-in backbones)
 from . import methods as _methods  # noqa: F401,E402  (registers built-in methods)
@@ -41,4 +55,7 @@ __all__ = [
     "BACKBONES", "METHODS", "PAIRS", "compare", "default_data_root", "expand", "leaderboard", "list_backbones",
     "list_methods", "list_pairs", "load_matrix_file", "load_plugin", "load_results", "register_backbone",
     "register_method", "register_pair", "run", "stratified_split", "validate_method_class",
+    # shared layers and losses (dabench.layers)
+    "layers", "DomainDiscriminator", "KERNEL_MULTIPLIERS", "covariance", "entropy", "gaussian_kernel_matrix",
+    "grad_reverse", "grl_coefficient", "mmd_from_kernel", "multi_kernel_mmd",
 ]
