@@ -8,6 +8,8 @@ The names are bound on first use (PEP 562 module ``__getattr__``): ``import dabe
 neither torch nor pandas, so ``dabench report`` / ``status`` and a script that only reads results
 start fast. The built-in methods, pairs and backbones register themselves the first time a
 registry is read or written (:class:`dabench.core.registry.Registry`), not on ``import dabench``.
+The layers and losses methods share (gradient reversal, domain discriminator, kernels, entropy,
+covariance) are :mod:`dabench.layers`, their names also importable from here.
 """
 from __future__ import annotations
 
@@ -35,12 +37,16 @@ _PUBLIC: dict[str, str] = {
     "Matrix": "running.matrix", "MatrixError": "running.matrix", "expand": "running.matrix",
     "load_matrix_file": "running.matrix",
     "run": "api", "load_results": "api", "leaderboard": "api", "compare": "api",
+    # layers and losses methods share (dabench.layers)
+    "DomainDiscriminator": "layers", "KERNEL_MULTIPLIERS": "layers", "covariance": "layers", "entropy": "layers",
+    "gaussian_kernel_matrix": "layers", "grad_reverse": "layers", "grl_coefficient": "layers",
+    "mmd_from_kernel": "layers", "multi_kernel_mmd": "layers",
 }
 
 __all__ = ["__version__", *_PUBLIC]
 
 #: subpackages reachable as attributes (``dabench.methods.dann``), imported on first use
-_SUBMODULES = frozenset({"analysis", "api", "backbones", "cli", "core", "datasets", "engine", "methods",
+_SUBMODULES = frozenset({"analysis", "api", "backbones", "cli", "core", "datasets", "engine", "layers", "methods",
                          "running", "speed", "testing"})
 
 
@@ -70,3 +76,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real names
         load_plugin, register_backbone, register_method, register_pair,
     )
     from .running.matrix import Matrix, MatrixError, expand, load_matrix_file
+    from .layers import (
+        KERNEL_MULTIPLIERS, DomainDiscriminator, covariance, entropy, gaussian_kernel_matrix, grad_reverse,
+        grl_coefficient, mmd_from_kernel, multi_kernel_mmd,
+    )

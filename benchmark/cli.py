@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a benchmark matrix (resumable) and print the leaderboard",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     r.add_argument("--matrix", type=pathlib.Path, help="TOML matrix file ([matrix] methods/pairs/seeds/plugins, [set])")
-    r.add_argument("--methods", help=f"comma-separated names or globs (default: {','.join(DEFAULT_METHODS)})")
+    r.add_argument("--methods", help=f"comma-separated names, globs or groups (all, uda, few-shot, zoo; "
+                                     f"see dabench list methods) (default: {','.join(DEFAULT_METHODS)})")
     r.add_argument("--pairs", help=f"comma-separated names or globs (default: {','.join(DEFAULT_PAIRS)})")
     r.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default: 0,1,2)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -164,12 +165,21 @@ def _list(args: argparse.Namespace) -> int:
     for plugin in args.plugin:
         load_plugin(plugin)
     if args.what == "methods":
-        rows = []
+        # one table per protocol (a uda method and a few-shot one are never compared head to head);
+        # each protocol's name is also a --methods group
+        by_protocol: dict[str, list[tuple[str, str, str]]] = {}
         for name in METHODS.names(args.pattern):
             cls = METHODS.get(name)
             defaults = ", ".join(f"{k}={v}" for k, v in cls.hparam_defaults().items())
-            rows.append((name, cls.protocol, cls.description(), defaults))
-        _table(("method", "protocol", "description", "defaults"), rows)
+            by_protocol.setdefault(cls.protocol, []).append((name, cls.description(), defaults))
+        if not by_protocol:
+            _table(("method",), [])
+        for i, (protocol, rows) in enumerate(sorted(by_protocol.items())):
+            print(f"{chr(10) if i else ''}{protocol} ({len(rows)}; --methods {protocol}):")
+            _table(("method", "description", "defaults"), rows)
+        groups = METHODS.groups()
+        print("\ngroups for --methods: " + "; ".join(f"{g} ({len(m)})" for g, m in groups.items())
+              + f". Default matrix: {','.join(DEFAULT_METHODS)}")
     elif args.what == "pairs":
         rows = []
         for name in PAIRS.names(args.pattern):

@@ -1,2 +1,14 @@
-"""Built-in methods, one file each; importing this package registers them."""
-from . import coral, dan, dann, fine_tune, linear_probe, source_only  # noqa: F401
+"""Built-in methods, one file each; importing this package registers them.
+
+The group ``zoo`` (``--methods zoo``) names every built-in method; ``all``, ``uda`` and
+``few-shot`` (every registered method, plugins included, or those of one protocol) are
+registered with the registry itself (``dabench.core.registry``).
+"""
+from dabench import METHODS
+
+from . import afn, bnm, cdan, coral, dan, dann, fine_tune, jan, linear_probe, mdd, minent, source_only  # noqa: F401
+
+#: every built-in method, in the order tables list them: baseline, the mission's methods, the zoo
+BUILTIN_METHODS = ("source-only", "dan", "dann", "coral", "linear-probe", "fine-tune",
+                   "minent", "bnm", "afn", "jan", "cdan", "cdan-e", "mdd")
+METHODS.register_group("zoo", BUILTIN_METHODS)

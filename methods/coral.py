@@ -3,23 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from dabench import Batch, Loss, Method, Uses, register_method
+# the covariance lives in dabench.layers; re-exported here for older imports
+from dabench import Batch, Loss, Method, Uses, covariance, register_method
 
-
-def covariance(x: torch.Tensor) -> torch.Tensor:
-    """C = (X − 1x̄)ᵀ (X − 1x̄) / (n − 1), the sample covariance of Sun & Saenko 2016, eq. (2)–(3).
-
-    The paper writes it as (XᵀX − (1ᵀX)ᵀ(1ᵀX)/n)/(n − 1): algebraically equal, but the two
-    products are large and nearly equal when the features' means are large next to their
-    spread, and under bf16 autocast on a GPU (8-bit mantissa for the matmul) their difference
-    is lost to cancellation — 94–105 % relative error at logit means around 20. Centring in
-    float32 first makes the matmul's inputs O(spread), so its bf16 rounding stays relative to
-    the covariance itself (< 1 % there).
-    """
-    x = x.float()
-    n = x.shape[0]
-    centred = x - x.mean(0, keepdim=True)  # float32: autocast does not lower mean or subtraction
-    return (centred.T @ centred).float() / (n - 1)
+__all__ = ["DeepCORAL", "coral_loss", "covariance"]
 
 
 def coral_loss(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,33 +1,10 @@
 """DAN: multi-kernel maximum mean discrepancy between source and target features."""
 from __future__ import annotations
 
-import torch
+# the kernel and MMD live in dabench.layers (shared with JAN); re-exported here for older imports
+from dabench import KERNEL_MULTIPLIERS, Batch, Loss, Method, Uses, multi_kernel_mmd, register_method
 
-from dabench import Batch, Loss, Method, Uses, register_method
-
-KERNEL_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
-
-
-def multi_kernel_mmd(
-    source: torch.Tensor, target: torch.Tensor, multipliers: tuple[float, ...] = KERNEL_MULTIPLIERS
-) -> torch.Tensor:
-    """Biased estimate of the multi-kernel MMD², Long et al. 2015 (ICML), eq. (2)–(3).
-
-    MMD² = mean k(s, s') + mean k(t, t') − 2 mean k(s, t),  k = (1/m) Σ_u exp(−‖x−y‖² / (β_u σ²)),
-    with the *squared* Euclidean distance, σ² the mean pairwise squared distance of the joint
-    batch (detached: no gradient flows through the bandwidth) and β_u in ``multipliers``.
-    Long et al. combine the kernels convexly, k = Σ_u β_u k_u with Σ_u β_u = 1, and learn β; we
-    fix equal weights β_u = 1/m (the *mean* of the m = 5 kernels). TLlib's
-    ``MultipleKernelMaximumMeanDiscrepancy`` *sums* its kernels instead (β_u = 1), so its loss
-    is m times ours: dabench's ``trade_off=1`` equals TLlib's ``trade_off=0.2``.
-    """
-    x = torch.cat([source, target]).float()
-    d2 = torch.cdist(x, x).pow(2)
-    n = x.shape[0]
-    sigma2 = d2.detach().sum() / (n * n - n)
-    k = sum(torch.exp(-d2 / (m * sigma2)) for m in multipliers) / len(multipliers)
-    ns = source.shape[0]
-    return k[:ns, :ns].mean() + k[ns:, ns:].mean() - 2 * k[:ns, ns:].mean()
+__all__ = ["DAN", "KERNEL_MULTIPLIERS", "multi_kernel_mmd"]
 
 
 @register_method("dan")

@@ -1,50 +1,15 @@
 """DANN: domain-adversarial training through a gradient reversal layer."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from dabench import Batch, Loss, Method, Uses, register_method
+# the GRL, its ramp and the discriminator live in dabench.layers (shared with CDAN, MDD and
+# plugins); re-exported here because code written against earlier versions imports them from dann
+from dabench import (Batch, DomainDiscriminator, Loss, Method, Uses, grad_reverse, grl_coefficient,
+                     register_method)
 
-
-class _ReverseGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, coeff: float) -> torch.Tensor:  # type: ignore[override]
-        ctx.coeff = coeff
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return -ctx.coeff * grad, None
-
-
-def grad_reverse(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
-    """Identity forward; multiplies the gradient by −coeff backward (Ganin et al. 2016, eq. 13)."""
-    return _ReverseGrad.apply(x, coeff)
-
-
-def grl_coefficient(progress: float, gamma: float = 10.0) -> float:
-    """λ_p = 2 / (1 + exp(−γ p)) − 1, ramping 0 → 1 over training (Ganin et al. 2016, §5.2.2)."""
-    return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
-
-
-class DomainDiscriminator(nn.Module):
-    """features → 1 logit (source = 1, target = 0). A single *logit* with a sigmoid loss:
-    a softmax over one output would be constant 1 and give no gradient at all."""
-
-    def __init__(self, in_features: int, hidden: int) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-            nn.Linear(hidden, 1),
-        )
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.layers(f).squeeze(1)
+__all__ = ["DANN", "DomainDiscriminator", "grad_reverse", "grl_coefficient"]
 
 
 @register_method("dann")

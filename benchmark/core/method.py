@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.base import Backbone
+from .spec import PROTOCOLS
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine.train import RunContext  # the type only: the engine imports this module
 
-PROTOCOLS = ("uda", "few-shot")
 INITS = (None, "source-only")
 
 

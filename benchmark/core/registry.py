@@ -22,6 +22,8 @@ import sys
 import warnings
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
+from .spec import PROTOCOLS
+
 T = TypeVar("T")
 
 
@@ -72,7 +74,8 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._sources: dict[str, str] = {}
         self._entry_points_loaded = False
-        self._groups: dict[str, tuple[str, ...]] = {}
+        #: group name → its members, or a function giving them when expanded (``all``: whatever is registered then)
+        self._groups: dict[str, tuple[str, ...] | Callable[[], list[str]]] = {}
         self._factories: dict[str, Callable[[str], T]] = {}
         self._labels: dict[str, Callable[[str], str]] = {}
         #: entry points that failed to load: entry-point name → the message (why, and the fix)
@@ -122,9 +125,21 @@ class Registry(Generic[T]):
 
         return wrap
 
-    def register_group(self, name: str, members: list[str] | tuple[str, ...]) -> None:
-        """A name that selects several entries at once (e.g. ``office31`` → its six pairs)."""
-        self._groups[name] = tuple(members)
+    def register_group(self, name: str, members: list[str] | tuple[str, ...] | Callable[[], list[str]]) -> None:
+        """A name that selects several entries at once (e.g. ``office31`` → its six pairs).
+
+        ``members`` is a list, or a function returning one when the group is expanded (for groups
+        such as ``all`` that must include plugins registered later).
+        """
+        self._groups[name] = members if callable(members) else tuple(members)
+
+    def groups(self) -> dict[str, list[str]]:
+        """Every group and its members now, by group name."""
+        return {name: self.group_members(name) for name in sorted(self._groups)}
+
+    def group_members(self, name: str) -> list[str]:
+        members = self._groups[name]
+        return list(members() if callable(members) else members)
 
     def register_factory(self, prefix: str, factory: Callable[[str], T],
                          label: Callable[[str], str] | None = None) -> None:
@@ -239,7 +254,7 @@ class Registry(Generic[T]):
                 self.get(part)  # built by its factory (a path may hold glob characters)
                 hits = [part]
             elif part in self._groups:
-                hits = list(self._groups[part])
+                hits = self.group_members(part)
             elif any(c in part for c in "*?["):
                 hits = self.names(part)
             else:
@@ -289,6 +304,23 @@ def split_names(text: str) -> list[str]:
 
 
 METHODS: Registry = Registry("method", "dabench.methods", prepare=_prepare_method, builtin="dabench.methods")
+
+
+def _methods_of_protocol(protocol: str | None) -> Callable[[], list[str]]:
+    """The registered methods of one protocol (every one for ``None``), read when the group is used."""
+
+    def members() -> list[str]:
+        return [n for n in METHODS.names() if protocol is None or METHODS.get(n).protocol == protocol]
+
+    return members
+
+
+# ``--methods all`` / ``uda`` / ``few-shot``: built-ins and plugins alike (``zoo``, the built-ins
+# only, is registered by dabench.methods)
+METHODS.register_group("all", _methods_of_protocol(None))
+for _protocol in PROTOCOLS:
+    METHODS.register_group(_protocol, _methods_of_protocol(_protocol))
+
 PAIRS: Registry = Registry("pair", "dabench.pairs", builtin="dabench.datasets")
 BACKBONES: Registry = Registry("backbone", "dabench.backbones", builtin="dabench.backbones")
 

@@ -12,6 +12,10 @@ from .domain import Schedule
 SPEC_FORMAT = 1
 
 
+#: the label budgets a method can be run under: ``uda`` (no target labels), ``few-shot`` (k per class)
+PROTOCOLS = ("uda", "few-shot")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything that determines a run's result. ``run_id`` hashes all of it."""

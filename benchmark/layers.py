@@ -1,0 +1,143 @@
+"""Layers and losses that several domain-adaptation methods share (public: ``dabench.layers``).
+
+One implementation of each piece, used by the built-in methods and open to plugins::
+
+    from dabench.layers import DomainDiscriminator, grad_reverse, grl_coefficient, entropy
+
+- gradient reversal and its λ ramp (DANN, CDAN, MDD): :func:`grad_reverse`, :func:`grl_coefficient`
+- the domain discriminator (DANN, CDAN): :class:`DomainDiscriminator`
+- Gaussian kernel matrices and MMD (DAN, JAN): :func:`gaussian_kernel_matrix`, :func:`mmd_from_kernel`,
+  :func:`multi_kernel_mmd`
+- prediction entropy (MinEnt, CDAN+E): :func:`entropy`
+- sample covariance (Deep CORAL): :func:`covariance`
+
+This module imports nothing from dabench (a leaf), so any layer of the package may use it.
+Every loss here is computed in float32, also under bf16 autocast: kernels, logarithms and
+covariances lose their meaning at an 8-bit mantissa.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "DomainDiscriminator", "KERNEL_MULTIPLIERS", "covariance", "entropy", "gaussian_kernel_matrix",
+    "grad_reverse", "grl_coefficient", "mmd_from_kernel", "multi_kernel_mmd",
+]
+
+#: DAN's bandwidth multipliers β_u: σ²/4 … 4σ² around the batch's mean squared distance
+KERNEL_MULTIPLIERS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+# --- gradient reversal ------------------------------------------------------------------
+class _ReverseGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, coeff: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.coeff = coeff
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return -ctx.coeff * grad, None
+
+
+def grad_reverse(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
+    """Identity forward; multiplies the gradient by −coeff backward (Ganin et al. 2016, eq. 13)."""
+    return _ReverseGrad.apply(x, coeff)
+
+
+def grl_coefficient(progress: float, gamma: float = 10.0) -> float:
+    """λ_p = 2 / (1 + exp(−γ p)) − 1, ramping 0 → 1 over training (Ganin et al. 2016, §5.2.2)."""
+    return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
+
+
+class DomainDiscriminator(nn.Module):
+    """features → 1 logit (source = 1, target = 0). A single *logit* with a sigmoid loss:
+    a softmax over one output would be constant 1 and give no gradient at all.
+
+    Two hidden layers of ``hidden`` units with BatchNorm and ReLU (Ganin et al. 2016 §5.2.2,
+    the discriminator DANN and CDAN share; CDAN feeds it the multilinear map instead of f).
+    """
+
+    def __init__(self, in_features: int, hidden: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.layers(f).squeeze(1)
+
+
+# --- kernels and MMD --------------------------------------------------------------------
+def gaussian_kernel_matrix(
+    x: torch.Tensor, multipliers: tuple[float, ...] = KERNEL_MULTIPLIERS
+) -> torch.Tensor:
+    """K_ij = (1/m) Σ_u exp(−‖x_i − x_j‖² / (β_u σ²)), the mean of m Gaussian kernels.
+
+    ``x`` is the joint batch (source rows first, then target), the distance is the *squared*
+    Euclidean one, σ² the batch's mean pairwise squared distance off the diagonal (detached: no
+    gradient flows through the bandwidth, as in Long et al. 2015) and β_u the ``multipliers``.
+    """
+    x = x.float()
+    d2 = torch.cdist(x, x).pow(2)
+    n = x.shape[0]
+    sigma2 = d2.detach().sum() / (n * n - n)
+    return sum(torch.exp(-d2 / (m * sigma2)) for m in multipliers) / len(multipliers)
+
+
+def mmd_from_kernel(k: torch.Tensor, n_source: int) -> torch.Tensor:
+    """Biased (quadratic-time, V-statistic) MMD² from a joint kernel matrix: the source rows first.
+
+    MMD² = mean K_ss + mean K_tt − 2 mean K_st (Gretton et al. 2012, eq. 5, diagonals included).
+    """
+    ns = n_source
+    return k[:ns, :ns].mean() + k[ns:, ns:].mean() - 2 * k[:ns, ns:].mean()
+
+
+def multi_kernel_mmd(
+    source: torch.Tensor, target: torch.Tensor, multipliers: tuple[float, ...] = KERNEL_MULTIPLIERS
+) -> torch.Tensor:
+    """Biased estimate of the multi-kernel MMD², Long et al. 2015 (ICML), eq. (2)–(3).
+
+    MMD² = mean k(s, s') + mean k(t, t') − 2 mean k(s, t),  k = (1/m) Σ_u exp(−‖x−y‖² / (β_u σ²)),
+    with the *squared* Euclidean distance, σ² the mean pairwise squared distance of the joint
+    batch (detached: no gradient flows through the bandwidth) and β_u in ``multipliers``.
+    Long et al. combine the kernels convexly, k = Σ_u β_u k_u with Σ_u β_u = 1, and learn β; we
+    fix equal weights β_u = 1/m (the *mean* of the m = 5 kernels). TLlib's
+    ``MultipleKernelMaximumMeanDiscrepancy`` *sums* its kernels instead (β_u = 1), so its loss
+    is m times ours: dabench's ``trade_off=1`` equals TLlib's ``trade_off=0.2``.
+    """
+    k = gaussian_kernel_matrix(torch.cat([source, target]), multipliers)
+    return mmd_from_kernel(k, source.shape[0])
+
+
+# --- entropy and covariance -------------------------------------------------------------
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H(p_i) = −Σ_k p_ik log p_ik of p_i = softmax(logits_i), one value per row, in nats.
+
+    From ``log_softmax`` (float32), so a confident row gives 0 log 0 = 0, never NaN.
+    """
+    log_p = F.log_softmax(logits.float(), dim=1)
+    return -(log_p.exp() * log_p).sum(1)
+
+
+def covariance(x: torch.Tensor) -> torch.Tensor:
+    """C = (X − 1x̄)ᵀ (X − 1x̄) / (n − 1), the sample covariance of Sun & Saenko 2016, eq. (2)–(3).
+
+    The paper writes it as (XᵀX − (1ᵀX)ᵀ(1ᵀX)/n)/(n − 1): algebraically equal, but the two
+    products are large and nearly equal when the features' means are large next to their
+    spread, and under bf16 autocast on a GPU (8-bit mantissa for the matmul) their difference
+    is lost to cancellation — 94–105 % relative error at logit means around 20. Centring in
+    float32 first makes the matmul's inputs O(spread), so its bf16 rounding stays relative to
+    the covariance itself (< 1 % there).
+    """
+    x = x.float()
+    n = x.shape[0]
+    centred = x - x.mean(0, keepdim=True)  # float32: autocast does not lower mean or subtraction
+    return (centred.T @ centred).float() / (n - 1)
