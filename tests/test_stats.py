@@ -11,7 +11,7 @@ from scipy import stats as sps
 from dabench.analysis.results import load_results
 from dabench.analysis.stats import (aggregate_iqm, aggregate_mean, cd_cliques, compare, friedman, friedman_exact_p, holm,
                            nemenyi_cd, nemenyi_q, probability_of_improvement, rank_matrix,
-                           stratified_bootstrap_ci)
+                           stratified_bootstrap_ci, STAT_TESTS, StatOutput, StatTest)
 from dabench.analysis.tables import mean_ci, mean_interval
 from fake_runs import write_matrix, write_run
 
@@ -276,3 +276,41 @@ def test_iqm_only_where_it_trims(tmp_path):
     write_matrix(tmp_path, {("dan", "a"): [1.0, 2.0, 30.0], ("dann", "a"): [1.0, 2.0, 3.0, 40.0, 5.0]})
     b = compare(load_results(tmp_path), reps=50).bootstrap.set_index("method")
     assert np.isnan(b.loc["dan", "iqm"]) and b.loc["dann", "iqm"] == pytest.approx(np.mean([2.0, 3.0, 5.0]))
+
+
+# ---- a statistical test is one function + one table entry -----------------------------------
+def _median_test(b, ctx):
+    """Median over pairs of the per-pair mean (a stand-in for a test someone adds)."""
+    rows = [dict(labels=b.labels, method=e, median=float(np.median([v.mean() for v in b.scores[e].values()])))
+            for e in b.order]
+    return StatOutput(pd.DataFrame(rows), notes=(f"labels {b.labels}: medians at alpha {ctx.alpha}",))
+
+
+def test_registering_a_test_adds_its_section(df, monkeypatch):
+    before = compare(df, reps=50)
+    monkeypatch.setitem(STAT_TESTS, "median", StatTest("Median over pairs", "Median of the per-pair means.",
+                                                      _median_test))
+    c = compare(df, reps=50)
+    table = c.result("median").table.set_index("method")
+    # the runs the test received are the budget's selected runs: dann's 7 pair means
+    acc = df.assign(acc=[cv[-1]["target_acc"] for cv in df["curve"]])
+    dann = acc[acc["method"] == "dann"].groupby("pair")["acc"].mean()
+    assert table.loc["dann", "median"] == pytest.approx(float(np.median(dann)))
+    assert list(table.index) == list(c.friedman[0].avg_ranks.index)  # rank order, as the other tables
+    md, page = c.to_markdown(), c.to_html()
+    assert "### Median over pairs\n\nMedian of the per-pair means.\n\n| labels | method" in md
+    assert "<h3>Median over pairs</h3>\n<p>Median of the per-pair means.</p>\n<table" in page
+    assert "labels 0: medians at alpha 0.05" in c.notes
+    # the built-in sections are untouched: the new one sits after them, before the notes
+    head, new = md.split("### Median over pairs")
+    assert before.to_markdown().startswith(head) and before.notes == c.notes[:-1]
+    assert c.nemenyi.equals(before.nemenyi) and c.per_pair.equals(before.per_pair)
+    with pytest.raises(KeyError, match="no statistical test 'nope'.*ran: friedman, wilcoxon"):
+        c.result("nope")
+
+
+def test_removing_a_test_removes_its_section_and_keeps_the_others(df, monkeypatch):
+    monkeypatch.delitem(STAT_TESTS, "wilcoxon")
+    c = compare(df, reps=50)
+    assert "Wilcoxon" not in c.to_markdown() and c.wilcoxon.empty
+    assert "Friedman / Nemenyi (labels 0)" in c.to_markdown() and len(c.bootstrap) == 4

@@ -20,7 +20,8 @@ from . import figures as F
 from .tables import Leaderboard, leaderboard
 from .results import filter_runs, load_results
 from .selection import RULES, check_rule, rule_regret, rule_title
-from .stats import Comparison, compare, html_table, md_table
+from .render import html_table, md_table
+from .stats import Comparison, compare
 
 def _write_md(lb: Leaderboard, path: Path) -> None:
     path.write_text(lb.to_markdown(), encoding="utf-8")

@@ -46,6 +46,10 @@ Tests (all two-sided, level ``alpha``):
   with 5 seeds the smallest two-sided Wilcoxon p is 2/2⁵ = 0.0625 > 0.05.
 
 Comparisons are made within one label budget at a time; every table has a ``labels`` column.
+The tests are a table, :data:`STAT_TESTS` (name → :class:`StatTest`): each is one function
+``(Budget, Context) -> StatOutput(table, notes)`` run per budget by :func:`compare`, and
+:class:`Comparison` renders one section per test (heading, text, table via
+:mod:`dabench.analysis.render`). Adding a test is one function and one entry.
 Methods are rows of the leaderboard: configurations, never pools (:func:`dabench.analysis.tables.entry_names`).
 
 Missing seeds. A cell (row × pair) with fewer completed seeds than planned (failed, diverged,
@@ -68,6 +72,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from .render import html_table, md_table  # md_table/html_table: also re-exported for old imports
 from .tables import budget_key, mean_interval, prepare
 from .selection import rule_title
 
@@ -348,109 +353,311 @@ def probability_of_improvement(x: dict[str, np.ndarray] | np.ndarray, y: dict[st
 
 
 # ---------------------------------------------------------------------------------------
-# The comparison of a results table
+# The comparison of a results table: a table of tests
 # ---------------------------------------------------------------------------------------
-def md_table(df: pd.DataFrame, floatfmt: str = ".3g", index: bool = False) -> str:
-    """A padded GitHub pipe table (no tabulate dependency)."""
-    d = df.reset_index() if index else df
-    def cell(v: object) -> str:
-        if isinstance(v, (float, np.floating)):
-            return "–" if math.isnan(v) else format(float(v), floatfmt)
-        if isinstance(v, (tuple, list)):
-            return ", ".join(map(str, v))
-        return str(v)
-    cols = [str(c) for c in d.columns]
-    rows = [[cell(v) for v in r] for r in d.itertuples(index=False)]
-    widths = [max([len(c)] + [len(r[j]) for r in rows]) for j, c in enumerate(cols)]
-    line = lambda cs: "| " + " | ".join(c.ljust(w) for c, w in zip(cs, widths)) + " |"
-    return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+@dataclass(frozen=True)
+class Section:
+    """One block of the rendered comparison: a heading, a paragraph and an optional table."""
 
-
-def html_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
-    """An escaped HTML table of ``df`` (no jinja2 needed)."""
-    def cell(v: object) -> str:
-        if isinstance(v, (float, np.floating)):
-            return "–" if math.isnan(v) else format(float(v), floatfmt)
-        if isinstance(v, (tuple, list)):
-            return ", ".join(map(str, v))
-        return str(v)
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in r) + "</tr>"
-                   for r in df.itertuples(index=False))
-    return f'<table class="stats"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    heading: str
+    text: str
+    table: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """All statistics of one results table under one selection rule."""
+class Budget:
+    """The selected runs of one label budget, as every statistical test receives them.
+
+    ``runs_all`` holds every complete run of the budget; ``runs`` drops the rows (entries) with
+    a cell missing planned seeds (those leave the across-pair tests and intervals);
+    ``matrix`` is blocks × entries of mean accuracy over the methods that have every block;
+    ``ranking`` their average Friedman rank, best first (None when ``matrix`` is smaller than
+    2 × 2, i.e. no across-task test applies); ``scores`` entry → pair → run accuracies of
+    ``runs``; ``order`` the entries of ``runs`` by ``ranking`` then by name.
+    """
+
+    labels: str
+    runs_all: pd.DataFrame
+    runs: pd.DataFrame
+    matrix: pd.DataFrame
+    ranking: pd.Series | None
+    scores: dict[str, dict[str, np.ndarray]]
+    order: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every test of one :func:`compare` call shares: its options and the excluded cells."""
 
     rule: str
     blocks: str
     alpha: float
-    friedman: tuple[FriedmanResult, ...]
-    nemenyi: pd.DataFrame
-    wilcoxon: pd.DataFrame
-    bootstrap: pd.DataFrame
-    improvement: pd.DataFrame
-    per_pair: pd.DataFrame
+    tie_correction: bool
+    reps: int
+    seed: int
+    #: (entry, pair) cells with fewer completed seeds than planned (left out of per-pair tests)
+    bad_cells: frozenset[tuple[str, str]]
+    #: every label budget compared, in order
+    budgets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StatOutput:
+    """What one test returns for one budget.
+
+    ``table`` (rows for this budget, with a ``labels`` column; its index is not kept) and
+    ``notes``. ``sections`` replaces the test's single default section (heading + text + the
+    table of all budgets) where a test renders per budget (Friedman: one rank table and verdict
+    per budget); ``details`` carries result objects beyond the table (Friedman: the
+    :class:`FriedmanResult`, read by the CD diagram).
+    """
+
+    table: pd.DataFrame
+    notes: tuple[str, ...] = ()
+    sections: tuple[Section, ...] = ()
+    details: tuple[object, ...] = ()
+
+
+#: a statistical test: (selected runs of one budget, context) -> its table and notes
+StatFn = Callable[[Budget, Context], StatOutput]
+
+
+@dataclass(frozen=True)
+class StatTest:
+    """One entry of :data:`STAT_TESTS`.
+
+    ``heading`` and ``text`` (a string, or a function of the :class:`Context`) title the
+    test's section, shown when its table over all budgets has rows; ``finish`` (optional)
+    adds notes once every budget ran, from the table of all budgets.
+    """
+
+    heading: str
+    text: str | Callable[[Context], str]
+    run: StatFn
+    finish: Callable[[pd.DataFrame, Context], list[str]] | None = None
+
+
+@dataclass(frozen=True)
+class StatResult:
+    """One test's outcome over all budgets: its table, rendered sections and details."""
+
+    name: str
+    table: pd.DataFrame
+    sections: tuple[Section, ...]
+    details: tuple[object, ...] = ()
+
+
+def _with_holm(rows: list[dict], alpha: float) -> list[dict]:
+    """Add Holm-adjusted ``p_holm`` and ``significant`` (p_holm < alpha) to test rows in place."""
+    for r, q in zip(rows, holm([r["p"] for r in rows])):
+        r["p_holm"] = q
+        r["significant"] = bool(q < alpha) if not math.isnan(q) else False
+    return rows
+
+
+def friedman_nemenyi_test(b: Budget, ctx: Context) -> StatOutput:
+    """Friedman over the budget's blocks with Nemenyi's CD (Demšar 2006, §3.2.2).
+
+    Table: one row per pair of methods (average ranks, their difference, CD, significant when
+    the difference ≥ CD); one section per budget with the rank table and the verdict.
+    """
+    if b.ranking is None:
+        return StatOutput(pd.DataFrame())
+    f = friedman(b.matrix, ctx.alpha, ctx.tie_correction, labels=b.labels)
+    nem = []
+    for a, c in itertools.combinations(f.avg_ranks.index, 2):
+        diff = abs(f.avg_ranks[a] - f.avg_ranks[c])
+        nem.append(dict(labels=b.labels, a=a, b=c, rank_a=f.avg_ranks[a], rank_b=f.avg_ranks[c],
+                        diff=diff, cd=f.cd, significant=bool(diff >= f.cd)))
+    blocks = "pairs (mean over seeds per pair)" if ctx.blocks == "pair" else "pair × seed blocks"
+    txt = (f"Labels {f.labels}: Friedman over N = {f.n_blocks} {blocks}, k = {f.k} methods: "
+           f"χ²_F = {f.chi2:.3f} (p = {f.p_chi2:.3g}), F_F = {f.ff:.3f} (p = {f.p_ff:.3g}); "
+           f"significance decided on the {f.test}: p = {f.p_value:.3g}. "
+           f"Nemenyi q_{ctx.alpha} = {f.q_alpha:.3f}, CD = {f.cd:.3f}. "
+           + ("The methods differ significantly." if f.significant else
+              "No significant difference among the methods.")
+           + " Groups not separated by Nemenyi: "
+           + ("; ".join("{" + ", ".join(c) + "}" for c in f.cliques) or "none") + ".")
+    ranks = f.avg_ranks.rename("average rank").rename_axis("method").reset_index()
+    return StatOutput(pd.DataFrame(nem), sections=(Section(f"Friedman / Nemenyi (labels {f.labels})", txt, ranks),),
+                      details=(f,))
+
+
+def wilcoxon_holm_test(b: Budget, ctx: Context) -> StatOutput:
+    """Wilcoxon signed-rank test per pair of methods over the blocks, Holm-corrected (Holm 1979)."""
+    if b.ranking is None:
+        return StatOutput(pd.DataFrame())
+    mat, rows = b.matrix, []
+    for a, c in itertools.combinations(b.ranking.index, 2):
+        st, p = wilcoxon_p(mat[a].to_numpy(), mat[c].to_numpy())
+        rows.append(dict(labels=b.labels, a=a, b=c, n=len(mat),
+                         mean_diff=float((mat[a] - mat[c]).mean()), statistic=st, p=p))
+    notes = ()
+    if len(mat) < 6:
+        notes = (f"labels {b.labels}: with N = {len(mat)} blocks the two-sided Wilcoxon test "
+                 "cannot reach p < 0.05 (needs N ≥ 6).",)
+    return StatOutput(pd.DataFrame(_with_holm(rows, ctx.alpha)), notes)
+
+
+def mean_interval_test(b: Budget, ctx: Context) -> StatOutput:
+    """Mean over pairs with its 95% t-interval (:func:`dabench.analysis.tables.mean_interval`),
+    and the IQM where it trims something (≥ 4 runs)."""
+    pairs_all = b.runs_all["pair"].nunique()
+    rows = []
+    for e in b.order:
+        r = b.scores[e]
+        tasks = list(r.values())
+        m, lo, hi = (float(v) for v in mean_interval(tasks))
+        n_runs = sum(map(len, tasks))
+        # trim_mean(0.25) drops int(0.25 n) runs per side: nothing below 4 runs, so IQM = mean
+        q = float(aggregate_iqm(tasks)) if n_runs >= 4 else math.nan
+        rows.append(dict(labels=b.labels, method=e, pairs=len(r), runs=n_runs,
+                         mean=m, ci95_low=lo, ci95_high=hi, iqm=q, all_pairs=len(r) == pairs_all))
+    return StatOutput(pd.DataFrame(rows))
+
+
+def improvement_test(b: Budget, ctx: Context) -> StatOutput:
+    """Probability of improvement P(a > b) over the pairs both methods have (Agarwal et al. 2021)."""
+    rows = []
+    for a, c in itertools.combinations(b.order, 2):
+        common = sorted(set(b.scores[a]) & set(b.scores[c]))
+        if not common:
+            continue
+        p = float(_poi([b.scores[a][t] for t in common], [b.scores[c][t] for t in common]))
+        rows.append(dict(labels=b.labels, a=a, b=c, pairs=len(common), p_improvement=p))
+    return StatOutput(pd.DataFrame(rows))
+
+
+def per_pair_test(b: Budget, ctx: Context) -> StatOutput:
+    """Per pair, over seeds: paired t-test when seeds match, else Welch; Holm within the pair.
+
+    Only cells with ≥ :data:`MIN_SEEDS_PER_PAIR` seeds and no missing planned seed take part.
+    """
+    out = []
+    for pair, g in b.runs_all.groupby("pair"):
+        vals = {e: ge.set_index("seed")["accuracy"] for e, ge in g.groupby("entry")
+                if len(ge) >= MIN_SEEDS_PER_PAIR and (e, pair) not in ctx.bad_cells}
+        rows = []
+        for a, c in itertools.combinations(sorted(vals, key=lambda e: -vals[e].mean()), 2):
+            xa, xb = vals[a], vals[c]
+            if set(xa.index) == set(xb.index):
+                test, p = "paired t", _ttest(sps.ttest_rel, xa.sort_index().to_numpy(), xb.sort_index().to_numpy())
+            else:
+                test, p = "Welch t", _ttest(lambda x, y: sps.ttest_ind(x, y, equal_var=False),
+                                            xa.to_numpy(), xb.to_numpy())
+            rows.append(dict(labels=b.labels, pair=pair, a=a, b=c, seeds=min(len(xa), len(xb)),
+                             mean_a=float(xa.mean()), mean_b=float(xb.mean()), test=test, p=p))
+        out += _with_holm(rows, ctx.alpha)
+    return StatOutput(pd.DataFrame(out))
+
+
+def _per_pair_finish(table: pd.DataFrame, ctx: Context) -> list[str]:
+    if ctx.budgets and table.empty:
+        return [f"per-pair tests skipped: they need ≥ {MIN_SEEDS_PER_PAIR} seeds per method and pair."]
+    return []
+
+
+#: The statistical tests :func:`compare` runs, in report order: name -> :class:`StatTest`.
+#: Adding a test is one function ``(Budget, Context) -> StatOutput`` and one entry here; its
+#: table then shows in ``Comparison.result(name)`` and as a section of the Markdown and HTML.
+STAT_TESTS: dict[str, StatTest] = {
+    "friedman": StatTest("Friedman / Nemenyi", "", friedman_nemenyi_test),
+    "wilcoxon": StatTest(
+        "Pairwise Wilcoxon signed-rank, Holm-corrected",
+        lambda ctx: f"Over the same blocks; significant = Holm-adjusted p < {ctx.alpha}.", wilcoxon_holm_test),
+    "intervals": StatTest(
+        "Mean over pairs with 95% t-intervals",
+        "Mean = mean over pairs of the per-pair mean over seeds; 95% interval = "
+        "mean ± t·√(Σ s²/n)/P with Welch–Satterthwaite degrees of freedom (the Student "
+        "t-interval with one pair), clipped to [0, 100]; it covers 95% under normal seed "
+        "noise at 3 and at 10 seeds (a stratified percentile bootstrap covers only ~76% at "
+        "1 pair × 3 seeds, so it is not used). IQM = interquartile mean of all runs, shown "
+        "only from 4 runs on (with 3 runs it trims nothing and equals the mean); no interval.",
+        mean_interval_test),
+    "improvement": StatTest(
+        "Probability of improvement P(a > b)",
+        "Averaged over pairs, ties count ½ (Agarwal et al. 2021). Point estimate only: a "
+        "bootstrap interval from a few seeds per pair would not cover 95%.", improvement_test),
+    "per_pair": StatTest(
+        "Per-pair tests over seeds",
+        f"Pairs with ≥ {MIN_SEEDS_PER_PAIR} seeds per method; paired t-test when seeds match, "
+        "else Welch; Holm within each pair.", per_pair_test, _per_pair_finish),
+}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """All statistics of one results table under one selection rule.
+
+    ``results`` maps each test of :data:`STAT_TESTS` (as it was when :func:`compare` ran) to
+    its :class:`StatResult`; the Markdown and HTML renderings walk it in order. The attributes
+    ``friedman``, ``nemenyi``, ``wilcoxon``, ``bootstrap`` (the mean t-intervals; the name is
+    historical), ``improvement`` and ``per_pair`` read the built-in tests' results.
+    """
+
+    rule: str
+    blocks: str
+    alpha: float
+    results: dict[str, StatResult]
     notes: tuple[str, ...] = field(default=())
 
-    def _sections(self) -> list[tuple[str, str, pd.DataFrame | None]]:
-        """(heading, text, table) triples shared by the Markdown and HTML renderings."""
-        out: list[tuple[str, str, pd.DataFrame | None]] = []
-        blocks = ("pairs (mean over seeds per pair)" if self.blocks == "pair"
-                  else "pair × seed blocks")
-        for f in self.friedman:
-            txt = (f"Labels {f.labels}: Friedman over N = {f.n_blocks} {blocks}, k = {f.k} methods: "
-                   f"χ²_F = {f.chi2:.3f} (p = {f.p_chi2:.3g}), F_F = {f.ff:.3f} (p = {f.p_ff:.3g}); "
-                   f"significance decided on the {f.test}: p = {f.p_value:.3g}. "
-                   f"Nemenyi q_{self.alpha} = {f.q_alpha:.3f}, CD = {f.cd:.3f}. "
-                   + ("The methods differ significantly." if f.significant else
-                      "No significant difference among the methods.")
-                   + " Groups not separated by Nemenyi: "
-                   + ("; ".join("{" + ", ".join(c) + "}" for c in f.cliques) or "none") + ".")
-            ranks = f.avg_ranks.rename("average rank").rename_axis("method").reset_index()
-            out.append((f"Friedman / Nemenyi (labels {f.labels})", txt, ranks))
-        if not self.wilcoxon.empty:
-            out.append(("Pairwise Wilcoxon signed-rank, Holm-corrected",
-                        f"Over the same blocks; significant = Holm-adjusted p < {self.alpha}.", self.wilcoxon))
-        if not self.bootstrap.empty:
-            out.append(("Mean over pairs with 95% t-intervals",
-                        "Mean = mean over pairs of the per-pair mean over seeds; 95% interval = "
-                        "mean ± t·√(Σ s²/n)/P with Welch–Satterthwaite degrees of freedom (the Student "
-                        "t-interval with one pair), clipped to [0, 100]; it covers 95% under normal seed "
-                        "noise at 3 and at 10 seeds (a stratified percentile bootstrap covers only ~76% at "
-                        "1 pair × 3 seeds, so it is not used). IQM = interquartile mean of all runs, shown "
-                        "only from 4 runs on (with 3 runs it trims nothing and equals the mean); no interval.",
-                        self.bootstrap))
-        if not self.improvement.empty:
-            out.append(("Probability of improvement P(a > b)",
-                        "Averaged over pairs, ties count ½ (Agarwal et al. 2021). Point estimate only: a "
-                        "bootstrap interval from a few seeds per pair would not cover 95%.", self.improvement))
-        if not self.per_pair.empty:
-            out.append(("Per-pair tests over seeds",
-                        f"Pairs with ≥ {MIN_SEEDS_PER_PAIR} seeds per method; paired t-test when seeds match, "
-                        "else Welch; Holm within each pair.", self.per_pair))
-        return out
+    def result(self, name: str) -> StatResult:
+        """The result of test ``name``; an unknown name raises naming the tests that ran."""
+        if name not in self.results:
+            raise KeyError(f"no statistical test {name!r} in this comparison; ran: {', '.join(self.results)}")
+        return self.results[name]
+
+    def _table(self, name: str) -> pd.DataFrame:
+        r = self.results.get(name)
+        return r.table if r is not None else pd.DataFrame()
+
+    @property
+    def friedman(self) -> tuple[FriedmanResult, ...]:
+        r = self.results.get("friedman")
+        return tuple(d for d in r.details if isinstance(d, FriedmanResult)) if r is not None else ()
+
+    @property
+    def nemenyi(self) -> pd.DataFrame:
+        return self._table("friedman")
+
+    @property
+    def wilcoxon(self) -> pd.DataFrame:
+        return self._table("wilcoxon")
+
+    @property
+    def bootstrap(self) -> pd.DataFrame:
+        return self._table("intervals")
+
+    @property
+    def improvement(self) -> pd.DataFrame:
+        return self._table("improvement")
+
+    @property
+    def per_pair(self) -> pd.DataFrame:
+        return self._table("per_pair")
+
+    def _sections(self) -> list[Section]:
+        """The sections of every test, in table order (shared by Markdown and HTML)."""
+        return [s for r in self.results.values() for s in r.sections]
 
     def title(self) -> str:
         return f"Statistical comparison — selection rule: {rule_title(self.rule)}"
 
     def to_markdown(self) -> str:
         parts = [f"## {self.title()}", ""]
-        for head, txt, tab in self._sections():
-            parts += [f"### {head}", "", txt, ""]
-            if tab is not None and not tab.empty:
-                parts += [md_table(tab), ""]
+        for s in self._sections():
+            parts += [f"### {s.heading}", "", s.text, ""]
+            if s.table is not None and not s.table.empty:
+                parts += [md_table(s.table), ""]
         parts += [f"- {n}" for n in self.notes]
         return "\n".join(parts) + "\n"
 
     def to_html(self) -> str:
         parts = []
-        for head, txt, tab in self._sections():
-            parts += [f"<h3>{html.escape(head)}</h3>", f"<p>{html.escape(txt)}</p>"]
-            if tab is not None and not tab.empty:
-                parts.append(html_table(tab))
+        for s in self._sections():
+            parts += [f"<h3>{html.escape(s.heading)}</h3>", f"<p>{html.escape(s.text)}</p>"]
+            if s.table is not None and not s.table.empty:
+                parts.append(html_table(s.table))
         if self.notes:
             parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in self.notes) + "</ul>")
         return "\n".join(parts)
@@ -474,107 +681,78 @@ def _excluded_cells(planned: pd.DataFrame, sel: pd.DataFrame, missing: pd.DataFr
     return out
 
 
+def _budget(sel: pd.DataFrame, labels: str, blocks: str, bad_rows: set[str],
+            notes: list[str]) -> Budget:
+    """The runs of one budget, its complete block matrix and ranking; notes what leaves the tests."""
+    s_all = sel[sel["labels"] == labels]
+    s = s_all[~s_all["entry"].isin(bad_rows)]
+    index = "pair" if blocks == "pair" else ["pair", "seed"]
+    mat = s.pivot_table(index=index, columns="entry", values="accuracy", aggfunc="mean")
+    incomplete = [c for c in mat.columns if mat[c].isna().any()]
+    if incomplete:
+        notes.append(f"labels {labels}: left out of the across-task tests (missing blocks): "
+                     f"{', '.join(map(str, incomplete))}")
+        mat = mat.drop(columns=incomplete)
+    ranking = None
+    if mat.shape[0] >= 2 and mat.shape[1] >= 2:
+        # the same average ranks (and tie order) as friedman() computes on this matrix
+        ranking = pd.Series(rank_matrix(mat.to_numpy(dtype=float)).mean(axis=0),
+                            index=[str(c) for c in mat.columns]).sort_values()
+    else:
+        notes.append(f"labels {labels}: across-task tests need ≥ 2 pairs/blocks and ≥ 2 methods "
+                     f"with all of them (have {mat.shape[0]} × {mat.shape[1]}).")
+    scores = {e: {p: g["accuracy"].to_numpy() for p, g in ge.groupby("pair")} for e, ge in s.groupby("entry")}
+    order = list(ranking.index) if ranking is not None else sorted(scores)
+    order += [e for e in sorted(scores) if e not in order]
+    return Budget(labels, s_all, s, mat, ranking, scores, tuple(order))
+
+
+def _stack(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """One table from the per-budget tables, typed as if built from all rows at once."""
+    return pd.DataFrame([r for t in tables for r in t.to_dict("records")])
+
+
 def compare(df: pd.DataFrame, rule: str = "last", blocks: str = "pair", alpha: float = 0.05,
             reps: int = 2000, seed: int = 0, tie_correction: bool = False,
             where: list[str] | dict | None = None) -> Comparison:
-    """Friedman/Nemenyi, Wilcoxon–Holm, mean t-intervals, P(improvement) and per-pair tests.
+    """Run every test of :data:`STAT_TESTS` on each label budget of ``df``.
 
-    Each label budget is compared on its own. Methods missing a block, or with a cell that
-    misses planned seeds, are left out of the across-task tests of that budget (named in
-    ``notes``). ``reps`` is kept for API compatibility (the intervals no longer bootstrap).
+    The built-ins: Friedman/Nemenyi, Wilcoxon–Holm, mean t-intervals, P(improvement) and
+    per-pair tests. Each label budget is compared on its own. Methods missing a block, or with
+    a cell that misses planned seeds, are left out of the across-task tests of that budget
+    (named in ``notes``). ``reps`` and ``seed`` reach the tests through the :class:`Context`
+    (the built-in intervals no longer bootstrap; kept for API compatibility).
     """
     if blocks not in BLOCKS:
         raise ValueError(f"unknown blocks {blocks!r}; valid: {', '.join(BLOCKS)}")
     sel, planned, missing, notes = prepare(df, rule, where)
     excluded = _excluded_cells(planned, sel, missing)
-    bad_cells = {(e, p) for e, p, _ in excluded}
+    bad_cells = frozenset((e, p) for e, p, _ in excluded)
     bad_rows = {e for e, _ in bad_cells}
     if excluded:
         notes.append("Cells missing planned seeds are excluded, not averaged over their surviving seeds: "
                      "their row leaves the across-pair tests and intervals, the cell leaves the per-pair "
                      "tests. Excluded: " + "; ".join(d for _, _, d in excluded) + ".")
-    fr, nem, wil, boot, poi, per = [], [], [], [], [], []
-    for labels in sorted(sel["labels"].unique(), key=budget_key) if len(sel) else []:
-        s_all = sel[sel["labels"] == labels]
-        s = s_all[~s_all["entry"].isin(bad_rows)]
-        # ---- across tasks ---------------------------------------------------------
-        if blocks == "pair":
-            mat = s.pivot_table(index="pair", columns="entry", values="accuracy", aggfunc="mean")
-        else:
-            mat = s.pivot_table(index=["pair", "seed"], columns="entry", values="accuracy", aggfunc="mean")
-        incomplete = [c for c in mat.columns if mat[c].isna().any()]
-        if incomplete:
-            notes.append(f"labels {labels}: left out of the across-task tests (missing blocks): "
-                         f"{', '.join(map(str, incomplete))}")
-            mat = mat.drop(columns=incomplete)
-        if mat.shape[0] >= 2 and mat.shape[1] >= 2:
-            f = friedman(mat, alpha, tie_correction, labels=labels)
-            fr.append(f)
-            for a, b in itertools.combinations(f.avg_ranks.index, 2):
-                diff = abs(f.avg_ranks[a] - f.avg_ranks[b])
-                nem.append(dict(labels=labels, a=a, b=b, rank_a=f.avg_ranks[a], rank_b=f.avg_ranks[b],
-                                diff=diff, cd=f.cd, significant=bool(diff >= f.cd)))
-            rows = []
-            for a, b in itertools.combinations(f.avg_ranks.index, 2):
-                st, p = wilcoxon_p(mat[a].to_numpy(), mat[b].to_numpy())
-                rows.append(dict(labels=labels, a=a, b=b, n=len(mat),
-                                 mean_diff=float((mat[a] - mat[b]).mean()), statistic=st, p=p))
-            adj = holm([r["p"] for r in rows])
-            for r, q in zip(rows, adj):
-                r["p_holm"] = q
-                r["significant"] = bool(q < alpha) if not math.isnan(q) else False
-            wil += rows
-            if len(mat) < 6:
-                notes.append(f"labels {labels}: with N = {len(mat)} blocks the two-sided Wilcoxon test "
-                             "cannot reach p < 0.05 (needs N ≥ 6).")
-        else:
-            notes.append(f"labels {labels}: across-task tests need ≥ 2 pairs/blocks and ≥ 2 methods "
-                         f"with all of them (have {mat.shape[0]} × {mat.shape[1]}).")
-        # ---- mean t-intervals and probability of improvement (over pairs) -----------
-        runs = {e: {p: g["accuracy"].to_numpy() for p, g in ge.groupby("pair")}
-                for e, ge in s.groupby("entry")}
-        pairs_all = sorted(s_all["pair"].unique())
-        order = list(fr[-1].avg_ranks.index) if fr and fr[-1].labels == labels else sorted(runs)
-        order += [e for e in sorted(runs) if e not in order]
-        for e in order:
-            r = runs[e]
-            tasks = list(r.values())
-            m, lo, hi = (float(v) for v in mean_interval(tasks))
-            n_runs = sum(map(len, tasks))
-            # trim_mean(0.25) drops int(0.25 n) runs per side: nothing below 4 runs, so IQM = mean
-            q = float(aggregate_iqm(tasks)) if n_runs >= 4 else math.nan
-            boot.append(dict(labels=labels, method=e, pairs=len(r), runs=n_runs,
-                             mean=m, ci95_low=lo, ci95_high=hi, iqm=q, all_pairs=len(r) == len(pairs_all)))
-        for a, b in itertools.combinations(order, 2):
-            common = sorted(set(runs[a]) & set(runs[b]))
-            if not common:
-                continue
-            p = float(_poi([runs[a][t] for t in common], [runs[b][t] for t in common]))
-            poi.append(dict(labels=labels, a=a, b=b, pairs=len(common), p_improvement=p))
-        # ---- per pair over seeds ------------------------------------------------
-        for pair, g in s_all.groupby("pair"):
-            vals = {e: ge.set_index("seed")["accuracy"] for e, ge in g.groupby("entry")
-                    if len(ge) >= MIN_SEEDS_PER_PAIR and (e, pair) not in bad_cells}
-            rows = []
-            for a, b in itertools.combinations(sorted(vals, key=lambda e: -vals[e].mean()), 2):
-                xa, xb = vals[a], vals[b]
-                if set(xa.index) == set(xb.index):
-                    test, p = "paired t", _ttest(sps.ttest_rel, xa.sort_index().to_numpy(),
-                                                 xb.sort_index().to_numpy())
-                else:
-                    test, p = "Welch t", _ttest(lambda x, y: sps.ttest_ind(x, y, equal_var=False),
-                                                xa.to_numpy(), xb.to_numpy())
-                rows.append(dict(labels=labels, pair=pair, a=a, b=b, seeds=min(len(xa), len(xb)),
-                                 mean_a=float(xa.mean()), mean_b=float(xb.mean()), test=test, p=p))
-            adj = holm([r["p"] for r in rows])
-            for r, q in zip(rows, adj):
-                r["p_holm"] = q
-                r["significant"] = bool(q < alpha) if not math.isnan(q) else False
-            per += rows
-    if len(sel) and not per:
-        notes.append(f"per-pair tests skipped: they need ≥ {MIN_SEEDS_PER_PAIR} seeds per method and pair.")
-    return Comparison(rule, blocks, alpha, tuple(fr), pd.DataFrame(nem), pd.DataFrame(wil),
-                      pd.DataFrame(boot), pd.DataFrame(poi), pd.DataFrame(per), tuple(notes))
+    budgets = tuple(sorted(sel["labels"].unique(), key=budget_key)) if len(sel) else ()
+    ctx = Context(rule, blocks, alpha, tie_correction, reps, seed, bad_cells, budgets)
+    tests = dict(STAT_TESTS)  # as registered now: a test added mid-run does not half-apply
+    outs: dict[str, list[StatOutput]] = {name: [] for name in tests}
+    for labels in budgets:
+        b = _budget(sel, labels, blocks, bad_rows, notes)
+        for name, t in tests.items():
+            o = t.run(b, ctx)
+            outs[name].append(o)
+            notes += o.notes
+    results = {}
+    for name, t in tests.items():
+        table = _stack([o.table for o in outs[name]])
+        sections = tuple(s for o in outs[name] for s in o.sections)
+        if not sections and not table.empty:
+            sections = (Section(t.heading, t.text(ctx) if callable(t.text) else t.text, table),)
+        if t.finish is not None:
+            notes += t.finish(table, ctx)
+        results[name] = StatResult(name, table, sections, tuple(d for o in outs[name] for d in o.details))
+    return Comparison(rule, blocks, alpha, results, tuple(notes))
 
 
 def _ttest(fn: Callable, x: np.ndarray, y: np.ndarray) -> float:

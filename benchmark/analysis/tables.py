@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from .render import html_grid, latex_grid, md_grid, tex_escape
 from .results import filter_runs, label_budget
 from .selection import rule_title, select
 
@@ -169,7 +170,7 @@ class Leaderboard:
             if style == "html":
                 t = html.escape(text)
                 return f"<b>{t}</b>" if best else (f"<u>{t}</u>" if tied else t)
-            t = _tex_escape(text)
+            t = tex_escape(text)
             return f"\\textbf{{{t}}}" if best else (f"\\underline{{{t}}}" if tied else t)
 
         out = self.table.copy().astype(object)
@@ -184,13 +185,9 @@ class Leaderboard:
         if self.table.empty:
             return "\n".join(head + ["(no complete runs)", *self.notes, *missing_markdown(self.missing)]) + "\n"
         t = self._marked("md")
-        cols = [t.index.name or "method", *t.columns]
         rows = [[str(i), *map(str, r)] for i, r in zip(t.index, t.to_numpy())]
-        widths = [max(len(c), *(len(r[j]) for r in rows)) for j, c in enumerate(cols)]
-        fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-        sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-        body = [fmt(cols), sep, *(fmt(r) for r in rows)]
-        return "\n".join(head + body + [""] + self.legend() + missing_markdown(self.missing)) + "\n"
+        body = md_grid([t.index.name or "method", *t.columns], rows)
+        return "\n".join(head + [body, ""] + self.legend() + missing_markdown(self.missing)) + "\n"
 
     def __str__(self) -> str:
         return self.to_markdown()
@@ -222,32 +219,16 @@ class Leaderboard:
     def to_latex(self) -> str:
         """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``), written by hand."""
         t = self._marked("tex")
-        cols = [t.index.name or "method", *t.columns]
-        spec = "l" + "c" * len(t.columns)
-        lines = [
-            f"% {self.title}",
-            f"% {' '.join(self.legend())}",
-            f"\\begin{{tabular}}{{{spec}}}",
-            "\\toprule",
-            " & ".join(_tex_escape(str(c)) for c in cols) + " \\\\",
-            "\\midrule",
-        ]
-        for i, r in zip(t.index, t.to_numpy()):
-            lines.append(" & ".join([_tex_escape(str(i)), *map(str, r)]) + " \\\\")
-        lines += ["\\bottomrule", "\\end{tabular}"]
-        return "\n".join(lines) + "\n"
+        rows = [[tex_escape(str(i)), *map(str, r)] for i, r in zip(t.index, t.to_numpy())]
+        return latex_grid([t.index.name or "method", *t.columns], rows, "l" + "c" * len(t.columns),
+                          comments=[self.title, " ".join(self.legend())])
 
     def to_html(self, full_page: bool = False) -> str:
         """An HTML ``<table>`` (with caption and legend); ``full_page`` wraps it in a document."""
         t = self._marked("html")
-        cols = [t.index.name or "method", *t.columns]
-        parts = [f'<table class="leaderboard"><caption>{html.escape(self.title)}</caption>',
-                 "<thead><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in cols) + "</tr></thead>",
-                 "<tbody>"]
-        for i, r in zip(t.index, t.to_numpy()):
-            parts.append("<tr><th>" + html.escape(str(i)) + "</th>"
-                         + "".join(f"<td>{v}</td>" for v in r) + "</tr>")
-        parts.append("</tbody></table>")
+        rows = [[html.escape(str(i)), *map(str, r)] for i, r in zip(t.index, t.to_numpy())]
+        parts = [html_grid([t.index.name or "method", *t.columns], rows, "leaderboard", caption=self.title,
+                           row_header=True, sep="\n")]
         parts.append("<p class=\"legend\">" + "<br>".join(html.escape(x) for x in self.legend()).replace(
             "Bold", "<b>Bold</b>").replace("†", "<u>underlined</u>") + "</p>")
         body = "\n".join(parts)
@@ -259,15 +240,6 @@ class Leaderboard:
 
 def _num(v: object) -> object:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 4)
-
-
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-        "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
-        "±": r"$\pm$", "–": "--", "—": "---", "†": r"$^\dagger$", "→": r"$\to$"}
-
-
-def _tex_escape(s: str) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in s)
 
 
 def _short_key(key: str, method: str, settings_keys: set[str]) -> str:
