@@ -29,11 +29,11 @@ from .core.spec import RunSpec
 from .running.matrix import Matrix, MatrixError, expand, load_matrix_file
 from .core.splits import stratified_split
 
-from . import backbones as _backbones  # noqa: F401,E402  (registers built-in backbones)
-from . import methods as _methods  # noqa: F401,E402  (registers built-in methods)
-from . import datasets as _datasets  # noqa: F401,E402  (registers built-in pairs)
+from . import backbones as _backbones  # noqa: F401  (registers built-in backbones)
+from . import methods as _methods  # noqa: F401  (registers built-in methods)
+from . import datasets as _datasets  # noqa: F401  (registers built-in pairs)
 
-from .api import compare, leaderboard, load_results, run  # noqa: E402
+from .api import compare, leaderboard, load_results, run
 
 __all__ = [
     "__version__", "Backbone", "Batch", "Classifier", "Domain", "DomainPair", "Loss", "Matrix", "MatrixError",

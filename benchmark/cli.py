@@ -6,15 +6,22 @@ import dataclasses
 import pathlib
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from .core.domain import default_data_root
-from .running.matrix import (
-    DEFAULT_METHODS, DEFAULT_PAIRS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides, truthy,
-)
 from .core.registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
 from .core.store import WriteFault
 from .running.executors import EXECUTORS, ExecutorOptions, make_executor
+from .running.matrix import (
+    DEFAULT_METHODS,
+    DEFAULT_PAIRS,
+    Matrix,
+    MatrixError,
+    expand,
+    load_matrix_file,
+    parse_overrides,
+    truthy,
+)
 
 EPILOG = """examples:
   dabench run                                   # quick matrix: 6 methods x digits-offline x 3 seeds

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import zlib
 import pathlib
 import tempfile
 import warnings
-from typing import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable
 
 import torch
 

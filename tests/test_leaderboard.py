@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from dabench.analysis.tables import leaderboard, mean_ci, welch_less_p
 from dabench.analysis.results import load_results
+from dabench.analysis.tables import leaderboard, mean_ci, welch_less_p
 from fake_runs import write_matrix, write_run
 
 UDA = {("source-only", "a"): [60.0, 61.0, 62.0], ("source-only", "b"): [50.0, 51.0, 52.0],

@@ -17,8 +17,8 @@ import torch
 
 from dabench.cli import main
 from dabench.core.domain import Schedule, ScheduleError, lr_factor, target_shot_capacity
-from dabench.running.matrix import Matrix, MatrixError, expand
 from dabench.core.registry import PAIRS, RegistryError
+from dabench.running.matrix import Matrix, MatrixError, expand
 from dabench.running.unit import load_pair_data
 
 torch.set_num_threads(1)

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 import dabench
-from dabench.engine.data import DeviceData
-from dabench.running.matrix import Matrix, MatrixError, expand, load_matrix_file
 from dabench.core.registry import RegistryError
+from dabench.core.store import RunStore
+from dabench.engine.data import DeviceData
+from dabench.engine.train import RunContext, build_method
 from dabench.running.executors import ExecutorOptions
+from dabench.running.matrix import Matrix, MatrixError, expand, load_matrix_file
 from dabench.running.scheduler import run_matrix
 from dabench.running.unit import load_pair_data
-from dabench.core.store import RunStore
-from dabench.engine.train import RunContext, build_method
 
 
 def test_run_ids_are_stable_across_processes_and_sensitive_to_the_spec():

@@ -9,9 +9,20 @@ import pytest
 from scipy import stats as sps
 
 from dabench.analysis.results import load_results
-from dabench.analysis.stats import (aggregate_iqm, aggregate_mean, cd_cliques, compare, friedman, friedman_exact_p, holm,
-                           nemenyi_cd, nemenyi_q, probability_of_improvement, rank_matrix,
-                           stratified_bootstrap_ci)
+from dabench.analysis.stats import (
+    aggregate_iqm,
+    aggregate_mean,
+    cd_cliques,
+    compare,
+    friedman,
+    friedman_exact_p,
+    holm,
+    nemenyi_cd,
+    nemenyi_q,
+    probability_of_improvement,
+    rank_matrix,
+    stratified_bootstrap_ci,
+)
 from dabench.analysis.tables import mean_ci, mean_interval
 from fake_runs import write_matrix, write_run
 

@@ -10,8 +10,8 @@ import base64
 import io
 import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,8 +19,8 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .tables import SOURCE_ONLY, Leaderboard
 from .stats import FriedmanResult, selected_runs
+from .tables import SOURCE_ONLY, Leaderboard
 
 
 def _figure(w: float, h: float) -> Figure:

@@ -10,17 +10,17 @@ import datetime as _dt
 import html
 import warnings
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import figures as F
-from .tables import Leaderboard, leaderboard
 from .results import filter_runs, load_results
 from .selection import RULES, check_rule, rule_regret, rule_title
 from .stats import Comparison, compare, html_table, md_table
+from .tables import Leaderboard, leaderboard
 
 FORMATS = ("md", "csv", "tex", "html")
 

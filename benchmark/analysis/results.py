@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -383,7 +384,7 @@ def filter_runs(df: pd.DataFrame, where: Iterable[str] | dict[str, Any] | None) 
                 actual, has = s[f"{method}.{key}"], True
             else:
                 actual, has = None, False
-            if not has and (key in hp_bare or "." in key and not key.startswith("backbone.")):
+            if not has and (key in hp_bare or ("." in key and not key.startswith("backbone."))):
                 keep.append(True)  # a hyperparameter this method does not have: not constrained
                 continue
             if actual is pd.NA:

@@ -61,15 +61,15 @@ import html
 import itertools
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .tables import budget_key, mean_interval, prepare
 from .selection import rule_title
+from .tables import budget_key, mean_interval, prepare
 
 BLOCKS = ("pair", "pair-seed")
 MIN_SEEDS_PER_PAIR = 5

@@ -524,7 +524,7 @@ def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95,
     if (~cells["complete"]).any():
         notes.append("(k/n) = k of the n planned seeds completed; the mean is over those k. Such a cell is "
                      "never marked best or †, and its row's avg and rank carry *.")
-    if ((cells["n"] == 2)).any():
+    if (cells["n"] == 2).any():
         notes.append("With 2 seeds the 95% t-interval is mean ± 12.7·s/√2 (t with 1 d.o.f.): too wide to "
                      "inform; run ≥ 3 seeds.")
     if ((cells["ci_low"] == BOUNDS[0]) | (cells["ci_high"] == BOUNDS[1])).any():

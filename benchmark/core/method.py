@@ -6,8 +6,9 @@ All methods combine their losses the same way: ``total = ce + trade_off * da``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -177,7 +178,7 @@ class Method(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict(x)
 
-    def fit(self, ctx: "RunContext") -> None:
+    def fit(self, ctx: RunContext) -> None:
         """Train. The default runs the engine's step loop calling :meth:`loss`."""
         ctx.train_steps(self)
 

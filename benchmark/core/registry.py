@@ -20,7 +20,8 @@ import os
 import pathlib
 import sys
 import warnings
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 from .method import validate_method_class
 
@@ -339,7 +340,7 @@ def load_plugin(ref: str) -> None:
             importlib.import_module(ref)
     except RegistryError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise PluginError(f"plugin {ref!r} failed to import: {type(exc).__name__}: {exc}") from exc
 
 

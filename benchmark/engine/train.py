@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from .compile import compile_method
-from .data import DeviceData, Stream
 from ..core.domain import DomainPair, PairData, check_target_shots, lr_factor
-from .evaluate import autocast, evaluate, predict_split
 from ..core.method import Batch, Method
 from ..core.registry import BACKBONES, METHODS
 from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault, atomic_torch_save
+from .compile import compile_method
+from .data import DeviceData, Stream
+from .evaluate import autocast, evaluate, predict_split
 
 
 class Diverged(RuntimeError):

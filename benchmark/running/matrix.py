@@ -15,9 +15,10 @@ from __future__ import annotations
 import ast
 import dataclasses
 import pathlib
-import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+import tomllib
 
 from ..core.domain import Schedule, ScheduleError, shots_error
 from ..core.registry import METHODS, PAIRS, load_plugin
@@ -132,7 +133,7 @@ def load_matrix_file(path: str | pathlib.Path) -> Matrix:
     _expect(isinstance(overrides, dict), where, "set", "a table [set] of key = value", overrides)
     for k, v in overrides.items():
         _expect(not isinstance(v, dict), where, f"set.{k}", 'a value (quote dotted keys: "dann.trade_off" = 0.5)', v)
-    return Matrix(**kwargs, overrides=dict(overrides), origins={k: f"{where} [set]" for k in overrides})
+    return Matrix(**kwargs, overrides=dict(overrides), origins=dict.fromkeys(overrides, f"{where} [set]"))
 
 
 def _shots_value(value: Any, where: str, key: str) -> int:

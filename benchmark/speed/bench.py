@@ -26,22 +26,23 @@ import platform
 import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.base import Backbone
-from ..engine.compile import compile_method
-from ..engine.data import DeviceData
 from ..core.domain import Domain, DomainPair, PairData, Schedule, default_data_root
-from ..engine.evaluate import autocast
 from ..core.method import Method
 from ..core.registry import BACKBONES, METHODS, PAIRS, RegistryError
 from ..core.spec import RunSpec
 from ..core.splits import stratified_split
+from ..engine.compile import compile_method
+from ..engine.data import DeviceData
+from ..engine.evaluate import autocast
 from ..engine.train import RunContext, resolve_device
 
 BackboneFactory = Callable[[], Backbone]

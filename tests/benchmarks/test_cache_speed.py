@@ -21,9 +21,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from office31_fixture import write_office31  # noqa: E402
-
-from dabench.datasets import cache, office31  # noqa: E402
+from dabench.datasets import cache, office31
+from office31_fixture import write_office31
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

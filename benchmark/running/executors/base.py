@@ -19,8 +19,8 @@ from __future__ import annotations
 import pathlib
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from tqdm.auto import tqdm
 
