@@ -111,9 +111,9 @@ def cached(
         try:
             return _verified(torch.load(path, map_location="cpu", weights_only=True), path)
         except CacheMismatch as exc:
-            warnings.warn(f"corrupt cache file {path} ({exc}); decoding again and rewriting it")
+            warnings.warn(f"corrupt cache file {path} ({exc}); decoding again and rewriting it", stacklevel=2)
         except Exception as exc:  # noqa: BLE001 - a corrupt cache file is rebuilt, not fatal
-            warnings.warn(f"unreadable cache file {path} ({type(exc).__name__}: {exc}); decoding again")
+            warnings.warn(f"unreadable cache file {path} ({type(exc).__name__}: {exc}); decoding again", stacklevel=2)
     tensors = decode()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,7 @@ def cached(
             if os.path.exists(tmp):
                 os.unlink(tmp)
     except OSError as exc:
-        warnings.warn(f"could not write the decoded cache {path} ({exc}); the next load decodes again")
+        warnings.warn(f"could not write the decoded cache {path} ({exc}); the next load decodes again", stacklevel=2)
     return tensors
 
 

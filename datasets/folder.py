@@ -231,7 +231,7 @@ def make_folder_pair(arguments: str) -> DomainPair:
     # the adaptation split's smallest class, from file counts alone (no decoding): eval=half keeps
     # n - round(n/2) of a class's n images for adaptation, exactly as stratified_split(.., 0.5) does
     counts = [len(tgt_classes[c]) for c in shared]
-    max_shots = min(counts) if evaluation == "all" else min(n - int(round(n * 0.5)) for n in counts)
+    max_shots = min(counts) if evaluation == "all" else min(n - round(n * 0.5) for n in counts)
     if "shots" not in opts:  # the default budget shrinks to what small folders hold
         shots = min(shots, max_shots)
     if not 0 <= shots <= max_shots:

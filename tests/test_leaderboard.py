@@ -79,7 +79,7 @@ def test_not_significantly_worse_mark_uses_one_sided_welch(df, tmp_path):
 
 def test_markdown_is_aligned_and_marks_best(df):
     md = leaderboard(df).to_markdown()
-    rows = [l for l in md.splitlines() if l.startswith("|")]
+    rows = [line for line in md.splitlines() if line.startswith("|")]
     assert len({len(r) for r in rows}) == 1, "columns must align in a terminal"
     assert "**71.0 ± 1.0" in md and "labels" in rows[0]
     assert "Welch" in md and "1 run(s) not complete" in md

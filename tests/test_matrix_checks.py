@@ -168,7 +168,7 @@ def test_folder_pair_maximum_from_file_counts(tmp_path: pathlib.Path) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         data = pair.load(tmp_path / "root")
     assert target_shot_capacity(data) == 2
-    with pytest.raises(RegistryError, match="shots=3 .* from 0 to 2"):
+    with pytest.raises(RegistryError, match=r"shots=3 .* from 0 to 2"):
         PAIRS.get(base + ",shots=3")
     assert PAIRS.get(base + ",eval=all").max_target_shots == 4
 

@@ -189,10 +189,10 @@ def test_broken_entry_point_warns_once_and_fails_only_when_its_method_is_asked_f
     assert main(["run", "--methods", "cdan-gone", "--seeds", "0", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "method 'cdan-gone' is unavailable" in err and "pip uninstall broken-dabench-plugin" in err
-    with pytest.raises(PluginError, match="'cdan-gone' is unavailable.*ModuleNotFoundError"):
+    with pytest.raises(PluginError, match=r"'cdan-gone' is unavailable.*ModuleNotFoundError"):
         METHODS.get("cdan-gone")
     # a name the broken package may have provided (a module entry point registers several)
-    with pytest.raises(RegistryError, match="unknown method 'jan'.*broken plugins.*broken-dabench-plugin"):
+    with pytest.raises(RegistryError, match=r"unknown method 'jan'.*broken plugins.*broken-dabench-plugin"):
         METHODS.get("jan")
 
 

@@ -85,11 +85,11 @@ def test_linear_probe_leaves_every_backbone_weight_unchanged(quick_matrix):
 
 
 def test_unknown_names_list_the_valid_choices():
-    with pytest.raises(RegistryError, match="valid methods: .*dann.*source-only"):
+    with pytest.raises(RegistryError, match=r"valid methods: .*dann.*source-only"):
         expand(Matrix(methods=("danm",)))
-    with pytest.raises(RegistryError, match="valid pairs: .*digits-offline"):
+    with pytest.raises(RegistryError, match=r"valid pairs: .*digits-offline"):
         expand(Matrix(pairs=("digits",)))
-    with pytest.raises(RegistryError, match="valid backbones: .*lenet"):
+    with pytest.raises(RegistryError, match=r"valid backbones: .*lenet"):
         dabench.BACKBONES.get("lenett")
 
 

@@ -204,7 +204,7 @@ def test_reported_95_interval_covers_95_percent(seeds, pairs):
     cover = np.mean((lo <= true.mean()) & (true.mean() <= hi))
     assert 0.93 <= cover <= 0.97, cover
     # the cell statistic is the same construction
-    m, s, clo, chi = mean_ci(tasks[0][0])
+    _m, _s, clo, chi = mean_ci(tasks[0][0])
     assert (clo, chi) == pytest.approx(tuple(float(v[0]) for v in mean_interval([tasks[0][:1]])[1:]))
 
 
@@ -217,7 +217,7 @@ def test_percentile_bootstrap_undercovers_at_three_seeds():
 
 
 def test_intervals_stay_within_0_and_100():
-    m, s, lo, hi = mean_ci(np.array([99.0, 100.0]))
+    m, _s, lo, hi = mean_ci(np.array([99.0, 100.0]))
     assert hi == 100.0 and 0.0 <= lo < m
     assert mean_ci(np.array([0.0, 3.0]))[2] == 0.0
 

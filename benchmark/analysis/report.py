@@ -159,7 +159,7 @@ def _figures(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, rule: s
     for name, make in makers:
         try:
             fig = make()
-        except Exception as exc:  # a figure must never cost the whole report
+        except Exception as exc:  # noqa: BLE001 - a figure must never cost the whole report
             warnings.warn(f"figure {name} failed: {type(exc).__name__}: {exc}", stacklevel=2)
             continue
         if fig is not None:
@@ -200,13 +200,13 @@ def _environment(df: pd.DataFrame) -> pd.DataFrame:
     """Devices and library versions seen in the runs, with counts."""
     rows = []
     for dev, n in Counter(str(d) for d in df["device"]).most_common():
-        rows.append(dict(what="device", value=dev, runs=n))
+        rows.append({"what": "device", "value": dev, "runs": n})
     vers: Counter = Counter()
     for v in df["versions"]:
         for lib, ver in (v or {}).items():
             vers[(lib, str(ver))] += 1
     for (lib, ver), n in sorted(vers.items()):
-        rows.append(dict(what=lib, value=ver, runs=n))
+        rows.append({"what": lib, "value": ver, "runs": n})
     return pd.DataFrame(rows, columns=["what", "value", "runs"])
 
 

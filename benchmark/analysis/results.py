@@ -211,7 +211,7 @@ def _spec_run_id(spec: dict[str, Any]) -> str:
     """The run id a spec of ``matrix.json`` will record under ("" if it no longer parses)."""
     try:
         return RunSpec.from_dict(spec).run_id
-    except Exception:  # a matrix of another dabench version: the id is only informative here
+    except Exception:  # noqa: BLE001 - a matrix of another dabench version: the id is only informative here
         return ""
 
 
@@ -296,7 +296,7 @@ def _short_pair_names(pairs: pd.Series) -> pd.Series:
 
     full = {str(p) for p in pairs.dropna().unique()}
     label = {p: PAIRS.label(p) for p in full}
-    taken = [v for v in label.values()]
+    taken = list(label.values())
     mapping = {p: v if taken.count(v) == 1 and (v == p or v not in full) else p for p, v in label.items()}
     return pairs.map(lambda p: mapping.get(str(p), p) if p is not None else p)
 
@@ -344,7 +344,7 @@ def parse_where(where: Iterable[str] | dict[str, Any] | None) -> list[tuple[str,
             key, sep, value = str(text).partition("=")
             if not sep or not key.strip():
                 raise ValueError(f"--where {text!r}: expected KEY=VALUE (e.g. steps=2000, dann.trade_off=0.5)")
-            items.append((key.strip(), [v for v in value.split(",")]))
+            items.append((key.strip(), list(value.split(","))))
     return items
 
 
@@ -374,7 +374,7 @@ def filter_runs(df: pd.DataFrame, where: Iterable[str] | dict[str, Any] | None) 
             raise ValueError(f"--where {key}={','.join(values)}: unknown key {key!r}; valid keys: "
                              f"{', '.join(sorted(keys | hp_bare))}")
         keep = []
-        for (i, row), s in zip(df.iterrows(), settings):
+        for (_, row), s in zip(df.iterrows(), settings):
             method = str(row["method"])
             if key in _COLUMN_KEYS:
                 actual, has = row[key], True

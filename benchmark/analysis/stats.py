@@ -362,7 +362,10 @@ def md_table(df: pd.DataFrame, floatfmt: str = ".3g", index: bool = False) -> st
     cols = [str(c) for c in d.columns]
     rows = [[cell(v) for v in r] for r in d.itertuples(index=False)]
     widths = [max([len(c)] + [len(r[j]) for r in rows]) for j, c in enumerate(cols)]
-    line = lambda cs: "| " + " | ".join(c.ljust(w) for c, w in zip(cs, widths)) + " |"
+
+    def line(cs: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cs, widths)) + " |"
+
     return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
@@ -512,13 +515,13 @@ def compare(df: pd.DataFrame, rule: str = "last", blocks: str = "pair", alpha: f
             fr.append(f)
             for a, b in itertools.combinations(f.avg_ranks.index, 2):
                 diff = abs(f.avg_ranks[a] - f.avg_ranks[b])
-                nem.append(dict(labels=labels, a=a, b=b, rank_a=f.avg_ranks[a], rank_b=f.avg_ranks[b],
-                                diff=diff, cd=f.cd, significant=bool(diff >= f.cd)))
+                nem.append({"labels": labels, "a": a, "b": b, "rank_a": f.avg_ranks[a], "rank_b": f.avg_ranks[b],
+                                "diff": diff, "cd": f.cd, "significant": bool(diff >= f.cd)})
             rows = []
             for a, b in itertools.combinations(f.avg_ranks.index, 2):
                 st, p = wilcoxon_p(mat[a].to_numpy(), mat[b].to_numpy())
-                rows.append(dict(labels=labels, a=a, b=b, n=len(mat),
-                                 mean_diff=float((mat[a] - mat[b]).mean()), statistic=st, p=p))
+                rows.append({"labels": labels, "a": a, "b": b, "n": len(mat),
+                                 "mean_diff": float((mat[a] - mat[b]).mean()), "statistic": st, "p": p})
             adj = holm([r["p"] for r in rows])
             for r, q in zip(rows, adj):
                 r["p_holm"] = q
@@ -543,14 +546,14 @@ def compare(df: pd.DataFrame, rule: str = "last", blocks: str = "pair", alpha: f
             n_runs = sum(map(len, tasks))
             # trim_mean(0.25) drops int(0.25 n) runs per side: nothing below 4 runs, so IQM = mean
             q = float(aggregate_iqm(tasks)) if n_runs >= 4 else math.nan
-            boot.append(dict(labels=labels, method=e, pairs=len(r), runs=n_runs,
-                             mean=m, ci95_low=lo, ci95_high=hi, iqm=q, all_pairs=len(r) == len(pairs_all)))
+            boot.append({"labels": labels, "method": e, "pairs": len(r), "runs": n_runs,
+                             "mean": m, "ci95_low": lo, "ci95_high": hi, "iqm": q, "all_pairs": len(r) == len(pairs_all)})
         for a, b in itertools.combinations(order, 2):
             common = sorted(set(runs[a]) & set(runs[b]))
             if not common:
                 continue
             p = float(_poi([runs[a][t] for t in common], [runs[b][t] for t in common]))
-            poi.append(dict(labels=labels, a=a, b=b, pairs=len(common), p_improvement=p))
+            poi.append({"labels": labels, "a": a, "b": b, "pairs": len(common), "p_improvement": p})
         # ---- per pair over seeds ------------------------------------------------
         for pair, g in s_all.groupby("pair"):
             vals = {e: ge.set_index("seed")["accuracy"] for e, ge in g.groupby("entry")
@@ -564,8 +567,8 @@ def compare(df: pd.DataFrame, rule: str = "last", blocks: str = "pair", alpha: f
                 else:
                     test, p = "Welch t", _ttest(lambda x, y: sps.ttest_ind(x, y, equal_var=False),
                                                 xa.to_numpy(), xb.to_numpy())
-                rows.append(dict(labels=labels, pair=pair, a=a, b=b, seeds=min(len(xa), len(xb)),
-                                 mean_a=float(xa.mean()), mean_b=float(xb.mean()), test=test, p=p))
+                rows.append({"labels": labels, "pair": pair, "a": a, "b": b, "seeds": min(len(xa), len(xb)),
+                                 "mean_a": float(xa.mean()), "mean_b": float(xb.mean()), "test": test, "p": p})
             adj = holm([r["p"] for r in rows])
             for r, q in zip(rows, adj):
                 r["p_holm"] = q

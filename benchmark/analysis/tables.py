@@ -187,7 +187,10 @@ class Leaderboard:
         cols = [t.index.name or "method", *t.columns]
         rows = [[str(i), *map(str, r)] for i, r in zip(t.index, t.to_numpy())]
         widths = [max(len(c), *(len(r[j]) for r in rows)) for j, c in enumerate(cols)]
-        fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+        def fmt(cells: list[str]) -> str:
+            return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
         sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
         body = [fmt(cols), sep, *(fmt(r) for r in rows)]
         return "\n".join(head + body + [""] + self.legend() + missing_markdown(self.missing)) + "\n"
@@ -297,23 +300,23 @@ def entry_names(df: pd.DataFrame) -> list[str]:
     settings = list(df["settings"])
     pairs = [str(p) for p in df["pair"]]
     budgets: dict[str, set[str]] = {}
-    for m, l in zip(methods, labels):
-        budgets.setdefault(m, set()).add(l)
+    for m, lab in zip(methods, labels):
+        budgets.setdefault(m, set()).add(lab)
     varying: dict[tuple[str, str], list[str]] = {}
     groups: dict[tuple[str, str, str], list[dict]] = {}
-    for m, l, p, st in zip(methods, labels, pairs, settings):
-        groups.setdefault((m, l, p), []).append(st)
-    for (m, l, _), sts in groups.items():
+    for m, lab, p, st in zip(methods, labels, pairs, settings):
+        groups.setdefault((m, lab, p), []).append(st)
+    for (m, lab, _), sts in groups.items():
         keys = set().union(*sts) - {"method"}
         v = {k for k in keys if len({_show(st.get(k)) for st in sts}) > 1}
-        varying[(m, l)] = sorted(set(varying.get((m, l), [])) | v)
+        varying[(m, lab)] = sorted(set(varying.get((m, lab), [])) | v)
     names: dict[tuple, str] = {}
     out = []
-    for m, l, st in zip(methods, labels, settings):
-        keys = varying[(m, l)]
-        ident = (m, l, tuple(_show(st.get(k)) for k in keys))
+    for m, lab, st in zip(methods, labels, settings):
+        keys = varying[(m, lab)]
+        ident = (m, lab, tuple(_show(st.get(k)) for k in keys))
         if ident not in names:
-            parts = [l] if len(budgets[m]) > 1 else []
+            parts = [lab] if len(budgets[m]) > 1 else []
             parts += [f"{_short_key(k, m, set(st))}={_show(st.get(k))}" for k in keys]
             name = f"{m} ({', '.join(parts)})" if parts else m
             taken = set(names.values())
@@ -380,8 +383,8 @@ def prepare(df: pd.DataFrame, rule: str = "last",
             continue
         done.add(key)
         row = known.loc[r.Index]
-        miss.append(dict(entry=r.entry, method=r.method, labels=r.labels, pair=r.pair, seed=int(r.seed),
-                         status=r.status, detail=_missing_detail(row, rule), run_id=r.run_id))
+        miss.append({"entry": r.entry, "method": r.method, "labels": r.labels, "pair": r.pair, "seed": int(r.seed),
+                         "status": r.status, "detail": _missing_detail(row, rule), "run_id": r.run_id})
     missing = pd.DataFrame(miss, columns=MISSING_COLUMNS).sort_values(["entry", "pair", "seed"])
     return ok.copy(), planned, missing.reset_index(drop=True), notes
 
@@ -424,16 +427,16 @@ def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95,
     for r in planned.itertuples(index=False):
         g = sel[(sel["entry"] == r.entry) & (sel["pair"] == r.pair)]
         m, s, lo, hi = mean_ci(g["accuracy"].to_numpy(), level)
-        rows.append(dict(entry=r.entry, method=r.method, labels=r.labels, pair=r.pair, n=len(g),
-                         planned=r.n_planned, complete=len(g) == r.n_planned, mean=m,
-                         std=s, ci_low=lo, ci_high=hi, values=g["accuracy"].to_numpy(),
-                         seeds=tuple(sorted(int(x) for x in g["seed"].dropna()))))
+        rows.append({"entry": r.entry, "method": r.method, "labels": r.labels, "pair": r.pair, "n": len(g),
+                         "planned": r.n_planned, "complete": len(g) == r.n_planned, "mean": m,
+                         "std": s, "ci_low": lo, "ci_high": hi, "values": g["accuracy"].to_numpy(),
+                         "seeds": tuple(sorted(int(x) for x in g["seed"].dropna()))})
     cells = pd.DataFrame(rows)
     cells["best"] = False
     cells["tied"] = False
     cells["p_vs_best"] = np.nan
     cells["rank"] = np.nan
-    for (labels, pair), g in cells.groupby(["labels", "pair"]):
+    for _, g in cells.groupby(["labels", "pair"]):
         g = g[g["n"] > 0]
         if g.empty:
             continue
@@ -458,12 +461,12 @@ def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95,
             c = cells[cells["entry"] == entry]
         allp = set(c["pair"]) == set(pairs) and (c["n"] > 0).all()
         seeds_n = sorted(set(c["n"]))
-        summ.append(dict(entry=entry, method=c["method"].iloc[0], labels=c["labels"].iloc[0],
-                         seeds=str(seeds_n[0]) if len(seeds_n) == 1 else f"{seeds_n[0]}–{seeds_n[-1]}",
-                         avg=float(c["mean"].mean()) if allp else math.nan,
-                         rank=float(c["rank"].mean()) if c["rank"].notna().any() else math.nan,
-                         n_pairs=int((c["n"] > 0).sum()),
-                         incomplete=not bool(cells.loc[cells["entry"] == entry, "complete"].all())))
+        summ.append({"entry": entry, "method": c["method"].iloc[0], "labels": c["labels"].iloc[0],
+                         "seeds": str(seeds_n[0]) if len(seeds_n) == 1 else f"{seeds_n[0]}–{seeds_n[-1]}",
+                         "avg": float(c["mean"].mean()) if allp else math.nan,
+                         "rank": float(c["rank"].mean()) if c["rank"].notna().any() else math.nan,
+                         "n_pairs": int((c["n"] > 0).sum()),
+                         "incomplete": not bool(cells.loc[cells["entry"] == entry, "complete"].all())})
     summary = pd.DataFrame(summ).set_index("entry")
     if (~summary["avg"].notna()).any():
         notes.append("avg is shown only for rows with results on every pair.")
@@ -500,16 +503,21 @@ def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95,
         for entry in summary.index:
             c = cells[(cells["entry"] == entry) & (cells["pair"] == p)]
             if c.empty:
-                col.append("–"); bcol.append(False); tcol.append(False)
+                col.append("–")
+                bcol.append(False)
+                tcol.append(False)
                 continue
             c = c.iloc[0]
             frac = "" if c["complete"] else f" ({c['n']}/{c['planned']})"
             if c["n"] == 0:
-                col.append(f"–{frac}"); bcol.append(False); tcol.append(False)
+                col.append(f"–{frac}")
+                bcol.append(False)
+                tcol.append(False)
                 continue
             ci = "" if math.isnan(c["ci_low"]) else f" [{c['ci_low']:.1f}, {c['ci_high']:.1f}]"
             col.append(f"{c['mean']:.1f} ± {_fmt(c['std'])}{ci}{frac}")
-            bcol.append(bool(c["best"])); tcol.append(bool(c["tied"]))
+            bcol.append(bool(c["best"]))
+            tcol.append(bool(c["tied"]))
         table[p], best[p], tied[p] = col, bcol, tcol
     star = ["*" if inc else "" for inc in summary["incomplete"]]
     table["avg"] = [_fmt(v) + (s if not math.isnan(v) else "") for v, s in zip(summary["avg"], star)]

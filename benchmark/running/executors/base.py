@@ -54,7 +54,7 @@ class Executor(ABC):
     def wait(self, timeout: float) -> list[Outcome]:
         """Outcomes that finished since the last call; waits up to ``timeout`` s for the first."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op default: an executor without workers has nothing to stop
         """Stop workers; records of runs still in flight stay ``running`` (rerun next time)."""
 
     @property
