@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from .core.registry import ensure_method_registered
@@ -32,7 +33,8 @@ def run(
     """
     names = [ensure_method_registered(m) if isinstance(m, type) else m for m in methods]
     matrix = Matrix(tuple(names), tuple(pairs), tuple(int(s) for s in seeds), dict(overrides or {}))
-    options = ExecutorOptions(device=device, data_root=data_root, progress=progress, **executor_options)
+    root = None if data_root is None else Path(data_root)
+    options = ExecutorOptions(device=device, data_root=root, progress=progress, **executor_options)
     return run_matrix(expand(matrix), results_dir, options, executor=executor)
 
 

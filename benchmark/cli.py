@@ -141,7 +141,7 @@ def _list(args: argparse.Namespace) -> int:
     for plugin in args.plugin:
         load_plugin(plugin)
     if args.what == "methods":
-        rows = []
+        rows: list[tuple[str, ...]] = []
         for name in METHODS.names(args.pattern):
             cls = METHODS.get(name)
             defaults = ", ".join(f"{k}={v}" for k, v in cls.hparam_defaults().items())
@@ -168,7 +168,7 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(header: Sequence[str], rows: list[Sequence[str]]) -> None:
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     if not rows:
         print("(nothing matches)")
         return

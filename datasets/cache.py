@@ -51,7 +51,7 @@ def checksum(t: torch.Tensor) -> str:
     crc = zlib.crc32(f"{t.dtype}{tuple(t.shape)}".encode())
     if t.numel():
         # a flat byte view of the tensor's memory: no copy, works for every dtype (bf16 included)
-        crc = zlib.crc32(memoryview(t.view(-1).view(torch.uint8).numpy()), crc)
+        crc = zlib.crc32(t.view(-1).view(torch.uint8).numpy().data, crc)
     return f"{crc:08x}"
 
 

@@ -1,6 +1,8 @@
 """DAN: multi-kernel maximum mean discrepancy between source and target features."""
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from dabench import Batch, Loss, Method, Uses, register_method
@@ -25,7 +27,8 @@ def multi_kernel_mmd(
     d2 = torch.cdist(x, x).pow(2)
     n = x.shape[0]
     sigma2 = d2.detach().sum() / (n * n - n)
-    k = sum(torch.exp(-d2 / (m * sigma2)) for m in multipliers) / len(multipliers)
+    # cast: a sum of tensors is a tensor (typeshed types sum()'s start, 0, into the result)
+    k = cast(torch.Tensor, sum(torch.exp(-d2 / (m * sigma2)) for m in multipliers)) / len(multipliers)
     ns = source.shape[0]
     return k[:ns, :ns].mean() + k[ns:, ns:].mean() - 2 * k[:ns, ns:].mean()
 

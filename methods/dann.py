@@ -12,12 +12,12 @@ from dabench import Batch, Loss, Method, Uses, register_method
 
 class _ReverseGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, coeff: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, coeff: float) -> torch.Tensor:
         ctx.coeff = coeff
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         return -ctx.coeff * grad, None
 
 

@@ -209,3 +209,16 @@ def test_planned_seeds_come_from_matrix_json(diverged):
     row = lb.missing[lb.missing["status"] == "pending"].iloc[0]
     assert (row["entry"], row["pair"], row["seed"]) == ("dan", "b", 3) and "matrix.json" in row["detail"]
     assert lb.to_csv(diverged / "x.csv").read_text().splitlines()[0].count("planned") == 2
+
+
+def test_load_results_takes_any_path_like(tmp_path):
+    """``dabench.load_results`` promises ``str | os.PathLike``: a path-like that is not a ``Path``
+    is one folder, not an iterable of folders (it used to be iterated and raise TypeError)."""
+
+    class Folder:  # an os.PathLike that is not a pathlib.Path (e.g. a py.path.local)
+        def __fspath__(self) -> str:
+            return str(tmp_path)
+
+    write_matrix(tmp_path, UDA)
+    df = load_results(Folder())
+    assert len(df) == len(load_results(tmp_path)) == sum(len(v) for v in UDA.values())

@@ -7,11 +7,13 @@ request. Figures are also written next to it as PNG and SVG (``figures/``) for p
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import html
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,9 @@ from .results import filter_runs, load_results
 from .selection import RULES, check_rule, rule_regret, rule_title
 from .stats import Comparison, compare, html_table, md_table
 from .tables import Leaderboard, leaderboard
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FORMATS = ("md", "csv", "tex", "html")
 
@@ -149,13 +154,14 @@ def write_report(dirs: str | Path | Iterable[str | Path], rule: str = "last",
 
 def _figures(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, rule: str) -> dict:
     figs = {}
-    makers = [("accuracy_per_pair", lambda: F.accuracy_figure(lb)),
+    makers: list[tuple[str, Callable[[], Figure | None]]] = [
+              ("accuracy_per_pair", lambda: F.accuracy_figure(lb)),
               ("gain_over_source_only", lambda: F.gain_heatmap(lb)),
               ("learning_curves", lambda: F.learning_curves(df, rule))]
     if cmp_ is not None:
         for fr in cmp_.friedman:
             makers.append((f"cd_diagram_labels_{fr.labels.replace('/', '_per_')}",
-                           lambda fr=fr: F.cd_diagram(fr)))
+                           functools.partial(F.cd_diagram, fr)))
     for name, make in makers:
         try:
             fig = make()

@@ -23,6 +23,7 @@ vanishes from the tables without a trace.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -215,7 +216,7 @@ def _spec_run_id(spec: dict[str, Any]) -> str:
         return ""
 
 
-def load_results(*dirs: str | Path | Iterable[str | Path], planned: bool = True) -> pd.DataFrame:
+def load_results(*dirs: str | os.PathLike | Iterable[str | os.PathLike], planned: bool = True) -> pd.DataFrame:
     """Load every ``DIR/runs/*.json`` of the given folders into one DataFrame.
 
     Args:
@@ -232,7 +233,7 @@ def load_results(*dirs: str | Path | Iterable[str | Path], planned: bool = True)
     """
     flat: list[Path] = []
     for d in dirs:
-        if isinstance(d, (str, Path)):
+        if isinstance(d, (str, os.PathLike)):  # any path-like is one folder, not an iterable of them
             flat.append(Path(d))
         else:
             flat.extend(Path(x) for x in d)

@@ -113,7 +113,7 @@ def friedman_exact_p(ranks: np.ndarray, max_work: int = EXACT_MAX_WORK) -> float
         return None
     weights_pos = base ** np.arange(k - 1, dtype=np.int64)
     codes = np.zeros(1, dtype=np.int64)
-    probs = np.ones(1)
+    probs: np.ndarray = np.ones(1)
     for row in r2:
         perms = np.array(list(itertools.permutations(row.tolist())), dtype=np.int64)
         if len(codes) * len(perms) > max_work:
@@ -189,7 +189,7 @@ def cd_cliques(avg_ranks: pd.Series, cd: float) -> tuple[tuple[str, ...], ...]:
     """
     r = avg_ranks.sort_values()
     names, vals = list(r.index), r.to_numpy(dtype=float)
-    spans = []
+    spans: list[tuple[int, int]] = []
     for i in range(len(vals)):
         j = i
         while j + 1 < len(vals) and vals[j + 1] - vals[i] < cd:

@@ -42,6 +42,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -260,7 +261,7 @@ class Leaderboard:
                 f"{html.escape(self.title)}</title></head><body>{body}</body></html>\n")
 
 
-def _num(v: object) -> object:
+def _num(v: Any) -> object:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 4)
 
 
@@ -307,8 +308,8 @@ def entry_names(df: pd.DataFrame) -> list[str]:
     for m, lab, p, st in zip(methods, labels, pairs, settings):
         groups.setdefault((m, lab, p), []).append(st)
     for (m, lab, _), sts in groups.items():
-        keys = set().union(*sts) - {"method"}
-        v = {k for k in keys if len({_show(st.get(k)) for st in sts}) > 1}
+        all_keys = set().union(*sts) - {"method"}
+        v = {k for k in all_keys if len({_show(st.get(k)) for st in sts}) > 1}
         varying[(m, lab)] = sorted(set(varying.get((m, lab), [])) | v)
     names: dict[tuple, str] = {}
     out = []
@@ -344,7 +345,7 @@ def _missing_detail(row: pd.Series, rule: str) -> str:
     return str(row["error"]) if isinstance(row.get("error"), str) and row["error"] else status
 
 
-MISSING_COLUMNS = ["entry", "method", "labels", "pair", "seed", "status", "detail", "run_id"]
+MISSING_COLUMNS: list[str] = ["entry", "method", "labels", "pair", "seed", "status", "detail", "run_id"]
 
 
 def prepare(df: pd.DataFrame, rule: str = "last",

@@ -75,5 +75,7 @@ def tf_efficientnet_lite0(in_channels: int = 3, image_size: int = 224, pretraine
     if not weights and not as_bool(pretrained):
         return TimmBackbone(timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0), pretrained=False)
     model = imagenet_classifier(weights)
-    model.reset_classifier(0)  # pooled 1,280-d features; the method owns the head
+    # pooled 1,280-d features; the method owns the head. (timm's method: torch types a Module's unknown attributes
+    # as Tensor | Module)
+    model.reset_classifier(0)  # type: ignore[operator]
     return TimmBackbone(model, pretrained=True)

@@ -21,7 +21,8 @@ class TimmBackbone(Backbone):
     def __init__(self, model: nn.Module, pretrained: bool) -> None:
         super().__init__()
         self.model = model
-        self.out_features = int(model.num_features)
+        # timm sets num_features as an int; torch types a Module's unknown attributes as Tensor | Module
+        self.out_features = int(model.num_features)  # type: ignore[arg-type]
         self.pretrained = pretrained
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

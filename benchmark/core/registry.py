@@ -323,7 +323,7 @@ def load_plugin(ref: str) -> None:
             # imports it as a package module via its entry point; --plugin then must not import it
             # again). Two different files with one stem are still two plugins.
             for mod in list(sys.modules.values()):
-                if getattr(mod, "__file__", None) and _same_file(mod.__file__, path):
+                if (file := getattr(mod, "__file__", None)) and _same_file(file, path):
                     return
             digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
             mod_name = f"dabench_plugin_{path.stem.replace('-', '_')}_{digest}"

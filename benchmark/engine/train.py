@@ -202,7 +202,7 @@ FEATURES_PER_DOMAIN = 1000  # enough for a t-SNE; keeps the file small (float16)
 def save_features(method: Method, data: DeviceData, path) -> None:
     """Features of (up to 1,000) source-validation and target-evaluation images, with labels, as .npz."""
     method.eval()
-    out = {}
+    out: dict[str, Any] = {}  # Any: numpy's stubs would match ndarray values to savez's allow_pickle
     for name, split in (("source", data.source_val), ("target", data.target_eval)):
         feats = predict_split(method, data, split, limit=FEATURES_PER_DOMAIN, output="features")
         out[f"{name}_features"] = feats.cpu().numpy().astype(np.float16)

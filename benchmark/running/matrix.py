@@ -115,7 +115,7 @@ def load_matrix_file(path: str | pathlib.Path) -> Matrix:
     for key in ("methods", "pairs", "plugins"):
         if key in m:
             value = m[key]
-            ok = isinstance(value, list) and all(isinstance(v, str) for v in value) and (value or key == "plugins")
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value) and (bool(value) or key == "plugins")
             _expect(ok, where, f"matrix.{key}", "a non-empty list of strings", value)
             kwargs[key] = tuple(value)
     if "plugins" in kwargs:
@@ -126,7 +126,7 @@ def load_matrix_file(path: str | pathlib.Path) -> Matrix:
         seeds = m["seeds"]
         if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0:
             seeds = list(range(seeds))
-        ok = isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        ok = isinstance(seeds, list) and bool(seeds) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
         _expect(bool(ok), where, "matrix.seeds", "a positive integer or a non-empty list of non-negative integers", m["seeds"])
         kwargs["seeds"] = tuple(seeds)
     overrides = data.get("set", {})

@@ -109,7 +109,7 @@ def folder_status(root: str | os.PathLike) -> FolderStatus:
             live = store.claimed_by_live_process(run_id)
         out.ignored += [str(w.message) for w in caught]  # an unreadable claim, by name
         error = ""
-        if status in ("complete", "failed", "diverged", "skipped"):
+        if rec is not None and status in ("complete", "failed", "diverged", "skipped"):
             state = status
             err = rec.get("error") or {}
             if status != "complete":

@@ -45,7 +45,7 @@ def _now() -> str:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Device and versions recorded with every run (reproducibility)."""
-    versions = {"dabench": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    versions: dict[str, str | None] = {"dabench": __version__, "python": platform.python_version(), "torch": torch.__version__}
     for mod in ("torchvision", "timm", "numpy"):
         try:
             versions[mod] = __import__(mod).__version__

@@ -105,7 +105,7 @@ def record_death(store: RunStore, spec: RunSpec, why: str, detail: str, device: 
     """
     info = store.claim_info(spec.run_id)
     busy = info is not None and info.live
-    if busy and remote:
+    if busy and remote and info is not None:
         # a claim from another machine may be the dead task's own, still within its heartbeat
         # bound: only a live claim on this machine surely belongs to someone else
         busy = info.on_this_machine
