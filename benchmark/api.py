@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 from .core.registry import ensure_method_registered
 from .running.matrix import DEFAULT_METHODS, DEFAULT_PAIRS, DEFAULT_SEEDS, Matrix, expand
@@ -33,7 +35,8 @@ def run(
 
     names = [ensure_method_registered(m) if isinstance(m, type) else m for m in methods]
     matrix = Matrix(tuple(names), tuple(pairs), tuple(int(s) for s in seeds), dict(overrides or {}))
-    options = ExecutorOptions(device=device, data_root=data_root, progress=progress, **executor_options)
+    root = None if data_root is None else Path(data_root)
+    options = ExecutorOptions(device=device, data_root=root, progress=progress, **executor_options)
     return run_matrix(expand(matrix), results_dir, options, executor=executor)
 
 

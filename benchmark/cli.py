@@ -6,14 +6,11 @@ import dataclasses
 import pathlib
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 # torch-free imports only (docs/architecture.md, "Import layers"): ``dabench report`` and
 # ``dabench status`` must not import torch; the executors (engine, torch) load in _run
 from .core.domain import default_data_root
-from .running.matrix import (
-    DEFAULT_METHODS, DEFAULT_PAIRS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides, truthy,
-)
 from .core.registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
 from .core.store import WriteFault
 
@@ -201,7 +198,7 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(header: Sequence[str], rows: list[Sequence[str]]) -> None:
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     if not rows:
         print("(nothing matches)")
         return

@@ -57,8 +57,9 @@ import io
 import math
 import pathlib
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -380,7 +381,7 @@ def _check_hparams(cls: type[Method], pair: str) -> list[str]:
             specs = expand(Matrix(methods=methods, pairs=(pair,), seeds=(0,), overrides={flag: parse_value(text)}))
         except (MatrixError, KeyError, ValueError) as exc:
             raise AssertionError(f"{name}: --set {flag}={text} is refused: {exc}") from None
-        got = [s for s in specs if s.method == name][0].hparams.get(key)
+        got = next(s for s in specs if s.method == name).hparams.get(key)
         _check(got == wanted and type(got) is type(default),
                f"{name}: --set {flag}={text} gave {key}={got!r} ({type(got).__name__}); expected {wanted!r} "
                f"({type(default).__name__})")

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import zlib
 import pathlib
 import tempfile
 import warnings
-from typing import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -51,7 +51,7 @@ def checksum(t: torch.Tensor) -> str:
     crc = zlib.crc32(f"{t.dtype}{tuple(t.shape)}".encode())
     if t.numel():
         # a flat byte view of the tensor's memory: no copy, works for every dtype (bf16 included)
-        crc = zlib.crc32(memoryview(t.view(-1).view(torch.uint8).numpy()), crc)
+        crc = zlib.crc32(t.view(-1).view(torch.uint8).numpy().data, crc)
     return f"{crc:08x}"
 
 
@@ -111,9 +111,9 @@ def cached(
         try:
             return _verified(torch.load(path, map_location="cpu", weights_only=True), path)
         except CacheMismatch as exc:
-            warnings.warn(f"corrupt cache file {path} ({exc}); decoding again and rewriting it")
+            warnings.warn(f"corrupt cache file {path} ({exc}); decoding again and rewriting it", stacklevel=2)
         except Exception as exc:  # noqa: BLE001 - a corrupt cache file is rebuilt, not fatal
-            warnings.warn(f"unreadable cache file {path} ({type(exc).__name__}: {exc}); decoding again")
+            warnings.warn(f"unreadable cache file {path} ({type(exc).__name__}: {exc}); decoding again", stacklevel=2)
     tensors = decode()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,7 @@ def cached(
             if os.path.exists(tmp):
                 os.unlink(tmp)
     except OSError as exc:
-        warnings.warn(f"could not write the decoded cache {path} ({exc}); the next load decodes again")
+        warnings.warn(f"could not write the decoded cache {path} ({exc}); the next load decodes again", stacklevel=2)
     return tensors
 
 

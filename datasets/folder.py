@@ -46,9 +46,10 @@ import torch
 import torch.nn.functional as F
 
 from dabench.core.domain import AUGMENTATIONS, Domain, DomainPair, MissingDataError, PairData, Schedule, shots_error
-from dabench.core.registry import BACKBONES, PAIRS, RegistryError
+
 # the name grammar lives in core (torch-free) so that reading results can label folder pairs
 from dabench.core.pairnames import NAME_CHARS, OPTIONS, USAGE, folder_label, parse_arguments  # noqa: F401
+from dabench.core.registry import BACKBONES, PAIRS, RegistryError
 from dabench.core.splits import stratified_split
 
 from .cache import cached
@@ -189,7 +190,7 @@ def make_folder_pair(arguments: str) -> DomainPair:
     # the adaptation split's smallest class, from file counts alone (no decoding): eval=half keeps
     # n - round(n/2) of a class's n images for adaptation, exactly as stratified_split(.., 0.5) does
     counts = [len(tgt_classes[c]) for c in shared]
-    max_shots = min(counts) if evaluation == "all" else min(n - int(round(n * 0.5)) for n in counts)
+    max_shots = min(counts) if evaluation == "all" else min(n - round(n * 0.5) for n in counts)
     if "shots" not in opts:  # the default budget shrinks to what small folders hold
         shots = min(shots, max_shots)
     if not 0 <= shots <= max_shots:

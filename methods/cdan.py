@@ -7,8 +7,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench import (Batch, DomainDiscriminator, Loss, Method, Uses, entropy, grad_reverse, grl_coefficient,
-                     register_method)
+from dabench import (
+    Batch,
+    DomainDiscriminator,
+    Loss,
+    Method,
+    Uses,
+    entropy,
+    grad_reverse,
+    grl_coefficient,
+    register_method,
+)
 
 #: above this d_f · C the full multilinear map is replaced by the randomized one (Long et al. 2018, §3.3)
 MAX_MULTILINEAR_DIM = 4096

@@ -6,8 +6,7 @@ import torch.nn.functional as F
 
 # the GRL, its ramp and the discriminator live in dabench.layers (shared with CDAN, MDD and
 # plugins); re-exported here because code written against earlier versions imports them from dann
-from dabench import (Batch, DomainDiscriminator, Loss, Method, Uses, grad_reverse, grl_coefficient,
-                     register_method)
+from dabench import Batch, DomainDiscriminator, Loss, Method, Uses, grad_reverse, grl_coefficient, register_method
 
 __all__ = ["DANN", "DomainDiscriminator", "grad_reverse", "grl_coefficient"]
 

@@ -20,6 +20,7 @@ class FineTune(Method):
     defaults = {"lr_scale": 0.1, "steps_fraction": 0.5}
 
     def loss(self, batch: Batch, progress: float) -> Loss:
+        assert batch.x_shots is not None and batch.y_shots is not None  # uses.target_shots: the engine fills them
         return self.combine({"ce_shots": F.cross_entropy(self.predict(batch.x_shots), batch.y_shots)})
 
     def param_groups(self) -> list[dict]:

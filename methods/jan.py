@@ -3,8 +3,16 @@ from __future__ import annotations
 
 import torch
 
-from dabench import (KERNEL_MULTIPLIERS, Batch, Loss, Method, Uses, gaussian_kernel_matrix, mmd_from_kernel,
-                     register_method)
+from dabench import (
+    KERNEL_MULTIPLIERS,
+    Batch,
+    Loss,
+    Method,
+    Uses,
+    gaussian_kernel_matrix,
+    mmd_from_kernel,
+    register_method,
+)
 
 #: the softmax layer's kernel: one Gaussian at the batch's own bandwidth (β = 1)
 SOFTMAX_MULTIPLIERS: tuple[float, ...] = (1.0,)

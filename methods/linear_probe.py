@@ -24,6 +24,7 @@ class LinearProbe(Method):
 
     def loss(self, batch: Batch, progress: float) -> Loss:
         # Only used if someone runs the probe through the step loop: CE on shots, frozen features.
+        assert batch.x_shots is not None and batch.y_shots is not None  # uses.target_shots: the engine fills them
         with torch.no_grad():
             f = self.net.features(batch.x_shots)
         return self.combine({"ce_shots": F.cross_entropy(self.net.head(f), batch.y_shots)})

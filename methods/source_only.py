@@ -14,7 +14,7 @@ class SourceOnly(Method):
 
     protocol = "uda"
     uses = Uses(source_labels=True)
-    defaults: dict = {}
+    defaults = {}
 
     def loss(self, batch: Batch, progress: float) -> Loss:
         logits, _ = self.net(batch.x_source)

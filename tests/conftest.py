@@ -26,8 +26,8 @@ def one_thread():
 @pytest.fixture(scope="session")
 def quick_matrix(tmp_path_factory):
     """All six built-in methods × digits-offline × seed 0 at 300 steps; returns (results dir, summary)."""
-    from dabench.running.matrix import Matrix, expand
     from dabench.running.executors import ExecutorOptions
+    from dabench.running.matrix import Matrix, expand
     from dabench.running.scheduler import run_matrix
 
     out = tmp_path_factory.mktemp("quick")

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from dabench.speed.bench import backbone_factory
 from dabench.cli import main
 from dabench.core.registry import RegistryError
+from dabench.speed.bench import backbone_factory
 
 
 @pytest.fixture(autouse=True)

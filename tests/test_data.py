@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from dabench import PAIRS
-from dabench.engine.data import DeviceData, Stream, augment_affine, draw_shots
 from dabench.core.domain import Domain, PairData
+from dabench.engine.data import DeviceData, Stream, augment_affine, draw_shots
 
 
 def _transductive_pair_data(n=60, classes=3):

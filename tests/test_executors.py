@@ -13,11 +13,11 @@ import textwrap
 import pytest
 
 from dabench.cli import main
+from dabench.core.store import RunStore
 from dabench.running.executors import ExecutorOptions, make_executor
 from dabench.running.executors.local_pool import plan_slots
 from dabench.running.matrix import Matrix, expand
 from dabench.running.scheduler import run_matrix
-from dabench.core.store import RunStore
 
 TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
 
@@ -101,7 +101,7 @@ def test_plan_slots_packs_runs_per_gpu(monkeypatch):
     assert plan.gpu_of_slot == ["0", "1"] * 4  # each GPU gets 4 workers, each worker sees one GPU
     assert plan_slots("auto", 3).gpu_of_slot == ["0", "1", "0"]
     assert plan_slots("cuda:1", None, 2).gpu_of_slot == [None, None]  # pinned: CUDA_VISIBLE_DEVICES untouched
-    monkeypatch.setattr(ex, "visible_gpus", lambda: [])
+    monkeypatch.setattr(ex, "visible_gpus", list)
     assert plan_slots("auto", None).workers == 1 and plan_slots("cpu", 2).device == "cpu"
     with pytest.raises(ValueError, match="--runs-per-gpu must be at least 1"):
         plan_slots("auto", None, runs_per_gpu=0)

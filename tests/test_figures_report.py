@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from dabench.analysis import figures as F
-from dabench.analysis.tables import leaderboard
 from dabench.analysis.report import report_text, write_report
 from dabench.analysis.results import load_results
 from dabench.analysis.stats import friedman
+from dabench.analysis.tables import leaderboard
 from fake_runs import curve_from, write_run
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -11,11 +11,10 @@ import pathlib
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-
-import pandas as pd
 
 import dabench
 from dabench import PAIRS, RegistryError

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from dabench.analysis.tables import leaderboard, mean_ci, welch_less_p
 from dabench.analysis.results import load_results
+from dabench.analysis.tables import leaderboard, mean_ci, welch_less_p
 from fake_runs import write_matrix, write_run
 
 UDA = {("source-only", "a"): [60.0, 61.0, 62.0], ("source-only", "b"): [50.0, 51.0, 52.0],
@@ -79,7 +79,7 @@ def test_not_significantly_worse_mark_uses_one_sided_welch(df, tmp_path):
 
 def test_markdown_is_aligned_and_marks_best(df):
     md = leaderboard(df).to_markdown()
-    rows = [l for l in md.splitlines() if l.startswith("|")]
+    rows = [line for line in md.splitlines() if line.startswith("|")]
     assert len({len(r) for r in rows}) == 1, "columns must align in a terminal"
     assert "**71.0 ± 1.0" in md and "labels" in rows[0]
     assert "Welch" in md and "1 run(s) not complete" in md
@@ -209,3 +209,16 @@ def test_planned_seeds_come_from_matrix_json(diverged):
     row = lb.missing[lb.missing["status"] == "pending"].iloc[0]
     assert (row["entry"], row["pair"], row["seed"]) == ("dan", "b", 3) and "matrix.json" in row["detail"]
     assert lb.to_csv(diverged / "x.csv").read_text().splitlines()[0].count("planned") == 2
+
+
+def test_load_results_takes_any_path_like(tmp_path):
+    """``dabench.load_results`` promises ``str | os.PathLike``: a path-like that is not a ``Path``
+    is one folder, not an iterable of folders (it used to be iterated and raise TypeError)."""
+
+    class Folder:  # an os.PathLike that is not a pathlib.Path (e.g. a py.path.local)
+        def __fspath__(self) -> str:
+            return str(tmp_path)
+
+    write_matrix(tmp_path, UDA)
+    df = load_results(Folder())
+    assert len(df) == len(load_results(tmp_path)) == sum(len(v) for v in UDA.values())

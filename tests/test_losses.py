@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
+from dabench.backbones.lenet import LeNet
+from dabench.core.method import Batch
 from dabench.methods.coral import coral_loss, covariance
 from dabench.methods.dan import multi_kernel_mmd
 from dabench.methods.dann import DANN, grad_reverse, grl_coefficient
-from dabench.core.method import Batch
-from dabench.backbones.lenet import LeNet
 
 
 def test_mmd_matches_a_hand_computation():

@@ -17,8 +17,8 @@ import torch
 
 from dabench.cli import main
 from dabench.core.domain import Schedule, ScheduleError, lr_factor, target_shot_capacity
-from dabench.running.matrix import Matrix, MatrixError, expand
 from dabench.core.registry import PAIRS, RegistryError
+from dabench.running.matrix import Matrix, MatrixError, expand
 from dabench.running.unit import load_pair_data
 
 torch.set_num_threads(1)
@@ -168,7 +168,7 @@ def test_folder_pair_maximum_from_file_counts(tmp_path: pathlib.Path) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         data = pair.load(tmp_path / "root")
     assert target_shot_capacity(data) == 2
-    with pytest.raises(RegistryError, match="shots=3 .* from 0 to 2"):
+    with pytest.raises(RegistryError, match=r"shots=3 .* from 0 to 2"):
         PAIRS.get(base + ",shots=3")
     assert PAIRS.get(base + ",eval=all").max_target_shots == 4
 

@@ -6,7 +6,7 @@ from dabench.core.store import RunStore
 
 
 def _records(quick_matrix):
-    out, summary, specs = quick_matrix
+    out, _summary, specs = quick_matrix
     store = RunStore(out)
     return {s.method: store.read(s.run_id) for s in specs}
 

@@ -12,9 +12,9 @@ import contextlib
 import pytest
 import torch
 
-from dabench.speed.bench import EngineBench
 from dabench.core.registry import PAIRS
 from dabench.running.unit import load_pair_data
+from dabench.speed.bench import EngineBench
 
 STEPS, LOG_EVERY, EVAL_EVERY = 12, 4, 6
 HOST_READS = ("item", "tolist", "numpy", "__int__", "__float__", "__bool__", "__index__")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import dabench  # noqa: F401  (registers)
-from dabench.datasets import office31
 from dabench.core.domain import MissingDataError
 from dabench.core.registry import PAIRS
+from dabench.datasets import office31
 from office31_fixture import write_office31
 
 torch.set_num_threads(1)

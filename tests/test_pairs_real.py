@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import dabench  # noqa: F401  (registers)
-from dabench.datasets import cifar_stl, digits
 from dabench.core.domain import MissingDataError
 from dabench.core.registry import PAIRS
+from dabench.datasets import cifar_stl, digits
 
 torch.set_num_threads(1)
 

@@ -121,7 +121,7 @@ def test_matrix_file_plugins(capsys):
 def test_plugin_file_already_imported_as_a_module_is_not_imported_twice(monkeypatch):
     """An editable install imports dabench_mcc via its entry point; --plugin of the same file is then a no-op."""
     monkeypatch.syspath_prepend(str(EXAMPLES / "dabench-mcc"))
-    import dabench_mcc  # noqa: F401  (as the entry point would)
+    import dabench_mcc
 
     load_plugin(str(EXAMPLES / "dabench-mcc" / "dabench_mcc.py"))  # no "registered twice"
     assert METHODS.get("mcc") is dabench_mcc.MCC
@@ -189,7 +189,7 @@ def test_broken_entry_point_warns_once_and_fails_only_when_its_method_is_asked_f
     assert main(["run", "--methods", "cdan-gone", "--seeds", "0", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "method 'cdan-gone' is unavailable" in err and "pip uninstall broken-dabench-plugin" in err
-    with pytest.raises(PluginError, match="'cdan-gone' is unavailable.*ModuleNotFoundError"):
+    with pytest.raises(PluginError, match=r"'cdan-gone' is unavailable.*ModuleNotFoundError"):
         METHODS.get("cdan-gone")
     # a name the broken package may have provided (a module entry point registers several)
     with pytest.raises(RegistryError, match="unknown method 'nonexistent-xyz'.*broken plugins.*broken-dabench-plugin"):

@@ -12,10 +12,10 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'dabench[ray]'")
 
-from dabench.running.matrix import Matrix, expand  # noqa: E402
-from dabench.running.executors import ExecutorOptions  # noqa: E402
-from dabench.running.scheduler import run_matrix  # noqa: E402
 from dabench.core.store import RunStore  # noqa: E402
+from dabench.running.executors import ExecutorOptions  # noqa: E402
+from dabench.running.matrix import Matrix, expand  # noqa: E402
+from dabench.running.scheduler import run_matrix  # noqa: E402
 
 TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
 

@@ -15,10 +15,10 @@ import time
 
 import pytest
 
-from dabench.running.matrix import Matrix, expand
-from dabench.running.executors import ExecutorOptions
-from dabench.running.scheduler import run_matrix
 from dabench.core.store import RunStore
+from dabench.running.executors import ExecutorOptions
+from dabench.running.matrix import Matrix, expand
+from dabench.running.scheduler import run_matrix
 
 TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
 #: DANN on tiny: source and target streams (216 and 80 images: the checkpoint at step 4 is in the

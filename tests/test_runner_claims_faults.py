@@ -19,12 +19,12 @@ import time
 
 import pytest
 
-from dabench.core import store as store_mod
 from dabench.cli import main
-from dabench.running.matrix import Matrix, expand
-from dabench.running.executors import ExecutorOptions
-from dabench.running.scheduler import run_matrix
+from dabench.core import store as store_mod
 from dabench.core.store import RunStore, process_start_time
+from dabench.running.executors import ExecutorOptions
+from dabench.running.matrix import Matrix, expand
+from dabench.running.scheduler import run_matrix
 
 TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 import dabench
-from dabench.engine.data import DeviceData
-from dabench.running.matrix import Matrix, MatrixError, expand, load_matrix_file
 from dabench.core.registry import RegistryError
+from dabench.core.store import RunStore
+from dabench.engine.data import DeviceData
+from dabench.engine.train import RunContext, build_method
 from dabench.running.executors import ExecutorOptions
+from dabench.running.matrix import Matrix, MatrixError, expand, load_matrix_file
 from dabench.running.scheduler import run_matrix
 from dabench.running.unit import load_pair_data
-from dabench.core.store import RunStore
-from dabench.engine.train import RunContext, build_method
 
 
 def test_run_ids_are_stable_across_processes_and_sensitive_to_the_spec():
@@ -85,11 +85,11 @@ def test_linear_probe_leaves_every_backbone_weight_unchanged(quick_matrix):
 
 
 def test_unknown_names_list_the_valid_choices():
-    with pytest.raises(RegistryError, match="valid methods: .*dann.*source-only"):
+    with pytest.raises(RegistryError, match=r"valid methods: .*dann.*source-only"):
         expand(Matrix(methods=("danm",)))
-    with pytest.raises(RegistryError, match="valid pairs: .*digits-offline"):
+    with pytest.raises(RegistryError, match=r"valid pairs: .*digits-offline"):
         expand(Matrix(pairs=("digits",)))
-    with pytest.raises(RegistryError, match="valid backbones: .*lenet"):
+    with pytest.raises(RegistryError, match=r"valid backbones: .*lenet"):
         dabench.BACKBONES.get("lenett")
 
 

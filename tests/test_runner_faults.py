@@ -19,10 +19,10 @@ import time
 
 import pytest
 
-from dabench.running.matrix import Matrix, expand
-from dabench.running.executors import ExecutorOptions
-from dabench.running.scheduler import run_matrix
 from dabench.core.store import RunStore
+from dabench.running.executors import ExecutorOptions
+from dabench.running.matrix import Matrix, expand
+from dabench.running.scheduler import run_matrix
 
 TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
 DABENCH = [sys.executable, "-m", "dabench.cli"]
@@ -188,7 +188,7 @@ def test_two_runners_on_one_folder_run_each_run_once(tmp_path):
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for _ in range(2)]
     results = [p.communicate(timeout=120) for p in procs]
-    for p, (so, se) in zip(procs, results):
+    for p, (_so, se) in zip(procs, results):
         assert p.returncode == 0, se[-3000:]
     started = [line.split()[0] for line in trace.read_text().splitlines()]
     assert len(started) == 4 and len(set(started)) == 4, started  # each run once, by one of the two

@@ -13,12 +13,12 @@ from fake_runs import curve_from, write_run
 
 # One curve where every rule picks a different evaluation (steps 100..500).
 ACCS = [60.0, 70.0, 65.0, 80.0, 62.0]          # oracle → step 400 (80.0); last → step 500
-SCORES = dict(
-    source_val_acc=[90.0, 95.0, 91.0, 92.0, 93.0],  # → step 200 (70.0)
-    entropy=[0.9, 0.8, 0.2, 0.5, 0.6],              # min → step 300 (65.0)
-    im=[1.0, 1.1, 1.2, 1.3, 2.0],                   # max → step 500 (62.0)
-    snd=[5.0, 1.0, 1.0, 1.0, 1.0],                  # max → step 100 (60.0)
-)
+SCORES = {
+    "source_val_acc": [90.0, 95.0, 91.0, 92.0, 93.0],  # → step 200 (70.0)
+    "entropy": [0.9, 0.8, 0.2, 0.5, 0.6],              # min → step 300 (65.0)
+    "im": [1.0, 1.1, 1.2, 1.3, 2.0],                   # max → step 500 (62.0)
+    "snd": [5.0, 1.0, 1.0, 1.0, 1.0],                  # max → step 100 (60.0)
+}
 EXPECTED = {"last": (62.0, 500), "source-val": (70.0, 200), "entropy": (65.0, 300),
             "im": (62.0, 500), "snd": (60.0, 100), "oracle": (80.0, 400)}
 
@@ -84,7 +84,7 @@ def test_each_rule_picks_its_evaluation(folder, rule):
 
 def test_rules_registry_and_oracle_label():
     assert set(RULES) == {"last", "source-val", "entropy", "im", "snd", "oracle"}
-    for name, (desc, cite, fn) in RULES.items():  # (description, citation, function)
+    for desc, cite, fn in RULES.values():  # (description, citation, function)
         assert desc and cite and callable(fn)
     assert RULES["oracle"].description == ORACLE_LABEL
     assert "ORACLE" in rule_title("oracle") and "upper bound" in rule_title("oracle")

@@ -23,7 +23,7 @@ from dabench.running.matrix import Matrix, expand
 
 pytest.importorskip("submitit", reason="the slurm executor needs submitit: pip install 'dabench[slurm]'")
 
-from test_runner_faults import _wait_for  # noqa: E402
+from test_runner_faults import _wait_for
 
 TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
 DABENCH = [sys.executable, "-m", "dabench.cli"]

@@ -9,9 +9,23 @@ import pytest
 from scipy import stats as sps
 
 from dabench.analysis.results import load_results
-from dabench.analysis.stats import (aggregate_iqm, aggregate_mean, cd_cliques, compare, friedman, friedman_exact_p, holm,
-                           nemenyi_cd, nemenyi_q, probability_of_improvement, rank_matrix,
-                           stratified_bootstrap_ci, STAT_TESTS, StatOutput, StatTest)
+from dabench.analysis.stats import (
+    STAT_TESTS,
+    StatOutput,
+    StatTest,
+    aggregate_iqm,
+    aggregate_mean,
+    cd_cliques,
+    compare,
+    friedman,
+    friedman_exact_p,
+    holm,
+    nemenyi_cd,
+    nemenyi_q,
+    probability_of_improvement,
+    rank_matrix,
+    stratified_bootstrap_ci,
+)
 from dabench.analysis.tables import mean_ci, mean_interval
 from fake_runs import write_matrix, write_run
 
@@ -193,7 +207,7 @@ def test_reported_95_interval_covers_95_percent(seeds, pairs):
     cover = np.mean((lo <= true.mean()) & (true.mean() <= hi))
     assert 0.93 <= cover <= 0.97, cover
     # the cell statistic is the same construction
-    m, s, clo, chi = mean_ci(tasks[0][0])
+    _m, _s, clo, chi = mean_ci(tasks[0][0])
     assert (clo, chi) == pytest.approx(tuple(float(v[0]) for v in mean_interval([tasks[0][:1]])[1:]))
 
 
@@ -206,7 +220,7 @@ def test_percentile_bootstrap_undercovers_at_three_seeds():
 
 
 def test_intervals_stay_within_0_and_100():
-    m, s, lo, hi = mean_ci(np.array([99.0, 100.0]))
+    m, _s, lo, hi = mean_ci(np.array([99.0, 100.0]))
     assert hi == 100.0 and 0.0 <= lo < m
     assert mean_ci(np.array([0.0, 3.0]))[2] == 0.0
 

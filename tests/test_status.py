@@ -14,11 +14,11 @@ import sys
 import pytest
 
 from dabench.cli import main
-from dabench.running.scheduler import write_matrix_file
-from dabench.running.unit import base_record
 from dabench.core.spec import RunSpec
-from dabench.running.status import folder_status, status_text
 from dabench.core.store import RunStore
+from dabench.running.scheduler import write_matrix_file
+from dabench.running.status import folder_status, status_text
+from dabench.running.unit import base_record
 
 
 def _spec(method: str, seed: int) -> RunSpec:

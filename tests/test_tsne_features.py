@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from dabench.running.matrix import Matrix, expand
 from dabench.analysis.report import write_report
-from dabench.running.executors import ExecutorOptions
-from dabench.running.scheduler import run_matrix
 from dabench.core.store import RunStore
+from dabench.running.executors import ExecutorOptions
+from dabench.running.matrix import Matrix, expand
+from dabench.running.scheduler import run_matrix
 
 TINY = {"steps": 20, "eval_every": 20, "batch_size": 32}
 

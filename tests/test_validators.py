@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from dabench import PAIRS
-from dabench.engine.data import VALIDATOR_SAMPLES, DeviceData, validator_sample
 from dabench.core.domain import Domain, PairData
+from dabench.engine.data import VALIDATOR_SAMPLES, DeviceData, validator_sample
 from dabench.engine.evaluate import evaluate, predict_split
+from dabench.engine.train import build_method, execute
 from dabench.running.matrix import Matrix, expand
 from dabench.running.unit import load_pair_data
-from dabench.engine.train import build_method, execute
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

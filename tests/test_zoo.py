@@ -14,8 +14,7 @@ from dabench.backbones.lenet import LeNet
 from dabench.layers import entropy, gaussian_kernel_matrix, multi_kernel_mmd
 from dabench.methods.afn import AFN, safn_loss
 from dabench.methods.bnm import bnm_loss
-from dabench.methods.cdan import (CDAN, RANDOMIZED_DIM, RandomizedMultilinearMap, entropy_weights,
-                                  multilinear_map)
+from dabench.methods.cdan import CDAN, RANDOMIZED_DIM, RandomizedMultilinearMap, entropy_weights, multilinear_map
 from dabench.methods.jan import joint_mmd
 from dabench.methods.mdd import MDD, mdd_loss
 
@@ -259,9 +258,9 @@ def test_list_methods_groups_by_protocol(capsys):
 
 def test_every_zoo_method_trains_above_chance_on_digits(tmp_path):
     """A tiny real schedule (100 steps, batch 32) on digits-offline: every new method learns."""
+    from dabench.core.store import RunStore
     from dabench.running.executors import ExecutorOptions
     from dabench.running.scheduler import run_matrix
-    from dabench.core.store import RunStore
 
     specs = dabench.expand(dabench.Matrix(methods=ZOO, seeds=(0,),
                                           overrides={"steps": 100, "batch_size": 32, "eval_every": 100}))

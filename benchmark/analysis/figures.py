@@ -10,8 +10,8 @@ import base64
 import io
 import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,8 +19,8 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .tables import SOURCE_ONLY, Leaderboard
 from .stats import FriedmanResult, selected_runs
+from .tables import SOURCE_ONLY, Leaderboard
 
 
 def _figure(w: float, h: float) -> Figure:
@@ -76,7 +76,8 @@ def accuracy_figure(lb: Leaderboard) -> Figure | None:
         if "complete" in sub:
             for bar, done in zip(bars, sub["complete"].fillna(True)):
                 if not bool(done):
-                    bar.set_hatch("//"); bar.set_edgecolor("k")
+                    bar.set_hatch("//")
+                    bar.set_edgecolor("k")
     ax.set_xticks(x, pairs, rotation=20 if len(pairs) > 3 else 0)
     ax.set_ylabel("target accuracy (%)")
     ax.set_ylim(0, 100)
@@ -112,7 +113,8 @@ def gain_heatmap(lb: Leaderboard) -> Figure | None:
         warnings.simplefilter("ignore", PendingDeprecationWarning)
         sns.heatmap(g, ax=ax, annot=True, fmt="+.1f", cmap="RdBu", center=0, vmin=-lim, vmax=lim,
                     cbar_kws={"label": "gain (points)"})
-    ax.set_xlabel("pair"); ax.set_ylabel("")
+    ax.set_xlabel("pair")
+    ax.set_ylabel("")
     ax.set_title(f"Gain over source-only (rule: {lb.rule})", fontsize=9)
     return fig
 
@@ -120,7 +122,7 @@ def gain_heatmap(lb: Leaderboard) -> Figure | None:
 def learning_curves(df: pd.DataFrame, rule: str = "last", metric: str = "target_acc") -> Figure | None:
     """``metric`` against step from each complete run's logged evaluations; mean ± sd over seeds."""
     sel = selected_runs(df, rule)
-    rows = [dict(entry=e, pair=p, seed=s, step=c.get("step"), value=c.get(metric))
+    rows = [{"entry": e, "pair": p, "seed": s, "step": c.get("step"), "value": c.get(metric)}
             for e, p, s, curve in zip(sel["entry"], sel["pair"], sel["seed"], sel["curve"])
             for c in curve]
     long = pd.DataFrame(rows, columns=["entry", "pair", "seed", "step", "value"]).dropna()
@@ -137,7 +139,9 @@ def learning_curves(df: pd.DataFrame, rule: str = "last", metric: str = "target_
         sns.lineplot(data=long[long["pair"] == pair], x="step", y="value", hue="entry",
                      hue_order=hue_order, errorbar="sd", ax=ax, marker="o", markersize=3,
                      legend=pair == pairs[0])
-        ax.set_title(pair, fontsize=9); ax.set_ylabel(metric); ax.grid(alpha=0.3)
+        ax.set_title(pair, fontsize=9)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
         if metric == "target_acc":  # the ± sd band must not suggest accuracies outside [0, 100]
             lo, hi = ax.get_ylim()
             ax.set_ylim(max(0.0, lo), min(100.0, hi))
@@ -174,7 +178,7 @@ def cd_diagram(fr: FriedmanResult, title: str | None = None) -> Figure:
             y, x_text, ha = -(i + 1) * step - 0.2 - 0.2 * len(fr.cliques), lo - 0.45, "left"
         else:
             y, x_text, ha = -(k - i) * step - 0.2 - 0.2 * len(fr.cliques), hi + 0.45, "right"
-        ax.plot([r, r, x_text + (0.0 if ha == "left" else 0.0)], [y_axis, y, y], color="k", lw=0.8)
+        ax.plot([r, r, x_text], [y_axis, y, y], color="k", lw=0.8)
         label = f"{name} ({r:.2f})"
         ax.text(x_text, y + 0.04, label, ha=ha, va="bottom", fontsize=8)
     for j, clique in enumerate(fr.cliques):
@@ -236,7 +240,9 @@ def tsne_figure(features_source: np.ndarray | tuple[np.ndarray, np.ndarray],
                 m = np.asarray(y) == cls
                 ax.scatter(e[m, 0], e[m, 1], s=8, alpha=0.6, c=color, marker=markers[ci % len(markers)],
                            label=dom if ci == 0 else None)
-        ax.set_title(name, fontsize=9); ax.set_xticks([]); ax.set_yticks([])
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=10)
     return fig

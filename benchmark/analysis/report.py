@@ -7,21 +7,22 @@ request. Figures are also written next to it as PNG and SVG (``figures/``) for p
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import html
 import warnings
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import figures as F
-from .tables import Leaderboard, leaderboard
+from .render import html_table, md_table
 from .results import filter_runs, load_results
 from .selection import RULES, check_rule, rule_regret, rule_title
-from .render import html_table, md_table
 from .stats import Comparison, compare
+
 
 def _write_md(lb: Leaderboard, path: Path) -> None:
     path.write_text(lb.to_markdown(), encoding="utf-8")
@@ -163,17 +164,18 @@ def write_report(dirs: str | Path | Iterable[str | Path], rule: str = "last",
 
 def _figures(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, rule: str) -> dict:
     figs = {}
-    makers = [("accuracy_per_pair", lambda: F.accuracy_figure(lb)),
+    makers: list[tuple[str, Callable[[], Figure | None]]] = [
+              ("accuracy_per_pair", lambda: F.accuracy_figure(lb)),
               ("gain_over_source_only", lambda: F.gain_heatmap(lb)),
               ("learning_curves", lambda: F.learning_curves(df, rule))]
     if cmp_ is not None:
         for fr in cmp_.friedman:
             makers.append((f"cd_diagram_labels_{fr.labels.replace('/', '_per_')}",
-                           lambda fr=fr: F.cd_diagram(fr)))
+                           functools.partial(F.cd_diagram, fr)))
     for name, make in makers:
         try:
             fig = make()
-        except Exception as exc:  # a figure must never cost the whole report
+        except Exception as exc:  # noqa: BLE001 - a figure must never cost the whole report
             warnings.warn(f"figure {name} failed: {type(exc).__name__}: {exc}", stacklevel=2)
             continue
         if fig is not None:
@@ -214,13 +216,13 @@ def _environment(df: pd.DataFrame) -> pd.DataFrame:
     """Devices and library versions seen in the runs, with counts."""
     rows = []
     for dev, n in Counter(str(d) for d in df["device"]).most_common():
-        rows.append(dict(what="device", value=dev, runs=n))
+        rows.append({"what": "device", "value": dev, "runs": n})
     vers: Counter = Counter()
     for v in df["versions"]:
         for lib, ver in (v or {}).items():
             vers[(lib, str(ver))] += 1
     for (lib, ver), n in sorted(vers.items()):
-        rows.append(dict(what=lib, value=ver, runs=n))
+        rows.append({"what": lib, "value": ver, "runs": n})
     return pd.DataFrame(rows, columns=["what", "value", "runs"])
 
 

@@ -23,9 +23,11 @@ vanishes from the tables without a trace.
 from __future__ import annotations
 
 import json
+import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -210,11 +212,11 @@ def _spec_run_id(spec: dict[str, Any]) -> str:
     """The run id a spec of ``matrix.json`` will record under ("" if it no longer parses)."""
     try:
         return RunSpec.from_dict(spec).run_id
-    except Exception:  # a matrix of another dabench version: the id is only informative here
+    except Exception:  # noqa: BLE001 - a matrix of another dabench version: the id is only informative here
         return ""
 
 
-def load_results(*dirs: str | Path | Iterable[str | Path], planned: bool = True) -> pd.DataFrame:
+def load_results(*dirs: str | os.PathLike | Iterable[str | os.PathLike], planned: bool = True) -> pd.DataFrame:
     """Load every ``DIR/runs/*.json`` of the given folders into one DataFrame.
 
     Args:
@@ -231,7 +233,7 @@ def load_results(*dirs: str | Path | Iterable[str | Path], planned: bool = True)
     """
     flat: list[Path] = []
     for d in dirs:
-        if isinstance(d, (str, Path)):
+        if isinstance(d, (str, os.PathLike)):  # any path-like is one folder, not an iterable of them
             flat.append(Path(d))
         else:
             flat.extend(Path(x) for x in d)
@@ -297,7 +299,7 @@ def _short_pair_names(pairs: pd.Series) -> pd.Series:
 
     full = {str(p) for p in pairs.dropna().unique()}
     label = {p: PAIRS.label(p) for p in full}
-    taken = [v for v in label.values()]
+    taken = list(label.values())
     mapping = {p: v if taken.count(v) == 1 and (v == p or v not in full) else p for p, v in label.items()}
     return pairs.map(lambda p: mapping.get(str(p), p) if p is not None else p)
 
@@ -345,7 +347,7 @@ def parse_where(where: Iterable[str] | dict[str, Any] | None) -> list[tuple[str,
             key, sep, value = str(text).partition("=")
             if not sep or not key.strip():
                 raise ValueError(f"--where {text!r}: expected KEY=VALUE (e.g. steps=2000, dann.trade_off=0.5)")
-            items.append((key.strip(), [v for v in value.split(",")]))
+            items.append((key.strip(), list(value.split(","))))
     return items
 
 
@@ -375,7 +377,7 @@ def filter_runs(df: pd.DataFrame, where: Iterable[str] | dict[str, Any] | None) 
             raise ValueError(f"--where {key}={','.join(values)}: unknown key {key!r}; valid keys: "
                              f"{', '.join(sorted(keys | hp_bare))}")
         keep = []
-        for (i, row), s in zip(df.iterrows(), settings):
+        for (_, row), s in zip(df.iterrows(), settings):
             method = str(row["method"])
             if key in _COLUMN_KEYS:
                 actual, has = row[key], True
@@ -385,7 +387,7 @@ def filter_runs(df: pd.DataFrame, where: Iterable[str] | dict[str, Any] | None) 
                 actual, has = s[f"{method}.{key}"], True
             else:
                 actual, has = None, False
-            if not has and (key in hp_bare or "." in key and not key.startswith("backbone.")):
+            if not has and (key in hp_bare or ("." in key and not key.startswith("backbone."))):
                 keep.append(True)  # a hyperparameter this method does not have: not constrained
                 continue
             if actual is pd.NA:

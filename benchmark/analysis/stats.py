@@ -65,16 +65,16 @@ import html
 import itertools
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
 from .render import html_table, md_table  # md_table/html_table: also re-exported for old imports
-from .tables import budget_key, mean_interval, prepare
 from .selection import rule_title
+from .tables import budget_key, mean_interval, prepare
 
 BLOCKS = ("pair", "pair-seed")
 MIN_SEEDS_PER_PAIR = 5
@@ -118,7 +118,7 @@ def friedman_exact_p(ranks: np.ndarray, max_work: int = EXACT_MAX_WORK) -> float
         return None
     weights_pos = base ** np.arange(k - 1, dtype=np.int64)
     codes = np.zeros(1, dtype=np.int64)
-    probs = np.ones(1)
+    probs: np.ndarray = np.ones(1)
     for row in r2:
         perms = np.array(list(itertools.permutations(row.tolist())), dtype=np.int64)
         if len(codes) * len(perms) > max_work:
@@ -194,7 +194,7 @@ def cd_cliques(avg_ranks: pd.Series, cd: float) -> tuple[tuple[str, ...], ...]:
     """
     r = avg_ranks.sort_values()
     names, vals = list(r.index), r.to_numpy(dtype=float)
-    spans = []
+    spans: list[tuple[int, int]] = []
     for i in range(len(vals)):
         j = i
         while j + 1 < len(vals) and vals[j + 1] - vals[i] < cd:

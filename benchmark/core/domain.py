@@ -4,8 +4,9 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     # torch only in the functions that touch tensors: the Schedule, DomainPair and the errors
@@ -160,7 +161,7 @@ class Schedule:
                 raise ScheduleError(f"schedule key {f.name!r}: expected {allowed}, got {given!r}")
             object.__setattr__(self, f.name, value)  # frozen: normalise 1e3 → 1000, 1 → 1.0 in place
 
-    def replace(self, **changes: Any) -> "Schedule":
+    def replace(self, **changes: Any) -> Schedule:
         valid = {f.name for f in fields(self)}
         bad = sorted(set(changes) - valid)
         if bad:

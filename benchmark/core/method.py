@@ -6,8 +6,9 @@ All methods combine their losses the same way: ``total = ce + trade_off * da``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -177,7 +178,7 @@ class Method(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict(x)
 
-    def fit(self, ctx: "RunContext") -> None:
+    def fit(self, ctx: RunContext) -> None:
         """Train. The default runs the engine's step loop calling :meth:`loss`."""
         ctx.train_steps(self)
 
@@ -225,7 +226,8 @@ class Method(nn.Module):
     @staticmethod
     def combine(parts: dict[str, torch.Tensor], da: torch.Tensor | None = None, trade_off: float = 0.0) -> Loss:
         """``total = sum of supervised parts + trade_off * da`` — the same rule for every method."""
-        total = sum(parts.values()) if parts else torch.zeros(())
+        # cast: a sum of tensors is a tensor (typeshed types sum()'s start, 0, into the result)
+        total = cast(torch.Tensor, sum(parts.values())) if parts else torch.zeros(())
         out = dict(parts)
         if da is not None:
             total = total + trade_off * da

@@ -20,7 +20,8 @@ import os
 import pathlib
 import sys
 import warnings
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 from .spec import PROTOCOLS
 
@@ -387,7 +388,7 @@ def load_plugin(ref: str) -> None:
             # imports it as a package module via its entry point; --plugin then must not import it
             # again). Two different files with one stem are still two plugins.
             for mod in list(sys.modules.values()):
-                if getattr(mod, "__file__", None) and _same_file(mod.__file__, path):
+                if (file := getattr(mod, "__file__", None)) and _same_file(file, path):
                     return
             digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
             mod_name = f"dabench_plugin_{path.stem.replace('-', '_')}_{digest}"
@@ -404,7 +405,7 @@ def load_plugin(ref: str) -> None:
             importlib.import_module(ref)
     except RegistryError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise PluginError(f"plugin {ref!r} failed to import: {type(exc).__name__}: {exc}") from exc
 
 

@@ -40,7 +40,7 @@ class RunSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunSpec":
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
         d = dict(d)
         d["schedule"] = Schedule(**d["schedule"])
         return cls(**d)

@@ -11,7 +11,7 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     for c in torch.unique(labels).tolist():
         members = torch.nonzero(labels == c).flatten()
         members = members[torch.randperm(len(members), generator=g)]
-        n_held = int(round(len(members) * fraction))
+        n_held = round(len(members) * fraction)
         held.append(members[:n_held])
         rest.append(members[n_held:])
     return torch.cat(rest).sort().values, torch.cat(held).sort().values

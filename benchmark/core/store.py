@@ -43,9 +43,10 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 try:  # POSIX; without it (Windows) claim changes are not serialised between processes
     import fcntl

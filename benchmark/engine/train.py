@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from .compile import compile_method
-from .data import DeviceData, Stream
 from ..core.domain import DomainPair, PairData, check_target_shots, lr_factor
-from .evaluate import autocast, evaluate, predict_split
 from ..core.method import Batch, Method
 from ..core.registry import BACKBONES, METHODS
 from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault, atomic_torch_save
+from .compile import compile_method
+from .data import DeviceData, Stream
+from .evaluate import autocast, evaluate, predict_split
 
 
 class Diverged(RuntimeError):
@@ -241,7 +242,7 @@ FEATURES_PER_DOMAIN = 1000  # enough for a t-SNE; keeps the file small (float16)
 def save_features(method: Method, data: DeviceData, path) -> None:
     """Features of (up to 1,000) source-validation and target-evaluation images, with labels, as .npz."""
     method.eval()
-    out = {}
+    out: dict[str, Any] = {}  # Any: numpy's stubs would match ndarray values to savez's allow_pickle
     for name, split in (("source", data.source_val), ("target", data.target_eval)):
         feats = predict_split(method, data, split, limit=FEATURES_PER_DOMAIN, output="features")
         out[f"{name}_features"] = feats.cpu().numpy().astype(np.float16)

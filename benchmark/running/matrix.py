@@ -15,9 +15,10 @@ from __future__ import annotations
 import ast
 import dataclasses
 import pathlib
-import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+import tomllib
 
 from ..core.domain import Schedule, ScheduleError, shots_error
 from ..core.registry import METHODS, PAIRS, load_plugin
@@ -114,7 +115,7 @@ def load_matrix_file(path: str | pathlib.Path) -> Matrix:
     for key in ("methods", "pairs", "plugins"):
         if key in m:
             value = m[key]
-            ok = isinstance(value, list) and all(isinstance(v, str) for v in value) and (value or key == "plugins")
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value) and (bool(value) or key == "plugins")
             _expect(ok, where, f"matrix.{key}", "a non-empty list of strings", value)
             kwargs[key] = tuple(value)
     if "plugins" in kwargs:
@@ -125,14 +126,14 @@ def load_matrix_file(path: str | pathlib.Path) -> Matrix:
         seeds = m["seeds"]
         if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0:
             seeds = list(range(seeds))
-        ok = isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        ok = isinstance(seeds, list) and bool(seeds) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
         _expect(bool(ok), where, "matrix.seeds", "a positive integer or a non-empty list of non-negative integers", m["seeds"])
         kwargs["seeds"] = tuple(seeds)
     overrides = data.get("set", {})
     _expect(isinstance(overrides, dict), where, "set", "a table [set] of key = value", overrides)
     for k, v in overrides.items():
         _expect(not isinstance(v, dict), where, f"set.{k}", 'a value (quote dotted keys: "dann.trade_off" = 0.5)', v)
-    return Matrix(**kwargs, overrides=dict(overrides), origins={k: f"{where} [set]" for k in overrides})
+    return Matrix(**kwargs, overrides=dict(overrides), origins=dict.fromkeys(overrides, f"{where} [set]"))
 
 
 def _shots_value(value: Any, where: str, key: str) -> int:

@@ -16,8 +16,9 @@ import pathlib
 import sys
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from tqdm.auto import tqdm
 

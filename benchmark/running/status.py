@@ -121,7 +121,7 @@ def folder_status(root: str | os.PathLike) -> FolderStatus:
             live = store.claimed_by_live_process(run_id)
         out.ignored += [str(w.message) for w in caught]  # an unreadable claim, by name
         error = ""
-        if status in ("complete", "failed", "diverged", "skipped"):
+        if rec is not None and status in ("complete", "failed", "diverged", "skipped"):
             state = status
             err = rec.get("error") or {}
             if status != "complete":
@@ -167,7 +167,7 @@ def _slurm_lines(root: pathlib.Path) -> list[str]:
 
 
 def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")

@@ -15,8 +15,9 @@ import platform
 import subprocess
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -44,7 +45,7 @@ def _now() -> str:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Device and versions recorded with every run (reproducibility)."""
-    versions = {"dabench": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    versions: dict[str, str | None] = {"dabench": __version__, "python": platform.python_version(), "torch": torch.__version__}
     for mod in ("torchvision", "timm", "numpy"):
         try:
             versions[mod] = __import__(mod).__version__
@@ -157,7 +158,7 @@ def run_claimed(
     on_step: Callable[[int, int], None] | None = None,
     checkpoint_every: int = 0,
     compile: bool = False,
-) -> "Outcome":
+) -> Outcome:
     """Claim the run for this process, then run it; every executor's unit of work.
 
     The status is read again *after* the claim: another runner may have finished the run

@@ -26,22 +26,23 @@ import platform
 import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.base import Backbone
-from ..engine.compile import compile_method
-from ..engine.data import DeviceData
 from ..core.domain import Domain, DomainPair, PairData, Schedule, default_data_root
-from ..engine.evaluate import autocast
 from ..core.method import Method
 from ..core.registry import BACKBONES, METHODS, PAIRS, RegistryError
 from ..core.spec import RunSpec
 from ..core.splits import stratified_split
+from ..engine.compile import compile_method
+from ..engine.data import DeviceData
+from ..engine.evaluate import autocast
 from ..engine.train import RunContext, resolve_device
 
 BackboneFactory = Callable[[], Backbone]
@@ -98,7 +99,8 @@ class TimmBackbone(Backbone):
         import timm  # late: timm takes seconds to import and only timm backbones need it
 
         self.model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
-        self.out_features = int(self.model.num_features)
+        # timm sets num_features as an int; torch types a Module's unknown attributes as Tensor | Module
+        self.out_features = int(self.model.num_features)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -156,7 +158,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _prepare(module: nn.Module, device: torch.device, compile: bool) -> nn.Module:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _prepare(module: _M, device: torch.device, compile: bool) -> _M:
     module = module.to(device)
     if device.type == "cuda":  # as execute() does
         module = module.to(memory_format=torch.channels_last)

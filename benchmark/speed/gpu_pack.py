@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,7 +6,7 @@ turns each uint8 image into a PIL image and applies torchvision's ``ToTensor`` a
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from dabench.core.domain import Domain, DomainPair
-from dabench.engine.evaluate import autocast
 from dabench.core.method import Batch, Method
+from dabench.engine.evaluate import autocast
 
 
 class PerImageDataset(Dataset):

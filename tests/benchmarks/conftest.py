@@ -47,7 +47,7 @@ class Ratios:
             r, unit = self.rates[group], self.units[group]
             d, b = r.get("dabench"), r.get("baseline")
             ratio = f"{d / b:.2f}x" if d and b else "—"
-            show = lambda v: "—" if v is None else f"{v:,.1f} {unit}"  # noqa: E731
+            show = lambda v, unit=unit: "—" if v is None else f"{v:,.1f} {unit}"  # noqa: E731
             rows.append(f"| {group} | {show(d)} | {show(b)} | {ratio} |")
         return rows
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from baselines import conventional_evaluate, loader
-from dabench.speed.bench import EngineBench
-from dabench.engine.evaluate import evaluate
+
 from dabench.core.registry import BACKBONES
+from dabench.engine.evaluate import evaluate
+from dabench.speed.bench import EngineBench
 
 ROUNDS = 3
 EVAL_BATCH = 512  # dabench's predict_split batch

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from baselines import probe_with_forward_passes
-from dabench.speed.bench import EngineBench
+
 from dabench.core.registry import BACKBONES
+from dabench.speed.bench import EngineBench
 
 ROUNDS = 3
 

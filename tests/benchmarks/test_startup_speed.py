@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fake_runs import write_matrix  # noqa: E402
+from fake_runs import write_matrix
 
 OLD_CHAIN = "import torch, dabench.backbones, dabench.methods, dabench.datasets, dabench.running.executors\n"
 

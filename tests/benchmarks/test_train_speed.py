@@ -7,10 +7,10 @@ no per-image Python), the baseline is ``baselines.ConventionalTrainer``.
 from __future__ import annotations
 
 import pytest
-
 from baselines import ConventionalTrainer, loader
-from dabench.speed.bench import EngineBench
+
 from dabench.core.registry import BACKBONES, METHODS
+from dabench.speed.bench import EngineBench
 
 STEPS_PER_ROUND = 10
 ROUNDS = 3

@@ -22,8 +22,8 @@ from __future__ import annotations
 import pathlib
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from tqdm.auto import tqdm
 
@@ -57,7 +57,7 @@ class Executor(ABC):
     def wait(self, timeout: float) -> list[Outcome]:
         """Outcomes that finished since the last call; waits up to ``timeout`` s for the first."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op default: an executor without workers has nothing to stop
         """Stop workers; records of runs still in flight stay ``running`` (rerun next time)."""
 
     @property
@@ -112,7 +112,7 @@ def record_death(store: RunStore, spec: RunSpec, why: str, detail: str, device: 
     """
     info = store.claim_info(spec.run_id)
     busy = info is not None and info.live
-    if busy and remote:
+    if busy and remote and info is not None:
         # a claim from another machine may be the dead task's own, still within its heartbeat
         # bound: only a live claim on this machine surely belongs to someone else
         busy = info.on_this_machine

@@ -5,9 +5,8 @@ storage every node sees (records and checkpoints are files). Needs ``pip install
 """
 from __future__ import annotations
 
-from typing import Any
-
 import pathlib
+from typing import Any
 
 from ...core.spec import RunSpec
 from ...core.store import RunStore

@@ -106,7 +106,7 @@ class SlurmTask:
             env = dict(os.environ)
             if self.gpus and gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
-            log = open(logs / f"slurm-{spec['_run_id']}.log", "a")  # noqa: SIM115 - closed below
+            log = open(logs / f"slurm-{spec['_run_id']}.log", "a")
             proc = subprocess.Popen(self._command(threads), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=log, text=True, env=env)
             proc.stdin.write(json.dumps({"spec": spec}) + "\n")

@@ -26,7 +26,8 @@ import pathlib
 import signal
 import sys
 import traceback
-from typing import IO, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import IO, Any
 
 import torch
 
