@@ -13,6 +13,16 @@ from collections.abc import Sequence
 from .core.domain import default_data_root
 from .core.registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
 from .core.store import WriteFault
+from .running.matrix import (
+    DEFAULT_METHODS,
+    DEFAULT_PAIRS,
+    Matrix,
+    MatrixError,
+    expand,
+    load_matrix_file,
+    parse_overrides,
+    truthy,
+)
 
 EPILOG = """examples:
   dabench run                                   # quick matrix: 6 methods x digits-offline x 3 seeds

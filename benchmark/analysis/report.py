@@ -12,6 +12,7 @@ import html
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,10 @@ import pandas as pd
 
 from . import figures as F
 from .render import html_table, md_table
+from .tables import Leaderboard, leaderboard
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 from .results import filter_runs, load_results
 from .selection import RULES, check_rule, rule_regret, rule_title
 from .stats import Comparison, compare
