@@ -13,6 +13,16 @@ from collections.abc import Sequence
 from .core.domain import default_data_root
 from .core.registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
 from .core.store import WriteFault
+from .running.matrix import (
+    DEFAULT_METHODS,
+    DEFAULT_PAIRS,
+    Matrix,
+    MatrixError,
+    expand,
+    load_matrix_file,
+    parse_overrides,
+    truthy,
+)
 
 EPILOG = """examples:
   dabench run                                   # quick matrix: 6 methods x digits-offline x 3 seeds
@@ -171,14 +181,14 @@ def _list(args: argparse.Namespace) -> int:
             by_protocol.setdefault(cls.protocol, []).append((name, cls.description(), defaults))
         if not by_protocol:
             _table(("method",), [])
-        for i, (protocol, rows) in enumerate(sorted(by_protocol.items())):
-            print(f"{chr(10) if i else ''}{protocol} ({len(rows)}; --methods {protocol}):")
-            _table(("method", "description", "defaults"), rows)
+        for i, (protocol, proto_rows) in enumerate(sorted(by_protocol.items())):
+            print(f"{chr(10) if i else ''}{protocol} ({len(proto_rows)}; --methods {protocol}):")
+            _table(("method", "description", "defaults"), proto_rows)
         groups = METHODS.groups()
         print("\ngroups for --methods: " + "; ".join(f"{g} ({len(m)})" for g, m in groups.items())
               + f". Default matrix: {','.join(DEFAULT_METHODS)}")
     elif args.what == "pairs":
-        rows = []
+        rows: list[tuple[str, ...]] = []
         for name in PAIRS.names(args.pattern):
             pr = PAIRS.get(name)
             sch = pr.schedule
