@@ -66,17 +66,18 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_PUBLIC))
 
 
+# the names are re-exported through __all__, which ruff cannot read (it is built from _PUBLIC)
 if TYPE_CHECKING:  # static checkers and IDEs see the real names
-    from .api import compare, leaderboard, load_results, run
-    from .backbones.base import Backbone
-    from .core.domain import Domain, DomainPair, MissingDataError, PairData, Schedule
-    from .core.method import Batch, Classifier, Loss, Method, Uses
+    from .api import compare, leaderboard, load_results, run  # noqa: F401
+    from .backbones.base import Backbone  # noqa: F401
+    from .core.domain import Domain, DomainPair, MissingDataError, PairData, Schedule  # noqa: F401
+    from .core.method import Batch, Classifier, Loss, Method, Uses  # noqa: F401
     from .core.registry import (
-        BACKBONES, METHODS, PAIRS, PluginError, RegistryError, list_backbones, list_methods, list_pairs,
-        load_plugin, register_backbone, register_method, register_pair,
+        BACKBONES, METHODS, PAIRS, PluginError, RegistryError, list_backbones, list_methods, list_pairs,  # noqa: F401
+        load_plugin, register_backbone, register_method, register_pair,  # noqa: F401
     )
-    from .running.matrix import Matrix, MatrixError, expand, load_matrix_file
+    from .running.matrix import Matrix, MatrixError, expand, load_matrix_file  # noqa: F401
     from .layers import (
-        KERNEL_MULTIPLIERS, DomainDiscriminator, covariance, entropy, gaussian_kernel_matrix, grad_reverse,
-        grl_coefficient, mmd_from_kernel, multi_kernel_mmd,
+        KERNEL_MULTIPLIERS, DomainDiscriminator, covariance, entropy, gaussian_kernel_matrix, grad_reverse,  # noqa: F401
+        grl_coefficient, mmd_from_kernel, multi_kernel_mmd,  # noqa: F401
     )

@@ -181,14 +181,14 @@ def _list(args: argparse.Namespace) -> int:
             by_protocol.setdefault(cls.protocol, []).append((name, cls.description(), defaults))
         if not by_protocol:
             _table(("method",), [])
-        for i, (protocol, rows) in enumerate(sorted(by_protocol.items())):
-            print(f"{chr(10) if i else ''}{protocol} ({len(rows)}; --methods {protocol}):")
-            _table(("method", "description", "defaults"), rows)
+        for i, (protocol, proto_rows) in enumerate(sorted(by_protocol.items())):
+            print(f"{chr(10) if i else ''}{protocol} ({len(proto_rows)}; --methods {protocol}):")
+            _table(("method", "description", "defaults"), proto_rows)
         groups = METHODS.groups()
         print("\ngroups for --methods: " + "; ".join(f"{g} ({len(m)})" for g, m in groups.items())
               + f". Default matrix: {','.join(DEFAULT_METHODS)}")
     elif args.what == "pairs":
-        rows = []
+        rows: list[tuple[str, ...]] = []
         for name in PAIRS.names(args.pattern):
             pr = PAIRS.get(name)
             sch = pr.schedule

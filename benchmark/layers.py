@@ -18,6 +18,7 @@ covariances lose their meaning at an 8-bit mantissa.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +36,12 @@ KERNEL_MULTIPLIERS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 # --- gradient reversal ------------------------------------------------------------------
 class _ReverseGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, coeff: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, coeff: float) -> torch.Tensor:
         ctx.coeff = coeff
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         return -ctx.coeff * grad, None
 
 
@@ -88,7 +89,9 @@ def gaussian_kernel_matrix(
     d2 = torch.cdist(x, x).pow(2)
     n = x.shape[0]
     sigma2 = d2.detach().sum() / (n * n - n)
-    return sum(torch.exp(-d2 / (m * sigma2)) for m in multipliers) / len(multipliers)
+    # sum() starts from the int 0, so its type is Tensor | int; with any multiplier it is a Tensor
+    total = cast(torch.Tensor, sum(torch.exp(-d2 / (m * sigma2)) for m in multipliers))
+    return total / len(multipliers)
 
 
 def mmd_from_kernel(k: torch.Tensor, n_source: int) -> torch.Tensor:

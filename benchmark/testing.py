@@ -208,6 +208,10 @@ def isolated_registries() -> Iterator[None]:
     and forget plugin files imported by ``load_plugin`` in it, so a test's plugins do not leak into
     the rest of the session (e.g. into a test that lists the built-in methods)."""
     registries = (METHODS, PAIRS, BACKBONES)
+    for r in registries:
+        # built-ins register lazily, once: loaded first inside the block they would be undone with it,
+        # leaving an empty registry that never reloads them (their modules stay imported)
+        r._load_builtin()
     fields = ("_items", "_sources", "_groups", "_factories", "_labels", "_broken", "_dists")
     saved = [({f: dict(getattr(r, f)) for f in fields}, r._entry_points_loaded) for r in registries]
     modules = set(sys.modules)

@@ -38,6 +38,9 @@ class RandomizedMultilinearMap(nn.Module):
     a checkpoint restores them; they are never trained.
     """
 
+    r_f: torch.Tensor  # buffers (register_buffer): typed here, nn.Module's __getattr__ says Tensor | Module
+    r_g: torch.Tensor
+
     def __init__(self, feature_dim: int, num_classes: int, output_dim: int = RANDOMIZED_DIM) -> None:
         super().__init__()
         self.output_dim = output_dim

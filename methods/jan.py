@@ -39,6 +39,7 @@ def joint_mmd(
     for s, t, m in zip(source, target, multipliers):
         k_l = gaussian_kernel_matrix(torch.cat([s, t]), m)
         k = k_l if k is None else k * k_l
+    assert k is not None  # source is non-empty (checked above): the loop ran
     return mmd_from_kernel(k, source[0].shape[0])
 
 

@@ -192,7 +192,7 @@ def test_broken_entry_point_warns_once_and_fails_only_when_its_method_is_asked_f
     with pytest.raises(PluginError, match=r"'cdan-gone' is unavailable.*ModuleNotFoundError"):
         METHODS.get("cdan-gone")
     # a name the broken package may have provided (a module entry point registers several)
-    with pytest.raises(RegistryError, match="unknown method 'nonexistent-xyz'.*broken plugins.*broken-dabench-plugin"):
+    with pytest.raises(RegistryError, match=r"unknown method 'nonexistent-xyz'.*broken plugins.*broken-dabench-plugin"):
         METHODS.get("nonexistent-xyz")  # (not 'jan': that is a built-in now)
 
 

@@ -57,7 +57,7 @@ def test_slurm_job_array_preempted_requeued_and_resumed(tmp_path):
         task = _parent(worker)  # the job's process: submitit's signal handler lives there
         assert task != main.pid
         os.kill(task, signal.SIGUSR2)  # preempted
-        stdout, stderr = main.communicate(timeout=180)
+        _stdout, stderr = main.communicate(timeout=180)
     finally:
         main.kill()
     assert main.returncode == 0, stderr[-3000:]
@@ -81,7 +81,7 @@ def test_slurm_job_array_preempted_requeued_and_resumed(tmp_path):
 def test_slurm_options_are_checked(tmp_path):
     from dabench.running.executors import ExecutorOptions, make_executor
 
-    with pytest.raises(ValueError, match="--gpus-per-job must be 0 .* got -1"):
+    with pytest.raises(ValueError, match=r"--gpus-per-job must be 0 .* got -1"):
         make_executor("slurm", tmp_path, ExecutorOptions(gpus_per_job=-1))
     with pytest.raises(ValueError, match="--slurm-cluster 'pbs': valid are slurm"):
         make_executor("slurm", tmp_path, ExecutorOptions(slurm_cluster="pbs"))

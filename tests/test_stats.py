@@ -295,7 +295,7 @@ def test_iqm_only_where_it_trims(tmp_path):
 # ---- a statistical test is one function + one table entry -----------------------------------
 def _median_test(b, ctx):
     """Median over pairs of the per-pair mean (a stand-in for a test someone adds)."""
-    rows = [dict(labels=b.labels, method=e, median=float(np.median([v.mean() for v in b.scores[e].values()])))
+    rows = [{"labels": b.labels, "method": e, "median": float(np.median([v.mean() for v in b.scores[e].values()]))}
             for e in b.order]
     return StatOutput(pd.DataFrame(rows), notes=(f"labels {b.labels}: medians at alpha {ctx.alpha}",))
 
@@ -316,10 +316,10 @@ def test_registering_a_test_adds_its_section(df, monkeypatch):
     assert "<h3>Median over pairs</h3>\n<p>Median of the per-pair means.</p>\n<table" in page
     assert "labels 0: medians at alpha 0.05" in c.notes
     # the built-in sections are untouched: the new one sits after them, before the notes
-    head, new = md.split("### Median over pairs")
+    head, _new = md.split("### Median over pairs")
     assert before.to_markdown().startswith(head) and before.notes == c.notes[:-1]
     assert c.nemenyi.equals(before.nemenyi) and c.per_pair.equals(before.per_pair)
-    with pytest.raises(KeyError, match="no statistical test 'nope'.*ran: friedman, wilcoxon"):
+    with pytest.raises(KeyError, match=r"no statistical test 'nope'.*ran: friedman, wilcoxon"):
         c.result("nope")
 
 

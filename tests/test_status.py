@@ -121,7 +121,7 @@ def _tallies(text: str) -> dict[str, tuple[int, dict[str, int]]]:
     for line in text.splitlines():
         m = re.match(r"\s+(matrix|records|outside this matrix): (\d+) (?:runs|records) = (.*)$", line)
         if m:
-            parts = dict((k, int(n)) for n, k in (p.split(" ", 1) for p in m.group(3).split(", ")))
+            parts = {k: int(n) for n, k in (p.split(" ", 1) for p in m.group(3).split(", "))}
             out[m.group(1)] = (int(m.group(2)), parts)
     return out
 

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 from .results import filter_runs, load_results
 from .selection import RULES, check_rule, rule_regret, rule_title
 from .stats import Comparison, compare
+from .tables import Leaderboard, leaderboard
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _write_md(lb: Leaderboard, path: Path) -> None:

@@ -467,8 +467,8 @@ def friedman_nemenyi_test(b: Budget, ctx: Context) -> StatOutput:
     nem = []
     for a, c in itertools.combinations(f.avg_ranks.index, 2):
         diff = abs(f.avg_ranks[a] - f.avg_ranks[c])
-        nem.append(dict(labels=b.labels, a=a, b=c, rank_a=f.avg_ranks[a], rank_b=f.avg_ranks[c],
-                        diff=diff, cd=f.cd, significant=bool(diff >= f.cd)))
+        nem.append({"labels": b.labels, "a": a, "b": c, "rank_a": f.avg_ranks[a], "rank_b": f.avg_ranks[c],
+                        "diff": diff, "cd": f.cd, "significant": bool(diff >= f.cd)})
     blocks = "pairs (mean over seeds per pair)" if ctx.blocks == "pair" else "pair × seed blocks"
     txt = (f"Labels {f.labels}: Friedman over N = {f.n_blocks} {blocks}, k = {f.k} methods: "
            f"χ²_F = {f.chi2:.3f} (p = {f.p_chi2:.3g}), F_F = {f.ff:.3f} (p = {f.p_ff:.3g}); "
@@ -490,9 +490,9 @@ def wilcoxon_holm_test(b: Budget, ctx: Context) -> StatOutput:
     mat, rows = b.matrix, []
     for a, c in itertools.combinations(b.ranking.index, 2):
         st, p = wilcoxon_p(mat[a].to_numpy(), mat[c].to_numpy())
-        rows.append(dict(labels=b.labels, a=a, b=c, n=len(mat),
-                         mean_diff=float((mat[a] - mat[c]).mean()), statistic=st, p=p))
-    notes = ()
+        rows.append({"labels": b.labels, "a": a, "b": c, "n": len(mat),
+                         "mean_diff": float((mat[a] - mat[c]).mean()), "statistic": st, "p": p})
+    notes: tuple[str, ...] = ()
     if len(mat) < 6:
         notes = (f"labels {b.labels}: with N = {len(mat)} blocks the two-sided Wilcoxon test "
                  "cannot reach p < 0.05 (needs N ≥ 6).",)
@@ -511,8 +511,8 @@ def mean_interval_test(b: Budget, ctx: Context) -> StatOutput:
         n_runs = sum(map(len, tasks))
         # trim_mean(0.25) drops int(0.25 n) runs per side: nothing below 4 runs, so IQM = mean
         q = float(aggregate_iqm(tasks)) if n_runs >= 4 else math.nan
-        rows.append(dict(labels=b.labels, method=e, pairs=len(r), runs=n_runs,
-                         mean=m, ci95_low=lo, ci95_high=hi, iqm=q, all_pairs=len(r) == pairs_all))
+        rows.append({"labels": b.labels, "method": e, "pairs": len(r), "runs": n_runs,
+                         "mean": m, "ci95_low": lo, "ci95_high": hi, "iqm": q, "all_pairs": len(r) == pairs_all})
     return StatOutput(pd.DataFrame(rows))
 
 
@@ -524,7 +524,7 @@ def improvement_test(b: Budget, ctx: Context) -> StatOutput:
         if not common:
             continue
         p = float(_poi([b.scores[a][t] for t in common], [b.scores[c][t] for t in common]))
-        rows.append(dict(labels=b.labels, a=a, b=c, pairs=len(common), p_improvement=p))
+        rows.append({"labels": b.labels, "a": a, "b": c, "pairs": len(common), "p_improvement": p})
     return StatOutput(pd.DataFrame(rows))
 
 
@@ -545,8 +545,8 @@ def per_pair_test(b: Budget, ctx: Context) -> StatOutput:
             else:
                 test, p = "Welch t", _ttest(lambda x, y: sps.ttest_ind(x, y, equal_var=False),
                                             xa.to_numpy(), xb.to_numpy())
-            rows.append(dict(labels=b.labels, pair=pair, a=a, b=c, seeds=min(len(xa), len(xb)),
-                             mean_a=float(xa.mean()), mean_b=float(xb.mean()), test=test, p=p))
+            rows.append({"labels": b.labels, "pair": pair, "a": a, "b": c, "seeds": min(len(xa), len(xb)),
+                             "mean_a": float(xa.mean()), "mean_b": float(xb.mean()), "test": test, "p": p})
         out += _with_holm(rows, ctx.alpha)
     return StatOutput(pd.DataFrame(out))
 

@@ -109,6 +109,7 @@ class SlurmTask:
             log = open(logs / f"slurm-{spec['_run_id']}.log", "a")
             proc = subprocess.Popen(self._command(threads), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=log, text=True, env=env)
+            assert proc.stdin is not None  # stdin=PIPE
             proc.stdin.write(json.dumps({"spec": spec}) + "\n")
             proc.stdin.close()
             self._procs[spec["_run_id"]] = proc
@@ -116,6 +117,7 @@ class SlurmTask:
         out = []
         for spec, proc, log in handles:
             result = None
+            assert proc.stdout is not None  # stdout=PIPE
             for line in proc.stdout:
                 msg = json.loads(line)
                 if msg.get("event") == "outcome":
@@ -194,7 +196,7 @@ class SlurmExecutor(Executor):
         self._slots = opts.workers or (self.group if self.cluster == "local" else 256)
         self._pending: list[RunSpec] = []
         self._jobs: list[dict[str, Any]] = []  # {"job", "specs", "submitted_at", "state"}
-        self._task_args = {
+        self._task_args: dict[str, Any] = {
             "results_dir": str(self.root), "device": opts.device, "gpus": opts.gpus_per_job,
             "data_root": str(opts.data_root) if opts.data_root else None,
             "plugins": _absolute_plugins(opts.plugins), "checkpoint_every": opts.checkpoint_every,
