@@ -12,7 +12,8 @@ from typing import Sequence
 # ``dabench status`` must not import torch; the executors (engine, torch) load in _run
 from .core.domain import default_data_root
 from .running.matrix import (
-    DEFAULT_METHODS, DEFAULT_PAIRS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides, truthy,
+    DEFAULT_METHODS, DEFAULT_PAIRS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides, parse_sweeps,
+    sweep_text, truthy,
 )
 from .core.registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
 from .core.store import WriteFault
@@ -76,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override: schedule key (steps, lr, batch_size, eval_every, lr_schedule=inv|cosine|constant "
                         "...), target_shots, backbone, backbone.<option>, <method>.<hparam> or <hparam>; "
                         "checked before anything runs; repeatable")
+    r.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="sweep a --set key over values (grid; several --sweep multiply), or over a distribution "
+                        "KEY='log_uniform(a,b)'|'uniform(a,b)'|'choice(x,y)' drawn --trials times; each trial is "
+                        "its own configuration and run id; repeatable")
+    r.add_argument("--trials", type=int, default=None, metavar="N",
+                   help="random-search trials (draws of the --sweep distributions)")
+    r.add_argument("--sweep-seed", type=int, default=None, metavar="S",
+                   help="seed of the random-search draws (default: 0; same seed, same trials)")
+    r.add_argument("--max-trials", type=int, default=None, metavar="N",
+                   help="refuse a sweep with more trials than N (default: 64)")
     r.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
                    help="import a plugin that registers methods/pairs/backbones; repeatable")
     r.add_argument("--results", type=pathlib.Path, default=pathlib.Path("results/default"),
@@ -230,13 +241,18 @@ def _run(args: argparse.Namespace) -> int:
             matrix = Matrix()
         given = parse_overrides(args.set)
         overrides = {**matrix.overrides, **given}
+        swept = parse_sweeps(args.sweep)
         matrix = Matrix(
+            sweep={**{k: v for k, v in matrix.sweep.items() if k not in swept}, **swept},  # --sweep wins
+            trials=args.trials if args.trials is not None else matrix.trials,
+            sweep_seed=args.sweep_seed if args.sweep_seed is not None else matrix.sweep_seed,
+            max_trials=args.max_trials if args.max_trials is not None else matrix.max_trials,
             methods=tuple(_csv(args.methods)) if args.methods else matrix.methods,
             pairs=tuple(split_names(args.pairs)) if args.pairs else matrix.pairs,  # keeps folder:a=..,b=.. whole
             seeds=args.seeds or matrix.seeds,
             overrides=overrides,
             plugins=tuple(matrix.plugins) + tuple(args.plugin),
-            origins={k: w for k, w in matrix.origins.items() if k not in given},  # --set wins over the file
+            origins={k: w for k, w in matrix.origins.items() if k not in given and k not in swept},  # flags win
         )
         specs = expand(matrix)
         plugins = matrix.plugins
@@ -244,6 +260,8 @@ def _run(args: argparse.Namespace) -> int:
         raise MatrixError(f"--workers {args.workers}: the inline executor runs one run at a time in this process; "
                           "use --executor local (or ray) to run several at once")
     if args.dry_run:
+        if not args.rerun and matrix.sweep:
+            print(sweep_text(matrix) + "\n")
         for s in specs:
             print(s.run_id, s.label, s.protocol, f"shots={s.target_shots}", s.hparams)
         return 0
