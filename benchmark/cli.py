@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="leaderboard, statistics and figures from results folders")
     rep.add_argument("dirs", nargs="+", type=pathlib.Path, help="results folders (several merge)")
     rep.add_argument("--rule", default="last", help="model-selection rule: last, source-val, entropy, im, snd, oracle")
+    rep.add_argument("--select-config", action="store_true",
+                     help="sweeps: the rule (not last) also picks each method's configuration per pair and seed "
+                          "(argmax of its score over trials x evaluations); one row per method")
     rep.add_argument("--format", default="md,csv", help="comma-separated: md,csv,tex,html (default: md,csv)")
     rep.add_argument("--out", type=pathlib.Path, default=None, help="output folder (default: the first DIR)")
     rep.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
@@ -299,8 +302,8 @@ def _report(args: argparse.Namespace) -> int:
     if not set(formats) <= set(FORMATS):  # the writers' table is the one list of formats
         raise MatrixError(f"--format: unknown {sorted(set(formats) - set(FORMATS))}; valid: {', '.join(FORMATS)}")
     paths = write_report(args.dirs, rule=args.rule, formats=formats, out=args.out, tsne=args.tsne,
-                         where=args.where)
-    print(report_text(args.dirs, rule=args.rule, where=args.where))
+                         where=args.where, select_config=args.select_config)
+    print(report_text(args.dirs, rule=args.rule, where=args.where, select_config=args.select_config))
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")
     return 0

@@ -126,12 +126,12 @@ def load_matrix_file(path: str | pathlib.Path) -> Matrix:
     if bad:
         raise MatrixError(f"{where}: unknown key(s) {bad} in [matrix]; expected methods, pairs, seeds, plugins, "
                           "max_trials")
+    kwargs: dict[str, Any] = {}
     if "max_trials" in m:
         mt = m["max_trials"]
         _expect(isinstance(mt, int) and not isinstance(mt, bool) and mt >= 1, where, "matrix.max_trials",
                 "a positive integer", mt)
         kwargs["max_trials"] = mt
-    kwargs: dict[str, Any] = {}
     for key in ("methods", "pairs", "plugins"):
         if key in m:
             value = m[key]
