@@ -22,6 +22,7 @@ EPILOG = """examples:
   dabench run                                   # quick matrix: 6 methods x digits-offline x 3 seeds
   dabench run --methods dann,source-only --seeds 0,1 --set steps=300 --set dann.trade_off=0.5
   dabench run --matrix experiment.toml --results results/exp1
+  dabench run --methods dann --sweep dann.trade_off=0.1,0.3,1,3 --dry-run
   dabench list methods 'da*'
   dabench report results/default --rule source-val --format md,csv,tex,html
 """
@@ -231,6 +232,8 @@ def _run(args: argparse.Namespace) -> int:
     from .running.scheduler import prepare_rerun, run_matrix, write_matrix_file
 
     if args.rerun:
+        if args.sweep or args.trials is not None:
+            raise MatrixError("--rerun repeats a run exactly as recorded; it takes no --sweep or --trials")
         specs, plugins = prepare_rerun(args.results, args.rerun, extra_plugins=args.plugin)
         given = parse_overrides(args.set)
         if set(given) - {"save_features"}:

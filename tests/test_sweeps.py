@@ -202,3 +202,16 @@ def test_report_select_config_and_rule_section(swept_results, tmp_path, capsys):
     assert "dann (trade_off=" not in text  # collapsed: one row per method
     assert main(["report", str(out), "--rule", "last", "--select-config"]) == 2
     assert "cannot choose among the configurations" in capsys.readouterr().err
+
+
+def test_example_sweep_files_expand():
+    examples = pathlib.Path(__file__).resolve().parents[1] / "examples" / "sweeps"
+    grid = expand(load_matrix_file(examples / "dann_trade_off.toml"))
+    assert sum(s.method == "dann" for s in grid) == 12 and sum(s.method == "source-only" for s in grid) == 3
+    rnd = load_matrix_file(examples / "random_search.toml")
+    assert len(sweep_plan(rnd)) == 8 and rnd.sweep_seed == 0
+
+
+def test_rerun_takes_no_sweep(tmp_path, capsys):
+    rc = main(["run", "--results", str(tmp_path), "--rerun", "abc", "--sweep", "lr=0.1,0.2"])
+    assert rc == 2 and "it takes no --sweep" in capsys.readouterr().err
