@@ -11,23 +11,18 @@ from collections.abc import Sequence
 # torch-free imports only (docs/architecture.md, "Import layers"): ``dabench report`` and
 # ``dabench status`` must not import torch; the executors (engine, torch) load in _run
 from .core.domain import default_data_root
+from .running.matrix import (
+    DEFAULT_METHODS, DEFAULT_PAIRS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides, parse_sweeps,
+    sweep_text, truthy,
+)
 from .core.registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
 from .core.store import WriteFault
-from .running.matrix import (
-    DEFAULT_METHODS,
-    DEFAULT_PAIRS,
-    Matrix,
-    MatrixError,
-    expand,
-    load_matrix_file,
-    parse_overrides,
-    truthy,
-)
 
 EPILOG = """examples:
   dabench run                                   # quick matrix: 6 methods x digits-offline x 3 seeds
   dabench run --methods dann,source-only --seeds 0,1 --set steps=300 --set dann.trade_off=0.5
   dabench run --matrix experiment.toml --results results/exp1
+  dabench run --methods dann --sweep dann.trade_off=0.1,0.3,1,3 --dry-run
   dabench list methods 'da*'
   dabench report results/default --rule source-val --format md,csv,tex,html
 """
@@ -83,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override: schedule key (steps, lr, batch_size, eval_every, lr_schedule=inv|cosine|constant "
                         "...), target_shots, backbone, backbone.<option>, <method>.<hparam> or <hparam>; "
                         "checked before anything runs; repeatable")
+    r.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="sweep a --set key over values (grid; several --sweep multiply), or over a distribution "
+                        "KEY='log_uniform(a,b)'|'uniform(a,b)'|'choice(x,y)' drawn --trials times; each trial is "
+                        "its own configuration and run id; repeatable")
+    r.add_argument("--trials", type=int, default=None, metavar="N",
+                   help="random-search trials (draws of the --sweep distributions)")
+    r.add_argument("--sweep-seed", type=int, default=None, metavar="S",
+                   help="seed of the random-search draws (default: 0; same seed, same trials)")
+    r.add_argument("--max-trials", type=int, default=None, metavar="N",
+                   help="refuse a sweep with more trials than N (default: 64)")
     r.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
                    help="import a plugin that registers methods/pairs/backbones; repeatable")
     r.add_argument("--results", type=pathlib.Path, default=pathlib.Path("results/default"),
@@ -137,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="leaderboard, statistics and figures from results folders")
     rep.add_argument("dirs", nargs="+", type=pathlib.Path, help="results folders (several merge)")
     rep.add_argument("--rule", default="last", help="model-selection rule: last, source-val, entropy, im, snd, oracle")
+    rep.add_argument("--select-config", action="store_true",
+                     help="sweeps: the rule (not last) also picks each method's configuration per pair and seed "
+                          "(argmax of its score over trials x evaluations); one row per method")
     rep.add_argument("--format", default="md,csv", help="comma-separated: md,csv,tex,html (default: md,csv)")
     rep.add_argument("--out", type=pathlib.Path, default=None, help="output folder (default: the first DIR)")
     rep.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
@@ -224,6 +232,8 @@ def _run(args: argparse.Namespace) -> int:
     from .running.scheduler import prepare_rerun, run_matrix, write_matrix_file
 
     if args.rerun:
+        if args.sweep or args.trials is not None:
+            raise MatrixError("--rerun repeats a run exactly as recorded; it takes no --sweep or --trials")
         specs, plugins = prepare_rerun(args.results, args.rerun, extra_plugins=args.plugin)
         given = parse_overrides(args.set)
         if set(given) - {"save_features"}:
@@ -237,13 +247,18 @@ def _run(args: argparse.Namespace) -> int:
             matrix = Matrix()
         given = parse_overrides(args.set)
         overrides = {**matrix.overrides, **given}
+        swept = parse_sweeps(args.sweep)
         matrix = Matrix(
+            sweep={**{k: v for k, v in matrix.sweep.items() if k not in swept}, **swept},  # --sweep wins
+            trials=args.trials if args.trials is not None else matrix.trials,
+            sweep_seed=args.sweep_seed if args.sweep_seed is not None else matrix.sweep_seed,
+            max_trials=args.max_trials if args.max_trials is not None else matrix.max_trials,
             methods=tuple(_csv(args.methods)) if args.methods else matrix.methods,
             pairs=tuple(split_names(args.pairs)) if args.pairs else matrix.pairs,  # keeps folder:a=..,b=.. whole
             seeds=args.seeds or matrix.seeds,
             overrides=overrides,
             plugins=tuple(matrix.plugins) + tuple(args.plugin),
-            origins={k: w for k, w in matrix.origins.items() if k not in given},  # --set wins over the file
+            origins={k: w for k, w in matrix.origins.items() if k not in given and k not in swept},  # flags win
         )
         specs = expand(matrix)
         plugins = matrix.plugins
@@ -251,6 +266,8 @@ def _run(args: argparse.Namespace) -> int:
         raise MatrixError(f"--workers {args.workers}: the inline executor runs one run at a time in this process; "
                           "use --executor local (or ray) to run several at once")
     if args.dry_run:
+        if not args.rerun and matrix.sweep:
+            print(sweep_text(matrix) + "\n")
         for s in specs:
             print(s.run_id, s.label, s.protocol, f"shots={s.target_shots}", s.hparams)
         return 0
@@ -288,8 +305,8 @@ def _report(args: argparse.Namespace) -> int:
     if not set(formats) <= set(FORMATS):  # the writers' table is the one list of formats
         raise MatrixError(f"--format: unknown {sorted(set(formats) - set(FORMATS))}; valid: {', '.join(FORMATS)}")
     paths = write_report(args.dirs, rule=args.rule, formats=formats, out=args.out, tsne=args.tsne,
-                         where=args.where)
-    print(report_text(args.dirs, rule=args.rule, where=args.where))
+                         where=args.where, select_config=args.select_config)
+    print(report_text(args.dirs, rule=args.rule, where=args.where, select_config=args.select_config))
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")
     return 0

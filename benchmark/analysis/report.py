@@ -33,6 +33,14 @@ from .tables import Leaderboard, leaderboard
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+from .sweeps import has_sweeps, rule_table, select_config as _select_config
+
+#: what the configuration-selection section says (Markdown and HTML)
+CONFIG_TEXT = ("Each rule picks, per method, pair and seed, one configuration of the sweep and one "
+               "evaluation of it (argmax of the rule's score over trials x evaluations) using only what the "
+               "rule may see; cells are the target accuracy (%) of that pick, mean over pairs and seeds. "
+               "Regret: oracle's accuracy minus the rule's on the same runs (points, >= 0); trials: "
+               "configurations per pair and seed, the budget each rule chose from.")
 
 def _write_md(lb: Leaderboard, path: Path) -> None:
     path.write_text(lb.to_markdown(), encoding="utf-8")
@@ -112,21 +120,48 @@ def validator_notes(df: pd.DataFrame) -> list[str]:
     return out
 
 
+def _selected(df: pd.DataFrame, rule: str, select_config: bool) -> pd.DataFrame:
+    """``df`` itself, or with ``select_config`` one run per method, pair and seed chosen by ``rule``."""
+    return _select_config(df, rule) if select_config else df
+
+
+def _selection_title(rule: str) -> str:
+    return (f"Configurations chosen by rule {rule!r} per method, pair and seed (over trials x evaluations); "
+            "one row per method.\n\n")
+
+
+def config_selection_markdown(df: pd.DataFrame) -> str:
+    """The methods x rules and regret tables of a folder holding sweeps ('' when it holds none)."""
+    if not has_sweeps(df):
+        return ""
+    acc, regret = rule_table(df)
+    if acc.empty:
+        return ""
+    return ("\n## Configuration selection (methods x rules)\n\n" + CONFIG_TEXT + "\n\n"
+            + md_table(acc, ".1f", index=True) + "\n\n### Regret against the oracle (points)\n\n"
+            + md_table(regret, ".2f", index=True) + "\n")
+
+
 def report_text(dirs: str | Path | Iterable[str | Path], rule: str = "last",
-                where: list[str] | dict | None = None) -> str:
+                where: list[str] | dict | None = None, select_config: bool = False) -> str:
     """The Markdown leaderboard the CLI prints for ``dabench report``, with the runs left out
-    of the means (method, pair, seed, status, first error line) and the validator notes."""
+    of the means (method, pair, seed, status, first error line) and the validator notes.
+
+    ``select_config``: collapse the trials of sweeps, each rule choosing the configuration
+    (analysis/sweeps.py). A folder holding sweeps gets the methods x rules tables either way.
+    """
     check_rule(rule)
-    df = load_results(*_dirs(dirs))
-    text = leaderboard(df, rule, where=where).to_markdown()
-    notes = validator_notes(filter_runs(df, where))
-    return text + ("\n" + "\n".join(notes) + "\n" if notes else "")
+    df = filter_runs(load_results(*_dirs(dirs)), where)
+    head = _selection_title(rule) if select_config else ""
+    text = head + leaderboard(_selected(df, rule, select_config), rule).to_markdown()
+    notes = validator_notes(df)
+    return text + ("\n" + "\n".join(notes) + "\n" if notes else "") + config_selection_markdown(df)
 
 
 def write_report(dirs: str | Path | Iterable[str | Path], rule: str = "last",
                  formats: Sequence[str] | str = ("md", "csv"), out: str | Path | None = None,
                  reps: int = 2000, tsne: str | None = None,
-                 where: list[str] | dict | None = None) -> dict[str, Path]:
+                 where: list[str] | dict | None = None, select_config: bool = False) -> dict[str, Path]:
     """Write leaderboard exports (``leaderboard.<fmt>``), figures and ``report.html``.
 
     Args:
@@ -140,6 +175,8 @@ def write_report(dirs: str | Path | Iterable[str | Path], rule: str = "last",
             with ``--set save_features=true``).
         where: ``["steps=2000", …]`` keeps only matching configurations
             (:func:`dabench.analysis.results.filter_runs`).
+        select_config: one run per method, pair and seed, the configuration ``rule`` picks
+            over a sweep's trials (:func:`dabench.analysis.sweeps.select_config`).
 
     Returns:
         name → path: the formats, ``"report"`` (report.html) and ``"figures"`` (folder).
@@ -149,7 +186,8 @@ def write_report(dirs: str | Path | Iterable[str | Path], rule: str = "last",
     ds = _dirs(dirs)
     out_dir = Path(out) if out is not None else ds[0]
     out_dir.mkdir(parents=True, exist_ok=True)
-    df = filter_runs(load_results(*ds), where)
+    raw = filter_runs(load_results(*ds), where)
+    df = _selected(raw, rule, select_config)
     lb = leaderboard(df, rule)
     written: dict[str, Path] = {}
     for fmt in formats:
@@ -165,7 +203,7 @@ def write_report(dirs: str | Path | Iterable[str | Path], rule: str = "last",
         F.save_figure(fig, fig_dir / name)
     if figs:
         written["figures"] = fig_dir
-    page = _html_page(df, lb, cmp_, figs, rule, ds)
+    page = _html_page(df, lb, cmp_, figs, rule, ds, raw)
     rp = out_dir / "report.html"
     rp.write_text(page, encoding="utf-8")
     written["report"] = rp
@@ -245,7 +283,7 @@ def _problems(df: pd.DataFrame, lb: Leaderboard) -> pd.DataFrame:
 
 
 def _html_page(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, figs: dict,
-               rule: str, dirs: list[Path]) -> str:
+               rule: str, dirs: list[Path], raw: pd.DataFrame | None = None) -> str:
     esc = html.escape
     status = Counter(df["status"]) if len(df) else Counter()
     parts = [
@@ -274,6 +312,13 @@ def _html_page(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, figs:
                       "<p>Mean over runs of (oracle accuracy − accuracy under the rule), in points: "
                       "what a rule loses against peeking at the target test labels.</p>",
                       html_table(reg.reset_index(), ".2f")]
+    raw = df if raw is None else raw
+    if has_sweeps(raw):
+        acc, regret = rule_table(raw)
+        if not acc.empty:
+            parts += ["<h2>Configuration selection (methods x rules)</h2>", f"<p>{esc(CONFIG_TEXT)}</p>",
+                      html_table(acc.reset_index(), ".1f"), "<h3>Regret against the oracle (points)</h3>",
+                      html_table(regret.reset_index(), ".2f")]
     if figs:
         parts.append("<h2>Figures</h2>")
         for name, fig in figs.items():
@@ -293,9 +338,10 @@ def _html_page(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, figs:
 
 
 def report_markdown(dirs: str | Path | Iterable[str | Path], rule: str = "last", reps: int = 2000,
-                    where: list[str] | dict | None = None) -> str:
+                    where: list[str] | dict | None = None, select_config: bool = False) -> str:
     """Leaderboard plus statistics as Markdown (for terminals and notebooks)."""
-    df = filter_runs(load_results(*_dirs(dirs)), where)
+    raw = filter_runs(load_results(*_dirs(dirs)), where)
+    df = _selected(raw, rule, select_config)
     lb = leaderboard(df, rule)
     text = lb.to_markdown()
     if not lb.cells.empty:
@@ -303,4 +349,4 @@ def report_markdown(dirs: str | Path | Iterable[str | Path], rule: str = "last",
     reg = rule_regret(df)
     if not reg.empty:
         text += "\n## Selection-rule regret (oracle − rule, points)\n\n" + md_table(reg, ".2f", index=True) + "\n"
-    return text
+    return text + config_selection_markdown(raw)

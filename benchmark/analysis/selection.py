@@ -72,18 +72,28 @@ def _last(curve: list[dict[str, Any]]) -> int | None:
     return None
 
 
+#: the curve field each scored rule maximises (True) or minimises (False); ``last`` has no score, so
+#: it cannot choose among the configurations of a sweep (analysis/sweeps.py)
+SCORES: dict[str, tuple[str, bool]] = {
+    "source-val": ("source_val_acc", True),
+    "entropy": ("entropy", False),
+    "im": ("im", True),
+    "snd": ("snd", True),
+    "oracle": ("target_acc", True),
+}
+
 RULES: dict[str, Rule] = {
     "last": Rule("last evaluation (honest default)", "—", _last),
     "source-val": Rule("max source validation accuracy",
-                       "source accuracy validator in Musgrave et al. 2022", _arg_best("source_val_acc", True)),
+                       "source accuracy validator in Musgrave et al. 2022", _arg_best(*SCORES["source-val"])),
     "entropy": Rule("min mean target prediction entropy",
-                    "Grandvalet & Bengio 2005; Musgrave et al. 2022", _arg_best("entropy", False)),
+                    "Grandvalet & Bengio 2005; Musgrave et al. 2022", _arg_best(*SCORES["entropy"])),
     "im": Rule("max information maximisation H(mean p) − mean H(p)",
-               "Shi & Sha 2012; Musgrave et al. 2022", _arg_best("im", True)),
+               "Shi & Sha 2012; Musgrave et al. 2022", _arg_best(*SCORES["im"])),
     "snd": Rule("max soft neighbourhood density", "Saito et al. 2021 (ICCV)",
-                _arg_best("snd", True)),
+                _arg_best(*SCORES["snd"])),
     "oracle": Rule(ORACLE_LABEL, "best-epoch-on-test, as in many published tables",
-                   _arg_best("target_acc", True)),
+                   _arg_best(*SCORES["oracle"])),
 }
 
 

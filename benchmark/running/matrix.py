@@ -9,11 +9,18 @@ Override keys (``--set key=value`` or the ``[set]`` table of a matrix file):
   method semi-supervised with the shots);
 - ``<hparam>`` → every method of the matrix that declares it;
 - ``save_features`` → runs save source/target features for t-SNE (not part of the run id).
+
+Sweeps (``--sweep key=v1,v2`` or a ``[sweep]`` table of lists: a grid; ``[sweep.random]`` with
+distributions, ``trials`` and ``sweep_seed``: a seeded random search; see running/sweep.py) take
+the same keys: the matrix is expanded once per trial, so each trial is its own configuration
+and run id, and what a trial does not change (other methods, the source-only run of a seed and
+schedule that dependants start from) is one run, shared.
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import pathlib
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -23,6 +30,7 @@ import tomllib
 from ..core.domain import Schedule, ScheduleError, shots_error
 from ..core.registry import METHODS, PAIRS, load_plugin
 from ..core.spec import RunSpec
+from .sweep import DEFAULT_MAX_TRIALS, Distribution, SweepError, is_distribution, parse_distribution, trials
 
 SCHEDULE_KEYS = tuple(f.name for f in fields(Schedule))
 DEFAULT_METHODS = ("source-only", "dan", "dann", "coral", "linear-probe", "fine-tune")
@@ -45,9 +53,16 @@ class Matrix:
     plugins: tuple[str, ...] = ()
     #: override key → where it was given (``"--set"``, ``"exp.toml [set]"``), for error messages
     origins: dict[str, str] = field(default_factory=dict)
+    #: swept key → a list of values (grid) or a distribution string (random search); keys as --set's
+    sweep: dict[str, Any] = field(default_factory=dict)
+    #: random-search trials (needed when ``sweep`` holds a distribution) and the seed of their draws
+    trials: int | None = None
+    sweep_seed: int = 0
+    #: refuse a sweep with more trials than this (grid size x random trials)
+    max_trials: int = DEFAULT_MAX_TRIALS
 
     def where(self, key: str) -> str:
-        return self.origins.get(key, "--set")
+        return self.origins.get(key, "--sweep" if key in self.sweep else "--set")
 
 
 def parse_value(text: str) -> Any:
@@ -103,15 +118,21 @@ def load_matrix_file(path: str | pathlib.Path) -> Matrix:
             f"{where}: empty matrix file (no [matrix] keys and no [set] overrides); to run the default matrix "
             f"({', '.join(DEFAULT_METHODS)} x {', '.join(DEFAULT_PAIRS)} x seeds 0,1,2), leave out --matrix"
         )
-    unknown = sorted(set(data) - {"matrix", "set"})
+    unknown = sorted(set(data) - {"matrix", "set", "sweep"})
     if unknown:
-        raise MatrixError(f"{where}: unknown table(s) {unknown}; expected [matrix] and optionally [set]")
+        raise MatrixError(f"{where}: unknown table(s) {unknown}; expected [matrix] and optionally [set], [sweep]")
     m = data.get("matrix", {})
     _expect(isinstance(m, dict), where, "matrix", "a table [matrix]", m)
-    bad = sorted(set(m) - {"methods", "pairs", "seeds", "plugins"})
+    bad = sorted(set(m) - {"methods", "pairs", "seeds", "plugins", "max_trials"})
     if bad:
-        raise MatrixError(f"{where}: unknown key(s) {bad} in [matrix]; expected methods, pairs, seeds, plugins")
+        raise MatrixError(f"{where}: unknown key(s) {bad} in [matrix]; expected methods, pairs, seeds, plugins, "
+                          "max_trials")
     kwargs: dict[str, Any] = {}
+    if "max_trials" in m:
+        mt = m["max_trials"]
+        _expect(isinstance(mt, int) and not isinstance(mt, bool) and mt >= 1, where, "matrix.max_trials",
+                "a positive integer", mt)
+        kwargs["max_trials"] = mt
     for key in ("methods", "pairs", "plugins"):
         if key in m:
             value = m[key]
@@ -133,7 +154,125 @@ def load_matrix_file(path: str | pathlib.Path) -> Matrix:
     _expect(isinstance(overrides, dict), where, "set", "a table [set] of key = value", overrides)
     for k, v in overrides.items():
         _expect(not isinstance(v, dict), where, f"set.{k}", 'a value (quote dotted keys: "dann.trade_off" = 0.5)', v)
-    return Matrix(**kwargs, overrides=dict(overrides), origins=dict.fromkeys(overrides, f"{where} [set]"))
+    origins = {k: f"{where} [set]" for k in overrides}
+    sweep, sweep_kw = _sweep_table(data.get("sweep", {}), where, origins)
+    return Matrix(**kwargs, **sweep_kw, overrides=dict(overrides), origins=origins, sweep=sweep)
+
+
+def _sweep_table(table: Any, where: str, origins: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``[sweep]`` (key = list) and ``[sweep.random]`` (key = "dist(..)", trials, sweep_seed)."""
+    _expect(isinstance(table, dict), where, "sweep", 'a table [sweep] of key = [values]', table)
+    sweep: dict[str, Any] = {}
+    kw: dict[str, Any] = {}
+    for k, v in table.items():
+        if k == "random":
+            _expect(isinstance(v, dict), where, "sweep.random", 'a table [sweep.random] of key = "dist(..)"', v)
+            for rk, rv in v.items():
+                if rk in ("trials", "sweep_seed"):
+                    ok = isinstance(rv, int) and not isinstance(rv, bool) and rv >= (1 if rk == "trials" else 0)
+                    _expect(ok, where, f"sweep.random.{rk}",
+                            "a positive integer" if rk == "trials" else "a non-negative integer", rv)
+                    kw[rk] = rv
+                    continue
+                _expect(isinstance(rv, str), where, f"sweep.random.{rk}",
+                        'a distribution string such as "log_uniform(1e-3, 1)", "uniform(0, 1)" or "choice(a, b)"', rv)
+                sweep[rk] = rv
+                origins[rk] = f"{where} [sweep.random]"
+            continue
+        _expect(isinstance(v, list), where, f"sweep.{k}",
+                'a list of values (quote dotted keys: "dann.trade_off" = [0.1, 1]); distributions go in [sweep.random]', v)
+        if k in sweep:
+            raise MatrixError(f"{where}: sweep key {k!r} is in both [sweep] and [sweep.random]; give it once")
+        sweep[k] = v
+        origins[k] = f"{where} [sweep]"
+    return sweep, kw
+
+
+def parse_sweeps(items: list[str] | None, where: str = "--sweep") -> dict[str, Any]:
+    """``["dann.trade_off=0.1,1", "lr=log_uniform(1e-3, 0.1)"]`` → ``{key: [values] | "dist(..)"}``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise MatrixError(f"{where}: expected key=v1,v2,... or key=log_uniform(a, b), got {item!r} "
+                              "(e.g. --sweep dann.trade_off=0.1,0.3,1,3)")
+        key, text = (t.strip() for t in item.split("=", 1))
+        if key in out:
+            raise MatrixError(f"{where}: key {key!r} given twice; list all its values in one --sweep")
+        out[key] = text if is_distribution(text) else [parse_value(v) for v in text.split(",") if v.strip()]
+    return out
+
+
+def _key_defaults(key: str, methods: list[str]) -> list[Any]:
+    """The default value(s) a swept key replaces (its type decides what a distribution may draw)."""
+    if key in SCHEDULE_KEYS:
+        return [getattr(Schedule(), key)]
+    if "." in key:
+        name, hp = key.split(".", 1)
+        if name == "backbone":
+            return []
+        d = METHODS.get(name).hparam_defaults()
+        return [d[hp]] if hp in d else []
+    return [METHODS.get(m).hparam_defaults()[key] for m in methods if key in METHODS.get(m).hparam_defaults()]
+
+
+def sweep_trials(matrix: Matrix, methods: list[str]) -> list[dict[str, Any]]:
+    """The matrix's trials (``[{}]`` without a sweep), every key and value checked as ``--set`` checks them.
+
+    Errors (:class:`MatrixError`, naming where the key was given): an empty value list, a key
+    also given to ``--set``, a malformed distribution or one with its bounds in the wrong order,
+    ``uniform``/``log_uniform`` on a non-numeric key, a distribution without ``trials``, more
+    trials than ``max_trials``; any key or value ``--set`` would refuse.
+    """
+    if not matrix.sweep:
+        if matrix.trials is not None:
+            raise MatrixError(f"trials={matrix.trials} given without a random sweep; add distributions "
+                              '([sweep.random] key = "log_uniform(a, b)" or --sweep key="uniform(a, b)")')
+        return [{}]
+    grid: dict[str, list[Any]] = {}
+    dists: dict[str, Distribution] = {}
+    integer: set[str] = set()
+    for key, spec in matrix.sweep.items():
+        where = matrix.where(key)
+        if key in matrix.overrides:
+            raise MatrixError(f"{where}: key {key!r} is both swept and set ({matrix.origins.get(key, '--set')}); "
+                              "give it once")
+        if key in ("save_features", "target_shots") or key.endswith(".target_shots"):
+            raise MatrixError(f"{where}: {key!r} cannot be swept (it changes the label budget or the outputs, "
+                              "not a configuration); sweep schedule keys or method hyperparameters")
+        defaults = _key_defaults(key, methods) if key != "backbone" and not key.startswith("backbone.") else []
+        if isinstance(spec, str):
+            try:
+                dist = parse_distribution(spec, where, key, parse_value)
+            except SweepError as exc:
+                raise MatrixError(str(exc)) from None
+            values = list(dist.args)
+            if dist.numeric:
+                bad = [d for d in defaults if isinstance(d, bool) or not isinstance(d, (int, float))]
+                if bad or not defaults:
+                    what = f"its default is {bad[0]!r}" if bad else "it has no numeric default"
+                    raise MatrixError(f"{where}: sweep key {key!r}: {dist.kind} draws numbers, but {key!r} is not a "
+                                      f"numeric hyperparameter ({what}); sweep it with a list or choice(...)")
+                if all(isinstance(d, int) and not isinstance(d, bool) for d in defaults):
+                    integer.add(key)
+            dists[key] = dist
+        else:
+            if not isinstance(spec, list) or not spec:
+                raise MatrixError(f"{where}: sweep key {key!r}: expected a non-empty list of values "
+                                  f"(e.g. {key}=0.1,0.3,1), got {spec!r}")
+            values = grid[key] = list(spec)
+        for v in values:  # each value checked as --set checks it (unknown key, type, range)
+            _split_overrides(dataclasses.replace(matrix, overrides={**matrix.overrides, key: v}), methods)
+    if dists and matrix.trials is None:
+        raise MatrixError(f"{matrix.where(next(iter(dists)))}: a random sweep needs trials = N "
+                          "([sweep.random] trials = 8, or --trials 8)")
+    if not dists and matrix.trials is not None:
+        raise MatrixError(f"trials={matrix.trials} given, but the sweep has no distribution (only grid lists)")
+    size = math.prod(len(v) for v in grid.values()) * (matrix.trials if dists else 1)
+    if size > matrix.max_trials:
+        parts = [f"{k} ({len(v)} values)" for k, v in grid.items()] + ([f"{matrix.trials} random trials"] if dists else [])
+        raise MatrixError(f"sweep of {size} trials ({' x '.join(parts)}) is larger than max_trials={matrix.max_trials}; "
+                          "shrink the sweep or raise max_trials ([matrix] max_trials or --max-trials)")
+    return trials(grid, dists, matrix.trials or 0, matrix.sweep_seed, frozenset(integer))
 
 
 def _shots_value(value: Any, where: str, key: str) -> int:
@@ -205,18 +344,65 @@ def _split_overrides(matrix: Matrix, methods: list[str]) -> tuple[dict, dict, di
 
 
 def expand(matrix: Matrix) -> list[RunSpec]:
-    """The matrix's run specs, dependencies (source-only) included and placed first."""
-    for plugin in matrix.plugins:
-        load_plugin(plugin)
-    methods = METHODS.expand(list(matrix.methods))
-    pairs = PAIRS.expand(list(matrix.pairs))
+    """The matrix's run specs (every trial of its sweep), dependencies (source-only) included and placed first."""
+    specs: dict[str, RunSpec] = {}
+    for _, trial_specs in sweep_plan(matrix):
+        for spec in trial_specs:
+            specs.setdefault(spec.run_id, spec)
+    ordered = sorted(specs.values(), key=lambda s: s.depends_on is not None)
+    if truthy(matrix.overrides.get("save_features", False)):
+        ordered = [dataclasses.replace(s, save_features=True) for s in ordered]
+    return ordered
+
+
+def _check_seeds(matrix: Matrix) -> None:
     if not matrix.seeds:
         raise MatrixError("no seeds given")
     bad_seeds = [s for s in matrix.seeds if not (isinstance(s, int) and not isinstance(s, bool) and s >= 0)]
     if bad_seeds:
         raise MatrixError(f"seeds: expected non-negative integers, got {', '.join(map(repr, bad_seeds))}")
+
+
+def sweep_plan(matrix: Matrix) -> list[tuple[dict[str, Any], list[RunSpec]]]:
+    """``(trial, its specs)`` per trial (one trial ``{}`` without a sweep); specs repeat across trials."""
+    _check_seeds(matrix)
+    for plugin in matrix.plugins:
+        load_plugin(plugin)
+    methods = METHODS.expand(list(matrix.methods))
+    pairs = PAIRS.expand(list(matrix.pairs))
+    out = []
+    for trial in sweep_trials(matrix, methods):
+        specs: dict[str, RunSpec] = {}
+        _expand_trial(dataclasses.replace(matrix, overrides={**matrix.overrides, **trial}), methods, pairs, specs)
+        out.append((trial, list(specs.values())))
+    return out
+
+
+def sweep_text(matrix: Matrix) -> str:
+    """The trial table and each method's budget (configurations per pair and seed), for ``--dry-run``."""
+    plan = sweep_plan(matrix)
+    keys = list(matrix.sweep)
+    lines = [f"sweep: {len(plan)} trial(s)"
+             + (f", random draws with sweep_seed={matrix.sweep_seed}" if any(
+                 isinstance(v, str) for v in matrix.sweep.values()) else "")]
+    if keys:
+        rows = [["trial", *keys]] + [[str(i), *(repr(t.get(k)) for k in keys)] for i, (t, _) in enumerate(plan)]
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    per: dict[str, set[str]] = {}
+    cells: dict[str, set[tuple[str, int]]] = {}
+    for _, specs in plan:
+        for s in specs:
+            per.setdefault(s.method, set()).add(s.run_id)
+            cells.setdefault(s.method, set()).add((s.pair, s.seed))
+    budget = ", ".join(f"{m} {len(ids) // max(1, len(cells[m]))}" for m, ids in per.items())
+    lines.append(f"budget (configurations per pair and seed): {budget}")
+    return "\n".join(lines)
+
+
+def _expand_trial(matrix: Matrix, methods: list[str], pairs: list[str], specs: dict[str, RunSpec]) -> None:
+    """Add one trial's specs to ``specs`` (by run id: runs a trial does not change are shared)."""
     schedule_over, backbone_opts, per_method, shots_over, backbone_over = _split_overrides(matrix, methods)
-    specs: dict[str, RunSpec] = {}
     for pair_name in pairs:
         pair = PAIRS.get(pair_name)
         schedule = pair.schedule.replace(**schedule_over)  # each value was checked in _split_overrides
@@ -232,10 +418,6 @@ def expand(matrix: Matrix) -> list[RunSpec]:
             for method_name in methods:
                 for spec in _specs_for(method_name, pair, seed, k, schedule, backbone, options, per_method, matrix):
                     specs.setdefault(spec.run_id, spec)
-    ordered = sorted(specs.values(), key=lambda s: s.depends_on is not None)
-    if truthy(matrix.overrides.get("save_features", False)):
-        ordered = [dataclasses.replace(s, save_features=True) for s in ordered]
-    return ordered
 
 
 def truthy(value: Any) -> bool:

@@ -1,0 +1,142 @@
+"""Configuration selection over a sweep: each rule picks one configuration *and* one checkpoint.
+
+A sweep (running/sweep.py) leaves several configurations of a method per pair and seed. Reporting
+the best of them by target accuracy is the oracle; an honest protocol lets each selection rule of
+:data:`~dabench.analysis.selection.RULES` choose using only what the rule may see (Musgrave et
+al. 2022, "Benchmarking validation methods for unsupervised domain adaptation"):
+
+    (c*, t*) = argmax_{c ∈ trials, t ∈ evaluations of c}  s_rule(c, t)
+
+where ``s_rule`` is the rule's score (source validation accuracy, −entropy, IM, SND, or target
+accuracy for the oracle) and the reported accuracy is the target accuracy of (c*, t*). Ties go to
+the later evaluation, then to the smaller run id (deterministic). ``last`` has no score and
+cannot choose a configuration.
+
+Candidates: the complete runs of one **method × label budget × pair × seed**; every configuration
+in the folder is a candidate (restrict with ``--where``). :func:`select_config` collapses them into
+one row per method (the chosen run, its settings minus the swept keys, so the leaderboard shows
+one row per method) and the leaderboard, statistics and figures then work on it unchanged.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .results import label_budget
+from .selection import RULES, SCORES, check_rule, select
+
+GROUP = ["method", "labels", "pair", "seed"]
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _score(rule: str) -> tuple[str, bool]:
+    """The curve field ``rule`` optimises and whether it maximises it; ValueError for ``last``."""
+    check_rule(rule)
+    if rule not in SCORES:
+        raise ValueError(f"rule {rule!r} has no score, so it cannot choose among the configurations of a sweep; "
+                         f"use one of: {', '.join(SCORES)}")
+    return SCORES[rule]
+
+
+def _with_labels(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    out["labels"] = [label_budget(p, k) for p, k in zip(out["protocol"], out["target_shots"])]
+    return out
+
+
+def has_sweeps(df: pd.DataFrame) -> bool:
+    """Whether some method × label budget × pair × seed has more than one configuration."""
+    if df.empty:
+        return False
+    d = _with_labels(df[df["seed"].notna()])
+    return bool((d.groupby(GROUP, sort=False)["config"].nunique() > 1).any())
+
+
+def swept_keys(df: pd.DataFrame) -> dict[tuple[str, str], list[str]]:
+    """Per (method, labels): the settings whose values differ among the configurations of one pair."""
+    d = _with_labels(df)
+    out: dict[tuple[str, str], set[str]] = {}
+    for (m, l, _), g in d.groupby(["method", "labels", "pair"], sort=False):
+        sts = list(g["settings"])
+        keys = set().union(*sts)
+        out.setdefault((m, l), set()).update(
+            k for k in keys if len({json.dumps(st.get(k), sort_keys=True, default=str) for st in sts}) > 1)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def select_config(df: pd.DataFrame, rule: str) -> pd.DataFrame:
+    """One row per method × label budget × pair × seed: the run ``rule`` picks over trials × evaluations.
+
+    Returns rows of ``df`` (the chosen runs) with ``settings``/``config`` reduced to what the
+    candidates share (so the leaderboard names the row by its method), plus ``trials`` (the
+    candidates), ``chosen`` (the swept settings of the pick), ``selected_step`` and ``labels``.
+    Applying ``rule`` to the chosen run's curve gives the chosen evaluation again (the global
+    argmax lies in it and ties break the same way). A group without a complete run keeps one
+    row, so the leaderboard lists it as missing.
+    """
+    field, maximise = _score(rule)
+    d = _with_labels(df[df["seed"].notna()] if len(df) else df)
+    if d.empty:
+        return d.assign(trials=pd.Series(dtype=int), chosen=pd.Series(dtype=object))
+    sign = 1.0 if maximise else -1.0
+    swept = swept_keys(d)
+    rows = []
+    for key, g in d.groupby(GROUP, sort=False):
+        best = None  # (score, step, -rank of run id) and the row index
+        complete = g[g["status"] == "complete"]
+        order = sorted(complete.index, key=lambda i: str(complete.at[i, "run_id"]))
+        for rank, i in enumerate(order):
+            for e in complete.at[i, "curve"] or []:
+                v, acc = e.get(field), e.get("target_acc")
+                if not (_finite(v) and _finite(acc)):
+                    continue
+                step = e.get("step") if _finite(e.get("step")) else -1
+                k = (sign * float(v), float(step), -rank)
+                if best is None or k > best[0]:
+                    best = (k, i)
+        idx = best[1] if best is not None else g.index[0]
+        row = d.loc[idx].copy()
+        keys = swept.get((key[0], key[1]), [])
+        st = dict(row["settings"])
+        row["chosen"] = {k: st.get(k) for k in keys}
+        row["settings"] = {k: v for k, v in st.items() if k not in keys}
+        row["config"] = json.dumps(row["settings"], sort_keys=True, default=str, separators=(",", ":"))
+        row["trials"] = int(complete["config"].nunique()) if len(complete) else int(g["config"].nunique())
+        rows.append(row)
+    return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def _accuracy(df: pd.DataFrame, rule: str) -> pd.DataFrame:
+    """``select_config`` then the target accuracy at the chosen evaluation (complete picks only)."""
+    sel = select(select_config(df, rule), rule)
+    return sel[(sel["status"] == "complete") & sel["accuracy"].notna()]
+
+
+def rule_table(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Methods × rules under configuration selection: mean accuracy and regret against the oracle.
+
+    ``accuracy``: rows ``method`` × ``labels``, one column per scored rule, the mean over pairs and
+    seeds of the target accuracy of each rule's pick. ``regret``: the mean over pairs and seeds of
+    (oracle's accuracy − the rule's) on the same method, pair and seed — ≥ 0, since the oracle
+    maximises target accuracy over the same candidates — plus ``trials`` (the most configurations
+    a pair and seed of the row offered: the budget each rule chose from).
+    """
+    rules = [n for n in RULES if n in SCORES]
+    picks = {n: _accuracy(df, n).set_index(GROUP)["accuracy"] for n in rules}
+    acc = pd.DataFrame(picks)
+    if acc.empty:
+        empty = pd.DataFrame(columns=["method", "labels", *rules]).set_index(["method", "labels"])
+        return empty, empty
+    by = ["method", "labels"]
+    regret = acc.rsub(acc["oracle"], axis=0).groupby(level=by, sort=True).mean()
+    # the most configurations any pair and seed of the row offered (a failed trial lowers one cell's)
+    trials = select_config(df, "oracle").groupby(by, sort=True)["trials"].max()
+    regret["trials"] = trials.reindex(regret.index).astype("Int64")
+    return acc.groupby(level=by, sort=True).mean(), regret

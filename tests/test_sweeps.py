@@ -1,0 +1,217 @@
+"""Hyperparameter sweeps (running/sweep.py, running/matrix.py) and configuration selection
+(analysis/sweeps.py): real runs on digits-offline, bad input refused before anything runs."""
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+
+import pytest
+
+from dabench.analysis.results import load_results
+from dabench.analysis.selection import RULES, select
+from dabench.analysis.tables import leaderboard
+from dabench.analysis.sweeps import has_sweeps, rule_table, select_config
+from dabench.cli import main
+from dabench.running.matrix import Matrix, MatrixError, expand, load_matrix_file, sweep_plan
+
+TINY_SCHEDULE = {"steps": 30, "eval_every": 10, "log_every": 10}
+
+
+def _sweep_matrix(seeds=(0, 1)) -> Matrix:
+    return Matrix(methods=("dann", "linear-probe"), pairs=("digits-offline",), seeds=seeds,
+                  overrides=dict(TINY_SCHEDULE), sweep={"dann.trade_off": [0.1, 1.0]})
+
+
+def test_grid_sweep_distinct_runs_one_source_only_per_seed():
+    specs = expand(_sweep_matrix())
+    by = {}
+    for s in specs:
+        by.setdefault(s.method, []).append(s)
+    assert len(by["dann"]) == 4  # 2 trials x 2 seeds, each its own configuration
+    assert {s.hparams["trade_off"] for s in by["dann"]} == {0.1, 1.0}
+    assert len({s.run_id for s in specs}) == len(specs)
+    # a DANN sweep does not multiply source-only: one per seed, and the probe starts from it
+    assert sorted(s.seed for s in by["source-only"]) == [0, 1]
+    src = {s.seed: s.run_id for s in by["source-only"]}
+    assert all(s.depends_on == src[s.seed] for s in by["linear-probe"]) and len(by["linear-probe"]) == 2
+    # a schedule sweep gives a source-only run per schedule, and each probe depends on its own
+    specs = expand(Matrix(methods=("linear-probe",), seeds=(0,), overrides={"eval_every": 10},
+                          sweep={"steps": [20, 30]}))
+    src = {s.schedule.steps: s.run_id for s in specs if s.method == "source-only"}
+    assert len(src) == 2
+    assert {s.schedule.steps: s.depends_on for s in specs if s.method == "linear-probe"} == src
+
+
+def test_grids_multiply_and_file_matches_flags(tmp_path):
+    f = tmp_path / "m.toml"
+    f.write_text('[matrix]\nmethods = ["dann"]\nseeds = [0]\n[set]\nsteps = 30\n'
+                 '[sweep]\n"dann.trade_off" = [0.1, 1.0]\nlr = [0.01, 0.02, 0.03]\n')
+    m = load_matrix_file(f)
+    assert len(sweep_plan(m)) == 6
+    from_file = {s.run_id for s in expand(m)}
+    flags = Matrix(methods=("dann",), seeds=(0,), overrides={"steps": 30},
+                   sweep={"dann.trade_off": [0.1, 1.0], "lr": [0.01, 0.02, 0.03]})
+    assert from_file == {s.run_id for s in expand(flags)} and len(from_file) == 6
+
+
+def test_random_search_reproducible(tmp_path):
+    def draws(seed):
+        m = Matrix(methods=("dann",), seeds=(0,), sweep={"dann.trade_off": "log_uniform(1e-3, 1)",
+                                                         "steps": "uniform(20, 40)"}, trials=5, sweep_seed=seed)
+        return [t for t, _ in sweep_plan(m)], [s.run_id for s in expand(m)]
+
+    a, ids = draws(7)
+    assert (a, ids) == draws(7)
+    assert a != draws(8)[0]
+    assert len(a) == 5 and len(set(ids)) == 5
+    assert all(1e-3 <= t["dann.trade_off"] <= 1 and isinstance(t["steps"], int) and 20 <= t["steps"] <= 40 for t in a)
+    # the matrix file's [sweep.random] gives the same trials as the flags
+    f = tmp_path / "r.toml"
+    f.write_text('[matrix]\nmethods = ["dann"]\nseeds = [0]\n[sweep.random]\n'
+                 '"dann.trade_off" = "log_uniform(1e-3, 1)"\nsteps = "uniform(20, 40)"\ntrials = 5\nsweep_seed = 7\n')
+    assert [t for t, _ in sweep_plan(load_matrix_file(f))] == a
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sweep", "dann.nope=1,2"], "no hyperparameter(s) ['nope']"),
+    (["--sweep", "nope=1,2"], "nope: no method of this matrix has that hyperparameter"),
+    (["--sweep", "dann.trade_off="], "sweep key 'dann.trade_off': expected a non-empty list"),
+    (["--sweep", "lr=log_uniform(0.1, 0.001)", "--trials", "2"], "bounds in the wrong order"),
+    (["--sweep", "dann.trade_off=uniform(1, 0)", "--trials", "2"], "bounds in the wrong order"),
+    (["--sweep", "dann.forward=uniform(0, 1)", "--trials", "2"], "'dann.forward' is not a numeric hyperparameter"),
+    (["--sweep", "dann.trade_off=gauss(0, 1)", "--trials", "2"], "unknown distribution 'gauss'"),
+    (["--sweep", "dann.trade_off=uniform(0, 1)"], "needs trials"),
+    (["--sweep", "lr=-1,0.1"], "lr=-1"),
+    (["--sweep", "dann.trade_off=1,2,3", "--sweep", "lr=0.1,0.2", "--max-trials", "4"],
+     "sweep of 6 trials (dann.trade_off (3 values) x lr (2 values)) is larger than max_trials=4"),
+    (["--sweep", "dann.trade_off=uniform(0, 1)", "--trials", "65"], "larger than max_trials=64"),
+])
+def test_bad_sweeps_refused_before_anything_runs(tmp_path, capsys, flags, message):
+    out = tmp_path / "res"
+    rc = main(["run", "--methods", "dann", "--seeds", "0", "--results", str(out), *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err, err
+    assert err.count("\n") == 1 and not out.exists()
+
+
+def test_bad_sweep_table_in_file(tmp_path):
+    f = tmp_path / "m.toml"
+    f.write_text('[matrix]\nmethods = ["dann"]\n[sweep]\n"dann.trade_off" = []\n')
+    with pytest.raises(MatrixError, match=r"m.toml \[sweep\]: sweep key 'dann.trade_off': expected a non-empty list"):
+        expand(load_matrix_file(f))
+    f.write_text('[matrix]\nmethods = ["dann"]\n[sweep.random]\n"dann.trade_off" = "uniform(2, 1)"\ntrials = 3\n')
+    with pytest.raises(MatrixError, match=r"m.toml \[sweep.random\]: sweep key 'dann.trade_off'.*wrong order"):
+        expand(load_matrix_file(f))
+    f.write_text('[matrix]\nmethods = ["dann"]\nmax_trials = 2\n[sweep]\nlr = [0.1, 0.2, 0.3]\n')
+    with pytest.raises(MatrixError, match="larger than max_trials=2"):
+        expand(load_matrix_file(f))
+
+
+def test_dry_run_prints_trial_table(capsys):
+    rc = main(["run", "--methods", "dann,linear-probe", "--seeds", "0", "--sweep", "dann.trade_off=0.1,1",
+               "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "sweep: 2 trial(s)" in out and "trial  dann.trade_off" in out
+    assert "budget (configurations per pair and seed): dann 2, source-only 1, linear-probe 1" in out
+
+
+@pytest.fixture(scope="module")
+def swept_results(tmp_path_factory):
+    """The two-value DANN sweep with a linear probe, seed 0, trained for real (30 steps)."""
+    import torch
+
+    from dabench.running.executors import ExecutorOptions
+    from dabench.running.scheduler import run_matrix
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("sweep")
+        specs = expand(_sweep_matrix(seeds=(0,)))
+        first = run_matrix(specs, out, ExecutorOptions(device="cpu", progress=False))
+        again = run_matrix(specs, out, ExecutorOptions(device="cpu", progress=False))
+    finally:
+        torch.set_num_threads(before)
+    return out, specs, first, again
+
+
+def test_sweep_runs_for_real_and_resumes(swept_results):
+    out, specs, first, again = swept_results
+    assert [r["status"] for r in first.ran] == ["complete"] * len(specs) == ["complete"] * 4
+    assert again.ran == []  # a rerun recomputes nothing
+    df = load_results(out)
+    dann = df[df["method"] == "dann"]
+    assert len(dann) == 2 and dann["run_id"].nunique() == 2 and dann["config"].nunique() == 2
+    assert (df["method"] == "source-only").sum() == 1
+    assert has_sweeps(df)
+
+
+def test_selection_oracle_bounds_honest_rules(swept_results):
+    out, *_ = swept_results
+    df = load_results(out)
+    keys = ["method", "pair", "seed"]
+    oracle = select(select_config(df, "oracle"), "oracle").set_index(keys)["accuracy"]
+    # the oracle's pick is the best target accuracy over trials x evaluations
+    dann_best = max(e["target_acc"] for c in df.loc[df["method"] == "dann", "curve"] for e in c)
+    assert oracle[("dann", "digits-offline", 0)] == dann_best
+    for rule in ("source-val", "entropy", "im", "snd"):
+        honest = select(select_config(df, rule), rule).set_index(keys)["accuracy"]
+        assert list(honest.index) == list(oracle.index) and honest.notna().all()
+        assert (oracle >= honest).all(), rule
+    acc, regret = rule_table(df)
+    assert list(acc.columns) == [n for n in RULES if n != "last"]
+    assert (regret.drop(columns="trials") >= 0).all().all() and (regret["oracle"] == 0).all()
+    assert regret.loc[("dann", "0"), "trials"] == 2 and regret.loc[("source-only", "0"), "trials"] == 1
+    # the collapsed leaderboard has one row per method
+    lb = leaderboard(select_config(df, "snd"), "snd")
+    assert "dann (trade_off=" not in lb.to_markdown()
+    assert "dann (trade_off=" in leaderboard(df, "snd").to_markdown()  # uncollapsed: one row per trial
+
+
+def test_source_val_blind_to_target_labels(swept_results, tmp_path):
+    out, *_ = swept_results
+    df = load_results(out)
+    before = select_config(df, "source-val")[["method", "run_id"]].values.tolist()
+    oracle_before = select_config(df, "oracle")[["method", "run_id"]].values.tolist()
+    # rewrite the records' target accuracies: the worst DANN trial by source-val becomes the best on target
+    copy_dir = tmp_path / "copy"
+    (copy_dir / "runs").mkdir(parents=True)
+    dann_pick = dict(before)["dann"]
+    for p in (out / "runs").glob("*.json"):
+        rec = json.loads(p.read_text())
+        for e in rec.get("curve") or []:
+            e["target_acc"] = 99.0 if rec["run_id"] != dann_pick and rec["spec"]["method"] == "dann" else 1.0
+        if rec.get("final"):
+            rec["final"]["target_acc"] = rec["curve"][-1]["target_acc"]
+        (copy_dir / "runs" / p.name).write_text(json.dumps(rec))
+    changed = load_results(copy_dir)
+    assert select_config(changed, "source-val")[["method", "run_id"]].values.tolist() == before
+    # ... while the oracle, which sees target labels, moves to the other DANN trial
+    after = dict(select_config(changed, "oracle")[["method", "run_id"]].values.tolist())
+    assert after["dann"] != dann_pick and dict(oracle_before)["dann"] in set(df["run_id"])
+
+
+def test_report_select_config_and_rule_section(swept_results, tmp_path, capsys):
+    out, *_ = swept_results
+    rc = main(["report", str(out), "--rule", "snd", "--select-config", "--format", "md", "--out", str(tmp_path)])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "Configuration selection" in text and "regret" in text.lower()
+    assert "dann (trade_off=" not in text  # collapsed: one row per method
+    assert main(["report", str(out), "--rule", "last", "--select-config"]) == 2
+    assert "cannot choose among the configurations" in capsys.readouterr().err
+
+
+def test_example_sweep_files_expand():
+    examples = pathlib.Path(__file__).resolve().parents[1] / "examples" / "sweeps"
+    grid = expand(load_matrix_file(examples / "dann_trade_off.toml"))
+    assert sum(s.method == "dann" for s in grid) == 12 and sum(s.method == "source-only" for s in grid) == 3
+    rnd = load_matrix_file(examples / "random_search.toml")
+    assert len(sweep_plan(rnd)) == 8 and rnd.sweep_seed == 0
+
+
+def test_rerun_takes_no_sweep(tmp_path, capsys):
+    rc = main(["run", "--results", str(tmp_path), "--rerun", "abc", "--sweep", "lr=0.1,0.2"])
+    assert rc == 2 and "it takes no --sweep" in capsys.readouterr().err
