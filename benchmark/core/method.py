@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,15 @@ class Loss:
 
     total: torch.Tensor
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+#: what :meth:`Method.step` calls to take one update: ``update(optimiser name(s), loss)``. The
+#: engine zeroes every gradient, backpropagates ``loss.total``, steps the named optimiser(s) only
+#: and logs ``loss.parts`` (and checks them for divergence) on the device, without a host sync.
+Update = Callable[[Union[str, Sequence[str]], "Loss"], None]
+
+#: the name of the one optimiser of a method that does not override :meth:`Method.optimizers`
+MAIN = "main"
 
 
 class Classifier(nn.Module):
@@ -156,7 +165,29 @@ class Method(nn.Module):
             groups.insert(0, {"params": bb, "lr_mult": 0.1 if self.backbone.pretrained else 1.0})
         return groups
 
+    def optimizers(self) -> dict[str, list[dict]]:
+        """Named optimisers, each a list of parameter groups with ``lr_mult`` (as :meth:`param_groups`).
+
+        The default is one optimiser, ``"main"``, over :meth:`param_groups`. A method that updates
+        parts of its network separately (MCD: the generator, then the classifiers) returns one entry
+        per part and overrides :meth:`step`. The engine builds one SGD per entry, with the same
+        schedule (learning rate · ``lr_mult`` · ``lr_factor(progress)``), and checkpoints them all.
+        """
+        return {MAIN: self.param_groups()}
+
     # --- computation -----------------------------------------------------------------
+    def step(self, batch: Batch, progress: float, update: Update) -> None:
+        """One training step on ``batch``: one or several updates, each ``update(name, loss)``.
+
+        The default takes one update of the ``"main"`` optimiser with :meth:`loss`. A multi-phase
+        method (MCD) overrides it and calls ``update`` once per phase, naming the optimiser(s) that
+        phase steps, e.g. ``update("classifiers", loss_b)``; a loss part logged under the same name
+        by several updates of one step keeps the last one's value. The engine runs ``step`` under
+        its autocast and owns everything else (zeroing gradients, backward, the learning rate,
+        divergence checks, logging, checkpoints): the method never touches an optimiser.
+        """
+        update(MAIN, self.loss(batch, progress))
+
     def loss(self, batch: Batch, progress: float) -> Loss:  # pragma: no cover - interface
         """The loss of one training step on ``batch``.
 
@@ -263,8 +294,8 @@ def validate_method_class(cls: type) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise TypeError(f"{cls!r} must subclass dabench.Method")
     problems = []
-    if cls.loss is Method.loss and cls.fit is Method.fit:
-        problems.append("implement loss(batch, progress) (or override fit(ctx))")
+    if cls.loss is Method.loss and cls.fit is Method.fit and cls.step is Method.step:
+        problems.append("implement loss(batch, progress) (or override step(batch, progress, update) or fit(ctx))")
     if cls.protocol not in PROTOCOLS:
         problems.append(f"protocol must be one of {PROTOCOLS}, got {cls.protocol!r}")
     if not isinstance(cls.uses, Uses):
