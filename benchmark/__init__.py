@@ -24,7 +24,7 @@ from .core.version import __version__
 _PUBLIC: dict[str, str] = {
     # the contract a plugin implements
     "Method": "core.method", "Uses": "core.method", "Batch": "core.method", "Loss": "core.method",
-    "Classifier": "core.method",
+    "Classifier": "core.method", "Update": "core.method",
     "Backbone": "backbones.base",
     "DomainPair": "core.domain", "Domain": "core.domain", "PairData": "core.domain", "Schedule": "core.domain",
     "MissingDataError": "core.domain",
@@ -70,7 +70,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from .api import compare, leaderboard, load_results, run
     from .backbones.base import Backbone
     from .core.domain import Domain, DomainPair, MissingDataError, PairData, Schedule
-    from .core.method import Batch, Classifier, Loss, Method, Uses
+    from .core.method import Batch, Classifier, Loss, Method, Update, Uses
     from .core.registry import (
         BACKBONES, METHODS, PAIRS, PluginError, RegistryError, list_backbones, list_methods, list_pairs,
         load_plugin, register_backbone, register_method, register_pair,

@@ -27,8 +27,10 @@ What it checks, in order:
    legitimately acts elsewhere (only in ``fit``, only logged) is declared on the class:
    ``hparams_outside_loss = ("name",)`` (or passed as ``allow_unused_hparams=``). Methods that
    override ``fit`` are not checked for this (their hyperparameters may act only there);
-5. for a method trained by the engine's step loop (it does not override ``fit``): the loss is a
-   finite scalar with a gradient; every parameter the optimiser will update (``param_groups()``)
+5. for a method trained by the engine's step loop (it does not override ``fit``), for each
+   ``update(name(s), loss)`` its ``step`` makes (one, of ``"main"``, unless it overrides ``step``;
+   later phases are computed on the same parameters, nothing is stepped): the loss is a
+   finite scalar with a gradient; every parameter the named optimiser(s) will update
    receives a non-zero gradient; no parameter outside the groups receives one (it would silently
    never be trained); and the adaptation part ``parts["da"]``, when present, sends a non-zero
    gradient to the feature extractor (a ``detach()``, a ``no_grad`` block or a constant

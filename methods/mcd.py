@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench import Batch, Loss, Method, Uses, register_method
-from dabench.core.method import Update
+from dabench import Batch, Loss, Method, Update, Uses, register_method
 
 
 def classifier_discrepancy(logits_1: torch.Tensor, logits_2: torch.Tensor) -> torch.Tensor:

@@ -90,7 +90,9 @@ class Method(nn.Module):
     Subclasses set ``defaults`` (hyperparameters with the paper's values), ``uses``
     (:class:`Uses`), ``protocol`` (``"uda"`` or ``"few-shot"``) and implement
     :meth:`loss`. They may extend :meth:`build` to add modules (discriminators, ...),
-    and override :meth:`fit` when training is not a loop of steps.
+    and override :meth:`fit` when training is not a loop of steps. A method with several
+    update phases per step (MCD) declares named optimisers in :meth:`optimizers` and overrides
+    :meth:`step` instead of :meth:`loss`.
 
     The resolved hyperparameters are in ``self.hp`` (a dict: the defaults, updated by the
     pair's per-method overrides and ``--set``, cast to each default's type). ``__init__`` sets
