@@ -24,7 +24,7 @@ from .core.version import __version__
 _PUBLIC: dict[str, str] = {
     # the contract a plugin implements
     "Method": "core.method", "Uses": "core.method", "Batch": "core.method", "Loss": "core.method",
-    "Classifier": "core.method",
+    "Classifier": "core.method", "Update": "core.method",
     "Backbone": "backbones.base",
     "DomainPair": "core.domain", "Domain": "core.domain", "PairData": "core.domain", "Schedule": "core.domain",
     "MissingDataError": "core.domain",
@@ -71,7 +71,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from .api import compare, leaderboard, load_results, run  # noqa: F401
     from .backbones.base import Backbone  # noqa: F401
     from .core.domain import Domain, DomainPair, MissingDataError, PairData, Schedule  # noqa: F401
-    from .core.method import Batch, Classifier, Loss, Method, Uses  # noqa: F401
+    from .core.method import Batch, Classifier, Loss, Method, Update, Uses  # noqa: F401
     from .core.registry import (
         BACKBONES, METHODS, PAIRS, PluginError, RegistryError, list_backbones, list_methods, list_pairs,  # noqa: F401
         load_plugin, register_backbone, register_method, register_pair,  # noqa: F401

@@ -11,12 +11,20 @@ from collections.abc import Sequence
 # torch-free imports only (docs/architecture.md, "Import layers"): ``dabench report`` and
 # ``dabench status`` must not import torch; the executors (engine, torch) load in _run
 from .core.domain import default_data_root
-from .running.matrix import (
-    DEFAULT_METHODS, DEFAULT_PAIRS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides, parse_sweeps,
-    sweep_text, truthy,
-)
 from .core.registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
 from .core.store import WriteFault
+from .running.matrix import (
+    DEFAULT_METHODS,
+    DEFAULT_PAIRS,
+    Matrix,
+    MatrixError,
+    expand,
+    load_matrix_file,
+    parse_overrides,
+    parse_sweeps,
+    sweep_text,
+    truthy,
+)
 
 EPILOG = """examples:
   dabench run                                   # quick matrix: 6 methods x digits-offline x 3 seeds

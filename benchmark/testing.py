@@ -27,8 +27,10 @@ What it checks, in order:
    legitimately acts elsewhere (only in ``fit``, only logged) is declared on the class:
    ``hparams_outside_loss = ("name",)`` (or passed as ``allow_unused_hparams=``). Methods that
    override ``fit`` are not checked for this (their hyperparameters may act only there);
-5. for a method trained by the engine's step loop (it does not override ``fit``): the loss is a
-   finite scalar with a gradient; every parameter the optimiser will update (``param_groups()``)
+5. for a method trained by the engine's step loop (it does not override ``fit``), for each
+   ``update(name(s), loss)`` its ``step`` makes (one, of ``"main"``, unless it overrides ``step``;
+   later phases are computed on the same parameters, nothing is stepped): the loss is a
+   finite scalar with a gradient; every parameter the named optimiser(s) will update
    receives a non-zero gradient; no parameter outside the groups receives one (it would silently
    never be trained); and the adaptation part ``parts["da"]``, when present, sends a non-zero
    gradient to the feature extractor (a ``detach()``, a ``no_grad`` block or a constant
@@ -129,17 +131,22 @@ def check_method(
     batch = _batch(cls, data, batch_size, seed)
     uses_step_loop = cls.fit is Method.fit
     if uses_step_loop:
-        out1 = _loss(m1, batch, seed)
-        out2 = _loss(m2, batch, seed)
+        # every update of one step (one, of "main", unless the method overrides step())
+        ups1 = _updates(m1, batch, seed)
+        ups2 = _updates(m2, batch, seed)
+        out1 = ups1[0][1]
         report.loss = float(out1.total.detach())
-        report.loss_parts = {k: float(v.detach()) for k, v in out1.parts.items() if v.numel() == 1}
+        report.loss_parts = {k: float(v.detach()) for _, o in ups1 for k, v in o.parts.items() if v.numel() == 1}
+        totals1 = [float(o.total.detach()) for _, o in ups1]
+        totals2 = [float(o.total.detach()) for _, o in ups2]
         _check(
-            torch.equal(out1.total.detach(), out2.total.detach()),
+            totals1 == totals2,
             f"{name}: not deterministic under a seed: two builds with seed {seed} give losses "
-            f"{float(out1.total.detach())!r} and {float(out2.total.detach())!r} on the same batch (a random draw that "
+            f"{totals1!r} and {totals2!r} on the same batch (a random draw that "
             f"ignores torch's seed, e.g. Python's random or numpy?)",
         )
-        _check_gradients(m1, out1, tuple(allow_no_grad), report)
+        for names, out in ups1:
+            _check_gradients(m1, out, tuple(allow_no_grad), report, names)
         report.hparams_used = _check_hparams_used(cls, pair_obj, hparams, batch, seed, tuple(allow_unused_hparams))
     del m2
 
@@ -156,7 +163,7 @@ def check_method(
     ctx = RunContext(spec, pair_obj, DeviceData(pair_obj, small, torch.device("cpu"), seed, shots, shots),
                      torch.device("cpu"))
     model.fit(ctx)
-    in_groups = {id(p) for g in model.param_groups() for p in g["params"]} if uses_step_loop else None
+    in_groups = _optimised(model) if uses_step_loop else None
     changed, frozen = [], []
     for n, p in model.named_parameters():
         is_frozen = not p.requires_grad or (in_groups is not None and id(p) not in in_groups)
@@ -302,10 +309,36 @@ def _batch(cls: type[Method], data: DeviceData, batch_size: int, seed: int) -> B
     return batch
 
 
-def _loss(m: Method, batch: Batch, seed: int, progress: float = 0.5) -> Loss:
+def _optimised(m: Method, names: Iterable[str] | None = None) -> set[int]:
+    """ids of the parameters the named optimisers (all of ``optimizers()`` by default) update."""
+    declared = m.optimizers()
+    return {id(p) for n in (declared if names is None else names) for g in declared[n] for p in g["params"]}
+
+
+def _updates(m: Method, batch: Batch, seed: int, progress: float = 0.5) -> list[tuple[tuple[str, ...], Loss]]:
+    """The updates one ``step`` asks for, as (optimiser names, loss), each checked; nothing is stepped.
+
+    For a multi-phase method the later phases' losses are then computed on the same parameters
+    (no earlier phase applied): enough to check each phase's gradients and hyperparameters.
+    """
     m.train()
     torch.manual_seed(seed + 1)  # dropout and any sampling inside the loss draw from torch's RNG
-    out = m.loss(batch, progress)  # 0.5, mid-training: ramps such as DANN's λ_p are well above 0
+    declared = set(m.optimizers())
+    out: list[tuple[tuple[str, ...], Loss]] = []
+
+    def update(names, loss: Loss) -> None:
+        names = (names,) if isinstance(names, str) else tuple(names)
+        unknown = [n for n in names if n not in declared]
+        _check(bool(names) and not unknown, f"{m.name}: step() calls update({names!r}, ...), but optimizers() "
+                                            f"declares {sorted(declared)}")
+        out.append((names, _checked_loss(m, loss)))
+
+    m.step(batch, progress, update)  # 0.5, mid-training: ramps such as DANN's λ_p are well above 0
+    _check(bool(out), f"{m.name}: step() made no update(name, loss) call")
+    return out
+
+
+def _checked_loss(m: Method, out: Loss) -> Loss:
     name = m.name
     _check(isinstance(out, Loss), f"{name}: loss() must return dabench.Loss(total, parts), got {type(out).__name__}")
     _check(isinstance(out.total, torch.Tensor) and out.total.numel() == 1,
@@ -317,10 +350,14 @@ def _loss(m: Method, batch: Batch, seed: int, progress: float = 0.5) -> Loss:
     return out
 
 
-def _check_gradients(m: Method, out: Loss, allow: tuple[str, ...], report: CheckReport) -> None:
+def _check_gradients(m: Method, out: Loss, allow: tuple[str, ...], report: CheckReport,
+                     names: tuple[str, ...] | None = None) -> None:
+    """``out``'s gradients reach every parameter the optimisers ``names`` step (all by default), and
+    none reaches a trainable parameter that no optimiser steps."""
     name = m.name
     named = list(m.named_parameters())
-    in_groups = {id(p) for g in m.param_groups() for p in g["params"]}
+    in_groups = _optimised(m, names)
+    anywhere = _optimised(m)
     da = out.parts.get("da")
     backbone_params = [p for p in m.backbone.parameters() if p.requires_grad and id(p) in in_groups]
     if da is not None and backbone_params:
@@ -342,7 +379,7 @@ def _check_gradients(m: Method, out: Loss, allow: tuple[str, ...], report: Check
     _check(not dead, f"{name}: parameters the optimiser trains (param_groups) get no gradient from "
                      f"the loss: {dead[:8]}{' ...' if len(dead) > 8 else ''} (detached? unused? If that "
                      f"is intended, freeze them (requires_grad_(False)) or pass allow_no_grad=)")
-    stray = [n for n, p in named if p.requires_grad and id(p) not in in_groups
+    stray = [n for n, p in named if p.requires_grad and id(p) not in anywhere
              and p.grad is not None and bool(p.grad.abs().sum() > 0)]
     _check(not stray, f"{name}: parameters receive gradients but are in no param group, so they are "
                       f"never updated: {stray[:8]} (add them in param_groups())")
@@ -406,13 +443,18 @@ _PROGRESS_PROBES = (0.5, 0.1, 0.9)
 
 
 def _fingerprint(m: Method, batch: Batch, seed: int, progress: float) -> list[torch.Tensor]:
-    """The loss and every parameter's gradient (zeros where none), in parameter order."""
-    out = _loss(m, batch, seed, progress)
+    """Each update's loss and every parameter's gradient summed over them (zeros where none), in parameter order."""
+    ups = _updates(m, batch, seed, progress)
     m.zero_grad(set_to_none=True)
-    out.total.backward()
+    for _, out in ups:
+        out.total.backward()
     grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in m.parameters()]
     m.zero_grad(set_to_none=True)
-    return [out.total.detach().reshape(1), *grads]
+    return [torch.stack([out.total.detach().reshape(()) for _, out in ups]), *grads]
+
+
+def _lr_mults(m: Method) -> list[tuple[str, float]]:
+    return [(n, g.get("lr_mult", 1.0)) for n, groups in m.optimizers().items() for g in groups]
 
 
 def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
@@ -437,7 +479,7 @@ def _check_hparams_used(cls: type[Method], pair: DomainPair, hparams: dict[str, 
     exempt = set(declared) | set(allow)
     base = _build(cls, pair, hparams, seed)
     base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}  # BN buffers move in loss()
-    base_lr = [g.get("lr_mult", 1.0) for g in base.param_groups()]
+    base_lr = _lr_mults(base)
     base_steps = base.num_steps(1000)
     base_prints: dict[float, list[torch.Tensor]] = {}
     used = []
@@ -450,7 +492,7 @@ def _check_hparams_used(cls: type[Method], pair: DomainPair, hparams: dict[str, 
         if (state.keys() != base_state.keys()
                 or any(state[k].shape != base_state[k].shape or not torch.equal(state[k], base_state[k])
                        for k in state)
-                or [g.get("lr_mult", 1.0) for g in m.param_groups()] != base_lr
+                or _lr_mults(m) != base_lr
                 or m.num_steps(1000) != base_steps):
             used.append(key)
             continue

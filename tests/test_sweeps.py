@@ -2,7 +2,6 @@
 (analysis/sweeps.py): real runs on digits-offline, bad input refused before anything runs."""
 from __future__ import annotations
 
-import copy
 import json
 import pathlib
 
@@ -10,8 +9,8 @@ import pytest
 
 from dabench.analysis.results import load_results
 from dabench.analysis.selection import RULES, select
-from dabench.analysis.tables import leaderboard
 from dabench.analysis.sweeps import has_sweeps, rule_table, select_config
+from dabench.analysis.tables import leaderboard
 from dabench.cli import main
 from dabench.running.matrix import Matrix, MatrixError, expand, load_matrix_file, sweep_plan
 

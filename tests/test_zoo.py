@@ -241,7 +241,7 @@ def test_mdd_adversary_descends_and_features_ascend_through_a_tenth_strength_rev
 def test_method_groups_select_the_zoo_by_protocol():
     methods = dabench.METHODS
     assert set(ZOO) <= set(methods.expand("zoo")) and set(methods.expand("all")) == set(methods.names())
-    assert set(ZOO) | {"source-only", "dan", "dann", "coral"} == set(methods.expand("uda"))
+    assert set(ZOO) | {"source-only", "dan", "dann", "coral", "mcd"} == set(methods.expand("uda"))
     assert methods.expand("few-shot") == ["fine-tune", "linear-probe"]
     assert [s.method for s in dabench.expand(dabench.Matrix(seeds=(0,)))] == list(dabench.Matrix().methods)
     assert "minent" not in dabench.Matrix().methods  # the default quick matrix stays the six

@@ -12,7 +12,6 @@ import html
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,12 +27,12 @@ if TYPE_CHECKING:
 from .results import filter_runs, load_results
 from .selection import RULES, check_rule, rule_regret, rule_title
 from .stats import Comparison, compare
-from .tables import Leaderboard, leaderboard
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-from .sweeps import has_sweeps, rule_table, select_config as _select_config
+from .sweeps import has_sweeps, rule_table
+from .sweeps import select_config as _select_config
 
 #: what the configuration-selection section says (Markdown and HTML)
 CONFIG_TEXT = ("Each rule picks, per method, pair and seed, one configuration of the sweep and one "

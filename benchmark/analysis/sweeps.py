@@ -23,7 +23,6 @@ import json
 import math
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from .results import label_budget
@@ -63,10 +62,10 @@ def swept_keys(df: pd.DataFrame) -> dict[tuple[str, str], list[str]]:
     """Per (method, labels): the settings whose values differ among the configurations of one pair."""
     d = _with_labels(df)
     out: dict[tuple[str, str], set[str]] = {}
-    for (m, l, _), g in d.groupby(["method", "labels", "pair"], sort=False):
+    for (m, lab, _), g in d.groupby(["method", "labels", "pair"], sort=False):
         sts = list(g["settings"])
         keys = set().union(*sts)
-        out.setdefault((m, l), set()).update(
+        out.setdefault((m, lab), set()).update(
             k for k in keys if len({json.dumps(st.get(k), sort_keys=True, default=str) for st in sts}) > 1)
     return {k: sorted(v) for k, v in out.items()}
 

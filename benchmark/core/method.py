@@ -6,7 +6,7 @@ All methods combine their losses the same way: ``total = ce + trade_off * da``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -57,6 +57,15 @@ class Loss:
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+#: what :meth:`Method.step` calls to take one update: ``update(optimiser name(s), loss)``. The
+#: engine zeroes every gradient, backpropagates ``loss.total``, steps the named optimiser(s) only
+#: and logs ``loss.parts`` (and checks them for divergence) on the device, without a host sync.
+Update = Callable[[str | Sequence[str], "Loss"], None]
+
+#: the name of the one optimiser of a method that does not override :meth:`Method.optimizers`
+MAIN = "main"
+
+
 class Classifier(nn.Module):
     """backbone → bottleneck (Linear-BN-ReLU) → linear head; the network every built-in method trains."""
 
@@ -82,7 +91,9 @@ class Method(nn.Module):
     Subclasses set ``defaults`` (hyperparameters with the paper's values), ``uses``
     (:class:`Uses`), ``protocol`` (``"uda"`` or ``"few-shot"``) and implement
     :meth:`loss`. They may extend :meth:`build` to add modules (discriminators, ...),
-    and override :meth:`fit` when training is not a loop of steps.
+    and override :meth:`fit` when training is not a loop of steps. A method with several
+    update phases per step (MCD) declares named optimisers in :meth:`optimizers` and overrides
+    :meth:`step` instead of :meth:`loss`.
 
     The resolved hyperparameters are in ``self.hp`` (a dict: the defaults, updated by the
     pair's per-method overrides and ``--set``, cast to each default's type). ``__init__`` sets
@@ -157,7 +168,29 @@ class Method(nn.Module):
             groups.insert(0, {"params": bb, "lr_mult": 0.1 if self.backbone.pretrained else 1.0})
         return groups
 
+    def optimizers(self) -> dict[str, list[dict]]:
+        """Named optimisers, each a list of parameter groups with ``lr_mult`` (as :meth:`param_groups`).
+
+        The default is one optimiser, ``"main"``, over :meth:`param_groups`. A method that updates
+        parts of its network separately (MCD: the generator, then the classifiers) returns one entry
+        per part and overrides :meth:`step`. The engine builds one SGD per entry, with the same
+        schedule (learning rate · ``lr_mult`` · ``lr_factor(progress)``), and checkpoints them all.
+        """
+        return {MAIN: self.param_groups()}
+
     # --- computation -----------------------------------------------------------------
+    def step(self, batch: Batch, progress: float, update: Update) -> None:
+        """One training step on ``batch``: one or several updates, each ``update(name, loss)``.
+
+        The default takes one update of the ``"main"`` optimiser with :meth:`loss`. A multi-phase
+        method (MCD) overrides it and calls ``update`` once per phase, naming the optimiser(s) that
+        phase steps, e.g. ``update("classifiers", loss_b)``; a loss part logged under the same name
+        by several updates of one step keeps the last one's value. The engine runs ``step`` under
+        its autocast and owns everything else (zeroing gradients, backward, the learning rate,
+        divergence checks, logging, checkpoints): the method never touches an optimiser.
+        """
+        update(MAIN, self.loss(batch, progress))
+
     def loss(self, batch: Batch, progress: float) -> Loss:  # pragma: no cover - interface
         """The loss of one training step on ``batch``.
 
@@ -265,8 +298,8 @@ def validate_method_class(cls: type) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise TypeError(f"{cls!r} must subclass dabench.Method")
     problems = []
-    if cls.loss is Method.loss and cls.fit is Method.fit:
-        problems.append("implement loss(batch, progress) (or override fit(ctx))")
+    if cls.loss is Method.loss and cls.fit is Method.fit and cls.step is Method.step:
+        problems.append("implement loss(batch, progress) (or override step(batch, progress, update) or fit(ctx))")
     if cls.protocol not in PROTOCOLS:
         problems.append(f"protocol must be one of {PROTOCOLS}, got {cls.protocol!r}")
     if not isinstance(cls.uses, Uses):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..core.domain import DomainPair, PairData, check_target_shots, lr_factor
-from ..core.method import Batch, Method
+from ..core.method import MAIN, Batch, Loss, Method
 from ..core.registry import BACKBONES, METHODS
 from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault, atomic_torch_save
@@ -92,16 +92,17 @@ class RunContext:
     def train_steps(self, method: Method) -> None:
         """SGD (Nesterov momentum) over the pair's schedule with lr·lr_mult·factor(p) (``inv``: (1+10p)^−0.75, see ``lr_factor``).
 
-        No host synchronisation inside the loop except every ``log_every`` steps (one read of
-        a device-side "first non-finite step" counter, for the total and for each loss part, so
-        a divergence names the part that went first) and at evaluations.
+        One SGD per entry of ``method.optimizers()`` (one, ``"main"``, unless the method declares
+        several); each step calls ``method.step(batch, progress, update)``, whose ``update(name,
+        loss)`` zeroes every gradient, backpropagates, steps the named optimiser(s) and keeps the
+        loss parts on the device. No host synchronisation inside the loop except every
+        ``log_every`` steps (one read of a device-side "first non-finite step" counter, for the
+        total and for each loss part, so a divergence names the part that went first) and at
+        evaluations.
         """
         sch = self.spec.schedule
         steps = method.num_steps(sch.steps)
-        groups = method.param_groups()
-        for g in groups:
-            g["lr"] = sch.lr * g["lr_mult"]
-        opt = torch.optim.SGD(groups, lr=sch.lr, momentum=sch.momentum, weight_decay=sch.weight_decay, nesterov=True)
+        opts = _build_optimizers(method, sch)
         uses = method.uses
         data, dev = self.data, self.device
         streams = {}
@@ -121,28 +122,24 @@ class RunContext:
         n_since = 0
         start = 0
         if self.checkpoint_every:
-            resumed = self._resume(method, opt, streams)
+            resumed = self._resume(method, opts, streams)
             if resumed is not None:
                 start, sums, n_since, first_bad, part_names = resumed
         per_step_images = sum(s.batch_size for s in streams.values())
         method.train()
-        for step in range(start, steps):
-            progress = step / steps
-            factor = lr_factor(sch.lr_schedule, progress)
-            for g in opt.param_groups:
-                g["lr"] = sch.lr * g["lr_mult"] * factor
-            batch = Batch()
-            if "source" in streams:
-                batch.x_source, batch.y_source = data.batch_from(data.source, streams["source"].next())
-            if "target" in streams:
-                batch.x_target, _ = data.batch_from(data.target, streams["target"].next())
-            if "shots" in streams:
-                batch.x_shots, batch.y_shots = data.batch_from(data.shots, streams["shots"].next())
-            with autocast(dev):
-                out = method.loss(batch, progress)
-            opt.zero_grad(set_to_none=True)
-            out.total.backward()
-            opt.step()
+        step = start
+        step_parts: dict[str, torch.Tensor] = {}
+
+        def update(names: str | Sequence[str], out: Loss) -> None:
+            """One update: backward of ``out.total``, a step of the named optimiser(s), device-side logging."""
+            nonlocal part_names, first_bad
+            chosen = _pick(opts, names, method)
+            with torch.autocast(dev.type, enabled=False):  # backward and the optimiser outside autocast
+                for opt in opts.values():  # every optimiser: a phase's backward reaches others' parameters
+                    opt.zero_grad(set_to_none=True)
+                out.total.backward()
+                for opt in chosen:
+                    opt.step()
             total = out.total.detach()
             if list(out.parts) != part_names:
                 # a part not seen before (methods usually return the same parts every step):
@@ -155,7 +152,25 @@ class RunContext:
                        for k in part_names]
             finite = torch.isfinite(torch.stack(values))
             first_bad = torch.where((first_bad < 0) & ~finite, step, first_bad)
-            for k, v in out.parts.items():
+            step_parts.update(out.parts)
+
+        for step in range(start, steps):
+            progress = step / steps
+            factor = lr_factor(sch.lr_schedule, progress)
+            for opt in opts.values():
+                for g in opt.param_groups:
+                    g["lr"] = sch.lr * g["lr_mult"] * factor
+            batch = Batch()
+            if "source" in streams:
+                batch.x_source, batch.y_source = data.batch_from(data.source, streams["source"].next())
+            if "target" in streams:
+                batch.x_target, _ = data.batch_from(data.target, streams["target"].next())
+            if "shots" in streams:
+                batch.x_shots, batch.y_shots = data.batch_from(data.shots, streams["shots"].next())
+            step_parts = {}
+            with autocast(dev):
+                method.step(batch, progress, update)
+            for k, v in step_parts.items():
                 sums[k] = sums.get(k, 0) + v.detach().float()
             n_since += 1
             self.steps_done = step + 1
@@ -171,7 +186,7 @@ class RunContext:
                 self.record_eval(method, step + 1, {k: v / n_since for k, v in sums.items()})
                 sums, n_since = {}, 0
             if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 and not last:
-                self._save_partial(method, opt, step + 1, streams, sums, n_since, first_bad, part_names)
+                self._save_partial(method, opts, step + 1, streams, sums, n_since, first_bad, part_names)
 
     # --- mid-run checkpoints ---------------------------------------------------------
     # A resumed run must equal the uninterrupted one (on the CPU at a fixed thread count), so a
@@ -179,7 +194,7 @@ class RunContext:
     # optimiser, the data generator (augmentation and reshuffles), each batch stream's current
     # permutation and position, the global torch RNG (dropout, noise layers; CPU and CUDA), and
     # the loss sums since the last evaluation (the next curve point averages them).
-    def _save_partial(self, method: Method, opt: torch.optim.Optimizer, step: int, streams: dict[str, Stream],
+    def _save_partial(self, method: Method, opts: dict[str, torch.optim.Optimizer], step: int, streams: dict[str, Stream],
                       sums: dict[str, torch.Tensor], n_since: int, first_bad: torch.Tensor,
                       part_names: list[str]) -> None:
         assert self.store is not None
@@ -187,7 +202,9 @@ class RunContext:
         state = {
             "step": step,
             "method": method.state_dict(),
-            "optimizer": opt.state_dict(),
+            # a one-optimiser method keeps the key of earlier versions, so their checkpoints resume
+            **({"optimizer": opts[MAIN].state_dict()} if list(opts) == [MAIN]
+               else {"optimizers": {name: o.state_dict() for name, o in opts.items()}}),
             "curve": self.curve,
             "generator": self.data.generator.get_state(),
             "streams": {name: s.state_dict() for name, s in streams.items()},
@@ -201,7 +218,7 @@ class RunContext:
         atomic_torch_save(state, path)
 
     def _resume(
-        self, method: Method, opt: torch.optim.Optimizer, streams: dict[str, Stream]
+        self, method: Method, opts: dict[str, torch.optim.Optimizer], streams: dict[str, Stream]
     ) -> tuple[int, dict[str, torch.Tensor], int, torch.Tensor, list[str]] | None:
         """Load the run's mid-run checkpoint if there is one; returns (step, loss sums, their
         count, first non-finite steps, the loss parts they follow) for the loop to go on from, or ``None``."""
@@ -212,7 +229,12 @@ class RunContext:
             return None
         state = torch.load(path, map_location=self.device, weights_only=True)
         method.load_state_dict(state["method"])
-        opt.load_state_dict(state["optimizer"])
+        saved_opts = state["optimizers"] if "optimizers" in state else {MAIN: state["optimizer"]}
+        if set(saved_opts) != set(opts):
+            raise ValueError(f"checkpoint {path} holds optimisers {sorted(saved_opts)}, "
+                             f"but this run's method declares {sorted(opts)}")
+        for name, opt in opts.items():
+            opt.load_state_dict(saved_opts[name])
         self.curve = list(state["curve"])
         self.data.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
         saved_streams = state.get("streams", {})  # absent in checkpoints of older versions
@@ -234,6 +256,31 @@ class RunContext:
             first_bad, part_names = first_bad[:1], []
         return (self.steps_done, dict(state.get("loss_sums", {})), int(state.get("loss_count", 0)), first_bad,
                 part_names)
+
+
+def _build_optimizers(method: Method, sch) -> dict[str, torch.optim.Optimizer]:
+    """One SGD (Nesterov) per entry of ``method.optimizers()``, each group at ``lr · lr_mult``."""
+    declared = method.optimizers()
+    if not isinstance(declared, dict) or not declared:
+        raise TypeError(f"{method.name}.optimizers() must return a non-empty dict name -> parameter groups, "
+                        f"got {declared!r}")
+    opts: dict[str, torch.optim.Optimizer] = {}
+    for name, groups in declared.items():
+        for g in groups:
+            g["lr"] = sch.lr * g["lr_mult"]
+        opts[name] = torch.optim.SGD(groups, lr=sch.lr, momentum=sch.momentum, weight_decay=sch.weight_decay,
+                                     nesterov=True)
+    return opts
+
+
+def _pick(opts: dict[str, torch.optim.Optimizer], names: str | Sequence[str], method: Method) -> list:
+    """The optimisers an ``update`` names (one name or several); an unknown name lists the declared ones."""
+    wanted = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in wanted if n not in opts]
+    if unknown or not wanted:
+        raise KeyError(f"{method.name}: update() names optimiser(s) {unknown or wanted!r}; "
+                       f"its optimizers() declares {sorted(opts)}")
+    return [opts[n] for n in wanted]
 
 
 FEATURES_PER_DOMAIN = 1000  # enough for a t-SNE; keeps the file small (float16)

@@ -154,7 +154,7 @@ def load_matrix_file(path: str | pathlib.Path) -> Matrix:
     _expect(isinstance(overrides, dict), where, "set", "a table [set] of key = value", overrides)
     for k, v in overrides.items():
         _expect(not isinstance(v, dict), where, f"set.{k}", 'a value (quote dotted keys: "dann.trade_off" = 0.5)', v)
-    origins = {k: f"{where} [set]" for k in overrides}
+    origins = dict.fromkeys(overrides, f"{where} [set]")
     sweep, sweep_kw = _sweep_table(data.get("sweep", {}), where, origins)
     return Matrix(**kwargs, **sweep_kw, overrides=dict(overrides), origins=origins, sweep=sweep)
 
@@ -267,7 +267,8 @@ def sweep_trials(matrix: Matrix, methods: list[str]) -> list[dict[str, Any]]:
                           "([sweep.random] trials = 8, or --trials 8)")
     if not dists and matrix.trials is not None:
         raise MatrixError(f"trials={matrix.trials} given, but the sweep has no distribution (only grid lists)")
-    size = math.prod(len(v) for v in grid.values()) * (matrix.trials if dists else 1)
+    # (trials is set whenever there are distributions: checked just above)
+    size = math.prod(len(v) for v in grid.values()) * ((matrix.trials or 1) if dists else 1)
     if size > matrix.max_trials:
         parts = [f"{k} ({len(v)} values)" for k, v in grid.items()] + ([f"{matrix.trials} random trials"] if dists else [])
         raise MatrixError(f"sweep of {size} trials ({' x '.join(parts)}) is larger than max_trials={matrix.max_trials}; "

@@ -24,8 +24,9 @@ import itertools
 import math
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 DISTRIBUTIONS = ("uniform", "log_uniform", "choice")
 #: default bound on the number of trials of one matrix (grid size x random trials)
@@ -55,7 +56,7 @@ class Distribution:
         a, b = (float(x) for x in self.args)
         v = rng.uniform(a, b) if self.kind == "uniform" else math.exp(rng.uniform(math.log(a), math.log(b)))
         if integer:
-            return int(round(v))
+            return round(v)
         return float(f"{v:.4g}")
 
     def __str__(self) -> str:

@@ -1,0 +1,87 @@
+"""MCD: maximum classifier discrepancy, trained in three phases per step."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dabench import Batch, Loss, Method, Update, Uses, register_method
+
+
+def classifier_discrepancy(logits_1: torch.Tensor, logits_2: torch.Tensor) -> torch.Tensor:
+    """d(p1, p2) = (1/K) Σ_k |p1_k − p2_k|, averaged over the batch (Saito et al. 2018, eq. 1).
+
+    p1, p2 the softmax outputs of the two classifiers, K the number of classes: the mean absolute
+    difference of their probabilities. Float32 (probabilities near 0 and 1 lose their difference
+    at bf16's 8-bit mantissa).
+    """
+    return (F.softmax(logits_1.float(), dim=1) - F.softmax(logits_2.float(), dim=1)).abs().mean()
+
+
+@register_method("mcd")
+class MCD(Method):
+    """MCD (Saito, Watanabe, Ushiku, Harada 2018, CVPR): two classifiers maximise their discrepancy on the target, the generator minimises it.
+
+    Generator G = backbone + bottleneck; classifiers F1 (``net.head``) and F2 (``head2``), two
+    linear heads on G's features. Each step takes, on one source and one target batch,
+    (A) ``update(("generator", "classifiers"), CE(F1(G(x_s))) + CE(F2(G(x_s))))``;
+    (B) ``update("classifiers", CE_s − trade_off · d(F1(G(x_t)), F2(G(x_t))))`` with G fixed;
+    (C) ``num_k`` times ``update("generator", trade_off · d(F1(G(x_t)), F2(G(x_t))))`` with F fixed,
+    d the mean absolute difference of the two softmax outputs (:func:`classifier_discrepancy`, eq. 1).
+    num_k = 4 is the paper's value for digits. The engine's SGD and learning-rate annealing apply
+    to both optimisers (the paper used Adam on digits). ``predict``: the log of the two heads'
+    mean softmax (the ensemble); ``features``: G's output. Without the authors' entropy term.
+    """
+
+    protocol = "uda"
+    uses = Uses(source_labels=True, target_unlabeled=True)
+    defaults = {"trade_off": 1.0, "num_k": 4}
+    citation = ("Saito, Watanabe, Ushiku, Harada. Maximum Classifier Discrepancy for Unsupervised Domain "
+                "Adaptation. CVPR 2018.")
+
+    def build(self, backbone, num_classes: int) -> None:
+        super().build(backbone, num_classes)
+        self.head2 = nn.Linear(int(self.hp["bottleneck_dim"]), num_classes)
+
+    def optimizers(self) -> dict[str, list[dict]]:
+        """``generator``: the backbone (lr_mult 0.1 when pretrained) and bottleneck; ``classifiers``: both heads."""
+        heads = {id(p) for p in (*self.net.head.parameters(), *self.head2.parameters())}
+        generator = list(self.param_groups())
+        for g in generator:
+            g["params"] = [p for p in g["params"] if id(p) not in heads]
+        classifiers = [{"params": [*self.net.head.parameters(), *self.head2.parameters()], "lr_mult": 1.0}]
+        return {"generator": [g for g in generator if g["params"]], "classifiers": classifiers}
+
+    def _logits(self, x: torch.Tensor, detach_features: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.net.features(x)
+        if detach_features:  # phase B: G is fixed, no need to backpropagate into it
+            f = f.detach()
+        return self.net.head(f), self.head2(f)
+
+    def step(self, batch: Batch, progress: float, update: Update) -> None:
+        assert batch.x_source is not None and batch.y_source is not None and batch.x_target is not None
+        trade_off, y = float(self.hp["trade_off"]), batch.y_source
+        # (A) G, F1, F2 on the labelled source
+        s1, s2 = self._logits(batch.x_source)
+        ce = F.cross_entropy(s1, y) + F.cross_entropy(s2, y)
+        update(("generator", "classifiers"), Loss(total=ce, parts={"ce": ce}))
+        # (B) F1, F2 keep the source right and disagree on the target; G fixed
+        x = torch.cat([batch.x_source, batch.x_target])  # one pass: BatchNorm sees both, as in (C)'s target
+        l1, l2 = self._logits(x, detach_features=True)
+        n = len(batch.x_source)
+        ce_b = F.cross_entropy(l1[:n], y) + F.cross_entropy(l2[:n], y)
+        disc_b = classifier_discrepancy(l1[n:], l2[n:])
+        update("classifiers", Loss(total=ce_b - trade_off * disc_b, parts={"ce_b": ce_b, "discrepancy_b": disc_b}))
+        # (C) G makes them agree on the target, num_k times; F fixed (only G's optimiser steps)
+        for _ in range(int(self.hp["num_k"])):
+            t1, t2 = self._logits(batch.x_target)
+            disc = classifier_discrepancy(t1, t2)
+            update("generator", Loss(total=trade_off * disc, parts={"da": disc}))
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        l1, l2 = self._logits(x)
+        # log((p1 + p2) / 2) through logsumexp: finite where a probability underflows to 0
+        both = torch.stack([F.log_softmax(l1.float(), dim=1), F.log_softmax(l2.float(), dim=1)])
+        return torch.logsumexp(both, dim=0) - math.log(2.0)

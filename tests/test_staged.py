@@ -1,0 +1,202 @@
+"""Multi-optimiser, multi-phase methods: the engine's ``step``/``update`` support, MCD's mechanics,
+and that one-optimiser methods record exactly what they did before the support existed."""
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import torch
+
+import dabench
+from dabench import Batch
+from dabench.core.store import RunStore
+from dabench.methods.mcd import MCD, classifier_discrepancy
+from dabench.running.matrix import Matrix, expand
+from dabench.running.unit import run_spec
+
+TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
+TINY_SCHEDULE = {"steps": 8, "eval_every": 4, "log_every": 2, "batch_size": 16}
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _batch(seed: int = 0, n: int = 8) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    return Batch(x_source=torch.randn(n, 1, 28, 28, generator=g), y_source=torch.randint(0, 10, (n,), generator=g),
+                 x_target=torch.randn(n, 1, 28, 28, generator=g) + 1.0)
+
+
+def _mcd(**hp) -> MCD:
+    torch.manual_seed(0)
+    return MCD(dabench.BACKBONES.get("lenet")(in_channels=1, image_size=28), 10, hp)
+
+
+# --- one-optimiser methods are unchanged ------------------------------------------------
+#: recorded from the engine before multi-optimiser support (commit 2ea89a5), CPU, one thread:
+#: the tiny pair, TINY_SCHEDULE, seed 0 — the losses, accuracies and run ids of source-only and DANN
+BEFORE = {
+    "source-only": {"run_id": "b7367a7233ec", "target_acc": [37.5, 32.5],
+                    "loss": [{"ce": 1.363410472869873}, {"ce": 1.0831340551376343}]},
+    "dann": {"run_id": "0fcf835f479d", "target_acc": [30.000001907348633, 40.0],
+             "loss": [{"ce": 1.3878517150878906, "da": 0.7156498432159424, "disc_acc": 0.515625},
+                      {"ce": 1.0505039691925049, "da": 0.6863721609115601, "disc_acc": 0.5390625}]},
+}
+
+
+def test_one_optimiser_runs_record_what_they_did_before(tmp_path, one_thread):
+    specs = expand(Matrix(methods=("source-only", "dann"), pairs=("tiny",), seeds=(0,), overrides=TINY_SCHEDULE,
+                          plugins=(TINY,)))
+    store = RunStore(tmp_path)
+    for spec in specs:
+        rec = run_spec(spec, store, torch.device("cpu"), None)
+        assert rec["status"] == "complete", rec["error"]
+        want = BEFORE[spec.method]
+        assert spec.run_id == want["run_id"]
+        assert [p["target_acc"] for p in rec["curve"]] == want["target_acc"]
+        assert [p["loss"] for p in rec["curve"]] == want["loss"]
+
+
+# --- MCD mechanics ------------------------------------------------------------------------
+def test_discrepancy_is_the_mean_absolute_difference_of_the_softmaxes():
+    l1 = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    l2 = torch.tensor([[1.0, 0.0], [2.0, 0.0]])
+    s = torch.sigmoid(torch.tensor(1.0)).item()  # softmax([1, 0])[0]
+    # row 0: |0.5 − s| + |0.5 − (1 − s)| = 2(s − 0.5); row 1: 0. Mean over 2 rows × 2 classes.
+    assert classifier_discrepancy(l1, l2).item() == pytest.approx(2 * (s - 0.5) / 4, abs=1e-7)
+    assert classifier_discrepancy(l1, l1).item() == 0.0
+
+
+def _run_step(m: MCD, batch: Batch) -> list[tuple[tuple[str, ...], dict[str, torch.Tensor]]]:
+    """One MCD step through real optimisers built the engine's way; returns each update's
+    optimiser names and the parameters before it."""
+    from dabench.engine.train import _build_optimizers, _pick
+
+    opts = _build_optimizers(m, dabench.Schedule(lr=0.1))
+    seen = []
+
+    def update(names, loss):
+        before = {n: p.detach().clone() for n, p in m.named_parameters()}
+        for o in opts.values():
+            o.zero_grad(set_to_none=True)
+        loss.total.backward()
+        for o in _pick(opts, names, m):
+            o.step()
+        seen.append(((names,) if isinstance(names, str) else tuple(names), before))
+
+    m.train()
+    m.step(batch, 0.5, update)
+    return seen
+
+
+def _moved(m: MCD, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> set[str]:
+    return {n.split(".")[0] if n.startswith("head2") else ".".join(n.split(".")[:2])
+            for n in before if not torch.equal(before[n], after[n])}
+
+
+def test_each_phase_moves_only_its_part_of_the_network():
+    m = _mcd(num_k=3)
+    seen = _run_step(m, _batch())
+    final = {n: p.detach().clone() for n, p in m.named_parameters()}
+    states = [b for _, b in seen] + [final]
+    names = [n for n, _ in seen]
+    assert names == [("generator", "classifiers"), ("classifiers",), ("generator",), ("generator",), ("generator",)]
+    moved = [_moved(m, states[i], states[i + 1]) for i in range(len(seen))]
+    assert moved[0] == {"net.backbone", "net.bottleneck", "net.head", "head2"}  # (A): everything
+    assert moved[1] == {"net.head", "head2"}  # (B): the classifiers only, the generator fixed
+    for later in moved[2:]:
+        assert later == {"net.backbone", "net.bottleneck"}  # (C): the generator only
+
+
+def test_phase_b_raises_and_phase_c_lowers_the_discrepancy():
+    """(B) steps the classifiers up the target discrepancy, (C) steps the generator down it, each
+    measured on the input that phase sees ((B): source and target in one batch, (C): the target).
+    trade_off 10: at a random initialisation the source CE's gradient in (B) would otherwise dominate."""
+    m = _mcd(num_k=1, trade_off=10.0)
+    for mod in m.modules():  # LeNet's dropout off: the measurement must see the function each phase stepped
+        if isinstance(mod, torch.nn.modules.dropout._DropoutNd):
+            mod.p = 0.0
+    batch = _batch()
+    n = len(batch.x_source)
+
+    def disc() -> tuple[float, float]:
+        with torch.no_grad():  # train mode: batch statistics, as the phases see
+            f_joint = m.net.features(torch.cat([batch.x_source, batch.x_target]))[n:]
+            f_target = m.net.features(batch.x_target)
+            return (classifier_discrepancy(m.net.head(f_joint), m.head2(f_joint)).item(),
+                    classifier_discrepancy(m.net.head(f_target), m.head2(f_target)).item())
+
+    # small plain SGD steps (no momentum carrying phase A's gradient, no decay): each phase's own direction
+    opts = {name: torch.optim.SGD(groups, lr=0.01) for name, groups in m.optimizers().items()}
+    values = []
+
+    def update(names, loss):
+        for o in opts.values():
+            o.zero_grad(set_to_none=True)
+        loss.total.backward()
+        for name in ((names,) if isinstance(names, str) else names):
+            opts[name].step()
+        values.append(disc())
+
+    m.train()
+    m.step(batch, 0.5, update)
+    after_a, after_b, after_c = values
+    assert after_b[0] > after_a[0]  # (B) maximised it
+    assert after_c[1] < after_b[1]  # (C) minimised it
+
+
+def test_an_update_naming_an_undeclared_optimiser_is_refused():
+    from dabench.engine.train import _build_optimizers, _pick
+
+    m = _mcd()
+    with pytest.raises(KeyError, match=r"'discriminator'.*declares \['classifiers', 'generator'\]"):
+        _pick(_build_optimizers(m, dabench.Schedule()), "discriminator", m)
+
+
+def test_mcd_passes_check_method():
+    from dabench.testing import check_method
+
+    report = check_method("mcd")
+    assert set(report.hparams_used) >= {"trade_off", "num_k"}
+    assert {"ce", "ce_b", "discrepancy_b", "da"} <= set(report.loss_parts)
+
+
+def test_mcd_trains_and_resumes_with_both_optimisers(tmp_path, one_thread):
+    """A real MCD run on the tiny pair with mid-run checkpoints; a leftover checkpoint (both
+    optimisers' states) resumes to the uninterrupted run's record."""
+    specs = expand(Matrix(methods=("mcd",), pairs=("tiny",), seeds=(0,),
+                          overrides={**TINY_SCHEDULE, "steps": 24, "eval_every": 12}, plugins=(TINY,)))
+    spec = specs[0]
+    straight = RunStore(tmp_path / "straight")
+    rec = run_spec(spec, straight, torch.device("cpu"), None)
+    assert rec["status"] == "complete", rec["error"]
+    assert rec["final"]["target_acc"] > 25.0  # 4 classes
+    assert set(rec["curve"][-1]["loss"]) == {"ce", "ce_b", "discrepancy_b", "da"}
+
+    # stop at step 10 with a checkpoint (step 8) of both optimisers, then resume
+    resumed = RunStore(tmp_path / "resumed")
+
+    class Stop(Exception):
+        pass
+
+    def on_step(step, total):
+        if step == 10:  # after the checkpoint of step 8 (every 4), before the next
+            raise Stop
+
+    with pytest.raises(Stop):
+        from dabench.engine.train import execute
+        from dabench.running.unit import load_pair_data
+        pair = dabench.PAIRS.get("tiny")
+        execute(spec, pair, load_pair_data("tiny", None), torch.device("cpu"), resumed, on_step, checkpoint_every=4)
+    state = torch.load(resumed.checkpoint_path(spec.run_id, partial=True), weights_only=True)
+    assert set(state["optimizers"]) == {"generator", "classifiers"} and "optimizer" not in state
+    again = run_spec(spec, resumed, torch.device("cpu"), None, checkpoint_every=4)
+    assert again["status"] == "complete", again["error"]
+    assert again["resumed_from_step"] == 8
+    assert again["curve"] == rec["curve"]
+
