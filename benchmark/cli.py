@@ -13,6 +13,7 @@ from .running.matrix import (
     DEFAULT_METHODS, DEFAULT_PAIRS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides, truthy,
 )
 from .core.registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
+from .core.record import Status
 from .core.store import WriteFault
 from .running.executors import EXECUTORS, ExecutorOptions, make_executor
 
@@ -226,7 +227,7 @@ def _run(args: argparse.Namespace) -> int:
     from .analysis.report import report_text
 
     print(report_text([args.results], rule=args.rule))
-    bad = [r for r in summary.ran if r["status"] != "complete"]
+    bad = [r for r in summary.ran if r.status is not Status.COMPLETE]
     return 1 if bad or summary.gave_up else 0
 
 

@@ -15,6 +15,7 @@ from .data import DeviceData, Stream
 from ..core.domain import DomainPair, PairData, check_target_shots, lr_factor
 from .evaluate import autocast, evaluate, predict_split
 from ..core.method import Batch, Method
+from ..core.record import RunResult
 from ..core.registry import BACKBONES, METHODS
 from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault, atomic_torch_save
@@ -228,7 +229,7 @@ def execute(
     on_step: Callable[[int, int], None] | None = None,
     checkpoint_every: int = 0,
     compile: bool = False,
-) -> dict[str, Any]:
+) -> RunResult:
     """Train and evaluate one run; returns the result part of its record. Raises on failure.
 
     ``compile`` runs the method's networks through ``torch.compile`` (an engine option: it
@@ -270,23 +271,23 @@ def execute(
     final = ctx.curve[-1]
     if not math.isfinite(final["target_acc"]):
         raise Diverged(ctx.steps_done)
-    return {
-        "curve": ctx.curve,
-        "final": final,
-        "target_labels": spec.target_labels(pair.num_classes),
-        "eval_size": data.eval_size,
+    return RunResult(
+        curve=ctx.curve,
+        final=final,
+        target_labels=spec.target_labels(pair.num_classes),
+        eval_size=data.eval_size,
         # what the label-free validators (entropy, IM, SND in the curve) were computed on
-        "validators": {
+        validators={
             "split": "target_adapt",
             "samples": data.validator_samples,
             "overlaps_evaluation": data.validator_overlaps_eval,
         },
-        "resumed_from_step": ctx.resumed_from_step,
-        "timings": {
+        resumed_from_step=ctx.resumed_from_step,
+        timings={
             "wall_s": round(wall, 3),
             "steps": ctx.steps_done,
             "steps_per_s": round(ctx.steps_done / wall, 2) if wall > 0 else None,
             "images_per_s": round(ctx.images_seen / wall, 1) if wall > 0 else None,
             "compiled": compile,
         },
-    }
+    )
