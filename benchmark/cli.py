@@ -10,9 +10,10 @@ from typing import Sequence
 
 from .core.domain import default_data_root
 from .running.matrix import (
-    DEFAULT_METHODS, DEFAULT_PAIRS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides, truthy,
+    DEFAULT_METHODS, DEFAULT_PAIRS, Matrix, MatrixError, expand, load_matrix_file, parse_overrides,
 )
 from .core.registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
+from .core.parsing import parse_bool
 from .core.record import Status
 from .core.store import WriteFault
 from .running.executors import EXECUTORS, ExecutorOptions, make_executor
@@ -182,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
         if set(given) - {"save_features"}:
             raise MatrixError("--rerun repeats a run exactly as recorded; the only --set it takes is save_features")
         if "save_features" in given:
-            specs = [dataclasses.replace(s, save_features=truthy(given["save_features"])) for s in specs]
+            specs = [dataclasses.replace(s, save_features=parse_bool(given["save_features"], "--set save_features")) for s in specs]
     else:
         if args.matrix:
             matrix = load_matrix_file(args.matrix)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..core.domain import Schedule, ScheduleError, shots_error
+from ..core.parsing import parse_bool
 from ..core.registry import METHODS, PAIRS, load_plugin
 from ..core.spec import RunSpec
 
@@ -232,13 +233,9 @@ def expand(matrix: Matrix) -> list[RunSpec]:
                 for spec in _specs_for(method_name, pair, seed, k, schedule, backbone, options, per_method, matrix):
                     specs.setdefault(spec.run_id, spec)
     ordered = sorted(specs.values(), key=lambda s: s.depends_on is not None)
-    if truthy(matrix.overrides.get("save_features", False)):
+    if parse_bool(matrix.overrides.get("save_features", False), "--set save_features"):
         ordered = [dataclasses.replace(s, save_features=True) for s in ordered]
     return ordered
-
-
-def truthy(value: Any) -> bool:
-    return value is True or str(value).lower() in ("1", "true", "yes", "on")
 
 
 def _specs_for(method_name, pair, seed, k, schedule, backbone, options, per_method, matrix) -> list[RunSpec]:
