@@ -11,6 +11,8 @@ from collections.abc import Sequence
 # torch-free imports only (docs/architecture.md, "Import layers"): ``dabench report`` and
 # ``dabench status`` must not import torch; the executors (engine, torch) load in _run
 from .core.domain import default_data_root
+from .core.parsing import parse_bool
+from .core.record import Status
 from .core.registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
 from .core.store import WriteFault
 from .running.matrix import (
@@ -23,7 +25,6 @@ from .running.matrix import (
     parse_overrides,
     parse_sweeps,
     sweep_text,
-    truthy,
 )
 
 EPILOG = """examples:
@@ -247,7 +248,7 @@ def _run(args: argparse.Namespace) -> int:
         if set(given) - {"save_features"}:
             raise MatrixError("--rerun repeats a run exactly as recorded; the only --set it takes is save_features")
         if "save_features" in given:
-            specs = [dataclasses.replace(s, save_features=truthy(given["save_features"])) for s in specs]
+            specs = [dataclasses.replace(s, save_features=parse_bool(given["save_features"], "--set save_features")) for s in specs]
     else:
         if args.matrix:
             matrix = load_matrix_file(args.matrix)
@@ -301,7 +302,7 @@ def _run(args: argparse.Namespace) -> int:
     from .analysis.report import report_text
 
     print(report_text([args.results], rule=args.rule))
-    bad = [r for r in summary.ran if r["status"] != "complete"]
+    bad = [r for r in summary.ran if r.status is not Status.COMPLETE]
     return 1 if bad or summary.gave_up else 0
 
 

@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from dabench.core.parsing import parse_bool
+
 Tensors = dict[str, torch.Tensor]
 
 #: bump when the file layout changes; part of the file name, so older files are never read
@@ -135,4 +137,5 @@ def cached(
 
 def download_requested() -> bool:
     """``DABENCH_DOWNLOAD=1`` lets the torchvision loaders download; the default never does."""
-    return os.environ.get("DABENCH_DOWNLOAD", "0").strip().lower() in ("1", "true", "yes")
+    # an empty value counts as unset
+    return parse_bool(os.environ.get("DABENCH_DOWNLOAD") or "0", "DABENCH_DOWNLOAD")

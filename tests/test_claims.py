@@ -21,13 +21,17 @@ from dabench.core.store import RunStore, inspect_claim, process_start_time
 
 N_IDS = 2000
 
-# store.py imports only the standard library at module level: loaded by path, without the package
-# (whose torch import takes seconds), both racers start in a blink
+# store.py imports only the standard library and core/record.py (a standard-library leaf) at module
+# level: loaded by path as a module of a bare stand-in package (core/__init__.py, whose torch import
+# takes seconds, never runs), both racers start in a blink
 RACER = textwrap.dedent('''
-    import importlib.util, pathlib, sys, time
-    spec = importlib.util.spec_from_file_location("store", sys.argv[5])
-    store_mod = sys.modules["store"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    import importlib.util, pathlib, sys, time, types
+    core = sys.modules["core"] = types.ModuleType("core")
+    core.__path__ = [str(pathlib.Path(sys.argv[5]).parent)]  # ".record" is found beside store.py
+    spec = importlib.util.spec_from_file_location("core.store", sys.argv[5])
+    store_mod = sys.modules["core.store"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
     spec.loader.exec_module(store_mod)
+    assert "torch" not in sys.modules
     root, n, go, out = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3]), pathlib.Path(sys.argv[4])
     store = store_mod.RunStore(root)
     ids = [f"{i:012x}" for i in range(n)]

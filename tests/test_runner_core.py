@@ -60,7 +60,7 @@ def test_few_shot_methods_really_load_the_checkpoint(quick_matrix, tmp_path):
     sabotaged = {k: torch.zeros_like(v) if v.is_floating_point() else v for k, v in state.items()}
     bad_store.checkpoints.mkdir(parents=True)
     torch.save(sabotaged, bad_store.checkpoint_path(by_method["source-only"].run_id))
-    bad_store.write({**store.read(by_method["source-only"].run_id)})
+    bad_store.write(store.read(by_method["source-only"].run_id))
     run_matrix([by_method["linear-probe"]], tmp_path, ExecutorOptions(device="cpu", progress=False))
     sab = bad_store.read(by_method["linear-probe"].run_id)
     assert sab["status"] == "complete"

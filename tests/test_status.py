@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from dabench.cli import main
+from dabench.core.record import RunError
 from dabench.core.spec import RunSpec
 from dabench.core.store import RunStore
 from dabench.running.scheduler import write_matrix_file
@@ -42,13 +43,13 @@ def folder(tmp_path):
     env = {"device": "cpu", "versions": {}, "host": socket.gethostname()}
     for spec, wall in zip(specs[:2], (40.0, 20.0)):
         rec = base_record(spec, "complete", env)
-        rec["timings"] = {"wall_s": wall - 5, "total_s": wall}
+        rec.timings = {"wall_s": wall - 5, "total_s": wall}
         store.write(rec)
     failed = base_record(specs[2], "failed", env)
-    failed["error"] = {"type": "RuntimeError", "message": "\nCUDA out of memory\nsecond line", "traceback": "tb"}
+    failed.error = RunError("RuntimeError", "\nCUDA out of memory\nsecond line", "tb")
     store.write(failed)
     div = base_record(specs[3], "diverged", env)
-    div.update(diverged_at_step=17, error={"type": "Diverged", "message": "non-finite loss at step 17"})
+    div.diverged_at_step, div.error = 17, RunError("Diverged", "non-finite loss at step 17")
     store.write(div)
     store.write(base_record(specs[4], "running", env))
     store.claims.mkdir(parents=True, exist_ok=True)
@@ -109,7 +110,7 @@ def test_cli_status_and_missing_folder(folder, tmp_path, capsys):
 def test_without_matrix_file_only_records_count(tmp_path):
     store = RunStore(tmp_path)
     rec = base_record(_spec("dan", 0), "complete", {"device": "cpu"})
-    rec["timings"] = {"wall_s": 3.0}
+    rec.timings = {"wall_s": 3.0}
     store.write(rec)
     text = status_text(tmp_path)
     assert "no matrix.json" in text and "1 complete" in text and "ETA" not in text

@@ -126,6 +126,6 @@ def test_the_record_says_what_the_validators_saw(digits):
                          overrides={"steps": 2, "eval_every": 2}))[0]
     result = execute(spec, pair, pair_data, CPU)
     n_adapt = len(pair_data.target_adapt)
-    assert result["validators"] == {
+    assert result.validators == {
         "split": "target_adapt", "samples": min(n_adapt, VALIDATOR_SAMPLES), "overlaps_evaluation": False
     }

@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..core.record import STATUS_NAMES, RecordError, first_line, read_record
 from ..core.spec import RunSpec
 
 #: Columns of :func:`load_results`, in order (an empty folder still gives these columns).
@@ -41,8 +42,10 @@ COLUMNS: tuple[str, ...] = (
     "config", "settings", "validators",
 )
 
-#: Statuses a record may carry; anything else is kept but reported.
-STATUSES = ("complete", "failed", "diverged", "running", "skipped", "pending")
+#: A row's ``status``: a record's status (core/record.py, ``Status``), or ``pending`` for a run
+#: planned in ``matrix.json`` that has no record yet (a row state, never a record status).
+PENDING = "pending"
+STATUSES = (*STATUS_NAMES, PENDING)
 
 #: Spec fields that do not make a configuration: the seed and the pair index the runs of one
 #: configuration; ``depends_on`` names the seed's own source-only run; ``save_features`` only
@@ -78,17 +81,12 @@ def _runs_folder(d: Path) -> Path:
     )
 
 
-def _first_line(error: Any) -> str | None:
-    """The first non-empty line of an error message (the report shows just that)."""
+def _first_line(error: dict[str, Any] | None) -> str | None:
+    """``Type: first line of the message`` of a record's ``error`` (the report shows just that)."""
     if not error:
         return None
-    if isinstance(error, dict):
-        kind = error.get("type") or "Error"
-        msg = str(error.get("message") or "").strip()
-        line = msg.splitlines()[0] if msg else ""
-        return f"{kind}: {line}" if line else str(kind)
-    text = str(error).strip()
-    return text.splitlines()[0] if text else None
+    line = first_line(error.get("message"))
+    return f"{error.get('type')}: {line}" if line else str(error.get("type"))
 
 
 class _Malformed(ValueError):
@@ -200,7 +198,7 @@ def _planned_rows(d: Path) -> list[dict[str, Any]]:
         if not isinstance(spec, dict):
             continue
         try:
-            row = _row({"spec": spec, "status": "pending"}, path, d)
+            row = _row({"spec": spec, "status": PENDING}, path, d)
         except (_Malformed, AttributeError, TypeError, ValueError):
             continue
         row.update(run_id=_spec_run_id(spec), record_path="", curve=[], final=None)
@@ -245,17 +243,13 @@ def load_results(*dirs: str | os.PathLike | Iterable[str | os.PathLike], planned
     for d in flat:
         folder = _runs_folder(d)
         for path in sorted(folder.glob("*.json")):
-            try:
-                rec = json.loads(path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-                warnings.warn(f"skipping corrupt run record {path}: {exc}", RecordWarning, stacklevel=2)
-                continue
-            if not isinstance(rec, dict) or not isinstance(rec.get("spec"), dict):
-                warnings.warn(f"skipping run record {path}: not a run record (no 'spec' object)",
-                              RecordWarning, stacklevel=2)
+            try:  # the schema's checks: corrupt, foreign, another format, a malformed field
+                rec = read_record(path)
+            except (RecordError, OSError) as exc:
+                warnings.warn(f"skipping run record {exc}", RecordWarning, stacklevel=2)
                 continue
             try:
-                row = _row(rec, path, d)
+                row = _row(rec.to_dict(), path, d)
             except (_Malformed, AttributeError, TypeError, ValueError) as exc:
                 warnings.warn(f"skipping run record {path}: {exc}", RecordWarning, stacklevel=2)
                 continue
@@ -267,9 +261,6 @@ def load_results(*dirs: str | os.PathLike | Iterable[str | os.PathLike], planned
                 )
                 continue
             seen[rid] = path
-            if row["status"] not in STATUSES:
-                warnings.warn(f"run record {path} has unknown status {row['status']!r}; "
-                              f"expected one of {', '.join(STATUSES)}", RecordWarning, stacklevel=2)
             rows.append(row)
     if planned:
         have = {(r["pair"], r["seed"], r["config"]) for r in rows}

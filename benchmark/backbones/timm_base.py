@@ -29,10 +29,6 @@ class TimmBackbone(Backbone):
         return self.model(x)
 
 
-def as_bool(v: object) -> bool:
-    return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")
-
-
 def read_state_dict(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
     """A state dict from a ``.pth``/``.pt`` file (``weights_only=True``); unwraps ``state_dict``/``model``
     wrappers and a DataParallel ``module.`` prefix."""

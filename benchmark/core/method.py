@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.base import Backbone
+from .parsing import parse_bool
 from .spec import PROTOCOLS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -274,12 +275,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         return value
     try:
         if isinstance(default, bool):
-            if isinstance(value, str):
-                lowered = value.lower()
-                if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                    raise ValueError(value)
-                return lowered in ("1", "true", "yes", "on")
-            return bool(value)
+            return parse_bool(value, where)
         if isinstance(default, (int, float, str)):
             if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)

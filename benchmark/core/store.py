@@ -2,7 +2,7 @@
 
 Layout of a results folder::
 
-    runs/<run_id>.json          the record (status complete/failed/diverged/skipped/running)
+    runs/<run_id>.json          the record (core/record.py: RunRecord; status complete/failed/...)
     claims/<run_id>.claim       held while a process runs it, so two runners never run one spec
                                 at once (see *Claims* below)
     claims/.lock                serialises claim changes (``flock``)
@@ -48,12 +48,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from .record import RecordError, RunRecord, Status, read_record
+
 try:  # POSIX; without it (Windows) claim changes are not serialised between processes
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-TERMINAL = ("complete", "failed", "diverged", "skipped")
 
 #: seconds between two refreshes of a held claim's modification time
 CLAIM_HEARTBEAT_S = float(os.environ.get("DABENCH_CLAIM_HEARTBEAT_S", 10))
@@ -293,22 +294,27 @@ class RunStore:
     def record_path(self, run_id: str) -> pathlib.Path:
         return self.runs / f"{run_id}.json"
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: RunRecord) -> None:
         """Write a record atomically; :class:`WriteFault` (naming the file) when that fails."""
-        atomic_write_text(self.record_path(record["run_id"]), json.dumps(record, indent=1, default=str))
+        if not isinstance(record, RunRecord):
+            raise TypeError(f"RunStore.write takes a RunRecord, not {type(record).__name__} "
+                            "(build one with RunRecord.from_dict)")
+        atomic_write_text(self.record_path(record.run_id), record.to_json())
 
-    def read(self, run_id: str) -> dict[str, Any] | None:
-        """The record, or None when absent; a corrupt record is reported by name and treated as absent."""
+    def read(self, run_id: str) -> RunRecord | None:
+        """The record, or None when absent; one that cannot be read (corrupt, foreign, another
+        format) is named in a warning and treated as absent."""
         path = self.record_path(run_id)
         if not path.exists():
             return None
         return read_record_file(path)
 
-    def status(self, run_id: str) -> str | None:
+    def status(self, run_id: str) -> Status | None:
         rec = self.read(run_id)
-        return rec.get("status") if rec else None
+        return rec.status if rec else None
 
-    def records(self) -> Iterator[dict[str, Any]]:
+    def records(self) -> Iterator[RunRecord]:
+        """Every readable record of ``runs/``, by file name; the others are named in warnings."""
         for path in sorted(self.runs.glob("*.json")):
             rec = read_record_file(path)
             if rec is not None:
@@ -413,25 +419,24 @@ class RunStore:
         return self.checkpoints / f"{run_id}{'.partial' if partial else ''}.pt"
 
 
-def load_record_file(path: pathlib.Path) -> tuple[dict[str, Any] | None, str]:
-    """(record, "") or (None, why): ``why`` starts with ``corrupt`` for a file that does not
-    decode as JSON (torn, not UTF-8) and with ``not a run record`` for JSON of another kind."""
+def load_record_file(path: pathlib.Path) -> tuple[RunRecord | None, RecordError | None]:
+    """(record, None), or (None, why) for a file that is not a record this dabench reads
+    (``why.kind``: corrupt / foreign / format / malformed; see :class:`~dabench.core.record.RecordError`)."""
     try:
-        rec = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        return None, f"corrupt ({exc})"
-    if not isinstance(rec, dict) or "run_id" not in rec or "status" not in rec:
-        return None, "not a run record (no run_id/status)"
-    return rec, ""
+        return read_record(path), None
+    except RecordError as exc:
+        return None, exc
+    except OSError as exc:
+        return None, RecordError(path, "corrupt", f"corrupt ({exc})")
 
 
-def read_record_file(path: pathlib.Path) -> dict[str, Any] | None:
-    """The record in ``path``, or None with a warning naming the file."""
-    rec, why = load_record_file(path)
-    if rec is None:
-        if why.startswith("corrupt"):
-            warnings.warn(f"corrupt run record {path}: {why}; it is ignored (and rerun if the matrix has it)",
+def read_record_file(path: pathlib.Path) -> RunRecord | None:
+    """The record in ``path``, or None with a warning naming the file and why."""
+    rec, err = load_record_file(path)
+    if err is not None:
+        if err.kind == "corrupt":
+            warnings.warn(f"corrupt run record {err}; it is ignored (and rerun if the matrix has it)",
                           stacklevel=2)
         else:
-            warnings.warn(f"{path} is {why}; it is ignored", stacklevel=2)
+            warnings.warn(f"{err}; it is ignored", stacklevel=2)
     return rec

@@ -13,6 +13,7 @@ import torch
 
 from ..core.domain import DomainPair, PairData, check_target_shots, lr_factor
 from ..core.method import MAIN, Batch, Loss, Method
+from ..core.record import RunResult
 from ..core.registry import BACKBONES, METHODS
 from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault, atomic_torch_save
@@ -316,7 +317,7 @@ def execute(
     on_step: Callable[[int, int], None] | None = None,
     checkpoint_every: int = 0,
     compile: bool = False,
-) -> dict[str, Any]:
+) -> RunResult:
     """Train and evaluate one run; returns the result part of its record. Raises on failure.
 
     ``compile`` runs the method's networks through ``torch.compile`` (an engine option: it
@@ -358,23 +359,23 @@ def execute(
     final = ctx.curve[-1]
     if not math.isfinite(final["target_acc"]):
         raise Diverged(ctx.steps_done)
-    return {
-        "curve": ctx.curve,
-        "final": final,
-        "target_labels": spec.target_labels(pair.num_classes),
-        "eval_size": data.eval_size,
+    return RunResult(
+        curve=ctx.curve,
+        final=final,
+        target_labels=spec.target_labels(pair.num_classes),
+        eval_size=data.eval_size,
         # what the label-free validators (entropy, IM, SND in the curve) were computed on
-        "validators": {
+        validators={
             "split": "target_adapt",
             "samples": data.validator_samples,
             "overlaps_evaluation": data.validator_overlaps_eval,
         },
-        "resumed_from_step": ctx.resumed_from_step,
-        "timings": {
+        resumed_from_step=ctx.resumed_from_step,
+        timings={
             "wall_s": round(wall, 3),
             "steps": ctx.steps_done,
             "steps_per_s": round(ctx.steps_done / wall, 2) if wall > 0 else None,
             "images_per_s": round(ctx.images_seen / wall, 1) if wall > 0 else None,
             "compiled": compile,
         },
-    }
+    )

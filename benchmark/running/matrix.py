@@ -28,6 +28,7 @@ from typing import Any
 import tomllib
 
 from ..core.domain import Schedule, ScheduleError, shots_error
+from ..core.parsing import parse_bool
 from ..core.registry import METHODS, PAIRS, load_plugin
 from ..core.spec import RunSpec
 from .sweep import DEFAULT_MAX_TRIALS, Distribution, SweepError, is_distribution, parse_distribution, trials
@@ -351,7 +352,7 @@ def expand(matrix: Matrix) -> list[RunSpec]:
         for spec in trial_specs:
             specs.setdefault(spec.run_id, spec)
     ordered = sorted(specs.values(), key=lambda s: s.depends_on is not None)
-    if truthy(matrix.overrides.get("save_features", False)):
+    if parse_bool(matrix.overrides.get("save_features", False), "--set save_features"):
         ordered = [dataclasses.replace(s, save_features=True) for s in ordered]
     return ordered
 
@@ -419,10 +420,6 @@ def _expand_trial(matrix: Matrix, methods: list[str], pairs: list[str], specs: d
             for method_name in methods:
                 for spec in _specs_for(method_name, pair, seed, k, schedule, backbone, options, per_method, matrix):
                     specs.setdefault(spec.run_id, spec)
-
-
-def truthy(value: Any) -> bool:
-    return value is True or str(value).lower() in ("1", "true", "yes", "on")
 
 
 def _specs_for(method_name, pair, seed, k, schedule, backbone, options, per_method, matrix) -> list[RunSpec]:

@@ -18,14 +18,14 @@ import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from tqdm.auto import tqdm
 
 from ..core.domain import default_data_root
+from ..core.record import RecordError, RunRecord, Status, first_line
 from ..core.registry import load_plugin
 from ..core.spec import RunSpec
-from ..core.store import TERMINAL, RunStore, WriteFault, atomic_write_text
+from ..core.store import RunStore, WriteFault, atomic_write_text, load_record_file
 from .executors import Executor, ExecutorOptions, make_executor
 from .matrix import MatrixError
 from .unit import _now, record_failure
@@ -35,21 +35,24 @@ from .unit import _now, record_failure
 class MatrixSummary:
     """What one ``dabench run`` did: the records it wrote and the runs it left alone."""
 
-    ran: list[dict[str, Any]] = field(default_factory=list)
+    ran: list[RunRecord] = field(default_factory=list)
     skipped_complete: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)  # claimed by another live process
     gave_up: list[str] = field(default_factory=list)  # dependants left after waiting WAIT_LIMIT_S for their dependency
     rerun_for_checkpoint: list[str] = field(default_factory=list)  # complete runs rerun: checkpoint lost
     corrupt: list[str] = field(default_factory=list)  # record files that did not parse (rerun)
+    unreadable: list[str] = field(default_factory=list)  # records of a record format this dabench does not read (left alone)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {"already complete": len(self.skipped_complete)}
         for rec in self.ran:
-            out[rec["status"]] = out.get(rec["status"], 0) + 1
+            out[rec.status.value] = out.get(rec.status.value, 0) + 1
         if self.busy:
             out["running elsewhere"] = len(self.busy)
         if self.corrupt:
             out["corrupt records rerun"] = len(self.corrupt)
+        if self.unreadable:
+            out["left alone (newer record format)"] = len(self.unreadable)
         if self.gave_up:
             out["not run (gave up waiting)"] = len(self.gave_up)
         return out
@@ -73,9 +76,14 @@ def write_matrix_file(results_dir: str | os.PathLike, specs: list[RunSpec], plug
     return path
 
 
-def _corrupt(store: RunStore, run_id: str) -> bool:
-    """True when the record file exists but does not parse (the store warns, naming the file)."""
-    return store.record_path(run_id).exists() and store.read(run_id) is None
+def _unreadable(store: RunStore, run_id: str) -> RecordError | None:
+    """Why the run's record file exists but cannot be read (None when absent or readable)."""
+    path = store.record_path(run_id)
+    return load_record_file(path)[1] if path.exists() else None
+
+
+def _terminal(status: Status | None) -> bool:
+    return status is not None and status.terminal
 
 
 def run_matrix(
@@ -120,9 +128,9 @@ def run_matrix(
         tqdm.write(msg, file=sys.stderr)
 
     queue: list[RunSpec] = []
-    needed = {s.depends_on for s in specs if s.depends_on and store.status(s.run_id) != "complete"}
+    needed = {s.depends_on for s in specs if s.depends_on and store.status(s.run_id) is not Status.COMPLETE}
     for spec in specs:
-        if store.status(spec.run_id) == "complete":
+        if store.status(spec.run_id) is Status.COMPLETE:
             if spec.run_id in needed and not store.checkpoint_path(spec.run_id).exists():
                 # its dependants cannot start without the weights: rerun it (same spec, same seed)
                 note(f"{spec.label}: complete but its checkpoint {store.checkpoint_path(spec.run_id)} is missing: "
@@ -134,9 +142,16 @@ def run_matrix(
             summary.skipped_complete.append(spec.run_id)
             bar.update(1)
             continue
-        if _corrupt(store, spec.run_id):
+        bad = _unreadable(store, spec.run_id)
+        if bad is not None and bad.kind == "format":
+            # a newer dabench's record: never overwrite it (its results would be lost)
+            summary.unreadable.append(spec.run_id)
+            note(f"{bad}: run {spec.label} left alone")
+            bar.update(1)
+            continue
+        if bad is not None:
             summary.corrupt.append(spec.run_id)
-            note(f"corrupt record {store.record_path(spec.run_id)}: run {spec.label} will be rerun")
+            note(f"corrupt record {bad}: run {spec.label} will be rerun")
         queue.append(spec)
     in_matrix = {s.run_id for s in queue}
     inflight: dict[str, RunSpec] = {}
@@ -151,17 +166,17 @@ def run_matrix(
         if dep in inflight or any(s.run_id == dep for s in queue):
             return False
         if dep in elsewhere:
-            return store.status(dep) in TERMINAL
+            return _terminal(store.status(dep))
         return True
 
-    def finish(spec: RunSpec, rec: dict[str, Any]) -> None:
+    def finish(spec: RunSpec, rec: RunRecord) -> None:
         summary.ran.append(rec)
-        if rec["status"] == "failed" and (rec.get("error") or {}).get("type") == "MissingDataError":
+        if rec.status is Status.FAILED and rec.error is not None and rec.error.type == "MissingDataError":
             if spec.pair not in missing_pairs:
-                note(f"pair {spec.pair}: {rec['error']['message']}")
-            missing_pairs[spec.pair] = rec["error"]["message"]
-        elif rec["status"] != "complete":
-            note(f"{spec.label}: {rec['status']}: {_first_line((rec.get('error') or {}).get('message'))}")
+                note(f"pair {spec.pair}: {rec.error.message}")
+            missing_pairs[spec.pair] = rec.error.message
+        elif rec.status is not Status.COMPLETE:
+            note(f"{spec.label}: {rec.status}: {first_line(rec.error.message if rec.error else '')}")
         bar.update(1)
 
     try:
@@ -173,7 +188,7 @@ def run_matrix(
                 if not dependency_ready(spec):
                     continue
                 queue.remove(spec)
-                if store.status(spec.run_id) == "complete":  # finished by another runner meanwhile
+                if store.status(spec.run_id) is Status.COMPLETE:  # finished by another runner meanwhile
                     summary.skipped_complete.append(spec.run_id)
                     bar.update(1)
                     continue
@@ -214,7 +229,7 @@ def run_matrix(
                     wait_started = time.monotonic()
                 for run_id, spec in list(elsewhere.items()):
                     info = store.claim_info(run_id)
-                    if store.status(run_id) in TERMINAL:
+                    if _terminal(store.status(run_id)):
                         del elsewhere[run_id]
                         bar.update(1)
                     elif (info is None or not info.live) and run_id in in_matrix:
@@ -239,7 +254,7 @@ def run_matrix(
         ex.close()
         bar.close()
     for run_id in elsewhere:
-        if store.status(run_id) != "complete":
+        if store.status(run_id) is not Status.COMPLETE:
             summary.busy.append(run_id)
         else:
             summary.skipped_complete.append(run_id)
@@ -256,13 +271,6 @@ def _archive_record(store: RunStore, run_id: str) -> pathlib.Path:
     except OSError as exc:
         raise WriteFault(archive, exc) from exc
     return archive
-
-
-def _first_line(text: Any) -> str:
-    for line in str(text or "").splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
 
 
 def prepare_rerun(results_dir: str | os.PathLike, run_ids: Iterable[str],
@@ -292,10 +300,10 @@ def prepare_rerun(results_dir: str | os.PathLike, run_ids: Iterable[str],
             known = sorted(p.stem for p in store.runs.glob("*.json"))
             raise FileNotFoundError(f"--rerun {run_id}: no record {path}; runs there: "
                                     f"{', '.join(known[:20]) or 'none'}{' ...' if len(known) > 20 else ''}")
-        rec = store.read(run_id)
-        if rec is None or not isinstance(rec.get("spec"), dict):
-            raise MatrixError(f"--rerun {run_id}: record {path} is corrupt (no spec to repeat)")
-        spec = RunSpec.from_dict(rec["spec"])
+        rec, bad = load_record_file(path)
+        if rec is None:
+            raise MatrixError(f"--rerun {run_id}: no spec to repeat: {bad}")
+        spec = RunSpec.from_dict(rec.spec)
         if spec.run_id != run_id:
             raise MatrixError(f"--rerun {run_id}: the spec in {path} now hashes to {spec.run_id} "
                               "(written by another dabench version); run the matrix again instead")

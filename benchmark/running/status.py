@@ -18,10 +18,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.record import RunRecord, Status
 from ..core.spec import RunSpec
 from ..core.store import RunStore, load_record_file
 
-ORDER = ("complete", "running", "failed", "diverged", "skipped", "pending", "interrupted")
+#: the states of a folder's runs, in the order reported: the terminal record statuses, plus
+#: ``running`` (a live process holds the claim), ``pending`` (in the matrix, no record yet) and
+#: ``interrupted`` (a ``running`` record whose process is gone); only the first are record statuses
+ORDER = (Status.COMPLETE.value, Status.RUNNING.value, Status.FAILED.value, Status.DIVERGED.value,
+         Status.SKIPPED.value, "pending", "interrupted")
+
+
+#: the terminal statuses that are not a success, listed under "failures:"
+_FAILURES = tuple(s.value for s in Status if s.terminal and s is not Status.COMPLETE)
 
 
 @dataclass
@@ -73,13 +82,6 @@ def _label(spec: dict[str, Any] | None, run_id: str) -> str:
     return f"{spec.get('method')} | {spec.get('pair')} | seed {spec.get('seed')}"
 
 
-def _first_line(text: Any) -> str:
-    for line in str(text or "").splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
-
-
 def folder_status(root: str | os.PathLike) -> FolderStatus:
     """Read a results folder (records, claims, matrix.json) without changing it."""
     store = RunStore(root)
@@ -99,40 +101,42 @@ def folder_status(root: str | os.PathLike) -> FolderStatus:
             out.in_matrix = len(specs)
         except (OSError, ValueError, TypeError, KeyError) as exc:
             out.ignored.append(f"{mfile} ({exc})")
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, RunRecord] = {}
     for path in sorted(store.runs.glob("*.json")) if store.runs.is_dir() else []:
-        rec, why = load_record_file(path)
+        rec, bad = load_record_file(path)
         if rec is None:
+            assert bad is not None
             # only a file named like a run of the matrix is that run's (corrupt) record, rerun next
-            # time; anything else (a stray JSON, a torn file of an unknown run) is just ignored
-            if path.stem in specs:
+            # time; anything else (a stray JSON, a torn file of an unknown run) is just ignored, and
+            # so is a newer dabench's record (never rerun: 'dabench run' leaves it alone)
+            why = bad.why
+            if path.stem in specs and bad.kind != "format":
                 out.corrupt.append(f"{path} ({why})")
             else:
                 out.ignored.append(f"{path} ({why})")
             continue
-        records[rec["run_id"]] = rec
+        records[rec.run_id] = rec
     times = []
     for run_id in list(specs) + [r for r in records if r not in specs]:
         rec = records.get(run_id)
-        label = _label(rec.get("spec") if rec else specs.get(run_id), run_id)
-        status = rec.get("status") if rec else None
+        label = _label(rec.spec if rec else specs.get(run_id), run_id)
+        status = rec.status if rec else None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             live = store.claimed_by_live_process(run_id)
         out.ignored += [str(w.message) for w in caught]  # an unreadable claim, by name
         error = ""
-        if rec is not None and status in ("complete", "failed", "diverged", "skipped"):
-            state = status
-            err = rec.get("error") or {}
-            if status != "complete":
-                error = f"{err.get('type', '')}: {_first_line(err.get('message'))}".strip(": ")
-            timings = rec.get("timings") or {}
+        if rec is not None and rec.status.terminal:
+            state = rec.status.value
+            if rec.error is not None and rec.status is not Status.COMPLETE:
+                error = rec.error.headline()
+            timings = rec.timings or {}
             t = timings.get("total_s", timings.get("wall_s"))
-            if status == "complete" and isinstance(t, (int, float)):
+            if rec.status is Status.COMPLETE and isinstance(t, (int, float)):
                 times.append(float(t))
         elif live:
             state = "running"
-        elif status == "running":
+        elif status is Status.RUNNING:
             state = "interrupted"
         else:
             state = "pending"
@@ -195,7 +199,7 @@ def status_text(root: str | os.PathLike) -> str:
         # runs of an earlier matrix in the same folder: counted apart, so each line adds up
         lines.append(f"  outside this matrix: {sum(others.values())} records = {tally(others)}")
     lines += _slurm_lines(st.root)
-    bad = [r for r in st.runs if r.state in ("failed", "diverged", "skipped")]
+    bad = [r for r in st.runs if r.state in _FAILURES]
     if bad:
         lines.append("failures:")
         for r in bad:

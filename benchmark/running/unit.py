@@ -22,9 +22,10 @@ from typing import Any
 import torch
 
 from ..core.domain import PairData
+from ..core.record import RunRecord, Status
 from ..core.registry import PAIRS
 from ..core.spec import RunSpec
-from ..core.store import TERMINAL, RunStore, WriteFault
+from ..core.store import RunStore, WriteFault
 from ..core.version import __version__
 from ..engine.train import Diverged, execute
 
@@ -69,24 +70,14 @@ def _git_commit() -> str | None:
         return None
 
 
-def base_record(spec: RunSpec, status: str, env: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "format": 1,
-        "run_id": spec.run_id,
-        "status": status,
-        "spec": spec.to_dict(),
-        "target_labels": None,
-        "curve": [],
-        "final": None,
-        "error": None,
-        "diverged_at_step": None,
-        "resumed_from_step": None,
-        "timings": None,
-        **env,
-        "pid": os.getpid(),  # the process that ran it (a worker's, under the local pool)
-        "started_at": _now(),
-        "finished_at": None,
-    }
+def base_record(spec: RunSpec, status: Status | str, env: dict[str, Any]) -> RunRecord:
+    """A new record of ``spec`` with ``status``, the environment ``env`` (:func:`environment`:
+    device, versions, host, torch_threads) and this process and time; no results yet."""
+    return RunRecord(run_id=spec.run_id, status=Status(status), spec=spec.to_dict(),
+                     device=env.get("device"), versions=env.get("versions"), host=env.get("host"),
+                     torch_threads=env.get("torch_threads"),
+                     pid=os.getpid(),  # the process that ran it (a worker's, under the local pool)
+                     started_at=_now())
 
 
 def run_spec(
@@ -97,27 +88,24 @@ def run_spec(
     on_step: Callable[[int, int], None] | None = None,
     checkpoint_every: int = 0,
     compile: bool = False,
-) -> dict[str, Any]:
+) -> RunRecord:
     """Run one spec and write its record (running → complete/failed/diverged/skipped). Never raises
     for a failure of the run itself; returns the final record."""
     env = environment(device)
-    record = base_record(spec, "running", env)
+    record = base_record(spec, Status.RUNNING, env)
     if spec.depends_on:
         dep = store.read(spec.depends_on)
-        if not dep or dep.get("status") != "complete":
-            why = dep.get("status") if dep else "not run"
-            record.update(status="skipped", finished_at=_now(),
-                          error={"type": "DependencyNotComplete",
-                                 "message": f"source-only run {spec.depends_on} is {why}", "traceback": ""})
+        if dep is None or dep.status is not Status.COMPLETE:
+            record.fail(Status.SKIPPED, "DependencyNotComplete",
+                        f"source-only run {spec.depends_on} is {dep.status if dep else 'not run'}", finished_at=_now())
             store.write(record)
             return record
         ckpt = store.checkpoint_path(spec.depends_on)
         if not ckpt.exists():
-            record.update(status="failed", finished_at=_now(),
-                          error={"type": "MissingCheckpoint", "traceback": "",
-                                 "message": f"source-only run {spec.depends_on} is complete but its checkpoint {ckpt} "
-                                            f"is missing; recreate it with: dabench run --rerun {spec.depends_on} "
-                                            f"--results {store.root}"})
+            record.fail(Status.FAILED, "MissingCheckpoint",
+                        f"source-only run {spec.depends_on} is complete but its checkpoint {ckpt} is missing; "
+                        f"recreate it with: dabench run --rerun {spec.depends_on} --results {store.root}",
+                        finished_at=_now())
             store.write(record)
             return record
     store.write(record)
@@ -126,26 +114,25 @@ def run_spec(
         pair = PAIRS.get(spec.pair)
         pair_data = load_pair_data(spec.pair, data_root)
         result = execute(spec, pair, pair_data, device, store, on_step, checkpoint_every, compile=compile)
-        record.update(result, status="complete")
+        record.apply(result)
+        record.status = Status.COMPLETE
         # wall time of the whole run (data loading and set-up included): what the ETA needs
-        record["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+        record.timings = {**result.timings, "total_s": round(time.perf_counter() - t0, 3)}
     except WriteFault as exc:
         # the results folder refuses writes (read-only, full disk): mark the run if that still
         # works, then stop the matrix: every further run would hit the same wall
-        record.update(status="failed", finished_at=_now(),
-                      error={"type": "WriteFault", "message": str(exc), "traceback": ""})
+        record.fail(Status.FAILED, "WriteFault", str(exc), finished_at=_now())
         try:
             store.write(record)
         except WriteFault:
             pass  # left "running": the next dabench run reruns it
         raise
     except Diverged as exc:
-        record.update(status="diverged", diverged_at_step=exc.step,
-                      error={"type": "Diverged", "message": str(exc), "traceback": ""})
+        record.fail(Status.DIVERGED, "Diverged", str(exc))
+        record.diverged_at_step = exc.step
     except Exception as exc:  # noqa: BLE001 - the run failed; the matrix goes on
-        record.update(status="failed", error={"type": type(exc).__name__, "message": str(exc),
-                                               "traceback": traceback.format_exc()})
-    record["finished_at"] = _now()
+        record.fail(Status.FAILED, type(exc).__name__, str(exc), traceback.format_exc())
+    record.finished_at = _now()
     store.write(record)
     return record
 
@@ -167,7 +154,7 @@ def run_claimed(
     if not store.claim(spec.run_id):
         return Outcome(spec.run_id, "busy")
     try:
-        if store.status(spec.run_id) == "complete":
+        if store.status(spec.run_id) is Status.COMPLETE:
             return Outcome(spec.run_id, "already-complete")
         return Outcome(spec.run_id, "ran", run_spec(spec, store, device, data_root, on_step, checkpoint_every,
                                                     compile=compile))
@@ -184,25 +171,37 @@ class Outcome:
 
     run_id: str
     kind: str
-    record: dict[str, Any] | None = None
+    record: RunRecord | None = None
     error: str | None = None  # kind "write-fault": the one-line message naming the file
+
+    def to_message(self) -> dict[str, Any]:
+        """The outcome as JSON (a worker's answer to its parent; the record as on disk)."""
+        return {"run_id": self.run_id, "kind": self.kind,
+                "record": self.record.to_dict() if self.record is not None else None, "error": self.error}
+
+    @classmethod
+    def from_message(cls, msg: dict[str, Any]) -> Outcome:
+        """The outcome a worker sent (:meth:`to_message`); its record is checked against the schema."""
+        rec = msg.get("record")
+        return cls(msg["run_id"], msg["kind"],
+                   RunRecord.from_dict(rec, f"record of run {msg['run_id']} sent by a worker") if rec else None,
+                   msg.get("error"))
 
 
 def record_failure(spec: RunSpec, store: RunStore, error_type: str, message: str, traceback_text: str = "",
-                   device: str | None = None) -> dict[str, Any]:
+                   device: str | None = None) -> RunRecord:
     """Mark a run ``failed`` from outside it (its process died, or its pair's data is missing).
 
     Keeps what the run's own ``running`` record holds (environment, start time); never
     overwrites a terminal record: a run that wrote ``complete`` before dying is complete.
     """
     rec = store.read(spec.run_id)
-    if rec is not None and rec.get("status") in TERMINAL:
+    if rec is not None and rec.status.terminal:
         return rec
     if rec is None:
         # no torch.cuda calls here: the parent of a pool must not open a CUDA context
-        rec = base_record(spec, "failed", {"device": device, "versions": None, "host": platform.node()})
-    rec.update(status="failed", finished_at=_now(),
-               error={"type": error_type, "message": message, "traceback": traceback_text})
+        rec = base_record(spec, Status.FAILED, {"device": device, "versions": None, "host": platform.node()})
+    rec.fail(Status.FAILED, error_type, message, traceback_text, finished_at=_now())
     store.write(rec)
     return rec
 

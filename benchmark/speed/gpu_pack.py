@@ -14,13 +14,15 @@ Any ``dabench run`` matrix flag after ``--`` is passed on (``-- --set steps=300`
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+
+from ..core.record import Status
+from ..core.store import RunStore
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,9 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
-        recs = [json.loads(f.read_text()) for f in sorted((folder / "runs").glob("*.json"))]
-        done = [r for r in recs if r.get("status") == "complete"]
-        run_s = sum((r.get("timings") or {}).get("total_s", 0) for r in done)
+        recs = list(RunStore(folder).records())
+        done = [r for r in recs if r.status is Status.COMPLETE]
+        run_s = sum((r.timings or {}).get("total_s", 0) for r in done)
         rows.append((k, len(done), len(recs), wall, 60 * len(done) / wall if wall else 0.0,
                      run_s / len(done) if done else 0.0))
         if proc.returncode:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
+from ...core.record import Status
 from ...core.registry import Registry
 from ...core.spec import RunSpec
 from ...core.store import RunStore
@@ -121,7 +122,7 @@ def record_death(store: RunStore, spec: RunSpec, why: str, detail: str, device: 
     rec = record_failure(spec, store, "WorkerDied", why, detail, device)
     # the claim names the dead process: remove it now (it is stale) rather than wait for a takeover
     store.remove_stale_claim(spec.run_id)
-    return Outcome(spec.run_id, "died" if rec.get("status") != "complete" else "ran", rec)
+    return Outcome(spec.run_id, "died" if rec.status is not Status.COMPLETE else "ran", rec)
 
 
 def make_executor(name: str, results_dir: str | pathlib.Path, options: ExecutorOptions | None = None) -> Executor:

@@ -235,7 +235,7 @@ class LocalPoolExecutor(Executor):
             worker.current = None
             worker.runs += 1
             self._bars[worker.slot].reset(total=0)
-            return Outcome(msg["run_id"], msg["kind"], msg.get("record"), msg.get("error"))
+            return Outcome.from_message(msg)
         return None
 
     def close(self) -> None:

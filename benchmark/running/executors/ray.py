@@ -77,7 +77,7 @@ class RayExecutor(Executor):
             spec = self._refs.pop(ref)
             try:
                 res = self.ray.get(ref)
-                out.append(Outcome(res["run_id"], res["kind"], res.get("record"), res.get("error")))
+                out.append(Outcome.from_message(res))
             except self.ray.exceptions.RayError as exc:  # the task's process died, or Ray lost it
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 out.append(record_death(self.store, spec, f"ray task died: {first}", str(exc), self.device,

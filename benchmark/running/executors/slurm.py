@@ -152,8 +152,10 @@ def _record_worker_death(results_dir: str, spec_dict: dict[str, Any], code: int 
     spec_dict.pop("_run_id", None)
     spec = RunSpec.from_dict(spec_dict)
     why = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-    return record_death(RunStore(results_dir), spec, f"worker process died ({why}) inside its SLURM job",
-                        "", device).record
+    rec = record_death(RunStore(results_dir), spec, f"worker process died ({why}) inside its SLURM job",
+                       "", device).record
+    # as JSON, like the outcomes the workers send: the job's results travel back pickled as plain dicts
+    return rec.to_dict() if rec is not None else None
 
 
 @register_executor("slurm")
@@ -251,7 +253,7 @@ class SlurmExecutor(Executor):
                 continue
             try:
                 results = job.result()
-                out += [Outcome(r["run_id"], r["kind"], r.get("record"), r.get("error")) for r in results]
+                out += [Outcome.from_message(r) for r in results]
             except Exception as exc:  # noqa: BLE001 - the job failed, was cancelled or lost its node
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 for spec in j["specs"]:

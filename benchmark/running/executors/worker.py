@@ -36,7 +36,7 @@ from ...core.registry import load_plugin
 from ...core.spec import RunSpec
 from ...core.store import RunStore, WriteFault
 from ...engine.train import resolve_device
-from ..unit import record_failure, run_claimed
+from ..unit import Outcome, record_failure, run_claimed
 
 
 def _die_with_parent(parent_pid: int | None) -> None:
@@ -79,22 +79,22 @@ def run_one(
     except Exception as exc:  # noqa: BLE001 - recorded, the matrix goes on
         try:
             if not store.claim(spec.run_id):
-                return {"run_id": spec.run_id, "kind": "busy", "record": None}
+                return Outcome(spec.run_id, "busy").to_message()
             try:
                 rec = record_failure(spec, store, type(exc).__name__, str(exc), traceback.format_exc(), device)
             finally:
                 store.release(spec.run_id)
         except WriteFault as fault:
-            return {"run_id": spec.run_id, "kind": "write-fault", "record": None, "error": str(fault)}
-        return {"run_id": spec.run_id, "kind": "ran", "record": rec}
+            return Outcome(spec.run_id, "write-fault", error=str(fault)).to_message()
+        return Outcome(spec.run_id, "ran", rec).to_message()
     if expected_id is not None and spec.run_id != expected_id:
         raise RuntimeError(f"spec changed in transit: run id {expected_id} became {spec.run_id}")
     root = pathlib.Path(data_root) if data_root else default_data_root()
     try:
         out = run_claimed(spec, store, resolve_device(device), root, on_step, checkpoint_every, compile=compile)
     except WriteFault as exc:  # the parent stops the matrix with this one-line message
-        return {"run_id": spec.run_id, "kind": "write-fault", "record": None, "error": str(exc)}
-    return {"run_id": out.run_id, "kind": out.kind, "record": out.record}
+        return Outcome(spec.run_id, "write-fault", error=str(exc)).to_message()
+    return out.to_message()
 
 
 def _send(proto: IO[str], msg: dict[str, Any]) -> None:
