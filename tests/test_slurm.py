@@ -57,7 +57,8 @@ def test_slurm_job_array_preempted_requeued_and_resumed(tmp_path):
         task = _parent(worker)  # the job's process: submitit's signal handler lives there
         assert task != main.pid
         os.kill(task, signal.SIGUSR2)  # preempted
-        _stdout, stderr = main.communicate(timeout=180)
+        # generous: on a loaded 2-core machine the requeued job restarts three processes that import torch
+        _stdout, stderr = main.communicate(timeout=420)
     finally:
         main.kill()
     assert main.returncode == 0, stderr[-3000:]
