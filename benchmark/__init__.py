@@ -11,6 +11,7 @@ registry is read or written (:class:`dabench.core.registry.Registry`), not on ``
 The layers and losses methods share (gradient reversal, domain discriminator, kernels, entropy,
 covariance) are :mod:`dabench.layers`, their names also importable from here.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -23,31 +24,71 @@ from .core.version import __version__
 #: module (``dabench.core.spec.RunSpec``, ``dabench.core.splits.stratified_split`` ...).
 _PUBLIC: dict[str, str] = {
     # the contract a plugin implements
-    "Method": "core.method", "Uses": "core.method", "Batch": "core.method", "Loss": "core.method",
-    "Classifier": "core.method", "Update": "core.method",
+    "Method": "core.method",
+    "Uses": "core.method",
+    "Batch": "core.method",
+    "Loss": "core.method",
+    "Classifier": "core.method",
+    "Update": "core.method",
     "Backbone": "backbones.base",
-    "DomainPair": "core.domain", "Domain": "core.domain", "PairData": "core.domain", "Schedule": "core.domain",
+    "DomainPair": "core.domain",
+    "Domain": "core.domain",
+    "PairData": "core.domain",
+    "Schedule": "core.domain",
     "MissingDataError": "core.domain",
     # registries
-    "METHODS": "core.registry", "PAIRS": "core.registry", "BACKBONES": "core.registry",
-    "register_method": "core.registry", "register_pair": "core.registry", "register_backbone": "core.registry",
-    "list_methods": "core.registry", "list_pairs": "core.registry", "list_backbones": "core.registry",
-    "load_plugin": "core.registry", "PluginError": "core.registry", "RegistryError": "core.registry",
+    "METHODS": "core.registry",
+    "PAIRS": "core.registry",
+    "BACKBONES": "core.registry",
+    "register_method": "core.registry",
+    "register_pair": "core.registry",
+    "register_backbone": "core.registry",
+    "list_methods": "core.registry",
+    "list_pairs": "core.registry",
+    "list_backbones": "core.registry",
+    "load_plugin": "core.registry",
+    "PluginError": "core.registry",
+    "RegistryError": "core.registry",
     # running and reading results
-    "Matrix": "running.matrix", "MatrixError": "running.matrix", "expand": "running.matrix",
+    "Matrix": "running.matrix",
+    "MatrixError": "running.matrix",
+    "expand": "running.matrix",
     "load_matrix_file": "running.matrix",
-    "run": "api", "load_results": "api", "leaderboard": "api", "compare": "api",
+    "run": "api",
+    "load_results": "api",
+    "leaderboard": "api",
+    "compare": "api",
     # layers and losses methods share (dabench.layers)
-    "DomainDiscriminator": "layers", "KERNEL_MULTIPLIERS": "layers", "covariance": "layers", "entropy": "layers",
-    "gaussian_kernel_matrix": "layers", "grad_reverse": "layers", "grl_coefficient": "layers",
-    "mmd_from_kernel": "layers", "multi_kernel_mmd": "layers",
+    "DomainDiscriminator": "layers",
+    "KERNEL_MULTIPLIERS": "layers",
+    "covariance": "layers",
+    "entropy": "layers",
+    "gaussian_kernel_matrix": "layers",
+    "grad_reverse": "layers",
+    "grl_coefficient": "layers",
+    "mmd_from_kernel": "layers",
+    "multi_kernel_mmd": "layers",
 }
 
 __all__ = ["__version__", *_PUBLIC]
 
 #: subpackages reachable as attributes (``dabench.methods.dann``), imported on first use
-_SUBMODULES = frozenset({"analysis", "api", "backbones", "cli", "core", "datasets", "engine", "layers", "methods",
-                         "running", "speed", "testing"})
+_SUBMODULES = frozenset(
+    {
+        "analysis",
+        "api",
+        "backbones",
+        "cli",
+        "core",
+        "datasets",
+        "engine",
+        "layers",
+        "methods",
+        "running",
+        "speed",
+        "testing",
+    }
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -68,16 +109,33 @@ def __dir__() -> list[str]:
 
 # the names are re-exported through __all__, which ruff cannot read (it is built from _PUBLIC)
 if TYPE_CHECKING:  # static checkers and IDEs see the real names
-    from .api import compare, leaderboard, load_results, run  # noqa: F401
-    from .backbones.base import Backbone  # noqa: F401
-    from .core.domain import Domain, DomainPair, MissingDataError, PairData, Schedule  # noqa: F401
-    from .core.method import Batch, Classifier, Loss, Method, Update, Uses  # noqa: F401
+    from .api import compare, leaderboard, load_results, run
+    from .backbones.base import Backbone
+    from .core.domain import Domain, DomainPair, MissingDataError, PairData, Schedule
+    from .core.method import Batch, Classifier, Loss, Method, Update, Uses
     from .core.registry import (
-        BACKBONES, METHODS, PAIRS, PluginError, RegistryError, list_backbones, list_methods, list_pairs,  # noqa: F401
-        load_plugin, register_backbone, register_method, register_pair,  # noqa: F401
+        BACKBONES,
+        METHODS,
+        PAIRS,
+        PluginError,
+        RegistryError,
+        list_backbones,
+        list_methods,
+        list_pairs,
+        load_plugin,
+        register_backbone,
+        register_method,
+        register_pair,
     )
-    from .running.matrix import Matrix, MatrixError, expand, load_matrix_file  # noqa: F401
+    from .running.matrix import Matrix, MatrixError, expand, load_matrix_file
     from .layers import (
-        KERNEL_MULTIPLIERS, DomainDiscriminator, covariance, entropy, gaussian_kernel_matrix, grad_reverse,  # noqa: F401
-        grl_coefficient, mmd_from_kernel, multi_kernel_mmd,  # noqa: F401
+        KERNEL_MULTIPLIERS,
+        DomainDiscriminator,
+        covariance,
+        entropy,
+        gaussian_kernel_matrix,
+        grad_reverse,
+        grl_coefficient,
+        mmd_from_kernel,
+        multi_kernel_mmd,
     )

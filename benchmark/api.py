@@ -1,4 +1,5 @@
 """The Python API beside the CLI: run a matrix, load results, make tables and comparisons."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Command line: ``dabench run | list | report | status``."""
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,8 @@ def _seeds(text: str) -> tuple[int, ...]:
         seeds = ()
     if not seeds or any(s < 0 for s in seeds):  # the same rule as a matrix file's seeds
         raise argparse.ArgumentTypeError(
-            f"--seeds expects comma-separated non-negative integers like 0,1,2, got {text!r}")
+            f"--seeds expects comma-separated non-negative integers like 0,1,2, got {text!r}"
+        )
     return seeds
 
 
@@ -71,77 +73,180 @@ class _ExecutorNames:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="dabench", description="Benchmark domain-adaptation methods on domain pairs.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="dabench",
+        description="Benchmark domain-adaptation methods on domain pairs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="run a benchmark matrix (resumable) and print the leaderboard",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    r = sub.add_parser(
+        "run",
+        help="run a benchmark matrix (resumable) and print the leaderboard",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
     r.add_argument("--matrix", type=pathlib.Path, help="TOML matrix file ([matrix] methods/pairs/seeds/plugins, [set])")
-    r.add_argument("--methods", help=f"comma-separated names, globs or groups (all, uda, few-shot, zoo; "
-                                     f"see dabench list methods) (default: {','.join(DEFAULT_METHODS)})")
+    r.add_argument(
+        "--methods",
+        help=f"comma-separated names, globs or groups (all, uda, few-shot, zoo; "
+        f"see dabench list methods) (default: {','.join(DEFAULT_METHODS)})",
+    )
     r.add_argument("--pairs", help=f"comma-separated names or globs (default: {','.join(DEFAULT_PAIRS)})")
     r.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default: 0,1,2)")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override: schedule key (steps, lr, batch_size, eval_every, lr_schedule=inv|cosine|constant "
-                        "...), target_shots, backbone, backbone.<option>, <method>.<hparam> or <hparam>; "
-                        "checked before anything runs; repeatable")
-    r.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
-                   help="sweep a --set key over values (grid; several --sweep multiply), or over a distribution "
-                        "KEY='log_uniform(a,b)'|'uniform(a,b)'|'choice(x,y)' drawn --trials times; each trial is "
-                        "its own configuration and run id; repeatable")
-    r.add_argument("--trials", type=int, default=None, metavar="N",
-                   help="random-search trials (draws of the --sweep distributions)")
-    r.add_argument("--sweep-seed", type=int, default=None, metavar="S",
-                   help="seed of the random-search draws (default: 0; same seed, same trials)")
-    r.add_argument("--max-trials", type=int, default=None, metavar="N",
-                   help="refuse a sweep with more trials than N (default: 64)")
-    r.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
-                   help="import a plugin that registers methods/pairs/backbones; repeatable")
-    r.add_argument("--results", type=pathlib.Path, default=pathlib.Path("results/default"),
-                   help="results folder (default: results/default); rerunning skips complete runs")
-    r.add_argument("--data-root", type=pathlib.Path, default=None,
-                   help=f"where datasets live (default: $DABENCH_DATA or {default_data_root()})")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override: schedule key (steps, lr, batch_size, eval_every, lr_schedule=inv|cosine|constant "
+        "...), target_shots, backbone, backbone.<option>, <method>.<hparam> or <hparam>; "
+        "checked before anything runs; repeatable",
+    )
+    r.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="sweep a --set key over values (grid; several --sweep multiply), or over a distribution "
+        "KEY='log_uniform(a,b)'|'uniform(a,b)'|'choice(x,y)' drawn --trials times; each trial is "
+        "its own configuration and run id; repeatable",
+    )
+    r.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        metavar="N",
+        help="random-search trials (draws of the --sweep distributions)",
+    )
+    r.add_argument(
+        "--sweep-seed",
+        type=int,
+        default=None,
+        metavar="S",
+        help="seed of the random-search draws (default: 0; same seed, same trials)",
+    )
+    r.add_argument(
+        "--max-trials", type=int, default=None, metavar="N", help="refuse a sweep with more trials than N (default: 64)"
+    )
+    r.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py|MODULE",
+        help="import a plugin that registers methods/pairs/backbones; repeatable",
+    )
+    r.add_argument(
+        "--results",
+        type=pathlib.Path,
+        default=pathlib.Path("results/default"),
+        help="results folder (default: results/default); rerunning skips complete runs",
+    )
+    r.add_argument(
+        "--data-root",
+        type=pathlib.Path,
+        default=None,
+        help=f"where datasets live (default: $DABENCH_DATA or {default_data_root()})",
+    )
     r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     r.add_argument("--rule", default="last", help="model-selection rule for the printed leaderboard (default: last)")
-    r.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
-                   help="save a resumable mid-run checkpoint every STEPS steps (default: off)")
-    r.add_argument("--compile", action="store_true",
-                   help="torch.compile the methods' networks (speed only; not part of the run id)")
+    r.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="save a resumable mid-run checkpoint every STEPS steps (default: off)",
+    )
+    r.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the methods' networks (speed only; not part of the run id)",
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--dry-run", action="store_true", help="print the run specs and exit")
-    r.add_argument("--executor", default="inline", choices=_ExecutorNames(), metavar="NAME",
-                   help="inline: this process; local: a pool of worker processes (a crash kills only its run); "
-                        "ray: one Ray task per run (pip install 'dabench[ray]'); slurm: SLURM jobs through "
-                        "submitit (pip install 'dabench[slurm]') (default: inline)")
-    r.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="local/ray: runs at once (default: GPUs x --runs-per-gpu; 1 on a CPU-only machine); "
-                        "slurm: runs queued or running at once (default: 256)")
-    r.add_argument("--runs-per-gpu", type=int, default=1, metavar="K",
-                   help="local/ray/slurm: pack K runs on each GPU (small models cannot fill a GPU alone; default: 1)")
-    r.add_argument("--runs-per-process", type=int, default=0, metavar="N",
-                   help="local: runs a worker process does before a fresh one replaces it (0: no limit, "
-                        "the default: the pair's data is loaded once per worker; 1: each run in a fresh "
-                        "process). Either way a crash kills only the run in hand and the worker is replaced")
-    r.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="ray: cluster to join (auto, or host:port; default: start a local Ray)")
-    r.add_argument("--slurm-partition", default=None, metavar="NAME",
-                   help="slurm: partition to submit to (default: the cluster's default)")
-    r.add_argument("--gpus-per-job", type=int, default=1, metavar="G",
-                   help="slurm: GPUs per job, each job running G x --runs-per-gpu runs (0: CPU jobs; default: 1)")
-    r.add_argument("--slurm-time", type=int, default=240, metavar="MINUTES",
-                   help="slurm: time limit of a job; a job reaching it (or preempted) is requeued and its runs "
-                        "resume from their --checkpoint-every checkpoints (default: 240)")
-    r.add_argument("--slurm-cluster", default=None, choices=("slurm", "local"),
-                   help="slurm: 'local' runs the jobs as local processes through submitit (a dry run of a "
-                        "SLURM set-up; default: slurm)")
-    r.add_argument("--wait-limit", type=float, default=None, metavar="SECONDS",
-                   help="how long to wait for a run that another live runner holds and a run here depends "
-                        "on, before leaving its dependants for a later run (default: 3600)")
-    r.add_argument("--rerun", metavar="RUN_ID", action="append", default=[],
-                   help="repeat the run RUN_ID of --results from the spec in its record (the old record "
-                        "moves to DIR/previous/); repeatable")
+    r.add_argument(
+        "--executor",
+        default="inline",
+        choices=_ExecutorNames(),
+        metavar="NAME",
+        help="inline: this process; local: a pool of worker processes (a crash kills only its run); "
+        "ray: one Ray task per run (pip install 'dabench[ray]'); slurm: SLURM jobs through "
+        "submitit (pip install 'dabench[slurm]') (default: inline)",
+    )
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="local/ray: runs at once (default: GPUs x --runs-per-gpu; 1 on a CPU-only machine); "
+        "slurm: runs queued or running at once (default: 256)",
+    )
+    r.add_argument(
+        "--runs-per-gpu",
+        type=int,
+        default=1,
+        metavar="K",
+        help="local/ray/slurm: pack K runs on each GPU (small models cannot fill a GPU alone; default: 1)",
+    )
+    r.add_argument(
+        "--runs-per-process",
+        type=int,
+        default=0,
+        metavar="N",
+        help="local: runs a worker process does before a fresh one replaces it (0: no limit, "
+        "the default: the pair's data is loaded once per worker; 1: each run in a fresh "
+        "process). Either way a crash kills only the run in hand and the worker is replaced",
+    )
+    r.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="ray: cluster to join (auto, or host:port; default: start a local Ray)",
+    )
+    r.add_argument(
+        "--slurm-partition",
+        default=None,
+        metavar="NAME",
+        help="slurm: partition to submit to (default: the cluster's default)",
+    )
+    r.add_argument(
+        "--gpus-per-job",
+        type=int,
+        default=1,
+        metavar="G",
+        help="slurm: GPUs per job, each job running G x --runs-per-gpu runs (0: CPU jobs; default: 1)",
+    )
+    r.add_argument(
+        "--slurm-time",
+        type=int,
+        default=240,
+        metavar="MINUTES",
+        help="slurm: time limit of a job; a job reaching it (or preempted) is requeued and its runs "
+        "resume from their --checkpoint-every checkpoints (default: 240)",
+    )
+    r.add_argument(
+        "--slurm-cluster",
+        default=None,
+        choices=("slurm", "local"),
+        help="slurm: 'local' runs the jobs as local processes through submitit (a dry run of a "
+        "SLURM set-up; default: slurm)",
+    )
+    r.add_argument(
+        "--wait-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long to wait for a run that another live runner holds and a run here depends "
+        "on, before leaving its dependants for a later run (default: 3600)",
+    )
+    r.add_argument(
+        "--rerun",
+        metavar="RUN_ID",
+        action="append",
+        default=[],
+        help="repeat the run RUN_ID of --results from the spec in its record (the old record "
+        "moves to DIR/previous/); repeatable",
+    )
 
     ls = sub.add_parser("list", help="list registered methods, pairs or backbones")
     ls.add_argument("what", choices=["methods", "pairs", "backbones"])
@@ -151,18 +256,29 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="leaderboard, statistics and figures from results folders")
     rep.add_argument("dirs", nargs="+", type=pathlib.Path, help="results folders (several merge)")
     rep.add_argument("--rule", default="last", help="model-selection rule: last, source-val, entropy, im, snd, oracle")
-    rep.add_argument("--select-config", action="store_true",
-                     help="sweeps: the rule (not last) also picks each method's configuration per pair and seed "
-                          "(argmax of its score over trials x evaluations); one row per method")
+    rep.add_argument(
+        "--select-config",
+        action="store_true",
+        help="sweeps: the rule (not last) also picks each method's configuration per pair and seed "
+        "(argmax of its score over trials x evaluations); one row per method",
+    )
     rep.add_argument("--format", default="md,csv", help="comma-separated: md,csv,tex,html (default: md,csv)")
     rep.add_argument("--out", type=pathlib.Path, default=None, help="output folder (default: the first DIR)")
-    rep.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
-                     help="keep only matching configurations (repeatable): a schedule key (steps, lr ...), "
-                          "a hyperparameter (trade_off or dann.trade_off), backbone, target_shots, method, "
-                          "pair or seed; a comma list means any of")
-    rep.add_argument("--tsne", metavar="RUN_ID", default=None,
-                     help="add a t-SNE of source/target features, source-only vs this run (both run "
-                          "with --set save_features=true)")
+    rep.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep only matching configurations (repeatable): a schedule key (steps, lr ...), "
+        "a hyperparameter (trade_off or dann.trade_off), backbone, target_shots, method, "
+        "pair or seed; a comma list means any of",
+    )
+    rep.add_argument(
+        "--tsne",
+        metavar="RUN_ID",
+        default=None,
+        help="add a t-SNE of source/target features, source-only vs this run (both run with --set save_features=true)",
+    )
 
     b = sub.add_parser("bench", help="training images/s per method vs the bare backbone on this machine")
     b.add_argument("--pair", default="digits-offline", help="pair whose data, model and batch are used")
@@ -173,12 +289,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     b.add_argument("--backbone", default=None, help="backbone (default: the pair's; resnet50 with --synthetic)")
     b.add_argument("--image-size", type=int, default=None, help="input side in px (default: the pair's; 224 synthetic)")
-    b.add_argument("--synthetic", type=int, default=0, metavar="N",
-                   help="no dataset: N random uint8 3-channel images per domain, 31 classes, resized-crop augmentation")
+    b.add_argument(
+        "--synthetic",
+        type=int,
+        default=0,
+        metavar="N",
+        help="no dataset: N random uint8 3-channel images per domain, 31 classes, resized-crop augmentation",
+    )
     b.add_argument("--compile", action="store_true", help="torch.compile the networks (warm-up includes compilation)")
     b.add_argument("--data-root", type=pathlib.Path, default=None)
-    b.add_argument("--out", type=pathlib.Path, default=None,
-                   help="Markdown table (default: results/bench/<device>.md; raw numbers beside it as .json)")
+    b.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=None,
+        help="Markdown table (default: results/bench/<device>.md; raw numbers beside it as .json)",
+    )
 
     st = sub.add_parser("status", help="counts of complete/running/failed/diverged runs of a results folder")
     st.add_argument("dir", type=pathlib.Path)
@@ -202,19 +327,30 @@ def _list(args: argparse.Namespace) -> int:
             print(f"{chr(10) if i else ''}{protocol} ({len(proto_rows)}; --methods {protocol}):")
             _table(("method", "description", "defaults"), proto_rows)
         groups = METHODS.groups()
-        print("\ngroups for --methods: " + "; ".join(f"{g} ({len(m)})" for g, m in groups.items())
-              + f". Default matrix: {','.join(DEFAULT_METHODS)}")
+        print(
+            "\ngroups for --methods: "
+            + "; ".join(f"{g} ({len(m)})" for g, m in groups.items())
+            + f". Default matrix: {','.join(DEFAULT_METHODS)}"
+        )
     elif args.what == "pairs":
         rows: list[tuple[str, ...]] = []
         for name in PAIRS.names(args.pattern):
             pr = PAIRS.get(name)
             sch = pr.schedule
-            rows.append((name, pr.description, f"{pr.backbone}, {pr.channels}x{pr.image_size}px",
-                         f"uda / few-shot k={pr.target_shots}",
-                         f"steps={sch.steps} bs={sch.batch_size} lr={sch.lr}"))
+            rows.append(
+                (
+                    name,
+                    pr.description,
+                    f"{pr.backbone}, {pr.channels}x{pr.image_size}px",
+                    f"uda / few-shot k={pr.target_shots}",
+                    f"steps={sch.steps} bs={sch.batch_size} lr={sch.lr}",
+                )
+            )
         _table(("pair", "description", "input", "protocols", "schedule"), rows)
-        print("\nyour own images: folder:[name=NAME,]source=DIR,target=DIR[,size=..,channels=1|3,backbone=..,"
-              "eval=half|all] (ImageFolder layout, classes matched by name; channels and size detected unless given)")
+        print(
+            "\nyour own images: folder:[name=NAME,]source=DIR,target=DIR[,size=..,channels=1|3,backbone=..,"
+            "eval=half|all] (ImageFolder layout, classes matched by name; channels and size detected unless given)"
+        )
     else:
         rows = []
         for name in BACKBONES.names(args.pattern):
@@ -248,7 +384,10 @@ def _run(args: argparse.Namespace) -> int:
         if set(given) - {"save_features"}:
             raise MatrixError("--rerun repeats a run exactly as recorded; the only --set it takes is save_features")
         if "save_features" in given:
-            specs = [dataclasses.replace(s, save_features=parse_bool(given["save_features"], "--set save_features")) for s in specs]
+            specs = [
+                dataclasses.replace(s, save_features=parse_bool(given["save_features"], "--set save_features"))
+                for s in specs
+            ]
     else:
         if args.matrix:
             matrix = load_matrix_file(args.matrix)
@@ -272,8 +411,10 @@ def _run(args: argparse.Namespace) -> int:
         specs = expand(matrix)
         plugins = matrix.plugins
     if args.workers is not None and args.executor == "inline":
-        raise MatrixError(f"--workers {args.workers}: the inline executor runs one run at a time in this process; "
-                          "use --executor local (or ray) to run several at once")
+        raise MatrixError(
+            f"--workers {args.workers}: the inline executor runs one run at a time in this process; "
+            "use --executor local (or ray) to run several at once"
+        )
     if args.dry_run:
         if not args.rerun and matrix.sweep:
             print(sweep_text(matrix) + "\n")
@@ -281,11 +422,21 @@ def _run(args: argparse.Namespace) -> int:
             print(s.run_id, s.label, s.protocol, f"shots={s.target_shots}", s.hparams)
         return 0
     options = ExecutorOptions(
-        device=args.device, data_root=args.data_root, progress=not args.no_progress,
-        checkpoint_every=args.checkpoint_every, compile=args.compile, plugins=tuple(plugins), workers=args.workers,
-        runs_per_gpu=args.runs_per_gpu, runs_per_process=args.runs_per_process, ray_address=args.ray_address,
-        slurm_partition=args.slurm_partition, gpus_per_job=args.gpus_per_job, slurm_time_min=args.slurm_time,
-        slurm_cluster=args.slurm_cluster)
+        device=args.device,
+        data_root=args.data_root,
+        progress=not args.no_progress,
+        checkpoint_every=args.checkpoint_every,
+        compile=args.compile,
+        plugins=tuple(plugins),
+        workers=args.workers,
+        runs_per_gpu=args.runs_per_gpu,
+        runs_per_process=args.runs_per_process,
+        ray_address=args.ray_address,
+        slurm_partition=args.slurm_partition,
+        gpus_per_job=args.gpus_per_job,
+        slurm_time_min=args.slurm_time,
+        slurm_cluster=args.slurm_cluster,
+    )
     try:
         ex = make_executor(args.executor, args.results, options)
     except (ValueError, ImportError, ConnectionError) as exc:  # bad --workers, no Ray/submitit, no cluster there
@@ -297,8 +448,10 @@ def _run(args: argparse.Namespace) -> int:
     summary = run_matrix(specs, args.results, options, executor=ex, **waits)
     wall = time.perf_counter() - t0
     counts = ", ".join(f"{v} {k}" for k, v in summary.counts().items())
-    print(f"\n{len(specs)} runs in {args.results} ({args.executor} executor, {ex.workers} worker(s)): {counts}; "
-          f"wall time {wall:.1f} s\n")
+    print(
+        f"\n{len(specs)} runs in {args.results} ({args.executor} executor, {ex.workers} worker(s)): {counts}; "
+        f"wall time {wall:.1f} s\n"
+    )
     from .analysis.report import report_text
 
     print(report_text([args.results], rule=args.rule))
@@ -309,12 +462,18 @@ def _run(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .analysis.report import FORMATS, report_text, write_report  # late: see _run
 
-
     formats = tuple(_csv(args.format))
     if not set(formats) <= set(FORMATS):  # the writers' table is the one list of formats
         raise MatrixError(f"--format: unknown {sorted(set(formats) - set(FORMATS))}; valid: {', '.join(FORMATS)}")
-    paths = write_report(args.dirs, rule=args.rule, formats=formats, out=args.out, tsne=args.tsne,
-                         where=args.where, select_config=args.select_config)
+    paths = write_report(
+        args.dirs,
+        rule=args.rule,
+        formats=formats,
+        out=args.out,
+        tsne=args.tsne,
+        where=args.where,
+        select_config=args.select_config,
+    )
     print(report_text(args.dirs, rule=args.rule, where=args.where, select_config=args.select_config))
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")
@@ -327,9 +486,17 @@ def _bench(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.warmup < 0:
         raise MatrixError("--steps must be >= 1 and --warmup >= 0")
     result = run_bench(
-        pair_name=args.pair, methods=_csv(args.methods) if args.methods else None, steps=args.steps,
-        warmup=args.warmup, batch_size=args.batch_size, device=args.device, backbone=args.backbone,
-        image_size=args.image_size, synthetic=args.synthetic, compile=args.compile, data_root=args.data_root,
+        pair_name=args.pair,
+        methods=_csv(args.methods) if args.methods else None,
+        steps=args.steps,
+        warmup=args.warmup,
+        batch_size=args.batch_size,
+        device=args.device,
+        backbone=args.backbone,
+        image_size=args.image_size,
+        synthetic=args.synthetic,
+        compile=args.compile,
+        data_root=args.data_root,
     )
     out = write_result(result, args.out or default_out(args.device, args.synthetic, args.backbone))
     print(f"wrote {out}")
@@ -356,8 +523,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args)
         return _status(args)
     except WriteFault as exc:
-        print(f"dabench: error: {exc}; nothing complete is lost: make it writable or free space, "
-              "then run the same command again", file=sys.stderr)
+        print(
+            f"dabench: error: {exc}; nothing complete is lost: make it writable or free space, "
+            "then run the same command again",
+            file=sys.stderr,
+        )
         return 2
     except (RegistryError, MatrixError, PluginError, FileNotFoundError, ValueError) as exc:
         print(f"dabench: error: {exc}", file=sys.stderr)
@@ -365,8 +535,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         # the state is already right (complete runs kept, the run in hand stays "running" and is
         # redone): one line instead of a traceback
-        what = (f"dabench run (results in {args.results}): complete runs are kept; run the same command "
-                "again to resume") if args.command == "run" else f"dabench {args.command}"
+        what = (
+            (f"dabench run (results in {args.results}): complete runs are kept; run the same command again to resume")
+            if args.command == "run"
+            else f"dabench {args.command}"
+        )
         print(f"\ndabench: interrupted: {what}", file=sys.stderr)
         return 130
 

@@ -15,6 +15,7 @@ This module imports nothing from dabench (a leaf), so any layer of the package m
 Every loss here is computed in float32, also under bf16 autocast: kernels, logarithms and
 covariances lose their meaning at an 8-bit mantissa.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "DomainDiscriminator", "KERNEL_MULTIPLIERS", "covariance", "entropy", "gaussian_kernel_matrix",
-    "grad_reverse", "grl_coefficient", "mmd_from_kernel", "multi_kernel_mmd",
+    "DomainDiscriminator",
+    "KERNEL_MULTIPLIERS",
+    "covariance",
+    "entropy",
+    "gaussian_kernel_matrix",
+    "grad_reverse",
+    "grl_coefficient",
+    "mmd_from_kernel",
+    "multi_kernel_mmd",
 ]
 
 #: DAN's bandwidth multipliers β_u: σ²/4 … 4σ² around the batch's mean squared distance
@@ -66,8 +74,12 @@ class DomainDiscriminator(nn.Module):
     def __init__(self, in_features: int, hidden: int) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+            nn.Linear(in_features, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
             nn.Linear(hidden, 1),
         )
 
@@ -76,9 +88,7 @@ class DomainDiscriminator(nn.Module):
 
 
 # --- kernels and MMD --------------------------------------------------------------------
-def gaussian_kernel_matrix(
-    x: torch.Tensor, multipliers: tuple[float, ...] = KERNEL_MULTIPLIERS
-) -> torch.Tensor:
+def gaussian_kernel_matrix(x: torch.Tensor, multipliers: tuple[float, ...] = KERNEL_MULTIPLIERS) -> torch.Tensor:
     """K_ij = (1/m) Σ_u exp(−‖x_i − x_j‖² / (β_u σ²)), the mean of m Gaussian kernels.
 
     ``x`` is the joint batch (source rows first, then target), the distance is the *squared*

@@ -52,6 +52,7 @@ gradient and determinism checks (mid-training, where ramps such as DANN's λ_p a
 switch); the one engine step of check 6 runs with the engine's own value for step 0 of a
 one-step schedule.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -153,15 +154,22 @@ def check_method(
     # --- one real step through the engine ---------------------------------------------------
     model = _build(cls, pair_obj, hparams, seed)
     spec = RunSpec(
-        method=name, pair=pair, seed=seed, protocol="few-shot" if shots else "uda",
-        target_shots=shots, eval_shots=shots, hparams=hparams,
+        method=name,
+        pair=pair,
+        seed=seed,
+        protocol="few-shot" if shots else "uda",
+        target_shots=shots,
+        eval_shots=shots,
+        hparams=hparams,
         schedule=pair_obj.schedule.replace(steps=1, batch_size=batch_size, eval_every=1, log_every=1),
-        backbone=pair_obj.backbone, backbone_options=dict(pair_obj.backbone_options),
+        backbone=pair_obj.backbone,
+        backbone_options=dict(pair_obj.backbone_options),
     )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     torch.manual_seed(seed)
-    ctx = RunContext(spec, pair_obj, DeviceData(pair_obj, small, torch.device("cpu"), seed, shots, shots),
-                     torch.device("cpu"))
+    ctx = RunContext(
+        spec, pair_obj, DeviceData(pair_obj, small, torch.device("cpu"), seed, shots, shots), torch.device("cpu")
+    )
     model.fit(ctx)
     in_groups = _optimised(model) if uses_step_loop else None
     changed, frozen = [], []
@@ -170,12 +178,18 @@ def check_method(
         moved = n not in before or before[n].shape != p.shape or not torch.equal(before[n], p.detach())
         if is_frozen:
             frozen.append(n)
-            _check(not moved, f"{name}: parameter {n!r} is frozen (requires_grad=False or in no "
-                              f"param group) but changed during training")
+            _check(
+                not moved,
+                f"{name}: parameter {n!r} is frozen (requires_grad=False or in no "
+                f"param group) but changed during training",
+            )
         elif moved:
             changed.append(n)
-    _check(bool(changed), f"{name}: one training step changed no parameter (is the learning rate "
-                          f"multiplier 0, or does fit() train a copy?)")
+    _check(
+        bool(changed),
+        f"{name}: one training step changed no parameter (is the learning rate "
+        f"multiplier 0, or does fit() train a copy?)",
+    )
     report.trained, report.frozen = changed, frozen
 
     # --- predict ---------------------------------------------------------------------------
@@ -183,9 +197,11 @@ def check_method(
     x_eval, _ = data.batch_from(data.target_eval, torch.arange(min(5, len(data.target_eval))), train=False)
     with torch.no_grad():
         logits = model.predict(x_eval)
-    _check(isinstance(logits, torch.Tensor) and tuple(logits.shape) == (len(x_eval), pair_obj.num_classes),
-           f"{name}: predict(x) must return logits of shape [batch, num_classes] = "
-           f"{[len(x_eval), pair_obj.num_classes]}, got {getattr(logits, 'shape', type(logits))}")
+    _check(
+        isinstance(logits, torch.Tensor) and tuple(logits.shape) == (len(x_eval), pair_obj.num_classes),
+        f"{name}: predict(x) must return logits of shape [batch, num_classes] = "
+        f"{[len(x_eval), pair_obj.num_classes]}, got {getattr(logits, 'shape', type(logits))}",
+    )
     _check(bool(torch.isfinite(logits).all()), f"{name}: predict(x) returned non-finite logits")
 
     # --- state-dict round trip ---------------------------------------------------------------
@@ -204,8 +220,10 @@ def check_method(
     fresh.eval()
     with torch.no_grad():
         again = fresh.predict(x_eval)
-    _check(torch.equal(logits, again), f"{name}: predictions differ after a state_dict round trip "
-                                       f"(state kept outside parameters and buffers?)")
+    _check(
+        torch.equal(logits, again),
+        f"{name}: predictions differ after a state_dict round trip (state kept outside parameters and buffers?)",
+    )
     return report
 
 
@@ -284,10 +302,16 @@ def _small_pair_data(pair: str, per_class: int, data_root: pathlib.Path) -> Pair
             remap[used] = torch.arange(len(used))
             return Domain(d.name, d.images[used].clone(), d.labels[used].clone(), d.classes), [remap[s] for s in splits]
 
-        s, (s_train, s_val) = shrink(src, _per_class(full.source_train, src.labels, per_class),
-                                     _per_class(full.source_val, src.labels, max(1, per_class // 2)))
-        t, (t_adapt, t_eval) = shrink(tgt, _per_class(full.target_adapt, tgt.labels, per_class),
-                                      _per_class(full.target_eval, tgt.labels, max(1, per_class // 2)))
+        s, (s_train, s_val) = shrink(
+            src,
+            _per_class(full.source_train, src.labels, per_class),
+            _per_class(full.source_val, src.labels, max(1, per_class // 2)),
+        )
+        t, (t_adapt, t_eval) = shrink(
+            tgt,
+            _per_class(full.target_adapt, tgt.labels, per_class),
+            _per_class(full.target_eval, tgt.labels, max(1, per_class // 2)),
+        )
         _SUBSET_CACHE[key] = PairData(s, t, s_train, s_val, t_adapt, t_eval)
     return _SUBSET_CACHE[key]
 
@@ -329,8 +353,10 @@ def _updates(m: Method, batch: Batch, seed: int, progress: float = 0.5) -> list[
     def update(names, loss: Loss) -> None:
         names = (names,) if isinstance(names, str) else tuple(names)
         unknown = [n for n in names if n not in declared]
-        _check(bool(names) and not unknown, f"{m.name}: step() calls update({names!r}, ...), but optimizers() "
-                                            f"declares {sorted(declared)}")
+        _check(
+            bool(names) and not unknown,
+            f"{m.name}: step() calls update({names!r}, ...), but optimizers() declares {sorted(declared)}",
+        )
         out.append((names, _checked_loss(m, loss)))
 
     m.step(batch, progress, update)  # 0.5, mid-training: ramps such as DANN's λ_p are well above 0
@@ -341,17 +367,22 @@ def _updates(m: Method, batch: Batch, seed: int, progress: float = 0.5) -> list[
 def _checked_loss(m: Method, out: Loss) -> Loss:
     name = m.name
     _check(isinstance(out, Loss), f"{name}: loss() must return dabench.Loss(total, parts), got {type(out).__name__}")
-    _check(isinstance(out.total, torch.Tensor) and out.total.numel() == 1,
-           f"{name}: Loss.total must be a scalar tensor, got {getattr(out.total, 'shape', out.total)!r}")
+    _check(
+        isinstance(out.total, torch.Tensor) and out.total.numel() == 1,
+        f"{name}: Loss.total must be a scalar tensor, got {getattr(out.total, 'shape', out.total)!r}",
+    )
     value = float(out.total.detach()) if isinstance(out.total, torch.Tensor) else float("nan")
     _check(math.isfinite(value), f"{name}: the loss is not finite ({value}) on a normal batch")
-    _check(out.total.requires_grad, f"{name}: the total loss has no gradient: is everything detached or "
-                                    f"computed under torch.no_grad()?")
+    _check(
+        out.total.requires_grad,
+        f"{name}: the total loss has no gradient: is everything detached or computed under torch.no_grad()?",
+    )
     return out
 
 
-def _check_gradients(m: Method, out: Loss, allow: tuple[str, ...], report: CheckReport,
-                     names: tuple[str, ...] | None = None) -> None:
+def _check_gradients(
+    m: Method, out: Loss, allow: tuple[str, ...], report: CheckReport, names: tuple[str, ...] | None = None
+) -> None:
     """``out``'s gradients reach every parameter the optimisers ``names`` step (all by default), and
     none reaches a trainable parameter that no optimiser steps."""
     name = m.name
@@ -361,28 +392,46 @@ def _check_gradients(m: Method, out: Loss, allow: tuple[str, ...], report: Check
     da = out.parts.get("da")
     backbone_params = [p for p in m.backbone.parameters() if p.requires_grad and id(p) in in_groups]
     if da is not None and backbone_params:
-        _check(da.requires_grad, f"{name}: the adaptation loss parts['da'] is detached: it cannot move "
-                                 f"the features, so the method trains as source-only")
+        _check(
+            da.requires_grad,
+            f"{name}: the adaptation loss parts['da'] is detached: it cannot move "
+            f"the features, so the method trains as source-only",
+        )
         grads = torch.autograd.grad(da, backbone_params, retain_graph=True, allow_unused=True)
         reach = any(g is not None and bool(g.abs().sum() > 0) for g in grads)
-        _check(reach, f"{name}: the adaptation loss parts['da'] sends no gradient to the feature extractor "
-                      f"(a detach(), a no_grad block, or a constant output such as a softmax over one "
-                      f"logit?): the method would train as source-only")
+        _check(
+            reach,
+            f"{name}: the adaptation loss parts['da'] sends no gradient to the feature extractor "
+            f"(a detach(), a no_grad block, or a constant output such as a softmax over one "
+            f"logit?): the method would train as source-only",
+        )
     m.zero_grad(set_to_none=True)
     out.total.backward()
 
     def allowed(n: str) -> bool:
         return any(n.startswith(a) for a in allow)
 
-    dead = [n for n, p in named if id(p) in in_groups and not allowed(n)
-            and (p.grad is None or not bool(p.grad.abs().sum() > 0))]
-    _check(not dead, f"{name}: parameters the optimiser trains (param_groups) get no gradient from "
-                     f"the loss: {dead[:8]}{' ...' if len(dead) > 8 else ''} (detached? unused? If that "
-                     f"is intended, freeze them (requires_grad_(False)) or pass allow_no_grad=)")
-    stray = [n for n, p in named if p.requires_grad and id(p) not in anywhere
-             and p.grad is not None and bool(p.grad.abs().sum() > 0)]
-    _check(not stray, f"{name}: parameters receive gradients but are in no param group, so they are "
-                      f"never updated: {stray[:8]} (add them in param_groups())")
+    dead = [
+        n
+        for n, p in named
+        if id(p) in in_groups and not allowed(n) and (p.grad is None or not bool(p.grad.abs().sum() > 0))
+    ]
+    _check(
+        not dead,
+        f"{name}: parameters the optimiser trains (param_groups) get no gradient from "
+        f"the loss: {dead[:8]}{' ...' if len(dead) > 8 else ''} (detached? unused? If that "
+        f"is intended, freeze them (requires_grad_(False)) or pass allow_no_grad=)",
+    )
+    stray = [
+        n
+        for n, p in named
+        if p.requires_grad and id(p) not in anywhere and p.grad is not None and bool(p.grad.abs().sum() > 0)
+    ]
+    _check(
+        not stray,
+        f"{name}: parameters receive gradients but are in no param group, so they are "
+        f"never updated: {stray[:8]} (add them in param_groups())",
+    )
     m.zero_grad(set_to_none=True)
 
 
@@ -423,9 +472,11 @@ def _check_hparams(cls: type[Method], pair: str) -> list[str]:
         except (MatrixError, KeyError, ValueError) as exc:
             raise AssertionError(f"{name}: --set {flag}={text} is refused: {exc}") from None
         got = next(s for s in specs if s.method == name).hparams.get(key)
-        _check(got == wanted and type(got) is type(default),
-               f"{name}: --set {flag}={text} gave {key}={got!r} ({type(got).__name__}); expected {wanted!r} "
-               f"({type(default).__name__})")
+        _check(
+            got == wanted and type(got) is type(default),
+            f"{name}: --set {flag}={text} gave {key}={got!r} ({type(got).__name__}); expected {wanted!r} "
+            f"({type(default).__name__})",
+        )
         checked.append(key)
     try:
         expand(Matrix(methods=(name,), pairs=(pair,), seeds=(0,), overrides={f"{name}.no_such_hparam": 1}))
@@ -461,8 +512,9 @@ def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b))
 
 
-def _check_hparams_used(cls: type[Method], pair: DomainPair, hparams: dict[str, Any], batch: Batch,
-                        seed: int, allow: tuple[str, ...]) -> list[str]:
+def _check_hparams_used(
+    cls: type[Method], pair: DomainPair, hparams: dict[str, Any], batch: Batch, seed: int, allow: tuple[str, ...]
+) -> list[str]:
     """Every numeric hyperparameter changes the network, the loss, its gradients, the learning-rate
     multipliers or the step count; else it is ignored (a hard-coded value in ``loss``) unless declared.
 
@@ -471,11 +523,16 @@ def _check_hparams_used(cls: type[Method], pair: DomainPair, hparams: dict[str, 
     """
     name = cls.name
     declared = tuple(getattr(cls, "hparams_outside_loss", ()) or ())
-    _check(isinstance(declared, (tuple, list)) and all(isinstance(k, str) for k in declared),
-           f"{name}: hparams_outside_loss must be a tuple of hyperparameter names, got {declared!r}")
+    _check(
+        isinstance(declared, (tuple, list)) and all(isinstance(k, str) for k in declared),
+        f"{name}: hparams_outside_loss must be a tuple of hyperparameter names, got {declared!r}",
+    )
     unknown = [k for k in (*declared, *allow) if k not in hparams]
-    _check(not unknown, f"{name}: hparams_outside_loss / allow_unused_hparams name {unknown}, which are not "
-                        f"hyperparameters; its hyperparameters: {', '.join(hparams)}")
+    _check(
+        not unknown,
+        f"{name}: hparams_outside_loss / allow_unused_hparams name {unknown}, which are not "
+        f"hyperparameters; its hyperparameters: {', '.join(hparams)}",
+    )
     exempt = set(declared) | set(allow)
     base = _build(cls, pair, hparams, seed)
     base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}  # BN buffers move in loss()
@@ -489,11 +546,12 @@ def _check_hparams_used(cls: type[Method], pair: DomainPair, hparams: dict[str, 
         other = _other_value(default)
         m = _build(cls, pair, {**hparams, key: other}, seed)
         state = m.state_dict()
-        if (state.keys() != base_state.keys()
-                or any(state[k].shape != base_state[k].shape or not torch.equal(state[k], base_state[k])
-                       for k in state)
-                or _lr_mults(m) != base_lr
-                or m.num_steps(1000) != base_steps):
+        if (
+            state.keys() != base_state.keys()
+            or any(state[k].shape != base_state[k].shape or not torch.equal(state[k], base_state[k]) for k in state)
+            or _lr_mults(m) != base_lr
+            or m.num_steps(1000) != base_steps
+        ):
             used.append(key)
             continue
         for progress in _PROGRESS_PROBES:

@@ -23,6 +23,7 @@ took 60 ms against 49 ms unverified and 98 ms for torchvision's MNIST idx decode
 (``tests/benchmarks/test_cache_speed.py`` reports these ratios; JPEG and LIBSVM decodes, what the
 cache is for, are 10-100x slower than either read).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,8 +60,11 @@ def checksum(t: torch.Tensor) -> str:
 
 def _verified(payload: object, path: pathlib.Path) -> Tensors:
     """The tensors of a loaded cache payload, after checking every one against its stored CRC-32."""
-    if not (isinstance(payload, dict) and isinstance(payload.get("tensors"), dict)
-            and isinstance(payload.get("checksums"), dict)):
+    if not (
+        isinstance(payload, dict)
+        and isinstance(payload.get("tensors"), dict)
+        and isinstance(payload.get("checksums"), dict)
+    ):
         raise CacheMismatch(f"{path} is not a dabench cache file (format {CACHE_FORMAT})")
     tensors, sums = payload["tensors"], payload["checksums"]
     if set(tensors) != set(sums):
@@ -123,8 +127,9 @@ def cached(
         os.close(fd)
         try:
             flat = {k: v.contiguous() for k, v in tensors.items()}
-            torch.save({"format": CACHE_FORMAT, "tensors": flat,
-                        "checksums": {k: checksum(v) for k, v in flat.items()}}, tmp)
+            torch.save(
+                {"format": CACHE_FORMAT, "tensors": flat, "checksums": {k: checksum(v) for k, v in flat.items()}}, tmp
+            )
             os.chmod(tmp, 0o644)  # mkstemp makes it private; a shared data root wants it readable
             os.replace(tmp, path)
         finally:

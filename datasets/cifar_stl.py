@@ -14,6 +14,7 @@ Files, read through torchvision under one data root (``DABENCH_DOWNLOAD=1`` lets
 ``<root>/stl10_binary/{train_X.bin,train_y.bin,test_X.bin,test_y.bin}``. The decoded, filtered,
 resized tensors are cached under ``<root>/cache/``.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -36,8 +37,9 @@ _STL_TO_SHARED_NAME = {"car": "automobile"}
 SIZE = 32
 
 _FILES = {
-    "cifar10": ["cifar-10-batches-py/" + f for f in
-                [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]],
+    "cifar10": [
+        "cifar-10-batches-py/" + f for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+    ],
     "stl10": ["stl10_binary/" + f for f in ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin")],
 }
 
@@ -46,8 +48,12 @@ def label_map(dataset: str) -> torch.Tensor:
     """Original label → shared label (``-1`` for the dropped class) for ``cifar10`` or ``stl10``."""
     names = CIFAR10_CLASSES if dataset == "cifar10" else STL10_CLASSES
     return torch.tensor(
-        [SHARED_CLASSES.index(_STL_TO_SHARED_NAME.get(n, n)) if _STL_TO_SHARED_NAME.get(n, n) in SHARED_CLASSES else -1
-         for n in names],
+        [
+            SHARED_CLASSES.index(_STL_TO_SHARED_NAME.get(n, n))
+            if _STL_TO_SHARED_NAME.get(n, n) in SHARED_CLASSES
+            else -1
+            for n in names
+        ],
         dtype=torch.int64,
     )
 
@@ -130,13 +136,24 @@ def load_stl_cifar(root: pathlib.Path) -> PairData:
 # iterations; the engine uses one SGD recipe for all methods (momentum 0.9, lr 0.01, inv decay,
 # wd 5e-4), with batch 128 per domain and 20k steps as a GPU-sized default (--set steps=... to
 # change). Few-shot: 10 target labels per class.
-_SCHEDULE = Schedule(steps=20000, batch_size=128, lr=0.01, momentum=0.9, weight_decay=5e-4, eval_every=2000,
-                     log_every=100)
+_SCHEDULE = Schedule(
+    steps=20000, batch_size=128, lr=0.01, momentum=0.9, weight_decay=5e-4, eval_every=2000, log_every=100
+)
 
 # Both train splits are class-balanced: STL-10 train 500 per class, CIFAR-10 train 5,000 per class.
 for _name, _load, _desc, _max_shots in (
-    ("cifar10-stl10", load_cifar_stl, "CIFAR-10 train → STL-10 train (unlabelled), 9 shared classes; evaluate on STL-10 test", 500),
-    ("stl10-cifar10", load_stl_cifar, "STL-10 train → CIFAR-10 train (unlabelled), 9 shared classes; evaluate on CIFAR-10 test", 5000),
+    (
+        "cifar10-stl10",
+        load_cifar_stl,
+        "CIFAR-10 train → STL-10 train (unlabelled), 9 shared classes; evaluate on STL-10 test",
+        500,
+    ),
+    (
+        "stl10-cifar10",
+        load_stl_cifar,
+        "STL-10 train → CIFAR-10 train (unlabelled), 9 shared classes; evaluate on CIFAR-10 test",
+        5000,
+    ),
 ):
     register_pair(
         DomainPair(

@@ -18,6 +18,7 @@ Where the files are read from, in order, under one data root:
 Decoded torchvision data (USPS is parsed from LIBSVM text, which is slow) is cached under
 ``<root>/cache/`` (see :mod:`dabench.datasets.cache`).
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -36,8 +37,15 @@ DIGITS = tuple(str(i) for i in range(10))
 SIZE = 28
 
 _TORCHVISION_FILES = {
-    "mnist": [f"MNIST/raw/{p}" for p in (
-        "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")],
+    "mnist": [
+        f"MNIST/raw/{p}"
+        for p in (
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        )
+    ],
     "usps": ["usps.bz2", "usps.t.bz2"],
 }
 
@@ -116,7 +124,9 @@ def _pair_data(source: str, target: str, root: pathlib.Path) -> PairData:
     t = load_digits(target, root)
     src = Domain(f"{source}-train", s["train"][0], s["train"][1], DIGITS)
     # One target domain holding train then test, so adaptation and evaluation index into it.
-    tgt = Domain(f"{target}", torch.cat([t["train"][0], t["test"][0]]), torch.cat([t["train"][1], t["test"][1]]), DIGITS)
+    tgt = Domain(
+        f"{target}", torch.cat([t["train"][0], t["test"][0]]), torch.cat([t["train"][1], t["test"][1]]), DIGITS
+    )
     n_adapt = len(t["train"][1])
     s_train, s_val = stratified_split(src.labels, 0.1, seed=0)
     return PairData(src, tgt, s_train, s_val, torch.arange(n_adapt), torch.arange(n_adapt, len(tgt)))
@@ -151,8 +161,18 @@ _DIGIT_OVERRIDES = {"dann": {"disc_hidden": 500}}
 # USPS train per class 1194, 1005, 731, 658, 652, 556, 664, 645, 542, 644 (digit 8: 542);
 # MNIST train per class 5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949 (digit 5: 5,421).
 for _name, _load, _desc, _max_shots in (
-    ("mnist-usps", load_mnist_usps, "MNIST train 60k → USPS train 7,291 (unlabelled); evaluate on USPS test 2,007", 542),
-    ("usps-mnist", load_usps_mnist, "USPS train 7,291 → MNIST train 60k (unlabelled); evaluate on MNIST test 10,000", 5421),
+    (
+        "mnist-usps",
+        load_mnist_usps,
+        "MNIST train 60k → USPS train 7,291 (unlabelled); evaluate on USPS test 2,007",
+        542,
+    ),
+    (
+        "usps-mnist",
+        load_usps_mnist,
+        "USPS train 7,291 → MNIST train 60k (unlabelled); evaluate on MNIST test 10,000",
+        5421,
+    ),
 ):
     register_pair(
         DomainPair(

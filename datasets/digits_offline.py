@@ -5,6 +5,7 @@ The 8x8 optical digits (values 0–16) are upscaled to 20x20 and centred in a 28
 the framing MNIST itself uses (digits size-normalised into a 20x20 box); the remaining
 shift is genuine: other writers, 4x4-block sampling blur, a different pen.
 """
+
 from __future__ import annotations
 
 import pathlib

@@ -35,6 +35,7 @@ scratch), 0.5/0.5 for grey. Relative paths resolve against the current directory
 is first used. A comma inside a path is not supported (the comma separates options).
 Decoded domains are cached under ``<data_root>/cache/`` keyed by the files' sizes and mtimes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -107,7 +108,9 @@ def class_folders(root: pathlib.Path) -> dict[str, list[pathlib.Path]]:
         if files:
             out[d.name] = files
     if not out:
-        raise MissingDataError(f"folder pair: {root} has no class folders with images (expected {root}/<class>/*.jpg|png)")
+        raise MissingDataError(
+            f"folder pair: {root} has no class folders with images (expected {root}/<class>/*.jpg|png)"
+        )
     return out
 
 
@@ -125,14 +128,21 @@ def decode(files: list[pathlib.Path], size: int, channels: int) -> torch.Tensor:
         except RuntimeError as exc:
             raise RuntimeError(f"folder pair: cannot decode {f}: {exc}") from None
         if img.shape[-2:] != (size, size):
-            img = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True,
-                                align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+            img = (
+                F.interpolate(
+                    img[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+                )[0]
+                .round()
+                .clamp(0, 255)
+                .to(torch.uint8)
+            )
         out[i] = img
     return out
 
 
-def load_domain(root: pathlib.Path, classes: tuple[str, ...], size: int, channels: int,
-                data_root: pathlib.Path) -> Domain:
+def load_domain(
+    root: pathlib.Path, classes: tuple[str, ...], size: int, channels: int, data_root: pathlib.Path
+) -> Domain:
     """The images of ``classes`` under ``root``, labelled by their index in ``classes``."""
     found = class_folders(root)
     files, labels = [], []
@@ -140,8 +150,15 @@ def load_domain(root: pathlib.Path, classes: tuple[str, ...], size: int, channel
         files += found[c]
         labels += [label] * len(found[c])
     key = "folder-" + hashlib.sha1(f"{root}|{','.join(classes)}|{channels}".encode()).hexdigest()[:10]
-    tensors = cached(data_root, key, "all", size, files,
-                     lambda: {"images": decode(files, size, channels), "labels": torch.tensor(labels)}, base=root)
+    tensors = cached(
+        data_root,
+        key,
+        "all",
+        size,
+        files,
+        lambda: {"images": decode(files, size, channels), "labels": torch.tensor(labels)},
+        base=root,
+    )
     return Domain(root.name, tensors["images"], tensors["labels"].long(), classes)
 
 
@@ -157,7 +174,9 @@ def make_folder_pair(arguments: str) -> DomainPair:
     except ValueError as exc:
         raise RegistryError(f"folder pair: size, channels and shots are integers ({exc}). Usage: {USAGE}") from None
     if channels not in (None, 1, 3) or (size is not None and size < 8):
-        raise RegistryError(f"folder pair: channels must be 1 or 3 and size at least 8, got channels={channels}, size={size}")
+        raise RegistryError(
+            f"folder pair: channels must be 1 or 3 and size at least 8, got channels={channels}, size={size}"
+        )
     evaluation = opts.get("eval", "half")
     if evaluation not in ("half", "all"):
         raise RegistryError(f"folder pair: eval must be 'half' or 'all', got {evaluation!r}")
@@ -208,19 +227,27 @@ def make_folder_pair(arguments: str) -> DomainPair:
         return PairData(s, t, s_train, s_val, t_adapt, t_eval)
 
     rgb = channels == 3
-    note = ("target: adapt on all of it and evaluate on all of it (transductive)" if evaluation == "all"
-            else "target: half unlabelled for adaptation, the other half (stratified, seed 0) for evaluation")
+    note = (
+        "target: adapt on all of it and evaluate on all of it (transductive)"
+        if evaluation == "all"
+        else "target: half unlabelled for adaptation, the other half (stratified, seed 0) for evaluation"
+    )
     if skipped:
         note += f"; classes in only one domain skipped: {', '.join(skipped)}"
     label = folder_label(arguments)
     description = f"{label}: {source.name} → {target.name}, {len(shared)} shared classes from image folders"
     if detected:
-        found = (f"detected from the images: {', '.join(detected)}; backbone {backbone}"
-                 f"{'' if 'backbone' in opts else ' (default for this input)'}")
+        found = (
+            f"detected from the images: {', '.join(detected)}; backbone {backbone}"
+            f"{'' if 'backbone' in opts else ' (default for this input)'}"
+        )
         description += f"; {found}"
         note += f"; {found}"
-        warnings.warn(f"folder pair {label}: {found}. Set channels=/size=/backbone= in the pair name to choose "
-                      f"otherwise.", FolderPairNote, stacklevel=2)
+        warnings.warn(
+            f"folder pair {label}: {found}. Set channels=/size=/backbone= in the pair name to choose otherwise.",
+            FolderPairNote,
+            stacklevel=2,
+        )
     return DomainPair(
         name=f"folder:{arguments}",
         description=description,

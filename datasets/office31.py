@@ -17,6 +17,7 @@ with the 31 class folders of ``OFFICE31_CLASSES``. JPEGs are decoded with torchv
 (evaluation: the 87.5% centre crop → 224). The decoded domain is cached under ``<root>/cache/``,
 keyed by the size and mtime of every JPEG (see :mod:`dabench.datasets.cache`).
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -33,10 +34,37 @@ from .cache import cached
 
 DOMAINS = {"A": "amazon", "D": "dslr", "W": "webcam"}
 OFFICE31_CLASSES = (
-    "back_pack", "bike", "bike_helmet", "bookcase", "bottle", "calculator", "desk_chair", "desk_lamp",
-    "desktop_computer", "file_cabinet", "headphones", "keyboard", "laptop_computer", "letter_tray",
-    "mobile_phone", "monitor", "mouse", "mug", "paper_notebook", "pen", "phone", "printer", "projector",
-    "punchers", "ring_binder", "ruler", "scissors", "speaker", "stapler", "tape_dispenser", "trash_can",
+    "back_pack",
+    "bike",
+    "bike_helmet",
+    "bookcase",
+    "bottle",
+    "calculator",
+    "desk_chair",
+    "desk_lamp",
+    "desktop_computer",
+    "file_cabinet",
+    "headphones",
+    "keyboard",
+    "laptop_computer",
+    "letter_tray",
+    "mobile_phone",
+    "monitor",
+    "mouse",
+    "mug",
+    "paper_notebook",
+    "pen",
+    "phone",
+    "printer",
+    "projector",
+    "punchers",
+    "ring_binder",
+    "ruler",
+    "scissors",
+    "speaker",
+    "stapler",
+    "tape_dispenser",
+    "trash_can",
 )
 STORE_SIZE = 256  # stored side; the engine crops 224 from it
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -108,8 +136,15 @@ def load_domain(root: pathlib.Path, domain: str) -> Domain:
     root = pathlib.Path(root)
     files, labels = domain_files(root, domain)
     base = root / "office31" / domain / "images"
-    t = cached(root, f"office31-{domain}", "all", STORE_SIZE, files,
-               lambda: {"images": decode_files(files), "labels": labels}, base=base)
+    t = cached(
+        root,
+        f"office31-{domain}",
+        "all",
+        STORE_SIZE,
+        files,
+        lambda: {"images": decode_files(files), "labels": labels},
+        base=base,
+    )
     return Domain(domain, t["images"], t["labels"], OFFICE31_CLASSES)
 
 
@@ -130,8 +165,9 @@ def make_loader(source: str, target: str):
 # 20 epochs x 1,000 iterations; we default to half of that: 10,000 steps). Bottleneck 256
 # (the methods' base default) matches CDAN/tllib. Few-shot: 3 target labels per class, the
 # Office-31 budget of CCSA (Motiian et al. 2017, ICCV) and FADA (Motiian et al. 2017, NeurIPS).
-_SCHEDULE = Schedule(steps=10000, batch_size=32, lr=0.01, momentum=0.9, weight_decay=1e-3, eval_every=1000,
-                     log_every=100)
+_SCHEDULE = Schedule(
+    steps=10000, batch_size=32, lr=0.01, momentum=0.9, weight_decay=1e-3, eval_every=1000, log_every=100
+)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PAIR_NAMES = []

@@ -10,6 +10,7 @@ Grandvalet & Bengio. Semi-supervised Learning by Entropy Minimization. NeurIPS 2
 
 The paper chooses the weight λ by validation; 0.1 is this example's default.
 """
+
 from __future__ import annotations
 
 from dabench import Batch, Loss, Method, Uses, register_method

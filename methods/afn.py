@@ -1,4 +1,5 @@
 """AFN: stepwise adaptive feature norm (SAFN)."""
+
 from __future__ import annotations
 
 import torch
@@ -33,15 +34,17 @@ class AFN(Method):
     protocol = "uda"
     uses = Uses(source_labels=True, target_unlabeled=True)
     defaults = {"trade_off": 0.05, "delta_r": 1.0, "dropout": 0.5, "forward": "concat"}
-    citation = ("Xu, Li, Yang, Lin. Larger Norm More Transferable: An Adaptive Feature Norm Approach for "
-                "Unsupervised Domain Adaptation. ICCV 2019.")
+    citation = (
+        "Xu, Li, Yang, Lin. Larger Norm More Transferable: An Adaptive Feature Norm Approach for "
+        "Unsupervised Domain Adaptation. ICCV 2019."
+    )
 
     def _dropped_features(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         assert batch.x_source is not None and batch.x_target is not None
         mode = self.hp["forward"]
         if mode == "concat":
             f = self.net.features(torch.cat([batch.x_source, batch.x_target]))
-            f_s, f_t = f[: len(batch.x_source)], f[len(batch.x_source):]
+            f_s, f_t = f[: len(batch.x_source)], f[len(batch.x_source) :]
         elif mode == "separate":
             f_s, f_t = self.net.features(batch.x_source), self.net.features(batch.x_target)
         else:

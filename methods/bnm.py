@@ -1,4 +1,5 @@
 """BNM: batch nuclear-norm maximisation of the target predictions."""
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,10 @@ class BNM(Method):
     protocol = "uda"
     uses = Uses(source_labels=True, target_unlabeled=True)
     defaults = {"trade_off": 1.0, "forward": "concat"}
-    citation = ("Cui, Wang, Zhuo, Li, Huang, Tian. Towards Discriminability and Diversity: Batch "
-                "Nuclear-norm Maximization under Label Insufficient Situations. CVPR 2020.")
+    citation = (
+        "Cui, Wang, Zhuo, Li, Huang, Tian. Towards Discriminability and Diversity: Batch "
+        "Nuclear-norm Maximization under Label Insufficient Situations. CVPR 2020."
+    )
 
     def loss(self, batch: Batch, progress: float) -> Loss:
         logits_s, logits_t, _, _ = self.forward_source_target(batch)

@@ -1,4 +1,5 @@
 """CDAN and CDAN+E: conditional adversarial adaptation on the multilinear map of features and predictions."""
+
 from __future__ import annotations
 
 import math
@@ -76,8 +77,7 @@ class CDAN(Method):
 
     protocol = "uda"
     uses = Uses(source_labels=True, target_unlabeled=True)
-    defaults = {"trade_off": 1.0, "disc_hidden": 1024, "grl_gamma": 10.0, "multilinear": "auto",
-                "forward": "concat"}
+    defaults = {"trade_off": 1.0, "disc_hidden": 1024, "grl_gamma": 10.0, "multilinear": "auto", "forward": "concat"}
     citation = "Long, Cao, Wang, Jordan. Conditional Adversarial Domain Adaptation. NeurIPS 2018."
     #: CDAN+E: weight each example's discriminator loss by its prediction's certainty
     entropy_conditioning = False

@@ -1,4 +1,5 @@
 """Deep CORAL: match second-order statistics of source and target activations."""
+
 from __future__ import annotations
 
 import torch

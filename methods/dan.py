@@ -1,4 +1,5 @@
 """DAN: multi-kernel maximum mean discrepancy between source and target features."""
+
 from __future__ import annotations
 
 # the kernel and MMD live in dabench.layers (shared with JAN); re-exported here for older imports

@@ -1,4 +1,5 @@
 """DANN: domain-adversarial training through a gradient reversal layer."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Fine-tune: the whole source-trained network trained on the target shots at a small learning rate."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F

@@ -1,4 +1,5 @@
 """JAN: joint maximum mean discrepancy over features and predictions."""
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,7 @@ SOFTMAX_MULTIPLIERS: tuple[float, ...] = (1.0,)
 
 
 def joint_mmd(
-    source: list[torch.Tensor], target: list[torch.Tensor],
-    multipliers: list[tuple[float, ...]] | None = None,
+    source: list[torch.Tensor], target: list[torch.Tensor], multipliers: list[tuple[float, ...]] | None = None
 ) -> torch.Tensor:
     """Biased (quadratic-time) JMMD², Long et al. 2017 (ICML), eq. (8)–(9) with the full batch.
 
@@ -33,8 +33,10 @@ def joint_mmd(
     """
     multipliers = multipliers or [KERNEL_MULTIPLIERS] * len(source)
     if not (len(source) == len(target) == len(multipliers)) or not source:
-        raise ValueError(f"joint_mmd needs one source, target and multiplier set per layer, got "
-                         f"{len(source)}, {len(target)}, {len(multipliers)}")
+        raise ValueError(
+            f"joint_mmd needs one source, target and multiplier set per layer, got "
+            f"{len(source)}, {len(target)}, {len(multipliers)}"
+        )
     k = None
     for s, t, m in zip(source, target, multipliers):
         k_l = gaussian_kernel_matrix(torch.cat([s, t]), m)

@@ -1,4 +1,5 @@
 """Linear probe: a new linear head on frozen source-trained features, fitted on target shots."""
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,9 @@ class LinearProbe(Method):
         self.eval()  # frozen BatchNorm statistics and no dropout in the feature extractor
         feats, labels = self._shot_features(ctx)
         head = nn.Linear(feats.shape[1], self.num_classes).to(feats.device)
-        optimiser = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=int(self.hp["max_iter"]),
-                                      line_search_fn="strong_wolfe")
+        optimiser = torch.optim.LBFGS(
+            head.parameters(), lr=1.0, max_iter=int(self.hp["max_iter"]), line_search_fn="strong_wolfe"
+        )
         wd = float(self.hp["weight_decay"])
 
         def closure() -> torch.Tensor:

@@ -1,4 +1,5 @@
 """MCD: maximum classifier discrepancy, trained in three phases per step."""
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,9 @@ class MCD(Method):
     protocol = "uda"
     uses = Uses(source_labels=True, target_unlabeled=True)
     defaults = {"trade_off": 1.0, "num_k": 4}
-    citation = ("Saito, Watanabe, Ushiku, Harada. Maximum Classifier Discrepancy for Unsupervised Domain "
-                "Adaptation. CVPR 2018.")
+    citation = (
+        "Saito, Watanabe, Ushiku, Harada. Maximum Classifier Discrepancy for Unsupervised Domain Adaptation. CVPR 2018."
+    )
 
     def build(self, backbone, num_classes: int) -> None:
         super().build(backbone, num_classes)

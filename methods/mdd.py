@@ -1,4 +1,5 @@
 """MDD: margin disparity discrepancy with an adversarial auxiliary head."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """MinEnt: entropy minimisation on the unlabelled target."""
+
 from __future__ import annotations
 
 from dabench import Batch, Loss, Method, Uses, entropy, register_method
@@ -21,5 +22,6 @@ class MinEnt(Method):
 
     def loss(self, batch: Batch, progress: float) -> Loss:
         logits_s, logits_t, _, _ = self.forward_source_target(batch)
-        return self.combine(self.supervised_loss(batch, logits_s), entropy(logits_t).mean(),
-                            float(self.hp["trade_off"]))
+        return self.combine(
+            self.supervised_loss(batch, logits_s), entropy(logits_t).mean(), float(self.hp["trade_off"])
+        )

@@ -1,4 +1,5 @@
 """Source-only: the no-adaptation baseline."""
+
 from __future__ import annotations
 
 from dabench import Batch, Loss, Method, Uses, register_method

@@ -1,4 +1,5 @@
 """Shared fixtures: one small real matrix on the embedded pair, trained once per test session."""
+
 from __future__ import annotations
 
 import pathlib

@@ -1,4 +1,5 @@
 """A small Office-31-shaped folder of real JPEG photos (crops of scikit-learn's sample images)."""
+
 from __future__ import annotations
 
 import pathlib
@@ -12,8 +13,9 @@ def sample_photos() -> list[torch.Tensor]:
     return [torch.from_numpy(load_sample_image(n).copy()).permute(2, 0, 1) for n in ("china.jpg", "flower.jpg")]
 
 
-def write_office31(root: pathlib.Path, domains=("amazon", "webcam", "dslr"), per_class: int = 2,
-                   size: tuple[int, int] = (60, 80)) -> int:
+def write_office31(
+    root: pathlib.Path, domains=("amazon", "webcam", "dslr"), per_class: int = 2, size: tuple[int, int] = (60, 80)
+) -> int:
     """Write ``<root>/office31/<domain>/images/<class>/frame_000k.jpg``; returns the images per domain."""
     from torchvision.io import encode_jpeg
 

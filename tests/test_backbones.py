@@ -1,4 +1,5 @@
 """Backbones: output shapes, local weight files, and the EfficientNet-Lite0 weight mapping on a real photo."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -88,8 +89,20 @@ def test_efficientnet_lite0_mapping_classifies_a_real_photo() -> None:
         top5 = model(x).softmax(-1)[0].topk(5)
     info = ImageNetInfo()
     names = [info.index_to_description(i) for i in top5.indices.tolist()]
-    plausible = ("palace", "bell cote", "church", "castle", "dome", "monastery", "boathouse", "lakeside",
-                 "pagoda", "stupa", "mosque", "triumphal arch")
+    plausible = (
+        "palace",
+        "bell cote",
+        "church",
+        "castle",
+        "dome",
+        "monastery",
+        "boathouse",
+        "lakeside",
+        "pagoda",
+        "stupa",
+        "mosque",
+        "triumphal arch",
+    )
     assert any(p in n for n in names for p in plausible), names
     assert top5.values[0] > 0.1, (names, top5.values)  # random weights give ~0.001 everywhere
 

@@ -1,4 +1,5 @@
 """``dabench bench`` runs on the CPU and writes its table; backbone fallback is explicit."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,10 @@ def one_thread():
 
 def test_bench_writes_table(tmp_path, capsys):
     out = tmp_path / "cpu.md"
-    assert main(["bench", "--steps", "3", "--warmup", "1", "--batch-size", "16", "--device", "cpu",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["bench", "--steps", "3", "--warmup", "1", "--batch-size", "16", "--device", "cpu", "--out", str(out)])
+        == 0
+    )
     text = out.read_text()
     assert "| method | images/step | steps/s | images/s | ratio method/bare |" in text
     assert "- device: cpu" in text and f"- torch: {torch.__version__}" in text
@@ -39,9 +42,32 @@ def test_bench_writes_table(tmp_path, capsys):
 def test_bench_synthetic_mode(tmp_path):
     """No dataset: random uint8 photos through the same DeviceData/augmentation path."""
     out = tmp_path / "syn.md"
-    assert main(["bench", "--synthetic", "64", "--backbone", "lenet", "--image-size", "32", "--steps", "2",
-                 "--warmup", "1", "--batch-size", "8", "--methods", "source-only,dann", "--device", "cpu",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--synthetic",
+                "64",
+                "--backbone",
+                "lenet",
+                "--image-size",
+                "32",
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--batch-size",
+                "8",
+                "--methods",
+                "source-only,dann",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = out.read_text()
     assert "synthetic-3x32" in text and "| dann | 16 |" in text
 

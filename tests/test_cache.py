@@ -2,6 +2,7 @@
 
 Data: the real UCI optical digits (scikit-learn), decoded to uint8 1x28x28 as digits-offline does.
 """
+
 from __future__ import annotations
 
 import pathlib

@@ -1,4 +1,5 @@
 """``dabench.testing.check_method``: every registered method passes; broken ones are caught, by name."""
+
 from __future__ import annotations
 
 import pathlib
@@ -28,8 +29,9 @@ def test_every_registered_method_passes(name):
     report = check_method(name)
     assert report.method == name
     assert report.trained, "something must train"
-    assert set(report.hparams_checked) == {k for k, v in dabench.METHODS.get(name).hparam_defaults().items()
-                                           if v is not None}
+    assert set(report.hparams_checked) == {
+        k for k, v in dabench.METHODS.get(name).hparam_defaults().items() if v is not None
+    }
     if report.loss is not None:  # step-loop methods
         assert report.loss > 0
 
@@ -75,8 +77,14 @@ def test_hard_coded_trade_off_is_caught_and_names_the_declaration():
             logits_s, logits_t, _, _ = self.forward_source_target(batch)
             return self.combine(self.supervised_loss(batch, logits_s), _entropy(logits_t), 0.3)
 
-    _expect(HardCoded, "broken-tradeoff", "hyperparameter 'trade_off' is ignored", "from 0.3 to 0.15",
-            "self.hp['trade_off']", "hparams_outside_loss = ('trade_off',)")
+    _expect(
+        HardCoded,
+        "broken-tradeoff",
+        "hyperparameter 'trade_off' is ignored",
+        "from 0.3 to 0.15",
+        "self.hp['trade_off']",
+        "hparams_outside_loss = ('trade_off',)",
+    )
 
 
 def test_unused_temperature_is_caught_unless_declared_inert():
@@ -136,8 +144,11 @@ def test_detached_features_in_the_adaptation_loss_are_caught():
             logits_s, _, f_s, f_t = self.forward_source_target(batch)
             d = self.discriminator(grad_reverse(torch.cat([f_s, f_t]).detach(), 1.0))
             labels = torch.cat([torch.ones(len(f_s)), torch.zeros(len(f_t))])
-            return self.combine(self.supervised_loss(batch, logits_s),
-                                F.binary_cross_entropy_with_logits(d, labels), self.hp["trade_off"])
+            return self.combine(
+                self.supervised_loss(batch, logits_s),
+                F.binary_cross_entropy_with_logits(d, labels),
+                self.hp["trade_off"],
+            )
 
     _expect(DetachedDANN, "broken-detach", "parts['da'] sends no gradient to the feature extractor")
 

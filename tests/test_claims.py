@@ -4,6 +4,7 @@ unreadable file) are recognised; a process releases only its own claim.
 The stress tests race two real processes over 2,000 run ids: the claim must be atomic (no empty
 file in between, no take-over deleting a claim just re-created by the other process).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ N_IDS = 2000
 # store.py imports only the standard library and core/record.py (a standard-library leaf) at module
 # level: loaded by path as a module of a bare stand-in package (core/__init__.py, whose torch import
 # takes seconds, never runs), both racers start in a blink
-RACER = textwrap.dedent('''
+RACER = textwrap.dedent("""
     import importlib.util, pathlib, sys, time, types
     core = sys.modules["core"] = types.ModuleType("core")
     core.__path__ = [str(pathlib.Path(sys.argv[5]).parent)]  # ".record" is found beside store.py
@@ -40,7 +41,7 @@ RACER = textwrap.dedent('''
         time.sleep(0.001)
     got = [i for i in ids if store.claim(i)]
     out.write_text("\\n".join(got))
-''')
+""")
 
 
 def _dead_pid() -> int:
@@ -53,9 +54,12 @@ def _race(tmp_path) -> tuple[set[str], set[str]]:
     """Two processes claim the same N_IDS ids at the same moment; returns the ids each got."""
     go = tmp_path / "go"
     outs = [tmp_path / f"got{k}.txt" for k in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path / "res"), str(N_IDS), str(go), str(o),
-                              store_mod.__file__])
-             for o in outs]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(tmp_path / "res"), str(N_IDS), str(go), str(o), store_mod.__file__]
+        )
+        for o in outs
+    ]
     deadline = time.monotonic() + 60
     while not all(o.with_suffix(".ready").exists() for o in outs):  # both imported: start together
         assert time.monotonic() < deadline, "racers did not start"

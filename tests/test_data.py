@@ -1,4 +1,5 @@
 """Data on the device: shot drawing, evaluation sets, sampling and batched augmentation."""
+
 from __future__ import annotations
 
 import torch

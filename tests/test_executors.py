@@ -3,6 +3,7 @@ in its workers, survives a worker crash; slot planning for GPUs; ``--rerun`` is 
 
 Uses the tiny synthetic pair of ``tests/tiny_plugin.py`` (loads instantly; 20 steps per run).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,12 +31,17 @@ def _records(root: pathlib.Path) -> dict[str, dict]:
 
 
 def test_local_pool_matches_inline_and_orders_dependants(tmp_path):
-    specs = expand(Matrix(methods=("source-only", "linear-probe", "fine-tune"), pairs=("tiny",), seeds=(0,),
-                          plugins=(TINY,)))
+    specs = expand(
+        Matrix(methods=("source-only", "linear-probe", "fine-tune"), pairs=("tiny",), seeds=(0,), plugins=(TINY,))
+    )
     inline = run_matrix(specs, tmp_path / "inline", ExecutorOptions(device="cpu", progress=False), executor="inline")
     # two reused workers: both dependants wait for source-only, then run side by side
-    local = run_matrix(specs, tmp_path / "local", ExecutorOptions(workers=2, runs_per_process=0, device="cpu",
-                       progress=False, plugins=(TINY,)), executor="local")
+    local = run_matrix(
+        specs,
+        tmp_path / "local",
+        ExecutorOptions(workers=2, runs_per_process=0, device="cpu", progress=False, plugins=(TINY,)),
+        executor="local",
+    )
     assert [r["status"] for r in inline.ran] == ["complete"] * 3
     assert sorted(r["status"] for r in local.ran) == ["complete"] * 3
     a, b = _records(tmp_path / "inline"), _records(tmp_path / "local")
@@ -49,7 +55,9 @@ def test_local_pool_matches_inline_and_orders_dependants(tmp_path):
         if s.depends_on:
             assert b[s.run_id]["started_at"] >= b[src]["finished_at"]
     # a second pass recomputes nothing
-    again = run_matrix(specs, tmp_path / "local", ExecutorOptions(workers=2, device="cpu", progress=False), executor="local")
+    again = run_matrix(
+        specs, tmp_path / "local", ExecutorOptions(workers=2, device="cpu", progress=False), executor="local"
+    )
     assert again.ran == [] and len(again.skipped_complete) == 3
 
 
@@ -74,11 +82,22 @@ def test_worker_crash_and_divergence_in_the_pool(tmp_path):
     plugin = tmp_path / "crash_plugin.py"
     plugin.write_text(CRASHER)
     plugins = (TINY, str(plugin))
-    specs = expand(Matrix(methods=("crash", "source-only", "linear-probe"), pairs=("tiny",), seeds=(0,),
-                          plugins=plugins, overrides={"lr": 1e6}))
+    specs = expand(
+        Matrix(
+            methods=("crash", "source-only", "linear-probe"),
+            pairs=("tiny",),
+            seeds=(0,),
+            plugins=plugins,
+            overrides={"lr": 1e6},
+        )
+    )
     # default: each run in a fresh worker process
-    summary = run_matrix(specs, tmp_path / "out", ExecutorOptions(workers=2, device="cpu", progress=False,
-                         plugins=plugins), executor="local")
+    summary = run_matrix(
+        specs,
+        tmp_path / "out",
+        ExecutorOptions(workers=2, device="cpu", progress=False, plugins=plugins),
+        executor="local",
+    )
     recs = {r["spec"]["method"]: r for r in summary.ran}
     assert recs["source-only"]["pid"] not in (os.getpid(), recs["crash"]["pid"])
     assert recs["source-only"]["status"] == "diverged" and recs["source-only"]["diverged_at_step"] >= 0
@@ -115,15 +134,45 @@ def test_bad_executor_choices_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["run", "--executor", "pbs"])
     assert "invalid choice: 'pbs' (choose from" in capsys.readouterr().err
-    assert main(["run", "--executor", "local", "--workers", "0", "--results", str(tmp_path), "--methods",
-                 "source-only", "--seeds", "0"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--executor",
+                "local",
+                "--workers",
+                "0",
+                "--results",
+                str(tmp_path),
+                "--methods",
+                "source-only",
+                "--seeds",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "--workers must be at least 1" in capsys.readouterr().err
 
 
 def test_rerun_repeats_a_run_deterministically(tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["run", "--plugin", TINY, "--pairs", "tiny", "--methods", "source-only", "--seeds", "1",
-            "--results", str(out), "--no-progress", "--device", "cpu"]
+    args = [
+        "run",
+        "--plugin",
+        TINY,
+        "--pairs",
+        "tiny",
+        "--methods",
+        "source-only",
+        "--seeds",
+        "1",
+        "--results",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     (rec,) = _records(out).values()
     assert rec["spec"]["seed"] == 1 and rec["spec"]["hparams"] and rec["device"].startswith("cpu")

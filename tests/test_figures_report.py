@@ -1,4 +1,5 @@
 """Figures (PNG + SVG), the self-contained HTML report, and a headless-browser check of it."""
+
 from __future__ import annotations
 
 import re
@@ -29,8 +30,15 @@ def results(tmp_path_factory) -> Path:
             for seed in range(3):
                 accs = list(base + gain + np.array([-6.0, -1.0, 0.0]) + rng.normal(0, 1, 3))
                 write_run(d, f"{m}-{pair}-{seed}", m, pair, seed, curve=curve_from(accs))
-    write_run(d, "f1", "dann", "mnist-usps", 7, status="failed",
-              error={"type": "RuntimeError", "message": "CUDA error: device-side assert\nmore", "traceback": "tb"})
+    write_run(
+        d,
+        "f1",
+        "dann",
+        "mnist-usps",
+        7,
+        status="failed",
+        error={"type": "RuntimeError", "message": "CUDA error: device-side assert\nmore", "traceback": "tb"},
+    )
     write_run(d, "f2", "dan", "mnist-usps", 8, status="diverged", diverged_at_step=300)
     return d
 
@@ -44,11 +52,12 @@ def _check_files(paths):
 def test_tsne_figure_on_separable_features(tmp_path):
     rng = np.random.default_rng(0)
     src = rng.normal(0, 1, (40, 16))
-    tgt_before = rng.normal(6, 1, (40, 16))   # far from source: a domain gap
+    tgt_before = rng.normal(6, 1, (40, 16))  # far from source: a domain gap
     tgt_after = rng.normal(0.2, 1, (40, 16))  # aligned with source after adaptation
     labels = np.repeat([0, 1], 20)
-    fig = F.tsne_figure(src, tgt_before, tgt_after, labels_source=labels, labels_target=labels,
-                        perplexity=10, max_iter=250)
+    fig = F.tsne_figure(
+        src, tgt_before, tgt_after, labels_source=labels, labels_target=labels, perplexity=10, max_iter=250
+    )
     assert len(fig.axes) == 2
     assert [a.get_title() for a in fig.axes] == ["before adaptation", "after adaptation"]
     _check_files(F.save_figure(fig, tmp_path / "tsne"))
@@ -60,8 +69,11 @@ def test_tsne_figure_on_separable_features(tmp_path):
 def test_figures_from_results(results, tmp_path):
     df = load_results(results)
     lb = leaderboard(df)
-    for name, fig in {"acc": F.accuracy_figure(lb), "gain": F.gain_heatmap(lb),
-                      "curves": F.learning_curves(df)}.items():
+    for name, fig in {
+        "acc": F.accuracy_figure(lb),
+        "gain": F.gain_heatmap(lb),
+        "curves": F.learning_curves(df),
+    }.items():
         assert fig is not None
         _check_files(F.save_figure(fig, tmp_path / name))
     g = F.gain_table(lb)
@@ -70,8 +82,7 @@ def test_figures_from_results(results, tmp_path):
 
 def test_cd_diagram_draws_one_bar_per_clique(tmp_path):
     rng = np.random.default_rng(0)
-    scores = pd.DataFrame(rng.normal(size=(6, 5)) + np.array([0, 0.2, 1.5, 1.6, 3.0]),
-                          columns=list("ABCDE"))
+    scores = pd.DataFrame(rng.normal(size=(6, 5)) + np.array([0, 0.2, 1.5, 1.6, 3.0]), columns=list("ABCDE"))
     fr = friedman(scores)
     fig = F.cd_diagram(fr)
     red = [c for c in fig.axes[0].collections if c.get_linewidth()[0] == 3.5]
@@ -90,8 +101,17 @@ def test_write_report_outputs(results, tmp_path):
     srcs = re.findall(r'<img[^>]*src="([^"]*)"', page)
     assert len(srcs) >= 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert not re.search(r'(src|href)="(https?:|//|file:)', page) and "<link" not in page
-    for text in ("Leaderboard", "Friedman", "Holm", "Selection-rule regret", "Environment",
-                 "RuntimeError: CUDA error: device-side assert", "diverged", "2.14.1", "cpu"):
+    for text in (
+        "Leaderboard",
+        "Friedman",
+        "Holm",
+        "Selection-rule regret",
+        "Environment",
+        "RuntimeError: CUDA error: device-side assert",
+        "diverged",
+        "2.14.1",
+        "cpu",
+    ):
         assert text in page
     assert "more" not in re.findall(r"<td>RuntimeError[^<]*</td>", page)[0]  # first line only
 
@@ -119,16 +139,29 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
         pytest.skip(f"{CHROMIUM} not found (install with: apt-get install -y chromium)")
     page = write_report(results, out=tmp_path / "r", reps=100)["report"]
     # Inject a probe that, once the page has loaded, counts images that actually decoded.
-    probe = ("<script>window.addEventListener('load',function(){var n=0,im=document.images;"
-             "for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)n++;}"
-             "var d=document.createElement('div');d.id='probe';"
-             "d.textContent='IMAGES_DECODED='+n+'/'+im.length;document.body.appendChild(d);});</script>")
+    probe = (
+        "<script>window.addEventListener('load',function(){var n=0,im=document.images;"
+        "for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)n++;}"
+        "var d=document.createElement('div');d.id='probe';"
+        "d.textContent='IMAGES_DECODED='+n+'/'+im.length;document.body.appendChild(d);});</script>"
+    )
     probed = tmp_path / "probed.html"
     probed.write_text(page.read_text().replace("</body>", probe + "</body>"))
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
-           "--dump-dom", probed.as_uri()]
+    cmd = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        probed.as_uri(),
+    ]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=90).stdout
     m = re.search(r'<div id="probe">IMAGES_DECODED=(\d+)/(\d+)</div>', dom)
     assert m, "probe did not run: " + dom[-500:]
@@ -139,7 +172,9 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
 
 def test_report_text_names_failed_and_diverged_runs(results):
     text = report_text(results, "last")
-    assert "- dann (steps=600) | mnist-usps | seed 7 | failed | RuntimeError: CUDA error: device-side assert" not in text
+    assert (
+        "- dann (steps=600) | mnist-usps | seed 7 | failed | RuntimeError: CUDA error: device-side assert" not in text
+    )
     assert "- dann | mnist-usps | seed 7 | failed | RuntimeError: CUDA error: device-side assert" in text
     assert "- dan | mnist-usps | seed 8 | diverged | non-finite loss at step 300" in text
     assert "(3/4)" in text
@@ -149,8 +184,12 @@ def test_report_text_names_failed_and_diverged_runs(results):
 
 def test_transductive_validators_are_named(tmp_path):
     v = {"split": "target_adapt", "samples": 500}
-    write_run(tmp_path, "r1", "dann", "office31-A-W", 0, acc=70.0, extra={"validators": {**v, "overlaps_evaluation": True}})
-    write_run(tmp_path, "r2", "dann", "mnist-usps", 0, acc=80.0, extra={"validators": {**v, "overlaps_evaluation": False}})
+    write_run(
+        tmp_path, "r1", "dann", "office31-A-W", 0, acc=70.0, extra={"validators": {**v, "overlaps_evaluation": True}}
+    )
+    write_run(
+        tmp_path, "r2", "dann", "mnist-usps", 0, acc=80.0, extra={"validators": {**v, "overlaps_evaluation": False}}
+    )
     text = report_text(tmp_path)
     assert "Transductive" in text and "office31-A-W" in text.split("Transductive")[1].split("\n")[0]
     assert "mnist-usps" not in text.split("Transductive")[1].split("\n")[0]

@@ -4,6 +4,7 @@ Images: scikit-learn's 8x8 UCI digits saved as PNG files. Source = one half, ups
 grey; target = the other half at 12 px with inverted colours, saved as RGB. Source has an extra
 class (``7``) and target another (``8``): only the shared classes may be used.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,12 +32,20 @@ def _isolated():
     with isolated_registries():
         yield
 
+
 SHARED = ("0", "1", "2")
 PER_CLASS = 12  # images per class and domain
 
 
-def _write_domain(root: pathlib.Path, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],
-                  size: int, invert: bool, rgb: bool) -> None:
+def _write_domain(
+    root: pathlib.Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: tuple[str, ...],
+    size: int,
+    invert: bool,
+    rgb: bool,
+) -> None:
     from torchvision.io import write_png
 
     for c in classes:
@@ -131,10 +140,30 @@ def test_cli_runs_a_method_on_the_folder_pair(folders, tmp_path, capsys):
 
     src, tgt = folders
     name = f"folder:source={src},target={tgt},size=28,channels=1,backbone=lenet"
-    rc = main(["run", "--methods", "source-only,dann", "--pairs", name, "--seeds", "0",
-               "--set", "steps=4", "--set", "eval_every=4", "--set", "batch_size=8",
-               "--results", str(tmp_path / "res"), "--data-root", str(tmp_path / "data"),
-               "--device", "cpu", "--no-progress"])
+    rc = main(
+        [
+            "run",
+            "--methods",
+            "source-only,dann",
+            "--pairs",
+            name,
+            "--seeds",
+            "0",
+            "--set",
+            "steps=4",
+            "--set",
+            "eval_every=4",
+            "--set",
+            "batch_size=8",
+            "--results",
+            str(tmp_path / "res"),
+            "--data-root",
+            str(tmp_path / "data"),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
     records = [json.loads(p.read_text()) for p in (tmp_path / "res").rglob("*.json")]
@@ -153,9 +182,15 @@ def test_cli_runs_a_method_on_the_folder_pair(folders, tmp_path, capsys):
 def test_python_api_runs_the_folder_pair(folders, tmp_path):
     src, tgt = folders
     name = f"folder:name=digits-mine,source={src},target={tgt},size=16,channels=1"
-    summary = dabench.run(methods=["source-only"], pairs=[name],
-                          seeds=[0], results_dir=tmp_path / "res", data_root=tmp_path / "data", device="cpu",
-                          overrides={"steps": 2, "eval_every": 2, "batch_size": 8})
+    summary = dabench.run(
+        methods=["source-only"],
+        pairs=[name],
+        seeds=[0],
+        results_dir=tmp_path / "res",
+        data_root=tmp_path / "data",
+        device="cpu",
+        overrides={"steps": 2, "eval_every": 2, "batch_size": 8},
+    )
     assert [r["status"] for r in summary.ran] == ["complete"]
     assert summary.ran[0]["spec"]["pair"] == name  # the full name: workers rebuild the pair from it
     df = dabench.load_results(tmp_path / "res")
@@ -216,6 +251,12 @@ def test_short_names_for_tables():
     # two different pairs under one label keep their full names: they never merge into one column
     from dabench.analysis.results import _short_pair_names
 
-    names = pd.Series(["folder:name=d,source=a,target=b", "folder:name=d,source=a,target=c",
-                       "folder:name=e,source=a,target=b", "digits-offline"])
+    names = pd.Series(
+        [
+            "folder:name=d,source=a,target=b",
+            "folder:name=d,source=a,target=c",
+            "folder:name=e,source=a,target=b",
+            "digits-offline",
+        ]
+    )
     assert list(_short_pair_names(names)) == [names[0], names[1], "e", "digits-offline"]

@@ -6,6 +6,7 @@ that hides a cycle is still a cycle), relative imports resolved. Imports under
 ``if TYPE_CHECKING:`` are left out: they never run. Layers are described in docs/architecture.md
 ("Import layers").
 """
+
 from __future__ import annotations
 
 import ast
@@ -42,7 +43,8 @@ def package_modules() -> dict[str, pathlib.Path]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(tree: ast.AST):
@@ -132,7 +134,7 @@ def _cycle_in(graph: dict[str, set[str]], comp: list[str]) -> list[str]:
         nxt = sorted(w for w in graph[path[-1]] if w in members)
         back = [w for w in nxt if w in seen]
         if back:
-            return path[path.index(back[0]):] + [back[0]]
+            return path[path.index(back[0]) :] + [back[0]]
         fresh = [w for w in nxt if w not in seen]
         path.append(fresh[0])
         seen.add(fresh[0])

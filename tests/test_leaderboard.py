@@ -1,4 +1,5 @@
 """Leaderboard numbers, marks, budgets and exports on fake records with known numbers."""
+
 from __future__ import annotations
 
 import json
@@ -12,11 +13,20 @@ from dabench.analysis.results import load_results
 from dabench.analysis.tables import leaderboard, mean_ci, welch_less_p
 from fake_runs import write_matrix, write_run
 
-UDA = {("source-only", "a"): [60.0, 61.0, 62.0], ("source-only", "b"): [50.0, 51.0, 52.0],
-       ("dann", "a"): [70.0, 71.0, 72.0], ("dann", "b"): [55.0, 56.0, 57.0],
-       ("dan", "a"): [69.0, 71.0, 70.0], ("dan", "b"): [58.0, 60.0, 59.0]}
-SHOTS = {("fine-tune", "a"): [90.0, 91.0, 92.0], ("fine-tune", "b"): [80.0, 81.0, 82.0],
-         ("dann", "a"): [85.0, 86.0, 87.0], ("dann", "b"): [75.0, 76.0, 77.0]}
+UDA = {
+    ("source-only", "a"): [60.0, 61.0, 62.0],
+    ("source-only", "b"): [50.0, 51.0, 52.0],
+    ("dann", "a"): [70.0, 71.0, 72.0],
+    ("dann", "b"): [55.0, 56.0, 57.0],
+    ("dan", "a"): [69.0, 71.0, 70.0],
+    ("dan", "b"): [58.0, 60.0, 59.0],
+}
+SHOTS = {
+    ("fine-tune", "a"): [90.0, 91.0, 92.0],
+    ("fine-tune", "b"): [80.0, 81.0, 82.0],
+    ("dann", "a"): [85.0, 86.0, 87.0],
+    ("dann", "b"): [75.0, 76.0, 77.0],
+}
 
 
 @pytest.fixture()
@@ -131,18 +141,27 @@ def test_no_complete_runs(tmp_path):
 # ---- a row is a configuration, never a pool ------------------------------------------------
 def _two_configs(folder, seeds: int = 3):
     """`dabench run` then `dabench run --set steps=2000` into one folder (the README's example)."""
-    base = {("source-only", "a"): [60.0 + i for i in range(seeds)], ("dann", "a"): [70.0 + i for i in range(seeds)],
-            ("source-only", "b"): [50.0 + i for i in range(seeds)], ("dann", "b"): [55.0 + i for i in range(seeds)]}
+    base = {
+        ("source-only", "a"): [60.0 + i for i in range(seeds)],
+        ("dann", "a"): [70.0 + i for i in range(seeds)],
+        ("source-only", "b"): [50.0 + i for i in range(seeds)],
+        ("dann", "b"): [55.0 + i for i in range(seeds)],
+    }
     write_matrix(folder, base)
-    write_matrix(folder, {k: [v + 10 for v in vals] for k, vals in base.items()}, prefix="long-",
-                 schedule={"steps": 2000})
+    write_matrix(
+        folder, {k: [v + 10 for v in vals] for k, vals in base.items()}, prefix="long-", schedule={"steps": 2000}
+    )
     return load_results(folder)
 
 
 def test_two_configurations_are_two_rows_never_pooled(tmp_path):
     lb = leaderboard(_two_configs(tmp_path))
-    assert set(lb.table.index) == {"source-only (steps=600)", "source-only (steps=2000)",
-                                   "dann (steps=600)", "dann (steps=2000)"}
+    assert set(lb.table.index) == {
+        "source-only (steps=600)",
+        "source-only (steps=2000)",
+        "dann (steps=600)",
+        "dann (steps=2000)",
+    }
     c = lb.cells.set_index(["entry", "pair"])
     assert c.loc[("dann (steps=2000)", "a"), "mean"] == 81.0 and c.loc[("dann (steps=600)", "a"), "mean"] == 71.0
     assert (lb.cells["n"] == 3).all() and all(len(set(s)) == len(s) == 3 for s in lb.cells["seeds"])
@@ -175,12 +194,27 @@ def test_pair_default_schedules_share_a_row(tmp_path):
 @pytest.fixture()
 def diverged(tmp_path):
     """DANN diverges on seed 1 of pair a; its two surviving seeds are the best numbers of the pair."""
-    write_matrix(tmp_path, {("source-only", "a"): [60.0, 61.0, 62.0], ("source-only", "b"): [50.0, 51.0, 52.0],
-                            ("dan", "a"): [80.0, 81.0, 82.0], ("dan", "b"): [58.0, 60.0, 59.0],
-                            ("dann", "b"): [55.0, 56.0, 57.0]})
+    write_matrix(
+        tmp_path,
+        {
+            ("source-only", "a"): [60.0, 61.0, 62.0],
+            ("source-only", "b"): [50.0, 51.0, 52.0],
+            ("dan", "a"): [80.0, 81.0, 82.0],
+            ("dan", "b"): [58.0, 60.0, 59.0],
+            ("dann", "b"): [55.0, 56.0, 57.0],
+        },
+    )
     write_run(tmp_path, "dann-a-0", "dann", "a", 0, acc=90.0)
-    write_run(tmp_path, "dann-a-1", "dann", "a", 1, status="diverged", diverged_at_step=300,
-              error={"type": "Diverged", "message": "loss is nan at step 300\nmore"})
+    write_run(
+        tmp_path,
+        "dann-a-1",
+        "dann",
+        "a",
+        1,
+        status="diverged",
+        diverged_at_step=300,
+        error={"type": "Diverged", "message": "loss is nan at step 300\nmore"},
+    )
     write_run(tmp_path, "dann-a-2", "dann", "a", 2, acc=91.0)
     return tmp_path
 
@@ -192,8 +226,12 @@ def test_a_diverged_seed_is_shown_and_never_wins(diverged):
     assert lb.table.loc["dann", "avg"].endswith("*") and lb.table.loc["dann", "rank"].endswith("*")
     assert lb.table.loc["dan", "a"].endswith("]")  # complete cells carry no fraction
     m = lb.missing
-    assert len(m) == 1 and (m.iloc[0]["entry"], m.iloc[0]["pair"], m.iloc[0]["seed"], m.iloc[0]["status"]) == \
-        ("dann", "a", 1, "diverged")
+    assert len(m) == 1 and (m.iloc[0]["entry"], m.iloc[0]["pair"], m.iloc[0]["seed"], m.iloc[0]["status"]) == (
+        "dann",
+        "a",
+        1,
+        "diverged",
+    )
     md = lb.to_markdown()
     assert "- dann | a | seed 1 | diverged | non-finite loss at step 300; Diverged: loss is nan at step 300" in md
     assert "(k/n)" in md

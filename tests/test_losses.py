@@ -1,4 +1,5 @@
 """The adaptation losses against hand computations, and the pitfalls other libraries fell into."""
+
 from __future__ import annotations
 
 import math

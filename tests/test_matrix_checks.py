@@ -5,6 +5,7 @@ key, the value and what is allowed (and, for ``[set]`` in a matrix file, the fil
 budget (``target_shots``) is checked against the pair's ``max_target_shots`` without loading
 data, and again, with the same message, when the data is loaded (pairs whose maximum is unknown).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,23 +33,26 @@ def _error(capsys, argv: list[str]) -> str:
     return capsys.readouterr().err
 
 
-@pytest.mark.parametrize("setting, allowed", [
-    ("steps=0", "an integer >= 1"),
-    ("steps=-5", "an integer >= 1"),
-    ("steps=1.5", "an integer >= 1"),  # used to become 1
-    ("steps=abc", "an integer >= 1"),  # used to say "invalid literal for int() with base 10"
-    ("steps=true", "an integer >= 1"),
-    ("batch_size=0", "an integer >= 1"),
-    ("eval_every=0", "an integer >= 1"),
-    ("log_every=0", "an integer >= 1"),
-    ("lr=nan", "a finite number > 0"),
-    ("lr=-1", "a finite number > 0"),
-    ("lr=0", "a finite number > 0"),
-    ("lr=inf", "a finite number > 0"),
-    ("momentum=1.5", "a number in (0, 1)"),
-    ("weight_decay=-0.1", "a finite number >= 0"),
-    ("lr_schedule=cosinus", "one of inv, cosine, constant"),
-])
+@pytest.mark.parametrize(
+    "setting, allowed",
+    [
+        ("steps=0", "an integer >= 1"),
+        ("steps=-5", "an integer >= 1"),
+        ("steps=1.5", "an integer >= 1"),  # used to become 1
+        ("steps=abc", "an integer >= 1"),  # used to say "invalid literal for int() with base 10"
+        ("steps=true", "an integer >= 1"),
+        ("batch_size=0", "an integer >= 1"),
+        ("eval_every=0", "an integer >= 1"),
+        ("log_every=0", "an integer >= 1"),
+        ("lr=nan", "a finite number > 0"),
+        ("lr=-1", "a finite number > 0"),
+        ("lr=0", "a finite number > 0"),
+        ("lr=inf", "a finite number > 0"),
+        ("momentum=1.5", "a number in (0, 1)"),
+        ("weight_decay=-0.1", "a finite number >= 0"),
+        ("lr_schedule=cosinus", "one of inv, cosine, constant"),
+    ],
+)
 def test_bad_schedule_value_is_refused_naming_key_value_and_range(capsys, setting: str, allowed: str) -> None:
     key, value = setting.split("=")
     err = _error(capsys, DRY + ["--set", setting])
@@ -142,8 +146,11 @@ def test_registered_maximum_matches_the_real_data_and_load_time_check_backs_it_u
     from dabench.engine.train import execute
 
     unknown = dataclasses.replace(pair, max_target_shots=None)
-    (spec,) = [s for s in expand(Matrix(methods=("linear-probe",), seeds=(0,), overrides={"target_shots": 87}))
-               if s.method == "linear-probe"]
+    (spec,) = [
+        s
+        for s in expand(Matrix(methods=("linear-probe",), seeds=(0,), overrides={"target_shots": 87}))
+        if s.method == "linear-probe"
+    ]
     spec = dataclasses.replace(spec, target_shots=88, eval_shots=88, depends_on=None)
     with pytest.raises(ValueError, match=r"target_shots=88 on pair 'digits-offline'.*87 images in its smallest class"):
         execute(spec, unknown, data, torch.device("cpu"))
@@ -186,8 +193,20 @@ def test_cosine_schedule_is_what_the_engine_runs(monkeypatch) -> None:
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.SGD, "step", step)
-    (spec,) = expand(Matrix(methods=("source-only",), seeds=(0,), overrides={
-        "steps": 4, "batch_size": 8, "eval_every": 4, "log_every": 4, "lr_schedule": "cosine", "lr": 0.02}))
+    (spec,) = expand(
+        Matrix(
+            methods=("source-only",),
+            seeds=(0,),
+            overrides={
+                "steps": 4,
+                "batch_size": 8,
+                "eval_every": 4,
+                "log_every": 4,
+                "lr_schedule": "cosine",
+                "lr": 0.02,
+            },
+        )
+    )
     pair = PAIRS.get(spec.pair)
     execute(spec, pair, load_pair_data(spec.pair, None), torch.device("cpu"))
     expected = [0.02 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)]

@@ -1,5 +1,6 @@
 """Every built-in method trains for real on the embedded pair and lands far above chance;
 domain adaptation beats source-only there, as the literature says it should on digits."""
+
 from __future__ import annotations
 
 from dabench.core.store import RunStore

@@ -5,6 +5,7 @@ the host (``.item()``, ``int(t)``, ``float(t)``, ``bool(t)``, ``.tolist()``, ``.
 is a device sync on CUDA. We count those calls during ``train_steps`` outside evaluations:
 at most one per ``log_every`` steps is allowed (the check of the first non-finite step).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,8 +59,14 @@ def test_step_loop_syncs_once_per_log_every(method, digits, monkeypatch):
     pair, data = digits
     bench = EngineBench(method, pair, data, torch.device("cpu"), batch_size=16, make_backbone=_lenet)
     spec = bench.spec
-    bench.spec = type(spec)(**{**spec.__dict__, "schedule": spec.schedule.replace(
-        steps=STEPS * (2 if method == "fine-tune" else 1), log_every=LOG_EVERY, eval_every=EVAL_EVERY)})
+    bench.spec = type(spec)(
+        **{
+            **spec.__dict__,
+            "schedule": spec.schedule.replace(
+                steps=STEPS * (2 if method == "fine-tune" else 1), log_every=LOG_EVERY, eval_every=EVAL_EVERY
+            ),
+        }
+    )
     from dabench.engine.train import RunContext
 
     ctx = RunContext(bench.spec, pair, bench.data, bench.device)

@@ -1,5 +1,6 @@
 """The Office-31 folder loader on a small folder of real JPEGs written by the test; the missing-data
 messages; the decoded cache (second load from cache, equal; a changed file is decoded again)."""
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,12 @@ def test_office31_pair_loads_folder_with_transductive_protocol(tmp_path) -> None
     # a 60x80 crop: shorter side → 256, centre crop; content is a photo, not blank
     assert d.source.images.float().std() > 10
     pair = PAIRS.get("office31-A-W")
-    assert (pair.backbone, pair.image_size, pair.augment, pair.num_classes) == ("resnet50", 224, "resized_crop_flip", 31)
+    assert (pair.backbone, pair.image_size, pair.augment, pair.num_classes) == (
+        "resnet50",
+        224,
+        "resized_crop_flip",
+        31,
+    )
 
 
 def test_office31_group_and_glob() -> None:

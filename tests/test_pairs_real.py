@@ -4,6 +4,7 @@ Real data comes from ``../shared/data`` (beside the clone; never copied into the
 Where it is absent the tests skip saying so. Writes (decoded caches, tiny dataset folders) go
 to pytest's tmp_path only: the shared folder is read, never written.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -130,8 +131,11 @@ def _write_stl(root: pathlib.Path, sub: dict[str, np.ndarray], n: int = 120) -> 
     real CIFAR test photos upscaled to 96 px, labelled in STL's class order."""
     folder = root / "stl10_binary"
     folder.mkdir(parents=True)
-    cifar_to_stl = {c: cifar_stl.STL10_CLASSES.index("car" if c == "automobile" else c)
-                    for c in cifar_stl.CIFAR10_CLASSES if c != "frog"}
+    cifar_to_stl = {
+        c: cifar_stl.STL10_CLASSES.index("car" if c == "automobile" else c)
+        for c in cifar_stl.CIFAR10_CLASSES
+        if c != "frog"
+    }
     made = {}
     for split, offset in (("train", 0), ("test", 500)):
         x, y = sub["x_test"][offset:], sub["y_test"][offset:]
@@ -181,8 +185,12 @@ def test_stl_mapping_orientation_and_pair(cifar_stl_root) -> None:
     x32, stl_y = made["test"]
     keep = torch.from_numpy(stl_y != cifar_stl.STL10_CLASSES.index("monkey"))
     assert len(y) == int(keep.sum()) == 115
-    want = [cifar_stl.SHARED_CLASSES.index("automobile" if cifar_stl.STL10_CLASSES[i] == "car" else cifar_stl.STL10_CLASSES[i])
-            for i in stl_y[keep.numpy()]]
+    want = [
+        cifar_stl.SHARED_CLASSES.index(
+            "automobile" if cifar_stl.STL10_CLASSES[i] == "car" else cifar_stl.STL10_CLASSES[i]
+        )
+        for i in stl_y[keep.numpy()]
+    ]
     assert y.tolist() == want
     # 96 px → 32 px gives back the photo, upright (a transposed image would differ a lot)
     err = (x.float() - x32[keep].float()).abs().mean()
@@ -191,7 +199,9 @@ def test_stl_mapping_orientation_and_pair(cifar_stl_root) -> None:
     d = PAIRS.get("cifar10-stl10").load(root)
     assert d.source.classes == d.target.classes == cifar_stl.SHARED_CLASSES
     assert len(d.target_adapt) == 115 and len(d.target_eval) == 115
-    assert abs(len(d.source_val) - len(d.source) * 0.1) <= 5 and len(d.source_train) + len(d.source_val) == len(d.source)
+    assert abs(len(d.source_val) - len(d.source) * 0.1) <= 5 and len(d.source_train) + len(d.source_val) == len(
+        d.source
+    )
     r = PAIRS.get("stl10-cifar10").load(root)
     assert len(r.source) == 115 and len(r.target_eval) == len(torch.unique(r.target_eval))
 

@@ -5,6 +5,7 @@ isolation) into a temporary ``--target`` folder and runs the ``dabench`` console
 folder on ``PYTHONPATH``: the entry point is discovered exactly as for a venv install, without
 changing the venv the other tests share.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -31,8 +32,19 @@ torch.set_num_threads(1)
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 DABENCH = pathlib.Path(sys.executable).with_name("dabench")
-TINY = ["--seeds", "0", "--set", "steps=2", "--set", "eval_every=2", "--set", "batch_size=8",
-        "--device", "cpu", "--no-progress"]
+TINY = [
+    "--seeds",
+    "0",
+    "--set",
+    "steps=2",
+    "--set",
+    "eval_every=2",
+    "--set",
+    "batch_size=8",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -51,12 +63,27 @@ def test_installed_package_is_listed_and_runs_beside_builtins(tmp_path):
     shutil.copytree(EXAMPLES / "dabench-mcc", src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     target = tmp_path / "site"
     pip = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "--target", str(target), str(src)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert pip.returncode == 0, pip.stdout + pip.stderr
-    assert "mcc = dabench_mcc:MCC" in next(target.glob("dabench_mcc-*.dist-info")).joinpath("entry_points.txt").read_text()
+    assert (
+        "mcc = dabench_mcc:MCC" in next(target.glob("dabench_mcc-*.dist-info")).joinpath("entry_points.txt").read_text()
+    )
     env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1"}
 
     listed = subprocess.run([str(DABENCH), "list", "methods"], capture_output=True, text=True, env=env, timeout=60)
@@ -66,15 +93,25 @@ def test_installed_package_is_listed_and_runs_beside_builtins(tmp_path):
     assert "Jin et al. 2020" in listed.stdout and "temperature=2.5" in listed.stdout
 
     res = tmp_path / "res"
-    ran = subprocess.run([str(DABENCH), "run", "--methods", "source-only,mcc", "--results", str(res), *TINY],
-                         capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    ran = subprocess.run(
+        [str(DABENCH), "run", "--methods", "source-only,mcc", "--results", str(res), *TINY],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert ran.returncode == 0, ran.stdout + ran.stderr
     rows = [line for line in ran.stdout.splitlines() if line.startswith("| ")]
     assert any(r.startswith("| mcc ") for r in rows) and any(r.startswith("| source-only ") for r in rows)
     recs = {r["spec"]["method"]: r for r in _records(res)}
     assert recs["mcc"]["status"] == "complete"
-    assert recs["mcc"]["spec"]["hparams"] == {"bottleneck_dim": 256, "trade_off": 1.0, "temperature": 2.5,
-                                              "forward": "concat"}
+    assert recs["mcc"]["spec"]["hparams"] == {
+        "bottleneck_dim": 256,
+        "trade_off": 1.0,
+        "temperature": 2.5,
+        "forward": "concat",
+    }
     assert "da" in recs["mcc"]["curve"][-1]["loss"]  # the MCC term was computed and logged
 
 
@@ -83,7 +120,8 @@ def test_plugin_file_and_module_on_the_cli(tmp_path, capsys, monkeypatch):
     assert main(["list", "methods", "--plugin", str(EXAMPLES / "entmin.py")]) == 0
     assert "entmin" in capsys.readouterr().out
 
-    (tmp_path / "my_dabench_plugin.py").write_text(textwrap.dedent('''
+    (tmp_path / "my_dabench_plugin.py").write_text(
+        textwrap.dedent('''
         """A plugin importable as a module."""
         from dabench import Batch, Loss, Method, register_method
 
@@ -93,15 +131,30 @@ def test_plugin_file_and_module_on_the_cli(tmp_path, capsys, monkeypatch):
 
             def loss(self, batch: Batch, progress: float) -> Loss:
                 return self.combine(self.supervised_loss(batch, self.predict(batch.x_source)))
-    '''))
+    ''')
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     res = tmp_path / "res"
-    rc = main(["run", "--plugin", "my_dabench_plugin", "--plugin", str(EXAMPLES / "entmin.py"),
-               "--methods", "module-method,entmin", "--results", str(res), *TINY])
+    rc = main(
+        [
+            "run",
+            "--plugin",
+            "my_dabench_plugin",
+            "--plugin",
+            str(EXAMPLES / "entmin.py"),
+            "--methods",
+            "module-method,entmin",
+            "--results",
+            str(res),
+            *TINY,
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
-    assert {r["spec"]["method"]: r["status"] for r in _records(res)} == {"module-method": "complete",
-                                                                         "entmin": "complete"}
+    assert {r["spec"]["method"]: r["status"] for r in _records(res)} == {
+        "module-method": "complete",
+        "entmin": "complete",
+    }
     sys.modules.pop("my_dabench_plugin", None)
 
 
@@ -135,8 +188,13 @@ def test_python_api_runs_an_unregistered_class(tmp_path):
     class Notebook(SourceOnly):
         """A method under development in a notebook."""
 
-    summary = dabench.run(methods=[Notebook, "source-only"], seeds=[0], results_dir=tmp_path / "res",
-                          device="cpu", overrides={"steps": 2, "eval_every": 2, "batch_size": 8})
+    summary = dabench.run(
+        methods=[Notebook, "source-only"],
+        seeds=[0],
+        results_dir=tmp_path / "res",
+        device="cpu",
+        overrides={"steps": 2, "eval_every": 2, "batch_size": 8},
+    )
     assert sorted(r["spec"]["method"] for r in summary.ran) == ["notebook", "source-only"]
     assert all(r["status"] == "complete" for r in summary.ran)
     importlib.import_module("dabench.analysis.report")  # imports the table module: the function must stay callable
@@ -150,8 +208,7 @@ def test_python_api_runs_an_unregistered_class(tmp_path):
         name = "notebook"
 
     with pytest.raises(RegistryError, match="'notebook' is registered twice"):
-        dabench.run(methods=[Other], seeds=[0], results_dir=tmp_path / "res2", device="cpu",
-                    overrides={"steps": 1})
+        dabench.run(methods=[Other], seeds=[0], results_dir=tmp_path / "res2", device="cpu", overrides={"steps": 1})
 
 
 # --- clear errors -----------------------------------------------------------------------------
@@ -183,8 +240,13 @@ def test_broken_entry_point_warns_once_and_fails_only_when_its_method_is_asked_f
     assert "dann" in out and "source-only" in out
     assert len(caught) == 1  # once per process, not once per lookup
     msg = str(caught[0].message)
-    for piece in ("'cdan-gone'", "missing_module_xyz:CDAN", "package broken-dabench-plugin", "ModuleNotFoundError",
-                  "pip uninstall broken-dabench-plugin"):
+    for piece in (
+        "'cdan-gone'",
+        "missing_module_xyz:CDAN",
+        "package broken-dabench-plugin",
+        "ModuleNotFoundError",
+        "pip uninstall broken-dabench-plugin",
+    ):
         assert piece in msg, msg
     assert main(["run", "--methods", "cdan-gone", "--seeds", "0", "--dry-run"]) == 2
     err = capsys.readouterr().err
@@ -222,15 +284,18 @@ class MyMinEnt(SourceOnly):
 '''
 
 
-def test_clash_between_a_plugin_file_and_an_installed_package_names_only_the_two_sources(
-        tmp_path, monkeypatch, capsys):
+def test_clash_between_a_plugin_file_and_an_installed_package_names_only_the_two_sources(tmp_path, monkeypatch, capsys):
     """The package has two entry points; only one of its classes clashes with the --plugin file.
     The message names the file and the package's class, not the package's other entry point."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "clash_pkg_mod.py").write_text(CLASH_MODULE)
-    _dist_info(site, "dabench-cdan", "dabench.test_clash",
-               "cdan-clash = clash_pkg_mod:CDAN\nminent-clash = clash_pkg_mod:MinEnt")
+    _dist_info(
+        site,
+        "dabench-cdan",
+        "dabench.test_clash",
+        "cdan-clash = clash_pkg_mod:CDAN\nminent-clash = clash_pkg_mod:MinEnt",
+    )
     plugin = tmp_path / "jan.py"
     plugin.write_text(CLASH_PLUGIN)
     monkeypatch.syspath_prepend(str(site))
@@ -247,25 +312,31 @@ def test_clash_between_a_plugin_file_and_an_installed_package_names_only_the_two
 def test_entry_point_class_is_never_silently_replaced_by_a_plugin_file(tmp_path, monkeypatch):
     """An entry point naming a class whose name a --plugin file already took is a clash, named."""
     (tmp_path / "ep_shadow_mod.py").write_text(
-        "from dabench.methods.source_only import SourceOnly\n\n\n"
-        "class Shadow(SourceOnly):\n    \"\"\"Installed.\"\"\"\n")
+        'from dabench.methods.source_only import SourceOnly\n\n\nclass Shadow(SourceOnly):\n    """Installed."""\n'
+    )
     _dist_info(tmp_path, "dabench-shadow", "dabench.test_shadow", "shadow = ep_shadow_mod:Shadow")
     monkeypatch.syspath_prepend(str(tmp_path))
     plugin = tmp_path / "mine.py"
-    plugin.write_text("from dabench.methods.source_only import SourceOnly\nfrom dabench import register_method\n"
-                      "register_method('shadow')(type('Mine', (SourceOnly,), {'__doc__': 'mine'}))\n")
+    plugin.write_text(
+        "from dabench.methods.source_only import SourceOnly\nfrom dabench import register_method\n"
+        "register_method('shadow')(type('Mine', (SourceOnly,), {'__doc__': 'mine'}))\n"
+    )
     monkeypatch.setattr(METHODS, "group", "dabench.test_shadow")
     METHODS._entry_points_loaded = False
     load_plugin(str(plugin))
-    with pytest.raises(RegistryError, match=r"'shadow' is registered twice: first by .*mine.py.*again by entry "
-                                            r"point ep_shadow_mod:Shadow \(installed package dabench-shadow\)"):
+    with pytest.raises(
+        RegistryError,
+        match=r"'shadow' is registered twice: first by .*mine.py.*again by entry "
+        r"point ep_shadow_mod:Shadow \(installed package dabench-shadow\)",
+    ):
         METHODS.names()
     sys.modules.pop("ep_shadow_mod", None)
 
 
 def test_two_registrations_of_one_name_are_refused_naming_both(tmp_path):
     for stem in ("first", "second"):
-        (tmp_path / f"{stem}.py").write_text(textwrap.dedent(f'''
+        (tmp_path / f"{stem}.py").write_text(
+            textwrap.dedent(f'''
             from dabench import Method, register_method
 
             @register_method("twin")
@@ -274,7 +345,8 @@ def test_two_registrations_of_one_name_are_refused_naming_both(tmp_path):
 
                 def loss(self, batch, progress):
                     return self.combine(self.supervised_loss(batch, self.predict(batch.x_source)))
-        '''))
+        ''')
+        )
     load_plugin(str(tmp_path / "first.py"))
     with pytest.raises(RegistryError) as err:
         load_plugin(str(tmp_path / "second.py"))
@@ -290,7 +362,8 @@ def test_same_stem_different_files_are_two_plugins(tmp_path):
         (tmp_path / d).mkdir()
         (tmp_path / d / "plugin.py").write_text(
             f"from dabench.methods.source_only import SourceOnly\nfrom dabench import register_method\n"
-            f"register_method({name!r})(type('M', (SourceOnly,), {{'__doc__': 'same stem'}}))\n")
+            f"register_method({name!r})(type('M', (SourceOnly,), {{'__doc__': 'same stem'}}))\n"
+        )
         load_plugin(str(tmp_path / d / "plugin.py"))
     assert "stem-a" in METHODS and "stem-b" in METHODS
 
@@ -303,23 +376,42 @@ def test_incomplete_method_says_what_is_missing(tmp_path, capsys):
     with pytest.raises(TypeError) as err:
         validate_method_class(Bare)
     msg = str(err.value)
-    for piece in ("implement loss(batch, progress)", "protocol must be one of", "uses must be a dabench.Uses",
-                  "add a docstring"):
+    for piece in (
+        "implement loss(batch, progress)",
+        "protocol must be one of",
+        "uses must be a dabench.Uses",
+        "add a docstring",
+    ):
         assert piece in msg
     with pytest.raises(TypeError, match="bad init"):
-        validate_method_class(type("X", (Method,), {"__doc__": "d", "loss": lambda *a: None,
-                                                    "uses": Uses(init="bad init")}))
+        validate_method_class(
+            type("X", (Method,), {"__doc__": "d", "loss": lambda *a: None, "uses": Uses(init="bad init")})
+        )
     plugin = tmp_path / "incomplete.py"
-    plugin.write_text("from dabench import Method, register_method\n\n@register_method('half')\n"
-                      "class Half(Method):\n    '''No loss yet.'''\n")
+    plugin.write_text(
+        "from dabench import Method, register_method\n\n@register_method('half')\n"
+        "class Half(Method):\n    '''No loss yet.'''\n"
+    )
     assert main(["list", "methods", "--plugin", str(plugin)]) == 2
     err_text = capsys.readouterr().err
     assert "incomplete.py" in err_text and "Half is incomplete: implement loss(batch, progress)" in err_text
 
 
 def test_bad_hyperparameter_lists_the_methods_hyperparameters(capsys):
-    rc = main(["run", "--plugin", str(EXAMPLES / "dabench-mcc" / "dabench_mcc.py"), "--methods", "mcc",
-               "--seeds", "0", "--set", "mcc.bogus=1", "--dry-run"])
+    rc = main(
+        [
+            "run",
+            "--plugin",
+            str(EXAMPLES / "dabench-mcc" / "dabench_mcc.py"),
+            "--methods",
+            "mcc",
+            "--seeds",
+            "0",
+            "--set",
+            "mcc.bogus=1",
+            "--dry-run",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert "method 'mcc' has no hyperparameter(s) ['bogus']" in err
@@ -337,7 +429,8 @@ def _dist_info(root: pathlib.Path, dist: str, group: str, entries: str) -> None:
 def test_entry_point_naming_an_undecorated_class_is_named_and_validated(tmp_path, monkeypatch):
     from dabench.core.registry import _prepare_method
 
-    (tmp_path / "ep_methods_mod.py").write_text(textwrap.dedent('''
+    (tmp_path / "ep_methods_mod.py").write_text(
+        textwrap.dedent('''
         from dabench import Method
 
         class Plain(Method):
@@ -349,7 +442,8 @@ def test_entry_point_naming_an_undecorated_class_is_named_and_validated(tmp_path
         class NoDoc(Method):
             def loss(self, batch, progress):
                 return None
-    '''))
+    ''')
+    )
     _dist_info(tmp_path, "ep-ok", "dabench.test_ok", "plain-ep = ep_methods_mod:Plain")
     _dist_info(tmp_path / "bad", "ep-bad", "dabench.test_bad", "nodoc = ep_methods_mod:NoDoc")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -372,6 +466,8 @@ def test_builtin_methods_use_only_the_public_api():
     for path in sorted((ROOT / "methods").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dabench"):
-                assert node.module == "dabench", f"{path.name}: from {node.module} import ... (use: from dabench import)"
+                assert node.module == "dabench", (
+                    f"{path.name}: from {node.module} import ... (use: from dabench import)"
+                )
                 missing = [a.name for a in node.names if a.name not in dabench.__all__]
                 assert not missing, f"{path.name} imports non-public {missing}"

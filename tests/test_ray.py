@@ -2,6 +2,7 @@
 matrix with a dependant gives the same records as inline, plugins load in the Ray workers,
 and a Ray task that dies fails only its run. Skipped when Ray is not installed
 (``pip install 'dabench[ray]'``)."""
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,14 @@ CRASHER = textwrap.dedent('''
 @pytest.fixture(scope="module")
 def local_ray():
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+    )
     yield
     ray.shutdown()
 
@@ -49,9 +56,12 @@ def test_ray_matches_inline_and_survives_a_dead_task(local_ray, tmp_path):
     plugin = tmp_path / "ray_crash_plugin.py"
     plugin.write_text(CRASHER)
     plugins = (TINY, str(plugin))
-    specs = expand(Matrix(methods=("source-only", "linear-probe", "ray-crash"), pairs=("tiny",), seeds=(0,),
-                          plugins=plugins))
-    summary = run_matrix(specs, tmp_path / "ray", ExecutorOptions(device="cpu", progress=False, plugins=plugins), executor="ray")
+    specs = expand(
+        Matrix(methods=("source-only", "linear-probe", "ray-crash"), pairs=("tiny",), seeds=(0,), plugins=plugins)
+    )
+    summary = run_matrix(
+        specs, tmp_path / "ray", ExecutorOptions(device="cpu", progress=False, plugins=plugins), executor="ray"
+    )
     got = {r["spec"]["method"]: r for r in summary.ran}
     assert got["source-only"]["status"] == got["linear-probe"]["status"] == "complete"
     assert got["ray-crash"]["status"] == "failed" and got["ray-crash"]["error"]["type"] == "WorkerDied"

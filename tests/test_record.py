@@ -4,6 +4,7 @@ A record round-trips unchanged; records written so far (format 1) load; a foreig
 a newer format or with an unknown status is one clear message naming the file, and ``dabench
 report`` / ``dabench status`` skip it by name. Also the one boolean rule (core/parsing.py).
 """
+
 from __future__ import annotations
 
 import ast
@@ -39,19 +40,37 @@ CORE = pathlib.Path(__file__).resolve().parents[1] / "benchmark" / "core"
 
 
 def _spec(seed: int = 0) -> RunSpec:
-    return RunSpec(method="source-only", pair="digits-offline", seed=seed, protocol="uda", target_shots=0,
-                   eval_shots=5)
+    return RunSpec(method="source-only", pair="digits-offline", seed=seed, protocol="uda", target_shots=0, eval_shots=5)
 
 
 def _full_record() -> RunRecord:
     """A complete record with every field set (as the engine writes one), plus a field this version does not know."""
-    rec = base_record(_spec(), Status.RUNNING, {"device": "cpu (2 cores)", "versions": {"torch": "2.x"},
-                                                "host": "h", "torch_threads": 1})
-    point = {"step": 10, "target_acc": 61.5, "target_per_class": [60.0, 63.0], "source_val_acc": 90.0,
-             "entropy": 0.4, "im": 1.1, "snd": 2.2, "loss": {"ce": 0.3}}
-    rec.apply(RunResult(curve=[point], final=point, target_labels=0, eval_size=200,
-                        validators={"split": "target_adapt", "samples": 100, "overlaps_evaluation": False},
-                        resumed_from_step=None, timings={"wall_s": 1.0, "steps": 10, "compiled": False}))
+    rec = base_record(
+        _spec(),
+        Status.RUNNING,
+        {"device": "cpu (2 cores)", "versions": {"torch": "2.x"}, "host": "h", "torch_threads": 1},
+    )
+    point = {
+        "step": 10,
+        "target_acc": 61.5,
+        "target_per_class": [60.0, 63.0],
+        "source_val_acc": 90.0,
+        "entropy": 0.4,
+        "im": 1.1,
+        "snd": 2.2,
+        "loss": {"ce": 0.3},
+    }
+    rec.apply(
+        RunResult(
+            curve=[point],
+            final=point,
+            target_labels=0,
+            eval_size=200,
+            validators={"split": "target_adapt", "samples": 100, "overlaps_evaluation": False},
+            resumed_from_step=None,
+            timings={"wall_s": 1.0, "steps": 10, "compiled": False},
+        )
+    )
     rec.status, rec.finished_at = Status.COMPLETE, "2025-01-01T00:00:02+00:00"
     rec.extra["note"] = {"kept": True}
     return rec
@@ -88,8 +107,17 @@ def test_a_failed_record_keeps_its_error_and_reads_as_the_format_1_dicts(tmp_pat
 
 def test_records_written_so_far_load(tmp_path):
     """Format 1 as written by the code so far (tests/fake_runs.py's shape: no pid/host/eval_size ...)."""
-    path = write_run(tmp_path, "r1", "dann", "mnist-usps", 3, acc=71.0, status="diverged",
-                     error={"type": "Diverged", "message": "non-finite loss at step 300"}, diverged_at_step=300)
+    path = write_run(
+        tmp_path,
+        "r1",
+        "dann",
+        "mnist-usps",
+        3,
+        acc=71.0,
+        status="diverged",
+        error={"type": "Diverged", "message": "non-finite loss at step 300"},
+        diverged_at_step=300,
+    )
     original = json.loads(path.read_text())
     rec = RunStore(tmp_path).read("r1")
     assert rec.status is Status.DIVERGED and rec.diverged_at_step == 300 and rec.spec["method"] == "dann"
@@ -98,18 +126,33 @@ def test_records_written_so_far_load(tmp_path):
     assert {k: written[k] for k in original} == {**original, "error": {**original["error"], "traceback": ""}}
 
 
-@pytest.mark.parametrize("body,kind,expected", [
-    ({"comment": "my own file"}, "foreign", "not a run record of dabench (missing run_id, status, spec"),
-    ([1, 2], "foreign", "not a run record of dabench (a JSON list"),
-    ({"format": 7, "run_id": "x", "status": "complete", "spec": {}}, "format",
-     "written by record format 7; this dabench reads format 1 (a newer dabench wrote it)"),
-    ({"format": 1, "run_id": "x", "status": "pending", "spec": {}}, "malformed",
-     "field 'status' is 'pending'; expected one of running, complete, failed, diverged, skipped"),
-    ({"format": 1, "run_id": "x", "status": "complete", "spec": {}, "pid": "12"}, "malformed",
-     "field 'pid' is '12' (a string); expected an integer or null"),
-    ({"format": 1, "run_id": "x", "status": "failed", "spec": {}, "error": {"message": "m"}}, "malformed",
-     "field 'error'"),
-])
+@pytest.mark.parametrize(
+    "body,kind,expected",
+    [
+        ({"comment": "my own file"}, "foreign", "not a run record of dabench (missing run_id, status, spec"),
+        ([1, 2], "foreign", "not a run record of dabench (a JSON list"),
+        (
+            {"format": 7, "run_id": "x", "status": "complete", "spec": {}},
+            "format",
+            "written by record format 7; this dabench reads format 1 (a newer dabench wrote it)",
+        ),
+        (
+            {"format": 1, "run_id": "x", "status": "pending", "spec": {}},
+            "malformed",
+            "field 'status' is 'pending'; expected one of running, complete, failed, diverged, skipped",
+        ),
+        (
+            {"format": 1, "run_id": "x", "status": "complete", "spec": {}, "pid": "12"},
+            "malformed",
+            "field 'pid' is '12' (a string); expected an integer or null",
+        ),
+        (
+            {"format": 1, "run_id": "x", "status": "failed", "spec": {}, "error": {"message": "m"}},
+            "malformed",
+            "field 'error'",
+        ),
+    ],
+)
 def test_a_file_that_is_not_a_readable_record_is_one_message_naming_it(tmp_path, body, kind, expected):
     path = tmp_path / "runs" / "x.json"
     path.parent.mkdir()
@@ -147,8 +190,15 @@ def test_report_and_status_skip_foreign_and_newer_records_by_name(tmp_path):
 
 
 def test_a_newer_record_of_a_matrix_run_is_left_alone_not_rerun(tmp_path):
-    (spec,) = expand(Matrix(methods=("source-only",), pairs=("tiny",), seeds=(0,), plugins=(TINY,),
-                            overrides={"steps": 2, "eval_every": 2}))
+    (spec,) = expand(
+        Matrix(
+            methods=("source-only",),
+            pairs=("tiny",),
+            seeds=(0,),
+            plugins=(TINY,),
+            overrides={"steps": 2, "eval_every": 2},
+        )
+    )
     store = RunStore(tmp_path)
     newer = {"format": 9, "run_id": spec.run_id, "status": "complete", "spec": spec.to_dict(), "new_field": 1}
     store.record_path(spec.run_id).parent.mkdir(parents=True)
@@ -185,8 +235,9 @@ def test_status_names_and_first_line_are_defined_once():
 def test_the_schema_modules_import_only_the_standard_library(name):
     tree = ast.parse((CORE / name).read_text())
     roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    roots |= {n.module.split(".")[0] for n in ast.walk(tree)
-              if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module}
+    roots |= {
+        n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module
+    }
     relative = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level > 0]
     assert roots <= set(sys.stdlib_module_names) | {"__future__"} and relative == []
 

@@ -3,6 +3,7 @@ records (CPU, one thread): the same curve, losses and final accuracies, to the l
 
 On the ``tiny`` pair of tests/tiny_plugin.py (it loads instantly; digits-offline takes ~5 s to
 load per process, three processes here)."""
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,8 @@ TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
 OVERRIDES = {"steps": 20, "eval_every": 10, "log_every": 2, "batch_size": 16}
 CHECKPOINT_EVERY = 4
 
-DRIVER = textwrap.dedent('''
+DRIVER = (
+    textwrap.dedent('''
     """Runs one spec through the runner; with "hang", stops at the first progress report after a
     mid-run checkpoint exists, so the test can SIGKILL it there."""
     import pathlib, sys, time
@@ -50,14 +52,22 @@ DRIVER = textwrap.dedent('''
 
     rec = run_spec(spec, store, torch.device("cpu"), None, on_step=on_step, checkpoint_every=CHECKPOINT_EVERY)
     assert rec["status"] == "complete", rec["error"]
-''').replace("OVERRIDES", repr(OVERRIDES)).replace("CHECKPOINT_EVERY", str(CHECKPOINT_EVERY)).replace(
-    "TINY", repr(TINY))
+''')
+    .replace("OVERRIDES", repr(OVERRIDES))
+    .replace("CHECKPOINT_EVERY", str(CHECKPOINT_EVERY))
+    .replace("TINY", repr(TINY))
+)
 
 
 def _start(driver: pathlib.Path, out: pathlib.Path, mode: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(driver), str(out), mode], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, str(driver), str(out), mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _finish(proc: subprocess.Popen) -> None:
@@ -110,8 +120,15 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_run(tmp_path):
 def test_fit_based_and_shot_methods_run_with_checkpoints(tmp_path):
     """linear-probe (its own fit) and fine-tune (the step loop on the shots stream) complete with
     mid-run checkpoints switched on, and a leftover checkpoint of fine-tune resumes."""
-    specs = expand(Matrix(methods=("linear-probe", "fine-tune"), pairs=("tiny",), seeds=(0,),
-                          overrides={"steps": 12, "eval_every": 6}, plugins=(TINY,)))
+    specs = expand(
+        Matrix(
+            methods=("linear-probe", "fine-tune"),
+            pairs=("tiny",),
+            seeds=(0,),
+            overrides={"steps": 12, "eval_every": 6},
+            plugins=(TINY,),
+        )
+    )
     summary = run_matrix(specs, tmp_path, ExecutorOptions(device="cpu", progress=False, checkpoint_every=2))
     recs = {r["spec"]["method"]: r for r in summary.ran}
     assert set(recs) == {"source-only", "linear-probe", "fine-tune"}

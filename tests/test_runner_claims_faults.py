@@ -6,6 +6,7 @@ checkpoint is recreated.
 Write faults are simulated (the tests run as root, where ``chmod`` does not stop writes): a
 patched ``os.replace`` refuses the paths a test names, as a read-only file or a full disk would.
 """
+
 from __future__ import annotations
 
 import errno
@@ -49,8 +50,9 @@ def test_claim_of_a_reused_pid_is_taken_over(tmp_path):
     so, lp = _specs()
     store = RunStore(tmp_path)
     parent = os.getppid()
-    _claim_as(store, so.run_id, {**store_mod._machine(), "pid": parent,
-                                 "start_time": (process_start_time(parent) or 0) + 999})
+    _claim_as(
+        store, so.run_id, {**store_mod._machine(), "pid": parent, "start_time": (process_start_time(parent) or 0) + 999}
+    )
     summary = run_matrix([so, lp], tmp_path, ExecutorOptions(device="cpu", progress=False), wait_limit_s=5, poll_s=0.05)
     assert [r["status"] for r in summary.ran] == ["complete", "complete"]
     assert not store.claim_path(so.run_id).exists()
@@ -61,7 +63,9 @@ def test_waiting_for_another_runner_is_announced_and_bounded(tmp_path, capsys):
     store = RunStore(tmp_path)
     # a live claim from another machine: fresh heartbeat, so it is honoured
     _claim_as(store, so.run_id, {"host": "node7.example", "pid": 4242, "claimed_at": "2025-01-01T00:00:00+00:00"})
-    summary = run_matrix([so, lp], tmp_path, ExecutorOptions(device="cpu", progress=False), wait_limit_s=0.3, poll_s=0.05)
+    summary = run_matrix(
+        [so, lp], tmp_path, ExecutorOptions(device="cpu", progress=False), wait_limit_s=0.3, poll_s=0.05
+    )
     err = capsys.readouterr().err
     assert f"waiting for run {so.label} ({so.run_id}) held by node7.example/pid 4242 since 2025-01-01" in err
     assert "giving up after 0 s" in err and "gave up after waiting" in err
@@ -86,8 +90,22 @@ def _tmp_files(root: pathlib.Path) -> list[pathlib.Path]:
 
 
 def _cli_run(out: pathlib.Path, methods: str = "source-only,linear-probe") -> list[str]:
-    return ["run", "--plugin", TINY, "--pairs", "tiny", "--methods", methods, "--seeds", "0",
-            "--results", str(out), "--device", "cpu", "--no-progress"]
+    return [
+        "run",
+        "--plugin",
+        TINY,
+        "--pairs",
+        "tiny",
+        "--methods",
+        methods,
+        "--seeds",
+        "0",
+        "--results",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
 
 
 def test_full_disk_stops_with_one_line_and_a_rerun_finishes(tmp_path, monkeypatch, capsys):
@@ -151,10 +169,19 @@ def test_lost_source_only_checkpoint_is_recreated(tmp_path, capsys):
 
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "dabench.cli", *_cli_run(out, "slow"), "--set", "slow.sleep=0.05",
-            "--set", "steps=400"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = [
+        sys.executable,
+        "-m",
+        "dabench.cli",
+        *_cli_run(out, "slow"),
+        "--set",
+        "slow.sleep=0.05",
+        "--set",
+        "steps=400",
+    ]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     runs = out / "runs"
     deadline = time.monotonic() + 90
     while not (runs.is_dir() and list(runs.glob("*.json"))):

@@ -1,4 +1,5 @@
 """Run ids, resuming, the source-only dependency of the few-shot methods, and bad input."""
+
 from __future__ import annotations
 
 import subprocess
@@ -75,7 +76,9 @@ def test_linear_probe_leaves_every_backbone_weight_unchanged(quick_matrix):
     method = build_method(spec, pair)
     method.net.load_state_dict(torch.load(store.checkpoint_path(spec.depends_on), weights_only=True))
     frozen = {k: v.clone() for k, v in method.net.state_dict().items() if not k.startswith("head.")}
-    data = DeviceData(pair, load_pair_data(spec.pair, None), torch.device("cpu"), spec.seed, spec.target_shots, spec.eval_shots)
+    data = DeviceData(
+        pair, load_pair_data(spec.pair, None), torch.device("cpu"), spec.seed, spec.target_shots, spec.eval_shots
+    )
     ctx = RunContext(spec, pair, data, torch.device("cpu"))
     method.fit(ctx)
     after = method.net.state_dict()
@@ -124,16 +127,22 @@ def test_malformed_matrix_file_names_file_key_and_expectation(tmp_path, body, ke
 
 def test_matrix_file_round_trip(tmp_path):
     path = tmp_path / "exp.toml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         [matrix]
         methods = ["source-only", "linear-probe"]
         seeds = 2
         [set]
         steps = 20
         "linear-probe.max_iter" = 10
-    """))
+    """)
+    )
     specs = expand(load_matrix_file(path))
-    assert [(s.method, s.seed) for s in specs] == [("source-only", 0), ("source-only", 1),
-                                                   ("linear-probe", 0), ("linear-probe", 1)]
+    assert [(s.method, s.seed) for s in specs] == [
+        ("source-only", 0),
+        ("source-only", 1),
+        ("linear-probe", 0),
+        ("linear-probe", 1),
+    ]
     assert all(s.schedule.steps == 20 for s in specs)
     assert specs[-1].hparams["max_iter"] == 10 and specs[-1].protocol == "few-shot"

@@ -6,6 +6,7 @@ nothing that completed is lost or recomputed on resume; a corrupt record is repo
 and rerun; a failing or diverging run is recorded as such and the matrix goes on; a long run
 resumes from its mid-run checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -91,8 +92,14 @@ def test_exception_and_nan_are_recorded_and_the_matrix_goes_on(tmp_path):
     plugin = tmp_path / "faulty.py"
     plugin.write_text(FAULTY)
     plugins = (TINY, str(plugin))
-    specs = expand(Matrix(methods=("boom", "nan", "nan-da", "source-only", "linear-probe"), pairs=("tiny",), seeds=(0,),
-                          plugins=plugins))
+    specs = expand(
+        Matrix(
+            methods=("boom", "nan", "nan-da", "source-only", "linear-probe"),
+            pairs=("tiny",),
+            seeds=(0,),
+            plugins=plugins,
+        )
+    )
     summary = run_matrix(specs, tmp_path / "out", ExecutorOptions(device="cpu", progress=False, plugins=plugins))
     recs = {r["spec"]["method"]: r for r in summary.ran}
     assert recs["boom"]["status"] == "failed"
@@ -132,25 +139,64 @@ def test_killed_worker_and_killed_runner_resume_without_recomputing(tmp_path):
     SIGKILLed while seed 1 runs (its worker dies with it). A second `dabench run` finishes both slow runs from their checkpoints and
     leaves the complete runs alone."""
     out = tmp_path / "out"
-    args = [*DABENCH, "run", "--plugin", TINY, "--pairs", "tiny", "--methods", "source-only,slow", "--seeds", "0,1",
-            "--set", "slow.sleep=0.05", "--set", "steps=60", "--checkpoint-every", "10", "--results", str(out),
-            "--device", "cpu", "--no-progress"]
-    specs = expand(Matrix(methods=("source-only", "slow"), pairs=("tiny",), seeds=(0, 1), plugins=(TINY,),
-                          overrides={"slow.sleep": 0.05, "steps": 60}))
+    args = [
+        *DABENCH,
+        "run",
+        "--plugin",
+        TINY,
+        "--pairs",
+        "tiny",
+        "--methods",
+        "source-only,slow",
+        "--seeds",
+        "0,1",
+        "--set",
+        "slow.sleep=0.05",
+        "--set",
+        "steps=60",
+        "--checkpoint-every",
+        "10",
+        "--results",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    specs = expand(
+        Matrix(
+            methods=("source-only", "slow"),
+            pairs=("tiny",),
+            seeds=(0, 1),
+            plugins=(TINY,),
+            overrides={"slow.sleep": 0.05, "steps": 60},
+        )
+    )
     done_first = [s for s in specs if s.method == "source-only"]
     slow0, slow1 = [s for s in specs if s.method == "slow"]
     store = RunStore(out)
-    main = subprocess.Popen([*args, "--executor", "local", "--workers", "1", "--runs-per-process", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    main = subprocess.Popen(
+        [*args, "--executor", "local", "--workers", "1", "--runs-per-process", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        _wait_for(store.checkpoint_path(slow0.run_id, partial=True).exists, 90,
-                  "the first partial checkpoint of slow seed 0", main)
+        _wait_for(
+            store.checkpoint_path(slow0.run_id, partial=True).exists,
+            90,
+            "the first partial checkpoint of slow seed 0",
+            main,
+        )
         worker_pid = json.loads((store.claims / f"{slow0.run_id}.claim").read_text())["pid"]
         assert worker_pid != main.pid
         os.kill(worker_pid, signal.SIGKILL)
         _wait_for(lambda: store.status(slow0.run_id) == "failed", 30, "slow seed 0 recorded failed", main)
-        _wait_for(store.checkpoint_path(slow1.run_id, partial=True).exists, 30,
-                  "the first partial checkpoint of slow seed 1", main)
+        _wait_for(
+            store.checkpoint_path(slow1.run_id, partial=True).exists,
+            30,
+            "the first partial checkpoint of slow seed 1",
+            main,
+        )
         worker_pid = json.loads((store.claims / f"{slow1.run_id}.claim").read_text())["pid"]
         main.kill()
         main.wait()
@@ -161,8 +207,10 @@ def test_killed_worker_and_killed_runner_resume_without_recomputing(tmp_path):
     rec = store.read(slow0.run_id)
     assert rec["error"]["type"] == "WorkerDied" and "SIGKILL" in rec["error"]["message"]
     assert store.status(slow1.run_id) == "running"  # killed: never recorded complete
-    before = {s.run_id: (store.record_path(s.run_id).stat().st_mtime_ns, store.read(s.run_id)["finished_at"])
-              for s in done_first}
+    before = {
+        s.run_id: (store.record_path(s.run_id).stat().st_mtime_ns, store.read(s.run_id)["finished_at"])
+        for s in done_first
+    }
     assert all(store.status(s.run_id) == "complete" for s in done_first)
 
     again = subprocess.run(args, capture_output=True, text=True, timeout=120)
@@ -182,11 +230,29 @@ def test_killed_worker_and_killed_runner_resume_without_recomputing(tmp_path):
 def test_two_runners_on_one_folder_run_each_run_once(tmp_path):
     out = tmp_path / "out"
     trace = tmp_path / "trace.txt"
-    args = [*DABENCH, "run", "--plugin", TINY, "--pairs", "tiny", "--methods", "slow", "--seeds", "0,1,2,3",
-            "--set", "slow.sleep=0.03", "--results", str(out), "--device", "cpu", "--no-progress"]
+    args = [
+        *DABENCH,
+        "run",
+        "--plugin",
+        TINY,
+        "--pairs",
+        "tiny",
+        "--methods",
+        "slow",
+        "--seeds",
+        "0,1,2,3",
+        "--set",
+        "slow.sleep=0.03",
+        "--results",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     env = {**os.environ, "DABENCH_TEST_TRACE": str(trace), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
     results = [p.communicate(timeout=120) for p in procs]
     for p, (_so, se) in zip(procs, results):
         assert p.returncode == 0, se[-3000:]

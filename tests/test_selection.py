@@ -1,4 +1,5 @@
 """Results loading and after-the-fact selection rules, on fake records with known numbers."""
+
 from __future__ import annotations
 
 import json
@@ -12,22 +13,35 @@ from dabench.analysis.selection import ORACLE_LABEL, RULES, rule_regret, rule_ti
 from fake_runs import curve_from, write_run
 
 # One curve where every rule picks a different evaluation (steps 100..500).
-ACCS = [60.0, 70.0, 65.0, 80.0, 62.0]          # oracle → step 400 (80.0); last → step 500
+ACCS = [60.0, 70.0, 65.0, 80.0, 62.0]  # oracle → step 400 (80.0); last → step 500
 SCORES = {
     "source_val_acc": [90.0, 95.0, 91.0, 92.0, 93.0],  # → step 200 (70.0)
-    "entropy": [0.9, 0.8, 0.2, 0.5, 0.6],              # min → step 300 (65.0)
-    "im": [1.0, 1.1, 1.2, 1.3, 2.0],                   # max → step 500 (62.0)
-    "snd": [5.0, 1.0, 1.0, 1.0, 1.0],                  # max → step 100 (60.0)
+    "entropy": [0.9, 0.8, 0.2, 0.5, 0.6],  # min → step 300 (65.0)
+    "im": [1.0, 1.1, 1.2, 1.3, 2.0],  # max → step 500 (62.0)
+    "snd": [5.0, 1.0, 1.0, 1.0, 1.0],  # max → step 100 (60.0)
 }
-EXPECTED = {"last": (62.0, 500), "source-val": (70.0, 200), "entropy": (65.0, 300),
-            "im": (62.0, 500), "snd": (60.0, 100), "oracle": (80.0, 400)}
+EXPECTED = {
+    "last": (62.0, 500),
+    "source-val": (70.0, 200),
+    "entropy": (65.0, 300),
+    "im": (62.0, 500),
+    "snd": (60.0, 100),
+    "oracle": (80.0, 400),
+}
 
 
 @pytest.fixture()
 def folder(tmp_path):
     write_run(tmp_path, "r1", "dann", "p", 0, curve=curve_from(ACCS, **SCORES))
-    write_run(tmp_path, "r2", "dann", "p", 1, status="failed",
-              error={"type": "RuntimeError", "message": "CUDA out of memory\nsecond line", "traceback": "tb"})
+    write_run(
+        tmp_path,
+        "r2",
+        "dann",
+        "p",
+        1,
+        status="failed",
+        error={"type": "RuntimeError", "message": "CUDA out of memory\nsecond line", "traceback": "tb"},
+    )
     write_run(tmp_path, "r3", "dann", "p", 2, status="diverged", diverged_at_step=300)
     return tmp_path
 

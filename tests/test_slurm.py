@@ -7,6 +7,7 @@ job is preempted (SIGUSR2, what SLURM sends before a time limit or a preemption)
 first mid-run checkpoint: submitit calls the task's ``checkpoint()``, the job is requeued, and
 ``slow`` resumes from its checkpoint while source-only (complete) is not run again.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,13 +39,51 @@ def _parent(pid: int) -> int:
 def test_slurm_job_array_preempted_requeued_and_resumed(tmp_path):
     out = tmp_path / "out"
     trace = tmp_path / "trace.txt"
-    args = [*DABENCH, "run", "--plugin", TINY, "--pairs", "tiny", "--methods", "source-only,slow,linear-probe",
-            "--seeds", "0", "--set", "slow.sleep=0.05", "--set", "steps=60", "--checkpoint-every", "10",
-            "--results", str(out), "--device", "cpu", "--no-progress", "--executor", "slurm",
-            "--slurm-cluster", "local", "--gpus-per-job", "0", "--runs-per-gpu", "2", "--slurm-time", "30"]
-    specs = {s.method: s for s in expand(Matrix(methods=("source-only", "slow", "linear-probe"), pairs=("tiny",),
-                                                seeds=(0,), plugins=(TINY,), overrides={"slow.sleep": 0.05,
-                                                                                        "steps": 60}))}
+    args = [
+        *DABENCH,
+        "run",
+        "--plugin",
+        TINY,
+        "--pairs",
+        "tiny",
+        "--methods",
+        "source-only,slow,linear-probe",
+        "--seeds",
+        "0",
+        "--set",
+        "slow.sleep=0.05",
+        "--set",
+        "steps=60",
+        "--checkpoint-every",
+        "10",
+        "--results",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--executor",
+        "slurm",
+        "--slurm-cluster",
+        "local",
+        "--gpus-per-job",
+        "0",
+        "--runs-per-gpu",
+        "2",
+        "--slurm-time",
+        "30",
+    ]
+    specs = {
+        s.method: s
+        for s in expand(
+            Matrix(
+                methods=("source-only", "slow", "linear-probe"),
+                pairs=("tiny",),
+                seeds=(0,),
+                plugins=(TINY,),
+                overrides={"slow.sleep": 0.05, "steps": 60},
+            )
+        )
+    }
     store = RunStore(out)
     env = {**os.environ, "DABENCH_TEST_TRACE": str(trace), "OMP_NUM_THREADS": "1"}
     main = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

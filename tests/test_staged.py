@@ -1,5 +1,6 @@
 """Multi-optimiser, multi-phase methods: the engine's ``step``/``update`` support, MCD's mechanics,
 and that one-optimiser methods record exactly what they did before the support existed."""
+
 from __future__ import annotations
 
 import pathlib
@@ -28,8 +29,11 @@ def one_thread():
 
 def _batch(seed: int = 0, n: int = 8) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    return Batch(x_source=torch.randn(n, 1, 28, 28, generator=g), y_source=torch.randint(0, 10, (n,), generator=g),
-                 x_target=torch.randn(n, 1, 28, 28, generator=g) + 1.0)
+    return Batch(
+        x_source=torch.randn(n, 1, 28, 28, generator=g),
+        y_source=torch.randint(0, 10, (n,), generator=g),
+        x_target=torch.randn(n, 1, 28, 28, generator=g) + 1.0,
+    )
 
 
 def _mcd(**hp) -> MCD:
@@ -41,17 +45,26 @@ def _mcd(**hp) -> MCD:
 #: recorded from the engine before multi-optimiser support (commit 2ea89a5), CPU, one thread:
 #: the tiny pair, TINY_SCHEDULE, seed 0 — the losses, accuracies and run ids of source-only and DANN
 BEFORE = {
-    "source-only": {"run_id": "b7367a7233ec", "target_acc": [37.5, 32.5],
-                    "loss": [{"ce": 1.363410472869873}, {"ce": 1.0831340551376343}]},
-    "dann": {"run_id": "0fcf835f479d", "target_acc": [30.000001907348633, 40.0],
-             "loss": [{"ce": 1.3878517150878906, "da": 0.7156498432159424, "disc_acc": 0.515625},
-                      {"ce": 1.0505039691925049, "da": 0.6863721609115601, "disc_acc": 0.5390625}]},
+    "source-only": {
+        "run_id": "b7367a7233ec",
+        "target_acc": [37.5, 32.5],
+        "loss": [{"ce": 1.363410472869873}, {"ce": 1.0831340551376343}],
+    },
+    "dann": {
+        "run_id": "0fcf835f479d",
+        "target_acc": [30.000001907348633, 40.0],
+        "loss": [
+            {"ce": 1.3878517150878906, "da": 0.7156498432159424, "disc_acc": 0.515625},
+            {"ce": 1.0505039691925049, "da": 0.6863721609115601, "disc_acc": 0.5390625},
+        ],
+    },
 }
 
 
 def test_one_optimiser_runs_record_what_they_did_before(tmp_path, one_thread):
-    specs = expand(Matrix(methods=("source-only", "dann"), pairs=("tiny",), seeds=(0,), overrides=TINY_SCHEDULE,
-                          plugins=(TINY,)))
+    specs = expand(
+        Matrix(methods=("source-only", "dann"), pairs=("tiny",), seeds=(0,), overrides=TINY_SCHEDULE, plugins=(TINY,))
+    )
     store = RunStore(tmp_path)
     for spec in specs:
         rec = run_spec(spec, store, torch.device("cpu"), None)
@@ -95,8 +108,11 @@ def _run_step(m: MCD, batch: Batch) -> list[tuple[tuple[str, ...], dict[str, tor
 
 
 def _moved(m: MCD, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> set[str]:
-    return {n.split(".")[0] if n.startswith("head2") else ".".join(n.split(".")[:2])
-            for n in before if not torch.equal(before[n], after[n])}
+    return {
+        n.split(".")[0] if n.startswith("head2") else ".".join(n.split(".")[:2])
+        for n in before
+        if not torch.equal(before[n], after[n])
+    }
 
 
 def test_each_phase_moves_only_its_part_of_the_network():
@@ -128,8 +144,10 @@ def test_phase_b_raises_and_phase_c_lowers_the_discrepancy():
         with torch.no_grad():  # train mode: batch statistics, as the phases see
             f_joint = m.net.features(torch.cat([batch.x_source, batch.x_target]))[n:]
             f_target = m.net.features(batch.x_target)
-            return (classifier_discrepancy(m.net.head(f_joint), m.head2(f_joint)).item(),
-                    classifier_discrepancy(m.net.head(f_target), m.head2(f_target)).item())
+            return (
+                classifier_discrepancy(m.net.head(f_joint), m.head2(f_joint)).item(),
+                classifier_discrepancy(m.net.head(f_target), m.head2(f_target)).item(),
+            )
 
     # small plain SGD steps (no momentum carrying phase A's gradient, no decay): each phase's own direction
     opts = {name: torch.optim.SGD(groups, lr=0.01) for name, groups in m.optimizers().items()}
@@ -139,7 +157,7 @@ def test_phase_b_raises_and_phase_c_lowers_the_discrepancy():
         for o in opts.values():
             o.zero_grad(set_to_none=True)
         loss.total.backward()
-        for name in ((names,) if isinstance(names, str) else names):
+        for name in (names,) if isinstance(names, str) else names:
             opts[name].step()
         values.append(disc())
 
@@ -169,8 +187,15 @@ def test_mcd_passes_check_method():
 def test_mcd_trains_and_resumes_with_both_optimisers(tmp_path, one_thread):
     """A real MCD run on the tiny pair with mid-run checkpoints; a leftover checkpoint (both
     optimisers' states) resumes to the uninterrupted run's record."""
-    specs = expand(Matrix(methods=("mcd",), pairs=("tiny",), seeds=(0,),
-                          overrides={**TINY_SCHEDULE, "steps": 24, "eval_every": 12}, plugins=(TINY,)))
+    specs = expand(
+        Matrix(
+            methods=("mcd",),
+            pairs=("tiny",),
+            seeds=(0,),
+            overrides={**TINY_SCHEDULE, "steps": 24, "eval_every": 12},
+            plugins=(TINY,),
+        )
+    )
     spec = specs[0]
     straight = RunStore(tmp_path / "straight")
     rec = run_spec(spec, straight, torch.device("cpu"), None)
@@ -191,6 +216,7 @@ def test_mcd_trains_and_resumes_with_both_optimisers(tmp_path, one_thread):
     with pytest.raises(Stop):
         from dabench.engine.train import execute
         from dabench.running.unit import load_pair_data
+
         pair = dabench.PAIRS.get("tiny")
         execute(spec, pair, load_pair_data("tiny", None), torch.device("cpu"), resumed, on_step, checkpoint_every=4)
     state = torch.load(resumed.checkpoint_path(spec.run_id, partial=True), weights_only=True)
@@ -199,4 +225,3 @@ def test_mcd_trains_and_resumes_with_both_optimisers(tmp_path, one_thread):
     assert again["status"] == "complete", again["error"]
     assert again["resumed_from_step"] == 8
     assert again["curve"] == rec["curve"]
-

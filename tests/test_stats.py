@@ -1,4 +1,5 @@
 """Statistics against published worked examples and independent computations."""
+
 from __future__ import annotations
 
 import itertools
@@ -30,12 +31,24 @@ from dabench.analysis.tables import mean_ci, mean_interval
 from fake_runs import write_matrix, write_run
 
 # Demšar (2006), JMLR 7:1-30, Table 6: AUC of C4.5, C4.5+m, C4.5+cf, C4.5+m+cf on 14 data sets.
-DEMSAR = np.array([
-    [0.763, 0.768, 0.771, 0.798], [0.599, 0.591, 0.590, 0.569], [0.954, 0.971, 0.968, 0.967],
-    [0.628, 0.661, 0.654, 0.657], [0.882, 0.888, 0.886, 0.898], [0.936, 0.931, 0.916, 0.931],
-    [0.661, 0.668, 0.609, 0.685], [0.583, 0.583, 0.563, 0.625], [0.775, 0.838, 0.866, 0.875],
-    [1.000, 1.000, 1.000, 1.000], [0.940, 0.962, 0.965, 0.962], [0.619, 0.666, 0.614, 0.669],
-    [0.972, 0.981, 0.975, 0.975], [0.957, 0.978, 0.946, 0.970]])
+DEMSAR = np.array(
+    [
+        [0.763, 0.768, 0.771, 0.798],
+        [0.599, 0.591, 0.590, 0.569],
+        [0.954, 0.971, 0.968, 0.967],
+        [0.628, 0.661, 0.654, 0.657],
+        [0.882, 0.888, 0.886, 0.898],
+        [0.936, 0.931, 0.916, 0.931],
+        [0.661, 0.668, 0.609, 0.685],
+        [0.583, 0.583, 0.563, 0.625],
+        [0.775, 0.838, 0.866, 0.875],
+        [1.000, 1.000, 1.000, 1.000],
+        [0.940, 0.962, 0.965, 0.962],
+        [0.619, 0.666, 0.614, 0.669],
+        [0.972, 0.981, 0.975, 0.975],
+        [0.957, 0.978, 0.946, 0.970],
+    ]
+)
 NAMES = ["C4.5", "C4.5+m", "C4.5+cf", "C4.5+m+cf"]
 
 
@@ -150,7 +163,8 @@ def test_compare_end_to_end(df):
     assert f.n_blocks == 7 and f.k == 4 and f.labels == "0"
     # independent check: Friedman on the per-pair means
     mat = df.assign(acc=[cv[-1]["target_acc"] for cv in df["curve"]]).pivot_table(
-        index="pair", columns="method", values="acc", aggfunc="mean")
+        index="pair", columns="method", values="acc", aggfunc="mean"
+    )
     assert f.chi2 == pytest.approx(sps.friedmanchisquare(*mat.to_numpy().T).statistic)
     assert f.avg_ranks.index[-1] == "source-only"
     # Wilcoxon + Holm against scipy
@@ -190,7 +204,7 @@ def test_perfect_concordance_uses_the_exact_probability_not_an_infinite_f():
     assert res.p_ff == pytest.approx(0.5) and not res.significant
     many = pd.DataFrame({"a": [4.0] * 5, "b": [3.0] * 5, "c": [2.0] * 5, "d": [1.0] * 5})
     res = friedman(many, labels="0")
-    assert res.p_ff == pytest.approx(24.0 ** -4) and res.significant
+    assert res.p_ff == pytest.approx(24.0**-4) and res.significant
 
 
 # ---- intervals mean what they say -----------------------------------------------------------
@@ -214,8 +228,10 @@ def test_reported_95_interval_covers_95_percent(seeds, pairs):
 def test_percentile_bootstrap_undercovers_at_three_seeds():
     """Why the report no longer uses it: 1 pair × 3 seeds, nominal 95%."""
     rng = np.random.default_rng(0)
-    hits = [lo <= 70.0 <= hi for lo, hi in (stratified_bootstrap_ci(rng.normal(70, 2, (3, 1)), reps=300, seed=i)[1:]
-                                             for i in range(300))]
+    hits = [
+        lo <= 70.0 <= hi
+        for lo, hi in (stratified_bootstrap_ci(rng.normal(70, 2, (3, 1)), reps=300, seed=i)[1:] for i in range(300))
+    ]
     assert np.mean(hits) < 0.85
 
 
@@ -266,16 +282,27 @@ def test_compare_keeps_configurations_apart_with_five_seeds(tmp_path):
     write_matrix(tmp_path, base)
     write_matrix(tmp_path, base, prefix="long-", schedule={"steps": 2000})
     c = compare(load_results(tmp_path), reps=50)
-    assert set(c.bootstrap["method"]) == {"dann (steps=600)", "dann (steps=2000)",
-                                          "source-only (steps=600)", "source-only (steps=2000)"}
+    assert set(c.bootstrap["method"]) == {
+        "dann (steps=600)",
+        "dann (steps=2000)",
+        "source-only (steps=600)",
+        "source-only (steps=2000)",
+    }
     assert (c.per_pair["seeds"] == 5).all() and (c.per_pair["test"] == "paired t").all()
     assert (c.bootstrap["runs"] == 10).all()  # 2 pairs × 5 seeds, never 20
 
 
 def test_compare_excludes_a_cell_with_a_diverged_seed_and_says_so(tmp_path):
-    write_matrix(tmp_path, {("source-only", "a"): [60.0, 61.0, 62.0], ("source-only", "b"): [50.0, 51.0, 52.0],
-                            ("dan", "a"): [65.0, 66.0, 67.0], ("dan", "b"): [58.0, 60.0, 59.0],
-                            ("dann", "b"): [55.0, 56.0, 57.0]})
+    write_matrix(
+        tmp_path,
+        {
+            ("source-only", "a"): [60.0, 61.0, 62.0],
+            ("source-only", "b"): [50.0, 51.0, 52.0],
+            ("dan", "a"): [65.0, 66.0, 67.0],
+            ("dan", "b"): [58.0, 60.0, 59.0],
+            ("dann", "b"): [55.0, 56.0, 57.0],
+        },
+    )
     write_run(tmp_path, "d0", "dann", "a", 0, acc=90.0)
     write_run(tmp_path, "d1", "dann", "a", 1, status="diverged", diverged_at_step=300)
     write_run(tmp_path, "d2", "dann", "a", 2, acc=91.0)
@@ -295,15 +322,18 @@ def test_iqm_only_where_it_trims(tmp_path):
 # ---- a statistical test is one function + one table entry -----------------------------------
 def _median_test(b, ctx):
     """Median over pairs of the per-pair mean (a stand-in for a test someone adds)."""
-    rows = [{"labels": b.labels, "method": e, "median": float(np.median([v.mean() for v in b.scores[e].values()]))}
-            for e in b.order]
+    rows = [
+        {"labels": b.labels, "method": e, "median": float(np.median([v.mean() for v in b.scores[e].values()]))}
+        for e in b.order
+    ]
     return StatOutput(pd.DataFrame(rows), notes=(f"labels {b.labels}: medians at alpha {ctx.alpha}",))
 
 
 def test_registering_a_test_adds_its_section(df, monkeypatch):
     before = compare(df, reps=50)
-    monkeypatch.setitem(STAT_TESTS, "median", StatTest("Median over pairs", "Median of the per-pair means.",
-                                                      _median_test))
+    monkeypatch.setitem(
+        STAT_TESTS, "median", StatTest("Median over pairs", "Median of the per-pair means.", _median_test)
+    )
     c = compare(df, reps=50)
     table = c.result("median").table.set_index("method")
     # the runs the test received are the budget's selected runs: dann's 7 pair means

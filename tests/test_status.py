@@ -2,6 +2,7 @@
 
 The folder is built by hand (records, claims, matrix.json): no training, fast.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,10 +55,12 @@ def folder(tmp_path):
     store.write(base_record(specs[4], "running", env))
     store.claims.mkdir(parents=True, exist_ok=True)
     (store.claims / f"{specs[4].run_id}.claim").write_text(
-        json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+    )
     store.write(base_record(specs[5], "running", env))
     (store.claims / f"{specs[5].run_id}.claim").write_text(
-        json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
+        json.dumps({"pid": _dead_pid(), "host": socket.gethostname()})
+    )
     (store.runs / "deadbeef0000.json").write_text('{"run_id": "deadbeef0000", "sta')  # torn, not in the matrix
     (store.runs / "notes.json").write_text('{"comment": "my own file"}')  # unrelated JSON
     store.claims.mkdir(parents=True, exist_ok=True)
@@ -69,7 +72,14 @@ def test_counts_live_and_interrupted_runs(folder):
     root, specs = folder
     st = folder_status(root)
     c = st.counts()
-    assert (c["complete"], c["failed"], c["diverged"], c["running"], c["interrupted"], c["pending"]) == (2, 1, 1, 1, 1, 2)
+    assert (c["complete"], c["failed"], c["diverged"], c["running"], c["interrupted"], c["pending"]) == (
+        2,
+        1,
+        1,
+        1,
+        1,
+        2,
+    )
     assert st.in_matrix == 8 and st.workers == 2
     assert st.corrupt == []  # nothing of the matrix is corrupt: nothing will be rerun for it
     assert any("deadbeef0000.json" in p and "corrupt" in p for p in st.ignored)
@@ -149,8 +159,15 @@ def test_counts_add_up_with_records_outside_the_matrix(tmp_path):
     tallies = _tallies(text)
     total, parts = tallies["matrix"]
     assert total == 4 == sum(parts.values())
-    assert parts == {"complete": 1, "running": 0, "failed": 0, "diverged": 0, "skipped": 0, "pending": 2,
-                     "interrupted": 1}
+    assert parts == {
+        "complete": 1,
+        "running": 0,
+        "failed": 0,
+        "diverged": 0,
+        "skipped": 0,
+        "pending": 2,
+        "interrupted": 1,
+    }
     total, parts = tallies["outside this matrix"]
     assert total == 8 == sum(parts.values())
     assert parts["complete"] == 7 and parts["interrupted"] == 1 and "pending" not in parts

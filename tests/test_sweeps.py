@@ -1,5 +1,6 @@
 """Hyperparameter sweeps (running/sweep.py, running/matrix.py) and configuration selection
 (analysis/sweeps.py): real runs on digits-offline, bad input refused before anything runs."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,13 @@ TINY_SCHEDULE = {"steps": 30, "eval_every": 10, "log_every": 10}
 
 
 def _sweep_matrix(seeds=(0, 1)) -> Matrix:
-    return Matrix(methods=("dann", "linear-probe"), pairs=("digits-offline",), seeds=seeds,
-                  overrides=dict(TINY_SCHEDULE), sweep={"dann.trade_off": [0.1, 1.0]})
+    return Matrix(
+        methods=("dann", "linear-probe"),
+        pairs=("digits-offline",),
+        seeds=seeds,
+        overrides=dict(TINY_SCHEDULE),
+        sweep={"dann.trade_off": [0.1, 1.0]},
+    )
 
 
 def test_grid_sweep_distinct_runs_one_source_only_per_seed():
@@ -35,8 +41,9 @@ def test_grid_sweep_distinct_runs_one_source_only_per_seed():
     src = {s.seed: s.run_id for s in by["source-only"]}
     assert all(s.depends_on == src[s.seed] for s in by["linear-probe"]) and len(by["linear-probe"]) == 2
     # a schedule sweep gives a source-only run per schedule, and each probe depends on its own
-    specs = expand(Matrix(methods=("linear-probe",), seeds=(0,), overrides={"eval_every": 10},
-                          sweep={"steps": [20, 30]}))
+    specs = expand(
+        Matrix(methods=("linear-probe",), seeds=(0,), overrides={"eval_every": 10}, sweep={"steps": [20, 30]})
+    )
     src = {s.schedule.steps: s.run_id for s in specs if s.method == "source-only"}
     assert len(src) == 2
     assert {s.schedule.steps: s.depends_on for s in specs if s.method == "linear-probe"} == src
@@ -44,20 +51,31 @@ def test_grid_sweep_distinct_runs_one_source_only_per_seed():
 
 def test_grids_multiply_and_file_matches_flags(tmp_path):
     f = tmp_path / "m.toml"
-    f.write_text('[matrix]\nmethods = ["dann"]\nseeds = [0]\n[set]\nsteps = 30\n'
-                 '[sweep]\n"dann.trade_off" = [0.1, 1.0]\nlr = [0.01, 0.02, 0.03]\n')
+    f.write_text(
+        '[matrix]\nmethods = ["dann"]\nseeds = [0]\n[set]\nsteps = 30\n'
+        '[sweep]\n"dann.trade_off" = [0.1, 1.0]\nlr = [0.01, 0.02, 0.03]\n'
+    )
     m = load_matrix_file(f)
     assert len(sweep_plan(m)) == 6
     from_file = {s.run_id for s in expand(m)}
-    flags = Matrix(methods=("dann",), seeds=(0,), overrides={"steps": 30},
-                   sweep={"dann.trade_off": [0.1, 1.0], "lr": [0.01, 0.02, 0.03]})
+    flags = Matrix(
+        methods=("dann",),
+        seeds=(0,),
+        overrides={"steps": 30},
+        sweep={"dann.trade_off": [0.1, 1.0], "lr": [0.01, 0.02, 0.03]},
+    )
     assert from_file == {s.run_id for s in expand(flags)} and len(from_file) == 6
 
 
 def test_random_search_reproducible(tmp_path):
     def draws(seed):
-        m = Matrix(methods=("dann",), seeds=(0,), sweep={"dann.trade_off": "log_uniform(1e-3, 1)",
-                                                         "steps": "uniform(20, 40)"}, trials=5, sweep_seed=seed)
+        m = Matrix(
+            methods=("dann",),
+            seeds=(0,),
+            sweep={"dann.trade_off": "log_uniform(1e-3, 1)", "steps": "uniform(20, 40)"},
+            trials=5,
+            sweep_seed=seed,
+        )
         return [t for t, _ in sweep_plan(m)], [s.run_id for s in expand(m)]
 
     a, ids = draws(7)
@@ -67,25 +85,32 @@ def test_random_search_reproducible(tmp_path):
     assert all(1e-3 <= t["dann.trade_off"] <= 1 and isinstance(t["steps"], int) and 20 <= t["steps"] <= 40 for t in a)
     # the matrix file's [sweep.random] gives the same trials as the flags
     f = tmp_path / "r.toml"
-    f.write_text('[matrix]\nmethods = ["dann"]\nseeds = [0]\n[sweep.random]\n'
-                 '"dann.trade_off" = "log_uniform(1e-3, 1)"\nsteps = "uniform(20, 40)"\ntrials = 5\nsweep_seed = 7\n')
+    f.write_text(
+        '[matrix]\nmethods = ["dann"]\nseeds = [0]\n[sweep.random]\n'
+        '"dann.trade_off" = "log_uniform(1e-3, 1)"\nsteps = "uniform(20, 40)"\ntrials = 5\nsweep_seed = 7\n'
+    )
     assert [t for t, _ in sweep_plan(load_matrix_file(f))] == a
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--sweep", "dann.nope=1,2"], "no hyperparameter(s) ['nope']"),
-    (["--sweep", "nope=1,2"], "nope: no method of this matrix has that hyperparameter"),
-    (["--sweep", "dann.trade_off="], "sweep key 'dann.trade_off': expected a non-empty list"),
-    (["--sweep", "lr=log_uniform(0.1, 0.001)", "--trials", "2"], "bounds in the wrong order"),
-    (["--sweep", "dann.trade_off=uniform(1, 0)", "--trials", "2"], "bounds in the wrong order"),
-    (["--sweep", "dann.forward=uniform(0, 1)", "--trials", "2"], "'dann.forward' is not a numeric hyperparameter"),
-    (["--sweep", "dann.trade_off=gauss(0, 1)", "--trials", "2"], "unknown distribution 'gauss'"),
-    (["--sweep", "dann.trade_off=uniform(0, 1)"], "needs trials"),
-    (["--sweep", "lr=-1,0.1"], "lr=-1"),
-    (["--sweep", "dann.trade_off=1,2,3", "--sweep", "lr=0.1,0.2", "--max-trials", "4"],
-     "sweep of 6 trials (dann.trade_off (3 values) x lr (2 values)) is larger than max_trials=4"),
-    (["--sweep", "dann.trade_off=uniform(0, 1)", "--trials", "65"], "larger than max_trials=64"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--sweep", "dann.nope=1,2"], "no hyperparameter(s) ['nope']"),
+        (["--sweep", "nope=1,2"], "nope: no method of this matrix has that hyperparameter"),
+        (["--sweep", "dann.trade_off="], "sweep key 'dann.trade_off': expected a non-empty list"),
+        (["--sweep", "lr=log_uniform(0.1, 0.001)", "--trials", "2"], "bounds in the wrong order"),
+        (["--sweep", "dann.trade_off=uniform(1, 0)", "--trials", "2"], "bounds in the wrong order"),
+        (["--sweep", "dann.forward=uniform(0, 1)", "--trials", "2"], "'dann.forward' is not a numeric hyperparameter"),
+        (["--sweep", "dann.trade_off=gauss(0, 1)", "--trials", "2"], "unknown distribution 'gauss'"),
+        (["--sweep", "dann.trade_off=uniform(0, 1)"], "needs trials"),
+        (["--sweep", "lr=-1,0.1"], "lr=-1"),
+        (
+            ["--sweep", "dann.trade_off=1,2,3", "--sweep", "lr=0.1,0.2", "--max-trials", "4"],
+            "sweep of 6 trials (dann.trade_off (3 values) x lr (2 values)) is larger than max_trials=4",
+        ),
+        (["--sweep", "dann.trade_off=uniform(0, 1)", "--trials", "65"], "larger than max_trials=64"),
+    ],
+)
 def test_bad_sweeps_refused_before_anything_runs(tmp_path, capsys, flags, message):
     out = tmp_path / "res"
     rc = main(["run", "--methods", "dann", "--seeds", "0", "--results", str(out), *flags])
@@ -108,8 +133,7 @@ def test_bad_sweep_table_in_file(tmp_path):
 
 
 def test_dry_run_prints_trial_table(capsys):
-    rc = main(["run", "--methods", "dann,linear-probe", "--seeds", "0", "--sweep", "dann.trade_off=0.1,1",
-               "--dry-run"])
+    rc = main(["run", "--methods", "dann,linear-probe", "--seeds", "0", "--sweep", "dann.trade_off=0.1,1", "--dry-run"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "sweep: 2 trial(s)" in out and "trial  dann.trade_off" in out

@@ -1,4 +1,5 @@
 """Runs save their features on request, and the report draws a t-SNE from them."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """The label-free validators (entropy, IM, SND) look at the unlabelled target *adaptation*
 split, through a fixed seeded sample, never at the images a run is scored on."""
+
 from __future__ import annotations
 
 import pytest
@@ -122,10 +123,13 @@ def test_transductive_validators_reuse_the_evaluation_predictions():
 
 def test_the_record_says_what_the_validators_saw(digits):
     pair, pair_data = digits
-    spec = expand(Matrix(methods=("source-only",), pairs=("digits-offline",), seeds=(0,),
-                         overrides={"steps": 2, "eval_every": 2}))[0]
+    spec = expand(
+        Matrix(methods=("source-only",), pairs=("digits-offline",), seeds=(0,), overrides={"steps": 2, "eval_every": 2})
+    )[0]
     result = execute(spec, pair, pair_data, CPU)
     n_adapt = len(pair_data.target_adapt)
     assert result.validators == {
-        "split": "target_adapt", "samples": min(n_adapt, VALIDATOR_SAMPLES), "overlaps_evaluation": False
+        "split": "target_adapt",
+        "samples": min(n_adapt, VALIDATOR_SAMPLES),
+        "overlaps_evaluation": False,
     }

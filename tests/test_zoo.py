@@ -1,5 +1,6 @@
 """The method zoo: each loss against a hand computation or its definition, the mechanics the
 papers rely on (reversal, conditioning, weights, margins), the method groups, and a real run."""
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,11 @@ ZOO = ("minent", "bnm", "afn", "jan", "cdan", "cdan-e", "mdd")
 
 def _batch(seed: int = 0, n: int = 8) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    return Batch(x_source=torch.randn(n, 1, 28, 28, generator=g), y_source=torch.randint(0, 10, (n,), generator=g),
-                 x_target=torch.randn(n, 1, 28, 28, generator=g) + 1.0)
+    return Batch(
+        x_source=torch.randn(n, 1, 28, 28, generator=g),
+        y_source=torch.randint(0, 10, (n,), generator=g),
+        x_target=torch.randn(n, 1, 28, 28, generator=g) + 1.0,
+    )
 
 
 # --- shared layers ----------------------------------------------------------------------
@@ -43,8 +47,13 @@ def test_layers_are_public_and_shared_by_the_methods_that_use_them():
 def test_dann_run_id_is_unchanged_by_the_move():
     """DANN's hyperparameters (names, defaults) and so its run ids stay those of earlier versions."""
     spec = dabench.expand(dabench.Matrix(methods=("dann",), seeds=(0,)))[0]
-    assert spec.hparams == {"bottleneck_dim": 256, "trade_off": 1.0, "disc_hidden": 1024, "grl_gamma": 10.0,
-                            "forward": "concat"}
+    assert spec.hparams == {
+        "bottleneck_dim": 256,
+        "trade_off": 1.0,
+        "disc_hidden": 1024,
+        "grl_gamma": 10.0,
+        "forward": "concat",
+    }
     assert spec.run_id == "e16feacac050"
 
 
@@ -228,6 +237,7 @@ def test_mdd_adversary_descends_and_features_ascend_through_a_tenth_strength_rev
     def grad(coeff: float | None) -> torch.Tensor:
         f = feats.clone().requires_grad_(True)
         from dabench.layers import grad_reverse
+
         adv = m.adv_head(grad_reverse(f, coeff) if coeff is not None else f)
         logits = m.net.head(feats)
         mdd_loss(logits[:8], logits[8:], adv[:8], adv[8:], 4.0).backward()
@@ -264,8 +274,9 @@ def test_every_zoo_method_trains_above_chance_on_digits(tmp_path):
     from dabench.running.executors import ExecutorOptions
     from dabench.running.scheduler import run_matrix
 
-    specs = dabench.expand(dabench.Matrix(methods=ZOO, seeds=(0,),
-                                          overrides={"steps": 100, "batch_size": 32, "eval_every": 100}))
+    specs = dabench.expand(
+        dabench.Matrix(methods=ZOO, seeds=(0,), overrides={"steps": 100, "batch_size": 32, "eval_every": 100})
+    )
     run_matrix(specs, tmp_path, ExecutorOptions(device="cpu", progress=False))
     store = RunStore(tmp_path)
     accs = {s.method: store.read(s.run_id) for s in specs}

@@ -8,6 +8,7 @@ load it too, which is part of what the tests check.
 draws the same bars dimmer, thicker and shifted by three pixels, with more noise, so source-only
 is good but not perfect there. 240 source and 160 target images; fixed seed.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,11 +31,11 @@ def _domain(name: str, n: int, shift: int, gain: float, noise: float, seed: int)
         if c == 0:
             x[i, 0, a:b, 4:24] += gain
         elif c == 1:
-            x[i, 0, 28 - b:28 - a, 4:24] += gain
+            x[i, 0, 28 - b : 28 - a, 4:24] += gain
         elif c == 2:
             x[i, 0, 4:24, a:b] += gain
         else:
-            x[i, 0, 4:24, 28 - b:28 - a] += gain
+            x[i, 0, 4:24, 28 - b : 28 - a] += gain
     images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
     return Domain(name, images, labels.to(torch.int64), CLASSES)
 

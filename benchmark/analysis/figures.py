@@ -4,6 +4,7 @@ Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplo
 figure owns an Agg canvas, so nothing depends on a display, on the global backend or on
 pyplot's global state (safe in workers and tests). :func:`save_figure` writes PNG and SVG.
 """
+
 from __future__ import annotations
 
 import base64
@@ -71,8 +72,16 @@ def accuracy_figure(lb: Leaderboard) -> Figure | None:
         mean = sub["mean"].to_numpy(float)
         lo = np.nan_to_num(mean - sub["ci_low"].to_numpy(float))
         hi = np.nan_to_num(sub["ci_high"].to_numpy(float) - mean)
-        bars = ax.bar(x + (i - (len(entries) - 1) / 2) * width, mean, width, yerr=[lo, hi], capsize=2,
-                      label=e, color=c, edgecolor="none")
+        bars = ax.bar(
+            x + (i - (len(entries) - 1) / 2) * width,
+            mean,
+            width,
+            yerr=[lo, hi],
+            capsize=2,
+            label=e,
+            color=c,
+            edgecolor="none",
+        )
         if "complete" in sub:
             for bar, done in zip(bars, sub["complete"].fillna(True)):
                 if not bool(done):
@@ -96,7 +105,8 @@ def gain_table(lb: Leaderboard) -> pd.DataFrame:
     base = so.set_index("pair")["mean"]
     rows = lb.cells[~lb.cells["entry"].isin(so["entry"])]
     g = rows.assign(gain=rows["mean"] - rows["pair"].map(base)).pivot_table(
-        index="entry", columns="pair", values="gain")
+        index="entry", columns="pair", values="gain"
+    )
     order = [e for e in _entries_in_order(lb) if e in g.index]
     return g.reindex(index=order, columns=list(lb.pairs))
 
@@ -111,8 +121,17 @@ def gain_heatmap(lb: Leaderboard) -> Figure | None:
     lim = float(np.nanmax(np.abs(g.to_numpy()))) if np.isfinite(g.to_numpy()).any() else 1.0
     with warnings.catch_warnings():  # seaborn's own colormap deprecation notice, not ours
         warnings.simplefilter("ignore", PendingDeprecationWarning)
-        sns.heatmap(g, ax=ax, annot=True, fmt="+.1f", cmap="RdBu", center=0, vmin=-lim, vmax=lim,
-                    cbar_kws={"label": "gain (points)"})
+        sns.heatmap(
+            g,
+            ax=ax,
+            annot=True,
+            fmt="+.1f",
+            cmap="RdBu",
+            center=0,
+            vmin=-lim,
+            vmax=lim,
+            cbar_kws={"label": "gain (points)"},
+        )
     ax.set_xlabel("pair")
     ax.set_ylabel("")
     ax.set_title(f"Gain over source-only (rule: {lb.rule})", fontsize=9)
@@ -122,9 +141,11 @@ def gain_heatmap(lb: Leaderboard) -> Figure | None:
 def learning_curves(df: pd.DataFrame, rule: str = "last", metric: str = "target_acc") -> Figure | None:
     """``metric`` against step from each complete run's logged evaluations; mean ± sd over seeds."""
     sel = selected_runs(df, rule)
-    rows = [{"entry": e, "pair": p, "seed": s, "step": c.get("step"), "value": c.get(metric)}
-            for e, p, s, curve in zip(sel["entry"], sel["pair"], sel["seed"], sel["curve"])
-            for c in curve]
+    rows = [
+        {"entry": e, "pair": p, "seed": s, "step": c.get("step"), "value": c.get(metric)}
+        for e, p, s, curve in zip(sel["entry"], sel["pair"], sel["seed"], sel["curve"])
+        for c in curve
+    ]
     long = pd.DataFrame(rows, columns=["entry", "pair", "seed", "step", "value"]).dropna()
     if long.empty:
         return None
@@ -136,16 +157,25 @@ def learning_curves(df: pd.DataFrame, rule: str = "last", metric: str = "target_
     axes = fig.subplots(nrow, ncol, squeeze=False)
     hue_order = sorted(long["entry"].unique())
     for ax, pair in zip(axes.flat, pairs):
-        sns.lineplot(data=long[long["pair"] == pair], x="step", y="value", hue="entry",
-                     hue_order=hue_order, errorbar="sd", ax=ax, marker="o", markersize=3,
-                     legend=pair == pairs[0])
+        sns.lineplot(
+            data=long[long["pair"] == pair],
+            x="step",
+            y="value",
+            hue="entry",
+            hue_order=hue_order,
+            errorbar="sd",
+            ax=ax,
+            marker="o",
+            markersize=3,
+            legend=pair == pairs[0],
+        )
         ax.set_title(pair, fontsize=9)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         if metric == "target_acc":  # the ± sd band must not suggest accuracies outside [0, 100]
             lo, hi = ax.get_ylim()
             ax.set_ylim(max(0.0, lo), min(100.0, hi))
-    for ax in list(axes.flat)[len(pairs):]:
+    for ax in list(axes.flat)[len(pairs) :]:
         ax.set_visible(False)
     return fig
 
@@ -186,16 +216,24 @@ def cd_diagram(fr: FriedmanResult, title: str | None = None) -> Figure:
         y = -0.12 - 0.2 * j
         ax.hlines(y, rs.min() - 0.03, rs.max() + 0.03, color="tab:red", lw=3.5)
     ax.set_ylim(-(max(half, k - half) + 1) * step - 0.3 - 0.2 * len(fr.cliques), 0.9)
-    ax.set_title(title or f"Critical difference (Nemenyi, α = {fr.alpha}), labels {fr.labels}, "
-                 f"N = {fr.n_blocks}", fontsize=9)
+    ax.set_title(
+        title or f"Critical difference (Nemenyi, α = {fr.alpha}), labels {fr.labels}, N = {fr.n_blocks}", fontsize=9
+    )
     return fig
 
 
-def tsne_figure(features_source: np.ndarray | tuple[np.ndarray, np.ndarray],
-                features_target_before: np.ndarray, features_target_after: np.ndarray,
-                labels_source: np.ndarray | None = None, labels_target: np.ndarray | None = None,
-                perplexity: float = 30.0, seed: int = 0, max_points: int = 1000,
-                max_iter: int = 1000, title: str = "t-SNE of features") -> Figure:
+def tsne_figure(
+    features_source: np.ndarray | tuple[np.ndarray, np.ndarray],
+    features_target_before: np.ndarray,
+    features_target_after: np.ndarray,
+    labels_source: np.ndarray | None = None,
+    labels_target: np.ndarray | None = None,
+    perplexity: float = 30.0,
+    seed: int = 0,
+    max_points: int = 1000,
+    max_iter: int = 1000,
+    title: str = "t-SNE of features",
+) -> Figure:
     """Two t-SNE panels, source vs target features before and after adaptation.
 
     ``features_source`` is one array (used in both panels) or a pair (source features of the
@@ -206,8 +244,9 @@ def tsne_figure(features_source: np.ndarray | tuple[np.ndarray, np.ndarray],
     from sklearn.manifold import TSNE  # imported here: sklearn is slow to import
     from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
-    src_before, src_after = (features_source if isinstance(features_source, tuple)
-                             else (features_source, features_source))
+    src_before, src_after = (
+        features_source if isinstance(features_source, tuple) else (features_source, features_source)
+    )
     rng = np.random.default_rng(seed)
 
     def sub(x: np.ndarray, y: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -220,8 +259,13 @@ def tsne_figure(features_source: np.ndarray | tuple[np.ndarray, np.ndarray],
     fig = _figure(9.0, 4.2)
     axes = fig.subplots(1, 2)
     markers = "os^vD<>Pp*hX"
-    for ax, (name, xs, xt) in zip(axes, [("before adaptation", src_before, features_target_before),
-                                         ("after adaptation", src_after, features_target_after)]):
+    for ax, (name, xs, xt) in zip(
+        axes,
+        [
+            ("before adaptation", src_before, features_target_before),
+            ("after adaptation", src_after, features_target_after),
+        ],
+    ):
         xs_, ys_ = sub(xs, labels_source)
         xt_, yt_ = sub(xt, labels_target)
         both = np.concatenate([xs_, xt_])
@@ -229,17 +273,25 @@ def tsne_figure(features_source: np.ndarray | tuple[np.ndarray, np.ndarray],
         # One OpenMP thread: with several OpenMP runtimes loaded (torch, sklearn) threads spin
         # against each other and a 100-point t-SNE took 10+ s instead of 0.1 s on 2 cores.
         with threadpool_limits(limits=1):
-            emb = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed,
-                       max_iter=max(250, max_iter)).fit_transform(both)
-        es, et = emb[: len(xs_)], emb[len(xs_):]
+            emb = TSNE(
+                n_components=2, perplexity=perp, init="pca", random_state=seed, max_iter=max(250, max_iter)
+            ).fit_transform(both)
+        es, et = emb[: len(xs_)], emb[len(xs_) :]
         for e, y, color, dom in [(es, ys_, "tab:blue", "source"), (et, yt_, "tab:orange", "target")]:
             if y is None:
                 ax.scatter(e[:, 0], e[:, 1], s=6, alpha=0.6, c=color, label=dom)
                 continue
             for ci, cls in enumerate(np.unique(y)):
                 m = np.asarray(y) == cls
-                ax.scatter(e[m, 0], e[m, 1], s=8, alpha=0.6, c=color, marker=markers[ci % len(markers)],
-                           label=dom if ci == 0 else None)
+                ax.scatter(
+                    e[m, 0],
+                    e[m, 1],
+                    s=8,
+                    alpha=0.6,
+                    c=color,
+                    marker=markers[ci % len(markers)],
+                    label=dom if ci == 0 else None,
+                )
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -12,6 +12,7 @@ look alike and escape alike. Two levels:
 
 No tabulate or jinja2: the report must build without optional dependencies.
 """
+
 from __future__ import annotations
 
 import html
@@ -43,8 +44,14 @@ def md_grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
-def html_grid(header: Sequence[str], rows: Sequence[Sequence[str]], css_class: str,
-              caption: str | None = None, row_header: bool = False, sep: str = "") -> str:
+def html_grid(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    css_class: str,
+    caption: str | None = None,
+    row_header: bool = False,
+    sep: str = "",
+) -> str:
     """An HTML ``<table>``; ``header`` and ``caption`` are plain text (escaped here), body cells
     are HTML fragments (the caller escapes them, which lets the leaderboard bold or underline).
 
@@ -64,9 +71,23 @@ def html_grid(header: Sequence[str], rows: Sequence[Sequence[str]], css_class: s
     return f'<table class="{css_class}">{cap}{head}<tbody>{"".join(map(tr, rows))}</tbody></table>'
 
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-        "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
-        "±": r"$\pm$", "–": "--", "—": "---", "†": r"$^\dagger$", "→": r"$\to$"}
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\^{}",
+    "±": r"$\pm$",
+    "–": "--",
+    "—": "---",
+    "†": r"$^\dagger$",
+    "→": r"$\to$",
+}
 
 
 def tex_escape(s: str) -> str:
@@ -74,13 +95,16 @@ def tex_escape(s: str) -> str:
     return "".join(_TEX.get(ch, ch) for ch in s)
 
 
-def latex_grid(header: Sequence[str], rows: Sequence[Sequence[str]], spec: str,
-               comments: Sequence[str] = ()) -> str:
+def latex_grid(header: Sequence[str], rows: Sequence[Sequence[str]], spec: str, comments: Sequence[str] = ()) -> str:
     """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``); ``header`` is escaped here,
     body cells are LaTeX fragments; ``comments`` become leading ``%`` lines."""
     lines = [f"% {c}" for c in comments]
-    lines += [f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
-              " & ".join(tex_escape(str(c)) for c in header) + " \\\\", "\\midrule"]
+    lines += [
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+        " & ".join(tex_escape(str(c)) for c in header) + " \\\\",
+        "\\midrule",
+    ]
     lines += [" & ".join(r) + " \\\\" for r in rows]
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"

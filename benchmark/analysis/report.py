@@ -4,6 +4,7 @@
 inline, so it can be mailed or archived on its own: no external file, script or network
 request. Figures are also written next to it as PNG and SVG (``figures/``) for papers.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -35,11 +36,14 @@ from .sweeps import has_sweeps, rule_table
 from .sweeps import select_config as _select_config
 
 #: what the configuration-selection section says (Markdown and HTML)
-CONFIG_TEXT = ("Each rule picks, per method, pair and seed, one configuration of the sweep and one "
-               "evaluation of it (argmax of the rule's score over trials x evaluations) using only what the "
-               "rule may see; cells are the target accuracy (%) of that pick, mean over pairs and seeds. "
-               "Regret: oracle's accuracy minus the rule's on the same runs (points, >= 0); trials: "
-               "configurations per pair and seed, the budget each rule chose from.")
+CONFIG_TEXT = (
+    "Each rule picks, per method, pair and seed, one configuration of the sweep and one "
+    "evaluation of it (argmax of the rule's score over trials x evaluations) using only what the "
+    "rule may see; cells are the target accuracy (%) of that pick, mean over pairs and seeds. "
+    "Regret: oracle's accuracy minus the rule's on the same runs (points, >= 0); trials: "
+    "configurations per pair and seed, the budget each rule chose from."
+)
+
 
 def _write_md(lb: Leaderboard, path: Path) -> None:
     path.write_text(lb.to_markdown(), encoding="utf-8")
@@ -60,7 +64,10 @@ def _write_html(lb: Leaderboard, path: Path) -> None:
 #: leaderboard export formats: name -> writer(leaderboard, path of ``leaderboard.<name>``). Adding
 #: a format is one entry here; ``write_report`` and the CLI's ``--format`` read this table.
 FORMATS: dict[str, Callable[[Leaderboard, Path], None]] = {
-    "md": _write_md, "csv": _write_csv, "tex": _write_tex, "html": _write_html,
+    "md": _write_md,
+    "csv": _write_csv,
+    "tex": _write_tex,
+    "html": _write_html,
 }
 
 _CSS = """
@@ -107,15 +114,21 @@ def validator_notes(df: pd.DataFrame) -> list[str]:
     real = df[df["status"] != "pending"]
     out = []
     vals = list(real["validators"])
-    overlap = sorted({str(p) for p, v in zip(real["pair"], vals)
-                      if isinstance(v, dict) and v.get("overlaps_evaluation") is True})
+    overlap = sorted(
+        {str(p) for p, v in zip(real["pair"], vals) if isinstance(v, dict) and v.get("overlaps_evaluation") is True}
+    )
     if overlap:
-        out.append("Transductive: the label-free validators see the evaluated images on "
-                   + ", ".join(overlap) + " (entropy/IM/SND selection there uses the test images, unlabelled).")
+        out.append(
+            "Transductive: the label-free validators see the evaluated images on "
+            + ", ".join(overlap)
+            + " (entropy/IM/SND selection there uses the test images, unlabelled)."
+        )
     old = sum(1 for v in vals if not isinstance(v, dict))
     if old:
-        out.append(f"{old} record(s) have no 'validators' field (older records): their entropy/IM/SND were "
-                   "computed on the evaluation images.")
+        out.append(
+            f"{old} record(s) have no 'validators' field (older records): their entropy/IM/SND were "
+            "computed on the evaluation images."
+        )
     return out
 
 
@@ -125,8 +138,10 @@ def _selected(df: pd.DataFrame, rule: str, select_config: bool) -> pd.DataFrame:
 
 
 def _selection_title(rule: str) -> str:
-    return (f"Configurations chosen by rule {rule!r} per method, pair and seed (over trials x evaluations); "
-            "one row per method.\n\n")
+    return (
+        f"Configurations chosen by rule {rule!r} per method, pair and seed (over trials x evaluations); "
+        "one row per method.\n\n"
+    )
 
 
 def config_selection_markdown(df: pd.DataFrame) -> str:
@@ -136,13 +151,23 @@ def config_selection_markdown(df: pd.DataFrame) -> str:
     acc, regret = rule_table(df)
     if acc.empty:
         return ""
-    return ("\n## Configuration selection (methods x rules)\n\n" + CONFIG_TEXT + "\n\n"
-            + md_table(acc, ".1f", index=True) + "\n\n### Regret against the oracle (points)\n\n"
-            + md_table(regret, ".2f", index=True) + "\n")
+    return (
+        "\n## Configuration selection (methods x rules)\n\n"
+        + CONFIG_TEXT
+        + "\n\n"
+        + md_table(acc, ".1f", index=True)
+        + "\n\n### Regret against the oracle (points)\n\n"
+        + md_table(regret, ".2f", index=True)
+        + "\n"
+    )
 
 
-def report_text(dirs: str | Path | Iterable[str | Path], rule: str = "last",
-                where: list[str] | dict | None = None, select_config: bool = False) -> str:
+def report_text(
+    dirs: str | Path | Iterable[str | Path],
+    rule: str = "last",
+    where: list[str] | dict | None = None,
+    select_config: bool = False,
+) -> str:
     """The Markdown leaderboard the CLI prints for ``dabench report``, with the runs left out
     of the means (method, pair, seed, status, first error line) and the validator notes.
 
@@ -157,10 +182,16 @@ def report_text(dirs: str | Path | Iterable[str | Path], rule: str = "last",
     return text + ("\n" + "\n".join(notes) + "\n" if notes else "") + config_selection_markdown(df)
 
 
-def write_report(dirs: str | Path | Iterable[str | Path], rule: str = "last",
-                 formats: Sequence[str] | str = ("md", "csv"), out: str | Path | None = None,
-                 reps: int = 2000, tsne: str | None = None,
-                 where: list[str] | dict | None = None, select_config: bool = False) -> dict[str, Path]:
+def write_report(
+    dirs: str | Path | Iterable[str | Path],
+    rule: str = "last",
+    formats: Sequence[str] | str = ("md", "csv"),
+    out: str | Path | None = None,
+    reps: int = 2000,
+    tsne: str | None = None,
+    where: list[str] | dict | None = None,
+    select_config: bool = False,
+) -> dict[str, Path]:
     """Write leaderboard exports (``leaderboard.<fmt>``), figures and ``report.html``.
 
     Args:
@@ -212,13 +243,13 @@ def write_report(dirs: str | Path | Iterable[str | Path], rule: str = "last",
 def _figures(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, rule: str) -> dict:
     figs = {}
     makers: list[tuple[str, Callable[[], Figure | None]]] = [
-              ("accuracy_per_pair", lambda: F.accuracy_figure(lb)),
-              ("gain_over_source_only", lambda: F.gain_heatmap(lb)),
-              ("learning_curves", lambda: F.learning_curves(df, rule))]
+        ("accuracy_per_pair", lambda: F.accuracy_figure(lb)),
+        ("gain_over_source_only", lambda: F.gain_heatmap(lb)),
+        ("learning_curves", lambda: F.learning_curves(df, rule)),
+    ]
     if cmp_ is not None:
         for fr in cmp_.friedman:
-            makers.append((f"cd_diagram_labels_{fr.labels.replace('/', '_per_')}",
-                           functools.partial(F.cd_diagram, fr)))
+            makers.append((f"cd_diagram_labels_{fr.labels.replace('/', '_per_')}", functools.partial(F.cd_diagram, fr)))
     for name, make in makers:
         try:
             fig = make()
@@ -237,26 +268,37 @@ def tsne_for_run(df: pd.DataFrame, run_id: str):
     if len(hits) != 1:
         raise ValueError(f"--tsne {run_id!r} matches {len(hits)} runs; give a unique run id (see runs/*.json)")
     run = hits.iloc[0]
-    base = df[(df["method"] == "source-only") & (df["pair"] == run["pair"]) & (df["seed"] == run["seed"])
-              & (df["status"] == "complete")]
+    base = df[
+        (df["method"] == "source-only")
+        & (df["pair"] == run["pair"])
+        & (df["seed"] == run["seed"])
+        & (df["status"] == "complete")
+    ]
     if run["method"] == "source-only" or base.empty:
-        raise ValueError(f"--tsne needs an adapted run with a complete source-only run of the same pair and "
-                         f"seed; run {run['run_id']} is {run['method']} on {run['pair']} seed {run['seed']}")
+        raise ValueError(
+            f"--tsne needs an adapted run with a complete source-only run of the same pair and "
+            f"seed; run {run['run_id']} is {run['method']} on {run['pair']} seed {run['seed']}"
+        )
 
     def features(row) -> dict:
         path = Path(row["source_dir"]) / "features" / f"{row['run_id']}.npz"
         if not path.exists():
             raise FileNotFoundError(
                 f"no saved features for run {row['run_id']} ({row['method']}) at {path}; rerun it with "
-                f"`dabench run --rerun {row['run_id']} --set save_features=true --results {row['source_dir']}`")
+                f"`dabench run --rerun {row['run_id']} --set save_features=true --results {row['source_dir']}`"
+            )
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
 
     before, after = features(base.iloc[0]), features(run)
-    return F.tsne_figure((before["source_features"], after["source_features"]),
-                         before["target_features"], after["target_features"],
-                         labels_source=after["source_labels"], labels_target=after["target_labels"],
-                         title=f"t-SNE: source-only vs {run['method']} on {run['pair']}, seed {run['seed']}")
+    return F.tsne_figure(
+        (before["source_features"], after["source_features"]),
+        before["target_features"],
+        after["target_features"],
+        labels_source=after["source_labels"],
+        labels_target=after["target_labels"],
+        title=f"t-SNE: source-only vs {run['method']} on {run['pair']}, seed {run['seed']}",
+    )
 
 
 def _environment(df: pd.DataFrame) -> pd.DataFrame:
@@ -281,12 +323,20 @@ def _problems(df: pd.DataFrame, lb: Leaderboard) -> pd.DataFrame:
     return lb.missing[cols].rename(columns={"entry": "row", "detail": "error / reason"}).astype(object)
 
 
-def _html_page(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, figs: dict,
-               rule: str, dirs: list[Path], raw: pd.DataFrame | None = None) -> str:
+def _html_page(
+    df: pd.DataFrame,
+    lb: Leaderboard,
+    cmp_: Comparison | None,
+    figs: dict,
+    rule: str,
+    dirs: list[Path],
+    raw: pd.DataFrame | None = None,
+) -> str:
     esc = html.escape
     status = Counter(df["status"]) if len(df) else Counter()
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         f"<title>dabench report — {esc(rule)}</title><style>{_CSS}</style></head><body>",
         "<h1>dabench report</h1>",
         f"<p>Results: {', '.join('<code>' + esc(str(d)) + '</code>' for d in dirs)} — "
@@ -295,40 +345,52 @@ def _html_page(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, figs:
         f"<p>Selection rule: <b>{esc(rule_title(rule))}</b>. Citation: {esc(RULES[rule].citation)}.</p>",
     ]
     if rule == "oracle":
-        parts.append('<p class="oracle">ORACLE selection: each run reports its best evaluation on the '
-                     "target test labels. This is an upper bound, not an achievable result; compare "
-                     "with the honest rules (rule-regret table below).</p>")
+        parts.append(
+            '<p class="oracle">ORACLE selection: each run reports its best evaluation on the '
+            "target test labels. This is an upper bound, not an achievable result; compare "
+            "with the honest rules (rule-regret table below).</p>"
+        )
     parts += ["<h2>Leaderboard</h2>", lb.to_html() if not lb.table.empty else "<p>No complete runs.</p>"]
     vnotes = validator_notes(df)
     if vnotes:
-        parts.append("<ul class=\"legend\">" + "".join(f"<li>{esc(n)}</li>" for n in vnotes) + "</ul>")
+        parts.append('<ul class="legend">' + "".join(f"<li>{esc(n)}</li>" for n in vnotes) + "</ul>")
     if cmp_ is not None:
         parts += ["<h2>Statistics</h2>", cmp_.to_html()]
     if len(df):
         reg = rule_regret(df)
         if not reg.empty:
-            parts += ["<h2>Selection-rule regret</h2>",
-                      "<p>Mean over runs of (oracle accuracy − accuracy under the rule), in points: "
-                      "what a rule loses against peeking at the target test labels.</p>",
-                      html_table(reg.reset_index(), ".2f")]
+            parts += [
+                "<h2>Selection-rule regret</h2>",
+                "<p>Mean over runs of (oracle accuracy − accuracy under the rule), in points: "
+                "what a rule loses against peeking at the target test labels.</p>",
+                html_table(reg.reset_index(), ".2f"),
+            ]
     raw = df if raw is None else raw
     if has_sweeps(raw):
         acc, regret = rule_table(raw)
         if not acc.empty:
-            parts += ["<h2>Configuration selection (methods x rules)</h2>", f"<p>{esc(CONFIG_TEXT)}</p>",
-                      html_table(acc.reset_index(), ".1f"), "<h3>Regret against the oracle (points)</h3>",
-                      html_table(regret.reset_index(), ".2f")]
+            parts += [
+                "<h2>Configuration selection (methods x rules)</h2>",
+                f"<p>{esc(CONFIG_TEXT)}</p>",
+                html_table(acc.reset_index(), ".1f"),
+                "<h3>Regret against the oracle (points)</h3>",
+                html_table(regret.reset_index(), ".2f"),
+            ]
     if figs:
         parts.append("<h2>Figures</h2>")
         for name, fig in figs.items():
-            parts.append(f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{F.png_base64(fig)}">'
-                         f"<figcaption>{esc(name.replace('_', ' '))}</figcaption></figure>")
+            parts.append(
+                f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{F.png_base64(fig)}">'
+                f"<figcaption>{esc(name.replace('_', ' '))}</figcaption></figure>"
+            )
     probs = _problems(df, lb)
     parts.append("<h2>Failed, diverged and unfinished runs</h2>")
-    parts.append("<p>Policy: a seed that failed, diverged, was skipped or has not run is never dropped "
-                 "silently. Its cell shows (completed/planned) seeds and is never marked best; the statistics "
-                 "exclude such cells (their rows leave the across-pair tests) and say which. Planned seeds come "
-                 "from <code>matrix.json</code> and from every record of the configuration.</p>")
+    parts.append(
+        "<p>Policy: a seed that failed, diverged, was skipped or has not run is never dropped "
+        "silently. Its cell shows (completed/planned) seeds and is never marked best; the statistics "
+        "exclude such cells (their rows leave the across-pair tests) and say which. Planned seeds come "
+        "from <code>matrix.json</code> and from every record of the configuration.</p>"
+    )
     parts.append(html_table(probs) if len(probs) else "<p>None.</p>")
     if len(df):
         parts += ["<h2>Environment</h2>", html_table(_environment(df))]
@@ -336,8 +398,13 @@ def _html_page(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, figs:
     return "\n".join(parts) + "\n"
 
 
-def report_markdown(dirs: str | Path | Iterable[str | Path], rule: str = "last", reps: int = 2000,
-                    where: list[str] | dict | None = None, select_config: bool = False) -> str:
+def report_markdown(
+    dirs: str | Path | Iterable[str | Path],
+    rule: str = "last",
+    reps: int = 2000,
+    where: list[str] | dict | None = None,
+    select_config: bool = False,
+) -> str:
     """Leaderboard plus statistics as Markdown (for terminals and notebooks)."""
     raw = filter_runs(load_results(*_dirs(dirs)), where)
     df = _selected(raw, rule, select_config)

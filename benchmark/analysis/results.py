@@ -20,6 +20,7 @@ Planned runs. When a folder holds ``matrix.json`` (written by ``dabench run``), 
 that have no record yet are added as rows with status ``pending``, so that a seed never
 vanishes from the tables without a trace.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,10 +37,30 @@ from ..core.spec import RunSpec
 
 #: Columns of :func:`load_results`, in order (an empty folder still gives these columns).
 COLUMNS: tuple[str, ...] = (
-    "run_id", "method", "pair", "seed", "protocol", "target_shots", "target_labels",
-    "status", "error", "diverged_at_step", "wall_s", "steps_per_s", "images_per_s",
-    "device", "versions", "backbone", "source_dir", "record_path", "hparams", "curve", "final",
-    "config", "settings", "validators",
+    "run_id",
+    "method",
+    "pair",
+    "seed",
+    "protocol",
+    "target_shots",
+    "target_labels",
+    "status",
+    "error",
+    "diverged_at_step",
+    "wall_s",
+    "steps_per_s",
+    "images_per_s",
+    "device",
+    "versions",
+    "backbone",
+    "source_dir",
+    "record_path",
+    "hparams",
+    "curve",
+    "final",
+    "config",
+    "settings",
+    "validators",
 )
 
 #: A row's ``status``: a record's status (core/record.py, ``Status``), or ``pending`` for a run
@@ -76,8 +97,7 @@ def _runs_folder(d: Path) -> Path:
     if any(d.glob("*.json")):
         return d
     raise FileNotFoundError(
-        f"results folder {str(d)!r} has no runs/ subfolder (and no *.json records); "
-        "expected DIR/runs/<run_id>.json"
+        f"results folder {str(d)!r} has no runs/ subfolder (and no *.json records); expected DIR/runs/<run_id>.json"
     )
 
 
@@ -256,8 +276,7 @@ def load_results(*dirs: str | os.PathLike | Iterable[str | os.PathLike], planned
             rid = row["run_id"]
             if rid in seen:
                 warnings.warn(
-                    f"run {rid} is recorded twice: keeping {seen[rid]}, ignoring {path}",
-                    RecordWarning, stacklevel=2,
+                    f"run {rid} is recorded twice: keeping {seen[rid]}, ignoring {path}", RecordWarning, stacklevel=2
                 )
                 continue
             seen[rid] = path
@@ -361,12 +380,14 @@ def filter_runs(df: pd.DataFrame, where: Iterable[str] | dict[str, Any] | None) 
     hp_bare: set[str] = set()
     for s, m in zip(settings, df["method"]):
         keys.update(s)
-        hp_bare.update(k[len(str(m)) + 1:] for k in s if k.startswith(f"{m}."))
+        hp_bare.update(k[len(str(m)) + 1 :] for k in s if k.startswith(f"{m}."))
     mask = pd.Series(True, index=df.index)
     for key, values in items:
         if key not in keys and key not in hp_bare:
-            raise ValueError(f"--where {key}={','.join(values)}: unknown key {key!r}; valid keys: "
-                             f"{', '.join(sorted(keys | hp_bare))}")
+            raise ValueError(
+                f"--where {key}={','.join(values)}: unknown key {key!r}; valid keys: "
+                f"{', '.join(sorted(keys | hp_bare))}"
+            )
         keep = []
         for (_, row), s in zip(df.iterrows(), settings):
             method = str(row["method"])

@@ -19,6 +19,7 @@ Rules (score per evaluation → argmax/argmin over the curve):
 
 Ties pick the *latest* evaluation (later checkpoints are the more trained ones).
 """
+
 from __future__ import annotations
 
 import math
@@ -84,16 +85,23 @@ SCORES: dict[str, tuple[str, bool]] = {
 
 RULES: dict[str, Rule] = {
     "last": Rule("last evaluation (honest default)", "—", _last),
-    "source-val": Rule("max source validation accuracy",
-                       "source accuracy validator in Musgrave et al. 2022", _arg_best(*SCORES["source-val"])),
-    "entropy": Rule("min mean target prediction entropy",
-                    "Grandvalet & Bengio 2005; Musgrave et al. 2022", _arg_best(*SCORES["entropy"])),
-    "im": Rule("max information maximisation H(mean p) − mean H(p)",
-               "Shi & Sha 2012; Musgrave et al. 2022", _arg_best(*SCORES["im"])),
-    "snd": Rule("max soft neighbourhood density", "Saito et al. 2021 (ICCV)",
-                _arg_best(*SCORES["snd"])),
-    "oracle": Rule(ORACLE_LABEL, "best-epoch-on-test, as in many published tables",
-                   _arg_best(*SCORES["oracle"])),
+    "source-val": Rule(
+        "max source validation accuracy",
+        "source accuracy validator in Musgrave et al. 2022",
+        _arg_best(*SCORES["source-val"]),
+    ),
+    "entropy": Rule(
+        "min mean target prediction entropy",
+        "Grandvalet & Bengio 2005; Musgrave et al. 2022",
+        _arg_best(*SCORES["entropy"]),
+    ),
+    "im": Rule(
+        "max information maximisation H(mean p) − mean H(p)",
+        "Shi & Sha 2012; Musgrave et al. 2022",
+        _arg_best(*SCORES["im"]),
+    ),
+    "snd": Rule("max soft neighbourhood density", "Saito et al. 2021 (ICCV)", _arg_best(*SCORES["snd"])),
+    "oracle": Rule(ORACLE_LABEL, "best-epoch-on-test, as in many published tables", _arg_best(*SCORES["oracle"])),
 }
 
 
@@ -137,9 +145,12 @@ def select(df: pd.DataFrame, rule: str = "last") -> pd.DataFrame:
         s = curve[j].get("step")
         step[i] = float(s) if _finite(s) else np.nan
     if missing:
-        warnings.warn(f"rule {rule!r}: {len(missing)} complete run(s) have no usable score in their "
-                      f"curve and are left out: {', '.join(missing[:5])}"
-                      f"{' …' if len(missing) > 5 else ''}", stacklevel=2)
+        warnings.warn(
+            f"rule {rule!r}: {len(missing)} complete run(s) have no usable score in their "
+            f"curve and are left out: {', '.join(missing[:5])}"
+            f"{' …' if len(missing) > 5 else ''}",
+            stacklevel=2,
+        )
     out["accuracy"] = acc
     out["selected_step"] = pd.array([None if math.isnan(s) else int(s) for s in step], dtype="Int64")
     out["labels"] = [label_budget(p, k) for p, k in zip(out["protocol"], out["target_shots"])]

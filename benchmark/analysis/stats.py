@@ -59,6 +59,7 @@ tests; ``notes`` name every excluded cell with its missing seeds and their statu
 diverged seed and keeping the rest would rank a method that fails on one seed of three above
 one that completes all three.
 """
+
 from __future__ import annotations
 
 import html
@@ -201,11 +202,16 @@ def cd_cliques(avg_ranks: pd.Series, cd: float) -> tuple[tuple[str, ...], ...]:
             j += 1
         if j > i and not any(a <= i and j <= b for a, b in spans):
             spans.append((i, j))
-    return tuple(tuple(names[i:j + 1]) for i, j in spans)
+    return tuple(tuple(names[i : j + 1]) for i, j in spans)
 
 
-def friedman(scores: pd.DataFrame | np.ndarray, alpha: float = 0.05, tie_correction: bool = False,
-             labels: str = "", higher_is_better: bool = True) -> FriedmanResult:
+def friedman(
+    scores: pd.DataFrame | np.ndarray,
+    alpha: float = 0.05,
+    tie_correction: bool = False,
+    labels: str = "",
+    higher_is_better: bool = True,
+) -> FriedmanResult:
     """Friedman test on an N(blocks)×k(methods) score matrix, with Nemenyi's CD."""
     if isinstance(scores, pd.DataFrame):
         names = [str(c) for c in scores.columns]
@@ -242,8 +248,10 @@ def friedman(scores: pd.DataFrame | np.ndarray, alpha: float = 0.05, tie_correct
         p_ff = float(math.factorial(k) ** -(n - 1))
     exact = friedman_exact_p(ranks)
     if exact is not None:
-        p_value, test = exact, (f"exact permutation test (all ({k}!)^{n} = {math.factorial(k) ** n:,} "
-                                "within-block rank orders)")
+        p_value, test = (
+            exact,
+            (f"exact permutation test (all ({k}!)^{n} = {math.factorial(k) ** n:,} within-block rank orders)"),
+        )
     elif n < PERMUTATION_MAX_BLOCKS:
         p_value = friedman_permutation_p(ranks)
         test = f"Monte-Carlo permutation test ({PERMUTATION_REPS:,} within-block shuffles)"
@@ -252,8 +260,7 @@ def friedman(scores: pd.DataFrame | np.ndarray, alpha: float = 0.05, tie_correct
     q = nemenyi_q(k, alpha)
     cd = q * math.sqrt(k * (k + 1) / (6 * n))
     avg = pd.Series(rbar, index=names).sort_values()
-    return FriedmanResult(labels, n, k, avg, chi2, p_chi2, ff, p_ff, alpha, q, cd, cd_cliques(avg, cd),
-                          p_value, test)
+    return FriedmanResult(labels, n, k, avg, chi2, p_chi2, ff, p_ff, alpha, q, cd, cd_cliques(avg, cd), p_value, test)
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -309,10 +316,13 @@ def aggregate_iqm(tasks: list[np.ndarray]) -> np.ndarray | float:
     return sps.trim_mean(pooled, 0.25, axis=-1)
 
 
-def stratified_bootstrap_ci(scores: dict[str, np.ndarray] | np.ndarray,
-                            statistic: Callable[[list[np.ndarray]], np.ndarray | float] = aggregate_mean,
-                            reps: int = 2000, level: float = 0.95,
-                            seed: int | np.random.Generator = 0) -> tuple[float, float, float]:
+def stratified_bootstrap_ci(
+    scores: dict[str, np.ndarray] | np.ndarray,
+    statistic: Callable[[list[np.ndarray]], np.ndarray | float] = aggregate_mean,
+    reps: int = 2000,
+    level: float = 0.95,
+    seed: int | np.random.Generator = 0,
+) -> tuple[float, float, float]:
     """(point estimate, low, high): percentile CI of ``statistic`` under stratified bootstrap.
 
     Runs are resampled with replacement within each task (the strata), tasks are kept.
@@ -335,9 +345,13 @@ def _poi(xs: list[np.ndarray], ys: list[np.ndarray]) -> np.ndarray | float:
     return np.mean(per_task, axis=0)
 
 
-def probability_of_improvement(x: dict[str, np.ndarray] | np.ndarray, y: dict[str, np.ndarray] | np.ndarray,
-                               reps: int = 2000, level: float = 0.95,
-                               seed: int | np.random.Generator = 0) -> tuple[float, float, float]:
+def probability_of_improvement(
+    x: dict[str, np.ndarray] | np.ndarray,
+    y: dict[str, np.ndarray] | np.ndarray,
+    reps: int = 2000,
+    level: float = 0.95,
+    seed: int | np.random.Generator = 0,
+) -> tuple[float, float, float]:
     """(P(X > Y), low, high) with a stratified-bootstrap percentile CI (Agarwal et al. 2021).
 
     ``x`` and ``y`` hold the run scores of two methods on the same tasks (same order/keys).
@@ -467,20 +481,33 @@ def friedman_nemenyi_test(b: Budget, ctx: Context) -> StatOutput:
     nem = []
     for a, c in itertools.combinations(f.avg_ranks.index, 2):
         diff = abs(f.avg_ranks[a] - f.avg_ranks[c])
-        nem.append({"labels": b.labels, "a": a, "b": c, "rank_a": f.avg_ranks[a], "rank_b": f.avg_ranks[c],
-                        "diff": diff, "cd": f.cd, "significant": bool(diff >= f.cd)})
+        nem.append(
+            {
+                "labels": b.labels,
+                "a": a,
+                "b": c,
+                "rank_a": f.avg_ranks[a],
+                "rank_b": f.avg_ranks[c],
+                "diff": diff,
+                "cd": f.cd,
+                "significant": bool(diff >= f.cd),
+            }
+        )
     blocks = "pairs (mean over seeds per pair)" if ctx.blocks == "pair" else "pair × seed blocks"
-    txt = (f"Labels {f.labels}: Friedman over N = {f.n_blocks} {blocks}, k = {f.k} methods: "
-           f"χ²_F = {f.chi2:.3f} (p = {f.p_chi2:.3g}), F_F = {f.ff:.3f} (p = {f.p_ff:.3g}); "
-           f"significance decided on the {f.test}: p = {f.p_value:.3g}. "
-           f"Nemenyi q_{ctx.alpha} = {f.q_alpha:.3f}, CD = {f.cd:.3f}. "
-           + ("The methods differ significantly." if f.significant else
-              "No significant difference among the methods.")
-           + " Groups not separated by Nemenyi: "
-           + ("; ".join("{" + ", ".join(c) + "}" for c in f.cliques) or "none") + ".")
+    txt = (
+        f"Labels {f.labels}: Friedman over N = {f.n_blocks} {blocks}, k = {f.k} methods: "
+        f"χ²_F = {f.chi2:.3f} (p = {f.p_chi2:.3g}), F_F = {f.ff:.3f} (p = {f.p_ff:.3g}); "
+        f"significance decided on the {f.test}: p = {f.p_value:.3g}. "
+        f"Nemenyi q_{ctx.alpha} = {f.q_alpha:.3f}, CD = {f.cd:.3f}. "
+        + ("The methods differ significantly." if f.significant else "No significant difference among the methods.")
+        + " Groups not separated by Nemenyi: "
+        + ("; ".join("{" + ", ".join(c) + "}" for c in f.cliques) or "none")
+        + "."
+    )
     ranks = f.avg_ranks.rename("average rank").rename_axis("method").reset_index()
-    return StatOutput(pd.DataFrame(nem), sections=(Section(f"Friedman / Nemenyi (labels {f.labels})", txt, ranks),),
-                      details=(f,))
+    return StatOutput(
+        pd.DataFrame(nem), sections=(Section(f"Friedman / Nemenyi (labels {f.labels})", txt, ranks),), details=(f,)
+    )
 
 
 def wilcoxon_holm_test(b: Budget, ctx: Context) -> StatOutput:
@@ -490,12 +517,23 @@ def wilcoxon_holm_test(b: Budget, ctx: Context) -> StatOutput:
     mat, rows = b.matrix, []
     for a, c in itertools.combinations(b.ranking.index, 2):
         st, p = wilcoxon_p(mat[a].to_numpy(), mat[c].to_numpy())
-        rows.append({"labels": b.labels, "a": a, "b": c, "n": len(mat),
-                         "mean_diff": float((mat[a] - mat[c]).mean()), "statistic": st, "p": p})
+        rows.append(
+            {
+                "labels": b.labels,
+                "a": a,
+                "b": c,
+                "n": len(mat),
+                "mean_diff": float((mat[a] - mat[c]).mean()),
+                "statistic": st,
+                "p": p,
+            }
+        )
     notes: tuple[str, ...] = ()
     if len(mat) < 6:
-        notes = (f"labels {b.labels}: with N = {len(mat)} blocks the two-sided Wilcoxon test "
-                 "cannot reach p < 0.05 (needs N ≥ 6).",)
+        notes = (
+            f"labels {b.labels}: with N = {len(mat)} blocks the two-sided Wilcoxon test "
+            "cannot reach p < 0.05 (needs N ≥ 6).",
+        )
     return StatOutput(pd.DataFrame(_with_holm(rows, ctx.alpha)), notes)
 
 
@@ -511,8 +549,19 @@ def mean_interval_test(b: Budget, ctx: Context) -> StatOutput:
         n_runs = sum(map(len, tasks))
         # trim_mean(0.25) drops int(0.25 n) runs per side: nothing below 4 runs, so IQM = mean
         q = float(aggregate_iqm(tasks)) if n_runs >= 4 else math.nan
-        rows.append({"labels": b.labels, "method": e, "pairs": len(r), "runs": n_runs,
-                         "mean": m, "ci95_low": lo, "ci95_high": hi, "iqm": q, "all_pairs": len(r) == pairs_all})
+        rows.append(
+            {
+                "labels": b.labels,
+                "method": e,
+                "pairs": len(r),
+                "runs": n_runs,
+                "mean": m,
+                "ci95_low": lo,
+                "ci95_high": hi,
+                "iqm": q,
+                "all_pairs": len(r) == pairs_all,
+            }
+        )
     return StatOutput(pd.DataFrame(rows))
 
 
@@ -535,18 +584,34 @@ def per_pair_test(b: Budget, ctx: Context) -> StatOutput:
     """
     out = []
     for pair, g in b.runs_all.groupby("pair"):
-        vals = {e: ge.set_index("seed")["accuracy"] for e, ge in g.groupby("entry")
-                if len(ge) >= MIN_SEEDS_PER_PAIR and (e, pair) not in ctx.bad_cells}
+        vals = {
+            e: ge.set_index("seed")["accuracy"]
+            for e, ge in g.groupby("entry")
+            if len(ge) >= MIN_SEEDS_PER_PAIR and (e, pair) not in ctx.bad_cells
+        }
         rows = []
         for a, c in itertools.combinations(sorted(vals, key=lambda e: -vals[e].mean()), 2):
             xa, xb = vals[a], vals[c]
             if set(xa.index) == set(xb.index):
                 test, p = "paired t", _ttest(sps.ttest_rel, xa.sort_index().to_numpy(), xb.sort_index().to_numpy())
             else:
-                test, p = "Welch t", _ttest(lambda x, y: sps.ttest_ind(x, y, equal_var=False),
-                                            xa.to_numpy(), xb.to_numpy())
-            rows.append({"labels": b.labels, "pair": pair, "a": a, "b": c, "seeds": min(len(xa), len(xb)),
-                             "mean_a": float(xa.mean()), "mean_b": float(xb.mean()), "test": test, "p": p})
+                test, p = (
+                    "Welch t",
+                    _ttest(lambda x, y: sps.ttest_ind(x, y, equal_var=False), xa.to_numpy(), xb.to_numpy()),
+                )
+            rows.append(
+                {
+                    "labels": b.labels,
+                    "pair": pair,
+                    "a": a,
+                    "b": c,
+                    "seeds": min(len(xa), len(xb)),
+                    "mean_a": float(xa.mean()),
+                    "mean_b": float(xb.mean()),
+                    "test": test,
+                    "p": p,
+                }
+            )
         out += _with_holm(rows, ctx.alpha)
     return StatOutput(pd.DataFrame(out))
 
@@ -564,7 +629,9 @@ STAT_TESTS: dict[str, StatTest] = {
     "friedman": StatTest("Friedman / Nemenyi", "", friedman_nemenyi_test),
     "wilcoxon": StatTest(
         "Pairwise Wilcoxon signed-rank, Holm-corrected",
-        lambda ctx: f"Over the same blocks; significant = Holm-adjusted p < {ctx.alpha}.", wilcoxon_holm_test),
+        lambda ctx: f"Over the same blocks; significant = Holm-adjusted p < {ctx.alpha}.",
+        wilcoxon_holm_test,
+    ),
     "intervals": StatTest(
         "Mean over pairs with 95% t-intervals",
         "Mean = mean over pairs of the per-pair mean over seeds; 95% interval = "
@@ -573,15 +640,21 @@ STAT_TESTS: dict[str, StatTest] = {
         "noise at 3 and at 10 seeds (a stratified percentile bootstrap covers only ~76% at "
         "1 pair × 3 seeds, so it is not used). IQM = interquartile mean of all runs, shown "
         "only from 4 runs on (with 3 runs it trims nothing and equals the mean); no interval.",
-        mean_interval_test),
+        mean_interval_test,
+    ),
     "improvement": StatTest(
         "Probability of improvement P(a > b)",
         "Averaged over pairs, ties count ½ (Agarwal et al. 2021). Point estimate only: a "
-        "bootstrap interval from a few seeds per pair would not cover 95%.", improvement_test),
+        "bootstrap interval from a few seeds per pair would not cover 95%.",
+        improvement_test,
+    ),
     "per_pair": StatTest(
         "Per-pair tests over seeds",
         f"Pairs with ≥ {MIN_SEEDS_PER_PAIR} seeds per method; paired t-test when seeds match, "
-        "else Welch; Holm within each pair.", per_pair_test, _per_pair_finish),
+        "else Welch; Holm within each pair.",
+        per_pair_test,
+        _per_pair_finish,
+    ),
 }
 
 
@@ -681,8 +754,7 @@ def _excluded_cells(planned: pd.DataFrame, sel: pd.DataFrame, missing: pd.DataFr
     return out
 
 
-def _budget(sel: pd.DataFrame, labels: str, blocks: str, bad_rows: set[str],
-            notes: list[str]) -> Budget:
+def _budget(sel: pd.DataFrame, labels: str, blocks: str, bad_rows: set[str], notes: list[str]) -> Budget:
     """The runs of one budget, its complete block matrix and ranking; notes what leaves the tests."""
     s_all = sel[sel["labels"] == labels]
     s = s_all[~s_all["entry"].isin(bad_rows)]
@@ -690,17 +762,21 @@ def _budget(sel: pd.DataFrame, labels: str, blocks: str, bad_rows: set[str],
     mat = s.pivot_table(index=index, columns="entry", values="accuracy", aggfunc="mean")
     incomplete = [c for c in mat.columns if mat[c].isna().any()]
     if incomplete:
-        notes.append(f"labels {labels}: left out of the across-task tests (missing blocks): "
-                     f"{', '.join(map(str, incomplete))}")
+        notes.append(
+            f"labels {labels}: left out of the across-task tests (missing blocks): {', '.join(map(str, incomplete))}"
+        )
         mat = mat.drop(columns=incomplete)
     ranking = None
     if mat.shape[0] >= 2 and mat.shape[1] >= 2:
         # the same average ranks (and tie order) as friedman() computes on this matrix
-        ranking = pd.Series(rank_matrix(mat.to_numpy(dtype=float)).mean(axis=0),
-                            index=[str(c) for c in mat.columns]).sort_values()
+        ranking = pd.Series(
+            rank_matrix(mat.to_numpy(dtype=float)).mean(axis=0), index=[str(c) for c in mat.columns]
+        ).sort_values()
     else:
-        notes.append(f"labels {labels}: across-task tests need ≥ 2 pairs/blocks and ≥ 2 methods "
-                     f"with all of them (have {mat.shape[0]} × {mat.shape[1]}).")
+        notes.append(
+            f"labels {labels}: across-task tests need ≥ 2 pairs/blocks and ≥ 2 methods "
+            f"with all of them (have {mat.shape[0]} × {mat.shape[1]})."
+        )
     scores = {e: {p: g["accuracy"].to_numpy() for p, g in ge.groupby("pair")} for e, ge in s.groupby("entry")}
     order = list(ranking.index) if ranking is not None else sorted(scores)
     order += [e for e in sorted(scores) if e not in order]
@@ -712,9 +788,16 @@ def _stack(tables: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame([r for t in tables for r in t.to_dict("records")])
 
 
-def compare(df: pd.DataFrame, rule: str = "last", blocks: str = "pair", alpha: float = 0.05,
-            reps: int = 2000, seed: int = 0, tie_correction: bool = False,
-            where: list[str] | dict | None = None) -> Comparison:
+def compare(
+    df: pd.DataFrame,
+    rule: str = "last",
+    blocks: str = "pair",
+    alpha: float = 0.05,
+    reps: int = 2000,
+    seed: int = 0,
+    tie_correction: bool = False,
+    where: list[str] | dict | None = None,
+) -> Comparison:
     """Run every test of :data:`STAT_TESTS` on each label budget of ``df``.
 
     The built-ins: Friedman/Nemenyi, Wilcoxon–Holm, mean t-intervals, P(improvement) and
@@ -730,9 +813,11 @@ def compare(df: pd.DataFrame, rule: str = "last", blocks: str = "pair", alpha: f
     bad_cells = frozenset((e, p) for e, p, _ in excluded)
     bad_rows = {e for e, _ in bad_cells}
     if excluded:
-        notes.append("Cells missing planned seeds are excluded, not averaged over their surviving seeds: "
-                     "their row leaves the across-pair tests and intervals, the cell leaves the per-pair "
-                     "tests. Excluded: " + "; ".join(d for _, _, d in excluded) + ".")
+        notes.append(
+            "Cells missing planned seeds are excluded, not averaged over their surviving seeds: "
+            "their row leaves the across-pair tests and intervals, the cell leaves the per-pair "
+            "tests. Excluded: " + "; ".join(d for _, _, d in excluded) + "."
+        )
     budgets = tuple(sorted(sel["labels"].unique(), key=budget_key)) if len(sel) else ()
     ctx = Context(rule, blocks, alpha, tie_correction, reps, seed, bad_cells, budgets)
     tests = dict(STAT_TESTS)  # as registered now: a test added mid-run does not half-apply

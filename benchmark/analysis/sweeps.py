@@ -17,6 +17,7 @@ in the folder is a candidate (restrict with ``--where``). :func:`select_config` 
 one row per method (the chosen run, its settings minus the swept keys, so the leaderboard shows
 one row per method) and the leaderboard, statistics and figures then work on it unchanged.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,10 @@ def _score(rule: str) -> tuple[str, bool]:
     """The curve field ``rule`` optimises and whether it maximises it; ValueError for ``last``."""
     check_rule(rule)
     if rule not in SCORES:
-        raise ValueError(f"rule {rule!r} has no score, so it cannot choose among the configurations of a sweep; "
-                         f"use one of: {', '.join(SCORES)}")
+        raise ValueError(
+            f"rule {rule!r} has no score, so it cannot choose among the configurations of a sweep; "
+            f"use one of: {', '.join(SCORES)}"
+        )
     return SCORES[rule]
 
 
@@ -66,7 +69,8 @@ def swept_keys(df: pd.DataFrame) -> dict[tuple[str, str], list[str]]:
         sts = list(g["settings"])
         keys = set().union(*sts)
         out.setdefault((m, lab), set()).update(
-            k for k in keys if len({json.dumps(st.get(k), sort_keys=True, default=str) for st in sts}) > 1)
+            k for k in keys if len({json.dumps(st.get(k), sort_keys=True, default=str) for st in sts}) > 1
+        )
     return {k: sorted(v) for k, v in out.items()}
 
 

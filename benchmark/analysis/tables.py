@@ -33,6 +33,7 @@ pair of the table); ``rank`` is the average over pairs of the rank within the pa
 best, ties share the mean rank); ``gain`` is ``avg`` minus the ``source-only`` row's
 ``avg`` (over the pairs both have).
 """
+
 from __future__ import annotations
 
 import csv
@@ -68,8 +69,9 @@ def budget_key(labels: str) -> tuple[int, str]:
 BOUNDS = (0.0, 100.0)
 
 
-def mean_interval(tasks: list[np.ndarray] | np.ndarray, level: float = 0.95,
-                  bounds: tuple[float, float] | None = BOUNDS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mean_interval(
+    tasks: list[np.ndarray] | np.ndarray, level: float = 0.95, bounds: tuple[float, float] | None = BOUNDS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean over tasks of the per-task mean run score, with its t-interval.
 
     With P tasks (pairs), n_p runs (seeds) and sample variance s_p² on task p, the estimate
@@ -103,8 +105,9 @@ def mean_interval(tasks: list[np.ndarray] | np.ndarray, level: float = 0.95,
     return mean, lo, hi
 
 
-def mean_ci(x: np.ndarray, level: float = 0.95,
-            bounds: tuple[float, float] | None = BOUNDS) -> tuple[float, float, float, float]:
+def mean_ci(
+    x: np.ndarray, level: float = 0.95, bounds: tuple[float, float] | None = BOUNDS
+) -> tuple[float, float, float, float]:
     """(mean, std, ci_low, ci_high) of ``x``: the t-interval of :func:`mean_interval`; std/CI NaN for n < 2."""
     x = np.asarray(x, dtype=float)
     n = len(x)
@@ -159,8 +162,7 @@ class Leaderboard:
             "A row is one configuration (method + every run setting but the seed).",
             f"Bold = best of the column within a label budget; † = not significantly worse "
             f"than the best ({TEST_NAME}).",
-            "labels = target labels used per row (0 = unsupervised DA). Ranks, bests and gains "
-            "are within a budget.",
+            "labels = target labels used per row (0 = unsupervised DA). Ranks, bests and gains are within a budget.",
         ]
         return lines + list(self.notes)
 
@@ -176,8 +178,7 @@ class Leaderboard:
 
         out = self.table.copy().astype(object)
         for c in out.columns:
-            out[c] = [mark(str(v), bool(b), bool(t))
-                      for v, b, t in zip(self.table[c], self.best[c], self.tied[c])]
+            out[c] = [mark(str(v), bool(b), bool(t)) for v, b, t in zip(self.table[c], self.best[c], self.tied[c])]
         return out
 
     def to_markdown(self) -> str:
@@ -211,8 +212,14 @@ class Leaderboard:
                         row += ["", "", "", "", 0, 0]
                     else:
                         c = c.iloc[0]
-                        row += [_num(c["mean"]), _num(c["std"]), _num(c["ci_low"]),
-                                _num(c["ci_high"]), int(c["n"]), int(c["planned"])]
+                        row += [
+                            _num(c["mean"]),
+                            _num(c["std"]),
+                            _num(c["ci_low"]),
+                            _num(c["ci_high"]),
+                            int(c["n"]),
+                            int(c["planned"]),
+                        ]
                 row += [_num(srow["avg"]), _num(srow["rank"]), _num(srow["gain"]), self.rule]
                 w.writerow(row)
         return path
@@ -221,22 +228,41 @@ class Leaderboard:
         """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``), written by hand."""
         t = self._marked("tex")
         rows = [[tex_escape(str(i)), *map(str, r)] for i, r in zip(t.index, t.to_numpy())]
-        return latex_grid([t.index.name or "method", *t.columns], rows, "l" + "c" * len(t.columns),
-                          comments=[self.title, " ".join(self.legend())])
+        return latex_grid(
+            [t.index.name or "method", *t.columns],
+            rows,
+            "l" + "c" * len(t.columns),
+            comments=[self.title, " ".join(self.legend())],
+        )
 
     def to_html(self, full_page: bool = False) -> str:
         """An HTML ``<table>`` (with caption and legend); ``full_page`` wraps it in a document."""
         t = self._marked("html")
         rows = [[html.escape(str(i)), *map(str, r)] for i, r in zip(t.index, t.to_numpy())]
-        parts = [html_grid([t.index.name or "method", *t.columns], rows, "leaderboard", caption=self.title,
-                           row_header=True, sep="\n")]
-        parts.append("<p class=\"legend\">" + "<br>".join(html.escape(x) for x in self.legend()).replace(
-            "Bold", "<b>Bold</b>").replace("†", "<u>underlined</u>") + "</p>")
+        parts = [
+            html_grid(
+                [t.index.name or "method", *t.columns],
+                rows,
+                "leaderboard",
+                caption=self.title,
+                row_header=True,
+                sep="\n",
+            )
+        ]
+        parts.append(
+            '<p class="legend">'
+            + "<br>".join(html.escape(x) for x in self.legend())
+            .replace("Bold", "<b>Bold</b>")
+            .replace("†", "<u>underlined</u>")
+            + "</p>"
+        )
         body = "\n".join(parts)
         if not full_page:
             return body
-        return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>"
-                f"{html.escape(self.title)}</title></head><body>{body}</body></html>\n")
+        return (
+            '<!DOCTYPE html><html><head><meta charset="utf-8"><title>'
+            f"{html.escape(self.title)}</title></head><body>{body}</body></html>\n"
+        )
 
 
 def _num(v: Any) -> object:
@@ -246,8 +272,8 @@ def _num(v: Any) -> object:
 def _short_key(key: str, method: str, settings_keys: set[str]) -> str:
     """``dann.trade_off`` → ``trade_off`` unless that bare name is itself a setting."""
     prefix = f"{method}."
-    if key.startswith(prefix) and key[len(prefix):] not in settings_keys:
-        return key[len(prefix):]
+    if key.startswith(prefix) and key[len(prefix) :] not in settings_keys:
+        return key[len(prefix) :]
     return key
 
 
@@ -317,8 +343,9 @@ def _missing_detail(row: pd.Series, rule: str) -> str:
 MISSING_COLUMNS: list[str] = ["entry", "method", "labels", "pair", "seed", "status", "detail", "run_id"]
 
 
-def prepare(df: pd.DataFrame, rule: str = "last",
-            where: list[str] | dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
+def prepare(
+    df: pd.DataFrame, rule: str = "last", where: list[str] | dict | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
     """Shared by the leaderboard, the statistics and the figures.
 
     Returns ``(runs, planned, missing, notes)``: ``runs`` the complete runs with a selected
@@ -330,19 +357,29 @@ def prepare(df: pd.DataFrame, rule: str = "last",
     notes: list[str] = []
     if df.empty:
         empty = pd.DataFrame(columns=[*df.columns, "entry", "labels", "accuracy"])
-        return empty, pd.DataFrame(columns=["entry", "method", "labels", "pair", "planned", "n_planned"]), \
-            pd.DataFrame(columns=MISSING_COLUMNS), notes
+        return (
+            empty,
+            pd.DataFrame(columns=["entry", "method", "labels", "pair", "planned", "n_planned"]),
+            pd.DataFrame(columns=MISSING_COLUMNS),
+            notes,
+        )
     allr = select(df, rule)
     allr["entry"] = entry_names(allr)
     ok = allr[(allr["status"] == "complete") & allr["accuracy"].notna()]
     dup = ok.duplicated(["entry", "pair", "seed"], keep="first")
     if dup.any():
-        notes.append("same configuration, pair and seed recorded twice (first kept): "
-                     + ", ".join(sorted(map(str, ok.loc[dup, "run_id"]))))
+        notes.append(
+            "same configuration, pair and seed recorded twice (first kept): "
+            + ", ".join(sorted(map(str, ok.loc[dup, "run_id"])))
+        )
         ok = ok[~dup]
     known = allr[allr["seed"].notna()]
-    planned = (known.groupby(["entry", "method", "labels", "pair"], sort=False)["seed"]
-               .agg(lambda s: tuple(sorted({int(x) for x in s}))).rename("planned").reset_index())
+    planned = (
+        known.groupby(["entry", "method", "labels", "pair"], sort=False)["seed"]
+        .agg(lambda s: tuple(sorted({int(x) for x in s})))
+        .rename("planned")
+        .reset_index()
+    )
     planned["n_planned"] = planned["planned"].map(len)
     done = set(zip(ok["entry"], ok["pair"], ok["seed"].astype(int)))
     miss = []
@@ -353,8 +390,18 @@ def prepare(df: pd.DataFrame, rule: str = "last",
             continue
         done.add(key)
         row = known.loc[r.Index]
-        miss.append({"entry": r.entry, "method": r.method, "labels": r.labels, "pair": r.pair, "seed": int(r.seed),
-                         "status": r.status, "detail": _missing_detail(row, rule), "run_id": r.run_id})
+        miss.append(
+            {
+                "entry": r.entry,
+                "method": r.method,
+                "labels": r.labels,
+                "pair": r.pair,
+                "seed": int(r.seed),
+                "status": r.status,
+                "detail": _missing_detail(row, rule),
+                "run_id": r.run_id,
+            }
+        )
     missing = pd.DataFrame(miss, columns=MISSING_COLUMNS).sort_values(["entry", "pair", "seed"])
     return ok.copy(), planned, missing.reset_index(drop=True), notes
 
@@ -371,8 +418,9 @@ def missing_markdown(missing: pd.DataFrame, limit: int = 40) -> list[str]:
     return lines
 
 
-def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95,
-                where: list[str] | dict | None = None) -> Leaderboard:
+def leaderboard(
+    df: pd.DataFrame, rule: str = "last", level: float = 0.95, where: list[str] | dict | None = None
+) -> Leaderboard:
     """Build the leaderboard of ``df`` (from :func:`~dabench.analysis.results.load_results`) under ``rule``.
 
     ``where`` (``["steps=2000"]`` or ``{"steps": 2000}``) keeps only matching configurations,
@@ -382,13 +430,13 @@ def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95,
     sel, planned, missing, notes = prepare(df, rule, where)
     if len(missing):
         counts = missing["status"].value_counts()
-        notes.append(f"{len(missing)} run(s) not complete (failed/diverged/running/skipped/pending) "
-                     "are left out of the means: "
-                     + ", ".join(f"{v} {k}" for k, v in counts.items()) + "; listed below.")
+        notes.append(
+            f"{len(missing)} run(s) not complete (failed/diverged/running/skipped/pending) "
+            "are left out of the means: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + "; listed below."
+        )
     if sel.empty:
         empty = pd.DataFrame()
-        return Leaderboard(rule, title, empty, pd.DataFrame(), pd.DataFrame(), empty, empty, (), tuple(notes),
-                           missing)
+        return Leaderboard(rule, title, empty, pd.DataFrame(), pd.DataFrame(), empty, empty, (), tuple(notes), missing)
 
     pairs = tuple(sorted(planned["pair"].astype(str).unique()))
 
@@ -397,10 +445,23 @@ def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95,
     for r in planned.itertuples(index=False):
         g = sel[(sel["entry"] == r.entry) & (sel["pair"] == r.pair)]
         m, s, lo, hi = mean_ci(g["accuracy"].to_numpy(), level)
-        rows.append({"entry": r.entry, "method": r.method, "labels": r.labels, "pair": r.pair, "n": len(g),
-                         "planned": r.n_planned, "complete": len(g) == r.n_planned, "mean": m,
-                         "std": s, "ci_low": lo, "ci_high": hi, "values": g["accuracy"].to_numpy(),
-                         "seeds": tuple(sorted(int(x) for x in g["seed"].dropna()))})
+        rows.append(
+            {
+                "entry": r.entry,
+                "method": r.method,
+                "labels": r.labels,
+                "pair": r.pair,
+                "n": len(g),
+                "planned": r.n_planned,
+                "complete": len(g) == r.n_planned,
+                "mean": m,
+                "std": s,
+                "ci_low": lo,
+                "ci_high": hi,
+                "values": g["accuracy"].to_numpy(),
+                "seeds": tuple(sorted(int(x) for x in g["seed"].dropna())),
+            }
+        )
     cells = pd.DataFrame(rows)
     cells["best"] = False
     cells["tied"] = False
@@ -431,12 +492,18 @@ def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95,
             c = cells[cells["entry"] == entry]
         allp = set(c["pair"]) == set(pairs) and (c["n"] > 0).all()
         seeds_n = sorted(set(c["n"]))
-        summ.append({"entry": entry, "method": c["method"].iloc[0], "labels": c["labels"].iloc[0],
-                         "seeds": str(seeds_n[0]) if len(seeds_n) == 1 else f"{seeds_n[0]}–{seeds_n[-1]}",
-                         "avg": float(c["mean"].mean()) if allp else math.nan,
-                         "rank": float(c["rank"].mean()) if c["rank"].notna().any() else math.nan,
-                         "n_pairs": int((c["n"] > 0).sum()),
-                         "incomplete": not bool(cells.loc[cells["entry"] == entry, "complete"].all())})
+        summ.append(
+            {
+                "entry": entry,
+                "method": c["method"].iloc[0],
+                "labels": c["labels"].iloc[0],
+                "seeds": str(seeds_n[0]) if len(seeds_n) == 1 else f"{seeds_n[0]}–{seeds_n[-1]}",
+                "avg": float(c["mean"].mean()) if allp else math.nan,
+                "rank": float(c["rank"].mean()) if c["rank"].notna().any() else math.nan,
+                "n_pairs": int((c["n"] > 0).sum()),
+                "incomplete": not bool(cells.loc[cells["entry"] == entry, "complete"].all()),
+            }
+        )
     summary = pd.DataFrame(summ).set_index("entry")
     if (~summary["avg"].notna()).any():
         notes.append("avg is shown only for rows with results on every pair.")
@@ -446,7 +513,9 @@ def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95,
     so_entries = list(dict.fromkeys(so_cells["entry"]))
     if len(so_entries) > 1:
         notes.append(f"gain vs source-only is against the row {so_entries[0]!r}.")
-    so = so_cells[so_cells["entry"] == so_entries[0]].set_index("pair")["mean"] if so_entries else pd.Series(dtype=float)
+    so = (
+        so_cells[so_cells["entry"] == so_entries[0]].set_index("pair")["mean"] if so_entries else pd.Series(dtype=float)
+    )
     has_gain = not so.empty
     gains = []
     for entry in summary.index:
@@ -455,9 +524,17 @@ def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95,
         is_so = summary.at[entry, "method"] in SOURCE_ONLY and summary.at[entry, "labels"] == "0"
         gains.append(math.nan if (is_so or len(common) == 0) else float((c[common] - so[common]).mean()))
     summary["gain"] = gains
-    summary = summary.loc[sorted(summary.index, key=lambda e: (
-        budget_key(summary.at[e, "labels"]), summary.at[e, "method"] not in SOURCE_ONLY,
-        summary.at[e, "rank"] if not math.isnan(summary.at[e, "rank"]) else math.inf, e))]
+    summary = summary.loc[
+        sorted(
+            summary.index,
+            key=lambda e: (
+                budget_key(summary.at[e, "labels"]),
+                summary.at[e, "method"] not in SOURCE_ONLY,
+                summary.at[e, "rank"] if not math.isnan(summary.at[e, "rank"]) else math.inf,
+                e,
+            ),
+        )
+    ]
     summary.index.name = "method"
 
     # ---- display strings + marks ---------------------------------------------------
@@ -494,17 +571,22 @@ def leaderboard(df: pd.DataFrame, rule: str = "last", level: float = 0.95,
     table["rank"] = [_fmt(v, 2) + (s if not math.isnan(v) else "") for v, s in zip(summary["rank"], star)]
     ok_rows = ~summary["incomplete"]
     best["avg"] = [b and o for b, o in zip(_best_within(summary[ok_rows].reindex(summary.index), "avg", True), ok_rows)]
-    best["rank"] = [b and o for b, o in zip(_best_within(summary[ok_rows].reindex(summary.index), "rank", False), ok_rows)]
+    best["rank"] = [
+        b and o for b, o in zip(_best_within(summary[ok_rows].reindex(summary.index), "rank", False), ok_rows)
+    ]
     tied["avg"] = tied["rank"] = False
     if has_gain:
         table["gain vs source-only"] = [("–" if math.isnan(v) else f"{v:+.1f}") for v in summary["gain"]]
         best["gain vs source-only"] = tied["gain vs source-only"] = False
     if (~cells["complete"]).any():
-        notes.append("(k/n) = k of the n planned seeds completed; the mean is over those k. Such a cell is "
-                     "never marked best or †, and its row's avg and rank carry *.")
+        notes.append(
+            "(k/n) = k of the n planned seeds completed; the mean is over those k. Such a cell is "
+            "never marked best or †, and its row's avg and rank carry *."
+        )
     if (cells["n"] == 2).any():
-        notes.append("With 2 seeds the 95% t-interval is mean ± 12.7·s/√2 (t with 1 d.o.f.): too wide to "
-                     "inform; run ≥ 3 seeds.")
+        notes.append(
+            "With 2 seeds the 95% t-interval is mean ± 12.7·s/√2 (t with 1 d.o.f.): too wide to inform; run ≥ 3 seeds."
+        )
     if ((cells["ci_low"] == BOUNDS[0]) | (cells["ci_high"] == BOUNDS[1])).any():
         notes.append("Intervals are clipped to [0, 100].")
     return Leaderboard(rule, title, table, cells, summary, best, tied, pairs, tuple(notes), missing)

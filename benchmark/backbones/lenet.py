@@ -1,4 +1,5 @@
 """LeNet for 28x28 digits, as used by the DA digit benchmarks (conv20-conv50-fc500)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """ResNet-50 (He et al. 2016) from timm with ImageNet weights: the Office-31 backbone of DAN, DANN,
 CDAN and their successors (2,048-d pooled features; the engine trains it at 0.1x the lr)."""
+
 from __future__ import annotations
 
 from ..core.parsing import parse_bool
@@ -16,8 +17,9 @@ HOW_TO = (
 
 
 @register_backbone("resnet50")
-def resnet50(in_channels: int = 3, image_size: int = 224, pretrained: bool | str = True,
-             weights: str | None = None, **_: object) -> TimmBackbone:
+def resnet50(
+    in_channels: int = 3, image_size: int = 224, pretrained: bool | str = True, weights: str | None = None, **_: object
+) -> TimmBackbone:
     """ResNet-50 (timm), ImageNet weights (or backbone.weights=PATH); 2,048-d pooled features.
 
     Options: ``weights=PATH`` (local state dict, wins over ``pretrained``), ``pretrained`` (default True:

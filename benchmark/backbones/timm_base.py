@@ -1,4 +1,5 @@
 """Shared plumbing for timm feature extractors: pooled features, local weight files, clear errors."""
+
 from __future__ import annotations
 
 import pathlib

@@ -1,4 +1,5 @@
 """Domains, domain pairs and their default schedules (the data side of a benchmark task)."""
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,7 @@ class Domain:
             )
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(
-                f"domain {self.name!r}: {self.images.shape[0]} images but labels of shape "
-                f"{tuple(self.labels.shape)}"
+                f"domain {self.name!r}: {self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}"
             )
 
     def __len__(self) -> int:

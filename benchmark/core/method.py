@@ -3,6 +3,7 @@
 A method never loads data or steps an optimiser; the engine (``dabench.engine.train``) does.
 All methods combine their losses the same way: ``total = ce + trade_off * da``.
 """
+
 from __future__ import annotations
 
 import math
@@ -230,9 +231,7 @@ class Method(nn.Module):
             parts["ce_shots"] = F.cross_entropy(self.predict(batch.x_shots), batch.y_shots)
         return parts
 
-    def forward_source_target(
-        self, batch: Batch
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_source_target(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits and features of the source and target batches: ``(logits_s, logits_t, f_s, f_t)``.
 
         The features are those the head classifies: the output of the bottleneck

@@ -5,6 +5,7 @@ and reading results (:mod:`dabench.analysis.results`) shows its short label with
 the datasets. Importing this module registers the ``folder`` label in
 :data:`dabench.core.registry.PAIRS`.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -13,8 +14,10 @@ import re
 from .registry import PAIRS, RegistryError
 
 OPTIONS = ("name", "source", "target", "size", "channels", "backbone", "eval", "augment", "shots")
-USAGE = ("folder:[name=NAME,]source=DIR,target=DIR[,size=32][,channels=1|3][,backbone=NAME][,eval=half|all]"
-         "[,augment=...][,shots=5]")
+USAGE = (
+    "folder:[name=NAME,]source=DIR,target=DIR[,size=32][,channels=1|3][,backbone=NAME][,eval=half|all]"
+    "[,augment=...][,shots=5]"
+)
 NAME_CHARS = re.compile(r"[A-Za-z0-9._+\-]+")
 
 
@@ -33,8 +36,10 @@ def parse_arguments(arguments: str) -> dict[str, str]:
     if missing:
         raise RegistryError(f"folder pair: missing {' and '.join(missing)}. Usage: {USAGE}")
     if "name" in out and not NAME_CHARS.fullmatch(out["name"]):
-        raise RegistryError(f"folder pair: name={out['name']!r} is not a valid short name: use letters, digits "
-                            f"and . _ + - only (e.g. name=photos-sketches). Usage: {USAGE}")
+        raise RegistryError(
+            f"folder pair: name={out['name']!r} is not a valid short name: use letters, digits "
+            f"and . _ + - only (e.g. name=photos-sketches). Usage: {USAGE}"
+        )
     return out
 
 

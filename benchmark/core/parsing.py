@@ -2,6 +2,7 @@
 
 Standard library only (imported by core, backbones, datasets and the analysis side alike).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -25,8 +26,7 @@ def parse_bool(value: Any, where: str) -> bool:
             return True
         if word in FALSE_WORDS:
             return False
-    raise ValueError(f"{where}: expected a boolean ({'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}), "
-                     f"got {value!r}")
+    raise ValueError(f"{where}: expected a boolean ({'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}), got {value!r}")
 
 
 __all__ = ["parse_bool", "TRUE_WORDS", "FALSE_WORDS"]

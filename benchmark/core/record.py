@@ -9,6 +9,7 @@ field names below whatever the Python side does, so reports over old folders kee
 change of shape bumps :data:`FORMAT` and adds the old number to :data:`READABLE_FORMATS` (with
 its conversion in :meth:`RunRecord.from_dict`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -166,24 +167,39 @@ class RunRecord(Mapping):
         """Check ``data`` (a decoded JSON object) against the schema; :class:`RecordError` naming
         ``source``, the field, its value and what is valid when it does not fit."""
         if not isinstance(data, dict):
-            raise RecordError(source, "foreign", f"not a run record of dabench (a JSON {type(data).__name__}, "
-                                                 "expected an object with run_id, status and spec)")
+            raise RecordError(
+                source,
+                "foreign",
+                f"not a run record of dabench (a JSON {type(data).__name__}, "
+                "expected an object with run_id, status and spec)",
+            )
         missing = [k for k in ("run_id", "status", "spec") if k not in data]
         if missing:
-            raise RecordError(source, "foreign", f"not a run record of dabench (missing {', '.join(missing)}; "
-                                                 "a record has run_id, status and spec)")
+            raise RecordError(
+                source,
+                "foreign",
+                f"not a run record of dabench (missing {', '.join(missing)}; a record has run_id, status and spec)",
+            )
         # format 1 records have always carried the field; one without it is taken as format 1
         fmt = data.get("format", 1)
         if isinstance(fmt, bool) or not isinstance(fmt, int) or fmt not in READABLE_FORMATS:
             lo, hi = min(READABLE_FORMATS), max(READABLE_FORMATS)
             reads = f"format {lo}" if lo == hi else f"formats {lo}-{hi}"
-            raise RecordError(source, "format", f"written by record format {fmt!r}; this dabench reads {reads}"
-                                                 + (" (a newer dabench wrote it)" if isinstance(fmt, int)
-                                                    and not isinstance(fmt, bool) and fmt > hi else ""))
+            raise RecordError(
+                source,
+                "format",
+                f"written by record format {fmt!r}; this dabench reads {reads}"
+                + (
+                    " (a newer dabench wrote it)"
+                    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > hi
+                    else ""
+                ),
+            )
         status = data["status"]
         if status not in STATUS_NAMES:
-            raise RecordError(source, "malformed", f"field 'status' is {status!r}; expected one of "
-                                                    f"{', '.join(STATUS_NAMES)}")
+            raise RecordError(
+                source, "malformed", f"field 'status' is {status!r}; expected one of {', '.join(STATUS_NAMES)}"
+            )
         kwargs: dict[str, Any] = {"status": Status(status), "format": fmt}
         extra: dict[str, Any] = {}
         for key, value in data.items():
@@ -197,8 +213,12 @@ class RunRecord(Mapping):
             fits = (value is None and key not in _REQUIRED) or (isinstance(value, kind) and not isinstance(value, bool))
             if not fits:
                 names = " or ".join(_JSON_NAMES[k] for k in kind)
-                raise RecordError(source, "malformed", f"field {key!r} is {value!r:.60} ({_json_name(value)}); "
-                                                        f"expected {names}{'' if key in _REQUIRED else ' or null'}")
+                raise RecordError(
+                    source,
+                    "malformed",
+                    f"field {key!r} is {value!r:.60} ({_json_name(value)}); "
+                    f"expected {names}{'' if key in _REQUIRED else ' or null'}",
+                )
             kwargs[key] = value
         if kwargs["run_id"] == "":
             raise RecordError(source, "malformed", "field 'run_id' is empty; expected the run's id")
@@ -207,8 +227,11 @@ class RunRecord(Mapping):
         err = kwargs.get("error")
         if err is not None:
             if not isinstance(err.get("type"), str) or not isinstance(err.get("message", ""), str):
-                raise RecordError(source, "malformed", f"field 'error' is {err!r:.60}; expected an object with "
-                                                        "a 'type' and a 'message' string")
+                raise RecordError(
+                    source,
+                    "malformed",
+                    f"field 'error' is {err!r:.60}; expected an object with a 'type' and a 'message' string",
+                )
             kwargs["error"] = RunError(err["type"], err.get("message", ""), str(err.get("traceback") or ""))
         if kwargs.get("curve") is None:
             kwargs["curve"] = []
@@ -220,8 +243,9 @@ class RunRecord(Mapping):
         for f in dataclasses.fields(result):
             setattr(self, f.name, getattr(result, f.name))
 
-    def fail(self, status: Status, error_type: str, message: str, traceback: str = "",
-             finished_at: str | None = None) -> None:
+    def fail(
+        self, status: Status, error_type: str, message: str, traceback: str = "", finished_at: str | None = None
+    ) -> None:
         """Mark the run ``status`` (failed / diverged / skipped) because of ``error_type: message``."""
         self.status = status
         self.error = RunError(error_type, message, traceback)
@@ -245,16 +269,37 @@ _JSON_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an 
 
 
 def _json_name(value: Any) -> str:
-    return {type(None): "null", bool: "a boolean", str: "a string", int: "an integer", float: "a number",
-            dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
+    return {
+        type(None): "null",
+        bool: "a boolean",
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        dict: "an object",
+        list: "a list",
+    }.get(type(value), type(value).__name__)
 
 
 #: JSON type(s) of each field (a field not listed is kept in ``extra``); null allowed unless required
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "run_id": (str,), "spec": (dict,), "target_labels": (int,), "curve": (list,), "final": (dict,),
-    "error": (dict,), "diverged_at_step": (int,), "resumed_from_step": (int,), "timings": (dict,),
-    "device": (str,), "versions": (dict,), "host": (str,), "torch_threads": (int,), "pid": (int,),
-    "started_at": (str,), "finished_at": (str,), "eval_size": (int,), "validators": (dict,),
+    "run_id": (str,),
+    "spec": (dict,),
+    "target_labels": (int,),
+    "curve": (list,),
+    "final": (dict,),
+    "error": (dict,),
+    "diverged_at_step": (int,),
+    "resumed_from_step": (int,),
+    "timings": (dict,),
+    "device": (str,),
+    "versions": (dict,),
+    "host": (str,),
+    "torch_threads": (int,),
+    "pid": (int,),
+    "started_at": (str,),
+    "finished_at": (str,),
+    "eval_size": (int,),
+    "validators": (dict,),
 }
 _REQUIRED = ("run_id", "spec")
 
@@ -276,5 +321,17 @@ def read_record(path: str | pathlib.Path) -> RunRecord:
     return parse_record(path.read_bytes(), path)
 
 
-__all__ = ["FORMAT", "READABLE_FORMATS", "Status", "TERMINAL", "STATUS_NAMES", "RunRecord", "RunError",
-           "RunResult", "RecordError", "parse_record", "read_record", "first_line"]
+__all__ = [
+    "FORMAT",
+    "READABLE_FORMATS",
+    "Status",
+    "TERMINAL",
+    "STATUS_NAMES",
+    "RunRecord",
+    "RunError",
+    "RunResult",
+    "RecordError",
+    "parse_record",
+    "read_record",
+    "first_line",
+]

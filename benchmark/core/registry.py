@@ -8,6 +8,7 @@ that fails to import (a package whose module is gone, a plugin that raises) is r
 as a :class:`PluginWarning` naming its package and ``pip uninstall <package>``, and everything
 else keeps working; only asking for a name that plugin would have provided is an error.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -59,7 +60,10 @@ class Registry(Generic[T]):
     """A named collection of ``T`` with pattern listing and entry-point discovery."""
 
     def __init__(
-        self, kind: str, entry_point_group: str, prepare: Callable[[str, Any], Any] | None = None,
+        self,
+        kind: str,
+        entry_point_group: str,
+        prepare: Callable[[str, Any], Any] | None = None,
         builtin: str | None = None,
     ) -> None:
         self.kind = kind
@@ -142,8 +146,9 @@ class Registry(Generic[T]):
         members = self._groups[name]
         return list(members() if callable(members) else members)
 
-    def register_factory(self, prefix: str, factory: Callable[[str], T],
-                         label: Callable[[str], str] | None = None) -> None:
+    def register_factory(
+        self, prefix: str, factory: Callable[[str], T], label: Callable[[str], str] | None = None
+    ) -> None:
         """Entries made on demand from a parametric name ``prefix:arguments`` (e.g. ``folder:source=...``).
 
         ``factory(arguments)`` returns the object, which is then registered under the full name,
@@ -229,8 +234,7 @@ class Registry(Generic[T]):
                 raise PluginError(f"{self.kind} {name!r} is unavailable: {self._broken[name]}")
             extra = ""
             if self._broken:
-                extra += (f"; broken plugins (they may have provided it): "
-                          f"{'; '.join(self._broken.values())}")
+                extra += f"; broken plugins (they may have provided it): {'; '.join(self._broken.values())}"
             if self._groups:
                 extra += f"; groups: {', '.join(sorted(self._groups))}"
             if self._factories:
@@ -263,8 +267,7 @@ class Registry(Generic[T]):
                 hits = [part]
             if not hits:
                 raise RegistryError(
-                    f"{self.kind} pattern {part!r} matches nothing; valid {self.kind}s: "
-                    f"{', '.join(self.names())}"
+                    f"{self.kind} pattern {part!r} matches nothing; valid {self.kind}s: {', '.join(self.names())}"
                 )
             out += [h for h in hits if h not in out]
         return out

@@ -1,4 +1,5 @@
 """Run specifications: one (method, pair, seed, resolved hyperparameters, schedule) each, with a stable id."""
+
 from __future__ import annotations
 
 import hashlib

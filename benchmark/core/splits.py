@@ -1,4 +1,5 @@
 """Deterministic stratified index splits shared by the pair definitions."""
+
 from __future__ import annotations
 
 import torch

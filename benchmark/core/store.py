@@ -31,6 +31,7 @@ Every claim change (create, take over, release) happens under an exclusive ``flo
 only a claim whose token is its own. A process paused (``SIGSTOP``, a frozen VM) longer than
 :data:`CLAIM_STALE_S` loses its claims; it warns when it notices.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -151,8 +152,7 @@ def _machine_of(pid: int) -> dict[str, str | None]:
         pidns = os.readlink("/proc/self/ns/pid")
     except OSError:
         pidns = None
-    return {"host": socket.gethostname(), "boot_id": _read_small("/proc/sys/kernel/random/boot_id"),
-            "pidns": pidns}
+    return {"host": socket.gethostname(), "boot_id": _read_small("/proc/sys/kernel/random/boot_id"), "pidns": pidns}
 
 
 def _machine() -> dict[str, str | None]:
@@ -194,8 +194,10 @@ class ClaimInfo:
     def describe(self) -> str:
         """``host/pid since <time> (heartbeat N s ago)``."""
         h = self.holder
-        return (f"{h.get('host', '?')}/pid {h.get('pid', '?')} since {h.get('claimed_at', '?')} "
-                f"(heartbeat {self.heartbeat_age_s:.0f} s ago)")
+        return (
+            f"{h.get('host', '?')}/pid {h.get('pid', '?')} since {h.get('claimed_at', '?')} "
+            f"(heartbeat {self.heartbeat_age_s:.0f} s ago)"
+        )
 
 
 def _same_machine(holder: dict[str, Any], me: dict[str, Any]) -> bool:
@@ -270,8 +272,11 @@ class _Heartbeat:
                     os.utime(path)
                 except (OSError, ValueError, AttributeError):
                     if self.remove(path) is not None:
-                        warnings.warn(f"lost claim {path}: another process took it over (was this process "
-                                      f"paused for more than {CLAIM_STALE_S:.0f} s?)", stacklevel=1)
+                        warnings.warn(
+                            f"lost claim {path}: another process took it over (was this process "
+                            f"paused for more than {CLAIM_STALE_S:.0f} s?)",
+                            stacklevel=1,
+                        )
 
 
 _HEARTBEAT = _Heartbeat()
@@ -297,8 +302,9 @@ class RunStore:
     def write(self, record: RunRecord) -> None:
         """Write a record atomically; :class:`WriteFault` (naming the file) when that fails."""
         if not isinstance(record, RunRecord):
-            raise TypeError(f"RunStore.write takes a RunRecord, not {type(record).__name__} "
-                            "(build one with RunRecord.from_dict)")
+            raise TypeError(
+                f"RunStore.write takes a RunRecord, not {type(record).__name__} (build one with RunRecord.from_dict)"
+            )
         atomic_write_text(self.record_path(record.run_id), record.to_json())
 
     def read(self, run_id: str) -> RunRecord | None:
@@ -349,8 +355,15 @@ class RunStore:
         """
         path = self.claim_path(run_id)
         token = uuid.uuid4().hex
-        me = {**_machine(), "pid": os.getpid(), "start_time": process_start_time(os.getpid()), "token": token,
-              "claimed_at": _now(), "heartbeat_s": CLAIM_HEARTBEAT_S, "stale_after_s": CLAIM_STALE_S}
+        me = {
+            **_machine(),
+            "pid": os.getpid(),
+            "start_time": process_start_time(os.getpid()),
+            "token": token,
+            "claimed_at": _now(),
+            "heartbeat_s": CLAIM_HEARTBEAT_S,
+            "stale_after_s": CLAIM_STALE_S,
+        }
         tmp = path.with_name(f".{path.name}.{token}.tmp")
         with self._claims_lock():
             info = inspect_claim(path)
@@ -435,8 +448,7 @@ def read_record_file(path: pathlib.Path) -> RunRecord | None:
     rec, err = load_record_file(path)
     if err is not None:
         if err.kind == "corrupt":
-            warnings.warn(f"corrupt run record {err}; it is ignored (and rerun if the matrix has it)",
-                          stacklevel=2)
+            warnings.warn(f"corrupt run record {err}; it is ignored (and rerun if the matrix has it)", stacklevel=2)
         else:
             warnings.warn(f"{err}; it is ignored", stacklevel=2)
     return rec

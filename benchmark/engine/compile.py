@@ -5,6 +5,7 @@ computation, so it does not enter the run id. Modules are compiled *in place* wi
 ``nn.Module.compile`` so that ``state_dict`` keys, checkpoints and ``method.net`` stay as
 they are (``torch.compile(module)`` would wrap them in an ``OptimizedModule``).
 """
+
 from __future__ import annotations
 
 import torch

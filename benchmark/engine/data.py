@@ -4,6 +4,7 @@ Nothing here runs Python per image: a batch is a gather of indices from a uint8 
 already on the run's device, followed by batched float ops (one affine ``grid_sample``
 does crops, shifts, scaling and flips at once).
 """
+
 from __future__ import annotations
 
 import math

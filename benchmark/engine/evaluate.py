@@ -1,6 +1,7 @@
 """Evaluation: target accuracy (overall and per class), source-validation accuracy and
 label-free scores of predictions on a fixed sample of the unlabelled target adaptation split,
 used by the unsupervised selection rules."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,15 @@ from .data import DeviceData, Split
 
 
 @torch.no_grad()
-def predict_split(method, data: DeviceData, split: Split, batch_size: int = 512, limit: int | None = None,
-                  output: str = "predict", indices: torch.Tensor | None = None) -> torch.Tensor:
+def predict_split(
+    method,
+    data: DeviceData,
+    split: Split,
+    batch_size: int = 512,
+    limit: int | None = None,
+    output: str = "predict",
+    indices: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``method.predict`` (logits) or ``method.features`` of a split's first ``limit`` images
     (all by default) or of the positions ``indices`` (a device tensor), float32 on the device,
     in chunks of ``batch_size``."""

@@ -1,5 +1,6 @@
 """The engine: builds a run from its spec, owns the device, optimiser, schedule, evaluation,
 logging and checkpoints, and calls the method only for its loss (or its own ``fit``)."""
+
 from __future__ import annotations
 
 import math
@@ -149,8 +150,10 @@ class RunContext:
                 part_names += new_names
                 first_bad = torch.cat([first_bad, first_bad.new_full((len(new_names),), -1)])
             values = [total.float().reshape(())]
-            values += [out.parts[k].detach().float().reshape(()) if k in out.parts else values[0].new_zeros(())
-                       for k in part_names]
+            values += [
+                out.parts[k].detach().float().reshape(()) if k in out.parts else values[0].new_zeros(())
+                for k in part_names
+            ]
             finite = torch.isfinite(torch.stack(values))
             first_bad = torch.where((first_bad < 0) & ~finite, step, first_bad)
             step_parts.update(out.parts)
@@ -195,17 +198,28 @@ class RunContext:
     # optimiser, the data generator (augmentation and reshuffles), each batch stream's current
     # permutation and position, the global torch RNG (dropout, noise layers; CPU and CUDA), and
     # the loss sums since the last evaluation (the next curve point averages them).
-    def _save_partial(self, method: Method, opts: dict[str, torch.optim.Optimizer], step: int, streams: dict[str, Stream],
-                      sums: dict[str, torch.Tensor], n_since: int, first_bad: torch.Tensor,
-                      part_names: list[str]) -> None:
+    def _save_partial(
+        self,
+        method: Method,
+        opts: dict[str, torch.optim.Optimizer],
+        step: int,
+        streams: dict[str, Stream],
+        sums: dict[str, torch.Tensor],
+        n_since: int,
+        first_bad: torch.Tensor,
+        part_names: list[str],
+    ) -> None:
         assert self.store is not None
         path = self.store.checkpoint_path(self.spec.run_id, partial=True)
         state = {
             "step": step,
             "method": method.state_dict(),
             # a one-optimiser method keeps the key of earlier versions, so their checkpoints resume
-            **({"optimizer": opts[MAIN].state_dict()} if list(opts) == [MAIN]
-               else {"optimizers": {name: o.state_dict() for name, o in opts.items()}}),
+            **(
+                {"optimizer": opts[MAIN].state_dict()}
+                if list(opts) == [MAIN]
+                else {"optimizers": {name: o.state_dict() for name, o in opts.items()}}
+            ),
             "curve": self.curve,
             "generator": self.data.generator.get_state(),
             "streams": {name: s.state_dict() for name, s in streams.items()},
@@ -232,16 +246,19 @@ class RunContext:
         method.load_state_dict(state["method"])
         saved_opts = state["optimizers"] if "optimizers" in state else {MAIN: state["optimizer"]}
         if set(saved_opts) != set(opts):
-            raise ValueError(f"checkpoint {path} holds optimisers {sorted(saved_opts)}, "
-                             f"but this run's method declares {sorted(opts)}")
+            raise ValueError(
+                f"checkpoint {path} holds optimisers {sorted(saved_opts)}, "
+                f"but this run's method declares {sorted(opts)}"
+            )
         for name, opt in opts.items():
             opt.load_state_dict(saved_opts[name])
         self.curve = list(state["curve"])
         self.data.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
         saved_streams = state.get("streams", {})  # absent in checkpoints of older versions
         if saved_streams and set(saved_streams) != set(streams):
-            raise ValueError(f"checkpoint {path} holds batch streams {sorted(saved_streams)}, "
-                             f"but this run draws {sorted(streams)}")
+            raise ValueError(
+                f"checkpoint {path} holds batch streams {sorted(saved_streams)}, but this run draws {sorted(streams)}"
+            )
         for name, saved in saved_streams.items():
             streams[name].load_state_dict(saved)
         if state.get("torch_rng") is not None:
@@ -255,22 +272,29 @@ class RunContext:
         part_names = list(state.get("first_bad_parts", []))
         if len(first_bad) != 1 + len(part_names):
             first_bad, part_names = first_bad[:1], []
-        return (self.steps_done, dict(state.get("loss_sums", {})), int(state.get("loss_count", 0)), first_bad,
-                part_names)
+        return (
+            self.steps_done,
+            dict(state.get("loss_sums", {})),
+            int(state.get("loss_count", 0)),
+            first_bad,
+            part_names,
+        )
 
 
 def _build_optimizers(method: Method, sch) -> dict[str, torch.optim.Optimizer]:
     """One SGD (Nesterov) per entry of ``method.optimizers()``, each group at ``lr · lr_mult``."""
     declared = method.optimizers()
     if not isinstance(declared, dict) or not declared:
-        raise TypeError(f"{method.name}.optimizers() must return a non-empty dict name -> parameter groups, "
-                        f"got {declared!r}")
+        raise TypeError(
+            f"{method.name}.optimizers() must return a non-empty dict name -> parameter groups, got {declared!r}"
+        )
     opts: dict[str, torch.optim.Optimizer] = {}
     for name, groups in declared.items():
         for g in groups:
             g["lr"] = sch.lr * g["lr_mult"]
-        opts[name] = torch.optim.SGD(groups, lr=sch.lr, momentum=sch.momentum, weight_decay=sch.weight_decay,
-                                     nesterov=True)
+        opts[name] = torch.optim.SGD(
+            groups, lr=sch.lr, momentum=sch.momentum, weight_decay=sch.weight_decay, nesterov=True
+        )
     return opts
 
 
@@ -279,8 +303,10 @@ def _pick(opts: dict[str, torch.optim.Optimizer], names: str | Sequence[str], me
     wanted = [names] if isinstance(names, str) else list(names)
     unknown = [n for n in wanted if n not in opts]
     if unknown or not wanted:
-        raise KeyError(f"{method.name}: update() names optimiser(s) {unknown or wanted!r}; "
-                       f"its optimizers() declares {sorted(opts)}")
+        raise KeyError(
+            f"{method.name}: update() names optimiser(s) {unknown or wanted!r}; "
+            f"its optimizers() declares {sorted(opts)}"
+        )
     return [opts[n] for n in wanted]
 
 

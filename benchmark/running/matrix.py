@@ -16,6 +16,7 @@ the same keys: the matrix is expanded once per trial, so each trial is its own c
 and run id, and what a trial does not change (other methods, the source-only run of a seed and
 schedule that dependants start from) is one run, shared.
 """
+
 from __future__ import annotations
 
 import ast
@@ -81,7 +82,9 @@ def parse_overrides(items: list[str] | None, where: str = "--set") -> dict[str, 
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise MatrixError(f"{where}: expected key=value, got {item!r} (e.g. --set steps=300 --set dann.trade_off=0.5)")
+            raise MatrixError(
+                f"{where}: expected key=value, got {item!r} (e.g. --set steps=300 --set dann.trade_off=0.5)"
+            )
         key, value = item.split("=", 1)
         out[key.strip()] = parse_value(value)
     return out
@@ -95,14 +98,14 @@ def _expect(cond: bool, where: str, key: str, expected: str, got: Any) -> None:
 def load_matrix_file(path: str | pathlib.Path) -> Matrix:
     """Read a TOML matrix file::
 
-        [matrix]
-        methods = ["source-only", "dann"]     # names or globs
-        pairs = ["digits-offline"]
-        seeds = [0, 1, 2]                      # or an integer n for seeds 0..n-1
-        plugins = ["my_method.py"]             # optional, relative to the file
-        [set]
-        steps = 300
-        "dann.trade_off" = 0.5
+    [matrix]
+    methods = ["source-only", "dann"]     # names or globs
+    pairs = ["digits-offline"]
+    seeds = [0, 1, 2]                      # or an integer n for seeds 0..n-1
+    plugins = ["my_method.py"]             # optional, relative to the file
+    [set]
+    steps = 300
+    "dann.trade_off" = 0.5
     """
     path = pathlib.Path(path)
     where = str(path)
@@ -126,18 +129,26 @@ def load_matrix_file(path: str | pathlib.Path) -> Matrix:
     _expect(isinstance(m, dict), where, "matrix", "a table [matrix]", m)
     bad = sorted(set(m) - {"methods", "pairs", "seeds", "plugins", "max_trials"})
     if bad:
-        raise MatrixError(f"{where}: unknown key(s) {bad} in [matrix]; expected methods, pairs, seeds, plugins, "
-                          "max_trials")
+        raise MatrixError(
+            f"{where}: unknown key(s) {bad} in [matrix]; expected methods, pairs, seeds, plugins, max_trials"
+        )
     kwargs: dict[str, Any] = {}
     if "max_trials" in m:
         mt = m["max_trials"]
-        _expect(isinstance(mt, int) and not isinstance(mt, bool) and mt >= 1, where, "matrix.max_trials",
-                "a positive integer", mt)
+        _expect(
+            isinstance(mt, int) and not isinstance(mt, bool) and mt >= 1,
+            where,
+            "matrix.max_trials",
+            "a positive integer",
+            mt,
+        )
         kwargs["max_trials"] = mt
     for key in ("methods", "pairs", "plugins"):
         if key in m:
             value = m[key]
-            ok = isinstance(value, list) and all(isinstance(v, str) for v in value) and (bool(value) or key == "plugins")
+            ok = (
+                isinstance(value, list) and all(isinstance(v, str) for v in value) and (bool(value) or key == "plugins")
+            )
             _expect(ok, where, f"matrix.{key}", "a non-empty list of strings", value)
             kwargs[key] = tuple(value)
     if "plugins" in kwargs:
@@ -148,8 +159,18 @@ def load_matrix_file(path: str | pathlib.Path) -> Matrix:
         seeds = m["seeds"]
         if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0:
             seeds = list(range(seeds))
-        ok = isinstance(seeds, list) and bool(seeds) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
-        _expect(bool(ok), where, "matrix.seeds", "a positive integer or a non-empty list of non-negative integers", m["seeds"])
+        ok = (
+            isinstance(seeds, list)
+            and bool(seeds)
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        )
+        _expect(
+            bool(ok),
+            where,
+            "matrix.seeds",
+            "a positive integer or a non-empty list of non-negative integers",
+            m["seeds"],
+        )
         kwargs["seeds"] = tuple(seeds)
     overrides = data.get("set", {})
     _expect(isinstance(overrides, dict), where, "set", "a table [set] of key = value", overrides)
@@ -162,7 +183,7 @@ def load_matrix_file(path: str | pathlib.Path) -> Matrix:
 
 def _sweep_table(table: Any, where: str, origins: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``[sweep]`` (key = list) and ``[sweep.random]`` (key = "dist(..)", trials, sweep_seed)."""
-    _expect(isinstance(table, dict), where, "sweep", 'a table [sweep] of key = [values]', table)
+    _expect(isinstance(table, dict), where, "sweep", "a table [sweep] of key = [values]", table)
     sweep: dict[str, Any] = {}
     kw: dict[str, Any] = {}
     for k, v in table.items():
@@ -171,17 +192,32 @@ def _sweep_table(table: Any, where: str, origins: dict[str, str]) -> tuple[dict[
             for rk, rv in v.items():
                 if rk in ("trials", "sweep_seed"):
                     ok = isinstance(rv, int) and not isinstance(rv, bool) and rv >= (1 if rk == "trials" else 0)
-                    _expect(ok, where, f"sweep.random.{rk}",
-                            "a positive integer" if rk == "trials" else "a non-negative integer", rv)
+                    _expect(
+                        ok,
+                        where,
+                        f"sweep.random.{rk}",
+                        "a positive integer" if rk == "trials" else "a non-negative integer",
+                        rv,
+                    )
                     kw[rk] = rv
                     continue
-                _expect(isinstance(rv, str), where, f"sweep.random.{rk}",
-                        'a distribution string such as "log_uniform(1e-3, 1)", "uniform(0, 1)" or "choice(a, b)"', rv)
+                _expect(
+                    isinstance(rv, str),
+                    where,
+                    f"sweep.random.{rk}",
+                    'a distribution string such as "log_uniform(1e-3, 1)", "uniform(0, 1)" or "choice(a, b)"',
+                    rv,
+                )
                 sweep[rk] = rv
                 origins[rk] = f"{where} [sweep.random]"
             continue
-        _expect(isinstance(v, list), where, f"sweep.{k}",
-                'a list of values (quote dotted keys: "dann.trade_off" = [0.1, 1]); distributions go in [sweep.random]', v)
+        _expect(
+            isinstance(v, list),
+            where,
+            f"sweep.{k}",
+            'a list of values (quote dotted keys: "dann.trade_off" = [0.1, 1]); distributions go in [sweep.random]',
+            v,
+        )
         if k in sweep:
             raise MatrixError(f"{where}: sweep key {k!r} is in both [sweep] and [sweep.random]; give it once")
         sweep[k] = v
@@ -194,8 +230,10 @@ def parse_sweeps(items: list[str] | None, where: str = "--sweep") -> dict[str, A
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise MatrixError(f"{where}: expected key=v1,v2,... or key=log_uniform(a, b), got {item!r} "
-                              "(e.g. --sweep dann.trade_off=0.1,0.3,1,3)")
+            raise MatrixError(
+                f"{where}: expected key=v1,v2,... or key=log_uniform(a, b), got {item!r} "
+                "(e.g. --sweep dann.trade_off=0.1,0.3,1,3)"
+            )
         key, text = (t.strip() for t in item.split("=", 1))
         if key in out:
             raise MatrixError(f"{where}: key {key!r} given twice; list all its values in one --sweep")
@@ -226,8 +264,10 @@ def sweep_trials(matrix: Matrix, methods: list[str]) -> list[dict[str, Any]]:
     """
     if not matrix.sweep:
         if matrix.trials is not None:
-            raise MatrixError(f"trials={matrix.trials} given without a random sweep; add distributions "
-                              '([sweep.random] key = "log_uniform(a, b)" or --sweep key="uniform(a, b)")')
+            raise MatrixError(
+                f"trials={matrix.trials} given without a random sweep; add distributions "
+                '([sweep.random] key = "log_uniform(a, b)" or --sweep key="uniform(a, b)")'
+            )
         return [{}]
     grid: dict[str, list[Any]] = {}
     dists: dict[str, Distribution] = {}
@@ -235,11 +275,14 @@ def sweep_trials(matrix: Matrix, methods: list[str]) -> list[dict[str, Any]]:
     for key, spec in matrix.sweep.items():
         where = matrix.where(key)
         if key in matrix.overrides:
-            raise MatrixError(f"{where}: key {key!r} is both swept and set ({matrix.origins.get(key, '--set')}); "
-                              "give it once")
+            raise MatrixError(
+                f"{where}: key {key!r} is both swept and set ({matrix.origins.get(key, '--set')}); give it once"
+            )
         if key in ("save_features", "target_shots") or key.endswith(".target_shots"):
-            raise MatrixError(f"{where}: {key!r} cannot be swept (it changes the label budget or the outputs, "
-                              "not a configuration); sweep schedule keys or method hyperparameters")
+            raise MatrixError(
+                f"{where}: {key!r} cannot be swept (it changes the label budget or the outputs, "
+                "not a configuration); sweep schedule keys or method hyperparameters"
+            )
         defaults = _key_defaults(key, methods) if key != "backbone" and not key.startswith("backbone.") else []
         if isinstance(spec, str):
             try:
@@ -251,29 +294,39 @@ def sweep_trials(matrix: Matrix, methods: list[str]) -> list[dict[str, Any]]:
                 bad = [d for d in defaults if isinstance(d, bool) or not isinstance(d, (int, float))]
                 if bad or not defaults:
                     what = f"its default is {bad[0]!r}" if bad else "it has no numeric default"
-                    raise MatrixError(f"{where}: sweep key {key!r}: {dist.kind} draws numbers, but {key!r} is not a "
-                                      f"numeric hyperparameter ({what}); sweep it with a list or choice(...)")
+                    raise MatrixError(
+                        f"{where}: sweep key {key!r}: {dist.kind} draws numbers, but {key!r} is not a "
+                        f"numeric hyperparameter ({what}); sweep it with a list or choice(...)"
+                    )
                 if all(isinstance(d, int) and not isinstance(d, bool) for d in defaults):
                     integer.add(key)
             dists[key] = dist
         else:
             if not isinstance(spec, list) or not spec:
-                raise MatrixError(f"{where}: sweep key {key!r}: expected a non-empty list of values "
-                                  f"(e.g. {key}=0.1,0.3,1), got {spec!r}")
+                raise MatrixError(
+                    f"{where}: sweep key {key!r}: expected a non-empty list of values "
+                    f"(e.g. {key}=0.1,0.3,1), got {spec!r}"
+                )
             values = grid[key] = list(spec)
         for v in values:  # each value checked as --set checks it (unknown key, type, range)
             _split_overrides(dataclasses.replace(matrix, overrides={**matrix.overrides, key: v}), methods)
     if dists and matrix.trials is None:
-        raise MatrixError(f"{matrix.where(next(iter(dists)))}: a random sweep needs trials = N "
-                          "([sweep.random] trials = 8, or --trials 8)")
+        raise MatrixError(
+            f"{matrix.where(next(iter(dists)))}: a random sweep needs trials = N "
+            "([sweep.random] trials = 8, or --trials 8)"
+        )
     if not dists and matrix.trials is not None:
         raise MatrixError(f"trials={matrix.trials} given, but the sweep has no distribution (only grid lists)")
     # (trials is set whenever there are distributions: checked just above)
     size = math.prod(len(v) for v in grid.values()) * ((matrix.trials or 1) if dists else 1)
     if size > matrix.max_trials:
-        parts = [f"{k} ({len(v)} values)" for k, v in grid.items()] + ([f"{matrix.trials} random trials"] if dists else [])
-        raise MatrixError(f"sweep of {size} trials ({' x '.join(parts)}) is larger than max_trials={matrix.max_trials}; "
-                          "shrink the sweep or raise max_trials ([matrix] max_trials or --max-trials)")
+        parts = [f"{k} ({len(v)} values)" for k, v in grid.items()] + (
+            [f"{matrix.trials} random trials"] if dists else []
+        )
+        raise MatrixError(
+            f"sweep of {size} trials ({' x '.join(parts)}) is larger than max_trials={matrix.max_trials}; "
+            "shrink the sweep or raise max_trials ([matrix] max_trials or --max-trials)"
+        )
     return trials(grid, dists, matrix.trials or 0, matrix.sweep_seed, frozenset(integer))
 
 
@@ -384,9 +437,14 @@ def sweep_text(matrix: Matrix) -> str:
     """The trial table and each method's budget (configurations per pair and seed), for ``--dry-run``."""
     plan = sweep_plan(matrix)
     keys = list(matrix.sweep)
-    lines = [f"sweep: {len(plan)} trial(s)"
-             + (f", random draws with sweep_seed={matrix.sweep_seed}" if any(
-                 isinstance(v, str) for v in matrix.sweep.values()) else "")]
+    lines = [
+        f"sweep: {len(plan)} trial(s)"
+        + (
+            f", random draws with sweep_seed={matrix.sweep_seed}"
+            if any(isinstance(v, str) for v in matrix.sweep.values())
+            else ""
+        )
+    ]
     if keys:
         rows = [["trial", *keys]] + [[str(i), *(repr(t.get(k)) for k in keys)] for i, (t, _) in enumerate(plan)]
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]

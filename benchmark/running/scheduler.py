@@ -6,6 +6,7 @@ loss) of one run is recorded and the matrix goes on; a run whose dependency did 
 complete is recorded ``skipped`` with the reason. A run is only ever recorded ``complete``
 after it has finished, so a killed run is rerun by the next ``dabench run``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,7 +42,9 @@ class MatrixSummary:
     gave_up: list[str] = field(default_factory=list)  # dependants left after waiting WAIT_LIMIT_S for their dependency
     rerun_for_checkpoint: list[str] = field(default_factory=list)  # complete runs rerun: checkpoint lost
     corrupt: list[str] = field(default_factory=list)  # record files that did not parse (rerun)
-    unreadable: list[str] = field(default_factory=list)  # records of a record format this dabench does not read (left alone)
+    unreadable: list[str] = field(
+        default_factory=list
+    )  # records of a record format this dabench does not read (left alone)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {"already complete": len(self.skipped_complete)}
@@ -65,13 +68,24 @@ MATRIX_FILE = "matrix.json"
 WAIT_LIMIT_S = 3600.0
 
 
-def write_matrix_file(results_dir: str | os.PathLike, specs: list[RunSpec], plugins: Iterable[str] = (),
-                      executor: str = "inline", workers: int = 1) -> pathlib.Path:
+def write_matrix_file(
+    results_dir: str | os.PathLike,
+    specs: list[RunSpec],
+    plugins: Iterable[str] = (),
+    executor: str = "inline",
+    workers: int = 1,
+) -> pathlib.Path:
     """Store the expanded matrix in ``DIR/matrix.json``: ``dabench status`` counts pending runs
     from it and ``--rerun`` loads its plugins."""
     path = pathlib.Path(results_dir) / MATRIX_FILE
-    payload = {"format": 1, "written_at": _now(), "executor": executor, "workers": int(workers),
-               "plugins": list(plugins), "specs": [s.to_dict() for s in specs]}
+    payload = {
+        "format": 1,
+        "written_at": _now(),
+        "executor": executor,
+        "workers": int(workers),
+        "plugins": list(plugins),
+        "specs": [s.to_dict() for s in specs],
+    }
     atomic_write_text(path, json.dumps(payload, indent=1, default=str))
     return path
 
@@ -133,8 +147,10 @@ def run_matrix(
         if store.status(spec.run_id) is Status.COMPLETE:
             if spec.run_id in needed and not store.checkpoint_path(spec.run_id).exists():
                 # its dependants cannot start without the weights: rerun it (same spec, same seed)
-                note(f"{spec.label}: complete but its checkpoint {store.checkpoint_path(spec.run_id)} is missing: "
-                     f"rerunning it for its dependants (old record kept in {store.root / 'previous'})")
+                note(
+                    f"{spec.label}: complete but its checkpoint {store.checkpoint_path(spec.run_id)} is missing: "
+                    f"rerunning it for its dependants (old record kept in {store.root / 'previous'})"
+                )
                 _archive_record(store, spec.run_id)
                 summary.rerun_for_checkpoint.append(spec.run_id)
                 queue.append(spec)
@@ -238,12 +254,16 @@ def run_matrix(
                         wait_started = None
                     elif run_id not in announced and info is not None:
                         announced.add(run_id)
-                        note(f"waiting for run {spec.label} ({run_id}) held by {info.describe()}; giving up after "
-                             f"{wait_limit_s:.0f} s (--wait-limit)")
+                        note(
+                            f"waiting for run {spec.label} ({run_id}) held by {info.describe()}; giving up after "
+                            f"{wait_limit_s:.0f} s (--wait-limit)"
+                        )
                 if wait_started is not None and time.monotonic() - wait_started > wait_limit_s:
                     held = ", ".join(sorted({s.depends_on for s in queue if s.depends_on in elsewhere}))
-                    note(f"gave up after waiting {wait_limit_s:.0f} s for run(s) held by another runner ({held}); "
-                         f"{len(queue)} dependant run(s) not run: run the same command again once they finish")
+                    note(
+                        f"gave up after waiting {wait_limit_s:.0f} s for run(s) held by another runner ({held}); "
+                        f"{len(queue)} dependant run(s) not run: run the same command again once they finish"
+                    )
                     summary.gave_up.extend(s.run_id for s in queue)
                     queue.clear()
                     break
@@ -273,8 +293,9 @@ def _archive_record(store: RunStore, run_id: str) -> pathlib.Path:
     return archive
 
 
-def prepare_rerun(results_dir: str | os.PathLike, run_ids: Iterable[str],
-                  extra_plugins: Iterable[str] = ()) -> tuple[list[RunSpec], tuple[str, ...]]:
+def prepare_rerun(
+    results_dir: str | os.PathLike, run_ids: Iterable[str], extra_plugins: Iterable[str] = ()
+) -> tuple[list[RunSpec], tuple[str, ...]]:
     """Specs to repeat runs of a results folder, read from their records (``dabench run --rerun``).
 
     Loads the plugins the folder's ``matrix.json`` names (plus ``extra_plugins``), moves each
@@ -298,15 +319,19 @@ def prepare_rerun(results_dir: str | os.PathLike, run_ids: Iterable[str],
         path = store.record_path(run_id)
         if not path.exists():
             known = sorted(p.stem for p in store.runs.glob("*.json"))
-            raise FileNotFoundError(f"--rerun {run_id}: no record {path}; runs there: "
-                                    f"{', '.join(known[:20]) or 'none'}{' ...' if len(known) > 20 else ''}")
+            raise FileNotFoundError(
+                f"--rerun {run_id}: no record {path}; runs there: "
+                f"{', '.join(known[:20]) or 'none'}{' ...' if len(known) > 20 else ''}"
+            )
         rec, bad = load_record_file(path)
         if rec is None:
             raise MatrixError(f"--rerun {run_id}: no spec to repeat: {bad}")
         spec = RunSpec.from_dict(rec.spec)
         if spec.run_id != run_id:
-            raise MatrixError(f"--rerun {run_id}: the spec in {path} now hashes to {spec.run_id} "
-                              "(written by another dabench version); run the matrix again instead")
+            raise MatrixError(
+                f"--rerun {run_id}: the spec in {path} now hashes to {spec.run_id} "
+                "(written by another dabench version); run the matrix again instead"
+            )
         if store.claimed_by_live_process(run_id):
             raise MatrixError(f"--rerun {run_id}: the run is running now (claim {store.claims / (run_id + '.claim')})")
         _archive_record(store, run_id)

@@ -8,6 +8,7 @@ runs and the records of runs outside it (an earlier matrix of the same folder) a
 separate lines, each adding up to its total. Under the slurm executor it also lists the queued and
 running jobs of ``DIR/slurm/jobs.json``.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,15 @@ from ..core.store import RunStore, load_record_file
 #: the states of a folder's runs, in the order reported: the terminal record statuses, plus
 #: ``running`` (a live process holds the claim), ``pending`` (in the matrix, no record yet) and
 #: ``interrupted`` (a ``running`` record whose process is gone); only the first are record statuses
-ORDER = (Status.COMPLETE.value, Status.RUNNING.value, Status.FAILED.value, Status.DIVERGED.value,
-         Status.SKIPPED.value, "pending", "interrupted")
+ORDER = (
+    Status.COMPLETE.value,
+    Status.RUNNING.value,
+    Status.FAILED.value,
+    Status.DIVERGED.value,
+    Status.SKIPPED.value,
+    "pending",
+    "interrupted",
+)
 
 
 #: the terminal statuses that are not a success, listed under "failures:"
@@ -156,13 +164,25 @@ def _slurm_lines(root: pathlib.Path) -> list[str]:
         jobs = [j for j in payload["jobs"] if isinstance(j, dict)]
     except (OSError, ValueError, TypeError, KeyError) as exc:
         return [f"slurm jobs: unreadable {path} ({exc})"]
-    finished = ("COMPLETED", "FINISHED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-                "BOOT_FAIL", "DEADLINE", "INTERRUPTED", "NO PROCESS AND NO RESULT")
+    finished = (
+        "COMPLETED",
+        "FINISHED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "OUT_OF_MEMORY",
+        "NODE_FAIL",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "INTERRUPTED",
+        "NO PROCESS AND NO RESULT",
+    )
     active = [j for j in jobs if str(j.get("state", "")).upper() not in finished]
     by_state = Counter(str(j.get("state")).lower() for j in active)
     # the states are as the last 'dabench run' saw them (it rewrites the file as they change)
-    head = (f"slurm jobs ({len(jobs)} submitted, as of {payload.get('updated_at')}): "
-            + (", ".join(f"{n} {k}" for k, n in sorted(by_state.items())) or "none queued or running"))
+    head = f"slurm jobs ({len(jobs)} submitted, as of {payload.get('updated_at')}): " + (
+        ", ".join(f"{n} {k}" for k, n in sorted(by_state.items())) or "none queued or running"
+    )
     lines = [head]
     for j in active:
         runs = j.get("run_ids") or []
@@ -182,8 +202,10 @@ def status_text(root: str | os.PathLike) -> str:
     st = folder_status(root)
     lines = []
     if st.in_matrix is not None:
-        lines.append(f"{st.root}: matrix.json written {st.matrix_written_at or 'at an unknown time'} "
-                     f"({st.in_matrix} runs, {st.executor or 'unknown'} executor, {st.workers} worker(s))")
+        lines.append(
+            f"{st.root}: matrix.json written {st.matrix_written_at or 'at an unknown time'} "
+            f"({st.in_matrix} runs, {st.executor or 'unknown'} executor, {st.workers} worker(s))"
+        )
     else:
         lines.append(f"{st.root}: no matrix.json (pending runs unknown: only records are counted)")
 
@@ -215,8 +237,10 @@ def status_text(root: str | os.PathLike) -> str:
         if st.eta_s is None:
             lines.append(f"ETA: unknown until a run completes ({st.remaining} left)")
         else:
-            lines.append(f"ETA: ~{_duration(st.eta_s)} (mean run {st.mean_run_s:.1f} s x {st.remaining} left "
-                         f"/ {st.workers} worker(s))")
+            lines.append(
+                f"ETA: ~{_duration(st.eta_s)} (mean run {st.mean_run_s:.1f} s x {st.remaining} left "
+                f"/ {st.workers} worker(s))"
+            )
     elif st.in_matrix is not None and mine["complete"] == st.in_matrix:
         lines.append("done: every run of the matrix is complete")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ Draws use ``random.Random(sweep_seed)`` in the order trial → key (sorted), so 
 significant digits so run ids and tables stay readable. An integer hyperparameter (or
 schedule field) gets its draws rounded to integers.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -91,15 +92,22 @@ def parse_distribution(text: str, where: str, key: str, parse_value: Callable[[s
         raise SweepError(f"{where}: sweep key {key!r}: {kind} takes two finite numbers (low, high), got {text!r}")
     lo, hi = args
     if not lo < hi:
-        raise SweepError(f"{where}: sweep key {key!r}: {text!r} has its bounds in the wrong order; "
-                         f"expected {kind}(low, high) with low < high")
+        raise SweepError(
+            f"{where}: sweep key {key!r}: {text!r} has its bounds in the wrong order; "
+            f"expected {kind}(low, high) with low < high"
+        )
     if kind == "log_uniform" and lo <= 0:
         raise SweepError(f"{where}: sweep key {key!r}: {text!r}: log_uniform needs 0 < low < high")
     return Distribution(kind, args)
 
 
-def trials(grid: dict[str, list[Any]], dists: dict[str, Distribution], n_random: int, sweep_seed: int,
-           integer_keys: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+def trials(
+    grid: dict[str, list[Any]],
+    dists: dict[str, Distribution],
+    n_random: int,
+    sweep_seed: int,
+    integer_keys: frozenset[str] = frozenset(),
+) -> list[dict[str, Any]]:
     """Every trial: the grid's product (keys in the order given) × ``n_random`` seeded draws.
 
     With no sweep this is ``[{}]`` (one trial: the matrix as it is).

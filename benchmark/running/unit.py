@@ -5,6 +5,7 @@
 it. It knows nothing of any method's losses, nor of the matrix: the scheduler
 (:mod:`dabench.running.scheduler`) decides what runs when, executors decide where.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -46,7 +47,11 @@ def _now() -> str:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Device and versions recorded with every run (reproducibility)."""
-    versions: dict[str, str | None] = {"dabench": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    versions: dict[str, str | None] = {
+        "dabench": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
     for mod in ("torchvision", "timm", "numpy"):
         try:
             versions[mod] = __import__(mod).__version__
@@ -73,11 +78,17 @@ def _git_commit() -> str | None:
 def base_record(spec: RunSpec, status: Status | str, env: dict[str, Any]) -> RunRecord:
     """A new record of ``spec`` with ``status``, the environment ``env`` (:func:`environment`:
     device, versions, host, torch_threads) and this process and time; no results yet."""
-    return RunRecord(run_id=spec.run_id, status=Status(status), spec=spec.to_dict(),
-                     device=env.get("device"), versions=env.get("versions"), host=env.get("host"),
-                     torch_threads=env.get("torch_threads"),
-                     pid=os.getpid(),  # the process that ran it (a worker's, under the local pool)
-                     started_at=_now())
+    return RunRecord(
+        run_id=spec.run_id,
+        status=Status(status),
+        spec=spec.to_dict(),
+        device=env.get("device"),
+        versions=env.get("versions"),
+        host=env.get("host"),
+        torch_threads=env.get("torch_threads"),
+        pid=os.getpid(),  # the process that ran it (a worker's, under the local pool)
+        started_at=_now(),
+    )
 
 
 def run_spec(
@@ -96,16 +107,23 @@ def run_spec(
     if spec.depends_on:
         dep = store.read(spec.depends_on)
         if dep is None or dep.status is not Status.COMPLETE:
-            record.fail(Status.SKIPPED, "DependencyNotComplete",
-                        f"source-only run {spec.depends_on} is {dep.status if dep else 'not run'}", finished_at=_now())
+            record.fail(
+                Status.SKIPPED,
+                "DependencyNotComplete",
+                f"source-only run {spec.depends_on} is {dep.status if dep else 'not run'}",
+                finished_at=_now(),
+            )
             store.write(record)
             return record
         ckpt = store.checkpoint_path(spec.depends_on)
         if not ckpt.exists():
-            record.fail(Status.FAILED, "MissingCheckpoint",
-                        f"source-only run {spec.depends_on} is complete but its checkpoint {ckpt} is missing; "
-                        f"recreate it with: dabench run --rerun {spec.depends_on} --results {store.root}",
-                        finished_at=_now())
+            record.fail(
+                Status.FAILED,
+                "MissingCheckpoint",
+                f"source-only run {spec.depends_on} is complete but its checkpoint {ckpt} is missing; "
+                f"recreate it with: dabench run --rerun {spec.depends_on} --results {store.root}",
+                finished_at=_now(),
+            )
             store.write(record)
             return record
     store.write(record)
@@ -156,8 +174,9 @@ def run_claimed(
     try:
         if store.status(spec.run_id) is Status.COMPLETE:
             return Outcome(spec.run_id, "already-complete")
-        return Outcome(spec.run_id, "ran", run_spec(spec, store, device, data_root, on_step, checkpoint_every,
-                                                    compile=compile))
+        return Outcome(
+            spec.run_id, "ran", run_spec(spec, store, device, data_root, on_step, checkpoint_every, compile=compile)
+        )
     finally:
         store.release(spec.run_id)
 
@@ -176,20 +195,28 @@ class Outcome:
 
     def to_message(self) -> dict[str, Any]:
         """The outcome as JSON (a worker's answer to its parent; the record as on disk)."""
-        return {"run_id": self.run_id, "kind": self.kind,
-                "record": self.record.to_dict() if self.record is not None else None, "error": self.error}
+        return {
+            "run_id": self.run_id,
+            "kind": self.kind,
+            "record": self.record.to_dict() if self.record is not None else None,
+            "error": self.error,
+        }
 
     @classmethod
     def from_message(cls, msg: dict[str, Any]) -> Outcome:
         """The outcome a worker sent (:meth:`to_message`); its record is checked against the schema."""
         rec = msg.get("record")
-        return cls(msg["run_id"], msg["kind"],
-                   RunRecord.from_dict(rec, f"record of run {msg['run_id']} sent by a worker") if rec else None,
-                   msg.get("error"))
+        return cls(
+            msg["run_id"],
+            msg["kind"],
+            RunRecord.from_dict(rec, f"record of run {msg['run_id']} sent by a worker") if rec else None,
+            msg.get("error"),
+        )
 
 
-def record_failure(spec: RunSpec, store: RunStore, error_type: str, message: str, traceback_text: str = "",
-                   device: str | None = None) -> RunRecord:
+def record_failure(
+    spec: RunSpec, store: RunStore, error_type: str, message: str, traceback_text: str = "", device: str | None = None
+) -> RunRecord:
     """Mark a run ``failed`` from outside it (its process died, or its pair's data is missing).
 
     Keeps what the run's own ``running`` record holds (environment, start time); never

@@ -14,6 +14,7 @@ Warm-up steps (cuDNN autotuning, allocator growth, ``torch.compile``) are run an
 CUDA is synchronised before each clock read. On CUDA the sync-debug mode also counts the
 host synchronisations inside the step loop (the engine allows one per ``log_every`` steps).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -184,8 +185,13 @@ class _Bare(nn.Module):
 
 
 def bare_images_per_s(
-    make_backbone: BackboneFactory, pair: DomainPair, batch_size: int, steps: int, warmup: int,
-    device: torch.device, compile: bool = False,
+    make_backbone: BackboneFactory,
+    pair: DomainPair,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    compile: bool = False,
 ) -> float:
     """Forward + backward + SGD step images/s of backbone + linear head on a fixed device batch."""
     torch.manual_seed(0)
@@ -237,8 +243,15 @@ class EngineBench:
     """
 
     def __init__(
-        self, method_name: str, pair: DomainPair, pair_data: PairData, device: torch.device,
-        batch_size: int, make_backbone: BackboneFactory, compile: bool = False, seed: int = 0,
+        self,
+        method_name: str,
+        pair: DomainPair,
+        pair_data: PairData,
+        device: torch.device,
+        batch_size: int,
+        make_backbone: BackboneFactory,
+        compile: bool = False,
+        seed: int = 0,
     ) -> None:
         cls = METHODS.get(method_name)
         torch.manual_seed(seed)
@@ -247,9 +260,15 @@ class EngineBench:
             compile_method(self.method)
         shots = pair.target_shots if (cls.protocol == "few-shot" or cls.uses.target_shots) else 0
         self.spec = RunSpec(
-            method=method_name, pair=pair.name, seed=seed, protocol="few-shot" if shots else "uda",
-            target_shots=shots, eval_shots=pair.target_shots, hparams=dict(self.method.hp),
-            schedule=pair.schedule.replace(batch_size=batch_size), backbone=pair.backbone,
+            method=method_name,
+            pair=pair.name,
+            seed=seed,
+            protocol="few-shot" if shots else "uda",
+            target_shots=shots,
+            eval_shots=pair.target_shots,
+            hparams=dict(self.method.hp),
+            schedule=pair.schedule.replace(batch_size=batch_size),
+            backbone=pair.backbone,
         )
         self.pair, self.device = pair, device
         self.data = DeviceData(pair, pair_data, device, seed, shots, pair.target_shots)
@@ -291,8 +310,15 @@ def count_host_syncs(fn: Callable[[], Any], device: torch.device) -> int | None:
 
 
 def time_method(
-    method_name: str, pair: DomainPair, pair_data: PairData, device: torch.device, batch_size: int,
-    steps: int, warmup: int, make_backbone: BackboneFactory, compile: bool = False,
+    method_name: str,
+    pair: DomainPair,
+    pair_data: PairData,
+    device: torch.device,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    make_backbone: BackboneFactory,
+    compile: bool = False,
 ) -> MethodTiming:
     """Images/s of one method through the engine path; warm-up steps excluded."""
     bench = EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone, compile)
@@ -348,7 +374,9 @@ class BenchResult:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return (
+        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    )
 
 
 def device_slug(device: torch.device) -> str:
@@ -402,10 +430,19 @@ def run_bench(
         log(f"  bare {bb_name}, batch {b}: {bare_by_batch[b]:,.0f} images/s")
     bare = bare_by_batch[bs]
     result = BenchResult(
-        device=device_name(dev), torch_version=torch.__version__, pair=pair.name, backbone=bb_name,
-        image_size=pair.image_size, batch_size=bs, steps=steps, warmup=warmup, compile=compile,
-        date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), bare_images_per_s=bare,
-        bare_by_batch=bare_by_batch, notes=notes,
+        device=device_name(dev),
+        torch_version=torch.__version__,
+        pair=pair.name,
+        backbone=bb_name,
+        image_size=pair.image_size,
+        batch_size=bs,
+        steps=steps,
+        warmup=warmup,
+        compile=compile,
+        date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        bare_images_per_s=bare,
+        bare_by_batch=bare_by_batch,
+        notes=notes,
     )
     for name in names:
         timing = time_method(name, pair, data, dev, bs, steps, warmup, make_backbone, compile)
@@ -434,8 +471,10 @@ def markdown(result: BenchResult) -> str:
     ]
     bare = result.bare_by_batch or {result.batch_size: result.bare_images_per_s}
     for b, rate in sorted(bare.items()):
-        lines.append(f"| bare {result.backbone} + linear head | {b} | {rate / b:,.1f} | {rate:,.0f} | 1.00 | — | "
-                     "data already on device, CE + SGD |")
+        lines.append(
+            f"| bare {result.backbone} + linear head | {b} | {rate / b:,.1f} | {rate:,.0f} | 1.00 | — | "
+            "data already on device, CE + SGD |"
+        )
     for m in result.methods:
         if m.images_per_s is None:
             lines.append(f"| {m.method} | — | — | — | — | — | {m.note} |")
@@ -464,6 +503,16 @@ def default_out(device: str | None, synthetic: int, backbone: str | None) -> pat
 
 
 __all__ = [
-    "BenchResult", "EngineBench", "MethodTiming", "backbone_factory", "bare_images_per_s", "count_host_syncs",
-    "default_out", "markdown", "run_bench", "synthetic_pair", "time_method", "write_result",
+    "BenchResult",
+    "EngineBench",
+    "MethodTiming",
+    "backbone_factory",
+    "bare_images_per_s",
+    "count_host_syncs",
+    "default_out",
+    "markdown",
+    "run_bench",
+    "synthetic_pair",
+    "time_method",
+    "write_result",
 ]

@@ -11,6 +11,7 @@ Example (the lead's comparison on one GPU; about 2–4 minutes on an H100)::
 
 Any ``dabench run`` matrix flag after ``--`` is passed on (``-- --set steps=300``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--methods", default=None, help="as dabench run (default: the quick matrix's six)")
     p.add_argument("--pairs", default="digits-offline")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--runs-per-process", default="0",
-                   help="as dabench run; 0 (reuse workers) measures the GPU, not process start-up (default: 0)")
+    p.add_argument(
+        "--runs-per-process",
+        default="0",
+        help="as dabench run; 0 (reuse workers) measures the GPU, not process start-up (default: 0)",
+    )
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("/tmp/dabench_gpu_pack"))
     p.add_argument("rest", nargs=argparse.REMAINDER, help="more dabench run flags, after --")
     args = p.parse_args(argv)
@@ -41,9 +45,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     for k in [int(v) for v in args.runs_per_gpu.split(",") if v.strip()]:
         folder = args.out / f"k{k}"
         shutil.rmtree(folder, ignore_errors=True)  # a fresh folder: nothing may be skipped as complete
-        cmd = [sys.executable, "-m", "dabench.cli", "run", "--executor", "local", "--runs-per-gpu", str(k),
-               "--runs-per-process", args.runs_per_process, "--pairs", args.pairs, "--seeds", args.seeds,
-               "--results", str(folder), "--no-progress", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dabench.cli",
+            "run",
+            "--executor",
+            "local",
+            "--runs-per-gpu",
+            str(k),
+            "--runs-per-process",
+            args.runs_per_process,
+            "--pairs",
+            args.pairs,
+            "--seeds",
+            args.seeds,
+            "--results",
+            str(folder),
+            "--no-progress",
+            *extra,
+        ]
         if args.methods:
             cmd += ["--methods", args.methods]
         print("$", " ".join(cmd), flush=True)
@@ -53,8 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         recs = list(RunStore(folder).records())
         done = [r for r in recs if r.status is Status.COMPLETE]
         run_s = sum((r.timings or {}).get("total_s", 0) for r in done)
-        rows.append((k, len(done), len(recs), wall, 60 * len(done) / wall if wall else 0.0,
-                     run_s / len(done) if done else 0.0))
+        rows.append(
+            (k, len(done), len(recs), wall, 60 * len(done) / wall if wall else 0.0, run_s / len(done) if done else 0.0)
+        )
         if proc.returncode:
             print(proc.stdout[-2000:], proc.stderr[-3000:], sep="\n")
     print("\n| runs per GPU | complete/runs | wall s | runs/min | mean run s |")

@@ -12,6 +12,7 @@ Written from the paper (Sec. 3): on each target batch of B images and K classes,
 
     total = CE(source) + trade_off · L_MCC                       (trade_off μ = 1.0)
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,8 +47,7 @@ class MCC(Method):
     protocol = "uda"
     uses = Uses(source_labels=True, target_unlabeled=True)
     defaults = {"trade_off": 1.0, "temperature": 2.5, "forward": "concat"}
-    citation = ("Jin, Wang, Long, Wang. Minimum Class Confusion for Versatile Domain Adaptation. "
-                "ECCV 2020.")
+    citation = "Jin, Wang, Long, Wang. Minimum Class Confusion for Versatile Domain Adaptation. ECCV 2020."
 
     def loss(self, batch: Batch, progress: float) -> Loss:
         logits_s, logits_t, _, _ = self.forward_source_target(batch)

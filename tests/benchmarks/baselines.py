@@ -4,6 +4,7 @@ What a typical DA codebase does: a ``torch.utils.data.DataLoader`` over a ``Data
 turns each uint8 image into a PIL image and applies torchvision's ``ToTensor`` and
 ``Normalize`` one image at a time, then moves the collated batch to the device.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -34,8 +35,11 @@ class PerImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         j = self.indices[i]
         img = self.images[j]
-        pil = Image.fromarray(img[0].numpy(), mode="L") if img.shape[0] == 1 else Image.fromarray(
-            img.permute(1, 2, 0).numpy())
+        pil = (
+            Image.fromarray(img[0].numpy(), mode="L")
+            if img.shape[0] == 1
+            else Image.fromarray(img.permute(1, 2, 0).numpy())
+        )
         return self.transform(pil), int(self.labels[j])
 
 
@@ -43,8 +47,15 @@ def loader(
     domain: Domain, indices: torch.Tensor, pair: DomainPair, batch_size: int, train: bool, workers: int = 0
 ) -> DataLoader:
     """The conventional loader; with workers, the usual GPU settings (pinned memory, persistent workers)."""
-    return DataLoader(PerImageDataset(domain, indices, pair), batch_size=batch_size, shuffle=train,
-                      drop_last=train, num_workers=workers, pin_memory=workers > 0, persistent_workers=workers > 0)
+    return DataLoader(
+        PerImageDataset(domain, indices, pair),
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train,
+        num_workers=workers,
+        pin_memory=workers > 0,
+        persistent_workers=workers > 0,
+    )
 
 
 def forever(dl: DataLoader) -> Iterator:

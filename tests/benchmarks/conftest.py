@@ -9,6 +9,7 @@ Every benchmark records its rate through the ``ratios`` fixture under a group an
 implementation (``dabench`` or ``baseline``); at the end of the session the pairs become
 ratios, printed in the terminal summary and written to ``results/bench/ratios.md``.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -39,10 +40,7 @@ class Ratios:
         return rate
 
     def lines(self) -> list[str]:
-        rows = [
-            "| benchmark | dabench | baseline | ratio dabench/baseline |",
-            "| --- | ---: | ---: | ---: |",
-        ]
+        rows = ["| benchmark | dabench | baseline | ratio dabench/baseline |", "| --- | ---: | ---: | ---: |"]
         for group in sorted(self.rates):
             r, unit = self.rates[group], self.units[group]
             d, b = r.get("dabench"), r.get("baseline")

@@ -10,6 +10,7 @@ split (60,000 x 1x28x28 uint8, 47 MB): the verified read against torchvision's o
 of the same images from idx files (the baseline the cache replaces) and against an unverified
 ``torch.load`` of the same file (the cache's speed before verification).
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -82,9 +83,12 @@ def test_verified_cache_read_mnist_size(tmp_path, benchmark, ratios, impl) -> No
     # dabench/baseline: verified read vs idx decode; the unverified read is the cache's speed
     # before verification, recorded as the baseline of a second group (verify overhead)
     if impl == "unverified":
-        ratios.record(benchmark, "cache verify: verified / unverified read (60k 28x28)", "baseline", MNIST_N, "images/s")
+        ratios.record(
+            benchmark, "cache verify: verified / unverified read (60k 28x28)", "baseline", MNIST_N, "images/s"
+        )
     else:
         ratios.record(benchmark, "cache read vs decode (60k 28x28, verified)", impl, MNIST_N, "images/s")
         if impl == "dabench":
-            ratios.record(benchmark, "cache verify: verified / unverified read (60k 28x28)", "dabench", MNIST_N,
-                          "images/s")
+            ratios.record(
+                benchmark, "cache verify: verified / unverified read (60k 28x28)", "dabench", MNIST_N, "images/s"
+            )

@@ -3,6 +3,7 @@
 dabench's evaluation also computes per-class accuracy and three label-free scores (entropy,
 IM, SND); the baseline only counts correct predictions, so the ratio understates dabench.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -21,8 +22,14 @@ EVAL_BATCH = 512  # dabench's predict_split batch
 def test_eval_images_per_s(benchmark, ratios, digits, device, workers, impl):
     pair, data = digits
     dev = device
-    bench = EngineBench("source-only", pair, data, dev, pair.schedule.batch_size,
-                        lambda: BACKBONES.get("lenet")(in_channels=1, image_size=28))
+    bench = EngineBench(
+        "source-only",
+        pair,
+        data,
+        dev,
+        pair.schedule.batch_size,
+        lambda: BACKBONES.get("lenet")(in_channels=1, image_size=28),
+    )
     n_images = len(bench.data.target_eval) + len(bench.data.source_val)
     if impl == "dabench":
         fn = lambda: evaluate(bench.method, bench.data)  # noqa: E731

@@ -11,6 +11,7 @@ thing. Two groups:
   statistics, figures, report.html), recorded for information: the figures and statistics
   (matplotlib, seaborn, scipy) cost the same on both sides.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -35,8 +36,15 @@ def _timed(code: str) -> float:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("startup") / "res"
-    write_matrix(d, {("dann", "mnist-usps"): [80.0, 81.0, 82.0], ("source-only", "mnist-usps"): [70.0, 71.0, 72.0],
-                     ("dann", "usps-mnist"): [60.0, 61.0, 62.0], ("source-only", "usps-mnist"): [50.0, 52.0, 51.0]})
+    write_matrix(
+        d,
+        {
+            ("dann", "mnist-usps"): [80.0, 81.0, 82.0],
+            ("source-only", "mnist-usps"): [70.0, 71.0, 72.0],
+            ("dann", "usps-mnist"): [60.0, 61.0, 62.0],
+            ("source-only", "usps-mnist"): [50.0, 52.0, 51.0],
+        },
+    )
     return d
 
 
@@ -52,8 +60,10 @@ def test_report_startup_is_3x_faster_without_torch(benchmark, ratios, results) -
 
 
 def test_report_whole_command(benchmark, ratios, results, tmp_path) -> None:
-    run = (f"from dabench.cli import main\n"
-           f"main(['report', {str(results)!r}, '--format', 'md', '--out', {str(tmp_path)!r}])\n")
+    run = (
+        f"from dabench.cli import main\n"
+        f"main(['report', {str(results)!r}, '--format', 'md', '--out', {str(tmp_path)!r}])\n"
+    )
     base_s = sorted(_timed(OLD_CHAIN + run) for _ in range(3))[1]
     benchmark.pedantic(_timed, args=(run,), rounds=3, iterations=1)
     ratios.record(benchmark, "report DIR (whole command)", "dabench", 1.0, "reports/s")

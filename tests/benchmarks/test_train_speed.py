@@ -4,6 +4,7 @@ Same method class, seed, network, batch size and optimiser on both sides; the da
 is the engine's own loop (``EngineBench``: DeviceData sampling/augmentation on the device,
 no per-image Python), the baseline is ``baselines.ConventionalTrainer``.
 """
+
 from __future__ import annotations
 
 import pytest

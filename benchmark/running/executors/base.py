@@ -17,6 +17,7 @@ Every executor runs :func:`dabench.running.unit.run_claimed`, so the records are
 per executor (``inline.py``, ``local_pool.py``, ``ray.py``, ``slurm.py``), each registered by name with
 :func:`register_executor`; ``dabench run --executor`` offers the registered names.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -103,8 +104,9 @@ def _step_bar(progress: bool, position: int):
     return tqdm(total=0, unit="step", leave=False, disable=not progress, file=sys.stderr, position=position)
 
 
-def record_death(store: RunStore, spec: RunSpec, why: str, detail: str, device: str | None,
-                  remote: bool = False) -> Outcome:
+def record_death(
+    store: RunStore, spec: RunSpec, why: str, detail: str, device: str | None, remote: bool = False
+) -> Outcome:
     """The process running ``spec`` died: record the run ``failed`` unless it wrote a terminal
     record first, or unless it never claimed the run and a live process elsewhere holds it.
 

@@ -1,4 +1,5 @@
 """The inline executor: runs in this process, one after another (the default)."""
+
 from __future__ import annotations
 
 import pathlib
@@ -38,8 +39,17 @@ class InlineExecutor(Executor):
             bar.refresh()
 
         try:
-            self._done.append(run_claimed(spec, self.store, self.device, self.root, on_step,
-                                          self.opts.checkpoint_every, compile=self.opts.compile))
+            self._done.append(
+                run_claimed(
+                    spec,
+                    self.store,
+                    self.device,
+                    self.root,
+                    on_step,
+                    self.opts.checkpoint_every,
+                    compile=self.opts.compile,
+                )
+            )
         finally:
             bar.close()
 

@@ -4,6 +4,7 @@ One worker per GPU, or ``runs_per_gpu`` per GPU (``CUDA_VISIBLE_DEVICES`` set pe
 on a CPU unless told otherwise. A run's crash, OOM or SIGKILL kills only its worker process; the
 parent records the run ``failed`` with the exit code or signal and starts a fresh worker.
 """
+
 from __future__ import annotations
 
 import json
@@ -128,10 +129,23 @@ class LocalPoolExecutor(Executor):
 
     def _spawn(self, slot: int) -> _Worker:
         o = self.opts
-        cmd = [sys.executable, "-m", "dabench.running.executors.worker", "--results", str(self.results_dir.resolve()),
-               "--device", self.plan.device, "--threads", str(self.plan.threads),
-               "--checkpoint-every", str(o.checkpoint_every), "--max-runs", str(self.runs_per_process),
-               "--parent-pid", str(os.getpid())]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dabench.running.executors.worker",
+            "--results",
+            str(self.results_dir.resolve()),
+            "--device",
+            self.plan.device,
+            "--threads",
+            str(self.plan.threads),
+            "--checkpoint-every",
+            str(o.checkpoint_every),
+            "--max-runs",
+            str(self.runs_per_process),
+            "--parent-pid",
+            str(os.getpid()),
+        ]
         if o.data_root:
             cmd += ["--data-root", str(o.data_root)]
         if o.compile:
@@ -150,8 +164,9 @@ class LocalPoolExecutor(Executor):
             log = open(log_path, "a")
         except OSError as exc:
             raise WriteFault(log_path, exc) from exc
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
-                                text=True, bufsize=1)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, text=True, bufsize=1
+        )
         log.close()  # the child holds its own descriptor
         worker = _Worker(slot, proc, log_path)
         threading.Thread(target=self._read, args=(worker,), daemon=True).start()
@@ -190,8 +205,9 @@ class LocalPoolExecutor(Executor):
                 bar.set_description_str(f"[{slot}] {spec.label}")
                 assert w.proc.stdin is not None
                 try:
-                    w.proc.stdin.write(json.dumps({"spec": {**spec.to_dict(), "_run_id": spec.run_id}},
-                                                  default=str) + "\n")
+                    w.proc.stdin.write(
+                        json.dumps({"spec": {**spec.to_dict(), "_run_id": spec.run_id}}, default=str) + "\n"
+                    )
                     w.proc.stdin.flush()
                 except BrokenPipeError:
                     pass  # it died before reading: its EOF event records the run failed

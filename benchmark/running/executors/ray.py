@@ -3,6 +3,7 @@
 ``num_gpus = 1 / runs_per_gpu`` per task when the cluster has GPUs. The results folder must be on
 storage every node sees (records and checkpoints are files). Needs ``pip install 'dabench[ray]'``.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -29,8 +30,9 @@ class RayExecutor(Executor):
         try:
             import ray  # late: Ray is an optional extra (pip install 'dabench[ray]')
         except ImportError:
-            raise ImportError("--executor ray needs Ray: pip install 'dabench[ray]' "
-                              "(or pick --executor inline or local)") from None
+            raise ImportError(
+                "--executor ray needs Ray: pip install 'dabench[ray]' (or pick --executor inline or local)"
+            ) from None
         self.ray = ray
         self.opts = opts
         self.store = RunStore(results_dir)
@@ -48,10 +50,13 @@ class RayExecutor(Executor):
         self._slots = max(1, workers or fit)
         self._task = ray.remote(_ray_task).options(num_cpus=1, num_gpus=num_gpus, max_retries=0)
         self._task_options = {
-            "results_dir": str(pathlib.Path(results_dir).resolve()), "device": self.device,
+            "results_dir": str(pathlib.Path(results_dir).resolve()),
+            "device": self.device,
             "data_root": str(opts.data_root) if opts.data_root else None,
-            "plugins": _absolute_plugins(opts.plugins), "checkpoint_every": opts.checkpoint_every,
-            "compile": opts.compile, "threads": 1,
+            "plugins": _absolute_plugins(opts.plugins),
+            "checkpoint_every": opts.checkpoint_every,
+            "compile": opts.compile,
+            "threads": 1,
         }
         self._refs: dict[Any, RunSpec] = {}
 
@@ -80,8 +85,9 @@ class RayExecutor(Executor):
                 out.append(Outcome.from_message(res))
             except self.ray.exceptions.RayError as exc:  # the task's process died, or Ray lost it
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                out.append(record_death(self.store, spec, f"ray task died: {first}", str(exc), self.device,
-                                        remote=True))
+                out.append(
+                    record_death(self.store, spec, f"ray task died: {first}", str(exc), self.device, remote=True)
+                )
         return out
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ The results folder must be on storage every node sees. Needs ``pip install 'dabe
 ``slurm_cluster="local"`` runs the jobs as local processes through submitit's ``LocalExecutor``
 (same code path, no SLURM: the tests use it).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -44,8 +45,19 @@ from .base import Executor, ExecutorOptions, _absolute_plugins, record_death, re
 
 JOBS_FILE = "slurm/jobs.json"
 # SLURM states after which a job does nothing more (sacct's names; submitit's local ones too)
-FINISHED_STATES = ("COMPLETED", "FINISHED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-                   "BOOT_FAIL", "DEADLINE", "INTERRUPTED", "NO PROCESS AND NO RESULT")
+FINISHED_STATES = (
+    "COMPLETED",
+    "FINISHED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "INTERRUPTED",
+    "NO PROCESS AND NO RESULT",
+)
 
 
 def _now() -> str:
@@ -59,8 +71,17 @@ class SlurmTask:
     without subclassing ``submitit.helpers.Checkpointable``, so this module imports without submitit.
     """
 
-    def __init__(self, specs: list[dict[str, Any]], results_dir: str, device: str | None, gpus: int,
-                 data_root: str | None, plugins: tuple[str, ...], checkpoint_every: int, compile: bool) -> None:
+    def __init__(
+        self,
+        specs: list[dict[str, Any]],
+        results_dir: str,
+        device: str | None,
+        gpus: int,
+        data_root: str | None,
+        plugins: tuple[str, ...],
+        checkpoint_every: int,
+        compile: bool,
+    ) -> None:
         self.specs = specs
         self.results_dir = results_dir
         self.device = device
@@ -79,10 +100,23 @@ class SlurmTask:
         self.__dict__.update(state, _procs={})
 
     def _command(self, threads: int) -> list[str]:
-        cmd = [sys.executable, "-m", "dabench.running.executors.worker", "--results", self.results_dir,
-               "--max-runs", "1", "--parent-pid", str(os.getpid()), "--threads", str(threads),
-               "--checkpoint-every", str(self.checkpoint_every),
-               "--device", ("cuda" if self.gpus else (self.device or "auto"))]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dabench.running.executors.worker",
+            "--results",
+            self.results_dir,
+            "--max-runs",
+            "1",
+            "--parent-pid",
+            str(os.getpid()),
+            "--threads",
+            str(threads),
+            "--checkpoint-every",
+            str(self.checkpoint_every),
+            "--device",
+            ("cuda" if self.gpus else (self.device or "auto")),
+        ]
         if self.data_root:
             cmd += ["--data-root", self.data_root]
         for plugin in self.plugins:
@@ -94,8 +128,9 @@ class SlurmTask:
     def __call__(self) -> list[dict[str, Any]]:
         """Start one worker per spec, then collect their outcomes (``{"run_id", "kind", "record"}``)."""
         n = len(self.specs)
-        threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-                      // n)
+        threads = max(
+            1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // n
+        )
         # the GPUs SLURM gave this job (CUDA_VISIBLE_DEVICES), shared round robin by its runs
         visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
         gpus = visible or [str(i) for i in range(self.gpus)]
@@ -107,8 +142,9 @@ class SlurmTask:
             if self.gpus and gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
             log = open(logs / f"slurm-{spec['_run_id']}.log", "a")
-            proc = subprocess.Popen(self._command(threads), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=log, text=True, env=env)
+            proc = subprocess.Popen(
+                self._command(threads), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env
+            )
             assert proc.stdin is not None  # stdin=PIPE
             proc.stdin.write(json.dumps({"spec": spec}) + "\n")
             proc.stdin.close()
@@ -146,14 +182,16 @@ class SlurmTask:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def _record_worker_death(results_dir: str, spec_dict: dict[str, Any], code: int | None,
-                         device: str | None) -> dict[str, Any] | None:
+def _record_worker_death(
+    results_dir: str, spec_dict: dict[str, Any], code: int | None, device: str | None
+) -> dict[str, Any] | None:
     spec_dict = dict(spec_dict)
     spec_dict.pop("_run_id", None)
     spec = RunSpec.from_dict(spec_dict)
     why = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-    rec = record_death(RunStore(results_dir), spec, f"worker process died ({why}) inside its SLURM job",
-                       "", device).record
+    rec = record_death(
+        RunStore(results_dir), spec, f"worker process died ({why}) inside its SLURM job", "", device
+    ).record
     # as JSON, like the outcomes the workers send: the job's results travel back pickled as plain dicts
     return rec.to_dict() if rec is not None else None
 
@@ -166,8 +204,9 @@ class SlurmExecutor(Executor):
         try:
             import submitit  # late: an optional extra (pip install 'dabench[slurm]')
         except ImportError:
-            raise ImportError("--executor slurm needs submitit: pip install 'dabench[slurm]' "
-                              "(or pick --executor inline or local)") from None
+            raise ImportError(
+                "--executor slurm needs submitit: pip install 'dabench[slurm]' (or pick --executor inline or local)"
+            ) from None
         if opts.runs_per_gpu < 1:
             raise ValueError(f"--runs-per-gpu must be at least 1, got {opts.runs_per_gpu}")
         if opts.gpus_per_job < 0:
@@ -186,8 +225,13 @@ class SlurmExecutor(Executor):
             raise ValueError(f"--slurm-cluster {cluster!r}: valid are slurm (the default) and local")
         self.ex = submitit.AutoExecutor(folder=self.root / "slurm" / "submitit", cluster=cluster)
         self.cluster = self.ex.cluster
-        params: dict[str, Any] = {"timeout_min": opts.slurm_time_min, "gpus_per_node": opts.gpus_per_job,
-                                  "tasks_per_node": 1, "nodes": 1, "name": "dabench"}
+        params: dict[str, Any] = {
+            "timeout_min": opts.slurm_time_min,
+            "gpus_per_node": opts.gpus_per_job,
+            "tasks_per_node": 1,
+            "nodes": 1,
+            "name": "dabench",
+        }
         if self.cluster == "slurm":
             # --signal USR2@120: two minutes' warning before the time limit, for submitit's requeue
             params.update(slurm_signal_delay_s=120, cpus_per_task=max(1, self.group))
@@ -199,9 +243,12 @@ class SlurmExecutor(Executor):
         self._pending: list[RunSpec] = []
         self._jobs: list[dict[str, Any]] = []  # {"job", "specs", "submitted_at", "state"}
         self._task_args: dict[str, Any] = {
-            "results_dir": str(self.root), "device": opts.device, "gpus": opts.gpus_per_job,
+            "results_dir": str(self.root),
+            "device": opts.device,
+            "gpus": opts.gpus_per_job,
             "data_root": str(opts.data_root) if opts.data_root else None,
-            "plugins": _absolute_plugins(opts.plugins), "checkpoint_every": opts.checkpoint_every,
+            "plugins": _absolute_plugins(opts.plugins),
+            "checkpoint_every": opts.checkpoint_every,
             "compile": opts.compile,
         }
 
@@ -221,7 +268,7 @@ class SlurmExecutor(Executor):
     def _flush(self) -> None:
         if not self._pending:
             return
-        groups = [self._pending[i:i + self.group] for i in range(0, len(self._pending), self.group)]
+        groups = [self._pending[i : i + self.group] for i in range(0, len(self._pending), self.group)]
         self._pending = []
         tasks = [SlurmTask([{**s.to_dict(), "_run_id": s.run_id} for s in g], **self._task_args) for g in groups]
         with self.ex.batch():
@@ -231,9 +278,20 @@ class SlurmExecutor(Executor):
         self._write_jobs()
 
     def _write_jobs(self) -> None:
-        payload = {"format": 1, "updated_at": _now(), "cluster": self.cluster,
-                   "jobs": [{"job_id": str(j["job"].job_id), "state": j["state"], "submitted_at": j["submitted_at"],
-                             "run_ids": [s.run_id for s in j["specs"]]} for j in self._jobs]}
+        payload = {
+            "format": 1,
+            "updated_at": _now(),
+            "cluster": self.cluster,
+            "jobs": [
+                {
+                    "job_id": str(j["job"].job_id),
+                    "state": j["state"],
+                    "submitted_at": j["submitted_at"],
+                    "run_ids": [s.run_id for s in j["specs"]],
+                }
+                for j in self._jobs
+            ],
+        }
         atomic_write_text(self.root / JOBS_FILE, json.dumps(payload, indent=1))
 
     def _collect(self) -> list[Outcome]:
@@ -257,8 +315,16 @@ class SlurmExecutor(Executor):
             except Exception as exc:  # noqa: BLE001 - the job failed, was cancelled or lost its node
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 for spec in j["specs"]:
-                    out.append(record_death(self.store, spec, f"SLURM job {job.job_id} ended without a result: "
-                                            f"{first}", str(exc), self.opts.device, remote=True))
+                    out.append(
+                        record_death(
+                            self.store,
+                            spec,
+                            f"SLURM job {job.job_id} ended without a result: {first}",
+                            str(exc),
+                            self.opts.device,
+                            remote=True,
+                        )
+                    )
         if changed or out:
             self._write_jobs()
         return out

@@ -16,6 +16,7 @@ training a run whose claim it still holds.
 
 :func:`run_one` is the same unit of work for the Ray executor's remote tasks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -130,8 +131,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         def on_step(n: int, total: int, _id: str | None = run_id) -> None:
             _send(proto, {"event": "step", "run_id": _id, "done": n, "total": total})
 
-        result = run_one(spec_dict, args.results, args.device, args.data_root, args.plugin,
-                         args.checkpoint_every, args.compile, args.threads, on_step)
+        result = run_one(
+            spec_dict,
+            args.results,
+            args.device,
+            args.data_root,
+            args.plugin,
+            args.checkpoint_every,
+            args.compile,
+            args.threads,
+            on_step,
+        )
         _send(proto, {"event": "outcome", **result})
         done += 1
         if args.max_runs and done >= args.max_runs:
