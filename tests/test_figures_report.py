@@ -209,3 +209,22 @@ def test_cli_report_where(results, tmp_path, capsys):
     assert main(["report", str(copy), "--where", "nope=1"]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'nope'" in err and "steps" in err and "trade_off" not in err
+
+
+def test_figures_never_collapse_with_long_names_and_two_seeds(tmp_path):
+    """Long pair and row names (a parametric pair, a plugin's long name) used to squeeze the axes
+    until matplotlib gave up ("constrained_layout not applied because axes sizes collapsed")."""
+    import warnings
+
+    long_pair = "folder:source=/home/someone/data/" + "deep/" * 12 + "src,target=/home/someone/data/tgt"
+    i = 0
+    for pair in (long_pair, "p" * 150, "digits-offline"):
+        for m in ("source-only", "dann", "dan", "coral", "a-plugin-method-with-a-rather-long-registered-name"):
+            for s in (0, 1):
+                write_run(tmp_path, f"r{i:04d}", m, pair, s, acc=50 + 10 * s + i % 7)
+                i += 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = write_report(tmp_path, formats=("md",))
+    assert not [w for w in caught if "collapsed" in str(w.message)], [str(w.message) for w in caught]
+    assert (out["figures"] / "accuracy_per_pair.png").exists()

@@ -49,6 +49,20 @@ def png_base64(fig: Figure) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+#: longest label a figure shows: a longer pair or row name (a pair given by a long parametric name, a
+#: configuration label listing many settings) would squeeze the axes until constrained layout gives up
+LABEL_MAX = 30
+
+
+def short_label(text: object, width: int = LABEL_MAX) -> str:
+    """``text`` as is, or its start and end around an ellipsis when longer than ``width``."""
+    s = str(text)
+    if len(s) <= width:
+        return s
+    keep = width - 1
+    return s[: (keep + 1) // 2] + "…" + s[len(s) - keep // 2 :]
+
+
 def _entries_in_order(lb: Leaderboard) -> list[str]:
     return list(lb.summary.index)
 
@@ -78,7 +92,7 @@ def accuracy_figure(lb: Leaderboard) -> Figure | None:
             width,
             yerr=[lo, hi],
             capsize=2,
-            label=e,
+            label=short_label(e),
             color=c,
             edgecolor="none",
         )
@@ -87,7 +101,7 @@ def accuracy_figure(lb: Leaderboard) -> Figure | None:
                 if not bool(done):
                     bar.set_hatch("//")
                     bar.set_edgecolor("k")
-    ax.set_xticks(x, pairs, rotation=20 if len(pairs) > 3 else 0)
+    ax.set_xticks(x, [short_label(p) for p in pairs], rotation=20 if len(pairs) > 3 else 0)
     ax.set_ylabel("target accuracy (%)")
     ax.set_ylim(0, 100)
     hatch = "; hatched: seeds missing" if "complete" in lb.cells and (~lb.cells["complete"]).any() else ""
@@ -116,7 +130,13 @@ def gain_heatmap(lb: Leaderboard) -> Figure | None:
     g = gain_table(lb)
     if g.empty:
         return None
-    fig = _figure(max(4.0, 1.1 * g.shape[1] + 2.5), max(2.2, 0.45 * g.shape[0] + 1.2))
+    g = g.rename(index=short_label, columns=short_label)
+    # room for the tick labels too (seaborn turns long column names vertical): ~0.07 in per character
+    row_chars = max((len(str(i)) for i in g.index), default=0)
+    col_chars = max((len(str(c)) for c in g.columns), default=0)
+    fig = _figure(
+        max(4.0, 1.1 * g.shape[1] + 2.5 + 0.07 * row_chars), max(2.2, 0.45 * g.shape[0] + 1.2 + 0.07 * col_chars)
+    )
     ax = fig.add_subplot()
     lim = float(np.nanmax(np.abs(g.to_numpy()))) if np.isfinite(g.to_numpy()).any() else 1.0
     with warnings.catch_warnings():  # seaborn's own colormap deprecation notice, not ours
@@ -142,7 +162,7 @@ def learning_curves(df: pd.DataFrame, rule: str = "last", metric: str = "target_
     """``metric`` against step from each complete run's logged evaluations; mean ± sd over seeds."""
     sel = selected_runs(df, rule)
     rows = [
-        {"entry": e, "pair": p, "seed": s, "step": c.get("step"), "value": c.get(metric)}
+        {"entry": short_label(e), "pair": p, "seed": s, "step": c.get("step"), "value": c.get(metric)}
         for e, p, s, curve in zip(sel["entry"], sel["pair"], sel["seed"], sel["curve"])
         for c in curve
     ]
@@ -169,7 +189,7 @@ def learning_curves(df: pd.DataFrame, rule: str = "last", metric: str = "target_
             markersize=3,
             legend=pair == pairs[0],
         )
-        ax.set_title(pair, fontsize=9)
+        ax.set_title(short_label(pair, 2 * LABEL_MAX), fontsize=9)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         if metric == "target_acc":  # the ± sd band must not suggest accuracies outside [0, 100]
@@ -209,7 +229,7 @@ def cd_diagram(fr: FriedmanResult, title: str | None = None) -> Figure:
         else:
             y, x_text, ha = -(k - i) * step - 0.2 - 0.2 * len(fr.cliques), hi + 0.45, "right"
         ax.plot([r, r, x_text], [y_axis, y, y], color="k", lw=0.8)
-        label = f"{name} ({r:.2f})"
+        label = f"{short_label(name)} ({r:.2f})"
         ax.text(x_text, y + 0.04, label, ha=ha, va="bottom", fontsize=8)
     for j, clique in enumerate(fr.cliques):
         rs = ranks[list(clique)]
