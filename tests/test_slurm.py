@@ -10,6 +10,7 @@ first mid-run checkpoint: submitit calls the task's ``checkpoint()``, the job is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -86,7 +87,10 @@ def test_slurm_job_array_preempted_requeued_and_resumed(tmp_path):
     }
     store = RunStore(out)
     env = {**os.environ, "DABENCH_TEST_TRACE": str(trace), "OMP_NUM_THREADS": "1"}
-    main = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # own session: on a failure the whole tree (submitit's job processes too) is killed, never left running
+    main = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     slow = specs["slow"].run_id
     try:
         _wait_for(store.checkpoint_path(slow, partial=True).exists, 120, "slow's first mid-run checkpoint", main)
@@ -99,7 +103,11 @@ def test_slurm_job_array_preempted_requeued_and_resumed(tmp_path):
         # generous: on a loaded 2-core machine the requeued job restarts three processes that import torch
         _stdout, stderr = main.communicate(timeout=420)
     finally:
-        main.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(main.pid, signal.SIGKILL)
+        # submitit's local jobs may sit in a session of their own: they are found by the results folder
+        subprocess.run(["pkill", "-KILL", "-f", str(out)], check=False)
+        main.wait()
     assert main.returncode == 0, stderr[-3000:]
     for method in ("source-only", "slow", "linear-probe"):
         assert store.read(specs[method].run_id)["status"] == "complete", method
