@@ -145,12 +145,12 @@ def test_counts_add_up_with_records_outside_the_matrix(tmp_path):
     old = [_spec("dan", s) for s in range(8)]  # an earlier matrix of the same folder
     for i, spec in enumerate(old):
         rec = base_record(spec, "complete" if i < 7 else "running", env)  # one killed: interrupted
-        rec["timings"] = {"total_s": 10.0}
+        rec.timings = {"total_s": 10.0}
         store.write(rec)
     specs = [_spec("source-only", s) for s in range(4)]
     path = write_matrix_file(tmp_path, specs, executor="local", workers=1)
     done = base_record(specs[0], "complete", env)
-    done["timings"] = {"total_s": 10.0}
+    done.timings = {"total_s": 10.0}
     store.write(done)
     store.write(base_record(specs[1], "running", env))  # no live claim: interrupted
     text = status_text(tmp_path)
