@@ -183,7 +183,7 @@ def test_rerun_repeats_a_run_deterministically(tmp_path, capsys):
     assert main(["run", "--rerun", rec["run_id"], "--results", str(out), "--no-progress", "--device", "cpu"]) == 0
     (new,) = _records(out).values()
     (old_path,) = (out / "previous").glob(f"{rec['run_id']}.*.json")
-    assert json.loads(old_path.read_text()) == rec
+    assert json.loads(old_path.read_text()) == rec.to_dict()
     assert new["started_at"] >= rec["finished_at"]
     assert new["final"]["target_acc"] == rec["final"]["target_acc"]
     assert [p["target_acc"] for p in new["curve"]] == [p["target_acc"] for p in rec["curve"]]
