@@ -15,25 +15,11 @@ from dabench.methods.mcd import MCD, classifier_discrepancy
 from dabench.running.matrix import Matrix, expand
 from dabench.running.unit import run_spec
 
+# the zoo's random source/target batch; one_thread comes from conftest.py
+from test_zoo import _batch
+
 TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
 TINY_SCHEDULE = {"steps": 8, "eval_every": 4, "log_every": 2, "batch_size": 16}
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _batch(seed: int = 0, n: int = 8) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        x_source=torch.randn(n, 1, 28, 28, generator=g),
-        y_source=torch.randint(0, 10, (n,), generator=g),
-        x_target=torch.randn(n, 1, 28, 28, generator=g) + 1.0,
-    )
 
 
 def _mcd(**hp) -> MCD:

@@ -13,6 +13,7 @@ its conversion in :meth:`RunRecord.from_dict`).
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import json
 import pathlib
 from collections.abc import Iterator, Mapping
@@ -24,6 +25,11 @@ from typing import Any
 FORMAT = 1
 #: the record formats this dabench reads
 READABLE_FORMATS: tuple[int, ...] = (1,)
+
+
+def utc_now() -> str:
+    """The current time as records, claims and job lists store it (UTC, ISO 8601, seconds)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class Status(str, Enum):

@@ -34,7 +34,6 @@ only a claim whose token is its own. A process paused (``SIGSTOP``, a frozen VM)
 
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 import json
 import os
@@ -49,7 +48,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .record import RecordError, RunRecord, Status, read_record
+from .record import RecordError, RunRecord, Status, read_record, utc_now
 
 try:  # POSIX; without it (Windows) claim changes are not serialised between processes
     import fcntl
@@ -282,10 +281,6 @@ class _Heartbeat:
 _HEARTBEAT = _Heartbeat()
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 class RunStore:
     """Access to one results folder."""
 
@@ -360,7 +355,7 @@ class RunStore:
             "pid": os.getpid(),
             "start_time": process_start_time(os.getpid()),
             "token": token,
-            "claimed_at": _now(),
+            "claimed_at": utc_now(),
             "heartbeat_s": CLAIM_HEARTBEAT_S,
             "stale_after_s": CLAIM_STALE_S,
         }

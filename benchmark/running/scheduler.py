@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from tqdm.auto import tqdm
 
 from ..core.domain import default_data_root
-from ..core.record import RecordError, RunRecord, Status, first_line
+from ..core.record import RecordError, RunRecord, Status, first_line, utc_now
 from ..core.registry import load_plugin
 from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault, atomic_write_text, load_record_file
 from .executors import Executor, ExecutorOptions, make_executor
 from .matrix import MatrixError
-from .unit import _now, record_failure
+from .unit import record_failure
 
 
 @dataclass
@@ -80,7 +80,7 @@ def write_matrix_file(
     path = pathlib.Path(results_dir) / MATRIX_FILE
     payload = {
         "format": 1,
-        "written_at": _now(),
+        "written_at": utc_now(),
         "executor": executor,
         "workers": int(workers),
         "plugins": list(plugins),

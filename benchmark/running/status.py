@@ -22,6 +22,7 @@ from typing import Any
 from ..core.record import RunRecord, Status
 from ..core.spec import RunSpec
 from ..core.store import RunStore, load_record_file
+from .jobs import FINISHED_STATES, JOBS_FILE
 
 #: the states of a folder's runs, in the order reported: the terminal record statuses, plus
 #: ``running`` (a live process holds the claim), ``pending`` (in the matrix, no record yet) and
@@ -156,7 +157,7 @@ def folder_status(root: str | os.PathLike) -> FolderStatus:
 
 def _slurm_lines(root: pathlib.Path) -> list[str]:
     """The queued and running jobs of ``DIR/slurm/jobs.json`` (written by the slurm executor), by state."""
-    path = root / "slurm" / "jobs.json"
+    path = root / JOBS_FILE
     if not path.exists():
         return []
     try:
@@ -164,20 +165,7 @@ def _slurm_lines(root: pathlib.Path) -> list[str]:
         jobs = [j for j in payload["jobs"] if isinstance(j, dict)]
     except (OSError, ValueError, TypeError, KeyError) as exc:
         return [f"slurm jobs: unreadable {path} ({exc})"]
-    finished = (
-        "COMPLETED",
-        "FINISHED",
-        "FAILED",
-        "CANCELLED",
-        "TIMEOUT",
-        "OUT_OF_MEMORY",
-        "NODE_FAIL",
-        "BOOT_FAIL",
-        "DEADLINE",
-        "INTERRUPTED",
-        "NO PROCESS AND NO RESULT",
-    )
-    active = [j for j in jobs if str(j.get("state", "")).upper() not in finished]
+    active = [j for j in jobs if str(j.get("state", "")).upper() not in FINISHED_STATES]
     by_state = Counter(str(j.get("state")).lower() for j in active)
     # the states are as the last 'dabench run' saw them (it rewrites the file as they change)
     head = f"slurm jobs ({len(jobs)} submitted, as of {payload.get('updated_at')}): " + (

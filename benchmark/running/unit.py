@@ -8,7 +8,6 @@ it. It knows nothing of any method's losses, nor of the matrix: the scheduler
 
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 import os
 import pathlib
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 
 from ..core.domain import PairData
-from ..core.record import RunRecord, Status
+from ..core.record import RunRecord, Status, utc_now
 from ..core.registry import PAIRS
 from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault
@@ -39,10 +38,6 @@ def load_pair_data(pair_name: str, data_root: pathlib.Path) -> PairData:
     if key not in _PAIR_CACHE:
         _PAIR_CACHE[key] = PAIRS.get(pair_name).load(data_root)
     return _PAIR_CACHE[key]
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -87,7 +82,7 @@ def base_record(spec: RunSpec, status: Status | str, env: dict[str, Any]) -> Run
         host=env.get("host"),
         torch_threads=env.get("torch_threads"),
         pid=os.getpid(),  # the process that ran it (a worker's, under the local pool)
-        started_at=_now(),
+        started_at=utc_now(),
     )
 
 
@@ -111,7 +106,7 @@ def run_spec(
                 Status.SKIPPED,
                 "DependencyNotComplete",
                 f"source-only run {spec.depends_on} is {dep.status if dep else 'not run'}",
-                finished_at=_now(),
+                finished_at=utc_now(),
             )
             store.write(record)
             return record
@@ -122,7 +117,7 @@ def run_spec(
                 "MissingCheckpoint",
                 f"source-only run {spec.depends_on} is complete but its checkpoint {ckpt} is missing; "
                 f"recreate it with: dabench run --rerun {spec.depends_on} --results {store.root}",
-                finished_at=_now(),
+                finished_at=utc_now(),
             )
             store.write(record)
             return record
@@ -139,7 +134,7 @@ def run_spec(
     except WriteFault as exc:
         # the results folder refuses writes (read-only, full disk): mark the run if that still
         # works, then stop the matrix: every further run would hit the same wall
-        record.fail(Status.FAILED, "WriteFault", str(exc), finished_at=_now())
+        record.fail(Status.FAILED, "WriteFault", str(exc), finished_at=utc_now())
         try:
             store.write(record)
         except WriteFault:
@@ -150,7 +145,7 @@ def run_spec(
         record.diverged_at_step = exc.step
     except Exception as exc:  # noqa: BLE001 - the run failed; the matrix goes on
         record.fail(Status.FAILED, type(exc).__name__, str(exc), traceback.format_exc())
-    record.finished_at = _now()
+    record.finished_at = utc_now()
     store.write(record)
     return record
 
@@ -228,7 +223,7 @@ def record_failure(
     if rec is None:
         # no torch.cuda calls here: the parent of a pool must not open a CUDA context
         rec = base_record(spec, Status.FAILED, {"device": device, "versions": None, "host": platform.node()})
-    rec.fail(Status.FAILED, error_type, message, traceback_text, finished_at=_now())
+    rec.fail(Status.FAILED, error_type, message, traceback_text, finished_at=utc_now())
     store.write(rec)
     return rec
 

@@ -28,7 +28,6 @@ The results folder must be on storage every node sees. Needs ``pip install 'dabe
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import pathlib
@@ -38,30 +37,12 @@ import sys
 import time
 from typing import Any
 
+from ...core.record import utc_now
 from ...core.spec import RunSpec
 from ...core.store import RunStore, atomic_write_text
+from ..jobs import FINISHED_STATES, JOBS_FILE
 from ..unit import Outcome
 from .base import Executor, ExecutorOptions, _absolute_plugins, record_death, register_executor
-
-JOBS_FILE = "slurm/jobs.json"
-# SLURM states after which a job does nothing more (sacct's names; submitit's local ones too)
-FINISHED_STATES = (
-    "COMPLETED",
-    "FINISHED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "OUT_OF_MEMORY",
-    "NODE_FAIL",
-    "BOOT_FAIL",
-    "DEADLINE",
-    "INTERRUPTED",
-    "NO PROCESS AND NO RESULT",
-)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class SlurmTask:
@@ -274,13 +255,13 @@ class SlurmExecutor(Executor):
         with self.ex.batch():
             jobs = [self.ex.submit(t) for t in tasks]
         for job, group in zip(jobs, groups):
-            self._jobs.append({"job": job, "specs": group, "submitted_at": _now(), "state": "PENDING"})
+            self._jobs.append({"job": job, "specs": group, "submitted_at": utc_now(), "state": "PENDING"})
         self._write_jobs()
 
     def _write_jobs(self) -> None:
         payload = {
             "format": 1,
-            "updated_at": _now(),
+            "updated_at": utc_now(),
             "cluster": self.cluster,
             "jobs": [
                 {
