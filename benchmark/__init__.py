@@ -30,6 +30,7 @@ _PUBLIC: dict[str, str] = {
     "Loss": "core.method",
     "Classifier": "core.method",
     "Update": "core.method",
+    "TargetView": "core.method",
     "Backbone": "backbones.base",
     "DomainPair": "core.domain",
     "Domain": "core.domain",
@@ -112,7 +113,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from .api import compare, leaderboard, load_results, run
     from .backbones.base import Backbone
     from .core.domain import Domain, DomainPair, MissingDataError, PairData, Schedule
-    from .core.method import Batch, Classifier, Loss, Method, Update, Uses
+    from .core.method import Batch, Classifier, Loss, Method, TargetView, Update, Uses
     from .core.registry import (
         BACKBONES,
         METHODS,

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--matrix", type=pathlib.Path, help="TOML matrix file ([matrix] methods/pairs/seeds/plugins, [set])")
     r.add_argument(
         "--methods",
-        help=f"comma-separated names, globs or groups (all, uda, few-shot, zoo; "
+        help=f"comma-separated names, globs or groups (all, uda, few-shot, source-free, zoo; "
         f"see dabench list methods) (default: {','.join(DEFAULT_METHODS)})",
     )
     r.add_argument("--pairs", help=f"comma-separated names or globs (default: {','.join(DEFAULT_PAIRS)})")
@@ -314,7 +314,7 @@ def _list(args: argparse.Namespace) -> int:
     for plugin in args.plugin:
         load_plugin(plugin)
     if args.what == "methods":
-        # one table per protocol (a uda method and a few-shot one are never compared head to head);
+        # one table per protocol (methods of different protocols are never compared head to head);
         # each protocol's name is also a --methods group
         by_protocol: dict[str, list[tuple[str, str, str]]] = {}
         for name in METHODS.names(args.pattern):
@@ -342,7 +342,7 @@ def _list(args: argparse.Namespace) -> int:
                     name,
                     pr.description,
                     f"{pr.backbone}, {pr.channels}x{pr.image_size}px",
-                    f"uda / few-shot k={pr.target_shots}",
+                    f"uda / source-free / few-shot k={pr.target_shots}",
                     f"steps={sch.steps} bs={sch.batch_size} lr={sch.lr}",
                 )
             )

@@ -69,7 +69,7 @@ import torch
 from .core.domain import Domain, DomainPair, PairData, default_data_root
 from .core.method import Batch, Loss, Method, validate_method_class
 from .core.registry import BACKBONES, METHODS, PAIRS, RegistryError, ensure_method_registered
-from .core.spec import RunSpec
+from .core.spec import RunSpec, run_protocol
 from .engine.data import DeviceData
 from .engine.train import RunContext
 from .running.matrix import Matrix, MatrixError, expand, parse_value
@@ -157,7 +157,7 @@ def check_method(
         method=name,
         pair=pair,
         seed=seed,
-        protocol="few-shot" if shots else "uda",
+        protocol=run_protocol(cls.protocol, shots),
         target_shots=shots,
         eval_shots=shots,
         hparams=hparams,
@@ -327,7 +327,8 @@ def _batch(cls: type[Method], data: DeviceData, batch_size: int, seed: int) -> B
     if cls.uses.source_labels:
         batch.x_source, batch.y_source = data.batch_from(data.source, pick(data.source))
     if cls.uses.target_unlabeled:
-        batch.x_target, _ = data.batch_from(data.target, pick(data.target))
+        batch.idx_target = pick(data.target)
+        batch.x_target, _ = data.batch_from(data.target, batch.idx_target)
     if len(data.shots):
         batch.x_shots, batch.y_shots = data.batch_from(data.shots, torch.arange(len(data.shots)))
     return batch

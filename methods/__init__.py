@@ -1,13 +1,13 @@
 """Built-in methods, one file each; importing this package registers them.
 
-The group ``zoo`` (``--methods zoo``) names every built-in method; ``all``, ``uda`` and
-``few-shot`` (every registered method, plugins included, or those of one protocol) are
-registered with the registry itself (``dabench.core.registry``).
+The group ``zoo`` (``--methods zoo``) names every built-in method; ``all``, ``uda``,
+``few-shot`` and ``source-free`` (every registered method, plugins included, or those of one
+protocol) are registered with the registry itself (``dabench.core.registry``).
 """
 
 from dabench import METHODS
 
-from . import afn, bnm, cdan, coral, dan, dann, fine_tune, jan, linear_probe, mcd, mdd, minent, source_only  # noqa: F401
+from . import afn, bnm, cdan, coral, dan, dann, fine_tune, jan, linear_probe, mcd, mdd, minent, shot, source_only  # noqa: F401
 
 #: every built-in method, in the order tables list them: baseline, the mission's methods, the zoo
 BUILTIN_METHODS = (
@@ -25,5 +25,6 @@ BUILTIN_METHODS = (
     "cdan-e",
     "mdd",
     "mcd",
+    "shot",
 )
 METHODS.register_group("zoo", BUILTIN_METHODS)

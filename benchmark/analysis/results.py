@@ -315,12 +315,15 @@ def _short_pair_names(pairs: pd.Series) -> pd.Series:
 
 
 def label_budget(protocol: str | None, target_shots: int | None) -> str:
-    """Human label of a run's target-label budget: ``"0"`` (UDA) or ``"5/class"`` (k shots).
+    """Human label of a run's target-label budget: ``"0"`` (UDA), ``"5/class"`` (k shots) or
+    ``"0 (source-free)"`` (no target labels and no source data during adaptation).
 
-    Tables show it on every row so that budgets are never mixed silently.
+    Tables show it on every row so that budgets are never mixed silently: a source-free row is
+    its own budget (ranked and compared only with other source-free rows).
     """
     k = int(target_shots or 0)
-    return f"{k}/class" if k > 0 else "0"
+    budget = f"{k}/class" if k > 0 else "0"
+    return f"{budget} (source-free)" if protocol == "source-free" else budget
 
 
 # ---------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ import csv
 import html
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,11 +60,9 @@ TEST_NAME = "one-sided Welch t-test over seeds vs the column's best, p > 0.05"
 
 
 def budget_key(labels: str) -> tuple[int, str]:
-    """Sort key for label budgets: "0" first, then k/class by k."""
-    try:
-        return (int(str(labels).split("/")[0]), str(labels))
-    except ValueError:
-        return (10**9, str(labels))
+    """Sort key for label budgets: "0" first (then "0 (source-free)"), then k/class by k."""
+    m = re.match(r"\d+", str(labels))
+    return (int(m.group()), str(labels)) if m else (10**9, str(labels))
 
 
 BOUNDS = (0.0, 100.0)
@@ -162,7 +161,8 @@ class Leaderboard:
             "A row is one configuration (method + every run setting but the seed).",
             f"Bold = best of the column within a label budget; † = not significantly worse "
             f"than the best ({TEST_NAME}).",
-            "labels = target labels used per row (0 = unsupervised DA). Ranks, bests and gains are within a budget.",
+            "labels = target labels used per row (0 = unsupervised DA; (source-free) = the source-only network "
+            "adapted without source data). Ranks, bests and gains are within a budget.",
         ]
         return lines + list(self.notes)
 

@@ -40,6 +40,11 @@ class Uses:
     init: str | None = None
 
 
+#: what a ``protocol = "source-free"`` method declares: the source-only network of the same pair and
+#: seed, then unlabelled target data only (no source batch is ever drawn for it)
+SOURCE_FREE_USES = Uses(source_labels=False, target_unlabeled=True, target_shots=False, init="source-only")
+
+
 @dataclass
 class Batch:
     """One training step's data, already preprocessed on the device. Absent parts are ``None``."""
@@ -49,6 +54,24 @@ class Batch:
     x_target: torch.Tensor | None = None
     x_shots: torch.Tensor | None = None
     y_shots: torch.Tensor | None = None
+    #: positions of ``x_target``'s rows in the target adaptation split (the row order of
+    #: :meth:`TargetView.predict`), for methods that keep per-image state (SHOT's pseudo-labels)
+    idx_target: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class TargetView:
+    """What :meth:`Method.refresh` may read: the unlabelled target adaptation split, through the engine.
+
+    ``predict(output)`` runs the method over the whole split in its stored order (eval mode, no
+    augmentation, no gradient; the engine's ``predict_split``) and returns float32 ``"predict"``
+    logits or ``"features"``, row i for the image at position i (what ``Batch.idx_target`` holds).
+    No labels: the method never loads data itself.
+    """
+
+    size: int  #: images in the target adaptation split
+    batch_size: int  #: the run's training batch size (so an interval can be given in passes over the split)
+    predict: Callable[[str], torch.Tensor]
 
 
 @dataclass
@@ -91,11 +114,12 @@ class Method(nn.Module):
     """Base class of every DA method (built-in or plugin).
 
     Subclasses set ``defaults`` (hyperparameters with the paper's values), ``uses``
-    (:class:`Uses`), ``protocol`` (``"uda"`` or ``"few-shot"``) and implement
+    (:class:`Uses`), ``protocol`` (``"uda"``, ``"few-shot"`` or ``"source-free"``) and implement
     :meth:`loss`. They may extend :meth:`build` to add modules (discriminators, ...),
     and override :meth:`fit` when training is not a loop of steps. A method with several
     update phases per step (MCD) declares named optimisers in :meth:`optimizers` and overrides
-    :meth:`step` instead of :meth:`loss`.
+    :meth:`step` instead of :meth:`loss`. A method that needs the whole target split now and
+    then (SHOT's pseudo-labels) implements :meth:`refresh_every` and :meth:`refresh`.
 
     The resolved hyperparameters are in ``self.hp`` (a dict: the defaults, updated by the
     pair's per-method overrides and ``--set``, cast to each default's type). ``__init__`` sets
@@ -221,6 +245,19 @@ class Method(nn.Module):
         """How many optimiser steps of the pair's schedule this method takes (default: all)."""
         return scheduled
 
+    def refresh_every(self, view: TargetView) -> int:
+        """Steps between calls of :meth:`refresh` in the engine's step loop (0, the default: never)."""
+        return 0
+
+    def refresh(self, view: TargetView, step: int) -> None:
+        """Recompute state from the whole target adaptation split (SHOT: pseudo-labels by clustering).
+
+        The step loop calls it, under ``torch.no_grad()``, before step ``step`` whenever ``step`` is
+        a multiple of :meth:`refresh_every` (step 0 included), for methods with
+        ``uses.target_unlabeled``. Keep what it computes in registered buffers: the mid-run
+        checkpoint (``state_dict()``) must hold it, so a resumed run equals the uninterrupted one.
+        """
+
     # --- helpers shared by the built-in methods --------------------------------------
     def supervised_loss(self, batch: Batch, logits_source: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Cross-entropy on the source batch and, when present, on the target shots."""
@@ -301,6 +338,9 @@ def validate_method_class(cls: type) -> None:
         problems.append("uses must be a dabench.Uses(...)")
     elif cls.uses.init not in INITS:
         problems.append(f"uses.init must be one of {INITS}, got {cls.uses.init!r}")
+    elif cls.protocol == "source-free" and cls.uses != SOURCE_FREE_USES:
+        # the protocol's promise: adapt the source model with unlabelled target data and nothing else
+        problems.append(f"a source-free method must declare uses = {SOURCE_FREE_USES}, got {cls.uses}")
     if not isinstance(cls.defaults, dict):
         problems.append("defaults must be a dict of hyperparameter defaults")
     if not cls.__doc__:

@@ -13,8 +13,18 @@ from .domain import Schedule
 SPEC_FORMAT = 1
 
 
-#: the label budgets a method can be run under: ``uda`` (no target labels), ``few-shot`` (k per class)
-PROTOCOLS = ("uda", "few-shot")
+#: the label budgets a method can be run under: ``uda`` (labelled source, unlabelled target),
+#: ``few-shot`` (plus k labelled target images per class), ``source-free`` (the source-only network
+#: of the same pair and seed and unlabelled target data only: no source data during adaptation)
+PROTOCOLS = ("uda", "few-shot", "source-free")
+
+
+def run_protocol(method_protocol: str, target_shots: int) -> str:
+    """The protocol a run is recorded under: a source-free method's runs are ``source-free``;
+    any other run is ``few-shot`` when it trains on target shots, else ``uda``."""
+    if method_protocol == "source-free":
+        return "source-free"
+    return "few-shot" if target_shots > 0 else "uda"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..core.domain import DomainPair, PairData, check_target_shots, lr_factor
-from ..core.method import MAIN, Batch, Loss, Method
+from ..core.method import MAIN, Batch, Loss, Method, TargetView
 from ..core.record import RunResult
 from ..core.registry import BACKBONES, METHODS
 from ..core.spec import RunSpec
@@ -100,7 +100,8 @@ class RunContext:
         loss parts on the device. No host synchronisation inside the loop except every
         ``log_every`` steps (one read of a device-side "first non-finite step" counter, for the
         total and for each loss part, so a divergence names the part that went first) and at
-        evaluations.
+        evaluations. A method with ``refresh_every(view) > 0`` (SHOT) gets ``refresh(view, step)``
+        before every such multiple of steps (:meth:`target_view`: the whole target adaptation split).
         """
         sch = self.spec.schedule
         steps = method.num_steps(sch.steps)
@@ -128,6 +129,8 @@ class RunContext:
             if resumed is not None:
                 start, sums, n_since, first_bad, part_names = resumed
         per_step_images = sum(s.batch_size for s in streams.values())
+        view = self.target_view(method)
+        refresh_every = method.refresh_every(view) if uses.target_unlabeled else 0
         method.train()
         step = start
         step_parts: dict[str, torch.Tensor] = {}
@@ -159,6 +162,9 @@ class RunContext:
             step_parts.update(out.parts)
 
         for step in range(start, steps):
+            if refresh_every and step % refresh_every == 0:  # before the step's batch, as SHOT's epochs
+                with torch.no_grad():
+                    method.refresh(view, step)
             progress = step / steps
             factor = lr_factor(sch.lr_schedule, progress)
             for opt in opts.values():
@@ -168,7 +174,8 @@ class RunContext:
             if "source" in streams:
                 batch.x_source, batch.y_source = data.batch_from(data.source, streams["source"].next())
             if "target" in streams:
-                batch.x_target, _ = data.batch_from(data.target, streams["target"].next())
+                batch.idx_target = streams["target"].next()
+                batch.x_target, _ = data.batch_from(data.target, batch.idx_target)
             if "shots" in streams:
                 batch.x_shots, batch.y_shots = data.batch_from(data.shots, streams["shots"].next())
             step_parts = {}
@@ -191,6 +198,22 @@ class RunContext:
                 sums, n_since = {}, 0
             if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 and not last:
                 self._save_partial(method, opts, step + 1, streams, sums, n_since, first_bad, part_names)
+
+    def target_view(self, method: Method) -> TargetView:
+        """The target adaptation split as :meth:`Method.refresh` sees it: predicted through the
+        engine (eval mode, no augmentation; the method's train/eval mode is restored), never loaded."""
+
+        def predict(output: str = "predict") -> torch.Tensor:
+            if output not in ("predict", "features"):
+                raise ValueError(f"TargetView.predict: output must be 'predict' or 'features', got {output!r}")
+            was_training = method.training
+            method.eval()
+            try:
+                return predict_split(method, self.data, self.data.target, output=output)
+            finally:
+                method.train(was_training)
+
+        return TargetView(len(self.data.target), self.spec.schedule.batch_size, predict)
 
     # --- mid-run checkpoints ---------------------------------------------------------
     # A resumed run must equal the uninterrupted one (on the CPU at a fixed thread count), so a

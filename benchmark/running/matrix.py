@@ -31,7 +31,7 @@ import tomllib
 from ..core.domain import Schedule, ScheduleError, shots_error
 from ..core.parsing import parse_bool
 from ..core.registry import METHODS, PAIRS, load_plugin
-from ..core.spec import RunSpec
+from ..core.spec import RunSpec, run_protocol
 from .sweep import DEFAULT_MAX_TRIALS, Distribution, SweepError, is_distribution, parse_distribution, trials
 
 SCHEDULE_KEYS = tuple(f.name for f in fields(Schedule))
@@ -509,6 +509,13 @@ def _specs_for(method_name, pair, seed, k, schedule, backbone, options, per_meth
                 f"target image per class; give target_shots >= 1 or leave {method_name} out of the matrix"
             )
         run_shots = k
+    elif cls.protocol == "source-free":
+        if own_shots is not None and int(own_shots) > 0:  # labelled target images would make it another protocol
+            raise MatrixError(
+                f"{matrix.where(f'{method_name}.target_shots')}: {method_name}.target_shots={own_shots}, but "
+                f"{method_name} is a source-free method (unlabelled target data only); leave target_shots unset or 0"
+            )
+        run_shots = 0
     else:
         run_shots = int(own_shots) if own_shots is not None else 0
         if pair.max_target_shots is not None and run_shots > pair.max_target_shots:
@@ -519,7 +526,7 @@ def _specs_for(method_name, pair, seed, k, schedule, backbone, options, per_meth
             method=method_name,
             pair=pair.name,
             seed=int(seed),
-            protocol="few-shot" if run_shots > 0 else "uda",
+            protocol=run_protocol(cls.protocol, run_shots),
             target_shots=run_shots,
             eval_shots=k,
             hparams=hparams,

@@ -39,7 +39,7 @@ from ..backbones.base import Backbone
 from ..core.domain import Domain, DomainPair, PairData, Schedule, default_data_root
 from ..core.method import Method
 from ..core.registry import BACKBONES, METHODS, PAIRS, RegistryError
-from ..core.spec import RunSpec
+from ..core.spec import RunSpec, run_protocol
 from ..core.splits import stratified_split
 from ..engine.compile import compile_method
 from ..engine.data import DeviceData
@@ -263,7 +263,7 @@ class EngineBench:
             method=method_name,
             pair=pair.name,
             seed=seed,
-            protocol="few-shot" if shots else "uda",
+            protocol=run_protocol(cls.protocol, shots),
             target_shots=shots,
             eval_shots=pair.target_shots,
             hparams=dict(self.method.hp),
