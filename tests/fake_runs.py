@@ -48,11 +48,13 @@ def write_run(
     schedule: dict | None = None,
     hparams: dict | None = None,
     extra: dict | None = None,
+    protocol: str | None = None,
 ) -> Path:
     """Write one record to ``folder/runs/<run_id>.json``; ``acc`` makes a one-point curve.
 
     ``schedule``/``hparams`` update the spec's (default ``steps=600``, ``lr=0.01``); ``extra``
-    updates the record's top-level fields (e.g. ``validators``, or a malformed field).
+    updates the record's top-level fields (e.g. ``validators``, or a malformed field);
+    ``protocol`` defaults to the one the shots imply (``few-shot`` or ``uda``).
     """
     if curve is None:
         curve = curve_from([acc if acc is not None else 50.0])
@@ -64,7 +66,7 @@ def write_run(
             "method": method,
             "pair": pair,
             "seed": seed,
-            "protocol": "few-shot" if shots else "uda",
+            "protocol": protocol or ("few-shot" if shots else "uda"),
             "target_shots": shots,
             "eval_shots": 5,
             "hparams": {"lr": 0.01, **(hparams or {})},
