@@ -66,11 +66,19 @@ def _one_step(name: str, progress: float | torch.Tensor) -> list[tuple[torch.Ten
 
 
 @pytest.mark.parametrize("name", BUILTIN_METHODS)
-def test_tensor_progress_gives_the_float_progress_step(name, one_thread):
+def test_tensor_progress_gives_the_float_progress_step(name, one_thread, monkeypatch):
     """The tensor path a captured step takes (``progress`` a 0-d tensor) computes what the float
-    path computes: same loss, parts and gradients (GRL coefficients at p = 0.3, well inside the ramp)."""
+    path computes — same loss, parts and gradients (GRL coefficients at p = 0.3, well inside the
+    ramp) — and never reads a tensor back to the host (a sync on CUDA, which a capture refuses)."""
+    from test_no_sync import HostReadCounter
+
     p = 0.3
-    floats, tensors = _one_step(name, p), _one_step(name, torch.tensor(p))
+    floats = _one_step(name, p)
+    counter = HostReadCounter(monkeypatch)
+    counter.active = True
+    tensors = _one_step(name, torch.tensor(p))
+    counter.active = False
+    assert counter.calls == [], f"{name}: host reads with a tensor progress: {counter.calls}"
     assert len(floats) == len(tensors) >= 1
     for (t_f, parts_f, g_f), (t_t, parts_t, g_t) in zip(floats, tensors):
         assert torch.isfinite(t_f)
