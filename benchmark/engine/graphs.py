@@ -70,7 +70,12 @@ def refusal(method: Method, steps_left: int) -> str | None:
 
 
 def fallback_note(exc: BaseException) -> str:
-    """``"fallback: <first line of the error>"``, the record's one-line note."""
+    """``"fallback: <first line of the error>"``, the record's one-line note.
+
+    The first error raised in the capture, not the "capture invalidated" that ending the
+    capture raises after it (Python chains that one to it as its ``__context__``)."""
+    while exc.__context__ is not None and exc.__cause__ is None:
+        exc = exc.__context__
     first = (str(exc).strip().splitlines() or [""])[0]
     return f"fallback: {type(exc).__name__}: {first}"[:300]
 

@@ -186,6 +186,7 @@ class RunContext:
                 batch = self._draw(streams)
             if step == capture_at:
                 capture_at = None
+                main_stream = torch.cuda.current_stream(dev)
                 try:
                     graph = StepGraph(
                         method, opts, lambda n: _pick(opts, n, method), sch.lr, dev, batch,
@@ -197,6 +198,8 @@ class RunContext:
                 except Exception as exc:  # noqa: BLE001 - any failure to capture: eager steps instead
                     graph = None
                     self.graph_note = graphs.fallback_note(exc)
+                    # a capture that fails inside torch.cuda.graph leaves its capture stream current
+                    torch.cuda.set_stream(main_stream)
                     torch.cuda.synchronize(dev)
             if graph is not None:
                 graph.replay(batch, progress, factor, step)
