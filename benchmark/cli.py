@@ -162,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="torch.compile the methods' networks (speed only; not part of the run id)",
     )
+    r.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="capture each training step in a CUDA graph and replay it (speed only; not part of the run id; "
+        "default: on for CUDA devices, never on the CPU; a step that cannot be captured runs eagerly)",
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--dry-run", action="store_true", help="print the run specs and exit")
     r.add_argument(
@@ -297,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="no dataset: N random uint8 3-channel images per domain, 31 classes, resized-crop augmentation",
     )
     b.add_argument("--compile", action="store_true", help="torch.compile the networks (warm-up includes compilation)")
+    b.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CUDA only: also time each method and the bare network with captured steps (default: on)",
+    )
     b.add_argument("--data-root", type=pathlib.Path, default=None)
     b.add_argument(
         "--out",
@@ -427,6 +440,7 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         checkpoint_every=args.checkpoint_every,
         compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
         plugins=tuple(plugins),
         workers=args.workers,
         runs_per_gpu=args.runs_per_gpu,
@@ -496,6 +510,7 @@ def _bench(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         synthetic=args.synthetic,
         compile=args.compile,
+        cuda_graphs=args.cuda_graphs is not False,
         data_root=args.data_root,
     )
     out = write_result(result, args.out or default_out(args.device, args.synthetic, args.backbone))

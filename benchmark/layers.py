@@ -19,7 +19,7 @@ covariances lose their meaning at an 8-bit mantissa.
 from __future__ import annotations
 
 import math
-from typing import cast
+from typing import cast, overload
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,7 @@ KERNEL_MULTIPLIERS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 # --- gradient reversal ------------------------------------------------------------------
 class _ReverseGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, coeff: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, coeff: float | torch.Tensor) -> torch.Tensor:
         ctx.coeff = coeff
         return x.view_as(x)
 
@@ -53,13 +53,26 @@ class _ReverseGrad(torch.autograd.Function):
         return -ctx.coeff * grad, None
 
 
-def grad_reverse(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
-    """Identity forward; multiplies the gradient by −coeff backward (Ganin et al. 2016, eq. 13)."""
+def grad_reverse(x: torch.Tensor, coeff: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """Identity forward; multiplies the gradient by −coeff backward (Ganin et al. 2016, eq. 13).
+
+    ``coeff`` may be a 0-d tensor (from a tensor ``progress``): no host sync, so a CUDA graph can
+    capture it and replay it with a new value."""
     return _ReverseGrad.apply(x, coeff)
 
 
-def grl_coefficient(progress: float, gamma: float = 10.0) -> float:
-    """λ_p = 2 / (1 + exp(−γ p)) − 1, ramping 0 → 1 over training (Ganin et al. 2016, §5.2.2)."""
+@overload
+def grl_coefficient(progress: float, gamma: float = 10.0) -> float: ...
+@overload
+def grl_coefficient(progress: torch.Tensor, gamma: float = 10.0) -> torch.Tensor: ...
+def grl_coefficient(progress: float | torch.Tensor, gamma: float = 10.0) -> float | torch.Tensor:
+    """λ_p = 2 / (1 + exp(−γ p)) − 1, ramping 0 → 1 over training (Ganin et al. 2016, §5.2.2).
+
+    A float ``progress`` gives a float; a 0-d tensor (the engine's CUDA-graph steps, see
+    ``dabench.engine.graphs``) gives a 0-d tensor on its device, computed there without a host sync.
+    """
+    if isinstance(progress, torch.Tensor):
+        return 2.0 / (1.0 + torch.exp(-gamma * progress)) - 1.0
     return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
 
 

@@ -113,7 +113,10 @@ class SHOT(Method):
         labels, centroids = cluster_pseudo_labels(
             feats, self.net.head(feats).softmax(1), int(self.hp["cluster_rounds"])
         )
-        self.pseudo_labels = labels
+        if self.pseudo_labels.shape == labels.shape:
+            self.pseudo_labels.copy_(labels)  # in place: a CUDA-graph-captured step reads this very tensor
+        else:  # the first refresh sizes the buffer to the target split (before any capture)
+            self.pseudo_labels = labels
         self.centroids.copy_(centroids)
 
     def loss(self, batch: Batch, progress: float) -> Loss:

@@ -137,6 +137,9 @@ class Method(nn.Module):
     uses: ClassVar[Uses] = Uses()
     defaults: ClassVar[dict[str, Any]] = {}
     citation: ClassVar[str] = ""
+    #: False: the engine never captures this method's step in a CUDA graph (``--cuda-graphs``;
+    #: a step that fails to capture falls back to eager steps anyway, see engine/graphs.py)
+    capturable: ClassVar[bool] = True
     #: hyperparameters every method has; a method's own ``defaults`` add to these
     base_defaults: ClassVar[dict[str, Any]] = {"bottleneck_dim": 256}
 
@@ -221,7 +224,8 @@ class Method(nn.Module):
         """The loss of one training step on ``batch``.
 
         ``progress`` is the fraction of training done, ``step / steps`` in [0, 1) (0 at the first
-        step), for ramps such as DANN's λ_p. :func:`dabench.testing.check_method` calls it with
+        step), for ramps such as DANN's λ_p: a float, or a 0-d tensor on the device when the
+        engine replays the step from a CUDA graph (compute with it as a tensor, no ``float()``). :func:`dabench.testing.check_method` calls it with
         0.5 (and 0.1, 0.9 when looking for a hyperparameter's effect).
         """
         raise NotImplementedError

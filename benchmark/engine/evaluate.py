@@ -39,9 +39,12 @@ def predict_split(
     return torch.cat(out)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (the tensor cores' fast path); a no-op context on the CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(device: torch.device, cache_enabled: bool = True):
+    """bf16 autocast on CUDA (the tensor cores' fast path); a no-op context on the CPU.
+
+    ``cache_enabled=False`` inside a CUDA-graph capture (``engine/graphs.py``): the cache of
+    weights cast to bf16 must not be reused outside the graph."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=cache_enabled)
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:

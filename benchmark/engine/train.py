@@ -18,9 +18,11 @@ from ..core.record import RunResult
 from ..core.registry import BACKBONES, METHODS
 from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault, atomic_torch_save
+from . import graphs
 from .compile import compile_method
 from .data import DeviceData, Stream
 from .evaluate import autocast, evaluate, predict_split
+from .graphs import StepGraph
 
 
 class Diverged(RuntimeError):
@@ -79,6 +81,9 @@ class RunContext:
     steps_done: int = 0
     images_seen: int = 0
     resumed_from_step: int | None = None  # set when a mid-run checkpoint was picked up
+    cuda_graphs: bool = False  # capture the step in a CUDA graph (engine/graphs.py; CUDA only)
+    #: what became of ``cuda_graphs``: the record's ``timings["cuda_graphs"]`` (set by train_steps)
+    graph_note: str = ""
 
     @property
     def schedule(self):
@@ -161,6 +166,18 @@ class RunContext:
             first_bad = torch.where((first_bad < 0) & ~finite, step, first_bad)
             step_parts.update(out.parts)
 
+        # CUDA graphs (engine/graphs.py): WARMUP_STEPS eager steps on a side stream, then one
+        # capture at step ``capture_at`` and replays; any failure falls back to eager steps
+        graph: StepGraph | None = None
+        capture_at: int | None = None
+        side: torch.cuda.Stream | None = None
+        if not self.cuda_graphs:
+            self.graph_note = graphs.OFF
+        elif (why := graphs.refusal(method, steps - start)) is not None:
+            self.graph_note = why
+        else:
+            capture_at, side = start + graphs.WARMUP_STEPS, torch.cuda.Stream(dev)
+
         for step in range(start, steps):
             if refresh_every and step % refresh_every == 0:  # before the step's batch, as SHOT's epochs
                 with torch.no_grad():
@@ -170,19 +187,37 @@ class RunContext:
             for opt in opts.values():
                 for g in opt.param_groups:
                     g["lr"] = sch.lr * g["lr_mult"] * factor
-            batch = Batch()
-            if "source" in streams:
-                batch.x_source, batch.y_source = data.batch_from(data.source, streams["source"].next())
-            if "target" in streams:
-                batch.idx_target = streams["target"].next()
-                batch.x_target, _ = data.batch_from(data.target, batch.idx_target)
-            if "shots" in streams:
-                batch.x_shots, batch.y_shots = data.batch_from(data.shots, streams["shots"].next())
-            step_parts = {}
-            with autocast(dev):
-                method.step(batch, progress, update)
-            for k, v in step_parts.items():
-                sums[k] = sums.get(k, 0) + v.detach().float()
+            warm = side if capture_at is not None and step < capture_at else None
+            with graphs.side_stream_step(warm):
+                batch = self._draw(streams)
+            if step == capture_at:
+                capture_at = None
+                main_stream = torch.cuda.current_stream(dev)
+                try:
+                    graph = StepGraph(
+                        method, opts, lambda n: _pick(opts, n, method), sch.lr, dev, batch,
+                        part_names, first_bad, sums, step_parts,
+                    )  # fmt: skip
+                    graph.capture()
+                    self.graph_note = graphs.CAPTURED
+                    sums = graph.sums
+                except Exception as exc:  # noqa: BLE001 - any failure to capture: eager steps instead
+                    graph = None
+                    self.graph_note = graphs.fallback_note(exc)
+                    # a capture that fails inside torch.cuda.graph leaves its capture stream current
+                    torch.cuda.set_stream(main_stream)
+                    torch.cuda.synchronize(dev)
+            if graph is not None:
+                graph.replay(batch, progress, factor, step)
+            else:
+                step_parts = {}
+                with graphs.side_stream_step(warm):
+                    with autocast(dev):
+                        method.step(batch, progress, update)
+                    for k, v in step_parts.items():
+                        sums[k] = sums.get(k, 0) + v.detach().float()
+                if warm is not None:  # back on the main stream before anything reads the step's results
+                    torch.cuda.current_stream(dev).wait_stream(warm)
             n_since += 1
             self.steps_done = step + 1
             self.images_seen += per_step_images
@@ -195,7 +230,7 @@ class RunContext:
                     self.on_step(step + 1, steps)
             if (step + 1) % sch.eval_every == 0 or last:
                 self.record_eval(method, step + 1, {k: v / n_since for k, v in sums.items()})
-                sums, n_since = {}, 0
+                sums, n_since = (graph.reset_sums() if graph is not None else {}), 0
             if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 and not last:
                 self._save_partial(method, opts, step + 1, streams, sums, n_since, first_bad, part_names)
 
@@ -214,6 +249,19 @@ class RunContext:
                 method.train(was_training)
 
         return TargetView(len(self.data.target), self.spec.schedule.batch_size, predict)
+
+    def _draw(self, streams: dict[str, Stream]) -> Batch:
+        """The step's batch: the next indices of each stream, gathered and augmented on the device."""
+        data = self.data
+        batch = Batch()
+        if "source" in streams:
+            batch.x_source, batch.y_source = data.batch_from(data.source, streams["source"].next())
+        if "target" in streams:
+            batch.idx_target = streams["target"].next()
+            batch.x_target, _ = data.batch_from(data.target, batch.idx_target)
+        if "shots" in streams:
+            batch.x_shots, batch.y_shots = data.batch_from(data.shots, streams["shots"].next())
+        return batch
 
     # --- mid-run checkpoints ---------------------------------------------------------
     # A resumed run must equal the uninterrupted one (on the CPU at a fixed thread count), so a
@@ -366,11 +414,14 @@ def execute(
     on_step: Callable[[int, int], None] | None = None,
     checkpoint_every: int = 0,
     compile: bool = False,
+    cuda_graphs: bool | None = None,
 ) -> RunResult:
     """Train and evaluate one run; returns the result part of its record. Raises on failure.
 
-    ``compile`` runs the method's networks through ``torch.compile`` (an engine option: it
-    changes speed, not the run's spec or id).
+    ``compile`` runs the method's networks through ``torch.compile``; ``cuda_graphs`` captures
+    the training step in a CUDA graph (None: ``graphs.CUDA_GRAPHS_DEFAULT`` on CUDA; never on
+    the CPU; see ``engine/graphs.py``). Both are engine options: they change speed, not the
+    run's spec or id. ``timings["cuda_graphs"]`` says what became of the graphs.
     """
     torch.manual_seed(spec.seed)
     method = build_method(spec, pair).to(device)
@@ -392,6 +443,9 @@ def execute(
     check_target_shots(pair, pair_data, spec.target_shots, spec.eval_shots)
     data = DeviceData(pair, pair_data, device, spec.seed, spec.target_shots, spec.eval_shots)
     ctx = RunContext(spec, pair, data, device, store, on_step, checkpoint_every)
+    ctx.cuda_graphs = graphs.resolve_cuda_graphs(cuda_graphs, device)
+    # a method with its own fit() may never reach the step loop that captures
+    ctx.graph_note = "unused: the method's own fit()" if ctx.cuda_graphs else graphs.OFF
     t0 = time.perf_counter()
     method.fit(ctx)
     if device.type == "cuda":
@@ -426,5 +480,6 @@ def execute(
             "steps_per_s": round(ctx.steps_done / wall, 2) if wall > 0 else None,
             "images_per_s": round(ctx.images_seen / wall, 1) if wall > 0 else None,
             "compiled": compile,
+            "cuda_graphs": ctx.graph_note,
         },
     )

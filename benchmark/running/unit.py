@@ -94,6 +94,7 @@ def run_spec(
     on_step: Callable[[int, int], None] | None = None,
     checkpoint_every: int = 0,
     compile: bool = False,
+    cuda_graphs: bool | None = None,
 ) -> RunRecord:
     """Run one spec and write its record (running → complete/failed/diverged/skipped). Never raises
     for a failure of the run itself; returns the final record."""
@@ -126,7 +127,9 @@ def run_spec(
     try:
         pair = PAIRS.get(spec.pair)
         pair_data = load_pair_data(spec.pair, data_root)
-        result = execute(spec, pair, pair_data, device, store, on_step, checkpoint_every, compile=compile)
+        result = execute(
+            spec, pair, pair_data, device, store, on_step, checkpoint_every, compile=compile, cuda_graphs=cuda_graphs
+        )
         record.apply(result)
         record.status = Status.COMPLETE
         # wall time of the whole run (data loading and set-up included): what the ETA needs
@@ -158,6 +161,7 @@ def run_claimed(
     on_step: Callable[[int, int], None] | None = None,
     checkpoint_every: int = 0,
     compile: bool = False,
+    cuda_graphs: bool | None = None,
 ) -> Outcome:
     """Claim the run for this process, then run it; every executor's unit of work.
 
@@ -170,7 +174,11 @@ def run_claimed(
         if store.status(spec.run_id) is Status.COMPLETE:
             return Outcome(spec.run_id, "already-complete")
         return Outcome(
-            spec.run_id, "ran", run_spec(spec, store, device, data_root, on_step, checkpoint_every, compile=compile)
+            spec.run_id,
+            "ran",
+            run_spec(
+                spec, store, device, data_root, on_step, checkpoint_every, compile=compile, cuda_graphs=cuda_graphs
+            ),
         )
     finally:
         store.release(spec.run_id)

@@ -41,6 +41,7 @@ from ..core.method import Method
 from ..core.registry import BACKBONES, METHODS, PAIRS, RegistryError
 from ..core.spec import RunSpec, run_protocol
 from ..core.splits import stratified_split
+from ..engine import graphs
 from ..engine.compile import compile_method
 from ..engine.data import DeviceData
 from ..engine.evaluate import autocast
@@ -192,8 +193,12 @@ def bare_images_per_s(
     warmup: int,
     device: torch.device,
     compile: bool = False,
+    cuda_graphs: bool = False,
 ) -> float:
-    """Forward + backward + SGD step images/s of backbone + linear head on a fixed device batch."""
+    """Forward + backward + SGD step images/s of backbone + linear head on a fixed device batch.
+
+    ``cuda_graphs`` (CUDA): the step captured once and replayed, with the engine's graph-safe SGD
+    step (engine/graphs.py): the physical limit of a captured method step."""
     torch.manual_seed(0)
     model = _prepare(_Bare(make_backbone(), pair.num_classes), device, compile)
     model.train()
@@ -210,12 +215,26 @@ def bare_images_per_s(
         loss.backward()
         opt.step()
 
+    run = step
+    if cuda_graphs and device.type == "cuda":
+        with graphs.side_stream_step(side := torch.cuda.Stream(device)):
+            for _ in range(max(warmup, graphs.WARMUP_STEPS)):
+                step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph, lrs = torch.cuda.CUDAGraph(), [torch.tensor(1e-3, dtype=torch.float64, device=device)]
+        with torch.cuda.graph(graph):
+            with autocast(device, cache_enabled=False):
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            graphs.graph_sgd_step(opt, lrs)
+        run = graph.replay
     for _ in range(warmup):
-        step()
+        run()
     _sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        step()
+        run()
     _sync(device)
     return steps * batch_size / (time.perf_counter() - t0)
 
@@ -231,6 +250,8 @@ class MethodTiming:
     host_syncs: int | None = None  # synchronising CUDA calls in ``sync_steps`` steps (CUDA only)
     sync_steps: int = 0
     note: str = ""
+    graph_steps_per_s: float | None = None  # with --cuda-graphs (CUDA only)
+    graph_note: str = ""  # timings["cuda_graphs"] of that run: captured / fallback: ...
 
 
 class EngineBench:
@@ -252,6 +273,7 @@ class EngineBench:
         make_backbone: BackboneFactory,
         compile: bool = False,
         seed: int = 0,
+        cuda_graphs: bool = False,
     ) -> None:
         cls = METHODS.get(method_name)
         torch.manual_seed(seed)
@@ -273,6 +295,7 @@ class EngineBench:
         self.pair, self.device = pair, device
         self.data = DeviceData(pair, pair_data, device, seed, shots, pair.target_shots)
         self.own_fit = type(self.method).fit is not Method.fit
+        self.cuda_graphs = cuda_graphs
 
     def _scheduled_steps(self, steps: int) -> int:
         """Schedule length whose ``method.num_steps`` is at least ``steps`` (fine-tune takes a fraction)."""
@@ -287,7 +310,7 @@ class EngineBench:
             self.spec,
             schedule=self.spec.schedule.replace(steps=scheduled, log_every=scheduled, eval_every=10 * scheduled),
         )
-        ctx = RunContext(spec, self.pair, self.data, self.device)
+        ctx = RunContext(spec, self.pair, self.data, self.device, cuda_graphs=self.cuda_graphs)
         ctx.record_eval = lambda *a, **k: {}  # type: ignore[method-assign]  # time training only
         self.method.fit(ctx)
         if sync:
@@ -319,8 +342,12 @@ def time_method(
     warmup: int,
     make_backbone: BackboneFactory,
     compile: bool = False,
+    cuda_graphs: bool = False,
 ) -> MethodTiming:
-    """Images/s of one method through the engine path; warm-up steps excluded."""
+    """Images/s of one method through the engine path; warm-up steps excluded.
+
+    ``cuda_graphs`` (CUDA): also the steps/s with the step captured (``graph_steps_per_s``); each
+    timed ``fit`` captures anew, so its eager warm-up steps and the capture count in that time."""
     bench = EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone, compile)
     if bench.own_fit:  # e.g. the linear probe: L-BFGS on cached features, not a step loop
         bench.run(1)  # warm-up
@@ -337,7 +364,7 @@ def time_method(
     ctx = bench.run(steps)
     wall = time.perf_counter() - t0
     per_step = ctx.images_seen // max(1, ctx.steps_done)
-    return MethodTiming(
+    timing = MethodTiming(
         method_name,
         images_per_step=per_step,
         steps_per_s=ctx.steps_done / wall,
@@ -345,6 +372,13 @@ def time_method(
         host_syncs=syncs,
         sync_steps=sync_steps,
     )
+    if cuda_graphs and device.type == "cuda":
+        bench.cuda_graphs = True
+        bench.run(max(1, warmup))
+        t0 = time.perf_counter()
+        ctx = bench.run(steps)
+        timing.graph_steps_per_s, timing.graph_note = ctx.steps_done / (time.perf_counter() - t0), ctx.graph_note
+    return timing
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -364,6 +398,8 @@ class BenchResult:
     #: bare images/s by batch size: the pair's batch and twice it (what a DA method's
     #: concatenated source + target forward sees), so each method is compared at its own batch
     bare_by_batch: dict[int, float] = field(default_factory=dict)
+    #: the same with the bare step captured in a CUDA graph (CUDA with --cuda-graphs)
+    bare_graph_by_batch: dict[int, float] = field(default_factory=dict)
     methods: list[MethodTiming] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -399,6 +435,7 @@ def run_bench(
     compile: bool = False,
     data_root: pathlib.Path | None = None,
     log: Callable[[str], None] = print,
+    cuda_graphs: bool = True,
 ) -> BenchResult:
     """Measure bare-backbone and per-method training images/s; see the module docstring.
 
@@ -428,6 +465,11 @@ def run_bench(
     for b in (bs, 2 * bs):
         bare_by_batch[b] = bare_images_per_s(make_backbone, pair, b, steps, warmup, dev, compile)
         log(f"  bare {bb_name}, batch {b}: {bare_by_batch[b]:,.0f} images/s")
+    graphed = cuda_graphs and dev.type == "cuda"
+    bare_graph = {}
+    for b in bare_by_batch if graphed else ():
+        bare_graph[b] = bare_images_per_s(make_backbone, pair, b, steps, warmup, dev, compile, cuda_graphs=True)
+        log(f"  bare {bb_name}, batch {b}, CUDA graph: {bare_graph[b]:,.0f} images/s")
     bare = bare_by_batch[bs]
     result = BenchResult(
         device=device_name(dev),
@@ -442,10 +484,11 @@ def run_bench(
         date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         bare_images_per_s=bare,
         bare_by_batch=bare_by_batch,
+        bare_graph_by_batch=bare_graph,
         notes=notes,
     )
     for name in names:
-        timing = time_method(name, pair, data, dev, bs, steps, warmup, make_backbone, compile)
+        timing = time_method(name, pair, data, dev, bs, steps, warmup, make_backbone, compile, graphed)
         shown = f"{timing.images_per_s:,.0f} images/s" if timing.images_per_s else timing.note
         log(f"  {name}: {shown}")
         result.methods.append(timing)
@@ -466,24 +509,34 @@ def markdown(result: BenchResult) -> str:
         *[f"- note: {n}" for n in result.notes],
         "- ratio: method images/s over the bare network's at the batch closest to the method's images/step",
         "",
-        "| method | images/step | steps/s | images/s | ratio method/bare | host syncs | note |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "- graphs: steps/s with the step captured in a CUDA graph (--cuda-graphs); its ratio is over the "
+        "bare network's, also captured (the limit with the same levers)",
+        "",
+        "| method | images/step | steps/s | images/s | ratio method/bare | graphs steps/s | ratio graphs | "
+        "host syncs | note |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     bare = result.bare_by_batch or {result.batch_size: result.bare_images_per_s}
+    bare_g = result.bare_graph_by_batch
     for b, rate in sorted(bare.items()):
+        g = f"{bare_g[b] / b:,.1f} | 1.00" if b in bare_g else "— | —"
         lines.append(
-            f"| bare {result.backbone} + linear head | {b} | {rate / b:,.1f} | {rate:,.0f} | 1.00 | — | "
+            f"| bare {result.backbone} + linear head | {b} | {rate / b:,.1f} | {rate:,.0f} | 1.00 | {g} | — | "
             "data already on device, CE + SGD |"
         )
     for m in result.methods:
         if m.images_per_s is None:
-            lines.append(f"| {m.method} | — | — | — | — | — | {m.note} |")
+            lines.append(f"| {m.method} | — | — | — | — | — | — | — | {m.note} |")
             continue
         syncs = "—" if m.host_syncs is None else f"{m.host_syncs} in {m.sync_steps} steps"
-        ref = bare[min(bare, key=lambda b: abs(b - m.images_per_step))]
+        near = min(bare, key=lambda b: abs(b - m.images_per_step))
+        g = "— | —"
+        if m.graph_steps_per_s is not None and near in bare_g:
+            g = f"{m.graph_steps_per_s:,.1f} | {m.graph_steps_per_s * m.images_per_step / bare_g[near]:.2f}"
+        note = "; ".join(n for n in (m.note, "" if m.graph_note in ("", "captured") else m.graph_note) if n)
         lines.append(
             f"| {m.method} | {m.images_per_step} | {m.steps_per_s:,.1f} | {m.images_per_s:,.0f} | "
-            f"{m.images_per_s / ref:.2f} | {syncs} | {m.note} |"
+            f"{m.images_per_s / bare[near]:.2f} | {g} | {syncs} | {note} |"
         )
     return "\n".join(lines) + "\n"
 

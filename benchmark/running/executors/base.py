@@ -78,6 +78,7 @@ class ExecutorOptions:
     progress: bool = True
     checkpoint_every: int = 0  # steps between resumable mid-run checkpoints; 0: off
     compile: bool = False  # torch.compile the methods' networks
+    cuda_graphs: bool | None = None  # capture the training step in a CUDA graph (None: on for CUDA)
     plugins: tuple[str, ...] = ()  # imported by every process that runs a spec
     workers: int | None = None  # local/ray: runs at once (None: what the devices fit)
     runs_per_gpu: int = 1  # local/ray: runs packed on one GPU

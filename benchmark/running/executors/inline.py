@@ -48,6 +48,7 @@ class InlineExecutor(Executor):
                     on_step,
                     self.opts.checkpoint_every,
                     compile=self.opts.compile,
+                    cuda_graphs=self.opts.cuda_graphs,
                 )
             )
         finally:

@@ -150,6 +150,8 @@ class LocalPoolExecutor(Executor):
             cmd += ["--data-root", str(o.data_root)]
         if o.compile:
             cmd.append("--compile")
+        if o.cuda_graphs is not None:
+            cmd.append("--cuda-graphs" if o.cuda_graphs else "--no-cuda-graphs")
         for plugin in _absolute_plugins(o.plugins):
             cmd += ["--plugin", plugin]
         env = dict(os.environ)

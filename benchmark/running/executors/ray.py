@@ -56,6 +56,7 @@ class RayExecutor(Executor):
             "plugins": _absolute_plugins(opts.plugins),
             "checkpoint_every": opts.checkpoint_every,
             "compile": opts.compile,
+            "cuda_graphs": opts.cuda_graphs,
             "threads": 1,
         }
         self._refs: dict[Any, RunSpec] = {}

@@ -62,6 +62,7 @@ class SlurmTask:
         plugins: tuple[str, ...],
         checkpoint_every: int,
         compile: bool,
+        cuda_graphs: bool | None = None,
     ) -> None:
         self.specs = specs
         self.results_dir = results_dir
@@ -71,6 +72,7 @@ class SlurmTask:
         self.plugins = plugins
         self.checkpoint_every = checkpoint_every
         self.compile = compile
+        self.cuda_graphs = cuda_graphs
         self._procs: dict[str, subprocess.Popen] = {}  # run id -> its live worker (this process only)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -104,6 +106,8 @@ class SlurmTask:
             cmd += ["--plugin", plugin]
         if self.compile:
             cmd.append("--compile")
+        if getattr(self, "cuda_graphs", None) is not None:  # getattr: a task pickled by an older version
+            cmd.append("--cuda-graphs" if self.cuda_graphs else "--no-cuda-graphs")
         return cmd
 
     def __call__(self) -> list[dict[str, Any]]:
@@ -231,6 +235,7 @@ class SlurmExecutor(Executor):
             "plugins": _absolute_plugins(opts.plugins),
             "checkpoint_every": opts.checkpoint_every,
             "compile": opts.compile,
+            "cuda_graphs": opts.cuda_graphs,
         }
 
     @property

@@ -62,6 +62,7 @@ def run_one(
     compile: bool = False,
     threads: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    cuda_graphs: bool | None = None,
 ) -> dict[str, Any]:
     """Load plugins, then claim, run and record one spec; returns ``{"run_id", "kind", "record"}``.
 
@@ -92,7 +93,16 @@ def run_one(
         raise RuntimeError(f"spec changed in transit: run id {expected_id} became {spec.run_id}")
     root = pathlib.Path(data_root) if data_root else default_data_root()
     try:
-        out = run_claimed(spec, store, resolve_device(device), root, on_step, checkpoint_every, compile=compile)
+        out = run_claimed(
+            spec,
+            store,
+            resolve_device(device),
+            root,
+            on_step,
+            checkpoint_every,
+            compile=compile,
+            cuda_graphs=cuda_graphs,
+        )
     except WriteFault as exc:  # the parent stops the matrix with this one-line message
         return Outcome(spec.run_id, "write-fault", error=str(exc)).to_message()
     return out.to_message()
@@ -111,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--plugin", action="append", default=[])
     p.add_argument("--checkpoint-every", type=int, default=0)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--max-runs", type=int, default=0, help="exit after this many runs (0: until stdin closes)")
     p.add_argument("--parent-pid", type=int, default=None)
@@ -141,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.compile,
             args.threads,
             on_step,
+            cuda_graphs=args.cuda_graphs,
         )
         _send(proto, {"event": "outcome", **result})
         done += 1

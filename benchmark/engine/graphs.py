@@ -1,0 +1,241 @@
+"""CUDA graphs of the engine's training step (``dabench run --cuda-graphs``, on by default on CUDA).
+
+A LeNet-sized step is a few hundred tiny kernels: on a GPU the host's launch overhead, not the
+arithmetic, bounds it. Capturing the whole step — forward, backward, every update phase's
+optimiser step, the device-side divergence counters and loss sums — once in a
+``torch.cuda.CUDAGraph`` and replaying it turns those launches into one.
+
+Hand-built rather than ``torch.compile(mode="reduce-overhead")``: compiling a method's step
+takes tens of seconds to minutes, longer than a whole 10-s digits run, and recompiles for every
+method and hyperparameter; a hand-built capture costs one step.
+
+What changes between replays lives in *static* device tensors written outside the graph without
+a host sync: the batch (drawn exactly as the eager loop draws it, same streams and generator,
+then ``copy_``'d in), ``progress`` (methods see a 0-d tensor: :func:`dabench.layers.grl_coefficient`
+accepts one), the learning-rate factor (the optimiser step is :func:`graph_sgd_step`, which
+reads the learning rate from a tensor; ``torch.optim.SGD`` bakes its float ``lr`` into a graph)
+and the step index the "first non-finite step" counter records. Everything else (evaluations,
+the ``log_every`` divergence read, checkpoints, resume) stays as in the eager loop: it reads and
+writes the same parameter, buffer and optimiser-state tensors the graph replays on.
+
+A step that cannot be captured (a host sync such as ``.item()``, data-dependent shapes, Python
+branching on ``progress``, a loss part that appears only later) makes the run fall back to eager
+steps; the record's ``timings["cuda_graphs"]`` says so in one line. A method may also opt out
+with the class attribute ``capturable = False``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ..core.method import Batch, Loss, Method
+from .evaluate import autocast
+
+#: ``--cuda-graphs`` when neither the CLI nor the API says: on for CUDA devices (off on the CPU,
+#: where there is nothing to capture). The one switch to flip if measurements say otherwise.
+CUDA_GRAPHS_DEFAULT = True
+
+#: eager steps before the capture (on a side stream, as torch's CUDA-graph docs require): they
+#: create the momentum buffers, run cuDNN's autotuning and let the allocator settle
+WARMUP_STEPS = 3
+
+#: ``timings["cuda_graphs"]`` values (fallbacks add a reason after ``"fallback: "``)
+CAPTURED, OFF = "captured", "off"
+
+_BATCH_PARTS = ("x_source", "y_source", "x_target", "idx_target", "x_shots", "y_shots")
+
+
+class NotCapturable(RuntimeError):
+    """The step cannot be replayed from a graph (raised during capture; the run goes on eagerly)."""
+
+
+def resolve_cuda_graphs(option: bool | None, device: torch.device) -> bool:
+    """Whether a run on ``device`` captures its steps: ``option`` (None: :data:`CUDA_GRAPHS_DEFAULT`), CUDA only."""
+    if device.type != "cuda":
+        return False
+    return CUDA_GRAPHS_DEFAULT if option is None else bool(option)
+
+
+def refusal(method: Method, steps_left: int) -> str | None:
+    """Why this run's steps are not captured before trying (``None``: try)."""
+    if not getattr(method, "capturable", True):
+        return f"fallback: {method.name or type(method).__name__} declares capturable = False"
+    if steps_left <= WARMUP_STEPS:
+        return f"fallback: {steps_left} step(s) left, not more than the {WARMUP_STEPS} eager warm-up steps"
+    return None
+
+
+def fallback_note(exc: BaseException) -> str:
+    """``"fallback: <first line of the error>"``, the record's one-line note.
+
+    The first error raised in the capture, not the "capture invalidated" that ending the
+    capture raises after it (Python chains that one to it as its ``__context__``)."""
+    while exc.__context__ is not None and exc.__cause__ is None:
+        exc = exc.__context__
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"fallback: {type(exc).__name__}: {first}"[:300]
+
+
+@torch.no_grad()
+def graph_sgd_step(opt: torch.optim.Optimizer, lrs: Sequence[torch.Tensor]) -> None:
+    """``opt.step()`` of a ``torch.optim.SGD`` with each group's learning rate read from a device tensor.
+
+    The update of torch's SGD (dampening 0), per group with learning rate η (``lrs[i]``, a 0-d
+    tensor), momentum μ and weight decay λ, for each parameter p with a gradient g:
+
+        g ← g + λ p;   b ← μ b + g;   d = g + μ b (Nesterov) or b;   p ← p − η d
+
+    in torch's own foreach order, reading and writing ``opt.state[p]["momentum_buffer"]``, so a
+    checkpoint's optimiser state is the same as with ``opt.step()``. The buffer must exist (torch
+    creates it as ``clone(g)`` on a parameter's first step; the engine runs eager warm-up steps
+    first): a missing one raises :class:`NotCapturable`.
+    """
+    if len(lrs) != len(opt.param_groups):
+        raise ValueError(f"graph_sgd_step: {len(lrs)} learning rates for {len(opt.param_groups)} parameter groups")
+    for group, lr in zip(opt.param_groups, lrs):
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            continue
+        if group.get("dampening", 0) != 0 or group.get("maximize", False):
+            raise NotCapturable("graph_sgd_step supports SGD with dampening 0 and maximize=False only")
+        if any(p.grad.is_sparse for p in params):
+            raise NotCapturable("graph_sgd_step: sparse gradients")
+        grads = [p.grad for p in params]
+        weight_decay, momentum = group["weight_decay"], group["momentum"]
+        if weight_decay != 0:
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        if momentum != 0:
+            bufs = [opt.state[p].get("momentum_buffer") for p in params]
+            if any(b is None for b in bufs):
+                raise NotCapturable("a parameter has no momentum buffer yet (its first step must be eager)")
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_add_(bufs, grads, alpha=1.0)
+            if group["nesterov"]:
+                grads = torch._foreach_add(grads, bufs, alpha=momentum)
+            else:
+                grads = bufs
+        # the 0-d lr in the parameters' dtype: torch's ``alpha=-lr`` also rounds it to that dtype
+        torch._foreach_add_(params, torch._foreach_mul(grads, (-lr).to(params[0].dtype)))
+
+
+class StepGraph:
+    """One training step of ``method`` captured in a CUDA graph, with its static inputs.
+
+    Built after the eager warm-up steps from their state: ``part_names`` (the loss parts the
+    divergence counter follows; fixed from here on), ``first_bad`` (that counter, updated in
+    place from now on), ``sums`` (the loss sums since the last evaluation) and ``parts`` (the
+    last eager step's loss parts: the sums' keys and shapes). ``batch`` is the step's real batch:
+    the static inputs start as its copies. :meth:`capture` records the step; :meth:`replay` runs
+    one step on a new batch.
+    """
+
+    def __init__(
+        self,
+        method: Method,
+        opts: dict[str, torch.optim.Optimizer],
+        pick: Callable[[str | Sequence[str]], list[torch.optim.Optimizer]],
+        base_lr: float,
+        device: torch.device,
+        batch: Batch,
+        part_names: list[str],
+        first_bad: torch.Tensor,
+        sums: dict[str, torch.Tensor],
+        parts: dict[str, torch.Tensor],
+    ) -> None:
+        self.method, self.opts, self.pick, self.base_lr, self.device = method, opts, pick, base_lr, device
+        self.batch = Batch(**{k: _static(getattr(batch, k)) for k in _BATCH_PARTS})
+        self.progress = torch.zeros((), dtype=torch.float64, device=device)
+        self.factor = torch.ones((), dtype=torch.float64, device=device)
+        self.step = torch.zeros((), dtype=torch.long, device=device)
+        self.part_names = list(part_names)
+        self.first_bad = first_bad
+        # the sums accumulate in place inside the graph: one static tensor per loss part a step logs
+        self.keys = list(parts)
+        self.sums: dict[str, torch.Tensor] = {}
+        for k in self.keys:
+            self.sums[k] = torch.zeros_like(parts[k].detach(), dtype=torch.float32)
+            if k in sums:
+                self.sums[k].copy_(sums[k])
+        for k, v in sums.items():  # a part seen earlier in this window but not now: kept until the evaluation
+            self.sums.setdefault(k, v)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._lrs: dict[int, list[torch.Tensor]] = {}
+        self._step_parts: dict[str, torch.Tensor] = {}
+
+    def capture(self) -> None:
+        """Record one step; raises (any exception: the caller falls back to eager steps) if it cannot be."""
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: a progress bar or logging thread of the host process may still call CUDA
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            # the learning rate of every group, lr · lr_mult · factor, computed inside the graph
+            self._lrs = {
+                id(opt): [self.factor * (self.base_lr * float(g["lr_mult"])) for g in opt.param_groups]
+                for opt in self.opts.values()
+            }
+            self._step_parts = {}
+            # cache_enabled=False: autocast's cache of cast weights must not outlive the capture
+            with autocast(self.device, cache_enabled=False):
+                self.method.step(self.batch, self.progress, self._update)
+            if list(self._step_parts) != self.keys:
+                raise NotCapturable(
+                    f"the step logs loss parts {list(self._step_parts)}, the warm-up steps logged {self.keys}"
+                )
+            for k in self.keys:
+                self.sums[k].add_(self._step_parts[k].detach().float())
+        self.graph = graph
+
+    def _update(self, names: str | Sequence[str], out: Loss) -> None:
+        """The engine's ``update`` inside the graph: backward, the graph-safe SGD, in-place counters."""
+        chosen = self.pick(names)
+        with torch.autocast(self.device.type, enabled=False):
+            for opt in self.opts.values():
+                opt.zero_grad(set_to_none=True)
+            out.total.backward()
+            for opt in chosen:
+                graph_sgd_step(opt, self._lrs[id(opt)])
+        new = [k for k in out.parts if k not in self.part_names]
+        if new:
+            raise NotCapturable(f"loss part(s) {new} first appear after the warm-up steps")
+        total = out.total.detach().float().reshape(())
+        values = [total] + [
+            out.parts[k].detach().float().reshape(()) if k in out.parts else total.new_zeros(())
+            for k in self.part_names
+        ]
+        finite = torch.isfinite(torch.stack(values))
+        self.first_bad.copy_(torch.where((self.first_bad < 0) & ~finite, self.step, self.first_bad))
+        self._step_parts.update(out.parts)
+
+    def replay(self, batch: Batch, progress: float, factor: float, step: int) -> None:
+        """One training step on ``batch``: copy it and the scalars in (no host sync), replay."""
+        assert self.graph is not None, "capture() first"
+        for k in _BATCH_PARTS:
+            src, dst = getattr(batch, k), getattr(self.batch, k)
+            if dst is not None:
+                dst.copy_(src, non_blocking=True)
+        self.progress.fill_(progress)
+        self.factor.fill_(factor)
+        self.step.fill_(step)
+        self.graph.replay()
+
+    def reset_sums(self) -> dict[str, torch.Tensor]:
+        """After an evaluation: zero the sums in place (outside the graph); returns the dict the loop keeps."""
+        for k in self.keys:
+            self.sums[k].zero_()
+        self.sums = {k: self.sums[k] for k in self.keys}
+        return self.sums
+
+
+def _static(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().clone(memory_format=torch.preserve_format)
+
+
+def side_stream_step(side: torch.cuda.Stream | None) -> contextlib.AbstractContextManager[Any]:
+    """Run a warm-up step on ``side`` (after the current stream's work; the caller joins back)."""
+    if side is None:
+        return contextlib.nullcontext()
+    side.wait_stream(torch.cuda.current_stream(side.device))
+    return torch.cuda.stream(side)

@@ -1,0 +1,413 @@
+"""CUDA-graph capture of the training step (``--cuda-graphs``, engine/graphs.py).
+
+On the CPU: the pieces a graph needs are checked against the eager path they replace — every
+built-in method's step with a 0-d tensor ``progress`` equals its step with the float, the
+graph-safe SGD equals ``torch.optim.SGD`` — and the option is off there, recorded as such,
+without changing the run id. On CUDA (skipped elsewhere): captured runs of every built-in step
+method against eager ones on the same batches, divergence, resume, host syncs and fallbacks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dabench
+from dabench import Batch, Loss, Method, Uses
+from dabench.core.registry import BACKBONES, METHODS, PAIRS
+from dabench.core.spec import RunSpec
+from dabench.engine import graphs
+from dabench.engine.data import DeviceData
+from dabench.engine.graphs import NotCapturable, graph_sgd_step, refusal, resolve_cuda_graphs
+from dabench.engine.train import Diverged, RunContext, execute
+from dabench.methods import BUILTIN_METHODS
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device; the CPU tests cover the pieces")
+
+
+def _lenet():
+    return BACKBONES.get("lenet")(in_channels=1, image_size=28)
+
+
+def _batch(n: int = 8) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    return Batch(
+        x_source=torch.randn(n, 1, 28, 28, generator=g),
+        y_source=torch.randint(0, 10, (n,), generator=g),
+        x_target=torch.randn(n, 1, 28, 28, generator=g) + 1.0,
+        x_shots=torch.randn(n, 1, 28, 28, generator=g) + 0.5,
+        y_shots=torch.randint(0, 10, (n,), generator=g),
+    )
+
+
+# --- CPU: the pieces ------------------------------------------------------------------------
+def _one_step(name: str, progress: float | torch.Tensor) -> list[tuple[torch.Tensor, dict, list]]:
+    """One training step of ``name`` (every update phase, each followed by a plain SGD step so
+    later phases see the update): per update, the total, the parts and the gradients."""
+    torch.manual_seed(0)
+    method = METHODS.get(name)(_lenet(), 10, {})
+    method.train()
+    opt = torch.optim.SGD(method.parameters(), lr=0.01)
+    seen = []
+
+    def update(names, out: Loss) -> None:
+        opt.zero_grad(set_to_none=True)
+        out.total.backward()
+        grads = [None if p.grad is None else p.grad.clone() for p in method.parameters()]
+        seen.append((out.total.detach().clone(), {k: v.detach().clone() for k, v in out.parts.items()}, grads))
+        opt.step()
+
+    method.step(_batch(), progress, update)
+    return seen
+
+
+@pytest.mark.parametrize("name", BUILTIN_METHODS)
+def test_tensor_progress_gives_the_float_progress_step(name, one_thread, monkeypatch):
+    """The tensor path a captured step takes (``progress`` a 0-d tensor) computes what the float
+    path computes — same loss, parts and gradients (GRL coefficients at p = 0.3, well inside the
+    ramp) — and never reads a tensor back to the host (a sync on CUDA, which a capture refuses)."""
+    from test_no_sync import HostReadCounter
+
+    p = 0.3
+    floats = _one_step(name, p)
+    counter = HostReadCounter(monkeypatch)
+    counter.active = True
+    tensors = _one_step(name, torch.tensor(p))
+    counter.active = False
+    assert counter.calls == [], f"{name}: host reads with a tensor progress: {counter.calls}"
+    assert len(floats) == len(tensors) >= 1
+    for (t_f, parts_f, g_f), (t_t, parts_t, g_t) in zip(floats, tensors):
+        assert torch.isfinite(t_f)
+        torch.testing.assert_close(t_t, t_f, rtol=1e-6, atol=1e-7)
+        assert parts_f.keys() == parts_t.keys()
+        for k in parts_f:
+            torch.testing.assert_close(parts_t[k], parts_f[k], rtol=1e-6, atol=1e-7)
+        for a, b in zip(g_f, g_t):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_grl_coefficient_of_a_tensor_is_a_tensor_of_the_same_value():
+    for p in (0.0, 0.1, 0.5, 0.999):
+        out = dabench.grl_coefficient(torch.tensor(p, dtype=torch.float64), 10.0)
+        assert isinstance(out, torch.Tensor) and out.shape == ()
+        assert out.item() == pytest.approx(dabench.grl_coefficient(p, 10.0), abs=1e-12)
+
+
+def _sgd_pair(weight_decay: float, nesterov: bool):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    twin = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    twin.load_state_dict(net.state_dict())
+
+    def make(model):
+        groups = [
+            {"params": list(model[0].parameters()), "lr_mult": 0.1},
+            {"params": list(model[2].parameters()), "lr_mult": 1.0},
+        ]
+        return torch.optim.SGD(groups, lr=0.05, momentum=0.9, weight_decay=weight_decay, nesterov=nesterov)
+
+    return net, twin, make(net), make(twin)
+
+
+@pytest.mark.parametrize("weight_decay,nesterov", [(5e-4, True), (0.0, True), (1e-3, False)])
+def test_graph_sgd_step_equals_torch_sgd(weight_decay, nesterov):
+    """After a first eager step (torch creates the momentum buffers), N steps of
+    ``graph_sgd_step`` with device-tensor learning rates equal torch's SGD with float ones: the
+    parameters and the momentum buffers, which stay the optimiser's own state (same checkpoint)."""
+    net, twin, opt, opt_g = _sgd_pair(weight_decay, nesterov)
+    base = 0.05
+    g = torch.Generator().manual_seed(1)
+    for step in range(8):
+        x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+        factor = (1 + 10 * step / 8) ** -0.75
+        for o in (opt, opt_g):
+            for grp in o.param_groups:
+                grp["lr"] = base * grp["lr_mult"] * factor
+        for model, o in ((net, opt), (twin, opt_g)):
+            o.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+        opt.step()
+        if step == 0:
+            opt_g.step()  # the eager warm-up step: it creates the momentum buffers
+        else:
+            f = torch.tensor(factor, dtype=torch.float64)
+            graph_sgd_step(opt_g, [f * (base * grp["lr_mult"]) for grp in opt_g.param_groups])
+    for a, b in zip(net.parameters(), twin.parameters()):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            opt_g.state[b]["momentum_buffer"], opt.state[a]["momentum_buffer"], rtol=0, atol=1e-6
+        )
+    assert opt_g.state_dict()["param_groups"] == opt.state_dict()["param_groups"]
+    assert set(opt_g.state_dict()["state"][0]) == set(opt.state_dict()["state"][0]) == {"momentum_buffer"}
+
+
+def test_graph_sgd_step_needs_the_momentum_buffers():
+    net, _, opt, _ = _sgd_pair(5e-4, True)
+    F.cross_entropy(net(torch.randn(4, 6)), torch.tensor([0, 1, 2, 0])).backward()
+    with pytest.raises(NotCapturable, match="momentum buffer"):
+        graph_sgd_step(opt, [torch.tensor(0.01)] * 2)
+    with pytest.raises(ValueError, match="1 learning rates for 2 parameter groups"):
+        graph_sgd_step(opt, [torch.tensor(0.01)])
+
+
+class _NoGraphs(Method):
+    """A method that opts out of CUDA graphs (test only)."""
+
+    name = "no-graphs-test"
+    uses = Uses(source_labels=True)
+    capturable = False
+
+    def loss(self, batch, progress):
+        return self.combine(self.supervised_loss(batch, self.net(batch.x_source)[0]))
+
+
+def test_the_option_resolves_per_device_and_a_method_may_opt_out():
+    assert resolve_cuda_graphs(True, torch.device("cpu")) is False
+    assert resolve_cuda_graphs(None, torch.device("cpu")) is False
+    assert resolve_cuda_graphs(None, torch.device("cuda")) is graphs.CUDA_GRAPHS_DEFAULT
+    assert resolve_cuda_graphs(False, torch.device("cuda")) is False
+    method = _NoGraphs(_lenet(), 10, {})
+    assert refusal(method, 100) == "fallback: no-graphs-test declares capturable = False"
+    dann = METHODS.get("dann")(_lenet(), 10, {})
+    assert refusal(dann, 100) is None
+    assert refusal(dann, graphs.WARMUP_STEPS).startswith("fallback: 3 step(s) left")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from dabench.running.unit import load_pair_data
+
+    return PAIRS.get("digits-offline"), load_pair_data("digits-offline", None)
+
+
+def test_on_the_cpu_the_option_is_recorded_off_and_keeps_the_run_id(digits, one_thread):
+    """``cuda_graphs=True`` on the CPU trains eagerly (``timings["cuda_graphs"] == "off"``) and
+    gives the same result; the option is no field of the spec, so the run id is the same."""
+    pair, data = digits
+    spec = dabench.expand(
+        dabench.Matrix(
+            methods=("dann",), pairs=("digits-offline",), seeds=(0,), overrides={"steps": 6, "eval_every": 6}
+        )
+    )[0]
+    on = execute(spec, pair, data, torch.device("cpu"), cuda_graphs=True)
+    off = execute(spec, pair, data, torch.device("cpu"), cuda_graphs=False)
+    assert on.timings["cuda_graphs"] == off.timings["cuda_graphs"] == "off"
+    assert on.final["target_acc"] == off.final["target_acc"]
+    assert on.curve[-1]["loss"] == off.curve[-1]["loss"]
+    # the run id is the spec's hash; the option travels beside the spec (ExecutorOptions)
+    from dabench.running.executors import ExecutorOptions
+
+    assert "cuda_graphs" not in RunSpec.__dataclass_fields__
+    assert ExecutorOptions(cuda_graphs=False).cuda_graphs is False and ExecutorOptions().cuda_graphs is None
+
+
+def test_cli_flags_reach_the_executor_options():
+    from dabench.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["run"]).cuda_graphs is None
+    assert parser.parse_args(["run", "--no-cuda-graphs"]).cuda_graphs is False
+    assert parser.parse_args(["run", "--cuda-graphs"]).cuda_graphs is True
+    assert parser.parse_args(["bench", "--no-cuda-graphs"]).cuda_graphs is False
+
+
+# --- CUDA: captured runs --------------------------------------------------------------------
+STEPS, EVAL_EVERY, LOG_EVERY = 60, 30, 10
+#: methods whose step may not be capturable on every torch version, with the reason
+MAY_FALL_BACK = {"bnm": "torch.linalg.svdvals checks its result on the host on CUDA (a sync)"}
+STEP_METHODS = [m for m in BUILTIN_METHODS if METHODS.get(m).fit is Method.fit]
+
+
+def _context(
+    method: Method, name: str, digits, use_graphs: bool, steps: int = STEPS, lr: float | None = None
+) -> RunContext:
+    """``method`` on digits-offline through the engine's own loop, evaluations included."""
+    pair, pair_data = digits
+    dev = torch.device("cuda")
+    method.to(dev).to(memory_format=torch.channels_last)
+    torch.backends.cudnn.benchmark = True
+    shots = pair.target_shots if method.protocol == "few-shot" else 0
+    schedule = pair.schedule.replace(steps=steps, eval_every=EVAL_EVERY, log_every=LOG_EVERY, batch_size=32)
+    if lr is not None:
+        schedule = schedule.replace(lr=lr)
+    spec = RunSpec(
+        method=name,
+        pair=pair.name,
+        seed=0,
+        protocol="few-shot" if shots else "uda",
+        target_shots=shots,
+        eval_shots=pair.target_shots,
+        hparams=dict(method.hp),
+        schedule=schedule,
+        backbone=pair.backbone,
+    )
+    data = DeviceData(pair, pair_data, dev, 0, shots, pair.target_shots)
+    return RunContext(spec, pair, data, dev, cuda_graphs=use_graphs)
+
+
+def _fit(name_or_cls, digits, use_graphs: bool, **kw) -> RunContext:
+    torch.manual_seed(0)
+    cls = METHODS.get(name_or_cls) if isinstance(name_or_cls, str) else name_or_cls
+    name = name_or_cls if isinstance(name_or_cls, str) else cls.name
+    method = cls(_lenet(), 10, {})
+    ctx = _context(method, name, digits, use_graphs, **kw)
+    method.fit(ctx)
+    torch.cuda.synchronize()
+    ctx.generator_state = ctx.data.generator.get_state()  # type: ignore[attr-defined]
+    return ctx
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", STEP_METHODS)
+def test_captured_run_equals_the_eager_run_in_meaning(name, digits):
+    eager = _fit(name, digits, False)
+    captured = _fit(name, digits, True)
+    assert eager.graph_note == "off"
+    if name in MAY_FALL_BACK and captured.graph_note != "captured":
+        assert captured.graph_note.startswith("fallback: "), captured.graph_note
+    else:
+        assert captured.graph_note == "captured", captured.graph_note
+    assert captured.steps_done == eager.steps_done
+    # the same batches: the data generator (shuffles and augmentation) ends in the same state
+    assert torch.equal(captured.generator_state, eager.generator_state)
+    assert [p["step"] for p in captured.curve] == [p["step"] for p in eager.curve]
+    for pe, pc in zip(eager.curve, captured.curve):
+        assert pc["loss"].keys() == pe["loss"].keys()
+        assert all(math.isfinite(v) for v in pc["loss"].values()), pc["loss"]
+        # bf16 autocast and cuDNN's autotuning make even two eager runs differ a little: a few points
+        assert abs(pc["target_acc"] - pe["target_acc"]) <= 0.08, (name, pe["target_acc"], pc["target_acc"])
+
+
+class _BlowUp(Method):
+    """Source-only whose loss gains a NaN part from half-way on, decided on the device (test only)."""
+
+    name = "blowup-test"
+    uses = Uses(source_labels=True)
+
+    def loss(self, batch, progress):
+        logits = self.net(batch.x_source)[0]
+        late = torch.as_tensor(progress, device=logits.device) >= 0.5
+        nan = torch.full((), float("nan"), device=logits.device)
+        out = self.combine(self.supervised_loss(batch, logits))
+        out.parts["blowup"] = torch.where(late, nan, torch.zeros((), device=logits.device))
+        out.total = out.total + out.parts["blowup"]
+        return out
+
+
+@needs_cuda
+def test_divergence_inside_the_graph_is_detected_and_named(digits):
+    with pytest.raises(Diverged) as caught:
+        _fit(_BlowUp, digits, True)
+    assert caught.value.step == STEPS // 2  # first step with progress >= 0.5, replayed from the graph
+    assert caught.value.parts == ("blowup",) and caught.value.part_step == STEPS // 2
+
+
+class _Syncs(Method):
+    """Source-only with a host read in its loss: not capturable (test only)."""
+
+    name = "sync-test"
+    uses = Uses(source_labels=True)
+
+    def loss(self, batch, progress):
+        logits = self.net(batch.x_source)[0]
+        if logits.float().mean().item() > 1e9:  # a host sync: fails the capture
+            raise AssertionError("unreachable")
+        return self.combine(self.supervised_loss(batch, logits))
+
+
+@needs_cuda
+@pytest.mark.parametrize("cls,note", [(_Syncs, "fallback: "), (_NoGraphs, "fallback: no-graphs-test declares")])
+def test_an_uncapturable_step_falls_back_to_eager_steps(cls, note, digits):
+    ctx = _fit(cls, digits, True)
+    assert ctx.graph_note.startswith(note), ctx.graph_note
+    assert ctx.steps_done == STEPS and math.isfinite(ctx.curve[-1]["target_acc"])
+    assert ctx.curve[-1]["target_acc"] > 0.2  # it trained (10 classes: chance is 0.1)
+
+
+@needs_cuda
+def test_resume_from_a_mid_run_checkpoint_with_graphs(digits, tmp_path):
+    from dabench.core.store import RunStore
+
+    pair, data = digits
+    spec = dabench.expand(
+        dabench.Matrix(
+            methods=("dann",),
+            pairs=("digits-offline",),
+            seeds=(0,),
+            overrides={"steps": STEPS, "eval_every": EVAL_EVERY, "log_every": LOG_EVERY},
+        )
+    )[0]
+    store = RunStore(tmp_path)
+    partial = store.checkpoint_path(spec.run_id, partial=True)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_checkpoint(step: int, total: int) -> None:
+        if partial.exists():
+            raise Stop(step)
+
+    dev = torch.device("cuda")
+    with pytest.raises(Stop):
+        execute(spec, pair, data, dev, store, stop_after_checkpoint, checkpoint_every=20, cuda_graphs=True)
+    resumed = execute(spec, pair, data, dev, store, None, checkpoint_every=20, cuda_graphs=True)
+    assert resumed.resumed_from_step == 20
+    assert resumed.timings["cuda_graphs"] == "captured"
+    whole = execute(spec, pair, data, dev, RunStore(tmp_path / "whole"), None, cuda_graphs=True)
+    assert [p["step"] for p in resumed.curve] == [p["step"] for p in whole.curve]
+    assert abs(resumed.final["target_acc"] - whole.final["target_acc"]) <= 0.08
+
+
+@needs_cuda
+def test_replayed_steps_sync_only_at_the_log_every_reads(digits, monkeypatch):
+    """Python-level host reads over the whole loop (as tests/test_no_sync.py counts them) and, from
+    the first replay on, every synchronising CUDA call torch's sync-debug mode sees."""
+    import warnings
+
+    from test_no_sync import HostReadCounter
+
+    torch.manual_seed(0)
+    method = METHODS.get("dann")(_lenet(), 10, {})
+    ctx = _context(method, "dann", digits, True)
+    ctx.record_eval = lambda *a, **k: {}  # type: ignore[method-assign]  # evaluations sync by design
+    counter = HostReadCounter(monkeypatch)
+    real_replay = torch.cuda.CUDAGraph.replay
+    replays = []
+
+    def replay(self):
+        if not replays:
+            torch.cuda.set_sync_debug_mode("warn")
+        replays.append(1)
+        return real_replay(self)
+
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", replay)
+    counter.active = True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            method.fit(ctx)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    counter.active = False
+    assert ctx.graph_note == "captured" and len(replays) == STEPS - graphs.WARMUP_STEPS
+    reads = STEPS // LOG_EVERY
+    assert len(counter.calls) <= reads, counter.calls
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) <= reads, syncs
+
+
+def test_the_fallback_note_names_the_first_error_of_the_capture():
+    try:
+        try:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore")
+        finally:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+    except RuntimeError as exc:
+        note = graphs.fallback_note(exc)
+    assert note == "fallback: RuntimeError: CUDA error: operation not permitted when stream is capturing"
