@@ -12,7 +12,7 @@ LOG="$OUT/gpu_graphs_check.log"
 step() { local limit=$1; shift; echo "== $*" | tee -a "$LOG"; timeout "$limit" "$@" 2>&1 | tee -a "$LOG"; echo "== exit ${PIPESTATUS[0]}" | tee -a "$LOG"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$LOG"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$LOG"
-step 150 $PY -m pytest tests/test_cuda_graphs.py -q -x -p no:cacheprovider -rs --durations=8 \
+step 150 $PY -m pytest tests/test_cuda_graphs.py -q -p no:cacheprovider -rs --durations=8 \
   --junitxml="$OUT/test_cuda_graphs.xml"
 step 120 $PY -m dabench.cli bench --device cuda --steps 200 --warmup 20 --cuda-graphs \
   --out "$OUT/gpu-lenet-digits-graphs.md"
