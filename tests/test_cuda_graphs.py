@@ -281,7 +281,8 @@ def test_captured_run_equals_the_eager_run_in_meaning(name, digits):
         assert pc["loss"].keys() == pe["loss"].keys()
         assert all(math.isfinite(v) for v in pc["loss"].values()), pc["loss"]
         # bf16 autocast and cuDNN's autotuning make even two eager runs differ a little: a few points
-        assert abs(pc["target_acc"] - pe["target_acc"]) <= 0.08, (name, pe["target_acc"], pc["target_acc"])
+        # (accuracies are in percent: within 3 points)
+        assert abs(pc["target_acc"] - pe["target_acc"]) <= 3.0, (name, pe["target_acc"], pc["target_acc"])
 
 
 class _BlowUp(Method):
@@ -327,7 +328,9 @@ def test_an_uncapturable_step_falls_back_to_eager_steps(cls, note, digits):
     ctx = _fit(cls, digits, True)
     assert ctx.graph_note.startswith(note), ctx.graph_note
     assert ctx.steps_done == STEPS and math.isfinite(ctx.curve[-1]["target_acc"])
-    assert ctx.curve[-1]["target_acc"] > 0.2  # it trained (10 classes: chance is 0.1)
+    assert ctx.curve[-1]["target_acc"] > 20.0  # percent: it trained (10 classes: chance is 10 %)
+    # the failed capture left CUDA as it was: the next run (dropout draws included) captures
+    assert _fit("dann", digits, True).graph_note == "captured"
 
 
 @needs_cuda
@@ -361,7 +364,7 @@ def test_resume_from_a_mid_run_checkpoint_with_graphs(digits, tmp_path):
     assert resumed.timings["cuda_graphs"] == "captured"
     whole = execute(spec, pair, data, dev, RunStore(tmp_path / "whole"), None, cuda_graphs=True)
     assert [p["step"] for p in resumed.curve] == [p["step"] for p in whole.curve]
-    assert abs(resumed.final["target_acc"] - whole.final["target_acc"]) <= 0.08
+    assert abs(resumed.final["target_acc"] - whole.final["target_acc"]) <= 3.0  # percent
 
 
 @needs_cuda

@@ -229,6 +229,32 @@ class StepGraph:
         return self.sums
 
 
+def recover_from_failed_capture(main_stream: torch.cuda.Stream) -> None:
+    """Leave CUDA as it was before a capture that raised, so the run can go on eagerly.
+
+    A capture that fails inside ``torch.cuda.graph`` leaves its capture stream current, and it
+    leaves the default CUDA generator in capture mode (torch ends that mode only when a capture
+    *succeeds*): the next eager dropout would then fail with "Offset increment outside graph
+    capture encountered unexpectedly". One trivial capture that succeeds ends the mode; the
+    generator's seed and offset are saved before and restored after, so the eager steps draw
+    exactly what they would have drawn.
+    """
+    device = main_stream.device
+    torch.cuda.set_stream(main_stream)
+    torch.cuda.synchronize(device)
+    rng = torch.cuda.get_rng_state(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(main_stream)
+    with torch.cuda.stream(side):
+        scratch = torch.zeros(1, device=device)
+        reset = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(reset, stream=side):
+            scratch.add_(1)
+    torch.cuda.synchronize(device)
+    torch.cuda.set_rng_state(rng, device)
+    del reset, scratch
+
+
 def _static(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().clone(memory_format=torch.preserve_format)
 

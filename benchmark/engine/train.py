@@ -204,9 +204,7 @@ class RunContext:
                 except Exception as exc:  # noqa: BLE001 - any failure to capture: eager steps instead
                     graph = None
                     self.graph_note = graphs.fallback_note(exc)
-                    # a capture that fails inside torch.cuda.graph leaves its capture stream current
-                    torch.cuda.set_stream(main_stream)
-                    torch.cuda.synchronize(dev)
+                    graphs.recover_from_failed_capture(main_stream)
             if graph is not None:
                 graph.replay(batch, progress, factor, step)
             else:
