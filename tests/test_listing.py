@@ -44,7 +44,9 @@ def test_catalog_equals_the_builtin_classes() -> None:
     for kind in ("methods", "pairs", "backbones"):
         want = {i.name: i for i in getattr(real, kind)}
         have = {i.name: i for i in getattr(stored, kind)}
-        assert want.keys() == have.keys(), f"{CATALOG.name} lists {kind} {sorted(have)}, registered: {sorted(want)}; {fix}"
+        assert want.keys() == have.keys(), (
+            f"{CATALOG.name} lists {kind} {sorted(have)}, registered: {sorted(want)}; {fix}"
+        )
         stale = [n for n in want if want[n] != have[n]]
         assert not stale, f"{CATALOG.name} is stale for {kind} {stale}: {[want[n] for n in stale]}; {fix}"
     assert stored.method_groups == real.method_groups, fix
