@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from .core.domain import default_data_root
 from .core.parsing import parse_bool
 from .core.record import Status
-from .core.registry import BACKBONES, METHODS, PAIRS, PluginError, RegistryError, load_plugin, split_names
+from .core.registry import PluginError, RegistryError, load_plugin, split_names
 from .core.store import WriteFault
 from .running.matrix import (
     DEFAULT_METHODS,
@@ -324,53 +324,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from .core.listing import listing  # late: only this command reads it
+
     for plugin in args.plugin:
         load_plugin(plugin)
+    # the built-ins' torch-free descriptors unless plugins may add registrations (core/listing.py)
+    known = listing(plugins=bool(args.plugin))
     if args.what == "methods":
         # one table per protocol (methods of different protocols are never compared head to head);
         # each protocol's name is also a --methods group
         by_protocol: dict[str, list[tuple[str, str, str]]] = {}
-        for name in METHODS.names(args.pattern):
-            cls = METHODS.get(name)
-            defaults = ", ".join(f"{k}={v}" for k, v in cls.hparam_defaults().items())
-            by_protocol.setdefault(cls.protocol, []).append((name, cls.description(), defaults))
+        for m in known.select("methods", args.pattern):
+            defaults = ", ".join(f"{k}={v}" for k, v in m.defaults.items())
+            by_protocol.setdefault(m.protocol, []).append((m.name, m.description, defaults))
         if not by_protocol:
             _table(("method",), [])
         for i, (protocol, proto_rows) in enumerate(sorted(by_protocol.items())):
             print(f"{chr(10) if i else ''}{protocol} ({len(proto_rows)}; --methods {protocol}):")
             _table(("method", "description", "defaults"), proto_rows)
-        groups = METHODS.groups()
+        groups = known.method_groups
         print(
             "\ngroups for --methods: "
             + "; ".join(f"{g} ({len(m)})" for g, m in groups.items())
             + f". Default matrix: {','.join(DEFAULT_METHODS)}"
         )
     elif args.what == "pairs":
-        rows: list[tuple[str, ...]] = []
-        for name in PAIRS.names(args.pattern):
-            pr = PAIRS.get(name)
-            sch = pr.schedule
-            rows.append(
-                (
-                    name,
-                    pr.description,
-                    f"{pr.backbone}, {pr.channels}x{pr.image_size}px",
-                    f"uda / source-free / few-shot k={pr.target_shots}",
-                    f"steps={sch.steps} bs={sch.batch_size} lr={sch.lr}",
-                )
+        rows: list[tuple[str, ...]] = [
+            (
+                pr.name,
+                pr.description,
+                f"{pr.backbone}, {pr.channels}x{pr.image_size}px",
+                f"uda / source-free / few-shot k={pr.target_shots}",
+                f"steps={pr.steps} bs={pr.batch_size} lr={pr.lr}",
             )
+            for pr in known.select("pairs", args.pattern)
+        ]
         _table(("pair", "description", "input", "protocols", "schedule"), rows)
         print(
             "\nyour own images: folder:[name=NAME,]source=DIR,target=DIR[,size=..,channels=1|3,backbone=..,"
             "eval=half|all] (ImageFolder layout, classes matched by name; channels and size detected unless given)"
         )
     else:
-        rows = []
-        for name in BACKBONES.names(args.pattern):
-            f = BACKBONES.get(name)
-            doc = (f.__doc__ or "").strip().splitlines()
-            rows.append((name, doc[0] if doc else ""))
-        _table(("backbone", "description"), rows)
+        _table(("backbone", "description"), [(b.name, b.description) for b in known.select("backbones", args.pattern)])
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``import dabench`` and ``dabench report|status`` never import torch (docs/architecture.md,
+"""``import dabench`` and ``dabench report|status|list`` never import torch (docs/architecture.md,
 "Import layers"): each check runs in a fresh interpreter, so nothing another test imported counts."""
 
 from __future__ import annotations
@@ -48,6 +48,15 @@ def test_report_cli_imports_no_torch(tmp_path: Path) -> None:
 def test_status_cli_imports_no_torch(tmp_path: Path) -> None:
     write_matrix(tmp_path / "res", TABLE)
     _no_torch_after(f"from dabench.cli import main\nassert main(['status', {str(tmp_path / 'res')!r}]) == 0")
+
+
+def test_list_cli_imports_no_torch() -> None:
+    """The built-ins listed from their descriptors (core/listing.py); tests/test_listing.py checks the text."""
+    _no_torch_after(
+        "from dabench.cli import main\n"
+        "for what in ('methods', 'pairs', 'backbones'):\n"
+        "    assert main(['list', what]) == 0"
+    )
 
 
 def test_python_api_reads_results_without_torch(tmp_path: Path) -> None:

@@ -89,6 +89,11 @@ class Registry(Generic[T]):
         self._loading_dist: str | None = None
         self._dists: dict[str, str] = {}
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the built-in entries are imported (by a read or a registration in this process)."""
+        return self._builtin_loaded
+
     def _load_builtin(self) -> None:
         """Import the built-in entries once, before any other registration or read.
 
@@ -216,13 +221,7 @@ class Registry(Generic[T]):
     def names(self, pattern: str | None = None) -> list[str]:
         """Registered names, sorted; ``pattern`` is a shell-style glob (``dan*``) or a list ``a,b``."""
         self._load_entry_points()
-        names = sorted(self._items)
-        if not pattern:
-            return names
-        out: list[str] = []
-        for part in pattern.split(","):
-            out += [n for n in names if fnmatch.fnmatchcase(n, part.strip()) and n not in out]
-        return out
+        return match_names(sorted(self._items), pattern)
 
     def get(self, name: str) -> T:
         self._load_entry_points()
@@ -278,6 +277,17 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def match_names(names: list[str], pattern: str | None) -> list[str]:
+    """``names`` matching ``pattern``, a shell-style glob (``dan*``) or a list ``a,b`` of them, in
+    the order of ``names`` per part; all of them for no pattern (``dabench list`` reads it too)."""
+    if not pattern:
+        return list(names)
+    out: list[str] = []
+    for part in pattern.split(","):
+        out += [n for n in names if fnmatch.fnmatchcase(n, part.strip()) and n not in out]
+    return out
 
 
 def _prepare_method(name: str, cls: Any) -> Any:

@@ -10,6 +10,9 @@ thing. Two groups:
 * ``report DIR (whole command)``: the whole ``dabench report DIR --format md`` (records read,
   statistics, figures, report.html), recorded for information: the figures and statistics
   (matplotlib, seaborn, scipy) cost the same on both sides.
+* ``list methods (whole command)``: ``dabench list methods`` from the built-ins' torch-free
+  descriptors (core/listing.py) vs the same command reading the method classes from the
+  registries, as it did before (torch and every built-in imported). Recorded, not asserted.
 """
 
 from __future__ import annotations
@@ -69,3 +72,19 @@ def test_report_whole_command(benchmark, ratios, results, tmp_path) -> None:
     ratios.record(benchmark, "report DIR (whole command)", "dabench", 1.0, "reports/s")
     ratios.rates["report DIR (whole command)"]["baseline"] = 1.0 / base_s
     print(f"\nreport DIR: {benchmark.stats.stats.median:.2f} s vs {base_s:.2f} s with the old chain")
+
+
+#: the previous ``dabench list``: the listing read from the registries, i.e. from the imported classes
+OLD_LIST = "from dabench.core import listing\nlisting.listing = lambda plugins=False: listing.from_registries()\n"
+
+
+def test_list_methods_whole_command(benchmark, ratios) -> None:
+    run = "import contextlib, io\nfrom dabench.cli import main\nwith contextlib.redirect_stdout(io.StringIO()):\n    main(['list', 'methods'])\n"
+    base_s = sorted(_timed(OLD_LIST + run) for _ in range(3))[1]
+    benchmark.pedantic(_timed, args=(run,), rounds=3, iterations=1)
+    ratios.record(benchmark, "list methods (whole command)", "dabench", 1.0, "lists/s")
+    ratios.rates["list methods (whole command)"]["baseline"] = 1.0 / base_s
+    ratio = base_s / benchmark.stats.stats.median
+    print(
+        f"\ndabench list methods: {benchmark.stats.stats.median:.2f} s vs {base_s:.2f} s reading the classes: {ratio:.1f}x"
+    )
