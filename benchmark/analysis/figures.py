@@ -327,6 +327,8 @@ def validator_correlation_figure(table: pd.DataFrame) -> Figure | None:
     column is dropped here); rows are validators, one column per pair and ``pooled``, as in
     Musgrave et al. (2022)'s validator benchmark. Cells without a ρ stay blank."""
     g = table.drop(columns=["points"], errors="ignore").astype(float)
+    if "points" in table:  # dev rests on fewer points (final checkpoints only): say how many
+        g.index = [f"{v} (n={int(n)})" for v, n in zip(table.index, table["points"])]
     if g.empty or not np.isfinite(g.to_numpy()).any():
         return None
     g = g.rename(columns=short_label)
