@@ -88,7 +88,9 @@ def _dev_folder(tmp_path: Path) -> Path:
     for seed in (0, 1):
         for t, slope in ((0.1, 2.0), (1.0, -2.0)):
             rid = f"dann-{t}-{seed}"
-            write_run(tmp_path, rid, "dann", "digits-offline", seed, curve=curve_from([60.0, 70.0]), hparams={"trade_off": t})
+            write_run(
+                tmp_path, rid, "dann", "digits-offline", seed, curve=curve_from([60.0, 70.0]), hparams={"trade_off": t}
+            )
             _write_features(tmp_path, rid, slope, seed, step=200)
     return tmp_path
 

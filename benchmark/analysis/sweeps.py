@@ -25,7 +25,6 @@ import math
 from typing import Any
 
 import pandas as pd
-
 from scipy.stats import kendalltau
 
 from .dev import with_dev_scores
