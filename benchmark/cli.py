@@ -262,7 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="leaderboard, statistics and figures from results folders")
     rep.add_argument("dirs", nargs="+", type=pathlib.Path, help="results folders (several merge)")
-    rep.add_argument("--rule", default="last", help="model-selection rule: last, source-val, entropy, im, snd, oracle")
+    rep.add_argument(
+        "--rule",
+        default="last",
+        help="model-selection rule: last, source-val, entropy, im, snd, dev (needs runs with "
+        "--set save_features=true; final checkpoints only), oracle",
+    )
     rep.add_argument(
         "--select-config",
         action="store_true",

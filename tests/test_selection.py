@@ -97,7 +97,7 @@ def test_each_rule_picks_its_evaluation(folder, rule):
 
 
 def test_rules_registry_and_oracle_label():
-    assert set(RULES) == {"last", "source-val", "entropy", "im", "snd", "oracle"}
+    assert set(RULES) == {"last", "source-val", "entropy", "im", "snd", "dev", "oracle"}
     for desc, cite, fn in RULES.values():  # (description, citation, function)
         assert desc and cite and callable(fn)
     assert RULES["oracle"].description == ORACLE_LABEL
@@ -105,7 +105,7 @@ def test_rules_registry_and_oracle_label():
 
 
 def test_unknown_rule_lists_valid_rules(folder):
-    with pytest.raises(ValueError, match="valid rules: last, source-val, entropy, im, snd, oracle"):
+    with pytest.raises(ValueError, match="valid rules: last, source-val, entropy, im, snd, dev, oracle"):
         select(load_results(folder), "best")
 
 

@@ -184,7 +184,7 @@ def test_selection_oracle_bounds_honest_rules(swept_results):
         assert list(honest.index) == list(oracle.index) and honest.notna().all()
         assert (oracle >= honest).all(), rule
     acc, regret = rule_table(df)
-    assert list(acc.columns) == [n for n in RULES if n != "last"]
+    assert list(acc.columns) == [n for n in RULES if n not in ("last", "dev")]  # dev: only with saved features
     assert (regret.drop(columns="trials") >= 0).all().all() and (regret["oracle"] == 0).all()
     assert regret.loc[("dann", "0"), "trials"] == 2 and regret.loc[("source-only", "0"), "trials"] == 1
     # the collapsed leaderboard has one row per method
@@ -231,6 +231,10 @@ def test_example_sweep_files_expand():
     examples = pathlib.Path(__file__).resolve().parents[1] / "examples" / "sweeps"
     grid = expand(load_matrix_file(examples / "dann_trade_off.toml"))
     assert sum(s.method == "dann" for s in grid) == 12 and sum(s.method == "source-only" for s in grid) == 3
+    assert all(s.save_features for s in grid)  # what --rule dev reads
+    gpu = expand(load_matrix_file(examples / "mnist_usps_gpu.toml"))
+    assert {s.pair for s in gpu} == {"mnist-usps"} and len(gpu) == 3 * 4 * 3 + 3
+    assert all(s.save_features and s.schedule.steps == 5000 for s in gpu)  # the pair's full schedule
     rnd = load_matrix_file(examples / "random_search.toml")
     assert len(sweep_plan(rnd)) == 8 and rnd.sweep_seed == 0
 

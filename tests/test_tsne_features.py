@@ -41,3 +41,40 @@ def test_tsne_without_saved_features_says_how_to_get_them(tmp_path):
     dann = next(s for s in specs if s.method == "dann")
     with pytest.raises(FileNotFoundError, match="save_features=true"):
         write_report([tmp_path], formats=("md",), tsne=dann.run_id)
+
+
+def test_dev_features_come_from_the_adaptation_split_never_the_evaluation_split(tmp_path, one_thread):
+    """DEV reads ``validator_features``: a uniform subset of the validator sample of the target
+    *adaptation* split; the evaluation split's features stay under ``target_*`` for the t-SNE."""
+    import numpy as np
+    import torch
+
+    from dabench.core.domain import default_data_root
+    from dabench.core.registry import PAIRS
+    from dabench.engine.data import DeviceData
+    from dabench.engine.evaluate import predict_split
+    from dabench.engine.train import FEATURES_PER_DOMAIN, build_method, save_features
+    from dabench.running.unit import load_pair_data
+
+    spec = expand(Matrix(methods=("dann",), seeds=(0,), overrides=TINY))[0]
+    pair = PAIRS.get(spec.pair)
+    data = DeviceData(pair, load_pair_data(spec.pair, default_data_root()), torch.device("cpu"), 0, 0, spec.eval_shots)
+    torch.manual_seed(0)
+    method = build_method(spec, pair)
+    save_features(method, data, tmp_path / "f.npz", step=20)
+    with np.load(tmp_path / "f.npz") as z:
+        saved = {k: z[k] for k in z.files}
+    assert int(saved["step"]) == 20 and "validator_labels" not in saved  # no target labels for a validator
+    assert len(saved["validator_features"]) == min(FEATURES_PER_DOMAIN, data.validator_samples)
+    assert len(saved["source_logits"]) == len(saved["source_labels"]) == len(saved["source_features"])
+    assert len(saved["source_train_features"]) == min(FEATURES_PER_DOMAIN, len(data.source))
+    # the saved target features for DEV are features of adaptation images at validator-sample positions
+    adapt = predict_split(method, data, data.target, output="features", indices=data.validator_positions)
+    evaluation = predict_split(method, data, data.target_eval, output="features")
+    v = saved["validator_features"].astype(np.float32)
+
+    def nearest(bank: torch.Tensor) -> float:  # worst distance of a saved row to its nearest bank row
+        return float(torch.cdist(torch.from_numpy(v), bank).min(1).values.max())
+
+    assert nearest(adapt) < 0.05  # float16 rounding only
+    assert nearest(evaluation) > 0.05  # digits-offline's adaptation and evaluation images are disjoint

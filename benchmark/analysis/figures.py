@@ -318,3 +318,33 @@ def tsne_figure(
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=10)
     return fig
+
+
+def validator_correlation_figure(table: pd.DataFrame) -> Figure | None:
+    """Heatmap of Spearman ρ (validator score vs target accuracy) per pair and pooled, −1 … 1.
+
+    ``table`` is :func:`dabench.analysis.validators.validator_correlations`'s (its ``points``
+    column is dropped here); rows are validators, one column per pair and ``pooled``, as in
+    Musgrave et al. (2022)'s validator benchmark. Cells without a ρ stay blank."""
+    g = table.drop(columns=["points"], errors="ignore").astype(float)
+    if "points" in table:  # dev rests on fewer points (final checkpoints only): say how many
+        g.index = [f"{v} (n={int(n)})" for v, n in zip(table.index, table["points"])]
+    if g.empty or not np.isfinite(g.to_numpy()).any():
+        return None
+    g = g.rename(columns=short_label)
+    # as gain_heatmap: room for the tick labels, so long pair names never collapse the axes
+    row_chars = max((len(str(i)) for i in g.index), default=0)
+    col_chars = max((len(str(c)) for c in g.columns), default=0)
+    fig = _figure(
+        max(4.0, 1.0 * g.shape[1] + 2.5 + 0.07 * row_chars), max(2.4, 0.45 * g.shape[0] + 1.2 + 0.07 * col_chars)
+    )
+    ax = fig.add_subplot()
+    with warnings.catch_warnings():  # seaborn's own colormap deprecation notice, not ours
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        sns.heatmap(
+            g, ax=ax, annot=True, fmt="+.2f", cmap="RdBu", center=0, vmin=-1, vmax=1, cbar_kws={"label": "Spearman ρ"}
+        )
+    ax.set_xlabel("pair")
+    ax.set_ylabel("validator")
+    ax.set_title("Validator score vs target accuracy (all runs × checkpoints)", fontsize=9)
+    return fig

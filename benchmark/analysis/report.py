@@ -32,8 +32,11 @@ from .stats import Comparison, compare
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-from .sweeps import has_sweeps, rule_table
+from .dev import with_dev_scores
+from .render import cell_text, latex_grid, tex_escape
+from .sweeps import has_sweeps, ranking_change, rule_table
 from .sweeps import select_config as _select_config
+from .validators import validator_correlations
 
 #: what the configuration-selection section says (Markdown and HTML)
 CONFIG_TEXT = (
@@ -42,6 +45,23 @@ CONFIG_TEXT = (
     "rule may see; cells are the target accuracy (%) of that pick, mean over pairs and seeds. "
     "Regret: oracle's accuracy minus the rule's on the same runs (points, >= 0); trials: "
     "configurations per pair and seed, the budget each rule chose from."
+)
+#: said under the tables whenever the dev column is there
+DEV_TEXT = (
+    "dev (You et al. 2019) is computed from features saved for each run's final model only "
+    "(--set save_features=true), so it chooses among configurations at their final checkpoint, "
+    "never among checkpoints; runs without saved features have no dev score."
+)
+TAU_TEXT = (
+    "How the ranking of methods changes from oracle to each honest rule: Kendall's tau_b between the "
+    "methods' mean accuracies under oracle and under the rule, per label budget (1: same order; "
+    "-1: reversed; methods: how many were ranked)."
+)
+CORR_TEXT = (
+    "Which validator to trust (Musgrave et al. 2022): Spearman's rho between each validator's score "
+    "(signed so that higher is better, as the rule orders it) and target accuracy, over every "
+    "evaluation (checkpoint) of every complete run, per pair and pooled over pairs; points: the "
+    "pooled number of evaluations."
 )
 
 
@@ -132,6 +152,13 @@ def validator_notes(df: pd.DataFrame) -> list[str]:
     return out
 
 
+def _load(dirs: str | Path | Iterable[str | Path], where: list[str] | dict | None, rule: str) -> pd.DataFrame:
+    """The folders' runs, filtered, with DEV's scores on the runs that saved features (computed
+    once here for every table that reads them); ``--rule dev`` without any is one clear error."""
+    check_rule(rule)
+    return with_dev_scores(filter_runs(load_results(*_dirs(dirs)), where), strict=rule == "dev")
+
+
 def _selected(df: pd.DataFrame, rule: str, select_config: bool) -> pd.DataFrame:
     """``df`` itself, or with ``select_config`` one run per method, pair and seed chosen by ``rule``."""
     return _select_config(df, rule) if select_config else df
@@ -154,12 +181,57 @@ def config_selection_markdown(df: pd.DataFrame) -> str:
     return (
         "\n## Configuration selection (methods x rules)\n\n"
         + CONFIG_TEXT
+        + ("\n\n" + DEV_TEXT if "dev" in acc.columns else "")
         + "\n\n"
         + md_table(acc, ".1f", index=True)
         + "\n\n### Regret against the oracle (points)\n\n"
         + md_table(regret, ".2f", index=True)
+        + "\n\n### Ranking change from oracle (Kendall's tau)\n\n"
+        + TAU_TEXT
+        + "\n\n"
+        + md_table(ranking_change(acc), ".2f", index=True)
         + "\n"
     )
+
+
+def validator_markdown(df: pd.DataFrame) -> str:
+    """The validator-correlation section ('' when no complete run has a scored evaluation)."""
+    corr = validator_correlations(df)
+    if corr.empty:
+        return ""
+    note = "\n\n" + DEV_TEXT if "dev" in corr.index else ""
+    return (
+        "\n## Which validator to trust (Spearman rho with target accuracy)\n\n"
+        + CORR_TEXT
+        + note
+        + "\n\n"
+        + md_table(corr, "+.2f", index=True)
+        + "\n"
+    )
+
+
+def selection_latex(df: pd.DataFrame) -> str:
+    """The methods x rules, regret, Kendall's tau and validator-correlation tables as booktabs LaTeX
+    ('' when the folder has neither sweeps nor scored evaluations); ``write_report`` writes it as
+    ``selection.tex`` beside ``leaderboard.tex`` for a folder holding sweeps."""
+    blocks = []
+
+    def grid(table: pd.DataFrame, fmt: str, comment: str) -> str:
+        d = table.reset_index()
+        rows = [[tex_escape(cell_text(v, fmt)) for v in r] for r in d.itertuples(index=False)]
+        spec = "".join("l" if d[c].dtype == object else "r" for c in d.columns)  # names left, numbers right
+        return latex_grid([str(c) for c in d.columns], rows, spec, [comment])
+
+    if has_sweeps(df):
+        acc, regret = rule_table(df)
+        if not acc.empty:
+            blocks.append(grid(acc, ".1f", "target accuracy (%) of each rule's configuration + checkpoint pick"))
+            blocks.append(grid(regret, ".2f", "regret against the oracle (points)"))
+            blocks.append(grid(ranking_change(acc), ".2f", "Kendall's tau_b: ranking of methods, oracle vs rule"))
+    corr = validator_correlations(df)
+    if not corr.empty:
+        blocks.append(grid(corr, "+.2f", "Spearman rho of each validator's score with target accuracy"))
+    return "\n".join(blocks)
 
 
 def report_text(
@@ -174,12 +246,13 @@ def report_text(
     ``select_config``: collapse the trials of sweeps, each rule choosing the configuration
     (analysis/sweeps.py). A folder holding sweeps gets the methods x rules tables either way.
     """
-    check_rule(rule)
-    df = filter_runs(load_results(*_dirs(dirs)), where)
+    df = _load(dirs, where, rule)
     head = _selection_title(rule) if select_config else ""
     text = head + leaderboard(_selected(df, rule, select_config), rule).to_markdown()
     notes = validator_notes(df)
-    return text + ("\n" + "\n".join(notes) + "\n" if notes else "") + config_selection_markdown(df)
+    text += "\n" + "\n".join(notes) + "\n" if notes else ""
+    # a sweep's folder: the rule tables and which validator to trust (a plain run's print stays short)
+    return text + (config_selection_markdown(df) + validator_markdown(df) if has_sweeps(df) else "")
 
 
 def write_report(
@@ -211,12 +284,11 @@ def write_report(
     Returns:
         name → path: the formats, ``"report"`` (report.html) and ``"figures"`` (folder).
     """
-    check_rule(rule)
     formats = _check_formats(formats)
     ds = _dirs(dirs)
+    raw = _load(ds, where, rule)
     out_dir = Path(out) if out is not None else ds[0]
     out_dir.mkdir(parents=True, exist_ok=True)
-    raw = filter_runs(load_results(*ds), where)
     df = _selected(raw, rule, select_config)
     lb = leaderboard(df, rule)
     written: dict[str, Path] = {}
@@ -224,8 +296,13 @@ def write_report(
         p = out_dir / f"leaderboard.{fmt}"
         FORMATS[fmt](lb, p)
         written[fmt] = p
+    if "tex" in formats and has_sweeps(raw):
+        tex = selection_latex(raw)
+        if tex:
+            written["selection_tex"] = out_dir / "selection.tex"
+            written["selection_tex"].write_text(tex, encoding="utf-8")
     cmp_ = compare(df, rule, reps=reps) if not lb.cells.empty else None
-    figs = _figures(df, lb, cmp_, rule)
+    figs = _figures(df, lb, cmp_, rule, raw)
     if tsne:
         figs[f"tsne_{tsne}"] = tsne_for_run(df, tsne)
     fig_dir = out_dir / "figures"
@@ -240,12 +317,16 @@ def write_report(
     return written
 
 
-def _figures(df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, rule: str) -> dict:
+def _figures(
+    df: pd.DataFrame, lb: Leaderboard, cmp_: Comparison | None, rule: str, raw: pd.DataFrame | None = None
+) -> dict:
     figs = {}
+    every = df if raw is None else raw  # the validators are judged on every run, not the selected ones
     makers: list[tuple[str, Callable[[], Figure | None]]] = [
         ("accuracy_per_pair", lambda: F.accuracy_figure(lb)),
         ("gain_over_source_only", lambda: F.gain_heatmap(lb)),
         ("learning_curves", lambda: F.learning_curves(df, rule)),
+        ("validator_correlation", lambda: F.validator_correlation_figure(validator_correlations(every))),
     ]
     if cmp_ is not None:
         for fr in cmp_.friedman:
@@ -375,7 +456,21 @@ def _html_page(
                 html_table(acc.reset_index(), ".1f"),
                 "<h3>Regret against the oracle (points)</h3>",
                 html_table(regret.reset_index(), ".2f"),
+                "<h3>Ranking change from oracle (Kendall's tau)</h3>",
+                f"<p>{esc(TAU_TEXT)}</p>",
+                html_table(ranking_change(acc).reset_index(), ".2f"),
             ]
+            if "dev" in acc.columns:
+                parts.append(f'<p class="legend">{esc(DEV_TEXT)}</p>')
+    corr = validator_correlations(raw)
+    if not corr.empty:
+        parts += [
+            "<h2>Which validator to trust</h2>",
+            f"<p>{esc(CORR_TEXT)} Figure: validator correlation.</p>",
+            html_table(corr.reset_index(), "+.2f"),
+        ]
+        if "dev" in corr.index:
+            parts.append(f'<p class="legend">{esc(DEV_TEXT)}</p>')
     if figs:
         parts.append("<h2>Figures</h2>")
         for name, fig in figs.items():
@@ -406,7 +501,7 @@ def report_markdown(
     select_config: bool = False,
 ) -> str:
     """Leaderboard plus statistics as Markdown (for terminals and notebooks)."""
-    raw = filter_runs(load_results(*_dirs(dirs)), where)
+    raw = _load(dirs, where, rule)
     df = _selected(raw, rule, select_config)
     lb = leaderboard(df, rule)
     text = lb.to_markdown()
@@ -415,4 +510,4 @@ def report_markdown(
     reg = rule_regret(df)
     if not reg.empty:
         text += "\n## Selection-rule regret (oracle − rule, points)\n\n" + md_table(reg, ".2f", index=True) + "\n"
-    return text + config_selection_markdown(raw)
+    return text + config_selection_markdown(raw) + validator_markdown(raw)

@@ -14,6 +14,10 @@ Rules (score per evaluation → argmax/argmin over the curve):
 * ``im``         – max information maximisation  H(mean_i p_i) − (1/N) Σ_i H(p_i)
   (Shi & Sha 2012; validator in Musgrave et al. 2022).
 * ``snd``        – max soft neighbourhood density (Saito et al. 2021).
+* ``dev``        – min Deep Embedded Validation risk (You et al. 2019): source-validation losses
+  importance-weighted by a domain classifier's density ratio on the run's saved features, with
+  a control variate (analysis/dev.py). Features are saved for the final model only, so ``dev``
+  scores each run's last evaluation: it chooses among configurations, not checkpoints.
 * ``oracle``     – max target test accuracy: uses target test labels, an **upper bound**
   that many published tables report; always labelled as such.
 
@@ -30,6 +34,7 @@ from typing import Any, NamedTuple, TypeGuard
 import numpy as np
 import pandas as pd
 
+from .dev import DEV_FIELD, has_dev, with_dev_scores
 from .results import label_budget
 
 ORACLE_LABEL = "oracle (selects on target test labels — upper bound)"
@@ -80,6 +85,7 @@ SCORES: dict[str, tuple[str, bool]] = {
     "entropy": ("entropy", False),
     "im": ("im", True),
     "snd": ("snd", True),
+    "dev": (DEV_FIELD, False),
     "oracle": ("target_acc", True),
 }
 
@@ -101,6 +107,11 @@ RULES: dict[str, Rule] = {
         _arg_best(*SCORES["im"]),
     ),
     "snd": Rule("max soft neighbourhood density", "Saito et al. 2021 (ICCV)", _arg_best(*SCORES["snd"])),
+    "dev": Rule(
+        "min deep embedded validation risk (final checkpoint; needs saved features)",
+        "You et al. 2019 (ICML), DEV",
+        _arg_best(*SCORES["dev"]),
+    ),
     "oracle": Rule(ORACLE_LABEL, "best-epoch-on-test, as in many published tables", _arg_best(*SCORES["oracle"])),
 }
 
@@ -129,7 +140,7 @@ def select(df: pd.DataFrame, rule: str = "last") -> pd.DataFrame:
     latter a warning naming the runs).
     """
     r = check_rule(rule)
-    out = df.copy()
+    out = (with_dev_scores(df, strict=True) if rule == "dev" else df).copy()
     acc = np.full(len(out), np.nan)
     step = np.full(len(out), np.nan)
     missing: list[str] = []
@@ -163,11 +174,13 @@ def rule_regret(df: pd.DataFrame) -> pd.DataFrame:
     Regret is in accuracy points; 0 means the rule found the best evaluation every time.
     Rows are ``method`` × ``labels``; one column per rule (``oracle`` is 0 by definition).
     """
+    df = with_dev_scores(df)
+    rules = available_rules(df)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # missing scores are shown as NaN in the table
         oracle = select(df, "oracle")
         frames = {}
-        for name in RULES:
+        for name in rules:
             sel = oracle if name == "oracle" else select(df, name)
             frames[name] = oracle["accuracy"] - sel["accuracy"]
     reg = pd.DataFrame(frames)
@@ -175,5 +188,11 @@ def rule_regret(df: pd.DataFrame) -> pd.DataFrame:
     reg["labels"] = oracle["labels"].to_numpy()
     reg = reg[oracle["status"].to_numpy() == "complete"]
     if reg.empty:
-        return pd.DataFrame(columns=["method", "labels", *RULES]).set_index(["method", "labels"])
-    return reg.groupby(["method", "labels"], sort=True)[list(RULES)].mean()
+        return pd.DataFrame(columns=["method", "labels", *rules]).set_index(["method", "labels"])
+    return reg.groupby(["method", "labels"], sort=True)[rules].mean()
+
+
+def available_rules(df: pd.DataFrame) -> list[str]:
+    """The rules of :data:`RULES` that ``df`` can be judged by: ``dev`` only when some run has its
+    score (after :func:`~dabench.analysis.dev.with_dev_scores`); the others always."""
+    return [n for n in RULES if n != "dev" or has_dev(df)]

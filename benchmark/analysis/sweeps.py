@@ -25,9 +25,11 @@ import math
 from typing import Any
 
 import pandas as pd
+from scipy.stats import kendalltau
 
+from .dev import with_dev_scores
 from .results import label_budget
-from .selection import RULES, SCORES, check_rule, select
+from .selection import SCORES, available_rules, check_rule, select
 
 GROUP = ["method", "labels", "pair", "seed"]
 
@@ -85,6 +87,8 @@ def select_config(df: pd.DataFrame, rule: str) -> pd.DataFrame:
     row, so the leaderboard lists it as missing.
     """
     field, maximise = _score(rule)
+    if rule == "dev":
+        df = with_dev_scores(df, strict=True)
     d = _with_labels(df[df["seed"].notna()] if len(df) else df)
     if d.empty:
         return d.assign(trials=pd.Series(dtype=int), chosen=pd.Series(dtype=object))
@@ -131,7 +135,8 @@ def rule_table(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     maximises target accuracy over the same candidates — plus ``trials`` (the most configurations
     a pair and seed of the row offered: the budget each rule chose from).
     """
-    rules = [n for n in RULES if n in SCORES]
+    df = with_dev_scores(df)  # once, not per rule; dev's column only when some run saved features
+    rules = [n for n in available_rules(df) if n in SCORES]
     picks = {n: _accuracy(df, n).set_index(GROUP)["accuracy"] for n in rules}
     acc = pd.DataFrame(picks)
     if acc.empty:
@@ -143,3 +148,34 @@ def rule_table(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     trials = select_config(df, "oracle").groupby(by, sort=True)["trials"].max()
     regret["trials"] = trials.reindex(regret.index).astype("Int64")
     return acc.groupby(level=by, sort=True).mean(), regret
+
+
+def ranking_change(acc: pd.DataFrame) -> pd.DataFrame:
+    """Kendall's τ between the ranking of methods under ``oracle`` and under each honest rule.
+
+    ``acc`` is :func:`rule_table`'s accuracy table (rows ``method`` × ``labels``). Per label
+    budget, τ_b (Kendall 1945; ties counted as in :func:`scipy.stats.kendalltau`) between the
+    methods' mean accuracies under the oracle and under the rule:
+
+        τ_b = (P − Q) / sqrt((P + Q + T_x)(P + Q + T_y))
+
+    with P / Q the concordant / discordant pairs of methods and T_x, T_y the pairs tied only in
+    one ranking. 1: the rule ranks the methods as the oracle does; −1: in reverse. Rows: ``labels``;
+    columns: one per honest rule (NaN where fewer than two methods have both accuracies, or one
+    ranking is constant), plus ``methods`` (how many were ranked by the oracle).
+    """
+    honest = [c for c in acc.columns if c != "oracle"]
+    rows = {}
+    for lab, g in acc.groupby(level="labels", sort=True):
+        row: dict[str, float | int] = {}
+        for rule in honest:
+            both = g[["oracle", rule]].dropna()
+            tau = float("nan")
+            if len(both) >= 2 and both["oracle"].nunique() > 1 and both[rule].nunique() > 1:
+                tau = float(kendalltau(both["oracle"], both[rule]).statistic)
+            row[rule] = tau
+        row["methods"] = int(g["oracle"].notna().sum())
+        rows[lab] = row
+    out = pd.DataFrame.from_dict(rows, orient="index", columns=[*honest, "methods"])
+    out.index.name = "labels"
+    return out

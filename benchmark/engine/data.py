@@ -211,6 +211,7 @@ class DeviceData:
         self.validator_from_eval = in_eval[in_eval >= 0].to(device)
         self.validator_forward = sample_pos[in_eval < 0].to(device)
         self.validator_samples = len(sample)
+        self.validator_positions = sample_pos  # positions in ``target`` (CPU): DEV's saved target features
         self.validator_overlaps_eval = bool(torch.isin(data.target_adapt, evaluation).any())
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.mean = torch.tensor(pair.mean, device=device).view(1, -1, 1, 1)

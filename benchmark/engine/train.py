@@ -20,7 +20,7 @@ from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault, atomic_torch_save
 from . import graphs
 from .compile import compile_method
-from .data import DeviceData, Stream
+from .data import DeviceData, Stream, validator_sample
 from .evaluate import autocast, evaluate, predict_split
 from .graphs import StepGraph
 
@@ -379,17 +379,50 @@ def _pick(opts: dict[str, torch.optim.Optimizer], names: str | Sequence[str], me
     return [opts[n] for n in wanted]
 
 
-FEATURES_PER_DOMAIN = 1000  # enough for a t-SNE; keeps the file small (float16)
+FEATURES_PER_DOMAIN = 1000  # enough for a t-SNE and a domain classifier; keeps the file small (float16)
 
 
-def save_features(method: Method, data: DeviceData, path) -> None:
-    """Features of (up to 1,000) source-validation and target-evaluation images, with labels, as .npz."""
+def _uniform_subset(n: int, size: int = FEATURES_PER_DOMAIN) -> torch.Tensor:
+    """Sorted positions of a fixed uniform sample of ``size`` of ``n`` (all if ``n <= size``).
+
+    Not the first ``size`` in stored order: on a class-sorted split (Office-31) that skips classes,
+    and DEV's importance weights would then see another distribution than the split's."""
+    return validator_sample(n, seed=0, size=size)
+
+
+def save_features(method: Method, data: DeviceData, path, step: int | None = None) -> None:
+    """Features of the final model, as ``.npz`` (float16 features), for the t-SNE figure and DEV.
+
+    Keys (each at most :data:`FEATURES_PER_DOMAIN` rows, a fixed uniform sample of its split):
+
+    - ``source_features``, ``source_labels``, ``source_logits``: the source-validation split (DEV's
+      validation set: per-sample losses from logits + labels).
+    - ``source_train_features``: the source training split (DEV trains its domain classifier on
+      these against the target features).
+    - ``validator_features``: the target *adaptation* split, a subset of the validator sample the
+      label-free validators score (no labels saved): what DEV may look at on the target.
+    - ``target_features``, ``target_labels``: the target *evaluation* split, for the t-SNE figure
+      only; no selection rule reads them (a validator must not look at evaluation images).
+    - ``step``: the step of the model (the run's last evaluation).
+    """
     method.eval()
     out: dict[str, Any] = {}  # Any: numpy's stubs would match ndarray values to savez's allow_pickle
-    for name, split in (("source", data.source_val), ("target", data.target_eval)):
-        feats = predict_split(method, data, split, limit=FEATURES_PER_DOMAIN, output="features")
+    sample = data.validator_positions[_uniform_subset(len(data.validator_positions))].to(data.device)
+    for name, split, idx in (
+        ("source", data.source_val, _uniform_subset(len(data.source_val)).to(data.device)),
+        ("source_train", data.source, _uniform_subset(len(data.source)).to(data.device)),
+        ("validator", data.target, sample),
+        ("target", data.target_eval, None),
+    ):
+        feats = predict_split(method, data, split, limit=FEATURES_PER_DOMAIN, output="features", indices=idx)
         out[f"{name}_features"] = feats.cpu().numpy().astype(np.float16)
-        out[f"{name}_labels"] = split.labels[: len(feats)].cpu().numpy()
+        if name in ("source", "target"):
+            labels = split.labels[idx] if idx is not None else split.labels[: len(feats)]
+            out[f"{name}_labels"] = labels.cpu().numpy()
+        if name == "source":
+            logits = predict_split(method, data, split, indices=idx)
+            out["source_logits"] = logits.cpu().numpy().astype(np.float32)
+    out["step"] = np.array(-1 if step is None else step)
     tmp = path.with_name(path.name + ".tmp.npz")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -456,7 +489,7 @@ def execute(
     if store is not None:
         store.checkpoint_path(spec.run_id, partial=True).unlink(missing_ok=True)
         if spec.save_features:
-            save_features(method, data, store.features_path(spec.run_id))
+            save_features(method, data, store.features_path(spec.run_id), step=ctx.curve[-1].get("step"))
     final = ctx.curve[-1]
     if not math.isfinite(final["target_acc"]):
         raise Diverged(ctx.steps_done)
