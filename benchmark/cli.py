@@ -162,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="torch.compile the methods' networks (speed only; not part of the run id)",
     )
+    r.add_argument(
+        "--seed-batch",
+        action="store_true",
+        help="train the seeds of each configuration as one vmapped model (inline and local executors; "
+        "speed only, not part of the run id; see docs/architecture.md)",
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--dry-run", action="store_true", help="print the run specs and exit")
     r.add_argument(
@@ -427,6 +433,7 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         checkpoint_every=args.checkpoint_every,
         compile=args.compile,
+        seed_batch=args.seed_batch,
         plugins=tuple(plugins),
         workers=args.workers,
         runs_per_gpu=args.runs_per_gpu,
