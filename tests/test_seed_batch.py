@@ -171,3 +171,16 @@ def test_methods_that_cannot_be_batched_fall_back_with_a_note(tmp_path, one_thre
             assert note.startswith("fallback: mcd declares several optimisers"), note
         else:
             assert note.startswith("fallback: step not vmappable"), note
+
+
+def test_local_pool_runs_a_seed_group_in_one_worker(tmp_path):
+    specs = expand(
+        Matrix(methods=("source-only",), pairs=("digits-offline",), seeds=(0, 1),
+               overrides={"steps": 10, "eval_every": 10, "batch_size": 32})
+    )  # fmt: skip
+    summary = run_matrix(specs, tmp_path, ExecutorOptions(device="cpu", progress=False, seed_batch=True), "local")
+    recs = [RunStore(tmp_path).read(s.run_id) for s in specs]
+    assert len(summary.ran) == 2
+    assert all(r.status is Status.COMPLETE for r in recs), [r.error for r in recs]
+    assert [r.timings["seed_batch"] for r in recs] == ["2 seeds", "2 seeds"]
+    assert recs[0].pid == recs[1].pid  # one process trained both
