@@ -303,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="no dataset: N random uint8 3-channel images per domain, 31 classes, resized-crop augmentation",
     )
     b.add_argument("--compile", action="store_true", help="torch.compile the networks (warm-up includes compilation)")
+    b.add_argument(
+        "--seed-batch",
+        type=int,
+        default=0,
+        metavar="S",
+        help="add a column: steps/s per seed with S seeds trained as one vmapped model (run --seed-batch)",
+    )
     b.add_argument("--data-root", type=pathlib.Path, default=None)
     b.add_argument(
         "--out",
@@ -504,6 +511,7 @@ def _bench(args: argparse.Namespace) -> int:
         synthetic=args.synthetic,
         compile=args.compile,
         data_root=args.data_root,
+        seed_batch=args.seed_batch,
     )
     out = write_result(result, args.out or default_out(args.device, args.synthetic, args.backbone))
     print(f"wrote {out}")

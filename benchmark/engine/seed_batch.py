@@ -192,7 +192,7 @@ def execute_seeds(
             outcomes[i] = res
         return [o for o in outcomes if o is not None]
     try:
-        results = _train_batched(methods, ctxs, device, on_step)
+        results = train_batched(methods, ctxs, device, on_step)
     except _NotVmappable as exc:
         rest = _separately(
             [specs[i] for i in live], pair, pair_data, device, store, on_step, 0, False, exc.reason
@@ -221,10 +221,16 @@ def _load_slice(method: Method, params: dict[str, torch.Tensor], buffers: dict[s
                 b.copy_(buffers[name][s])
 
 
-def _train_batched(
-    methods: list[Method], ctxs: list[RunContext], device: torch.device, on_step: Callable[[int, int], None] | None
+def train_batched(
+    methods: list[Method],
+    ctxs: list[RunContext],
+    device: torch.device,
+    on_step: Callable[[int, int], None] | None = None,
+    finish: bool = True,
 ) -> list[SeedOutcome]:
-    """The step loop of :meth:`RunContext.train_steps`, over S stacked seeds."""
+    """The step loop of :meth:`RunContext.train_steps`, over S stacked seeds (``methods[i]``
+    built for ``ctxs[i]``); returns each seed's outcome. ``finish=False`` (``dabench bench``)
+    stops after the loop: no end-of-run evaluation, checkpoint or result."""
     n_seeds = len(methods)
     spec0 = ctxs[0].spec
     sch = spec0.schedule
@@ -341,6 +347,8 @@ def _train_batched(
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
+    if not finish:
+        return []
     for i in alive:
         try:
             outcomes[i] = _finish(methods[i], ctxs[i], params, buffers, i, wall, n_seeds)
@@ -394,4 +402,4 @@ def _finish(
     )
 
 
-__all__ = ["execute_seeds", "batch_refusal", "SeedOutcome"]
+__all__ = ["execute_seeds", "train_batched", "batch_refusal", "SeedOutcome"]
