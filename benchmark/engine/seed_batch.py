@@ -194,9 +194,7 @@ def execute_seeds(
     try:
         results = train_batched(methods, ctxs, device, on_step)
     except _NotVmappable as exc:
-        rest = _separately(
-            [specs[i] for i in live], pair, pair_data, device, store, on_step, 0, False, exc.reason
-        )
+        rest = _separately([specs[i] for i in live], pair, pair_data, device, store, on_step, 0, False, exc.reason)
         for i, res in zip(live, rest):
             outcomes[i] = res
         return [o for o in outcomes if o is not None]
@@ -268,7 +266,7 @@ def train_batched(
             st["shots"] = data.stream(data.shots, min(sch.batch_size, len(data.shots)))
         streams.append(st)
     per_step_images = sum(s.batch_size for s in streams[0].values())
-    full = {k: v for k, v in {**params, **buffers}.items()}
+    full = {**params, **buffers}
     prefixed = {f"method.{k}": v for k, v in full.items()}
     names = list(prefixed)
 
@@ -302,9 +300,9 @@ def train_batched(
         stacked = {k: torch.stack([b[k] for b in seed_batches]) for k in _PARTS if k in seed_batches[0]}
         try:
             with autocast(device):
-                totals, parts = vmap(
-                    lambda st, bt, p=progress: per_seed(st, bt, p), randomness="different"
-                )(state, stacked)
+                totals, parts = vmap(lambda st, bt, p=progress: per_seed(st, bt, p), randomness="different")(
+                    state, stacked
+                )
         except Exception as exc:
             if step == 0:  # the method's step does something vmap cannot batch
                 first = (str(exc).strip().splitlines() or [""])[0][:200]

@@ -315,4 +315,14 @@ def record_failure(
     return rec
 
 
-__all__ = ["run_spec", "run_claimed", "run_group", "run_group_claimed", "record_failure", "base_record", "environment", "load_pair_data", "Outcome"]
+__all__ = [
+    "run_spec",
+    "run_claimed",
+    "run_group",
+    "run_group_claimed",
+    "record_failure",
+    "base_record",
+    "environment",
+    "load_pair_data",
+    "Outcome",
+]

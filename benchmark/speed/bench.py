@@ -365,7 +365,9 @@ def seed_batch_steps_per_s(
     """Steps/s *per seed* of ``seeds`` seeds trained as one vmapped model by the engine's
     seed-batched loop (:func:`dabench.engine.seed_batch.train_batched`; evaluations off, as in
     :class:`EngineBench`); None for a method that seed batching runs separately."""
-    benches = [EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone, seed=s) for s in range(seeds)]
+    benches = [
+        EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone, seed=s) for s in range(seeds)
+    ]
     if batch_refusal(benches[0].method) is not None:
         return None
 
@@ -374,7 +376,8 @@ def seed_batch_steps_per_s(
         for b in benches:
             scheduled = b._scheduled_steps(n)
             spec = dataclasses.replace(
-                b.spec, schedule=b.spec.schedule.replace(steps=scheduled, log_every=scheduled, eval_every=10 * scheduled)
+                b.spec,
+                schedule=b.spec.schedule.replace(steps=scheduled, log_every=scheduled, eval_every=10 * scheduled),
             )
             ctxs.append(RunContext(spec, b.pair, b.data, device))
         train_batched([b.method for b in benches], ctxs, device, finish=False)

@@ -76,7 +76,9 @@ class _Worker:
         self.proc = proc
         self.log_path = log_path
         self.current: RunSpec | None = None
-        self.pending: dict[str, RunSpec] = {}  # the runs it was given whose outcome has not come (a seed group: several)
+        self.pending: dict[
+            str, RunSpec
+        ] = {}  # the runs it was given whose outcome has not come (a seed group: several)
         self.runs = 0
 
 
