@@ -28,7 +28,8 @@ def run(
     ``methods`` may hold registered names, globs, or Method classes (registered on the fly
     under their ``name``), so a method under development needs no plugin packaging.
     ``executor`` names the executor (inline, local, ray); ``executor_options`` are the other
-    fields of :class:`~dabench.running.executors.ExecutorOptions` (``workers``, ``compile`` ...).
+    fields of :class:`~dabench.running.executors.ExecutorOptions` (``workers``, ``compile``,
+    ``seed_batch`` ...).
     """
     # late: the executors import the engine (torch); reading results through this module must not
     from .running.executors import ExecutorOptions

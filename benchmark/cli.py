@@ -169,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="capture each training step in a CUDA graph and replay it (speed only; not part of the run id; "
         "default: on for CUDA devices, never on the CPU; a step that cannot be captured runs eagerly)",
     )
+    r.add_argument(
+        "--seed-batch",
+        action="store_true",
+        help="train the seeds of each configuration as one vmapped model (inline and local executors; "
+        "speed only, not part of the run id; see docs/architecture.md)",
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--dry-run", action="store_true", help="print the run specs and exit")
     r.add_argument(
@@ -315,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="CUDA only: also time each method and the bare network with captured steps (default: on)",
     )
+    b.add_argument(
+        "--seed-batch",
+        type=int,
+        default=0,
+        metavar="S",
+        help="add a column: steps/s per seed with S seeds trained as one vmapped model (run --seed-batch)",
+    )
     b.add_argument("--data-root", type=pathlib.Path, default=None)
     b.add_argument(
         "--out",
@@ -441,6 +454,7 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         compile=args.compile,
         cuda_graphs=args.cuda_graphs,
+        seed_batch=args.seed_batch,
         plugins=tuple(plugins),
         workers=args.workers,
         runs_per_gpu=args.runs_per_gpu,
@@ -512,6 +526,7 @@ def _bench(args: argparse.Namespace) -> int:
         compile=args.compile,
         cuda_graphs=args.cuda_graphs is not False,
         data_root=args.data_root,
+        seed_batch=args.seed_batch,
     )
     out = write_result(result, args.out or default_out(args.device, args.synthetic, args.backbone))
     print(f"wrote {out}")

@@ -43,10 +43,17 @@ KERNEL_MULTIPLIERS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 # --- gradient reversal ------------------------------------------------------------------
 class _ReverseGrad(torch.autograd.Function):
+    # forward/setup_context split + generate_vmap_rule: torch.func.vmap can batch it (seed-batched
+    # training, engine/seed_batch.py); eager behaviour is the same as a forward that saves coeff
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, coeff: float | torch.Tensor) -> torch.Tensor:
-        ctx.coeff = coeff
+    def forward(x: torch.Tensor, coeff: float | torch.Tensor) -> torch.Tensor:
         return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.coeff = inputs[1]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

@@ -81,3 +81,17 @@ def test_unregistered_backbone_falls_back_to_timm_with_a_note():
 def test_unknown_backbone_names_the_registered_ones():
     with pytest.raises(RegistryError, match="lenet"):
         backbone_factory("no-such-net", in_channels=3, image_size=64)
+
+
+def test_bench_seed_batch_column(tmp_path):
+    """--seed-batch S: each step method gets steps/s per seed with S seeds batched; MCD (several
+    optimisers) and the linear probe (own fit) fall back, shown as —."""
+    out = tmp_path / "cpu.md"
+    argv = ["bench", "--methods", "source-only,dann,mcd,linear-probe", "--steps", "2", "--warmup", "1"]
+    assert main([*argv, "--batch-size", "8", "--device", "cpu", "--seed-batch", "2", "--out", str(out)]) == 0
+    assert "seed-batch steps/s/seed" in out.read_text()
+    by_name = {m["method"]: m for m in json.loads(out.with_suffix(".json").read_text())["methods"]}
+    assert by_name["source-only"]["seed_batch_steps_per_s"] > 0
+    assert by_name["dann"]["seed_batch_steps_per_s"] > 0
+    assert by_name["mcd"]["seed_batch_steps_per_s"] is None
+    assert by_name["linear-probe"]["seed_batch_steps_per_s"] is None

@@ -64,6 +64,15 @@ class RunSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
+    def seed_group(self) -> str:
+        """What the seeds of one configuration share (``--seed-batch`` trains them together): the
+        spec without its seed and its dependency's run id (which differs per seed only through it)."""
+        d = self.to_dict()
+        d.pop("seed")
+        d.pop("depends_on")
+        return json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+
+    @property
     def label(self) -> str:
         return f"{self.method} | {self.pair} | seed {self.seed}"
 

@@ -185,6 +185,23 @@ def run_matrix(
             return _terminal(store.status(dep))
         return True
 
+    def seed_mates(spec: RunSpec) -> list[RunSpec]:
+        """--seed-batch: the other seeds of ``spec``'s configuration that may start now (taken
+        from the queue; one finished meanwhile is counted complete, one held elsewhere stays)."""
+        mates = []
+        for m in [m for m in queue if m.seed_group == spec.seed_group]:
+            if store.status(m.run_id) is Status.COMPLETE:
+                queue.remove(m)
+                summary.skipped_complete.append(m.run_id)
+                bar.update(1)
+            elif dependency_ready(m) and not store.claimed_by_live_process(m.run_id):
+                queue.remove(m)
+                mates.append(m)
+        return mates
+
+    if options.seed_batch and not ex.groups:
+        note(f"--seed-batch: the {type(ex).__name__} runs seeds separately (only inline and local batch them)")
+
     def finish(spec: RunSpec, rec: RunRecord) -> None:
         summary.ran.append(rec)
         if rec.status is Status.FAILED and rec.error is not None and rec.error.type == "MissingDataError":
@@ -220,8 +237,15 @@ def run_matrix(
                     else:
                         elsewhere[spec.run_id] = spec
                     continue
-                ex.submit(spec)
-                inflight[spec.run_id] = spec
+                group = [spec]
+                if options.seed_batch and ex.groups:
+                    group += seed_mates(spec)
+                if len(group) > 1:
+                    ex.submit_group(group)
+                else:
+                    ex.submit(spec)
+                for s in group:
+                    inflight[s.run_id] = s
                 submitted = True
                 bar.set_postfix_str(f"{len(inflight)} running")
             if inflight:

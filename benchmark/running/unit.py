@@ -22,11 +22,12 @@ from typing import Any
 import torch
 
 from ..core.domain import PairData
-from ..core.record import RunRecord, Status, utc_now
+from ..core.record import RunRecord, RunResult, Status, utc_now
 from ..core.registry import PAIRS
 from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault
 from ..core.version import __version__
+from ..engine.seed_batch import execute_seeds
 from ..engine.train import Diverged, execute
 
 _PAIR_CACHE: dict[tuple[str, str], PairData] = {}
@@ -100,6 +101,25 @@ def run_spec(
     for a failure of the run itself; returns the final record."""
     env = environment(device)
     record = base_record(spec, Status.RUNNING, env)
+    if not _dependency_ready(spec, store, record):
+        return record
+    store.write(record)
+    t0 = time.perf_counter()
+    try:
+        pair = PAIRS.get(spec.pair)
+        pair_data = load_pair_data(spec.pair, data_root)
+        result: RunResult | BaseException = execute(
+            spec, pair, pair_data, device, store, on_step, checkpoint_every, compile=compile, cuda_graphs=cuda_graphs
+        )
+    except Exception as exc:  # noqa: BLE001 - the run failed (a WriteFault stops the matrix below)
+        result = exc
+    _record_outcome(record, result, store, time.perf_counter() - t0)
+    return record
+
+
+def _dependency_ready(spec: RunSpec, store: RunStore, record: RunRecord) -> bool:
+    """Whether ``spec``'s source-only dependency (if any) is complete with its checkpoint; if not,
+    ``record`` is written ``skipped`` or ``failed`` saying why."""
     if spec.depends_on:
         dep = store.read(spec.depends_on)
         if dep is None or dep.status is not Status.COMPLETE:
@@ -110,7 +130,7 @@ def run_spec(
                 finished_at=utc_now(),
             )
             store.write(record)
-            return record
+            return False
         ckpt = store.checkpoint_path(spec.depends_on)
         if not ckpt.exists():
             record.fail(
@@ -121,36 +141,80 @@ def run_spec(
                 finished_at=utc_now(),
             )
             store.write(record)
-            return record
-    store.write(record)
-    t0 = time.perf_counter()
-    try:
-        pair = PAIRS.get(spec.pair)
-        pair_data = load_pair_data(spec.pair, data_root)
-        result = execute(
-            spec, pair, pair_data, device, store, on_step, checkpoint_every, compile=compile, cuda_graphs=cuda_graphs
-        )
-        record.apply(result)
-        record.status = Status.COMPLETE
-        # wall time of the whole run (data loading and set-up included): what the ETA needs
-        record.timings = {**result.timings, "total_s": round(time.perf_counter() - t0, 3)}
-    except WriteFault as exc:
+            return False
+    return True
+
+
+def _record_outcome(record: RunRecord, result: RunResult | BaseException, store: RunStore, total_s: float) -> None:
+    """Apply the engine's result (or the exception that ended the run) to ``record`` and write it."""
+    if isinstance(result, WriteFault):
         # the results folder refuses writes (read-only, full disk): mark the run if that still
         # works, then stop the matrix: every further run would hit the same wall
-        record.fail(Status.FAILED, "WriteFault", str(exc), finished_at=utc_now())
+        record.fail(Status.FAILED, "WriteFault", str(result), finished_at=utc_now())
         try:
             store.write(record)
         except WriteFault:
             pass  # left "running": the next dabench run reruns it
-        raise
-    except Diverged as exc:
-        record.fail(Status.DIVERGED, "Diverged", str(exc))
-        record.diverged_at_step = exc.step
-    except Exception as exc:  # noqa: BLE001 - the run failed; the matrix goes on
-        record.fail(Status.FAILED, type(exc).__name__, str(exc), traceback.format_exc())
+        raise result
+    if isinstance(result, Diverged):
+        record.fail(Status.DIVERGED, "Diverged", str(result))
+        record.diverged_at_step = result.step
+    elif isinstance(result, BaseException):
+        tb = "".join(traceback.format_exception(type(result), result, result.__traceback__))
+        record.fail(Status.FAILED, type(result).__name__, str(result), tb)
+    else:
+        record.apply(result)
+        record.status = Status.COMPLETE
+        # wall time of the whole run (data loading and set-up included): what the ETA needs
+        record.timings = {**result.timings, "total_s": round(total_s, 3)}
     record.finished_at = utc_now()
     store.write(record)
-    return record
+
+
+def run_group(
+    specs: list[RunSpec],
+    store: RunStore,
+    device: torch.device,
+    data_root: pathlib.Path,
+    on_step: Callable[[int, int], None] | None = None,
+    checkpoint_every: int = 0,
+    compile: bool = False,
+    cuda_graphs: bool | None = None,
+) -> list[RunRecord]:
+    """Run the seeds ``specs`` of one configuration seed-batched (:mod:`dabench.engine.seed_batch`)
+    and write each seed's record, as :func:`run_spec` writes one run's; returns the final records."""
+    env = environment(device)
+    records: dict[str, RunRecord] = {}
+    ready: list[RunSpec] = []
+    for spec in specs:
+        record = records[spec.run_id] = base_record(spec, Status.RUNNING, env)
+        if _dependency_ready(spec, store, record):
+            store.write(record)
+            ready.append(spec)
+    t0 = time.perf_counter()
+    if ready:
+        try:
+            pair = PAIRS.get(ready[0].pair)
+            pair_data = load_pair_data(ready[0].pair, data_root)
+            results: list[RunResult | BaseException] = list(
+                execute_seeds(
+                    ready,
+                    pair,
+                    pair_data,
+                    device,
+                    store,
+                    on_step,
+                    checkpoint_every,
+                    compile=compile,
+                    cuda_graphs=cuda_graphs,
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - e.g. the pair's data is missing: every seed failed
+            results = [exc] * len(ready)
+        total_s = time.perf_counter() - t0
+        for spec, result in zip(ready, results):
+            _record_outcome(records[spec.run_id], result, store, total_s)
+    return [records[s.run_id] for s in specs]
 
 
 def run_claimed(
@@ -182,6 +246,41 @@ def run_claimed(
         )
     finally:
         store.release(spec.run_id)
+
+
+def run_group_claimed(
+    specs: list[RunSpec],
+    store: RunStore,
+    device: torch.device,
+    data_root: pathlib.Path,
+    on_step: Callable[[int, int], None] | None = None,
+    checkpoint_every: int = 0,
+    compile: bool = False,
+    cuda_graphs: bool | None = None,
+) -> list[Outcome]:
+    """:func:`run_claimed` for a seed-batched group: claims each seed's run, leaves the ones held
+    elsewhere (``busy``) or complete by now (``already-complete``), runs the rest as one
+    :func:`run_group` and releases every claim. One outcome per spec, in order."""
+    outcomes: dict[str, Outcome] = {}
+    claimed: list[RunSpec] = []
+    try:
+        for spec in specs:
+            if not store.claim(spec.run_id):
+                outcomes[spec.run_id] = Outcome(spec.run_id, "busy")
+                continue
+            claimed.append(spec)
+            if store.status(spec.run_id) is Status.COMPLETE:
+                outcomes[spec.run_id] = Outcome(spec.run_id, "already-complete")
+        todo = [s for s in claimed if s.run_id not in outcomes]
+        if todo:
+            for rec in run_group(
+                todo, store, device, data_root, on_step, checkpoint_every, compile=compile, cuda_graphs=cuda_graphs
+            ):
+                outcomes[rec.run_id] = Outcome(rec.run_id, "ran", rec)
+    finally:
+        for spec in claimed:
+            store.release(spec.run_id)
+    return [outcomes[s.run_id] for s in specs]
 
 
 @dataclass
@@ -236,4 +335,14 @@ def record_failure(
     return rec
 
 
-__all__ = ["run_spec", "run_claimed", "record_failure", "base_record", "environment", "load_pair_data", "Outcome"]
+__all__ = [
+    "run_spec",
+    "run_claimed",
+    "run_group",
+    "run_group_claimed",
+    "record_failure",
+    "base_record",
+    "environment",
+    "load_pair_data",
+    "Outcome",
+]

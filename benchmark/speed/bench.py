@@ -45,6 +45,7 @@ from ..engine import graphs
 from ..engine.compile import compile_method
 from ..engine.data import DeviceData
 from ..engine.evaluate import autocast
+from ..engine.seed_batch import batch_refusal, train_batched
 from ..engine.train import RunContext, resolve_device
 
 BackboneFactory = Callable[[], Backbone]
@@ -252,6 +253,9 @@ class MethodTiming:
     note: str = ""
     graph_steps_per_s: float | None = None  # with --cuda-graphs (CUDA only)
     graph_note: str = ""  # timings["cuda_graphs"] of that run: captured / fallback: ...
+    #: steps/s of each seed with ``seed_batch`` seeds trained as one vmapped model (``--seed-batch``);
+    #: None: not measured, or the method falls back to separate runs
+    seed_batch_steps_per_s: float | None = None
 
 
 class EngineBench:
@@ -381,6 +385,48 @@ def time_method(
     return timing
 
 
+def seed_batch_steps_per_s(
+    method_name: str,
+    pair: DomainPair,
+    pair_data: PairData,
+    device: torch.device,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    make_backbone: BackboneFactory,
+    seeds: int,
+) -> float | None:
+    """Steps/s *per seed* of ``seeds`` seeds trained as one vmapped model by the engine's
+    seed-batched loop (:func:`dabench.engine.seed_batch.train_batched`; evaluations off, as in
+    :class:`EngineBench`); None for a method that seed batching runs separately."""
+    benches = [
+        EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone, seed=s) for s in range(seeds)
+    ]
+    if batch_refusal(benches[0].method) is not None:
+        return None
+
+    def go(n: int) -> int:
+        ctxs = []
+        for b in benches:
+            scheduled = b._scheduled_steps(n)
+            spec = dataclasses.replace(
+                b.spec,
+                schedule=b.spec.schedule.replace(steps=scheduled, log_every=scheduled, eval_every=10 * scheduled),
+            )
+            ctxs.append(RunContext(spec, b.pair, b.data, device))
+        train_batched([b.method for b in benches], ctxs, device, finish=False)
+        _sync(device)
+        return ctxs[0].steps_done
+
+    try:
+        go(max(1, warmup))
+    except Exception:  # noqa: BLE001 - not vmappable: the engine would run the seeds separately
+        return None
+    t0 = time.perf_counter()
+    done = go(steps)
+    return done / (time.perf_counter() - t0)
+
+
 # --- the command ----------------------------------------------------------------------------
 @dataclass
 class BenchResult:
@@ -402,6 +448,7 @@ class BenchResult:
     bare_graph_by_batch: dict[int, float] = field(default_factory=dict)
     methods: list[MethodTiming] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    seed_batch: int = 0  # seeds per vmapped group in the seed-batch column (0: not measured)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -436,9 +483,11 @@ def run_bench(
     data_root: pathlib.Path | None = None,
     log: Callable[[str], None] = print,
     cuda_graphs: bool = True,
+    seed_batch: int = 0,
 ) -> BenchResult:
     """Measure bare-backbone and per-method training images/s; see the module docstring.
 
+    ``seed_batch > 1`` adds each method's steps/s per seed with that many seeds batched.
     ``synthetic > 0`` replaces the pair by random uint8 photos (``synthetic`` per domain,
     3 channels, 31 classes) at ``image_size`` (default 224) with ``backbone`` (default resnet50).
     """
@@ -486,9 +535,14 @@ def run_bench(
         bare_by_batch=bare_by_batch,
         bare_graph_by_batch=bare_graph,
         notes=notes,
+        seed_batch=seed_batch,
     )
     for name in names:
         timing = time_method(name, pair, data, dev, bs, steps, warmup, make_backbone, compile, graphed)
+        if seed_batch > 1 and timing.steps_per_s is not None:
+            timing.seed_batch_steps_per_s = seed_batch_steps_per_s(
+                name, pair, data, dev, bs, steps, warmup, make_backbone, seed_batch
+            )
         shown = f"{timing.images_per_s:,.0f} images/s" if timing.images_per_s else timing.note
         log(f"  {name}: {shown}")
         result.methods.append(timing)
@@ -511,32 +565,35 @@ def markdown(result: BenchResult) -> str:
         "",
         "- graphs: steps/s with the step captured in a CUDA graph (--cuda-graphs); its ratio is over the "
         "bare network's, also captured (the limit with the same levers)",
+        f"- seed-batch: steps/s of each seed with {result.seed_batch or 'S'} seeds trained as one vmapped model "
+        "(--seed-batch); compare with steps/s (one run)",
         "",
         "| method | images/step | steps/s | images/s | ratio method/bare | graphs steps/s | ratio graphs | "
-        "host syncs | note |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "host syncs | seed-batch steps/s/seed | note |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     bare = result.bare_by_batch or {result.batch_size: result.bare_images_per_s}
     bare_g = result.bare_graph_by_batch
     for b, rate in sorted(bare.items()):
         g = f"{bare_g[b] / b:,.1f} | 1.00" if b in bare_g else "— | —"
         lines.append(
-            f"| bare {result.backbone} + linear head | {b} | {rate / b:,.1f} | {rate:,.0f} | 1.00 | {g} | — | "
+            f"| bare {result.backbone} + linear head | {b} | {rate / b:,.1f} | {rate:,.0f} | 1.00 | {g} | — | — | "
             "data already on device, CE + SGD |"
         )
     for m in result.methods:
         if m.images_per_s is None:
-            lines.append(f"| {m.method} | — | — | — | — | — | — | — | {m.note} |")
+            lines.append(f"| {m.method} | — | — | — | — | — | — | — | — | {m.note} |")
             continue
         syncs = "—" if m.host_syncs is None else f"{m.host_syncs} in {m.sync_steps} steps"
         near = min(bare, key=lambda b: abs(b - m.images_per_step))
         g = "— | —"
         if m.graph_steps_per_s is not None and near in bare_g:
             g = f"{m.graph_steps_per_s:,.1f} | {m.graph_steps_per_s * m.images_per_step / bare_g[near]:.2f}"
+        sb = "—" if m.seed_batch_steps_per_s is None else f"{m.seed_batch_steps_per_s:,.1f}"
         note = "; ".join(n for n in (m.note, "" if m.graph_note in ("", "captured") else m.graph_note) if n)
         lines.append(
             f"| {m.method} | {m.images_per_step} | {m.steps_per_s:,.1f} | {m.images_per_s:,.0f} | "
-            f"{m.images_per_s / bare[near]:.2f} | {g} | {syncs} | {note} |"
+            f"{m.images_per_s / bare[near]:.2f} | {g} | {syncs} | {sb} | {note} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -565,6 +622,7 @@ __all__ = [
     "default_out",
     "markdown",
     "run_bench",
+    "seed_batch_steps_per_s",
     "synthetic_pair",
     "time_method",
     "write_result",

@@ -55,6 +55,15 @@ class Executor(ABC):
     @abstractmethod
     def submit(self, spec: RunSpec) -> None: ...
 
+    #: whether :meth:`submit_group` runs a seed group as one unit (``--seed-batch``); an executor
+    #: without it gets the seeds one by one (unbatched)
+    groups: bool = False
+
+    def submit_group(self, specs: list[RunSpec]) -> None:
+        """Run the seeds ``specs`` of one configuration seed-batched, in one slot; their outcomes
+        come from :meth:`wait`, one per spec (:func:`dabench.running.unit.run_group_claimed`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not run seed groups")
+
     @abstractmethod
     def wait(self, timeout: float) -> list[Outcome]:
         """Outcomes that finished since the last call; waits up to ``timeout`` s for the first."""
@@ -79,6 +88,7 @@ class ExecutorOptions:
     checkpoint_every: int = 0  # steps between resumable mid-run checkpoints; 0: off
     compile: bool = False  # torch.compile the methods' networks
     cuda_graphs: bool | None = None  # capture the training step in a CUDA graph (None: on for CUDA)
+    seed_batch: bool = False  # train the seeds of one configuration as one vmapped model (inline, local)
     plugins: tuple[str, ...] = ()  # imported by every process that runs a spec
     workers: int | None = None  # local/ray: runs at once (None: what the devices fit)
     runs_per_gpu: int = 1  # local/ray: runs packed on one GPU

@@ -9,7 +9,7 @@ from ...core.registry import load_plugin
 from ...core.spec import RunSpec
 from ...core.store import RunStore
 from ...engine.train import resolve_device
-from ..unit import Outcome, run_claimed
+from ..unit import Outcome, run_claimed, run_group_claimed
 from .base import Executor, ExecutorOptions, _step_bar, register_executor
 
 
@@ -25,6 +25,8 @@ class InlineExecutor(Executor):
         self.root = opts.data_root or default_data_root()
         self.store = RunStore(results_dir)
         self._done: list[Outcome] = []
+
+    groups = True
 
     def free_slots(self) -> int:
         return 0 if self._done else 1
@@ -49,6 +51,24 @@ class InlineExecutor(Executor):
                     self.opts.checkpoint_every,
                     compile=self.opts.compile,
                     cuda_graphs=self.opts.cuda_graphs,
+                )
+            )
+        finally:
+            bar.close()
+
+    def submit_group(self, specs: list[RunSpec]) -> None:
+        bar = _step_bar(self.opts.progress, 1)
+        bar.set_description_str(f"{specs[0].label} ({len(specs)} seeds batched)")
+
+        def on_step(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        try:
+            self._done.extend(
+                run_group_claimed(
+                    specs, self.store, self.device, self.root, on_step, self.opts.checkpoint_every, self.opts.compile
                 )
             )
         finally:

@@ -76,6 +76,9 @@ class _Worker:
         self.proc = proc
         self.log_path = log_path
         self.current: RunSpec | None = None
+        self.pending: dict[
+            str, RunSpec
+        ] = {}  # the runs it was given whose outcome has not come (a seed group: several)
         self.runs = 0
 
 
@@ -186,7 +189,13 @@ class LocalPoolExecutor(Executor):
     def free_slots(self) -> int:
         return sum(1 for w in self._slots if w is None or w.current is None)
 
+    groups = True
+
     def submit(self, spec: RunSpec) -> None:
+        self.submit_group([spec])
+
+    def submit_group(self, specs: list[RunSpec]) -> None:
+        spec = specs[0]
         if all(w is None for w in self._slots):
             # the first run starts the whole pool: the workers' start-up (interpreter, torch
             # import) then overlaps instead of happening one after another as runs arrive
@@ -200,16 +209,17 @@ class LocalPoolExecutor(Executor):
                     w = spare if spare is not None and spare.proc.poll() is None else self._spawn(slot)
                     self._slots[slot] = w
                 w.current = spec
+                w.pending = {s.run_id: s for s in specs}
                 if self._use_spares and w.runs + 1 >= self.runs_per_process and self._spares[slot] is None:
                     self._spares[slot] = self._spawn(slot)
                 bar = self._bars[slot]
                 bar.reset(total=spec.schedule.steps)
-                bar.set_description_str(f"[{slot}] {spec.label}")
+                bar.set_description_str(f"[{slot}] {spec.label}" + (f" ({len(specs)} seeds)" if len(specs) > 1 else ""))
                 assert w.proc.stdin is not None
                 try:
-                    w.proc.stdin.write(
-                        json.dumps({"spec": {**spec.to_dict(), "_run_id": spec.run_id}}, default=str) + "\n"
-                    )
+                    wire = [{**s.to_dict(), "_run_id": s.run_id} for s in specs]
+                    msg = {"spec": wire[0]} if len(specs) == 1 else {"specs": wire}
+                    w.proc.stdin.write(json.dumps(msg, default=str) + "\n")
                     w.proc.stdin.flush()
                 except BrokenPipeError:
                     pass  # it died before reading: its EOF event records the run failed
@@ -223,38 +233,38 @@ class LocalPoolExecutor(Executor):
         except queue.Empty:
             return out
         while True:
-            res = self._handle(*item)
-            if res is not None:
-                out.append(res)
+            out += self._handle(*item)
             try:
                 item = self._events.get_nowait()
             except queue.Empty:
                 return out
 
-    def _handle(self, worker: _Worker, msg: dict[str, Any] | None) -> Outcome | None:
+    def _handle(self, worker: _Worker, msg: dict[str, Any] | None) -> list[Outcome]:
         if msg is None:  # the process ended
             worker.proc.wait()
             if self._slots[worker.slot] is worker:
                 self._slots[worker.slot] = None
             if self._spares[worker.slot] is worker:
                 self._spares[worker.slot] = None
-            spec, worker.current = worker.current, None
-            if spec is None:
-                return None  # a clean exit after its last run
+            pending, worker.pending, worker.current = list(worker.pending.values()), {}, None
+            if not pending:
+                return []  # a clean exit after its last run
             self._bars[worker.slot].reset(total=0)
             why, tail = _death_message(worker.proc, worker.log_path)
-            return record_death(self.store, spec, why, tail, self.plan.device)
+            return [record_death(self.store, spec, why, tail, self.plan.device) for spec in pending]
         event = msg.get("event")
         if event == "step" and worker.current is not None:
             bar = self._bars[worker.slot]
             bar.total, bar.n = msg["total"], msg["done"]
             bar.refresh()
         elif event == "outcome":
-            worker.current = None
-            worker.runs += 1
-            self._bars[worker.slot].reset(total=0)
-            return Outcome.from_message(msg)
-        return None
+            worker.pending.pop(msg["run_id"], None)
+            if not worker.pending:  # a seed group answers once per seed
+                worker.current = None
+                worker.runs += 1
+                self._bars[worker.slot].reset(total=0)
+            return [Outcome.from_message(msg)]
+        return []
 
     def close(self) -> None:
         everyone = [w for w in self._slots + self._spares if w is not None]

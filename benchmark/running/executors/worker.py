@@ -1,8 +1,9 @@
 """One worker process of the local pool: ``python -m dabench.running.executors.worker --results DIR ...``.
 
 It reads run specs as JSON lines on stdin (``{"spec": {...}}``), runs each through
-:func:`dabench.running.unit.run_claimed` (claim → run → record → release) and answers on its
-original stdout with JSON lines::
+:func:`dabench.running.unit.run_claimed` (claim → run → record → release) — or a seed group
+(``{"specs": [...]}``, ``--seed-batch``) through :func:`~dabench.running.unit.run_group_claimed`,
+answering one outcome per spec — and answers on its original stdout with JSON lines::
 
     {"event": "ready", "pid": 123}
     {"event": "step", "run_id": "...", "done": 50, "total": 600}
@@ -37,7 +38,7 @@ from ...core.registry import load_plugin
 from ...core.spec import RunSpec
 from ...core.store import RunStore, WriteFault
 from ...engine.train import resolve_device
-from ..unit import Outcome, record_failure, run_claimed
+from ..unit import Outcome, record_failure, run_claimed, run_group_claimed
 
 
 def _die_with_parent(parent_pid: int | None) -> None:
@@ -108,6 +109,42 @@ def run_one(
     return out.to_message()
 
 
+def run_group_one(
+    spec_dicts: list[dict[str, Any]],
+    results_dir: str | os.PathLike,
+    device: str | None = None,
+    data_root: str | os.PathLike | None = None,
+    plugins: Sequence[str] = (),
+    checkpoint_every: int = 0,
+    compile: bool = False,
+    threads: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`run_one` for a seed group (``--seed-batch``): one outcome message per spec."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    specs = []
+    for d in spec_dicts:
+        d = dict(d)
+        expected_id = d.pop("_run_id", None)
+        spec = RunSpec.from_dict(d)
+        if expected_id is not None and spec.run_id != expected_id:
+            raise RuntimeError(f"spec changed in transit: run id {expected_id} became {spec.run_id}")
+        specs.append(spec)
+    try:
+        for plugin in plugins:
+            load_plugin(plugin)
+    except Exception:  # noqa: BLE001 - each seed records the failure, as run_one does
+        return [run_one({**s.to_dict(), "_run_id": s.run_id}, results_dir, device, data_root, plugins) for s in specs]
+    store = RunStore(results_dir)
+    root = pathlib.Path(data_root) if data_root else default_data_root()
+    try:
+        outs = run_group_claimed(specs, store, resolve_device(device), root, on_step, checkpoint_every, compile)
+    except WriteFault as exc:
+        return [Outcome(s.run_id, "write-fault", error=str(exc)).to_message() for s in specs]
+    return [o.to_message() for o in outs]
+
+
 def _send(proto: IO[str], msg: dict[str, Any]) -> None:
     proto.write(json.dumps(msg, default=str) + "\n")
     proto.flush()
@@ -136,7 +173,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in sys.stdin:
         if not line.strip():
             continue
-        spec_dict = json.loads(line)["spec"]
+        msg = json.loads(line)
+        if "specs" in msg:  # a seed group: one vmapped run, one outcome per seed
+            first = msg["specs"][0].get("_run_id")
+
+            def on_group_step(n: int, total: int, _id: str | None = first) -> None:
+                _send(proto, {"event": "step", "run_id": _id, "done": n, "total": total})
+
+            for result in run_group_one(
+                msg["specs"], args.results, args.device, args.data_root, args.plugin,
+                args.checkpoint_every, args.compile, args.threads, on_group_step,
+            ):  # fmt: skip
+                _send(proto, {"event": "outcome", **result})
+            done += 1
+            if args.max_runs and done >= args.max_runs:
+                break
+            continue
+        spec_dict = msg["spec"]
         run_id = spec_dict.get("_run_id")
 
         def on_step(n: int, total: int, _id: str | None = run_id) -> None:

@@ -1,0 +1,185 @@
+"""Seed-batched training (``--seed-batch``, ``dabench.engine.seed_batch``) against separate runs,
+on the embedded digits-offline pair, CPU, one thread.
+
+Tolerance (what holds, measured): with a dropout-free LeNet (``lenet-nodrop`` below: dropout
+draws from one global generator, so with it a batched seed is an equally valid but different
+draw) the seed-batched record of each seed equals its separately trained run up to float32
+reduction-order noise: the first step's loss (computed on the initial weights) to 1e-5
+relative; after 40 steps the logged losses to 1e-3 relative and the target accuracy to
+within 1 point (a few of the 898 evaluation images), the noise being amplified by training.
+A dependant (fine-tune) starts from its seed's seed-batched source-only checkpoint, which
+carries that noise in: its losses agree to 5e-3 relative.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dabench import Batch, Loss, Method, Uses, register_method
+from dabench.backbones.lenet import LeNet
+from dabench.core.record import Status
+from dabench.core.registry import BACKBONES, METHODS, register_backbone
+from dabench.core.store import RunStore
+from dabench.running.executors import ExecutorOptions
+from dabench.running.matrix import Matrix, expand
+from dabench.running.scheduler import run_matrix
+
+LOSS_RTOL = 1e-3
+DEPENDANT_LOSS_RTOL = 5e-3
+ACC_ATOL = 1.0  # points of target accuracy
+
+
+def _lenet_nodrop(in_channels: int = 1, image_size: int = 28, **_: object) -> LeNet:
+    """LeNet without its two dropout layers: a deterministic network, for exact comparisons."""
+    net = LeNet(in_channels, image_size)
+    net.conv[4] = nn.Identity()
+    net.fc[3] = nn.Identity()
+    return net
+
+
+if "lenet-nodrop" not in BACKBONES:
+    register_backbone("lenet-nodrop")(_lenet_nodrop)
+
+
+class _Poisoned(Method):
+    """Test method: source CE, made infinite from progress 1/4 on for seeds whose init draw u ≥ 0.5."""
+
+    uses = Uses(source_labels=True)
+
+    def build(self, backbone, num_classes: int) -> None:
+        super().build(backbone, num_classes)
+        self.register_buffer("u", torch.rand(()))  # drawn after the network: seed-dependent
+
+    def loss(self, batch: Batch, progress: float) -> Loss:
+        ce = F.cross_entropy(self.predict(batch.x_source), batch.y_source)
+        if progress >= 0.25:
+            ce = ce / (self.u < 0.5).float()  # x / 0 = inf for the poisoned seeds
+        return self.combine({"ce": ce})
+
+
+class _HostRead(Method):
+    """Test method: reads its loss on the host each step (``float()``), which vmap cannot batch."""
+
+    uses = Uses(source_labels=True)
+
+    def loss(self, batch: Batch, progress: float) -> Loss:
+        ce = F.cross_entropy(self.predict(batch.x_source), batch.y_source)
+        scale = 1.0 if float(ce.detach()) < 1e9 else 0.0
+        return self.combine({"ce": ce * scale})
+
+
+for _name, _cls in (("sb-poisoned", _Poisoned), ("sb-host-read", _HostRead)):
+    if _name not in METHODS:
+        register_method(_name)(_cls)
+
+
+def _run(tmp, methods, seeds, steps, batch, **over):
+    overrides = {"steps": steps, "eval_every": over.pop("eval_every", 20), "log_every": 10, "batch_size": 32, **over}
+    specs = expand(Matrix(methods=tuple(methods), pairs=("digits-offline",), seeds=tuple(seeds), overrides=overrides))
+    summary = run_matrix(specs, tmp, ExecutorOptions(device="cpu", progress=False, seed_batch=batch))
+    return specs, summary, RunStore(tmp)
+
+
+def _close_curves(a, b, rtol: float = LOSS_RTOL) -> None:
+    assert [p["step"] for p in a.curve] == [p["step"] for p in b.curve]
+    for pa, pb in zip(a.curve, b.curve):
+        assert abs(pa["target_acc"] - pb["target_acc"]) <= ACC_ATOL, (pa, pb)
+        for k, v in pa["loss"].items():
+            assert math.isclose(v, pb["loss"][k], rel_tol=rtol), (k, pa, pb)
+
+
+def test_seed_batched_records_equal_separate_runs_and_dependants_find_their_checkpoints(tmp_path, one_thread):
+    methods, seeds = ("source-only", "fine-tune"), (0, 1, 2)
+    specs, summary, store = _run(tmp_path / "batched", methods, seeds, 40, True, backbone="lenet-nodrop")
+    _, _, alone = _run(tmp_path / "separate", methods, seeds, 40, False, backbone="lenet-nodrop")
+    assert len(summary.ran) == 6
+    for spec in specs:
+        rec, ref = store.read(spec.run_id), alone.read(spec.run_id)  # same run ids
+        assert rec.status is Status.COMPLETE, rec.error
+        assert rec.timings["seed_batch"] == "3 seeds"
+        assert "seed_batch" not in ref.timings
+        _close_curves(rec, ref, DEPENDANT_LOSS_RTOL if spec.depends_on else LOSS_RTOL)
+        if spec.method == "source-only":
+            assert store.checkpoint_path(spec.run_id).exists()
+    finals = {store.read(s.run_id).final["target_acc"] for s in specs if s.method == "source-only"}
+    assert len(finals) == 3  # three seeds, three different runs
+    # resume: everything is complete, nothing is recomputed
+    again = run_matrix(specs, tmp_path / "batched", ExecutorOptions(device="cpu", progress=False, seed_batch=True))
+    assert again.ran == [] and sorted(again.skipped_complete) == sorted(s.run_id for s in specs)
+
+
+def test_first_step_runs_on_each_seeds_own_initialisation(tmp_path, one_thread):
+    """The loss logged at step 1 is computed on the initial weights: equal to the unbatched
+    run's (same seed) and different between seeds. DANN: GRL, discriminator, BatchNorm."""
+    over = {"backbone": "lenet-nodrop", "eval_every": 1}
+    specs, _, store = _run(tmp_path / "b", ("dann",), (0, 1), 2, True, **over)
+    _, _, alone = _run(tmp_path / "s", ("dann",), (0, 1), 2, False, **over)
+    firsts = []
+    for spec in specs:
+        rec, ref = store.read(spec.run_id), alone.read(spec.run_id)
+        assert rec.timings["seed_batch"] == "2 seeds"
+        for k, v in rec.curve[0]["loss"].items():
+            assert math.isclose(v, ref.curve[0]["loss"][k], rel_tol=1e-5), k
+        firsts.append(rec.curve[0]["loss"]["ce"])
+    assert firsts[0] != firsts[1]
+
+
+def _poisoned_seeds() -> tuple[list[int], int]:
+    """Two seeds whose _Poisoned draw is clean and one whose draw is poisoned."""
+    from dabench.core.registry import PAIRS
+    from dabench.engine.train import build_method
+
+    spec = expand(Matrix(methods=("sb-poisoned",), pairs=("digits-offline",), seeds=(0,),
+                         overrides={"backbone": "lenet-nodrop"}))[0]  # fmt: skip
+    good, bad = [], []
+    for seed in range(20):
+        torch.manual_seed(seed)
+        u = float(build_method(spec, PAIRS.get("digits-offline")).u)
+        (good if u < 0.5 else bad).append(seed)
+    return good[:2], bad[0]
+
+
+def test_a_diverging_seed_is_recorded_diverged_and_the_others_complete_unchanged(tmp_path, one_thread):
+    good, bad = _poisoned_seeds()
+    seeds = sorted([*good, bad])
+    specs, _, store = _run(tmp_path / "b", ("sb-poisoned",), seeds, 40, True, backbone="lenet-nodrop")
+    _, _, alone = _run(tmp_path / "s", ("sb-poisoned",), seeds, 40, False, backbone="lenet-nodrop")
+    for spec in specs:
+        rec, ref = store.read(spec.run_id), alone.read(spec.run_id)
+        if spec.seed == bad:
+            assert rec.status is Status.DIVERGED and ref.status is Status.DIVERGED
+            assert rec.diverged_at_step == ref.diverged_at_step == 10  # progress 1/4 of 40 steps
+            assert rec.error.message == ref.error.message
+        else:
+            assert rec.status is Status.COMPLETE, rec.error
+            assert rec.timings["seed_batch"] == "3 seeds"
+            _close_curves(rec, ref)
+
+
+def test_methods_that_cannot_be_batched_fall_back_with_a_note(tmp_path, one_thread):
+    specs, _, store = _run(tmp_path, ("mcd", "sb-host-read"), (0, 1), 10, True, eval_every=10)
+    for spec in specs:
+        rec = store.read(spec.run_id)
+        assert rec.status is Status.COMPLETE, rec.error
+        note = rec.timings["seed_batch"]
+        if spec.method == "mcd":
+            assert note.startswith("fallback: mcd declares several optimisers"), note
+        else:
+            assert note.startswith("fallback: step not vmappable"), note
+
+
+def test_local_pool_runs_a_seed_group_in_one_worker(tmp_path):
+    specs = expand(
+        Matrix(methods=("source-only",), pairs=("digits-offline",), seeds=(0, 1),
+               overrides={"steps": 10, "eval_every": 10, "batch_size": 32})
+    )  # fmt: skip
+    summary = run_matrix(specs, tmp_path, ExecutorOptions(device="cpu", progress=False, seed_batch=True), "local")
+    recs = [RunStore(tmp_path).read(s.run_id) for s in specs]
+    assert len(summary.ran) == 2
+    assert all(r.status is Status.COMPLETE for r in recs), [r.error for r in recs]
+    assert [r.timings["seed_batch"] for r in recs] == ["2 seeds", "2 seeds"]
+    assert recs[0].pid == recs[1].pid  # one process trained both
