@@ -68,7 +68,14 @@ class InlineExecutor(Executor):
         try:
             self._done.extend(
                 run_group_claimed(
-                    specs, self.store, self.device, self.root, on_step, self.opts.checkpoint_every, self.opts.compile
+                    specs,
+                    self.store,
+                    self.device,
+                    self.root,
+                    on_step,
+                    self.opts.checkpoint_every,
+                    self.opts.compile,
+                    cuda_graphs=self.opts.cuda_graphs,
                 )
             )
         finally:

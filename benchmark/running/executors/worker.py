@@ -119,6 +119,7 @@ def run_group_one(
     compile: bool = False,
     threads: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    cuda_graphs: bool | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`run_one` for a seed group (``--seed-batch``): one outcome message per spec."""
     if threads:
@@ -139,7 +140,9 @@ def run_group_one(
     store = RunStore(results_dir)
     root = pathlib.Path(data_root) if data_root else default_data_root()
     try:
-        outs = run_group_claimed(specs, store, resolve_device(device), root, on_step, checkpoint_every, compile)
+        outs = run_group_claimed(
+            specs, store, resolve_device(device), root, on_step, checkpoint_every, compile, cuda_graphs=cuda_graphs
+        )
     except WriteFault as exc:
         return [Outcome(s.run_id, "write-fault", error=str(exc)).to_message() for s in specs]
     return [o.to_message() for o in outs]
@@ -182,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             for result in run_group_one(
                 msg["specs"], args.results, args.device, args.data_root, args.plugin,
-                args.checkpoint_every, args.compile, args.threads, on_group_step,
+                args.checkpoint_every, args.compile, args.threads, on_group_step, args.cuda_graphs,
             ):  # fmt: skip
                 _send(proto, {"event": "outcome", **result})
             done += 1
