@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,10 +40,6 @@ def _lenet_nodrop(in_channels: int = 1, image_size: int = 28, **_: object) -> Le
     net.conv[4] = nn.Identity()
     net.fc[3] = nn.Identity()
     return net
-
-
-if "lenet-nodrop" not in BACKBONES:
-    register_backbone("lenet-nodrop")(_lenet_nodrop)
 
 
 class _Poisoned(Method):
@@ -72,9 +69,23 @@ class _HostRead(Method):
         return self.combine({"ce": ce * scale})
 
 
-for _name, _cls in (("sb-poisoned", _Poisoned), ("sb-host-read", _HostRead)):
-    if _name not in METHODS:
-        register_method(_name)(_cls)
+@pytest.fixture(autouse=True, scope="module")
+def _test_registrations():
+    """This file's test backbone and methods, registered for its tests only: registered at import
+    they would join every other test's "all registered methods" (``dabench bench``'s among them)."""
+    added = []
+    for registry, register, name, obj in (
+        (BACKBONES, register_backbone, "lenet-nodrop", _lenet_nodrop),
+        (METHODS, register_method, "sb-poisoned", _Poisoned),
+        (METHODS, register_method, "sb-host-read", _HostRead),
+    ):
+        if name not in registry:
+            register(name)(obj)
+            added.append((registry, name))
+    yield
+    for registry, name in added:
+        registry._items.pop(name, None)
+        registry._sources.pop(name, None)
 
 
 def _run(tmp, methods, seeds, steps, batch, **over):
