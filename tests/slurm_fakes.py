@@ -16,7 +16,8 @@ the worker protocol and move on only when the test's marker files say so, so eac
 - ``all-answered``: the same, with both workers answered and neither exited;
 - ``after-return``: the task has returned its outcomes; the job has not exited yet.
 
-Prints one JSON line per scenario: ``{"scenario": ..., "attempts": [144 | "done", ...], "result": [...], "starts": [[run, pid], ...]}``.
+Prints one JSON line per scenario: ``{"scenario": ..., "attempts": [144 | "done", ...], "result": [...],
+"starts": [[run, pid], ...], "torch": false}``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import sys
 import threading
 import time
 
-from dabench.running.executors.slurm import SlurmTask
+from dabench.running.slurm_task import SlurmTask
 
 WORKER = pathlib.Path(__file__).with_name("slurm_fake_worker.py")  # stdlib only: starts in a blink
 REQUEUE = 144  # submitit's LOCAL_REQUEUE_RETURN_CODE: the local controller runs the job again
@@ -126,7 +127,9 @@ def job(scenario: str, d: pathlib.Path) -> None:
     starts = (
         [line.split() for line in (d / "starts.txt").read_text().splitlines()] if (d / "starts.txt").exists() else []
     )
-    print(json.dumps({"scenario": scenario, "attempts": attempts, "result": result, "starts": starts}), flush=True)
+    report = {"scenario": scenario, "attempts": attempts, "result": result, "starts": starts}
+    report["torch"] = "torch" in sys.modules  # a job's body stays torch-free (each start would pay for it)
+    print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":
