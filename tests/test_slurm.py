@@ -6,6 +6,11 @@ on CPU jobs), then the dependant linear probe in a second array once source-only
 job is preempted (SIGUSR2, what SLURM sends before a time limit or a preemption) after ``slow``'s
 first mid-run checkpoint: submitit calls the task's ``checkpoint()``, the job is requeued, and
 ``slow`` resumes from its checkpoint while source-only (complete) is not run again.
+
+The preemption signal at every other point of a job's life (before its workers start, while they
+run, once they have answered but not exited, after the task returned) is sent at points that marker
+files make certain, with fake workers (``slurm_fakes.py``); both tests fail on a hang (a timeout
+kills the process group) instead of blocking the suite.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ def _parent(pid: int) -> int:
     return int(pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-@pytest.mark.slow  # process start-ups: submitit controller, job, workers (~1-2 min on 2 busy cores)
+@pytest.mark.slow  # process start-ups: main, jobs, workers (~30 s at load 10 on 2 cores; up to ~2 min seen)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the job's process")
 def test_slurm_job_array_preempted_requeued_and_resumed(tmp_path):
     out = tmp_path / "out"
