@@ -7,17 +7,19 @@ one scheduling round submitted and sends it as **one job array per round** (subm
 The first round is the whole matrix but its dependants; each later round holds the dependants
 freed by the runs that ended.
 
-Inside a job each run is a ``python -m dabench.running.executors.worker`` process (the local
+Inside a job (the task, :class:`~dabench.running.slurm_task.SlurmTask`, torch-free) each run is a ``python -m dabench.running.executors.worker`` process (the local
 pool's worker: claim → run → record → release; it dies with the job), ``runs_per_gpu`` of them per
 GPU of the job (``CUDA_VISIBLE_DEVICES`` set per worker). Claims (``running/unit.py run_claimed``)
 keep two submissions, or a requeued job and a straggler, from running a spec twice.
 
 Time limit and preemption: SLURM signals the job (``USR2``) before its time limit or on
-preemption; submitit then calls :meth:`SlurmTask.checkpoint`, which stops the workers, frees
-their claims and hands submitit the same task to requeue (``helpers.DelayedSubmission``). The
-requeued job resumes each unfinished run from its mid-run checkpoint
+preemption. Whenever it comes, the task stops its workers, frees their claims and lets submitit
+requeue the same task (:meth:`SlurmTask.checkpoint` → ``helpers.DelayedSubmission``), carrying
+the outcomes of the runs that had already answered; if every run had answered, the job simply
+finishes. The requeued job resumes each unfinished run from its mid-run checkpoint
 (``checkpoints/<id>.partial.pt``, written every ``--checkpoint-every`` steps; without it a
-requeued run starts again from step 0) and skips the runs already complete.
+requeued run starts again from step 0). How a signal at any moment is handled without blocking
+(the job once hung there) is in the :class:`SlurmTask` docstring.
 
 ``DIR/slurm/jobs.json`` lists the jobs with their ids, states and runs (``dabench status`` prints
 the queued and running ones); submitit's own files (pickles, logs) are in ``DIR/slurm/submitit/``.
@@ -29,11 +31,7 @@ The results folder must be on storage every node sees. Needs ``pip install 'dabe
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -41,144 +39,9 @@ from ...core.record import utc_now
 from ...core.spec import RunSpec
 from ...core.store import RunStore, atomic_write_text
 from ..jobs import FINISHED_STATES, JOBS_FILE
+from ..slurm_task import SlurmTask
 from ..unit import Outcome
 from .base import Executor, ExecutorOptions, _absolute_plugins, record_death, register_executor
-
-
-class SlurmTask:
-    """One SLURM job's body: run a group of specs at once, one worker process each.
-
-    Checkpointable the submitit way (a ``checkpoint`` method returning a ``DelayedSubmission``),
-    without subclassing ``submitit.helpers.Checkpointable``, so this module imports without submitit.
-    """
-
-    def __init__(
-        self,
-        specs: list[dict[str, Any]],
-        results_dir: str,
-        device: str | None,
-        gpus: int,
-        data_root: str | None,
-        plugins: tuple[str, ...],
-        checkpoint_every: int,
-        compile: bool,
-        cuda_graphs: bool | None = None,
-    ) -> None:
-        self.specs = specs
-        self.results_dir = results_dir
-        self.device = device
-        self.gpus = gpus
-        self.data_root = data_root
-        self.plugins = plugins
-        self.checkpoint_every = checkpoint_every
-        self.compile = compile
-        self.cuda_graphs = cuda_graphs
-        self._procs: dict[str, subprocess.Popen] = {}  # run id -> its live worker (this process only)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # a requeue pickles the task: the worker handles belong to the dying job
-        return {k: v for k, v in self.__dict__.items() if k != "_procs"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _procs={})
-
-    def _command(self, threads: int) -> list[str]:
-        cmd = [
-            sys.executable,
-            "-m",
-            "dabench.running.executors.worker",
-            "--results",
-            self.results_dir,
-            "--max-runs",
-            "1",
-            "--parent-pid",
-            str(os.getpid()),
-            "--threads",
-            str(threads),
-            "--checkpoint-every",
-            str(self.checkpoint_every),
-            "--device",
-            ("cuda" if self.gpus else (self.device or "auto")),
-        ]
-        if self.data_root:
-            cmd += ["--data-root", self.data_root]
-        for plugin in self.plugins:
-            cmd += ["--plugin", plugin]
-        if self.compile:
-            cmd.append("--compile")
-        if getattr(self, "cuda_graphs", None) is not None:  # getattr: a task pickled by an older version
-            cmd.append("--cuda-graphs" if self.cuda_graphs else "--no-cuda-graphs")
-        return cmd
-
-    def __call__(self) -> list[dict[str, Any]]:
-        """Start one worker per spec, then collect their outcomes (``{"run_id", "kind", "record"}``)."""
-        n = len(self.specs)
-        threads = max(
-            1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // n
-        )
-        # the GPUs SLURM gave this job (CUDA_VISIBLE_DEVICES), shared round robin by its runs
-        visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
-        gpus = visible or [str(i) for i in range(self.gpus)]
-        logs = pathlib.Path(self.results_dir) / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        handles = []
-        for i, spec in enumerate(self.specs):
-            env = dict(os.environ)
-            if self.gpus and gpus:
-                env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
-            log = open(logs / f"slurm-{spec['_run_id']}.log", "a")
-            proc = subprocess.Popen(
-                self._command(threads), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env
-            )
-            assert proc.stdin is not None  # stdin=PIPE
-            proc.stdin.write(json.dumps({"spec": spec}) + "\n")
-            proc.stdin.close()
-            self._procs[spec["_run_id"]] = proc
-            handles.append((spec, proc, log))
-        out = []
-        for spec, proc, log in handles:
-            result = None
-            assert proc.stdout is not None  # stdout=PIPE
-            for line in proc.stdout:
-                msg = json.loads(line)
-                if msg.get("event") == "outcome":
-                    result = {k: v for k, v in msg.items() if k != "event"}
-            proc.wait()
-            log.close()
-            self._procs.pop(spec["_run_id"], None)
-            if result is None:  # the worker died without an answer (OOM killer, a segfault ...)
-                rec = _record_worker_death(self.results_dir, spec, proc.returncode, self.device)
-                result = {"run_id": spec["_run_id"], "kind": "died", "record": rec}
-            out.append(result)
-        return out
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        """submitit's preemption / time-limit hook: stop the workers, free their claims (a requeued
-        job, maybe on another node, must not wait for their heartbeats to go stale) and requeue
-        this same task; its runs resume from their mid-run checkpoints."""
-        import submitit  # late: only ever called inside a submitit job
-
-        store = RunStore(self.results_dir)
-        for run_id, proc in list(self._procs.items()):
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            store.remove_stale_claim(run_id)  # its holder is dead now: stale on this host
-        self._procs.clear()
-        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
-
-
-def _record_worker_death(
-    results_dir: str, spec_dict: dict[str, Any], code: int | None, device: str | None
-) -> dict[str, Any] | None:
-    spec_dict = dict(spec_dict)
-    spec_dict.pop("_run_id", None)
-    spec = RunSpec.from_dict(spec_dict)
-    why = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-    rec = record_death(
-        RunStore(results_dir), spec, f"worker process died ({why}) inside its SLURM job", "", device
-    ).record
-    # as JSON, like the outcomes the workers send: the job's results travel back pickled as plain dicts
-    return rec.to_dict() if rec is not None else None
 
 
 @register_executor("slurm")
