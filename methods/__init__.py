@@ -7,7 +7,7 @@ registered with the registry itself (``dabench.core.registry``).
 
 from dabench import METHODS
 
-from . import afn, bnm, cdan, coral, dan, dann, fine_tune, jan, linear_probe, mcd, mdd, minent, source_only  # noqa: F401
+from . import adda, afn, bnm, cdan, coral, dan, dann, fine_tune, jan, linear_probe, mcd, mdd, minent, source_only  # noqa: F401
 
 #: every built-in method, in the order tables list them: baseline, the mission's methods, the zoo
 BUILTIN_METHODS = (
@@ -25,5 +25,6 @@ BUILTIN_METHODS = (
     "cdan-e",
     "mdd",
     "mcd",
+    "adda",
 )
 METHODS.register_group("zoo", BUILTIN_METHODS)
