@@ -35,16 +35,22 @@ class ADDA(Method):
     ``predict`` is C(M_t(x)); the target head is never retrained.
 
     Optimisation: the authors' code runs stage 2 with Adam (β1 = 0.5) at 2·10⁻⁴ for both M_t and
-    D, a fifth of their stage-1 rate (Adam, 10⁻³). The engine uses Nesterov SGD with its own
-    schedule, so the mapping keeps that ratio: both optimisers run at the pair's learning rate
-    times ``lr_mult = 0.2`` (and the engine's annealing). Source labels are not read in stage 2;
+    D, a fifth of their stage-1 rate (Adam, 10⁻³). Adam's step does not scale with the gradient,
+    SGD's does, so that rate has no SGD equivalent; the engine's Nesterov SGD and schedule run
+    both optimisers at the pair's learning rate times ``lr_mult = 0.05``. Measured on
+    digits-offline (seed 0, default schedule, source-only 70.9 % target): the fifth that copies
+    the paper's ratio (``lr_mult=0.2``) peaks at 78.8 % after 150 steps, then D wins (its accuracy
+    0.97) and M_t drifts away from what C reads (47.0 % target; 55 % on the *source* validation
+    set, from 95 %); ``1.0`` collapses (11 %); ``0.05`` climbs to 82.5 % and keeps 96.4 % on the
+    source validation set. 0.05 is the largest of these that keeps M_t's source-validation
+    accuracy (a criterion that reads no target label). Source labels are not read in stage 2;
     ``source_labels=True`` is what makes the engine draw the source images D needs (stage 1,
     the source-only run, used them).
     """
 
     protocol = "uda"
     uses = Uses(source_labels=True, target_unlabeled=True, init="source-only")
-    defaults = {"disc_hidden": 500, "lr_mult": 0.2}
+    defaults = {"disc_hidden": 500, "lr_mult": 0.05}
     citation = (
         "Tzeng, Hoffman, Saenko, Darrell. Adversarial Discriminative Domain Adaptation. CVPR 2017."
     )
