@@ -51,9 +51,7 @@ class ADDA(Method):
     protocol = "uda"
     uses = Uses(source_labels=True, target_unlabeled=True, init="source-only")
     defaults = {"disc_hidden": 500, "lr_mult": 0.05}
-    citation = (
-        "Tzeng, Hoffman, Saenko, Darrell. Adversarial Discriminative Domain Adaptation. CVPR 2017."
-    )
+    citation = "Tzeng, Hoffman, Saenko, Darrell. Adversarial Discriminative Domain Adaptation. CVPR 2017."
 
     def build(self, backbone, num_classes: int) -> None:
         super().build(backbone, num_classes)

@@ -100,7 +100,9 @@ def test_the_target_encoder_starts_as_the_source_encoder():
     m = _adda()
     net = _state(m.net)
     src = _state(m.source_encoder)
-    assert src and all(torch.equal(v, net[("backbone." if k[0] == "0" else "bottleneck.") + k[2:]]) for k, v in src.items())
+    assert src and all(
+        torch.equal(v, net[("backbone." if k[0] == "0" else "bottleneck.") + k[2:]]) for k, v in src.items()
+    )
 
 
 def test_each_phase_moves_only_its_part_and_the_head_and_source_encoder_never():
