@@ -43,7 +43,8 @@ class ADDA(Method):
     0.97) and M_t drifts away from what C reads (47.0 % target; 55 % on the *source* validation
     set, from 95 %); ``1.0`` collapses (11 %); ``0.05`` climbs to 82.5 % and keeps 96.4 % on the
     source validation set. 0.05 is the largest of these that keeps M_t's source-validation
-    accuracy (a criterion that reads no target label). Source labels are not read in stage 2;
+    accuracy (a criterion that reads no target label). With it, 3 seeds: 82.8 ± 0.7 % target
+    against source-only's 74.6 ± 3.3 %. Source labels are not read in stage 2;
     ``source_labels=True`` is what makes the engine draw the source images D needs (stage 1,
     the source-only run, used them).
     """
