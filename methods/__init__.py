@@ -7,7 +7,7 @@ protocol) are registered with the registry itself (``dabench.core.registry``).
 
 from dabench import METHODS
 
-from . import afn, bnm, cdan, coral, dan, dann, fine_tune, jan, linear_probe, mcd, mdd, minent, shot, source_only  # noqa: F401
+from . import adda, afn, bnm, cdan, coral, dan, dann, fine_tune, jan, linear_probe, mcd, mdd, minent, shot, source_only  # noqa: F401
 
 #: every built-in method, in the order tables list them: baseline, the mission's methods, the zoo
 BUILTIN_METHODS = (
@@ -25,6 +25,7 @@ BUILTIN_METHODS = (
     "cdan-e",
     "mdd",
     "mcd",
+    "adda",
     "shot",
 )
 METHODS.register_group("zoo", BUILTIN_METHODS)

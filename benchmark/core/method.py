@@ -241,6 +241,15 @@ class Method(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict(x)
 
+    def on_init_loaded(self) -> None:
+        """Called by the engine right after it loads the source-only checkpoint into ``self.net``
+        (methods with ``uses.init = "source-only"``), before training or a resume; default: nothing.
+
+        ``build`` runs before that load, so a method that needs a copy of the *loaded* network
+        (ADDA's frozen source encoder) makes it here. Keep such a copy a module made in ``build``
+        (so it is in the ``state_dict``): a resume then restores it from the mid-run checkpoint.
+        """
+
     def fit(self, ctx: RunContext) -> None:
         """Train. The default runs the engine's step loop calling :meth:`loss`."""
         ctx.train_steps(self)

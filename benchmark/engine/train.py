@@ -468,6 +468,7 @@ def execute(
                 f"{spec.method} starts from the source-only run {spec.depends_on}, whose checkpoint {ckpt} is missing"
             )
         method.net.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
+        method.on_init_loaded()  # e.g. ADDA's frozen copy of the loaded encoder (a resume then overwrites it)
     if compile:
         compile_method(method)
     # backstop for pairs whose max_target_shots is unknown (or wrong): the matrix's message, not an IndexError
