@@ -63,7 +63,7 @@ from ..core.spec import RunSpec
 from ..core.store import RunStore, atomic_torch_save
 from .data import DeviceData
 from .evaluate import autocast
-from .train import Diverged, RunContext, _build_optimizers, _first_bad_part, build_method, execute, save_features
+from .train import Diverged, RunContext, _build_optimizers, _first_bad_part, execute, prepare_method, save_features
 
 #: what :func:`execute_seeds` gives back per spec: its result, or the exception that ended it
 SeedOutcome = RunResult | BaseException
@@ -170,21 +170,7 @@ def execute_seeds(
     live: list[int] = []  # positions in specs that build and train
     for i, spec in enumerate(specs):
         try:
-            torch.manual_seed(spec.seed)  # the unbatched run's initialisation, exactly
-            method = build_method(spec, pair).to(device)
-            if device.type == "cuda":
-                method = method.to(memory_format=torch.channels_last)
-                torch.backends.cudnn.benchmark = True
-            if spec.depends_on:
-                if store is None:
-                    raise ValueError(f"{spec.method} starts from run {spec.depends_on} but no results store was given")
-                ckpt = store.checkpoint_path(spec.depends_on)
-                if not ckpt.exists():
-                    raise FileNotFoundError(
-                        f"{spec.method} starts from the source-only run {spec.depends_on}, "
-                        f"whose checkpoint {ckpt} is missing"
-                    )
-                method.net.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
+            method = prepare_method(spec, pair, device, store)  # the unbatched run's start, exactly
             check_target_shots(pair, pair_data, spec.target_shots, spec.eval_shots)
             data = DeviceData(pair, pair_data, device, spec.seed, spec.target_shots, spec.eval_shots)
         except Exception as exc:  # noqa: BLE001 - this seed fails; the others go on

@@ -436,6 +436,31 @@ def save_features(method: Method, data: DeviceData, path, step: int | None = Non
         raise WriteFault(path, exc) from exc
 
 
+def prepare_method(spec: RunSpec, pair: DomainPair, device: torch.device, store: RunStore | None) -> Method:
+    """The run's method on ``device``, built from ``spec.seed`` (its initialisation) and, for a
+    method that starts from another run (``depends_on``), holding that run's network.
+
+    One place for every way a run starts (``execute`` and seed-batched groups), so a seed trained
+    in a group starts exactly as the same seed trained alone.
+    """
+    torch.manual_seed(spec.seed)
+    method = build_method(spec, pair).to(device)
+    if device.type == "cuda":
+        method = method.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
+    if spec.depends_on:
+        if store is None:
+            raise ValueError(f"{spec.method} starts from run {spec.depends_on} but no results store was given")
+        ckpt = store.checkpoint_path(spec.depends_on)
+        if not ckpt.exists():
+            raise FileNotFoundError(
+                f"{spec.method} starts from the source-only run {spec.depends_on}, whose checkpoint {ckpt} is missing"
+            )
+        method.net.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
+        method.on_init_loaded()  # e.g. ADDA's frozen copy of the loaded encoder (a resume then overwrites it)
+    return method
+
+
 def execute(
     spec: RunSpec,
     pair: DomainPair,
@@ -454,21 +479,7 @@ def execute(
     the CPU; see ``engine/graphs.py``). Both are engine options: they change speed, not the
     run's spec or id. ``timings["cuda_graphs"]`` says what became of the graphs.
     """
-    torch.manual_seed(spec.seed)
-    method = build_method(spec, pair).to(device)
-    if device.type == "cuda":
-        method = method.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
-    if spec.depends_on:
-        if store is None:
-            raise ValueError(f"{spec.method} starts from run {spec.depends_on} but no results store was given")
-        ckpt = store.checkpoint_path(spec.depends_on)
-        if not ckpt.exists():
-            raise FileNotFoundError(
-                f"{spec.method} starts from the source-only run {spec.depends_on}, whose checkpoint {ckpt} is missing"
-            )
-        method.net.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
-        method.on_init_loaded()  # e.g. ADDA's frozen copy of the loaded encoder (a resume then overwrites it)
+    method = prepare_method(spec, pair, device, store)
     if compile:
         compile_method(method)
     # backstop for pairs whose max_target_shots is unknown (or wrong): the matrix's message, not an IndexError
