@@ -145,9 +145,11 @@ class Registry(Generic[T]):
 
     def groups(self) -> dict[str, list[str]]:
         """Every group and its members now, by group name."""
+        self._load_builtin()  # built-in modules register groups too (``zoo``)
         return {name: self.group_members(name) for name in sorted(self._groups)}
 
     def group_members(self, name: str) -> list[str]:
+        self._load_builtin()
         members = self._groups[name]
         return list(members() if callable(members) else members)
 
@@ -250,6 +252,9 @@ class Registry(Generic[T]):
     def expand(self, patterns: str | list[str]) -> list[str]:
         """Expand comma-separated names/globs; an unmatched entry is an error naming the choices."""
         parts = split_names(patterns) if isinstance(patterns, str) else list(patterns)
+        # first: a group that a built-in module registers (``zoo``) must be known before the
+        # lookups below, which would otherwise load the built-ins only after missing it
+        self._load_builtin()
         out: list[str] = []
         for part in (p.strip() for p in parts):
             if not part:

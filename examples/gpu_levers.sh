@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The two speed levers of small-model runs (CUDA graphs, seed batching), measured on one GPU in two
+# prepared calls (each well under 10 minutes; H100/H200, no network; .devdata carried, see
+# examples/gpu_data.sh):
+#   bash examples/gpu_levers.sh bench    # GPU tests, then dabench bench: LeNet (digits-offline) and
+#                                        # ResNet-50 (synthetic 224 px), graphs off/on, 5 seeds batched
+#   bash examples/gpu_levers.sh matrix   # the digits matrix (6 methods x mnist-usps, usps-mnist x 5
+#                                        # seeds, 5,000 steps): today's packed executor, then both levers;
+#                                        # then the method zoo on mnist-usps (3 seeds) for the reference
+# Everything goes to $OUT (default results/gpu-levers/); wall times to $OUT/times.txt.
+OUT_DEFAULT=results/gpu-levers
+source "$(dirname "$0")/gpu_env.sh"
+DAB="$PY -m dabench.cli"
+LOG="$OUT/gpu_levers.log"
+timed() {  # timed NAME LIMIT CMD...: wall time and exit status into $OUT/times.txt
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s%N)
+  timeout "$limit" "$@" >>"$LOG" 2>&1; local rc=$?
+  local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  printf '%s\t%d.%03d s\trc=%s\n' "$name" $((ms / 1000)) $((ms % 1000)) "$rc" | tee -a "$OUT/times.txt"
+}
+nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 | tee -a "$LOG"
+$PY -c "import torch; print('torch', torch.__version__)" 2>&1 | tee -a "$LOG"
+R=/tmp/gpu_levers
+case "${1:-bench}" in
+bench)
+  timed gpu-tests 80 $PY -m pytest tests/test_cuda_graphs.py tests/test_seed_batch.py -q -p no:cacheprovider \
+    -k "cuda or captured or graph" -rfs
+  grep -E "passed|failed" "$LOG" | tail -1
+  timed bench-lenet 80 $DAB bench --device cuda --steps 300 --warmup 30 --seed-batch 5 \
+    --methods source-only,dan,dann,coral,fine-tune --out "$OUT/bench-lenet-digits.md"
+  timed bench-resnet50 55 $DAB bench --device cuda --synthetic 256 --steps 30 --warmup 10 \
+    --methods source-only,dann,fine-tune --out "$OUT/bench-resnet50-synthetic.md"
+  cat "$OUT"/bench-*.md
+  ;;
+matrix)
+  M="--pairs mnist-usps,usps-mnist --seeds 0,1,2,3,4 --data-root .devdata --executor local --no-progress"
+  timed digits-matrix-packed6-eager 140 $DAB run $M --runs-per-gpu 6 --no-cuda-graphs --results $R/eager
+  $DAB status $R/eager >"$OUT/eager-status.txt" 2>&1
+  timed digits-matrix-graphs-seedbatch 110 $DAB run $M --runs-per-gpu 4 --cuda-graphs --seed-batch --results $R/levers
+  $DAB status $R/levers >"$OUT/levers-status.txt" 2>&1
+  $DAB report $R/levers --format md --out "$OUT/report-levers" >"$OUT/levers.md" 2>>"$LOG"
+  timed zoo-mnist-usps-3seeds 110 $DAB run --methods zoo --pairs mnist-usps --seeds 0,1,2 --data-root .devdata \
+    --executor local --runs-per-gpu 4 --cuda-graphs --seed-batch --no-progress --results $R/zoo
+  $DAB report $R/zoo --format md --out "$OUT/report-zoo" >"$OUT/zoo.md" 2>>"$LOG"
+  $DAB report $R/zoo --rule oracle --format md --out "$OUT/report-zoo-oracle" >"$OUT/zoo-oracle.md" 2>>"$LOG"
+  tar czf "$OUT/records.tgz" --exclude=checkpoints --exclude=claims --exclude='*.npz' -C $R . 2>>"$LOG"
+  cat "$OUT/times.txt" "$OUT"/*-status.txt
+  ;;
+esac
