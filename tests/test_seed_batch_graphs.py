@@ -25,8 +25,8 @@ from torch import nn
 
 from dabench import Batch, Loss, Method, Uses, register_method
 from dabench.backbones.lenet import LeNet
-from dabench.core.record import Status
 from dabench.core.domain import default_data_root
+from dabench.core.record import Status
 from dabench.core.registry import BACKBONES, METHODS, PAIRS, register_backbone
 from dabench.core.store import RunStore
 from dabench.engine import graphs
@@ -65,7 +65,7 @@ class _PoisonedOnDevice(Method):
         ce = F.cross_entropy(self.predict(batch.x_source), batch.y_source)
         late = torch.as_tensor(progress, device=ce.device) >= 0.25
         poisoned = late & (self.u >= 0.5)
-        return self.combine({"ce": ce * torch.where(poisoned, math.inf, 1.0)})
+        return self.combine({"ce": ce * torch.where(poisoned, torch.full_like(ce, math.inf), torch.ones_like(ce))})
 
 
 class _HostBranch(Method):
@@ -133,6 +133,63 @@ def test_on_the_cpu_graphs_resolve_off_and_every_seed_records_it(tmp_path, one_t
         assert rec.status is Status.COMPLETE, rec.error
         assert rec.timings["cuda_graphs"] == graphs.OFF
         assert rec.timings["seed_batch"] == "2 seeds"
+
+
+def _vmapped_step(name: str, progress, n_seeds: int = 2):
+    """``name``'s seed-batched forward (as ``train_batched`` vmaps it) on fixed batches and the
+    stacked gradients of the summed totals; dropout off (its draws would differ between calls)."""
+    import copy
+
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from dabench.engine.seed_batch import _StepModule
+
+    methods = []
+    for s in range(n_seeds):
+        torch.manual_seed(s)
+        m = METHODS.get(name)(BACKBONES.get("lenet-nodrop")(in_channels=1, image_size=28), 10, {})
+        methods.append(m.train())
+    g = torch.Generator().manual_seed(0)
+    shape = (n_seeds, 8)
+    parts = {"x_source": torch.randn(*shape, 1, 28, 28, generator=g), "y_source": torch.randint(0, 10, shape, generator=g),
+             "x_target": torch.randn(*shape, 1, 28, 28, generator=g) + 1.0,
+             "x_shots": torch.randn(*shape, 1, 28, 28, generator=g), "y_shots": torch.randint(0, 10, shape, generator=g)}  # fmt: skip
+    params, buffers = stack_module_state(methods)
+    runner = _StepModule(copy.deepcopy(methods[0]))
+    full = {f"method.{k}": v for k, v in {**params, **buffers}.items()}
+    names = list(full)
+    state = tuple(full[k] for k in names)
+    torch.manual_seed(123)  # AFN's own dropout: the same draws in both calls
+    totals, losses = vmap(
+        lambda st, bt: functional_call(runner, dict(zip(names, st)), (bt, progress)), randomness="different"
+    )(state, parts)
+    totals.sum().backward()
+    return totals.detach(), losses, {k: p.grad for k, p in params.items()}
+
+
+def test_the_vmapped_step_of_every_batchable_method_takes_a_tensor_progress(one_thread):
+    """A captured seed-batched step passes ``progress`` as a 0-d device tensor shared by all seeds
+    (closed over, not vmapped): every built-in method that seed batching runs as one model computes
+    with it the totals, loss parts and gradients it computes with the float (GRL ramps at p = 0.3)."""
+    from dabench.engine.seed_batch import batch_refusal
+    from dabench.methods import BUILTIN_METHODS
+
+    checked = []
+    for name in BUILTIN_METHODS:
+        if batch_refusal(METHODS.get(name)(_lenet_nodrop(), 10, {})) is not None:
+            continue
+        ft, fp, fg = _vmapped_step(name, 0.3)
+        tt, tp, tg = _vmapped_step(name, torch.tensor(0.3, dtype=torch.float64))
+        torch.testing.assert_close(tt, ft, rtol=1e-5, atol=1e-6, msg=name)
+        assert tp.keys() == fp.keys(), name
+        for k in fp:
+            torch.testing.assert_close(tp[k], fp[k], rtol=1e-5, atol=1e-6, msg=f"{name} {k}")
+        for k, grad in fg.items():
+            assert (grad is None) == (tg[k] is None), (name, k)
+            if grad is not None:
+                torch.testing.assert_close(tg[k], grad, rtol=1e-4, atol=1e-6, msg=f"{name} {k}")
+        checked.append(name)
+    assert {"source-only", "dann", "fine-tune"} <= set(checked), checked
 
 
 # --- CUDA -----------------------------------------------------------------------------------
@@ -240,16 +297,29 @@ def test_a_diverging_seed_is_recorded_diverged_with_graphs_on(tmp_path):
 
 @needs_cuda
 def test_a_failed_capture_falls_back_to_eager_seed_batched_steps(tmp_path):
-    specs, _, store = _run(tmp_path / "f", ("sbg-host-branch",), (0, 1, 2), 30, "cuda", True, eval_every=30)
+    specs, _, store = _run(tmp_path / "f", ("sbg-host-branch",), (0, 1, 2), 60, "cuda", True, eval_every=60)
     for spec in specs:
         rec = store.read(spec.run_id)
         assert rec.status is Status.COMPLETE, rec.error
         assert rec.timings["cuda_graphs"].startswith("fallback: "), rec.timings
         assert rec.timings["seed_batch"] == "3 seeds"  # still one vmapped model, eager steps
-        assert rec.final["target_acc"] > 20.0  # percent: it trained (10 classes: chance is 10 %)
+        assert rec.final["target_acc"] > 15.0  # percent: it trained (10 classes: chance is 10 %)
     # CUDA was left as it was: the next group (LeNet with dropout: random draws in the graph) captures
     specs, _, store = _run(tmp_path / "n", ("source-only",), (0, 1), 30, "cuda", True, eval_every=30)
     for spec in specs:
         rec = store.read(spec.run_id)
         assert rec.status is Status.COMPLETE, rec.error
         assert rec.timings["cuda_graphs"] == "captured", rec.timings
+
+
+@needs_cuda
+def test_bench_measures_the_captured_seed_batched_step():
+    from dabench.core.domain import default_data_root
+    from dabench.speed.bench import backbone_factory, seed_batch_timings
+
+    pair = PAIRS.get("digits-offline")
+    make, _ = backbone_factory("lenet", pair.channels, pair.image_size, dict(pair.backbone_options))
+    rate, note = seed_batch_timings(
+        "dann", pair, pair.load(default_data_root()), torch.device("cuda"), 32, 20, 5, make, 3, cuda_graphs=True
+    )
+    assert note == "captured" and rate is not None and rate > 0

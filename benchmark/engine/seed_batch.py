@@ -333,7 +333,9 @@ class SeedStepGraph:
                 self.sums[k].add_(parts[k].detach().float())
         self.graph = graph
 
-    def replay(self, seed_batches: Sequence[dict[str, torch.Tensor]], progress: float, factor: float, step: int) -> None:
+    def replay(
+        self, seed_batches: Sequence[dict[str, torch.Tensor]], progress: float, factor: float, step: int
+    ) -> None:
         """One training step of every seed on its own batch: stack them in, fill the scalars, replay."""
         assert self.graph is not None, "capture() first"
         stack_batches(seed_batches, out=self.batch)
