@@ -30,6 +30,14 @@ What stays per seed, exactly as in :func:`dabench.engine.train.execute`:
   others' slices (``tests/test_seed_batch.py`` checks the survivors equal their unbatched runs);
 - the source-only checkpoint ``checkpoints/<run_id>.pt`` and the record (same run id).
 
+CUDA graphs (``cuda_graphs``, resolved by :func:`dabench.engine.graphs.resolve_cuda_graphs`):
+after :data:`~dabench.engine.graphs.WARMUP_STEPS` eager steps on a side stream the whole
+seed-batched step is captured once (:class:`SeedStepGraph`) and replayed, each seed's batch still
+drawn eagerly and stacked into the graph's static inputs (:func:`stack_batches`); a failed
+capture falls back to eager seed-batched steps. Each seed's ``timings.cuda_graphs`` says which
+(``captured`` / ``off`` / ``fallback: <reason>``). A diverged seed stays in the stacked model
+and the graph, so nothing is ever re-stacked or re-captured.
+
 Differences from unbatched runs: dropout and noise layers draw from one global generator for
 all seeds (``randomness="different"``), so with them a seed's run is an equally valid draw, not
 the same one; without them the records agree to float32 reduction-order noise (the tolerance
