@@ -226,11 +226,13 @@ def test_captured_seed_batch_equals_the_eager_seed_batch(name):
     """Per seed, the parameters after WARMUP_STEPS eager + 5 replayed steps equal the eager
     seed-batched run's (same batches: each seed's data generator ends in the same state)."""
     steps = graphs.WARMUP_STEPS + 5
-    inits, eager, gens_e, notes_e, _ = _train_direct(name, (0, 1, 2), steps, False)
-    _, captured, gens_c, notes_c, outcomes = _train_direct(name, (0, 1, 2), steps, True)
+    scheduled = 2 * steps if name == "fine-tune" else steps  # fine-tune takes steps_fraction = 0.5 of them
+    inits, eager, gens_e, notes_e, _ = _train_direct(name, (0, 1, 2), scheduled, False)
+    _, captured, gens_c, notes_c, outcomes = _train_direct(name, (0, 1, 2), scheduled, True)
     assert notes_e == ["off"] * 3
     assert notes_c == ["captured"] * 3, notes_c
     assert all(o.timings["cuda_graphs"] == "captured" for o in outcomes), outcomes
+    assert all(o.timings["steps"] == steps for o in outcomes), outcomes
     for s in range(3):
         assert torch.equal(gens_e[s], gens_c[s])
         moved = max((eager[s][k] - inits[s][k]).abs().max().item() for k in inits[s])
