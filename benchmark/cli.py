@@ -326,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="S",
-        help="add a column: steps/s per seed with S seeds trained as one vmapped model (run --seed-batch)",
+        help="add a column: steps/s per seed with S seeds trained as one vmapped model (run --seed-batch); "
+        "on CUDA with --cuda-graphs one more with that step captured",
     )
     b.add_argument("--data-root", type=pathlib.Path, default=None)
     b.add_argument(

@@ -90,8 +90,10 @@ def test_bench_seed_batch_column(tmp_path):
     argv = ["bench", "--methods", "source-only,dann,mcd,linear-probe", "--steps", "2", "--warmup", "1"]
     assert main([*argv, "--batch-size", "8", "--device", "cpu", "--seed-batch", "2", "--out", str(out)]) == 0
     assert "seed-batch steps/s/seed" in out.read_text()
+    assert "seed-batch graphs steps/s/seed" in out.read_text()  # the column; CUDA only, so "—" here
     by_name = {m["method"]: m for m in json.loads(out.with_suffix(".json").read_text())["methods"]}
     assert by_name["source-only"]["seed_batch_steps_per_s"] > 0
+    assert by_name["source-only"]["seed_batch_graph_steps_per_s"] is None  # no CUDA graphs on the CPU
     assert by_name["dann"]["seed_batch_steps_per_s"] > 0
     assert by_name["mcd"]["seed_batch_steps_per_s"] is None
     assert by_name["linear-probe"]["seed_batch_steps_per_s"] is None

@@ -30,6 +30,14 @@ What stays per seed, exactly as in :func:`dabench.engine.train.execute`:
   others' slices (``tests/test_seed_batch.py`` checks the survivors equal their unbatched runs);
 - the source-only checkpoint ``checkpoints/<run_id>.pt`` and the record (same run id).
 
+CUDA graphs (``cuda_graphs``, resolved by :func:`dabench.engine.graphs.resolve_cuda_graphs`):
+after :data:`~dabench.engine.graphs.WARMUP_STEPS` eager steps on a side stream the whole
+seed-batched step is captured once (:class:`SeedStepGraph`) and replayed, each seed's batch still
+drawn eagerly and stacked into the graph's static inputs (:func:`stack_batches`); a failed
+capture falls back to eager seed-batched steps. Each seed's ``timings.cuda_graphs`` says which
+(``captured`` / ``off`` / ``fallback: <reason>``). A diverged seed stays in the stacked model
+and the graph, so nothing is ever re-stacked or re-captured.
+
 Differences from unbatched runs: dropout and noise layers draw from one global generator for
 all seeds (``randomness="different"``), so with them a seed's run is an equally valid draw, not
 the same one; without them the records agree to float32 reduction-order noise (the tolerance
@@ -61,8 +69,10 @@ from ..core.method import MAIN, Batch, Loss, Method
 from ..core.record import RunResult
 from ..core.spec import RunSpec
 from ..core.store import RunStore, atomic_torch_save
+from . import graphs
 from .data import DeviceData
 from .evaluate import autocast
+from .graphs import NotCapturable, graph_sgd_step
 from .train import Diverged, RunContext, _build_optimizers, _first_bad_part, execute, prepare_method, save_features
 
 #: what :func:`execute_seeds` gives back per spec: its result, or the exception that ended it
@@ -199,7 +209,9 @@ def execute_seeds(
             outcomes[i] = res
         return [o for o in outcomes if o is not None]
     try:
-        results = train_batched(methods, ctxs, device, on_step)
+        results = train_batched(
+            methods, ctxs, device, on_step, cuda_graphs=graphs.resolve_cuda_graphs(cuda_graphs, device)
+        )
     except _NotVmappable as exc:
         rest = _separately(
             [specs[i] for i in live], pair, pair_data, device, store, on_step, 0, False, exc.reason, cuda_graphs
@@ -228,16 +240,145 @@ def _load_slice(method: Method, params: dict[str, torch.Tensor], buffers: dict[s
                 b.copy_(buffers[name][s])
 
 
+def stack_batches(
+    seed_batches: Sequence[dict[str, torch.Tensor]], out: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The seeds' batches stacked per part (``[S, B, ...]``, seed ``s`` at index ``s``).
+
+    With ``out`` (a captured graph's static inputs) the stack is written into those very tensors
+    (``torch.stack(..., out=)``: one kernel per part, no host sync, no reallocation) and ``out``
+    is returned; a part or shape that does not match raises ``ValueError`` (a replay would read
+    the wrong memory)."""
+    keys = [k for k in _PARTS if k in seed_batches[0]]
+    if out is None:
+        return {k: torch.stack([b[k] for b in seed_batches]) for k in keys}
+    if sorted(keys) != sorted(out):
+        raise ValueError(f"stack_batches: batch parts {keys}, static inputs {sorted(out)}")
+    for k in keys:
+        shape = (len(seed_batches), *seed_batches[0][k].shape)
+        if tuple(out[k].shape) != shape or out[k].dtype != seed_batches[0][k].dtype:
+            raise ValueError(
+                f"stack_batches: {k!r} stacks to {shape} {seed_batches[0][k].dtype}, "
+                f"the static input is {tuple(out[k].shape)} {out[k].dtype}"
+            )
+        torch.stack([b[k] for b in seed_batches], out=out[k])
+    return out
+
+
+#: the vmapped forward of all seeds: (stacked batch, progress) -> (totals [S], loss parts {name: [S]})
+_Forward = Callable[[dict[str, torch.Tensor], "float | torch.Tensor"], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+class SeedStepGraph:
+    """One seed-batched training step captured in a CUDA graph (the seed-batched form of
+    :class:`dabench.engine.graphs.StepGraph`).
+
+    Inside the graph: the vmapped forward and loss of all seeds (``forward``, under bf16 autocast
+    without its weight cache), the backward of the summed totals, :func:`graph_sgd_step` of the
+    stacked parameters' SGD with the learning rate ``factor · lr · lr_mult`` computed from a
+    device tensor, the per-seed "first non-finite step" counter ``first_bad`` ``[S, 1 + parts]``
+    and the per-seed loss sums ``sums`` ``{part: [S]}``, both updated in place. Outside: drawing
+    each seed's batch and :func:`stack_batches` into the static ``batch``, filling ``progress``,
+    ``factor`` and ``step`` (no host sync), the replay.
+
+    The graph reads and writes the stacked parameter, buffer and momentum tensors themselves, so
+    evaluations and the end of the run (:func:`_load_slice`) see every replay's update; nothing is
+    re-stacked after the capture.
+    """
+
+    def __init__(
+        self,
+        forward: _Forward,
+        opt: torch.optim.Optimizer,
+        base_lr: float,
+        device: torch.device,
+        stacked: dict[str, torch.Tensor],
+        part_names: list[str],
+        first_bad: torch.Tensor,
+        sums: dict[str, torch.Tensor],
+        keys: list[str],
+    ) -> None:
+        self.forward, self.opt, self.base_lr, self.device = forward, opt, base_lr, device
+        self.batch = {k: v.detach().clone() for k, v in stacked.items()}
+        self.progress = torch.zeros((), dtype=torch.float64, device=device)
+        self.factor = torch.ones((), dtype=torch.float64, device=device)
+        self.step = torch.zeros((), dtype=torch.long, device=device)
+        self.part_names = list(part_names)
+        self.first_bad = first_bad.clone()  # static from here on: the loop reads this one
+        # one static [S] float32 sum per part the warm-up steps logged, starting from the window's sums
+        self.keys = list(keys)
+        n_seeds = first_bad.shape[0]
+        self.sums: dict[str, torch.Tensor] = {}
+        for k in self.keys:
+            self.sums[k] = torch.zeros(n_seeds, dtype=torch.float32, device=device)
+            if k in sums:
+                self.sums[k].copy_(sums[k])
+        for k, v in sums.items():  # a part seen earlier in this window only: kept until the evaluation
+            self.sums.setdefault(k, v)
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def capture(self) -> None:
+        """Record one step; raises (any exception: the caller goes on eagerly) if it cannot be."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            lrs = [self.factor * (self.base_lr * float(g["lr_mult"])) for g in self.opt.param_groups]
+            with autocast(self.device, cache_enabled=False):
+                totals, parts = self.forward(self.batch, self.progress)
+            with torch.autocast(self.device.type, enabled=False):
+                self.opt.zero_grad(set_to_none=True)
+                totals.sum().backward()
+                graph_sgd_step(self.opt, lrs)
+            new = [k for k in parts if k not in self.part_names]
+            if new:
+                raise NotCapturable(f"loss part(s) {new} first appear after the warm-up steps")
+            if list(parts) != self.keys:
+                raise NotCapturable(f"the step logs loss parts {list(parts)}, the warm-up steps logged {self.keys}")
+            zeros = totals.new_zeros(totals.shape[0])
+            values = torch.stack([totals.detach()] + [parts.get(k, zeros) for k in self.part_names], dim=1)
+            bad = torch.where((self.first_bad < 0) & ~torch.isfinite(values), self.step, self.first_bad)
+            self.first_bad.copy_(bad)
+            for k in self.keys:
+                self.sums[k].add_(parts[k].detach().float())
+        self.graph = graph
+
+    def replay(
+        self, seed_batches: Sequence[dict[str, torch.Tensor]], progress: float, factor: float, step: int
+    ) -> None:
+        """One training step of every seed on its own batch: stack them in, fill the scalars, replay."""
+        assert self.graph is not None, "capture() first"
+        stack_batches(seed_batches, out=self.batch)
+        self.progress.fill_(progress)
+        self.factor.fill_(factor)
+        self.step.fill_(step)
+        self.graph.replay()
+
+    def reset_sums(self) -> dict[str, torch.Tensor]:
+        """After an evaluation: zero the sums in place (outside the graph); returns the dict the loop keeps."""
+        for k in self.keys:
+            self.sums[k].zero_()
+        self.sums = {k: self.sums[k] for k in self.keys}
+        return self.sums
+
+
 def train_batched(
     methods: list[Method],
     ctxs: list[RunContext],
     device: torch.device,
     on_step: Callable[[int, int], None] | None = None,
     finish: bool = True,
+    cuda_graphs: bool = False,
 ) -> list[SeedOutcome]:
     """The step loop of :meth:`RunContext.train_steps`, over S stacked seeds (``methods[i]``
     built for ``ctxs[i]``); returns each seed's outcome. ``finish=False`` (``dabench bench``)
-    stops after the loop: no end-of-run evaluation, checkpoint or result."""
+    stops after the loop: no end-of-run evaluation, checkpoint or result.
+
+    ``cuda_graphs`` (already resolved: CUDA only): :data:`graphs.WARMUP_STEPS` eager steps on a
+    side stream, then the step captured once (:class:`SeedStepGraph`) and replayed; a capture
+    that fails leaves CUDA as it was (:func:`graphs.recover_from_failed_capture`) and the steps go
+    on eagerly. What became of it is each ``ctxs[i].graph_note`` (the record's
+    ``timings["cuda_graphs"]``). A seed that diverges stays in the stacked model (and the graph)
+    until the end: its NaNs stay in its slice, it is only no longer evaluated or recorded, so
+    nothing is re-stacked or re-captured."""
     n_seeds = len(methods)
     spec0 = ctxs[0].spec
     sch = spec0.schedule
@@ -278,24 +419,18 @@ def train_batched(
     full = {**params, **buffers}
     prefixed = {f"method.{k}": v for k, v in full.items()}
     names = list(prefixed)
-
-    def per_seed(state: tuple[torch.Tensor, ...], parts: dict[str, torch.Tensor], progress: float):
-        return functional_call(runner, dict(zip(names, state)), (parts, progress))
-
-    part_names: list[str] = []
-    first_bad = torch.full((n_seeds, 1), -1, dtype=torch.long, device=device)
-    sums: dict[str, torch.Tensor] = {}
-    n_since = 0
-    outcomes: list[SeedOutcome | None] = [None] * n_seeds
-    alive = list(range(n_seeds))
-    t0 = time.perf_counter()
-    images = 0
+    # the very tensors stack_module_state made: the optimiser steps them, the graph replays on them
+    # and _load_slice reads them
     state = tuple(prefixed[k] for k in names)
-    for step in range(steps):
-        progress = step / steps
-        factor = lr_factor(sch.lr_schedule, progress)
-        for g in opt.param_groups:
-            g["lr"] = sch.lr * g["lr_mult"] * factor
+
+    def per_seed(st: tuple[torch.Tensor, ...], parts: dict[str, torch.Tensor], progress: float | torch.Tensor):
+        return functional_call(runner, dict(zip(names, st)), (parts, progress))
+
+    def forward(stacked: dict[str, torch.Tensor], progress: float | torch.Tensor):
+        # progress: a float in eager steps, the graph's 0-d tensor (shared by all seeds) when captured
+        return vmap(lambda st, bt: per_seed(st, bt, progress), randomness="different")(state, stacked)
+
+    def draw() -> list[dict[str, torch.Tensor]]:
         seed_batches: list[dict[str, torch.Tensor]] = []
         for ctx, st in zip(ctxs, streams):  # each seed's own streams, in the unbatched order
             data, b = ctx.data, {}
@@ -306,30 +441,79 @@ def train_batched(
             if "shots" in st:
                 b["x_shots"], b["y_shots"] = data.batch_from(data.shots, st["shots"].next())
             seed_batches.append(b)
-        stacked = {k: torch.stack([b[k] for b in seed_batches]) for k in _PARTS if k in seed_batches[0]}
-        try:
-            with autocast(device):
-                totals, parts = vmap(lambda st, bt, p=progress: per_seed(st, bt, p), randomness="different")(
-                    state, stacked
+        return seed_batches
+
+    part_names: list[str] = []
+    first_bad = torch.full((n_seeds, 1), -1, dtype=torch.long, device=device)
+    sums: dict[str, torch.Tensor] = {}
+    last_parts: list[str] = []  # the loss parts of the last eager step: a graph's sums
+    n_since = 0
+    outcomes: list[SeedOutcome | None] = [None] * n_seeds
+    alive = list(range(n_seeds))
+
+    # CUDA graphs: WARMUP_STEPS eager steps on a side stream, the capture at step ``capture_at``
+    graph: SeedStepGraph | None = None
+    capture_at: int | None = None
+    side: torch.cuda.Stream | None = None
+    if not cuda_graphs:
+        note = graphs.OFF
+    elif (why := graphs.refusal(methods[0], steps)) is not None:
+        note = why
+    else:
+        note, capture_at, side = graphs.OFF, graphs.WARMUP_STEPS, torch.cuda.Stream(device)
+    t0 = time.perf_counter()
+    images = 0
+    for step in range(steps):
+        progress = step / steps
+        factor = lr_factor(sch.lr_schedule, progress)
+        for g in opt.param_groups:
+            g["lr"] = sch.lr * g["lr_mult"] * factor
+        warm = side if capture_at is not None and step < capture_at else None
+        with graphs.side_stream_step(warm):
+            seed_batches = draw()
+        if step == capture_at:
+            capture_at = None
+            main_stream = torch.cuda.current_stream(device)
+            try:
+                graph = SeedStepGraph(
+                    forward, opt, sch.lr, device, stack_batches(seed_batches), part_names, first_bad, sums, last_parts
                 )
-        except Exception as exc:
-            if step == 0:  # the method's step does something vmap cannot batch
-                first = (str(exc).strip().splitlines() or [""])[0][:200]
-                raise _NotVmappable(f"step not vmappable: {type(exc).__name__}: {first}") from exc
-            raise
-        with torch.autocast(device.type, enabled=False):
-            opt.zero_grad(set_to_none=True)
-            totals.sum().backward()
-            opt.step()
-        if list(parts) != part_names:
-            new = [k for k in parts if k not in part_names]
-            part_names += new
-            first_bad = torch.cat([first_bad, first_bad.new_full((n_seeds, len(new)), -1)], dim=1)
-        zeros = totals.new_zeros(n_seeds)
-        values = torch.stack([totals.detach()] + [parts.get(k, zeros) for k in part_names], dim=1)
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(values), step, first_bad)
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0) + v.detach()
+                graph.capture()
+                note = graphs.CAPTURED
+                first_bad, sums = graph.first_bad, graph.sums
+            except Exception as exc:  # noqa: BLE001 - any failure to capture: eager steps instead
+                graph = None
+                note = graphs.fallback_note(exc)
+                graphs.recover_from_failed_capture(main_stream)
+        if graph is not None:
+            graph.replay(seed_batches, progress, factor, step)
+        else:
+            with graphs.side_stream_step(warm):
+                stacked = stack_batches(seed_batches)
+                try:
+                    with autocast(device):
+                        totals, parts = forward(stacked, progress)
+                except Exception as exc:
+                    if step == 0:  # the method's step does something vmap cannot batch
+                        first = (str(exc).strip().splitlines() or [""])[0][:200]
+                        raise _NotVmappable(f"step not vmappable: {type(exc).__name__}: {first}") from exc
+                    raise
+                with torch.autocast(device.type, enabled=False):
+                    opt.zero_grad(set_to_none=True)
+                    totals.sum().backward()
+                    opt.step()
+                if list(parts) != part_names:
+                    new = [k for k in parts if k not in part_names]
+                    part_names += new
+                    first_bad = torch.cat([first_bad, first_bad.new_full((n_seeds, len(new)), -1)], dim=1)
+                zeros = totals.new_zeros(n_seeds)
+                values = torch.stack([totals.detach()] + [parts.get(k, zeros) for k in part_names], dim=1)
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(values), step, first_bad)
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0) + v.detach()
+                last_parts = list(parts)
+            if warm is not None:  # back on the main stream before anything reads the step's results
+                torch.cuda.current_stream(device).wait_stream(warm)
         n_since += 1
         images += per_step_images
         for i in alive:
@@ -350,10 +534,12 @@ def train_batched(
             for i in alive:
                 _load_slice(methods[i], params, buffers, i)
                 ctxs[i].record_eval(methods[i], step + 1, {k: v[i] / n_since for k, v in sums.items()})
-            sums, n_since = {}, 0
+            sums, n_since = (graph.reset_sums() if graph is not None else {}), 0
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
+    for ctx in ctxs:
+        ctx.graph_note = note
     if not finish:
         return []
     for i in alive:
@@ -404,9 +590,10 @@ def _finish(
             "steps_per_s": round(ctx.steps_done / wall, 2) if wall > 0 else None,
             "images_per_s": round(ctx.images_seen / wall, 1) if wall > 0 else None,
             "compiled": False,
+            "cuda_graphs": ctx.graph_note,
             "seed_batch": f"{n_seeds} seeds",
         },
     )
 
 
-__all__ = ["execute_seeds", "train_batched", "batch_refusal", "SeedOutcome"]
+__all__ = ["execute_seeds", "train_batched", "batch_refusal", "stack_batches", "SeedStepGraph", "SeedOutcome"]

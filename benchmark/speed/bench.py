@@ -256,6 +256,9 @@ class MethodTiming:
     #: steps/s of each seed with ``seed_batch`` seeds trained as one vmapped model (``--seed-batch``);
     #: None: not measured, or the method falls back to separate runs
     seed_batch_steps_per_s: float | None = None
+    #: the same with the seed-batched step captured in a CUDA graph (CUDA with --cuda-graphs)
+    seed_batch_graph_steps_per_s: float | None = None
+    seed_batch_graph_note: str = ""  # timings["cuda_graphs"] of that seed-batched loop
 
 
 class EngineBench:
@@ -395,15 +398,39 @@ def seed_batch_steps_per_s(
     warmup: int,
     make_backbone: BackboneFactory,
     seeds: int,
+    cuda_graphs: bool = False,
 ) -> float | None:
     """Steps/s *per seed* of ``seeds`` seeds trained as one vmapped model by the engine's
     seed-batched loop (:func:`dabench.engine.seed_batch.train_batched`; evaluations off, as in
-    :class:`EngineBench`); None for a method that seed batching runs separately."""
+    :class:`EngineBench`); None for a method that seed batching runs separately.
+
+    ``cuda_graphs`` (CUDA): the loop captures its step (each timed loop captures anew: its eager
+    warm-up steps and the capture count in the time); :func:`seed_batch_timings` gives the note."""
+    rate, _ = seed_batch_timings(
+        method_name, pair, pair_data, device, batch_size, steps, warmup, make_backbone, seeds, cuda_graphs
+    )
+    return rate
+
+
+def seed_batch_timings(
+    method_name: str,
+    pair: DomainPair,
+    pair_data: PairData,
+    device: torch.device,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    make_backbone: BackboneFactory,
+    seeds: int,
+    cuda_graphs: bool = False,
+) -> tuple[float | None, str]:
+    """:func:`seed_batch_steps_per_s` and what became of the graphs (``timings["cuda_graphs"]``)."""
     benches = [
         EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone, seed=s) for s in range(seeds)
     ]
     if batch_refusal(benches[0].method) is not None:
-        return None
+        return None, ""
+    notes: list[str] = []
 
     def go(n: int) -> int:
         ctxs = []
@@ -414,17 +441,19 @@ def seed_batch_steps_per_s(
                 schedule=b.spec.schedule.replace(steps=scheduled, log_every=scheduled, eval_every=10 * scheduled),
             )
             ctxs.append(RunContext(spec, b.pair, b.data, device))
-        train_batched([b.method for b in benches], ctxs, device, finish=False)
+        graphed = cuda_graphs and device.type == "cuda"
+        train_batched([b.method for b in benches], ctxs, device, finish=False, cuda_graphs=graphed)
         _sync(device)
+        notes.append(ctxs[0].graph_note)
         return ctxs[0].steps_done
 
     try:
         go(max(1, warmup))
     except Exception:  # noqa: BLE001 - not vmappable: the engine would run the seeds separately
-        return None
+        return None, ""
     t0 = time.perf_counter()
     done = go(steps)
-    return done / (time.perf_counter() - t0)
+    return done / (time.perf_counter() - t0), notes[-1]
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -543,6 +572,10 @@ def run_bench(
             timing.seed_batch_steps_per_s = seed_batch_steps_per_s(
                 name, pair, data, dev, bs, steps, warmup, make_backbone, seed_batch
             )
+            if graphed and timing.seed_batch_steps_per_s is not None:
+                timing.seed_batch_graph_steps_per_s, timing.seed_batch_graph_note = seed_batch_timings(
+                    name, pair, data, dev, bs, steps, warmup, make_backbone, seed_batch, cuda_graphs=True
+                )
         shown = f"{timing.images_per_s:,.0f} images/s" if timing.images_per_s else timing.note
         log(f"  {name}: {shown}")
         result.methods.append(timing)
@@ -566,23 +599,25 @@ def markdown(result: BenchResult) -> str:
         "- graphs: steps/s with the step captured in a CUDA graph (--cuda-graphs); its ratio is over the "
         "bare network's, also captured (the limit with the same levers)",
         f"- seed-batch: steps/s of each seed with {result.seed_batch or 'S'} seeds trained as one vmapped model "
-        "(--seed-batch); compare with steps/s (one run)",
+        "(--seed-batch), eager steps; compare with steps/s (one run)",
+        "- seed-batch graphs: the same with the seed-batched step captured in a CUDA graph (--seed-batch with "
+        "--cuda-graphs, CUDA); compare with graphs steps/s (one run)",
         "",
         "| method | images/step | steps/s | images/s | ratio method/bare | graphs steps/s | ratio graphs | "
-        "host syncs | seed-batch steps/s/seed | note |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "host syncs | seed-batch steps/s/seed | seed-batch graphs steps/s/seed | note |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     bare = result.bare_by_batch or {result.batch_size: result.bare_images_per_s}
     bare_g = result.bare_graph_by_batch
     for b, rate in sorted(bare.items()):
         g = f"{bare_g[b] / b:,.1f} | 1.00" if b in bare_g else "— | —"
         lines.append(
-            f"| bare {result.backbone} + linear head | {b} | {rate / b:,.1f} | {rate:,.0f} | 1.00 | {g} | — | — | "
+            f"| bare {result.backbone} + linear head | {b} | {rate / b:,.1f} | {rate:,.0f} | 1.00 | {g} | — | — | — | "
             "data already on device, CE + SGD |"
         )
     for m in result.methods:
         if m.images_per_s is None:
-            lines.append(f"| {m.method} | — | — | — | — | — | — | — | — | {m.note} |")
+            lines.append(f"| {m.method} | — | — | — | — | — | — | — | — | — | {m.note} |")
             continue
         syncs = "—" if m.host_syncs is None else f"{m.host_syncs} in {m.sync_steps} steps"
         near = min(bare, key=lambda b: abs(b - m.images_per_step))
@@ -590,10 +625,13 @@ def markdown(result: BenchResult) -> str:
         if m.graph_steps_per_s is not None and near in bare_g:
             g = f"{m.graph_steps_per_s:,.1f} | {m.graph_steps_per_s * m.images_per_step / bare_g[near]:.2f}"
         sb = "—" if m.seed_batch_steps_per_s is None else f"{m.seed_batch_steps_per_s:,.1f}"
-        note = "; ".join(n for n in (m.note, "" if m.graph_note in ("", "captured") else m.graph_note) if n)
+        sbg = "—" if m.seed_batch_graph_steps_per_s is None else f"{m.seed_batch_graph_steps_per_s:,.1f}"
+        sb_note = m.seed_batch_graph_note
+        sb_note = "" if sb_note in ("", "captured") else f"seed-batch graphs: {sb_note}"
+        note = "; ".join(n for n in (m.note, "" if m.graph_note in ("", "captured") else m.graph_note, sb_note) if n)
         lines.append(
             f"| {m.method} | {m.images_per_step} | {m.steps_per_s:,.1f} | {m.images_per_s:,.0f} | "
-            f"{m.images_per_s / bare[near]:.2f} | {g} | {syncs} | {sb} | {note} |"
+            f"{m.images_per_s / bare[near]:.2f} | {g} | {syncs} | {sb} | {sbg} | {note} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -623,6 +661,7 @@ __all__ = [
     "markdown",
     "run_bench",
     "seed_batch_steps_per_s",
+    "seed_batch_timings",
     "synthetic_pair",
     "time_method",
     "write_result",
