@@ -24,8 +24,8 @@ $PY -c "import torch; print('torch', torch.__version__)" 2>&1 | tee -a "$LOG"
 R=/tmp/gpu_levers
 case "${1:-bench}" in
 bench)
-  timed gpu-tests 80 $PY -m pytest tests/test_cuda_graphs.py tests/test_seed_batch.py -q -p no:cacheprovider \
-    -k "cuda or captured or graph" -rfs
+  timed gpu-tests 100 $PY -m pytest tests/test_cuda_graphs.py tests/test_seed_batch_graphs.py -q \
+    -p no:cacheprovider -rfs --junitxml="$OUT/gpu-tests.xml"
   grep -E "passed|failed" "$LOG" | tail -1
   timed bench-lenet 80 $DAB bench --device cuda --steps 300 --warmup 30 --seed-batch 5 \
     --methods source-only,dan,dann,coral,fine-tune --out "$OUT/bench-lenet-digits.md"
