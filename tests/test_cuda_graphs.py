@@ -217,6 +217,42 @@ def test_cli_flags_reach_the_executor_options():
     assert parser.parse_args(["bench", "--no-cuda-graphs"]).cuda_graphs is False
 
 
+@pytest.mark.parametrize("n,batch", [(10, 3), (10, 4), (10, 10), (5, 7), (97, 32)])
+def test_a_stream_cursor_gives_the_stream_indices_across_epochs_and_a_resume(n, batch):
+    """What a captured step gathers — ``StreamCursor.prepare()`` on the host, then ``take()``
+    (the graph's part: a slice of a device buffer at a device-side offset) — equals
+    ``Stream.next()`` step by step over several epochs (reshuffles, batches straddling two
+    epochs, a batch larger than the split), leaves the stream's checkpoint state and the
+    generator as ``next()`` does, and a cursor built on a stream resumed from that state
+    mid-epoch goes on with the same indices."""
+    from dabench.engine.data import Stream, StreamCursor
+
+    cpu = torch.device("cpu")
+    eager = Stream(n, batch, torch.Generator().manual_seed(3), cpu)
+    graphed = Stream(n, batch, torch.Generator().manual_seed(3), cpu)
+    for _ in range(2):  # warm-up steps draw eagerly before the capture
+        assert torch.equal(graphed.next(), eager.next())
+    cursor = StreamCursor(graphed)
+    steps = 4 * n // batch + 5
+    for i in range(steps):
+        cursor.prepare()
+        got = cursor.take()
+        assert torch.equal(got, eager.next()), (i, got)
+        assert graphed.state_dict()["pos"] == eager.state_dict()["pos"]
+        assert torch.equal(graphed.state_dict()["perm"], eager.state_dict()["perm"])
+        if i == steps // 2:  # a checkpoint here; the resumed run builds its cursor from it
+            saved, gen_state = graphed.state_dict(), graphed.g.get_state()
+    resumed = Stream(n, batch, torch.Generator().set_state(gen_state), cpu)
+    resumed.load_state_dict(saved)
+    twin = Stream(n, batch, torch.Generator().set_state(gen_state), cpu)
+    twin.load_state_dict(saved)
+    cursor = StreamCursor(resumed)
+    for _ in range(steps):
+        cursor.prepare()
+        assert torch.equal(cursor.take(), twin.next())
+    assert torch.equal(resumed.g.get_state(), twin.g.get_state())
+
+
 # --- CUDA: captured runs --------------------------------------------------------------------
 STEPS, EVAL_EVERY, LOG_EVERY = 60, 30, 10
 #: methods whose step may not be capturable on every torch version, with the reason
@@ -225,15 +261,24 @@ STEP_METHODS = [m for m in BUILTIN_METHODS if METHODS.get(m).fit is Method.fit]
 
 
 def _context(
-    method: Method, name: str, digits, use_graphs: bool, steps: int = STEPS, lr: float | None = None
+    method: Method,
+    name: str,
+    digits,
+    use_graphs: bool,
+    steps: int = STEPS,
+    lr: float | None = None,
+    device: str = "cuda",
+    log_every: int = LOG_EVERY,
 ) -> RunContext:
     """``method`` on digits-offline through the engine's own loop, evaluations included."""
     pair, pair_data = digits
-    dev = torch.device("cuda")
-    method.to(dev).to(memory_format=torch.channels_last)
-    torch.backends.cudnn.benchmark = True
+    dev = torch.device(device)
+    method.to(dev)
+    if dev.type == "cuda":
+        method.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
     shots = pair.target_shots if method.protocol == "few-shot" else 0
-    schedule = pair.schedule.replace(steps=steps, eval_every=EVAL_EVERY, log_every=LOG_EVERY, batch_size=32)
+    schedule = pair.schedule.replace(steps=steps, eval_every=EVAL_EVERY, log_every=log_every, batch_size=32)
     if lr is not None:
         schedule = schedule.replace(lr=lr)
     spec = RunSpec(
@@ -280,9 +325,82 @@ def test_captured_run_equals_the_eager_run_in_meaning(name, digits):
     for pe, pc in zip(eager.curve, captured.curve):
         assert pc["loss"].keys() == pe["loss"].keys()
         assert all(math.isfinite(v) for v in pc["loss"].values()), pc["loss"]
-        # bf16 autocast and cuDNN's autotuning make even two eager runs differ a little: a few points
-        # (accuracies are in percent: within 3 points)
-        assert abs(pc["target_acc"] - pe["target_acc"]) <= 3.0, (name, pe["target_acc"], pc["target_acc"])
+        # 60 steps of an adversarial method are chaotic (DANN once gave 35.5 vs 26.2 %): the sharp
+        # comparison is test_captured_steps_equal_the_eager_steps; here both must have learnt
+        # (10 classes: chance is 10 %) and stay within 10 points of each other
+        assert pc["target_acc"] > 12.0 and pe["target_acc"] > 12.0, (name, pe["target_acc"], pc["target_acc"])
+        assert abs(pc["target_acc"] - pe["target_acc"]) <= 10.0, (name, pe["target_acc"], pc["target_acc"])
+
+
+#: captured steps compared one by one with the eager ones
+SHARP_STEPS = 5
+
+
+def _param_trace(name: str, digits, device: str, use_graphs: bool) -> tuple[RunContext, list[list[torch.Tensor]]]:
+    """The parameters after every step of ``name`` (``WARMUP_STEPS`` eager warm-up steps, then
+    :data:`SHARP_STEPS` more), through the engine's loop with a host read after every step."""
+    torch.manual_seed(0)
+    method = METHODS.get(name)(_lenet(), 10, {})
+    steps = graphs.WARMUP_STEPS + SHARP_STEPS
+    while method.num_steps(steps) < graphs.WARMUP_STEPS + SHARP_STEPS:  # fine-tune takes a fraction
+        steps += 1
+    ctx = _context(method, name, digits, use_graphs, steps=steps, device=device, log_every=1)
+    ctx.record_eval = lambda *a, **k: {}  # type: ignore[method-assign]  # the parameters are compared, not the accuracy
+    trace: list[list[torch.Tensor]] = []
+    ctx.on_step = lambda step, total: trace.append([p.detach().float().cpu().clone() for p in method.parameters()])
+    method.fit(ctx)
+    return ctx, trace
+
+
+def _assert_same_trace(name, eager, captured, rtol: float, atol: float) -> None:
+    assert len(eager) == len(captured) == graphs.WARMUP_STEPS + SHARP_STEPS
+    for k in range(len(eager)):
+        for i, (a, b) in enumerate(zip(eager[k], captured[k])):
+            torch.testing.assert_close(
+                b, a, rtol=rtol, atol=atol, msg=lambda m, k=k, i=i: f"{name}, step {k + 1}, param {i}: {m}"
+            )
+
+
+class _FakeGraph:
+    """Stands in for a CUDA graph on the CPU: a replay runs the captured body again."""
+
+    def __init__(self, body) -> None:
+        self.replay = body
+
+
+@pytest.mark.parametrize("name", STEP_METHODS)
+def test_the_captured_step_body_equals_the_eager_step_on_the_cpu(name, digits, one_thread, monkeypatch):
+    """What a replay runs — ``StepGraph.body``: the batch from the streams' cursors, gathered and
+    augmented with the data generator, progress and the lr factor from the step tables, the
+    graph-safe SGD, the device step counter — run through the engine's graph-mode loop on the
+    CPU (a fake graph that runs the body at each replay) gives the eager run's parameters after
+    each of the steps: lr, momentum, GRL coefficient, progress and the batches pinned."""
+    eager_ctx, eager = _param_trace(name, digits, "cpu", False)
+    monkeypatch.setattr(graphs.StepGraph, "capture", lambda self: setattr(self, "graph", _FakeGraph(self.body)))
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: None)  # no side stream on the CPU
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: None)
+    graph_ctx, graphed = _param_trace(name, digits, "cpu", True)
+    assert graph_ctx.graph_note == "captured", graph_ctx.graph_note
+    # float32 on one thread: graph_sgd_step's rounding and the tensor-progress GRL differ by ~1e-8
+    # per step; DANN's parameters then drift to ~1e-4 by step 8 (measured); a wrong lr, momentum,
+    # progress or batch moves them by far more (a step moves them by ~0.03 in norm)
+    _assert_same_trace(name, eager, graphed, rtol=1e-2, atol=1e-3)
+    assert torch.equal(graph_ctx.data.generator.get_state(), eager_ctx.data.generator.get_state())
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", STEP_METHODS)
+def test_captured_steps_equal_the_eager_steps(name, digits):
+    """From the same initial state and the same batches (the data generator is registered with
+    the graph: the augmentation draws are the eager ones), the parameters after each of the
+    first captured steps equal the eager run's within bf16 autocast's tolerance."""
+    eager_ctx, eager = _param_trace(name, digits, "cuda", False)
+    graph_ctx, graphed = _param_trace(name, digits, "cuda", True)
+    if name in MAY_FALL_BACK and graph_ctx.graph_note != "captured":
+        pytest.skip(f"{name}: {graph_ctx.graph_note}")
+    assert graph_ctx.graph_note == "captured", graph_ctx.graph_note
+    _assert_same_trace(name, eager, graphed, rtol=1e-2, atol=1e-3)
+    assert torch.equal(graph_ctx.data.generator.get_state(), eager_ctx.data.generator.get_state())
 
 
 class _BlowUp(Method):

@@ -100,6 +100,52 @@ class Stream:
         self._perm, self._pos = perm, int(state["pos"])
 
 
+class StreamCursor:
+    """A :class:`Stream` read from inside a captured CUDA graph: the step's indices are a slice of
+    a device buffer at a device-side offset, so a replayed step needs no per-step index copy.
+
+    The host side mirrors the stream exactly: :meth:`prepare` (before each replay) advances the
+    stream's own ``_perm``/``_pos`` as :meth:`Stream.next` would, so ``Stream.state_dict`` (the
+    checkpoint) is the eager one. Within an epoch it launches nothing: the graph's :meth:`take`
+    gathers ``buf[offset : offset + B]`` and advances ``offset`` itself. Only when a batch reaches
+    the end of the permutation does :meth:`prepare` call ``Stream.next()`` (the reshuffle, with
+    the stream's generator, on the device, no host sync) and lay the batch and the new epoch's
+    rest into the buffer (two device copies and one fill), once per epoch.
+
+    Buffer layout after a layout at position ``pos``: ``buf[0 : B]`` the step's batch (at an
+    epoch boundary) followed by ``perm[pos:]``; ``B + n`` entries hold every case, a batch larger
+    than the split (each step then is a boundary) included.
+    """
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        n, b, dev = stream.n, stream.batch_size, stream.device
+        self.buf = torch.zeros(b + n, dtype=torch.long, device=dev)
+        #: where the next batch starts in ``buf``; advanced by the graph, reset only at boundaries
+        self.offset = torch.zeros((), dtype=torch.long, device=dev)
+        self._arange = torch.arange(b, device=dev)
+        rest = stream._perm[stream._pos :]
+        self.buf[: len(rest)].copy_(rest)
+
+    def prepare(self) -> None:
+        """Before a step: make ``take()`` return what ``Stream.next()`` returns now (host bookkeeping only, within an epoch)."""
+        s = self.stream
+        if s._pos + s.batch_size <= len(s._perm):
+            s._pos += s.batch_size  # the graph's take() reads buf[offset:offset+B] and moves offset on
+            return
+        idx = s.next()  # the epoch boundary: the eager reshuffle(s), same generator, same call
+        rest = s._perm[s._pos :]
+        self.buf[: len(idx)].copy_(idx)
+        self.buf[len(idx) : len(idx) + len(rest)].copy_(rest)
+        self.offset.zero_()
+
+    def take(self) -> torch.Tensor:
+        """The step's indices, read and advanced on the device (what the captured graph runs)."""
+        idx = self.buf.index_select(0, self.offset + self._arange)
+        self.offset.add_(self.stream.batch_size)
+        return idx
+
+
 def augment_affine(
     x: torch.Tensor, kind: str, out_size: int, generator: torch.Generator | None, train: bool
 ) -> torch.Tensor:

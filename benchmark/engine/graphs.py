@@ -9,14 +9,23 @@ Hand-built rather than ``torch.compile(mode="reduce-overhead")``: compiling a me
 takes tens of seconds to minutes, longer than a whole 10-s digits run, and recompiles for every
 method and hyperparameter; a hand-built capture costs one step.
 
-What changes between replays lives in *static* device tensors written outside the graph without
-a host sync: the batch (drawn exactly as the eager loop draws it, same streams and generator,
-then ``copy_``'d in), ``progress`` (methods see a 0-d tensor: :func:`dabench.layers.grl_coefficient`
-accepts one), the learning-rate factor (the optimiser step is :func:`graph_sgd_step`, which
-reads the learning rate from a tensor; ``torch.optim.SGD`` bakes its float ``lr`` into a graph)
-and the step index the "first non-finite step" counter records. Everything else (evaluations,
-the ``log_every`` divergence read, checkpoints, resume) stays as in the eager loop: it reads and
-writes the same parameter, buffer and optimiser-state tensors the graph replays on.
+The data path is inside the graph too (:class:`StepGraph`): each stream's indices come from a
+device buffer at a device-side offset (:class:`~dabench.engine.data.StreamCursor`), the gather,
+normalisation and augmentation run in the graph with the data generator registered with it
+(``CUDAGraph.register_generator_state``), and ``progress``, the learning-rate factor (the
+optimiser step is :func:`graph_sgd_step`, which reads the learning rate from a tensor;
+``torch.optim.SGD`` bakes its float ``lr`` into a graph) and the step index come from per-step
+device tables indexed by a device step counter the graph advances. Per step, the host does
+the streams' bookkeeping (Python integers; a reshuffle at an epoch boundary, on the device) and
+one ``replay()``: no copy, no fill. Everything else (evaluations, the ``log_every`` divergence
+read, checkpoints, resume) stays as in the eager loop: it reads and writes the same parameter,
+buffer, optimiser-state, stream and generator state the graph replays on.
+
+Same batches as the eager loop, with one documented exception: a stream's reshuffle at an
+epoch boundary runs before the replay, i.e. before the step's augmentation draws of the
+streams drawn earlier in the step (eager: after them), so from the first such boundary of a
+second or third stream on, permutation and augmentation draws come from other offsets of the
+same generator — the same distribution, and the generator ends in the same state.
 
 A step that cannot be captured (a host sync such as ``.item()``, data-dependent shapes, Python
 branching on ``progress``, a loss part that appears only later) makes the run fall back to eager
@@ -123,14 +132,23 @@ def graph_sgd_step(opt: torch.optim.Optimizer, lrs: Sequence[torch.Tensor]) -> N
 
 
 class StepGraph:
-    """One training step of ``method`` captured in a CUDA graph, with its static inputs.
+    """One training step of ``method`` captured in a CUDA graph, its data path included.
+
+    The graph holds the whole step: the batch (``draw()``, run inside the capture: each
+    stream's indices from its :class:`~dabench.engine.data.StreamCursor`, the gather from the
+    device-resident uint8 split, the normalisation and the augmentation, whose draws come from
+    the registered ``generators``), the step's ``progress`` and learning-rate factor (looked up
+    in per-step device tables, ``progress_table[s] = s / steps`` and ``factor_table[s] =
+    lr_factor(p)``, the very floats the eager loop computes), forward, backward, every update
+    phase's optimiser step, the divergence counters, the loss sums and, last, ``step += 1``
+    (the device-side step index). A replay therefore needs no host→device copy at all: the
+    host only does the streams' bookkeeping (:meth:`StreamCursor.prepare`) and ``replay()``.
 
     Built after the eager warm-up steps from their state: ``part_names`` (the loss parts the
     divergence counter follows; fixed from here on), ``first_bad`` (that counter, updated in
     place from now on), ``sums`` (the loss sums since the last evaluation) and ``parts`` (the
-    last eager step's loss parts: the sums' keys and shapes). ``batch`` is the step's real batch:
-    the static inputs start as its copies. :meth:`capture` records the step; :meth:`replay` runs
-    one step on a new batch.
+    last eager step's loss parts: the sums' keys and shapes). ``first_step`` is the step the
+    first replay runs. :meth:`capture` records the step; :meth:`replay` runs one.
     """
 
     def __init__(
@@ -140,17 +158,23 @@ class StepGraph:
         pick: Callable[[str | Sequence[str]], list[torch.optim.Optimizer]],
         base_lr: float,
         device: torch.device,
-        batch: Batch,
+        draw: Callable[[], Batch],
+        progress_table: torch.Tensor,
+        factor_table: torch.Tensor,
+        first_step: int,
+        generators: Sequence[torch.Generator],
         part_names: list[str],
         first_bad: torch.Tensor,
         sums: dict[str, torch.Tensor],
         parts: dict[str, torch.Tensor],
     ) -> None:
         self.method, self.opts, self.pick, self.base_lr, self.device = method, opts, pick, base_lr, device
-        self.batch = Batch(**{k: _static(getattr(batch, k)) for k in _BATCH_PARTS})
-        self.progress = torch.zeros((), dtype=torch.float64, device=device)
-        self.factor = torch.ones((), dtype=torch.float64, device=device)
-        self.step = torch.zeros((), dtype=torch.long, device=device)
+        self.draw, self.generators = draw, list(generators)
+        self.progress_table = progress_table.to(device=device, dtype=torch.float64)
+        self.factor_table = factor_table.to(device=device, dtype=torch.float64)
+        self.step = torch.full((), first_step, dtype=torch.long, device=device)
+        #: the captured step's batch (static tensors of the graph's pool; ``idx_target`` included)
+        self.batch: Batch | None = None
         self.part_names = list(part_names)
         self.first_bad = first_bad
         # the sums accumulate in place inside the graph: one static tensor per loss part a step logs
@@ -169,24 +193,45 @@ class StepGraph:
     def capture(self) -> None:
         """Record one step; raises (any exception: the caller falls back to eager steps) if it cannot be."""
         graph = torch.cuda.CUDAGraph()
+        register = getattr(graph, "register_generator_state", None)
+        if register is None and self.generators:
+            raise NotCapturable(f"torch {torch.__version__} has no CUDAGraph.register_generator_state")
+        for gen in self.generators:
+            # before the capture begins: the capture's prologue puts each registered generator in
+            # graph mode (its draws then read seed and offset from device tensors that every
+            # replay sets, and each replay advances its offset by the whole graph's increment)
+            register(gen)  # type: ignore[misc]
         # thread_local: a progress bar or logging thread of the host process may still call CUDA
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            # the learning rate of every group, lr · lr_mult · factor, computed inside the graph
-            self._lrs = {
-                id(opt): [self.factor * (self.base_lr * float(g["lr_mult"])) for g in opt.param_groups]
-                for opt in self.opts.values()
-            }
-            self._step_parts = {}
-            # cache_enabled=False: autocast's cache of cast weights must not outlive the capture
-            with autocast(self.device, cache_enabled=False):
-                self.method.step(self.batch, self.progress, self._update)
-            if list(self._step_parts) != self.keys:
-                raise NotCapturable(
-                    f"the step logs loss parts {list(self._step_parts)}, the warm-up steps logged {self.keys}"
-                )
-            for k in self.keys:
-                self.sums[k].add_(self._step_parts[k].detach().float())
+            self.body()
         self.graph = graph
+
+    def body(self) -> None:
+        """What the graph holds: one whole step, from the batch's indices to ``step += 1``.
+
+        Run once, under capture, by :meth:`capture`; run as such (no graph), it is one step of
+        the captured run, which the CPU tests compare with the eager loop's."""
+        self.batch = self.draw()  # outside autocast, as the eager loop draws it
+        at = self.step.reshape(1)
+        # index_select, not table[step]: indexing with a 0-d tensor may read it on the host
+        progress = self.progress_table.index_select(0, at).reshape(())
+        factor = self.factor_table.index_select(0, at).reshape(())
+        # the learning rate of every group, lr · lr_mult · factor, computed inside the graph
+        self._lrs = {
+            id(opt): [factor * (self.base_lr * float(g["lr_mult"])) for g in opt.param_groups]
+            for opt in self.opts.values()
+        }
+        self._step_parts = {}
+        # cache_enabled=False: autocast's cache of cast weights must not outlive the capture
+        with autocast(self.device, cache_enabled=False):
+            self.method.step(self.batch, progress, self._update)
+        if list(self._step_parts) != self.keys:
+            raise NotCapturable(
+                f"the step logs loss parts {list(self._step_parts)}, the warm-up steps logged {self.keys}"
+            )
+        for k in self.keys:
+            self.sums[k].add_(self._step_parts[k].detach().float())
+        self.step.add_(1)
 
     def _update(self, names: str | Sequence[str], out: Loss) -> None:
         """The engine's ``update`` inside the graph: backward, the graph-safe SGD, in-place counters."""
@@ -209,16 +254,9 @@ class StepGraph:
         self.first_bad.copy_(torch.where((self.first_bad < 0) & ~finite, self.step, self.first_bad))
         self._step_parts.update(out.parts)
 
-    def replay(self, batch: Batch, progress: float, factor: float, step: int) -> None:
-        """One training step on ``batch``: copy it and the scalars in (no host sync), replay."""
+    def replay(self) -> None:
+        """One training step (the caller has prepared the streams' cursors): nothing but the replay."""
         assert self.graph is not None, "capture() first"
-        for k in _BATCH_PARTS:
-            src, dst = getattr(batch, k), getattr(self.batch, k)
-            if dst is not None:
-                dst.copy_(src, non_blocking=True)
-        self.progress.fill_(progress)
-        self.factor.fill_(factor)
-        self.step.fill_(step)
         self.graph.replay()
 
     def reset_sums(self) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault, atomic_torch_save
 from . import graphs
 from .compile import compile_method
-from .data import DeviceData, Stream, validator_sample
+from .data import DeviceData, Stream, StreamCursor, validator_sample
 from .evaluate import autocast, evaluate, predict_split
 from .graphs import StepGraph
 
@@ -178,38 +178,37 @@ class RunContext:
         else:
             capture_at, side = start + graphs.WARMUP_STEPS, torch.cuda.Stream(dev)
 
+        cursors: dict[str, StreamCursor] = {}
+
+        def set_lr(at: int) -> None:
+            """The float ``lr`` of every group at step ``at`` (eager ``opt.step()`` and checkpoints read it)."""
+            factor = lr_factor(sch.lr_schedule, at / steps)
+            for opt in opts.values():
+                for g in opt.param_groups:
+                    g["lr"] = sch.lr * g["lr_mult"] * factor
+
         for step in range(start, steps):
             if refresh_every and step % refresh_every == 0:  # before the step's batch, as SHOT's epochs
                 with torch.no_grad():
                     method.refresh(view, step)
-            progress = step / steps
-            factor = lr_factor(sch.lr_schedule, progress)
-            for opt in opts.values():
-                for g in opt.param_groups:
-                    g["lr"] = sch.lr * g["lr_mult"] * factor
-            warm = side if capture_at is not None and step < capture_at else None
-            with graphs.side_stream_step(warm):
-                batch = self._draw(streams)
             if step == capture_at:
                 capture_at = None
-                main_stream = torch.cuda.current_stream(dev)
-                try:
-                    graph = StepGraph(
-                        method, opts, lambda n: _pick(opts, n, method), sch.lr, dev, batch,
-                        part_names, first_bad, sums, step_parts,
-                    )  # fmt: skip
-                    graph.capture()
-                    self.graph_note = graphs.CAPTURED
+                graph = self._capture(
+                    method, opts, streams, cursors, step, steps, part_names, first_bad, sums, step_parts
+                )
+                if graph is not None:
                     sums = graph.sums
-                except Exception as exc:  # noqa: BLE001 - any failure to capture: eager steps instead
-                    graph = None
-                    self.graph_note = graphs.fallback_note(exc)
-                    graphs.recover_from_failed_capture(main_stream)
             if graph is not None:
-                graph.replay(batch, progress, factor, step)
+                for cursor in cursors.values():  # host bookkeeping; device work only at epoch boundaries
+                    cursor.prepare()
+                graph.replay()
             else:
+                progress = step / steps
+                set_lr(step)
+                warm = side if capture_at is not None and step < capture_at else None
                 step_parts = {}
                 with graphs.side_stream_step(warm):
+                    batch = self._draw(streams)
                     with autocast(dev):
                         method.step(batch, progress, update)
                     for k, v in step_parts.items():
@@ -230,6 +229,8 @@ class RunContext:
                 self.record_eval(method, step + 1, {k: v / n_since for k, v in sums.items()})
                 sums, n_since = (graph.reset_sums() if graph is not None else {}), 0
             if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 and not last:
+                if graph is not None:
+                    set_lr(step)  # replays read the lr from the graph's table; the checkpoint keeps the eager value
                 self._save_partial(method, opts, step + 1, streams, sums, n_since, first_bad, part_names)
 
     def target_view(self, method: Method) -> TargetView:
@@ -250,16 +251,69 @@ class RunContext:
 
     def _draw(self, streams: dict[str, Stream]) -> Batch:
         """The step's batch: the next indices of each stream, gathered and augmented on the device."""
+        return self._batch(lambda name: streams[name].next(), streams)
+
+    def _batch(self, take: Callable[[str], torch.Tensor], names) -> Batch:
+        """A batch from ``take(stream name)`` indices, streams in a fixed order (their draws from
+        the data generator interleave with the augmentation's in this order)."""
         data = self.data
         batch = Batch()
-        if "source" in streams:
-            batch.x_source, batch.y_source = data.batch_from(data.source, streams["source"].next())
-        if "target" in streams:
-            batch.idx_target = streams["target"].next()
+        if "source" in names:
+            batch.x_source, batch.y_source = data.batch_from(data.source, take("source"))
+        if "target" in names:
+            batch.idx_target = take("target")
             batch.x_target, _ = data.batch_from(data.target, batch.idx_target)
-        if "shots" in streams:
-            batch.x_shots, batch.y_shots = data.batch_from(data.shots, streams["shots"].next())
+        if "shots" in names:
+            batch.x_shots, batch.y_shots = data.batch_from(data.shots, take("shots"))
         return batch
+
+    def _capture(
+        self,
+        method: Method,
+        opts: dict[str, torch.optim.Optimizer],
+        streams: dict[str, Stream],
+        cursors: dict[str, StreamCursor],
+        step: int,
+        steps: int,
+        part_names: list[str],
+        first_bad: torch.Tensor,
+        sums: dict[str, torch.Tensor],
+        step_parts: dict[str, torch.Tensor],
+    ) -> StepGraph | None:
+        """Capture the step, data path included, to replay from ``step`` on; ``None`` (and
+        ``graph_note`` says why) if it cannot be: the run then goes on eagerly, as it would have.
+
+        Fills ``cursors`` (one per stream). A capture runs nothing, so the streams, the data
+        generator and the default CUDA generator stand where they stood; a failed one leaves the
+        generators it registered in capture mode, so the data generator is replaced by a fresh
+        one in the same state (:func:`graphs.recover_from_failed_capture` ends that mode of the
+        default generator)."""
+        dev, data, sch = self.device, self.data, self.spec.schedule
+        main_stream = torch.cuda.current_stream(dev)
+        generator_state = data.generator.get_state()
+        try:
+            cursors.clear()
+            cursors.update({name: StreamCursor(s) for name, s in streams.items()})
+            progress = torch.arange(steps, dtype=torch.float64) / steps  # IEEE: equals step / steps
+            factor = torch.tensor([lr_factor(sch.lr_schedule, s / steps) for s in range(steps)], dtype=torch.float64)
+            graph = StepGraph(
+                method, opts, lambda n: _pick(opts, n, method), sch.lr, dev,
+                lambda: self._batch(lambda name: cursors[name].take(), cursors),
+                progress, factor, step, [data.generator], part_names, first_bad, sums, step_parts,
+            )  # fmt: skip
+            graph.capture()
+        except Exception as exc:  # noqa: BLE001 - any failure to capture: eager steps instead
+            self.graph_note = graphs.fallback_note(exc)
+            cursors.clear()
+            graphs.recover_from_failed_capture(main_stream)
+            fresh = torch.Generator(device=dev)
+            fresh.set_state(generator_state)
+            data.generator = fresh
+            for s in streams.values():
+                s.g = fresh
+            return None
+        self.graph_note = graphs.CAPTURED
+        return graph
 
     # --- mid-run checkpoints ---------------------------------------------------------
     # A resumed run must equal the uninterrupted one (on the CPU at a fixed thread count), so a
