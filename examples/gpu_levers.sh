@@ -24,12 +24,12 @@ $PY -c "import torch; print('torch', torch.__version__)" 2>&1 | tee -a "$LOG"
 R=/tmp/gpu_levers
 case "${1:-bench}" in
 bench)
-  timed gpu-tests 100 $PY -m pytest tests/test_cuda_graphs.py tests/test_seed_batch_graphs.py -q \
+  timed gpu-tests 130 $PY -m pytest tests/test_cuda_graphs.py tests/test_seed_batch_graphs.py -q \
     -p no:cacheprovider -rfs --junitxml="$OUT/gpu-tests.xml"
   grep -E "passed|failed" "$LOG" | tail -1
   timed bench-lenet 80 $DAB bench --device cuda --steps 300 --warmup 30 --seed-batch 5 \
     --methods source-only,dan,dann,coral,fine-tune --out "$OUT/bench-lenet-digits.md"
-  timed bench-resnet50 55 $DAB bench --device cuda --synthetic 256 --steps 30 --warmup 10 \
+  timed bench-resnet50 70 $DAB bench --device cuda --synthetic 256 --steps 30 --warmup 10 \
     --methods source-only,dann,fine-tune --out "$OUT/bench-resnet50-synthetic.md"
   cat "$OUT"/bench-*.md
   ;;
