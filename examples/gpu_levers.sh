@@ -35,16 +35,20 @@ bench)
   ;;
 matrix)
   M="--pairs mnist-usps,usps-mnist --seeds 0,1,2,3,4 --data-root .devdata --executor local --no-progress"
-  timed digits-matrix-packed6-eager 140 $DAB run $M --runs-per-gpu 6 --no-cuda-graphs --results $R/eager
-  $DAB status $R/eager >"$OUT/eager-status.txt" 2>&1
-  timed digits-matrix-graphs-seedbatch 110 $DAB run $M --runs-per-gpu 4 --cuda-graphs --seed-batch --results $R/levers
+  timed digits-matrix-graphs-seedbatch 100 $DAB run $M --runs-per-gpu 4 --cuda-graphs --seed-batch --results $R/levers
   $DAB status $R/levers >"$OUT/levers-status.txt" 2>&1
   $DAB report $R/levers --format md --out "$OUT/report-levers" >"$OUT/levers.md" 2>>"$LOG"
-  timed zoo-mnist-usps-3seeds 110 $DAB run --methods zoo --pairs mnist-usps --seeds 0,1,2 --data-root .devdata \
+  timed digits-matrix-packed6-eager 120 $DAB run $M --runs-per-gpu 6 --no-cuda-graphs --results $R/eager
+  $DAB status $R/eager >"$OUT/eager-status.txt" 2>&1
+  timed zoo-mnist-usps-3seeds 100 $DAB run --methods zoo --pairs mnist-usps --seeds 0,1,2 --data-root .devdata \
     --executor local --runs-per-gpu 4 --cuda-graphs --seed-batch --no-progress --results $R/zoo
   $DAB report $R/zoo --format md --out "$OUT/report-zoo" >"$OUT/zoo.md" 2>>"$LOG"
   $DAB report $R/zoo --rule oracle --format md --out "$OUT/report-zoo-oracle" >"$OUT/zoo-oracle.md" 2>>"$LOG"
   tar czf "$OUT/records.tgz" --exclude=checkpoints --exclude=claims --exclude='*.npz' -C $R . 2>>"$LOG"
   cat "$OUT/times.txt" "$OUT"/*-status.txt
+  # the GPU tests that the bench call's run found wanting (re-checked after the fixes)
+  timed gpu-tests-recheck 45 $PY -m pytest tests/test_cuda_graphs.py tests/test_seed_batch_graphs.py -q \
+    -p no:cacheprovider -rfs -k "resume or sync_only or equals_the_eager_steps or in_meaning or records_of"
+  grep -E "passed|failed" "$LOG" | tail -1
   ;;
 esac

@@ -376,7 +376,8 @@ class RunContext:
         for name, opt in opts.items():
             opt.load_state_dict(saved_opts[name])
         self.curve = list(state["curve"])
-        self.data.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        # a generator's state is a CPU ByteTensor on every device (map_location moved it to the device)
+        self.data.generator.set_state(state["generator"].cpu())
         saved_streams = state.get("streams", {})  # absent in checkpoints of older versions
         if saved_streams and set(saved_streams) != set(streams):
             raise ValueError(
