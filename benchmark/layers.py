@@ -115,13 +115,20 @@ def gaussian_kernel_matrix(x: torch.Tensor, multipliers: tuple[float, ...] = KER
     Euclidean one, σ² the batch's mean pairwise squared distance off the diagonal (detached: no
     gradient flows through the bandwidth, as in Long et al. 2015) and β_u the ``multipliers``.
     """
-    x = x.float()
-    d2 = torch.cdist(x, x).pow(2)
-    n = x.shape[0]
-    sigma2 = d2.detach().sum() / (n * n - n)
-    # sum() starts from the int 0, so its type is Tensor | int; with any multiplier it is a Tensor
-    total = cast(torch.Tensor, sum(torch.exp(-d2 / (m * sigma2)) for m in multipliers))
-    return total / len(multipliers)
+    # float32 throughout, autocast off: under torch.func.vmap (seed-batched training) with CUDA
+    # bf16 autocast, cdist's batched decomposition reached a bf16 matmul and its backward failed
+    # ("expected scalar type BFloat16 but found Float", DAN and JAN on an H200). The squared
+    # distances are written out, ‖x_i‖² + ‖x_j‖² − 2 x_i·x_j (the formula cdist itself uses for
+    # batches above 25 rows), clamped at 0 against rounding.
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.float()
+        sq = x.pow(2).sum(1)
+        d2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp_min(0.0)
+        n = x.shape[0]
+        sigma2 = d2.detach().sum() / (n * n - n)
+        # sum() starts from the int 0, so its type is Tensor | int; with any multiplier it is a Tensor
+        total = cast(torch.Tensor, sum(torch.exp(-d2 / (m * sigma2)) for m in multipliers))
+        return total / len(multipliers)
 
 
 def mmd_from_kernel(k: torch.Tensor, n_source: int) -> torch.Tensor:

@@ -153,3 +153,27 @@ def test_coral_covariance_survives_bf16_autocast_at_large_logit_means():
     d = s64.shape[1]
     expected = (torch.cov(s64.T) - torch.cov(t64.T)).pow(2).sum() / (4 * d * d)
     assert loss.item() == pytest.approx(expected.item(), rel=0.02)
+
+
+def test_kernel_matrix_is_float32_under_autocast_and_vmap_and_equals_cdist():
+    """DAN's and JAN's Gaussian kernels compute in float32 with autocast off, also inside
+    ``torch.func.vmap`` (seed-batched training), and equal the cdist formulation they replaced."""
+    from dabench.layers import gaussian_kernel_matrix
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 16) * 3
+    ref_d2 = torch.cdist(x, x).pow(2)
+    sigma2 = ref_d2.sum() / (40 * 39)
+    ref = sum(torch.exp(-ref_d2 / (m * sigma2)) for m in (0.25, 0.5, 1.0, 2.0, 4.0)) / 5
+    torch.testing.assert_close(gaussian_kernel_matrix(x), ref, rtol=1e-4, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        k = gaussian_kernel_matrix(x.bfloat16())
+    assert k.dtype == torch.float32
+    # batched over 3 "seeds" with gradients, as the seed-batched step takes them
+    xs = torch.randn(3, 40, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ks = torch.func.vmap(gaussian_kernel_matrix)(xs)
+    assert ks.dtype == torch.float32
+    ks.sum().backward()
+    assert xs.grad is not None and torch.isfinite(xs.grad).all()
+    torch.testing.assert_close(ks[1], gaussian_kernel_matrix(xs[1].detach()), rtol=1e-4, atol=1e-5)
