@@ -24,8 +24,8 @@ def mdd_loss(
     pred_s, pred_t = logits_s.detach().argmax(1), logits_t.detach().argmax(1)
     source = F.cross_entropy(adv_s.float(), pred_s)
     p_t = torch.softmax(adv_t.float(), dim=1).gather(1, pred_t.unsqueeze(1)).squeeze(1)
-    target = -torch.log((1.0 - p_t).clamp_min(1e-6)).mean()
-    return margin * source - target
+    target = -torch.log((1.0 - p_t).clamp_min(1e-6)).mean()  # −log(1 − σ): small once f' disagrees
+    return margin * source + target
 
 
 @register_method("mdd")

@@ -216,8 +216,34 @@ def test_mdd_loss_matches_a_hand_computation():
     e = math.exp
     ce_s = (-math.log(e(1) / (e(1) + 2)) - math.log(1 / (e(1) + 2))) / 2
     p_t = e(2) / (e(2) + 2)
-    expected = 4.0 * ce_s + math.log(1 - p_t)
+    expected = 4.0 * ce_s - math.log(1 - p_t)  # γ·CE(f'_s, h_f) − log(1 − σ_{h_f}(f'_t))
     assert mdd_loss(logits_s, logits_t, adv_s, adv_t, 4.0).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_mdd_adversary_learns_to_agree_on_source_and_disagree_on_target():
+    """The adversarial head f' descending the MDD loss (features fixed) agrees more with h_f on
+    the source and less on the target — the discrepancy the features are then trained to shrink.
+    (An earlier sign error made f' agree on both domains: MDD then sat far below source-only.)"""
+    torch.manual_seed(0)
+    feats_s, feats_t = torch.randn(64, 16), torch.randn(64, 16)
+    feats_s[:, -1], feats_t[:, -1] = 0.0, 4.0  # a domain feature the adversary can use
+    head = torch.nn.Linear(16, 5)
+    logits_s, logits_t = head(feats_s).detach(), head(feats_t).detach()
+    adv = torch.nn.Linear(16, 5)
+    opt = torch.optim.SGD(adv.parameters(), lr=0.1)
+
+    def agreement(feats, logits):
+        with torch.no_grad():
+            return torch.softmax(adv(feats), 1).gather(1, logits.argmax(1, keepdim=True)).mean().item()
+
+    before = agreement(feats_s, logits_s), agreement(feats_t, logits_t)
+    for _ in range(50):
+        opt.zero_grad()
+        mdd_loss(logits_s, logits_t, adv(feats_s), adv(feats_t), 4.0).backward()
+        opt.step()
+    after = agreement(feats_s, logits_s), agreement(feats_t, logits_t)
+    assert after[0] > before[0] + 0.2  # agrees with h_f on the source
+    assert after[1] < before[1]  # and disagrees on the target
 
 
 def test_mdd_adversary_descends_and_features_ascend_through_a_tenth_strength_reversal():
