@@ -228,3 +228,20 @@ def test_figures_never_collapse_with_long_names_and_two_seeds(tmp_path):
         out = write_report(tmp_path, formats=("md",))
     assert not [w for w in caught if "collapsed" in str(w.message)], [str(w.message) for w in caught]
     assert (out["figures"] / "accuracy_per_pair.png").exists()
+
+
+def test_learning_curves_of_sixteen_methods_on_one_pair_do_not_collapse(tmp_path):
+    """The whole zoo on one pair: the learning-curve figure's legend (sixteen rows) once squeezed
+    its single 3-inch panel to nothing; the legend now sits beside the panel with room for it."""
+    import warnings
+
+    names = [f"method-{k:02d}" for k in range(16)]
+    for i, m in enumerate(names):
+        for s in (0, 1, 2):
+            curve = [{"step": st, "target_acc": 40.0 + i + st / 100 + s} for st in (100, 200, 300)]
+            write_run(tmp_path, f"r{i:02d}{s}", m, "digits-offline", s, curve=curve)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = write_report(tmp_path, formats=("md",))
+    assert not [w for w in caught if "collapsed" in str(w.message)], [str(w.message) for w in caught]
+    assert (out["figures"] / "learning_curves.png").exists()

@@ -173,9 +173,11 @@ def learning_curves(df: pd.DataFrame, rule: str = "last", metric: str = "target_
     pairs = sorted(long["pair"].unique())
     ncol = min(3, len(pairs))
     nrow = math.ceil(len(pairs) / ncol)
-    fig = _figure(4.0 * ncol, 3.0 * nrow)
-    axes = fig.subplots(nrow, ncol, squeeze=False)
     hue_order = sorted(long["entry"].unique())
+    # the legend sits right of the first panel: room for it in width, and in height for its
+    # rows (sixteen methods in a 3-inch panel collapsed the axes to nothing)
+    fig = _figure(4.0 * ncol + 2.2, max(3.0 * nrow, 0.5 + 0.2 * len(hue_order)))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     for ax, pair in zip(axes.flat, pairs):
         sns.lineplot(
             data=long[long["pair"] == pair],
@@ -189,6 +191,8 @@ def learning_curves(df: pd.DataFrame, rule: str = "last", metric: str = "target_
             markersize=3,
             legend=pair == pairs[0],
         )
+        if pair == pairs[0] and ax.get_legend() is not None:
+            sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, title=None, frameon=False)
         ax.set_title(short_label(pair, 2 * LABEL_MAX), fontsize=9)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
