@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
@@ -80,9 +78,11 @@ class SHOT(Method):
     weight-normalised) and the source-only run trains without label smoothing.
     """
 
+    pseudo_labels: torch.Tensor  # buffers (register_buffer in build)
+    centroids: torch.Tensor
     protocol = "source-free"
     uses = Uses(source_labels=False, target_unlabeled=True, init="source-only")
-    defaults: dict[str, Any] = {"beta": 0.3, "refresh_epochs": 1.0, "cluster_rounds": 1}
+    defaults = {"beta": 0.3, "refresh_epochs": 1.0, "cluster_rounds": 1}
     # they decide when and how the pseudo-labels are recomputed (refresh), not one batch's loss
     hparams_outside_loss = ("refresh_epochs", "cluster_rounds")
     citation = (

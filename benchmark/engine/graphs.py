@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -113,10 +113,10 @@ def graph_sgd_step(opt: torch.optim.Optimizer, lrs: Sequence[torch.Tensor]) -> N
             raise NotCapturable("graph_sgd_step supports SGD with dampening 0 and maximize=False only")
         if any(p.grad.is_sparse for p in params):
             raise NotCapturable("graph_sgd_step: sparse gradients")
-        grads = [p.grad for p in params]
+        grads: list[torch.Tensor] = [p.grad for p in params]
         weight_decay, momentum = group["weight_decay"], group["momentum"]
         if weight_decay != 0:
-            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+            grads = list(torch._foreach_add(grads, params, alpha=weight_decay))
         if momentum != 0:
             bufs = [opt.state[p].get("momentum_buffer") for p in params]
             if any(b is None for b in bufs):
@@ -124,7 +124,7 @@ def graph_sgd_step(opt: torch.optim.Optimizer, lrs: Sequence[torch.Tensor]) -> N
             torch._foreach_mul_(bufs, momentum)
             torch._foreach_add_(bufs, grads, alpha=1.0)
             if group["nesterov"]:
-                grads = torch._foreach_add(grads, bufs, alpha=momentum)
+                grads = list(torch._foreach_add(grads, bufs, alpha=momentum))
             else:
                 grads = bufs
         # the 0-d lr in the parameters' dtype: torch's ``alpha=-lr`` also rounds it to that dtype
@@ -224,7 +224,8 @@ class StepGraph:
         self._step_parts = {}
         # cache_enabled=False: autocast's cache of cast weights must not outlive the capture
         with autocast(self.device, cache_enabled=False):
-            self.method.step(self.batch, progress, self._update)
+            # a 0-d device tensor stands in for the float ``progress`` (docs/adding-a-method.md)
+            self.method.step(self.batch, cast(float, progress), self._update)
         if list(self._step_parts) != self.keys:
             raise NotCapturable(
                 f"the step logs loss parts {list(self._step_parts)}, the warm-up steps logged {self.keys}"
