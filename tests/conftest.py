@@ -24,6 +24,22 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def restore_registries():
+    """Registrations a test makes (a plugin file it loads, a test method) are forgotten after it:
+    left behind they join other tests' "every registered method" — e.g. ``dabench bench`` with no
+    ``--methods`` once ran a plugin method that ends its process with ``os._exit(3)``."""
+    from dabench.core.registry import BACKBONES, METHODS, PAIRS
+
+    registries = (METHODS, PAIRS, BACKBONES)
+    for reg in registries:
+        reg.names()  # built-ins and entry points loaded first: the snapshot must include them
+    saved = [(reg, dict(reg._items), dict(reg._sources), dict(reg._groups)) for reg in registries]
+    yield
+    for reg, items, sources, groups in saved:
+        reg._items, reg._sources, reg._groups = items, sources, groups
+
+
 @pytest.fixture(scope="session")
 def quick_matrix(tmp_path_factory):
     """All six built-in methods × digits-offline × seed 0 at 300 steps; returns (results dir, summary)."""

@@ -76,7 +76,7 @@ CRASHER = textwrap.dedent('''
 ''')
 
 
-def test_worker_crash_and_divergence_in_the_pool(tmp_path):
+def test_worker_crash_and_divergence_in_the_pool(tmp_path, restore_registries):
     """A worker that dies fails only its run; lr=1e6 diverges source-only, and its dependant
     (linear-probe), held back until then, is recorded skipped with the reason."""
     plugin = tmp_path / "crash_plugin.py"
