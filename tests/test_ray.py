@@ -50,7 +50,7 @@ def local_ray():
     ray.shutdown()
 
 
-def test_ray_matches_inline_and_survives_a_dead_task(local_ray, tmp_path):
+def test_ray_matches_inline_and_survives_a_dead_task(local_ray, tmp_path, restore_registries):
     import torch
 
     plugin = tmp_path / "ray_crash_plugin.py"
