@@ -194,3 +194,13 @@ def test_local_pool_runs_a_seed_group_in_one_worker(tmp_path):
     assert all(r.status is Status.COMPLETE for r in recs), [r.error for r in recs]
     assert [r.timings["seed_batch"] for r in recs] == ["2 seeds", "2 seeds"]
     assert recs[0].pid == recs[1].pid  # one process trained both
+
+
+def test_a_method_that_refreshes_over_the_target_split_is_not_batched():
+    """SHOT recomputes its pseudo-labels over the whole target split (``refresh``), which the
+    batched loop does not call per seed: it must run seed by seed, not silently without refresh."""
+    from dabench.engine.seed_batch import batch_refusal
+
+    shot = METHODS.get("shot")(BACKBONES.get("lenet")(in_channels=1, image_size=28), 10, {})
+    assert "refresh" in (batch_refusal(shot) or "")
+    assert batch_refusal(METHODS.get("dann")(BACKBONES.get("lenet")(in_channels=1, image_size=28), 10, {})) is None

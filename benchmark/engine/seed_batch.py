@@ -58,7 +58,6 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -89,6 +88,8 @@ def batch_refusal(method: Method) -> str | None:
     declared = method.optimizers()
     if isinstance(declared, dict) and list(declared) != [MAIN]:
         return f"{method.name or cls.__name__} declares several optimisers ({', '.join(declared)})"
+    if cls.refresh is not Method.refresh:  # the batched loop has no per-seed refresh over the target split
+        return f"{method.name or cls.__name__} refreshes state over the target split (refresh())"
     return None
 
 
@@ -402,19 +403,7 @@ def train_batched(
             return {MAIN: stacked_groups}
 
     opt = _build_optimizers(_Groups(), sch)[MAIN]  # type: ignore[arg-type]
-    uses = methods[0].uses
-    streams: list[dict[str, Any]] = []
-    for ctx in ctxs:
-        data, st = ctx.data, {}
-        if uses.source_labels:
-            st["source"] = data.stream(data.source, sch.batch_size)
-        if uses.target_unlabeled:
-            st["target"] = data.stream(data.target, sch.batch_size)
-        if ctx.spec.target_shots > 0:
-            if len(data.shots) == 0:
-                raise ValueError(f"{ctx.spec.method} needs target shots but target_shots gives none")
-            st["shots"] = data.stream(data.shots, min(sch.batch_size, len(data.shots)))
-        streams.append(st)
+    streams = [ctx.streams(m) for ctx, m in zip(ctxs, methods)]
     per_step_images = sum(s.batch_size for s in streams[0].values())
     full = {**params, **buffers}
     prefixed = {f"method.{k}": v for k, v in full.items()}
@@ -431,17 +420,9 @@ def train_batched(
         return vmap(lambda st, bt: per_seed(st, bt, progress), randomness="different")(state, stacked)
 
     def draw() -> list[dict[str, torch.Tensor]]:
-        seed_batches: list[dict[str, torch.Tensor]] = []
-        for ctx, st in zip(ctxs, streams):  # each seed's own streams, in the unbatched order
-            data, b = ctx.data, {}
-            if "source" in st:
-                b["x_source"], b["y_source"] = data.batch_from(data.source, st["source"].next())
-            if "target" in st:
-                b["x_target"], _ = data.batch_from(data.target, st["target"].next())
-            if "shots" in st:
-                b["x_shots"], b["y_shots"] = data.batch_from(data.shots, st["shots"].next())
-            seed_batches.append(b)
-        return seed_batches
+        # each seed's own streams, drawn as the unbatched loop draws them
+        batches = [ctx._draw(st) for ctx, st in zip(ctxs, streams)]
+        return [{k: getattr(b, k) for k in _PARTS if getattr(b, k) is not None} for b in batches]
 
     part_names: list[str] = []
     first_bad = torch.full((n_seeds, 1), -1, dtype=torch.long, device=device)

@@ -111,17 +111,8 @@ class RunContext:
         sch = self.spec.schedule
         steps = method.num_steps(sch.steps)
         opts = _build_optimizers(method, sch)
-        uses = method.uses
-        data, dev = self.data, self.device
-        streams = {}
-        if uses.source_labels:
-            streams["source"] = data.stream(data.source, sch.batch_size)
-        if uses.target_unlabeled:
-            streams["target"] = data.stream(data.target, sch.batch_size)
-        if self.spec.target_shots > 0:
-            if len(data.shots) == 0:
-                raise ValueError(f"{self.spec.method} needs target shots but target_shots gives none")
-            streams["shots"] = data.stream(data.shots, min(sch.batch_size, len(data.shots)))
+        dev = self.device
+        streams = self.streams(method)
         # first non-finite step of the total (entry 0) and of each loss part (entry 1 + i for
         # part_names[i]), -1 while finite: kept on the device, read once per log window
         part_names: list[str] = []
@@ -135,7 +126,7 @@ class RunContext:
                 start, sums, n_since, first_bad, part_names = resumed
         per_step_images = sum(s.batch_size for s in streams.values())
         view = self.target_view(method)
-        refresh_every = method.refresh_every(view) if uses.target_unlabeled else 0
+        refresh_every = method.refresh_every(view) if method.uses.target_unlabeled else 0
         method.train()
         step = start
         step_parts: dict[str, torch.Tensor] = {}
@@ -248,6 +239,21 @@ class RunContext:
                 method.train(was_training)
 
         return TargetView(len(self.data.target), self.spec.schedule.batch_size, predict)
+
+    def streams(self, method: Method) -> dict[str, Stream]:
+        """The batch streams ``method.uses`` asks for (``source``, ``target``, ``shots``), each
+        drawing from this run's data generator."""
+        sch, data, uses = self.spec.schedule, self.data, method.uses
+        streams = {}
+        if uses.source_labels:
+            streams["source"] = data.stream(data.source, sch.batch_size)
+        if uses.target_unlabeled:
+            streams["target"] = data.stream(data.target, sch.batch_size)
+        if self.spec.target_shots > 0:
+            if len(data.shots) == 0:
+                raise ValueError(f"{self.spec.method} needs target shots but target_shots gives none")
+            streams["shots"] = data.stream(data.shots, min(sch.batch_size, len(data.shots)))
+        return streams
 
     def _draw(self, streams: dict[str, Stream]) -> Batch:
         """The step's batch: the next indices of each stream, gathered and augmented on the device."""

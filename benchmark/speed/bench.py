@@ -388,30 +388,6 @@ def time_method(
     return timing
 
 
-def seed_batch_steps_per_s(
-    method_name: str,
-    pair: DomainPair,
-    pair_data: PairData,
-    device: torch.device,
-    batch_size: int,
-    steps: int,
-    warmup: int,
-    make_backbone: BackboneFactory,
-    seeds: int,
-    cuda_graphs: bool = False,
-) -> float | None:
-    """Steps/s *per seed* of ``seeds`` seeds trained as one vmapped model by the engine's
-    seed-batched loop (:func:`dabench.engine.seed_batch.train_batched`; evaluations off, as in
-    :class:`EngineBench`); None for a method that seed batching runs separately.
-
-    ``cuda_graphs`` (CUDA): the loop captures its step (each timed loop captures anew: its eager
-    warm-up steps and the capture count in the time); :func:`seed_batch_timings` gives the note."""
-    rate, _ = seed_batch_timings(
-        method_name, pair, pair_data, device, batch_size, steps, warmup, make_backbone, seeds, cuda_graphs
-    )
-    return rate
-
-
 def seed_batch_timings(
     method_name: str,
     pair: DomainPair,
@@ -424,7 +400,13 @@ def seed_batch_timings(
     seeds: int,
     cuda_graphs: bool = False,
 ) -> tuple[float | None, str]:
-    """:func:`seed_batch_steps_per_s` and what became of the graphs (``timings["cuda_graphs"]``)."""
+    """Steps/s *per seed* of ``seeds`` seeds trained as one vmapped model by the engine's
+    seed-batched loop (:func:`dabench.engine.seed_batch.train_batched`; evaluations off, as in
+    :class:`EngineBench`), and what became of the graphs (``timings["cuda_graphs"]``); the rate is
+    None for a method that seed batching runs separately.
+
+    ``cuda_graphs`` (CUDA): the loop captures its step (each timed loop captures anew: its eager
+    warm-up steps and the capture count in the time)."""
     benches = [
         EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone, seed=s) for s in range(seeds)
     ]
@@ -569,7 +551,7 @@ def run_bench(
     for name in names:
         timing = time_method(name, pair, data, dev, bs, steps, warmup, make_backbone, compile, graphed)
         if seed_batch > 1 and timing.steps_per_s is not None:
-            timing.seed_batch_steps_per_s = seed_batch_steps_per_s(
+            timing.seed_batch_steps_per_s, _ = seed_batch_timings(
                 name, pair, data, dev, bs, steps, warmup, make_backbone, seed_batch
             )
             if graphed and timing.seed_batch_steps_per_s is not None:
@@ -660,7 +642,6 @@ __all__ = [
     "default_out",
     "markdown",
     "run_bench",
-    "seed_batch_steps_per_s",
     "seed_batch_timings",
     "synthetic_pair",
     "time_method",
