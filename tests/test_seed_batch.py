@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import restored_registries
 from dabench import Batch, Loss, Method, Uses, register_method
 from dabench.backbones.lenet import LeNet
 from dabench.core.record import Status
@@ -73,19 +74,11 @@ class _HostRead(Method):
 def _test_registrations():
     """This file's test backbone and methods, registered for its tests only: registered at import
     they would join every other test's "all registered methods" (``dabench bench``'s among them)."""
-    added = []
-    for registry, register, name, obj in (
-        (BACKBONES, register_backbone, "lenet-nodrop", _lenet_nodrop),
-        (METHODS, register_method, "sb-poisoned", _Poisoned),
-        (METHODS, register_method, "sb-host-read", _HostRead),
-    ):
-        if name not in registry:
-            register(name)(obj)
-            added.append((registry, name))
-    yield
-    for registry, name in added:
-        registry._items.pop(name, None)
-        registry._sources.pop(name, None)
+    with restored_registries():
+        register_backbone("lenet-nodrop")(_lenet_nodrop)
+        register_method("sb-poisoned")(_Poisoned)
+        register_method("sb-host-read")(_HostRead)
+        yield
 
 
 def _run(tmp, methods, seeds, steps, batch, **over):

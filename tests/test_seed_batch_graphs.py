@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import restored_registries
 from dabench import Batch, Loss, Method, Uses, register_method
 from dabench.backbones.lenet import LeNet
 from dabench.core.domain import default_data_root
@@ -83,19 +84,11 @@ class _HostBranch(Method):
 
 @pytest.fixture(autouse=True, scope="module")
 def _test_registrations():
-    added = []
-    for registry, register, name, obj in (
-        (BACKBONES, register_backbone, "lenet-nodrop", _lenet_nodrop),
-        (METHODS, register_method, "sbg-poisoned", _PoisonedOnDevice),
-        (METHODS, register_method, "sbg-host-branch", _HostBranch),
-    ):
-        if name not in registry:
-            register(name)(obj)
-            added.append((registry, name))
-    yield
-    for registry, name in added:
-        registry._items.pop(name, None)
-        registry._sources.pop(name, None)
+    with restored_registries():
+        register_backbone("lenet-nodrop")(_lenet_nodrop)
+        register_method("sbg-poisoned")(_PoisonedOnDevice)
+        register_method("sbg-host-branch")(_HostBranch)
+        yield
 
 
 def _run(tmp, methods, seeds, steps, device, cuda_graphs, **over):

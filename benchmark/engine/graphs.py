@@ -261,11 +261,17 @@ class StepGraph:
         self.graph.replay()
 
     def reset_sums(self) -> dict[str, torch.Tensor]:
-        """After an evaluation: zero the sums in place (outside the graph); returns the dict the loop keeps."""
-        for k in self.keys:
-            self.sums[k].zero_()
-        self.sums = {k: self.sums[k] for k in self.keys}
+        """After an evaluation: see :func:`zero_sums`."""
+        self.sums = zero_sums(self.sums, self.keys)
         return self.sums
+
+
+def zero_sums(sums: dict[str, torch.Tensor], keys: Sequence[str]) -> dict[str, torch.Tensor]:
+    """After an evaluation: zero a captured step's loss sums in place (outside the graph, which
+    adds into these very tensors) and keep only the parts the graph logs; the dict the loop keeps."""
+    for k in keys:
+        sums[k].zero_()
+    return {k: sums[k] for k in keys}
 
 
 def recover_from_failed_capture(main_stream: torch.cuda.Stream) -> None:

@@ -354,10 +354,8 @@ class SeedStepGraph:
         self.graph.replay()
 
     def reset_sums(self) -> dict[str, torch.Tensor]:
-        """After an evaluation: zero the sums in place (outside the graph); returns the dict the loop keeps."""
-        for k in self.keys:
-            self.sums[k].zero_()
-        self.sums = {k: self.sums[k] for k in self.keys}
+        """After an evaluation: see :func:`graphs.zero_sums`."""
+        self.sums = graphs.zero_sums(self.sums, self.keys)
         return self.sums
 
 
