@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
 
 import pytest
+
+from registry_helpers import restored_registries
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -23,24 +24,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@contextlib.contextmanager
-def restored_registries():
-    """Registrations made inside the block (a plugin file loaded, a test method) are forgotten after
-    it: left behind they join other tests' "every registered method" — e.g. ``dabench bench`` with
-    no ``--methods`` once ran a plugin method that ends its process with ``os._exit(3)``."""
-    from dabench.core.registry import BACKBONES, METHODS, PAIRS
-
-    registries = (METHODS, PAIRS, BACKBONES)
-    for reg in registries:
-        reg.names()  # built-ins and entry points loaded first: the snapshot must include them
-    saved = [(reg, dict(reg._items), dict(reg._sources), dict(reg._groups)) for reg in registries]
-    try:
-        yield
-    finally:
-        for reg, items, sources, groups in saved:
-            reg._items, reg._sources, reg._groups = items, sources, groups
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import restored_registries
 from dabench import Batch, Loss, Method, Uses, register_method
 from dabench.backbones.lenet import LeNet
 from dabench.core.record import Status
@@ -29,6 +28,7 @@ from dabench.core.store import RunStore
 from dabench.running.executors import ExecutorOptions
 from dabench.running.matrix import Matrix, expand
 from dabench.running.scheduler import run_matrix
+from registry_helpers import restored_registries
 
 LOSS_RTOL = 1e-3
 DEPENDANT_LOSS_RTOL = 5e-3

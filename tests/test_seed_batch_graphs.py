@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import restored_registries
 from dabench import Batch, Loss, Method, Uses, register_method
 from dabench.backbones.lenet import LeNet
 from dabench.core.domain import default_data_root
@@ -37,6 +36,7 @@ from dabench.engine.train import RunContext, build_method
 from dabench.running.executors import ExecutorOptions
 from dabench.running.matrix import Matrix, expand
 from dabench.running.scheduler import run_matrix
+from registry_helpers import restored_registries
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device; the CPU tests cover the pieces")
