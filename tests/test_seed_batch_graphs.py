@@ -100,22 +100,14 @@ def _run(tmp, methods, seeds, steps, device, cuda_graphs, **over):
 
 
 # --- CPU ------------------------------------------------------------------------------------
-def test_stack_batches_writes_into_the_static_inputs():
+def test_stack_batches_stacks_each_part_seed_by_seed():
     g = torch.Generator().manual_seed(0)
     seeds = [{"x_source": torch.randn(4, 1, 6, 6, generator=g), "y_source": torch.randint(0, 9, (4,), generator=g)}
              for _ in range(3)]  # fmt: skip
     stacked = stack_batches(seeds)
     assert stacked["x_source"].shape == (3, 4, 1, 6, 6) and stacked["y_source"].shape == (3, 4)
     assert torch.equal(stacked["x_source"][1], seeds[1]["x_source"])
-    static = {k: torch.zeros_like(v) for k, v in stacked.items()}
-    pointers = {k: v.data_ptr() for k, v in static.items()}
-    assert stack_batches(seeds, out=static) is static
-    assert all(static[k].data_ptr() == pointers[k] for k in static)  # the very tensors a graph reads
-    assert all(torch.equal(static[k], stacked[k]) for k in static)
-    with pytest.raises(ValueError, match="'x_source' stacks to"):
-        stack_batches(seeds[:2], out=static)  # 2 seeds into 3 seeds' inputs
-    with pytest.raises(ValueError, match="batch parts"):
-        stack_batches([{"x_source": s["x_source"]} for s in seeds], out=static)
+    assert torch.equal(stacked["y_source"][2], seeds[2]["y_source"])
 
 
 def test_on_the_cpu_graphs_resolve_off_and_every_seed_records_it(tmp_path, one_thread):
@@ -186,13 +178,14 @@ def test_the_vmapped_step_of_every_batchable_method_takes_a_tensor_progress(one_
 
 
 # --- CUDA -----------------------------------------------------------------------------------
-def _train_direct(name: str, seeds, steps: int, use_graphs: bool):
-    """``train_batched`` on digits-offline (CUDA) over ``steps`` steps, evaluation at the end only;
+def _train_direct(name: str, seeds, steps: int, use_graphs: bool, device: str = "cuda"):
+    """``train_batched`` on digits-offline over ``steps`` steps, evaluation at the end only (on the
+    CPU ``use_graphs`` runs the graph-mode loop with each replay running the captured body);
     returns per seed (initial parameters, final parameters, data generator state) and the notes.
     Fine-tune starts from its own random init here (no checkpoint): its step and groups are what matter."""
     pair = PAIRS.get("digits-offline")
     pair_data = pair.load(default_data_root())
-    dev = torch.device("cuda")
+    dev = torch.device(device)
     specs = expand(Matrix(methods=(name,), pairs=(pair.name,), seeds=tuple(seeds),
                           overrides={"steps": steps, "eval_every": steps, "log_every": steps, "batch_size": 32,
                                      "backbone": "lenet-nodrop"}))  # fmt: skip
@@ -200,28 +193,38 @@ def _train_direct(name: str, seeds, steps: int, use_graphs: bool):
     methods, ctxs, inits = [], [], []
     for spec in specs:
         torch.manual_seed(spec.seed)
-        method = build_method(spec, pair).to(dev).to(memory_format=torch.channels_last)
+        method = build_method(spec, pair).to(dev)
+        if dev.type == "cuda":
+            method = method.to(memory_format=torch.channels_last)
         inits.append({k: v.detach().clone() for k, v in method.named_parameters()})
         methods.append(method)
         data = DeviceData(pair, pair_data, dev, spec.seed, spec.target_shots, spec.eval_shots)
         ctxs.append(RunContext(spec, pair, data, dev))
     torch.backends.cudnn.benchmark = True
     outcomes = train_batched(methods, ctxs, dev, cuda_graphs=use_graphs)
-    torch.cuda.synchronize()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     finals = [{k: v.detach().clone() for k, v in m.named_parameters()} for m in methods]
     gens = [c.data.generator.get_state() for c in ctxs]
     return inits, finals, gens, [c.graph_note for c in ctxs], outcomes
 
 
-@needs_cuda
-@pytest.mark.parametrize("name", ["source-only", "dann", "fine-tune"])
-def test_captured_seed_batch_equals_the_eager_seed_batch(name):
+@pytest.mark.parametrize(
+    "name,device",
+    [("source-only", "cpu"), ("dann", "cpu")]
+    + [pytest.param(n, "cuda", marks=needs_cuda) for n in ("source-only", "dann", "fine-tune")],
+)
+def test_captured_seed_batch_equals_the_eager_seed_batch(name, device, one_thread):
     """Per seed, the parameters after WARMUP_STEPS eager + 5 replayed steps equal the eager
-    seed-batched run's (same batches: each seed's data generator ends in the same state)."""
+    seed-batched run's (same batches: each seed's data generator ends in the same state).
+
+    On the CPU the replays run the captured body itself (``CapturedStep`` emulates the graph off
+    CUDA): each seed's stream cursors, gather and augmentation inside the step, progress and the
+    learning rate from the step tables, the graph-safe SGD, the in-place counters."""
     steps = graphs.WARMUP_STEPS + 5
     scheduled = 2 * steps if name == "fine-tune" else steps  # fine-tune takes steps_fraction = 0.5 of them
-    inits, eager, gens_e, notes_e, _ = _train_direct(name, (0, 1, 2), scheduled, False)
-    _, captured, gens_c, notes_c, outcomes = _train_direct(name, (0, 1, 2), scheduled, True)
+    inits, eager, gens_e, notes_e, _ = _train_direct(name, (0, 1, 2), scheduled, False, device)
+    _, captured, gens_c, notes_c, outcomes = _train_direct(name, (0, 1, 2), scheduled, True, device)
     assert notes_e == ["off"] * 3
     assert notes_c == ["captured"] * 3, notes_c
     assert all(o.timings["cuda_graphs"] == "captured" for o in outcomes), outcomes

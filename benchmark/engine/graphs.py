@@ -41,6 +41,7 @@ from typing import Any, cast
 
 import torch
 
+from ..core.domain import lr_factor
 from ..core.method import Batch, Loss, Method
 from .evaluate import autocast
 
@@ -131,7 +132,86 @@ def graph_sgd_step(opt: torch.optim.Optimizer, lrs: Sequence[torch.Tensor]) -> N
         torch._foreach_add_(params, torch._foreach_mul(grads, (-lr).to(params[0].dtype)))
 
 
-class StepGraph:
+class CapturedStep:
+    """What both captured steps share (:class:`StepGraph`, one run; the seed-batched
+    ``SeedStepGraph``): the per-step device tables, the capture with the data generators
+    registered, the replay, the loss sums.
+
+    ``progress_table[s] = s / steps`` and ``factor_table[s] = lr_factor(p)`` (float64, the very
+    floats the eager loop computes) are read at the device step counter ``step``, which the body
+    advances last. A subclass's :meth:`body` is the whole step; it calls :meth:`lookup` for the
+    step's progress and learning-rate factor.
+
+    Off CUDA (the CPU tests and ``dabench bench``'s operation counts) nothing is recorded:
+    :meth:`capture` only marks the step captured and each :meth:`replay` runs :meth:`body`, so the
+    engine's graph-mode loop — cursors, tables, the graph-safe SGD, in-place counters — runs as
+    such, eagerly (``emulated``). The engine never asks for that itself: ``resolve_cuda_graphs``
+    is off on every non-CUDA device.
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        progress_table: torch.Tensor,
+        factor_table: torch.Tensor,
+        first_step: int,
+        generators: Sequence[torch.Generator],
+    ) -> None:
+        self.device = device
+        self.progress_table = progress_table.to(device=device, dtype=torch.float64)
+        self.factor_table = factor_table.to(device=device, dtype=torch.float64)
+        self.step = torch.full((), first_step, dtype=torch.long, device=device)
+        self.generators = list(generators)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.emulated = False
+        self.keys: list[str] = []
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def body(self) -> None:
+        raise NotImplementedError
+
+    def lookup(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's (progress, lr factor): 0-d float64 device tensors read at the device step."""
+        at = self.step.reshape(1)
+        # index_select, not table[step]: indexing with a 0-d tensor may read it on the host
+        progress = self.progress_table.index_select(0, at).reshape(())
+        factor = self.factor_table.index_select(0, at).reshape(())
+        return progress, factor
+
+    def capture(self) -> None:
+        """Record one step; raises (any exception: the caller falls back to eager steps) if it cannot be."""
+        if self.device.type != "cuda":
+            self.emulated = True  # nothing to record: each replay runs the body (see the class docstring)
+            return
+        graph = torch.cuda.CUDAGraph()
+        register = getattr(graph, "register_generator_state", None)
+        if register is None and self.generators:
+            raise NotCapturable(f"torch {torch.__version__} has no CUDAGraph.register_generator_state")
+        for gen in self.generators:
+            # before the capture begins: the capture's prologue puts each registered generator in
+            # graph mode (its draws then read seed and offset from device tensors that every
+            # replay sets, and each replay advances its offset by the whole graph's increment)
+            register(gen)  # type: ignore[misc]
+        # thread_local: a progress bar or logging thread of the host process may still call CUDA
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            self.body()
+        self.graph = graph
+
+    def replay(self) -> None:
+        """One training step (the caller has prepared the streams' cursors): nothing but the replay."""
+        if self.emulated:
+            self.body()
+            return
+        assert self.graph is not None, "capture() first"
+        self.graph.replay()
+
+    def reset_sums(self) -> dict[str, torch.Tensor]:
+        """After an evaluation: see :func:`zero_sums`."""
+        self.sums = zero_sums(self.sums, self.keys)
+        return self.sums
+
+
+class StepGraph(CapturedStep):
     """One training step of ``method`` captured in a CUDA graph, its data path included.
 
     The graph holds the whole step: the batch (``draw()``, run inside the capture: each
@@ -168,43 +248,23 @@ class StepGraph:
         sums: dict[str, torch.Tensor],
         parts: dict[str, torch.Tensor],
     ) -> None:
-        self.method, self.opts, self.pick, self.base_lr, self.device = method, opts, pick, base_lr, device
-        self.draw, self.generators = draw, list(generators)
-        self.progress_table = progress_table.to(device=device, dtype=torch.float64)
-        self.factor_table = factor_table.to(device=device, dtype=torch.float64)
-        self.step = torch.full((), first_step, dtype=torch.long, device=device)
+        super().__init__(device, progress_table, factor_table, first_step, generators)
+        self.method, self.opts, self.pick, self.base_lr = method, opts, pick, base_lr
+        self.draw = draw
         #: the captured step's batch (static tensors of the graph's pool; ``idx_target`` included)
         self.batch: Batch | None = None
         self.part_names = list(part_names)
         self.first_bad = first_bad
         # the sums accumulate in place inside the graph: one static tensor per loss part a step logs
         self.keys = list(parts)
-        self.sums: dict[str, torch.Tensor] = {}
         for k in self.keys:
             self.sums[k] = torch.zeros_like(parts[k].detach(), dtype=torch.float32)
             if k in sums:
                 self.sums[k].copy_(sums[k])
         for k, v in sums.items():  # a part seen earlier in this window but not now: kept until the evaluation
             self.sums.setdefault(k, v)
-        self.graph: torch.cuda.CUDAGraph | None = None
         self._lrs: dict[int, list[torch.Tensor]] = {}
         self._step_parts: dict[str, torch.Tensor] = {}
-
-    def capture(self) -> None:
-        """Record one step; raises (any exception: the caller falls back to eager steps) if it cannot be."""
-        graph = torch.cuda.CUDAGraph()
-        register = getattr(graph, "register_generator_state", None)
-        if register is None and self.generators:
-            raise NotCapturable(f"torch {torch.__version__} has no CUDAGraph.register_generator_state")
-        for gen in self.generators:
-            # before the capture begins: the capture's prologue puts each registered generator in
-            # graph mode (its draws then read seed and offset from device tensors that every
-            # replay sets, and each replay advances its offset by the whole graph's increment)
-            register(gen)  # type: ignore[misc]
-        # thread_local: a progress bar or logging thread of the host process may still call CUDA
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self.body()
-        self.graph = graph
 
     def body(self) -> None:
         """What the graph holds: one whole step, from the batch's indices to ``step += 1``.
@@ -212,10 +272,7 @@ class StepGraph:
         Run once, under capture, by :meth:`capture`; run as such (no graph), it is one step of
         the captured run, which the CPU tests compare with the eager loop's."""
         self.batch = self.draw()  # outside autocast, as the eager loop draws it
-        at = self.step.reshape(1)
-        # index_select, not table[step]: indexing with a 0-d tensor may read it on the host
-        progress = self.progress_table.index_select(0, at).reshape(())
-        factor = self.factor_table.index_select(0, at).reshape(())
+        progress, factor = self.lookup()
         # the learning rate of every group, lr · lr_mult · factor, computed inside the graph
         self._lrs = {
             id(opt): [factor * (self.base_lr * float(g["lr_mult"])) for g in opt.param_groups]
@@ -255,15 +312,13 @@ class StepGraph:
         self.first_bad.copy_(torch.where((self.first_bad < 0) & ~finite, self.step, self.first_bad))
         self._step_parts.update(out.parts)
 
-    def replay(self) -> None:
-        """One training step (the caller has prepared the streams' cursors): nothing but the replay."""
-        assert self.graph is not None, "capture() first"
-        self.graph.replay()
 
-    def reset_sums(self) -> dict[str, torch.Tensor]:
-        """After an evaluation: see :func:`zero_sums`."""
-        self.sums = zero_sums(self.sums, self.keys)
-        return self.sums
+def step_tables(lr_schedule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-step device tables of a captured step (CPU, float64): ``progress[s] = s / steps``
+    and ``factor[s] = lr_factor(lr_schedule, s / steps)``, the very floats the eager loop computes."""
+    progress = torch.arange(steps, dtype=torch.float64) / steps  # IEEE division: equals step / steps
+    factor = torch.tensor([lr_factor(lr_schedule, s / steps) for s in range(steps)], dtype=torch.float64)
+    return progress, factor
 
 
 def zero_sums(sums: dict[str, torch.Tensor], keys: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -274,7 +329,7 @@ def zero_sums(sums: dict[str, torch.Tensor], keys: Sequence[str]) -> dict[str, t
     return {k: sums[k] for k in keys}
 
 
-def recover_from_failed_capture(main_stream: torch.cuda.Stream) -> None:
+def recover_from_failed_capture(main_stream: torch.cuda.Stream | None) -> None:
     """Leave CUDA as it was before a capture that raised, so the run can go on eagerly.
 
     A capture that fails inside ``torch.cuda.graph`` leaves its capture stream current, and it
@@ -284,6 +339,8 @@ def recover_from_failed_capture(main_stream: torch.cuda.Stream) -> None:
     generator's seed and offset are saved before and restored after, so the eager steps draw
     exactly what they would have drawn.
     """
+    if main_stream is None:  # off CUDA (an emulated capture): nothing was put in capture mode
+        return
     device = main_stream.device
     torch.cuda.set_stream(main_stream)
     torch.cuda.synchronize(device)
@@ -302,6 +359,16 @@ def recover_from_failed_capture(main_stream: torch.cuda.Stream) -> None:
 
 def _static(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().clone(memory_format=torch.preserve_format)
+
+
+def side_stream(device: torch.device) -> torch.cuda.Stream | None:
+    """The side stream of the eager warm-up steps before a capture (``None`` off CUDA: nothing to wait for)."""
+    return torch.cuda.Stream(device) if device.type == "cuda" else None
+
+
+def current_stream(device: torch.device) -> torch.cuda.Stream | None:
+    """The stream a failed capture must return to (``None`` off CUDA)."""
+    return torch.cuda.current_stream(device) if device.type == "cuda" else None
 
 
 def side_stream_step(side: torch.cuda.Stream | None) -> contextlib.AbstractContextManager[Any]:

@@ -32,9 +32,9 @@ What stays per seed, exactly as in :func:`dabench.engine.train.execute`:
 
 CUDA graphs (``cuda_graphs``, resolved by :func:`dabench.engine.graphs.resolve_cuda_graphs`):
 after :data:`~dabench.engine.graphs.WARMUP_STEPS` eager steps on a side stream the whole
-seed-batched step is captured once (:class:`SeedStepGraph`) and replayed, each seed's batch still
-drawn eagerly and stacked into the graph's static inputs (:func:`stack_batches`); a failed
-capture falls back to eager seed-batched steps. Each seed's ``timings.cuda_graphs`` says which
+seed-batched step is captured once (:class:`SeedStepGraph`), every seed's data path included
+(its stream cursors, gather and augmentation with its own data generator), and replayed; a
+failed capture falls back to eager seed-batched steps. Each seed's ``timings.cuda_graphs`` says which
 (``captured`` / ``off`` / ``fallback: <reason>``). A diverged seed stays in the stacked model
 and the graph, so nothing is ever re-stacked or re-captured.
 
@@ -57,7 +57,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 
 import torch
 from torch import nn
@@ -69,7 +69,7 @@ from ..core.record import RunResult
 from ..core.spec import RunSpec
 from ..core.store import RunStore, atomic_torch_save
 from . import graphs
-from .data import DeviceData
+from .data import DeviceData, Stream, StreamCursor
 from .evaluate import autocast
 from .graphs import NotCapturable, graph_sgd_step
 from .train import Diverged, RunContext, _build_optimizers, _first_bad_part, execute, prepare_method, save_features
@@ -241,46 +241,29 @@ def _load_slice(method: Method, params: dict[str, torch.Tensor], buffers: dict[s
                 b.copy_(buffers[name][s])
 
 
-def stack_batches(
-    seed_batches: Sequence[dict[str, torch.Tensor]], out: dict[str, torch.Tensor] | None = None
-) -> dict[str, torch.Tensor]:
-    """The seeds' batches stacked per part (``[S, B, ...]``, seed ``s`` at index ``s``).
-
-    With ``out`` (a captured graph's static inputs) the stack is written into those very tensors
-    (``torch.stack(..., out=)``: one kernel per part, no host sync, no reallocation) and ``out``
-    is returned; a part or shape that does not match raises ``ValueError`` (a replay would read
-    the wrong memory)."""
+def stack_batches(seed_batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The seeds' batches stacked per part (``[S, B, ...]``, seed ``s`` at index ``s``)."""
     keys = [k for k in _PARTS if k in seed_batches[0]]
-    if out is None:
-        return {k: torch.stack([b[k] for b in seed_batches]) for k in keys}
-    if sorted(keys) != sorted(out):
-        raise ValueError(f"stack_batches: batch parts {keys}, static inputs {sorted(out)}")
-    for k in keys:
-        shape = (len(seed_batches), *seed_batches[0][k].shape)
-        if tuple(out[k].shape) != shape or out[k].dtype != seed_batches[0][k].dtype:
-            raise ValueError(
-                f"stack_batches: {k!r} stacks to {shape} {seed_batches[0][k].dtype}, "
-                f"the static input is {tuple(out[k].shape)} {out[k].dtype}"
-            )
-        torch.stack([b[k] for b in seed_batches], out=out[k])
-    return out
+    return {k: torch.stack([b[k] for b in seed_batches]) for k in keys}
 
 
 #: the vmapped forward of all seeds: (stacked batch, progress) -> (totals [S], loss parts {name: [S]})
 _Forward = Callable[[dict[str, torch.Tensor], "float | torch.Tensor"], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
-class SeedStepGraph:
+class SeedStepGraph(graphs.CapturedStep):
     """One seed-batched training step captured in a CUDA graph (the seed-batched form of
-    :class:`dabench.engine.graphs.StepGraph`).
+    :class:`dabench.engine.graphs.StepGraph`), its data path included.
 
-    Inside the graph: the vmapped forward and loss of all seeds (``forward``, under bf16 autocast
-    without its weight cache), the backward of the summed totals, :func:`graph_sgd_step` of the
-    stacked parameters' SGD with the learning rate ``factor · lr · lr_mult`` computed from a
-    device tensor, the per-seed "first non-finite step" counter ``first_bad`` ``[S, 1 + parts]``
-    and the per-seed loss sums ``sums`` ``{part: [S]}``, both updated in place. Outside: drawing
-    each seed's batch and :func:`stack_batches` into the static ``batch``, filling ``progress``,
-    ``factor`` and ``step`` (no host sync), the replay.
+    Inside the graph: every seed's batch (``draw()``: each seed's stream cursors, gather,
+    normalisation and augmentation with that seed's own registered data generator, stacked to
+    ``[S, B, ...]``), the step's ``progress`` and learning-rate factor from the per-step device
+    tables, the vmapped forward and loss of all seeds (``forward``, under bf16 autocast without its
+    weight cache), the backward of the summed totals, :func:`graph_sgd_step` of the stacked
+    parameters' SGD, the per-seed "first non-finite step" counter ``first_bad`` ``[S, 1 + parts]``
+    and the per-seed loss sums ``sums`` ``{part: [S]}`` (both updated in place) and ``step += 1``.
+    Outside: each seed's streams' bookkeeping (``StreamCursor.prepare``) and the replay; no copy,
+    no fill, no per-seed launch.
 
     The graph reads and writes the stacked parameter, buffer and momentum tensors themselves, so
     evaluations and the end of the run (:func:`_load_slice`) see every replay's update; nothing is
@@ -293,70 +276,54 @@ class SeedStepGraph:
         opt: torch.optim.Optimizer,
         base_lr: float,
         device: torch.device,
-        stacked: dict[str, torch.Tensor],
+        draw: Callable[[], dict[str, torch.Tensor]],
+        progress_table: torch.Tensor,
+        factor_table: torch.Tensor,
+        first_step: int,
+        generators: Sequence[torch.Generator],
         part_names: list[str],
         first_bad: torch.Tensor,
         sums: dict[str, torch.Tensor],
         keys: list[str],
     ) -> None:
-        self.forward, self.opt, self.base_lr, self.device = forward, opt, base_lr, device
-        self.batch = {k: v.detach().clone() for k, v in stacked.items()}
-        self.progress = torch.zeros((), dtype=torch.float64, device=device)
-        self.factor = torch.ones((), dtype=torch.float64, device=device)
-        self.step = torch.zeros((), dtype=torch.long, device=device)
+        super().__init__(device, progress_table, factor_table, first_step, generators)
+        self.forward, self.opt, self.base_lr, self.draw = forward, opt, base_lr, draw
+        self.batch: dict[str, torch.Tensor] = {}
         self.part_names = list(part_names)
         self.first_bad = first_bad.clone()  # static from here on: the loop reads this one
         # one static [S] float32 sum per part the warm-up steps logged, starting from the window's sums
         self.keys = list(keys)
         n_seeds = first_bad.shape[0]
-        self.sums: dict[str, torch.Tensor] = {}
         for k in self.keys:
             self.sums[k] = torch.zeros(n_seeds, dtype=torch.float32, device=device)
             if k in sums:
                 self.sums[k].copy_(sums[k])
         for k, v in sums.items():  # a part seen earlier in this window only: kept until the evaluation
             self.sums.setdefault(k, v)
-        self.graph: torch.cuda.CUDAGraph | None = None
 
-    def capture(self) -> None:
-        """Record one step; raises (any exception: the caller goes on eagerly) if it cannot be."""
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            lrs = [self.factor * (self.base_lr * float(g["lr_mult"])) for g in self.opt.param_groups]
-            with autocast(self.device, cache_enabled=False):
-                totals, parts = self.forward(self.batch, self.progress)
-            with torch.autocast(self.device.type, enabled=False):
-                self.opt.zero_grad(set_to_none=True)
-                totals.sum().backward()
-                graph_sgd_step(self.opt, lrs)
-            new = [k for k in parts if k not in self.part_names]
-            if new:
-                raise NotCapturable(f"loss part(s) {new} first appear after the warm-up steps")
-            if list(parts) != self.keys:
-                raise NotCapturable(f"the step logs loss parts {list(parts)}, the warm-up steps logged {self.keys}")
-            zeros = totals.new_zeros(totals.shape[0])
-            values = torch.stack([totals.detach()] + [parts.get(k, zeros) for k in self.part_names], dim=1)
-            bad = torch.where((self.first_bad < 0) & ~torch.isfinite(values), self.step, self.first_bad)
-            self.first_bad.copy_(bad)
-            for k in self.keys:
-                self.sums[k].add_(parts[k].detach().float())
-        self.graph = graph
-
-    def replay(
-        self, seed_batches: Sequence[dict[str, torch.Tensor]], progress: float, factor: float, step: int
-    ) -> None:
-        """One training step of every seed on its own batch: stack them in, fill the scalars, replay."""
-        assert self.graph is not None, "capture() first"
-        stack_batches(seed_batches, out=self.batch)
-        self.progress.fill_(progress)
-        self.factor.fill_(factor)
-        self.step.fill_(step)
-        self.graph.replay()
-
-    def reset_sums(self) -> dict[str, torch.Tensor]:
-        """After an evaluation: see :func:`graphs.zero_sums`."""
-        self.sums = graphs.zero_sums(self.sums, self.keys)
-        return self.sums
+    def body(self) -> None:
+        """One seed-batched step, from the seeds' indices to ``step += 1`` (what the graph holds)."""
+        self.batch = self.draw()  # outside autocast, as the eager loop draws it
+        progress, factor = self.lookup()
+        lrs = [factor * (self.base_lr * float(g["lr_mult"])) for g in self.opt.param_groups]
+        with autocast(self.device, cache_enabled=False):
+            totals, parts = self.forward(self.batch, progress)
+        with torch.autocast(self.device.type, enabled=False):
+            self.opt.zero_grad(set_to_none=True)
+            totals.sum().backward()
+            graph_sgd_step(self.opt, lrs)
+        new = [k for k in parts if k not in self.part_names]
+        if new:
+            raise NotCapturable(f"loss part(s) {new} first appear after the warm-up steps")
+        if list(parts) != self.keys:
+            raise NotCapturable(f"the step logs loss parts {list(parts)}, the warm-up steps logged {self.keys}")
+        zeros = totals.new_zeros(totals.shape[0])
+        values = torch.stack([totals.detach()] + [parts.get(k, zeros) for k in self.part_names], dim=1)
+        bad = torch.where((self.first_bad < 0) & ~torch.isfinite(values), self.step, self.first_bad)
+        self.first_bad.copy_(bad)
+        for k in self.keys:
+            self.sums[k].add_(parts[k].detach().float())
+        self.step.add_(1)
 
 
 def train_batched(
@@ -417,10 +384,16 @@ def train_batched(
         # progress: a float in eager steps, the graph's 0-d tensor (shared by all seeds) when captured
         return vmap(lambda st, bt: per_seed(st, bt, progress), randomness="different")(state, stacked)
 
-    def draw() -> list[dict[str, torch.Tensor]]:
-        # each seed's own streams, drawn as the unbatched loop draws them
-        batches = [ctx._draw(st) for ctx, st in zip(ctxs, streams)]
-        return [{k: getattr(b, k) for k in _PARTS if getattr(b, k) is not None} for b in batches]
+    def draw(take: Sequence[Callable[[str], torch.Tensor]], names: Sequence[Container[str]]) -> dict[str, torch.Tensor]:
+        # each seed's own streams, drawn as the unbatched loop draws them (seed by seed), stacked
+        batches = [ctx._batch(t, n) for ctx, t, n in zip(ctxs, take, names)]
+        return stack_batches([{k: getattr(b, k) for k in _PARTS if getattr(b, k) is not None} for b in batches])
+
+    def next_of(st: dict[str, Stream]) -> Callable[[str], torch.Tensor]:
+        return lambda name: st[name].next()
+
+    def eager_draw() -> dict[str, torch.Tensor]:
+        return draw([next_of(st) for st in streams], streams)
 
     part_names: list[str] = []
     first_bad = torch.full((n_seeds, 1), -1, dtype=torch.long, device=device)
@@ -439,36 +412,57 @@ def train_batched(
     elif (why := graphs.refusal(methods[0], steps)) is not None:
         note = why
     else:
-        note, capture_at, side = graphs.OFF, graphs.WARMUP_STEPS, torch.cuda.Stream(device)
+        note, capture_at, side = graphs.OFF, graphs.WARMUP_STEPS, graphs.side_stream(device)
+    cursors: list[dict[str, StreamCursor]] = []
+
+    def take_of(c: dict[str, StreamCursor]) -> Callable[[str], torch.Tensor]:
+        return lambda name: c[name].take()
+
+    def capture(step: int) -> SeedStepGraph | None:
+        """The step captured (data path included) to replay from ``step`` on; ``None`` if it cannot be."""
+        nonlocal note
+        main_stream = graphs.current_stream(device)
+        states = [ctx.data.generator.get_state() for ctx in ctxs]
+        try:
+            cursors[:] = [{name: StreamCursor(s) for name, s in st.items()} for st in streams]
+            takes = [take_of(c) for c in cursors]
+            progress, factor = graphs.step_tables(sch.lr_schedule, steps)
+            graph = SeedStepGraph(
+                forward, opt, sch.lr, device, lambda: draw(takes, cursors), progress, factor, step,
+                [ctx.data.generator for ctx in ctxs], part_names, first_bad, sums, last_parts,
+            )  # fmt: skip
+            graph.capture()
+        except Exception as exc:  # noqa: BLE001 - any failure to capture: eager steps instead
+            note = graphs.fallback_note(exc)
+            cursors.clear()
+            graphs.recover_from_failed_capture(main_stream)
+            for ctx, st, state in zip(ctxs, streams, states):
+                ctx.renew_generator(state, st)
+            return None
+        note = graphs.CAPTURED
+        return graph
+
     t0 = time.perf_counter()
     images = 0
     for step in range(steps):
-        progress = step / steps
-        factor = lr_factor(sch.lr_schedule, progress)
-        for g in opt.param_groups:
-            g["lr"] = sch.lr * g["lr_mult"] * factor
-        warm = side if capture_at is not None and step < capture_at else None
-        with graphs.side_stream_step(warm):
-            seed_batches = draw()
         if step == capture_at:
             capture_at = None
-            main_stream = torch.cuda.current_stream(device)
-            try:
-                graph = SeedStepGraph(
-                    forward, opt, sch.lr, device, stack_batches(seed_batches), part_names, first_bad, sums, last_parts
-                )
-                graph.capture()
-                note = graphs.CAPTURED
+            graph = capture(step)
+            if graph is not None:
                 first_bad, sums = graph.first_bad, graph.sums
-            except Exception as exc:  # noqa: BLE001 - any failure to capture: eager steps instead
-                graph = None
-                note = graphs.fallback_note(exc)
-                graphs.recover_from_failed_capture(main_stream)
         if graph is not None:
-            graph.replay(seed_batches, progress, factor, step)
+            for seed_cursors in cursors:  # host bookkeeping; device work only at epoch boundaries
+                for cursor in seed_cursors.values():
+                    cursor.prepare()
+            graph.replay()
         else:
+            progress = step / steps
+            factor = lr_factor(sch.lr_schedule, progress)
+            for g in opt.param_groups:
+                g["lr"] = sch.lr * g["lr_mult"] * factor
+            warm = side if capture_at is not None and step < capture_at else None
             with graphs.side_stream_step(warm):
-                stacked = stack_batches(seed_batches)
+                stacked = eager_draw()
                 try:
                     with autocast(device):
                         totals, parts = forward(stacked, progress)

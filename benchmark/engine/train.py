@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,7 +167,7 @@ class RunContext:
         elif (why := graphs.refusal(method, steps - start)) is not None:
             self.graph_note = why
         else:
-            capture_at, side = start + graphs.WARMUP_STEPS, torch.cuda.Stream(dev)
+            capture_at, side = start + graphs.WARMUP_STEPS, graphs.side_stream(dev)
 
         cursors: dict[str, StreamCursor] = {}
 
@@ -259,7 +259,7 @@ class RunContext:
         """The step's batch: the next indices of each stream, gathered and augmented on the device."""
         return self._batch(lambda name: streams[name].next(), streams)
 
-    def _batch(self, take: Callable[[str], torch.Tensor], names) -> Batch:
+    def _batch(self, take: Callable[[str], torch.Tensor], names: Container[str]) -> Batch:
         """A batch from ``take(stream name)`` indices, streams in a fixed order (their draws from
         the data generator interleave with the augmentation's in this order)."""
         data = self.data
@@ -295,13 +295,12 @@ class RunContext:
         one in the same state (:func:`graphs.recover_from_failed_capture` ends that mode of the
         default generator)."""
         dev, data, sch = self.device, self.data, self.spec.schedule
-        main_stream = torch.cuda.current_stream(dev)
+        main_stream = graphs.current_stream(dev)
         generator_state = data.generator.get_state()
         try:
             cursors.clear()
             cursors.update({name: StreamCursor(s) for name, s in streams.items()})
-            progress = torch.arange(steps, dtype=torch.float64) / steps  # IEEE: equals step / steps
-            factor = torch.tensor([lr_factor(sch.lr_schedule, s / steps) for s in range(steps)], dtype=torch.float64)
+            progress, factor = graphs.step_tables(sch.lr_schedule, steps)
             graph = StepGraph(
                 method, opts, lambda n: _pick(opts, n, method), sch.lr, dev,
                 lambda: self._batch(lambda name: cursors[name].take(), cursors),
@@ -312,14 +311,19 @@ class RunContext:
             self.graph_note = graphs.fallback_note(exc)
             cursors.clear()
             graphs.recover_from_failed_capture(main_stream)
-            fresh = torch.Generator(device=dev)
-            fresh.set_state(generator_state)
-            data.generator = fresh
-            for s in streams.values():
-                s.g = fresh
+            self.renew_generator(generator_state, streams)
             return None
         self.graph_note = graphs.CAPTURED
         return graph
+
+    def renew_generator(self, state: torch.Tensor, streams: dict[str, Stream]) -> None:
+        """After a failed capture: a fresh data generator in ``state`` for the data and its streams
+        (the failed capture left the generator it registered in capture mode)."""
+        fresh = torch.Generator(device=self.device)
+        fresh.set_state(state)
+        self.data.generator = fresh
+        for s in streams.values():
+            s.g = fresh
 
     # --- mid-run checkpoints ---------------------------------------------------------
     # A resumed run must equal the uninterrupted one (on the CPU at a fixed thread count), so a
