@@ -145,7 +145,8 @@ class Leaderboard:
     """A selected-accuracy leaderboard; ``table`` holds the display strings.
 
     ``cells`` is the numeric long table (entry, method, labels, pair, n, mean, std, ci_low,
-    ci_high, p_vs_best, best, tied); ``summary`` the per-row avg/rank/gain; ``best`` and
+    ci_high, p_vs_best, best, tied, not_applicable: why the rule may not select the cell's runs,
+    or ""); ``summary`` the per-row avg/rank/gain (and not_applicable); ``best`` and
     ``tied`` are boolean frames shaped like ``table``.
     """
 
@@ -403,7 +404,7 @@ def prepare(
         allr[allr["entry"].isin(barred)],
         [rule],
         f"those rows show {NOT_APPLICABLE} (not selected by this rule, never filled from another one) "
-        "and leave its bests, ranks and statistics.",
+        "and leave its bests, ranks, statistics and figures.",
     )
     done = set(zip(ok["entry"], ok["pair"], ok["seed"].astype(int)))
     miss = []
