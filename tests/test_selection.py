@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 from dabench.analysis.results import COLUMNS, load_results
-from dabench.analysis.selection import ORACLE_LABEL, RULES, rule_regret, rule_title, select
+from dabench.analysis.selection import (
+    ORACLE_LABEL,
+    READS,
+    RULES,
+    SOURCE_LABELS,
+    TARGET_LABELS,
+    rule_regret,
+    rule_title,
+    select,
+)
 from fake_runs import curve_from, write_run
 
 # One curve where every rule picks a different evaluation (steps 100..500).
@@ -98,8 +107,11 @@ def test_each_rule_picks_its_evaluation(folder, rule):
 
 def test_rules_registry_and_oracle_label():
     assert set(RULES) == {"last", "source-val", "entropy", "im", "snd", "dev", "oracle"}
-    for desc, cite, fn in RULES.values():  # (description, citation, function)
-        assert desc and cite and callable(fn)
+    for desc, cite, fn, reads in RULES.values():  # (description, citation, function, what it reads)
+        assert desc and cite and callable(fn) and reads in READS
+    # what each rule reads decides where it applies (source-free runs have no source labels)
+    assert {n for n, r in RULES.items() if r.reads == SOURCE_LABELS} == {"source-val", "dev"}
+    assert RULES["oracle"].reads == TARGET_LABELS
     assert RULES["oracle"].description == ORACLE_LABEL
     assert "ORACLE" in rule_title("oracle") and "upper bound" in rule_title("oracle")
 

@@ -26,7 +26,7 @@ from .tables import Leaderboard, leaderboard
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 from .results import filter_runs, load_results
-from .selection import RULES, check_rule, rule_regret, rule_title
+from .selection import RULES, check_rule, mark_not_applicable, protocol_notes, rule_regret, rule_title
 from .stats import Comparison, compare
 
 if TYPE_CHECKING:
@@ -63,6 +63,26 @@ CORR_TEXT = (
     "evaluation (checkpoint) of every complete run, per pair and pooled over pairs; points: the "
     "pooled number of evaluations."
 )
+
+
+#: what a rules table does with the runs a rule may not select (selection.protocol_notes)
+RULES_NA_EFFECT = "its cells for them read n/a and they are left out of its column (never filled from another rule)."
+VALIDATOR_NA_EFFECT = "their evaluations are left out of its correlation."
+
+
+def rules_notes(df: pd.DataFrame, rules: Iterable[str], effect: str = RULES_NA_EFFECT) -> list[str]:
+    """Why some rules of a methods x rules table have "n/a" cells: one line per rule and protocol
+    whose runs the rule may not select (e.g. "source-val reads source labels; source-free runs
+    cannot use it ...")."""
+    return protocol_notes(df, [r for r in rules if r in RULES], effect)
+
+
+def _md_notes(notes: list[str]) -> str:
+    return "".join(f"\n\n- {n}" for n in notes)
+
+
+def _html_notes(notes: list[str]) -> list[str]:
+    return ['<ul class="legend">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"] if notes else []
 
 
 def _write_md(lb: Leaderboard, path: Path) -> None:
@@ -182,14 +202,15 @@ def config_selection_markdown(df: pd.DataFrame) -> str:
         "\n## Configuration selection (methods x rules)\n\n"
         + CONFIG_TEXT
         + ("\n\n" + DEV_TEXT if "dev" in acc.columns else "")
+        + _md_notes(rules_notes(df, acc.columns))
         + "\n\n"
-        + md_table(acc, ".1f", index=True)
+        + md_table(mark_not_applicable(acc, df), ".1f", index=True)
         + "\n\n### Regret against the oracle (points)\n\n"
-        + md_table(regret, ".2f", index=True)
+        + md_table(mark_not_applicable(regret, df), ".2f", index=True)
         + "\n\n### Ranking change from oracle (Kendall's tau)\n\n"
         + TAU_TEXT
         + "\n\n"
-        + md_table(ranking_change(acc), ".2f", index=True)
+        + md_table(mark_not_applicable(ranking_change(acc), df), ".2f", index=True)
         + "\n"
     )
 
@@ -200,6 +221,7 @@ def validator_markdown(df: pd.DataFrame) -> str:
     if corr.empty:
         return ""
     note = "\n\n" + DEV_TEXT if "dev" in corr.index else ""
+    note += _md_notes(rules_notes(df, corr.index, VALIDATOR_NA_EFFECT))
     return (
         "\n## Which validator to trust (Spearman rho with target accuracy)\n\n"
         + CORR_TEXT
@@ -225,12 +247,30 @@ def selection_latex(df: pd.DataFrame) -> str:
     if has_sweeps(df):
         acc, regret = rule_table(df)
         if not acc.empty:
-            blocks.append(grid(acc, ".1f", "target accuracy (%) of each rule's configuration + checkpoint pick"))
-            blocks.append(grid(regret, ".2f", "regret against the oracle (points)"))
-            blocks.append(grid(ranking_change(acc), ".2f", "Kendall's tau_b: ranking of methods, oracle vs rule"))
+            na = " ".join(rules_notes(df, acc.columns))
+            blocks.append(
+                grid(
+                    mark_not_applicable(acc, df),
+                    ".1f",
+                    "target accuracy (%) of each rule's configuration + checkpoint pick" + (f". {na}" if na else ""),
+                )
+            )
+            blocks.append(grid(mark_not_applicable(regret, df), ".2f", "regret against the oracle (points)"))
+            blocks.append(
+                grid(
+                    mark_not_applicable(ranking_change(acc), df),
+                    ".2f",
+                    "Kendall's tau_b: ranking of methods, oracle vs rule",
+                )
+            )
     corr = validator_correlations(df)
     if not corr.empty:
-        blocks.append(grid(corr, "+.2f", "Spearman rho of each validator's score with target accuracy"))
+        na = " ".join(rules_notes(df, corr.index, VALIDATOR_NA_EFFECT))
+        blocks.append(
+            grid(
+                corr, "+.2f", "Spearman rho of each validator's score with target accuracy" + (f". {na}" if na else "")
+            )
+        )
     return "\n".join(blocks)
 
 
@@ -444,7 +484,8 @@ def _html_page(
                 "<h2>Selection-rule regret</h2>",
                 "<p>Mean over runs of (oracle accuracy − accuracy under the rule), in points: "
                 "what a rule loses against peeking at the target test labels.</p>",
-                html_table(reg.reset_index(), ".2f"),
+                html_table(mark_not_applicable(reg, df).reset_index(), ".2f"),
+                *_html_notes(rules_notes(df, reg.columns)),
             ]
     raw = df if raw is None else raw
     if has_sweeps(raw):
@@ -453,12 +494,13 @@ def _html_page(
             parts += [
                 "<h2>Configuration selection (methods x rules)</h2>",
                 f"<p>{esc(CONFIG_TEXT)}</p>",
-                html_table(acc.reset_index(), ".1f"),
+                *_html_notes(rules_notes(raw, acc.columns)),
+                html_table(mark_not_applicable(acc, raw).reset_index(), ".1f"),
                 "<h3>Regret against the oracle (points)</h3>",
-                html_table(regret.reset_index(), ".2f"),
+                html_table(mark_not_applicable(regret, raw).reset_index(), ".2f"),
                 "<h3>Ranking change from oracle (Kendall's tau)</h3>",
                 f"<p>{esc(TAU_TEXT)}</p>",
-                html_table(ranking_change(acc).reset_index(), ".2f"),
+                html_table(mark_not_applicable(ranking_change(acc), raw).reset_index(), ".2f"),
             ]
             if "dev" in acc.columns:
                 parts.append(f'<p class="legend">{esc(DEV_TEXT)}</p>')
@@ -468,6 +510,7 @@ def _html_page(
             "<h2>Which validator to trust</h2>",
             f"<p>{esc(CORR_TEXT)} Figure: validator correlation.</p>",
             html_table(corr.reset_index(), "+.2f"),
+            *_html_notes(rules_notes(raw, corr.index, VALIDATOR_NA_EFFECT)),
         ]
         if "dev" in corr.index:
             parts.append(f'<p class="legend">{esc(DEV_TEXT)}</p>')
@@ -509,5 +552,10 @@ def report_markdown(
         text += "\n" + compare(df, rule, reps=reps).to_markdown()
     reg = rule_regret(df)
     if not reg.empty:
-        text += "\n## Selection-rule regret (oracle − rule, points)\n\n" + md_table(reg, ".2f", index=True) + "\n"
+        text += (
+            "\n## Selection-rule regret (oracle − rule, points)\n\n"
+            + md_table(mark_not_applicable(reg, df), ".2f", index=True)
+            + _md_notes(rules_notes(df, reg.columns))
+            + "\n"
+        )
     return text + config_selection_markdown(raw) + validator_markdown(raw)

@@ -22,6 +22,16 @@ Rules (score per evaluation → argmax/argmin over the curve):
   that many published tables report; always labelled as such.
 
 Ties pick the *latest* evaluation (later checkpoints are the more trained ones).
+
+What a rule reads (:attr:`Rule.reads`) decides where it may be applied. A protocol forbids some
+data at adaptation time (:data:`PROTOCOL_FORBIDS`): ``source-free`` runs (SHOT) adapt without any
+source data, so a rule that reads **source labels** (``source-val``; ``dev``, which weights
+source-validation losses) cannot select their checkpoints or configurations. Such a run is not
+selected by that rule: :func:`select` leaves its accuracy NaN with the reason in
+``not_applicable``, the tables show "n/a" with a note (:func:`protocol_notes`), and no other rule's
+pick stands in for it. The engine may still log ``source_val_acc`` on a source-free curve for
+diagnostics; it is never selected with. The oracle reads target test labels, which no protocol
+allows: it stays applicable everywhere as the labelled upper bound it is.
 """
 
 from __future__ import annotations
@@ -39,14 +49,31 @@ from .results import label_budget
 
 ORACLE_LABEL = "oracle (selects on target test labels — upper bound)"
 
+#: what a rule reads to pick (:attr:`Rule.reads`): no labels at all (the step, or unlabelled target
+#: predictions), the labelled source validation slice, or the target test labels (the oracle)
+NO_LABELS = "no labels"
+SOURCE_LABELS = "source labels"
+TARGET_LABELS = "target test labels"
+READS = (NO_LABELS, SOURCE_LABELS, TARGET_LABELS)
+
+#: protocol → the labelled data its runs may not read once adaptation starts: a source-free run
+#: has no source data then (it starts from the source-only checkpoint; methods/shot.py)
+PROTOCOL_FORBIDS: dict[str, frozenset[str]] = {"source-free": frozenset({SOURCE_LABELS})}
+
+#: what the tables show in a cell whose runs the rule may not select
+NOT_APPLICABLE = "n/a"
+
 
 class Rule(NamedTuple):
-    """A selection rule: what it does, where it comes from, and how it picks."""
+    """A selection rule: what it does, where it comes from, how it picks and what it reads."""
 
     description: str
     citation: str
     #: curve (list of evaluation dicts) → index of the selected evaluation, or None.
     pick: Callable[[list[dict[str, Any]]], int | None]
+    #: the labelled data the rule reads (one of :data:`READS`); a run whose protocol forbids it
+    #: (:data:`PROTOCOL_FORBIDS`) is not selected by the rule
+    reads: str = NO_LABELS
 
 
 def _finite(x: Any) -> TypeGuard[int | float]:
@@ -95,6 +122,7 @@ RULES: dict[str, Rule] = {
         "max source validation accuracy",
         "source accuracy validator in Musgrave et al. 2022",
         _arg_best(*SCORES["source-val"]),
+        SOURCE_LABELS,
     ),
     "entropy": Rule(
         "min mean target prediction entropy",
@@ -111,9 +139,63 @@ RULES: dict[str, Rule] = {
         "min deep embedded validation risk (final checkpoint; needs saved features)",
         "You et al. 2019 (ICML), DEV",
         _arg_best(*SCORES["dev"]),
+        SOURCE_LABELS,  # source-validation losses, importance-weighted
     ),
-    "oracle": Rule(ORACLE_LABEL, "best-epoch-on-test, as in many published tables", _arg_best(*SCORES["oracle"])),
+    "oracle": Rule(
+        ORACLE_LABEL, "best-epoch-on-test, as in many published tables", _arg_best(*SCORES["oracle"]), TARGET_LABELS
+    ),
 }
+
+
+def not_applicable(rule: str, protocol: Any) -> str | None:
+    """Why ``rule`` may not select a run recorded under ``protocol``, or None when it may.
+
+    E.g. ``"source-val reads source labels; source-free runs cannot use it"``.
+    """
+    reads = check_rule(rule).reads
+    if isinstance(protocol, str) and reads in PROTOCOL_FORBIDS.get(protocol, frozenset()):
+        return f"{rule} reads {reads}; {protocol} runs cannot use it"
+    return None
+
+
+def protocol_notes(df: pd.DataFrame, rules: list[str] | tuple[str, ...], effect: str) -> list[str]:
+    """One note per (rule, protocol) of ``df``'s runs that the rule may not select: the reason and
+    ``effect`` (what the table does about it), e.g. "source-val reads source labels; source-free
+    runs cannot use it: …". Empty when every rule applies to every run."""
+    if df.empty or "protocol" not in df:
+        return []
+    protocols = sorted({str(p) for p in df["protocol"] if isinstance(p, str)})
+    out = []
+    for rule in rules:
+        for p in protocols:
+            why = not_applicable(rule, p)
+            if why:
+                n = int((df["protocol"] == p).sum())
+                out.append(f"{why} ({n} run(s)): {effect}")
+    return out
+
+
+def mark_not_applicable(table: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """A display copy of a rules table (index with a ``labels`` level, one column per rule) whose
+    cells a rule may not fill, because the budget's protocol forbids what it reads, say "n/a".
+
+    ``df`` holds the runs (``protocol``, ``target_shots``) the table was built from; it maps each
+    label budget to its protocols. Numbers elsewhere are left as they are (NaN still shows "–").
+    """
+    if table.empty or df.empty or "labels" not in (table.index.names or []):
+        return table
+    protocols: dict[str, set[str]] = {}
+    for p, k in zip(df["protocol"], df["target_shots"]):
+        protocols.setdefault(label_budget(p, k), set()).add(str(p))
+    out = table.astype(object)
+    labels = table.index.get_level_values("labels")
+    for col in table.columns:
+        if col not in RULES:
+            continue
+        for i, lab in enumerate(labels):
+            if any(not_applicable(str(col), p) for p in protocols.get(str(lab), ())):
+                out.iat[i, out.columns.get_loc(col)] = NOT_APPLICABLE
+    return out
 
 
 def rule_title(rule: str) -> str:
@@ -135,17 +217,20 @@ def select(df: pd.DataFrame, rule: str = "last") -> pd.DataFrame:
     """Apply ``rule`` to every complete run of ``df`` (from :func:`~dabench.analysis.results.load_results`).
 
     Returns a copy with ``accuracy`` (target accuracy %, at the selected evaluation),
-    ``selected_step`` and ``labels`` (the label budget, e.g. ``"0"`` or ``"5/class"``).
-    Runs that are not complete, or whose curve lacks the rule's score, get NaN (and the
-    latter a warning naming the runs).
+    ``selected_step``, ``labels`` (the label budget, e.g. ``"0"`` or ``"5/class"``) and
+    ``not_applicable`` ("", or why the rule may not select the run: its protocol forbids what
+    the rule reads, see :func:`not_applicable`). Runs that are not complete, whose protocol
+    forbids the rule, or whose curve lacks the rule's score get NaN (the last a warning naming
+    the runs); a forbidden run is never given another rule's pick.
     """
     r = check_rule(rule)
     out = (with_dev_scores(df, strict=True) if rule == "dev" else df).copy()
     acc = np.full(len(out), np.nan)
     step = np.full(len(out), np.nan)
     missing: list[str] = []
+    barred = [not_applicable(rule, p) or "" for p in out["protocol"]]  # "" not None: pandas would make it NaN
     for i, (status, curve, rid) in enumerate(zip(out["status"], out["curve"], out["run_id"])):
-        if status != "complete":
+        if status != "complete" or barred[i]:
             continue
         curve = list(curve or [])
         j = r.pick(curve) if curve else None
@@ -165,6 +250,7 @@ def select(df: pd.DataFrame, rule: str = "last") -> pd.DataFrame:
     out["accuracy"] = acc
     out["selected_step"] = pd.array([None if math.isnan(s) else int(s) for s in step], dtype="Int64")
     out["labels"] = [label_budget(p, k) for p, k in zip(out["protocol"], out["target_shots"])]
+    out["not_applicable"] = barred
     return out
 
 
@@ -172,7 +258,9 @@ def rule_regret(df: pd.DataFrame) -> pd.DataFrame:
     """Per method (and label budget): mean over runs of (oracle accuracy − rule accuracy).
 
     Regret is in accuracy points; 0 means the rule found the best evaluation every time.
-    Rows are ``method`` × ``labels``; one column per rule (``oracle`` is 0 by definition).
+    Rows are ``method`` × ``labels``; one column per rule (``oracle`` is 0 by definition). A rule
+    whose reads the budget's protocol forbids has NaN there (:func:`mark_not_applicable` shows it
+    as "n/a"; :func:`protocol_notes` says why).
     """
     df = with_dev_scores(df)
     rules = available_rules(df)

@@ -46,6 +46,9 @@ Tests (all two-sided, level ``alpha``):
   with 5 seeds the smallest two-sided Wilcoxon p is 2/2⁵ = 0.0625 > 0.05.
 
 Comparisons are made within one label budget at a time; every table has a ``labels`` column.
+A budget whose protocol forbids what the rule reads (``source-val``/``dev`` on ``0 (source-free)``:
+:func:`dabench.analysis.selection.not_applicable`) has no selected run and is not compared; the
+notes say so, and its runs are never counted as missing seeds.
 The tests are a table, :data:`STAT_TESTS` (name → :class:`StatTest`): each is one function
 ``(Budget, Context) -> StatOutput(table, notes)`` run per budget by :func:`compare`, and
 :class:`Comparison` renders one section per test (heading, text, table via
@@ -746,10 +749,13 @@ def _excluded_cells(planned: pd.DataFrame, sel: pd.DataFrame, missing: pd.DataFr
     done = sel.groupby(["entry", "pair"]).size()
     out = []
     for r in planned.itertuples(index=False):
+        if r.not_applicable:  # the rule may not select these runs: not a missing seed (compare notes it)
+            continue
         k = int(done.get((r.entry, r.pair), 0))
         if k < r.n_planned:
             m = missing[(missing["entry"] == r.entry) & (missing["pair"] == r.pair)]
-            why = ", ".join(f"seed {x.seed} {x.status}" for x in m.itertuples())
+            # a complete run is missing only because its curve lacks the rule's score: say so
+            why = ", ".join(f"seed {x.seed} {x.status if x.status != 'complete' else x.detail}" for x in m.itertuples())
             out.append((r.entry, r.pair, f"{r.entry} on {r.pair} ({k}/{r.n_planned} seeds; {why})"))
     return out
 
@@ -819,6 +825,12 @@ def compare(
             "tests. Excluded: " + "; ".join(d for _, _, d in excluded) + "."
         )
     budgets = tuple(sorted(sel["labels"].unique(), key=budget_key)) if len(sel) else ()
+    # a budget whose protocol forbids what the rule reads has no selected run: say it leaves the
+    # comparison rather than let it vanish from the tables
+    barred = planned[planned["not_applicable"] != ""].drop_duplicates("labels")
+    for r in barred.sort_values("labels", key=lambda c: c.map(budget_key)).itertuples(index=False):
+        if r.labels not in budgets:
+            notes.append(f"labels {r.labels}: not compared under rule {rule!r} ({r.not_applicable}).")
     ctx = Context(rule, blocks, alpha, tie_correction, reps, seed, bad_cells, budgets)
     tests = dict(STAT_TESTS)  # as registered now: a test added mid-run does not half-apply
     outs: dict[str, list[StatOutput]] = {name: [] for name in tests}

@@ -16,6 +16,11 @@ Candidates: the complete runs of one **method × label budget × pair × seed**;
 in the folder is a candidate (restrict with ``--where``). :func:`select_config` collapses them into
 one row per method (the chosen run, its settings minus the swept keys, so the leaderboard shows
 one row per method) and the leaderboard, statistics and figures then work on it unchanged.
+
+A rule that reads data the candidates' protocol forbids (``source-val`` and ``dev`` read source
+labels; ``source-free`` runs have none) chooses nothing for them: the group keeps one row that
+the leaderboard shows as "n/a", its accuracy, regret and Kendall tau cells are NaN (the report
+prints "n/a" and a note), and no other rule's choice stands in.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from scipy.stats import kendalltau
 
 from .dev import with_dev_scores
 from .results import label_budget
-from .selection import SCORES, available_rules, check_rule, select
+from .selection import SCORES, available_rules, check_rule, not_applicable, select
 
 GROUP = ["method", "labels", "pair", "seed"]
 
@@ -84,7 +89,9 @@ def select_config(df: pd.DataFrame, rule: str) -> pd.DataFrame:
     candidates), ``chosen`` (the swept settings of the pick), ``selected_step`` and ``labels``.
     Applying ``rule`` to the chosen run's curve gives the chosen evaluation again (the global
     argmax lies in it and ties break the same way). A group without a complete run keeps one
-    row, so the leaderboard lists it as missing.
+    row, so the leaderboard lists it as missing; a group whose protocol forbids what ``rule``
+    reads is not scored (``chosen`` empty) and keeps one row that :func:`select` marks
+    ``not_applicable``.
     """
     field, maximise = _score(rule)
     if rule == "dev":
@@ -98,7 +105,8 @@ def select_config(df: pd.DataFrame, rule: str) -> pd.DataFrame:
     for key, g in d.groupby(GROUP, sort=False):
         best = None  # (score, step, -rank of run id) and the row index
         complete = g[g["status"] == "complete"]
-        order = sorted(complete.index, key=lambda i: str(complete.at[i, "run_id"]))
+        barred = not_applicable(rule, g["protocol"].iloc[0])  # one budget, hence one protocol
+        order = [] if barred else sorted(complete.index, key=lambda i: str(complete.at[i, "run_id"]))
         for rank, i in enumerate(order):
             for e in complete.at[i, "curve"] or []:
                 v, acc = e.get(field), e.get("target_acc")
@@ -112,7 +120,7 @@ def select_config(df: pd.DataFrame, rule: str) -> pd.DataFrame:
         row = d.loc[idx].copy()
         keys = swept.get((key[0], key[1]), [])
         st = dict(row["settings"])
-        row["chosen"] = {k: st.get(k) for k in keys}
+        row["chosen"] = {} if barred else {k: st.get(k) for k in keys}
         row["settings"] = {k: v for k, v in st.items() if k not in keys}
         row["config"] = json.dumps(row["settings"], sort_keys=True, default=str, separators=(",", ":"))
         row["trials"] = int(complete["config"].nunique()) if len(complete) else int(g["config"].nunique())
@@ -133,7 +141,8 @@ def rule_table(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     seeds of the target accuracy of each rule's pick. ``regret``: the mean over pairs and seeds of
     (oracle's accuracy − the rule's) on the same method, pair and seed — ≥ 0, since the oracle
     maximises target accuracy over the same candidates — plus ``trials`` (the most configurations
-    a pair and seed of the row offered: the budget each rule chose from).
+    a pair and seed of the row offered: the budget each rule chose from). A rule whose reads the
+    row's protocol forbids has NaN there (:func:`~dabench.analysis.selection.mark_not_applicable`).
     """
     df = with_dev_scores(df)  # once, not per rule; dev's column only when some run saved features
     rules = [n for n in available_rules(df) if n in SCORES]

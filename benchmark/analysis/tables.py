@@ -28,6 +28,13 @@ Markdown/text). The test is a one-sided Welch t-test over seeds (unequal varianc
 H1: the entry's mean is below the best's), p > 0.05 → not significantly worse. Entries with
 fewer than two seeds, or whose best has fewer than two, cannot be tested and are not marked.
 
+Rules a protocol forbids. A rule that reads data the run's protocol forbids (``source-val`` and
+``dev`` read source labels; a ``source-free`` run has none once adaptation starts) does not select
+that run: its cells, avg, rank and gain show "n/a", a note says why (e.g. "source-val reads source
+labels; source-free runs cannot use it"), and the row is never filled from another rule, never
+counted as missing seeds, and leaves the bests, ranks and statistics of that rule
+(:func:`dabench.analysis.selection.not_applicable`).
+
 ``avg`` is the mean over pairs of the per-pair means (shown only for rows that have every
 pair of the table); ``rank`` is the average over pairs of the rank within the pair (1 =
 best, ties share the mean rank); ``gain`` is ``avg`` minus the ``source-only`` row's
@@ -52,7 +59,7 @@ from scipy import stats as sps
 
 from .render import html_grid, latex_grid, md_grid, tex_escape
 from .results import filter_runs, label_budget
-from .selection import rule_title, select
+from .selection import NOT_APPLICABLE, protocol_notes, rule_title, select
 
 SOURCE_ONLY = ("source-only", "source_only")
 ALPHA = 0.05
@@ -138,7 +145,8 @@ class Leaderboard:
     """A selected-accuracy leaderboard; ``table`` holds the display strings.
 
     ``cells`` is the numeric long table (entry, method, labels, pair, n, mean, std, ci_low,
-    ci_high, p_vs_best, best, tied); ``summary`` the per-row avg/rank/gain; ``best`` and
+    ci_high, p_vs_best, best, tied, not_applicable: why the rule may not select the cell's runs,
+    or ""); ``summary`` the per-row avg/rank/gain (and not_applicable); ``best`` and
     ``tied`` are boolean frames shaped like ``table``.
     """
 
@@ -195,12 +203,13 @@ class Leaderboard:
         return self.to_markdown()
 
     def to_csv(self, path: str | Path) -> Path:
-        """Machine-readable wide CSV: per pair mean/std/ci95 bounds/n, then avg, rank, gain."""
+        """Machine-readable wide CSV: per pair mean/std/ci95 bounds/n, then avg, rank, gain, rule and
+        ``note`` (why the rule may not select the row, whose numbers then read "n/a"; else empty)."""
         path = Path(path)
         header = ["method", "labels", "seeds"]
         for p in self.pairs:
             header += [f"{p} mean", f"{p} std", f"{p} ci95_low", f"{p} ci95_high", f"{p} n", f"{p} planned"]
-        header += ["avg", "rank", "gain_vs_source_only", "rule"]
+        header += ["avg", "rank", "gain_vs_source_only", "rule", "note"]
         with path.open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(header)
@@ -210,6 +219,8 @@ class Leaderboard:
                     c = self.cells[(self.cells["entry"] == entry) & (self.cells["pair"] == p)]
                     if c.empty:
                         row += ["", "", "", "", 0, 0]
+                    elif c.iloc[0]["not_applicable"]:  # the rule may not select these runs
+                        row += [NOT_APPLICABLE, "", "", "", 0, int(c.iloc[0]["planned"])]
                     else:
                         c = c.iloc[0]
                         row += [
@@ -220,7 +231,10 @@ class Leaderboard:
                             int(c["n"]),
                             int(c["planned"]),
                         ]
-                row += [_num(srow["avg"]), _num(srow["rank"]), _num(srow["gain"]), self.rule]
+                if srow["not_applicable"]:
+                    row += [NOT_APPLICABLE, NOT_APPLICABLE, NOT_APPLICABLE, self.rule, srow["not_applicable"]]
+                else:
+                    row += [_num(srow["avg"]), _num(srow["rank"]), _num(srow["gain"]), self.rule, ""]
                 w.writerow(row)
         return path
 
@@ -350,8 +364,10 @@ def prepare(
 
     Returns ``(runs, planned, missing, notes)``: ``runs`` the complete runs with a selected
     ``accuracy`` and their row name ``entry`` (one run per entry, pair and seed); ``planned``
-    one row per (entry, pair) with ``planned`` (sorted seed tuple) and ``n_planned``;
-    ``missing`` one row per planned run not in ``runs`` (status and a one-line detail).
+    one row per (entry, pair) with ``planned`` (sorted seed tuple), ``n_planned`` and
+    ``not_applicable`` (why ``rule`` may not select the entry's runs, or "": its protocol
+    forbids what the rule reads); ``missing`` one row per planned run not in ``runs`` (status and
+    a one-line detail), never a run the rule may not select.
     """
     df = filter_runs(df, where)
     notes: list[str] = []
@@ -359,7 +375,7 @@ def prepare(
         empty = pd.DataFrame(columns=[*df.columns, "entry", "labels", "accuracy"])
         return (
             empty,
-            pd.DataFrame(columns=["entry", "method", "labels", "pair", "planned", "n_planned"]),
+            pd.DataFrame(columns=["entry", "method", "labels", "pair", "planned", "n_planned", "not_applicable"]),
             pd.DataFrame(columns=MISSING_COLUMNS),
             notes,
         )
@@ -381,11 +397,22 @@ def prepare(
         .reset_index()
     )
     planned["n_planned"] = planned["planned"].map(len)
+    # an entry is one label budget, hence one protocol: the rule applies to all its runs or none
+    barred = {e: why for e, why in zip(allr["entry"], allr["not_applicable"]) if why}
+    planned["not_applicable"] = [barred.get(e, "") for e in planned["entry"]]
+    notes += protocol_notes(
+        allr[allr["entry"].isin(barred)],
+        [rule],
+        f"those rows show {NOT_APPLICABLE} (not selected by this rule, never filled from another one) "
+        "and leave its bests, ranks, statistics and figures.",
+    )
     done = set(zip(ok["entry"], ok["pair"], ok["seed"].astype(int)))
     miss = []
     order = {"complete": 9, "pending": 8}  # a failure explains a gap better than a pending spec
     for r in known.sort_values("status", key=lambda s: s.map(lambda x: order.get(x, 0))).itertuples():
         key = (r.entry, r.pair, int(r.seed))
+        if r.entry in barred:  # not a missing seed: the rule may not select it at all
+            continue
         if key in done:
             continue
         done.add(key)
@@ -453,7 +480,9 @@ def leaderboard(
                 "pair": r.pair,
                 "n": len(g),
                 "planned": r.n_planned,
-                "complete": len(g) == r.n_planned,
+                # a cell the rule may not select misses no seed: it has nothing to complete
+                "complete": len(g) == r.n_planned or bool(r.not_applicable),
+                "not_applicable": r.not_applicable,  # why the rule may not select it; "" if it may
                 "mean": m,
                 "std": s,
                 "ci_low": lo,
@@ -502,10 +531,11 @@ def leaderboard(
                 "rank": float(c["rank"].mean()) if c["rank"].notna().any() else math.nan,
                 "n_pairs": int((c["n"] > 0).sum()),
                 "incomplete": not bool(cells.loc[cells["entry"] == entry, "complete"].all()),
+                "not_applicable": cells.loc[cells["entry"] == entry, "not_applicable"].iloc[0],
             }
         )
     summary = pd.DataFrame(summ).set_index("entry")
-    if (~summary["avg"].notna()).any():
+    if (summary["avg"].isna() & (summary["not_applicable"] == "")).any():
         notes.append("avg is shown only for rows with results on every pair.")
     # Gain over source-only: same pairs, source-only's UDA row (budget "0"); with several
     # source-only configurations the gain is against the first (named in a note).
@@ -538,6 +568,7 @@ def leaderboard(
     summary.index.name = "method"
 
     # ---- display strings + marks ---------------------------------------------------
+    na_rows = summary["not_applicable"]
     table = pd.DataFrame(index=summary.index)
     table["labels"] = summary["labels"]
     table["seeds"] = summary["seeds"]
@@ -555,6 +586,11 @@ def leaderboard(
                 tcol.append(False)
                 continue
             c = c.iloc[0]
+            if c["not_applicable"]:
+                col.append(NOT_APPLICABLE)
+                bcol.append(False)
+                tcol.append(False)
+                continue
             frac = "" if c["complete"] else f" ({c['n']}/{c['planned']})"
             if c["n"] == 0:
                 col.append(f"–{frac}")
@@ -567,8 +603,14 @@ def leaderboard(
             tcol.append(bool(c["tied"]))
         table[p], best[p], tied[p] = col, bcol, tcol
     star = ["*" if inc else "" for inc in summary["incomplete"]]
-    table["avg"] = [_fmt(v) + (s if not math.isnan(v) else "") for v, s in zip(summary["avg"], star)]
-    table["rank"] = [_fmt(v, 2) + (s if not math.isnan(v) else "") for v, s in zip(summary["rank"], star)]
+    table["avg"] = [
+        NOT_APPLICABLE if na else _fmt(v) + (s if not math.isnan(v) else "")
+        for v, s, na in zip(summary["avg"], star, na_rows)
+    ]
+    table["rank"] = [
+        NOT_APPLICABLE if na else _fmt(v, 2) + (s if not math.isnan(v) else "")
+        for v, s, na in zip(summary["rank"], star, na_rows)
+    ]
     ok_rows = ~summary["incomplete"]
     best["avg"] = [b and o for b, o in zip(_best_within(summary[ok_rows].reindex(summary.index), "avg", True), ok_rows)]
     best["rank"] = [
@@ -576,7 +618,9 @@ def leaderboard(
     ]
     tied["avg"] = tied["rank"] = False
     if has_gain:
-        table["gain vs source-only"] = [("–" if math.isnan(v) else f"{v:+.1f}") for v in summary["gain"]]
+        table["gain vs source-only"] = [
+            NOT_APPLICABLE if na else ("–" if math.isnan(v) else f"{v:+.1f}") for v, na in zip(summary["gain"], na_rows)
+        ]
         best["gain vs source-only"] = tied["gain vs source-only"] = False
     if (~cells["complete"]).any():
         notes.append(

@@ -14,7 +14,9 @@ means "higher by the rule's own ordering goes with higher accuracy". The oracle 
 itself) is left out. DEV scores only the final evaluation of runs that saved features
 (:mod:`dabench.analysis.dev`), so its ρ rests on fewer points (the ``points`` column).
 Pooling mixes pairs of different difficulty: a validator whose scale differs per pair can
-correlate well within every pair and less when pooled.
+correlate well within every pair and less when pooled. A run whose protocol forbids what a
+validator reads (source labels for ``source-val`` and ``dev``; ``source-free`` runs) adds no
+point to that validator: such a run could never select with it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from .dev import with_dev_scores
-from .selection import SCORES, available_rules
+from .selection import SCORES, available_rules, not_applicable
 
 POOLED = "pooled"
 
@@ -39,18 +41,21 @@ def _finite(x: Any) -> bool:
 def validator_points(df: pd.DataFrame) -> pd.DataFrame:
     """Long table of (pair, validator, score, target_acc): one row per evaluation with both finite.
 
-    ``score`` is already signed (higher = better by the rule's own ordering)."""
+    ``score`` is already signed (higher = better by the rule's own ordering). A validator whose
+    reads the run's protocol forbids (:func:`~dabench.analysis.selection.not_applicable`) gets no
+    point from that run."""
     d = with_dev_scores(df)
     names = [n for n in available_rules(d) if n in SCORES and n != "oracle"]
     rows = []
-    for status, pair, curve in zip(d["status"], d["pair"], d["curve"]):
+    for status, pair, curve, protocol in zip(d["status"], d["pair"], d["curve"], d["protocol"]):
         if status != "complete":
             continue
+        usable = [n for n in names if not not_applicable(n, protocol)]
         for e in curve or []:
             acc = e.get("target_acc")
             if not _finite(acc):
                 continue
-            for n in names:
+            for n in usable:
                 field, maximise = SCORES[n]
                 v = e.get(field)
                 if _finite(v):
