@@ -44,6 +44,7 @@ import torch
 from ..core.domain import lr_factor
 from ..core.method import Batch, Loss, Method
 from .evaluate import autocast
+from .opcount import count_ops
 
 #: ``--cuda-graphs`` when neither the CLI nor the API says: on for CUDA devices (off on the CPU,
 #: where there is nothing to capture). The one switch to flip if measurements say otherwise.
@@ -164,6 +165,9 @@ class CapturedStep:
         self.generators = list(generators)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.emulated = False
+        #: operations in one step (:class:`~dabench.engine.opcount.OpCounter`): counted while the
+        #: body is recorded (CUDA) or at its first emulated replay; a GPU replays about that many kernels
+        self.ops: int | None = None
         self.keys: list[str] = []
         self.sums: dict[str, torch.Tensor] = {}
 
@@ -194,13 +198,16 @@ class CapturedStep:
             register(gen)  # type: ignore[misc]
         # thread_local: a progress bar or logging thread of the host process may still call CUDA
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self.body()
+            self.ops = count_ops(self.body).total  # the mode only watches: the kernels recorded are the same
         self.graph = graph
 
     def replay(self) -> None:
         """One training step (the caller has prepared the streams' cursors): nothing but the replay."""
         if self.emulated:
-            self.body()
+            if self.ops is None:
+                self.ops = count_ops(self.body).total
+            else:
+                self.body()
             return
         assert self.graph is not None, "capture() first"
         self.graph.replay()

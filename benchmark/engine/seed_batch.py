@@ -513,6 +513,7 @@ def train_batched(
     wall = time.perf_counter() - t0
     for ctx in ctxs:
         ctx.graph_note = note
+        ctx.graph_ops = graph.ops if graph is not None else None
     if not finish:
         return []
     for i in alive:

@@ -84,6 +84,8 @@ class RunContext:
     cuda_graphs: bool = False  # capture the step in a CUDA graph (engine/graphs.py; CUDA only)
     #: what became of ``cuda_graphs``: the record's ``timings["cuda_graphs"]`` (set by train_steps)
     graph_note: str = ""
+    #: operations in one captured step (``CapturedStep.ops``; None: not captured), for ``dabench bench``
+    graph_ops: int | None = None
 
     @property
     def schedule(self):
@@ -223,6 +225,7 @@ class RunContext:
                 if graph is not None:
                     set_lr(step)  # replays read the lr from the graph's table; the checkpoint keeps the eager value
                 self._save_partial(method, opts, step + 1, streams, sums, n_since, first_bad, part_names)
+        self.graph_ops = graph.ops if graph is not None else None
 
     def target_view(self, method: Method) -> TargetView:
         """The target adaptation split as :meth:`Method.refresh` sees it: predicted through the

@@ -45,6 +45,7 @@ from ..engine import graphs
 from ..engine.compile import compile_method
 from ..engine.data import DeviceData
 from ..engine.evaluate import autocast
+from ..engine.opcount import count_ops
 from ..engine.seed_batch import batch_refusal, train_batched
 from ..engine.train import RunContext, resolve_device
 
@@ -186,6 +187,35 @@ class _Bare(nn.Module):
         return self.head(self.backbone(x))
 
 
+def _bare_setup(
+    make_backbone: BackboneFactory, pair: DomainPair, batch_size: int, device: torch.device, compile: bool
+) -> tuple[Callable[[list[torch.Tensor] | None], None], torch.nn.Module]:
+    """The bare network's training step on a fixed device batch: ``step(None)`` with ``opt.step()``,
+    ``step(lrs)`` with the engine's graph-safe SGD reading the learning rate from ``lrs`` (what a
+    captured step runs)."""
+    torch.manual_seed(0)
+    model = _prepare(_Bare(make_backbone(), pair.num_classes), device, compile)
+    model.train()
+    x = torch.randn(batch_size, pair.channels, pair.image_size, pair.image_size, device=device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, pair.num_classes, (batch_size,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+    def step(lrs: list[torch.Tensor] | None) -> None:
+        # no weight cache: a captured step must recompute autocast's casts at every replay
+        with autocast(device, cache_enabled=lrs is None):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if lrs is None:
+            opt.step()
+        else:
+            graphs.graph_sgd_step(opt, lrs)
+
+    return step, model
+
+
 def bare_images_per_s(
     make_backbone: BackboneFactory,
     pair: DomainPair,
@@ -199,36 +229,18 @@ def bare_images_per_s(
     """Forward + backward + SGD step images/s of backbone + linear head on a fixed device batch.
 
     ``cuda_graphs`` (CUDA): the step captured once and replayed, with the engine's graph-safe SGD
-    step (engine/graphs.py): the physical limit of a captured method step."""
-    torch.manual_seed(0)
-    model = _prepare(_Bare(make_backbone(), pair.num_classes), device, compile)
-    model.train()
-    x = torch.randn(batch_size, pair.channels, pair.image_size, pair.image_size, device=device)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, pair.num_classes, (batch_size,), device=device)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
-
-    def step() -> None:
-        with autocast(device):
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    run = step
+    step (engine/graphs.py): the physical limit of a captured method step. The capture happens
+    before the clock starts (a method's steady-state rate excludes its capture too: :func:`steady_rate`)."""
+    step, _ = _bare_setup(make_backbone, pair, batch_size, device, compile)
+    run: Callable[[], None] = lambda: step(None)  # noqa: E731
     if cuda_graphs and device.type == "cuda":
         with graphs.side_stream_step(side := torch.cuda.Stream(device)):
             for _ in range(max(warmup, graphs.WARMUP_STEPS)):
-                step()
+                step(None)
         torch.cuda.current_stream(device).wait_stream(side)
         graph, lrs = torch.cuda.CUDAGraph(), [torch.tensor(1e-3, dtype=torch.float64, device=device)]
         with torch.cuda.graph(graph):
-            with autocast(device, cache_enabled=False):
-                loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            graphs.graph_sgd_step(opt, lrs)
+            step(lrs)
         run = graph.replay
     for _ in range(warmup):
         run()
@@ -238,6 +250,36 @@ def bare_images_per_s(
         run()
     _sync(device)
     return steps * batch_size / (time.perf_counter() - t0)
+
+
+def bare_ops_per_step(make_backbone: BackboneFactory, pair: DomainPair, batch_size: int, device: torch.device) -> int:
+    """Operations in one bare step as a captured step runs it (graph-safe SGD), on any device: the
+    kernels a GPU replays per step of the physical limit (:mod:`dabench.engine.opcount`)."""
+    step, _ = _bare_setup(make_backbone, pair, batch_size, device, False)
+    step(None)  # the momentum buffers exist from the first step on, as in a captured run
+    lrs = [torch.tensor(1e-3, dtype=torch.float64, device=device)]
+    return count_ops(lambda: step(lrs)).total
+
+
+def steady_rate(run: Callable[[int], int], steps: int) -> tuple[float, float]:
+    """(steps/s in the steady state, fixed seconds per call) of ``run(n)``, which trains about
+    ``n`` steps from scratch and returns how many it did.
+
+    Timed twice, ``steps`` and ``2 · steps``: the difference cancels what every call pays once
+    (building the loop's state, a captured run's eager warm-up steps and its capture), which
+    would otherwise count against a captured method and not against the bare network, captured
+    before its clock starts. The fixed cost is reported beside the rate, not hidden: a real run
+    pays it once."""
+    t0 = time.perf_counter()
+    done1 = run(steps)
+    t1 = time.perf_counter()
+    done2 = run(2 * steps)
+    t2 = time.perf_counter()
+    extra_steps, extra_s = done2 - done1, (t2 - t1) - (t1 - t0)
+    if extra_steps <= 0 or extra_s <= 0:  # timing noise larger than the extra steps: the plain rate
+        return done2 / (t2 - t1), 0.0
+    rate = extra_steps / extra_s
+    return rate, max(0.0, (t1 - t0) - done1 / rate)
 
 
 @dataclass
@@ -251,8 +293,12 @@ class MethodTiming:
     host_syncs: int | None = None  # synchronising CUDA calls in ``sync_steps`` steps (CUDA only)
     sync_steps: int = 0
     note: str = ""
-    graph_steps_per_s: float | None = None  # with --cuda-graphs (CUDA only)
+    graph_steps_per_s: float | None = None  # with --cuda-graphs (CUDA only), steady state
     graph_note: str = ""  # timings["cuda_graphs"] of that run: captured / fallback: ...
+    setup_ms: float | None = None  # fixed cost of one eager run (:func:`steady_rate`)
+    graph_setup_ms: float | None = None  # the same captured: warm-up steps and the capture
+    #: operations in one captured step (any device; off CUDA counted on the emulated graph body)
+    graph_ops: int | None = None
     #: steps/s of each seed with ``seed_batch`` seeds trained as one vmapped model (``--seed-batch``);
     #: None: not measured, or the method falls back to separate runs
     seed_batch_steps_per_s: float | None = None
@@ -353,8 +399,11 @@ def time_method(
 ) -> MethodTiming:
     """Images/s of one method through the engine path; warm-up steps excluded.
 
-    ``cuda_graphs`` (CUDA): also the steps/s with the step captured (``graph_steps_per_s``); each
-    timed ``fit`` captures anew, so its eager warm-up steps and the capture count in that time."""
+    Rates are steady-state (:func:`steady_rate`: each timed ``fit`` builds its loop anew, and a
+    captured one runs its eager warm-up steps and the capture; the fixed cost is ``setup_ms``).
+    ``cuda_graphs`` (CUDA): also the steps/s with the step captured (``graph_steps_per_s``).
+    ``graph_ops``: the operations of one captured step, on any device (off CUDA the graph-mode
+    loop runs the captured body eagerly)."""
     bench = EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone, compile)
     if bench.own_fit:  # e.g. the linear probe: L-BFGS on cached features, not a step loop
         bench.run(1)  # warm-up
@@ -367,24 +416,33 @@ def time_method(
     sync_steps = max(2, min(warmup, 20))
     syncs = count_host_syncs(lambda: bench.run(sync_steps, sync=False), device)
     _sync(device)
-    t0 = time.perf_counter()
-    ctx = bench.run(steps)
-    wall = time.perf_counter() - t0
-    per_step = ctx.images_seen // max(1, ctx.steps_done)
+    last: list[RunContext] = []
+
+    def run(n: int) -> int:
+        last[:] = [bench.run(n)]
+        return last[0].steps_done
+
+    rate, setup = steady_rate(run, steps)
+    per_step = last[0].images_seen // max(1, last[0].steps_done)
     timing = MethodTiming(
         method_name,
         images_per_step=per_step,
-        steps_per_s=ctx.steps_done / wall,
-        images_per_s=ctx.images_seen / wall,
+        steps_per_s=rate,
+        images_per_s=rate * per_step,
         host_syncs=syncs,
         sync_steps=sync_steps,
+        setup_ms=1e3 * setup,
     )
-    if cuda_graphs and device.type == "cuda":
-        bench.cuda_graphs = True
+    bench.cuda_graphs = True
+    if device.type == "cuda" and cuda_graphs:
         bench.run(max(1, warmup))
-        t0 = time.perf_counter()
-        ctx = bench.run(steps)
-        timing.graph_steps_per_s, timing.graph_note = ctx.steps_done / (time.perf_counter() - t0), ctx.graph_note
+        rate, setup = steady_rate(run, steps)
+        timing.graph_steps_per_s, timing.graph_setup_ms = rate, 1e3 * setup
+    else:  # off CUDA the graph-mode loop runs its captured body eagerly: its operations, not a rate
+        bench.run(graphs.WARMUP_STEPS + 2)
+        last[:] = [bench.run(graphs.WARMUP_STEPS + 2)]
+    timing.graph_note, timing.graph_ops = last[0].graph_note, last[0].graph_ops
+    bench.cuda_graphs = False
     return timing
 
 
@@ -400,13 +458,13 @@ def seed_batch_timings(
     seeds: int,
     cuda_graphs: bool = False,
 ) -> tuple[float | None, str]:
-    """Steps/s *per seed* of ``seeds`` seeds trained as one vmapped model by the engine's
+    """Steady-state steps/s *per seed* (:func:`steady_rate`) of ``seeds`` seeds trained as one vmapped model by the engine's
     seed-batched loop (:func:`dabench.engine.seed_batch.train_batched`; evaluations off, as in
     :class:`EngineBench`), and what became of the graphs (``timings["cuda_graphs"]``); the rate is
     None for a method that seed batching runs separately.
 
-    ``cuda_graphs`` (CUDA): the loop captures its step (each timed loop captures anew: its eager
-    warm-up steps and the capture count in the time)."""
+    ``cuda_graphs`` (CUDA): the loop captures its step (each timed loop captures anew; the
+    difference of two lengths cancels that fixed cost)."""
     benches = [
         EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone, seed=s) for s in range(seeds)
     ]
@@ -433,9 +491,8 @@ def seed_batch_timings(
         go(max(1, warmup))
     except Exception:  # noqa: BLE001 - not vmappable: the engine would run the seeds separately
         return None, ""
-    t0 = time.perf_counter()
-    done = go(steps)
-    return done / (time.perf_counter() - t0), notes[-1]
+    rate, _ = steady_rate(go, steps)
+    return rate, notes[-1]
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -457,6 +514,8 @@ class BenchResult:
     bare_by_batch: dict[int, float] = field(default_factory=dict)
     #: the same with the bare step captured in a CUDA graph (CUDA with --cuda-graphs)
     bare_graph_by_batch: dict[int, float] = field(default_factory=dict)
+    #: operations in one bare step as captured (:func:`bare_ops_per_step`), by batch size
+    bare_ops_by_batch: dict[int, int] = field(default_factory=dict)
     methods: list[MethodTiming] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seed_batch: int = 0  # seeds per vmapped group in the seed-batch column (0: not measured)
@@ -530,6 +589,7 @@ def run_bench(
     for b in bare_by_batch if graphed else ():
         bare_graph[b] = bare_images_per_s(make_backbone, pair, b, steps, warmup, dev, compile, cuda_graphs=True)
         log(f"  bare {bb_name}, batch {b}, CUDA graph: {bare_graph[b]:,.0f} images/s")
+    bare_ops = {b: bare_ops_per_step(make_backbone, pair, b, dev) for b in bare_by_batch}
     bare = bare_by_batch[bs]
     result = BenchResult(
         device=device_name(dev),
@@ -545,6 +605,7 @@ def run_bench(
         bare_images_per_s=bare,
         bare_by_batch=bare_by_batch,
         bare_graph_by_batch=bare_graph,
+        bare_ops_by_batch=bare_ops,
         notes=notes,
         seed_batch=seed_batch,
     )
@@ -584,28 +645,41 @@ def markdown(result: BenchResult) -> str:
         "(--seed-batch), eager steps; compare with steps/s (one run)",
         "- seed-batch graphs: the same with the seed-batched step captured in a CUDA graph (--seed-batch with "
         "--cuda-graphs, CUDA); compare with graphs steps/s (one run)",
+        "- steps/s are steady-state: the difference of two timed runs of different lengths, so what a run pays "
+        "once (building its loop; a captured run's warm-up steps and capture) is left out; setup ms is that "
+        "fixed cost per run (eager / captured)",
+        "- ops/step: operations of one captured step (each a kernel or more on a GPU; counted on any device, "
+        "off CUDA on the graph body run eagerly); ops ratio: the bare network's ops/step at the nearest batch "
+        "over the method's, the rate ratio a launch-free GPU would give if every kernel cost the same",
         "",
         "| method | images/step | steps/s | images/s | ratio method/bare | graphs steps/s | ratio graphs | "
-        "host syncs | seed-batch steps/s/seed | seed-batch graphs steps/s/seed | note |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "setup ms | ops/step | ops ratio | host syncs | seed-batch steps/s/seed | seed-batch graphs steps/s/seed | note |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     bare = result.bare_by_batch or {result.batch_size: result.bare_images_per_s}
-    bare_g = result.bare_graph_by_batch
+    bare_g, bare_ops = result.bare_graph_by_batch, result.bare_ops_by_batch
     for b, rate in sorted(bare.items()):
         g = f"{bare_g[b] / b:,.1f} | 1.00" if b in bare_g else "— | —"
+        ops = f"{bare_ops[b]:,} | 1.00" if b in bare_ops else "— | —"
         lines.append(
-            f"| bare {result.backbone} + linear head | {b} | {rate / b:,.1f} | {rate:,.0f} | 1.00 | {g} | — | — | — | "
-            "data already on device, CE + SGD |"
+            f"| bare {result.backbone} + linear head | {b} | {rate / b:,.1f} | {rate:,.0f} | 1.00 | {g} | — | {ops} | "
+            "— | — | — | data already on device, CE + SGD |"
         )
     for m in result.methods:
         if m.images_per_s is None:
-            lines.append(f"| {m.method} | — | — | — | — | — | — | — | — | — | {m.note} |")
+            lines.append(f"| {m.method} | — | — | — | — | — | — | — | — | — | — | — | — | {m.note} |")
             continue
         syncs = "—" if m.host_syncs is None else f"{m.host_syncs} in {m.sync_steps} steps"
         near = min(bare, key=lambda b: abs(b - m.images_per_step))
         g = "— | —"
         if m.graph_steps_per_s is not None and near in bare_g:
             g = f"{m.graph_steps_per_s:,.1f} | {m.graph_steps_per_s * m.images_per_step / bare_g[near]:.2f}"
+        setup = "—" if m.setup_ms is None else f"{m.setup_ms:,.0f}"
+        if m.graph_setup_ms is not None:
+            setup += f" / {m.graph_setup_ms:,.0f}"
+        ops = "— | —"
+        if m.graph_ops and near in bare_ops:
+            ops = f"{m.graph_ops:,} | {bare_ops[near] / m.graph_ops:.2f}"
         sb = "—" if m.seed_batch_steps_per_s is None else f"{m.seed_batch_steps_per_s:,.1f}"
         sbg = "—" if m.seed_batch_graph_steps_per_s is None else f"{m.seed_batch_graph_steps_per_s:,.1f}"
         sb_note = m.seed_batch_graph_note
@@ -613,7 +687,7 @@ def markdown(result: BenchResult) -> str:
         note = "; ".join(n for n in (m.note, "" if m.graph_note in ("", "captured") else m.graph_note, sb_note) if n)
         lines.append(
             f"| {m.method} | {m.images_per_step} | {m.steps_per_s:,.1f} | {m.images_per_s:,.0f} | "
-            f"{m.images_per_s / bare[near]:.2f} | {g} | {syncs} | {sb} | {sbg} | {note} |"
+            f"{m.images_per_s / bare[near]:.2f} | {g} | {setup} | {ops} | {syncs} | {sb} | {sbg} | {note} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -638,11 +712,13 @@ __all__ = [
     "MethodTiming",
     "backbone_factory",
     "bare_images_per_s",
+    "bare_ops_per_step",
     "count_host_syncs",
     "default_out",
     "markdown",
     "run_bench",
     "seed_batch_timings",
+    "steady_rate",
     "synthetic_pair",
     "time_method",
     "write_result",
