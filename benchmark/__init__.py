@@ -55,6 +55,7 @@ _PUBLIC: dict[str, str] = {
     "MatrixError": "running.matrix",
     "expand": "running.matrix",
     "load_matrix_file": "running.matrix",
+    "EngineOptions": "engine.options",
     "run": "api",
     "load_results": "api",
     "leaderboard": "api",
@@ -128,6 +129,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real names
         register_method,
         register_pair,
     )
+    from .engine.options import EngineOptions
     from .running.matrix import Matrix, MatrixError, expand, load_matrix_file
     from .layers import (
         KERNEL_MULTIPLIERS,

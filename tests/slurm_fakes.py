@@ -45,7 +45,7 @@ def _await(cond) -> None:
 class FakeWorkerTask(SlurmTask):
     def __init__(self, d: pathlib.Path) -> None:
         specs = [{"_run_id": "a"}, {"_run_id": "b"}]
-        super().__init__(specs, str(d / "results"), "cpu", 0, None, (), 0, False)
+        super().__init__(specs, str(d / "results"), "cpu", 0, None, ())
         self.dir = str(d)
 
     def _command(self, threads: int) -> list[str]:

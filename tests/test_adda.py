@@ -11,6 +11,7 @@ import torch
 
 import dabench
 from dabench.core.store import RunStore
+from dabench.engine.options import EngineOptions
 from dabench.engine.train import _build_optimizers, _pick, execute
 from dabench.methods.adda import ADDA
 from dabench.running.matrix import Matrix, expand
@@ -179,12 +180,13 @@ def test_adda_trains_and_resumes_to_the_same_record(tmp_path, one_thread):
             raise Stop
 
     pair = dabench.PAIRS.get("tiny")
+    every_4 = EngineOptions(checkpoint_every=4)
     with pytest.raises(Stop):
-        execute(spec, pair, load_pair_data("tiny", None), torch.device("cpu"), resumed, on_step, checkpoint_every=4)
+        execute(spec, pair, load_pair_data("tiny", None), torch.device("cpu"), resumed, on_step, every_4)
     state = torch.load(resumed.checkpoint_path(spec.run_id, partial=True), weights_only=True)
     assert set(state["optimizers"]) == {"encoder", "discriminator"}
     assert any(k.startswith("source_encoder.") for k in state["method"])  # M_s travels with the checkpoint
-    again = run_spec(spec, resumed, torch.device("cpu"), None, checkpoint_every=4)
+    again = run_spec(spec, resumed, torch.device("cpu"), None, engine=every_4)
     assert again["status"] == "complete", again["error"]
     assert again["resumed_from_step"] == 8
     assert again["curve"] == rec["curve"]

@@ -22,6 +22,7 @@ from dabench.core.spec import RunSpec
 from dabench.engine import graphs
 from dabench.engine.data import DeviceData
 from dabench.engine.graphs import NotCapturable, graph_sgd_step, refusal, resolve_cuda_graphs
+from dabench.engine.options import EngineOptions
 from dabench.engine.train import Diverged, RunContext, execute
 from dabench.methods import BUILTIN_METHODS
 
@@ -195,8 +196,8 @@ def test_on_the_cpu_the_option_is_recorded_off_and_keeps_the_run_id(digits, one_
             methods=("dann",), pairs=("digits-offline",), seeds=(0,), overrides={"steps": 6, "eval_every": 6}
         )
     )[0]
-    on = execute(spec, pair, data, torch.device("cpu"), cuda_graphs=True)
-    off = execute(spec, pair, data, torch.device("cpu"), cuda_graphs=False)
+    on = execute(spec, pair, data, torch.device("cpu"), engine=EngineOptions(cuda_graphs=True))
+    off = execute(spec, pair, data, torch.device("cpu"), engine=EngineOptions(cuda_graphs=False))
     assert on.timings["cuda_graphs"] == off.timings["cuda_graphs"] == "off"
     assert on.final["target_acc"] == off.final["target_acc"]
     assert on.curve[-1]["loss"] == off.curve[-1]["loss"]
@@ -474,12 +475,13 @@ def test_resume_from_a_mid_run_checkpoint_with_graphs(digits, tmp_path):
             raise Stop(step)
 
     dev = torch.device("cuda")
+    graphed = EngineOptions(checkpoint_every=20, cuda_graphs=True)
     with pytest.raises(Stop):
-        execute(spec, pair, data, dev, store, stop_after_checkpoint, checkpoint_every=20, cuda_graphs=True)
-    resumed = execute(spec, pair, data, dev, store, None, checkpoint_every=20, cuda_graphs=True)
+        execute(spec, pair, data, dev, store, stop_after_checkpoint, graphed)
+    resumed = execute(spec, pair, data, dev, store, None, graphed)
     assert resumed.resumed_from_step == 20
     assert resumed.timings["cuda_graphs"] == "captured"
-    whole = execute(spec, pair, data, dev, RunStore(tmp_path / "whole"), None, cuda_graphs=True)
+    whole = execute(spec, pair, data, dev, RunStore(tmp_path / "whole"), None, EngineOptions(cuda_graphs=True))
     assert [p["step"] for p in resumed.curve] == [p["step"] for p in whole.curve]
     assert abs(resumed.final["target_acc"] - whole.final["target_acc"]) <= 3.0  # percent
 

@@ -35,6 +35,14 @@ def test_import_dabench_imports_neither_torch_nor_pandas() -> None:
     _no_torch_after("import dabench\nassert 'pandas' not in sys.modules\nassert dabench.__version__")
 
 
+def test_engine_options_import_no_torch() -> None:
+    """ExecutorOptions and a SLURM job's body (torch-free) hold one; the public name binds lazily."""
+    _no_torch_after(
+        "from dabench import EngineOptions\nimport dabench.running.slurm_task\n"
+        "assert EngineOptions(checkpoint_every=5).to_flags() == ['--checkpoint-every', '5']"
+    )
+
+
 def test_report_cli_imports_no_torch(tmp_path: Path) -> None:
     write_matrix(tmp_path / "res", TABLE)
     _no_torch_after(

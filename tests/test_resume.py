@@ -38,6 +38,7 @@ DRIVER = (
     from dabench.running.matrix import Matrix, expand
     from dabench.running.unit import run_spec
     from dabench.core.store import RunStore
+    from dabench.engine.options import EngineOptions
 
     out, hang = pathlib.Path(sys.argv[1]), sys.argv[2] == "hang"
     spec = expand(Matrix(methods=("dann",), pairs=("tiny",), seeds=(0,), overrides=OVERRIDES,
@@ -50,7 +51,7 @@ DRIVER = (
             print("checkpointed; waiting to be killed at step", step, flush=True)
             time.sleep(600)
 
-    rec = run_spec(spec, store, torch.device("cpu"), None, on_step=on_step, checkpoint_every=CHECKPOINT_EVERY)
+    rec = run_spec(spec, store, torch.device("cpu"), None, on_step, EngineOptions(checkpoint_every=CHECKPOINT_EVERY))
     assert rec["status"] == "complete", rec["error"]
 ''')
     .replace("OVERRIDES", repr(OVERRIDES))

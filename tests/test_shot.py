@@ -20,6 +20,7 @@ from dabench.core.method import validate_method_class
 from dabench.core.registry import PAIRS
 from dabench.core.store import RunStore
 from dabench.engine.data import DeviceData
+from dabench.engine.options import EngineOptions
 from dabench.engine.train import RunContext, build_method, execute
 from dabench.methods.shot import SHOT, cluster_pseudo_labels, information_maximisation
 from dabench.running.matrix import Matrix, MatrixError, expand
@@ -171,12 +172,12 @@ def test_resumed_shot_run_equals_the_uninterrupted_run(tmp_path):
         if partial.exists() and step >= 10:
             raise Killed
 
-    a = execute(shot, pair, data, cpu, straight, checkpoint_every=4)
+    a = execute(shot, pair, data, cpu, straight, engine=EngineOptions(checkpoint_every=4))
     with pytest.raises(Killed):
-        execute(shot, pair, data, cpu, killed, on_step=kill_after_checkpoint, checkpoint_every=4)
+        execute(shot, pair, data, cpu, killed, on_step=kill_after_checkpoint, engine=EngineOptions(checkpoint_every=4))
     saved = torch.load(partial, weights_only=True)
     assert saved["step"] == 8 and saved["method"]["pseudo_labels"].shape == (80,)
-    b = execute(shot, pair, data, cpu, killed, checkpoint_every=4)
+    b = execute(shot, pair, data, cpu, killed, engine=EngineOptions(checkpoint_every=4))
     assert b.resumed_from_step == 8 and a.resumed_from_step is None
     assert a.curve == b.curve and a.final == b.final
 

@@ -11,6 +11,7 @@ import torch
 import dabench
 from dabench import Batch
 from dabench.core.store import RunStore
+from dabench.engine.options import EngineOptions
 from dabench.methods.mcd import MCD, classifier_discrepancy
 from dabench.running.matrix import Matrix, expand
 from dabench.running.unit import run_spec
@@ -199,15 +200,16 @@ def test_mcd_trains_and_resumes_with_both_optimisers(tmp_path, one_thread):
         if step == 10:  # after the checkpoint of step 8 (every 4), before the next
             raise Stop
 
+    every_4 = EngineOptions(checkpoint_every=4)
     with pytest.raises(Stop):
         from dabench.engine.train import execute
         from dabench.running.unit import load_pair_data
 
         pair = dabench.PAIRS.get("tiny")
-        execute(spec, pair, load_pair_data("tiny", None), torch.device("cpu"), resumed, on_step, checkpoint_every=4)
+        execute(spec, pair, load_pair_data("tiny", None), torch.device("cpu"), resumed, on_step, every_4)
     state = torch.load(resumed.checkpoint_path(spec.run_id, partial=True), weights_only=True)
     assert set(state["optimizers"]) == {"generator", "classifiers"} and "optimizer" not in state
-    again = run_spec(spec, resumed, torch.device("cpu"), None, checkpoint_every=4)
+    again = run_spec(spec, resumed, torch.device("cpu"), None, engine=every_4)
     assert again["status"] == "complete", again["error"]
     assert again["resumed_from_step"] == 8
     assert again["curve"] == rec["curve"]

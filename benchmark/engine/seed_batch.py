@@ -55,6 +55,7 @@ an interrupted group restarts from scratch (completed records are never lost).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Container, Sequence
@@ -72,6 +73,7 @@ from . import graphs
 from .data import DeviceData, Stream, StreamCursor
 from .evaluate import autocast
 from .graphs import NotCapturable, graph_sgd_step
+from .options import EngineOptions
 from .train import Diverged, RunContext, _build_optimizers, _first_bad_part, execute, prepare_method, save_features
 
 #: what :func:`execute_seeds` gives back per spec: its result, or the exception that ended it
@@ -120,26 +122,14 @@ def _separately(
     device: torch.device,
     store: RunStore | None,
     on_step: Callable[[int, int], None] | None,
-    checkpoint_every: int,
-    compile: bool,
+    engine: EngineOptions,
     reason: str,
-    cuda_graphs: bool | None = None,
 ) -> list[SeedOutcome]:
     """The fallback: each seed through the unbatched engine, its record noting why."""
     out: list[SeedOutcome] = []
     for spec in specs:
         try:
-            res = execute(
-                spec,
-                pair,
-                pair_data,
-                device,
-                store,
-                on_step,
-                checkpoint_every,
-                compile=compile,
-                cuda_graphs=cuda_graphs,
-            )
+            res = execute(spec, pair, pair_data, device, store, on_step, engine)
             res.timings = {**res.timings, "seed_batch": f"fallback: {reason}"}
             out.append(res)
         except Exception as exc:  # noqa: BLE001 - the seed failed; the caller records it
@@ -154,9 +144,7 @@ def execute_seeds(
     device: torch.device,
     store: RunStore | None = None,
     on_step: Callable[[int, int], None] | None = None,
-    checkpoint_every: int = 0,
-    compile: bool = False,
-    cuda_graphs: bool | None = None,
+    engine: EngineOptions = EngineOptions(),
 ) -> list[SeedOutcome]:
     """Train and evaluate the seeds ``specs`` (one configuration) as one vmapped model.
 
@@ -167,14 +155,16 @@ def execute_seeds(
     keys = {s.seed_group for s in specs}
     if len(keys) != 1:
         raise ValueError(f"execute_seeds: specs differ in more than their seed ({len(keys)} configurations)")
-    args = (specs, pair, pair_data, device, store, on_step, checkpoint_every, compile)
+    args = (specs, pair, pair_data, device, store, on_step, engine)
     if len(specs) == 1:
-        return _separately(*args, reason="one seed", cuda_graphs=cuda_graphs)
-    if compile:
-        return _separately(*args, reason="compile", cuda_graphs=cuda_graphs)
-    if checkpoint_every and store is not None:
+        return _separately(*args, reason="one seed")
+    if engine.compile:
+        return _separately(*args, reason="compile")
+    if engine.checkpoint_every and store is not None:
         if any(store.checkpoint_path(s.run_id, partial=True).exists() for s in specs):
-            return _separately(*args, reason="resuming from mid-run checkpoints", cuda_graphs=cuda_graphs)
+            return _separately(*args, reason="resuming from mid-run checkpoints")
+    # a fallback after the seeds were built: no checkpoints, no compile (as the batched loop)
+    eager = dataclasses.replace(engine, checkpoint_every=0, compile=False)
     outcomes: list[SeedOutcome | None] = [None] * len(specs)
     methods: list[Method] = []
     ctxs: list[RunContext] = []
@@ -195,28 +185,17 @@ def execute_seeds(
     refusal = batch_refusal(methods[0])
     if refusal is not None or len(methods) == 1:
         rest = _separately(
-            [specs[i] for i in live],
-            pair,
-            pair_data,
-            device,
-            store,
-            on_step,
-            0,
-            False,
-            refusal or "one seed",
-            cuda_graphs,
+            [specs[i] for i in live], pair, pair_data, device, store, on_step, eager, refusal or "one seed"
         )
         for i, res in zip(live, rest):
             outcomes[i] = res
         return [o for o in outcomes if o is not None]
     try:
         results = train_batched(
-            methods, ctxs, device, on_step, cuda_graphs=graphs.resolve_cuda_graphs(cuda_graphs, device)
+            methods, ctxs, device, on_step, cuda_graphs=graphs.resolve_cuda_graphs(engine.cuda_graphs, device)
         )
     except _NotVmappable as exc:
-        rest = _separately(
-            [specs[i] for i in live], pair, pair_data, device, store, on_step, 0, False, exc.reason, cuda_graphs
-        )
+        rest = _separately([specs[i] for i in live], pair, pair_data, device, store, on_step, eager, exc.reason)
         for i, res in zip(live, rest):
             outcomes[i] = res
         return [o for o in outcomes if o is not None]

@@ -23,6 +23,7 @@ from .compile import compile_method
 from .data import DeviceData, Stream, StreamCursor, validator_sample
 from .evaluate import autocast, evaluate, predict_split
 from .graphs import StepGraph
+from .options import EngineOptions
 
 
 class Diverged(RuntimeError):
@@ -536,25 +537,22 @@ def execute(
     device: torch.device,
     store: RunStore | None = None,
     on_step: Callable[[int, int], None] | None = None,
-    checkpoint_every: int = 0,
-    compile: bool = False,
-    cuda_graphs: bool | None = None,
+    engine: EngineOptions = EngineOptions(),
 ) -> RunResult:
     """Train and evaluate one run; returns the result part of its record. Raises on failure.
 
-    ``compile`` runs the method's networks through ``torch.compile``; ``cuda_graphs`` captures
-    the training step in a CUDA graph (None: ``graphs.CUDA_GRAPHS_DEFAULT`` on CUDA; never on
-    the CPU; see ``engine/graphs.py``). Both are engine options: they change speed, not the
-    run's spec or id. ``timings["cuda_graphs"]`` says what became of the graphs.
+    ``engine`` (:class:`~dabench.engine.options.EngineOptions`): mid-run checkpoints,
+    ``torch.compile`` of the method's networks, the step captured in a CUDA graph; they change
+    speed, not the run's spec or id. ``timings["cuda_graphs"]`` says what became of the graphs.
     """
     method = prepare_method(spec, pair, device, store)
-    if compile:
+    if engine.compile:
         compile_method(method)
     # backstop for pairs whose max_target_shots is unknown (or wrong): the matrix's message, not an IndexError
     check_target_shots(pair, pair_data, spec.target_shots, spec.eval_shots)
     data = DeviceData(pair, pair_data, device, spec.seed, spec.target_shots, spec.eval_shots)
-    ctx = RunContext(spec, pair, data, device, store, on_step, checkpoint_every)
-    ctx.cuda_graphs = graphs.resolve_cuda_graphs(cuda_graphs, device)
+    ctx = RunContext(spec, pair, data, device, store, on_step, engine.checkpoint_every)
+    ctx.cuda_graphs = graphs.resolve_cuda_graphs(engine.cuda_graphs, device)
     # a method with its own fit() may never reach the step loop that captures
     ctx.graph_note = "unused: the method's own fit()" if ctx.cuda_graphs else graphs.OFF
     t0 = time.perf_counter()
@@ -590,7 +588,7 @@ def execute(
             "steps": ctx.steps_done,
             "steps_per_s": round(ctx.steps_done / wall, 2) if wall > 0 else None,
             "images_per_s": round(ctx.images_seen / wall, 1) if wall > 0 else None,
-            "compiled": compile,
+            "compiled": engine.compile,
             "cuda_graphs": ctx.graph_note,
         },
     )

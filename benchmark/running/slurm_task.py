@@ -21,6 +21,7 @@ from typing import IO, Any
 
 from ..core.spec import RunSpec
 from ..core.store import RunStore
+from ..engine.options import EngineOptions
 
 
 class SlurmTask:
@@ -53,9 +54,7 @@ class SlurmTask:
         gpus: int,
         data_root: str | None,
         plugins: tuple[str, ...],
-        checkpoint_every: int,
-        compile: bool,
-        cuda_graphs: bool | None = None,
+        engine: EngineOptions = EngineOptions(),
     ) -> None:
         self.specs = specs
         self.results_dir = results_dir
@@ -63,9 +62,7 @@ class SlurmTask:
         self.gpus = gpus
         self.data_root = data_root
         self.plugins = plugins
-        self.checkpoint_every = checkpoint_every
-        self.compile = compile
-        self.cuda_graphs = cuda_graphs
+        self.engine = engine
         # run id -> its outcome ({"run_id", "kind", "record"}), kept across a requeue (pickled)
         self._results: dict[str, dict[str, Any]] = {}
         self._procs: dict[str, subprocess.Popen] = {}  # run id -> its live worker (this process only)
@@ -77,6 +74,10 @@ class SlurmTask:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("_results", {})  # a task pickled before _results existed
+        if "engine" not in state:  # a task pickled before EngineOptions: its three flat fields
+            state["engine"] = EngineOptions(
+                state.pop("checkpoint_every", 0), state.pop("compile", False), state.pop("cuda_graphs", None)
+            )
         self.__dict__.update(state, _procs={}, _preempted=None)
 
     def _command(self, threads: int) -> list[str]:
@@ -92,8 +93,7 @@ class SlurmTask:
             str(os.getpid()),
             "--threads",
             str(threads),
-            "--checkpoint-every",
-            str(self.checkpoint_every),
+            *self.engine.to_flags(),
             "--device",
             ("cuda" if self.gpus else (self.device or "auto")),
         ]
@@ -101,10 +101,6 @@ class SlurmTask:
             cmd += ["--data-root", self.data_root]
         for plugin in self.plugins:
             cmd += ["--plugin", plugin]
-        if self.compile:
-            cmd.append("--compile")
-        if getattr(self, "cuda_graphs", None) is not None:  # getattr: a task pickled by an older version
-            cmd.append("--cuda-graphs" if self.cuda_graphs else "--no-cuda-graphs")
         return cmd
 
     def _note_preemption(self, signum: int, frame: Any) -> None:

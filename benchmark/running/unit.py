@@ -27,6 +27,7 @@ from ..core.registry import PAIRS
 from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault
 from ..core.version import __version__
+from ..engine.options import EngineOptions
 from ..engine.seed_batch import execute_seeds
 from ..engine.train import Diverged, execute
 
@@ -93,9 +94,7 @@ def run_spec(
     device: torch.device,
     data_root: pathlib.Path,
     on_step: Callable[[int, int], None] | None = None,
-    checkpoint_every: int = 0,
-    compile: bool = False,
-    cuda_graphs: bool | None = None,
+    engine: EngineOptions = EngineOptions(),
 ) -> RunRecord:
     """Run one spec and write its record (running → complete/failed/diverged/skipped). Never raises
     for a failure of the run itself; returns the final record."""
@@ -108,9 +107,7 @@ def run_spec(
     try:
         pair = PAIRS.get(spec.pair)
         pair_data = load_pair_data(spec.pair, data_root)
-        result: RunResult | BaseException = execute(
-            spec, pair, pair_data, device, store, on_step, checkpoint_every, compile=compile, cuda_graphs=cuda_graphs
-        )
+        result: RunResult | BaseException = execute(spec, pair, pair_data, device, store, on_step, engine)
     except Exception as exc:  # noqa: BLE001 - the run failed (a WriteFault stops the matrix below)
         result = exc
     _record_outcome(record, result, store, time.perf_counter() - t0)
@@ -177,9 +174,7 @@ def run_group(
     device: torch.device,
     data_root: pathlib.Path,
     on_step: Callable[[int, int], None] | None = None,
-    checkpoint_every: int = 0,
-    compile: bool = False,
-    cuda_graphs: bool | None = None,
+    engine: EngineOptions = EngineOptions(),
 ) -> list[RunRecord]:
     """Run the seeds ``specs`` of one configuration seed-batched (:mod:`dabench.engine.seed_batch`)
     and write each seed's record, as :func:`run_spec` writes one run's; returns the final records."""
@@ -197,17 +192,7 @@ def run_group(
             pair = PAIRS.get(ready[0].pair)
             pair_data = load_pair_data(ready[0].pair, data_root)
             results: list[RunResult | BaseException] = list(
-                execute_seeds(
-                    ready,
-                    pair,
-                    pair_data,
-                    device,
-                    store,
-                    on_step,
-                    checkpoint_every,
-                    compile=compile,
-                    cuda_graphs=cuda_graphs,
-                )
+                execute_seeds(ready, pair, pair_data, device, store, on_step, engine)
             )
         except Exception as exc:  # noqa: BLE001 - e.g. the pair's data is missing: every seed failed
             results = [exc] * len(ready)
@@ -223,9 +208,7 @@ def run_claimed(
     device: torch.device,
     data_root: pathlib.Path,
     on_step: Callable[[int, int], None] | None = None,
-    checkpoint_every: int = 0,
-    compile: bool = False,
-    cuda_graphs: bool | None = None,
+    engine: EngineOptions = EngineOptions(),
 ) -> Outcome:
     """Claim the run for this process, then run it; every executor's unit of work.
 
@@ -237,13 +220,7 @@ def run_claimed(
     try:
         if store.status(spec.run_id) is Status.COMPLETE:
             return Outcome(spec.run_id, "already-complete")
-        return Outcome(
-            spec.run_id,
-            "ran",
-            run_spec(
-                spec, store, device, data_root, on_step, checkpoint_every, compile=compile, cuda_graphs=cuda_graphs
-            ),
-        )
+        return Outcome(spec.run_id, "ran", run_spec(spec, store, device, data_root, on_step, engine))
     finally:
         store.release(spec.run_id)
 
@@ -254,9 +231,7 @@ def run_group_claimed(
     device: torch.device,
     data_root: pathlib.Path,
     on_step: Callable[[int, int], None] | None = None,
-    checkpoint_every: int = 0,
-    compile: bool = False,
-    cuda_graphs: bool | None = None,
+    engine: EngineOptions = EngineOptions(),
 ) -> list[Outcome]:
     """:func:`run_claimed` for a seed-batched group: claims each seed's run, leaves the ones held
     elsewhere (``busy``) or complete by now (``already-complete``), runs the rest as one
@@ -273,9 +248,7 @@ def run_group_claimed(
                 outcomes[spec.run_id] = Outcome(spec.run_id, "already-complete")
         todo = [s for s in claimed if s.run_id not in outcomes]
         if todo:
-            for rec in run_group(
-                todo, store, device, data_root, on_step, checkpoint_every, compile=compile, cuda_graphs=cuda_graphs
-            ):
+            for rec in run_group(todo, store, device, data_root, on_step, engine):
                 outcomes[rec.run_id] = Outcome(rec.run_id, "ran", rec)
     finally:
         for spec in claimed:

@@ -24,7 +24,7 @@ import pathlib
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
@@ -32,6 +32,7 @@ from ...core.record import Status
 from ...core.registry import Registry
 from ...core.spec import RunSpec
 from ...core.store import RunStore
+from ...engine.options import EngineOptions
 from ..unit import Outcome, record_failure
 
 # name → Executor class, built as ``cls(results_dir, options)``; installed packages may add
@@ -80,7 +81,12 @@ class Executor(ABC):
 class ExecutorOptions:
     """How to run a matrix's specs (the ``dabench run`` flags): one object, passed whole from the
     CLI or the Python API through the scheduler to the executor. Each executor reads the fields
-    it uses; none changes a run's id or its result."""
+    it uses; none changes a run's id or its result.
+
+    ``checkpoint_every``, ``compile`` and ``cuda_graphs`` stay flat fields (the ``dabench run``
+    flags and ``dabench.run(...)``'s keywords); :attr:`engine` is them as one
+    :class:`~dabench.engine.options.EngineOptions`, built and checked here once, which the
+    executors pass on whole."""
 
     device: str | None = None  # auto (None), cpu, cuda, cuda:1 ...
     data_root: pathlib.Path | None = None  # None: $DABENCH_DATA or the default
@@ -88,6 +94,8 @@ class ExecutorOptions:
     checkpoint_every: int = 0  # steps between resumable mid-run checkpoints; 0: off
     compile: bool = False  # torch.compile the methods' networks
     cuda_graphs: bool | None = None  # capture the training step in a CUDA graph (None: on for CUDA)
+    #: the three fields above as one value (set by __post_init__; not an argument)
+    engine: EngineOptions = field(init=False, repr=False, compare=False)
     seed_batch: bool = False  # train the seeds of one configuration as one vmapped model (inline, local)
     plugins: tuple[str, ...] = ()  # imported by every process that runs a spec
     workers: int | None = None  # local/ray: runs at once (None: what the devices fit)
@@ -104,6 +112,9 @@ class ExecutorOptions:
         object.__setattr__(self, "plugins", tuple(self.plugins))
         if self.data_root is not None:
             object.__setattr__(self, "data_root", pathlib.Path(self.data_root))
+        # built here, so a bad value fails when the options are made, not in a worker later
+        engine = EngineOptions(self.checkpoint_every, self.compile, self.cuda_graphs)
+        object.__setattr__(self, "engine", engine)
 
 
 def _absolute_plugins(plugins: Sequence[str]) -> tuple[str, ...]:

@@ -41,18 +41,7 @@ class InlineExecutor(Executor):
             bar.refresh()
 
         try:
-            self._done.append(
-                run_claimed(
-                    spec,
-                    self.store,
-                    self.device,
-                    self.root,
-                    on_step,
-                    self.opts.checkpoint_every,
-                    compile=self.opts.compile,
-                    cuda_graphs=self.opts.cuda_graphs,
-                )
-            )
+            self._done.append(run_claimed(spec, self.store, self.device, self.root, on_step, self.opts.engine))
         finally:
             bar.close()
 
@@ -66,18 +55,7 @@ class InlineExecutor(Executor):
             bar.refresh()
 
         try:
-            self._done.extend(
-                run_group_claimed(
-                    specs,
-                    self.store,
-                    self.device,
-                    self.root,
-                    on_step,
-                    self.opts.checkpoint_every,
-                    self.opts.compile,
-                    cuda_graphs=self.opts.cuda_graphs,
-                )
-            )
+            self._done.extend(run_group_claimed(specs, self.store, self.device, self.root, on_step, self.opts.engine))
         finally:
             bar.close()
 

@@ -142,8 +142,7 @@ class LocalPoolExecutor(Executor):
             self.plan.device,
             "--threads",
             str(self.plan.threads),
-            "--checkpoint-every",
-            str(o.checkpoint_every),
+            *o.engine.to_flags(),
             "--max-runs",
             str(self.runs_per_process),
             "--parent-pid",
@@ -151,10 +150,6 @@ class LocalPoolExecutor(Executor):
         ]
         if o.data_root:
             cmd += ["--data-root", str(o.data_root)]
-        if o.compile:
-            cmd.append("--compile")
-        if o.cuda_graphs is not None:
-            cmd.append("--cuda-graphs" if o.cuda_graphs else "--no-cuda-graphs")
         for plugin in _absolute_plugins(o.plugins):
             cmd += ["--plugin", plugin]
         env = dict(os.environ)

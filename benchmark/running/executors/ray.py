@@ -54,9 +54,7 @@ class RayExecutor(Executor):
             "device": self.device,
             "data_root": str(opts.data_root) if opts.data_root else None,
             "plugins": _absolute_plugins(opts.plugins),
-            "checkpoint_every": opts.checkpoint_every,
-            "compile": opts.compile,
-            "cuda_graphs": opts.cuda_graphs,
+            "engine": opts.engine,
             "threads": 1,
         }
         self._refs: dict[Any, RunSpec] = {}

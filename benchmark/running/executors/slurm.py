@@ -96,9 +96,7 @@ class SlurmExecutor(Executor):
             "gpus": opts.gpus_per_job,
             "data_root": str(opts.data_root) if opts.data_root else None,
             "plugins": _absolute_plugins(opts.plugins),
-            "checkpoint_every": opts.checkpoint_every,
-            "compile": opts.compile,
-            "cuda_graphs": opts.cuda_graphs,
+            "engine": opts.engine,
         }
 
     @property

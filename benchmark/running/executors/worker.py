@@ -37,6 +37,7 @@ from ...core.domain import default_data_root
 from ...core.registry import load_plugin
 from ...core.spec import RunSpec
 from ...core.store import RunStore, WriteFault
+from ...engine.options import EngineOptions
 from ...engine.train import resolve_device
 from ..unit import Outcome, record_failure, run_claimed, run_group_claimed
 
@@ -59,11 +60,9 @@ def run_one(
     device: str | None = None,
     data_root: str | os.PathLike | None = None,
     plugins: Sequence[str] = (),
-    checkpoint_every: int = 0,
-    compile: bool = False,
+    engine: EngineOptions = EngineOptions(),
     threads: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
-    cuda_graphs: bool | None = None,
 ) -> dict[str, Any]:
     """Load plugins, then claim, run and record one spec; returns ``{"run_id", "kind", "record"}``.
 
@@ -94,16 +93,7 @@ def run_one(
         raise RuntimeError(f"spec changed in transit: run id {expected_id} became {spec.run_id}")
     root = pathlib.Path(data_root) if data_root else default_data_root()
     try:
-        out = run_claimed(
-            spec,
-            store,
-            resolve_device(device),
-            root,
-            on_step,
-            checkpoint_every,
-            compile=compile,
-            cuda_graphs=cuda_graphs,
-        )
+        out = run_claimed(spec, store, resolve_device(device), root, on_step, engine)
     except WriteFault as exc:  # the parent stops the matrix with this one-line message
         return Outcome(spec.run_id, "write-fault", error=str(exc)).to_message()
     return out.to_message()
@@ -115,11 +105,9 @@ def run_group_one(
     device: str | None = None,
     data_root: str | os.PathLike | None = None,
     plugins: Sequence[str] = (),
-    checkpoint_every: int = 0,
-    compile: bool = False,
+    engine: EngineOptions = EngineOptions(),
     threads: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
-    cuda_graphs: bool | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`run_one` for a seed group (``--seed-batch``): one outcome message per spec."""
     if threads:
@@ -140,9 +128,7 @@ def run_group_one(
     store = RunStore(results_dir)
     root = pathlib.Path(data_root) if data_root else default_data_root()
     try:
-        outs = run_group_claimed(
-            specs, store, resolve_device(device), root, on_step, checkpoint_every, compile, cuda_graphs=cuda_graphs
-        )
+        outs = run_group_claimed(specs, store, resolve_device(device), root, on_step, engine)
     except WriteFault as exc:
         return [Outcome(s.run_id, "write-fault", error=str(exc)).to_message() for s in specs]
     return [o.to_message() for o in outs]
@@ -153,7 +139,8 @@ def _send(proto: IO[str], msg: dict[str, Any]) -> None:
     proto.flush()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    # the engine flags are those EngineOptions.to_flags() writes (the local pool's and a SLURM job's command)
     p = argparse.ArgumentParser(prog="python -m dabench.running.executors.worker", description=__doc__.splitlines()[0])
     p.add_argument("--results", required=True, type=pathlib.Path)
     p.add_argument("--device", default="auto")
@@ -165,7 +152,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--max-runs", type=int, default=0, help="exit after this many runs (0: until stdin closes)")
     p.add_argument("--parent-pid", type=int, default=None)
-    args = p.parse_args(argv)
+    return p
+
+
+def engine_options(args: argparse.Namespace) -> EngineOptions:
+    """The worker's engine flags (:meth:`EngineOptions.to_flags`) read back as one value."""
+    return EngineOptions(args.checkpoint_every, args.compile, args.cuda_graphs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    engine = engine_options(args)
 
     _die_with_parent(args.parent_pid)
     # keep the real stdout for the protocol; everything else printed goes to stderr
@@ -185,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             for result in run_group_one(
                 msg["specs"], args.results, args.device, args.data_root, args.plugin,
-                args.checkpoint_every, args.compile, args.threads, on_group_step, args.cuda_graphs,
+                engine, args.threads, on_group_step,
             ):  # fmt: skip
                 _send(proto, {"event": "outcome", **result})
             done += 1
@@ -199,16 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _send(proto, {"event": "step", "run_id": _id, "done": n, "total": total})
 
         result = run_one(
-            spec_dict,
-            args.results,
-            args.device,
-            args.data_root,
-            args.plugin,
-            args.checkpoint_every,
-            args.compile,
-            args.threads,
-            on_step,
-            cuda_graphs=args.cuda_graphs,
+            spec_dict, args.results, args.device, args.data_root, args.plugin, engine, args.threads, on_step
         )
         _send(proto, {"event": "outcome", **result})
         done += 1
