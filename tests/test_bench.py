@@ -97,3 +97,67 @@ def test_bench_seed_batch_column(tmp_path):
     assert by_name["dann"]["seed_batch_steps_per_s"] > 0
     assert by_name["mcd"]["seed_batch_steps_per_s"] is None
     assert by_name["linear-probe"]["seed_batch_steps_per_s"] is None
+
+
+class _FakeClock:
+    """A clock the fake run advances: ``fixed`` seconds per call plus ``per_step`` per step, and
+    ``noise[i]`` extra seconds on the i-th call (interference only ever adds time)."""
+
+    def __init__(self, fixed: float, per_step: float, noise: list[float]) -> None:
+        self.now, self.fixed, self.per_step, self.noise, self.calls = 0.0, fixed, per_step, list(noise), 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def run(self, n: int) -> int:
+        self.now += self.fixed + n * self.per_step + (self.noise[self.calls] if self.calls < len(self.noise) else 0.0)
+        self.calls += 1
+        return n
+
+
+def test_steady_rate_cancels_the_fixed_cost_of_a_run_and_reports_it():
+    """A captured run pays its warm-up steps and capture once: timed over one length, 300 steps at
+    2,000 steps/s behind a 0.1-s capture read 1,200 steps/s. Two lengths give the steady rate and
+    the fixed cost apart; the fastest of the repeats keeps interference out."""
+    from dabench.speed.bench import steady_rate
+
+    clock = _FakeClock(fixed=0.1, per_step=1 / 2000, noise=[0.0, 0.3, 0.5, 0.0])  # 2nd and 3rd calls disturbed
+    rate, setup = steady_rate(clock.run, 300, repeats=2, clock=clock)
+    assert rate == pytest.approx(2000.0, rel=1e-9)
+    assert setup == pytest.approx(0.1, rel=1e-9)
+    assert clock.calls == 4
+    naive = 300 / (0.1 + 300 / 2000)
+    assert naive == pytest.approx(1200.0)  # what one timed call would have said
+
+
+def test_ops_per_step_counts_the_captured_steps_against_the_bare_network():
+    """ops/step (device-independent, what a launch-free GPU replays): the bare network's captured
+    step, and each method's captured body (emulated off CUDA), with the engine's data path,
+    counters and optimiser inside; a DA method pushes a second batch and its own loss."""
+    from dabench.core.registry import PAIRS
+    from dabench.running.unit import load_pair_data
+    from dabench.speed.bench import bare_ops_per_step, time_method
+
+    pair = PAIRS.get("digits-offline")
+    data = load_pair_data("digits-offline", None)
+    make, _ = backbone_factory("lenet", pair.channels, pair.image_size, {})
+    cpu = torch.device("cpu")
+    bare = bare_ops_per_step(make, pair, 16, cpu)
+    assert 20 < bare < 80, bare  # LeNet fwd + bwd + CE + one fused SGD kernel
+    only = time_method("source-only", pair, data, cpu, 16, 2, 1, make)
+    dann = time_method("dann", pair, data, cpu, 16, 2, 1, make)
+    assert only.graph_note == dann.graph_note == "captured"  # the emulated capture off CUDA
+    assert only.graph_steps_per_s is None  # no rate without a real graph
+    assert bare < only.graph_ops < dann.graph_ops, (bare, only.graph_ops, dann.graph_ops)
+    assert only.setup_ms is not None and only.steps_per_s > 0
+
+
+def test_the_op_counter_counts_computations_not_views():
+    from dabench.engine.opcount import count_ops
+
+    x = torch.randn(4, 3, requires_grad=True)
+    assert count_ops(lambda: x.view(-1)).total == 0  # a view: no kernel
+    ops = count_ops(lambda: (x * 2).sum().backward())
+    # forward mul + sum; backward: the seed (ones_like), expand (a view), mul by 2, the accumulation
+    assert ops.by_name["mul"] == 2 and ops.by_name["sum"] == 1, dict(ops.by_name)
+    assert ops.total >= 4

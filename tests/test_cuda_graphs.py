@@ -100,7 +100,7 @@ def test_grl_coefficient_of_a_tensor_is_a_tensor_of_the_same_value():
         assert out.item() == pytest.approx(dabench.grl_coefficient(p, 10.0), abs=1e-12)
 
 
-def _sgd_pair(weight_decay: float, nesterov: bool):
+def _sgd_pair(weight_decay: float, nesterov: bool, fused: bool = True):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
     twin = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
@@ -111,17 +111,20 @@ def _sgd_pair(weight_decay: float, nesterov: bool):
             {"params": list(model[0].parameters()), "lr_mult": 0.1},
             {"params": list(model[2].parameters()), "lr_mult": 1.0},
         ]
-        return torch.optim.SGD(groups, lr=0.05, momentum=0.9, weight_decay=weight_decay, nesterov=nesterov)
+        return torch.optim.SGD(groups, lr=0.05, momentum=0.9, weight_decay=weight_decay, nesterov=nesterov, fused=fused)
 
     return net, twin, make(net), make(twin)
 
 
-@pytest.mark.parametrize("weight_decay,nesterov", [(5e-4, True), (0.0, True), (1e-3, False)])
-def test_graph_sgd_step_equals_torch_sgd(weight_decay, nesterov):
+@pytest.mark.parametrize(
+    "weight_decay,nesterov,fused", [(5e-4, True, True), (0.0, True, True), (1e-3, False, True), (5e-4, True, False)]
+)
+def test_graph_sgd_step_equals_torch_sgd(weight_decay, nesterov, fused):
     """After a first eager step (torch creates the momentum buffers), N steps of
-    ``graph_sgd_step`` with device-tensor learning rates equal torch's SGD with float ones: the
+    ``graph_sgd_step`` with device-tensor learning rates equal torch's SGD with float ones (fused,
+    as the engine builds it; and the foreach/for-loop form within float32 rounding): the
     parameters and the momentum buffers, which stay the optimiser's own state (same checkpoint)."""
-    net, twin, opt, opt_g = _sgd_pair(weight_decay, nesterov)
+    net, twin, opt, opt_g = _sgd_pair(weight_decay, nesterov, fused)
     base = 0.05
     g = torch.Generator().manual_seed(1)
     for step in range(8):
@@ -137,8 +140,7 @@ def test_graph_sgd_step_equals_torch_sgd(weight_decay, nesterov):
         if step == 0:
             opt_g.step()  # the eager warm-up step: it creates the momentum buffers
         else:
-            f = torch.tensor(factor, dtype=torch.float64)
-            graph_sgd_step(opt_g, [f * (base * grp["lr_mult"]) for grp in opt_g.param_groups])
+            graph_sgd_step(opt_g, [torch.tensor(grp["lr"], dtype=torch.float32) for grp in opt_g.param_groups])
     for a, b in zip(net.parameters(), twin.parameters()):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
         torch.testing.assert_close(

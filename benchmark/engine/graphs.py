@@ -12,10 +12,10 @@ method and hyperparameter; a hand-built capture costs one step.
 The data path is inside the graph too (:class:`StepGraph`): each stream's indices come from a
 device buffer at a device-side offset (:class:`~dabench.engine.data.StreamCursor`), the gather,
 normalisation and augmentation run in the graph with the data generator registered with it
-(``CUDAGraph.register_generator_state``), and ``progress``, the learning-rate factor (the
-optimiser step is :func:`graph_sgd_step`, which reads the learning rate from a tensor;
-``torch.optim.SGD`` bakes its float ``lr`` into a graph) and the step index come from per-step
-device tables indexed by a device step counter the graph advances. Per step, the host does
+(``CUDAGraph.register_generator_state``), and ``progress`` and every parameter group's learning
+rate (the optimiser step is :func:`graph_sgd_step`, torch's fused SGD reading the learning rate
+from a tensor; ``torch.optim.SGD`` bakes its float ``lr`` into a graph) come from per-step device
+tables indexed by a device step counter the graph advances. Per step, the host does
 the streams' bookkeeping (Python integers; a reshuffle at an epoch boundary, on the device) and
 one ``replay()``: no copy, no fill. Everything else (evaluations, the ``log_every`` divergence
 read, checkpoints, resume) stays as in the eager loop: it reads and writes the same parameter,
@@ -96,14 +96,17 @@ def graph_sgd_step(opt: torch.optim.Optimizer, lrs: Sequence[torch.Tensor]) -> N
     """``opt.step()`` of a ``torch.optim.SGD`` with each group's learning rate read from a device tensor.
 
     The update of torch's SGD (dampening 0), per group with learning rate η (``lrs[i]``, a 0-d
-    tensor), momentum μ and weight decay λ, for each parameter p with a gradient g:
+    float32 tensor on the parameters' device), momentum μ and weight decay λ, for each parameter p
+    with a gradient g:
 
         g ← g + λ p;   b ← μ b + g;   d = g + μ b (Nesterov) or b;   p ← p − η d
 
-    in torch's own foreach order, reading and writing ``opt.state[p]["momentum_buffer"]``, so a
-    checkpoint's optimiser state is the same as with ``opt.step()``. The buffer must exist (torch
-    creates it as ``clone(g)`` on a parameter's first step; the engine runs eager warm-up steps
-    first): a missing one raises :class:`NotCapturable`.
+    as torch's fused SGD computes it (``torch._fused_sgd_``: one kernel per group and dtype,
+    where the foreach form is seven), reading and writing ``opt.state[p]["momentum_buffer"]``, so
+    a checkpoint's optimiser state is the same as with ``opt.step()`` — which the engine's own SGD
+    runs fused too (``_build_optimizers``): eager and captured steps compute the same update. The
+    buffers must exist (torch creates them on a parameter's first step; the engine runs eager
+    warm-up steps first): a missing one raises :class:`NotCapturable`.
     """
     if len(lrs) != len(opt.param_groups):
         raise ValueError(f"graph_sgd_step: {len(lrs)} learning rates for {len(opt.param_groups)} parameter groups")
@@ -115,22 +118,29 @@ def graph_sgd_step(opt: torch.optim.Optimizer, lrs: Sequence[torch.Tensor]) -> N
             raise NotCapturable("graph_sgd_step supports SGD with dampening 0 and maximize=False only")
         if any(p.grad.is_sparse for p in params):
             raise NotCapturable("graph_sgd_step: sparse gradients")
-        grads: list[torch.Tensor] = [p.grad for p in params]
-        weight_decay, momentum = group["weight_decay"], group["momentum"]
-        if weight_decay != 0:
-            grads = list(torch._foreach_add(grads, params, alpha=weight_decay))
+        momentum = group["momentum"]
+        bufs: list[torch.Tensor] = []
         if momentum != 0:
-            bufs = [opt.state[p].get("momentum_buffer") for p in params]
-            if any(b is None for b in bufs):
+            found = [opt.state[p].get("momentum_buffer") for p in params]
+            if any(b is None for b in found):
                 raise NotCapturable("a parameter has no momentum buffer yet (its first step must be eager)")
-            torch._foreach_mul_(bufs, momentum)
-            torch._foreach_add_(bufs, grads, alpha=1.0)
-            if group["nesterov"]:
-                grads = list(torch._foreach_add(grads, bufs, alpha=momentum))
-            else:
-                grads = bufs
-        # the 0-d lr in the parameters' dtype: torch's ``alpha=-lr`` also rounds it to that dtype
-        torch._foreach_add_(params, torch._foreach_mul(grads, (-lr).to(params[0].dtype)))
+            bufs = cast(list[torch.Tensor], found)
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for i, p in enumerate(params):  # the fused kernel takes one dtype per call, as torch groups them
+            by_dtype.setdefault(p.dtype, []).append(i)
+        for idx in by_dtype.values():
+            torch._fused_sgd_(
+                [params[i] for i in idx],
+                [params[i].grad for i in idx],
+                [bufs[i] for i in idx] if bufs else [],
+                weight_decay=group["weight_decay"],
+                momentum=momentum,
+                lr=lr,
+                dampening=0.0,
+                nesterov=group["nesterov"],
+                maximize=False,
+                is_first_step=False,
+            )
 
 
 class CapturedStep:
@@ -138,10 +148,11 @@ class CapturedStep:
     ``SeedStepGraph``): the per-step device tables, the capture with the data generators
     registered, the replay, the loss sums.
 
-    ``progress_table[s] = s / steps`` and ``factor_table[s] = lr_factor(p)`` (float64, the very
+    ``progress_table[s] = s / steps`` (float64) and ``lr_table[s, j]``, group ``j``'s learning
+    rate at step ``s`` (float32, what the fused SGD kernel reads; :func:`step_tables`: the very
     floats the eager loop computes) are read at the device step counter ``step``, which the body
     advances last. A subclass's :meth:`body` is the whole step; it calls :meth:`lookup` for the
-    step's progress and learning-rate factor.
+    step's progress and learning rates.
 
     Off CUDA (the CPU tests and ``dabench bench``'s operation counts) nothing is recorded:
     :meth:`capture` only marks the step captured and each :meth:`replay` runs :meth:`body`, so the
@@ -154,13 +165,13 @@ class CapturedStep:
         self,
         device: torch.device,
         progress_table: torch.Tensor,
-        factor_table: torch.Tensor,
+        lr_table: torch.Tensor,
         first_step: int,
         generators: Sequence[torch.Generator],
     ) -> None:
         self.device = device
         self.progress_table = progress_table.to(device=device, dtype=torch.float64)
-        self.factor_table = factor_table.to(device=device, dtype=torch.float64)
+        self.lr_table = lr_table.to(device=device, dtype=torch.float32)
         self.step = torch.full((), first_step, dtype=torch.long, device=device)
         self.generators = list(generators)
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -174,13 +185,14 @@ class CapturedStep:
     def body(self) -> None:
         raise NotImplementedError
 
-    def lookup(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This step's (progress, lr factor): 0-d float64 device tensors read at the device step."""
+    def lookup(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """This step's progress (0-d float64) and every parameter group's learning rate (0-d
+        float32 views of one table row, in :func:`step_tables`' group order), read at the device step."""
         at = self.step.reshape(1)
         # index_select, not table[step]: indexing with a 0-d tensor may read it on the host
         progress = self.progress_table.index_select(0, at).reshape(())
-        factor = self.factor_table.index_select(0, at).reshape(())
-        return progress, factor
+        row = self.lr_table.index_select(0, at).reshape(-1)
+        return progress, list(row.unbind(0))  # views: no kernel
 
     def capture(self) -> None:
         """Record one step; raises (any exception: the caller falls back to eager steps) if it cannot be."""
@@ -224,9 +236,9 @@ class StepGraph(CapturedStep):
     The graph holds the whole step: the batch (``draw()``, run inside the capture: each
     stream's indices from its :class:`~dabench.engine.data.StreamCursor`, the gather from the
     device-resident uint8 split, the normalisation and the augmentation, whose draws come from
-    the registered ``generators``), the step's ``progress`` and learning-rate factor (looked up
-    in per-step device tables, ``progress_table[s] = s / steps`` and ``factor_table[s] =
-    lr_factor(p)``, the very floats the eager loop computes), forward, backward, every update
+    the registered ``generators``), the step's ``progress`` and every group's learning rate (looked
+    up in per-step device tables, :func:`step_tables`: the very floats the eager loop computes),
+    forward, backward, every update
     phase's optimiser step, the divergence counters, the loss sums and, last, ``step += 1``
     (the device-side step index). A replay therefore needs no host→device copy at all: the
     host only does the streams' bookkeeping (:meth:`StreamCursor.prepare`) and ``replay()``.
@@ -243,11 +255,10 @@ class StepGraph(CapturedStep):
         method: Method,
         opts: dict[str, torch.optim.Optimizer],
         pick: Callable[[str | Sequence[str]], list[torch.optim.Optimizer]],
-        base_lr: float,
         device: torch.device,
         draw: Callable[[], Batch],
         progress_table: torch.Tensor,
-        factor_table: torch.Tensor,
+        lr_table: torch.Tensor,
         first_step: int,
         generators: Sequence[torch.Generator],
         part_names: list[str],
@@ -255,8 +266,8 @@ class StepGraph(CapturedStep):
         sums: dict[str, torch.Tensor],
         parts: dict[str, torch.Tensor],
     ) -> None:
-        super().__init__(device, progress_table, factor_table, first_step, generators)
-        self.method, self.opts, self.pick, self.base_lr = method, opts, pick, base_lr
+        super().__init__(device, progress_table, lr_table, first_step, generators)
+        self.method, self.opts, self.pick = method, opts, pick
         self.draw = draw
         #: the captured step's batch (static tensors of the graph's pool; ``idx_target`` included)
         self.batch: Batch | None = None
@@ -279,12 +290,12 @@ class StepGraph(CapturedStep):
         Run once, under capture, by :meth:`capture`; run as such (no graph), it is one step of
         the captured run, which the CPU tests compare with the eager loop's."""
         self.batch = self.draw()  # outside autocast, as the eager loop draws it
-        progress, factor = self.lookup()
-        # the learning rate of every group, lr · lr_mult · factor, computed inside the graph
-        self._lrs = {
-            id(opt): [factor * (self.base_lr * float(g["lr_mult"])) for g in opt.param_groups]
-            for opt in self.opts.values()
-        }
+        progress, lrs = self.lookup()
+        # every group's learning rate, lr · lr_mult · factor, from the table row (optimisers in order)
+        self._lrs, at = {}, 0
+        for opt in self.opts.values():
+            self._lrs[id(opt)] = lrs[at : at + len(opt.param_groups)]
+            at += len(opt.param_groups)
         self._step_parts = {}
         # cache_enabled=False: autocast's cache of cast weights must not outlive the capture
         with autocast(self.device, cache_enabled=False):
@@ -320,12 +331,18 @@ class StepGraph(CapturedStep):
         self._step_parts.update(out.parts)
 
 
-def step_tables(lr_schedule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The per-step device tables of a captured step (CPU, float64): ``progress[s] = s / steps``
-    and ``factor[s] = lr_factor(lr_schedule, s / steps)``, the very floats the eager loop computes."""
+def step_tables(
+    lr: float, lr_schedule: str, steps: int, opts: Sequence[torch.optim.Optimizer]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-step tables of a captured step (CPU): ``progress[s] = s / steps`` (float64) and
+    ``lrs[s, j] = lr · lr_mult_j · lr_factor(lr_schedule, s / steps)`` for every parameter group
+    ``j`` of ``opts`` in order (float32, the dtype the fused SGD kernel reads), each the very float
+    expression the eager loop sets as the group's ``lr``."""
     progress = torch.arange(steps, dtype=torch.float64) / steps  # IEEE division: equals step / steps
-    factor = torch.tensor([lr_factor(lr_schedule, s / steps) for s in range(steps)], dtype=torch.float64)
-    return progress, factor
+    mults = [float(g["lr_mult"]) for opt in opts for g in opt.param_groups]
+    factors = [lr_factor(lr_schedule, s / steps) for s in range(steps)]
+    lrs = torch.tensor([[lr * m * f for m in mults] for f in factors], dtype=torch.float64)
+    return progress, lrs.to(torch.float32)
 
 
 def zero_sums(sums: dict[str, torch.Tensor], keys: Sequence[str]) -> dict[str, torch.Tensor]:

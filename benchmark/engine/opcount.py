@@ -32,7 +32,7 @@ class OpCounter(TorchDispatchMode):
         super().__init__()
         self.by_name: Counter[str] = Counter()
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
         if not func.is_view and name not in _NO_KERNEL:
             self.by_name[name] += 1

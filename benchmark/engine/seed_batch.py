@@ -253,11 +253,10 @@ class SeedStepGraph(graphs.CapturedStep):
         self,
         forward: _Forward,
         opt: torch.optim.Optimizer,
-        base_lr: float,
         device: torch.device,
         draw: Callable[[], dict[str, torch.Tensor]],
         progress_table: torch.Tensor,
-        factor_table: torch.Tensor,
+        lr_table: torch.Tensor,
         first_step: int,
         generators: Sequence[torch.Generator],
         part_names: list[str],
@@ -265,8 +264,8 @@ class SeedStepGraph(graphs.CapturedStep):
         sums: dict[str, torch.Tensor],
         keys: list[str],
     ) -> None:
-        super().__init__(device, progress_table, factor_table, first_step, generators)
-        self.forward, self.opt, self.base_lr, self.draw = forward, opt, base_lr, draw
+        super().__init__(device, progress_table, lr_table, first_step, generators)
+        self.forward, self.opt, self.draw = forward, opt, draw
         self.batch: dict[str, torch.Tensor] = {}
         self.part_names = list(part_names)
         self.first_bad = first_bad.clone()  # static from here on: the loop reads this one
@@ -283,8 +282,7 @@ class SeedStepGraph(graphs.CapturedStep):
     def body(self) -> None:
         """One seed-batched step, from the seeds' indices to ``step += 1`` (what the graph holds)."""
         self.batch = self.draw()  # outside autocast, as the eager loop draws it
-        progress, factor = self.lookup()
-        lrs = [factor * (self.base_lr * float(g["lr_mult"])) for g in self.opt.param_groups]
+        progress, lrs = self.lookup()
         with autocast(self.device, cache_enabled=False):
             totals, parts = self.forward(self.batch, progress)
         with torch.autocast(self.device.type, enabled=False):
@@ -405,9 +403,9 @@ def train_batched(
         try:
             cursors[:] = [{name: StreamCursor(s) for name, s in st.items()} for st in streams]
             takes = [take_of(c) for c in cursors]
-            progress, factor = graphs.step_tables(sch.lr_schedule, steps)
+            progress, lrs = graphs.step_tables(sch.lr, sch.lr_schedule, steps, [opt])
             graph = SeedStepGraph(
-                forward, opt, sch.lr, device, lambda: draw(takes, cursors), progress, factor, step,
+                forward, opt, device, lambda: draw(takes, cursors), progress, lrs, step,
                 [ctx.data.generator for ctx in ctxs], part_names, first_bad, sums, last_parts,
             )  # fmt: skip
             graph.capture()

@@ -304,11 +304,11 @@ class RunContext:
         try:
             cursors.clear()
             cursors.update({name: StreamCursor(s) for name, s in streams.items()})
-            progress, factor = graphs.step_tables(sch.lr_schedule, steps)
+            progress, lrs = graphs.step_tables(sch.lr, sch.lr_schedule, steps, list(opts.values()))
             graph = StepGraph(
-                method, opts, lambda n: _pick(opts, n, method), sch.lr, dev,
+                method, opts, lambda n: _pick(opts, n, method), dev,
                 lambda: self._batch(lambda name: cursors[name].take(), cursors),
-                progress, factor, step, [data.generator], part_names, first_bad, sums, step_parts,
+                progress, lrs, step, [data.generator], part_names, first_bad, sums, step_parts,
             )  # fmt: skip
             graph.capture()
         except Exception as exc:  # noqa: BLE001 - any failure to capture: eager steps instead
@@ -420,7 +420,7 @@ class RunContext:
 
 
 def _build_optimizers(method: Method, sch) -> dict[str, torch.optim.Optimizer]:
-    """One SGD (Nesterov) per entry of ``method.optimizers()``, each group at ``lr · lr_mult``."""
+    """One SGD (Nesterov, fused) per entry of ``method.optimizers()``, each group at ``lr · lr_mult``."""
     declared = method.optimizers()
     if not isinstance(declared, dict) or not declared:
         raise TypeError(
@@ -430,10 +430,23 @@ def _build_optimizers(method: Method, sch) -> dict[str, torch.optim.Optimizer]:
     for name, groups in declared.items():
         for g in groups:
             g["lr"] = sch.lr * g["lr_mult"]
+        params = [p for g in groups for p in g["params"]]
         opts[name] = torch.optim.SGD(
-            groups, lr=sch.lr, momentum=sch.momentum, weight_decay=sch.weight_decay, nesterov=True
+            groups,
+            lr=sch.lr,
+            momentum=sch.momentum,
+            weight_decay=sch.weight_decay,
+            nesterov=True,
+            # one kernel per step for all parameters (foreach: seven), on the CPU too; the captured
+            # step runs the same fused update (graphs.graph_sgd_step)
+            fused=_fusable(params),
         )
     return opts
+
+
+def _fusable(params: list[torch.Tensor]) -> bool:
+    """Whether torch's fused SGD takes these parameters (floating point, on a CPU or CUDA device)."""
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
 def _pick(opts: dict[str, torch.optim.Optimizer], names: str | Sequence[str], method: Method) -> list:
