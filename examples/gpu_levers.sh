@@ -7,6 +7,10 @@
 #   bash examples/gpu_levers.sh matrix   # the digits matrix (6 methods x mnist-usps, usps-mnist x 5
 #                                        # seeds, 5,000 steps): today's packed executor, then both levers;
 #                                        # then the method zoo on mnist-usps (3 seeds) for the reference
+#   bash examples/gpu_levers.sh next     # ONE call (< 9.5 min; run it with timeout_s 590): the GPU tests,
+#                                        # the LeNet bench (steady-state rates, ops/step), the digits
+#                                        # matrix with both levers, then the packed eager executor capped
+#                                        # at 120 s (dabench status projects the rest)
 # Everything goes to $OUT (default results/gpu-levers/); wall times to $OUT/times.txt.
 OUT_DEFAULT=results/gpu-levers
 source "$(dirname "$0")/gpu_env.sh"
@@ -32,6 +36,21 @@ bench)
   timed bench-resnet50 70 $DAB bench --device cuda --synthetic 256 --steps 30 --warmup 10 \
     --methods source-only,dann,fine-tune --out "$OUT/bench-resnet50-synthetic.md"
   cat "$OUT"/bench-*.md
+  ;;
+next)
+  timed gpu-tests 150 $PY -m pytest tests/test_cuda_graphs.py tests/test_seed_batch_graphs.py -q \
+    -p no:cacheprovider -rfs --junitxml="$OUT/gpu-tests.xml"
+  grep -E "passed|failed" "$LOG" | tail -1
+  timed bench-lenet 110 $DAB bench --device cuda --steps 200 --warmup 20 --seed-batch 5 \
+    --methods source-only,dan,dann,coral,fine-tune --out "$OUT/bench-lenet-digits.md"
+  M="--pairs mnist-usps,usps-mnist --seeds 0,1,2,3,4 --data-root .devdata --executor local --no-progress"
+  timed digits-matrix-graphs-seedbatch 130 $DAB run $M --runs-per-gpu 4 --cuda-graphs --seed-batch --results $R/levers
+  $DAB status $R/levers >"$OUT/levers-status.txt" 2>&1
+  $DAB report $R/levers --format md --out "$OUT/report-levers" >"$OUT/levers.md" 2>>"$LOG"
+  timed digits-matrix-packed6-eager 120 $DAB run $M --runs-per-gpu 6 --no-cuda-graphs --results $R/eager
+  $DAB status $R/eager >"$OUT/eager-status.txt" 2>&1
+  tar czf "$OUT/records.tgz" --exclude=checkpoints --exclude=claims --exclude='*.npz' -C $R . 2>>"$LOG"
+  cat "$OUT/times.txt" "$OUT"/*-status.txt "$OUT/bench-lenet-digits.md"
   ;;
 matrix)
   M="--pairs mnist-usps,usps-mnist --seeds 0,1,2,3,4 --data-root .devdata --executor local --no-progress"
