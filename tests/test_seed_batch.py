@@ -30,7 +30,12 @@ from dabench.running.matrix import Matrix, expand
 from dabench.running.scheduler import run_matrix
 from registry_helpers import restored_registries
 
-LOSS_RTOL = 1e-3
+# batched (grouped convolutions, stacked SGD) and separate runs differ by float32 reduction order,
+# which training amplifies: source-only seed 3 (batch 32, LeNet without dropout) differs by 2e-6
+# at step 10, 2.2e-4 at step 20 and 2.7e-3 at step 30 (measured; the same for the poisoned
+# method's surviving seed 3, so the diverged seed plays no part). A seed fed another seed's batch,
+# or not updated, is off by far more (its loss differs by tens of percent from step 1 on).
+LOSS_RTOL = 5e-3
 DEPENDANT_LOSS_RTOL = 5e-3
 ACC_ATOL = 1.0  # points of target accuracy
 

@@ -102,12 +102,12 @@ class Stream:
 
 class StreamCursor:
     """A :class:`Stream` read from inside a captured CUDA graph: the step's indices are a slice of
-    a device buffer at a device-side offset, so a replayed step needs no per-step index copy.
+    a device buffer at device-side positions, so a replayed step needs no per-step index copy.
 
     The host side mirrors the stream exactly: :meth:`prepare` (before each replay) advances the
     stream's own ``_perm``/``_pos`` as :meth:`Stream.next` would, so ``Stream.state_dict`` (the
     checkpoint) is the eager one. Within an epoch it launches nothing: the graph's :meth:`take`
-    gathers ``buf[offset : offset + B]`` and advances ``offset`` itself. Only when a batch reaches
+    gathers ``buf[pos]`` (``pos``: the B positions ``offset … offset + B − 1``) and advances ``pos`` itself. Only when a batch reaches
     the end of the permutation does :meth:`prepare` call ``Stream.next()`` (the reshuffle, with
     the stream's generator, on the device, no host sync) and lay the batch and the new epoch's
     rest into the buffer (two device copies and one fill), once per epoch.
@@ -121,8 +121,9 @@ class StreamCursor:
         self.stream = stream
         n, b, dev = stream.n, stream.batch_size, stream.device
         self.buf = torch.zeros(b + n, dtype=torch.long, device=dev)
-        #: where the next batch starts in ``buf``; advanced by the graph, reset only at boundaries
-        self.offset = torch.zeros((), dtype=torch.long, device=dev)
+        #: the positions in ``buf`` of the next batch: one device tensor the graph advances in place
+        #: (an offset plus an arange would be one kernel more per stream and step); reset only at boundaries
+        self.pos = torch.arange(b, device=dev)
         self._arange = torch.arange(b, device=dev)
         rest = stream._perm[stream._pos :]
         self.buf[: len(rest)].copy_(rest)
@@ -131,18 +132,18 @@ class StreamCursor:
         """Before a step: make ``take()`` return what ``Stream.next()`` returns now (host bookkeeping only, within an epoch)."""
         s = self.stream
         if s._pos + s.batch_size <= len(s._perm):
-            s._pos += s.batch_size  # the graph's take() reads buf[offset:offset+B] and moves offset on
+            s._pos += s.batch_size  # the graph's take() reads buf[pos] and moves pos on
             return
         idx = s.next()  # the epoch boundary: the eager reshuffle(s), same generator, same call
         rest = s._perm[s._pos :]
         self.buf[: len(idx)].copy_(idx)
         self.buf[len(idx) : len(idx) + len(rest)].copy_(rest)
-        self.offset.zero_()
+        self.pos.copy_(self._arange)
 
     def take(self) -> torch.Tensor:
         """The step's indices, read and advanced on the device (what the captured graph runs)."""
-        idx = self.buf.index_select(0, self.offset + self._arange)
-        self.offset.add_(self.stream.batch_size)
+        idx = self.buf.index_select(0, self.pos)
+        self.pos.add_(self.stream.batch_size)
         return idx
 
 

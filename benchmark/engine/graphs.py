@@ -176,8 +176,11 @@ class CapturedStep:
         self.generators = list(generators)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.emulated = False
-        #: operations in one step (:class:`~dabench.engine.opcount.OpCounter`): counted while the
-        #: body is recorded (CUDA) or at its first emulated replay; a GPU replays about that many kernels
+        #: operations in one step (:class:`~dabench.engine.opcount.OpCounter`), when ``count_ops`` is
+        #: set before the capture: counted while the body is recorded (CUDA) or at its first emulated
+        #: replay; a GPU replays about that many kernels. Off by default: under a Python dispatch
+        #: mode ``torch.compile``d modules run their eager code, which the graph would then record.
+        self.count_ops = False
         self.ops: int | None = None
         self.keys: list[str] = []
         self.sums: dict[str, torch.Tensor] = {}
@@ -210,13 +213,16 @@ class CapturedStep:
             register(gen)  # type: ignore[misc]
         # thread_local: a progress bar or logging thread of the host process may still call CUDA
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self.ops = count_ops(self.body).total  # the mode only watches: the kernels recorded are the same
+            if self.count_ops:  # the mode only watches: without torch.compile the kernels recorded are the same
+                self.ops = count_ops(self.body).total
+            else:
+                self.body()
         self.graph = graph
 
     def replay(self) -> None:
         """One training step (the caller has prepared the streams' cursors): nothing but the replay."""
         if self.emulated:
-            if self.ops is None:
+            if self.count_ops and self.ops is None:
                 self.ops = count_ops(self.body).total
             else:
                 self.body()
@@ -326,9 +332,15 @@ class StepGraph(CapturedStep):
             out.parts[k].detach().float().reshape(()) if k in out.parts else total.new_zeros(())
             for k in self.part_names
         ]
-        finite = torch.isfinite(torch.stack(values))
-        self.first_bad.copy_(torch.where((self.first_bad < 0) & ~finite, self.step, self.first_bad))
+        bad = nonfinite(torch.stack(values)) & (self.first_bad < 0)
+        torch.where(bad, self.step, self.first_bad, out=self.first_bad)  # in place: the graph's static counter
         self._step_parts.update(out.parts)
+
+
+def nonfinite(values: torch.Tensor) -> torch.Tensor:
+    """``~isfinite(values)`` in two kernels (``isfinite``'s composite takes four): ``v · 0`` is 0 for
+    a finite ``v`` and NaN for ±inf and NaN, so it differs from 0 exactly where ``v`` is not finite."""
+    return (values * 0) != 0
 
 
 def step_tables(

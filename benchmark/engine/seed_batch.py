@@ -296,8 +296,8 @@ class SeedStepGraph(graphs.CapturedStep):
             raise NotCapturable(f"the step logs loss parts {list(parts)}, the warm-up steps logged {self.keys}")
         zeros = totals.new_zeros(totals.shape[0])
         values = torch.stack([totals.detach()] + [parts.get(k, zeros) for k in self.part_names], dim=1)
-        bad = torch.where((self.first_bad < 0) & ~torch.isfinite(values), self.step, self.first_bad)
-        self.first_bad.copy_(bad)
+        bad = graphs.nonfinite(values) & (self.first_bad < 0)
+        torch.where(bad, self.step, self.first_bad, out=self.first_bad)  # in place: the graph's static counter
         for k in self.keys:
             self.sums[k].add_(parts[k].detach().float())
         self.step.add_(1)
@@ -408,6 +408,7 @@ def train_batched(
                 forward, opt, device, lambda: draw(takes, cursors), progress, lrs, step,
                 [ctx.data.generator for ctx in ctxs], part_names, first_bad, sums, last_parts,
             )  # fmt: skip
+            graph.count_ops = ctxs[0].count_ops
             graph.capture()
         except Exception as exc:  # noqa: BLE001 - any failure to capture: eager steps instead
             note = graphs.fallback_note(exc)
@@ -458,7 +459,7 @@ def train_batched(
                     first_bad = torch.cat([first_bad, first_bad.new_full((n_seeds, len(new)), -1)], dim=1)
                 zeros = totals.new_zeros(n_seeds)
                 values = torch.stack([totals.detach()] + [parts.get(k, zeros) for k in part_names], dim=1)
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(values), step, first_bad)
+                first_bad = torch.where(graphs.nonfinite(values) & (first_bad < 0), step, first_bad)
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0) + v.detach()
                 last_parts = list(parts)

@@ -85,7 +85,9 @@ class RunContext:
     cuda_graphs: bool = False  # capture the step in a CUDA graph (engine/graphs.py; CUDA only)
     #: what became of ``cuda_graphs``: the record's ``timings["cuda_graphs"]`` (set by train_steps)
     graph_note: str = ""
-    #: operations in one captured step (``CapturedStep.ops``; None: not captured), for ``dabench bench``
+    #: count the operations of the captured step (``dabench bench``; never with ``torch.compile``)
+    count_ops: bool = False
+    #: operations in one captured step (``CapturedStep.ops``; None: not captured or not counted)
     graph_ops: int | None = None
 
     @property
@@ -156,8 +158,7 @@ class RunContext:
                 out.parts[k].detach().float().reshape(()) if k in out.parts else values[0].new_zeros(())
                 for k in part_names
             ]
-            finite = torch.isfinite(torch.stack(values))
-            first_bad = torch.where((first_bad < 0) & ~finite, step, first_bad)
+            first_bad = torch.where(graphs.nonfinite(torch.stack(values)) & (first_bad < 0), step, first_bad)
             step_parts.update(out.parts)
 
         # CUDA graphs (engine/graphs.py): WARMUP_STEPS eager steps on a side stream, then one
@@ -310,6 +311,7 @@ class RunContext:
                 lambda: self._batch(lambda name: cursors[name].take(), cursors),
                 progress, lrs, step, [data.generator], part_names, first_bad, sums, step_parts,
             )  # fmt: skip
+            graph.count_ops = self.count_ops
             graph.capture()
         except Exception as exc:  # noqa: BLE001 - any failure to capture: eager steps instead
             self.graph_note = graphs.fallback_note(exc)

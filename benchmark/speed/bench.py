@@ -356,7 +356,7 @@ class EngineBench:
         self.pair, self.device = pair, device
         self.data = DeviceData(pair, pair_data, device, seed, shots, pair.target_shots)
         self.own_fit = type(self.method).fit is not Method.fit
-        self.cuda_graphs = cuda_graphs
+        self.cuda_graphs, self.compiled = cuda_graphs, compile
 
     def _scheduled_steps(self, steps: int) -> int:
         """Schedule length whose ``method.num_steps`` is at least ``steps`` (fine-tune takes a fraction)."""
@@ -372,6 +372,7 @@ class EngineBench:
             schedule=self.spec.schedule.replace(steps=scheduled, log_every=scheduled, eval_every=10 * scheduled),
         )
         ctx = RunContext(spec, self.pair, self.data, self.device, cuda_graphs=self.cuda_graphs)
+        ctx.count_ops = not self.compiled  # a compiled module runs eagerly under the counting mode
         ctx.record_eval = lambda *a, **k: {}  # type: ignore[method-assign]  # time training only
         self.method.fit(ctx)
         if sync:
