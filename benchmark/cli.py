@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--rule",
         default="last",
         help="model-selection rule: last, source-val, entropy, im, snd, dev (needs runs with "
-        "--set save_features=true; final checkpoints only), oracle",
+        "--set save_features=true; final checkpoints only), oracle. source-val and dev read source "
+        "labels: source-free runs show n/a under them",
     )
     rep.add_argument(
         "--select-config",

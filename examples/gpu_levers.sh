@@ -26,48 +26,48 @@ timed() {  # timed NAME LIMIT CMD...: wall time and exit status into $OUT/times.
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 | tee -a "$LOG"
 $PY -c "import torch; print('torch', torch.__version__)" 2>&1 | tee -a "$LOG"
 R=/tmp/gpu_levers
-case "${1:-bench}" in
-bench)
-  timed gpu-tests 130 $PY -m pytest tests/test_cuda_graphs.py tests/test_seed_batch_graphs.py -q \
+M="--pairs mnist-usps,usps-mnist --seeds 0,1,2,3,4 --data-root .devdata --executor local --no-progress"
+gpu_tests() {  # gpu_tests LIMIT: the CUDA tests of both levers
+  timed gpu-tests "$1" $PY -m pytest tests/test_cuda_graphs.py tests/test_seed_batch_graphs.py -q \
     -p no:cacheprovider -rfs --junitxml="$OUT/gpu-tests.xml"
   grep -E "passed|failed" "$LOG" | tail -1
-  timed bench-lenet 80 $DAB bench --device cuda --steps 300 --warmup 30 --seed-batch 5 \
-    --methods source-only,dan,dann,coral,fine-tune --out "$OUT/bench-lenet-digits.md"
+}
+bench_lenet() {  # bench_lenet LIMIT STEPS [NAME EXTRA...]: LeNet on digits-offline, graphs off/on, 5 seeds batched
+  local limit=$1 steps=$2 name=${3:-bench-lenet}; shift 3 2>/dev/null || shift $#
+  timed "$name" "$limit" $DAB bench --device cuda --steps "$steps" --warmup 20 --seed-batch 5 \
+    --methods source-only,dan,dann,coral,fine-tune --out "$OUT/$name-digits.md" "$@"
+}
+matrix_run() {  # matrix_run NAME LIMIT FLAGS...: the digits matrix, then its status and report
+  local name=$1 limit=$2; shift 2
+  timed "digits-matrix-$name" "$limit" $DAB run $M "$@" --results "$R/$name"
+  $DAB status "$R/$name" >"$OUT/$name-status.txt" 2>&1
+  $DAB report "$R/$name" --format md --out "$OUT/report-$name" >"$OUT/$name.md" 2>>"$LOG"
+}
+case "${1:-bench}" in
+bench)
+  gpu_tests 130
+  bench_lenet 80 300
   timed bench-resnet50 70 $DAB bench --device cuda --synthetic 256 --steps 30 --warmup 10 \
     --methods source-only,dann,fine-tune --out "$OUT/bench-resnet50-synthetic.md"
   cat "$OUT"/bench-*.md
   ;;
 next)
-  timed gpu-tests 150 $PY -m pytest tests/test_cuda_graphs.py tests/test_seed_batch_graphs.py -q \
-    -p no:cacheprovider -rfs --junitxml="$OUT/gpu-tests.xml"
-  grep -E "passed|failed" "$LOG" | tail -1
-  timed bench-lenet 110 $DAB bench --device cuda --steps 200 --warmup 20 --seed-batch 5 \
-    --methods source-only,dan,dann,coral,fine-tune --out "$OUT/bench-lenet-digits.md"
-  M="--pairs mnist-usps,usps-mnist --seeds 0,1,2,3,4 --data-root .devdata --executor local --no-progress"
-  timed digits-matrix-graphs-seedbatch 130 $DAB run $M --runs-per-gpu 4 --cuda-graphs --seed-batch --results $R/levers
-  $DAB status $R/levers >"$OUT/levers-status.txt" 2>&1
-  $DAB report $R/levers --format md --out "$OUT/report-levers" >"$OUT/levers.md" 2>>"$LOG"
-  timed digits-matrix-packed6-eager 120 $DAB run $M --runs-per-gpu 6 --no-cuda-graphs --results $R/eager
-  $DAB status $R/eager >"$OUT/eager-status.txt" 2>&1
+  gpu_tests 130
+  bench_lenet 100 200
+  bench_lenet 90 100 bench-lenet-compile --compile --seed-batch 0 --methods source-only,dann
+  matrix_run levers 120 --runs-per-gpu 4 --cuda-graphs --seed-batch
+  matrix_run eager 100 --runs-per-gpu 6 --no-cuda-graphs
   tar czf "$OUT/records.tgz" --exclude=checkpoints --exclude=claims --exclude='*.npz' -C $R . 2>>"$LOG"
-  cat "$OUT/times.txt" "$OUT"/*-status.txt "$OUT/bench-lenet-digits.md"
+  cat "$OUT/times.txt" "$OUT"/*-status.txt "$OUT"/bench-*.md
   ;;
 matrix)
-  M="--pairs mnist-usps,usps-mnist --seeds 0,1,2,3,4 --data-root .devdata --executor local --no-progress"
-  timed digits-matrix-graphs-seedbatch 100 $DAB run $M --runs-per-gpu 4 --cuda-graphs --seed-batch --results $R/levers
-  $DAB status $R/levers >"$OUT/levers-status.txt" 2>&1
-  $DAB report $R/levers --format md --out "$OUT/report-levers" >"$OUT/levers.md" 2>>"$LOG"
-  timed digits-matrix-packed6-eager 120 $DAB run $M --runs-per-gpu 6 --no-cuda-graphs --results $R/eager
-  $DAB status $R/eager >"$OUT/eager-status.txt" 2>&1
+  matrix_run levers 100 --runs-per-gpu 4 --cuda-graphs --seed-batch
+  matrix_run eager 120 --runs-per-gpu 6 --no-cuda-graphs
   timed zoo-mnist-usps-3seeds 100 $DAB run --methods zoo --pairs mnist-usps --seeds 0,1,2 --data-root .devdata \
     --executor local --runs-per-gpu 4 --cuda-graphs --seed-batch --no-progress --results $R/zoo
   $DAB report $R/zoo --format md --out "$OUT/report-zoo" >"$OUT/zoo.md" 2>>"$LOG"
   $DAB report $R/zoo --rule oracle --format md --out "$OUT/report-zoo-oracle" >"$OUT/zoo-oracle.md" 2>>"$LOG"
   tar czf "$OUT/records.tgz" --exclude=checkpoints --exclude=claims --exclude='*.npz' -C $R . 2>>"$LOG"
   cat "$OUT/times.txt" "$OUT"/*-status.txt
-  # the GPU tests that the bench call's run found wanting (re-checked after the fixes)
-  timed gpu-tests-recheck 45 $PY -m pytest tests/test_cuda_graphs.py tests/test_seed_batch_graphs.py -q \
-    -p no:cacheprovider -rfs -k "resume or sync_only or equals_the_eager_steps or in_meaning or records_of"
-  grep -E "passed|failed" "$LOG" | tail -1
   ;;
 esac

@@ -59,7 +59,13 @@ def test_one_optimiser_runs_record_what_they_did_before(tmp_path, one_thread):
         want = BEFORE[spec.method]
         assert spec.run_id == want["run_id"]
         assert [p["target_acc"] for p in rec["curve"]] == want["target_acc"]
-        assert [p["loss"] for p in rec["curve"]] == want["loss"]
+        # bit for bit until the engine's SGD became fused and the normalisation one addcmul
+        # (2026-11-26): both round differently, by ~1e-7 relative in these losses
+        got = [p["loss"] for p in rec["curve"]]
+        assert [sorted(g) for g in got] == [sorted(w) for w in want["loss"]]
+        for g, w in zip(got, want["loss"]):
+            for k in w:
+                assert g[k] == pytest.approx(w[k], rel=1e-5, abs=0), (spec.method, k)
 
 
 # --- MCD mechanics ------------------------------------------------------------------------
