@@ -202,3 +202,16 @@ def test_a_method_that_refreshes_over_the_target_split_is_not_batched():
     shot = METHODS.get("shot")(BACKBONES.get("lenet")(in_channels=1, image_size=28), 10, {})
     assert "refresh" in (batch_refusal(shot) or "")
     assert batch_refusal(METHODS.get("dann")(BACKBONES.get("lenet")(in_channels=1, image_size=28), 10, {})) is None
+
+
+def test_seed_batched_runs_save_features_of_their_last_evaluation(tmp_path, one_thread):
+    """A seed-batched run ends as a separate run does (one ``finish_run``): its features file names
+    the step of the model it holds (the seed-batched copy of that code saved step −1)."""
+    import numpy as np
+
+    specs, _, store = _run(tmp_path, ("source-only",), (0, 1), 6, True, eval_every=3, save_features=True)
+    for spec in specs:
+        rec = store.read(spec.run_id)
+        assert rec.status is Status.COMPLETE and rec.timings["seed_batch"] == "2 seeds", rec.timings
+        with np.load(store.features_path(spec.run_id)) as z:
+            assert int(z["step"]) == rec.curve[-1]["step"] == 6

@@ -168,6 +168,9 @@ class CapturedStep:
         lr_table: torch.Tensor,
         first_step: int,
         generators: Sequence[torch.Generator],
+        part_names: list[str],
+        sums: dict[str, torch.Tensor],
+        parts: dict[str, torch.Tensor],
     ) -> None:
         self.device = device
         self.progress_table = progress_table.to(device=device, dtype=torch.float64)
@@ -182,8 +185,18 @@ class CapturedStep:
         #: mode ``torch.compile``d modules run their eager code, which the graph would then record.
         self.count_ops = False
         self.ops: int | None = None
-        self.keys: list[str] = []
+        #: the loss parts the divergence counter follows (fixed from the capture on)
+        self.part_names = list(part_names)
+        # the sums accumulate in place inside the graph: one static float32 tensor per loss part a
+        # step logs (``parts``: the last eager step's, their keys and shapes), from the window's sums
+        self.keys = list(parts)
         self.sums: dict[str, torch.Tensor] = {}
+        for k in self.keys:
+            self.sums[k] = torch.zeros_like(parts[k].detach(), dtype=torch.float32)
+            if k in sums:
+                self.sums[k].copy_(sums[k])
+        for k, v in sums.items():  # a part seen earlier in this window but not now: kept until the evaluation
+            self.sums.setdefault(k, v)
 
     def body(self) -> None:
         raise NotImplementedError
@@ -272,21 +285,12 @@ class StepGraph(CapturedStep):
         sums: dict[str, torch.Tensor],
         parts: dict[str, torch.Tensor],
     ) -> None:
-        super().__init__(device, progress_table, lr_table, first_step, generators)
+        super().__init__(device, progress_table, lr_table, first_step, generators, part_names, sums, parts)
         self.method, self.opts, self.pick = method, opts, pick
         self.draw = draw
         #: the captured step's batch (static tensors of the graph's pool; ``idx_target`` included)
         self.batch: Batch | None = None
-        self.part_names = list(part_names)
-        self.first_bad = first_bad
-        # the sums accumulate in place inside the graph: one static tensor per loss part a step logs
-        self.keys = list(parts)
-        for k in self.keys:
-            self.sums[k] = torch.zeros_like(parts[k].detach(), dtype=torch.float32)
-            if k in sums:
-                self.sums[k].copy_(sums[k])
-        for k, v in sums.items():  # a part seen earlier in this window but not now: kept until the evaluation
-            self.sums.setdefault(k, v)
+        self.first_bad = first_bad  # updated in place from here on
         self._lrs: dict[int, list[torch.Tensor]] = {}
         self._step_parts: dict[str, torch.Tensor] = {}
 

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Container, Sequence
 
@@ -68,13 +67,13 @@ from ..core.domain import DomainPair, PairData, check_target_shots, lr_factor
 from ..core.method import MAIN, Batch, Loss, Method
 from ..core.record import RunResult
 from ..core.spec import RunSpec
-from ..core.store import RunStore, atomic_torch_save
+from ..core.store import RunStore
 from . import graphs
 from .data import DeviceData, Stream, StreamCursor
 from .evaluate import autocast
 from .graphs import NotCapturable, graph_sgd_step
 from .options import EngineOptions
-from .train import Diverged, RunContext, _build_optimizers, _first_bad_part, execute, prepare_method, save_features
+from .train import Diverged, RunContext, _build_optimizers, _first_bad_part, execute, finish_run, prepare_method
 
 #: what :func:`execute_seeds` gives back per spec: its result, or the exception that ended it
 SeedOutcome = RunResult | BaseException
@@ -264,20 +263,13 @@ class SeedStepGraph(graphs.CapturedStep):
         sums: dict[str, torch.Tensor],
         keys: list[str],
     ) -> None:
-        super().__init__(device, progress_table, lr_table, first_step, generators)
+        n_seeds = first_bad.shape[0]
+        # one [S] sum per part the warm-up steps logged
+        shapes = {k: torch.zeros(n_seeds, device=device) for k in keys}
+        super().__init__(device, progress_table, lr_table, first_step, generators, part_names, sums, shapes)
         self.forward, self.opt, self.draw = forward, opt, draw
         self.batch: dict[str, torch.Tensor] = {}
-        self.part_names = list(part_names)
         self.first_bad = first_bad.clone()  # static from here on: the loop reads this one
-        # one static [S] float32 sum per part the warm-up steps logged, starting from the window's sums
-        self.keys = list(keys)
-        n_seeds = first_bad.shape[0]
-        for k in self.keys:
-            self.sums[k] = torch.zeros(n_seeds, dtype=torch.float32, device=device)
-            if k in sums:
-                self.sums[k].copy_(sums[k])
-        for k, v in sums.items():  # a part seen earlier in this window only: kept until the evaluation
-            self.sums.setdefault(k, v)
 
     def body(self) -> None:
         """One seed-batched step, from the seeds' indices to ``step += 1`` (what the graph holds)."""
@@ -511,41 +503,10 @@ def _finish(
     wall: float,
     n_seeds: int,
 ) -> RunResult:
-    """Seed ``s``'s end of run, as :func:`execute`'s: checkpoint, features, the result."""
-    spec, store, data = ctx.spec, ctx.store, ctx.data
+    """Seed ``s``'s end of run, :func:`execute`'s own (:func:`finish_run`) on its slice of the
+    stacked state; ``wall_s`` is the whole group's (the seeds trained together)."""
     _load_slice(method, params, buffers, s)
-    if not ctx.curve:
-        ctx.record_eval(method, ctx.steps_done)
-    if store is not None and spec.method == "source-only":
-        atomic_torch_save(method.net.state_dict(), store.checkpoint_path(spec.run_id))
-    if store is not None:
-        store.checkpoint_path(spec.run_id, partial=True).unlink(missing_ok=True)
-        if spec.save_features:
-            save_features(method, data, store.features_path(spec.run_id))
-    final = ctx.curve[-1]
-    if not math.isfinite(final["target_acc"]):
-        raise Diverged(ctx.steps_done)
-    return RunResult(
-        curve=ctx.curve,
-        final=final,
-        target_labels=spec.target_labels(ctx.pair.num_classes),
-        eval_size=data.eval_size,
-        validators={
-            "split": "target_adapt",
-            "samples": data.validator_samples,
-            "overlaps_evaluation": data.validator_overlaps_eval,
-        },
-        resumed_from_step=None,
-        timings={
-            "wall_s": round(wall, 3),  # the whole group's: the seeds trained together
-            "steps": ctx.steps_done,
-            "steps_per_s": round(ctx.steps_done / wall, 2) if wall > 0 else None,
-            "images_per_s": round(ctx.images_seen / wall, 1) if wall > 0 else None,
-            "compiled": False,
-            "cuda_graphs": ctx.graph_note,
-            "seed_batch": f"{n_seeds} seeds",
-        },
-    )
+    return finish_run(method, ctx, wall, {"compiled": False, "seed_batch": f"{n_seeds} seeds"})
 
 
 __all__ = ["execute_seeds", "train_batched", "batch_refusal", "stack_batches", "SeedStepGraph", "SeedOutcome"]

@@ -575,6 +575,16 @@ def execute(
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
+    return finish_run(method, ctx, wall, {"compiled": engine.compile})
+
+
+def finish_run(method: Method, ctx: RunContext, wall: float, timings: dict[str, Any]) -> RunResult:
+    """The end of a run, once its steps are done (one run, or one seed of a seed-batched group):
+    the final evaluation if none was recorded, the source-only checkpoint its dependants load, the
+    mid-run checkpoint removed, the features (``save_features``), and the result part of the
+    record; ``timings`` adds to the common timings. Raises :class:`Diverged` when the final
+    evaluation is not finite."""
+    spec, store, data = ctx.spec, ctx.store, ctx.data
     if not ctx.curve:
         ctx.record_eval(method, ctx.steps_done)
     if store is not None and spec.method == "source-only":
@@ -589,7 +599,7 @@ def execute(
     return RunResult(
         curve=ctx.curve,
         final=final,
-        target_labels=spec.target_labels(pair.num_classes),
+        target_labels=spec.target_labels(ctx.pair.num_classes),
         eval_size=data.eval_size,
         # what the label-free validators (entropy, IM, SND in the curve) were computed on
         validators={
@@ -603,7 +613,7 @@ def execute(
             "steps": ctx.steps_done,
             "steps_per_s": round(ctx.steps_done / wall, 2) if wall > 0 else None,
             "images_per_s": round(ctx.images_seen / wall, 1) if wall > 0 else None,
-            "compiled": engine.compile,
             "cuda_graphs": ctx.graph_note,
+            **timings,
         },
     )
