@@ -232,6 +232,11 @@ class CapturedStep:
                 self.body()
         self.graph = graph
 
+    def accumulate(self, parts: dict[str, torch.Tensor]) -> None:
+        """Add this step's loss parts to the in-place sums: one foreach kernel for all of them."""
+        if self.keys:
+            torch._foreach_add_([self.sums[k] for k in self.keys], [parts[k].detach().float() for k in self.keys])
+
     def replay(self) -> None:
         """One training step (the caller has prepared the streams' cursors): nothing but the replay."""
         if self.emulated:
@@ -315,8 +320,7 @@ class StepGraph(CapturedStep):
             raise NotCapturable(
                 f"the step logs loss parts {list(self._step_parts)}, the warm-up steps logged {self.keys}"
             )
-        for k in self.keys:
-            self.sums[k].add_(self._step_parts[k].detach().float())
+        self.accumulate(self._step_parts)
         self.step.add_(1)
 
     def _update(self, names: str | Sequence[str], out: Loss) -> None:

@@ -290,8 +290,7 @@ class SeedStepGraph(graphs.CapturedStep):
         values = torch.stack([totals.detach()] + [parts.get(k, zeros) for k in self.part_names], dim=1)
         bad = graphs.nonfinite(values) & (self.first_bad < 0)
         torch.where(bad, self.step, self.first_bad, out=self.first_bad)  # in place: the graph's static counter
-        for k in self.keys:
-            self.sums[k].add_(parts[k].detach().float())
+        self.accumulate(parts)
         self.step.add_(1)
 
 
