@@ -94,6 +94,13 @@ def write_run(
     return path
 
 
+def write_failed(folder: Path, run_id: str, method: str, pair: str, seed: int, message: str) -> Path:
+    """A ``failed`` record whose error is a ``RuntimeError`` with ``message`` (reports show its
+    first line) and a traceback."""
+    error = {"type": "RuntimeError", "message": message, "traceback": "tb"}
+    return write_run(folder, run_id, method, pair, seed, status="failed", error=error)
+
+
 def write_matrix(
     folder: Path, table: dict[tuple[str, str], list[float]], shots: int = 0, prefix: str = "", **kwargs: Any
 ) -> None:

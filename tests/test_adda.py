@@ -12,10 +12,11 @@ import torch
 import dabench
 from dabench.core.store import RunStore
 from dabench.engine.options import EngineOptions
-from dabench.engine.train import _build_optimizers, _pick, execute
+from dabench.engine.train import execute
 from dabench.methods.adda import ADDA
 from dabench.running.matrix import Matrix, expand
 from dabench.running.unit import load_pair_data, run_spec
+from method_steps import run_step
 
 # the zoo's random source/target batch; one_thread comes from conftest.py
 from test_zoo import _batch
@@ -63,26 +64,6 @@ def test_the_source_encoder_is_the_loaded_source_only_encoder(tmp_path, one_thre
         assert torch.equal(v, ckpt[prefix + k[2:]]), k
 
 
-def _run_step(m: ADDA, batch) -> list[tuple[tuple[str, ...], dict[str, torch.Tensor]]]:
-    """One ADDA step through real optimisers built the engine's way; each update's optimiser
-    names and the full state (parameters and buffers) before it."""
-    opts = _build_optimizers(m, dabench.Schedule(lr=0.1))
-    seen = []
-
-    def update(names, loss):
-        before = _state(m)
-        for o in opts.values():
-            o.zero_grad(set_to_none=True)
-        loss.total.backward()
-        for o in _pick(opts, names, m):
-            o.step()
-        seen.append(((names,) if isinstance(names, str) else tuple(names), before))
-
-    m.train()
-    m.step(batch, 0.5, update)
-    return seen
-
-
 def _part(key: str) -> str:
     if key.startswith("net.head"):
         return "head"
@@ -108,7 +89,7 @@ def test_the_target_encoder_starts_as_the_source_encoder():
 
 def test_each_phase_moves_only_its_part_and_the_head_and_source_encoder_never():
     m = _adda()
-    seen = _run_step(m, _batch())
+    seen = run_step(m, _batch(), _state)
     assert [n for n, _ in seen] == [("discriminator",), ("encoder",)]
     states = [b for _, b in seen] + [_state(m)]
     assert _changed(states[0], states[1]) == {"discriminator"}  # (1): D only

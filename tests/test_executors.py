@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import textwrap
 
 import pytest
 
@@ -19,9 +18,7 @@ from dabench.running.executors import ExecutorOptions, make_executor
 from dabench.running.executors.local_pool import plan_slots
 from dabench.running.matrix import Matrix, expand
 from dabench.running.scheduler import run_matrix
-
-TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
-
+from tiny_runs import TINY, crash_plugin, tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,27 +58,10 @@ def test_local_pool_matches_inline_and_orders_dependants(tmp_path):
     assert again.ran == [] and len(again.skipped_complete) == 3
 
 
-CRASHER = textwrap.dedent('''
-    import os
-    from dabench import register_method
-    from dabench.methods.source_only import SourceOnly
-
-    @register_method("crash")
-    class Crash(SourceOnly):
-        """Kills its own process at the third step, like a segfault or the OOM killer would."""
-        def loss(self, batch, progress):
-            if progress > 0.1:
-                os._exit(3)
-            return super().loss(batch, progress)
-''')
-
-
 def test_worker_crash_and_divergence_in_the_pool(tmp_path, restore_registries):
     """A worker that dies fails only its run; lr=1e6 diverges source-only, and its dependant
     (linear-probe), held back until then, is recorded skipped with the reason."""
-    plugin = tmp_path / "crash_plugin.py"
-    plugin.write_text(CRASHER)
-    plugins = (TINY, str(plugin))
+    plugins = crash_plugin(tmp_path, "crash")
     specs = expand(
         Matrix(
             methods=("crash", "source-only", "linear-probe"),
@@ -157,22 +137,7 @@ def test_bad_executor_choices_are_named(tmp_path, capsys):
 
 def test_rerun_repeats_a_run_deterministically(tmp_path, capsys):
     out = tmp_path / "out"
-    args = [
-        "run",
-        "--plugin",
-        TINY,
-        "--pairs",
-        "tiny",
-        "--methods",
-        "source-only",
-        "--seeds",
-        "1",
-        "--results",
-        str(out),
-        "--no-progress",
-        "--device",
-        "cpu",
-    ]
+    args = tiny_run(out, "source-only", "1")
     assert main(args) == 0
     (rec,) = _records(out).values()
     assert rec["spec"]["seed"] == 1 and rec["spec"]["hparams"] and rec["device"].startswith("cpu")
@@ -223,3 +188,16 @@ def test_a_registered_executor_is_one_class_away(tmp_path):
     finally:
         EXECUTORS._items.pop("test-counting", None)
         EXECUTORS._sources.pop("test-counting", None)
+
+
+def test_a_spec_whose_run_id_changed_in_transit_is_refused(tmp_path):
+    """The worker's two entry points check the run id the parent sent (``_run_id``) against the
+    spec they rebuilt, before running anything."""
+    from dabench.running.executors.worker import run_group_one, run_one
+
+    (spec,) = expand(Matrix(methods=("source-only",), pairs=("tiny",), seeds=(0,), plugins=(TINY,)))
+    sent = {**spec.to_dict(), "_run_id": "0123456789ab"}
+    for call in (lambda: run_one(sent, tmp_path), lambda: run_group_one([sent], tmp_path)):
+        with pytest.raises(RuntimeError, match=f"spec changed in transit: run id 0123456789ab became {spec.run_id}"):
+            call()
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())

@@ -16,7 +16,7 @@ from dabench.analysis.report import report_text, write_report
 from dabench.analysis.results import load_results
 from dabench.analysis.stats import friedman
 from dabench.analysis.tables import leaderboard
-from fake_runs import curve_from, write_run
+from fake_runs import curve_from, write_failed, write_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -30,15 +30,7 @@ def results(tmp_path_factory) -> Path:
             for seed in range(3):
                 accs = list(base + gain + np.array([-6.0, -1.0, 0.0]) + rng.normal(0, 1, 3))
                 write_run(d, f"{m}-{pair}-{seed}", m, pair, seed, curve=curve_from(accs))
-    write_run(
-        d,
-        "f1",
-        "dann",
-        "mnist-usps",
-        7,
-        status="failed",
-        error={"type": "RuntimeError", "message": "CUDA error: device-side assert\nmore", "traceback": "tb"},
-    )
+    write_failed(d, "f1", "dann", "mnist-usps", 7, "CUDA error: device-side assert\nmore")
     write_run(d, "f2", "dan", "mnist-usps", 8, status="diverged", diverged_at_step=300)
     return d
 

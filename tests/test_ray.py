@@ -6,8 +6,6 @@ and a Ray task that dies fails only its run. Skipped when Ray is not installed
 from __future__ import annotations
 
 import os
-import pathlib
-import textwrap
 
 import pytest
 
@@ -17,22 +15,7 @@ from dabench.core.store import RunStore  # noqa: E402
 from dabench.running.executors import ExecutorOptions  # noqa: E402
 from dabench.running.matrix import Matrix, expand  # noqa: E402
 from dabench.running.scheduler import run_matrix  # noqa: E402
-
-TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
-
-CRASHER = textwrap.dedent('''
-    import os
-    from dabench import register_method
-    from dabench.methods.source_only import SourceOnly
-
-    @register_method("ray-crash")
-    class Crash(SourceOnly):
-        """Kills its own process at the third step."""
-        def loss(self, batch, progress):
-            if progress > 0.1:
-                os._exit(3)
-            return super().loss(batch, progress)
-''')
+from tiny_runs import crash_plugin  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +36,7 @@ def local_ray():
 def test_ray_matches_inline_and_survives_a_dead_task(local_ray, tmp_path, restore_registries):
     import torch
 
-    plugin = tmp_path / "ray_crash_plugin.py"
-    plugin.write_text(CRASHER)
-    plugins = (TINY, str(plugin))
+    plugins = crash_plugin(tmp_path, "ray-crash")
     specs = expand(
         Matrix(methods=("source-only", "linear-probe", "ray-crash"), pairs=("tiny",), seeds=(0,), plugins=plugins)
     )

@@ -26,8 +26,7 @@ from dabench.core.store import RunStore, process_start_time
 from dabench.running.executors import ExecutorOptions
 from dabench.running.matrix import Matrix, expand
 from dabench.running.scheduler import run_matrix
-
-TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
+from tiny_runs import TINY, tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -90,22 +89,7 @@ def _tmp_files(root: pathlib.Path) -> list[pathlib.Path]:
 
 
 def _cli_run(out: pathlib.Path, methods: str = "source-only,linear-probe") -> list[str]:
-    return [
-        "run",
-        "--plugin",
-        TINY,
-        "--pairs",
-        "tiny",
-        "--methods",
-        methods,
-        "--seeds",
-        "0",
-        "--results",
-        str(out),
-        "--device",
-        "cpu",
-        "--no-progress",
-    ]
+    return tiny_run(out, methods)
 
 
 def test_full_disk_stops_with_one_line_and_a_rerun_finishes(tmp_path, monkeypatch, capsys):

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
-import sys
 import textwrap
-import time
 
 import pytest
 
@@ -24,9 +21,7 @@ from dabench.core.store import RunStore
 from dabench.running.executors import ExecutorOptions
 from dabench.running.matrix import Matrix, expand
 from dabench.running.scheduler import run_matrix
-
-TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
-DABENCH = [sys.executable, "-m", "dabench.cli"]
+from tiny_runs import DABENCH, TINY, pid_alive, slow_checkpointed_run, tiny_run, wait_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,29 +58,6 @@ FAULTY = textwrap.dedent('''
                 da = da + float("inf")
             return self.combine(parts, da, trade_off=1.0)
 ''')
-
-
-def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    t0 = time.monotonic()
-    while not cond():
-        if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"process ended (rc {proc.returncode}) before {what}:\n{out}\n{err[-3000:]}")
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (killed, not yet reaped) counts as dead
-    try:
-        return pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def test_exception_and_nan_are_recorded_and_the_matrix_goes_on(tmp_path):
@@ -139,41 +111,21 @@ def test_killed_worker_and_killed_runner_resume_without_recomputing(tmp_path):
     SIGKILLed while seed 1 runs (its worker dies with it). A second `dabench run` finishes both slow runs from their checkpoints and
     leaves the complete runs alone."""
     out = tmp_path / "out"
-    args = [
-        *DABENCH,
-        "run",
-        "--plugin",
-        TINY,
-        "--pairs",
-        "tiny",
-        "--methods",
-        "source-only,slow",
-        "--seeds",
-        "0,1",
-        "--set",
-        "slow.sleep=0.05",
-        "--set",
-        "steps=60",
-        "--checkpoint-every",
-        "10",
-        "--results",
-        str(out),
-        "--device",
-        "cpu",
-        "--no-progress",
-    ]
-    specs = expand(
-        Matrix(
-            methods=("source-only", "slow"),
-            pairs=("tiny",),
-            seeds=(0, 1),
-            plugins=(TINY,),
-            overrides={"slow.sleep": 0.05, "steps": 60},
-        )
-    )
+    args, specs = slow_checkpointed_run(out, "source-only,slow", "0,1")
     done_first = [s for s in specs if s.method == "source-only"]
     slow0, slow1 = [s for s in specs if s.method == "slow"]
     store = RunStore(out)
+
+    def mid_run_worker(spec, timeout: float) -> int:
+        """Once ``spec`` has written its first partial checkpoint: the pid of the worker running it."""
+        wait_for(
+            store.checkpoint_path(spec.run_id, partial=True).exists,
+            timeout,
+            f"the first partial checkpoint of slow seed {spec.seed}",
+            main,
+        )
+        return json.loads((store.claims / f"{spec.run_id}.claim").read_text())["pid"]
+
     main = subprocess.Popen(
         [*args, "--executor", "local", "--workers", "1", "--runs-per-process", "0"],
         stdout=subprocess.PIPE,
@@ -181,26 +133,14 @@ def test_killed_worker_and_killed_runner_resume_without_recomputing(tmp_path):
         text=True,
     )
     try:
-        _wait_for(
-            store.checkpoint_path(slow0.run_id, partial=True).exists,
-            90,
-            "the first partial checkpoint of slow seed 0",
-            main,
-        )
-        worker_pid = json.loads((store.claims / f"{slow0.run_id}.claim").read_text())["pid"]
+        worker_pid = mid_run_worker(slow0, 90)
         assert worker_pid != main.pid
         os.kill(worker_pid, signal.SIGKILL)
-        _wait_for(lambda: store.status(slow0.run_id) == "failed", 30, "slow seed 0 recorded failed", main)
-        _wait_for(
-            store.checkpoint_path(slow1.run_id, partial=True).exists,
-            30,
-            "the first partial checkpoint of slow seed 1",
-            main,
-        )
-        worker_pid = json.loads((store.claims / f"{slow1.run_id}.claim").read_text())["pid"]
+        wait_for(lambda: store.status(slow0.run_id) == "failed", 30, "slow seed 0 recorded failed", main)
+        worker_pid = mid_run_worker(slow1, 30)
         main.kill()
         main.wait()
-        _wait_for(lambda: not _pid_alive(worker_pid), 10, "the worker to die with its parent")
+        wait_for(lambda: not pid_alive(worker_pid), 10, "the worker to die with its parent")
     finally:
         main.kill()
         main.communicate()
@@ -230,25 +170,7 @@ def test_killed_worker_and_killed_runner_resume_without_recomputing(tmp_path):
 def test_two_runners_on_one_folder_run_each_run_once(tmp_path):
     out = tmp_path / "out"
     trace = tmp_path / "trace.txt"
-    args = [
-        *DABENCH,
-        "run",
-        "--plugin",
-        TINY,
-        "--pairs",
-        "tiny",
-        "--methods",
-        "slow",
-        "--seeds",
-        "0,1,2,3",
-        "--set",
-        "slow.sleep=0.03",
-        "--results",
-        str(out),
-        "--device",
-        "cpu",
-        "--no-progress",
-    ]
+    args = [*DABENCH, *tiny_run(out, "slow", "0,1,2,3", "--set", "slow.sleep=0.03")]
     env = {**os.environ, "DABENCH_TEST_TRACE": str(trace), "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)

@@ -18,10 +18,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from dabench import Batch, Loss, Method, Uses, register_method
-from dabench.backbones.lenet import LeNet
 from dabench.core.record import Status
 from dabench.core.registry import BACKBONES, METHODS, register_backbone
 from dabench.core.store import RunStore
@@ -29,6 +27,7 @@ from dabench.running.executors import ExecutorOptions
 from dabench.running.matrix import Matrix, expand
 from dabench.running.scheduler import run_matrix
 from registry_helpers import restored_registries
+from seed_batch_helpers import lenet_nodrop, poisoned_seeds
 
 # batched (grouped convolutions, stacked SGD) and separate runs differ by float32 reduction order,
 # which training amplifies: source-only seed 3 (batch 32, LeNet without dropout) differs by 2e-6
@@ -38,14 +37,6 @@ from registry_helpers import restored_registries
 LOSS_RTOL = 5e-3
 DEPENDANT_LOSS_RTOL = 5e-3
 ACC_ATOL = 1.0  # points of target accuracy
-
-
-def _lenet_nodrop(in_channels: int = 1, image_size: int = 28, **_: object) -> LeNet:
-    """LeNet without its two dropout layers: a deterministic network, for exact comparisons."""
-    net = LeNet(in_channels, image_size)
-    net.conv[4] = nn.Identity()
-    net.fc[3] = nn.Identity()
-    return net
 
 
 class _Poisoned(Method):
@@ -80,7 +71,7 @@ def _test_registrations():
     """This file's test backbone and methods, registered for its tests only: registered at import
     they would join every other test's "all registered methods" (``dabench bench``'s among them)."""
     with restored_registries():
-        register_backbone("lenet-nodrop")(_lenet_nodrop)
+        register_backbone("lenet-nodrop")(lenet_nodrop)
         register_method("sb-poisoned")(_Poisoned)
         register_method("sb-host-read")(_HostRead)
         yield
@@ -137,23 +128,8 @@ def test_first_step_runs_on_each_seeds_own_initialisation(tmp_path, one_thread):
     assert firsts[0] != firsts[1]
 
 
-def _poisoned_seeds() -> tuple[list[int], int]:
-    """Two seeds whose _Poisoned draw is clean and one whose draw is poisoned."""
-    from dabench.core.registry import PAIRS
-    from dabench.engine.train import build_method
-
-    spec = expand(Matrix(methods=("sb-poisoned",), pairs=("digits-offline",), seeds=(0,),
-                         overrides={"backbone": "lenet-nodrop"}))[0]  # fmt: skip
-    good, bad = [], []
-    for seed in range(20):
-        torch.manual_seed(seed)
-        u = float(build_method(spec, PAIRS.get("digits-offline")).u)
-        (good if u < 0.5 else bad).append(seed)
-    return good[:2], bad[0]
-
-
 def test_a_diverging_seed_is_recorded_diverged_and_the_others_complete_unchanged(tmp_path, one_thread):
-    good, bad = _poisoned_seeds()
+    good, bad = poisoned_seeds("sb-poisoned")
     seeds = sorted([*good, bad])
     specs, _, store = _run(tmp_path / "b", ("sb-poisoned",), seeds, 40, True, backbone="lenet-nodrop")
     _, _, alone = _run(tmp_path / "s", ("sb-poisoned",), seeds, 40, False, backbone="lenet-nodrop")

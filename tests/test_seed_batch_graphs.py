@@ -21,10 +21,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from dabench import Batch, Loss, Method, Uses, register_method
-from dabench.backbones.lenet import LeNet
 from dabench.core.domain import default_data_root
 from dabench.core.record import Status
 from dabench.core.registry import BACKBONES, METHODS, PAIRS, register_backbone
@@ -37,19 +35,12 @@ from dabench.running.executors import ExecutorOptions
 from dabench.running.matrix import Matrix, expand
 from dabench.running.scheduler import run_matrix
 from registry_helpers import restored_registries
+from seed_batch_helpers import lenet_nodrop, poisoned_seeds
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device; the CPU tests cover the pieces")
 MOVE_FRACTION = 0.05  # graph-vs-eager parameter difference, as a fraction of the parameters' movement
 ACC_ATOL = 10.0  # points of target accuracy between a captured and an eager seed-batched record
-
-
-def _lenet_nodrop(in_channels: int = 1, image_size: int = 28, **_: object) -> LeNet:
-    """LeNet without dropout: graph and eager then draw nothing random, so they are comparable."""
-    net = LeNet(in_channels, image_size)
-    net.conv[4] = nn.Identity()
-    net.fc[3] = nn.Identity()
-    return net
 
 
 class _PoisonedOnDevice(Method):
@@ -85,7 +76,7 @@ class _HostBranch(Method):
 @pytest.fixture(autouse=True, scope="module")
 def _test_registrations():
     with restored_registries():
-        register_backbone("lenet-nodrop")(_lenet_nodrop)
+        register_backbone("lenet-nodrop")(lenet_nodrop)
         register_method("sbg-poisoned")(_PoisonedOnDevice)
         register_method("sbg-host-branch")(_HostBranch)
         yield
@@ -161,7 +152,7 @@ def test_the_vmapped_step_of_every_batchable_method_takes_a_tensor_progress(one_
 
     checked = []
     for name in BUILTIN_METHODS:
-        if batch_refusal(METHODS.get(name)(_lenet_nodrop(), 10, {})) is not None:
+        if batch_refusal(METHODS.get(name)(lenet_nodrop(), 10, {})) is not None:
             continue
         ft, fp, fg = _vmapped_step(name, 0.3)
         tt, tp, tg = _vmapped_step(name, torch.tensor(0.3, dtype=torch.float64))
@@ -266,20 +257,9 @@ def test_captured_seed_batched_records_of_the_digits_methods(tmp_path):
             assert all(math.isfinite(v) for v in pr["loss"].values())
 
 
-def _poisoned_seeds() -> tuple[list[int], int]:
-    spec = expand(Matrix(methods=("sbg-poisoned",), pairs=("digits-offline",), seeds=(0,),
-                         overrides={"backbone": "lenet-nodrop"}))[0]  # fmt: skip
-    good, bad = [], []
-    for seed in range(20):
-        torch.manual_seed(seed)
-        u = float(build_method(spec, PAIRS.get("digits-offline")).u)
-        (good if u < 0.5 else bad).append(seed)
-    return good[:2], bad[0]
-
-
 @needs_cuda
 def test_a_diverging_seed_is_recorded_diverged_with_graphs_on(tmp_path):
-    good, bad = _poisoned_seeds()
+    good, bad = poisoned_seeds("sbg-poisoned")
     seeds = sorted([*good, bad])
     specs, _, store = _run(tmp_path / "g", ("sbg-poisoned",), seeds, 40, "cuda", True, backbone="lenet-nodrop")
     _, _, eager = _run(tmp_path / "e", ("sbg-poisoned",), seeds, 40, "cuda", False, backbone="lenet-nodrop")

@@ -19,7 +19,7 @@ from dabench.analysis.selection import (
     rule_title,
     select,
 )
-from fake_runs import curve_from, write_run
+from fake_runs import curve_from, write_failed, write_run
 
 # One curve where every rule picks a different evaluation (steps 100..500).
 ACCS = [60.0, 70.0, 65.0, 80.0, 62.0]  # oracle → step 400 (80.0); last → step 500
@@ -42,15 +42,7 @@ EXPECTED = {
 @pytest.fixture()
 def folder(tmp_path):
     write_run(tmp_path, "r1", "dann", "p", 0, curve=curve_from(ACCS, **SCORES))
-    write_run(
-        tmp_path,
-        "r2",
-        "dann",
-        "p",
-        1,
-        status="failed",
-        error={"type": "RuntimeError", "message": "CUDA out of memory\nsecond line", "traceback": "tb"},
-    )
+    write_failed(tmp_path, "r2", "dann", "p", 1, "CUDA out of memory\nsecond line")
     write_run(tmp_path, "r3", "dann", "p", 2, status="diverged", diverged_at_step=300)
     return tmp_path
 

@@ -26,15 +26,12 @@ import sys
 import pytest
 
 from dabench.core.store import RunStore
-from dabench.running.matrix import Matrix, expand
 
 pytest.importorskip("submitit", reason="the slurm executor needs submitit: pip install 'dabench[slurm]'")
 
-from test_runner_faults import _wait_for
+from tiny_runs import DABENCH, slow_checkpointed_run, wait_for
 
-TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
 FAKES = str(pathlib.Path(__file__).with_name("slurm_fakes.py"))
-DABENCH = [sys.executable, "-m", "dabench.cli"]
 
 
 def _parent(pid: int) -> int:
@@ -46,28 +43,10 @@ def _parent(pid: int) -> int:
 def test_slurm_job_array_preempted_requeued_and_resumed(tmp_path):
     out = tmp_path / "out"
     trace = tmp_path / "trace.txt"
-    args = [
-        *DABENCH,
-        "run",
-        "--plugin",
-        TINY,
-        "--pairs",
-        "tiny",
-        "--methods",
+    args, specs_in_order = slow_checkpointed_run(
+        out,
         "source-only,slow,linear-probe",
-        "--seeds",
         "0",
-        "--set",
-        "slow.sleep=0.05",
-        "--set",
-        "steps=60",
-        "--checkpoint-every",
-        "10",
-        "--results",
-        str(out),
-        "--device",
-        "cpu",
-        "--no-progress",
         "--executor",
         "slurm",
         "--slurm-cluster",
@@ -78,19 +57,8 @@ def test_slurm_job_array_preempted_requeued_and_resumed(tmp_path):
         "2",
         "--slurm-time",
         "30",
-    ]
-    specs = {
-        s.method: s
-        for s in expand(
-            Matrix(
-                methods=("source-only", "slow", "linear-probe"),
-                pairs=("tiny",),
-                seeds=(0,),
-                plugins=(TINY,),
-                overrides={"slow.sleep": 0.05, "steps": 60},
-            )
-        )
-    }
+    )
+    specs = {s.method: s for s in specs_in_order}
     store = RunStore(out)
     env = {**os.environ, "DABENCH_TEST_TRACE": str(trace), "OMP_NUM_THREADS": "1"}
     # own session: on a failure the whole tree (submitit's job processes too) is killed, never left running
@@ -99,7 +67,7 @@ def test_slurm_job_array_preempted_requeued_and_resumed(tmp_path):
     )
     slow = specs["slow"].run_id
     try:
-        _wait_for(store.checkpoint_path(slow, partial=True).exists, 120, "slow's first mid-run checkpoint", main)
+        wait_for(store.checkpoint_path(slow, partial=True).exists, 120, "slow's first mid-run checkpoint", main)
         jobs = json.loads((out / "slurm" / "jobs.json").read_text())["jobs"]
         assert len(jobs) == 1 and sorted(jobs[0]["run_ids"]) == sorted([specs["source-only"].run_id, slow])
         worker = json.loads(store.claim_path(slow).read_text())["pid"]

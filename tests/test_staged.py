@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import dabench
-from dabench import Batch
 from dabench.core.store import RunStore
 from dabench.engine.options import EngineOptions
 from dabench.methods.mcd import MCD, classifier_discrepancy
 from dabench.running.matrix import Matrix, expand
 from dabench.running.unit import run_spec
+from method_steps import run_step
 
 # the zoo's random source/target batch; one_thread comes from conftest.py
 from test_zoo import _batch
@@ -78,26 +78,8 @@ def test_discrepancy_is_the_mean_absolute_difference_of_the_softmaxes():
     assert classifier_discrepancy(l1, l1).item() == 0.0
 
 
-def _run_step(m: MCD, batch: Batch) -> list[tuple[tuple[str, ...], dict[str, torch.Tensor]]]:
-    """One MCD step through real optimisers built the engine's way; returns each update's
-    optimiser names and the parameters before it."""
-    from dabench.engine.train import _build_optimizers, _pick
-
-    opts = _build_optimizers(m, dabench.Schedule(lr=0.1))
-    seen = []
-
-    def update(names, loss):
-        before = {n: p.detach().clone() for n, p in m.named_parameters()}
-        for o in opts.values():
-            o.zero_grad(set_to_none=True)
-        loss.total.backward()
-        for o in _pick(opts, names, m):
-            o.step()
-        seen.append(((names,) if isinstance(names, str) else tuple(names), before))
-
-    m.train()
-    m.step(batch, 0.5, update)
-    return seen
+def _params(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in m.named_parameters()}
 
 
 def _moved(m: MCD, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> set[str]:
@@ -110,8 +92,8 @@ def _moved(m: MCD, before: dict[str, torch.Tensor], after: dict[str, torch.Tenso
 
 def test_each_phase_moves_only_its_part_of_the_network():
     m = _mcd(num_k=3)
-    seen = _run_step(m, _batch())
-    final = {n: p.detach().clone() for n, p in m.named_parameters()}
+    seen = run_step(m, _batch(), _params)
+    final = _params(m)
     states = [b for _, b in seen] + [final]
     names = [n for n, _ in seen]
     assert names == [("generator", "classifiers"), ("classifiers",), ("generator",), ("generator",), ("generator",)]

@@ -242,3 +242,18 @@ def test_example_sweep_files_expand():
 def test_rerun_takes_no_sweep(tmp_path, capsys):
     rc = main(["run", "--results", str(tmp_path), "--rerun", "abc", "--sweep", "lr=0.1,0.2"])
     assert rc == 2 and "it takes no --sweep" in capsys.readouterr().err
+
+
+def test_a_set_or_sweep_item_without_equals_is_named_with_its_form():
+    from dabench.running.matrix import parse_overrides, parse_sweeps
+
+    assert parse_overrides([" steps = 300", "dann.trade_off=0.5"]) == {"steps": 300, "dann.trade_off": 0.5}
+    assert parse_sweeps([" lr = 0.1, 0.01"]) == {"lr": [0.1, 0.01]}
+    with pytest.raises(MatrixError) as e:
+        parse_overrides(["steps:300"])
+    assert str(e.value) == "--set: expected key=value, got 'steps:300' (e.g. --set steps=300 --set dann.trade_off=0.5)"
+    with pytest.raises(MatrixError) as e:
+        parse_sweeps(["lr"], where="sweep.toml")
+    assert str(e.value) == (
+        "sweep.toml: expected key=v1,v2,... or key=log_uniform(a, b), got 'lr' (e.g. --sweep dann.trade_off=0.1,0.3,1,3)"
+    )

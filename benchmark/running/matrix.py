@@ -81,13 +81,18 @@ def parse_value(text: str) -> Any:
 def parse_overrides(items: list[str] | None, where: str = "--set") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
-        if "=" not in item:
-            raise MatrixError(
-                f"{where}: expected key=value, got {item!r} (e.g. --set steps=300 --set dann.trade_off=0.5)"
-            )
-        key, value = item.split("=", 1)
-        out[key.strip()] = parse_value(value)
+        key, value = _key_and_text(item, where, "key=value", "--set steps=300 --set dann.trade_off=0.5")
+        out[key] = parse_value(value)
     return out
+
+
+def _key_and_text(item: str, where: str, expected: str, example: str) -> tuple[str, str]:
+    """``"key = text"`` → ``("key", "text")``; an item without ``=`` is refused naming ``where``,
+    the form ``expected`` and an ``example``."""
+    if "=" not in item:
+        raise MatrixError(f"{where}: expected {expected}, got {item!r} (e.g. {example})")
+    key, text = item.split("=", 1)
+    return key.strip(), text.strip()
 
 
 def _expect(cond: bool, where: str, key: str, expected: str, got: Any) -> None:
@@ -229,12 +234,9 @@ def parse_sweeps(items: list[str] | None, where: str = "--sweep") -> dict[str, A
     """``["dann.trade_off=0.1,1", "lr=log_uniform(1e-3, 0.1)"]`` → ``{key: [values] | "dist(..)"}``."""
     out: dict[str, Any] = {}
     for item in items or []:
-        if "=" not in item:
-            raise MatrixError(
-                f"{where}: expected key=v1,v2,... or key=log_uniform(a, b), got {item!r} "
-                "(e.g. --sweep dann.trade_off=0.1,0.3,1,3)"
-            )
-        key, text = (t.strip() for t in item.split("=", 1))
+        key, text = _key_and_text(
+            item, where, "key=v1,v2,... or key=log_uniform(a, b)", "--sweep dann.trade_off=0.1,0.3,1,3"
+        )
         if key in out:
             raise MatrixError(f"{where}: key {key!r} given twice; list all its values in one --sweep")
         out[key] = text if is_distribution(text) else [parse_value(v) for v in text.split(",") if v.strip()]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+from collections.abc import Callable, Iterator
 
 from ...core.domain import default_data_root
 from ...core.registry import load_plugin
@@ -32,22 +34,19 @@ class InlineExecutor(Executor):
         return 0 if self._done else 1
 
     def submit(self, spec: RunSpec) -> None:
-        bar = _step_bar(self.opts.progress, 1)
-        bar.set_description_str(spec.label)
-
-        def on_step(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-        try:
+        with self._bar_for(spec.label) as on_step:
             self._done.append(run_claimed(spec, self.store, self.device, self.root, on_step, self.opts.engine))
-        finally:
-            bar.close()
 
     def submit_group(self, specs: list[RunSpec]) -> None:
+        with self._bar_for(f"{specs[0].label} ({len(specs)} seeds batched)") as on_step:
+            self._done.extend(run_group_claimed(specs, self.store, self.device, self.root, on_step, self.opts.engine))
+
+    @contextlib.contextmanager
+    def _bar_for(self, label: str) -> Iterator[Callable[[int, int], None]]:
+        """A step bar labelled ``label`` for what runs inside the block, and the ``on_step``
+        callback that moves it; the bar is closed after, whatever happened."""
         bar = _step_bar(self.opts.progress, 1)
-        bar.set_description_str(f"{specs[0].label} ({len(specs)} seeds batched)")
+        bar.set_description_str(label)
 
         def on_step(done: int, total: int) -> None:
             bar.total = total
@@ -55,7 +54,7 @@ class InlineExecutor(Executor):
             bar.refresh()
 
         try:
-            self._done.extend(run_group_claimed(specs, self.store, self.device, self.root, on_step, self.opts.engine))
+            yield on_step
         finally:
             bar.close()
 

@@ -54,6 +54,21 @@ def _die_with_parent(parent_pid: int | None) -> None:
         os._exit(0)  # the parent died before prctl took effect
 
 
+def _received(spec_dict: dict[str, Any]) -> tuple[RunSpec, str | None]:
+    """The spec a parent sent, and the run id the parent computed for it (``_run_id``; None when
+    not sent)."""
+    spec_dict = dict(spec_dict)
+    expected_id = spec_dict.pop("_run_id", None)  # the parent's id: a JSON round trip must not change it
+    return RunSpec.from_dict(spec_dict), expected_id
+
+
+def _check_transit(spec: RunSpec, expected_id: str | None) -> RunSpec:
+    """``spec``, once its run id is checked to be the one the parent sent."""
+    if expected_id is not None and spec.run_id != expected_id:
+        raise RuntimeError(f"spec changed in transit: run id {expected_id} became {spec.run_id}")
+    return spec
+
+
 def run_one(
     spec_dict: dict[str, Any],
     results_dir: str | os.PathLike,
@@ -71,9 +86,7 @@ def run_one(
     """
     if threads:
         torch.set_num_threads(int(threads))
-    spec_dict = dict(spec_dict)
-    expected_id = spec_dict.pop("_run_id", None)  # the parent's id: a JSON round trip must not change it
-    spec = RunSpec.from_dict(spec_dict)
+    spec, expected_id = _received(spec_dict)
     store = RunStore(results_dir)
     try:
         for plugin in plugins:
@@ -89,8 +102,7 @@ def run_one(
         except WriteFault as fault:
             return Outcome(spec.run_id, "write-fault", error=str(fault)).to_message()
         return Outcome(spec.run_id, "ran", rec).to_message()
-    if expected_id is not None and spec.run_id != expected_id:
-        raise RuntimeError(f"spec changed in transit: run id {expected_id} became {spec.run_id}")
+    _check_transit(spec, expected_id)
     root = pathlib.Path(data_root) if data_root else default_data_root()
     try:
         out = run_claimed(spec, store, resolve_device(device), root, on_step, engine)
@@ -112,14 +124,7 @@ def run_group_one(
     """:func:`run_one` for a seed group (``--seed-batch``): one outcome message per spec."""
     if threads:
         torch.set_num_threads(int(threads))
-    specs = []
-    for d in spec_dicts:
-        d = dict(d)
-        expected_id = d.pop("_run_id", None)
-        spec = RunSpec.from_dict(d)
-        if expected_id is not None and spec.run_id != expected_id:
-            raise RuntimeError(f"spec changed in transit: run id {expected_id} became {spec.run_id}")
-        specs.append(spec)
+    specs = [_check_transit(*_received(d)) for d in spec_dicts]
     try:
         for plugin in plugins:
             load_plugin(plugin)
