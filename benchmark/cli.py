@@ -302,7 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="training images/s per method vs the bare backbone on this machine")
     b.add_argument("--pair", default="digits-offline", help="pair whose data, model and batch are used")
     b.add_argument("--methods", help="comma-separated names or globs (default: all registered)")
-    b.add_argument("--steps", type=int, default=50, help="timed steps per method (default: 50)")
+    b.add_argument(
+        "--steps",
+        type=int,
+        default=50,
+        help="timed steps per method: each rate is the steady state from runs of STEPS and 2*STEPS steps, "
+        "each timed twice (default: 50)",
+    )
     b.add_argument("--warmup", type=int, default=10, help="untimed warm-up steps (default: 10)")
     b.add_argument("--batch-size", type=int, default=None, help="per-domain batch (default: the pair's)")
     b.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")

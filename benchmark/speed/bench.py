@@ -11,8 +11,12 @@ Two numbers per configuration, measured in one process so that their ratio is me
 Images/s counts every image a step pushes through the network: source + target for a DA
 method (``2 × batch`` with the default concatenated forward), the shots for fine-tuning.
 Warm-up steps (cuDNN autotuning, allocator growth, ``torch.compile``) are run and excluded;
-CUDA is synchronised before each clock read. On CUDA the sync-debug mode also counts the
-host synchronisations inside the step loop (the engine allows one per ``log_every`` steps).
+CUDA is synchronised before each clock read. A method's rate is steady-state
+(:func:`steady_rate`: the difference of runs of two lengths, so a captured run's warm-up steps
+and capture, paid once per run, are reported apart as ``setup_ms``, not spread over the timed
+steps). On CUDA the sync-debug mode also counts the host synchronisations inside the step loop
+(the engine allows one per ``log_every`` steps). ``graph_ops``: the operations of one captured
+step on any device (:mod:`dabench.engine.opcount`), against the bare network's.
 """
 
 from __future__ import annotations
@@ -642,7 +646,8 @@ def markdown(result: BenchResult) -> str:
         f"- device: {result.device}",
         f"- torch: {result.torch_version}",
         f"- batch size: {result.batch_size} per domain, image size {result.image_size} px",
-        f"- timed steps: {result.steps} after {result.warmup} warm-up steps; torch.compile: {result.compile}",
+        f"- timed steps: runs of {result.steps} and {2 * result.steps} steps, each twice, after {result.warmup} "
+        f"warm-up steps; torch.compile: {result.compile}",
         f"- date: {result.date}",
         "- images/s counts every image a step trains on (source + target for a DA method)",
         *[f"- note: {n}" for n in result.notes],
