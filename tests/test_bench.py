@@ -161,3 +161,21 @@ def test_the_op_counter_counts_computations_not_views():
     # forward mul + sum; backward: the seed (ones_like), expand (a view), mul by 2, the accumulation
     assert ops.by_name["mul"] == 2 and ops.by_name["sum"] == 1, dict(ops.by_name)
     assert ops.total >= 4
+
+
+def test_the_bench_never_counts_operations_of_a_compiled_step():
+    """Under a Python dispatch mode ``torch.compile``d modules run their eager code, which a CUDA
+    capture would then record: with ``--compile`` the bench must not ask the engine to count."""
+    from dabench.core.registry import PAIRS
+    from dabench.running.unit import load_pair_data
+    from dabench.speed.bench import EngineBench
+
+    pair = PAIRS.get("digits-offline")
+    make, _ = backbone_factory("lenet", pair.channels, pair.image_size, {})
+    seen = []
+    for compiled in (False, True):
+        bench = EngineBench("source-only", pair, load_pair_data("digits-offline", None), torch.device("cpu"), 8, make,
+                            compile=compiled)  # fmt: skip
+        bench.method.fit = lambda ctx: seen.append(ctx.count_ops)  # type: ignore[method-assign]  # no training
+        bench.run(1)
+    assert seen == [True, False]
