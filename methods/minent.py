@@ -30,7 +30,9 @@ class MinEnt(Method):
     together: λ = 0 gives 63.6 %; with ``forward="separate"`` λ = 0 gives 76.5 % and λ = 0.1
     gives 75.2 %). BNM (``methods/bnm.py``) keeps the prediction matrix's rank, which stops this
     collapse, and scores 82.2 % on the same seed. Over 3 seeds, ``forward="separate"`` gives
-    80.6 ± 4.7 against 66.2 ± 15.7 (results/reference/forward-concat-vs-separate-digits-offline-cpu.md).
+    80.6 ± 4.7 against 66.2 ± 15.7 on digits-offline; the mode interacts with the pair (on
+    MNIST→USPS separate passes cost DANN and CDAN points):
+    results/reference/forward-concat-vs-separate-digits-offline-cpu.md.
     """
 
     protocol = "uda"
