@@ -150,6 +150,60 @@ def test_graph_sgd_step_equals_torch_sgd(weight_decay, nesterov, fused):
     assert set(opt_g.state_dict()["state"][0]) == set(opt.state_dict()["state"][0]) == {"momentum_buffer"}
 
 
+def _refuse(*args, **kwargs):
+    raise RuntimeError("params, grads, and momentum_buffer_list must have same dtype, device, and layout")
+
+
+def test_graph_sgd_step_falls_back_to_foreach_when_the_fused_kernel_refuses(monkeypatch):
+    """On CUDA the fused SGD kernel refuses tensors whose strides differ (parameter, gradient,
+    buffer) before launching anything; the captured step then runs the same update in foreach form."""
+    net, twin, opt, opt_g = _sgd_pair(5e-4, True, fused=False)
+    g = torch.Generator().manual_seed(2)
+    for step in range(4):
+        x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+        for model, o in ((net, opt), (twin, opt_g)):
+            o.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+        opt.step()
+        if step == 0:
+            opt_g.step()
+        else:
+            monkeypatch.setattr(torch, "_fused_sgd_", _refuse)
+            graph_sgd_step(opt_g, [torch.tensor(grp["lr"], dtype=torch.float32) for grp in opt_g.param_groups])
+            monkeypatch.undo()
+    for a, b in zip(net.parameters(), twin.parameters()):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+
+
+def test_the_engine_sgd_goes_on_unfused_when_the_fused_kernel_refuses(monkeypatch):
+    """The eager step: a fused SGD whose kernel refuses its tensors steps unfused from then on,
+    with the same update and momentum buffers as an SGD built unfused."""
+    from dabench.engine.train import sgd_step
+
+    net, twin, opt, _ = _sgd_pair(5e-4, True, fused=False)
+    groups = [
+        {"params": list(twin[0].parameters()), "lr_mult": 0.1},
+        {"params": list(twin[2].parameters()), "lr_mult": 1.0},
+    ]
+    opt_f = torch.optim.SGD(groups, lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True, fused=True)
+    assert all(grp["fused"] for grp in opt_f.param_groups)
+    refused = []
+    monkeypatch.setattr(torch, "_fused_sgd_", lambda *a, **k: refused.append(1) or _refuse())
+    g = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+        for model, o in ((net, opt), (twin, opt_f)):
+            o.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+        opt.step()
+        sgd_step(opt_f)
+    assert refused == [1]  # refused once, then unfused
+    assert all(grp["fused"] is False for grp in opt_f.param_groups)
+    for a, b in zip(net.parameters(), twin.parameters()):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+        torch.testing.assert_close(opt_f.state[b]["momentum_buffer"], opt.state[a]["momentum_buffer"], rtol=0, atol=0)
+
+
 def test_graph_sgd_step_needs_the_momentum_buffers():
     net, _, opt, _ = _sgd_pair(5e-4, True)
     F.cross_entropy(net(torch.randn(4, 6)), torch.tensor([0, 1, 2, 0])).backward()

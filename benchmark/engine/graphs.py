@@ -129,18 +129,41 @@ def graph_sgd_step(opt: torch.optim.Optimizer, lrs: Sequence[torch.Tensor]) -> N
         for i, p in enumerate(params):  # the fused kernel takes one dtype per call, as torch groups them
             by_dtype.setdefault(p.dtype, []).append(i)
         for idx in by_dtype.values():
-            torch._fused_sgd_(
-                [params[i] for i in idx],
-                [params[i].grad for i in idx],
-                [bufs[i] for i in idx] if bufs else [],
-                weight_decay=group["weight_decay"],
-                momentum=momentum,
-                lr=lr,
-                dampening=0.0,
-                nesterov=group["nesterov"],
-                maximize=False,
-                is_first_step=False,
-            )
+            ps = [params[i] for i in idx]
+            gs = [cast(torch.Tensor, params[i].grad) for i in idx]
+            bs = [bufs[i] for i in idx] if bufs else []
+            try:
+                torch._fused_sgd_(
+                    ps, gs, bs,
+                    weight_decay=group["weight_decay"], momentum=momentum, lr=lr, dampening=0.0,
+                    nesterov=group["nesterov"], maximize=False, is_first_step=False,
+                )  # fmt: skip
+            except RuntimeError:
+                # the CUDA kernel checks its tensors' layouts (one dtype, dense, the same strides for a
+                # parameter, its gradient and its buffer) before it launches anything; where it
+                # refuses, the same update in foreach form (seven kernels instead of one)
+                _foreach_sgd(ps, gs, bs, group["weight_decay"], momentum, group["nesterov"], lr)
+
+
+@torch.no_grad()
+def _foreach_sgd(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    bufs: list[torch.Tensor],
+    weight_decay: float,
+    momentum: float,
+    nesterov: bool,
+    lr: torch.Tensor,
+) -> None:
+    """:func:`graph_sgd_step`'s update in torch's foreach order (``bufs`` empty without momentum)."""
+    if weight_decay != 0:
+        grads = list(torch._foreach_add(grads, params, alpha=weight_decay))
+    if momentum != 0:
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, grads, alpha=1.0)
+        grads = list(torch._foreach_add(grads, bufs, alpha=momentum)) if nesterov else bufs
+    # the 0-d lr in the parameters' dtype: torch's ``alpha=-lr`` also rounds it to that dtype
+    torch._foreach_add_(params, torch._foreach_mul(grads, (-lr).to(params[0].dtype)))
 
 
 class CapturedStep:

@@ -73,7 +73,16 @@ from .data import DeviceData, Stream, StreamCursor
 from .evaluate import autocast
 from .graphs import NotCapturable, graph_sgd_step
 from .options import EngineOptions
-from .train import Diverged, RunContext, _build_optimizers, _first_bad_part, execute, finish_run, prepare_method
+from .train import (
+    Diverged,
+    RunContext,
+    _build_optimizers,
+    _first_bad_part,
+    execute,
+    finish_run,
+    prepare_method,
+    sgd_step,
+)
 
 #: what :func:`execute_seeds` gives back per spec: its result, or the exception that ended it
 SeedOutcome = RunResult | BaseException
@@ -443,7 +452,7 @@ def train_batched(
                 with torch.autocast(device.type, enabled=False):
                     opt.zero_grad(set_to_none=True)
                     totals.sum().backward()
-                    opt.step()
+                    sgd_step(opt)
                 if list(parts) != part_names:
                     new = [k for k in parts if k not in part_names]
                     part_names += new

@@ -145,7 +145,7 @@ class RunContext:
                     opt.zero_grad(set_to_none=True)
                 out.total.backward()
                 for opt in chosen:
-                    opt.step()
+                    sgd_step(opt)
             total = out.total.detach()
             if list(out.parts) != part_names:
                 # a part not seen before (methods usually return the same parts every step):
@@ -444,6 +444,21 @@ def _build_optimizers(method: Method, sch) -> dict[str, torch.optim.Optimizer]:
             fused=_fusable(params),
         )
     return opts
+
+
+def sgd_step(opt: torch.optim.Optimizer) -> None:
+    """``opt.step()``; if torch's fused SGD kernel refuses the tensors (on CUDA it checks that a
+    parameter, its gradient and its momentum buffer share dtype and strides, before launching
+    anything or creating any state), the optimiser goes on unfused: the same update, more kernels."""
+    try:
+        opt.step()
+    except RuntimeError:
+        if not any(g.get("fused") for g in opt.param_groups):
+            raise
+        for g in opt.param_groups:
+            g["fused"] = False
+        opt.defaults["fused"] = False
+        opt.step()
 
 
 def _fusable(params: list[torch.Tensor]) -> bool:
