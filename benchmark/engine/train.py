@@ -461,7 +461,7 @@ def sgd_step(opt: torch.optim.Optimizer) -> None:
         opt.step()
 
 
-def _fusable(params: list[torch.Tensor]) -> bool:
+def _fusable(params: Sequence[torch.Tensor]) -> bool:
     """Whether torch's fused SGD takes these parameters (floating point, on a CPU or CUDA device)."""
     return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 

@@ -51,7 +51,7 @@ from ..engine.data import DeviceData
 from ..engine.evaluate import autocast
 from ..engine.opcount import count_ops
 from ..engine.seed_batch import batch_refusal, train_batched
-from ..engine.train import RunContext, resolve_device
+from ..engine.train import RunContext, _fusable, resolve_device, sgd_step
 
 BackboneFactory = Callable[[], Backbone]
 
@@ -194,7 +194,7 @@ class _Bare(nn.Module):
 def _bare_setup(
     make_backbone: BackboneFactory, pair: DomainPair, batch_size: int, device: torch.device, compile: bool
 ) -> tuple[Callable[[list[torch.Tensor] | None], None], torch.nn.Module]:
-    """The bare network's training step on a fixed device batch: ``step(None)`` with ``opt.step()``,
+    """The bare network's training step on a fixed device batch: ``step(None)`` with the engine's ``sgd_step``,
     ``step(lrs)`` with the engine's graph-safe SGD reading the learning rate from ``lrs`` (what a
     captured step runs)."""
     torch.manual_seed(0)
@@ -204,8 +204,10 @@ def _bare_setup(
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, pair.num_classes, (batch_size,), device=device)
-    # fused, as the engine's SGD (engine/train.py): the same optimiser kernels as a method's step
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4, fused=True)
+    params = list(model.parameters())
+    # the engine's SGD (engine/train.py): fused where torch allows, stepped by sgd_step (unfused if
+    # the CUDA kernel refuses the layouts), so the bare step runs a method's optimiser kernels
+    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4, fused=_fusable(params))
 
     def step(lrs: list[torch.Tensor] | None) -> None:
         # no weight cache: a captured step must recompute autocast's casts at every replay
@@ -214,7 +216,7 @@ def _bare_setup(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if lrs is None:
-            opt.step()
+            sgd_step(opt)
         else:
             graphs.graph_sgd_step(opt, lrs)
 
@@ -452,7 +454,6 @@ def time_method(
         rate, setup = steady_rate(run, steps)
         timing.graph_steps_per_s, timing.graph_setup_ms = rate, 1e3 * setup
     else:  # off CUDA the graph-mode loop runs its captured body eagerly: its operations, not a rate
-        bench.run(graphs.WARMUP_STEPS + 2)
         last[:] = [bench.run(graphs.WARMUP_STEPS + 2)]
     timing.graph_note, timing.graph_ops = last[0].graph_note, last[0].graph_ops
     bench.cuda_graphs = False
