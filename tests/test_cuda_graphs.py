@@ -100,20 +100,30 @@ def test_grl_coefficient_of_a_tensor_is_a_tensor_of_the_same_value():
         assert out.item() == pytest.approx(dabench.grl_coefficient(p, 10.0), abs=1e-12)
 
 
-def _sgd_pair(weight_decay: float, nesterov: bool, fused: bool = True):
+def _sgd_pair(weight_decay: float, nesterov: bool, fused: bool = True, twin_fused: bool | None = None):
+    """Two equal networks and an SGD for each (two lr_mult groups); ``twin_fused``: the twin's
+    ``fused`` when it differs from the first's."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
     twin = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
     twin.load_state_dict(net.state_dict())
 
-    def make(model):
+    def make(model, fused):
         groups = [
             {"params": list(model[0].parameters()), "lr_mult": 0.1},
             {"params": list(model[2].parameters()), "lr_mult": 1.0},
         ]
         return torch.optim.SGD(groups, lr=0.05, momentum=0.9, weight_decay=weight_decay, nesterov=nesterov, fused=fused)
 
-    return net, twin, make(net), make(twin)
+    return net, twin, make(net, fused), make(twin, fused if twin_fused is None else twin_fused)
+
+
+def _backward_both(g: torch.Generator, *pairs) -> None:
+    """One batch drawn from ``g``; for each (network, optimiser): zeroed gradients, CE backward."""
+    x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+    for model, o in pairs:
+        o.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
 
 
 @pytest.mark.parametrize(
@@ -128,14 +138,11 @@ def test_graph_sgd_step_equals_torch_sgd(weight_decay, nesterov, fused):
     base = 0.05
     g = torch.Generator().manual_seed(1)
     for step in range(8):
-        x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
         factor = (1 + 10 * step / 8) ** -0.75
         for o in (opt, opt_g):
             for grp in o.param_groups:
                 grp["lr"] = base * grp["lr_mult"] * factor
-        for model, o in ((net, opt), (twin, opt_g)):
-            o.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+        _backward_both(g, (net, opt), (twin, opt_g))
         opt.step()
         if step == 0:
             opt_g.step()  # the eager warm-up step: it creates the momentum buffers
@@ -160,10 +167,7 @@ def test_graph_sgd_step_falls_back_to_foreach_when_the_fused_kernel_refuses(monk
     net, twin, opt, opt_g = _sgd_pair(5e-4, True, fused=False)
     g = torch.Generator().manual_seed(2)
     for step in range(4):
-        x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
-        for model, o in ((net, opt), (twin, opt_g)):
-            o.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+        _backward_both(g, (net, opt), (twin, opt_g))
         opt.step()
         if step == 0:
             opt_g.step()
@@ -180,21 +184,13 @@ def test_the_engine_sgd_goes_on_unfused_when_the_fused_kernel_refuses(monkeypatc
     with the same update and momentum buffers as an SGD built unfused."""
     from dabench.engine.train import sgd_step
 
-    net, twin, opt, _ = _sgd_pair(5e-4, True, fused=False)
-    groups = [
-        {"params": list(twin[0].parameters()), "lr_mult": 0.1},
-        {"params": list(twin[2].parameters()), "lr_mult": 1.0},
-    ]
-    opt_f = torch.optim.SGD(groups, lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True, fused=True)
+    net, twin, opt, opt_f = _sgd_pair(5e-4, True, fused=False, twin_fused=True)
     assert all(grp["fused"] for grp in opt_f.param_groups)
     refused = []
     monkeypatch.setattr(torch, "_fused_sgd_", lambda *a, **k: refused.append(1) or _refuse())
     g = torch.Generator().manual_seed(3)
     for _ in range(4):
-        x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
-        for model, o in ((net, opt), (twin, opt_f)):
-            o.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+        _backward_both(g, (net, opt), (twin, opt_f))
         opt.step()
         sgd_step(opt_f)
     assert refused == [1]  # refused once, then unfused

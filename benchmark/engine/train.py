@@ -176,7 +176,7 @@ class RunContext:
         cursors: dict[str, StreamCursor] = {}
 
         def set_lr(at: int) -> None:
-            """The float ``lr`` of every group at step ``at`` (eager ``opt.step()`` and checkpoints read it)."""
+            """The float ``lr`` of every group at step ``at`` (the eager ``sgd_step`` and checkpoints read it)."""
             factor = lr_factor(sch.lr_schedule, at / steps)
             for opt in opts.values():
                 for g in opt.param_groups:
