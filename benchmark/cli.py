@@ -336,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="add a column: steps/s per seed with S seeds trained as one vmapped model (run --seed-batch); "
         "on CUDA with --cuda-graphs one more with that step captured",
     )
+    b.add_argument(
+        "--profile",
+        action="store_true",
+        help="add a section: where each eager step's time goes, by ATen operation (torch.profiler; kernel "
+        "time on CUDA, CPU time otherwise), the bare network's included",
+    )
     b.add_argument("--data-root", type=pathlib.Path, default=None)
     b.add_argument(
         "--out",
@@ -535,6 +541,7 @@ def _bench(args: argparse.Namespace) -> int:
         cuda_graphs=args.cuda_graphs is not False,
         data_root=args.data_root,
         seed_batch=args.seed_batch,
+        profile=args.profile,
     )
     out = write_result(result, args.out or default_out(args.device, args.synthetic, args.backbone))
     print(f"wrote {out}")

@@ -179,3 +179,62 @@ def test_the_bench_never_counts_operations_of_a_compiled_step():
         bench.method.fit = lambda ctx: seen.append(ctx.count_ops)  # type: ignore[method-assign]  # no training
         bench.run(1)
     assert seen == [True, False]
+
+
+def test_a_profile_is_per_step_and_leaves_out_what_a_run_pays_once():
+    """``--profile``: the difference of profiled runs of n and 2n steps, divided by n, so a
+    run's setup (here one large matmul per call) is not spread over its steps."""
+    from dabench.speed.profile import profile_steps
+
+    a, w = torch.randn(64, 64), torch.randn(64, 64)
+    big = torch.randn(256, 256)
+
+    def run(n: int) -> int:
+        torch.mm(big, big)  # once per run: setup
+        for _ in range(n):
+            torch.addmm(a, a, w).relu_()  # twice per step: two calls each
+            torch.addmm(a, a, w).relu_()
+        return n
+
+    prof = profile_steps("toy", run, 5, torch.device("cpu"))
+    by_name = {o.name: o for o in prof.ops}
+    assert by_name["addmm"].calls_per_step == 2 and by_name["relu_"].calls_per_step == 2, prof.ops
+    assert "mm" not in by_name  # the setup cancels
+    assert prof.clock == "cpu" and prof.us_per_step > 0
+    assert prof.ops == sorted(prof.ops, key=lambda o: -o.us_per_step)
+    assert "addmm ×2" in prof.summary()
+
+
+def test_bench_profile_section(tmp_path):
+    """``dabench bench --profile`` adds where each step's time goes, bare network and methods."""
+    out = tmp_path / "p.md"
+    argv = ["bench", "--methods", "source-only,dann", "--steps", "2", "--warmup", "1", "--batch-size", "8"]
+    assert main([*argv, "--device", "cpu", "--profile", "--out", str(out)]) == 0
+    text = out.read_text()
+    section = text.split("## Where a step's time goes (--profile)")[1]
+    for row in ("| bare, batch 8 |", "| bare, batch 16 |", "| source-only |", "| dann |"):
+        assert row in section, row
+    assert "convolution" in section  # LeNet's own operations, by name
+    raw = json.loads(out.with_suffix(".json").read_text())
+    dann = next(m for m in raw["methods"] if m["method"] == "dann")
+    names = {o["name"] for o in dann["profile"]["ops"]}
+    assert "binary_cross_entropy_with_logits" in names  # the domain discriminator's loss: the method's own op
+    assert "8" in raw["bare_profiles"] or 8 in raw["bare_profiles"]
+
+
+def test_a_failing_profiler_costs_the_section_not_the_rates(tmp_path, monkeypatch):
+    """CUPTI missing or busy on some GPU machines: the rates are still written, the failure named."""
+    import dabench.speed.bench as bench
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUPTI_ERROR_NOT_INITIALIZED")
+
+    monkeypatch.setattr(bench, "profile_steps", broken)
+    out = tmp_path / "p.md"
+    argv = ["bench", "--methods", "source-only", "--steps", "2", "--warmup", "1", "--batch-size", "8"]
+    assert main([*argv, "--device", "cpu", "--profile", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| source-only | 8 |" in text  # its rate row
+    assert "profile failed: RuntimeError: CUPTI_ERROR_NOT_INITIALIZED" in text
+    assert "note: bare, batch 8: profile failed" in text
+    assert "## Where a step's time goes" not in text

@@ -52,6 +52,7 @@ from ..engine.evaluate import autocast
 from ..engine.opcount import count_ops
 from ..engine.seed_batch import batch_refusal, train_batched
 from ..engine.train import RunContext, _fusable, resolve_device, sgd_step
+from .profile import SHOWN, StepProfile, profile_steps
 
 BackboneFactory = Callable[[], Backbone]
 
@@ -259,6 +260,30 @@ def bare_images_per_s(
     return steps * batch_size / (time.perf_counter() - t0)
 
 
+def bare_profile(
+    make_backbone: BackboneFactory, pair: DomainPair, batch_size: int, steps: int, warmup: int, device: torch.device
+) -> StepProfile:
+    """Where the bare network's eager step spends its time (:mod:`dabench.speed.profile`)."""
+    step, _ = _bare_setup(make_backbone, pair, batch_size, device, False)
+
+    def run(n: int) -> int:
+        for _ in range(n):
+            step(None)
+        return n
+
+    run(max(1, warmup))
+    return profile_steps(f"bare, batch {batch_size}", run, steps, device)
+
+
+def _try_profile(take: Callable[[], StepProfile]) -> tuple[StepProfile | None, str]:
+    """(the profile, "") or (None, why): a profiler that cannot trace this device (CUPTI missing or
+    busy) costs the bench its --profile section, not its rates."""
+    try:
+        return take(), ""
+    except Exception as exc:  # noqa: BLE001 - any profiler failure: reported in the table's notes
+        return None, f"profile failed: {type(exc).__name__}: {exc}"
+
+
 def bare_ops_per_step(make_backbone: BackboneFactory, pair: DomainPair, batch_size: int, device: torch.device) -> int:
     """Operations in one bare step as a captured step runs it (graph-safe SGD), on any device: the
     kernels a GPU replays per step of the physical limit (:mod:`dabench.engine.opcount`)."""
@@ -319,6 +344,8 @@ class MethodTiming:
     #: the same with the seed-batched step captured in a CUDA graph (CUDA with --cuda-graphs)
     seed_batch_graph_steps_per_s: float | None = None
     seed_batch_graph_note: str = ""  # timings["cuda_graphs"] of that seed-batched loop
+    #: where the eager step's time goes, by operation (``--profile``)
+    profile: StepProfile | None = None
 
 
 class EngineBench:
@@ -411,6 +438,7 @@ def time_method(
     make_backbone: BackboneFactory,
     compile: bool = False,
     cuda_graphs: bool = False,
+    profile: bool = False,
 ) -> MethodTiming:
     """Images/s of one method through the engine path; warm-up steps excluded.
 
@@ -418,7 +446,8 @@ def time_method(
     captured one runs its eager warm-up steps and the capture; the fixed cost is ``setup_ms``).
     ``cuda_graphs`` (CUDA): also the steps/s with the step captured (``graph_steps_per_s``).
     ``graph_ops``: the operations of one captured step, on any device (off CUDA the graph-mode
-    loop runs the captured body eagerly)."""
+    loop runs the captured body eagerly). ``profile``: also where the eager step's time goes
+    (:func:`~dabench.speed.profile.profile_steps`)."""
     bench = EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone, compile)
     if bench.own_fit:  # e.g. the linear probe: L-BFGS on cached features, not a step loop
         bench.run(1)  # warm-up
@@ -448,6 +477,9 @@ def time_method(
         sync_steps=sync_steps,
         setup_ms=1e3 * setup,
     )
+    if profile:
+        timing.profile, failed = _try_profile(lambda: profile_steps(method_name, run, steps, device))
+        timing.note = "; ".join(n for n in (timing.note, failed) if n)
     bench.cuda_graphs = True
     if device.type == "cuda" and cuda_graphs:
         bench.run(max(1, warmup))
@@ -533,6 +565,8 @@ class BenchResult:
     methods: list[MethodTiming] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seed_batch: int = 0  # seeds per vmapped group in the seed-batch column (0: not measured)
+    #: the bare network's profile by batch size (``--profile``; the methods' are in their timings)
+    bare_profiles: dict[int, StepProfile] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -568,10 +602,12 @@ def run_bench(
     log: Callable[[str], None] = print,
     cuda_graphs: bool = True,
     seed_batch: int = 0,
+    profile: bool = False,
 ) -> BenchResult:
     """Measure bare-backbone and per-method training images/s; see the module docstring.
 
     ``seed_batch > 1`` adds each method's steps/s per seed with that many seeds batched.
+    ``profile``: where each eager step's time goes, by operation, the bare network's included.
     ``synthetic > 0`` replaces the pair by random uint8 photos (``synthetic`` per domain,
     3 channels, 31 classes) at ``image_size`` (default 224) with ``backbone`` (default resnet50).
     """
@@ -623,8 +659,14 @@ def run_bench(
         notes=notes,
         seed_batch=seed_batch,
     )
+    for b in bare_by_batch if profile else ():
+        got, failed = _try_profile(lambda: bare_profile(make_backbone, pair, b, steps, warmup, dev))  # noqa: B023
+        if got is not None:
+            result.bare_profiles[b] = got
+        if failed:
+            notes.append(f"bare, batch {b}: {failed}")
     for name in names:
-        timing = time_method(name, pair, data, dev, bs, steps, warmup, make_backbone, compile, graphed)
+        timing = time_method(name, pair, data, dev, bs, steps, warmup, make_backbone, compile, graphed, profile)
         if seed_batch > 1 and timing.steps_per_s is not None:
             timing.seed_batch_steps_per_s, _ = seed_batch_timings(
                 name, pair, data, dev, bs, steps, warmup, make_backbone, seed_batch
@@ -704,7 +746,34 @@ def markdown(result: BenchResult) -> str:
             f"| {m.method} | {m.images_per_step} | {m.steps_per_s:,.1f} | {m.images_per_s:,.0f} | "
             f"{m.images_per_s / bare[near]:.2f} | {g} | {setup} | {ops} | {syncs} | {sb} | {sbg} | {note} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _profile_lines(result)) + "\n"
+
+
+def _profile_lines(result: BenchResult) -> list[str]:
+    """The ``--profile`` section: per bare batch and method, its step's time by operation."""
+    rows = [(p.label, p) for _, p in sorted(result.bare_profiles.items())]
+    rows += [(m.method, m.profile) for m in result.methods if m.profile is not None]
+    if not rows:
+        return []
+    clock = rows[0][1].clock
+    what = (
+        "kernel time on the device, which a captured step replays unchanged (launches excluded)"
+        if clock == "device"
+        else "the operations' own CPU time"
+    )
+    lines = [
+        "",
+        "## Where a step's time goes (--profile)",
+        "",
+        f"Eager steps, µs per step by ATen operation ({what}; self time, a steady-state difference of "
+        f"profiled runs of {result.steps} and {2 * result.steps} steps). The largest {SHOWN} operations, "
+        "then the rest; the raw numbers, every operation, are in the .json beside this file.",
+        "",
+        "| step | µs/step | operations: calls/step, µs/step (share) |",
+        "| --- | ---: | --- |",
+    ]
+    lines += [f"| {label} | {p.us_per_step:,.0f} | {p.summary()} |" for label, p in rows]
+    return lines
 
 
 def write_result(result: BenchResult, out: pathlib.Path) -> pathlib.Path:
@@ -727,6 +796,7 @@ __all__ = [
     "MethodTiming",
     "backbone_factory",
     "bare_images_per_s",
+    "bare_profile",
     "bare_ops_per_step",
     "count_host_syncs",
     "default_out",
