@@ -85,7 +85,7 @@ def test_unknown_backbone_names_the_registered_ones():
 
 def test_bench_seed_batch_column(tmp_path):
     """--seed-batch S: each step method gets steps/s per seed with S seeds batched; MCD (several
-    optimisers) and the linear probe (own fit) fall back, shown as —."""
+    optimisers) falls back, shown as — with the reason; the linear probe (own fit) has no step rate."""
     out = tmp_path / "cpu.md"
     argv = ["bench", "--methods", "source-only,dann,mcd,linear-probe", "--steps", "2", "--warmup", "1"]
     assert main([*argv, "--batch-size", "8", "--device", "cpu", "--seed-batch", "2", "--out", str(out)]) == 0
@@ -96,7 +96,27 @@ def test_bench_seed_batch_column(tmp_path):
     assert by_name["source-only"]["seed_batch_graph_steps_per_s"] is None  # no CUDA graphs on the CPU
     assert by_name["dann"]["seed_batch_steps_per_s"] > 0
     assert by_name["mcd"]["seed_batch_steps_per_s"] is None
+    assert "seed batch: runs separately (mcd declares several optimisers" in by_name["mcd"]["note"]
     assert by_name["linear-probe"]["seed_batch_steps_per_s"] is None
+    assert by_name["linear-probe"]["note"].startswith("own fit()")  # not a step loop: no seed-batch rate asked
+
+
+def test_a_failing_seed_batched_step_is_reported_not_shown_as_not_measured(tmp_path, monkeypatch):
+    """A seed-batched step that raises (DAN's did once, on a GPU) is a failure the engine's runs
+    would record: the bench says so in the note instead of a bare —."""
+    import dabench.speed.bench as bench
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("expected scalar type BFloat16 but found Float\n(more lines)")
+
+    monkeypatch.setattr(bench, "train_batched", broken)
+    out = tmp_path / "cpu.md"
+    argv = ["bench", "--methods", "source-only", "--steps", "2", "--warmup", "1", "--batch-size", "8"]
+    assert main([*argv, "--device", "cpu", "--seed-batch", "2", "--out", str(out)]) == 0
+    only = json.loads(out.with_suffix(".json").read_text())["methods"][0]
+    assert only["seed_batch_steps_per_s"] is None
+    assert only["note"] == "seed batch failed: RuntimeError: expected scalar type BFloat16 but found Float"
+    assert "seed batch failed: RuntimeError" in out.read_text()
 
 
 class _FakeClock:

@@ -202,7 +202,7 @@ def execute_seeds(
         results = train_batched(
             methods, ctxs, device, on_step, cuda_graphs=graphs.resolve_cuda_graphs(engine.cuda_graphs, device)
         )
-    except _NotVmappable as exc:
+    except NotVmappable as exc:
         rest = _separately([specs[i] for i in live], pair, pair_data, device, store, on_step, eager, exc.reason)
         for i, res in zip(live, rest):
             outcomes[i] = res
@@ -212,7 +212,9 @@ def execute_seeds(
     return [o for o in outcomes if o is not None]
 
 
-class _NotVmappable(Exception):
+class NotVmappable(Exception):
+    """The step cannot run under ``vmap``: the seeds are trained separately (``reason`` in their records)."""
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -447,7 +449,7 @@ def train_batched(
                 except Exception as exc:
                     if step == 0:  # the method's step does something vmap cannot batch
                         first = (str(exc).strip().splitlines() or [""])[0][:200]
-                        raise _NotVmappable(f"step not vmappable: {type(exc).__name__}: {first}") from exc
+                        raise NotVmappable(f"step not vmappable: {type(exc).__name__}: {first}") from exc
                     raise
                 with torch.autocast(device.type, enabled=False):
                     opt.zero_grad(set_to_none=True)

@@ -50,7 +50,7 @@ from ..engine.compile import compile_method
 from ..engine.data import DeviceData
 from ..engine.evaluate import autocast
 from ..engine.opcount import count_ops
-from ..engine.seed_batch import batch_refusal, train_batched
+from ..engine.seed_batch import NotVmappable, batch_refusal, train_batched
 from ..engine.train import RunContext, _fusable, resolve_device, sgd_step
 from .profile import SHOWN, StepProfile, profile_steps
 
@@ -506,16 +506,19 @@ def seed_batch_timings(
 ) -> tuple[float | None, str]:
     """Steady-state steps/s *per seed* (:func:`steady_rate`) of ``seeds`` seeds trained as one vmapped model by the engine's
     seed-batched loop (:func:`dabench.engine.seed_batch.train_batched`; evaluations off, as in
-    :class:`EngineBench`), and what became of the graphs (``timings["cuda_graphs"]``); the rate is
-    None for a method that seed batching runs separately.
+    :class:`EngineBench`), and what became of the graphs (``timings["cuda_graphs"]``). The rate is
+    None, with the reason as the note, for a method that seed batching runs separately (as the
+    engine would) and for a seed-batched step that fails: a failure is reported, never shown as a
+    plain "—" (a seed-batched step that raised on a GPU once read as "not measured").
 
     ``cuda_graphs`` (CUDA): the loop captures its step (each timed loop captures anew; the
     difference of two lengths cancels that fixed cost)."""
     benches = [
         EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone, seed=s) for s in range(seeds)
     ]
-    if batch_refusal(benches[0].method) is not None:
-        return None, ""
+    refusal = batch_refusal(benches[0].method)
+    if refusal is not None:
+        return None, f"seed batch: runs separately ({refusal})"
     notes: list[str] = []
 
     def go(n: int) -> int:
@@ -535,8 +538,10 @@ def seed_batch_timings(
 
     try:
         go(max(1, warmup))
-    except Exception:  # noqa: BLE001 - not vmappable: the engine would run the seeds separately
-        return None, ""
+    except NotVmappable as exc:  # the engine would run the seeds separately
+        return None, f"seed batch: runs separately ({exc.reason})"
+    except Exception as exc:  # noqa: BLE001 - the engine's seed-batched runs would fail: say so
+        return None, f"seed batch failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     rate, _ = steady_rate(go, steps)
     return rate, notes[-1]
 
@@ -668,9 +673,11 @@ def run_bench(
     for name in names:
         timing = time_method(name, pair, data, dev, bs, steps, warmup, make_backbone, compile, graphed, profile)
         if seed_batch > 1 and timing.steps_per_s is not None:
-            timing.seed_batch_steps_per_s, _ = seed_batch_timings(
+            timing.seed_batch_steps_per_s, why = seed_batch_timings(
                 name, pair, data, dev, bs, steps, warmup, make_backbone, seed_batch
             )
+            if timing.seed_batch_steps_per_s is None:
+                timing.note = "; ".join(n for n in (timing.note, why) if n)
             if graphed and timing.seed_batch_steps_per_s is not None:
                 timing.seed_batch_graph_steps_per_s, timing.seed_batch_graph_note = seed_batch_timings(
                     name, pair, data, dev, bs, steps, warmup, make_backbone, seed_batch, cuda_graphs=True
