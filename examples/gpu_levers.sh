@@ -8,10 +8,11 @@
 #                                        # seeds, 5,000 steps): today's packed executor, then both levers;
 #                                        # then the method zoo on mnist-usps (3 seeds) for the reference
 #   bash examples/gpu_levers.sh next     # ONE call (< 9.5 min; run it with timeout_s 590): the GPU tests,
-#                                        # the LeNet bench (steady-state rates, ops/step, --profile), the
-#                                        # digits matrix with both levers, the packed eager executor capped
-#                                        # at 90 s (dabench status projects the rest), the ResNet-50 bench
-#                                        # (--profile), last a --compile bench
+#                                        # the LeNet bench (steady-state rates, ops/step), the digits matrix
+#                                        # with both levers, the packed eager executor capped at 90 s
+#                                        # (dabench status projects the rest), the ResNet-50 bench, where
+#                                        # the steps' time goes (--profile, separate processes: a profiler
+#                                        # crash costs only its table), last a --compile bench
 # Everything goes to $OUT (default results/gpu-levers/); wall times to $OUT/times.txt.
 OUT_DEFAULT=results/gpu-levers
 source "$(dirname "$0")/gpu_env.sh"
@@ -54,12 +55,15 @@ bench)
   ;;
 next)  # the optional --compile bench last: if the call runs out of time, only it is lost
   gpu_tests 130
-  bench_lenet 140 150 bench-lenet --profile
+  bench_lenet 140 150
   matrix_run levers 120 --runs-per-gpu 4 --cuda-graphs --seed-batch
   matrix_run eager 90 --runs-per-gpu 6 --no-cuda-graphs
   tar czf "$OUT/records.tgz" --exclude=checkpoints --exclude=claims --exclude='*.npz' -C $R . 2>>"$LOG"
-  timed bench-resnet50 80 $DAB bench --device cuda --synthetic 256 --steps 30 --warmup 10 --profile \
+  timed bench-resnet50 80 $DAB bench --device cuda --synthetic 256 --steps 30 --warmup 10 \
     --methods source-only,dann,fine-tune --out "$OUT/bench-resnet50-synthetic.md"
+  bench_lenet 60 50 bench-lenet-profile --profile --no-cuda-graphs --seed-batch 0 --methods source-only,dann,fine-tune
+  timed bench-resnet50-profile 60 $DAB bench --device cuda --synthetic 128 --steps 10 --warmup 5 --profile \
+    --no-cuda-graphs --methods source-only,dann --out "$OUT/bench-resnet50-profile-synthetic.md"
   cat "$OUT/times.txt" "$OUT"/*-status.txt "$OUT"/bench-*.md
   bench_lenet 80 100 bench-lenet-compile --compile --seed-batch 0 --methods source-only,dann
   cat "$OUT/bench-lenet-compile-digits.md" 2>/dev/null

@@ -258,3 +258,28 @@ def test_a_failing_profiler_costs_the_section_not_the_rates(tmp_path, monkeypatc
     assert "profile failed: RuntimeError: CUPTI_ERROR_NOT_INITIALIZED" in text
     assert "note: bare, batch 8: profile failed" in text
     assert "## Where a step's time goes" not in text
+
+
+def test_every_profile_is_taken_before_the_first_graph_capture(tmp_path, monkeypatch):
+    """CUPTI attaching after a CUDA graph capture has broken graphs in some torch/CUDA versions:
+    the bench profiles everything first, then times (and captures)."""
+    import dabench.speed.bench as bench
+    from dabench.engine import graphs
+
+    order: list[str] = []
+    real_profile, real_capture = bench.profile_steps, graphs.CapturedStep.capture
+
+    def profile_steps(label, *args, **kwargs):
+        order.append("profile")
+        return real_profile(label, *args, **kwargs)
+
+    def capture(self):
+        order.append("capture")
+        return real_capture(self)
+
+    monkeypatch.setattr(bench, "profile_steps", profile_steps)
+    monkeypatch.setattr(graphs.CapturedStep, "capture", capture)
+    argv = ["bench", "--methods", "source-only,dann", "--steps", "2", "--warmup", "1", "--batch-size", "8"]
+    assert main([*argv, "--device", "cpu", "--profile", "--out", str(tmp_path / "p.md")]) == 0
+    assert order.count("profile") == 4 and "capture" in order, order  # 2 bare batches + 2 methods
+    assert order.index("capture") > max(i for i, o in enumerate(order) if o == "profile"), order

@@ -275,7 +275,7 @@ def bare_profile(
     return profile_steps(f"bare, batch {batch_size}", run, steps, device)
 
 
-def _try_profile(take: Callable[[], StepProfile]) -> tuple[StepProfile | None, str]:
+def _try_profile(take: Callable[[], StepProfile | None]) -> tuple[StepProfile | None, str]:
     """(the profile, "") or (None, why): a profiler that cannot trace this device (CUPTI missing or
     busy) costs the bench its --profile section, not its rates."""
     try:
@@ -438,7 +438,6 @@ def time_method(
     make_backbone: BackboneFactory,
     compile: bool = False,
     cuda_graphs: bool = False,
-    profile: bool = False,
 ) -> MethodTiming:
     """Images/s of one method through the engine path; warm-up steps excluded.
 
@@ -446,8 +445,7 @@ def time_method(
     captured one runs its eager warm-up steps and the capture; the fixed cost is ``setup_ms``).
     ``cuda_graphs`` (CUDA): also the steps/s with the step captured (``graph_steps_per_s``).
     ``graph_ops``: the operations of one captured step, on any device (off CUDA the graph-mode
-    loop runs the captured body eagerly). ``profile``: also where the eager step's time goes
-    (:func:`~dabench.speed.profile.profile_steps`)."""
+    loop runs the captured body eagerly)."""
     bench = EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone, compile)
     if bench.own_fit:  # e.g. the linear probe: L-BFGS on cached features, not a step loop
         bench.run(1)  # warm-up
@@ -477,9 +475,6 @@ def time_method(
         sync_steps=sync_steps,
         setup_ms=1e3 * setup,
     )
-    if profile:
-        timing.profile, failed = _try_profile(lambda: profile_steps(method_name, run, steps, device))
-        timing.note = "; ".join(n for n in (timing.note, failed) if n)
     bench.cuda_graphs = True
     if device.type == "cuda" and cuda_graphs:
         bench.run(max(1, warmup))
@@ -490,6 +485,25 @@ def time_method(
     timing.graph_note, timing.graph_ops = last[0].graph_note, last[0].graph_ops
     bench.cuda_graphs = False
     return timing
+
+
+def method_profile(
+    method_name: str,
+    pair: DomainPair,
+    pair_data: PairData,
+    device: torch.device,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    make_backbone: BackboneFactory,
+) -> StepProfile | None:
+    """Where the method's eager step spends its time (:mod:`dabench.speed.profile`); None for a
+    method with its own ``fit`` (no step loop)."""
+    bench = EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone)
+    if bench.own_fit:
+        return None
+    bench.run(max(1, warmup))
+    return profile_steps(method_name, lambda n: bench.run(n).steps_done, steps, device)
 
 
 def seed_batch_timings(
@@ -640,6 +654,20 @@ def run_bench(
         bare_by_batch[b] = bare_images_per_s(make_backbone, pair, b, steps, warmup, dev, compile)
         log(f"  bare {bb_name}, batch {b}: {bare_by_batch[b]:,.0f} images/s")
     graphed = cuda_graphs and dev.type == "cuda"
+    # every profile before the first CUDA graph of the process: CUPTI attaching (or tearing down)
+    # after a capture has broken graphs in some torch/CUDA versions (torch's profiler notes)
+    bare_profiles: dict[int, StepProfile] = {}
+    profiles: dict[str, tuple[StepProfile | None, str]] = {}
+    for b in bare_by_batch if profile else ():
+        got, failed = _try_profile(lambda: bare_profile(make_backbone, pair, b, steps, warmup, dev))  # noqa: B023
+        if got is not None:
+            bare_profiles[b] = got
+        if failed:
+            notes.append(f"bare, batch {b}: {failed}")
+    for name in names if profile else ():
+        profiles[name] = _try_profile(
+            lambda: method_profile(name, pair, data, dev, bs, steps, warmup, make_backbone)  # noqa: B023
+        )
     bare_graph = {}
     for b in bare_by_batch if graphed else ():
         bare_graph[b] = bare_images_per_s(make_backbone, pair, b, steps, warmup, dev, compile, cuda_graphs=True)
@@ -663,15 +691,13 @@ def run_bench(
         bare_ops_by_batch=bare_ops,
         notes=notes,
         seed_batch=seed_batch,
+        bare_profiles=bare_profiles,
     )
-    for b in bare_by_batch if profile else ():
-        got, failed = _try_profile(lambda: bare_profile(make_backbone, pair, b, steps, warmup, dev))  # noqa: B023
-        if got is not None:
-            result.bare_profiles[b] = got
-        if failed:
-            notes.append(f"bare, batch {b}: {failed}")
     for name in names:
-        timing = time_method(name, pair, data, dev, bs, steps, warmup, make_backbone, compile, graphed, profile)
+        timing = time_method(name, pair, data, dev, bs, steps, warmup, make_backbone, compile, graphed)
+        if name in profiles:
+            timing.profile, failed = profiles[name]
+            timing.note = "; ".join(n for n in (timing.note, failed) if n)
         if seed_batch > 1 and timing.steps_per_s is not None:
             timing.seed_batch_steps_per_s, why = seed_batch_timings(
                 name, pair, data, dev, bs, steps, warmup, make_backbone, seed_batch
@@ -808,6 +834,7 @@ __all__ = [
     "count_host_syncs",
     "default_out",
     "markdown",
+    "method_profile",
     "run_bench",
     "seed_batch_timings",
     "steady_rate",
