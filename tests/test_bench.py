@@ -156,7 +156,7 @@ def test_ops_per_step_counts_the_captured_steps_against_the_bare_network():
     counters and optimiser inside; a DA method pushes a second batch and its own loss."""
     from dabench.core.registry import PAIRS
     from dabench.running.unit import load_pair_data
-    from dabench.speed.bench import bare_ops_per_step, time_method
+    from dabench.speed.bench import BenchCase, bare_ops_per_step, time_method
 
     pair = PAIRS.get("digits-offline")
     data = load_pair_data("digits-offline", None)
@@ -164,8 +164,8 @@ def test_ops_per_step_counts_the_captured_steps_against_the_bare_network():
     cpu = torch.device("cpu")
     bare = bare_ops_per_step(make, pair, 16, cpu)
     assert 20 < bare < 80, bare  # LeNet fwd + bwd + CE + one fused SGD kernel
-    only = time_method("source-only", pair, data, cpu, 16, 2, 1, make)
-    dann = time_method("dann", pair, data, cpu, 16, 2, 1, make)
+    case = BenchCase(pair, data, cpu, batch_size=16, steps=2, warmup=1, make_backbone=make)
+    only, dann = time_method("source-only", case), time_method("dann", case)
     assert only.graph_note == dann.graph_note == "captured"  # the emulated capture off CUDA
     assert only.graph_steps_per_s is None  # no rate without a real graph
     assert bare < only.graph_ops < dann.graph_ops, (bare, only.graph_ops, dann.graph_ops)

@@ -298,11 +298,12 @@ def test_a_failed_capture_falls_back_to_eager_seed_batched_steps(tmp_path):
 @needs_cuda
 def test_bench_measures_the_captured_seed_batched_step():
     from dabench.core.domain import default_data_root
-    from dabench.speed.bench import backbone_factory, seed_batch_timings
+    from dabench.speed.bench import BenchCase, backbone_factory, seed_batch_timings
 
     pair = PAIRS.get("digits-offline")
     make, _ = backbone_factory("lenet", pair.channels, pair.image_size, dict(pair.backbone_options))
-    rate, note = seed_batch_timings(
-        "dann", pair, pair.load(default_data_root()), torch.device("cuda"), 32, 20, 5, make, 3, cuda_graphs=True
+    case = BenchCase(
+        pair, pair.load(default_data_root()), torch.device("cuda"), 32, steps=20, warmup=5, make_backbone=make
     )
+    rate, note = seed_batch_timings("dann", case, seeds=3, cuda_graphs=True)
     assert note == "captured" and rate is not None and rate > 0

@@ -427,18 +427,26 @@ def count_host_syncs(fn: Callable[[], Any], device: torch.device) -> int | None:
     return sum("synchronizing" in str(w.message) for w in caught)
 
 
-def time_method(
-    method_name: str,
-    pair: DomainPair,
-    pair_data: PairData,
-    device: torch.device,
-    batch_size: int,
-    steps: int,
-    warmup: int,
-    make_backbone: BackboneFactory,
-    compile: bool = False,
-    cuda_graphs: bool = False,
-) -> MethodTiming:
+@dataclass(frozen=True)
+class BenchCase:
+    """What every measurement of one ``dabench bench`` shares: the pair and its data, the device,
+    the per-domain batch, the timed and warm-up steps, the backbone and whether it is compiled."""
+
+    pair: DomainPair
+    pair_data: PairData
+    device: torch.device
+    batch_size: int
+    steps: int
+    warmup: int
+    make_backbone: BackboneFactory
+    compile: bool = False
+
+    def engine_bench(self, method_name: str, seed: int = 0) -> EngineBench:
+        pair, data, make = self.pair, self.pair_data, self.make_backbone
+        return EngineBench(method_name, pair, data, self.device, self.batch_size, make, self.compile, seed)
+
+
+def time_method(method_name: str, case: BenchCase, cuda_graphs: bool = False) -> MethodTiming:
     """Images/s of one method through the engine path; warm-up steps excluded.
 
     Rates are steady-state (:func:`steady_rate`: each timed ``fit`` builds its loop anew, and a
@@ -446,7 +454,7 @@ def time_method(
     ``cuda_graphs`` (CUDA): also the steps/s with the step captured (``graph_steps_per_s``).
     ``graph_ops``: the operations of one captured step, on any device (off CUDA the graph-mode
     loop runs the captured body eagerly)."""
-    bench = EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone, compile)
+    bench, device, steps, warmup = case.engine_bench(method_name), case.device, case.steps, case.warmup
     if bench.own_fit:  # e.g. the linear probe: L-BFGS on cached features, not a step loop
         bench.run(1)  # warm-up
         t0 = time.perf_counter()
@@ -487,36 +495,18 @@ def time_method(
     return timing
 
 
-def method_profile(
-    method_name: str,
-    pair: DomainPair,
-    pair_data: PairData,
-    device: torch.device,
-    batch_size: int,
-    steps: int,
-    warmup: int,
-    make_backbone: BackboneFactory,
-) -> StepProfile | None:
+def method_profile(method_name: str, case: BenchCase) -> StepProfile | None:
     """Where the method's eager step spends its time (:mod:`dabench.speed.profile`); None for a
     method with its own ``fit`` (no step loop)."""
-    bench = EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone)
+    bench = case.engine_bench(method_name)
     if bench.own_fit:
         return None
-    bench.run(max(1, warmup))
-    return profile_steps(method_name, lambda n: bench.run(n).steps_done, steps, device)
+    bench.run(max(1, case.warmup))
+    return profile_steps(method_name, lambda n: bench.run(n).steps_done, case.steps, case.device)
 
 
 def seed_batch_timings(
-    method_name: str,
-    pair: DomainPair,
-    pair_data: PairData,
-    device: torch.device,
-    batch_size: int,
-    steps: int,
-    warmup: int,
-    make_backbone: BackboneFactory,
-    seeds: int,
-    cuda_graphs: bool = False,
+    method_name: str, case: BenchCase, seeds: int, cuda_graphs: bool = False
 ) -> tuple[float | None, str]:
     """Steady-state steps/s *per seed* (:func:`steady_rate`) of ``seeds`` seeds trained as one vmapped model by the engine's
     seed-batched loop (:func:`dabench.engine.seed_batch.train_batched`; evaluations off, as in
@@ -527,9 +517,8 @@ def seed_batch_timings(
 
     ``cuda_graphs`` (CUDA): the loop captures its step (each timed loop captures anew; the
     difference of two lengths cancels that fixed cost)."""
-    benches = [
-        EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone, seed=s) for s in range(seeds)
-    ]
+    benches = [dataclasses.replace(case, compile=False).engine_bench(method_name, seed=s) for s in range(seeds)]
+    device = case.device
     refusal = batch_refusal(benches[0].method)
     if refusal is not None:
         return None, f"seed batch: runs separately ({refusal})"
@@ -551,12 +540,12 @@ def seed_batch_timings(
         return ctxs[0].steps_done
 
     try:
-        go(max(1, warmup))
+        go(max(1, case.warmup))
     except NotVmappable as exc:  # the engine would run the seeds separately
         return None, f"seed batch: runs separately ({exc.reason})"
     except Exception as exc:  # noqa: BLE001 - the engine's seed-batched runs would fail: say so
         return None, f"seed batch failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    rate, _ = steady_rate(go, steps)
+    rate, _ = steady_rate(go, case.steps)
     return rate, notes[-1]
 
 
@@ -654,6 +643,7 @@ def run_bench(
         bare_by_batch[b] = bare_images_per_s(make_backbone, pair, b, steps, warmup, dev, compile)
         log(f"  bare {bb_name}, batch {b}: {bare_by_batch[b]:,.0f} images/s")
     graphed = cuda_graphs and dev.type == "cuda"
+    case = BenchCase(pair, data, dev, bs, steps, warmup, make_backbone, compile)
     # every profile before the first CUDA graph of the process: CUPTI attaching (or tearing down)
     # after a capture has broken graphs in some torch/CUDA versions (torch's profiler notes)
     bare_profiles: dict[int, StepProfile] = {}
@@ -666,7 +656,7 @@ def run_bench(
             notes.append(f"bare, batch {b}: {failed}")
     for name in names if profile else ():
         profiles[name] = _try_profile(
-            lambda: method_profile(name, pair, data, dev, bs, steps, warmup, make_backbone)  # noqa: B023
+            lambda: method_profile(name, dataclasses.replace(case, compile=False))  # noqa: B023
         )
     bare_graph = {}
     for b in bare_by_batch if graphed else ():
@@ -694,19 +684,17 @@ def run_bench(
         bare_profiles=bare_profiles,
     )
     for name in names:
-        timing = time_method(name, pair, data, dev, bs, steps, warmup, make_backbone, compile, graphed)
+        timing = time_method(name, case, graphed)
         if name in profiles:
             timing.profile, failed = profiles[name]
             timing.note = "; ".join(n for n in (timing.note, failed) if n)
         if seed_batch > 1 and timing.steps_per_s is not None:
-            timing.seed_batch_steps_per_s, why = seed_batch_timings(
-                name, pair, data, dev, bs, steps, warmup, make_backbone, seed_batch
-            )
+            timing.seed_batch_steps_per_s, why = seed_batch_timings(name, case, seed_batch)
             if timing.seed_batch_steps_per_s is None:
                 timing.note = "; ".join(n for n in (timing.note, why) if n)
             if graphed and timing.seed_batch_steps_per_s is not None:
                 timing.seed_batch_graph_steps_per_s, timing.seed_batch_graph_note = seed_batch_timings(
-                    name, pair, data, dev, bs, steps, warmup, make_backbone, seed_batch, cuda_graphs=True
+                    name, case, seed_batch, cuda_graphs=True
                 )
         shown = f"{timing.images_per_s:,.0f} images/s" if timing.images_per_s else timing.note
         log(f"  {name}: {shown}")
@@ -824,6 +812,7 @@ def default_out(device: str | None, synthetic: int, backbone: str | None) -> pat
 
 
 __all__ = [
+    "BenchCase",
     "BenchResult",
     "EngineBench",
     "MethodTiming",
