@@ -47,7 +47,7 @@ from ..core.spec import RunSpec, run_protocol
 from ..core.splits import stratified_split
 from ..engine import graphs
 from ..engine.compile import compile_method
-from ..engine.data import DeviceData
+from ..engine.data import DeviceData, DeviceSplits
 from ..engine.evaluate import autocast
 from ..engine.opcount import count_ops
 from ..engine.seed_batch import batch_refusal, train_batched
@@ -341,6 +341,7 @@ class EngineBench:
         compile: bool = False,
         seed: int = 0,
         cuda_graphs: bool = False,
+        splits: DeviceSplits | None = None,
     ) -> None:
         cls = METHODS.get(method_name)
         torch.manual_seed(seed)
@@ -360,7 +361,7 @@ class EngineBench:
             backbone=pair.backbone,
         )
         self.pair, self.device = pair, device
-        self.data = DeviceData(pair, pair_data, device, seed, shots, pair.target_shots)
+        self.data = DeviceData(pair, pair_data, device, seed, shots, pair.target_shots, splits)
         self.own_fit = type(self.method).fit is not Method.fit
         self.cuda_graphs, self.compiled = cuda_graphs, compile
 
@@ -479,8 +480,10 @@ def seed_batch_timings(
 
     ``cuda_graphs`` (CUDA): the loop captures its step (each timed loop captures anew; the
     difference of two lengths cancels that fixed cost)."""
+    splits = DeviceSplits(pair_data, device)  # one device copy of the pair for all seeds, as the engine's group
     benches = [
-        EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone, seed=s) for s in range(seeds)
+        EngineBench(method_name, pair, pair_data, device, batch_size, make_backbone, seed=s, splits=splits)
+        for s in range(seeds)
     ]
     if batch_refusal(benches[0].method) is not None:
         return None, ""
