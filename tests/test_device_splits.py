@@ -62,7 +62,7 @@ def test_the_seeds_of_a_batched_group_share_one_copy_of_the_splits(one_thread, m
     a, b = seen
     for name in SPLITS:
         sa, sb = getattr(a, name), getattr(b, name)
-        assert _ptr(sa.images) == _ptr(sb.images), name
+        assert _ptr(sa.base) == _ptr(sb.base), name
         assert _ptr(sa.labels) == _ptr(sb.labels), name
     assert a.generator is not b.generator
     assert not torch.equal(a.shot_indices, b.shot_indices) or len(a.shot_indices) == 0
@@ -93,10 +93,11 @@ def test_views_give_the_batches_and_labels_the_own_copies_gave():
         d = DeviceData(pair, pair_data, CPU, seed, 3, 3, splits)
         evaluation = _old_eval(pair_data, d, seed, 3, 3)
         assert 0 < len(evaluation) < len(pair_data.target_eval)  # the shots were removed
-        assert d.target_eval.rows is not None and _ptr(d.target_eval.images) == _ptr(d.target.images)
+        assert d.target_eval.rows is not None and _ptr(d.target_eval.base) == _ptr(d.target.base)
         idx = torch.arange(len(evaluation))
         assert torch.equal(d.target_eval.gather(idx), pair_data.target.images[evaluation])
         assert torch.equal(d.target_eval.labels, pair_data.target.labels[evaluation])
+        assert torch.equal(d.target_eval.images, pair_data.target.images[evaluation])  # the split's own, as before
         x, y = d.batch_from(d.target_eval, idx[:7], train=False)
         old = d.preprocess(pair_data.target.images[evaluation[:7]], train=False)
         assert torch.equal(x, old) and torch.equal(y, pair_data.target.labels[evaluation[:7]])
@@ -109,9 +110,9 @@ def test_a_run_replacing_its_split_leaves_the_other_seeds_alone():
     ``split.images`` changes that run only."""
     pair, pair_data = PAIRS.get("digits-offline"), load_pair_data("digits-offline", None)
     a, b = _group(pair, pair_data, (0, 1), 0, DeviceSplits(pair_data, CPU))
-    before = b.target_eval.images
+    before = b.target_eval.base
     a.target_eval.images = a.target_eval.images.flip(-1)
-    assert b.target_eval.images is before
+    assert b.target_eval.base is before and a.target_eval.base is not before
 
 
 def test_splits_of_another_pair_or_device_are_refused():

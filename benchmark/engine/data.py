@@ -8,7 +8,6 @@ does crops, shifts, scaling and flips at once).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -209,26 +208,35 @@ def _identity(kind: str, train: bool, hw: tuple[int, ...], out_size: int) -> boo
     return (kind == "none" or (not train and kind != "resized_crop_flip")) and hw == (out_size, out_size)
 
 
-@dataclass
 class Split:
     """A split on the device: uint8 images and their labels.
 
-    ``rows`` is ``None`` when ``images`` holds exactly the split, in order; otherwise ``images`` is
-    a larger uploaded tensor (another split's, shared) and ``rows`` (a device tensor) the positions
-    in it of the split's images, so a split that is a subset of an uploaded one costs no second
-    copy of its images. ``labels`` are always the split's own, in split order.
+    ``base`` is the uploaded uint8 tensor the images are read from, possibly shared (with other
+    splits, other seeds' runs). ``rows`` is ``None`` when ``base`` holds exactly the split, in
+    order; otherwise (a device tensor) the positions in ``base`` of the split's images, so a split
+    that is a subset of an uploaded one costs no second copy of its images. ``labels`` are always
+    the split's own, in split order. The engine reads batches with :meth:`gather`; ``images`` is
+    the split's images as one tensor (a gathered copy for a ``rows`` view), and assigning it gives
+    this split alone its own images.
     """
 
-    images: torch.Tensor
-    labels: torch.Tensor
-    rows: torch.Tensor | None = None
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        self.base, self.labels, self.rows = images, labels, rows
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.base if self.rows is None else self.base[self.rows]
+
+    @images.setter
+    def images(self, value: torch.Tensor) -> None:
+        self.base, self.rows = value, None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def gather(self, idx: torch.Tensor) -> torch.Tensor:
         """The uint8 images at split positions ``idx`` (one gather; two for a ``rows`` view)."""
-        return self.images[idx if self.rows is None else self.rows[idx]]
+        return self.base[idx if self.rows is None else self.rows[idx]]
 
 
 #: the pair's index sets (PairData fields) a DeviceSplits may upload, per domain, in the order a view
@@ -287,16 +295,16 @@ class DeviceSplits:
             base_idx = getattr(self.data, name)
             if len(base_idx) == len(indices) and torch.equal(base_idx, indices):
                 base = self._base(name)
-                return Split(base.images, base.labels)
+                return Split(base.base, base.labels)
             pos = torch.full((n_domain,), -1, dtype=torch.long)
             pos[base_idx] = torch.arange(len(base_idx))
             rows = pos[indices]
             if len(base_idx) and bool((rows >= 0).all()):
                 base = self._base(name)
                 if len(rows) == len(base_idx) and torch.equal(rows, torch.arange(len(base_idx))):
-                    return Split(base.images, base.labels)
+                    return Split(base.base, base.labels)
                 rows = rows.to(self.device)
-                return Split(base.images, base.labels[rows], rows)
+                return Split(base.base, base.labels[rows], rows)
         raise ValueError(
             f"DeviceSplits.view: {len(indices)} {domain} indices are not all inside one of the pair's "
             f"splits {', '.join(_BASES[domain])}"
@@ -309,7 +317,7 @@ def device_bytes(*datas: DeviceData) -> int:
     seen: dict[tuple[str, int], int] = {}
     for d in datas:
         for split in (d.source, d.source_val, d.target, d.shots, d.target_eval):
-            for t in (split.images, split.labels, split.rows):
+            for t in (split.base, split.labels, split.rows):
                 if t is not None:
                     st = t.untyped_storage()
                     seen[(str(t.device), st.data_ptr())] = st.nbytes()
