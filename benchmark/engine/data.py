@@ -8,7 +8,6 @@ does crops, shifts, scaling and flips at once).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -209,15 +208,120 @@ def _identity(kind: str, train: bool, hw: tuple[int, ...], out_size: int) -> boo
     return (kind == "none" or (not train and kind != "resized_crop_flip")) and hw == (out_size, out_size)
 
 
-@dataclass
 class Split:
-    """A split on the device: uint8 images and labels."""
+    """A split on the device: uint8 images and their labels.
 
-    images: torch.Tensor
-    labels: torch.Tensor
+    ``base`` is the uploaded uint8 tensor the images are read from, possibly shared (with other
+    splits, other seeds' runs). ``rows`` is ``None`` when ``base`` holds exactly the split, in
+    order; otherwise (a device tensor) the positions in ``base`` of the split's images, so a split
+    that is a subset of an uploaded one costs no second copy of its images. ``labels`` are always
+    the split's own, in split order. The engine reads batches with :meth:`gather`; ``images`` is
+    the split's images as one tensor (a gathered copy for a ``rows`` view), and assigning it gives
+    this split alone its own images.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        self.base, self.labels, self.rows = images, labels, rows
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.base if self.rows is None else self.base[self.rows]
+
+    @images.setter
+    def images(self, value: torch.Tensor) -> None:
+        self.base, self.rows = value, None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """The uint8 images at split positions ``idx`` (one gather; two for a ``rows`` view)."""
+        return self.base[idx if self.rows is None else self.rows[idx]]
+
+
+#: the pair's index sets (PairData fields) a DeviceSplits may upload, per domain, in the order a view
+#: looks for one that contains it
+_BASES: dict[str, tuple[str, ...]] = {
+    "source": ("source_train", "source_val"),
+    "target": ("target_adapt", "target_eval"),
+}
+
+
+class DeviceSplits:
+    """A pair's splits uploaded ONCE to ``device``, for the :class:`DeviceData` of every seed of a group.
+
+    The seeds of one ``--seed-batch`` group read the same images; only their shots, evaluation
+    subset, generator and streams differ (those stay in each seed's :class:`DeviceData`). Each
+    uploaded tensor ("base") is one of the pair's index sets (``source_train``, ``source_val``,
+    ``target_adapt``, ``target_eval``), gathered from the domain and moved to the device on first
+    use; ``target_eval`` is not uploaded at all when it lies inside ``target_adapt`` (a
+    transductive pair such as Office-31 evaluates on its adaptation images), so even one run holds
+    one copy of the target images, not two. A split that is a subset of a base (a seed's
+    evaluation set, its target split minus its shot images) is a view: the base's images plus
+    per-seed ``rows``.
+
+    Bound to one :class:`PairData` object and one device: :class:`DeviceData` refuses an instance
+    built for another, and nothing is cached beyond the instance (no module-level cache), so device
+    copies never leak across pairs, devices or processes. Images are stored raw (uint8, as the
+    loader gave them): augmentation and normalisation are applied per batch by each
+    :class:`DeviceData` from its own pair, so sharing the raw images cannot mix transforms.
+    """
+
+    def __init__(self, data: PairData, device: torch.device | str) -> None:
+        self.data, self.device = data, torch.device(device)
+        self._bases: dict[str, Split] = {}
+
+    def _base(self, name: str) -> Split:
+        if name not in self._bases:
+            domain = getattr(self.data, name.split("_")[0])
+            idx = getattr(self.data, name)
+            self._bases[name] = Split(
+                domain.images[idx].to(self.device, non_blocking=True),
+                domain.labels[idx].to(self.device, non_blocking=True),
+            )
+        return self._bases[name]
+
+    def view(self, domain: str, indices: torch.Tensor) -> Split:
+        """The split of ``indices`` (into the ``domain`` "source"/"target", CPU) backed by the first
+        of the pair's index sets that contains all of them (uploaded on first use): the base's own
+        tensors when ``indices`` is the whole index set in order, else the base plus ``rows``.
+
+        A new :class:`Split` object every call (tensors shared), so replacing one run's
+        ``split.images`` never changes another's."""
+        if domain not in _BASES:
+            raise ValueError(f"DeviceSplits.view: domain {domain!r} is not one of {sorted(_BASES)}")
+        n_domain = len(getattr(self.data, domain).labels)
+        for name in _BASES[domain]:
+            base_idx = getattr(self.data, name)
+            if len(base_idx) == len(indices) and torch.equal(base_idx, indices):
+                base = self._base(name)
+                return Split(base.base, base.labels)
+            pos = torch.full((n_domain,), -1, dtype=torch.long)
+            pos[base_idx] = torch.arange(len(base_idx))
+            rows = pos[indices]
+            if len(base_idx) and bool((rows >= 0).all()):
+                base = self._base(name)
+                if len(rows) == len(base_idx) and torch.equal(rows, torch.arange(len(base_idx))):
+                    return Split(base.base, base.labels)
+                rows = rows.to(self.device)
+                return Split(base.base, base.labels[rows], rows)
+        raise ValueError(
+            f"DeviceSplits.view: {len(indices)} {domain} indices are not all inside one of the pair's "
+            f"splits {', '.join(_BASES[domain])}"
+        )
+
+
+def device_bytes(*datas: DeviceData) -> int:
+    """Bytes of device memory the splits of ``datas`` hold, each shared storage counted once
+    (what a seed-batched group's data costs; ``untyped_storage`` identifies a shared tensor)."""
+    seen: dict[tuple[str, int], int] = {}
+    for d in datas:
+        for split in (d.source, d.source_val, d.target, d.shots, d.target_eval):
+            for t in (split.base, split.labels, split.rows):
+                if t is not None:
+                    st = t.untyped_storage()
+                    seen[(str(t.device), st.data_ptr())] = st.nbytes()
+    return sum(seen.values())
 
 
 class DeviceData:
@@ -232,27 +336,47 @@ class DeviceData:
     images (a transductive pair) are read from the evaluation predictions
     (``validator_from_eval``: positions in ``target_eval``); only the others are predicted again
     (``validator_forward``: positions in ``target``).
+
+    The splits' device tensors come from ``splits`` (:class:`DeviceSplits`): the seeds of one
+    seed-batched group pass the same one and share one copy of the pair's images and labels; without
+    it the run uploads its own. Per seed: the shots (a small copy), the evaluation subset (``rows``
+    into a shared upload), the validator positions, the generator and the streams.
     """
 
     def __init__(
-        self, pair: DomainPair, data: PairData, device: torch.device, seed: int, train_shots: int, eval_shots: int
+        self,
+        pair: DomainPair,
+        data: PairData,
+        device: torch.device,
+        seed: int,
+        train_shots: int,
+        eval_shots: int,
+        splits: DeviceSplits | None = None,
     ) -> None:
         self.pair, self.device = pair, device
         self.channels_last = device.type == "cuda"
+        if splits is None:  # a run of its own: its own uploads
+            splits = DeviceSplits(data, device)
+        elif splits.data is not data or splits.device != torch.device(device):
+            raise ValueError(
+                f"DeviceData: splits= was built for another pair data or device ({splits.device}); this run's "
+                f"device is {device}: pass DeviceSplits(data, device) of this run's own pair data and device"
+            )
         shots = draw_shots(data.target.labels, data.target_adapt, train_shots, seed)
         removed = torch.cat([shots, draw_shots(data.target.labels, data.target_adapt, eval_shots, seed)]).unique()
         evaluation = eval_indices(data, removed)
 
-        def put(domain, idx) -> Split:
-            return Split(
-                domain.images[idx].to(device, non_blocking=True), domain.labels[idx].to(device, non_blocking=True)
-            )
-
-        self.source = put(data.source, data.source_train)
-        self.source_val = put(data.source, data.source_val)
-        self.target = put(data.target, data.target_adapt)  # labels kept only for diagnostics
-        self.shots = put(data.target, shots)
-        self.target_eval = put(data.target, evaluation)
+        # the pair's splits are shared (one device copy per group: ``splits``); what depends on the
+        # seed is a view (``rows``) or, for the few shot images the training loop gathers every
+        # step, a small copy of its own (a view would add one gather per step)
+        self.source = splits.view("source", data.source_train)
+        self.source_val = splits.view("source", data.source_val)
+        self.target = splits.view("target", data.target_adapt)  # labels kept only for diagnostics
+        self.shots = Split(
+            data.target.images[shots].to(device, non_blocking=True),
+            data.target.labels[shots].to(device, non_blocking=True),
+        )
+        self.target_eval = splits.view("target", evaluation)
         self.shot_indices = shots
         self.eval_size = len(evaluation)
         sample_pos = validator_sample(len(data.target_adapt), seed)  # positions in the adaptation split
@@ -293,4 +417,4 @@ class DeviceData:
         return x
 
     def batch_from(self, split: Split, idx: torch.Tensor, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.preprocess(split.images[idx], train), split.labels[idx]
+        return self.preprocess(split.gather(idx), train), split.labels[idx]

@@ -16,8 +16,10 @@ What stays per seed, exactly as in :func:`dabench.engine.train.execute`:
 
 - the initialisation: each seed's method is built after ``torch.manual_seed(seed)`` (and loads
   its own source-only checkpoint when it depends on one) before the stacking;
-- the data: its own :class:`DeviceData` (generator, batch streams, augmentation, shots), drawn in
-  the unbatched order;
+- the data: its own :class:`DeviceData` (generator, batch streams, augmentation, shots,
+  evaluation subset), drawn in the unbatched order; the images and labels of the pair's splits
+  are uploaded once per group (one :class:`~dabench.engine.data.DeviceSplits` all seeds' data
+  share), not once per seed;
 - BatchNorm: the stacked running statistics are updated in place, per seed, by ``functional_call``
   under ``vmap``;
 - evaluations every ``eval_every`` steps: the seed's slice is copied into a normal method
@@ -69,7 +71,7 @@ from ..core.record import RunResult
 from ..core.spec import RunSpec
 from ..core.store import RunStore
 from . import graphs
-from .data import DeviceData, Stream, StreamCursor
+from .data import DeviceData, DeviceSplits, Stream, StreamCursor
 from .evaluate import autocast
 from .graphs import NotCapturable, graph_sgd_step
 from .options import EngineOptions
@@ -177,11 +179,12 @@ def execute_seeds(
     methods: list[Method] = []
     ctxs: list[RunContext] = []
     live: list[int] = []  # positions in specs that build and train
+    splits = DeviceSplits(pair_data, device)  # one device copy of the pair's splits for all seeds
     for i, spec in enumerate(specs):
         try:
             method = prepare_method(spec, pair, device, store)  # the unbatched run's start, exactly
             check_target_shots(pair, pair_data, spec.target_shots, spec.eval_shots)
-            data = DeviceData(pair, pair_data, device, spec.seed, spec.target_shots, spec.eval_shots)
+            data = DeviceData(pair, pair_data, device, spec.seed, spec.target_shots, spec.eval_shots, splits)
         except Exception as exc:  # noqa: BLE001 - this seed fails; the others go on
             outcomes[i] = exc
             continue
@@ -190,24 +193,23 @@ def execute_seeds(
         live.append(i)
     if not methods:
         return [o for o in outcomes if o is not None]
-    refusal = batch_refusal(methods[0])
-    if refusal is not None or len(methods) == 1:
-        rest = _separately(
-            [specs[i] for i in live], pair, pair_data, device, store, on_step, eager, refusal or "one seed"
-        )
-        for i, res in zip(live, rest):
-            outcomes[i] = res
-        return [o for o in outcomes if o is not None]
-    try:
-        results = train_batched(
-            methods, ctxs, device, on_step, cuda_graphs=graphs.resolve_cuda_graphs(engine.cuda_graphs, device)
-        )
-    except NotVmappable as exc:
-        rest = _separately([specs[i] for i in live], pair, pair_data, device, store, on_step, eager, exc.reason)
-        for i, res in zip(live, rest):
-            outcomes[i] = res
-        return [o for o in outcomes if o is not None]
-    for i, res in zip(live, results):
+    reason = batch_refusal(methods[0]) or ("one seed" if len(methods) == 1 else None)
+    if reason is None:
+        try:
+            results = train_batched(
+                methods, ctxs, device, on_step, cuda_graphs=graphs.resolve_cuda_graphs(engine.cuda_graphs, device)
+            )
+        except NotVmappable as exc:
+            reason = exc.reason
+        else:
+            for i, res in zip(live, results):
+                outcomes[i] = res
+            return [o for o in outcomes if o is not None]
+    # the seeds run separately, each uploading its own data: the group's models and its device copy
+    # of the pair go first (outside the except block, whose traceback would keep them alive)
+    del methods, ctxs, splits, method, data
+    rest = _separately([specs[i] for i in live], pair, pair_data, device, store, on_step, eager, reason)
+    for i, res in zip(live, rest):
         outcomes[i] = res
     return [o for o in outcomes if o is not None]
 

@@ -47,7 +47,7 @@ from ..core.spec import RunSpec, run_protocol
 from ..core.splits import stratified_split
 from ..engine import graphs
 from ..engine.compile import compile_method
-from ..engine.data import DeviceData
+from ..engine.data import DeviceData, DeviceSplits
 from ..engine.evaluate import autocast
 from ..engine.opcount import count_ops
 from ..engine.seed_batch import NotVmappable, batch_refusal, train_batched
@@ -368,6 +368,7 @@ class EngineBench:
         compile: bool = False,
         seed: int = 0,
         cuda_graphs: bool = False,
+        splits: DeviceSplits | None = None,
     ) -> None:
         cls = METHODS.get(method_name)
         torch.manual_seed(seed)
@@ -387,7 +388,7 @@ class EngineBench:
             backbone=pair.backbone,
         )
         self.pair, self.device = pair, device
-        self.data = DeviceData(pair, pair_data, device, seed, shots, pair.target_shots)
+        self.data = DeviceData(pair, pair_data, device, seed, shots, pair.target_shots, splits)
         self.own_fit = type(self.method).fit is not Method.fit
         self.cuda_graphs, self.compiled = cuda_graphs, compile
 
@@ -441,9 +442,11 @@ class BenchCase:
     make_backbone: BackboneFactory
     compile: bool = False
 
-    def engine_bench(self, method_name: str, seed: int = 0) -> EngineBench:
+    def engine_bench(self, method_name: str, seed: int = 0, splits: DeviceSplits | None = None) -> EngineBench:
         pair, data, make = self.pair, self.pair_data, self.make_backbone
-        return EngineBench(method_name, pair, data, self.device, self.batch_size, make, self.compile, seed)
+        return EngineBench(
+            method_name, pair, data, self.device, self.batch_size, make, self.compile, seed, splits=splits
+        )
 
 
 def time_method(method_name: str, case: BenchCase, cuda_graphs: bool = False) -> MethodTiming:
@@ -517,8 +520,10 @@ def seed_batch_timings(
 
     ``cuda_graphs`` (CUDA): the loop captures its step (each timed loop captures anew; the
     difference of two lengths cancels that fixed cost)."""
-    benches = [dataclasses.replace(case, compile=False).engine_bench(method_name, seed=s) for s in range(seeds)]
     device = case.device
+    splits = DeviceSplits(case.pair_data, device)  # one device copy of the pair for all seeds, as the engine's group
+    one = dataclasses.replace(case, compile=False)
+    benches = [one.engine_bench(method_name, seed=s, splits=splits) for s in range(seeds)]
     refusal = batch_refusal(benches[0].method)
     if refusal is not None:
         return None, f"seed batch: runs separately ({refusal})"
