@@ -56,8 +56,10 @@ def test_budgets_are_separate_rows_and_never_mixed(df):
     assert not lb.best.loc["dann (5/class)", "a"]
     # Budget "0" first (source-only leading, then by rank, ties by name), then 5/class.
     assert list(t.index) == ["source-only", "dan", "dann (0)", "fine-tune", "dann (5/class)"]
-    # rank within budget: pair a: dann(71)=1, dan(70)=2, so(61)=3; pair b: dan=1, dann=2, so=3
-    assert lb.summary.loc["dann (0)", "rank"] == 1.5 and lb.summary.loc["source-only", "rank"] == 3.0
+    # rank within budget: pair a: dann(71)=1, so(61)=2 among the complete cells (dan's cell misses its
+    # failed seed 9: it takes rank 2 there without displacing source-only); pair b: dan=1, dann=2, so=3
+    assert lb.summary.loc["dann (0)", "rank"] == 1.5 and lb.summary.loc["source-only", "rank"] == 2.5
+    assert lb.summary.loc["dan", "rank"] == 1.5
     assert lb.summary.loc["fine-tune", "rank"] == 1.0
 
 
@@ -260,3 +262,33 @@ def test_load_results_takes_any_path_like(tmp_path):
     write_matrix(tmp_path, UDA)
     df = load_results(Folder())
     assert len(df) == len(load_results(tmp_path)) == sum(len(v) for v in UDA.values())
+
+
+def test_a_cell_missing_seeds_never_moves_the_ranks_of_complete_rows(diverged):
+    """dann's two surviving seeds on pair a (90.5) beat dan's complete 81.0. Ranking them among the
+    complete cells used to push dan to rank 2 and source-only to 3 on pair a (dan's rank 1.50,
+    source-only 2.50 over the two pairs): complete rows' ranks depended on a diverged cell. Now the
+    complete rows rank among themselves; dann's cell gets the rank it would take, starred."""
+    lb = leaderboard(load_results(diverged))
+    cells = lb.cells.set_index(["entry", "pair"])["rank"]
+    assert cells[("dan", "a")] == 1.0 and cells[("source-only", "a")] == 2.0
+    assert cells[("dann", "a")] == 1.0  # where it would stand; it displaces nobody
+    # pair b (all complete): dan 59 > dann 56 > source-only 51
+    assert lb.summary.loc["dan", "rank"] == 1.0 and lb.summary.loc["source-only", "rank"] == 2.5
+    assert lb.table.loc["dan", "rank"] == "1.00" and lb.best.loc["dan", "rank"]
+    assert lb.table.loc["dann", "rank"] == "1.50*"
+
+
+def test_equal_best_means_are_all_bold(tmp_path):
+    """Two complete rows with the same best mean are both best (the avg column already marked both);
+    the cell mark used to bold the first and give the other a †."""
+    write_matrix(
+        tmp_path,
+        {("dan", "a"): [70.0, 71.0, 72.0], ("dann", "a"): [72.0, 71.0, 70.0], ("coral", "a"): [60.0, 61.0, 62.0]},
+    )
+    lb = leaderboard(load_results(tmp_path))
+    assert lb.best.loc["dan", "a"] and lb.best.loc["dann", "a"] and not lb.best.loc["coral", "a"]
+    assert not lb.tied.loc["dan", "a"] and not lb.tied.loc["dann", "a"]
+    assert lb.best.loc["dan", "avg"] and lb.best.loc["dann", "avg"]
+    md = lb.to_markdown()
+    assert md.count("**71.0 ± 1.0") == 2

@@ -19,10 +19,14 @@ differs, e.g. ``dann (steps=2000)``; a method with several budgets shows them, e
 Missing seeds. The planned seeds of a cell are those of the folder's ``matrix.json`` and of
 every record of that configuration and pair, whatever its status. A cell with fewer
 completed seeds than planned shows ``(k/n)``; its mean is over the k completed seeds, it is
-never marked best or †, and its row's avg and rank carry ``*``. The runs left out are listed
+never marked best or †, and its row's avg and rank carry ``*``. It never moves another row's
+rank: ranks within a pair are over the complete cells, and such a cell gets the rank it would
+take among them without displacing any (a diverged method's surviving seeds must not push the
+complete rows below them down a place). The runs left out are listed
 (``Leaderboard.missing``) with their status and the first line of their error.
 
-Marks: the best mean of each column (within its budget) is **bold**; an entry that is *not
+Marks: the best mean of each column (within its budget) is **bold** (every complete cell equal
+to it, should several tie); an entry that is *not
 significantly worse* than that best is marked too (underlined in HTML/LaTeX, "†" in
 Markdown/text). The test is a one-sided Welch t-test over seeds (unequal variances;
 H1: the entry's mean is below the best's), p > 0.05 → not significantly worse. Entries with
@@ -500,14 +504,17 @@ def leaderboard(
         g = g[g["n"] > 0]
         if g.empty:
             continue
-        cells.loc[g.index, "rank"] = g["mean"].rank(ascending=False, method="average")
         eligible = g[g["complete"]]  # a cell missing seeds is never called best or tied
+        cells.loc[g.index, "rank"] = _ranks_among(g["mean"], eligible["mean"])
         if eligible.empty:
             continue
-        b = eligible["mean"].idxmax()
-        cells.loc[b, "best"] = True
+        top = eligible["mean"].max()
+        # every complete cell equal to the best mean is best (bold), as the avg/rank columns mark ties
+        bests = eligible.index[np.isclose(eligible["mean"].to_numpy(float), top, rtol=0.0, atol=1e-9)]
+        cells.loc[bests, "best"] = True
+        b = bests[0]
         for i in g.index:
-            if i == b:
+            if i in bests:
                 continue
             p = welch_less_p(cells.at[i, "values"], cells.at[b, "values"])
             cells.at[i, "p_vs_best"] = p
@@ -634,6 +641,25 @@ def leaderboard(
     if ((cells["ci_low"] == BOUNDS[0]) | (cells["ci_high"] == BOUNDS[1])).any():
         notes.append("Intervals are clipped to [0, 100].")
     return Leaderboard(rule, title, table, cells, summary, best, tied, pairs, tuple(notes), missing)
+
+
+def _ranks_among(means: pd.Series, complete: pd.Series) -> pd.Series:
+    """Rank (1 = best, ties share the mean rank) of each of ``means`` among the ``complete`` cells only.
+
+    A complete cell's rank is its rank among the complete cells; a cell missing seeds gets the
+    rank it would take among them (1 + the complete cells above it + ½ per tie) without
+    displacing any. Ranking the survivors of a diverged cell among the others would push every
+    complete row below it down a place: its rank would depend on a result that does not exist.
+    """
+    ref = complete.to_numpy(float)
+    out = {}
+    for i, m in means.items():
+        if i in complete.index:
+            above, ties = float(np.sum(ref > m)), float(np.sum(ref == m)) - 1.0
+        else:
+            above, ties = float(np.sum(ref > m)), float(np.sum(ref == m))
+        out[i] = 1.0 + above + ties / 2.0
+    return pd.Series(out)
 
 
 def _best_within(summary: pd.DataFrame, col: str, maximise: bool) -> list[bool]:
