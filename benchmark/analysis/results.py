@@ -326,6 +326,64 @@ def label_budget(protocol: str | None, target_shots: int | None) -> str:
     return f"{budget} (source-free)" if protocol == "source-free" else budget
 
 
+def _short_key(key: str, method: str, settings_keys: set[str]) -> str:
+    """``dann.trade_off`` → ``trade_off`` unless that bare name is itself a setting."""
+    prefix = f"{method}."
+    if key.startswith(prefix) and key[len(prefix) :] not in settings_keys:
+        return key[len(prefix) :]
+    return key
+
+
+def _show(v: object) -> str:
+    return json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
+
+
+def entry_names(df: pd.DataFrame) -> list[str]:
+    """The row name of every run of ``df``: its method, plus what tells its configuration apart.
+
+    Every table that has a row per configuration names it this way (the leaderboard, the
+    statistics, the selection-rule regret), so one configuration is one row everywhere.
+
+    Runs of one method and label budget are split by the settings whose values vary among
+    that method's configurations **within one pair** (varying only across pairs, as pair-
+    default schedules do, does not split a row). A method with several budgets shows the
+    budget. Names are made unique with ``#2``, ``#3`` … should two rows still print alike.
+    """
+    if df.empty:
+        return []
+    labels = [label_budget(p, k) for p, k in zip(df["protocol"], df["target_shots"])]
+    methods = [str(m) for m in df["method"]]
+    settings = list(df["settings"])
+    pairs = [str(p) for p in df["pair"]]
+    budgets: dict[str, set[str]] = {}
+    for m, lab in zip(methods, labels):
+        budgets.setdefault(m, set()).add(lab)
+    varying: dict[tuple[str, str], list[str]] = {}
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for m, lab, p, st in zip(methods, labels, pairs, settings):
+        groups.setdefault((m, lab, p), []).append(st)
+    for (m, lab, _), sts in groups.items():
+        all_keys = set().union(*sts) - {"method"}
+        v = {k for k in all_keys if len({_show(st.get(k)) for st in sts}) > 1}
+        varying[(m, lab)] = sorted(set(varying.get((m, lab), [])) | v)
+    names: dict[tuple, str] = {}
+    out = []
+    for m, lab, st in zip(methods, labels, settings):
+        keys = varying[(m, lab)]
+        ident = (m, lab, tuple(_show(st.get(k)) for k in keys))
+        if ident not in names:
+            parts = [lab] if len(budgets[m]) > 1 else []
+            parts += [f"{_short_key(k, m, set(st))}={_show(st.get(k))}" for k in keys]
+            name = f"{m} ({', '.join(parts)})" if parts else m
+            taken = set(names.values())
+            base, i = name, 2
+            while name in taken:
+                name, i = f"{base} #{i}", i + 1
+            names[ident] = name
+        out.append(names[ident])
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # --where: select configurations
 # ---------------------------------------------------------------------------------------

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import math
 import re
 import warnings
@@ -62,7 +61,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from .render import html_grid, latex_grid, md_grid, tex_escape
-from .results import filter_runs, label_budget
+from .results import entry_names, filter_runs
 from .selection import NOT_APPLICABLE, protocol_notes, rule_title, select
 
 SOURCE_ONLY = ("source-only", "source_only")
@@ -287,61 +286,6 @@ def _num(v: Any) -> object:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 4)
 
 
-def _short_key(key: str, method: str, settings_keys: set[str]) -> str:
-    """``dann.trade_off`` → ``trade_off`` unless that bare name is itself a setting."""
-    prefix = f"{method}."
-    if key.startswith(prefix) and key[len(prefix) :] not in settings_keys:
-        return key[len(prefix) :]
-    return key
-
-
-def _show(v: object) -> str:
-    return json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
-
-
-def entry_names(df: pd.DataFrame) -> list[str]:
-    """The row name of every run of ``df``: its method, plus what tells its configuration apart.
-
-    Runs of one method and label budget are split by the settings whose values vary among
-    that method's configurations **within one pair** (varying only across pairs, as pair-
-    default schedules do, does not split a row). A method with several budgets shows the
-    budget. Names are made unique with ``#2``, ``#3`` … should two rows still print alike.
-    """
-    if df.empty:
-        return []
-    labels = [label_budget(p, k) for p, k in zip(df["protocol"], df["target_shots"])]
-    methods = [str(m) for m in df["method"]]
-    settings = list(df["settings"])
-    pairs = [str(p) for p in df["pair"]]
-    budgets: dict[str, set[str]] = {}
-    for m, lab in zip(methods, labels):
-        budgets.setdefault(m, set()).add(lab)
-    varying: dict[tuple[str, str], list[str]] = {}
-    groups: dict[tuple[str, str, str], list[dict]] = {}
-    for m, lab, p, st in zip(methods, labels, pairs, settings):
-        groups.setdefault((m, lab, p), []).append(st)
-    for (m, lab, _), sts in groups.items():
-        all_keys = set().union(*sts) - {"method"}
-        v = {k for k in all_keys if len({_show(st.get(k)) for st in sts}) > 1}
-        varying[(m, lab)] = sorted(set(varying.get((m, lab), [])) | v)
-    names: dict[tuple, str] = {}
-    out = []
-    for m, lab, st in zip(methods, labels, settings):
-        keys = varying[(m, lab)]
-        ident = (m, lab, tuple(_show(st.get(k)) for k in keys))
-        if ident not in names:
-            parts = [lab] if len(budgets[m]) > 1 else []
-            parts += [f"{_short_key(k, m, set(st))}={_show(st.get(k))}" for k in keys]
-            name = f"{m} ({', '.join(parts)})" if parts else m
-            taken = set(names.values())
-            base, i = name, 2
-            while name in taken:
-                name, i = f"{base} #{i}", i + 1
-            names[ident] = name
-        out.append(names[ident])
-    return out
-
-
 def _missing_detail(row: pd.Series, rule: str) -> str:
     """Why a planned run is not in the means, in one line."""
     status = str(row["status"])
@@ -546,13 +490,12 @@ def leaderboard(
         notes.append("avg is shown only for rows with results on every pair.")
     # Gain over source-only: same pairs, source-only's UDA row (budget "0"); with several
     # source-only configurations the gain is against the first (named in a note).
-    so_cells = cells[cells["method"].isin(SOURCE_ONLY) & (cells["labels"] == "0") & (cells["n"] > 0)]
-    so_entries = list(dict.fromkeys(so_cells["entry"]))
-    if len(so_entries) > 1:
-        notes.append(f"gain vs source-only is against the row {so_entries[0]!r}.")
-    so = (
-        so_cells[so_cells["entry"] == so_entries[0]].set_index("pair")["mean"] if so_entries else pd.Series(dtype=float)
-    )
+    so_entry, so = source_only_baseline(cells)
+    if (
+        so_entry is not None
+        and cells.loc[cells["method"].isin(SOURCE_ONLY) & (cells["labels"] == "0"), "entry"].nunique() > 1
+    ):
+        notes.append(f"gain vs source-only is against the row {so_entry!r}.")
     has_gain = not so.empty
     gains = []
     for entry in summary.index:
@@ -641,6 +584,20 @@ def leaderboard(
     if ((cells["ci_low"] == BOUNDS[0]) | (cells["ci_high"] == BOUNDS[1])).any():
         notes.append("Intervals are clipped to [0, 100].")
     return Leaderboard(rule, title, table, cells, summary, best, tied, pairs, tuple(notes), missing)
+
+
+def source_only_baseline(cells: pd.DataFrame) -> tuple[str | None, pd.Series]:
+    """The row every gain is measured against, and its mean per pair: the first ``source-only``
+    row of the UDA budget ("0") with results, or (None, empty) when there is none.
+
+    One row, never a pool: with several source-only configurations (e.g. two ``steps``) the
+    gain column, the gain figure and their note all name the same one.
+    """
+    so = cells[cells["method"].isin(SOURCE_ONLY) & (cells["labels"] == "0") & (cells["n"] > 0)]
+    if so.empty:
+        return None, pd.Series(dtype=float)
+    entry = str(so["entry"].iloc[0])
+    return entry, so[so["entry"] == entry].set_index("pair")["mean"]
 
 
 def _ranks_among(means: pd.Series, complete: pd.Series) -> pd.Series:
