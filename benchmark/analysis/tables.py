@@ -295,10 +295,12 @@ def _missing_detail(row: pd.Series, rule: str) -> str:
         step = row.get("diverged_at_step")
         first = f"non-finite loss at step {int(step)}" if pd.notna(step) else "non-finite loss"
         return first + (f"; {row['error']}" if isinstance(row.get("error"), str) and row["error"] else "")
+    # a sweep's seed whose trial has not run carries which trial it is (sweeps.select_config)
+    why = f"; {row['error']}" if isinstance(row.get("error"), str) and row["error"] else ""
     if status == "pending":
-        return "no record yet (planned in matrix.json)"
+        return "no record yet (planned in matrix.json)" + why
     if status == "running":
-        return "running (no result yet)"
+        return "running (no result yet)" + why
     return str(row["error"]) if isinstance(row.get("error"), str) and row["error"] else status
 
 
@@ -354,6 +356,17 @@ def prepare(
         f"those rows show {NOT_APPLICABLE} (not selected by this rule, never filled from another one) "
         "and leave its bests, ranks, statistics and figures.",
     )
+    if "left_out" in allr:  # sweeps.select_config: trials that were no candidates of the pick
+        gone = [
+            f"{e} on {p} seed {int(sd)} ({'; '.join(lo)})"
+            for e, p, sd, lo in zip(allr["entry"], allr["pair"], allr["seed"], allr["left_out"])
+            if isinstance(lo, list) and lo
+        ]
+        if gone:
+            notes.append(
+                "sweep trials that diverged were no candidates of the configuration choice (a rule "
+                "sees a divergence without labels): " + ", ".join(gone) + "."
+            )
     done = set(zip(ok["entry"], ok["pair"], ok["seed"].astype(int)))
     miss = []
     order = {"complete": 9, "pending": 8}  # a failure explains a gap better than a pending spec
