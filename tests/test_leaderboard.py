@@ -190,6 +190,20 @@ def test_pair_default_schedules_share_a_row(tmp_path):
     write_matrix(tmp_path, {("dann", "b"): [50.0, 51.0]}, schedule={"steps": 5000})
     lb = leaderboard(load_results(tmp_path))
     assert list(lb.table.index) == ["dann"] and lb.summary.loc["dann", "avg"] == pytest.approx(60.5)
+    assert "dann: steps (a=600, b=5000)" in lb.to_markdown()  # the row is said to span two settings
+
+
+def test_a_hyperparameter_set_per_pair_is_named_under_the_row(tmp_path):
+    """trade_off=0.3 on pair a, 1.0 on pair b: one row (nothing varies within a pair), and the legend
+    says "a row is one configuration". It used to say nothing more; the note names the setting
+    and each pair's value, so per-pair tuning never reads as one configuration."""
+    write_matrix(tmp_path, {("dann", "a"): [70.0, 71.0, 72.0]}, hparams={"trade_off": 0.3})
+    write_matrix(tmp_path, {("dann", "b"): [60.0, 61.0, 62.0]}, hparams={"trade_off": 1.0}, prefix="x")
+    write_matrix(tmp_path, {("dan", "a"): [70.0, 71.0, 72.0], ("dan", "b"): [60.0, 61.0, 62.0]})
+    lb = leaderboard(load_results(tmp_path))
+    assert list(lb.table.index) == ["dan", "dann"]
+    (note,) = [n for n in lb.notes if n.startswith("Rows whose settings differ between pairs")]
+    assert note.endswith("dann: dann.trade_off (a=0.3, b=1.0).") and "dan:" not in note
 
 
 # ---- no seed vanishes ------------------------------------------------------------------------

@@ -384,6 +384,30 @@ def entry_names(df: pd.DataFrame) -> list[str]:
     return out
 
 
+def settings_across_pairs(df: pd.DataFrame, entries: list[str]) -> dict[str, dict[str, dict[str, str]]]:
+    """Per row name (``entries``, one per run of ``df``): the settings whose value differs between
+    the row's pairs, each as pair → value (shown as text).
+
+    :func:`entry_names` splits a row only on what varies **within** a pair, so what varies is
+    between pairs: pair-default schedules, or a hyperparameter set per pair. Each cell is then
+    one configuration but the row is not; the tables say so rather than let the row read as one.
+    """
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    by: dict[str, list[tuple[str, dict]]] = {}
+    for e, p, st in zip(entries, df["pair"], df["settings"]):
+        by.setdefault(e, []).append((str(p), st if isinstance(st, dict) else {}))
+    for e, runs in by.items():
+        keys = set().union(*(st for _, st in runs)) - {"method"}
+        diff = {}
+        for k in sorted(keys):
+            vals = {p: _show(st.get(k)) for p, st in runs}
+            if len(set(vals.values())) > 1:
+                diff[k] = dict(sorted(vals.items()))
+        if diff:
+            out[e] = diff
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # --where: select configurations
 # ---------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ Rows are **configurations**, never pools: a row is a method, its label budget an
 setting of its run spec except the seed (see :func:`dabench.analysis.results.spec_settings`).
 Configurations of one method that differ on some pair become separate rows named by what
 differs, e.g. ``dann (steps=2000)``; a method with several budgets shows them, e.g.
-``dann (0)`` / ``dann (5/class)``. *Best* and *tied* marks, ranks and averages are computed
+``dann (0)`` / ``dann (5/class)``. Settings that differ only between pairs (pair-default
+schedules, a hyperparameter set per pair) keep one row, and a note names them with each pair's
+value (:func:`dabench.analysis.results.settings_across_pairs`). *Best* and *tied* marks, ranks and averages are computed
 **within one budget**. A cell never holds the same seed twice.
 
 Missing seeds. The planned seeds of a cell are those of the folder's ``matrix.json`` and of
@@ -61,7 +63,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from .render import html_grid, latex_grid, md_grid, tex_escape
-from .results import entry_names, filter_runs
+from .results import entry_names, filter_runs, settings_across_pairs
 from .selection import NOT_APPLICABLE, protocol_notes, rule_title, select
 
 SOURCE_ONLY = ("source-only", "source_only")
@@ -286,6 +288,13 @@ def _num(v: Any) -> object:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 4)
 
 
+def _per_pair(vals: dict[str, str], limit: int = 4) -> str:
+    """``a=0.3, b=1.0``; past ``limit`` pairs only how many values over how many pairs (a note stays a line)."""
+    if len(vals) > limit:
+        return f"{len(set(vals.values()))} values over {len(vals)} pairs"
+    return ", ".join(f"{p}={v}" for p, v in vals.items())
+
+
 def _missing_detail(row: pd.Series, rule: str) -> str:
     """Why a planned run is not in the means, in one line."""
     status = str(row["status"])
@@ -339,6 +348,16 @@ def prepare(
             + ", ".join(sorted(map(str, ok.loc[dup, "run_id"])))
         )
         ok = ok[~dup]
+    across = settings_across_pairs(allr, list(allr["entry"]))
+    if across:
+        notes.append(
+            "Rows whose settings differ between pairs (pair defaults or per-pair settings; each cell "
+            "is one configuration, the row is not): "
+            + "; ".join(
+                f"{e}: " + ", ".join(f"{k} ({_per_pair(vals)})" for k, vals in d.items()) for e, d in across.items()
+            )
+            + "."
+        )
     known = allr[allr["seed"].notna()]
     planned = (
         known.groupby(["entry", "method", "labels", "pair"], sort=False)["seed"]
