@@ -291,3 +291,13 @@ def test_a_diverged_trial_is_no_candidate_and_is_named(tmp_path):
     lb = leaderboard(select_config(load_results(tmp_path), "source-val"), "source-val")
     assert lb.table.loc["dann", "p"].startswith("61.0") and lb.missing.empty
     assert any("dann on p seed 1 (dann.trade_off=1.0 diverged at step 300)" in n for n in lb.notes)
+
+
+def test_the_oracle_column_of_the_rules_table_is_labelled_as_such(tmp_path):
+    """The methods x rules table puts the oracle beside the honest rules; its text must say that
+    column reads the target test labels."""
+    from dabench.analysis.report import config_selection_markdown
+
+    _two_trials(tmp_path, "diverged", diverged_at_step=300)
+    md = config_selection_markdown(load_results(tmp_path))
+    assert "oracle" in md and "selects on the target test labels: an upper bound, not a result" in md
