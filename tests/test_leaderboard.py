@@ -69,7 +69,7 @@ def test_avg_and_gain_over_source_only(df):
     assert s.loc["dan", "avg"] == pytest.approx((70 + 59) / 2)
     assert s.loc["dan", "gain"] == pytest.approx((70 + 59) / 2 - (61 + 51) / 2)
     assert math.isnan(s.loc["source-only", "gain"])
-    assert lb.table.loc["dan", "gain vs source-only"] == "+8.5"
+    assert lb.table.loc["dan", "gain vs source-only"] == "+8.5*"  # dan's failed seed 9 on a: over survivors
 
 
 def test_not_significantly_worse_mark_uses_one_sided_welch(df, tmp_path):
@@ -240,6 +240,11 @@ def test_a_diverged_seed_is_shown_and_never_wins(diverged):
     assert lb.table.loc["dann", "a"].endswith("(2/3)") and lb.table.loc["dann", "a"].startswith("90.5")
     assert not lb.best.loc["dann", "a"] and lb.best.loc["dan", "a"]  # the complete 81.0 is best
     assert lb.table.loc["dann", "avg"].endswith("*") and lb.table.loc["dann", "rank"].endswith("*")
+    # its gain is over the survivors too: starred (it used to read a plain "+17.2")
+    assert (
+        lb.table.loc["dann", "gain vs source-only"] == "+17.2*"
+        and lb.table.loc["dan", "gain vs source-only"] == "+14.0"
+    )
     assert lb.table.loc["dan", "a"].endswith("]")  # complete cells carry no fraction
     m = lb.missing
     assert len(m) == 1 and (m.iloc[0]["entry"], m.iloc[0]["pair"], m.iloc[0]["seed"], m.iloc[0]["status"]) == (
@@ -306,3 +311,11 @@ def test_equal_best_means_are_all_bold(tmp_path):
     assert lb.best.loc["dan", "avg"] and lb.best.loc["dann", "avg"]
     md = lb.to_markdown()
     assert md.count("**71.0 ± 1.0") == 2
+
+
+def test_every_gain_is_starred_when_the_source_only_baseline_misses_seeds(tmp_path):
+    write_matrix(tmp_path, {("dann", "a"): [70.0, 71.0, 72.0], ("source-only", "a"): [60.0, 61.0]})
+    write_run(tmp_path, "so-2", "source-only", "a", 2, status="failed", error={"type": "E", "message": "m"})
+    lb = leaderboard(load_results(tmp_path))
+    assert lb.table.loc["source-only", "a"].endswith("(2/3)")
+    assert lb.table.loc["dann", "gain vs source-only"] == "+10.5*"

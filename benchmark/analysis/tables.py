@@ -21,7 +21,8 @@ value (:func:`dabench.analysis.results.settings_across_pairs`). *Best* and *tied
 Missing seeds. The planned seeds of a cell are those of the folder's ``matrix.json`` and of
 every record of that configuration and pair, whatever its status. A cell with fewer
 completed seeds than planned shows ``(k/n)``; its mean is over the k completed seeds, it is
-never marked best or †, and its row's avg and rank carry ``*``. It never moves another row's
+never marked best or †, and its row's avg, rank and gain carry ``*`` (every gain does when
+the source-only baseline misses seeds). It never moves another row's
 rank: ranks within a pair are over the complete cells, and such a cell gets the rank it would
 take among them without displacing any (a diverged method's surviving seeds must not push the
 complete rows below them down a place). The runs left out are listed
@@ -600,14 +601,18 @@ def leaderboard(
     ]
     tied["avg"] = tied["rank"] = False
     if has_gain:
+        # a gain over a cell missing seeds (the row's or the baseline's) is over survivors: starred like avg
+        so_incomplete = bool(summary.at[so_entry, "incomplete"]) if so_entry in summary.index else False
         table["gain vs source-only"] = [
-            NOT_APPLICABLE if na else ("–" if math.isnan(v) else f"{v:+.1f}") for v, na in zip(summary["gain"], na_rows)
+            NOT_APPLICABLE if na else ("–" if math.isnan(v) else f"{v:+.1f}" + ("*" if inc or so_incomplete else ""))
+            for v, na, inc in zip(summary["gain"], na_rows, summary["incomplete"])
         ]
         best["gain vs source-only"] = tied["gain vs source-only"] = False
     if (~cells["complete"]).any():
         notes.append(
             "(k/n) = k of the n planned seeds completed; the mean is over those k. Such a cell is "
-            "never marked best or †, and its row's avg and rank carry *."
+            "never marked best or †, and its row's avg, rank and gain carry * (every gain does when "
+            "the source-only row misses seeds)."
         )
     if (cells["n"] == 2).any():
         notes.append(
