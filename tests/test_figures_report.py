@@ -206,6 +206,9 @@ def test_transductive_validators_are_named(tmp_path):
     assert "older records" not in text
     page = write_report(tmp_path, reps=50)["report"].read_text()
     assert "Transductive" in page
+    # a run that diverged before its first evaluation has no validators field: it is no old record
+    write_run(tmp_path, "r3", "dann", "mnist-usps", 1, status="diverged", diverged_at_step=3)
+    assert "older records" not in report_text(tmp_path)
 
 
 def test_cli_report_where(results, tmp_path, capsys):

@@ -319,3 +319,34 @@ def test_every_gain_is_starred_when_the_source_only_baseline_misses_seeds(tmp_pa
     lb = leaderboard(load_results(tmp_path))
     assert lb.table.loc["source-only", "a"].endswith("(2/3)")
     assert lb.table.loc["dann", "gain vs source-only"] == "+10.5*"
+
+
+def test_a_row_missing_pairs_is_never_the_best_rank(tmp_path):
+    """coral ran on pair b only and wins it: its rank 1.00 averages one pair, the others' average two.
+    It used to be bold as the best rank and listed first; it is now listed after the rows with every
+    pair, never the best rank, and a note says why."""
+    write_matrix(
+        tmp_path,
+        {
+            ("dan", "a"): [70.0, 71.0, 72.0],
+            ("dan", "b"): [60.0, 61.0, 62.0],
+            ("dann", "a"): [65.0, 66.0, 67.0],
+            ("dann", "b"): [64.0, 65.0, 66.0],
+            ("coral", "b"): [80.0, 81.0, 82.0],
+        },
+    )
+    lb = leaderboard(load_results(tmp_path))
+    assert list(lb.table.index) == ["dan", "dann", "coral"]
+    assert lb.table.loc["coral", "rank"] == "1.00" and not lb.best.loc["coral", "rank"]
+    assert lb.best.loc["dan", "rank"] and lb.best.loc["dann", "rank"]  # both 2.00 over the two pairs
+    assert any("rows missing pairs of their budget (coral)" in n for n in lb.notes)
+
+
+def test_a_divergence_is_said_once(tmp_path):
+    msg = "non-finite loss at step 3 (loss part 'ce' first non-finite at step 3)"
+    write_matrix(tmp_path, {("dann", "a"): [70.0, 71.0]})
+    write_run(
+        tmp_path, "d", "dann", "a", 2, status="diverged", diverged_at_step=3, error={"type": "Diverged", "message": msg}
+    )
+    (m,) = leaderboard(load_results(tmp_path)).missing.itertuples()
+    assert m.detail == f"Diverged: {msg}"

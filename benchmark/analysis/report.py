@@ -152,7 +152,9 @@ def validator_notes(df: pd.DataFrame) -> list[str]:
     """
     if df.empty or "validators" not in df:
         return []
-    real = df[df["status"] != "pending"]
+    # only complete runs are selected with (a failed or diverged record may stop before any
+    # evaluation, so it has no validators field without being an old record)
+    real = df[df["status"] == "complete"]
     out = []
     vals = list(real["validators"])
     overlap = sorted(

@@ -44,7 +44,8 @@ counted as missing seeds, and leaves the bests, ranks and statistics of that rul
 
 ``avg`` is the mean over pairs of the per-pair means (shown only for rows that have every
 pair of the table); ``rank`` is the average over pairs of the rank within the pair (1 =
-best, ties share the mean rank); ``gain`` is ``avg`` minus the ``source-only`` row's
+best, ties share the mean rank); a row missing pairs of its budget averages other pairs than the
+rest, so it is listed after the rows that have them all and is never the best rank (a note names it); ``gain`` is ``avg`` minus the ``source-only`` row's
 ``avg`` (over the pairs both have).
 """
 
@@ -304,7 +305,10 @@ def _missing_detail(row: pd.Series, rule: str) -> str:
     if status == "diverged":
         step = row.get("diverged_at_step")
         first = f"non-finite loss at step {int(step)}" if pd.notna(step) else "non-finite loss"
-        return first + (f"; {row['error']}" if isinstance(row.get("error"), str) and row["error"] else "")
+        err = row["error"] if isinstance(row.get("error"), str) and row["error"] else ""
+        if first in err:  # the engine's own message already says it (and which loss part)
+            return err
+        return first + (f"; {err}" if err else "")
     # a sweep's seed whose trial has not run carries which trial it is (sweeps.select_config)
     why = f"; {row['error']}" if isinstance(row.get("error"), str) and row["error"] else ""
     if status == "pending":
@@ -521,6 +525,17 @@ def leaderboard(
     summary = pd.DataFrame(summ).set_index("entry")
     if (summary["avg"].isna() & (summary["not_applicable"] == "")).any():
         notes.append("avg is shown only for rows with results on every pair.")
+    # a rank averages the pairs a row has: rows with fewer pairs than their budget are ranked on other
+    # pairs, so they are never the best rank nor ordered above the rows that have every pair
+    budget_pairs = cells[cells["n"] > 0].groupby("labels")["pair"].nunique()
+    summary["all_pairs"] = [n == budget_pairs.get(lab, -1) for n, lab in zip(summary["n_pairs"], summary["labels"])]
+    partial = summary[~summary["all_pairs"] & (summary["not_applicable"] == "") & (summary["n_pairs"] > 0)]
+    if len(partial):
+        notes.append(
+            "rank averages only the pairs a row has; rows missing pairs of their budget ("
+            + ", ".join(map(str, partial.index))
+            + ") are listed after the others and never marked best rank."
+        )
     # Gain over source-only: same pairs, source-only's UDA row (budget "0"); with several
     # source-only configurations the gain is against the first (named in a note).
     so_entry, so = source_only_baseline(cells)
@@ -543,6 +558,7 @@ def leaderboard(
             key=lambda e: (
                 budget_key(summary.at[e, "labels"]),
                 summary.at[e, "method"] not in SOURCE_ONLY,
+                not summary.at[e, "all_pairs"],
                 summary.at[e, "rank"] if not math.isnan(summary.at[e, "rank"]) else math.inf,
                 e,
             ),
@@ -596,8 +612,9 @@ def leaderboard(
     ]
     ok_rows = ~summary["incomplete"]
     best["avg"] = [b and o for b, o in zip(_best_within(summary[ok_rows].reindex(summary.index), "avg", True), ok_rows)]
+    rank_rows = ok_rows & summary["all_pairs"]
     best["rank"] = [
-        b and o for b, o in zip(_best_within(summary[ok_rows].reindex(summary.index), "rank", False), ok_rows)
+        b and o for b, o in zip(_best_within(summary[rank_rows].reindex(summary.index), "rank", False), rank_rows)
     ]
     tied["avg"] = tied["rank"] = False
     if has_gain:
