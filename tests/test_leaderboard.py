@@ -44,6 +44,7 @@ def test_cell_statistics_match_hand_computation(df):
     assert (c["n"], c["mean"], c["std"]) == (3, 61.0, 1.0)
     assert c["ci_low"] == pytest.approx(61 - half) and c["ci_high"] == pytest.approx(61 + half)
     assert lb.table.loc["source-only", "a"] == f"61.0 ± 1.0 [{61 - half:.1f}, {61 + half:.1f}]"
+    assert "mean ± sample std (n−1) over seeds" in lb.to_markdown()  # the legend names the ddof
 
 
 def test_budgets_are_separate_rows_and_never_mixed(df):
@@ -350,3 +351,14 @@ def test_a_divergence_is_said_once(tmp_path):
     )
     (m,) = leaderboard(load_results(tmp_path)).missing.itertuples()
     assert m.detail == f"Diverged: {msg}"
+
+
+def test_a_one_seed_cell_without_dagger_is_said_untested(tmp_path):
+    """dan has one seed (70.5) beside dann's best 71 ± 1: no † because no test is possible, which
+    the legend used to leave reading as "significantly worse"."""
+    write_matrix(tmp_path, {("dann", "a"): [70.0, 71.0, 72.0], ("dan", "a"): [70.5]})
+    lb = leaderboard(load_results(tmp_path))
+    assert not lb.tied.loc["dan", "a"] and math.isnan(lb.cells.set_index("entry").loc["dan", "p_vs_best"])
+    assert "cannot be tested: its column shows no † either way" in lb.to_markdown()
+    write_matrix(tmp_path / "two", {("dann", "a"): [70.0, 71.0, 72.0], ("dan", "a"): [70.5, 70.0]})
+    assert not any("cannot be tested" in n for n in leaderboard(load_results(tmp_path / "two")).notes)

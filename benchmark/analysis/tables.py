@@ -172,7 +172,7 @@ class Leaderboard:
     # ---- text exports -------------------------------------------------------------
     def legend(self) -> list[str]:
         lines = [
-            "Cells: mean ± std over seeds [95% t-interval of the mean]; accuracy in %. "
+            "Cells: mean ± sample std (n−1) over seeds [95% t-interval of the mean]; accuracy in %. "
             "A row is one configuration (method + every run setting but the seed).",
             f"Bold = best of the column within a label budget; † = not significantly worse "
             f"than the best ({TEST_NAME}).",
@@ -631,6 +631,10 @@ def leaderboard(
             "never marked best or †, and its row's avg, rank and gain carry * (every gain does when "
             "the source-only row misses seeds)."
         )
+    ran = cells[cells["n"] > 0]
+    if any((g["n"] == 1).any() and len(g) > 1 for _, g in ran.groupby(["labels", "pair"])):
+        # no † is not "significantly worse" here: a one-seed mean has no spread to test with
+        notes.append("A cell or best with one seed cannot be tested: its column shows no † either way.")
     if (cells["n"] == 2).any():
         notes.append(
             "With 2 seeds the 95% t-interval is mean ± 12.7·s/√2 (t with 1 d.o.f.): too wide to inform; run ≥ 3 seeds."
