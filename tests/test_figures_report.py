@@ -72,6 +72,24 @@ def test_figures_from_results(results, tmp_path):
     assert "source-only" not in g.index and list(g.columns) == list(lb.pairs)
 
 
+def test_gain_figure_with_two_source_only_configurations_uses_the_tables_baseline(tmp_path):
+    """Two source-only configurations (steps=100, steps=200): the gain table used to raise
+    (a per-pair baseline with two values per pair), so report.html silently lost the gain
+    figure. It now measures every row against the same source-only row as the leaderboard's
+    gain column, and shows the other source-only configuration against it."""
+    for seed in range(3):
+        for pair, so, so2, dann in [("a", 50.0, 55.0, 60.0), ("b", 40.0, 30.0, 45.0)]:
+            write_run(tmp_path, f"s-{pair}{seed}", "source-only", pair, seed, acc=so + seed, schedule={"steps": 100})
+            write_run(tmp_path, f"t-{pair}{seed}", "source-only", pair, seed, acc=so2 + seed, schedule={"steps": 200})
+            write_run(tmp_path, f"d-{pair}{seed}", "dann", pair, seed, acc=dann + seed, schedule={"steps": 100})
+    lb = leaderboard(load_results(tmp_path))
+    g = F.gain_table(lb)
+    assert set(g.index) == {"dann", "source-only (steps=200)"}
+    assert g.loc["dann"].tolist() == [10.0, 5.0] and g.loc["source-only (steps=200)"].tolist() == [5.0, -10.0]
+    assert lb.summary.loc["dann", "gain"] == pytest.approx(g.loc["dann"].mean())  # the table's baseline
+    assert F.gain_heatmap(lb) is not None
+
+
 def test_cd_diagram_draws_one_bar_per_clique(tmp_path):
     rng = np.random.default_rng(0)
     scores = pd.DataFrame(rng.normal(size=(6, 5)) + np.array([0, 0.2, 1.5, 1.6, 3.0]), columns=list("ABCDE"))
@@ -188,6 +206,9 @@ def test_transductive_validators_are_named(tmp_path):
     assert "older records" not in text
     page = write_report(tmp_path, reps=50)["report"].read_text()
     assert "Transductive" in page
+    # a run that diverged before its first evaluation has no validators field: it is no old record
+    write_run(tmp_path, "r3", "dann", "mnist-usps", 1, status="diverged", diverged_at_step=3)
+    assert "older records" not in report_text(tmp_path)
 
 
 def test_cli_report_where(results, tmp_path, capsys):

@@ -44,6 +44,7 @@ def test_cell_statistics_match_hand_computation(df):
     assert (c["n"], c["mean"], c["std"]) == (3, 61.0, 1.0)
     assert c["ci_low"] == pytest.approx(61 - half) and c["ci_high"] == pytest.approx(61 + half)
     assert lb.table.loc["source-only", "a"] == f"61.0 ± 1.0 [{61 - half:.1f}, {61 + half:.1f}]"
+    assert "mean ± sample std (n−1) over seeds" in lb.to_markdown()  # the legend names the ddof
 
 
 def test_budgets_are_separate_rows_and_never_mixed(df):
@@ -56,8 +57,10 @@ def test_budgets_are_separate_rows_and_never_mixed(df):
     assert not lb.best.loc["dann (5/class)", "a"]
     # Budget "0" first (source-only leading, then by rank, ties by name), then 5/class.
     assert list(t.index) == ["source-only", "dan", "dann (0)", "fine-tune", "dann (5/class)"]
-    # rank within budget: pair a: dann(71)=1, dan(70)=2, so(61)=3; pair b: dan=1, dann=2, so=3
-    assert lb.summary.loc["dann (0)", "rank"] == 1.5 and lb.summary.loc["source-only", "rank"] == 3.0
+    # rank within budget: pair a: dann(71)=1, so(61)=2 among the complete cells (dan's cell misses its
+    # failed seed 9: it takes rank 2 there without displacing source-only); pair b: dan=1, dann=2, so=3
+    assert lb.summary.loc["dann (0)", "rank"] == 1.5 and lb.summary.loc["source-only", "rank"] == 2.5
+    assert lb.summary.loc["dan", "rank"] == 1.5
     assert lb.summary.loc["fine-tune", "rank"] == 1.0
 
 
@@ -67,7 +70,7 @@ def test_avg_and_gain_over_source_only(df):
     assert s.loc["dan", "avg"] == pytest.approx((70 + 59) / 2)
     assert s.loc["dan", "gain"] == pytest.approx((70 + 59) / 2 - (61 + 51) / 2)
     assert math.isnan(s.loc["source-only", "gain"])
-    assert lb.table.loc["dan", "gain vs source-only"] == "+8.5"
+    assert lb.table.loc["dan", "gain vs source-only"] == "+8.5*"  # dan's failed seed 9 on a: over survivors
 
 
 def test_not_significantly_worse_mark_uses_one_sided_welch(df, tmp_path):
@@ -188,6 +191,20 @@ def test_pair_default_schedules_share_a_row(tmp_path):
     write_matrix(tmp_path, {("dann", "b"): [50.0, 51.0]}, schedule={"steps": 5000})
     lb = leaderboard(load_results(tmp_path))
     assert list(lb.table.index) == ["dann"] and lb.summary.loc["dann", "avg"] == pytest.approx(60.5)
+    assert "dann: steps (a=600, b=5000)" in lb.to_markdown()  # the row is said to span two settings
+
+
+def test_a_hyperparameter_set_per_pair_is_named_under_the_row(tmp_path):
+    """trade_off=0.3 on pair a, 1.0 on pair b: one row (nothing varies within a pair), and the legend
+    says "a row is one configuration". It used to say nothing more; the note names the setting
+    and each pair's value, so per-pair tuning never reads as one configuration."""
+    write_matrix(tmp_path, {("dann", "a"): [70.0, 71.0, 72.0]}, hparams={"trade_off": 0.3})
+    write_matrix(tmp_path, {("dann", "b"): [60.0, 61.0, 62.0]}, hparams={"trade_off": 1.0}, prefix="x")
+    write_matrix(tmp_path, {("dan", "a"): [70.0, 71.0, 72.0], ("dan", "b"): [60.0, 61.0, 62.0]})
+    lb = leaderboard(load_results(tmp_path))
+    assert list(lb.table.index) == ["dan", "dann"]
+    (note,) = [n for n in lb.notes if n.startswith("Rows whose settings differ between pairs")]
+    assert note.endswith("dann: dann.trade_off (a=0.3, b=1.0).") and "dan:" not in note
 
 
 # ---- no seed vanishes ------------------------------------------------------------------------
@@ -224,6 +241,11 @@ def test_a_diverged_seed_is_shown_and_never_wins(diverged):
     assert lb.table.loc["dann", "a"].endswith("(2/3)") and lb.table.loc["dann", "a"].startswith("90.5")
     assert not lb.best.loc["dann", "a"] and lb.best.loc["dan", "a"]  # the complete 81.0 is best
     assert lb.table.loc["dann", "avg"].endswith("*") and lb.table.loc["dann", "rank"].endswith("*")
+    # its gain is over the survivors too: starred (it used to read a plain "+17.2")
+    assert (
+        lb.table.loc["dann", "gain vs source-only"] == "+17.2*"
+        and lb.table.loc["dan", "gain vs source-only"] == "+14.0"
+    )
     assert lb.table.loc["dan", "a"].endswith("]")  # complete cells carry no fraction
     m = lb.missing
     assert len(m) == 1 and (m.iloc[0]["entry"], m.iloc[0]["pair"], m.iloc[0]["seed"], m.iloc[0]["status"]) == (
@@ -260,3 +282,83 @@ def test_load_results_takes_any_path_like(tmp_path):
     write_matrix(tmp_path, UDA)
     df = load_results(Folder())
     assert len(df) == len(load_results(tmp_path)) == sum(len(v) for v in UDA.values())
+
+
+def test_a_cell_missing_seeds_never_moves_the_ranks_of_complete_rows(diverged):
+    """dann's two surviving seeds on pair a (90.5) beat dan's complete 81.0. Ranking them among the
+    complete cells used to push dan to rank 2 and source-only to 3 on pair a (dan's rank 1.50,
+    source-only 2.50 over the two pairs): complete rows' ranks depended on a diverged cell. Now the
+    complete rows rank among themselves; dann's cell gets the rank it would take, starred."""
+    lb = leaderboard(load_results(diverged))
+    cells = lb.cells.set_index(["entry", "pair"])["rank"]
+    assert cells[("dan", "a")] == 1.0 and cells[("source-only", "a")] == 2.0
+    assert cells[("dann", "a")] == 1.0  # where it would stand; it displaces nobody
+    # pair b (all complete): dan 59 > dann 56 > source-only 51
+    assert lb.summary.loc["dan", "rank"] == 1.0 and lb.summary.loc["source-only", "rank"] == 2.5
+    assert lb.table.loc["dan", "rank"] == "1.00" and lb.best.loc["dan", "rank"]
+    assert lb.table.loc["dann", "rank"] == "1.50*"
+
+
+def test_equal_best_means_are_all_bold(tmp_path):
+    """Two complete rows with the same best mean are both best (the avg column already marked both);
+    the cell mark used to bold the first and give the other a †."""
+    write_matrix(
+        tmp_path,
+        {("dan", "a"): [70.0, 71.0, 72.0], ("dann", "a"): [72.0, 71.0, 70.0], ("coral", "a"): [60.0, 61.0, 62.0]},
+    )
+    lb = leaderboard(load_results(tmp_path))
+    assert lb.best.loc["dan", "a"] and lb.best.loc["dann", "a"] and not lb.best.loc["coral", "a"]
+    assert not lb.tied.loc["dan", "a"] and not lb.tied.loc["dann", "a"]
+    assert lb.best.loc["dan", "avg"] and lb.best.loc["dann", "avg"]
+    md = lb.to_markdown()
+    assert md.count("**71.0 ± 1.0") == 2
+
+
+def test_every_gain_is_starred_when_the_source_only_baseline_misses_seeds(tmp_path):
+    write_matrix(tmp_path, {("dann", "a"): [70.0, 71.0, 72.0], ("source-only", "a"): [60.0, 61.0]})
+    write_run(tmp_path, "so-2", "source-only", "a", 2, status="failed", error={"type": "E", "message": "m"})
+    lb = leaderboard(load_results(tmp_path))
+    assert lb.table.loc["source-only", "a"].endswith("(2/3)")
+    assert lb.table.loc["dann", "gain vs source-only"] == "+10.5*"
+
+
+def test_a_row_missing_pairs_is_never_the_best_rank(tmp_path):
+    """coral ran on pair b only and wins it: its rank 1.00 averages one pair, the others' average two.
+    It used to be bold as the best rank and listed first; it is now listed after the rows with every
+    pair, never the best rank, and a note says why."""
+    write_matrix(
+        tmp_path,
+        {
+            ("dan", "a"): [70.0, 71.0, 72.0],
+            ("dan", "b"): [60.0, 61.0, 62.0],
+            ("dann", "a"): [65.0, 66.0, 67.0],
+            ("dann", "b"): [64.0, 65.0, 66.0],
+            ("coral", "b"): [80.0, 81.0, 82.0],
+        },
+    )
+    lb = leaderboard(load_results(tmp_path))
+    assert list(lb.table.index) == ["dan", "dann", "coral"]
+    assert lb.table.loc["coral", "rank"] == "1.00" and not lb.best.loc["coral", "rank"]
+    assert lb.best.loc["dan", "rank"] and lb.best.loc["dann", "rank"]  # both 2.00 over the two pairs
+    assert any("rows missing pairs of their budget (coral)" in n for n in lb.notes)
+
+
+def test_a_divergence_is_said_once(tmp_path):
+    msg = "non-finite loss at step 3 (loss part 'ce' first non-finite at step 3)"
+    write_matrix(tmp_path, {("dann", "a"): [70.0, 71.0]})
+    write_run(
+        tmp_path, "d", "dann", "a", 2, status="diverged", diverged_at_step=3, error={"type": "Diverged", "message": msg}
+    )
+    (m,) = leaderboard(load_results(tmp_path)).missing.itertuples()
+    assert m.detail == f"Diverged: {msg}"
+
+
+def test_a_one_seed_cell_without_dagger_is_said_untested(tmp_path):
+    """dan has one seed (70.5) beside dann's best 71 ± 1: no † because no test is possible, which
+    the legend used to leave reading as "significantly worse"."""
+    write_matrix(tmp_path, {("dann", "a"): [70.0, 71.0, 72.0], ("dan", "a"): [70.5]})
+    lb = leaderboard(load_results(tmp_path))
+    assert not lb.tied.loc["dan", "a"] and math.isnan(lb.cells.set_index("entry").loc["dan", "p_vs_best"])
+    assert "cannot be tested: its column shows no † either way" in lb.to_markdown()
+    write_matrix(tmp_path / "two", {("dann", "a"): [70.0, 71.0, 72.0], ("dan", "a"): [70.5, 70.0]})
+    assert not any("cannot be tested" in n for n in leaderboard(load_results(tmp_path / "two")).notes)

@@ -159,3 +159,32 @@ def test_malformed_field_skips_the_record_naming_it(tmp_path, field, value):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert "| dan" in report_text(tmp_path)  # crashed with AttributeError before
+
+
+def test_rule_regret_keeps_configurations_apart(tmp_path):
+    """Two configurations of dann: source-val picks the oracle's evaluation on trade_off=0.1 (regret
+    0) and the worse one on trade_off=1.0 (regret 20). The regret table used to pool them into one
+    'dann' row reading 10 for both; each is its own row, named as in the leaderboard."""
+    for s in range(3):
+        write_run(
+            tmp_path,
+            f"a{s}",
+            "dann",
+            "p",
+            s,
+            curve=curve_from([50.0, 60.0], source_val_acc=[80, 90]),
+            hparams={"trade_off": 0.1},
+        )
+        write_run(
+            tmp_path,
+            f"b{s}",
+            "dann",
+            "p",
+            s,
+            curve=curve_from([70.0, 50.0], source_val_acc=[80, 90]),
+            hparams={"trade_off": 1.0},
+        )
+    reg = rule_regret(load_results(tmp_path))
+    assert list(reg.index) == [("dann (trade_off=0.1)", "0"), ("dann (trade_off=1.0)", "0")]
+    assert reg.loc[("dann (trade_off=0.1)", "0"), "source-val"] == 0.0
+    assert reg.loc[("dann (trade_off=1.0)", "0"), "source-val"] == pytest.approx(20.0)

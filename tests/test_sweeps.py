@@ -257,3 +257,47 @@ def test_a_set_or_sweep_item_without_equals_is_named_with_its_form():
     assert str(e.value) == (
         "sweep.toml: expected key=v1,v2,... or key=log_uniform(a, b), got 'lr' (e.g. --sweep dann.trade_off=0.1,0.3,1,3)"
     )
+
+
+def _two_trials(folder: pathlib.Path, status: str, **kw) -> None:
+    """dann on pair p, seeds 0-2, trials trade_off=0.1 (complete) and 1.0 (complete except seed 1)."""
+    from fake_runs import curve_from, write_run
+
+    for s in range(3):
+        write_run(folder, f"a{s}", "dann", "p", s, curve=curve_from([50.0 + s, 60.0 + s]), hparams={"trade_off": 0.1})
+        if s == 1:
+            write_run(folder, f"b{s}", "dann", "p", s, status=status, hparams={"trade_off": 1.0}, **kw)
+        else:
+            write_run(folder, f"b{s}", "dann", "p", s, curve=curve_from([70.0, 50.0]), hparams={"trade_off": 1.0})
+
+
+def test_a_failed_trial_leaves_its_seed_missing_not_silently_unpicked(tmp_path):
+    """Seed 1's trial trade_off=1.0 failed. The choice used to be made over the other trial alone and
+    the leaderboard showed 3/3 complete seeds with no trace of the failure; the seed's sweep is not
+    over, so the seed is missing (2/3), named with the trial and its error."""
+    _two_trials(tmp_path, "failed", error={"type": "RuntimeError", "message": "CUDA out of memory"})
+    lb = leaderboard(select_config(load_results(tmp_path), "source-val"), "source-val")
+    assert lb.table.loc["dann", "p"].endswith("(2/3)") and not lb.best.loc["dann", "p"]
+    (m,) = lb.missing.itertuples()
+    assert (m.seed, m.status) == (1, "failed")
+    assert "sweep trial dann.trade_off=1.0 failed" in m.detail and "CUDA out of memory" in m.detail
+    assert "seed 1 | failed | sweep trial" in lb.to_markdown()
+
+
+def test_a_diverged_trial_is_no_candidate_and_is_named(tmp_path):
+    """A diverged trial is an outcome a rule sees without labels: the pick is over the other trials
+    (seed 1 keeps its complete trial), and a note names the diverged trial instead of dropping it."""
+    _two_trials(tmp_path, "diverged", diverged_at_step=300)
+    lb = leaderboard(select_config(load_results(tmp_path), "source-val"), "source-val")
+    assert lb.table.loc["dann", "p"].startswith("61.0") and lb.missing.empty
+    assert any("dann on p seed 1 (dann.trade_off=1.0 diverged at step 300)" in n for n in lb.notes)
+
+
+def test_the_oracle_column_of_the_rules_table_is_labelled_as_such(tmp_path):
+    """The methods x rules table puts the oracle beside the honest rules; its text must say that
+    column reads the target test labels."""
+    from dabench.analysis.report import config_selection_markdown
+
+    _two_trials(tmp_path, "diverged", diverged_at_step=300)
+    md = config_selection_markdown(load_results(tmp_path))
+    assert "oracle" in md and "selects on the target test labels: an upper bound, not a result" in md

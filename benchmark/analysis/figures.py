@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .stats import FriedmanResult, selected_runs
-from .tables import SOURCE_ONLY, Leaderboard
+from .tables import Leaderboard, source_only_baseline
 
 
 def _figure(w: float, h: float) -> Figure:
@@ -112,12 +112,15 @@ def accuracy_figure(lb: Leaderboard) -> Figure | None:
 
 
 def gain_table(lb: Leaderboard) -> pd.DataFrame:
-    """Per entry × pair: mean accuracy minus source-only's (UDA) mean on that pair."""
-    so = lb.cells[lb.cells["method"].isin(SOURCE_ONLY) & (lb.cells["labels"] == "0")]
-    if so.empty:
+    """Per entry × pair: mean accuracy minus the source-only row's (UDA) mean on that pair.
+
+    The baseline is the leaderboard's (:func:`~dabench.analysis.tables.source_only_baseline`):
+    one row, so several source-only configurations neither pool nor break the figure; the
+    other source-only rows are shown against it like any row."""
+    so_entry, base = source_only_baseline(lb.cells)
+    if so_entry is None:
         return pd.DataFrame()
-    base = so.set_index("pair")["mean"]
-    rows = lb.cells[~lb.cells["entry"].isin(so["entry"])]
+    rows = lb.cells[lb.cells["entry"] != so_entry]
     g = rows.assign(gain=rows["mean"] - rows["pair"].map(base)).pivot_table(
         index="entry", columns="pair", values="gain"
     )

@@ -43,6 +43,7 @@ CONFIG_TEXT = (
     "Each rule picks, per method, pair and seed, one configuration of the sweep and one "
     "evaluation of it (argmax of the rule's score over trials x evaluations) using only what the "
     "rule may see; cells are the target accuracy (%) of that pick, mean over pairs and seeds. "
+    "The oracle column selects on the target test labels: an upper bound, not a result. "
     "Regret: oracle's accuracy minus the rule's on the same runs (points, >= 0); trials: "
     "configurations per pair and seed, the budget each rule chose from."
 )
@@ -151,7 +152,9 @@ def validator_notes(df: pd.DataFrame) -> list[str]:
     """
     if df.empty or "validators" not in df:
         return []
-    real = df[df["status"] != "pending"]
+    # only complete runs are selected with (a failed or diverged record may stop before any
+    # evaluation, so it has no validators field without being an old record)
+    real = df[df["status"] == "complete"]
     out = []
     vals = list(real["validators"])
     overlap = sorted(

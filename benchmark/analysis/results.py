@@ -326,6 +326,88 @@ def label_budget(protocol: str | None, target_shots: int | None) -> str:
     return f"{budget} (source-free)" if protocol == "source-free" else budget
 
 
+def _short_key(key: str, method: str, settings_keys: set[str]) -> str:
+    """``dann.trade_off`` → ``trade_off`` unless that bare name is itself a setting."""
+    prefix = f"{method}."
+    if key.startswith(prefix) and key[len(prefix) :] not in settings_keys:
+        return key[len(prefix) :]
+    return key
+
+
+def _show(v: object) -> str:
+    return json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
+
+
+def entry_names(df: pd.DataFrame) -> list[str]:
+    """The row name of every run of ``df``: its method, plus what tells its configuration apart.
+
+    Every table that has a row per configuration names it this way (the leaderboard, the
+    statistics, the selection-rule regret), so one configuration is one row everywhere.
+
+    Runs of one method and label budget are split by the settings whose values vary among
+    that method's configurations **within one pair** (varying only across pairs, as pair-
+    default schedules do, does not split a row). A method with several budgets shows the
+    budget. Names are made unique with ``#2``, ``#3`` … should two rows still print alike.
+    """
+    if df.empty:
+        return []
+    labels = [label_budget(p, k) for p, k in zip(df["protocol"], df["target_shots"])]
+    methods = [str(m) for m in df["method"]]
+    settings = list(df["settings"])
+    pairs = [str(p) for p in df["pair"]]
+    budgets: dict[str, set[str]] = {}
+    for m, lab in zip(methods, labels):
+        budgets.setdefault(m, set()).add(lab)
+    varying: dict[tuple[str, str], list[str]] = {}
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for m, lab, p, st in zip(methods, labels, pairs, settings):
+        groups.setdefault((m, lab, p), []).append(st)
+    for (m, lab, _), sts in groups.items():
+        all_keys = set().union(*sts) - {"method"}
+        v = {k for k in all_keys if len({_show(st.get(k)) for st in sts}) > 1}
+        varying[(m, lab)] = sorted(set(varying.get((m, lab), [])) | v)
+    names: dict[tuple, str] = {}
+    out = []
+    for m, lab, st in zip(methods, labels, settings):
+        keys = varying[(m, lab)]
+        ident = (m, lab, tuple(_show(st.get(k)) for k in keys))
+        if ident not in names:
+            parts = [lab] if len(budgets[m]) > 1 else []
+            parts += [f"{_short_key(k, m, set(st))}={_show(st.get(k))}" for k in keys]
+            name = f"{m} ({', '.join(parts)})" if parts else m
+            taken = set(names.values())
+            base, i = name, 2
+            while name in taken:
+                name, i = f"{base} #{i}", i + 1
+            names[ident] = name
+        out.append(names[ident])
+    return out
+
+
+def settings_across_pairs(df: pd.DataFrame, entries: list[str]) -> dict[str, dict[str, dict[str, str]]]:
+    """Per row name (``entries``, one per run of ``df``): the settings whose value differs between
+    the row's pairs, each as pair → value (shown as text).
+
+    :func:`entry_names` splits a row only on what varies **within** a pair, so what varies is
+    between pairs: pair-default schedules, or a hyperparameter set per pair. Each cell is then
+    one configuration but the row is not; the tables say so rather than let the row read as one.
+    """
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    by: dict[str, list[tuple[str, dict]]] = {}
+    for e, p, st in zip(entries, df["pair"], df["settings"]):
+        by.setdefault(e, []).append((str(p), st if isinstance(st, dict) else {}))
+    for e, runs in by.items():
+        keys = set().union(*(st for _, st in runs)) - {"method"}
+        diff = {}
+        for k in sorted(keys):
+            vals = {p: _show(st.get(k)) for p, st in runs}
+            if len(set(vals.values())) > 1:
+                diff[k] = dict(sorted(vals.items()))
+        if diff:
+            out[e] = diff
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # --where: select configurations
 # ---------------------------------------------------------------------------------------

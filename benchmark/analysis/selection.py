@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from .dev import DEV_FIELD, has_dev, with_dev_scores
-from .results import label_budget
+from .results import entry_names, label_budget
 
 ORACLE_LABEL = "oracle (selects on target test labels — upper bound)"
 
@@ -255,10 +255,14 @@ def select(df: pd.DataFrame, rule: str = "last") -> pd.DataFrame:
 
 
 def rule_regret(df: pd.DataFrame) -> pd.DataFrame:
-    """Per method (and label budget): mean over runs of (oracle accuracy − rule accuracy).
+    """Per configuration (and label budget): mean over its runs of (oracle accuracy − rule accuracy).
 
     Regret is in accuracy points; 0 means the rule found the best evaluation every time.
-    Rows are ``method`` × ``labels``; one column per rule (``oracle`` is 0 by definition). A rule
+    Rows are ``method`` × ``labels``, where ``method`` is the configuration's row name as the
+    leaderboard prints it (:func:`~dabench.analysis.results.entry_names`, e.g.
+    ``dann (trade_off=0.3)``): two configurations of a method are two rows, never one pool (a
+    rule that picks well for one and badly for the other would read as middling for both).
+    One column per rule (``oracle`` is 0 by definition). A rule
     whose reads the budget's protocol forbids has NaN there (:func:`mark_not_applicable` shows it
     as "n/a"; :func:`protocol_notes` says why).
     """
@@ -272,7 +276,7 @@ def rule_regret(df: pd.DataFrame) -> pd.DataFrame:
             sel = oracle if name == "oracle" else select(df, name)
             frames[name] = oracle["accuracy"] - sel["accuracy"]
     reg = pd.DataFrame(frames)
-    reg["method"] = oracle["method"].to_numpy()
+    reg["method"] = entry_names(oracle)
     reg["labels"] = oracle["labels"].to_numpy()
     reg = reg[oracle["status"].to_numpy() == "complete"]
     if reg.empty:

@@ -17,6 +17,13 @@ in the folder is a candidate (restrict with ``--where``). :func:`select_config` 
 one row per method (the chosen run, its settings minus the swept keys, so the leaderboard shows
 one row per method) and the leaderboard, statistics and figures then work on it unchanged.
 
+Trials that did not complete. A **diverged** trial is no candidate: a rule sees the divergence
+without any label, as a practitioner would, so the pick is over the other trials, and the
+leaderboard's notes name it (``left_out``). A trial that **failed**, was skipped, is running or
+has not run means the seed's sweep is not over: a pick among the trials that happen to be done
+would change as the rest finish, so the seed is *missing* (the leaderboard shows ``(k/n)``, and
+lists the seed with the trial and its status/error), exactly as an unfinished seed of a plain run.
+
 A rule that reads data the candidates' protocol forbids (``source-val`` and ``dev`` read source
 labels; ``source-free`` runs have none) chooses nothing for them: the group keeps one row that
 the leaderboard shows as "n/a", its accuracy, regret and Kendall tau cells are NaN (the report
@@ -105,7 +112,15 @@ def select_config(df: pd.DataFrame, rule: str) -> pd.DataFrame:
     for key, g in d.groupby(GROUP, sort=False):
         best = None  # (score, step, -rank of run id) and the row index
         complete = g[g["status"] == "complete"]
+        keys = swept.get((key[0], key[1]), [])
         barred = not_applicable(rule, g["protocol"].iloc[0])  # one budget, hence one protocol
+        unfinished = g[~g["status"].isin(["complete", DIVERGED])]
+        if len(unfinished) and len(complete) and not barred:
+            # the sweep of this seed is not over: a pick among the trials that happen to be done would
+            # change as the others finish, so the seed is missing (with the trial and its status),
+            # exactly as an unfinished seed of a plain run
+            rows.append(_unfinished_row(d, unfinished, keys, int(complete["config"].nunique())))
+            continue
         order = [] if barred else sorted(complete.index, key=lambda i: str(complete.at[i, "run_id"]))
         for rank, i in enumerate(order):
             for e in complete.at[i, "curve"] or []:
@@ -117,15 +132,67 @@ def select_config(df: pd.DataFrame, rule: str) -> pd.DataFrame:
                 if best is None or k > best[0]:
                     best = (k, i)
         idx = best[1] if best is not None else g.index[0]
-        row = d.loc[idx].copy()
-        keys = swept.get((key[0], key[1]), [])
-        st = dict(row["settings"])
-        row["chosen"] = {} if barred else {k: st.get(k) for k in keys}
-        row["settings"] = {k: v for k, v in st.items() if k not in keys}
-        row["config"] = json.dumps(row["settings"], sort_keys=True, default=str, separators=(",", ":"))
+        row = _reduced(d.loc[idx], keys)
+        if barred:
+            row["chosen"] = {}
         row["trials"] = int(complete["config"].nunique()) if len(complete) else int(g["config"].nunique())
+        # diverged trials are no candidates (a rule sees the divergence without any label), but they
+        # are named: the leaderboard notes them (tables.prepare reads ``left_out``)
+        row["left_out"] = (
+            [f"{_trial_name(r, keys)} diverged" + _at(r) for _, r in g[g["status"] == DIVERGED].iterrows()]
+            if len(complete) and not barred
+            else []
+        )
         rows.append(row)
     return pd.DataFrame(rows).reset_index(drop=True)
+
+
+DIVERGED = "diverged"
+
+
+def _trial_name(row: pd.Series, keys: list[str]) -> str:
+    """A trial by its swept settings, e.g. ``dann.trade_off=1.0``."""
+    st = row["settings"]
+    return ", ".join(f"{k}={st.get(k)}" for k in keys) or str(row["run_id"])
+
+
+def _at(row: pd.Series) -> str:
+    step = row.get("diverged_at_step")
+    return f" at step {int(step)}" if _finite(step) else ""
+
+
+def _reduced(row: pd.Series, keys: list[str]) -> pd.Series:
+    """A copy of ``row`` with ``chosen`` (its swept settings) and ``settings``/``config`` without them."""
+    row = row.copy()
+    st = dict(row["settings"])
+    row["chosen"] = {k: st.get(k) for k in keys}
+    row["settings"] = {k: v for k, v in st.items() if k not in keys}
+    row["config"] = json.dumps(row["settings"], sort_keys=True, default=str, separators=(",", ":"))
+    return row
+
+
+#: which unfinished trial explains a missing seed best: an error before a run still to come
+_EXPLAINS = {"failed": 0, "skipped": 1, "running": 2, "pending": 3}
+
+
+def _unfinished_row(d: pd.DataFrame, unfinished: pd.DataFrame, keys: list[str], done: int) -> pd.Series:
+    """The row standing for a seed whose sweep has trials not finished (failed, skipped, running,
+    pending): that trial's own status and error, prefixed with which trial it is, so the
+    leaderboard counts the seed as missing and says why."""
+    i = min(
+        unfinished.index,
+        key=lambda j: (_EXPLAINS.get(str(unfinished.at[j, "status"]), 9), str(unfinished.at[j, "run_id"])),
+    )
+    row = _reduced(d.loc[i], keys)
+    n = len(unfinished)
+    err = row["error"] if isinstance(row["error"], str) and row["error"] else str(row["status"])
+    row["error"] = (
+        f"sweep trial {_trial_name(d.loc[i], keys)} {row['status']} ({n} of {n + done} trials unfinished): {err}"
+    )
+    row["chosen"] = {}
+    row["trials"] = done
+    row["left_out"] = []
+    return row
 
 
 def _accuracy(df: pd.DataFrame, rule: str) -> pd.DataFrame:

@@ -13,16 +13,23 @@ Rows are **configurations**, never pools: a row is a method, its label budget an
 setting of its run spec except the seed (see :func:`dabench.analysis.results.spec_settings`).
 Configurations of one method that differ on some pair become separate rows named by what
 differs, e.g. ``dann (steps=2000)``; a method with several budgets shows them, e.g.
-``dann (0)`` / ``dann (5/class)``. *Best* and *tied* marks, ranks and averages are computed
+``dann (0)`` / ``dann (5/class)``. Settings that differ only between pairs (pair-default
+schedules, a hyperparameter set per pair) keep one row, and a note names them with each pair's
+value (:func:`dabench.analysis.results.settings_across_pairs`). *Best* and *tied* marks, ranks and averages are computed
 **within one budget**. A cell never holds the same seed twice.
 
 Missing seeds. The planned seeds of a cell are those of the folder's ``matrix.json`` and of
 every record of that configuration and pair, whatever its status. A cell with fewer
 completed seeds than planned shows ``(k/n)``; its mean is over the k completed seeds, it is
-never marked best or †, and its row's avg and rank carry ``*``. The runs left out are listed
+never marked best or †, and its row's avg, rank and gain carry ``*`` (every gain does when
+the source-only baseline misses seeds). It never moves another row's
+rank: ranks within a pair are over the complete cells, and such a cell gets the rank it would
+take among them without displacing any (a diverged method's surviving seeds must not push the
+complete rows below them down a place). The runs left out are listed
 (``Leaderboard.missing``) with their status and the first line of their error.
 
-Marks: the best mean of each column (within its budget) is **bold**; an entry that is *not
+Marks: the best mean of each column (within its budget) is **bold** (every complete cell equal
+to it, should several tie); an entry that is *not
 significantly worse* than that best is marked too (underlined in HTML/LaTeX, "†" in
 Markdown/text). The test is a one-sided Welch t-test over seeds (unequal variances;
 H1: the entry's mean is below the best's), p > 0.05 → not significantly worse. Entries with
@@ -37,7 +44,8 @@ counted as missing seeds, and leaves the bests, ranks and statistics of that rul
 
 ``avg`` is the mean over pairs of the per-pair means (shown only for rows that have every
 pair of the table); ``rank`` is the average over pairs of the rank within the pair (1 =
-best, ties share the mean rank); ``gain`` is ``avg`` minus the ``source-only`` row's
+best, ties share the mean rank); a row missing pairs of its budget averages other pairs than the
+rest, so it is listed after the rows that have them all and is never the best rank (a note names it); ``gain`` is ``avg`` minus the ``source-only`` row's
 ``avg`` (over the pairs both have).
 """
 
@@ -45,7 +53,6 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import math
 import re
 import warnings
@@ -58,7 +65,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from .render import html_grid, latex_grid, md_grid, tex_escape
-from .results import filter_runs, label_budget
+from .results import entry_names, filter_runs, settings_across_pairs
 from .selection import NOT_APPLICABLE, protocol_notes, rule_title, select
 
 SOURCE_ONLY = ("source-only", "source_only")
@@ -165,7 +172,7 @@ class Leaderboard:
     # ---- text exports -------------------------------------------------------------
     def legend(self) -> list[str]:
         lines = [
-            "Cells: mean ± std over seeds [95% t-interval of the mean]; accuracy in %. "
+            "Cells: mean ± sample std (n−1) over seeds [95% t-interval of the mean]; accuracy in %. "
             "A row is one configuration (method + every run setting but the seed).",
             f"Bold = best of the column within a label budget; † = not significantly worse "
             f"than the best ({TEST_NAME}).",
@@ -283,59 +290,11 @@ def _num(v: Any) -> object:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 4)
 
 
-def _short_key(key: str, method: str, settings_keys: set[str]) -> str:
-    """``dann.trade_off`` → ``trade_off`` unless that bare name is itself a setting."""
-    prefix = f"{method}."
-    if key.startswith(prefix) and key[len(prefix) :] not in settings_keys:
-        return key[len(prefix) :]
-    return key
-
-
-def _show(v: object) -> str:
-    return json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
-
-
-def entry_names(df: pd.DataFrame) -> list[str]:
-    """The row name of every run of ``df``: its method, plus what tells its configuration apart.
-
-    Runs of one method and label budget are split by the settings whose values vary among
-    that method's configurations **within one pair** (varying only across pairs, as pair-
-    default schedules do, does not split a row). A method with several budgets shows the
-    budget. Names are made unique with ``#2``, ``#3`` … should two rows still print alike.
-    """
-    if df.empty:
-        return []
-    labels = [label_budget(p, k) for p, k in zip(df["protocol"], df["target_shots"])]
-    methods = [str(m) for m in df["method"]]
-    settings = list(df["settings"])
-    pairs = [str(p) for p in df["pair"]]
-    budgets: dict[str, set[str]] = {}
-    for m, lab in zip(methods, labels):
-        budgets.setdefault(m, set()).add(lab)
-    varying: dict[tuple[str, str], list[str]] = {}
-    groups: dict[tuple[str, str, str], list[dict]] = {}
-    for m, lab, p, st in zip(methods, labels, pairs, settings):
-        groups.setdefault((m, lab, p), []).append(st)
-    for (m, lab, _), sts in groups.items():
-        all_keys = set().union(*sts) - {"method"}
-        v = {k for k in all_keys if len({_show(st.get(k)) for st in sts}) > 1}
-        varying[(m, lab)] = sorted(set(varying.get((m, lab), [])) | v)
-    names: dict[tuple, str] = {}
-    out = []
-    for m, lab, st in zip(methods, labels, settings):
-        keys = varying[(m, lab)]
-        ident = (m, lab, tuple(_show(st.get(k)) for k in keys))
-        if ident not in names:
-            parts = [lab] if len(budgets[m]) > 1 else []
-            parts += [f"{_short_key(k, m, set(st))}={_show(st.get(k))}" for k in keys]
-            name = f"{m} ({', '.join(parts)})" if parts else m
-            taken = set(names.values())
-            base, i = name, 2
-            while name in taken:
-                name, i = f"{base} #{i}", i + 1
-            names[ident] = name
-        out.append(names[ident])
-    return out
+def _per_pair(vals: dict[str, str], limit: int = 4) -> str:
+    """``a=0.3, b=1.0``; past ``limit`` pairs only how many values over how many pairs (a note stays a line)."""
+    if len(vals) > limit:
+        return f"{len(set(vals.values()))} values over {len(vals)} pairs"
+    return ", ".join(f"{p}={v}" for p, v in vals.items())
 
 
 def _missing_detail(row: pd.Series, rule: str) -> str:
@@ -346,11 +305,16 @@ def _missing_detail(row: pd.Series, rule: str) -> str:
     if status == "diverged":
         step = row.get("diverged_at_step")
         first = f"non-finite loss at step {int(step)}" if pd.notna(step) else "non-finite loss"
-        return first + (f"; {row['error']}" if isinstance(row.get("error"), str) and row["error"] else "")
+        err = row["error"] if isinstance(row.get("error"), str) and row["error"] else ""
+        if first in err:  # the engine's own message already says it (and which loss part)
+            return err
+        return first + (f"; {err}" if err else "")
+    # a sweep's seed whose trial has not run carries which trial it is (sweeps.select_config)
+    why = f"; {row['error']}" if isinstance(row.get("error"), str) and row["error"] else ""
     if status == "pending":
-        return "no record yet (planned in matrix.json)"
+        return "no record yet (planned in matrix.json)" + why
     if status == "running":
-        return "running (no result yet)"
+        return "running (no result yet)" + why
     return str(row["error"]) if isinstance(row.get("error"), str) and row["error"] else status
 
 
@@ -389,6 +353,16 @@ def prepare(
             + ", ".join(sorted(map(str, ok.loc[dup, "run_id"])))
         )
         ok = ok[~dup]
+    across = settings_across_pairs(allr, list(allr["entry"]))
+    if across:
+        notes.append(
+            "Rows whose settings differ between pairs (pair defaults or per-pair settings; each cell "
+            "is one configuration, the row is not): "
+            + "; ".join(
+                f"{e}: " + ", ".join(f"{k} ({_per_pair(vals)})" for k, vals in d.items()) for e, d in across.items()
+            )
+            + "."
+        )
     known = allr[allr["seed"].notna()]
     planned = (
         known.groupby(["entry", "method", "labels", "pair"], sort=False)["seed"]
@@ -406,6 +380,17 @@ def prepare(
         f"those rows show {NOT_APPLICABLE} (not selected by this rule, never filled from another one) "
         "and leave its bests, ranks, statistics and figures.",
     )
+    if "left_out" in allr:  # sweeps.select_config: trials that were no candidates of the pick
+        gone = [
+            f"{e} on {p} seed {int(sd)} ({'; '.join(lo)})"
+            for e, p, sd, lo in zip(allr["entry"], allr["pair"], allr["seed"], allr["left_out"])
+            if isinstance(lo, list) and lo
+        ]
+        if gone:
+            notes.append(
+                "sweep trials that diverged were no candidates of the configuration choice (a rule "
+                "sees a divergence without labels): " + ", ".join(gone) + "."
+            )
     done = set(zip(ok["entry"], ok["pair"], ok["seed"].astype(int)))
     miss = []
     order = {"complete": 9, "pending": 8}  # a failure explains a gap better than a pending spec
@@ -500,14 +485,17 @@ def leaderboard(
         g = g[g["n"] > 0]
         if g.empty:
             continue
-        cells.loc[g.index, "rank"] = g["mean"].rank(ascending=False, method="average")
         eligible = g[g["complete"]]  # a cell missing seeds is never called best or tied
+        cells.loc[g.index, "rank"] = _ranks_among(g["mean"], eligible["mean"])
         if eligible.empty:
             continue
-        b = eligible["mean"].idxmax()
-        cells.loc[b, "best"] = True
+        top = eligible["mean"].max()
+        # every complete cell equal to the best mean is best (bold), as the avg/rank columns mark ties
+        bests = eligible.index[np.isclose(eligible["mean"].to_numpy(float), top, rtol=0.0, atol=1e-9)]
+        cells.loc[bests, "best"] = True
+        b = bests[0]
         for i in g.index:
-            if i == b:
+            if i in bests:
                 continue
             p = welch_less_p(cells.at[i, "values"], cells.at[b, "values"])
             cells.at[i, "p_vs_best"] = p
@@ -537,15 +525,25 @@ def leaderboard(
     summary = pd.DataFrame(summ).set_index("entry")
     if (summary["avg"].isna() & (summary["not_applicable"] == "")).any():
         notes.append("avg is shown only for rows with results on every pair.")
+    # a rank averages the pairs a row has: rows with fewer pairs than their budget are ranked on other
+    # pairs, so they are never the best rank nor ordered above the rows that have every pair
+    budget_pairs = cells[cells["n"] > 0].groupby("labels")["pair"].nunique()
+    summary["all_pairs"] = [n == budget_pairs.get(lab, -1) for n, lab in zip(summary["n_pairs"], summary["labels"])]
+    partial = summary[~summary["all_pairs"] & (summary["not_applicable"] == "") & (summary["n_pairs"] > 0)]
+    if len(partial):
+        notes.append(
+            "rank averages only the pairs a row has; rows missing pairs of their budget ("
+            + ", ".join(map(str, partial.index))
+            + ") are listed after the others and never marked best rank."
+        )
     # Gain over source-only: same pairs, source-only's UDA row (budget "0"); with several
     # source-only configurations the gain is against the first (named in a note).
-    so_cells = cells[cells["method"].isin(SOURCE_ONLY) & (cells["labels"] == "0") & (cells["n"] > 0)]
-    so_entries = list(dict.fromkeys(so_cells["entry"]))
-    if len(so_entries) > 1:
-        notes.append(f"gain vs source-only is against the row {so_entries[0]!r}.")
-    so = (
-        so_cells[so_cells["entry"] == so_entries[0]].set_index("pair")["mean"] if so_entries else pd.Series(dtype=float)
-    )
+    so_entry, so = source_only_baseline(cells)
+    if (
+        so_entry is not None
+        and cells.loc[cells["method"].isin(SOURCE_ONLY) & (cells["labels"] == "0"), "entry"].nunique() > 1
+    ):
+        notes.append(f"gain vs source-only is against the row {so_entry!r}.")
     has_gain = not so.empty
     gains = []
     for entry in summary.index:
@@ -560,6 +558,7 @@ def leaderboard(
             key=lambda e: (
                 budget_key(summary.at[e, "labels"]),
                 summary.at[e, "method"] not in SOURCE_ONLY,
+                not summary.at[e, "all_pairs"],
                 summary.at[e, "rank"] if not math.isnan(summary.at[e, "rank"]) else math.inf,
                 e,
             ),
@@ -613,20 +612,29 @@ def leaderboard(
     ]
     ok_rows = ~summary["incomplete"]
     best["avg"] = [b and o for b, o in zip(_best_within(summary[ok_rows].reindex(summary.index), "avg", True), ok_rows)]
+    rank_rows = ok_rows & summary["all_pairs"]
     best["rank"] = [
-        b and o for b, o in zip(_best_within(summary[ok_rows].reindex(summary.index), "rank", False), ok_rows)
+        b and o for b, o in zip(_best_within(summary[rank_rows].reindex(summary.index), "rank", False), rank_rows)
     ]
     tied["avg"] = tied["rank"] = False
     if has_gain:
+        # a gain over a cell missing seeds (the row's or the baseline's) is over survivors: starred like avg
+        so_incomplete = bool(summary.at[so_entry, "incomplete"]) if so_entry in summary.index else False
         table["gain vs source-only"] = [
-            NOT_APPLICABLE if na else ("–" if math.isnan(v) else f"{v:+.1f}") for v, na in zip(summary["gain"], na_rows)
+            NOT_APPLICABLE if na else ("–" if math.isnan(v) else f"{v:+.1f}" + ("*" if inc or so_incomplete else ""))
+            for v, na, inc in zip(summary["gain"], na_rows, summary["incomplete"])
         ]
         best["gain vs source-only"] = tied["gain vs source-only"] = False
     if (~cells["complete"]).any():
         notes.append(
             "(k/n) = k of the n planned seeds completed; the mean is over those k. Such a cell is "
-            "never marked best or †, and its row's avg and rank carry *."
+            "never marked best or †, and its row's avg, rank and gain carry * (every gain does when "
+            "the source-only row misses seeds)."
         )
+    ran = cells[cells["n"] > 0]
+    if any((g["n"] == 1).any() and len(g) > 1 for _, g in ran.groupby(["labels", "pair"])):
+        # no † is not "significantly worse" here: a one-seed mean has no spread to test with
+        notes.append("A cell or best with one seed cannot be tested: its column shows no † either way.")
     if (cells["n"] == 2).any():
         notes.append(
             "With 2 seeds the 95% t-interval is mean ± 12.7·s/√2 (t with 1 d.o.f.): too wide to inform; run ≥ 3 seeds."
@@ -634,6 +642,39 @@ def leaderboard(
     if ((cells["ci_low"] == BOUNDS[0]) | (cells["ci_high"] == BOUNDS[1])).any():
         notes.append("Intervals are clipped to [0, 100].")
     return Leaderboard(rule, title, table, cells, summary, best, tied, pairs, tuple(notes), missing)
+
+
+def source_only_baseline(cells: pd.DataFrame) -> tuple[str | None, pd.Series]:
+    """The row every gain is measured against, and its mean per pair: the first ``source-only``
+    row of the UDA budget ("0") with results, or (None, empty) when there is none.
+
+    One row, never a pool: with several source-only configurations (e.g. two ``steps``) the
+    gain column, the gain figure and their note all name the same one.
+    """
+    so = cells[cells["method"].isin(SOURCE_ONLY) & (cells["labels"] == "0") & (cells["n"] > 0)]
+    if so.empty:
+        return None, pd.Series(dtype=float)
+    entry = str(so["entry"].iloc[0])
+    return entry, so[so["entry"] == entry].set_index("pair")["mean"]
+
+
+def _ranks_among(means: pd.Series, complete: pd.Series) -> pd.Series:
+    """Rank (1 = best, ties share the mean rank) of each of ``means`` among the ``complete`` cells only.
+
+    A complete cell's rank is its rank among the complete cells; a cell missing seeds gets the
+    rank it would take among them (1 + the complete cells above it + ½ per tie) without
+    displacing any. Ranking the survivors of a diverged cell among the others would push every
+    complete row below it down a place: its rank would depend on a result that does not exist.
+    """
+    ref = complete.to_numpy(float)
+    out = {}
+    for i, m in means.items():
+        if i in complete.index:
+            above, ties = float(np.sum(ref > m)), float(np.sum(ref == m)) - 1.0
+        else:
+            above, ties = float(np.sum(ref > m)), float(np.sum(ref == m))
+        out[i] = 1.0 + above + ties / 2.0
+    return pd.Series(out)
 
 
 def _best_within(summary: pd.DataFrame, col: str, maximise: bool) -> list[bool]:
