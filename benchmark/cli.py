@@ -1,4 +1,4 @@
-"""Command line: ``dabench run | list | report | status``."""
+"""Command line: ``dabench run | list | report | bench | status``."""
 
 from __future__ import annotations
 
@@ -149,7 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"where datasets live (default: $DABENCH_DATA or {default_data_root()})",
     )
     r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    r.add_argument("--rule", default="last", help="model-selection rule for the printed leaderboard (default: last)")
+    r.add_argument(
+        "--rule",
+        default="last",
+        help="model-selection rule for the printed leaderboard: last, source-val, entropy, im, snd, dev, oracle (default: last)",
+    )
     r.add_argument(
         "--checkpoint-every",
         type=int,
@@ -407,9 +411,16 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def _run(args: argparse.Namespace) -> int:
     # subcommand modules are imported when their command runs: ``dabench list`` and ``--help``
     # stay fast, and one command's heavy dependencies (pandas, scipy, seaborn) never load for another
+    from .analysis.selection import check_rule
     from .running.executors import ExecutorOptions, make_executor
     from .running.scheduler import prepare_rerun, run_matrix, write_matrix_file
 
+    # the printed leaderboard's rule is checked before anything runs: a typo found only by the
+    # report at the end would cost the whole matrix's training time
+    try:
+        check_rule(args.rule)
+    except ValueError as exc:
+        raise MatrixError(f"--rule {args.rule}: {exc}") from None
     if args.rerun:
         if args.sweep or args.trials is not None:
             raise MatrixError("--rerun repeats a run exactly as recorded; it takes no --sweep or --trials")

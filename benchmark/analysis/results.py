@@ -87,7 +87,7 @@ def _runs_folder(d: Path) -> Path:
     if not d.exists():
         raise FileNotFoundError(
             f"results folder {str(d)!r} does not exist; expected a folder holding runs/<run_id>.json "
-            "(the --out folder of 'dabench run')"
+            "(the --results folder of 'dabench run')"
         )
     if not d.is_dir():
         raise NotADirectoryError(f"results folder {str(d)!r} is a file, not a folder")
