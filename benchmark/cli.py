@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     b = sub.add_parser("bench", help="training images/s per method vs the bare backbone on this machine")
-    b.add_argument("--pair", default="digits-offline", help="pair whose data, model and batch are used")
+    b.add_argument("--pair", default="digits-offline", help="pair whose data, model and batch are used (default: digits-offline)")
     b.add_argument("--methods", help="comma-separated names or globs (default: all registered)")
     b.add_argument(
         "--steps",
