@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import pathlib
+import select
 import sys
 import time
 from collections.abc import Sequence
@@ -304,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     b = sub.add_parser("bench", help="training images/s per method vs the bare backbone on this machine")
-    b.add_argument("--pair", default="digits-offline", help="pair whose data, model and batch are used (default: digits-offline)")
+    b.add_argument(
+        "--pair", default="digits-offline", help="pair whose data, model and batch are used (default: digits-offline)"
+    )
     b.add_argument("--methods", help="comma-separated names or globs (default: all registered)")
     b.add_argument(
         "--steps",
@@ -559,18 +563,42 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on its write end)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without a descriptor
+        return False
+    if not hasattr(select, "poll"):  # Windows: a BrokenPipeError there is stdout's as a rule
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(ev & select.POLLERR for _, ev in poller.poll(0))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
-            return _run(args)
-        if args.command == "list":
-            return _list(args)
-        if args.command == "report":
-            return _report(args)
-        if args.command == "bench":
-            return _bench(args)
-        return _status(args)
+            code = _run(args)
+        elif args.command == "list":
+            code = _list(args)
+        elif args.command == "report":
+            code = _report(args)
+        elif args.command == "bench":
+            code = _bench(args)
+        else:
+            code = _status(args)
+        sys.stdout.flush()  # here, where a closed reader is caught below, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise  # another pipe (a worker's): its traceback is the information
+        # the reader of the output went away (``dabench list methods | head``, quitting ``less``):
+        # stop quietly as other command-line tools do; stdout goes to /dev/null so that the
+        # interpreter's last flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool its pipe stopped
     except WriteFault as exc:
         print(
             f"dabench: error: {exc}; nothing complete is lost: make it writable or free space, "

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import pathlib
+import subprocess
+import sys
+
+import pytest
 
 from dabench.cli import main
 
@@ -26,3 +30,16 @@ def test_misspelt_method_or_pair_suggests_the_close_names_and_the_plugin_flag(ca
     assert "unknown pair 'mnist-usp' (did you mean 'mnist-usps'?)" in err and "groups: office31" in err
     assert main(["run", "--dry-run", "--methods", "qqq"]) == 2
     assert "did you mean" not in capsys.readouterr().err  # nothing close: no guess
+
+
+@pytest.mark.parametrize("argv", [["list", "methods"], ["run", "--dry-run", "--methods", "zoo", "--seeds", "0,1,2,3"]])
+def test_output_into_a_closed_pipe_ends_quietly(argv: list[str]) -> None:
+    """``dabench list methods | head`` (or quitting ``less``) stops without a traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dabench.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first write: every write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err
