@@ -88,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    r.add_argument("--matrix", type=pathlib.Path, help="TOML matrix file ([matrix] methods/pairs/seeds/plugins, [set])")
+    r.add_argument(
+        "--matrix",
+        type=pathlib.Path,
+        help="TOML matrix file ([matrix] methods/pairs/seeds/plugins/max_trials, [set], [sweep]; see README)",
+    )
     r.add_argument(
         "--methods",
         help=f"comma-separated names, globs or groups (all, uda, few-shot, source-free, zoo; "

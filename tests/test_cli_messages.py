@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from dabench.cli import main
+from fake_runs import write_matrix
 
 
 def test_report_on_a_missing_folder_names_the_flag_that_makes_it(tmp_path: pathlib.Path, capsys) -> None:
@@ -43,3 +44,15 @@ def test_output_into_a_closed_pipe_ends_quietly(argv: list[str]) -> None:
     err = proc.stderr.read().decode()
     assert proc.wait() == 141, err
     assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err
+
+
+def test_where_matching_no_run_names_the_values_present(tmp_path: pathlib.Path, capsys) -> None:
+    """``--where steps=2000`` on a folder run at 600 steps used to print "(no complete runs)"
+    (and a failed figure's warning); it is one error naming the filter and what the runs hold."""
+    write_matrix(tmp_path, {("dann", "a"): [80.0, 81.0], ("source-only", "a"): [70.0, 71.0]}, schedule={"steps": 600})
+    assert main(["report", str(tmp_path), "--where", "steps=2000", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--where steps=2000: no run matches" in err and "steps: 600" in err
+    assert main(["report", str(tmp_path), "--where", "method=dann", "--where", "seed=7"]) == 2
+    assert "seed: 0, 1" in capsys.readouterr().err
+    assert main(["report", str(tmp_path), "--where", "steps=600", "--out", str(tmp_path / "out")]) == 0
