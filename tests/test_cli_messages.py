@@ -56,3 +56,16 @@ def test_where_matching_no_run_names_the_values_present(tmp_path: pathlib.Path, 
     assert main(["report", str(tmp_path), "--where", "method=dann", "--where", "seed=7"]) == 2
     assert "seed: 0, 1" in capsys.readouterr().err
     assert main(["report", str(tmp_path), "--where", "steps=600", "--out", str(tmp_path / "out")]) == 0
+
+
+def test_missing_data_run_shows_the_fix_where_users_look(tmp_path: pathlib.Path, capsys) -> None:
+    """A pair whose files are missing fails its runs; the report and ``dabench status`` show the error's
+    first line, which must carry the fix, and a failed run is no "older record" without validators."""
+    results = tmp_path / "r"
+    argv = ["run", "--pairs", "mnist-usps", "--methods", "source-only", "--seeds", "0", "--no-progress"]
+    assert main([*argv, "--data-root", str(tmp_path / "no-data"), "--results", str(results)]) == 1
+    out = capsys.readouterr().out
+    assert "MissingDataError: MNIST not found under the data root" in out and "DABENCH_DOWNLOAD=1" in out
+    assert "older records" not in out  # the failed run never computed validators: nothing is old
+    assert main(["status", str(results)]) == 0
+    assert "DABENCH_DOWNLOAD=1" in capsys.readouterr().out
