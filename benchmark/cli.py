@@ -1,10 +1,12 @@
-"""Command line: ``dabench run | list | report | status``."""
+"""Command line: ``dabench run | list | report | bench | status``."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import pathlib
+import select
 import sys
 import time
 from collections.abc import Sequence
@@ -86,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    r.add_argument("--matrix", type=pathlib.Path, help="TOML matrix file ([matrix] methods/pairs/seeds/plugins, [set])")
+    r.add_argument(
+        "--matrix",
+        type=pathlib.Path,
+        help="TOML matrix file ([matrix] methods/pairs/seeds/plugins/max_trials, [set], [sweep]; see README)",
+    )
     r.add_argument(
         "--methods",
         help=f"comma-separated names, globs or groups (all, uda, few-shot, source-free, zoo; "
@@ -149,7 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"where datasets live (default: $DABENCH_DATA or {default_data_root()})",
     )
     r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    r.add_argument("--rule", default="last", help="model-selection rule for the printed leaderboard (default: last)")
+    r.add_argument(
+        "--rule",
+        default="last",
+        help="model-selection rule for the printed leaderboard: last, source-val, entropy, im, snd, dev, oracle (default: last)",
+    )
     r.add_argument(
         "--checkpoint-every",
         type=int,
@@ -300,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     b = sub.add_parser("bench", help="training images/s per method vs the bare backbone on this machine")
-    b.add_argument("--pair", default="digits-offline", help="pair whose data, model and batch are used")
+    b.add_argument(
+        "--pair", default="digits-offline", help="pair whose data, model and batch are used (default: digits-offline)"
+    )
     b.add_argument("--methods", help="comma-separated names or globs (default: all registered)")
     b.add_argument(
         "--steps",
@@ -413,9 +425,16 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def _run(args: argparse.Namespace) -> int:
     # subcommand modules are imported when their command runs: ``dabench list`` and ``--help``
     # stay fast, and one command's heavy dependencies (pandas, scipy, seaborn) never load for another
+    from .analysis.selection import check_rule
     from .running.executors import ExecutorOptions, make_executor
     from .running.scheduler import prepare_rerun, run_matrix, write_matrix_file
 
+    # the printed leaderboard's rule is checked before anything runs: a typo found only by the
+    # report at the end would cost the whole matrix's training time
+    try:
+        check_rule(args.rule)
+    except ValueError as exc:
+        raise MatrixError(f"--rule {args.rule}: {exc}") from None
     if args.rerun:
         if args.sweep or args.trials is not None:
             raise MatrixError("--rerun repeats a run exactly as recorded; it takes no --sweep or --trials")
@@ -555,18 +574,42 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on its write end)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without a descriptor
+        return False
+    if not hasattr(select, "poll"):  # Windows: a BrokenPipeError there is stdout's as a rule
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(ev & select.POLLERR for _, ev in poller.poll(0))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
-            return _run(args)
-        if args.command == "list":
-            return _list(args)
-        if args.command == "report":
-            return _report(args)
-        if args.command == "bench":
-            return _bench(args)
-        return _status(args)
+            code = _run(args)
+        elif args.command == "list":
+            code = _list(args)
+        elif args.command == "report":
+            code = _report(args)
+        elif args.command == "bench":
+            code = _bench(args)
+        else:
+            code = _status(args)
+        sys.stdout.flush()  # here, where a closed reader is caught below, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise  # another pipe (a worker's): its traceback is the information
+        # the reader of the output went away (``dabench list methods | head``, quitting ``less``):
+        # stop quietly as other command-line tools do; stdout goes to /dev/null so that the
+        # interpreter's last flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool its pipe stopped
     except WriteFault as exc:
         print(
             f"dabench: error: {exc}; nothing complete is lost: make it writable or free space, "

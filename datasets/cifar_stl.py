@@ -69,7 +69,10 @@ def _missing(dataset: str, root: pathlib.Path) -> MissingDataError:
     files = "\n".join(f"    {root / f}" for f in _FILES[dataset])
     label = {"cifar10": "CIFAR-10 (python version)", "stl10": "STL-10 (binary version)"}[dataset]
     return MissingDataError(
-        f"{label} not found under the data root {root}. Expected torchvision's layout:\n{files}\n"
+        # the first line is what reports and dabench status show: it carries the fix too
+        f"{label} not found under the data root {root} (DABENCH_DOWNLOAD=1 downloads it; "
+        "the full error lists the files expected). "
+        f"Expected torchvision's layout:\n{files}\n"
         f"To get it: run with DABENCH_DOWNLOAD=1 (torchvision downloads into {root}), or unpack the "
         f"official archive there, or point --data-root / $DABENCH_DATA at a folder that has it."
     )

@@ -53,7 +53,9 @@ _TORCHVISION_FILES = {
 def _missing(name: str, root: pathlib.Path) -> MissingDataError:
     tv = "\n".join(f"    {root / f}" for f in _TORCHVISION_FILES[name])
     return MissingDataError(
-        f"{name.upper()} not found under the data root {root}.\n"
+        # the first line is what reports and dabench status show: it carries the fix too
+        f"{name.upper()} not found under the data root {root} (DABENCH_DOWNLOAD=1 downloads it; "
+        "the full error lists the files expected).\n"
         f"Looked for (1) {root / (name + '.npz')} (numpy archive with keys x_train, y_train, x_test, y_test)\n"
         f"and (2) torchvision's layout:\n{tv}\n"
         f"To get it: run with DABENCH_DOWNLOAD=1 (torchvision downloads into {root}), or copy the files "

@@ -212,3 +212,14 @@ def test_cosine_schedule_is_what_the_engine_runs(monkeypatch) -> None:
     expected = [0.02 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)]
     assert lrs == pytest.approx(expected)
     assert lr_factor("cosine", 1.0) == pytest.approx(0.0) and lr_factor("inv", 0.0) == 1.0
+
+
+def test_unknown_rule_is_refused_before_anything_runs(tmp_path: pathlib.Path, capsys) -> None:
+    """``dabench run --rule`` names the printed leaderboard's rule; a typo used to surface only in
+    the report after the whole matrix had trained."""
+    results = tmp_path / "r"
+    argv = ["run", "--methods", "source-only", "--seeds", "0", "--set", "steps=2", "--no-progress"]
+    err = _error(capsys, [*argv, "--results", str(results), "--rule", "source_val"])
+    assert "--rule source_val" in err and "valid rules: last, source-val" in err
+    assert not (results / "runs").exists()  # nothing trained, nothing recorded
+    assert _error(capsys, ["run", "--dry-run", "--rule", "best"]).count("valid rules") == 1

@@ -87,7 +87,7 @@ def _runs_folder(d: Path) -> Path:
     if not d.exists():
         raise FileNotFoundError(
             f"results folder {str(d)!r} does not exist; expected a folder holding runs/<run_id>.json "
-            "(the --out folder of 'dabench run')"
+            "(the --results folder of 'dabench run')"
         )
     if not d.is_dir():
         raise NotADirectoryError(f"results folder {str(d)!r} is a file, not a folder")
@@ -455,7 +455,8 @@ def filter_runs(df: pd.DataFrame, where: Iterable[str] | dict[str, Any] | None) 
     that have it, so ``--where trade_off=0.5`` keeps the source-only baseline beside them.
 
     Raises:
-        ValueError: a malformed item, or a key no run has (the message lists the valid keys).
+        ValueError: a malformed item, a key no run has (the message lists the valid keys), or
+            filters that together match no run (the message lists each key's values).
     """
     items = parse_where(where)
     if not items or df.empty:
@@ -467,6 +468,7 @@ def filter_runs(df: pd.DataFrame, where: Iterable[str] | dict[str, Any] | None) 
         keys.update(s)
         hp_bare.update(k[len(str(m)) + 1 :] for k in s if k.startswith(f"{m}."))
     mask = pd.Series(True, index=df.index)
+    seen: dict[str, set[str]] = {}  # each key's values in these runs, for the no-match message
     for key, values in items:
         if key not in keys and key not in hp_bare:
             raise ValueError(
@@ -491,6 +493,12 @@ def filter_runs(df: pd.DataFrame, where: Iterable[str] | dict[str, Any] | None) 
                 actual = None
             elif hasattr(actual, "item"):  # numpy / pandas scalars (the Int64 seed column)
                 actual = actual.item()
+            seen.setdefault(key, set()).add(str(actual))
             keep.append(any(_matches(actual, v) for v in values))
         mask &= pd.Series(keep, index=df.index)
+    if not mask.any():
+        # an empty report would read as "no complete runs": say which filter emptied it instead
+        given = " ".join(f"{k}={','.join(v)}" for k, v in items)
+        present = "; ".join(f"{k}: {', '.join(sorted(seen[k]))}" for k, _ in items if k in seen)
+        raise ValueError(f"--where {given}: no run matches; the values in these runs are {present}")
     return df[mask]

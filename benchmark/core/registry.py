@@ -11,6 +11,7 @@ else keeps working; only asking for a name that plugin would have provided is an
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import hashlib
 import importlib
@@ -240,8 +241,12 @@ class Registry(Generic[T]):
                 extra += f"; groups: {', '.join(sorted(self._groups))}"
             if self._factories:
                 extra += f"; parametric: {', '.join(p + ':...' for p in sorted(self._factories))}"
+            # the two usual causes: a typo (the closest names), or a plugin's name without its plugin
+            close = difflib.get_close_matches(name, [*self._items, *self._groups], n=3)
+            hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+            extra += f"; a plugin's {self.kind} is loaded with --plugin FILE.py|MODULE (or installed as a package)"
             raise RegistryError(
-                f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(sorted(self._items))}{extra}"
+                f"unknown {self.kind} {name!r}{hint}; valid {self.kind}s: {', '.join(sorted(self._items))}{extra}"
             )
         return self._items[name]
 

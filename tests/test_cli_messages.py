@@ -1,0 +1,71 @@
+"""What a newcomer's common mistakes print: one line naming the value and the fix (README, "Running benchmarks")."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from dabench.cli import main
+from fake_runs import write_matrix
+
+
+def test_report_on_a_missing_folder_names_the_flag_that_makes_it(tmp_path: pathlib.Path, capsys) -> None:
+    missing = tmp_path / "nowhere"
+    assert main(["report", str(missing)]) == 2
+    err = capsys.readouterr().err
+    # 'dabench run' has no --out: the folder it writes is --results
+    assert str(missing) in err and "the --results folder of 'dabench run'" in err and "--out" not in err
+
+
+def test_misspelt_method_or_pair_suggests_the_close_names_and_the_plugin_flag(capsys) -> None:
+    assert main(["run", "--dry-run", "--methods", "dnn,source-only"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'dnn' (did you mean 'dann' or 'dan'?)" in err and "valid methods: adda" in err
+    # a plugin's method asked for without its plugin: the message names the flag that loads it
+    assert "--plugin FILE.py|MODULE" in err
+    assert main(["run", "--dry-run", "--pairs", "mnist-usp"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown pair 'mnist-usp' (did you mean 'mnist-usps'?)" in err and "groups: office31" in err
+    assert main(["run", "--dry-run", "--methods", "qqq"]) == 2
+    assert "did you mean" not in capsys.readouterr().err  # nothing close: no guess
+
+
+@pytest.mark.parametrize("argv", [["list", "methods"], ["run", "--dry-run", "--methods", "zoo", "--seeds", "0,1,2,3"]])
+def test_output_into_a_closed_pipe_ends_quietly(argv: list[str]) -> None:
+    """``dabench list methods | head`` (or quitting ``less``) stops without a traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dabench.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first write: every write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err
+
+
+def test_where_matching_no_run_names_the_values_present(tmp_path: pathlib.Path, capsys) -> None:
+    """``--where steps=2000`` on a folder run at 600 steps used to print "(no complete runs)"
+    (and a failed figure's warning); it is one error naming the filter and what the runs hold."""
+    write_matrix(tmp_path, {("dann", "a"): [80.0, 81.0], ("source-only", "a"): [70.0, 71.0]}, schedule={"steps": 600})
+    assert main(["report", str(tmp_path), "--where", "steps=2000", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--where steps=2000: no run matches" in err and "steps: 600" in err
+    assert main(["report", str(tmp_path), "--where", "method=dann", "--where", "seed=7"]) == 2
+    assert "seed: 0, 1" in capsys.readouterr().err
+    assert main(["report", str(tmp_path), "--where", "steps=600", "--out", str(tmp_path / "out")]) == 0
+
+
+def test_missing_data_run_shows_the_fix_where_users_look(tmp_path: pathlib.Path, capsys) -> None:
+    """A pair whose files are missing fails its runs; the report and ``dabench status`` show the error's
+    first line, which must carry the fix, and a failed run is no "older record" without validators."""
+    results = tmp_path / "r"
+    argv = ["run", "--pairs", "mnist-usps", "--methods", "source-only", "--seeds", "0", "--no-progress"]
+    assert main([*argv, "--data-root", str(tmp_path / "no-data"), "--results", str(results)]) == 1
+    out = capsys.readouterr().out
+    assert "MissingDataError: MNIST not found under the data root" in out and "DABENCH_DOWNLOAD=1" in out
+    assert "older records" not in out  # the failed run never computed validators: nothing is old
+    assert main(["status", str(results)]) == 0
+    assert "DABENCH_DOWNLOAD=1" in capsys.readouterr().out
