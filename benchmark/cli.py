@@ -469,6 +469,14 @@ def _run(args: argparse.Namespace) -> int:
         )
         specs = expand(matrix)
         plugins = matrix.plugins
+    if args.rule == "dev":  # DEV reads saved features: refuse now, not after the matrix trained
+        blind = [s for s in specs if not s.save_features and s.protocol != "source-free"]  # source-free: DEV is n/a
+        if blind:
+            raise MatrixError(
+                f"--rule dev reads each run's saved features, and {len(blind)} of the {len(specs)} runs would not "
+                "save them: add --set save_features=true (or save_features = true in a matrix file's [set] table), "
+                "or print another rule now and report with --rule dev later"
+            )
     if args.workers is not None and args.executor == "inline":
         raise MatrixError(
             f"--workers {args.workers}: the inline executor runs one run at a time in this process; "

@@ -223,3 +223,16 @@ def test_unknown_rule_is_refused_before_anything_runs(tmp_path: pathlib.Path, ca
     assert "--rule source_val" in err and "valid rules: last, source-val" in err
     assert not (results / "runs").exists()  # nothing trained, nothing recorded
     assert _error(capsys, ["run", "--dry-run", "--rule", "best"]).count("valid rules") == 1
+
+
+def test_rule_dev_without_saved_features_is_refused_before_anything_runs(tmp_path: pathlib.Path, capsys) -> None:
+    """DEV reads each run's saved features: ``run --rule dev`` without them used to train the whole
+    matrix and only then have its report refuse."""
+    results = tmp_path / "r"
+    argv = ["run", "--methods", "source-only,shot", "--seeds", "0", "--set", "steps=2", "--no-progress"]
+    err = _error(capsys, [*argv, "--results", str(results), "--rule", "dev"])
+    assert "--rule dev" in err and "1 of the 2 runs" in err  # shot is source-free: DEV is n/a there, not missing
+    assert "--set save_features=true" in err
+    assert not (results / "runs").exists()
+    out = main([*argv, "--results", str(results), "--rule", "dev", "--set", "save_features=true", "--dry-run"])
+    assert out == 0
