@@ -596,7 +596,14 @@ def _stdout_gone() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills `list`'s optional pattern at the first positional it meets, so in
+    # `dabench list methods --plugin X 'mcc*'` the pattern after the option would be refused
+    if extra and args.command == "list" and args.pattern is None and len(extra) == 1 and not extra[0].startswith("-"):
+        args.pattern, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "run":
             code = _run(args)

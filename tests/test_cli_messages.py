@@ -69,3 +69,15 @@ def test_missing_data_run_shows_the_fix_where_users_look(tmp_path: pathlib.Path,
     assert "older records" not in out  # the failed run never computed validators: nothing is old
     assert main(["status", str(results)]) == 0
     assert "DABENCH_DOWNLOAD=1" in capsys.readouterr().out
+
+
+def test_list_takes_its_pattern_after_the_plugin_option(capsys) -> None:
+    """argparse fills an optional positional at the first positional it meets: `list methods
+    --plugin X 'ent*'` refused its pattern ('unrecognized arguments')."""
+    plugin = str(pathlib.Path(__file__).resolve().parents[1] / "examples" / "entmin.py")
+    assert main(["list", "methods", "--plugin", plugin, "ent*"]) == 0
+    out = capsys.readouterr().out
+    assert "entmin" in out and "dann " not in out  # the pattern applied
+    with pytest.raises(SystemExit) as exit_:
+        main(["list", "methods", "dan*", "extra"])
+    assert exit_.value.code == 2 and "unrecognized arguments: extra" in capsys.readouterr().err
