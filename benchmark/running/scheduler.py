@@ -26,7 +26,7 @@ from ..core.domain import default_data_root
 from ..core.record import RecordError, RunRecord, Status, first_line, utc_now
 from ..core.registry import load_plugin
 from ..core.spec import RunSpec
-from ..core.store import RunStore, WriteFault, atomic_write_text, load_record_file
+from ..core.store import RunStore, WriteFault, atomic_write_text, checkpoint_problem, load_record_file
 from .executors import Executor, ExecutorOptions, make_executor
 from .matrix import MatrixError
 from .unit import record_failure
@@ -145,10 +145,12 @@ def run_matrix(
     needed = {s.depends_on for s in specs if s.depends_on and store.status(s.run_id) is not Status.COMPLETE}
     for spec in specs:
         if store.status(spec.run_id) is Status.COMPLETE:
-            if spec.run_id in needed and not store.checkpoint_path(spec.run_id).exists():
-                # its dependants cannot start without the weights: rerun it (same spec, same seed)
+            problem = checkpoint_problem(store.checkpoint_path(spec.run_id)) if spec.run_id in needed else None
+            if problem is not None:
+                # its dependants cannot start without the weights (missing, or cut short):
+                # rerun it (same spec, same seed)
                 note(
-                    f"{spec.label}: complete but its checkpoint {store.checkpoint_path(spec.run_id)} is missing: "
+                    f"{spec.label}: complete but its checkpoint {store.checkpoint_path(spec.run_id)} is {problem}: "
                     f"rerunning it for its dependants (old record kept in {store.root / 'previous'})"
                 )
                 _archive_record(store, spec.run_id)

@@ -25,7 +25,7 @@ from ..core.domain import PairData
 from ..core.record import RunRecord, RunResult, Status, utc_now
 from ..core.registry import PAIRS
 from ..core.spec import RunSpec
-from ..core.store import RunStore, WriteFault
+from ..core.store import RunStore, WriteFault, checkpoint_problem
 from ..core.version import __version__
 from ..engine.options import EngineOptions
 from ..engine.seed_batch import execute_seeds
@@ -129,11 +129,12 @@ def _dependency_ready(spec: RunSpec, store: RunStore, record: RunRecord) -> bool
             store.write(record)
             return False
         ckpt = store.checkpoint_path(spec.depends_on)
-        if not ckpt.exists():
+        problem = checkpoint_problem(ckpt)
+        if problem is not None:
             record.fail(
                 Status.FAILED,
-                "MissingCheckpoint",
-                f"source-only run {spec.depends_on} is complete but its checkpoint {ckpt} is missing; "
+                "MissingCheckpoint" if problem == "missing" else "CorruptCheckpoint",
+                f"source-only run {spec.depends_on} is complete but its checkpoint {ckpt} is {problem}; "
                 f"recreate it with: dabench run --rerun {spec.depends_on} --results {store.root}",
                 finished_at=utc_now(),
             )
