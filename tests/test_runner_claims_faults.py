@@ -9,6 +9,7 @@ patched ``os.replace`` refuses the paths a test names, as a read-only file or a 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -197,6 +198,22 @@ def test_damaged_mid_run_checkpoint_restarts_the_run_from_step_0(tmp_path):
     rec = summary.ran[0]
     assert rec["status"] == "complete", rec["error"]
     assert rec["resumed_from_step"] is None and not partial.exists()
+
+
+def test_asking_for_features_of_complete_runs_names_the_rerun(tmp_path, capsys):
+    """``--set save_features=true`` is not part of the run id, so it does not rerun complete runs:
+    the runner says so and names the ``--rerun`` that adds the features (before: silence, and the
+    report's ``dev`` rule then found no features)."""
+    so, _ = _specs()
+    run_matrix([so], tmp_path, ExecutorOptions(device="cpu", progress=False))
+    capsys.readouterr()
+    wanted = dataclasses.replace(so, save_features=True)
+    assert wanted.run_id == so.run_id
+    summary = run_matrix([wanted], tmp_path, ExecutorOptions(device="cpu", progress=False))
+    assert summary.skipped_complete == [so.run_id] and not summary.ran
+    err = capsys.readouterr().err
+    assert "1 complete run(s) saved no features" in err
+    assert f"dabench run --results {tmp_path} --set save_features=true --rerun {so.run_id}" in err
 
 
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):

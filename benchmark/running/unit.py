@@ -203,6 +203,23 @@ def run_group(
     return [records[s.run_id] for s in specs]
 
 
+#: the outcomes a run keeps: no later ``dabench run`` of the matrix runs it again (``--rerun`` does).
+#: A divergence is a result of its configuration and seed, not an accident to retry: rerunning it
+#: on every resume would recompute it, and on a GPU (not bitwise deterministic) re-roll it until
+#: it happened to complete, hiding that it diverged. ``failed`` and ``skipped`` runs are retried.
+KEPT = (Status.COMPLETE, Status.DIVERGED)
+
+
+def _already_done(spec: RunSpec, store: RunStore) -> Outcome | None:
+    """The outcome of a run whose record another runner made :data:`KEPT` (read after the claim), or None."""
+    rec = store.read(spec.run_id)
+    if rec is None or rec.status not in KEPT:
+        return None
+    if rec.status is Status.COMPLETE:
+        return Outcome(spec.run_id, "already-complete")
+    return Outcome(spec.run_id, "already-diverged", rec)
+
+
 def run_claimed(
     spec: RunSpec,
     store: RunStore,
@@ -219,8 +236,9 @@ def run_claimed(
     if not store.claim(spec.run_id):
         return Outcome(spec.run_id, "busy")
     try:
-        if store.status(spec.run_id) is Status.COMPLETE:
-            return Outcome(spec.run_id, "already-complete")
+        done = _already_done(spec, store)
+        if done is not None:
+            return done
         return Outcome(spec.run_id, "ran", run_spec(spec, store, device, data_root, on_step, engine))
     finally:
         store.release(spec.run_id)
@@ -245,8 +263,9 @@ def run_group_claimed(
                 outcomes[spec.run_id] = Outcome(spec.run_id, "busy")
                 continue
             claimed.append(spec)
-            if store.status(spec.run_id) is Status.COMPLETE:
-                outcomes[spec.run_id] = Outcome(spec.run_id, "already-complete")
+            done = _already_done(spec, store)
+            if done is not None:
+                outcomes[spec.run_id] = done
         todo = [s for s in claimed if s.run_id not in outcomes]
         if todo:
             for rec in run_group(todo, store, device, data_root, on_step, engine):
@@ -260,7 +279,8 @@ def run_group_claimed(
 @dataclass
 class Outcome:
     """What became of one submitted run: ``ran`` (``record`` holds its final record), ``busy``
-    (a live process elsewhere holds its claim), ``already-complete``, ``died`` (its process
+    (a live process elsewhere holds its claim), ``already-complete``, ``already-diverged`` (``record``:
+    the kept record, see :data:`KEPT`), ``died`` (its process
     died without a terminal record; the executor has recorded it ``failed``) or ``write-fault``
     (a file of the results folder could not be written: ``error`` says which; the matrix stops)."""
 
@@ -319,4 +339,5 @@ __all__ = [
     "environment",
     "load_pair_data",
     "Outcome",
+    "KEPT",
 ]
