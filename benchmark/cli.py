@@ -525,7 +525,7 @@ def _run(args: argparse.Namespace) -> int:
 
     print(report_text([args.results], rule=args.rule))
     bad = [r for r in summary.ran if r.status is not Status.COMPLETE]
-    return 1 if bad or summary.gave_up else 0
+    return 1 if bad or summary.gave_up or summary.kept_diverged else 0
 
 
 def _report(args: argparse.Namespace) -> int:

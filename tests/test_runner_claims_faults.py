@@ -9,6 +9,7 @@ patched ``os.replace`` refuses the paths a test names, as a read-only file or a 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -17,12 +18,13 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 import pytest
 
 from dabench.cli import main
 from dabench.core import store as store_mod
-from dabench.core.store import RunStore, process_start_time
+from dabench.core.store import RunStore, checkpoint_problem, process_start_time
 from dabench.running.executors import ExecutorOptions
 from dabench.running.matrix import Matrix, expand
 from dabench.running.scheduler import run_matrix
@@ -149,6 +151,69 @@ def test_lost_source_only_checkpoint_is_recreated(tmp_path, capsys):
     assert [(r["run_id"], r["status"]) for r in again.ran] == [(so.run_id, "complete"), (lp.run_id, "complete")]
     assert store.checkpoint_path(so.run_id).exists()
     assert len(list((tmp_path / "previous").glob(f"{so.run_id}.*.json"))) == 1
+
+
+def test_damaged_source_only_checkpoint_is_named_and_recreated(tmp_path, capsys):
+    """A source-only checkpoint cut short (full disk, interrupted copy) or damaged inside fails its
+    dependant with the file's name and the command that recreates it, and the whole matrix reruns
+    the source-only run, as for a lost one (before: torch's error, on every rerun, for ever)."""
+    so, lp = _specs()
+    store = RunStore(tmp_path)
+    run_matrix([so, lp], tmp_path, ExecutorOptions(device="cpu", progress=False))
+    ckpt = store.checkpoint_path(so.run_id)
+    good = ckpt.read_bytes()
+    fix = f"dabench run --rerun {so.run_id} --results {tmp_path}"
+    ckpt.write_bytes(good[: len(good) // 2])  # cut short: no zip directory at the end
+    store.record_path(lp.run_id).unlink()
+    alone = run_matrix([lp], tmp_path, ExecutorOptions(device="cpu", progress=False)).ran[0]
+    assert alone["status"] == "failed" and alone["error"]["type"] == "CorruptCheckpoint"
+    assert str(ckpt) in alone["error"]["message"] and fix in alone["error"]["message"]
+    # damaged inside, its zip directory whole: torch.load fails; the error names the file and the fix
+    with zipfile.ZipFile(ckpt, "w") as archive:
+        archive.writestr("ckpt/data.pkl", b"not a pickle")
+    store.record_path(lp.run_id).unlink()
+    alone = run_matrix([lp], tmp_path, ExecutorOptions(device="cpu", progress=False)).ran[0]
+    assert alone["status"] == "failed" and str(ckpt) in alone["error"]["message"] and fix in alone["error"]["message"]
+    # the whole matrix (cut short again): source-only is rerun and the dependant completes
+    ckpt.write_bytes(good[:1000])
+    capsys.readouterr()
+    again = run_matrix([so, lp], tmp_path, ExecutorOptions(device="cpu", progress=False))
+    assert f"checkpoint {ckpt} is unreadable" in capsys.readouterr().err
+    assert again.rerun_for_checkpoint == [so.run_id]
+    assert [(r["run_id"], r["status"]) for r in again.ran] == [(so.run_id, "complete"), (lp.run_id, "complete")]
+    assert checkpoint_problem(ckpt) is None
+
+
+def test_damaged_mid_run_checkpoint_restarts_the_run_from_step_0(tmp_path):
+    """A mid-run checkpoint only saves time: one that cannot be loaded is named in a warning,
+    removed, and the run starts from step 0 and completes (before: failed on every rerun with
+    torch's error, naming no file)."""
+    so, _ = _specs()
+    store = RunStore(tmp_path)
+    partial = store.checkpoint_path(so.run_id, partial=True)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.warns(UserWarning, match=f"mid-run checkpoint {partial} cannot be loaded"):
+        summary = run_matrix([so], tmp_path, ExecutorOptions(device="cpu", progress=False, checkpoint_every=5))
+    rec = summary.ran[0]
+    assert rec["status"] == "complete", rec["error"]
+    assert rec["resumed_from_step"] is None and not partial.exists()
+
+
+def test_asking_for_features_of_complete_runs_names_the_rerun(tmp_path, capsys):
+    """``--set save_features=true`` is not part of the run id, so it does not rerun complete runs:
+    the runner says so and names the ``--rerun`` that adds the features (before: silence, and the
+    report's ``dev`` rule then found no features)."""
+    so, _ = _specs()
+    run_matrix([so], tmp_path, ExecutorOptions(device="cpu", progress=False))
+    capsys.readouterr()
+    wanted = dataclasses.replace(so, save_features=True)
+    assert wanted.run_id == so.run_id
+    summary = run_matrix([wanted], tmp_path, ExecutorOptions(device="cpu", progress=False))
+    assert summary.skipped_complete == [so.run_id] and not summary.ran
+    err = capsys.readouterr().err
+    assert "1 complete run(s) saved no features" in err
+    assert f"dabench run --results {tmp_path} --set save_features=true --rerun {so.run_id}" in err
 
 
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):

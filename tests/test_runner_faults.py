@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import textwrap
 
 import pytest
+import torch
 
+from dabench.cli import main
 from dabench.core.store import RunStore
 from dabench.running.executors import ExecutorOptions
 from dabench.running.matrix import Matrix, expand
 from dabench.running.scheduler import run_matrix
+from dabench.running.unit import run_claimed
 from tiny_runs import DABENCH, TINY, pid_alive, slow_checkpointed_run, tiny_run, wait_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,9 +64,16 @@ FAULTY = textwrap.dedent('''
 ''')
 
 
-def test_exception_and_nan_are_recorded_and_the_matrix_goes_on(tmp_path):
-    plugin = tmp_path / "faulty.py"
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory) -> pathlib.Path:
+    """FAULTY as one plugin file for the module: its methods may be registered from one path only."""
+    plugin = tmp_path_factory.mktemp("plugin") / "faulty.py"
     plugin.write_text(FAULTY)
+    return plugin
+
+
+def test_exception_and_nan_are_recorded_and_the_matrix_goes_on(tmp_path, faulty):
+    plugin = faulty
     plugins = (TINY, str(plugin))
     specs = expand(
         Matrix(
@@ -84,6 +95,36 @@ def test_exception_and_nan_are_recorded_and_the_matrix_goes_on(tmp_path):
     assert recs["nan-da"]["status"] == "diverged" and recs["nan-da"]["diverged_at_step"] == 7
     assert recs["nan-da"]["error"]["message"] == "non-finite loss at step 7 (loss part 'da' first non-finite at step 7)"
     assert recs["source-only"]["status"] == recs["linear-probe"]["status"] == "complete"
+
+
+def test_a_diverged_run_is_kept_not_rerun_on_resume(tmp_path, capsys, faulty):
+    """A divergence is the run's result: the next run of the matrix keeps the record and names it
+    (before: it was recomputed on every resume, its record overwritten, and on a GPU re-rolled until
+    it happened to complete); the failed run is retried; ``run_claimed`` of a second runner that
+    finds the diverged record after its claim does not run it either; ``--rerun`` still repeats it."""
+    plugin = faulty
+    plugins = (TINY, str(plugin))
+    specs = expand(Matrix(methods=("nan", "boom"), pairs=("tiny",), seeds=(0,), plugins=plugins))
+    nan, boom = specs
+    out, opts = tmp_path / "out", ExecutorOptions(device="cpu", progress=False, plugins=plugins)
+    first = run_matrix(specs, out, opts)
+    assert [r["status"] for r in first.ran] == ["diverged", "failed"]
+    store = RunStore(out)
+    before = store.record_path(nan.run_id).read_bytes()
+    capsys.readouterr()
+    again = run_matrix(specs, out, opts)
+    assert again.kept_diverged == [nan.run_id] and again.counts()["already diverged (kept)"] == 1
+    assert [r["run_id"] for r in again.ran] == [boom.run_id]  # a failure is retried
+    assert store.record_path(nan.run_id).read_bytes() == before
+    assert f"dabench run --rerun RUN_ID --results {out}" in capsys.readouterr().err
+    outcome = run_claimed(nan, store, torch.device("cpu"), pathlib.Path("unused"))
+    assert outcome.kind == "already-diverged" and outcome.record["diverged_at_step"] == 5
+    assert store.record_path(nan.run_id).read_bytes() == before
+    assert main([*tiny_run(out, "nan", "0", "--plugin", str(plugin)), "--no-progress"]) == 1  # not complete: exit 1
+    assert store.record_path(nan.run_id).read_bytes() == before
+    assert main(["run", "--rerun", nan.run_id, "--results", str(out), "--no-progress", "--device", "cpu"]) == 1
+    assert store.read(nan.run_id)["started_at"] is not None and store.record_path(nan.run_id).read_bytes() != before
+    assert len(list((out / "previous").glob(f"{nan.run_id}.*.json"))) == 1
 
 
 def test_corrupt_records_are_named_and_rerun(tmp_path):

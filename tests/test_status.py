@@ -173,3 +173,27 @@ def test_counts_add_up_with_records_outside_the_matrix(tmp_path):
     assert parts["complete"] == 7 and parts["interrupted"] == 1 and "pending" not in parts
     # 3 left of *this* matrix (2 pending + 1 interrupted); the old interrupted run is not counted
     assert "x 3 left" in text
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda text: text[: len(text) // 2],  # cut short
+        lambda text: '"seedx":'.join(text.rsplit('"seed":', 1)),  # the last spec malformed, the rest whole
+    ],
+)
+def test_unreadable_matrix_file_is_named_and_nothing_is_half_counted(tmp_path, damage):
+    """A damaged matrix.json is named with what to do, and every record is counted alike (before: the
+    header said 'no matrix.json', and a spec that failed half way left the specs read before it as
+    'the matrix', counting the other records outside it)."""
+    store = RunStore(tmp_path)
+    specs = [_spec(m, s) for m in ("source-only", "dann") for s in range(2)]
+    path = write_matrix_file(tmp_path, specs)
+    for spec in specs:
+        store.write(base_record(spec, "complete", {"device": "cpu"}))
+    path.write_text(damage(path.read_text()))
+    st = folder_status(tmp_path)
+    assert st.in_matrix is None and st.counts(True)["complete"] == 4 and not st.counts(False)
+    text = status_text(tmp_path)
+    assert f"unreadable {path}" in text and "the next 'dabench run' of the matrix rewrites it" in text
+    assert "records: 4 runs = 4 complete" in text and "outside this matrix" not in text

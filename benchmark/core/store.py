@@ -43,6 +43,7 @@ import threading
 import time
 import uuid
 import warnings
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -425,6 +426,26 @@ class RunStore:
 
     def checkpoint_path(self, run_id: str, partial: bool = False) -> pathlib.Path:
         return self.checkpoints / f"{run_id}{'.partial' if partial else ''}.pt"
+
+
+def checkpoint_problem(path: pathlib.Path) -> str | None:
+    """Why the checkpoint at ``path`` cannot be loaded (``"missing"``, or what is wrong with it), or None.
+
+    torch-free and cheap: ``torch.save`` writes a zip archive whose central directory, at the end of
+    the file, lists a ``data.pkl``; a file cut short (full disk, an interrupted copy) has no such
+    directory. Reading the directory alone, not every tensor's CRC, keeps this fast for the
+    100-MB checkpoints of large backbones; damage inside the archive is found by ``torch.load``.
+    """
+    if not path.exists():
+        return "missing"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        return f"unreadable, not a whole torch checkpoint (truncated?): {exc}"
+    if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        return "unreadable: a zip archive without data.pkl, not a torch checkpoint"
+    return None
 
 
 def load_record_file(path: pathlib.Path) -> tuple[RunRecord | None, RecordError | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,7 @@ import torch
 
 from ..core.domain import DomainPair, PairData, check_target_shots, lr_factor
 from ..core.method import MAIN, Batch, Loss, Method, TargetView
-from ..core.record import RunResult
+from ..core.record import RunResult, first_line
 from ..core.registry import BACKBONES, METHODS
 from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault, atomic_torch_save
@@ -381,7 +382,18 @@ class RunContext:
         path = self.store.checkpoint_path(self.spec.run_id, partial=True)
         if not path.exists():
             return None
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch reports a damaged file as RuntimeError, EOFError, OSError ...
+            # a mid-run checkpoint only saves time: a damaged one (cut short by a full disk, edited)
+            # must not fail the run on every rerun; nothing was loaded yet, so start from step 0
+            warnings.warn(
+                f"mid-run checkpoint {path} cannot be loaded ({first_line(str(exc)) or type(exc).__name__}): "
+                f"removed; run {self.spec.label} starts again from step 0",
+                stacklevel=2,
+            )
+            path.unlink(missing_ok=True)
+            return None
         method.load_state_dict(state["method"])
         saved_opts = state["optimizers"] if "optimizers" in state else {MAIN: state["optimizer"]}
         if set(saved_opts) != set(opts):
@@ -555,7 +567,15 @@ def prepare_method(spec: RunSpec, pair: DomainPair, device: torch.device, store:
             raise FileNotFoundError(
                 f"{spec.method} starts from the source-only run {spec.depends_on}, whose checkpoint {ckpt} is missing"
             )
-        method.net.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
+        try:
+            saved = torch.load(ckpt, map_location=device, weights_only=True)
+        except Exception as exc:  # torch reports a damaged file as RuntimeError, EOFError, OSError, UnpicklingError ...
+            raise RuntimeError(
+                f"{spec.method} starts from the source-only run {spec.depends_on}, whose checkpoint {ckpt} cannot be "
+                f"loaded ({first_line(str(exc)) or type(exc).__name__}); recreate it with: "
+                f"dabench run --rerun {spec.depends_on} --results {store.root}"
+            ) from exc
+        method.net.load_state_dict(saved)
         method.on_init_loaded()  # e.g. ADDA's frozen copy of the loaded encoder (a resume then overwrites it)
     return method
 

@@ -26,10 +26,10 @@ from ..core.domain import default_data_root
 from ..core.record import RecordError, RunRecord, Status, first_line, utc_now
 from ..core.registry import load_plugin
 from ..core.spec import RunSpec
-from ..core.store import RunStore, WriteFault, atomic_write_text, load_record_file
+from ..core.store import RunStore, WriteFault, atomic_write_text, checkpoint_problem, load_record_file
 from .executors import Executor, ExecutorOptions, make_executor
 from .matrix import MatrixError
-from .unit import record_failure
+from .unit import KEPT, record_failure
 
 
 @dataclass
@@ -38,6 +38,7 @@ class MatrixSummary:
 
     ran: list[RunRecord] = field(default_factory=list)
     skipped_complete: list[str] = field(default_factory=list)
+    kept_diverged: list[str] = field(default_factory=list)  # diverged before: kept, not rerun (unit.KEPT)
     busy: list[str] = field(default_factory=list)  # claimed by another live process
     gave_up: list[str] = field(default_factory=list)  # dependants left after waiting WAIT_LIMIT_S for their dependency
     rerun_for_checkpoint: list[str] = field(default_factory=list)  # complete runs rerun: checkpoint lost
@@ -48,6 +49,8 @@ class MatrixSummary:
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {"already complete": len(self.skipped_complete)}
+        if self.kept_diverged:
+            out["already diverged (kept)"] = len(self.kept_diverged)
         for rec in self.ran:
             out[rec.status.value] = out.get(rec.status.value, 0) + 1
         if self.busy:
@@ -142,13 +145,20 @@ def run_matrix(
         tqdm.write(msg, file=sys.stderr)
 
     queue: list[RunSpec] = []
-    needed = {s.depends_on for s in specs if s.depends_on and store.status(s.run_id) is not Status.COMPLETE}
+    needed = {s.depends_on for s in specs if s.depends_on and store.status(s.run_id) not in KEPT}
     for spec in specs:
-        if store.status(spec.run_id) is Status.COMPLETE:
-            if spec.run_id in needed and not store.checkpoint_path(spec.run_id).exists():
-                # its dependants cannot start without the weights: rerun it (same spec, same seed)
+        status = store.status(spec.run_id)
+        if status is Status.DIVERGED:
+            summary.kept_diverged.append(spec.run_id)
+            bar.update(1)
+            continue
+        if status is Status.COMPLETE:
+            problem = checkpoint_problem(store.checkpoint_path(spec.run_id)) if spec.run_id in needed else None
+            if problem is not None:
+                # its dependants cannot start without the weights (missing, or cut short):
+                # rerun it (same spec, same seed)
                 note(
-                    f"{spec.label}: complete but its checkpoint {store.checkpoint_path(spec.run_id)} is missing: "
+                    f"{spec.label}: complete but its checkpoint {store.checkpoint_path(spec.run_id)} is {problem}: "
                     f"rerunning it for its dependants (old record kept in {store.root / 'previous'})"
                 )
                 _archive_record(store, spec.run_id)
@@ -169,6 +179,24 @@ def run_matrix(
             summary.corrupt.append(spec.run_id)
             note(f"corrupt record {bad}: run {spec.label} will be rerun")
         queue.append(spec)
+    featureless = [
+        s.run_id
+        for s in specs
+        if s.save_features and s.run_id in summary.skipped_complete and not store.features_path(s.run_id).exists()
+    ]
+    if featureless:
+        # save_features is not part of the run id, so asking for it does not rerun a complete run
+        note(
+            f"{len(featureless)} complete run(s) saved no features, and --set save_features=true does not rerun them "
+            f"(it is not part of the run id); to add them: dabench run --results {store.root} --set save_features=true "
+            + " ".join(f"--rerun {r}" for r in featureless[:3])
+            + (" ..." if len(featureless) > 3 else "")
+        )
+    if summary.kept_diverged:
+        note(
+            f"{len(summary.kept_diverged)} run(s) diverged before: kept as recorded, not rerun (a divergence is a "
+            f"result); to repeat one: dabench run --rerun RUN_ID --results {store.root}"
+        )
     in_matrix = {s.run_id for s in queue}
     inflight: dict[str, RunSpec] = {}
     elsewhere: dict[str, RunSpec] = {}  # claimed by another live process
@@ -190,10 +218,9 @@ def run_matrix(
         from the queue; one finished meanwhile is counted complete, one held elsewhere stays)."""
         mates = []
         for m in [m for m in queue if m.seed_group == spec.seed_group]:
-            if store.status(m.run_id) is Status.COMPLETE:
+            if store.status(m.run_id) in KEPT:
                 queue.remove(m)
-                summary.skipped_complete.append(m.run_id)
-                bar.update(1)
+                kept(m.run_id)
             elif dependency_ready(m) and not store.claimed_by_live_process(m.run_id):
                 queue.remove(m)
                 mates.append(m)
@@ -201,6 +228,12 @@ def run_matrix(
 
     if options.seed_batch and not ex.groups:
         note(f"--seed-batch: the {type(ex).__name__} runs seeds separately (only inline and local batch them)")
+
+    def kept(run_id: str) -> None:
+        """A run another runner finished meanwhile (complete or diverged): counted, not run."""
+        done = summary.kept_diverged if store.status(run_id) is Status.DIVERGED else summary.skipped_complete
+        done.append(run_id)
+        bar.update(1)
 
     def finish(spec: RunSpec, rec: RunRecord) -> None:
         summary.ran.append(rec)
@@ -221,9 +254,8 @@ def run_matrix(
                 if not dependency_ready(spec):
                     continue
                 queue.remove(spec)
-                if store.status(spec.run_id) is Status.COMPLETE:  # finished by another runner meanwhile
-                    summary.skipped_complete.append(spec.run_id)
-                    bar.update(1)
+                if store.status(spec.run_id) in KEPT:  # finished by another runner meanwhile
+                    kept(spec.run_id)
                     continue
                 if store.claimed_by_live_process(spec.run_id):
                     elsewhere[spec.run_id] = spec
@@ -255,9 +287,8 @@ def run_matrix(
                         raise WriteFault(store.record_path(out.run_id), OSError(out.error), message=out.error)
                     if out.kind == "busy":
                         elsewhere[spec.run_id] = spec
-                    elif out.kind == "already-complete":
-                        summary.skipped_complete.append(spec.run_id)
-                        bar.update(1)
+                    elif out.kind in ("already-complete", "already-diverged"):
+                        kept(spec.run_id)
                     else:
                         assert out.record is not None
                         finish(spec, out.record)
@@ -298,10 +329,11 @@ def run_matrix(
         ex.close()
         bar.close()
     for run_id in elsewhere:
-        if store.status(run_id) is not Status.COMPLETE:
+        status = store.status(run_id)
+        if status not in KEPT:
             summary.busy.append(run_id)
         else:
-            summary.skipped_complete.append(run_id)
+            (summary.skipped_complete if status is Status.COMPLETE else summary.kept_diverged).append(run_id)
     return summary
 
 

@@ -64,6 +64,7 @@ class FolderStatus:
     corrupt: list[str] = field(default_factory=list)  # matrix runs whose record is unreadable (rerun)
     ignored: list[str] = field(default_factory=list)  # other unreadable files: stray JSON, bad claims
     mean_run_s: float | None = None
+    matrix_error: str | None = None  # why matrix.json exists but cannot be read
 
     def counts(self, in_matrix: bool | None = None) -> Counter:
         """States counted over every run (``None``), the matrix's runs (``True``) or the records
@@ -102,14 +103,14 @@ def folder_status(root: str | os.PathLike) -> FolderStatus:
     if mfile.exists():
         try:
             matrix = json.loads(mfile.read_text())
-            out.workers = int(matrix.get("workers") or 1)
-            out.matrix_written_at = matrix.get("written_at")
-            out.executor = matrix.get("executor")
-            for s in matrix.get("specs") or []:
-                specs[RunSpec.from_dict(s).run_id] = s
-            out.in_matrix = len(specs)
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            out.ignored.append(f"{mfile} ({exc})")
+            listed = {RunSpec.from_dict(s).run_id: s for s in matrix.get("specs") or []}
+            workers = int(matrix.get("workers") or 1)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            # all or nothing: half a matrix would count some records as the matrix's, others not
+            out.matrix_error = f"{type(exc).__name__}: {exc}"
+        else:
+            specs, out.workers, out.in_matrix = listed, workers, len(listed)
+            out.matrix_written_at, out.executor = matrix.get("written_at"), matrix.get("executor")
     records: dict[str, RunRecord] = {}
     for path in sorted(store.runs.glob("*.json")) if store.runs.is_dir() else []:
         rec, bad = load_record_file(path)
@@ -193,6 +194,11 @@ def status_text(root: str | os.PathLike) -> str:
         lines.append(
             f"{st.root}: matrix.json written {st.matrix_written_at or 'at an unknown time'} "
             f"({st.in_matrix} runs, {st.executor or 'unknown'} executor, {st.workers} worker(s))"
+        )
+    elif st.matrix_error is not None:
+        lines.append(
+            f"{st.root}: unreadable {st.root / 'matrix.json'} ({st.matrix_error}): pending runs unknown, only "
+            "records are counted; the next 'dabench run' of the matrix rewrites it"
         )
     else:
         lines.append(f"{st.root}: no matrix.json (pending runs unknown: only records are counted)")

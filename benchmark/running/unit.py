@@ -25,7 +25,7 @@ from ..core.domain import PairData
 from ..core.record import RunRecord, RunResult, Status, utc_now
 from ..core.registry import PAIRS
 from ..core.spec import RunSpec
-from ..core.store import RunStore, WriteFault
+from ..core.store import RunStore, WriteFault, checkpoint_problem
 from ..core.version import __version__
 from ..engine.options import EngineOptions
 from ..engine.seed_batch import execute_seeds
@@ -129,11 +129,12 @@ def _dependency_ready(spec: RunSpec, store: RunStore, record: RunRecord) -> bool
             store.write(record)
             return False
         ckpt = store.checkpoint_path(spec.depends_on)
-        if not ckpt.exists():
+        problem = checkpoint_problem(ckpt)
+        if problem is not None:
             record.fail(
                 Status.FAILED,
-                "MissingCheckpoint",
-                f"source-only run {spec.depends_on} is complete but its checkpoint {ckpt} is missing; "
+                "MissingCheckpoint" if problem == "missing" else "CorruptCheckpoint",
+                f"source-only run {spec.depends_on} is complete but its checkpoint {ckpt} is {problem}; "
                 f"recreate it with: dabench run --rerun {spec.depends_on} --results {store.root}",
                 finished_at=utc_now(),
             )
@@ -202,6 +203,23 @@ def run_group(
     return [records[s.run_id] for s in specs]
 
 
+#: the outcomes a run keeps: no later ``dabench run`` of the matrix runs it again (``--rerun`` does).
+#: A divergence is a result of its configuration and seed, not an accident to retry: rerunning it
+#: on every resume would recompute it, and on a GPU (not bitwise deterministic) re-roll it until
+#: it happened to complete, hiding that it diverged. ``failed`` and ``skipped`` runs are retried.
+KEPT = (Status.COMPLETE, Status.DIVERGED)
+
+
+def _already_done(spec: RunSpec, store: RunStore) -> Outcome | None:
+    """The outcome of a run whose record another runner made :data:`KEPT` (read after the claim), or None."""
+    rec = store.read(spec.run_id)
+    if rec is None or rec.status not in KEPT:
+        return None
+    if rec.status is Status.COMPLETE:
+        return Outcome(spec.run_id, "already-complete")
+    return Outcome(spec.run_id, "already-diverged", rec)
+
+
 def run_claimed(
     spec: RunSpec,
     store: RunStore,
@@ -218,8 +236,9 @@ def run_claimed(
     if not store.claim(spec.run_id):
         return Outcome(spec.run_id, "busy")
     try:
-        if store.status(spec.run_id) is Status.COMPLETE:
-            return Outcome(spec.run_id, "already-complete")
+        done = _already_done(spec, store)
+        if done is not None:
+            return done
         return Outcome(spec.run_id, "ran", run_spec(spec, store, device, data_root, on_step, engine))
     finally:
         store.release(spec.run_id)
@@ -244,8 +263,9 @@ def run_group_claimed(
                 outcomes[spec.run_id] = Outcome(spec.run_id, "busy")
                 continue
             claimed.append(spec)
-            if store.status(spec.run_id) is Status.COMPLETE:
-                outcomes[spec.run_id] = Outcome(spec.run_id, "already-complete")
+            done = _already_done(spec, store)
+            if done is not None:
+                outcomes[spec.run_id] = done
         todo = [s for s in claimed if s.run_id not in outcomes]
         if todo:
             for rec in run_group(todo, store, device, data_root, on_step, engine):
@@ -259,7 +279,8 @@ def run_group_claimed(
 @dataclass
 class Outcome:
     """What became of one submitted run: ``ran`` (``record`` holds its final record), ``busy``
-    (a live process elsewhere holds its claim), ``already-complete``, ``died`` (its process
+    (a live process elsewhere holds its claim), ``already-complete``, ``already-diverged`` (``record``:
+    the kept record, see :data:`KEPT`), ``died`` (its process
     died without a terminal record; the executor has recorded it ``failed``) or ``write-fault``
     (a file of the results folder could not be written: ``error`` says which; the matrix stops)."""
 
@@ -318,4 +339,5 @@ __all__ = [
     "environment",
     "load_pair_data",
     "Outcome",
+    "KEPT",
 ]
