@@ -87,8 +87,9 @@ class DomainDiscriminator(nn.Module):
     """features → 1 logit (source = 1, target = 0). A single *logit* with a sigmoid loss:
     a softmax over one output would be constant 1 and give no gradient at all.
 
-    Two hidden layers of ``hidden`` units with BatchNorm and ReLU (Ganin et al. 2016 §5.2.2,
-    the discriminator DANN and CDAN share; CDAN feeds it the multilinear map instead of f).
+    Two hidden layers of ``hidden`` units with BatchNorm and ReLU: the 1024-1024 adversary of
+    Ganin et al. 2016 §5.2.2 with BatchNorm where the paper has dropout (as TLlib's
+    ``DomainDiscriminator``); DANN and CDAN share it, CDAN feeding it the multilinear map instead of f.
     """
 
     def __init__(self, in_features: int, hidden: int) -> None:
@@ -149,7 +150,12 @@ def multi_kernel_mmd(
     with the *squared* Euclidean distance, σ² the mean pairwise squared distance of the joint
     batch (detached: no gradient flows through the bandwidth) and β_u in ``multipliers``.
     Long et al. combine the kernels convexly, k = Σ_u β_u k_u with Σ_u β_u = 1, and learn β; we
-    fix equal weights β_u = 1/m (the *mean* of the m = 5 kernels). TLlib's
+    fix equal weights β_u = 1/m (the *mean* of the m = 5 kernels). Two further choices differ from
+    the paper, as in TLlib's default (``linear=False``): the paper trains with the linear-time
+    *unbiased* estimate (§3.2, a sum over disjoint quad-tuples) where we use the quadratic-time
+    V-statistic over all pairs (biased by O(1/n), lower variance), and the paper's kernel family
+    spans bandwidths 2⁻⁸γ … 2⁸γ (§4) where ours is the five multipliers 1/4 … 4 (TLlib's 2^k for
+    k = −3 … 1, doubled by its 2σ² denominator). TLlib's
     ``MultipleKernelMaximumMeanDiscrepancy`` *sums* its kernels instead (β_u = 1), so its loss
     is m times ours: dabench's ``trade_off=1`` equals TLlib's ``trade_off=0.2``.
     """
