@@ -39,6 +39,8 @@ __all__ = [
 
 #: DAN's bandwidth multipliers β_u: σ²/4 … 4σ² around the batch's mean squared distance
 KERNEL_MULTIPLIERS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: the least bandwidth σ² of :func:`gaussian_kernel_matrix` (a batch of identical rows has σ² = 0)
+SIGMA2_FLOOR = 1e-12
 
 
 # --- gradient reversal ------------------------------------------------------------------
@@ -126,7 +128,11 @@ def gaussian_kernel_matrix(x: torch.Tensor, multipliers: tuple[float, ...] = KER
         sq = x.pow(2).sum(1)
         d2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp_min(0.0)
         n = x.shape[0]
-        sigma2 = d2.detach().sum() / (n * n - n)
+        # floored: a batch of identical rows (JAN's softmax layer once every prediction saturates
+        # to the same one-hot, dead ReLU features) has σ² = 0, and 0/0 made the whole loss NaN.
+        # Its kernel is 1 at any bandwidth (d² = 0), so the floor gives the exact MMD² = 0, and
+        # 1/σ² ≤ 1e12 keeps the backward finite; any batch with a spread above 1e-6 is unchanged
+        sigma2 = (d2.detach().sum() / (n * n - n)).clamp_min(SIGMA2_FLOOR)
         # sum() starts from the int 0, so its type is Tensor | int; with any multiplier it is a Tensor
         total = cast(torch.Tensor, sum(torch.exp(-d2 / (m * sigma2)) for m in multipliers))
         return total / len(multipliers)
