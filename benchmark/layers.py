@@ -39,6 +39,8 @@ __all__ = [
 
 #: DAN's bandwidth multipliers β_u: σ²/4 … 4σ² around the batch's mean squared distance
 KERNEL_MULTIPLIERS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: the least bandwidth σ² of :func:`gaussian_kernel_matrix` (a batch of identical rows has σ² = 0)
+SIGMA2_FLOOR = 1e-12
 
 
 # --- gradient reversal ------------------------------------------------------------------
@@ -87,8 +89,9 @@ class DomainDiscriminator(nn.Module):
     """features → 1 logit (source = 1, target = 0). A single *logit* with a sigmoid loss:
     a softmax over one output would be constant 1 and give no gradient at all.
 
-    Two hidden layers of ``hidden`` units with BatchNorm and ReLU (Ganin et al. 2016 §5.2.2,
-    the discriminator DANN and CDAN share; CDAN feeds it the multilinear map instead of f).
+    Two hidden layers of ``hidden`` units with BatchNorm and ReLU: the 1024-1024 adversary of
+    Ganin et al. 2016 §5.2.2 with BatchNorm where the paper has dropout (as TLlib's
+    ``DomainDiscriminator``); DANN and CDAN share it, CDAN feeding it the multilinear map instead of f.
     """
 
     def __init__(self, in_features: int, hidden: int) -> None:
@@ -125,7 +128,11 @@ def gaussian_kernel_matrix(x: torch.Tensor, multipliers: tuple[float, ...] = KER
         sq = x.pow(2).sum(1)
         d2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp_min(0.0)
         n = x.shape[0]
-        sigma2 = d2.detach().sum() / (n * n - n)
+        # floored: a batch of identical rows (JAN's softmax layer once every prediction saturates
+        # to the same one-hot, dead ReLU features) has σ² = 0, and 0/0 made the whole loss NaN.
+        # Its kernel is 1 at any bandwidth (d² = 0), so the floor gives the exact MMD² = 0, and
+        # 1/σ² ≤ 1e12 keeps the backward finite; any batch with a spread above 1e-6 is unchanged
+        sigma2 = (d2.detach().sum() / (n * n - n)).clamp_min(SIGMA2_FLOOR)
         # sum() starts from the int 0, so its type is Tensor | int; with any multiplier it is a Tensor
         total = cast(torch.Tensor, sum(torch.exp(-d2 / (m * sigma2)) for m in multipliers))
         return total / len(multipliers)
@@ -149,7 +156,12 @@ def multi_kernel_mmd(
     with the *squared* Euclidean distance, σ² the mean pairwise squared distance of the joint
     batch (detached: no gradient flows through the bandwidth) and β_u in ``multipliers``.
     Long et al. combine the kernels convexly, k = Σ_u β_u k_u with Σ_u β_u = 1, and learn β; we
-    fix equal weights β_u = 1/m (the *mean* of the m = 5 kernels). TLlib's
+    fix equal weights β_u = 1/m (the *mean* of the m = 5 kernels). Two further choices differ from
+    the paper, as in TLlib's default (``linear=False``): the paper trains with the linear-time
+    *unbiased* estimate (§3.2, a sum over disjoint quad-tuples) where we use the quadratic-time
+    V-statistic over all pairs (biased by O(1/n), lower variance), and the paper's kernel family
+    spans bandwidths 2⁻⁸γ … 2⁸γ (§4) where ours is the five multipliers 1/4 … 4 (TLlib's 2^k for
+    k = −3 … 1, doubled by its 2σ² denominator). TLlib's
     ``MultipleKernelMaximumMeanDiscrepancy`` *sums* its kernels instead (β_u = 1), so its loss
     is m times ours: dabench's ``trade_off=1`` equals TLlib's ``trade_off=0.2``.
     """

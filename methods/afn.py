@@ -29,6 +29,11 @@ class AFN(Method):
     norm loss sees the dropped-out features, which the paper finds helps larger norms transfer.
     dabench adds that dropout here (between bottleneck and head, training only) because the shared
     bottleneck has none; ``predict`` (evaluation) uses the features without dropout.
+
+    One difference from the authors' code (and TLlib's AFN): they multiply the dropped-out features
+    by √(1 − p) in training, which makes their expected squared norm equal to the undropped one
+    (E‖f_drop‖² = ‖f‖² instead of ‖f‖²/(1 − p)), so the head trains on norms as evaluation sees
+    them. dabench does not (plain inverted dropout); the reference tables were run without it.
     """
 
     protocol = "uda"

@@ -19,6 +19,7 @@ class FineTune(Method):
     protocol = "few-shot"
     uses = Uses(source_labels=False, target_shots=True, init="source-only")
     defaults = {"lr_scale": 0.1, "steps_fraction": 0.5}
+    citation = "Yosinski, Clune, Bengio, Lipson. How transferable are features in deep neural networks? NeurIPS 2014."
 
     def loss(self, batch: Batch, progress: float) -> Loss:
         assert batch.x_shots is not None and batch.y_shots is not None  # uses.target_shots: the engine fills them

@@ -15,7 +15,9 @@ from dabench import (
     register_method,
 )
 
-#: the softmax layer's kernel: one Gaussian at the batch's own bandwidth (β = 1)
+#: the softmax layer's kernel: one Gaussian at the batch's own bandwidth (β = 1). TLlib's JAN fixes
+#: it instead, exp(−‖p − p'‖² / (2 · 0.92²)); dabench takes every layer's bandwidth from its batch,
+#: as DAN's (a deliberate difference; the reference tables were run with it)
 SOFTMAX_MULTIPLIERS: tuple[float, ...] = (1.0,)
 
 
@@ -52,7 +54,8 @@ class JAN(Method):
     total = CE(source) + trade_off · JMMD²((g_s, softmax(h_s)), (g_t, softmax(h_t))), see
     :func:`joint_mmd`: the product of a multi-kernel Gaussian on the bottleneck features g (DAN's
     five bandwidth multipliers 1/4 … 4, equal weights) and one Gaussian on the softmax outputs
-    (multiplier 1), quadratic-time biased estimate. This is the non-adversarial JAN (the paper's
+    (multiplier 1; TLlib fixes that one's σ at 0.92, see ``SOFTMAX_MULTIPLIERS``), quadratic-time
+    biased estimate (the paper's is the linear-time unbiased one). This is the non-adversarial JAN (the paper's
     JAN-A additionally learns the kernel parameters adversarially). Gradients flow through both
     layers: the softmax output's kernel also trains the head.
     """

@@ -22,6 +22,7 @@ class LinearProbe(Method):
     protocol = "few-shot"
     uses = Uses(source_labels=False, target_shots=True, init="source-only")
     defaults = {"weight_decay": 1e-3, "max_iter": 200}
+    citation = "Kornblith, Shlens, Le. Do Better ImageNet Models Transfer Better? CVPR 2019."
 
     def loss(self, batch: Batch, progress: float) -> Loss:
         # Only used if someone runs the probe through the step loop: CE on shots, frozen features.

@@ -34,11 +34,18 @@ class MCD(Method):
     num_k = 4 is the paper's value for digits. The engine's SGD and learning-rate annealing apply
     to both optimisers (the paper used Adam on digits). ``predict``: the log of the two heads'
     mean softmax (the ensemble); ``features``: G's output. Without the authors' entropy term.
+
+    BatchNorm: (A) passes the source batch alone and (C) the target batch alone. (B) passes source
+    and target separately by default (``forward="separate"``, as the authors' code), so the target
+    features the classifiers pull apart in (B) are normalised with the target batch's statistics,
+    exactly as those G pulls together in (C). ``forward="concat"`` (one joint pass in (B), this
+    method's behaviour before 2026-11-26) normalised them with the joint batch's statistics instead:
+    the two adversaries then played on differently normalised target features.
     """
 
     protocol = "uda"
     uses = Uses(source_labels=True, target_unlabeled=True)
-    defaults = {"trade_off": 1.0, "num_k": 4}
+    defaults = {"trade_off": 1.0, "num_k": 4, "forward": "separate"}
     citation = (
         "Saito, Watanabe, Ushiku, Harada. Maximum Classifier Discrepancy for Unsupervised Domain Adaptation. CVPR 2018."
     )
@@ -70,11 +77,18 @@ class MCD(Method):
         ce = F.cross_entropy(s1, y) + F.cross_entropy(s2, y)
         update(("generator", "classifiers"), Loss(total=ce, parts={"ce": ce}))
         # (B) F1, F2 keep the source right and disagree on the target; G fixed
-        x = torch.cat([batch.x_source, batch.x_target])  # one pass: BatchNorm sees both, as in (C)'s target
-        l1, l2 = self._logits(x, detach_features=True)
-        n = len(batch.x_source)
-        ce_b = F.cross_entropy(l1[:n], y) + F.cross_entropy(l2[:n], y)
-        disc_b = classifier_discrepancy(l1[n:], l2[n:])
+        mode = self.hp["forward"]
+        if mode == "separate":  # the target batch alone through BatchNorm, as (C) passes it
+            s1, s2 = self._logits(batch.x_source, detach_features=True)
+            t1, t2 = self._logits(batch.x_target, detach_features=True)
+        elif mode == "concat":
+            n = len(batch.x_source)
+            l1, l2 = self._logits(torch.cat([batch.x_source, batch.x_target]), detach_features=True)
+            s1, s2, t1, t2 = l1[:n], l2[:n], l1[n:], l2[n:]
+        else:
+            raise ValueError(f"mcd.forward must be 'separate' or 'concat', got {mode!r}")
+        ce_b = F.cross_entropy(s1, y) + F.cross_entropy(s2, y)
+        disc_b = classifier_discrepancy(t1, t2)
         update("classifiers", Loss(total=ce_b - trade_off * disc_b, parts={"ce_b": ce_b, "discrepancy_b": disc_b}))
         # (C) G makes them agree on the target, num_k times; F fixed (only G's optimiser steps)
         for _ in range(int(self.hp["num_k"])):

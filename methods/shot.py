@@ -31,7 +31,9 @@ def cluster_pseudo_labels(
     c_k⁽⁰⁾ = Σ_i p_ik f_i / Σ_i p_ik (centroids weighted by the softmax predictions), ŷ_i =
     argmin_k d_cos(f_i, c_k); each of ``rounds`` refinements recomputes c_k as the mean of the
     features labelled k and relabels. A class no feature is assigned to has no centroid and
-    takes no label in the refinement (the authors' ``labelset``). All on the device, no host sync.
+    takes no label in the refinement (the authors' ``labelset``); the first assignment may take
+    every class (their object-recognition code also drops there the classes the classifier's
+    argmax never predicts). All on the device, no host sync.
     """
     f = features.float()
     f = F.normalize(torch.cat([f, f.new_ones(f.shape[0], 1)], 1), dim=1)

@@ -9,6 +9,7 @@ import torch
 
 from dabench.backbones.lenet import LeNet
 from dabench.core.method import Batch
+from dabench.layers import KERNEL_MULTIPLIERS, gaussian_kernel_matrix
 from dabench.methods.coral import coral_loss, covariance
 from dabench.methods.dan import multi_kernel_mmd
 from dabench.methods.dann import DANN, grad_reverse, grl_coefficient
@@ -177,3 +178,26 @@ def test_kernel_matrix_is_float32_under_autocast_and_vmap_and_equals_cdist():
     ks.sum().backward()
     assert xs.grad is not None and torch.isfinite(xs.grad).all()
     torch.testing.assert_close(ks[1], gaussian_kernel_matrix(xs[1].detach()), rtol=1e-4, atol=1e-5)
+
+
+def test_mmd_of_identical_rows_is_zero_not_nan():
+    """A batch whose rows are all equal (JAN's softmax layer when every prediction saturates to the
+    same one-hot; dead ReLU features) has bandwidth σ² = 0. The kernel is then 1 whatever the
+    bandwidth, so MMD² = 0 exactly; 0/0 made it (and the run) NaN before the floor."""
+    from dabench.methods.jan import joint_mmd
+
+    x = torch.zeros(6, 4, requires_grad=True)
+    mmd = multi_kernel_mmd(x[:3], x[3:])
+    assert mmd.item() == 0.0
+    mmd.backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    f = torch.randn(6, 4)
+    p = torch.zeros(6, 3)
+    p[:, 1] = 1.0  # every prediction the same one-hot
+    jm = joint_mmd([f[:3], p[:3]], [f[3:], p[3:]], [KERNEL_MULTIPLIERS, (1.0,)])
+    assert torch.isfinite(jm) and jm.item() >= 0.0
+    # a spread batch keeps its own bandwidth: the floor changes nothing there
+    y = torch.randn(6, 4)
+    d2 = torch.cdist(y, y).pow(2)
+    k = gaussian_kernel_matrix(y, (1.0,))
+    torch.testing.assert_close(k, torch.exp(-d2 / (d2.sum() / 30)), rtol=1e-4, atol=1e-5)

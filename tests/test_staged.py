@@ -106,23 +106,16 @@ def test_each_phase_moves_only_its_part_of_the_network():
 
 def test_phase_b_raises_and_phase_c_lowers_the_discrepancy():
     """(B) steps the classifiers up the target discrepancy, (C) steps the generator down it, each
-    measured on the input that phase sees ((B): source and target in one batch, (C): the target).
+    measured on the input both phases see (the target batch alone through BatchNorm).
     trade_off 10: at a random initialisation the source CE's gradient in (B) would otherwise dominate."""
     m = _mcd(num_k=1, trade_off=10.0)
-    for mod in m.modules():  # LeNet's dropout off: the measurement must see the function each phase stepped
-        if isinstance(mod, torch.nn.modules.dropout._DropoutNd):
-            mod.p = 0.0
+    _no_dropout(m)
     batch = _batch()
-    n = len(batch.x_source)
 
-    def disc() -> tuple[float, float]:
+    def disc() -> float:
         with torch.no_grad():  # train mode: batch statistics, as the phases see
-            f_joint = m.net.features(torch.cat([batch.x_source, batch.x_target]))[n:]
             f_target = m.net.features(batch.x_target)
-            return (
-                classifier_discrepancy(m.net.head(f_joint), m.head2(f_joint)).item(),
-                classifier_discrepancy(m.net.head(f_target), m.head2(f_target)).item(),
-            )
+            return classifier_discrepancy(m.net.head(f_target), m.head2(f_target)).item()
 
     # small plain SGD steps (no momentum carrying phase A's gradient, no decay): each phase's own direction
     opts = {name: torch.optim.SGD(groups, lr=0.01) for name, groups in m.optimizers().items()}
@@ -139,8 +132,36 @@ def test_phase_b_raises_and_phase_c_lowers_the_discrepancy():
     m.train()
     m.step(batch, 0.5, update)
     after_a, after_b, after_c = values
-    assert after_b[0] > after_a[0]  # (B) maximised it
-    assert after_c[1] < after_b[1]  # (C) minimised it
+    assert after_b > after_a  # (B) maximised it
+    assert after_c < after_b  # (C) minimised it
+
+
+def _no_dropout(m: MCD) -> None:
+    """LeNet's dropout off: a measurement must see the deterministic function each phase stepped."""
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.modules.dropout._DropoutNd):
+            mod.p = 0.0
+
+
+@pytest.mark.parametrize("forward, same", [("separate", True), ("concat", False)])
+def test_phase_b_and_c_score_the_same_target_features(forward, same):
+    """The classifiers (B) and the generator (C) play on one quantity: the discrepancy of the target
+    features normalised by BatchNorm with the *target* batch's statistics (the authors' code passes
+    the target alone in both). With no parameter moving between them, (B)'s discrepancy therefore
+    equals (C)'s bit for bit. The old (B) passed source and target as one batch, so the classifiers
+    maximised the discrepancy of differently normalised features (kept as ``forward="concat"``)."""
+    m = _mcd(num_k=1, forward=forward)
+    _no_dropout(m)
+    parts: dict[str, torch.Tensor] = {}
+    m.train()
+    m.step(_batch(), 0.5, lambda names, loss: parts.update(loss.parts))  # no optimiser steps
+    assert torch.equal(parts["discrepancy_b"], parts["da"]) is same
+
+
+def test_mcd_defaults_to_the_authors_separate_passes_and_refuses_an_unknown_mode():
+    assert MCD.defaults["forward"] == "separate"
+    with pytest.raises(ValueError, match=r"mcd.forward must be 'separate' or 'concat', got 'joint'"):
+        _mcd(forward="joint").step(_batch(), 0.5, lambda names, loss: None)
 
 
 def test_an_update_naming_an_undeclared_optimiser_is_refused():

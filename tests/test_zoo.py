@@ -323,3 +323,17 @@ def test_every_zoo_method_trains_above_chance_on_digits(tmp_path):
     for name, rec in accs.items():
         assert rec["status"] == "complete", (name, rec["error"])
         assert rec["final"]["target_acc"] > 30.0, f"{name}: {rec['final']['target_acc']:.1f}% (chance is 10%)"
+
+
+def test_every_builtin_method_but_the_baseline_cites_its_paper():
+    """The project's style: a method names the paper it implements (class ``citation``) and its
+    docstring states the loss; source-only is the baseline and cites none."""
+    from dabench.methods import BUILTIN_METHODS
+
+    for name in BUILTIN_METHODS:
+        cls = dabench.METHODS.get(name)
+        if name == "source-only":
+            continue
+        assert cls.citation and any(str(y) in cls.citation for y in range(2004, 2027)), name
+        doc = cls.__doc__ or ""
+        assert "=" in doc or "min_" in doc, f"{name}: the docstring states no equation"
