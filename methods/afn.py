@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -30,10 +32,10 @@ class AFN(Method):
     dabench adds that dropout here (between bottleneck and head, training only) because the shared
     bottleneck has none; ``predict`` (evaluation) uses the features without dropout.
 
-    One difference from the authors' code (and TLlib's AFN): they multiply the dropped-out features
-    by √(1 − p) in training, which makes their expected squared norm equal to the undropped one
-    (E‖f_drop‖² = ‖f‖² instead of ‖f‖²/(1 − p)), so the head trains on norms as evaluation sees
-    them. dabench does not (plain inverted dropout); the reference tables were run without it.
+    As in the authors' code (and TLlib's AFN), the dropped-out features are multiplied by √(1 − p)
+    in training: inverted dropout alone scales the kept units by 1/(1 − p), so
+    E‖f_drop‖² = ‖f‖²/(1 − p); with the factor E‖f_drop‖² = ‖f‖², and the norms the SAFN term
+    enlarges and the head trains on are the norms evaluation sees.
     """
 
     protocol = "uda"
@@ -54,8 +56,14 @@ class AFN(Method):
             f_s, f_t = self.net.features(batch.x_source), self.net.features(batch.x_target)
         else:
             raise ValueError(f"afn.forward must be 'concat' or 'separate', got {mode!r}")
+        return self._dropout(f_s), self._dropout(f_t)
+
+    def _dropout(self, f: torch.Tensor) -> torch.Tensor:
+        """Training: inverted dropout times √(1 − p), so that E‖f_drop‖² = ‖f‖² (the authors' code)."""
         p = float(self.hp["dropout"])
-        return F.dropout(f_s, p, self.training), F.dropout(f_t, p, self.training)
+        if not self.training or p == 0.0:
+            return f
+        return F.dropout(f, p, True) * math.sqrt(1.0 - p)
 
     def loss(self, batch: Batch, progress: float) -> Loss:
         f_s, f_t = self._dropped_features(batch)

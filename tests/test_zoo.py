@@ -111,6 +111,20 @@ def test_afn_trains_with_dropout_and_predicts_without():
     assert torch.equal(m.predict(batch.x_target), m.net(batch.x_target)[0])
 
 
+def test_afn_dropout_keeps_the_expected_squared_norm():
+    """The authors' √(1 − p) after inverted dropout: E‖f_drop‖² = ‖f‖², the norm evaluation sees
+    (inverted dropout alone gives ‖f‖²/(1 − p): twice it at p = 0.5)."""
+    torch.manual_seed(0)
+    m = AFN(LeNet(), 10)
+    m.train()
+    f = torch.ones(4000, 256)
+    dropped = m._dropout(f)
+    ratio = (dropped.pow(2).sum(1).mean() / f.pow(2).sum(1).mean()).item()
+    assert ratio == pytest.approx(1.0, abs=0.02), ratio
+    m.eval()
+    assert torch.equal(m._dropout(f), f)
+
+
 # --- JAN --------------------------------------------------------------------------------
 def test_jmmd_is_mmd_of_the_product_kernel():
     g = torch.Generator().manual_seed(0)
