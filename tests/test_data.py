@@ -69,3 +69,47 @@ def test_embedded_pair_has_the_documented_sizes():
     assert abs(len(data.target_adapt) - len(data.target_eval)) <= 10
     assert not set(data.target_adapt.tolist()) & set(data.target_eval.tolist())
     assert data.target.images.shape[1:] == (1, 28, 28) and data.target.images.dtype == torch.uint8
+
+
+def test_shot_draws_of_a_seed_are_nested():
+    """The matrix relies on it: removing the largest draw removes every smaller one of the seed."""
+    data = _transductive_pair_data()
+    small = draw_shots(data.target.labels, data.target_adapt, 2, seed=5)
+    large = draw_shots(data.target.labels, data.target_adapt, 6, seed=5)
+    assert torch.isin(small, large).all()
+
+
+def test_a_method_with_more_own_shots_is_scored_on_the_same_images_as_the_others():
+    """``dann.target_shots=6`` beside the pair's 3 on a transductive pair (Office-31): dann's run
+    removed its 6 shots per class from its evaluation set, the other methods only 3, so the
+    seed's methods were scored on different images (the old matrix gave every run eval_shots=k)."""
+    from dabench.running.matrix import Matrix, expand
+
+    specs = expand(
+        Matrix(
+            methods=("source-only", "dann", "linear-probe"),
+            pairs=("office31-A-W",),
+            seeds=(0,),
+            overrides={"dann.target_shots": 6},
+        )
+    )
+    assert {s.method: s.target_shots for s in specs} == {"source-only": 0, "dann": 6, "linear-probe": 3}
+    pair = PAIRS.get("office31-A-W")
+    data = _transductive_pair_data(n=31 * 10, classes=31)
+    data = PairData(
+        data.source,
+        Domain("toy31", data.target.images, data.target.labels, tuple(f"c{i}" for i in range(31))),
+        data.source_train,
+        data.source_val,
+        data.target_adapt,
+        data.target_eval,
+    )
+    evals = [
+        DeviceData(pair, data, torch.device("cpu"), s.seed, s.target_shots, s.eval_shots).target_eval for s in specs
+    ]
+    for e in evals[1:]:
+        assert torch.equal(e.rows, evals[0].rows)
+    assert len(evals[0]) == 31 * (10 - 6)  # dann's 6 shots per class are out of everyone's evaluation set
+    # without a per-method override the run ids (and so existing results) are unchanged: eval_shots = k
+    plain = expand(Matrix(methods=("source-only", "dann"), pairs=("office31-A-W",), seeds=(0,)))
+    assert {s.eval_shots for s in plain} == {3}
