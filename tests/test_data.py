@@ -113,3 +113,37 @@ def test_a_method_with_more_own_shots_is_scored_on_the_same_images_as_the_others
     # without a per-method override the run ids (and so existing results) are unchanged: eval_shots = k
     plain = expand(Matrix(methods=("source-only", "dann"), pairs=("office31-A-W",), seeds=(0,)))
     assert {s.eval_shots for s in plain} == {3}
+
+
+def test_a_class_without_evaluation_images_has_no_per_class_accuracy_and_every_image_counts_once():
+    """Transductive pair, class 2 holds exactly k=3 images: all are shots, none is left to score.
+    Its per-class accuracy was recorded as 0 % (0 hits / max(0, 1)), as if the model missed it."""
+    from dabench.engine.evaluate import evaluate
+    from dabench.engine.train import build_method
+    from dabench.running.matrix import Matrix, expand
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0] * 300 + [1] * 300 + [2] * 3 + [3] * 300)  # 903: batches of 512 + a partial one
+    imgs = torch.randint(0, 255, (len(labels), 1, 28, 28), dtype=torch.uint8, generator=g)
+    dom = Domain("toy", imgs, labels, tuple("abcd"))
+    idx = torch.arange(len(labels))
+    data = PairData(dom, dom, idx[:800], idx[800:], idx, idx)
+    pair = PAIRS.get("digits-offline")
+    dd = DeviceData(pair, data, torch.device("cpu"), seed=0, train_shots=3, eval_shots=3)
+    assert dd.eval_size == len(labels) - 4 * 3
+    torch.manual_seed(0)
+    spec = expand(Matrix(methods=("source-only",), pairs=("digits-offline",), seeds=(0,)))[0]
+    method = build_method(spec, pair).train()
+    point = evaluate(method, dd)
+    assert method.training  # restored after the evaluation's eval mode
+    per_class = point["target_per_class"]
+    # the network has 10 outputs (digits-offline's LeNet): classes 4..9 have no images at all either
+    assert [i for i, v in enumerate(per_class) if v is None] == [2, 4, 5, 6, 7, 8, 9]
+    # per image over all 891 evaluation images, the partial last batch included, each once
+    method.eval()
+    with torch.no_grad():
+        x, y = dd.batch_from(dd.target_eval, torch.arange(dd.eval_size), train=False)
+        pred = method.predict(x).argmax(1)
+    assert abs(point["target_acc"] - 100 * float((pred == y).float().mean())) < 1e-4
+    for c in (0, 1, 3):
+        assert abs(per_class[c] - 100 * float((pred[y == c] == c).float().mean())) < 1e-3
