@@ -153,12 +153,11 @@ def _write_stl(root: pathlib.Path, sub: dict[str, np.ndarray], n: int = 120) -> 
 @pytest.fixture()
 def cifar_stl_root(tmp_path, monkeypatch):
     import torchvision.datasets.cifar as tv_cifar
-    import torchvision.datasets.stl10 as tv_stl
 
     sub = _cifar_subset()
-    # The tiny folders are not the official files, so their md5 checks must be bypassed.
+    # The tiny CIFAR folder is not the official files, so torchvision's md5 checks must be
+    # bypassed. STL-10 is read without torchvision (no check to bypass, no unlabeled_X.bin).
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
-    monkeypatch.setattr(tv_stl.STL10, "_check_integrity", lambda self: True)
     _write_cifar(tmp_path, sub)
     made = _write_stl(tmp_path, sub)
     return tmp_path, sub, made
@@ -204,6 +203,24 @@ def test_stl_mapping_orientation_and_pair(cifar_stl_root) -> None:
     )
     r = PAIRS.get("stl10-cifar10").load(root)
     assert len(r.source) == 115 and len(r.target_eval) == len(torch.unique(r.target_eval))
+
+
+def test_stl_loads_from_the_four_files_it_names_and_refuses_a_truncated_one(cifar_stl_root) -> None:
+    """torchvision's STL10 refused a folder without the unused 2.6 GB unlabeled_X.bin (its md5
+    check covers every file), and the loader then said the four files it lists were missing."""
+    root, _, _ = cifar_stl_root
+    assert sorted(p.name for p in (root / "stl10_binary").iterdir()) == [
+        "test_X.bin",
+        "test_y.bin",
+        "train_X.bin",
+        "train_y.bin",
+    ]
+    d = PAIRS.get("stl10-cifar10").load(root)
+    assert len(d.source) == 115 and d.source.images.shape[1:] == (3, 32, 32)
+    x = root / "stl10_binary" / "train_X.bin"
+    x.write_bytes(x.read_bytes()[: 3 * 96 * 96 * 7])
+    with pytest.raises(ValueError, match=r"train_X.bin holds .*\(7 images .*train_y.bin holds 120 labels"):
+        cifar_stl.read_stl_binary(root, "train")
 
 
 def test_missing_cifar_says_where_and_how(tmp_path) -> None:

@@ -4,6 +4,8 @@ used by the unsupervised selection rules."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .data import DeviceData, Split
@@ -75,8 +77,9 @@ def label_free_scores(logits: torch.Tensor) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def evaluate(method, data: DeviceData) -> dict:
-    """One evaluation of ``method``: accuracy on the seed's target evaluation split and the
-    source-val split; entropy, IM and SND on the fixed validator sample of the target
+    """One evaluation of ``method``: accuracy on the seed's target evaluation split (per image,
+    ``target_acc``; and per class, ``target_per_class``, ``None`` for a class without evaluation
+    images) and the source-val split; entropy, IM and SND on the fixed validator sample of the target
     *adaptation* split (:class:`DeviceData`), so selecting by them never looks at the images
     a run is scored on (unless the pair is transductive: then the two are the same images)."""
     was_training = method.training
@@ -87,7 +90,10 @@ def evaluate(method, data: DeviceData) -> dict:
     num_classes = logits.shape[1]
     per_class_hits = torch.zeros(num_classes, device=logits.device).index_add_(0, labels, correct)
     per_class_n = torch.bincount(labels, minlength=num_classes).float()
-    per_class = per_class_hits / per_class_n.clamp_min(1)
+    # a class with no evaluation image (all its images were shots on a transductive pair, or a
+    # one-image class of a folder pair went to the adaptation half) has no accuracy: NaN, recorded
+    # as null; 0/1 = 0 % read as a class the model got entirely wrong
+    per_class = torch.where(per_class_n > 0, per_class_hits / per_class_n.clamp_min(1), float("nan"))
     src_logits = predict_split(method, data, data.source_val)
     src_acc = (src_logits.argmax(1) == data.source_val.labels).float().mean()
     # the validator sample: images also in the evaluation split reuse their logits (no second
@@ -101,7 +107,7 @@ def evaluate(method, data: DeviceData) -> dict:
     method.train(was_training)
     return {
         "target_acc": values[0],
-        "target_per_class": [round(v * 100, 3) for v in per_class.tolist()],
+        "target_per_class": [None if math.isnan(v) else round(v * 100, 3) for v in per_class.tolist()],
         "source_val_acc": values[1],
         "entropy": values[2],
         "im": values[3],

@@ -6,7 +6,8 @@ Override keys (``--set key=value`` or the ``[set]`` table of a matrix file):
   method's evaluation set);
 - ``backbone`` → the backbone name; ``backbone.<option>`` → a backbone option (e.g. ``weights``);
 - ``<method>.<hparam>`` → one method's hyperparameter (``<method>.target_shots`` runs a UDA
-  method semi-supervised with the shots);
+  method semi-supervised with the shots; the most shots any method takes are removed from every
+  method's evaluation set, so a seed's methods are scored on the same images);
 - ``<hparam>`` → every method of the matrix that declares it;
 - ``save_features`` → runs save source/target features for t-SNE (not part of the run id).
 
@@ -476,14 +477,40 @@ def _expand_trial(matrix: Matrix, methods: list[str], pairs: list[str], specs: d
             raise MatrixError(f"{where}: {shots_error(pair.name, k, pair.max_target_shots)}")
         backbone = backbone_over or pair.backbone
         options = {**pair.backbone_options, **backbone_opts}
+        k_eval = _eval_shots(pair, k, methods, per_method)
         for seed in matrix.seeds:
             for method_name in methods:
-                for spec in _specs_for(method_name, pair, seed, k, schedule, backbone, options, per_method, matrix):
+                for spec in _specs_for(
+                    method_name, pair, seed, k, schedule, backbone, options, per_method, matrix, k_eval
+                ):
                     specs.setdefault(spec.run_id, spec)
 
 
-def _specs_for(method_name, pair, seed, k, schedule, backbone, options, per_method, matrix) -> list[RunSpec]:
+def _eval_shots(pair, k: int, methods: list[str], per_method: dict[str, dict]) -> int:
+    """Shots per class every method's evaluation set leaves out: the most any method of the matrix
+    trains on for ``pair`` (``k``, or a UDA method's own ``<method>.target_shots``).
+
+    The shot draws of a seed are nested (``engine/data.draw_shots``: the first k of one fixed
+    permutation per class), so removing the largest draw from every run's evaluation set scores
+    all methods of a seed on the same images. Removing each run's own draw, as before, gave a
+    method with more shots a smaller evaluation set than the others on a transductive pair
+    (Office-31, ``folder:...,eval=all``), where shots are evaluation images."""
+    most = k
+    for name in methods:
+        cls = METHODS.get(name)
+        if cls.protocol in ("few-shot", "source-free"):
+            continue  # few-shot runs train on k; source-free ones on none (own shots are refused)
+        own = {**pair.method_overrides.get(name, {}), **per_method.get(name, {})}.get("target_shots")
+        if own is not None:
+            most = max(most, int(own))
+    return most
+
+
+def _specs_for(
+    method_name, pair, seed, k, schedule, backbone, options, per_method, matrix, k_eval: int | None = None
+) -> list[RunSpec]:
     cls = METHODS.get(method_name)
+    k_eval = k if k_eval is None else k_eval
     given = {**pair.method_overrides.get(method_name, {}), **per_method.get(method_name, {})}
     own_shots = given.pop("target_shots", None)
     try:
@@ -493,7 +520,7 @@ def _specs_for(method_name, pair, seed, k, schedule, backbone, options, per_meth
     out: list[RunSpec] = []
     depends_on = None
     if cls.uses.init == "source-only":
-        (base,) = _specs_for("source-only", pair, seed, k, schedule, backbone, options, per_method, matrix)
+        (base,) = _specs_for("source-only", pair, seed, k, schedule, backbone, options, per_method, matrix, k_eval)
         out.append(base)
         depends_on = base.run_id
         # the network must be the one the checkpoint holds
@@ -530,7 +557,7 @@ def _specs_for(method_name, pair, seed, k, schedule, backbone, options, per_meth
             seed=int(seed),
             protocol=run_protocol(cls.protocol, run_shots),
             target_shots=run_shots,
-            eval_shots=k,
+            eval_shots=k_eval,
             hparams=hparams,
             schedule=schedule,
             backbone=backbone,
