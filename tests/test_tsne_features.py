@@ -78,3 +78,29 @@ def test_dev_features_come_from_the_adaptation_split_never_the_evaluation_split(
 
     assert nearest(adapt) < 0.05  # float16 rounding only
     assert nearest(evaluation) > 0.05  # digits-offline's adaptation and evaluation images are disjoint
+
+
+def test_tsne_target_features_are_a_uniform_sample_not_the_first_images(tmp_path, one_thread):
+    """On a class-sorted evaluation split larger than FEATURES_PER_DOMAIN (Office-31 is stored
+    class by class), the first images in stored order would leave whole classes out of the t-SNE."""
+    import numpy as np
+    import torch
+
+    from dabench.core.domain import default_data_root
+    from dabench.core.registry import PAIRS
+    from dabench.engine.data import DeviceData, Split
+    from dabench.engine.train import FEATURES_PER_DOMAIN, build_method, save_features
+    from dabench.running.unit import load_pair_data
+
+    spec = expand(Matrix(methods=("source-only",), seeds=(0,), overrides=TINY))[0]
+    pair = PAIRS.get(spec.pair)
+    data = DeviceData(pair, load_pair_data(spec.pair, default_data_root()), torch.device("cpu"), 0, 0, spec.eval_shots)
+    order = data.target_eval.labels.argsort(stable=True).repeat_interleave(2)  # class-sorted, > 1000 images
+    data.target_eval = Split(data.target_eval.images[order], data.target_eval.labels[order])
+    assert len(data.target_eval) > FEATURES_PER_DOMAIN
+    torch.manual_seed(0)
+    save_features(build_method(spec, pair), data, tmp_path / "f.npz", step=20)
+    with np.load(tmp_path / "f.npz") as z:
+        labels = z["target_labels"]
+        assert len(labels) == len(z["target_features"]) == FEATURES_PER_DOMAIN
+    assert set(labels.tolist()) == set(range(pair.num_classes))  # every class, not only the first ones

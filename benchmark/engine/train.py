@@ -523,13 +523,12 @@ def save_features(method: Method, data: DeviceData, path, step: int | None = Non
         ("source", data.source_val, _uniform_subset(len(data.source_val)).to(data.device)),
         ("source_train", data.source, _uniform_subset(len(data.source)).to(data.device)),
         ("validator", data.target, sample),
-        ("target", data.target_eval, None),
+        ("target", data.target_eval, _uniform_subset(len(data.target_eval)).to(data.device)),
     ):
         feats = predict_split(method, data, split, limit=FEATURES_PER_DOMAIN, output="features", indices=idx)
         out[f"{name}_features"] = feats.cpu().numpy().astype(np.float16)
         if name in ("source", "target"):
-            labels = split.labels[idx] if idx is not None else split.labels[: len(feats)]
-            out[f"{name}_labels"] = labels.cpu().numpy()
+            out[f"{name}_labels"] = split.labels[idx].cpu().numpy()
         if name == "source":
             logits = predict_split(method, data, split, indices=idx)
             out["source_logits"] = logits.cpu().numpy().astype(np.float32)
