@@ -123,3 +123,34 @@ def test_a_lost_checkpoint_held_by_another_runner_is_waited_for(tmp_path, monkey
     assert [(r.run_id, r.status.value) for r in summary.ran] == [(so.run_id, "complete"), (lp.run_id, "complete")]
     assert store.checkpoint_path(so.run_id).exists()
     assert len(list((tmp_path / "previous").glob(f"{so.run_id}.*.json"))) == 1
+
+
+def test_rerun_moves_the_record_aside_under_the_claim(tmp_path, monkeypatch):
+    """Two ``--rerun`` of one run at once (or a rerun beside a runner recreating its checkpoint):
+    the second names what happened instead of "cannot write previous/..." (the record was gone)."""
+    from dabench.running.scheduler import prepare_rerun
+
+    (so,) = expand(Matrix(methods=("source-only",), pairs=("tiny",), seeds=(0,), plugins=(TINY,)))
+    run_matrix([so], tmp_path, ExecutorOptions(device="cpu", progress=False))
+    barrier = threading.Barrier(2, timeout=20)
+    real = scheduler.load_record_file
+
+    def read_together(path):  # both have found and read the record before either moves it
+        out = real(path)
+        barrier.wait()
+        return out
+
+    monkeypatch.setattr(scheduler, "load_record_file", read_together)
+    outcomes: list[str] = []
+
+    def rerun(_i: int) -> None:
+        try:
+            prepare_rerun(tmp_path, [so.run_id])
+            outcomes.append("moved")
+        except Exception as exc:  # noqa: BLE001 - the loser's error is the point
+            outcomes.append(f"{type(exc).__name__}: {exc}")
+
+    _in_threads(rerun)
+    loser = next(o for o in outcomes if o != "moved")
+    assert outcomes.count("moved") == 1 and loser.startswith("MatrixError: --rerun ") and "cannot write" not in loser
+    assert len(list((tmp_path / "previous").glob(f"{so.run_id}.*.json"))) == 1

@@ -434,10 +434,17 @@ def prepare_rerun(
                 f"--rerun {run_id}: the spec in {path} now hashes to {spec.run_id} "
                 "(written by another dabench version); run the matrix again instead"
             )
-        if store.claimed_by_live_process(run_id):
-            raise MatrixError(f"--rerun {run_id}: the run is running now (claim {store.claims / (run_id + '.claim')})")
-        _archive_record(store, run_id)
-        store.checkpoint_path(run_id, partial=True).unlink(missing_ok=True)
+        # under the run's claim: a runner (or a second --rerun) moving the same record at once would
+        # otherwise stop with "cannot write previous/..." or move aside the record just rewritten
+        if not store.claim(run_id):
+            raise MatrixError(f"--rerun {run_id}: the run is running now (claim {store.claim_path(run_id)})")
+        try:
+            if not path.exists():
+                raise MatrixError(f"--rerun {run_id}: another dabench run has just moved {path} aside to rerun it")
+            _archive_record(store, run_id)
+            store.checkpoint_path(run_id, partial=True).unlink(missing_ok=True)
+        finally:
+            store.release(run_id)
         specs.append(spec)
     return specs, tuple(plugins)
 
