@@ -105,8 +105,8 @@ def test_text_names_failures_by_first_line_and_gives_eta(folder):
     assert "second line" not in text
     assert "non-finite loss at step 17" in text
     assert "deadbeef0000.json" in text
-    # mean of total_s (30 s) x 4 left (2 pending + 1 interrupted + 1 running) / 2 workers = 60 s
-    assert "ETA: ~1m 00s (mean run 30.0 s x 4 left / 2 worker(s))" in text
+    # mean of total_s (30 s) x 5 left (2 pending + 1 interrupted + 1 running + 1 failed, retried) / 2 workers
+    assert "ETA: ~1m 15s (mean run 30.0 s x 5 left / 2 worker(s))" in text
 
 
 def test_cli_status_and_missing_folder(folder, tmp_path, capsys):
@@ -197,3 +197,42 @@ def test_unreadable_matrix_file_is_named_and_nothing_is_half_counted(tmp_path, d
     text = status_text(tmp_path)
     assert f"unreadable {path}" in text and "the next 'dabench run' of the matrix rewrites it" in text
     assert "records: 4 runs = 4 complete" in text and "outside this matrix" not in text
+
+
+def test_eta_counts_the_failed_and_skipped_runs_the_next_run_retries(tmp_path):
+    """The next ``dabench run`` retries failed and skipped runs (only complete and diverged ones are
+    kept): they are runs left. Before, a matrix of only failed runs said nothing was left, and
+    printed no ETA at all."""
+    store = RunStore(tmp_path)
+    specs = [_spec("dann", s) for s in range(4)]
+    write_matrix_file(tmp_path, specs, workers=1)
+    env = {"device": "cpu", "versions": {}, "host": socket.gethostname()}
+    for spec, status in zip(specs, ("complete", "failed", "skipped", "diverged")):
+        rec = base_record(spec, status, env)
+        rec.timings = {"total_s": 10.0} if status == "complete" else None
+        rec.error = None if status == "complete" else RunError("X", status)
+        store.write(rec)
+    st = folder_status(tmp_path)
+    assert st.remaining == 2 and st.eta_s == 20.0  # the failed and the skipped run; the diverged one is kept
+    assert "ETA: ~20s (mean run 10.0 s x 2 left / 1 worker(s))" in status_text(tmp_path)
+
+
+def test_claims_of_runs_neither_the_matrix_nor_a_record_names(tmp_path):
+    """An unreadable claim of a run the folder knows nothing else of is named (before: silently
+    skipped, though one of a matrix run was named); a live claim of such a run (another runner's
+    run before its first record) counts as running outside this matrix."""
+    store = RunStore(tmp_path)
+    write_matrix_file(tmp_path, [_spec("dann", 0)])
+    store.claims.mkdir(parents=True)
+    (store.claims / "0123456789ab.claim").write_bytes(b"\xff\xfe\x00")
+    other = _spec("dan", 7).run_id
+    assert store.claim(other)
+    try:
+        st = folder_status(tmp_path)
+        text = status_text(tmp_path)
+    finally:
+        store.release(other)
+    assert any("0123456789ab.claim" in p and "unreadable" in p for p in st.ignored)
+    assert "0123456789ab.claim" in text
+    assert [(r.run_id, r.state, r.in_matrix) for r in st.runs if r.run_id == other] == [(other, "running", False)]
+    assert "outside this matrix: 1 records = 0 complete, 1 running" in text

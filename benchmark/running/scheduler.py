@@ -156,13 +156,17 @@ def run_matrix(
             problem = checkpoint_problem(store.checkpoint_path(spec.run_id)) if spec.run_id in needed else None
             if problem is not None:
                 # its dependants cannot start without the weights (missing, or cut short):
-                # rerun it (same spec, same seed)
-                note(
-                    f"{spec.label}: complete but its checkpoint {store.checkpoint_path(spec.run_id)} is {problem}: "
-                    f"rerunning it for its dependants (old record kept in {store.root / 'previous'})"
-                )
-                _archive_record(store, spec.run_id)
-                summary.rerun_for_checkpoint.append(spec.run_id)
+                # rerun it (same spec, same seed); another runner may be doing the same right now
+                archived = _archive_for_checkpoint(store, spec.run_id)
+                if archived is not None:
+                    note(
+                        f"{spec.label}: complete but its checkpoint {store.checkpoint_path(spec.run_id)} is {problem}: "
+                        f"rerunning it for its dependants (old record kept in {archived})"
+                    )
+                    summary.rerun_for_checkpoint.append(spec.run_id)
+                # archived or not, it goes to the queue: there the claim decides who reruns it (the
+                # other runner's claim puts it among the runs held elsewhere, which dependants wait
+                # for) and a record made complete by the other runner meanwhile is counted, not rerun
                 queue.append(spec)
                 continue
             summary.skipped_complete.append(spec.run_id)
@@ -198,6 +202,16 @@ def run_matrix(
             f"result); to repeat one: dabench run --rerun RUN_ID --results {store.root}"
         )
     in_matrix = {s.run_id for s in queue}
+
+    def settled(run_id: str) -> Status | None:
+        """The run's status as this matrix counts it: a complete run whose dependants need its
+        checkpoint, and that checkpoint is missing or damaged, is not done (None): some runner, this
+        one or another, is about to redo it. Read anew each time: other runners change the folder."""
+        status = store.status(run_id)
+        if status is Status.COMPLETE and run_id in needed and checkpoint_problem(store.checkpoint_path(run_id)):
+            return None
+        return status
+
     inflight: dict[str, RunSpec] = {}
     elsewhere: dict[str, RunSpec] = {}  # claimed by another live process
     announced: set[str] = set()  # runs whose holder we said we wait for
@@ -210,7 +224,7 @@ def run_matrix(
         if dep in inflight or any(s.run_id == dep for s in queue):
             return False
         if dep in elsewhere:
-            return _terminal(store.status(dep))
+            return _terminal(settled(dep))
         return True
 
     def seed_mates(spec: RunSpec) -> list[RunSpec]:
@@ -218,7 +232,7 @@ def run_matrix(
         from the queue; one finished meanwhile is counted complete, one held elsewhere stays)."""
         mates = []
         for m in [m for m in queue if m.seed_group == spec.seed_group]:
-            if store.status(m.run_id) in KEPT:
+            if settled(m.run_id) in KEPT:
                 queue.remove(m)
                 kept(m.run_id)
             elif dependency_ready(m) and not store.claimed_by_live_process(m.run_id):
@@ -231,7 +245,7 @@ def run_matrix(
 
     def kept(run_id: str) -> None:
         """A run another runner finished meanwhile (complete or diverged): counted, not run."""
-        done = summary.kept_diverged if store.status(run_id) is Status.DIVERGED else summary.skipped_complete
+        done = summary.kept_diverged if settled(run_id) is Status.DIVERGED else summary.skipped_complete
         done.append(run_id)
         bar.update(1)
 
@@ -254,12 +268,20 @@ def run_matrix(
                 if not dependency_ready(spec):
                     continue
                 queue.remove(spec)
-                if store.status(spec.run_id) in KEPT:  # finished by another runner meanwhile
+                if settled(spec.run_id) in KEPT:  # finished by another runner meanwhile
                     kept(spec.run_id)
                     continue
                 if store.claimed_by_live_process(spec.run_id):
                     elsewhere[spec.run_id] = spec
                     continue
+                if store.status(spec.run_id) is Status.COMPLETE:
+                    # complete without its checkpoint, and nobody is redoing it (the runner that was
+                    # died, or held it only to move the record aside): move it aside now, or, where
+                    # another runner has just claimed it, wait for that one
+                    _archive_for_checkpoint(store, spec.run_id)
+                    if store.status(spec.run_id) is Status.COMPLETE:
+                        elsewhere[spec.run_id] = spec
+                        continue
                 if spec.pair in missing_pairs:  # do not retry a pair whose data is known missing
                     if store.claim(spec.run_id):
                         try:
@@ -300,7 +322,7 @@ def run_matrix(
                     wait_started = time.monotonic()
                 for run_id, spec in list(elsewhere.items()):
                     info = store.claim_info(run_id)
-                    if _terminal(store.status(run_id)):
+                    if _terminal(settled(run_id)):
                         del elsewhere[run_id]
                         bar.update(1)
                     elif (info is None or not info.live) and run_id in in_matrix:
@@ -329,12 +351,36 @@ def run_matrix(
         ex.close()
         bar.close()
     for run_id in elsewhere:
-        status = store.status(run_id)
+        status = settled(run_id)
         if status not in KEPT:
             summary.busy.append(run_id)
         else:
             (summary.skipped_complete if status is Status.COMPLETE else summary.kept_diverged).append(run_id)
     return summary
+
+
+def _archive_for_checkpoint(store: RunStore, run_id: str) -> pathlib.Path | None:
+    """Move aside the record of a complete run whose checkpoint is missing or damaged, so the run
+    is redone; None where another runner got there first.
+
+    Two runners started on one folder both find the run complete without its checkpoint. Only one
+    may move its record: the second would fail to move a record already gone ("cannot write
+    previous/..."), or move aside the *new* record the first has written meanwhile, and redo the run
+    a second time. So the move happens under the run's claim, after reading the record and the
+    checkpoint again: whoever holds the claim (the other runner archiving or rerunning it) has it,
+    and a run found no longer complete, or whose checkpoint is back, is left as it is.
+    """
+    if not store.claim(run_id):
+        return None  # another runner holds it: archiving it or already rerunning it
+    try:
+        rec = store.read(run_id)
+        if rec is None or rec.status is not Status.COMPLETE:
+            return None  # moved aside by another runner (which may also have rerun it)
+        if checkpoint_problem(store.checkpoint_path(run_id)) is None:
+            return None  # recreated by another runner meanwhile
+        return _archive_record(store, run_id)
+    finally:
+        store.release(run_id)
 
 
 def _archive_record(store: RunStore, run_id: str) -> pathlib.Path:
@@ -388,10 +434,17 @@ def prepare_rerun(
                 f"--rerun {run_id}: the spec in {path} now hashes to {spec.run_id} "
                 "(written by another dabench version); run the matrix again instead"
             )
-        if store.claimed_by_live_process(run_id):
-            raise MatrixError(f"--rerun {run_id}: the run is running now (claim {store.claims / (run_id + '.claim')})")
-        _archive_record(store, run_id)
-        store.checkpoint_path(run_id, partial=True).unlink(missing_ok=True)
+        # under the run's claim: a runner (or a second --rerun) moving the same record at once would
+        # otherwise stop with "cannot write previous/..." or move aside the record just rewritten
+        if not store.claim(run_id):
+            raise MatrixError(f"--rerun {run_id}: the run is running now (claim {store.claim_path(run_id)})")
+        try:
+            if not path.exists():
+                raise MatrixError(f"--rerun {run_id}: another dabench run has just moved {path} aside to rerun it")
+            _archive_record(store, run_id)
+            store.checkpoint_path(run_id, partial=True).unlink(missing_ok=True)
+        finally:
+            store.release(run_id)
         specs.append(spec)
     return specs, tuple(plugins)
 

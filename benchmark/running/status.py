@@ -1,11 +1,13 @@
 """``dabench status DIR``: where a results folder stands.
 
 Counts of complete / running / failed / diverged / skipped / pending runs, the failures with
-their first error line, and an ETA. *running* means a live process holds the run's claim; a
+their first error line, and an ETA over the runs the next ``dabench run`` would run (pending,
+interrupted, running, and the failed and skipped ones it retries). *running* means a live process holds the run's claim; a
 ``running`` record whose process is gone is *interrupted* (the next ``dabench run`` resumes
 it). *pending* needs the matrix, which ``dabench run`` stores in ``DIR/matrix.json``. The matrix's
 runs and the records of runs outside it (an earlier matrix of the same folder) are counted on
-separate lines, each adding up to its total. Under the slurm executor it also lists the queued and
+separate lines, each adding up to its total; a live claim of a run neither names (another runner's,
+before its first record) counts as running outside the matrix, and an unreadable claim is named. Under the slurm executor it also lists the queued and
 running jobs of ``DIR/slurm/jobs.json``.
 """
 
@@ -73,10 +75,11 @@ class FolderStatus:
 
     @property
     def remaining(self) -> int:
-        """Runs the next ``dabench run`` of this matrix would still run (records of runs outside the
-        matrix are not rerun by it, so they do not count)."""
+        """Runs the next ``dabench run`` of this matrix would still run: pending, interrupted and
+        running ones, and the failed and skipped ones it retries (``unit.KEPT``: only complete and
+        diverged runs are kept). Records of runs outside the matrix are not rerun by it."""
         c = self.counts(True)
-        return c["pending"] + c["interrupted"] + c["running"]
+        return sum(c[k] for k in ("pending", "interrupted", "running", Status.FAILED.value, Status.SKIPPED.value))
 
     @property
     def eta_s(self) -> float | None:
@@ -151,6 +154,18 @@ def folder_status(root: str | os.PathLike) -> FolderStatus:
         else:
             state = "pending"
         out.runs.append(RunState(run_id, state, label, error, in_matrix=not specs or run_id in specs))
+    # claims of runs neither the matrix nor a record names: another runner's run before its first
+    # record (a live claim: running, outside this matrix), or a file that is no claim (named)
+    seen = {r.run_id for r in out.runs}
+    for path in sorted(store.claims.glob("*.claim")) if store.claims.is_dir() else []:
+        if path.stem in seen:
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            info = store.claim_info(path.stem)
+        out.ignored += [str(w.message) for w in caught]
+        if info is not None and info.live:
+            out.runs.append(RunState(path.stem, "running", path.stem, in_matrix=not specs))
     if times:
         out.mean_run_s = sum(times) / len(times)
     return out
