@@ -40,6 +40,7 @@ def forget_registrations(tiny_pair):
     with restored_registries():
         yield
 
+
 TWO_RUNNERS = textwrap.dedent('''
     import os, pathlib, sys, time
     from dabench import register_method
