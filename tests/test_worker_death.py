@@ -153,3 +153,21 @@ def test_a_worker_starts_without_a_runpy_warning(tmp_path):
     )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert '"event": "ready"' in proc.stdout
+
+
+def test_a_retried_run_reports_its_own_death_not_the_last_attempts(tmp_path, monkeypatch):
+    """A ``failed`` run is retried by the next ``dabench run``; when the retry's worker dies before
+    writing a record, the record must say why *this* attempt failed, not keep the earlier one's."""
+    plugin = tmp_path / "dies_in_worker.py"
+    plugin.write_text(DIES_IN_WORKER.replace("os._exit(5)", "os._exit(int(os.environ['DIE_CODE']))"))
+    specs = expand(Matrix(methods=("source-only",), pairs=("tiny",), seeds=(0,), plugins=(TINY,)))
+    opts = ExecutorOptions(workers=1, device="cpu", progress=False, plugins=(TINY, str(plugin)))
+    codes = []
+    for code in (5, 7):
+        monkeypatch.setenv("DIE_CODE", str(code))
+        (rec,) = run_matrix(specs, tmp_path / "out", opts, executor="local").ran
+        codes.append((rec["error"]["message"], rec["pid"]))
+    (first, pid1), (second, pid2) = codes
+    assert "exited with code 5" in first and "exited with code 7" in second
+    assert "died before starting the run" in second and pid2 != pid1
+    assert "exited with code 7" in RunStore(tmp_path / "out").read(specs[0].run_id)["error"]["message"]

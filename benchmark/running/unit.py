@@ -335,14 +335,18 @@ def record_failure(
     """Mark a run ``failed`` from outside it (its process died, or its pair's data is missing).
 
     Keeps what the run's own ``running`` record holds (environment, start time); never
-    overwrites a terminal record: a run that wrote ``complete`` before dying is complete.
-    Without one (the run never started) the record gets what the caller knows: ``device`` (the
+    overwrites a result (``complete``, ``diverged``: a run that wrote ``complete`` before dying is
+    complete) nor the ``failed``/``skipped`` record the failing process itself wrote (``pid``;
+    default: this one). A ``failed``/``skipped`` record of an *earlier* attempt (another process)
+    is replaced: the retried run's own failure is the one to report, not the old one's. Without one (the run never started) the record gets what the caller knows: ``device`` (the
     device it assigned), this process's :func:`versions` (the worker is the same installation),
     ``pid`` (the process that was to run it; default: this one) and ``torch_threads``.
     """
     rec = store.read(spec.run_id)
     if rec is not None and rec.status.terminal:
-        return rec
+        if rec.status in KEPT or rec.pid == (pid if pid is not None else os.getpid()):
+            return rec
+        rec = None  # an earlier attempt's failure: this attempt never wrote a record of its own
     if rec is None:
         # no torch.cuda calls here: the parent of a pool must not open a CUDA context
         env = {"device": device, "versions": versions(), "host": platform.node(), "torch_threads": torch_threads}

@@ -20,6 +20,7 @@ per executor (``inline.py``, ``local_pool.py``, ``ray.py``, ``slurm.py``), each 
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 from abc import ABC, abstractmethod
@@ -33,7 +34,7 @@ from ...core.registry import Registry
 from ...core.spec import RunSpec
 from ...core.store import RunStore
 from ...engine.options import EngineOptions
-from ..unit import Outcome, record_failure
+from ..unit import KEPT, Outcome, record_failure
 
 # name → Executor class, built as ``cls(results_dir, options)``; installed packages may add
 # executors through the ``dabench.executors`` entry-point group, like methods and pairs
@@ -127,10 +128,10 @@ def _step_bar(progress: bool, position: int):
 
 
 #: appended to the WorkerDied message of a run whose process died before it wrote the run's
-#: ``running`` record: the record's device, versions and pid are then the parent's knowledge
+#: ``running`` record: the record's device and versions are then the parent's knowledge
 DIED_BEFORE_START = (
-    "; it died before starting the run (no 'running' record): device, versions and pid are those "
-    "the runner assigned, not read by the run"
+    "; it died before starting the run (no 'running' record of this attempt): the record's device "
+    "and versions are those the runner assigned and runs, not read by the run"
 )
 
 
@@ -161,7 +162,9 @@ def record_death(
         busy = info.on_this_machine
     if busy:
         return Outcome(spec.run_id, "busy")
-    if store.read(spec.run_id) is None:
+    prior = store.read(spec.run_id)
+    # no record, or only an earlier attempt's failure (retried): the process never started the run
+    if prior is None or (prior.status.terminal and prior.status not in KEPT and prior.pid != (pid or os.getpid())):
         why += DIED_BEFORE_START
     rec = record_failure(spec, store, "WorkerDied", why, detail, device, pid, torch_threads)
     # the claim names the dead process: remove it now (it is stale) rather than wait for a takeover
