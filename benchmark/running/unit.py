@@ -42,8 +42,9 @@ def load_pair_data(pair_name: str, data_root: pathlib.Path) -> PairData:
     return _PAIR_CACHE[key]
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    """Device and versions recorded with every run (reproducibility)."""
+@functools.lru_cache(maxsize=1)
+def _versions() -> dict[str, str | None]:
+    # once per process: the versions cannot change while it runs (a copy is handed out each time)
     versions: dict[str, str | None] = {
         "dabench": __version__,
         "python": platform.python_version(),
@@ -55,9 +56,20 @@ def environment(device: torch.device) -> dict[str, Any]:
         except ImportError:  # pragma: no cover - optional
             pass
     versions["git_commit"] = _git_commit()
+    return versions
+
+
+def versions() -> dict[str, str | None]:
+    """The versions recorded with every run: dabench, python, torch, torchvision, timm, numpy and
+    the git commit of the dabench checkout (None outside one). Needs no device (no CUDA context)."""
+    return dict(_versions())
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Device and versions recorded with every run (reproducibility)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     # CPU results depend on the intra-op thread count (reduction order), so it is recorded
-    return {"device": name, "versions": versions, "host": platform.node(), "torch_threads": torch.get_num_threads()}
+    return {"device": name, "versions": versions(), "host": platform.node(), "torch_threads": torch.get_num_threads()}
 
 
 @functools.lru_cache(maxsize=1)
@@ -311,19 +323,36 @@ class Outcome:
 
 
 def record_failure(
-    spec: RunSpec, store: RunStore, error_type: str, message: str, traceback_text: str = "", device: str | None = None
+    spec: RunSpec,
+    store: RunStore,
+    error_type: str,
+    message: str,
+    traceback_text: str = "",
+    device: str | None = None,
+    pid: int | None = None,
+    torch_threads: int | None = None,
 ) -> RunRecord:
     """Mark a run ``failed`` from outside it (its process died, or its pair's data is missing).
 
     Keeps what the run's own ``running`` record holds (environment, start time); never
-    overwrites a terminal record: a run that wrote ``complete`` before dying is complete.
+    overwrites a result (``complete``, ``diverged``: a run that wrote ``complete`` before dying is
+    complete) nor the ``failed``/``skipped`` record the failing process itself wrote (``pid``;
+    default: this one). A ``failed``/``skipped`` record of an *earlier* attempt (another process)
+    is replaced: the retried run's own failure is the one to report, not the old one's. Without one (the run never started) the record gets what the caller knows: ``device`` (the
+    device it assigned), this process's :func:`versions` (the worker is the same installation),
+    ``pid`` (the process that was to run it; default: this one) and ``torch_threads``.
     """
     rec = store.read(spec.run_id)
     if rec is not None and rec.status.terminal:
-        return rec
+        if rec.status in KEPT or rec.pid == (pid if pid is not None else os.getpid()):
+            return rec
+        rec = None  # an earlier attempt's failure: this attempt never wrote a record of its own
     if rec is None:
         # no torch.cuda calls here: the parent of a pool must not open a CUDA context
-        rec = base_record(spec, Status.FAILED, {"device": device, "versions": None, "host": platform.node()})
+        env = {"device": device, "versions": versions(), "host": platform.node(), "torch_threads": torch_threads}
+        rec = base_record(spec, Status.FAILED, env)
+        if pid is not None:
+            rec.pid = pid
     rec.fail(Status.FAILED, error_type, message, traceback_text, finished_at=utc_now())
     store.write(rec)
     return rec
@@ -337,6 +366,7 @@ __all__ = [
     "record_failure",
     "base_record",
     "environment",
+    "versions",
     "load_pair_data",
     "Outcome",
     "KEPT",

@@ -20,6 +20,7 @@ per executor (``inline.py``, ``local_pool.py``, ``ray.py``, ``slurm.py``), each 
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 from abc import ABC, abstractmethod
@@ -33,7 +34,7 @@ from ...core.registry import Registry
 from ...core.spec import RunSpec
 from ...core.store import RunStore
 from ...engine.options import EngineOptions
-from ..unit import Outcome, record_failure
+from ..unit import KEPT, Outcome, record_failure
 
 # name → Executor class, built as ``cls(results_dir, options)``; installed packages may add
 # executors through the ``dabench.executors`` entry-point group, like methods and pairs
@@ -126,14 +127,32 @@ def _step_bar(progress: bool, position: int):
     return tqdm(total=0, unit="step", leave=False, disable=not progress, file=sys.stderr, position=position)
 
 
+#: appended to the WorkerDied message of a run whose process died before it wrote the run's
+#: ``running`` record: the record's device and versions are then the parent's knowledge
+DIED_BEFORE_START = (
+    "; it died before starting the run (no 'running' record of this attempt): the record's device "
+    "and versions are those the runner assigned and runs, not read by the run"
+)
+
+
 def record_death(
-    store: RunStore, spec: RunSpec, why: str, detail: str, device: str | None, remote: bool = False
+    store: RunStore,
+    spec: RunSpec,
+    why: str,
+    detail: str,
+    device: str | None,
+    remote: bool = False,
+    pid: int | None = None,
+    torch_threads: int | None = None,
 ) -> Outcome:
     """The process running ``spec`` died: record the run ``failed`` unless it wrote a terminal
     record first, or unless it never claimed the run and a live process elsewhere holds it.
 
     ``remote``: the dead process may have run on another host (Ray), whose claims the store
     cannot check; only a claim of a live process on this host then counts as someone else's.
+    ``device``, ``pid`` (the dead process) and ``torch_threads`` fill the record of a run that
+    died before its own ``running`` record (which holds the environment the run saw); the
+    message then says so (:data:`DIED_BEFORE_START`).
     """
     info = store.claim_info(spec.run_id)
     busy = info is not None and info.live
@@ -143,7 +162,11 @@ def record_death(
         busy = info.on_this_machine
     if busy:
         return Outcome(spec.run_id, "busy")
-    rec = record_failure(spec, store, "WorkerDied", why, detail, device)
+    prior = store.read(spec.run_id)
+    # no record, or only an earlier attempt's failure (retried): the process never started the run
+    if prior is None or (prior.status.terminal and prior.status not in KEPT and prior.pid != (pid or os.getpid())):
+        why += DIED_BEFORE_START
+    rec = record_failure(spec, store, "WorkerDied", why, detail, device, pid, torch_threads)
     # the claim names the dead process: remove it now (it is stale) rather than wait for a takeover
     store.remove_stale_claim(spec.run_id)
     return Outcome(spec.run_id, "died" if rec.status is not Status.COMPLETE else "ran", rec)

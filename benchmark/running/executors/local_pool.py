@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import platform
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -68,13 +70,24 @@ def plan_slots(device: str | None, workers: int | None, runs_per_gpu: int = 1) -
     return SlotPlan(n, "cpu", [None] * n, max(1, cpus // n))
 
 
+def runner_id() -> str:
+    """This runner (``dabench run`` process) as ``<host>-<pid>``: its workers' log files carry it,
+    so that two runners on one results folder (on one host or sharing it over a network
+    filesystem) never write to, nor quote, each other's logs."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", platform.node().split(".")[0]) or "host"
+    return f"{host}-{os.getpid()}"
+
+
 class _Worker:
     """One worker process and the spec it is running."""
 
-    def __init__(self, slot: int, proc: subprocess.Popen, log_path: pathlib.Path) -> None:
+    def __init__(self, slot: int, proc: subprocess.Popen, log_path: pathlib.Path, log_start: int = 0) -> None:
         self.slot = slot
         self.proc = proc
         self.log_path = log_path
+        # the log's size when this process started: its slot's earlier (and spare) processes
+        # append to the same file, and a death message quotes only this process's lines
+        self.log_start = log_start
         self.current: RunSpec | None = None
         self.pending: dict[
             str, RunSpec
@@ -82,8 +95,9 @@ class _Worker:
         self.runs = 0
 
 
-def _death_message(proc: subprocess.Popen, log_path: pathlib.Path) -> tuple[str, str]:
-    """(one-line reason, tail of the worker's log) for a worker that died mid-run."""
+def _death_message(proc: subprocess.Popen, log_path: pathlib.Path, log_start: int = 0) -> tuple[str, str]:
+    """(one-line reason, tail of the worker's log from ``log_start`` on: what it wrote) for a
+    worker that died mid-run."""
     rc = proc.returncode
     if rc is not None and rc < 0:
         try:
@@ -95,7 +109,10 @@ def _death_message(proc: subprocess.Popen, log_path: pathlib.Path) -> tuple[str,
     else:
         why = f"worker process {proc.pid} exited with code {rc} without finishing the run"
     try:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+        with open(log_path, "rb") as f:
+            # the last 64 KiB are plenty for 30 lines; a long matrix's log is not read whole
+            f.seek(max(log_start, f.seek(0, os.SEEK_END) - 65536))
+            tail = "\n".join(f.read().decode(errors="replace").splitlines()[-30:])
     except OSError:
         tail = ""
     return f"{why}; log: {log_path}", tail
@@ -116,6 +133,7 @@ class LocalPoolExecutor(Executor):
         self.results_dir = pathlib.Path(results_dir)
         self.store = RunStore(results_dir)
         self.logs = self.store.root / "logs"
+        self.runner = runner_id()  # in the workers' log names: logs/worker-<host>-<pid>-<slot>.log
         self._slots: list[_Worker | None] = [None] * self.plan.workers
         # a started, idle process per slot that takes the slot's next run: its interpreter and
         # torch import (seconds) overlap the current run instead of delaying the next one
@@ -129,6 +147,14 @@ class LocalPoolExecutor(Executor):
     @property
     def workers(self) -> int:
         return self.plan.workers
+
+    def assigned_device(self, slot: int) -> str:
+        """The device the runner gave ``slot``'s workers, as a record names it (for a run whose
+        worker died before recording its own; no CUDA call: the parent opens no CUDA context)."""
+        gpu = self.plan.gpu_of_slot[slot]
+        if gpu is not None:
+            return f"{self.plan.device} (CUDA_VISIBLE_DEVICES={gpu})"
+        return f"cpu ({os.cpu_count()} cores)" if self.plan.device == "cpu" else self.plan.device
 
     def _spawn(self, slot: int) -> _Worker:
         o = self.opts
@@ -158,17 +184,18 @@ class LocalPoolExecutor(Executor):
             env["CUDA_VISIBLE_DEVICES"] = gpu
         # a worker must not spawn its own thread pools beyond its share of the cores
         env.setdefault("OMP_NUM_THREADS", str(self.plan.threads))
-        log_path = self.logs / f"worker-{slot}.log"
+        log_path = self.logs / f"worker-{self.runner}-{slot}.log"
         try:
             self.logs.mkdir(parents=True, exist_ok=True)
             log = open(log_path, "a")
+            log_start = os.fstat(log.fileno()).st_size
         except OSError as exc:
             raise WriteFault(log_path, exc) from exc
         proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, text=True, bufsize=1
         )
         log.close()  # the child holds its own descriptor
-        worker = _Worker(slot, proc, log_path)
+        worker = _Worker(slot, proc, log_path, log_start)
         threading.Thread(target=self._read, args=(worker,), daemon=True).start()
         return worker
 
@@ -245,8 +272,9 @@ class LocalPoolExecutor(Executor):
             if not pending:
                 return []  # a clean exit after its last run
             self._bars[worker.slot].reset(total=0)
-            why, tail = _death_message(worker.proc, worker.log_path)
-            return [record_death(self.store, spec, why, tail, self.plan.device) for spec in pending]
+            why, tail = _death_message(worker.proc, worker.log_path, worker.log_start)
+            device, pid, threads = self.assigned_device(worker.slot), worker.proc.pid, self.plan.threads
+            return [record_death(self.store, s, why, tail, device, pid=pid, torch_threads=threads) for s in pending]
         event = msg.get("event")
         if event == "step" and worker.current is not None:
             bar = self._bars[worker.slot]

@@ -13,11 +13,15 @@ from ...core.spec import RunSpec
 from ...core.store import RunStore
 from ..unit import Outcome
 from .base import Executor, ExecutorOptions, _absolute_plugins, record_death, register_executor
-from .worker import run_one
 
 
 def _ray_task(spec_dict: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """The body of one Ray task (module level, so Ray ships it by reference)."""
+    # late: importing the executors package (which registers this module) must not import the
+    # worker module, or ``python -m dabench.running.executors.worker`` finds it already in
+    # sys.modules and runpy warns, at the top of every worker log, that it may run twice
+    from .worker import run_one
+
     return run_one(spec_dict, **options)
 
 
