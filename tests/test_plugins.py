@@ -417,6 +417,19 @@ def test_bad_hyperparameter_lists_the_methods_hyperparameters(capsys):
     assert "method 'mcc' has no hyperparameter(s) ['bogus']" in err
     for hp in ("bottleneck_dim=256", "trade_off=1.0", "temperature=2.5", "forward='concat'"):
         assert hp in err
+    assert "did you mean" not in err  # nothing near 'bogus'
+
+    # a near miss on either side (the --set, or the plugin's defaults) names the declared name and the class
+    assert (
+        main(
+            ["run", "--plugin", str(EXAMPLES / "entmin.py"), "--methods", "entmin", "--seeds", "0"]
+            + ["--set", "entmin.tradeoff=0.5", "--dry-run"]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "method 'entmin' has no hyperparameter(s) ['tradeoff']" in err
+    assert f"did you mean 'trade_off' for 'tradeoff'? (defaults are in {EXAMPLES / 'entmin.py'}:" in err
 
 
 def _dist_info(root: pathlib.Path, dist: str, group: str, entries: str) -> None:

@@ -245,9 +245,12 @@ class Method(nn.Module):
         defaults = cls.hparam_defaults()
         unknown = sorted(set(overrides) - set(defaults))
         if unknown:
+            # a name close to a declared one is a typo on one side: in the --set, or in defaults
+            near = [f"{m[0]!r} for {u!r}" for u in unknown if (m := difflib.get_close_matches(u, list(defaults), n=1))]
+            hint = f"; did you mean {', '.join(near)}? (defaults are in {_where(cls)})" if near else ""
             raise KeyError(
                 f"method {cls.name!r} has no hyperparameter(s) {unknown}; "
-                f"its hyperparameters: {', '.join(f'{k}={v!r}' for k, v in defaults.items())}"
+                f"its hyperparameters: {', '.join(f'{k}={v!r}' for k, v in defaults.items())}{hint}"
             )
         out = dict(defaults)
         for k, v in overrides.items():
