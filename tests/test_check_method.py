@@ -285,3 +285,88 @@ def test_unregistered_and_incomplete_classes():
     _expect(NoLoss, "NoLoss is incomplete", "implement loss(batch, progress)")
     with pytest.raises(AssertionError, match="unknown method 'nope'"):
         check_method("nope")
+
+
+def _mmd_loss(method: Method, batch: Batch, trade_off_key: str) -> Loss:
+    logits_s, _, f_s, f_t = method.forward_source_target(batch)
+    da = (f_s.mean(0) - f_t.mean(0)).pow(2).sum()
+    return method.combine(method.supervised_loss(batch, logits_s), da, float(method.hp[trade_off_key]))
+
+
+def test_hyperparameter_misspelt_in_defaults_names_the_method_and_the_near_name():
+    """defaults say "trade_of", loss reads "trade_off": one message with the method, the near name and the fix
+    (was a bare KeyError: 'trade_off' from check_method and in the failed run's record)."""
+
+    @register_method("typo-hp")
+    class TypoHP(Method):
+        """Linear MMD with a misspelt default (test)."""
+
+        uses = Uses(source_labels=True, target_unlabeled=True)
+        defaults = {"trade_of": 1.0}
+
+        def loss(self, batch, progress):
+            return _mmd_loss(self, batch, "trade_off")
+
+    with pytest.raises(KeyError) as info:
+        check_method("typo-hp")
+    msg = str(info.value)
+    assert msg.startswith("method 'typo-hp' reads self.hp['trade_off']")
+    assert "did you mean 'trade_of'?" in msg and "bottleneck_dim=256, trade_of=1.0" in msg
+    assert "Add 'trade_off' to the class's defaults" in msg
+
+
+def test_init_without_super_init_is_named_at_construction():
+    """was: AttributeError: 'NoSuper' object has no attribute '_modules' deep in the engine."""
+
+    @register_method("no-super-init")
+    class NoSuper(Method):
+        """Forgets super().__init__ (test)."""
+
+        uses = Uses(source_labels=True, target_unlabeled=True)
+        defaults = {"trade_off": 1.0}
+
+        def __init__(self, backbone, num_classes, hparams=None):
+            self.extra = 3
+
+        def loss(self, batch, progress):
+            return _mmd_loss(self, batch, "trade_off")
+
+    with pytest.raises(
+        TypeError,
+        match=r"method 'no-super-init': .*NoSuper.__init__ \(.*test_check_method.py:\d+\) "
+        r"did not call super\(\).__init__\(backbone, num_classes, hparams\)",
+    ):
+        check_method("no-super-init")
+
+    class Fine(NoSuper):  # a subclass whose __init__ does call it is untouched by the check
+        """Calls Method.__init__ (test)."""
+
+        def __init__(self, backbone, num_classes, hparams=None):
+            Method.__init__(self, backbone, num_classes, hparams)
+            self.extra = 4
+
+    assert check_method(Fine).method == "fine"
+
+
+def test_build_without_super_build_is_named():
+    """was: AttributeError: 'NoNet' object has no attribute 'backbone' (a property reading self.net)."""
+
+    @register_method("no-super-build")
+    class NoNet(Method):
+        """build() forgets super().build (test)."""
+
+        uses = Uses(source_labels=True, target_unlabeled=True)
+        defaults = {"trade_off": 1.0}
+
+        def build(self, backbone, num_classes):
+            self.extra_head = nn.Linear(4, num_classes)
+
+        def loss(self, batch, progress):
+            return _mmd_loss(self, batch, "trade_off")
+
+    with pytest.raises(
+        TypeError,
+        match=r"method 'no-super-build': build\(\) \(.*test_check_method.py:\d+\) did not "
+        r"create self.net; call super\(\).build\(backbone, num_classes\) first",
+    ):
+        check_method("no-super-build")

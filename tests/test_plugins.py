@@ -417,6 +417,19 @@ def test_bad_hyperparameter_lists_the_methods_hyperparameters(capsys):
     assert "method 'mcc' has no hyperparameter(s) ['bogus']" in err
     for hp in ("bottleneck_dim=256", "trade_off=1.0", "temperature=2.5", "forward='concat'"):
         assert hp in err
+    assert "did you mean" not in err  # nothing near 'bogus'
+
+    # a near miss on either side (the --set, or the plugin's defaults) names the declared name and the class
+    assert (
+        main(
+            ["run", "--plugin", str(EXAMPLES / "entmin.py"), "--methods", "entmin", "--seeds", "0"]
+            + ["--set", "entmin.tradeoff=0.5", "--dry-run"]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "method 'entmin' has no hyperparameter(s) ['tradeoff']" in err
+    assert f"did you mean 'trade_off' for 'tradeoff'? (defaults are in {EXAMPLES / 'entmin.py'}:" in err
 
 
 def _dist_info(root: pathlib.Path, dist: str, group: str, entries: str) -> None:
@@ -471,3 +484,23 @@ def test_builtin_methods_use_only_the_public_api():
                 )
                 missing = [a.name for a in node.names if a.name not in dabench.__all__]
                 assert not missing, f"{path.name} imports non-public {missing}"
+
+
+def test_plugin_import_errors_say_where_and_a_missing_module_says_what_to_give(tmp_path, capsys):
+    """The failing line of the plugin (not only the exception), and a module name that does not
+    exist a hint (a file path needs .py; a module must be importable)."""
+    helper = tmp_path / "plugin_helper_mod7.py"
+    helper.write_text("x = 1\ny = undefined_name + x\n")
+    bad = tmp_path / "uses_helper.py"
+    bad.write_text(f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\nimport plugin_helper_mod7\n")
+    with pytest.raises(PluginError, match=rf"NameError: .*undefined_name.* \(at {helper}:2\)$"):
+        load_plugin(str(bad))
+    syntax = tmp_path / "syntax_bad.py"
+    syntax.write_text("x = 1\ndef f(:\n    pass\n")
+    with pytest.raises(PluginError, match=rf"SyntaxError: .* \(at {syntax}:2\)$"):
+        load_plugin(str(syntax))
+    for ref in ("no_such_plugin_module", "dabench.no_such_plugin_module"):
+        assert main(["list", "methods", "--plugin", ref]) == 2
+        err = capsys.readouterr().err
+        assert f"plugin {ref!r} failed to import: ModuleNotFoundError" in err
+        assert "give a plugin file as a path ending in .py" in err and "importlib" not in err

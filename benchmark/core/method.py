@@ -6,6 +6,9 @@ All methods combine their losses the same way: ``total = ce + trade_off * da``.
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +26,50 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..engine.train import RunContext  # the type only: the engine imports this module
 
 INITS = (None, "source-only")
+
+
+def _where(obj: Any) -> str:
+    """``file:line`` of a class or function (a plugin author's own code), else its qualified name."""
+    try:
+        return f"{inspect.getsourcefile(obj)}:{inspect.getsourcelines(obj)[1]}"
+    except (TypeError, OSError):
+        return getattr(obj, "__qualname__", repr(obj))
+
+
+class HyperparameterError(KeyError):
+    """A method read ``self.hp[name]`` for a name its ``defaults`` do not declare."""
+
+    def __str__(self) -> str:  # KeyError's own str() would quote the whole message
+        return str(self.args[0])
+
+
+class HParams(dict):
+    """``self.hp``: a plain dict of the resolved hyperparameters whose missing key is one clear error.
+
+    A name read in ``loss``/``build`` but misspelt in ``defaults`` (``"trade_of"``) would otherwise
+    fail as a bare ``KeyError: 'trade_off'`` deep in a run; this names the method, its declared
+    hyperparameters, the nearest one and the fix.
+    """
+
+    method: str = ""
+
+    def __missing__(self, key: Any) -> Any:
+        near = difflib.get_close_matches(str(key), [str(k) for k in self], n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else "."
+        raise HyperparameterError(
+            f"method {self.method!r} reads self.hp[{key!r}], which its defaults do not declare{hint} "
+            f"Its hyperparameters: {', '.join(f'{k}={v!r}' for k, v in self.items())}. "
+            f"Add {key!r} to the class's defaults (with the paper's value) or fix the name."
+        )
+
+    def __reduce__(self) -> Any:  # pickles (worker processes, deepcopy) as a plain dict's contents
+        return (_make_hparams, (self.method, dict(self)))
+
+
+def _make_hparams(method: str, values: dict[str, Any]) -> HParams:
+    hp = HParams(values)
+    hp.method = method
+    return hp
 
 
 @dataclass(frozen=True)
@@ -145,9 +192,47 @@ class Method(nn.Module):
 
     def __init__(self, backbone: Backbone, num_classes: int, hparams: Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        self.hp = self.resolve_hparams(hparams or {})
+        self.hp = _make_hparams(self.name or type(self).__name__, self.resolve_hparams(hparams or {}))
         self.num_classes = num_classes
         self.build(backbone, num_classes)
+        self._check_built()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_dabench_checks_super", False):
+            return
+
+        # A subclass __init__ that forgets super().__init__(...) leaves the object without
+        # nn.Module's state and without self.hp; it would fail much later, in the engine, as
+        # "'X' object has no attribute '_modules'". Say so where the mistake is, at construction.
+        @functools.wraps(init)
+        def checked_init(self: Method, *args: Any, **kw: Any) -> None:
+            init(self, *args, **kw)
+            if "hp" not in self.__dict__ or "_modules" not in self.__dict__:
+                raise TypeError(
+                    f"method {cls.name or cls.__name__!r}: {cls.__qualname__}.__init__ ({_where(init)}) "
+                    "did not call super().__init__(backbone, num_classes, hparams); call it first "
+                    "(it sets self.hp and self.num_classes, then calls build()), or drop __init__ and "
+                    "create modules in build()"
+                )
+
+        checked_init._dabench_checks_super = True  # type: ignore[attr-defined]
+        cls.__init__ = checked_init  # type: ignore[method-assign]
+
+    def _check_built(self) -> None:
+        """``build`` must leave ``self.net`` unless the method replaces everything that reads it."""
+        if "net" in self._modules:
+            return
+        cls = type(self)
+        readers = [n for n in ("predict", "features", "param_groups") if getattr(cls, n) is getattr(Method, n)]
+        if readers:
+            build = cls.build
+            raise TypeError(
+                f"method {self.name or cls.__name__!r}: build() ({_where(build)}) did not create self.net; "
+                "call super().build(backbone, num_classes) first in it (self.net = backbone -> bottleneck "
+                f"-> head, which {', '.join(readers)} and forward_source_target read)"
+            )
 
     # --- hyperparameters -------------------------------------------------------------
     @classmethod
@@ -160,9 +245,12 @@ class Method(nn.Module):
         defaults = cls.hparam_defaults()
         unknown = sorted(set(overrides) - set(defaults))
         if unknown:
+            # a name close to a declared one is a typo on one side: in the --set, or in defaults
+            near = [f"{m[0]!r} for {u!r}" for u in unknown if (m := difflib.get_close_matches(u, list(defaults), n=1))]
+            hint = f"; did you mean {', '.join(near)}? (defaults are in {_where(cls)})" if near else ""
             raise KeyError(
                 f"method {cls.name!r} has no hyperparameter(s) {unknown}; "
-                f"its hyperparameters: {', '.join(f'{k}={v!r}' for k, v in defaults.items())}"
+                f"its hyperparameters: {', '.join(f'{k}={v!r}' for k, v in defaults.items())}{hint}"
             )
         out = dict(defaults)
         for k, v in overrides.items():

@@ -21,6 +21,7 @@ import inspect
 import os
 import pathlib
 import sys
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
@@ -429,7 +430,35 @@ def load_plugin(ref: str) -> None:
     except RegistryError:
         raise
     except Exception as exc:
-        raise PluginError(f"plugin {ref!r} failed to import: {type(exc).__name__}: {exc}") from exc
+        raise PluginError(
+            f"plugin {ref!r} failed to import: {type(exc).__name__}: {exc}{_plugin_hint(ref, exc)}"
+        ) from exc
+
+
+def _plugin_hint(ref: str, exc: BaseException) -> str:
+    """Where a plugin's import failed, or what a module name that is not importable should be.
+
+    The exception alone (``NameError: name 'x' is not defined``) does not say which line of the
+    plugin raised; the deepest frame of the traceback outside the import machinery does. A
+    ``SyntaxError`` names its own file and line. A dotted name that is not importable at all is
+    most often a file path typed without ``.py`` or a package not installed.
+    """
+    missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    if missing and (ref == missing or ref.startswith(missing + ".")) and not ref.endswith(".py"):
+        return (
+            f" (give a plugin file as a path ending in .py, e.g. ./{ref.replace('.', '/')}.py; "
+            "a module name must be importable: an installed package or a folder on PYTHONPATH)"
+        )
+    if isinstance(exc, SyntaxError):  # its message names the file's base name only
+        return f" (at {exc.filename}:{exc.lineno})" if exc.filename else ""
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith("<frozen") and os.sep + "importlib" + os.sep not in f.filename
+    ]
+    # the registry's own frames (load_plugin) are not where the plugin went wrong
+    frames = [f for f in frames if not _same_file(f.filename, __file__)]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
 def _same_file(a: str, b) -> bool:
