@@ -149,3 +149,26 @@ def test_slurm_task_preempted_at_any_moment_requeues_or_finishes(tmp_path):
         assert {r: started.count(r) for r in ("a", "b")} == starts, name
         assert len({pid for _run, pid in rep["starts"]}) == len(rep["starts"]), name  # a fresh worker each time
         assert rep["torch"] is False, name  # the job's own process never imports torch
+
+
+def test_a_worker_dying_inside_a_slurm_job_is_recorded_failed_with_its_own_pid(tmp_path):
+    """A worker killed without an answer (the OOM killer) leaves a ``failed`` record naming the
+    dead worker's pid, not the job process's (the worker never wrote a record of its own)."""
+    from dabench.running.matrix import Matrix, expand
+    from dabench.running.slurm_task import SlurmTask
+
+    spec = expand(Matrix(methods=("source-only",), seeds=(0,), overrides={"steps": 2}))[0]
+    marker = tmp_path / "worker.pid"
+
+    class DyingWorkerTask(SlurmTask):
+        def _command(self, threads: int) -> list[str]:
+            # stdlib only: reads its spec, writes its pid, dies with exit code 3 without answering
+            body = "import os, sys; sys.stdin.readline(); open(sys.argv[1], 'w').write(str(os.getpid())); os._exit(3)"
+            return [sys.executable, "-c", body, str(marker)]
+
+    task = DyingWorkerTask([{**spec.to_dict(), "_run_id": spec.run_id}], str(tmp_path / "r"), "cpu", 0, None, ())
+    (outcome,) = task()
+    assert outcome["kind"] == "died"
+    record = json.loads(RunStore(tmp_path / "r").record_path(spec.run_id).read_text())
+    assert record["status"] == "failed" and "exit code 3" in record["error"]["message"], record
+    assert record["pid"] == int(marker.read_text()) != os.getpid()

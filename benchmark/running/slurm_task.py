@@ -183,6 +183,7 @@ class SlurmTask:
                 time.sleep(self.poll_s)
         finally:
             # preempted (or an exception): stop what still runs; the exited ones are reaped here
+            pids = {run_id: proc.pid for run_id, proc in self._procs.items()}  # the record names the dead worker
             codes = self._stop_workers()
         for reader in readers.values():
             # the worker is dead: its pipe ends once its last answer is read (bounded all the same:
@@ -194,7 +195,7 @@ class SlurmTask:
             if run_id in answers:
                 self._results[run_id] = answers[run_id]
             elif run_id in readers and not preempted:  # the worker died without an answer (OOM killer ...)
-                rec = _record_worker_death(self.results_dir, spec, codes.get(run_id), self.device)
+                rec = _record_worker_death(self.results_dir, spec, codes.get(run_id), self.device, pids.get(run_id))
                 self._results[run_id] = {"run_id": run_id, "kind": "died", "record": rec}
             # else: stopped by the preemption, or never started: the requeued job runs it
 
@@ -241,7 +242,7 @@ def _read_outcome(stream: IO[str], run_id: str, answers: dict[str, dict[str, Any
 
 
 def _record_worker_death(
-    results_dir: str, spec_dict: dict[str, Any], code: int | None, device: str | None
+    results_dir: str, spec_dict: dict[str, Any], code: int | None, device: str | None, pid: int | None = None
 ) -> dict[str, Any] | None:
     spec_dict = dict(spec_dict)
     spec_dict.pop("_run_id", None)
@@ -250,7 +251,7 @@ def _record_worker_death(
     from .executors.base import record_death  # late: it imports torch, which the job itself never needs
 
     rec = record_death(
-        RunStore(results_dir), spec, f"worker process died ({why}) inside its SLURM job", "", device
+        RunStore(results_dir), spec, f"worker process died ({why}) inside its SLURM job", "", device, pid=pid
     ).record
     # as JSON, like the outcomes the workers send: the job's results travel back pickled as plain dicts
     return rec.to_dict() if rec is not None else None
