@@ -171,3 +171,33 @@ def test_a_retried_run_reports_its_own_death_not_the_last_attempts(tmp_path, mon
     assert "exited with code 5" in first and "exited with code 7" in second
     assert "died before starting the run" in second and pid2 != pid1
     assert "exited with code 7" in RunStore(tmp_path / "out").read(specs[0].run_id)["error"]["message"]
+
+
+def test_a_worker_stuck_after_closing_its_output_is_killed_not_waited_for(tmp_path):
+    """A worker whose output has closed but which never exits (stuck tearing down) blocked the
+    runner for ever in ``proc.wait()``; after ``exit_grace_s`` it is killed and its run recorded."""
+    import threading
+
+    from dabench.running.executors.local_pool import LocalPoolExecutor, _Worker
+
+    pool = LocalPoolExecutor(tmp_path, ExecutorOptions(device="cpu", workers=1, progress=False))
+    pool.exit_grace_s = 0.2
+    stuck = "import os, time; os.close(1); time.sleep(600)"
+    proc = subprocess.Popen([sys.executable, "-c", stuck], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.read() == ""  # its output has closed: the pool's EOF
+    worker = _Worker(0, proc, tmp_path / "w.log")
+    spec = expand(Matrix(methods=("source-only",), seeds=(0,), overrides={"steps": 2}))[0]
+    worker.current, worker.pending = spec, {spec.run_id: spec}
+    out: list = []
+    handler = threading.Thread(target=lambda: out.extend(pool._handle(worker, None)), daemon=True)
+    handler.start()
+    handler.join(timeout=30)
+    try:
+        assert not handler.is_alive(), "the runner waits for ever on a worker stuck after closing its output"
+        assert proc.returncode is not None and proc.returncode < 0  # killed
+        (outcome,) = out
+        assert outcome.record is not None and outcome.record.status.value == "failed"
+        assert outcome.record.error is not None and "SIGKILL" in outcome.record.error.message
+    finally:
+        proc.kill()
+        proc.wait()

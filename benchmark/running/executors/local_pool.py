@@ -144,6 +144,10 @@ class LocalPoolExecutor(Executor):
         self._events: queue.Queue = queue.Queue()
         self._bars = [_step_bar(opts.progress, i + 1) for i in range(self.plan.workers)]
 
+    #: seconds a worker whose output has closed may take to exit before it is killed: tearing
+    #: torch and CUDA down takes a few; a process stuck there must not block the runner for ever
+    exit_grace_s: float = 60.0
+
     @property
     def workers(self) -> int:
         return self.plan.workers
@@ -262,8 +266,12 @@ class LocalPoolExecutor(Executor):
                 return out
 
     def _handle(self, worker: _Worker, msg: dict[str, Any] | None) -> list[Outcome]:
-        if msg is None:  # the process ended
-            worker.proc.wait()
+        if msg is None:  # the process ended, or closed its output and is ending
+            try:
+                worker.proc.wait(timeout=self.exit_grace_s)
+            except subprocess.TimeoutExpired:  # stuck after its output closed (e.g. in teardown): it has nothing more to say
+                worker.proc.kill()
+                worker.proc.wait()
             if self._slots[worker.slot] is worker:
                 self._slots[worker.slot] = None
             if self._spares[worker.slot] is worker:
