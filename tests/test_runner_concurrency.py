@@ -45,17 +45,24 @@ def _in_threads(target, n: int = 2) -> list[Any]:
     return results
 
 
-def test_two_runners_recreating_one_lost_checkpoint_rerun_it_once(tmp_path, monkeypatch):
-    """Both runners find the complete source-only run without its checkpoint before either moves its
-    record aside. Before: both moved it, and the second stopped with "cannot write previous/...".
-    Now one moves it and reruns it, the other waits for the recreated checkpoint; the dependant
-    runs once, from it."""
+def _complete_source_only_without_checkpoint(tmp_path):
+    """A folder where source-only is complete but its checkpoint is lost, and its dependant
+    (linear-probe) has no record: (source-only spec, linear-probe spec, store, options)."""
     so, lp = expand(Matrix(methods=("source-only", "linear-probe"), pairs=("tiny",), seeds=(0,), plugins=(TINY,)))
     store = RunStore(tmp_path)
     opts = ExecutorOptions(device="cpu", progress=False)
     run_matrix([so, lp], tmp_path, opts)
     store.checkpoint_path(so.run_id).unlink()
     store.record_path(lp.run_id).unlink()
+    return so, lp, store, opts
+
+
+def test_two_runners_recreating_one_lost_checkpoint_rerun_it_once(tmp_path, monkeypatch):
+    """Both runners find the complete source-only run without its checkpoint before either moves its
+    record aside. Before: both moved it, and the second stopped with "cannot write previous/...".
+    Now one moves it and reruns it, the other waits for the recreated checkpoint; the dependant
+    runs once, from it."""
+    so, lp, store, opts = _complete_source_only_without_checkpoint(tmp_path)
 
     # each runner's first look at the checkpoint (the initial pass) waits for the other's
     barrier = threading.Barrier(2, timeout=20)
@@ -91,12 +98,7 @@ def test_a_lost_checkpoint_held_by_another_runner_is_waited_for(tmp_path, monkey
     run complete meanwhile (a first version of the fix above did, and ran the dependant at once,
     which failed with MissingCheckpoint or was skipped): it waits; when the other runner lets go
     without redoing it (it died), this one redoes the run, then the dependant."""
-    so, lp = expand(Matrix(methods=("source-only", "linear-probe"), pairs=("tiny",), seeds=(0,), plugins=(TINY,)))
-    store = RunStore(tmp_path)
-    opts = ExecutorOptions(device="cpu", progress=False)
-    run_matrix([so, lp], tmp_path, opts)
-    store.checkpoint_path(so.run_id).unlink()
-    store.record_path(lp.run_id).unlink()
+    so, lp, store, opts = _complete_source_only_without_checkpoint(tmp_path)
     assert store.claim(so.run_id)  # the other runner (this thread: the same process, another token)
 
     waiting = threading.Event()  # set when the runner sleeps in its wait for runs held elsewhere

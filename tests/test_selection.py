@@ -166,24 +166,9 @@ def test_rule_regret_keeps_configurations_apart(tmp_path):
     0) and the worse one on trade_off=1.0 (regret 20). The regret table used to pool them into one
     'dann' row reading 10 for both; each is its own row, named as in the leaderboard."""
     for s in range(3):
-        write_run(
-            tmp_path,
-            f"a{s}",
-            "dann",
-            "p",
-            s,
-            curve=curve_from([50.0, 60.0], source_val_acc=[80, 90]),
-            hparams={"trade_off": 0.1},
-        )
-        write_run(
-            tmp_path,
-            f"b{s}",
-            "dann",
-            "p",
-            s,
-            curve=curve_from([70.0, 50.0], source_val_acc=[80, 90]),
-            hparams={"trade_off": 1.0},
-        )
+        for tag, accs, trade_off in (("a", [50.0, 60.0], 0.1), ("b", [70.0, 50.0], 1.0)):
+            curve = curve_from(accs, source_val_acc=[80, 90])
+            write_run(tmp_path, f"{tag}{s}", "dann", "p", s, curve=curve, hparams={"trade_off": trade_off})
     reg = rule_regret(load_results(tmp_path))
     assert list(reg.index) == [("dann (trade_off=0.1)", "0"), ("dann (trade_off=1.0)", "0")]
     assert reg.loc[("dann (trade_off=0.1)", "0"), "source-val"] == 0.0

@@ -669,11 +669,8 @@ def _ranks_among(means: pd.Series, complete: pd.Series) -> pd.Series:
     ref = complete.to_numpy(float)
     out = {}
     for i, m in means.items():
-        if i in complete.index:
-            above, ties = float(np.sum(ref > m)), float(np.sum(ref == m)) - 1.0
-        else:
-            above, ties = float(np.sum(ref > m)), float(np.sum(ref == m))
-        out[i] = 1.0 + above + ties / 2.0
+        ties = float(np.sum(ref == m)) - (1.0 if i in complete.index else 0.0)  # not counting itself
+        out[i] = 1.0 + float(np.sum(ref > m)) + ties / 2.0
     return pd.Series(out)
 
 

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..core.domain import DomainPair, PairData
+from ..core.domain import Domain, DomainPair, PairData
 
 
 def draw_shots(labels: torch.Tensor, pool: torch.Tensor, k: int, seed: int) -> torch.Tensor:
@@ -239,6 +239,11 @@ class Split:
         return self.base[idx if self.rows is None else self.rows[idx]]
 
 
+def upload(domain: Domain, idx: torch.Tensor, device: torch.device) -> Split:
+    """The images and labels of ``domain`` at ``idx`` as a :class:`Split` of its own on ``device``."""
+    return Split(domain.images[idx].to(device, non_blocking=True), domain.labels[idx].to(device, non_blocking=True))
+
+
 #: the pair's index sets (PairData fields) a DeviceSplits may upload, per domain, in the order a view
 #: looks for one that contains it
 _BASES: dict[str, tuple[str, ...]] = {
@@ -273,12 +278,7 @@ class DeviceSplits:
 
     def _base(self, name: str) -> Split:
         if name not in self._bases:
-            domain = getattr(self.data, name.split("_")[0])
-            idx = getattr(self.data, name)
-            self._bases[name] = Split(
-                domain.images[idx].to(self.device, non_blocking=True),
-                domain.labels[idx].to(self.device, non_blocking=True),
-            )
+            self._bases[name] = upload(getattr(self.data, name.split("_")[0]), getattr(self.data, name), self.device)
         return self._bases[name]
 
     def view(self, domain: str, indices: torch.Tensor) -> Split:
@@ -293,7 +293,7 @@ class DeviceSplits:
         n_domain = len(getattr(self.data, domain).labels)
         for name in _BASES[domain]:
             base_idx = getattr(self.data, name)
-            if len(base_idx) == len(indices) and torch.equal(base_idx, indices):
+            if torch.equal(base_idx, indices):  # the whole index set, in order: the base itself
                 base = self._base(name)
                 return Split(base.base, base.labels)
             pos = torch.full((n_domain,), -1, dtype=torch.long)
@@ -301,8 +301,6 @@ class DeviceSplits:
             rows = pos[indices]
             if len(base_idx) and bool((rows >= 0).all()):
                 base = self._base(name)
-                if len(rows) == len(base_idx) and torch.equal(rows, torch.arange(len(base_idx))):
-                    return Split(base.base, base.labels)
                 rows = rows.to(self.device)
                 return Split(base.base, base.labels[rows], rows)
         raise ValueError(
@@ -372,10 +370,7 @@ class DeviceData:
         self.source = splits.view("source", data.source_train)
         self.source_val = splits.view("source", data.source_val)
         self.target = splits.view("target", data.target_adapt)  # labels kept only for diagnostics
-        self.shots = Split(
-            data.target.images[shots].to(device, non_blocking=True),
-            data.target.labels[shots].to(device, non_blocking=True),
-        )
+        self.shots = upload(data.target, shots, device)
         self.target_eval = splits.view("target", evaluation)
         self.shot_indices = shots
         self.eval_size = len(evaluation)

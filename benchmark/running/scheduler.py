@@ -243,11 +243,12 @@ def run_matrix(
     if options.seed_batch and not ex.groups:
         note(f"--seed-batch: the {type(ex).__name__} runs seeds separately (only inline and local batch them)")
 
-    def kept(run_id: str) -> None:
+    def kept(run_id: str, tick: bool = True) -> None:
         """A run another runner finished meanwhile (complete or diverged): counted, not run."""
         done = summary.kept_diverged if settled(run_id) is Status.DIVERGED else summary.skipped_complete
         done.append(run_id)
-        bar.update(1)
+        if tick:
+            bar.update(1)
 
     def finish(spec: RunSpec, rec: RunRecord) -> None:
         summary.ran.append(rec)
@@ -351,11 +352,10 @@ def run_matrix(
         ex.close()
         bar.close()
     for run_id in elsewhere:
-        status = settled(run_id)
-        if status not in KEPT:
-            summary.busy.append(run_id)
+        if settled(run_id) in KEPT:
+            kept(run_id, tick=False)  # the bar is closed
         else:
-            (summary.skipped_complete if status is Status.COMPLETE else summary.kept_diverged).append(run_id)
+            summary.busy.append(run_id)
     return summary
 
 

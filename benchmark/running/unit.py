@@ -322,6 +322,13 @@ class Outcome:
         )
 
 
+def earlier_attempt(rec: RunRecord, pid: int | None = None) -> bool:
+    """Whether ``rec`` is the ``failed``/``skipped`` record of an earlier attempt of the run: not a
+    result (:data:`KEPT`) and written by another process than ``pid`` (default: this one), which
+    the run is being retried by."""
+    return rec.status.terminal and rec.status not in KEPT and rec.pid != (pid if pid is not None else os.getpid())
+
+
 def record_failure(
     spec: RunSpec,
     store: RunStore,
@@ -344,7 +351,7 @@ def record_failure(
     """
     rec = store.read(spec.run_id)
     if rec is not None and rec.status.terminal:
-        if rec.status in KEPT or rec.pid == (pid if pid is not None else os.getpid()):
+        if not earlier_attempt(rec, pid):
             return rec
         rec = None  # an earlier attempt's failure: this attempt never wrote a record of its own
     if rec is None:

@@ -20,7 +20,6 @@ per executor (``inline.py``, ``local_pool.py``, ``ray.py``, ``slurm.py``), each 
 
 from __future__ import annotations
 
-import os
 import pathlib
 import sys
 from abc import ABC, abstractmethod
@@ -34,7 +33,7 @@ from ...core.registry import Registry
 from ...core.spec import RunSpec
 from ...core.store import RunStore
 from ...engine.options import EngineOptions
-from ..unit import KEPT, Outcome, record_failure
+from ..unit import Outcome, earlier_attempt, record_failure
 
 # name → Executor class, built as ``cls(results_dir, options)``; installed packages may add
 # executors through the ``dabench.executors`` entry-point group, like methods and pairs
@@ -164,7 +163,7 @@ def record_death(
         return Outcome(spec.run_id, "busy")
     prior = store.read(spec.run_id)
     # no record, or only an earlier attempt's failure (retried): the process never started the run
-    if prior is None or (prior.status.terminal and prior.status not in KEPT and prior.pid != (pid or os.getpid())):
+    if prior is None or earlier_attempt(prior, pid):
         why += DIED_BEFORE_START
     rec = record_failure(spec, store, "WorkerDied", why, detail, device, pid, torch_threads)
     # the claim names the dead process: remove it now (it is stale) rather than wait for a takeover

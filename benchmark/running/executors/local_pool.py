@@ -269,9 +269,8 @@ class LocalPoolExecutor(Executor):
         if msg is None:  # the process ended, or closed its output and is ending
             try:
                 worker.proc.wait(timeout=self.exit_grace_s)
-            except (
-                subprocess.TimeoutExpired
-            ):  # stuck after its output closed (e.g. in teardown): it has nothing more to say
+            except subprocess.TimeoutExpired:
+                # stuck after its output closed (e.g. in teardown): it has nothing more to say
                 worker.proc.kill()
                 worker.proc.wait()
             if self._slots[worker.slot] is worker:
