@@ -114,3 +114,37 @@ def test_map_by_order_checks_shapes() -> None:
     assert list(map_by_order({"x": torch.ones(2), "y": torch.ones(3)}, dst)) == ["a", "b"]
     with pytest.raises(WeightsUnavailable, match="x"):
         map_by_order({"x": torch.ones(3), "y": torch.ones(2)}, dst)
+
+
+@needs_lite0
+def test_pretrained_backbone_sees_its_weights_normalisation_on_an_imagenet_normalised_pair() -> None:
+    """tf_efficientnet_lite0's weights were trained on (u − 0.5)/0.5 (timm's pretrained_cfg); a pair
+    normalised with ImageNet mean/std (Office-31, RGB folders) must reach them re-normalised, as
+    ``build_method`` does, or the features are those of inputs at ~2x contrast."""
+    from dabench.core.registry import PAIRS
+    from dabench.core.spec import RunSpec
+    from dabench.engine.train import build_method
+
+    pair = PAIRS.get("office31-A-W")
+    assert pair.mean == (0.485, 0.456, 0.406)
+    spec = RunSpec("source-only", pair.name, 0, "uda", 0, 0, backbone="tf_efficientnet_lite0")
+    net = build_method(spec, pair).net.backbone.eval()
+    assert (net.input_mean, net.input_std) == ((0.5,) * 3, (0.5,) * 3)
+    u = torch.rand(2, 3, 64, 64)  # pixels in [0, 1]
+    mean, std = torch.tensor(pair.mean).view(1, 3, 1, 1), torch.tensor(pair.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        got = net((u - mean) / std)  # what the engine feeds for this pair
+        want = net.model((u - 0.5) / 0.5)  # what the weights were trained on
+        wrong = net.model((u - mean) / std)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert (wrong - want).abs().max() > 1e-2  # the mismatch is not negligible
+    # the state dict is unchanged (non-persistent constants): checkpoints keep their keys
+    assert not any(k.startswith("input_") for k in net.state_dict())
+
+
+def test_from_scratch_backbones_keep_the_pairs_normalisation() -> None:
+    from dabench.backbones.base import match_input
+
+    for net in (BACKBONES.get("lenet")(), BACKBONES.get("resnet50")(pretrained=False)):
+        match_input(net, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        assert getattr(net, "input_scale", None) is None

@@ -6,8 +6,10 @@ That package's file ``efficientnet-lite0-57934424.pth`` uses another implementat
 (``_conv_stem``, ``_blocks.N._depthwise_conv``, ``_fc``…), but its 296 tensors are the same
 parameters and buffers, in the same order, as timm's ``tf_efficientnet_lite0`` state dict, so they are
 mapped by position, with every shape checked. The mapping is verified in ``tests/test_backbones.py``
-by classifying a real photograph. timm's preprocessing for this model is mean = std = 0.5 per channel;
-with ImageNet mean/std (as the Office-31 pairs set) it still classifies correctly.
+by classifying a real photograph. timm's preprocessing for this model is mean = std = 0.5 per channel
+(its ``pretrained_cfg``); on a pair normalised otherwise (ImageNet mean/std: Office-31, RGB folders)
+the backbone maps its input to that normalisation first (``backbones/base.py: match_input``), so the
+weights see the inputs they were trained on.
 """
 
 from __future__ import annotations

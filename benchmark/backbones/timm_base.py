@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Backbone
+from .base import Backbone, renormalise
 
 
 class WeightsUnavailable(RuntimeError):
@@ -25,9 +25,14 @@ class TimmBackbone(Backbone):
         # timm sets num_features as an int; torch types a Module's unknown attributes as Tensor | Module
         self.out_features = int(model.num_features)  # type: ignore[arg-type]
         self.pretrained = pretrained
+        if pretrained:  # the statistics its weights were trained with, from timm's pretrained_cfg
+            cfg: Any = getattr(model, "pretrained_cfg", None) or {}
+            if "mean" in cfg and "std" in cfg:
+                self.input_mean = tuple(float(v) for v in cfg["mean"])
+                self.input_std = tuple(float(v) for v in cfg["std"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return self.model(renormalise(self, x))
 
 
 def read_state_dict(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
