@@ -148,3 +148,27 @@ def test_from_scratch_backbones_keep_the_pairs_normalisation() -> None:
     for net in (BACKBONES.get("lenet")(), BACKBONES.get("resnet50")(pretrained=False)):
         match_input(net, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
         assert getattr(net, "input_scale", None) is None
+
+
+def test_map_by_order_maps_timm_names_by_name_in_any_order() -> None:
+    """A timm-named state dict saved in another key order is loaded by name, never by position
+    (by position, a BatchNorm's equal-shaped weight/bias/running stats would trade places)."""
+    import timm
+
+    from dabench.backbones.efficientnet import map_by_order
+
+    ref = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    for m in ref.modules():  # make the BatchNorm tensors tell apart
+        if isinstance(m, torch.nn.BatchNorm2d):
+            for t in (m.weight.data, m.bias.data, m.running_mean, m.running_var):
+                t.uniform_(0.5, 1.5)
+    sd = ref.state_dict()
+    shuffled = {k: sd[k] for k in sorted(sd, reverse=True)}  # same names, another order
+    got = map_by_order(shuffled, timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict())
+    assert list(got) == list(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
+
+
+def test_three_channel_backbones_refuse_grey_pairs_saying_what_to_use() -> None:
+    for name in ("resnet50", "tf_efficientnet_lite0"):
+        with pytest.raises(ValueError, match=r"1 channel\(s\).*lenet, cnn32.*channels=3"):
+            BACKBONES.get(name)(in_channels=1, image_size=28, pretrained=False)

@@ -43,9 +43,20 @@ def packaged_weights_path() -> str:
 
 
 def map_by_order(src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
-    """Rename ``src``'s tensors to ``dst``'s keys position by position; counts and every shape must agree."""
-    if list(src) == list(dst):
-        return OrderedDict(src)
+    """``src``'s tensors under ``dst``'s keys: by name when ``src`` has every key of ``dst`` (timm's
+    naming, in whatever order it was saved; extra keys such as a classifier are dropped), else position
+    by position (the packaged file's other naming); counts and every shape must agree."""
+    if set(dst) <= set(src):
+        # by name, never by order: a timm state dict saved in another key order (sorted, buffers
+        # last) would otherwise be refused, or, where neighbouring shapes agree (a BatchNorm's
+        # weight, bias, running mean and var are all [C]), mapped onto the wrong tensors
+        bad = [k for k in dst if src[k].shape != dst[k].shape]
+        if bad:
+            raise WeightsUnavailable(
+                f"weights do not fit tf_efficientnet_lite0: {len(bad)} tensor(s) of another shape, e.g. "
+                + ", ".join(f"{k} {tuple(src[k].shape)} vs {tuple(dst[k].shape)}" for k in bad[:3])
+            )
+        return OrderedDict((k, src[k]) for k in dst)
     if len(src) != len(dst):
         raise WeightsUnavailable(f"cannot map weights by order: {len(src)} tensors given, the model has {len(dst)}")
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -76,7 +87,10 @@ def tf_efficientnet_lite0(
     import timm  # late: timm takes seconds to import and only timm backbones need it
 
     if in_channels != 3:
-        raise ValueError(f"tf_efficientnet_lite0 takes 3-channel images, the pair has {in_channels}")
+        raise ValueError(
+            f"backbone tf_efficientnet_lite0 takes 3-channel (RGB) images, the pair has {in_channels} channel(s): "
+            "use a backbone for its images (lenet, cnn32) or a 3-channel pair (folder:...,channels=3)"
+        )
     if not weights and not parse_bool(pretrained, "backbone.pretrained"):
         return TimmBackbone(
             timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0), pretrained=False
