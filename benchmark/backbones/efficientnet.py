@@ -72,7 +72,10 @@ def imagenet_classifier(weights: str | None = None) -> nn.Module:
     import timm  # late: timm takes seconds to import and only timm backbones need it
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    sd = read_state_dict(weights or packaged_weights_path())
+    if weights:
+        sd = read_state_dict(weights)
+    else:  # an installed package whose file is gone (a broken install): say so, and how to mend it
+        sd = read_state_dict(packaged_weights_path(), f"the file the package {PACKAGE} ships. {HOW_TO}")
     model.load_state_dict(map_by_order(sd, model.state_dict()), strict=True)
     return model
 

@@ -35,12 +35,13 @@ class TimmBackbone(Backbone):
         return self.model(renormalise(self, x))
 
 
-def read_state_dict(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | pathlib.Path, origin: str = "given as backbone.weights") -> dict[str, torch.Tensor]:
     """A state dict from a ``.pth``/``.pt`` file (``weights_only=True``); unwraps ``state_dict``/``model``
-    wrappers and a DataParallel ``module.`` prefix."""
+    wrappers and a DataParallel ``module.`` prefix. ``origin`` says where the path came from (and how
+    to mend it) in the error a missing file raises."""
     p = pathlib.Path(path).expanduser()
     if not p.is_file():
-        raise WeightsUnavailable(f"backbone weights file {p} does not exist (given as backbone.weights)")
+        raise WeightsUnavailable(f"backbone weights file {p} does not exist ({origin})")
     sd: Any = torch.load(p, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
