@@ -66,6 +66,7 @@ from typing import Any
 
 import torch
 
+from .backbones.base import match_input
 from .core.domain import Domain, DomainPair, PairData, default_data_root
 from .core.method import Batch, Loss, Method, validate_method_class
 from .core.registry import BACKBONES, METHODS, PAIRS, RegistryError, ensure_method_registered
@@ -280,6 +281,7 @@ def _build(cls: type[Method], pair: DomainPair, hparams: dict[str, Any], seed: i
     backbone = BACKBONES.get(pair.backbone)(
         in_channels=pair.channels, image_size=pair.image_size, **pair.backbone_options
     )
+    match_input(backbone, pair.mean, pair.std)  # pretrained weights see the normalisation they were trained with
     return cls(backbone, pair.num_classes, hparams)
 
 

@@ -3,11 +3,19 @@
 Decoding a dataset from its distribution format (JPEG folders, LIBSVM text, torchvision
 pickles) costs seconds to minutes; reading the same uint8 tensors back from one
 ``torch.save`` file costs a fraction of a second. Each cache file is keyed by
-``(dataset, split, size)`` and a **fingerprint of the source files**: the sorted list of
-``(relative path, size in bytes, mtime in ns)`` hashed with SHA-1. Hashing the contents of a
-few-GB folder on every load would cost as much as decoding it, so size + mtime stands in for a
-content checksum: replacing, adding or removing a source file (or touching it) changes the key
-and the next load decodes afresh; a stale cache file is simply never read again.
+``(dataset, split, size)`` and a **fingerprint of the source files and of the decoder**: the sorted
+list of ``(relative path, size in bytes, mtime in ns, ctime in ns)`` plus the decoder's identity
+(:func:`decoder_identity`: a SHA-1 of the ``dabench.datasets`` sources, where every built-in decoder
+lives, the torch/torchvision/Pillow versions that decode and resize, and the caller's ``version``),
+hashed with SHA-1. Hashing the contents of a few-GB folder on every load would cost as much as
+decoding it, so size + mtime + ctime stand in for a content checksum: replacing, adding or removing
+a source file (or touching it) changes the key and the next load decodes afresh; a stale cache file
+is simply never read again. The ctime is there because the mtime alone can be put back: ``tar x``,
+``cp -p`` and ``rsync -t`` give a replaced file its old mtime, and a same-size replacement (a fixed
+CIFAR batch, a re-exported JPEG) then read the old tensors; nothing but the kernel sets the ctime.
+The price: a data root copied elsewhere (new ctimes) decodes once more. A changed decoder (a
+new resize, another library version) gets new keys too, so cached tensors are always what this
+code would decode now.
 
 Files are written atomically (temporary file + rename), so an interrupted first load never
 leaves a half-written cache, and read with ``weights_only=True`` (plain tensors, no pickle code).
@@ -26,7 +34,9 @@ cache is for, are 10-100x slower than either read).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import os
 import pathlib
 import tempfile
@@ -76,14 +86,37 @@ def _verified(payload: object, path: pathlib.Path) -> Tensors:
     return tensors
 
 
-def fingerprint(paths: Iterable[pathlib.Path], base: pathlib.Path | None = None) -> str:
-    """SHA-1 over sorted ``(path relative to base, size, mtime_ns)`` of the given files."""
+@functools.cache
+def _library_sources() -> str:
+    """SHA-1 of this package's ``.py`` files (every built-in decoder and resize lives here) and the
+    versions of the libraries that decode (Pillow, torchvision) and resize (torch)."""
     h = hashlib.sha1()
+    for f in sorted(pathlib.Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    versions = [f"torch={torch.__version__}"]
+    for dist in ("torchvision", "pillow"):
+        try:  # the installed version, without importing the library (torchvision takes a second)
+            versions.append(f"{dist}={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:  # absent: it did not write the tensors
+            versions.append(f"{dist}=-")
+    h.update("\n".join(versions).encode())
+    return h.hexdigest()
+
+
+def decoder_identity(version: str = "") -> str:
+    """What decoded a cache file: the ``dabench.datasets`` sources, library versions and ``version``
+    (a plugin's own decoder version; its code is not among these sources)."""
+    return f"{_library_sources()}|{version}"
+
+
+def fingerprint(paths: Iterable[pathlib.Path], base: pathlib.Path | None = None, decoder: str = "") -> str:
+    """SHA-1 over sorted ``(path relative to base, size, mtime_ns, ctime_ns)`` of the given files and ``decoder``."""
+    h = hashlib.sha1(decoder.encode() + b"\n")
     rows = []
     for p in paths:
         st = p.stat()
         rel = p.relative_to(base).as_posix() if base is not None else p.name
-        rows.append(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}")
+        rows.append(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ctime_ns}")
     for row in sorted(rows):
         h.update(row.encode())
         h.update(b"\n")
@@ -103,16 +136,18 @@ def cached(
     sources: Iterable[pathlib.Path],
     decode: Callable[[], Tensors],
     base: pathlib.Path | None = None,
+    version: str = "",
 ) -> Tensors:
     """``decode()`` once and store the result; later calls with unchanged ``sources`` read it back.
 
     ``decode`` must return a dict of tensors (e.g. ``images`` uint8 ``[N, C, H, W]``, ``labels`` int64).
     A file that cannot be read or fails its checksums is decoded again and rewritten, with a warning
-    naming it.
+    naming it. ``version``: bump it when a decoder outside ``dabench.datasets`` (a plugin's) changes
+    what it returns; the built-in decoders' sources are part of the key already.
     """
     if os.environ.get("DABENCH_NO_CACHE") == "1":
         return decode()
-    path = cache_path(data_root, dataset, split, size, fingerprint(sources, base))
+    path = cache_path(data_root, dataset, split, size, fingerprint(sources, base, decoder_identity(version)))
     if path.is_file():
         try:
             return _verified(torch.load(path, map_location="cpu", weights_only=True), path)

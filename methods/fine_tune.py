@@ -11,7 +11,8 @@ from dabench import Batch, Loss, Method, Uses, register_method
 class FineTune(Method):
     """Fine-tune: start from the source-only network and train all of it on k target shots per class.
 
-    total = CE(h(g(x)), y) over batches of the shots, learning rate lr_scale × the pair's
+    total = CE(h(g(x)), y) over batches of the shots, every parameter group at lr_scale × its
+    source-only rate (new layers lr_scale × the pair's, a pretrained backbone lr_scale × 0.1 × it)
     (fine-tuning at a small learning rate keeps the source features; Yosinski et al. 2014,
     How transferable are features in deep neural networks? NeurIPS), for steps_fraction of its steps.
     """

@@ -6,8 +6,10 @@ That package's file ``efficientnet-lite0-57934424.pth`` uses another implementat
 (``_conv_stem``, ``_blocks.N._depthwise_conv``, ``_fc``…), but its 296 tensors are the same
 parameters and buffers, in the same order, as timm's ``tf_efficientnet_lite0`` state dict, so they are
 mapped by position, with every shape checked. The mapping is verified in ``tests/test_backbones.py``
-by classifying a real photograph. timm's preprocessing for this model is mean = std = 0.5 per channel;
-with ImageNet mean/std (as the Office-31 pairs set) it still classifies correctly.
+by classifying a real photograph. timm's preprocessing for this model is mean = std = 0.5 per channel
+(its ``pretrained_cfg``); on a pair normalised otherwise (ImageNet mean/std: Office-31, RGB folders)
+the backbone maps its input to that normalisation first (``backbones/base.py: match_input``), so the
+weights see the inputs they were trained on.
 """
 
 from __future__ import annotations
@@ -41,9 +43,20 @@ def packaged_weights_path() -> str:
 
 
 def map_by_order(src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
-    """Rename ``src``'s tensors to ``dst``'s keys position by position; counts and every shape must agree."""
-    if list(src) == list(dst):
-        return OrderedDict(src)
+    """``src``'s tensors under ``dst``'s keys: by name when ``src`` has every key of ``dst`` (timm's
+    naming, in whatever order it was saved; extra keys such as a classifier are dropped), else position
+    by position (the packaged file's other naming); counts and every shape must agree."""
+    if set(dst) <= set(src):
+        # by name, never by order: a timm state dict saved in another key order (sorted, buffers
+        # last) would otherwise be refused, or, where neighbouring shapes agree (a BatchNorm's
+        # weight, bias, running mean and var are all [C]), mapped onto the wrong tensors
+        bad = [k for k in dst if src[k].shape != dst[k].shape]
+        if bad:
+            raise WeightsUnavailable(
+                f"weights do not fit tf_efficientnet_lite0: {len(bad)} tensor(s) of another shape, e.g. "
+                + ", ".join(f"{k} {tuple(src[k].shape)} vs {tuple(dst[k].shape)}" for k in bad[:3])
+            )
+        return OrderedDict((k, src[k]) for k in dst)
     if len(src) != len(dst):
         raise WeightsUnavailable(f"cannot map weights by order: {len(src)} tensors given, the model has {len(dst)}")
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -59,7 +72,10 @@ def imagenet_classifier(weights: str | None = None) -> nn.Module:
     import timm  # late: timm takes seconds to import and only timm backbones need it
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    sd = read_state_dict(weights or packaged_weights_path())
+    if weights:
+        sd = read_state_dict(weights)
+    else:  # an installed package whose file is gone (a broken install): say so, and how to mend it
+        sd = read_state_dict(packaged_weights_path(), f"the file the package {PACKAGE} ships. {HOW_TO}")
     model.load_state_dict(map_by_order(sd, model.state_dict()), strict=True)
     return model
 
@@ -74,7 +90,10 @@ def tf_efficientnet_lite0(
     import timm  # late: timm takes seconds to import and only timm backbones need it
 
     if in_channels != 3:
-        raise ValueError(f"tf_efficientnet_lite0 takes 3-channel images, the pair has {in_channels}")
+        raise ValueError(
+            f"backbone tf_efficientnet_lite0 takes 3-channel (RGB) images, the pair has {in_channels} channel(s): "
+            "use a backbone for its images (lenet, cnn32) or a 3-channel pair (folder:...,channels=3)"
+        )
     if not weights and not parse_bool(pretrained, "backbone.pretrained"):
         return TimmBackbone(
             timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0), pretrained=False

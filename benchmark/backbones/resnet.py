@@ -27,7 +27,10 @@ def resnet50(
     import timm  # late: timm takes seconds to import and only timm backbones need it
 
     if in_channels != 3:
-        raise ValueError(f"resnet50 takes 3-channel images, the pair has {in_channels}")
+        raise ValueError(
+            f"backbone resnet50 takes 3-channel (RGB) images, the pair has {in_channels} channel(s): "
+            "use a backbone for its images (lenet, cnn32) or a 3-channel pair (folder:...,channels=3)"
+        )
     if weights:
         model = timm.create_model("resnet50", pretrained=False, num_classes=0)
         load_features(model, read_state_dict(weights), str(weights))

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Backbone
+from .base import Backbone, renormalise
 
 
 class WeightsUnavailable(RuntimeError):
@@ -25,17 +25,23 @@ class TimmBackbone(Backbone):
         # timm sets num_features as an int; torch types a Module's unknown attributes as Tensor | Module
         self.out_features = int(model.num_features)  # type: ignore[arg-type]
         self.pretrained = pretrained
+        if pretrained:  # the statistics its weights were trained with, from timm's pretrained_cfg
+            cfg: Any = getattr(model, "pretrained_cfg", None) or {}
+            if "mean" in cfg and "std" in cfg:
+                self.input_mean = tuple(float(v) for v in cfg["mean"])
+                self.input_std = tuple(float(v) for v in cfg["std"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return self.model(renormalise(self, x))
 
 
-def read_state_dict(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | pathlib.Path, origin: str = "given as backbone.weights") -> dict[str, torch.Tensor]:
     """A state dict from a ``.pth``/``.pt`` file (``weights_only=True``); unwraps ``state_dict``/``model``
-    wrappers and a DataParallel ``module.`` prefix."""
+    wrappers and a DataParallel ``module.`` prefix. ``origin`` says where the path came from (and how
+    to mend it) in the error a missing file raises."""
     p = pathlib.Path(path).expanduser()
     if not p.is_file():
-        raise WeightsUnavailable(f"backbone weights file {p} does not exist (given as backbone.weights)")
+        raise WeightsUnavailable(f"backbone weights file {p} does not exist ({origin})")
     sd: Any = torch.load(p, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backbones.base import match_input
 from ..core.domain import DomainPair, PairData, check_target_shots, lr_factor
 from ..core.method import MAIN, Batch, Loss, Method, TargetView
 from ..core.record import RunResult, first_line
@@ -65,6 +66,7 @@ def build_method(spec: RunSpec, pair: DomainPair) -> Method:
     backbone = BACKBONES.get(spec.backbone)(
         in_channels=pair.channels, image_size=pair.image_size, **spec.backbone_options
     )
+    match_input(backbone, pair.mean, pair.std)  # pretrained weights see the normalisation they were trained with
     return cls(backbone, pair.num_classes, spec.hparams)
 
 
