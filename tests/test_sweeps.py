@@ -301,3 +301,23 @@ def test_the_oracle_column_of_the_rules_table_is_labelled_as_such(tmp_path):
     _two_trials(tmp_path, "diverged", diverged_at_step=300)
     md = config_selection_markdown(load_results(tmp_path))
     assert "oracle" in md and "selects on the target test labels: an upper bound, not a result" in md
+
+
+def test_rules_table_counts_every_pair_once_whatever_its_seeds(tmp_path):
+    """Pair p1 has one seed (90 %), pair p2 three (60 %): the rules table is a mean of per-pair means
+    (75), as the leaderboard's avg; a flat mean over (pair, seed) cells gave p2 three times p1's
+    weight (67.5). Regret is averaged the same way: p1's regret 10, p2's 0 -> 5 (flat: 2.5)."""
+    from fake_runs import curve_from, write_run
+
+    for pair, seeds, good in (("p1", [0], 90.0), ("p2", [0, 1, 2], 60.0)):
+        for s in seeds:
+            # snd prefers trial x=2, which is 10 points worse on p1 and as good on p2
+            bad = good - 10.0 if pair == "p1" else good
+            write_run(tmp_path, f"{pair}-1-{s}", "dann", pair, s, curve=curve_from([good], snd=[1.0]), hparams={"x": 1})
+            write_run(tmp_path, f"{pair}-2-{s}", "dann", pair, s, curve=curve_from([bad], snd=[2.0]), hparams={"x": 2})
+    acc, regret = rule_table(load_results(tmp_path))
+    assert acc.loc[("dann", "0"), "oracle"] == pytest.approx(75.0)
+    assert acc.loc[("dann", "0"), "snd"] == pytest.approx(70.0)
+    assert regret.loc[("dann", "0"), "snd"] == pytest.approx(5.0)
+    lb = leaderboard(select_config(load_results(tmp_path), "oracle"), "oracle")
+    assert float(lb.summary.loc["dann", "avg"]) == pytest.approx(acc.loc[("dann", "0"), "oracle"])

@@ -255,7 +255,9 @@ def select(df: pd.DataFrame, rule: str = "last") -> pd.DataFrame:
 
 
 def rule_regret(df: pd.DataFrame) -> pd.DataFrame:
-    """Per configuration (and label budget): mean over its runs of (oracle accuracy − rule accuracy).
+    """Per configuration (and label budget): (oracle accuracy − rule accuracy), averaged over the
+    seeds of each pair, then over pairs (every pair counts once whatever its number of seeds, as
+    the leaderboard's ``avg``).
 
     Regret is in accuracy points; 0 means the rule found the best evaluation every time.
     Rows are ``method`` × ``labels``, where ``method`` is the configuration's row name as the
@@ -278,10 +280,13 @@ def rule_regret(df: pd.DataFrame) -> pd.DataFrame:
     reg = pd.DataFrame(frames)
     reg["method"] = entry_names(oracle)
     reg["labels"] = oracle["labels"].to_numpy()
+    reg["pair"] = oracle["pair"].to_numpy()
     reg = reg[oracle["status"].to_numpy() == "complete"]
     if reg.empty:
         return pd.DataFrame(columns=["method", "labels", *rules]).set_index(["method", "labels"])
-    return reg.groupby(["method", "labels"], sort=True)[rules].mean()
+    # per pair first: a flat mean over runs would weigh a pair by its number of seeds
+    per_pair = reg.groupby(["method", "labels", "pair"], sort=True)[rules].mean()
+    return per_pair.groupby(level=["method", "labels"], sort=True).mean()
 
 
 def available_rules(df: pd.DataFrame) -> list[str]:
