@@ -321,3 +321,39 @@ def test_rules_table_counts_every_pair_once_whatever_its_seeds(tmp_path):
     assert regret.loc[("dann", "0"), "snd"] == pytest.approx(5.0)
     lb = leaderboard(select_config(load_results(tmp_path), "oracle"), "oracle")
     assert float(lb.summary.loc["dann", "avg"]) == pytest.approx(acc.loc[("dann", "0"), "oracle"])
+
+
+def test_a_trial_without_the_rules_score_is_named_not_silently_dropped(tmp_path):
+    """Seed 1's trial trade_off=1.0 has no snd score (say, a run of an older dabench): snd cannot rank
+    it, so the pick is over the other trial. That used to happen silently, the row reading as a
+    choice over both trials; now a warning and the leaderboard's notes name the trial, and
+    ``trials`` counts the one candidate."""
+    from fake_runs import curve_from, write_run
+
+    for s in range(3):
+        write_run(tmp_path, f"a{s}", "dann", "p", s, curve=curve_from([60.0], snd=[1.0]), hparams={"trade_off": 0.1})
+        snd = [None] if s == 1 else [2.0]
+        write_run(tmp_path, f"b{s}", "dann", "p", s, curve=curve_from([70.0], snd=snd), hparams={"trade_off": 1.0})
+    with pytest.warns(UserWarning, match=r"1 complete sweep trial\(s\) have no snd score.*dann on p seed 1"):
+        picks = select_config(load_results(tmp_path), "snd")
+    assert sorted(picks["run_id"]) == ["a1", "b0", "b2"]
+    assert dict(zip(picks["seed"], picks["trials"])) == {0: 2, 1: 1, 2: 2}
+    lb = leaderboard(picks, "snd")
+    assert any("dann on p seed 1 (dann.trade_off=1.0 has no snd score)" in n for n in lb.notes), lb.notes
+
+
+def test_a_seed_with_no_scored_trial_is_not_shown_as_diverged(tmp_path):
+    """Seed 0: trade_off=0.1 diverged, the two others completed without an snd score. There is no
+    pick; the seed used to be represented by its first row, the diverged trial, so the leaderboard
+    said the seed diverged. It is listed as complete without a score for the rule."""
+    from fake_runs import curve_from, write_run
+
+    write_run(tmp_path, "a0", "dann", "p", 0, status="diverged", diverged_at_step=10, hparams={"trade_off": 0.1})
+    for tag, t in (("b0", 1.0), ("c0", 3.0)):
+        write_run(tmp_path, tag, "dann", "p", 0, curve=curve_from([70.0], snd=[None]), hparams={"trade_off": t})
+    (pick,) = select_config(load_results(tmp_path), "snd").itertuples()
+    assert (pick.run_id, pick.status) == ("b0", "complete")
+    with pytest.warns(UserWarning, match="no usable score"):
+        lb = leaderboard(select_config(load_results(tmp_path), "snd"), "snd")
+    (m,) = lb.missing.itertuples()
+    assert m.status == "complete" and "no score for rule 'snd'" in m.detail
