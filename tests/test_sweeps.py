@@ -127,6 +127,18 @@ def test_bad_sweep_table_in_file(tmp_path):
     f.write_text('[matrix]\nmethods = ["dann"]\n[sweep.random]\n"dann.trade_off" = "uniform(2, 1)"\ntrials = 3\n')
     with pytest.raises(MatrixError, match=r"m.toml \[sweep.random\]: sweep key 'dann.trade_off'.*wrong order"):
         expand(load_matrix_file(f))
+    # a typo of a random-search setting is named with the keys [sweep.random] takes
+    f.write_text('[matrix]\nmethods = ["dann"]\n[sweep.random]\nlr = "uniform(0.01, 0.1)"\ntrial = 4\n')
+    with pytest.raises(
+        MatrixError, match=r"'sweep.random.trial'.*the other keys of \[sweep.random\]: trials, sweep_seed"
+    ):
+        expand(load_matrix_file(f))
+    # trials in [sweep] (not [sweep.random]) was read as a swept key named "trials"
+    f.write_text('[matrix]\nmethods = ["dann"]\n[sweep]\ntrials = 8\n[sweep.random]\nlr = "uniform(0.01, 0.1)"\n')
+    with pytest.raises(
+        MatrixError, match=r"'sweep.trials': trials belongs to the random search: put it in \[sweep.random\]"
+    ):
+        expand(load_matrix_file(f))
     f.write_text('[matrix]\nmethods = ["dann"]\nmax_trials = 2\n[sweep]\nlr = [0.1, 0.2, 0.3]\n')
     with pytest.raises(MatrixError, match="larger than max_trials=2"):
         expand(load_matrix_file(f))
