@@ -13,7 +13,11 @@ Rules (score per evaluation → argmax/argmin over the curve):
   Bengio 2005 as a criterion; a validator in Musgrave et al. 2022).
 * ``im``         – max information maximisation  H(mean_i p_i) − (1/N) Σ_i H(p_i)
   (Shi & Sha 2012; validator in Musgrave et al. 2022).
-* ``snd``        – max soft neighbourhood density (Saito et al. 2021).
+* ``snd``        – max soft neighbourhood density (Saito et al. 2021, ICCV):
+  (1/N) Σ_i H(softmax_{j≠i}(⟨z_i, z_j⟩ / 0.05)) with z_i = p_i / ||p_i|| the L2-normalised
+  prediction (engine/evaluate.py). It rewards dense neighbourhoods, so it also rewards predictions
+  that collapse towards one shared vector: on digits-offline its ρ with target accuracy can be
+  negative (the validator-correlation table shows it).
 * ``dev``        – min Deep Embedded Validation risk (You et al. 2019): source-validation losses
   importance-weighted by a domain classifier's density ratio on the run's saved features, with
   a control variate (analysis/dev.py). Features are saved for the final model only, so ``dev``
@@ -21,7 +25,10 @@ Rules (score per evaluation → argmax/argmin over the curve):
 * ``oracle``     – max target test accuracy: uses target test labels, an **upper bound**
   that many published tables report; always labelled as such.
 
-Ties pick the *latest* evaluation (later checkpoints are the more trained ones).
+Ties pick the *latest* evaluation (later checkpoints are the more trained ones). All scores are
+computed without target labels on a fixed sample of the unlabelled target *adaptation* split
+(``engine/data.validator_sample``), except ``source-val`` (labelled source validation slice),
+``dev`` (source validation labels and unlabelled features) and the oracle.
 
 What a rule reads (:attr:`Rule.reads`) decides where it may be applied. A protocol forbids some
 data at adaptation time (:data:`PROTOCOL_FORBIDS`): ``source-free`` runs (SHOT) adapt without any
