@@ -369,3 +369,16 @@ def test_a_seed_with_no_scored_trial_is_not_shown_as_diverged(tmp_path):
         lb = leaderboard(select_config(load_results(tmp_path), "snd"), "snd")
     (m,) = lb.missing.itertuples()
     assert m.status == "complete" and "no score for rule 'snd'" in m.detail
+
+
+def test_ties_go_to_the_later_evaluation_then_the_smaller_run_id(tmp_path):
+    """The documented tie-break of select_config: equal scores → the later evaluation, then the
+    smaller run id (whatever order the records are read in)."""
+    from fake_runs import curve_from, write_run
+
+    same = curve_from([60.0, 70.0], snd=[1.0, 1.0])
+    for rid, t in (("z", 0.1), ("m", 1.0), ("q", 3.0)):
+        write_run(tmp_path, rid, "dann", "p", 0, curve=same, hparams={"trade_off": t})
+    (pick,) = select_config(load_results(tmp_path), "snd").itertuples()
+    assert pick.run_id == "m"
+    assert select(select_config(load_results(tmp_path), "snd"), "snd")["selected_step"].tolist() == [200]
