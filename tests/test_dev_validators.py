@@ -140,7 +140,7 @@ def test_kendall_tau_of_the_ranking_change():
 
 def _tau_folder(tmp_path: Path) -> Path:
     """Three methods × two trials; snd picks each method's worse trial, and the worse trials rank
-    the methods in reverse: tau(snd) = -1, while source-val (constant: ties → the latest run id) ..."""
+    the methods in reverse: tau(snd) = -1, while source-val (constant: ties → the smaller run id) ..."""
     for i, m in enumerate(("a", "b", "c")):
         good, bad = 80.0 - 5 * i, 50.0 + 5 * i  # oracle: a > b > c; snd's picks: c > b > a
         write_run(tmp_path, f"{m}-1", m, "digits-offline", 0, curve=curve_from([good], snd=[1.0]), hparams={"x": 1})

@@ -173,3 +173,14 @@ def test_rule_regret_keeps_configurations_apart(tmp_path):
     assert list(reg.index) == [("dann (trade_off=0.1)", "0"), ("dann (trade_off=1.0)", "0")]
     assert reg.loc[("dann (trade_off=0.1)", "0"), "source-val"] == 0.0
     assert reg.loc[("dann (trade_off=1.0)", "0"), "source-val"] == pytest.approx(20.0)
+
+
+def test_rule_regret_counts_every_pair_once_whatever_its_seeds(tmp_path):
+    """source-val's regret is 10 on pair p1 (one seed) and 0 on p2 (three seeds): the row's regret is
+    the mean of per-pair means (5), as the leaderboard's avg; a flat mean over the four runs read 2.5."""
+    write_run(tmp_path, "p1-0", "dann", "p1", 0, curve=curve_from([70.0, 60.0], source_val_acc=[80, 90]))
+    for s in range(3):
+        write_run(tmp_path, f"p2-{s}", "dann", "p2", s, curve=curve_from([50.0, 60.0], source_val_acc=[80, 90]))
+    reg = rule_regret(load_results(tmp_path))
+    assert reg.loc[("dann", "0"), "source-val"] == pytest.approx(5.0)
+    assert reg.loc[("dann", "0"), "oracle"] == 0.0

@@ -127,6 +127,18 @@ def test_bad_sweep_table_in_file(tmp_path):
     f.write_text('[matrix]\nmethods = ["dann"]\n[sweep.random]\n"dann.trade_off" = "uniform(2, 1)"\ntrials = 3\n')
     with pytest.raises(MatrixError, match=r"m.toml \[sweep.random\]: sweep key 'dann.trade_off'.*wrong order"):
         expand(load_matrix_file(f))
+    # a typo of a random-search setting is named with the keys [sweep.random] takes
+    f.write_text('[matrix]\nmethods = ["dann"]\n[sweep.random]\nlr = "uniform(0.01, 0.1)"\ntrial = 4\n')
+    with pytest.raises(
+        MatrixError, match=r"'sweep.random.trial'.*the other keys of \[sweep.random\]: trials, sweep_seed"
+    ):
+        expand(load_matrix_file(f))
+    # trials in [sweep] (not [sweep.random]) was read as a swept key named "trials"
+    f.write_text('[matrix]\nmethods = ["dann"]\n[sweep]\ntrials = 8\n[sweep.random]\nlr = "uniform(0.01, 0.1)"\n')
+    with pytest.raises(
+        MatrixError, match=r"'sweep.trials': trials belongs to the random search: put it in \[sweep.random\]"
+    ):
+        expand(load_matrix_file(f))
     f.write_text('[matrix]\nmethods = ["dann"]\nmax_trials = 2\n[sweep]\nlr = [0.1, 0.2, 0.3]\n')
     with pytest.raises(MatrixError, match="larger than max_trials=2"):
         expand(load_matrix_file(f))
@@ -301,3 +313,72 @@ def test_the_oracle_column_of_the_rules_table_is_labelled_as_such(tmp_path):
     _two_trials(tmp_path, "diverged", diverged_at_step=300)
     md = config_selection_markdown(load_results(tmp_path))
     assert "oracle" in md and "selects on the target test labels: an upper bound, not a result" in md
+
+
+def test_rules_table_counts_every_pair_once_whatever_its_seeds(tmp_path):
+    """Pair p1 has one seed (90 %), pair p2 three (60 %): the rules table is a mean of per-pair means
+    (75), as the leaderboard's avg; a flat mean over (pair, seed) cells gave p2 three times p1's
+    weight (67.5). Regret is averaged the same way: p1's regret 10, p2's 0 -> 5 (flat: 2.5)."""
+    from fake_runs import curve_from, write_run
+
+    for pair, seeds, good in (("p1", [0], 90.0), ("p2", [0, 1, 2], 60.0)):
+        for s in seeds:
+            # snd prefers trial x=2, which is 10 points worse on p1 and as good on p2
+            bad = good - 10.0 if pair == "p1" else good
+            write_run(tmp_path, f"{pair}-1-{s}", "dann", pair, s, curve=curve_from([good], snd=[1.0]), hparams={"x": 1})
+            write_run(tmp_path, f"{pair}-2-{s}", "dann", pair, s, curve=curve_from([bad], snd=[2.0]), hparams={"x": 2})
+    acc, regret = rule_table(load_results(tmp_path))
+    assert acc.loc[("dann", "0"), "oracle"] == pytest.approx(75.0)
+    assert acc.loc[("dann", "0"), "snd"] == pytest.approx(70.0)
+    assert regret.loc[("dann", "0"), "snd"] == pytest.approx(5.0)
+    lb = leaderboard(select_config(load_results(tmp_path), "oracle"), "oracle")
+    assert float(lb.summary.loc["dann", "avg"]) == pytest.approx(acc.loc[("dann", "0"), "oracle"])
+
+
+def test_a_trial_without_the_rules_score_is_named_not_silently_dropped(tmp_path):
+    """Seed 1's trial trade_off=1.0 has no snd score (say, a run of an older dabench): snd cannot rank
+    it, so the pick is over the other trial. That used to happen silently, the row reading as a
+    choice over both trials; now a warning and the leaderboard's notes name the trial, and
+    ``trials`` counts the one candidate."""
+    from fake_runs import curve_from, write_run
+
+    for s in range(3):
+        write_run(tmp_path, f"a{s}", "dann", "p", s, curve=curve_from([60.0], snd=[1.0]), hparams={"trade_off": 0.1})
+        snd = [None] if s == 1 else [2.0]
+        write_run(tmp_path, f"b{s}", "dann", "p", s, curve=curve_from([70.0], snd=snd), hparams={"trade_off": 1.0})
+    with pytest.warns(UserWarning, match=r"1 complete sweep trial\(s\) have no snd score.*dann on p seed 1"):
+        picks = select_config(load_results(tmp_path), "snd")
+    assert sorted(picks["run_id"]) == ["a1", "b0", "b2"]
+    assert dict(zip(picks["seed"], picks["trials"])) == {0: 2, 1: 1, 2: 2}
+    lb = leaderboard(picks, "snd")
+    assert any("dann on p seed 1 (dann.trade_off=1.0 has no snd score)" in n for n in lb.notes), lb.notes
+
+
+def test_a_seed_with_no_scored_trial_is_not_shown_as_diverged(tmp_path):
+    """Seed 0: trade_off=0.1 diverged, the two others completed without an snd score. There is no
+    pick; the seed used to be represented by its first row, the diverged trial, so the leaderboard
+    said the seed diverged. It is listed as complete without a score for the rule."""
+    from fake_runs import curve_from, write_run
+
+    write_run(tmp_path, "a0", "dann", "p", 0, status="diverged", diverged_at_step=10, hparams={"trade_off": 0.1})
+    for tag, t in (("b0", 1.0), ("c0", 3.0)):
+        write_run(tmp_path, tag, "dann", "p", 0, curve=curve_from([70.0], snd=[None]), hparams={"trade_off": t})
+    (pick,) = select_config(load_results(tmp_path), "snd").itertuples()
+    assert (pick.run_id, pick.status) == ("b0", "complete")
+    with pytest.warns(UserWarning, match="no usable score"):
+        lb = leaderboard(select_config(load_results(tmp_path), "snd"), "snd")
+    (m,) = lb.missing.itertuples()
+    assert m.status == "complete" and "no score for rule 'snd'" in m.detail
+
+
+def test_ties_go_to_the_later_evaluation_then_the_smaller_run_id(tmp_path):
+    """The documented tie-break of select_config: equal scores → the later evaluation, then the
+    smaller run id (whatever order the records are read in)."""
+    from fake_runs import curve_from, write_run
+
+    same = curve_from([60.0, 70.0], snd=[1.0, 1.0])
+    for rid, t in (("z", 0.1), ("m", 1.0), ("q", 3.0)):
+        write_run(tmp_path, rid, "dann", "p", 0, curve=same, hparams={"trade_off": t})
+    (pick,) = select_config(load_results(tmp_path), "snd").itertuples()
+    assert pick.run_id == "m"
+    assert select(select_config(load_results(tmp_path), "snd"), "snd")["selected_step"].tolist() == [200]

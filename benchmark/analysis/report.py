@@ -42,7 +42,7 @@ from .validators import validator_correlations
 CONFIG_TEXT = (
     "Each rule picks, per method, pair and seed, one configuration of the sweep and one "
     "evaluation of it (argmax of the rule's score over trials x evaluations) using only what the "
-    "rule may see; cells are the target accuracy (%) of that pick, mean over pairs and seeds. "
+    "rule may see; cells are the target accuracy (%) of that pick, mean over seeds per pair, then over pairs (each pair counts once). "
     "The oracle column selects on the target test labels: an upper bound, not a result. "
     "Regret: oracle's accuracy minus the rule's on the same runs (points, >= 0); trials: "
     "configurations per pair and seed, the budget each rule chose from."

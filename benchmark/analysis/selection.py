@@ -13,7 +13,11 @@ Rules (score per evaluation → argmax/argmin over the curve):
   Bengio 2005 as a criterion; a validator in Musgrave et al. 2022).
 * ``im``         – max information maximisation  H(mean_i p_i) − (1/N) Σ_i H(p_i)
   (Shi & Sha 2012; validator in Musgrave et al. 2022).
-* ``snd``        – max soft neighbourhood density (Saito et al. 2021).
+* ``snd``        – max soft neighbourhood density (Saito et al. 2021, ICCV):
+  (1/N) Σ_i H(softmax_{j≠i}(⟨z_i, z_j⟩ / 0.05)) with z_i = p_i / ||p_i|| the L2-normalised
+  prediction (engine/evaluate.py). It rewards dense neighbourhoods, so it also rewards predictions
+  that collapse towards one shared vector: on digits-offline its ρ with target accuracy can be
+  negative (the validator-correlation table shows it).
 * ``dev``        – min Deep Embedded Validation risk (You et al. 2019): source-validation losses
   importance-weighted by a domain classifier's density ratio on the run's saved features, with
   a control variate (analysis/dev.py). Features are saved for the final model only, so ``dev``
@@ -21,7 +25,10 @@ Rules (score per evaluation → argmax/argmin over the curve):
 * ``oracle``     – max target test accuracy: uses target test labels, an **upper bound**
   that many published tables report; always labelled as such.
 
-Ties pick the *latest* evaluation (later checkpoints are the more trained ones).
+Ties pick the *latest* evaluation (later checkpoints are the more trained ones). All scores are
+computed without target labels on a fixed sample of the unlabelled target *adaptation* split
+(``engine/data.validator_sample``), except ``source-val`` (labelled source validation slice),
+``dev`` (source validation labels and unlabelled features) and the oracle.
 
 What a rule reads (:attr:`Rule.reads`) decides where it may be applied. A protocol forbids some
 data at adaptation time (:data:`PROTOCOL_FORBIDS`): ``source-free`` runs (SHOT) adapt without any
@@ -255,7 +262,9 @@ def select(df: pd.DataFrame, rule: str = "last") -> pd.DataFrame:
 
 
 def rule_regret(df: pd.DataFrame) -> pd.DataFrame:
-    """Per configuration (and label budget): mean over its runs of (oracle accuracy − rule accuracy).
+    """Per configuration (and label budget): (oracle accuracy − rule accuracy), averaged over the
+    seeds of each pair, then over pairs (every pair counts once whatever its number of seeds, as
+    the leaderboard's ``avg``).
 
     Regret is in accuracy points; 0 means the rule found the best evaluation every time.
     Rows are ``method`` × ``labels``, where ``method`` is the configuration's row name as the
@@ -278,10 +287,13 @@ def rule_regret(df: pd.DataFrame) -> pd.DataFrame:
     reg = pd.DataFrame(frames)
     reg["method"] = entry_names(oracle)
     reg["labels"] = oracle["labels"].to_numpy()
+    reg["pair"] = oracle["pair"].to_numpy()
     reg = reg[oracle["status"].to_numpy() == "complete"]
     if reg.empty:
         return pd.DataFrame(columns=["method", "labels", *rules]).set_index(["method", "labels"])
-    return reg.groupby(["method", "labels"], sort=True)[rules].mean()
+    # per pair first: a flat mean over runs would weigh a pair by its number of seeds
+    per_pair = reg.groupby(["method", "labels", "pair"], sort=True)[rules].mean()
+    return per_pair.groupby(level=["method", "labels"], sort=True).mean()
 
 
 def available_rules(df: pd.DataFrame) -> list[str]:

@@ -17,6 +17,12 @@ in the folder is a candidate (restrict with ``--where``). :func:`select_config` 
 one row per method (the chosen run, its settings minus the swept keys, so the leaderboard shows
 one row per method) and the leaderboard, statistics and figures then work on it unchanged.
 
+A complete trial none of whose evaluations has the rule's score (``dev`` on a run that saved no
+features, a score the engine did not log) cannot be ranked by the rule: it is no candidate either,
+named in ``left_out`` ("… has no dev_risk score") and in a warning, and ``trials`` counts only the
+candidates. (When no trial of the seed has a score, there is no pick: :func:`select` leaves the
+accuracy NaN with its own warning.)
+
 Trials that did not complete. A **diverged** trial is no candidate: a rule sees the divergence
 without any label, as a practitioner would, so the pick is over the other trials, and the
 leaderboard's notes name it (``left_out``). A trial that **failed**, was skipped, is running or
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from typing import Any
 
 import pandas as pd
@@ -109,6 +116,7 @@ def select_config(df: pd.DataFrame, rule: str) -> pd.DataFrame:
     sign = 1.0 if maximise else -1.0
     swept = swept_keys(d)
     rows = []
+    missing_score: list[str] = []
     for key, g in d.groupby(GROUP, sort=False):
         best = None  # (score, step, -rank of run id) and the row index
         complete = g[g["status"] == "complete"]
@@ -122,28 +130,51 @@ def select_config(df: pd.DataFrame, rule: str) -> pd.DataFrame:
             rows.append(_unfinished_row(d, unfinished, keys, int(complete["config"].nunique())))
             continue
         order = [] if barred else sorted(complete.index, key=lambda i: str(complete.at[i, "run_id"]))
+        unscored = []  # complete trials with no evaluation the rule can score (e.g. dev without features)
         for rank, i in enumerate(order):
+            scored = False
             for e in complete.at[i, "curve"] or []:
                 v, acc = e.get(field), e.get("target_acc")
                 if not (_finite(v) and _finite(acc)):
                     continue
+                scored = True
                 step = e.get("step") if _finite(e.get("step")) else -1
                 k = (sign * float(v), float(step), -rank)
                 if best is None or k > best[0]:
                     best = (k, i)
-        idx = best[1] if best is not None else g.index[0]
+            if not scored:
+                unscored.append(i)
+        if best is not None and unscored:
+            # the rule cannot rank a trial it has no score for: the pick is over the others, named
+            # (as a diverged trial) so the leaderboard never reads as a choice over every trial
+            missing_score.extend(
+                f"{key[0]} on {key[2]} seed {int(key[3])}: {_trial_name(d.loc[i], keys)}" for i in unscored
+            )
+        # no scored trial: a complete one stands for the seed (select() then names it as having no
+        # score), never a diverged one that would show the seed as diverged
+        idx = best[1] if best is not None else (order[0] if order else g.index[0])
         row = _reduced(d.loc[idx], keys)
         if barred:
             row["chosen"] = {}
-        row["trials"] = int(complete["config"].nunique()) if len(complete) else int(g["config"].nunique())
-        # diverged trials are no candidates (a rule sees the divergence without any label), but they
-        # are named: the leaderboard notes them (tables.prepare reads ``left_out``)
+        candidates = complete.drop(index=unscored) if best is not None else complete
+        row["trials"] = int(candidates["config"].nunique()) if len(complete) else int(g["config"].nunique())
+        # diverged trials are no candidates (a rule sees the divergence without any label), nor are
+        # trials without the rule's score; both are named: the leaderboard notes them (tables.prepare
+        # reads ``left_out``)
         row["left_out"] = (
             [f"{_trial_name(r, keys)} diverged" + _at(r) for _, r in g[g["status"] == DIVERGED].iterrows()]
+            + ([f"{_trial_name(d.loc[i], keys)} has no {field} score" for i in unscored] if best is not None else [])
             if len(complete) and not barred
             else []
         )
         rows.append(row)
+    if missing_score:
+        warnings.warn(
+            f"rule {rule!r}: {len(missing_score)} complete sweep trial(s) have no {field} score and were no "
+            f"candidates of the configuration choice: {'; '.join(missing_score[:5])}"
+            f"{' …' if len(missing_score) > 5 else ''}",
+            stacklevel=2,
+        )
     return pd.DataFrame(rows).reset_index(drop=True)
 
 
@@ -204,12 +235,14 @@ def _accuracy(df: pd.DataFrame, rule: str) -> pd.DataFrame:
 def rule_table(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Methods × rules under configuration selection: mean accuracy and regret against the oracle.
 
-    ``accuracy``: rows ``method`` × ``labels``, one column per scored rule, the mean over pairs and
-    seeds of the target accuracy of each rule's pick. ``regret``: the mean over pairs and seeds of
-    (oracle's accuracy − the rule's) on the same method, pair and seed — ≥ 0, since the oracle
-    maximises target accuracy over the same candidates — plus ``trials`` (the most configurations
-    a pair and seed of the row offered: the budget each rule chose from). A rule whose reads the
-    row's protocol forbids has NaN there (:func:`~dabench.analysis.selection.mark_not_applicable`).
+    ``accuracy``: rows ``method`` × ``labels``, one column per scored rule, the target accuracy of
+    each rule's pick averaged first over the seeds of a pair, then over pairs, so every pair counts
+    once whatever its number of seeds (as the leaderboard's ``avg``: :func:`_pair_mean`).
+    ``regret``: (oracle's accuracy − the rule's) on the same method, pair and seed — ≥ 0, since the
+    oracle maximises target accuracy over the same candidates — averaged the same way, plus
+    ``trials`` (the most configurations a pair and seed of the row offered: the budget each rule
+    chose from). A rule whose reads the row's protocol forbids has NaN there
+    (:func:`~dabench.analysis.selection.mark_not_applicable`).
     """
     df = with_dev_scores(df)  # once, not per rule; dev's column only when some run saved features
     rules = [n for n in available_rules(df) if n in SCORES]
@@ -219,11 +252,23 @@ def rule_table(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         empty = pd.DataFrame(columns=["method", "labels", *rules]).set_index(["method", "labels"])
         return empty, empty
     by = ["method", "labels"]
-    regret = acc.rsub(acc["oracle"], axis=0).groupby(level=by, sort=True).mean()
+    regret = _pair_mean(acc.rsub(acc["oracle"], axis=0))
     # the most configurations any pair and seed of the row offered (a failed trial lowers one cell's)
     trials = select_config(df, "oracle").groupby(by, sort=True)["trials"].max()
     regret["trials"] = trials.reindex(regret.index).astype("Int64")
-    return acc.groupby(level=by, sort=True).mean(), regret
+    return _pair_mean(acc), regret
+
+
+def _pair_mean(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per ``method`` × ``labels``: the mean over pairs of each pair's mean over seeds.
+
+    ``cells`` is indexed by :data:`GROUP` (one row per method, budget, pair and seed). A flat mean
+    over the rows would weigh a pair by its number of seeds (a pair run with 6 seeds would count
+    twice as much as one run with 3); the leaderboard's ``avg`` is a mean of per-pair means, and
+    the rules table says the same thing about the same runs. NaN cells (a rule with no pick
+    there) are skipped in each mean."""
+    per_pair = cells.groupby(level=["method", "labels", "pair"], sort=True).mean()
+    return per_pair.groupby(level=["method", "labels"], sort=True).mean()
 
 
 def ranking_change(acc: pd.DataFrame) -> pd.DataFrame:

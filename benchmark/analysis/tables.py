@@ -388,8 +388,9 @@ def prepare(
         ]
         if gone:
             notes.append(
-                "sweep trials that diverged were no candidates of the configuration choice (a rule "
-                "sees a divergence without labels): " + ", ".join(gone) + "."
+                "sweep trials that diverged or have no score of the rule were no candidates of the "
+                "configuration choice (a rule sees a divergence without labels, and cannot rank a trial "
+                "it has no score for): " + ", ".join(gone) + "."
             )
     done = set(zip(ok["entry"], ok["pair"], ok["seed"].astype(int)))
     miss = []

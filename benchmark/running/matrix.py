@@ -211,12 +211,18 @@ def _sweep_table(table: Any, where: str, origins: dict[str, str]) -> tuple[dict[
                     isinstance(rv, str),
                     where,
                     f"sweep.random.{rk}",
-                    'a distribution string such as "log_uniform(1e-3, 1)", "uniform(0, 1)" or "choice(a, b)"',
+                    'a distribution string such as "log_uniform(1e-3, 1)", "uniform(0, 1)" or "choice(a, b)" '
+                    "(the other keys of [sweep.random]: trials, sweep_seed)",
                     rv,
                 )
                 sweep[rk] = rv
                 origins[rk] = f"{where} [sweep.random]"
             continue
+        if k in ("trials", "sweep_seed"):  # a random search's settings, written one table too high
+            raise MatrixError(
+                f"{where}: key 'sweep.{k}': {k} belongs to the random search: put it in [sweep.random] "
+                f'beside the distributions (e.g. [sweep.random] lr = "log_uniform(1e-3, 1e-1)", {k} = 8)'
+            )
         _expect(
             isinstance(v, list),
             where,
