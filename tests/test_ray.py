@@ -15,7 +15,23 @@ from dabench.core.store import RunStore  # noqa: E402
 from dabench.running.executors import ExecutorOptions  # noqa: E402
 from dabench.running.matrix import Matrix, expand  # noqa: E402
 from dabench.running.scheduler import run_matrix  # noqa: E402
-from tiny_runs import crash_plugin  # noqa: E402
+from tiny_runs import TINY  # noqa: E402
+
+# a run that says something, then kills its own process (a segfault, the OOM killer) at its third step
+LAST_WORDS = """
+import os, sys
+from dabench import register_method
+from dabench.methods.source_only import SourceOnly
+
+@register_method("ray-crash")
+class Crash(SourceOnly):
+    \"\"\"Prints a line, then kills its own process at the third step.\"\"\"
+    def loss(self, batch, progress):
+        if progress > 0.1:
+            print("last words before the crash", file=sys.stderr, flush=True)
+            os._exit(3)
+        return super().loss(batch, progress)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +52,8 @@ def local_ray():
 def test_ray_matches_inline_and_survives_a_dead_task(local_ray, tmp_path, restore_registries):
     import torch
 
-    plugins = crash_plugin(tmp_path, "ray-crash")
+    (tmp_path / "last_words.py").write_text(LAST_WORDS)
+    plugins = (TINY, str(tmp_path / "last_words.py"))
     specs = expand(
         Matrix(methods=("source-only", "linear-probe", "ray-crash"), pairs=("tiny",), seeds=(0,), plugins=plugins)
     )
@@ -46,6 +63,11 @@ def test_ray_matches_inline_and_survives_a_dead_task(local_ray, tmp_path, restor
     got = {r["spec"]["method"]: r for r in summary.ran}
     assert got["source-only"]["status"] == got["linear-probe"]["status"] == "complete"
     assert got["ray-crash"]["status"] == "failed" and got["ray-crash"]["error"]["type"] == "WorkerDied"
+    # its log is in the results folder (not only in Ray's session folder), and its record quotes it
+    log = tmp_path / "ray" / "logs" / f"ray-{got['ray-crash']['run_id']}.log"
+    assert f"log: {log}" in got["ray-crash"]["error"]["message"]
+    assert "last words before the crash" in log.read_text()
+    assert "last words before the crash" in got["ray-crash"]["error"]["traceback"]
     assert got["source-only"]["pid"] != os.getpid()  # it ran in a Ray worker
     assert got["linear-probe"]["started_at"] >= got["source-only"]["finished_at"]
 

@@ -172,3 +172,141 @@ def test_a_worker_dying_inside_a_slurm_job_is_recorded_failed_with_its_own_pid(t
     record = json.loads(RunStore(tmp_path / "r").record_path(spec.run_id).read_text())
     assert record["status"] == "failed" and "exit code 3" in record["error"]["message"], record
     assert record["pid"] == int(marker.read_text()) != os.getpid()
+
+
+# --- against fake sbatch / sacct / srun / scancel on PATH (no SLURM here): what submitit's SLURM
+# executor sees of a real cluster, so the states a job can end in are chosen by the test
+
+FAKE_BIN = {
+    # submits nothing: keeps the script for the test, answers as sbatch does (or fails as told)
+    "sbatch": """#!/bin/bash
+if [ -f "$FAKE_SLURM/refuse" ]; then cat "$FAKE_SLURM/refuse" >&2; exit 1; fi
+n=$(cat "$FAKE_SLURM/next" 2>/dev/null || echo 100)
+cp "$1" "$FAKE_SLURM/submitted-$n.sh"
+echo $((n + 1)) > "$FAKE_SLURM/next"
+echo "Submitted batch job $n"
+""",
+    "sacct": """#!/bin/bash
+echo "JobID|State|NodeList"
+cat "$FAKE_SLURM/sacct" 2>/dev/null || true
+""",
+    "srun": "#!/bin/bash\nexit 0\n",
+    "scancel": '#!/bin/bash\necho "$@" >> "$FAKE_SLURM/scancel"\n',
+}
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    bin_dir, state = tmp_path / "bin", tmp_path / "fake-slurm"
+    bin_dir.mkdir(), state.mkdir()
+    for name, body in FAKE_BIN.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM", str(state))
+    return state
+
+
+def _specs(n: int):
+    from dabench.running.matrix import Matrix, expand
+
+    return expand(Matrix(methods=("source-only",), seeds=tuple(range(n)), overrides={"steps": 2}))
+
+
+def test_slurm_jobs_that_end_without_a_result_are_recorded_with_their_state(tmp_path, fake_slurm):
+    """One array of six jobs, ended as sacct says: five without a result (TIMEOUT, PREEMPTED and never
+    requeued, NODE_FAIL, OUT_OF_MEMORY, CANCELLED by a user) and one COMPLETED with its result. Each
+    of the five runs is recorded ``failed`` naming its job's state, at once; the sixth keeps its
+    outcome; jobs.json lists each job's state. The old executor waited for ever on the PREEMPTED one
+    (submitit counts PREEMPTED as unfinished), waited 15 s per job for a result file that could not
+    come, and listed the cancelled job (``CANCELLED by 1000``) as FINISHED."""
+    import submitit
+
+    from dabench.running.executors import ExecutorOptions, make_executor
+
+    specs = _specs(6)
+    ex = make_executor("slurm", tmp_path / "r", ExecutorOptions(device="cpu", progress=False))
+    ex.preempted_grace_s = 0.0  # a real cluster requeues within the default grace; this one never does
+    for spec in specs:
+        ex.submit(spec)
+    outcomes = ex.wait(0)  # submitted; sacct knows nothing of them yet
+    done_job = next(j["job"] for j in ex._jobs if str(j["job"].job_id) == "100_5")
+    submitit.core.utils.cloudpickle_dump(
+        ("success", [{"run_id": specs[5].run_id, "kind": "already-complete"}]), done_job.paths.result_pickle
+    )
+    states = ["TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY", "CANCELLED by 1000", "COMPLETED"]
+    (fake_slurm / "sacct").write_text("".join(f"100_{i}|{s}|node1\n" for i, s in enumerate(states)))
+    for _ in range(40):  # sacct is read at most every 2 s (submitit); a hang fails here, not the suite
+        outcomes += ex.wait(1.0)
+        if len(outcomes) == 6:
+            break
+    ex.close()
+    got = {o.run_id: o for o in outcomes}
+    assert len(got) == 6, f"only {len(got)} of 6 jobs ended: {[j['state'] for j in ex._jobs]}"
+    assert got[specs[5].run_id].kind == "already-complete"
+    store = RunStore(tmp_path / "r")
+    for spec, state in zip(specs, ["TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY", "CANCELLED"]):
+        rec = store.read(spec.run_id)
+        assert rec["status"] == "failed" and got[spec.run_id].kind == "died", state
+        assert rec["error"]["message"].startswith(f"SLURM job 100_{spec.seed} ended {state}"), rec["error"]
+        assert "without a result" in rec["error"]["message"]
+    listed = json.loads((tmp_path / "r" / "slurm" / "jobs.json").read_text())["jobs"]
+    assert [j["state"] for j in listed][:5] == [
+        "TIMEOUT", "PREEMPTED (NOT REQUEUED)", "NODE_FAIL", "OUT_OF_MEMORY", "CANCELLED",
+    ]  # fmt: skip
+    assert listed[5]["state"] in ("COMPLETED", "FINISHED")  # FINISHED: its result was in before sacct said so
+    assert not (fake_slurm / "scancel").exists()  # every job had ended: close() cancels none
+
+
+def test_slurm_preempted_job_that_is_requeued_is_waited_for(tmp_path, fake_slurm):
+    """PREEMPTED within the grace is a requeue in progress: the job is not recorded, and comes back."""
+    from dabench.running.executors import ExecutorOptions, make_executor
+
+    (spec,) = _specs(1)
+    ex = make_executor("slurm", tmp_path / "r", ExecutorOptions(device="cpu", progress=False))
+    (fake_slurm / "sacct").write_text("100_0|PREEMPTED|node1\n")
+    ex.submit(spec)
+    assert ex.wait(0) == [] and ex.wait(2.5) == []
+    assert RunStore(tmp_path / "r").read(spec.run_id) is None and ex.free_slots() == ex.workers - 1
+    ex.close()
+    assert (fake_slurm / "scancel").read_text().split()[0] in ("100", "100_0")  # still queued: cancelled on close
+
+
+def test_sbatch_refusing_the_array_stops_the_matrix_with_its_message(tmp_path, fake_slurm):
+    from dabench.running.executors import ExecutorError, ExecutorOptions
+    from dabench.running.matrix import MatrixError
+    from dabench.running.scheduler import run_matrix
+
+    (fake_slurm / "refuse").write_text("sbatch: error: invalid partition specified: gpux\n")
+    with pytest.raises(ExecutorError, match=r"sbatch refused the job array .*invalid partition specified: gpux"):
+        run_matrix(_specs(2), tmp_path / "r", ExecutorOptions(progress=False), executor="slurm")
+    assert issubclass(ExecutorError, MatrixError)  # dabench run prints it as one line, exit code 2
+    assert RunStore(tmp_path / "r").read(_specs(1)[0].run_id) is None  # nothing ran, nothing recorded
+
+
+def test_slurm_without_sbatch_is_a_clear_error_not_a_local_run(tmp_path, monkeypatch):
+    """The default cluster is SLURM: where there is none, say so (submitit's auto-detection ran the
+    jobs as local processes instead)."""
+    from dabench.running.executors import ExecutorOptions, make_executor
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch, srun or sacct
+    with pytest.raises(ConnectionError, match=r"sbatch, srun, sacct not found on PATH .*--slurm-cluster local"):
+        make_executor("slurm", tmp_path / "r", ExecutorOptions())
+
+
+def test_sbatch_script_quotes_a_results_folder_with_spaces(tmp_path, fake_slurm):
+    """The job's command line (what bash runs) names the folder whole, spaces and quote included."""
+    import shlex
+
+    from dabench.running.executors import ExecutorOptions, make_executor
+
+    root = tmp_path / "my results" / "it's here"
+    ex = make_executor("slurm", root, ExecutorOptions(progress=False))
+    ex.submit(_specs(1)[0])
+    ex.wait(0)
+    ex.close()
+    script = (fake_slurm / "submitted-100.sh").read_text()
+    folder = str(root.resolve() / "slurm" / "submitit")
+    command = next(line for line in script.splitlines() if line.startswith("srun "))
+    words = shlex.split(command)
+    assert words[-1] == folder and words[words.index("--output") + 1].startswith(folder + "/")

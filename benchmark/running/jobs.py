@@ -10,6 +10,9 @@ from __future__ import annotations
 #: where a results folder keeps its SLURM jobs (ids, states, run ids), relative to its root
 JOBS_FILE = "slurm/jobs.json"
 
+#: the executor's name for a job that stayed PREEMPTED (SLURM did not requeue it) past its grace
+PREEMPTED_ENDED = "PREEMPTED (NOT REQUEUED)"
+
 #: SLURM states after which a job does nothing more (sacct's names; submitit's local ones too)
 FINISHED_STATES = (
     "COMPLETED",
@@ -23,4 +26,5 @@ FINISHED_STATES = (
     "DEADLINE",
     "INTERRUPTED",
     "NO PROCESS AND NO RESULT",
+    PREEMPTED_ENDED,
 )

@@ -33,11 +33,18 @@ from ...core.registry import Registry
 from ...core.spec import RunSpec
 from ...core.store import RunStore
 from ...engine.options import EngineOptions
+from ..matrix import MatrixError
 from ..unit import Outcome, earlier_attempt, record_failure
 
 # name → Executor class, built as ``cls(results_dir, options)``; installed packages may add
 # executors through the ``dabench.executors`` entry-point group, like methods and pairs
 EXECUTORS: Registry = Registry("executor", "dabench.executors")
+
+
+class ExecutorError(MatrixError):
+    """The executor cannot run the matrix (a scheduler refused its jobs): one line saying why.
+    ``dabench run`` prints it and exits 2; the runs not sent have no record and the same command
+    sends them once the cause is fixed."""
 
 
 def register_executor(name: str):
@@ -178,4 +185,12 @@ def make_executor(name: str, results_dir: str | pathlib.Path, options: ExecutorO
     return EXECUTORS.get(name)(pathlib.Path(results_dir), options or ExecutorOptions())
 
 
-__all__ = ["EXECUTORS", "Executor", "ExecutorOptions", "make_executor", "record_death", "register_executor"]
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "ExecutorError",
+    "ExecutorOptions",
+    "make_executor",
+    "record_death",
+    "register_executor",
+]

@@ -6,7 +6,9 @@ storage every node sees (records and checkpoints are files). Needs ``pip install
 
 from __future__ import annotations
 
+import os
 import pathlib
+import sys
 from typing import Any
 
 from ...core.spec import RunSpec
@@ -15,14 +17,53 @@ from ..unit import Outcome
 from .base import Executor, ExecutorOptions, _absolute_plugins, record_death, register_executor
 
 
+def ray_log_path(results_dir: str | pathlib.Path, run_id: str) -> pathlib.Path:
+    """Where a Ray task writes what its run prints: ``DIR/logs/ray-<run_id>.log`` (appended to by
+    each attempt), in the results folder, as the local pool's and SLURM's worker logs are."""
+    return pathlib.Path(results_dir) / "logs" / f"ray-{run_id}.log"
+
+
 def _ray_task(spec_dict: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    """The body of one Ray task (module level, so Ray ships it by reference)."""
+    """The body of one Ray task (module level, so Ray ships it by reference).
+
+    What the run prints goes to :func:`ray_log_path` for the length of the task (file
+    descriptors 1 and 2, so a C extension's output too), not only to Ray's session folder on
+    whichever node ran it, which is gone with the cluster: a task that dies is recorded with the
+    tail of that log, as a dead local worker is."""
     # late: importing the executors package (which registers this module) must not import the
     # worker module, or ``python -m dabench.running.executors.worker`` finds it already in
     # sys.modules and runpy warns, at the top of every worker log, that it may run twice
     from .worker import run_one
 
-    return run_one(spec_dict, **options)
+    log = ray_log_path(options["results_dir"], spec_dict["_run_id"])
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:
+        return run_one(spec_dict, **options)  # no log: the run's own write decides (a write fault)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {1: os.dup(1), 2: os.dup(2)}
+    for target in saved:
+        os.dup2(fd, target)
+    os.close(fd)
+    try:
+        return run_one(spec_dict, **options)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for target, copy in saved.items():  # the Ray worker's own output goes back where it went
+            os.dup2(copy, target)
+            os.close(copy)
+
+
+def _log_tail(path: pathlib.Path, lines: int = 30) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))  # the last 64 KiB hold 30 lines
+            return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 @register_executor("ray")
@@ -88,9 +129,9 @@ class RayExecutor(Executor):
                 out.append(Outcome.from_message(res))
             except self.ray.exceptions.RayError as exc:  # the task's process died, or Ray lost it
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                out.append(
-                    record_death(self.store, spec, f"ray task died: {first}", str(exc), self.device, remote=True)
-                )
+                log = ray_log_path(self.store.root, spec.run_id)
+                why, tail = f"ray task died: {first}; log: {log}", _log_tail(log)
+                out.append(record_death(self.store, spec, why, tail or str(exc), self.device, remote=True))
         return out
 
     def close(self) -> None:

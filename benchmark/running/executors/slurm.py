@@ -32,16 +32,29 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import time
 from typing import Any
 
 from ...core.record import utc_now
 from ...core.spec import RunSpec
 from ...core.store import RunStore, atomic_write_text
-from ..jobs import FINISHED_STATES, JOBS_FILE
+from ..jobs import FINISHED_STATES, JOBS_FILE, PREEMPTED_ENDED
 from ..slurm_task import SlurmTask
 from ..unit import Outcome
-from .base import Executor, ExecutorOptions, _absolute_plugins, record_death, register_executor
+from .base import Executor, ExecutorError, ExecutorOptions, _absolute_plugins, record_death, register_executor
+
+#: sacct states in which a job ended without running its body to the end: no result pickle is
+#: coming, so the runs are recorded at once with the state (``job.result()`` would first wait
+#: submitit's 15 s for a result file, per array task, blocking the whole matrix)
+NO_RESULT_STATES = ("CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED")
+
+
+def job_state(raw: object) -> str:
+    """A job's state as sacct names it, without its qualifier: ``CANCELLED by 1000`` is ``CANCELLED``
+    (the qualifier made the state unknown to :data:`FINISHED_STATES`, and the job was listed ``FINISHED``)."""
+    words = str(raw).upper().split()
+    return words[0] if words else "UNKNOWN"
 
 
 @register_executor("slurm")
@@ -71,6 +84,16 @@ class SlurmExecutor(Executor):
         cluster = opts.slurm_cluster
         if cluster not in (None, "slurm", "local"):
             raise ValueError(f"--slurm-cluster {cluster!r}: valid are slurm (the default) and local")
+        # never submitit's auto-detection (cluster=None): on a machine without SLURM it silently
+        # picks its local executor, and a "SLURM" matrix ran as processes on the login node
+        cluster = cluster or "slurm"
+        if cluster == "slurm":
+            missing = [c for c in ("sbatch", "srun", "sacct") if shutil.which(c) is None]
+            if missing:
+                raise ConnectionError(
+                    f"--executor slurm: {', '.join(missing)} not found on PATH (is this a SLURM login node?); "
+                    "--slurm-cluster local runs the same jobs as local processes"
+                )
         self.ex = submitit.AutoExecutor(folder=self.root / "slurm" / "submitit", cluster=cluster)
         self.cluster = self.ex.cluster
         params: dict[str, Any] = {
@@ -90,6 +113,7 @@ class SlurmExecutor(Executor):
         self._slots = opts.workers or (self.group if self.cluster == "local" else 256)
         self._pending: list[RunSpec] = []
         self._jobs: list[dict[str, Any]] = []  # {"job", "specs", "submitted_at", "state"}
+        self._preempted_since: dict[str, float] = {}  # job id -> when it was first seen PREEMPTED
         self._task_args: dict[str, Any] = {
             "results_dir": str(self.root),
             "device": opts.device,
@@ -118,8 +142,16 @@ class SlurmExecutor(Executor):
         groups = [self._pending[i : i + self.group] for i in range(0, len(self._pending), self.group)]
         self._pending = []
         tasks = [SlurmTask([{**s.to_dict(), "_run_id": s.run_id} for s in g], **self._task_args) for g in groups]
-        with self.ex.batch():
-            jobs = [self.ex.submit(t) for t in tasks]
+        try:
+            with self.ex.batch():
+                jobs = [self.ex.submit(t) for t in tasks]
+        except (self.submitit.core.utils.FailedJobError, OSError) as exc:
+            # sbatch refused the array (bad partition or account, a QOS limit ...): its own words,
+            # once; nothing of it was queued, its runs have no record and the next dabench run sends them
+            said = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            raise ExecutorError(
+                f"sbatch refused the job array of {len(groups)} job(s) ({sum(map(len, groups))} runs): {said}"
+            ) from exc
         for job, group in zip(jobs, groups):
             self._jobs.append({"job": job, "specs": group, "submitted_at": utc_now(), "state": "PENDING"})
         self._write_jobs()
@@ -141,6 +173,18 @@ class SlurmExecutor(Executor):
         }
         atomic_write_text(self.root / JOBS_FILE, json.dumps(payload, indent=1))
 
+    #: seconds a job may stay PREEMPTED before it counts as ended: submitit counts PREEMPTED as
+    #: unfinished (SLURM requeues a preempted job, and sacct shows PREEMPTED meanwhile), but on a
+    #: partition that cancels preempted jobs it stays so for ever, and the matrix waited for ever
+    preempted_grace_s: float = 600.0
+
+    def _ended(self, job: Any, state: str) -> bool:
+        if state != "PREEMPTED":
+            self._preempted_since.pop(str(job.job_id), None)
+            return bool(job.done())
+        since = self._preempted_since.setdefault(str(job.job_id), time.monotonic())
+        return bool(job.done()) or time.monotonic() - since >= self.preempted_grace_s
+
     def _collect(self) -> list[Outcome]:
         out: list[Outcome] = []
         changed = False
@@ -148,33 +192,33 @@ class SlurmExecutor(Executor):
             if j["state"] in FINISHED_STATES:
                 continue
             job = j["job"]
-            done = job.done()
-            state = str(job.state).upper()
+            state = job_state(job.state)
+            done = self._ended(job, state)
             if done and state not in FINISHED_STATES:
-                state = "FINISHED"
+                # PREEMPTED for longer than the grace: kept as the state, listed as ended
+                state = PREEMPTED_ENDED if state == "PREEMPTED" else "FINISHED"
             if state != j["state"]:
                 j["state"], changed = state, True
             if not done:
+                continue
+            if state.split()[0] in NO_RESULT_STATES and not job.paths.result_pickle.exists():
+                why = f"SLURM job {job.job_id} ended {state} without a result"
+                detail = f"sacct state {job.state}; the job's log: {job.paths.stderr}"
+                out += [self._death(spec, why, detail) for spec in j["specs"]]
                 continue
             try:
                 results = job.result()
                 out += [Outcome.from_message(r) for r in results]
             except Exception as exc:  # noqa: BLE001 - the job failed, was cancelled or lost its node
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                for spec in j["specs"]:
-                    out.append(
-                        record_death(
-                            self.store,
-                            spec,
-                            f"SLURM job {job.job_id} ended without a result: {first}",
-                            str(exc),
-                            self.opts.device,
-                            remote=True,
-                        )
-                    )
+                why = f"SLURM job {job.job_id} ended without a result: {first}"
+                out += [self._death(spec, why, str(exc)) for spec in j["specs"]]
         if changed or out:
             self._write_jobs()
         return out
+
+    def _death(self, spec: RunSpec, why: str, detail: str) -> Outcome:
+        return record_death(self.store, spec, why, detail, self.opts.device, remote=True)
 
     def wait(self, timeout: float) -> list[Outcome]:
         self._flush()
