@@ -10,6 +10,7 @@ import select
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 # torch-free imports only (docs/architecture.md, "Import layers"): ``dabench report`` and
 # ``dabench status`` must not import torch; the executors (engine, torch) load in _run
@@ -409,8 +410,18 @@ def _list(args: argparse.Namespace) -> int:
             "eval=half|all] (ImageFolder layout, classes matched by name; channels and size detected unless given)"
         )
     else:
-        _table(("backbone", "description"), [(b.name, b.description) for b in known.select("backbones", args.pattern)])
+        _table(
+            ("backbone", "options (backbone.<option>=default)", "description"),
+            [(b.name, _options_text(b.options), b.description) for b in known.select("backbones", args.pattern)],
+        )
     return 0
+
+
+def _options_text(options: dict[str, Any] | None) -> str:
+    """``size=small, dropout=0.5``; ``none`` for a factory without options, ``any`` for ``**options``."""
+    if options is None:
+        return "any"
+    return ", ".join(f"{k}={v}" for k, v in options.items()) or "none"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

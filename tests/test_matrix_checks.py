@@ -236,3 +236,32 @@ def test_rule_dev_without_saved_features_is_refused_before_anything_runs(tmp_pat
     assert not (results / "runs").exists()
     out = main([*argv, "--results", str(results), "--rule", "dev", "--set", "save_features=true", "--dry-run"])
     assert out == 0
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (
+            ["--set", "backbone=lenett"],
+            ["--set backbone='lenett'", "unknown backbone", "did you mean 'lenet'", "cnn32"],
+        ),
+        (["--sweep", "backbone=lenet,nope"], ["--sweep backbone='nope'", "unknown backbone"]),
+        # a misspelt option used to be swallowed by the factory: the run trained without it
+        (["--set", "backbone.weigths=/x.pth"], ["--set backbone.weigths", "'lenet'", "no option 'weigths'"]),
+        (
+            ["--set", "backbone=cnn32", "--set", "backbone.sise=large"],
+            ["backbone.sise", "'cnn32'", "size, instance_norm, dropout, noise"],
+        ),
+    ],
+)
+def test_unknown_backbone_or_backbone_option_is_refused_before_anything_runs(
+    capsys, argv: list[str], expected: list[str]
+) -> None:
+    err = _error(capsys, [*DRY, *argv])
+    for text in expected:
+        assert text in err, (text, err)
+
+
+def test_a_valid_backbone_option_passes_the_check(capsys) -> None:
+    argv = [*DRY, "--set", "backbone=cnn32", "--set", "backbone.size=large", "--pairs", "digits-offline"]
+    assert main(argv) == 0, capsys.readouterr().err

@@ -91,7 +91,6 @@ def cnn32(
     instance_norm: bool = True,
     dropout: float = 0.5,
     noise: float = 1.0,
-    **_: object,
 ) -> CNN32:
     """DIRT-T's 32-px conv net (Shu et al. 2018), from scratch; 64-d (large: 192-d).
 

