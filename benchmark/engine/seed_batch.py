@@ -42,8 +42,11 @@ and the graph, so nothing is ever re-stacked or re-captured.
 
 Differences from unbatched runs: dropout and noise layers draw from one global generator for
 all seeds (``randomness="different"``), so with them a seed's run is an equally valid draw, not
-the same one; without them the records agree to float32 reduction-order noise (the tolerance
-is stated in ``tests/test_seed_batch.py``). The whole group's wall time is each seed's
+the same one; without them the records agree to float32 reduction-order noise, which training
+amplifies: to 1e-3 relative in the losses and 1 point after 40 steps for source-only, several
+points for an adversarial method on an unstable start (DANN: 3.5 points at step 20; measured in
+``tests/test_seed_batch.py``). Without dropout a seed's record is bit for bit the same whichever
+seeds share its group (a resumed group with fewer seeds gives the same numbers). The whole group's wall time is each seed's
 ``timings.wall_s``; ``timings.seed_batch`` says ``"<S> seeds"``.
 
 Falls back to separate runs (:func:`~dabench.engine.train.execute` per seed, one after another;
