@@ -9,6 +9,13 @@ relative; after 40 steps the logged losses to 1e-3 relative and the target accur
 within 1 point (a few of the 898 evaluation images), the noise being amplified by training.
 A dependant (fine-tune) starts from its seed's seed-batched source-only checkpoint, which
 carries that noise in: its losses agree to 5e-3 relative.
+
+Those tolerances hold for source-only and fine-tune, not for every method: an unstable start
+amplifies the same noise faster (measured, 30 steps, batch 32, seeds 0 and 1 of 2: DAN and CORAL
+seed 0 agree to 1e-3 relative, CORAL seed 1 drifts from 1e-6 at step 3 to 2e-3 at step 10 and
+1.2 points at step 30, DANN seed 0 to 2e-2 relative and 3.5 points at step 20). That it is noise
+and nothing from another seed is pinned by the mate test below: a seed's record is bit for bit
+the same whichever seeds share its group.
 """
 
 from __future__ import annotations
@@ -66,6 +73,19 @@ class _HostRead(Method):
         return self.combine({"ce": ce * scale})
 
 
+class _LateHostRead(Method):
+    """Test method: vmappable until progress 1/2, then reads its loss on the host (a warm-up phase
+    that turns on code vmap cannot batch, e.g. a pseudo-label branch)."""
+
+    uses = Uses(source_labels=True)
+
+    def loss(self, batch: Batch, progress: float) -> Loss:
+        ce = F.cross_entropy(self.predict(batch.x_source), batch.y_source)
+        if progress >= 0.5 and float(ce.detach()) > 1e9:
+            ce = ce * 0
+        return self.combine({"ce": ce})
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _test_registrations():
     """This file's test backbone and methods, registered for its tests only: registered at import
@@ -74,6 +94,7 @@ def _test_registrations():
         register_backbone("lenet-nodrop")(lenet_nodrop)
         register_method("sb-poisoned")(_Poisoned)
         register_method("sb-host-read")(_HostRead)
+        register_method("sb-late-host-read")(_LateHostRead)
         yield
 
 
@@ -155,6 +176,36 @@ def test_methods_that_cannot_be_batched_fall_back_with_a_note(tmp_path, one_thre
             assert note.startswith("fallback: mcd declares several optimisers"), note
         else:
             assert note.startswith("fallback: step not vmappable"), note
+
+
+def test_a_step_that_stops_being_vmappable_later_falls_back_instead_of_failing_every_seed(tmp_path, one_thread):
+    """A step vmap refuses only from progress 1/2 on: the seeds are trained separately (the
+    batched steps so far discarded) and complete, equal to their unbatched runs; the old loop
+    re-raised any error after the first step and recorded the whole group failed."""
+    over = {"backbone": "lenet-nodrop", "eval_every": 4, "log_every": 2}
+    specs, _, store = _run(tmp_path / "b", ("sb-late-host-read",), (0, 1), 4, True, **over)
+    _, _, alone = _run(tmp_path / "s", ("sb-late-host-read",), (0, 1), 4, False, **over)
+    for spec in specs:
+        rec, ref = store.read(spec.run_id), alone.read(spec.run_id)
+        assert rec.status is Status.COMPLETE, rec.error
+        assert rec.timings["seed_batch"].startswith("fallback: step not vmappable at step 2"), rec.timings
+        assert rec.curve == ref.curve  # the separate run itself: bit for bit
+
+
+def test_a_seeds_record_does_not_depend_on_which_seeds_share_its_group(tmp_path, one_thread):
+    """Seed 1 batched with seed 0 (as its second slice) and with seed 2 (as its first): bit for
+    bit the same record, so a group resumed with fewer seeds (some complete from before) gives the
+    seeds it runs the numbers the full group would have, and the difference from an unbatched
+    run is float32 reduction order alone, no other seed's data or gradient (DANN: discriminator,
+    GRL, BatchNorm)."""
+    over = {"backbone": "lenet-nodrop", "eval_every": 2, "log_every": 2}
+    curves = []
+    for seeds in ((0, 1), (1, 2)):
+        specs, _, store = _run(tmp_path / str(seeds), ("dann",), seeds, 4, True, **over)
+        rec = store.read(next(s.run_id for s in specs if s.seed == 1))
+        assert rec.timings["seed_batch"] == "2 seeds"
+        curves.append(rec.curve)
+    assert curves[0] == curves[1]
 
 
 def test_local_pool_runs_a_seed_group_in_one_worker(tmp_path):

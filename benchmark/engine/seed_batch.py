@@ -42,14 +42,18 @@ and the graph, so nothing is ever re-stacked or re-captured.
 
 Differences from unbatched runs: dropout and noise layers draw from one global generator for
 all seeds (``randomness="different"``), so with them a seed's run is an equally valid draw, not
-the same one; without them the records agree to float32 reduction-order noise (the tolerance
-is stated in ``tests/test_seed_batch.py``). The whole group's wall time is each seed's
+the same one; without them the records agree to float32 reduction-order noise, which training
+amplifies: to 1e-3 relative in the losses and 1 point after 40 steps for source-only, several
+points for an adversarial method on an unstable start (DANN: 3.5 points at step 20; measured in
+``tests/test_seed_batch.py``). Without dropout a seed's record is bit for bit the same whichever
+seeds share its group (a resumed group with fewer seeds gives the same numbers). The whole group's wall time is each seed's
 ``timings.wall_s``; ``timings.seed_batch`` says ``"<S> seeds"``.
 
 Falls back to separate runs (:func:`~dabench.engine.train.execute` per seed, one after another;
 ``timings.seed_batch = "fallback: <reason>"``) when the method overrides ``fit``, declares
-several optimisers (multi-phase ``step``, MCD), when its first step cannot be vmapped (it raises
-under ``vmap``: host reads, data-dependent shapes), when ``compile`` is asked for, and when a seed
+several optimisers (multi-phase ``step``, MCD), when a step cannot be vmapped (it raises
+under ``vmap``: host reads, data-dependent shapes; at the first step or at a later one, e.g. a
+branch on ``progress``: the group's steps so far are then discarded), when ``compile`` is asked for, and when a seed
 has a mid-run checkpoint to resume from. A seed-batched group writes no mid-run checkpoints:
 an interrupted group restarts from scratch (completed records are never lost).
 """
@@ -448,15 +452,19 @@ def train_batched(
                 try:
                     with autocast(device):
                         totals, parts = forward(stacked, progress)
+                    with torch.autocast(device.type, enabled=False):
+                        opt.zero_grad(set_to_none=True)
+                        totals.sum().backward()  # a custom autograd rule may refuse batched tensors here
+                        sgd_step(opt)
                 except Exception as exc:
-                    if step == 0:  # the method's step does something vmap cannot batch
-                        first = (str(exc).strip().splitlines() or [""])[0][:200]
-                        raise NotVmappable(f"step not vmappable: {type(exc).__name__}: {first}") from exc
-                    raise
-                with torch.autocast(device.type, enabled=False):
-                    opt.zero_grad(set_to_none=True)
-                    totals.sum().backward()
-                    sgd_step(opt)
+                    # the method's step does something vmap cannot batch: at the first step (host
+                    # reads, data-dependent shapes) or only later (a branch on ``progress`` that
+                    # turns such code on). Either way the seeds are trained separately: a failure
+                    # of batching must not be recorded as every seed's failure; a method that
+                    # fails unbatched too fails there, seed by seed, with its own error.
+                    first = (str(exc).strip().splitlines() or [""])[0][:200]
+                    at = "" if step == 0 else f" at step {step}"
+                    raise NotVmappable(f"step not vmappable{at}: {type(exc).__name__}: {first}") from exc
                 if list(parts) != part_names:
                     new = [k for k in parts if k not in part_names]
                     part_names += new
