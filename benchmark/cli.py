@@ -269,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="repeat the run RUN_ID of --results from the spec in its record (the old record "
-        "moves to DIR/previous/); repeatable",
+        "moves to DIR/previous/), and the runs there that start from its weights (linear-probe, "
+        "fine-tune); repeatable",
     )
 
     ls = sub.add_parser("list", help="list registered methods, pairs or backbones")
@@ -450,6 +451,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.sweep or args.trials is not None:
             raise MatrixError("--rerun repeats a run exactly as recorded; it takes no --sweep or --trials")
         specs, plugins = prepare_rerun(args.results, args.rerun, extra_plugins=args.plugin)
+        if dependants := [s.label for s in specs if s.run_id not in args.rerun]:
+            print(f"also repeated, as they start from its weights: {', '.join(dependants)}", file=sys.stderr)
         given = parse_overrides(args.set)
         if set(given) - {"save_features"}:
             raise MatrixError("--rerun repeats a run exactly as recorded; the only --set it takes is save_features")

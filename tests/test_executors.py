@@ -156,6 +156,28 @@ def test_rerun_repeats_a_run_deterministically(tmp_path, capsys):
     assert "no record" in capsys.readouterr().err
 
 
+def test_rerun_of_a_source_only_run_repeats_the_runs_that_start_from_its_weights(tmp_path, capsys):
+    """A linear probe or fine-tune record trained from the weights a ``--rerun`` replaces would no
+    longer match its folder's source-only run: they are repeated with it, after it."""
+    out = tmp_path / "out"
+    assert main(tiny_run(out, "source-only,linear-probe,fine-tune", "0,1")) == 0
+    before = _records(out)
+    base = next(r for r in before.values() if r["spec"]["method"] == "source-only" and r["spec"]["seed"] == 0)
+    mine = {rid for rid, r in before.items() if r["spec"].get("depends_on") == base["run_id"]}
+    assert len(mine) == 2  # this seed's linear probe and fine-tune
+    capsys.readouterr()
+    assert main(["run", "--rerun", base["run_id"], "--results", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert "also repeated, as they start from its weights" in capsys.readouterr().err
+    after = _records(out)
+    assert set(after) == set(before)
+    moved = {p.name.split(".")[0] for p in (out / "previous").glob("*.json")}
+    assert moved == {base["run_id"], *mine}  # the other seed's runs stay as they were
+    for rid in mine:  # each repeated dependant started after the repeated source-only run ended
+        assert after[rid]["started_at"] >= after[base["run_id"]]["finished_at"]
+    untouched = set(before) - moved
+    assert all(after[r].to_dict() == before[r].to_dict() for r in untouched)
+
+
 def test_a_registered_executor_is_one_class_away(tmp_path):
     """A new executor is one registered class: the scheduler builds it by name with the one
     options object, and ``dabench run --executor`` offers it."""

@@ -403,7 +403,11 @@ def prepare_rerun(
     Loads the plugins the folder's ``matrix.json`` names (plus ``extra_plugins``), moves each
     old record to ``DIR/previous/<run_id>.<time>.json`` (kept for comparison, outside ``runs/``
     so reports never count it twice) and drops any mid-run checkpoint, so the run starts afresh.
-    Returns (specs, plugins).
+    The runs of the folder that start from a repeated run's checkpoint (its linear probe and
+    fine-tune: ``depends_on``) are repeated with it, after it: their records were trained from
+    the weights the repeat replaces, which a repeat on another device, in a seed batch or after a
+    code change need not reproduce, so keeping them would pair a source-only row with dependants
+    of other weights. Returns (specs, plugins), the dependants after the runs asked for.
     """
     store = RunStore(results_dir)
     plugins: list[str] = []
@@ -417,7 +421,10 @@ def prepare_rerun(
     for plugin in plugins:
         load_plugin(plugin)
     specs: list[RunSpec] = []
-    for run_id in run_ids:
+    asked = list(dict.fromkeys(run_ids))
+    queue = list(asked)
+    while queue:
+        run_id = queue.pop(0)
         path = store.record_path(run_id)
         if not path.exists():
             known = sorted(p.stem for p in store.runs.glob("*.json"))
@@ -446,7 +453,19 @@ def prepare_rerun(
         finally:
             store.release(run_id)
         specs.append(spec)
+        queued = {*asked, *queue, *(s.run_id for s in specs)}
+        queue += [d for d in _dependants(store, run_id) if d not in queued]
     return specs, tuple(plugins)
+
+
+def _dependants(store: RunStore, run_id: str) -> list[str]:
+    """Run ids of the folder's records whose spec starts from ``run_id``'s checkpoint (sorted)."""
+    out = []
+    for path in sorted(store.runs.glob("*.json")):
+        rec, _ = load_record_file(path)
+        if rec is not None and (rec.spec or {}).get("depends_on") == run_id:
+            out.append(path.stem)
+    return out
 
 
 __all__ = ["run_matrix", "prepare_rerun", "write_matrix_file", "MatrixSummary", "MATRIX_FILE"]
