@@ -103,7 +103,7 @@ def test_cd_diagram_draws_one_bar_per_clique(tmp_path):
 def test_write_report_outputs(results, tmp_path):
     out = tmp_path / "out"
     paths = write_report([results], rule="last", formats=("md", "csv", "tex", "html"), out=out, reps=200)
-    assert set(paths) == {"md", "csv", "tex", "html", "figures", "report"}
+    assert set(paths) == {"md", "csv", "csv_missing", "tex", "html", "figures", "report"}
     assert all(p.exists() for p in paths.values())
     assert (out / "figures" / "cd_diagram_labels_0.svg").exists()
     page = paths["report"].read_text()
@@ -258,3 +258,32 @@ def test_learning_curves_of_sixteen_methods_on_one_pair_do_not_collapse(tmp_path
         out = write_report(tmp_path, formats=("md",))
     assert not [w for w in caught if "collapsed" in str(w.message)], [str(w.message) for w in caught]
     assert (out["figures"] / "learning_curves.png").exists()
+
+
+def test_accuracy_figure_of_long_row_names_on_one_pair_does_not_collapse(tmp_path):
+    """Five configurations with long names on one pair: the legend (four columns inside the
+    axes) was wider than the 5-inch figure and constrained layout collapsed the axes."""
+    import warnings
+
+    for i, m in enumerate(("source-only", "dann", "coral", "dan", "mcc")):
+        for s in (0, 1, 2):
+            write_run(tmp_path, f"a{i}{s}", m, "digits-offline", s, acc=50.0 + i + s, schedule={"steps": 150})
+            write_run(tmp_path, f"b{i}{s}", m, "digits-offline", s, acc=40.0 + i + s, hparams={"lr": 1000.0})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = write_report(tmp_path, formats=("md",), reps=50)
+    assert not [w for w in caught if "collapsed" in str(w.message)], [str(w.message) for w in caught]
+    _check_files([out["figures"] / "accuracy_per_pair.png", out["figures"] / "accuracy_per_pair.svg"])
+
+
+def test_one_method_one_seed_report_draws_what_it_can(tmp_path):
+    """One method, one seed: no statistics to test, but the report and its figures are written."""
+    import warnings
+
+    write_run(tmp_path, "only", "dann", "digits-offline", 0, curve=curve_from([40.0, 50.0]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = write_report(tmp_path, formats=("md", "csv", "tex", "html"), reps=50)
+    assert not [str(w.message) for w in caught if "figure" in str(w.message) or "collapsed" in str(w.message)]
+    assert sorted(p.name for p in out["figures"].glob("*.png")) == ["accuracy_per_pair.png", "learning_curves.png"]
+    assert "50.0 ± –" in out["md"].read_text() and "50.0" in out["csv"].read_text()

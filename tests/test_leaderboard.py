@@ -127,7 +127,8 @@ def test_exports(df, tmp_path):
     assert "\\textbf{71.0 $\\pm$ 1.0" in tex and "source-only" in tex
     assert tex.count("\\\\") == 1 + len(lb.table)  # header + one line per row
     html = lb.to_html()
-    assert "<b>71.0 ± 1.0" in html and html.count("<tr>") == 1 + len(lb.table)
+    assert "<b>71.0 ± 1.0" in html and html.split("</table>")[0].count("<tr>") == 1 + len(lb.table)
+    assert "<h3>Runs not in the means (1)</h3>" in html  # the failed seed, listed as in Markdown
     assert lb.to_html(full_page=True).startswith("<!DOCTYPE html>")
     csv = pd.read_csv(lb.to_csv(tmp_path / "lb.csv"))
     row = csv[(csv["method"] == "dan") & (csv["labels"] == "0")].iloc[0]

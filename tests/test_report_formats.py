@@ -47,3 +47,119 @@ def test_tables_render_in_one_module() -> None:
     assert stats.md_table is render.md_table and stats.html_table is render.html_table
     assert report.md_table is render.md_table and report.html_table is render.html_table
     assert tables.md_grid is render.md_grid and tables.html_grid is render.html_grid
+
+
+# ---- every format tells the same story (tests/fake_runs.py records; numbers chosen by hand) ----
+import csv as _csv  # noqa: E402
+import re  # noqa: E402
+import warnings  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from dabench.analysis.results import load_results  # noqa: E402
+from dabench.analysis.tables import leaderboard  # noqa: E402
+from fake_runs import write_failed, write_run  # noqa: E402
+
+PAIR = "folder:/x/y_z"  # an underscore in a column name
+
+
+def _adversarial(folder: Path) -> None:
+    """Names that break LaTeX or inject HTML, two configurations of one method, a failed and a
+    diverged seed."""
+    for m, base in [("source-only", 60), ("<b>x</b>", 65), ("my_method", 62), ("a&b#c%", 61)]:
+        for s in range(3):
+            rid = f"{m}-{s}".replace("<", "L").replace(">", "G").replace("/", "_")
+            write_run(folder, rid, m, PAIR, s, acc=base + s)
+    for s in range(3):  # a second configuration of my_method: its own row, in every format
+        write_run(folder, f"mm2-{s}", "my_method", PAIR, s, acc=70.0 + s, schedule={"steps": 2000})
+    write_failed(folder, "fail1", "my_method", PAIR, 3, "boom & <script>alert(1)</script>_%\nsecond line")
+    write_run(folder, "div1", "<b>x</b>", PAIR, 3, status="diverged", diverged_at_step=20)
+
+
+def _tex_problems(tex: str) -> list[str]:
+    """What would stop pdflatex on a booktabs tabular: unescaped specials outside comments,
+    rows whose column count differs from the column spec, unbalanced braces, raw < >."""
+    bad = []
+    body = [ln for ln in tex.splitlines() if not ln.startswith("%")]
+    spec = re.search(r"\\begin\{tabular\}\{([^}]*)\}", tex)
+    if spec is None:
+        return ["no tabular"]
+    ncol = len(spec.group(1))
+    for ln in body:
+        text = re.sub(r"\\[&%#_$]", "", ln)  # escaped specials are fine
+        text = re.sub(r"\$[^$]*\$", "", text)  # inline math ($\pm$, $^\dagger$)
+        for ch in "%#_<>":
+            if ch in text:
+                bad.append(f"unescaped {ch!r} in {ln!r}")
+        if ln.endswith("\\\\") and text.count("&") != ncol - 1:
+            bad.append(f"{text.count('&') + 1} columns, spec has {ncol}: {ln!r}")
+        if ln.count("{") - ln.count("\\{") != ln.count("}") - ln.count("\\}"):
+            bad.append(f"unbalanced braces: {ln!r}")
+    return bad
+
+
+def test_every_format_shows_the_same_rows_numbers_and_left_out_runs(tmp_path: Path) -> None:
+    """Two configurations of my_method were one ambiguous 'my_method' pair of lines in the CSV;
+    the failed and diverged seeds were listed in the Markdown only (leaderboard.html and .tex
+    said 'listed below' over nothing; the CSV had no trace of them)."""
+    _adversarial(tmp_path)
+    out = tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        written = report.write_report(tmp_path, formats="md,csv,tex,html", out=out, reps=50)
+    lb = leaderboard(load_results(tmp_path))
+    md, tex = written["md"].read_text(), written["tex"].read_text()
+    page, full = written["html"].read_text(), written["report"].read_text()
+    rows = pd.read_csv(written["csv"])
+    # one header line, a row per configuration, named as the other formats name it
+    assert written["csv"].read_text().count("row,method,labels") == 1
+    assert list(rows["row"]) == list(lb.summary.index) and rows["row"].is_unique
+    assert {"my_method (steps=2000)", "my_method (steps=600)"} <= set(rows["row"])
+    # plain numbers (NaN where missing), equal to the mean/std recomputed from the records
+    mean, std = rows.set_index("row")[f"{PAIR} mean"], rows.set_index("row")[f"{PAIR} std"]
+    assert mean.dtype == float and std.dtype == float
+    assert mean["my_method (steps=2000)"] == 71.0 and mean["<b>x</b>"] == 66.0 and std["a&b#c%"] == 1.0
+    assert rows.set_index("row")["gain_vs_source_only"].isna()["source-only"]
+    assert list(rows.set_index("row")["incomplete"]) == [bool(x) for x in lb.summary["incomplete"]]
+    assert rows.set_index("row").at["my_method (steps=600)", f"{PAIR} planned"] == 4
+    # the same cell text in md, tex and html: mean ± std [ci] (k/n)
+    for cell in ("66.0 ± 1.0 [63.5, 68.5] (3/4)", "63.0 ± 1.0 [60.5, 65.5] (3/4)"):
+        assert cell in md and cell in page and cell.replace("±", "$\\pm$") in tex
+    # the runs left out of the means, in every format
+    left = pd.read_csv(written["csv_missing"])
+    assert list(left.columns) == ["row", "method", "labels", "pair", "seed", "status", "detail", "run_id", "rule"]
+    assert sorted(zip(left["run_id"], left["status"])) == [("div1", "diverged"), ("fail1", "failed")]
+    for run_id in ("div1", "fail1"):
+        assert run_id in page and run_id in full
+    assert "non-finite loss at step 20" in md and "non-finite loss at step 20" in tex and "step 20" in page
+    # names are escaped: no injected markup, no LaTeX error
+    for html_text in (page, full):
+        assert "<b>x</b>" not in html_text.replace("<b>Bold</b>", "") and "<script>" not in html_text
+        assert "&lt;b&gt;x&lt;/b&gt;" in html_text
+    assert _tex_problems(tex) == [], _tex_problems(tex)
+    assert "\\textless{}b\\textgreater{}x" in tex and "my\\_method" in tex and "a\\&b\\#c\\%" in tex
+    assert f"{PAIR.replace('_', chr(92) + '_')}" in tex
+
+
+def test_a_folder_of_only_diverged_runs_lists_them_in_every_format(tmp_path: Path) -> None:
+    """No complete run: the CSV was a bare header, the LaTeX an empty tabular and the HTML an
+    empty table, none naming the diverged runs."""
+    for s in (0, 1):
+        write_run(tmp_path, f"d{s}", "dann", "digits-offline", s, status="diverged", diverged_at_step=4)
+    with warnings.catch_warnings(record=True) as caught:  # the gain figure raised KeyError on no cells
+        warnings.simplefilter("always")
+        written = report.write_report(tmp_path, formats="md,csv,tex,html", out=tmp_path / "o", reps=50)
+    assert not [str(w.message) for w in caught if "figure" in str(w.message)]
+    assert "No complete runs" in written["html"].read_text() and "d1" in written["html"].read_text()
+    tex = written["tex"].read_text()
+    assert "no complete runs" in tex and "non-finite loss at step 4" in tex and _tex_problems(tex) == []
+    with written["csv_missing"].open() as fh:
+        assert [r["run_id"] for r in _csv.DictReader(fh)] == ["d0", "d1"]
+
+
+def test_latex_comments_stay_comments(tmp_path: Path) -> None:
+    """A note with a newline (here: an error text) ended its '%' comment and spilled into the document."""
+    from dabench.analysis.render import latex_grid
+
+    tex = latex_grid(["a_b"], [["1"]], "l", comments=["first\nsecond & _ line"])
+    assert all(ln.startswith("%") for ln in tex.splitlines()[:2]) and _tex_problems(tex) == []

@@ -76,7 +76,13 @@ def accuracy_figure(lb: Leaderboard) -> Figure | None:
     if lb.cells.empty:
         return None
     entries, pairs = _entries_in_order(lb), list(lb.pairs)
-    fig = _figure(max(5.0, 1.2 * len(pairs) * max(1, len(entries)) * 0.35 + 2), 3.8)
+    # the legend sits right of the axes, one column per 18 rows, with room for its labels (inside
+    # the axes, four columns of long row names on one pair were wider than the axes, and
+    # constrained layout collapsed them to nothing)
+    legend_cols = max(1, math.ceil(len(entries) / 18))
+    label_chars = max((len(short_label(e)) for e in entries), default=0)
+    legend_w = legend_cols * (0.06 * label_chars + 0.5)
+    fig = _figure(max(4.0, 1.2 * len(pairs) * max(1, len(entries)) * 0.35 + 1.5) + legend_w, 3.8)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(entries))
     colors = sns.color_palette("colorblind", len(entries))
@@ -105,8 +111,8 @@ def accuracy_figure(lb: Leaderboard) -> Figure | None:
     ax.set_ylabel("target accuracy (%)")
     ax.set_ylim(0, 100)
     hatch = "; hatched: seeds missing" if "complete" in lb.cells and (~lb.cells["complete"]).any() else ""
-    ax.set_title(f"Accuracy per pair (rule: {lb.rule}); bars: 95% CI over seeds{hatch}", fontsize=9)
-    ax.legend(fontsize=7, ncols=min(4, len(entries)), loc="lower right")
+    ax.set_title(f"Accuracy per pair (rule: {lb.rule})\nbars: 95% CI over seeds{hatch}", fontsize=9)
+    ax.legend(fontsize=7, ncols=legend_cols, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return fig
 
@@ -117,6 +123,8 @@ def gain_table(lb: Leaderboard) -> pd.DataFrame:
     The baseline is the leaderboard's (:func:`~dabench.analysis.tables.source_only_baseline`):
     one row, so several source-only configurations neither pool nor break the figure; the
     other source-only rows are shown against it like any row."""
+    if lb.cells.empty:  # no complete run: no cells, not even their columns
+        return pd.DataFrame()
     so_entry, base = source_only_baseline(lb.cells)
     if so_entry is None:
         return pd.DataFrame()

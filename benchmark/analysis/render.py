@@ -87,6 +87,13 @@ _TEX = {
     "—": "---",
     "†": r"$^\dagger$",
     "→": r"$\to$",
+    # OT1-encoded text fonts print < > | as ¡ ¿ — (a plugin's name may hold them)
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
+    "−": r"$-$",
+    "·": r"$\cdot$",
+    "√": r"$\surd$",
 }
 
 
@@ -98,7 +105,9 @@ def tex_escape(s: str) -> str:
 def latex_grid(header: Sequence[str], rows: Sequence[Sequence[str]], spec: str, comments: Sequence[str] = ()) -> str:
     """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``); ``header`` is escaped here,
     body cells are LaTeX fragments; ``comments`` become leading ``%`` lines."""
-    lines = [f"% {c}" for c in comments]
+    # a comment is one line: a newline inside one (a note, an error text) would end it and put
+    # the rest into the document as text
+    lines = [f"% {line}" for c in comments for line in str(c).splitlines() or [""]]
     lines += [
         f"\\begin{{tabular}}{{{spec}}}",
         "\\toprule",

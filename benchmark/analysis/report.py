@@ -21,7 +21,7 @@ import pandas as pd
 
 from . import figures as F
 from .render import html_table, md_table
-from .tables import Leaderboard, leaderboard
+from .tables import Leaderboard, leaderboard, missing_csv_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -91,7 +91,7 @@ def _write_md(lb: Leaderboard, path: Path) -> None:
 
 
 def _write_csv(lb: Leaderboard, path: Path) -> None:
-    lb.to_csv(path)
+    lb.to_csv(path)  # and the runs left out of the means beside it (tables.missing_csv_path)
 
 
 def _write_tex(lb: Leaderboard, path: Path) -> None:
@@ -341,6 +341,8 @@ def write_report(
         p = out_dir / f"leaderboard.{fmt}"
         FORMATS[fmt](lb, p)
         written[fmt] = p
+    if "csv" in formats and missing_csv_path(written["csv"]).exists():
+        written["csv_missing"] = missing_csv_path(written["csv"])  # the runs left out of the means
     if "tex" in formats and has_sweeps(raw):
         tex = selection_latex(raw)
         if tex:
@@ -476,7 +478,8 @@ def _html_page(
             "target test labels. This is an upper bound, not an achievable result; compare "
             "with the honest rules (rule-regret table below).</p>"
         )
-    parts += ["<h2>Leaderboard</h2>", lb.to_html() if not lb.table.empty else "<p>No complete runs.</p>"]
+    # the runs left out of the means have their own section below
+    parts += ["<h2>Leaderboard</h2>", lb.to_html(left_out=False) if not lb.table.empty else "<p>No complete runs.</p>"]
     vnotes = validator_notes(df)
     if vnotes:
         parts.append('<ul class="legend">' + "".join(f"<li>{esc(n)}</li>" for n in vnotes) + "</ul>")

@@ -210,18 +210,30 @@ class Leaderboard:
         return self.to_markdown()
 
     def to_csv(self, path: str | Path) -> Path:
-        """Machine-readable wide CSV: per pair mean/std/ci95 bounds/n, then avg, rank, gain, rule and
-        ``note`` (why the rule may not select the row, whose numbers then read "n/a"; else empty)."""
+        """Machine-readable wide CSV, one header line (:data:`CSV_PAIR_COLUMNS` per pair, then
+        :data:`CSV_SUMMARY_COLUMNS`): per row its
+        name ``row`` (the configuration, as the other formats show it: two configurations of one
+        method are two rows), ``method``, ``labels``, ``seeds``; per pair ``<pair> mean``, ``std``,
+        ``ci95_low``, ``ci95_high`` (plain numbers, never "mean ± std" text), ``n`` (completed
+        seeds) and ``planned``; then ``avg``, ``rank``, ``gain_vs_source_only``, ``incomplete``
+        (``true`` when a cell misses planned seeds: the other formats' ``(k/n)`` and ``*``),
+        ``rule`` and ``note`` (why the rule may not select the row, whose numbers then read
+        "n/a"; else empty). A missing number is an empty field (read as NaN).
+
+        The planned runs left out of the means (failed, diverged, pending ...) go to
+        :func:`missing_csv_path` ``(path)`` beside it, one line per run (:data:`MISSING_CSV_COLUMNS`),
+        written even when there are none so that a script can always read it.
+        """
         path = Path(path)
-        header = ["method", "labels", "seeds"]
+        header = ["row", "method", "labels", "seeds"]
         for p in self.pairs:
-            header += [f"{p} mean", f"{p} std", f"{p} ci95_low", f"{p} ci95_high", f"{p} n", f"{p} planned"]
-        header += ["avg", "rank", "gain_vs_source_only", "rule", "note"]
+            header += [f"{p} {c}" for c in CSV_PAIR_COLUMNS]
+        header += CSV_SUMMARY_COLUMNS
         with path.open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(header)
             for entry, srow in self.summary.iterrows():
-                row: list[object] = [srow["method"], srow["labels"], srow["seeds"]]
+                row: list[object] = [entry, srow["method"], srow["labels"], srow["seeds"]]
                 for p in self.pairs:
                     c = self.cells[(self.cells["entry"] == entry) & (self.cells["pair"] == p)]
                     if c.empty:
@@ -238,45 +250,72 @@ class Leaderboard:
                             int(c["n"]),
                             int(c["planned"]),
                         ]
+                incomplete = "true" if srow["incomplete"] else "false"
                 if srow["not_applicable"]:
-                    row += [NOT_APPLICABLE, NOT_APPLICABLE, NOT_APPLICABLE, self.rule, srow["not_applicable"]]
+                    row += [NOT_APPLICABLE] * 3 + [incomplete, self.rule, srow["not_applicable"]]
                 else:
-                    row += [_num(srow["avg"]), _num(srow["rank"]), _num(srow["gain"]), self.rule, ""]
+                    row += [_num(srow["avg"]), _num(srow["rank"]), _num(srow["gain"]), incomplete, self.rule, ""]
                 w.writerow(row)
+        with missing_csv_path(path).open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(MISSING_CSV_COLUMNS)
+            for r in self.missing.itertuples(index=False):
+                w.writerow([r.entry, r.method, r.labels, r.pair, int(r.seed), r.status, r.detail, r.run_id, self.rule])
         return path
 
     def to_latex(self) -> str:
-        """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``), written by hand."""
+        """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``), written by hand.
+
+        Title, legend and the runs left out of the means (row, pair, seed, status, why) lead as
+        ``%`` comments, so the file can be ``\\input`` inside a ``table`` as it is; the cells carry
+        the same ``(k/n)`` and ``*`` marks as the other formats."""
+        # the legend as LaTeX shows the marks: † is an underline here, as in HTML
+        legend = [x.replace("†", "underlined") for x in self.legend()]
+        comments = [self.title, " ".join(legend), *_missing_lines(self.missing)]
+        if self.table.empty:
+            return latex_grid(["method"], [], "l", comments=[*comments, "(no complete runs)"])
         t = self._marked("tex")
         rows = [[tex_escape(str(i)), *map(str, r)] for i, r in zip(t.index, t.to_numpy())]
-        return latex_grid(
-            [t.index.name or "method", *t.columns],
-            rows,
-            "l" + "c" * len(t.columns),
-            comments=[self.title, " ".join(self.legend())],
-        )
+        return latex_grid([t.index.name or "method", *t.columns], rows, "l" + "c" * len(t.columns), comments=comments)
 
-    def to_html(self, full_page: bool = False) -> str:
-        """An HTML ``<table>`` (with caption and legend); ``full_page`` wraps it in a document."""
-        t = self._marked("html")
-        rows = [[html.escape(str(i)), *map(str, r)] for i, r in zip(t.index, t.to_numpy())]
-        parts = [
-            html_grid(
-                [t.index.name or "method", *t.columns],
-                rows,
-                "leaderboard",
-                caption=self.title,
-                row_header=True,
-                sep="\n",
-            )
-        ]
+    def to_html(self, full_page: bool = False, left_out: bool = True) -> str:
+        """An HTML ``<table>`` (with caption and legend); ``full_page`` wraps it in a document.
+
+        ``left_out``: follow it with the table of runs left out of the means (row, pair, seed,
+        status, why), which the legend announces; ``report.html`` has its own section for them."""
+        if self.table.empty:
+            parts = [f"<p><b>{html.escape(self.title)}</b></p>", "<p>No complete runs.</p>"]
+        else:
+            t = self._marked("html")
+            rows = [[html.escape(str(i)), *map(str, r)] for i, r in zip(t.index, t.to_numpy())]
+            parts = [
+                html_grid(
+                    [t.index.name or "method", *t.columns],
+                    rows,
+                    "leaderboard",
+                    caption=self.title,
+                    row_header=True,
+                    sep="\n",
+                )
+            ]
         parts.append(
             '<p class="legend">'
-            + "<br>".join(html.escape(x) for x in self.legend())
+            + "<br>".join(html.escape(x) for x in (self.legend() if not self.table.empty else self.notes))
             .replace("Bold", "<b>Bold</b>")
             .replace("†", "<u>underlined</u>")
             + "</p>"
         )
+        if left_out and len(self.missing):
+            cols = ["entry", "pair", "seed", "status", "detail", "run_id"]
+            parts.append(f"<h3>Runs not in the means ({len(self.missing)})</h3>")
+            parts.append(
+                html_grid(
+                    ["row", "pair", "seed", "status", "error / reason", "run_id"],
+                    [[html.escape(str(v)) for v in r] for r in self.missing[cols].itertuples(index=False)],
+                    "left-out",
+                    sep="\n",
+                )
+            )
         body = "\n".join(parts)
         if not full_page:
             return body
@@ -319,6 +358,25 @@ def _missing_detail(row: pd.Series, rule: str) -> str:
 
 
 MISSING_COLUMNS: list[str] = ["entry", "method", "labels", "pair", "seed", "status", "detail", "run_id"]
+#: leaderboard.csv: the columns of each pair (as ``"<pair> <column>"``), then of each row's summary
+CSV_PAIR_COLUMNS: tuple[str, ...] = ("mean", "std", "ci95_low", "ci95_high", "n", "planned")
+CSV_SUMMARY_COLUMNS: list[str] = ["avg", "rank", "gain_vs_source_only", "incomplete", "rule", "note"]
+#: leaderboard_missing.csv: one line per planned run left out of the means
+MISSING_CSV_COLUMNS: list[str] = ["row", "method", "labels", "pair", "seed", "status", "detail", "run_id", "rule"]
+
+
+def missing_csv_path(path: str | Path) -> Path:
+    """Where :meth:`Leaderboard.to_csv` writes the runs left out of the means: ``<stem>_missing.csv``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_missing.csv")
+
+
+def _missing_lines(missing: pd.DataFrame) -> list[str]:
+    """One plain-text line per run left out of the means (LaTeX comments)."""
+    if missing.empty:
+        return []
+    head = f"Runs not in the means ({len(missing)}): row | pair | seed | status | why"
+    return [head, *(f"{r.entry} | {r.pair} | seed {r.seed} | {r.status} | {r.detail}" for r in missing.itertuples())]
 
 
 def prepare(
