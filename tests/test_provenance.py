@@ -1,0 +1,72 @@
+"""Where a report's numbers come from: mixed provenance is named, merged folders are no sweep,
+a resume over records of other code says so, and ``dabench report`` loads the folders once."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from dabench.analysis import report
+from dabench.analysis.results import load_results
+from dabench.analysis.tables import leaderboard
+from fake_runs import write_run
+
+V_OLD = {"dabench": "0.1.0", "torch": "2.14.1", "python": "3.11.7", "git_commit": "a1b2c3d4e5f6a7b8"}
+V_NEW = {**V_OLD, "git_commit": "d4e5f6a7b8c9d0e1"}
+
+
+def _two_commits(folder: Path) -> None:
+    """source-only and dann on two pairs x 3 seeds: dann's mnist-usps runs made by another commit."""
+    for m in ("source-only", "dann"):
+        for pair in ("mnist-usps", "usps-mnist"):
+            for seed in range(3):
+                v = V_NEW if (m == "dann" and pair == "mnist-usps") else V_OLD
+                write_run(folder, f"{m}-{pair}-{seed}", m, pair, seed, acc=60.0 + seed, extra={"versions": v})
+
+
+def _rows_of(path: Path) -> dict[str, dict[str, str]]:
+    with path.open(encoding="utf-8") as fh:
+        return {r["row"]: r for r in csv.DictReader(fh)}
+
+
+def test_mixed_commits_are_named_in_every_format(tmp_path: Path) -> None:
+    _two_commits(tmp_path)
+    paths = report.write_report(tmp_path, formats=("md", "csv", "tex", "html"), reps=50)
+    line = "Mixed provenance: runs from 2 dabench git commits: a1b2c3d (9 runs), d4e5f6a (3 runs: dann)."
+    for fmt in ("md", "tex", "html"):
+        text = paths[fmt].read_text(encoding="utf-8")
+        assert line in text, fmt
+    assert line in paths["report"].read_text(encoding="utf-8")
+    # one line per kind: torch, device, python agree, so only the commit is named
+    assert report.report_text(tmp_path).count("Mixed provenance") == 1
+    rows = _rows_of(paths["csv"])
+    assert rows["dann"]["provenance"] == "git_commit=a1b2c3d (3 runs), d4e5f6a (3 runs)"
+    assert rows["source-only"]["provenance"] == "git_commit=a1b2c3d (6 runs)"
+
+
+def test_devices_torch_and_a_dirty_tree_each_get_their_line(tmp_path: Path) -> None:
+    dirty = {**V_OLD, "git_dirty": True}
+    write_run(tmp_path, "a0", "dann", "mnist-usps", 0, acc=60.0, extra={"versions": V_OLD})
+    write_run(tmp_path, "a1", "dann", "mnist-usps", 1, acc=61.0, extra={"versions": dirty})
+    write_run(tmp_path, "a2", "dann", "mnist-usps", 2, acc=62.0, extra={"versions": {**V_OLD, "torch": "2.5.0"}})
+    write_run(tmp_path, "b0", "coral", "mnist-usps", 0, acc=60.0, device="NVIDIA H100 80GB HBM3")
+    write_run(tmp_path, "b1", "coral", "mnist-usps", 1, acc=60.0, device="NVIDIA H100 80GB HBM3")
+    notes = [n for n in leaderboard(load_results(tmp_path)).notes if n.startswith("Mixed provenance")]
+    assert notes == [
+        # the coral records name no commit: unknown is not known to agree
+        "Mixed provenance: runs from 3 dabench git commits: a1b2c3d (2 runs), unknown (2 runs: coral), "
+        "a1b2c3d+dirty (1 run: dann).",
+        "Mixed provenance: runs from 2 torch versions: 2.14.1 (4 runs), 2.5.0 (1 run: dann).",
+        "Mixed provenance: runs from 2 devices: cpu (3 runs), NVIDIA H100 80GB HBM3 (2 runs: coral).",
+    ]
+
+
+def test_agreeing_runs_get_no_note_and_an_empty_column(tmp_path: Path) -> None:
+    for seed in range(2):
+        write_run(tmp_path, f"d{seed}", "dann", "mnist-usps", seed, acc=60.0, extra={"versions": V_OLD})
+        write_run(tmp_path, f"s{seed}", "source-only", "mnist-usps", seed, acc=50.0, extra={"versions": V_OLD})
+    # a failed run of other code is not in the means: it does not make the numbers mixed
+    write_run(tmp_path, "f", "dann", "mnist-usps", 2, status="failed", extra={"versions": V_NEW})
+    paths = report.write_report(tmp_path, formats=("md", "csv"), reps=50)
+    assert "provenance" not in paths["md"].read_text(encoding="utf-8").lower()
+    assert {r["provenance"] for r in _rows_of(paths["csv"]).values()} == {""}
