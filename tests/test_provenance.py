@@ -4,7 +4,10 @@ a resume over records of other code says so, and ``dabench report`` loads the fo
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
+
+import pytest
 
 from dabench.analysis import report
 from dabench.analysis.results import load_results
@@ -70,3 +73,33 @@ def test_agreeing_runs_get_no_note_and_an_empty_column(tmp_path: Path) -> None:
     paths = report.write_report(tmp_path, formats=("md", "csv"), reps=50)
     assert "provenance" not in paths["md"].read_text(encoding="utf-8").lower()
     assert {r["provenance"] for r in _rows_of(paths["csv"]).values()} == {""}
+
+
+def test_a_resume_over_records_of_other_code_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Real runs on the tiny pair; then two of the records are made to come from other code (another
+    commit, another dabench version): the resume keeps them and names them."""
+    from dabench.cli import main
+    from dabench.running.unit import versions
+    from tiny_runs import tiny_run
+
+    out = tmp_path / "r"
+    args = tiny_run(out, "source-only,dann", "0,1", "--set", "steps=4", "--set", "eval_every=2")
+    assert main(args) == 0
+    first = capsys.readouterr().err
+    assert "made by other code" not in first
+    here = versions()
+    assert isinstance(here.get("git_dirty"), bool) or here.get("git_commit") is None  # records mark a dirty tree
+    paths = sorted((out / "runs").glob("*.json"))
+    assert len(paths) == 4
+    for path, v in zip(paths[:2], ({**here, "git_commit": "0" * 40, "git_dirty": False}, {**here, "dabench": "0.0.9"})):
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        rec["versions"] = v
+        path.write_text(json.dumps(rec), encoding="utf-8")
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if "made by other code" in x]
+    assert line.startswith("2 kept run(s) were made by other code than this dabench ")
+    assert "dabench 0.0.9" in line and "at 0000000 (1 run)" in line
+    assert f"dabench run --rerun RUN_ID --results {out}" in line and "new --results folder" in line
+    # kept, not recomputed: the edited records are still there as edited
+    assert json.loads(paths[1].read_text(encoding="utf-8"))["versions"]["dabench"] == "0.0.9"

@@ -43,9 +43,9 @@ def load_pair_data(pair_name: str, data_root: pathlib.Path) -> PairData:
 
 
 @functools.lru_cache(maxsize=1)
-def _versions() -> dict[str, str | None]:
+def _versions() -> dict[str, str | bool | None]:
     # once per process: the versions cannot change while it runs (a copy is handed out each time)
-    versions: dict[str, str | None] = {
+    versions: dict[str, str | bool | None] = {
         "dabench": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -62,7 +62,7 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
-def versions() -> dict[str, str | None]:
+def versions() -> dict[str, str | bool | None]:
     """The versions recorded with every run: dabench, python, torch, torchvision, timm, numpy, the
     git commit of the dabench checkout (None outside one) and, in a checkout, ``git_dirty``
     (uncommitted changes to tracked files). Needs no device (no CUDA context)."""
