@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,52 @@ def test_a_resume_over_records_of_other_code_says_so(tmp_path: Path, capsys: pyt
     assert f"dabench run --rerun RUN_ID --results {out}" in line and "new --results folder" in line
     # kept, not recomputed: the edited records are still there as edited
     assert json.loads(paths[1].read_text(encoding="utf-8"))["versions"]["dabench"] == "0.0.9"
+
+
+def _tiny(out: Path, *more: str) -> list[str]:
+    from tiny_runs import tiny_run
+
+    return tiny_run(out, "dann", "0", "--set", "steps=4", "--set", "eval_every=2", *more)
+
+
+def test_merged_folders_of_other_settings_are_no_sweep_but_one_sweep_is(tmp_path: Path, capsys) -> None:
+    """Two real plain runs of dann in two folders (lr 0.01, 0.03) merged: no configuration-selection
+    tables (no rule chose between them); the same two settings as one --sweep: the tables are there."""
+    from dabench.analysis.sweeps import has_sweeps
+    from dabench.cli import main
+
+    a, b, sw = tmp_path / "a", tmp_path / "b", tmp_path / "sweep"
+    assert main(_tiny(a, "--set", "lr=0.01")) == 0
+    assert main(_tiny(b, "--set", "lr=0.03")) == 0
+    assert main(_tiny(sw, "--sweep", "lr=0.01,0.03")) == 0
+    # matrix.json says what was swept and which runs are its trials
+    matrix = json.loads((sw / "matrix.json").read_text(encoding="utf-8"))
+    assert matrix["sweep"] == {"lr": [0.01, 0.03]} and len(matrix["swept_runs"]) == 2
+    assert json.loads((a / "matrix.json").read_text(encoding="utf-8"))["swept_runs"] == []
+    capsys.readouterr()
+    merged = load_results(a, b)
+    assert merged["config"].nunique() == 2 and not has_sweeps(merged)
+    text = report.report_text([a, b])
+    assert "Configuration selection" not in text and "dann (lr=0.01)" in text and "dann (lr=0.03)" in text
+    assert has_sweeps(load_results(sw)) and "Configuration selection" in report.report_text(sw)
+    # a plain run added to the sweep's folder later keeps its trials a sweep (matrix.json keeps them)
+    assert main(_tiny(sw, "--set", "lr=0.1")) == 0
+    assert has_sweeps(load_results(sw))
+    # a folder that does not say (no matrix.json: older dabench) counts its own configurations only
+    (a / "matrix.json").unlink()
+    (b / "matrix.json").unlink()
+    assert not has_sweeps(load_results(a, b))
+
+
+def test_report_reads_the_folders_once(tmp_path: Path, capsys) -> None:
+    """``dabench report`` writes the files and prints the text from one reading: each bad record is
+    named once (it was read, and warned about, twice)."""
+    from dabench.cli import main
+
+    write_run(tmp_path, "a", "dann", "mnist-usps", 0, acc=50.0)
+    (tmp_path / "runs" / "torn.json").write_text("{bad", encoding="utf-8")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["report", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    assert sum("torn.json" in str(w.message) for w in seen) == 1
+    assert "dann" in capsys.readouterr().out

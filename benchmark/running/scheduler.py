@@ -77,18 +77,39 @@ def write_matrix_file(
     plugins: Iterable[str] = (),
     executor: str = "inline",
     workers: int = 1,
+    sweep: dict | None = None,
 ) -> pathlib.Path:
     """Store the expanded matrix in ``DIR/matrix.json``: ``dabench status`` counts pending runs
-    from it and ``--rerun`` loads its plugins."""
+    from it and ``--rerun`` loads its plugins.
+
+    ``sweep`` (the matrix's ``--sweep``/``[sweep]``: key -> values or distribution) is recorded,
+    and ``swept_runs`` lists the run ids of every sweep matrix run into the folder (kept from the
+    file this one replaces): the report's configuration-selection tables are for configurations
+    that one sweep made, never for several plain runs merged (analysis/sweeps.py ``has_sweeps``).
+    A file of an older dabench without ``swept_runs`` keeps it unknown (left out), as its runs are.
+    """
     path = pathlib.Path(results_dir) / MATRIX_FILE
+    swept: list[str] | None = []
+    try:
+        before = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        old = before.get("swept_runs") if isinstance(before, dict) else None
+        if isinstance(old, list):
+            swept = [str(r) for r in old]
+        elif isinstance(before, dict) and before.get("specs"):
+            swept = None  # an older matrix file: which of its runs were swept is not known
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass  # a corrupt matrix file is replaced; its sweep is not known, this one's is
     payload = {
         "format": 1,
         "written_at": utc_now(),
         "executor": executor,
         "workers": int(workers),
         "plugins": list(plugins),
+        "sweep": {k: v if isinstance(v, (list, tuple)) else str(v) for k, v in (sweep or {}).items()},
         "specs": [s.to_dict() for s in specs],
     }
+    if swept is not None:
+        payload["swept_runs"] = sorted(set(swept) | ({s.run_id for s in specs} if sweep else set()))
     atomic_write_text(path, json.dumps(payload, indent=1, default=str))
     return path
 
