@@ -89,7 +89,9 @@ def has_sweeps(df: pd.DataFrame) -> bool:
         return False
     d = _with_labels(df[df["seed"].notna()])
     if "sweep_trial" in d:
-        d = d[d["sweep_trial"].map(lambda x: x is None or pd.isna(x) or bool(x))]  # True, or None: the folder does not say
+        d = d[
+            d["sweep_trial"].map(lambda x: x is None or pd.isna(x) or bool(x))
+        ]  # True, or None: the folder does not say
     by = GROUP + (["source_dir"] if "source_dir" in d else [])
     return bool((d.groupby(by, sort=False, dropna=False)["config"].nunique() > 1).any())
 
