@@ -525,7 +525,9 @@ def _run(args: argparse.Namespace) -> int:
     except (ValueError, ImportError, ConnectionError) as exc:  # bad --workers, no Ray/submitit, no cluster there
         raise MatrixError(str(exc)) from None
     if not args.rerun:  # a rerun of one run must not replace the folder's matrix
-        write_matrix_file(args.results, specs, plugins=plugins, executor=args.executor, workers=ex.workers)
+        write_matrix_file(
+            args.results, specs, plugins=plugins, executor=args.executor, workers=ex.workers, sweep=matrix.sweep
+        )
     t0 = time.perf_counter()
     waits = {} if args.wait_limit is None else {"wait_limit_s": args.wait_limit}
     summary = run_matrix(specs, args.results, options, executor=ex, **waits)
@@ -543,11 +545,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .analysis.report import FORMATS, report_text, write_report  # late: see _run
+    from .analysis.report import FORMATS, load_runs, report_text, write_report  # late: see _run
 
     formats = tuple(_csv(args.format))
     if not set(formats) <= set(FORMATS):  # the writers' table is the one list of formats
         raise MatrixError(f"--format: unknown {sorted(set(formats) - set(FORMATS))}; valid: {', '.join(FORMATS)}")
+    runs = load_runs(args.dirs, args.where, args.rule)  # once: each bad record is named once
     paths = write_report(
         args.dirs,
         rule=args.rule,
@@ -556,8 +559,9 @@ def _report(args: argparse.Namespace) -> int:
         tsne=args.tsne,
         where=args.where,
         select_config=args.select_config,
+        runs=runs,
     )
-    print(report_text(args.dirs, rule=args.rule, where=args.where, select_config=args.select_config))
+    print(report_text(args.dirs, rule=args.rule, where=args.where, select_config=args.select_config, runs=runs))
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")
     return 0

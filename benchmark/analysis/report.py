@@ -177,11 +177,19 @@ def validator_notes(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def _load(dirs: str | Path | Iterable[str | Path], where: list[str] | dict | None, rule: str) -> pd.DataFrame:
+def load_runs(
+    dirs: str | Path | Iterable[str | Path], where: list[str] | dict | None = None, rule: str = "last"
+) -> pd.DataFrame:
     """The folders' runs, filtered, with DEV's scores on the runs that saved features (computed
-    once here for every table that reads them); ``--rule dev`` without any is one clear error."""
+    once here for every table that reads them); ``--rule dev`` without any is one clear error.
+
+    ``write_report`` and ``report_text`` take the result as ``runs=``, so that ``dabench report``
+    reads the folders (and warns about each bad record) once."""
     check_rule(rule)
     return with_dev_scores(filter_runs(load_results(*_dirs(dirs)), where), strict=rule == "dev")
+
+
+_load = load_runs
 
 
 def _selected(df: pd.DataFrame, rule: str, select_config: bool) -> pd.DataFrame:
@@ -284,14 +292,16 @@ def report_text(
     rule: str = "last",
     where: list[str] | dict | None = None,
     select_config: bool = False,
+    runs: pd.DataFrame | None = None,
 ) -> str:
     """The Markdown leaderboard the CLI prints for ``dabench report``, with the runs left out
     of the means (method, pair, seed, status, first error line) and the validator notes.
 
     ``select_config``: collapse the trials of sweeps, each rule choosing the configuration
     (analysis/sweeps.py). A folder holding sweeps gets the methods x rules tables either way.
+    ``runs``: :func:`load_runs` of the same folders, ``where`` and ``rule``, already read.
     """
-    df = _load(dirs, where, rule)
+    df = _load(dirs, where, rule) if runs is None else runs
     head = _selection_title(rule) if select_config else ""
     text = head + leaderboard(_selected(df, rule, select_config), rule).to_markdown()
     notes = validator_notes(df)
@@ -309,6 +319,7 @@ def write_report(
     tsne: str | None = None,
     where: list[str] | dict | None = None,
     select_config: bool = False,
+    runs: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Write leaderboard exports (``leaderboard.<fmt>``), figures and ``report.html``.
 
@@ -325,13 +336,15 @@ def write_report(
             (:func:`dabench.analysis.results.filter_runs`).
         select_config: one run per method, pair and seed, the configuration ``rule`` picks
             over a sweep's trials (:func:`dabench.analysis.sweeps.select_config`).
+        runs: :func:`load_runs` of the same ``dirs``, ``where`` and ``rule``, already read (the
+            CLI reads the folders once for the files and the printed text).
 
     Returns:
         name → path: the formats, ``"report"`` (report.html) and ``"figures"`` (folder).
     """
     formats = _check_formats(formats)
     ds = _dirs(dirs)
-    raw = _load(ds, where, rule)
+    raw = _load(ds, where, rule) if runs is None else runs
     out_dir = Path(out) if out is not None else ds[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     df = _selected(raw, rule, select_config)

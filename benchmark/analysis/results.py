@@ -16,6 +16,10 @@ no result); ``settings`` holds the same spec flattened to the names ``--set``/``
 (``steps``, ``lr`` …, ``backbone``, ``backbone.<option>``, ``target_shots``,
 ``<method>.<hyperparameter>``).
 
+Sweeps. ``sweep_trial`` says whether the run is a trial of a sweep its folder's ``matrix.json``
+lists (``swept_runs``): True / False, or None when the folder does not say (no matrix file, or
+one an older dabench wrote). :func:`dabench.analysis.sweeps.has_sweeps` reads it.
+
 Planned runs. When a folder holds ``matrix.json`` (written by ``dabench run``), its specs
 that have no record yet are added as rows with status ``pending``, so that a seed never
 vanishes from the tables without a trace.
@@ -61,6 +65,7 @@ COLUMNS: tuple[str, ...] = (
     "config",
     "settings",
     "validators",
+    "sweep_trial",
 )
 
 #: A row's ``status``: a record's status (core/record.py, ``Status``), or ``pending`` for a run
@@ -226,6 +231,19 @@ def _planned_rows(d: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _swept_runs(d: Path) -> set[str] | None:
+    """The run ids ``d``'s ``matrix.json`` lists as trials of a sweep (``swept_runs``, written by
+    ``dabench run``); None when the folder does not say (no matrix file, or an older one)."""
+    path = _matrix_path(d)
+    if path is None:
+        return None
+    try:
+        swept = json.loads(path.read_text(encoding="utf-8")).get("swept_runs")
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError, AttributeError):
+        return None  # _planned_rows names the corrupt file
+    return {str(r) for r in swept} if isinstance(swept, list) else None
+
+
 def _spec_run_id(spec: dict[str, Any]) -> str:
     """The run id a spec of ``matrix.json`` will record under ("" if it no longer parses)."""
     try:
@@ -260,6 +278,7 @@ def load_results(*dirs: str | os.PathLike | Iterable[str | os.PathLike], planned
 
     rows: list[dict[str, Any]] = []
     seen: dict[str, Path] = {}
+    swept = {d: _swept_runs(d) for d in flat}
     for d in flat:
         folder = _runs_folder(d)
         for path in sorted(folder.glob("*.json")):
@@ -280,6 +299,8 @@ def load_results(*dirs: str | os.PathLike | Iterable[str | os.PathLike], planned
                 )
                 continue
             seen[rid] = path
+            trials = swept[d]
+            row["sweep_trial"] = None if trials is None else rid in trials
             rows.append(row)
     if planned:
         have = {(r["pair"], r["seed"], r["config"]) for r in rows}
@@ -288,6 +309,8 @@ def load_results(*dirs: str | os.PathLike | Iterable[str | os.PathLike], planned
                 key = (row["pair"], row["seed"], row["config"])
                 if key not in have:
                     have.add(key)
+                    trials = swept[d]
+                    row["sweep_trial"] = None if trials is None else row["run_id"] in trials
                     rows.append(row)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     if len(df):

@@ -75,11 +75,25 @@ def _with_labels(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def has_sweeps(df: pd.DataFrame) -> bool:
-    """Whether some method × label budget × pair × seed has more than one configuration."""
+    """Whether some method × label budget × pair × seed has more than one configuration **from one
+    sweep**: trials of a ``--sweep``/``[sweep]`` matrix run into one results folder.
+
+    Configurations from merged folders (folder A run with ``--set lr=0.01``, folder B with
+    ``lr=0.03``) are no sweep: they are rows of their own, named by what differs, and no rule chose
+    among them, so the configuration-selection tables would describe a choice nobody made. A
+    folder's ``matrix.json`` lists its sweeps' runs (``swept_runs``; the row's ``sweep_trial``);
+    a folder that does not say (no matrix file, or an older dabench's) counts its own
+    configurations, as before, but never pools them with another folder's.
+    """
     if df.empty:
         return False
     d = _with_labels(df[df["seed"].notna()])
-    return bool((d.groupby(GROUP, sort=False)["config"].nunique() > 1).any())
+    if "sweep_trial" in d:
+        d = d[
+            d["sweep_trial"].map(lambda x: x is None or pd.isna(x) or bool(x))
+        ]  # True, or None: the folder does not say
+    by = GROUP + (["source_dir"] if "source_dir" in d else [])
+    return bool((d.groupby(by, sort=False, dropna=False)["config"].nunique() > 1).any())
 
 
 def swept_keys(df: pd.DataFrame) -> dict[tuple[str, str], list[str]]:

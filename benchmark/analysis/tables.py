@@ -217,8 +217,11 @@ class Leaderboard:
         ``ci95_low``, ``ci95_high`` (plain numbers, never "mean ± std" text), ``n`` (completed
         seeds) and ``planned``; then ``avg``, ``rank``, ``gain_vs_source_only``, ``incomplete``
         (``true`` when a cell misses planned seeds: the other formats' ``(k/n)`` and ``*``),
-        ``rule`` and ``note`` (why the rule may not select the row, whose numbers then read
-        "n/a"; else empty). A missing number is an empty field (read as NaN).
+        ``rule``, ``note`` (why the rule may not select the row, whose numbers then read
+        "n/a"; else empty) and ``provenance`` (empty when every run of the table was made by the
+        same dabench version and commit, libraries and device; else the row's values of each kind
+        that differs, with its runs: :func:`row_provenance`, the other formats' "Mixed provenance"
+        notes). A missing number is an empty field (read as NaN).
 
         The planned runs left out of the means (failed, diverged, pending ...) go to
         :func:`missing_csv_path` ``(path)`` beside it, one line per run (:data:`MISSING_CSV_COLUMNS`),
@@ -255,6 +258,7 @@ class Leaderboard:
                     row += [NOT_APPLICABLE] * 3 + [incomplete, self.rule, srow["not_applicable"]]
                 else:
                     row += [_num(srow["avg"]), _num(srow["rank"]), _num(srow["gain"]), incomplete, self.rule, ""]
+                row.append(srow.get("provenance", ""))
                 w.writerow(row)
         with missing_csv_path(path).open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
@@ -360,7 +364,7 @@ def _missing_detail(row: pd.Series, rule: str) -> str:
 MISSING_COLUMNS: list[str] = ["entry", "method", "labels", "pair", "seed", "status", "detail", "run_id"]
 #: leaderboard.csv: the columns of each pair (as ``"<pair> <column>"``), then of each row's summary
 CSV_PAIR_COLUMNS: tuple[str, ...] = ("mean", "std", "ci95_low", "ci95_high", "n", "planned")
-CSV_SUMMARY_COLUMNS: list[str] = ["avg", "rank", "gain_vs_source_only", "incomplete", "rule", "note"]
+CSV_SUMMARY_COLUMNS: list[str] = ["avg", "rank", "gain_vs_source_only", "incomplete", "rule", "note", "provenance"]
 #: leaderboard_missing.csv: one line per planned run left out of the means
 MISSING_CSV_COLUMNS: list[str] = ["row", "method", "labels", "pair", "seed", "status", "detail", "run_id", "rule"]
 
@@ -450,6 +454,7 @@ def prepare(
                 "configuration choice (a rule sees a divergence without labels, and cannot rank a trial "
                 "it has no score for): " + ", ".join(gone) + "."
             )
+    notes += provenance_notes(ok)
     done = set(zip(ok["entry"], ok["pair"], ok["seed"].astype(int)))
     miss = []
     order = {"complete": 9, "pending": 8}  # a failure explains a gap better than a pending spec
@@ -475,6 +480,90 @@ def prepare(
         )
     missing = pd.DataFrame(miss, columns=MISSING_COLUMNS).sort_values(["entry", "pair", "seed"])
     return ok.copy(), planned, missing.reset_index(drop=True), notes
+
+
+#: how a provenance note names each kind of difference (other version keys: "<key> versions")
+_PROVENANCE_LABELS = {"dabench": "dabench versions", "git_commit": "dabench git commits", "device": "devices"}
+#: the kinds in the order the notes list them; the other recorded version keys follow, sorted
+_PROVENANCE_FIRST = ("dabench", "git_commit", "torch", "device")
+UNKNOWN = "unknown"
+
+
+def run_provenance(versions: Any, device: Any) -> dict[str, str]:
+    """What made one run's numbers, kind -> value: every recorded version (``dabench``, ``torch``,
+    ``python``, ``numpy`` ...), the git commit (7 characters, ``+dirty`` when the record marks
+    uncommitted changes: ``git_dirty``, since that code exists in no commit) and the device
+    (``NVIDIA H100 80GB HBM3``, ``cpu (16 cores)``). A value the record lacks is ``unknown``:
+    a run of unknown provenance is not known to agree with the others."""
+    v = versions if isinstance(versions, dict) else {}
+    out = {k: UNKNOWN if x is None else str(x) for k, x in v.items() if k not in ("git_commit", "git_dirty")}
+    commit = v.get("git_commit")
+    if commit is None:
+        out["git_commit"] = UNKNOWN
+    else:
+        out["git_commit"] = str(commit)[:7] + ("+dirty" if v.get("git_dirty") else "")
+    out["device"] = UNKNOWN if device is None or (isinstance(device, float) and math.isnan(device)) else str(device)
+    return out
+
+
+def _provenance_kinds(runs: pd.DataFrame) -> list[tuple[str, list[dict[str, str]]]]:
+    """The kinds of provenance on which ``runs`` differ, each with every run's values."""
+    provs = [run_provenance(v, d) for v, d in zip(runs["versions"], runs["device"])]
+    keys = set().union(*provs) if provs else set()
+    order = [k for k in _PROVENANCE_FIRST if k in keys] + sorted(keys - set(_PROVENANCE_FIRST))
+    out = []
+    for k in order:
+        if len({p.get(k, UNKNOWN) for p in provs}) > 1:
+            out.append((k, provs))
+    return out
+
+
+def provenance_notes(runs: pd.DataFrame, limit: int = 4) -> list[str]:
+    """One note per kind of provenance on which the runs in the means differ, [] when all agree.
+
+    A leaderboard compares numbers; numbers made by different code (dabench version, git commit,
+    a dirty work tree), libraries (torch, numpy ...) or hardware (cpu vs cuda, two GPU models)
+    differ for reasons no table shows, so each such kind is named with how many runs each value
+    has and, for every value but the most common, which rows hold them, e.g. "Mixed provenance:
+    runs from 2 dabench git commits: a1b2c3d (12 runs), d4e5f6a (6 runs: dann, coral)."
+    ``runs`` are the complete runs of the table with their row name ``entry``.
+    """
+    if runs.empty:
+        return []
+    notes = []
+    entries = [str(e) for e in runs["entry"]] if "entry" in runs else [str(m) for m in runs["method"]]
+    for kind, provs in _provenance_kinds(runs):
+        values = [p.get(kind, UNKNOWN) for p in provs]
+        counts = pd.Series(values).value_counts(sort=False)
+        # most runs first; equal counts by value, so the note reads the same on every load
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        parts = []
+        for i, (value, n) in enumerate(ranked):
+            text = f"{value} ({n} run{'s' if n != 1 else ''}"
+            if i:  # the rows holding a minority value: where the table mixes provenance
+                rows = list(dict.fromkeys(e for e, x in zip(entries, values) if x == value))
+                text += ": " + ", ".join(rows[:limit]) + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+            parts.append(text + ")")
+        label = _PROVENANCE_LABELS.get(kind, f"{kind} versions")
+        notes.append(f"Mixed provenance: runs from {len(ranked)} {label}: {', '.join(parts)}.")
+    return notes
+
+
+def row_provenance(runs: pd.DataFrame) -> dict[str, str]:
+    """Per row name (``entry``): the values of each kind of provenance on which the table's runs
+    differ, e.g. ``git_commit=d4e5f6a (3 runs); device=cpu (16 cores) (3 runs)``; "" when the
+    table's runs all agree (leaderboard.csv's ``provenance`` column)."""
+    kinds = _provenance_kinds(runs) if len(runs) else []
+    out: dict[str, str] = {}
+    for e in dict.fromkeys(str(x) for x in runs["entry"]) if len(runs) else []:
+        mask = [str(x) == e for x in runs["entry"]]
+        parts = []
+        for kind, provs in kinds:
+            vals = pd.Series([p.get(kind, UNKNOWN) for p, m in zip(provs, mask) if m]).value_counts(sort=False)
+            ranked = sorted(vals.items(), key=lambda kv: (-kv[1], kv[0]))
+            parts.append(f"{kind}=" + ", ".join(f"{v} ({n} run{'s' if n != 1 else ''})" for v, n in ranked))
+        out[e] = "; ".join(parts)
+    return out
 
 
 def missing_markdown(missing: pd.DataFrame, limit: int = 40) -> list[str]:
@@ -582,6 +671,8 @@ def leaderboard(
             }
         )
     summary = pd.DataFrame(summ).set_index("entry")
+    prov = row_provenance(sel)  # what differs between the table's runs, per row (leaderboard.csv)
+    summary["provenance"] = [prov.get(str(e), "") for e in summary.index]
     if (summary["avg"].isna() & (summary["not_applicable"] == "")).any():
         notes.append("avg is shown only for rows with results on every pair.")
     # a rank averages the pairs a row has: rows with fewer pairs than their budget are ranked on other

@@ -29,7 +29,7 @@ from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault, atomic_write_text, checkpoint_problem, load_record_file
 from .executors import Executor, ExecutorOptions, make_executor
 from .matrix import MatrixError
-from .unit import KEPT, record_failure
+from .unit import KEPT, record_failure, versions
 
 
 @dataclass
@@ -77,18 +77,39 @@ def write_matrix_file(
     plugins: Iterable[str] = (),
     executor: str = "inline",
     workers: int = 1,
+    sweep: dict | None = None,
 ) -> pathlib.Path:
     """Store the expanded matrix in ``DIR/matrix.json``: ``dabench status`` counts pending runs
-    from it and ``--rerun`` loads its plugins."""
+    from it and ``--rerun`` loads its plugins.
+
+    ``sweep`` (the matrix's ``--sweep``/``[sweep]``: key -> values or distribution) is recorded,
+    and ``swept_runs`` lists the run ids of every sweep matrix run into the folder (kept from the
+    file this one replaces): the report's configuration-selection tables are for configurations
+    that one sweep made, never for several plain runs merged (analysis/sweeps.py ``has_sweeps``).
+    A file of an older dabench without ``swept_runs`` keeps it unknown (left out), as its runs are.
+    """
     path = pathlib.Path(results_dir) / MATRIX_FILE
+    swept: list[str] | None = []
+    try:
+        before = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        old = before.get("swept_runs") if isinstance(before, dict) else None
+        if isinstance(old, list):
+            swept = [str(r) for r in old]
+        elif isinstance(before, dict) and before.get("specs"):
+            swept = None  # an older matrix file: which of its runs were swept is not known
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass  # a corrupt matrix file is replaced; its sweep is not known, this one's is
     payload = {
         "format": 1,
         "written_at": utc_now(),
         "executor": executor,
         "workers": int(workers),
         "plugins": list(plugins),
+        "sweep": {k: v if isinstance(v, (list, tuple)) else str(v) for k, v in (sweep or {}).items()},
         "specs": [s.to_dict() for s in specs],
     }
+    if swept is not None:
+        payload["swept_runs"] = sorted(set(swept) | ({s.run_id for s in specs} if sweep else set()))
     atomic_write_text(path, json.dumps(payload, indent=1, default=str))
     return path
 
@@ -101,6 +122,59 @@ def _unreadable(store: RunStore, run_id: str) -> RecordError | None:
 
 def _terminal(status: Status | None) -> bool:
     return status is not None and status.terminal
+
+
+def code_label(versions: dict | None) -> str:
+    """A record's code as a note names it: ``dabench 0.1.0 at a1b2c3d`` (``+dirty``: uncommitted
+    changes), ``dabench 0.1.0`` outside a checkout, ``unknown code`` without versions."""
+    v = versions if isinstance(versions, dict) else {}
+    if not v.get("dabench") and not v.get("git_commit"):
+        return "unknown code"
+    text = f"dabench {v.get('dabench') or '?'}"
+    if v.get("git_commit"):
+        text += f" at {str(v['git_commit'])[:7]}" + ("+dirty" if v.get("git_dirty") else "")
+    return text
+
+
+def _other_code(record: dict | None, here: dict) -> bool:
+    """Whether a record was made by other dabench code than ``here`` (this process's versions):
+    another version, another commit (compared where both know theirs), or uncommitted changes on
+    one side only. Both dirty at one commit reads as the same code: the records cannot tell two
+    edits apart, and a resume while editing would otherwise flag every run it kept."""
+    v = record if isinstance(record, dict) else {}
+    if not v:
+        return True  # no versions at all: not known to be this code
+    if v.get("dabench") != here.get("dabench"):
+        return True
+    if v.get("git_commit") and here.get("git_commit"):
+        return v["git_commit"] != here["git_commit"] or bool(v.get("git_dirty")) != bool(here.get("git_dirty"))
+    return False
+
+
+def other_code_note(store: RunStore, run_ids: Iterable[str], here: dict | None = None) -> str:
+    """The resume note for kept records (complete, diverged) made by other dabench code than this
+    process's, "" when there are none.
+
+    Kept records are never recomputed silently (their run id is their spec, not their code), so a
+    folder resumed after a code change mixes the numbers of two codes; the note says how many and
+    how to remake them. ``here``: this process's versions (:func:`dabench.running.unit.versions`)."""
+    here = versions() if here is None else here
+    by_code: dict[str, int] = {}
+    for rid in run_ids:
+        rec = store.read(rid)
+        if rec is None or not _other_code(rec.versions, here):
+            continue
+        label = code_label(rec.versions)
+        by_code[label] = by_code.get(label, 0) + 1
+    if not by_code:
+        return ""
+    n = sum(by_code.values())
+    made = ", ".join(f"{k} ({c} run{'s' if c != 1 else ''})" for k, c in sorted(by_code.items(), key=lambda kv: -kv[1]))
+    return (
+        f"{n} kept run(s) were made by other code than this {code_label(here)}: {made}; they are kept as recorded "
+        f"(a run is never recomputed silently) and the report names the mix; to remake one: dabench run --rerun "
+        f"RUN_ID --results {store.root}, or run the matrix into a new --results folder"
+    )
 
 
 def run_matrix(
@@ -201,6 +275,9 @@ def run_matrix(
             f"{len(summary.kept_diverged)} run(s) diverged before: kept as recorded, not rerun (a divergence is a "
             f"result); to repeat one: dabench run --rerun RUN_ID --results {store.root}"
         )
+    other_code = other_code_note(store, [*summary.skipped_complete, *summary.kept_diverged])
+    if other_code:
+        note(other_code)
     in_matrix = {s.run_id for s in queue}
 
     def settled(run_id: str) -> Status | None:

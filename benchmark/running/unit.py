@@ -43,9 +43,9 @@ def load_pair_data(pair_name: str, data_root: pathlib.Path) -> PairData:
 
 
 @functools.lru_cache(maxsize=1)
-def _versions() -> dict[str, str | None]:
+def _versions() -> dict[str, str | bool | None]:
     # once per process: the versions cannot change while it runs (a copy is handed out each time)
-    versions: dict[str, str | None] = {
+    versions: dict[str, str | bool | None] = {
         "dabench": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -56,12 +56,16 @@ def _versions() -> dict[str, str | None]:
         except ImportError:  # pragma: no cover - optional
             pass
     versions["git_commit"] = _git_commit()
+    if versions["git_commit"] is not None:
+        # uncommitted changes: the code that made the numbers exists in no commit (reports name it)
+        versions["git_dirty"] = _git_dirty()
     return versions
 
 
-def versions() -> dict[str, str | None]:
-    """The versions recorded with every run: dabench, python, torch, torchvision, timm, numpy and
-    the git commit of the dabench checkout (None outside one). Needs no device (no CUDA context)."""
+def versions() -> dict[str, str | bool | None]:
+    """The versions recorded with every run: dabench, python, torch, torchvision, timm, numpy, the
+    git commit of the dabench checkout (None outside one) and, in a checkout, ``git_dirty``
+    (uncommitted changes to tracked files). Needs no device (no CUDA context)."""
     return dict(_versions())
 
 
@@ -82,6 +86,22 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _git_dirty() -> bool | None:
+    """Whether the dabench checkout has uncommitted changes to tracked files (None: git could not tell)."""
+    here = pathlib.Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
 
 
 def base_record(spec: RunSpec, status: Status | str, env: dict[str, Any]) -> RunRecord:
