@@ -135,7 +135,7 @@ class RunRecord(Mapping):
     resumed_from_step: int | None = None  #: the mid-run checkpoint step a resumed run started from
     timings: dict[str, Any] | None = None  #: wall_s, total_s, steps, steps_per_s, images_per_s, compiled
     device: str | None = None
-    versions: dict[str, Any] | None = None  #: dabench, python, torch ..., git_commit
+    versions: dict[str, Any] | None = None  #: dabench, torch ..., git_commit, git_dirty
     host: str | None = None
     torch_threads: int | None = None  #: CPU results depend on it (reduction order)
     pid: int | None = None  #: the process that ran it (a worker's, under the local pool)
