@@ -162,6 +162,14 @@ def _step_bar(progress: bool, position: int):
     return tqdm(total=0, unit="step", leave=False, disable=not progress, file=sys.stderr, position=position)
 
 
+def run_marker(pid: int) -> str:
+    """The start of the line a worker writes to its log (stderr) as each run starts: the pool's
+    processes of one slot, its spare included, share that log, and a dead worker's record quotes
+    the log from its process's last marker on (``local_pool._death_message``), not an earlier
+    run's lines."""
+    return f"--- dabench worker {pid}: run "
+
+
 #: appended to the WorkerDied message of a run whose process died before it wrote the run's
 #: ``running`` record: the record's device and versions are then the parent's knowledge
 DIED_BEFORE_START = (
