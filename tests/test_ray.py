@@ -154,6 +154,13 @@ def test_an_unreachable_ray_address_fails_at_once_in_one_line(tmp_path, monkeypa
         message = str(err.value)
         assert f"--ray-address {address}: no Ray cluster answers there" in message and "\n" not in message
         assert "ray start --head" in message and "--ray-address auto" in message
+
+    def no_cluster(*args, **kwargs):  # what ray.init(address="auto") says with no cluster on this machine
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(ray, "init", no_cluster)
+    with pytest.raises(ExecutorError, match=r"--ray-address auto: Could not find .*`ray start --head`"):
+        make_executor("ray", tmp_path, ExecutorOptions(device="cpu", ray_address="auto"))
     with pytest.raises(ExecutorError, match="is not host:port"):
         make_executor("ray", tmp_path, ExecutorOptions(device="cpu", ray_address="nohost"))
     # the CLI: one line, exit 2, quickly (no Ray started)

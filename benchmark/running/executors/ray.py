@@ -33,6 +33,12 @@ from .base import (
 REACH_TIMEOUT_S = 5.0
 
 
+WHAT_TO_DO = (
+    "start one with `ray start --head` on that host (it prints the address to give), or use "
+    "--ray-address auto for a cluster started on this machine, or leave it out to start a local Ray"
+)
+
+
 def check_reachable(address: str | None, timeout: float = REACH_TIMEOUT_S) -> None:
     """Refuse, in one line, a ``--ray-address host:port`` (or ``ray://host:port``) that nothing
     answers at, before ``ray.init`` retries it for minutes. ``None`` (start a local Ray),
@@ -49,12 +55,8 @@ def check_reachable(address: str | None, timeout: float = REACH_TIMEOUT_S) -> No
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
-        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
-        raise ExecutorError(
-            f"--ray-address {address}: no Ray cluster answers there ({why} within {timeout:g} s); "
-            "start one with `ray start --head` on that host (it prints the address to give), "
-            "or use --ray-address auto for a cluster started on this machine, or leave it out to start a local Ray"
-        ) from None
+        why = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ExecutorError(f"--ray-address {address}: no Ray cluster answers there ({why}); {WHAT_TO_DO}") from None
 
 
 def ray_log_path(results_dir: str | pathlib.Path, run_id: str) -> pathlib.Path:
@@ -125,7 +127,18 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             check_reachable(address)
             # address None starts a local Ray; "auto" or host:port joins a running cluster
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except ConnectionError as exc:  # auto with no cluster here, or a cluster that refused us
+                if address is None:
+                    raise
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                todo = (
+                    "start one on this machine with `ray start --head`, or leave --ray-address out to start a local Ray"
+                    if address == "auto"
+                    else WHAT_TO_DO
+                )
+                raise ExecutorError(f"--ray-address {address}: {first} ({todo})") from None
             self._owns = True
         self._sigterm = False  # SIGTERM arrived (Ray's calls turn the handler's Terminated into a KeyboardInterrupt)
         self._sigterm_before = _interrupt_on_sigterm(self._on_sigterm)
