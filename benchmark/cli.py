@@ -202,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="local/ray: runs at once (default: GPUs x --runs-per-gpu; 1 on a CPU-only machine); "
-        "slurm: runs queued or running at once (default: 256)",
+        help="local/ray: runs at once (default: GPUs x --runs-per-gpu; on CPUs only: 1 for local, "
+        "the cluster's CPUs for ray); slurm: runs queued or running at once (default: 256)",
     )
     r.add_argument(
         "--runs-per-gpu",
