@@ -202,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="local/ray: runs at once (default: GPUs x --runs-per-gpu; 1 on a CPU-only machine); "
-        "slurm: runs queued or running at once (default: 256)",
+        help="local/ray: runs at once (default: GPUs x --runs-per-gpu; on CPUs only: 1 for local, "
+        "the cluster's CPUs for ray); slurm: runs queued or running at once (default: 256)",
     )
     r.add_argument(
         "--runs-per-gpu",
@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray-address",
         default=None,
         metavar="ADDR",
-        help="ray: cluster to join (auto, or host:port; default: start a local Ray)",
+        help="ray: cluster to join (auto: the one started on this machine, or host:port, "
+        "checked to answer within 5 s; default: start a local Ray)",
     )
     r.add_argument(
         "--slurm-partition",
@@ -624,7 +625,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "run":
-            code = _run(args)
+            from .running.executors.base import sigterm_interrupts  # late: see _run
+
+            with sigterm_interrupts():  # SIGTERM unwinds as Ctrl-C does, whatever the executor
+                code = _run(args)
         elif args.command == "list":
             code = _list(args)
         elif args.command == "report":
@@ -653,7 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RegistryError, MatrixError, PluginError, FileNotFoundError, ValueError) as exc:
         print(f"dabench: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # the state is already right (complete runs kept, the run in hand stays "running" and is
         # redone): one line instead of a traceback
         what = (
@@ -661,8 +665,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "run"
             else f"dabench {args.command}"
         )
-        print(f"\ndabench: interrupted: {what}", file=sys.stderr)
-        return 130
+        # SIGTERM (running.executors.base.Terminated): 143 = 128 + SIGTERM, as when it killed us
+        how, code = ("terminated (SIGTERM)", 143) if type(exc).__name__ == "Terminated" else ("interrupted", 130)
+        print(f"\ndabench: {how}: {what}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":  # pragma: no cover

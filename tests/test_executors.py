@@ -223,3 +223,41 @@ def test_a_spec_whose_run_id_changed_in_transit_is_refused(tmp_path):
         with pytest.raises(RuntimeError, match=f"spec changed in transit: run id 0123456789ab became {spec.run_id}"):
             call()
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("executor", ["inline", "local"])
+def test_sigterm_of_dabench_run_is_an_interrupt_exit_143(tmp_path, executor):
+    """SIGTERM of ``dabench run`` (a job scheduler's or ``kill``'s stop): one line and exit code 143
+    (128 + SIGTERM, what the process reported when SIGTERM killed it outright), the run in hand
+    left ``running`` with no process of it left, and the next runner finishes it."""
+    import signal
+    import subprocess
+
+    from tiny_runs import DABENCH, pid_alive, wait_for
+
+    out = tmp_path / "out"
+    args = [*DABENCH, *tiny_run(out, "slow", "0", "--set", "slow.sleep=0.05", "--set", "steps=80")]
+    proc = subprocess.Popen(
+        [*args, "--executor", executor],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        wait_for(lambda: (out / "runs").is_dir() and any((out / "runs").glob("*.json")), 120, "the run's start", proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, err[-3000:]  # before: -15, killed with no word
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("dabench: terminated (SIGTERM):"), err[-3000:]
+    (rec,) = RunStore(out).records()
+    assert rec["status"] == "running"
+    wait_for(lambda: not pid_alive(rec["pid"]), 60, f"the run's process {rec['pid']} to end")
+    again = subprocess.run([*args, "--wait-limit", "0"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert RunStore(out).status(rec["run_id"]) == "complete"

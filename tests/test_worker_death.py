@@ -201,3 +201,53 @@ def test_a_worker_stuck_after_closing_its_output_is_killed_not_waited_for(tmp_pa
     finally:
         proc.kill()
         proc.wait()
+
+
+SAYS_THEN_DIES = textwrap.dedent('''
+    import os, sys
+    from dabench import register_method
+    from dabench.methods.source_only import SourceOnly
+
+    @register_method("says-a")
+    class SaysA(SourceOnly):
+        """Writes a few lines to its worker's log, then trains to the end."""
+        def loss(self, batch, progress):
+            if progress == 0:
+                for i in range(5):
+                    print(f"RUN-A line {i}", file=sys.stderr, flush=True)
+            return super().loss(batch, progress)
+
+    @register_method("dies-b")
+    class DiesB(SourceOnly):
+        """Says its last words and kills its process at its third step."""
+        def loss(self, batch, progress):
+            if progress > 0.1:
+                print("RUN-B: dying now", file=sys.stderr, flush=True)
+                os._exit(3)
+            return super().loss(batch, progress)
+''')
+
+
+def test_a_dead_runs_log_tail_quotes_only_its_own_run(tmp_path, forget_registrations):
+    """With ``--runs-per-process 1`` a slot's spare process starts (and its log position is
+    taken) while the slot's current process runs its last run, into the same log: when the spare
+    then died in the next run, the WorkerDied record quoted the previous run's lines as its own.
+    Each run now starts with a marker line, and the tail is quoted from the dead process's last one."""
+    from dabench.running.executors.local_pool import LocalPoolExecutor
+
+    plugin = tmp_path / "says_then_dies.py"
+    plugin.write_text(SAYS_THEN_DIES)
+    plugins = (TINY, str(plugin))
+    specs = expand(Matrix(methods=("says-a", "dies-b"), pairs=("tiny",), seeds=(0,), plugins=plugins))
+    opts = ExecutorOptions(workers=1, runs_per_process=1, device="cpu", progress=False, plugins=plugins)
+    pool = LocalPoolExecutor(tmp_path / "out", opts)
+    pool._use_spares = True  # as on a machine with a spare core per slot (this one may have too few)
+    summary = run_matrix(specs, tmp_path / "out", opts, executor=pool)
+    got = {r["spec"]["method"]: r for r in summary.ran}
+    assert got["says-a"]["status"] == "complete"
+    dead = got["dies-b"]
+    assert dead["status"] == "failed" and dead["error"]["type"] == "WorkerDied"
+    tail = dead["error"]["traceback"]
+    assert "RUN-B: dying now" in tail and "RUN-A" not in tail, tail
+    (log,) = (tmp_path / "out" / "logs").glob("worker-*.log")
+    assert "RUN-A line 4" in log.read_text()  # the log keeps everything; the quote is the run's own

@@ -20,10 +20,13 @@ per executor (``inline.py``, ``local_pool.py``, ``ray.py``, ``slurm.py``), each 
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import signal
 import sys
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
@@ -45,6 +48,32 @@ class ExecutorError(MatrixError):
     """The executor cannot run the matrix (a scheduler refused its jobs): one line saying why.
     ``dabench run`` prints it and exits 2; the runs not sent have no record and the same command
     sends them once the cause is fixed."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received while running a matrix: an interrupt, as Ctrl-C is (the same unwinding,
+    each executor's ``close()``, the runs in hand left ``running`` for the next runner), which
+    ``dabench run`` reports in one line with exit code 143 (128 + SIGTERM, what a process killed
+    by SIGTERM reports)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (``dabench run``:
+    the same for every executor); the previous handler is put back after. Off the main thread
+    (where handlers cannot be set) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
 def register_executor(name: str):
@@ -133,6 +162,14 @@ def _step_bar(progress: bool, position: int):
     return tqdm(total=0, unit="step", leave=False, disable=not progress, file=sys.stderr, position=position)
 
 
+def run_marker(pid: int) -> str:
+    """The start of the line a worker writes to its log (stderr) as each run starts: the pool's
+    processes of one slot, its spare included, share that log, and a dead worker's record quotes
+    the log from its process's last marker on (``local_pool._death_message``), not an earlier
+    run's lines."""
+    return f"--- dabench worker {pid}: run "
+
+
 #: appended to the WorkerDied message of a run whose process died before it wrote the run's
 #: ``running`` record: the record's device and versions are then the parent's knowledge
 DIED_BEFORE_START = (
@@ -190,7 +227,9 @@ __all__ = [
     "Executor",
     "ExecutorError",
     "ExecutorOptions",
+    "Terminated",
     "make_executor",
     "record_death",
     "register_executor",
+    "sigterm_interrupts",
 ]

@@ -8,13 +8,55 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
+import socket
 import sys
+import threading
 from typing import Any
 
 from ...core.spec import RunSpec
 from ...core.store import RunStore
 from ..unit import Outcome
-from .base import Executor, ExecutorOptions, _absolute_plugins, record_death, register_executor
+from .base import (
+    Executor,
+    ExecutorError,
+    ExecutorOptions,
+    Terminated,
+    _absolute_plugins,
+    _raise_terminated,
+    record_death,
+    register_executor,
+)
+
+#: seconds to wait for a TCP connection to ``--ray-address host:port`` before giving up: Ray
+#: itself retries an unreachable address for minutes before it says so
+REACH_TIMEOUT_S = 5.0
+
+
+WHAT_TO_DO = (
+    "start one with `ray start --head` on that host (it prints the address to give), or use "
+    "--ray-address auto for a cluster started on this machine, or leave it out to start a local Ray"
+)
+
+
+def check_reachable(address: str | None, timeout: float = REACH_TIMEOUT_S) -> None:
+    """Refuse, in one line, a ``--ray-address host:port`` (or ``ray://host:port``) that nothing
+    answers at, before ``ray.init`` retries it for minutes. ``None`` (start a local Ray),
+    ``auto`` and ``local`` are Ray's to resolve and pass unchecked."""
+    if address is None or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ExecutorError(
+            f"--ray-address {address!r} is not host:port (e.g. 10.0.0.5:6379); "
+            "valid: auto (a cluster started on this machine), host:port, ray://host:port, or leave it out for a local Ray"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        why = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ExecutorError(f"--ray-address {address}: no Ray cluster answers there ({why}); {WHAT_TO_DO}") from None
 
 
 def ray_log_path(results_dir: str | pathlib.Path, run_id: str) -> pathlib.Path:
@@ -83,9 +125,23 @@ class RayExecutor(Executor):
         self.store = RunStore(results_dir)
         self._owns = False
         if not ray.is_initialized():
+            check_reachable(address)
             # address None starts a local Ray; "auto" or host:port joins a running cluster
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except ConnectionError as exc:  # auto with no cluster here, or a cluster that refused us
+                if address is None:
+                    raise
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                todo = (
+                    "start one on this machine with `ray start --head`, or leave --ray-address out to start a local Ray"
+                    if address == "auto"
+                    else WHAT_TO_DO
+                )
+                raise ExecutorError(f"--ray-address {address}: {first} ({todo})") from None
             self._owns = True
+        self._sigterm = False  # SIGTERM arrived (Ray's calls turn the handler's Terminated into a KeyboardInterrupt)
+        self._sigterm_before = _interrupt_on_sigterm(self._on_sigterm)
         resources = ray.cluster_resources()
         gpus = float(resources.get("GPU", 0))
         use_gpu = gpus > 0 and (opts.device or "auto") in ("auto", "cuda")
@@ -115,7 +171,21 @@ class RayExecutor(Executor):
         ref = self._task.remote({**spec.to_dict(), "_run_id": spec.run_id}, self._task_options)
         self._refs[ref] = spec
 
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self._sigterm = True
+        _raise_terminated(signum, frame)
+
     def wait(self, timeout: float) -> list[Outcome]:
+        try:
+            return self._wait(timeout)
+        except KeyboardInterrupt:
+            # ray.wait/ray.get run the handler inside Ray's own signal check and raise a plain
+            # KeyboardInterrupt: say it was SIGTERM (dabench run then exits 143, not 130)
+            if self._sigterm:
+                raise Terminated() from None
+            raise
+
+    def _wait(self, timeout: float) -> list[Outcome]:
         if not self._refs:
             return []
         ready, _ = self.ray.wait(list(self._refs), num_returns=len(self._refs), timeout=timeout)
@@ -135,8 +205,35 @@ class RayExecutor(Executor):
         return out
 
     def close(self) -> None:
-        for ref in list(self._refs):
-            self.ray.cancel(ref, force=True)
-        self._refs.clear()
-        if self._owns:
-            self.ray.shutdown()
+        try:
+            for ref in list(self._refs):
+                # force: kill the task's process, as the local pool terminates its workers; the run's
+                # record stays `running`, its claim names a dead process and the next runner takes
+                # it over (at once on this machine, after the claim's heartbeat bound on others)
+                self.ray.cancel(ref, force=True)
+            self._refs.clear()
+            if self._owns:
+                self.ray.shutdown()
+        finally:
+            if self._sigterm_before is not _NOT_SET:
+                signal.signal(signal.SIGTERM, self._sigterm_before)
+                self._sigterm_before = _NOT_SET
+
+
+_NOT_SET: Any = object()
+
+
+def _interrupt_on_sigterm(handler: Any) -> Any:
+    """Make SIGTERM call ``handler``, which raises :class:`Terminated` (an interrupt, as Ctrl-C is); returns
+    the Python handler it replaces (for :meth:`RayExecutor.close`), or ``_NOT_SET`` off the main thread.
+
+    ``ray.init`` installs a C++ handler for SIGTERM that prints a stack dump and aborts the driver
+    (exit 134) with its tasks still running; a Python handler set after it takes its place, so
+    SIGTERM unwinds through the scheduler's ``finally`` and :meth:`RayExecutor.close` cancels the
+    tasks. Its C++ handler cannot be put back from Python: close() restores the Python one (the
+    default, or ``dabench run``'s)."""
+    if threading.current_thread() is not threading.main_thread():
+        return _NOT_SET  # signal handlers can only be set there; SIGTERM keeps Ray's handling
+    before = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, handler)
+    return signal.SIG_DFL if before is None else before

@@ -40,6 +40,7 @@ from ...core.store import RunStore, WriteFault
 from ...engine.options import EngineOptions
 from ...engine.train import resolve_device
 from ..unit import Outcome, record_failure, run_claimed, run_group_claimed
+from .base import run_marker
 
 
 def _die_with_parent(parent_pid: int | None) -> None:
@@ -139,6 +140,10 @@ def run_group_one(
     return [o.to_message() for o in outs]
 
 
+def _mark_run(run_ids: Sequence[str | None]) -> None:
+    print(f"{run_marker(os.getpid())}{', '.join(str(r) for r in run_ids)} starts ---", file=sys.stderr, flush=True)
+
+
 def _send(proto: IO[str], msg: dict[str, Any]) -> None:
     proto.write(json.dumps(msg, default=str) + "\n")
     proto.flush()
@@ -181,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = json.loads(line)
         if "specs" in msg:  # a seed group: one vmapped run, one outcome per seed
             first = msg["specs"][0].get("_run_id")
+            _mark_run([d.get("_run_id") for d in msg["specs"]])
 
             def on_group_step(n: int, total: int, _id: str | None = first) -> None:
                 _send(proto, {"event": "step", "run_id": _id, "done": n, "total": total})
@@ -196,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         spec_dict = msg["spec"]
         run_id = spec_dict.get("_run_id")
+        _mark_run([run_id])
 
         def on_step(n: int, total: int, _id: str | None = run_id) -> None:
             _send(proto, {"event": "step", "run_id": _id, "done": n, "total": total})
