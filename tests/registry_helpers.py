@@ -4,6 +4,7 @@ tests/benchmarks has one too)."""
 from __future__ import annotations
 
 import contextlib
+import sys
 
 
 @contextlib.contextmanager
@@ -17,8 +18,14 @@ def restored_registries():
     for reg in registries:
         reg.names()  # built-ins and entry points loaded first: the snapshot must include them
     saved = [(reg, dict(reg._items), dict(reg._sources), dict(reg._groups)) for reg in registries]
+    modules = set(sys.modules)
     try:
         yield
     finally:
+        # a plugin file imported inside the block is forgotten with its registrations: left in
+        # sys.modules, load_plugin would take it as loaded and never register it again
+        for name in set(sys.modules) - modules:
+            if name.startswith("dabench_plugin_"):
+                del sys.modules[name]
         for reg, items, sources, groups in saved:
             reg._items, reg._sources, reg._groups = items, sources, groups
