@@ -29,7 +29,8 @@ def run(
     under their ``name``), so a method under development needs no plugin packaging.
     ``executor`` names the executor (inline, local, ray, slurm); ``executor_options`` are the
     other fields of :class:`~dabench.running.executors.ExecutorOptions` (``workers``, ``compile``,
-    ``seed_batch``, ``plugins`` ...).
+    ``seed_batch``, ``plugins`` ...); ``plugins`` (files or module names, as ``--plugin``) are
+    imported here and by every worker process.
 
     A class that is not registered yet exists in this process only: the executors that run specs
     in other processes (every one but inline) re-import methods from ``plugins`` and installed
@@ -55,7 +56,10 @@ def run(
                     "plugins=['path/to/file.py'] (or install it as a package), or use executor='inline'"
                 )
     names = [ensure_method_registered(m) if isinstance(m, type) else m for m in methods]
-    matrix = Matrix(tuple(names), tuple(pairs), tuple(int(s) for s in seeds), dict(overrides or {}))
+    # plugins= is an ExecutorOptions field (each worker imports them); this process must import
+    # them too, before the matrix is expanded, or their methods are unknown here
+    plugins = tuple(executor_options.get("plugins", ()))
+    matrix = Matrix(tuple(names), tuple(pairs), tuple(int(s) for s in seeds), dict(overrides or {}), plugins)
     root = None if data_root is None else Path(data_root)
     options = ExecutorOptions(device=device, data_root=root, progress=progress, **executor_options)
     return run_matrix(expand(matrix), results_dir, options, executor=executor)
