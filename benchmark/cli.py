@@ -458,7 +458,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.rerun:
         if args.sweep or args.trials is not None:
             raise MatrixError("--rerun repeats a run exactly as recorded; it takes no --sweep or --trials")
-        specs, plugins = prepare_rerun(args.results, args.rerun, extra_plugins=args.plugin)
+        # a dry run only reads: the records stay where they are (they used to move to previous/)
+        specs, plugins = prepare_rerun(args.results, args.rerun, extra_plugins=args.plugin, archive=not args.dry_run)
         if dependants := [s.label for s in specs if s.run_id not in args.rerun]:
             print(f"also repeated, as they start from its weights: {', '.join(dependants)}", file=sys.stderr)
         given = parse_overrides(args.set)
