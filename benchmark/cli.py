@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override: schedule key (steps, lr, batch_size, eval_every, lr_schedule=inv|cosine|constant "
-        "...), target_shots, backbone, backbone.<option>, <method>.<hparam> or <hparam>; "
+        "...), target_shots, backbone, backbone.<option>, <method>.<hparam>, <hparam> or "
+        "save_features=true; "
         "checked before anything runs; repeatable",
     )
     r.add_argument(
@@ -147,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--results",
         type=pathlib.Path,
         default=pathlib.Path("results/default"),
-        help="results folder (default: results/default); rerunning skips complete runs",
+        help="results folder (default: results/default); rerunning skips complete runs; the printed "
+        "leaderboard covers every run in the folder",
     )
     r.add_argument(
         "--data-root",
@@ -277,7 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list registered methods, pairs or backbones")
     ls.add_argument("what", choices=["methods", "pairs", "backbones"])
     ls.add_argument("pattern", nargs="?", help="glob such as 'da*' or 'office31-*'")
-    ls.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE")
+    ls.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py|MODULE",
+        help="import a plugin first, so its methods/pairs/backbones are listed too; repeatable",
+    )
 
     rep = sub.add_parser("report", help="leaderboard, statistics and figures from results folders")
     rep.add_argument("dirs", nargs="+", type=pathlib.Path, help="results folders (several merge)")
@@ -366,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     st = sub.add_parser("status", help="counts of complete/running/failed/diverged runs of a results folder")
-    st.add_argument("dir", type=pathlib.Path)
+    st.add_argument("dir", type=pathlib.Path, help="results folder (e.g. results/default)")
     return p
 
 
@@ -451,7 +459,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.rerun:
         if args.sweep or args.trials is not None:
             raise MatrixError("--rerun repeats a run exactly as recorded; it takes no --sweep or --trials")
-        specs, plugins = prepare_rerun(args.results, args.rerun, extra_plugins=args.plugin)
+        # a dry run only reads: the records stay where they are (they used to move to previous/)
+        specs, plugins = prepare_rerun(args.results, args.rerun, extra_plugins=args.plugin, archive=not args.dry_run)
         if dependants := [s.label for s in specs if s.run_id not in args.rerun]:
             print(f"also repeated, as they start from its weights: {', '.join(dependants)}", file=sys.stderr)
         given = parse_overrides(args.set)

@@ -114,7 +114,10 @@ def check_method(
     one step (e.g. a module only used late in training). ``allow_unused_hparams``: hyperparameter
     names that may change neither the network, the loss nor its gradients (added to the class's
     ``hparams_outside_loss``). Raises ``AssertionError`` on the first broken rule, naming the
-    method and what to change. Runs on the CPU, single-threaded work of a few seconds.
+    method and what to change; a method that cannot be built raises what a real run would, with
+    the same message: ``TypeError`` for an ``__init__`` without ``super().__init__`` or a
+    ``build()`` without ``self.net``, ``HyperparameterError`` (a ``KeyError``) for a read of an
+    undeclared ``self.hp[...]``. Runs on the CPU, single-threaded work of a few seconds.
     """
     cls = _resolve(method)
     name = cls.name

@@ -18,6 +18,7 @@ from dabench.running.executors import ExecutorOptions, make_executor
 from dabench.running.executors.local_pool import plan_slots
 from dabench.running.matrix import Matrix, expand
 from dabench.running.scheduler import run_matrix
+from dabench.testing import isolated_registries
 from tiny_runs import TINY, crash_plugin, tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -176,6 +177,42 @@ def test_rerun_of_a_source_only_run_repeats_the_runs_that_start_from_its_weights
         assert after[rid]["started_at"] >= after[base["run_id"]]["finished_at"]
     untouched = set(before) - moved
     assert all(after[r].to_dict() == before[r].to_dict() for r in untouched)
+
+
+def test_rerun_dry_run_moves_no_record_and_an_unknown_method_is_refused_before_any_moves(tmp_path, capsys):
+    """``--rerun ID --dry-run`` used to move the record to previous/ and exit: the folder lost a
+    complete run (its leaderboard cell turned missing) for a command that says it only prints.
+    A rerun whose method no loaded plugin defines (matrix.json is rewritten by each matrix run
+    into the folder) used to move the record aside, then record the repeat ``failed``."""
+    out = tmp_path / "out"
+    plugin = tmp_path / "rerun_plugin_method.py"
+    plugin.write_text(
+        "from dabench import register_method\n"
+        "from dabench.methods.source_only import SourceOnly\n\n\n"
+        "@register_method('rerun-plugin-method')\n"
+        "class RerunPluginMethod(SourceOnly):\n"
+        '    """Source-only under another name, from a plugin file."""\n'
+    )
+    with isolated_registries():  # afterwards the plugin is unknown, as in a fresh process
+        assert main(tiny_run(out, "source-only", "0")) == 0
+        assert main(tiny_run(out, "rerun-plugin-method", "0", "--plugin", str(plugin))) == 0
+    before = _records(out)
+    mine = next(r for r in before.values() if r["spec"]["method"] == "rerun-plugin-method")
+    capsys.readouterr()
+
+    with isolated_registries():  # the dry run loads matrix.json's plugins: forget them after it
+        assert main(["run", "--rerun", mine["run_id"], "--results", str(out), "--dry-run"]) == 0
+    assert mine["run_id"] in capsys.readouterr().out
+    assert set(_records(out)) == set(before) and not (out / "previous").exists()
+
+    # a later matrix run into the folder names other plugins in matrix.json
+    matrix = json.loads((out / "matrix.json").read_text())
+    (out / "matrix.json").write_text(json.dumps({**matrix, "plugins": [TINY]}))
+    assert main(["run", "--rerun", mine["run_id"], "--results", str(out), "--no-progress", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "method 'rerun-plugin-method' is not registered" in err and "--plugin" in err
+    assert {r: v.to_dict() for r, v in _records(out).items()} == {r: v.to_dict() for r, v in before.items()}
+    assert not (out / "previous").exists()
 
 
 def test_a_registered_executor_is_one_class_away(tmp_path):

@@ -211,6 +211,61 @@ def test_python_api_runs_an_unregistered_class(tmp_path):
         dabench.run(methods=[Other], seeds=[0], results_dir=tmp_path / "res2", device="cpu", overrides={"steps": 1})
 
 
+def test_python_api_refuses_an_unregistered_class_for_worker_executors(tmp_path):
+    """A class registered on the fly exists in this process only: the local pool's workers used to
+    train every other run, then record this method's runs ``failed: unknown method``. It is refused
+    before anything runs, naming the class and the two ways out (a plugin file, executor='inline')."""
+    from dabench.methods.source_only import SourceOnly
+    from dabench.testing import isolated_registries
+
+    class Draft(SourceOnly):
+        """A method under development in a notebook."""
+
+    with isolated_registries():
+        with pytest.raises(
+            ValueError, match=r"Draft .*'local' executor.*plugins=\['path/to/file.py'\].*executor='inline'"
+        ):
+            dabench.run(
+                methods=[Draft, "source-only"],
+                seeds=[0],
+                results_dir=tmp_path / "res",
+                device="cpu",
+                executor="local",
+                workers=1,
+                overrides={"steps": 1},
+            )
+        assert "draft" not in METHODS  # refused before registering it
+    assert not (tmp_path / "res").exists()  # nothing ran
+
+
+def test_python_api_plugins_are_imported_here_and_by_the_workers(tmp_path):
+    """``dabench.run(..., plugins=[file])`` (an ExecutorOptions field, as the docs show for worker
+    executors) was only handed to the workers: this process expanded the matrix without it and
+    stopped at "unknown method". Now both import it, and the run completes in a worker."""
+    from tiny_runs import TINY
+
+    plugin = tmp_path / "api_plugin_method.py"
+    plugin.write_text(
+        "from dabench import register_method\n"
+        "from dabench.methods.source_only import SourceOnly\n\n\n"
+        "@register_method('api-plugin-method')\n"
+        "class ApiPluginMethod(SourceOnly):\n"
+        '    """Source-only under another name, from a plugin file."""\n'
+    )
+    summary = dabench.run(
+        methods=["api-plugin-method"],
+        pairs=["tiny"],
+        seeds=[0],
+        results_dir=tmp_path / "res",
+        device="cpu",
+        executor="local",
+        workers=1,
+        plugins=[str(plugin), TINY],
+        overrides={"steps": 2, "eval_every": 2, "batch_size": 8},
+    )
+    assert [(r["spec"]["method"], r["status"]) for r in summary.ran] == [("api-plugin-method", "complete")]
+
+
 # --- clear errors -----------------------------------------------------------------------------
 def test_plugin_that_fails_to_import_names_itself(tmp_path, capsys):
     bad = tmp_path / "bad_plugin.py"

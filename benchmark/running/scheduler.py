@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..core.domain import default_data_root
 from ..core.record import RecordError, RunRecord, Status, first_line, utc_now
-from ..core.registry import load_plugin
+from ..core.registry import METHODS, load_plugin
 from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault, atomic_write_text, checkpoint_problem, load_record_file
 from .executors import Executor, ExecutorOptions, make_executor
@@ -472,8 +472,23 @@ def _archive_record(store: RunStore, run_id: str) -> pathlib.Path:
     return archive
 
 
+def _archive_for_rerun(store: RunStore, run_id: str, path: pathlib.Path) -> None:
+    """Move the record to ``previous/`` and drop its mid-run checkpoint, so the repeat starts afresh."""
+    # under the run's claim: a runner (or a second --rerun) moving the same record at once would
+    # otherwise stop with "cannot write previous/..." or move aside the record just rewritten
+    if not store.claim(run_id):
+        raise MatrixError(f"--rerun {run_id}: the run is running now (claim {store.claim_path(run_id)})")
+    try:
+        if not path.exists():
+            raise MatrixError(f"--rerun {run_id}: another dabench run has just moved {path} aside to rerun it")
+        _archive_record(store, run_id)
+        store.checkpoint_path(run_id, partial=True).unlink(missing_ok=True)
+    finally:
+        store.release(run_id)
+
+
 def prepare_rerun(
-    results_dir: str | os.PathLike, run_ids: Iterable[str], extra_plugins: Iterable[str] = ()
+    results_dir: str | os.PathLike, run_ids: Iterable[str], extra_plugins: Iterable[str] = (), archive: bool = True
 ) -> tuple[list[RunSpec], tuple[str, ...]]:
     """Specs to repeat runs of a results folder, read from their records (``dabench run --rerun``).
 
@@ -485,6 +500,11 @@ def prepare_rerun(
     the weights the repeat replaces, which a repeat on another device, in a seed batch or after a
     code change need not reproduce, so keeping them would pair a source-only row with dependants
     of other weights. Returns (specs, plugins), the dependants after the runs asked for.
+
+    ``archive=False`` (``--dry-run``) only reads: every record stays in ``runs/``. A spec whose
+    method is not registered (a plugin that neither ``matrix.json``, a later matrix may have
+    replaced it, nor ``extra_plugins`` names) is refused before any record moves: the repeat
+    would fail and leave the folder without the run's result.
     """
     store = RunStore(results_dir)
     plugins: list[str] = []
@@ -518,20 +538,17 @@ def prepare_rerun(
                 f"--rerun {run_id}: the spec in {path} now hashes to {spec.run_id} "
                 "(written by another dabench version); run the matrix again instead"
             )
-        # under the run's claim: a runner (or a second --rerun) moving the same record at once would
-        # otherwise stop with "cannot write previous/..." or move aside the record just rewritten
-        if not store.claim(run_id):
-            raise MatrixError(f"--rerun {run_id}: the run is running now (claim {store.claim_path(run_id)})")
-        try:
-            if not path.exists():
-                raise MatrixError(f"--rerun {run_id}: another dabench run has just moved {path} aside to rerun it")
-            _archive_record(store, run_id)
-            store.checkpoint_path(run_id, partial=True).unlink(missing_ok=True)
-        finally:
-            store.release(run_id)
+        if spec.method not in METHODS:
+            raise MatrixError(
+                f"--rerun {run_id}: method {spec.method!r} is not registered (plugins loaded: "
+                f"{', '.join(plugins) or 'none'}); add --plugin FILE.py|MODULE naming the plugin that defines it"
+            )
         specs.append(spec)
         queued = {*asked, *queue, *(s.run_id for s in specs)}
         queue += [d for d in _dependants(store, run_id) if d not in queued]
+    if archive:  # only once every spec passed the checks above: a refusal moves no record
+        for spec in specs:
+            _archive_for_rerun(store, spec.run_id, store.record_path(spec.run_id))
     return specs, tuple(plugins)
 
 
