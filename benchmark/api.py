@@ -2,35 +2,100 @@
 
 from __future__ import annotations
 
+import dataclasses
+import numbers
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .core.registry import ensure_method_registered
-from .running.matrix import DEFAULT_METHODS, DEFAULT_PAIRS, DEFAULT_SEEDS, Matrix, expand
+from .core.parsing import parse_bool
+from .core.registry import ensure_method_registered, split_names
+from .running.matrix import Matrix, MatrixError, expand, load_matrix_file
+
+if TYPE_CHECKING:
+    from .running.scheduler import MatrixSummary
 
 
 def run(
-    methods: Iterable[str | type] = DEFAULT_METHODS,
-    pairs: Iterable[str] = DEFAULT_PAIRS,
-    seeds: Iterable[int] = DEFAULT_SEEDS,
+    methods: str | Iterable[str | type] | None = None,
+    pairs: str | Iterable[str] | None = None,
+    seeds: str | Iterable[int] | None = None,
     results_dir: str | os.PathLike = "results/default",
     overrides: dict[str, Any] | None = None,
     device: str | None = None,
     data_root: str | os.PathLike | None = None,
     progress: bool = False,
     executor: str = "inline",
+    *,
+    matrix: str | os.PathLike | Matrix | None = None,
+    sweep: dict[str, Any] | None = None,
+    trials: int | None = None,
+    sweep_seed: int | None = None,
+    max_trials: int | None = None,
+    rerun: str | Iterable[str] = (),
+    wait_limit: float | None = None,
     **executor_options: Any,
-):
-    """Run a matrix and return its :class:`~dabench.running.scheduler.MatrixSummary`.
+) -> MatrixSummary:
+    """Run a matrix as ``dabench run`` does, into the same results folder, and return what it did.
 
-    ``methods`` may hold registered names, globs, or Method classes (registered on the fly
-    under their ``name``), so a method under development needs no plugin packaging.
-    ``executor`` names the executor (inline, local, ray, slurm); ``executor_options`` are the
-    other fields of :class:`~dabench.running.executors.ExecutorOptions` (``workers``, ``compile``,
-    ``seed_batch``, ``plugins`` ...); ``plugins`` (files or module names, as ``--plugin``) are
-    imported here and by every worker process.
+    Parameters (each the Python form of a ``dabench run`` flag, checked as the CLI checks it,
+    before anything runs):
+
+    methods
+        Registered names, globs or groups (``"dann"``, ``["dann", "source-only"]``, ``"da*"``,
+        ``"uda"``; a string is a comma list, as ``--methods``), or Method classes (registered on
+        the fly under their ``name``), so a method under development needs no plugin packaging.
+        Default: the matrix file's, else ``source-only, dan, dann, coral, linear-probe, fine-tune``.
+    pairs
+        Pair names or globs (``"digits-offline"``; a string is a comma list, ``folder:...`` kept
+        whole). Default: the matrix file's, else ``digits-offline``.
+    seeds
+        Non-negative integers (``[0, 1]``, ``range(3)``, or ``"0,1"`` as ``--seeds``).
+        Default: the matrix file's, else ``0, 1, 2``.
+    results_dir
+        The results folder (``--results``): records, checkpoints and ``matrix.json`` (what
+        ``dabench status`` counts pending runs from and ``--rerun`` loads plugins from). A second
+        call with the same matrix recomputes nothing: complete runs are skipped.
+    overrides
+        ``--set`` as a dict: ``{"steps": 300, "dann.trade_off": 0.5}`` (schedule keys,
+        ``target_shots``, ``backbone``, ``backbone.<option>``, ``<method>.<hparam>``,
+        ``<hparam>``, ``save_features``); they win over the matrix file's ``[set]``.
+    device
+        ``auto`` / ``None`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1`` ...
+    data_root
+        Where datasets live (default: ``$DABENCH_DATA`` or the default data folder).
+    progress
+        Progress bars on stderr (off by default here, on in the CLI: a script's log stays clean).
+    executor
+        ``inline`` (this process), ``local``, ``ray`` or ``slurm`` (``--executor``).
+    matrix
+        A TOML matrix file (``--matrix``) or a :class:`~dabench.Matrix`; the arguments given
+        beside it win over it, as flags beside ``--matrix`` do.
+    sweep, trials, sweep_seed, max_trials
+        ``--sweep`` as a dict (``{"dann.trade_off": [0.1, 1], "lr": "log_uniform(1e-3, 0.1)"}``),
+        ``--trials``, ``--sweep-seed``, ``--max-trials``.
+    rerun
+        Run ids of ``results_dir`` to repeat from the specs in their records (``--rerun``; the old
+        records move to ``DIR/previous/``, and the runs that start from their weights are repeated
+        too). Takes no methods, pairs, seeds, matrix or sweep; its only override is ``save_features``.
+    wait_limit
+        Seconds to wait for a run another live runner holds that a run here depends on
+        (``--wait-limit``; default 3600).
+    executor_options
+        The other fields of :class:`~dabench.running.executors.ExecutorOptions`: ``workers``,
+        ``runs_per_gpu``, ``checkpoint_every``, ``compile``, ``cuda_graphs``, ``seed_batch``,
+        ``plugins`` (files or module names, as ``--plugin``: imported here and by every worker
+        process) ...; an unknown one is refused naming the valid ones.
+
+    Returns a :class:`~dabench.running.scheduler.MatrixSummary`: ``ran`` (the records written),
+    ``skipped_complete`` (run ids already complete), ``counts()`` (what ``dabench run`` prints).
+    The leaderboard is ``dabench.leaderboard(dabench.load_results(results_dir))``.
+
+    Raises :class:`~dabench.MatrixError` (a bad override, sweep, seed, option combination),
+    :class:`~dabench.RegistryError` (an unknown method, pair or backbone, naming the valid ones),
+    ``TypeError`` (a Method class that fails validation, an unknown executor option) before
+    anything runs.
 
     A class that is not registered yet exists in this process only: the executors that run specs
     in other processes (every one but inline) re-import methods from ``plugins`` and installed
@@ -38,31 +103,145 @@ def run(
     by every worker.
     """
     # late: the executors import the engine (torch); reading results through this module must not
+    from .core.domain import default_data_root
     from .core.registry import METHODS
-    from .running.executors import ExecutorOptions
-    from .running.scheduler import run_matrix
+    from .running.executors import ExecutorOptions, make_executor
+    from .running.scheduler import WAIT_LIMIT_S, prepare_rerun, run_matrix, write_matrix_file
 
-    methods = list(methods)  # read twice below: a generator would be empty the second time
+    valid_options = [f.name for f in dataclasses.fields(ExecutorOptions) if f.init]
+    unknown = sorted(set(executor_options) - set(valid_options))
+    taken = {"device", "data_root", "progress"}  # named parameters of run() itself
+    if unknown or set(executor_options) & taken:
+        raise TypeError(
+            f"dabench.run: unknown executor option(s) {', '.join(unknown or sorted(set(executor_options) & taken))}; "
+            f"valid: {', '.join(o for o in valid_options if o not in taken)}"
+        )
+    if executor_options.get("workers") is not None and executor == "inline":
+        raise MatrixError(
+            f"dabench.run: workers={executor_options['workers']}: the inline executor runs one run at a time in "
+            "this process; use executor='local' (or 'ray') to run several at once"
+        )
+    if wait_limit is not None and not (isinstance(wait_limit, (int, float)) and wait_limit >= 0):
+        raise MatrixError(f"dabench.run: wait_limit: expected seconds >= 0, got {wait_limit!r}")
+    extra_plugins = _names("plugins", executor_options.get("plugins", ()))
+    rerun_ids = _names("rerun", rerun)
+    given = dict(overrides or {})
+    if rerun_ids:
+        beside = {
+            "methods": methods,
+            "pairs": pairs,
+            "seeds": seeds,
+            "matrix": matrix,
+            "sweep": sweep,
+            "trials": trials,
+        }
+        asked = {k: v for k, v in beside.items() if v is not None}
+        if asked or set(given) - {"save_features"}:
+            what = ", ".join([*asked, *(f"overrides[{k!r}]" for k in sorted(set(given) - {"save_features"}))])
+            raise MatrixError(
+                f"dabench.run: rerun repeats runs exactly as recorded; it takes no {what} "
+                "(its only override is save_features)"
+            )
+        specs, plugins = prepare_rerun(results_dir, rerun_ids, extra_plugins=extra_plugins)
+        if "save_features" in given:
+            keep = parse_bool(given["save_features"], "overrides['save_features']")
+            specs = [dataclasses.replace(s, save_features=keep) for s in specs]
+        swept: dict[str, Any] = {}
+    else:
+        base = matrix if isinstance(matrix, Matrix) or matrix is None else load_matrix_file(Path(matrix))
+        base = base or Matrix()
+        sweeps = dict(sweep or {})
+        method_list = _methods(methods, METHODS, executor) if methods is not None else None
+        built = Matrix(
+            methods=tuple(method_list) if method_list is not None else base.methods,
+            pairs=_names("pairs", pairs, split=split_names) if pairs is not None else base.pairs,
+            seeds=_seeds(seeds) if seeds is not None else base.seeds,
+            overrides={**base.overrides, **given},
+            plugins=tuple(base.plugins) + tuple(p for p in extra_plugins if p not in base.plugins),
+            # where each key was given, for the errors: the caller's arguments win over the file
+            origins={
+                **{k: w for k, w in base.origins.items() if k not in given and k not in sweeps},
+                **dict.fromkeys(given, "overrides"),
+                **dict.fromkeys(sweeps, "sweep"),
+            },
+            sweep={**{k: v for k, v in base.sweep.items() if k not in sweeps}, **sweeps},
+            trials=trials if trials is not None else base.trials,
+            sweep_seed=sweep_seed if sweep_seed is not None else base.sweep_seed,
+            max_trials=max_trials if max_trials is not None else base.max_trials,
+        )
+        specs = expand(built)  # loads the plugins here before the matrix is read
+        plugins, swept = built.plugins, built.sweep
+    root = Path(data_root) if data_root is not None else default_data_root()
+    options = ExecutorOptions(
+        device=device, data_root=root, progress=progress, **{**executor_options, "plugins": tuple(plugins)}
+    )
+    ex = make_executor(executor, Path(results_dir), options)  # a bad option fails here, before matrix.json
+    if not rerun_ids:  # as the CLI: a rerun of one run must not replace the folder's matrix
+        write_matrix_file(results_dir, specs, plugins=plugins, executor=executor, workers=ex.workers, sweep=swept)
+    limit = WAIT_LIMIT_S if wait_limit is None else float(wait_limit)
+    return run_matrix(specs, results_dir, options, executor=ex, wait_limit_s=limit)
+
+
+def _names(what: str, value: str | Iterable[Any], split=None) -> tuple[str, ...]:
+    """A str is a comma list (as the CLI flag); an iterable of strings is taken as it is."""
+    if isinstance(value, str):
+        values = tuple(split(value) if split else (v.strip() for v in value.split(",") if v.strip()))
+    else:
+        values = tuple(value)
+    bad = [v for v in values if not isinstance(v, str)]
+    if bad:
+        raise MatrixError(f"dabench.run: {what}: expected names (strings), got {bad[0]!r} in {list(values)!r}")
+    if what != "plugins" and what != "rerun" and not values:
+        raise MatrixError(f"dabench.run: {what}: expected at least one name, got {value!r}")
+    return values
+
+
+def _methods(methods: str | Iterable[str | type], registry: Any, executor: str) -> list[str]:
+    """Method names for the matrix; classes registered on the fly (refused for worker executors)."""
+    items = list(
+        _names("methods", methods) if isinstance(methods, str) else methods
+    )  # read twice below: a generator would be empty the second time
+    if not items:
+        raise MatrixError("dabench.run: methods: expected at least one method name or Method class, got none")
+    for m in items:
+        if not isinstance(m, (str, type)):
+            raise MatrixError(
+                f"dabench.run: methods: expected names (strings) or Method classes, got {m!r} of type {type(m).__name__}"
+            )
     if executor != "inline":
-        for m in methods:
+        for m in items:
             if not isinstance(m, type):
                 continue
             name = m.__dict__.get("name") or m.__name__.lower()  # as ensure_method_registered names it
-            if not (name in METHODS and METHODS.get(name) is m):
+            if not (name in registry and registry.get(name) is m):
                 raise ValueError(
                     f"dabench.run: method class {m.__qualname__} (module {m.__module__}) is not registered, "
                     f"so it lives in this process only and the {executor!r} executor's worker processes "
                     "cannot import it; put it in a file with @register_method and pass "
                     "plugins=['path/to/file.py'] (or install it as a package), or use executor='inline'"
                 )
-    names = [ensure_method_registered(m) if isinstance(m, type) else m for m in methods]
-    # plugins= is an ExecutorOptions field (each worker imports them); this process must import
-    # them too, before the matrix is expanded, or their methods are unknown here
-    plugins = tuple(executor_options.get("plugins", ()))
-    matrix = Matrix(tuple(names), tuple(pairs), tuple(int(s) for s in seeds), dict(overrides or {}), plugins)
-    root = None if data_root is None else Path(data_root)
-    options = ExecutorOptions(device=device, data_root=root, progress=progress, **executor_options)
-    return run_matrix(expand(matrix), results_dir, options, executor=executor)
+    return [ensure_method_registered(m) if isinstance(m, type) else m for m in items]
+
+
+def _seeds(seeds: str | Iterable[Any]) -> tuple[int, ...]:
+    """Seeds as ``--seeds`` takes them; a bare int (``seeds=3``: seed 3, or seeds 0..2?) is refused."""
+    if isinstance(seeds, str):
+        items: list[Any] = [s.strip() for s in seeds.split(",") if s.strip()]
+        items = [int(s) if s.lstrip("-").isdigit() else s for s in items]
+    elif isinstance(seeds, Iterable):
+        items = list(seeds)
+    else:
+        raise MatrixError(
+            f"dabench.run: seeds: expected an iterable of non-negative integers such as [0, 1, 2] or range(3), "
+            f"got {seeds!r}"
+        )
+    bad = [s for s in items if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0]
+    if bad or not items:
+        raise MatrixError(
+            f"dabench.run: seeds: expected non-negative integers such as [0, 1, 2], got {seeds!r}"
+            + (f" ({bad[0]!r} is not one)" if bad else " (none)")
+        )
+    return tuple(int(s) for s in items)
 
 
 def load_results(*dirs: str | os.PathLike):

@@ -106,7 +106,7 @@ def test_text_names_failures_by_first_line_and_gives_eta(folder):
     assert "non-finite loss at step 17" in text
     assert "deadbeef0000.json" in text
     # mean of total_s (30 s) x 5 left (2 pending + 1 interrupted + 1 running + 1 failed, retried) / 2 workers
-    assert "ETA: ~1m 15s (mean run 30.0 s x 5 left / 2 worker(s))" in text
+    assert "ETA: ~1m 15s (mean run 30.0 s x 5 left / 2 workers)" in text
 
 
 def test_cli_status_and_missing_folder(folder, tmp_path, capsys):
@@ -130,7 +130,7 @@ def _tallies(text: str) -> dict[str, tuple[int, dict[str, int]]]:
     """``<head>: N runs|records = a complete, b running, ...`` lines of the status text, parsed."""
     out = {}
     for line in text.splitlines():
-        m = re.match(r"\s+(matrix|records|outside this matrix): (\d+) (?:runs|records) = (.*)$", line)
+        m = re.match(r"\s+(matrix|records|outside this matrix): (\d+) (?:runs?|records?) = (.*)$", line)
         if m:
             parts = {k: int(n) for n, k in (p.split(" ", 1) for p in m.group(3).split(", "))}
             out[m.group(1)] = (int(m.group(2)), parts)
@@ -155,7 +155,7 @@ def test_counts_add_up_with_records_outside_the_matrix(tmp_path):
     store.write(base_record(specs[1], "running", env))  # no live claim: interrupted
     text = status_text(tmp_path)
     written_at = json.loads(path.read_text())["written_at"]
-    assert f"matrix.json written {written_at} (4 runs, local executor, 1 worker(s))" in text
+    assert f"matrix.json written {written_at} (4 runs, local executor, 1 worker)" in text
     tallies = _tallies(text)
     total, parts = tallies["matrix"]
     assert total == 4 == sum(parts.values())
@@ -214,7 +214,7 @@ def test_eta_counts_the_failed_and_skipped_runs_the_next_run_retries(tmp_path):
         store.write(rec)
     st = folder_status(tmp_path)
     assert st.remaining == 2 and st.eta_s == 20.0  # the failed and the skipped run; the diverged one is kept
-    assert "ETA: ~20s (mean run 10.0 s x 2 left / 1 worker(s))" in status_text(tmp_path)
+    assert "ETA: ~20s (mean run 10.0 s x 2 left / 1 worker)" in status_text(tmp_path)
 
 
 def test_claims_of_runs_neither_the_matrix_nor_a_record_names(tmp_path):
@@ -235,4 +235,20 @@ def test_claims_of_runs_neither_the_matrix_nor_a_record_names(tmp_path):
     assert any("0123456789ab.claim" in p and "unreadable" in p for p in st.ignored)
     assert "0123456789ab.claim" in text
     assert [(r.run_id, r.state, r.in_matrix) for r in st.runs if r.run_id == other] == [(other, "running", False)]
-    assert "outside this matrix: 1 records = 0 complete, 1 running" in text
+    assert "outside this matrix: 1 record = 0 complete, 1 running" in text
+
+
+def test_counts_of_one_read_in_the_singular(tmp_path):
+    """"1 records", "(1 runs, ...)", "1 worker(s)": every count the text prints agrees with its number."""
+    write_matrix_file(tmp_path, [_spec("dann", 0)])
+    store = RunStore(tmp_path)
+    outside = _spec("dan", 1)
+    rec = base_record(outside, "complete", {"device": "cpu", "versions": {}, "host": socket.gethostname()})
+    rec.timings = {"total_s": 10.0}
+    store.write(rec)
+    text = status_text(tmp_path)
+    assert "(1 run, inline executor, 1 worker)" in text
+    assert "  matrix: 1 run = 0 complete" in text
+    assert "  outside this matrix: 1 record = 1 complete" in text
+    assert "ETA: ~10s (mean run 10.0 s x 1 left / 1 worker)" in text
+    assert "(s)" not in text and "1 runs" not in text and "1 records" not in text

@@ -190,8 +190,13 @@ def _slurm_lines(root: pathlib.Path) -> list[str]:
     lines = [head]
     for j in active:
         runs = j.get("run_ids") or []
-        lines.append(f"  job {j.get('job_id')} {str(j.get('state')).lower()}: {len(runs)} run(s) {', '.join(runs)}")
+        lines.append(f"  job {j.get('job_id')} {str(j.get('state')).lower()}: {_count(len(runs), 'run')} {', '.join(runs)}")
     return lines
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 run``, ``2 runs``: the counts this text prints read as English at any number."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _duration(seconds: float) -> str:
@@ -208,7 +213,7 @@ def status_text(root: str | os.PathLike) -> str:
     if st.in_matrix is not None:
         lines.append(
             f"{st.root}: matrix.json written {st.matrix_written_at or 'at an unknown time'} "
-            f"({st.in_matrix} runs, {st.executor or 'unknown'} executor, {st.workers} worker(s))"
+            f"({_count(st.in_matrix, 'run')}, {st.executor or 'unknown'} executor, {_count(st.workers, 'worker')})"
         )
     elif st.matrix_error is not None:
         lines.append(
@@ -224,11 +229,11 @@ def status_text(root: str | os.PathLike) -> str:
 
     mine = st.counts(True)
     head = "matrix" if st.in_matrix is not None else "records"
-    lines.append(f"  {head}: {sum(mine.values())} runs = {tally(mine)}")
+    lines.append(f"  {head}: {_count(sum(mine.values()), 'run')} = {tally(mine)}")
     others = st.counts(False)
     if others:
         # runs of an earlier matrix in the same folder: counted apart, so each line adds up
-        lines.append(f"  outside this matrix: {sum(others.values())} records = {tally(others)}")
+        lines.append(f"  outside this matrix: {_count(sum(others.values()), 'record')} = {tally(others)}")
     lines += _slurm_lines(st.root)
     bad = [r for r in st.runs if r.state in _FAILURES]
     if bad:
@@ -248,7 +253,7 @@ def status_text(root: str | os.PathLike) -> str:
         else:
             lines.append(
                 f"ETA: ~{_duration(st.eta_s)} (mean run {st.mean_run_s:.1f} s x {st.remaining} left "
-                f"/ {st.workers} worker(s))"
+                f"/ {_count(st.workers, 'worker')})"
             )
     elif st.in_matrix is not None and mine["complete"] == st.in_matrix:
         lines.append("done: every run of the matrix is complete")

@@ -1,0 +1,88 @@
+"""The Python API (``dabench.run``) against ``dabench run``: the same folder, checks and errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import dabench
+from dabench.running.matrix import Matrix, MatrixError, expand
+from dabench.running.status import status_text
+from tiny_runs import TINY
+
+FAST = {"steps": 2, "eval_every": 2, "batch_size": 8}
+
+
+def test_api_run_writes_matrix_json_resumes_and_reruns(tmp_path):
+    """``dabench.run`` wrote no ``matrix.json``: ``dabench status`` saw "no matrix.json", counted no
+    pending run, and ``--rerun`` could not find the plugins. Now it leaves the CLI's folder; a
+    second call recomputes nothing; ``rerun=`` repeats one run as ``--rerun`` does."""
+    out = tmp_path / "res"
+    kw = {"pairs": "tiny", "seeds": "0", "results_dir": out, "device": "cpu", "overrides": FAST}
+    summary = dabench.run(methods="source-only,slow", plugins=[TINY], **kw)  # strings: comma lists, as the flags
+    assert sorted((r["spec"]["method"], r["status"]) for r in summary.ran) == [
+        ("slow", "complete"),
+        ("source-only", "complete"),
+    ]
+    matrix = json.loads((out / "matrix.json").read_text())
+    expected = expand(Matrix(methods=("source-only", "slow"), pairs=("tiny",), seeds=(0,), overrides=FAST))
+    assert [s["method"] for s in matrix["specs"]] == [s.method for s in expected]
+    assert {s.run_id for s in expected} == {r.run_id for r in summary.ran}
+    assert matrix["plugins"] == [TINY] and matrix["executor"] == "inline"
+    text = status_text(out)
+    assert "matrix.json written" in text and "matrix: 2 runs = 2 complete" in text and "done:" in text
+
+    again = dabench.run(methods=["source-only", "slow"], plugins=[TINY], **kw)
+    assert again.ran == [] and sorted(again.skipped_complete) == sorted(r.run_id for r in summary.ran)
+
+    slow_id = next(r.run_id for r in summary.ran if r["spec"]["method"] == "slow")
+    before = (out / "matrix.json").read_text()
+    repeated = dabench.run(rerun=slow_id, results_dir=out, device="cpu")  # plugins from matrix.json
+    assert [(r.run_id, r["status"]) for r in repeated.ran] == [(slow_id, "complete")]
+    assert len(list((out / "previous").glob(f"{slow_id}.*.json"))) == 1
+    assert (out / "matrix.json").read_text() == before  # a rerun keeps the folder's matrix
+
+
+def test_api_sweep_and_matrix_file_as_the_cli(tmp_path):
+    """``--matrix`` and ``--sweep`` had no Python form; arguments beside the file win over it."""
+    toml = tmp_path / "exp.toml"
+    toml.write_text(
+        f'[matrix]\nmethods = ["dann"]\npairs = ["tiny"]\nseeds = [0]\nplugins = ["{TINY}"]\n'
+        "[set]\nsteps = 2\neval_every = 2\nbatch_size = 8\n"
+    )
+    summary = dabench.run(
+        matrix=toml, methods=["slow"], sweep={"slow.sleep": [0.0, 0.001]}, results_dir=tmp_path / "r", device="cpu"
+    )
+    assert sorted(r["spec"]["hparams"]["sleep"] for r in summary.ran) == [0.0, 0.001]
+    matrix = json.loads((tmp_path / "r" / "matrix.json").read_text())
+    assert matrix["sweep"] == {"slow.sleep": [0.0, 0.001]}
+    assert sorted(matrix["swept_runs"]) == sorted(r.run_id for r in summary.ran)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        # a string was iterated by character: "unknown method 'd'"
+        ({"methods": ""}, MatrixError, r"methods: expected at least one name, got ''"),
+        ({"methods": []}, MatrixError, r"methods: expected at least one"),  # ran nothing, silently
+        ({"seeds": 3}, MatrixError, r"seeds: expected an iterable .* got 3"),  # TypeError: 'int' object
+        ({"seeds": [1.5]}, MatrixError, r"seeds: .*1\.5 is not one"),  # became seed 1
+        ({"seeds": "0,x"}, MatrixError, r"seeds: .*'x' is not one"),  # ValueError: invalid literal
+        ({"pairs": [1]}, MatrixError, r"pairs: expected names \(strings\), got 1"),
+        ({"overrides": {"stepz": 1}}, MatrixError, r"^overrides stepz: no method"),  # said --set
+        ({"worker": 2}, TypeError, r"unknown executor option\(s\) worker; valid: .*workers"),
+        ({"workers": 2}, MatrixError, r"workers=2: the inline executor runs one run at a time"),  # ignored
+        (
+            {"rerun": "abc", "methods": ["dann"]},
+            MatrixError,
+            r"rerun repeats runs exactly as recorded; it takes no methods",
+        ),
+        ({"wait_limit": -1}, MatrixError, r"wait_limit: expected seconds >= 0, got -1"),
+    ],
+)
+def test_api_bad_input_is_refused_before_anything_runs(tmp_path, kwargs, error, match):
+    out = tmp_path / "res"
+    with pytest.raises(error, match=match):
+        dabench.run(**{"results_dir": out, "device": "cpu", "overrides": FAST, **kwargs})
+    assert not out.exists()
