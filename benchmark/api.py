@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .core.parsing import parse_bool
 from .core.registry import ensure_method_registered, split_names
 from .running.matrix import Matrix, MatrixError, expand, load_matrix_file
 
@@ -105,8 +104,9 @@ def run(
     # late: the executors import the engine (torch); reading results through this module must not
     from .core.domain import default_data_root
     from .core.registry import METHODS
-    from .running.executors import ExecutorOptions, make_executor
-    from .running.scheduler import WAIT_LIMIT_S, prepare_rerun, run_matrix, write_matrix_file
+    from .running.executors import ExecutorOptions
+    from .running.plan import matrix_for, open_executor, rerun_specs
+    from .running.scheduler import WAIT_LIMIT_S, run_matrix
 
     valid_options = [f.name for f in dataclasses.fields(ExecutorOptions) if f.init]
     unknown = sorted(set(executor_options) - set(valid_options))
@@ -136,38 +136,28 @@ def run(
             "trials": trials,
         }
         asked = {k: v for k, v in beside.items() if v is not None}
-        if asked or set(given) - {"save_features"}:
-            what = ", ".join([*asked, *(f"overrides[{k!r}]" for k in sorted(set(given) - {"save_features"}))])
+        if asked:
             raise MatrixError(
-                f"dabench.run: rerun repeats runs exactly as recorded; it takes no {what} "
+                f"dabench.run: rerun repeats runs exactly as recorded; it takes no {', '.join(asked)} "
                 "(its only override is save_features)"
             )
-        specs, plugins = prepare_rerun(results_dir, rerun_ids, extra_plugins=extra_plugins)
-        if "save_features" in given:
-            keep = parse_bool(given["save_features"], "overrides['save_features']")
-            specs = [dataclasses.replace(s, save_features=keep) for s in specs]
+        specs, plugins = rerun_specs(results_dir, rerun_ids, given, extra_plugins=extra_plugins, set_name="overrides")
         swept: dict[str, Any] = {}
     else:
-        base = matrix if isinstance(matrix, Matrix) or matrix is None else load_matrix_file(Path(matrix))
-        base = base or Matrix()
-        sweeps = dict(sweep or {})
         method_list = _methods(methods, METHODS, executor) if methods is not None else None
-        built = Matrix(
-            methods=tuple(method_list) if method_list is not None else base.methods,
-            pairs=_names("pairs", pairs, split=split_names) if pairs is not None else base.pairs,
-            seeds=_seeds(seeds) if seeds is not None else base.seeds,
-            overrides={**base.overrides, **given},
-            plugins=tuple(base.plugins) + tuple(p for p in extra_plugins if p not in base.plugins),
-            # where each key was given, for the errors: the caller's arguments win over the file
-            origins={
-                **{k: w for k, w in base.origins.items() if k not in given and k not in sweeps},
-                **dict.fromkeys(given, "overrides"),
-                **dict.fromkeys(sweeps, "sweep"),
-            },
-            sweep={**{k: v for k, v in base.sweep.items() if k not in sweeps}, **sweeps},
-            trials=trials if trials is not None else base.trials,
-            sweep_seed=sweep_seed if sweep_seed is not None else base.sweep_seed,
-            max_trials=max_trials if max_trials is not None else base.max_trials,
+        built = matrix_for(
+            matrix if isinstance(matrix, Matrix) or matrix is None else load_matrix_file(Path(matrix)),
+            methods=method_list,
+            pairs=_names("pairs", pairs, split=split_names) if pairs is not None else None,
+            seeds=_seeds(seeds) if seeds is not None else None,
+            overrides=given,
+            sweep=sweep,
+            trials=trials,
+            sweep_seed=sweep_seed,
+            max_trials=max_trials,
+            plugins=extra_plugins,
+            set_name="overrides",
+            sweep_name="sweep",
         )
         specs = expand(built)  # loads the plugins here before the matrix is read
         plugins, swept = built.plugins, built.sweep
@@ -175,9 +165,7 @@ def run(
     options = ExecutorOptions(
         device=device, data_root=root, progress=progress, **{**executor_options, "plugins": tuple(plugins)}
     )
-    ex = make_executor(executor, Path(results_dir), options)  # a bad option fails here, before matrix.json
-    if not rerun_ids:  # as the CLI: a rerun of one run must not replace the folder's matrix
-        write_matrix_file(results_dir, specs, plugins=plugins, executor=executor, workers=ex.workers, sweep=swept)
+    ex = open_executor(executor, Path(results_dir), options, specs, plugins=plugins, sweep=swept, rerun=bool(rerun_ids))
     limit = WAIT_LIMIT_S if wait_limit is None else float(wait_limit)
     return run_matrix(specs, results_dir, options, executor=ex, wait_limit_s=limit)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import pathlib
 import select
@@ -15,14 +14,12 @@ from typing import Any
 # torch-free imports only (docs/architecture.md, "Import layers"): ``dabench report`` and
 # ``dabench status`` must not import torch; the executors (engine, torch) load in _run
 from .core.domain import default_data_root
-from .core.parsing import parse_bool
 from .core.record import Status
 from .core.registry import PluginError, RegistryError, load_plugin, split_names
 from .core.store import WriteFault
 from .running.matrix import (
     DEFAULT_METHODS,
     DEFAULT_PAIRS,
-    Matrix,
     MatrixError,
     expand,
     load_matrix_file,
@@ -447,8 +444,9 @@ def _run(args: argparse.Namespace) -> int:
     # subcommand modules are imported when their command runs: ``dabench list`` and ``--help``
     # stay fast, and one command's heavy dependencies (pandas, scipy, seaborn) never load for another
     from .analysis.selection import check_rule
-    from .running.executors import ExecutorOptions, make_executor
-    from .running.scheduler import prepare_rerun, run_matrix, write_matrix_file
+    from .running.executors import ExecutorOptions
+    from .running.plan import matrix_for, open_executor, rerun_specs
+    from .running.scheduler import run_matrix
 
     # the printed leaderboard's rule is checked before anything runs: a typo found only by the
     # report at the end would cost the whole matrix's training time
@@ -460,39 +458,27 @@ def _run(args: argparse.Namespace) -> int:
         if args.sweep or args.trials is not None:
             raise MatrixError("--rerun repeats a run exactly as recorded; it takes no --sweep or --trials")
         # a dry run only reads: the records stay where they are (they used to move to previous/)
-        specs, plugins = prepare_rerun(args.results, args.rerun, extra_plugins=args.plugin, archive=not args.dry_run)
+        specs, plugins = rerun_specs(
+            args.results, args.rerun, parse_overrides(args.set), extra_plugins=args.plugin, archive=not args.dry_run
+        )
         if dependants := [s.label for s in specs if s.run_id not in args.rerun]:
             print(f"also repeated, as they start from its weights: {', '.join(dependants)}", file=sys.stderr)
-        given = parse_overrides(args.set)
-        if set(given) - {"save_features"}:
-            raise MatrixError("--rerun repeats a run exactly as recorded; the only --set it takes is save_features")
-        if "save_features" in given:
-            specs = [
-                dataclasses.replace(s, save_features=parse_bool(given["save_features"], "--set save_features"))
-                for s in specs
-            ]
+        swept: dict = {}
     else:
-        if args.matrix:
-            matrix = load_matrix_file(args.matrix)
-        else:
-            matrix = Matrix()
-        given = parse_overrides(args.set)
-        overrides = {**matrix.overrides, **given}
-        swept = parse_sweeps(args.sweep)
-        matrix = Matrix(
-            sweep={**{k: v for k, v in matrix.sweep.items() if k not in swept}, **swept},  # --sweep wins
-            trials=args.trials if args.trials is not None else matrix.trials,
-            sweep_seed=args.sweep_seed if args.sweep_seed is not None else matrix.sweep_seed,
-            max_trials=args.max_trials if args.max_trials is not None else matrix.max_trials,
-            methods=tuple(_csv(args.methods)) if args.methods else matrix.methods,
-            pairs=tuple(split_names(args.pairs)) if args.pairs else matrix.pairs,  # keeps folder:a=..,b=.. whole
-            seeds=args.seeds or matrix.seeds,
-            overrides=overrides,
-            plugins=tuple(matrix.plugins) + tuple(args.plugin),
-            origins={k: w for k, w in matrix.origins.items() if k not in given and k not in swept},  # flags win
+        matrix = matrix_for(
+            load_matrix_file(args.matrix) if args.matrix else None,
+            methods=_csv(args.methods) if args.methods else None,
+            pairs=split_names(args.pairs) if args.pairs else None,  # keeps folder:a=..,b=.. whole
+            seeds=args.seeds,
+            overrides=parse_overrides(args.set),
+            sweep=parse_sweeps(args.sweep),
+            trials=args.trials,
+            sweep_seed=args.sweep_seed,
+            max_trials=args.max_trials,
+            plugins=args.plugin,
         )
         specs = expand(matrix)
-        plugins = matrix.plugins
+        plugins, swept = matrix.plugins, matrix.sweep
     if args.rule == "dev":  # DEV reads saved features: refuse now, not after the matrix trained
         blind = [s for s in specs if not s.save_features and s.protocol != "source-free"]  # source-free: DEV is n/a
         if blind:
@@ -507,7 +493,7 @@ def _run(args: argparse.Namespace) -> int:
             "use --executor local (or ray) to run several at once"
         )
     if args.dry_run:
-        if not args.rerun and matrix.sweep:
+        if not args.rerun and swept:
             print(sweep_text(matrix) + "\n")
         for s in specs:
             print(s.run_id, s.label, s.protocol, f"shots={s.target_shots}", s.hparams)
@@ -530,14 +516,9 @@ def _run(args: argparse.Namespace) -> int:
         slurm_time_min=args.slurm_time,
         slurm_cluster=args.slurm_cluster,
     )
-    try:
-        ex = make_executor(args.executor, args.results, options)
-    except (ValueError, ImportError, ConnectionError) as exc:  # bad --workers, no Ray/submitit, no cluster there
-        raise MatrixError(str(exc)) from None
-    if not args.rerun:  # a rerun of one run must not replace the folder's matrix
-        write_matrix_file(
-            args.results, specs, plugins=plugins, executor=args.executor, workers=ex.workers, sweep=matrix.sweep
-        )
+    ex = open_executor(
+        args.executor, args.results, options, specs, plugins=plugins, sweep=swept, rerun=bool(args.rerun)
+    )
     t0 = time.perf_counter()
     waits = {} if args.wait_limit is None else {"wait_limit_s": args.wait_limit}
     summary = run_matrix(specs, args.results, options, executor=ex, **waits)

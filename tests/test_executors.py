@@ -215,6 +215,18 @@ def test_rerun_dry_run_moves_no_record_and_an_unknown_method_is_refused_before_a
     assert not (out / "previous").exists()
 
 
+def test_a_refused_rerun_override_moves_no_record(tmp_path, capsys):
+    """``--rerun ID --set lr=..`` is refused (a rerun repeats the run as recorded): the refusal came
+    after the record had been moved to previous/, leaving the folder without its result."""
+    out = tmp_path / "out"
+    assert main(tiny_run(out, "source-only")) == 0
+    (rid,) = _records(out)
+    capsys.readouterr()
+    assert main(["run", "--rerun", rid, "--set", "lr=0.5", "--results", str(out), "--device", "cpu"]) == 2
+    assert "the only --set it takes is save_features (given: lr)" in capsys.readouterr().err
+    assert set(_records(out)) == {rid} and not (out / "previous").exists()
+
+
 def test_a_registered_executor_is_one_class_away(tmp_path):
     """A new executor is one registered class: the scheduler builds it by name with the one
     options object, and ``dabench run --executor`` offers it."""

@@ -239,7 +239,7 @@ def test_claims_of_runs_neither_the_matrix_nor_a_record_names(tmp_path):
 
 
 def test_counts_of_one_read_in_the_singular(tmp_path):
-    """"1 records", "(1 runs, ...)", "1 worker(s)": every count the text prints agrees with its number."""
+    """ "1 records", "(1 runs, ...)", "1 worker(s)": every count the text prints agrees with its number."""
     write_matrix_file(tmp_path, [_spec("dann", 0)])
     store = RunStore(tmp_path)
     outside = _spec("dan", 1)

@@ -190,7 +190,9 @@ def _slurm_lines(root: pathlib.Path) -> list[str]:
     lines = [head]
     for j in active:
         runs = j.get("run_ids") or []
-        lines.append(f"  job {j.get('job_id')} {str(j.get('state')).lower()}: {_count(len(runs), 'run')} {', '.join(runs)}")
+        lines.append(
+            f"  job {j.get('job_id')} {str(j.get('state')).lower()}: {_count(len(runs), 'run')} {', '.join(runs)}"
+        )
     return lines
 
 

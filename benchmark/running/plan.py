@@ -1,0 +1,131 @@
+"""What one ``dabench run`` will run, for both front ends: the CLI (``cli.py``) and ``dabench.run``.
+
+Each front end turns its own inputs (flags, keyword arguments) into names and dicts; from there
+one path decides the specs and prepares the folder, so the two cannot drift apart:
+
+- :func:`matrix_for`: a base matrix (a TOML file's, or the default) with the caller's methods,
+  pairs, seeds, overrides and sweep laid over it; what the caller gives wins, as flags beside
+  ``--matrix`` do, and each key remembers where it was given for the errors.
+- :func:`rerun_specs`: the specs of ``--rerun`` (and of the runs that start from their weights),
+  its only override ``save_features`` checked before any record moves.
+- :func:`open_executor`: the executor built (a bad option fails here, before anything is
+  written), then ``matrix.json`` written (not for a rerun: it must not replace the folder's
+  matrix).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Iterable
+from typing import Any
+
+from ..core.parsing import parse_bool
+from ..core.spec import RunSpec
+from .executors import ExecutorOptions, make_executor
+from .executors.base import Executor
+from .matrix import Matrix, MatrixError
+from .scheduler import prepare_rerun, write_matrix_file
+
+
+def matrix_for(
+    base: Matrix | None,
+    *,
+    methods: Iterable[str] | None = None,
+    pairs: Iterable[str] | None = None,
+    seeds: Iterable[int] | None = None,
+    overrides: dict[str, Any] | None = None,
+    sweep: dict[str, Any] | None = None,
+    trials: int | None = None,
+    sweep_seed: int | None = None,
+    max_trials: int | None = None,
+    plugins: Iterable[str] = (),
+    set_name: str = "--set",
+    sweep_name: str = "--sweep",
+) -> Matrix:
+    """``base`` (default: :class:`Matrix`'s defaults) with what the caller gave laid over it.
+
+    ``None`` keeps the base's value; ``overrides`` and ``sweep`` are merged key by key (the
+    caller's win); ``plugins`` are added after the base's. ``set_name``/``sweep_name`` are how
+    errors name where the caller's keys came from (``--set``, or ``overrides`` in Python).
+    """
+    base = base or Matrix()
+    given, swept = dict(overrides or {}), dict(sweep or {})
+    return Matrix(
+        methods=tuple(methods) if methods is not None else base.methods,
+        pairs=tuple(pairs) if pairs is not None else base.pairs,
+        seeds=tuple(seeds) if seeds is not None else base.seeds,
+        overrides={**base.overrides, **given},
+        plugins=(*base.plugins, *(p for p in plugins if p not in base.plugins)),
+        origins={
+            **{k: w for k, w in base.origins.items() if k not in given and k not in swept},
+            **dict.fromkeys(given, set_name),
+            **dict.fromkeys(swept, sweep_name),
+        },
+        sweep={**{k: v for k, v in base.sweep.items() if k not in swept}, **swept},
+        trials=trials if trials is not None else base.trials,
+        sweep_seed=sweep_seed if sweep_seed is not None else base.sweep_seed,
+        max_trials=max_trials if max_trials is not None else base.max_trials,
+    )
+
+
+def rerun_specs(
+    results_dir: str | os.PathLike,
+    run_ids: Iterable[str],
+    overrides: dict[str, Any] | None = None,
+    *,
+    extra_plugins: Iterable[str] = (),
+    archive: bool = True,
+    set_name: str = "--set",
+) -> tuple[list[RunSpec], tuple[str, ...]]:
+    """The specs ``--rerun`` repeats and the plugins they need (:func:`~.scheduler.prepare_rerun`).
+
+    A rerun repeats runs exactly as recorded: its only override is ``save_features`` (not part of
+    the run id). Anything else is refused *before* :func:`prepare_rerun` moves a record aside, so
+    a refused rerun leaves the folder as it was.
+    """
+    given = dict(overrides or {})
+    other = sorted(set(given) - {"save_features"})
+    if other:
+        raise MatrixError(
+            f"a rerun repeats runs exactly as recorded; the only {set_name} it takes is save_features "
+            f"(given: {', '.join(other)})"
+        )
+    specs, plugins = prepare_rerun(results_dir, run_ids, extra_plugins=extra_plugins, archive=archive)
+    if "save_features" in given:
+        keep = parse_bool(given["save_features"], f"{set_name} save_features")
+        specs = [dataclasses.replace(s, save_features=keep) for s in specs]
+    return specs, plugins
+
+
+def open_executor(
+    name: str,
+    results_dir: str | os.PathLike,
+    options: ExecutorOptions,
+    specs: list[RunSpec],
+    *,
+    plugins: Iterable[str] = (),
+    sweep: dict[str, Any] | None = None,
+    rerun: bool = False,
+) -> Executor:
+    """Build executor ``name``, then write ``results_dir/matrix.json`` unless this is a rerun.
+
+    Built first so that a bad option (``--workers 0``, Ray or submitit missing, no cluster at an
+    address) stops the command before the folder's matrix is replaced; such errors become one
+    :class:`MatrixError` line.
+    """
+    try:
+        ex = make_executor(name, pathlib.Path(results_dir), options)
+    except (
+        ValueError,
+        ImportError,
+        ConnectionError,
+    ) as exc:  # unknown name, bad --workers, no Ray/submitit, no cluster
+        raise MatrixError(str(exc)) from None
+    if not rerun:
+        write_matrix_file(results_dir, specs, plugins=plugins, executor=name, workers=ex.workers, sweep=sweep)
+    return ex
+
+
+__all__ = ["matrix_for", "rerun_specs", "open_executor"]
