@@ -327,7 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=50,
         help="timed steps per method: each rate is the steady state from runs of STEPS and 2*STEPS steps, "
-        "each timed twice (default: 50)",
+        "each timed REPEATS times (default: 50)",
+    )
+    b.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timings of each length, for every rate (the bare network's too); the table shows the spread "
+        "over them (default: 3)",
     )
     b.add_argument("--warmup", type=int, default=10, help="untimed warm-up steps (default: 10)")
     b.add_argument("--batch-size", type=int, default=None, help="per-domain batch (default: the pair's)")
@@ -561,8 +568,11 @@ def _report(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from .speed.bench import default_out, run_bench, write_result  # late: see _run
 
-    if args.steps < 1 or args.warmup < 0:
-        raise MatrixError("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
+        raise MatrixError(
+            f"--steps must be >= 1 (got {args.steps}), --warmup >= 0 (got {args.warmup}) "
+            f"and --repeats >= 1 (got {args.repeats})"
+        )
     result = run_bench(
         pair_name=args.pair,
         methods=_csv(args.methods) if args.methods else None,
@@ -578,6 +588,7 @@ def _bench(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         seed_batch=args.seed_batch,
         profile=args.profile,
+        repeats=args.repeats,
     )
     out = write_result(result, args.out or default_out(args.device, args.synthetic, args.backbone))
     print(f"wrote {out}")

@@ -142,12 +142,118 @@ def test_steady_rate_cancels_the_fixed_cost_of_a_run_and_reports_it():
     from dabench.speed.bench import steady_rate
 
     clock = _FakeClock(fixed=0.1, per_step=1 / 2000, noise=[0.0, 0.3, 0.5, 0.0])  # 2nd and 3rd calls disturbed
-    rate, setup = steady_rate(clock.run, 300, repeats=2, clock=clock)
-    assert rate == pytest.approx(2000.0, rel=1e-9)
-    assert setup == pytest.approx(0.1, rel=1e-9)
+    got = steady_rate(clock.run, 300, repeats=2, clock=clock)
+    assert got.per_s == pytest.approx(2000.0, rel=1e-9)
+    assert got.setup_s == pytest.approx(0.1, rel=1e-9)
     assert clock.calls == 4
     naive = 300 / (0.1 + 300 / 2000)
     assert naive == pytest.approx(1200.0)  # what one timed call would have said
+
+
+def test_steady_rate_reports_the_spread_of_its_repeats():
+    """A reader must tell a 0.90 from a 0.95: beside the rate, the range of the rates single
+    repeats give (each repeat's short and long run differenced alone). Quiet repeats: no spread."""
+    from dabench.speed.bench import steady_rate
+
+    quiet = _FakeClock(fixed=0.1, per_step=1 / 2000, noise=[])
+    got = steady_rate(quiet.run, 300, repeats=3, clock=quiet)
+    assert (got.low, got.per_s, got.high, got.repeats) == pytest.approx((2000.0, 2000.0, 2000.0, 3))
+    assert quiet.calls == 6  # repeats x two lengths
+    # repeat 1 clean; repeat 2's long run +0.03 s (a slower single rate); repeat 3's short run
+    # +0.01 s (a faster one). The fastest time per length still gives the true rate.
+    noisy = _FakeClock(fixed=0.1, per_step=1 / 2000, noise=[0.0, 0.0, 0.0, 0.03, 0.01, 0.0])
+    got = steady_rate(noisy.run, 300, repeats=3, clock=noisy)
+    assert got.per_s == pytest.approx(2000.0)
+    assert got.low == pytest.approx(300 / (0.15 + 0.03))
+    assert got.high == pytest.approx(300 / (0.15 - 0.01))
+    assert got.scaled(64).per_s == pytest.approx(128_000.0) and got.scaled(64).low == pytest.approx(64 * got.low)
+
+
+def test_the_bare_network_is_timed_like_a_method(monkeypatch):
+    """The ratio method/bare compares like with like: the bare network's rate comes from the same
+    steady-state estimator, with the same repeats, as every method's (it was one timed run against
+    the fastest of two for a method: a bias towards the method by the noise alone)."""
+    import dabench.speed.bench as bench
+    from dabench.core.registry import PAIRS
+
+    seen: list[tuple[int, int, list[int]]] = []
+    real = bench.steady_rate
+
+    def spy(run, steps, repeats=3, clock=None):
+        calls: list[int] = []
+
+        def counted(n: int) -> int:
+            calls.append(n)
+            return run(n)
+
+        seen.append((steps, repeats, calls))
+        return real(counted, steps, repeats)
+
+    monkeypatch.setattr(bench, "steady_rate", spy)
+    pair = PAIRS.get("digits-offline")
+    make, _ = backbone_factory("lenet", 1, 28)
+    got = bench.bare_images_per_s(make, pair, 8, 2, 1, torch.device("cpu"), repeats=2)
+    assert [(s, r) for s, r, _ in seen] == [(2, 2)]
+    assert seen[0][2] == [2, 4, 2, 4]  # both lengths, alternating, each repeat
+    assert got.low <= got.per_s <= got.high and got.per_s > 0
+
+
+def test_the_table_shows_each_ratio_with_its_spread_and_why_a_column_is_empty():
+    """Ratios carry the range of single repeats (method low / bare high .. method high / bare low);
+    the seed-batch cells carry S x per-seed / one run (eager vs eager, captured vs captured); a
+    column empty in every row is named in the legend with the reason, not left as a bare dash."""
+    from dabench.speed.bench import BenchResult, MethodTiming, _unmeasured, markdown
+
+    result = BenchResult(
+        device="cpu",
+        torch_version="x",
+        pair="p",
+        backbone="lenet",
+        image_size=28,
+        batch_size=64,
+        steps=10,
+        warmup=1,
+        compile=False,
+        date="d",
+        bare_images_per_s=6400.0,
+        bare_by_batch={64: 6400.0, 128: 12800.0},
+        bare_range_by_batch={64: (6000.0, 6600.0), 128: (12000.0, 13200.0)},
+        bare_graph_by_batch={64: 64000.0, 128: 128000.0},
+        bare_graph_range_by_batch={64: (64000.0, 64000.0), 128: (128000.0, 128000.0)},
+        seed_batch=3,
+        repeats=3,
+        unmeasured=_unmeasured(torch.device("cpu"), True, 0, False),
+    )
+    result.methods.append(
+        MethodTiming(
+            "dann",
+            images_per_step=128,
+            steps_per_s=90.0,
+            images_per_s=90.0 * 128,
+            steps_per_s_range=(85.0, 95.0),
+            graph_steps_per_s=900.0,
+            graph_steps_per_s_range=(900.0, 900.0),
+            seed_batch_steps_per_s=40.0,
+            seed_batch_graph_steps_per_s=600.0,
+        )
+    )
+    text = markdown(result)
+    row = next(line for line in text.splitlines() if line.startswith("| dann |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[2] == "90.0 (−6/+6 %)"  # steps/s and its spread
+    # 11,520 / 12,800 = 0.90; range 85*128/13,200 = 0.82 .. 95*128/12,000 = 1.01
+    assert cells[4] == "0.90 (0.82–1.01)"
+    assert cells[6] == "0.90 (0.90–0.90)"  # captured vs captured bare
+    assert cells[11] == "40.0 (1.33×)"  # 3 seeds x 40 / 90 steps/s of one run
+    assert cells[12] == "600.0 (2.00×)"  # 3 x 600 / 900 captured steps/s of one run
+    assert "each 3 times" in text
+    assert "- not measured in this bench, graphs steps/s, ratio graphs, seed-batch graphs: CUDA graphs need" in text
+    assert "- not measured in this bench, host syncs:" in text
+
+
+def test_bench_refuses_no_repeats(capsys):
+    assert main(["bench", "--repeats", "0", "--device", "cpu"]) != 0
+    assert "--repeats >= 1 (got 0)" in capsys.readouterr().err
 
 
 def test_ops_per_step_counts_the_captured_steps_against_the_bare_network():

@@ -14,7 +14,8 @@ Warm-up steps (cuDNN autotuning, allocator growth, ``torch.compile``) are run an
 CUDA is synchronised before each clock read. A method's rate is steady-state
 (:func:`steady_rate`: the difference of runs of two lengths, so a captured run's warm-up steps
 and capture, paid once per run, are reported apart as ``setup_ms``, not spread over the timed
-steps). On CUDA the sync-debug mode also counts the host synchronisations inside the step loop
+steps); the bare network's rate is timed the same way, with the same repeats, and every rate
+carries the spread of its repeats (:class:`Steady`), every ratio the range that follows. On CUDA the sync-debug mode also counts the host synchronisations inside the step loop
 (the engine allows one per ``log_every`` steps). ``graph_ops``: the operations of one captured
 step on any device (:mod:`dabench.engine.opcount`), against the bare network's.
 """
@@ -233,8 +234,14 @@ def bare_images_per_s(
     device: torch.device,
     compile: bool = False,
     cuda_graphs: bool = False,
-) -> float:
+    repeats: int = 3,
+) -> Steady:
     """Forward + backward + SGD step images/s of backbone + linear head on a fixed device batch.
+
+    Timed as a method is (:func:`steady_rate`: runs of ``steps`` and ``2 · steps`` steps,
+    ``repeats`` times each, the same estimator and spread), so that the ratio of the two compares
+    like with like: a single timed run here against the fastest of several for a method would
+    favour the method by the noise alone. CUDA is synchronised at the end of every timed run.
 
     ``cuda_graphs`` (CUDA): the step captured once and replayed, with the engine's graph-safe SGD
     step (engine/graphs.py): the physical limit of a captured method step. The capture happens
@@ -253,11 +260,14 @@ def bare_images_per_s(
     for _ in range(warmup):
         run()
     _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        run()
-    _sync(device)
-    return steps * batch_size / (time.perf_counter() - t0)
+
+    def timed(n: int) -> int:
+        for _ in range(n):
+            run()
+        _sync(device)  # the clock is read after this: finished work only
+        return n
+
+    return steady_rate(timed, steps, repeats).scaled(batch_size)
 
 
 def bare_profile(
@@ -293,27 +303,60 @@ def bare_ops_per_step(make_backbone: BackboneFactory, pair: DomainPair, batch_si
     return count_ops(lambda: step(lrs)).total
 
 
+@dataclass(frozen=True)
+class Steady:
+    """A steady-state rate (:func:`steady_rate`) with its spread over the repeats.
+
+    ``per_s``: the rate from the fastest time at each length; ``low``/``high``: the lowest and
+    highest rate of single repeats (each repeat's short and long run differenced on their own),
+    what a reader would have got from any one of them. ``per_s`` lies between the two (the
+    difference of the two lengths' minima lies between the differences of the repeats that
+    gave them). ``setup_s``: the fixed seconds one call pays."""
+
+    per_s: float
+    setup_s: float
+    low: float
+    high: float
+    repeats: int
+
+    def scaled(self, k: float) -> Steady:
+        """The same measurement in other units (``k`` units per step: images/s from steps/s)."""
+        return Steady(self.per_s * k, self.setup_s, self.low * k, self.high * k, self.repeats)
+
+
 def steady_rate(
-    run: Callable[[int], int], steps: int, repeats: int = 2, clock: Callable[[], float] = time.perf_counter
-) -> tuple[float, float]:
-    """(steps/s in the steady state, fixed seconds per call) of ``run(n)``, which trains about
-    ``n`` steps from scratch and returns how many it did.
+    run: Callable[[int], int], steps: int, repeats: int = 3, clock: Callable[[], float] = time.perf_counter
+) -> Steady:
+    """Steps/s in the steady state of ``run(n)``, which trains about ``n`` steps from scratch and
+    returns how many it did, with the fixed seconds per call and the spread over repeats.
 
     Timed at two lengths, ``steps`` and ``2 · steps``: the difference cancels what every call pays
     once (building the loop's state, a captured run's eager warm-up steps and its capture), which
     would otherwise count against a captured method and not against the bare network, captured
-    before its clock starts. The fixed cost is reported beside the rate, not hidden: a real run
-    pays it once. Each length is timed ``repeats`` times, alternating, and its fastest time kept:
-    a difference of two times doubles their noise, and interference only ever adds time."""
+    before its clock starts: rate = (done₂ − done₁) / (t₂ − t₁), setup = t₁ − done₁ / rate.
+    The fixed cost is reported beside the rate, not hidden: a real run pays it once. Each length
+    is timed ``repeats`` times, alternating, and its fastest time kept for the rate: a difference
+    of two times doubles their noise, and interference only ever adds time. The spread
+    (:class:`Steady`) is the range of the repeats' own rates, so a reader can tell whether two
+    rates 5 % apart are apart at all."""
     best: dict[int, tuple[float, int]] = {}
+    singles: list[float] = []
     for _ in range(max(1, repeats)):
+        times: dict[int, tuple[float, int]] = {}
         for n in (steps, 2 * steps):
             t0 = clock()
             done = run(n)
-            took = clock() - t0
-            if n not in best or took < best[n][0]:
-                best[n] = (took, done)
-    (t1, done1), (t2, done2) = best[steps], best[2 * steps]
+            times[n] = (clock() - t0, done)
+            if n not in best or times[n][0] < best[n][0]:
+                best[n] = times[n]
+        singles.append(_difference(times[steps], times[2 * steps])[0])
+    rate, setup = _difference(best[steps], best[2 * steps])
+    return Steady(rate, setup, min(singles + [rate]), max(singles + [rate]), max(1, repeats))
+
+
+def _difference(short: tuple[float, int], long: tuple[float, int]) -> tuple[float, float]:
+    """(steps/s, fixed s) from the (seconds, steps) of a short and a long call."""
+    (t1, done1), (t2, done2) = short, long
     extra_steps, extra_s = done2 - done1, t2 - t1
     if extra_steps <= 0 or extra_s <= 0:  # timing noise larger than the extra steps: the plain rate
         return done2 / t2, 0.0
@@ -335,6 +378,9 @@ class MethodTiming:
     graph_steps_per_s: float | None = None  # with --cuda-graphs (CUDA only), steady state
     graph_note: str = ""  # timings["cuda_graphs"] of that run: captured / fallback: ...
     setup_ms: float | None = None  # fixed cost of one eager run (:func:`steady_rate`)
+    #: (lowest, highest) steps/s of single repeats (:class:`Steady`): the spread of ``steps_per_s``
+    steps_per_s_range: tuple[float, float] | None = None
+    graph_steps_per_s_range: tuple[float, float] | None = None  # the same for ``graph_steps_per_s``
     graph_setup_ms: float | None = None  # the same captured: warm-up steps and the capture
     #: operations in one captured step (any device; off CUDA counted on the emulated graph body)
     graph_ops: int | None = None
@@ -441,6 +487,7 @@ class BenchCase:
     warmup: int
     make_backbone: BackboneFactory
     compile: bool = False
+    repeats: int = 3  # timings per length in every :func:`steady_rate` (the bare network's too)
 
     def engine_bench(self, method_name: str, seed: int = 0, splits: DeviceSplits | None = None) -> EngineBench:
         pair, data, make = self.pair, self.pair_data, self.make_backbone
@@ -470,30 +517,45 @@ def time_method(method_name: str, case: BenchCase, cuda_graphs: bool = False) ->
     syncs = count_host_syncs(lambda: bench.run(sync_steps, sync=False), device)
     _sync(device)
     last: list[RunContext] = []
+    notes: list[str] = []  # every timed run's graph note: the short and the long run must agree
 
     def run(n: int) -> int:
         last[:] = [bench.run(n)]
+        notes.append(last[0].graph_note)
         return last[0].steps_done
 
-    rate, setup = steady_rate(run, steps)
+    eager = steady_rate(run, steps, case.repeats)
     per_step = last[0].images_seen // max(1, last[0].steps_done)
     timing = MethodTiming(
         method_name,
         images_per_step=per_step,
-        steps_per_s=rate,
-        images_per_s=rate * per_step,
+        steps_per_s=eager.per_s,
+        images_per_s=eager.per_s * per_step,
         host_syncs=syncs,
         sync_steps=sync_steps,
-        setup_ms=1e3 * setup,
+        setup_ms=1e3 * eager.setup_s,
+        steps_per_s_range=(eager.low, eager.high),
     )
     bench.cuda_graphs = True
-    if device.type == "cuda" and cuda_graphs:
+    graph_note = ""
+    if device.type == "cuda" and cuda_graphs and steps <= graphs.WARMUP_STEPS:
+        # a run of <= WARMUP_STEPS steps is never captured: its difference with a captured run of
+        # twice the steps would mix an eager run with a captured one
+        graph_note = (
+            f"graphs not timed: --steps {steps} is not more than a captured run's {graphs.WARMUP_STEPS} "
+            "eager warm-up steps"
+        )
+        last[:] = [bench.run(graphs.WARMUP_STEPS + 2)]
+    elif device.type == "cuda" and cuda_graphs:
         bench.run(max(1, warmup))
-        rate, setup = steady_rate(run, steps)
-        timing.graph_steps_per_s, timing.graph_setup_ms = rate, 1e3 * setup
+        notes.clear()
+        captured = steady_rate(run, steps, case.repeats)
+        timing.graph_steps_per_s, timing.graph_setup_ms = captured.per_s, 1e3 * captured.setup_s
+        timing.graph_steps_per_s_range = (captured.low, captured.high)
+        graph_note = "; ".join(dict.fromkeys(notes))  # more than one: the timed runs were not alike
     else:  # off CUDA the graph-mode loop runs its captured body eagerly: its operations, not a rate
         last[:] = [bench.run(graphs.WARMUP_STEPS + 2)]
-    timing.graph_note, timing.graph_ops = last[0].graph_note, last[0].graph_ops
+    timing.graph_note, timing.graph_ops = graph_note or last[0].graph_note, last[0].graph_ops
     bench.cuda_graphs = False
     return timing
 
@@ -550,8 +612,7 @@ def seed_batch_timings(
         return None, f"seed batch: runs separately ({exc.reason})"
     except Exception as exc:  # noqa: BLE001 - the engine's seed-batched runs would fail: say so
         return None, f"seed batch failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    rate, _ = steady_rate(go, case.steps)
-    return rate, notes[-1]
+    return steady_rate(go, case.steps, case.repeats).per_s, "; ".join(dict.fromkeys(notes[1:]))
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -580,6 +641,12 @@ class BenchResult:
     seed_batch: int = 0  # seeds per vmapped group in the seed-batch column (0: not measured)
     #: the bare network's profile by batch size (``--profile``; the methods' are in their timings)
     bare_profiles: dict[int, StepProfile] = field(default_factory=dict)
+    repeats: int = 3  # timings per length of every steady-state rate
+    #: (lowest, highest) images/s of single repeats, by batch size: the spread of ``bare_by_batch``
+    bare_range_by_batch: dict[int, tuple[float, float]] = field(default_factory=dict)
+    bare_graph_range_by_batch: dict[int, tuple[float, float]] = field(default_factory=dict)
+    #: why a column is empty for every row, by column (``graphs``, ``seed-batch``, ...)
+    unmeasured: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -616,14 +683,19 @@ def run_bench(
     cuda_graphs: bool = True,
     seed_batch: int = 0,
     profile: bool = False,
+    repeats: int = 3,
 ) -> BenchResult:
     """Measure bare-backbone and per-method training images/s; see the module docstring.
 
     ``seed_batch > 1`` adds each method's steps/s per seed with that many seeds batched.
+    ``repeats``: timings per length of every steady-state rate, the bare network's included
+    (:func:`steady_rate`; the table shows the spread over them).
     ``profile``: where each eager step's time goes, by operation, the bare network's included.
     ``synthetic > 0`` replaces the pair by random uint8 photos (``synthetic`` per domain,
     3 channels, 31 classes) at ``image_size`` (default 224) with ``backbone`` (default resnet50).
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     dev = resolve_device(device)
     notes: list[str] = []
     if synthetic:
@@ -643,12 +715,13 @@ def run_bench(
     bs = batch_size or pair.schedule.batch_size
     names = METHODS.expand(methods) if methods else list(METHODS.names())
     log(f"bench on {device_name(dev)}: {pair.name}, backbone {bb_name}, batch {bs}, {steps} steps (+{warmup} warm-up)")
-    bare_by_batch = {}
+    bare_by_batch, bare_range = {}, {}
     for b in (bs, 2 * bs):
-        bare_by_batch[b] = bare_images_per_s(make_backbone, pair, b, steps, warmup, dev, compile)
-        log(f"  bare {bb_name}, batch {b}: {bare_by_batch[b]:,.0f} images/s")
+        rate = bare_images_per_s(make_backbone, pair, b, steps, warmup, dev, compile, repeats=repeats)
+        bare_by_batch[b], bare_range[b] = rate.per_s, (rate.low, rate.high)
+        log(f"  bare {bb_name}, batch {b}: {rate.per_s:,.0f} images/s")
     graphed = cuda_graphs and dev.type == "cuda"
-    case = BenchCase(pair, data, dev, bs, steps, warmup, make_backbone, compile)
+    case = BenchCase(pair, data, dev, bs, steps, warmup, make_backbone, compile, repeats)
     # every profile before the first CUDA graph of the process: CUPTI attaching (or tearing down)
     # after a capture has broken graphs in some torch/CUDA versions (torch's profiler notes)
     bare_profiles: dict[int, StepProfile] = {}
@@ -663,10 +736,11 @@ def run_bench(
         profiles[name] = _try_profile(
             lambda: method_profile(name, dataclasses.replace(case, compile=False))  # noqa: B023
         )
-    bare_graph = {}
+    bare_graph, bare_graph_range = {}, {}
     for b in bare_by_batch if graphed else ():
-        bare_graph[b] = bare_images_per_s(make_backbone, pair, b, steps, warmup, dev, compile, cuda_graphs=True)
-        log(f"  bare {bb_name}, batch {b}, CUDA graph: {bare_graph[b]:,.0f} images/s")
+        rate = bare_images_per_s(make_backbone, pair, b, steps, warmup, dev, compile, True, repeats)
+        bare_graph[b], bare_graph_range[b] = rate.per_s, (rate.low, rate.high)
+        log(f"  bare {bb_name}, batch {b}, CUDA graph: {rate.per_s:,.0f} images/s")
     bare_ops = {b: bare_ops_per_step(make_backbone, pair, b, dev) for b in bare_by_batch}
     bare = bare_by_batch[bs]
     result = BenchResult(
@@ -687,6 +761,10 @@ def run_bench(
         notes=notes,
         seed_batch=seed_batch,
         bare_profiles=bare_profiles,
+        repeats=repeats,
+        bare_range_by_batch=bare_range,
+        bare_graph_range_by_batch=bare_graph_range,
+        unmeasured=_unmeasured(dev, cuda_graphs, seed_batch, compile),
     )
     for name in names:
         timing = time_method(name, case, graphed)
@@ -707,6 +785,38 @@ def run_bench(
     return result
 
 
+def _unmeasured(device: torch.device, cuda_graphs: bool, seed_batch: int, compile: bool) -> dict[str, str]:
+    """Why a column is empty in every row of this bench (the legend says it: no bare dash)."""
+    out: dict[str, str] = {}
+    if device.type != "cuda":
+        out["graphs steps/s, ratio graphs, seed-batch graphs"] = f"CUDA graphs need a CUDA device (device: {device})"
+        out["host syncs"] = f"counted by CUDA's sync-debug mode, CUDA only (device: {device})"
+    elif not cuda_graphs:
+        out["graphs steps/s, ratio graphs, seed-batch graphs"] = "--no-cuda-graphs"
+    if seed_batch <= 1:
+        out["seed-batch steps/s/seed, seed-batch graphs"] = "no --seed-batch S (S > 1)"
+    if compile:
+        out["ops/step, ops ratio"] = "--compile (a compiled step runs eagerly under the counting mode)"
+    return out
+
+
+def _span(value: float, low: float, high: float) -> str:
+    """``value`` with its spread as ``−a/+b %`` (:class:`Steady`)."""
+    if value <= 0:
+        return ""
+    return f" (−{100 * (value - low) / value:.0f}/+{100 * (high - value) / value:.0f} %)"
+
+
+def _ratio(num: float, den: float, num_range: tuple[float, float] | None, den_range: tuple[float, float] | None) -> str:
+    """``num / den`` and, when both spreads are known, its range: the lowest over the highest to
+    the highest over the lowest (single repeats of each), so that 0.90 and 0.95 read as apart
+    only when their ranges are."""
+    shown = f"{num / den:.2f}"
+    if num_range is None or den_range is None or min(den_range) <= 0:
+        return shown
+    return f"{shown} ({num_range[0] / den_range[1]:.2f}–{num_range[1] / den_range[0]:.2f})"
+
+
 def markdown(result: BenchResult) -> str:
     """The result as a Markdown table with its context."""
     lines = [
@@ -715,25 +825,31 @@ def markdown(result: BenchResult) -> str:
         f"- device: {result.device}",
         f"- torch: {result.torch_version}",
         f"- batch size: {result.batch_size} per domain, image size {result.image_size} px",
-        f"- timed steps: runs of {result.steps} and {2 * result.steps} steps, each twice, after {result.warmup} "
-        f"warm-up steps; torch.compile: {result.compile}",
+        f"- timed steps: runs of {result.steps} and {2 * result.steps} steps, each {result.repeats} times, after "
+        f"{result.warmup} warm-up steps; torch.compile: {result.compile}",
         f"- date: {result.date}",
         "- images/s counts every image a step trains on (source + target for a DA method)",
         *[f"- note: {n}" for n in result.notes],
-        "- ratio: method images/s over the bare network's at the batch closest to the method's images/step",
+        "- ratio: method images/s over the bare network's at the batch closest to the method's images/step; "
+        "both timed alike (steady state, the same repeats)",
+        "- spread: steps/s (−a/+b %) is the range of single repeats around the rate; a ratio's (x–y) is the "
+        "lowest over the highest to the highest over the lowest of those: two ratios whose ranges overlap are "
+        "not told apart by this bench",
         "",
         "- graphs: steps/s with the step captured in a CUDA graph (--cuda-graphs); its ratio is over the "
         "bare network's, also captured (the limit with the same levers)",
         f"- seed-batch: steps/s of each seed with {result.seed_batch or 'S'} seeds trained as one vmapped model "
-        "(--seed-batch), eager steps; compare with steps/s (one run)",
+        "(--seed-batch), eager steps, not compiled; (k×): the seeds' steps/s together over one run's steps/s, "
+        f"i.e. {result.seed_batch or 'S'} × per seed / steps/s (above 1: batching the seeds is faster)",
         "- seed-batch graphs: the same with the seed-batched step captured in a CUDA graph (--seed-batch with "
-        "--cuda-graphs, CUDA); compare with graphs steps/s (one run)",
+        "--cuda-graphs, CUDA); (k×) over graphs steps/s (one run, captured)",
         "- steps/s are steady-state: the difference of two timed runs of different lengths, so what a run pays "
         "once (building its loop; a captured run's warm-up steps and capture) is left out; setup ms is that "
         "fixed cost per run (eager / captured)",
         "- ops/step: operations of one captured step (each a kernel or more on a GPU; counted on any device, "
         "off CUDA on the graph body run eagerly); ops ratio: the bare network's ops/step at the nearest batch "
         "over the method's, the rate ratio a launch-free GPU would give if every kernel cost the same",
+        *[f"- not measured in this bench, {cols}: {why}" for cols, why in result.unmeasured.items()],
         "",
         "| method | images/step | steps/s | images/s | ratio method/bare | graphs steps/s | ratio graphs | "
         "setup ms | ops/step | ops ratio | host syncs | seed-batch steps/s/seed | seed-batch graphs steps/s/seed | note |",
@@ -741,36 +857,59 @@ def markdown(result: BenchResult) -> str:
     ]
     bare = result.bare_by_batch or {result.batch_size: result.bare_images_per_s}
     bare_g, bare_ops = result.bare_graph_by_batch, result.bare_ops_by_batch
+    bare_r, bare_gr = result.bare_range_by_batch, result.bare_graph_range_by_batch
     for b, rate in sorted(bare.items()):
-        g = f"{bare_g[b] / b:,.1f} | 1.00" if b in bare_g else "— | —"
+        span = _span(rate, *bare_r[b]) if b in bare_r else ""
+        g = (
+            f"{bare_g[b] / b:,.1f}{_span(bare_g[b], *bare_gr[b]) if b in bare_gr else ''} | 1.00"
+            if b in bare_g
+            else "— | —"
+        )
         ops = f"{bare_ops[b]:,} | 1.00" if b in bare_ops else "— | —"
         lines.append(
-            f"| bare {result.backbone} + linear head | {b} | {rate / b:,.1f} | {rate:,.0f} | 1.00 | {g} | — | {ops} | "
-            "— | — | — | data already on device, CE + SGD |"
+            f"| bare {result.backbone} + linear head | {b} | {rate / b:,.1f}{span} | {rate:,.0f} | 1.00 | {g} | — | "
+            f"{ops} | — | — | — | data already on device, CE + SGD |"
         )
     for m in result.methods:
-        if m.images_per_s is None:
+        if m.images_per_s is None or m.steps_per_s is None:
             lines.append(f"| {m.method} | — | — | — | — | — | — | — | — | — | — | — | — | {m.note} |")
             continue
         syncs = "—" if m.host_syncs is None else f"{m.host_syncs} in {m.sync_steps} steps"
         near = min(bare, key=lambda b: abs(b - m.images_per_step))
+        ips = m.images_per_step
+
+        def images(r: tuple[float, float] | None) -> tuple[float, float] | None:
+            return None if r is None else (r[0] * ips, r[1] * ips)  # noqa: B023 - used at once
+
+        span = _span(m.steps_per_s, *m.steps_per_s_range) if m.steps_per_s_range else ""
+        ratio = _ratio(m.images_per_s, bare[near], images(m.steps_per_s_range), bare_r.get(near))
         g = "— | —"
         if m.graph_steps_per_s is not None and near in bare_g:
-            g = f"{m.graph_steps_per_s:,.1f} | {m.graph_steps_per_s * m.images_per_step / bare_g[near]:.2f}"
+            g_span = _span(m.graph_steps_per_s, *m.graph_steps_per_s_range) if m.graph_steps_per_s_range else ""
+            g_ratio = _ratio(
+                m.graph_steps_per_s * ips, bare_g[near], images(m.graph_steps_per_s_range), bare_gr.get(near)
+            )
+            g = f"{m.graph_steps_per_s:,.1f}{g_span} | {g_ratio}"
         setup = "—" if m.setup_ms is None else f"{m.setup_ms:,.0f}"
         if m.graph_setup_ms is not None:
             setup += f" / {m.graph_setup_ms:,.0f}"
         ops = "— | —"
         if m.graph_ops and near in bare_ops:
             ops = f"{m.graph_ops:,} | {bare_ops[near] / m.graph_ops:.2f}"
-        sb = "—" if m.seed_batch_steps_per_s is None else f"{m.seed_batch_steps_per_s:,.1f}"
-        sbg = "—" if m.seed_batch_graph_steps_per_s is None else f"{m.seed_batch_graph_steps_per_s:,.1f}"
+        seeds = result.seed_batch
+        sb = sbg = "—"
+        if m.seed_batch_steps_per_s is not None:  # the seeds' steps together against one run's, eager
+            sb = f"{m.seed_batch_steps_per_s:,.1f} ({seeds * m.seed_batch_steps_per_s / m.steps_per_s:.2f}×)"
+        if m.seed_batch_graph_steps_per_s is not None:
+            sbg = f"{m.seed_batch_graph_steps_per_s:,.1f}"
+            if m.graph_steps_per_s:  # captured against captured
+                sbg += f" ({seeds * m.seed_batch_graph_steps_per_s / m.graph_steps_per_s:.2f}×)"
         sb_note = m.seed_batch_graph_note
         sb_note = "" if sb_note in ("", "captured") else f"seed-batch graphs: {sb_note}"
         note = "; ".join(n for n in (m.note, "" if m.graph_note in ("", "captured") else m.graph_note, sb_note) if n)
         lines.append(
-            f"| {m.method} | {m.images_per_step} | {m.steps_per_s:,.1f} | {m.images_per_s:,.0f} | "
-            f"{m.images_per_s / bare[near]:.2f} | {g} | {setup} | {ops} | {syncs} | {sb} | {sbg} | {note} |"
+            f"| {m.method} | {ips} | {m.steps_per_s:,.1f}{span} | {m.images_per_s:,.0f} | "
+            f"{ratio} | {g} | {setup} | {ops} | {syncs} | {sb} | {sbg} | {note} |"
         )
     return "\n".join(lines + _profile_lines(result)) + "\n"
 
@@ -831,6 +970,7 @@ __all__ = [
     "method_profile",
     "run_bench",
     "seed_batch_timings",
+    "Steady",
     "steady_rate",
     "synthetic_pair",
     "time_method",
