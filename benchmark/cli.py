@@ -566,8 +566,10 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from .running.plan import check_device
     from .speed.bench import default_out, run_bench, write_result  # late: see _run
 
+    check_device(args.device)  # "gpu", or cuda where there is none: one line, not torch's traceback
     if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
         raise MatrixError(
             f"--steps must be >= 1 (got {args.steps}), --warmup >= 0 (got {args.warmup}) "

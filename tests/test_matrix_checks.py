@@ -265,3 +265,29 @@ def test_unknown_backbone_or_backbone_option_is_refused_before_anything_runs(
 def test_a_valid_backbone_option_passes_the_check(capsys) -> None:
     argv = [*DRY, "--set", "backbone=cnn32", "--set", "backbone.size=large", "--pairs", "digits-offline"]
     assert main(argv) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x"])
+@pytest.mark.parametrize("command", ["run", "bench"])
+def test_a_device_that_is_no_device_is_one_line_before_anything_runs(tmp_path, capsys, device, command) -> None:
+    """``--device gpu`` ended in torch's RuntimeError traceback (bench), or in every run recorded failed."""
+    out = tmp_path / "res"
+    argv = ["run", "--methods", "source-only", "--seeds", "0", "--set", "steps=2", "--results", str(out)]
+    if command == "bench":
+        argv = ["bench", "--methods", "source-only", "--steps", "1"]
+    assert main([*argv, "--device", device]) == 2
+    assert f"device {device!r} is not a device; expected auto" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_on_a_machine_without_it_is_refused_for_local_runs_not_for_a_cluster() -> None:
+    from dabench.running.plan import check_device
+
+    with pytest.raises(MatrixError, match="sees no CUDA device on this machine; use cpu, or auto"):
+        check_device("cuda")
+    check_device("cuda", local=False)  # a SLURM/Ray submission from a machine without a GPU
+    import dabench
+
+    with pytest.raises(MatrixError, match="device 'cuda:1'"):
+        dabench.run(methods="source-only", seeds=[0], device="cuda:1", results_dir="/nonexistent/never-written")

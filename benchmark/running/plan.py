@@ -115,6 +115,7 @@ def open_executor(
     address) stops the command before the folder's matrix is replaced; such errors become one
     :class:`MatrixError` line.
     """
+    check_device(options.device, local=name in ("inline", "local"))
     try:
         ex = make_executor(name, pathlib.Path(results_dir), options)
     except (
@@ -128,4 +129,31 @@ def open_executor(
     return ex
 
 
-__all__ = ["matrix_for", "rerun_specs", "open_executor"]
+def check_device(name: str | None, local: bool = True) -> None:
+    """Refuse a device that is no device (``gpu``), or, for runs on this machine (``local``), a
+    CUDA device it does not have: otherwise every run of the matrix fails the same way, each
+    recorded ``failed`` with torch's message. Ray and SLURM run on other machines: only the
+    name is checked for them (a login node without a GPU may well submit ``cuda`` runs)."""
+    if name in (None, "auto"):
+        return
+    import torch  # late: building the plan must not import torch for a device it does not check
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise MatrixError(
+            f"device {name!r} is not a device; expected auto (CUDA when present), cpu, cuda or cuda:N"
+        ) from None
+    if not local or dev.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise MatrixError(
+            f"device {name!r}: torch {torch.__version__} sees no CUDA device on this machine; "
+            "use cpu, or auto (CUDA when present)"
+        )
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise MatrixError(f"device {name!r}: this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}")
+
+
+__all__ = ["matrix_for", "rerun_specs", "open_executor", "check_device"]
