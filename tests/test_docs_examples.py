@@ -160,3 +160,30 @@ def test_readme_python_api_example_runs(tmp_path: pathlib.Path, monkeypatch: pyt
     assert promised, "the counts comment is gone: update this test"
     assert out.splitlines()[0] == promised.group(1)
     assert (tmp_path / "results" / "default" / "matrix.json").exists()
+
+
+def test_record_table_lists_the_record_fields():
+    """docs/architecture.md's run-record table names exactly RunRecord's JSON fields."""
+    import dataclasses
+
+    from dabench.core.record import RunRecord
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    table = text.split("## The run record", 1)[1].split("\n\n| field |", 1)[1].split("\n\n", 1)[0]
+    documented = {
+        name for cell in re.findall(r"^\| ([^|]+) \|", table, flags=re.M) for name in re.findall(r"`(\w+)`", cell)
+    }
+    fields = {f.name for f in dataclasses.fields(RunRecord)} - {"extra"}  # extra: unknown keys, kept
+    assert documented == fields, (sorted(fields - documented), sorted(documented - fields))
+
+
+def test_readme_csv_columns_are_the_writers():
+    """README's leaderboard.csv and leaderboard_missing.csv columns are the ones tables.py writes."""
+    from dabench.analysis.tables import CSV_PAIR_COLUMNS, CSV_SUMMARY_COLUMNS, MISSING_CSV_COLUMNS
+
+    readme = re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+    assert f"`<pair> {'|'.join(CSV_PAIR_COLUMNS)}`" in readme
+    summary = readme.split(f"`<pair> {'|'.join(CSV_PAIR_COLUMNS)}`", 1)[1]
+    named = re.findall(r"`(\w+)`", summary.split("`leaderboard_missing.csv`", 1)[0])
+    assert [c for c in named if c in CSV_SUMMARY_COLUMNS] == CSV_SUMMARY_COLUMNS
+    assert f"`{', '.join(MISSING_CSV_COLUMNS)}`" in readme
