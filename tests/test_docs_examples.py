@@ -7,6 +7,7 @@ matrix-file reader): nothing trains, so the whole file takes well under a second
 
 from __future__ import annotations
 
+import argparse
 import ast
 import pathlib
 import re
@@ -15,6 +16,7 @@ import shlex
 import pytest
 
 from dabench.cli import build_parser
+from dabench.running.executors.worker import _parser as worker_parser
 from dabench.running.matrix import load_matrix_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -60,6 +62,48 @@ def test_documented_command_parses(line: str):
         pytest.fail(f"{line!r} does not parse (exit {exc.code})")
 
 
+#: flags the docs name that belong to other tools' command lines, each with its tool
+OTHER_TOOLS_FLAGS = {
+    "--check": "ruff format --check (make lint)",
+    "--fix": "ruff check --fix",
+    "--head": "ray start --head",
+    "--no-build-isolation": "pip install",
+    "--no-deps": "pip install",
+    "--write": "python -m dabench.core.listing --write",
+}
+
+
+def _parser_flags() -> set[str]:
+    """Every option string of dabench's parsers: each subcommand's, and the pool worker's
+    (``--max-runs``, which docs/architecture.md names)."""
+    flags: set[str] = set()
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            flags.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+
+    walk(build_parser())
+    walk(worker_parser())
+    return flags
+
+
+def test_every_flag_the_docs_name_exists():
+    """A ``--flag`` named anywhere in the README or docs/ (prose included, not only the command
+    blocks) is one dabench's parsers define, spelt as they spell it, or another tool's listed in
+    OTHER_TOOLS_FLAGS; a flag renamed or removed in cli.py fails here with the page that names it."""
+    known = _parser_flags() | set(OTHER_TOOLS_FLAGS)
+    stale = sorted(
+        (str(path.relative_to(ROOT)), flag)
+        for path in DOCS
+        for flag in set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", path.read_text()))
+        if flag not in known
+    )
+    assert not stale, f"flags no dabench parser defines: {stale}"
+
+
 def _matrix_blocks() -> list[tuple[str, str]]:
     return [
         (f"{path.relative_to(ROOT)}#{i}", block)
@@ -100,3 +144,46 @@ def test_tutorial_mcc_is_the_example_package():
     doc_loss = next(n for n in ast.walk(ast.parse(doc)) if isinstance(n, ast.FunctionDef) and n.name == "loss")
     ex_loss = next(n for n in ast.walk(ast.parse(example)) if isinstance(n, ast.FunctionDef) and n.name == "loss")
     assert ast.dump(doc_loss) == ast.dump(ex_loss)
+
+
+def test_readme_python_api_example_runs(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys):
+    """README's Python API block runs as written in a fresh folder (shortened: 3 steps instead
+    of 300, in the run and in its ``where=``), and ``summary.counts()`` prints what its comment
+    says. Its ``where=["steps=600"]`` matched no run of the block itself (ValueError)."""
+    block = next(b for b in _blocks(ROOT / "README.md", "python") if "dabench.run(" in b)
+    assert '"steps": 300' in block and "steps=300" in block, "the example's steps changed: update this test"
+    source = block.replace('"steps": 300', '"steps": 3').replace("steps=300", "steps=3")
+    monkeypatch.chdir(tmp_path)  # its results_dir="results/default" lands in tmp_path
+    exec(compile(source, "README.md (Python API)", "exec"), {})
+    out = capsys.readouterr().out
+    promised = re.search(r"print\(summary\.counts\(\)\)\s*#\s*(\{[^}]*\})", block)
+    assert promised, "the counts comment is gone: update this test"
+    assert out.splitlines()[0] == promised.group(1)
+    assert (tmp_path / "results" / "default" / "matrix.json").exists()
+
+
+def test_record_table_lists_the_record_fields():
+    """docs/architecture.md's run-record table names exactly RunRecord's JSON fields."""
+    import dataclasses
+
+    from dabench.core.record import RunRecord
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    table = text.split("## The run record", 1)[1].split("\n\n| field |", 1)[1].split("\n\n", 1)[0]
+    documented = {
+        name for cell in re.findall(r"^\| ([^|]+) \|", table, flags=re.M) for name in re.findall(r"`(\w+)`", cell)
+    }
+    fields = {f.name for f in dataclasses.fields(RunRecord)} - {"extra"}  # extra: unknown keys, kept
+    assert documented == fields, (sorted(fields - documented), sorted(documented - fields))
+
+
+def test_readme_csv_columns_are_the_writers():
+    """README's leaderboard.csv and leaderboard_missing.csv columns are the ones tables.py writes."""
+    from dabench.analysis.tables import CSV_PAIR_COLUMNS, CSV_SUMMARY_COLUMNS, MISSING_CSV_COLUMNS
+
+    readme = re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+    assert f"`<pair> {'|'.join(CSV_PAIR_COLUMNS)}`" in readme
+    summary = readme.split(f"`<pair> {'|'.join(CSV_PAIR_COLUMNS)}`", 1)[1]
+    named = re.findall(r"`(\w+)`", summary.split("`leaderboard_missing.csv`", 1)[0])
+    assert [c for c in named if c in CSV_SUMMARY_COLUMNS] == CSV_SUMMARY_COLUMNS
+    assert f"`{', '.join(MISSING_CSV_COLUMNS)}`" in readme
