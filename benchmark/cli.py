@@ -532,7 +532,7 @@ def _run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
     counts = ", ".join(f"{v} {k}" for k, v in summary.counts().items())
     print(
-        f"\n{len(specs)} runs in {args.results} ({args.executor} executor, {ex.workers} worker(s)): {counts}; "
+        f"\n{len(specs)} runs in {args.results} ({args.executor} executor, {ex.workers} worker{'' if ex.workers == 1 else 's'}): {counts}; "
         f"wall time {wall:.1f} s\n"
     )
     from .analysis.report import report_text
