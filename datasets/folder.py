@@ -366,7 +366,7 @@ def make_folder_pair(arguments: str) -> DomainPair:
     if left_out:  # said at once (not only in the description): a class or file left out changes the task
         warnings.warn(f"folder pair {label}: {left_out}", FolderPairNote, stacklevel=2)
     return DomainPair(
-        name=f"folder:{arguments}",
+        name=f"folder:{_absolute_arguments(arguments)}",
         description=description,
         load=load,
         num_classes=len(shared),
@@ -381,6 +381,29 @@ def make_folder_pair(arguments: str) -> DomainPair:
         max_target_shots=max_shots,
         protocol_note=note,
     )
+
+
+def _absolute_arguments(arguments: str) -> str:
+    """``arguments`` with a relative (or ``~``) source/target made absolute against the current
+    directory, the rest as given; unchanged when both are absolute already (run ids stay).
+
+    The matrix, the records and the workers then use this spelling: a relative name meant
+    another folder in every directory it was run from, and a second ``dabench run`` elsewhere
+    with the same text found the first one's runs complete (same run id, other images).
+    """
+    parts = []
+    changed = False
+    for part in (p.strip() for p in arguments.split(",")):
+        key, _, value = part.partition("=")
+        if key.strip() in ("source", "target") and value.strip():
+            path = value.strip()
+            absolute = os.path.abspath(os.path.expanduser(path))  # not resolve(): keep the user's symlinks
+            if not os.path.isabs(path):  # "~/x" included
+                changed = True
+                part = f"{key.strip()}={absolute}"
+        if part:
+            parts.append(part)
+    return ",".join(parts) if changed else arguments
 
 
 def _canonical(name: str) -> str:

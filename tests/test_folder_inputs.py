@@ -136,3 +136,30 @@ def test_classes_and_files_left_out_are_said(tmp_path):
     assert f"class folders without images in {tgt} (class skipped): empty" in said
     assert f"1 files under {tgt} ignored" in said and "square/labels.csv" in said
     assert "labels.csv" in pair.protocol_note
+
+
+def test_relative_paths_become_absolute_in_the_run_name(tmp_path, monkeypatch):
+    """A relative ``source=``/``target=`` meant another folder in every directory the command ran
+    from, under one run id: a second run elsewhere found the first one's runs complete. The
+    matrix uses the absolute spelling (absolute names are kept as given)."""
+    for d in ("a", "b"):
+        _domain(tmp_path / d / "src", (255, 255, 255), n=2)
+        _domain(tmp_path / d / "tgt", (90, 90, 90), n=2)
+    name = "folder:source=src,target=tgt,size=16,channels=3"
+    expanded = []
+    for d in ("a", "b"):
+        monkeypatch.chdir(tmp_path / d)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FolderPairNote)
+            expanded += PAIRS.expand([name])
+    assert expanded == [
+        f"folder:source={tmp_path / d / 'src'},target={tmp_path / d / 'tgt'},size=16,channels=3" for d in ("a", "b")
+    ]
+    assert expanded[1] in PAIRS  # registered under it: the run's lookups need no second build
+    absolute = f"folder:source={tmp_path / 'a' / 'src'},target={tmp_path / 'a' / 'tgt'}, size=16,channels=3"
+    assert PAIRS.expand([absolute]) == [absolute]  # unchanged: existing run ids stay
+
+
+def test_a_comma_in_a_path_is_explained(tmp_path):
+    with pytest.raises(RegistryError, match=r"a comma inside a path is not supported.*ln -s '/data/photos,2024/src'"):
+        PAIRS.get("folder:source=/data/photos,2024/src,target=/data/t")
