@@ -1,8 +1,15 @@
 """Your own images as a pair: ``folder:[name=NAME,]source=DIR,target=DIR[,key=value...]``.
 
-Each DIR has the ImageFolder layout ``<DIR>/<class>/*.jpg|jpeg|png|bmp|gif``. Classes are
-matched **by folder name**; the pair uses the classes both domains have (labels are their
-sorted order) and skips the others; no shared class is an error listing both class sets.
+Each DIR has the ImageFolder layout ``<DIR>/<class>/**/*.jpg|jpeg|png|gif|webp|bmp|tif|tiff``
+(sub-folders of a class folder count, as in torchvision's ImageFolder; files are ordered by their
+path relative to the class folder, never by the filesystem's listing). Classes are matched **by
+folder name**; the pair uses the classes both domains have (labels are their sorted order) and
+skips the others, saying so in a :class:`FolderPairNote` warning (with empty class folders and
+files that are not images, counted and named); no shared class is an error listing both class
+sets, and names that differ only in case or spaces (``Cat``/``cat``) are an error naming them.
+Hidden files and folders (``.DS_Store``, macOS's ``._x.jpg``) are ignored. A file that cannot be
+decoded (corrupt, truncated) is left out, named with the count in a warning on every load.
+16-bit images are scaled to 8 bits; palette images keep their colours.
 
 Options (all but source and target optional)::
 
@@ -31,8 +38,10 @@ Default schedule: 1,000 steps, batch 32 per domain, lr 0.01, evaluation every 25
 (override with ``--set steps=...`` etc.).
 
 Normalisation: ImageNet mean/std for RGB (what pretrained backbones expect; harmless from
-scratch), 0.5/0.5 for grey. Relative paths resolve against the current directory when the name
-is first used. A comma inside a path is not supported (the comma separates options).
+scratch), 0.5/0.5 for grey. Relative (and ``~``) paths are made absolute against the current
+directory when the name is first used, and the run name, records and workers use that absolute
+spelling. Spaces and ``=`` in a path are fine (quote the argument in the shell); a comma is not
+(commas separate the options): the error says so, with a link as the fix.
 Decoded domains are cached under ``<data_root>/cache/`` keyed by the files' sizes and mtimes.
 """
 
