@@ -1,8 +1,15 @@
 """Your own images as a pair: ``folder:[name=NAME,]source=DIR,target=DIR[,key=value...]``.
 
-Each DIR has the ImageFolder layout ``<DIR>/<class>/*.jpg|jpeg|png|bmp|gif``. Classes are
-matched **by folder name**; the pair uses the classes both domains have (labels are their
-sorted order) and skips the others; no shared class is an error listing both class sets.
+Each DIR has the ImageFolder layout ``<DIR>/<class>/**/*.jpg|jpeg|png|gif|webp|bmp|tif|tiff``
+(sub-folders of a class folder count, as in torchvision's ImageFolder; files are ordered by their
+path relative to the class folder, never by the filesystem's listing). Classes are matched **by
+folder name**; the pair uses the classes both domains have (labels are their sorted order) and
+skips the others, saying so in a :class:`FolderPairNote` warning (with empty class folders and
+files that are not images, counted and named); no shared class is an error listing both class
+sets, and names that differ only in case or spaces (``Cat``/``cat``) are an error naming them.
+Hidden files and folders (``.DS_Store``, macOS's ``._x.jpg``) are ignored. A file that cannot be
+decoded (corrupt, truncated) is left out, named with the count in a warning on every load.
+16-bit images are scaled to 8 bits; palette images keep their colours.
 
 Options (all but source and target optional)::
 
@@ -31,14 +38,18 @@ Default schedule: 1,000 steps, batch 32 per domain, lr 0.01, evaluation every 25
 (override with ``--set steps=...`` etc.).
 
 Normalisation: ImageNet mean/std for RGB (what pretrained backbones expect; harmless from
-scratch), 0.5/0.5 for grey. Relative paths resolve against the current directory when the name
-is first used. A comma inside a path is not supported (the comma separates options).
+scratch), 0.5/0.5 for grey. Relative (and ``~``) paths are made absolute against the current
+directory when the name is first used, and the run name, records and workers use that absolute
+spelling. Spaces and ``=`` in a path are fine (quote the argument in the shell); a comma is not
+(commas separate the options): the error says so, with a link as the fix.
 Decoded domains are cached under ``<data_root>/cache/`` keyed by the files' sizes and mtimes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 import pathlib
 import statistics
 import warnings
@@ -55,7 +66,7 @@ from dabench.core.splits import stratified_split
 
 from .cache import cached
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 #: images decoded per class folder to detect the channels and size
 DETECT_PER_CLASS = 3
@@ -76,57 +87,147 @@ def detect_format(domains: list[dict[str, list[pathlib.Path]]]) -> tuple[int, in
     or with three whose values agree within :data:`GREY_TOLERANCE` levels on average (grey
     images saved as RGB JPEG). The side is the larger of the domains' median ``max(h, w)``.
     """
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
     grey, sides = True, []
     for found in domains:
         domain_sides = []
         for files in found.values():
-            for f in files[:DETECT_PER_CLASS]:
+            decoded = 0
+            for f in files:
+                if decoded == DETECT_PER_CLASS:
+                    break
                 try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", DeprecationWarning)
-                        img = decode_image(read_file(str(f)), mode=ImageReadMode.UNCHANGED)
-                except RuntimeError as exc:
-                    raise RuntimeError(f"folder pair: cannot decode {f}: {exc}") from None
+                    # RGB, not UNCHANGED: a palette PNG read unchanged is its palette indices
+                    # (one channel), which would pass a colour image off as grey
+                    img = read_image(f, channels=3)
+                except UndecodableImage:
+                    continue  # named (with the others) when the domain is decoded
+                decoded += 1
                 domain_sides.append(max(img.shape[-2:]))
-                if grey and img.shape[0] >= 3:
-                    rgb = img[:3].float()
+                if grey:
+                    rgb = img.float()
                     spread = max(float((rgb[0] - rgb[1]).abs().mean()), float((rgb[1] - rgb[2]).abs().mean()))
                     grey = spread <= GREY_TOLERANCE
+        if not domain_sides:
+            first = next(iter(found.values()))[0]
+            raise MissingDataError(f"folder pair: no image under {first.parent.parent} could be decoded")
         sides.append(int(statistics.median_low(domain_sides)))
     return (1 if grey else 3), max(sides)
 
 
-def class_folders(root: pathlib.Path) -> dict[str, list[pathlib.Path]]:
-    """``{class name: sorted image files}`` for every sub-folder of ``root`` holding images."""
+class UndecodableImage(RuntimeError):
+    """An image file neither torchvision nor Pillow can decode (corrupt, truncated, not an image)."""
+
+
+def read_image(f: pathlib.Path, channels: int) -> torch.Tensor:
+    """One image as uint8 ``[channels, H, W]``.
+
+    torchvision decodes JPEG/PNG/GIF/WebP; what it refuses (BMP, TIFF) goes through Pillow.
+    16-bit PNGs (torchvision gives uint16 values up to 65535) are scaled to 8 bits: stored into a
+    uint8 tensor as they are, they wrapped round modulo 256 into noise.
+    """
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    try:
+        with warnings.catch_warnings():  # torchvision ≥ 0.29 warns on every call that torchcodec exists
+            warnings.simplefilter("ignore", DeprecationWarning)
+            img = decode_image(read_file(str(f)), mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY)
+    except RuntimeError as tv_error:
+        try:
+            img = _pil_read(f, channels)
+        except Exception as exc:  # noqa: BLE001 - any Pillow failure means: not a readable image
+            raise UndecodableImage(f"{f}: {str(tv_error).splitlines()[-1][:120]}; Pillow: {exc}") from None
+    if img.dtype == torch.uint16:
+        img = (img.to(torch.int32) * 255 + 32767).div(65535, rounding_mode="floor").to(torch.uint8)
+    return img
+
+
+def _pil_read(f: pathlib.Path, channels: int) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(f) as opened:
+        opened.load()
+        im: Image.Image = opened
+        if im.mode.startswith("I"):  # 16-bit (or 32-bit integer) grey, as 16 bits: to 8 before any mode change
+            wide = np.asarray(im, dtype=np.float64)
+            im = Image.fromarray(np.clip(wide / 65535 * 255 + 0.5, 0, 255).astype(np.uint8))
+        arr = np.asarray(im.convert("RGB" if channels == 3 else "L"))
+    t = torch.from_numpy(arr.copy())
+    return t.permute(2, 0, 1).contiguous() if t.ndim == 3 else t[None]
+
+
+@dataclasses.dataclass
+class Listing:
+    """What :func:`scan` found under one domain folder."""
+
+    classes: dict[str, list[pathlib.Path]]  # class name → its image files, sorted by relative path
+    empty: list[str]  # class folders without an image file
+    ignored: list[pathlib.Path]  # files that are not images by their suffix (hidden files not counted)
+
+
+def _is_hidden(name: str) -> bool:
+    # .DS_Store, and macOS's AppleDouble "._photo.jpg" files (resource forks copied onto non-Mac
+    # disks): the latter carry an image suffix but are not images, and stopped every load
+    return name.startswith(".")
+
+
+def _image_files(folder: pathlib.Path, ignored: list[pathlib.Path]) -> list[pathlib.Path]:
+    """The image files anywhere below ``folder`` (sub-folders too, as torchvision's ImageFolder;
+    symlinks followed, each real folder once), sorted by their path relative to ``folder`` so that
+    the order, hence the labels and the target split, never depends on the filesystem's listing."""
+    out: list[pathlib.Path] = []
+    seen: set[str] = set()
+    for here, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:  # a symlink loop, or a folder linked twice
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not _is_hidden(d)]
+        for n in names:
+            if _is_hidden(n):
+                continue
+            f = pathlib.Path(here) / n
+            (out if f.suffix.lower() in IMAGE_SUFFIXES else ignored).append(f)
+    return sorted(out, key=lambda f: f.relative_to(folder).as_posix())
+
+
+def scan(root: pathlib.Path) -> Listing:
+    """The class folders of ``root``; no class folder with images is an error naming ``root``."""
     if not root.is_dir():
         raise MissingDataError(f"folder pair: no such folder {root} (expected {root}/<class>/*.jpg|png)")
-    out = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    classes: dict[str, list[pathlib.Path]] = {}
+    empty: list[str] = []
+    ignored: list[pathlib.Path] = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name)):
+        files = _image_files(d, ignored)
         if files:
-            out[d.name] = files
-    if not out:
+            classes[d.name] = files
+        else:
+            empty.append(d.name)
+    if not classes:
         raise MissingDataError(
             f"folder pair: {root} has no class folders with images (expected {root}/<class>/*.jpg|png)"
         )
-    return out
+    return Listing(classes, empty, ignored)
 
 
-def decode(files: list[pathlib.Path], size: int, channels: int) -> torch.Tensor:
-    """Decode and resize to uint8 ``[N, channels, size, size]`` (antialiased, squashed: no crop)."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+def class_folders(root: pathlib.Path) -> dict[str, list[pathlib.Path]]:
+    """``{class name: sorted image files}`` for every sub-folder of ``root`` holding images."""
+    return scan(root).classes
 
-    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+
+def decode(files: list[pathlib.Path], size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode and resize to uint8 ``[N, channels, size, size]`` (antialiased, squashed: no crop),
+    and the indices of the files that could not be decoded (left out of the images)."""
     out = torch.empty(len(files), channels, size, size, dtype=torch.uint8)
+    bad = []
     for i, f in enumerate(files):
         try:
-            with warnings.catch_warnings():  # torchvision ≥ 0.29 warns on every call that torchcodec exists
-                warnings.simplefilter("ignore", DeprecationWarning)
-                img = decode_image(read_file(str(f)), mode=mode)
-        except RuntimeError as exc:
-            raise RuntimeError(f"folder pair: cannot decode {f}: {exc}") from None
+            img = read_image(f, channels)
+        except UndecodableImage:
+            bad.append(i)
+            continue
         if img.shape[-2:] != (size, size):
             img = (
                 F.interpolate(
@@ -137,28 +238,48 @@ def decode(files: list[pathlib.Path], size: int, channels: int) -> torch.Tensor:
                 .to(torch.uint8)
             )
         out[i] = img
-    return out
+    skipped = torch.tensor(bad, dtype=torch.int64)
+    keep = torch.ones(len(files), dtype=torch.bool)
+    keep[skipped] = False
+    return out[keep], skipped
+
+
+#: undecodable files named in the warning (the count covers them all)
+NAMED_SKIPS = 5
 
 
 def load_domain(
     root: pathlib.Path, classes: tuple[str, ...], size: int, channels: int, data_root: pathlib.Path
 ) -> Domain:
-    """The images of ``classes`` under ``root``, labelled by their index in ``classes``."""
+    """The images of ``classes`` under ``root``, labelled by their index in ``classes``.
+
+    Files that cannot be decoded are left out with a :class:`FolderPairNote` naming them and their
+    count (on every load: the cache keeps which ones they were).
+    """
     found = class_folders(root)
     files, labels = [], []
     for label, c in enumerate(classes):
         files += found[c]
         labels += [label] * len(found[c])
     key = "folder-" + hashlib.sha1(f"{root}|{','.join(classes)}|{channels}".encode()).hexdigest()[:10]
-    tensors = cached(
-        data_root,
-        key,
-        "all",
-        size,
-        files,
-        lambda: {"images": decode(files, size, channels), "labels": torch.tensor(labels)},
-        base=root,
-    )
+
+    def fresh() -> dict[str, torch.Tensor]:
+        images, skipped = decode(files, size, channels)
+        keep = torch.ones(len(files), dtype=torch.bool)
+        keep[skipped] = False
+        return {"images": images, "labels": torch.tensor(labels, dtype=torch.int64)[keep], "skipped": skipped}
+
+    tensors = cached(data_root, key, "all", size, files, fresh, base=root)
+    skipped = [files[i] for i in tensors["skipped"].tolist()]
+    if skipped:
+        named = ", ".join(str(f.relative_to(root)) for f in skipped[:NAMED_SKIPS])
+        more = f" and {len(skipped) - NAMED_SKIPS} more" if len(skipped) > NAMED_SKIPS else ""
+        warnings.warn(
+            f"folder pair: skipped {len(skipped)} of {len(files)} files under {root} that cannot be decoded "
+            f"(corrupt, truncated or not images): {named}{more}. Delete or re-export them to use them.",
+            FolderPairNote,
+            stacklevel=2,
+        )
     return Domain(root.name, tensors["images"], tensors["labels"].long(), classes)
 
 
@@ -181,7 +302,9 @@ def make_folder_pair(arguments: str) -> DomainPair:
     if evaluation not in ("half", "all"):
         raise RegistryError(f"folder pair: eval must be 'half' or 'all', got {evaluation!r}")
 
-    src_classes, tgt_classes = class_folders(source), class_folders(target)
+    src_listing, tgt_listing = scan(source), scan(target)
+    src_classes, tgt_classes = src_listing.classes, tgt_listing.classes
+    _refuse_near_miss_names(source, src_classes, target, tgt_classes)
     detected = []
     if channels is None or size is None:
         # Guessing wrong is costly: grey images read as RGB get the 3-channel conv net (several
@@ -232,9 +355,10 @@ def make_folder_pair(arguments: str) -> DomainPair:
         if evaluation == "all"
         else "target: half unlabelled for adaptation, the other half (stratified, seed 0) for evaluation"
     )
-    if skipped:
-        note += f"; classes in only one domain skipped: {', '.join(skipped)}"
     label = folder_label(arguments)
+    left_out = _left_out(source, src_listing, target, tgt_listing, skipped)
+    if left_out:
+        note += f"; {left_out}"
     description = f"{label}: {source.name} → {target.name}, {len(shared)} shared classes from image folders"
     if detected:
         found = (
@@ -248,8 +372,10 @@ def make_folder_pair(arguments: str) -> DomainPair:
             FolderPairNote,
             stacklevel=2,
         )
+    if left_out:  # said at once (not only in the description): a class or file left out changes the task
+        warnings.warn(f"folder pair {label}: {left_out}", FolderPairNote, stacklevel=2)
     return DomainPair(
-        name=f"folder:{arguments}",
+        name=f"folder:{_absolute_arguments(arguments)}",
         description=description,
         load=load,
         num_classes=len(shared),
@@ -264,6 +390,74 @@ def make_folder_pair(arguments: str) -> DomainPair:
         max_target_shots=max_shots,
         protocol_note=note,
     )
+
+
+def _absolute_arguments(arguments: str) -> str:
+    """``arguments`` with a relative (or ``~``) source/target made absolute against the current
+    directory, the rest as given; unchanged when both are absolute already (run ids stay).
+
+    The matrix, the records and the workers then use this spelling: a relative name meant
+    another folder in every directory it was run from, and a second ``dabench run`` elsewhere
+    with the same text found the first one's runs complete (same run id, other images).
+    """
+    parts = []
+    changed = False
+    for part in (p.strip() for p in arguments.split(",")):
+        key, _, value = part.partition("=")
+        if key.strip() in ("source", "target") and value.strip():
+            path = value.strip()
+            absolute = os.path.abspath(os.path.expanduser(path))  # not resolve(): keep the user's symlinks
+            if not os.path.isabs(path):  # "~/x" included
+                changed = True
+                part = f"{key.strip()}={absolute}"
+        if part:
+            parts.append(part)
+    return ",".join(parts) if changed else arguments
+
+
+def _canonical(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
+def _refuse_near_miss_names(
+    source: pathlib.Path, src: dict[str, list[pathlib.Path]], target: pathlib.Path, tgt: dict[str, list[pathlib.Path]]
+) -> None:
+    """Class folders whose names differ only in case or white space (``Cat`` / ``cat``, ``dog `` /
+    ``dog``) are surely one class: matched by exact name they were both dropped as one-domain
+    classes, silently shrinking the task. Refused, naming them, so the folders get renamed."""
+    misses = [
+        (a, b)
+        for a in sorted(set(src) - set(tgt))
+        for b in sorted(set(tgt) - set(src))
+        if _canonical(a) == _canonical(b)
+    ]
+    if misses:
+        listed = "; ".join(f"source {source / a!s}/ vs target {target / b!s}/" for a, b in misses)
+        raise RegistryError(
+            f"folder pair: class folder names differ only in case or spaces ({listed}); classes are matched "
+            f"by exact name: rename the folders so that they are spelled the same"
+        )
+
+
+def _left_out(source: pathlib.Path, src: Listing, target: pathlib.Path, tgt: Listing, one_domain: list[str]) -> str:
+    """One sentence on what the pair leaves out: classes of one domain only (empty folders said as
+    such), and files that are not images by their suffix, with counts; empty when nothing is."""
+    parts = []
+    for root, listing, other in ((source, src, tgt), (target, tgt, src)):
+        only = [c for c in one_domain if c in listing.classes and c not in other.empty]  # else said as empty
+        if only:
+            parts.append(f"classes only in {root} skipped: {', '.join(only)}")
+        empty = [c for c in listing.empty if c in other.classes]
+        if empty:
+            parts.append(f"class folders without images in {root} (class skipped): {', '.join(empty)}")
+        if listing.ignored:
+            shown = ", ".join(str(f.relative_to(root)) for f in listing.ignored[:NAMED_SKIPS])
+            more = f" and {len(listing.ignored) - NAMED_SKIPS} more" if len(listing.ignored) > NAMED_SKIPS else ""
+            parts.append(
+                f"{len(listing.ignored)} files under {root} ignored (not {'/'.join(s[1:] for s in IMAGE_SUFFIXES)}): "
+                f"{shown}{more}"
+            )
+    return "; ".join(parts)
 
 
 def _default_backbone(size: int, channels: int) -> str:

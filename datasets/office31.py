@@ -88,7 +88,8 @@ def domain_files(root: pathlib.Path, domain: str) -> tuple[list[pathlib.Path], t
             f"Office-31 domain {domain!r} not found: no folder {folder}.\nExpected layout:\n{_layout(root)}\n"
             f"with the 31 class folders ({', '.join(OFFICE31_CLASSES)}).\n{HOW_TO_GET}"
         )
-    present = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    # hidden entries (.DS_Store, macOS's ._x.jpg AppleDouble files, .ipynb_checkpoints) are no classes or images
+    present = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     missing = [c for c in OFFICE31_CLASSES if c not in present]
     extra = [c for c in present if c not in OFFICE31_CLASSES]
     if missing or extra:
@@ -98,7 +99,9 @@ def domain_files(root: pathlib.Path, domain: str) -> tuple[list[pathlib.Path], t
         )
     files, labels = [], []
     for i, c in enumerate(OFFICE31_CLASSES):
-        found = sorted(p for p in (folder / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        found = sorted(
+            p for p in (folder / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        )
         files += found
         labels += [i] * len(found)
     if not files:
@@ -127,7 +130,14 @@ def decode_files(files: list[pathlib.Path], size: int = STORE_SIZE) -> torch.Ten
         # and one warning per image would drown the log.
         warnings.simplefilter("ignore", DeprecationWarning)
         for i, f in enumerate(files):
-            out[i] = decode_resize(f, size)
+            try:
+                out[i] = decode_resize(f, size)
+            except RuntimeError as exc:  # torchvision's message names no file
+                # an error, not a skip: Office-31's numbers are comparable only on all of its images
+                raise RuntimeError(
+                    f"Office-31: cannot decode {f} ({str(exc).splitlines()[-1][:120]}); "
+                    "re-extract that file from the archive"
+                ) from None
     return out
 
 

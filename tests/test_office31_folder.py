@@ -76,3 +76,20 @@ def test_decoded_cache_second_load_equal_and_invalidated(tmp_path, monkeypatch) 
     monkeypatch.setattr(office31, "decode_files", lambda files, size=256: calls.append(1) or real_decode(files, size))
     office31.load_domain(tmp_path, "webcam")
     assert calls == [1] and len(list((tmp_path / "cache").glob("office31-webcam-*.pt"))) == 2
+
+
+def test_macos_litter_is_skipped_and_a_corrupt_jpeg_named(tmp_path) -> None:
+    """An archive unpacked on a Mac's external disk holds ``._frame.jpg`` AppleDouble files and
+    ``.DS_Store``: they stopped the load (a JPEG-suffixed non-image; a hidden folder counted as an
+    unexpected class). A truly corrupt JPEG is an error naming the file (torchvision's did not)."""
+    n = write_office31(tmp_path, domains=("amazon",), per_class=1, size=(20, 24))
+    images = tmp_path / "office31" / "amazon" / "images"
+    (images / "bike" / "._frame_0000.jpg").write_bytes(b"\x00\x05\x16\x07Mac OS X")
+    (images / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (images / ".ipynb_checkpoints").mkdir()
+    files, labels = office31.domain_files(tmp_path, "amazon")
+    assert len(files) == n == len(labels)
+    bad = images / "mug" / "frame_0000.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(RuntimeError, match=r"Office-31: cannot decode .*mug/frame_0000\.jpg.*re-extract"):
+        office31.decode_files(files, size=16)

@@ -24,14 +24,25 @@ NAME_CHARS = re.compile(r"[A-Za-z0-9._+\-]+")
 def parse_arguments(arguments: str) -> dict[str, str]:
     """``"source=a,target=b,size=32"`` → a dict; an unknown or missing key is an error saying the usage."""
     out: dict[str, str] = {}
+    last = ""
     for part in (p.strip() for p in arguments.split(",")):
         if not part:
             continue
         key, sep, value = part.partition("=")
         key = key.strip()
         if not sep or key not in OPTIONS:
-            raise RegistryError(f"folder pair: bad option {part!r}; options: {', '.join(OPTIONS)}. Usage: {USAGE}")
+            hint = ""
+            if last in ("source", "target"):  # most likely the rest of a path that holds a comma
+                hint = (
+                    f" If {last}={out[last]},{part} is one folder: a comma inside a path is not supported "
+                    f"(commas separate the options); rename the folder or make a link without a comma to it "
+                    f"(ln -s '{out[last]},{part}' /some/where) and name the link."
+                )
+            raise RegistryError(
+                f"folder pair: bad option {part!r}; options: {', '.join(OPTIONS)}.{hint} Usage: {USAGE}"
+            )
         out[key] = value.strip()
+        last = key
     missing = [k for k in ("source", "target") if not out.get(k)]
     if missing:
         raise RegistryError(f"folder pair: missing {' and '.join(missing)}. Usage: {USAGE}")

@@ -231,7 +231,13 @@ class Registry(Generic[T]):
         self._load_entry_points()
         if name not in self._items and ":" in name and name.split(":", 1)[0] in self._factories:
             prefix, arguments = name.split(":", 1)
-            self.register(name, self._factories[prefix](arguments), source=f"factory {prefix!r}")
+            obj = self._factories[prefix](arguments)
+            canonical = _canonical(name, obj)
+            if canonical != name:
+                # e.g. a folder pair's relative paths: kept under the absolute spelling only, since the
+                # same text names another folder after a chdir
+                return self._items.get(canonical) or self.register(canonical, obj, source=f"factory {prefix!r}")
+            self.register(name, obj, source=f"factory {prefix!r}")
         if name not in self._items:
             if name in self._broken:
                 raise PluginError(f"{self.kind} {name!r} is unavailable: {self._broken[name]}")
@@ -266,8 +272,8 @@ class Registry(Generic[T]):
             if not part:
                 continue
             if ":" in part and part.split(":", 1)[0] in self._factories:
-                self.get(part)  # built by its factory (a path may hold glob characters)
-                hits = [part]
+                # built by its factory (a path may hold glob characters); listed by its own spelling
+                hits = [_canonical(part, self.get(part))]
             elif part in self._groups:
                 hits = self.group_members(part)
             elif any(c in part for c in "*?["):
@@ -288,6 +294,14 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def _canonical(name: str, obj: object) -> str:
+    """The spelling a factory-made entry gives itself (its ``name``), else ``name``: a folder pair
+    named with relative paths is ``folder:`` with absolute ones, so that a run id never stands for
+    whatever folder the current directory holds."""
+    own = getattr(obj, "name", None)
+    return own if isinstance(own, str) and own.startswith(name.split(":", 1)[0] + ":") else name
 
 
 def match_names(names: list[str], pattern: str | None) -> list[str]:
