@@ -171,6 +171,11 @@ def test_cli_runs_a_method_on_the_folder_pair(folders, tmp_path, capsys):
     assert {r["spec"]["method"] for r in runs} == {"source-only", "dann"}
     assert all(r["status"] == "complete" and r["spec"]["pair"] == name for r in runs)
     assert all(r["eval_size"] == 3 * PER_CLASS // 2 for r in runs)
+    # the record says what data it saw, without the folders at hand
+    for r in runs:
+        d = r["data"]
+        assert d["classes"] == 3 and d["target_eval"] == 3 * PER_CLASS // 2 and d["source_train"] > 0
+        assert d["protocol"] == dabench.core.registry.PAIRS.get(name).protocol_note != ""
     assert "dann" in out.out  # the leaderboard row
     # tables show the pair under a short name, never the absolute paths
     short = "src-tgt (size=28,channels=1,backbone=lenet)"

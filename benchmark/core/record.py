@@ -112,6 +112,7 @@ class RunResult:
     validators: dict[str, Any] | None
     resumed_from_step: int | None
     timings: dict[str, Any]
+    data: dict[str, Any] | None = None
 
 
 @dataclass(eq=True)
@@ -143,6 +144,8 @@ class RunRecord(Mapping):
     finished_at: str | None = None
     eval_size: int | None = None  #: size of the evaluation set
     validators: dict[str, Any] | None = None  #: split/samples/overlaps_evaluation of the label-free scores
+    #: the data the run saw: the pair's description (a folder pair names what it left out) and split sizes
+    data: dict[str, Any] | None = None
     #: top-level fields this version does not know, kept so that a read + write loses nothing
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -306,6 +309,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "finished_at": (str,),
     "eval_size": (int,),
     "validators": (dict,),
+    "data": (dict,),
 }
 _REQUIRED = ("run_id", "spec")
 

@@ -351,7 +351,7 @@ class DeviceData:
         eval_shots: int,
         splits: DeviceSplits | None = None,
     ) -> None:
-        self.pair, self.device = pair, device
+        self.pair, self.device, self.pair_data = pair, device, data
         self.channels_last = device.type == "cuda"
         if splits is None:  # a run of its own: its own uploads
             splits = DeviceSplits(data, device)

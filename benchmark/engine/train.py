@@ -614,6 +614,23 @@ def execute(
     return finish_run(method, ctx, wall, {"compiled": engine.compile})
 
 
+def data_summary(pair: DomainPair, pair_data: PairData) -> dict[str, Any]:
+    """What the record says of the data: the pair's description and protocol (a folder pair's
+    names the classes and files it left out) and the sizes of the four splits, so that a reader
+    of one record can tell what a number was computed on without the dataset at hand."""
+    return {
+        "description": pair.description,
+        "protocol": pair.protocol_note,
+        "source_domain": pair_data.source.name,
+        "target_domain": pair_data.target.name,
+        "classes": pair.num_classes,
+        **{
+            name: len(getattr(pair_data, name))
+            for name in ("source_train", "source_val", "target_adapt", "target_eval")
+        },
+    }
+
+
 def finish_run(method: Method, ctx: RunContext, wall: float, timings: dict[str, Any]) -> RunResult:
     """The end of a run, once its steps are done (one run, or one seed of a seed-batched group):
     the final evaluation if none was recorded, the source-only checkpoint its dependants load, the
@@ -644,6 +661,7 @@ def finish_run(method: Method, ctx: RunContext, wall: float, timings: dict[str, 
             "overlaps_evaluation": data.validator_overlaps_eval,
         },
         resumed_from_step=ctx.resumed_from_step,
+        data=data_summary(ctx.pair, ctx.data.pair_data),
         timings={
             "wall_s": round(wall, 3),
             "steps": ctx.steps_done,
