@@ -279,28 +279,13 @@ def test_sigterm_of_dabench_run_is_an_interrupt_exit_143(tmp_path, executor):
     """SIGTERM of ``dabench run`` (a job scheduler's or ``kill``'s stop): one line and exit code 143
     (128 + SIGTERM, what the process reported when SIGTERM killed it outright), the run in hand
     left ``running`` with no process of it left, and the next runner finishes it."""
-    import signal
     import subprocess
 
-    from tiny_runs import DABENCH, pid_alive, wait_for
+    from tiny_runs import DABENCH, pid_alive, sigterm_once_started, wait_for
 
     out = tmp_path / "out"
     args = [*DABENCH, *tiny_run(out, "slow", "0", "--set", "slow.sleep=0.05", "--set", "steps=80")]
-    proc = subprocess.Popen(
-        [*args, "--executor", executor],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    try:
-        wait_for(lambda: (out / "runs").is_dir() and any((out / "runs").glob("*.json")), 120, "the run's start", proc)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    proc, err = sigterm_once_started([*args, "--executor", executor], out)
     assert proc.returncode == 143, err[-3000:]  # before: -15, killed with no word
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("dabench: terminated (SIGTERM):"), err[-3000:]

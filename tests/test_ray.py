@@ -7,7 +7,6 @@ unreachable cluster address is refused at once. Skipped when Ray is not installe
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 
@@ -19,7 +18,7 @@ from dabench.core.store import RunStore  # noqa: E402
 from dabench.running.executors import ExecutorError, ExecutorOptions, make_executor  # noqa: E402
 from dabench.running.matrix import Matrix, expand  # noqa: E402
 from dabench.running.scheduler import run_matrix  # noqa: E402
-from tiny_runs import DABENCH, TINY, pid_alive, tiny_run, wait_for  # noqa: E402
+from tiny_runs import DABENCH, TINY, pid_alive, sigterm_once_started, tiny_run, wait_for  # noqa: E402
 
 # a run that says something, then kills its own process (a segfault, the OOM killer) at its third step
 LAST_WORDS = """
@@ -96,21 +95,7 @@ def test_sigterm_of_a_ray_driver_cancels_its_tasks_and_exits_like_an_interrupt(l
     cancelled (its process gone), the run left ``running`` and taken over by the next runner."""
     out = tmp_path / "out"
     address = ray.get_runtime_context().gcs_address
-    proc = subprocess.Popen(
-        _slow_run(out, "--executor", "ray", "--ray-address", address),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    try:
-        wait_for(lambda: (out / "runs").is_dir() and any((out / "runs").glob("*.json")), 120, "the run's start", proc)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    proc, err = sigterm_once_started(_slow_run(out, "--executor", "ray", "--ray-address", address), out)
     assert proc.returncode == 143, err[-3000:]
     assert "SIGTERM received" not in err and "Traceback" not in err, err[-3000:]
     lines = [ln for ln in err.splitlines() if ln.startswith("dabench:")]

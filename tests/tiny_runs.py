@@ -106,3 +106,22 @@ def pid_alive(pid: int) -> bool:
         return pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def sigterm_once_started(argv: list[str], out: pathlib.Path) -> tuple[subprocess.Popen, str]:
+    """Start the command ``argv``, send it SIGTERM once its first record is in ``out/runs``, and
+    return (the ended process, its stderr); it is killed if it outlives the test's waits."""
+    import signal
+
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    try:
+        wait_for(lambda: (out / "runs").is_dir() and any((out / "runs").glob("*.json")), 120, "the run's start", proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc, err
