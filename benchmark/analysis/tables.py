@@ -64,6 +64,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from ..core.record import commit_label
 from .render import html_grid, latex_grid, md_grid, tex_escape
 from .results import entry_names, filter_runs, settings_across_pairs
 from .selection import NOT_APPLICABLE, protocol_notes, rule_title, select
@@ -497,11 +498,7 @@ def run_provenance(versions: Any, device: Any) -> dict[str, str]:
     a run of unknown provenance is not known to agree with the others."""
     v = versions if isinstance(versions, dict) else {}
     out = {k: UNKNOWN if x is None else str(x) for k, x in v.items() if k not in ("git_commit", "git_dirty")}
-    commit = v.get("git_commit")
-    if commit is None:
-        out["git_commit"] = UNKNOWN
-    else:
-        out["git_commit"] = str(commit)[:7] + ("+dirty" if v.get("git_dirty") else "")
+    out["git_commit"] = commit_label(v) or UNKNOWN
     out["device"] = UNKNOWN if device is None or (isinstance(device, float) and math.isnan(device)) else str(device)
     return out
 

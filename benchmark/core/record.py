@@ -63,6 +63,14 @@ TERMINAL: frozenset[Status] = frozenset(s for s in Status if s.terminal)
 STATUS_NAMES: tuple[str, ...] = tuple(s.value for s in Status)
 
 
+def commit_label(versions: Any) -> str | None:
+    """The dabench commit of a record's ``versions`` as notes name it: 7 characters, ``+dirty``
+    when the record marks uncommitted changes (that code exists in no commit); None without one."""
+    v = versions if isinstance(versions, dict) else {}
+    commit = v.get("git_commit")
+    return None if commit is None else str(commit)[:7] + ("+dirty" if v.get("git_dirty") else "")
+
+
 def first_line(text: Any) -> str:
     """The first non-blank line of ``text``, stripped ("" for None/blank): what one-line reports show
     of an error message whose first line may be empty."""
@@ -332,6 +340,7 @@ def read_record(path: str | pathlib.Path) -> RunRecord:
 
 
 __all__ = [
+    "commit_label",
     "FORMAT",
     "READABLE_FORMATS",
     "Status",

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from tqdm.auto import tqdm
 
 from ..core.domain import default_data_root
-from ..core.record import RecordError, RunRecord, Status, first_line, utc_now
+from ..core.record import RecordError, RunRecord, Status, commit_label, first_line, utc_now
 from ..core.registry import METHODS, load_plugin
 from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault, atomic_write_text, checkpoint_problem, load_record_file
@@ -130,10 +130,8 @@ def code_label(versions: dict | None) -> str:
     v = versions if isinstance(versions, dict) else {}
     if not v.get("dabench") and not v.get("git_commit"):
         return "unknown code"
-    text = f"dabench {v.get('dabench') or '?'}"
-    if v.get("git_commit"):
-        text += f" at {str(v['git_commit'])[:7]}" + ("+dirty" if v.get("git_dirty") else "")
-    return text
+    commit = commit_label(v)
+    return f"dabench {v.get('dabench') or '?'}" + (f" at {commit}" if commit else "")
 
 
 def _other_code(record: dict | None, here: dict) -> bool:
@@ -472,8 +470,9 @@ def _archive_record(store: RunStore, run_id: str) -> pathlib.Path:
     return archive
 
 
-def _archive_for_rerun(store: RunStore, run_id: str, path: pathlib.Path) -> None:
+def _archive_for_rerun(store: RunStore, run_id: str) -> None:
     """Move the record to ``previous/`` and drop its mid-run checkpoint, so the repeat starts afresh."""
+    path = store.record_path(run_id)
     # under the run's claim: a runner (or a second --rerun) moving the same record at once would
     # otherwise stop with "cannot write previous/..." or move aside the record just rewritten
     if not store.claim(run_id):
@@ -520,6 +519,7 @@ def prepare_rerun(
     specs: list[RunSpec] = []
     asked = list(dict.fromkeys(run_ids))
     queue = list(asked)
+    children: dict[str, list[str]] | None = None
     while queue:
         run_id = queue.pop(0)
         path = store.record_path(run_id)
@@ -544,21 +544,23 @@ def prepare_rerun(
                 f"{', '.join(plugins) or 'none'}); add --plugin FILE.py|MODULE naming the plugin that defines it"
             )
         specs.append(spec)
+        if children is None:  # the folder's records read once, not once per repeated run
+            children = _dependants(store)
         queued = {*asked, *queue, *(s.run_id for s in specs)}
-        queue += [d for d in _dependants(store, run_id) if d not in queued]
+        queue += [d for d in children.get(run_id, []) if d not in queued]
     if archive:  # only once every spec passed the checks above: a refusal moves no record
         for spec in specs:
-            _archive_for_rerun(store, spec.run_id, store.record_path(spec.run_id))
+            _archive_for_rerun(store, spec.run_id)
     return specs, tuple(plugins)
 
 
-def _dependants(store: RunStore, run_id: str) -> list[str]:
-    """Run ids of the folder's records whose spec starts from ``run_id``'s checkpoint (sorted)."""
-    out = []
+def _dependants(store: RunStore) -> dict[str, list[str]]:
+    """Run id -> the folder's runs whose spec starts from its checkpoint (``depends_on``), sorted."""
+    out: dict[str, list[str]] = {}
     for path in sorted(store.runs.glob("*.json")):
         rec, _ = load_record_file(path)
-        if rec is not None and (rec.spec or {}).get("depends_on") == run_id:
-            out.append(path.stem)
+        if rec is not None and (parent := (rec.spec or {}).get("depends_on")):
+            out.setdefault(parent, []).append(path.stem)
     return out
 
 

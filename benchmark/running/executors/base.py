@@ -21,6 +21,7 @@ per executor (``inline.py``, ``local_pool.py``, ``ray.py``, ``slurm.py``), each 
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
 import signal
 import sys
@@ -28,6 +29,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -61,19 +63,25 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def install_sigterm(handler: Any) -> Any:
+    """Make SIGTERM call ``handler``; returns the handler it replaced (to put back), or None off
+    the main thread, where handlers cannot be set (SIGTERM then keeps its handling)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    before = signal.signal(signal.SIGTERM, handler)
+    return signal.SIG_DFL if before is None else before
+
+
 @contextlib.contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Terminated` in the main thread (``dabench run``:
-    the same for every executor); the previous handler is put back after. Off the main thread
-    (where handlers cannot be set) it does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = signal.signal(signal.SIGTERM, _raise_terminated)
+    the same for every executor); the previous handler is put back after."""
+    before = install_sigterm(_raise_terminated)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
 
 
 def register_executor(name: str):
@@ -160,6 +168,21 @@ def _absolute_plugins(plugins: Sequence[str]) -> tuple[str, ...]:
 
 def _step_bar(progress: bool, position: int):
     return tqdm(total=0, unit="step", leave=False, disable=not progress, file=sys.stderr, position=position)
+
+
+#: a dead worker's record quotes this many of its log's last lines
+TAIL_LINES = 30
+
+
+def log_lines(path: str | pathlib.Path, start: int = 0) -> list[str]:
+    """The last lines of a worker's log from byte ``start`` on ([] when it cannot be read): only
+    its last 64 KiB are read, plenty for :data:`TAIL_LINES`, so a long matrix's log is not read whole."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(start, f.seek(0, os.SEEK_END) - 65536))
+            return f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return []
 
 
 def run_marker(pid: int) -> str:

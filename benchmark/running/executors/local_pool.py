@@ -25,7 +25,17 @@ import torch
 from ...core.spec import RunSpec
 from ...core.store import RunStore, WriteFault
 from ..unit import Outcome
-from .base import Executor, ExecutorOptions, _absolute_plugins, _step_bar, record_death, register_executor, run_marker
+from .base import (
+    TAIL_LINES,
+    Executor,
+    ExecutorOptions,
+    _absolute_plugins,
+    _step_bar,
+    log_lines,
+    record_death,
+    register_executor,
+    run_marker,
+)
 
 
 def visible_gpus() -> list[str]:
@@ -108,20 +118,14 @@ def _death_message(proc: subprocess.Popen, log_path: pathlib.Path, log_start: in
         why = f"worker process {proc.pid} died from {name}{hint}"
     else:
         why = f"worker process {proc.pid} exited with code {rc} without finishing the run"
-    try:
-        with open(log_path, "rb") as f:
-            # the last 64 KiB are plenty for 30 lines; a long matrix's log is not read whole
-            f.seek(max(log_start, f.seek(0, os.SEEK_END) - 65536))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        lines = []
+    lines = log_lines(log_path, log_start)
     # from the process's last run marker on: a spare of its slot, started (log_start taken)
     # while the slot's previous process ran its last run, would otherwise quote that run's lines
     marker = run_marker(proc.pid)
     starts = [i for i, line in enumerate(lines) if line.startswith(marker)]
     if starts:
         lines = lines[starts[-1] :]
-    return f"{why}; log: {log_path}", "\n".join(lines[-30:])
+    return f"{why}; log: {log_path}", "\n".join(lines[-TAIL_LINES:])
 
 
 @register_executor("local")

@@ -11,19 +11,21 @@ import pathlib
 import signal
 import socket
 import sys
-import threading
 from typing import Any
 
 from ...core.spec import RunSpec
 from ...core.store import RunStore
 from ..unit import Outcome
 from .base import (
+    TAIL_LINES,
     Executor,
     ExecutorError,
     ExecutorOptions,
     Terminated,
     _absolute_plugins,
     _raise_terminated,
+    install_sigterm,
+    log_lines,
     record_death,
     register_executor,
 )
@@ -99,15 +101,6 @@ def _ray_task(spec_dict: dict[str, Any], options: dict[str, Any]) -> dict[str, A
             os.close(copy)
 
 
-def _log_tail(path: pathlib.Path, lines: int = 30) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))  # the last 64 KiB hold 30 lines
-            return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 @register_executor("ray")
 class RayExecutor(Executor):
     """Each run a Ray task; ``workers`` caps the runs in flight (default: what the cluster fits)."""
@@ -141,7 +134,11 @@ class RayExecutor(Executor):
                 raise ExecutorError(f"--ray-address {address}: {first} ({todo})") from None
             self._owns = True
         self._sigterm = False  # SIGTERM arrived (Ray's calls turn the handler's Terminated into a KeyboardInterrupt)
-        self._sigterm_before = _interrupt_on_sigterm(self._on_sigterm)
+        # ray.init installs a C++ SIGTERM handler that dumps a stack and aborts the driver (exit
+        # 134) with its tasks still running; a Python handler set after it takes its place, so
+        # SIGTERM unwinds through the scheduler's finally and close() cancels the tasks. Ray's
+        # C++ handler cannot be put back from Python: close() restores the Python one before it
+        self._sigterm_before = install_sigterm(self._on_sigterm)
         resources = ray.cluster_resources()
         gpus = float(resources.get("GPU", 0))
         use_gpu = gpus > 0 and (opts.device or "auto") in ("auto", "cuda")
@@ -200,7 +197,7 @@ class RayExecutor(Executor):
             except self.ray.exceptions.RayError as exc:  # the task's process died, or Ray lost it
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 log = ray_log_path(self.store.root, spec.run_id)
-                why, tail = f"ray task died: {first}; log: {log}", _log_tail(log)
+                why, tail = f"ray task died: {first}; log: {log}", "\n".join(log_lines(log)[-TAIL_LINES:])
                 out.append(record_death(self.store, spec, why, tail or str(exc), self.device, remote=True))
         return out
 
@@ -215,25 +212,6 @@ class RayExecutor(Executor):
             if self._owns:
                 self.ray.shutdown()
         finally:
-            if self._sigterm_before is not _NOT_SET:
+            if self._sigterm_before is not None:
                 signal.signal(signal.SIGTERM, self._sigterm_before)
-                self._sigterm_before = _NOT_SET
-
-
-_NOT_SET: Any = object()
-
-
-def _interrupt_on_sigterm(handler: Any) -> Any:
-    """Make SIGTERM call ``handler``, which raises :class:`Terminated` (an interrupt, as Ctrl-C is); returns
-    the Python handler it replaces (for :meth:`RayExecutor.close`), or ``_NOT_SET`` off the main thread.
-
-    ``ray.init`` installs a C++ handler for SIGTERM that prints a stack dump and aborts the driver
-    (exit 134) with its tasks still running; a Python handler set after it takes its place, so
-    SIGTERM unwinds through the scheduler's ``finally`` and :meth:`RayExecutor.close` cancels the
-    tasks. Its C++ handler cannot be put back from Python: close() restores the Python one (the
-    default, or ``dabench run``'s)."""
-    if threading.current_thread() is not threading.main_thread():
-        return _NOT_SET  # signal handlers can only be set there; SIGTERM keeps Ray's handling
-    before = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, handler)
-    return signal.SIG_DFL if before is None else before
+                self._sigterm_before = None
