@@ -66,13 +66,12 @@ from typing import Any
 
 import torch
 
-from .backbones.base import match_input
 from .core.domain import Domain, DomainPair, PairData, default_data_root
 from .core.method import Batch, Loss, Method, validate_method_class
 from .core.registry import BACKBONES, METHODS, PAIRS, RegistryError, ensure_method_registered
 from .core.spec import RunSpec, run_protocol
 from .engine.data import DeviceData
-from .engine.train import RunContext
+from .engine.train import RunContext, build_backbone
 from .running.matrix import Matrix, MatrixError, expand, parse_value
 from .running.unit import load_pair_data
 
@@ -281,11 +280,7 @@ def _resolve(method: type[Method] | str) -> type[Method]:
 
 def _build(cls: type[Method], pair: DomainPair, hparams: dict[str, Any], seed: int) -> Method:
     torch.manual_seed(seed)
-    backbone = BACKBONES.get(pair.backbone)(
-        in_channels=pair.channels, image_size=pair.image_size, **pair.backbone_options
-    )
-    match_input(backbone, pair.mean, pair.std)  # pretrained weights see the normalisation they were trained with
-    return cls(backbone, pair.num_classes, hparams)
+    return cls(build_backbone(pair, pair.backbone, pair.backbone_options), pair.num_classes, hparams)
 
 
 def _per_class(idx: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..backbones.base import match_input
+from ..backbones.base import Backbone, match_input
 from ..core.domain import DomainPair, PairData, check_target_shots, lr_factor
 from ..core.method import MAIN, Batch, Loss, Method, TargetView
 from ..core.record import RunResult, first_line
@@ -61,13 +61,16 @@ def resolve_device(name: str | None = None) -> torch.device:
     return torch.device(name)
 
 
+def build_backbone(pair: DomainPair, name: str, options: Mapping[str, Any]) -> Backbone:
+    """Backbone ``name`` for ``pair``'s images, seeing them normalised as its weights expect."""
+    backbone = BACKBONES.get(name)(in_channels=pair.channels, image_size=pair.image_size, **options)
+    match_input(backbone, pair.mean, pair.std)  # pretrained weights see the normalisation they were trained with
+    return backbone
+
+
 def build_method(spec: RunSpec, pair: DomainPair) -> Method:
     cls = METHODS.get(spec.method)
-    backbone = BACKBONES.get(spec.backbone)(
-        in_channels=pair.channels, image_size=pair.image_size, **spec.backbone_options
-    )
-    match_input(backbone, pair.mean, pair.std)  # pretrained weights see the normalisation they were trained with
-    return cls(backbone, pair.num_classes, spec.hparams)
+    return cls(build_backbone(pair, spec.backbone, spec.backbone_options), pair.num_classes, spec.hparams)
 
 
 @dataclass
