@@ -400,19 +400,12 @@ def _absolute_arguments(arguments: str) -> str:
     another folder in every directory it was run from, and a second ``dabench run`` elsewhere
     with the same text found the first one's runs complete (same run id, other images).
     """
-    parts = []
-    changed = False
-    for part in (p.strip() for p in arguments.split(",")):
-        key, _, value = part.partition("=")
-        if key.strip() in ("source", "target") and value.strip():
-            path = value.strip()
-            absolute = os.path.abspath(os.path.expanduser(path))  # not resolve(): keep the user's symlinks
-            if not os.path.isabs(path):  # "~/x" included
-                changed = True
-                part = f"{key.strip()}={absolute}"
-        if part:
-            parts.append(part)
-    return ",".join(parts) if changed else arguments
+    opts = parse_arguments(arguments)
+    if all(os.path.isabs(opts[k]) for k in ("source", "target")):  # "~/x" is not: it is expanded
+        return arguments
+    for k in ("source", "target"):
+        opts[k] = os.path.abspath(os.path.expanduser(opts[k]))  # not resolve(): keep the user's symlinks
+    return ",".join(f"{k}={v}" for k, v in opts.items())
 
 
 def _canonical(name: str) -> str:
