@@ -291,8 +291,18 @@ def rule_regret(df: pd.DataFrame) -> pd.DataFrame:
     reg = reg[oracle["status"].to_numpy() == "complete"]
     if reg.empty:
         return pd.DataFrame(columns=["method", "labels", *rules]).set_index(["method", "labels"])
-    # per pair first: a flat mean over runs would weigh a pair by its number of seeds
-    per_pair = reg.groupby(["method", "labels", "pair"], sort=True)[rules].mean()
+    return pair_mean(reg.set_index(["method", "labels", "pair"])[rules])
+
+
+def pair_mean(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per ``method`` × ``labels``: the mean over pairs of each pair's mean over seeds.
+
+    ``cells`` is indexed by method, labels, pair (and seed): one row per cell. A flat mean
+    over the rows would weigh a pair by its number of seeds (a pair run with 6 seeds would count
+    twice as much as one run with 3); the leaderboard's ``avg`` is a mean of per-pair means, and
+    the rules table says the same thing about the same runs. NaN cells (a rule with no pick
+    there) are skipped in each mean."""
+    per_pair = cells.groupby(level=["method", "labels", "pair"], sort=True).mean()
     return per_pair.groupby(level=["method", "labels"], sort=True).mean()
 
 

@@ -48,7 +48,7 @@ from scipy.stats import kendalltau
 
 from .dev import with_dev_scores
 from .results import label_budget
-from .selection import SCORES, available_rules, check_rule, not_applicable, select
+from .selection import SCORES, available_rules, check_rule, not_applicable, pair_mean, select
 
 GROUP = ["method", "labels", "pair", "seed"]
 
@@ -251,7 +251,7 @@ def rule_table(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     ``accuracy``: rows ``method`` × ``labels``, one column per scored rule, the target accuracy of
     each rule's pick averaged first over the seeds of a pair, then over pairs, so every pair counts
-    once whatever its number of seeds (as the leaderboard's ``avg``: :func:`_pair_mean`).
+    once whatever its number of seeds (as the leaderboard's ``avg``: :func:`~dabench.analysis.selection.pair_mean`).
     ``regret``: (oracle's accuracy − the rule's) on the same method, pair and seed — ≥ 0, since the
     oracle maximises target accuracy over the same candidates — averaged the same way, plus
     ``trials`` (the most configurations a pair and seed of the row offered: the budget each rule
@@ -266,23 +266,11 @@ def rule_table(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         empty = pd.DataFrame(columns=["method", "labels", *rules]).set_index(["method", "labels"])
         return empty, empty
     by = ["method", "labels"]
-    regret = _pair_mean(acc.rsub(acc["oracle"], axis=0))
+    regret = pair_mean(acc.rsub(acc["oracle"], axis=0))
     # the most configurations any pair and seed of the row offered (a failed trial lowers one cell's)
     trials = select_config(df, "oracle").groupby(by, sort=True)["trials"].max()
     regret["trials"] = trials.reindex(regret.index).astype("Int64")
-    return _pair_mean(acc), regret
-
-
-def _pair_mean(cells: pd.DataFrame) -> pd.DataFrame:
-    """Per ``method`` × ``labels``: the mean over pairs of each pair's mean over seeds.
-
-    ``cells`` is indexed by :data:`GROUP` (one row per method, budget, pair and seed). A flat mean
-    over the rows would weigh a pair by its number of seeds (a pair run with 6 seeds would count
-    twice as much as one run with 3); the leaderboard's ``avg`` is a mean of per-pair means, and
-    the rules table says the same thing about the same runs. NaN cells (a rule with no pick
-    there) are skipped in each mean."""
-    per_pair = cells.groupby(level=["method", "labels", "pair"], sort=True).mean()
-    return per_pair.groupby(level=["method", "labels"], sort=True).mean()
+    return pair_mean(acc), regret
 
 
 def ranking_change(acc: pd.DataFrame) -> pd.DataFrame:
