@@ -503,16 +503,21 @@ def run_provenance(versions: Any, device: Any) -> dict[str, str]:
     return out
 
 
-def _provenance_kinds(runs: pd.DataFrame) -> list[tuple[str, list[dict[str, str]]]]:
-    """The kinds of provenance on which ``runs`` differ, each with every run's values."""
+def _provenance_kinds(runs: pd.DataFrame) -> tuple[list[str], list[dict[str, str]]]:
+    """(the kinds of provenance on which ``runs`` differ, in note order; every run's values)."""
     provs = [run_provenance(v, d) for v, d in zip(runs["versions"], runs["device"])]
     keys = set().union(*provs) if provs else set()
     order = [k for k in _PROVENANCE_FIRST if k in keys] + sorted(keys - set(_PROVENANCE_FIRST))
-    out = []
-    for k in order:
-        if len({p.get(k, UNKNOWN) for p in provs}) > 1:
-            out.append((k, provs))
-    return out
+    return [k for k in order if len({p.get(k, UNKNOWN) for p in provs}) > 1], provs
+
+
+def _ranked(values: list[str]) -> list[tuple[str, int]]:
+    """(value, runs) most runs first; equal counts by value, so a note reads the same on every load."""
+    return sorted(pd.Series(values).value_counts(sort=False).items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _runs(n: int) -> str:
+    return f"{n} run{'s' if n != 1 else ''}"
 
 
 def provenance_notes(runs: pd.DataFrame, limit: int = 4) -> list[str]:
@@ -529,14 +534,13 @@ def provenance_notes(runs: pd.DataFrame, limit: int = 4) -> list[str]:
         return []
     notes = []
     entries = [str(e) for e in runs["entry"]] if "entry" in runs else [str(m) for m in runs["method"]]
-    for kind, provs in _provenance_kinds(runs):
+    kinds, provs = _provenance_kinds(runs)
+    for kind in kinds:
         values = [p.get(kind, UNKNOWN) for p in provs]
-        counts = pd.Series(values).value_counts(sort=False)
-        # most runs first; equal counts by value, so the note reads the same on every load
-        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        ranked = _ranked(values)
         parts = []
         for i, (value, n) in enumerate(ranked):
-            text = f"{value} ({n} run{'s' if n != 1 else ''}"
+            text = f"{value} ({_runs(n)}"
             if i:  # the rows holding a minority value: where the table mixes provenance
                 rows = list(dict.fromkeys(e for e, x in zip(entries, values) if x == value))
                 text += ": " + ", ".join(rows[:limit]) + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
@@ -550,16 +554,17 @@ def row_provenance(runs: pd.DataFrame) -> dict[str, str]:
     """Per row name (``entry``): the values of each kind of provenance on which the table's runs
     differ, e.g. ``git_commit=d4e5f6a (3 runs); device=cpu (16 cores) (3 runs)``; "" when the
     table's runs all agree (leaderboard.csv's ``provenance`` column)."""
-    kinds = _provenance_kinds(runs) if len(runs) else []
+    if not len(runs):
+        return {}
+    kinds, provs = _provenance_kinds(runs)
+    entries = [str(x) for x in runs["entry"]]
     out: dict[str, str] = {}
-    for e in dict.fromkeys(str(x) for x in runs["entry"]) if len(runs) else []:
-        mask = [str(x) == e for x in runs["entry"]]
-        parts = []
-        for kind, provs in kinds:
-            vals = pd.Series([p.get(kind, UNKNOWN) for p, m in zip(provs, mask) if m]).value_counts(sort=False)
-            ranked = sorted(vals.items(), key=lambda kv: (-kv[1], kv[0]))
-            parts.append(f"{kind}=" + ", ".join(f"{v} ({n} run{'s' if n != 1 else ''})" for v, n in ranked))
-        out[e] = "; ".join(parts)
+    for e in dict.fromkeys(entries):
+        mine = [p for p, x in zip(provs, entries) if x == e]
+        out[e] = "; ".join(
+            f"{kind}=" + ", ".join(f"{v} ({_runs(n)})" for v, n in _ranked([p.get(kind, UNKNOWN) for p in mine]))
+            for kind in kinds
+        )
     return out
 
 
