@@ -389,3 +389,61 @@ def test_every_profile_is_taken_before_the_first_graph_capture(tmp_path, monkeyp
     assert main([*argv, "--device", "cpu", "--profile", "--out", str(tmp_path / "p.md")]) == 0
     assert order.count("profile") == 4 and "capture" in order, order  # 2 bare batches + 2 methods
     assert order.index("capture") > max(i for i, o in enumerate(order) if o == "profile"), order
+
+
+def test_a_difference_below_the_timing_noise_is_counted_and_noted_not_silent():
+    """When the long run is not slower than the short one (noise larger than the extra steps),
+    the long run's plain rate stands in for the steady one; that rate includes the fixed cost,
+    so the table must say it happened (it was silent)."""
+    from dabench.speed.bench import steady_rate
+
+    # repeat 1 clean; repeat 2's short run +0.5 s, longer than its long run: a negative difference
+    clock = _FakeClock(fixed=0.1, per_step=1 / 2000, noise=[0.0, 0.0, 0.5, 0.0])
+    got = steady_rate(clock.run, 300, repeats=2, clock=clock)
+    assert got.plain == 1 and got.per_s == pytest.approx(2000.0)
+    assert got.low == pytest.approx(600 / (0.1 + 600 / 2000))  # the plain rate of the long run
+    assert "1 of 3 steady-state differences were below the timing noise" in got.plain_note("steps/s")
+    assert got.scaled(64).plain == 1
+    quiet = _FakeClock(fixed=0.1, per_step=1 / 2000, noise=[])
+    assert steady_rate(quiet.run, 300, repeats=2, clock=quiet).plain_note("steps/s") == ""
+
+
+def test_the_bare_network_is_timed_again_after_the_methods_and_drift_widens_the_ratios(tmp_path, monkeypatch):
+    """Methods are timed one after another; a clock that drifts over the bench (GPU boost and
+    heat, a shared machine's load) moved every ratio unseen. The bare network is timed at both
+    ends: its rate is the mean, its range spans both timings, the table names the drift."""
+    import dabench.speed.bench as bench
+    from dabench.speed.bench import Steady
+
+    calls: list[int] = []
+
+    def fake_bare(make_backbone, pair, batch_size, steps, warmup, device, compile=False, cuda_graphs=False, repeats=3):
+        calls.append(batch_size)
+        rate = 1000.0 if len(calls) <= 2 else 800.0  # the second pair of timings, after the methods: -20 %
+        return Steady(rate * batch_size / 16, 0.0, rate * batch_size / 16, rate * batch_size / 16, repeats)
+
+    monkeypatch.setattr(bench, "bare_images_per_s", fake_bare)
+    result = bench.run_bench(
+        methods=["source-only"], steps=2, warmup=1, batch_size=16, device="cpu", repeats=1, log=lambda _: None
+    )
+    assert calls == [16, 32, 16, 32]  # before and after the methods, both batches
+    assert result.bare_drift == {16: (1000.0, 800.0), 32: (2000.0, 1600.0)}
+    assert result.bare_by_batch[16] == pytest.approx(900.0) and result.bare_images_per_s == pytest.approx(900.0)
+    assert result.bare_range_by_batch[16] == (800.0, 1000.0)
+    text = bench.markdown(result)
+    assert "batch 16: 1,000 → 800 (-20 %)" in text
+    bare_row = next(line for line in text.splitlines() if line.startswith("| bare lenet + linear head | 16 |"))
+    assert "(−11/+11 %)" in bare_row  # 900 with 800..1000
+
+
+def test_a_profile_names_the_operations_it_clipped_at_zero(monkeypatch):
+    """An operation whose per-step difference is negative (noise larger than its time) is shown
+    as 0 µs; the summary now says so instead of clipping silently."""
+    import dabench.speed.profile as profile
+
+    took = iter([{"add": (10, 50.0), "mul": (10, 30.0)}, {"add": (20, 40.0), "mul": (20, 60.0)}])
+    monkeypatch.setattr(profile, "_op_times", lambda run, device: (run(), next(took))[1])
+    prof = profile.profile_steps("toy", lambda n: n, 10, torch.device("cpu"))
+    assert prof.clipped == ["add"]
+    assert {o.name: o.us_per_step for o in prof.ops} == {"add": 0.0, "mul": 3.0}
+    assert "1 ops below zero (noise) shown as 0: add" in prof.summary()

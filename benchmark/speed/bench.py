@@ -318,10 +318,23 @@ class Steady:
     low: float
     high: float
     repeats: int
+    #: differences (the repeats' and the fastest times') where the long run was not slower than the
+    #: short one by a positive time: noise larger than the extra steps, so the plain rate of the long
+    #: run stood in for the steady one there (it includes the fixed cost: slower than the truth)
+    plain: int = 0
 
     def scaled(self, k: float) -> Steady:
         """The same measurement in other units (``k`` units per step: images/s from steps/s)."""
-        return Steady(self.per_s * k, self.setup_s, self.low * k, self.high * k, self.repeats)
+        return dataclasses.replace(self, per_s=self.per_s * k, low=self.low * k, high=self.high * k)
+
+    def plain_note(self, what: str) -> str:
+        """One line for the table's notes when a difference fell back to the plain rate, else ``""``."""
+        if not self.plain:
+            return ""
+        return (
+            f"{what}: {self.plain} of {self.repeats + 1} steady-state differences were below the timing noise, "
+            "the long run's plain rate stood in (fixed cost included); time more --steps"
+        )
 
 
 def steady_rate(
@@ -340,7 +353,7 @@ def steady_rate(
     (:class:`Steady`) is the range of the repeats' own rates, so a reader can tell whether two
     rates 5 % apart are apart at all."""
     best: dict[int, tuple[float, int]] = {}
-    singles: list[float] = []
+    singles: list[tuple[float, float, bool]] = []
     for _ in range(max(1, repeats)):
         times: dict[int, tuple[float, int]] = {}
         for n in (steps, 2 * steps):
@@ -349,19 +362,23 @@ def steady_rate(
             times[n] = (clock() - t0, done)
             if n not in best or times[n][0] < best[n][0]:
                 best[n] = times[n]
-        singles.append(_difference(times[steps], times[2 * steps])[0])
-    rate, setup = _difference(best[steps], best[2 * steps])
-    return Steady(rate, setup, min(singles + [rate]), max(singles + [rate]), max(1, repeats))
+        singles.append(_difference(times[steps], times[2 * steps]))
+    rate, setup, plain = _difference(best[steps], best[2 * steps])
+    rates = [r for r, _, _ in singles] + [rate]
+    plains = sum(p for _, _, p in singles) + plain
+    return Steady(rate, setup, min(rates), max(rates), max(1, repeats), plains)
 
 
-def _difference(short: tuple[float, int], long: tuple[float, int]) -> tuple[float, float]:
-    """(steps/s, fixed s) from the (seconds, steps) of a short and a long call."""
+def _difference(short: tuple[float, int], long: tuple[float, int]) -> tuple[float, float, bool]:
+    """(steps/s, fixed s, plain) from the (seconds, steps) of a short and a long call; ``plain``:
+    the difference was not positive, so the long call's plain rate stands in (counted and noted by
+    :class:`Steady`, never silent)."""
     (t1, done1), (t2, done2) = short, long
     extra_steps, extra_s = done2 - done1, t2 - t1
     if extra_steps <= 0 or extra_s <= 0:  # timing noise larger than the extra steps: the plain rate
-        return done2 / t2, 0.0
+        return done2 / t2, 0.0, True
     rate = extra_steps / extra_s
-    return rate, max(0.0, t1 - done1 / rate)
+    return rate, max(0.0, t1 - done1 / rate), False
 
 
 @dataclass
@@ -535,6 +552,7 @@ def time_method(method_name: str, case: BenchCase, cuda_graphs: bool = False) ->
         sync_steps=sync_steps,
         setup_ms=1e3 * eager.setup_s,
         steps_per_s_range=(eager.low, eager.high),
+        note=eager.plain_note("steps/s"),
     )
     bench.cuda_graphs = True
     graph_note = ""
@@ -552,6 +570,7 @@ def time_method(method_name: str, case: BenchCase, cuda_graphs: bool = False) ->
         captured = steady_rate(run, steps, case.repeats)
         timing.graph_steps_per_s, timing.graph_setup_ms = captured.per_s, 1e3 * captured.setup_s
         timing.graph_steps_per_s_range = (captured.low, captured.high)
+        timing.note = "; ".join(n for n in (timing.note, captured.plain_note("graphs steps/s")) if n)
         graph_note = "; ".join(dict.fromkeys(notes))  # more than one: the timed runs were not alike
     else:  # off CUDA the graph-mode loop runs its captured body eagerly: its operations, not a rate
         last[:] = [bench.run(graphs.WARMUP_STEPS + 2)]
@@ -612,7 +631,10 @@ def seed_batch_timings(
         return None, f"seed batch: runs separately ({exc.reason})"
     except Exception as exc:  # noqa: BLE001 - the engine's seed-batched runs would fail: say so
         return None, f"seed batch failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return steady_rate(go, case.steps, case.repeats).per_s, "; ".join(dict.fromkeys(notes[1:]))
+    rate = steady_rate(go, case.steps, case.repeats)
+    if not (cuda_graphs and device.type == "cuda"):  # eager: the graph note says only "off"
+        return rate.per_s, rate.plain_note("seed-batch")
+    return rate.per_s, "; ".join(n for n in (*dict.fromkeys(notes[1:]), rate.plain_note("seed-batch graphs")) if n)
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -647,6 +669,10 @@ class BenchResult:
     bare_graph_range_by_batch: dict[int, tuple[float, float]] = field(default_factory=dict)
     #: why a column is empty for every row, by column (``graphs``, ``seed-batch``, ...)
     unmeasured: dict[str, str] = field(default_factory=dict)
+    #: (images/s before the methods, after them) by batch size: the bare network is timed at both
+    #: ends, its rate is their mean and its range spans both (clock drift shows in every ratio's range)
+    bare_drift: dict[int, tuple[float, float]] = field(default_factory=dict)
+    bare_graph_drift: dict[int, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -773,8 +799,7 @@ def run_bench(
             timing.note = "; ".join(n for n in (timing.note, failed) if n)
         if seed_batch > 1 and timing.steps_per_s is not None:
             timing.seed_batch_steps_per_s, why = seed_batch_timings(name, case, seed_batch)
-            if timing.seed_batch_steps_per_s is None:
-                timing.note = "; ".join(n for n in (timing.note, why) if n)
+            timing.note = "; ".join(n for n in (timing.note, why) if n)  # a refusal, a failure or a plain rate
             if graphed and timing.seed_batch_steps_per_s is not None:
                 timing.seed_batch_graph_steps_per_s, timing.seed_batch_graph_note = seed_batch_timings(
                     name, case, seed_batch, cuda_graphs=True
@@ -782,6 +807,22 @@ def run_bench(
         shown = f"{timing.images_per_s:,.0f} images/s" if timing.images_per_s else timing.note
         log(f"  {name}: {shown}")
         result.methods.append(timing)
+    # the bare network once more, after the methods: they are timed one after another, and GPU
+    # clocks (boost, heat) or a shared machine's load drift over a bench; a ratio against the
+    # first bare timing alone would carry that drift unseen. The bare rate becomes the mean of
+    # the two timings and its range spans both, so every ratio's range includes the drift.
+    timings_again = (
+        (False, bare_by_batch, bare_range, result.bare_drift),
+        (True, bare_graph, bare_graph_range, result.bare_graph_drift),
+    )
+    for captured, rates, ranges, drift in timings_again:
+        for b in list(rates):
+            again = bare_images_per_s(make_backbone, pair, b, steps, warmup, dev, compile, captured, repeats)
+            drift[b] = (rates[b], again.per_s)
+            rates[b] = (rates[b] + again.per_s) / 2
+            ranges[b] = (min(ranges[b][0], again.low), max(ranges[b][1], again.high))
+            log(f"  bare {bb_name}, batch {b}{', CUDA graph' if captured else ''}, again: {again.per_s:,.0f} images/s")
+    result.bare_images_per_s = bare_by_batch[bs]
     return result
 
 
@@ -830,6 +871,7 @@ def markdown(result: BenchResult) -> str:
         f"- date: {result.date}",
         "- images/s counts every image a step trains on (source + target for a DA method)",
         *[f"- note: {n}" for n in result.notes],
+        *_drift_lines(result),
         "- ratio: method images/s over the bare network's at the batch closest to the method's images/step; "
         "both timed alike (steady state, the same repeats)",
         "- spread: steps/s (−a/+b %) is the range of single repeats around the rate; a ratio's (x–y) is the "
@@ -912,6 +954,23 @@ def markdown(result: BenchResult) -> str:
             f"{ratio} | {g} | {setup} | {ops} | {syncs} | {sb} | {sbg} | {note} |"
         )
     return "\n".join(lines + _profile_lines(result)) + "\n"
+
+
+def _drift_lines(result: BenchResult) -> list[str]:
+    """The bare network's two timings, before and after the methods, by batch (eager, captured)."""
+    out = []
+    for label, drift in (("", result.bare_drift), (", CUDA graph", result.bare_graph_drift)):
+        parts = [
+            f"batch {b}: {a:,.0f} → {z:,.0f} ({100 * (z / a - 1):+.0f} %)"
+            for b, (a, z) in sorted(drift.items())
+            if a > 0
+        ]
+        if parts:
+            out.append(
+                f"- bare network{label}, images/s before → after the methods: {'; '.join(parts)}; its rate is the "
+                "mean of the two and its range spans both, so clock drift widens every ratio's range"
+            )
+    return out
 
 
 def _profile_lines(result: BenchResult) -> list[str]:

@@ -44,6 +44,9 @@ class StepProfile:
     label: str
     clock: str
     ops: list[OpTime] = field(default_factory=list)
+    #: operations whose per-step difference came out below zero (timing noise larger than their
+    #: time): shown as 0 µs, and named in :meth:`summary` so a reader knows the column was clipped
+    clipped: list[str] = field(default_factory=list)
 
     @property
     def us_per_step(self) -> float:
@@ -59,6 +62,8 @@ class StepProfile:
         rest = self.ops[shown:]
         if rest:
             parts.append(f"{len(rest)} more ops {sum(o.us_per_step for o in rest):,.0f} µs")
+        if self.clipped:
+            parts.append(f"{len(self.clipped)} ops below zero (noise) shown as 0: {', '.join(self.clipped[:3])}")
         return " · ".join(parts)
 
 
@@ -86,15 +91,17 @@ def profile_steps(label: str, run: Callable[[int], int], steps: int, device: tor
     short = _op_times(lambda: done.append(run(steps)), device)
     long = _op_times(lambda: done.append(run(2 * steps)), device)
     extra = max(1, done[1] - done[0])
-    ops = []
-    for name in long.keys() | short.keys():
+    ops, clipped = [], []
+    for name in sorted(long.keys() | short.keys()):
         calls1, us1 = short.get(name, (0, 0.0))
         calls2, us2 = long.get(name, (0, 0.0))
         calls, us = (calls2 - calls1) / extra, (us2 - us1) / extra
         if calls > 0:  # none: an operation of the call's setup only
             ops.append(OpTime(name, round(calls, 2), max(0.0, us)))  # below zero: noise larger than its time
+            if us < 0:
+                clipped.append(name)
     ops.sort(key=lambda o: -o.us_per_step)
-    return StepProfile(label, "device" if device.type == "cuda" else "cpu", ops)
+    return StepProfile(label, "device" if device.type == "cuda" else "cpu", ops, clipped)
 
 
 __all__ = ["OpTime", "StepProfile", "profile_steps"]
