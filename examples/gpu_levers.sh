@@ -18,7 +18,8 @@ OUT_DEFAULT=results/gpu-levers
 source "$(dirname "$0")/gpu_env.sh"
 DAB="$PY -m dabench.cli"
 # benches use --repeats 2 (not the default 3): the limits below were sized for two timings per length;
-# since 2026-11-26 the bare network is timed like a method (steady state, repeats), which costs more
+# since 2026-11-26 the bare network is timed like a method (steady state, repeats), and since 2026-11-27
+# once more after the methods (drift), which costs more
 LOG="$OUT/gpu_levers.log"
 timed() {  # timed NAME LIMIT CMD...: wall time and exit status into $OUT/times.txt
   local name=$1 limit=$2; shift 2
@@ -61,7 +62,7 @@ next)  # the optional --compile bench last: if the call runs out of time, only i
   matrix_run levers 120 --runs-per-gpu 4 --cuda-graphs --seed-batch
   matrix_run eager 90 --runs-per-gpu 6 --no-cuda-graphs
   tar czf "$OUT/records.tgz" --exclude=checkpoints --exclude=claims --exclude='*.npz' -C $R . 2>>"$LOG"
-  timed bench-resnet50 110 $DAB bench --device cuda --repeats 2 --synthetic 256 --steps 30 --warmup 10 \
+  timed bench-resnet50 130 $DAB bench --device cuda --repeats 2 --synthetic 256 --steps 30 --warmup 10 \
     --methods source-only,dann,fine-tune --out "$OUT/bench-resnet50-synthetic.md"
   bench_lenet 60 50 bench-lenet-profile --profile --no-cuda-graphs --seed-batch 0 --methods source-only,dann,fine-tune
   timed bench-resnet50-profile 60 $DAB bench --device cuda --repeats 2 --synthetic 128 --steps 10 --warmup 5 --profile \
