@@ -243,13 +243,17 @@ def load_results(*dirs: str | os.PathLike):
 def leaderboard(df, rule: str = "last", where=None):
     """Configurations × pairs table (mean ± std over seeds) under a model-selection rule;
     ``where`` (``["steps=2000"]``) keeps matching configurations."""
-    from .analysis.tables import leaderboard as _lb  # late: as in load_results
+    from .analysis.results import filter_runs  # late: as in load_results
+    from .analysis.tables import leaderboard as _lb
 
-    return _lb(df, rule=rule, where=where)
+    # filtered here, so that a bad filter is named as this function's keyword, not the CLI's --where
+    return _lb(filter_runs(df, where, flag="where"), rule=rule)
 
 
 def compare(df, rule: str = "last", **kwargs: Any):
     """Statistical comparison of the methods (Friedman/Nemenyi, Wilcoxon–Holm, bootstrap)."""
-    from .analysis.stats import compare as _cmp  # late: as in load_results
+    from .analysis.results import filter_runs  # late: as in load_results
+    from .analysis.stats import compare as _cmp
 
-    return _cmp(df, rule=rule, **kwargs)
+    # filtered here, so that a bad filter is named as this function's keyword, not the CLI's --where
+    return _cmp(filter_runs(df, kwargs.pop("where", None), flag="where"), rule=rule, **kwargs)

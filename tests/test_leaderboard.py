@@ -186,6 +186,25 @@ def test_where_selects_one_configuration_and_unknown_keys_list_valid_ones(tmp_pa
         leaderboard(df, where=["steps"])
 
 
+def test_python_api_names_its_where_keyword_not_the_cli_flag(tmp_path):
+    """dabench.leaderboard(where=...) and dabench.compare(where=...) are called from Python: their
+    errors name ``where=``, which the caller wrote, not ``--where``, which the CLI spells."""
+    import dabench
+
+    df = _two_configs(tmp_path)
+    for call in (dabench.leaderboard, dabench.compare):
+        with pytest.raises(ValueError, match=r"^where='stepz=1': unknown key 'stepz'") as bad:
+            call(df, where=["stepz=1"])
+        assert "--where" not in str(bad.value)
+        with pytest.raises(ValueError, match=r"^where='steps': expected KEY=VALUE"):
+            call(df, where=["steps"])
+        with pytest.raises(ValueError, match=r"^where='steps=7': no run matches"):
+            call(df, where={"steps": 7})
+    # the analysis functions the CLI reaches keep its spelling
+    with pytest.raises(ValueError, match=r"^--where stepz=1: unknown key"):
+        leaderboard(df, where=["stepz=1"])
+
+
 def test_pair_default_schedules_share_a_row(tmp_path):
     # defaults differ by pair (600 vs 5000 steps) but nothing varies within a pair: one row
     write_matrix(tmp_path, {("dann", "a"): [70.0, 71.0]})

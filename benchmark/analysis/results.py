@@ -65,6 +65,9 @@ COLUMNS: tuple[str, ...] = (
     "config",
     "settings",
     "validators",
+    "depends_on",
+    "weights_sha256",
+    "source_sha256",
     "sweep_trial",
 )
 
@@ -193,6 +196,13 @@ def _row(rec: dict[str, Any], path: Path, source_dir: Path) -> dict[str, Any]:
         "config": config_key(settings),
         "settings": settings,
         "validators": validators,
+        # which weights a dependant was trained from, and which a source-only run left (their
+        # pairing is checked by tables.source_weight_notes)
+        "depends_on": spec.get("depends_on"),
+        "weights_sha256": rec.get("weights_sha256"),
+        "source_sha256": (rec.get("source_weights") or {}).get("weights_sha256")
+        if isinstance(rec.get("source_weights"), dict)
+        else None,
     }
 
 
@@ -453,8 +463,15 @@ def _matches(actual: Any, wanted: str) -> bool:
     return str(actual) == w
 
 
-def parse_where(where: Iterable[str] | dict[str, Any] | None) -> list[tuple[str, list[str]]]:
-    """``["steps=2000", "method=dann,dan"]`` or ``{"steps": 2000}`` → [(key, [values…])]."""
+def _spelled(flag: str, text: str) -> str:
+    """A filter as its caller wrote it: ``--where steps=2000`` (the CLI), ``where='steps=2000'``
+    (a Python keyword: ``dabench.leaderboard(where=...)`` has no ``--where`` flag to name)."""
+    return f"{flag} {text}" if flag.startswith("-") else f"{flag}={text!r}"
+
+
+def parse_where(where: Iterable[str] | dict[str, Any] | None, flag: str = "--where") -> list[tuple[str, list[str]]]:
+    """``["steps=2000", "method=dann,dan"]`` or ``{"steps": 2000}`` → [(key, [values…])]; ``flag``:
+    how errors name the filter (``--where``, or ``where`` for the Python API's keyword)."""
     if not where:
         return []
     if isinstance(where, dict):
@@ -464,12 +481,15 @@ def parse_where(where: Iterable[str] | dict[str, Any] | None) -> list[tuple[str,
         for text in where:
             key, sep, value = str(text).partition("=")
             if not sep or not key.strip():
-                raise ValueError(f"--where {text!r}: expected KEY=VALUE (e.g. steps=2000, dann.trade_off=0.5)")
+                raise ValueError(
+                    f"{_spelled(flag, repr(text) if flag.startswith('-') else str(text))}: expected KEY=VALUE "
+                    "(e.g. steps=2000, dann.trade_off=0.5)"
+                )
             items.append((key.strip(), list(value.split(","))))
     return items
 
 
-def filter_runs(df: pd.DataFrame, where: Iterable[str] | dict[str, Any] | None) -> pd.DataFrame:
+def filter_runs(df: pd.DataFrame, where: Iterable[str] | dict[str, Any] | None, flag: str = "--where") -> pd.DataFrame:
     """Rows of ``df`` whose configuration matches every ``KEY=VALUE`` (a comma list = any of).
 
     Keys: ``method``, ``pair``, ``seed``, any flattened spec setting (``steps``, ``lr``,
@@ -479,9 +499,10 @@ def filter_runs(df: pd.DataFrame, where: Iterable[str] | dict[str, Any] | None) 
 
     Raises:
         ValueError: a malformed item, a key no run has (the message lists the valid keys), or
-            filters that together match no run (the message lists each key's values).
+            filters that together match no run (the message lists each key's values). It names
+            the filter as ``flag``: ``--where`` (the CLI) or ``where`` (the Python API's keyword).
     """
-    items = parse_where(where)
+    items = parse_where(where, flag)
     if not items or df.empty:
         return df
     settings = list(df["settings"])
@@ -495,7 +516,7 @@ def filter_runs(df: pd.DataFrame, where: Iterable[str] | dict[str, Any] | None) 
     for key, values in items:
         if key not in keys and key not in hp_bare:
             raise ValueError(
-                f"--where {key}={','.join(values)}: unknown key {key!r}; valid keys: "
+                f"{_spelled(flag, key + '=' + ','.join(values))}: unknown key {key!r}; valid keys: "
                 f"{', '.join(sorted(keys | hp_bare))}"
             )
         keep = []
@@ -523,5 +544,5 @@ def filter_runs(df: pd.DataFrame, where: Iterable[str] | dict[str, Any] | None) 
         # an empty report would read as "no complete runs": say which filter emptied it instead
         given = " ".join(f"{k}={','.join(v)}" for k, v in items)
         present = "; ".join(f"{k}: {', '.join(sorted(seen[k]))}" for k, _ in items if k in seen)
-        raise ValueError(f"--where {given}: no run matches; the values in these runs are {present}")
+        raise ValueError(f"{_spelled(flag, given)}: no run matches; the values in these runs are {present}")
     return df[mask]

@@ -456,6 +456,7 @@ def prepare(
                 "it has no score for): " + ", ".join(gone) + "."
             )
     notes += provenance_notes(ok)
+    notes += source_weight_notes(ok, allr)
     done = set(zip(ok["entry"], ok["pair"], ok["seed"].astype(int)))
     miss = []
     order = {"complete": 9, "pending": 8}  # a failure explains a gap better than a pending spec
@@ -481,6 +482,39 @@ def prepare(
         )
     missing = pd.DataFrame(miss, columns=MISSING_COLUMNS).sort_values(["entry", "pair", "seed"])
     return ok.copy(), planned, missing.reset_index(drop=True), notes
+
+
+def source_weight_notes(runs: pd.DataFrame, every: pd.DataFrame) -> list[str]:
+    """A note naming the shown runs trained from other source-only weights than those of the
+    source-only record beside them (``[]`` when there are none).
+
+    A linear probe or fine-tune names the weights it loaded (record ``source_weights``), a
+    source-only run the weights it left (``weights_sha256``). They differ when the source-only run
+    was recreated or rerun after its dependants finished and did not reproduce its weights (a GPU,
+    a seed batch): the table would then pair rows of two sets of weights. ``dabench run`` on the
+    folder reruns such dependants (running/scheduler.py ``stale_source``); records of an older
+    dabench name no weights and are not judged. ``every``: all of the folder's runs (the source-only
+    record looked up by run id, whether or not it is shown)."""
+    if "source_sha256" not in runs or "weights_sha256" not in every:
+        return []
+    left = {
+        (d, r): w
+        for d, r, w in zip(every["source_dir"], every["run_id"], every["weights_sha256"])
+        if isinstance(w, str)
+    }
+    other = sorted(
+        str(r)
+        for d, r, dep, w in zip(runs["source_dir"], runs["run_id"], runs["depends_on"], runs["source_sha256"])
+        if isinstance(w, str) and isinstance(dep, str) and left.get((d, dep), w) != w
+    )
+    if not other:
+        return []
+    folders = sorted({str(d) for d, r in zip(runs["source_dir"], runs["run_id"]) if str(r) in other})
+    return [
+        f"{len(other)} run(s) were trained from other source-only weights than the source-only record shown "
+        f"beside them (recreated or rerun since): {', '.join(other[:8])}{' ...' if len(other) > 8 else ''}; "
+        f"a resume reruns them: " + "; ".join(f"dabench run --results {d} (same matrix)" for d in folders) + "."
+    ]
 
 
 #: how a provenance note names each kind of difference (other version keys: "<key> versions")

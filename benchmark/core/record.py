@@ -154,6 +154,13 @@ class RunRecord(Mapping):
     validators: dict[str, Any] | None = None  #: split/samples/overlaps_evaluation of the label-free scores
     #: the data the run saw: the pair's description (a folder pair names what it left out) and split sizes
     data: dict[str, Any] | None = None
+    #: a source-only run: :func:`~dabench.core.store.weights_fingerprint` of the checkpoint it left
+    #: (``checkpoints/<run_id>.pt``), the weights its dependants start from
+    weights_sha256: str | None = None
+    #: a dependant (``spec.depends_on``): the source weights it was trained from, ``run_id``,
+    #: ``weights_sha256`` (the fingerprint of the checkpoint it loaded) and the source record's
+    #: ``finished_at``; null in records of older dabench (then not known)
+    source_weights: dict[str, Any] | None = None
     #: top-level fields this version does not know, kept so that a read + write loses nothing
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -318,6 +325,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "eval_size": (int,),
     "validators": (dict,),
     "data": (dict,),
+    "weights_sha256": (str,),
+    "source_weights": (dict,),
 }
 _REQUIRED = ("run_id", "spec")
 

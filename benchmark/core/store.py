@@ -448,6 +448,34 @@ def checkpoint_problem(path: pathlib.Path) -> str | None:
     return None
 
 
+def weights_fingerprint(path: pathlib.Path) -> str:
+    """The SHA-256 of the weights in the checkpoint at ``path``: of each entry's name, dtype, shape
+    and bytes, in name order; raises what ``torch.load`` raises for a file it cannot load.
+
+    Of the weights, not of the file: ``torch.save`` names the archive's folder after the file it
+    writes (here a temporary file named with the writer's pid, see :func:`atomic_torch_save`), so
+    two saves of the same weights differ byte for byte, while a fingerprint must tell a recreated
+    source-only run that reproduced its weights (a CPU run: deterministic) from one that did not
+    (a GPU, a seed batch). One load of the checkpoint, as a dependant does anyway: no more than a
+    fraction of a second for the 100-MB state dicts of large backbones.
+    """
+    import hashlib
+
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key]
+        if not isinstance(t, torch.Tensor):  # a state dict holds tensors; anything else by its repr
+            digest.update(f"{key}={t!r};".encode())
+            continue
+        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        # as raw bytes: every dtype (bfloat16, bool ...) views as uint8 once flat and contiguous
+        digest.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def load_record_file(path: pathlib.Path) -> tuple[RunRecord | None, RecordError | None]:
     """(record, None), or (None, why) for a file that is not a record this dabench reads
     (``why.kind``: corrupt / foreign / format / malformed; see :class:`~dabench.core.record.RecordError`)."""

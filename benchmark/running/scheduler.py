@@ -26,7 +26,14 @@ from ..core.domain import default_data_root
 from ..core.record import RecordError, RunRecord, Status, commit_label, first_line, utc_now
 from ..core.registry import METHODS, load_plugin
 from ..core.spec import RunSpec
-from ..core.store import RunStore, WriteFault, atomic_write_text, checkpoint_problem, load_record_file
+from ..core.store import (
+    RunStore,
+    WriteFault,
+    atomic_write_text,
+    checkpoint_problem,
+    load_record_file,
+    weights_fingerprint,
+)
 from .executors import Executor, ExecutorOptions, make_executor
 from .matrix import MatrixError
 from .unit import KEPT, record_failure, versions
@@ -42,6 +49,8 @@ class MatrixSummary:
     busy: list[str] = field(default_factory=list)  # claimed by another live process
     gave_up: list[str] = field(default_factory=list)  # dependants left after waiting WAIT_LIMIT_S for their dependency
     rerun_for_checkpoint: list[str] = field(default_factory=list)  # complete runs rerun: checkpoint lost
+    # complete dependants rerun: trained from other weights than their source-only run's now (stale_source)
+    rerun_stale: list[str] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)  # record files that did not parse (rerun)
     unreadable: list[str] = field(
         default_factory=list
@@ -175,6 +184,45 @@ def other_code_note(store: RunStore, run_ids: Iterable[str], here: dict | None =
     )
 
 
+def stale_source(store: RunStore, rec: RunRecord, fingerprints: dict[str, str | None] | None = None) -> str | None:
+    """Why the complete dependant ``rec`` (a linear probe, a fine-tune: ``spec.depends_on``) was
+    trained from other weights than its source-only run's record names now, or None.
+
+    The record names the weights it loaded (``source_weights.weights_sha256``, the fingerprint of
+    the checkpoint); the source-only record names the weights it left (``weights_sha256``). They
+    differ once the source-only run was recreated (its checkpoint was lost) or rerun and did not
+    reproduce its weights (a GPU is not bitwise deterministic, nor is a seed batch with dropout),
+    and then the folder would pair the source-only row with dependants of weights that exist no
+    more. None where it cannot be told: a record of an older dabench (no ``source_weights``: kept as
+    it is, never a mass rerun), a source-only run that is not complete (nothing to pair with, or
+    not decided yet). A source-only record of an older dabench (no ``weights_sha256``) is
+    fingerprinted from its checkpoint, once per run in ``fingerprints`` (run id -> fingerprint).
+    """
+    named = rec.source_weights if isinstance(rec.source_weights, dict) else None
+    dep = (rec.spec or {}).get("depends_on")
+    if not named or not named.get("weights_sha256") or not dep:
+        return None
+    src = store.read(dep)
+    if src is None or src.status is not Status.COMPLETE:
+        return None
+    now = src.weights_sha256
+    if now is None:
+        cache = fingerprints if fingerprints is not None else {}
+        if dep not in cache:
+            ckpt = store.checkpoint_path(dep)
+            try:
+                cache[dep] = weights_fingerprint(ckpt) if checkpoint_problem(ckpt) is None else None
+            except Exception:  # noqa: BLE001 - a damaged checkpoint: its weights are not known
+                cache[dep] = None
+        now = cache[dep]
+    if now is None or now == named["weights_sha256"]:
+        return None
+    return (
+        f"trained from weights {str(named['weights_sha256'])[:12]} of source-only run {dep} (finished "
+        f"{named.get('finished_at') or '?'}), which now holds weights {now[:12]} (finished {src.finished_at or '?'})"
+    )
+
+
 def run_matrix(
     specs: Iterable[RunSpec],
     results_dir: str | os.PathLike,
@@ -216,8 +264,33 @@ def run_matrix(
     def note(msg: str) -> None:
         tqdm.write(msg, file=sys.stderr)
 
+    def rerun_stale(spec: RunSpec) -> bool:
+        """Move aside the record of a complete dependant trained from other source weights than its
+        source-only run holds now (:func:`stale_source`), saying so, so that it is run again; False
+        where that is not so any more (or another runner holds the run)."""
+        archived = _archive_stale(store, spec.run_id, fingerprints)
+        if archived is None:
+            return False
+        rec = store.read(spec.depends_on) if spec.depends_on else None
+        note(
+            f"{spec.label}: complete but trained from other weights than its source-only run {spec.depends_on} "
+            f"holds now{' (recreated ' + rec.finished_at + ')' if rec and rec.finished_at else ''}: rerunning it "
+            f"(old record kept in {archived})"
+        )
+        summary.rerun_stale.append(spec.run_id)
+        return True
+
     queue: list[RunSpec] = []
-    needed = {s.depends_on for s in specs if s.depends_on and store.status(s.run_id) not in KEPT}
+    fingerprints: dict[str, str | None] = {}  # source-only runs of older records: their checkpoint's
+    stale: set[str] = set()  # complete dependants trained from other weights than their source's now
+    for s in specs:
+        rec = store.read(s.run_id) if s.depends_on else None
+        if rec is not None and rec.status is Status.COMPLETE and stale_source(store, rec, fingerprints):
+            stale.add(s.run_id)
+    # a stale dependant is rerun, so it needs its source's checkpoint as a pending one does
+    needed = {s.depends_on for s in specs if s.depends_on and (store.status(s.run_id) not in KEPT or s.run_id in stale)}
+    verify: set[str] = set()  # complete dependants to check once their source-only run has run again
+    complete_dependants: list[RunSpec] = []
     for spec in specs:
         status = store.status(spec.run_id)
         if status is Status.DIVERGED:
@@ -241,6 +314,13 @@ def run_matrix(
                 # for) and a record made complete by the other runner meanwhile is counted, not rerun
                 queue.append(spec)
                 continue
+            if spec.run_id in stale:
+                if rerun_stale(spec):
+                    queue.append(spec)
+                    continue
+            elif spec.depends_on:
+                complete_dependants.append(spec)  # decided below, once it is known if its source runs
+                continue
             summary.skipped_complete.append(spec.run_id)
             bar.update(1)
             continue
@@ -255,6 +335,27 @@ def run_matrix(
             summary.corrupt.append(spec.run_id)
             note(f"corrupt record {bad}: run {spec.label} will be rerun")
         queue.append(spec)
+    to_run = {s.run_id for s in queue}
+    unnamed: dict[str, int] = {}  # source-only run to be run -> its complete dependants of older records
+    for spec in complete_dependants:
+        if spec.depends_on in to_run:
+            # its source-only run is recreated (or run again) first: whether this record was
+            # trained from the weights it will leave is known only then (still_kept)
+            rec = store.read(spec.run_id)
+            if rec is not None and rec.source_weights:
+                verify.add(spec.run_id)
+                queue.append(spec)
+                continue
+            unnamed[str(spec.depends_on)] = unnamed.get(str(spec.depends_on), 0) + 1
+        summary.skipped_complete.append(spec.run_id)
+        bar.update(1)
+    if unnamed:
+        note(
+            f"{sum(unnamed.values())} complete dependant run(s) of source-only run(s) run again now were recorded by "
+            f"an older dabench, without the source weights they were trained from: kept as recorded; where the new "
+            f"weights may differ (a GPU, a seed batch), repeat them with the source: dabench run --results "
+            f"{store.root} " + " ".join(f"--rerun {r}" for r in sorted(unnamed))
+        )
     featureless = [
         s.run_id
         for s in specs
@@ -307,7 +408,9 @@ def run_matrix(
         from the queue; one finished meanwhile is counted complete, one held elsewhere stays)."""
         mates = []
         for m in [m for m in queue if m.seed_group == spec.seed_group]:
-            if settled(m.run_id) in KEPT:
+            if m.run_id in verify and not dependency_ready(m):
+                continue  # checked against its source's new weights once they exist
+            if still_kept(m):
                 queue.remove(m)
                 kept(m.run_id)
             elif dependency_ready(m) and not store.claimed_by_live_process(m.run_id):
@@ -317,6 +420,24 @@ def run_matrix(
 
     if options.seed_batch and not ex.groups:
         note(f"--seed-batch: the {type(ex).__name__} runs seeds separately (only inline and local batch them)")
+
+    def still_kept(spec: RunSpec) -> bool:
+        """Whether the run is kept as it is: complete or diverged by now (another runner's work
+        included), and, for a dependant whose source-only run ran again here, trained from the
+        weights that run left (else it is moved aside: False)."""
+        status = settled(spec.run_id)
+        if status not in KEPT:
+            return False
+        if spec.run_id in verify and status is Status.COMPLETE:
+            verify.discard(spec.run_id)
+            rec = store.read(spec.run_id)
+            if rec is not None and stale_source(store, rec, fingerprints):
+                if rerun_stale(spec):
+                    return False
+                # not moved: another runner holds it (it waits among the runs held elsewhere) or
+                # has rerun it from these weights meanwhile (kept)
+                return not store.claimed_by_live_process(spec.run_id)
+        return True
 
     def kept(run_id: str, tick: bool = True) -> None:
         """A run another runner finished meanwhile (complete or diverged): counted, not run."""
@@ -344,13 +465,13 @@ def run_matrix(
                 if not dependency_ready(spec):
                     continue
                 queue.remove(spec)
-                if settled(spec.run_id) in KEPT:  # finished by another runner meanwhile
+                if still_kept(spec):  # finished by another runner meanwhile, or trained from these weights
                     kept(spec.run_id)
                     continue
                 if store.claimed_by_live_process(spec.run_id):
                     elsewhere[spec.run_id] = spec
                     continue
-                if store.status(spec.run_id) is Status.COMPLETE:
+                if store.status(spec.run_id) is Status.COMPLETE and not spec.depends_on:
                     # complete without its checkpoint, and nobody is redoing it (the runner that was
                     # died, or held it only to move the record aside): move it aside now, or, where
                     # another runner has just claimed it, wait for that one
@@ -453,6 +574,21 @@ def _archive_for_checkpoint(store: RunStore, run_id: str) -> pathlib.Path | None
             return None  # moved aside by another runner (which may also have rerun it)
         if checkpoint_problem(store.checkpoint_path(run_id)) is None:
             return None  # recreated by another runner meanwhile
+        return _archive_record(store, run_id)
+    finally:
+        store.release(run_id)
+
+
+def _archive_stale(store: RunStore, run_id: str, fingerprints: dict[str, str | None]) -> pathlib.Path | None:
+    """Move aside the record of a complete dependant found stale (:func:`stale_source`), under its
+    claim and after reading it again, as :func:`_archive_for_checkpoint` does; None where another
+    runner holds it or it is no longer complete and stale."""
+    if not store.claim(run_id):
+        return None
+    try:
+        rec = store.read(run_id)
+        if rec is None or rec.status is not Status.COMPLETE or not stale_source(store, rec, fingerprints):
+            return None
         return _archive_record(store, run_id)
     finally:
         store.release(run_id)

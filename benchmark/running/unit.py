@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from ..core.domain import PairData
-from ..core.record import RunRecord, RunResult, Status, utc_now
+from ..core.record import RunRecord, RunResult, Status, first_line, utc_now
 from ..core.registry import PAIRS
 from ..core.spec import RunSpec
-from ..core.store import RunStore, WriteFault, checkpoint_problem
+from ..core.store import RunStore, WriteFault, checkpoint_problem, weights_fingerprint
 from ..core.version import __version__
 from ..engine.options import EngineOptions
 from ..engine.seed_batch import execute_seeds
@@ -162,6 +162,17 @@ def _dependency_ready(spec: RunSpec, store: RunStore, record: RunRecord) -> bool
             return False
         ckpt = store.checkpoint_path(spec.depends_on)
         problem = checkpoint_problem(ckpt)
+        if problem is None:
+            try:
+                # the weights this run starts from, named in its record: a resume finds it stale
+                # when the source-only run is recreated with other weights (scheduler: stale_source)
+                record.source_weights = {
+                    "run_id": spec.depends_on,
+                    "weights_sha256": weights_fingerprint(ckpt),
+                    "finished_at": dep.finished_at,
+                }
+            except Exception as exc:  # noqa: BLE001 - torch reports a damaged file in many types
+                problem = f"unloadable ({first_line(str(exc)) or type(exc).__name__})"
         if problem is not None:
             record.fail(
                 Status.FAILED,
@@ -197,6 +208,12 @@ def _record_outcome(record: RunRecord, result: RunResult | BaseException, store:
         record.status = Status.COMPLETE
         # wall time of the whole run (data loading and set-up included): what the ETA needs
         record.timings = {**result.timings, "total_s": round(total_s, 3)}
+        ckpt = store.checkpoint_path(record.run_id)
+        if ckpt.exists():  # a source-only run: the weights its dependants will name (source_weights)
+            try:
+                record.weights_sha256 = weights_fingerprint(ckpt)
+            except Exception:  # noqa: BLE001 - not loadable: its dependants say so when they start
+                record.weights_sha256 = None
     record.finished_at = utc_now()
     store.write(record)
 

@@ -1,0 +1,159 @@
+"""Dependants (linear probe, fine-tune) trained from source-only weights that exist no more.
+
+A dependant loads its source-only run's checkpoint; when that checkpoint is lost and recreated (or
+the source-only run is rerun) without reproducing its weights (a GPU, a seed batch), a complete
+dependant was trained from the old weights while the folder pairs it with the new source-only
+record. Its record names the weights it loaded (``source_weights``) and a resume reruns it then.
+Real runs on the embedded digits pair, a few steps each; the non-reproducing device is the
+engine's checkpoint write nudging the saved weights (what a recreate on a GPU amounts to).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dabench.engine.train as train_mod
+from dabench.analysis.results import load_results
+from dabench.analysis.tables import leaderboard
+from dabench.core.store import RunStore, weights_fingerprint
+from dabench.running.executors import ExecutorOptions
+from dabench.running.matrix import Matrix, expand
+from dabench.running.scheduler import run_matrix
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+OPTS = ExecutorOptions(device="cpu", progress=False)
+
+
+def _specs():
+    """source-only, linear-probe and fine-tune on digits-offline, seed 0, 3 steps each."""
+    so, lp, ft = expand(
+        Matrix(
+            methods=("source-only", "linear-probe", "fine-tune"),
+            pairs=("digits-offline",),
+            seeds=(0,),
+            overrides={"steps": 3, "eval_every": 3},
+        )
+    )
+    assert lp.depends_on == so.run_id and ft.depends_on == so.run_id
+    return so, lp, ft
+
+
+def _nudged_saves(monkeypatch) -> None:
+    """From now on the source-only run leaves other weights than it did (a non-reproducing device)."""
+    real = train_mod.atomic_torch_save
+
+    def save(obj, path):
+        if path.name.endswith(".partial.pt"):
+            return real(obj, path)
+        return real({k: v + 1e-3 if v.is_floating_point() else v for k, v in obj.items()}, path)
+
+    monkeypatch.setattr(train_mod, "atomic_torch_save", save)
+
+
+def test_dependant_names_the_weights_it_was_trained_from(tmp_path):
+    so, lp, _ = _specs()
+    store = RunStore(tmp_path)
+    run_matrix([so, lp], tmp_path, OPTS)
+    src, dep = store.read(so.run_id), store.read(lp.run_id)
+    assert src.weights_sha256 == weights_fingerprint(store.checkpoint_path(so.run_id))
+    assert dep.source_weights == {
+        "run_id": so.run_id,
+        "weights_sha256": src.weights_sha256,
+        "finished_at": src.finished_at,
+    }
+    # the fingerprint is of the weights, not of the file (torch.save names the archive after the file)
+    copy = tmp_path / "copy.pt"
+    torch.save(torch.load(store.checkpoint_path(so.run_id), weights_only=True), copy)
+    assert weights_fingerprint(copy) == src.weights_sha256
+    # a record field, never part of the spec (the run id is the spec's hash)
+    assert "source_weights" not in lp.to_dict() and "source_weights" not in dep.spec
+
+
+def test_recreated_source_with_other_weights_reruns_its_complete_dependants(tmp_path, monkeypatch, capsys):
+    """The defect: the checkpoint is lost, a new dependant (fine-tune) needs it, the source-only run
+    is recreated with other weights; the complete linear probe was trained from the old ones."""
+    so, lp, ft = _specs()
+    store = RunStore(tmp_path)
+    run_matrix([so, lp], tmp_path, OPTS)
+    old = store.read(lp.run_id)
+    store.checkpoint_path(so.run_id).unlink()
+    _nudged_saves(monkeypatch)
+    capsys.readouterr()
+    again = run_matrix([so, lp, ft], tmp_path, OPTS)
+    err = capsys.readouterr().err
+    assert again.rerun_for_checkpoint == [so.run_id]
+    assert again.rerun_stale == [lp.run_id]
+    assert sorted(r.run_id for r in again.ran) == sorted([so.run_id, lp.run_id, ft.run_id])
+    assert f"complete but trained from other weights than its source-only run {so.run_id}" in err
+    # the old record is kept aside, as --rerun keeps it
+    (aside,) = (tmp_path / "previous").glob(f"{lp.run_id}.*.json")
+    assert aside.read_text().count(old.source_weights["weights_sha256"]) == 1
+    now = store.read(so.run_id).weights_sha256
+    assert now != old.source_weights["weights_sha256"]
+    for dep in (lp, ft):
+        assert store.read(dep.run_id).source_weights["weights_sha256"] == now
+    # a further resume finds nothing stale
+    third = run_matrix([so, lp, ft], tmp_path, OPTS)
+    assert third.ran == [] and third.rerun_stale == []
+
+
+def test_recreated_source_with_the_same_weights_keeps_its_dependants(tmp_path, capsys):
+    """On the CPU the recreated weights are the same (deterministic): nothing is rerun for nothing."""
+    so, lp, ft = _specs()
+    store = RunStore(tmp_path)
+    run_matrix([so, lp], tmp_path, OPTS)
+    store.checkpoint_path(so.run_id).unlink()
+    again = run_matrix([so, lp, ft], tmp_path, OPTS)
+    assert again.rerun_stale == [] and lp.run_id in again.skipped_complete
+    assert sorted(r.run_id for r in again.ran) == sorted([so.run_id, ft.run_id])
+
+
+def test_source_rerun_elsewhere_makes_dependants_stale_on_resume(tmp_path, monkeypatch, capsys):
+    """The source-only run was repeated on its own (its record and checkpoint replaced, e.g. a
+    record copied back from another folder): the next resume reruns the dependants it finds stale."""
+    so, lp, _ = _specs()
+    store = RunStore(tmp_path)
+    run_matrix([so, lp], tmp_path, OPTS)
+    _nudged_saves(monkeypatch)
+    store.record_path(so.run_id).unlink()
+    run_matrix([so], tmp_path, OPTS)  # the source-only run alone, with other weights
+    capsys.readouterr()
+    again = run_matrix([so, lp], tmp_path, OPTS)
+    assert again.rerun_stale == [lp.run_id] and [r.run_id for r in again.ran] == [lp.run_id]
+    assert "complete but trained from other weights" in capsys.readouterr().err
+    assert store.read(lp.run_id).source_weights["weights_sha256"] == store.read(so.run_id).weights_sha256
+
+
+def test_records_of_older_code_are_kept_with_a_note(tmp_path, monkeypatch, capsys):
+    """A dependant recorded without source_weights (an older dabench) is not rerun (no mass rerun
+    of old folders); a resume that recreates its source says so once."""
+    so, lp, ft = _specs()
+    store = RunStore(tmp_path)
+    run_matrix([so, lp], tmp_path, OPTS)
+    rec = store.read(lp.run_id)
+    rec.source_weights = None
+    store.write(rec)
+    store.checkpoint_path(so.run_id).unlink()
+    _nudged_saves(monkeypatch)
+    capsys.readouterr()
+    again = run_matrix([so, lp, ft], tmp_path, OPTS)
+    err = capsys.readouterr().err
+    assert again.rerun_stale == [] and lp.run_id in again.skipped_complete
+    assert "recorded by an older dabench, without the source weights" in err
+    assert f"--rerun {so.run_id}" in err
+
+
+def test_leaderboard_names_dependants_of_other_weights(tmp_path, monkeypatch):
+    """The report never pairs a dependant with a source-only record it was not trained from
+    without saying so (a folder not resumed since the source-only run was replaced)."""
+    so, lp, _ = _specs()
+    store = RunStore(tmp_path)
+    run_matrix([so, lp], tmp_path, OPTS)
+    assert not any("other source-only weights" in n for n in leaderboard(load_results(tmp_path)).notes)
+    _nudged_saves(monkeypatch)
+    store.record_path(so.run_id).unlink()
+    run_matrix([so], tmp_path, OPTS)
+    notes = [n for n in leaderboard(load_results(tmp_path)).notes if "other source-only weights" in n]
+    assert len(notes) == 1 and lp.run_id in notes[0] and f"dabench run --results {tmp_path}" in notes[0]
