@@ -249,12 +249,18 @@ NAMED_SKIPS = 5
 
 
 def load_domain(
-    root: pathlib.Path, classes: tuple[str, ...], size: int, channels: int, data_root: pathlib.Path
+    root: pathlib.Path,
+    classes: tuple[str, ...],
+    size: int,
+    channels: int,
+    data_root: pathlib.Path,
+    notes: list[str] | None = None,
 ) -> Domain:
     """The images of ``classes`` under ``root``, labelled by their index in ``classes``.
 
     Files that cannot be decoded are left out with a :class:`FolderPairNote` naming them and their
-    count (on every load: the cache keeps which ones they were).
+    count (on every load: the cache keeps which ones they were); the same line is appended to
+    ``notes`` (the pair's :attr:`PairData.notes`: its records and a refused label budget say it).
     """
     found = class_folders(root)
     files, labels = [], []
@@ -274,12 +280,13 @@ def load_domain(
     if skipped:
         named = ", ".join(str(f.relative_to(root)) for f in skipped[:NAMED_SKIPS])
         more = f" and {len(skipped) - NAMED_SKIPS} more" if len(skipped) > NAMED_SKIPS else ""
-        warnings.warn(
+        said = (
             f"folder pair: skipped {len(skipped)} of {len(files)} files under {root} that cannot be decoded "
-            f"(corrupt, truncated or not images): {named}{more}. Delete or re-export them to use them.",
-            FolderPairNote,
-            stacklevel=2,
+            f"(corrupt, truncated or not images): {named}{more}. Delete or re-export them to use them."
         )
+        warnings.warn(said, FolderPairNote, stacklevel=2)
+        if notes is not None:
+            notes.append(said)
     return Domain(root.name, tensors["images"], tensors["labels"].long(), classes)
 
 
@@ -339,15 +346,16 @@ def make_folder_pair(arguments: str) -> DomainPair:
         raise RegistryError(f"folder pair: {shots_error(f'folder:{arguments}', shots, max_shots, key='shots')}")
 
     def load(data_root: pathlib.Path) -> PairData:
-        s = load_domain(source, shared, size, channels, data_root)
-        t = load_domain(target, shared, size, channels, data_root)
+        notes: list[str] = []  # undecodable files: the pair's max_target_shots counted them (no decoding then)
+        s = load_domain(source, shared, size, channels, data_root, notes)
+        t = load_domain(target, shared, size, channels, data_root, notes)
         s_train, s_val = stratified_split(s.labels, 0.1, seed=0)
         if evaluation == "all":
             everything = torch.arange(len(t))
             t_adapt, t_eval = everything, everything
         else:
             t_adapt, t_eval = stratified_split(t.labels, 0.5, seed=0)
-        return PairData(s, t, s_train, s_val, t_adapt, t_eval)
+        return PairData(s, t, s_train, s_val, t_adapt, t_eval, tuple(notes))
 
     rgb = channels == 3
     note = (

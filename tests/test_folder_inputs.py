@@ -163,3 +163,25 @@ def test_relative_paths_become_absolute_in_the_run_name(tmp_path, monkeypatch):
 def test_a_comma_in_a_path_is_explained(tmp_path):
     with pytest.raises(RegistryError, match=r"a comma inside a path is not supported.*ln -s '/data/photos,2024/src'"):
         PAIRS.get("folder:source=/data/photos,2024/src,target=/data/t")
+
+
+def test_a_label_budget_undercut_by_an_undecodable_file_names_the_file(tmp_path):
+    """The pair's largest label budget is counted from the files (no decoding when the pair is
+    named); a target file that then cannot be decoded leaves its class one image short, and every
+    run failed with "must be an integer from 0 to 1" and no word of why. The refusal now names the
+    file, and the record's data says what the loader left out."""
+    from dabench.core.domain import check_target_shots
+    from dabench.engine.train import data_summary
+
+    src, tgt = _domain(tmp_path / "src", (255, 255, 255)), _domain(tmp_path / "tgt", (90, 90, 90))
+    whole = (tgt / "square" / "2.jpg").read_bytes()
+    (tgt / "square" / "2.jpg").write_bytes(whole[: len(whole) // 2])
+    pair, _ = _pair(src, tgt)
+    assert pair.target_shots == 2  # 4 files a class, half of them for adaptation
+    data, _ = _load(pair, tmp_path / "data")
+    with pytest.raises(ValueError, match=r"from 0 to 1 .*skipped 1 of 8 files under .*tgt.*square/2\.jpg"):
+        check_target_shots(pair, data, pair.target_shots)
+    check_target_shots(pair, data, 1)  # what the decoded split holds
+    assert any("square/2.jpg" in n for n in data_summary(pair, data)["loader_notes"])
+    clean, _ = _load(_pair(src, src)[0], tmp_path / "data")
+    assert "loader_notes" not in data_summary(pair, clean)  # nothing left out: records as before

@@ -59,6 +59,9 @@ class PairData:
     source_val: torch.Tensor
     target_adapt: torch.Tensor
     target_eval: torch.Tensor
+    #: what the loader left out that the pair's name does not say (a folder pair's files that
+    #: cannot be decoded): in the record's ``data`` and in a refused label budget's message
+    notes: tuple[str, ...] = ()
 
 
 class ScheduleError(ValueError):
@@ -241,4 +244,7 @@ def check_target_shots(pair: DomainPair, data: PairData, *shots: int) -> None:
     capacity = target_shot_capacity(data)
     for k in shots:
         if k > capacity:
-            raise ValueError(shots_error(pair.name, k, capacity))
+            # the pair's own maximum can be one the loader then undercut (a file it could not
+            # decode): the note says why the split holds fewer images than the folder lists
+            why = "".join(f"; {n}" for n in data.notes)
+            raise ValueError(shots_error(pair.name, k, capacity) + why)

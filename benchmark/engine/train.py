@@ -631,6 +631,7 @@ def data_summary(pair: DomainPair, pair_data: PairData) -> dict[str, Any]:
             name: len(getattr(pair_data, name))
             for name in ("source_train", "source_val", "target_adapt", "target_eval")
         },
+        **({"loader_notes": list(pair_data.notes)} if pair_data.notes else {}),
     }
 
 
