@@ -79,6 +79,7 @@ from .data import DeviceData, DeviceSplits, Stream, StreamCursor
 from .evaluate import autocast
 from .graphs import NotCapturable, graph_sgd_step
 from .options import EngineOptions
+from .seed_draws import SeedDraws, start_generators
 from .train import (
     Diverged,
     RunContext,
@@ -183,6 +184,9 @@ def execute_seeds(
     methods: list[Method] = []
     ctxs: list[RunContext] = []
     live: list[int] = []  # positions in specs that build and train
+    # each seed's global CPU generator state where its separate run starts its steps (after its
+    # initialisation; its data draws from its own generator): its dropout masks are drawn from it
+    rng_states: list[torch.Tensor] = []
     splits = DeviceSplits(pair_data, device)  # one device copy of the pair's splits for all seeds
     for i, spec in enumerate(specs):
         try:
@@ -193,6 +197,7 @@ def execute_seeds(
             outcomes[i] = exc
             continue
         methods.append(method)
+        rng_states.append(torch.get_rng_state())
         ctxs.append(RunContext(spec, pair, data, device, store, None, 0))
         live.append(i)
     if not methods:
@@ -201,7 +206,12 @@ def execute_seeds(
     if reason is None:
         try:
             results = train_batched(
-                methods, ctxs, device, on_step, cuda_graphs=graphs.resolve_cuda_graphs(engine.cuda_graphs, device)
+                methods,
+                ctxs,
+                device,
+                on_step,
+                cuda_graphs=graphs.resolve_cuda_graphs(engine.cuda_graphs, device),
+                rng_states=rng_states,
             )
         except NotVmappable as exc:
             reason = exc.reason
@@ -318,6 +328,7 @@ def train_batched(
     on_step: Callable[[int, int], None] | None = None,
     finish: bool = True,
     cuda_graphs: bool = False,
+    rng_states: Sequence[torch.Tensor] | None = None,
 ) -> list[SeedOutcome]:
     """The step loop of :meth:`RunContext.train_steps`, over S stacked seeds (``methods[i]``
     built for ``ctxs[i]``); returns each seed's outcome. ``finish=False`` (``dabench bench``)
@@ -329,7 +340,13 @@ def train_batched(
     on eagerly. What became of it is each ``ctxs[i].graph_note`` (the record's
     ``timings["cuda_graphs"]``). A seed that diverges stays in the stacked model (and the graph)
     until the end: its NaNs stay in its slice, it is only no longer evaluated or recorded, so
-    nothing is re-stacked or re-captured."""
+    nothing is re-stacked or re-captured.
+
+    ``rng_states[i]``: the global CPU generator's state where seed ``i``'s separate run starts
+    its steps; on the CPU its dropout masks are drawn from a generator in that state
+    (:mod:`dabench.engine.seed_draws`), so they are the separate run's. ``None`` (``dabench
+    bench``): generators seeded with each spec's seed, not the separate runs' streams. Each
+    record's ``timings.seed_batch_draws`` says which (:meth:`SeedDraws.note`)."""
     n_seeds = len(methods)
     spec0 = ctxs[0].spec
     sch = spec0.schedule
@@ -362,12 +379,28 @@ def train_batched(
     # and _load_slice reads them
     state = tuple(prefixed[k] for k in names)
 
+    if rng_states is None:
+        generators = [torch.Generator().manual_seed(ctx.spec.seed) for ctx in ctxs]
+    else:
+        generators = start_generators(rng_states)
+    # the CPU: the dropout family drawn per seed (each seed's separate-run masks) and the other
+    # random ops named; CUDA: nothing replaced (the eager kernel's stream cannot be matched), the
+    # first step watched for the note, the rest (and any capture) without the mode, as before
+    draws = SeedDraws(generators, replace=device.type == "cpu", device=device)
+    draws.exact_generators = rng_states is not None
+    watch = [True]
+    global_drawn = False  # the CPU: the global generator moved during a step (an unreproduced draw)
+
     def per_seed(st: tuple[torch.Tensor, ...], parts: dict[str, torch.Tensor], progress: float | torch.Tensor):
         return functional_call(runner, dict(zip(names, st)), (parts, progress))
 
     def forward(stacked: dict[str, torch.Tensor], progress: float | torch.Tensor):
         # progress: a float in eager steps, the graph's 0-d tensor (shared by all seeds) when captured
-        return vmap(lambda st, bt: per_seed(st, bt, progress), randomness="different")(state, stacked)
+        batched = vmap(lambda st, bt: per_seed(st, bt, progress), randomness="different")
+        if not watch[0]:
+            return batched(state, stacked)
+        with draws:
+            return batched(state, stacked)
 
     def draw(take: Sequence[Callable[[str], torch.Tensor]], names: Sequence[Container[str]]) -> dict[str, torch.Tensor]:
         # each seed's own streams, drawn as the unbatched loop draws them (seed by seed), stacked
@@ -449,9 +482,15 @@ def train_batched(
             warm = side if capture_at is not None and step < capture_at else None
             with graphs.side_stream_step(warm):
                 stacked = eager_draw()
+                check_global = device.type == "cpu" and not global_drawn
+                before = torch.get_rng_state() if check_global else None
                 try:
                     with autocast(device):
                         totals, parts = forward(stacked, progress)
+                    if before is not None and not torch.equal(before, torch.get_rng_state()):
+                        global_drawn = True  # a random op the mode did not replace: another draw
+                    if device.type != "cpu":
+                        watch[0] = False  # CUDA: the first step named the random ops; no mode from here
                     with torch.autocast(device.type, enabled=False):
                         opt.zero_grad(set_to_none=True)
                         totals.sum().backward()  # a custom autograd rule may refuse batched tensors here
@@ -508,7 +547,7 @@ def train_batched(
         return []
     for i in alive:
         try:
-            outcomes[i] = _finish(methods[i], ctxs[i], params, buffers, i, wall, n_seeds)
+            outcomes[i] = _finish(methods[i], ctxs[i], params, buffers, i, wall, n_seeds, draws.note(global_drawn))
         except Exception as exc:  # noqa: BLE001 - this seed fails; the others are recorded
             outcomes[i] = exc
     return [o for o in outcomes if o is not None]
@@ -522,11 +561,14 @@ def _finish(
     s: int,
     wall: float,
     n_seeds: int,
+    draws: str,
 ) -> RunResult:
     """Seed ``s``'s end of run, :func:`execute`'s own (:func:`finish_run`) on its slice of the
-    stacked state; ``wall_s`` is the whole group's (the seeds trained together)."""
+    stacked state; ``wall_s`` is the whole group's (the seeds trained together), ``draws`` whose
+    random draws its steps made (:meth:`SeedDraws.note`)."""
     _load_slice(method, params, buffers, s)
-    return finish_run(method, ctx, wall, {"compiled": False, "seed_batch": f"{n_seeds} seeds"})
+    timings = {"compiled": False, "seed_batch": f"{n_seeds} seeds", "seed_batch_draws": draws}
+    return finish_run(method, ctx, wall, timings)
 
 
 __all__ = ["execute_seeds", "train_batched", "batch_refusal", "stack_batches", "SeedStepGraph", "SeedOutcome"]
