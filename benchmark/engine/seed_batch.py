@@ -40,14 +40,27 @@ failed capture falls back to eager seed-batched steps. Each seed's ``timings.cud
 (``captured`` / ``off`` / ``fallback: <reason>``). A diverged seed stays in the stacked model
 and the graph, so nothing is ever re-stacked or re-captured.
 
-Differences from unbatched runs: dropout and noise layers draw from one global generator for
-all seeds (``randomness="different"``), so with them a seed's run is an equally valid draw, not
-the same one; without them the records agree to float32 reduction-order noise, which training
-amplifies: to 1e-3 relative in the losses and 1 point after 40 steps for source-only, several
-points for an adversarial method on an unstable start (DANN: 3.5 points at step 20; measured in
-``tests/test_seed_batch.py``). Without dropout a seed's record is bit for bit the same whichever
-seeds share its group (a resumed group with fewer seeds gives the same numbers). The whole group's wall time is each seed's
-``timings.wall_s``; ``timings.seed_batch`` says ``"<S> seeds"``.
+Random draws: on the CPU each seed's dropout (the whole dropout family: ``nn.Dropout*``,
+``F.dropout`` as AFN calls it, alpha dropout) is drawn from a generator of its own holding the
+state the global generator has when its separate run starts its steps (after its
+initialisation), in the same shapes and order (:mod:`dabench.engine.seed_draws`): its masks are
+its separate run's, bit for bit. Any other random op in the step (a Gaussian-noise layer such as
+``cnn32``'s, a method's own sampling) draws from one global generator for all seeds
+(``randomness="different"``): the seed's run is then an equally valid draw, not the same one
+(its later dropout masks too). On CUDA nothing is replaced (the eager dropout kernel's stream
+cannot be matched from the host; the captured step is unchanged): dropout and noise are
+another draw. Each record's ``timings.seed_batch_draws`` says which: ``none``, ``the separate
+run's (<dropout kinds>)`` or ``another draw: <ops>`` (``(cuda)`` on CUDA, named from the first
+step there).
+
+Differences from unbatched runs: float32 reduction order (a batched convolution is a grouped
+one), which training amplifies: to 1e-3 relative in the losses and 1 point after 40 steps for
+source-only, several points for an adversarial method on an unstable start (DANN: 3.5 points at
+step 20; measured in ``tests/test_seed_batch.py``), with or without dropout on the CPU; beyond
+that only the draws ``timings.seed_batch_draws`` calls another draw. Where every draw is the
+separate run's (or there is none), a seed's record is bit for bit the same whichever seeds share
+its group (a resumed group with fewer seeds gives the same numbers). The whole group's wall
+time is each seed's ``timings.wall_s``; ``timings.seed_batch`` says ``"<S> seeds"``.
 
 Falls back to separate runs (:func:`~dabench.engine.train.execute` per seed, one after another;
 ``timings.seed_batch = "fallback: <reason>"``) when the method overrides ``fit``, declares
