@@ -334,3 +334,19 @@ def test_seed_draws_give_each_seed_the_masks_of_its_own_stream_bit_for_bit(name)
     for k in range(3):
         assert torch.equal(got[0][k], expected[k][0]) and torch.equal(got[1][k], expected[k][1]), k
     assert draws.note().startswith("none" if name == "eval mode" else "the separate run's ("), draws.note()
+
+
+def test_without_replacement_the_dropout_is_named_another_draw():
+    """The CUDA form of :class:`SeedDraws` replaces nothing (the eager kernel's stream cannot be
+    matched): its dropout calls run as they are and the note says another draw, never the
+    separate run's."""
+    from torch.func import vmap
+
+    from dabench.engine.seed_draws import SeedDraws
+
+    xs = torch.randn(2, 4, 6, 3, 3)
+    draws = SeedDraws([torch.Generator(), torch.Generator()], replace=False, device=torch.device("cuda"))
+    fn = _DROPOUTS["modules"][0]
+    with draws:
+        vmap(fn, randomness="different")(xs)
+    assert draws.note() == "another draw: dropout2d, dropout, alpha_dropout (cuda)"
