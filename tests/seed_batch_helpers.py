@@ -1,6 +1,7 @@
 """What the seed-batching tests (tests/test_seed_batch.py, tests/test_seed_batch_graphs.py) share:
-a dropout-free LeNet and the seeds that poison a test method (a module of its own: ``conftest`` is
-ambiguous to import, tests/benchmarks has one too)."""
+a dropout-free LeNet, a LeNet with a noise op the seed-batched step cannot name, and the seeds
+that poison a test method (a module of its own: ``conftest`` is ambiguous to import,
+tests/benchmarks has one too)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,21 @@ def lenet_nodrop(in_channels: int = 1, image_size: int = 28, **_: object) -> LeN
     net = LeNet(in_channels, image_size)
     net.conv[4] = nn.Identity()
     net.fc[3] = nn.Identity()
+    return net
+
+
+class _AtenNoise(nn.Module):
+    """Gaussian noise through ``torch.ops.aten`` (which no torch function mode sees): a random
+    draw the seed-batched step can only notice by the global generator moving."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.1 * torch.ops.aten.randn_like.default(x) if self.training else x
+
+
+def lenet_aten_noise(in_channels: int = 1, image_size: int = 28, **_: object) -> LeNet:
+    """``lenet_nodrop`` with :class:`_AtenNoise` after its first fully connected layer."""
+    net = lenet_nodrop(in_channels, image_size)
+    net.fc[3] = _AtenNoise()
     return net
 
 

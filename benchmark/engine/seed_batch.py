@@ -40,14 +40,27 @@ failed capture falls back to eager seed-batched steps. Each seed's ``timings.cud
 (``captured`` / ``off`` / ``fallback: <reason>``). A diverged seed stays in the stacked model
 and the graph, so nothing is ever re-stacked or re-captured.
 
-Differences from unbatched runs: dropout and noise layers draw from one global generator for
-all seeds (``randomness="different"``), so with them a seed's run is an equally valid draw, not
-the same one; without them the records agree to float32 reduction-order noise, which training
-amplifies: to 1e-3 relative in the losses and 1 point after 40 steps for source-only, several
-points for an adversarial method on an unstable start (DANN: 3.5 points at step 20; measured in
-``tests/test_seed_batch.py``). Without dropout a seed's record is bit for bit the same whichever
-seeds share its group (a resumed group with fewer seeds gives the same numbers). The whole group's wall time is each seed's
-``timings.wall_s``; ``timings.seed_batch`` says ``"<S> seeds"``.
+Random draws: on the CPU each seed's dropout (the whole dropout family: ``nn.Dropout*``,
+``F.dropout`` as AFN calls it, alpha dropout) is drawn from a generator of its own holding the
+state the global generator has when its separate run starts its steps (after its
+initialisation), in the same shapes and order (:mod:`dabench.engine.seed_draws`): its masks are
+its separate run's, bit for bit. Any other random op in the step (a Gaussian-noise layer such as
+``cnn32``'s, a method's own sampling) draws from one global generator for all seeds
+(``randomness="different"``): the seed's run is then an equally valid draw, not the same one
+(its later dropout masks too). On CUDA nothing is replaced (the eager dropout kernel's stream
+cannot be matched from the host; the captured step is unchanged): dropout and noise are
+another draw. Each record's ``timings.seed_batch_draws`` says which: ``none``, ``the separate
+run's (<dropout kinds>)`` or ``another draw: <ops>`` (``(cuda)`` on CUDA, named from the first
+step there).
+
+Differences from unbatched runs: float32 reduction order (a batched convolution is a grouped
+one), which training amplifies: to 1e-3 relative in the losses and 1 point after 40 steps for
+source-only, several points for an adversarial method on an unstable start (DANN: 3.5 points at
+step 20; measured in ``tests/test_seed_batch.py``), with or without dropout on the CPU; beyond
+that only the draws ``timings.seed_batch_draws`` calls another draw. Where every draw is the
+separate run's (or there is none), a seed's record is bit for bit the same whichever seeds share
+its group (a resumed group with fewer seeds gives the same numbers). The whole group's wall
+time is each seed's ``timings.wall_s``; ``timings.seed_batch`` says ``"<S> seeds"``.
 
 Falls back to separate runs (:func:`~dabench.engine.train.execute` per seed, one after another;
 ``timings.seed_batch = "fallback: <reason>"``) when the method overrides ``fit``, declares
@@ -79,6 +92,7 @@ from .data import DeviceData, DeviceSplits, Stream, StreamCursor
 from .evaluate import autocast
 from .graphs import NotCapturable, graph_sgd_step
 from .options import EngineOptions
+from .seed_draws import SeedDraws, start_generators
 from .train import (
     Diverged,
     RunContext,
@@ -183,6 +197,9 @@ def execute_seeds(
     methods: list[Method] = []
     ctxs: list[RunContext] = []
     live: list[int] = []  # positions in specs that build and train
+    # each seed's global CPU generator state where its separate run starts its steps (after its
+    # initialisation; its data draws from its own generator): its dropout masks are drawn from it
+    rng_states: list[torch.Tensor] = []
     splits = DeviceSplits(pair_data, device)  # one device copy of the pair's splits for all seeds
     for i, spec in enumerate(specs):
         try:
@@ -193,6 +210,7 @@ def execute_seeds(
             outcomes[i] = exc
             continue
         methods.append(method)
+        rng_states.append(torch.get_rng_state())
         ctxs.append(RunContext(spec, pair, data, device, store, None, 0))
         live.append(i)
     if not methods:
@@ -201,7 +219,12 @@ def execute_seeds(
     if reason is None:
         try:
             results = train_batched(
-                methods, ctxs, device, on_step, cuda_graphs=graphs.resolve_cuda_graphs(engine.cuda_graphs, device)
+                methods,
+                ctxs,
+                device,
+                on_step,
+                cuda_graphs=graphs.resolve_cuda_graphs(engine.cuda_graphs, device),
+                rng_states=rng_states,
             )
         except NotVmappable as exc:
             reason = exc.reason
@@ -318,6 +341,7 @@ def train_batched(
     on_step: Callable[[int, int], None] | None = None,
     finish: bool = True,
     cuda_graphs: bool = False,
+    rng_states: Sequence[torch.Tensor] | None = None,
 ) -> list[SeedOutcome]:
     """The step loop of :meth:`RunContext.train_steps`, over S stacked seeds (``methods[i]``
     built for ``ctxs[i]``); returns each seed's outcome. ``finish=False`` (``dabench bench``)
@@ -329,7 +353,13 @@ def train_batched(
     on eagerly. What became of it is each ``ctxs[i].graph_note`` (the record's
     ``timings["cuda_graphs"]``). A seed that diverges stays in the stacked model (and the graph)
     until the end: its NaNs stay in its slice, it is only no longer evaluated or recorded, so
-    nothing is re-stacked or re-captured."""
+    nothing is re-stacked or re-captured.
+
+    ``rng_states[i]``: the global CPU generator's state where seed ``i``'s separate run starts
+    its steps; on the CPU its dropout masks are drawn from a generator in that state
+    (:mod:`dabench.engine.seed_draws`), so they are the separate run's. ``None`` (``dabench
+    bench``): generators seeded with each spec's seed, not the separate runs' streams. Each
+    record's ``timings.seed_batch_draws`` says which (:meth:`SeedDraws.note`)."""
     n_seeds = len(methods)
     spec0 = ctxs[0].spec
     sch = spec0.schedule
@@ -362,12 +392,28 @@ def train_batched(
     # and _load_slice reads them
     state = tuple(prefixed[k] for k in names)
 
+    if rng_states is None:
+        generators = [torch.Generator().manual_seed(ctx.spec.seed) for ctx in ctxs]
+    else:
+        generators = start_generators(rng_states)
+    # the CPU: the dropout family drawn per seed (each seed's separate-run masks) and the other
+    # random ops named; CUDA: nothing replaced (the eager kernel's stream cannot be matched), the
+    # first step watched for the note, the rest (and any capture) without the mode, as before
+    draws = SeedDraws(generators, replace=device.type == "cpu", device=device)
+    draws.exact_generators = rng_states is not None
+    watch = [True]
+    global_drawn = False  # the CPU: the global generator moved during a step (an unreproduced draw)
+
     def per_seed(st: tuple[torch.Tensor, ...], parts: dict[str, torch.Tensor], progress: float | torch.Tensor):
         return functional_call(runner, dict(zip(names, st)), (parts, progress))
 
     def forward(stacked: dict[str, torch.Tensor], progress: float | torch.Tensor):
         # progress: a float in eager steps, the graph's 0-d tensor (shared by all seeds) when captured
-        return vmap(lambda st, bt: per_seed(st, bt, progress), randomness="different")(state, stacked)
+        batched = vmap(lambda st, bt: per_seed(st, bt, progress), randomness="different")
+        if not watch[0]:
+            return batched(state, stacked)
+        with draws:
+            return batched(state, stacked)
 
     def draw(take: Sequence[Callable[[str], torch.Tensor]], names: Sequence[Container[str]]) -> dict[str, torch.Tensor]:
         # each seed's own streams, drawn as the unbatched loop draws them (seed by seed), stacked
@@ -449,9 +495,15 @@ def train_batched(
             warm = side if capture_at is not None and step < capture_at else None
             with graphs.side_stream_step(warm):
                 stacked = eager_draw()
+                check_global = device.type == "cpu" and not global_drawn
+                before = torch.get_rng_state() if check_global else None
                 try:
                     with autocast(device):
                         totals, parts = forward(stacked, progress)
+                    if before is not None and not torch.equal(before, torch.get_rng_state()):
+                        global_drawn = True  # a random op the mode did not replace: another draw
+                    if device.type != "cpu":
+                        watch[0] = False  # CUDA: the first step named the random ops; no mode from here
                     with torch.autocast(device.type, enabled=False):
                         opt.zero_grad(set_to_none=True)
                         totals.sum().backward()  # a custom autograd rule may refuse batched tensors here
@@ -508,7 +560,7 @@ def train_batched(
         return []
     for i in alive:
         try:
-            outcomes[i] = _finish(methods[i], ctxs[i], params, buffers, i, wall, n_seeds)
+            outcomes[i] = _finish(methods[i], ctxs[i], params, buffers, i, wall, n_seeds, draws.note(global_drawn))
         except Exception as exc:  # noqa: BLE001 - this seed fails; the others are recorded
             outcomes[i] = exc
     return [o for o in outcomes if o is not None]
@@ -522,11 +574,14 @@ def _finish(
     s: int,
     wall: float,
     n_seeds: int,
+    draws: str,
 ) -> RunResult:
     """Seed ``s``'s end of run, :func:`execute`'s own (:func:`finish_run`) on its slice of the
-    stacked state; ``wall_s`` is the whole group's (the seeds trained together)."""
+    stacked state; ``wall_s`` is the whole group's (the seeds trained together), ``draws`` whose
+    random draws its steps made (:meth:`SeedDraws.note`)."""
     _load_slice(method, params, buffers, s)
-    return finish_run(method, ctx, wall, {"compiled": False, "seed_batch": f"{n_seeds} seeds"})
+    timings = {"compiled": False, "seed_batch": f"{n_seeds} seeds", "seed_batch_draws": draws}
+    return finish_run(method, ctx, wall, timings)
 
 
 __all__ = ["execute_seeds", "train_batched", "batch_refusal", "stack_batches", "SeedStepGraph", "SeedOutcome"]
