@@ -157,13 +157,20 @@ def multi_kernel_mmd(
     batch (detached: no gradient flows through the bandwidth) and β_u in ``multipliers``.
     Long et al. combine the kernels convexly, k = Σ_u β_u k_u with Σ_u β_u = 1, and learn β; we
     fix equal weights β_u = 1/m (the *mean* of the m = 5 kernels). Two further choices differ from
-    the paper, as in TLlib's default (``linear=False``): the paper trains with the linear-time
-    *unbiased* estimate (§3.2, a sum over disjoint quad-tuples) where we use the quadratic-time
-    V-statistic over all pairs (biased by O(1/n), lower variance), and the paper's kernel family
+    the paper. (a) The estimator: the paper trains with the linear-time *unbiased* estimate (§3.2,
+    a sum over disjoint quad-tuples); ours is the quadratic-time *biased* V-statistic over all
+    pairs, within-domain diagonals k(x, x) = 1 included. It is the estimator of the widely used
+    ``MMDLoss`` of jindongwang/transferlearning (its ``kernel_mul=2, kernel_num=5`` are our σ²/4 …
+    4σ² with the same off-diagonal mean σ²; it sums the kernels, so its loss is 5× ours). TLlib's
+    quadratic default (``linear=False``) is instead the *unbiased* U-statistic (within-domain sums
+    over i ≠ j divided by n(n − 1), plus a constant 2/(n − 1)) with σ² averaged over all n² pairs.
+    The diagonals are constants (σ² is detached), so against the U-statistic our gradient differs
+    only by a factor (n − 1)/n on the within-domain terms (0.97 at 32 per domain); in exchange the
+    V-statistic is ‖μ̂_s − μ̂_t‖² in the RKHS, never negative. (b) The kernel family: the paper's
     spans bandwidths 2⁻⁸γ … 2⁸γ (§4) where ours is the five multipliers 1/4 … 4 (TLlib's 2^k for
-    k = −3 … 1, doubled by its 2σ² denominator). TLlib's
-    ``MultipleKernelMaximumMeanDiscrepancy`` *sums* its kernels instead (β_u = 1), so its loss
-    is m times ours: dabench's ``trade_off=1`` equals TLlib's ``trade_off=0.2``.
+    k = −3 … 1, doubled by its 2σ² denominator). TLlib's ``MultipleKernelMaximumMeanDiscrepancy``
+    *sums* its kernels (β_u = 1), so its loss is m times ours: dabench's ``trade_off=1`` equals
+    TLlib's ``trade_off=0.2``.
     """
     k = gaussian_kernel_matrix(torch.cat([source, target]), multipliers)
     return mmd_from_kernel(k, source.shape[0])

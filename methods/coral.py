@@ -23,7 +23,10 @@ class DeepCORAL(Method):
     total = CE(source) + trade_off · ‖C_S − C_T‖²_F / (4d²). As in the paper, the loss is applied
     to the classifier's output (``layer="logits"``, d = number of classes), where 1/(4d²) is
     small but not negligible; on 256-d bottleneck features it is ~1e-4 and the method silently
-    equals source-only unless the trade-off is scaled up (``layer="features"``).
+    equals source-only unless the trade-off is scaled up (``layer="features"``). C is the
+    unbiased sample covariance (n − 1), each domain's from its own batch. The paper chooses λ so
+    that the classification and CORAL losses are about equal at the end of training; dabench
+    fixes ``trade_off=1`` for every pair and seed, so runs are comparable (``--set coral.trade_off``).
     """
 
     protocol = "uda"

@@ -12,10 +12,13 @@ __all__ = ["DAN", "KERNEL_MULTIPLIERS", "multi_kernel_mmd"]
 class DAN(Method):
     """DAN (Long et al. 2015, ICML): align source and target features with multi-kernel MMD.
 
-    total = CE(source) + trade_off · MK-MMD²(g(x_s), g(x_t)) on the bottleneck features, with
-    MK-MMD² over the *mean* of five Gaussian kernels (equal β_u = 1/5 in the paper's convex
-    combination). TLlib sums the five kernels, so its loss is 5× ours: ``trade_off=1`` here is
-    TLlib's ``trade_off=0.2``; multiply a TLlib trade-off by 5 to reproduce its setting.
+    total = CE(source) + trade_off · MK-MMD²(g(x_s), g(x_t)) on the bottleneck features (one
+    layer, as TLlib; the paper adapts AlexNet's fc6–fc8), with MK-MMD² the quadratic-time biased
+    estimate over the *mean* of five Gaussian kernels (equal β_u = 1/5 in the paper's convex
+    combination; the estimator and bandwidths against the paper's and TLlib's are in
+    :func:`dabench.layers.multi_kernel_mmd`). TLlib sums the five kernels, so its loss is 5× ours:
+    ``trade_off=1`` here is TLlib's ``trade_off=0.2``; multiply a TLlib trade-off by 5 to
+    reproduce its setting.
     Source and target go through the network in one batch by default (``forward="concat"``);
     TLlib's DAN example runs two separate passes (``forward="separate"``).
     """

@@ -18,7 +18,10 @@ class DANN(Method):
 
     total = CE(source) + trade_off · BCE(D(R_λ(g(x))), d), with R_λ the gradient reversal layer,
     λ_p = 2/(1+exp(−10p)) − 1 and the engine's learning-rate annealing μ0/(1+10p)^0.75.
-    The discriminator sees source and target in one concatenated batch (``forward="concat"``).
+    The discriminator sees source and target in one concatenated batch (``forward="concat"``);
+    the BCE is the mean over its 2n rows, ½(mean over source + mean over target) as TLlib's
+    ``DomainAdversarialLoss``. λ_p scales only the gradient reaching the features, never the
+    discriminator's (§5.2.2: "λ_p is used only for updating the feature extractor").
     """
 
     protocol = "uda"

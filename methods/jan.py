@@ -30,8 +30,10 @@ def joint_mmd(
     K = ∏_l K^l, K^l_ij = k^l(z^l_i, z^l_j), each :func:`dabench.layers.gaussian_kernel_matrix`
     (a mean of Gaussians with the layer's ``multipliers``, bandwidth from its own batch), and
     JMMD² = mean K_ss + mean K_tt − 2 mean K_st. The paper's linear-time estimate (sums over
-    disjoint quadruples, for large batches) is unbiased but noisier; like TLlib's default we use
-    the quadratic one over all pairs, the same estimator as DAN's MMD here.
+    disjoint quadruples, for large batches) is unbiased but noisier; we use the quadratic-time
+    biased V-statistic over all pairs (diagonals included), the same estimator as DAN's MMD here
+    (TLlib's quadratic default is the unbiased U-statistic, i ≠ j; the difference and why are in
+    :func:`dabench.layers.multi_kernel_mmd`).
     """
     multipliers = multipliers or [KERNEL_MULTIPLIERS] * len(source)
     if not (len(source) == len(target) == len(multipliers)) or not source:
@@ -53,9 +55,10 @@ class JAN(Method):
 
     total = CE(source) + trade_off · JMMD²((g_s, softmax(h_s)), (g_t, softmax(h_t))), see
     :func:`joint_mmd`: the product of a multi-kernel Gaussian on the bottleneck features g (DAN's
-    five bandwidth multipliers 1/4 … 4, equal weights) and one Gaussian on the softmax outputs
-    (multiplier 1; TLlib fixes that one's σ at 0.92, see ``SOFTMAX_MULTIPLIERS``), quadratic-time
-    biased estimate (the paper's is the linear-time unbiased one). This is the non-adversarial JAN (the paper's
+    five bandwidth multipliers 1/4 … 4, equal weights; TLlib's JAN sums three, its α = 0.5, 1, 2,
+    i.e. our multipliers 1, 2, 4) and one Gaussian on the softmax outputs (multiplier 1; TLlib
+    fixes that one's σ at 0.92, see ``SOFTMAX_MULTIPLIERS``), quadratic-time biased estimate (the
+    paper's is the linear-time unbiased one). This is the non-adversarial JAN (the paper's
     JAN-A additionally learns the kernel parameters adversarially). Gradients flow through both
     layers: the softmax output's kernel also trains the head.
     """
