@@ -36,6 +36,14 @@ class AFN(Method):
     in training: inverted dropout alone scales the kept units by 1/(1 − p), so
     E‖f_drop‖² = ‖f‖²/(1 − p); with the factor E‖f_drop‖² = ‖f‖², and the norms the SAFN term
     enlarges and the head trains on are the norms evaluation sees.
+
+    Reductions and forward pass, against the authors' code and TLlib: each domain's L_SAFN is a mean
+    over its batch and the two are summed before λ multiplies them (the authors'
+    ``get_L2norm_loss_self_driven`` on source and on target, each already times ``weight_L2norm`` =
+    0.05); one mean over the union of the two batches would be half of it at equal batch sizes.
+    ``forward="concat"`` (one joint pass, BatchNorm on both domains at once) is TLlib's AFN and the
+    other UDA methods' default; the authors' code passes source and target separately, which is
+    ``forward="separate"``.
     """
 
     protocol = "uda"

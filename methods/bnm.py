@@ -31,6 +31,10 @@ class BNM(Method):
     digits-offline (3 seeds, default schedule, CPU) λ = 1 gives 85.0 ± 2.5 % against
     source-only's 74.6 ± 3.3 %, every class kept (lowest per-class accuracy 31 %), where MinEnt
     collapses classes (see ``methods/minent.py``).
+
+    ``forward="concat"`` (source and target in one pass through BatchNorm) is the default of the
+    other UDA methods, so that BNM's row differs from theirs by its loss alone; the authors' DA
+    script passes source and target separately, which is ``forward="separate"``.
     """
 
     protocol = "uda"

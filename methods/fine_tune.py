@@ -15,6 +15,12 @@ class FineTune(Method):
     source-only rate (new layers lr_scale × the pair's, a pretrained backbone lr_scale × 0.1 × it)
     (fine-tuning at a small learning rate keeps the source features; Yosinski et al. 2014,
     How transferable are features in deep neural networks? NeurIPS), for steps_fraction of its steps.
+
+    Data: the source-only network of the same pair and seed (labelled source, no target label) and
+    then the k labelled target images per class alone: no source batch, no unlabelled target batch.
+    It uses k × C target labels, so its runs are recorded under the few-shot protocol and tabled in
+    that label budget, never as a UDA row; compare it with the linear probe and with UDA methods
+    given the same shots (``<method>.target_shots``), not with label-free UDA.
     """
 
     protocol = "few-shot"

@@ -17,6 +17,9 @@ class LinearProbe(Method):
     frozen source-only feature extractor (backbone + bottleneck, eval mode). Features are computed
     once and cached; the head is trained full-batch with L-BFGS (a convex problem).
     Classic transfer recipe, e.g. Kornblith, Shlens, Le. Do Better ImageNet Models Transfer Better? CVPR 2019.
+
+    Data: the source-only network (trained without target labels) and the k × C labelled target
+    shots; a few-shot row, tabled in its own label budget like fine-tuning.
     """
 
     protocol = "few-shot"

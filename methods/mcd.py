@@ -33,7 +33,8 @@ class MCD(Method):
     d the mean absolute difference of the two softmax outputs (:func:`classifier_discrepancy`, eq. 1).
     num_k = 4 is the paper's value for digits. The engine's SGD and learning-rate annealing apply
     to both optimisers (the paper used Adam on digits). ``predict``: the log of the two heads'
-    mean softmax (the ensemble); ``features``: G's output. Without the authors' entropy term.
+    mean softmax (the ensemble; the authors' test code reports F1, F2 and the argmax of the summed
+    logits); ``features``: G's output. Without the authors' entropy term.
 
     BatchNorm: (A) passes the source batch alone and (C) the target batch alone. (B) passes source
     and target separately by default (``forward="separate"``, as the authors' code), so the target

@@ -10,7 +10,9 @@ class SourceOnly(Method):
     """Source-only baseline: cross-entropy on labelled source, no adaptation.
 
     total = CE(h(g(x_s)), y_s)  (+ CE on target shots when ``target_shots`` > 0).
-    Its checkpoint is the starting point of the few-shot methods of the same pair and seed.
+    Its checkpoint is the starting point of the methods with ``uses.init = "source-only"`` (SHOT, ADDA,
+    the linear probe, fine-tuning) of the same pair and seed; that starting run never takes target
+    shots, even when ``source-only.target_shots`` gives the source-only row its own.
     """
 
     protocol = "uda"

@@ -541,12 +541,29 @@ def _eval_shots(pair, k: int, methods: list[str], per_method: dict[str, dict]) -
 
 
 def _specs_for(
-    method_name, pair, seed, k, schedule, backbone, options, per_method, matrix, k_eval: int | None = None
+    method_name,
+    pair,
+    seed,
+    k,
+    schedule,
+    backbone,
+    options,
+    per_method,
+    matrix,
+    k_eval: int | None = None,
+    base_of: str | None = None,
 ) -> list[RunSpec]:
+    """The run specs of one method on one pair and seed: its own, preceded by the source-only run it
+    starts from (``uses.init``). ``base_of``: this is that starting run, for the method named."""
     cls = METHODS.get(method_name)
     k_eval = k if k_eval is None else k_eval
     given = {**pair.method_overrides.get(method_name, {}), **per_method.get(method_name, {})}
     own_shots = given.pop("target_shots", None)
+    if base_of is not None:
+        # the starting network of a dependant sees no target label: a source-only run given
+        # source-only.target_shots (a few-shot baseline row of its own) would otherwise hand its
+        # target-trained network to SHOT (source-free) or ADDA (UDA) as "the source model"
+        own_shots = None
     try:
         hparams = cls.resolve_hparams(given)
     except (KeyError, ValueError) as exc:
@@ -554,7 +571,9 @@ def _specs_for(
     out: list[RunSpec] = []
     depends_on = None
     if cls.uses.init == "source-only":
-        (base,) = _specs_for("source-only", pair, seed, k, schedule, backbone, options, per_method, matrix, k_eval)
+        (base,) = _specs_for(
+            "source-only", pair, seed, k, schedule, backbone, options, per_method, matrix, k_eval, base_of=method_name
+        )
         out.append(base)
         depends_on = base.run_id
         # the network must be the one the checkpoint holds
