@@ -82,6 +82,21 @@ def budget_key(labels: str) -> tuple[int, str]:
 
 BOUNDS = (0.0, 100.0)
 
+#: decimals a mean is rounded to before it is ranked, compared for the best or differenced
+TIE_DECIMALS = 9
+
+
+def tie_safe(x: Any) -> Any:
+    """``x`` rounded to :data:`TIE_DECIMALS` decimals, so that equal means compare equal.
+
+    A mean's last bits depend on the order of summation: (0.1 + 0.2 + 0.3)/3 ≠ (0.3 + 0.2 + 0.1)/3
+    in floating point, and accuracies on a grid (k/n · 100) make mathematically equal means of
+    different seeds common (97.1, 97.9 and 97.4, 97.6). Ranked raw, such a tie would be broken by
+    rounding noise (ranks 2 and 3 instead of 2.5 each; a Wilcoxon difference of 1e-14 counted
+    as a signed difference). 1e-9 points is far below any real difference of accuracies in %.
+    """
+    return np.round(np.asarray(x, dtype=float), TIE_DECIMALS)
+
 
 def mean_interval(
     tasks: list[np.ndarray] | np.ndarray, level: float = 0.95, bounds: tuple[float, float] | None = BOUNDS
@@ -641,7 +656,7 @@ def leaderboard(
             continue
         top = eligible["mean"].max()
         # every complete cell equal to the best mean is best (bold), as the avg/rank columns mark ties
-        bests = eligible.index[np.isclose(eligible["mean"].to_numpy(float), top, rtol=0.0, atol=1e-9)]
+        bests = eligible.index[tie_safe(eligible["mean"]) == tie_safe(top)]
         cells.loc[bests, "best"] = True
         b = bests[0]
         for i in g.index:
@@ -711,7 +726,7 @@ def leaderboard(
                 budget_key(summary.at[e, "labels"]),
                 summary.at[e, "method"] not in SOURCE_ONLY,
                 not summary.at[e, "all_pairs"],
-                summary.at[e, "rank"] if not math.isnan(summary.at[e, "rank"]) else math.inf,
+                float(tie_safe(summary.at[e, "rank"])) if not math.isnan(summary.at[e, "rank"]) else math.inf,
                 e,
             ),
         )
@@ -818,9 +833,10 @@ def _ranks_among(means: pd.Series, complete: pd.Series) -> pd.Series:
     displacing any. Ranking the survivors of a diverged cell among the others would push every
     complete row below it down a place: its rank would depend on a result that does not exist.
     """
-    ref = complete.to_numpy(float)
+    ref = tie_safe(complete.to_numpy(float))  # equal means tie, whatever their rounding noise
     out = {}
     for i, m in means.items():
+        m = tie_safe(m)
         ties = float(np.sum(ref == m)) - (1.0 if i in complete.index else 0.0)  # not counting itself
         out[i] = 1.0 + float(np.sum(ref > m)) + ties / 2.0
     return pd.Series(out)
@@ -835,5 +851,5 @@ def _best_within(summary: pd.DataFrame, col: str, maximise: bool) -> list[bool]:
         if math.isnan(v) or same.empty:
             out.append(False)
         else:
-            out.append(bool(v == (same.max() if maximise else same.min())))
+            out.append(bool(tie_safe(v) == tie_safe(same.max() if maximise else same.min())))
     return out

@@ -1,0 +1,137 @@
+"""Edge cases of the report's statistics: ties by rounding noise, exact Wilcoxon with ties and
+zeros, what Wilcoxon–Holm can attain with few blocks, and pairing by seed when seed sets differ."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from dabench.analysis.results import load_results
+from dabench.analysis.stats import compare, wilcoxon_min_blocks, wilcoxon_p, wilcoxon_signed_rank
+from dabench.analysis.tables import leaderboard
+from fake_runs import write_matrix, write_run
+
+# the same three accuracies in another seed order: mathematically equal means, whose float sums differ
+A, B = [90.1, 90.2, 90.4], [90.1, 90.4, 90.2]
+
+
+def test_fixture_means_differ_by_rounding_noise_only():
+    assert np.mean(A) != np.mean(B) and abs(np.mean(A) - np.mean(B)) < 1e-12
+
+
+def test_equal_means_share_rank_and_bold_in_leaderboard_and_friedman(tmp_path):
+    """Used to rank dann 1 and coral 2 on every pair (float noise), while both were bold."""
+    t = {}
+    for p in ("p1", "p2"):
+        t[("source-only", p)] = [80.0, 81.0, 82.0]
+        t[("dann", p)] = A
+        t[("coral", p)] = B
+    write_matrix(tmp_path, t)
+    df = load_results(tmp_path)
+    lb = leaderboard(df)
+    cells = lb.cells.set_index(["entry", "pair"])
+    for p in ("p1", "p2"):
+        assert cells.loc[("dann", p), "rank"] == cells.loc[("coral", p), "rank"] == 1.5
+        assert cells.loc[("dann", p), "best"] and cells.loc[("coral", p), "best"]
+    assert lb.summary.loc["dann", "rank"] == lb.summary.loc["coral", "rank"] == 1.5
+    assert lb.best.loc["dann", "rank"] and lb.best.loc["coral", "rank"]
+    assert lb.best.loc["dann", "avg"] and lb.best.loc["coral", "avg"]
+    c = compare(df)
+    (f,) = c.friedman
+    assert f.avg_ranks["dann"] == f.avg_ranks["coral"] == 1.5
+    w = c.wilcoxon.set_index(["a", "b"])
+    row = w.loc[("dann", "coral")] if ("dann", "coral") in w.index else w.loc[("coral", "dann")]
+    assert row["nonzero"] == 0 and row["p"] == 1.0  # no signed noise difference
+
+
+def _brute_wilcoxon(d: np.ndarray) -> float:
+    """Two-sided p by enumerating every sign assignment of the ranked non-zero |d| (zeros dropped)."""
+    d = d[d != 0]
+    r = sps.rankdata(np.abs(d))
+    obs = min(r[d > 0].sum(), r[d < 0].sum())
+    tp = np.array([r[np.array(s, bool)].sum() for s in itertools.product([0, 1], repeat=len(d))])
+    return min(1.0, 2 * float(np.mean(tp <= obs + 1e-9)))
+
+
+@pytest.mark.parametrize(
+    "d",
+    [
+        [1.0, 1.0, 2.0, 2.0, 3.0],  # ties, every sign alike: 2/2^5
+        [1.0, 2.0, 3.0, 4.0, 5.0, 0.0],  # one zero: n = 5
+        [1.0, -1.0, 2.0, 2.0, -3.0, 3.0, 4.0, 0.0, 0.0],
+        [1.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, -4.0, 5.0, 6.0, 6.0, -1.0, 2.0],  # n = 14 with ties
+        [0.5, 1.0, 1.0, 1.5, 2.0, 2.0, 2.5, 3.0, 3.0, 3.5, 4.0, 4.0, 4.5, 5.0, -0.5],  # n = 15 with ties
+    ],
+)
+def test_wilcoxon_is_exact_with_ties_and_zeros(d):
+    """Used to take scipy's normal approximation above 13 differences with ties (and with any
+    zero on scipy < 1.13); the exact conditional test is what the report calls p."""
+    d = np.asarray(d)
+    x = 60.0 + d
+    w = wilcoxon_signed_rank(x, np.full(len(d), 60.0))
+    assert w.p == pytest.approx(_brute_wilcoxon(d), abs=1e-12)
+    assert w.n == int((d != 0).sum())
+    assert wilcoxon_p(x, np.full(len(d), 60.0))[1] == pytest.approx(w.p, abs=1e-12)
+
+
+def test_wilcoxon_matches_scipy_without_ties_and_the_edges():
+    rng = np.random.default_rng(3)
+    for n in (2, 3, 6, 9, 20):
+        x, y = rng.normal(50, 2, n), rng.normal(51, 2, n)
+        w = wilcoxon_signed_rank(x, y)
+        r = sps.wilcoxon(x, y, method="exact")
+        assert w.p == pytest.approx(r.pvalue, abs=1e-12) and w.statistic == r.statistic
+    w = wilcoxon_signed_rank(np.ones(4), np.ones(4))  # every difference zero
+    assert (w.statistic, w.p, w.n) == (0.0, 1.0, 0)
+    assert np.isnan(wilcoxon_p(np.ones(1), np.zeros(1))[1])  # one block: no test
+    assert wilcoxon_signed_rank(np.array([61.0, 62.0]), np.array([60.0, 60.0])).p == 0.5  # n=2: 2/4
+
+
+def test_wilcoxon_min_blocks():
+    assert [wilcoxon_min_blocks(m, 0.05) for m in (1, 3, 6, 10, 15)] == [6, 7, 8, 9, 10]
+
+
+def _four_methods_on(tmp_path, pairs: int):
+    t = {}
+    for i in range(pairs):
+        for j, m in enumerate(("source-only", "dan", "dann", "coral")):
+            t[(m, f"p{i}")] = [50.0 + 5 * j + i, 50.5 + 5 * j + i, 51.0 + 5 * j + i]
+    write_matrix(tmp_path, t)
+    return compare(load_results(tmp_path))
+
+
+def test_wilcoxon_holm_says_when_nothing_can_be_significant(tmp_path):
+    """4 methods (6 comparisons) on 6 pairs, perfectly ordered: each p = 2/64, Holm's smallest
+    6 · 2/64 = 0.19. The old note only spoke below N = 6 and so said nothing here."""
+    c = _four_methods_on(tmp_path, 6)
+    assert np.allclose(c.wilcoxon["p"], 2 / 64) and not c.wilcoxon["significant"].any()
+    (note,) = [n for n in c.notes if "Wilcoxon" in n]
+    assert "N = 6 blocks" in note and "2/2^6 = 0.0312" in note and "needs N ≥ 8" in note
+
+
+def test_wilcoxon_holm_note_absent_when_significance_is_attainable(tmp_path):
+    c = _four_methods_on(tmp_path, 8)
+    assert c.wilcoxon["significant"].all()  # 6 · 2/256 = 0.047 < 0.05
+    assert not [n for n in c.notes if "Wilcoxon" in n]
+
+
+def test_per_pair_pairs_on_common_seeds_and_says_so(tmp_path):
+    """dann has seeds 0–5, source-only 1–6 (both complete). The test must pair seed s with
+    seed s on the 5 common seeds (1–5), not run Welch on all and report "seeds = 6"."""
+    so = {s: 50.0 + s for s in range(1, 7)}
+    da = {s: 52.0 + s + (0.1 if s % 2 else -0.1) for s in range(6)}
+    for s, a in so.items():
+        write_run(tmp_path, f"so{s}", "source-only", "a", s, acc=a)
+    for s, a in da.items():
+        write_run(tmp_path, f"da{s}", "dann", "a", s, acc=a)
+    c = compare(load_results(tmp_path))
+    (row,) = c.per_pair.to_dict("records")
+    common = [1, 2, 3, 4, 5]
+    assert row["test"] == "paired t (common seeds)" and row["seeds"] == 5
+    assert (row["n_a"], row["n_b"]) == (5, 5)
+    expected = sps.ttest_rel([da[s] for s in common], [so[s] for s in common]).pvalue
+    assert row["p"] == pytest.approx(expected)
+    assert row["mean_a"] == pytest.approx(np.mean([da[s] for s in common]))
