@@ -135,3 +135,25 @@ def test_per_pair_pairs_on_common_seeds_and_says_so(tmp_path):
     expected = sps.ttest_rel([da[s] for s in common], [so[s] for s in common]).pvalue
     assert row["p"] == pytest.approx(expected)
     assert row["mean_a"] == pytest.approx(np.mean([da[s] for s in common]))
+
+
+def test_nemenyi_separates_nothing_when_friedman_does_not_reject(tmp_path):
+    """Ranks 1.25 … 3.75 over N = 4 pairs (k = 4): the asymptotic CD (2.35) separates the first
+    from the last, but the exact Friedman p is 0.052. Used to print "No significant difference"
+    beside a Nemenyi row marked significant and separate groups (and draw them in the CD diagram)."""
+    ranks = [[3, 1, 4, 2], [4, 1, 3, 2], [4, 2, 1, 3], [4, 1, 2, 3]]  # rows: pairs; columns: methods
+    names = ("source-only", "dan", "dann", "coral")
+    t = {
+        (m, f"p{i}"): [80.0 - 5 * r[j] + d for d in (0.0, 0.5, 1.0)]
+        for i, r in enumerate(ranks)
+        for j, m in enumerate(names)
+    }
+    write_matrix(tmp_path, t)
+    c = compare(load_results(tmp_path))
+    (f,) = c.friedman
+    assert f.p_value == pytest.approx(0.0517, abs=1e-4) and not f.significant
+    assert f.avg_ranks["source-only"] - f.avg_ranks["dan"] >= f.cd  # what the CD alone would separate
+    assert not c.nemenyi["significant"].any()
+    assert f.cliques == (tuple(f.avg_ranks.index),)  # one group: the CD diagram joins every method
+    md = c.to_markdown()
+    assert "no Nemenyi post-hoc comparison" in md and "Groups not separated" not in md

@@ -22,9 +22,10 @@ Tests (all two-sided, level ``alpha``):
   and N < 10, a Monte-Carlo permutation p-value (within-block shuffles, (1 + #≥)/(1 + B))
   is used; else the Iman–Davenport F. ``FriedmanResult.test`` names the one used.
 * **Nemenyi** critical difference CD = q_α √(k(k+1)/(6N)), with q_α the studentized range
-  quantile for k groups and infinite d.o.f. divided by √2. Two methods differ when their
-  average ranks differ by at least CD; a CD diagram joins by a bar the *cliques* of
-  methods whose ranks are all within CD.
+  quantile for k groups and infinite d.o.f. divided by √2. A post-hoc test, read only when
+  Friedman rejects (Demšar 2006, §3.2.2): then two methods differ when their average ranks
+  differ by at least CD, and a CD diagram joins by a bar the *cliques* of methods whose ranks
+  are all within CD; when Friedman does not reject, no pair differs and one bar joins all.
 * **Wilcoxon signed-rank** per pair of methods over the blocks, exact (the conditional sign-flip
   distribution, ties and zeros included: :func:`wilcoxon_signed_rank`), with **Holm**'s step-down
   correction (Holm 1979) over the m = k(k−1)/2 comparisons of one label budget: sort the m
@@ -222,7 +223,10 @@ def friedman(
     labels: str = "",
     higher_is_better: bool = True,
 ) -> FriedmanResult:
-    """Friedman test on an N(blocks)×k(methods) score matrix, with Nemenyi's CD."""
+    """Friedman test on an N(blocks)×k(methods) score matrix, with Nemenyi's CD (Demšar 2006).
+
+    ``cliques`` are :func:`cd_cliques` when the test rejects at ``alpha``, else one group of all
+    methods: the Nemenyi post-hoc test is read only after the omnibus test rejects."""
     if isinstance(scores, pd.DataFrame):
         names = [str(c) for c in scores.columns]
         x = scores.to_numpy(dtype=float)
@@ -270,7 +274,12 @@ def friedman(
     q = nemenyi_q(k, alpha)
     cd = q * math.sqrt(k * (k + 1) / (6 * n))
     avg = pd.Series(rbar, index=names).sort_values()
-    return FriedmanResult(labels, n, k, avg, chi2, p_chi2, ff, p_ff, alpha, q, cd, cd_cliques(avg, cd), p_value, test)
+    # Nemenyi is a post-hoc test: only once Friedman rejects (Demšar 2006, §3.2.2). Its CD is
+    # asymptotic and can separate two methods where the exact Friedman p is above α; then no
+    # pair is called different and one group holds every method.
+    rejects = bool(p_value < alpha) if not math.isnan(p_value) else bool(p_ff < alpha)
+    cliques = cd_cliques(avg, cd) if rejects else (tuple(avg.index),)
+    return FriedmanResult(labels, n, k, avg, chi2, p_chi2, ff, p_ff, alpha, q, cd, cliques, p_value, test)
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -552,7 +561,8 @@ def friedman_nemenyi_test(b: Budget, ctx: Context) -> StatOutput:
                 "rank_b": f.avg_ranks[c],
                 "diff": diff,
                 "cd": f.cd,
-                "significant": bool(diff >= f.cd),
+                # post-hoc: a pair differs only when Friedman rejects and their ranks are ≥ CD apart
+                "significant": bool(diff >= f.cd) and f.significant,
             }
         )
     blocks = "pairs (mean over seeds per pair)" if ctx.blocks == "pair" else "pair × seed blocks"
@@ -561,10 +571,15 @@ def friedman_nemenyi_test(b: Budget, ctx: Context) -> StatOutput:
         f"χ²_F = {f.chi2:.3f} (p = {f.p_chi2:.3g}), F_F = {f.ff:.3f} (p = {f.p_ff:.3g}); "
         f"significance decided on the {f.test}: p = {f.p_value:.3g}. "
         f"Nemenyi q_{ctx.alpha} = {f.q_alpha:.3f}, CD = {f.cd:.3f}. "
-        + ("The methods differ significantly." if f.significant else "No significant difference among the methods.")
-        + " Groups not separated by Nemenyi: "
-        + ("; ".join("{" + ", ".join(c) + "}" for c in f.cliques) or "none")
-        + "."
+        + (
+            "The methods differ significantly. Groups not separated by Nemenyi: "
+            + ("; ".join("{" + ", ".join(c) + "}" for c in f.cliques) or "none")
+            + "."
+            if f.significant
+            else "No significant difference among the methods, so no Nemenyi post-hoc comparison "
+            "(Demšar 2006, §3.2.2: only after Friedman rejects); the CD is shown for reference and "
+            "no pair is called different."
+        )
     )
     ranks = f.avg_ranks.rename("average rank").rename_axis("method").reset_index()
     return StatOutput(
