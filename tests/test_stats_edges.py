@@ -157,3 +157,16 @@ def test_nemenyi_separates_nothing_when_friedman_does_not_reject(tmp_path):
     assert f.cliques == (tuple(f.avg_ranks.index),)  # one group: the CD diagram joins every method
     md = c.to_markdown()
     assert "no Nemenyi post-hoc comparison" in md and "Groups not separated" not in md
+
+
+def test_iqm_is_per_pair_never_runs_pooled_across_pairs(tmp_path):
+    """A hard pair with 6 seeds and an easy one with 4: pooling the 10 runs trimmed the hard
+    pair's lowest and the easy pair's highest runs and weighted the hard pair by its seeds
+    (45.8, beside a mean over pairs of 57.0). Per pair: IQMs 22.5 and 91.5, averaged 57.0."""
+    for s, a in enumerate([20.0, 21.0, 22.0, 23.0, 24.0, 25.0]):
+        write_run(tmp_path, f"h{s}", "dann", "hard", s, acc=a)
+    for s, a in enumerate([90.0, 91.0, 92.0, 93.0]):
+        write_run(tmp_path, f"e{s}", "dann", "easy", s, acc=a)
+    (row,) = compare(load_results(tmp_path)).bootstrap.to_dict("records")
+    assert row["mean"] == pytest.approx(57.0)
+    assert row["iqm"] == pytest.approx((22.5 + 91.5) / 2)
