@@ -95,7 +95,7 @@ def test_markdown_is_aligned_and_marks_best(df):
     rows = [line for line in md.splitlines() if line.startswith("|")]
     assert len({len(r) for r in rows}) == 1, "columns must align in a terminal"
     assert "**71.0 ± 1.0" in md and "labels" in rows[0]
-    assert "Welch" in md and "1 run(s) not complete" in md
+    assert "Welch" in md and "1 planned run(s) without a result" in md and "1 failed" in md
     assert "selection rule: last" in md
 
 

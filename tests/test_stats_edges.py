@@ -12,7 +12,7 @@ from scipy import stats as sps
 from dabench.analysis.results import load_results
 from dabench.analysis.stats import compare, wilcoxon_min_blocks, wilcoxon_p, wilcoxon_signed_rank
 from dabench.analysis.tables import leaderboard
-from fake_runs import write_matrix, write_run
+from fake_runs import curve_from, write_matrix, write_run
 
 # the same three accuracies in another seed order: mathematically equal means, whose float sums differ
 A, B = [90.1, 90.2, 90.4], [90.1, 90.4, 90.2]
@@ -170,3 +170,17 @@ def test_iqm_is_per_pair_never_runs_pooled_across_pairs(tmp_path):
     (row,) = compare(load_results(tmp_path)).bootstrap.to_dict("records")
     assert row["mean"] == pytest.approx(57.0)
     assert row["iqm"] == pytest.approx((22.5 + 91.5) / 2)
+
+
+def test_a_complete_run_with_a_non_finite_accuracy_is_missing_and_named(tmp_path):
+    """A NaN or infinite final accuracy never enters a mean; the note used to count such runs as
+    "2 run(s) not complete …: 2 complete"."""
+    write_matrix(tmp_path, {("source-only", "a"): [50.0, 51.0, 52.0], ("dann", "a"): [60.0, 61.0, 62.0]})
+    write_run(tmp_path, "dann-a-0-1", "dann", "a", 1, curve=curve_from([float("nan")]))
+    write_run(tmp_path, "dann-a-0-2", "dann", "a", 2, curve=curve_from([float("inf")]))
+    with pytest.warns(UserWarning, match="no usable score"):
+        lb = leaderboard(load_results(tmp_path))
+    cell = lb.cells.set_index("entry").loc["dann"]
+    assert (cell["n"], cell["planned"], cell["mean"]) == (1, 3, 60.0) and not cell["best"]
+    (note,) = [n for n in lb.notes if "left out of the means" in n]
+    assert "2 complete without a score for rule 'last'" in note

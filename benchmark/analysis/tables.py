@@ -606,10 +606,13 @@ def leaderboard(
     title = f"Target accuracy (%) — selection rule: {rule_title(rule)}"
     sel, planned, missing, notes = prepare(df, rule, where)
     if len(missing):
-        counts = missing["status"].value_counts()
+        # a complete run is missing only because its curve has no (finite) score for the rule
+        counts = missing["status"].replace({"complete": f"complete without a score for rule {rule!r}"}).value_counts()
         notes.append(
-            f"{len(missing)} run(s) not complete (failed/diverged/running/skipped/pending) "
-            "are left out of the means: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + "; listed below."
+            f"{len(missing)} planned run(s) without a result (failed/diverged/running/skipped/pending, "
+            "or no score for the rule) are left out of the means: "
+            + ", ".join(f"{v} {k}" for k, v in counts.items())
+            + "; listed below."
         )
     if sel.empty:
         empty = pd.DataFrame()
