@@ -184,3 +184,20 @@ def test_a_complete_run_with_a_non_finite_accuracy_is_missing_and_named(tmp_path
     assert (cell["n"], cell["planned"], cell["mean"]) == (1, 3, 60.0) and not cell["best"]
     (note,) = [n for n in lb.notes if "left out of the means" in n]
     assert "2 complete without a score for rule 'last'" in note
+
+
+def test_pair_seed_blocks_are_the_seeds_every_method_ran(tmp_path):
+    """dann ran seeds 0–4 (another folder), source-only and dan 0–2: the pair × seed blocks
+    are seeds 0–2 of each pair, said in a note. dann used to leave the tests ("missing blocks")."""
+    t = {}
+    for p in ("a", "b"):
+        t[("source-only", p)] = [50.0, 51.0, 52.0]
+        t[("dan", p)] = [55.0, 57.0, 56.0]
+        t[("dann", p)] = [60.0, 61.0, 59.0, 40.0, 41.0]
+    write_matrix(tmp_path, t)
+    c = compare(load_results(tmp_path), blocks="pair-seed")
+    (f,) = c.friedman
+    assert set(f.avg_ranks.index) == {"source-only", "dan", "dann"} and f.n_blocks == 6
+    assert list(f.avg_ranks.index) == ["dann", "dan", "source-only"]  # seeds 3, 4 of dann not blocks
+    assert any("left out (4 of 10): a seed 3, a seed 4, b seed 3, b seed 4" in n for n in c.notes)
+    assert not any("missing blocks" in n for n in c.notes)

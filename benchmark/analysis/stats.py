@@ -4,7 +4,9 @@ Blocks ("tasks"). A comparison across tasks needs one score per method and task.
 default a task is a **pair**, scored by the mean over seeds of the selected accuracy: seeds
 of one pair share data and are not independent tasks, so counting them as blocks would
 overstate N (Demšar 2006, §3: blocks are data sets). ``blocks="pair-seed"`` uses every
-(pair, seed) as a block instead, for users who accept that.
+(pair, seed) as a block instead, for users who accept that: the seeds every method ran on the
+pair (a seed means the same split and initialisation for every method; the notes name the
+seeds left out).
 
 Tests (all two-sided, level ``alpha``):
 
@@ -469,7 +471,8 @@ class Budget:
 
     ``runs_all`` holds every complete run of the budget; ``runs`` drops the rows (entries) with
     a cell missing planned seeds (those leave the across-pair tests and intervals);
-    ``matrix`` is blocks × entries of mean accuracy over the methods that have every block;
+    ``matrix`` is blocks × entries of mean accuracy over the methods that have every block
+    (pair × seed blocks: the seeds every such method ran);
     ``ranking`` their average Friedman rank, best first (None when ``matrix`` is smaller than
     2 × 2, i.e. no across-task test applies); ``scores`` entry → pair → run accuracies of
     ``runs``; ``order`` the entries of ``runs`` by ``ranking`` then by name.
@@ -880,6 +883,22 @@ def _budget(sel: pd.DataFrame, labels: str, blocks: str, bad_rows: set[str], not
     index = "pair" if blocks == "pair" else ["pair", "seed"]
     # rounded (tie_safe): equal means tie in the ranks and give zero Wilcoxon differences
     mat = s.pivot_table(index=index, columns="entry", values="accuracy", aggfunc="mean").round(TIE_DECIMALS)
+    if blocks == "pair-seed" and len(mat):
+        # a seed pairs runs across methods (same split, draw, initialisation): a block is one
+        # (pair, seed) that every method ran. Methods missing a whole pair leave (below, as with
+        # pair blocks); of the rest, seeds that only some ran leave as blocks, never as methods,
+        # and never misaligned (runs of different seeds are not one block).
+        whole = [c for c in mat.columns if mat[c].isna().groupby(level="pair").all().any()]
+        rest = mat.drop(columns=whole)
+        partial = rest.index[rest.isna().any(axis=1)]
+        if len(partial) and len(rest.columns):
+            notes.append(
+                f"labels {labels}: pair × seed blocks are the seeds every method ran; left out "
+                f"({len(partial)} of {len(rest)}): "
+                + ", ".join(f"{p} seed {int(sd)}" for p, sd in partial)
+                + "."
+            )
+            mat = mat.drop(index=partial)
     incomplete = [c for c in mat.columns if mat[c].isna().any()]
     if incomplete:
         notes.append(
