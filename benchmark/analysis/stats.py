@@ -894,9 +894,7 @@ def _budget(sel: pd.DataFrame, labels: str, blocks: str, bad_rows: set[str], not
         if len(partial) and len(rest.columns):
             notes.append(
                 f"labels {labels}: pair × seed blocks are the seeds every method ran; left out "
-                f"({len(partial)} of {len(rest)}): "
-                + ", ".join(f"{p} seed {int(sd)}" for p, sd in partial)
-                + "."
+                f"({len(partial)} of {len(rest)}): " + ", ".join(f"{p} seed {int(sd)}" for p, sd in partial) + "."
             )
             mat = mat.drop(index=partial)
     incomplete = [c for c in mat.columns if mat[c].isna().any()]
