@@ -201,3 +201,34 @@ def test_pair_seed_blocks_are_the_seeds_every_method_ran(tmp_path):
     assert list(f.avg_ranks.index) == ["dann", "dan", "source-only"]  # seeds 3, 4 of dann not blocks
     assert any("left out (4 of 10): a seed 3, a seed 4, b seed 3, b seed 4" in n for n in c.notes)
     assert not any("missing blocks" in n for n in c.notes)
+
+
+def test_dagger_is_two_sided_because_the_best_is_picked_by_the_data(tmp_path):
+    """Two methods: dann beats dan with one-sided Welch p between 0.025 and 0.05, i.e. two-sided
+    p between 0.05 and 0.1. The old one-sided test (in the direction the data chose) called dan
+    significantly worse (no †): a two-sided test at α = 0.10."""
+    dann, dan = [70.0, 71.0, 72.0], [68.0, 69.0, 70.0]
+    one = sps.ttest_ind(dan, dann, equal_var=False, alternative="less").pvalue
+    assert 0.025 < one < 0.05
+    write_matrix(tmp_path, {("dann", "a"): dann, ("dan", "a"): dan})
+    lb = leaderboard(load_results(tmp_path))
+    cell = lb.cells.set_index("entry").loc["dan"]
+    assert cell["p_vs_best"] == pytest.approx(2 * one) and cell["tied"] and lb.tied.loc["dan", "a"]
+    assert "two-sided Welch" in lb.to_markdown() and "Holm over the column" in lb.to_markdown()
+
+
+def test_dagger_is_holm_corrected_over_the_column(tmp_path):
+    """Three cells below the best, each with two-sided p just under 0.05: uncorrected, none would
+    get †; Holm over the column's three comparisons (smallest × 3 > 0.05) marks all three."""
+    best = [80.0, 81.0, 82.0]
+    t = {("best", "a"): best}
+    worse = [77.4, 78.4, 79.4]  # 2.6 below with the same spread
+    p = sps.ttest_ind(worse, best, equal_var=False).pvalue
+    assert 0.01 < p < 0.05 and 3 * p > 0.05
+    for m in ("m1", "m2", "m3"):
+        t[(m, "a")] = worse
+    write_matrix(tmp_path, t)
+    cells = leaderboard(load_results(tmp_path)).cells.set_index("entry")
+    assert (cells.loc[["m1", "m2", "m3"], "p_vs_best"] < 0.05).all()
+    assert cells.loc[["m1", "m2", "m3"], "tied"].all()
+    assert cells.loc[["m1", "m2", "m3"], "p_vs_best_holm"].to_numpy() == pytest.approx([3 * p] * 3)

@@ -76,7 +76,7 @@ import html
 import itertools
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,7 +85,7 @@ from scipy import stats as sps
 
 from .render import html_table, md_table  # md_table/html_table: also re-exported for old imports
 from .selection import rule_title
-from .tables import TIE_DECIMALS, budget_key, mean_interval, prepare, tie_safe
+from .tables import TIE_DECIMALS, budget_key, holm, mean_interval, prepare, tie_safe  # holm: also stats.holm
 
 BLOCKS = ("pair", "pair-seed")
 MIN_SEEDS_PER_PAIR = 5
@@ -283,20 +283,6 @@ def friedman(
     rejects = bool(p_value < alpha) if not math.isnan(p_value) else bool(p_ff < alpha)
     cliques = cd_cliques(avg, cd) if rejects else (tuple(avg.index),)
     return FriedmanResult(labels, n, k, avg, chi2, p_chi2, ff, p_ff, alpha, q, cd, cliques, p_value, test)
-
-
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm–Bonferroni adjusted p-values (step-down; NaNs are kept and not counted)."""
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    m = len(ok)
-    order = ok[np.argsort(p[ok], kind="stable")]
-    running = 0.0
-    for i, idx in enumerate(order):
-        running = max(running, min(1.0, (m - i) * p[idx]))
-        out[idx] = running
-    return out
 
 
 @dataclass(frozen=True)
