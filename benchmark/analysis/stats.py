@@ -739,7 +739,8 @@ STAT_TESTS: dict[str, StatTest] = {
         "Mean over pairs with 95% t-intervals",
         "Mean = mean over pairs of the per-pair mean over seeds; 95% interval = "
         "mean ± t·√(Σ s²/n)/P with Welch–Satterthwaite degrees of freedom (the Student "
-        "t-interval with one pair), clipped to [0, 100]; it covers 95% under normal seed "
+        "t-interval with one pair), clipped to [0, 100]; it is about these pairs (seed noise "
+        "only: the pairs are fixed, not a sample of tasks) and covers 95% under normal seed "
         "noise at 3 and at 10 seeds (a stratified percentile bootstrap covers only ~76% at "
         "1 pair × 3 seeds, so it is not used). IQM = mean over pairs of each pair's "
         "interquartile mean over seeds, shown only with ≥ 4 runs on every pair (with 3 runs it "
