@@ -251,7 +251,8 @@ def leaderboard(df, rule: str = "last", where=None):
 
 
 def compare(df, rule: str = "last", **kwargs: Any):
-    """Statistical comparison of the methods (Friedman/Nemenyi, Wilcoxon–Holm, bootstrap)."""
+    """Statistical comparison of the methods (exact Friedman/Nemenyi, exact Wilcoxon–Holm, mean
+    t-intervals, P(improvement), per-pair t-tests): :func:`dabench.analysis.stats.compare`."""
     from .analysis.results import filter_runs  # late: as in load_results
     from .analysis.stats import compare as _cmp
 

@@ -73,19 +73,23 @@ def test_avg_and_gain_over_source_only(df):
     assert lb.table.loc["dan", "gain vs source-only"] == "+8.5*"  # dan's failed seed 9 on a: over survivors
 
 
-def test_not_significantly_worse_mark_uses_one_sided_welch(df, tmp_path):
+def test_not_significantly_worse_mark_uses_two_sided_welch_with_holm(df, tmp_path):
     # Updated: the fixture's failed dan seed 9 on pair a now makes that cell 3/4 seeds, which is
     # never marked (the old test expected the mark, treating the failed seed as if never planned).
+    # Updated again: two-sided (the best is picked by the same data) and Holm over the column.
     clean = tmp_path / "clean"
     write_matrix(clean, UDA)
     lb = leaderboard(load_results(clean))
-    # pair a: dann [70,71,72] best; dan [69,71,70] equal mean 70 < 71 → Welch p
-    p = sps.ttest_ind([69, 71, 70], [70, 71, 72], equal_var=False, alternative="less").pvalue
+    # pair a: dann [70,71,72] best; dan [69,71,70] mean 70 < 71 and source-only [60,61,62] → Welch p
+    p = sps.ttest_ind([69, 71, 70], [70, 71, 72], equal_var=False).pvalue
+    p_so = sps.ttest_ind([60, 61, 62], [70, 71, 72], equal_var=False).pvalue
     cell = lb.cells.set_index(["entry", "pair"]).loc[("dan", "a")]
-    assert cell["p_vs_best"] == pytest.approx(p) and bool(cell["tied"]) == (p > 0.05)
+    assert cell["p_vs_best"] == pytest.approx(p)
+    assert cell["p_vs_best_holm"] == pytest.approx(max(p, 2 * p_so)) and bool(cell["tied"]) == (p > 0.05)
     assert bool(lb.tied.loc["dan", "a"]) == (p > 0.05)
     inc = leaderboard(df).cells.set_index(["entry", "pair"]).loc[("dan", "a")]
     assert inc["p_vs_best"] == pytest.approx(p) and not inc["tied"] and (inc["n"], inc["planned"]) == (3, 4)
+    assert math.isnan(inc["p_vs_best_holm"])  # a cell missing seeds is outside the column's family
     assert not lb.tied.loc["source-only", "a"]  # 10 points worse with sd 1: significant
     assert math.isnan(welch_less_p([1.0], [2.0, 3.0]))  # one seed: untestable, not marked
 
@@ -95,7 +99,7 @@ def test_markdown_is_aligned_and_marks_best(df):
     rows = [line for line in md.splitlines() if line.startswith("|")]
     assert len({len(r) for r in rows}) == 1, "columns must align in a terminal"
     assert "**71.0 ± 1.0" in md and "labels" in rows[0]
-    assert "Welch" in md and "1 run(s) not complete" in md
+    assert "Welch" in md and "1 planned run(s) without a result" in md and "1 failed" in md
     assert "selection rule: last" in md
 
 

@@ -328,7 +328,8 @@ def write_report(
         rule: selection rule (see :data:`dabench.analysis.selection.RULES`).
         formats: leaderboard exports among ``md, csv, tex, html`` (list or comma string).
         out: output folder; default the first results folder.
-        reps: bootstrap resamples for the confidence intervals.
+        reps: handed to :func:`~dabench.analysis.stats.compare` (its intervals are t-intervals
+            now; no built-in test resamples).
         tsne: a run id (or unique prefix) whose saved features, beside those of the source-only
             run of the same pair and seed, make a t-SNE figure (runs save features when run
             with ``--set save_features=true``).

@@ -4,7 +4,9 @@ Blocks ("tasks"). A comparison across tasks needs one score per method and task.
 default a task is a **pair**, scored by the mean over seeds of the selected accuracy: seeds
 of one pair share data and are not independent tasks, so counting them as blocks would
 overstate N (Demšar 2006, §3: blocks are data sets). ``blocks="pair-seed"`` uses every
-(pair, seed) as a block instead, for users who accept that.
+(pair, seed) as a block instead, for users who accept that: the seeds every method ran on the
+pair (a seed means the same split and initialisation for every method; the notes name the
+seeds left out).
 
 Tests (all two-sided, level ``alpha``):
 
@@ -22,27 +24,32 @@ Tests (all two-sided, level ``alpha``):
   and N < 10, a Monte-Carlo permutation p-value (within-block shuffles, (1 + #≥)/(1 + B))
   is used; else the Iman–Davenport F. ``FriedmanResult.test`` names the one used.
 * **Nemenyi** critical difference CD = q_α √(k(k+1)/(6N)), with q_α the studentized range
-  quantile for k groups and infinite d.o.f. divided by √2. Two methods differ when their
-  average ranks differ by at least CD; a CD diagram joins by a bar the *cliques* of
-  methods whose ranks are all within CD.
-* **Wilcoxon signed-rank** per pair of methods over the blocks, with **Holm**'s step-down
-  correction (Holm 1979): sort the m p-values p_(1) ≤ … ≤ p_(m), adjusted
-  p̃_(i) = max_{j≤i} min(1, (m−j+1) p_(j)).
+  quantile for k groups and infinite d.o.f. divided by √2. A post-hoc test, read only when
+  Friedman rejects (Demšar 2006, §3.2.2): then two methods differ when their average ranks
+  differ by at least CD, and a CD diagram joins by a bar the *cliques* of methods whose ranks
+  are all within CD; when Friedman does not reject, no pair differs and one bar joins all.
+* **Wilcoxon signed-rank** per pair of methods over the blocks, exact (the conditional sign-flip
+  distribution, ties and zeros included: :func:`wilcoxon_signed_rank`), with **Holm**'s step-down
+  correction (Holm 1979) over the m = k(k−1)/2 comparisons of one label budget: sort the m
+  p-values p_(1) ≤ … ≤ p_(m), adjusted p̃_(i) = max_{j≤i} min(1, (m−j+1) p_(j)). The smallest
+  p with n non-zero differences is 2/2ⁿ, so nothing can be significant below
+  :func:`wilcoxon_min_blocks` blocks (6 for one comparison, 7 for three); the notes say so.
 * **Mean over pairs with a 95% t-interval** (:func:`dabench.analysis.tables.mean_interval`: Welch–
   Satterthwaite degrees of freedom over the pairs' seed variances, exact Student t with one
   pair). The report no longer uses the stratified percentile bootstrap (Agarwal et al. 2021)
   for it: at 1 pair × 3 seeds its "95%" interval covers about 76% of the time (the resampled
   spread of 3 values underestimates the spread of the mean); the t-interval covers 95% at
   3 and at 10 seeds (tests/test_stats.py). :func:`stratified_bootstrap_ci` stays available.
-  The **interquartile mean** (IQM, mean of the middle 50% of all run scores pooled over
-  tasks) is shown only where it trims something (≥ 4 runs; with 3 runs it *is* the mean),
+  The **interquartile mean** (IQM, mean of the middle 50% of the runs of each pair, averaged
+  over pairs: :func:`pair_iqm`; never runs pooled across pairs of different difficulty) is
+  shown only where it trims something (≥ 4 runs on every pair; with 3 runs it *is* the mean),
   as a point estimate without interval.
 * **Probability of improvement** P(X > Y) = (1/M) Σ_m (1/(N K)) Σ_i Σ_j S(x_mi, y_mj), with
   S = 1 if x > y, ½ if equal, 0 otherwise (Agarwal et al. 2021); the report shows the point
   estimate only (a percentile bootstrap of it from a few seeds is not a 95% interval).
-* **Per pair, over seeds** (only with ≥ 5 seeds per method): a paired t-test when both
-  methods have the same seeds (a seed fixes the split and the few-shot draw, so runs pair
-  up), else Welch's t-test; Holm-corrected within the pair. A t-test rather than Wilcoxon:
+* **Per pair, over seeds** (only with ≥ 5 seeds per method): a paired t-test by seed on the
+  seeds both methods have, when ≥ 5 (a seed fixes the split and the few-shot draw, so runs pair
+  up; never by position), else Welch's t-test; Holm-corrected within the pair. A t-test rather than Wilcoxon:
   with 5 seeds the smallest two-sided Wilcoxon p is 2/2⁵ = 0.0625 > 0.05.
 
 Comparisons are made within one label budget at a time; every table has a ``labels`` column.
@@ -69,7 +76,7 @@ import html
 import itertools
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,7 +85,7 @@ from scipy import stats as sps
 
 from .render import html_table, md_table  # md_table/html_table: also re-exported for old imports
 from .selection import rule_title
-from .tables import budget_key, mean_interval, prepare
+from .tables import TIE_DECIMALS, budget_key, holm, mean_interval, prepare, tie_safe  # holm: also stats.holm
 
 BLOCKS = ("pair", "pair-seed")
 MIN_SEEDS_PER_PAIR = 5
@@ -88,8 +95,12 @@ MIN_SEEDS_PER_PAIR = 5
 # Building blocks on plain arrays
 # ---------------------------------------------------------------------------------------
 def rank_matrix(scores: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
-    """Ranks within each row (block) of an N×k matrix; 1 = best, ties get the mean rank."""
-    s = np.asarray(scores, dtype=float)
+    """Ranks within each row (block) of an N×k matrix; 1 = best, ties get the mean rank.
+
+    Scores are compared after :func:`~dabench.analysis.tables.tie_safe` rounding: equal means
+    that differ only by floating-point summation noise share their mean rank.
+    """
+    s = tie_safe(scores)
     return sps.rankdata(-s if higher_is_better else s, axis=1, method="average")
 
 
@@ -215,7 +226,10 @@ def friedman(
     labels: str = "",
     higher_is_better: bool = True,
 ) -> FriedmanResult:
-    """Friedman test on an N(blocks)×k(methods) score matrix, with Nemenyi's CD."""
+    """Friedman test on an N(blocks)×k(methods) score matrix, with Nemenyi's CD (Demšar 2006).
+
+    ``cliques`` are :func:`cd_cliques` when the test rejects at ``alpha``, else one group of all
+    methods: the Nemenyi post-hoc test is read only after the omnibus test rejects."""
     if isinstance(scores, pd.DataFrame):
         names = [str(c) for c in scores.columns]
         x = scores.to_numpy(dtype=float)
@@ -263,34 +277,77 @@ def friedman(
     q = nemenyi_q(k, alpha)
     cd = q * math.sqrt(k * (k + 1) / (6 * n))
     avg = pd.Series(rbar, index=names).sort_values()
-    return FriedmanResult(labels, n, k, avg, chi2, p_chi2, ff, p_ff, alpha, q, cd, cd_cliques(avg, cd), p_value, test)
+    # Nemenyi is a post-hoc test: only once Friedman rejects (Demšar 2006, §3.2.2). Its CD is
+    # asymptotic and can separate two methods where the exact Friedman p is above α; then no
+    # pair is called different and one group holds every method.
+    rejects = bool(p_value < alpha) if not math.isnan(p_value) else bool(p_ff < alpha)
+    cliques = cd_cliques(avg, cd) if rejects else (tuple(avg.index),)
+    return FriedmanResult(labels, n, k, avg, chi2, p_chi2, ff, p_ff, alpha, q, cd, cliques, p_value, test)
 
 
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm–Bonferroni adjusted p-values (step-down; NaNs are kept and not counted)."""
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    m = len(ok)
-    order = ok[np.argsort(p[ok], kind="stable")]
-    running = 0.0
-    for i, idx in enumerate(order):
-        running = max(running, min(1.0, (m - i) * p[idx]))
-        out[idx] = running
-    return out
+@dataclass(frozen=True)
+class Wilcoxon:
+    """A two-sided Wilcoxon signed-rank test: ``statistic`` min(T⁺, T⁻), ``p``, and ``n``, the
+    number of non-zero differences it ranks (zero differences are dropped)."""
+
+    statistic: float
+    p: float
+    n: int
+
+
+def wilcoxon_signed_rank(x: np.ndarray, y: np.ndarray) -> Wilcoxon:
+    """Exact two-sided Wilcoxon signed-rank test of the paired differences d = x − y (Wilcoxon 1945).
+
+    Zero differences are dropped (Wilcoxon's ``zero_method="wilcox"``, scipy's default); the
+    n remaining |d_i| are ranked, ties sharing their mean rank r_i, and T⁺ = Σ_{d_i>0} r_i,
+    T⁻ = Σ_{d_i<0} r_i. Under H0 each sign is + or − with probability ½ independently given
+    the |d_i| (the conditional, permutation distribution; exact with ties too), so the
+    distribution of T⁺ is the convolution over i of {0, r_i} with weights ½, computed on the
+    doubled ranks (integers) by dynamic programming; p = min(1, 2 P(T⁺ ≤ min(T⁺_obs, T⁻_obs))).
+
+    Exact at every n, with ties and zeros, whatever the scipy version: scipy ≥ 1.13 gives the
+    same p for n ≤ 13 (a complete permutation test) but the normal approximation above 13
+    with ties, and scipy < 1.13 the normal approximation whenever a difference is zero, which
+    at n = 6 can print p < 0.05 where no outcome is that extreme. The smallest attainable p
+    is 2/2ⁿ (every sign alike), so two-sided p < 0.05 needs n ≥ 6 non-zero differences.
+    Differences are rounded (:func:`~dabench.analysis.tables.tie_safe`) so that a difference
+    of floating-point noise is a zero and equal differences tie.
+    """
+    d = tie_safe(np.asarray(x, float) - np.asarray(y, float))
+    d = d[d != 0]
+    n = len(d)
+    if n == 0:
+        return Wilcoxon(0.0, 1.0, 0)
+    r2 = np.rint(2 * sps.rankdata(np.abs(d))).astype(np.int64)  # midranks doubled: integers
+    total = int(r2.sum())
+    dist = np.zeros(total + 1)
+    dist[0] = 1.0
+    for v in r2:  # add rank v with sign + (shift by v) or − (stay), each with probability ½
+        shifted = np.zeros_like(dist)
+        shifted[v:] = dist[: total + 1 - v]
+        dist = 0.5 * (dist + shifted)
+    t_plus = int(r2[d > 0].sum())
+    t_min = min(t_plus, total - t_plus)
+    p = float(min(1.0, 2 * dist[: t_min + 1].sum()))
+    return Wilcoxon(t_min / 2, p, n)
 
 
 def wilcoxon_p(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(statistic, two-sided p) of the Wilcoxon signed-rank test; p = 1 when all differences are 0."""
-    d = np.asarray(x, float) - np.asarray(y, float)
-    if len(d) < 2:
+    """(statistic, two-sided p) of :func:`wilcoxon_signed_rank`; NaN with fewer than 2 pairs of values."""
+    if len(np.asarray(x)) < 2:
         return math.nan, math.nan
-    if np.all(d == 0):
-        return 0.0, 1.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # small-sample / ties notes from scipy
-        r = sps.wilcoxon(x, y)
-    return float(r.statistic), float(r.pvalue)
+    w = wilcoxon_signed_rank(x, y)
+    return w.statistic, w.p
+
+
+def wilcoxon_min_blocks(m: int, alpha: float) -> int:
+    """The fewest non-zero differences n with which one of ``m`` Holm-corrected Wilcoxon tests
+    can reach p̃ < alpha: the smallest p is 2/2ⁿ, and Holm multiplies the smallest by m, so
+    n is the least with m · 2^(1−n) < alpha."""
+    n = 1
+    while m * 2.0 ** (1 - n) >= alpha:
+        n += 1
+    return n
 
 
 def _as_tasks(scores: dict[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
@@ -317,6 +374,19 @@ def aggregate_iqm(tasks: list[np.ndarray]) -> np.ndarray | float:
     """Interquartile mean of all run scores pooled over tasks (25% trimmed each side)."""
     pooled = np.concatenate(tasks, axis=-1)
     return sps.trim_mean(pooled, 0.25, axis=-1)
+
+
+def pair_iqm(tasks: list[np.ndarray]) -> float:
+    """Mean over tasks (pairs) of each task's interquartile mean of its runs (seeds).
+
+    IQM_p = trim_mean(x_p, 0.25): the mean of x_p without its ⌊n_p/4⌋ lowest and highest runs
+    (Agarwal et al. 2021); the result is (1/P) Σ_p IQM_p, weighting every pair alike as the mean
+    over pairs does. Agarwal et al. pool the runs of all tasks (:func:`aggregate_iqm`), which
+    suits scores normalised across tasks; raw accuracies of pairs at different levels pooled
+    would trim whole pairs (the hardest pair's runs as "low outliers") and weight each pair by
+    its number of seeds. Here a trimmed run is an outlying seed of its own pair.
+    """
+    return float(np.mean([sps.trim_mean(np.asarray(t, float), 0.25) for t in tasks]))
 
 
 def stratified_bootstrap_ci(
@@ -387,7 +457,8 @@ class Budget:
 
     ``runs_all`` holds every complete run of the budget; ``runs`` drops the rows (entries) with
     a cell missing planned seeds (those leave the across-pair tests and intervals);
-    ``matrix`` is blocks × entries of mean accuracy over the methods that have every block;
+    ``matrix`` is blocks × entries of mean accuracy over the methods that have every block
+    (pair × seed blocks: the seeds every such method ran);
     ``ranking`` their average Friedman rank, best first (None when ``matrix`` is smaller than
     2 × 2, i.e. no across-task test applies); ``scores`` entry → pair → run accuracies of
     ``runs``; ``order`` the entries of ``runs`` by ``ranking`` then by name.
@@ -493,7 +564,8 @@ def friedman_nemenyi_test(b: Budget, ctx: Context) -> StatOutput:
                 "rank_b": f.avg_ranks[c],
                 "diff": diff,
                 "cd": f.cd,
-                "significant": bool(diff >= f.cd),
+                # post-hoc: a pair differs only when Friedman rejects and their ranks are ≥ CD apart
+                "significant": bool(diff >= f.cd) and f.significant,
             }
         )
     blocks = "pairs (mean over seeds per pair)" if ctx.blocks == "pair" else "pair × seed blocks"
@@ -502,10 +574,15 @@ def friedman_nemenyi_test(b: Budget, ctx: Context) -> StatOutput:
         f"χ²_F = {f.chi2:.3f} (p = {f.p_chi2:.3g}), F_F = {f.ff:.3f} (p = {f.p_ff:.3g}); "
         f"significance decided on the {f.test}: p = {f.p_value:.3g}. "
         f"Nemenyi q_{ctx.alpha} = {f.q_alpha:.3f}, CD = {f.cd:.3f}. "
-        + ("The methods differ significantly." if f.significant else "No significant difference among the methods.")
-        + " Groups not separated by Nemenyi: "
-        + ("; ".join("{" + ", ".join(c) + "}" for c in f.cliques) or "none")
-        + "."
+        + (
+            "The methods differ significantly. Groups not separated by Nemenyi: "
+            + ("; ".join("{" + ", ".join(c) + "}" for c in f.cliques) or "none")
+            + "."
+            if f.significant
+            else "No significant difference among the methods, so no Nemenyi post-hoc comparison "
+            "(Demšar 2006, §3.2.2: only after Friedman rejects); the CD is shown for reference and "
+            "no pair is called different."
+        )
     )
     ranks = f.avg_ranks.rename("average rank").rename_axis("method").reset_index()
     return StatOutput(
@@ -519,30 +596,37 @@ def wilcoxon_holm_test(b: Budget, ctx: Context) -> StatOutput:
         return StatOutput(pd.DataFrame())
     mat, rows = b.matrix, []
     for a, c in itertools.combinations(b.ranking.index, 2):
-        st, p = wilcoxon_p(mat[a].to_numpy(), mat[c].to_numpy())
+        w = wilcoxon_signed_rank(mat[a].to_numpy(), mat[c].to_numpy())
         rows.append(
             {
                 "labels": b.labels,
                 "a": a,
                 "b": c,
                 "n": len(mat),
+                "nonzero": w.n,  # the differences ranked: zeros are dropped
                 "mean_diff": float((mat[a] - mat[c]).mean()),
-                "statistic": st,
-                "p": p,
+                "statistic": w.statistic,
+                "p": w.p,
             }
         )
     notes: tuple[str, ...] = ()
-    if len(mat) < 6:
+    m, n = len(rows), len(mat)
+    need = wilcoxon_min_blocks(m, ctx.alpha)
+    if n < need:
+        # say it before a reader takes "not significant" for evidence of no difference
         notes = (
-            f"labels {b.labels}: with N = {len(mat)} blocks the two-sided Wilcoxon test "
-            "cannot reach p < 0.05 (needs N ≥ 6).",
+            f"labels {b.labels}: no pair of methods can be significant by Wilcoxon–Holm whatever the "
+            f"results: with N = {n} blocks the smallest two-sided p is 2/2^{n} = {2.0 ** (1 - n):.3g}, "
+            f"and Holm over the {m} comparison{'s' if m != 1 else ''} multiplies the smallest p by {m} "
+            f"(≥ {min(1.0, m * 2.0 ** (1 - n)):.3g}, not < {ctx.alpha}); that needs N ≥ {need} blocks "
+            "with non-zero differences.",
         )
     return StatOutput(pd.DataFrame(_with_holm(rows, ctx.alpha)), notes)
 
 
 def mean_interval_test(b: Budget, ctx: Context) -> StatOutput:
     """Mean over pairs with its 95% t-interval (:func:`dabench.analysis.tables.mean_interval`),
-    and the IQM where it trims something (≥ 4 runs)."""
+    and the IQM (:func:`pair_iqm`) where it trims something (≥ 4 runs on every pair)."""
     pairs_all = b.runs_all["pair"].nunique()
     rows = []
     for e in b.order:
@@ -550,8 +634,9 @@ def mean_interval_test(b: Budget, ctx: Context) -> StatOutput:
         tasks = list(r.values())
         m, lo, hi = (float(v) for v in mean_interval(tasks))
         n_runs = sum(map(len, tasks))
-        # trim_mean(0.25) drops int(0.25 n) runs per side: nothing below 4 runs, so IQM = mean
-        q = float(aggregate_iqm(tasks)) if n_runs >= 4 else math.nan
+        # trim_mean(0.25) drops int(0.25 n) runs per side: nothing below 4 runs, where IQM = mean;
+        # per pair, then averaged over pairs (never runs pooled across pairs: pair_iqm)
+        q = pair_iqm(tasks) if tasks and min(map(len, tasks)) >= 4 else math.nan
         rows.append(
             {
                 "labels": b.labels,
@@ -581,9 +666,15 @@ def improvement_test(b: Budget, ctx: Context) -> StatOutput:
 
 
 def per_pair_test(b: Budget, ctx: Context) -> StatOutput:
-    """Per pair, over seeds: paired t-test when seeds match, else Welch; Holm within the pair.
+    """Per pair, over seeds: paired t-test by seed, else Welch; Holm within the pair.
 
-    Only cells with ≥ :data:`MIN_SEEDS_PER_PAIR` seeds and no missing planned seed take part.
+    Paired (Student 1908; t = d̄ / (s_d/√n), n − 1 d.o.f., on the differences d of the runs of
+    the same seed) on the seeds both methods have when there are ≥ :data:`MIN_SEEDS_PER_PAIR`
+    of them ("paired t (common seeds)" when either has other seeds too, which that test leaves
+    out); else Welch's unequal-variance t-test on all runs of each (Welch 1947). ``seeds`` is the
+    number of pairs of runs (0 for Welch), ``n_a``/``n_b`` the runs of each method the test uses,
+    ``mean_a``/``mean_b`` their means. Only cells with ≥ :data:`MIN_SEEDS_PER_PAIR` seeds and no
+    missing planned seed take part; Holm's family is the comparisons within one pair and budget.
     """
     out = []
     for pair, g in b.runs_all.groupby("pair"):
@@ -595,21 +686,26 @@ def per_pair_test(b: Budget, ctx: Context) -> StatOutput:
         rows = []
         for a, c in itertools.combinations(sorted(vals, key=lambda e: -vals[e].mean()), 2):
             xa, xb = vals[a], vals[c]
-            if set(xa.index) == set(xb.index):
-                test, p = "paired t", _ttest(sps.ttest_rel, xa.sort_index().to_numpy(), xb.sort_index().to_numpy())
+            common = xa.index.intersection(xb.index).sort_values()
+            if len(common) >= MIN_SEEDS_PER_PAIR:
+                # a seed is the same split, few-shot draw and initialisation for every method: runs
+                # pair up by seed, on the seeds both have (never by position, never other seeds)
+                xa, xb = xa[common], xb[common]
+                test = "paired t" if len(common) == len(vals[a]) == len(vals[c]) else "paired t (common seeds)"
+                p = _ttest(sps.ttest_rel, xa.to_numpy(), xb.to_numpy())
             else:
-                test, p = (
-                    "Welch t",
-                    _ttest(lambda x, y: sps.ttest_ind(x, y, equal_var=False), xa.to_numpy(), xb.to_numpy()),
-                )
+                test = "Welch t"
+                p = _ttest(lambda x, y: sps.ttest_ind(x, y, equal_var=False), xa.to_numpy(), xb.to_numpy())
             rows.append(
                 {
                     "labels": b.labels,
                     "pair": pair,
                     "a": a,
                     "b": c,
-                    "seeds": min(len(xa), len(xb)),
-                    "mean_a": float(xa.mean()),
+                    "seeds": len(common) if test != "Welch t" else 0,  # pairs of runs the test uses
+                    "n_a": len(xa),
+                    "n_b": len(xb),
+                    "mean_a": float(xa.mean()),  # over the runs the test uses
                     "mean_b": float(xb.mean()),
                     "test": test,
                     "p": p,
@@ -632,17 +728,23 @@ STAT_TESTS: dict[str, StatTest] = {
     "friedman": StatTest("Friedman / Nemenyi", "", friedman_nemenyi_test),
     "wilcoxon": StatTest(
         "Pairwise Wilcoxon signed-rank, Holm-corrected",
-        lambda ctx: f"Over the same blocks; significant = Holm-adjusted p < {ctx.alpha}.",
+        lambda ctx: (
+            "Exact two-sided test over the same blocks (zero differences dropped; nonzero = the "
+            "differences ranked); Holm over every pair of methods of one label budget (that budget's "
+            f"comparisons are the family); significant = Holm-adjusted p < {ctx.alpha}."
+        ),
         wilcoxon_holm_test,
     ),
     "intervals": StatTest(
         "Mean over pairs with 95% t-intervals",
         "Mean = mean over pairs of the per-pair mean over seeds; 95% interval = "
         "mean ± t·√(Σ s²/n)/P with Welch–Satterthwaite degrees of freedom (the Student "
-        "t-interval with one pair), clipped to [0, 100]; it covers 95% under normal seed "
+        "t-interval with one pair), clipped to [0, 100]; it is about these pairs (seed noise "
+        "only: the pairs are fixed, not a sample of tasks) and covers 95% under normal seed "
         "noise at 3 and at 10 seeds (a stratified percentile bootstrap covers only ~76% at "
-        "1 pair × 3 seeds, so it is not used). IQM = interquartile mean of all runs, shown "
-        "only from 4 runs on (with 3 runs it trims nothing and equals the mean); no interval.",
+        "1 pair × 3 seeds, so it is not used). IQM = mean over pairs of each pair's "
+        "interquartile mean over seeds, shown only with ≥ 4 runs on every pair (with 3 runs it "
+        "trims nothing and equals the mean); no interval.",
         mean_interval_test,
     ),
     "improvement": StatTest(
@@ -653,8 +755,9 @@ STAT_TESTS: dict[str, StatTest] = {
     ),
     "per_pair": StatTest(
         "Per-pair tests over seeds",
-        f"Pairs with ≥ {MIN_SEEDS_PER_PAIR} seeds per method; paired t-test when seeds match, "
-        "else Welch; Holm within each pair.",
+        f"Pairs with ≥ {MIN_SEEDS_PER_PAIR} seeds per method; paired t-test by seed on the seeds "
+        f"both methods have when ≥ {MIN_SEEDS_PER_PAIR} (seeds = pairs of runs; n_a, n_b, mean_a, "
+        "mean_b over the runs tested), else Welch on all runs; Holm within each pair and budget.",
         per_pair_test,
         _per_pair_finish,
     ),
@@ -765,7 +868,22 @@ def _budget(sel: pd.DataFrame, labels: str, blocks: str, bad_rows: set[str], not
     s_all = sel[sel["labels"] == labels]
     s = s_all[~s_all["entry"].isin(bad_rows)]
     index = "pair" if blocks == "pair" else ["pair", "seed"]
-    mat = s.pivot_table(index=index, columns="entry", values="accuracy", aggfunc="mean")
+    # rounded (tie_safe): equal means tie in the ranks and give zero Wilcoxon differences
+    mat = s.pivot_table(index=index, columns="entry", values="accuracy", aggfunc="mean").round(TIE_DECIMALS)
+    if blocks == "pair-seed" and len(mat):
+        # a seed pairs runs across methods (same split, draw, initialisation): a block is one
+        # (pair, seed) that every method ran. Methods missing a whole pair leave (below, as with
+        # pair blocks); of the rest, seeds that only some ran leave as blocks, never as methods,
+        # and never misaligned (runs of different seeds are not one block).
+        whole = [c for c in mat.columns if mat[c].isna().groupby(level="pair").all().any()]
+        rest = mat.drop(columns=whole)
+        partial = rest.index[rest.isna().any(axis=1)]
+        if len(partial) and len(rest.columns):
+            notes.append(
+                f"labels {labels}: pair × seed blocks are the seeds every method ran; left out "
+                f"({len(partial)} of {len(rest)}): " + ", ".join(f"{p} seed {int(sd)}" for p, sd in partial) + "."
+            )
+            mat = mat.drop(index=partial)
     incomplete = [c for c in mat.columns if mat[c].isna().any()]
     if incomplete:
         notes.append(
