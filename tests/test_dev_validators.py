@@ -245,3 +245,35 @@ def test_spearman_of_validators_with_a_known_monotone_relation(tmp_path):
     assert not [w for w in caught if "collapsed" in str(w.message)], [str(w.message) for w in caught]
     assert (out["figures"] / "validator_correlation.png").exists()
     assert "Which validator to trust" in out["report"].read_text()
+
+
+def test_ranking_change_compares_the_oracle_on_the_rule_s_own_runs(tmp_path):
+    """Method a's seed 1 has no snd score in any trial, so snd has no pick there; wherever snd
+    picks, it picks the oracle's run (regret 0). τ must then be +1: the old code ranked snd's
+    one-seed mean of a (80) against the oracle's two-seed mean (60) and reported −1."""
+    cells = {  # (method, seed): [(accuracy, snd) of trial x=1, of trial x=2]
+        ("a", 0): [(80.0, 9.0), (70.0, 1.0)],
+        ("a", 1): [(40.0, None), (30.0, None)],
+        ("b", 0): [(65.0, 9.0), (60.0, 1.0)],
+        ("b", 1): [(64.0, 9.0), (60.0, 1.0)],
+    }
+    for (m, seed), trials in cells.items():
+        for x, (a, snd) in enumerate(trials, 1):
+            curve = curve_from([a])
+            if snd is None:
+                del curve[0]["snd"]
+            else:
+                curve[0]["snd"] = snd
+            write_run(tmp_path, f"{m}-{seed}-{x}", m, "digits-offline", seed, curve=curve, hparams={"x": x})
+    df = load_results(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a's seed 1 has no snd score: named in a warning
+        acc, regret = rule_table(df)
+    assert acc.loc[("a", "0"), "snd"] == 80.0 and acc.loc[("a", "0"), "oracle"] == 60.0
+    assert regret.loc[("a", "0"), "snd"] == 0.0 and regret.loc[("b", "0"), "snd"] == 0.0
+    assert ranking_change(acc, regret).loc["0", "snd"] == pytest.approx(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        text = report_text(tmp_path, "snd", select_config=True)
+    tau_table = text.split("Ranking change from oracle")[1]
+    assert "1.00" in tau_table and "-1.00" not in tau_table

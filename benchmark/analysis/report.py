@@ -45,7 +45,10 @@ CONFIG_TEXT = (
     "rule may see; cells are the target accuracy (%) of that pick, mean over seeds per pair, then over pairs (each pair counts once). "
     "The oracle column selects on the target test labels: an upper bound, not a result. "
     "Regret: oracle's accuracy minus the rule's on the same runs (points, >= 0); trials: "
-    "configurations per pair and seed, the budget each rule chose from."
+    "configurations per pair and seed, the budget each rule chose from. A seed where no trial has "
+    "a rule's score (dev without saved features) is left out of that rule's column, so its mean may "
+    "rest on fewer seeds than the oracle's; regret and Kendall's tau compare with the oracle on the "
+    "rule's own picks only."
 )
 #: said under the tables whenever the dev column is there
 DEV_TEXT = (
@@ -55,7 +58,8 @@ DEV_TEXT = (
 )
 TAU_TEXT = (
     "How the ranking of methods changes from oracle to each honest rule: Kendall's tau_b between the "
-    "methods' mean accuracies under oracle and under the rule, per label budget (1: same order; "
+    "methods' mean accuracies under oracle and under the rule, both over the runs the rule picked "
+    "on, per label budget (1: same order; "
     "-1: reversed; methods: how many were ranked)."
 )
 CORR_TEXT = (
@@ -223,7 +227,7 @@ def config_selection_markdown(df: pd.DataFrame) -> str:
         + "\n\n### Ranking change from oracle (Kendall's tau)\n\n"
         + TAU_TEXT
         + "\n\n"
-        + md_table(mark_not_applicable(ranking_change(acc), df), ".2f", index=True)
+        + md_table(mark_not_applicable(ranking_change(acc, regret), df), ".2f", index=True)
         + "\n"
     )
 
@@ -271,7 +275,7 @@ def selection_latex(df: pd.DataFrame) -> str:
             blocks.append(grid(mark_not_applicable(regret, df), ".2f", "regret against the oracle (points)"))
             blocks.append(
                 grid(
-                    mark_not_applicable(ranking_change(acc), df),
+                    mark_not_applicable(ranking_change(acc, regret), df),
                     ".2f",
                     "Kendall's tau_b: ranking of methods, oracle vs rule",
                 )
@@ -521,7 +525,7 @@ def _html_page(
                 html_table(mark_not_applicable(regret, raw).reset_index(), ".2f"),
                 "<h3>Ranking change from oracle (Kendall's tau)</h3>",
                 f"<p>{esc(TAU_TEXT)}</p>",
-                html_table(mark_not_applicable(ranking_change(acc), raw).reset_index(), ".2f"),
+                html_table(mark_not_applicable(ranking_change(acc, regret), raw).reset_index(), ".2f"),
             ]
             if "dev" in acc.columns:
                 parts.append(f'<p class="legend">{esc(DEV_TEXT)}</p>')
