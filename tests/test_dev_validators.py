@@ -213,6 +213,12 @@ def test_report_shows_tau_and_validators_in_md_html_latex(tmp_path):
     assert (paths["figures"] / "validator_correlation.png").stat().st_size > 1000
     tex = paths["selection_tex"].read_text()
     assert tex == selection_latex(df) and tex.count("\\begin{tabular}") == 4 and "Kendall" in tex
+    # the oracle's column says in its header that it read the target test labels, in every format
+    # (a table copied into a paper without its prose or comments must not pass for an honest rule)
+    headers = [line for line in tex.splitlines() if line.startswith("method & labels")]
+    assert len(headers) == 2 and all("oracle (target test labels)" in h for h in headers), headers
+    for shown in (text.split("Configuration selection")[1], page.split("Configuration selection")[1]):
+        assert shown.count("oracle (target test labels)") >= 2  # accuracy and regret tables
 
 
 def test_spearman_of_validators_with_a_known_monotone_relation(tmp_path):
