@@ -10,7 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dabench.analysis.dev import DEV_FIELD, cross_entropy, dev_risk, importance_weights, with_dev_scores
+from dabench.analysis.dev import (
+    DEV_FIELD,
+    cross_entropy,
+    dev_risk,
+    fit_domain_classifier,
+    importance_weights,
+    with_dev_scores,
+)
 from dabench.analysis.report import report_text, selection_latex, write_report
 from dabench.analysis.results import load_results
 from dabench.analysis.selection import RULES, select
@@ -61,6 +68,50 @@ def test_dev_without_shift_is_the_plain_source_loss():
     assert abs(dev_risk(w, _loss(val)) - _loss(val).mean()) < 0.1
     logits = np.array([[2.0, 0.0], [0.0, 0.0]])
     assert cross_entropy(logits, np.array([0, 1])) == pytest.approx([np.log1p(np.exp(-2)), np.log(2)])
+
+
+def _dev_by_hand(w: list[float], ell: list[float]) -> float:
+    """You et al. 2019, Algorithm 1, transcribed term by term with Python sums (no numpy)."""
+    n = len(w)
+    big_l = [wi * li for wi, li in zip(w, ell)]  # L = {w_j · ℓ_j}
+    mean_l, mean_w = sum(big_l) / n, sum(w) / n
+    cov = sum((a - mean_l) * (b - mean_w) for a, b in zip(big_l, w)) / (n - 1)
+    var = sum((b - mean_w) ** 2 for b in w) / (n - 1)
+    eta = -cov / var
+    return mean_l + eta * mean_w - eta
+
+
+def test_dev_risk_is_the_papers_formula_by_hand():
+    rng = np.random.default_rng(3)
+    for n in (2, 3, 17, 400):
+        w, ell = rng.lognormal(0.0, 1.0, size=n), rng.exponential(size=n)
+        assert dev_risk(w, ell) == pytest.approx(_dev_by_hand(list(w), list(ell)), rel=1e-10)
+    # the density ratio of Algorithm 1 from the fitted domain classifier: (n_s / n_t) · d / (1 − d)
+    src, tgt, val = _gaussians(rng, n=300)
+    src = src[:200]  # unequal domain sizes: the n_s / n_t factor matters
+    d = fit_domain_classifier(src, tgt)(val)
+    assert importance_weights(src, tgt, val) == pytest.approx((200 / 300) * d / (1 - d), rel=1e-9)
+
+
+def test_dev_with_constant_or_vanishing_weights_is_the_mean_loss():
+    """Var(W) = 0 leaves η undefined; its limit is the plain mean loss, whatever the constant. The
+    old code returned mean(W·ℓ): weights all ~1e-7 (a classifier that calls every validation image
+    source) scored a near-zero risk, the best under "lower is better", for the worst-aligned model."""
+    ell = np.arange(1.0, 51.0)
+    for c in (1.0, 3.0, 1e-7):
+        assert dev_risk(np.full(50, c), ell) == pytest.approx(25.5), c
+    assert dev_risk(np.array([0.25]), np.array([4.0])) == pytest.approx(4.0)  # one validation image
+    # domains the classifier separates: every source-val weight is tiny, the risk stays a loss
+    rng = np.random.default_rng(4)
+    src, tgt, val = _gaussians(rng, n=400, shift=np.full(4, 8.0))
+    w = importance_weights(src, tgt, val)
+    assert w.mean() < 0.05  # E_source[w] = 1 for a calibrated ratio
+    losses = rng.exponential(size=len(val))
+    assert dev_risk(w, losses) == pytest.approx(losses.mean(), rel=0.2)
+    with pytest.raises(ValueError, match="one weight per validation loss"):
+        dev_risk(np.ones(3), np.ones(2))
+    with pytest.raises(ValueError, match="at least one"):
+        dev_risk(np.array([]), np.array([]))
 
 
 def _write_features(folder: Path, run_id: str, slope: float, seed: int, step: int) -> None:
@@ -162,6 +213,12 @@ def test_report_shows_tau_and_validators_in_md_html_latex(tmp_path):
     assert (paths["figures"] / "validator_correlation.png").stat().st_size > 1000
     tex = paths["selection_tex"].read_text()
     assert tex == selection_latex(df) and tex.count("\\begin{tabular}") == 4 and "Kendall" in tex
+    # the oracle's column says in its header that it read the target test labels, in every format
+    # (a table copied into a paper without its prose or comments must not pass for an honest rule)
+    headers = [line for line in tex.splitlines() if line.startswith("method & labels")]
+    assert len(headers) == 2 and all("oracle (target test labels)" in h for h in headers), headers
+    for shown in (text.split("Configuration selection")[1], page.split("Configuration selection")[1]):
+        assert shown.count("oracle (target test labels)") >= 2  # accuracy and regret tables
 
 
 def test_spearman_of_validators_with_a_known_monotone_relation(tmp_path):
@@ -194,3 +251,35 @@ def test_spearman_of_validators_with_a_known_monotone_relation(tmp_path):
     assert not [w for w in caught if "collapsed" in str(w.message)], [str(w.message) for w in caught]
     assert (out["figures"] / "validator_correlation.png").exists()
     assert "Which validator to trust" in out["report"].read_text()
+
+
+def test_ranking_change_compares_the_oracle_on_the_rule_s_own_runs(tmp_path):
+    """Method a's seed 1 has no snd score in any trial, so snd has no pick there; wherever snd
+    picks, it picks the oracle's run (regret 0). τ must then be +1: the old code ranked snd's
+    one-seed mean of a (80) against the oracle's two-seed mean (60) and reported −1."""
+    cells = {  # (method, seed): [(accuracy, snd) of trial x=1, of trial x=2]
+        ("a", 0): [(80.0, 9.0), (70.0, 1.0)],
+        ("a", 1): [(40.0, None), (30.0, None)],
+        ("b", 0): [(65.0, 9.0), (60.0, 1.0)],
+        ("b", 1): [(64.0, 9.0), (60.0, 1.0)],
+    }
+    for (m, seed), trials in cells.items():
+        for x, (a, snd) in enumerate(trials, 1):
+            curve = curve_from([a])
+            if snd is None:
+                del curve[0]["snd"]
+            else:
+                curve[0]["snd"] = snd
+            write_run(tmp_path, f"{m}-{seed}-{x}", m, "digits-offline", seed, curve=curve, hparams={"x": x})
+    df = load_results(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a's seed 1 has no snd score: named in a warning
+        acc, regret = rule_table(df)
+    assert acc.loc[("a", "0"), "snd"] == 80.0 and acc.loc[("a", "0"), "oracle"] == 60.0
+    assert regret.loc[("a", "0"), "snd"] == 0.0 and regret.loc[("b", "0"), "snd"] == 0.0
+    assert ranking_change(acc, regret).loc["0", "snd"] == pytest.approx(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        text = report_text(tmp_path, "snd", select_config=True)
+    tau_table = text.split("Ranking change from oracle")[1]
+    assert "1.00" in tau_table and "-1.00" not in tau_table

@@ -203,6 +203,7 @@ def test_transductive_validators_are_named(tmp_path):
     text = report_text(tmp_path)
     assert "Transductive" in text and "office31-A-W" in text.split("Transductive")[1].split("\n")[0]
     assert "mnist-usps" not in text.split("Transductive")[1].split("\n")[0]
+    assert "DEV" in text.split("Transductive")[1].split("\n")[0]  # DEV's target features are the same images
     assert "older records" not in text
     page = write_report(tmp_path, reps=50)["report"].read_text()
     assert "Transductive" in page

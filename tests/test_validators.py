@@ -3,6 +3,8 @@ split, through a fixed seeded sample, never at the images a run is scored on."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -133,3 +135,45 @@ def test_the_record_says_what_the_validators_saw(digits):
         "samples": min(n_adapt, VALIDATOR_SAMPLES),
         "overlaps_evaluation": False,
     }
+
+
+def _scores_by_hand(logits: list[list[float]]) -> dict[str, float]:
+    """The three label-free scores transcribed from their papers with Python loops and ``math``:
+    entropy (Grandvalet & Bengio 2004), IM = H(mean p) − mean H(p) (Shi & Sha 2012) and SND
+    (Saito et al. 2021, Eq. 1–3: cosine similarity of the L2-normalised softmax outputs, the
+    diagonal left out, softmax over each row at temperature 0.05, entropy of each row, averaged)."""
+    import math
+
+    def softmax(row: list[float]) -> list[float]:
+        m = max(row)
+        e = [math.exp(v - m) for v in row]
+        return [v / sum(e) for v in e]
+
+    def h(p: list[float]) -> float:
+        return -sum(v * math.log(v) for v in p if v > 0)
+
+    probs = [softmax(r) for r in logits]
+    n, k = len(probs), len(probs[0])
+    ent = sum(h(p) for p in probs) / n
+    mean_p = [sum(p[c] for p in probs) / n for c in range(k)]
+    z = [[v / math.sqrt(sum(u * u for u in p)) for v in p] for p in probs]
+    snd = 0.0
+    for i in range(n):
+        sims = [sum(a * b for a, b in zip(z[i], z[j])) / 0.05 for j in range(n) if j != i]
+        snd += h(softmax(sims)) / n
+    return {"entropy": ent, "im": h(mean_p) - ent, "snd": snd}
+
+
+def test_label_free_scores_are_the_papers_formulas_by_hand():
+    from dabench.engine.evaluate import label_free_scores
+
+    g = torch.Generator().manual_seed(0)
+    for n, k, scale in ((2, 3, 1.0), (7, 4, 3.0), (40, 10, 5.0)):
+        logits = torch.randn(n, k, generator=g, dtype=torch.float64) * scale
+        got = {key: float(v) for key, v in label_free_scores(logits).items()}
+        want = _scores_by_hand(logits.tolist())
+        for key in SCORES:
+            assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), (n, k, key)
+    # SND's range: log(n − 1) when every prediction is the same (all neighbours equally close)
+    same = label_free_scores(torch.zeros(5, 3, dtype=torch.float64))
+    assert float(same["snd"]) == pytest.approx(math.log(4)) and float(same["im"]) == pytest.approx(0.0, abs=1e-12)

@@ -88,11 +88,26 @@ def importance_weights(
 def dev_risk(weights: np.ndarray, losses: np.ndarray) -> float:
     """R_DEV = mean(L) + η̂·mean(W) − η̂ with L = W·ℓ and η̂ = −Cov(L, W)/Var(W) (You et al. 2019, Algorithm 1).
 
-    With constant weights (no shift: Var(W) = 0) there is nothing to correct and η̂ = 0."""
+    Covariance and variance are the unbiased (n − 1) sample estimates. When the weights are
+    constant (``Var(W) ≤ 1e-12 · mean(W)²``: no shift the classifier can see, or a single
+    validation image) the control variate is undefined; the estimate is then its limit as
+    Var(W) → 0, the plain mean loss mean(ℓ) = mean(L)/mean(W). Not mean(L) = c·mean(ℓ): weights that
+    are all a tiny c (a domain classifier that separates the domains and calls every validation
+    image source) would otherwise score a near-zero risk, the *best* under a lower-is-better rule,
+    for the worst-aligned features. ValueError on no validation image or mismatched lengths.
+    """
     w = np.asarray(weights, dtype=np.float64)
-    weighted = w * np.asarray(losses, dtype=np.float64)
+    loss = np.asarray(losses, dtype=np.float64)
+    if w.ndim != 1 or w.shape != loss.shape or len(w) == 0:
+        raise ValueError(
+            f"dev_risk needs one weight per validation loss and at least one of each; got weights of shape "
+            f"{w.shape} and losses of shape {loss.shape}"
+        )
+    weighted = w * loss
     var = float(np.var(w, ddof=1)) if len(w) > 1 else 0.0
-    eta = 0.0 if var <= 1e-12 else -float(np.cov(weighted, w, ddof=1)[0, 1]) / var
+    if var <= 1e-12 * float(np.mean(w)) ** 2:
+        return float(loss.mean())
+    eta = -float(np.cov(weighted, w, ddof=1)[0, 1]) / var
     return float(weighted.mean() + eta * w.mean() - eta)
 
 

@@ -45,7 +45,10 @@ CONFIG_TEXT = (
     "rule may see; cells are the target accuracy (%) of that pick, mean over seeds per pair, then over pairs (each pair counts once). "
     "The oracle column selects on the target test labels: an upper bound, not a result. "
     "Regret: oracle's accuracy minus the rule's on the same runs (points, >= 0); trials: "
-    "configurations per pair and seed, the budget each rule chose from."
+    "configurations per pair and seed, the budget each rule chose from. A seed where no trial has "
+    "a rule's score (dev without saved features) is left out of that rule's column, so its mean may "
+    "rest on fewer seeds than the oracle's; regret and Kendall's tau compare with the oracle on the "
+    "rule's own picks only."
 )
 #: said under the tables whenever the dev column is there
 DEV_TEXT = (
@@ -55,7 +58,8 @@ DEV_TEXT = (
 )
 TAU_TEXT = (
     "How the ranking of methods changes from oracle to each honest rule: Kendall's tau_b between the "
-    "methods' mean accuracies under oracle and under the rule, per label budget (1: same order; "
+    "methods' mean accuracies under oracle and under the rule, both over the runs the rule picked "
+    "on, per label budget (1: same order; "
     "-1: reversed; methods: how many were ranked)."
 )
 CORR_TEXT = (
@@ -64,6 +68,16 @@ CORR_TEXT = (
     "evaluation (checkpoint) of every complete run, per pair and pooled over pairs; points: the "
     "pooled number of evaluations."
 )
+
+
+#: the header the oracle's column carries in every shown rules table (Markdown, HTML, LaTeX): a
+#: table copied into a paper without its prose must still say which column peeked at the test labels
+ORACLE_COLUMN = "oracle (target test labels)"
+
+
+def shown(table: pd.DataFrame) -> pd.DataFrame:
+    """A rules table as shown: its ``oracle`` column headed :data:`ORACLE_COLUMN`."""
+    return table.rename(columns={"oracle": ORACLE_COLUMN})
 
 
 #: what a rules table does with the runs a rule may not select (selection.protocol_notes)
@@ -164,7 +178,7 @@ def validator_notes(df: pd.DataFrame) -> list[str]:
         out.append(
             "Transductive: the label-free validators see the evaluated images on "
             + ", ".join(overlap)
-            + " (entropy/IM/SND selection there uses the test images, unlabelled)."
+            + " (entropy/IM/SND selection and DEV's target features there use the test images, unlabelled)."
         )
     # only complete records: a run that failed, was skipped or diverged before its end has no
     # validators field because it never finished, not because an older dabench wrote it
@@ -217,13 +231,13 @@ def config_selection_markdown(df: pd.DataFrame) -> str:
         + ("\n\n" + DEV_TEXT if "dev" in acc.columns else "")
         + _md_notes(rules_notes(df, acc.columns))
         + "\n\n"
-        + md_table(mark_not_applicable(acc, df), ".1f", index=True)
+        + md_table(shown(mark_not_applicable(acc, df)), ".1f", index=True)
         + "\n\n### Regret against the oracle (points)\n\n"
-        + md_table(mark_not_applicable(regret, df), ".2f", index=True)
+        + md_table(shown(mark_not_applicable(regret, df)), ".2f", index=True)
         + "\n\n### Ranking change from oracle (Kendall's tau)\n\n"
         + TAU_TEXT
         + "\n\n"
-        + md_table(mark_not_applicable(ranking_change(acc), df), ".2f", index=True)
+        + md_table(mark_not_applicable(ranking_change(acc, regret), df), ".2f", index=True)
         + "\n"
     )
 
@@ -263,15 +277,15 @@ def selection_latex(df: pd.DataFrame) -> str:
             na = " ".join(rules_notes(df, acc.columns))
             blocks.append(
                 grid(
-                    mark_not_applicable(acc, df),
+                    shown(mark_not_applicable(acc, df)),
                     ".1f",
                     "target accuracy (%) of each rule's configuration + checkpoint pick" + (f". {na}" if na else ""),
                 )
             )
-            blocks.append(grid(mark_not_applicable(regret, df), ".2f", "regret against the oracle (points)"))
+            blocks.append(grid(shown(mark_not_applicable(regret, df)), ".2f", "regret against the oracle (points)"))
             blocks.append(
                 grid(
-                    mark_not_applicable(ranking_change(acc), df),
+                    mark_not_applicable(ranking_change(acc, regret), df),
                     ".2f",
                     "Kendall's tau_b: ranking of methods, oracle vs rule",
                 )
@@ -506,7 +520,7 @@ def _html_page(
                 "<h2>Selection-rule regret</h2>",
                 "<p>Mean over runs of (oracle accuracy − accuracy under the rule), in points: "
                 "what a rule loses against peeking at the target test labels.</p>",
-                html_table(mark_not_applicable(reg, df).reset_index(), ".2f"),
+                html_table(shown(mark_not_applicable(reg, df)).reset_index(), ".2f"),
                 *_html_notes(rules_notes(df, reg.columns)),
             ]
     raw = df if raw is None else raw
@@ -517,12 +531,12 @@ def _html_page(
                 "<h2>Configuration selection (methods x rules)</h2>",
                 f"<p>{esc(CONFIG_TEXT)}</p>",
                 *_html_notes(rules_notes(raw, acc.columns)),
-                html_table(mark_not_applicable(acc, raw).reset_index(), ".1f"),
+                html_table(shown(mark_not_applicable(acc, raw)).reset_index(), ".1f"),
                 "<h3>Regret against the oracle (points)</h3>",
-                html_table(mark_not_applicable(regret, raw).reset_index(), ".2f"),
+                html_table(shown(mark_not_applicable(regret, raw)).reset_index(), ".2f"),
                 "<h3>Ranking change from oracle (Kendall's tau)</h3>",
                 f"<p>{esc(TAU_TEXT)}</p>",
-                html_table(mark_not_applicable(ranking_change(acc), raw).reset_index(), ".2f"),
+                html_table(mark_not_applicable(ranking_change(acc, regret), raw).reset_index(), ".2f"),
             ]
             if "dev" in acc.columns:
                 parts.append(f'<p class="legend">{esc(DEV_TEXT)}</p>')
@@ -576,7 +590,7 @@ def report_markdown(
     if not reg.empty:
         text += (
             "\n## Selection-rule regret (oracle − rule, points)\n\n"
-            + md_table(mark_not_applicable(reg, df), ".2f", index=True)
+            + md_table(shown(mark_not_applicable(reg, df)), ".2f", index=True)
             + _md_notes(rules_notes(df, reg.columns))
             + "\n"
         )

@@ -273,26 +273,38 @@ def rule_table(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pair_mean(acc), regret
 
 
-def ranking_change(acc: pd.DataFrame) -> pd.DataFrame:
+def ranking_change(acc: pd.DataFrame, regret: pd.DataFrame | None = None) -> pd.DataFrame:
     """Kendall's τ between the ranking of methods under ``oracle`` and under each honest rule.
 
-    ``acc`` is :func:`rule_table`'s accuracy table (rows ``method`` × ``labels``). Per label
+    ``acc`` and ``regret`` are :func:`rule_table`'s tables (rows ``method`` × ``labels``). Per label
     budget, τ_b (Kendall 1945; ties counted as in :func:`scipy.stats.kendalltau`) between the
     methods' mean accuracies under the oracle and under the rule:
 
         τ_b = (P − Q) / sqrt((P + Q + T_x)(P + Q + T_y))
 
     with P / Q the concordant / discordant pairs of methods and T_x, T_y the pairs tied only in
-    one ranking. 1: the rule ranks the methods as the oracle does; −1: in reverse. Rows: ``labels``;
-    columns: one per honest rule (NaN where fewer than two methods have both accuracies, or one
-    ranking is constant), plus ``methods`` (how many were ranked by the oracle).
+    one ranking. 1: the rule ranks the methods as the oracle does; −1: in reverse.
+
+    The two rankings must rest on the same runs. A rule may have no pick for some seeds (no trial
+    has its score: ``dev`` where no run saved features), so its column of ``acc`` averages fewer
+    seeds than the oracle's, and ranking those two means compares different runs. With ``regret``
+    the oracle's mean for rule r is taken on r's cells only: ``acc[r] + regret[r]`` (regret is the
+    pair-then-seed mean of oracle − rule over the cells where r picked, and that mean is linear).
+    Without it, ``acc["oracle"]`` is used, which is the same whenever every rule picked everywhere.
+
+    Rows: ``labels``; columns: one per honest rule (NaN where fewer than two methods have both
+    accuracies, or one ranking is constant), plus ``methods`` (how many were ranked by the oracle).
     """
     honest = [c for c in acc.columns if c != "oracle"]
     rows = {}
     for lab, g in acc.groupby(level="labels", sort=True):
         row: dict[str, float | int] = {}
         for rule in honest:
-            both = g[["oracle", rule]].dropna()
+            if regret is not None and rule in regret.columns:
+                same = (g[rule] + regret[rule].reindex(g.index)).rename("oracle")
+            else:
+                same = g["oracle"]
+            both = pd.concat([same, g[rule]], axis=1).dropna()
             tau = float("nan")
             if len(both) >= 2 and both["oracle"].nunique() > 1 and both[rule].nunique() > 1:
                 tau = float(kendalltau(both["oracle"], both[rule]).statistic)
