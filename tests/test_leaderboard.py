@@ -107,6 +107,10 @@ def test_oracle_title_is_loud(df):
     lb = leaderboard(df, rule="oracle")
     assert "ORACLE" in lb.title and "upper bound" in lb.title
     assert "ORACLE" in lb.to_markdown() and "ORACLE" in lb.to_html() and "ORACLE" in lb.to_latex()
+    # in the typeset table too: the title is a % comment, gone once the file is \input in a paper
+    typeset = [line for line in lb.to_latex().splitlines() if not line.startswith("%")]
+    assert any("ORACLE: selected on target test labels" in line for line in typeset), typeset
+    assert not any("ORACLE" in line for line in leaderboard(df).to_latex().splitlines() if not line.startswith("%"))
 
 
 def test_one_seed_one_pair_does_not_crash(tmp_path):

@@ -334,7 +334,10 @@ class Leaderboard:
             return latex_grid(["method"], [], "l", comments=[*comments, "(no complete runs)"])
         t = self._marked("tex")
         rows = [[tex_escape(str(i)), *map(str, r)] for i, r in zip(t.index, t.to_numpy())]
-        return latex_grid([t.index.name or "method", *t.columns], rows, "l" + "c" * len(t.columns), comments=comments)
+        first = t.index.name or "method"
+        if self.rule == "oracle":  # visible in the typeset table: its comments vanish once \input
+            first += " [ORACLE: selected on target test labels, an upper bound]"
+        return latex_grid([first, *t.columns], rows, "l" + "c" * len(t.columns), comments=comments)
 
     def to_html(self, full_page: bool = False, left_out: bool = True) -> str:
         """An HTML ``<table>`` (with caption and legend); ``full_page`` wraps it in a document.
