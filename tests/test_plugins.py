@@ -559,3 +559,57 @@ def test_plugin_import_errors_say_where_and_a_missing_module_says_what_to_give(t
         err = capsys.readouterr().err
         assert f"plugin {ref!r} failed to import: ModuleNotFoundError" in err
         assert "give a plugin file as a path ending in .py" in err and "importlib" not in err
+
+
+# --- a plugin edited after its results exist ---------------------------------------------------
+_VERSIONED = '''
+"""A plugin whose source-only variant is edited between two runs of one folder (test)."""
+from dabench import register_method
+from dabench.methods.source_only import SourceOnly
+
+
+@register_method("edited")
+class Edited(SourceOnly):
+    """Source-only under another name, version {v} (plugin_code test)."""
+'''
+
+
+def test_records_name_the_plugin_code_and_a_resume_after_an_edit_says_the_folder_mixes_versions(tmp_path):
+    """A run id is the spec, not the code: a resume after an edit of the plugin keeps the old
+    version's records. The records name the plugin's file and its hash, and the resume says so."""
+    from tests.tiny_runs import TINY as TINY_PLUGIN
+    from tests.tiny_runs import tiny_run
+
+    plugin, res = tmp_path / "edited.py", tmp_path / "res"
+    plugin.write_text(_VERSIONED.format(v=1))
+    first = subprocess.run(
+        [str(DABENCH), *tiny_run(res, "edited,source-only", "0", "--plugin", str(plugin), "--set", "steps=2")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert first.returncode == 0, first.stderr
+    recs = {r["spec"]["method"]: r for r in _records(res / "runs")}
+    code = recs["edited"]["plugin_code"]
+    assert code["method"]["file"] == str(plugin) and len(code["method"]["sha256"]) == 16
+    assert code["pair"]["file"] == TINY_PLUGIN  # the tiny pair is a plugin too
+    assert set(recs["source-only"]["plugin_code"]) == {"pair"}  # a built-in method: its code is dabench's
+    assert "another version of a plugin" not in first.stdout + first.stderr
+
+    plugin.write_text(_VERSIONED.format(v=2))
+    second = subprocess.run(
+        [str(DABENCH), *tiny_run(res, "edited,source-only", "0,1", "--plugin", str(plugin), "--set", "steps=2")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    out = second.stdout + second.stderr
+    assert second.returncode == 0, out
+    note = next(line for line in out.splitlines() if "another version of a plugin" in line)
+    old_run = recs["edited"]["run_id"]
+    # the one kept run of the edited method, named with its file and how to remake it; the
+    # unchanged tiny pair and the built-in source-only are not
+    assert "1 kept run(s)" in note and f"method 'edited' ({plugin})" in note and f"--rerun {old_run}" in note
+    assert "pair 'tiny'" not in note
+    new = [r for r in _records(res / "runs") if r["spec"]["method"] == "edited" and r["spec"]["seed"] == 1]
+    assert new[0]["plugin_code"]["method"]["sha256"] != code["method"]["sha256"]

@@ -90,6 +90,8 @@ class Registry(Generic[T]):
         #: the installed package whose entry point is being loaded (named in conflict messages)
         self._loading_dist: str | None = None
         self._dists: dict[str, str] = {}
+        #: the names the built-in module registered (see :meth:`code`)
+        self._builtin_names: frozenset[str] = frozenset()
 
     @property
     def loaded(self) -> bool:
@@ -110,6 +112,7 @@ class Registry(Generic[T]):
         except BaseException:
             self._builtin_loaded = False  # a failed import must fail again, not leave a silent empty registry
             raise
+        self._builtin_names = frozenset(self._items)  # dabench's own: no plugin_code in their records
 
     def register(self, name: str, obj: T, source: str | None = None) -> T:
         self._load_builtin()
@@ -260,6 +263,39 @@ class Registry(Generic[T]):
     def source(self, name: str) -> str:
         self._load_builtin()
         return self._sources[name]
+
+    def code(self, name: str) -> dict[str, str] | None:
+        """What identifies a *plugin* entry's code in its run records (``plugin_code``), None for a
+        built-in or factory-made entry (dabench's own version and commit, in ``versions``, say
+        which code made those) or an unregistered name.
+
+        ``file``: the file that registered it (a method: the file defining its class), ``sha256``:
+        the first 16 hex digits of that file's bytes, and ``package`` (``name version``) for an
+        entry point of an installed package. A run id is its spec, not its code, so without this
+        a resume after an edit of the plugin would keep the old version's records beside the new
+        one's with nothing to tell them apart. Only that one file is hashed: a plugin spread over
+        several modules should bump its package version with each change.
+        """
+        self._load_builtin()
+        if name not in self._items or name in self._builtin_names:
+            return None
+        source = self._sources[name]
+        if source.startswith("factory "):
+            return None
+        where = _source_of(self._items[name]) if source.startswith("entry point ") else source
+        head, _, line = where.rpartition(":")
+        path = head if head and line.isdigit() else where  # "file:line", or a bare module file
+        out: dict[str, str] = {"file": path}
+        try:
+            out["sha256"] = hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()[:16]
+        except OSError:
+            out["sha256"] = "unknown"  # a class made in an interactive session: no file to hash
+        if dist := self._dists.get(name):
+            try:
+                out["package"] = f"{dist} {importlib.metadata.version(dist)}"
+            except importlib.metadata.PackageNotFoundError:
+                out["package"] = dist
+        return out
 
     def expand(self, patterns: str | list[str]) -> list[str]:
         """Expand comma-separated names/globs; an unmatched entry is an error naming the choices."""

@@ -23,7 +23,7 @@ import torch
 
 from ..core.domain import PairData
 from ..core.record import RunRecord, RunResult, Status, first_line, utc_now
-from ..core.registry import PAIRS
+from ..core.registry import METHODS, PAIRS
 from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault, checkpoint_problem, weights_fingerprint
 from ..core.version import __version__
@@ -117,7 +117,23 @@ def base_record(spec: RunSpec, status: Status | str, env: dict[str, Any]) -> Run
         torch_threads=env.get("torch_threads"),
         pid=os.getpid(),  # the process that ran it (a worker's, under the local pool)
         started_at=utc_now(),
+        plugin_code=plugin_code(spec),
     )
+
+
+def plugin_code(spec: RunSpec) -> dict[str, Any] | None:
+    """The record's ``plugin_code``: :meth:`Registry.code` of the spec's method and pair where they
+    are plugins (None when both are built-in). A resume compares it with the code loaded now
+    (``scheduler.plugin_code_note``), so two versions of a plugin are never mixed unannounced."""
+    out = {}
+    for kind, registry, name in (("method", METHODS, spec.method), ("pair", PAIRS, spec.pair)):
+        try:
+            code = registry.code(name)
+        except Exception:  # noqa: BLE001 - provenance must never fail a run (a failure record included)
+            code = None
+        if code:
+            out[kind] = code
+    return out or None
 
 
 def run_spec(
