@@ -527,6 +527,35 @@ def test_entry_point_naming_an_undecorated_class_is_named_and_validated(tmp_path
     sys.modules.pop("ep_methods_mod", None)
 
 
+def test_entry_point_under_another_name_than_its_decorator_is_refused_naming_both(tmp_path, monkeypatch):
+    """``dannent = mod:DannEnt`` beside ``@register_method("dann-ent")`` in mod: one method under two
+    names would rename the class and run twice in ``--methods all``; warned, and the decorator's name
+    alone is kept."""
+    from dabench.core.registry import _prepare_method
+
+    (tmp_path / "ep_alias_mod.py").write_text(
+        textwrap.dedent('''
+        from dabench import Method, register_method
+
+        @register_method("aliased")
+        class Aliased(Method):
+            """Source-only under the decorator's name (alias test)."""
+
+            def loss(self, batch, progress):
+                return self.combine(self.supervised_loss(batch, self.predict(batch.x_source)))
+    ''')
+    )
+    _dist_info(tmp_path, "ep-alias", "dabench.methods", "other-name = ep_alias_mod:Aliased")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(PluginWarning, match=r"'other-name'.*package ep-alias.*already registers as 'aliased'; "):
+        names = METHODS.names()
+    assert "aliased" in names and "other-name" not in names
+    assert METHODS.get("aliased").name == "aliased"  # not renamed by the entry point
+    with pytest.raises(PluginError, match=r"'other-name' is unavailable.*give the entry point that name \(aliased = "):
+        METHODS.get("other-name")
+    sys.modules.pop("ep_alias_mod", None)
+
+
 def test_builtin_methods_use_only_the_public_api():
     """methods/*.py import dabench names from `dabench` itself, as a plugin would."""
     import ast

@@ -208,6 +208,15 @@ class Registry(Generic[T]):
                 if not inspect.ismodule(obj):
                     if ep.name in self._items and self._items[ep.name] is obj:
                         continue  # the same object, already registered (e.g. its file came by --plugin)
+                    if aliases := [n for n, o in self._items.items() if o is obj]:
+                        # its module registered it under another name (@register_method("x") with
+                        # the entry point "y = mod:Cls"): a second name would rename the class (its
+                        # ``name``) and run one method twice under two names (groups, "all")
+                        raise ValueError(
+                            f"it names {ep.value}, which its module already registers as {aliases[0]!r}; "
+                            f"give the entry point that name ({aliases[0]} = {ep.value}), or name the "
+                            "module itself (a module entry point registers what it holds)"
+                        )
                     if self._prepare is not None:
                         obj = self._prepare(ep.name, obj)
                     self.register(ep.name, obj, source=f"entry point {ep.value}")
