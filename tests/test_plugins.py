@@ -531,7 +531,6 @@ def test_entry_point_under_another_name_than_its_decorator_is_refused_naming_bot
     """``dannent = mod:DannEnt`` beside ``@register_method("dann-ent")`` in mod: one method under two
     names would rename the class and run twice in ``--methods all``; warned, and the decorator's name
     alone is kept."""
-    from dabench.core.registry import _prepare_method
 
     (tmp_path / "ep_alias_mod.py").write_text(
         textwrap.dedent('''
