@@ -641,3 +641,27 @@ def test_records_name_the_plugin_code_and_a_resume_after_an_edit_says_the_folder
     assert "pair 'tiny'" not in note
     new = [r for r in _records(res / "runs") if r["spec"]["method"] == "edited" and r["spec"]["seed"] == 1]
     assert new[0]["plugin_code"]["method"]["sha256"] != code["method"]["sha256"]
+
+
+def test_a_pair_registered_anew_in_one_process_loads_its_new_data(tmp_path):
+    """A notebook re-runs the cell that registers its pair after fixing the loader: the next run
+    must see the new loader's data, not the first one's kept in the per-process cache."""
+    from dabench import Domain, DomainPair, PairData, register_pair
+    from dabench.running.unit import load_pair_data
+
+    def own_tensors(level: int) -> PairData:
+        images = torch.full((8, 1, 28, 28), level, dtype=torch.uint8)
+        labels = torch.arange(8) % 2
+        dom = Domain("mine", images, labels, ("a", "b"))
+        idx = torch.arange(8)
+        return PairData(dom, dom, idx[:6], idx[6:], idx[:4], idx[4:])
+
+    def register(level: int) -> None:  # one source line: a re-registration, as a re-run cell is
+        register_pair(
+            DomainPair("own-tensors", "test", lambda root: own_tensors(level), 2, "lenet", 1, 28, (0.5,), (0.5,))
+        )
+
+    register(1)
+    assert int(load_pair_data("own-tensors", tmp_path).source.images.max()) == 1
+    register(2)
+    assert int(load_pair_data("own-tensors", tmp_path).source.images.max()) == 2

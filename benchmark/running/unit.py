@@ -31,15 +31,21 @@ from ..engine.options import EngineOptions
 from ..engine.seed_batch import execute_seeds
 from ..engine.train import Diverged, execute
 
-_PAIR_CACHE: dict[tuple[str, str], PairData] = {}
+#: (pair name, data root) -> (the DomainPair that loaded it, its data)
+_PAIR_CACHE: dict[tuple[str, str], tuple[object, PairData]] = {}
 
 
 def load_pair_data(pair_name: str, data_root: pathlib.Path) -> PairData:
-    """Load a pair's data once per process (runs of one pair share it)."""
+    """Load a pair's data once per process (runs of one pair share it).
+
+    Kept per registered pair *object*: a pair registered anew under its name in this process (a
+    notebook cell re-run after a fix of its loader) loads anew, never the old loader's data."""
     key = (pair_name, str(data_root))
-    if key not in _PAIR_CACHE:
-        _PAIR_CACHE[key] = PAIRS.get(pair_name).load(data_root)
-    return _PAIR_CACHE[key]
+    pair = PAIRS.get(pair_name)
+    cached = _PAIR_CACHE.get(key)
+    if cached is None or cached[0] is not pair:
+        _PAIR_CACHE[key] = cached = (pair, pair.load(data_root))
+    return cached[1]
 
 
 @functools.lru_cache(maxsize=1)
