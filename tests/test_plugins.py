@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 import dabench
-from dabench import METHODS, Method, PluginError, RegistryError, Uses
+from dabench import METHODS, Domain, DomainPair, Method, PairData, PluginError, RegistryError, Uses
 from dabench.cli import main
 from dabench.core.method import validate_method_class
 from dabench.core.registry import PluginWarning, Registry, load_plugin
@@ -665,3 +666,68 @@ def test_a_pair_registered_anew_in_one_process_loads_its_new_data(tmp_path):
     assert int(load_pair_data("own-tensors", tmp_path).source.images.max()) == 1
     register(2)
     assert int(load_pair_data("own-tensors", tmp_path).source.images.max()) == 2
+
+
+def _own_pair(name: str, data: PairData, **fields) -> DomainPair:
+    kw = {"num_classes": 2, "backbone": "lenet", "channels": 1, "image_size": 28, "mean": (0.5,), "std": (0.5,)}
+    kw.update(fields)
+    return DomainPair(name, "test pair from own tensors", lambda root: data, **kw)
+
+
+def _own_data(**splits) -> PairData:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 2
+    images = (torch.rand(40, 1, 28, 28, generator=g) * 60 + labels.view(-1, 1, 1, 1) * 120).to(torch.uint8)
+    dom = Domain("mine", images, labels, ("a", "b"))
+    parts = {"source_train": torch.arange(0, 32), "source_val": torch.arange(32, 40)}
+    parts.update(target_adapt=torch.arange(0, 20), target_eval=torch.arange(20, 40))
+    parts.update(splits)
+    return PairData(dom, dom, **parts)
+
+
+@pytest.mark.parametrize(
+    ("data", "fields", "message"),
+    [
+        (
+            {"target_eval": torch.arange(30, 45)},
+            {},
+            "target_eval holds indices in [30, 44], but the target domain 'mine' has 40 images (valid: 0..39)",
+        ),
+        ({}, {"num_classes": 3}, "source domain 'mine' has 2 classes but the pair declares num_classes=3"),
+        ({}, {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}, "mean/std have 3/3 value(s) but channels=1"),
+        ({}, {"channels": 3, "mean": (0.5,) * 3, "std": (0.5,) * 3}, "source images have 1 channel(s)"),
+        ({"source_val": torch.arange(24, 40)}, {}, "source_val shares 8 of its 16 images with source_train"),
+        (
+            {"target_eval": torch.arange(20, 40).float()},
+            {},
+            "target_eval must be a 1-D integer tensor of image indices, got torch.float32",
+        ),
+        ({"target_eval": torch.arange(0)}, {}, "target_eval is empty"),
+    ],
+)
+def test_a_pair_plugins_inconsistent_data_is_refused_naming_the_pair_and_field(data, fields, message):
+    from dabench.core.domain import PairDataError, check_pair_data
+
+    pair = _own_pair("own", _own_data(**data), **fields)
+    with pytest.raises(PairDataError, match="^pair 'own': " + re.escape(message)):
+        check_pair_data(pair, pair.load(pathlib.Path(".")))
+
+
+def test_a_pair_plugin_whose_source_val_overlaps_training_fails_its_runs_with_that_reason(tmp_path):
+    """Before, the run completed and the source-val rule scored on training images."""
+    dabench.register_pair(_own_pair("own-overlap", _own_data(source_val=torch.arange(24, 40))))
+    dabench.register_pair(_own_pair("own-ok", _own_data()))
+    dabench.run(
+        methods=["source-only"],
+        pairs=["own-overlap", "own-ok"],
+        seeds=[0],
+        results_dir=tmp_path,
+        progress=False,
+        overrides={"steps": 2, "eval_every": 2, "batch_size": 8},
+        device="cpu",
+    )
+    recs = {r["spec"]["pair"]: r for r in _records(tmp_path / "runs")}
+    assert recs["own-ok"]["status"] == "complete"  # the matrix goes on
+    assert recs["own-overlap"]["status"] == "failed"
+    assert recs["own-overlap"]["error"]["type"] == "PairDataError"
+    assert "source_val shares 8 of its 16 images with source_train" in recs["own-overlap"]["error"]["message"]

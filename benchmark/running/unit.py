@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..core.domain import PairData
+from ..core.domain import PairData, check_pair_data
 from ..core.record import RunRecord, RunResult, Status, first_line, utc_now
 from ..core.registry import METHODS, PAIRS
 from ..core.spec import RunSpec
@@ -44,7 +44,9 @@ def load_pair_data(pair_name: str, data_root: pathlib.Path) -> PairData:
     pair = PAIRS.get(pair_name)
     cached = _PAIR_CACHE.get(key)
     if cached is None or cached[0] is not pair:
-        _PAIR_CACHE[key] = cached = (pair, pair.load(data_root))
+        data = pair.load(data_root)
+        check_pair_data(pair, data)  # a plugin pair's mistakes named here, not deep inside a run
+        _PAIR_CACHE[key] = cached = (pair, data)
     return cached[1]
 
 
