@@ -58,6 +58,22 @@ def _source_of(obj: Any) -> str:
         return path or module or repr(obj)
 
 
+def _in_dabench(source: str) -> bool:
+    """Whether a registration's source (``file:line``) is a file of dabench itself (``dabench``,
+    ``dabench.methods``, ``dabench.datasets``): a built-in, whichever module imported it first."""
+    head, _, line = source.rpartition(":")
+    path = head if head and line.isdigit() else source
+    if not os.path.isfile(path):
+        return False  # an entry point, a factory, a class made in a session
+    roots = [
+        pathlib.Path(p).resolve()
+        for mod in ("dabench", "dabench.methods", "dabench.datasets")
+        for p in getattr(sys.modules.get(mod), "__path__", ())
+    ]
+    resolved = pathlib.Path(path).resolve()
+    return any(resolved.is_relative_to(root) for root in roots)
+
+
 class Registry(Generic[T]):
     """A named collection of ``T`` with pattern listing and entry-point discovery."""
 
@@ -90,8 +106,8 @@ class Registry(Generic[T]):
         #: the installed package whose entry point is being loaded (named in conflict messages)
         self._loading_dist: str | None = None
         self._dists: dict[str, str] = {}
-        #: the names the built-in module registered (see :meth:`code`)
-        self._builtin_names: frozenset[str] = frozenset()
+        #: the names registered from dabench's own files (see :meth:`is_builtin`, :meth:`code`)
+        self._builtin_names: set[str] = set()
 
     @property
     def loaded(self) -> bool:
@@ -112,7 +128,6 @@ class Registry(Generic[T]):
         except BaseException:
             self._builtin_loaded = False  # a failed import must fail again, not leave a silent empty registry
             raise
-        self._builtin_names = frozenset(self._items)  # dabench's own: no plugin_code in their records
 
     def register(self, name: str, obj: T, source: str | None = None) -> T:
         self._load_builtin()
@@ -124,6 +139,8 @@ class Registry(Generic[T]):
             )
         self._items[name] = obj
         self._sources[name] = source
+        if _in_dabench(source):
+            self._builtin_names.add(name)
         if self._loading_dist:
             self._dists[name] = self._loading_dist
         return obj
@@ -272,6 +289,11 @@ class Registry(Generic[T]):
     def source(self, name: str) -> str:
         self._load_builtin()
         return self._sources[name]
+
+    def is_builtin(self, name: str) -> bool:
+        """Whether ``name`` was registered by dabench's own built-in module (not a plugin)."""
+        self._load_builtin()
+        return name in self._builtin_names
 
     def code(self, name: str) -> dict[str, str] | None:
         """What identifies a *plugin* entry's code in its run records (``plugin_code``), None for a
