@@ -149,6 +149,7 @@ def check_method(
             f"{totals1!r} and {totals2!r} on the same batch (a random draw that "
             f"ignores torch's seed, e.g. Python's random or numpy?)",
         )
+        _check_global_rng(m2, batch, seed)
         for names, out in ups1:
             _check_gradients(m1, out, tuple(allow_no_grad), report, names)
         report.hparams_used = _check_hparams_used(cls, pair_obj, hparams, batch, seed, tuple(allow_unused_hparams))
@@ -363,6 +364,40 @@ def _updates(m: Method, batch: Batch, seed: int, progress: float = 0.5) -> list[
     m.step(batch, progress, update)  # 0.5, mid-training: ramps such as DANN's λ_p are well above 0
     _check(bool(out), f"{m.name}: step() made no update(name, loss) call")
     return out
+
+
+def _check_global_rng(m: Method, batch: Batch, seed: int) -> None:
+    """A step must draw from the global RNGs (torch, Python's ``random``, numpy), never reseed them.
+
+    The engine seeds them once per run (the run's seed); a ``torch.manual_seed(0)`` inside
+    ``loss`` would give every seed the same dropout masks and draws from then on, so the seeds of
+    a table would no longer be independent and its ± would look smaller than it is. Told by
+    the state *after* a step: under two different states before it, an untouched RNG ends in two
+    different states; a reseeded one ends in the same.
+    """
+    import random
+
+    import numpy as np
+
+    after = []
+    for s in (seed + 11, seed + 12):
+        torch.manual_seed(s)
+        random.seed(s)
+        np.random.seed(s)  # noqa: NPY002 - the legacy global RNG is what a plugin might reseed
+        m.step(batch, 0.5, lambda names, loss: None)
+        after.append((torch.rand(4), random.random(), float(np.random.rand())))  # noqa: NPY002
+    for i, (rng, call) in enumerate(
+        (("torch's", "torch.manual_seed"), ("Python's random", "random.seed"), ("numpy's", "np.random.seed"))
+    ):
+        a, b = after[0][i], after[1][i]
+        same = torch.equal(a, b) if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) else a == b
+        _check(
+            not same,
+            f"{m.name}: its step reseeds {rng} global RNG ({call}(...) in loss() or step()): every seed of a run "
+            f"would then draw the same numbers, and the seeds of a table would not be independent. Draw from the "
+            f"global RNG without seeding it (the engine seeds it per run), or use a torch.Generator of your own "
+            f"seeded in build() from torch.initial_seed()",
+        )
 
 
 def _checked_loss(m: Method, out: Loss) -> Loss:

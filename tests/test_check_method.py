@@ -233,6 +233,26 @@ def test_python_random_breaks_determinism():
     _expect(Jittery, "not deterministic under a seed")
 
 
+@pytest.mark.parametrize("reseed", ["torch.manual_seed(0)", "random.seed(0)", "np.random.seed(0)"])
+def test_a_step_that_reseeds_a_global_rng_is_caught(reseed):
+    """Deterministic, so the determinism check passes; but every seed of a run would draw alike."""
+    import numpy as np
+
+    @register_method("broken-reseed")
+    class Reseeding(Method):
+        """Noise on the source logits from a reseeded RNG (a copied 'reproducibility' line)."""
+
+        defaults = {"noise": 0.1}
+
+        def loss(self, batch, progress):
+            eval(reseed, {"torch": torch, "random": random, "np": np})
+            logits = self.predict(batch.x_source)
+            noise = torch.rand_like(logits) * float(self.hp["noise"])
+            return self.combine({"ce": F.cross_entropy(logits + noise, batch.y_source)})
+
+    _expect(Reseeding, "reseeds", reseed.split("(")[0], "not be independent")
+
+
 def test_module_created_in_loss_breaks_the_state_dict_round_trip():
     @register_method("broken-lazy")
     class Lazy(Method):

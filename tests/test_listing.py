@@ -36,7 +36,9 @@ def test_catalog_equals_the_builtin_classes() -> None:
     """The descriptors built from the imported classes (a fresh interpreter: only the built-ins
     registered) equal the file ``dabench list`` reads; a change to a built-in method's docstring,
     defaults, protocol or uses, a pair or a backbone fails here, naming the entry and the fix."""
-    out = _python("from dabench.core.listing import from_registries\nprint(from_registries().to_json())")
+    out = _python(
+        "from dabench.core.listing import from_registries\nprint(from_registries(builtins_only=True).to_json())"
+    )
     assert out.returncode == 0, out.stderr
     real = Listing.from_json(out.stdout)
     stored = Listing.from_json(CATALOG.read_text(encoding="utf-8"))
@@ -120,3 +122,20 @@ def test_installed_entry_point_plugin_is_listed(tmp_path: Path) -> None:
     assert "slow" in names and {"source-only", "dann", "fine-tune"} <= set(names)
     builtins = len(json.loads(CATALOG.read_text())["methods"])
     assert f"all ({builtins + 1})" in listed.stdout  # the built-ins + the plugin's
+
+
+def test_the_catalog_of_builtins_ignores_installed_plugins(tmp_path: Path) -> None:
+    """A plugin author's environment (an entry point installed) neither changes ``builtins.json``
+    nor fails its test: the built-ins' catalog leaves the plugin out, groups included, and
+    ``python -m dabench.core.listing`` prints it (it refused before, and the test failed)."""
+    site = tmp_path / "site"
+    info = site / "tiny_dabench_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-dabench-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[dabench.methods]\ntiny = tiny_plugin\n")
+    env = {"PYTHONPATH": f"{site}:{TESTS}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "dabench.core.listing"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert Listing.from_json(out.stdout) == Listing.from_json(CATALOG.read_text(encoding="utf-8"))

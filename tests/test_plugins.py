@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 import dabench
-from dabench import METHODS, Method, PluginError, RegistryError, Uses
+from dabench import METHODS, Domain, DomainPair, Method, PairData, PluginError, RegistryError, Uses
 from dabench.cli import main
 from dabench.core.method import validate_method_class
 from dabench.core.registry import PluginWarning, Registry, load_plugin
@@ -527,6 +528,34 @@ def test_entry_point_naming_an_undecorated_class_is_named_and_validated(tmp_path
     sys.modules.pop("ep_methods_mod", None)
 
 
+def test_entry_point_under_another_name_than_its_decorator_is_refused_naming_both(tmp_path, monkeypatch):
+    """``dannent = mod:DannEnt`` beside ``@register_method("dann-ent")`` in mod: one method under two
+    names would rename the class and run twice in ``--methods all``; warned, and the decorator's name
+    alone is kept."""
+
+    (tmp_path / "ep_alias_mod.py").write_text(
+        textwrap.dedent('''
+        from dabench import Method, register_method
+
+        @register_method("aliased")
+        class Aliased(Method):
+            """Source-only under the decorator's name (alias test)."""
+
+            def loss(self, batch, progress):
+                return self.combine(self.supervised_loss(batch, self.predict(batch.x_source)))
+    ''')
+    )
+    _dist_info(tmp_path, "ep-alias", "dabench.methods", "other-name = ep_alias_mod:Aliased")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(PluginWarning, match=r"'other-name'.*package ep-alias.*already registers as 'aliased'; "):
+        names = METHODS.names()
+    assert "aliased" in names and "other-name" not in names
+    assert METHODS.get("aliased").name == "aliased"  # not renamed by the entry point
+    with pytest.raises(PluginError, match=r"'other-name' is unavailable.*give the entry point that name \(aliased = "):
+        METHODS.get("other-name")
+    sys.modules.pop("ep_alias_mod", None)
+
+
 def test_builtin_methods_use_only_the_public_api():
     """methods/*.py import dabench names from `dabench` itself, as a plugin would."""
     import ast
@@ -559,3 +588,146 @@ def test_plugin_import_errors_say_where_and_a_missing_module_says_what_to_give(t
         err = capsys.readouterr().err
         assert f"plugin {ref!r} failed to import: ModuleNotFoundError" in err
         assert "give a plugin file as a path ending in .py" in err and "importlib" not in err
+
+
+# --- a plugin edited after its results exist ---------------------------------------------------
+_VERSIONED = '''
+"""A plugin whose source-only variant is edited between two runs of one folder (test)."""
+from dabench import register_method
+from dabench.methods.source_only import SourceOnly
+
+
+@register_method("edited")
+class Edited(SourceOnly):
+    """Source-only under another name, version {v} (plugin_code test)."""
+'''
+
+
+def test_records_name_the_plugin_code_and_a_resume_after_an_edit_says_the_folder_mixes_versions(tmp_path):
+    """A run id is the spec, not the code: a resume after an edit of the plugin keeps the old
+    version's records. The records name the plugin's file and its hash, and the resume says so."""
+    from tests.tiny_runs import TINY as TINY_PLUGIN
+    from tests.tiny_runs import tiny_run
+
+    plugin, res = tmp_path / "edited.py", tmp_path / "res"
+    plugin.write_text(_VERSIONED.format(v=1))
+    first = subprocess.run(
+        [str(DABENCH), *tiny_run(res, "edited,source-only", "0", "--plugin", str(plugin), "--set", "steps=2")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert first.returncode == 0, first.stderr
+    recs = {r["spec"]["method"]: r for r in _records(res / "runs")}
+    code = recs["edited"]["plugin_code"]
+    assert code["method"]["file"] == str(plugin) and len(code["method"]["sha256"]) == 16
+    assert code["pair"]["file"] == TINY_PLUGIN  # the tiny pair is a plugin too
+    assert set(recs["source-only"]["plugin_code"]) == {"pair"}  # a built-in method: its code is dabench's
+    assert "another version of a plugin" not in first.stdout + first.stderr
+
+    plugin.write_text(_VERSIONED.format(v=2))
+    second = subprocess.run(
+        [str(DABENCH), *tiny_run(res, "edited,source-only", "0,1", "--plugin", str(plugin), "--set", "steps=2")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    out = second.stdout + second.stderr
+    assert second.returncode == 0, out
+    note = next(line for line in out.splitlines() if "another version of a plugin" in line)
+    old_run = recs["edited"]["run_id"]
+    # the one kept run of the edited method, named with its file and how to remake it; the
+    # unchanged tiny pair and the built-in source-only are not
+    assert "1 kept run(s)" in note and f"method 'edited' ({plugin})" in note and f"--rerun {old_run}" in note
+    assert "pair 'tiny'" not in note
+    new = [r for r in _records(res / "runs") if r["spec"]["method"] == "edited" and r["spec"]["seed"] == 1]
+    assert new[0]["plugin_code"]["method"]["sha256"] != code["method"]["sha256"]
+
+
+def test_a_pair_registered_anew_in_one_process_loads_its_new_data(tmp_path):
+    """A notebook re-runs the cell that registers its pair after fixing the loader: the next run
+    must see the new loader's data, not the first one's kept in the per-process cache."""
+    from dabench import Domain, DomainPair, PairData, register_pair
+    from dabench.running.unit import load_pair_data
+
+    def own_tensors(level: int) -> PairData:
+        images = torch.full((8, 1, 28, 28), level, dtype=torch.uint8)
+        labels = torch.arange(8) % 2
+        dom = Domain("mine", images, labels, ("a", "b"))
+        idx = torch.arange(8)
+        return PairData(dom, dom, idx[:6], idx[6:], idx[:4], idx[4:])
+
+    def register(level: int) -> None:  # one source line: a re-registration, as a re-run cell is
+        register_pair(
+            DomainPair("own-tensors", "test", lambda root: own_tensors(level), 2, "lenet", 1, 28, (0.5,), (0.5,))
+        )
+
+    register(1)
+    assert int(load_pair_data("own-tensors", tmp_path).source.images.max()) == 1
+    register(2)
+    assert int(load_pair_data("own-tensors", tmp_path).source.images.max()) == 2
+
+
+def _own_pair(name: str, data: PairData, **fields) -> DomainPair:
+    kw = {"num_classes": 2, "backbone": "lenet", "channels": 1, "image_size": 28, "mean": (0.5,), "std": (0.5,)}
+    kw.update(fields)
+    return DomainPair(name, "test pair from own tensors", lambda root: data, **kw)
+
+
+def _own_data(**splits) -> PairData:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 2
+    images = (torch.rand(40, 1, 28, 28, generator=g) * 60 + labels.view(-1, 1, 1, 1) * 120).to(torch.uint8)
+    dom = Domain("mine", images, labels, ("a", "b"))
+    parts = {"source_train": torch.arange(0, 32), "source_val": torch.arange(32, 40)}
+    parts.update(target_adapt=torch.arange(0, 20), target_eval=torch.arange(20, 40))
+    parts.update(splits)
+    return PairData(dom, dom, **parts)
+
+
+@pytest.mark.parametrize(
+    ("data", "fields", "message"),
+    [
+        (
+            {"target_eval": torch.arange(30, 45)},
+            {},
+            "target_eval holds indices in [30, 44], but the target domain 'mine' has 40 images (valid: 0..39)",
+        ),
+        ({}, {"num_classes": 3}, "source domain 'mine' has 2 classes but the pair declares num_classes=3"),
+        ({}, {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}, "mean/std have 3/3 value(s) but channels=1"),
+        ({}, {"channels": 3, "mean": (0.5,) * 3, "std": (0.5,) * 3}, "source images have 1 channel(s)"),
+        ({"source_val": torch.arange(24, 40)}, {}, "source_val shares 8 of its 16 images with source_train"),
+        (
+            {"target_eval": torch.arange(20, 40).float()},
+            {},
+            "target_eval must be a 1-D integer tensor of image indices, got torch.float32",
+        ),
+        ({"target_eval": torch.arange(0)}, {}, "target_eval is empty"),
+    ],
+)
+def test_a_pair_plugins_inconsistent_data_is_refused_naming_the_pair_and_field(data, fields, message):
+    from dabench.core.domain import PairDataError, check_pair_data
+
+    pair = _own_pair("own", _own_data(**data), **fields)
+    with pytest.raises(PairDataError, match="^pair 'own': " + re.escape(message)):
+        check_pair_data(pair, pair.load(pathlib.Path(".")))
+
+
+def test_a_pair_plugin_whose_source_val_overlaps_training_fails_its_runs_with_that_reason(tmp_path):
+    """Before, the run completed and the source-val rule scored on training images."""
+    dabench.register_pair(_own_pair("own-overlap", _own_data(source_val=torch.arange(24, 40))))
+    dabench.register_pair(_own_pair("own-ok", _own_data()))
+    dabench.run(
+        methods=["source-only"],
+        pairs=["own-overlap", "own-ok"],
+        seeds=[0],
+        results_dir=tmp_path,
+        progress=False,
+        overrides={"steps": 2, "eval_every": 2, "batch_size": 8},
+        device="cpu",
+    )
+    recs = {r["spec"]["pair"]: r for r in _records(tmp_path / "runs")}
+    assert recs["own-ok"]["status"] == "complete"  # the matrix goes on
+    assert recs["own-overlap"]["status"] == "failed"
+    assert recs["own-overlap"]["error"]["type"] == "PairDataError"
+    assert "source_val shares 8 of its 16 images with source_train" in recs["own-overlap"]["error"]["message"]

@@ -237,6 +237,75 @@ def target_shot_capacity(data: PairData) -> int:
     return int(counts.min()) if len(counts) else 0
 
 
+class PairDataError(ValueError):
+    """A pair's loader returned data that does not fit its :class:`DomainPair` (the message names the
+    pair, the field, the value and what is valid)."""
+
+
+def check_pair_data(pair: DomainPair, data: PairData) -> None:
+    """Refuse loaded data that would fail deep inside a run, or score it dishonestly.
+
+    What a plugin pair's loader most often gets wrong, each otherwise a torch error naming neither
+    the pair nor the field (``index 1797 is out of bounds``, ``Target 9 is out of bounds``, a
+    convolution's channel count), or no error at all: a ``source_val`` sharing images with
+    ``source_train`` makes the ``source-val`` selection rule score on training images.
+    (``target_adapt`` may overlap ``target_eval``: the transductive protocol; the record's
+    ``validators.overlaps_evaluation`` says so.) Called once per load, before any run trains.
+    """
+    import torch  # late: see the module's imports
+
+    where = f"pair {pair.name!r}"
+    if not isinstance(data, PairData):
+        raise PairDataError(f"{where}: load(data_root) must return a PairData, got {type(data).__name__}")
+    n_stats = (len(pair.mean), len(pair.std))
+    if n_stats != (pair.channels, pair.channels):
+        raise PairDataError(
+            f"{where}: mean/std have {n_stats[0]}/{n_stats[1]} value(s) but channels={pair.channels}; "
+            "give one mean and one std per channel"
+        )
+    for role, dom in (("source", data.source), ("target", data.target)):
+        n = len(dom.images)
+        if len(dom.labels) != n:
+            raise PairDataError(f"{where}: {role} domain {dom.name!r} has {n} images but {len(dom.labels)} labels")
+        if dom.images.shape[1] != pair.channels:
+            raise PairDataError(
+                f"{where}: {role} images have {dom.images.shape[1]} channel(s) ([N, C, H, W] = "
+                f"{tuple(dom.images.shape)}) but the pair declares channels={pair.channels}"
+            )
+        if len(dom.classes) != pair.num_classes:
+            raise PairDataError(
+                f"{where}: {role} domain {dom.name!r} has {len(dom.classes)} classes but the pair declares "
+                f"num_classes={pair.num_classes}; they must agree"
+            )
+        if n and (int(dom.labels.min()) < 0 or int(dom.labels.max()) >= pair.num_classes):
+            raise PairDataError(
+                f"{where}: {role} labels range over [{int(dom.labels.min())}, {int(dom.labels.max())}]; "
+                f"labels are class indices 0..{pair.num_classes - 1} (num_classes={pair.num_classes})"
+            )
+        splits = ("source_train", "source_val") if role == "source" else ("target_adapt", "target_eval")
+        for split in splits:
+            idx = getattr(data, split)
+            if not isinstance(idx, torch.Tensor) or idx.ndim != 1 or idx.dtype not in (torch.int64, torch.int32):
+                got = f"{idx.dtype} {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) else type(idx).__name__
+                raise PairDataError(f"{where}: {split} must be a 1-D integer tensor of image indices, got {got}")
+            if len(idx) == 0:
+                if split in ("source_train", "target_eval"):  # what every run trains on and is scored on
+                    raise PairDataError(f"{where}: {split} is empty; a run needs images to train on and to score")
+                continue
+            if int(idx.min()) < 0 or int(idx.max()) >= n:
+                raise PairDataError(
+                    f"{where}: {split} holds indices in [{int(idx.min())}, {int(idx.max())}], but the {role} "
+                    f"domain {dom.name!r} has {n} images (valid: 0..{n - 1})"
+                )
+    shared = torch.isin(data.source_val, data.source_train)
+    if bool(shared.any()):
+        raise PairDataError(
+            f"{where}: source_val shares {int(shared.sum())} of its {len(data.source_val)} images with "
+            "source_train; the source-val selection rule would score on training images. Make them disjoint "
+            "(dabench.core.splits.stratified_split)"
+        )
+
+
 def check_target_shots(pair: DomainPair, data: PairData, *shots: int) -> None:
     """Refuse shot counts the loaded data cannot supply (backstop for pairs whose maximum is unknown
     or wrong), with the same message as the matrix check. Otherwise a too-large k silently takes

@@ -161,6 +161,10 @@ class RunRecord(Mapping):
     #: ``weights_sha256`` (the fingerprint of the checkpoint it loaded) and the source record's
     #: ``finished_at``; null in records of older dabench (then not known)
     source_weights: dict[str, Any] | None = None
+    #: the plugin code that made the run, per kind (``method``, ``pair``) that is not built-in:
+    #: ``{"file", "sha256", "package"}`` (:meth:`~dabench.core.registry.Registry.code`); null when
+    #: both are dabench's own (then ``versions`` says which code) and in records of older dabench
+    plugin_code: dict[str, Any] | None = None
     #: top-level fields this version does not know, kept so that a read + write loses nothing
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -327,6 +331,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "data": (dict,),
     "weights_sha256": (str,),
     "source_weights": (dict,),
+    "plugin_code": (dict,),
 }
 _REQUIRED = ("run_id", "spec")
 

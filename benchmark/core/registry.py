@@ -58,6 +58,22 @@ def _source_of(obj: Any) -> str:
         return path or module or repr(obj)
 
 
+def _in_dabench(source: str) -> bool:
+    """Whether a registration's source (``file:line``) is a file of dabench itself (``dabench``,
+    ``dabench.methods``, ``dabench.datasets``): a built-in, whichever module imported it first."""
+    head, _, line = source.rpartition(":")
+    path = head if head and line.isdigit() else source
+    if not os.path.isfile(path):
+        return False  # an entry point, a factory, a class made in a session
+    roots = [
+        pathlib.Path(p).resolve()
+        for mod in ("dabench", "dabench.methods", "dabench.datasets")
+        for p in getattr(sys.modules.get(mod), "__path__", ())
+    ]
+    resolved = pathlib.Path(path).resolve()
+    return any(resolved.is_relative_to(root) for root in roots)
+
+
 class Registry(Generic[T]):
     """A named collection of ``T`` with pattern listing and entry-point discovery."""
 
@@ -90,6 +106,8 @@ class Registry(Generic[T]):
         #: the installed package whose entry point is being loaded (named in conflict messages)
         self._loading_dist: str | None = None
         self._dists: dict[str, str] = {}
+        #: the names registered from dabench's own files (see :meth:`is_builtin`, :meth:`code`)
+        self._builtin_names: set[str] = set()
 
     @property
     def loaded(self) -> bool:
@@ -121,6 +139,8 @@ class Registry(Generic[T]):
             )
         self._items[name] = obj
         self._sources[name] = source
+        if _in_dabench(source):
+            self._builtin_names.add(name)
         if self._loading_dist:
             self._dists[name] = self._loading_dist
         return obj
@@ -205,6 +225,15 @@ class Registry(Generic[T]):
                 if not inspect.ismodule(obj):
                     if ep.name in self._items and self._items[ep.name] is obj:
                         continue  # the same object, already registered (e.g. its file came by --plugin)
+                    if aliases := [n for n, o in self._items.items() if o is obj]:
+                        # its module registered it under another name (@register_method("x") with
+                        # the entry point "y = mod:Cls"): a second name would rename the class (its
+                        # ``name``) and run one method twice under two names (groups, "all")
+                        raise ValueError(
+                            f"it names {ep.value}, which its module already registers as {aliases[0]!r}; "
+                            f"give the entry point that name ({aliases[0]} = {ep.value}), or name the "
+                            "module itself (a module entry point registers what it holds)"
+                        )
                     if self._prepare is not None:
                         obj = self._prepare(ep.name, obj)
                     self.register(ep.name, obj, source=f"entry point {ep.value}")
@@ -260,6 +289,44 @@ class Registry(Generic[T]):
     def source(self, name: str) -> str:
         self._load_builtin()
         return self._sources[name]
+
+    def is_builtin(self, name: str) -> bool:
+        """Whether ``name`` was registered by dabench's own built-in module (not a plugin)."""
+        self._load_builtin()
+        return name in self._builtin_names
+
+    def code(self, name: str) -> dict[str, str] | None:
+        """What identifies a *plugin* entry's code in its run records (``plugin_code``), None for a
+        built-in or factory-made entry (dabench's own version and commit, in ``versions``, say
+        which code made those) or an unregistered name.
+
+        ``file``: the file that registered it (a method: the file defining its class), ``sha256``:
+        the first 16 hex digits of that file's bytes, and ``package`` (``name version``) for an
+        entry point of an installed package. A run id is its spec, not its code, so without this
+        a resume after an edit of the plugin would keep the old version's records beside the new
+        one's with nothing to tell them apart. Only that one file is hashed: a plugin spread over
+        several modules should bump its package version with each change.
+        """
+        self._load_builtin()
+        if name not in self._items or name in self._builtin_names:
+            return None
+        source = self._sources[name]
+        if source.startswith("factory "):
+            return None
+        where = _source_of(self._items[name]) if source.startswith("entry point ") else source
+        head, _, line = where.rpartition(":")
+        path = head if head and line.isdigit() else where  # "file:line", or a bare module file
+        out: dict[str, str] = {"file": path}
+        try:
+            out["sha256"] = hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()[:16]
+        except OSError:
+            out["sha256"] = "unknown"  # a class made in an interactive session: no file to hash
+        if dist := self._dists.get(name):
+            try:
+                out["package"] = f"{dist} {importlib.metadata.version(dist)}"
+            except importlib.metadata.PackageNotFoundError:
+                out["package"] = dist
+        return out
 
     def expand(self, patterns: str | list[str]) -> list[str]:
         """Expand comma-separated names/globs; an unmatched entry is an error naming the choices."""

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..core.domain import default_data_root
 from ..core.record import RecordError, RunRecord, Status, commit_label, first_line, utc_now
-from ..core.registry import METHODS, load_plugin
+from ..core.registry import METHODS, PAIRS, load_plugin
 from ..core.spec import RunSpec
 from ..core.store import (
     RunStore,
@@ -181,6 +181,50 @@ def other_code_note(store: RunStore, run_ids: Iterable[str], here: dict | None =
         f"{n} kept run(s) were made by other code than this {code_label(here)}: {made}; they are kept as recorded "
         f"(a run is never recomputed silently) and the report names the mix; to remake one: dabench run --rerun "
         f"RUN_ID --results {store.root}, or run the matrix into a new --results folder"
+    )
+
+
+def plugin_code_note(store: RunStore, run_ids: Iterable[str]) -> str:
+    """The resume note for kept records (complete, diverged) of a plugin method or pair whose code
+    differs from the plugin loaded now (its record's ``plugin_code`` sha256, or package version,
+    against :meth:`Registry.code`), "" when there are none.
+
+    A run id is the spec, not the plugin's code: after an edit of the plugin a resume keeps the
+    old version's records and runs only the missing ones, so the folder would mix two versions of
+    one method unannounced. Records without ``plugin_code`` (older dabench) cannot tell: not named.
+    """
+    changed: dict[str, list[str]] = {}  # "method 'x' (file)" -> run ids
+    current: dict[tuple[str, str], dict | None] = {}
+    for rid in run_ids:
+        rec = store.read(rid)
+        if rec is None or not isinstance(rec.plugin_code, dict):
+            continue
+        recorded = rec.plugin_code
+        for kind, registry, name in (
+            ("method", METHODS, rec.spec.get("method")),
+            ("pair", PAIRS, rec.spec.get("pair")),
+        ):
+            was = recorded.get(kind)
+            if not isinstance(was, dict) or not isinstance(name, str):
+                continue
+            if (kind, name) not in current:
+                current[(kind, name)] = registry.code(name) if name in registry else None
+            now = current[(kind, name)]
+            if now is None or (was.get("sha256"), was.get("package")) != (now.get("sha256"), now.get("package")):
+                label = f"{kind} {name!r} ({now['file'] if now else 'not loaded now'})"
+                changed.setdefault(label, []).append(rid)
+    if not changed:
+        return ""
+    n = len({r for rids in changed.values() for r in rids})
+    which = ", ".join(f"{k}: {len(v)} run(s)" for k, v in changed.items())
+    first = next(iter(changed.values()))
+    return (
+        f"{n} kept run(s) were made by another version of a plugin than the one loaded now ({which}); "
+        f"they are kept as recorded (a run is never recomputed silently), so this folder mixes two versions of "
+        f"it; to remake them: dabench run --results {store.root} "
+        + " ".join(f"--rerun {r}" for r in first[:3])
+        + (" ..." if len(first) > 3 else "")
+        + " (with the same --plugin), or run the matrix into a new --results folder"
     )
 
 
@@ -377,6 +421,9 @@ def run_matrix(
     other_code = other_code_note(store, [*summary.skipped_complete, *summary.kept_diverged])
     if other_code:
         note(other_code)
+    plugin_changed = plugin_code_note(store, [*summary.skipped_complete, *summary.kept_diverged])
+    if plugin_changed:
+        note(plugin_changed)
     in_matrix = {s.run_id for s in queue}
 
     def settled(run_id: str) -> Status | None:

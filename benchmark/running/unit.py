@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from ..core.domain import PairData
+from ..core.domain import PairData, check_pair_data
 from ..core.record import RunRecord, RunResult, Status, first_line, utc_now
-from ..core.registry import PAIRS
+from ..core.registry import METHODS, PAIRS
 from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault, checkpoint_problem, weights_fingerprint
 from ..core.version import __version__
@@ -31,15 +31,23 @@ from ..engine.options import EngineOptions
 from ..engine.seed_batch import execute_seeds
 from ..engine.train import Diverged, execute
 
-_PAIR_CACHE: dict[tuple[str, str], PairData] = {}
+#: (pair name, data root) -> (the DomainPair that loaded it, its data)
+_PAIR_CACHE: dict[tuple[str, str], tuple[object, PairData]] = {}
 
 
 def load_pair_data(pair_name: str, data_root: pathlib.Path) -> PairData:
-    """Load a pair's data once per process (runs of one pair share it)."""
+    """Load a pair's data once per process (runs of one pair share it).
+
+    Kept per registered pair *object*: a pair registered anew under its name in this process (a
+    notebook cell re-run after a fix of its loader) loads anew, never the old loader's data."""
     key = (pair_name, str(data_root))
-    if key not in _PAIR_CACHE:
-        _PAIR_CACHE[key] = PAIRS.get(pair_name).load(data_root)
-    return _PAIR_CACHE[key]
+    pair = PAIRS.get(pair_name)
+    cached = _PAIR_CACHE.get(key)
+    if cached is None or cached[0] is not pair:
+        data = pair.load(data_root)
+        check_pair_data(pair, data)  # a plugin pair's mistakes named here, not deep inside a run
+        _PAIR_CACHE[key] = cached = (pair, data)
+    return cached[1]
 
 
 @functools.lru_cache(maxsize=1)
@@ -117,7 +125,23 @@ def base_record(spec: RunSpec, status: Status | str, env: dict[str, Any]) -> Run
         torch_threads=env.get("torch_threads"),
         pid=os.getpid(),  # the process that ran it (a worker's, under the local pool)
         started_at=utc_now(),
+        plugin_code=plugin_code(spec),
     )
+
+
+def plugin_code(spec: RunSpec) -> dict[str, Any] | None:
+    """The record's ``plugin_code``: :meth:`Registry.code` of the spec's method and pair where they
+    are plugins (None when both are built-in). A resume compares it with the code loaded now
+    (``scheduler.plugin_code_note``), so two versions of a plugin are never mixed unannounced."""
+    out = {}
+    for kind, registry, name in (("method", METHODS, spec.method), ("pair", PAIRS, spec.pair)):
+        try:
+            code = registry.code(name)
+        except Exception:  # noqa: BLE001 - provenance must never fail a run (a failure record included)
+            code = None
+        if code:
+            out[kind] = code
+    return out or None
 
 
 def run_spec(
