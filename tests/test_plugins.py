@@ -547,6 +547,8 @@ def test_entry_point_under_another_name_than_its_decorator_is_refused_naming_bot
     )
     _dist_info(tmp_path, "ep-alias", "dabench.methods", "other-name = ep_alias_mod:Aliased")
     monkeypatch.syspath_prepend(str(tmp_path))
+    # scanned anew here, whatever read METHODS before this test (isolated_registries restores the flag)
+    monkeypatch.setattr(METHODS, "_entry_points_loaded", False)
     with pytest.warns(PluginWarning, match=r"'other-name'.*package ep-alias.*already registers as 'aliased'; "):
         names = METHODS.names()
     assert "aliased" in names and "other-name" not in names
