@@ -264,6 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
         "on, before leaving its dependants for a later run (default: 3600)",
     )
     r.add_argument(
+        "--run-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="local: a run's wall-clock limit; a run still going after it (a hang) has its worker "
+        "killed, is recorded failed (RunTimeout) and the matrix goes on (default: none)",
+    )
+    r.add_argument(
         "--rerun",
         metavar="RUN_ID",
         action="append",
@@ -522,6 +530,7 @@ def _run(args: argparse.Namespace) -> int:
         gpus_per_job=args.gpus_per_job,
         slurm_time_min=args.slurm_time,
         slurm_cluster=args.slurm_cluster,
+        run_timeout_s=args.run_timeout,
     )
     ex = open_executor(
         args.executor, args.results, options, specs, plugins=plugins, sweep=swept, rerun=bool(args.rerun)

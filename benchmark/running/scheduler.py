@@ -689,13 +689,7 @@ def prepare_rerun(
     would fail and leave the folder without the run's result.
     """
     store = RunStore(results_dir)
-    plugins: list[str] = []
-    mfile = store.root / MATRIX_FILE
-    if mfile.exists():
-        try:
-            plugins += json.loads(mfile.read_text()).get("plugins") or []
-        except (OSError, ValueError):
-            warnings.warn(f"corrupt {mfile}: its plugins are not loaded", stacklevel=2)
+    plugins = _matrix_plugins(store.root / MATRIX_FILE)
     plugins += [p for p in extra_plugins if p not in plugins]
     for plugin in plugins:
         load_plugin(plugin)
@@ -735,6 +729,37 @@ def prepare_rerun(
         for spec in specs:
             _archive_for_rerun(store, spec.run_id)
     return specs, tuple(plugins)
+
+
+def _matrix_plugins(mfile: pathlib.Path) -> list[str]:
+    """The plugins ``DIR/matrix.json`` names ([] without the file); a file that cannot be read, is
+    not a JSON object (edited by hand), or whose ``plugins`` is not a list of names is named in a
+    warning saying what it holds, and loads nothing: the method check of :func:`prepare_rerun`
+    then asks for ``--plugin`` by name, rather than a traceback or a plugin named by one letter of
+    a string read as a list."""
+    if not mfile.exists():
+        return []
+    try:
+        payload = json.loads(mfile.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        warnings.warn(f"corrupt {mfile} ({first_line(str(exc))}): its plugins are not loaded", stacklevel=3)
+        return []
+    if not isinstance(payload, dict):
+        warnings.warn(
+            f"{mfile} is not a JSON object (a {type(payload).__name__}): its plugins are not loaded; "
+            "give them with --plugin (the next dabench run of a matrix rewrites the file)",
+            stacklevel=3,
+        )
+        return []
+    plugins = payload.get("plugins") or []
+    if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
+        warnings.warn(
+            f"{mfile}: 'plugins' is {plugins!r}, not a list of plugin files or modules: its plugins are not "
+            'loaded; give them with --plugin, or write it as ["my_plugin.py"]',
+            stacklevel=3,
+        )
+        return []
+    return list(plugins)
 
 
 def _dependants(store: RunStore) -> dict[str, list[str]]:

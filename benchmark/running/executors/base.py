@@ -120,6 +120,10 @@ class Executor(ABC):
     def workers(self) -> int:
         return 1
 
+    #: whether the executor enforces :attr:`ExecutorOptions.run_timeout_s` (it can stop a run that
+    #: hangs: the local pool kills the run's worker process); others refuse the option
+    stops_runs: bool = False
+
 
 @dataclass(frozen=True)
 class ExecutorOptions:
@@ -150,6 +154,10 @@ class ExecutorOptions:
     gpus_per_job: int = 1  # slurm: GPUs per job (0: CPU jobs); the job runs gpus_per_job x runs_per_gpu runs
     slurm_time_min: int = 240  # slurm: each job's time limit; a job that reaches it is requeued
     slurm_cluster: str | None = None  # slurm: None/"slurm", or "local" (submitit's local processes, for tests)
+    #: local: a run's wall-clock limit in seconds, from when its worker is handed the run (start-up
+    #: and data loading included); a run past it is killed and recorded ``failed`` (``RunTimeout``)
+    #: and the matrix goes on. None: no limit (a run that hangs then holds its worker for ever)
+    run_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         # the CLI and the API hand over lists and str paths: kept as a tuple and a Path
@@ -210,8 +218,10 @@ def record_death(
     remote: bool = False,
     pid: int | None = None,
     torch_threads: int | None = None,
+    error_type: str = "WorkerDied",
 ) -> Outcome:
-    """The process running ``spec`` died: record the run ``failed`` unless it wrote a terminal
+    """The process running ``spec`` died (``error_type`` names why: ``WorkerDied``, or
+    ``RunTimeout`` for a worker killed at ``--run-timeout``): record the run ``failed`` unless it wrote a terminal
     record first, or unless it never claimed the run and a live process elsewhere holds it.
 
     ``remote``: the dead process may have run on another host (Ray), whose claims the store
@@ -232,7 +242,7 @@ def record_death(
     # no record, or only an earlier attempt's failure (retried): the process never started the run
     if prior is None or earlier_attempt(prior, pid):
         why += DIED_BEFORE_START
-    rec = record_failure(spec, store, "WorkerDied", why, detail, device, pid, torch_threads)
+    rec = record_failure(spec, store, error_type, why, detail, device, pid, torch_threads)
     # the claim names the dead process: remove it now (it is stale) rather than wait for a takeover
     store.remove_stale_claim(spec.run_id)
     return Outcome(spec.run_id, "died" if rec.status is not Status.COMPLETE else "ran", rec)
@@ -242,7 +252,20 @@ def make_executor(name: str, results_dir: str | pathlib.Path, options: ExecutorO
     """The executor called ``name``; an unknown name is an error listing the valid ones."""
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor {name!r}; valid executors: {', '.join(EXECUTORS.names())}")
-    return EXECUTORS.get(name)(pathlib.Path(results_dir), options or ExecutorOptions())
+    options = options or ExecutorOptions()
+    cls = EXECUTORS.get(name)
+    limit = options.run_timeout_s
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+            raise ValueError(f"--run-timeout must be a number of seconds > 0, got {limit!r}")
+        if not getattr(cls, "stops_runs", False):
+            # refused, not ignored: a limit the executor cannot enforce would promise what it does not do
+            stoppers = [n for n in EXECUTORS.names() if getattr(EXECUTORS.get(n), "stops_runs", False)]
+            raise ValueError(
+                f"--run-timeout {limit:g}: the {name} executor cannot stop a run that hangs (its runs are not "
+                f"processes of their own it may kill); use --executor {' or '.join(stoppers) or 'local'}"
+            )
+    return cls(pathlib.Path(results_dir), options)
 
 
 __all__ = [

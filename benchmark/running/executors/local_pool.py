@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +104,7 @@ class _Worker:
             str, RunSpec
         ] = {}  # the runs it was given whose outcome has not come (a seed group: several)
         self.runs = 0
+        self.handed_at: float | None = None  # time.monotonic() when it was handed its current run
 
 
 def _death_message(proc: subprocess.Popen, log_path: pathlib.Path, log_start: int = 0) -> tuple[str, str]:
@@ -153,6 +155,10 @@ class LocalPoolExecutor(Executor):
         self._use_spares = bool(runs_per_process) and (os.cpu_count() or 1) >= 2 * self.plan.workers + 1
         self._events: queue.Queue = queue.Queue()
         self._bars = [_step_bar(opts.progress, i + 1) for i in range(self.plan.workers)]
+        self.run_timeout_s = opts.run_timeout_s
+
+    #: the pool enforces --run-timeout: a run past it is stopped by killing its worker process
+    stops_runs = True
 
     #: seconds a worker whose output has closed may take to exit before it is killed: tearing
     #: torch and CUDA down takes a few; a process stuck there must not block the runner for ever
@@ -246,6 +252,7 @@ class LocalPoolExecutor(Executor):
                     self._slots[slot] = w
                 w.current = spec
                 w.pending = {s.run_id: s for s in specs}
+                w.handed_at = time.monotonic()
                 if self._use_spares and w.runs + 1 >= self.runs_per_process and self._spares[slot] is None:
                     self._spares[slot] = self._spawn(slot)
                 bar = self._bars[slot]
@@ -267,13 +274,49 @@ class LocalPoolExecutor(Executor):
         try:
             item = self._events.get(timeout=timeout)
         except queue.Empty:
-            return out
+            return self._expire()
         while True:
             out += self._handle(*item)
             try:
                 item = self._events.get_nowait()
             except queue.Empty:
-                return out
+                return out + self._expire()
+
+    def _expire(self) -> list[Outcome]:
+        """Kill the workers whose run has been running longer than ``--run-timeout`` and record
+        their runs ``failed`` (``RunTimeout``); the slot then gets a fresh worker.
+
+        Checked here, in the parent, on every :meth:`wait` (at least once per scheduler poll): a
+        run that hangs (a deadlock, an endless loop, a stuck read) sends no events at all, so
+        nothing inside the worker could be relied on to notice. Its process is killed, not asked:
+        a hang in native code ignores a polite signal as readily as it ignores the run's end.
+        """
+        limit = self.run_timeout_s
+        if limit is None:
+            return []
+        out: list[Outcome] = []
+        now = time.monotonic()
+        for w in self._slots:
+            if w is None or not w.pending or w.handed_at is None or now - w.handed_at <= limit:
+                continue
+            w.proc.kill()
+            w.proc.wait()  # reaped: its claim's pid is gone, so record_death finds the claim stale
+            pending, w.pending, w.current = list(w.pending.values()), {}, None
+            self._slots[w.slot] = None  # its EOF, read later, finds nothing pending
+            self._bars[w.slot].reset(total=0)
+            _, tail = _death_message(w.proc, w.log_path, w.log_start)
+            why = (
+                f"ran longer than --run-timeout {limit:g} s (wall clock since its worker was handed the run): "
+                f"worker process {w.proc.pid} killed; log: {w.log_path}"
+            )
+            device, threads = self.assigned_device(w.slot), self.plan.threads
+            out += [
+                record_death(
+                    self.store, s, why, tail, device, pid=w.proc.pid, torch_threads=threads, error_type="RunTimeout"
+                )
+                for s in pending
+            ]
+        return out
 
     def _handle(self, worker: _Worker, msg: dict[str, Any] | None) -> list[Outcome]:
         if msg is None:  # the process ended, or closed its output and is ending
