@@ -181,7 +181,7 @@ def test_killed_worker_and_killed_runner_resume_without_recomputing(tmp_path):
         assert worker_pid != main.pid
         os.kill(worker_pid, signal.SIGKILL)
         wait_for(lambda: store.status(slow0.run_id) == "failed", 30, "slow seed 0 recorded failed", main)
-        worker_pid = mid_run_worker(slow1, 30)
+        worker_pid = mid_run_worker(slow1, 90)  # a fresh worker process first: slow on a loaded machine
         main.kill()
         main.wait()
         wait_for(lambda: not pid_alive(worker_pid), 10, "the worker to die with its parent")
