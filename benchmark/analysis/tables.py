@@ -702,7 +702,7 @@ def plugin_code_notes(runs: pd.DataFrame, limit: int = 4) -> list[str]:
             parts.append(f"{value} ({_runs(n)}: {', '.join(rows[:limit])}{more})")
         # the version of the last run to finish: most likely the code loaded now
         dated = [i for i in mine if isinstance(finished[i], str)]
-        latest = versions[max(dated, key=lambda i: finished[i])] if dated else _ranked(versions)[0][0]
+        latest = versions[max(dated, key=lambda i: str(finished[i]))] if dated else _ranked(versions)[0][0]
         redo: dict[str, list[str]] = {}
         for i in mine:
             if versions[i] != latest:
