@@ -153,3 +153,88 @@ def test_report_reads_the_folders_once(tmp_path: Path, capsys) -> None:
         assert main(["report", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     assert sum("torn.json" in str(w.message) for w in seen) == 1
     assert "dann" in capsys.readouterr().out
+
+
+# --- plugin code: two versions of one plugin method's code inside a row ---------------------------
+
+CODE_A = {"method": {"file": "/plugins/mine.py", "sha256": "1a2b3c4d5e6f7a8b"}}
+CODE_B = {"method": {"file": "/plugins/mine.py", "sha256": "9f8e7d6c5b4a3f2e"}}
+
+
+def test_two_versions_of_a_plugin_method_in_one_row_are_named_with_the_fix(tmp_path: Path) -> None:
+    """Seeds 0 and 1 of the plugin method 'mine' were made by one version of its file, seed 2 (the
+    latest to finish) by an edited one: every run has the same spec, the same dabench commit and
+    device, so only ``plugin_code`` tells. The note names the row, both versions and the runs to
+    remake; the CSV's provenance column names the row's versions; built-in rows get nothing."""
+    for seed, (code, done) in enumerate(
+        [(CODE_A, "2025-01-01T00:00:02"), (CODE_A, "2025-01-01T00:00:04"), (CODE_B, "2025-01-02T00:00:00")]
+    ):
+        extra = {"versions": V_OLD, "plugin_code": code, "finished_at": done}
+        write_run(tmp_path, f"mine-{seed}", "mine", "mnist-usps", seed, acc=60.0 + seed, extra=extra)
+        write_run(tmp_path, f"so-{seed}", "source-only", "mnist-usps", seed, acc=50.0, extra={"versions": V_OLD})
+    notes = [n for n in leaderboard(load_results(tmp_path)).notes if n.startswith("Mixed provenance")]
+    assert notes == [
+        "Mixed provenance: runs from 2 versions of plugin method 'mine' (/plugins/mine.py): "
+        "1a2b3c4d (2 runs: mine), 9f8e7d6c (1 run: mine); the latest run's version is 9f8e7d6c. To average "
+        "one version, remake the others' runs with the plugin's current code: "
+        f"dabench run --results {tmp_path} --rerun mine-0 --rerun mine-1, or rerun the matrix into a new "
+        "--results folder."
+    ]
+    paths = report.write_report(tmp_path, formats=("md", "csv"), reps=50)
+    assert notes[0] in paths["md"].read_text(encoding="utf-8")
+    rows = _rows_of(paths["csv"])
+    assert rows["mine"]["provenance"] == "plugin_method mine=1a2b3c4d (2 runs), 9f8e7d6c (1 run)"
+    assert rows["source-only"]["provenance"] == ""
+
+
+def test_one_plugin_version_or_builtins_only_get_no_plugin_note(tmp_path: Path) -> None:
+    """One version throughout (or built-ins, whose records carry no plugin_code): nothing new. A
+    plugin's run whose record names no code (an older dabench) beside ones that do is not known to
+    agree: named as 'unrecorded'. An entry point's package version is part of the version."""
+    for seed in range(2):
+        extra = {"versions": V_OLD, "plugin_code": CODE_A}
+        write_run(tmp_path, f"mine-{seed}", "mine", "mnist-usps", seed, acc=60.0, extra=extra)
+        write_run(tmp_path, f"dann-{seed}", "dann", "mnist-usps", seed, acc=60.0, extra={"versions": V_OLD})
+    assert not [n for n in leaderboard(load_results(tmp_path)).notes if "provenance" in n.lower()]
+    assert {r["provenance"] for r in _rows_of(report.write_report(tmp_path, formats=("csv",))["csv"]).values()} == {""}
+    write_run(tmp_path, "mine-2", "mine", "mnist-usps", 2, acc=60.0, extra={"versions": V_OLD})
+    pkg = {"method": {**CODE_A["method"], "package": "mine-plugin 1.2"}}
+    write_run(tmp_path, "mine-3", "mine", "mnist-usps", 3, acc=60.0, extra={"versions": V_OLD, "plugin_code": pkg})
+    (note,) = [n for n in leaderboard(load_results(tmp_path)).notes if n.startswith("Mixed provenance")]
+    assert "1a2b3c4d (2 runs: mine), mine-plugin 1.2 1a2b3c4d (1 run: mine), unrecorded (1 run: mine)" in note
+
+
+def test_a_real_resume_after_editing_a_plugin_names_both_versions_in_the_report(tmp_path: Path) -> None:
+    """Real runs: the tiny plugin's 'slow' method on its 'tiny' pair, seed 0; the plugin file is
+    edited; seeds 0,1: seed 0 is kept (old code), seed 1 runs with the new code. The report names
+    the mix for the method (and the pair: the same file registers it)."""
+    from dabench.cli import main
+    from tiny_runs import TINY, tiny_run
+
+    # the tiny plugin under names of its own (this process may have registered the original's)
+    plugin = tmp_path / "plug.py"
+    text = Path(TINY).read_text(encoding="utf-8")
+    plugin.write_text(text.replace('"tiny"', '"tiny-prov"').replace('"slow"', '"slow-prov"'), encoding="utf-8")
+    out = tmp_path / "r"
+
+    def run(seeds: str) -> None:
+        args = tiny_run(out, "slow-prov", seeds, "--set", "steps=4", "--set", "eval_every=2")
+        args[args.index(TINY)] = str(plugin)
+        args[args.index("tiny")] = "tiny-prov"
+        assert main(args) == 0
+
+    run("0")
+    plugin.write_text(plugin.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
+    run("0,1")
+    notes = [n for n in leaderboard(load_results(out)).notes if "versions of plugin" in n]
+    assert [n.split(" (")[0] for n in notes] == [
+        "Mixed provenance: runs from 2 versions of plugin method 'slow-prov'",
+        "Mixed provenance: runs from 2 versions of plugin pair 'tiny-prov'",
+    ]
+    recs = {json.loads(p.read_text())["spec"]["seed"]: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    old, new = (recs[s]["plugin_code"]["method"]["sha256"][:8] for s in (0, 1))
+    assert old != new
+    # one run each: ordered by hash; the latest is the edited file's
+    assert f"{min(old, new)} (1 run: slow-prov), {max(old, new)} (1 run: slow-prov)" in notes[0]
+    assert f"the latest run's version is {new}." in notes[0]
+    assert f"--rerun {recs[0]['run_id']}" in notes[0] and str(plugin) in notes[0]

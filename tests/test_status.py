@@ -100,7 +100,8 @@ def test_text_names_failures_by_first_line_and_gives_eta(folder):
     root, specs = folder
     text = status_text(root)
     assert "matrix: 8 runs = 2 complete, 1 running, 1 failed, 1 diverged, 0 skipped, 2 pending, 1 interrupted" in text
-    assert f"dann | digits-offline | seed 0 ({specs[4].run_id})" not in text  # running is not a failure
+    failures = text.split("failures:")[1]
+    assert f"dann | digits-offline | seed 0 ({specs[4].run_id})" not in failures  # running is not a failure
     assert f"source-only | digits-offline | seed 2 ({specs[2].run_id}): RuntimeError: CUDA out of memory" in text
     assert "second line" not in text
     assert "non-finite loss at step 17" in text
@@ -252,3 +253,140 @@ def test_counts_of_one_read_in_the_singular(tmp_path):
     assert "  outside this matrix: 1 record = 1 complete" in text
     assert "ETA: ~10s (mean run 10.0 s x 1 left / 1 worker)" in text
     assert "(s)" not in text and "1 runs" not in text and "1 records" not in text
+
+
+# --- running runs: time so far vs their peers' mean, possibly hung, interrupted ------------------
+
+T0 = 1_750_000_000.0  # a fixed clock: elapsed times are measured to ``now`` given by the test
+
+
+def _iso(t: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _live_claim(store: RunStore, run_id: str, claimed_at: float) -> None:
+    """A claim held by this (live) process, made at ``claimed_at``; its heartbeat is fresh."""
+    store.claims.mkdir(parents=True, exist_ok=True)
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "claimed_at": _iso(claimed_at)}
+    (store.claims / f"{run_id}.claim").write_text(json.dumps(holder))
+
+
+def _running(store: RunStore, spec: RunSpec, started_at: float | None, claimed_at: float | None) -> None:
+    env = {"device": "cpu", "versions": {}, "host": socket.gethostname()}
+    rec = base_record(spec, "running", env)
+    rec.started_at = None if started_at is None else _iso(started_at)
+    store.write(rec)
+    if claimed_at is not None:
+        _live_claim(store, spec.run_id, claimed_at)
+
+
+def _complete(store: RunStore, spec: RunSpec, total_s: float) -> None:
+    rec = base_record(spec, "complete", {"device": "cpu", "versions": {}})
+    rec.timings = {"wall_s": total_s - 1, "total_s": total_s}
+    store.write(rec)
+
+
+def _line(text: str, run_id: str) -> str:
+    return next(line for line in text.splitlines() if f"({run_id})" in line)
+
+
+def test_a_run_far_past_its_methods_mean_is_flagged_possibly_hung_with_what_to_do(tmp_path):
+    """dann's complete runs took 60 s and 120 s (mean 90 s); one dann run has held its claim for
+    2 h: possibly hung (past 3x and past 10 min), with the rerun command and --run-timeout named.
+    A source-only run 20 s in (its method's mean 10 s: 2x, and far under 10 min) is not flagged,
+    and is compared with source-only's runs, not dann's."""
+    store = RunStore(tmp_path)
+    dann = [_spec("dann", s) for s in range(4)]
+    so = [_spec("source-only", s) for s in range(3)]
+    write_matrix_file(tmp_path, dann + so, workers=2)
+    _complete(store, dann[0], 60.0)
+    _complete(store, dann[1], 120.0)
+    _complete(store, so[0], 10.0)
+    _complete(store, so[1], 10.0)
+    now = T0 + 7200
+    _running(store, dann[2], started_at=T0 + 2, claimed_at=T0)  # the record is written after the claim
+    _running(store, so[2], started_at=now - 20, claimed_at=now - 21)
+    st = folder_status(tmp_path, now=now)
+    by_id = {r.run_id: r for r in st.runs}
+    hung, fine = by_id[dann[2].run_id], by_id[so[2].run_id]
+    assert (hung.elapsed_s, hung.expected_s, hung.possibly_hung) == (7198.0, 90.0, True)
+    assert (fine.elapsed_s, fine.expected_s, fine.possibly_hung) == (20.0, 10.0, False)
+    text = status_text(tmp_path, now=now)
+    me = f"{socket.gethostname()}/pid {os.getpid()}"
+    assert _line(text, dann[2].run_id) == (
+        f"  dann | digits-offline | seed 2 ({dann[2].run_id}): 1h 59m vs mean 1m 30s "
+        f"(2 complete dann | digits-offline runs), {me} POSSIBLY HUNG"
+    )
+    assert _line(text, so[2].run_id).endswith(f": 20s vs mean 10s (2 complete source-only | digits-offline runs), {me}")
+    hint = next(line for line in text.splitlines() if line.startswith("possibly hung:"))
+    assert "Stop the process named (host/pid)" in hint
+    assert f"dabench run --results {tmp_path} --rerun RUN_ID (e.g. --rerun {dann[2].run_id})" in hint
+    assert "--run-timeout SECONDS" in hint
+    # running is not failing: the hung run is counted as running, and the ETA still counts it
+    assert "2 running" in text and "x 3 left" in text
+
+
+def test_not_flagged_under_three_times_the_mean_or_under_ten_minutes(tmp_path):
+    store = RunStore(tmp_path)
+    specs = [_spec("dann", s) for s in range(3)]
+    write_matrix_file(tmp_path, specs)
+    _complete(store, specs[0], 1000.0)
+    _running(store, specs[1], started_at=T0, claimed_at=T0)
+    st = folder_status(tmp_path, now=T0 + 2900)  # 2.9x the mean
+    assert not [r for r in st.runs if r.possibly_hung]
+    assert "possibly hung" not in status_text(tmp_path, now=T0 + 2900)
+    assert [r.run_id for r in folder_status(tmp_path, now=T0 + 3100).runs if r.possibly_hung] == [specs[1].run_id]
+    # a 2 s mean: 9 minutes is 270x, but under the 10 minutes a first run may spend loading data
+    _complete(store, specs[0], 2.0)
+    assert not [r for r in folder_status(tmp_path, now=T0 + 540).runs if r.possibly_hung]
+    assert [r.run_id for r in folder_status(tmp_path, now=T0 + 660).runs if r.possibly_hung] == [specs[1].run_id]
+
+
+def test_a_resumed_run_is_timed_from_its_new_claim_and_a_method_without_peers_from_all_runs(tmp_path):
+    """A run resumed after an interruption still has the old attempt's record (started 3 h ago)
+    until it writes its own: its time is counted from the new claim. With no complete run of its
+    method, its peers are every complete run; with none at all, no mean and no flag."""
+    store = RunStore(tmp_path)
+    specs = [_spec("dann", 0), _spec("coral", 0)]
+    write_matrix_file(tmp_path, specs)
+    _running(store, specs[0], started_at=T0 - 3 * 3600, claimed_at=T0)
+    st = folder_status(tmp_path, now=T0 + 3600)
+    (r,) = [r for r in st.runs if r.state == "running"]
+    assert (r.elapsed_s, r.expected_s, r.possibly_hung) == (3600.0, None, False)
+    text = status_text(tmp_path, now=T0 + 3600)
+    assert _line(text, specs[0].run_id).endswith(
+        f"({specs[0].run_id}): 1h 00m, {socket.gethostname()}/pid {os.getpid()}"
+    )
+    _complete(store, specs[1], 100.0)
+    text = status_text(tmp_path, now=T0 + 3600)
+    assert "1h 00m vs mean 1m 40s (1 complete run)" in _line(text, specs[0].run_id)
+    assert "POSSIBLY HUNG" in _line(text, specs[0].run_id)
+
+
+def test_interrupted_runs_are_listed_with_why_and_many_running_runs_are_summed_up(tmp_path):
+    """A ``running`` record whose claim holder is gone is *interrupted*, listed with why (not shown
+    as running); beyond 6 running runs only the possibly hung ones are listed, the rest summed up."""
+    store = RunStore(tmp_path)
+    specs = [_spec("dann", s) for s in range(12)]
+    write_matrix_file(tmp_path, specs)
+    _complete(store, specs[0], 100.0)
+    dead = _dead_pid()
+    _running(store, specs[1], started_at=T0, claimed_at=None)
+    store.claims.mkdir(parents=True, exist_ok=True)
+    (store.claims / f"{specs[1].run_id}.claim").write_text(json.dumps({"pid": dead, "host": socket.gethostname()}))
+    _running(store, specs[2], started_at=T0, claimed_at=None)  # no claim at all
+    for i, spec in enumerate(specs[3:11]):  # 8 running: 3 of them for hours
+        _running(store, spec, started_at=None, claimed_at=T0 - (7200 if i < 3 else 60 * i))
+    text = status_text(tmp_path, now=T0)
+    gone = text.split("interrupted (process gone; the next 'dabench run' resumes them):\n")[1].splitlines()
+    assert gone[:2] == [
+        f"  dann | digits-offline | seed 1 ({specs[1].run_id}): process {dead} is gone",
+        f"  dann | digits-offline | seed 2 ({specs[2].run_id}): no claim",
+    ]
+    running = text.split("running (time so far vs the mean of complete runs like it):\n")[1].splitlines()
+    assert [line.endswith("POSSIBLY HUNG") for line in running[:3]] == [True] * 3
+    assert running[3] == "  ... 5 more runs, 3m 00s to 7m 00s so far, none past 3x its mean"
+    assert running[4].startswith("possibly hung: 3 runs past 3x")
+    assert "8 running" in text and "2 interrupted" in text

@@ -68,6 +68,8 @@ COLUMNS: tuple[str, ...] = (
     "depends_on",
     "weights_sha256",
     "source_sha256",
+    "plugin_code",
+    "finished_at",
     "sweep_trial",
 )
 
@@ -203,6 +205,9 @@ def _row(rec: dict[str, Any], path: Path, source_dir: Path) -> dict[str, Any]:
         "source_sha256": (rec.get("source_weights") or {}).get("weights_sha256")
         if isinstance(rec.get("source_weights"), dict)
         else None,
+        # which version of a plugin method's/pair's code made it (tables.plugin_code_notes names a mix)
+        "plugin_code": rec.get("plugin_code") if isinstance(rec.get("plugin_code"), dict) else None,
+        "finished_at": rec.get("finished_at"),
     }
 
 

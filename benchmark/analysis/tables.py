@@ -273,9 +273,10 @@ class Leaderboard:
         (``true`` when a cell misses planned seeds: the other formats' ``(k/n)`` and ``*``),
         ``rule``, ``note`` (why the rule may not select the row, whose numbers then read
         "n/a"; else empty) and ``provenance`` (empty when every run of the table was made by the
-        same dabench version and commit, libraries and device; else the row's values of each kind
-        that differs, with its runs: :func:`row_provenance`, the other formats' "Mixed provenance"
-        notes). A missing number is an empty field (read as NaN).
+        same dabench version and commit, libraries and device, and each plugin method and pair by one
+        version of its code; else the row's values of each kind that differs, with its runs, and
+        ``plugin_method NAME=<sha> (n runs), ...`` for a plugin of several versions:
+        :func:`row_provenance`, the other formats' "Mixed provenance" notes). A missing number is an empty field (read as NaN).
 
         The planned runs left out of the means (failed, diverged, pending ...) go to
         :func:`missing_csv_path` ``(path)`` beside it, one line per run (:data:`MISSING_CSV_COLUMNS`),
@@ -637,6 +638,86 @@ def provenance_notes(runs: pd.DataFrame, limit: int = 4) -> list[str]:
             parts.append(text + ")")
         label = _PROVENANCE_LABELS.get(kind, f"{kind} versions")
         notes.append(f"Mixed provenance: runs from {len(ranked)} {label}: {', '.join(parts)}.")
+    return notes + plugin_code_notes(runs, limit)
+
+
+#: a run of a plugin whose record names no ``plugin_code`` (an older dabench): not known to agree
+UNRECORDED = "unrecorded"
+
+
+def code_version(code: Any) -> str:
+    """One version of a plugin's code as notes name it: the first 8 hex digits of its file's
+    sha256, after the package's ``name version`` for an installed entry point."""
+    if not isinstance(code, dict):
+        return UNRECORDED
+    sha = str(code.get("sha256") or UNKNOWN)[:8]
+    return f"{code['package']} {sha}" if code.get("package") else sha
+
+
+def _plugin_mixes(runs: pd.DataFrame) -> list[tuple[str, str, str, list[str]]]:
+    """The plugin methods and pairs of ``runs`` whose runs were made by more than one version of
+    their code: ``(kind, name, file, each run's version)`` with ``[]`` ... for the other runs.
+
+    A method is grouped by its name (every row of it), a pair by its name (its column): two
+    versions of either inside one table compare numbers of two different codes. A name with no
+    ``plugin_code`` in any record (a built-in, or records of an older dabench) has nothing to mix."""
+    if "plugin_code" not in runs or runs.empty:
+        return []
+    codes = [c if isinstance(c, dict) else {} for c in runs["plugin_code"]]
+    out = []
+    for kind in ("method", "pair"):
+        names = [str(x) for x in runs[kind]]
+        for name in dict.fromkeys(names):
+            mine = [i for i, x in enumerate(names) if x == name]
+            if not any(isinstance(codes[i].get(kind), dict) for i in mine):
+                continue
+            versions = [code_version(codes[i].get(kind)) if i in mine else "" for i in range(len(codes))]
+            if len({versions[i] for i in mine}) > 1:
+                files = [codes[i][kind].get("file") for i in mine if isinstance(codes[i].get(kind), dict)]
+                out.append((kind, name, str(files[-1] or UNKNOWN), versions))
+    return out
+
+
+def plugin_code_notes(runs: pd.DataFrame, limit: int = 4) -> list[str]:
+    """One note per plugin method or pair whose runs in the means were made by two or more versions
+    of its code (record ``plugin_code``: the sha256 of the plugin's file, or its package version),
+    [] when none is (built-ins carry no ``plugin_code``: a folder of built-ins gets nothing).
+
+    A run id is its spec, not its code: after an edit of a plugin, a resume keeps the old version's
+    runs (named when it resumes, ``scheduler.plugin_code_note``) and adds the new version's, and
+    a row would average both silently. The note names each version with its runs and rows, the
+    version of the most recently finished run, and the runs of the other versions to remake with
+    ``dabench run --rerun`` (which runs them with the plugin code loaded then).
+    """
+    notes = []
+    entries = [str(e) for e in runs["entry"]] if "entry" in runs else [str(m) for m in runs["method"]]
+    finished = list(runs["finished_at"]) if "finished_at" in runs else [None] * len(runs)
+    ids, dirs = [str(r) for r in runs["run_id"]], [str(d) for d in runs["source_dir"]]
+    for kind, name, file, versions in _plugin_mixes(runs):
+        mine = [i for i, v in enumerate(versions) if v]
+        parts = []
+        for value, n in _ranked([versions[i] for i in mine]):
+            rows = list(dict.fromkeys(entries[i] for i in mine if versions[i] == value))
+            more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+            parts.append(f"{value} ({_runs(n)}: {', '.join(rows[:limit])}{more})")
+        # the version of the last run to finish: most likely the code loaded now
+        dated = [i for i in mine if isinstance(finished[i], str)]
+        latest = versions[max(dated, key=lambda i: str(finished[i]))] if dated else _ranked(versions)[0][0]
+        redo: dict[str, list[str]] = {}
+        for i in mine:
+            if versions[i] != latest:
+                redo.setdefault(dirs[i], []).append(ids[i])
+        fix = "; ".join(
+            f"dabench run --results {d} "
+            + " ".join(f"--rerun {r}" for r in rids[:3])
+            + (" ..." if len(rids) > 3 else "")
+            for d, rids in redo.items()
+        )
+        notes.append(
+            f"Mixed provenance: runs from {len(parts)} versions of plugin {kind} '{name}' ({file}): "
+            f"{', '.join(parts)}; the latest run's version is {latest}. To average one version, remake the "
+            f"others' runs with the plugin's current code: {fix}, or rerun the matrix into a new --results folder."
+        )
     return notes
 
 
@@ -647,14 +728,21 @@ def row_provenance(runs: pd.DataFrame) -> dict[str, str]:
     if not len(runs):
         return {}
     kinds, provs = _provenance_kinds(runs)
+    mixes = _plugin_mixes(runs)
     entries = [str(x) for x in runs["entry"]]
     out: dict[str, str] = {}
     for e in dict.fromkeys(entries):
         mine = [p for p, x in zip(provs, entries) if x == e]
-        out[e] = "; ".join(
+        parts = [
             f"{kind}=" + ", ".join(f"{v} ({_runs(n)})" for v, n in _ranked([p.get(kind, UNKNOWN) for p in mine]))
             for kind in kinds
-        )
+        ]
+        # a plugin method or pair made by several versions of its code: this row's runs of it, by version
+        for kind, name, _, versions in mixes:
+            held = [v for v, x in zip(versions, entries) if x == e and v]
+            if held:
+                parts.append(f"plugin_{kind} {name}=" + ", ".join(f"{v} ({_runs(n)})" for v, n in _ranked(held)))
+        out[e] = "; ".join(parts)
     return out
 
 

@@ -9,10 +9,20 @@ runs and the records of runs outside it (an earlier matrix of the same folder) a
 separate lines, each adding up to its total; a live claim of a run neither names (another runner's,
 before its first record) counts as running outside the matrix, and an unreadable claim is named. Under the slurm executor it also lists the queued and
 running jobs of ``DIR/slurm/jobs.json``.
+
+Each running run is shown with how long it has run (since its record's ``started_at`` or its
+claim's ``claimed_at``, whichever is later: a resumed run's claim is newer than the interrupted
+attempt's record until the new record is written) against the mean run time (``total_s``) of the
+complete runs of its method and pair (else of its method, else of all complete runs). A run past
+:data:`HUNG_FACTOR` x that mean and :data:`HUNG_MIN_S` is flagged *possibly hung*: its process
+still holds the claim (the claim's heartbeat is a thread of its own, so a stuck step does not
+stop it), and only a person, or the local executor's ``--run-timeout``, can stop it. Interrupted
+runs are listed with why their claim no longer holds.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import pathlib
@@ -23,7 +33,7 @@ from typing import Any
 
 from ..core.record import RunRecord, Status
 from ..core.spec import RunSpec
-from ..core.store import RunStore, load_record_file
+from ..core.store import ClaimInfo, RunStore, load_record_file
 from .jobs import FINISHED_STATES, JOBS_FILE
 
 #: the states of a folder's runs, in the order reported: the terminal record statuses, plus
@@ -40,6 +50,13 @@ ORDER = (
 )
 
 
+#: a running run is *possibly hung* past this many times the mean run time of its peers ...
+HUNG_FACTOR = 3.0
+#: ... and past this many seconds (a first run loads or downloads data the others found cached)
+HUNG_MIN_S = 600.0
+#: at most this many running (and interrupted) runs are listed one per line; beyond, a summary
+LISTED = 6
+
 #: the terminal statuses that are not a success, listed under "failures:"
 _FAILURES = tuple(s.value for s in Status if s.terminal and s is not Status.COMPLETE)
 
@@ -51,6 +68,22 @@ class RunState:
     label: str
     error: str = ""
     in_matrix: bool = True  # False: a record of a run the current matrix.json does not list
+    method: str | None = None
+    pair: str | None = None
+    #: running: seconds since it started (None: neither record nor claim says when)
+    elapsed_s: float | None = None
+    #: running: the mean run time of its peers, and which peers (``3 complete dann | mnist-usps runs``)
+    expected_s: float | None = None
+    expected_from: str = ""
+    #: running: the claim's holder (``host/pid 123``); interrupted: why the claim no longer holds
+    holder: str = ""
+
+    @property
+    def possibly_hung(self) -> bool:
+        """Running past :data:`HUNG_FACTOR` x its peers' mean and past :data:`HUNG_MIN_S`."""
+        if self.state != Status.RUNNING.value or self.elapsed_s is None or self.expected_s is None:
+            return False
+        return self.elapsed_s > HUNG_FACTOR * self.expected_s and self.elapsed_s > HUNG_MIN_S
 
 
 @dataclass
@@ -95,8 +128,56 @@ def _label(spec: dict[str, Any] | None, run_id: str) -> str:
     return f"{spec.get('method')} | {spec.get('pair')} | seed {spec.get('seed')}"
 
 
-def folder_status(root: str | os.PathLike) -> FolderStatus:
-    """Read a results folder (records, claims, matrix.json) without changing it."""
+def _parse_time(text: Any) -> float | None:
+    """A record's or claim's ISO 8601 time as epoch seconds (no zone: UTC, as records write it)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        t = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    return t.timestamp()
+
+
+def _claim(store: RunStore, run_id: str, out: FolderStatus) -> ClaimInfo | None:
+    """The claim of ``run_id``; an unreadable one is named in ``out.ignored`` (and is stale)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = store.claim_info(run_id)
+    out.ignored += [str(w.message) for w in caught]
+    return info
+
+
+def _holder(info: ClaimInfo) -> str:
+    h = info.holder
+    return f"{h.get('host', '?')}/pid {h.get('pid', '?')}"
+
+
+def _expected(runs: list[RunState], durations: dict[tuple[str | None, str | None], list[float]], now: float) -> None:
+    """Set ``expected_s``/``expected_from`` of the running runs: the mean run time of the complete
+    runs of the same method and pair, else of the same method, else of every complete run (a
+    method's time depends on its pair's data and network far more than on anything else)."""
+    for r in runs:
+        if r.state != Status.RUNNING.value:
+            continue
+        peers: list[tuple[str, list[float]]] = [
+            (f"{r.method} | {r.pair}", durations.get((r.method, r.pair), [])),
+            (str(r.method), [t for (m, _), ts in durations.items() if m == r.method for t in ts]),
+            ("", [t for ts in durations.values() for t in ts]),
+        ]
+        for name, times in peers:
+            if times:
+                r.expected_s = sum(times) / len(times)
+                r.expected_from = f"{_count(len(times), 'complete ' + (name + ' run' if name else 'run'))}"
+                break
+
+
+def folder_status(root: str | os.PathLike, now: float | None = None) -> FolderStatus:
+    """Read a results folder (records, claims, matrix.json) without changing it. ``now`` (epoch
+    seconds, default the clock) is when running runs' elapsed times are measured to."""
+    now = _dt.datetime.now(_dt.timezone.utc).timestamp() if now is None else now
     store = RunStore(root)
     if not store.root.is_dir():
         raise FileNotFoundError(f"no results folder {store.root}; expected the --results folder of 'dabench run'")
@@ -130,15 +211,15 @@ def folder_status(root: str | os.PathLike) -> FolderStatus:
             continue
         records[rec.run_id] = rec
     times = []
+    durations: dict[tuple[str | None, str | None], list[float]] = {}  # (method, pair) -> complete runs' s
     for run_id in list(specs) + [r for r in records if r not in specs]:
         rec = records.get(run_id)
-        label = _label(rec.spec if rec else specs.get(run_id), run_id)
+        spec = rec.spec if rec else specs.get(run_id)
+        label = _label(spec, run_id)
         status = rec.status if rec else None
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            live = store.claimed_by_live_process(run_id)
-        out.ignored += [str(w.message) for w in caught]  # an unreadable claim, by name
-        error = ""
+        info = _claim(store, run_id, out)
+        error = holder = ""
+        elapsed = None
         if rec is not None and rec.status.terminal:
             state = rec.status.value
             if rec.error is not None and rec.status is not Status.COMPLETE:
@@ -147,27 +228,50 @@ def folder_status(root: str | os.PathLike) -> FolderStatus:
             t = timings.get("total_s", timings.get("wall_s"))
             if rec.status is Status.COMPLETE and isinstance(t, (int, float)):
                 times.append(float(t))
-        elif live:
-            state = "running"
+                durations.setdefault((rec.spec.get("method"), rec.spec.get("pair")), []).append(float(t))
+        elif info is not None and info.live:
+            state, holder = "running", _holder(info)
+            # the later of the two: a resumed run's new claim is newer than the interrupted
+            # attempt's record until its own record is written
+            starts = [t for t in (_parse_time(info.holder.get("claimed_at")),) if t is not None]
+            if rec is not None and (t := _parse_time(rec.started_at)) is not None:
+                starts.append(t)
+            elapsed = max(0.0, now - max(starts)) if starts else None
         elif status is Status.RUNNING:
             state = "interrupted"
+            holder = info.why if info is not None else "no claim"
         else:
             state = "pending"
-        out.runs.append(RunState(run_id, state, label, error, in_matrix=not specs or run_id in specs))
+        sd = spec if isinstance(spec, dict) else {}
+        out.runs.append(
+            RunState(
+                run_id,
+                state,
+                label,
+                error,
+                in_matrix=not specs or run_id in specs,
+                method=sd.get("method"),
+                pair=sd.get("pair"),
+                elapsed_s=elapsed,
+                holder=holder,
+            )
+        )
     # claims of runs neither the matrix nor a record names: another runner's run before its first
     # record (a live claim: running, outside this matrix), or a file that is no claim (named)
     seen = {r.run_id for r in out.runs}
     for path in sorted(store.claims.glob("*.claim")) if store.claims.is_dir() else []:
         if path.stem in seen:
             continue
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            info = store.claim_info(path.stem)
-        out.ignored += [str(w.message) for w in caught]
+        info = _claim(store, path.stem, out)
         if info is not None and info.live:
-            out.runs.append(RunState(path.stem, "running", path.stem, in_matrix=not specs))
+            since = _parse_time(info.holder.get("claimed_at"))
+            elapsed = None if since is None else max(0.0, now - since)
+            out.runs.append(
+                RunState(path.stem, "running", path.stem, in_matrix=not specs, elapsed_s=elapsed, holder=_holder(info))
+            )
     if times:
         out.mean_run_s = sum(times) / len(times)
+    _expected(out.runs, durations, now)
     return out
 
 
@@ -208,9 +312,55 @@ def _duration(seconds: float) -> str:
     return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
 
 
-def status_text(root: str | os.PathLike) -> str:
-    """The human summary printed by ``dabench status DIR``."""
-    st = folder_status(root)
+def _running_line(r: RunState) -> str:
+    """``label (id): 12m 03s vs mean 1m 10s (3 complete dann | mnist-usps runs), host/pid 7 [possibly hung]``."""
+    text = f"  {r.label} ({r.run_id}){'' if r.in_matrix else ' [outside this matrix]'}: "
+    text += "started at an unknown time" if r.elapsed_s is None else _duration(r.elapsed_s)
+    if r.expected_s is not None:
+        text += f" vs mean {_duration(r.expected_s)} ({r.expected_from})"
+    text += f", {r.holder}" if r.holder else ""
+    return text + (" POSSIBLY HUNG" if r.possibly_hung else "")
+
+
+def _running_lines(st: FolderStatus) -> list[str]:
+    """The running runs (elapsed vs their peers' mean; the possibly hung ones flagged, with what to
+    do) and the interrupted ones (why), one per line up to :data:`LISTED`, beyond it a summary."""
+    lines: list[str] = []
+    running = sorted((r for r in st.runs if r.state == Status.RUNNING.value), key=lambda r: -(r.elapsed_s or 0.0))
+    hung = [r for r in running if r.possibly_hung]
+    if running:
+        lines.append("running (time so far vs the mean of complete runs like it):")
+        shown = running if len(running) <= LISTED else (hung[:LISTED] or running[:1])
+        lines += [_running_line(r) for r in shown]
+        rest = [r for r in running if r not in shown]
+        if rest:
+            known = [r.elapsed_s for r in rest if r.elapsed_s is not None]
+            span = f", {_duration(min(known))} to {_duration(max(known))} so far" if known else ""
+            unflagged = "" if any(r.possibly_hung for r in rest) else f", none past {HUNG_FACTOR:g}x its mean"
+            lines.append(f"  ... {_count(len(rest), 'more run')}{span}{unflagged}")
+    if hung:
+        r = hung[0]
+        lines.append(
+            f"possibly hung: {_count(len(hung), 'run')} past {HUNG_FACTOR:g}x the mean of complete runs like it and "
+            f"past {HUNG_MIN_S / 60:g} min, still holding the claim (its heartbeat thread outlives a stuck step). "
+            f"Stop the process named (host/pid), then: dabench run --results {st.root} --rerun RUN_ID "
+            f"(e.g. --rerun {r.run_id}); with the local executor, --run-timeout SECONDS stops a hung run by itself"
+        )
+    gone = [r for r in st.runs if r.state == "interrupted"]
+    if gone:
+        lines.append("interrupted (process gone; the next 'dabench run' resumes them):")
+        lines += [
+            f"  {r.label} ({r.run_id}){'' if r.in_matrix else ' [outside this matrix]'}: {r.holder}"
+            for r in gone[:LISTED]
+        ]
+        if len(gone) > LISTED:
+            lines.append(f"  ... {_count(len(gone) - LISTED, 'more run')}")
+    return lines
+
+
+def status_text(root: str | os.PathLike, now: float | None = None) -> str:
+    """The human summary printed by ``dabench status DIR`` (``now``: see :func:`folder_status`)."""
+    st = folder_status(root, now)
     lines = []
     if st.in_matrix is not None:
         lines.append(
@@ -237,6 +387,7 @@ def status_text(root: str | os.PathLike) -> str:
         # runs of an earlier matrix in the same folder: counted apart, so each line adds up
         lines.append(f"  outside this matrix: {_count(sum(others.values()), 'record')} = {tally(others)}")
     lines += _slurm_lines(st.root)
+    lines += _running_lines(st)
     bad = [r for r in st.runs if r.state in _FAILURES]
     if bad:
         lines.append("failures:")
@@ -262,4 +413,4 @@ def status_text(root: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["status_text", "folder_status", "FolderStatus", "RunState"]
+__all__ = ["status_text", "folder_status", "FolderStatus", "RunState", "HUNG_FACTOR", "HUNG_MIN_S"]
