@@ -31,6 +31,7 @@ _PUBLIC: dict[str, str] = {
     "Classifier": "core.method",
     "Update": "core.method",
     "TargetView": "core.method",
+    "TargetLabelsError": "core.method",
     "Backbone": "backbones.base",
     "DomainPair": "core.domain",
     "Domain": "core.domain",
@@ -114,7 +115,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from .api import compare, leaderboard, load_results, run
     from .backbones.base import Backbone
     from .core.domain import Domain, DomainPair, MissingDataError, PairData, Schedule
-    from .core.method import Batch, Classifier, Loss, Method, TargetView, Update, Uses
+    from .core.method import Batch, Classifier, Loss, Method, TargetLabelsError, TargetView, Update, Uses
     from .core.registry import (
         BACKBONES,
         METHODS,

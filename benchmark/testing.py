@@ -174,7 +174,11 @@ def check_method(
     ctx = RunContext(
         spec, pair_obj, DeviceData(pair_obj, small, torch.device("cpu"), seed, shots, shots), torch.device("cpu")
     )
-    model.fit(ctx)
+    ctx.fitting = True  # as execute(): the method trains without the evaluation's results
+    try:
+        model.fit(ctx)
+    finally:
+        ctx.fitting = False
     in_groups = _optimised(model) if uses_step_loop else None
     changed, frozen = [], []
     for n, p in model.named_parameters():

@@ -53,7 +53,7 @@ def test_the_seeds_of_a_batched_group_share_one_copy_of_the_splits(one_thread, m
     real = seed_batch.train_batched
 
     def spy(methods, ctxs, *args, **kwargs):
-        seen.extend(ctx.data for ctx in ctxs)
+        seen.extend(ctx._data for ctx in ctxs)  # the engine's DeviceData (ctx.data is the method's label-free view)
         return real(methods, ctxs, *args, **kwargs)
 
     monkeypatch.setattr(seed_batch, "train_batched", spy)

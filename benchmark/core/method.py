@@ -106,6 +106,27 @@ class Batch:
     idx_target: torch.Tensor | None = None
 
 
+class TargetLabelsError(RuntimeError):
+    """A method reached for target labels (or what is computed from them) that its protocol does not give it.
+
+    The honest-numbers rule: a method sees no target label except the labelled shots its protocol
+    declares (``Uses(target_shots=True)``: ``k`` per class, ``ctx.data.shots`` / ``Batch.y_shots``).
+    The engine keeps the evaluation split, the adaptation split's labels, the pair's loader and the
+    evaluation results to itself; during :meth:`Method.fit` they raise this error, naming the rule and
+    what the method may read instead, and the run is recorded ``failed`` with it.
+    """
+
+
+#: what a method may read of the target domain during ``fit`` (the text every TargetLabelsError ends with)
+TARGET_ACCESS = (
+    "a method sees no target label except its protocol's labelled shots: read target images through "
+    "ctx.data.target (unlabelled: len, gather(idx), images) or ctx.data.batch_from(ctx.data.target, idx) "
+    "(labels None), the shots' labels through ctx.data.shots (k per class, few-shot methods only), and "
+    "evaluate through ctx.record_eval(method, step) (the engine scores the evaluation split; the results "
+    "go to the record, not to the method)"
+)
+
+
 @dataclass(frozen=True)
 class TargetView:
     """What :meth:`Method.refresh` may read: the unlabelled target adaptation split, through the engine.

@@ -8,11 +8,13 @@ does crops, shifts, scaling and flips at once).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..core.domain import Domain, DomainPair, PairData
+from ..core.method import TARGET_ACCESS, TargetLabelsError
 
 
 def draw_shots(labels: torch.Tensor, pool: torch.Tensor, k: int, seed: int) -> torch.Tensor:
@@ -413,3 +415,93 @@ class DeviceData:
 
     def batch_from(self, split: Split, idx: torch.Tensor, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         return self.preprocess(split.gather(idx), train), split.labels[idx]
+
+
+class UnlabelledSplit:
+    """A :class:`Split` without its labels: the target adaptation split as a method's ``fit`` sees it.
+
+    The images (``len``, ``gather(idx)``, ``images``) are the split's own tensors, no copy; ``labels``
+    raises :class:`~dabench.core.method.TargetLabelsError`. The engine keeps the labelled split
+    (:class:`DeviceData`) for its evaluation and diagnostics.
+    """
+
+    def __init__(self, split: Split, name: str) -> None:
+        self._split, self._name = split, name
+
+    def __len__(self) -> int:
+        return len(self._split)
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """The uint8 images at split positions ``idx``."""
+        return self._split.gather(idx)
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self._split.images
+
+    @property
+    def labels(self) -> torch.Tensor:
+        raise TargetLabelsError(f"ctx.data.{self._name}.labels: the target labels are the engine's; {TARGET_ACCESS}")
+
+
+#: DeviceData's attributes a method's ``fit`` does not get, each with what it holds: the evaluation
+#: split and everything that leads to it or to the target domain's labels (FitData names them)
+_ENGINE_ONLY: dict[str, str] = {
+    "target_eval": "the evaluation split and its labels",
+    "pair_data": "the loaded pair, every target label included",
+    "eval_size": "the evaluation split's size",
+    "validator_from_eval": "positions in the evaluation split",
+    "validator_forward": "the validators' sample",
+    "validator_samples": "the validators' sample",
+    "validator_positions": "the validators' sample",
+    "validator_overlaps_eval": "the validators' sample",
+    "shot_indices": "the shots' places in the target domain",
+}
+
+
+class FitData:
+    """What ``RunContext.data`` gives a method (its ``fit``): the run's :class:`DeviceData` without
+    the target labels its protocol does not declare.
+
+    ``source``, ``source_val`` and ``shots`` are the labelled splits (the shots: the ``k`` labelled
+    target images per class of a few-shot run; empty for other runs); ``target`` is the adaptation
+    split as an :class:`UnlabelledSplit`; ``batch_from``, ``preprocess``, ``stream``, ``generator``,
+    ``pair``, ``device`` are the engine's. The evaluation split, the loaded pair data and the
+    validators' sample are not here: reading one (or ``target.labels``) raises
+    :class:`~dabench.core.method.TargetLabelsError`, naming the rule and what may be read instead.
+    A view built once per run; the engine's step loop reads :class:`DeviceData` directly (no cost per step).
+    """
+
+    def __init__(self, data: DeviceData, pair: DomainPair) -> None:
+        self._data = data
+        self.pair = pair  # the run's pair without its loader (RunContext.pair)
+        self.device, self.channels_last = data.device, data.channels_last
+        self.source, self.source_val, self.shots = data.source, data.source_val, data.shots
+        self.target = UnlabelledSplit(data.target, "target")
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The run's data generator (the engine may replace it: a failed CUDA-graph capture)."""
+        return self._data.generator
+
+    def stream(self, split: Split | UnlabelledSplit, batch_size: int) -> Stream:
+        return Stream(len(split), batch_size, self._data.generator, self._data.device)
+
+    def preprocess(self, images_uint8: torch.Tensor, train: bool) -> torch.Tensor:
+        """uint8 batch → augmented, normalised float batch on the device (:meth:`DeviceData.preprocess`)."""
+        return self._data.preprocess(images_uint8, train)
+
+    def batch_from(
+        self, split: Split | UnlabelledSplit, idx: torch.Tensor, train: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The preprocessed images of ``split`` at ``idx`` and their labels (``None`` for the unlabelled target)."""
+        x = self._data.preprocess(split.gather(idx), train)
+        return x, (None if isinstance(split, UnlabelledSplit) else split.labels[idx])
+
+    def __getattr__(self, name: str) -> Any:  # only for names not set above
+        if name in _ENGINE_ONLY:
+            raise TargetLabelsError(f"ctx.data.{name} ({_ENGINE_ONLY[name]}) is the engine's; {TARGET_ACCESS}")
+        raise AttributeError(
+            f"ctx.data has no {name!r}; a method's fit reads source, source_val, shots, target (unlabelled), "
+            "batch_from, preprocess, stream, generator, pair, device"
+        )

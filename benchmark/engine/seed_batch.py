@@ -453,14 +453,14 @@ def train_batched(
         """The step captured (data path included) to replay from ``step`` on; ``None`` if it cannot be."""
         nonlocal note
         main_stream = graphs.current_stream(device)
-        states = [ctx.data.generator.get_state() for ctx in ctxs]
+        states = [ctx._data.generator.get_state() for ctx in ctxs]
         try:
             cursors[:] = [{name: StreamCursor(s) for name, s in st.items()} for st in streams]
             takes = [take_of(c) for c in cursors]
             progress, lrs = graphs.step_tables(sch.lr, sch.lr_schedule, steps, [opt])
             graph = SeedStepGraph(
                 forward, opt, device, lambda: draw(takes, cursors), progress, lrs, step,
-                [ctx.data.generator for ctx in ctxs], part_names, first_bad, sums, last_parts,
+                [ctx._data.generator for ctx in ctxs], part_names, first_bad, sums, last_parts,
             )  # fmt: skip
             graph.count_ops = ctxs[0].count_ops
             graph.capture()

@@ -3,6 +3,7 @@ logging and checkpoints, and calls the method only for its loss (or its own ``fi
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -15,14 +16,14 @@ import torch
 
 from ..backbones.base import Backbone, match_input
 from ..core.domain import DomainPair, PairData, check_target_shots, lr_factor
-from ..core.method import MAIN, Batch, Loss, Method, TargetView
+from ..core.method import MAIN, TARGET_ACCESS, Batch, Loss, Method, TargetLabelsError, TargetView
 from ..core.record import RunResult, first_line
 from ..core.registry import BACKBONES, METHODS
 from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault, atomic_torch_save
 from . import graphs
 from .compile import compile_method
-from .data import DeviceData, Stream, StreamCursor, validator_sample
+from .data import DeviceData, FitData, Stream, StreamCursor, validator_sample
 from .evaluate import autocast, evaluate, predict_split
 from .graphs import StepGraph
 from .options import EngineOptions
@@ -73,18 +74,43 @@ def build_method(spec: RunSpec, pair: DomainPair) -> Method:
     return cls(build_backbone(pair, spec.backbone, spec.backbone_options), pair.num_classes, spec.hparams)
 
 
+def _without_loader(pair: DomainPair) -> DomainPair:
+    """``pair`` whose ``load`` raises :class:`TargetLabelsError`: what a method's ``fit`` gets as
+    ``ctx.pair`` (the loader returns every target label). A shallow copy: no ``__post_init__`` runs,
+    so a subclass of :class:`DomainPair` copies as well; every other field is the pair's own."""
+    guarded = copy.copy(pair)
+
+    def load(*args: Any, **kwargs: Any) -> PairData:
+        raise TargetLabelsError(
+            f"ctx.pair.load(): pair {pair.name!r}'s loader returns every target label; the engine loaded "
+            f"the run's data once; {TARGET_ACCESS}"
+        )
+
+    object.__setattr__(guarded, "load", load)  # a frozen dataclass
+    return guarded
+
+
 @dataclass
 class RunContext:
-    """What a method's ``fit`` may use: the data on the device, the schedule and the engine's loop."""
+    """What a method's ``fit`` may use: the data on the device, the schedule and the engine's loop.
+
+    The honest-numbers rule holds here too (docs/architecture.md, "The engine's contract with
+    methods"): ``data`` is a :class:`~dabench.engine.data.FitData`, the run's data without the target
+    labels the method's protocol does not give it (the shots' labels only); ``pair`` cannot load the
+    pair again; the results folder (``_store``: other runs' saved features hold target labels) and the
+    evaluation's results (``curve``, while ``fit`` runs) are the engine's. Each such read raises
+    :class:`TargetLabelsError`. The engine's own code reads the full :class:`DeviceData` as ``_data``
+    (evaluation, validators, the step loop's batches): the underscore names are not the method's.
+    """
 
     spec: RunSpec
     pair: DomainPair
-    data: DeviceData
+    _data: DeviceData  # the engine's: evaluation split and target labels included
     device: torch.device
-    store: RunStore | None = None
+    _store: RunStore | None = None
     on_step: Callable[[int, int], None] | None = None
     checkpoint_every: int = 0  # steps between mid-run checkpoints (0: never)
-    curve: list[dict[str, Any]] = field(default_factory=list)
+    _curve: list[dict[str, Any]] = field(default_factory=list)
     steps_done: int = 0
     images_seen: int = 0
     resumed_from_step: int | None = None  # set when a mid-run checkpoint was picked up
@@ -95,17 +121,49 @@ class RunContext:
     count_ops: bool = False
     #: operations in one captured step (``CapturedStep.ops``; None: not captured or not counted)
     graph_ops: int | None = None
+    #: True while the engine runs ``method.fit(self)`` (``execute``): ``curve`` is then the engine's
+    fitting: bool = False
+
+    def __post_init__(self) -> None:
+        # built once per run: nothing here runs per step (the step loop reads ``_data``)
+        self.pair = _without_loader(self.pair)
+        self._fit_data = FitData(self._data, self.pair)
+
+    @property
+    def data(self) -> FitData:
+        """The run's data as a method sees it: no target label but the declared shots' (:class:`FitData`)."""
+        return self._fit_data
+
+    @property
+    def curve(self) -> list[dict[str, Any]]:
+        """The evaluations recorded so far (the record's ``curve``); not readable by the method while it trains."""
+        if self.fitting:
+            raise TargetLabelsError(
+                "ctx.curve during fit(): the evaluations' accuracies are computed from the target labels and "
+                f"go to the record, not to the method (selecting on them is the oracle rule's job); {TARGET_ACCESS}"
+            )
+        return self._curve
+
+    @property
+    def store(self) -> RunStore | None:
+        """Not the method's: the results folder holds other runs' saved features, target labels included."""
+        raise TargetLabelsError(
+            "ctx.store: the results folder (other runs' records and saved features, target labels included) "
+            f"is the engine's; {TARGET_ACCESS}"
+        )
 
     @property
     def schedule(self):
         return self.spec.schedule
 
-    def record_eval(self, method: Method, step: int, losses: dict[str, torch.Tensor] | None = None) -> dict:
-        point = {"step": step, **evaluate(method, self.data)}
+    def record_eval(self, method: Method, step: int, losses: dict[str, torch.Tensor] | None = None) -> None:
+        """Evaluate ``method`` now (target accuracy on the evaluation split, source-val accuracy,
+        label-free scores) and append the point to the run's curve. Returns nothing: the scores are
+        the record's, never the method's (a method choosing on them would select on test labels)."""
+        point = {"step": step, **evaluate(method, self._data)}
         if losses:
             point["loss"] = {k: float(v) for k, v in losses.items()}
-        self.curve.append(point)
-        return point
+        self._curve.append(point)
 
     def train_steps(self, method: Method) -> None:
         """SGD (Nesterov momentum) over the pair's schedule with lr·lr_mult·factor(p) (``inv``: (1+10p)^−0.75, see ``lr_factor``).
@@ -245,16 +303,16 @@ class RunContext:
             was_training = method.training
             method.eval()
             try:
-                return predict_split(method, self.data, self.data.target, output=output)
+                return predict_split(method, self._data, self._data.target, output=output)
             finally:
                 method.train(was_training)
 
-        return TargetView(len(self.data.target), self.spec.schedule.batch_size, predict)
+        return TargetView(len(self._data.target), self.spec.schedule.batch_size, predict)
 
     def streams(self, method: Method) -> dict[str, Stream]:
         """The batch streams ``method.uses`` asks for (``source``, ``target``, ``shots``), each
         drawing from this run's data generator."""
-        sch, data, uses = self.spec.schedule, self.data, method.uses
+        sch, data, uses = self.spec.schedule, self._data, method.uses
         streams = {}
         if uses.source_labels:
             streams["source"] = data.stream(data.source, sch.batch_size)
@@ -273,7 +331,7 @@ class RunContext:
     def _batch(self, take: Callable[[str], torch.Tensor], names: Container[str]) -> Batch:
         """A batch from ``take(stream name)`` indices, streams in a fixed order (their draws from
         the data generator interleave with the augmentation's in this order)."""
-        data = self.data
+        data = self._data
         batch = Batch()
         if "source" in names:
             batch.x_source, batch.y_source = data.batch_from(data.source, take("source"))
@@ -305,7 +363,7 @@ class RunContext:
         generators it registered in capture mode, so the data generator is replaced by a fresh
         one in the same state (:func:`graphs.recover_from_failed_capture` ends that mode of the
         default generator)."""
-        dev, data, sch = self.device, self.data, self.spec.schedule
+        dev, data, sch = self.device, self._data, self.spec.schedule
         main_stream = graphs.current_stream(dev)
         generator_state = data.generator.get_state()
         try:
@@ -333,7 +391,7 @@ class RunContext:
         (the failed capture left the generator it registered in capture mode)."""
         fresh = torch.Generator(device=self.device)
         fresh.set_state(state)
-        self.data.generator = fresh
+        self._data.generator = fresh
         for s in streams.values():
             s.g = fresh
 
@@ -354,8 +412,8 @@ class RunContext:
         first_bad: torch.Tensor,
         part_names: list[str],
     ) -> None:
-        assert self.store is not None
-        path = self.store.checkpoint_path(self.spec.run_id, partial=True)
+        assert self._store is not None
+        path = self._store.checkpoint_path(self.spec.run_id, partial=True)
         state = {
             "step": step,
             "method": method.state_dict(),
@@ -365,8 +423,8 @@ class RunContext:
                 if list(opts) == [MAIN]
                 else {"optimizers": {name: o.state_dict() for name, o in opts.items()}}
             ),
-            "curve": self.curve,
-            "generator": self.data.generator.get_state(),
+            "curve": self._curve,
+            "generator": self._data.generator.get_state(),
             "streams": {name: s.state_dict() for name, s in streams.items()},
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
@@ -382,9 +440,9 @@ class RunContext:
     ) -> tuple[int, dict[str, torch.Tensor], int, torch.Tensor, list[str]] | None:
         """Load the run's mid-run checkpoint if there is one; returns (step, loss sums, their
         count, first non-finite steps, the loss parts they follow) for the loop to go on from, or ``None``."""
-        if self.store is None:
+        if self._store is None:
             return None
-        path = self.store.checkpoint_path(self.spec.run_id, partial=True)
+        path = self._store.checkpoint_path(self.spec.run_id, partial=True)
         if not path.exists():
             return None
         try:
@@ -408,9 +466,9 @@ class RunContext:
             )
         for name, opt in opts.items():
             opt.load_state_dict(saved_opts[name])
-        self.curve = list(state["curve"])
+        self._curve = list(state["curve"])
         # a generator's state is a CPU ByteTensor on every device (map_location moved it to the device)
-        self.data.generator.set_state(state["generator"].cpu())
+        self._data.generator.set_state(state["generator"].cpu())
         saved_streams = state.get("streams", {})  # absent in checkpoints of older versions
         if saved_streams and set(saved_streams) != set(streams):
             raise ValueError(
@@ -610,7 +668,11 @@ def execute(
     # a method with its own fit() may never reach the step loop that captures
     ctx.graph_note = "unused: the method's own fit()" if ctx.cuda_graphs else graphs.OFF
     t0 = time.perf_counter()
-    method.fit(ctx)
+    ctx.fitting = True  # the evaluations' results are the record's while the method trains (RunContext.curve)
+    try:
+        method.fit(ctx)
+    finally:
+        ctx.fitting = False
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
@@ -641,20 +703,20 @@ def finish_run(method: Method, ctx: RunContext, wall: float, timings: dict[str, 
     mid-run checkpoint removed, the features (``save_features``), and the result part of the
     record; ``timings`` adds to the common timings. Raises :class:`Diverged` when the final
     evaluation is not finite."""
-    spec, store, data = ctx.spec, ctx.store, ctx.data
-    if not ctx.curve:
+    spec, store, data = ctx.spec, ctx._store, ctx._data
+    if not ctx._curve:
         ctx.record_eval(method, ctx.steps_done)
     if store is not None and spec.method == "source-only":
         atomic_torch_save(method.net.state_dict(), store.checkpoint_path(spec.run_id))
     if store is not None:
         store.checkpoint_path(spec.run_id, partial=True).unlink(missing_ok=True)
         if spec.save_features:
-            save_features(method, data, store.features_path(spec.run_id), step=ctx.curve[-1].get("step"))
-    final = ctx.curve[-1]
+            save_features(method, data, store.features_path(spec.run_id), step=ctx._curve[-1].get("step"))
+    final = ctx._curve[-1]
     if not math.isfinite(final["target_acc"]):
         raise Diverged(ctx.steps_done)
     return RunResult(
-        curve=ctx.curve,
+        curve=ctx._curve,
         final=final,
         target_labels=spec.target_labels(ctx.pair.num_classes),
         eval_size=data.eval_size,
@@ -665,7 +727,7 @@ def finish_run(method: Method, ctx: RunContext, wall: float, timings: dict[str, 
             "overlaps_evaluation": data.validator_overlaps_eval,
         },
         resumed_from_step=ctx.resumed_from_step,
-        data=data_summary(ctx.pair, ctx.data.pair_data),
+        data=data_summary(ctx.pair, ctx._data.pair_data),
         timings={
             "wall_s": round(wall, 3),
             "steps": ctx.steps_done,

@@ -470,7 +470,7 @@ class EngineBench:
         )
         ctx = RunContext(spec, self.pair, self.data, self.device, cuda_graphs=self.cuda_graphs)
         ctx.count_ops = not self.compiled  # a compiled module runs eagerly under the counting mode
-        ctx.record_eval = lambda *a, **k: {}  # type: ignore[method-assign]  # time training only
+        ctx.record_eval = lambda *a, **k: None  # type: ignore[method-assign]  # time training only
         self.method.fit(ctx)
         if sync:
             _sync(self.device)
