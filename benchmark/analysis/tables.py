@@ -702,10 +702,14 @@ def plugin_code_notes(runs: pd.DataFrame, limit: int = 4) -> list[str]:
             parts.append(f"{value} ({_runs(n)}: {', '.join(rows[:limit])}{more})")
         # the version of the last run to finish: most likely the code loaded now
         dated = [i for i in mine if isinstance(finished[i], str)]
-        latest = versions[max(dated, key=lambda i: str(finished[i]))] if dated else _ranked(versions)[0][0]
+        # finished_at has whole seconds: runs of two versions finishing in the same second leave
+        # the latest undecided, and the note then says so rather than guess which code is current
+        top = max((str(finished[i]) for i in dated), default=None)
+        newest = sorted({versions[i] for i in dated if str(finished[i]) == top})
+        latest = newest[0] if len(newest) == 1 else (None if newest else _ranked(versions)[0][0])
         redo: dict[str, list[str]] = {}
         for i in mine:
-            if versions[i] != latest:
+            if latest is not None and versions[i] != latest:
                 redo.setdefault(dirs[i], []).append(ids[i])
         fix = "; ".join(
             f"dabench run --results {d} "
@@ -713,10 +717,21 @@ def plugin_code_notes(runs: pd.DataFrame, limit: int = 4) -> list[str]:
             + (" ..." if len(rids) > 3 else "")
             for d, rids in redo.items()
         )
+        if latest is None:
+            said = (
+                f"the newest runs finished in the same second under versions {' and '.join(newest)}, so which "
+                "is the plugin's current code is not known. To average one version, remake the other versions' "
+                "runs (dabench run --rerun RUN_ID, with the plugin's current code), or rerun the matrix into a "
+                "new --results folder."
+            )
+        else:
+            said = (
+                f"the latest run's version is {latest}. To average one version, remake the others' runs with "
+                f"the plugin's current code: {fix}, or rerun the matrix into a new --results folder."
+            )
         notes.append(
             f"Mixed provenance: runs from {len(parts)} versions of plugin {kind} '{name}' ({file}): "
-            f"{', '.join(parts)}; the latest run's version is {latest}. To average one version, remake the "
-            f"others' runs with the plugin's current code: {fix}, or rerun the matrix into a new --results folder."
+            f"{', '.join(parts)}; {said}"
         )
     return notes
 
