@@ -49,7 +49,9 @@ def _spec(name: str, target_shots: int = 0, protocol: str = "uda") -> RunSpec:
     )
 
 
-def _run(tiny, fit: Callable[[Method, RunContext], Any], uses: Uses = SourceOnly.uses, shots: int = 0) -> Any:
+def _run(
+    tiny, fit: Callable[[Method, RunContext], Any], uses: Uses = SourceOnly.uses, shots: int = 0, protocol: str = ""
+) -> Any:
     """Execute one run of a method whose ``fit`` is ``fit`` (a plugin's), as the runner does."""
 
     class Probe(SourceOnly):
@@ -60,7 +62,7 @@ def _run(tiny, fit: Callable[[Method, RunContext], Any], uses: Uses = SourceOnly
 
     Probe.uses = uses
     pair, data = tiny
-    spec = _spec("source-only", target_shots=shots, protocol="few-shot" if shots else "uda")
+    spec = _spec("source-only", target_shots=shots, protocol=protocol or ("few-shot" if shots else "uda"))
     with pytest.MonkeyPatch.context() as mp:  # the engine builds Probe for the spec (its own path otherwise)
         mp.setattr(train, "build_method", lambda spec, pair: Probe(train.build_backbone(pair, spec.backbone, {}), 4))
         return execute(spec, pair, data, torch.device("cpu"))
@@ -137,3 +139,14 @@ def test_the_record_of_a_run_that_read_them_says_so(tmp_path, one_thread):
     assert record["status"] == "failed"
     assert record["error"]["type"] == "TargetLabelsError"
     assert "ctx.data.target_eval" in record["error"]["message"]
+
+
+@pytest.mark.parametrize("split", ["source", "source_val"])
+def test_a_source_free_fit_reaches_no_source_data(tiny, split, one_thread):
+    """A source-free run adapts the source-only network with unlabelled target data only; its own
+    fit read the labelled source splits as any other (old code: the split)."""
+    with pytest.raises(TargetLabelsError, match=rf"ctx\.data\.{split}: this run's protocol is source-free"):
+        _run(tiny, lambda m, ctx: getattr(ctx.data, split).labels, protocol="source-free")
+    seen = _run(tiny, lambda m, ctx: len(ctx.data.target), protocol="source-free")  # the target: as before
+    assert seen is not None
+    assert _run(tiny, lambda m, ctx: len(ctx.data.source)) is not None  # a UDA run's fit reads the source

@@ -107,7 +107,8 @@ class Batch:
 
 
 class TargetLabelsError(RuntimeError):
-    """A method reached for target labels (or what is computed from them) that its protocol does not give it.
+    """A method reached for target labels (or what is computed from them) that its protocol does not give it,
+    or, in a source-free run, for source data.
 
     The honest-numbers rule: a method sees no target label except the labelled shots its protocol
     declares (``Uses(target_shots=True)``: ``k`` per class, ``ctx.data.shots`` / ``Batch.y_shots``).

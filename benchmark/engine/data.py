@@ -472,11 +472,14 @@ class FitData:
     A view built once per run; the engine's step loop reads :class:`DeviceData` directly (no cost per step).
     """
 
-    def __init__(self, data: DeviceData, pair: DomainPair) -> None:
+    def __init__(self, data: DeviceData, pair: DomainPair, source_free: bool = False) -> None:
         self._data = data
         self.pair = pair  # the run's pair without its loader (RunContext.pair)
         self.device, self.channels_last = data.device, data.channels_last
-        self.source, self.source_val, self.shots = data.source, data.source_val, data.shots
+        self.shots = data.shots
+        self._source_free = source_free
+        if not source_free:  # a source-free run adapts without source data: its fit reaches none
+            self.source, self.source_val = data.source, data.source_val
         self.target = UnlabelledSplit(data.target, "target")
 
     @property
@@ -499,6 +502,11 @@ class FitData:
         return x, (None if isinstance(split, UnlabelledSplit) else split.labels[idx])
 
     def __getattr__(self, name: str) -> Any:  # only for names not set above
+        if name in ("source", "source_val") and self.__dict__.get("_source_free"):
+            raise TargetLabelsError(
+                f"ctx.data.{name}: this run's protocol is source-free (the source-only network, then unlabelled "
+                "target data only), so its fit reaches no source data; read the target through ctx.data.target"
+            )
         if name in _ENGINE_ONLY:
             raise TargetLabelsError(f"ctx.data.{name} ({_ENGINE_ONLY[name]}) is the engine's; {TARGET_ACCESS}")
         raise AttributeError(

@@ -127,7 +127,7 @@ class RunContext:
     def __post_init__(self) -> None:
         # built once per run: nothing here runs per step (the step loop reads ``_data``)
         self.pair = _without_loader(self.pair)
-        self._fit_data = FitData(self._data, self.pair)
+        self._fit_data = FitData(self._data, self.pair, source_free=self.spec.protocol == "source-free")
 
     @property
     def data(self) -> FitData:
