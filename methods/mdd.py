@@ -38,6 +38,16 @@ def mdd_loss(
     return margin * source + target
 
 
+def agreement(
+    logits_s: torch.Tensor, logits_t: torch.Tensor, adv_s: torch.Tensor, adv_t: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """``agree_s``/``agree_t``: the fraction of each batch where argmax f' = h_f (detached)."""
+    return {
+        "agree_s": (adv_s.detach().argmax(1) == logits_s.detach().argmax(1)).float().mean(),
+        "agree_t": (adv_t.detach().argmax(1) == logits_t.detach().argmax(1)).float().mean(),
+    }
+
+
 @register_method("mdd")
 class MDD(Method):
     """MDD (Zhang, Liu, Long, Jordan 2019, ICML): minimise the margin disparity discrepancy.
@@ -71,4 +81,9 @@ class MDD(Method):
         adv = self.adv_head(grad_reverse(torch.cat([f_s, f_t]), coeff))
         n = len(f_s)
         da = mdd_loss(logits_s, logits_t, adv[:n], adv[n:], float(self.hp["margin"]))
-        return self.combine(self.supervised_loss(batch, logits_s), da, float(self.hp["trade_off"]))
+        loss = self.combine(self.supervised_loss(batch, logits_s), da, float(self.hp["trade_off"]))
+        # the min-max's state, logged beside the loss (as DANN's disc_acc): how often f' picks
+        # h_f's class on each domain. The adversary drives agree_s → 1 and agree_t down; the
+        # features push agree_t back up. da alone mixes both terms and does not show which side wins.
+        loss.parts.update(agreement(logits_s, logits_t, adv[:n], adv[n:]))
+        return loss
