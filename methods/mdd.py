@@ -75,36 +75,43 @@ class MDD(Method):
     MNIST→USPS (5 000 steps) this gives 93.4, TLlib 94.8 (``results/reference/mnist-usps-zoo.md``).
 
     Digits-offline (MNIST 5k → UCI digits, 8×8 upsampled) is where MDD is weakest, and the
-    concatenated forward, not the discrepancy, is most of it. Target accuracy at the last step,
-    300 steps, seeds 0, 1, 2, 2-core CPU (first two rows at commit 1aef228, the others at 22dcf15,
-    which only adds the agreement logging), mean ± std (per seed):
+    concatenated forward, more than the discrepancy, is why. Target accuracy at the last step,
+    seeds 0, 1, 2, 2-core CPU (commit 22dcf15; the 300-step source-only and default rows at its
+    parent, which differs only in the agreement logging), mean ± std (per seed):
 
-    ================================================  ==================================
-    source-only                                       69.5 ± 4.2  (64.9, 73.1, 70.6)
-    MDD, defaults (concat)                            67.2 ± 10.4 (55.3, 74.9, 71.3)
-    MDD, trade_off=0 (concat: no discrepancy)         64.6 ± 4.1  (59.8, 66.9, 66.9)
-    MDD, margin=2                                     69.4 ± 8.7  (59.7, 76.4, 72.0)
-    MDD, grl_gamma=1 (λ ends at 0.046, not 0.1)       70.0 ± 6.7  (62.7, 75.8, 71.4)
-    MDD, forward=separate                             79.5 ± 6.8  (71.8, 84.6, 82.1)
-    MDD, trade_off=0, forward=separate                72.4 ± 5.4  (66.5, 77.1, 73.7)
-    ================================================  ==================================
+    ==========================================  ===============================  ==============================
+    run                                         300 steps                        600 steps (default)
+    ==========================================  ===============================  ==============================
+    source-only                                 69.5 ± 4.2 (64.9, 73.1, 70.6)    74.4 ± 3.6 (70.7, 78.0, 74.4)
+    MDD, defaults (concat)                      67.2 ± 10.4 (55.3, 74.9, 71.3)   77.1 ± 8.5 (67.5, 83.4, 80.5)
+    MDD, trade_off=0 (concat, no discrepancy)   64.6 ± 4.1 (59.8, 66.9, 66.9)    68.8 ± 3.6 (66.4, 72.9, 67.1)
+    MDD, margin=2                               69.4 ± 8.7 (59.7, 76.4, 72.0)    77.7 ± 5.1 (71.9, 81.7, 79.4)
+    MDD, grl_gamma=1 (λ ends at 0.046)          70.0 ± 6.7 (62.7, 75.8, 71.4)    –
+    MDD, forward=separate                       79.5 ± 6.8 (71.8, 84.6, 82.1)    87.9 ± 1.2 (reference)
+    MDD, trade_off=0, forward=separate          72.4 ± 5.4 (66.5, 77.1, 73.7)    77.3 ± 3.3 (73.8, 80.3, 77.7)
+    ==========================================  ===============================  ==============================
 
     The same network with the discrepancy switched off (trade_off = 0) shows what the forward mode
-    does by itself: one concatenated pass puts the target in the bottleneck's BatchNorm
-    statistics and costs 4.9 points against source-only (whose BatchNorm sees the source alone);
-    two passes gain 2.9 (their running statistics mix both domains). Against its own control the
-    discrepancy adds +7.1 with separate passes (+5.3, +7.5, +8.4) but only +2.6 with concat
-    (−4.5, +8.0, +4.4). On seed 0 it loses: classes 2 and 8 fall to 7 and 26 % (source-only: 39
-    and 77 %) as the features are pulled to where f' agrees with h_f on the target, which makes
-    the source classifier's target mistakes confident (target entropy 0.75 against 1.31). A
-    smaller margin or a slower λ ramp (TLlib's, by absolute steps, would be at 0.015 after 300
-    steps) moves the mean by 2–3 points, inside the seeds' spread.
+    does by itself: one concatenated pass puts the target in the bottleneck's BatchNorm batch
+    statistics and costs 5–6 points against source-only (whose BatchNorm sees the source alone);
+    two passes gain 3 (their running statistics mix both domains). The discrepancy then adds a
+    similar amount in either mode at 600 steps (+8.3 concat, +10.6 separate; +2.6 and +7.1 at
+    300), but with concat it starts 8.5 points lower and varies with the seed (+1.1, +10.5, +13.4
+    at 600; −4.5, +8.0, +4.4 at 300). Seed 0 at 600 steps shows how: the concatenated pass alone
+    already breaks classes 2 and 8 (33 and 47 % at trade_off = 0, against 81 and 97 % for
+    source-only), and MDD, which pulls target features to where f' agrees with h_f, right or
+    wrong, makes those mistakes confident (44 and 55 %; target entropy 0.29–0.34 on all seeds
+    against 0.93–1.04 for source-only; ``agree_t`` ends at 0.86–0.92). A smaller margin or a
+    slower λ ramp (TLlib's, by absolute steps, would be at 0.015 after 300 steps) moves the mean
+    by less than 3 points, inside the seeds' spread.
+
     So no defect (the loss matches the paper and TLlib, ``tests/test_zoo_math.py``) and no default
     off the published digits setting: MDD is sensitive to the shared-batch BatchNorm on this pair
-    and short schedule. The default stays ``concat``, the published setting: on MNIST→USPS separate
-    passes give 92.3 against 92.7
-    (``results/reference/forward-concat-vs-separate-digits-offline-cpu.md``, which has the 600-step digits-offline numbers: 87.9 ± 1.2 separate, 76.9 ± 8.7 concat). ``agree_s`` and
-    ``agree_t`` in the logged parts say how often f' picks h_f's class on each domain.
+    and short schedule. The default stays ``concat``, the published setting (on MNIST→USPS separate
+    passes give 92.3 against 92.7, and the 600-step separate row is
+    ``results/reference/forward-concat-vs-separate-digits-offline-cpu.md``); compare methods at
+    one ``forward``. ``agree_s`` and ``agree_t`` in the logged parts say how often f' picks h_f's
+    class on each domain.
     """
 
     protocol = "uda"
