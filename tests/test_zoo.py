@@ -17,7 +17,7 @@ from dabench.methods.afn import AFN, safn_loss
 from dabench.methods.bnm import bnm_loss
 from dabench.methods.cdan import CDAN, RANDOMIZED_DIM, RandomizedMultilinearMap, entropy_weights, multilinear_map
 from dabench.methods.jan import joint_mmd
-from dabench.methods.mdd import MDD, mdd_loss
+from dabench.methods.mdd import MDD, agreement, mdd_loss
 
 torch.set_num_threads(1)
 ZOO = ("minent", "bnm", "afn", "jan", "cdan", "cdan-e", "mdd")
@@ -285,6 +285,23 @@ def test_mdd_adversary_descends_and_features_ascend_through_a_tenth_strength_rev
 
     lam = 0.1 * (2 / (1 + math.exp(-10.0)) - 1)
     assert torch.allclose(grad(lam), -lam * grad(None), atol=1e-7)
+
+
+def test_mdd_logs_how_often_the_adversary_agrees_with_the_main_head_on_each_domain():
+    """``agree_s``/``agree_t`` in the step's parts: the share of each batch where argmax f' = h_f
+    (the curves then show which side of the min-max wins; ``da`` alone mixes both terms)."""
+    logits_s = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]])  # h_f: 0, 2
+    logits_t = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])  # 1, 0, 2, 1
+    adv_s = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # f': 0, 1 → agrees on the first only
+    adv_t = torch.tensor([[0.0, 2.0, 0.0]]).repeat(4, 1)  # f' says 1 throughout: agrees on 2 of 4
+    out = agreement(logits_s, logits_t, adv_s, adv_t)
+    assert out["agree_s"].item() == pytest.approx(0.5) and out["agree_t"].item() == pytest.approx(0.5)
+    torch.manual_seed(0)
+    m = MDD(LeNet(), 10)
+    m.train()
+    parts = m.loss(_batch(), 0.5).parts
+    assert {"ce", "da", "agree_s", "agree_t"} <= set(parts)
+    assert all(0.0 <= parts[k].item() <= 1.0 and not parts[k].requires_grad for k in ("agree_s", "agree_t"))
 
 
 # --- groups, listing and a real run ------------------------------------------------------
