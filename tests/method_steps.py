@@ -32,3 +32,13 @@ def run_step(m: Method, batch: Batch, snapshot: Snapshot) -> list[tuple[tuple[st
     m.train()
     m.step(batch, 0.5, update)
     return seen
+
+
+def random_batch(seed: int = 0, n: int = 8) -> Batch:
+    """A random MNIST-shaped source batch with labels and a shifted target batch (no target labels)."""
+    g = torch.Generator().manual_seed(seed)
+    return Batch(
+        x_source=torch.randn(n, 1, 28, 28, generator=g),
+        y_source=torch.randint(0, 10, (n,), generator=g),
+        x_target=torch.randn(n, 1, 28, 28, generator=g) + 1.0,
+    )

@@ -108,14 +108,20 @@ def test_plugin_file_is_listed(capsys) -> None:
     assert "tiny" in capsys.readouterr().out
 
 
-def test_installed_entry_point_plugin_is_listed(tmp_path: Path) -> None:
-    """An installed package's entry point (a hand-made dist-info on the path) is listed beside the built-ins."""
+def _tiny_entry_point_env(tmp_path: Path) -> dict[str, str]:
+    """A subprocess environment whose path holds an installed package (a hand-made dist-info) with
+    the tiny plugin as a ``dabench.methods`` entry point."""
     site = tmp_path / "site"
     info = site / "tiny_dabench_plugin-0.1.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-dabench-plugin\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[dabench.methods]\ntiny = tiny_plugin\n")
-    env = {"PYTHONPATH": f"{site}:{TESTS}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    return {"PYTHONPATH": f"{site}:{TESTS}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+
+
+def test_installed_entry_point_plugin_is_listed(tmp_path: Path) -> None:
+    """An installed package's entry point (a hand-made dist-info on the path) is listed beside the built-ins."""
+    env = _tiny_entry_point_env(tmp_path)
     listed = subprocess.run([str(DABENCH), "list", "methods"], capture_output=True, text=True, env=env, timeout=300)
     assert listed.returncode == 0, listed.stderr
     names = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
@@ -128,12 +134,7 @@ def test_the_catalog_of_builtins_ignores_installed_plugins(tmp_path: Path) -> No
     """A plugin author's environment (an entry point installed) neither changes ``builtins.json``
     nor fails its test: the built-ins' catalog leaves the plugin out, groups included, and
     ``python -m dabench.core.listing`` prints it (it refused before, and the test failed)."""
-    site = tmp_path / "site"
-    info = site / "tiny_dabench_plugin-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-dabench-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[dabench.methods]\ntiny = tiny_plugin\n")
-    env = {"PYTHONPATH": f"{site}:{TESTS}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    env = _tiny_entry_point_env(tmp_path)
     out = subprocess.run(
         [sys.executable, "-m", "dabench.core.listing"], capture_output=True, text=True, env=env, timeout=300
     )

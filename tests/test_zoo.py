@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 import dabench
-from dabench import Batch
 from dabench.backbones.lenet import LeNet
 from dabench.layers import entropy, gaussian_kernel_matrix, multi_kernel_mmd
 from dabench.methods.afn import AFN, safn_loss
@@ -18,18 +17,13 @@ from dabench.methods.bnm import bnm_loss
 from dabench.methods.cdan import CDAN, RANDOMIZED_DIM, RandomizedMultilinearMap, entropy_weights, multilinear_map
 from dabench.methods.jan import joint_mmd
 from dabench.methods.mdd import MDD, agreement, mdd_loss
+from method_steps import random_batch
 
 torch.set_num_threads(1)
 ZOO = ("minent", "bnm", "afn", "jan", "cdan", "cdan-e", "mdd")
 
 
-def _batch(seed: int = 0, n: int = 8) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        x_source=torch.randn(n, 1, 28, 28, generator=g),
-        y_source=torch.randint(0, 10, (n,), generator=g),
-        x_target=torch.randn(n, 1, 28, 28, generator=g) + 1.0,
-    )
+_batch = random_batch
 
 
 # --- shared layers ----------------------------------------------------------------------

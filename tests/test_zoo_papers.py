@@ -27,6 +27,7 @@ from dabench.methods.mcd import MCD, classifier_discrepancy
 from dabench.methods.shot import cluster_pseudo_labels, information_maximisation
 from dabench.running.matrix import Matrix, expand
 from dabench.running.unit import load_pair_data
+from method_steps import random_batch
 
 TINY = str(pathlib.Path(__file__).with_name("tiny_plugin.py"))
 TINY_SCHEDULE = {"steps": 6, "eval_every": 6, "log_every": 2, "batch_size": 16}
@@ -36,13 +37,7 @@ def _lenet():
     return dabench.BACKBONES.get("lenet")(in_channels=1, image_size=28)
 
 
-def _batch(seed: int = 0, n: int = 8) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        x_source=torch.randn(n, 1, 28, 28, generator=g),
-        y_source=torch.randint(0, 10, (n,), generator=g),
-        x_target=torch.randn(n, 1, 28, 28, generator=g) + 1.0,
-    )
+_batch = random_batch
 
 
 def _softmax_rows(logits: list[list[float]]) -> list[list[float]]:
