@@ -399,9 +399,8 @@ def train_batched(
     # the CPU: the dropout family drawn per seed (each seed's separate-run masks) and the other
     # random ops named; CUDA: nothing replaced (the eager kernel's stream cannot be matched), the
     # first step watched for the note, the rest (and any capture) without the mode, as before
-    draws = SeedDraws(generators, replace=device.type == "cpu", device=device)
-    draws.exact_generators = rng_states is not None
-    watch = [True]
+    draws = SeedDraws(generators, replace=device.type == "cpu", device=device, exact=rng_states is not None)
+    watch = True  # read by forward(); the loop below clears it after CUDA's first step
     global_drawn = False  # the CPU: the global generator moved during a step (an unreproduced draw)
 
     def per_seed(st: tuple[torch.Tensor, ...], parts: dict[str, torch.Tensor], progress: float | torch.Tensor):
@@ -410,7 +409,7 @@ def train_batched(
     def forward(stacked: dict[str, torch.Tensor], progress: float | torch.Tensor):
         # progress: a float in eager steps, the graph's 0-d tensor (shared by all seeds) when captured
         batched = vmap(lambda st, bt: per_seed(st, bt, progress), randomness="different")
-        if not watch[0]:
+        if not watch:
             return batched(state, stacked)
         with draws:
             return batched(state, stacked)
@@ -503,7 +502,7 @@ def train_batched(
                     if before is not None and not torch.equal(before, torch.get_rng_state()):
                         global_drawn = True  # a random op the mode did not replace: another draw
                     if device.type != "cpu":
-                        watch[0] = False  # CUDA: the first step named the random ops; no mode from here
+                        watch = False  # CUDA: the first step named the random ops; no mode from here
                     with torch.autocast(device.type, enabled=False):
                         opt.zero_grad(set_to_none=True)
                         totals.sum().backward()  # a custom autograd rule may refuse batched tensors here

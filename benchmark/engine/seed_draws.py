@@ -140,14 +140,16 @@ class SeedDraws(TorchFunctionMode):
     ``generators[k]`` is seed ``k``'s: it must hold the state of the global CPU generator at the
     start of seed ``k``'s separate run (:func:`start_generators`)."""
 
-    def __init__(self, generators: Sequence[torch.Generator], replace: bool, device: torch.device) -> None:
+    def __init__(
+        self, generators: Sequence[torch.Generator], replace: bool, device: torch.device, exact: bool = True
+    ) -> None:
         super().__init__()
         self.generators = list(generators)
         self.replace = replace
         self.device = device
         self.reproduced: dict[str, None] = {}  # dropout kinds drawn per seed (ordered set)
         self.other: dict[str, None] = {}  # random ops left to the global generator
-        self.exact_generators = True  # False: the generators are not the separate runs' (dabench bench)
+        self.exact_generators = exact  # False: the generators are not the separate runs' (dabench bench)
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
