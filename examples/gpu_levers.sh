@@ -13,9 +13,19 @@
 #                                        # (dabench status projects the rest), the ResNet-50 bench, where
 #                                        # the steps' time goes (--profile, separate processes: a profiler
 #                                        # crash costs only its table), last a --compile bench
+#   bash examples/gpu_levers.sh first    # the same work in two calls, so that a fault the first reveals
+#   bash examples/gpu_levers.sh second   # can be fixed before the second: first = GPU tests, LeNet bench,
+#                                        # digits matrix with both levers (timeout_s 340); second = the
+#                                        # packed eager matrix, ResNet-50 bench, profiles, --compile (400)
+# DEADLINE_S (seconds from the start, default 570) caps every step, so the script ends inside the call's
+# timeout and what it measured comes back. The device returns at most 8 files, so the work goes to
+# /tmp/gpu_levers_out and is packed after each step into $OUT/all.tgz (times.txt beside it).
 # Everything goes to $OUT (default results/gpu-levers/); wall times to $OUT/times.txt.
 OUT_DEFAULT=results/gpu-levers
 source "$(dirname "$0")/gpu_env.sh"
+PACKED=$OUT; OUT=/tmp/gpu_levers_out; mkdir -p "$OUT"
+T_START=$(date +%s); DEADLINE_S=${DEADLINE_S:-570}
+pack() { tar czf "$PACKED/all.tgz" -C "$OUT" . 2>/dev/null; cp "$OUT/times.txt" "$PACKED/" 2>/dev/null; true; }
 DAB="$PY -m dabench.cli"
 # benches use --repeats 2 (not the default 3): the limits below were sized for two timings per length;
 # since 2026-11-26 the bare network is timed like a method (steady state, repeats), and since 2026-11-27
@@ -23,10 +33,14 @@ DAB="$PY -m dabench.cli"
 LOG="$OUT/gpu_levers.log"
 timed() {  # timed NAME LIMIT CMD...: wall time and exit status into $OUT/times.txt
   local name=$1 limit=$2; shift 2
+  local left=$(( DEADLINE_S - ($(date +%s) - T_START) - 10 ))
+  if (( left < limit )); then limit=$left; fi
+  if (( limit < 15 )); then printf '%s\tskipped: deadline\n' "$name" | tee -a "$OUT/times.txt"; return; fi
   local t0=$(date +%s%N)
   timeout "$limit" "$@" >>"$LOG" 2>&1; local rc=$?
   local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-  printf '%s\t%d.%03d s\trc=%s\n' "$name" $((ms / 1000)) $((ms % 1000)) "$rc" | tee -a "$OUT/times.txt"
+  printf '%s\t%d.%03d s\trc=%s (limit %s s)\n' "$name" $((ms / 1000)) $((ms % 1000)) "$rc" "$limit" | tee -a "$OUT/times.txt"
+  pack
 }
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 | tee -a "$LOG"
 $PY -c "import torch; print('torch', torch.__version__)" 2>&1 | tee -a "$LOG"
@@ -47,6 +61,7 @@ matrix_run() {  # matrix_run NAME LIMIT FLAGS...: the digits matrix, then its st
   timed "digits-matrix-$name" "$limit" $DAB run $M "$@" --results "$R/$name"
   $DAB status "$R/$name" >"$OUT/$name-status.txt" 2>&1
   $DAB report "$R/$name" --format md --out "$OUT/report-$name" >"$OUT/$name.md" 2>>"$LOG"
+  pack
 }
 case "${1:-bench}" in
 bench)
@@ -71,6 +86,22 @@ next)  # the optional --compile bench last: if the call runs out of time, only i
   bench_lenet 80 100 bench-lenet-compile --compile --seed-batch 0 --methods source-only,dann
   cat "$OUT/bench-lenet-compile-digits.md" 2>/dev/null
   ;;
+first)  # GPU tests, LeNet bench, the digits matrix with both levers (run with timeout_s 340)
+  gpu_tests 110
+  bench_lenet 100 150
+  matrix_run levers 120 --runs-per-gpu 4 --cuda-graphs --seed-batch
+  tar czf "$OUT/records.tgz" --exclude=checkpoints --exclude=claims --exclude='*.npz' -C $R . 2>>"$LOG"
+  cat "$OUT/times.txt" "$OUT"/*-status.txt "$OUT"/bench-*.md "$OUT/levers.md"
+  grep -E "FAILED|Error" "$LOG" | sort | uniq -c | sort -rn | head -20
+  ;;
+second)  # the packed eager baseline, ResNet-50 bench, profiles, --compile (run with timeout_s 400)
+  matrix_run eager 90 --runs-per-gpu 6 --no-cuda-graphs
+  timed bench-resnet50 120 $DAB bench --device cuda --repeats 2 --synthetic 256 --steps 30 --warmup 10 \
+    --methods source-only,dann,fine-tune --out "$OUT/bench-resnet50-synthetic.md"
+  bench_lenet 50 50 bench-lenet-profile --profile --no-cuda-graphs --seed-batch 0 --methods source-only,dann,fine-tune
+  bench_lenet 70 100 bench-lenet-compile --compile --seed-batch 0 --methods source-only,dann
+  cat "$OUT/times.txt" "$OUT"/*-status.txt "$OUT"/bench-*.md
+  ;;
 matrix)
   matrix_run levers 100 --runs-per-gpu 4 --cuda-graphs --seed-batch
   matrix_run eager 120 --runs-per-gpu 6 --no-cuda-graphs
@@ -82,3 +113,4 @@ matrix)
   cat "$OUT/times.txt" "$OUT"/*-status.txt
   ;;
 esac
+pack
