@@ -23,6 +23,7 @@ a timed assertion would fail on a loaded machine, not on a slow engine.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
 
@@ -149,3 +150,38 @@ def test_both_sides_train_the_same(digits) -> None:
     for name, value in engine_weights.items():
         torch.testing.assert_close(plain_weights[name], value, msg=f"{name} differs after 6 steps")
     assert not torch.equal(start["head.weight"], plain_weights["head.weight"])  # both trained
+
+
+#: what the engine's captured source-only step may run beyond the hand-written loop's operations
+#: (counted on the CPU, where the graph body runs eagerly): the lr and progress lookups and the
+#: data cursor (index_select ×3), the divergence check (stack, ne, lt, bitwise_and, where), the
+#: loss sums (_foreach_add_ and the step counter's add_), a second fused SGD call (the head's and
+#: the backbone's parameter groups) and the normalisation as one addcmul. 12 was measured on
+#: 2026-11-27 (65 against 54 without augmentation, 87 against 75 with it); a LeNet step on a GPU
+#: costs about its kernel count, so each operation more is about 1.5 % of a captured step.
+ENGINE_OPS_BEYOND_PLAIN = 12
+
+
+def test_the_captured_step_adds_only_bookkeeping_to_the_plain_loop(digits) -> None:
+    """The engine's share of a captured step, in operations (kernels on a GPU): the graph body of
+    source-only against one step of the hand-written loop, with and without augmentation. A
+    change that adds operations to every step fails here, on the CPU, before a GPU shows it."""
+    from dabench.engine import graphs
+    from dabench.engine.opcount import count_ops
+
+    pair, data = digits
+    cpu = torch.device("cpu")
+    for augment in ("none", AUGMENT):
+        p = dataclasses.replace(pair, augment=augment)
+        plain = PlainLoop(p, data.source.images[data.source_train], data.source.labels[data.source_train], cpu)
+        plain.run(2)  # the momentum buffers exist, as in a captured step
+        plain_ops = count_ops(functools.partial(plain.run, 1)).by_name
+        bench = EngineBench("source-only", p, data, cpu, p.schedule.batch_size, _make_backbone, cuda_graphs=True)
+        ctx = bench.run(graphs.WARMUP_STEPS + 10)
+        assert ctx.graph_ops is not None, "the captured step's body was not counted"
+        extra = ctx.graph_ops - sum(plain_ops.values())
+        assert 0 < extra <= ENGINE_OPS_BEYOND_PLAIN, (
+            f"augment={augment}: the engine's step runs {ctx.graph_ops} operations, the plain loop "
+            f"{sum(plain_ops.values())}: {extra} more, at most {ENGINE_OPS_BEYOND_PLAIN} expected "
+            "(dabench.engine.opcount.OpCounter on both sides names them)"
+        )
