@@ -23,7 +23,7 @@ import pathlib
 import numpy as np
 import torch
 
-from dabench.core.domain import Domain, DomainPair, MissingDataError, PairData, Schedule
+from dabench.core.domain import DataFileError, Domain, DomainPair, MissingDataError, PairData, Schedule
 from dabench.core.registry import register_pair
 from dabench.core.splits import stratified_split
 
@@ -96,16 +96,41 @@ def read_stl_binary(root: pathlib.Path, split: str) -> tuple[torch.Tensor, torch
     labels = np.fromfile(y_path, dtype=np.uint8).astype(np.int64) - 1
     per_image = 3 * STL_SIDE * STL_SIDE
     if raw.size % per_image or raw.size // per_image != labels.size:
-        raise ValueError(
+        raise DataFileError(
             f"STL-10 files do not match: {x_path} holds {raw.size} bytes ({raw.size / per_image:g} images of "
             f"3x{STL_SIDE}x{STL_SIDE}) but {y_path} holds {labels.size} labels; re-extract the official archive"
         )
     if labels.size and not (0 <= labels.min() and labels.max() < len(STL10_CLASSES)):
-        raise ValueError(
+        raise DataFileError(
             f"{y_path}: labels must be 1..{len(STL10_CLASSES)}, got {labels.min() + 1}..{labels.max() + 1}"
         )
     images = raw.reshape(-1, 3, STL_SIDE, STL_SIDE).transpose(0, 1, 3, 2)
     return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels)
+
+
+def _refuse_corrupt_cifar(root: pathlib.Path) -> None:
+    """Name the CIFAR-10 files that fail torchvision's MD5 check, if any.
+
+    :func:`load_split` has checked that every file is there, so torchvision's "Dataset not found or
+    corrupted" means a damaged file (a truncated copy, a CIFAR-100 or re-pickled batch); the
+    message said the dataset was not found while listing files that all existed."""
+    import torchvision.datasets as tvd
+    from torchvision.datasets.utils import check_integrity
+
+    folder = root / tvd.CIFAR10.base_folder
+    expected = [
+        *tvd.CIFAR10.train_list,
+        *tvd.CIFAR10.test_list,
+        [tvd.CIFAR10.meta["filename"], tvd.CIFAR10.meta["md5"]],
+    ]
+    bad = [(folder / name, md5) for name, md5 in expected if not check_integrity(str(folder / name), md5)]
+    if bad:
+        named = ", ".join(f"{p} (MD5 expected {md5})" for p, md5 in bad)
+        raise DataFileError(
+            f"CIFAR-10 (python version): {len(bad)} file(s) under {folder} fail torchvision's MD5 check: {named}. "
+            "They are damaged or not the official cifar-10-python.tar.gz files: re-extract that archive, "
+            f"or delete {folder} and run with DABENCH_DOWNLOAD=1."
+        )
 
 
 def _decode(dataset: str, root: pathlib.Path, split: str) -> dict[str, torch.Tensor]:
@@ -119,6 +144,8 @@ def _decode(dataset: str, root: pathlib.Path, split: str) -> dict[str, torch.Ten
         else:
             images, labels = read_stl_binary(root, split)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+        if dataset == "cifar10":
+            _refuse_corrupt_cifar(root)
         raise _missing(dataset, root) from exc
     images, labels = to_shared(images, labels, dataset)
     return {"images": resize_uint8(images, SIZE), "labels": labels}

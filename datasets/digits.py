@@ -10,7 +10,8 @@ unlabelled adaptation set; the target's **test** split is the evaluation set.
 
 Where the files are read from, in order, under one data root:
 1. ``<root>/mnist.npz`` / ``<root>/usps.npz`` — numpy archives with keys ``x_train, y_train,
-   x_test, y_test`` (images uint8 ``[N, H, W]``, labels int64). This layout exists for machines
+   x_test, y_test`` (images uint8 ``[N, H, W]`` or ``[N, 1, H, W]``, labels integer digits 0..9;
+   anything else is a :class:`~dabench.core.domain.DataFileError` naming the file and key). This layout exists for machines
    that can receive only a few plain files (``examples/gpu_data.sh`` copies them into ``.devdata/``).
 2. torchvision's own layout, read with ``torchvision.datasets.MNIST`` / ``USPS``:
    ``<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` and ``<root>/usps.bz2``,
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dabench.core.domain import Domain, DomainPair, MissingDataError, PairData, Schedule
+from dabench.core.domain import DataFileError, Domain, DomainPair, MissingDataError, PairData, Schedule
 from dabench.core.registry import register_pair
 from dabench.core.splits import stratified_split
 
@@ -79,12 +80,76 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _npz_fix(path: pathlib.Path) -> str:
+    return (
+        f"Rewrite it with numpy.savez({path.name!r}, x_train=..., y_train=..., x_test=..., y_test=...) "
+        "(images uint8 [N, H, W] in 0..255, labels integer digits 0..9, one per image), "
+        f"or remove it to read torchvision's layout under {path.parent} instead."
+    )
+
+
+def _npz_images(path: pathlib.Path, key: str, x: np.ndarray) -> torch.Tensor:
+    """``x`` as uint8 ``[N, 1, H, W]``, or a :class:`DataFileError` naming the file, key and fix.
+
+    Why so strict: a float archive in [0, 1] was cast to uint8 as it was (every pixel 0 or 1: the
+    runs trained on black images and completed), and a channels-last ``[N, H, W, 1]`` one became
+    ``H`` channels of ``W x 1`` pixels, resized without complaint."""
+    where = f"{path}: {key!r} holds {x.dtype} {x.shape}"
+    if x.ndim == 4 and x.shape[1] != 1 and x.shape[-1] == 1:
+        raise DataFileError(f"{where}, channels last; expected [N, H, W] (use x[..., 0]). {_npz_fix(path)}")
+    if not (x.ndim == 3 or (x.ndim == 4 and x.shape[1] == 1)) or 0 in x.shape:
+        hint = " (flat rows: reshape to [N, H, W])" if x.ndim == 2 else ""
+        raise DataFileError(f"{where}; expected grey images [N, H, W] or [N, 1, H, W]{hint}. {_npz_fix(path)}")
+    if x.dtype != np.uint8:
+        lo, hi = (x.min(), x.max()) if x.size else (0, 0)
+        if not (np.issubdtype(x.dtype, np.integer) and 0 <= lo and hi <= 255):  # other integers: lossless
+            scale = " (values in [0, 1]: (x * 255).round().astype(numpy.uint8))" if hi <= 1 else ""
+            raise DataFileError(
+                f"{where} with values in [{lo}, {hi}]; expected uint8 pixels 0..255{scale}. {_npz_fix(path)}"
+            )
+    return _to_nchw(x.astype(np.uint8, copy=False))
+
+
+def _npz_labels(path: pathlib.Path, key: str, y: np.ndarray, n: int) -> torch.Tensor:
+    """``y`` as int64 ``[n]`` digits 0..9, or a :class:`DataFileError` naming the file, key and fix."""
+    where = f"{path}: {key!r} holds {y.dtype} {y.shape}"
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+        raise DataFileError(f"{where}; expected {n} integer labels (one per image), shape ({n},). {_npz_fix(path)}")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= len(DIGITS):
+        shift = " (1-based: subtract 1)" if (lo, hi) == (1, len(DIGITS)) else ""
+        raise DataFileError(f"{where} with labels in [{lo}, {hi}]; expected digits 0..9{shift}. {_npz_fix(path)}")
+    return torch.as_tensor(y.astype(np.int64))
+
+
 def _from_npz(path: pathlib.Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    with np.load(path) as z:
-        return {
-            split: (_to_nchw(z[f"x_{split}"]), torch.as_tensor(z[f"y_{split}"].astype(np.int64)))
-            for split in ("train", "test")
-        }
+    """The train and test splits of a ``.npz`` archive, every key checked (one error naming the file,
+    the key, what it holds, what is expected and the fix, instead of a torch error deep in a run)."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - zipfile, pickle and OS errors alike: not a readable archive
+        raise DataFileError(f"{path} is not a readable numpy .npz archive ({exc}). {_npz_fix(path)}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a bare .npy array saved under the .npz name
+        raise DataFileError(f"{path} holds one array, not a .npz archive of {', '.join(NPZ_KEYS)}. {_npz_fix(path)}")
+    with z:
+        missing = [k for k in NPZ_KEYS if k not in z.files]
+        if missing:
+            raise DataFileError(
+                f"{path} has no key(s) {', '.join(missing)} (it holds {', '.join(z.files) or 'nothing'}); "
+                f"expected {', '.join(NPZ_KEYS)}. {_npz_fix(path)}"
+            )
+        out = {}
+        for split in ("train", "test"):
+            try:
+                x, y = z[f"x_{split}"], z[f"y_{split}"]
+            except Exception as exc:  # noqa: BLE001 - a damaged member (zlib, CRC, pickled object)
+                raise DataFileError(f"{path}: cannot read the {split} arrays ({exc}). {_npz_fix(path)}") from None
+            images = _npz_images(path, f"x_{split}", x)
+            out[split] = (images, _npz_labels(path, f"y_{split}", y, len(images)))
+    return out
 
 
 def _from_torchvision(name: str, root: pathlib.Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

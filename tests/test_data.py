@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dabench import PAIRS
@@ -147,3 +148,12 @@ def test_a_class_without_evaluation_images_has_no_per_class_accuracy_and_every_i
     assert abs(point["target_acc"] - 100 * float((pred == y).float().mean())) < 1e-4
     for c in (0, 1, 3):
         assert abs(per_class[c] - 100 * float((pred[y == c] == c).float().mean())) < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.float32, torch.bool])
+def test_a_domain_refuses_labels_that_are_not_int64(dtype):
+    """Before, such a Domain was accepted and its runs failed inside torch naming neither pair nor
+    field: int32 in the cross-entropy, uint8 in index_add_, float and bool in the shot draw's bincount."""
+    labels = (torch.arange(6) % 2).to(dtype)
+    with pytest.raises(ValueError, match=rf"domain 'mine': labels must be int64 class indices \[N\], got {dtype}"):
+        Domain("mine", torch.zeros(6, 1, 8, 8, dtype=torch.uint8), labels, ("a", "b"))

@@ -7,14 +7,16 @@ to pytest's tmp_path only: the shared folder is read, never written.
 
 from __future__ import annotations
 
+import json
 import pathlib
 import pickle
+import re
 
 import numpy as np
 import pytest
 import torch
 
-import dabench  # noqa: F401  (registers)
+import dabench
 from dabench.core.domain import MissingDataError
 from dabench.core.registry import PAIRS
 from dabench.datasets import cifar_stl, digits
@@ -99,6 +101,115 @@ def test_missing_digits_say_where_and_how(tmp_path) -> None:
     msg = str(e.value)
     assert str(tmp_path / "mnist.npz") in msg and "MNIST/raw/train-images-idx3-ubyte" in msg
     assert "DABENCH_DOWNLOAD=1" in msg
+
+
+# ---------- malformed .npz archives: one error naming the file, the key, what is expected, the fix
+
+
+def _tiny_digits(per_class: int = 6, side: int = 16) -> dict[str, np.ndarray]:
+    """A valid archive in the documented format: uint8 [N, H, W] images, int64 digits 0..9."""
+    g = np.random.default_rng(0)
+    out = {}
+    for split, k in (("train", per_class), ("test", 2)):
+        y = np.repeat(np.arange(10), k)
+        out[f"x_{split}"] = g.integers(0, 256, (len(y), side, side), dtype=np.uint8)
+        out[f"y_{split}"] = y.astype(np.int64)
+    return out
+
+
+def _malformed(case: str) -> dict[str, np.ndarray]:
+    z = _tiny_digits()
+    if case == "missing key":
+        del z["y_test"]
+    elif case == "float images 0..1":
+        z["x_train"] = z["x_train"].astype(np.float32) / 255
+    elif case == "flat images":
+        z["x_train"] = z["x_train"].reshape(len(z["x_train"]), -1)
+    elif case == "channels last":
+        z["x_test"] = z["x_test"][..., None]
+    elif case == "labels 1..10":
+        z["y_train"] = z["y_train"] + 1
+    elif case == "fewer labels than images":
+        z["y_test"] = z["y_test"][:-3]
+    elif case == "one-hot labels":
+        z["y_train"] = np.eye(10)[z["y_train"]]
+    return z
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("missing key", r"has no key\(s\) y_test \(it holds x_train, y_train, x_test\)"),
+        ("float images 0..1", r"'x_train' holds float32 \(60, 16, 16\) with values in \[0.0, 1.0\]; expected uint8"),
+        ("flat images", r"'x_train' holds uint8 \(60, 256\); expected grey images \[N, H, W\].*reshape to"),
+        ("channels last", r"'x_test' holds uint8 \(20, 16, 16, 1\), channels last; expected \[N, H, W\]"),
+        ("labels 1..10", r"'y_train' holds int64 \(60,\) with labels in \[1, 10\]; expected digits 0..9 \(1-based"),
+        ("fewer labels than images", r"'y_test' holds int64 \(17,\); expected 20 integer labels"),
+        ("one-hot labels", r"'y_train' holds float64 \(60, 10\); expected 60 integer labels"),
+    ],
+)
+def test_a_malformed_npz_is_one_error_naming_file_key_expectation_and_fix(tmp_path, case, says) -> None:
+    """Before, float images in [0, 1] were cast to uint8 as they were (all 0 or 1: runs trained on
+    black images and completed), a channels-last archive loaded as 16 channels, labels 1..10 or
+    too few labels failed later naming neither file nor key, and a missing key was a bare KeyError."""
+    from dabench.core.domain import DataFileError
+
+    np.savez(tmp_path / "usps.npz", **_malformed(case))
+    with pytest.raises(DataFileError, match=says) as e:
+        digits.load_digits("usps", tmp_path)
+    msg = str(e.value)
+    assert msg.startswith(str(tmp_path / "usps.npz")) and "numpy.savez('usps.npz', x_train=" in msg
+    assert "or remove it to read torchvision's layout" in msg
+
+
+def test_an_npz_that_is_no_archive_is_named(tmp_path) -> None:
+    from dabench.core.domain import DataFileError
+
+    (tmp_path / "mnist.npz").write_text("not an archive")
+    with pytest.raises(DataFileError, match=re.escape(f"{tmp_path / 'mnist.npz'} is not a readable numpy .npz")):
+        digits.load_digits("mnist", tmp_path)
+    np.save(tmp_path / "one.npy", np.zeros((3, 28, 28), np.uint8))
+    (tmp_path / "one.npy").rename(tmp_path / "mnist.npz")
+    with pytest.raises(DataFileError, match=re.escape("holds one array, not a .npz archive of x_train, y_train")):
+        digits.load_digits("mnist", tmp_path)
+
+
+def test_an_npz_in_other_lossless_forms_loads_as_the_documented_one(tmp_path) -> None:
+    """[N, 1, H, W] images, integer pixels of another dtype in 0..255 and uint8 labels are the same data."""
+    z = _tiny_digits()
+    np.savez(tmp_path / "usps.npz", **z)
+    want = digits.load_digits("usps", tmp_path)
+    other = {**z, "x_train": z["x_train"][:, None].astype(np.int32), "y_train": z["y_train"].astype(np.uint8)}
+    np.savez(tmp_path / "usps.npz", **other)
+    got = digits.load_digits("usps", tmp_path)
+    for split in ("train", "test"):
+        assert got[split][0].dtype == torch.uint8 and got[split][1].dtype == torch.int64
+        assert torch.equal(got[split][0], want[split][0]) and torch.equal(got[split][1], want[split][1])
+    assert want["train"][0].shape == (60, 1, 28, 28)  # USPS side 16 resized to 28
+
+
+def test_a_run_on_a_float_npz_fails_naming_the_file_instead_of_training_on_black_images(tmp_path) -> None:
+    """End to end: the run is recorded failed with the file's name (before: complete, on images of 0s and 1s)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    np.savez(root / "mnist.npz", **_tiny_digits(side=28))
+    bad = _tiny_digits()
+    bad["x_train"] = bad["x_train"].astype(np.float32) / 255
+    bad["x_test"] = bad["x_test"].astype(np.float32) / 255
+    np.savez(root / "usps.npz", **bad)
+    dabench.run(
+        methods=["source-only"],
+        pairs=["mnist-usps"],
+        seeds=[0],
+        results_dir=tmp_path / "r",
+        data_root=root,
+        progress=False,
+        overrides={"steps": 2, "eval_every": 2, "batch_size": 8},
+        device="cpu",
+    )
+    (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "r" / "runs").glob("*.json")]
+    assert rec["status"] == "failed" and rec["error"]["type"] == "DataFileError"
+    assert f"{root / 'usps.npz'}: 'x_train' holds float32" in rec["error"]["message"]
 
 
 # ---------- CIFAR-10 / STL-10: tiny folders in torchvision's formats, written from the real subset
@@ -227,3 +338,20 @@ def test_missing_cifar_says_where_and_how(tmp_path) -> None:
     with pytest.raises(MissingDataError, match="cifar-10-batches-py/data_batch_1") as e:
         PAIRS.get("cifar10-stl10").load(tmp_path)
     assert "DABENCH_DOWNLOAD=1" in str(e.value)
+
+
+def test_a_damaged_cifar_file_is_named_not_called_missing(tmp_path) -> None:
+    """Every file there, one damaged: before, the error said CIFAR-10 was "not found" and listed
+    the files, all present; now it names the file that fails torchvision's MD5 check and the fix."""
+    from dabench.core.domain import DataFileError
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (folder / name).write_bytes(b"truncated copy")
+    with pytest.raises(DataFileError) as e:
+        cifar_stl.load_split("cifar10", tmp_path, "train")
+    msg = str(e.value)
+    assert "not found" not in msg and "7 file(s)" in msg
+    assert f"{folder / 'data_batch_1'} (MD5 expected c99cafc152244af753f735de768cd75f)" in msg
+    assert "re-extract" in msg and "DABENCH_DOWNLOAD=1" in msg

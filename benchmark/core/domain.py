@@ -39,6 +39,14 @@ class Domain:
             raise ValueError(
                 f"domain {self.name!r}: {self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}"
             )
+        if self.labels.dtype != torch.int64:
+            # other dtypes failed only inside a run, naming neither pair nor field: int32 in the
+            # cross-entropy ("expected target dtype to be Long"), uint8 in index_add_, float and
+            # bool in bincount (the shot draw); int64 is what every consumer indexes and counts with
+            raise ValueError(
+                f"domain {self.name!r}: labels must be int64 class indices [N], got {self.labels.dtype}; "
+                "convert them with labels.long() (float labels: round them first)"
+            )
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -183,6 +191,12 @@ def default_data_root() -> pathlib.Path:
 
 class MissingDataError(FileNotFoundError):
     """A dataset is not on disk; the message says where it looked and how to provide it."""
+
+
+class DataFileError(ValueError):
+    """A data file is there but is not what its loader reads (not an archive, a missing key, a
+    wrong dtype, shape or label range, a failed checksum); the message names the file, what was
+    found, what is expected and the fix."""
 
 
 @dataclass(frozen=True)
