@@ -705,6 +705,10 @@ def _own_data(**splits) -> PairData:
             "target_eval must be a 1-D integer tensor of image indices, got torch.float32",
         ),
         ({"target_eval": torch.arange(0)}, {}, "target_eval is empty"),
+        # before, these passed the check: an empty source_val failed every run at its first
+        # evaluation with a bare torch error, an empty target_adapt every adapting run
+        ({"source_val": torch.arange(0)}, {}, "source_val is empty; every evaluation scores source-validation"),
+        ({"target_adapt": torch.arange(0)}, {}, "target_adapt is empty; adapting methods train on it"),
     ],
 )
 def test_a_pair_plugins_inconsistent_data_is_refused_naming_the_pair_and_field(data, fields, message):

@@ -251,6 +251,18 @@ def target_shot_capacity(data: PairData) -> int:
     return int(counts.min()) if len(counts) else 0
 
 
+#: why a run needs each split (the message for an empty one)
+EMPTY_SPLIT = {
+    "source_train": "a run needs source images to train on",
+    "source_val": "every evaluation scores source-validation accuracy (the source-val rule), so hold out "
+    "some source images: stratified_split(labels, 0.1, seed=0) holds out 10% of each class, none of a "
+    "class with 5 images or fewer",
+    "target_adapt": "adapting methods train on it, few-shot runs draw their shots from it and the label-free "
+    "validators score it: give the pair unlabelled target images",
+    "target_eval": "a run needs target images to score",
+}
+
+
 class PairDataError(ValueError):
     """A pair's loader returned data that does not fit its :class:`DomainPair` (the message names the
     pair, the field, the value and what is valid)."""
@@ -303,9 +315,10 @@ def check_pair_data(pair: DomainPair, data: PairData) -> None:
                 got = f"{idx.dtype} {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) else type(idx).__name__
                 raise PairDataError(f"{where}: {split} must be a 1-D integer tensor of image indices, got {got}")
             if len(idx) == 0:
-                if split in ("source_train", "target_eval"):  # what every run trains on and is scored on
-                    raise PairDataError(f"{where}: {split} is empty; a run needs images to train on and to score")
-                continue
+                # every split is read by every run: an empty source_val failed each run at its first
+                # evaluation ("torch.cat(): expected a non-empty list of Tensors"), an empty
+                # target_adapt each adapting run ("cannot sample batches from an empty split")
+                raise PairDataError(f"{where}: {split} is empty; {EMPTY_SPLIT[split]}")
             if int(idx.min()) < 0 or int(idx.max()) >= n:
                 raise PairDataError(
                     f"{where}: {split} holds indices in [{int(idx.min())}, {int(idx.max())}], but the {role} "
