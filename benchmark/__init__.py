@@ -38,6 +38,7 @@ _PUBLIC: dict[str, str] = {
     "PairData": "core.domain",
     "Schedule": "core.domain",
     "MissingDataError": "core.domain",
+    "DataFileError": "core.domain",
     # registries
     "METHODS": "core.registry",
     "PAIRS": "core.registry",
@@ -114,7 +115,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from .api import compare, leaderboard, load_results, run
     from .backbones.base import Backbone
-    from .core.domain import Domain, DomainPair, MissingDataError, PairData, Schedule
+    from .core.domain import DataFileError, Domain, DomainPair, MissingDataError, PairData, Schedule
     from .core.method import Batch, Classifier, Loss, Method, TargetLabelsError, TargetView, Update, Uses
     from .core.registry import (
         BACKBONES,

@@ -212,6 +212,42 @@ def test_a_run_on_a_float_npz_fails_naming_the_file_instead_of_training_on_black
     assert f"{root / 'usps.npz'}: 'x_train' holds float32" in rec["error"]["message"]
 
 
+def test_a_malformed_file_fails_every_run_of_its_pair_after_one_load(tmp_path, monkeypatch, capsys) -> None:
+    """Like missing data, a malformed file is the pair's fault, not the run's: the first run's
+    DataFileError is noted once and every other run of the pair is recorded failed with it, without
+    loading (and failing on) the files again (before: each run reloaded, one note per run)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    np.savez(root / "mnist.npz", **_tiny_digits(side=28))
+    bad = _tiny_digits()
+    bad["x_train"] = bad["x_train"].astype(np.float32) / 255
+    np.savez(root / "usps.npz", **bad)
+    loads: list[str] = []
+    real = digits._from_npz
+
+    def counted(path, *args, **kwargs):
+        loads.append(pathlib.Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(digits, "_from_npz", counted)
+    dabench.run(
+        methods=["source-only", "dann"],
+        pairs=["mnist-usps"],
+        seeds=[0, 1],
+        results_dir=tmp_path / "r",
+        data_root=root,
+        progress=False,
+        overrides={"steps": 2, "eval_every": 2, "batch_size": 8},
+        device="cpu",
+    )
+    recs = [json.loads(p.read_text()) for p in (tmp_path / "r" / "runs").glob("*.json")]
+    assert len(recs) == 4 and {r["status"] for r in recs} == {"failed"}
+    assert {r["error"]["type"] for r in recs} == {"DataFileError"}
+    assert all("'x_train' holds float32" in r["error"]["message"] for r in recs)
+    assert loads.count("usps.npz") == 1, loads
+    assert capsys.readouterr().err.count("pair mnist-usps: ") == 1
+
+
 # ---------- CIFAR-10 / STL-10: tiny folders in torchvision's formats, written from the real subset
 
 

@@ -78,6 +78,8 @@ MATRIX_FILE = "matrix.json"
 #: default seconds a runner waits for a run held by another live runner (fresh heartbeat) that
 #: one of its runs depends on, before it gives up on the dependants (``dabench run --wait-limit``)
 WAIT_LIMIT_S = 3600.0
+#: failures that are the pair's data, not the run's (core.domain's MissingDataError, DataFileError)
+UNUSABLE_DATA_ERRORS = frozenset({"MissingDataError", "DataFileError"})
 
 
 def write_matrix_file(
@@ -302,7 +304,9 @@ def run_matrix(
     else:
         ex = executor
     summary = MatrixSummary()
-    missing_pairs: dict[str, str] = {}
+    #: pair -> (error type, message) of data that cannot be used (absent or malformed files): every
+    #: run of the pair would fail the same way, so the rest are recorded failed without loading it again
+    missing_pairs: dict[str, tuple[str, str]] = {}
     bar = tqdm(total=len(specs), desc="matrix", unit="run", disable=not progress, file=sys.stderr, position=0)
 
     def note(msg: str) -> None:
@@ -495,10 +499,10 @@ def run_matrix(
 
     def finish(spec: RunSpec, rec: RunRecord) -> None:
         summary.ran.append(rec)
-        if rec.status is Status.FAILED and rec.error is not None and rec.error.type == "MissingDataError":
+        if rec.status is Status.FAILED and rec.error is not None and rec.error.type in UNUSABLE_DATA_ERRORS:
             if spec.pair not in missing_pairs:
                 note(f"pair {spec.pair}: {rec.error.message}")
-            missing_pairs[spec.pair] = rec.error.message
+            missing_pairs[spec.pair] = (rec.error.type, rec.error.message)
         elif rec.status is not Status.COMPLETE:
             note(f"{spec.label}: {rec.status}: {first_line(rec.error.message if rec.error else '')}")
         bar.update(1)
@@ -526,10 +530,10 @@ def run_matrix(
                     if store.status(spec.run_id) is Status.COMPLETE:
                         elsewhere[spec.run_id] = spec
                         continue
-                if spec.pair in missing_pairs:  # do not retry a pair whose data is known missing
+                if spec.pair in missing_pairs:  # do not retry a pair whose data is known missing or malformed
                     if store.claim(spec.run_id):
                         try:
-                            finish(spec, record_failure(spec, store, "MissingDataError", missing_pairs[spec.pair]))
+                            finish(spec, record_failure(spec, store, *missing_pairs[spec.pair]))
                         finally:
                             store.release(spec.run_id)
                     else:
