@@ -350,3 +350,32 @@ def test_without_replacement_the_dropout_is_named_another_draw():
     with draws:
         vmap(fn, randomness="different")(xs)
     assert draws.note() == "another draw: dropout2d, dropout, alpha_dropout (cuda)"
+
+
+@pytest.mark.parametrize("method", ["mcd", "sb-host-read"])
+def test_seeds_that_fall_back_to_separate_runs_keep_their_mid_run_checkpoints(tmp_path, one_thread, method):
+    """A group refused by batching (MCD: several optimisers) or found unvmappable at its first step
+    runs its seeds separately: each is then an ordinary run and writes the mid-run checkpoints
+    ``--checkpoint-every`` asks for (the old fallback turned them off, so an interrupted MCD or SHOT
+    seed under ``--seed-batch`` restarted from step 0)."""
+    from dabench.core.domain import default_data_root
+    from dabench.core.registry import PAIRS
+    from dabench.engine.options import EngineOptions
+    from dabench.engine.seed_batch import execute_seeds
+
+    pair = PAIRS.get("digits-offline")
+    over = {"steps": 4, "eval_every": 4, "log_every": 2, "batch_size": 8}
+    specs = expand(Matrix(methods=(method,), pairs=(pair.name,), seeds=(0, 1), overrides=over))
+    store = RunStore(tmp_path)
+    seen: list[bool] = []
+
+    def on_step(step: int, steps: int) -> None:  # step 4: the last; the checkpoint of step 2 is on disk
+        if step == 4:
+            seen.append(any(store.checkpoint_path(s.run_id, partial=True).exists() for s in specs))
+
+    outcomes = execute_seeds(specs, pair, pair.load(default_data_root()), torch.device("cpu"), store, on_step,
+                             EngineOptions(checkpoint_every=2))  # fmt: skip
+    assert all(not isinstance(o, BaseException) for o in outcomes), outcomes
+    assert all(o.timings["seed_batch"].startswith("fallback: ") for o in outcomes), [o.timings for o in outcomes]
+    assert seen == [True, True]  # each seed wrote its step-2 checkpoint
+    assert not any(store.checkpoint_path(s.run_id, partial=True).exists() for s in specs)  # removed at the end

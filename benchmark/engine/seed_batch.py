@@ -68,13 +68,13 @@ several optimisers (multi-phase ``step``, MCD), when a step cannot be vmapped (i
 under ``vmap``: host reads, data-dependent shapes; at the first step or at a later one, e.g. a
 branch on ``progress``: the group's steps so far are then discarded), when ``compile`` is asked for, and when a seed
 has a mid-run checkpoint to resume from. A seed-batched group writes no mid-run checkpoints:
-an interrupted group restarts from scratch (completed records are never lost).
+an interrupted group restarts from scratch (completed records are never lost); seeds that fall
+back are ordinary runs and write the ones ``checkpoint_every`` asks for.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from collections.abc import Callable, Container, Sequence
 
@@ -191,8 +191,6 @@ def execute_seeds(
     if engine.checkpoint_every and store is not None:
         if any(store.checkpoint_path(s.run_id, partial=True).exists() for s in specs):
             return _separately(*args, reason="resuming from mid-run checkpoints")
-    # a fallback after the seeds were built: no checkpoints, no compile (as the batched loop)
-    eager = dataclasses.replace(engine, checkpoint_every=0, compile=False)
     outcomes: list[SeedOutcome | None] = [None] * len(specs)
     methods: list[Method] = []
     ctxs: list[RunContext] = []
@@ -235,7 +233,8 @@ def execute_seeds(
     # the seeds run separately, each uploading its own data: the group's models and its device copy
     # of the pair go first (outside the except block, whose traceback would keep them alive)
     del methods, ctxs, splits, method, data
-    rest = _separately([specs[i] for i in live], pair, pair_data, device, store, on_step, eager, reason)
+    # each an ordinary run from here: the mid-run checkpoints asked for included (compile is off here)
+    rest = _separately([specs[i] for i in live], pair, pair_data, device, store, on_step, engine, reason)
     for i, res in zip(live, rest):
         outcomes[i] = res
     return [o for o in outcomes if o is not None]
