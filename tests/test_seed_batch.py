@@ -91,6 +91,20 @@ class _LateHostRead(Method):
         return self.combine({"ce": ce})
 
 
+class _PlainTensor(Method):
+    """Test method: a fixed random mix of the logits kept as a plain attribute (not a buffer), drawn
+    in ``build`` after the network, so it differs per seed as a parameter's initialisation does."""
+
+    uses = Uses(source_labels=True)
+
+    def build(self, backbone, num_classes: int) -> None:
+        super().build(backbone, num_classes)
+        self.mix = torch.eye(num_classes) + 0.5 * torch.randn(num_classes, num_classes)
+
+    def loss(self, batch: Batch, progress: float) -> Loss:
+        return self.combine({"ce": F.cross_entropy(self.predict(batch.x_source) @ self.mix, batch.y_source)})
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _test_registrations():
     """This file's test backbone and methods, registered for its tests only: registered at import
@@ -101,6 +115,7 @@ def _test_registrations():
         register_method("sb-poisoned")(_Poisoned)
         register_method("sb-host-read")(_HostRead)
         register_method("sb-late-host-read")(_LateHostRead)
+        register_method("sb-plain-tensor")(_PlainTensor)
         yield
 
 
@@ -379,3 +394,17 @@ def test_seeds_that_fall_back_to_separate_runs_keep_their_mid_run_checkpoints(tm
     assert all(o.timings["seed_batch"].startswith("fallback: ") for o in outcomes), [o.timings for o in outcomes]
     assert seen == [True, True]  # each seed wrote its step-2 checkpoint
     assert not any(store.checkpoint_path(s.run_id, partial=True).exists() for s in specs)  # removed at the end
+
+
+def test_a_tensor_outside_parameters_and_buffers_that_differs_per_seed_is_not_batched(tmp_path, one_thread):
+    """The vmapped step swaps in each seed's parameters and buffers only: a plain tensor attribute
+    drawn per seed would be the first seed's for every seed (seed 1 trained with seed 0's ``mix``,
+    recorded as seed 1's run). Such a group runs separately, its note naming the attribute."""
+    over = {"backbone": "lenet-nodrop", "eval_every": 4, "log_every": 2}
+    specs, _, store = _run(tmp_path / "b", ("sb-plain-tensor",), (0, 1), 4, True, **over)
+    _, _, alone = _run(tmp_path / "s", ("sb-plain-tensor",), (0, 1), 4, False, **over)
+    for spec in specs:
+        rec, ref = store.read(spec.run_id), alone.read(spec.run_id)
+        assert rec.status is Status.COMPLETE, rec.error
+        assert rec.timings["seed_batch"].startswith("fallback: sb-plain-tensor holds tensor 'mix'"), rec.timings
+        assert rec.curve == ref.curve  # the separate run itself

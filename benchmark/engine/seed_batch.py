@@ -64,7 +64,8 @@ time is each seed's ``timings.wall_s``; ``timings.seed_batch`` says ``"<S> seeds
 
 Falls back to separate runs (:func:`~dabench.engine.train.execute` per seed, one after another;
 ``timings.seed_batch = "fallback: <reason>"``) when the method overrides ``fit``, declares
-several optimisers (multi-phase ``step``, MCD), when a step cannot be vmapped (it raises
+several optimisers (multi-phase ``step``, MCD), holds a tensor outside its parameters and
+buffers that differs per seed (:func:`unstacked_state`: the step would use the first seed's), when a step cannot be vmapped (it raises
 under ``vmap``: host reads, data-dependent shapes; at the first step or at a later one, e.g. a
 branch on ``progress``: the group's steps so far are then discarded), when ``compile`` is asked for, and when a seed
 has a mid-run checkpoint to resume from. A seed-batched group writes no mid-run checkpoints:
@@ -120,6 +121,32 @@ def batch_refusal(method: Method) -> str | None:
         return f"{method.name or cls.__name__} declares several optimisers ({', '.join(declared)})"
     if cls.refresh is not Method.refresh:  # the batched loop has no per-seed refresh over the target split
         return f"{method.name or cls.__name__} refreshes state over the target split (refresh())"
+    return None
+
+
+def unstacked_state(methods: Sequence[Method]) -> str | None:
+    """Why the seeds' methods cannot share one step module, or ``None``: a tensor one holds outside
+    its parameters and buffers (a plain attribute, e.g. ``self.proj = torch.randn(...)`` in
+    ``build``) that differs between the seeds.
+
+    The vmapped step swaps in each seed's slice of the stacked parameters and buffers alone
+    (:func:`~torch.func.functional_call`); every other attribute is the first seed's, so every seed
+    would train with the first seed's tensor (and be evaluated with its own): another run than its
+    separate one, recorded as if it were. Equal tensors (a constant) are shared harmlessly."""
+    first = dict(methods[0].named_modules())
+    for other in methods[1:]:
+        for path, mod in other.named_modules():
+            for attr, value in vars(mod).items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                ref = getattr(first.get(path), attr, None)
+                same = isinstance(ref, torch.Tensor) and ref.shape == value.shape and torch.equal(ref, value)
+                if not same:
+                    where = f"{path}.{attr}" if path else attr
+                    return (
+                        f"{methods[0].name or type(methods[0]).__name__} holds tensor {where!r} outside its "
+                        "parameters and buffers, different per seed (register_buffer makes it per seed)"
+                    )
     return None
 
 
@@ -213,7 +240,7 @@ def execute_seeds(
         live.append(i)
     if not methods:
         return [o for o in outcomes if o is not None]
-    reason = batch_refusal(methods[0]) or ("one seed" if len(methods) == 1 else None)
+    reason = batch_refusal(methods[0]) or ("one seed" if len(methods) == 1 else unstacked_state(methods))
     if reason is None:
         try:
             results = train_batched(
@@ -582,4 +609,12 @@ def _finish(
     return finish_run(method, ctx, wall, timings)
 
 
-__all__ = ["execute_seeds", "train_batched", "batch_refusal", "stack_batches", "SeedStepGraph", "SeedOutcome"]
+__all__ = [
+    "execute_seeds",
+    "train_batched",
+    "batch_refusal",
+    "unstacked_state",
+    "stack_batches",
+    "SeedStepGraph",
+    "SeedOutcome",
+]
