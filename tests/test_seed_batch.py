@@ -105,6 +105,19 @@ class _PlainTensor(Method):
         return self.combine({"ce": F.cross_entropy(self.predict(batch.x_source) @ self.mix, batch.y_source)})
 
 
+class _EvalFails(_Poisoned):
+    """Test method: trains as source-only; its evaluation (``predict`` in eval mode) raises for the
+    seeds whose init draw u >= 0.5 (a plugin's evaluation bug that only some seeds reach)."""
+
+    def loss(self, batch: Batch, progress: float) -> Loss:
+        return self.combine({"ce": F.cross_entropy(self.predict(batch.x_source), batch.y_source)})
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and float(self.u) >= 0.5:
+            raise ValueError("evaluation bug of this seed")
+        return super().predict(x)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _test_registrations():
     """This file's test backbone and methods, registered for its tests only: registered at import
@@ -116,6 +129,7 @@ def _test_registrations():
         register_method("sb-host-read")(_HostRead)
         register_method("sb-late-host-read")(_LateHostRead)
         register_method("sb-plain-tensor")(_PlainTensor)
+        register_method("sb-eval-fails")(_EvalFails)
         yield
 
 
@@ -408,3 +422,23 @@ def test_a_tensor_outside_parameters_and_buffers_that_differs_per_seed_is_not_ba
         assert rec.status is Status.COMPLETE, rec.error
         assert rec.timings["seed_batch"].startswith("fallback: sb-plain-tensor holds tensor 'mix'"), rec.timings
         assert rec.curve == ref.curve  # the separate run itself
+
+
+def test_a_seed_whose_evaluation_fails_is_recorded_failed_and_the_others_complete(tmp_path, one_thread):
+    """An evaluation runs per seed (on its own method instance): one that raises fails that seed
+    alone, with its error, as its separate run does; the old loop let it end the whole group and
+    recorded every seed failed with the one seed's error."""
+    good, bad = poisoned_seeds("sb-eval-fails")
+    seeds = sorted([*good, bad])
+    over = {"backbone": "lenet-nodrop", "eval_every": 2, "log_every": 2}
+    specs, _, store = _run(tmp_path / "b", ("sb-eval-fails",), seeds, 4, True, **over)
+    _, _, alone = _run(tmp_path / "s", ("sb-eval-fails",), seeds, 4, False, **over)
+    for spec in specs:
+        rec, ref = store.read(spec.run_id), alone.read(spec.run_id)
+        if spec.seed == bad:
+            assert rec.status is Status.FAILED and ref.status is Status.FAILED
+            assert rec.error.type == ref.error.type == "ValueError" and "this seed" in rec.error.message
+        else:
+            assert rec.status is Status.COMPLETE, rec.error
+            assert rec.timings["seed_batch"] == "3 seeds"
+            _close_curves(rec, ref)

@@ -24,7 +24,7 @@ What stays per seed, exactly as in :func:`dabench.engine.train.execute`:
   under ``vmap``;
 - evaluations every ``eval_every`` steps: the seed's slice is copied into a normal method
   instance and :meth:`RunContext.record_eval` evaluates it, so curves and validators are
-  computed by the same code as an unbatched run;
+  computed by the same code as an unbatched run; an evaluation that raises fails its seed alone;
 - divergence: a device-side "first non-finite step" per seed (total and each loss part), read
   once per ``log_every``. A seed that diverges is recorded ``diverged`` (same step and message
   as unbatched); the others go on in the same batch: every operation is per seed (a batched
@@ -571,10 +571,17 @@ def train_batched(
             if on_step:
                 on_step(step + 1, steps)
         if (step + 1) % sch.eval_every == 0 or last:
-            for i in alive:
-                _load_slice(methods[i], params, buffers, i)
-                ctxs[i].record_eval(methods[i], step + 1, {k: v[i] / n_since for k, v in sums.items()})
+            for i in list(alive):
+                try:
+                    _load_slice(methods[i], params, buffers, i)
+                    ctxs[i].record_eval(methods[i], step + 1, {k: v[i] / n_since for k, v in sums.items()})
+                except Exception as exc:  # noqa: BLE001 - this seed's evaluation failed: it fails, as
+                    # its separate run would; the others go on (it stays in the stack, as a diverged one)
+                    outcomes[i] = exc
+                    alive.remove(i)
             sums, n_since = (graph.reset_sums() if graph is not None else {}), 0
+            if not alive:
+                break
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
