@@ -91,6 +91,33 @@ class _LateHostRead(Method):
         return self.combine({"ce": ce})
 
 
+class _PlainTensor(Method):
+    """Test method: a fixed random mix of the logits kept as a plain attribute (not a buffer), drawn
+    in ``build`` after the network, so it differs per seed as a parameter's initialisation does."""
+
+    uses = Uses(source_labels=True)
+
+    def build(self, backbone, num_classes: int) -> None:
+        super().build(backbone, num_classes)
+        self.mix = torch.eye(num_classes) + 0.5 * torch.randn(num_classes, num_classes)
+
+    def loss(self, batch: Batch, progress: float) -> Loss:
+        return self.combine({"ce": F.cross_entropy(self.predict(batch.x_source) @ self.mix, batch.y_source)})
+
+
+class _EvalFails(_Poisoned):
+    """Test method: trains as source-only; its evaluation (``predict`` in eval mode) raises for the
+    seeds whose init draw u >= 0.5 (a plugin's evaluation bug that only some seeds reach)."""
+
+    def loss(self, batch: Batch, progress: float) -> Loss:
+        return self.combine({"ce": F.cross_entropy(self.predict(batch.x_source), batch.y_source)})
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and float(self.u) >= 0.5:
+            raise ValueError("evaluation bug of this seed")
+        return super().predict(x)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _test_registrations():
     """This file's test backbone and methods, registered for its tests only: registered at import
@@ -101,6 +128,8 @@ def _test_registrations():
         register_method("sb-poisoned")(_Poisoned)
         register_method("sb-host-read")(_HostRead)
         register_method("sb-late-host-read")(_LateHostRead)
+        register_method("sb-plain-tensor")(_PlainTensor)
+        register_method("sb-eval-fails")(_EvalFails)
         yield
 
 
@@ -350,3 +379,66 @@ def test_without_replacement_the_dropout_is_named_another_draw():
     with draws:
         vmap(fn, randomness="different")(xs)
     assert draws.note() == "another draw: dropout2d, dropout, alpha_dropout (cuda)"
+
+
+@pytest.mark.parametrize("method", ["mcd", "sb-host-read"])
+def test_seeds_that_fall_back_to_separate_runs_keep_their_mid_run_checkpoints(tmp_path, one_thread, method):
+    """A group refused by batching (MCD: several optimisers) or found unvmappable at its first step
+    runs its seeds separately: each is then an ordinary run and writes the mid-run checkpoints
+    ``--checkpoint-every`` asks for (the old fallback turned them off, so an interrupted MCD or SHOT
+    seed under ``--seed-batch`` restarted from step 0)."""
+    from dabench.core.domain import default_data_root
+    from dabench.core.registry import PAIRS
+    from dabench.engine.options import EngineOptions
+    from dabench.engine.seed_batch import execute_seeds
+
+    pair = PAIRS.get("digits-offline")
+    over = {"steps": 4, "eval_every": 4, "log_every": 2, "batch_size": 8}
+    specs = expand(Matrix(methods=(method,), pairs=(pair.name,), seeds=(0, 1), overrides=over))
+    store = RunStore(tmp_path)
+    seen: list[bool] = []
+
+    def on_step(step: int, steps: int) -> None:  # step 4: the last; the checkpoint of step 2 is on disk
+        if step == 4:
+            seen.append(any(store.checkpoint_path(s.run_id, partial=True).exists() for s in specs))
+
+    outcomes = execute_seeds(specs, pair, pair.load(default_data_root()), torch.device("cpu"), store, on_step,
+                             EngineOptions(checkpoint_every=2))  # fmt: skip
+    assert all(not isinstance(o, BaseException) for o in outcomes), outcomes
+    assert all(o.timings["seed_batch"].startswith("fallback: ") for o in outcomes), [o.timings for o in outcomes]
+    assert seen == [True, True]  # each seed wrote its step-2 checkpoint
+    assert not any(store.checkpoint_path(s.run_id, partial=True).exists() for s in specs)  # removed at the end
+
+
+def test_a_tensor_outside_parameters_and_buffers_that_differs_per_seed_is_not_batched(tmp_path, one_thread):
+    """The vmapped step swaps in each seed's parameters and buffers only: a plain tensor attribute
+    drawn per seed would be the first seed's for every seed (seed 1 trained with seed 0's ``mix``,
+    recorded as seed 1's run). Such a group runs separately, its note naming the attribute."""
+    over = {"backbone": "lenet-nodrop", "eval_every": 4, "log_every": 2}
+    specs, _, store = _run(tmp_path / "b", ("sb-plain-tensor",), (0, 1), 4, True, **over)
+    _, _, alone = _run(tmp_path / "s", ("sb-plain-tensor",), (0, 1), 4, False, **over)
+    for spec in specs:
+        rec, ref = store.read(spec.run_id), alone.read(spec.run_id)
+        assert rec.status is Status.COMPLETE, rec.error
+        assert rec.timings["seed_batch"].startswith("fallback: sb-plain-tensor holds tensor 'mix'"), rec.timings
+        assert rec.curve == ref.curve  # the separate run itself
+
+
+def test_a_seed_whose_evaluation_fails_is_recorded_failed_and_the_others_complete(tmp_path, one_thread):
+    """An evaluation runs per seed (on its own method instance): one that raises fails that seed
+    alone, with its error, as its separate run does; the old loop let it end the whole group and
+    recorded every seed failed with the one seed's error."""
+    good, bad = poisoned_seeds("sb-eval-fails")
+    seeds = sorted([*good, bad])
+    over = {"backbone": "lenet-nodrop", "eval_every": 2, "log_every": 2}
+    specs, _, store = _run(tmp_path / "b", ("sb-eval-fails",), seeds, 4, True, **over)
+    _, _, alone = _run(tmp_path / "s", ("sb-eval-fails",), seeds, 4, False, **over)
+    for spec in specs:
+        rec, ref = store.read(spec.run_id), alone.read(spec.run_id)
+        if spec.seed == bad:
+            assert rec.status is Status.FAILED and ref.status is Status.FAILED
+            assert rec.error.type == ref.error.type == "ValueError" and "this seed" in rec.error.message
+        else:
+            assert rec.status is Status.COMPLETE, rec.error
+            assert rec.timings["seed_batch"] == "3 seeds"
+            _close_curves(rec, ref)

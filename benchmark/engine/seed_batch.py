@@ -24,7 +24,7 @@ What stays per seed, exactly as in :func:`dabench.engine.train.execute`:
   under ``vmap``;
 - evaluations every ``eval_every`` steps: the seed's slice is copied into a normal method
   instance and :meth:`RunContext.record_eval` evaluates it, so curves and validators are
-  computed by the same code as an unbatched run;
+  computed by the same code as an unbatched run; an evaluation that raises fails its seed alone;
 - divergence: a device-side "first non-finite step" per seed (total and each loss part), read
   once per ``log_every``. A seed that diverges is recorded ``diverged`` (same step and message
   as unbatched); the others go on in the same batch: every operation is per seed (a batched
@@ -64,17 +64,18 @@ time is each seed's ``timings.wall_s``; ``timings.seed_batch`` says ``"<S> seeds
 
 Falls back to separate runs (:func:`~dabench.engine.train.execute` per seed, one after another;
 ``timings.seed_batch = "fallback: <reason>"``) when the method overrides ``fit``, declares
-several optimisers (multi-phase ``step``, MCD), when a step cannot be vmapped (it raises
+several optimisers (multi-phase ``step``, MCD), holds a tensor outside its parameters and
+buffers that differs per seed (:func:`unstacked_state`: the step would use the first seed's), when a step cannot be vmapped (it raises
 under ``vmap``: host reads, data-dependent shapes; at the first step or at a later one, e.g. a
 branch on ``progress``: the group's steps so far are then discarded), when ``compile`` is asked for, and when a seed
 has a mid-run checkpoint to resume from. A seed-batched group writes no mid-run checkpoints:
-an interrupted group restarts from scratch (completed records are never lost).
+an interrupted group restarts from scratch (completed records are never lost); seeds that fall
+back are ordinary runs and write the ones ``checkpoint_every`` asks for.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from collections.abc import Callable, Container, Sequence
 
@@ -120,6 +121,32 @@ def batch_refusal(method: Method) -> str | None:
         return f"{method.name or cls.__name__} declares several optimisers ({', '.join(declared)})"
     if cls.refresh is not Method.refresh:  # the batched loop has no per-seed refresh over the target split
         return f"{method.name or cls.__name__} refreshes state over the target split (refresh())"
+    return None
+
+
+def unstacked_state(methods: Sequence[Method]) -> str | None:
+    """Why the seeds' methods cannot share one step module, or ``None``: a tensor one holds outside
+    its parameters and buffers (a plain attribute, e.g. ``self.proj = torch.randn(...)`` in
+    ``build``) that differs between the seeds.
+
+    The vmapped step swaps in each seed's slice of the stacked parameters and buffers alone
+    (:func:`~torch.func.functional_call`); every other attribute is the first seed's, so every seed
+    would train with the first seed's tensor (and be evaluated with its own): another run than its
+    separate one, recorded as if it were. Equal tensors (a constant) are shared harmlessly."""
+    first = dict(methods[0].named_modules())
+    for other in methods[1:]:
+        for path, mod in other.named_modules():
+            for attr, value in vars(mod).items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                ref = getattr(first.get(path), attr, None)
+                same = isinstance(ref, torch.Tensor) and ref.shape == value.shape and torch.equal(ref, value)
+                if not same:
+                    where = f"{path}.{attr}" if path else attr
+                    return (
+                        f"{methods[0].name or type(methods[0]).__name__} holds tensor {where!r} outside its "
+                        "parameters and buffers, different per seed (register_buffer makes it per seed)"
+                    )
     return None
 
 
@@ -191,8 +218,6 @@ def execute_seeds(
     if engine.checkpoint_every and store is not None:
         if any(store.checkpoint_path(s.run_id, partial=True).exists() for s in specs):
             return _separately(*args, reason="resuming from mid-run checkpoints")
-    # a fallback after the seeds were built: no checkpoints, no compile (as the batched loop)
-    eager = dataclasses.replace(engine, checkpoint_every=0, compile=False)
     outcomes: list[SeedOutcome | None] = [None] * len(specs)
     methods: list[Method] = []
     ctxs: list[RunContext] = []
@@ -215,7 +240,7 @@ def execute_seeds(
         live.append(i)
     if not methods:
         return [o for o in outcomes if o is not None]
-    reason = batch_refusal(methods[0]) or ("one seed" if len(methods) == 1 else None)
+    reason = batch_refusal(methods[0]) or ("one seed" if len(methods) == 1 else unstacked_state(methods))
     if reason is None:
         try:
             results = train_batched(
@@ -235,7 +260,8 @@ def execute_seeds(
     # the seeds run separately, each uploading its own data: the group's models and its device copy
     # of the pair go first (outside the except block, whose traceback would keep them alive)
     del methods, ctxs, splits, method, data
-    rest = _separately([specs[i] for i in live], pair, pair_data, device, store, on_step, eager, reason)
+    # each an ordinary run from here: the mid-run checkpoints asked for included (compile is off here)
+    rest = _separately([specs[i] for i in live], pair, pair_data, device, store, on_step, engine, reason)
     for i, res in zip(live, rest):
         outcomes[i] = res
     return [o for o in outcomes if o is not None]
@@ -545,10 +571,17 @@ def train_batched(
             if on_step:
                 on_step(step + 1, steps)
         if (step + 1) % sch.eval_every == 0 or last:
-            for i in alive:
-                _load_slice(methods[i], params, buffers, i)
-                ctxs[i].record_eval(methods[i], step + 1, {k: v[i] / n_since for k, v in sums.items()})
+            for i in list(alive):
+                try:
+                    _load_slice(methods[i], params, buffers, i)
+                    ctxs[i].record_eval(methods[i], step + 1, {k: v[i] / n_since for k, v in sums.items()})
+                except Exception as exc:  # noqa: BLE001 - this seed's evaluation failed: it fails, as
+                    # its separate run would; the others go on (it stays in the stack, as a diverged one)
+                    outcomes[i] = exc
+                    alive.remove(i)
             sums, n_since = (graph.reset_sums() if graph is not None else {}), 0
+            if not alive:
+                break
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
@@ -583,4 +616,12 @@ def _finish(
     return finish_run(method, ctx, wall, timings)
 
 
-__all__ = ["execute_seeds", "train_batched", "batch_refusal", "stack_batches", "SeedStepGraph", "SeedOutcome"]
+__all__ = [
+    "execute_seeds",
+    "train_batched",
+    "batch_refusal",
+    "unstacked_state",
+    "stack_batches",
+    "SeedStepGraph",
+    "SeedOutcome",
+]
