@@ -256,6 +256,23 @@ def test_local_pool_runs_a_seed_group_in_one_worker(tmp_path):
     assert recs[0].pid == recs[1].pid  # one process trained both
 
 
+@pytest.mark.parametrize("executor", ["inline", "local"])
+def test_a_lone_seed_under_seed_batch_says_why_it_ran_unbatched(tmp_path, executor):
+    """Under --seed-batch every record says "<S> seeds" or "fallback: <reason>": a configuration
+    with one pending seed (here the second run of a matrix whose seed 0 is complete) went through
+    the plain submit and its record had no seed_batch at all."""
+    opts = ExecutorOptions(device="cpu", progress=False, seed_batch=True)
+    over = {"steps": 4, "eval_every": 4, "batch_size": 16}
+    first = expand(Matrix(methods=("source-only",), pairs=("digits-offline",), seeds=(0,), overrides=over))
+    run_matrix(first, tmp_path, opts, executor)
+    both = expand(Matrix(methods=("source-only",), pairs=("digits-offline",), seeds=(0, 1), overrides=over))
+    summary = run_matrix(both, tmp_path, opts, executor)
+    assert [r.spec["seed"] for r in summary.ran] == [1]  # seed 0 kept
+    recs = [RunStore(tmp_path).read(s.run_id) for s in both]
+    assert all(r.status is Status.COMPLETE for r in recs), [r.error for r in recs]
+    assert [r.timings.get("seed_batch") for r in recs] == ["fallback: one seed"] * 2
+
+
 def test_a_method_that_refreshes_over_the_target_split_is_not_batched():
     """SHOT recomputes its pseudo-labels over the whole target split (``refresh``), which the
     batched loop does not call per seed: it must run seed by seed, not silently without refresh."""

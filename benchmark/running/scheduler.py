@@ -542,7 +542,8 @@ def run_matrix(
                 group = [spec]
                 if options.seed_batch and ex.groups:
                     group += seed_mates(spec)
-                if len(group) > 1:
+                if options.seed_batch and ex.groups:
+                    # a lone seed too: its record then says why it ran unbatched ("fallback: one seed")
                     ex.submit_group(group)
                 else:
                     ex.submit(spec)

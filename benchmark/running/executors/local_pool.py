@@ -234,9 +234,14 @@ class LocalPoolExecutor(Executor):
     groups = True
 
     def submit(self, spec: RunSpec) -> None:
-        self.submit_group([spec])
+        self._hand([spec], group=False)
 
     def submit_group(self, specs: list[RunSpec]) -> None:
+        self._hand(specs, group=True)
+
+    def _hand(self, specs: list[RunSpec], group: bool) -> None:
+        """Give a free slot one run, or (``group``) the seeds of one configuration to batch: a
+        group of one still goes as a group, so its record says why it ran unbatched."""
         spec = specs[0]
         if all(w is None for w in self._slots):
             # the first run starts the whole pool: the workers' start-up (interpreter, torch
@@ -261,7 +266,7 @@ class LocalPoolExecutor(Executor):
                 assert w.proc.stdin is not None
                 try:
                     wire = [{**s.to_dict(), "_run_id": s.run_id} for s in specs]
-                    msg = {"spec": wire[0]} if len(specs) == 1 else {"specs": wire}
+                    msg = {"specs": wire} if group else {"spec": wire[0]}
                     w.proc.stdin.write(json.dumps(msg, default=str) + "\n")
                     w.proc.stdin.flush()
                 except BrokenPipeError:
