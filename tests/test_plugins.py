@@ -758,7 +758,9 @@ def test_entry_point_module_that_raises_after_registering_leaves_nothing_behind(
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(METHODS, "group", "dabench.test_half")
     monkeypatch.setattr(METHODS, "_entry_points_loaded", False)
-    with pytest.warns(PluginWarning, match=r"'half-made'.*package ep-half.*RuntimeError: a later line.*Going on without it"):
+    with pytest.warns(
+        PluginWarning, match=r"'half-made'.*package ep-half.*RuntimeError: a later line.*Going on without it"
+    ):
         names = METHODS.names()
     assert "half-made" not in names
     with pytest.raises(PluginError, match=r"'half-made' is unavailable.*RuntimeError: a later line"):
