@@ -460,7 +460,7 @@ def _run(args: argparse.Namespace) -> int:
     # stay fast, and one command's heavy dependencies (pandas, scipy, seaborn) never load for another
     from .analysis.selection import check_rule
     from .running.executors import ExecutorOptions
-    from .running.plan import matrix_for, open_executor, rerun_specs
+    from .running.plan import check_device, check_executor_options, matrix_for, open_executor, rerun_specs
     from .running.scheduler import run_matrix
 
     # the printed leaderboard's rule is checked before anything runs: a typo found only by the
@@ -507,12 +507,6 @@ def _run(args: argparse.Namespace) -> int:
             f"--workers {args.workers}: the inline executor runs one run at a time in this process; "
             "use --executor local (or ray) to run several at once"
         )
-    if args.dry_run:
-        if not args.rerun and swept:
-            print(sweep_text(matrix) + "\n")
-        for s in specs:
-            print(s.run_id, s.label, s.protocol, f"shots={s.target_shots}", s.hparams)
-        return 0
     options = ExecutorOptions(
         device=args.device,
         data_root=args.data_root,
@@ -532,6 +526,17 @@ def _run(args: argparse.Namespace) -> int:
         slurm_cluster=args.slurm_cluster,
         run_timeout_s=args.run_timeout,
     )
+    if args.dry_run:
+        # a dry run is the check before a long matrix: the device and the executor's options are
+        # refused here as a real run would refuse them (README: "--dry-run included"), without
+        # building the executor (that would start Ray or reach SLURM)
+        check_device(args.device, local=args.executor in ("inline", "local"))
+        check_executor_options(args.executor, options)
+        if not args.rerun and swept:
+            print(sweep_text(matrix) + "\n")
+        for s in specs:
+            print(s.run_id, s.label, s.protocol, f"shots={s.target_shots}", s.hparams)
+        return 0
     ex = open_executor(
         args.executor, args.results, options, specs, plugins=plugins, sweep=swept, rerun=bool(args.rerun)
     )

@@ -81,3 +81,30 @@ def test_list_takes_its_pattern_after_the_plugin_option(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["list", "methods", "dan*", "extra"])
     assert exit_.value.code == 2 and "unrecognized arguments: extra" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--device", "gpu"], "device 'gpu' is not a device"),
+        (["--executor", "local", "--workers", "0"], "--workers must be at least 1, got 0"),
+        (["--executor", "local", "--runs-per-gpu", "0"], "--runs-per-gpu must be at least 1, got 0"),
+        (["--executor", "local", "--run-timeout", "-5"], "--run-timeout must be a number of seconds > 0"),
+        (["--run-timeout", "60"], "the inline executor cannot stop a run that hangs; use --executor local"),
+        (["--executor", "slurm", "--slurm-time", "0"], "--slurm-time must be at least 1 minute, got 0"),
+        (["--checkpoint-every", "-1"], "checkpoint_every=-1: must be >= 0"),
+    ],
+)
+def test_dry_run_refuses_the_options_the_run_would_refuse(
+    flags: list[str], message: str, tmp_path: pathlib.Path, capsys
+) -> None:
+    """README: every value is checked before anything runs, ``--dry-run`` included. The dry run
+    used to print the specs (exit 0) for a device or executor option the real run then refused."""
+    argv = ["run", "--dry-run", "--methods", "source-only", "--seeds", "0", "--results", str(tmp_path), *flags]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and "source-only | digits-offline" not in captured.out
+    assert not (tmp_path / "matrix.json").exists()  # a dry run writes nothing, refused or not
+    # the same dry run without the bad option lists the run
+    assert main(["run", "--dry-run", "--methods", "source-only", "--seeds", "0", "--results", str(tmp_path)]) == 0
+    assert "source-only | digits-offline" in capsys.readouterr().out

@@ -737,3 +737,38 @@ def test_a_pair_plugin_whose_source_val_overlaps_training_fails_its_runs_with_th
     assert recs["own-overlap"]["status"] == "failed"
     assert recs["own-overlap"]["error"]["type"] == "PairDataError"
     assert "source_val shares 8 of its 16 images with source_train" in recs["own-overlap"]["error"]["message"]
+
+
+def test_entry_point_module_that_raises_after_registering_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
+    """docs/adding-a-method.md: an installed package whose entry point raises on import does not
+    stop dabench, and asking for its method is an error. A module that registered its class and
+    then raised (a later line of the file) used to keep that half-imported class registered: the
+    warning said "Going on without it" while ``--methods`` ran it."""
+    (tmp_path / "ep_half_mod.py").write_text(
+        textwrap.dedent('''
+        from dabench import Method, register_method
+
+        @register_method("half-made")
+        class HalfMade(Method):
+            """Registered before the module's error."""
+
+            def loss(self, batch, progress):
+                return self.combine(self.supervised_loss(batch, self.predict(batch.x_source)))
+
+        raise RuntimeError("a later line of the plugin fails")
+    ''')
+    )
+    _dist_info(tmp_path, "ep-half", "dabench.test_half", "half-made = ep_half_mod:HalfMade")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(METHODS, "group", "dabench.test_half")
+    monkeypatch.setattr(METHODS, "_entry_points_loaded", False)
+    with pytest.warns(
+        PluginWarning, match=r"'half-made'.*package ep-half.*RuntimeError: a later line.*Going on without it"
+    ):
+        names = METHODS.names()
+    assert "half-made" not in names
+    with pytest.raises(PluginError, match=r"'half-made' is unavailable.*RuntimeError: a later line"):
+        METHODS.get("half-made")
+    assert main(["run", "--methods", "half-made", "--seeds", "0", "--dry-run"]) == 2
+    assert "method 'half-made' is unavailable" in capsys.readouterr().err
+    sys.modules.pop("ep_half_mod", None)

@@ -145,6 +145,13 @@ class Registry(Generic[T]):
             self._dists[name] = self._loading_dist
         return obj
 
+    def _forget(self, name: str) -> None:
+        """Undo the registration of ``name`` (an entry point's module that failed to import)."""
+        self._items.pop(name, None)
+        self._sources.pop(name, None)
+        self._dists.pop(name, None)
+        self._builtin_names.discard(name)
+
     def _describe(self, name: str, source: str | None = None, dist: str | None = None) -> str:
         """A registration's source, with the installed package it came from when known."""
         if source is None:
@@ -219,8 +226,17 @@ class Registry(Generic[T]):
             dist = getattr(getattr(ep, "dist", None), "name", None)
             where = f"plugin entry point {ep.name!r} ({ep.value}{', package ' + dist if dist else ''}) in group {self.group!r}"
             self._loading_dist = dist
+            before = set(self._items)
             try:
-                obj = ep.load()
+                try:
+                    obj = ep.load()
+                except Exception:
+                    # The module raised part-way through its import: what it registered before the
+                    # error is half a plugin (the rest of the module never ran). Drop it, so that
+                    # "going on without it" is what happens and asking for it names the failure.
+                    for name in set(self._items) - before:
+                        self._forget(name)
+                    raise
                 # An entry point may name a module (which registers on import) or an object.
                 if not inspect.ismodule(obj):
                     if ep.name in self._items and self._items[ep.name] is obj:
