@@ -643,13 +643,20 @@ def _archive_stale(store: RunStore, run_id: str, fingerprints: dict[str, str | N
 
 def _archive_record(store: RunStore, run_id: str) -> pathlib.Path:
     """Move a record to ``DIR/previous/<run_id>.<time>.json`` (kept for comparison, outside ``runs/``
-    so reports never count it twice)."""
+    so reports never count it twice) and drop any mid-run checkpoint of the run, so the repeat
+    starts afresh (one left beside a complete record, by a kill between the record and its removal,
+    may hold weights trained from a source checkpoint that is being replaced)."""
     archive = store.root / "previous" / f"{run_id}.{_dt.datetime.now().strftime('%Y%m%dT%H%M%S%f')}.json"
     try:
         archive.parent.mkdir(parents=True, exist_ok=True)
         os.replace(store.record_path(run_id), archive)
     except OSError as exc:
         raise WriteFault(archive, exc) from exc
+    partial = store.checkpoint_path(run_id, partial=True)
+    try:
+        partial.unlink(missing_ok=True)
+    except OSError as exc:
+        raise WriteFault(partial, exc) from exc
     return archive
 
 
@@ -663,8 +670,7 @@ def _archive_for_rerun(store: RunStore, run_id: str) -> None:
     try:
         if not path.exists():
             raise MatrixError(f"--rerun {run_id}: another dabench run has just moved {path} aside to rerun it")
-        _archive_record(store, run_id)
-        store.checkpoint_path(run_id, partial=True).unlink(missing_ok=True)
+        _archive_record(store, run_id)  # the mid-run checkpoint goes too: the repeat starts afresh
     finally:
         store.release(run_id)
 
