@@ -703,15 +703,28 @@ def prepare_rerun(
     asked = list(dict.fromkeys(run_ids))
     queue = list(asked)
     children: dict[str, list[str]] | None = None
+    archived_children: dict[str, list[str]] | None = None
+    recovered: set[str] = set()  # runs repeated from their last record in previous/ (none in runs/)
     while queue:
         run_id = queue.pop(0)
         path = store.record_path(run_id)
         if not path.exists():
-            known = sorted(p.stem for p in store.runs.glob("*.json"))
-            raise FileNotFoundError(
-                f"--rerun {run_id}: no record {path}; runs there: "
-                f"{', '.join(known[:20]) or 'none'}{' ...' if len(known) > 20 else ''}"
+            # an interrupted --rerun (or rerun for a lost checkpoint) moved the record aside and died
+            # before the repeat wrote one: the same command must finish it, not refuse it
+            last = _last_archived(store, run_id)
+            if last is None:
+                known = sorted(p.stem for p in store.runs.glob("*.json"))
+                raise FileNotFoundError(
+                    f"--rerun {run_id}: no record {path} (nor in {store.root / 'previous'}); runs there: "
+                    f"{', '.join(known[:20]) or 'none'}{' ...' if len(known) > 20 else ''}"
+                )
+            warnings.warn(
+                f"--rerun {run_id}: no record {path} (an interrupted rerun moved it aside): repeating it from its "
+                f"last record, {last}",
+                stacklevel=2,
             )
+            path = last
+            recovered.add(run_id)
         rec, bad = load_record_file(path)
         if rec is None:
             raise MatrixError(f"--rerun {run_id}: no spec to repeat: {bad}")
@@ -729,12 +742,25 @@ def prepare_rerun(
         specs.append(spec)
         if children is None:  # the folder's records read once, not once per repeated run
             children = _dependants(store)
+        kids = list(children.get(run_id, []))
+        if run_id in recovered:
+            # its dependants were moved aside with it by the interrupted rerun: repeated with it too
+            if archived_children is None:
+                archived_children = _dependants(store, archived=True)
+            kids += [d for d in archived_children.get(run_id, []) if d not in kids]
         queued = {*asked, *queue, *(s.run_id for s in specs)}
-        queue += [d for d in children.get(run_id, []) if d not in queued]
+        queue += [d for d in kids if d not in queued]
     if archive:  # only once every spec passed the checks above: a refusal moves no record
         for spec in specs:
-            _archive_for_rerun(store, spec.run_id)
+            if spec.run_id not in recovered:  # nothing in runs/ to move: its last record is in previous/
+                _archive_for_rerun(store, spec.run_id)
     return specs, tuple(plugins)
+
+
+def _last_archived(store: RunStore, run_id: str) -> pathlib.Path | None:
+    """The run's latest record in ``DIR/previous/`` (``<run_id>.<time>.json``; the time sorts), or None."""
+    found = sorted((store.root / "previous").glob(f"{run_id}.*.json"))
+    return found[-1] if found else None
 
 
 def _matrix_plugins(mfile: pathlib.Path) -> list[str]:
@@ -768,13 +794,19 @@ def _matrix_plugins(mfile: pathlib.Path) -> list[str]:
     return list(plugins)
 
 
-def _dependants(store: RunStore) -> dict[str, list[str]]:
-    """Run id -> the folder's runs whose spec starts from its checkpoint (``depends_on``), sorted."""
+def _dependants(store: RunStore, archived: bool = False) -> dict[str, list[str]]:
+    """Run id -> the folder's runs whose spec starts from its checkpoint (``depends_on``), sorted.
+    ``archived``: instead, the runs with a record in ``previous/`` and none in ``runs/``."""
     out: dict[str, list[str]] = {}
-    for path in sorted(store.runs.glob("*.json")):
+    paths = sorted((store.root / "previous").glob("*.json")) if archived else sorted(store.runs.glob("*.json"))
+    for path in paths:
+        run_id = path.name.split(".")[0]
+        if archived and store.record_path(run_id).exists():
+            continue
         rec, _ = load_record_file(path)
         if rec is not None and (parent := (rec.spec or {}).get("depends_on")):
-            out.setdefault(parent, []).append(path.stem)
+            if run_id not in out.get(parent, []):
+                out.setdefault(parent, []).append(run_id)
     return out
 
 
