@@ -179,6 +179,29 @@ def test_rerun_of_a_source_only_run_repeats_the_runs_that_start_from_its_weights
     assert all(after[r].to_dict() == before[r].to_dict() for r in untouched)
 
 
+def test_an_interrupted_rerun_is_finished_by_the_same_command(tmp_path, capsys):
+    """``--rerun`` moves the records aside, then runs: killed in between, runs/ held no record of
+    the run (nor of its dependants, moved with it) and the same command refused ("no record"),
+    leaving the folder without them. It now repeats them from their last records in previous/."""
+    from dabench.running.scheduler import prepare_rerun
+
+    out = tmp_path / "out"
+    assert main(tiny_run(out, "source-only,linear-probe", "0")) == 0
+    before = _records(out)
+    so = next(r for r in before.values() if r["spec"]["method"] == "source-only")
+    prepare_rerun(out, [so["run_id"]])  # the rerun's first half; the process dies before the repeat
+    assert _records(out) == {}
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match=f"--rerun {so['run_id']}: no record .* repeating it from its last record"):
+        rc = main(["run", "--rerun", so["run_id"], "--results", str(out), "--no-progress", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    after = _records(out)
+    assert set(after) == set(before) and all(r["status"] == "complete" for r in after.values())
+    assert after[so["run_id"]]["final"] == before[so["run_id"]]["final"]  # the CPU repeats it exactly
+    moved = sorted(p.name.split(".")[0] for p in (out / "previous").glob("*.json"))
+    assert moved == sorted(before)  # each old record once in previous/: nothing moved twice, none lost
+
+
 def test_rerun_dry_run_moves_no_record_and_an_unknown_method_is_refused_before_any_moves(tmp_path, capsys):
     """``--rerun ID --dry-run`` used to move the record to previous/ and exit: the folder lost a
     complete run (its leaderboard cell turned missing) for a command that says it only prints.

@@ -132,6 +132,24 @@ def test_read_only_folder_and_record_stop_with_one_line_and_a_rerun_finishes(tmp
     assert {RunStore(out).status(s.run_id) for s in (so, lp)} == {"complete"}
 
 
+@pytest.mark.parametrize("folder", ["runs", "checkpoints"])
+def test_a_file_where_a_folder_of_results_belongs_is_named(tmp_path, capsys, folder):
+    """``runs`` (or ``checkpoints``) is a file (a copy gone wrong): one line names that file and
+    says it is not a folder, not the OS's bare "File exists" about the record; the rerun finishes
+    once it is moved away."""
+    so, lp = _specs()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / folder).write_text("not a folder")
+    assert main(_cli_run(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert f"{out / folder} is a file, not a folder" in err, err
+    (out / folder).unlink()
+    assert main(_cli_run(out)) == 0
+    assert {RunStore(out).status(s.run_id) for s in (so, lp)} == {"complete"}
+
+
 def test_lost_source_only_checkpoint_is_recreated(tmp_path, capsys):
     so, lp = _specs()
     store = RunStore(tmp_path)

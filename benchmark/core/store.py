@@ -34,6 +34,7 @@ only a claim whose token is its own. A process paused (``SIGSTOP``, a frozen VM)
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -72,12 +73,26 @@ class WriteFault(OSError):
     def __init__(self, path: os.PathLike | str, cause: BaseException, message: str | None = None) -> None:
         why = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
         code = getattr(cause, "errno", None)
+        if code in (errno.EEXIST, errno.ENOTDIR) and (blocker := _file_in_the_way(pathlib.Path(path))):
+            # a file where the folder should be ("runs" copied as a file): the OS's "File exists" or
+            # "Not a directory" alone names neither that file nor what is wrong with it
+            why = f"{blocker} is a file, not a folder"
         super().__init__(code, message or f"cannot write {path}: {why}")
         self.path = pathlib.Path(path)
         self.cause = cause
 
     def __str__(self) -> str:
         return str(self.args[1])
+
+
+def _file_in_the_way(path: pathlib.Path) -> pathlib.Path | None:
+    """The nearest existing ancestor folder of ``path`` that is not a folder, or None."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+        if not parent.exists():
+            return None
+    return None
 
 
 def _write_fault(path: pathlib.Path, exc: BaseException) -> WriteFault:

@@ -179,16 +179,21 @@ def _separately(
     on_step: Callable[[int, int], None] | None,
     engine: EngineOptions,
     reason: str,
+    on_outcome: Callable[[RunSpec, SeedOutcome], None] | None = None,
 ) -> list[SeedOutcome]:
-    """The fallback: each seed through the unbatched engine, its record noting why."""
+    """The fallback: each seed through the unbatched engine, its record noting why; ``on_outcome``
+    hears each seed's outcome as soon as that seed ends (see :func:`execute_seeds`)."""
     out: list[SeedOutcome] = []
     for spec in specs:
+        res: SeedOutcome
         try:
             res = execute(spec, pair, pair_data, device, store, on_step, engine)
             res.timings = {**res.timings, "seed_batch": f"fallback: {reason}"}
-            out.append(res)
         except Exception as exc:  # noqa: BLE001 - the seed failed; the caller records it
-            out.append(exc)
+            res = exc
+        out.append(res)
+        if on_outcome is not None:
+            on_outcome(spec, res)
     return out
 
 
@@ -200,11 +205,17 @@ def execute_seeds(
     store: RunStore | None = None,
     on_step: Callable[[int, int], None] | None = None,
     engine: EngineOptions = EngineOptions(),
+    on_outcome: Callable[[RunSpec, SeedOutcome], None] | None = None,
 ) -> list[SeedOutcome]:
     """Train and evaluate the seeds ``specs`` (one configuration) as one vmapped model.
 
     Returns, per spec in order, its :class:`RunResult` or the exception that ended it
     (:class:`Diverged` for a diverged seed). Never raises for a run's own failure.
+
+    ``on_outcome(spec, outcome)``, when given, is called once per spec as soon as its outcome is
+    known, before the next seed trains where the seeds run one after another (the fallbacks):
+    the caller writes each record then, so a kill while a later seed trains loses no seed that
+    had finished (``running/unit.py run_group``). An exception it raises propagates.
     """
     specs = list(specs)
     keys = {s.seed_group for s in specs}
@@ -212,12 +223,12 @@ def execute_seeds(
         raise ValueError(f"execute_seeds: specs differ in more than their seed ({len(keys)} configurations)")
     args = (specs, pair, pair_data, device, store, on_step, engine)
     if len(specs) == 1:
-        return _separately(*args, reason="one seed")
+        return _separately(*args, reason="one seed", on_outcome=on_outcome)
     if engine.compile:
-        return _separately(*args, reason="compile")
+        return _separately(*args, reason="compile", on_outcome=on_outcome)
     if engine.checkpoint_every and store is not None:
         if any(store.checkpoint_path(s.run_id, partial=True).exists() for s in specs):
-            return _separately(*args, reason="resuming from mid-run checkpoints")
+            return _separately(*args, reason="resuming from mid-run checkpoints", on_outcome=on_outcome)
     outcomes: list[SeedOutcome | None] = [None] * len(specs)
     methods: list[Method] = []
     ctxs: list[RunContext] = []
@@ -233,6 +244,8 @@ def execute_seeds(
             data = DeviceData(pair, pair_data, device, spec.seed, spec.target_shots, spec.eval_shots, splits)
         except Exception as exc:  # noqa: BLE001 - this seed fails; the others go on
             outcomes[i] = exc
+            if on_outcome is not None:
+                on_outcome(spec, exc)
             continue
         methods.append(method)
         rng_states.append(torch.get_rng_state())
@@ -256,12 +269,14 @@ def execute_seeds(
         else:
             for i, res in zip(live, results):
                 outcomes[i] = res
+                if on_outcome is not None:
+                    on_outcome(specs[i], res)
             return [o for o in outcomes if o is not None]
     # the seeds run separately, each uploading its own data: the group's models and its device copy
     # of the pair go first (outside the except block, whose traceback would keep them alive)
     del methods, ctxs, splits, method, data
     # each an ordinary run from here: the mid-run checkpoints asked for included (compile is off here)
-    rest = _separately([specs[i] for i in live], pair, pair_data, device, store, on_step, engine, reason)
+    rest = _separately([specs[i] for i in live], pair, pair_data, device, store, on_step, engine, reason, on_outcome)
     for i, res in zip(live, rest):
         outcomes[i] = res
     return [o for o in outcomes if o is not None]

@@ -700,16 +700,17 @@ def data_summary(pair: DomainPair, pair_data: PairData) -> dict[str, Any]:
 def finish_run(method: Method, ctx: RunContext, wall: float, timings: dict[str, Any]) -> RunResult:
     """The end of a run, once its steps are done (one run, or one seed of a seed-batched group):
     the final evaluation if none was recorded, the source-only checkpoint its dependants load, the
-    mid-run checkpoint removed, the features (``save_features``), and the result part of the
-    record; ``timings`` adds to the common timings. Raises :class:`Diverged` when the final
+    features (``save_features``), and the result part of the record (the mid-run checkpoint is
+    removed by whoever writes the record, once it is written: ``running/unit.py``); ``timings`` adds to the common timings. Raises :class:`Diverged` when the final
     evaluation is not finite."""
     spec, store, data = ctx.spec, ctx._store, ctx._data
     if not ctx._curve:
         ctx.record_eval(method, ctx.steps_done)
     if store is not None and spec.method == "source-only":
         atomic_torch_save(method.net.state_dict(), store.checkpoint_path(spec.run_id))
+    # the mid-run checkpoint stays until the record says complete (running/unit.py removes it
+    # then): a kill between here and that write resumes from it, not from step 0
     if store is not None:
-        store.checkpoint_path(spec.run_id, partial=True).unlink(missing_ok=True)
         if spec.save_features:
             save_features(method, data, store.features_path(spec.run_id), step=ctx._curve[-1].get("step"))
     final = ctx._curve[-1]

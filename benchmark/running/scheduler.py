@@ -648,13 +648,20 @@ def _archive_stale(store: RunStore, run_id: str, fingerprints: dict[str, str | N
 
 def _archive_record(store: RunStore, run_id: str) -> pathlib.Path:
     """Move a record to ``DIR/previous/<run_id>.<time>.json`` (kept for comparison, outside ``runs/``
-    so reports never count it twice)."""
+    so reports never count it twice) and drop any mid-run checkpoint of the run, so the repeat
+    starts afresh (one left beside a complete record, by a kill between the record and its removal,
+    may hold weights trained from a source checkpoint that is being replaced)."""
     archive = store.root / "previous" / f"{run_id}.{_dt.datetime.now().strftime('%Y%m%dT%H%M%S%f')}.json"
     try:
         archive.parent.mkdir(parents=True, exist_ok=True)
         os.replace(store.record_path(run_id), archive)
     except OSError as exc:
         raise WriteFault(archive, exc) from exc
+    partial = store.checkpoint_path(run_id, partial=True)
+    try:
+        partial.unlink(missing_ok=True)
+    except OSError as exc:
+        raise WriteFault(partial, exc) from exc
     return archive
 
 
@@ -668,8 +675,7 @@ def _archive_for_rerun(store: RunStore, run_id: str) -> None:
     try:
         if not path.exists():
             raise MatrixError(f"--rerun {run_id}: another dabench run has just moved {path} aside to rerun it")
-        _archive_record(store, run_id)
-        store.checkpoint_path(run_id, partial=True).unlink(missing_ok=True)
+        _archive_record(store, run_id)  # the mid-run checkpoint goes too: the repeat starts afresh
     finally:
         store.release(run_id)
 
@@ -702,15 +708,28 @@ def prepare_rerun(
     asked = list(dict.fromkeys(run_ids))
     queue = list(asked)
     children: dict[str, list[str]] | None = None
+    archived_children: dict[str, list[str]] | None = None
+    recovered: set[str] = set()  # runs repeated from their last record in previous/ (none in runs/)
     while queue:
         run_id = queue.pop(0)
         path = store.record_path(run_id)
         if not path.exists():
-            known = sorted(p.stem for p in store.runs.glob("*.json"))
-            raise FileNotFoundError(
-                f"--rerun {run_id}: no record {path}; runs there: "
-                f"{', '.join(known[:20]) or 'none'}{' ...' if len(known) > 20 else ''}"
+            # an interrupted --rerun (or rerun for a lost checkpoint) moved the record aside and died
+            # before the repeat wrote one: the same command must finish it, not refuse it
+            last = _last_archived(store, run_id)
+            if last is None:
+                known = sorted(p.stem for p in store.runs.glob("*.json"))
+                raise FileNotFoundError(
+                    f"--rerun {run_id}: no record {path} (nor in {store.root / 'previous'}); runs there: "
+                    f"{', '.join(known[:20]) or 'none'}{' ...' if len(known) > 20 else ''}"
+                )
+            warnings.warn(
+                f"--rerun {run_id}: no record {path} (an interrupted rerun moved it aside): repeating it from its "
+                f"last record, {last}",
+                stacklevel=2,
             )
+            path = last
+            recovered.add(run_id)
         rec, bad = load_record_file(path)
         if rec is None:
             raise MatrixError(f"--rerun {run_id}: no spec to repeat: {bad}")
@@ -728,12 +747,25 @@ def prepare_rerun(
         specs.append(spec)
         if children is None:  # the folder's records read once, not once per repeated run
             children = _dependants(store)
+        kids = list(children.get(run_id, []))
+        if run_id in recovered:
+            # its dependants were moved aside with it by the interrupted rerun: repeated with it too
+            if archived_children is None:
+                archived_children = _dependants(store, archived=True)
+            kids += [d for d in archived_children.get(run_id, []) if d not in kids]
         queued = {*asked, *queue, *(s.run_id for s in specs)}
-        queue += [d for d in children.get(run_id, []) if d not in queued]
+        queue += [d for d in kids if d not in queued]
     if archive:  # only once every spec passed the checks above: a refusal moves no record
         for spec in specs:
-            _archive_for_rerun(store, spec.run_id)
+            if spec.run_id not in recovered:  # nothing in runs/ to move: its last record is in previous/
+                _archive_for_rerun(store, spec.run_id)
     return specs, tuple(plugins)
+
+
+def _last_archived(store: RunStore, run_id: str) -> pathlib.Path | None:
+    """The run's latest record in ``DIR/previous/`` (``<run_id>.<time>.json``; the time sorts), or None."""
+    found = sorted((store.root / "previous").glob(f"{run_id}.*.json"))
+    return found[-1] if found else None
 
 
 def _matrix_plugins(mfile: pathlib.Path) -> list[str]:
@@ -767,13 +799,19 @@ def _matrix_plugins(mfile: pathlib.Path) -> list[str]:
     return list(plugins)
 
 
-def _dependants(store: RunStore) -> dict[str, list[str]]:
-    """Run id -> the folder's runs whose spec starts from its checkpoint (``depends_on``), sorted."""
+def _dependants(store: RunStore, archived: bool = False) -> dict[str, list[str]]:
+    """Run id -> the folder's runs whose spec starts from its checkpoint (``depends_on``), sorted.
+    ``archived``: instead, the runs with a record in ``previous/`` and none in ``runs/``."""
     out: dict[str, list[str]] = {}
-    for path in sorted(store.runs.glob("*.json")):
+    paths = sorted((store.root / "previous").glob("*.json")) if archived else sorted(store.runs.glob("*.json"))
+    for path in paths:
+        run_id = path.name.split(".")[0]
+        if archived and store.record_path(run_id).exists():
+            continue
         rec, _ = load_record_file(path)
         if rec is not None and (parent := (rec.spec or {}).get("depends_on")):
-            out.setdefault(parent, []).append(path.stem)
+            if run_id not in out.get(parent, []):
+                out.setdefault(parent, []).append(run_id)
     return out
 
 

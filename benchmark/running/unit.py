@@ -240,6 +240,13 @@ def _record_outcome(record: RunRecord, result: RunResult | BaseException, store:
                 record.weights_sha256 = None
     record.finished_at = utc_now()
     store.write(record)
+    if record.status in KEPT:
+        # only now: the engine leaves the mid-run checkpoint in place until the run is recorded,
+        # so a kill between its last step and this write resumes from it instead of step 0
+        try:
+            store.checkpoint_path(record.run_id, partial=True).unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only folder: a leftover mid-run checkpoint of a kept run is never read
 
 
 def run_group(
@@ -251,7 +258,12 @@ def run_group(
     engine: EngineOptions = EngineOptions(),
 ) -> list[RunRecord]:
     """Run the seeds ``specs`` of one configuration seed-batched (:mod:`dabench.engine.seed_batch`)
-    and write each seed's record, as :func:`run_spec` writes one run's; returns the final records."""
+    and write each seed's record, as :func:`run_spec` writes one run's; returns the final records.
+
+    Each seed's record is written as soon as its outcome is known (``execute_seeds``'s
+    ``on_outcome``), not once the whole group is done: where the seeds train one after another (a
+    method that cannot be vmapped, ``--compile``, a resume), a kill during a later seed must not
+    lose the earlier ones, finished but not yet recorded (they would be trained again)."""
     env = environment(device)
     records: dict[str, RunRecord] = {}
     ready: list[RunSpec] = []
@@ -261,18 +273,27 @@ def run_group(
             store.write(record)
             ready.append(spec)
     t0 = time.perf_counter()
+    recorded: set[str] = set()
+
+    def record_now(spec: RunSpec, result: RunResult | BaseException) -> None:
+        if spec.run_id in recorded:
+            return
+        recorded.add(spec.run_id)  # first: a WriteFault raised below must not record it again
+        _record_outcome(records[spec.run_id], result, store, time.perf_counter() - t0)
+
     if ready:
         try:
             pair = PAIRS.get(ready[0].pair)
             pair_data = load_pair_data(ready[0].pair, data_root)
             results: list[RunResult | BaseException] = list(
-                execute_seeds(ready, pair, pair_data, device, store, on_step, engine)
+                execute_seeds(ready, pair, pair_data, device, store, on_step, engine, on_outcome=record_now)
             )
+        except WriteFault:
+            raise  # a record could not be written (raised by record_now): the matrix stops
         except Exception as exc:  # noqa: BLE001 - e.g. the pair's data is missing: every seed failed
             results = [exc] * len(ready)
-        total_s = time.perf_counter() - t0
         for spec, result in zip(ready, results):
-            _record_outcome(records[spec.run_id], result, store, total_s)
+            record_now(spec, result)  # the seeds execute_seeds did not report (it failed as a whole)
     return [records[s.run_id] for s in specs]
 
 
