@@ -382,3 +382,49 @@ def test_ties_go_to_the_later_evaluation_then_the_smaller_run_id(tmp_path):
     (pick,) = select_config(load_results(tmp_path), "snd").itertuples()
     assert pick.run_id == "m"
     assert select(select_config(load_results(tmp_path), "snd"), "snd")["selected_step"].tolist() == [200]
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        # the same value twice: the trial table listed 3 trials for 2 configurations
+        ('"dann.trade_off" = [0.1, 0.1, 1]', "sweep key 'dann.trade_off': 0.1 is given twice in [0.1, 0.1, 1]"),
+        # 1 and 1.0 are one float hyperparameter value, 10 and 10.0 one step count: the same runs
+        ('"dann.trade_off" = [1, 1.0]', "sweep key 'dann.trade_off': 1 and 1.0 are the same configuration"),
+        ("steps = [10, 10.0]", "sweep key 'steps': 10 and 10.0 are the same configuration"),
+        ('[sweep.random]\n"dann.forward" = "choice(concat, concat)"\ntrials = 2', "'concat' is given twice"),
+        # TOML's true for a float hyperparameter was read as 1.0 (float(True))
+        ('"dann.trade_off" = [true, 0.5]', "dann.trade_off: expected a finite float like 1.0, got True"),
+        # an empty [sweep] table ran the matrix unswept without a word
+        ("", "[sweep] has no keys"),
+    ],
+)
+def test_a_sweep_file_with_duplicate_bool_or_no_values_is_refused_by_key(tmp_path, table, message):
+    f = tmp_path / "m.toml"
+    f.write_text(f'[matrix]\nmethods = ["dann"]\npairs = ["digits-offline"]\n[sweep]\n{table}\n')
+    with pytest.raises(MatrixError) as e:
+        expand(load_matrix_file(f))
+    assert message in str(e.value) and str(e.value).startswith(str(f)), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_duplicate_sweep_values_on_the_command_line_are_refused(tmp_path, capsys):
+    out = tmp_path / "res"
+    rc = main(["run", "--methods", "dann", "--seeds", "0", "--results", str(out), "--sweep", "lr=0.01,0.010"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--sweep: sweep key 'lr': 0.01 is given twice" in err, err
+    assert not out.exists()
+
+
+def test_random_draws_that_coincide_are_not_refused():
+    """A random search may draw one value twice (choice over two values, 4 trials): that is sampling,
+    not a mistake in the file; only a list or choice() naming one value twice is refused."""
+    m = Matrix(
+        methods=("dann",),
+        pairs=("digits-offline",),
+        seeds=(0,),
+        overrides=dict(TINY_SCHEDULE),
+        sweep={"dann.forward": "choice(concat, separate)"},
+        trials=4,
+    )
+    assert len(sweep_plan(m)) == 4
