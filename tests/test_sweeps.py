@@ -428,3 +428,29 @@ def test_random_draws_that_coincide_are_not_refused():
         trials=4,
     )
     assert len(sweep_plan(m)) == 4
+
+
+def test_a_run_of_another_folder_or_a_plain_run_is_no_candidate_of_the_sweeps_choice(tmp_path):
+    """Folder A holds a sweep (x=1, x=2); folder B one plain run (x=3) with the best snd. Merged, the
+    choice used to pool B's run with A's trials and pick it (snd 20 % with regret 50): a choice
+    among configurations no sweep made (has_sweeps says merged folders are no sweep). B's run keeps
+    its own row; the choice and the rules table are over A's trials only."""
+    from fake_runs import curve_from, write_run
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for s in (0, 1):
+        write_run(a, f"a{s}", "dann", "p", s, curve=curve_from([60.0], snd=[1.0]), hparams={"x": 1})
+        write_run(a, f"b{s}", "dann", "p", s, curve=curve_from([70.0], snd=[2.0]), hparams={"x": 2})
+        write_run(b, f"c{s}", "dann", "p", s, curve=curve_from([20.0], snd=[3.0]), hparams={"x": 3})
+    (a / "matrix.json").write_text(json.dumps({"format": 1, "specs": [], "swept_runs": ["a0", "a1", "b0", "b1"]}))
+    (b / "matrix.json").write_text(json.dumps({"format": 1, "specs": [], "swept_runs": []}))
+    df = load_results(a, b)
+    picks = select_config(df, "snd")
+    assert sorted(picks["run_id"]) == ["b0", "b1", "c0", "c1"]
+    assert dict(zip(picks["run_id"], picks["trials"])) == {"b0": 2, "b1": 2, "c0": 1, "c1": 1}
+    acc, regret = rule_table(df)
+    assert acc.loc[("dann", "0"), "snd"] == pytest.approx(70.0) and regret.loc[("dann", "0"), "snd"] == 0.0
+    assert int(regret.loc[("dann", "0"), "trials"]) == 2
+    lb = leaderboard(picks, "snd")
+    cells = sorted(str(v)[:4] for v in lb.table["p"])
+    assert cells == ["20.0", "70.0"] and lb.table.loc["dann (x=3)", "p"].startswith("20.0")

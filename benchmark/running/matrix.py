@@ -184,7 +184,7 @@ def load_matrix_file(path: str | pathlib.Path) -> Matrix:
     for k, v in overrides.items():
         _expect(not isinstance(v, dict), where, f"set.{k}", 'a value (quote dotted keys: "dann.trade_off" = 0.5)', v)
     origins = dict.fromkeys(overrides, f"{where} [set]")
-    sweep, sweep_kw = _sweep_table(data.get("sweep", {}), where, origins)
+    sweep, sweep_kw = _sweep_table(data["sweep"], where, origins) if "sweep" in data else ({}, {})
     return Matrix(**kwargs, **sweep_kw, overrides=dict(overrides), origins=origins, sweep=sweep)
 
 
