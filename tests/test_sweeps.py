@@ -382,3 +382,75 @@ def test_ties_go_to_the_later_evaluation_then_the_smaller_run_id(tmp_path):
     (pick,) = select_config(load_results(tmp_path), "snd").itertuples()
     assert pick.run_id == "m"
     assert select(select_config(load_results(tmp_path), "snd"), "snd")["selected_step"].tolist() == [200]
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        # the same value twice: the trial table listed 3 trials for 2 configurations
+        ('"dann.trade_off" = [0.1, 0.1, 1]', "sweep key 'dann.trade_off': 0.1 is given twice in [0.1, 0.1, 1]"),
+        # 1 and 1.0 are one float hyperparameter value, 10 and 10.0 one step count: the same runs
+        ('"dann.trade_off" = [1, 1.0]', "sweep key 'dann.trade_off': 1 and 1.0 are the same configuration"),
+        ("steps = [10, 10.0]", "sweep key 'steps': 10 and 10.0 are the same configuration"),
+        ('[sweep.random]\n"dann.forward" = "choice(concat, concat)"\ntrials = 2', "'concat' is given twice"),
+        # TOML's true for a float hyperparameter was read as 1.0 (float(True))
+        ('"dann.trade_off" = [true, 0.5]', "dann.trade_off: expected a finite float like 1.0, got True"),
+        # an empty [sweep] table ran the matrix unswept without a word
+        ("", "[sweep] has no keys"),
+    ],
+)
+def test_a_sweep_file_with_duplicate_bool_or_no_values_is_refused_by_key(tmp_path, table, message):
+    f = tmp_path / "m.toml"
+    f.write_text(f'[matrix]\nmethods = ["dann"]\npairs = ["digits-offline"]\n[sweep]\n{table}\n')
+    with pytest.raises(MatrixError) as e:
+        expand(load_matrix_file(f))
+    assert message in str(e.value) and str(e.value).startswith(str(f)), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_duplicate_sweep_values_on_the_command_line_are_refused(tmp_path, capsys):
+    out = tmp_path / "res"
+    rc = main(["run", "--methods", "dann", "--seeds", "0", "--results", str(out), "--sweep", "lr=0.01,0.010"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--sweep: sweep key 'lr': 0.01 is given twice" in err, err
+    assert not out.exists()
+
+
+def test_random_draws_that_coincide_are_not_refused():
+    """A random search may draw one value twice (choice over two values, 4 trials): that is sampling,
+    not a mistake in the file; only a list or choice() naming one value twice is refused."""
+    m = Matrix(
+        methods=("dann",),
+        pairs=("digits-offline",),
+        seeds=(0,),
+        overrides=dict(TINY_SCHEDULE),
+        sweep={"dann.forward": "choice(concat, separate)"},
+        trials=4,
+    )
+    assert len(sweep_plan(m)) == 4
+
+
+def test_a_run_of_another_folder_or_a_plain_run_is_no_candidate_of_the_sweeps_choice(tmp_path):
+    """Folder A holds a sweep (x=1, x=2); folder B one plain run (x=3) with the best snd. Merged, the
+    choice used to pool B's run with A's trials and pick it (snd 20 % with regret 50): a choice
+    among configurations no sweep made (has_sweeps says merged folders are no sweep). B's run keeps
+    its own row; the choice and the rules table are over A's trials only."""
+    from fake_runs import curve_from, write_run
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for s in (0, 1):
+        write_run(a, f"a{s}", "dann", "p", s, curve=curve_from([60.0], snd=[1.0]), hparams={"x": 1})
+        write_run(a, f"b{s}", "dann", "p", s, curve=curve_from([70.0], snd=[2.0]), hparams={"x": 2})
+        write_run(b, f"c{s}", "dann", "p", s, curve=curve_from([20.0], snd=[3.0]), hparams={"x": 3})
+    (a / "matrix.json").write_text(json.dumps({"format": 1, "specs": [], "swept_runs": ["a0", "a1", "b0", "b1"]}))
+    (b / "matrix.json").write_text(json.dumps({"format": 1, "specs": [], "swept_runs": []}))
+    df = load_results(a, b)
+    picks = select_config(df, "snd")
+    assert sorted(picks["run_id"]) == ["b0", "b1", "c0", "c1"]
+    assert dict(zip(picks["run_id"], picks["trials"])) == {"b0": 2, "b1": 2, "c0": 1, "c1": 1}
+    acc, regret = rule_table(df)
+    assert acc.loc[("dann", "0"), "snd"] == pytest.approx(70.0) and regret.loc[("dann", "0"), "snd"] == 0.0
+    assert int(regret.loc[("dann", "0"), "trials"]) == 2
+    lb = leaderboard(picks, "snd")
+    cells = sorted(str(v)[:4] for v in lb.table["p"])
+    assert cells == ["20.0", "70.0"] and lb.table.loc["dann (x=3)", "p"].startswith("20.0")

@@ -12,8 +12,11 @@ accuracy for the oracle) and the reported accuracy is the target accuracy of (c*
 the later evaluation, then to the smaller run id (deterministic). ``last`` has no score and
 cannot choose a configuration.
 
-Candidates: the complete runs of one **method × label budget × pair × seed**; every configuration
-in the folder is a candidate (restrict with ``--where``). :func:`select_config` collapses them into
+Candidates: the complete runs of one **method × label budget × pair × seed of one results folder**
+that are trials of a sweep (restrict with ``--where``). A run the folder's ``matrix.json`` names as
+no sweep trial (a plain run added to the folder later) and a run of another, merged folder were
+never among the sweep's trials (:func:`has_sweeps`): they are no candidates, keep their own rows
+(``trials`` 1) in :func:`select_config` and are left out of :func:`rule_table`. :func:`select_config` collapses them into
 one row per method (the chosen run, its settings minus the swept keys, so the leaderboard shows
 one row per method) and the leaderboard, statistics and figures then work on it unchanged.
 
@@ -127,11 +130,14 @@ def select_config(df: pd.DataFrame, rule: str) -> pd.DataFrame:
     d = _with_labels(df[df["seed"].notna()] if len(df) else df)
     if d.empty:
         return d.assign(trials=pd.Series(dtype=int), chosen=pd.Series(dtype=object))
+    # a plain run (its folder's matrix.json says it is no sweep trial) or a run of another folder
+    # was never among the sweep's trials (has_sweeps): it is no candidate, and keeps its own row
+    d, plain = _trials_and_plain(d)
     sign = 1.0 if maximise else -1.0
     swept = swept_keys(d)
     rows = []
     missing_score: list[str] = []
-    for key, g in d.groupby(GROUP, sort=False):
+    for key, g in d.groupby(_by(d), sort=False):
         best = None  # (score, step, -rank of run id) and the row index
         complete = g[g["status"] == "complete"]
         keys = swept.get((key[0], key[1]), [])
@@ -189,10 +195,28 @@ def select_config(df: pd.DataFrame, rule: str) -> pd.DataFrame:
             f"{' …' if len(missing_score) > 5 else ''}",
             stacklevel=2,
         )
-    return pd.DataFrame(rows).reset_index(drop=True)
+    out = pd.DataFrame(rows)
+    if len(plain):
+        out = pd.concat([out, plain.assign(trials=1, chosen=[{}] * len(plain), left_out=[[]] * len(plain))])
+    return out.reset_index(drop=True)
 
 
 DIVERGED = "diverged"
+
+
+def _by(d: pd.DataFrame) -> list[str]:
+    """The candidates of one choice: one method x budget x pair x seed **of one folder** (merged
+    folders' configurations are no sweep: :func:`has_sweeps`)."""
+    return GROUP + (["source_dir"] if "source_dir" in d else [])
+
+
+def _trials_and_plain(d: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``d``'s rows split into sweep trials (``sweep_trial`` True, or None where the folder does not
+    say) and plain runs (``sweep_trial`` False: run into the folder without a sweep)."""
+    if "sweep_trial" not in d:
+        return d, d.iloc[:0]
+    plain = d["sweep_trial"].map(lambda x: x is not None and not pd.isna(x) and not bool(x)).astype(bool)
+    return d[~plain], d[plain]
 
 
 def _trial_name(row: pd.Series, keys: list[str]) -> str:
@@ -259,8 +283,10 @@ def rule_table(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     (:func:`~dabench.analysis.selection.mark_not_applicable`).
     """
     df = with_dev_scores(df)  # once, not per rule; dev's column only when some run saved features
+    if len(df):
+        df = _trials_and_plain(df)[0]  # plain runs were no candidates of any choice
     rules = [n for n in available_rules(df) if n in SCORES]
-    picks = {n: _accuracy(df, n).set_index(GROUP)["accuracy"] for n in rules}
+    picks = {n: _accuracy(df, n).set_index(_by(df))["accuracy"] for n in rules}
     acc = pd.DataFrame(picks)
     if acc.empty:
         empty = pd.DataFrame(columns=["method", "labels", *rules]).set_index(["method", "labels"])

@@ -436,6 +436,9 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         if isinstance(default, bool):
             return parse_bool(value, where)
         if isinstance(default, (int, float, str)):
+            if isinstance(value, bool) and not isinstance(default, str):
+                # float(True) == 1.0: a `true` written for a number is a mistake, not the value 1
+                raise ValueError(value)
             if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
             out = type(default)(value)

@@ -24,6 +24,7 @@ import ast
 import dataclasses
 import math
 import pathlib
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -183,7 +184,7 @@ def load_matrix_file(path: str | pathlib.Path) -> Matrix:
     for k, v in overrides.items():
         _expect(not isinstance(v, dict), where, f"set.{k}", 'a value (quote dotted keys: "dann.trade_off" = 0.5)', v)
     origins = dict.fromkeys(overrides, f"{where} [set]")
-    sweep, sweep_kw = _sweep_table(data.get("sweep", {}), where, origins)
+    sweep, sweep_kw = _sweep_table(data["sweep"], where, origins) if "sweep" in data else ({}, {})
     return Matrix(**kwargs, **sweep_kw, overrides=dict(overrides), origins=origins, sweep=sweep)
 
 
@@ -234,6 +235,12 @@ def _sweep_table(table: Any, where: str, origins: dict[str, str]) -> tuple[dict[
             raise MatrixError(f"{where}: sweep key {k!r} is in both [sweep] and [sweep.random]; give it once")
         sweep[k] = v
         origins[k] = f"{where} [sweep]"
+    if not sweep and not kw:
+        # an empty table is most likely keys lost in an edit; running the matrix unswept would hide it
+        raise MatrixError(
+            f'{where}: [sweep] has no keys; give key = [values] (a grid, e.g. "dann.trade_off" = [0.1, 1]) '
+            'or [sweep.random] key = "log_uniform(a, b)" with trials = N, or remove the table'
+        )
     return sweep, kw
 
 
@@ -435,11 +442,50 @@ def sweep_plan(matrix: Matrix) -> list[tuple[dict[str, Any], list[RunSpec]]]:
     methods = METHODS.expand(list(matrix.methods))
     pairs = PAIRS.expand(list(matrix.pairs))
     out = []
-    for trial in sweep_trials(matrix, methods):
+    found = sweep_trials(matrix, methods)
+    _check_distinct_values(matrix, methods, pairs)
+    for trial in found:
         specs: dict[str, RunSpec] = {}
         _expand_trial(dataclasses.replace(matrix, overrides={**matrix.overrides, **trial}), methods, pairs, specs)
         out.append((trial, list(specs.values())))
     return out
+
+
+def _check_distinct_values(matrix: Matrix, methods: list[str], pairs: list[str]) -> None:
+    """Refuse a grid list (or ``choice(...)``) that gives one configuration twice.
+
+    Two values are the same configuration when the matrix with the key set to either makes the
+    same runs: ``[0.1, 0.1]``, but also ``[1, 1.0]`` for a float hyperparameter or ``[10, 10.0]``
+    for ``steps``. Left in, the trial table would list more trials than there are configurations
+    and ``max_trials`` would count runs that never happen; the user most likely meant another value.
+    (Random draws that happen to coincide are not refused: that is how a random search samples.)
+    """
+    for key, spec in matrix.sweep.items():
+        if isinstance(spec, list):
+            values = list(spec)
+        elif isinstance(spec, str) and (m := _CHOICE.match(spec)):
+            values = [parse_value(a) for a in m.group(1).split(",") if a.strip()]
+        else:
+            continue
+        seen: dict[frozenset[str], Any] = {}
+        for v in values:
+            specs: dict[str, RunSpec] = {}
+            _expand_trial(dataclasses.replace(matrix, overrides={**matrix.overrides, key: v}), methods, pairs, specs)
+            runs = frozenset(specs)
+            if runs in seen:
+                same = (
+                    f"{v!r} is given twice"
+                    if seen[runs] == v and type(seen[runs]) is type(v)
+                    else (f"{seen[runs]!r} and {v!r} are the same configuration (the same runs)")
+                )
+                raise MatrixError(
+                    f"{matrix.where(key)}: sweep key {key!r}: {same} in {spec!r}; "
+                    "list distinct values (each one configuration), each once"
+                )
+            seen[runs] = v
+
+
+_CHOICE = re.compile(r"^\s*choice\s*\((.*)\)\s*$", re.S)
 
 
 def sweep_text(matrix: Matrix) -> str:
