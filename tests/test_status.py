@@ -218,6 +218,22 @@ def test_eta_counts_the_failed_and_skipped_runs_the_next_run_retries(tmp_path):
     assert "ETA: ~20s (mean run 10.0 s x 2 left / 1 worker)" in status_text(tmp_path)
 
 
+def test_eta_counts_a_seed_batched_runs_share_of_its_groups_time(tmp_path):
+    """Each seed of a batched group records the group's time (``total_s``), which its S seeds
+    shared: the ETA counts total_s / S per run (before: S times too long under --seed-batch)."""
+    store = RunStore(tmp_path)
+    specs = [_spec("dann", s) for s in range(6)]
+    write_matrix_file(tmp_path, specs, workers=1)
+    env = {"device": "cpu", "versions": {}, "host": socket.gethostname()}
+    for spec in specs[:3]:
+        rec = base_record(spec, "complete", env)
+        rec.timings = {"total_s": 30.0, "seed_batch": "3 seeds"}
+        store.write(rec)
+    st = folder_status(tmp_path)
+    assert st.remaining == 3 and st.mean_run_s == 10.0 and st.eta_s == 30.0
+    assert "ETA: ~30s (mean run 10.0 s x 3 left / 1 worker)" in status_text(tmp_path)
+
+
 def test_claims_of_runs_neither_the_matrix_nor_a_record_names(tmp_path):
     """An unreadable claim of a run the folder knows nothing else of is named (before: silently
     skipped, though one of a matrix run was named); a live claim of such a run (another runner's

@@ -26,6 +26,7 @@ import datetime as _dt
 import json
 import os
 import pathlib
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -174,6 +175,12 @@ def _expected(runs: list[RunState], durations: dict[tuple[str | None, str | None
                 break
 
 
+def _batched_seeds(timings: dict[str, Any]) -> int:
+    """How many seeds shared the run's recorded time: S for ``timings.seed_batch == "S seeds"``, else 1."""
+    m = re.fullmatch(r"(\d+) seeds", str(timings.get("seed_batch", "")))
+    return max(1, int(m.group(1))) if m else 1
+
+
 def folder_status(root: str | os.PathLike, now: float | None = None) -> FolderStatus:
     """Read a results folder (records, claims, matrix.json) without changing it. ``now`` (epoch
     seconds, default the clock) is when running runs' elapsed times are measured to."""
@@ -227,7 +234,10 @@ def folder_status(root: str | os.PathLike, now: float | None = None) -> FolderSt
             timings = rec.timings or {}
             t = timings.get("total_s", timings.get("wall_s"))
             if rec.status is Status.COMPLETE and isinstance(t, (int, float)):
-                times.append(float(t))
+                # a seed-batched seed records its group's time, which S seeds shared: the ETA counts
+                # its share; the running runs' expectation keeps the group's (a batched running run
+                # takes as long as its group)
+                times.append(float(t) / _batched_seeds(timings))
                 durations.setdefault((rec.spec.get("method"), rec.spec.get("pair")), []).append(float(t))
         elif info is not None and info.live:
             state, holder = "running", _holder(info)
