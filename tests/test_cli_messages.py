@@ -90,7 +90,10 @@ def test_list_takes_its_pattern_after_the_plugin_option(capsys) -> None:
         (["--executor", "local", "--workers", "0"], "--workers must be at least 1, got 0"),
         (["--executor", "local", "--runs-per-gpu", "0"], "--runs-per-gpu must be at least 1, got 0"),
         (["--executor", "local", "--run-timeout", "-5"], "--run-timeout must be a number of seconds > 0"),
-        (["--run-timeout", "60"], "the inline executor cannot stop a run that hangs; use --executor local"),
+        (
+            ["--run-timeout", "60"],
+            "the inline executor cannot stop a run that hangs (its runs are not processes of their own it may kill); use --executor local",
+        ),
         (["--executor", "slurm", "--slurm-time", "0"], "--slurm-time must be at least 1 minute, got 0"),
         (["--checkpoint-every", "-1"], "checkpoint_every=-1: must be >= 0"),
     ],

@@ -157,41 +157,14 @@ def check_device(name: str | None, local: bool = True) -> None:
 
 
 def check_executor_options(name: str, options: ExecutorOptions) -> None:
-    """Refuse the executor options ``name`` would refuse when built, without building it.
+    """The executors' own option checks (:func:`~dabench.running.executors.base.check_executor_options`)
+    without building one, as one :class:`MatrixError`: ``dabench run --dry-run`` calls it."""
+    from .executors import check_executor_options as check  # late: the registry imports every executor
 
-    ``dabench run --dry-run`` calls it: building the executor would start Ray or reach SLURM,
-    and a dry run that passed a ``--workers 0`` the real run then refuses would be no check.
-    The executors keep their own checks (the Python API builds them directly); these mirror
-    them, one :class:`MatrixError` naming the flag, its value and what is valid.
-    """
-    from .executors import EXECUTORS  # late: the registry imports every executor module
-
-    if name not in EXECUTORS:
-        raise MatrixError(f"unknown executor {name!r}; valid executors: {', '.join(EXECUTORS.names())}")
-    problems: list[str] = []
-    if options.workers is not None and options.workers < 1:
-        problems.append(f"--workers must be at least 1, got {options.workers}")
-    if options.runs_per_gpu < 1:
-        problems.append(f"--runs-per-gpu must be at least 1, got {options.runs_per_gpu}")
-    if name == "local" and options.runs_per_process < 0:
-        problems.append(f"--runs-per-process must be 0 (no limit) or more, got {options.runs_per_process}")
-    if name == "slurm":
-        if options.gpus_per_job < 0:
-            problems.append(f"--gpus-per-job must be 0 (CPU jobs) or more, got {options.gpus_per_job}")
-        if options.slurm_time_min < 1:
-            problems.append(f"--slurm-time must be at least 1 minute, got {options.slurm_time_min}")
-    limit = options.run_timeout_s
-    if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
-            problems.append(f"--run-timeout must be a number of seconds > 0, got {limit!r}")
-        elif not getattr(EXECUTORS.get(name), "stops_runs", False):
-            stoppers = [n for n in EXECUTORS.names() if getattr(EXECUTORS.get(n), "stops_runs", False)]
-            problems.append(
-                f"--run-timeout {limit:g}: the {name} executor cannot stop a run that hangs; "
-                f"use --executor {' or '.join(stoppers) or 'local'}"
-            )
-    if problems:
-        raise MatrixError("; ".join(problems))
+    try:
+        check(name, options)
+    except ValueError as exc:
+        raise MatrixError(str(exc)) from None
 
 
 __all__ = ["matrix_for", "rerun_specs", "open_executor", "check_device", "check_executor_options"]

@@ -248,24 +248,48 @@ def record_death(
     return Outcome(spec.run_id, "died" if rec.status is not Status.COMPLETE else "ran", rec)
 
 
-def make_executor(name: str, results_dir: str | pathlib.Path, options: ExecutorOptions | None = None) -> Executor:
-    """The executor called ``name``; an unknown name is an error listing the valid ones."""
+def check_executor_options(name: str, options: ExecutorOptions) -> None:
+    """Refuse the options executor ``name`` cannot run with, without building it: one ValueError
+    naming every flag, its value and what is valid. :func:`make_executor` calls it before building,
+    and ``dabench run --dry-run`` (``running/plan.py``) calls it instead of building (that would
+    start Ray or reach SLURM): one place for the checks, so a dry run refuses what the run refuses."""
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor {name!r}; valid executors: {', '.join(EXECUTORS.names())}")
-    options = options or ExecutorOptions()
-    cls = EXECUTORS.get(name)
+    problems: list[str] = []
+    if options.workers is not None and options.workers < 1:
+        problems.append(f"--workers must be at least 1, got {options.workers}")
+    if options.runs_per_gpu < 1:
+        problems.append(f"--runs-per-gpu must be at least 1, got {options.runs_per_gpu}")
+    if name == "local" and options.runs_per_process < 0:
+        problems.append(f"--runs-per-process must be 0 (no limit) or more, got {options.runs_per_process}")
+    if name == "slurm":
+        if options.gpus_per_job < 0:
+            problems.append(f"--gpus-per-job must be 0 (CPU jobs) or more, got {options.gpus_per_job}")
+        if options.slurm_time_min < 1:
+            problems.append(f"--slurm-time must be at least 1 minute, got {options.slurm_time_min}")
+        if options.slurm_cluster not in (None, "slurm", "local"):
+            problems.append(f"--slurm-cluster {options.slurm_cluster!r}: valid are slurm (the default) and local")
     limit = options.run_timeout_s
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
-            raise ValueError(f"--run-timeout must be a number of seconds > 0, got {limit!r}")
-        if not getattr(cls, "stops_runs", False):
+            problems.append(f"--run-timeout must be a number of seconds > 0, got {limit!r}")
+        elif not getattr(EXECUTORS.get(name), "stops_runs", False):
             # refused, not ignored: a limit the executor cannot enforce would promise what it does not do
             stoppers = [n for n in EXECUTORS.names() if getattr(EXECUTORS.get(n), "stops_runs", False)]
-            raise ValueError(
+            problems.append(
                 f"--run-timeout {limit:g}: the {name} executor cannot stop a run that hangs (its runs are not "
                 f"processes of their own it may kill); use --executor {' or '.join(stoppers) or 'local'}"
             )
-    return cls(pathlib.Path(results_dir), options)
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def make_executor(name: str, results_dir: str | pathlib.Path, options: ExecutorOptions | None = None) -> Executor:
+    """The executor called ``name``, built after :func:`check_executor_options`; an unknown name
+    is an error listing the valid ones."""
+    options = options or ExecutorOptions()
+    check_executor_options(name, options)
+    return EXECUTORS.get(name)(pathlib.Path(results_dir), options)
 
 
 __all__ = [
@@ -274,6 +298,7 @@ __all__ = [
     "ExecutorError",
     "ExecutorOptions",
     "Terminated",
+    "check_executor_options",
     "make_executor",
     "record_death",
     "register_executor",

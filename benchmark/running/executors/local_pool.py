@@ -136,9 +136,7 @@ class LocalPoolExecutor(Executor):
     fresh process replaces it (1: every run in its own process; 0: reuse without limit)."""
 
     def __init__(self, results_dir: pathlib.Path, opts: ExecutorOptions) -> None:
-        runs_per_process = opts.runs_per_process
-        if runs_per_process < 0:
-            raise ValueError(f"--runs-per-process must be 0 (no limit) or more, got {runs_per_process}")
+        runs_per_process = opts.runs_per_process  # checked by make_executor (check_executor_options)
         self.opts = opts
         self.plan = plan_slots(opts.device, opts.workers, opts.runs_per_gpu)
         self.runs_per_process = runs_per_process

@@ -68,22 +68,13 @@ class SlurmExecutor(Executor):
             raise ImportError(
                 "--executor slurm needs submitit: pip install 'dabench[slurm]' (or pick --executor inline or local)"
             ) from None
-        if opts.runs_per_gpu < 1:
-            raise ValueError(f"--runs-per-gpu must be at least 1, got {opts.runs_per_gpu}")
-        if opts.gpus_per_job < 0:
-            raise ValueError(f"--gpus-per-job must be 0 (CPU jobs) or more, got {opts.gpus_per_job}")
-        if opts.slurm_time_min < 1:
-            raise ValueError(f"--slurm-time must be at least 1 minute, got {opts.slurm_time_min}")
-        if opts.workers is not None and opts.workers < 1:
-            raise ValueError(f"--workers must be at least 1, got {opts.workers}")
+        # the option values are checked by make_executor (check_executor_options)
         self.submitit = submitit
         self.opts = opts
         self.store = RunStore(results_dir)
         self.root = self.store.root.resolve()
         self.group = max(1, opts.gpus_per_job) * opts.runs_per_gpu  # runs packed in one job
         cluster = opts.slurm_cluster
-        if cluster not in (None, "slurm", "local"):
-            raise ValueError(f"--slurm-cluster {cluster!r}: valid are slurm (the default) and local")
         # never submitit's auto-detection (cluster=None): on a machine without SLURM it silently
         # picks its local executor, and a "SLURM" matrix ran as processes on the login node
         cluster = cluster or "slurm"
