@@ -71,6 +71,20 @@ def test_missing_data_run_shows_the_fix_where_users_look(tmp_path: pathlib.Path,
     assert "DABENCH_DOWNLOAD=1" in capsys.readouterr().out
 
 
+def test_a_misspelt_set_key_gets_a_did_you_mean(capsys) -> None:
+    """``--set stpes=10`` listed every valid key but named none; a misspelt method hyperparameter
+    (``dann.tradeoff``) already got "did you mean"."""
+    assert main(["run", "--set", "stpes=10", "--dry-run"]) == 2
+    assert (
+        "--set stpes: no method of this matrix has that hyperparameter; did you mean 'steps'?"
+        in capsys.readouterr().err
+    )
+    assert main(["run", "--methods", "dann", "--set", "trade_of=1", "--dry-run"]) == 2
+    assert "did you mean 'trade_off'?" in capsys.readouterr().err
+    assert main(["run", "--set", "zzzz=1", "--dry-run"]) == 2
+    assert "did you mean" not in capsys.readouterr().err
+
+
 def test_list_takes_its_pattern_after_the_plugin_option(capsys) -> None:
     """argparse fills an optional positional at the first positional it meets: `list methods
     --plugin X 'ent*'` refused its pattern ('unrecognized arguments')."""

@@ -446,8 +446,8 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
                 raise ValueError(value)
             return out
     except (TypeError, ValueError):
-        kind = "finite float" if isinstance(default, float) else type(default).__name__
-        raise ValueError(f"{where}: expected a {kind} like {default!r}, got {value!r}") from None
+        kind = {float: "a finite float", int: "an integer", str: "a string"}.get(type(default), type(default).__name__)
+        raise ValueError(f"{where}: expected {kind} like {default!r}, got {value!r}") from None
     return value
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import math
 import pathlib
 import re
@@ -403,8 +404,11 @@ def _split_overrides(matrix: Matrix, methods: list[str]) -> tuple[dict, dict, di
             takers = [m for m in methods if key in METHODS.get(m).hparam_defaults()]
             if not takers:
                 known = sorted({h for m in methods for h in METHODS.get(m).hparam_defaults()})
+                others = ["target_shots", "backbone", "save_features"]
+                near = difflib.get_close_matches(key, [*SCHEDULE_KEYS, *others, *known], n=1)
+                hint = f"did you mean {near[0]!r}? " if near else ""
                 raise MatrixError(
-                    f"{matrix.where(key)} {key}: no method of this matrix has that hyperparameter; schedule keys: "
+                    f"{matrix.where(key)} {key}: no method of this matrix has that hyperparameter; {hint}schedule keys: "
                     f"{', '.join(SCHEDULE_KEYS)}; other keys: target_shots, backbone, backbone.<option>, save_features; "
                     f"method hyperparameters: {', '.join(known)} (or <method>.<name>)"
                 )
