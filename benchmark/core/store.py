@@ -45,7 +45,7 @@ import time
 import uuid
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -464,8 +464,8 @@ def checkpoint_problem(path: pathlib.Path) -> str | None:
 
 
 def weights_fingerprint(path: pathlib.Path) -> str:
-    """The SHA-256 of the weights in the checkpoint at ``path``: of each entry's name, dtype, shape
-    and bytes, in name order; raises what ``torch.load`` raises for a file it cannot load.
+    """The SHA-256 of the weights in the checkpoint at ``path`` (:func:`state_fingerprint` of what
+    it holds); raises what ``torch.load`` raises for a file it cannot load.
 
     Of the weights, not of the file: ``torch.save`` names the archive's folder after the file it
     writes (here a temporary file named with the writer's pid, see :func:`atomic_torch_save`), so
@@ -474,11 +474,23 @@ def weights_fingerprint(path: pathlib.Path) -> str:
     (a GPU, a seed batch). One load of the checkpoint, as a dependant does anyway: no more than a
     fraction of a second for the 100-MB state dicts of large backbones.
     """
+    import torch
+
+    return state_fingerprint(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def state_fingerprint(state: Mapping[str, Any]) -> str:
+    """The SHA-256 of a state dict: of each entry's name, dtype, shape and bytes, in name order.
+
+    Equal for a checkpoint file (:func:`weights_fingerprint`) and for the network that loaded it
+    strictly (``load_state_dict`` copies the values into tensors of the same dtype and shape; the
+    memory layout, e.g. CUDA's channels_last, and the device do not enter), so a dependant names the
+    weights it started from without reading the file again (``engine/train.execute``).
+    """
     import hashlib
 
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
     digest = hashlib.sha256()
     for key in sorted(state):
         t = state[key]
@@ -487,7 +499,7 @@ def weights_fingerprint(path: pathlib.Path) -> str:
             continue
         digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
         # as raw bytes: every dtype (bfloat16, bool ...) views as uint8 once flat and contiguous
-        digest.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
