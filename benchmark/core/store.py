@@ -9,6 +9,8 @@ Layout of a results folder::
     checkpoints/<run_id>.pt     final weights of runs others depend on (state dicts only)
     checkpoints/<run_id>.partial.pt   periodic mid-run state, for resuming a killed run
     features/<run_id>.npz       source/target features, when the run was asked to save them
+    .<name>.<pid>-<machine>.tmp  a file being written (:func:`temp_path`); one a killed writer left
+                                is removed by the next runner on the folder (:meth:`RunStore.sweep_temp_files`)
 
 Claims
 ------
@@ -36,9 +38,11 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import json
 import os
 import pathlib
+import re
 import socket
 import threading
 import time
@@ -106,13 +110,31 @@ def _remove_quietly(path: pathlib.Path) -> None:
         pass  # a read-only folder: nothing more can be done about it
 
 
+def temp_path(path: pathlib.Path, suffix: str = ".tmp") -> pathlib.Path:
+    """The temporary file ``path`` is written to before its rename into place:
+    ``.<name>.<pid>-<machine>.tmp`` (``suffix``), beside it.
+
+    The writer's pid and this machine's tag (:func:`machine_tag`) in the name let a later runner
+    tell a killed writer's leftover (its pid gone on this machine) from a file being written now,
+    here or on another machine sharing the folder (:meth:`RunStore.sweep_temp_files`).
+    """
+    return path.with_name(f".{path.name}.{os.getpid()}-{machine_tag()}{suffix}")
+
+
+#: a temporary file of :func:`temp_path` (``tag``: its machine) or of an older dabench (``.<name>.<pid>.tmp``)
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)(?:-(?P<tag>[0-9a-f]{8}))?\.tmp(?:\.npz)?$")
+#: an older dabench's temporary file (no machine in its name) is removed only when its pid is gone
+#: here and it is this old: no atomic write lasts an hour, wherever its writer runs
+LEGACY_TEMP_AGE_S = 3600.0
+
+
 def atomic_write_text(path: pathlib.Path, text: str) -> None:
     """Write via a temp file in the same folder + fsync + rename: readers never see half a file.
 
     Any failure (read-only folder, full disk) removes the temp file and raises :class:`WriteFault`
     naming ``path`` (a temp file left on a full disk would keep it full).
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -130,7 +152,7 @@ def atomic_torch_save(obj: Any, path: pathlib.Path) -> None:
     a failure removes the temp file and raises :class:`WriteFault`."""
     import torch
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(obj, tmp)
@@ -173,6 +195,12 @@ def _machine_of(pid: int) -> dict[str, str | None]:
 def _machine() -> dict[str, str | None]:
     """This machine: host name, boot id and pid namespace (cached per process; a fork re-reads)."""
     return _machine_of(os.getpid())
+
+
+def machine_tag() -> str:
+    """This machine (:func:`_machine`: host, boot id, pid namespace) as 8 hex digits: where a pid
+    in a temporary file's name can be checked (the same tag) and where it cannot (another)."""
+    return hashlib.sha256(json.dumps(_machine(), sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -309,6 +337,44 @@ class RunStore:
     # --- records ---------------------------------------------------------------------
     def record_path(self, run_id: str) -> pathlib.Path:
         return self.runs / f"{run_id}.json"
+
+    # --- leftovers -------------------------------------------------------------------
+    def sweep_temp_files(self) -> list[pathlib.Path]:
+        """Remove the temporary files (:func:`temp_path`) that killed writers left in the folder
+        and its subfolders (a kill between a temp file's creation and its rename); returns them.
+
+        Only a writer that is gone is swept: one of this machine (the name's tag) whose pid is not
+        alive (a zombie counts as gone). A live writer's file, here or on another machine sharing
+        the folder (whose pids cannot be checked from here), is never touched: removing it would
+        fail that writer's rename. An older dabench's temp file (no tag) goes when its pid is not
+        alive here and it is older than :data:`LEGACY_TEMP_AGE_S`. Called when a runner starts on
+        the folder (``running/scheduler.run_matrix``); a file that cannot be removed is left.
+        """
+        if not self.root.is_dir():
+            return []
+        mine, now = machine_tag(), time.time()
+        removed = []
+        for path in [*self.root.glob(".*.tmp*"), *self.root.glob("*/.*.tmp*")]:
+            m = _TEMP_NAME.match(path.name)
+            if m is None or not path.is_file():
+                continue
+            pid, tag = int(m["pid"]), m["tag"]
+            if tag is not None and tag != mine:
+                continue  # another machine's writer: alive or not, it cannot be told from here
+            if _pid_alive(pid):
+                continue
+            if tag is None:
+                try:
+                    if now - path.stat().st_mtime < LEGACY_TEMP_AGE_S:
+                        continue
+                except OSError:
+                    continue
+            try:
+                path.unlink()
+            except OSError:
+                continue  # gone already (another runner swept it) or a read-only folder
+            removed.append(path)
+        return removed
 
     def write(self, record: RunRecord) -> None:
         """Write a record atomically; :class:`WriteFault` (naming the file) when that fails."""
@@ -487,8 +553,6 @@ def state_fingerprint(state: Mapping[str, Any]) -> str:
     memory layout, e.g. CUDA's channels_last, and the device do not enter), so a dependant names the
     weights it started from without reading the file again (``engine/train.execute``).
     """
-    import hashlib
-
     import torch
 
     digest = hashlib.sha256()

@@ -20,7 +20,7 @@ from ..core.method import MAIN, TARGET_ACCESS, Batch, Loss, Method, TargetLabels
 from ..core.record import RunResult, first_line
 from ..core.registry import BACKBONES, METHODS
 from ..core.spec import RunSpec
-from ..core.store import RunStore, WriteFault, atomic_torch_save, state_fingerprint
+from ..core.store import RunStore, WriteFault, atomic_torch_save, state_fingerprint, temp_path
 from . import graphs
 from .compile import compile_method
 from .data import DeviceData, FitData, Stream, StreamCursor, validator_sample
@@ -619,7 +619,7 @@ def save_features(method: Method, data: DeviceData, path, step: int | None = Non
             logits = predict_split(method, data, split, indices=idx)
             out["source_logits"] = logits.cpu().numpy().astype(np.float32)
     out["step"] = np.array(-1 if step is None else step)
-    tmp = path.with_name(path.name + ".tmp.npz")
+    tmp = temp_path(path, ".tmp.npz")  # ends in .npz: numpy adds the suffix to any other name
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(tmp, **out)
