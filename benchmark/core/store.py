@@ -162,6 +162,23 @@ def atomic_torch_save(obj: Any, path: pathlib.Path) -> None:
         raise _write_fault(path, exc) from exc
 
 
+@contextmanager
+def file_lock(lock: pathlib.Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` of ``lock`` (created, with its folder, if absent) while the block
+    runs; :class:`WriteFault` when it cannot be created. Without ``fcntl`` (Windows) no lock is taken."""
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as exc:
+        raise WriteFault(lock, exc) from exc
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor drops the lock
+
+
 # --- who is this process ------------------------------------------------------------------
 def _read_small(path: str) -> str | None:
     try:
@@ -195,6 +212,12 @@ def _machine_of(pid: int) -> dict[str, str | None]:
 def _machine() -> dict[str, str | None]:
     """This machine: host name, boot id and pid namespace (cached per process; a fork re-reads)."""
     return _machine_of(os.getpid())
+
+
+def process_gone(pid: int, tag: str) -> bool:
+    """Whether process ``pid`` of the machine ``tag`` (:func:`machine_tag`) is known to be gone:
+    only on this machine can it be told; another machine's process is never taken for gone."""
+    return tag == machine_tag() and not _pid_alive(pid)
 
 
 def machine_tag() -> str:
@@ -352,18 +375,18 @@ class RunStore:
         """
         if not self.root.is_dir():
             return []
-        mine, now = machine_tag(), time.time()
+        now = time.time()
         removed = []
         for path in [*self.root.glob(".*.tmp*"), *self.root.glob("*/.*.tmp*")]:
             m = _TEMP_NAME.match(path.name)
             if m is None or not path.is_file():
                 continue
             pid, tag = int(m["pid"]), m["tag"]
-            if tag is not None and tag != mine:
-                continue  # another machine's writer: alive or not, it cannot be told from here
-            if _pid_alive(pid):
-                continue
+            if tag is not None and not process_gone(pid, tag):
+                continue  # alive, or another machine's writer (alive or not: it cannot be told from here)
             if tag is None:
+                if _pid_alive(pid):
+                    continue
                 try:
                     if now - path.stat().st_mtime < LEGACY_TEMP_AGE_S:
                         continue
@@ -410,18 +433,8 @@ class RunStore:
     @contextmanager
     def _claims_lock(self) -> Iterator[None]:
         """Hold the folder's exclusive claim lock (``flock`` on ``claims/.lock``)."""
-        lock = self.claims / ".lock"
-        try:
-            self.claims.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
-        except OSError as exc:
-            raise WriteFault(lock, exc) from exc
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+        with file_lock(self.claims / ".lock"):
             yield
-        finally:
-            os.close(fd)  # closing the descriptor drops the lock
 
     def claim(self, run_id: str) -> bool:
         """Take the run for this process; False if a live claim (see *Claims*) holds it.
