@@ -310,3 +310,75 @@ def test_sbatch_script_quotes_a_results_folder_with_spaces(tmp_path, fake_slurm)
     command = next(line for line in script.splitlines() if line.startswith("srun "))
     words = shlex.split(command)
     assert words[-1] == folder and words[words.index("--output") + 1].startswith(folder + "/")
+
+
+def test_sbatch_script_escapes_percent_signs_of_the_results_folder_in_log_paths(tmp_path, fake_slurm):
+    """SLURM expands %u, %x, %% ... in --output/--error (its filename patterns): a folder named
+    ``acc 100%u`` sent the job's logs elsewhere. There the folder's % are written %%; submitit's own
+    patterns (%j, %t) stay; submitit's command names the folder as it is (not a pattern)."""
+    import shlex
+
+    from dabench.running.executors import ExecutorOptions, make_executor
+
+    root = tmp_path / "acc 100%u" / "x%%y"
+    ex = make_executor("slurm", root, ExecutorOptions(progress=False))
+    ex.submit(_specs(1)[0])
+    ex.wait(0)
+    ex.close()
+    script = (fake_slurm / "submitted-100.sh").read_text()
+    folder = str(root.resolve() / "slurm" / "submitit")
+    slurm_folder = folder.replace("%", "%%")
+    sbatch = {
+        flag: shlex.split(line.split("=", 1)[1])[0]
+        for line in script.splitlines()
+        for flag in ("--output", "--error")
+        if line.startswith(f"#SBATCH {flag}=")
+    }
+    assert sbatch == {"--output": f"{slurm_folder}/%j_0_log.out", "--error": f"{slurm_folder}/%j_0_log.err"}
+    words = shlex.split(next(line for line in script.splitlines() if line.startswith("srun ")))
+    assert words[words.index("--output") + 1] == f"{slurm_folder}/%j_%t_log.out"
+    assert words[words.index("--error") + 1] == f"{slurm_folder}/%j_%t_log.err"
+    assert words[-1] == folder  # submitit's argument: a path, not a pattern
+
+
+def test_a_results_folder_with_submitits_own_tags_is_refused(tmp_path, fake_slurm):
+    from dabench.running.executors import ExecutorOptions, make_executor
+
+    with pytest.raises(ValueError, match=r"--results .*run%j.*holds %j, which submitit replaces by job ids"):
+        make_executor("slurm", tmp_path / "run%j", ExecutorOptions(progress=False))
+
+
+def test_two_slurm_runners_on_one_folder_keep_each_others_jobs_in_jobs_json(tmp_path, fake_slurm):
+    """Each runner rewrote DIR/slurm/jobs.json with its own jobs alone: dabench status lost the
+    other runner's. Now each write merges (under a lock); a gone runner's jobs are dropped."""
+    from dabench.core.store import machine_tag
+    from dabench.running.executors import ExecutorOptions, make_executor
+
+    a_spec, b_spec = _specs(2)
+    root = tmp_path / "r"
+    jobs_file = root / "slurm" / "jobs.json"
+    a = make_executor("slurm", root, ExecutorOptions(progress=False))
+    b = make_executor("slurm", root, ExecutorOptions(progress=False))
+    a.submit(a_spec)
+    a.wait(0)
+    b.submit(b_spec)
+    b.wait(0)
+    (fake_slurm / "sacct").write_text("100|RUNNING|node1\n101|RUNNING|node1\n")
+    a.wait(2.5)  # a's job changes state: a rewrites the file, b's job stays listed
+    listed = {j["job_id"]: j for j in json.loads(jobs_file.read_text())["jobs"]}
+    assert sorted(listed) == ["100", "101"]
+    assert listed["100"]["run_ids"] == [a_spec.run_id] and listed["101"]["run_ids"] == [b_spec.run_id]
+    # a runner killed on this machine (its pid gone) leaves a stale list: the next write drops it
+    payload = json.loads(jobs_file.read_text())
+    payload["jobs"].append(
+        {
+            "job_id": "7",
+            "state": "RUNNING",
+            "run_ids": ["x"],
+            "runner": {"pid": 2**22 + 7, "machine": machine_tag(), "id": "dead"},
+        }
+    )
+    jobs_file.write_text(json.dumps(payload))
+    a.close()
+    b.close()
+    assert sorted(j["job_id"] for j in json.loads(jobs_file.read_text())["jobs"]) == ["100", "101"]

@@ -16,14 +16,19 @@ import torch
 import dabench.engine.train as train_mod
 from dabench.analysis.results import load_results
 from dabench.analysis.tables import leaderboard
+from dabench.core.record import Status
 from dabench.core.store import RunStore, weights_fingerprint
+from dabench.engine.options import EngineOptions
 from dabench.running.executors import ExecutorOptions
 from dabench.running.matrix import Matrix, expand
 from dabench.running.scheduler import run_matrix
+from dabench.running.unit import run_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 OPTS = ExecutorOptions(device="cpu", progress=False)
+CPU = torch.device("cpu")
+EVERY_2 = EngineOptions(checkpoint_every=2)
 
 
 def _specs():
@@ -157,3 +162,74 @@ def test_leaderboard_names_dependants_of_other_weights(tmp_path, monkeypatch):
     run_matrix([so], tmp_path, OPTS)
     notes = [n for n in leaderboard(load_results(tmp_path)).notes if "other source-only weights" in n]
     assert len(notes) == 1 and lp.run_id in notes[0] and f"dabench run --results {tmp_path}" in notes[0]
+
+
+# --- an interrupted dependant's mid-run checkpoint and a redone source-only run ---------------
+
+
+def _interrupted_fine_tune(tmp_path):
+    """source-only complete, then fine-tune killed after its mid-run checkpoint at step 2 of 6."""
+    so, ft = expand(
+        Matrix(
+            methods=("source-only", "fine-tune"),
+            pairs=("digits-offline",),
+            seeds=(0,),
+            overrides={"steps": 6, "eval_every": 6, "log_every": 1},
+        )
+    )
+    store = RunStore(tmp_path)
+    assert run_spec(so, store, CPU, None).status is Status.COMPLETE
+    partial = store.checkpoint_path(ft.run_id, partial=True)
+
+    def killed_after_checkpoint(step: int, total: int) -> None:
+        if partial.exists():
+            raise KeyboardInterrupt("killed after the mid-run checkpoint")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_spec(ft, store, CPU, None, killed_after_checkpoint, EVERY_2)
+    assert torch.load(partial, weights_only=True)["step"] == 2
+    return so, ft, store, partial
+
+
+def test_a_dependant_resumes_its_checkpoint_when_its_source_is_unchanged(tmp_path):
+    so, ft, store, partial = _interrupted_fine_tune(tmp_path)
+    # the checkpoint names the weights the run started from: the source-only run's
+    assert torch.load(partial, weights_only=True)["source_sha256"] == store.read(so.run_id).weights_sha256
+    rec = run_spec(ft, store, CPU, None, engine=EVERY_2)
+    assert rec.status is Status.COMPLETE and rec.resumed_from_step == 2 and rec.resume_note is None
+    assert rec.source_weights["weights_sha256"] == store.read(so.run_id).weights_sha256
+
+
+def test_a_dependant_never_resumes_steps_trained_from_replaced_source_weights(tmp_path, monkeypatch, recwarn):
+    """The defect: the dependant was killed mid-run, its source-only run redone with other weights;
+    the resume went on from the old weights' checkpoint and the record named the new weights."""
+    so, ft, store, partial = _interrupted_fine_tune(tmp_path)
+    old = store.read(so.run_id).weights_sha256  # the weights its first 2 steps were trained from
+    _nudged_saves(monkeypatch)
+    store.record_path(so.run_id).unlink()
+    assert run_spec(so, store, CPU, None).status is Status.COMPLETE  # redone: other weights
+    new = store.read(so.run_id).weights_sha256
+    assert new != old
+    rec = run_spec(ft, store, CPU, None, engine=EVERY_2)
+    assert rec.status is Status.COMPLETE and rec.resumed_from_step is None
+    assert rec.source_weights["weights_sha256"] == new
+    assert rec.resume_note is not None and old[:12] in rec.resume_note and new[:12] in rec.resume_note
+    assert "started again from step 0" in rec.resume_note
+    assert any("not resumed" in str(w.message) for w in recwarn)
+    assert store.read(ft.run_id).resume_note == rec.resume_note  # in the record on disk
+    assert not partial.exists()
+    # trained wholly from the new weights: what a fresh run from them records, bit for bit
+    store.record_path(ft.run_id).unlink()
+    fresh = run_spec(ft, store, CPU, None, engine=EVERY_2)
+    assert fresh.resumed_from_step is None and fresh.curve == rec.curve
+
+
+def test_a_dependant_checkpoint_without_a_source_fingerprint_is_not_resumed(tmp_path):
+    """An older dabench's checkpoint does not name its source weights: they cannot be vouched for."""
+    _, ft, store, partial = _interrupted_fine_tune(tmp_path)
+    state = torch.load(partial, weights_only=True)
+    del state["source_sha256"]
+    torch.save(state, partial)
+    rec = run_spec(ft, store, CPU, None, engine=EVERY_2)
+    assert rec.status is Status.COMPLETE and rec.resumed_from_step is None
+    assert "source weights it does not name" in rec.resume_note

@@ -121,6 +121,7 @@ class RunResult:
     resumed_from_step: int | None
     timings: dict[str, Any]
     data: dict[str, Any] | None = None
+    resume_note: str | None = None
 
 
 @dataclass(eq=True)
@@ -142,6 +143,9 @@ class RunRecord(Mapping):
     error: RunError | None = None  #: failed / diverged / skipped: why
     diverged_at_step: int | None = None  #: diverged: the step whose loss was not finite
     resumed_from_step: int | None = None  #: the mid-run checkpoint step a resumed run started from
+    #: a mid-run checkpoint that was there but not resumed from, and why (damaged; a dependant's
+    #: trained from other source weights than its source-only run holds now); null otherwise
+    resume_note: str | None = None
     timings: dict[str, Any] | None = None  #: wall_s, total_s, steps, steps_per_s, images_per_s, compiled
     device: str | None = None
     versions: dict[str, Any] | None = None  #: dabench, torch ..., git_commit, git_dirty
@@ -318,6 +322,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "error": (dict,),
     "diverged_at_step": (int,),
     "resumed_from_step": (int,),
+    "resume_note": (str,),
     "timings": (dict,),
     "device": (str,),
     "versions": (dict,),

@@ -9,6 +9,8 @@ Layout of a results folder::
     checkpoints/<run_id>.pt     final weights of runs others depend on (state dicts only)
     checkpoints/<run_id>.partial.pt   periodic mid-run state, for resuming a killed run
     features/<run_id>.npz       source/target features, when the run was asked to save them
+    .<name>.<pid>-<machine>.tmp  a file being written (:func:`temp_path`); one a killed writer left
+                                is removed by the next runner on the folder (:meth:`RunStore.sweep_temp_files`)
 
 Claims
 ------
@@ -36,16 +38,18 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import json
 import os
 import pathlib
+import re
 import socket
 import threading
 import time
 import uuid
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -106,13 +110,31 @@ def _remove_quietly(path: pathlib.Path) -> None:
         pass  # a read-only folder: nothing more can be done about it
 
 
+def temp_path(path: pathlib.Path, suffix: str = ".tmp") -> pathlib.Path:
+    """The temporary file ``path`` is written to before its rename into place:
+    ``.<name>.<pid>-<machine>.tmp`` (``suffix``), beside it.
+
+    The writer's pid and this machine's tag (:func:`machine_tag`) in the name let a later runner
+    tell a killed writer's leftover (its pid gone on this machine) from a file being written now,
+    here or on another machine sharing the folder (:meth:`RunStore.sweep_temp_files`).
+    """
+    return path.with_name(f".{path.name}.{os.getpid()}-{machine_tag()}{suffix}")
+
+
+#: a temporary file of :func:`temp_path` (``tag``: its machine) or of an older dabench (``.<name>.<pid>.tmp``)
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)(?:-(?P<tag>[0-9a-f]{8}))?\.tmp(?:\.npz)?$")
+#: an older dabench's temporary file (no machine in its name) is removed only when its pid is gone
+#: here and it is this old: no atomic write lasts an hour, wherever its writer runs
+LEGACY_TEMP_AGE_S = 3600.0
+
+
 def atomic_write_text(path: pathlib.Path, text: str) -> None:
     """Write via a temp file in the same folder + fsync + rename: readers never see half a file.
 
     Any failure (read-only folder, full disk) removes the temp file and raises :class:`WriteFault`
     naming ``path`` (a temp file left on a full disk would keep it full).
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -130,7 +152,7 @@ def atomic_torch_save(obj: Any, path: pathlib.Path) -> None:
     a failure removes the temp file and raises :class:`WriteFault`."""
     import torch
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(obj, tmp)
@@ -138,6 +160,23 @@ def atomic_torch_save(obj: Any, path: pathlib.Path) -> None:
     except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
         _remove_quietly(tmp)
         raise _write_fault(path, exc) from exc
+
+
+@contextmanager
+def file_lock(lock: pathlib.Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` of ``lock`` (created, with its folder, if absent) while the block
+    runs; :class:`WriteFault` when it cannot be created. Without ``fcntl`` (Windows) no lock is taken."""
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as exc:
+        raise WriteFault(lock, exc) from exc
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor drops the lock
 
 
 # --- who is this process ------------------------------------------------------------------
@@ -173,6 +212,18 @@ def _machine_of(pid: int) -> dict[str, str | None]:
 def _machine() -> dict[str, str | None]:
     """This machine: host name, boot id and pid namespace (cached per process; a fork re-reads)."""
     return _machine_of(os.getpid())
+
+
+def process_gone(pid: int, tag: str) -> bool:
+    """Whether process ``pid`` of the machine ``tag`` (:func:`machine_tag`) is known to be gone:
+    only on this machine can it be told; another machine's process is never taken for gone."""
+    return tag == machine_tag() and not _pid_alive(pid)
+
+
+def machine_tag() -> str:
+    """This machine (:func:`_machine`: host, boot id, pid namespace) as 8 hex digits: where a pid
+    in a temporary file's name can be checked (the same tag) and where it cannot (another)."""
+    return hashlib.sha256(json.dumps(_machine(), sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -310,6 +361,44 @@ class RunStore:
     def record_path(self, run_id: str) -> pathlib.Path:
         return self.runs / f"{run_id}.json"
 
+    # --- leftovers -------------------------------------------------------------------
+    def sweep_temp_files(self) -> list[pathlib.Path]:
+        """Remove the temporary files (:func:`temp_path`) that killed writers left in the folder
+        and its subfolders (a kill between a temp file's creation and its rename); returns them.
+
+        Only a writer that is gone is swept: one of this machine (the name's tag) whose pid is not
+        alive (a zombie counts as gone). A live writer's file, here or on another machine sharing
+        the folder (whose pids cannot be checked from here), is never touched: removing it would
+        fail that writer's rename. An older dabench's temp file (no tag) goes when its pid is not
+        alive here and it is older than :data:`LEGACY_TEMP_AGE_S`. Called when a runner starts on
+        the folder (``running/scheduler.run_matrix``); a file that cannot be removed is left.
+        """
+        if not self.root.is_dir():
+            return []
+        now = time.time()
+        removed = []
+        for path in [*self.root.glob(".*.tmp*"), *self.root.glob("*/.*.tmp*")]:
+            m = _TEMP_NAME.match(path.name)
+            if m is None or not path.is_file():
+                continue
+            pid, tag = int(m["pid"]), m["tag"]
+            if tag is not None and not process_gone(pid, tag):
+                continue  # alive, or another machine's writer (alive or not: it cannot be told from here)
+            if tag is None:
+                if _pid_alive(pid):
+                    continue
+                try:
+                    if now - path.stat().st_mtime < LEGACY_TEMP_AGE_S:
+                        continue
+                except OSError:
+                    continue
+            try:
+                path.unlink()
+            except OSError:
+                continue  # gone already (another runner swept it) or a read-only folder
+            removed.append(path)
+        return removed
+
     def write(self, record: RunRecord) -> None:
         """Write a record atomically; :class:`WriteFault` (naming the file) when that fails."""
         if not isinstance(record, RunRecord):
@@ -344,18 +433,8 @@ class RunStore:
     @contextmanager
     def _claims_lock(self) -> Iterator[None]:
         """Hold the folder's exclusive claim lock (``flock`` on ``claims/.lock``)."""
-        lock = self.claims / ".lock"
-        try:
-            self.claims.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
-        except OSError as exc:
-            raise WriteFault(lock, exc) from exc
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+        with file_lock(self.claims / ".lock"):
             yield
-        finally:
-            os.close(fd)  # closing the descriptor drops the lock
 
     def claim(self, run_id: str) -> bool:
         """Take the run for this process; False if a live claim (see *Claims*) holds it.
@@ -464,8 +543,8 @@ def checkpoint_problem(path: pathlib.Path) -> str | None:
 
 
 def weights_fingerprint(path: pathlib.Path) -> str:
-    """The SHA-256 of the weights in the checkpoint at ``path``: of each entry's name, dtype, shape
-    and bytes, in name order; raises what ``torch.load`` raises for a file it cannot load.
+    """The SHA-256 of the weights in the checkpoint at ``path`` (:func:`state_fingerprint` of what
+    it holds); raises what ``torch.load`` raises for a file it cannot load.
 
     Of the weights, not of the file: ``torch.save`` names the archive's folder after the file it
     writes (here a temporary file named with the writer's pid, see :func:`atomic_torch_save`), so
@@ -474,11 +553,21 @@ def weights_fingerprint(path: pathlib.Path) -> str:
     (a GPU, a seed batch). One load of the checkpoint, as a dependant does anyway: no more than a
     fraction of a second for the 100-MB state dicts of large backbones.
     """
-    import hashlib
-
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state_fingerprint(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def state_fingerprint(state: Mapping[str, Any]) -> str:
+    """The SHA-256 of a state dict: of each entry's name, dtype, shape and bytes, in name order.
+
+    Equal for a checkpoint file (:func:`weights_fingerprint`) and for the network that loaded it
+    strictly (``load_state_dict`` copies the values into tensors of the same dtype and shape; the
+    memory layout, e.g. CUDA's channels_last, and the device do not enter), so a dependant names the
+    weights it started from without reading the file again (``engine/train.execute``).
+    """
+    import torch
+
     digest = hashlib.sha256()
     for key in sorted(state):
         t = state[key]
@@ -487,7 +576,7 @@ def weights_fingerprint(path: pathlib.Path) -> str:
             continue
         digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
         # as raw bytes: every dtype (bfloat16, bool ...) views as uint8 once flat and contiguous
-        digest.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

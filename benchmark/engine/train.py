@@ -20,7 +20,7 @@ from ..core.method import MAIN, TARGET_ACCESS, Batch, Loss, Method, TargetLabels
 from ..core.record import RunResult, first_line
 from ..core.registry import BACKBONES, METHODS
 from ..core.spec import RunSpec
-from ..core.store import RunStore, WriteFault, atomic_torch_save
+from ..core.store import RunStore, WriteFault, atomic_torch_save, state_fingerprint, temp_path
 from . import graphs
 from .compile import compile_method
 from .data import DeviceData, FitData, Stream, StreamCursor, validator_sample
@@ -114,6 +114,12 @@ class RunContext:
     steps_done: int = 0
     images_seen: int = 0
     resumed_from_step: int | None = None  # set when a mid-run checkpoint was picked up
+    #: a dependant: the fingerprint (``store.state_fingerprint``) of the source-only weights it
+    #: started from, kept in its mid-run checkpoints; a resume from weights that are not these
+    #: (the source-only run was redone meanwhile) starts again from step 0 (``_resume``)
+    source_sha256: str | None = None
+    #: why a mid-run checkpoint was there but not resumed from (the record's ``resume_note``)
+    resume_note: str | None = None
     cuda_graphs: bool = False  # capture the step in a CUDA graph (engine/graphs.py; CUDA only)
     #: what became of ``cuda_graphs``: the record's ``timings["cuda_graphs"]`` (set by train_steps)
     graph_note: str = ""
@@ -432,6 +438,7 @@ class RunContext:
             "loss_count": n_since,
             "first_bad": first_bad,
             "first_bad_parts": list(part_names),
+            "source_sha256": self.source_sha256,
         }
         atomic_torch_save(state, path)
 
@@ -455,6 +462,22 @@ class RunContext:
                 f"removed; run {self.spec.label} starts again from step 0",
                 stacklevel=2,
             )
+            path.unlink(missing_ok=True)
+            self.resume_note = f"mid-run checkpoint at {path.name} could not be loaded: started again from step 0"
+            return None
+        if self.spec.depends_on and state.get("source_sha256") != self.source_sha256:
+            # its steps so far were trained from other source-only weights than the run starts
+            # from now (the source-only run was redone, or, without a fingerprint, an older
+            # dabench cannot tell): resuming would give a record that names the new weights but
+            # trained half from the old ones. Start over; the time lost buys an honest record.
+            was = state.get("source_sha256")
+            self.resume_note = (
+                f"mid-run checkpoint at step {int(state['step'])} not resumed: its steps were trained from "
+                + (f"source weights {str(was)[:12]}" if was else "source weights it does not name (an older dabench)")
+                + f" of source-only run {self.spec.depends_on}, which now holds {str(self.source_sha256)[:12]}; "
+                "started again from step 0"
+            )
+            warnings.warn(f"run {self.spec.label}: {self.resume_note}", stacklevel=2)
             path.unlink(missing_ok=True)
             return None
         method.load_state_dict(state["method"])
@@ -596,7 +619,7 @@ def save_features(method: Method, data: DeviceData, path, step: int | None = Non
             logits = predict_split(method, data, split, indices=idx)
             out["source_logits"] = logits.cpu().numpy().astype(np.float32)
     out["step"] = np.array(-1 if step is None else step)
-    tmp = path.with_name(path.name + ".tmp.npz")
+    tmp = temp_path(path, ".tmp.npz")  # ends in .npz: numpy adds the suffix to any other name
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(tmp, **out)
@@ -658,12 +681,15 @@ def execute(
     speed, not the run's spec or id. ``timings["cuda_graphs"]`` says what became of the graphs.
     """
     method = prepare_method(spec, pair, device, store)
+    # a dependant's mid-run checkpoints name the source weights it started from (before compile
+    # renames the state dict's keys): the very tensors loaded, not the file read again
+    source_sha256 = state_fingerprint(method.net.state_dict()) if spec.depends_on and engine.checkpoint_every else None
     if engine.compile:
         compile_method(method)
     # backstop for pairs whose max_target_shots is unknown (or wrong): the matrix's message, not an IndexError
     check_target_shots(pair, pair_data, spec.target_shots, spec.eval_shots)
     data = DeviceData(pair, pair_data, device, spec.seed, spec.target_shots, spec.eval_shots)
-    ctx = RunContext(spec, pair, data, device, store, on_step, engine.checkpoint_every)
+    ctx = RunContext(spec, pair, data, device, store, on_step, engine.checkpoint_every, source_sha256=source_sha256)
     ctx.cuda_graphs = graphs.resolve_cuda_graphs(engine.cuda_graphs, device)
     # a method with its own fit() may never reach the step loop that captures
     ctx.graph_note = "unused: the method's own fit()" if ctx.cuda_graphs else graphs.OFF
@@ -728,6 +754,7 @@ def finish_run(method: Method, ctx: RunContext, wall: float, timings: dict[str, 
             "overlaps_evaluation": data.validator_overlaps_eval,
         },
         resumed_from_step=ctx.resumed_from_step,
+        resume_note=ctx.resume_note,
         data=data_summary(ctx.pair, ctx._data.pair_data),
         timings={
             "wall_s": round(wall, 3),

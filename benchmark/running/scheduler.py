@@ -304,6 +304,10 @@ def run_matrix(
     else:
         ex = executor
     summary = MatrixSummary()
+    # a kill during an atomic write leaves its temporary file; nothing else ever removes it
+    swept = store.sweep_temp_files()
+    if swept:
+        tqdm.write(f"removed {len(swept)} temporary file(s) left by killed writers in {store.root}", file=sys.stderr)
     #: pair -> (error type, message) of data that cannot be used (absent or malformed files): every
     #: run of the pair would fail the same way, so the rest are recorded failed without loading it again
     missing_pairs: dict[str, tuple[str, str]] = {}

@@ -31,14 +31,17 @@ The results folder must be on storage every node sees. Needs ``pip install 'dabe
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import shlex
 import shutil
 import time
+import uuid
 from typing import Any
 
 from ...core.record import utc_now
 from ...core.spec import RunSpec
-from ...core.store import RunStore, atomic_write_text
+from ...core.store import RunStore, atomic_write_text, file_lock, machine_tag, process_gone
 from ..jobs import FINISHED_STATES, JOBS_FILE, PREEMPTED_ENDED
 from ..slurm_task import SlurmTask
 from ..unit import Outcome
@@ -50,11 +53,69 @@ from .base import Executor, ExecutorError, ExecutorOptions, _absolute_plugins, r
 NO_RESULT_STATES = ("CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED")
 
 
+#: what submitit itself replaces in any part of its folder's path (``JobPaths``: the job and task
+#: ids), so a results folder whose path holds one cannot be its folder
+SUBMITIT_TAGS = ("%j", "%t", "%A", "%a")
+
+
+def escape_log_patterns(script: str, folder: str) -> str:
+    """``script`` (submitit's sbatch script) with every ``%`` of ``folder`` written ``%%`` where
+    SLURM reads a filename pattern: the ``#SBATCH --output/--error`` values and srun's
+    ``--output/--error`` arguments. SLURM replaces ``%j``, ``%A``, ``%a``, ``%u``, ``%x``, ``%%`` ...
+    in those (sbatch(1), *filename pattern*): a results folder named ``acc_100%u`` sent the job's
+    logs to ``acc_100<user>``, where neither submitit nor ``dabench`` looked. The patterns submitit
+    put after the folder (``%A_%a_0_log.out``) stay patterns; the folder's argument to submitit's
+    own command (not a pattern) stays as it is.
+    """
+    if "%" not in folder:
+        return script
+    escaped = folder.replace("%", "%%")
+
+    def fix(path: str) -> str:
+        return escaped + path[len(folder) :] if path.startswith(folder) else path
+
+    lines = []
+    for line in script.splitlines():
+        for flag in ("#SBATCH --output=", "#SBATCH --error="):
+            if line.startswith(flag):
+                (value,) = shlex.split(line[len(flag) :])
+                line = flag + shlex.quote(fix(value))
+        if line.startswith("srun "):
+            words = shlex.split(line)
+            for i in range(len(words) - 1):
+                if words[i] in ("--output", "--error"):
+                    words[i + 1] = fix(words[i + 1])
+            line = " ".join(shlex.quote(w) for w in words)
+        lines.append(line)
+    return "\n".join(lines) + ("\n" if script.endswith("\n") else "")
+
+
 def job_state(raw: object) -> str:
     """A job's state as sacct names it, without its qualifier: ``CANCELLED by 1000`` is ``CANCELLED``
     (the qualifier made the state unknown to :data:`FINISHED_STATES`, and the job was listed ``FINISHED``)."""
     words = str(raw).upper().split()
     return words[0] if words else "UNKNOWN"
+
+
+def _read_jobs(path: pathlib.Path) -> list[dict[str, Any]]:
+    """The jobs listed in ``jobs.json`` now (none when it is absent or unreadable: rewritten whole)."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        jobs = payload.get("jobs", []) if isinstance(payload, dict) else []
+    except (OSError, ValueError):
+        return []
+    return [j for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else []
+
+
+def _runner_alive(job: dict[str, Any], me: dict[str, Any]) -> bool:
+    """Whether ``job`` of ``jobs.json`` belongs to another runner that may still be running."""
+    runner = job.get("runner")
+    if not isinstance(runner, dict) or runner == me:
+        return False  # an older dabench's entry, or this runner's own (rewritten from memory)
+    try:
+        return not process_gone(int(runner["pid"]), str(runner["machine"]))
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 @register_executor("slurm")
@@ -85,8 +146,23 @@ class SlurmExecutor(Executor):
                     f"--executor slurm: {', '.join(missing)} not found on PATH (is this a SLURM login node?); "
                     "--slurm-cluster local runs the same jobs as local processes"
                 )
-        self.ex = submitit.AutoExecutor(folder=self.root / "slurm" / "submitit", cluster=cluster)
+        folder = self.root / "slurm" / "submitit"
+        tags = [t for t in SUBMITIT_TAGS if t in str(folder)]
+        if tags:
+            raise ValueError(
+                f"--results {self.root}: the path holds {', '.join(tags)}, which submitit replaces by job ids in "
+                f"every path of its folder ({folder}); for --executor slurm pick a folder whose path has none of "
+                f"{', '.join(SUBMITIT_TAGS)}"
+            )
+        self.ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
         self.cluster = self.ex.cluster
+        if self.cluster == "slurm":
+            # SLURM expands % patterns in the log paths; submitit writes the folder as it is
+            inner: Any = self.ex._executor  # submitit's SlurmExecutor: it writes the script
+            make_text = inner._make_submission_file_text
+            inner._make_submission_file_text = lambda command, uid: escape_log_patterns(
+                make_text(command, uid), str(inner.folder)
+            )
         params: dict[str, Any] = {
             "timeout_min": opts.slurm_time_min,
             "gpus_per_node": opts.gpus_per_job,
@@ -104,6 +180,7 @@ class SlurmExecutor(Executor):
         self._slots = opts.workers or (self.group if self.cluster == "local" else 256)
         self._pending: list[RunSpec] = []
         self._jobs: list[dict[str, Any]] = []  # {"job", "specs", "submitted_at", "state"}
+        self._runner_id = uuid.uuid4().hex[:12]  # this executor in jobs.json (two may share a process)
         self._preempted_since: dict[str, float] = {}  # job id -> when it was first seen PREEMPTED
         self._task_args: dict[str, Any] = {
             "results_dir": str(self.root),
@@ -148,21 +225,33 @@ class SlurmExecutor(Executor):
         self._write_jobs()
 
     def _write_jobs(self) -> None:
-        payload = {
-            "format": 1,
-            "updated_at": utc_now(),
-            "cluster": self.cluster,
-            "jobs": [
-                {
-                    "job_id": str(j["job"].job_id),
-                    "state": j["state"],
-                    "submitted_at": j["submitted_at"],
-                    "run_ids": [s.run_id for s in j["specs"]],
-                }
-                for j in self._jobs
-            ],
-        }
-        atomic_write_text(self.root / JOBS_FILE, json.dumps(payload, indent=1))
+        """Write this runner's jobs into ``DIR/slurm/jobs.json``, keeping those of the other runners
+        on the folder: read, merge and write under a lock (``slurm/.jobs.lock``), so that two
+        ``dabench run --executor slurm`` on one folder do not each overwrite the other's list.
+
+        Each job names its runner (``runner``: pid, :func:`~dabench.core.store.machine_tag` and
+        the executor's random id);
+        another runner's jobs are kept unless that runner is gone (a process of this machine that
+        is not alive: its list is as stale as the old overwrite left it). Entries of an older
+        dabench (no ``runner``) are replaced, as they always were.
+        """
+        runner = {"pid": os.getpid(), "machine": machine_tag(), "id": self._runner_id}
+        mine = [
+            {
+                "job_id": str(j["job"].job_id),
+                "state": j["state"],
+                "submitted_at": j["submitted_at"],
+                "run_ids": [s.run_id for s in j["specs"]],
+                "runner": runner,
+            }
+            for j in self._jobs
+        ]
+        path = self.root / JOBS_FILE
+        with file_lock(path.with_name(".jobs.lock")):
+            ids = {j["job_id"] for j in mine}
+            others = [j for j in _read_jobs(path) if j.get("job_id") not in ids and _runner_alive(j, runner)]
+            payload = {"format": 1, "updated_at": utc_now(), "cluster": self.cluster, "jobs": others + mine}
+            atomic_write_text(path, json.dumps(payload, indent=1))
 
     #: seconds a job may stay PREEMPTED before it counts as ended: submitit counts PREEMPTED as
     #: unfinished (SLURM requeues a preempted job, and sacct shows PREEMPTED meanwhile), but on a
