@@ -94,6 +94,7 @@ _TEX = {
     "−": r"$-$",
     "·": r"$\cdot$",
     "√": r"$\surd$",
+    "∈": r"$\in$",  # a row chosen among a sweep's values: dann (trade_off∈{0.1, 1.0})
 }
 
 
