@@ -163,3 +163,31 @@ def test_latex_comments_stay_comments(tmp_path: Path) -> None:
 
     tex = latex_grid(["a_b"], [["1"]], "l", comments=["first\nsecond & _ line"])
     assert all(ln.startswith("%") for ln in tex.splitlines()[:2]) and _tex_problems(tex) == []
+
+
+def test_special_characters_in_names_and_values_stay_inside_their_cells(tmp_path: Path) -> None:
+    """A plugin method named ``we|ird…`` or a string hyperparameter ``x|y`` in a row name: a bare ``|``
+    ended the Markdown cell (the row had a column too many); LaTeX and HTML escape every special."""
+    import csv
+    import re
+
+    from fake_runs import curve_from, write_run
+
+    name = "we|ird_m%&#$~^\\{}<b>"
+    for s in range(3):
+        write_run(tmp_path, f"a{s}", name, "p_1&x", s, curve=curve_from([50.0 + s]), hparams={"tag": "x|y_%"})
+        write_run(tmp_path, f"b{s}", name, "p_1&x", s, curve=curve_from([60.0 + s]), hparams={"tag": "z&{q}"})
+        write_run(tmp_path, f"c{s}", "source-only", "p_1&x", s, curve=curve_from([40.0 + s]))
+    w = report.write_report(tmp_path, formats="md,csv,tex,html", out=tmp_path / "out")
+    md = [x for x in w["md"].read_text().splitlines() if x.startswith("|")]
+    assert len(md) == 5 and {len(re.findall(r"(?<!\\)\|", x)) for x in md} == {8}  # 7 columns
+    assert "we\\|ird" in md[3] and "tag=x\\|y_%" in md[4]
+    tex = w["tex"].read_text()
+    body = [x for x in tex.splitlines() if x.endswith("\\\\")]
+    assert len(body) == 4 and {len(re.findall(r"(?<!\\)&", x)) for x in body} == {6}
+    assert r"we\textbar{}ird\_m\%\&\#\$\textasciitilde{}\^{}\textbackslash{}\{\}\textless{}b\textgreater{}" in tex
+    assert r"(tag=z\&\{q\})" in tex and r"p\_1\&x" in tex
+    page = w["html"].read_text() + w["report"].read_text()
+    assert "<b>" + " (tag" not in page and "&lt;b&gt; (tag=z&amp;{q})" in page
+    rows = list(csv.reader(w["csv"].open()))
+    assert {r[0] for r in rows[1:]} == {"source-only", f"{name} (tag=x|y_%)", f"{name} (tag=z&{{q}})"}
