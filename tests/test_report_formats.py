@@ -191,3 +191,16 @@ def test_special_characters_in_names_and_values_stay_inside_their_cells(tmp_path
     assert "<b>" + " (tag" not in page and "&lt;b&gt; (tag=z&amp;{q})" in page
     rows = list(csv.reader(w["csv"].open()))
     assert {r[0] for r in rows[1:]} == {"source-only", f"{name} (tag=x|y_%)", f"{name} (tag=z&{{q}})"}
+
+
+def test_the_legend_says_a_few_shot_rows_gain_is_over_the_unsupervised_source_only_row(tmp_path: Path) -> None:
+    """The legend said "gains are within a budget" while a 5/class row's gain is measured against the
+    source-only row of budget 0 (tables.source_only_baseline): every format now says which row."""
+    write_matrix(tmp_path, {("dann", "p"): [80.0, 81.0], ("source-only", "p"): [70.0, 71.0]})
+    write_matrix(tmp_path, {("fine-tune", "p"): [90.0, 91.0]}, shots=5)
+    w = report.write_report(tmp_path, formats="md,tex,html", out=tmp_path / "out")
+    for fmt in ("md", "tex", "html"):
+        text = w[fmt].read_text()
+        assert "gains are within a budget" not in text
+        assert "against the row" in text and "(0 target labels) in every budget" in text
+    assert "+20.0" in w["md"].read_text()  # fine-tune 90.5 - source-only 70.5

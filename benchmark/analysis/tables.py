@@ -231,8 +231,13 @@ class Leaderboard:
             f"Bold = best of the column within a label budget; † = not significantly worse "
             f"than the best ({TEST_NAME}).",
             "labels = target labels used per row (0 = unsupervised DA; (source-free) = the source-only network "
-            "adapted without source data). Ranks, bests and gains are within a budget.",
+            "adapted without source data). Ranks and bests are within a budget.",
         ]
+        if "gain vs source-only" in self.table and (self.summary["labels"] != "0").any():
+            # source_only_baseline: one row of budget 0 for every budget (a few-shot row's gain
+            # includes what its target labels bring), not a source-only row of its own budget
+            base = source_only_baseline(self.cells)[0]
+            lines.append(f"gain vs source-only: against the row {base!r} (0 target labels) in every budget.")
         return lines + list(self.notes)
 
     def _marked(self, style: str) -> pd.DataFrame:
