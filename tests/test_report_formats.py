@@ -205,3 +205,22 @@ def test_the_legend_says_a_few_shot_rows_gain_is_over_the_unsupervised_source_on
         assert text.count("gain vs source-only is against the row") == 1
         assert "(0 target labels) in every budget" in text
     assert "+20.0" in w["md"].read_text()  # fine-tune 90.5 - source-only 70.5
+
+
+def test_selection_tex_puts_names_left_and_numbers_right(tmp_path: Path) -> None:
+    """selection.tex aligned by dtype: the method/labels columns (pandas' string dtype) came out
+    right-aligned and the numbers (object columns once "n/a" may appear) left-aligned."""
+    import json
+
+    from fake_runs import curve_from, write_run
+
+    for s in (0, 1):
+        write_run(tmp_path, f"a{s}", "dann", "p", s, curve=curve_from([60.0 + s], snd=[1.0]), hparams={"x": 1})
+        write_run(tmp_path, f"b{s}", "dann", "p", s, curve=curve_from([70.0 - s], snd=[2.0]), hparams={"x": 2})
+    (tmp_path / "matrix.json").write_text(
+        json.dumps({"format": 1, "specs": [], "swept_runs": ["a0", "a1", "b0", "b1"]})
+    )
+    tex = report.selection_latex(report.load_runs(tmp_path))
+    specs = [line[len("\\begin{tabular}{") : -1] for line in tex.splitlines() if line.startswith("\\begin{tabular}")]
+    assert specs[0] == "ll" + "r" * 5 and specs[1] == "ll" + "r" * 6  # method, labels | rules (+ trials)
+    assert specs[2].startswith("l") and set(specs[2][1:]) == {"r"}  # labels | taus, methods
