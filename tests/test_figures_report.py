@@ -310,3 +310,43 @@ def test_rows_whose_long_names_differ_in_the_middle_keep_their_own_lines_and_lab
     assert len(set(bars)) == 3
     names = F.short_labels(lb.table.index)
     assert len(set(names.values())) == 3 and all(len(v) <= len(k) for k, v in names.items())
+
+
+def test_dollar_signs_in_row_and_pair_names_are_drawn_as_text_not_maths(tmp_path):
+    """A row ``m$x (tag=$\\frac{)`` was drawn as mathtext (``mx(tag=\\frac{)`` in italics): the
+    figure named a row the table does not have. Every label a figure draws is the literal name."""
+    from matplotlib.text import Text
+
+    for s in range(2):
+        for p in ("p$1", "q"):
+            for rid, m, hp, acc in [
+                ("a", "m$x", "$a^b_c$", 50.0),
+                ("b", "m$x", "$\\frac{", 60.0),
+                ("c", "source-only", None, 40.0),
+            ]:
+                write_run(
+                    tmp_path,
+                    f"{rid}{s}{p}",
+                    m,
+                    p,
+                    s,
+                    curve=curve_from([acc + s, acc + 2]),
+                    hparams={"tag": hp} if hp else None,
+                )
+    df = load_results(tmp_path)
+    lb = leaderboard(df)
+
+    def shown(text: str) -> str:
+        t = Text(text=text)
+        s, math = t._preprocess_math(t.get_text())
+        assert not math, text
+        return s
+
+    names = set(lb.table.index)
+    for fig in (F.accuracy_figure(lb), F.learning_curves(df)):
+        legend = {shown(t.get_text()) for t in fig.axes[0].get_legend().get_texts()}
+        assert legend == names
+    ticks = {shown(t.get_text()) for t in F.accuracy_figure(lb).axes[0].get_xticklabels()}
+    assert ticks == {"p$1", "q"}
+    rows = {shown(t.get_text()) for t in F.gain_heatmap(lb).axes[0].get_yticklabels()}
+    assert rows == names - {"source-only"}

@@ -55,12 +55,14 @@ LABEL_MAX = 30
 
 
 def short_label(text: object, width: int = LABEL_MAX) -> str:
-    """``text`` as is, or its start and end around an ellipsis when longer than ``width``."""
+    """``text`` as is, or its start and end around an ellipsis when longer than ``width``; every
+    ``$`` escaped, since matplotlib reads the text between two ``$`` as mathtext: a plugin's
+    ``m$x`` with a hyperparameter ``$a^b$`` was drawn as italic maths, not as the table's row name."""
     s = str(text)
-    if len(s) <= width:
-        return s
-    keep = width - 1
-    return s[: (keep + 1) // 2] + "…" + s[len(s) - keep // 2 :]
+    if len(s) > width:
+        keep = width - 1
+        s = s[: (keep + 1) // 2] + "…" + s[len(s) - keep // 2 :]
+    return s.replace("$", r"\$")
 
 
 def short_labels(names: Sequence[object], width: int = LABEL_MAX) -> dict[str, str]:
