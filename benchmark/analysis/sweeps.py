@@ -245,8 +245,8 @@ def _grids(d: pd.DataFrame, swept: dict[tuple[str, str], list[str]]) -> dict[tup
         return (0, float(v), "") if _finite(v) else (1, 0.0, json.dumps(v, sort_keys=True, default=str))
 
     out: dict[tuple[str, str, str], dict[str, Among]] = {}
-    for (m, lab), g in d.groupby(["method", "labels"], sort=False):
-        for _, f in g.groupby("source_dir", sort=False) if "source_dir" in g else [(None, g)]:
+    for (m, lab), g in d.groupby(["method", "labels"], sort=False, dropna=False):
+        for _, f in g.groupby("source_dir", sort=False, dropna=False) if "source_dir" in g else [(None, g)]:
             vals: dict[str, Among] = {}
             for k in swept.get((str(m), str(lab)), []):
                 seen = {json.dumps(st.get(k), sort_keys=True, default=str): st.get(k) for st in f["settings"]}
