@@ -288,3 +288,65 @@ def test_one_method_one_seed_report_draws_what_it_can(tmp_path):
     assert not [str(w.message) for w in caught if "figure" in str(w.message) or "collapsed" in str(w.message)]
     assert sorted(p.name for p in out["figures"].glob("*.png")) == ["accuracy_per_pair.png", "learning_curves.png"]
     assert "50.0 ± –" in out["md"].read_text() and "50.0" in out["csv"].read_text()
+
+
+def test_rows_whose_long_names_differ_in_the_middle_keep_their_own_lines_and_labels(tmp_path):
+    """Three dann configurations whose names differ only mid-name: shortened to 30 characters, two
+    of them printed alike, so the learning-curve plot (keyed by the label) drew them as ONE line,
+    averaging two configurations as seeds, and the legends and CD labels could not tell them apart."""
+    for i, (a, b) in enumerate([(1, 5), (2, 5), (1, 6)]):
+        hp = {"alpha_long_key": a, "beta_long_key": b}
+        for seed in range(2):
+            write_run(
+                tmp_path, f"r{i}{seed}", "dann", "p", seed, curve=curve_from([10.0 + 30 * i, 20.0 + 30 * i]), hparams=hp
+            )
+    df = load_results(tmp_path)
+    lb = leaderboard(df)
+    assert len(lb.table) == 3
+    fig = F.learning_curves(df)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert len(labels) == 3 and len(fig.axes[0].get_lines()) >= 3
+    bars = F.accuracy_figure(lb).axes[0].get_legend_handles_labels()[1]
+    assert len(set(bars)) == 3
+    names = F.short_labels(lb.table.index)
+    assert len(set(names.values())) == 3 and all(len(v) <= len(k) for k, v in names.items())
+
+
+def test_dollar_signs_in_row_and_pair_names_are_drawn_as_text_not_maths(tmp_path):
+    """A row ``m$x (tag=$\\frac{)`` was drawn as mathtext (``mx(tag=\\frac{)`` in italics): the
+    figure named a row the table does not have. Every label a figure draws is the literal name."""
+    from matplotlib.text import Text
+
+    for s in range(2):
+        for p in ("p$1", "q"):
+            for rid, m, hp, acc in [
+                ("a", "m$x", "$a^b_c$", 50.0),
+                ("b", "m$x", "$\\frac{", 60.0),
+                ("c", "source-only", None, 40.0),
+            ]:
+                write_run(
+                    tmp_path,
+                    f"{rid}{s}{p}",
+                    m,
+                    p,
+                    s,
+                    curve=curve_from([acc + s, acc + 2]),
+                    hparams={"tag": hp} if hp else None,
+                )
+    df = load_results(tmp_path)
+    lb = leaderboard(df)
+
+    def shown(text: str) -> str:
+        t = Text(text=text)
+        s, math = t._preprocess_math(t.get_text())
+        assert not math, text
+        return s
+
+    names = set(lb.table.index)
+    for fig in (F.accuracy_figure(lb), F.learning_curves(df)):
+        legend = {shown(t.get_text()) for t in fig.axes[0].get_legend().get_texts()}
+        assert legend == names
+    ticks = {shown(t.get_text()) for t in F.accuracy_figure(lb).axes[0].get_xticklabels()}
+    assert ticks == {"p$1", "q"}
+    rows = {shown(t.get_text()) for t in F.gain_heatmap(lb).axes[0].get_yticklabels()}
+    assert rows == names - {"source-only"}

@@ -163,3 +163,64 @@ def test_latex_comments_stay_comments(tmp_path: Path) -> None:
 
     tex = latex_grid(["a_b"], [["1"]], "l", comments=["first\nsecond & _ line"])
     assert all(ln.startswith("%") for ln in tex.splitlines()[:2]) and _tex_problems(tex) == []
+
+
+def test_special_characters_in_names_and_values_stay_inside_their_cells(tmp_path: Path) -> None:
+    """A plugin method named ``we|ird…`` or a string hyperparameter ``x|y`` in a row name: a bare ``|``
+    ended the Markdown cell (the row had a column too many); LaTeX and HTML escape every special."""
+    import csv
+    import re
+
+    from fake_runs import curve_from, write_run
+
+    name = "we|ird_m%&#$~^\\{}<b>"
+    for s in range(3):
+        write_run(tmp_path, f"a{s}", name, "p_1&x", s, curve=curve_from([50.0 + s]), hparams={"tag": "x|y_%"})
+        write_run(tmp_path, f"b{s}", name, "p_1&x", s, curve=curve_from([60.0 + s]), hparams={"tag": "z&{q}"})
+        write_run(tmp_path, f"c{s}", "source-only", "p_1&x", s, curve=curve_from([40.0 + s]))
+    w = report.write_report(tmp_path, formats="md,csv,tex,html", out=tmp_path / "out")
+    md = [x for x in w["md"].read_text().splitlines() if x.startswith("|")]
+    assert len(md) == 5 and {len(re.findall(r"(?<!\\)\|", x)) for x in md} == {8}  # 7 columns
+    assert "we\\|ird" in md[3] and "tag=x\\|y_%" in md[4]
+    tex = w["tex"].read_text()
+    body = [x for x in tex.splitlines() if x.endswith("\\\\")]
+    assert len(body) == 4 and {len(re.findall(r"(?<!\\)&", x)) for x in body} == {6}
+    assert r"we\textbar{}ird\_m\%\&\#\$\textasciitilde{}\^{}\textbackslash{}\{\}\textless{}b\textgreater{}" in tex
+    assert r"(tag=z\&\{q\})" in tex and r"p\_1\&x" in tex
+    page = w["html"].read_text() + w["report"].read_text()
+    assert "<b>" + " (tag" not in page and "&lt;b&gt; (tag=z&amp;{q})" in page
+    rows = list(csv.reader(w["csv"].open()))
+    assert {r[0] for r in rows[1:]} == {"source-only", f"{name} (tag=x|y_%)", f"{name} (tag=z&{{q}})"}
+
+
+def test_the_legend_says_a_few_shot_rows_gain_is_over_the_unsupervised_source_only_row(tmp_path: Path) -> None:
+    """The legend said "gains are within a budget" while a 5/class row's gain is measured against the
+    source-only row of budget 0 (tables.source_only_baseline): every format now says which row."""
+    write_matrix(tmp_path, {("dann", "p"): [80.0, 81.0], ("source-only", "p"): [70.0, 71.0]})
+    write_matrix(tmp_path, {("fine-tune", "p"): [90.0, 91.0]}, shots=5)
+    w = report.write_report(tmp_path, formats="md,tex,html", out=tmp_path / "out")
+    for fmt in ("md", "tex", "html"):
+        text = w[fmt].read_text()
+        assert "gains are within a budget" not in text
+        assert text.count("gain vs source-only is against the row") == 1
+        assert "(0 target labels) in every budget" in text
+    assert "+20.0" in w["md"].read_text()  # fine-tune 90.5 - source-only 70.5
+
+
+def test_selection_tex_puts_names_left_and_numbers_right(tmp_path: Path) -> None:
+    """selection.tex aligned by dtype: the method/labels columns (pandas' string dtype) came out
+    right-aligned and the numbers (object columns once "n/a" may appear) left-aligned."""
+    import json
+
+    from fake_runs import curve_from, write_run
+
+    for s in (0, 1):
+        write_run(tmp_path, f"a{s}", "dann", "p", s, curve=curve_from([60.0 + s], snd=[1.0]), hparams={"x": 1})
+        write_run(tmp_path, f"b{s}", "dann", "p", s, curve=curve_from([70.0 - s], snd=[2.0]), hparams={"x": 2})
+    (tmp_path / "matrix.json").write_text(
+        json.dumps({"format": 1, "specs": [], "swept_runs": ["a0", "a1", "b0", "b1"]})
+    )
+    tex = report.selection_latex(report.load_runs(tmp_path))
+    specs = [line[len("\\begin{tabular}{") : -1] for line in tex.splitlines() if line.startswith("\\begin{tabular}")]
+    assert specs[0] == "ll" + "r" * 5 and specs[1] == "ll" + "r" * 6  # method, labels | rules (+ trials)
+    assert specs[2].startswith("l") and set(specs[2][1:]) == {"r"}  # labels | taus, methods

@@ -454,3 +454,32 @@ def test_a_run_of_another_folder_or_a_plain_run_is_no_candidate_of_the_sweeps_ch
     lb = leaderboard(picks, "snd")
     cells = sorted(str(v)[:4] for v in lb.table["p"])
     assert cells == ["20.0", "70.0"] and lb.table.loc["dann (x=3)", "p"].startswith("20.0")
+
+
+def test_chosen_row_beside_a_plain_run_or_another_folders_choice_is_named_by_its_grid(tmp_path):
+    """--select-config: the chosen row's swept key was dropped from its settings, so beside a plain
+    run of the method (which has the key) entry_names named it ``dann (x=None)``; and two folders'
+    choices over other grids had equal settings, became one row ``dann`` and dropped one folder's
+    seeds as duplicates. The choice is named by the values it was made among, in every format."""
+    from fake_runs import curve_from, write_run
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for s in (0, 1):
+        write_run(a, f"a{s}", "dann", "p", s, curve=curve_from([60.0], snd=[1.0]), hparams={"x": 1})
+        write_run(a, f"b{s}", "dann", "p", s, curve=curve_from([70.0], snd=[2.0]), hparams={"x": 2})
+        write_run(a, f"p{s}", "dann", "p", s, curve=curve_from([20.0], snd=[3.0]), hparams={"x": 2.5})
+        write_run(b, f"c{s}", "dann", "p", s, curve=curve_from([40.0], snd=[1.0]), hparams={"x": 10})
+        write_run(b, f"d{s}", "dann", "p", s, curve=curve_from([45.0], snd=[2.0]), hparams={"x": 30})
+    (a / "matrix.json").write_text(json.dumps({"format": 1, "specs": [], "swept_runs": ["a0", "a1", "b0", "b1"]}))
+    (b / "matrix.json").write_text(json.dumps({"format": 1, "specs": [], "swept_runs": ["c0", "c1", "d0", "d1"]}))
+    lb = leaderboard(select_config(load_results(a), "snd"), "snd")
+    assert sorted(lb.table.index) == ["dann (x=2.5)", "dann (x∈{1, 2})"]
+    assert lb.table.loc["dann (x∈{1, 2})", "p"].startswith("70.0") and "None" not in lb.to_markdown()
+    assert r"dann (x$\in$\{1, 2\})" in lb.to_latex()
+    # a sweep alone keeps its method's name
+    assert list(leaderboard(select_config(load_results(b), "snd"), "snd").table.index) == ["dann"]
+    # two folders' choices over other grids: two rows, each with its 2 seeds (none dropped as duplicates)
+    lb = leaderboard(select_config(load_results(a, b), "snd"), "snd")
+    assert sorted(lb.table.index) == ["dann (x=2.5)", "dann (x∈{1, 2})", "dann (x∈{10, 30})"]
+    assert set(lb.table["seeds"]) == {"2"} and not any("recorded twice" in n for n in lb.notes)
+    assert lb.table.loc["dann (x∈{10, 30})", "p"].startswith("45.0")

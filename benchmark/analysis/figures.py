@@ -55,12 +55,36 @@ LABEL_MAX = 30
 
 
 def short_label(text: object, width: int = LABEL_MAX) -> str:
-    """``text`` as is, or its start and end around an ellipsis when longer than ``width``."""
+    """``text`` as is, or its start and end around an ellipsis when longer than ``width``; every
+    ``$`` escaped, since matplotlib reads the text between two ``$`` as mathtext: a plugin's
+    ``m$x`` with a hyperparameter ``$a^b$`` was drawn as italic maths, not as the table's row name."""
     s = str(text)
-    if len(s) <= width:
-        return s
-    keep = width - 1
-    return s[: (keep + 1) // 2] + "…" + s[len(s) - keep // 2 :]
+    if len(s) > width:
+        keep = width - 1
+        s = s[: (keep + 1) // 2] + "…" + s[len(s) - keep // 2 :]
+    return s.replace("$", r"\$")
+
+
+def short_labels(names: Sequence[object], width: int = LABEL_MAX) -> dict[str, str]:
+    """Each distinct name's :func:`short_label`, distinct for distinct names.
+
+    Two configurations that differ only in the middle of a long row name (``dann (backbone.width=64,
+    lr=0.01, steps=600)`` vs ``...width=128...``) shortened to one label would share a legend
+    entry, and a learning curve keyed by its label would average the two as if they were seeds of
+    one row. Names whose labels collide are widened, a character at a time, until they differ.
+    """
+    full = [str(n) for n in dict.fromkeys(str(n) for n in names)]
+    widths = dict.fromkeys(full, width)
+    while True:
+        labels = {n: short_label(n, widths[n]) for n in full}
+        groups: dict[str, list[str]] = {}
+        for n, lab in labels.items():
+            groups.setdefault(lab, []).append(n)
+        clash = [n for g in groups.values() if len(g) > 1 for n in g if widths[n] < len(n)]
+        if not clash:
+            return labels
+        for n in clash:
+            widths[n] += 1
 
 
 def _entries_in_order(lb: Leaderboard) -> list[str]:
@@ -76,11 +100,12 @@ def accuracy_figure(lb: Leaderboard) -> Figure | None:
     if lb.cells.empty:
         return None
     entries, pairs = _entries_in_order(lb), list(lb.pairs)
+    names = short_labels(entries)
     # the legend sits right of the axes, one column per 18 rows, with room for its labels (inside
     # the axes, four columns of long row names on one pair were wider than the axes, and
     # constrained layout collapsed them to nothing)
     legend_cols = max(1, math.ceil(len(entries) / 18))
-    label_chars = max((len(short_label(e)) for e in entries), default=0)
+    label_chars = max((len(names[e]) for e in entries), default=0)
     legend_w = legend_cols * (0.06 * label_chars + 0.5)
     fig = _figure(max(4.0, 1.2 * len(pairs) * max(1, len(entries)) * 0.35 + 1.5) + legend_w, 3.8)
     ax = fig.add_subplot()
@@ -98,7 +123,7 @@ def accuracy_figure(lb: Leaderboard) -> Figure | None:
             width,
             yerr=[lo, hi],
             capsize=2,
-            label=short_label(e),
+            label=names[e],
             color=c,
             edgecolor="none",
         )
@@ -107,7 +132,8 @@ def accuracy_figure(lb: Leaderboard) -> Figure | None:
                 if not bool(done):
                     bar.set_hatch("//")
                     bar.set_edgecolor("k")
-    ax.set_xticks(x, [short_label(p) for p in pairs], rotation=20 if len(pairs) > 3 else 0)
+    pair_names = short_labels(pairs)
+    ax.set_xticks(x, [pair_names[p] for p in pairs], rotation=20 if len(pairs) > 3 else 0)
     ax.set_ylabel("target accuracy (%)")
     ax.set_ylim(0, 100)
     hatch = "; hatched: seeds missing" if "complete" in lb.cells and (~lb.cells["complete"]).any() else ""
@@ -141,7 +167,8 @@ def gain_heatmap(lb: Leaderboard) -> Figure | None:
     g = gain_table(lb)
     if g.empty:
         return None
-    g = g.rename(index=short_label, columns=short_label)
+    rows, cols = short_labels(g.index), short_labels(g.columns)
+    g = g.rename(index=lambda e: rows[str(e)], columns=lambda p: cols[str(p)])
     # room for the tick labels too (seaborn turns long column names vertical): ~0.07 in per character
     row_chars = max((len(str(i)) for i in g.index), default=0)
     col_chars = max((len(str(c)) for c in g.columns), default=0)
@@ -172,8 +199,9 @@ def gain_heatmap(lb: Leaderboard) -> Figure | None:
 def learning_curves(df: pd.DataFrame, rule: str = "last", metric: str = "target_acc") -> Figure | None:
     """``metric`` against step from each complete run's logged evaluations; mean ± sd over seeds."""
     sel = selected_runs(df, rule)
+    names = short_labels(sel["entry"])  # one line per row: two rows never share a (shortened) label
     rows = [
-        {"entry": short_label(e), "pair": p, "seed": s, "step": c.get("step"), "value": c.get(metric)}
+        {"entry": names[str(e)], "pair": p, "seed": s, "step": c.get("step"), "value": c.get(metric)}
         for e, p, s, curve in zip(sel["entry"], sel["pair"], sel["seed"], sel["curve"])
         for c in curve
     ]
@@ -220,6 +248,7 @@ def cd_diagram(fr: FriedmanResult, title: str | None = None) -> Figure:
     as a scale bar, and a thick bar joining each group of methods not separated by Nemenyi
     (the groups are :func:`dabench.analysis.stats.cd_cliques`, i.e. ``fr.cliques``)."""
     ranks = fr.avg_ranks.sort_values()
+    names = short_labels(ranks.index)
     k = len(ranks)
     half = math.ceil(k / 2)
     fig = _figure(7.0, 1.6 + 0.32 * max(half, k - half) + 0.25 * len(fr.cliques))
@@ -244,7 +273,7 @@ def cd_diagram(fr: FriedmanResult, title: str | None = None) -> Figure:
         else:
             y, x_text, ha = -(k - i) * step - 0.2 - 0.2 * len(fr.cliques), hi + 0.45, "right"
         ax.plot([r, r, x_text], [y_axis, y, y], color="k", lw=0.8)
-        label = f"{short_label(name)} ({r:.2f})"
+        label = f"{names[str(name)]} ({r:.2f})"
         ax.text(x_text, y + 0.04, label, ha=ha, va="bottom", fontsize=8)
     for j, clique in enumerate(fr.cliques):
         rs = ranks[list(clique)]
@@ -346,7 +375,8 @@ def validator_correlation_figure(table: pd.DataFrame) -> Figure | None:
         g.index = [f"{v} (n={int(n)})" for v, n in zip(table.index, table["points"])]
     if g.empty or not np.isfinite(g.to_numpy()).any():
         return None
-    g = g.rename(columns=short_label)
+    cols = short_labels(g.columns)
+    g = g.rename(columns=lambda p: cols[str(p)])
     # as gain_heatmap: room for the tick labels, so long pair names never collapse the axes
     row_chars = max((len(str(i)) for i in g.index), default=0)
     col_chars = max((len(str(c)) for c in g.columns), default=0)

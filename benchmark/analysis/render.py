@@ -33,9 +33,19 @@ def cell_text(v: object, floatfmt: str = ".3g") -> str:
 
 
 # ---- grids of cell strings ----------------------------------------------------------------
+def _md_cell(text: object) -> str:
+    """One Markdown table cell: ``|`` escaped (GitHub reads ``\\|`` as a literal bar), a newline
+    (which would end the row) as a space."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def md_grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub pipe table with every column padded to its widest cell (aligned in a terminal)."""
-    cols = [str(c) for c in header]
+    """A GitHub pipe table with every column padded to its widest cell (aligned in a terminal).
+
+    A ``|`` inside a cell (a plugin's method or pair name, a string hyperparameter in a row name)
+    is escaped as ``\\|``: left bare it ends the cell, and the row gets a column too many."""
+    cols = [_md_cell(c) for c in header]
+    rows = [[_md_cell(c) for c in r] for r in rows]
     widths = [max([len(c)] + [len(r[j]) for r in rows]) for j, c in enumerate(cols)]
 
     def line(cells: Sequence[str]) -> str:
@@ -94,6 +104,7 @@ _TEX = {
     "−": r"$-$",
     "·": r"$\cdot$",
     "√": r"$\surd$",
+    "∈": r"$\in$",  # a row chosen among a sweep's values: dann (trade_off∈{0.1, 1.0})
 }
 
 

@@ -214,7 +214,7 @@ def _selected(df: pd.DataFrame, rule: str, select_config: bool) -> pd.DataFrame:
 def _selection_title(rule: str) -> str:
     return (
         f"Configurations chosen by rule {rule!r} per method, pair and seed (over trials x evaluations); "
-        "one row per method.\n\n"
+        "one row per method (a plain run beside its sweep keeps its own row).\n\n"
     )
 
 
@@ -259,6 +259,10 @@ def validator_markdown(df: pd.DataFrame) -> str:
     )
 
 
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
 def selection_latex(df: pd.DataFrame) -> str:
     """The methods x rules, regret, Kendall's tau and validator-correlation tables as booktabs LaTeX
     ('' when the folder has neither sweeps nor scored evaluations); ``write_report`` writes it as
@@ -268,7 +272,9 @@ def selection_latex(df: pd.DataFrame) -> str:
     def grid(table: pd.DataFrame, fmt: str, comment: str) -> str:
         d = table.reset_index()
         rows = [[tex_escape(cell_text(v, fmt)) for v in r] for r in d.itertuples(index=False)]
-        spec = "".join("l" if d[c].dtype == object else "r" for c in d.columns)  # names left, numbers right
+        # names left, numbers right: by the values (a column of numbers holding "n/a" is object, a
+        # column of names may be pandas' string dtype: the dtype put each on the wrong side)
+        spec = "".join("r" if any(_is_number(v) for v in d[c]) else "l" for c in d.columns)
         return latex_grid([str(c) for c in d.columns], rows, spec, [comment])
 
     if has_sweeps(df):

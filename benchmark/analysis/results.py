@@ -31,6 +31,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -372,8 +373,30 @@ def _short_key(key: str, method: str, settings_keys: set[str]) -> str:
     return key
 
 
+@dataclass(frozen=True)
+class Among:
+    """A swept setting a rule chose per pair and seed among one folder's sweep values
+    (:func:`dabench.analysis.sweeps.select_config` puts it in the chosen run's ``settings``).
+
+    It stands for the choice, not for one value, so :func:`entry_names` shows it as
+    ``trade_off∈{0.1, 1.0}``: never as the value of one trial, and never as a key the row lacks
+    (a plain ``dann`` run beside the chosen row used to make it ``dann (trade_off=None)``). Two
+    folders' choices over other grids are other configurations and get other rows.
+    """
+
+    values: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return "{" + ", ".join(self.values) + "}"
+
+
 def _show(v: object) -> str:
     return json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
+
+
+def _setting_text(key: str, v: object) -> str:
+    """``key=value`` in a row name; a rule's choice among a sweep's values as ``key∈{a, b}``."""
+    return f"{key}∈{v}" if isinstance(v, Among) else f"{key}={_show(v)}"
 
 
 def entry_names(df: pd.DataFrame) -> list[str]:
@@ -411,7 +434,7 @@ def entry_names(df: pd.DataFrame) -> list[str]:
         ident = (m, lab, tuple(_show(st.get(k)) for k in keys))
         if ident not in names:
             parts = [lab] if len(budgets[m]) > 1 else []
-            parts += [f"{_short_key(k, m, set(st))}={_show(st.get(k))}" for k in keys]
+            parts += [_setting_text(_short_key(k, m, set(st)), st.get(k)) for k in keys]
             name = f"{m} ({', '.join(parts)})" if parts else m
             taken = set(names.values())
             base, i = name, 2

@@ -50,7 +50,7 @@ import pandas as pd
 from scipy.stats import kendalltau
 
 from .dev import with_dev_scores
-from .results import label_budget
+from .results import Among, label_budget
 from .selection import SCORES, available_rules, check_rule, not_applicable, pair_mean, select
 
 GROUP = ["method", "labels", "pair", "seed"]
@@ -135,6 +135,7 @@ def select_config(df: pd.DataFrame, rule: str) -> pd.DataFrame:
     d, plain = _trials_and_plain(d)
     sign = 1.0 if maximise else -1.0
     swept = swept_keys(d)
+    grids = _grids(d, swept)
     rows = []
     missing_score: list[str] = []
     for key, g in d.groupby(_by(d), sort=False):
@@ -147,7 +148,7 @@ def select_config(df: pd.DataFrame, rule: str) -> pd.DataFrame:
             # the sweep of this seed is not over: a pick among the trials that happen to be done would
             # change as the others finish, so the seed is missing (with the trial and its status),
             # exactly as an unfinished seed of a plain run
-            rows.append(_unfinished_row(d, unfinished, keys, int(complete["config"].nunique())))
+            rows.append(_unfinished_row(d, unfinished, keys, int(complete["config"].nunique()), grids[_grid_key(g)]))
             continue
         order = [] if barred else sorted(complete.index, key=lambda i: str(complete.at[i, "run_id"]))
         unscored = []  # complete trials with no evaluation the rule can score (e.g. dev without features)
@@ -173,7 +174,7 @@ def select_config(df: pd.DataFrame, rule: str) -> pd.DataFrame:
         # no scored trial: a complete one stands for the seed (select() then names it as having no
         # score), never a diverged one that would show the seed as diverged
         idx = best[1] if best is not None else (order[0] if order else g.index[0])
-        row = _reduced(d.loc[idx], keys)
+        row = _reduced(d.loc[idx], keys, grids[_grid_key(g)])
         if barred:
             row["chosen"] = {}
         candidates = complete.drop(index=unscored) if best is not None else complete
@@ -230,12 +231,42 @@ def _at(row: pd.Series) -> str:
     return f" at step {int(step)}" if _finite(step) else ""
 
 
-def _reduced(row: pd.Series, keys: list[str]) -> pd.Series:
-    """A copy of ``row`` with ``chosen`` (its swept settings) and ``settings``/``config`` without them."""
+def _grid_key(g: pd.DataFrame) -> tuple[str, str, str]:
+    """The sweep a group of candidates belongs to: its method, label budget and folder."""
+    return str(g["method"].iloc[0]), str(g["labels"].iloc[0]), str(g["source_dir"].iloc[0]) if "source_dir" in g else ""
+
+
+def _grids(d: pd.DataFrame, swept: dict[tuple[str, str], list[str]]) -> dict[tuple[str, str, str], dict[str, Among]]:
+    """Per method x budget x folder: each swept key's values over its sweep trials (whatever their
+    status: the grid the rule chose from), as the :class:`~dabench.analysis.results.Among` that
+    stands for the key in the chosen rows' settings."""
+
+    def order(v: Any) -> tuple[int, float, str]:
+        return (0, float(v), "") if _finite(v) else (1, 0.0, json.dumps(v, sort_keys=True, default=str))
+
+    out: dict[tuple[str, str, str], dict[str, Among]] = {}
+    for (m, lab), g in d.groupby(["method", "labels"], sort=False, dropna=False):
+        for _, f in g.groupby("source_dir", sort=False, dropna=False) if "source_dir" in g else [(None, g)]:
+            vals: dict[str, Among] = {}
+            for k in swept.get((str(m), str(lab)), []):
+                seen = {json.dumps(st.get(k), sort_keys=True, default=str): st.get(k) for st in f["settings"]}
+                shown = [
+                    v if isinstance(v, str) else json.dumps(v, default=str) for v in sorted(seen.values(), key=order)
+                ]
+                vals[k] = Among(tuple(shown))
+            out[_grid_key(f)] = vals
+    return out
+
+
+def _reduced(row: pd.Series, keys: list[str], grid: dict[str, Among]) -> pd.Series:
+    """A copy of ``row`` with ``chosen`` (its swept settings) and, in ``settings``/``config``, each
+    swept key replaced by the values the rule chose among (``grid``): the leaderboard then names the
+    row by its method alone, or, beside a plain run of the method or another folder's choice over
+    other values, as ``dann (trade_off∈{0.1, 1.0})`` (never by one trial's value, never ``=None``)."""
     row = row.copy()
     st = dict(row["settings"])
     row["chosen"] = {k: st.get(k) for k in keys}
-    row["settings"] = {k: v for k, v in st.items() if k not in keys}
+    row["settings"] = {**{k: v for k, v in st.items() if k not in keys}, **{k: grid[k] for k in keys}}
     row["config"] = json.dumps(row["settings"], sort_keys=True, default=str, separators=(",", ":"))
     return row
 
@@ -244,7 +275,9 @@ def _reduced(row: pd.Series, keys: list[str]) -> pd.Series:
 _EXPLAINS = {"failed": 0, "skipped": 1, "running": 2, "pending": 3}
 
 
-def _unfinished_row(d: pd.DataFrame, unfinished: pd.DataFrame, keys: list[str], done: int) -> pd.Series:
+def _unfinished_row(
+    d: pd.DataFrame, unfinished: pd.DataFrame, keys: list[str], done: int, grid: dict[str, Among]
+) -> pd.Series:
     """The row standing for a seed whose sweep has trials not finished (failed, skipped, running,
     pending): that trial's own status and error, prefixed with which trial it is, so the
     leaderboard counts the seed as missing and says why."""
@@ -252,7 +285,7 @@ def _unfinished_row(d: pd.DataFrame, unfinished: pd.DataFrame, keys: list[str], 
         unfinished.index,
         key=lambda j: (_EXPLAINS.get(str(unfinished.at[j, "status"]), 9), str(unfinished.at[j, "run_id"])),
     )
-    row = _reduced(d.loc[i], keys)
+    row = _reduced(d.loc[i], keys, grid)
     n = len(unfinished)
     err = row["error"] if isinstance(row["error"], str) and row["error"] else str(row["status"])
     row["error"] = (

@@ -231,7 +231,7 @@ class Leaderboard:
             f"Bold = best of the column within a label budget; † = not significantly worse "
             f"than the best ({TEST_NAME}).",
             "labels = target labels used per row (0 = unsupervised DA; (source-free) = the source-only network "
-            "adapted without source data). Ranks, bests and gains are within a budget.",
+            "adapted without source data). Ranks and bests are within a budget.",
         ]
         return lines + list(self.notes)
 
@@ -891,11 +891,12 @@ def leaderboard(
     # Gain over source-only: same pairs, source-only's UDA row (budget "0"); with several
     # source-only configurations the gain is against the first (named in a note).
     so_entry, so = source_only_baseline(cells)
-    if (
-        so_entry is not None
-        and cells.loc[cells["method"].isin(SOURCE_ONLY) & (cells["labels"] == "0"), "entry"].nunique() > 1
-    ):
-        notes.append(f"gain vs source-only is against the row {so_entry!r}.")
+    several = cells.loc[cells["method"].isin(SOURCE_ONLY) & (cells["labels"] == "0"), "entry"].nunique() > 1
+    # one row of budget 0 for every budget: a few-shot row's gain includes what its target labels bring
+    budgets = (cells["labels"] != "0").any()
+    if so_entry is not None and (several or budgets):
+        every = " (0 target labels) in every budget" if budgets else ""
+        notes.append(f"gain vs source-only is against the row {so_entry!r}{every}.")
     has_gain = not so.empty
     gains = []
     for entry in summary.index:
