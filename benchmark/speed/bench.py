@@ -722,6 +722,12 @@ def run_bench(
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if seed_batch < 0 or seed_batch == 1:
+        # the engine runs a lone seed separately (engine/seed_batch.py): S = 1 has no batched step to time
+        raise ValueError(f"seed_batch must be 0 (off) or >= 2 seeds, got {seed_batch}")
+    for what, value in (("batch_size", batch_size), ("image_size", image_size)):
+        if value is not None and value < 1:  # 0 would read as "the pair's default", silently
+            raise ValueError(f"{what} must be >= 1 (or None: the pair's), got {value}")
     dev = resolve_device(device)
     notes: list[str] = []
     if synthetic:
@@ -797,7 +803,7 @@ def run_bench(
         if name in profiles:
             timing.profile, failed = profiles[name]
             timing.note = "; ".join(n for n in (timing.note, failed) if n)
-        if seed_batch > 1 and timing.steps_per_s is not None:
+        if seed_batch > 1 and not compile and timing.steps_per_s is not None:
             timing.seed_batch_steps_per_s, why = seed_batch_timings(name, case, seed_batch)
             timing.note = "; ".join(n for n in (timing.note, why) if n)  # a refusal, a failure or a plain rate
             if graphed and timing.seed_batch_steps_per_s is not None:
@@ -836,6 +842,12 @@ def _unmeasured(device: torch.device, cuda_graphs: bool, seed_batch: int, compil
         out["graphs steps/s, ratio graphs, seed-batch graphs"] = "--no-cuda-graphs"
     if seed_batch <= 1:
         out["seed-batch steps/s/seed, seed-batch graphs"] = "no --seed-batch S (S > 1)"
+    elif compile:
+        # the engine runs the seeds of a compiled configuration separately (engine/seed_batch.py): an
+        # uncompiled vmapped step set against the compiled single run would time a path no run takes
+        out["seed-batch steps/s/seed, seed-batch graphs"] = (
+            "--compile (the engine runs the seeds of a compiled run separately, never seed-batched)"
+        )
     if compile:
         out["ops/step, ops ratio"] = "--compile (a compiled step runs eagerly under the counting mode)"
     return out
