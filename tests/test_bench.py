@@ -457,6 +457,27 @@ def test_a_difference_below_the_timing_noise_is_counted_and_noted_not_silent():
     assert steady_rate(quiet.run, 300, repeats=2, clock=quiet).plain_note("steps/s") == ""
 
 
+def test_a_fixed_cost_inside_a_plain_rate_is_not_shown_as_zero_setup():
+    """When even the fastest times' difference fell back to the plain rate, the fixed cost is
+    inside that rate, not measured apart: setup ms read 0 (a number never measured), now a dash."""
+    from dabench.speed.bench import BenchResult, MethodTiming, markdown, steady_rate
+
+    # both short runs disturbed by +0.5 s: each longer than its long run, the fastest times' too
+    clock = _FakeClock(fixed=0.1, per_step=1 / 2000, noise=[0.5, 0.0, 0.5, 0.0])
+    got = steady_rate(clock.run, 300, repeats=2, clock=clock)
+    assert got.plain == 3 and got.setup_s is None
+    clean = _FakeClock(fixed=0.1, per_step=1 / 2000, noise=[])
+    assert steady_rate(clean.run, 300, repeats=2, clock=clean).setup_s == pytest.approx(0.1)
+    result = BenchResult("cpu", "t", "p", "lenet", 28, 16, 2, 1, False, "d", 1000.0, bare_by_batch={16: 1000.0})
+    result.methods = [
+        MethodTiming("a", 16, 50.0, 800.0, setup_ms=None),
+        MethodTiming("b", 16, 50.0, 800.0, setup_ms=12.0, graph_steps_per_s=60.0, graph_setup_ms=None),
+    ]
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in markdown(result).splitlines() if line.startswith("| ")}
+    assert rows["| a"][7] == "—"  # the setup ms column
+    assert rows["| b"][7] == "12 / —"  # captured rate measured, its fixed cost not apart from it
+
+
 def test_the_bare_network_is_timed_again_after_the_methods_and_drift_widens_the_ratios(tmp_path, monkeypatch):
     """Methods are timed one after another; a clock that drifts over the bench (GPU boost and
     heat, a shared machine's load) moved every ratio unseen. The bare network is timed at both

@@ -311,10 +311,12 @@ class Steady:
     highest rate of single repeats (each repeat's short and long run differenced on their own),
     what a reader would have got from any one of them. ``per_s`` lies between the two (the
     difference of the two lengths' minima lies between the differences of the repeats that
-    gave them). ``setup_s``: the fixed seconds one call pays."""
+    gave them). ``setup_s``: the fixed seconds one call pays; None when the rate is the long run's
+    plain rate (``plain``: the difference was below the noise), which holds the fixed cost inside
+    it: not measured apart, so never shown as a 0."""
 
     per_s: float
-    setup_s: float
+    setup_s: float | None
     low: float
     high: float
     repeats: int
@@ -366,7 +368,7 @@ def steady_rate(
     rate, setup, plain = _difference(best[steps], best[2 * steps])
     rates = [r for r, _, _ in singles] + [rate]
     plains = sum(p for _, _, p in singles) + plain
-    return Steady(rate, setup, min(rates), max(rates), max(1, repeats), plains)
+    return Steady(rate, None if plain else setup, min(rates), max(rates), max(1, repeats), plains)
 
 
 def _difference(short: tuple[float, int], long: tuple[float, int]) -> tuple[float, float, bool]:
@@ -550,7 +552,7 @@ def time_method(method_name: str, case: BenchCase, cuda_graphs: bool = False) ->
         images_per_s=eager.per_s * per_step,
         host_syncs=syncs,
         sync_steps=sync_steps,
-        setup_ms=1e3 * eager.setup_s,
+        setup_ms=None if eager.setup_s is None else 1e3 * eager.setup_s,
         steps_per_s_range=(eager.low, eager.high),
         note=eager.plain_note("steps/s"),
     )
@@ -568,7 +570,8 @@ def time_method(method_name: str, case: BenchCase, cuda_graphs: bool = False) ->
         bench.run(max(1, warmup))
         notes.clear()
         captured = steady_rate(run, steps, case.repeats)
-        timing.graph_steps_per_s, timing.graph_setup_ms = captured.per_s, 1e3 * captured.setup_s
+        timing.graph_steps_per_s = captured.per_s
+        timing.graph_setup_ms = None if captured.setup_s is None else 1e3 * captured.setup_s
         timing.graph_steps_per_s_range = (captured.low, captured.high)
         timing.note = "; ".join(n for n in (timing.note, captured.plain_note("graphs steps/s")) if n)
         graph_note = "; ".join(dict.fromkeys(notes))  # more than one: the timed runs were not alike
@@ -945,8 +948,8 @@ def markdown(result: BenchResult) -> str:
             )
             g = f"{m.graph_steps_per_s:,.1f}{g_span} | {g_ratio}"
         setup = "—" if m.setup_ms is None else f"{m.setup_ms:,.0f}"
-        if m.graph_setup_ms is not None:
-            setup += f" / {m.graph_setup_ms:,.0f}"
+        if m.graph_steps_per_s is not None:  # eager / captured; a fixed cost not measured apart is a dash
+            setup += " / —" if m.graph_setup_ms is None else f" / {m.graph_setup_ms:,.0f}"
         ops = "— | —"
         if m.graph_ops and near in bare_ops:
             ops = f"{m.graph_ops:,} | {bare_ops[near] / m.graph_ops:.2f}"
