@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="S",
-        help="add a column: steps/s per seed with S seeds trained as one vmapped model (run --seed-batch); "
+        help="add a column: steps/s per seed with S >= 2 seeds trained as one vmapped model (run --seed-batch); "
         "on CUDA with --cuda-graphs one more with that step captured",
     )
     b.add_argument(
@@ -584,11 +584,22 @@ def _bench(args: argparse.Namespace) -> int:
     from .speed.bench import default_out, run_bench, write_result  # late: see _run
 
     check_device(args.device)  # "gpu", or cuda where there is none: one line, not torch's traceback
-    if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
-        raise MatrixError(
-            f"--steps must be >= 1 (got {args.steps}), --warmup >= 0 (got {args.warmup}) "
-            f"and --repeats >= 1 (got {args.repeats})"
+    # each bad value named on its own, with what is valid (0 for --batch-size would read as "the pair's")
+    bad = [
+        f"{flag} must be {valid} (got {value})"
+        for flag, value, ok, valid in (
+            ("--steps", args.steps, args.steps >= 1, ">= 1"),
+            ("--warmup", args.warmup, args.warmup >= 0, ">= 0"),
+            ("--repeats", args.repeats, args.repeats >= 1, ">= 1"),
+            ("--seed-batch", args.seed_batch, args.seed_batch == 0 or args.seed_batch >= 2, "0 (off) or >= 2 seeds"),
+            ("--batch-size", args.batch_size, args.batch_size is None or args.batch_size >= 1, ">= 1"),
+            ("--image-size", args.image_size, args.image_size is None or args.image_size >= 1, ">= 1"),
+            ("--synthetic", args.synthetic, args.synthetic >= 0, "0 (off) or a number of images"),
         )
+        if not ok
+    ]
+    if bad:
+        raise MatrixError("; ".join(bad))
     result = run_bench(
         pair_name=args.pair,
         methods=_csv(args.methods) if args.methods else None,

@@ -253,7 +253,56 @@ def test_the_table_shows_each_ratio_with_its_spread_and_why_a_column_is_empty():
 
 def test_bench_refuses_no_repeats(capsys):
     assert main(["bench", "--repeats", "0", "--device", "cpu"]) != 0
-    assert "--repeats >= 1 (got 0)" in capsys.readouterr().err
+    assert "--repeats must be >= 1 (got 0)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "0"], "dabench: error: --steps must be >= 1 (got 0)\n"),
+        # one seed is run separately by the engine: no batched step to time, not a silent empty column
+        (["--seed-batch", "1"], "dabench: error: --seed-batch must be 0 (off) or >= 2 seeds (got 1)\n"),
+        (["--seed-batch", "-2"], "dabench: error: --seed-batch must be 0 (off) or >= 2 seeds (got -2)\n"),
+        # 0 read as "the pair's batch" before, a negative one failed deep in torch
+        (["--batch-size", "0"], "dabench: error: --batch-size must be >= 1 (got 0)\n"),
+        (["--image-size", "0"], "dabench: error: --image-size must be >= 1 (got 0)\n"),
+        (["--synthetic", "-1"], "dabench: error: --synthetic must be 0 (off) or a number of images (got -1)\n"),
+    ],
+)
+def test_bench_refuses_bad_values_each_named_with_what_is_valid(tmp_path, capsys, argv, message):
+    out = tmp_path / "never-written.md"
+    quick = ["--methods", "linear-probe", "--steps", "1", "--warmup", "0", "--repeats", "1"]  # if not refused
+    assert main(["bench", "--device", "cpu", "--out", str(out), *quick, *argv]) != 0
+    captured = capsys.readouterr()
+    assert captured.err == message  # one line: the flag, its value, what is valid; nothing else named
+    assert not out.exists()
+
+
+def test_seed_batch_is_not_timed_under_compile_where_the_engine_runs_seeds_separately(monkeypatch):
+    """With --compile the engine never seed-batches (engine/seed_batch.py runs the seeds
+    separately): an uncompiled vmapped step divided by the compiled single run's steps/s gave a
+    (k×) for a path no run takes. The column says why it is empty instead."""
+    import dabench.speed.bench as bench
+    from dabench.speed.bench import MethodTiming
+
+    monkeypatch.setattr(
+        bench, "time_method", lambda name, case, graphed: MethodTiming(name, 16, 10.0, 160.0, steps_per_s_range=(9, 11))
+    )
+    timed: list[str] = []
+    monkeypatch.setattr(bench, "seed_batch_timings", lambda name, *a, **k: (timed.append(name), (5.0, ""))[1])
+    monkeypatch.setattr(bench, "bare_ops_per_step", lambda *a, **k: 38)
+    monkeypatch.setattr(bench, "bare_images_per_s", lambda *a, **k: bench.Steady(1000.0, 0.0, 900.0, 1100.0, 1))
+    kw = {"methods": ["source-only"], "steps": 2, "warmup": 1, "batch_size": 16, "device": "cpu", "repeats": 1}
+    result = bench.run_bench(**kw, seed_batch=2, compile=True, log=lambda _: None)
+    assert timed == [] and result.methods[0].seed_batch_steps_per_s is None
+    why = result.unmeasured["seed-batch steps/s/seed, seed-batch graphs"]
+    assert why.startswith("--compile (the engine runs the seeds of a compiled run separately")
+    row = next(line for line in bench.markdown(result).splitlines() if line.startswith("| source-only |"))
+    assert "×)" not in row  # no seed-batch ratio against the compiled single run
+    eager = bench.run_bench(**kw, seed_batch=2, compile=False, log=lambda _: None)
+    assert timed == ["source-only"] and eager.methods[0].seed_batch_steps_per_s == 5.0  # measured when eager
+    row = next(line for line in bench.markdown(eager).splitlines() if line.startswith("| source-only |"))
+    assert "| 5.0 (1.00×) |" in row  # 2 seeds x 5.0 per seed / 10.0 steps/s of one run
 
 
 def test_ops_per_step_counts_the_captured_steps_against_the_bare_network():
@@ -406,6 +455,27 @@ def test_a_difference_below_the_timing_noise_is_counted_and_noted_not_silent():
     assert got.scaled(64).plain == 1
     quiet = _FakeClock(fixed=0.1, per_step=1 / 2000, noise=[])
     assert steady_rate(quiet.run, 300, repeats=2, clock=quiet).plain_note("steps/s") == ""
+
+
+def test_a_fixed_cost_inside_a_plain_rate_is_not_shown_as_zero_setup():
+    """When even the fastest times' difference fell back to the plain rate, the fixed cost is
+    inside that rate, not measured apart: setup ms read 0 (a number never measured), now a dash."""
+    from dabench.speed.bench import BenchResult, MethodTiming, markdown, steady_rate
+
+    # both short runs disturbed by +0.5 s: each longer than its long run, the fastest times' too
+    clock = _FakeClock(fixed=0.1, per_step=1 / 2000, noise=[0.5, 0.0, 0.5, 0.0])
+    got = steady_rate(clock.run, 300, repeats=2, clock=clock)
+    assert got.plain == 3 and got.setup_s is None
+    clean = _FakeClock(fixed=0.1, per_step=1 / 2000, noise=[])
+    assert steady_rate(clean.run, 300, repeats=2, clock=clean).setup_s == pytest.approx(0.1)
+    result = BenchResult("cpu", "t", "p", "lenet", 28, 16, 2, 1, False, "d", 1000.0, bare_by_batch={16: 1000.0})
+    result.methods = [
+        MethodTiming("a", 16, 50.0, 800.0, setup_ms=None),
+        MethodTiming("b", 16, 50.0, 800.0, setup_ms=12.0, graph_steps_per_s=60.0, graph_setup_ms=None),
+    ]
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in markdown(result).splitlines() if line.startswith("| ")}
+    assert rows["| a"][7] == "—"  # the setup ms column
+    assert rows["| b"][7] == "12 / —"  # captured rate measured, its fixed cost not apart from it
 
 
 def test_the_bare_network_is_timed_again_after_the_methods_and_drift_widens_the_ratios(tmp_path, monkeypatch):

@@ -311,10 +311,12 @@ class Steady:
     highest rate of single repeats (each repeat's short and long run differenced on their own),
     what a reader would have got from any one of them. ``per_s`` lies between the two (the
     difference of the two lengths' minima lies between the differences of the repeats that
-    gave them). ``setup_s``: the fixed seconds one call pays."""
+    gave them). ``setup_s``: the fixed seconds one call pays; None when the rate is the long run's
+    plain rate (``plain``: the difference was below the noise), which holds the fixed cost inside
+    it: not measured apart, so never shown as a 0."""
 
     per_s: float
-    setup_s: float
+    setup_s: float | None
     low: float
     high: float
     repeats: int
@@ -366,7 +368,7 @@ def steady_rate(
     rate, setup, plain = _difference(best[steps], best[2 * steps])
     rates = [r for r, _, _ in singles] + [rate]
     plains = sum(p for _, _, p in singles) + plain
-    return Steady(rate, setup, min(rates), max(rates), max(1, repeats), plains)
+    return Steady(rate, None if plain else setup, min(rates), max(rates), max(1, repeats), plains)
 
 
 def _difference(short: tuple[float, int], long: tuple[float, int]) -> tuple[float, float, bool]:
@@ -550,7 +552,7 @@ def time_method(method_name: str, case: BenchCase, cuda_graphs: bool = False) ->
         images_per_s=eager.per_s * per_step,
         host_syncs=syncs,
         sync_steps=sync_steps,
-        setup_ms=1e3 * eager.setup_s,
+        setup_ms=None if eager.setup_s is None else 1e3 * eager.setup_s,
         steps_per_s_range=(eager.low, eager.high),
         note=eager.plain_note("steps/s"),
     )
@@ -568,7 +570,8 @@ def time_method(method_name: str, case: BenchCase, cuda_graphs: bool = False) ->
         bench.run(max(1, warmup))
         notes.clear()
         captured = steady_rate(run, steps, case.repeats)
-        timing.graph_steps_per_s, timing.graph_setup_ms = captured.per_s, 1e3 * captured.setup_s
+        timing.graph_steps_per_s = captured.per_s
+        timing.graph_setup_ms = None if captured.setup_s is None else 1e3 * captured.setup_s
         timing.graph_steps_per_s_range = (captured.low, captured.high)
         timing.note = "; ".join(n for n in (timing.note, captured.plain_note("graphs steps/s")) if n)
         graph_note = "; ".join(dict.fromkeys(notes))  # more than one: the timed runs were not alike
@@ -722,6 +725,12 @@ def run_bench(
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if seed_batch < 0 or seed_batch == 1:
+        # the engine runs a lone seed separately (engine/seed_batch.py): S = 1 has no batched step to time
+        raise ValueError(f"seed_batch must be 0 (off) or >= 2 seeds, got {seed_batch}")
+    for what, value in (("batch_size", batch_size), ("image_size", image_size)):
+        if value is not None and value < 1:  # 0 would read as "the pair's default", silently
+            raise ValueError(f"{what} must be >= 1 (or None: the pair's), got {value}")
     dev = resolve_device(device)
     notes: list[str] = []
     if synthetic:
@@ -797,7 +806,7 @@ def run_bench(
         if name in profiles:
             timing.profile, failed = profiles[name]
             timing.note = "; ".join(n for n in (timing.note, failed) if n)
-        if seed_batch > 1 and timing.steps_per_s is not None:
+        if seed_batch > 1 and not compile and timing.steps_per_s is not None:
             timing.seed_batch_steps_per_s, why = seed_batch_timings(name, case, seed_batch)
             timing.note = "; ".join(n for n in (timing.note, why) if n)  # a refusal, a failure or a plain rate
             if graphed and timing.seed_batch_steps_per_s is not None:
@@ -836,6 +845,12 @@ def _unmeasured(device: torch.device, cuda_graphs: bool, seed_batch: int, compil
         out["graphs steps/s, ratio graphs, seed-batch graphs"] = "--no-cuda-graphs"
     if seed_batch <= 1:
         out["seed-batch steps/s/seed, seed-batch graphs"] = "no --seed-batch S (S > 1)"
+    elif compile:
+        # the engine runs the seeds of a compiled configuration separately (engine/seed_batch.py): an
+        # uncompiled vmapped step set against the compiled single run would time a path no run takes
+        out["seed-batch steps/s/seed, seed-batch graphs"] = (
+            "--compile (the engine runs the seeds of a compiled run separately, never seed-batched)"
+        )
     if compile:
         out["ops/step, ops ratio"] = "--compile (a compiled step runs eagerly under the counting mode)"
     return out
@@ -933,8 +948,8 @@ def markdown(result: BenchResult) -> str:
             )
             g = f"{m.graph_steps_per_s:,.1f}{g_span} | {g_ratio}"
         setup = "—" if m.setup_ms is None else f"{m.setup_ms:,.0f}"
-        if m.graph_setup_ms is not None:
-            setup += f" / {m.graph_setup_ms:,.0f}"
+        if m.graph_steps_per_s is not None:  # eager / captured; a fixed cost not measured apart is a dash
+            setup += " / —" if m.graph_setup_ms is None else f" / {m.graph_setup_ms:,.0f}"
         ops = "— | —"
         if m.graph_ops and near in bare_ops:
             ops = f"{m.graph_ops:,} | {bare_ops[near] / m.graph_ops:.2f}"
