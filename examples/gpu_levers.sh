@@ -17,6 +17,9 @@
 #   bash examples/gpu_levers.sh second   # can be fixed before the second: first = GPU tests, LeNet bench,
 #                                        # digits matrix with both levers (timeout_s 340); second = the
 #                                        # packed eager matrix, ResNet-50 bench, profiles, --compile (400)
+#   bash examples/gpu_levers.sh verify   # after engine changes (~2.5 min, timeout_s 200): the GPU tests, then a
+#                                        # small seed-batched, captured matrix with mid-run checkpoints, its
+#                                        # records' levers and any checkpoint or temp file left behind
 # DEADLINE_S (seconds from the start, default 570) caps every step, so the script ends inside the call's
 # timeout and what it measured comes back. The device returns at most 8 files, so the work goes to
 # /tmp/gpu_levers_out and is packed after each step into $OUT/all.tgz (times.txt beside it).
@@ -101,6 +104,17 @@ second)  # the packed eager baseline, ResNet-50 bench, profiles, --compile (run 
   bench_lenet 50 50 bench-lenet-profile --profile --no-cuda-graphs --seed-batch 0 --methods source-only,dann,fine-tune
   bench_lenet 70 100 bench-lenet-compile --compile --seed-batch 0 --methods source-only,dann
   cat "$OUT/times.txt" "$OUT"/*-status.txt "$OUT"/bench-*.md
+  ;;
+verify)  # the GPU tests and a small captured, seed-batched matrix with mid-run checkpoints
+  gpu_tests 110
+  timed verify-matrix 60 $DAB run --methods source-only,dann,dan,fine-tune --pairs mnist-usps --seeds 0,1,2 \
+    --set steps=1000 --set eval_every=500 --checkpoint-every 250 --data-root .devdata --executor local \
+    --runs-per-gpu 4 --cuda-graphs --seed-batch --no-progress --results "$R/verify"
+  $DAB status "$R/verify" 2>&1 | head -5
+  grep -ho '"status": "[a-z]*"\|"cuda_graphs": "[^"]*"\|"seed_batch": "[^"]*"\|"target_acc": [0-9.]*' "$R"/verify/runs/*.json \
+    | sort | uniq -c
+  echo "left behind (partial checkpoints, temp files):"; find "$R/verify" -name '*partial*' -o -name '*.tmp*' | head
+  grep -E "FAILED|Error" "$LOG" | sort | uniq -c | sort -rn | head -10
   ;;
 matrix)
   matrix_run levers 100 --runs-per-gpu 4 --cuda-graphs --seed-batch
