@@ -273,6 +273,22 @@ def test_a_lone_seed_under_seed_batch_says_why_it_ran_unbatched(tmp_path, execut
     assert [r.timings.get("seed_batch") for r in recs] == ["fallback: one seed"] * 2
 
 
+def test_free_workers_after_the_groups_of_one_round_take_no_seed_twice(tmp_path):
+    """Two configurations × 3 seeds on 3 local workers: after both groups are handed out a worker is
+    still free and the round's list reached seed 1 of the first configuration, which its group had
+    already taken from the queue: the run stopped with 'list.remove(x): x not in list'."""
+    specs = expand(
+        Matrix(methods=("source-only", "dann"), pairs=("digits-offline",), seeds=(0, 1, 2),
+               overrides={"steps": 4, "eval_every": 4, "batch_size": 16})
+    )  # fmt: skip
+    opts = ExecutorOptions(device="cpu", progress=False, seed_batch=True, workers=3)
+    summary = run_matrix(specs, tmp_path, opts, "local")
+    recs = [RunStore(tmp_path).read(s.run_id) for s in specs]
+    assert len(summary.ran) == 6
+    assert all(r.status is Status.COMPLETE for r in recs), [r.error for r in recs]
+    assert [r.timings["seed_batch"] for r in recs] == ["3 seeds"] * 6
+
+
 def test_a_method_that_refreshes_over_the_target_split_is_not_batched():
     """SHOT recomputes its pseudo-labels over the whole target split (``refresh``), which the
     batched loop does not call per seed: it must run seed by seed, not silently without refresh."""

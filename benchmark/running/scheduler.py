@@ -517,6 +517,8 @@ def run_matrix(
             for spec in list(queue):
                 if ex.free_slots() <= 0:
                     break
+                if spec not in queue:  # taken meanwhile as a seed mate of a spec before it (--seed-batch)
+                    continue
                 if not dependency_ready(spec):
                     continue
                 queue.remove(spec)
