@@ -683,6 +683,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     except (RegistryError, MatrixError, PluginError, FileNotFoundError, ValueError) as exc:
+        if os.environ.get("DABENCH_TRACEBACK"):
+            raise  # a ValueError may be a defect, not bad input: its traceback shows where it came from
         print(f"dabench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from dabench.cli import main
+from dabench.running.matrix import MatrixError
 from fake_runs import write_matrix
 
 
@@ -83,6 +84,16 @@ def test_a_misspelt_set_key_gets_a_did_you_mean(capsys) -> None:
     assert "did you mean 'trade_off'?" in capsys.readouterr().err
     assert main(["run", "--set", "zzzz=1", "--dry-run"]) == 2
     assert "did you mean" not in capsys.readouterr().err
+
+
+def test_dabench_traceback_shows_where_an_error_line_came_from(monkeypatch, capsys) -> None:
+    """A ValueError is one ``dabench: error:`` line (bad input), which also hid a scheduler defect
+    ('list.remove(x): x not in list'); DABENCH_TRACEBACK=1 re-raises it with its traceback."""
+    assert main(["run", "--set", "stpes=10", "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("dabench: error:")
+    monkeypatch.setenv("DABENCH_TRACEBACK", "1")
+    with pytest.raises(MatrixError, match="stpes"):
+        main(["run", "--set", "stpes=10", "--dry-run"])
 
 
 def test_list_takes_its_pattern_after_the_plugin_option(capsys) -> None:
