@@ -483,3 +483,63 @@ def test_chosen_row_beside_a_plain_run_or_another_folders_choice_is_named_by_its
     assert sorted(lb.table.index) == ["dann (x=2.5)", "dann (x∈{1, 2})", "dann (x∈{10, 30})"]
     assert set(lb.table["seeds"]) == {"2"} and not any("recorded twice" in n for n in lb.notes)
     assert lb.table.loc["dann (x∈{10, 30})", "p"].startswith("45.0")
+
+
+@pytest.mark.parametrize("order", ["sweep first", "plain first"])
+def test_a_run_both_a_sweeps_trial_and_another_folders_plain_run_counts_in_both_rows(tmp_path, order):
+    """``dabench report sw a --select-config``: folder ``a``'s plain ``dann`` (trade_off=1.0) run of
+    seed 0 has the run id of ``sw``'s trade_off=1.0 trial (same spec, same computation). It was read
+    once, as ``sw``'s trial only, and ``a``'s plain row silently showed one seed fewer, with no
+    (k/n) mark (``a`` first: ``sw``'s choice silently lost that trial). It now serves both roles,
+    and without ``--select-config`` it is still one run, never pooled as two seeds."""
+    import shutil
+
+    import torch
+
+    from dabench import api
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    sw, a = tmp_path / "sw", tmp_path / "a"
+    tiny = {"steps": 4, "eval_every": 2, "log_every": 2}
+    try:
+        api.run("dann", "digits-offline", [0], sw, dict(tiny), device="cpu", sweep={"dann.trade_off": [0.1, 1.0]})
+        shared = next(
+            p for p in (sw / "runs").glob("*.json") if json.loads(p.read_text())["spec"]["hparams"]["trade_off"] == 1.0
+        )
+        (a / "runs").mkdir(parents=True)
+        shutil.copy(shared, a / "runs" / shared.name)  # the same run, also in a (a skips it: complete)
+        api.run("dann", "digits-offline", [0, 1], a, {**tiny, "dann.trade_off": 1.0}, device="cpu")
+    finally:
+        torch.set_num_threads(before)
+    dirs = [sw, a] if order == "sweep first" else [a, sw]
+    with pytest.warns(UserWarning, match=f"run {shared.stem} is recorded twice"):
+        df = load_results(*dirs)
+    assert len(df) == 3 and df["run_id"].is_unique  # one run, one row
+    lb = leaderboard(select_config(df, "source-val"), "source-val")
+    assert sorted(lb.table.index) == ["dann (trade_off=1.0)", "dann (trade_off∈{0.1, 1.0})"]
+    assert lb.table.loc["dann (trade_off=1.0)", "seeds"] == "2"  # a's plain row: both its seeds
+    assert lb.table.loc["dann (trade_off∈{0.1, 1.0})", "seeds"] == "1"
+    assert select_config(df, "oracle").set_index("seed").loc[0, "trials"].max() == 2  # sw chose over both trials
+    assert rule_table(df)[1].loc[("dann", "0"), "trials"] == 2
+    # without --select-config: one row per trial, the shared run counted once
+    plain = leaderboard(df, "source-val")
+    assert sorted(plain.table.index) == ["dann (trade_off=0.1)", "dann (trade_off=1.0)"]
+    assert plain.table.loc["dann (trade_off=1.0)", "seeds"] == "2" and not any(
+        "recorded twice" in n for n in plain.notes
+    )
+
+
+def test_a_run_two_folders_hold_is_one_row_its_complete_record_first(tmp_path):
+    """One run id in two merged folders is one row (never two seeds); where one folder's record of
+    it failed and the other's completed, the complete record is the row, whichever folder comes first."""
+    from fake_runs import curve_from, write_run
+
+    x, y = tmp_path / "x", tmp_path / "y"
+    write_run(x, "r0", "dann", "p", 0, status="failed", hparams={"x": 1})
+    write_run(y, "r0", "dann", "p", 0, curve=curve_from([60.0]), hparams={"x": 1})
+    for dirs in ([x, y], [y, x]):
+        with pytest.warns(UserWarning, match="run r0 is recorded twice"):
+            df = load_results(*dirs)
+        assert list(df["status"]) == ["complete"] and df.at[0, "source_dir"] == str(y)
+        assert sorted(f for f, _ in df.at[0, "folders"]) == [str(x), str(y)]

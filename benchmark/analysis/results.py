@@ -6,8 +6,15 @@ that a selection rule (:mod:`dabench.analysis.selection`) can be applied after t
 
 Bad input is reported, never fatal: a corrupt or truncated JSON file, or a record with a
 malformed field (``"timings": "abc"``, ``"curve": "x"`` …), is named in a ``warnings.warn``
-and skipped, and a run id found in two files keeps the first one read (directories in the
-order given, files sorted by name) and warns naming both files.
+and skipped.
+
+One run, one row. A run id is its spec, so a run id found in two folders (``dabench report A B``
+over folders that both ran it) is one computation: it is one row (never pooled as two seeds),
+read from the first file (directories in the order given, files sorted by name; a complete
+record before one that is not), with a warning naming both files. Its ``folders`` column lists
+every folder holding it, each with its ``sweep_trial``: the run may be a trial of folder A's
+sweep and a plain run of folder B at once, and configuration selection
+(:func:`dabench.analysis.sweeps.select_config`) counts it in both roles.
 
 Configurations. A row of a table is a *configuration*, never a pool of settings: the
 ``config`` column is a canonical key of the record's spec minus ``seed``, ``pair``,
@@ -72,6 +79,7 @@ COLUMNS: tuple[str, ...] = (
     "plugin_code",
     "finished_at",
     "sweep_trial",
+    "folders",
 )
 
 #: A row's ``status``: a record's status (core/record.py, ``Status``), or ``pending`` for a run
@@ -293,7 +301,7 @@ def load_results(*dirs: str | os.PathLike | Iterable[str | os.PathLike], planned
         raise ValueError("load_results needs at least one results folder")
 
     rows: list[dict[str, Any]] = []
-    seen: dict[str, Path] = {}
+    seen: dict[str, int] = {}  # run id -> its row in rows
     swept = {d: _swept_runs(d) for d in flat}
     for d in flat:
         folder = _runs_folder(d)
@@ -309,24 +317,46 @@ def load_results(*dirs: str | os.PathLike | Iterable[str | os.PathLike], planned
                 warnings.warn(f"skipping run record {path}: {exc}", RecordWarning, stacklevel=2)
                 continue
             rid = row["run_id"]
-            if rid in seen:
-                warnings.warn(
-                    f"run {rid} is recorded twice: keeping {seen[rid]}, ignoring {path}", RecordWarning, stacklevel=2
-                )
-                continue
-            seen[rid] = path
             trials = swept[d]
-            row["sweep_trial"] = None if trials is None else rid in trials
+            role = (str(d), None if trials is None else rid in trials)
+            if rid in seen:
+                # the same spec, hence the same computation, in two folders: one row (pooling it twice
+                # would count one run as two seeds), which serves each folder's role (folders)
+                kept = rows[seen[rid]]
+                use = row["status"] == "complete" and kept["status"] != "complete"
+                warnings.warn(
+                    f"run {rid} is recorded twice: {kept['record_path']} and {path}; one run, counted once "
+                    f"(the record of {path if use else kept['record_path']})",
+                    RecordWarning,
+                    stacklevel=2,
+                )
+                if role[0] not in {f for f, _ in kept["folders"]}:
+                    kept["folders"].append(role)
+                if use:  # a complete record of the run before a failed or interrupted one (its folder's
+                    # source_dir: its features and checkpoints lie beside it)
+                    row.update(sweep_trial=role[1], folders=kept["folders"])
+                    rows[seen[rid]] = row
+                continue
+            seen[rid] = len(rows)
+            row["sweep_trial"], row["folders"] = role[1], [role]
             rows.append(row)
     if planned:
         have = {(r["pair"], r["seed"], r["config"]) for r in rows}
         for d in flat:
+            trials = swept[d]
             for row in _planned_rows(d):
+                rid = row["run_id"]
+                role = (str(d), None if trials is None else rid in trials)
+                if rid in seen:
+                    # planned here, recorded in another folder: the same run, in this folder's role too
+                    kept = rows[seen[rid]]
+                    if role[0] not in {f for f, _ in kept["folders"]}:
+                        kept["folders"].append(role)
+                    continue
                 key = (row["pair"], row["seed"], row["config"])
                 if key not in have:
                     have.add(key)
-                    trials = swept[d]
-                    row["sweep_trial"] = None if trials is None else row["run_id"] in trials
+                    row["sweep_trial"], row["folders"] = role[1], [role]
                     rows.append(row)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     if len(df):

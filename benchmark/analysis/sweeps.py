@@ -16,7 +16,9 @@ Candidates: the complete runs of one **method × label budget × pair × seed of
 that are trials of a sweep (restrict with ``--where``). A run the folder's ``matrix.json`` names as
 no sweep trial (a plain run added to the folder later) and a run of another, merged folder were
 never among the sweep's trials (:func:`has_sweeps`): they are no candidates, keep their own rows
-(``trials`` 1) in :func:`select_config` and are left out of :func:`rule_table`. :func:`select_config` collapses them into
+(``trials`` 1) in :func:`select_config` and are left out of :func:`rule_table`. A run both folders hold (one
+run id) is both: a candidate of the sweep's folder and a seed of the other's plain row
+(:func:`per_folder`). :func:`select_config` collapses them into
 one row per method (the chosen run, its settings minus the swept keys, so the leaderboard shows
 one row per method) and the leaderboard, statistics and figures then work on it unchanged.
 
@@ -90,7 +92,7 @@ def has_sweeps(df: pd.DataFrame) -> bool:
     """
     if df.empty:
         return False
-    d = _with_labels(df[df["seed"].notna()])
+    d = _with_labels(per_folder(df[df["seed"].notna()]))
     if "sweep_trial" in d:
         d = d[
             d["sweep_trial"].map(lambda x: x is None or pd.isna(x) or bool(x))
@@ -127,7 +129,7 @@ def select_config(df: pd.DataFrame, rule: str) -> pd.DataFrame:
     field, maximise = _score(rule)
     if rule == "dev":
         df = with_dev_scores(df, strict=True)
-    d = _with_labels(df[df["seed"].notna()] if len(df) else df)
+    d = _with_labels(per_folder(df[df["seed"].notna()]) if len(df) else df)
     if d.empty:
         return d.assign(trials=pd.Series(dtype=int), chosen=pd.Series(dtype=object))
     # a plain run (its folder's matrix.json says it is no sweep trial) or a run of another folder
@@ -199,6 +201,11 @@ def select_config(df: pd.DataFrame, rule: str) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     if len(plain):
         out = pd.concat([out, plain.assign(trials=1, chosen=[{}] * len(plain), left_out=[[]] * len(plain))])
+    if len(out) and "folders" in d:
+        # a run two folders hold in the same role (plain in both, or the same pick of equal grids) is one
+        # row of one configuration: counted once; in two roles (a sweep's pick, another folder's plain
+        # run) it is in two configurations' rows, never twice in one
+        out = out[~out.duplicated(["run_id", "config"], keep="first")]
     return out.reset_index(drop=True)
 
 
@@ -209,6 +216,33 @@ def _by(d: pd.DataFrame) -> list[str]:
     """The candidates of one choice: one method x budget x pair x seed **of one folder** (merged
     folders' configurations are no sweep: :func:`has_sweeps`)."""
     return GROUP + (["source_dir"] if "source_dir" in d else [])
+
+
+def per_folder(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a run that several merged folders hold (``folders``, one run id: one computation,
+    one row in :func:`~dabench.analysis.results.load_results`) repeated once per folder, each copy
+    with that folder's ``source_dir`` and ``sweep_trial``.
+
+    A run of folder A's sweep that folder B ran as a plain run (the same spec) is then both a
+    candidate of A's choice and a seed of B's plain row: reading it in one role only left B's row a
+    seed short, with no mark. Only configuration selection reads folders; the plain leaderboard
+    keeps one row per run, so nothing is pooled twice. A row without ``folders`` (or with one) is
+    unchanged; the copies get a fresh index.
+    """
+    if "folders" not in df or not len(df):
+        return df
+    many = df["folders"].map(lambda f: isinstance(f, list) and len(f) > 1)
+    if not many.any():
+        return df
+    copies = []
+    for i, row in df.iterrows():
+        roles = row["folders"] if many.at[i] else [None]
+        for role in roles:
+            r = row.copy()
+            if role is not None:
+                r["source_dir"], r["sweep_trial"], r["folders"] = role[0], role[1], [role]
+            copies.append(r)
+    return pd.DataFrame(copies).reset_index(drop=True)
 
 
 def _trials_and_plain(d: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -317,7 +351,7 @@ def rule_table(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """
     df = with_dev_scores(df)  # once, not per rule; dev's column only when some run saved features
     if len(df):
-        df = _trials_and_plain(df)[0]  # plain runs were no candidates of any choice
+        df = _trials_and_plain(per_folder(df))[0]  # plain runs were no candidates of any choice
     rules = [n for n in available_rules(df) if n in SCORES]
     picks = {n: _accuracy(df, n).set_index(_by(df))["accuracy"] for n in rules}
     acc = pd.DataFrame(picks)
