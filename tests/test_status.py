@@ -5,6 +5,7 @@ The folder is built by hand (records, claims, matrix.json): no training, fast.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import sys
 import pytest
 
 from dabench.cli import main
+from dabench.core.domain import Schedule
 from dabench.core.record import RunError
 from dabench.core.spec import RunSpec
 from dabench.core.store import RunStore
@@ -342,6 +344,24 @@ def test_a_run_far_past_its_methods_mean_is_flagged_possibly_hung_with_what_to_d
     assert "--run-timeout SECONDS" in hint
     # running is not failing: the hung run is counted as running, and the ETA still counts it
     assert "2 running" in text and "x 3 left" in text
+
+
+def test_a_longer_run_is_expected_to_take_its_peers_time_per_step_times_its_steps(tmp_path):
+    """Peers of 600 steps took 100 s; a 6,000-step run of the same method 25 minutes in is on
+    course (expected 1,000 s, 1.5x), not POSSIBLY HUNG (before: 15x a 100 s mean)."""
+    store = RunStore(tmp_path)
+    short = [dataclasses.replace(_spec("dann", s), schedule=Schedule(steps=600)) for s in range(2)]
+    long = dataclasses.replace(_spec("dann", 5), schedule=Schedule(steps=6000))
+    write_matrix_file(tmp_path, [*short, long], workers=1)
+    for spec in short:
+        _complete(store, spec, 100.0)
+    _running(store, long, started_at=T0, claimed_at=T0)
+    st = folder_status(tmp_path, now=T0 + 1500)
+    run = next(r for r in st.runs if r.run_id == long.run_id)
+    assert (run.expected_s, run.possibly_hung) == (1000.0, False)
+    assert "per step x 6000 steps" in _line(status_text(tmp_path, now=T0 + 1500), long.run_id)
+    later = folder_status(tmp_path, now=T0 + 3100)  # past 3x the 1,000 s it should take
+    assert [r.run_id for r in later.runs if r.possibly_hung] == [long.run_id]
 
 
 def test_not_flagged_under_three_times_the_mean_or_under_ten_minutes(tmp_path):

@@ -76,6 +76,8 @@ class RunState:
     #: running: the mean run time of its peers, and which peers (``3 complete dann | mnist-usps runs``)
     expected_s: float | None = None
     expected_from: str = ""
+    #: the run's scheduled steps (its spec), to scale peers of another length
+    steps: int | None = None
     #: running: the claim's holder (``host/pid 123``); interrupted: why the claim no longer holds
     holder: str = ""
 
@@ -156,23 +158,46 @@ def _holder(info: ClaimInfo) -> str:
     return f"{h.get('host', '?')}/pid {h.get('pid', '?')}"
 
 
-def _expected(runs: list[RunState], durations: dict[tuple[str | None, str | None], list[float]], now: float) -> None:
+def _expected(runs: list[RunState], durations: dict[tuple[str | None, str | None], list[_Took]], now: float) -> None:
     """Set ``expected_s``/``expected_from`` of the running runs: the mean run time of the complete
     runs of the same method and pair, else of the same method, else of every complete run (a
-    method's time depends on its pair's data and network far more than on anything else)."""
+    method's time depends on its pair's data and network far more than on anything else); a peer
+    of another length counts its time per step times the running run's steps (a 5,000-step run is
+    not hung for taking longer than its 600-step peers)."""
     for r in runs:
         if r.state != Status.RUNNING.value:
             continue
-        peers: list[tuple[str, list[float]]] = [
+        peers: list[tuple[str, list[_Took]]] = [
             (f"{r.method} | {r.pair}", durations.get((r.method, r.pair), [])),
             (str(r.method), [t for (m, _), ts in durations.items() if m == r.method for t in ts]),
             ("", [t for ts in durations.values() for t in ts]),
         ]
-        for name, times in peers:
-            if times:
-                r.expected_s = sum(times) / len(times)
-                r.expected_from = f"{_count(len(times), 'complete ' + (name + ' run' if name else 'run'))}"
+        for name, took in peers:
+            if took:
+                scaled = [t.scaled_to(r.steps) for t in took]
+                r.expected_s = sum(scaled) / len(scaled)
+                r.expected_from = f"{_count(len(took), 'complete ' + (name + ' run' if name else 'run'))}"
+                if any(t.steps and r.steps and t.steps != r.steps for t in took):
+                    r.expected_from += f", per step x {r.steps} steps"
                 break
+
+
+@dataclass(frozen=True)
+class _Took:
+    """A complete run's time (s) and its scheduled steps (None: not recorded)."""
+
+    seconds: float
+    steps: int | None
+
+    def scaled_to(self, steps: int | None) -> float:
+        """This run's time for a run of ``steps`` steps (unscaled where either length is unknown)."""
+        return self.seconds * steps / self.steps if steps and self.steps else self.seconds
+
+
+def _steps(spec: Any) -> int | None:
+    """A spec's scheduled steps (``schedule.steps``), None where it does not say (a hand-edited file)."""
+    steps = (spec.get("schedule") or {}).get("steps") if isinstance(spec, dict) else None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
 
 
 def _batched_seeds(timings: dict[str, Any]) -> int:
@@ -218,7 +243,7 @@ def folder_status(root: str | os.PathLike, now: float | None = None) -> FolderSt
             continue
         records[rec.run_id] = rec
     times = []
-    durations: dict[tuple[str | None, str | None], list[float]] = {}  # (method, pair) -> complete runs' s
+    durations: dict[tuple[str | None, str | None], list[_Took]] = {}  # (method, pair) -> complete runs
     for run_id in list(specs) + [r for r in records if r not in specs]:
         rec = records.get(run_id)
         spec = rec.spec if rec else specs.get(run_id)
@@ -238,7 +263,8 @@ def folder_status(root: str | os.PathLike, now: float | None = None) -> FolderSt
                 # its share; the running runs' expectation keeps the group's (a batched running run
                 # takes as long as its group)
                 times.append(float(t) / _batched_seeds(timings))
-                durations.setdefault((rec.spec.get("method"), rec.spec.get("pair")), []).append(float(t))
+                took = _Took(float(t), _steps(rec.spec))
+                durations.setdefault((rec.spec.get("method"), rec.spec.get("pair")), []).append(took)
         elif info is not None and info.live:
             state, holder = "running", _holder(info)
             # the later of the two: a resumed run's new claim is newer than the interrupted
@@ -263,6 +289,7 @@ def folder_status(root: str | os.PathLike, now: float | None = None) -> FolderSt
                 method=sd.get("method"),
                 pair=sd.get("pair"),
                 elapsed_s=elapsed,
+                steps=_steps(sd),
                 holder=holder,
             )
         )
