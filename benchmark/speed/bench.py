@@ -577,6 +577,10 @@ def time_method(method_name: str, case: BenchCase, cuda_graphs: bool = False) ->
         graph_note = "; ".join(dict.fromkeys(notes))  # more than one: the timed runs were not alike
     else:  # off CUDA the graph-mode loop runs its captured body eagerly: its operations, not a rate
         last[:] = [bench.run(graphs.WARMUP_STEPS + 2)]
+        # its note says how that loop ran ("captured" on the CPU too): nothing was captured or timed here
+        timing.graph_ops = last[0].graph_ops
+        bench.cuda_graphs = False
+        return timing
     timing.graph_note, timing.graph_ops = graph_note or last[0].graph_note, last[0].graph_ops
     bench.cuda_graphs = False
     return timing
