@@ -294,18 +294,23 @@ def test_slurm_without_sbatch_is_a_clear_error_not_a_local_run(tmp_path, monkeyp
         make_executor("slurm", tmp_path / "r", ExecutorOptions())
 
 
-def test_sbatch_script_quotes_a_results_folder_with_spaces(tmp_path, fake_slurm):
-    """The job's command line (what bash runs) names the folder whole, spaces and quote included."""
-    import shlex
-
+def _one_job_script(root, fake_slurm) -> str:
+    """The sbatch script the slurm executor writes for one run into results folder ``root``."""
     from dabench.running.executors import ExecutorOptions, make_executor
 
-    root = tmp_path / "my results" / "it's here"
     ex = make_executor("slurm", root, ExecutorOptions(progress=False))
     ex.submit(_specs(1)[0])
     ex.wait(0)
     ex.close()
-    script = (fake_slurm / "submitted-100.sh").read_text()
+    return (fake_slurm / "submitted-100.sh").read_text()
+
+
+def test_sbatch_script_quotes_a_results_folder_with_spaces(tmp_path, fake_slurm):
+    """The job's command line (what bash runs) names the folder whole, spaces and quote included."""
+    import shlex
+
+    root = tmp_path / "my results" / "it's here"
+    script = _one_job_script(root, fake_slurm)
     folder = str(root.resolve() / "slurm" / "submitit")
     command = next(line for line in script.splitlines() if line.startswith("srun "))
     words = shlex.split(command)
@@ -318,14 +323,8 @@ def test_sbatch_script_escapes_percent_signs_of_the_results_folder_in_log_paths(
     patterns (%j, %t) stay; submitit's command names the folder as it is (not a pattern)."""
     import shlex
 
-    from dabench.running.executors import ExecutorOptions, make_executor
-
     root = tmp_path / "acc 100%u" / "x%%y"
-    ex = make_executor("slurm", root, ExecutorOptions(progress=False))
-    ex.submit(_specs(1)[0])
-    ex.wait(0)
-    ex.close()
-    script = (fake_slurm / "submitted-100.sh").read_text()
+    script = _one_job_script(root, fake_slurm)
     folder = str(root.resolve() / "slurm" / "submitit")
     slurm_folder = folder.replace("%", "%%")
     sbatch = {
