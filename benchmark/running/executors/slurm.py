@@ -156,10 +156,17 @@ class SlurmExecutor(Executor):
             )
         self.ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
         self.cluster = self.ex.cluster
-        if self.cluster == "slurm":
-            # SLURM expands % patterns in the log paths; submitit writes the folder as it is
-            inner: Any = self.ex._executor  # submitit's SlurmExecutor: it writes the script
-            make_text = inner._make_submission_file_text
+        if self.cluster == "slurm" and "%" in str(folder):
+            # SLURM expands % patterns in the log paths; submitit writes the folder as it is. The hook
+            # is a private method of submitit's SlurmExecutor: only a folder with a % depends on it
+            inner: Any = self.ex._executor
+            make_text = getattr(inner, "_make_submission_file_text", None)
+            if make_text is None:
+                raise ValueError(
+                    f"--results {self.root}: SLURM expands the '%' of this path in its log paths, and this "
+                    f"submitit ({getattr(submitit, '__version__', '?')}) has no hook to escape it; pick a "
+                    "folder whose path has no '%'"
+                )
             inner._make_submission_file_text = lambda command, uid: escape_log_patterns(
                 make_text(command, uid), str(inner.folder)
             )
