@@ -101,7 +101,8 @@ def run(
     A class that is not registered yet exists in this process only: the executors that run specs
     in other processes (every one but inline) re-import methods from ``plugins`` and installed
     packages, so such a class is refused before anything runs rather than recorded ``failed``
-    by every worker.
+    by every worker; so is a method or pair registered in this session (``@register_method`` in
+    a notebook cell or the script itself) that no plugin file or installed package provides.
     """
     # late: the executors import the engine (torch); reading results through this module must not
     from .core.domain import default_data_root
