@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
-from collections.abc import Iterable
+import types
+import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,7 +101,8 @@ def run(
     A class that is not registered yet exists in this process only: the executors that run specs
     in other processes (every one but inline) re-import methods from ``plugins`` and installed
     packages, so such a class is refused before anything runs rather than recorded ``failed``
-    by every worker.
+    by every worker; so is a method or pair registered in this session (``@register_method`` in
+    a notebook cell or the script itself) that no plugin file or installed package provides.
     """
     # late: the executors import the engine (torch); reading results through this module must not
     from .core.domain import default_data_root
@@ -108,6 +111,18 @@ def run(
     from .running.plan import matrix_for, open_executor, rerun_specs
     from .running.scheduler import WAIT_LIMIT_S, run_matrix
 
+    _check_arguments(
+        results_dir=results_dir,
+        data_root=data_root,
+        matrix=matrix,
+        overrides=overrides,
+        sweep=sweep,
+        device=device,
+        progress=progress,
+        trials=trials,
+        sweep_seed=sweep_seed,
+        max_trials=max_trials,
+    )
     valid_options = [f.name for f in dataclasses.fields(ExecutorOptions) if f.init]
     unknown = sorted(set(executor_options) - set(valid_options))
     taken = {"device", "data_root", "progress"}  # named parameters of run() itself
@@ -116,6 +131,7 @@ def run(
             f"dabench.run: unknown executor option(s) {', '.join(unknown or sorted(set(executor_options) & taken))}; "
             f"valid: {', '.join(o for o in valid_options if o not in taken)}"
         )
+    _check_executor_options(executor_options)
     if executor_options.get("workers") is not None and executor == "inline":
         raise MatrixError(
             f"dabench.run: workers={executor_options['workers']}: the inline executor runs one run at a time in "
@@ -161,6 +177,8 @@ def run(
         )
         specs = expand(built)  # loads the plugins here before the matrix is read
         plugins, swept = built.plugins, built.sweep
+    if executor != "inline":
+        _check_reachable(specs, plugins, executor)
     root = Path(data_root) if data_root is not None else default_data_root()
     options = ExecutorOptions(
         device=device, data_root=root, progress=progress, **{**executor_options, "plugins": tuple(plugins)}
@@ -170,8 +188,63 @@ def run(
     return run_matrix(specs, results_dir, options, executor=ex, wait_limit_s=limit)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_arguments(**given: Any) -> None:
+    """The types the CLI's parser guarantees its flags, checked for the keywords: a wrong one failed
+    deep inside (``expected str, bytes or os.PathLike object, not int``, ``dictionary update
+    sequence element #0``), or was taken (``trials=0``: a random sweep of no run at all)."""
+    paths = {"results_dir": False, "data_root": True, "matrix": True}  # name -> None allowed
+    for name, none_ok in paths.items():
+        v = given[name]
+        if not (
+            (v is None and none_ok) or isinstance(v, (str, os.PathLike)) or (name == "matrix" and isinstance(v, Matrix))
+        ):
+            valid = "a dabench.Matrix or a TOML file's path" if name == "matrix" else "a folder's path (str or Path)"
+            raise MatrixError(f"dabench.run: {name}={v!r}: expected {valid}")
+    for name, example in (("overrides", '{"steps": 300}'), ("sweep", '{"dann.trade_off": [0.1, 1]}')):
+        v = given[name]
+        if v is not None and not isinstance(v, Mapping):
+            raise MatrixError(f"dabench.run: {name}={v!r}: expected a dict of keys and values, such as {example}")
+    if given["device"] is not None and not isinstance(given["device"], str):
+        raise MatrixError(
+            f"dabench.run: device={given['device']!r}: expected a name: auto, cpu, cuda or cuda:N (a str)"
+        )
+    if not isinstance(given["progress"], bool):
+        raise MatrixError(f"dabench.run: progress={given['progress']!r}: expected True or False")
+    # trials, sweep_seed, max_trials: checked by running.plan.matrix_for, for the CLI's flags too
+
+
+def _check_executor_options(options: dict[str, Any]) -> None:
+    """Each executor option of the type its ``dabench run`` flag parses to: ``workers="2"`` failed as
+    ``'<' not supported between instances of 'str' and 'int'``, ``seed_batch="no"`` batched."""
+    from .running.executors import ExecutorOptions
+
+    hints = typing.get_type_hints(ExecutorOptions)
+    for name, value in options.items():
+        if name == "plugins":  # checked by _names
+            continue
+        hint = hints.get(name)
+        allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        ok = any(
+            (t is type(None) and value is None)
+            or (t is bool and isinstance(value, bool))
+            or (t is int and _is_int(value))
+            or (t is float and isinstance(value, numbers.Real) and not isinstance(value, bool))
+            or (t is str and isinstance(value, str))
+            for t in allowed
+        )
+        if not ok and hint is not None and all(t in (bool, int, float, str, type(None)) for t in allowed):
+            valid = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+            raise MatrixError(f"dabench.run: {name}={value!r}: expected {valid}")
+
+
 def _names(what: str, value: str | Iterable[Any], split=None) -> tuple[str, ...]:
     """A str is a comma list (as the CLI flag); an iterable of strings is taken as it is."""
+    if not isinstance(value, (str, Iterable)):  # methods=3: "'int' object is not iterable"
+        raise MatrixError(f"dabench.run: {what}={value!r}: expected a name, a comma list ('a,b') or a list of names")
     if isinstance(value, str):
         values = tuple(split(value) if split else (v.strip() for v in value.split(",") if v.strip()))
     else:
@@ -187,7 +260,7 @@ def _names(what: str, value: str | Iterable[Any], split=None) -> tuple[str, ...]
 def _methods(methods: str | Iterable[str | type], registry: Any, executor: str) -> list[str]:
     """Method names for the matrix; classes registered on the fly (refused for worker executors)."""
     items = list(
-        _names("methods", methods) if isinstance(methods, str) else methods
+        _names("methods", methods) if isinstance(methods, str) or not isinstance(methods, Iterable) else methods
     )  # read twice below: a generator would be empty the second time
     if not items:
         raise MatrixError("dabench.run: methods: expected at least one method name or Method class, got none")
@@ -246,6 +319,7 @@ def leaderboard(df, rule: str = "last", where=None):
     from .analysis.results import filter_runs  # late: as in load_results
     from .analysis.tables import leaderboard as _lb
 
+    _check_runs("leaderboard", df)
     # filtered here, so that a bad filter is named as this function's keyword, not the CLI's --where
     return _lb(filter_runs(df, where, flag="where"), rule=rule)
 
@@ -256,5 +330,60 @@ def compare(df, rule: str = "last", **kwargs: Any):
     from .analysis.results import filter_runs  # late: as in load_results
     from .analysis.stats import compare as _cmp
 
+    _check_runs("compare", df)
+    alpha = kwargs.get("alpha", 0.05)
+    # alpha=5 made every test "significant"; alpha=0 none: refused rather than tabled
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise ValueError(f"dabench.compare: alpha={alpha!r}: expected a significance level in (0, 1), such as 0.05")
     # filtered here, so that a bad filter is named as this function's keyword, not the CLI's --where
     return _cmp(filter_runs(df, kwargs.pop("where", None), flag="where"), rule=rule, **kwargs)
+
+
+def _check_runs(what: str, df: Any) -> None:
+    """``df`` must be :func:`load_results`' table: a folder or a list of records failed deep inside
+    the tables (``'str' object has no attribute 'empty'``)."""
+    import pandas as pd  # late: as in load_results
+
+    if isinstance(df, pd.DataFrame) and "run_id" in df.columns:
+        return
+    got = "a DataFrame without a run_id column" if isinstance(df, pd.DataFrame) else repr(df)
+    hint = f"; e.g. dabench.{what}(dabench.load_results({str(df)!r}))" if isinstance(df, (str, os.PathLike)) else ""
+    raise TypeError(f"dabench.{what}: expected the runs table of dabench.load_results(DIR, ...), got {got}{hint}")
+
+
+def _check_reachable(specs: Iterable[Any], plugins: Iterable[str], executor: str) -> None:
+    """Refuse a method or pair registered in this process only (``@register_method`` in a notebook
+    cell or the script itself) for an executor whose worker processes import methods and pairs
+    afresh: built-ins, installed plugins and ``plugins`` only. Each of its runs was recorded
+    ``failed: unknown method`` by a worker."""
+    import sys
+
+    from .core.registry import METHODS, PAIRS
+
+    folders: list[Path] = []  # where the plugins' code lies: what is registered from there is reachable
+    for ref in plugins:
+        if ref.endswith(".py") or "/" in ref:
+            folders.append(Path(ref).resolve())
+        elif (file_name := getattr(sys.modules.get(ref), "__file__", None)) is not None:
+            file = Path(file_name).resolve()
+            folders.append(file.parent if file.name == "__init__.py" else file)
+    for kind, registry, names in (
+        ("method", METHODS, {s.method for s in specs}),
+        ("pair", PAIRS, {s.pair for s in specs}),
+    ):
+        for name in sorted(names):
+            if name not in registry or registry.is_builtin(name) or name in registry._dists:
+                continue
+            source = registry.source(name)
+            if source.startswith(("entry point ", "factory ")):
+                continue
+            head, _, line = source.rpartition(":")
+            path = Path(head if head and line.isdigit() else source)
+            if path.is_file() and any(path.resolve() == f or path.resolve().is_relative_to(f) for f in folders):
+                continue
+            raise ValueError(
+                f"dabench.run: {kind} {name!r} is registered in this process only (at {source}), so the "
+                f"{executor!r} executor's worker processes cannot import it and would record each of its runs "
+                "failed; put it in a file with @register_method/register_pair and pass "
+                "plugins=['path/to/file.py'] (or install it as a package), or use executor='inline'"
+            )

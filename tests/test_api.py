@@ -79,6 +79,22 @@ def test_api_sweep_and_matrix_file_as_the_cli(tmp_path):
             r"rerun repeats runs exactly as recorded; it takes no methods",
         ),
         ({"wait_limit": -1}, MatrixError, r"wait_limit: expected seconds >= 0, got -1"),
+        # each failed deep inside (TypeError / ValueError from pathlib, dict(), '<'), or was taken
+        ({"methods": 3}, MatrixError, r"methods=3: expected a name, a comma list"),  # 'int' object is not iterable
+        ({"pairs": 5}, MatrixError, r"pairs=5: expected a name"),
+        ({"rerun": 5}, MatrixError, r"rerun=5: expected a name"),
+        ({"plugins": 5}, MatrixError, r"plugins=5: expected a name"),
+        ({"results_dir": None}, MatrixError, r"results_dir=None: expected a folder's path"),
+        ({"matrix": {"methods": ["dann"]}}, MatrixError, r"matrix=\{'methods'.*expected a dabench.Matrix or a TOML"),
+        ({"overrides": "steps=3"}, MatrixError, r"overrides='steps=3': expected a dict"),
+        ({"sweep": "dann.trade_off=0.1,1"}, MatrixError, r"sweep='dann.trade_off=0.1,1': expected a dict"),
+        ({"device": 3}, MatrixError, r"device=3: expected a name: auto, cpu, cuda or cuda:N"),
+        ({"progress": "yes"}, MatrixError, r"progress='yes': expected True or False"),
+        ({"trials": "3"}, MatrixError, r"trials='3': expected an integer >= 1"),
+        ({"sweep_seed": -2}, MatrixError, r"sweep_seed=-2: expected an integer >= 0"),  # ran
+        ({"max_trials": 0}, MatrixError, r"max_trials=0: expected an integer >= 1"),  # ran
+        ({"workers": "2", "executor": "local"}, MatrixError, r"workers='2': expected int or None"),
+        ({"seed_batch": "no"}, MatrixError, r"seed_batch='no': expected bool"),  # batched
     ],
 )
 def test_api_bad_input_is_refused_before_anything_runs(tmp_path, kwargs, error, match):
@@ -86,3 +102,82 @@ def test_api_bad_input_is_refused_before_anything_runs(tmp_path, kwargs, error, 
     with pytest.raises(error, match=match):
         dabench.run(**{"results_dir": out, "device": "cpu", "overrides": FAST, **kwargs})
     assert not out.exists()
+
+
+def test_cli_trials_zero_is_refused(tmp_path, capsys):
+    """``--trials 0`` beside a random sweep ran a sweep of no trial ("0 runs") and said nothing."""
+    from dabench.cli import main
+
+    out = tmp_path / "r"
+    argv = ["run", "--methods", "dann", "--pairs", "tiny", "--seeds", "0", "--plugin", TINY, "--results", str(out)]
+    assert main([*argv, "--sweep", "dann.trade_off=log_uniform(0.1,1)", "--trials", "0"]) != 0
+    assert "--trials 0: expected an integer >= 1" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_api_session_registered_method_is_refused_for_worker_executors(tmp_path):
+    """A method registered with @register_method in the session (a notebook cell, the script) is
+    in no worker's registry: ``executor='local'`` recorded its run ``failed: unknown method``."""
+    from dabench.methods.source_only import SourceOnly
+    from dabench.testing import isolated_registries
+
+    with isolated_registries():
+
+        @dabench.register_method("session-method")
+        class SessionMethod(SourceOnly):
+            """Source-only under another name, defined in this process only."""
+
+        for methods in (["session-method"], [SessionMethod]):
+            with pytest.raises(
+                ValueError, match=r"method 'session-method' is registered in this process only .*'local'"
+            ):
+                dabench.run(
+                    methods=methods,
+                    pairs="tiny",
+                    seeds=[0],
+                    plugins=[TINY],
+                    results_dir=tmp_path / "r",
+                    device="cpu",
+                    executor="local",
+                    workers=1,
+                    overrides=FAST,
+                )
+    assert not (tmp_path / "r").exists()
+
+
+def test_api_tables_refuse_what_is_not_a_runs_table_and_read_one_where_string(tmp_path):
+    """``leaderboard("DIR")`` failed with "'str' object has no attribute 'empty'"; ``where="steps=2"``
+    was read character by character ("where='s': expected KEY=VALUE"); ``compare(alpha=5)`` called
+    every difference significant."""
+    out = tmp_path / "res"
+    dabench.run(
+        methods="source-only,slow",
+        pairs="tiny",
+        seeds=[0, 1],
+        plugins=[TINY],
+        results_dir=out,
+        device="cpu",
+        overrides=FAST,
+    )
+    df = dabench.load_results(out)
+    one = dabench.leaderboard(df, where="method=slow").table
+    assert one.equals(dabench.leaderboard(df, where=["method=slow"]).table) and len(one) == 1
+    both = dabench.leaderboard(df, where={"method": ["slow", "source-only"]}).table  # a list: any of
+    assert len(both) == 2
+    with pytest.raises(
+        TypeError,
+        match=r"leaderboard: expected the runs table .* got '.*res'; e.g. dabench.leaderboard\(dabench.load_results",
+    ):
+        dabench.leaderboard(str(out))
+    with pytest.raises(TypeError, match=r"compare: expected the runs table"):
+        dabench.compare([1, 2])
+    with pytest.raises(ValueError, match=r"alpha=5: expected a significance level in \(0, 1\)"):
+        dabench.compare(df, alpha=5)
+
+
+def test_every_public_name_imports_and_has_a_docstring():
+    """``help(dabench.list_methods)`` said nothing: every public function and class documents itself
+    (``Update`` is a type alias and the registries/constants are objects: no docstring of their own)."""
+    objects = {"__version__", "METHODS", "PAIRS", "BACKBONES", "KERNEL_MULTIPLIERS", "Update"}
+    missing = [n for n in dabench.__all__ if n not in objects and not (getattr(dabench, n).__doc__ or "").strip()]
+    assert missing == []

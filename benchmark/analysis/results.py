@@ -530,10 +530,21 @@ def _spelled(flag: str, text: str) -> str:
 def parse_where(where: Iterable[str] | dict[str, Any] | None, flag: str = "--where") -> list[tuple[str, list[str]]]:
     """``["steps=2000", "method=dann,dan"]`` or ``{"steps": 2000}`` → [(key, [values…])]; ``flag``:
     how errors name the filter (``--where``, or ``where`` for the Python API's keyword)."""
-    if not where:
+    if where is None or (isinstance(where, (dict, list, tuple)) and not where):
         return []
+    if isinstance(where, str):
+        # one filter, not its characters (``where="steps=300"`` was read as filters 's', 't' ...)
+        where = [where]
     if isinstance(where, dict):
-        items = [(str(k), [str(v)]) for k, v in where.items()]
+        # a list value is "any of", as a comma list is (it was compared as its repr, "['dann', 'dan']")
+        items = [
+            (str(k), [str(x) for x in v] if isinstance(v, (list, tuple, set)) else [str(v)]) for k, v in where.items()
+        ]
+    elif not isinstance(where, Iterable):
+        raise ValueError(
+            f"{flag}={where!r}: expected KEY=VALUE filters (a list such as ['steps=2000'], one "
+            "string 'steps=2000' or a dict {'steps': 2000})"
+        )
     else:
         items = []
         for text in where:

@@ -507,14 +507,17 @@ def _caller() -> str:
 
 
 def list_methods(pattern: str | None = None) -> list[str]:
+    """The registered methods' names, sorted (built-ins and loaded plugins); ``pattern``: a glob (``"d*"``) or a list ``a,b``."""
     return METHODS.names(pattern)
 
 
 def list_pairs(pattern: str | None = None) -> list[str]:
+    """The registered pairs' names, sorted (built-ins and loaded plugins); ``pattern``: a glob (``"d*"``) or a list ``a,b``."""
     return PAIRS.names(pattern)
 
 
 def list_backbones(pattern: str | None = None) -> list[str]:
+    """The registered backbones' names, sorted (built-ins and loaded plugins); ``pattern``: a glob (``"d*"``) or a list ``a,b``."""
     return BACKBONES.names(pattern)
 
 

@@ -50,6 +50,13 @@ def matrix_for(
     caller's win); ``plugins`` are added after the base's. ``set_name``/``sweep_name`` are how
     errors name where the caller's keys came from (``--set``, or ``overrides`` in Python).
     """
+    # as a matrix file's [sweep.random] trials / sweep_seed and [matrix] max_trials are checked:
+    # --trials 0 ran a random sweep of no trial at all ("0 runs"), and said nothing
+    cli = sweep_name.startswith("-")
+    for key, value, least in (("trials", trials, 1), ("sweep_seed", sweep_seed, 0), ("max_trials", max_trials, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            name = f"--{key.replace('_', '-')} {value}" if cli else f"{key}={value!r}"
+            raise MatrixError(f"{name}: expected an integer >= {least}")
     base = base or Matrix()
     given, swept = dict(overrides or {}), dict(sweep or {})
     return Matrix(
