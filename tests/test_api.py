@@ -181,3 +181,19 @@ def test_every_public_name_imports_and_has_a_docstring():
     objects = {"__version__", "METHODS", "PAIRS", "BACKBONES", "KERNEL_MULTIPLIERS", "Update"}
     missing = [n for n in dabench.__all__ if n not in objects and not (getattr(dabench, n).__doc__ or "").strip()]
     assert missing == []
+
+
+def test_a_results_folder_with_a_matrix_but_no_record_yet_lists_its_planned_runs(tmp_path):
+    """A folder ``dabench run`` has just started (matrix.json, no runs/ yet): its planned runs are
+    pending rows. Before, the folder itself was taken for a folder of records and matrix.json was
+    warned about as "not a run record"."""
+    import warnings
+
+    from dabench.running.scheduler import write_matrix_file
+
+    specs = expand(Matrix(methods=("dann",), pairs=("digits-offline",), seeds=(0, 1)))
+    write_matrix_file(tmp_path, specs, workers=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning at all
+        df = dabench.load_results(tmp_path)
+    assert sorted(df["seed"].tolist()) == [0, 1] and set(df["status"]) == {"pending"}

@@ -111,7 +111,8 @@ def _runs_folder(d: Path) -> Path:
     if not d.is_dir():
         raise NotADirectoryError(f"results folder {str(d)!r} is a file, not a folder")
     runs = d / "runs"
-    if runs.is_dir():
+    if runs.is_dir() or (d / "matrix.json").is_file():
+        # a results folder whose matrix has no record yet: none to read (its matrix.json is no record)
         return runs
     if any(d.glob("*.json")):
         return d
