@@ -305,12 +305,16 @@ def _seeds(seeds: str | Iterable[Any]) -> tuple[int, ...]:
     return tuple(int(s) for s in items)
 
 
-def load_results(*dirs: str | os.PathLike):
-    """All run records of the given folders as one tidy DataFrame (one row per run)."""
+def load_results(*dirs: str | os.PathLike, planned: bool = True):
+    """All run records of the given folders as one tidy DataFrame (one row per run); ``planned``
+    adds a ``pending`` row for each run of a folder's ``matrix.json`` that has no record yet
+    (:func:`dabench.analysis.results.load_results`)."""
     # late: ``import dabench`` (every plugin does it) must not pay for pandas/scipy until results are read
     from .analysis.results import load_results as _load
 
-    return _load(*dirs)
+    if not isinstance(planned, bool):
+        raise MatrixError(f"load_results(planned={planned!r}): expected True or False")
+    return _load(*dirs, planned=planned)
 
 
 def leaderboard(df, rule: str = "last", where=None):

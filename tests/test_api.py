@@ -197,3 +197,15 @@ def test_a_results_folder_with_a_matrix_but_no_record_yet_lists_its_planned_runs
         warnings.simplefilter("error")  # no warning at all
         df = dabench.load_results(tmp_path)
     assert sorted(df["seed"].tolist()) == [0, 1] and set(df["status"]) == {"pending"}
+
+
+def test_load_results_passes_planned_on(tmp_path):
+    """``dabench.load_results(DIR, planned=False)`` leaves out the pending rows of matrix.json
+    (the keyword existed only on the analysis function)."""
+    from dabench.running.scheduler import write_matrix_file
+
+    write_matrix_file(tmp_path, expand(Matrix(methods=("dann",), pairs=("digits-offline",), seeds=(0,))), workers=1)
+    assert len(dabench.load_results(tmp_path)) == 1
+    assert len(dabench.load_results(tmp_path, planned=False)) == 0
+    with pytest.raises(MatrixError, match="planned='no'"):
+        dabench.load_results(tmp_path, planned="no")
