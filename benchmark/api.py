@@ -334,11 +334,7 @@ def compare(df, rule: str = "last", **kwargs: Any):
     from .analysis.results import filter_runs  # late: as in load_results
     from .analysis.stats import compare as _cmp
 
-    _check_runs("compare", df)
-    alpha = kwargs.get("alpha", 0.05)
-    # alpha=5 made every test "significant"; alpha=0 none: refused rather than tabled
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-        raise ValueError(f"dabench.compare: alpha={alpha!r}: expected a significance level in (0, 1), such as 0.05")
+    _check_runs("compare", df)  # alpha is checked by analysis.stats.compare
     # filtered here, so that a bad filter is named as this function's keyword, not the CLI's --where
     return _cmp(filter_runs(df, kwargs.pop("where", None), flag="where"), rule=rule, **kwargs)
 
@@ -376,13 +372,15 @@ def _check_reachable(specs: Iterable[Any], plugins: Iterable[str], executor: str
         ("pair", PAIRS, {s.pair for s in specs}),
     ):
         for name in sorted(names):
-            if name not in registry or registry.is_builtin(name) or name in registry._dists:
+            # the registry's own account of the entry's code: None for a built-in, factory-made or
+            # unknown name; "package" for an installed plugin (its workers import it too)
+            code = registry.code(name) if name in registry else None
+            if code is None or "package" in code:
                 continue
             source = registry.source(name)
-            if source.startswith(("entry point ", "factory ")):
+            if source.startswith("entry point "):
                 continue
-            head, _, line = source.rpartition(":")
-            path = Path(head if head and line.isdigit() else source)
+            path = Path(code["file"])
             if path.is_file() and any(path.resolve() == f or path.resolve().is_relative_to(f) for f in folders):
                 continue
             raise ValueError(

@@ -213,18 +213,24 @@ def test_methods_that_cannot_be_batched_fall_back_with_a_note(tmp_path, one_thre
             assert note.startswith("fallback: step not vmappable"), note
 
 
+def _assert_falls_back_to_its_separate_runs(tmp_path, method: str, note: str) -> None:
+    """Seeds 0 and 1 of ``method`` under --seed-batch: each complete, its record's seed_batch
+    starting with ``note``, its curve its separate run's, bit for bit."""
+    over = {"backbone": "lenet-nodrop", "eval_every": 4, "log_every": 2}
+    specs, _, store = _run(tmp_path / "b", (method,), (0, 1), 4, True, **over)
+    _, _, alone = _run(tmp_path / "s", (method,), (0, 1), 4, False, **over)
+    for spec in specs:
+        rec, ref = store.read(spec.run_id), alone.read(spec.run_id)
+        assert rec.status is Status.COMPLETE, rec.error
+        assert rec.timings["seed_batch"].startswith(note), rec.timings
+        assert rec.curve == ref.curve  # the separate run itself: bit for bit
+
+
 def test_a_step_that_stops_being_vmappable_later_falls_back_instead_of_failing_every_seed(tmp_path, one_thread):
     """A step vmap refuses only from progress 1/2 on: the seeds are trained separately (the
     batched steps so far discarded) and complete, equal to their unbatched runs; the old loop
     re-raised any error after the first step and recorded the whole group failed."""
-    over = {"backbone": "lenet-nodrop", "eval_every": 4, "log_every": 2}
-    specs, _, store = _run(tmp_path / "b", ("sb-late-host-read",), (0, 1), 4, True, **over)
-    _, _, alone = _run(tmp_path / "s", ("sb-late-host-read",), (0, 1), 4, False, **over)
-    for spec in specs:
-        rec, ref = store.read(spec.run_id), alone.read(spec.run_id)
-        assert rec.status is Status.COMPLETE, rec.error
-        assert rec.timings["seed_batch"].startswith("fallback: step not vmappable at step 2"), rec.timings
-        assert rec.curve == ref.curve  # the separate run itself: bit for bit
+    _assert_falls_back_to_its_separate_runs(tmp_path, "sb-late-host-read", "fallback: step not vmappable at step 2")
 
 
 def test_a_seeds_record_does_not_depend_on_which_seeds_share_its_group(tmp_path, one_thread):
@@ -449,14 +455,7 @@ def test_a_tensor_outside_parameters_and_buffers_that_differs_per_seed_is_not_ba
     """The vmapped step swaps in each seed's parameters and buffers only: a plain tensor attribute
     drawn per seed would be the first seed's for every seed (seed 1 trained with seed 0's ``mix``,
     recorded as seed 1's run). Such a group runs separately, its note naming the attribute."""
-    over = {"backbone": "lenet-nodrop", "eval_every": 4, "log_every": 2}
-    specs, _, store = _run(tmp_path / "b", ("sb-plain-tensor",), (0, 1), 4, True, **over)
-    _, _, alone = _run(tmp_path / "s", ("sb-plain-tensor",), (0, 1), 4, False, **over)
-    for spec in specs:
-        rec, ref = store.read(spec.run_id), alone.read(spec.run_id)
-        assert rec.status is Status.COMPLETE, rec.error
-        assert rec.timings["seed_batch"].startswith("fallback: sb-plain-tensor holds tensor 'mix'"), rec.timings
-        assert rec.curve == ref.curve  # the separate run itself
+    _assert_falls_back_to_its_separate_runs(tmp_path, "sb-plain-tensor", "fallback: sb-plain-tensor holds tensor 'mix'")
 
 
 def test_a_seed_whose_evaluation_fails_is_recorded_failed_and_the_others_complete(tmp_path, one_thread):

@@ -932,6 +932,9 @@ def compare(
     """
     if blocks not in BLOCKS:
         raise ValueError(f"unknown blocks {blocks!r}; valid: {', '.join(BLOCKS)}")
+    # alpha=5 made every test "significant", alpha=0 none: refused rather than tabled
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise ValueError(f"compare: alpha={alpha!r}: expected a significance level in (0, 1), such as 0.05")
     sel, planned, missing, notes = prepare(df, rule, where)
     excluded = _excluded_cells(planned, sel, missing)
     bad_cells = frozenset((e, p) for e, p, _ in excluded)

@@ -736,9 +736,8 @@ def finish_run(method: Method, ctx: RunContext, wall: float, timings: dict[str, 
         atomic_torch_save(method.net.state_dict(), store.checkpoint_path(spec.run_id))
     # the mid-run checkpoint stays until the record says complete (running/unit.py removes it
     # then): a kill between here and that write resumes from it, not from step 0
-    if store is not None:
-        if spec.save_features:
-            save_features(method, data, store.features_path(spec.run_id), step=ctx._curve[-1].get("step"))
+    if store is not None and spec.save_features:
+        save_features(method, data, store.features_path(spec.run_id), step=ctx._curve[-1].get("step"))
     final = ctx._curve[-1]
     if not math.isfinite(final["target_acc"]):
         raise Diverged(ctx.steps_done)
