@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import linecache
 import os
 import pathlib
 import select
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -642,6 +644,28 @@ def _stdout_gone() -> bool:
     return any(ev & select.POLLERR for _, ev in poller.poll(0))
 
 
+def is_deliberate(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of dabench's messages about its input, shown as one line.
+
+    True for dabench's own error classes (``MatrixError``, ``RegistryError``, ...), for a missing
+    file (a path the command named), and for an exception a ``raise`` statement in dabench's own
+    code raised (``raise ValueError(f"...")``: a check that wrote its message). False for one that
+    escaped from elsewhere — a builtin call in dabench's code (``list.remove``, an unpacking), a
+    plugin, torch or pandas: that is a defect or an unforeseen input, and one line would hide where.
+    """
+    if type(exc).__module__.split(".")[0] == "dabench" or isinstance(exc, FileNotFoundError):
+        return True
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame
+    if str(frame.f_globals.get("__name__", "")).split(".")[0] != "dabench":
+        return False
+    return linecache.getline(frame.f_code.co_filename, tb.tb_lineno).lstrip().startswith("raise ")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -684,7 +708,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (RegistryError, MatrixError, PluginError, FileNotFoundError, ValueError) as exc:
         if os.environ.get("DABENCH_TRACEBACK"):
-            raise  # a ValueError may be a defect, not bad input: its traceback shows where it came from
+            raise  # the traceback of a message too: where the check that wrote it sits
+        if not is_deliberate(exc):
+            # a defect (``list.remove(x): x not in list`` in the scheduler once passed for bad
+            # input here), or a plugin's or a library's own error: its traceback is the information
+            traceback.print_exc()
+            print(
+                f"dabench: unexpected error: {type(exc).__name__}: {exc}\n"
+                "  (not one of dabench's messages about the input: the traceback above shows where it came "
+                "from; if the command and its files look right, please report it)",
+                file=sys.stderr,
+            )
+            return 1
         print(f"dabench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from dabench.cli import main
+from dabench.core.parsing import parse_bool
 from dabench.running.matrix import MatrixError
 from fake_runs import write_matrix
 
@@ -136,3 +137,30 @@ def test_dry_run_refuses_the_options_the_run_would_refuse(
     # the same dry run without the bad option lists the run
     assert main(["run", "--dry-run", "--methods", "source-only", "--seeds", "0", "--results", str(tmp_path)]) == 0
     assert "source-only | digits-offline" in capsys.readouterr().out
+
+
+def test_an_error_dabench_did_not_write_gets_its_traceback_not_a_bad_input_line(monkeypatch, capsys) -> None:
+    """A ValueError a builtin raised inside dabench's code (the scheduler's ``list.remove(x): x not
+    in list`` once) is a defect, not bad input: the traceback and exit 1, not ``dabench: error:``
+    and 2. A plugin's or a library's ValueError likewise; dabench's own ``raise`` stays one line."""
+    from dabench import cli
+
+    space: dict = {"__name__": "dabench.running.scheduler"}  # a builtin failing in dabench's own module
+    exec(compile("def report(args):\n    [].remove(1)\n", "<dabench code>", "exec"), space)
+    monkeypatch.setattr(cli, "_report", space["report"])
+    assert main(["report", "nowhere"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "dabench: unexpected error: ValueError: list.remove(x): x not in list" in err
+    assert "dabench: error:" not in err
+
+    def plugin_report(args):  # a plugin's own ValueError (this test module is not dabench)
+        raise ValueError("the plugin's own check")
+
+    monkeypatch.setattr(cli, "_report", plugin_report)
+    assert main(["report", "nowhere"]) == 1
+    assert "unexpected error: ValueError: the plugin's own check" in capsys.readouterr().err
+
+    monkeypatch.setattr(cli, "_report", lambda args: parse_bool("maybe", "--flag"))  # dabench's `raise ValueError`
+    assert main(["report", "nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dabench: error: --flag: expected a boolean") and "Traceback" not in err
