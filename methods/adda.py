@@ -53,6 +53,9 @@ class ADDA(Method):
     uses = Uses(source_labels=True, target_unlabeled=True, init="source-only")
     defaults = {"disc_hidden": 500, "lr_mult": 0.05}
     citation = "Tzeng, Hoffman, Saenko, Darrell. Adversarial Discriminative Domain Adaptation. CVPR 2017."
+    #: stage 2 reads no label at all (C is fixed, M_t learns from D alone): target shots would be
+    #: drawn and never used, so ``adda.target_shots`` is refused rather than tabled as few-shot
+    accepts_target_shots = False
 
     def build(self, backbone, num_classes: int) -> None:
         super().build(backbone, num_classes)

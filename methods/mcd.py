@@ -36,6 +36,12 @@ class MCD(Method):
     mean softmax (the ensemble; the authors' test code reports F1, F2 and the argmax of the summed
     logits); ``features``: G's output. Without the authors' entropy term.
 
+    Target shots (``mcd.target_shots``, a few-shot row): the labelled shots join the source labels
+    wherever the paper's objective has them, CE(F1(G(x))) + CE(F2(G(x))) over the shots added in
+    (A) and (B) (``ce_shots``, ``ce_shots_b``), as :meth:`Method.supervised_loss` adds them for the
+    single-loss methods. Before 2026-11-27 MCD's own ``step`` never read them: such a run was tabled
+    with k·C target labels it had not trained on.
+
     BatchNorm: (A) passes the source batch alone and (C) the target batch alone. (B) passes source
     and target separately by default (``forward="separate"``, as the authors' code), so the target
     features the classifiers pull apart in (B) are normalised with the target batch's statistics,
@@ -70,13 +76,22 @@ class MCD(Method):
             f = f.detach()
         return self.net.head(f), self.head2(f)
 
+    def _both_ce(self, x: torch.Tensor, y: torch.Tensor, detach_features: bool = False) -> torch.Tensor:
+        """CE(F1(G(x)), y) + CE(F2(G(x)), y): the supervised term of (A) and (B) on one labelled batch."""
+        l1, l2 = self._logits(x, detach_features)
+        return F.cross_entropy(l1, y) + F.cross_entropy(l2, y)
+
     def step(self, batch: Batch, progress: float, update: Update) -> None:
         assert batch.x_source is not None and batch.y_source is not None and batch.x_target is not None
         trade_off, y = float(self.hp["trade_off"]), batch.y_source
         # (A) G, F1, F2 on the labelled source
         s1, s2 = self._logits(batch.x_source)
         ce = F.cross_entropy(s1, y) + F.cross_entropy(s2, y)
-        update(("generator", "classifiers"), Loss(total=ce, parts={"ce": ce}))
+        parts_a, total_a = {"ce": ce}, ce
+        if batch.x_shots is not None and batch.y_shots is not None:  # a few-shot run: the shots are labels too
+            parts_a["ce_shots"] = self._both_ce(batch.x_shots, batch.y_shots)
+            total_a = ce + parts_a["ce_shots"]
+        update(("generator", "classifiers"), Loss(total=total_a, parts=parts_a))
         # (B) F1, F2 keep the source right and disagree on the target; G fixed
         mode = self.hp["forward"]
         if mode == "separate":  # the target batch alone through BatchNorm, as (C) passes it
@@ -90,7 +105,12 @@ class MCD(Method):
             raise ValueError(f"mcd.forward must be 'separate' or 'concat', got {mode!r}")
         ce_b = F.cross_entropy(s1, y) + F.cross_entropy(s2, y)
         disc_b = classifier_discrepancy(t1, t2)
-        update("classifiers", Loss(total=ce_b - trade_off * disc_b, parts={"ce_b": ce_b, "discrepancy_b": disc_b}))
+        parts_b = {"ce_b": ce_b, "discrepancy_b": disc_b}
+        total_b = ce_b - trade_off * disc_b
+        if batch.x_shots is not None and batch.y_shots is not None:
+            parts_b["ce_shots_b"] = self._both_ce(batch.x_shots, batch.y_shots, detach_features=True)
+            total_b = total_b + parts_b["ce_shots_b"]
+        update("classifiers", Loss(total=total_b, parts=parts_b))
         # (C) G makes them agree on the target, num_k times; F fixed (only G's optimiser steps)
         for _ in range(int(self.hp["num_k"])):
             t1, t2 = self._logits(batch.x_target)

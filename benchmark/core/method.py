@@ -209,6 +209,11 @@ class Method(nn.Module):
     #: False: the engine never captures this method's step in a CUDA graph (``--cuda-graphs``;
     #: a step that fails to capture falls back to eager steps anyway, see engine/graphs.py)
     capturable: ClassVar[bool] = True
+    #: False: the method's training never reads ``Batch.x_shots``/``y_shots`` (ADDA's stage 2 has no
+    #: classification loss to add them to), so the matrix refuses ``<method>.target_shots`` > 0 for
+    #: it; otherwise the run would be tabled as a few-shot row that trained on no target label.
+    #: A method that overrides :meth:`step` or :meth:`fit` and ignores the shots must set it False.
+    accepts_target_shots: ClassVar[bool] = True
     #: hyperparameters every method has; a method's own ``defaults`` add to these
     base_defaults: ClassVar[dict[str, Any]] = {"bottleneck_dim": 256}
 

@@ -650,6 +650,13 @@ def _specs_for(
         run_shots = 0
     else:
         run_shots = int(own_shots) if own_shots is not None else 0
+        if run_shots > 0 and not getattr(cls, "accepts_target_shots", True):
+            # recorded as few-shot with k·C target labels, it would have trained on none of them
+            raise MatrixError(
+                f"{matrix.where(f'{method_name}.target_shots')}: {method_name}.target_shots={run_shots}, but "
+                f"{method_name} never trains on target shots (its accepts_target_shots is False); "
+                "leave it unset or 0, or compare with a method that uses them (dabench list methods)"
+            )
         if pair.max_target_shots is not None and run_shots > pair.max_target_shots:
             key = f"{method_name}.target_shots"
             raise MatrixError(f"{matrix.where(key)}: {shots_error(pair.name, run_shots, pair.max_target_shots, key)}")
