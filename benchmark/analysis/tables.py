@@ -37,7 +37,7 @@ two-sided **paired** t-test by seed of each complete cell against the best, on t
 have (a seed fixes the split, the few-shot draw and the initialisation for every method, so the
 runs of one seed are a matched pair; Welch's unpaired t-test only when they share fewer than two
 seeds), Holm-corrected over the column's cells (Holm 1979; the family is one column of one
-budget). A cell is *significantly worse* (no †) when its Holm-adjusted p ≤ 0.05 and its mean on
+budget). A cell is *significantly worse* (no †) when its Holm-adjusted p < 0.05 and its mean on
 the runs tested is below the best's; otherwise it gets † (``p_vs_best``, ``p_vs_best_holm``,
 ``test_vs_best`` and ``seeds_vs_best`` in ``cells``; a note names the cells paired on only some
 of their seeds). Two-sided because the best is picked by the same data: under equal methods
@@ -89,7 +89,7 @@ ALPHA = 0.05
 #: how † is decided (:func:`seed_test`, :func:`holm`): the legend's words
 TEST_NAME = (
     "two-sided paired t-test by seed vs the column's best (seed_test: on the seeds both have; "
-    "Welch t when they share < 2), Holm over the column; † unless adjusted p ≤ 0.05 and worse"
+    "Welch t when they share < 2), Holm over the column; † unless adjusted p < 0.05 and worse"
 )
 
 
@@ -971,12 +971,12 @@ def leaderboard(
                     f"{cells.at[i, 'entry']} vs {cells.at[b, 'entry']} on {cells.at[i, 'pair']}: {how}"
                 )
         # Holm over the column's comparisons with its best (its complete cells: a cell missing
-        # seeds is never marked and never changes another's mark); † = not (adjusted p ≤ α and
+        # seeds is never marked and never changes another's mark); † = not (adjusted p < α and
         # worse on the runs tested)
         family = [i for i in others if cells.at[i, "complete"] and not math.isnan(cells.at[i, "p_vs_best"])]
         for i, q in zip(family, holm([cells.at[i, "p_vs_best"] for i in family])):
             cells.at[i, "p_vs_best_holm"] = q
-            cells.at[i, "tied"] = bool(q > ALPHA) or not worse[i]
+            cells.at[i, "tied"] = not (q < ALPHA and worse[i])  # q < α: as the per-pair table's "significant"
 
     # ---- per-row summary -----------------------------------------------------------
     summ = []
