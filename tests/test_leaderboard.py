@@ -73,19 +73,21 @@ def test_avg_and_gain_over_source_only(df):
     assert lb.table.loc["dan", "gain vs source-only"] == "+8.5*"  # dan's failed seed 9 on a: over survivors
 
 
-def test_not_significantly_worse_mark_uses_two_sided_welch_with_holm(df, tmp_path):
+def test_not_significantly_worse_mark_uses_two_sided_paired_t_with_holm(df, tmp_path):
     # Updated: the fixture's failed dan seed 9 on pair a now makes that cell 3/4 seeds, which is
     # never marked (the old test expected the mark, treating the failed seed as if never planned).
     # Updated again: two-sided (the best is picked by the same data) and Holm over the column.
+    # Updated again: paired by seed (seed_test, the per-pair comparison's test), no longer Welch.
     clean = tmp_path / "clean"
     write_matrix(clean, UDA)
     lb = leaderboard(load_results(clean))
-    # pair a: dann [70,71,72] best; dan [69,71,70] mean 70 < 71 and source-only [60,61,62] → Welch p
-    p = sps.ttest_ind([69, 71, 70], [70, 71, 72], equal_var=False).pvalue
-    p_so = sps.ttest_ind([60, 61, 62], [70, 71, 72], equal_var=False).pvalue
+    # pair a: dann [70,71,72] best; dan [69,71,70] (seeds 0–2) mean 70 < 71 → paired t p;
+    # source-only [60,61,62] is 10 below on every seed: constant differences, p = 0
+    p = sps.ttest_rel([69, 71, 70], [70, 71, 72]).pvalue
     cell = lb.cells.set_index(["entry", "pair"]).loc[("dan", "a")]
-    assert cell["p_vs_best"] == pytest.approx(p)
-    assert cell["p_vs_best_holm"] == pytest.approx(max(p, 2 * p_so)) and bool(cell["tied"]) == (p > 0.05)
+    assert cell["p_vs_best"] == pytest.approx(p) and cell["test_vs_best"] == "paired t"
+    assert cell["seeds_vs_best"] == 3
+    assert cell["p_vs_best_holm"] == pytest.approx(p) and bool(cell["tied"]) == (p > 0.05)
     assert bool(lb.tied.loc["dan", "a"]) == (p > 0.05)
     inc = leaderboard(df).cells.set_index(["entry", "pair"]).loc[("dan", "a")]
     assert inc["p_vs_best"] == pytest.approx(p) and not inc["tied"] and (inc["n"], inc["planned"]) == (3, 4)
@@ -99,7 +101,7 @@ def test_markdown_is_aligned_and_marks_best(df):
     rows = [line for line in md.splitlines() if line.startswith("|")]
     assert len({len(r) for r in rows}) == 1, "columns must align in a terminal"
     assert "**71.0 ± 1.0" in md and "labels" in rows[0]
-    assert "Welch" in md and "1 planned run(s) without a result" in md and "1 failed" in md
+    assert "paired t-test by seed" in md and "1 planned run(s) without a result" in md and "1 failed" in md
     assert "selection rule: last" in md
 
 

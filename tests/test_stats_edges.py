@@ -4,6 +4,7 @@ zeros, what Wilcoxon–Holm can attain with few blocks, and pairing by seed when
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from scipy import stats as sps
 
 from dabench.analysis.results import load_results
 from dabench.analysis.stats import compare, wilcoxon_min_blocks, wilcoxon_p, wilcoxon_signed_rank
-from dabench.analysis.tables import leaderboard
+from dabench.analysis.tables import leaderboard, seed_test
 from fake_runs import curve_from, write_matrix, write_run
 
 # the same three accuracies in another seed order: mathematically equal means, whose float sums differ
@@ -204,17 +205,18 @@ def test_pair_seed_blocks_are_the_seeds_every_method_ran(tmp_path):
 
 
 def test_dagger_is_two_sided_because_the_best_is_picked_by_the_data(tmp_path):
-    """Two methods: dann beats dan with one-sided Welch p between 0.025 and 0.05, i.e. two-sided
+    """Two methods: dann beats dan with one-sided p between 0.025 and 0.05, i.e. two-sided
     p between 0.05 and 0.1. The old one-sided test (in the direction the data chose) called dan
-    significantly worse (no †): a two-sided test at α = 0.10."""
-    dann, dan = [70.0, 71.0, 72.0], [68.0, 69.0, 70.0]
-    one = sps.ttest_ind(dan, dann, equal_var=False, alternative="less").pvalue
+    significantly worse (no †): a two-sided test at α = 0.10. (Paired by seed since the † and
+    the per-pair table share seed_test.)"""
+    dann, dan = [70.0, 71.0, 72.0], [69.0, 69.0, 69.0]  # differences −1, −2, −3 on seeds 0–2
+    one = sps.ttest_rel(dan, dann, alternative="less").pvalue
     assert 0.025 < one < 0.05
     write_matrix(tmp_path, {("dann", "a"): dann, ("dan", "a"): dan})
     lb = leaderboard(load_results(tmp_path))
     cell = lb.cells.set_index("entry").loc["dan"]
     assert cell["p_vs_best"] == pytest.approx(2 * one) and cell["tied"] and lb.tied.loc["dan", "a"]
-    assert "two-sided Welch" in lb.to_markdown() and "Holm over the column" in lb.to_markdown()
+    assert "two-sided paired t-test by seed" in lb.to_markdown() and "Holm over the column" in lb.to_markdown()
 
 
 def test_dagger_is_holm_corrected_over_the_column(tmp_path):
@@ -222,8 +224,8 @@ def test_dagger_is_holm_corrected_over_the_column(tmp_path):
     get †; Holm over the column's three comparisons (smallest × 3 > 0.05) marks all three."""
     best = [80.0, 81.0, 82.0]
     t = {("best", "a"): best}
-    worse = [77.4, 78.4, 79.4]  # 2.6 below with the same spread
-    p = sps.ttest_ind(worse, best, equal_var=False).pvalue
+    worse = [78.0, 78.0, 78.0]  # 2, 3, 4 below on seeds 0, 1, 2
+    p = sps.ttest_rel(worse, best).pvalue
     assert 0.01 < p < 0.05 and 3 * p > 0.05
     for m in ("m1", "m2", "m3"):
         t[(m, "a")] = worse
@@ -232,3 +234,59 @@ def test_dagger_is_holm_corrected_over_the_column(tmp_path):
     assert (cells.loc[["m1", "m2", "m3"], "p_vs_best"] < 0.05).all()
     assert cells.loc[["m1", "m2", "m3"], "tied"].all()
     assert cells.loc[["m1", "m2", "m3"], "p_vs_best_holm"].to_numpy() == pytest.approx([3 * p] * 3)
+
+
+def _correlated_seeds(tmp_path):
+    """5 seeds whose difficulty moves both methods alike (sd ≈ 3.2 across seeds), dan 0.9–1.1
+    below dann on every seed: Welch's unpaired p ≈ 0.63, the paired p ≈ 2e-5."""
+    dann = [70.0, 74.0, 66.0, 72.0, 68.0]
+    dan = [a - d for a, d in zip(dann, [0.9, 1.1, 1.0, 0.9, 1.1])]
+    write_matrix(tmp_path, {("dann", "a"): dann, ("dan", "a"): dan})
+    return dann, dan, load_results(tmp_path)
+
+
+def test_dagger_and_per_pair_test_agree_on_correlated_seeds(tmp_path):
+    """The old † (Welch, unpaired) marked dan "not significantly worse" while the per-pair table
+    (paired by seed) called the same two cells significantly different. Both now run seed_test."""
+    dann, dan, df = _correlated_seeds(tmp_path)
+    welch = sps.ttest_ind(dan, dann, equal_var=False).pvalue
+    paired = sps.ttest_rel(dan, dann).pvalue
+    assert welch > 0.5 and paired < 1e-3  # the data on which the two tests disagree
+    cell = leaderboard(df).cells.set_index("entry").loc["dan"]
+    (row,) = compare(df).per_pair.to_dict("records")
+    assert cell["p_vs_best"] == pytest.approx(paired) == pytest.approx(row["p"])
+    assert (cell["test_vs_best"], row["test"]) == ("paired t", "paired t")
+    assert row["significant"] and not cell["tied"]  # one verdict: significantly worse, no †
+
+
+def test_dagger_pairs_on_common_seeds_and_says_so(tmp_path):
+    """dann ran seeds 0–4, dan (a complete cell of its own folder) seeds 0–2: the † test pairs
+    seeds 0–2 and a note says so (it used to run Welch on 3 vs 5 runs without a word)."""
+    dann, dan, _ = _correlated_seeds(tmp_path / "x")
+    for s, a in enumerate(dann):
+        write_run(tmp_path, f"dann{s}", "dann", "a", s, acc=a)
+    for s, a in enumerate(dan[:3]):
+        write_run(tmp_path, f"dan{s}", "dan", "a", s, acc=a)
+    lb = leaderboard(load_results(tmp_path))
+    cell = lb.cells.set_index("entry").loc["dan"]
+    assert cell["complete"] and cell["test_vs_best"] == "paired t (common seeds)" and cell["seeds_vs_best"] == 3
+    assert cell["p_vs_best"] == pytest.approx(sps.ttest_rel(dan[:3], dann[:3]).pvalue)
+    assert any("dan vs dann on a: paired on the 3 common seeds" in n for n in lb.notes)
+
+
+def test_seed_test_edges_match_scipy_and_refuse_nan():
+    """seed_test on hand-made data: scipy's paired / Welch p, the degenerate cases, and a
+    failed run's NaN refused with a message naming the seed (never dropped, never read as 0)."""
+    a, b = {0: 70.0, 1: 72.0, 2: 75.0, 3: 71.0}, {0: 69.0, 1: 70.5, 2: 74.8, 3: 68.0}
+    t = seed_test(a, b)
+    assert (t.test, t.seeds) == ("paired t", 4)
+    assert t.p == pytest.approx(sps.ttest_rel(list(a.values()), list(b.values())).pvalue)
+    w = seed_test({0: 70.0, 1: 72.0, 2: 75.0}, {5: 69.0, 6: 70.5, 7: 74.8})  # no common seed
+    assert (w.test, w.seeds) == ("Welch t", 0)
+    assert w.p == pytest.approx(sps.ttest_ind([70, 72, 75], [69, 70.5, 74.8], equal_var=False).pvalue)
+    assert math.isnan(seed_test({0: 70.0}, {0: 69.0, 1: 70.0}).p)  # one seed: untestable
+    assert seed_test({0: 70.0, 1: 71.0}, {0: 70.0, 1: 71.0}).p == 1.0  # identical runs
+    assert seed_test({0: 70.0, 1: 71.0}, {0: 69.0, 1: 70.0}).p == 0.0  # constant non-zero difference
+    assert seed_test({0: 0.1 + 0.2, 1: 1.0}, {0: 0.3, 1: 1.0}).p == 1.0  # summation noise is no difference
+    with pytest.raises(ValueError, match=r"seed\(s\) 1 \(nan\)"):
+        seed_test({0: 70.0, 1: float("nan")}, b)

@@ -137,7 +137,7 @@ def accuracy_figure(lb: Leaderboard) -> Figure | None:
     ax.set_ylabel("target accuracy (%)")
     ax.set_ylim(0, 100)
     hatch = "; hatched: seeds missing" if "complete" in lb.cells and (~lb.cells["complete"]).any() else ""
-    ax.set_title(f"Accuracy per pair (rule: {lb.rule})\nbars: 95% CI over seeds{hatch}", fontsize=9)
+    ax.set_title(f"Accuracy per pair (rule: {lb.rule})\nbars: 95% t-interval over seeds{hatch}", fontsize=9)
     ax.legend(fontsize=7, ncols=legend_cols, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return fig

@@ -47,10 +47,15 @@ Tests (all two-sided, level ``alpha``):
 * **Probability of improvement** P(X > Y) = (1/M) Σ_m (1/(N K)) Σ_i Σ_j S(x_mi, y_mj), with
   S = 1 if x > y, ½ if equal, 0 otherwise (Agarwal et al. 2021); the report shows the point
   estimate only (a percentile bootstrap of it from a few seeds is not a 95% interval).
-* **Per pair, over seeds** (only with ≥ 5 seeds per method): a paired t-test by seed on the
-  seeds both methods have, when ≥ 5 (a seed fixes the split and the few-shot draw, so runs pair
-  up; never by position), else Welch's t-test; Holm-corrected within the pair. A t-test rather than Wilcoxon:
-  with 5 seeds the smallest two-sided Wilcoxon p is 2/2⁵ = 0.0625 > 0.05.
+* **Per pair, over seeds** (only with ≥ 5 seeds per method): :func:`~dabench.analysis.tables.seed_test`,
+  the test behind the leaderboard's † too (one function, so the two never disagree on the same
+  cells): a paired t-test by seed on the seeds both methods have, when ≥ 2 (a seed fixes the
+  split, the few-shot draw and the initialisation, so runs pair up; never by position; seed_test
+  cites why paired, not Welch), else Welch's t-test; Holm-corrected within the pair. A t-test
+  rather than Wilcoxon: with 5 seeds the smallest two-sided Wilcoxon p is 2/2⁵ = 0.0625 > 0.05.
+  The Holm families differ: the † compares each cell with its column's best (k − 1 tests), the
+  per-pair table every pair of methods (k(k − 1)/2), so the raw p of a cell against the best is
+  the same in both, its adjusted p may not be.
 
 Comparisons are made within one label budget at a time; every table has a ``labels`` column.
 A budget whose protocol forbids what the rule reads (``source-val``/``dev`` on ``0 (source-free)``:
@@ -75,7 +80,6 @@ from __future__ import annotations
 import html
 import itertools
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -85,7 +89,16 @@ from scipy import stats as sps
 
 from .render import html_table, md_table  # md_table/html_table: also re-exported for old imports
 from .selection import rule_title
-from .tables import TIE_DECIMALS, budget_key, holm, mean_interval, prepare, tie_safe  # holm: also stats.holm
+from .tables import (  # holm: also stats.holm
+    MIN_PAIRED,
+    TIE_DECIMALS,
+    budget_key,
+    holm,
+    mean_interval,
+    prepare,
+    seed_test,
+    tie_safe,
+)
 
 BLOCKS = ("pair", "pair-seed")
 MIN_SEEDS_PER_PAIR = 5
@@ -666,13 +679,14 @@ def improvement_test(b: Budget, ctx: Context) -> StatOutput:
 
 
 def per_pair_test(b: Budget, ctx: Context) -> StatOutput:
-    """Per pair, over seeds: paired t-test by seed, else Welch; Holm within the pair.
+    """Per pair, over seeds: :func:`~dabench.analysis.tables.seed_test` per pair of methods; Holm within the pair.
 
-    Paired (Student 1908; t = d̄ / (s_d/√n), n − 1 d.o.f., on the differences d of the runs of
-    the same seed) on the seeds both methods have when there are ≥ :data:`MIN_SEEDS_PER_PAIR`
-    of them ("paired t (common seeds)" when either has other seeds too, which that test leaves
-    out); else Welch's unequal-variance t-test on all runs of each (Welch 1947). ``seeds`` is the
-    number of pairs of runs (0 for Welch), ``n_a``/``n_b`` the runs of each method the test uses,
+    seed_test is the leaderboard's † test: paired (Student 1908; t = d̄ / (s_d/√n), n − 1
+    d.o.f., on the differences d of the runs of the same seed) on the seeds both methods have
+    when there are ≥ :data:`~dabench.analysis.tables.MIN_PAIRED` of them ("paired t (common
+    seeds)" when either has other seeds too, which that test leaves out); else Welch's
+    unequal-variance t-test on all runs of each (Welch 1947). ``seeds`` is the number of pairs
+    of runs (0 for Welch), ``n_a``/``n_b`` the runs of each method the test uses,
     ``mean_a``/``mean_b`` their means. Only cells with ≥ :data:`MIN_SEEDS_PER_PAIR` seeds and no
     missing planned seed take part; Holm's family is the comparisons within one pair and budget.
     """
@@ -685,30 +699,21 @@ def per_pair_test(b: Budget, ctx: Context) -> StatOutput:
         }
         rows = []
         for a, c in itertools.combinations(sorted(vals, key=lambda e: -vals[e].mean()), 2):
-            xa, xb = vals[a], vals[c]
-            common = xa.index.intersection(xb.index).sort_values()
-            if len(common) >= MIN_SEEDS_PER_PAIR:
-                # a seed is the same split, few-shot draw and initialisation for every method: runs
-                # pair up by seed, on the seeds both have (never by position, never other seeds)
-                xa, xb = xa[common], xb[common]
-                test = "paired t" if len(common) == len(vals[a]) == len(vals[c]) else "paired t (common seeds)"
-                p = _ttest(sps.ttest_rel, xa.to_numpy(), xb.to_numpy())
-            else:
-                test = "Welch t"
-                p = _ttest(lambda x, y: sps.ttest_ind(x, y, equal_var=False), xa.to_numpy(), xb.to_numpy())
+            # the leaderboard's † runs the same test (seed_test): the two never disagree on one pair of cells
+            t = seed_test(vals[a], vals[c])
             rows.append(
                 {
                     "labels": b.labels,
                     "pair": pair,
                     "a": a,
                     "b": c,
-                    "seeds": len(common) if test != "Welch t" else 0,  # pairs of runs the test uses
-                    "n_a": len(xa),
-                    "n_b": len(xb),
-                    "mean_a": float(xa.mean()),  # over the runs the test uses
-                    "mean_b": float(xb.mean()),
-                    "test": test,
-                    "p": p,
+                    "seeds": t.seeds,  # pairs of runs the test uses (0 for Welch)
+                    "n_a": t.n_a,
+                    "n_b": t.n_b,
+                    "mean_a": t.mean_a,  # over the runs the test uses
+                    "mean_b": t.mean_b,
+                    "test": t.test,
+                    "p": t.p,
                 }
             )
         out += _with_holm(rows, ctx.alpha)
@@ -755,9 +760,10 @@ STAT_TESTS: dict[str, StatTest] = {
     ),
     "per_pair": StatTest(
         "Per-pair tests over seeds",
-        f"Pairs with ≥ {MIN_SEEDS_PER_PAIR} seeds per method; paired t-test by seed on the seeds "
-        f"both methods have when ≥ {MIN_SEEDS_PER_PAIR} (seeds = pairs of runs; n_a, n_b, mean_a, "
-        "mean_b over the runs tested), else Welch on all runs; Holm within each pair and budget.",
+        f"Pairs with ≥ {MIN_SEEDS_PER_PAIR} seeds per method; two-sided paired t-test by seed on the "
+        f"seeds both methods have when ≥ {MIN_PAIRED} (seeds = pairs of runs, n − 1 d.o.f.; n_a, n_b, "
+        "mean_a, mean_b over the runs tested), else Welch on all runs; Holm within each pair and "
+        "budget. The leaderboard's † uses the same test against each column's best (Holm over the column).",
         per_pair_test,
         _per_pair_finish,
     ),
@@ -971,16 +977,3 @@ def compare(
             notes += t.finish(table, ctx)
         results[name] = StatResult(name, table, sections, tuple(d for o in outs[name] for d in o.details))
     return Comparison(rule, blocks, alpha, results, tuple(notes))
-
-
-def _ttest(fn: Callable, x: np.ndarray, y: np.ndarray) -> float:
-    """Two-sided p of a t-test; identical constant samples → 1, other zero-variance → 0 or 1."""
-    d_const = np.std(x) == 0 and np.std(y) == 0
-    if d_const:
-        return 1.0 if np.mean(x) == np.mean(y) else 0.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p = float(fn(x, y).pvalue)
-    if math.isnan(p):  # paired differences constant but non-zero: a sure difference
-        return 0.0 if np.mean(x) != np.mean(y) else 1.0
-    return p

@@ -31,12 +31,21 @@ complete rows below them down a place). The runs left out are listed
 Marks: the best mean of each column (within its budget) is **bold** (every complete cell equal
 to it, should several tie); an entry that is *not
 significantly worse* than that best is marked too (underlined in HTML/LaTeX, "†" in
-Markdown/text). The test is a two-sided Welch t-test over seeds (unequal variances) of each
-complete cell against the best (two-sided: the best is picked by the same data, see
-:func:`welch_worse_p`), Holm-corrected over the column's cells (Holm 1979; the family is one
-column of one budget); adjusted p > 0.05 → not significantly worse (``p_vs_best`` and
-``p_vs_best_holm`` in ``cells``). Under equal methods the old one-sided, uncorrected test left
-some cell of a column of 8 methods unmarked ("worse") 50–63% of the time; this one 4–10%.
+Markdown/text). The test is :func:`seed_test`, the same one the per-pair comparison of
+:func:`dabench.analysis.stats.compare` uses, so the two never disagree on the same data: a
+two-sided **paired** t-test by seed of each complete cell against the best, on the seeds both
+have (a seed fixes the split, the few-shot draw and the initialisation for every method, so the
+runs of one seed are a matched pair; Welch's unpaired t-test only when they share fewer than two
+seeds), Holm-corrected over the column's cells (Holm 1979; the family is one column of one
+budget). A cell is *significantly worse* (no †) when its Holm-adjusted p < 0.05 and its mean on
+the runs tested is below the best's; otherwise it gets † (``p_vs_best``, ``p_vs_best_holm``,
+``test_vs_best`` and ``seeds_vs_best`` in ``cells``; a note names the cells paired on only some
+of their seeds). Two-sided because the best is picked by the same data: under equal methods
+the old one-sided, uncorrected test left some cell of a column of 8 methods unmarked
+("worse") 50–63% of the time; the two-sided Holm one 4–10% (measured when it was Welch's). Until this version the mark used Welch's
+unpaired test while the per-pair table used the paired one: on 5 seeds whose methods move
+together from seed to seed, the leaderboard could mark † what the per-pair table called
+significantly different (``tests/test_stats_edges.py``).
 Entries with fewer than two seeds, or whose best has fewer than two, cannot be tested and are
 not marked.
 
@@ -77,8 +86,11 @@ from .selection import NOT_APPLICABLE, protocol_notes, rule_title, select
 
 SOURCE_ONLY = ("source-only", "source_only")
 ALPHA = 0.05
-#: how † is decided (:func:`welch_worse_p`, :func:`holm`): the legend's words
-TEST_NAME = "two-sided Welch t-test over seeds vs the column's best, Holm over the column, adjusted p > 0.05"
+#: how † is decided (:func:`seed_test`, :func:`holm`): the legend's words
+TEST_NAME = (
+    "two-sided paired t-test by seed vs the column's best (seed_test: on the seeds both have; "
+    "Welch t when they share < 2), Holm over the column; † unless adjusted p < 0.05 and worse"
+)
 
 
 def budget_key(labels: str) -> tuple[int, str]:
@@ -185,7 +197,8 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
 
 
 def welch_worse_p(x: np.ndarray, best: np.ndarray) -> float:
-    """p-value of "``x`` is worse than the column's ``best``": the two-sided Welch t-test
+    """Unpaired variant, no longer the † test (that is :func:`seed_test`, paired by seed; kept for
+    callers of this function). p-value of "``x`` is worse than ``best``": the two-sided Welch t-test
     (Welch 1947: t = (x̄ − b̄)/√(s_x²/n_x + s_b²/n_b), Welch–Satterthwaite d.o.f.), i.e. twice
     the one-sided p of H1: mean(x) < mean(best), capped at 1; NaN when untestable.
 
@@ -197,6 +210,100 @@ def welch_worse_p(x: np.ndarray, best: np.ndarray) -> float:
     return p if math.isnan(p) else min(1.0, 2.0 * p)
 
 
+#: the names :func:`seed_test` gives its tests (``SeedTest.test``; the per-pair table's ``test`` column)
+PAIRED, PAIRED_COMMON, WELCH = "paired t", "paired t (common seeds)", "Welch t"
+#: fewest seeds two cells must share to be compared by a paired test (a paired t needs n − 1 ≥ 1 d.o.f.)
+MIN_PAIRED = 2
+
+
+@dataclass(frozen=True)
+class SeedTest:
+    """One two-sided comparison of two cells over seeds (:func:`seed_test`).
+
+    ``test`` is :data:`PAIRED`, :data:`PAIRED_COMMON` (paired on the seeds both have; either has
+    others, left out), :data:`WELCH` (fewer than :data:`MIN_PAIRED` shared seeds) or "" (cannot
+    be tested: p is NaN); ``seeds`` the pairs of runs of a paired test (0 for Welch); ``n_a``,
+    ``n_b``, ``mean_a``, ``mean_b`` the runs each side contributes and their means.
+    """
+
+    p: float
+    test: str
+    seeds: int
+    n_a: int
+    n_b: int
+    mean_a: float
+    mean_b: float
+
+
+def _by_seed(x: pd.Series | dict[int, float], side: str) -> pd.Series:
+    s = pd.Series(x, dtype=float) if isinstance(x, dict) else x.astype(float)
+    bad = s[~np.isfinite(s.to_numpy())]
+    if len(bad):
+        # a failed/diverged run's NaN must be reported as a missing seed, never dropped here or read as 0
+        raise ValueError(
+            f"seed_test: {side} has non-finite accuracies at seed(s) {', '.join(map(str, bad.index))} "
+            f"({', '.join(map(str, bad.to_numpy()))}); pass only the completed runs' accuracies"
+        )
+    if s.index.has_duplicates:
+        dup = sorted(set(s.index[s.index.duplicated()]))
+        raise ValueError(f"seed_test: {side} has seed(s) {dup} twice; a cell holds one run per seed")
+    return s
+
+
+def seed_test(a: pd.Series | dict[int, float], b: pd.Series | dict[int, float]) -> SeedTest:
+    """Two-sided test of "cells ``a`` and ``b`` have the same mean accuracy" over seeds.
+
+    ``a`` and ``b`` map seed → accuracy (completed runs only; a non-finite value raises).
+    The one test behind both the leaderboard's † mark and the per-pair tests of
+    :func:`dabench.analysis.stats.compare`, so the two never disagree on the same data.
+
+    **Paired by seed** on the seeds both cells have, when there are ≥ :data:`MIN_PAIRED`:
+    Student's paired t-test, t = d̄ / (s_d / √n) with n − 1 d.o.f. on d_s = a_s − b_s
+    (Student 1908). In dabench a seed fixes the data split and few-shot draw
+    (:mod:`dabench.core.splits`), the batch order (the seed's data generator,
+    :mod:`dabench.engine.data`) and the initialisation (``torch.manual_seed(seed)`` before the
+    network is built, :func:`dabench.engine.train.execute`) for every method, so the runs of one
+    seed are a matched pair: their accuracies share the seed's "luck" and are correlated.
+    Welch's unpaired test (Welch 1947) assumes two independent samples; with positively
+    correlated pairs its variance (s_a² + s_b²)/n overstates Var(d̄) = (σ_a² + σ_b² − 2σ_ab)/n
+    and it loses power (with negative correlation it is anti-conservative). The paired test is
+    the one for matched designs: Dietterich (1998, "Approximate statistical tests for comparing
+    supervised classification learning algorithms", Neural Computation 10(7)) pairs the
+    algorithms on the same splits; Bouthillier et al. (2021, "Accounting for variance in machine
+    learning benchmarks", MLSys) pair on shared seeds of data split and initialisation.
+    Seeds that only one cell has are left out (``test`` = :data:`PAIRED_COMMON` says so): never
+    paired by position. With fewer shared seeds, Welch's t-test on all runs of each (Welch 1947,
+    Welch–Satterthwaite d.o.f.); with fewer than 2 runs on a side, p = NaN (untestable).
+
+    Degenerate cases: differences all zero (after :func:`tie_safe` rounding) → p = 1; constant
+    non-zero differences → p = 0 (t is infinite); Welch with both sides constant → 1 if the
+    means are equal, else 0.
+    """
+    sa, sb = _by_seed(a, "a"), _by_seed(b, "b")
+    common = sa.index.intersection(sb.index).sort_values()
+    if len(common) >= MIN_PAIRED:
+        xa, xb = sa[common].to_numpy(), sb[common].to_numpy()
+        d = tie_safe(xa - xb)  # a difference of summation noise is a zero, as in the Wilcoxon test
+        if np.all(d == d[0]):
+            p = 1.0 if d[0] == 0 else 0.0
+        else:
+            p = float(sps.ttest_rel(xa, xb).pvalue)
+        test = PAIRED if len(common) == len(sa) == len(sb) else PAIRED_COMMON
+        return SeedTest(p, test, len(common), len(common), len(common), float(xa.mean()), float(xb.mean()))
+    xa, xb = sa.to_numpy(), sb.to_numpy()
+    ma = float(xa.mean()) if len(xa) else math.nan
+    mb = float(xb.mean()) if len(xb) else math.nan
+    if len(xa) < 2 or len(xb) < 2:
+        return SeedTest(math.nan, "", 0, len(xa), len(xb), ma, mb)
+    if np.ptp(tie_safe(xa)) == 0 and np.ptp(tie_safe(xb)) == 0:  # no spread: the means decide exactly
+        p = 1.0 if tie_safe(ma) == tie_safe(mb) else 0.0
+    else:
+        with warnings.catch_warnings():  # near-constant samples warn about precision; p is still fine
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = float(sps.ttest_ind(xa, xb, equal_var=False).pvalue)
+    return SeedTest(p, WELCH, 0, len(xa), len(xb), ma, mb)
+
+
 def _fmt(v: float, digits: int = 1) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
@@ -206,7 +313,7 @@ class Leaderboard:
     """A selected-accuracy leaderboard; ``table`` holds the display strings.
 
     ``cells`` is the numeric long table (entry, method, labels, pair, n, mean, std, ci_low,
-    ci_high, p_vs_best, p_vs_best_holm, best, tied, not_applicable: why the rule may not select the cell's runs,
+    ci_high, p_vs_best, p_vs_best_holm, test_vs_best, seeds_vs_best, best, tied, not_applicable: why the rule may not select the cell's runs,
     or ""); ``summary`` the per-row avg/rank/gain (and not_applicable); ``best`` and
     ``tied`` are boolean frames shaped like ``table``.
     """
@@ -226,7 +333,8 @@ class Leaderboard:
     # ---- text exports -------------------------------------------------------------
     def legend(self) -> list[str]:
         lines = [
-            "Cells: mean ± sample std (n−1) over seeds [95% t-interval of the mean]; accuracy in %. "
+            "Cells: mean ± sample std (n−1) over seeds [95% Student t-interval of the mean over seeds, "
+            "mean ± t(0.975, n−1)·std/√n, clipped to [0, 100]]; accuracy in %. "
             "A row is one configuration (method + every run setting but the seed).",
             f"Bold = best of the column within a label budget; † = not significantly worse "
             f"than the best ({TEST_NAME}).",
@@ -819,6 +927,7 @@ def leaderboard(
                 "ci_low": lo,
                 "ci_high": hi,
                 "values": g["accuracy"].to_numpy(),
+                "by_seed": dict(zip(g["seed"].tolist(), g["accuracy"].tolist())),  # seed → accuracy
                 "seeds": tuple(sorted(int(x) for x in g["seed"].dropna())),
             }
         )
@@ -827,7 +936,10 @@ def leaderboard(
     cells["tied"] = False
     cells["p_vs_best"] = np.nan
     cells["p_vs_best_holm"] = np.nan
+    cells["test_vs_best"] = ""  # seed_test's name: paired t, paired t (common seeds), Welch t
+    cells["seeds_vs_best"] = 0  # seeds paired with the best's (0: Welch or untested)
     cells["rank"] = np.nan
+    partial_pairing: list[str] = []
     for _, g in cells.groupby(["labels", "pair"]):
         g = g[g["n"] > 0]
         if g.empty:
@@ -842,14 +954,29 @@ def leaderboard(
         cells.loc[bests, "best"] = True
         b = bests[0]
         others = [i for i in g.index if i not in bests]
+        worse: dict[int, bool] = {}
         for i in others:
-            cells.at[i, "p_vs_best"] = welch_worse_p(cells.at[i, "values"], cells.at[b, "values"])
+            # the same test as the per-pair comparison (seed_test): paired by seed on the seeds both have
+            t = seed_test(cells.at[i, "by_seed"], cells.at[b, "by_seed"])
+            cells.at[i, "p_vs_best"] = t.p
+            cells.at[i, "test_vs_best"] = t.test
+            cells.at[i, "seeds_vs_best"] = t.seeds
+            # "worse" on the runs tested: paired on common seeds, a cell can beat the best there
+            worse[i] = tie_safe(t.mean_a) < tie_safe(t.mean_b)
+            if t.test != PAIRED and t.test and cells.at[i, "complete"]:
+                how = (
+                    f"paired on the {t.seeds} common seeds" if t.test == PAIRED_COMMON else "Welch t (< 2 common seeds)"
+                )
+                partial_pairing.append(
+                    f"{cells.at[i, 'entry']} vs {cells.at[b, 'entry']} on {cells.at[i, 'pair']}: {how}"
+                )
         # Holm over the column's comparisons with its best (its complete cells: a cell missing
-        # seeds is never marked and never changes another's mark); † = adjusted p > α
+        # seeds is never marked and never changes another's mark); † = not (adjusted p < α and
+        # worse on the runs tested)
         family = [i for i in others if cells.at[i, "complete"] and not math.isnan(cells.at[i, "p_vs_best"])]
         for i, q in zip(family, holm([cells.at[i, "p_vs_best"] for i in family])):
             cells.at[i, "p_vs_best_holm"] = q
-            cells.at[i, "tied"] = bool(q > ALPHA)
+            cells.at[i, "tied"] = not (q < ALPHA and worse[i])  # q < α: as the per-pair table's "significant"
 
     # ---- per-row summary -----------------------------------------------------------
     summ = []
@@ -988,6 +1115,12 @@ def leaderboard(
     if any((g["n"] == 1).any() and len(g) > 1 for _, g in ran.groupby(["labels", "pair"])):
         # no † is not "significantly worse" here: a one-seed mean has no spread to test with
         notes.append("A cell or best with one seed cannot be tested: its column shows no † either way.")
+    if partial_pairing:
+        notes.append(
+            "† tests pair runs by seed on the seeds both cells have; cells with other seeds too: "
+            + "; ".join(partial_pairing)
+            + "."
+        )
     if (cells["n"] == 2).any():
         notes.append(
             "With 2 seeds the 95% t-interval is mean ± 12.7·s/√2 (t with 1 d.o.f.): too wide to inform; run ≥ 3 seeds."
