@@ -33,7 +33,9 @@ COUNTERPART: dict[str, Any] = {
     "bench": run_bench,
 }
 #: subcommands that neither produce nor show numbers
-NOT_RESULT_PRODUCING = {"list": "prints the registries; dabench.list_methods/list_pairs/list_backbones are its Python form"}
+NOT_RESULT_PRODUCING = {
+    "list": "prints the registries; dabench.list_methods/list_pairs/list_backbones are its Python form"
+}
 
 #: (subcommand, CLI dest) -> keyword, where the Python name differs from the flag's
 RENAMED: dict[tuple[str, str], str] = {
@@ -63,7 +65,10 @@ NO_KEYWORD: dict[tuple[str, str], str] = {
 DEFAULT_DIFFERS: dict[tuple[str, str], str] = {
     ("run", "device"): "'auto' on the command line, None in Python: both mean CUDA when present",
     ("run", "no_progress"): "progress bars on in a terminal, off in a script (README, Python API)",
-    ("bench", "cuda_graphs"): "the CLI's None (not given) means on: run_bench(cuda_graphs=args.cuda_graphs is not False)",
+    (
+        "bench",
+        "cuda_graphs",
+    ): "the CLI's None (not given) means on: run_bench(cuda_graphs=args.cuda_graphs is not False)",
     ("bench", "pair"): "same pair; run_bench also takes None (synthetic data)",
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import html
+import os
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -149,7 +150,7 @@ def _dirs(dirs: str | Path | Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def _check_formats(formats: Sequence[str] | str, name: str = "formats") -> tuple[str, ...]:
+def _check_formats(formats: Iterable[str] | str, name: str = "formats") -> tuple[str, ...]:
     """The export formats of a comma string or a list; ``name``: how the error names the setting
     (``--format`` for the CLI, ``formats`` for :func:`write_report` and ``dabench.report``)."""
     if isinstance(formats, str):
@@ -244,8 +245,8 @@ def report_leaderboard(runs: pd.DataFrame, rule: str = "last", select_config: bo
 def make_report(
     dirs: str | Path | Iterable[str | Path],
     rule: str = "last",
-    formats: Sequence[str] | str = ("md", "csv"),
-    out: str | Path | None = None,
+    formats: Iterable[str] | str = ("md", "csv"),
+    out: str | os.PathLike | None = None,
     where: list[str] | dict | None = None,
     select_config: bool = False,
     tsne: str | None = None,
@@ -386,7 +387,7 @@ def write_report(
     dirs: str | Path | Iterable[str | Path],
     rule: str = "last",
     formats: Sequence[str] | str = ("md", "csv"),
-    out: str | Path | None = None,
+    out: str | os.PathLike | None = None,
     reps: int = 2000,
     tsne: str | None = None,
     where: list[str] | dict | None = None,
