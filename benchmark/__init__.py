@@ -62,6 +62,8 @@ _PUBLIC: dict[str, str] = {
     "load_results": "api",
     "leaderboard": "api",
     "compare": "api",
+    "report": "api",
+    "status": "api",
     # layers and losses methods share (dabench.layers)
     "DomainDiscriminator": "layers",
     "KERNEL_MULTIPLIERS": "layers",
@@ -113,7 +115,7 @@ def __dir__() -> list[str]:
 
 # the names are re-exported through __all__, which ruff cannot read (it is built from _PUBLIC)
 if TYPE_CHECKING:  # static checkers and IDEs see the real names
-    from .api import compare, leaderboard, load_results, run
+    from .api import compare, leaderboard, load_results, report, run, status
     from .backbones.base import Backbone
     from .core.domain import DataFileError, Domain, DomainPair, MissingDataError, PairData, Schedule
     from .core.method import Batch, Classifier, Loss, Method, TargetLabelsError, TargetView, Update, Uses

@@ -317,26 +317,99 @@ def load_results(*dirs: str | os.PathLike, planned: bool = True):
     return _load(*dirs, planned=planned)
 
 
-def leaderboard(df, rule: str = "last", where=None):
-    """Configurations × pairs table (mean ± std over seeds) under a model-selection rule;
-    ``where`` (``["steps=2000"]``) keeps matching configurations."""
-    from .analysis.results import filter_runs  # late: as in load_results
-    from .analysis.tables import leaderboard as _lb
+def leaderboard(df, rule: str = "last", where=None, select_config: bool = False):
+    """Configurations × pairs table (mean ± std over seeds) under a model-selection rule: the
+    table ``dabench report`` prints, made by the same function from the same runs.
+
+    Each keyword is the Python form of a ``dabench report`` flag (tests/test_api_parity.py):
+
+    rule
+        ``--rule``: last, source-val, entropy, im, snd, dev (needs runs with
+        ``save_features``), oracle.
+    where
+        ``--where``: ``["steps=2000"]``, ``"steps=2000"`` or ``{"steps": 2000}`` keeps matching
+        configurations (ValueError if none matches, naming the values there are).
+    select_config
+        ``--select-config``: for sweeps, the rule (not ``last``) also picks each method's
+        configuration per pair and seed (argmax of its score over trials × evaluations); one row
+        per method.
+    """
+    from .analysis.report import prepare_runs, report_leaderboard  # late: as in load_results
 
     _check_runs("leaderboard", df)
-    # filtered here, so that a bad filter is named as this function's keyword, not the CLI's --where
-    return _lb(filter_runs(df, where, flag="where"), rule=rule)
+    _check_bool("leaderboard", "select_config", select_config)
+    # filtered there, so that a bad filter is named as this function's keyword, not the CLI's --where
+    return report_leaderboard(prepare_runs(df, rule, where, flag="where"), rule, select_config)
 
 
-def compare(df, rule: str = "last", **kwargs: Any):
+def compare(df, rule: str = "last", where=None, select_config: bool = False, **kwargs: Any):
     """Statistical comparison of the methods (exact Friedman/Nemenyi, exact Wilcoxon–Holm, mean
-    t-intervals, P(improvement), per-pair t-tests): :func:`dabench.analysis.stats.compare`."""
-    from .analysis.results import filter_runs  # late: as in load_results
+    t-intervals, P(improvement), per-pair t-tests): :func:`dabench.analysis.stats.compare` of the
+    runs ``dabench report`` compares (its report.html), with ``rule``, ``where`` and
+    ``select_config`` as in :func:`leaderboard`; ``kwargs`` (``alpha``, ``reps`` ...) go to
+    :func:`~dabench.analysis.stats.compare`."""
+    from .analysis.report import prepare_runs, selected_runs  # late: as in load_results
     from .analysis.stats import compare as _cmp
 
     _check_runs("compare", df)  # alpha is checked by analysis.stats.compare
-    # filtered here, so that a bad filter is named as this function's keyword, not the CLI's --where
-    return _cmp(filter_runs(df, kwargs.pop("where", None), flag="where"), rule=rule, **kwargs)
+    _check_bool("compare", "select_config", select_config)
+    runs = selected_runs(prepare_runs(df, rule, where, flag="where"), rule, select_config)
+    return _cmp(runs, rule=rule, **kwargs)
+
+
+def report(
+    *dirs: str | os.PathLike,
+    rule: str = "last",
+    where=None,
+    select_config: bool = False,
+    formats: str | Iterable[str] = "md,csv",
+    out: str | os.PathLike | None = None,
+    tsne: str | None = None,
+) -> tuple[str, dict[str, Path]]:
+    """``dabench report DIR...`` from Python, through the function the CLI calls: writes the
+    leaderboard exports (``leaderboard.<fmt>``), figures and ``report.html`` and returns
+    ``(text, paths)``: the Markdown the CLI prints and name → path of what was written.
+
+    ``rule``, ``where``, ``select_config``: as in :func:`leaderboard`. ``formats``: ``--format``
+    (``"md,csv,tex,html"`` or a list). ``out``: ``--out`` (default: the first folder). ``tsne``:
+    ``--tsne RUN_ID``, a t-SNE of its features beside the source-only run's (both saved features).
+    """
+    from .analysis.report import make_report  # late: as in load_results
+
+    if not dirs or any(not isinstance(d, (str, os.PathLike)) for d in dirs):
+        raise TypeError(f"dabench.report: expected one or more results folders (str or Path), got {dirs!r}")
+    _check_bool("report", "select_config", select_config)
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"dabench.report: out={out!r}: expected a folder's path (str or Path) or None")
+    if tsne is not None and not isinstance(tsne, str):
+        raise TypeError(f"dabench.report: tsne={tsne!r}: expected a run id (str) or None")
+    return make_report(
+        [Path(d) for d in dirs],
+        rule=rule,
+        formats=formats,
+        out=out,
+        where=where,
+        select_config=select_config,
+        tsne=tsne,
+        flag="",
+    )
+
+
+def status(results_dir: str | os.PathLike) -> str:
+    """``dabench status DIR``: the counts of complete/running/failed/diverged/pending runs of a
+    results folder, as the text the CLI prints (the same function makes it);
+    :func:`dabench.running.status.folder_status` gives them as numbers."""
+    from .running.status import status_text
+
+    if not isinstance(results_dir, (str, os.PathLike)):
+        raise TypeError(f"dabench.status: results_dir={results_dir!r}: expected a folder's path (str or Path)")
+    return status_text(results_dir)
+
+
+def _check_bool(what: str, name: str, value: Any) -> None:
+    """A flag's Python form takes True or False only: ``select_config="no"`` is truthy."""
+    if not isinstance(value, bool):
+        raise TypeError(f"dabench.{what}: {name}={value!r}: expected True or False")
 
 
 def _check_runs(what: str, df: Any) -> None:

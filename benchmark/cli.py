@@ -559,23 +559,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .analysis.report import FORMATS, load_runs, report_text, write_report  # late: see _run
+    from .analysis.report import make_report  # late: see _run
 
-    formats = tuple(_csv(args.format))
-    if not set(formats) <= set(FORMATS):  # the writers' table is the one list of formats
-        raise MatrixError(f"--format: unknown {sorted(set(formats) - set(FORMATS))}; valid: {', '.join(FORMATS)}")
-    runs = load_runs(args.dirs, args.where, args.rule)  # once: each bad record is named once
-    paths = write_report(
+    # the one function dabench.report calls too (tests/test_api_parity.py keeps the two in step)
+    text, paths = make_report(
         args.dirs,
         rule=args.rule,
-        formats=formats,
+        formats=args.format,
         out=args.out,
-        tsne=args.tsne,
         where=args.where,
         select_config=args.select_config,
-        runs=runs,
+        tsne=args.tsne,
     )
-    print(report_text(args.dirs, rule=args.rule, where=args.where, select_config=args.select_config, runs=runs))
+    print(text)
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import html
+import os
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -149,12 +150,18 @@ def _dirs(dirs: str | Path | Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def _check_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
+def _check_formats(formats: Iterable[str] | str, name: str = "formats") -> tuple[str, ...]:
+    """The export formats of a comma string or a list; ``name``: how the error names the setting
+    (``--format`` for the CLI, ``formats`` for :func:`write_report` and ``dabench.report``)."""
     if isinstance(formats, str):
         formats = [f.strip() for f in formats.split(",") if f.strip()]
+    elif isinstance(formats, Iterable):
+        formats = list(formats)  # read twice below: a generator would be empty the second time
+    if not isinstance(formats, list) or any(not isinstance(f, str) for f in formats):
+        raise ValueError(f"{name}={formats!r}: expected a comma string such as 'md,csv' or a list of formats")
     bad = [f for f in formats if f not in FORMATS]
     if bad:
-        raise ValueError(f"unknown report format(s) {', '.join(bad)}; valid: {', '.join(FORMATS)}")
+        raise ValueError(f"{name}: unknown report format(s) {', '.join(bad)}; valid: {', '.join(FORMATS)}")
     return tuple(formats)
 
 
@@ -191,24 +198,70 @@ def validator_notes(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def load_runs(
-    dirs: str | Path | Iterable[str | Path], where: list[str] | dict | None = None, rule: str = "last"
+def prepare_runs(
+    df: pd.DataFrame, rule: str = "last", where: list[str] | dict | None = None, flag: str = "--where"
 ) -> pd.DataFrame:
-    """The folders' runs, filtered, with DEV's scores on the runs that saved features (computed
-    once here for every table that reads them); ``--rule dev`` without any is one clear error.
+    """The runs every table of a report reads, from :func:`load_results`' table: filtered by
+    ``where``, with DEV's scores on the runs that saved features (computed once here for every
+    table that reads them); ``rule`` dev without any is one clear error. ``flag`` names the filter
+    in errors (``--where``, or ``where`` for the Python API). ``dabench report`` and
+    ``dabench.leaderboard`` / ``compare`` / ``report`` all read their runs through here."""
+    check_rule(rule)
+    return with_dev_scores(filter_runs(df, where, flag=flag), strict=rule == "dev")
+
+
+def load_runs(
+    dirs: str | Path | Iterable[str | Path],
+    where: list[str] | dict | None = None,
+    rule: str = "last",
+    flag: str = "--where",
+) -> pd.DataFrame:
+    """:func:`prepare_runs` of the folders' records.
 
     ``write_report`` and ``report_text`` take the result as ``runs=``, so that ``dabench report``
     reads the folders (and warns about each bad record) once."""
-    check_rule(rule)
-    return with_dev_scores(filter_runs(load_results(*_dirs(dirs)), where), strict=rule == "dev")
+    check_rule(rule)  # before reading: a typo must not wait for (and warn about) every record
+    return prepare_runs(load_results(*_dirs(dirs)), rule, where, flag)
 
 
 _load = load_runs
 
 
-def _selected(df: pd.DataFrame, rule: str, select_config: bool) -> pd.DataFrame:
-    """``df`` itself, or with ``select_config`` one run per method, pair and seed chosen by ``rule``."""
+def selected_runs(df: pd.DataFrame, rule: str, select_config: bool = False) -> pd.DataFrame:
+    """``df`` itself, or with ``select_config`` one run per method, pair and seed chosen by ``rule``
+    over a sweep's trials (:func:`dabench.analysis.sweeps.select_config`; ValueError for ``last``,
+    which has no score to choose by). What every table of ``--select-config`` is made of."""
     return _select_config(df, rule) if select_config else df
+
+
+_selected = selected_runs
+
+
+def report_leaderboard(runs: pd.DataFrame, rule: str = "last", select_config: bool = False) -> Leaderboard:
+    """The leaderboard ``dabench report`` prints and exports, of :func:`prepare_runs`' ``runs``."""
+    return leaderboard(selected_runs(runs, rule, select_config), rule)
+
+
+def make_report(
+    dirs: str | Path | Iterable[str | Path],
+    rule: str = "last",
+    formats: Iterable[str] | str = ("md", "csv"),
+    out: str | os.PathLike | None = None,
+    where: list[str] | dict | None = None,
+    select_config: bool = False,
+    tsne: str | None = None,
+    flag: str = "--",
+) -> tuple[str, dict[str, Path]]:
+    """What ``dabench report`` does, for the CLI and ``dabench.report`` alike: the files of
+    :func:`write_report` and the Markdown text of :func:`report_text`, the folders read once.
+    ``flag``: ``"--"`` names settings in errors as the CLI's flags (``--format``, ``--where``),
+    ``""`` as keywords (``formats``, ``where``)."""
+    fmts = _check_formats(formats, "--format" if flag else "formats")  # before reading the folders
+    runs = load_runs(dirs, where, rule, flag=f"{flag}where")
+    paths = write_report(
+        dirs, rule=rule, formats=fmts, out=out, tsne=tsne, where=where, select_config=select_config, runs=runs
+    )
+    return report_text(dirs, rule=rule, where=where, select_config=select_config, runs=runs), paths
 
 
 def _selection_title(rule: str) -> str:
@@ -323,7 +376,7 @@ def report_text(
     """
     df = _load(dirs, where, rule) if runs is None else runs
     head = _selection_title(rule) if select_config else ""
-    text = head + leaderboard(_selected(df, rule, select_config), rule).to_markdown()
+    text = head + report_leaderboard(df, rule, select_config).to_markdown()
     notes = validator_notes(df)
     text += "\n" + "\n".join(notes) + "\n" if notes else ""
     # a sweep's folder: the rule tables and which validator to trust (a plain run's print stays short)
@@ -334,7 +387,7 @@ def write_report(
     dirs: str | Path | Iterable[str | Path],
     rule: str = "last",
     formats: Sequence[str] | str = ("md", "csv"),
-    out: str | Path | None = None,
+    out: str | os.PathLike | None = None,
     reps: int = 2000,
     tsne: str | None = None,
     where: list[str] | dict | None = None,
