@@ -379,7 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="add a section: where each eager step's time goes, by ATen operation (torch.profiler; kernel "
         "time on CUDA, CPU time otherwise), the bare network's included",
     )
-    b.add_argument("--data-root", type=pathlib.Path, default=None)
+    b.add_argument(
+        "--data-root",
+        type=pathlib.Path,
+        default=None,
+        help=f"where datasets live (default: $DABENCH_DATA or {default_data_root()})",
+    )
     b.add_argument(
         "--out",
         type=pathlib.Path,
