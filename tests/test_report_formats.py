@@ -224,3 +224,58 @@ def test_selection_tex_puts_names_left_and_numbers_right(tmp_path: Path) -> None
     specs = [line[len("\\begin{tabular}{") : -1] for line in tex.splitlines() if line.startswith("\\begin{tabular}")]
     assert specs[0] == "ll" + "r" * 5 and specs[1] == "ll" + "r" * 6  # method, labels | rules (+ trials)
     assert specs[2].startswith("l") and set(specs[2][1:]) == {"r"}  # labels | taus, methods
+
+
+def _bare_bars(line: str) -> int:
+    """The ``|`` in ``line`` that Markdown reads as bars: a backslash escapes the next character
+    (``\\\\|`` is an escaped backslash and then a bare bar, as GitHub's table parser reads it)."""
+    n, i = 0, 0
+    while i < len(line):
+        if line[i] == "\\":
+            i += 2
+            continue
+        n += line[i] == "|"
+        i += 1
+    return n
+
+
+HOSTILE = "boom | x `code <script>alert(1)</script> *bold* _it_ \\| [a](b) $x$ &amp; ~~s~~\nsecond | line"
+
+
+def test_a_hostile_error_message_stays_one_line_and_shows_as_text(tmp_path: Path) -> None:
+    """The defect: the runs left out of the means listed the raw error in Markdown: its ``|`` read
+    as more fields, a backtick opened a code span, ``<script>`` passed as HTML, ``*`` and ``_`` as
+    emphasis, and a line break (in a detail that is not a record's first line) ended the item."""
+    from dabench.analysis.render import md_grid, md_text
+    from dabench.analysis.tables import missing_markdown
+
+    for s in range(2):
+        write_run(tmp_path, f"ok{s}", "dann", "p", s, acc=70.0 + s)
+    write_failed(tmp_path, "bad1", "dann", "p", 2, HOSTILE)
+    write_failed(tmp_path, "bad2", "dann", "p", 3, "plain failure")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w = report.write_report(tmp_path, formats="md,csv,tex,html", out=tmp_path / "out", reps=50)
+    md = w["md"].read_text()
+    left = md.split("### Runs not in the means (2)")[1].strip().splitlines()
+    assert len(left) == 2 and all(x.startswith("- dann | p | seed ") for x in left)  # one line per run
+    assert [_bare_bars(x) for x in left] == [4, 4]  # row | pair | seed | status | why: the message's are escaped
+    assert left[1] == "- dann | p | seed 3 | failed | RuntimeError: plain failure"
+    why = left[0].split(" | ", 4)[4]
+    # every Markdown special of the message escaped: a renderer shows the text, markup-free
+    assert re.search(r"(?<!\\)[`<>*_\[\]$&~]", why.replace("\\\\", "")) is None, why
+    assert why.startswith("RuntimeError: boom \\| x \\`code \\<script\\>") and "\\\\\\| \\[a\\]" in why
+    # a line break inside a detail never ends the line; in a table cell the escaped bars stay escaped
+    one = pd.DataFrame([{"entry": "m", "pair": "p", "seed": 0, "status": "failed", "detail": HOSTILE}])
+    (line,) = missing_markdown(one)[3:]
+    assert _bare_bars(line) == 4 and "second \\| line" in line
+    table = md_grid(["a", "why"], [["1", md_text(HOSTILE)]]).splitlines()
+    assert [_bare_bars(x) for x in table] == [3, 3, 3]
+    assert md_text("a_b") == "a\\_b" and md_text("plain text, 1.5") == "plain text, 1.5"
+    # HTML (leaderboard.html, report.html): the message's '<' only as an entity
+    for page in (w["html"].read_text(), w["report"].read_text()):
+        assert "bad1" in page and "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    # LaTeX: the message only inside '%' comments
+    tex = w["tex"].read_text()
+    assert _tex_problems(tex) == [] and "boom" in tex
+    assert all(ln.startswith("%") for ln in tex.splitlines() if "boom" in ln)

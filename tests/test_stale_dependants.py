@@ -233,3 +233,130 @@ def test_a_dependant_checkpoint_without_a_source_fingerprint_is_not_resumed(tmp_
     rec = run_spec(ft, store, CPU, None, engine=EVERY_2)
     assert rec.status is Status.COMPLETE and rec.resumed_from_step is None
     assert "source weights it does not name" in rec.resume_note
+
+
+# --- one fingerprint: of the weights the dependant loaded, for its record and its checkpoints ----
+
+
+def _replace_source_before_the_load(monkeypatch, store: RunStore, source_id: str, target: str) -> dict:
+    """Wrap ``running.unit.<target>`` (``execute`` or ``execute_seeds``) so that the source-only
+    checkpoint is replaced by other weights after the unit's look at it and before the engine
+    loads it (a source-only run recreated by another process meanwhile). Returns the new weights."""
+    import dabench.running.unit as unit_mod
+
+    ckpt = store.checkpoint_path(source_id)
+    new = {k: v + 1e-3 if v.is_floating_point() else v for k, v in torch.load(ckpt, weights_only=True).items()}
+    real = getattr(unit_mod, target)
+
+    def swapped(*args, **kwargs):
+        torch.save(new, ckpt)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(unit_mod, target, swapped)
+    return new
+
+
+def test_a_dependant_names_the_weights_it_loaded_not_a_first_read_of_the_file(tmp_path, monkeypatch):
+    """The defect: the record's fingerprint came from the unit reading the checkpoint, the
+    training from the engine loading it again; a source-only run recreated in between left a
+    record naming weights the run never saw, and the stale source went undetected."""
+    from dabench.core.store import state_fingerprint
+    from dabench.running.scheduler import stale_source
+
+    so, lp, _ = _specs()
+    store = RunStore(tmp_path)
+    assert run_spec(so, store, CPU, None).status is Status.COMPLETE
+    old = store.read(so.run_id).weights_sha256
+    new = _replace_source_before_the_load(monkeypatch, store, so.run_id, "execute")
+    rec = run_spec(lp, store, CPU, None, engine=EVERY_2)
+    assert rec.status is Status.COMPLETE
+    assert rec.source_weights["weights_sha256"] == state_fingerprint(new) != old
+    assert store.read(lp.run_id).source_weights == rec.source_weights  # on disk too
+    # the source record still names the weights it left: the dependant is found stale
+    why = stale_source(store, store.read(lp.run_id))
+    assert why is not None and old[:12] in why and state_fingerprint(new)[:12] in why
+    # ... and the analysis says so beside the table
+    assert any("other source-only weights" in n for n in leaderboard(load_results(tmp_path)).notes)
+
+
+def test_a_seed_batched_dependant_names_the_weights_it_loaded(tmp_path, monkeypatch):
+    """The same through the seed-batched path (``run_group`` -> ``engine.seed_batch``)."""
+    from dabench.core.store import state_fingerprint
+    from dabench.running.unit import run_group
+
+    specs = expand(
+        Matrix(
+            methods=("source-only", "fine-tune"),
+            pairs=("digits-offline",),
+            seeds=(0, 1),
+            overrides={"steps": 3, "eval_every": 3},
+        )
+    )
+    sos = [s for s in specs if s.method == "source-only"]
+    fts = [s for s in specs if s.method == "fine-tune"]  # batched (linear-probe has its own fit)
+    store = RunStore(tmp_path)
+    for so in sos:
+        assert run_spec(so, store, CPU, None).status is Status.COMPLETE
+    # plain: each seed names exactly what its source-only run recorded (the same function, tensors)
+    recs = run_group(fts, store, CPU, None)
+    assert all(r.timings["seed_batch"] == "2 seeds" for r in recs)
+    for so, rec in zip(sos, recs):
+        assert rec.source_weights["run_id"] == so.run_id
+        assert rec.source_weights["weights_sha256"] == store.read(so.run_id).weights_sha256
+    # seed 0's source replaced between the unit's look and the load: its record names the new weights
+    for rec in recs:
+        store.record_path(rec.run_id).unlink()
+    new = _replace_source_before_the_load(monkeypatch, store, sos[0].run_id, "execute_seeds")
+    recs = run_group(fts, store, CPU, None)
+    assert recs[0].source_weights["weights_sha256"] == state_fingerprint(new)
+    assert recs[0].source_weights["weights_sha256"] != store.read(sos[0].run_id).weights_sha256
+    assert recs[1].source_weights["weights_sha256"] == store.read(sos[1].run_id).weights_sha256
+
+
+def test_a_dependant_fingerprints_its_source_weights_once(tmp_path, monkeypatch):
+    """One fingerprint per dependant run, shared by its record and its mid-run checkpoints (before:
+    the unit fingerprinted the file and the engine the loaded network, two loads and two hashes)."""
+    import dabench.core.store as store_mod
+
+    # fine-tune: the engine's step loop, which writes the mid-run checkpoints (3 of its 6 steps)
+    so, ft = expand(
+        Matrix(
+            methods=("source-only", "fine-tune"),
+            pairs=("digits-offline",),
+            seeds=(0,),
+            overrides={"steps": 6, "eval_every": 6},
+        )
+    )
+    store = RunStore(tmp_path)
+    assert run_spec(so, store, CPU, None).status is Status.COMPLETE
+    calls = []
+    real = store_mod.state_fingerprint
+
+    def counted(state):
+        calls.append(1)
+        return real(state)
+
+    monkeypatch.setattr(store_mod, "state_fingerprint", counted)
+    monkeypatch.setattr(train_mod, "state_fingerprint", counted)
+    saved = []
+    real_save = train_mod.atomic_torch_save
+    monkeypatch.setattr(train_mod, "atomic_torch_save", lambda obj, path: (saved.append(obj), real_save(obj, path)))
+    rec = run_spec(ft, store, CPU, None, engine=EVERY_2)
+    assert rec.status is Status.COMPLETE and len(calls) == 1
+    (partial,) = [s for s in saved if isinstance(s, dict) and "source_sha256" in s]
+    assert partial["source_sha256"] == rec.source_weights["weights_sha256"] == store.read(so.run_id).weights_sha256
+
+
+def test_a_diverged_dependant_names_the_weights_it_loaded(tmp_path):
+    """A ``diverged`` record is kept as a complete one is: it names its source weights too."""
+    so, _, ft = _specs()
+    store = RunStore(tmp_path)
+    assert run_spec(so, store, CPU, None).status is Status.COMPLETE
+    import dataclasses
+
+    # an absurd learning rate: the loss is not finite within its few steps (same source-only run)
+    bad = dataclasses.replace(ft, schedule=dataclasses.replace(ft.schedule, lr=1e30))
+    assert bad.depends_on == so.run_id
+    rec = run_spec(bad, store, CPU, None)
+    assert rec.status is Status.DIVERGED
+    assert rec.source_weights["weights_sha256"] == store.read(so.run_id).weights_sha256

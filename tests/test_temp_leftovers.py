@@ -80,3 +80,49 @@ def test_live_writers_and_other_machines_temp_files_are_kept(tmp_path):
 def test_temp_names_carry_the_writer_and_its_machine(tmp_path, suffix):
     name = temp_path(tmp_path / "a.json", suffix).name
     assert name == f".a.json.{os.getpid()}-{machine_tag()}{suffix}"
+
+
+KILLED_CLAIMER = textwrap.dedent(
+    """
+    import os, sys
+    from dabench.core.store import RunStore
+
+    def dies(*args, **kwargs):
+        os._exit(9)  # killed after the claim's temporary file is written, before it is linked into place
+
+    os.link = dies
+    RunStore(sys.argv[1]).claim("abc123")
+    """
+)
+
+
+def test_a_runner_sweeps_the_claim_temp_file_of_a_claimer_killed_mid_claim(tmp_path, capsys):
+    """The defect: claims were written to ``.<run_id>.claim.<token>.tmp``, a name without its
+    writer, which no sweep matched: a claimer killed mid-claim left it for ever."""
+    proc = subprocess.run([sys.executable, "-c", KILLED_CLAIMER, str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 9, proc.stderr[-2000:]
+    store = RunStore(tmp_path)
+    (left,) = sorted(store.claims.glob(".*.tmp"))
+    assert left.name.startswith(".abc123.claim.")
+    assert not store.claim_path("abc123").exists()  # never linked into place
+    run_matrix([], tmp_path, ExecutorOptions(device="cpu", progress=False))
+    assert not left.exists()
+    assert "removed 1 temporary file(s) left by killed writers" in capsys.readouterr().err
+    assert store.claim("abc123")  # the run is claimable, and its own claim is not taken for a leftover
+    assert store.sweep_temp_files() == [] and store.claim_path("abc123").exists()
+    store.release("abc123")
+
+
+def test_live_claimers_temp_files_are_kept_and_older_dabenchs_swept_when_old(tmp_path):
+    store = RunStore(tmp_path)
+    store.claims.mkdir(parents=True)
+    live = temp_path(store.claim_path("live").with_name("live.claim.0123abcd"))  # this process's
+    live.write_text("{")
+    legacy_recent = store.claims / f".y.claim.{'ab' * 16}.tmp"  # an older dabench's: no writer named
+    legacy_recent.write_text("{")
+    legacy_old = store.claims / f".z.claim.{'cd' * 16}.tmp"
+    legacy_old.write_text("{")
+    old = legacy_old.stat().st_mtime - LEGACY_TEMP_AGE_S - 60
+    os.utime(legacy_old, (old, old))
+    assert store.sweep_temp_files() == [legacy_old]
+    assert live.exists() and legacy_recent.exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,10 +34,34 @@ def cell_text(v: object, floatfmt: str = ".3g") -> str:
 
 
 # ---- grids of cell strings ----------------------------------------------------------------
+#: a ``|`` and the backslashes before it (GFM splits a row at a bar after an even number of them)
+_BAR = re.compile(r"(\\*)\|")
+#: the characters Markdown reads as markup inside a line: code spans, emphasis, raw HTML, links,
+#: entities, strikethrough, math (GitHub), a table's cell bar; each is shown as itself once escaped
+#: by a backslash (CommonMark: any ASCII punctuation may be). ``#`` and list marks are markup only
+#: at the start of a line, where :func:`md_text`'s callers never put it
+_MD_SPECIALS = re.compile(r"([\\`*_<>\[\]&~$|])")
+
+
+def md_text(text: object) -> str:
+    """Plain text (an error message, a file name) as Markdown that shows it as it is: the inline
+    specials backslash-escaped (:data:`_MD_SPECIALS`) and line breaks as spaces. For text from
+    outside (a failing run's error can hold backticks, ``<script>``, ``*``, ``_``, ``|``). Its
+    ``|`` come out escaped, so :func:`md_grid` leaves them as they are (a table cell of it is safe)."""
+    return _MD_SPECIALS.sub(r"\\\1", re.sub(r"[\r\n]+", " ", str(text)))
+
+
 def _md_cell(text: object) -> str:
-    """One Markdown table cell: ``|`` escaped (GitHub reads ``\\|`` as a literal bar), a newline
-    (which would end the row) as a space."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """One Markdown table cell: every unescaped ``|`` escaped (GitHub reads ``\\|`` as a literal bar;
+    one after an even number of backslashes, ``\\\\|``, still ends the cell), a line break (which
+    would end the row) as a space. The cell is a Markdown fragment (the leaderboard bolds): its
+    other markup is kept; plain text from outside is escaped first (:func:`md_text`)."""
+
+    def bar(m: re.Match[str]) -> str:
+        slashes = m.group(1)
+        return slashes + ("|" if len(slashes) % 2 else "\\|")
+
+    return _BAR.sub(bar, re.sub(r"[\r\n]+", " ", str(text)))
 
 
 def md_grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -80,7 +80,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from ..core.record import commit_label
-from .render import html_grid, latex_grid, md_grid, tex_escape
+from .render import html_grid, latex_grid, md_grid, md_text, tex_escape
 from .results import entry_names, filter_runs, settings_across_pairs
 from .selection import NOT_APPLICABLE, protocol_notes, rule_title, select
 
@@ -870,12 +870,19 @@ def row_provenance(runs: pd.DataFrame) -> dict[str, str]:
 
 
 def missing_markdown(missing: pd.DataFrame, limit: int = 40) -> list[str]:
-    """Lines listing the planned runs left out of the means (for the text report)."""
+    """Lines listing the planned runs left out of the means (for the text report), one per run:
+    ``- row | pair | seed N | status | error / reason``.
+
+    Each field is plain text shown as it is (:func:`~dabench.analysis.render.md_text`): a failing
+    run's error message may hold ``|`` (read as one more field), backticks, ``<``, ``*``, ``_`` or
+    line breaks, which would otherwise open a code span or emphasis, pass as raw HTML, or end the
+    line; escaped, the bars between the fields are the line's only bare ones."""
     if missing.empty:
         return []
     lines = ["", f"### Runs not in the means ({len(missing)})", ""]
     for r in missing.head(limit).itertuples():
-        lines.append(f"- {r.entry} | {r.pair} | seed {r.seed} | {r.status} | {r.detail}")
+        entry, pair, status, detail = (md_text(v) for v in (r.entry, r.pair, r.status, r.detail))
+        lines.append(f"- {entry} | {pair} | seed {r.seed} | {status} | {detail}")
     if len(missing) > limit:
         lines.append(f"- … and {len(missing) - limit} more (see report.html)")
     return lines

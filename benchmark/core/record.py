@@ -122,6 +122,9 @@ class RunResult:
     timings: dict[str, Any]
     data: dict[str, Any] | None = None
     resume_note: str | None = None
+    #: a dependant: the fingerprint of the source weights it loaded (``engine.train.start_method``);
+    #: the record keeps it as ``source_weights["weights_sha256"]``, not as a field of its own
+    source_sha256: str | None = None
 
 
 @dataclass(eq=True)
@@ -162,8 +165,10 @@ class RunRecord(Mapping):
     #: (``checkpoints/<run_id>.pt``), the weights its dependants start from
     weights_sha256: str | None = None
     #: a dependant (``spec.depends_on``): the source weights it was trained from, ``run_id``,
-    #: ``weights_sha256`` (the fingerprint of the checkpoint it loaded) and the source record's
-    #: ``finished_at``; null in records of older dabench (then not known)
+    #: ``weights_sha256`` (the fingerprint of the weights it loaded, the function that gives the
+    #: source record's ``weights_sha256``) and the source record's ``finished_at``; null in records
+    #: of older dabench (then not known). ``weights_sha256`` is absent while the run has not
+    #: loaded them (a ``running`` record) and in a ``failed`` record of a run that never did
     source_weights: dict[str, Any] | None = None
     #: the plugin code that made the run, per kind (``method``, ``pair``) that is not built-in:
     #: ``{"file", "sha256", "package"}`` (:meth:`~dabench.core.registry.Registry.code`); null when
@@ -273,7 +278,15 @@ class RunRecord(Mapping):
     def apply(self, result: RunResult) -> None:
         """Take over what a finished run measured (its curve, final point, timings ...)."""
         for f in dataclasses.fields(result):
-            setattr(self, f.name, getattr(result, f.name))
+            if f.name != "source_sha256":
+                setattr(self, f.name, getattr(result, f.name))
+        self.name_source_weights(result.source_sha256)
+
+    def name_source_weights(self, sha256: str | None) -> None:
+        """A dependant: record the fingerprint of the source weights it loaded (``None``: it
+        loaded none, or it is not known) in ``source_weights``, beside the source run's id."""
+        if sha256 is not None:
+            self.source_weights = {**(self.source_weights or {}), "weights_sha256": sha256}
 
     def fail(
         self, status: Status, error_type: str, message: str, traceback: str = "", finished_at: str | None = None

@@ -9,8 +9,9 @@ Layout of a results folder::
     checkpoints/<run_id>.pt     final weights of runs others depend on (state dicts only)
     checkpoints/<run_id>.partial.pt   periodic mid-run state, for resuming a killed run
     features/<run_id>.npz       source/target features, when the run was asked to save them
-    .<name>.<pid>-<machine>.tmp  a file being written (:func:`temp_path`); one a killed writer left
-                                is removed by the next runner on the folder (:meth:`RunStore.sweep_temp_files`)
+    .<name>.<pid>-<machine>.tmp  a file being written (:func:`temp_path`; a claim's too, in claims/); one
+                                a killed writer left is removed by the next runner on the folder
+                                (:meth:`RunStore.sweep_temp_files`)
 
 Claims
 ------
@@ -126,6 +127,10 @@ _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)(?:-(?P<tag>[0-9a-f]{8}))
 #: an older dabench's temporary file (no machine in its name) is removed only when its pid is gone
 #: here and it is this old: no atomic write lasts an hour, wherever its writer runs
 LEGACY_TEMP_AGE_S = 3600.0
+#: an older dabench's claim temp file, ``claims/.<run_id>.claim.<token>.tmp``: it names no writer at
+#: all, so it is removed only once older than :data:`LEGACY_TEMP_AGE_S` (a claim is written and
+#: linked within milliseconds, under the claim lock)
+_LEGACY_CLAIM_TEMP = re.compile(r"^\.(?P<name>.+\.claim)\.[0-9a-f]{32}\.tmp$")
 
 
 def atomic_write_text(path: pathlib.Path, text: str) -> None:
@@ -369,8 +374,10 @@ class RunStore:
         Only a writer that is gone is swept: one of this machine (the name's tag) whose pid is not
         alive (a zombie counts as gone). A live writer's file, here or on another machine sharing
         the folder (whose pids cannot be checked from here), is never touched: removing it would
-        fail that writer's rename. An older dabench's temp file (no tag) goes when its pid is not
-        alive here and it is older than :data:`LEGACY_TEMP_AGE_S`. Called when a runner starts on
+        fail that writer's rename. Claims' temp files (``claims/``, :meth:`claim`) are named alike
+        and swept alike. An older dabench's temp file (no tag) goes when its pid is not alive here
+        and it is older than :data:`LEGACY_TEMP_AGE_S`; an older dabench's claim temp file (no pid:
+        ``.<run_id>.claim.<token>.tmp``) when it is that old. Called when a runner starts on
         the folder (``running/scheduler.run_matrix``); a file that cannot be removed is left.
         """
         if not self.root.is_dir():
@@ -379,6 +386,14 @@ class RunStore:
         removed = []
         for path in [*self.root.glob(".*.tmp*"), *self.root.glob("*/.*.tmp*")]:
             m = _TEMP_NAME.match(path.name)
+            if m is None and _LEGACY_CLAIM_TEMP.match(path.name) and path.parent == self.claims:
+                try:
+                    if path.is_file() and now - path.stat().st_mtime >= LEGACY_TEMP_AGE_S:
+                        path.unlink()
+                        removed.append(path)
+                except OSError:
+                    pass  # gone already (another runner swept it) or a read-only folder
+                continue
             if m is None or not path.is_file():
                 continue
             pid, tag = int(m["pid"]), m["tag"]
@@ -454,7 +469,10 @@ class RunStore:
             "heartbeat_s": CLAIM_HEARTBEAT_S,
             "stale_after_s": CLAIM_STALE_S,
         }
-        tmp = path.with_name(f".{path.name}.{token}.tmp")
+        # named as every temp file (its writer's pid and machine, :func:`temp_path`): a writer killed
+        # between this write and the link leaves a file the next runner's sweep removes. The token
+        # keeps two claimers of one process (threads) apart where no flock serialises them (Windows)
+        tmp = temp_path(path.with_name(f"{path.name}.{token[:8]}"))
         with self._claims_lock():
             info = inspect_claim(path)
             if info is not None and info.live:

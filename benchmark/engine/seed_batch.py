@@ -94,16 +94,7 @@ from .evaluate import autocast
 from .graphs import NotCapturable, graph_sgd_step
 from .options import EngineOptions
 from .seed_draws import SeedDraws, start_generators
-from .train import (
-    Diverged,
-    RunContext,
-    _build_optimizers,
-    _first_bad_part,
-    execute,
-    finish_run,
-    prepare_method,
-    sgd_step,
-)
+from .train import Diverged, RunContext, _build_optimizers, _first_bad_part, execute, finish_run, sgd_step, start_method
 
 #: what :func:`execute_seeds` gives back per spec: its result, or the exception that ended it
 SeedOutcome = RunResult | BaseException
@@ -239,7 +230,7 @@ def execute_seeds(
     splits = DeviceSplits(pair_data, device)  # one device copy of the pair's splits for all seeds
     for i, spec in enumerate(specs):
         try:
-            method = prepare_method(spec, pair, device, store)  # the unbatched run's start, exactly
+            method, source_sha256 = start_method(spec, pair, device, store)  # the unbatched run's start, exactly
             check_target_shots(pair, pair_data, spec.target_shots, spec.eval_shots)
             data = DeviceData(pair, pair_data, device, spec.seed, spec.target_shots, spec.eval_shots, splits)
         except Exception as exc:  # noqa: BLE001 - this seed fails; the others go on
@@ -249,7 +240,7 @@ def execute_seeds(
             continue
         methods.append(method)
         rng_states.append(torch.get_rng_state())
-        ctxs.append(RunContext(spec, pair, data, device, store, None, 0))
+        ctxs.append(RunContext(spec, pair, data, device, store, None, 0, source_sha256=source_sha256))
         live.append(i)
     if not methods:
         return [o for o in outcomes if o is not None]
@@ -579,7 +570,9 @@ def train_batched(
             bad = first_bad.tolist()  # the periodic sync: every seed's total and parts at once
             for i in list(alive):
                 if bad[i][0] >= 0:
-                    outcomes[i] = Diverged(bad[i][0], *_first_bad_part(part_names, bad[i][1:]))
+                    outcomes[i] = Diverged(
+                        bad[i][0], *_first_bad_part(part_names, bad[i][1:]), source_sha256=ctxs[i].source_sha256
+                    )
                     alive.remove(i)
             if not alive:
                 break

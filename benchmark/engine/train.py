@@ -36,7 +36,9 @@ class Diverged(RuntimeError):
     the same step) and ``part_step`` that step; empty when no single part was (e.g. the weighted
     sum overflowed) or when the divergence showed only in the evaluation."""
 
-    def __init__(self, step: int, parts: tuple[str, ...] = (), part_step: int | None = None) -> None:
+    def __init__(
+        self, step: int, parts: tuple[str, ...] = (), part_step: int | None = None, source_sha256: str | None = None
+    ) -> None:
         where = ""
         if parts:
             names = ", ".join(repr(p) for p in parts)
@@ -45,6 +47,9 @@ class Diverged(RuntimeError):
         self.step = step
         self.parts = tuple(parts)
         self.part_step = part_step
+        #: a dependant: the fingerprint of the source weights it loaded (``RunContext.source_sha256``),
+        #: so that its kept ``diverged`` record names them as a complete one does
+        self.source_sha256 = source_sha256
 
 
 def _first_bad_part(names: list[str], steps: list[int]) -> tuple[tuple[str, ...], int | None]:
@@ -115,8 +120,9 @@ class RunContext:
     images_seen: int = 0
     resumed_from_step: int | None = None  # set when a mid-run checkpoint was picked up
     #: a dependant: the fingerprint (``store.state_fingerprint``) of the source-only weights it
-    #: started from, kept in its mid-run checkpoints; a resume from weights that are not these
-    #: (the source-only run was redone meanwhile) starts again from step 0 (``_resume``)
+    #: loaded (:func:`start_method`), computed once: its record's ``source_weights`` names it (through
+    #: ``RunResult.source_sha256``) and its mid-run checkpoints keep it; a resume from weights that are
+    #: not these (the source-only run was redone meanwhile) starts again from step 0 (``_resume``)
     source_sha256: str | None = None
     #: why a mid-run checkpoint was there but not resumed from (the record's ``resume_note``)
     resume_note: str | None = None
@@ -287,7 +293,7 @@ class RunContext:
             if (step + 1) % sch.log_every == 0 or last:
                 bad = first_bad.tolist()  # the periodic sync (one read: the total's and every part's)
                 if bad[0] >= 0:
-                    raise Diverged(bad[0], *_first_bad_part(part_names, bad[1:]))
+                    raise Diverged(bad[0], *_first_bad_part(part_names, bad[1:]), source_sha256=self.source_sha256)
                 if self.on_step:
                     self.on_step(step + 1, steps)
             if (step + 1) % sch.eval_every == 0 or last:
@@ -633,17 +639,34 @@ def save_features(method: Method, data: DeviceData, path, step: int | None = Non
 
 
 def prepare_method(spec: RunSpec, pair: DomainPair, device: torch.device, store: RunStore | None) -> Method:
+    """The run's method on ``device`` as it starts (:func:`start_method` without the fingerprint)."""
+    return start_method(spec, pair, device, store)[0]
+
+
+def start_method(
+    spec: RunSpec, pair: DomainPair, device: torch.device, store: RunStore | None
+) -> tuple[Method, str | None]:
     """The run's method on ``device``, built from ``spec.seed`` (its initialisation) and, for a
-    method that starts from another run (``depends_on``), holding that run's network.
+    method that starts from another run (``depends_on``), holding that run's network; with the
+    fingerprint of the source weights it loaded (None for a run that loads none).
 
     One place for every way a run starts (``execute`` and seed-batched groups), so a seed trained
     in a group starts exactly as the same seed trained alone.
+
+    The fingerprint is :func:`~dabench.core.store.state_fingerprint` of the very state dict loaded
+    into the network: the function the source-only run's record applies to the same file
+    (``weights_fingerprint``: ``weights_sha256``), so the two are equal exactly when the dependant
+    was trained from the weights the source-only record names (``scheduler.stale_source``,
+    ``tables.source_weight_notes`` compare them). Computed here, once, from what was loaded, not
+    from a second read of the file: a source-only run recreated between a check of the file and
+    this load must not leave a record naming weights the run never saw.
     """
     torch.manual_seed(spec.seed)
     method = build_method(spec, pair).to(device)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
+    source_sha256 = None
     if spec.depends_on:
         if store is None:
             raise ValueError(f"{spec.method} starts from run {spec.depends_on} but no results store was given")
@@ -660,9 +683,10 @@ def prepare_method(spec: RunSpec, pair: DomainPair, device: torch.device, store:
                 f"loaded ({first_line(str(exc)) or type(exc).__name__}); recreate it with: "
                 f"dabench run --rerun {spec.depends_on} --results {store.root}"
             ) from exc
-        method.net.load_state_dict(saved)
+        method.net.load_state_dict(saved)  # strict: the network now holds exactly these tensors
+        source_sha256 = state_fingerprint(saved)
         method.on_init_loaded()  # e.g. ADDA's frozen copy of the loaded encoder (a resume then overwrites it)
-    return method
+    return method, source_sha256
 
 
 def execute(
@@ -680,10 +704,8 @@ def execute(
     ``torch.compile`` of the method's networks, the step captured in a CUDA graph; they change
     speed, not the run's spec or id. ``timings["cuda_graphs"]`` says what became of the graphs.
     """
-    method = prepare_method(spec, pair, device, store)
-    # a dependant's mid-run checkpoints name the source weights it started from (before compile
-    # renames the state dict's keys): the very tensors loaded, not the file read again
-    source_sha256 = state_fingerprint(method.net.state_dict()) if spec.depends_on and engine.checkpoint_every else None
+    # a dependant's record and mid-run checkpoints name the source weights it loaded: one fingerprint
+    method, source_sha256 = start_method(spec, pair, device, store)
     if engine.compile:
         compile_method(method)
     # backstop for pairs whose max_target_shots is unknown (or wrong): the matrix's message, not an IndexError
@@ -740,7 +762,7 @@ def finish_run(method: Method, ctx: RunContext, wall: float, timings: dict[str, 
         save_features(method, data, store.features_path(spec.run_id), step=ctx._curve[-1].get("step"))
     final = ctx._curve[-1]
     if not math.isfinite(final["target_acc"]):
-        raise Diverged(ctx.steps_done)
+        raise Diverged(ctx.steps_done, source_sha256=ctx.source_sha256)
     return RunResult(
         curve=ctx._curve,
         final=final,
@@ -754,6 +776,7 @@ def finish_run(method: Method, ctx: RunContext, wall: float, timings: dict[str, 
         },
         resumed_from_step=ctx.resumed_from_step,
         resume_note=ctx.resume_note,
+        source_sha256=ctx.source_sha256,
         data=data_summary(ctx.pair, ctx._data.pair_data),
         timings={
             "wall_s": round(wall, 3),

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..core.domain import PairData, check_pair_data
-from ..core.record import RunRecord, RunResult, Status, first_line, utc_now
+from ..core.record import RunRecord, RunResult, Status, utc_now
 from ..core.registry import METHODS, PAIRS
 from ..core.spec import RunSpec
 from ..core.store import RunStore, WriteFault, checkpoint_problem, weights_fingerprint
@@ -185,18 +185,13 @@ def _dependency_ready(spec: RunSpec, store: RunStore, record: RunRecord) -> bool
             store.write(record)
             return False
         ckpt = store.checkpoint_path(spec.depends_on)
+        # the cheap, torch-free look at the file; damage inside it fails the engine's load, naming
+        # the same fix. The weights are fingerprinted there, once, from what was loaded
+        # (engine.train.start_method): the record names them when the run ends (RunRecord.apply),
+        # so a resume finds it stale when the source-only run is recreated with other weights
+        # (scheduler: stale_source), and a source recreated between this look and the load
+        # cannot leave a record naming weights the run never saw
         problem = checkpoint_problem(ckpt)
-        if problem is None:
-            try:
-                # the weights this run starts from, named in its record: a resume finds it stale
-                # when the source-only run is recreated with other weights (scheduler: stale_source)
-                record.source_weights = {
-                    "run_id": spec.depends_on,
-                    "weights_sha256": weights_fingerprint(ckpt),
-                    "finished_at": dep.finished_at,
-                }
-            except Exception as exc:  # noqa: BLE001 - torch reports a damaged file in many types
-                problem = f"unloadable ({first_line(str(exc)) or type(exc).__name__})"
         if problem is not None:
             record.fail(
                 Status.FAILED,
@@ -207,6 +202,7 @@ def _dependency_ready(spec: RunSpec, store: RunStore, record: RunRecord) -> bool
             )
             store.write(record)
             return False
+        record.source_weights = {"run_id": spec.depends_on, "finished_at": dep.finished_at}
     return True
 
 
@@ -224,6 +220,7 @@ def _record_outcome(record: RunRecord, result: RunResult | BaseException, store:
     if isinstance(result, Diverged):
         record.fail(Status.DIVERGED, "Diverged", str(result))
         record.diverged_at_step = result.step
+        record.name_source_weights(result.source_sha256)  # a kept record: it names its weights too
     elif isinstance(result, BaseException):
         tb = "".join(traceback.format_exception(type(result), result, result.__traceback__))
         record.fail(Status.FAILED, type(result).__name__, str(result), tb)
