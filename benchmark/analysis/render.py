@@ -40,7 +40,10 @@ _BAR = re.compile(r"(\\*)\|")
 #: entities, strikethrough, math (GitHub), a table's cell bar; each is shown as itself once escaped
 #: by a backslash (CommonMark: any ASCII punctuation may be). ``#`` and list marks are markup only
 #: at the start of a line, where :func:`md_text`'s callers never put it
-_MD_SPECIALS = re.compile(r"([\\`*_<>\[\]&~$|])")
+# ``_`` inside a word (``DABENCH_DOWNLOAD``, ``save_features``) and ``~`` before ``/`` (a home path)
+# never start emphasis or strikethrough in GitHub Markdown: left bare, the printed report's error
+# text can be copied into a shell as it is
+_MD_SPECIALS = re.compile(r"([\\`*<>\[\]&$|]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|~(?!/))")
 
 
 def md_text(text: object) -> str:
