@@ -44,6 +44,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..core.jsonio import load_json
 from ..core.record import STATUS_NAMES, RecordError, first_line, read_record
 from ..core.spec import RunSpec
 
@@ -237,7 +238,7 @@ def _planned_rows(d: Path) -> list[dict[str, Any]]:
     if path is None:
         return []
     try:
-        specs = json.loads(path.read_text(encoding="utf-8")).get("specs")
+        specs = load_json(path.read_text(encoding="utf-8")).get("specs")
         if not isinstance(specs, list):
             raise ValueError("no 'specs' list")
     except (json.JSONDecodeError, UnicodeDecodeError, OSError, ValueError, AttributeError) as exc:
@@ -263,7 +264,7 @@ def _swept_runs(d: Path) -> set[str] | None:
     if path is None:
         return None
     try:
-        swept = json.loads(path.read_text(encoding="utf-8")).get("swept_runs")
+        swept = load_json(path.read_text(encoding="utf-8")).get("swept_runs")
     except (json.JSONDecodeError, UnicodeDecodeError, OSError, AttributeError):
         return None  # _planned_rows names the corrupt file
     return {str(r) for r in swept} if isinstance(swept, list) else None

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import json
 import pathlib
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from .jsonio import dump_json, load_json
 from .registry import BACKBONES, METHODS, PAIRS, backbone_options, match_names
 
 CATALOG = pathlib.Path(__file__).with_name("builtins.json")
@@ -90,11 +90,11 @@ class Listing:
         return [items[n] for n in match_names(sorted(items), pattern)]
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, ensure_ascii=False) + "\n"
+        return dump_json(dataclasses.asdict(self), indent=1, ensure_ascii=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> Listing:
-        d = json.loads(text)
+        d = load_json(text)
         return cls(
             methods=tuple(MethodInfo(**m) for m in d["methods"]),
             pairs=tuple(PairInfo(**p) for p in d["pairs"]),

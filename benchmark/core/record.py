@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import pathlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+from .jsonio import dump_json, load_json
 
 #: the record format this dabench writes
 FORMAT = 1
@@ -197,7 +198,8 @@ class RunRecord(Mapping):
         return out
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, default=str)
+        # standard JSON: a NaN/infinite score is a string, never a bare word (core/jsonio.py)
+        return dump_json(self.to_dict(), indent=1, default=str)
 
     @classmethod
     def from_dict(cls, data: Any, source: str | pathlib.Path = "<record>") -> RunRecord:
@@ -358,7 +360,7 @@ def parse_record(text: str | bytes, source: str | pathlib.Path = "<record>") -> 
     """A record from its JSON text; :class:`RecordError` (kind ``corrupt`` for text that is not
     UTF-8 JSON) naming ``source`` otherwise."""
     try:
-        data = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+        data = load_json(text.decode("utf-8") if isinstance(text, bytes) else text)
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise RecordError(source, "corrupt", f"corrupt ({exc})") from exc
     return RunRecord.from_dict(data, source)

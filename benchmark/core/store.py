@@ -55,6 +55,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from .jsonio import dump_json, load_json
 from .record import RecordError, RunRecord, Status, read_record, utc_now
 
 try:  # POSIX; without it (Windows) claim changes are not serialised between processes
@@ -282,7 +283,7 @@ def inspect_claim(path: pathlib.Path, now: float | None = None) -> ClaimInfo | N
     """The claim at ``path`` and whether it is live (see the module's *Claims*); None if absent."""
     try:
         age = (time.time() if now is None else now) - path.stat().st_mtime
-        holder = json.loads(path.read_bytes().decode("utf-8"))
+        holder = load_json(path.read_bytes().decode("utf-8"))
         if not isinstance(holder, dict):
             raise ValueError("not a JSON object")
         pid = int(holder.get("pid", -1))
@@ -338,7 +339,7 @@ class _Heartbeat:
                 held = list(self.held.items())
             for path, token in held:
                 try:
-                    if json.loads(path.read_bytes()).get("token") != token:
+                    if load_json(path.read_bytes()).get("token") != token:
                         raise FileNotFoundError
                     os.utime(path)
                 except (OSError, ValueError, AttributeError):
@@ -478,7 +479,7 @@ class RunStore:
             if info is not None and info.live:
                 return False
             try:
-                tmp.write_text(json.dumps(me), encoding="utf-8")
+                tmp.write_text(dump_json(me), encoding="utf-8")
                 if info is None:
                     os.link(tmp, path)  # fails if the file exists: atomic even without the lock
                 else:
@@ -503,7 +504,7 @@ class RunStore:
         try:
             with self._claims_lock():
                 try:
-                    holder = json.loads(path.read_bytes())
+                    holder = load_json(path.read_bytes())
                 except (OSError, ValueError):
                     return
                 if isinstance(holder, dict) and holder.get("token") == token:

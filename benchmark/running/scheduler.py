@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from tqdm.auto import tqdm
 
 from ..core.domain import default_data_root
+from ..core.jsonio import dump_json, load_json
 from ..core.record import RecordError, RunRecord, Status, commit_label, first_line, utc_now
 from ..core.registry import METHODS, PAIRS, load_plugin
 from ..core.spec import RunSpec
@@ -102,7 +103,7 @@ def write_matrix_file(
     path = pathlib.Path(results_dir) / MATRIX_FILE
     swept: list[str] | None = []
     try:
-        before = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        before = load_json(path.read_text(encoding="utf-8")) if path.exists() else {}
         old = before.get("swept_runs") if isinstance(before, dict) else None
         if isinstance(old, list):
             swept = [str(r) for r in old]
@@ -121,7 +122,7 @@ def write_matrix_file(
     }
     if swept is not None:
         payload["swept_runs"] = sorted(set(swept) | ({s.run_id for s in specs} if sweep else set()))
-    atomic_write_text(path, json.dumps(payload, indent=1, default=str))
+    atomic_write_text(path, dump_json(payload, indent=1, default=str))
     return path
 
 
@@ -783,7 +784,7 @@ def _matrix_plugins(mfile: pathlib.Path) -> list[str]:
     if not mfile.exists():
         return []
     try:
-        payload = json.loads(mfile.read_text(encoding="utf-8"))
+        payload = load_json(mfile.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         warnings.warn(f"corrupt {mfile} ({first_line(str(exc))}): its plugins are not loaded", stacklevel=3)
         return []

@@ -9,7 +9,6 @@ imports torch). ``executors/slurm.py`` submits it; see its docstring for the who
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import signal
@@ -19,6 +18,7 @@ import threading
 import time
 from typing import IO, Any
 
+from ..core.jsonio import dump_json, load_json
 from ..core.spec import RunSpec
 from ..core.store import RunStore
 from ..engine.options import EngineOptions
@@ -174,7 +174,7 @@ class SlurmTask:
                 )
                 readers[run_id].start()
                 try:
-                    proc.stdin.write(json.dumps({"spec": spec}) + "\n")
+                    proc.stdin.write(dump_json({"spec": spec}) + "\n")
                     proc.stdin.close()
                 except BrokenPipeError:  # it died at once: recorded below as a worker death
                     pass
@@ -234,7 +234,7 @@ def _read_outcome(stream: IO[str], run_id: str, answers: dict[str, dict[str, Any
     with stream:
         for line in stream:
             try:
-                msg = json.loads(line)
+                msg = load_json(line)
             except ValueError:
                 continue  # a torn last line of a killed worker
             if msg.get("event") == "outcome":

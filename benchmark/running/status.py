@@ -23,7 +23,6 @@ runs are listed with why their claim no longer holds.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import pathlib
 import re
@@ -32,6 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.jsonio import load_json
 from ..core.record import RunRecord, Status
 from ..core.spec import RunSpec
 from ..core.store import ClaimInfo, RunStore, load_record_file
@@ -218,7 +218,7 @@ def folder_status(root: str | os.PathLike, now: float | None = None) -> FolderSt
     mfile = store.root / "matrix.json"
     if mfile.exists():
         try:
-            matrix = json.loads(mfile.read_text())
+            matrix = load_json(mfile.read_text(encoding="utf-8"))
             listed = {RunSpec.from_dict(s).run_id: s for s in matrix.get("specs") or []}
             workers = int(matrix.get("workers") or 1)
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -318,7 +318,7 @@ def _slurm_lines(root: pathlib.Path) -> list[str]:
     if not path.exists():
         return []
     try:
-        payload = json.loads(path.read_text())
+        payload = load_json(path.read_text(encoding="utf-8"))
         jobs = [j for j in payload["jobs"] if isinstance(j, dict)]
     except (OSError, ValueError, TypeError, KeyError) as exc:
         return [f"slurm jobs: unreadable {path} ({exc})"]

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import inspect
-import json
 import os
 import pathlib
 import platform
@@ -42,6 +41,7 @@ from torch import nn
 
 from ..backbones.base import Backbone
 from ..core.domain import Domain, DomainPair, PairData, Schedule, default_data_root
+from ..core.jsonio import dump_json
 from ..core.method import Method
 from ..core.registry import BACKBONES, METHODS, PAIRS, RegistryError
 from ..core.spec import RunSpec, run_protocol
@@ -1023,7 +1023,7 @@ def write_result(result: BenchResult, out: pathlib.Path) -> pathlib.Path:
     """Write the Markdown table to ``out`` and the raw numbers beside it (``.json``)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown(result))
-    out.with_suffix(".json").write_text(json.dumps(result.to_dict(), indent=2))
+    out.with_suffix(".json").write_text(dump_json(result.to_dict(), indent=2))
     return out
 
 

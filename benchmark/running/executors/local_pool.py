@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ...core.jsonio import dump_json, load_json
 from ...core.spec import RunSpec
 from ...core.store import RunStore, WriteFault
 from ..unit import Outcome
@@ -221,7 +222,7 @@ class LocalPoolExecutor(Executor):
         assert worker.proc.stdout is not None
         for line in worker.proc.stdout:
             try:
-                self._events.put((worker, json.loads(line)))
+                self._events.put((worker, load_json(line)))
             except json.JSONDecodeError:
                 continue  # not ours: the protocol lines are JSON
         self._events.put((worker, None))  # EOF: the process is gone or going
@@ -265,7 +266,7 @@ class LocalPoolExecutor(Executor):
                 try:
                     wire = [{**s.to_dict(), "_run_id": s.run_id} for s in specs]
                     msg = {"specs": wire} if group else {"spec": wire[0]}
-                    w.proc.stdin.write(json.dumps(msg, default=str) + "\n")
+                    w.proc.stdin.write(dump_json(msg, default=str) + "\n")
                     w.proc.stdin.flush()
                 except BrokenPipeError:
                     pass  # it died before reading: its EOF event records the run failed

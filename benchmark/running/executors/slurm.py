@@ -30,7 +30,6 @@ The results folder must be on storage every node sees. Needs ``pip install 'dabe
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import shlex
@@ -39,6 +38,7 @@ import time
 import uuid
 from typing import Any
 
+from ...core.jsonio import dump_json, load_json
 from ...core.record import utc_now
 from ...core.spec import RunSpec
 from ...core.store import RunStore, atomic_write_text, file_lock, machine_tag, process_gone
@@ -100,7 +100,7 @@ def job_state(raw: object) -> str:
 def _read_jobs(path: pathlib.Path) -> list[dict[str, Any]]:
     """The jobs listed in ``jobs.json`` now (none when it is absent or unreadable: rewritten whole)."""
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        payload = load_json(path.read_text(encoding="utf-8"))
         jobs = payload.get("jobs", []) if isinstance(payload, dict) else []
     except (OSError, ValueError):
         return []
@@ -258,7 +258,7 @@ class SlurmExecutor(Executor):
             ids = {j["job_id"] for j in mine}
             others = [j for j in _read_jobs(path) if j.get("job_id") not in ids and _runner_alive(j, runner)]
             payload = {"format": 1, "updated_at": utc_now(), "cluster": self.cluster, "jobs": others + mine}
-            atomic_write_text(path, json.dumps(payload, indent=1))
+            atomic_write_text(path, dump_json(payload, indent=1))
 
     #: seconds a job may stay PREEMPTED before it counts as ended: submitit counts PREEMPTED as
     #: unfinished (SLURM requeues a preempted job, and sacct shows PREEMPTED meanwhile), but on a

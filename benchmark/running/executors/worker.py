@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import pathlib
 import signal
@@ -34,6 +33,7 @@ from typing import IO, Any
 import torch
 
 from ...core.domain import default_data_root
+from ...core.jsonio import dump_json, load_json
 from ...core.registry import load_plugin
 from ...core.spec import RunSpec
 from ...core.store import RunStore, WriteFault
@@ -145,7 +145,7 @@ def _mark_run(run_ids: Sequence[str | None]) -> None:
 
 
 def _send(proto: IO[str], msg: dict[str, Any]) -> None:
-    proto.write(json.dumps(msg, default=str) + "\n")
+    proto.write(dump_json(msg, default=str) + "\n")
     proto.flush()
 
 
@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in sys.stdin:
         if not line.strip():
             continue
-        msg = json.loads(line)
+        msg = load_json(line)
         if "specs" in msg:  # a seed group: one vmapped run, one outcome per seed
             first = msg["specs"][0].get("_run_id")
             _mark_run([d.get("_run_id") for d in msg["specs"]])
