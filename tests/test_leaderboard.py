@@ -392,3 +392,24 @@ def test_a_one_seed_cell_without_dagger_is_said_untested(tmp_path):
     assert "cannot be tested: its column shows no † either way" in lb.to_markdown()
     write_matrix(tmp_path / "two", {("dann", "a"): [70.0, 71.0, 72.0], ("dan", "a"): [70.5, 70.0]})
     assert not any("cannot be tested" in n for n in leaderboard(load_results(tmp_path / "two")).notes)
+
+
+def test_columns_without_a_complete_cell_rank_their_cells_among_themselves(tmp_path):
+    """A 3-seed run cut short at 2 seeds of every cell: each cell used to be ranked among the complete
+    cells, of which there were none, so every row read rank "1.00*". They are now ranked among
+    themselves (starred, never bold) and a note says the ranks are not places among complete results."""
+    write_matrix(tmp_path, {("source-only", "a"): [60.0, 61.0], ("dann", "a"): [70.0, 71.0]})
+    spec = json.loads((tmp_path / "runs" / "dann-a-0-0.json").read_text())["spec"]
+    specs = [dict(spec, method=m, seed=s) for m in ("source-only", "dann") for s in range(3)]
+    (tmp_path / "matrix.json").write_text(json.dumps({"format": 1, "specs": specs}))
+    lb = leaderboard(load_results(tmp_path))
+    assert lb.table.loc["dann", "a"].endswith("(2/3)") and lb.table.loc["source-only", "a"].endswith("(2/3)")
+    assert lb.table.loc["dann", "rank"] == "1.00*" and lb.table.loc["source-only", "rank"] == "2.00*"
+    assert not lb.best["rank"].any() and not lb.best["a"].any()
+    md = lb.to_markdown()
+    assert "No cell of a completed all its planned seeds: ranks there are among those incomplete cells" in md
+    # a column with a complete cell keeps the rule: incomplete cells take the place they would have
+    write_run(tmp_path, "dann-a-0-2", "dann", "a", 2, acc=72.0)
+    lb = leaderboard(load_results(tmp_path))
+    assert lb.table.loc["dann", "rank"] == "1.00" and lb.table.loc["source-only", "rank"] == "2.00*"
+    assert "No cell of" not in lb.to_markdown()

@@ -25,7 +25,9 @@ never marked best or †, and its row's avg, rank and gain carry ``*`` (every ga
 the source-only baseline misses seeds). It never moves another row's
 rank: ranks within a pair are over the complete cells, and such a cell gets the rank it would
 take among them without displacing any (a diverged method's surviving seeds must not push the
-complete rows below them down a place). The runs left out are listed
+complete rows below them down a place). In a column with no complete cell (a run cut short: every
+cell misses seeds) there is no place to take, and every cell would read rank 1: its cells are
+ranked among themselves, over their completed seeds, starred, and a note names the column. The runs left out are listed
 (``Leaderboard.missing``) with their status and the first line of their error.
 
 Marks: the best mean of each column (within its budget) is **bold** (every complete cell equal
@@ -947,14 +949,21 @@ def leaderboard(
     cells["seeds_vs_best"] = 0  # seeds paired with the best's (0: Welch or untested)
     cells["rank"] = np.nan
     partial_pairing: list[str] = []
-    for _, g in cells.groupby(["labels", "pair"]):
+    unranked_columns: list[str] = []  # columns without a complete cell: ranked among incomplete ones
+    budgets_shown = cells["labels"].nunique() > 1
+    for key, g in cells.groupby(["labels", "pair"]):
         g = g[g["n"] > 0]
         if g.empty:
             continue
         eligible = g[g["complete"]]  # a cell missing seeds is never called best or tied
-        cells.loc[g.index, "rank"] = _ranks_among(g["mean"], eligible["mean"])
         if eligible.empty:
+            # no complete cell to take a place among (a run cut short): ranked among the cells
+            # themselves, over their completed seeds, starred; else every cell would read rank 1
+            cells.loc[g.index, "rank"] = _ranks_among(g["mean"], g["mean"])
+            if len(g) > 1:
+                unranked_columns.append(f"{key[1]}" + (f" (budget {key[0]})" if budgets_shown else ""))
             continue
+        cells.loc[g.index, "rank"] = _ranks_among(g["mean"], eligible["mean"])
         top = eligible["mean"].max()
         # every complete cell equal to the best mean is best (bold), as the avg/rank columns mark ties
         bests = eligible.index[tie_safe(eligible["mean"]) == tie_safe(top)]
@@ -1117,6 +1126,13 @@ def leaderboard(
             "(k/n) = k of the n planned seeds completed; the mean is over those k. Such a cell is "
             "never marked best or †, and its row's avg, rank and gain carry * (every gain does when "
             "the source-only row misses seeds)."
+        )
+    if unranked_columns:
+        notes.append(
+            "No cell of "
+            + ", ".join(unranked_columns)
+            + " completed all its planned seeds: ranks there are among those incomplete cells, each over its "
+            "completed seeds (starred, never the best rank), not places among complete results."
         )
     ran = cells[cells["n"] > 0]
     if any((g["n"] == 1).any() and len(g) > 1 for _, g in ran.groupby(["labels", "pair"])):
