@@ -41,10 +41,11 @@ What it checks, in order:
 7. ``predict`` returns finite ``[batch, num_classes]`` logits;
 8. a ``state_dict`` round trip (``torch.save`` → ``torch.load(weights_only=True)`` → a fresh
    build, strict) reproduces the predictions exactly;
-9. for a step-loop method that accepts target shots (a few-shot method, or ``accepts_target_shots``
-   True, the default, for a UDA one): the shots' labels change the step's losses
-   (:func:`check_shot_labels_trained`), else a run given ``<method>.target_shots`` would be tabled
-   as a few-shot row that never trained on its labels.
+9. for a method that accepts target shots (a few-shot method, or ``accepts_target_shots`` True,
+   the default, for a UDA one): the shots' labels change the step's losses
+   (:func:`check_shot_labels_trained`; for a UDA method with its own ``fit``: the weights one
+   engine step trains), else a run given ``<method>.target_shots`` would be tabled as a few-shot
+   row that never trained on its labels.
 
 Methods with ``uses.init == "source-only"`` normally start from the source-only checkpoint of
 the same pair and seed. ``check_method`` does not train one: it starts them from the randomly
@@ -162,28 +163,8 @@ def check_method(
 
     # --- one real step through the engine ---------------------------------------------------
     model = _build(cls, pair_obj, hparams, seed)
-    spec = RunSpec(
-        method=name,
-        pair=pair,
-        seed=seed,
-        protocol=run_protocol(cls.protocol, shots),
-        target_shots=shots,
-        eval_shots=shots,
-        hparams=hparams,
-        schedule=pair_obj.schedule.replace(steps=1, batch_size=batch_size, eval_every=1, log_every=1),
-        backbone=pair_obj.backbone,
-        backbone_options=dict(pair_obj.backbone_options),
-    )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    torch.manual_seed(seed)
-    ctx = RunContext(
-        spec, pair_obj, DeviceData(pair_obj, small, torch.device("cpu"), seed, shots, shots), torch.device("cpu")
-    )
-    ctx.fitting = True  # as execute(): the method trains without the evaluation's results
-    try:
-        model.fit(ctx)
-    finally:
-        ctx.fitting = False
+    _fit_once(model, pair_obj, small, hparams, seed, shots, batch_size)
     in_groups = _optimised(model) if uses_step_loop else None
     changed, frozen = [], []
     for n, p in model.named_parameters():
@@ -245,7 +226,62 @@ def check_method(
         if not shots:
             batch = _batch(cls, DeviceData(pair_obj, small, torch.device("cpu"), seed, 1, 1), batch_size, seed)
         check_shot_labels_trained(lambda: _build(cls, pair_obj, hparams, seed), batch, seed=seed)
+    elif not uses_step_loop and cls.protocol == "uda" and getattr(cls, "accepts_target_shots", True):
+        # an own fit() given ctx.data.shots: one engine step with the shots' labels, one with every label
+        # moved to another class; the trained state must differ (a few-shot fit reads its shots anyway)
+        states = []
+        for shift in (0, 1):
+            m = _build(cls, pair_obj, hparams, seed)
+            _fit_once(m, pair_obj, small, hparams, seed, 1, batch_size, shift_shot_labels=shift)
+            states.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        _check(
+            any(not torch.equal(states[0][k], states[1][k]) for k in states[0]),
+            f"{name}: its fit() trains the same weights whatever the target shots' labels (one engine step with "
+            f"the labels given, one with every label moved to another class): {name} accepts target shots "
+            f"(accepts_target_shots is True, the default), so a run given {name}.target_shots=k is tabled as a "
+            f"few-shot row with k labels per class, but it never trains on them. Train on ctx.data.shots (images "
+            f"and labels, e.g. through batch.x_shots / batch.y_shots as supervised_loss does), or set "
+            f"accepts_target_shots = False on the class (the matrix then refuses {name}.target_shots > 0)",
+        )
     return report
+
+
+def _fit_once(
+    model: Method,
+    pair_obj: DomainPair,
+    small: PairData,
+    hparams: dict[str, Any],
+    seed: int,
+    shots: int,
+    batch_size: int,
+    shift_shot_labels: int = 0,
+) -> None:
+    """``model.fit`` through the engine with a one-step schedule on the small data, as ``execute`` calls it.
+
+    ``shift_shot_labels``: every shot's label moved by that many classes (mod C) before the run.
+    """
+    spec = RunSpec(
+        method=model.name,
+        pair=pair_obj.name,
+        seed=seed,
+        protocol=run_protocol(model.protocol, shots),
+        target_shots=shots,
+        eval_shots=shots,
+        hparams=hparams,
+        schedule=pair_obj.schedule.replace(steps=1, batch_size=batch_size, eval_every=1, log_every=1),
+        backbone=pair_obj.backbone,
+        backbone_options=dict(pair_obj.backbone_options),
+    )
+    torch.manual_seed(seed)
+    data = DeviceData(pair_obj, small, torch.device("cpu"), seed, shots, shots)
+    if shift_shot_labels:
+        data.shots.labels = (data.shots.labels + shift_shot_labels) % pair_obj.num_classes
+    ctx = RunContext(spec, pair_obj, data, torch.device("cpu"))
+    ctx.fitting = True  # as execute(): the method trains without the evaluation's results
+    try:
+        model.fit(ctx)
+    finally:
+        ctx.fitting = False
 
 
 def check_shot_labels_trained(

@@ -439,3 +439,38 @@ def test_a_few_shot_plugin_that_ignores_its_shots_labels_is_caught():
             return self.combine({"ce_shots": F.cross_entropy(logits, logits.argmax(1))})
 
     _expect(Blind, "few-shot-blind: the target shots' labels do not change", "is a few-shot method")
+
+
+class _OwnFit(Method):
+    """UDA in name; its own fit() takes one SGD step on a source batch (and, with ``use_shots``, the shots)."""
+
+    uses = Uses(source_labels=True, target_unlabeled=True)
+    use_shots = False
+
+    def loss(self, batch, progress):
+        return self.combine(self.supervised_loss(batch, self.net(batch.x_source)[0]))
+
+    def fit(self, ctx):
+        x, y = ctx.data.batch_from(ctx.data.source, torch.arange(8))
+        self.train()
+        loss = F.cross_entropy(self.predict(x), y)
+        if self.use_shots and len(ctx.data.shots):
+            xs, ys = ctx.data.batch_from(ctx.data.shots, torch.arange(len(ctx.data.shots)))
+            loss = loss + F.cross_entropy(self.predict(xs), ys)
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def test_a_uda_plugin_with_its_own_fit_that_ignores_the_shots_is_caught():
+    register_method("own-fit")(_OwnFit)
+    _expect(_OwnFit, "own-fit: its fit() trains the same weights whatever the target shots' labels", "ctx.data.shots")
+
+    class Reads(_OwnFit):
+        """The same, training on the shots too."""
+
+        use_shots = True
+
+    register_method("own-fit-shots")(Reads)
+    assert check_method(Reads).method == "own-fit-shots"
