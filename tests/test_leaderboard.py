@@ -413,3 +413,19 @@ def test_columns_without_a_complete_cell_rank_their_cells_among_themselves(tmp_p
     lb = leaderboard(load_results(tmp_path))
     assert lb.table.loc["dann", "rank"] == "1.00" and lb.table.loc["source-only", "rank"] == "2.00*"
     assert "No cell of" not in lb.to_markdown()
+
+
+def test_cells_missing_seeds_are_ranked_among_all_cells_and_never_move_the_complete_ones(tmp_path):
+    """One complete cell (source-only 61) and two cut short above it (dann 71, dan 66): ranked among the
+    complete cell alone, both read rank 1 (tied with each other and with source-only). Each incomplete
+    cell now takes its place among all three; source-only keeps its rank among the complete cells."""
+    write_matrix(
+        tmp_path, {("source-only", "a"): [60.0, 61.0, 62.0], ("dann", "a"): [70.0, 72.0], ("dan", "a"): [65.0, 67.0]}
+    )
+    for m in ("dann", "dan"):
+        write_run(tmp_path, f"{m}-a-x", m, "a", 2, status="failed", error={"type": "E", "message": "m"})
+    lb = leaderboard(load_results(tmp_path))
+    ranks = lb.cells.set_index(["entry", "pair"])["rank"]
+    assert (ranks[("dann", "a")], ranks[("dan", "a")], ranks[("source-only", "a")]) == (1.0, 2.0, 1.0)
+    assert lb.table.loc["dan", "rank"] == "2.00*" and lb.table.loc["source-only", "rank"] == "1.00"
+    assert lb.best.loc["source-only", "rank"] and not lb.best.loc["dann", "rank"]
