@@ -43,7 +43,7 @@ What it checks, in order:
    build, strict) reproduces the predictions exactly;
 9. for a method that accepts target shots (a few-shot method, or ``accepts_target_shots`` True,
    the default, for a UDA one): the shots' labels change the step's losses
-   (:func:`check_shot_labels_trained`; for a UDA method with its own ``fit``: the weights one
+   (:func:`check_shot_labels_trained`; for a method with its own ``fit``: the weights one
    engine step trains), else a run given ``<method>.target_shots`` would be tabled as a few-shot
    row that never trained on its labels.
 
@@ -226,23 +226,22 @@ def check_method(
         if not shots:
             batch = _batch(cls, DeviceData(pair_obj, small, torch.device("cpu"), seed, 1, 1), batch_size, seed)
         check_shot_labels_trained(lambda: _build(cls, pair_obj, hparams, seed), batch, seed=seed)
-    elif not uses_step_loop and cls.protocol == "uda" and getattr(cls, "accepts_target_shots", True):
-        # an own fit() given ctx.data.shots: one engine step with the shots' labels, one with every label
-        # moved to another class; the trained state must differ (a few-shot fit reads its shots anyway)
+    elif cls.protocol != "source-free" and (shots or getattr(cls, "accepts_target_shots", True)):
+        # an own fit() given ctx.data.shots: one engine step with the shots' labels, one with every
+        # label moved to another class; the trained state must differ
         states = []
         for shift in (0, 1):
             m = _build(cls, pair_obj, hparams, seed)
-            _fit_once(m, pair_obj, small, hparams, seed, 1, batch_size, shift_shot_labels=shift)
+            _fit_once(m, pair_obj, small, hparams, seed, max(shots, 1), batch_size, shift_shot_labels=shift)
             states.append({k: v.detach().clone() for k, v in m.state_dict().items()})
-        _check(
-            any(not torch.equal(states[0][k], states[1][k]) for k in states[0]),
-            f"{name}: its fit() trains the same weights whatever the target shots' labels (one engine step with "
-            f"the labels given, one with every label moved to another class): {name} accepts target shots "
-            f"(accepts_target_shots is True, the default), so a run given {name}.target_shots=k is tabled as a "
-            f"few-shot row with k labels per class, but it never trains on them. Train on ctx.data.shots (images "
-            f"and labels, e.g. through batch.x_shots / batch.y_shots as supervised_loss does), or set "
-            f"accepts_target_shots = False on the class (the matrix then refuses {name}.target_shots > 0)",
-        )
+        if all(torch.equal(states[0][k], states[1][k]) for k in states[0]):
+            why, fix = _shots_why_fix(name, cls.protocol)
+            raise AssertionError(
+                f"{name}: its fit() trains the same weights whatever the target shots' labels (one engine step with "
+                f"the labels given, one with every label moved to another class): {why}, but it never trains on "
+                f"them. Train on ctx.data.shots (images and labels, e.g. through batch.x_shots / batch.y_shots as "
+                f"supervised_loss does){fix}"
+            )
     return report
 
 
@@ -319,24 +318,25 @@ def check_shot_labels_trained(
     )
     if differ:
         return
-    if m.protocol == "uda":
-        fix = (
-            f"or, if it cannot use them, set accepts_target_shots = False on the class (the matrix then refuses "
-            f"{name}.target_shots > 0)"
-        )
-        why = (
-            f"{name} accepts target shots (accepts_target_shots is True, the default), so a run given "
-            f"{name}.target_shots=k is tabled as a few-shot row with k labels per class"
-        )
-    else:
-        fix = "(a few-shot method trains on its labelled target images)"
-        why = f"{name} is a few-shot method, tabled with k labels per class"
+    why, fix = _shots_why_fix(name, m.protocol)
     raise AssertionError(
         f"{name}: the target shots' labels do not change its step's losses ({given} with the labels given, the "
         f"same with every label moved to another class): {why}, but it never trains on them. Train on "
         f"batch.x_shots / batch.y_shots as supervised_loss does (it adds parts['ce_shots'] = cross-entropy of "
-        f"self.predict(batch.x_shots) against batch.y_shots; a step() or loss() of your own must add it too), {fix}"
+        f"self.predict(batch.x_shots) against batch.y_shots; a step() or loss() of your own must add it too){fix}"
     )
+
+
+def _shots_why_fix(name: str, protocol: str) -> tuple[str, str]:
+    """Why a method must train on the shots' labels, and the other way out (a UDA method's)."""
+    if protocol == "uda":
+        return (
+            f"{name} accepts target shots (accepts_target_shots is True, the default), so a run given "
+            f"{name}.target_shots=k is tabled as a few-shot row with k labels per class",
+            f"; or, if it cannot use them, set accepts_target_shots = False on the class (the matrix then "
+            f"refuses {name}.target_shots > 0)",
+        )
+    return f"{name} is a few-shot method, tabled with k labels per class", ""
 
 
 @contextlib.contextmanager
