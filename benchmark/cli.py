@@ -583,26 +583,10 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .running.plan import check_device
     from .speed.bench import default_out, run_bench, write_result  # late: see _run
 
-    check_device(args.device)  # "gpu", or cuda where there is none: one line, not torch's traceback
-    # each bad value named on its own, with what is valid (0 for --batch-size would read as "the pair's")
-    bad = [
-        f"{flag} must be {valid} (got {value})"
-        for flag, value, ok, valid in (
-            ("--steps", args.steps, args.steps >= 1, ">= 1"),
-            ("--warmup", args.warmup, args.warmup >= 0, ">= 0"),
-            ("--repeats", args.repeats, args.repeats >= 1, ">= 1"),
-            ("--seed-batch", args.seed_batch, args.seed_batch == 0 or args.seed_batch >= 2, "0 (off) or >= 2 seeds"),
-            ("--batch-size", args.batch_size, args.batch_size is None or args.batch_size >= 1, ">= 1"),
-            ("--image-size", args.image_size, args.image_size is None or args.image_size >= 1, ">= 1"),
-            ("--synthetic", args.synthetic, args.synthetic >= 0, "0 (off) or a number of images"),
-        )
-        if not ok
-    ]
-    if bad:
-        raise MatrixError("; ".join(bad))
+    # run_bench refuses a bad value (speed/bench.check_bench_args: the device, then each value
+    # named with what is valid) before it loads or times anything: the CLI and Python share it
     result = run_bench(
         pair_name=args.pair,
         methods=_csv(args.methods) if args.methods else None,

@@ -40,7 +40,12 @@ What it checks, in order:
    False, or in no parameter group) do not;
 7. ``predict`` returns finite ``[batch, num_classes]`` logits;
 8. a ``state_dict`` round trip (``torch.save`` → ``torch.load(weights_only=True)`` → a fresh
-   build, strict) reproduces the predictions exactly.
+   build, strict) reproduces the predictions exactly;
+9. for a method that accepts target shots (a few-shot method, or ``accepts_target_shots`` True,
+   the default, for a UDA one): the shots' labels change the step's losses
+   (:func:`check_shot_labels_trained`; for a method with its own ``fit``: the weights one
+   engine step trains), else a run given ``<method>.target_shots`` would be tabled as a few-shot
+   row that never trained on its labels.
 
 Methods with ``uses.init == "source-only"`` normally start from the source-only checkpoint of
 the same pair and seed. ``check_method`` does not train one: it starts them from the randomly
@@ -56,11 +61,12 @@ one-step schedule.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import pathlib
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +81,7 @@ from .engine.train import RunContext, build_backbone
 from .running.matrix import Matrix, MatrixError, expand, parse_value
 from .running.unit import load_pair_data
 
-__all__ = ["check_method", "CheckReport", "isolated_registries"]
+__all__ = ["check_method", "check_shot_labels_trained", "CheckReport", "isolated_registries"]
 
 _SUBSET_CACHE: dict[tuple[str, int], PairData] = {}
 
@@ -157,28 +163,8 @@ def check_method(
 
     # --- one real step through the engine ---------------------------------------------------
     model = _build(cls, pair_obj, hparams, seed)
-    spec = RunSpec(
-        method=name,
-        pair=pair,
-        seed=seed,
-        protocol=run_protocol(cls.protocol, shots),
-        target_shots=shots,
-        eval_shots=shots,
-        hparams=hparams,
-        schedule=pair_obj.schedule.replace(steps=1, batch_size=batch_size, eval_every=1, log_every=1),
-        backbone=pair_obj.backbone,
-        backbone_options=dict(pair_obj.backbone_options),
-    )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    torch.manual_seed(seed)
-    ctx = RunContext(
-        spec, pair_obj, DeviceData(pair_obj, small, torch.device("cpu"), seed, shots, shots), torch.device("cpu")
-    )
-    ctx.fitting = True  # as execute(): the method trains without the evaluation's results
-    try:
-        model.fit(ctx)
-    finally:
-        ctx.fitting = False
+    _fit_once(model, pair_obj, small, hparams, seed, shots, batch_size)
     in_groups = _optimised(model) if uses_step_loop else None
     changed, frozen = [], []
     for n, p in model.named_parameters():
@@ -232,7 +218,125 @@ def check_method(
         torch.equal(logits, again),
         f"{name}: predictions differ after a state_dict round trip (state kept outside parameters and buffers?)",
     )
+
+    # --- target shots: their labels are trained on ------------------------------------------
+    if uses_step_loop and cls.protocol != "source-free" and (shots or getattr(cls, "accepts_target_shots", True)):
+        # a UDA method accepting <method>.target_shots is tabled as a few-shot row when given them:
+        # its step must train on their labels (the batch gets shots even though a UDA run has none)
+        if not shots:
+            batch = _batch(cls, DeviceData(pair_obj, small, torch.device("cpu"), seed, 1, 1), batch_size, seed)
+        check_shot_labels_trained(lambda: _build(cls, pair_obj, hparams, seed), batch, seed=seed)
+    elif cls.protocol != "source-free" and (shots or getattr(cls, "accepts_target_shots", True)):
+        # an own fit() given ctx.data.shots: one engine step with the shots' labels, one with every
+        # label moved to another class; the trained state must differ
+        states = []
+        for shift in (0, 1):
+            m = _build(cls, pair_obj, hparams, seed)
+            _fit_once(m, pair_obj, small, hparams, seed, max(shots, 1), batch_size, shift_shot_labels=shift)
+            states.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        if all(torch.equal(states[0][k], states[1][k]) for k in states[0]):
+            why, fix = _shots_why_fix(name, cls.protocol)
+            raise AssertionError(
+                f"{name}: its fit() trains the same weights whatever the target shots' labels (one engine step with "
+                f"the labels given, one with every label moved to another class): {why}, but it never trains on "
+                f"them. Train on ctx.data.shots (images and labels, e.g. through batch.x_shots / batch.y_shots as "
+                f"supervised_loss does){fix}"
+            )
     return report
+
+
+def _fit_once(
+    model: Method,
+    pair_obj: DomainPair,
+    small: PairData,
+    hparams: dict[str, Any],
+    seed: int,
+    shots: int,
+    batch_size: int,
+    shift_shot_labels: int = 0,
+) -> None:
+    """``model.fit`` through the engine with a one-step schedule on the small data, as ``execute`` calls it.
+
+    ``shift_shot_labels``: every shot's label moved by that many classes (mod C) before the run.
+    """
+    spec = RunSpec(
+        method=model.name,
+        pair=pair_obj.name,
+        seed=seed,
+        protocol=run_protocol(model.protocol, shots),
+        target_shots=shots,
+        eval_shots=shots,
+        hparams=hparams,
+        schedule=pair_obj.schedule.replace(steps=1, batch_size=batch_size, eval_every=1, log_every=1),
+        backbone=pair_obj.backbone,
+        backbone_options=dict(pair_obj.backbone_options),
+    )
+    torch.manual_seed(seed)
+    data = DeviceData(pair_obj, small, torch.device("cpu"), seed, shots, shots)
+    if shift_shot_labels:
+        data.shots.labels = (data.shots.labels + shift_shot_labels) % pair_obj.num_classes
+    ctx = RunContext(spec, pair_obj, data, torch.device("cpu"))
+    ctx.fitting = True  # as execute(): the method trains without the evaluation's results
+    try:
+        model.fit(ctx)
+    finally:
+        ctx.fitting = False
+
+
+def check_shot_labels_trained(
+    build: Callable[[], Method], batch: Batch, *, seed: int = 0, progress: float = 0.5
+) -> None:
+    """The labels of the target shots in ``batch`` change the losses of one ``step``; else ``AssertionError``.
+
+    A UDA method given ``<method>.target_shots=k`` is recorded under the few-shot protocol with
+    ``k·C`` target labels (a few-shot method always is). A step that never reads ``batch.y_shots``
+    would be tabled in that label budget having trained on none of the labels. Told by running
+    one step (nothing is stepped) of two fresh builds (``build()``) under the same torch seed, once with
+    the shots' labels and once with every label moved to the next class, ``(y + 1) mod C``: the
+    losses the step hands to ``update`` must differ (relative tolerance 1e-6, far above the
+    run-to-run noise of a deterministic CPU step). ``batch`` must hold ``x_shots`` and ``y_shots``.
+    Shared by :func:`check_method` and the built-in methods' tests.
+    """
+    if batch.x_shots is None or batch.y_shots is None:
+        raise ValueError("check_shot_labels_trained: batch has no x_shots/y_shots to relabel")
+
+    def totals(labels: torch.Tensor) -> tuple[Method, list[float]]:
+        torch.manual_seed(seed)
+        m = build()
+        m.train()
+        out: list[float] = []
+        relabelled = dataclasses.replace(batch, y_shots=labels)
+        torch.manual_seed(seed + 1)  # dropout and any sampling inside the step draw the same numbers
+        m.step(relabelled, progress, lambda names, loss: out.append(float(loss.total.detach())))
+        return m, out
+
+    m, given = totals(batch.y_shots)
+    name = m.name or type(m).__name__
+    _, moved = totals((batch.y_shots + 1) % m.num_classes)
+    differ = len(given) != len(moved) or any(
+        not math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) for a, b in zip(given, moved)
+    )
+    if differ:
+        return
+    why, fix = _shots_why_fix(name, m.protocol)
+    raise AssertionError(
+        f"{name}: the target shots' labels do not change its step's losses ({given} with the labels given, the "
+        f"same with every label moved to another class): {why}, but it never trains on them. Train on "
+        f"batch.x_shots / batch.y_shots as supervised_loss does (it adds parts['ce_shots'] = cross-entropy of "
+        f"self.predict(batch.x_shots) against batch.y_shots; a step() or loss() of your own must add it too){fix}"
+    )
+
+
+def _shots_why_fix(name: str, protocol: str) -> tuple[str, str]:
+    """Why a method must train on the shots' labels, and the other way out (a UDA method's)."""
+    if protocol == "uda":
+        return (
+            f"{name} accepts target shots (accepts_target_shots is True, the default), so a run given "
+            f"{name}.target_shots=k is tabled as a few-shot row with k labels per class",
+            f"; or, if it cannot use them, set accepts_target_shots = False on the class (the matrix then "
+            f"refuses {name}.target_shots > 0)",
+        )
+    return f"{name} is a few-shot method, tabled with k labels per class", ""
 
 
 @contextlib.contextmanager

@@ -518,3 +518,43 @@ def test_a_profile_names_the_operations_it_clipped_at_zero(monkeypatch):
     assert prof.clipped == ["add"]
     assert {o.name: o.us_per_step for o in prof.ops} == {"add": 0.0, "mul": 3.0}
     assert "1 ops below zero (noise) shown as 0: add" in prof.summary()
+
+
+BAD_BENCH_VALUES = [
+    ({"steps": 0}, ["--steps", "0"], "--steps must be >= 1 (got 0)"),
+    ({"warmup": -1}, ["--warmup", "-1"], "--warmup must be >= 0 (got -1)"),
+    ({"repeats": 0}, ["--repeats", "0"], "--repeats must be >= 1 (got 0)"),
+    ({"seed_batch": 1}, ["--seed-batch", "1"], "--seed-batch must be 0 (off) or >= 2 seeds (got 1)"),
+    ({"batch_size": 0}, ["--batch-size", "0"], "--batch-size must be >= 1 (got 0)"),
+    ({"image_size": 0}, ["--image-size", "0"], "--image-size must be >= 1 (got 0)"),
+    ({"synthetic": -1}, ["--synthetic", "-1"], "--synthetic must be 0 (off) or a number of images (got -1)"),
+    ({"device": "gpu"}, ["--device", "gpu"], "device 'gpu' is not a device; expected auto (CUDA when present)"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "argv", "message"), BAD_BENCH_VALUES)
+def test_run_bench_refuses_what_the_cli_refuses_with_the_same_message(tmp_path, capsys, kwargs, argv, message):
+    """dabench bench's checks lived in the CLI only: run_bench(steps=0) (the bench command's Python
+    form, tests/test_api_parity.py) timed nothing and divided by it, run_bench(warmup=-1) or
+    (synthetic=-1) failed deep inside, device="gpu" with torch's message. One check serves both."""
+    from dabench.speed.bench import BenchArgumentError, run_bench
+
+    quick = {"methods": ["linear-probe"], "steps": 1, "warmup": 0, "repeats": 1, "device": "cpu"}
+    logged: list[str] = []
+    with pytest.raises(BenchArgumentError) as err:
+        run_bench(**{**quick, **kwargs}, log=logged.append)
+    assert str(err.value).startswith(message) and logged == []  # refused before anything is measured
+    argv_quick = ["--methods", "linear-probe", "--steps", "1", "--warmup", "0", "--repeats", "1", "--device", "cpu"]
+    assert main(["bench", "--out", str(tmp_path / "x.md"), *argv_quick, *argv]) != 0
+    assert capsys.readouterr().err == f"dabench: error: {err.value}\n"
+
+
+def test_run_bench_names_every_bad_value_and_refuses_non_integers():
+    from dabench.speed.bench import BenchArgumentError, run_bench
+
+    with pytest.raises(BenchArgumentError) as err:
+        run_bench(steps=0, warmup=-1, batch_size=2.5, repeats=True, device="cpu", log=lambda _: None)
+    assert str(err.value) == (
+        "--steps must be >= 1 (got 0); --warmup must be >= 0 (got -1); --repeats must be an integer >= 1 (got True); "
+        "--batch-size must be an integer >= 1 (got 2.5)"
+    )

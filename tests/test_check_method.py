@@ -390,3 +390,87 @@ def test_build_without_super_build_is_named():
         r"create self.net; call super\(\).build\(backbone, num_classes\) first",
     ):
         check_method("no-super-build")
+
+
+# --- target shots ---------------------------------------------------------------------------------
+class _IgnoresShots(Method):
+    """Entropy minimisation whose loss takes the source cross-entropy itself, never the shots'."""
+
+    uses = Uses(source_labels=True, target_unlabeled=True)
+    defaults = {"trade_off": 1.0}
+
+    def loss(self, batch, progress):
+        logits_s, logits_t, _, _ = self.forward_source_target(batch)
+        return self.combine({"ce": F.cross_entropy(logits_s, batch.y_source)}, _entropy(logits_t), self.hp["trade_off"])
+
+
+def test_a_uda_plugin_accepting_shots_that_ignores_their_labels_is_caught():
+    """Given <method>.target_shots it would be tabled as a few-shot row trained on no label."""
+    register_method("ignores-shots")(_IgnoresShots)
+    _expect(
+        _IgnoresShots,
+        "ignores-shots: the target shots' labels do not change its step's losses",
+        "accepts_target_shots is True",
+        "batch.x_shots / batch.y_shots as supervised_loss does",
+        "accepts_target_shots = False",
+    )
+
+
+def test_a_uda_plugin_that_declares_it_refuses_shots_passes():
+    class Refuses(_IgnoresShots):
+        """The same, declaring that it never trains on target shots."""
+
+        accepts_target_shots = False
+
+    register_method("refuses-shots")(Refuses)
+    assert check_method(Refuses).method == "refuses-shots"
+
+
+def test_a_few_shot_plugin_that_ignores_its_shots_labels_is_caught():
+    @register_method("few-shot-blind")
+    class Blind(Method):
+        """Few-shot in name: trains the head to match its own predictions on the shots."""
+
+        protocol = "few-shot"
+        uses = Uses(target_shots=True)
+
+        def loss(self, batch, progress):
+            logits = self.predict(batch.x_shots)
+            return self.combine({"ce_shots": F.cross_entropy(logits, logits.argmax(1))})
+
+    _expect(Blind, "few-shot-blind: the target shots' labels do not change", "is a few-shot method")
+
+
+class _OwnFit(Method):
+    """UDA in name; its own fit() takes one SGD step on a source batch (and, with ``use_shots``, the shots)."""
+
+    uses = Uses(source_labels=True, target_unlabeled=True)
+    use_shots = False
+
+    def loss(self, batch, progress):
+        return self.combine(self.supervised_loss(batch, self.net(batch.x_source)[0]))
+
+    def fit(self, ctx):
+        x, y = ctx.data.batch_from(ctx.data.source, torch.arange(8))
+        self.train()
+        loss = F.cross_entropy(self.predict(x), y)
+        if self.use_shots and len(ctx.data.shots):
+            xs, ys = ctx.data.batch_from(ctx.data.shots, torch.arange(len(ctx.data.shots)))
+            loss = loss + F.cross_entropy(self.predict(xs), ys)
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def test_a_uda_plugin_with_its_own_fit_that_ignores_the_shots_is_caught():
+    register_method("own-fit")(_OwnFit)
+    _expect(_OwnFit, "own-fit: its fit() trains the same weights whatever the target shots' labels", "ctx.data.shots")
+
+    class Reads(_OwnFit):
+        """The same, training on the shots too."""
+
+        use_shots = True
+
+    register_method("own-fit-shots")(Reads)
+    assert check_method(Reads).method == "own-fit-shots"

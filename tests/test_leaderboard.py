@@ -392,3 +392,40 @@ def test_a_one_seed_cell_without_dagger_is_said_untested(tmp_path):
     assert "cannot be tested: its column shows no † either way" in lb.to_markdown()
     write_matrix(tmp_path / "two", {("dann", "a"): [70.0, 71.0, 72.0], ("dan", "a"): [70.5, 70.0]})
     assert not any("cannot be tested" in n for n in leaderboard(load_results(tmp_path / "two")).notes)
+
+
+def test_columns_without_a_complete_cell_rank_their_cells_among_themselves(tmp_path):
+    """A 3-seed run cut short at 2 seeds of every cell: each cell used to be ranked among the complete
+    cells, of which there were none, so every row read rank "1.00*". They are now ranked among
+    themselves (starred, never bold) and a note says the ranks are not places among complete results."""
+    write_matrix(tmp_path, {("source-only", "a"): [60.0, 61.0], ("dann", "a"): [70.0, 71.0]})
+    spec = json.loads((tmp_path / "runs" / "dann-a-0-0.json").read_text())["spec"]
+    specs = [dict(spec, method=m, seed=s) for m in ("source-only", "dann") for s in range(3)]
+    (tmp_path / "matrix.json").write_text(json.dumps({"format": 1, "specs": specs}))
+    lb = leaderboard(load_results(tmp_path))
+    assert lb.table.loc["dann", "a"].endswith("(2/3)") and lb.table.loc["source-only", "a"].endswith("(2/3)")
+    assert lb.table.loc["dann", "rank"] == "1.00*" and lb.table.loc["source-only", "rank"] == "2.00*"
+    assert not lb.best["rank"].any() and not lb.best["a"].any()
+    md = lb.to_markdown()
+    assert "No cell of a completed all its planned seeds: ranks there are among those incomplete cells" in md
+    # a column with a complete cell keeps the rule: incomplete cells take the place they would have
+    write_run(tmp_path, "dann-a-0-2", "dann", "a", 2, acc=72.0)
+    lb = leaderboard(load_results(tmp_path))
+    assert lb.table.loc["dann", "rank"] == "1.00" and lb.table.loc["source-only", "rank"] == "2.00*"
+    assert "No cell of" not in lb.to_markdown()
+
+
+def test_cells_missing_seeds_are_ranked_among_all_cells_and_never_move_the_complete_ones(tmp_path):
+    """One complete cell (source-only 61) and two cut short above it (dann 71, dan 66): ranked among the
+    complete cell alone, both read rank 1 (tied with each other and with source-only). Each incomplete
+    cell now takes its place among all three; source-only keeps its rank among the complete cells."""
+    write_matrix(
+        tmp_path, {("source-only", "a"): [60.0, 61.0, 62.0], ("dann", "a"): [70.0, 72.0], ("dan", "a"): [65.0, 67.0]}
+    )
+    for m in ("dann", "dan"):
+        write_run(tmp_path, f"{m}-a-x", m, "a", 2, status="failed", error={"type": "E", "message": "m"})
+    lb = leaderboard(load_results(tmp_path))
+    ranks = lb.cells.set_index(["entry", "pair"])["rank"]
+    assert (ranks[("dann", "a")], ranks[("dan", "a")], ranks[("source-only", "a")]) == (1.0, 2.0, 1.0)
+    assert lb.table.loc["dan", "rank"] == "2.00*" and lb.table.loc["source-only", "rank"] == "1.00"
+    assert lb.best.loc["source-only", "rank"] and not lb.best.loc["dann", "rank"]

@@ -23,9 +23,11 @@ every record of that configuration and pair, whatever its status. A cell with fe
 completed seeds than planned shows ``(k/n)``; its mean is over the k completed seeds, it is
 never marked best or †, and its row's avg, rank and gain carry ``*`` (every gain does when
 the source-only baseline misses seeds). It never moves another row's
-rank: ranks within a pair are over the complete cells, and such a cell gets the rank it would
-take among them without displacing any (a diverged method's surviving seeds must not push the
-complete rows below them down a place). The runs left out are listed
+rank: a complete cell's rank within a pair is over the complete cells only (a diverged method's
+surviving seeds must not push the complete rows below them down a place), and a cell missing seeds
+gets its place among all the pair's cells, complete or not (ranked among the complete cells alone,
+cells missing seeds between the same two complete ones tied, and in a run cut short, where no cell
+is complete, every row read rank 1; a note names such pairs). The runs left out are listed
 (``Leaderboard.missing``) with their status and the first line of their error.
 
 Marks: the best mean of each column (within its budget) is **bold** (every complete cell equal
@@ -947,13 +949,17 @@ def leaderboard(
     cells["seeds_vs_best"] = 0  # seeds paired with the best's (0: Welch or untested)
     cells["rank"] = np.nan
     partial_pairing: list[str] = []
-    for _, g in cells.groupby(["labels", "pair"]):
+    unranked_columns: list[str] = []  # columns without a complete cell: ranked among incomplete ones
+    budgets_shown = cells["labels"].nunique() > 1
+    for key, g in cells.groupby(["labels", "pair"]):
         g = g[g["n"] > 0]
         if g.empty:
             continue
         eligible = g[g["complete"]]  # a cell missing seeds is never called best or tied
         cells.loc[g.index, "rank"] = _ranks_among(g["mean"], eligible["mean"])
         if eligible.empty:
+            if len(g) > 1:  # a run cut short: ranks among survivors only, said in a note
+                unranked_columns.append(f"{key[1]}" + (f" (budget {key[0]})" if budgets_shown else ""))
             continue
         top = eligible["mean"].max()
         # every complete cell equal to the best mean is best (bold), as the avg/rank columns mark ties
@@ -1118,6 +1124,13 @@ def leaderboard(
             "never marked best or †, and its row's avg, rank and gain carry * (every gain does when "
             "the source-only row misses seeds)."
         )
+    if unranked_columns:
+        notes.append(
+            "No cell of "
+            + ", ".join(unranked_columns)
+            + " completed all its planned seeds: ranks there are among those incomplete cells, each over its "
+            "completed seeds (starred, never the best rank), not places among complete results."
+        )
     ran = cells[cells["n"] > 0]
     if any((g["n"] == 1).any() and len(g) > 1 for _, g in ran.groupby(["labels", "pair"])):
         # no † is not "significantly worse" here: a one-seed mean has no spread to test with
@@ -1152,18 +1165,24 @@ def source_only_baseline(cells: pd.DataFrame) -> tuple[str | None, pd.Series]:
 
 
 def _ranks_among(means: pd.Series, complete: pd.Series) -> pd.Series:
-    """Rank (1 = best, ties share the mean rank) of each of ``means`` among the ``complete`` cells only.
+    """Rank (1 = best, ties share the mean rank) of each of a column's ``means``; ``complete`` are
+    the means of its complete cells.
 
-    A complete cell's rank is its rank among the complete cells; a cell missing seeds gets the
-    rank it would take among them (1 + the complete cells above it + ½ per tie) without
-    displacing any. Ranking the survivors of a diverged cell among the others would push every
-    complete row below it down a place: its rank would depend on a result that does not exist.
+    A complete cell's rank is its place among the complete cells only: a cell missing seeds never
+    moves it (ranking the survivors of a diverged cell among the others would push every complete
+    row below it down a place: its rank would depend on a result that does not exist). A cell
+    missing seeds gets its place among all the column's cells, complete or not (1 + the cells
+    above it + ½ per tie; starred where shown). Ranked among the complete cells alone, as before,
+    incomplete cells between the same two complete ones all tied, and with no complete cell at all
+    (a run cut short) every cell read rank 1.
     """
-    ref = tie_safe(complete.to_numpy(float))  # equal means tie, whatever their rounding noise
+    ref_complete = tie_safe(complete.to_numpy(float))  # equal means tie, whatever their rounding noise
+    ref_all = tie_safe(means.to_numpy(float))
     out = {}
     for i, m in means.items():
         m = tie_safe(m)
-        ties = float(np.sum(ref == m)) - (1.0 if i in complete.index else 0.0)  # not counting itself
+        ref = ref_complete if i in complete.index else ref_all
+        ties = float(np.sum(ref == m)) - 1.0  # not counting itself (in its own reference either way)
         out[i] = 1.0 + float(np.sum(ref > m)) + ties / 2.0
     return pd.Series(out)
 

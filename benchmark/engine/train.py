@@ -61,6 +61,33 @@ def _first_bad_part(names: list[str], steps: list[int]) -> tuple[tuple[str, ...]
     return tuple(n for n, s in zip(names, steps) if s == first), first
 
 
+def device_problem(name: str | None, local: bool = True) -> str | None:
+    """Why ``name`` cannot be this run's device, in one line, or None when it can.
+
+    ``gpu`` and other non-devices are refused; for runs on this machine (``local``), so is a CUDA
+    device it does not have (torch's own message would come from deep inside the first run).
+    Shared by ``dabench run`` (:func:`dabench.running.plan.check_device`) and ``dabench bench``
+    (:func:`dabench.speed.bench.check_bench_args`).
+    """
+    if name in (None, "auto"):
+        return None
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        return f"device {name!r} is not a device; expected auto (CUDA when present), cpu, cuda or cuda:N"
+    if not local or dev.type != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        return (
+            f"device {name!r}: torch {torch.__version__} sees no CUDA device on this machine; "
+            "use cpu, or auto (CUDA when present)"
+        )
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        return f"device {name!r}: this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
+    return None
+
+
 def resolve_device(name: str | None = None) -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -143,24 +143,11 @@ def check_device(name: str | None, local: bool = True) -> None:
     name is checked for them (a login node without a GPU may well submit ``cuda`` runs)."""
     if name in (None, "auto"):
         return
-    import torch  # late: building the plan must not import torch for a device it does not check
+    from ..engine.train import device_problem  # late: building the plan must not import torch
 
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise MatrixError(
-            f"device {name!r} is not a device; expected auto (CUDA when present), cpu, cuda or cuda:N"
-        ) from None
-    if not local or dev.type != "cuda":
-        return
-    if not torch.cuda.is_available():
-        raise MatrixError(
-            f"device {name!r}: torch {torch.__version__} sees no CUDA device on this machine; "
-            "use cpu, or auto (CUDA when present)"
-        )
-    count = torch.cuda.device_count()
-    if dev.index is not None and dev.index >= count:
-        raise MatrixError(f"device {name!r}: this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}")
+    problem = device_problem(name, local)
+    if problem:
+        raise MatrixError(problem)
 
 
 def check_executor_options(name: str, options: ExecutorOptions) -> None:

@@ -52,7 +52,7 @@ from ..engine.data import DeviceData, DeviceSplits
 from ..engine.evaluate import autocast
 from ..engine.opcount import count_ops
 from ..engine.seed_batch import NotVmappable, batch_refusal, train_batched
-from ..engine.train import RunContext, _fusable, resolve_device, sgd_step
+from ..engine.train import RunContext, _fusable, device_problem, resolve_device, sgd_step
 from .profile import SHOWN, StepProfile, profile_steps
 
 BackboneFactory = Callable[[], Backbone]
@@ -700,6 +700,53 @@ def device_slug(device: torch.device) -> str:
     return "cuda-" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
 
 
+class BenchArgumentError(ValueError):
+    """A ``dabench bench`` / :func:`run_bench` argument out of range (one line, each value named)."""
+
+
+def check_bench_args(
+    *,
+    steps: int = 50,
+    warmup: int = 10,
+    repeats: int = 3,
+    seed_batch: int = 0,
+    batch_size: int | None = None,
+    image_size: int | None = None,
+    synthetic: int = 0,
+    device: str | None = "auto",
+) -> None:
+    """Refuse what the bench cannot measure, before anything is loaded or timed: the checks of
+    ``dabench bench`` and :func:`run_bench` (one function, the same messages; named by their flags).
+
+    A device that is no device (``gpu``) or a CUDA device this machine lacks raises alone;
+    otherwise every bad value is named in one :class:`BenchArgumentError`, with what is valid.
+    A ``batch_size``/``image_size`` of 0 would read as "the pair's" and is refused, as is a
+    ``seed_batch`` of 1 (the engine runs a lone seed separately: no batched step to time).
+    """
+    problem = device_problem(device)
+    if problem:
+        raise BenchArgumentError(problem)
+
+    def whole(v: object) -> bool:  # an int, not a bool (True would read as 1 step) nor a float
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    bad = [
+        f"{flag} must be {valid if whole(value) else 'an integer ' + valid} (got {value!r})"
+        for flag, value, ok, valid in (
+            ("--steps", steps, lambda v: v >= 1, ">= 1"),
+            ("--warmup", warmup, lambda v: v >= 0, ">= 0"),
+            ("--repeats", repeats, lambda v: v >= 1, ">= 1"),
+            ("--seed-batch", seed_batch, lambda v: v == 0 or v >= 2, "0 (off) or >= 2 seeds"),
+            ("--batch-size", batch_size, lambda v: v is None or v >= 1, ">= 1"),
+            ("--image-size", image_size, lambda v: v is None or v >= 1, ">= 1"),
+            ("--synthetic", synthetic, lambda v: v >= 0, "0 (off) or a number of images"),
+        )
+        if not ((value is None and flag in ("--batch-size", "--image-size")) or (whole(value) and ok(value)))
+    ]
+    if bad:
+        raise BenchArgumentError("; ".join(bad))
+
+
 def run_bench(
     pair_name: str | None = "digits-offline",
     methods: list[str] | None = None,
@@ -727,14 +774,16 @@ def run_bench(
     ``synthetic > 0`` replaces the pair by random uint8 photos (``synthetic`` per domain,
     3 channels, 31 classes) at ``image_size`` (default 224) with ``backbone`` (default resnet50).
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    if seed_batch < 0 or seed_batch == 1:
-        # the engine runs a lone seed separately (engine/seed_batch.py): S = 1 has no batched step to time
-        raise ValueError(f"seed_batch must be 0 (off) or >= 2 seeds, got {seed_batch}")
-    for what, value in (("batch_size", batch_size), ("image_size", image_size)):
-        if value is not None and value < 1:  # 0 would read as "the pair's default", silently
-            raise ValueError(f"{what} must be >= 1 (or None: the pair's), got {value}")
+    check_bench_args(
+        steps=steps,
+        warmup=warmup,
+        repeats=repeats,
+        seed_batch=seed_batch,
+        batch_size=batch_size,
+        image_size=image_size,
+        synthetic=synthetic,
+        device=device,
+    )
     dev = resolve_device(device)
     notes: list[str] = []
     if synthetic:
