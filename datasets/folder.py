@@ -333,7 +333,8 @@ def make_folder_pair(arguments: str) -> DomainPair:
         raise RegistryError(
             f"folder pair: the source and target share no class folder name.\n"
             f"  source {source}: {', '.join(sorted(src_classes))}\n"
-            f"  target {target}: {', '.join(sorted(tgt_classes))}"
+            f"  target {target}: {', '.join(sorted(tgt_classes))}\n"
+            "classes are matched by exact folder name: rename one domain's class folders to the other's names"
         )
     skipped = sorted(set(src_classes) ^ set(tgt_classes))
     # the adaptation split's smallest class, from file counts alone (no decoding): eval=half keeps

@@ -120,6 +120,7 @@ def test_no_shared_class_lists_both_sets(tmp_path, folders):
         PAIRS.get(f"folder:source={src},target={other}")
     msg = str(err.value)
     assert "share no class" in msg and "0, 1, 2, 7" in msg and "cat" in msg
+    assert "rename one domain's class folders" in msg  # the fix, not only the symptom
 
 
 def test_bad_arguments_say_what_is_wrong(folders, tmp_path):

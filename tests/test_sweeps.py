@@ -543,3 +543,44 @@ def test_a_run_two_folders_hold_is_one_row_its_complete_record_first(tmp_path):
             df = load_results(*dirs)
         assert list(df["status"]) == ["complete"] and df.at[0, "source_dir"] == str(y)
         assert sorted(f for f, _ in df.at[0, "folders"]) == [str(x), str(y)]
+
+
+def test_report_names_each_seeds_pick_and_the_trials_it_chose_from(tmp_path, capsys):
+    """`--select-config` said "Configurations chosen by rule ..." but never which ones, nor over how
+    many trials: seed 1's pick below is over 1 candidate (its other trial has no snd score), which the
+    leaderboard's row reads as a choice over both. The printed report, report.html and
+    selection_choices.csv list each seed's chosen settings, step, trials and accuracy."""
+    from dabench.analysis.sweeps import chosen_table
+    from fake_runs import curve_from, write_run
+
+    for s in range(3):
+        write_run(
+            tmp_path,
+            f"a{s}",
+            "dann",
+            "p",
+            s,
+            curve=curve_from([55.0, 60.0], snd=[3.0, 1.0]),
+            hparams={"trade_off": 0.1},
+        )
+        snd = [None, None] if s == 1 else [2.0, 2.5]
+        write_run(
+            tmp_path, f"b{s}", "dann", "p", s, curve=curve_from([70.0, 65.0], snd=snd), hparams={"trade_off": 1.0}
+        )
+    with pytest.warns(UserWarning, match="no snd score"):
+        t = chosen_table(select_config(load_results(tmp_path), "snd"), "snd")
+    rows = {int(r.seed): (r.chosen, int(r.step), int(r.trials), r.accuracy, r.run_id) for r in t.itertuples()}
+    # seed 0/2: trial 0.1 at its first evaluation (snd 3.0) beats trial 1.0's best (2.5); seed 1: one candidate
+    step0 = int(curve_from([55.0, 60.0])[0]["step"])
+    assert rows[0] == ("dann.trade_off=0.1", step0, 2, 55.0, "a0")
+    assert rows[1][0] == "dann.trade_off=0.1" and rows[1][2] == 1
+    out = tmp_path / "rep"
+    assert (
+        main(["report", str(tmp_path), "--rule", "snd", "--select-config", "--format", "csv", "--out", str(out)]) == 0
+    )
+    text = capsys.readouterr().out
+    assert "## Configurations chosen by snd" in text
+    assert "| dann   | 0      | p    | 1    | dann.trade_off=0.1 |" in text
+    csv = (out / "selection_choices.csv").read_text().splitlines()
+    assert csv[0] == "method,labels,pair,seed,chosen,step,trials,accuracy,run_id" and len(csv) == 4
+    assert "Configurations chosen by snd" in (out / "report.html").read_text()

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 from .dev import with_dev_scores
 from .render import cell_text, latex_grid, tex_escape
-from .sweeps import has_sweeps, ranking_change, rule_table
+from .sweeps import chosen_table, has_sweeps, ranking_change, rule_table
 from .sweeps import select_config as _select_config
 from .validators import validator_correlations
 
@@ -271,6 +271,23 @@ def _selection_title(rule: str) -> str:
     )
 
 
+def _chosen_text(rule: str) -> str:
+    return (
+        f"What rule {rule!r} chose for each method, pair and seed of a sweep: the swept settings of the pick, "
+        "the evaluation step it picked, trials: the configurations it chose from for that seed (a diverged "
+        "trial or one without the rule's score is no candidate), and the target accuracy (%) of the pick."
+    )
+
+
+def chosen_markdown(selected: pd.DataFrame, rule: str) -> str:
+    """The ``--select-config`` picks (:func:`dabench.analysis.sweeps.chosen_table`) of ``selected``
+    (:func:`selected_runs`' output) as a Markdown section; '' when no sweep was chosen from."""
+    t = chosen_table(selected, rule)
+    if t.empty:
+        return ""
+    return f"\n## Configurations chosen by {rule}\n\n{_chosen_text(rule)}\n\n" + md_table(t, ".1f") + "\n"
+
+
 def config_selection_markdown(df: pd.DataFrame) -> str:
     """The methods x rules and regret tables of a folder holding sweeps ('' when it holds none)."""
     if not has_sweeps(df):
@@ -376,7 +393,9 @@ def report_text(
     """
     df = _load(dirs, where, rule) if runs is None else runs
     head = _selection_title(rule) if select_config else ""
-    text = head + report_leaderboard(df, rule, select_config).to_markdown()
+    sel = selected_runs(df, rule, select_config)
+    text = head + leaderboard(sel, rule).to_markdown()
+    text += chosen_markdown(sel, rule) if select_config else ""
     notes = validator_notes(df)
     text += "\n" + "\n".join(notes) + "\n" if notes else ""
     # a sweep's folder: the rule tables and which validator to trust (a plain run's print stays short)
@@ -430,6 +449,11 @@ def write_report(
         written[fmt] = p
     if "csv" in formats and missing_csv_path(written["csv"]).exists():
         written["csv_missing"] = missing_csv_path(written["csv"])  # the runs left out of the means
+    picks = chosen_table(df, rule) if select_config else pd.DataFrame()
+    if "csv" in formats and len(picks):
+        # each seed's pick and the trials it saw, beside the leaderboard it makes
+        written["selection_choices"] = out_dir / "selection_choices.csv"
+        picks.to_csv(written["selection_choices"], index=False)
     if "tex" in formats and has_sweeps(raw):
         tex = selection_latex(raw)
         if tex:
@@ -444,7 +468,7 @@ def write_report(
         F.save_figure(fig, fig_dir / name)
     if figs:
         written["figures"] = fig_dir
-    page = _html_page(df, lb, cmp_, figs, rule, ds, raw)
+    page = _html_page(df, lb, cmp_, figs, rule, ds, raw, picks)
     rp = out_dir / "report.html"
     rp.write_text(page, encoding="utf-8")
     written["report"] = rp
@@ -546,6 +570,7 @@ def _html_page(
     rule: str,
     dirs: list[Path],
     raw: pd.DataFrame | None = None,
+    picks: pd.DataFrame | None = None,
 ) -> str:
     esc = html.escape
     status = Counter(df["status"]) if len(df) else Counter()
@@ -567,6 +592,12 @@ def _html_page(
         )
     # the runs left out of the means have their own section below
     parts += ["<h2>Leaderboard</h2>", lb.to_html(left_out=False) if not lb.table.empty else "<p>No complete runs.</p>"]
+    if picks is not None and len(picks):
+        parts += [
+            f"<h2>Configurations chosen by {esc(rule)}</h2>",
+            f"<p>{esc(_chosen_text(rule))}</p>",
+            html_table(picks, ".1f"),
+        ]
     vnotes = validator_notes(df)
     if vnotes:
         parts.append('<ul class="legend">' + "".join(f"<li>{esc(n)}</li>" for n in vnotes) + "</ul>")

@@ -407,3 +407,41 @@ def ranking_change(acc: pd.DataFrame, regret: pd.DataFrame | None = None) -> pd.
     out = pd.DataFrame.from_dict(rows, orient="index", columns=[*honest, "methods"])
     out.index.name = "labels"
     return out
+
+
+def chosen_table(chosen: pd.DataFrame, rule: str) -> pd.DataFrame:
+    """What each choice of :func:`select_config` picked: one row per method × label budget × pair ×
+    seed whose method had a sweep, with the swept settings of the pick (``chosen``), the evaluation
+    step it picked (``step``; ``dev`` scores the final model only), ``trials`` (the configurations
+    the rule chose from for that seed: a diverged trial or one without the rule's score is no
+    candidate, so it may be fewer than the grid) and the target accuracy at the pick.
+
+    ``chosen`` is :func:`select_config`'s output for ``rule``. Without this table the leaderboard
+    says a configuration was chosen but not which, nor over how many trials: a pick among 2
+    survivors of a 4-trial grid would read as a choice over all 4. Rows whose choice was not made
+    (a seed whose sweep is unfinished, a protocol the rule may not read) have an empty ``chosen``
+    and are left out here; the leaderboard lists them as missing or ``n/a``.
+    """
+    cols = ["method", "labels", "pair", "seed", "chosen", "step", "trials", "accuracy", "run_id"]
+    if chosen.empty or "chosen" not in chosen:
+        return pd.DataFrame(columns=cols)
+    picked = chosen[chosen["chosen"].map(lambda c: isinstance(c, dict) and bool(c))]
+    if picked.empty:
+        return pd.DataFrame(columns=cols)
+    # the rule's evaluation inside the chosen run: the global argmax over trials x evaluations lies
+    # in it and ties break the same way (select_config), so select() finds the same step again
+    sel = select(picked, rule)
+    out = pd.DataFrame(
+        {
+            "method": sel["method"].astype(str),
+            "labels": sel["labels"].astype(str),
+            "pair": sel["pair"].astype(str),
+            "seed": sel["seed"].astype(int),
+            "chosen": [", ".join(f"{k}={v}" for k, v in c.items()) for c in sel["chosen"]],
+            "step": sel["selected_step"],
+            "trials": sel["trials"].astype(int),
+            "accuracy": sel["accuracy"],
+            "run_id": sel["run_id"].astype(str),
+        }
+    )
+    return out.sort_values(["method", "labels", "pair", "seed"], kind="stable").reset_index(drop=True)
