@@ -183,3 +183,33 @@ def test_a_diverged_run_writes_standard_json_and_reports_the_same_in_both_forms(
     assert "| diverged |" in before["last"]
     _rewrite_old(out)
     assert _reports(out) == before
+
+
+STRING_HPARAM = textwrap.dedent('''
+    from dabench import register_method
+    from dabench.methods.source_only import SourceOnly
+
+    @register_method("string-hp")
+    class StringHp(SourceOnly):
+        """Source-only with a string hyperparameter."""
+        defaults = {"mode": "plain"}
+''')
+
+
+def test_a_string_setting_spelled_as_a_non_finite_number_is_refused(tmp_path, restore_registries) -> None:
+    """'NaN', 'Infinity' and '-Infinity' are how records store non-finite floats: a string setting
+    spelled so would read back as the float and change the run's spec and id between writing and
+    reading. The matrix refuses it, naming the key; any other string is kept."""
+    from dabench.running.matrix import MatrixError
+
+    plugin = tmp_path / "string_hp.py"
+    plugin.write_text(STRING_HPARAM, encoding="utf-8")
+
+    def specs(mode: str) -> list[RunSpec]:
+        return expand(Matrix(methods=("string-hp",), seeds=(0,), plugins=(str(plugin),), overrides={"mode": mode}))
+
+    (spec,) = specs("nan-ish")
+    assert load_json(dump_json(spec.to_dict()))["hparams"]["mode"] == "nan-ish"
+    for reserved in ("NaN", "Infinity", "-Infinity"):
+        with pytest.raises(MatrixError, match=f"--set mode='{reserved}': the string '{reserved}' is reserved"):
+            specs(reserved)

@@ -25,7 +25,7 @@ differ only by the quotes), and ``float()`` in Python, ``Number()`` in JavaScrip
 results folders load, resume and report as before and a value reads back as it was written (a
 spec's hyperparameter ``inf`` keeps its run id). The price: these three exact spellings are
 reserved; a string value spelled exactly ``NaN``, ``Infinity`` or ``-Infinity`` (nothing dabench
-itself writes as text) reads back as the float.
+itself writes as text) reads back as the float; the matrix refuses such a setting.
 
 Standard library only: records are read without torch.
 """
@@ -40,6 +40,8 @@ from typing import Any
 #: how :func:`dump_json` writes each non-finite float (and :func:`load_json` reads it back)
 NAN, POS_INF, NEG_INF = "NaN", "Infinity", "-Infinity"
 _DECODE: dict[str, float] = {NAN: math.nan, POS_INF: math.inf, NEG_INF: -math.inf}
+#: the string values that cannot be stored as strings (they read back as floats; the matrix refuses them)
+RESERVED_STRINGS = tuple(_DECODE)
 
 
 def _encode_float(x: float) -> float | str:

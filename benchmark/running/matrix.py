@@ -32,6 +32,7 @@ from typing import Any
 import tomllib
 
 from ..core.domain import Schedule, ScheduleError, shots_error
+from ..core.jsonio import RESERVED_STRINGS
 from ..core.parsing import parse_bool
 from ..core.registry import BACKBONES, METHODS, PAIRS, RegistryError, backbone_options, load_plugin
 from ..core.spec import RunSpec, run_protocol
@@ -418,6 +419,20 @@ def _split_overrides(matrix: Matrix, methods: list[str]) -> tuple[dict, dict, di
     return schedule, backbone_opts, per_method, shots, backbone
 
 
+def _refuse_reserved_strings(matrix: Matrix, spec: RunSpec) -> None:
+    """A string setting spelled ``NaN``, ``Infinity`` or ``-Infinity`` is refused: records store
+    non-finite numbers under exactly these strings (:mod:`dabench.core.jsonio`), so it would read
+    back as the float, and the run's spec (and run id) would change between writing and reading."""
+    settings = {**spec.hparams, **{f"backbone.{k}": v for k, v in spec.backbone_options.items()}}
+    for key, value in settings.items():
+        found = [v for v in (value if isinstance(value, (list, tuple)) else [value]) if v in RESERVED_STRINGS]
+        if found:
+            raise MatrixError(
+                f"{matrix.where(key)} {key}={value!r}: the string {found[0]!r} is reserved (records store "
+                f"non-finite numbers as {', '.join(map(repr, RESERVED_STRINGS))}); give another spelling"
+            )
+
+
 def expand(matrix: Matrix) -> list[RunSpec]:
     """The matrix's run specs (every trial of its sweep), dependencies (source-only) included and placed first."""
     specs: dict[str, RunSpec] = {}
@@ -425,6 +440,8 @@ def expand(matrix: Matrix) -> list[RunSpec]:
         for spec in trial_specs:
             specs.setdefault(spec.run_id, spec)
     ordered = sorted(specs.values(), key=lambda s: s.depends_on is not None)
+    for spec in ordered:
+        _refuse_reserved_strings(matrix, spec)
     if parse_bool(matrix.overrides.get("save_features", False), "--set save_features"):
         ordered = [dataclasses.replace(s, save_features=True) for s in ordered]
     return ordered
