@@ -10,6 +10,7 @@ import select
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -660,6 +661,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.pattern, extra = extra[0], []
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    show_warning = warnings.formatwarning
+    if not os.environ.get("DABENCH_TRACEBACK"):
+        warnings.formatwarning = _warning_line  # one line per warning; restored below
+    try:
+        return _main(args)
+    finally:
+        warnings.formatwarning = show_warning
+
+
+def _warning_line(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """A warning as the user reads it: ``dabench: warning: <message>``. Python's default adds the
+    file and source line that called ``warnings.warn`` (``registry.py:279: ...  obj = ...``), which
+    says nothing to a user; ``DABENCH_TRACEBACK=1`` keeps it, for whoever debugs."""
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    return f"dabench: warning{kind}: {message}\n"
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if args.command == "run":
             from .running.executors.base import sigterm_interrupts  # late: see _run

@@ -164,3 +164,24 @@ def test_an_error_dabench_did_not_write_gets_its_traceback_not_a_bad_input_line(
     assert main(["report", "nowhere"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dabench: error: --flag: expected a boolean") and "Traceback" not in err
+
+
+def test_warnings_are_one_line_each_without_pythons_file_and_source_line(tmp_path) -> None:
+    """A warning printed by the CLI reads ``dabench: warning: ...``: Python's default format put
+    the file and line that called ``warnings.warn`` and that source line before and after it
+    (``.../results.py:123: UserWarning: ...`` then ``  warnings.warn(...)``), noise to a user."""
+    from fake_runs import write_run
+
+    for seed in range(2):
+        write_run(tmp_path, f"ok{seed}", "dann", "p", seed, acc=70.0 + seed)
+    (tmp_path / "runs" / "broken.json").write_text('{"spec": {', encoding="utf-8")  # a cut-short record
+    proc = subprocess.run(
+        [sys.executable, "-m", "dabench.cli", "report", str(tmp_path), "--format", "md"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert lines and all(x.startswith("dabench: warning") for x in lines), proc.stderr
+    assert "broken.json" in proc.stderr and ".py:" not in proc.stderr
