@@ -344,8 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeats",
         type=int,
         default=3,
-        help="timings of each length, for every rate (the bare network's too); the table shows the spread "
-        "over them (default: 3)",
+        help="rounds: each times the bare network and every method once at both lengths (order rotated per "
+        "round); each ratio is the median of the rounds' own, the table shows the spread (default: 3)",
     )
     b.add_argument("--warmup", type=int, default=10, help="untimed warm-up steps (default: 10)")
     b.add_argument("--batch-size", type=int, default=None, help="per-domain batch (default: the pair's)")

@@ -278,20 +278,61 @@ def test_bench_refuses_bad_values_each_named_with_what_is_valid(tmp_path, capsys
     assert not out.exists()
 
 
+class _Machine:
+    """A fake machine for :func:`run_bench`'s rounds: runs advance a shared clock by their steps times
+    their cost per step times a slow-down that grows round by round (GPU heat, a shared CPU's load),
+    and log which run was called with how many steps."""
+
+    def __init__(self, calls_per_round: int, slowdown: tuple[float, ...] = (1.0,)) -> None:
+        self.now, self.calls, self.per_round, self.slowdown = 0.0, [], calls_per_round, slowdown
+
+    def __call__(self) -> float:
+        return self.now
+
+    def run(self, key, seconds_per_step: float):
+        def go(n: int) -> int:
+            r = min(len(self.calls) // self.per_round, len(self.slowdown) - 1)
+            self.now += n * seconds_per_step * self.slowdown[r]
+            self.calls.append((key, n))
+            return n
+
+        return go
+
+
+def _fake_bench(monkeypatch, machine: _Machine, method_cost: dict[str, tuple[int, float]], seed_batch=None):
+    """Patch run_bench's set-up (bare runners, MethodRuns, seed batching) with ``machine``'s runs;
+    ``method_cost``: images/step and seconds/step per method; the bare network costs 1 ms per 16
+    images. The real MethodRuns.finish, interleaved_rates and paired ratios are used."""
+    import dabench.speed.bench as bench
+    from dabench.speed.bench import MethodRuns, MethodTiming
+
+    class FakeRuns(MethodRuns):
+        def __init__(self, name, case, cuda_graphs=False):
+            ips, cost = method_cost[name]
+            self.timing, self.graph_notes, self.graph_note = MethodTiming(name, images_per_step=ips), [], ""
+            self.runs = {"eager": machine.run(name, cost)}
+
+    monkeypatch.setattr(bench, "MethodRuns", FakeRuns)
+    monkeypatch.setattr(bench, "bare_runner", lambda make, pair, b, *a, **k: machine.run(f"bare {b}", b / 16 * 1e-3))
+    monkeypatch.setattr(bench, "bare_ops_per_step", lambda *a, **k: 38)
+    monkeypatch.setattr(bench, "_CLOCK", machine)
+    if seed_batch is not None:
+        monkeypatch.setattr(bench, "seed_batch_runner", seed_batch)
+    return bench
+
+
 def test_seed_batch_is_not_timed_under_compile_where_the_engine_runs_seeds_separately(monkeypatch):
     """With --compile the engine never seed-batches (engine/seed_batch.py runs the seeds
     separately): an uncompiled vmapped step divided by the compiled single run's steps/s gave a
     (k×) for a path no run takes. The column says why it is empty instead."""
-    import dabench.speed.bench as bench
-    from dabench.speed.bench import MethodTiming
-
-    monkeypatch.setattr(
-        bench, "time_method", lambda name, case, graphed: MethodTiming(name, 16, 10.0, 160.0, steps_per_s_range=(9, 11))
-    )
     timed: list[str] = []
-    monkeypatch.setattr(bench, "seed_batch_timings", lambda name, *a, **k: (timed.append(name), (5.0, ""))[1])
-    monkeypatch.setattr(bench, "bare_ops_per_step", lambda *a, **k: 38)
-    monkeypatch.setattr(bench, "bare_images_per_s", lambda *a, **k: bench.Steady(1000.0, 0.0, 900.0, 1100.0, 1))
+    machine = _Machine(calls_per_round=8)
+
+    def seed_batch_runner(name, case, seeds, cuda_graphs=False):
+        timed.append(name)
+        return machine.run(f"{name} x{seeds}", 0.2), "", []  # 5 steps/s per seed
+
+    bench = _fake_bench(monkeypatch, machine, {"source-only": (16, 0.1)}, seed_batch_runner)  # 10 steps/s
     kw = {"methods": ["source-only"], "steps": 2, "warmup": 1, "batch_size": 16, "device": "cpu", "repeats": 1}
     result = bench.run_bench(**kw, seed_batch=2, compile=True, log=lambda _: None)
     assert timed == [] and result.methods[0].seed_batch_steps_per_s is None
@@ -300,9 +341,69 @@ def test_seed_batch_is_not_timed_under_compile_where_the_engine_runs_seeds_separ
     row = next(line for line in bench.markdown(result).splitlines() if line.startswith("| source-only |"))
     assert "×)" not in row  # no seed-batch ratio against the compiled single run
     eager = bench.run_bench(**kw, seed_batch=2, compile=False, log=lambda _: None)
-    assert timed == ["source-only"] and eager.methods[0].seed_batch_steps_per_s == 5.0  # measured when eager
+    assert timed == ["source-only"] and eager.methods[0].seed_batch_steps_per_s == pytest.approx(5.0)
     row = next(line for line in bench.markdown(eager).splitlines() if line.startswith("| source-only |"))
     assert "| 5.0 (1.00×) |" in row  # 2 seeds x 5.0 per seed / 10.0 steps/s of one run
+
+
+def test_the_bare_network_and_the_methods_are_timed_in_shared_rotated_rounds(monkeypatch):
+    """All repeats of one method, then all of the next, let a drifting clock land on the methods
+    timed late (the bare network was timed at both ends only). The bench times in rounds: each round
+    times every run once at both lengths, the order rotated by one per round."""
+    machine = _Machine(calls_per_round=8)
+    bench = _fake_bench(monkeypatch, machine, {"source-only": (16, 2e-3), "dann": (32, 8e-3)})
+    kw = {"methods": ["source-only", "dann"], "steps": 2, "warmup": 1, "batch_size": 16, "device": "cpu"}
+    result = bench.run_bench(**kw, repeats=3, log=lambda _: None)
+    keys = ["bare 16", "bare 32", "source-only", "dann"]
+    assert [n for _, n in machine.calls] == [2, 4] * 12  # each run: short then long, every time
+    timed = [k for k, _ in machine.calls[::2]]
+    assert timed == keys + keys[1:] + keys[:1] + keys[2:] + keys[:2]  # 3 rounds, rotated by one each
+    assert result.interleaved and result.repeats == 3
+    assert len({m.method for m in result.methods}) == 2
+
+
+def test_each_ratio_is_the_median_of_ratios_paired_within_a_round(monkeypatch):
+    """A clock that slows down round by round (1x, 2x, 4x) moves the bare network and the methods
+    alike within a round: the paired ratios are exact (source-only: 16 images in 2 ms against the
+    bare 16 in 1 ms = 0.50; dann: 32 in 8 ms against the bare 32 in 2 ms = 0.25), and the drift is
+    named from the bare network's first and last rounds."""
+    machine = _Machine(calls_per_round=8, slowdown=(1.0, 2.0, 4.0))
+    bench = _fake_bench(monkeypatch, machine, {"source-only": (16, 2e-3), "dann": (32, 8e-3)})
+    kw = {"methods": ["source-only", "dann"], "steps": 2, "warmup": 1, "batch_size": 16, "device": "cpu"}
+    result = bench.run_bench(**kw, repeats=3, log=lambda _: None)
+    by = {m.method: m for m in result.methods}
+    assert by["source-only"].ratio == pytest.approx((0.5, 0.5, 0.5))
+    assert by["dann"].ratio == pytest.approx((0.25, 0.25, 0.25))
+    # the rates themselves carry the drift: the fastest round's rate, the slowest round's in the range
+    assert by["dann"].steps_per_s == pytest.approx(125.0) and by["dann"].steps_per_s_range[0] == pytest.approx(31.25)
+    assert result.bare_drift[16] == pytest.approx((16_000.0, 4_000.0))
+    text = bench.markdown(result)
+    assert "images/s in the first → the last round: batch 16: 16,000 → 4,000 (-75 %)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| dann |"))
+    assert "| 0.25 (0.25–0.25) |" in row  # not 1,000 × 32 / 32,000 ... ranges crossing rounds (0.06–1.00)
+    assert "the median of the rounds' own ratios" in text
+
+
+def test_a_negative_fixed_cost_is_shown_as_noise_not_as_a_measured_zero():
+    """``dabench bench --steps 3`` showed ``setup ms 0`` for a method: the estimate t₁ − done₁/rate
+    came out negative (the long run slower per step than the short one, by noise) and was clipped
+    to 0, which reads as measured. It is kept signed and shown as ≈0 with the noise."""
+    from dabench.speed.bench import BenchResult, MethodTiming, markdown, steady_rate
+
+    # no fixed cost; both long runs disturbed by +0.01 s: rate 300 / 0.16, setup 0.15 − 0.16 = −10 ms
+    clock = _FakeClock(fixed=0.0, per_step=1 / 2000, noise=[0.0, 0.01, 0.0, 0.01])
+    got = steady_rate(clock.run, 300, repeats=2, clock=clock)
+    assert got.plain == 0 and got.setup_s == pytest.approx(-0.01)
+    result = BenchResult("cpu", "t", "p", "lenet", 28, 16, 2, 1, False, "d", 1000.0, bare_by_batch={16: 1000.0})
+    result.methods = [
+        MethodTiming("a", 16, 50.0, 800.0, setup_ms=1e3 * got.setup_s),
+        MethodTiming("b", 16, 50.0, 800.0, setup_ms=0.4, graph_steps_per_s=60.0, graph_setup_ms=-2.0),
+    ]
+    text = markdown(result)
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
+    assert rows["| a"][7] == "≈0 (−10 ms, noise)"
+    assert rows["| b"][7] == "0 / ≈0 (−2 ms, noise)"  # a real, small fixed cost still reads as a number
+    assert "≈0 (−x ms, noise): the estimate came out negative" in text
 
 
 def test_ops_per_step_counts_the_captured_steps_against_the_bare_network():
@@ -477,34 +578,6 @@ def test_a_fixed_cost_inside_a_plain_rate_is_not_shown_as_zero_setup():
     rows = {line.split(" | ")[0]: line.split(" | ") for line in markdown(result).splitlines() if line.startswith("| ")}
     assert rows["| a"][7] == "—"  # the setup ms column
     assert rows["| b"][7] == "12 / —"  # captured rate measured, its fixed cost not apart from it
-
-
-def test_the_bare_network_is_timed_again_after_the_methods_and_drift_widens_the_ratios(tmp_path, monkeypatch):
-    """Methods are timed one after another; a clock that drifts over the bench (GPU boost and
-    heat, a shared machine's load) moved every ratio unseen. The bare network is timed at both
-    ends: its rate is the mean, its range spans both timings, the table names the drift."""
-    import dabench.speed.bench as bench
-    from dabench.speed.bench import Steady
-
-    calls: list[int] = []
-
-    def fake_bare(make_backbone, pair, batch_size, steps, warmup, device, compile=False, cuda_graphs=False, repeats=3):
-        calls.append(batch_size)
-        rate = 1000.0 if len(calls) <= 2 else 800.0  # the second pair of timings, after the methods: -20 %
-        return Steady(rate * batch_size / 16, 0.0, rate * batch_size / 16, rate * batch_size / 16, repeats)
-
-    monkeypatch.setattr(bench, "bare_images_per_s", fake_bare)
-    result = bench.run_bench(
-        methods=["source-only"], steps=2, warmup=1, batch_size=16, device="cpu", repeats=1, log=lambda _: None
-    )
-    assert calls == [16, 32, 16, 32]  # before and after the methods, both batches
-    assert result.bare_drift == {16: (1000.0, 800.0), 32: (2000.0, 1600.0)}
-    assert result.bare_by_batch[16] == pytest.approx(900.0) and result.bare_images_per_s == pytest.approx(900.0)
-    assert result.bare_range_by_batch[16] == (800.0, 1000.0)
-    text = bench.markdown(result)
-    assert "batch 16: 1,000 → 800 (-20 %)" in text
-    bare_row = next(line for line in text.splitlines() if line.startswith("| bare lenet + linear head | 16 |"))
-    assert "(−11/+11 %)" in bare_row  # 900 with 800..1000
 
 
 def test_a_profile_names_the_operations_it_clipped_at_zero(monkeypatch):

@@ -29,9 +29,10 @@ import os
 import pathlib
 import platform
 import re
+import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -225,6 +226,46 @@ def _bare_setup(
     return step, model
 
 
+def bare_runner(
+    make_backbone: BackboneFactory,
+    pair: DomainPair,
+    batch_size: int,
+    warmup: int,
+    device: torch.device,
+    compile: bool = False,
+    cuda_graphs: bool = False,
+) -> Callable[[int], int]:
+    """The bare network (backbone + linear head, CE + SGD on a fixed device batch), set up and warmed
+    up: ``run(n)`` trains ``n`` steps, synchronises CUDA and returns ``n`` (what :func:`steady_rate`
+    and :func:`interleaved_rates` time).
+
+    ``cuda_graphs`` (CUDA): the step captured once, here, and replayed, with the engine's graph-safe
+    SGD step (engine/graphs.py): the physical limit of a captured method step. The capture happens
+    before any clock starts (a method's steady-state rate excludes its capture too)."""
+    step, _ = _bare_setup(make_backbone, pair, batch_size, device, compile)
+    one: Callable[[], None] = lambda: step(None)  # noqa: E731
+    if cuda_graphs and device.type == "cuda":
+        with graphs.side_stream_step(side := torch.cuda.Stream(device)):
+            for _ in range(max(warmup, graphs.WARMUP_STEPS)):
+                step(None)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph, lrs = torch.cuda.CUDAGraph(), [torch.tensor(1e-3, dtype=torch.float32, device=device)]
+        with torch.cuda.graph(graph):
+            step(lrs)
+        one = graph.replay
+    for _ in range(warmup):
+        one()
+    _sync(device)
+
+    def timed(n: int) -> int:
+        for _ in range(n):
+            one()
+        _sync(device)  # the clock is read after this: finished work only
+        return n
+
+    return timed
+
+
 def bare_images_per_s(
     make_backbone: BackboneFactory,
     pair: DomainPair,
@@ -236,38 +277,12 @@ def bare_images_per_s(
     cuda_graphs: bool = False,
     repeats: int = 3,
 ) -> Steady:
-    """Forward + backward + SGD step images/s of backbone + linear head on a fixed device batch.
-
-    Timed as a method is (:func:`steady_rate`: runs of ``steps`` and ``2 · steps`` steps,
-    ``repeats`` times each, the same estimator and spread), so that the ratio of the two compares
-    like with like: a single timed run here against the fastest of several for a method would
-    favour the method by the noise alone. CUDA is synchronised at the end of every timed run.
-
-    ``cuda_graphs`` (CUDA): the step captured once and replayed, with the engine's graph-safe SGD
-    step (engine/graphs.py): the physical limit of a captured method step. The capture happens
-    before the clock starts (a method's steady-state rate excludes its capture too: :func:`steady_rate`)."""
-    step, _ = _bare_setup(make_backbone, pair, batch_size, device, compile)
-    run: Callable[[], None] = lambda: step(None)  # noqa: E731
-    if cuda_graphs and device.type == "cuda":
-        with graphs.side_stream_step(side := torch.cuda.Stream(device)):
-            for _ in range(max(warmup, graphs.WARMUP_STEPS)):
-                step(None)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph, lrs = torch.cuda.CUDAGraph(), [torch.tensor(1e-3, dtype=torch.float32, device=device)]
-        with torch.cuda.graph(graph):
-            step(lrs)
-        run = graph.replay
-    for _ in range(warmup):
-        run()
-    _sync(device)
-
-    def timed(n: int) -> int:
-        for _ in range(n):
-            run()
-        _sync(device)  # the clock is read after this: finished work only
-        return n
-
-    return steady_rate(timed, steps, repeats).scaled(batch_size)
+    """Forward + backward + SGD step images/s of backbone + linear head on a fixed device batch
+    (:func:`bare_runner`), timed alone by :func:`steady_rate` (runs of ``steps`` and ``2 · steps``
+    steps, ``repeats`` times each). :func:`run_bench` times it in the same rounds as the methods
+    instead (:func:`interleaved_rates`), so that each ratio pairs timings taken close together."""
+    run = bare_runner(make_backbone, pair, batch_size, warmup, device, compile, cuda_graphs)
+    return steady_rate(run, steps, repeats).scaled(batch_size)
 
 
 def bare_profile(
@@ -311,9 +326,12 @@ class Steady:
     highest rate of single repeats (each repeat's short and long run differenced on their own),
     what a reader would have got from any one of them. ``per_s`` lies between the two (the
     difference of the two lengths' minima lies between the differences of the repeats that
-    gave them). ``setup_s``: the fixed seconds one call pays; None when the rate is the long run's
-    plain rate (``plain``: the difference was below the noise), which holds the fixed cost inside
-    it: not measured apart, so never shown as a 0."""
+    gave them). ``setup_s``: the fixed seconds one call pays, signed: a negative value is timing
+    noise larger than the fixed cost (the short run was slower per step than the long one), kept so
+    that the table can say so instead of a clipped 0; None when the rate is the long run's plain
+    rate (``plain``: the difference was below the noise), which holds the fixed cost inside it: not
+    measured apart, so never shown as a 0. ``rounds``: each repeat's own rate, in the order of the
+    repeats (:func:`interleaved_rates` pairs them with other rates of the same round)."""
 
     per_s: float
     setup_s: float | None
@@ -324,10 +342,13 @@ class Steady:
     #: short one by a positive time: noise larger than the extra steps, so the plain rate of the long
     #: run stood in for the steady one there (it includes the fixed cost: slower than the truth)
     plain: int = 0
+    rounds: tuple[float, ...] = ()
 
     def scaled(self, k: float) -> Steady:
         """The same measurement in other units (``k`` units per step: images/s from steps/s)."""
-        return dataclasses.replace(self, per_s=self.per_s * k, low=self.low * k, high=self.high * k)
+        return dataclasses.replace(
+            self, per_s=self.per_s * k, low=self.low * k, high=self.high * k, rounds=tuple(r * k for r in self.rounds)
+        )
 
     def plain_note(self, what: str) -> str:
         """One line for the table's notes when a difference fell back to the plain rate, else ``""``."""
@@ -337,6 +358,56 @@ class Steady:
             f"{what}: {self.plain} of {self.repeats + 1} steady-state differences were below the timing noise, "
             "the long run's plain rate stood in (fixed cost included); time more --steps"
         )
+
+
+_K = TypeVar("_K", bound=Hashable)
+#: the clock run_bench's rounds read (a module attribute: tests drive the rounds with a fake one)
+_CLOCK: Callable[[], float] = time.perf_counter
+
+
+def interleaved_rates(
+    runs: dict[_K, Callable[[int], int]],
+    steps: int,
+    repeats: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
+    order: list[_K] | None = None,
+) -> dict[_K, Steady]:
+    """The steady-state rate of every run in ``runs`` (:func:`steady_rate`'s estimator), timed in
+    ``repeats`` rounds: each round times every run once at each length (``steps``, then
+    ``2 · steps``), the runs in the order of ``runs`` rotated by one place per round.
+
+    Why rounds: timing all repeats of one run, then all of the next, lets a drifting clock (GPU boost
+    and heat, a shared machine's load) land on some runs and not others, so a ratio of two rates
+    carried their positions in the bench. Within a round the runs are timed close together, so a
+    ratio formed round by round (:func:`paired_ratio`) cancels the drift; the rotation keeps any run
+    from always following the same neighbour (a cache or clock state one run leaves behind).
+    ``order``, when given, receives the runs' keys in the order they were timed (one per run call
+    pair), for tests."""
+    keys = list(runs)
+    best: dict[_K, dict[int, tuple[float, int]]] = {k: {} for k in keys}
+    singles: dict[_K, list[tuple[float, float, bool]]] = {k: [] for k in keys}
+    for r in range(max(1, repeats)):
+        shift = r % len(keys) if keys else 0
+        for k in keys[shift:] + keys[:shift]:
+            if order is not None:
+                order.append(k)
+            times: dict[int, tuple[float, int]] = {}
+            for n in (steps, 2 * steps):
+                t0 = clock()
+                done = runs[k](n)
+                times[n] = (clock() - t0, done)
+                if n not in best[k] or times[n][0] < best[k][n][0]:
+                    best[k][n] = times[n]
+            singles[k].append(_difference(times[steps], times[2 * steps]))
+    out: dict[_K, Steady] = {}
+    for k in keys:
+        rate, setup, plain = _difference(best[k][steps], best[k][2 * steps])
+        ones = [r for r, _, _ in singles[k]]
+        plains = sum(p for _, _, p in singles[k]) + plain
+        out[k] = Steady(
+            rate, None if plain else setup, min([*ones, rate]), max([*ones, rate]), max(1, repeats), plains, tuple(ones)
+        )
+    return out
 
 
 def steady_rate(
@@ -353,34 +424,37 @@ def steady_rate(
     is timed ``repeats`` times, alternating, and its fastest time kept for the rate: a difference
     of two times doubles their noise, and interference only ever adds time. The spread
     (:class:`Steady`) is the range of the repeats' own rates, so a reader can tell whether two
-    rates 5 % apart are apart at all."""
-    best: dict[int, tuple[float, int]] = {}
-    singles: list[tuple[float, float, bool]] = []
-    for _ in range(max(1, repeats)):
-        times: dict[int, tuple[float, int]] = {}
-        for n in (steps, 2 * steps):
-            t0 = clock()
-            done = run(n)
-            times[n] = (clock() - t0, done)
-            if n not in best or times[n][0] < best[n][0]:
-                best[n] = times[n]
-        singles.append(_difference(times[steps], times[2 * steps]))
-    rate, setup, plain = _difference(best[steps], best[2 * steps])
-    rates = [r for r, _, _ in singles] + [rate]
-    plains = sum(p for _, _, p in singles) + plain
-    return Steady(rate, None if plain else setup, min(rates), max(rates), max(1, repeats), plains)
+    rates 5 % apart are apart at all. One run alone in :func:`interleaved_rates`."""
+    return interleaved_rates({0: run}, steps, repeats, clock)[0]
+
+
+def paired_ratio(num: Steady, den: Steady, k: float = 1.0) -> tuple[float, float, float] | None:
+    """``k · num / den`` formed round by round (both from the same :func:`interleaved_rates`):
+    (the median of the rounds' ratios, the lowest, the highest); None without rounds to pair.
+
+    The median of per-round ratios, not the ratio of the two rates: each round's two timings were
+    taken close together, so a clock that drifts over the bench moves both and cancels; the range is
+    what single rounds gave."""
+    if not num.rounds or len(num.rounds) != len(den.rounds):
+        return None
+    each = [k * a / b for a, b in zip(num.rounds, den.rounds) if b > 0]
+    if not each:
+        return None
+    return statistics.median(each), min(each), max(each)
 
 
 def _difference(short: tuple[float, int], long: tuple[float, int]) -> tuple[float, float, bool]:
     """(steps/s, fixed s, plain) from the (seconds, steps) of a short and a long call; ``plain``:
     the difference was not positive, so the long call's plain rate stands in (counted and noted by
-    :class:`Steady`, never silent)."""
+    :class:`Steady`, never silent). The fixed seconds are signed: below 0 when the short call was
+    slower per step than the long one (noise larger than the fixed cost), not clipped to a 0 that
+    would read as measured."""
     (t1, done1), (t2, done2) = short, long
     extra_steps, extra_s = done2 - done1, t2 - t1
     if extra_steps <= 0 or extra_s <= 0:  # timing noise larger than the extra steps: the plain rate
         return done2 / t2, 0.0, True
     rate = extra_steps / extra_s
-    return rate, max(0.0, t1 - done1 / rate), False
+    return rate, t1 - done1 / rate, False
 
 
 @dataclass
@@ -411,6 +485,13 @@ class MethodTiming:
     seed_batch_graph_note: str = ""  # timings["cuda_graphs"] of that seed-batched loop
     #: where the eager step's time goes, by operation (``--profile``)
     profile: StepProfile | None = None
+    #: method/bare images/s as (median, lowest, highest) of the rounds' own ratios (:func:`paired_ratio`,
+    #: the bare network at the nearest batch timed in the same round); None when not timed in rounds
+    ratio: tuple[float, float, float] | None = None
+    graph_ratio: tuple[float, float, float] | None = None  # the same captured, over the captured bare network
+    #: S × per-seed steps/s over one run's steps/s, paired by round (eager; captured)
+    seed_batch_speedup: tuple[float, float, float] | None = None
+    seed_batch_graph_speedup: tuple[float, float, float] | None = None
 
 
 class EngineBench:
@@ -515,75 +596,103 @@ class BenchCase:
         )
 
 
+class MethodRuns:
+    """One method set up for timing: warmed up, its host syncs counted, and its runs to time
+    (``runs``: ``"eager"``, and ``"graph"`` when a captured rate is measured), each ``run(n)`` a
+    fresh ``fit`` of ``n`` steps returning the steps done. :meth:`finish` turns their
+    :class:`Steady` rates into the :class:`MethodTiming`. Apart, so that :func:`run_bench` can time
+    every method's runs in the same rounds (:func:`interleaved_rates`).
+
+    A method with its own ``fit`` (the linear probe: L-BFGS on cached features) has no runs: it is
+    timed once here, as a note."""
+
+    def __init__(self, method_name: str, case: BenchCase, cuda_graphs: bool = False) -> None:
+        bench, device, steps, warmup = case.engine_bench(method_name), case.device, case.steps, case.warmup
+        self.bench, self.runs = bench, {}
+        self.graph_notes: list[str] = []  # every timed captured run's note: the runs must agree
+        self.graph_note = ""
+        if bench.own_fit:
+            bench.run(1)  # warm-up
+            t0 = time.perf_counter()
+            bench.run(1)
+            ms = (time.perf_counter() - t0) * 1e3
+            n = len(bench.data.shots)
+            self.timing = MethodTiming(
+                method_name, note=f"own fit(): {ms:.1f} ms in all ({n} shot images, features cached)"
+            )
+            return
+        ctx = bench.run(max(1, warmup))
+        sync_steps = max(2, min(warmup, 20))
+        syncs = count_host_syncs(lambda: bench.run(sync_steps, sync=False), device)
+        _sync(device)
+        self.timing = MethodTiming(
+            method_name,
+            images_per_step=ctx.images_seen // max(1, ctx.steps_done),
+            host_syncs=syncs,
+            sync_steps=sync_steps,
+        )
+        self.runs["eager"] = lambda n: bench.run(n).steps_done
+        if device.type == "cuda" and cuda_graphs and steps <= graphs.WARMUP_STEPS:
+            # a run of <= WARMUP_STEPS steps is never captured: its difference with a captured run of
+            # twice the steps would mix an eager run with a captured one
+            self.graph_note = (
+                f"graphs not timed: --steps {steps} is not more than a captured run's {graphs.WARMUP_STEPS} "
+                "eager warm-up steps"
+            )
+            self.timing.graph_ops = self._captured(graphs.WARMUP_STEPS + 2, record=False).graph_ops
+        elif device.type == "cuda" and cuda_graphs:
+            self._captured(max(1, warmup), record=False)
+            self.runs["graph"] = lambda n: self._captured(n).steps_done
+        else:  # off CUDA the graph-mode loop runs its captured body eagerly: its operations, not a rate
+            # its note says how that loop ran ("captured" on the CPU too): nothing was captured or timed here
+            self.timing.graph_ops = self._captured(graphs.WARMUP_STEPS + 2, record=False).graph_ops
+
+    def _captured(self, n: int, record: bool = True) -> RunContext:
+        self.bench.cuda_graphs = True
+        try:
+            ctx = self.bench.run(n)
+        finally:
+            self.bench.cuda_graphs = False
+        if record:
+            self.graph_notes.append(ctx.graph_note)
+        self.last_graph = ctx
+        return ctx
+
+    def finish(self, rates: dict[str, Steady]) -> MethodTiming:
+        """The timing with the rates of :attr:`runs` (keys as there) filled in."""
+        timing = self.timing
+        if "eager" not in rates:
+            return timing
+        eager = rates["eager"]
+        timing.steps_per_s, timing.images_per_s = eager.per_s, eager.per_s * timing.images_per_step
+        timing.setup_ms = None if eager.setup_s is None else 1e3 * eager.setup_s
+        timing.steps_per_s_range = (eager.low, eager.high)
+        timing.note = "; ".join(n for n in (timing.note, eager.plain_note("steps/s")) if n)
+        if "graph" in rates:
+            captured = rates["graph"]
+            timing.graph_steps_per_s = captured.per_s
+            timing.graph_setup_ms = None if captured.setup_s is None else 1e3 * captured.setup_s
+            timing.graph_steps_per_s_range = (captured.low, captured.high)
+            timing.note = "; ".join(n for n in (timing.note, captured.plain_note("graphs steps/s")) if n)
+            # more than one distinct note: the timed runs were not alike
+            timing.graph_note = "; ".join(dict.fromkeys(self.graph_notes))
+            timing.graph_ops = self.last_graph.graph_ops
+        elif self.graph_note:
+            timing.graph_note = self.graph_note
+        return timing
+
+
 def time_method(method_name: str, case: BenchCase, cuda_graphs: bool = False) -> MethodTiming:
-    """Images/s of one method through the engine path; warm-up steps excluded.
+    """Images/s of one method through the engine path, timed alone (:class:`MethodRuns`; warm-up
+    steps excluded). :func:`run_bench` times the methods in shared rounds instead.
 
     Rates are steady-state (:func:`steady_rate`: each timed ``fit`` builds its loop anew, and a
     captured one runs its eager warm-up steps and the capture; the fixed cost is ``setup_ms``).
     ``cuda_graphs`` (CUDA): also the steps/s with the step captured (``graph_steps_per_s``).
     ``graph_ops``: the operations of one captured step, on any device (off CUDA the graph-mode
     loop runs the captured body eagerly)."""
-    bench, device, steps, warmup = case.engine_bench(method_name), case.device, case.steps, case.warmup
-    if bench.own_fit:  # e.g. the linear probe: L-BFGS on cached features, not a step loop
-        bench.run(1)  # warm-up
-        t0 = time.perf_counter()
-        bench.run(1)
-        ms = (time.perf_counter() - t0) * 1e3
-        n = len(bench.data.shots)
-        return MethodTiming(method_name, note=f"own fit(): {ms:.1f} ms in all ({n} shot images, features cached)")
-    bench.run(max(1, warmup))
-    sync_steps = max(2, min(warmup, 20))
-    syncs = count_host_syncs(lambda: bench.run(sync_steps, sync=False), device)
-    _sync(device)
-    last: list[RunContext] = []
-    notes: list[str] = []  # every timed run's graph note: the short and the long run must agree
-
-    def run(n: int) -> int:
-        last[:] = [bench.run(n)]
-        notes.append(last[0].graph_note)
-        return last[0].steps_done
-
-    eager = steady_rate(run, steps, case.repeats)
-    per_step = last[0].images_seen // max(1, last[0].steps_done)
-    timing = MethodTiming(
-        method_name,
-        images_per_step=per_step,
-        steps_per_s=eager.per_s,
-        images_per_s=eager.per_s * per_step,
-        host_syncs=syncs,
-        sync_steps=sync_steps,
-        setup_ms=None if eager.setup_s is None else 1e3 * eager.setup_s,
-        steps_per_s_range=(eager.low, eager.high),
-        note=eager.plain_note("steps/s"),
-    )
-    bench.cuda_graphs = True
-    graph_note = ""
-    if device.type == "cuda" and cuda_graphs and steps <= graphs.WARMUP_STEPS:
-        # a run of <= WARMUP_STEPS steps is never captured: its difference with a captured run of
-        # twice the steps would mix an eager run with a captured one
-        graph_note = (
-            f"graphs not timed: --steps {steps} is not more than a captured run's {graphs.WARMUP_STEPS} "
-            "eager warm-up steps"
-        )
-        last[:] = [bench.run(graphs.WARMUP_STEPS + 2)]
-    elif device.type == "cuda" and cuda_graphs:
-        bench.run(max(1, warmup))
-        notes.clear()
-        captured = steady_rate(run, steps, case.repeats)
-        timing.graph_steps_per_s = captured.per_s
-        timing.graph_setup_ms = None if captured.setup_s is None else 1e3 * captured.setup_s
-        timing.graph_steps_per_s_range = (captured.low, captured.high)
-        timing.note = "; ".join(n for n in (timing.note, captured.plain_note("graphs steps/s")) if n)
-        graph_note = "; ".join(dict.fromkeys(notes))  # more than one: the timed runs were not alike
-    else:  # off CUDA the graph-mode loop runs its captured body eagerly: its operations, not a rate
-        last[:] = [bench.run(graphs.WARMUP_STEPS + 2)]
-        # its note says how that loop ran ("captured" on the CPU too): nothing was captured or timed here
-        timing.graph_ops = last[0].graph_ops
-        bench.cuda_graphs = False
-        return timing
-    timing.graph_note, timing.graph_ops = graph_note or last[0].graph_note, last[0].graph_ops
-    bench.cuda_graphs = False
-    return timing
+    runs = MethodRuns(method_name, case, cuda_graphs)
+    return runs.finish(interleaved_rates(runs.runs, case.steps, case.repeats))
 
 
 def method_profile(method_name: str, case: BenchCase) -> StepProfile | None:
@@ -596,15 +705,16 @@ def method_profile(method_name: str, case: BenchCase) -> StepProfile | None:
     return profile_steps(method_name, lambda n: bench.run(n).steps_done, case.steps, case.device)
 
 
-def seed_batch_timings(
+def seed_batch_runner(
     method_name: str, case: BenchCase, seeds: int, cuda_graphs: bool = False
-) -> tuple[float | None, str]:
-    """Steady-state steps/s *per seed* (:func:`steady_rate`) of ``seeds`` seeds trained as one vmapped model by the engine's
-    seed-batched loop (:func:`dabench.engine.seed_batch.train_batched`; evaluations off, as in
-    :class:`EngineBench`), and what became of the graphs (``timings["cuda_graphs"]``). The rate is
-    None, with the reason as the note, for a method that seed batching runs separately (as the
-    engine would) and for a seed-batched step that fails: a failure is reported, never shown as a
-    plain "—" (a seed-batched step that raised on a GPU once read as "not measured").
+) -> tuple[Callable[[int], int] | None, str, list[str]]:
+    """``seeds`` seeds of ``method_name`` trained as one vmapped model by the engine's seed-batched
+    loop (:func:`dabench.engine.seed_batch.train_batched`; evaluations off, as in
+    :class:`EngineBench`), set up and warmed up: (``run(n)`` returning the steps each seed did,
+    "", the timed loops' graph notes as they come) or (None, why, []) for a method that seed
+    batching runs separately (as the engine would) and for a seed-batched step that fails: a
+    failure is reported, never shown as a plain "—" (a seed-batched step that raised on a GPU once
+    read as "not measured").
 
     ``cuda_graphs`` (CUDA): the loop captures its step (each timed loop captures anew; the
     difference of two lengths cancels that fixed cost)."""
@@ -614,7 +724,7 @@ def seed_batch_timings(
     benches = [one.engine_bench(method_name, seed=s, splits=splits) for s in range(seeds)]
     refusal = batch_refusal(benches[0].method)
     if refusal is not None:
-        return None, f"seed batch: runs separately ({refusal})"
+        return None, f"seed batch: runs separately ({refusal})", []
     notes: list[str] = []
 
     def go(n: int) -> int:
@@ -635,13 +745,32 @@ def seed_batch_timings(
     try:
         go(max(1, case.warmup))
     except NotVmappable as exc:  # the engine would run the seeds separately
-        return None, f"seed batch: runs separately ({exc.reason})"
+        return None, f"seed batch: runs separately ({exc.reason})", []
     except Exception as exc:  # noqa: BLE001 - the engine's seed-batched runs would fail: say so
-        return None, f"seed batch failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return None, f"seed batch failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", []
+    notes.clear()  # the warm-up's note: not a timed loop
+    return go, "", notes
+
+
+def _seed_batch_note(rate: Steady, notes: list[str], captured: bool) -> str:
+    """The note of a seed-batched rate: eager, only a noise fallback (its graph note says only "off");
+    captured, what became of the graphs in the timed loops, then the fallback."""
+    if not captured:
+        return rate.plain_note("seed-batch")
+    return "; ".join(n for n in (*dict.fromkeys(notes), rate.plain_note("seed-batch graphs")) if n)
+
+
+def seed_batch_timings(
+    method_name: str, case: BenchCase, seeds: int, cuda_graphs: bool = False
+) -> tuple[float | None, str]:
+    """Steady-state steps/s *per seed* (:func:`steady_rate`) of ``seeds`` seeds trained as one
+    vmapped model (:func:`seed_batch_runner`), timed alone, and the note (a refusal, a failure, a
+    noise fallback, what became of the graphs). :func:`run_bench` times it in shared rounds."""
+    go, why, notes = seed_batch_runner(method_name, case, seeds, cuda_graphs)
+    if go is None:
+        return None, why
     rate = steady_rate(go, case.steps, case.repeats)
-    if not (cuda_graphs and device.type == "cuda"):  # eager: the graph note says only "off"
-        return rate.per_s, rate.plain_note("seed-batch")
-    return rate.per_s, "; ".join(n for n in (*dict.fromkeys(notes[1:]), rate.plain_note("seed-batch graphs")) if n)
+    return rate.per_s, _seed_batch_note(rate, notes, cuda_graphs and case.device.type == "cuda")
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -676,10 +805,13 @@ class BenchResult:
     bare_graph_range_by_batch: dict[int, tuple[float, float]] = field(default_factory=dict)
     #: why a column is empty for every row, by column (``graphs``, ``seed-batch``, ...)
     unmeasured: dict[str, str] = field(default_factory=dict)
-    #: (images/s before the methods, after them) by batch size: the bare network is timed at both
-    #: ends, its rate is their mean and its range spans both (clock drift shows in every ratio's range)
+    #: (images/s in the first round, in the last) by batch size (:func:`interleaved_rates`): how far
+    #: the clock drifted over the bench; the ratios are paired by round, so it cancels in them
     bare_drift: dict[int, tuple[float, float]] = field(default_factory=dict)
     bare_graph_drift: dict[int, tuple[float, float]] = field(default_factory=dict)
+    #: the bare network and the methods were timed in shared rounds, each ratio the median of the
+    #: rounds' own (False: a result put together otherwise, e.g. from :func:`time_method` alone)
+    interleaved: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -803,18 +935,14 @@ def run_bench(
     bs = batch_size or pair.schedule.batch_size
     names = METHODS.expand(methods) if methods else list(METHODS.names())
     log(f"bench on {device_name(dev)}: {pair.name}, backbone {bb_name}, batch {bs}, {steps} steps (+{warmup} warm-up)")
-    bare_by_batch, bare_range = {}, {}
-    for b in (bs, 2 * bs):
-        rate = bare_images_per_s(make_backbone, pair, b, steps, warmup, dev, compile, repeats=repeats)
-        bare_by_batch[b], bare_range[b] = rate.per_s, (rate.low, rate.high)
-        log(f"  bare {bb_name}, batch {b}: {rate.per_s:,.0f} images/s")
+    batches = (bs, 2 * bs)
     graphed = cuda_graphs and dev.type == "cuda"
     case = BenchCase(pair, data, dev, bs, steps, warmup, make_backbone, compile, repeats)
     # every profile before the first CUDA graph of the process: CUPTI attaching (or tearing down)
     # after a capture has broken graphs in some torch/CUDA versions (torch's profiler notes)
     bare_profiles: dict[int, StepProfile] = {}
     profiles: dict[str, tuple[StepProfile | None, str]] = {}
-    for b in bare_by_batch if profile else ():
+    for b in batches if profile else ():
         got, failed = _try_profile(lambda: bare_profile(make_backbone, pair, b, steps, warmup, dev))  # noqa: B023
         if got is not None:
             bare_profiles[b] = got
@@ -824,13 +952,50 @@ def run_bench(
         profiles[name] = _try_profile(
             lambda: method_profile(name, dataclasses.replace(case, compile=False))  # noqa: B023
         )
-    bare_graph, bare_graph_range = {}, {}
-    for b in bare_by_batch if graphed else ():
-        rate = bare_images_per_s(make_backbone, pair, b, steps, warmup, dev, compile, True, repeats)
-        bare_graph[b], bare_graph_range[b] = rate.per_s, (rate.low, rate.high)
-        log(f"  bare {bb_name}, batch {b}, CUDA graph: {rate.per_s:,.0f} images/s")
-    bare_ops = {b: bare_ops_per_step(make_backbone, pair, b, dev) for b in bare_by_batch}
-    bare = bare_by_batch[bs]
+    # Set everything up (and warm it up) first, then time it all in shared rounds
+    # (interleaved_rates): each round times the bare network and every method close together, so a
+    # clock that drifts over the bench (GPU boost and heat, a shared machine's load) moves both sides
+    # of a ratio formed round by round, instead of landing on the methods timed late.
+    runs: dict[tuple[str, Any, str], Callable[[int], int]] = {}
+    for b in batches:
+        runs[("bare", b, "eager")] = bare_runner(make_backbone, pair, b, warmup, dev, compile)
+    for b in batches if graphed else ():
+        runs[("bare", b, "graph")] = bare_runner(make_backbone, pair, b, warmup, dev, compile, True)
+    prepared: dict[str, MethodRuns] = {}
+    sb_notes: dict[tuple[str, str], list[str]] = {}
+    sb_why: dict[str, str] = {}
+    for name in names:
+        prepared[name] = mr = MethodRuns(name, case, graphed)
+        runs.update({("method", name, kind): run for kind, run in mr.runs.items()})
+        if seed_batch > 1 and not compile and "eager" in mr.runs:
+            go, why, got_notes = seed_batch_runner(name, case, seed_batch)
+            sb_why[name] = why  # a refusal or a failure
+            if go is not None:
+                runs[("seed-batch", name, "eager")], sb_notes[(name, "eager")] = go, got_notes
+                if graphed:
+                    go, why, got_notes = seed_batch_runner(name, case, seed_batch, cuda_graphs=True)
+                    if go is None:
+                        sb_notes[(name, "graph-refused")] = [why]
+                    else:
+                        runs[("seed-batch", name, "graph")], sb_notes[(name, "graph")] = go, got_notes
+        log(f"  {name}: set up")
+    log(f"  timing {len(runs)} runs in {repeats} rounds of {steps} and {2 * steps} steps each")
+    rates = interleaved_rates(runs, steps, repeats, clock=_CLOCK)
+    bare_by_batch: dict[int, float] = {}
+    bare_range: dict[int, tuple[float, float]] = {}
+    bare_graph: dict[int, float] = {}
+    bare_graph_range: dict[int, tuple[float, float]] = {}
+    bare_rates: dict[tuple[int, str], Steady] = {}
+    drift: dict[str, dict[int, tuple[float, float]]] = {"eager": {}, "graph": {}}
+    for (what, b, kind), rate in rates.items():
+        if what != "bare":
+            continue
+        rate = bare_rates[(b, kind)] = rate.scaled(b)
+        by, ranges = (bare_by_batch, bare_range) if kind == "eager" else (bare_graph, bare_graph_range)
+        by[b], ranges[b] = rate.per_s, (rate.low, rate.high)
+        drift[kind][b] = (rate.rounds[0], rate.rounds[-1])
+        log(f"  bare {bb_name}, batch {b}{', CUDA graph' if kind == 'graph' else ''}: {rate.per_s:,.0f} images/s")
+    bare_ops = {b: bare_ops_per_step(make_backbone, pair, b, dev) for b in batches}
     result = BenchResult(
         device=device_name(dev),
         torch_version=torch.__version__,
@@ -842,7 +1007,7 @@ def run_bench(
         warmup=warmup,
         compile=compile,
         date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        bare_images_per_s=bare,
+        bare_images_per_s=bare_by_batch[bs],
         bare_by_batch=bare_by_batch,
         bare_graph_by_batch=bare_graph,
         bare_ops_by_batch=bare_ops,
@@ -853,38 +1018,42 @@ def run_bench(
         bare_range_by_batch=bare_range,
         bare_graph_range_by_batch=bare_graph_range,
         unmeasured=_unmeasured(dev, cuda_graphs, seed_batch, compile),
+        bare_drift=drift["eager"],
+        bare_graph_drift=drift["graph"],
+        interleaved=True,
     )
     for name in names:
-        timing = time_method(name, case, graphed)
+        mr = prepared[name]
+        own = {kind: rates[("method", name, kind)] for kind in mr.runs}
+        timing = mr.finish(own)
         if name in profiles:
             timing.profile, failed = profiles[name]
             timing.note = "; ".join(n for n in (timing.note, failed) if n)
-        if seed_batch > 1 and not compile and timing.steps_per_s is not None:
-            timing.seed_batch_steps_per_s, why = seed_batch_timings(name, case, seed_batch)
-            timing.note = "; ".join(n for n in (timing.note, why) if n)  # a refusal, a failure or a plain rate
-            if graphed and timing.seed_batch_steps_per_s is not None:
-                timing.seed_batch_graph_steps_per_s, timing.seed_batch_graph_note = seed_batch_timings(
-                    name, case, seed_batch, cuda_graphs=True
-                )
+        if "eager" in own:
+            ips = timing.images_per_step
+            near = min(batches, key=lambda b: abs(b - ips))
+            timing.ratio = paired_ratio(own["eager"].scaled(ips), bare_rates[(near, "eager")])
+            if "graph" in own and (near, "graph") in bare_rates:
+                timing.graph_ratio = paired_ratio(own["graph"].scaled(ips), bare_rates[(near, "graph")])
+        if name in sb_why:
+            extra = [sb_why[name]]
+            sb = rates.get(("seed-batch", name, "eager"))
+            if sb is not None:
+                timing.seed_batch_steps_per_s = sb.per_s
+                timing.seed_batch_speedup = paired_ratio(sb, own["eager"], seed_batch)
+                extra.append(_seed_batch_note(sb, sb_notes[(name, "eager")], False))
+            sbg = rates.get(("seed-batch", name, "graph"))
+            if sbg is not None:
+                timing.seed_batch_graph_steps_per_s = sbg.per_s
+                timing.seed_batch_graph_note = _seed_batch_note(sbg, sb_notes[(name, "graph")], True)
+                if "graph" in own:
+                    timing.seed_batch_graph_speedup = paired_ratio(sbg, own["graph"], seed_batch)
+            elif (name, "graph-refused") in sb_notes:
+                timing.seed_batch_graph_note = sb_notes[(name, "graph-refused")][0]
+            timing.note = "; ".join(n for n in (timing.note, *extra) if n)
         shown = f"{timing.images_per_s:,.0f} images/s" if timing.images_per_s else timing.note
         log(f"  {name}: {shown}")
         result.methods.append(timing)
-    # the bare network once more, after the methods: they are timed one after another, and GPU
-    # clocks (boost, heat) or a shared machine's load drift over a bench; a ratio against the
-    # first bare timing alone would carry that drift unseen. The bare rate becomes the mean of
-    # the two timings and its range spans both, so every ratio's range includes the drift.
-    timings_again = (
-        (False, bare_by_batch, bare_range, result.bare_drift),
-        (True, bare_graph, bare_graph_range, result.bare_graph_drift),
-    )
-    for captured, rates, ranges, drift in timings_again:
-        for b in list(rates):
-            again = bare_images_per_s(make_backbone, pair, b, steps, warmup, dev, compile, captured, repeats)
-            drift[b] = (rates[b], again.per_s)
-            rates[b] = (rates[b] + again.per_s) / 2
-            ranges[b] = (min(ranges[b][0], again.low), max(ranges[b][1], again.high))
-            log(f"  bare {bb_name}, batch {b}{', CUDA graph' if captured else ''}, again: {again.per_s:,.0f} images/s")
-    result.bare_images_per_s = bare_by_batch[bs]
     return result
 
 
@@ -926,6 +1095,22 @@ def _ratio(num: float, den: float, num_range: tuple[float, float] | None, den_ra
     return f"{shown} ({num_range[0] / den_range[1]:.2f}–{num_range[1] / den_range[0]:.2f})"
 
 
+def _paired(r: tuple[float, float, float]) -> str:
+    """A ratio paired by round (:func:`paired_ratio`): its median and the range of single rounds."""
+    return f"{r[0]:.2f} ({r[1]:.2f}–{r[2]:.2f})"
+
+
+def _setup_ms(ms: float | None) -> str:
+    """The fixed cost of a run in ms: a dash when not measured apart (a plain rate), and a negative
+    estimate (the short run slower per step than the long one: noise larger than the fixed cost)
+    shown as such, never clipped to a 0 that reads as measured."""
+    if ms is None:
+        return "—"
+    if ms < 0:
+        return f"≈0 (−{-ms:,.0f} ms, noise)"
+    return f"{ms:,.0f}"
+
+
 def markdown(result: BenchResult) -> str:
     """The result as a Markdown table with its context."""
     lines = [
@@ -936,26 +1121,47 @@ def markdown(result: BenchResult) -> str:
         f"- batch size: {result.batch_size} per domain, image size {result.image_size} px",
         f"- timed steps: runs of {result.steps} and {2 * result.steps} steps, each {result.repeats} times, after "
         f"{result.warmup} warm-up steps; torch.compile: {result.compile}",
+        *(
+            [
+                f"- rounds: the {result.repeats} timings of every rate were taken in {result.repeats} rounds, each "
+                "round timing the bare network and every method once (the order rotated by one per round), so "
+                "every ratio pairs timings taken close together"
+            ]
+            if result.interleaved
+            else []
+        ),
         f"- date: {result.date}",
         "- images/s counts every image a step trains on (source + target for a DA method)",
         *[f"- note: {n}" for n in result.notes],
         *_drift_lines(result),
         "- ratio: method images/s over the bare network's at the batch closest to the method's images/step; "
-        "both timed alike (steady state, the same repeats)",
-        "- spread: steps/s (−a/+b %) is the range of single repeats around the rate; a ratio's (x–y) is the "
-        "lowest over the highest to the highest over the lowest of those: two ratios whose ranges overlap are "
-        "not told apart by this bench",
+        "both timed alike (steady state, the same repeats)"
+        + (
+            "; the median of the rounds' own ratios (each method's round against the bare network's same round), "
+            "(x–y) the lowest and highest round: two ratios whose ranges overlap are not told apart by this bench"
+            if result.interleaved
+            else ""
+        ),
+        "- spread: steps/s (−a/+b %) is the range of single repeats around the rate"
+        + (
+            ""
+            if result.interleaved
+            else "; a ratio's (x–y) is the lowest over the highest to the highest over the lowest of those: two "
+            "ratios whose ranges overlap are not told apart by this bench"
+        ),
         "",
         "- graphs: steps/s with the step captured in a CUDA graph (--cuda-graphs); its ratio is over the "
         "bare network's, also captured (the limit with the same levers)",
         f"- seed-batch: steps/s of each seed with {result.seed_batch or 'S'} seeds trained as one vmapped model "
         "(--seed-batch), eager steps, not compiled; (k×): the seeds' steps/s together over one run's steps/s, "
-        f"i.e. {result.seed_batch or 'S'} × per seed / steps/s (above 1: batching the seeds is faster)",
+        f"i.e. {result.seed_batch or 'S'} × per seed / steps/s (above 1: batching the seeds is faster)"
+        + ("; the median of the rounds' own" if result.interleaved else ""),
         "- seed-batch graphs: the same with the seed-batched step captured in a CUDA graph (--seed-batch with "
         "--cuda-graphs, CUDA); (k×) over graphs steps/s (one run, captured)",
         "- steps/s are steady-state: the difference of two timed runs of different lengths, so what a run pays "
         "once (building its loop; a captured run's warm-up steps and capture) is left out; setup ms is that "
-        "fixed cost per run (eager / captured)",
+        "fixed cost per run (eager / captured); ≈0 (−x ms, noise): the estimate came out negative, the fixed "
+        "cost is below the timing noise",
         "- ops/step: operations of one captured step (each a kernel or more on a GPU; counted on any device, "
         "off CUDA on the graph body run eagerly); ops ratio: the bare network's ops/step at the nearest batch "
         "over the method's, the rate ratio a launch-free GPU would give if every kernel cost the same",
@@ -992,27 +1198,38 @@ def markdown(result: BenchResult) -> str:
             return None if r is None else (r[0] * ips, r[1] * ips)  # noqa: B023 - used at once
 
         span = _span(m.steps_per_s, *m.steps_per_s_range) if m.steps_per_s_range else ""
-        ratio = _ratio(m.images_per_s, bare[near], images(m.steps_per_s_range), bare_r.get(near))
+        ratio = (
+            _paired(m.ratio)
+            if m.ratio
+            else _ratio(m.images_per_s, bare[near], images(m.steps_per_s_range), bare_r.get(near))
+        )
         g = "— | —"
         if m.graph_steps_per_s is not None and near in bare_g:
             g_span = _span(m.graph_steps_per_s, *m.graph_steps_per_s_range) if m.graph_steps_per_s_range else ""
-            g_ratio = _ratio(
-                m.graph_steps_per_s * ips, bare_g[near], images(m.graph_steps_per_s_range), bare_gr.get(near)
+            g_ratio = (
+                _paired(m.graph_ratio)
+                if m.graph_ratio
+                else _ratio(
+                    m.graph_steps_per_s * ips, bare_g[near], images(m.graph_steps_per_s_range), bare_gr.get(near)
+                )
             )
             g = f"{m.graph_steps_per_s:,.1f}{g_span} | {g_ratio}"
-        setup = "—" if m.setup_ms is None else f"{m.setup_ms:,.0f}"
+        setup = _setup_ms(m.setup_ms)
         if m.graph_steps_per_s is not None:  # eager / captured; a fixed cost not measured apart is a dash
-            setup += " / —" if m.graph_setup_ms is None else f" / {m.graph_setup_ms:,.0f}"
+            setup += f" / {_setup_ms(m.graph_setup_ms)}"
         ops = "— | —"
         if m.graph_ops and near in bare_ops:
             ops = f"{m.graph_ops:,} | {bare_ops[near] / m.graph_ops:.2f}"
         seeds = result.seed_batch
         sb = sbg = "—"
         if m.seed_batch_steps_per_s is not None:  # the seeds' steps together against one run's, eager
-            sb = f"{m.seed_batch_steps_per_s:,.1f} ({seeds * m.seed_batch_steps_per_s / m.steps_per_s:.2f}×)"
+            k = m.seed_batch_speedup[0] if m.seed_batch_speedup else seeds * m.seed_batch_steps_per_s / m.steps_per_s
+            sb = f"{m.seed_batch_steps_per_s:,.1f} ({k:.2f}×)"
         if m.seed_batch_graph_steps_per_s is not None:
             sbg = f"{m.seed_batch_graph_steps_per_s:,.1f}"
-            if m.graph_steps_per_s:  # captured against captured
+            if m.seed_batch_graph_speedup:  # captured against captured, paired by round
+                sbg += f" ({m.seed_batch_graph_speedup[0]:.2f}×)"
+            elif m.graph_steps_per_s:
                 sbg += f" ({seeds * m.seed_batch_graph_steps_per_s / m.graph_steps_per_s:.2f}×)"
         sb_note = m.seed_batch_graph_note
         sb_note = "" if sb_note in ("", "captured") else f"seed-batch graphs: {sb_note}"
@@ -1025,7 +1242,8 @@ def markdown(result: BenchResult) -> str:
 
 
 def _drift_lines(result: BenchResult) -> list[str]:
-    """The bare network's two timings, before and after the methods, by batch (eager, captured)."""
+    """The bare network's drift over the bench by batch (eager, captured): its rate in the first and
+    the last round (interleaved), or before and after the methods (a result of the older layout)."""
     out = []
     for label, drift in (("", result.bare_drift), (", CUDA graph", result.bare_graph_drift)):
         parts = [
@@ -1033,7 +1251,14 @@ def _drift_lines(result: BenchResult) -> list[str]:
             for b, (a, z) in sorted(drift.items())
             if a > 0
         ]
-        if parts:
+        if not parts:
+            continue
+        if result.interleaved:
+            out.append(
+                f"- bare network{label}, images/s in the first → the last round: {'; '.join(parts)}; the clock's "
+                "drift over the bench, which the ratios, paired by round, cancel"
+            )
+        else:
             out.append(
                 f"- bare network{label}, images/s before → after the methods: {'; '.join(parts)}; its rate is the "
                 "mean of the two and its range spans both, so clock drift widens every ratio's range"

@@ -94,20 +94,42 @@ class ConventionalTrainer:
 
 
 @torch.no_grad()
-def conventional_evaluate(method: Method, loaders: list[DataLoader], device: torch.device) -> list[float]:
-    """Accuracy per loader, the usual way: a ``.item()`` per batch."""
+def conventional_evaluate(
+    method: Method,
+    loaders: list[DataLoader],
+    device: torch.device,
+    validator: tuple[DataLoader, torch.Tensor] | None = None,
+) -> tuple[list[float], dict[str, float]]:
+    """Accuracy per loader, the usual way: a ``.item()`` per batch; and, with ``validator`` (a loader
+    over the validator sample's images not in the first loader, and the positions in the first
+    loader's images of those that are), the label-free scores on that sample, so that the baseline
+    forwards every image :func:`dabench.engine.evaluate.evaluate` forwards (the scores are dabench's
+    own formulas: the comparison is the data path, not the arithmetic)."""
+    from dabench.engine.evaluate import label_free_scores
+
     method.eval()
-    accs = []
-    for dl in loaders:
+    accs: list[float] = []
+    first: list[torch.Tensor] = []  # the first loader's logits, for the validator images among them
+    for i, dl in enumerate(loaders):
         correct = total = 0
         for x, y in dl:
             with autocast(device):
-                pred = method.predict(x.to(device)).argmax(1)
-            correct += (pred == y.to(device)).sum().item()
+                logits = method.predict(x.to(device)).float()
+            if i == 0 and validator is not None:
+                first.append(logits)
+            correct += (logits.argmax(1) == y.to(device)).sum().item()
             total += len(y)
         accs.append(100.0 * correct / total)
+    scores: dict[str, float] = {}
+    if validator is not None:
+        extra, from_first = validator
+        parts = [torch.cat(first)[from_first.to(device)]] if first else []
+        for x, _ in extra:
+            with autocast(device):
+                parts.append(method.predict(x.to(device)).float())
+        scores = {k: float(v) for k, v in label_free_scores(torch.cat(parts)).items()}
     method.train()
-    return accs
+    return accs, scores
 
 
 def probe_with_forward_passes(method: Method, x: torch.Tensor, y: torch.Tensor, max_iter: int, wd: float) -> nn.Linear:

@@ -109,7 +109,9 @@ def pytest_sessionfinish(session) -> None:
         # each group's own baseline: the DataLoader one is (a)'s and (c)'s only
         "- ratio dabench/baseline: above 1, dabench is faster",
         "- baseline of (a), (c): torch.utils.data.DataLoader over a Dataset with per-image torchvision transforms "
-        f"(PIL → ToTensor → Normalize), num_workers={BENCH_WORKERS}; (b): the same L-BFGS probe with a forward "
+        f"(PIL → ToTensor → Normalize), num_workers={BENCH_WORKERS}; (c) forwards the images dabench's evaluation "
+        "forwards (evaluation split, source validation, the validators' sample) and computes the same label-free "
+        "scores, so both rates count the same work; (b): the same L-BFGS probe with a forward "
         "pass per evaluation, from the same starting weights; (e): a hand-written PyTorch loop on the same uint8 "
         "device data and augmentation, rounds alternating with the engine's; cache read: decoding the same files "
         "(JPEG; MNIST idx); cache verify: the same file read without verification; report start-up, report DIR: "
