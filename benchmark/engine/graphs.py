@@ -105,8 +105,8 @@ def graph_sgd_step(opt: torch.optim.Optimizer, lrs: Sequence[torch.Tensor]) -> N
 
         g ← g + λ p;   b ← μ b + g;   d = g + μ b (Nesterov) or b;   p ← p − η d
 
-    as torch's fused SGD computes it (``torch._fused_sgd_``: one kernel per group and dtype,
-    where the foreach form is seven), reading and writing ``opt.state[p]["momentum_buffer"]``, so
+    as torch's fused SGD computes it (``torch._fused_sgd_``: one kernel per dtype and lr tensor —
+    groups given the same tensor share one —, where the foreach form is seven), reading and writing ``opt.state[p]["momentum_buffer"]``, so
     a checkpoint's optimiser state is the same as with ``opt.step()`` — which the engine's own SGD
     runs fused too (``_build_optimizers``): eager and captured steps compute the same update. The
     buffers must exist (torch creates them on a parameter's first step; the engine runs eager
@@ -114,6 +114,9 @@ def graph_sgd_step(opt: torch.optim.Optimizer, lrs: Sequence[torch.Tensor]) -> N
     """
     if len(lrs) != len(opt.param_groups):
         raise ValueError(f"graph_sgd_step: {len(lrs)} learning rates for {len(opt.param_groups)} parameter groups")
+    # groups given the very same lr tensor (and the same momentum, weight decay and Nesterov flag)
+    # go to one fused call: the update is elementwise, so only the number of kernels changes
+    batches: dict[tuple[Any, ...], tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]] = {}
     for group, lr in zip(opt.param_groups, lrs):
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
@@ -129,24 +132,25 @@ def graph_sgd_step(opt: torch.optim.Optimizer, lrs: Sequence[torch.Tensor]) -> N
             if any(b is None for b in found):
                 raise NotCapturable("a parameter has no momentum buffer yet (its first step must be eager)")
             bufs = cast(list[torch.Tensor], found)
-        by_dtype: dict[torch.dtype, list[int]] = {}
         for i, p in enumerate(params):  # the fused kernel takes one dtype per call, as torch groups them
-            by_dtype.setdefault(p.dtype, []).append(i)
-        for idx in by_dtype.values():
-            ps = [params[i] for i in idx]
-            gs = [cast(torch.Tensor, params[i].grad) for i in idx]
-            bs = [bufs[i] for i in idx] if bufs else []
-            try:
-                torch._fused_sgd_(
-                    ps, gs, bs,
-                    weight_decay=group["weight_decay"], momentum=momentum, lr=lr, dampening=0.0,
-                    nesterov=group["nesterov"], maximize=False, is_first_step=False,
-                )  # fmt: skip
-            except RuntimeError:
-                # the CUDA kernel checks its tensors' layouts (one dtype, dense, the same strides for a
-                # parameter, its gradient and its buffer) before it launches anything; where it
-                # refuses, the same update in foreach form (seven kernels instead of one)
-                _foreach_sgd(ps, gs, bs, group["weight_decay"], momentum, group["nesterov"], lr)
+            key = (id(lr), momentum, group["weight_decay"], group["nesterov"], p.dtype)
+            _, ps, gs, bs = batches.setdefault(key, (lr, [], [], []))
+            ps.append(p)
+            gs.append(cast(torch.Tensor, p.grad))
+            if bufs:
+                bs.append(bufs[i])
+    for (_, momentum, weight_decay, nesterov, _), (lr, ps, gs, bs) in batches.items():
+        try:
+            torch._fused_sgd_(
+                ps, gs, bs,
+                weight_decay=weight_decay, momentum=momentum, lr=lr, dampening=0.0,
+                nesterov=nesterov, maximize=False, is_first_step=False,
+            )  # fmt: skip
+        except RuntimeError:
+            # the CUDA kernel checks its tensors' layouts (one dtype, dense, the same strides for a
+            # parameter, its gradient and its buffer) before it launches anything; where it
+            # refuses, the same update in foreach form (seven kernels instead of one)
+            _foreach_sgd(ps, gs, bs, weight_decay, momentum, nesterov, lr)
 
 
 @torch.no_grad()
@@ -257,7 +261,8 @@ class CapturedStep:
         row = self.table.index_select(0, self.step.reshape(1)).reshape(-1)
         progress = row.view(torch.float64)[0]  # views: no kernel
         rates = row.view(torch.float32)
-        return progress, [rates[2 + c] for c in self.lr_columns]
+        shared = {c: rates[2 + c] for c in set(self.lr_columns)}  # one tensor per column: graph_sgd_step merges on it
+        return progress, [shared[c] for c in self.lr_columns]
 
     def check(self, values: list[tuple[int, torch.Tensor]]) -> None:
         """One update's divergence check: ``(entry, value)`` for the total (entry 0) and each loss
