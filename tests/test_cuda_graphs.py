@@ -604,6 +604,41 @@ def test_divergence_in_the_emulated_graph_is_named_as_the_eager_loop_names_it(wh
     assert caught[True] == caught[False]
 
 
+def test_a_mid_run_checkpoint_of_a_captured_run_keeps_the_eager_divergence_counter(digits, tmp_path, monkeypatch):
+    """The captured step holds its divergence counter in another form (``poison``/``ok_until``);
+    a mid-run checkpoint keeps the eager form (long, -1 while finite, the total then each part), so
+    checkpoints of captured and eager runs, and of older versions, resume alike."""
+    import dabench.engine.train as train
+    from dabench.core.store import RunStore
+
+    class Stop(Exception):
+        pass
+
+    saved: dict = {}
+
+    def grab(state, path) -> None:
+        saved.update(state)
+        raise Stop
+
+    monkeypatch.setattr(train, "atomic_torch_save", grab)
+    got = {}
+    for use_graphs in (False, True):
+        torch.manual_seed(0)
+        cls = type("_GoesBad_ckpt", (_GoesBad,), {"where": "part", "bad_from": 0.25})
+        method = cls(_lenet(), 10, {})
+        ctx = _context(method, cls.name, digits, use_graphs, steps=20, device="cpu", log_every=20)
+        ctx._store, ctx.checkpoint_every = RunStore(tmp_path), 10
+        with pytest.raises(Stop):
+            method.fit(ctx)
+        assert ctx.graph_note == ("captured" if use_graphs else "off")
+        assert saved["first_bad"].dtype == torch.long
+        got[use_graphs] = (saved["first_bad"].tolist(), saved["first_bad_parts"])
+    # blowup NaN from step 5 (progress 0.25) on, so the total too; ce stays finite (the constant
+    # NaN part has no gradient): -1
+    assert got[False] == ([5, -1, 5], ["ce", "blowup"])
+    assert got[True] == got[False]
+
+
 class _Syncs(Method):
     """Source-only with a host read in its loss: not capturable (test only)."""
 
