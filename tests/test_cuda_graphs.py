@@ -157,6 +157,66 @@ def test_graph_sgd_step_equals_torch_sgd(weight_decay, nesterov, fused):
     assert set(opt_g.state_dict()["state"][0]) == set(opt.state_dict()["state"][0]) == {"momentum_buffer"}
 
 
+def test_groups_sharing_one_lr_tensor_take_one_fused_call_and_the_same_update(monkeypatch):
+    """Two parameter groups at the same learning rate (LeNet's backbone and head: lr_mult 1 both)
+    given the same lr tensor are updated by one fused SGD call (one kernel fewer per captured
+    step), bit for bit as torch's SGD updates them group by group; distinct tensors stay apart."""
+    net, twin, opt, opt_g = _sgd_pair(5e-4, True)
+    for o in (opt, opt_g):
+        for grp in o.param_groups:
+            grp["lr_mult"] = 1.0
+    calls = []
+    fused = torch._fused_sgd_
+    monkeypatch.setattr(torch, "_fused_sgd_", lambda ps, *a, **k: (calls.append(len(ps)), fused(ps, *a, **k)))
+    g = torch.Generator().manual_seed(1)
+    for step in range(5):
+        for o in (opt, opt_g):
+            for grp in o.param_groups:
+                grp["lr"] = 0.05 * (1 + step) ** -0.75
+        _backward_both(g, (net, opt), (twin, opt_g))
+        opt.step()
+        if step == 0:
+            opt_g.step()
+        else:
+            calls.clear()
+            lr = torch.tensor(opt_g.param_groups[0]["lr"], dtype=torch.float32)
+            graph_sgd_step(opt_g, [lr, lr])
+            assert calls == [4]  # both groups' weights and biases in one call
+    for a, b in zip(net.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+        assert torch.equal(opt.state[a]["momentum_buffer"], opt_g.state[b]["momentum_buffer"])
+    calls.clear()
+    _backward_both(g, (twin, opt_g))
+    graph_sgd_step(opt_g, [torch.tensor(0.01), torch.tensor(0.01)])  # equal values, two tensors
+    assert calls == [2, 2]
+
+
+def test_the_packed_step_table_reads_the_very_floats_of_the_step_tables():
+    """One gather per captured step reads ``progress`` and every group's learning rate (packed
+    table): the floats of :func:`graphs.step_tables` at every step, bit for bit; groups whose rate
+    is the same at every step share one column (and one tensor: ``graph_sgd_step`` merges them)."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    groups = [
+        {"params": list(net[0].parameters()), "lr_mult": 1.0},
+        {"params": list(net[1].parameters()), "lr_mult": 0.1},
+        {"params": list(net[2].parameters()), "lr_mult": 1.0},
+    ]
+    opt = torch.optim.SGD(groups, lr=0.01)
+    progress, lrs = graphs.step_tables(0.01, "inv", 37, [opt])
+    _, columns = graphs.pack_step_tables(progress, lrs)
+    assert columns == [0, 1, 0]
+    step = graphs.CapturedStep(
+        torch.device("cpu"), progress, lrs, 0, [], [], {}, {}, torch.full((1,), -1, dtype=torch.long)
+    )
+    for s in range(37):
+        got_progress, got_lrs = step.lookup()
+        assert got_progress.dtype == torch.float64 and got_progress.item() == progress[s].item() == s / 37
+        assert [x.dtype for x in got_lrs] == [torch.float32] * 3
+        assert torch.equal(torch.stack(got_lrs), lrs[s])
+        assert got_lrs[0] is got_lrs[2]
+        step.step.add_(1)
+
+
 def _refuse(*args, **kwargs):
     raise RuntimeError("params, grads, and momentum_buffer_list must have same dtype, device, and layout")
 
@@ -477,6 +537,106 @@ def test_divergence_inside_the_graph_is_detected_and_named(digits):
         _fit(_BlowUp, digits, True)
     assert caught.value.step == STEPS // 2  # first step with progress >= 0.5, replayed from the graph
     assert caught.value.parts == ("blowup",) and caught.value.part_step == STEPS // 2
+
+
+class _GoesBad(Method):
+    """Source-only with a loss part, or a second update, that turns non-finite from ``progress ≥
+    bad_from`` on, decided on the device (test only): ``where`` is ``"part"`` (a NaN part),
+    ``"inf-part"``, ``"total"`` (the total overflows before any part does) or ``"second"`` (an inf part of
+    the step's second update)."""
+
+    name = "goes-bad-test"
+    uses = Uses(source_labels=True)
+    where, bad_from = "part", 0.5
+
+    def _bad(self, progress, like: torch.Tensor, value: float) -> torch.Tensor:
+        late = torch.as_tensor(progress, device=like.device) >= self.bad_from
+        return torch.where(late, torch.full((), value, device=like.device), torch.zeros((), device=like.device))
+
+    def step(self, batch, progress, update) -> None:
+        logits = self.net(batch.x_source)[0]
+        out = self.combine(self.supervised_loss(batch, logits))
+        if self.where in ("part", "inf-part"):
+            out.parts["blowup"] = self._bad(progress, logits, float("nan" if self.where == "part" else "inf"))
+            out.total = out.total + out.parts["blowup"]
+        elif self.where == "total":
+            out.total = out.total * self._bad(progress, logits, 3e38).clamp_min(1.0) * 10.0
+        update("main", out)
+        if self.where == "second":
+            logits = self.net(batch.x_source)[0]
+            second = F.cross_entropy(logits, batch.y_source)
+            bad = self._bad(progress, logits, float("inf"))
+            update("main", Loss(total=second + bad, parts={"second": second + bad}))
+
+
+@pytest.mark.parametrize(
+    "where,bad_from,log_every",
+    [
+        ("part", 0.5, 5),  # in a replayed step
+        ("inf-part", 0.5, 5),
+        ("total", 0.5, 5),
+        ("second", 0.5, 5),
+        ("part", 0.05, 10),  # in an eager warm-up step (step 1 of 20), read only after the capture
+    ],
+)
+def test_divergence_in_the_emulated_graph_is_named_as_the_eager_loop_names_it(where, bad_from, log_every, digits):
+    """The captured step's divergence counter (NaN poison + fmax, read back in the eager form)
+    names the step and the loss part that went non-finite first exactly as the eager loop does:
+    a NaN or an inf part, a total that overflows a step before any part, a part of the
+    step's second update, and a warm-up step's divergence the host reads only after the capture.
+    Off CUDA the graph's body runs as such (``CapturedStep`` emulated), so this runs on the CPU."""
+    caught = {}
+    for use_graphs in (False, True):
+        torch.manual_seed(0)
+        cls = type(f"_GoesBad_{where}", (_GoesBad,), {"where": where, "bad_from": bad_from})
+        method = cls(_lenet(), 10, {})
+        ctx = _context(method, cls.name, digits, use_graphs, steps=20, device="cpu", log_every=log_every)
+        with pytest.raises(Diverged) as err:
+            method.fit(ctx)
+        assert ctx.graph_note == ("captured" if use_graphs else "off")
+        caught[use_graphs] = (err.value.step, err.value.parts, err.value.part_step)
+    first = 10 if bad_from == 0.5 else 1  # the first step with progress >= bad_from
+    # an overflowing total leaves NaN weights: the cross-entropy part goes non-finite one step later
+    expected = {"total": (first, ("ce",), first + 1)}.get(
+        where, (first, ("second",) if where == "second" else ("blowup",), first)
+    )
+    assert caught[False] == expected
+    assert caught[True] == caught[False]
+
+
+def test_a_mid_run_checkpoint_of_a_captured_run_keeps_the_eager_divergence_counter(digits, tmp_path, monkeypatch):
+    """The captured step holds its divergence counter in another form (``poison``/``ok_until``);
+    a mid-run checkpoint keeps the eager form (long, -1 while finite, the total then each part), so
+    checkpoints of captured and eager runs, and of older versions, resume alike."""
+    import dabench.engine.train as train
+    from dabench.core.store import RunStore
+
+    class Stop(Exception):
+        pass
+
+    saved: dict = {}
+
+    def grab(state, path) -> None:
+        saved.update(state)
+        raise Stop
+
+    monkeypatch.setattr(train, "atomic_torch_save", grab)
+    got = {}
+    for use_graphs in (False, True):
+        torch.manual_seed(0)
+        cls = type("_GoesBad_ckpt", (_GoesBad,), {"where": "part", "bad_from": 0.25})
+        method = cls(_lenet(), 10, {})
+        ctx = _context(method, cls.name, digits, use_graphs, steps=20, device="cpu", log_every=20)
+        ctx._store, ctx.checkpoint_every = RunStore(tmp_path), 10
+        with pytest.raises(Stop):
+            method.fit(ctx)
+        assert ctx.graph_note == ("captured" if use_graphs else "off")
+        assert saved["first_bad"].dtype == torch.long
+        got[use_graphs] = (saved["first_bad"].tolist(), saved["first_bad_parts"])
+    # blowup NaN from step 5 (progress 0.25) on, so the total too; ce stays finite (the constant
+    # NaN part has no gradient): -1
+    assert got[False] == ([5, -1, 5], ["ce", "blowup"])
+    assert got[True] == got[False]
 
 
 class _Syncs(Method):

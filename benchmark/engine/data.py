@@ -126,6 +126,7 @@ class StreamCursor:
         #: (an offset plus an arange would be one kernel more per stream and step); reset only at boundaries
         self.pos = torch.arange(b, device=dev)
         self._arange = torch.arange(b, device=dev)
+        self._pending = 0  # deferred advances of ``pos`` (:meth:`take` with ``defer``)
         rest = stream._perm[stream._pos :]
         self.buf[: len(rest)].copy_(rest)
 
@@ -141,11 +142,28 @@ class StreamCursor:
         self.buf[len(idx) : len(idx) + len(rest)].copy_(rest)
         self.pos.copy_(self._arange)
 
-    def take(self) -> torch.Tensor:
-        """The step's indices, read and advanced on the device (what the captured graph runs)."""
+    def take(self, defer: bool = False) -> torch.Tensor:
+        """The step's indices, read and advanced on the device (what the captured graph runs).
+
+        ``defer``: ``pos`` is not advanced here but by whoever calls :meth:`advance` after the
+        step (a captured step advances every stream's ``pos`` and its step counter in one kernel);
+        a second ``take`` before that advances first, so it reads the next batch all the same."""
+        if self._pending:
+            self.pos.add_(self._pending)
+            self._pending = 0
         idx = self.buf.index_select(0, self.pos)
-        self.pos.add_(self.stream.batch_size)
+        if defer:
+            self._pending = self.stream.batch_size
+        else:
+            self.pos.add_(self.stream.batch_size)
         return idx
+
+    def advance(self) -> tuple[torch.Tensor, int] | None:
+        """``(pos, by)``: the deferred advance of ``pos`` the caller must apply (``pos += by``), or None."""
+        if not self._pending:
+            return None
+        by, self._pending = self._pending, 0
+        return self.pos, by
 
 
 def augment_affine(

@@ -43,6 +43,7 @@ import torch
 
 from ..core.domain import lr_factor
 from ..core.method import Batch, Loss, Method
+from .data import StreamCursor
 from .evaluate import autocast
 from .opcount import count_ops
 
@@ -56,6 +57,9 @@ WARMUP_STEPS = 3
 
 #: ``timings["cuda_graphs"]`` values (fallbacks add a reason after ``"fallback: "``)
 CAPTURED, OFF = "captured", "off"
+
+#: the captured divergence counter holds step numbers in float32, exact up to 2**24
+_EXACT_FLOAT32_STEPS = 2**24
 
 _BATCH_PARTS = ("x_source", "y_source", "x_target", "idx_target", "x_shots", "y_shots")
 
@@ -101,8 +105,8 @@ def graph_sgd_step(opt: torch.optim.Optimizer, lrs: Sequence[torch.Tensor]) -> N
 
         g ← g + λ p;   b ← μ b + g;   d = g + μ b (Nesterov) or b;   p ← p − η d
 
-    as torch's fused SGD computes it (``torch._fused_sgd_``: one kernel per group and dtype,
-    where the foreach form is seven), reading and writing ``opt.state[p]["momentum_buffer"]``, so
+    as torch's fused SGD computes it (``torch._fused_sgd_``: one kernel per dtype and lr tensor —
+    groups given the same tensor share one —, where the foreach form is seven), reading and writing ``opt.state[p]["momentum_buffer"]``, so
     a checkpoint's optimiser state is the same as with ``opt.step()`` — which the engine's own SGD
     runs fused too (``_build_optimizers``): eager and captured steps compute the same update. The
     buffers must exist (torch creates them on a parameter's first step; the engine runs eager
@@ -110,6 +114,9 @@ def graph_sgd_step(opt: torch.optim.Optimizer, lrs: Sequence[torch.Tensor]) -> N
     """
     if len(lrs) != len(opt.param_groups):
         raise ValueError(f"graph_sgd_step: {len(lrs)} learning rates for {len(opt.param_groups)} parameter groups")
+    # groups given the very same lr tensor (and the same momentum, weight decay and Nesterov flag)
+    # go to one fused call: the update is elementwise, so only the number of kernels changes
+    batches: dict[tuple[Any, ...], tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]] = {}
     for group, lr in zip(opt.param_groups, lrs):
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
@@ -125,24 +132,25 @@ def graph_sgd_step(opt: torch.optim.Optimizer, lrs: Sequence[torch.Tensor]) -> N
             if any(b is None for b in found):
                 raise NotCapturable("a parameter has no momentum buffer yet (its first step must be eager)")
             bufs = cast(list[torch.Tensor], found)
-        by_dtype: dict[torch.dtype, list[int]] = {}
         for i, p in enumerate(params):  # the fused kernel takes one dtype per call, as torch groups them
-            by_dtype.setdefault(p.dtype, []).append(i)
-        for idx in by_dtype.values():
-            ps = [params[i] for i in idx]
-            gs = [cast(torch.Tensor, params[i].grad) for i in idx]
-            bs = [bufs[i] for i in idx] if bufs else []
-            try:
-                torch._fused_sgd_(
-                    ps, gs, bs,
-                    weight_decay=group["weight_decay"], momentum=momentum, lr=lr, dampening=0.0,
-                    nesterov=group["nesterov"], maximize=False, is_first_step=False,
-                )  # fmt: skip
-            except RuntimeError:
-                # the CUDA kernel checks its tensors' layouts (one dtype, dense, the same strides for a
-                # parameter, its gradient and its buffer) before it launches anything; where it
-                # refuses, the same update in foreach form (seven kernels instead of one)
-                _foreach_sgd(ps, gs, bs, group["weight_decay"], momentum, group["nesterov"], lr)
+            key = (id(lr), momentum, group["weight_decay"], group["nesterov"], p.dtype)
+            _, ps, gs, bs = batches.setdefault(key, (lr, [], [], []))
+            ps.append(p)
+            gs.append(cast(torch.Tensor, p.grad))
+            if bufs:
+                bs.append(bufs[i])
+    for (_, momentum, weight_decay, nesterov, _), (lr, ps, gs, bs) in batches.items():
+        try:
+            torch._fused_sgd_(
+                ps, gs, bs,
+                weight_decay=weight_decay, momentum=momentum, lr=lr, dampening=0.0,
+                nesterov=nesterov, maximize=False, is_first_step=False,
+            )  # fmt: skip
+        except RuntimeError:
+            # the CUDA kernel checks its tensors' layouts (one dtype, dense, the same strides for a
+            # parameter, its gradient and its buffer) before it launches anything; where it
+            # refuses, the same update in foreach form (seven kernels instead of one)
+            _foreach_sgd(ps, gs, bs, weight_decay, momentum, nesterov, lr)
 
 
 @torch.no_grad()
@@ -194,12 +202,19 @@ class CapturedStep:
         part_names: list[str],
         sums: dict[str, torch.Tensor],
         parts: dict[str, torch.Tensor],
+        first_bad: torch.Tensor,
+        cursors: Sequence[StreamCursor] = (),
     ) -> None:
         self.device = device
-        self.progress_table = progress_table.to(device=device, dtype=torch.float64)
-        self.lr_table = lr_table.to(device=device, dtype=torch.float32)
+        steps = len(progress_table)
+        if steps > _EXACT_FLOAT32_STEPS:
+            # the divergence counter holds step numbers in float32 (see :meth:`end_step`)
+            raise NotCapturable(f"{steps} steps: the captured divergence counter counts up to {_EXACT_FLOAT32_STEPS}")
+        self.table, self.lr_columns = pack_step_tables(progress_table, lr_table)
+        self.table = self.table.to(device)
         self.step = torch.full((), first_step, dtype=torch.long, device=device)
         self.generators = list(generators)
+        self.cursors = list(cursors)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.emulated = False
         #: operations in one step (:class:`~dabench.engine.opcount.OpCounter`), when ``count_ops`` is
@@ -220,18 +235,76 @@ class CapturedStep:
                 self.sums[k].copy_(sums[k])
         for k, v in sums.items():  # a part seen earlier in this window but not now: kept until the evaluation
             self.sums.setdefault(k, v)
+        # the divergence counter in the graph's form (:meth:`end_step`), from the eager one
+        # (``first_bad``: ``[1 + parts]``, or ``[seeds, 1 + parts]``, -1 while finite): entry ``j``
+        # of the total and the parts is row ``j`` of ``poison`` and ``ok_until`` (contiguous rows:
+        # the foreach kernels' fast path takes them)
+        counter = first_bad.detach().to(device)
+        bad = (counter >= 0).t()
+        nan = torch.full((), float("nan"), device=device)
+        self.poison = torch.where(bad, nan, 0.0).contiguous()
+        self.ok_until = torch.where(bad, counter.t() - 1, first_step - 1).to(torch.float32).contiguous()
+        self._layout = counter.shape
+        # the constant second factors of the foreach update: 1 for a loss sum, 0 for a poison row
+        self._one = {tuple(v.shape): torch.ones_like(v) for v in self.sums.values()}
+        self._zero = torch.zeros_like(self.poison[0])
+        self._checks: list[list[tuple[int, torch.Tensor]]] = []
 
     def body(self) -> None:
         raise NotImplementedError
 
     def lookup(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """This step's progress (0-d float64) and every parameter group's learning rate (0-d
-        float32 views of one table row, in :func:`step_tables`' group order), read at the device step."""
-        at = self.step.reshape(1)
+        float32, in :func:`step_tables`' group order; groups with the same rate at every step share
+        one tensor): views of one row of the packed table, read at the device step."""
         # index_select, not table[step]: indexing with a 0-d tensor may read it on the host
-        progress = self.progress_table.index_select(0, at).reshape(())
-        row = self.lr_table.index_select(0, at).reshape(-1)
-        return progress, list(row.unbind(0))  # views: no kernel
+        row = self.table.index_select(0, self.step.reshape(1)).reshape(-1)
+        progress = row.view(torch.float64)[0]  # views: no kernel
+        rates = row.view(torch.float32)
+        shared = {c: rates[2 + c] for c in set(self.lr_columns)}  # one tensor per column: graph_sgd_step merges on it
+        return progress, [shared[c] for c in self.lr_columns]
+
+    def check(self, values: list[tuple[int, torch.Tensor]]) -> None:
+        """One update's divergence check: ``(entry, value)`` for the total (entry 0) and each loss
+        part it logs (entry ``1 + i`` for ``part_names[i]``; 0-d, or ``[seeds]``), applied by
+        :meth:`end_step` (the first update's together with the loss sums, in one kernel)."""
+        self._checks.append([(j, v.detach().float()) for j, v in values])
+
+    def end_step(self, parts: dict[str, torch.Tensor]) -> None:
+        """The end of the body: the loss sums, the divergence counter, the step and the streams' positions.
+
+        The counter, per entry (the total and each loss part; per seed): ``poison`` becomes NaN
+        from the first step with a non-finite value on (``poison += v·0``: ``v·0`` is 0 for a finite
+        ``v``, NaN for ±inf and NaN, and NaN stays), and ``ok_until = fmax(ok_until, poison + step)``
+        is the last step before it (``fmax`` ignores the NaN), so the first non-finite step is
+        ``ok_until + 1`` (:meth:`read_first_bad`): the eager counter's value, in two kernels for all
+        entries where the eager check takes six. ``poison += v·0`` joins the loss sums' update,
+        ``sums += part·1`` (exact: the same sums as ``sums += part``), in one ``_foreach_addcmul_``.
+        The step counter and the streams' positions (:meth:`StreamCursor.take`) advance in one
+        ``_foreach_add_``."""
+        checks, self._checks = self._checks or [[]], []
+        first = checks[0]
+        selves = [self.sums[k] for k in self.keys] + [self.poison[j] for j, _ in first]
+        if selves:
+            torch._foreach_addcmul_(
+                selves,
+                [parts[k].detach().float() for k in self.keys] + [v for _, v in first],
+                [self._one[tuple(self.sums[k].shape)] for k in self.keys] + [self._zero] * len(first),
+            )
+        for later in checks[1:]:  # a step of several updates: one kernel more for each further one
+            if later:  # (one list may not name a row twice: its kernel would race on it)
+                torch._foreach_addcmul_(
+                    [self.poison[j] for j, _ in later], [v for _, v in later], [self._zero] * len(later)
+                )
+        torch.fmax(self.ok_until, self.poison + self.step, out=self.ok_until)
+        moved = [m for m in (c.advance() for c in self.cursors) if m is not None]
+        torch._foreach_add_([self.step, *(pos for pos, _ in moved)], [1, *(by for _, by in moved)])
+
+    def read_first_bad(self) -> torch.Tensor:
+        """The divergence counter in the eager loop's form (long, -1 while finite; ``[1 + parts]``
+        or ``[seeds, 1 + parts]``): what the host reads every ``log_every`` steps and a checkpoint keeps."""
+        first = torch.where(torch.isnan(self.poison), self.ok_until + 1, -1.0).to(torch.long)
+        return first.t().contiguous().reshape(self._layout)
 
     def capture(self) -> None:
         """Record one step; raises (any exception: the caller falls back to eager steps) if it cannot be."""
@@ -254,11 +327,6 @@ class CapturedStep:
             else:
                 self.body()
         self.graph = graph
-
-    def accumulate(self, parts: dict[str, torch.Tensor]) -> None:
-        """Add this step's loss parts to the in-place sums: one foreach kernel for all of them."""
-        if self.keys:
-            torch._foreach_add_([self.sums[k] for k in self.keys], [parts[k].detach().float() for k in self.keys])
 
     def replay(self) -> None:
         """One training step (the caller has prepared the streams' cursors): nothing but the replay."""
@@ -312,13 +380,15 @@ class StepGraph(CapturedStep):
         first_bad: torch.Tensor,
         sums: dict[str, torch.Tensor],
         parts: dict[str, torch.Tensor],
+        cursors: Sequence[StreamCursor] = (),
     ) -> None:
-        super().__init__(device, progress_table, lr_table, first_step, generators, part_names, sums, parts)
+        super().__init__(
+            device, progress_table, lr_table, first_step, generators, part_names, sums, parts, first_bad, cursors
+        )
         self.method, self.opts, self.pick = method, opts, pick
         self.draw = draw
         #: the captured step's batch (static tensors of the graph's pool; ``idx_target`` included)
         self.batch: Batch | None = None
-        self.first_bad = first_bad  # updated in place from here on
         self._lrs: dict[int, list[torch.Tensor]] = {}
         self._step_parts: dict[str, torch.Tensor] = {}
 
@@ -343,8 +413,7 @@ class StepGraph(CapturedStep):
             raise NotCapturable(
                 f"the step logs loss parts {list(self._step_parts)}, the warm-up steps logged {self.keys}"
             )
-        self.accumulate(self._step_parts)
-        self.step.add_(1)
+        self.end_step(self._step_parts)
 
     def _update(self, names: str | Sequence[str], out: Loss) -> None:
         """The engine's ``update`` inside the graph: backward, the graph-safe SGD, in-place counters."""
@@ -358,13 +427,10 @@ class StepGraph(CapturedStep):
         new = [k for k in out.parts if k not in self.part_names]
         if new:
             raise NotCapturable(f"loss part(s) {new} first appear after the warm-up steps")
-        total = out.total.detach().float().reshape(())
-        values = [total] + [
-            out.parts[k].detach().float().reshape(()) if k in out.parts else total.new_zeros(())
-            for k in self.part_names
-        ]
-        bad = nonfinite(torch.stack(values)) & (self.first_bad < 0)
-        torch.where(bad, self.step, self.first_bad, out=self.first_bad)  # in place: the graph's static counter
+        # a part this update does not log is 0 in the eager check: finite, nothing to check
+        values = [(0, out.total.reshape(()))]
+        values += [(1 + i, out.parts[k].reshape(())) for i, k in enumerate(self.part_names) if k in out.parts]
+        self.check(values)
         self._step_parts.update(out.parts)
 
 
@@ -386,6 +452,27 @@ def step_tables(
     factors = [lr_factor(lr_schedule, s / steps) for s in range(steps)]
     lrs = torch.tensor([[lr * m * f for m in mults] for f in factors], dtype=torch.float64)
     return progress, lrs.to(torch.float32)
+
+
+def pack_step_tables(progress: torch.Tensor, lrs: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """:func:`step_tables`' two tables as one, so that a captured step reads its progress and every
+    learning rate with one gather: row ``s`` holds the float64 ``progress[s]`` in its first 8 bytes,
+    then the float32 learning rates, their bits unchanged (int64 storage: a gather copies bits).
+    Groups whose learning rate is the same float at every step share a column; returns the table
+    and, per group, its column (:meth:`CapturedStep.lookup` reads column ``c`` at float32 ``2 + c``)."""
+    columns: list[torch.Tensor] = []
+    of_group: list[int] = []
+    for j in range(lrs.shape[1]):
+        col = lrs[:, j].to(torch.float32)
+        same = [c for c, kept in enumerate(columns) if torch.equal(kept, col)]
+        if not same:
+            columns.append(col)
+        of_group.append(same[0] if same else len(columns) - 1)
+    rates = torch.stack(columns, dim=1) if columns else torch.zeros(len(progress), 0)
+    if rates.shape[1] % 2:  # whole int64 words
+        rates = torch.cat([rates, torch.zeros(len(progress), 1)], dim=1)
+    packed = torch.cat([progress.to(torch.float64).reshape(-1, 1).view(torch.int64), rates.view(torch.int64)], dim=1)
+    return packed.contiguous(), of_group
 
 
 def zero_sums(sums: dict[str, torch.Tensor], keys: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -334,14 +334,16 @@ class SeedStepGraph(graphs.CapturedStep):
         first_bad: torch.Tensor,
         sums: dict[str, torch.Tensor],
         keys: list[str],
+        cursors: Sequence[StreamCursor] = (),
     ) -> None:
         n_seeds = first_bad.shape[0]
         # one [S] sum per part the warm-up steps logged
         shapes = {k: torch.zeros(n_seeds, device=device) for k in keys}
-        super().__init__(device, progress_table, lr_table, first_step, generators, part_names, sums, shapes)
+        super().__init__(
+            device, progress_table, lr_table, first_step, generators, part_names, sums, shapes, first_bad, cursors
+        )
         self.forward, self.opt, self.draw = forward, opt, draw
         self.batch: dict[str, torch.Tensor] = {}
-        self.first_bad = first_bad.clone()  # static from here on: the loop reads this one
 
     def body(self) -> None:
         """One seed-batched step, from the seeds' indices to ``step += 1`` (what the graph holds)."""
@@ -358,12 +360,9 @@ class SeedStepGraph(graphs.CapturedStep):
             raise NotCapturable(f"loss part(s) {new} first appear after the warm-up steps")
         if list(parts) != self.keys:
             raise NotCapturable(f"the step logs loss parts {list(parts)}, the warm-up steps logged {self.keys}")
-        zeros = totals.new_zeros(totals.shape[0])
-        values = torch.stack([totals.detach()] + [parts.get(k, zeros) for k in self.part_names], dim=1)
-        bad = graphs.nonfinite(values) & (self.first_bad < 0)
-        torch.where(bad, self.step, self.first_bad, out=self.first_bad)  # in place: the graph's static counter
-        self.accumulate(parts)
-        self.step.add_(1)
+        # every seed's total and parts (a part not logged is 0 in the eager check: nothing to check)
+        self.check([(0, totals)] + [(1 + i, parts[k]) for i, k in enumerate(self.part_names) if k in parts])
+        self.end_step(parts)
 
 
 def train_batched(
@@ -478,7 +477,7 @@ def train_batched(
     cursors: list[dict[str, StreamCursor]] = []
 
     def take_of(c: dict[str, StreamCursor]) -> Callable[[str], torch.Tensor]:
-        return lambda name: c[name].take()
+        return lambda name: c[name].take(defer=True)
 
     def capture(step: int) -> SeedStepGraph | None:
         """The step captured (data path included) to replay from ``step`` on; ``None`` if it cannot be."""
@@ -487,11 +486,12 @@ def train_batched(
         states = [ctx._data.generator.get_state() for ctx in ctxs]
         try:
             cursors[:] = [{name: StreamCursor(s) for name, s in st.items()} for st in streams]
-            takes = [take_of(c) for c in cursors]
+            takes = [take_of(c) for c in cursors]  # deferred: the graph advances every cursor at once
             progress, lrs = graphs.step_tables(sch.lr, sch.lr_schedule, steps, [opt])
             graph = SeedStepGraph(
                 forward, opt, device, lambda: draw(takes, cursors), progress, lrs, step,
                 [ctx._data.generator for ctx in ctxs], part_names, first_bad, sums, last_parts,
+                [c for seed_cursors in cursors for c in seed_cursors.values()],
             )  # fmt: skip
             graph.count_ops = ctxs[0].count_ops
             graph.capture()
@@ -512,7 +512,7 @@ def train_batched(
             capture_at = None
             graph = capture(step)
             if graph is not None:
-                first_bad, sums = graph.first_bad, graph.sums
+                sums = graph.sums
         if graph is not None:
             for seed_cursors in cursors:  # host bookkeeping; device work only at epoch boundaries
                 for cursor in seed_cursors.values():
@@ -567,7 +567,8 @@ def train_batched(
             ctxs[i].images_seen = images
         last = step + 1 == steps
         if (step + 1) % sch.log_every == 0 or last:
-            bad = first_bad.tolist()  # the periodic sync: every seed's total and parts at once
+            counter = graph.read_first_bad() if graph is not None else first_bad
+            bad = counter.tolist()  # the periodic sync: every seed's total and parts at once
             for i in list(alive):
                 if bad[i][0] >= 0:
                     outcomes[i] = Diverged(

@@ -318,7 +318,8 @@ class RunContext:
             self.images_seen += per_step_images
             last = step + 1 == steps
             if (step + 1) % sch.log_every == 0 or last:
-                bad = first_bad.tolist()  # the periodic sync (one read: the total's and every part's)
+                counter = graph.read_first_bad() if graph is not None else first_bad
+                bad = counter.tolist()  # the periodic sync (one read: the total's and every part's)
                 if bad[0] >= 0:
                     raise Diverged(bad[0], *_first_bad_part(part_names, bad[1:]), source_sha256=self.source_sha256)
                 if self.on_step:
@@ -329,6 +330,7 @@ class RunContext:
             if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 and not last:
                 if graph is not None:
                     set_lr(step)  # replays read the lr from the graph's table; the checkpoint keeps the eager value
+                    first_bad = graph.read_first_bad()  # the eager counter's form: checkpoints keep one format
                 self._save_partial(method, opts, step + 1, streams, sums, n_since, first_bad, part_names)
         self.graph_ops = graph.ops if graph is not None else None
 
@@ -411,8 +413,9 @@ class RunContext:
             progress, lrs = graphs.step_tables(sch.lr, sch.lr_schedule, steps, list(opts.values()))
             graph = StepGraph(
                 method, opts, lambda n: _pick(opts, n, method), dev,
-                lambda: self._batch(lambda name: cursors[name].take(), cursors),
+                lambda: self._batch(lambda name: cursors[name].take(defer=True), cursors),
                 progress, lrs, step, [data.generator], part_names, first_bad, sums, step_parts,
+                list(cursors.values()),
             )  # fmt: skip
             graph.count_ops = self.count_ops
             graph.capture()
