@@ -704,6 +704,12 @@ class BenchArgumentError(ValueError):
     """A ``dabench bench`` / :func:`run_bench` argument out of range (one line, each value named)."""
 
 
+#: the largest tensor dimension a bench value may set: torch indexes with 32-bit integers in many
+#: kernels, and a larger value (e.g. --batch-size 10**23) failed as torch's "Overflow when
+#: unpacking long long" with a traceback
+SIZE_MAX = 2**31 - 1
+
+
 def check_bench_args(
     *,
     steps: int = 50,
@@ -736,10 +742,10 @@ def check_bench_args(
             ("--steps", steps, lambda v: v >= 1, ">= 1"),
             ("--warmup", warmup, lambda v: v >= 0, ">= 0"),
             ("--repeats", repeats, lambda v: v >= 1, ">= 1"),
-            ("--seed-batch", seed_batch, lambda v: v == 0 or v >= 2, "0 (off) or >= 2 seeds"),
-            ("--batch-size", batch_size, lambda v: v is None or v >= 1, ">= 1"),
-            ("--image-size", image_size, lambda v: v is None or v >= 1, ">= 1"),
-            ("--synthetic", synthetic, lambda v: v >= 0, "0 (off) or a number of images"),
+            ("--seed-batch", seed_batch, lambda v: v == 0 or 2 <= v <= SIZE_MAX, f"0 (off) or 2 to {SIZE_MAX} seeds"),
+            ("--batch-size", batch_size, lambda v: v is None or 1 <= v <= SIZE_MAX, f"1 to {SIZE_MAX}"),
+            ("--image-size", image_size, lambda v: v is None or 1 <= v <= SIZE_MAX, f"1 to {SIZE_MAX}"),
+            ("--synthetic", synthetic, lambda v: 0 <= v <= SIZE_MAX, f"0 (off) or a number of images up to {SIZE_MAX}"),
         )
         if not ((value is None and flag in ("--batch-size", "--image-size")) or (whole(value) and ok(value)))
     ]
