@@ -530,7 +530,9 @@ def _run(args: argparse.Namespace) -> int:
         matrix = matrix_for(
             load_matrix_file(args.matrix) if args.matrix else None,
             methods=_csv(m) if (m := _names("--methods", args.methods)) is not None else None,
-            pairs=split_names(p) if (p := _names("--pairs", args.pairs)) is not None else None,  # keeps folder:a=..,b=.. whole
+            pairs=split_names(p)
+            if (p := _names("--pairs", args.pairs)) is not None
+            else None,  # keeps folder:a=..,b=.. whole
             seeds=args.seeds,
             overrides=parse_overrides(args.set),
             sweep=parse_sweeps(args.sweep),

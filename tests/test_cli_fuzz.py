@@ -116,7 +116,10 @@ CASES: list[tuple[list[str], str]] = [
     # --rerun: --methods/--seeds/--matrix beside it were ignored (exit 0)
     (["run", "--dry-run", "--results", "{results}", "--rerun", "abc123abc123", "--methods", "dann"], "--methods"),
     (["run", "--dry-run", "--results", "{results}", "--rerun", "abc123abc123", "--seeds", "3"], "--seeds"),
-    (["run", "--dry-run", "--results", "{results}", "--rerun", "abc123abc123", "--matrix", "{root}/x.toml"], "--matrix"),
+    (
+        ["run", "--dry-run", "--results", "{results}", "--rerun", "abc123abc123", "--matrix", "{root}/x.toml"],
+        "--matrix",
+    ),
     (["run", "--dry-run", "--results", "{results}", "--rerun", "nosuch"], "--rerun nosuch"),
     (["run", "--dry-run", "--results", "{results}", "--rerun", "abc123abc123", "--set", "steps=3"], "--set"),
     # list

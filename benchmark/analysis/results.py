@@ -111,7 +111,9 @@ def _runs_folder(d: Path) -> Path:
         )
     if not d.is_dir():
         # a ValueError (not NotADirectoryError, an OSError): one line, as the folder that does not exist
-        raise ValueError(f"results folder {str(d)!r} is a file, not a folder; expected the --results folder of 'dabench run'")
+        raise ValueError(
+            f"results folder {str(d)!r} is a file, not a folder; expected the --results folder of 'dabench run'"
+        )
     runs = d / "runs"
     if runs.is_dir() or (d / "matrix.json").is_file():
         # a results folder whose matrix has no record yet: none to read (its matrix.json is no record)

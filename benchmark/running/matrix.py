@@ -26,8 +26,8 @@ import difflib
 import math
 import pathlib
 import re
-from dataclasses import dataclass, field, fields
 from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import tomllib
@@ -128,7 +128,9 @@ def load_matrix_file(path: str | pathlib.Path) -> Matrix:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:  # a binary file given by mistake: TOML is UTF-8 text
-        raise MatrixError(f"{where}: not a TOML text file (not UTF-8 at byte {exc.start}); expected a matrix file") from None
+        raise MatrixError(
+            f"{where}: not a TOML text file (not UTF-8 at byte {exc.start}); expected a matrix file"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise MatrixError(f"{where}: not valid TOML: {exc}") from None
     if not data or not any(data.values()):
@@ -474,8 +476,9 @@ def seeds_problem(seeds: Sequence[object]) -> str | None:
         return "expected at least one seed"
     bad = [s for s in seeds if not (isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED)]
     if bad:
-        return f"expected integers from 0 to {MAX_SEED}, got {bad[0]!r}"
-    twice = sorted({s for s in seeds if list(seeds).count(s) > 1})
+        return f"expected non-negative integers up to {MAX_SEED}, got {bad[0]!r}"
+    ints = [int(s) for s in seeds]  # type: ignore[call-overload]  # checked above: all ints
+    twice = sorted({s for s in ints if ints.count(s) > 1})
     if twice:
         return f"seed {twice[0]} given twice; give each seed once (each seed is one run)"
     return None

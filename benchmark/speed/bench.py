@@ -742,12 +742,22 @@ def check_bench_args(
             ("--steps", steps, lambda v: v >= 1, ">= 1"),
             ("--warmup", warmup, lambda v: v >= 0, ">= 0"),
             ("--repeats", repeats, lambda v: v >= 1, ">= 1"),
-            ("--seed-batch", seed_batch, lambda v: v == 0 or 2 <= v <= SIZE_MAX, f"0 (off) or 2 to {SIZE_MAX} seeds"),
-            ("--batch-size", batch_size, lambda v: v is None or 1 <= v <= SIZE_MAX, f"1 to {SIZE_MAX}"),
-            ("--image-size", image_size, lambda v: v is None or 1 <= v <= SIZE_MAX, f"1 to {SIZE_MAX}"),
-            ("--synthetic", synthetic, lambda v: 0 <= v <= SIZE_MAX, f"0 (off) or a number of images up to {SIZE_MAX}"),
+            ("--seed-batch", seed_batch, lambda v: v == 0 or v >= 2, "0 (off) or >= 2 seeds"),
+            ("--batch-size", batch_size, lambda v: v is None or v >= 1, ">= 1"),
+            ("--image-size", image_size, lambda v: v is None or v >= 1, ">= 1"),
+            ("--synthetic", synthetic, lambda v: v >= 0, "0 (off) or a number of images"),
         )
         if not ((value is None and flag in ("--batch-size", "--image-size")) or (whole(value) and ok(value)))
+    ]
+    bad += [
+        f"{flag} must be at most {SIZE_MAX} (got {value!r})"
+        for flag, value in (
+            ("--seed-batch", seed_batch),
+            ("--batch-size", batch_size),
+            ("--image-size", image_size),
+            ("--synthetic", synthetic),
+        )
+        if whole(value) and value > SIZE_MAX  # type: ignore[operator]
     ]
     if bad:
         raise BenchArgumentError("; ".join(bad))
