@@ -108,7 +108,7 @@ def run(
     from .core.domain import default_data_root
     from .core.registry import METHODS
     from .running.executors import ExecutorOptions
-    from .running.plan import matrix_for, open_executor, rerun_specs
+    from .running.plan import check_wait_limit, matrix_for, open_executor, rerun_specs
     from .running.scheduler import WAIT_LIMIT_S, run_matrix
 
     _check_arguments(
@@ -137,8 +137,8 @@ def run(
             f"dabench.run: workers={executor_options['workers']}: the inline executor runs one run at a time in "
             "this process; use executor='local' (or 'ray') to run several at once"
         )
-    if wait_limit is not None and not (isinstance(wait_limit, (int, float)) and wait_limit >= 0):
-        raise MatrixError(f"dabench.run: wait_limit: expected seconds >= 0, got {wait_limit!r}")
+    if wait_limit is not None:
+        check_wait_limit(wait_limit, "dabench.run: wait_limit")
     extra_plugins = _names("plugins", executor_options.get("plugins", ()))
     rerun_ids = _names("rerun", rerun)
     given = dict(overrides or {})

@@ -28,6 +28,7 @@ from .running.matrix import (
     load_matrix_file,
     parse_overrides,
     parse_sweeps,
+    seeds_problem,
     sweep_text,
 )
 
@@ -50,11 +51,28 @@ def _seeds(text: str) -> tuple[int, ...]:
         seeds = tuple(int(s) for s in _csv(text))
     except ValueError:
         seeds = ()
-    if not seeds or any(s < 0 for s in seeds):  # the same rule as a matrix file's seeds
+    problem = seeds_problem(seeds)  # the same rule as a matrix file's seeds and dabench.run's
+    if problem:
         raise argparse.ArgumentTypeError(
-            f"--seeds expects comma-separated non-negative integers like 0,1,2, got {text!r}"
+            f"--seeds expects comma-separated non-negative integers like 0,1,2, got {text!r} ({problem})"
         )
     return seeds
+
+
+def _names(flag: str, text: str | None) -> str | None:
+    """``--methods``/``--pairs`` as given; one with no name in it (``''``, ``,``) is refused: ``''``
+    ran the default matrix, ``,`` a matrix of no run, and neither said so."""
+    if text is not None and not _csv(text):
+        raise MatrixError(f"{flag} {text!r}: expected comma-separated names (see dabench list), got none")
+    return text
+
+
+def _path(text: str) -> pathlib.Path:
+    """A path flag's value; an empty one is refused: ``pathlib.Path('')`` is the current folder,
+    so ``--results ''`` (an unset shell variable) wrote the runs there."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return pathlib.Path(text)
 
 
 class _ExecutorNames:
@@ -91,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--matrix",
-        type=pathlib.Path,
+        type=_path,
         help="TOML matrix file ([matrix] methods/pairs/seeds/plugins/max_trials, [set], [sweep]; see README)",
     )
     r.add_argument(
@@ -146,14 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--results",
-        type=pathlib.Path,
+        type=_path,
         default=pathlib.Path("results/default"),
         help="results folder (default: results/default); rerunning skips complete runs; the printed "
         "leaderboard covers every run in the folder",
     )
     r.add_argument(
         "--data-root",
-        type=pathlib.Path,
+        type=_path,
         default=None,
         help=f"where datasets live (default: $DABENCH_DATA or {default_data_root()})",
     )
@@ -296,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     rep = sub.add_parser("report", help="leaderboard, statistics and figures from results folders")
-    rep.add_argument("dirs", nargs="+", type=pathlib.Path, help="results folders (several merge)")
+    rep.add_argument("dirs", nargs="+", type=_path, help="results folders (several merge)")
     rep.add_argument(
         "--rule",
         default="last",
@@ -311,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(argmax of its score over trials x evaluations); one row per method",
     )
     rep.add_argument("--format", default="md,csv", help="comma-separated: md,csv,tex,html (default: md,csv)")
-    rep.add_argument("--out", type=pathlib.Path, default=None, help="output folder (default: the first DIR)")
+    rep.add_argument("--out", type=_path, default=None, help="output folder (default: the first DIR)")
     rep.add_argument(
         "--where",
         action="append",
@@ -382,19 +400,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--data-root",
-        type=pathlib.Path,
+        type=_path,
         default=None,
         help=f"where datasets live (default: $DABENCH_DATA or {default_data_root()})",
     )
     b.add_argument(
         "--out",
-        type=pathlib.Path,
+        type=_path,
         default=None,
         help="Markdown table (default: results/bench/<device>.md; raw numbers beside it as .json)",
     )
 
     st = sub.add_parser("status", help="counts of complete/running/failed/diverged runs of a results folder")
-    st.add_argument("dir", type=pathlib.Path, help="results folder (e.g. results/default)")
+    st.add_argument("dir", type=_path, help="results folder (e.g. results/default)")
     return p
 
 
@@ -468,7 +486,14 @@ def _run(args: argparse.Namespace) -> int:
     # stay fast, and one command's heavy dependencies (pandas, scipy, seaborn) never load for another
     from .analysis.selection import check_rule
     from .running.executors import ExecutorOptions
-    from .running.plan import check_device, check_executor_options, matrix_for, open_executor, rerun_specs
+    from .running.plan import (
+        check_device,
+        check_executor_options,
+        check_wait_limit,
+        matrix_for,
+        open_executor,
+        rerun_specs,
+    )
     from .running.scheduler import run_matrix
 
     # the printed leaderboard's rule is checked before anything runs: a typo found only by the
@@ -478,8 +503,22 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise MatrixError(f"--rule {args.rule}: {exc}") from None
     if args.rerun:
-        if args.sweep or args.trials is not None:
-            raise MatrixError("--rerun repeats a run exactly as recorded; it takes no --sweep or --trials")
+        # as dabench.run(rerun=...) refuses them: --methods, --seeds ... beside --rerun were ignored
+        beside = {
+            "--matrix": args.matrix,
+            "--methods": args.methods,
+            "--pairs": args.pairs,
+            "--seeds": args.seeds,
+            "--sweep": args.sweep or None,
+            "--trials": args.trials,
+            "--sweep-seed": args.sweep_seed,
+            "--max-trials": args.max_trials,
+        }
+        if asked := [flag for flag, value in beside.items() if value is not None]:
+            raise MatrixError(
+                f"--rerun repeats a run exactly as recorded; it takes no {', '.join(asked)} "
+                "(its only --set is save_features)"
+            )
         # a dry run only reads: the records stay where they are (they used to move to previous/)
         specs, plugins = rerun_specs(
             args.results, args.rerun, parse_overrides(args.set), extra_plugins=args.plugin, archive=not args.dry_run
@@ -490,8 +529,10 @@ def _run(args: argparse.Namespace) -> int:
     else:
         matrix = matrix_for(
             load_matrix_file(args.matrix) if args.matrix else None,
-            methods=_csv(args.methods) if args.methods else None,
-            pairs=split_names(args.pairs) if args.pairs else None,  # keeps folder:a=..,b=.. whole
+            methods=_csv(m) if (m := _names("--methods", args.methods)) is not None else None,
+            pairs=split_names(p)
+            if (p := _names("--pairs", args.pairs)) is not None
+            else None,  # keeps folder:a=..,b=.. whole
             seeds=args.seeds,
             overrides=parse_overrides(args.set),
             sweep=parse_sweeps(args.sweep),
@@ -510,6 +551,12 @@ def _run(args: argparse.Namespace) -> int:
                 "save them: add --set save_features=true (or save_features = true in a matrix file's [set] table), "
                 "or print another rule now and report with --rule dev later"
             )
+    if args.checkpoint_every < 0:  # EngineOptions' own message names its field, not the flag
+        raise MatrixError(
+            f"--checkpoint-every {args.checkpoint_every}: expected a number of steps >= 0 (0: no mid-run checkpoints)"
+        )
+    if args.wait_limit is not None:
+        check_wait_limit(args.wait_limit, "--wait-limit")
     if args.workers is not None and args.executor == "inline":
         raise MatrixError(
             f"--workers {args.workers}: the inline executor runs one run at a time in this process; "

@@ -78,7 +78,7 @@ def test_api_sweep_and_matrix_file_as_the_cli(tmp_path):
             MatrixError,
             r"rerun repeats runs exactly as recorded; it takes no methods",
         ),
-        ({"wait_limit": -1}, MatrixError, r"wait_limit: expected seconds >= 0, got -1"),
+        ({"wait_limit": -1}, MatrixError, r"wait_limit=-1: expected a number of seconds >= 0"),
         # each failed deep inside (TypeError / ValueError from pathlib, dict(), '<'), or was taken
         ({"methods": 3}, MatrixError, r"methods=3: expected a name, a comma list"),  # 'int' object is not iterable
         ({"pairs": 5}, MatrixError, r"pairs=5: expected a name"),

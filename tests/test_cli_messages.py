@@ -121,7 +121,7 @@ def test_list_takes_its_pattern_after_the_plugin_option(capsys) -> None:
             "the inline executor cannot stop a run that hangs (its runs are not processes of their own it may kill); use --executor local",
         ),
         (["--executor", "slurm", "--slurm-time", "0"], "--slurm-time must be at least 1 minute, got 0"),
-        (["--checkpoint-every", "-1"], "checkpoint_every=-1: must be >= 0"),
+        (["--checkpoint-every", "-1"], "--checkpoint-every -1: expected a number of steps >= 0"),
     ],
 )
 def test_dry_run_refuses_the_options_the_run_would_refuse(

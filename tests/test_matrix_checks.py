@@ -98,7 +98,7 @@ def test_negative_seeds_refused_on_the_cli_like_in_files(capsys) -> None:
         main(["run", "--dry-run", "--seeds", "-1"])
     assert info.value.code == 2
     assert "non-negative integers" in capsys.readouterr().err
-    with pytest.raises(MatrixError, match="non-negative integers, got -1"):
+    with pytest.raises(MatrixError, match="non-negative integers up to 4294967295, got -1"):
         expand(Matrix(methods=("source-only",), seeds=(-1,)))
 
 

@@ -153,6 +153,7 @@ def _dirs(dirs: str | Path | Iterable[str | Path]) -> list[Path]:
 def _check_formats(formats: Iterable[str] | str, name: str = "formats") -> tuple[str, ...]:
     """The export formats of a comma string or a list; ``name``: how the error names the setting
     (``--format`` for the CLI, ``formats`` for :func:`write_report` and ``dabench.report``)."""
+    given_text = formats if isinstance(formats, str) else None
     if isinstance(formats, str):
         formats = [f.strip() for f in formats.split(",") if f.strip()]
     elif isinstance(formats, Iterable):
@@ -162,7 +163,22 @@ def _check_formats(formats: Iterable[str] | str, name: str = "formats") -> tuple
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ValueError(f"{name}: unknown report format(s) {', '.join(bad)}; valid: {', '.join(FORMATS)}")
+    if not formats and given_text is not None:  # --format '' (or ',') wrote no table and said nothing
+        raise ValueError(f"{name} {given_text!r}: expected comma-separated formats; valid: {', '.join(FORMATS)}")
     return tuple(formats)
+
+
+def _make_out_dir(out_dir: Path) -> None:
+    """Create the report's output folder, or refuse it in one line naming ``--out``: a file there
+    (FileExistsError) or a folder that cannot be made escaped as an OS error without the flag."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {str(out_dir)!r} is a file, not a folder; give a folder for the report's files")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"--out {str(out_dir)!r}: cannot create the folder ({exc.strerror or exc}); give a writable folder"
+        ) from None
 
 
 def validator_notes(df: pd.DataFrame) -> list[str]:
@@ -436,10 +452,12 @@ def write_report(
         name → path: the formats, ``"report"`` (report.html) and ``"figures"`` (folder).
     """
     formats = _check_formats(formats)
+    if tsne is not None and not (isinstance(tsne, str) and tsne.strip()):  # '' was taken as "no t-SNE"
+        raise ValueError(f"--tsne {tsne!r}: expected a run id (see DIR/runs/<run_id>.json)")
     ds = _dirs(dirs)
     raw = _load(ds, where, rule) if runs is None else runs
     out_dir = Path(out) if out is not None else ds[0]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _make_out_dir(out_dir)
     df = _selected(raw, rule, select_config)
     lb = leaderboard(df, rule)
     written: dict[str, Path] = {}

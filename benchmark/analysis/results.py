@@ -110,7 +110,10 @@ def _runs_folder(d: Path) -> Path:
             "(the --results folder of 'dabench run')"
         )
     if not d.is_dir():
-        raise NotADirectoryError(f"results folder {str(d)!r} is a file, not a folder")
+        # a ValueError (not NotADirectoryError, an OSError): one line, as the folder that does not exist
+        raise ValueError(
+            f"results folder {str(d)!r} is a file, not a folder; expected the --results folder of 'dabench run'"
+        )
     runs = d / "runs"
     if runs.is_dir() or (d / "matrix.json").is_file():
         # a results folder whose matrix has no record yet: none to read (its matrix.json is no record)

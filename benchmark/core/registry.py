@@ -523,6 +523,8 @@ def list_backbones(pattern: str | None = None) -> list[str]:
 
 def load_plugin(ref: str) -> None:
     """Import a plugin given as a ``.py`` file path or a dotted module name; it registers itself."""
+    if not ref.strip():  # importlib's "Empty module name" did not say what a plugin reference is
+        raise PluginError(f"plugin {ref!r}: expected a FILE.py path or an importable module name")
     try:
         if ref.endswith(".py") or "/" in ref:
             path = pathlib.Path(ref).resolve()
@@ -537,7 +539,10 @@ def load_plugin(ref: str) -> None:
             digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
             mod_name = f"dabench_plugin_{path.stem.replace('-', '_')}_{digest}"
             spec = importlib.util.spec_from_file_location(mod_name, path)
-            assert spec and spec.loader
+            if spec is None or spec.loader is None:  # not a .py file: Python has no loader for it
+                raise PluginError(
+                    f"plugin {ref!r}: {path} is not a Python file; expected a FILE.py path or an importable module name"
+                )
             module = importlib.util.module_from_spec(spec)
             sys.modules[mod_name] = module
             try:
@@ -547,7 +552,7 @@ def load_plugin(ref: str) -> None:
                 raise
         else:
             importlib.import_module(ref)
-    except RegistryError:
+    except (RegistryError, PluginError):
         raise
     except Exception as exc:
         raise PluginError(

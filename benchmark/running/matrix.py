@@ -26,6 +26,7 @@ import difflib
 import math
 import pathlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -86,6 +87,10 @@ def parse_overrides(items: list[str] | None, where: str = "--set") -> dict[str, 
     out: dict[str, Any] = {}
     for item in items or []:
         key, value = _key_and_text(item, where, "key=value", "--set steps=300 --set dann.trade_off=0.5")
+        if key in out:
+            # the later one silently won (--set steps=10 --set steps=20 ran 20 steps): as a
+            # key given to two --sweep, or twice in one TOML table, a repeat is refused
+            raise MatrixError(f"{where}: key {key!r} given twice ({key}={out[key]!r} and {item.strip()}); give it once")
         out[key] = parse_value(value)
     return out
 
@@ -121,7 +126,11 @@ def load_matrix_file(path: str | pathlib.Path) -> Matrix:
     if not path.is_file():
         raise MatrixError(f"{where}: no such matrix file")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:  # a binary file given by mistake: TOML is UTF-8 text
+        raise MatrixError(
+            f"{where}: not a TOML text file (not UTF-8 at byte {exc.start}); expected a matrix file"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise MatrixError(f"{where}: not valid TOML: {exc}") from None
     if not data or not any(data.values()):
@@ -166,7 +175,8 @@ def load_matrix_file(path: str | pathlib.Path) -> Matrix:
         )
     if "seeds" in m:
         seeds = m["seeds"]
-        if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0:
+        # a count n is seeds 0..n-1; a huge one would build its list for minutes before any check
+        if isinstance(seeds, int) and not isinstance(seeds, bool) and 0 < seeds <= MAX_SEED_COUNT:
             seeds = list(range(seeds))
         ok = (
             isinstance(seeds, list)
@@ -177,9 +187,11 @@ def load_matrix_file(path: str | pathlib.Path) -> Matrix:
             bool(ok),
             where,
             "matrix.seeds",
-            "a positive integer or a non-empty list of non-negative integers",
+            f"a count from 1 to {MAX_SEED_COUNT} or a non-empty list of non-negative integers",
             m["seeds"],
         )
+        if problem := seeds_problem(seeds):
+            raise MatrixError(f"{where}: key 'matrix.seeds': {problem}, got {m['seeds']!r}")
         kwargs["seeds"] = tuple(seeds)
     overrides = data.get("set", {})
     _expect(isinstance(overrides, dict), where, "set", "a table [set] of key = value", overrides)
@@ -447,12 +459,35 @@ def expand(matrix: Matrix) -> list[RunSpec]:
     return ordered
 
 
+#: the largest seed: the engine seeds torch generators with small multiples of it (engine/data.py),
+#: which must fit in 64 bits; 2**32 - 1 is also every common RNG's (numpy's) bound
+MAX_SEED = 2**32 - 1
+#: the most seeds a matrix file's ``seeds = N`` may ask for (each seed is one run per configuration)
+MAX_SEED_COUNT = 10_000
+
+
+def seeds_problem(seeds: Sequence[object]) -> str | None:
+    """What is wrong with ``seeds`` (one rule for ``--seeds``, a matrix file and ``dabench.run``), or None.
+
+    Each a non-negative integer up to :data:`MAX_SEED`, each once: a repeated seed is the same
+    run id and ran once, so ``0,0`` silently gave one seed where two were asked for.
+    """
+    if not seeds:
+        return "expected at least one seed"
+    bad = [s for s in seeds if not (isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED)]
+    if bad:
+        return f"expected non-negative integers up to {MAX_SEED}, got {bad[0]!r}"
+    ints = [int(s) for s in seeds]  # type: ignore[call-overload]  # checked above: all ints
+    twice = sorted({s for s in ints if ints.count(s) > 1})
+    if twice:
+        return f"seed {twice[0]} given twice; give each seed once (each seed is one run)"
+    return None
+
+
 def _check_seeds(matrix: Matrix) -> None:
-    if not matrix.seeds:
-        raise MatrixError("no seeds given")
-    bad_seeds = [s for s in matrix.seeds if not (isinstance(s, int) and not isinstance(s, bool) and s >= 0)]
-    if bad_seeds:
-        raise MatrixError(f"seeds: expected non-negative integers, got {', '.join(map(repr, bad_seeds))}")
+    problem = seeds_problem(matrix.seeds)
+    if problem:
+        raise MatrixError(f"seeds {', '.join(map(repr, matrix.seeds))}: {problem}")
 
 
 def sweep_plan(matrix: Matrix) -> list[tuple[dict[str, Any], list[RunSpec]]]:

@@ -150,6 +150,17 @@ def check_device(name: str | None, local: bool = True) -> None:
         raise MatrixError(problem)
 
 
+def check_wait_limit(seconds: object, name: str = "wait_limit") -> None:
+    """``--wait-limit`` / ``dabench.run(wait_limit=)``: seconds >= 0 (``inf``: wait as long as it
+    takes). ``-1`` and ``nan`` were taken by the CLI: each wait then ended at once, as ``0``."""
+    import math
+
+    ok = isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and not math.isnan(seconds)
+    if not (ok and seconds >= 0):  # type: ignore[operator]
+        shown = f"{name} {seconds}" if name.startswith("-") else f"{name}={seconds!r}"
+        raise MatrixError(f"{shown}: expected a number of seconds >= 0 (0: do not wait)")
+
+
 def check_executor_options(name: str, options: ExecutorOptions) -> None:
     """The executors' own option checks (:func:`~dabench.running.executors.base.check_executor_options`)
     without building one, as one :class:`MatrixError`: ``dabench run --dry-run`` calls it."""
@@ -161,4 +172,4 @@ def check_executor_options(name: str, options: ExecutorOptions) -> None:
         raise MatrixError(str(exc)) from None
 
 
-__all__ = ["matrix_for", "rerun_specs", "open_executor", "check_device", "check_executor_options"]
+__all__ = ["matrix_for", "rerun_specs", "open_executor", "check_device", "check_executor_options", "check_wait_limit"]

@@ -836,6 +836,12 @@ class BenchArgumentError(ValueError):
     """A ``dabench bench`` / :func:`run_bench` argument out of range (one line, each value named)."""
 
 
+#: the largest tensor dimension a bench value may set: torch indexes with 32-bit integers in many
+#: kernels, and a larger value (e.g. --batch-size 10**23) failed as torch's "Overflow when
+#: unpacking long long" with a traceback
+SIZE_MAX = 2**31 - 1
+
+
 def check_bench_args(
     *,
     steps: int = 50,
@@ -874,6 +880,16 @@ def check_bench_args(
             ("--synthetic", synthetic, lambda v: v >= 0, "0 (off) or a number of images"),
         )
         if not ((value is None and flag in ("--batch-size", "--image-size")) or (whole(value) and ok(value)))
+    ]
+    bad += [
+        f"{flag} must be at most {SIZE_MAX} (got {value!r})"
+        for flag, value in (
+            ("--seed-batch", seed_batch),
+            ("--batch-size", batch_size),
+            ("--image-size", image_size),
+            ("--synthetic", synthetic),
+        )
+        if whole(value) and value > SIZE_MAX  # type: ignore[operator]
     ]
     if bad:
         raise BenchArgumentError("; ".join(bad))
