@@ -228,14 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--runs-per-gpu",
         type=int,
-        default=1,
+        default=None,
         metavar="K",
         help="local/ray/slurm: pack K runs on each GPU (small models cannot fill a GPU alone; default: 1)",
     )
     r.add_argument(
         "--runs-per-process",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
         help="local: runs a worker process does before a fresh one replaces it (0: no limit, "
         "the default: the pair's data is loaded once per worker; 1: each run in a fresh "
@@ -257,14 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--gpus-per-job",
         type=int,
-        default=1,
+        default=None,
         metavar="G",
         help="slurm: GPUs per job, each job running G x --runs-per-gpu runs (0: CPU jobs; default: 1)",
     )
     r.add_argument(
         "--slurm-time",
         type=int,
-        default=240,
+        default=None,
         metavar="MINUTES",
         help="slurm: time limit of a job; a job reaching it (or preempted) is requeued and its runs "
         "resume from their --checkpoint-every checkpoints (default: 240)",
