@@ -251,7 +251,7 @@ def test_ignored_executor_options_are_refused_alike(tmp_path, capsys, flags, key
     base = ["run", "--methods", "source-only", "--seeds", "0", "--results", str(tmp_path / "cli"), *flags]
     lines = []
     for argv in (base, [*base, "--dry-run"]):
-        code, out, err = _cli(capsys, *argv)
+        code, _, err = _cli(capsys, *argv)
         assert code == 2 and err.startswith("dabench: error: ") and len(err.strip().splitlines()) == 1, err
         lines.append(err.removeprefix("dabench: error: ").strip())
     named = [f for f in flags if f.startswith("--") and f != "--executor"]

@@ -162,7 +162,8 @@ class ExecutorOptions:
     runs_per_process: int | None = None  # local: runs per worker process before a fresh one (default 0: no limit)
     ray_address: str | None = None  # ray: cluster to join (None: start a local Ray)
     slurm_partition: str | None = None  # slurm: partition to submit to (None: the cluster's default)
-    gpus_per_job: int | None = None  # slurm: GPUs per job (0: CPU jobs; default 1); the job runs gpus_per_job x runs_per_gpu runs
+    # slurm: GPUs per job (0: CPU jobs; default 1); a job runs gpus_per_job x runs_per_gpu runs
+    gpus_per_job: int | None = None
     slurm_time_min: int | None = None  # slurm: each job's time limit (default 240); a job that reaches it is requeued
     slurm_cluster: str | None = None  # slurm: None/"slurm", or "local" (submitit's local processes, for tests)
     #: local: a run's wall-clock limit in seconds, from when its worker is handed the run (start-up
