@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="S",
-        help="seed of the random-search draws (default: 0; same seed, same trials)",
+        help="seed of the random-search draws (default: 0; same seed, same trials; needs a random --sweep)",
     )
     r.add_argument(
         "--max-trials", type=int, default=None, metavar="N", help="refuse a sweep with more trials than N (default: 64)"
@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--seed-batch",
         action="store_true",
-        help="train the seeds of each configuration as one vmapped model (inline and local executors; "
+        help="train the seeds of each configuration as one vmapped model (inline and local executors, refused by "
+        "the others; "
         "speed only, not part of the run id; see docs/architecture.md)",
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
