@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="S",
-        help="seed of the random-search draws (default: 0; same seed, same trials)",
+        help="seed of the random-search draws (default: 0; same seed, same trials; needs a random --sweep)",
     )
     r.add_argument(
         "--max-trials", type=int, default=None, metavar="N", help="refuse a sweep with more trials than N (default: 64)"
@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--seed-batch",
         action="store_true",
-        help="train the seeds of each configuration as one vmapped model (inline and local executors; "
+        help="train the seeds of each configuration as one vmapped model (inline and local executors, refused by "
+        "the others; "
         "speed only, not part of the run id; see docs/architecture.md)",
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -228,14 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--runs-per-gpu",
         type=int,
-        default=1,
+        default=None,
         metavar="K",
         help="local/ray/slurm: pack K runs on each GPU (small models cannot fill a GPU alone; default: 1)",
     )
     r.add_argument(
         "--runs-per-process",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
         help="local: runs a worker process does before a fresh one replaces it (0: no limit, "
         "the default: the pair's data is loaded once per worker; 1: each run in a fresh "
@@ -257,14 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--gpus-per-job",
         type=int,
-        default=1,
+        default=None,
         metavar="G",
         help="slurm: GPUs per job, each job running G x --runs-per-gpu runs (0: CPU jobs; default: 1)",
     )
     r.add_argument(
         "--slurm-time",
         type=int,
-        default=240,
+        default=None,
         metavar="MINUTES",
         help="slurm: time limit of a job; a job reaching it (or preempted) is requeued and its runs "
         "resume from their --checkpoint-every checkpoints (default: 240)",

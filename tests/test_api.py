@@ -95,6 +95,15 @@ def test_api_sweep_and_matrix_file_as_the_cli(tmp_path):
         ({"max_trials": 0}, MatrixError, r"max_trials=0: expected an integer >= 1"),  # ran
         ({"workers": "2", "executor": "local"}, MatrixError, r"workers='2': expected int or None"),
         ({"seed_batch": "no"}, MatrixError, r"seed_batch='no': expected bool"),  # batched
+        # an option the executor does not read was ignored (the run went on without it)
+        ({"runs_per_gpu": 2}, MatrixError, r"^--runs-per-gpu 2: the inline executor does not use it"),
+        ({"gpus_per_job": 2}, MatrixError, r"^--gpus-per-job 2: the inline executor does not use it"),
+        ({"slurm_partition": "gpu"}, MatrixError, r"^--slurm-partition gpu: the inline executor"),
+        ({"slurm_time_min": 10}, MatrixError, r"^--slurm-time 10: the inline executor"),
+        ({"ray_address": "auto", "executor": "local"}, MatrixError, r"^--ray-address auto: the local executor"),
+        ({"seed_batch": True, "executor": "slurm"}, MatrixError, r"^--seed-batch: the slurm executor runs each seed"),
+        ({"sweep_seed": 3}, MatrixError, r"^sweep_seed=3: there is no random sweep to seed"),  # seeded nothing
+        ({"sweep_seed": 3, "sweep": {"lr": [0.1, 0.2]}}, MatrixError, r"^sweep_seed=3: there is no random sweep"),
     ],
 )
 def test_api_bad_input_is_refused_before_anything_runs(tmp_path, kwargs, error, match):

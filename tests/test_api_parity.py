@@ -233,3 +233,51 @@ def test_report_formats_and_status_as_the_cli(swept, tmp_path, capsys):
         dabench.leaderboard(dabench.load_results(swept), select_config="yes")
     with pytest.raises(TypeError, match=r"report: expected one or more results folders"):
         dabench.report()
+
+
+@pytest.mark.parametrize(
+    "flags, keywords",
+    [
+        (["--runs-per-gpu", "2"], {"runs_per_gpu": 2}),
+        (["--gpus-per-job", "2", "--slurm-time", "10"], {"gpus_per_job": 2, "slurm_time_min": 10}),
+        (["--slurm-partition", "gpu"], {"slurm_partition": "gpu"}),
+        (["--executor", "local", "--ray-address", "auto"], {"executor": "local", "ray_address": "auto"}),
+        (["--executor", "slurm", "--seed-batch"], {"executor": "slurm", "seed_batch": True}),
+    ],
+)
+def test_ignored_executor_options_are_refused_alike(tmp_path, capsys, flags, keywords):
+    """An option the chosen executor does not read is one refusal, the same line from ``dabench run``,
+    its ``--dry-run`` and ``dabench.run`` (all pass through ``check_executor_options``); nothing is written."""
+    base = ["run", "--methods", "source-only", "--seeds", "0", "--results", str(tmp_path / "cli"), *flags]
+    lines = []
+    for argv in (base, [*base, "--dry-run"]):
+        code, _, err = _cli(capsys, *argv)
+        assert code == 2 and err.startswith("dabench: error: ") and len(err.strip().splitlines()) == 1, err
+        lines.append(err.removeprefix("dabench: error: ").strip())
+    named = [f for f in flags if f.startswith("--") and f != "--executor"]
+    assert lines[0] == lines[1] and all(f"{f}" in lines[0] for f in named), lines[0]
+    with pytest.raises(dabench.MatrixError) as info:
+        dabench.run(methods="source-only", seeds=[0], results_dir=tmp_path / "api", device="cpu", **keywords)
+    assert str(info.value) == lines[0]
+    assert not (tmp_path / "cli").exists() and not (tmp_path / "api").exists()
+
+
+def test_sweep_seed_without_random_sweep_is_refused_alike(tmp_path, capsys):
+    """``--sweep-seed`` / ``sweep_seed=`` with no distribution to draw: refused by ``plan.matrix_for``
+    for both, as ``--trials`` / ``trials=`` are, each naming the option its own way."""
+    code, _, err = _cli(capsys, "run", "--dry-run", "--methods", "source-only", "--seeds", "0", "--sweep-seed", "3")
+    assert code == 2 and err.startswith("dabench: error: --sweep-seed 3: there is no random sweep to seed")
+    with pytest.raises(dabench.MatrixError, match=r"^sweep_seed=3: there is no random sweep to seed"):
+        dabench.run(methods="source-only", seeds=[0], results_dir=tmp_path / "api", device="cpu", sweep_seed=3)
+    assert not (tmp_path / "api").exists()
+
+
+def test_executor_options_not_given_resolve_to_the_documented_defaults():
+    """The executor-specific options default to None (not given, so an executor that does not read
+    them can refuse them); an executor reads the documented defaults (the ``--help`` text)."""
+    opts = ExecutorOptions()
+    assert (opts.runs_per_gpu, opts.runs_per_process, opts.gpus_per_job, opts.slurm_time_min) == (None,) * 4
+    done = opts.resolved()
+    assert (done.runs_per_gpu, done.runs_per_process, done.gpus_per_job, done.slurm_time_min) == (1, 0, 1, 240)
+    given = ExecutorOptions(runs_per_gpu=3, gpus_per_job=0).resolved()
+    assert (given.runs_per_gpu, given.gpus_per_job) == (3, 0)  # 0 (CPU jobs) kept, not taken as not given

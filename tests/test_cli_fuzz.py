@@ -93,6 +93,24 @@ CASES: list[tuple[list[str], str]] = [
     (_run("--executor", "local", "--runs-per-gpu", "0"), "--runs-per-gpu"),
     (_run("--executor", "local", "--run-timeout", "0"), "--run-timeout"),
     (_run("--executor", "nosuch"), "--executor"),
+    # options the chosen executor does not read were ignored (exit 0: the user believed them applied)
+    (_run("--runs-per-gpu", "2"), "--runs-per-gpu 2: the inline executor does not use it"),
+    (_run("--runs-per-gpu", "1"), "--runs-per-gpu 1: the inline executor"),  # given, even at its default
+    (_run("--gpus-per-job", "2"), "--gpus-per-job 2: the inline executor does not use it"),
+    (_run("--slurm-partition", "gpu"), "--slurm-partition gpu: the inline executor does not use it"),
+    (_run("--slurm-time", "10"), "--slurm-time 10: the inline executor does not use it"),
+    (_run("--slurm-cluster", "local"), "--slurm-cluster local: the inline executor"),
+    (_run("--runs-per-process", "1"), "--runs-per-process 1: the inline executor"),
+    (_run("--executor", "local", "--ray-address", "auto"), "--ray-address auto: the local executor does not use it"),
+    (_run("--executor", "local", "--slurm-time", "10"), "--slurm-time 10: the local executor"),
+    (_run("--executor", "ray", "--runs-per-process", "2"), "--runs-per-process 2: the ray executor"),
+    (_run("--executor", "slurm", "--ray-address", "auto"), "--ray-address auto: the slurm executor"),
+    # the SLURM job runs each seed as its own worker process: --seed-batch was only a note on stderr
+    (_run("--executor", "slurm", "--seed-batch"), "--seed-batch: the slurm executor runs each seed separately"),
+    (_run("--executor", "ray", "--seed-batch"), "--seed-batch: the ray executor runs each seed separately"),
+    # --sweep-seed without a random sweep seeded nothing (exit 0), while --trials was refused
+    (_run("--sweep-seed", "3"), "--sweep-seed 3: there is no random sweep to seed"),
+    (_run("--sweep-seed", "3", "--sweep", "lr=0.1,0.2"), "--sweep-seed 3: there is no random sweep"),
     (_run("--device", "gpu"), "gpu"),
     (_run("--rule", "nosuch"), "--rule"),
     # an empty path was the current folder: --results '' wrote the runs there (exit 0)
@@ -172,3 +190,23 @@ def test_status_of_a_file_or_nothing(fx: dict[str, str], capsys) -> None:
         assert _exit_code(["status", d]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("dabench: error:") and pathlib.Path(d).name in err[0], err
+
+
+def test_executor_options_that_apply_still_run_with_the_same_run_ids(fx: dict[str, str], capsys) -> None:
+    """Each executor takes its own options (dry run: exit 0), and none changes the run ids: the
+    specs printed are those of the plain command."""
+    assert _exit_code([a.format(**fx) for a in _run()]) == 0
+    plain = capsys.readouterr().out
+    assert plain.strip()
+    for extra in (
+        ["--executor", "local", "--runs-per-gpu", "2", "--runs-per-process", "1", "--workers", "2", "--seed-batch"],
+        ["--executor", "ray", "--ray-address", "auto", "--runs-per-gpu", "3"],
+        ["--executor", "slurm", "--gpus-per-job", "0", "--slurm-time", "10", "--slurm-partition", "p"],
+        ["--executor", "slurm", "--slurm-cluster", "local", "--runs-per-gpu", "2"],
+        ["--seed-batch"],  # inline batches seeds
+        ["--sweep-seed", "3", "--sweep", "lr=uniform(0.01,0.1)", "--trials", "1"],
+    ):
+        assert _exit_code([a.format(**fx) for a in _run(*extra)]) == 0, extra
+        got = capsys.readouterr().out
+        if "--sweep" not in extra:
+            assert got == plain, extra

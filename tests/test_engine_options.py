@@ -64,7 +64,7 @@ def test_dabench_run_refuses_a_negative_checkpoint_every_before_running_anything
     )
     assert code == 2
     err = capsys.readouterr().err
-    assert "--checkpoint-every -2" in err and ">= 0" in err
+    assert "--checkpoint-every -2" in err and ">= 0" in err  # named as the user wrote it (cli._run)
     assert not list(RunStore(tmp_path).records())
 
 

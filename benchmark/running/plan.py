@@ -27,6 +27,7 @@ from .executors import ExecutorOptions, make_executor
 from .executors.base import Executor
 from .matrix import Matrix, MatrixError
 from .scheduler import prepare_rerun, write_matrix_file
+from .sweep import is_distribution
 
 
 def matrix_for(
@@ -59,7 +60,7 @@ def matrix_for(
             raise MatrixError(f"{name}: expected an integer >= {least}")
     base = base or Matrix()
     given, swept = dict(overrides or {}), dict(sweep or {})
-    return Matrix(
+    built = Matrix(
         methods=tuple(methods) if methods is not None else base.methods,
         pairs=tuple(pairs) if pairs is not None else base.pairs,
         seeds=tuple(seeds) if seeds is not None else base.seeds,
@@ -75,6 +76,16 @@ def matrix_for(
         sweep_seed=sweep_seed if sweep_seed is not None else base.sweep_seed,
         max_trials=max_trials if max_trials is not None else base.max_trials,
     )
+    # as --trials without a random sweep is refused (matrix.sweep_trials): --sweep-seed 3 with only a
+    # grid, or no sweep, was taken and seeded nothing, so the user believed the draws reseeded
+    if sweep_seed is not None and not any(is_distribution(v) for v in built.sweep.values()):
+        name = f"--sweep-seed {sweep_seed}" if cli else f"sweep_seed={sweep_seed!r}"
+        how = f"{sweep_name} KEY='uniform(a,b)' with {'--trials N' if cli else 'trials=N'}"
+        raise MatrixError(
+            f"{name}: there is no random sweep to seed (the seed only draws {sweep_name} distributions); "
+            f"add {how}, or drop {'--sweep-seed' if cli else 'sweep_seed'}"
+        )
+    return built
 
 
 def rerun_specs(

@@ -21,6 +21,7 @@ per executor (``inline.py``, ``local_pool.py``, ``ray.py``, ``slurm.py``), each 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pathlib
 import signal
@@ -124,6 +125,13 @@ class Executor(ABC):
     #: hangs: the local pool kills the run's worker process); others refuse the option
     stops_runs: bool = False
 
+    #: the executor-specific :class:`ExecutorOptions` fields (:data:`EXECUTOR_FIELDS`) it reads;
+    #: :func:`check_executor_options` refuses the others when given, since the executor would
+    #: ignore them and the user believe them applied. Read from the class's own body only: a
+    #: subclass may read more than its base. None: not declared (a plugin's executor, a subclass
+    #: without its own), nothing refused
+    reads: frozenset[str] | None = None
+
 
 @dataclass(frozen=True)
 class ExecutorOptions:
@@ -146,13 +154,17 @@ class ExecutorOptions:
     engine: EngineOptions = field(init=False, repr=False, compare=False)
     seed_batch: bool = False  # train the seeds of one configuration as one vmapped model (inline, local)
     plugins: tuple[str, ...] = ()  # imported by every process that runs a spec
-    workers: int | None = None  # local/ray: runs at once (None: what the devices fit)
-    runs_per_gpu: int = 1  # local/ray: runs packed on one GPU
-    runs_per_process: int = 0  # local: runs per worker process before a fresh one (0: no limit)
+    # The executor-specific fields below default to None, "not given", so that an option the
+    # chosen executor does not read is refused (check_executor_options) rather than ignored;
+    # :meth:`resolved` fills in the real defaults (:data:`DEFAULTS`) where an executor reads them.
+    workers: int | None = None  # local/ray/slurm: runs at once (None: what the devices fit)
+    runs_per_gpu: int | None = None  # local/ray/slurm: runs packed on one GPU (default 1)
+    runs_per_process: int | None = None  # local: runs per worker process before a fresh one (default 0: no limit)
     ray_address: str | None = None  # ray: cluster to join (None: start a local Ray)
     slurm_partition: str | None = None  # slurm: partition to submit to (None: the cluster's default)
-    gpus_per_job: int = 1  # slurm: GPUs per job (0: CPU jobs); the job runs gpus_per_job x runs_per_gpu runs
-    slurm_time_min: int = 240  # slurm: each job's time limit; a job that reaches it is requeued
+    # slurm: GPUs per job (0: CPU jobs; default 1); a job runs gpus_per_job x runs_per_gpu runs
+    gpus_per_job: int | None = None
+    slurm_time_min: int | None = None  # slurm: each job's time limit (default 240); a job that reaches it is requeued
     slurm_cluster: str | None = None  # slurm: None/"slurm", or "local" (submitit's local processes, for tests)
     #: local: a run's wall-clock limit in seconds, from when its worker is handed the run (start-up
     #: and data loading included); a run past it is killed and recorded ``failed`` (``RunTimeout``)
@@ -167,6 +179,29 @@ class ExecutorOptions:
         # built here, so a bad value fails when the options are made, not in a worker later
         engine = EngineOptions(self.checkpoint_every, self.compile, self.cuda_graphs)
         object.__setattr__(self, "engine", engine)
+
+    def resolved(self) -> ExecutorOptions:
+        """These options with each executor-specific field not given (None) set to its default
+        (:data:`DEFAULTS`): what an executor reads. Run ids do not depend on any of them."""
+        return dataclasses.replace(self, **{k: v for k, v in DEFAULTS.items() if getattr(self, k) is None})
+
+
+#: the defaults of the executor-specific fields that default to None (not given) in ExecutorOptions
+DEFAULTS: dict[str, Any] = {"runs_per_gpu": 1, "runs_per_process": 0, "gpus_per_job": 1, "slurm_time_min": 240}
+
+#: ExecutorOptions field -> its ``dabench run`` flag, for the fields that only some executors read
+#: (:attr:`Executor.reads`); ``seed_batch`` and ``run_timeout_s`` are checked through
+#: :attr:`Executor.groups` and :attr:`Executor.stops_runs`
+EXECUTOR_FIELDS: dict[str, str] = {
+    "workers": "--workers",
+    "runs_per_gpu": "--runs-per-gpu",
+    "runs_per_process": "--runs-per-process",
+    "ray_address": "--ray-address",
+    "slurm_partition": "--slurm-partition",
+    "gpus_per_job": "--gpus-per-job",
+    "slurm_time_min": "--slurm-time",
+    "slurm_cluster": "--slurm-cluster",
+}
 
 
 def _absolute_plugins(plugins: Sequence[str]) -> tuple[str, ...]:
@@ -255,20 +290,19 @@ def check_executor_options(name: str, options: ExecutorOptions) -> None:
     start Ray or reach SLURM): one place for the checks, so a dry run refuses what the run refuses."""
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor {name!r}; valid executors: {', '.join(EXECUTORS.names())}")
-    problems: list[str] = []
+    problems = _unread_options(name, options)
     if options.workers is not None and options.workers < 1:
         problems.append(f"--workers must be at least 1, got {options.workers}")
-    if options.runs_per_gpu < 1:
+    if options.runs_per_gpu is not None and options.runs_per_gpu < 1:
         problems.append(f"--runs-per-gpu must be at least 1, got {options.runs_per_gpu}")
-    if name == "local" and options.runs_per_process < 0:
+    if options.runs_per_process is not None and options.runs_per_process < 0:
         problems.append(f"--runs-per-process must be 0 (no limit) or more, got {options.runs_per_process}")
-    if name == "slurm":
-        if options.gpus_per_job < 0:
-            problems.append(f"--gpus-per-job must be 0 (CPU jobs) or more, got {options.gpus_per_job}")
-        if options.slurm_time_min < 1:
-            problems.append(f"--slurm-time must be at least 1 minute, got {options.slurm_time_min}")
-        if options.slurm_cluster not in (None, "slurm", "local"):
-            problems.append(f"--slurm-cluster {options.slurm_cluster!r}: valid are slurm (the default) and local")
+    if options.gpus_per_job is not None and options.gpus_per_job < 0:
+        problems.append(f"--gpus-per-job must be 0 (CPU jobs) or more, got {options.gpus_per_job}")
+    if options.slurm_time_min is not None and options.slurm_time_min < 1:
+        problems.append(f"--slurm-time must be at least 1 minute, got {options.slurm_time_min}")
+    if options.slurm_cluster not in (None, "slurm", "local"):
+        problems.append(f"--slurm-cluster {options.slurm_cluster!r}: valid are slurm (the default) and local")
     limit = options.run_timeout_s
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
@@ -282,6 +316,42 @@ def check_executor_options(name: str, options: ExecutorOptions) -> None:
             )
     if problems:
         raise ValueError("; ".join(problems))
+
+
+def _unread_options(name: str, options: ExecutorOptions) -> list[str]:
+    """One line per option given (not None; ``seed_batch`` True) that executor ``name`` would
+    ignore, naming the option, the executor and the executors it applies to: ``--runs-per-gpu 2``
+    with ``inline`` ran one run at a time and said nothing."""
+    cls = EXECUTORS.get(name)
+    problems: list[str] = []
+    reads = _reads(cls)
+    if reads is not None:
+        for field_name, flag in EXECUTOR_FIELDS.items():
+            value = getattr(options, field_name)
+            if value is None or field_name in reads:
+                continue
+            users = [n for n in EXECUTORS.names() if field_name in (_reads(EXECUTORS.get(n)) or ())]
+            problems.append(
+                f"{flag} {value}: the {name} executor does not use it (it applies to the {_listed(users)} "
+                f"executor{'s' if len(users) != 1 else ''}); add --executor {users[0] if users else '...'} or drop {flag}"
+            )
+    if options.seed_batch and not getattr(cls, "groups", False):
+        users = [n for n in EXECUTORS.names() if getattr(EXECUTORS.get(n), "groups", False)]
+        problems.append(
+            f"--seed-batch: the {name} executor runs each seed separately (seed batching applies to the "
+            f"{_listed(users)} executor{'s' if len(users) != 1 else ''}); drop --seed-batch or add --executor "
+            f"{'local' if 'local' in users else users[0] if users else '...'}"
+        )
+    return problems
+
+
+def _reads(cls: type) -> frozenset[str] | None:
+    # the class's own declaration: an inherited one may not cover what a subclass reads
+    return vars(cls).get("reads")
+
+
+def _listed(names: list[str]) -> str:
+    return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
 
 
 def make_executor(name: str, results_dir: str | pathlib.Path, options: ExecutorOptions | None = None) -> Executor:

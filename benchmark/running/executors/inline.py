@@ -29,6 +29,7 @@ class InlineExecutor(Executor):
         self._done: list[Outcome] = []
 
     groups = True
+    reads = frozenset()  # one run at a time in this process: no pool, cluster or job options
 
     def free_slots(self) -> int:
         return 0 if self._done else 1

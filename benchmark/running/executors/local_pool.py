@@ -137,9 +137,10 @@ class LocalPoolExecutor(Executor):
     fresh process replaces it (1: every run in its own process; 0: reuse without limit)."""
 
     def __init__(self, results_dir: pathlib.Path, opts: ExecutorOptions) -> None:
-        runs_per_process = opts.runs_per_process  # checked by make_executor (check_executor_options)
+        opts = opts.resolved()  # the defaults of the options not given
+        runs_per_process = opts.runs_per_process or 0  # checked by make_executor (check_executor_options)
         self.opts = opts
-        self.plan = plan_slots(opts.device, opts.workers, opts.runs_per_gpu)
+        self.plan = plan_slots(opts.device, opts.workers, opts.runs_per_gpu or 1)
         self.runs_per_process = runs_per_process
         self.results_dir = pathlib.Path(results_dir)
         self.store = RunStore(results_dir)
@@ -158,6 +159,7 @@ class LocalPoolExecutor(Executor):
 
     #: the pool enforces --run-timeout: a run past it is stopped by killing its worker process
     stops_runs = True
+    reads = frozenset({"workers", "runs_per_gpu", "runs_per_process"})
 
     #: seconds a worker whose output has closed may take to exit before it is killed: tearing
     #: torch and CUDA down takes a few; a process stuck there must not block the runner for ever

@@ -105,8 +105,11 @@ def _ray_task(spec_dict: dict[str, Any], options: dict[str, Any]) -> dict[str, A
 class RayExecutor(Executor):
     """Each run a Ray task; ``workers`` caps the runs in flight (default: what the cluster fits)."""
 
+    reads = frozenset({"workers", "runs_per_gpu", "ray_address"})
+
     def __init__(self, results_dir: pathlib.Path, opts: ExecutorOptions) -> None:
-        address, workers, runs_per_gpu = opts.ray_address, opts.workers, opts.runs_per_gpu
+        opts = opts.resolved()  # the defaults of the options not given
+        address, workers, runs_per_gpu = opts.ray_address, opts.workers, opts.runs_per_gpu or 1
         try:
             import ray  # late: Ray is an optional extra (pip install 'dabench[ray]')
         except ImportError:

@@ -122,6 +122,8 @@ def _runner_alive(job: dict[str, Any], me: dict[str, Any]) -> bool:
 class SlurmExecutor(Executor):
     """One job array per scheduling round through submitit; ``workers`` caps the runs in flight."""
 
+    reads = frozenset({"workers", "runs_per_gpu", "slurm_partition", "gpus_per_job", "slurm_time_min", "slurm_cluster"})
+
     def __init__(self, results_dir: pathlib.Path, opts: ExecutorOptions) -> None:
         try:
             import submitit  # late: an optional extra (pip install 'dabench[slurm]')
@@ -131,10 +133,12 @@ class SlurmExecutor(Executor):
             ) from None
         # the option values are checked by make_executor (check_executor_options)
         self.submitit = submitit
-        self.opts = opts
+        self.opts = opts = opts.resolved()  # the defaults of the options not given
+        # (resolved: never None; the conditionals only tell the type checker so)
+        gpus_per_job = 1 if opts.gpus_per_job is None else opts.gpus_per_job
         self.store = RunStore(results_dir)
         self.root = self.store.root.resolve()
-        self.group = max(1, opts.gpus_per_job) * opts.runs_per_gpu  # runs packed in one job
+        self.group = max(1, gpus_per_job) * (opts.runs_per_gpu or 1)  # runs packed in one job
         cluster = opts.slurm_cluster
         # never submitit's auto-detection (cluster=None): on a machine without SLURM it silently
         # picks its local executor, and a "SLURM" matrix ran as processes on the login node
@@ -171,8 +175,8 @@ class SlurmExecutor(Executor):
                 make_text(command, uid), str(inner.folder)
             )
         params: dict[str, Any] = {
-            "timeout_min": opts.slurm_time_min,
-            "gpus_per_node": opts.gpus_per_job,
+            "timeout_min": 240 if opts.slurm_time_min is None else opts.slurm_time_min,
+            "gpus_per_node": gpus_per_job,
             "tasks_per_node": 1,
             "nodes": 1,
             "name": "dabench",
@@ -192,7 +196,7 @@ class SlurmExecutor(Executor):
         self._task_args: dict[str, Any] = {
             "results_dir": str(self.root),
             "device": opts.device,
-            "gpus": opts.gpus_per_job,
+            "gpus": gpus_per_job,
             "data_root": str(opts.data_root) if opts.data_root else None,
             "plugins": _absolute_plugins(opts.plugins),
             "engine": opts.engine,
