@@ -119,10 +119,7 @@ def run(
         sweep=sweep,
         device=device,
         progress=progress,
-        trials=trials,
-        sweep_seed=sweep_seed,
-        max_trials=max_trials,
-    )
+    )  # trials, sweep_seed, max_trials: running.plan.matrix_for checks them, for the CLI's flags too
     valid_options = [f.name for f in dataclasses.fields(ExecutorOptions) if f.init]
     unknown = sorted(set(executor_options) - set(valid_options))
     taken = {"device", "data_root", "progress"}  # named parameters of run() itself
@@ -214,7 +211,6 @@ def _check_arguments(**given: Any) -> None:
         )
     if not isinstance(given["progress"], bool):
         raise MatrixError(f"dabench.run: progress={given['progress']!r}: expected True or False")
-    # trials, sweep_seed, max_trials: checked by running.plan.matrix_for, for the CLI's flags too
 
 
 def _check_executor_options(options: dict[str, Any]) -> None:

@@ -220,13 +220,14 @@ def check_method(
     )
 
     # --- target shots: their labels are trained on ------------------------------------------
-    if uses_step_loop and cls.protocol != "source-free" and (shots or getattr(cls, "accepts_target_shots", True)):
+    takes_shots = cls.protocol != "source-free" and bool(shots or getattr(cls, "accepts_target_shots", True))
+    if takes_shots and uses_step_loop:
         # a UDA method accepting <method>.target_shots is tabled as a few-shot row when given them:
         # its step must train on their labels (the batch gets shots even though a UDA run has none)
         if not shots:
             batch = _batch(cls, DeviceData(pair_obj, small, torch.device("cpu"), seed, 1, 1), batch_size, seed)
         check_shot_labels_trained(lambda: _build(cls, pair_obj, hparams, seed), batch, seed=seed)
-    elif cls.protocol != "source-free" and (shots or getattr(cls, "accepts_target_shots", True)):
+    elif takes_shots:
         # an own fit() given ctx.data.shots: one engine step with the shots' labels, one with every
         # label moved to another class; the trained state must differ
         states = []

@@ -198,20 +198,6 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
-def welch_worse_p(x: np.ndarray, best: np.ndarray) -> float:
-    """Unpaired variant, no longer the † test (that is :func:`seed_test`, paired by seed; kept for
-    callers of this function). p-value of "``x`` is worse than ``best``": the two-sided Welch t-test
-    (Welch 1947: t = (x̄ − b̄)/√(s_x²/n_x + s_b²/n_b), Welch–Satterthwaite d.o.f.), i.e. twice
-    the one-sided p of H1: mean(x) < mean(best), capped at 1; NaN when untestable.
-
-    Two-sided because the best is chosen from the same data: the direction is known only after
-    looking, and a one-sided test in the observed direction is a two-sided test at 2α (with two
-    equal methods it called the worse one "significantly worse" 7–11% of the time at α = 0.05).
-    """
-    p = welch_less_p(x, best)
-    return p if math.isnan(p) else min(1.0, 2.0 * p)
-
-
 #: the names :func:`seed_test` gives its tests (``SeedTest.test``; the per-pair table's ``test`` column)
 PAIRED, PAIRED_COMMON, WELCH = "paired t", "paired t (common seeds)", "Welch t"
 #: fewest seeds two cells must share to be compared by a paired test (a paired t needs n − 1 ≥ 1 d.o.f.)
@@ -935,7 +921,6 @@ def leaderboard(
                 "std": s,
                 "ci_low": lo,
                 "ci_high": hi,
-                "values": g["accuracy"].to_numpy(),
                 "by_seed": dict(zip(g["seed"].tolist(), g["accuracy"].tolist())),  # seed → accuracy
                 "seeds": tuple(sorted(int(x) for x in g["seed"].dropna())),
             }

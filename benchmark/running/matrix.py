@@ -26,6 +26,7 @@ import difflib
 import math
 import pathlib
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -478,7 +479,7 @@ def seeds_problem(seeds: Sequence[object]) -> str | None:
     if bad:
         return f"expected non-negative integers up to {MAX_SEED}, got {bad[0]!r}"
     ints = [int(s) for s in seeds]  # type: ignore[call-overload]  # checked above: all ints
-    twice = sorted({s for s in ints if ints.count(s) > 1})
+    twice = sorted(s for s, n in Counter(ints).items() if n > 1)  # linear: up to MAX_SEED_COUNT seeds
     if twice:
         return f"seed {twice[0]} given twice; give each seed once (each seed is one run)"
     return None

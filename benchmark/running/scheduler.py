@@ -546,10 +546,9 @@ def run_matrix(
                     else:
                         elsewhere[spec.run_id] = spec
                     continue
-                group = [spec]
-                if options.seed_batch and ex.groups:
-                    group += seed_mates(spec)
-                if options.seed_batch and ex.groups:
+                batched = options.seed_batch and ex.groups
+                group = [spec, *seed_mates(spec)] if batched else [spec]
+                if batched:
                     # a lone seed too: its record then says why it ran unbatched ("fallback: one seed")
                     ex.submit_group(group)
                 else:
